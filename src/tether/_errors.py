@@ -1,0 +1,124 @@
+"""The one exception tree of Tether.
+
+Every error a caller may want to catch has its own class. Each carries a
+message that says what happened and, where there is one, a ``hint`` that says
+what to do about it. The CLI prints both and exits non-zero; it never shows a
+traceback for a ``TetherError``.
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Root of every error Tether raises on purpose."""
+
+    #: A short machine-readable code, used by ``--json`` output and the REST API.
+    code = "tether_error"
+    #: The HTTP status the REST API answers with.
+    http_status = 400
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"error": self.code, "message": self.message, "hint": self.hint}
+
+
+class InvalidReference(TetherError):
+    """A model reference (``name@selector``) could not be parsed."""
+
+    code = "invalid_reference"
+
+
+class NotFound(TetherError):
+    """A model, version, alias or file does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class RegistryNotFound(NotFound):
+    """No registry at the given location, or the folder is not a registry."""
+
+    code = "registry_not_found"
+
+
+class AmbiguousReference(InvalidReference):
+    """A digest prefix matches more than one version."""
+
+    code = "ambiguous_reference"
+
+
+class Conflict(TetherError):
+    """The change conflicts with what is stored (a duplicate, a race lost)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidInput(TetherError):
+    """An argument or a file given by the caller is not acceptable."""
+
+    code = "invalid_input"
+
+
+class IncompatibleBump(InvalidInput):
+    """The requested semantic-version bump is smaller than the change needs."""
+
+    code = "incompatible_bump"
+
+
+class IntegrityError(TetherError):
+    """Stored bytes or records do not match their digests."""
+
+    code = "integrity_error"
+    http_status = 500
+
+
+class EnvironmentMismatch(TetherError):
+    """The current environment differs from the recorded one beyond the policy."""
+
+    code = "environment_mismatch"
+    http_status = 409
+
+
+class PolicyViolation(TetherError):
+    """A governance rule refuses the action."""
+
+    code = "policy_violation"
+    http_status = 403
+
+
+class PermissionDenied(TetherError):
+    """The caller lacks the role the action needs."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class UnsafeArtifact(TetherError):
+    """An artifact would run code that is not on the allow-list when loaded."""
+
+    code = "unsafe_artifact"
+    http_status = 409
+
+
+class SchemaMismatch(TetherError):
+    """The database schema is older or newer than this version of Tether."""
+
+    code = "schema_mismatch"
+    http_status = 500
+
+
+class StoreError(TetherError):
+    """The artifact store failed (I/O, network, permissions)."""
+
+    code = "store_error"
+    http_status = 502

@@ -1,0 +1,1 @@
+"""Content-addressed artifact storage (see ``base.py`` for the contract)."""

@@ -1,0 +1,118 @@
+"""The artifact store contract.
+
+The registry only ever sees this: it hands the store a folder and gets back a
+manifest of files, each a list of content-addressed chunks; it hands a manifest
+back and gets verified files in a folder. How chunks are cut, compressed,
+packed and where they live (a local folder, S3) is the store's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One content-defined chunk of a file: its BLAKE3 (hex) and raw size."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a version: relative POSIX path, size, BLAKE3 of its bytes, chunks."""
+
+    path: str
+    size: int
+    digest: str
+    chunks: tuple[ChunkRef, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "digest": self.digest,
+            "chunks": [[c.digest, c.size] for c in self.chunks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileEntry:
+        return cls(
+            path=data["path"],
+            size=int(data["size"]),
+            digest=data["digest"],
+            chunks=tuple(ChunkRef(d, int(s)) for d, s in data.get("chunks", [])),
+        )
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: logical bytes seen, new bytes stored, chunks reused."""
+
+    files: list[FileEntry]
+    logical_bytes: int = 0
+    new_chunks: int = 0
+    reused_chunks: int = 0
+    stored_bytes: int = 0
+
+
+@dataclass
+class StoreStats:
+    logical_bytes: int
+    stored_bytes: int
+    chunks: int
+    packs: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+@dataclass
+class GcReport:
+    removed_chunks: int
+    removed_bytes: int
+    repacked_packs: int
+    kept_chunks: int
+    dry_run: bool
+
+
+class ArtifactStore(Protocol):
+    """What the registry needs from an artifact store."""
+
+    url: str
+
+    def ingest(
+        self, root: Path, paths: Sequence[str], *, progress: bool = False
+    ) -> IngestReport:
+        """Store the files ``paths`` (relative to ``root``) and return their entries.
+
+        Must be durable when it returns: a version may point at these chunks.
+        """
+        ...
+
+    def materialize(
+        self, files: Sequence[FileEntry], dest: Path, *, label: str, progress: bool = False
+    ) -> None:
+        """Write ``files`` under ``dest``, verifying every byte.
+
+        Raises ``IntegrityError`` naming the file and ``label`` (the version) on
+        any mismatch, and ``NotFound`` when a chunk is missing.
+        """
+        ...
+
+    def verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
+        """Return one line per problem found in the stored bytes of ``files``."""
+        ...
+
+    def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
+        ...
+
+    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
+        """Remove chunks no entry of ``live`` references and older than the grace period."""
+        ...
