@@ -1,0 +1,1 @@
+"""Metadata: models, versions, aliases and the audit log, in SQLite or PostgreSQL."""

@@ -1,0 +1,105 @@
+"""Database engines and schema migrations.
+
+SQLite is the embedded default. Writers take the database lock at the start of
+a transaction (``BEGIN IMMEDIATE``) rather than on their first write, so two
+processes logging versions at once queue instead of failing half-way with
+"database is locked". PostgreSQL gets row locks from the use cases instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from .._errors import InvalidInput, SchemaMismatch
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        url = url.replace("postgres://", "postgresql://", 1)
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    raise InvalidInput(
+        f"unsupported database URL {url!r}",
+        hint="use sqlite:///path/to/registry.db or postgresql://user@host:5432/dbname",
+    )
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below decide when a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    script = ScriptDirectory(str(_MIGRATIONS))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there)."""
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "head")
+
+
+def check_schema(engine: sa.Engine, *, where: str) -> None:
+    """Refuse a database whose schema is not the one this code was written for."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    script = ScriptDirectory(str(_MIGRATIONS))
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is None:
+        raise SchemaMismatch(
+            f"{where} has no Tether schema",
+            hint="create it with `tether init` (embedded) or `tether db upgrade --db URL`",
+        )
+    if current in known:
+        raise SchemaMismatch(
+            f"the schema of {where} is at revision {current}, older than this Tether ({head})",
+            hint="upgrade it with `tether db upgrade` (back up the database first)",
+        )
+    raise SchemaMismatch(
+        f"the schema of {where} is at revision {current}, newer than this Tether knows ({head})",
+        hint="upgrade Tether (pip install -U tether) to the version that wrote this registry",
+    )

@@ -1,0 +1,300 @@
+"""Queries over models, versions, aliases and settings.
+
+Functions take the caller's connection so that a use case composes several of
+them in one transaction. Nothing here decides policy: that is the registry's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from .._digest import canonical_json
+from .._records import AliasMove, ModelInfo, ModelVersion
+from .._store.base import FileEntry
+from .clock import now_iso
+from .schema import alias_moves, aliases, models, settings, versions
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    return json.loads(text) if text else default
+
+
+# -- models -------------------------------------------------------------------
+
+
+def model_id(conn: sa.Connection, name: str, *, lock: bool = False) -> int | None:
+    query = sa.select(models.c.id).where(models.c.name == name, models.c.deleted.is_(False))
+    if lock:
+        query = query.with_for_update()
+    return conn.execute(query).scalar()
+
+
+def ensure_model(conn: sa.Connection, name: str) -> tuple[int, bool]:
+    """The model's id, creating it if needed; locks its row. Returns (id, created)."""
+    existing = model_id(conn, name, lock=True)
+    if existing is not None:
+        return existing, False
+    now = now_iso()
+    result = conn.execute(
+        models.insert().values(
+            name=name, description="", owners="[]", tags="{}", created_at=now, updated_at=now
+        )
+    )
+    return int(result.inserted_primary_key[0]), True
+
+
+def model_names(conn: sa.Connection) -> list[str]:
+    query = sa.select(models.c.name).where(models.c.deleted.is_(False)).order_by(models.c.name)
+    return list(conn.execute(query).scalars())
+
+
+def list_models(conn: sa.Connection) -> list[ModelInfo]:
+    counts = (
+        sa.select(versions.c.model_id, sa.func.count().label("n"), sa.func.max(versions.c.seq).label("top"))
+        .where(versions.c.status != "deleted")
+        .group_by(versions.c.model_id)
+        .subquery()
+    )
+    query = (
+        sa.select(models, counts.c.n, counts.c.top)
+        .outerjoin(counts, counts.c.model_id == models.c.id)
+        .where(models.c.deleted.is_(False))
+        .order_by(models.c.name)
+    )
+    result = []
+    for row in conn.execute(query):
+        latest = None
+        if row.top:
+            latest = conn.execute(
+                sa.select(versions.c.semver).where(
+                    versions.c.model_id == row.id, versions.c.seq == row.top
+                )
+            ).scalar()
+        result.append(
+            ModelInfo(
+                name=row.name,
+                description=row.description,
+                owners=_loads(row.owners, []),
+                tags=_loads(row.tags, {}),
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                version_count=row.n or 0,
+                latest=latest,
+                aliases=alias_targets(conn, row.id),
+            )
+        )
+    return result
+
+
+def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
+    values = {k: canonical_json(v) if k in ("owners", "tags") else v for k, v in fields.items()}
+    conn.execute(models.update().where(models.c.id == mid).values(updated_at=now_iso(), **values))
+
+
+# -- versions -----------------------------------------------------------------
+
+
+def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = ()) -> ModelVersion:
+    return ModelVersion(
+        id=row.id,
+        name=name,
+        seq=row.seq,
+        semver=row.semver,
+        digest=row.digest,
+        files=tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, [])),
+        flavor=_loads(row.flavor, {}),
+        signature=_loads(row.signature, None),
+        input_example=_loads(row.input_example, None),
+        params=_loads(row.params, {}),
+        metrics=_loads(row.metrics, {}),
+        data=_loads(row.data, {}),
+        lineage=_loads(row.lineage, {}),
+        environment=_loads(row.environment, {}),
+        tags=_loads(row.tags, {}),
+        notes=row.notes,
+        author=row.author,
+        created_at=row.created_at,
+        status=row.status,
+        files_digest=row.files_digest,
+        aliases=tuple(alias_names),
+    )
+
+
+def version_rows(
+    conn: sa.Connection, mid: int, *, include_deleted: bool = False
+) -> list[sa.Row[Any]]:
+    """All versions of a model, by sequence number."""
+    query = sa.select(versions).where(versions.c.model_id == mid).order_by(versions.c.seq)
+    if not include_deleted:
+        query = query.where(versions.c.status != "deleted")
+    return list(conn.execute(query))
+
+
+def version_by_id(conn: sa.Connection, vid: int) -> sa.Row[Any] | None:
+    return conn.execute(sa.select(versions).where(versions.c.id == vid)).first()
+
+
+def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int:
+    encoded = {
+        key: canonical_json(value) if key in _JSON_COLUMNS else value
+        for key, value in values.items()
+    }
+    result = conn.execute(versions.insert().values(model_id=mid, **encoded))
+    return int(result.inserted_primary_key[0])
+
+
+_JSON_COLUMNS = frozenset(
+    {"manifest", "flavor", "signature", "input_example", "params", "metrics", "data",
+     "lineage", "environment", "tags"}
+)
+
+
+def set_version_status(conn: sa.Connection, vid: int, status: str) -> None:
+    conn.execute(versions.update().where(versions.c.id == vid).values(status=status))
+
+
+def all_version_rows(conn: sa.Connection) -> list[tuple[str, sa.Row[Any]]]:
+    query = (
+        sa.select(models.c.name, versions)
+        .join(models, models.c.id == versions.c.model_id)
+        .where(versions.c.status != "deleted")
+        .order_by(models.c.name, versions.c.seq)
+    )
+    return [(row.name, row) for row in conn.execute(query)]
+
+
+# -- aliases ------------------------------------------------------------------
+
+
+def alias_targets(conn: sa.Connection, mid: int) -> dict[str, str]:
+    """alias name -> semver of its target, for one model."""
+    query = (
+        sa.select(aliases.c.name, versions.c.semver)
+        .join(versions, versions.c.id == aliases.c.version_id)
+        .where(aliases.c.model_id == mid)
+        .order_by(aliases.c.name)
+    )
+    return {row.name: row.semver for row in conn.execute(query)}
+
+
+def aliases_by_version(conn: sa.Connection, mid: int) -> dict[int, list[str]]:
+    result: dict[int, list[str]] = {}
+    query = sa.select(aliases.c.name, aliases.c.version_id).where(aliases.c.model_id == mid)
+    for row in conn.execute(query.order_by(aliases.c.name)):
+        result.setdefault(row.version_id, []).append(row.name)
+    return result
+
+
+def alias_row(conn: sa.Connection, mid: int, alias: str) -> sa.Row[Any] | None:
+    return conn.execute(
+        sa.select(aliases).where(aliases.c.model_id == mid, aliases.c.name == alias)
+    ).first()
+
+
+def point_alias(conn: sa.Connection, mid: int, alias: str, vid: int, actor: str) -> None:
+    now = now_iso()
+    current = alias_row(conn, mid, alias)
+    if current is None:
+        conn.execute(
+            aliases.insert().values(
+                model_id=mid, name=alias, version_id=vid, updated_at=now, updated_by=actor,
+                generation=1,
+            )
+        )
+    else:
+        conn.execute(
+            aliases.update()
+            .where(aliases.c.model_id == mid, aliases.c.name == alias)
+            .values(version_id=vid, updated_at=now, updated_by=actor,
+                    generation=current.generation + 1)
+        )
+
+
+def drop_alias(conn: sa.Connection, mid: int, alias: str) -> None:
+    conn.execute(aliases.delete().where(aliases.c.model_id == mid, aliases.c.name == alias))
+
+
+def record_move(
+    conn: sa.Connection,
+    mid: int,
+    alias: str,
+    *,
+    vid: int | None,
+    previous: int | None,
+    action: str,
+    actor: str,
+    reason: str,
+) -> None:
+    conn.execute(
+        alias_moves.insert().values(
+            model_id=mid, alias=alias, version_id=vid, previous_version_id=previous,
+            action=action, undone=False, actor=actor, reason=reason, moved_at=now_iso(),
+        )
+    )
+
+
+def live_sets(conn: sa.Connection, mid: int, alias: str) -> list[sa.Row[Any]]:
+    """The alias's "set" moves not yet undone by a rollback, newest first."""
+    query = (
+        sa.select(alias_moves)
+        .where(
+            alias_moves.c.model_id == mid,
+            alias_moves.c.alias == alias,
+            alias_moves.c.action == "set",
+            alias_moves.c.undone.is_(False),
+        )
+        .order_by(alias_moves.c.id.desc())
+    )
+    return list(conn.execute(query))
+
+
+def mark_undone(conn: sa.Connection, move_id: int) -> None:
+    conn.execute(alias_moves.update().where(alias_moves.c.id == move_id).values(undone=True))
+
+
+def alias_history(conn: sa.Connection, mid: int, name: str, alias: str) -> list[AliasMove]:
+    target = versions.alias("target")
+    before = versions.alias("before")
+    query = (
+        sa.select(alias_moves, target.c.semver.label("to"), before.c.semver.label("frm"))
+        .outerjoin(target, target.c.id == alias_moves.c.version_id)
+        .outerjoin(before, before.c.id == alias_moves.c.previous_version_id)
+        .where(alias_moves.c.model_id == mid, alias_moves.c.alias == alias)
+        .order_by(alias_moves.c.id.desc())
+    )
+    return [
+        AliasMove(
+            model=name, alias=alias, version=row.to, previous=row.frm, action=row.action,
+            actor=row.actor, reason=row.reason, moved_at=row.moved_at, undone=row.undone,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def ever_aliased_version_ids(conn: sa.Connection) -> set[int]:
+    """Every version an alias points at now or ever pointed at (kept by gc)."""
+    ids = set(conn.execute(sa.select(aliases.c.version_id)).scalars())
+    ids |= {v for v in conn.execute(sa.select(alias_moves.c.version_id)).scalars() if v}
+    return ids
+
+
+# -- settings -----------------------------------------------------------------
+
+
+def get_setting(conn: sa.Connection, key: str) -> str | None:
+    return conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+
+
+def put_setting(conn: sa.Connection, key: str, value: str) -> None:
+    if get_setting(conn, key) is None:
+        conn.execute(settings.insert().values(key=key, value=value))
+    else:
+        conn.execute(settings.update().where(settings.c.key == key).values(value=value))
+
+
+def all_settings(conn: sa.Connection) -> dict[str, str]:
+    return {row.key: row.value for row in conn.execute(sa.select(settings))}

@@ -1,0 +1,130 @@
+"""Table definitions. Every change here needs an Alembic migration beside it.
+
+Times are ISO-8601 UTC strings (``2026-11-24T10:00:00.000000Z``): they sort as
+text, read the same in SQLite and PostgreSQL, and need no time-zone handling.
+JSON columns hold canonical JSON text for the same portability.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("owners", Text, nullable=False, default="[]"),
+    Column("tags", Text, nullable=False, default="{}"),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("semver", String(64), nullable=False),
+    Column("major", Integer, nullable=False),
+    Column("minor", Integer, nullable=False),
+    Column("patch", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("files_digest", String(64), nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("flavor", Text, nullable=False),
+    Column("signature", Text, nullable=True),
+    Column("input_example", Text, nullable=True),
+    Column("params", Text, nullable=False, default="{}"),
+    Column("metrics", Text, nullable=False, default="{}"),
+    Column("data", Text, nullable=False, default="{}"),
+    Column("lineage", Text, nullable=False, default="{}"),
+    Column("environment", Text, nullable=False, default="{}"),
+    Column("tags", Text, nullable=False, default="{}"),
+    Column("notes", Text, nullable=False, default=""),
+    Column("author", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("status", String(16), nullable=False, default="ready"),
+    UniqueConstraint("model_id", "seq", name="uq_versions_model_seq"),
+    UniqueConstraint("model_id", "semver", name="uq_versions_model_semver"),
+    Index("ix_versions_digest", "digest"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("model_id", Integer, ForeignKey("models.id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("updated_by", String(256), nullable=False),
+    # Bumped on every move: the cheap ETag of an alias read.
+    Column("generation", Integer, nullable=False, default=1),
+)
+
+alias_moves = Table(
+    "alias_moves",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),
+    Column("previous_version_id", Integer, ForeignKey("versions.id"), nullable=True),
+    Column("action", String(16), nullable=False),  # set | rollback | delete
+    # A "set" row that a rollback undid; rollback walks back over these.
+    Column("undone", Boolean, nullable=False, default=False),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("moved_at", String(32), nullable=False),
+    Index("ix_alias_moves_model_alias", "model_id", "alias"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("model", String(128), nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+    Column("details", Text, nullable=False, default="{}"),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_events_model", "model"),
+)
+
+# One row: the newest event's id and hash. Appending locks it, which orders
+# concurrent writers, and it lets `audit verify` notice a deleted tail.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)

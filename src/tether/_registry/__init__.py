@@ -1,0 +1,1 @@
+"""The registry use cases: log, resolve, load, promote, roll back, compare, audit."""

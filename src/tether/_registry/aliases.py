@@ -1,0 +1,160 @@
+"""Moving aliases: promote, roll back, delete, and their history.
+
+Every move is a row in ``alias_moves`` and an audit event. Rollback walks back
+over the alias's "set" moves: it marks the newest one undone and points the
+alias at the one before, so repeated rollbacks go further back in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .._errors import NotFound, PolicyViolation
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._records import AliasMove, ModelVersion
+from .._reference import parse_reference, validate_alias_name
+from .resolve import require_model, resolve_row
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: Called inside the promote transaction with (conn, version, alias, current target)
+#: and raising PolicyViolation to refuse; governance plugs in here.
+PromoteCheck = Callable[[sa.Connection, ModelVersion, str, ModelVersion | None], None]
+
+
+def _semver_of(conn: sa.Connection, vid: int | None) -> str | None:
+    if vid is None:
+        return None
+    row = repo.version_by_id(conn, vid)
+    return row.semver if row is not None else None
+
+
+def promote(
+    registry: Registry,
+    ref: str,
+    alias: str,
+    *,
+    actor: str,
+    reason: str = "",
+    checks: list[PromoteCheck] | None = None,
+) -> AliasMove:
+    validate_alias_name(alias)
+    parsed = parse_reference(ref)
+    with registry.write() as conn:
+        mid = require_model(conn, parsed.name, lock=True)
+        _, row = resolve_row(conn, parsed)
+        version = repo.row_to_version(row, parsed.name)
+        if version.status == "deprecated":
+            raise PolicyViolation(
+                f"{version.ref} is deprecated and cannot be promoted",
+                hint="promote a newer version, or undeprecate this one first",
+            )
+        current = repo.alias_row(conn, mid, alias)
+        current_version = None
+        if current is not None:
+            current_row = repo.version_by_id(conn, current.version_id)
+            if current_row is not None:
+                current_version = repo.row_to_version(current_row, parsed.name)
+        before = current_version.semver if current_version else None
+        if current is not None and current.version_id == row.id:
+            return AliasMove(parsed.name, alias, row.semver, before, "unchanged", actor, reason, current.updated_at)
+        for check in checks or []:
+            check(conn, version, alias, current_version)
+        repo.point_alias(conn, mid, alias, row.id, actor)
+        repo.record_move(
+            conn, mid, alias, vid=row.id, previous=current.version_id if current else None,
+            action="set", actor=actor, reason=reason,
+        )
+        event = append_event(
+            conn, actor=actor, action="alias.set", model=parsed.name,
+            subject=f"{parsed.name}@{alias}", before=before, after=row.semver,
+            details={"digest": f"sha:{row.digest}", "reason": reason},
+        )
+        return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
+
+
+def rollback(
+    registry: Registry, name: str, alias: str, *, actor: str, reason: str = ""
+) -> AliasMove:
+    validate_alias_name(alias)
+    with registry.write() as conn:
+        mid = require_model(conn, name, lock=True)
+        current = repo.alias_row(conn, mid, alias)
+        if current is None:
+            raise NotFound(
+                f"{name} has no alias {alias!r}",
+                hint=f"aliases of {name}: {', '.join(repo.alias_targets(conn, mid)) or 'none'}",
+            )
+        sets = repo.live_sets(conn, mid, alias)
+        # Drop the moves that led to the current target (normally just the newest).
+        while sets and sets[0].version_id == current.version_id:
+            repo.mark_undone(conn, sets[0].id)
+            sets.pop(0)
+        target = next((s for s in sets if _is_live(conn, s.version_id)), None)
+        if target is None:
+            raise NotFound(
+                f"{name}@{alias} has no earlier target to roll back to",
+                hint=f"see `tether alias history {name} {alias}`",
+            )
+        before = _semver_of(conn, current.version_id)
+        after = _semver_of(conn, target.version_id)
+        repo.point_alias(conn, mid, alias, target.version_id, actor)
+        repo.record_move(
+            conn, mid, alias, vid=target.version_id, previous=current.version_id,
+            action="rollback", actor=actor, reason=reason,
+        )
+        event = append_event(
+            conn, actor=actor, action="alias.rollback", model=name,
+            subject=f"{name}@{alias}", before=before, after=after, details={"reason": reason},
+        )
+        return AliasMove(name, alias, after, before, "rollback", actor, reason, event.ts)
+
+
+def _is_live(conn: sa.Connection, vid: int | None) -> bool:
+    row = repo.version_by_id(conn, vid) if vid is not None else None
+    return row is not None and row.status != "deleted"
+
+
+def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> AliasMove:
+    with registry.write() as conn:
+        mid = require_model(conn, name, lock=True)
+        current = repo.alias_row(conn, mid, alias)
+        if current is None:
+            raise NotFound(f"{name} has no alias {alias!r}")
+        before = _semver_of(conn, current.version_id)
+        repo.drop_alias(conn, mid, alias)
+        repo.record_move(conn, mid, alias, vid=None, previous=current.version_id,
+                         action="delete", actor=actor, reason="")
+        event = append_event(conn, actor=actor, action="alias.delete", model=name,
+                             subject=f"{name}@{alias}", before=before, after=None)
+        return AliasMove(name, alias, None, before, "delete", actor, "", event.ts)
+
+
+def history(registry: Registry, name: str, alias: str) -> list[AliasMove]:
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        moves = repo.alias_history(conn, mid, name, alias)
+        if not moves:
+            raise NotFound(f"{name} has never had an alias {alias!r}")
+        return moves
+
+
+def alias_state(registry: Registry, name: str, alias: str) -> dict[str, Any]:
+    """The hot-path read: target and generation (an ETag) of one alias."""
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        row = repo.alias_row(conn, mid, alias)
+        if row is None:
+            raise NotFound(f"{name} has no alias {alias!r}")
+        target = repo.version_by_id(conn, row.version_id)
+        assert target is not None
+        return {
+            "model": name, "alias": alias, "version": target.semver, "seq": target.seq,
+            "digest": f"sha:{target.digest}", "generation": row.generation,
+            "updated_at": row.updated_at, "updated_by": row.updated_by,
+        }

@@ -1,0 +1,78 @@
+"""Loading a version: resolve, check the environment, verify every byte, deserialise."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _flavors as flavors
+from .._errors import IntegrityError
+from .._records import ModelVersion
+from .env_check import choose_policy, enforce
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+class DeprecatedVersionWarning(UserWarning):
+    """A deprecated version was loaded."""
+
+
+def check_expected_digest(version: ModelVersion, expect: str) -> None:
+    wanted = expect.lower().removeprefix("sha:")
+    if len(wanted) < 4 or not version.digest.startswith(wanted):
+        raise IntegrityError(
+            f"{version.ref} has digest {version.short_digest}, not the expected {expect}",
+            hint="the reference now points at other bytes; update the pin deliberately "
+            "(e.g. `tether lock update`) if this change is wanted",
+        )
+
+
+def materialize(registry: Registry, version: ModelVersion, dest: Path, *, progress: bool) -> Path:
+    """Write the version's files under ``dest`` (verified), atomically."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
+    try:
+        registry.store.materialize(version.files, staging, label=version.ref, progress=progress)
+        staging.rename(dest)
+    except OSError:
+        # Another process materialised it first: theirs is as good as ours.
+        if not dest.exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def load_version(
+    registry: Registry,
+    version: ModelVersion,
+    *,
+    expect: str | None = None,
+    env_policy: str | None = None,
+    trusted: bool = False,
+    progress: bool = False,
+) -> Any:
+    if expect:
+        check_expected_digest(version, expect)
+    enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")))
+    if version.status == "deprecated":
+        warnings.warn(
+            f"{version.ref} is deprecated; promote a newer version",
+            DeprecatedVersionWarning,
+            stacklevel=3,
+        )
+    flavor = flavors.get_flavor(version.flavor["name"])
+    if version.flavor["name"] == "files":
+        # The caller gets a path, so the files must outlive this call.
+        target = registry.cache_dir / "versions" / version.digest
+        return flavor.load(materialize(registry, version, target, progress=progress), version.flavor)
+    with tempfile.TemporaryDirectory(prefix="tether-load-") as tmp:
+        where = Path(tmp) / "model"
+        registry.store.materialize(version.files, where, label=version.ref, progress=progress)
+        return flavor.load(where, version.flavor, trusted=trusted)

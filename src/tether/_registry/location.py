@@ -1,0 +1,131 @@
+"""Finding, creating and describing an embedded registry folder.
+
+An embedded registry is a folder (``.tether`` by default) holding
+``tether.toml`` (which database and which store), the SQLite file and the
+local object store. Commands find it from ``--registry``, then ``TETHER_URI``,
+then by walking up from the working directory the way git finds ``.git``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import Conflict, InvalidInput, RegistryNotFound
+
+CONFIG_NAME = "tether.toml"
+DEFAULT_DIR = ".tether"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RegistryLocation:
+    root: Path | None  # the folder, for an embedded registry
+    db_url: str
+    store_url: str
+    cache_dir: Path
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("TETHER_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "tether" if base else Path.home() / ".cache" / "tether"
+
+
+def _write_config(root: Path, db_url: str, store_url: str) -> None:
+    text = (
+        "# Tether registry. Edit with care: the database and store hold your versions.\n"
+        "[registry]\n"
+        f"format = {FORMAT}\n"
+        f'db = "{db_url}"\n'
+        f'store = "{store_url}"\n'
+    )
+    tmp = root / (CONFIG_NAME + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, root / CONFIG_NAME)
+
+
+def create_location(
+    path: str | Path, *, db_url: str | None = None, store_url: str | None = None
+) -> RegistryLocation:
+    """Create the folder and its config; refuses a folder that holds something else."""
+    root = Path(path).expanduser().absolute()
+    if (root / CONFIG_NAME).exists():
+        raise Conflict(
+            f"a registry already exists at {root}",
+            hint="use it as it is, or pass another folder with --registry",
+        )
+    if root.exists() and not root.is_dir():
+        raise InvalidInput(f"{root} exists and is not a folder", hint="choose another path")
+    if root.exists() and any(root.iterdir()):
+        raise InvalidInput(
+            f"{root} is not empty and is not a Tether registry",
+            hint="choose an empty or new folder",
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    db = db_url or "sqlite:///registry.db"
+    store = store_url or "file://objects"
+    _write_config(root, db, store)
+    return read_location(root)
+
+
+def _resolve_relative(root: Path, url: str) -> str:
+    """Relative sqlite and file URLs in the config are relative to the folder."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return f"sqlite:///{root / url[len('sqlite:///'):]}"
+    if url.startswith("file://") and not url.startswith("file:///"):
+        return f"file://{root / url[len('file://'):]}"
+    return url
+
+
+def read_location(root: Path) -> RegistryLocation:
+    config_path = root / CONFIG_NAME
+    if not config_path.is_file():
+        raise RegistryNotFound(
+            f"{root} is not a Tether registry (it has no {CONFIG_NAME})",
+            hint="create one with `tether init`, or point --registry / TETHER_URI at one",
+        )
+    try:
+        config = tomllib.loads(config_path.read_text())["registry"]
+        db_url, store_url = str(config["db"]), str(config["store"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+        raise RegistryNotFound(
+            f"{config_path} is damaged: {error}",
+            hint="restore it from a backup, or compare it with a fresh `tether init`",
+        ) from error
+    return RegistryLocation(
+        root=root,
+        db_url=_resolve_relative(root, db_url),
+        store_url=_resolve_relative(root, store_url),
+        cache_dir=root / "cache",
+    )
+
+
+def find_location(uri: str | Path | None = None) -> RegistryLocation:
+    """Locate the registry named by ``uri``, ``TETHER_URI`` or the working directory."""
+    target = uri if uri is not None else os.environ.get("TETHER_URI")
+    if target:
+        text = str(target)
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        path = Path(text).expanduser()
+        if (path / CONFIG_NAME).is_file():
+            return read_location(path.absolute())
+        if (path / DEFAULT_DIR / CONFIG_NAME).is_file():
+            return read_location((path / DEFAULT_DIR).absolute())
+        if not path.exists():
+            raise RegistryNotFound(
+                f"no registry at {path}: the folder does not exist",
+                hint=f"create it with `tether init {path}`",
+            )
+        return read_location(path.absolute())
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        candidate = folder / DEFAULT_DIR
+        if candidate.is_dir():
+            return read_location(candidate)
+    raise RegistryNotFound(
+        f"no registry found in {here} or its parents",
+        hint="create one with `tether init`, or set TETHER_URI / --registry",
+    )

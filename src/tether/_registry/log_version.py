@@ -1,0 +1,243 @@
+"""Registering a version: save, store the bytes, capture lineage, number it.
+
+The bytes go into the artifact store first and are durable before the version
+row is written, in one transaction that also numbers the version and appends
+the audit event. A crash in between leaves unreferenced chunks (which `gc`
+collects), never a version that points at missing bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .. import _flavors as flavors
+from .._digest import digest_of
+from .._environment import capture_environment
+from .._errors import Conflict, InvalidInput
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._metadata.clock import now_iso
+from .._records import ModelVersion
+from .._reference import validate_model_name
+from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
+from .._signature import Signature, infer_signature
+from .examples import example_to_json, feature_names, predictions_for
+from .lineage import capture_git, current_author, digest_data
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: How many times a writer retries after losing a race to create the same model.
+_RACE_RETRIES = 5
+
+
+def _check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise InvalidInput("params= must be a mapping of name to value", hint='params={"C": 1.0}')
+    try:
+        return dict(_json_roundtrip(params))
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"params are not JSON-serialisable: {error}") from error
+
+
+def _json_roundtrip(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=_jsonable_scalar))
+
+
+def _jsonable_scalar(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidInput("metrics= must be a mapping of name to number")
+    checked: dict[str, float] = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as error:
+            raise InvalidInput(
+                f"metric {key!r} is {value!r}, not a number",
+                hint="metrics are numbers; put text in notes= or tags=",
+            ) from error
+        if math.isnan(number) or math.isinf(number):
+            raise InvalidInput(f"metric {key!r} is {value!r}", hint="metrics must be finite")
+        checked[str(key)] = number
+    return checked
+
+
+def _facts(
+    *, signature: Any, files_digest: str, params: Any, data: Any, flavor: Any, metadata: Any
+) -> VersionFacts:
+    return VersionFacts(
+        signature=signature,
+        files_digest=files_digest,
+        params=params,
+        data=data,
+        flavor=flavor,
+        metadata=metadata,
+    )
+
+
+def _row_facts(row: sa.Row[Any]) -> VersionFacts:
+    version = repo.row_to_version(row, "")
+    return _facts(
+        signature=version.signature,
+        files_digest=version.files_digest,
+        params=version.params,
+        data={k: v.get("digest") for k, v in version.data.items()},
+        flavor=_flavor_identity(version.flavor),
+        metadata={"metrics": version.metrics, "notes": version.notes, "tags": version.tags},
+    )
+
+
+def _flavor_identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a flavor record that change what is loaded (not versions of tools)."""
+    return {k: v for k, v in record.items() if k not in ("framework_versions",)}
+
+
+def log_model(
+    registry: Registry,
+    model: Any,
+    name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    data: Any = None,
+    signature: Signature | Mapping[str, Any] | None = None,
+    input_example: Any = None,
+    notes: str = "",
+    bump: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    flavor: str | None = None,
+    serialization: str | None = None,
+    author: str | None = None,
+    progress: bool = False,
+) -> ModelVersion:
+    validate_model_name(name)
+    params_ = _check_params(params)
+    metrics_ = _check_metrics(metrics)
+    tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
+    data_ = digest_data(data)
+    chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
+
+    with tempfile.TemporaryDirectory(prefix="tether-log-") as tmp:
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        save_options = {"serialization": serialization} if serialization else {}
+        flavor_record = chosen.save(model, model_dir, **save_options)
+        paths = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+        report = registry.store.ingest(model_dir, paths, progress=progress)
+
+    if signature is None and input_example is not None:
+        outputs = predictions_for(model, flavor_record, input_example)
+        signature_ = infer_signature(
+            input_example, outputs, feature_names=feature_names(model)
+        ).to_dict()
+    elif isinstance(signature, Signature):
+        signature_ = signature.to_dict()
+    elif signature is not None:
+        signature_ = Signature.from_dict(dict(signature)).to_dict()
+    else:
+        signature_ = None
+
+    files = sorted(report.files, key=lambda f: f.path)
+    files_digest = digest_of([[f.path, f.size, f.digest] for f in files])
+    data_digests = {k: v["digest"] for k, v in data_.items()}
+    digest = digest_of(
+        {
+            "files": files_digest,
+            "flavor": _flavor_identity(flavor_record),
+            "signature": signature_,
+            "params": params_,
+            "data": data_digests,
+        }
+    )
+    facts = _facts(
+        signature=signature_,
+        files_digest=files_digest,
+        params=params_,
+        data=data_digests,
+        flavor=_flavor_identity(flavor_record),
+        metadata={"metrics": metrics_, "notes": notes, "tags": tags_},
+    )
+    values = {
+        "digest": digest,
+        "files_digest": files_digest,
+        "manifest": [f.to_dict() for f in files],
+        "flavor": flavor_record,
+        "signature": signature_,
+        "input_example": example_to_json(input_example),
+        "params": params_,
+        "metrics": metrics_,
+        "data": data_,
+        "lineage": {"git": capture_git()},
+        "environment": capture_environment(),
+        "tags": tags_,
+        "notes": notes,
+        "author": author or registry.actor or current_author(),
+    }
+    for attempt in range(_RACE_RETRIES):
+        try:
+            return _insert(registry, name, facts, bump, values)
+        except sa.exc.IntegrityError as error:
+            # Two writers created the same model, or (PostgreSQL) numbered at once.
+            if attempt == _RACE_RETRIES - 1:
+                raise Conflict(
+                    f"could not register {name}: other writers kept winning the race",
+                    hint="retry; the bytes are stored, so a retry is cheap",
+                ) from error
+    raise AssertionError("unreachable")
+
+
+def _insert(
+    registry: Registry, name: str, facts: VersionFacts, bump: str | None, values: dict[str, Any]
+) -> ModelVersion:
+    with registry.write() as conn:
+        mid, _created = repo.ensure_model(conn, name)
+        rows = repo.version_rows(conn, mid)
+        for row in rows:
+            if row.digest == values["digest"] and _row_facts(row).metadata == facts.metadata:
+                return repo.row_to_version(row, name, repo.aliases_by_version(conn, mid).get(row.id, []))
+        previous = _row_facts(rows[-1]) if rows else None
+        level, reasons = required_bump(previous, facts)
+        highest = max((SemVer.parse(r.semver) for r in rows), default=None)
+        semver = resolve_bump(highest, level, bump, reasons)
+        seq = max((r.seq for r in rows), default=0) + 1
+        row_values = dict(values)
+        row_values.update(
+            seq=seq,
+            semver=str(semver),
+            major=semver.major,
+            minor=semver.minor,
+            patch=semver.patch,
+            created_at=now_iso(),
+            status="ready",
+        )
+        vid = repo.insert_version(conn, mid, row_values)
+        append_event(
+            conn,
+            actor=values["author"],
+            action="version.logged",
+            model=name,
+            subject=f"{name}@{semver}",
+            after={"seq": seq, "semver": str(semver), "digest": f"sha:{values['digest']}"},
+            details={"bump_reasons": reasons, "files": len(values["manifest"])},
+        )
+        row = repo.version_by_id(conn, vid)
+        assert row is not None
+        return repo.row_to_version(row, name)
