@@ -21,6 +21,9 @@ from .._errors import InvalidInput, SchemaMismatch
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
+#: Execution option marking a connection that only reads.
+READ_ONLY = "tether_read_only"
+
 
 def create_engine(url: str) -> sa.Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
@@ -53,7 +56,9 @@ def _configure_sqlite(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers must not queue behind writers (WAL lets them read a snapshot).
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

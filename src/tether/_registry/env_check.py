@@ -32,9 +32,15 @@ def differences(version: ModelVersion, current: dict[str, Any] | None = None) ->
     return compare_environments(version.environment, current or capture_environment(), frameworks)
 
 
-def enforce(version: ModelVersion, policy: EnvPolicy) -> list[Difference]:
-    """Refuse (EnvironmentMismatch) or warn per the policy; returns the differences."""
-    found = differences(version)
+def enforce(
+    version: ModelVersion, policy: EnvPolicy, current: dict[str, Any] | None = None
+) -> list[Difference]:
+    """Refuse (EnvironmentMismatch) or warn per the policy; returns the differences.
+
+    ``current`` is the environment to judge (default: this process), so a CI
+    job can check the environment an application will run in.
+    """
+    found = differences(version, current)
     verdict = evaluate(found, policy)
     verdict.enforce(subject=version.ref)
     return found

@@ -57,10 +57,11 @@ def load_version(
     env_policy: str | None = None,
     trusted: bool = False,
     progress: bool = False,
+    environment: dict[str, Any] | None = None,
 ) -> Any:
     if expect:
         check_expected_digest(version, expect)
-    enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")))
+    enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")), environment)
     if version.status == "deprecated":
         warnings.warn(
             f"{version.ref} is deprecated; promote a newer version",

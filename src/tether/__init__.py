@@ -1,0 +1,128 @@
+"""Tether: a model registry that ties every version to its bytes, code, data,
+schema and environment, and refuses to load what does not match.
+
+    import tether
+    version = tether.log_model(model, "fraud", params=..., metrics=..., input_example=X[:5])
+    model = tether.load("fraud@production")
+
+Module-level functions use the registry named by ``TETHER_URI`` or the nearest
+``.tether`` folder above the working directory; ``tether.open(path)`` gives an
+explicit one with the same methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._environment import EnvironmentWarning
+from ._errors import (
+    AmbiguousReference,
+    Conflict,
+    EnvironmentMismatch,
+    IncompatibleBump,
+    IntegrityError,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+    PermissionDenied,
+    PolicyViolation,
+    RegistryNotFound,
+    SchemaMismatch,
+    StoreError,
+    TetherError,
+    UnsafeArtifact,
+)
+from ._records import AliasMove, Event, ModelInfo, ModelVersion
+from ._reference import Reference, parse_reference
+from ._registry.loading import DeprecatedVersionWarning
+from ._registry.registry import Registry
+from ._signature import Signature, infer_signature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AliasMove", "AmbiguousReference", "Conflict", "DeprecatedVersionWarning",
+    "EnvironmentMismatch", "EnvironmentWarning", "Event", "IncompatibleBump",
+    "IntegrityError", "InvalidInput", "InvalidReference", "ModelInfo", "ModelVersion",
+    "NotFound", "PermissionDenied", "PolicyViolation", "Reference", "Registry",
+    "RegistryNotFound", "SchemaMismatch", "Signature", "StoreError", "TetherError",
+    "UnsafeArtifact", "__version__", "get", "infer_signature", "init", "load", "log_model",
+    "open", "parse_reference", "promote", "rollback",
+]
+
+
+def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry:  # noqa: A001
+    """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``."""
+    return Registry.open(uri, actor=actor)
+
+
+def init(path: str | Path = ".tether", **options: Any) -> Registry:
+    """Create a registry folder (SQLite plus a local store by default)."""
+    return Registry.init(path, **options)
+
+
+def log_model(
+    model: Any,
+    name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    data: Any = None,
+    signature: Signature | Mapping[str, Any] | None = None,
+    input_example: Any = None,
+    notes: str = "",
+    bump: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    flavor: str | None = None,
+    serialization: str | None = None,
+    registry: str | Path | None = None,
+) -> ModelVersion:
+    """Register ``model`` (an estimator, a callable, or a path) as a new version of ``name``.
+
+    Captures git lineage, the environment, data digests and (from
+    ``input_example``) the signature. The semantic version is proposed from what
+    changed; ``bump="major"|"minor"|"patch"`` or ``"2.0.0"`` asks for more.
+    Identical content and metadata return the existing version.
+    """
+    with Registry.open(registry) as reg:
+        return reg.log_model(
+            model, name, params=params, metrics=metrics, data=data, signature=signature,
+            input_example=input_example, notes=notes, bump=bump, tags=tags, flavor=flavor,
+            serialization=serialization,
+        )
+
+
+def load(
+    ref: str,
+    *,
+    expect: str | None = None,
+    env_policy: str | None = None,
+    trusted: bool = False,
+    registry: str | Path | None = None,
+) -> Any:
+    """Load the model ``ref`` names, refusing bytes or environments that do not match.
+
+    ``expect="sha:…"`` refuses any other digest; ``env_policy`` overrides the
+    registry's policy for this call (``"strict"``, ``"warn"``, ``"off"``);
+    ``trusted=True`` skips the pickle import scan for an author you trust.
+    """
+    with Registry.open(registry) as reg:
+        return reg.load(ref, expect=expect, env_policy=env_policy, trusted=trusted)
+
+
+def get(ref: str, *, registry: str | Path | None = None) -> ModelVersion:
+    """The recorded version ``ref`` names, without loading it."""
+    with Registry.open(registry) as reg:
+        return reg.get(ref)
+
+
+def promote(ref: str, alias: str, *, reason: str = "", registry: str | Path | None = None) -> AliasMove:
+    with Registry.open(registry) as reg:
+        return reg.promote(ref, alias, reason=reason)
+
+
+def rollback(name: str, alias: str, *, reason: str = "", registry: str | Path | None = None) -> AliasMove:
+    with Registry.open(registry) as reg:
+        return reg.rollback(name, alias, reason=reason)

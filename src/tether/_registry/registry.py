@@ -1,0 +1,330 @@
+"""The registry: one object that every shell (library, CLI, server) calls.
+
+It owns the database engine and the artifact store and offers the use cases as
+methods; the use cases themselves live in the sibling modules, one job each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import _store
+from .._environment import (
+    Difference,
+    EnvPolicy,
+    Verdict,
+    evaluate,
+    export_dockerfile,
+    export_requirements,
+)
+from .._errors import InvalidInput
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event, list_events, verify_events
+from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
+from .._records import AliasMove, Event, ModelInfo, ModelVersion
+from .._reference import parse_reference
+from .._signature import Signature
+from .._store.base import ArtifactStore, StoreStats
+from . import aliases as alias_ops
+from . import env_check, loading, log_version, retention
+from .compare import diff_versions
+from .lineage import current_author
+from .location import RegistryLocation, create_location, find_location
+from .resolve import require_model, resolve_version
+
+#: Settings a user may change with `tether config set`, and how each is checked.
+SETTINGS: dict[str, str] = {
+    "env_policy": "environment policy for load/serve: strict, warn, off, with overrides",
+    "gc.keep_last": "versions of each model that gc always keeps (empty: all)",
+    "gc.grace_seconds": "gc never removes anything younger than this (default 3600)",
+}
+
+
+class Registry:
+    """An open registry: metadata database plus artifact store."""
+
+    def __init__(self, location: RegistryLocation, *, actor: str | None = None) -> None:
+        self.location = location
+        self.engine = create_engine(location.db_url)
+        self._store: ArtifactStore | None = None
+        self._actor = actor
+
+    # -- opening ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, uri: str | Path | None = None, *, actor: str | None = None) -> Registry:
+        """Open the registry at ``uri``, ``TETHER_URI`` or the nearest ``.tether``."""
+        registry = cls(find_location(uri), actor=actor)
+        check_schema(registry.engine, where=registry.describe())
+        return registry
+
+    @classmethod
+    def init(
+        cls,
+        path: str | Path = ".tether",
+        *,
+        db_url: str | None = None,
+        store_url: str | None = None,
+        actor: str | None = None,
+    ) -> Registry:
+        """Create a registry folder with an empty database and store."""
+        registry = cls(create_location(path, db_url=db_url, store_url=store_url), actor=actor)
+        upgrade(registry.engine)
+        with registry.write() as conn:
+            append_event(
+                conn, actor=registry.actor, action="registry.created",
+                details={"db": _redact(registry.location.db_url),
+                         "store": registry.location.store_url},
+            )
+        return registry
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        root = self.location.root
+        return str(root) if root is not None else _redact(self.location.db_url)
+
+    @property
+    def actor(self) -> str:
+        return self._actor or current_author()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.location.cache_dir
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = _store.open_store(self.location.store_url, cache_dir=self.cache_dir)
+        return self._store
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- settings ---------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        with self.read() as conn:
+            return repo.get_setting(conn, key)
+
+    def settings(self) -> dict[str, str]:
+        with self.read() as conn:
+            return repo.all_settings(conn)
+
+    def set_setting(self, key: str, value: str) -> None:
+        if key not in SETTINGS:
+            known = ", ".join(sorted(SETTINGS))
+            raise InvalidInput(f"unknown setting {key!r}", hint=f"settings: {known}")
+        _check_setting(key, value)
+        with self.write() as conn:
+            before = repo.get_setting(conn, key)
+            repo.put_setting(conn, key, value)
+            append_event(conn, actor=self.actor, action="setting.set", subject=key,
+                         before=before, after=value)
+
+    # -- models and versions ----------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        with self.read() as conn:
+            return repo.list_models(conn)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        with self.read() as conn:
+            mid = require_model(conn, name)
+            by_version = repo.aliases_by_version(conn, mid)
+            return [
+                repo.row_to_version(row, name, by_version.get(row.id, []))
+                for row in repo.version_rows(conn, mid)
+            ]
+
+    def get(self, ref: str) -> ModelVersion:
+        """The version ``ref`` names (any reference form)."""
+        with self.read() as conn:
+            return resolve_version(conn, ref)
+
+    def log_model(
+        self,
+        model: Any,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        data: Any = None,
+        signature: Signature | Mapping[str, Any] | None = None,
+        input_example: Any = None,
+        notes: str = "",
+        bump: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        flavor: str | None = None,
+        serialization: str | None = None,
+        progress: bool = False,
+    ) -> ModelVersion:
+        return log_version.log_model(
+            self, model, name, params=params, metrics=metrics, data=data,
+            signature=signature, input_example=input_example, notes=notes, bump=bump,
+            tags=tags, flavor=flavor, serialization=serialization, progress=progress,
+        )
+
+    def load(
+        self,
+        ref: str,
+        *,
+        expect: str | None = None,
+        env_policy: str | None = None,
+        trusted: bool = False,
+        progress: bool = False,
+        environment: dict[str, Any] | None = None,
+    ) -> Any:
+        """The model object, after checking its environment and every byte.
+
+        ``environment`` judges another environment than this process's (as
+        captured by ``capture_environment``), e.g. the one a deployment will use.
+        """
+        return loading.load_version(
+            self, self.get(ref), expect=expect, env_policy=env_policy, trusted=trusted,
+            progress=progress, environment=environment,
+        )
+
+    def download(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+        """Write a version's files (verified) into ``dest``, which must not exist."""
+        target = Path(dest)
+        if target.exists():
+            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        version = self.get(ref)
+        return loading.materialize(self, version, target.absolute(), progress=progress)
+
+    def verify(self, ref: str) -> list[str]:
+        """Problems found re-reading every stored byte of a version (empty: all good)."""
+        version = self.get(ref)
+        return self.store.verify(version.files, label=version.ref)
+
+    def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
+        parsed = parse_reference(ref)
+        with self.write() as conn:
+            version = resolve_version(conn, parsed)
+            status = "ready" if undo else "deprecated"
+            repo.set_version_status(conn, version.id, status)
+            append_event(
+                conn, actor=self.actor,
+                action="version.undeprecated" if undo else "version.deprecated",
+                model=version.name, subject=version.ref, before=version.status, after=status,
+                details={"reason": reason},
+            )
+            return resolve_version(conn, parsed)
+
+    # -- aliases ----------------------------------------------------------------
+
+    def promote(
+        self, ref: str, alias: str, *, reason: str = "",
+        checks: Sequence[alias_ops.PromoteCheck] = (),
+    ) -> AliasMove:
+        return alias_ops.promote(self, ref, alias, actor=self.actor, reason=reason,
+                                 checks=list(checks))
+
+    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:
+        return alias_ops.rollback(self, name, alias, actor=self.actor, reason=reason)
+
+    def delete_alias(self, name: str, alias: str) -> AliasMove:
+        return alias_ops.delete_alias(self, name, alias, actor=self.actor)
+
+    def alias_history(self, name: str, alias: str) -> list[AliasMove]:
+        return alias_ops.history(self, name, alias)
+
+    def alias(self, name: str, alias: str) -> dict[str, Any]:
+        return alias_ops.alias_state(self, name, alias)
+
+    # -- audit ------------------------------------------------------------------
+
+    def audit_log(
+        self, *, model: str | None = None, action: str | None = None, limit: int | None = None
+    ) -> list[Event]:
+        with self.read() as conn:
+            return list_events(conn, model=model, action=action, limit=limit)
+
+    def verify_audit(self) -> tuple[int, list[str]]:
+        with self.read() as conn:
+            return verify_events(conn)
+
+    # -- comparing and environments ---------------------------------------------
+
+    def diff(self, old_ref: str, new_ref: str) -> dict[str, Any]:
+        return diff_versions(self.get(old_ref), self.get(new_ref))
+
+    def env_diff(self, ref: str, *, environment: dict[str, Any] | None = None) -> list[Difference]:
+        """How ``environment`` (default: this process's) differs from ``ref``'s recorded one."""
+        return env_check.differences(self.get(ref), environment)
+
+    def env_verdict(
+        self, ref: str, *, env_policy: str | None = None,
+        environment: dict[str, Any] | None = None,
+    ) -> Verdict:
+        policy = env_check.choose_policy(env_policy, self.get_setting("env_policy"))
+        return evaluate(self.env_diff(ref, environment=environment), policy)
+
+    def env_export(self, ref: str, *, format: str = "requirements") -> str:
+        version = self.get(ref)
+        if format == "requirements":
+            return export_requirements(version.environment)
+        if format == "dockerfile":
+            return export_dockerfile(version.environment)
+        raise InvalidInput(f"unknown format {format!r}", hint="use requirements or dockerfile")
+
+    # -- storage ----------------------------------------------------------------
+
+    def store_stats(self) -> StoreStats:
+        with self.read() as conn:
+            rows = repo.all_version_rows(conn)
+        live = [f for _, row in rows for f in repo.row_to_version(row, "").files]
+        return self.store.stats(live)
+
+    def gc(
+        self,
+        *,
+        keep_last: int | None = None,
+        grace_seconds: float | None = None,
+        dry_run: bool = False,
+    ) -> retention.GcResult:
+        return retention.collect(
+            self, keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
+        )
+
+
+def _check_setting(key: str, value: str) -> None:
+    if key == "env_policy":
+        EnvPolicy.parse(value)
+    elif key in ("gc.keep_last", "gc.grace_seconds") and value != "":
+        try:
+            number = float(value)
+        except ValueError as error:
+            raise InvalidInput(f"{key} must be a number, not {value!r}") from error
+        if number < 0 or (key == "gc.keep_last" and number != int(number)):
+            raise InvalidInput(f"{key} must be a non-negative {'integer' if 'keep' in key else 'number'}")
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for messages and the audit log."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL we cannot parse is shown as is
+        return url

@@ -1,0 +1,95 @@
+"""Garbage collection: which versions retention keeps, then which bytes go.
+
+A version is kept when it is among the newest ``keep_last`` of its model, when
+an alias points at it now or ever did (so rollback always has bytes to go back
+to), or when it is younger than the grace period. Versions outside all three
+are marked deleted (their metadata and audit trail stay; their bytes go), then
+the store drops every chunk no kept version references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._metadata.clock import parse_iso
+from .._store.base import GcReport
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+DEFAULT_GRACE_SECONDS = 3600.0
+
+
+@dataclass
+class GcResult:
+    expired: list[str]
+    store: GcReport
+    keep_last: int | None
+    grace_seconds: float
+    kept_versions: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.store.dry_run,
+            "keep_last": self.keep_last,
+            "grace_seconds": self.grace_seconds,
+            "expired_versions": self.expired,
+            "kept_versions": self.kept_versions,
+            "removed_chunks": self.store.removed_chunks,
+            "removed_bytes": self.store.removed_bytes,
+            "repacked_packs": self.store.repacked_packs,
+            "kept_chunks": self.store.kept_chunks,
+        }
+
+
+def _setting_number(registry: Registry, key: str) -> float | None:
+    text = registry.get_setting(key)
+    return float(text) if text not in (None, "") else None
+
+
+def collect(
+    registry: Registry,
+    *,
+    keep_last: int | None,
+    grace_seconds: float | None,
+    dry_run: bool,
+) -> GcResult:
+    if keep_last is None:
+        configured = _setting_number(registry, "gc.keep_last")
+        keep_last = int(configured) if configured is not None else None
+    if grace_seconds is None:
+        grace_seconds = _setting_number(registry, "gc.grace_seconds") or DEFAULT_GRACE_SECONDS
+    now = datetime.now(UTC)
+    expired: list[str] = []
+    with registry.write() as conn:
+        ever_aliased = repo.ever_aliased_version_ids(conn)
+        rows = repo.all_version_rows(conn)
+        by_model: dict[str, list[Any]] = {}
+        for name, row in rows:
+            by_model.setdefault(name, []).append(row)
+        for name, model_rows in by_model.items():
+            newest = {r.id for r in sorted(model_rows, key=lambda r: r.seq)[-keep_last:]} \
+                if keep_last else {r.id for r in model_rows}
+            for row in model_rows:
+                age = (now - parse_iso(row.created_at)).total_seconds()
+                if row.id in newest or row.id in ever_aliased or age < grace_seconds:
+                    continue
+                expired.append(f"{name}@{row.semver}")
+                if not dry_run:
+                    repo.set_version_status(conn, row.id, "deleted")
+                    append_event(
+                        conn, actor=registry.actor, action="version.deleted", model=name,
+                        subject=f"{name}@{row.semver}", before=row.status, after="deleted",
+                        details={"reason": f"gc retention: keep_last={keep_last}",
+                                 "digest": f"sha:{row.digest}"},
+                    )
+        kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
+    live = [f for row in kept for f in repo.row_to_version(row, "").files]
+    report = registry.store.gc(live, grace_seconds=grace_seconds, dry_run=dry_run)
+    return GcResult(expired=expired, store=report, keep_last=keep_last,
+                    grace_seconds=grace_seconds, kept_versions=len(kept))

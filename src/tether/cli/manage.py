@@ -1,0 +1,97 @@
+"""Registry management: init, verify, deprecate, config."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .._registry.registry import SETTINGS, Registry
+from ._common import State, console, emit_json, handle_errors, json_option, registry_from, table
+
+
+@click.command()
+@click.argument("path", required=False)
+@click.option("--db", "db_url", help="Database URL (default: a SQLite file inside the folder).")
+@click.option("--store", "store_url", help="Artifact store URL (default: a folder inside it).")
+@json_option
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context, path: str | None, db_url: str | None, store_url: str | None,
+         as_json: bool) -> None:
+    """Create a registry in PATH (default: --registry, $TETHER_URI, else ./.tether)."""
+    state = ctx.find_object(State)
+    target = path or (state.registry_uri if state else None) or ".tether"
+    with Registry.init(target, db_url=db_url, store_url=store_url) as registry:
+        where = registry.describe()
+    if as_json:
+        emit_json({"registry": where})
+    else:
+        console.print(f"Created a Tether registry in {where}")
+        console.print("Log a model with tether.log_model(model, \"name\"), then `tether versions name`.")
+
+
+@click.command()
+@click.argument("ref")
+@json_option
+@click.pass_context
+@handle_errors
+def verify(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Re-read every stored byte of REF and check it against its digest."""
+    problems = registry_from(ctx).verify(ref)
+    if as_json:
+        emit_json({"ref": ref, "ok": not problems, "problems": problems})
+    elif problems:
+        console.print(f"[red]{ref}: {len(problems)} problem(s)[/]")
+        for problem in problems:
+            console.print(f"  - {problem}")
+    else:
+        console.print(f"{ref}: every byte verified")
+    if problems:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@click.option("--undo", is_flag=True, help="Mark the version usable again.")
+@json_option
+@click.pass_context
+@handle_errors
+def deprecate(ctx: click.Context, ref: str, reason: str, undo: bool, as_json: bool) -> None:
+    """Deprecate REF: loading it warns and it cannot be promoted."""
+    version = registry_from(ctx).deprecate(ref, reason=reason, undo=undo)
+    if as_json:
+        emit_json(version.to_dict(with_environment=False))
+    else:
+        console.print(f"{version.ref} is now {version.status}")
+
+
+@click.group("config")
+def config_group() -> None:
+    """Registry settings (kept in the registry, changes are audited)."""
+
+
+@config_group.command("set")
+@click.argument("key", type=click.Choice(sorted(SETTINGS)))
+@click.argument("value")
+@click.pass_context
+@handle_errors
+def config_set(ctx: click.Context, key: str, value: str) -> None:
+    """Set KEY to VALUE (e.g. `tether config set env_policy warn,framework-minor=strict`)."""
+    registry_from(ctx).set_setting(key, value)
+    console.print(f"{key} = {value}")
+
+
+@config_group.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def config_list(ctx: click.Context, as_json: bool) -> None:
+    """Show every setting, its value and what it does."""
+    values = registry_from(ctx).settings()
+    if as_json:
+        emit_json({key: values.get(key) for key in SETTINGS})
+        return
+    console.print(table(["SETTING", "VALUE", "MEANING"],
+                        [(k, values.get(k, "(default)"), doc) for k, doc in SETTINGS.items()]))
