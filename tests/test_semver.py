@@ -164,11 +164,11 @@ def test_retyped_input_is_major_and_lists_every_reason() -> None:
     assert reasons == ["input 'age' retyped: long -> string", "weights changed"]
 
 
-def test_removed_input_is_minor_because_callers_still_work() -> None:
+def test_removed_input_is_major_as_design_says() -> None:
     frame = pd.DataFrame({"income": [1.0, 2.0]})
     level, reasons = required_bump(_facts(), _facts(signature=_signature(frame)))
-    assert level is BumpLevel.MINOR
-    assert reasons == ["input 'age' removed (callers may still send it; it is ignored)"]
+    assert level is BumpLevel.MAJOR
+    assert reasons == ["input 'age' removed"]
 
 
 def test_removed_signature_is_major_and_added_signature_minor() -> None:

@@ -282,8 +282,8 @@ CITY = Field("city", "string")
         (
             _sig(AGE, CITY),
             _sig(AGE),
-            True,
-            ["input 'city' removed (callers may still send it; it is ignored)"],
+            False,
+            ["input 'city' removed"],
         ),
         (_sig(AGE), _sig(Field("age", "string")), False, ["input 'age' retyped: long -> string"]),
         (_sig(AGE), _sig(Field("age", "integer")), False, ["input 'age' retyped: long -> integer"]),
@@ -346,7 +346,7 @@ def test_breaking_reasons_come_before_informational_ones() -> None:
     verdict = check_compatibility(_sig(AGE, CITY), _sig(Field("age", "string")))
     assert verdict.reasons == [
         "input 'age' retyped: long -> string",
-        "input 'city' removed (callers may still send it; it is ignored)",
+        "input 'city' removed",
     ]
 
 

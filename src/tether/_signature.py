@@ -385,7 +385,10 @@ def check_compatibility(old: Signature, new: Signature) -> Compatibility:
             )
     for name, f in before.items():
         if name not in after:
-            info.append(f"input {name!r} removed (callers may still send it; it is ignored)")
+            # DESIGN.md: a removed input is a major change. Frameworks such as
+            # scikit-learn reject columns they were not fitted on, so callers
+            # that still send it break.
+            breaking.append(f"input {name!r} removed")
             continue
         g = after[name]
         if f.type != g.type:
