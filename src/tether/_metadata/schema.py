@@ -128,3 +128,67 @@ settings = Table(
     Column("key", String(128), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# -- governance (revision 0002) ------------------------------------------------
+
+# A model's policy file, versioned: every `tether policy set` adds a revision.
+policies = Table(
+    "policies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("author", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("model_id", "revision", name="uq_policies_model_revision"),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("version_id", "alias", "actor", name="uq_approvals_once"),
+)
+
+signatures = Table(
+    "signatures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("payload_digest", String(64), nullable=False),
+    Column("signer", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("version_id", "key_id", name="uq_signatures_version_key"),
+)
+
+trusted_keys = Table(
+    "trusted_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("public_key", Text, nullable=False),
+    Column("added_by", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+# Who holds which role, registry-wide (model NULL) or for one model.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("principal", String(256), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("model", String(128), nullable=True),
+    Column("granted_by", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("principal", "role", "model", name="uq_grants"),
+)

@@ -17,6 +17,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, validate_alias_name
+from .governance import check_deprecated_by_policy
 from .resolve import require_model, resolve_row
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def promote(
         mid = require_model(conn, parsed.name, lock=True)
         _, row = resolve_row(conn, parsed)
         version = repo.row_to_version(row, parsed.name)
-        if version.status == "deprecated":
+        if version.status == "deprecated" or check_deprecated_by_policy(conn, version):
             raise PolicyViolation(
                 f"{version.ref} is deprecated and cannot be promoted",
                 hint="promote a newer version, or undeprecate this one first",

@@ -12,6 +12,7 @@ from .. import _flavors as flavors
 from .._errors import IntegrityError
 from .._records import ModelVersion
 from .env_check import choose_policy, enforce
+from .governance import check_deprecated_by_policy, require_signatures
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -62,7 +63,10 @@ def load_version(
     if expect:
         check_expected_digest(version, expect)
     enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")), environment)
-    if version.status == "deprecated":
+    with registry.read() as conn:
+        require_signatures(conn, version)
+        deprecated_by_policy = check_deprecated_by_policy(conn, version)
+    if version.status == "deprecated" or deprecated_by_policy:
         warnings.warn(
             f"{version.ref} is deprecated; promote a newer version",
             DeprecatedVersionWarning,

@@ -31,7 +31,7 @@ from .._reference import parse_reference
 from .._signature import Signature
 from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
-from . import env_check, loading, log_version, retention
+from . import env_check, governance, loading, log_version, retention
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, create_location, find_location
@@ -81,6 +81,8 @@ class Registry:
                 details={"db": _redact(registry.location.db_url),
                          "store": registry.location.store_url},
             )
+        # Whoever creates a registry administers it; they grant the other roles.
+        governance.grant(registry, registry.actor, "admin", None, bootstrap=True)
         return registry
 
     def close(self) -> None:
@@ -239,8 +241,9 @@ class Registry:
         self, ref: str, alias: str, *, reason: str = "",
         checks: Sequence[alias_ops.PromoteCheck] = (),
     ) -> AliasMove:
+        gate = governance.promotion_gate(self)
         return alias_ops.promote(self, ref, alias, actor=self.actor, reason=reason,
-                                 checks=list(checks))
+                                 checks=[gate, *checks])
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:
         return alias_ops.rollback(self, name, alias, actor=self.actor, reason=reason)
@@ -253,6 +256,40 @@ class Registry:
 
     def alias(self, name: str, alias: str) -> dict[str, Any]:
         return alias_ops.alias_state(self, name, alias)
+
+    # -- governance -------------------------------------------------------------
+
+    def set_policy(self, name: str, text: str) -> dict[str, Any]:
+        return governance.set_policy(self, name, text)
+
+    def get_policy(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        return governance.get_policy(self, name, revision)
+
+    def approve(self, ref: str, alias: str, *, comment: str = "") -> list[str]:
+        return governance.approve(self, ref, alias, comment=comment)
+
+    def grant(self, principal: str, role: str, *, model: str | None = None) -> None:
+        governance.grant(self, principal, role, model)
+
+    def revoke(self, principal: str, role: str, *, model: str | None = None) -> None:
+        governance.revoke(self, principal, role, model)
+
+    def grants(self) -> list[dict[str, Any]]:
+        return governance.list_grants(self)
+
+    def trust_key(self, name: str, public_pem: str) -> str:
+        return governance.trust_key(self, name, public_pem)
+
+    def keys(self) -> list[dict[str, Any]]:
+        return governance.list_keys(self)
+
+    def sign(self, ref: str, key_path: str) -> dict[str, Any]:
+        return governance.sign_version(self, ref, key_path)
+
+    def signatures(self, ref: str) -> tuple[list[str], list[str]]:
+        """(trusted keys with a valid signature on ``ref``, problems found)."""
+        with self.read() as conn:
+            return governance.signature_status(conn, resolve_version(conn, ref))
 
     # -- audit ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
 from .._store.base import GcReport
+from .governance import current_policy
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -73,8 +74,11 @@ def collect(
         for name, row in rows:
             by_model.setdefault(name, []).append(row)
         for name, model_rows in by_model.items():
-            newest = {r.id for r in sorted(model_rows, key=lambda r: r.seq)[-keep_last:]} \
-                if keep_last else {r.id for r in model_rows}
+            mid = model_rows[0].model_id
+            # A model's policy retention overrides the registry-wide number.
+            keep = current_policy(conn, mid).keep_last or keep_last
+            newest = {r.id for r in sorted(model_rows, key=lambda r: r.seq)[-keep:]} \
+                if keep else {r.id for r in model_rows}
             for row in model_rows:
                 age = (now - parse_iso(row.created_at)).total_seconds()
                 if row.id in newest or row.id in ever_aliased or age < grace_seconds:
@@ -85,7 +89,7 @@ def collect(
                     append_event(
                         conn, actor=registry.actor, action="version.deleted", model=name,
                         subject=f"{name}@{row.semver}", before=row.status, after="deleted",
-                        details={"reason": f"gc retention: keep_last={keep_last}",
+                        details={"reason": f"gc retention: keep_last={keep}",
                                  "digest": f"sha:{row.digest}"},
                     )
         kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]

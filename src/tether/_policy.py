@@ -1,0 +1,296 @@
+"""Model policies: who may move which alias, what a version must pass first.
+
+A policy is a small YAML (or JSON) document kept in the registry and versioned
+there. Pure logic: parsing refuses anything it does not know (a typo in a rule
+must not silently disable it), and evaluation takes plain facts and returns the
+rules that failed, each with what to change.
+
+    aliases:
+      production:
+        roles: [approver]            # who may move it (admin always may)
+        approvals: 2                 # distinct `tether approve` before promote
+        checks:
+          - metric: roc_auc          # absolute threshold
+            min: 0.90
+          - metric: latency_ms
+            max: 40
+          - metric: roc_auc          # relative to what the alias points at now
+            not_worse_than_current: 0.01
+          - schema_compatible: true  # signature compatible with the current target
+          - environment: strict      # env policy against the current target's env
+          - signed_by: [release-key] # names of trusted keys
+    retention:
+      keep_last: 10
+    deprecated: ["1.0.0", "~0"]      # versions that warn on load, never promoted
+    require_signed_by: [release-key] # load, check and serve refuse unsigned versions
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ._errors import InvalidInput
+
+ROLES = ("reader", "contributor", "approver", "admin")
+
+_CHECK_KEYS = {
+    "metric": "a metric threshold: metric + min / max / not_worse_than_current",
+    "schema_compatible": "true: the signature must be compatible with the current target's",
+    "environment": "an env policy (strict, warn, off, overrides) against the current target",
+    "signed_by": "a list of trusted key names; one valid signature from any of them",
+}
+_METRIC_OPTIONS = {"min", "max", "not_worse_than_current", "higher_is_better"}
+_ALIAS_KEYS = {"roles", "approvals", "checks"}
+_TOP_KEYS = {"aliases", "retention", "deprecated", "require_signed_by"}
+
+
+def role_rank(role: str) -> int:
+    if role not in ROLES:
+        raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}")
+    return ROLES.index(role)
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # metric | schema_compatible | environment | signed_by
+    options: dict[str, Any]
+
+    def describe(self) -> str:
+        o = self.options
+        if self.kind == "metric":
+            parts = [f"{k}={o[k]}" for k in ("min", "max", "not_worse_than_current") if k in o]
+            return f"metric {o['metric']} " + ", ".join(parts)
+        if self.kind == "signed_by":
+            return "signed by " + " or ".join(o["keys"])
+        if self.kind == "environment":
+            return f"environment {o['policy']} against the current target"
+        return "schema compatible with the current target"
+
+
+@dataclass(frozen=True)
+class AliasRule:
+    roles: tuple[str, ...] = ()
+    approvals: int = 0
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    aliases: dict[str, AliasRule] = field(default_factory=dict)
+    keep_last: int | None = None
+    deprecated: tuple[str, ...] = ()
+    require_signed_by: tuple[str, ...] = ()
+
+    def rule_for(self, alias: str) -> AliasRule | None:
+        return self.aliases.get(alias) or self.aliases.get("*")
+
+    def is_deprecated(self, semver: str) -> bool:
+        return any(_matches(semver, pattern) for pattern in self.deprecated)
+
+
+def _matches(semver: str, pattern: str) -> bool:
+    if pattern.startswith("~"):
+        wanted = pattern[1:].split(".")
+        return semver.split(".")[: len(wanted)] == wanted
+    return semver == pattern.removeprefix("v")
+
+
+def _fail(where: str, problem: str, hint: str | None = None) -> InvalidInput:
+    return InvalidInput(f"policy {where}: {problem}", hint=hint)
+
+
+def parse_policy(text: str) -> Policy:
+    """Parse a policy document; raise InvalidInput naming the offending key."""
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"policy is not valid YAML: {error}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise _fail("document", "must be a mapping with aliases / retention / deprecated")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise _fail("document", f"unknown key(s) {sorted(unknown)}",
+                    hint=f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    aliases = {str(name): _parse_alias(str(name), rule)
+               for name, rule in (data.get("aliases") or {}).items()}
+    keep_last = None
+    retention = data.get("retention") or {}
+    if not isinstance(retention, Mapping) or set(retention) - {"keep_last"}:
+        raise _fail("retention", "only keep_last is known", hint="retention: {keep_last: 10}")
+    if "keep_last" in retention:
+        keep_last = retention["keep_last"]
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise _fail("retention.keep_last", f"must be a positive integer, not {keep_last!r}")
+    deprecated = data.get("deprecated") or []
+    if not isinstance(deprecated, list) or not all(isinstance(d, str) for d in deprecated):
+        raise _fail("deprecated", "must be a list of versions like '1.0.0' or '~0'")
+    required = data.get("require_signed_by") or []
+    if isinstance(required, str):
+        required = [required]
+    if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
+        raise _fail("require_signed_by", "must be a key name or a list of key names")
+    return Policy(aliases=aliases, keep_last=keep_last, deprecated=tuple(deprecated),
+                  require_signed_by=tuple(required))
+
+
+def _parse_alias(alias: str, rule: Any) -> AliasRule:
+    where = f"aliases.{alias}"
+    if not isinstance(rule, Mapping):
+        raise _fail(where, "must be a mapping with roles / approvals / checks")
+    unknown = set(rule) - _ALIAS_KEYS
+    if unknown:
+        raise _fail(where, f"unknown key(s) {sorted(unknown)}",
+                    hint=f"known keys: {', '.join(sorted(_ALIAS_KEYS))}")
+    roles = rule.get("roles") or []
+    if not isinstance(roles, list):
+        raise _fail(f"{where}.roles", "must be a list of roles")
+    for role in roles:
+        role_rank(str(role))
+    approvals = rule.get("approvals", 0)
+    if not isinstance(approvals, int) or approvals < 0:
+        raise _fail(f"{where}.approvals", f"must be a non-negative integer, not {approvals!r}")
+    checks = rule.get("checks") or []
+    if not isinstance(checks, list):
+        raise _fail(f"{where}.checks", "must be a list of rules")
+    return AliasRule(
+        roles=tuple(str(r) for r in roles),
+        approvals=approvals,
+        checks=tuple(_parse_check(f"{where}.checks[{i}]", c) for i, c in enumerate(checks)),
+    )
+
+
+def _parse_check(where: str, raw: Any) -> Check:
+    if not isinstance(raw, Mapping):
+        raise _fail(where, "must be a mapping such as {metric: auc, min: 0.9}")
+    kinds = [k for k in raw if k in _CHECK_KEYS]
+    if len(kinds) != 1:
+        known = "; ".join(f"{k}: {v}" for k, v in _CHECK_KEYS.items())
+        raise _fail(where, f"unknown rule {dict(raw)!r}", hint=f"rules: {known}")
+    kind = kinds[0]
+    if kind == "metric":
+        extra = set(raw) - {"metric"} - _METRIC_OPTIONS
+        if extra:
+            raise _fail(where, f"unknown option(s) {sorted(extra)} for a metric rule",
+                        hint=f"options: {', '.join(sorted(_METRIC_OPTIONS))}")
+        if not set(raw) & {"min", "max", "not_worse_than_current"}:
+            raise _fail(where, "a metric rule needs min, max or not_worse_than_current")
+        for key in ("min", "max", "not_worse_than_current"):
+            if key in raw and not isinstance(raw[key], int | float):
+                raise _fail(where, f"{key} must be a number, not {raw[key]!r}")
+        return Check("metric", dict(raw))
+    if len(raw) != 1:
+        raise _fail(where, f"unknown option(s) {sorted(set(raw) - {kind})} for {kind}")
+    value = raw[kind]
+    if kind == "schema_compatible":
+        if value is not True:
+            raise _fail(where, "schema_compatible takes only `true`")
+        return Check(kind, {})
+    if kind == "environment":
+        from ._environment import EnvPolicy
+
+        EnvPolicy.parse(str(value))
+        return Check(kind, {"policy": str(value)})
+    keys = value if isinstance(value, list) else [value]
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise _fail(where, "signed_by takes a key name or a list of key names")
+    return Check(kind, {"keys": list(keys)})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a promotion is judged on; the registry gathers these."""
+
+    semver: str
+    metrics: dict[str, float]
+    current_semver: str | None
+    current_metrics: dict[str, float] | None
+    actor_roles: tuple[str, ...]
+    approvers: tuple[str, ...]
+    signers: tuple[str, ...]  # names of trusted keys with a valid signature
+    schema_problem: Callable[[], str | None]  # None when compatible with current
+    environment_problem: Callable[[str], str | None]  # given a policy text
+
+
+def evaluate(policy: Policy, alias: str, facts: Facts) -> list[str]:
+    """Every failed rule, as a sentence saying what to change. Empty: allowed."""
+    failures: list[str] = []
+    if policy.is_deprecated(facts.semver):
+        failures.append(f"{facts.semver} is deprecated by the policy; promote a newer version")
+    rule = policy.rule_for(alias)
+    if rule is None:
+        return failures
+    if rule.roles and "admin" not in facts.actor_roles:
+        needed = min(role_rank(r) for r in rule.roles)
+        if not any(role_rank(r) >= needed for r in facts.actor_roles):
+            failures.append(
+                f"moving {alias} needs role {' or '.join(rule.roles)}; you have "
+                f"{', '.join(facts.actor_roles) or 'no role'} (ask an admin: tether role grant)"
+            )
+    if len(facts.approvers) < rule.approvals:
+        failures.append(
+            f"{alias} needs {rule.approvals} approval(s), {facts.semver} has "
+            f"{len(facts.approvers)}{' (' + ', '.join(facts.approvers) + ')' if facts.approvers else ''}"
+            f": run `tether approve NAME@{facts.semver} {alias}` as another approver"
+        )
+    for check in rule.checks:
+        problem = _run_check(check, facts)
+        if problem:
+            failures.append(problem)
+    return failures
+
+
+def _run_check(check: Check, facts: Facts) -> str | None:
+    o = check.options
+    if check.kind == "metric":
+        return _metric_problem(o, facts)
+    if check.kind == "schema_compatible":
+        problem = facts.schema_problem()
+        return f"schema not compatible with {facts.current_semver}: {problem}" if problem else None
+    if check.kind == "environment":
+        problem = facts.environment_problem(o["policy"])
+        return f"environment check ({o['policy']}) failed: {problem}" if problem else None
+    if not set(o["keys"]) & set(facts.signers):
+        have = ", ".join(facts.signers) or "no valid signature"
+        return (f"{facts.semver} must be signed by {' or '.join(o['keys'])} (has {have}): "
+                f"run `tether sign NAME@{facts.semver} --key KEYFILE`")
+    return None
+
+
+def _metric_problem(o: dict[str, Any], facts: Facts) -> str | None:
+    name = o["metric"]
+    higher = bool(o.get("higher_is_better", True))
+    value = facts.metrics.get(name)
+    if value is None:
+        return f"metric {name!r} is not recorded on {facts.semver}; log it with metrics="
+    if "min" in o and value < o["min"]:
+        return f"metric {name} = {value:.4g} is below the minimum {o['min']}"
+    if "max" in o and value > o["max"]:
+        return f"metric {name} = {value:.4g} is above the maximum {o['max']}"
+    if "not_worse_than_current" in o and facts.current_metrics is not None:
+        current = facts.current_metrics.get(name)
+        margin = float(o["not_worse_than_current"])
+        if current is not None:
+            worse = current - value if higher else value - current
+            if worse > margin:
+                return (f"metric {name} = {value:.4g} is worse than {facts.current_semver}'s "
+                        f"{current:.4g} by {worse:.4g}, more than the allowed {margin}")
+    return None
+
+
+def policy_to_json(policy: Policy) -> str:
+    """A canonical JSON view, for `--json` output."""
+    return json.dumps({
+        "aliases": {a: {"roles": list(r.roles), "approvals": r.approvals,
+                        "checks": [c.describe() for c in r.checks]}
+                    for a, r in policy.aliases.items()},
+        "retention": {"keep_last": policy.keep_last},
+        "deprecated": list(policy.deprecated),
+        "require_signed_by": list(policy.require_signed_by),
+    })

@@ -1,0 +1,163 @@
+"""`tether check`: the CI gate between an application and the models it pins.
+
+For every pin in tether.lock: the version exists and its bytes verify; the
+application's pinned dependencies satisfy the model's recorded environment
+(same classification and policy as load); the schema the application declares
+it sends is compatible with the model's signature; and the model's policy
+(signatures, deprecation) holds. Each failure says what to change.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from .._environment import compare_environments, evaluate
+from .._errors import TetherError
+from .._lockfile import LockFile, read_lock
+from .._signature import Schema, Signature, check_compatibility
+from . import env_check
+from .governance import current_policy, signature_status
+from .pinning import parse_requirements
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+@dataclass
+class CheckResult:
+    model: str
+    check: str
+    ok: bool
+    message: str
+    fix: str | None = None
+
+
+@dataclass
+class CheckReport:
+    lock: str
+    requirements: str | None
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "lock": self.lock, "requirements": self.requirements,
+                "results": [asdict(r) for r in self.results]}
+
+    def to_junit(self) -> str:
+        failures = sum(not r.ok for r in self.results)
+        cases = []
+        for r in self.results:
+            body = ""
+            if not r.ok:
+                text = r.message + (f"\nfix: {r.fix}" if r.fix else "")
+                body = f"<failure message={quoteattr(r.message)}>{escape(text)}</failure>"
+            cases.append(f'  <testcase classname={quoteattr("tether.check." + r.model)} '
+                         f"name={quoteattr(r.check)}>{body}</testcase>")
+        return ('<?xml version="1.0" encoding="utf-8"?>\n'
+                f'<testsuite name="tether check" tests="{len(self.results)}" '
+                f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def application_environment(requirements: dict[str, str], python: str | None) -> dict[str, Any]:
+    return {
+        "python": python or platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": sys.platform,
+        "machine": platform.machine(),
+        "packages": requirements,
+    }
+
+
+def run_check(
+    registry: Registry,
+    *,
+    lock_path: Path,
+    requirements_path: Path | None,
+    python: str | None = None,
+    env_policy: str | None = None,
+    verify_bytes: bool = True,
+) -> CheckReport:
+    lock: LockFile = read_lock(lock_path)
+    pins = None
+    if requirements_path is not None:
+        pins = parse_requirements(requirements_path.read_text(), source=str(requirements_path))
+    report = CheckReport(str(lock_path), str(requirements_path) if requirements_path else None)
+    policy = env_check.choose_policy(env_policy, registry.get_setting("env_policy"))
+    add = report.results.append
+    for name, entry in sorted(lock.models.items()):
+        try:
+            version = registry.get(f"{name}@sha:{entry.digest}")
+        except TetherError as error:
+            add(CheckResult(name, "exists", False,
+                            f"{name} {entry.semver} (sha:{entry.digest[:12]}) is not in the registry: "
+                            f"{error.message}", f"re-pin with `tether lock add {entry.ref}`"))
+            continue
+        add(CheckResult(name, "exists", True, f"{version.ref} {version.short_digest}"))
+        if verify_bytes:
+            problems = registry.store.verify(version.files, label=version.ref)
+            add(CheckResult(name, "bytes", not problems,
+                            "; ".join(problems) or f"{len(version.files)} file(s) verified",
+                            "restore the store from a backup or re-log the model" if problems else None))
+        if pins is not None:
+            app_env = application_environment(pins, python)
+            frameworks = list(version.flavor.get("framework_packages", []))
+            found = [d for d in compare_environments(version.environment, app_env, frameworks)
+                     # The app need not install what the training machine happened to have.
+                     if not (d.kind == "package" and d.level == "missing")]
+            verdict = evaluate(found, policy)
+            fixes = [f"{d.name}=={d.recorded}" for d in verdict.refusals if d.recorded and d.kind
+                     in ("framework", "numpy", "package")]
+            add(CheckResult(
+                name, "environment", verdict.ok,
+                "; ".join(str(d) for d in verdict.refusals) or
+                f"satisfied ({len(verdict.warnings)} warning(s))",
+                f"pin {', '.join(fixes)} in {requirements_path}" if fixes else
+                ("use the recorded Python/platform" if verdict.refusals else None),
+            ))
+        if entry.sends is not None:
+            add(_schema_result(name, version.signature, entry.sends))
+        with registry.read() as conn:
+            model_policy = current_policy(conn, _model_id(conn, name))
+            valid, sig_problems = signature_status(conn, version)
+        if model_policy.require_signed_by:
+            signed = bool(set(valid) & set(model_policy.require_signed_by))
+            add(CheckResult(name, "signature", signed,
+                            f"signed by {', '.join(valid)}" if signed else
+                            f"needs a signature by {' or '.join(model_policy.require_signed_by)}"
+                            + (f" ({'; '.join(sig_problems)})" if sig_problems else ""),
+                            None if signed else f"tether sign {version.ref} --key KEYFILE"))
+        deprecated = version.status == "deprecated" or model_policy.is_deprecated(version.semver)
+        add(CheckResult(name, "not deprecated", not deprecated,
+                        f"{version.ref} is deprecated" if deprecated else "ok",
+                        f"tether lock update {name} (after promoting a newer version)"
+                        if deprecated else None))
+    return report
+
+
+def _model_id(conn: Any, name: str) -> int:
+    from .resolve import require_model
+
+    return require_model(conn, name)
+
+
+def _schema_result(name: str, signature: dict[str, Any] | None, sends: dict[str, Any]) -> CheckResult:
+    if signature is None:
+        return CheckResult(name, "schema", False, "the model has no signature to check against",
+                           "log the model with input_example= or signature=")
+    model = Signature.from_dict(signature)
+    declared = Signature(inputs=Schema.from_dict(sends), outputs=model.outputs)
+    verdict = check_compatibility(declared, model)
+    # Fields the application sends but the model does not read are harmless here.
+    breaking = [r for r in verdict.reasons if not r.endswith("removed") and r.startswith("input")
+                and ("required" in r or "retyped" in r)]
+    return CheckResult(name, "schema", not breaking,
+                       "; ".join(breaking) or "the declared schema is compatible",
+                       "send the fields the model requires with their types" if breaking else None)
