@@ -31,7 +31,7 @@ from .._reference import parse_reference
 from .._signature import Signature
 from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
-from . import env_check, governance, loading, log_version, retention
+from . import env_check, gate, governance, loading, log_version, pinning, reproduce, retention
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, create_location, find_location
@@ -197,12 +197,18 @@ class Registry:
         trusted: bool = False,
         progress: bool = False,
         environment: dict[str, Any] | None = None,
+        use_lock: bool = True,
     ) -> Any:
         """The model object, after checking its environment and every byte.
 
         ``environment`` judges another environment than this process's (as
         captured by ``capture_environment``), e.g. the one a deployment will use.
+        Inside an application with a ``tether.lock``, a pinned reference loads
+        exactly the pinned digest (``use_lock=False`` or ``TETHER_LOCK=off`` to
+        ignore the lock).
         """
+        if use_lock:
+            ref = pinning.pinned_reference(self, ref)
         return loading.load_version(
             self, self.get(ref), expect=expect, env_policy=env_policy, trusted=trusted,
             progress=progress, environment=environment,
@@ -290,6 +296,22 @@ class Registry:
         """(trusted keys with a valid signature on ``ref``, problems found)."""
         with self.read() as conn:
             return governance.signature_status(conn, resolve_version(conn, ref))
+
+    # -- pinning, CI gate, reproducing ------------------------------------------
+
+    def lock_add(self, ref: str, *, path: Path | None = None, sends: Any = None) -> Any:
+        return pinning.lock_add(self, ref, path=path, sends=sends)
+
+    def lock_update(self, names: Sequence[str] = (), *, path: Path | None = None) -> Any:
+        return pinning.lock_update(self, list(names), path=path)
+
+    def check(self, *, lock_path: Path, requirements_path: Path | None = None,
+              python: str | None = None, env_policy: str | None = None) -> gate.CheckReport:
+        return gate.run_check(self, lock_path=lock_path, requirements_path=requirements_path,
+                              python=python, env_policy=env_policy)
+
+    def reproduce(self, ref: str) -> dict[str, Any]:
+        return reproduce.recipe(self.get(ref))
 
     # -- audit ------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from .aliases import alias_group, promote, rollback
 from .audit import audit_group
 from .demo import demo
 from .env import env_group
+from .governance import approve, key_group, policy_group, role_group, sign
+from .pinning import check, lock_group, reproduce
 from .inspect import diff, models, show, versions
-from .manage import config_group, deprecate, init, verify
+from .manage import config_group, db_group, deprecate, init, verify
 from .storage import gc, store_group
 
 
@@ -35,7 +37,9 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
 
 
 for command in (init, models, versions, show, diff, promote, rollback, alias_group,
-                audit_group, env_group, gc, store_group, verify, deprecate, config_group, demo):
+                audit_group, env_group, gc, store_group, verify, deprecate, config_group,
+                policy_group, approve, role_group, key_group, sign, lock_group, check, reproduce,
+                db_group, demo):
     cli.add_command(command)
 
 

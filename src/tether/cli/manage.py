@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -95,3 +96,32 @@ def config_list(ctx: click.Context, as_json: bool) -> None:
         return
     console.print(table(["SETTING", "VALUE", "MEANING"],
                         [(k, values.get(k, "(default)"), doc) for k, doc in SETTINGS.items()]))
+
+
+@click.group("db")
+def db_group() -> None:
+    """The metadata database's schema."""
+
+
+@db_group.command("upgrade")
+@click.option("--db", "db_url", help="Database URL (default: the registry's).")
+@handle_errors
+@click.pass_context
+def db_upgrade(ctx: click.Context, db_url: str | None) -> None:
+    """Apply schema migrations (back up the database first)."""
+    from .._metadata.engine import create_engine, current_revision, head_revision, upgrade
+
+    if db_url is None:
+        db_url = registry_location(ctx).db_url
+    engine = create_engine(db_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    console.print(f"schema: {before or 'empty'} → {head_revision()}")
+    engine.dispose()
+
+
+def registry_location(ctx: click.Context) -> Any:
+    from .._registry.location import find_location
+
+    state = ctx.find_object(State)
+    return find_location(state.registry_uri if state else None)

@@ -1,0 +1,179 @@
+"""Governance commands: policy, approve, role, key, sign."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .._policy import ROLES, parse_policy, policy_to_json
+from .._signing import generate_key
+from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """A model's policy: alias rules, required checks, approvals, retention."""
+
+
+@policy_group.command("set")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+@handle_errors
+def policy_set(ctx: click.Context, name: str, file: Path, as_json: bool) -> None:
+    """Store FILE (YAML) as the new policy revision of model NAME (admin only)."""
+    result = registry_from(ctx).set_policy(name, file.read_text())
+    if as_json:
+        emit_json(result)
+    elif result["changed"]:
+        console.print(f"{name} policy is now revision {result['revision']}")
+    else:
+        console.print(f"{name} policy unchanged (revision {result['revision']})")
+
+
+@policy_group.command("show")
+@click.argument("name")
+@click.option("--revision", type=int, help="An older revision (default: the newest).")
+@json_option
+@click.pass_context
+@handle_errors
+def policy_show(ctx: click.Context, name: str, revision: int | None, as_json: bool) -> None:
+    """Print the policy of model NAME."""
+    result = registry_from(ctx).get_policy(name, revision)
+    if as_json:
+        import json
+
+        result["parsed"] = json.loads(policy_to_json(parse_policy(result["text"])))
+        emit_json(result)
+        return
+    console.print(f"# {name} policy revision {result['revision']} by {result['author']} "
+                  f"at {result['created_at']}", markup=False)
+    click.echo(result["text"], nl=not result["text"].endswith("\n"))
+
+
+@policy_group.command("validate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@handle_errors
+def policy_validate(file: Path) -> None:
+    """Check a policy file without storing it."""
+    parse_policy(file.read_text())
+    console.print(f"{file}: valid")
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--comment", default="", help="Kept with the approval.")
+@json_option
+@click.pass_context
+@handle_errors
+def approve(ctx: click.Context, ref: str, alias: str, comment: str, as_json: bool) -> None:
+    """Approve version REF for ALIAS (needs role approver; not the version's author)."""
+    names = registry_from(ctx).approve(ref, alias, comment=comment)
+    if as_json:
+        emit_json({"ref": ref, "alias": alias, "approvers": names})
+    else:
+        console.print(f"approved {ref} for {alias}; approvals so far: {', '.join(names)}")
+
+
+@click.group("role")
+def role_group() -> None:
+    """Who may do what: reader < contributor < approver < admin."""
+
+
+@role_group.command("grant")
+@click.argument("principal")
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("--model", help="Only for this model (default: registry-wide).")
+@click.pass_context
+@handle_errors
+def role_grant(ctx: click.Context, principal: str, role: str, model: str | None) -> None:
+    """Give PRINCIPAL (a user, as TETHER_USER or git email names them) ROLE."""
+    registry_from(ctx).grant(principal, role, model=model)
+    console.print(f"{principal} is {role}" + (f" on {model}" if model else " registry-wide"))
+
+
+@role_group.command("revoke")
+@click.argument("principal")
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("--model", help="The model the grant was for.")
+@click.pass_context
+@handle_errors
+def role_revoke(ctx: click.Context, principal: str, role: str, model: str | None) -> None:
+    """Take ROLE away from PRINCIPAL."""
+    registry_from(ctx).revoke(principal, role, model=model)
+    console.print(f"revoked {role} from {principal}")
+
+
+@role_group.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def role_list(ctx: click.Context, as_json: bool) -> None:
+    """Every grant."""
+    rows = registry_from(ctx).grants()
+    if as_json:
+        emit_json(rows)
+        return
+    console.print(table(["PRINCIPAL", "ROLE", "MODEL", "GRANTED BY"],
+                        [(r["principal"], r["role"], r["model"] or "*", r["granted_by"]) for r in rows]))
+
+
+@click.group("key")
+def key_group() -> None:
+    """Ed25519 signing keys."""
+
+
+@key_group.command("generate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def key_generate(path: Path) -> None:
+    """Write a new private key to PATH (mode 600) and its public key to PATH.pub."""
+    private, public, kid = generate_key(path)
+    console.print(f"private key: {private}\npublic key:  {public}\nkey id:      {kid}")
+    console.print(f"Trust it in a registry with: tether key trust NAME {public}")
+
+
+@key_group.command("trust")
+@click.argument("name")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@handle_errors
+def key_trust(ctx: click.Context, name: str, public_key: Path) -> None:
+    """Trust PUBLIC_KEY under NAME (policies name keys in signed_by)."""
+    kid = registry_from(ctx).trust_key(name, public_key.read_text())
+    console.print(f"trusted {name} ({kid})")
+
+
+@key_group.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def key_list(ctx: click.Context, as_json: bool) -> None:
+    """Trusted keys."""
+    rows = registry_from(ctx).keys()
+    if as_json:
+        emit_json(rows)
+        return
+    console.print(table(["NAME", "KEY ID", "ADDED BY", "ADDED"],
+                        [(r["name"], r["key_id"], r["added_by"], r["created_at"]) for r in rows]))
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Private key file (from `tether key generate`).")
+@json_option
+@click.pass_context
+@handle_errors
+def sign(ctx: click.Context, ref: str, key_path: str, as_json: bool) -> None:
+    """Sign version REF: the signature covers its digest and metadata."""
+    result = registry_from(ctx).sign(ref, key_path)
+    if as_json:
+        emit_json(result)
+        return
+    trusted = f"trusted as {result['trusted_as']}" if result["trusted_as"] else \
+        "NOT a trusted key in this registry (tether key trust)"
+    console.print(f"signed {result['ref']} with key {result['key_id']} ({trusted})")

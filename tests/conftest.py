@@ -1,0 +1,67 @@
+"""Shared fixtures: real registries in temporary folders, small real models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether import Registry
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's registry, cache or policy."""
+    for var in ("TETHER_URI", "TETHER_ENV_POLICY", "TETHER_USER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "user-cache"))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = tether.init(tmp_path / "reg" / ".tether", actor="tester@example.com")
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="session")
+def iris() -> tuple[Any, Any]:
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True)
+    return frame.data, frame.target
+
+
+def fit_logreg(iris: tuple[Any, Any], C: float = 1.0, columns: list[str] | None = None) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris
+    if columns is not None:
+        X = X[columns]
+    return LogisticRegression(C=C, max_iter=500).fit(X, y)
+
+
+def pack_files(registry: Registry) -> list[Path]:
+    root = registry.location.store_url.removeprefix("file://")
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and "pack" in p.name)
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def tether_exe() -> str:
+    candidate = repo_root() / ".venv" / "bin" / "tether"
+    return str(candidate) if candidate.exists() else "tether"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

@@ -1,0 +1,131 @@
+"""The `tether` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tether
+from tether.cli import cli
+
+from .conftest import fit_logreg, subprocess_env, tether_exe
+
+
+@pytest.fixture
+def populated(tmp_path: Path, iris: tuple[Any, Any]) -> Path:
+    root = tmp_path / ".tether"
+    with tether.init(root, actor="cli@test") as reg:
+        X, _ = iris
+        reg.log_model(fit_logreg(iris), "iris", params={"C": 1.0}, metrics={"acc": 0.9},
+                      input_example=X.head(3))
+        reg.log_model(fit_logreg(iris, C=0.3), "iris", params={"C": 0.3}, metrics={"acc": 0.93},
+                      input_example=X.head(3))
+    return root
+
+
+def run(root: Path, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["--registry", str(root), *args], catch_exceptions=False)
+    return result
+
+
+def test_tables_and_json(populated: Path) -> None:
+    out = run(populated, "versions", "iris")
+    assert out.exit_code == 0 and "1.1.0" in out.output and "acc=0.93" in out.output
+    data = json.loads(run(populated, "versions", "iris", "--json").output)
+    assert [v["semver"] for v in data] == ["1.0.0", "1.1.0"]
+    models = json.loads(run(populated, "models", "--json").output)
+    assert models[0]["name"] == "iris" and models[0]["version_count"] == 2
+    shown = json.loads(run(populated, "show", "iris@1", "--json").output)
+    assert shown["params"] == {"C": 1.0} and shown["environment"]["packages"]
+    assert "signature" in run(populated, "show", "iris@latest").output
+
+
+def test_diff_promote_rollback_history_audit(populated: Path) -> None:
+    out = run(populated, "diff", "iris@1.0.0", "iris@1.1.0")
+    assert out.exit_code == 0 and "+0.03" in out.output and "compatible" in out.output
+    assert "iris@production → 1.0.0" in run(populated, "promote", "iris@1.0.0", "production").output
+    assert "→ 1.1.0 (was 1.0.0)" in run(populated, "promote", "iris@1.1.0", "production").output
+    assert "→ 1.0.0 (was 1.1.0)" in run(populated, "rollback", "iris", "production").output
+    history = json.loads(run(populated, "alias", "history", "iris", "production", "--json").output)
+    assert [h["action"] for h in history] == ["rollback", "set", "set"]
+    log = json.loads(run(populated, "audit", "log", "--json").output)
+    assert log[0]["action"] == "alias.rollback"
+    verified = run(populated, "audit", "verify")
+    assert verified.exit_code == 0 and "chain intact" in verified.output
+
+
+def test_env_commands(populated: Path) -> None:
+    out = run(populated, "env", "diff", "iris@1.0.0")
+    assert out.exit_code == 0 and "matches" in out.output
+    requirements = run(populated, "env", "export", "iris@1.0.0").output
+    assert "scikit-learn==" in requirements and "numpy==" in requirements
+    dockerfile = run(populated, "env", "export", "iris@1.0.0", "--format", "dockerfile").output
+    assert dockerfile.startswith("#") or "FROM python:" in dockerfile
+
+
+def test_store_stats_gc_and_config(populated: Path) -> None:
+    stats = json.loads(run(populated, "store", "stats", "--json").output)
+    assert stats["logical_bytes"] > 0 and stats["stored_bytes"] > 0
+    dry = json.loads(run(populated, "gc", "--dry-run", "--json").output)
+    assert dry["dry_run"] is True and dry["expired_versions"] == []
+    assert run(populated, "config", "set", "env_policy", "warn").exit_code == 0
+    bad = run(populated, "config", "set", "env_policy", "sometimes")
+    assert bad.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["show", "iris@9.9.9"], "iris has no version 9.9.9"),
+        (["show", "iris@"], "nothing after '@'"),
+        (["show", "ghost"], "no model named 'ghost'"),
+        (["rollback", "iris", "production"], "no alias 'production'"),
+        (["promote", "iris@1.0.0", "latest"], "latest"),
+    ],
+)
+def test_bad_input_gets_an_error_not_a_traceback(populated: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run([tether_exe(), "--registry", str(populated), *args],
+                          capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_json_errors_are_machine_readable(populated: Path) -> None:
+    out = run(populated, "show", "iris@7.7.7", "--json")
+    assert out.exit_code == 1
+    assert json.loads(out.output)["error"] == "not_found"
+
+
+def test_not_a_registry(tmp_path: Path) -> None:
+    proc = subprocess.run([tether_exe(), "versions", "x"], capture_output=True, text=True,
+                          cwd=tmp_path, env=subprocess_env())
+    assert proc.returncode == 1 and "no registry found" in proc.stderr
+    assert "tether init" in proc.stderr
+
+
+def test_init_via_cli(tmp_path: Path) -> None:
+    proc = subprocess.run([tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".tether" / "tether.toml").is_file()
+    again = subprocess.run([tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path,
+                           env=subprocess_env())
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run([tether_exe(), "demo"], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env(COLUMNS="120"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for expected in ("logged cancer-detector@1.0.0", "logged cancer-detector@1.1.0",
+                     "refused", "pip install", "→ 1.0.0 (was 1.1.0)", "chain intact",
+                     "Demo complete"):
+        assert expected in out, expected

@@ -1,0 +1,275 @@
+"""Policies, approvals, roles, signatures, tether.lock, the CI gate, reproduce."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether import InvalidInput, PermissionDenied, PolicyViolation, Registry
+from tether._policy import parse_policy
+from tether._registry.pinning import PinnedVersionWarning
+
+from .conftest import fit_logreg, subprocess_env, tether_exe
+
+
+def _two_versions(registry: Registry, iris: tuple[Any, Any]) -> None:
+    X, _ = iris
+    registry.log_model(fit_logreg(iris), "iris", metrics={"acc": 0.95}, input_example=X.head(3))
+    registry.log_model(fit_logreg(iris, C=0.01), "iris", metrics={"acc": 0.80},
+                       input_example=X.head(3))
+
+
+def as_user(registry: Registry, user: str) -> Registry:
+    return Registry(registry.location, actor=user)
+
+
+# -- policy files -----------------------------------------------------------------
+
+
+def test_policy_parser_refuses_unknown_rules() -> None:
+    with pytest.raises(InvalidInput, match="unknown rule"):
+        parse_policy("aliases:\n  production:\n    checks:\n      - metrik: acc\n")
+    with pytest.raises(InvalidInput, match="unknown key"):
+        parse_policy("aliasses: {}\n")
+    with pytest.raises(InvalidInput, match="unknown option"):
+        parse_policy("aliases:\n  production:\n    checks:\n      - {metric: acc, minimum: 1}\n")
+    with pytest.raises(InvalidInput, match="unknown role"):
+        parse_policy("aliases:\n  production:\n    roles: [boss]\n")
+    with pytest.raises(InvalidInput, match="environment"):
+        parse_policy("aliases:\n  production:\n    checks:\n      - environment: sometimes\n")
+    policy = parse_policy(
+        "aliases:\n  production:\n    roles: [approver]\n    approvals: 1\n"
+        "    checks:\n      - {metric: acc, min: 0.9}\n      - schema_compatible: true\n"
+        "retention: {keep_last: 3}\ndeprecated: ['~0']\n"
+    )
+    assert policy.keep_last == 3 and policy.is_deprecated("0.4.1")
+
+
+def test_policy_is_versioned_and_bad_files_change_nothing(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _two_versions(registry, iris)
+    assert registry.set_policy("iris", "retention: {keep_last: 5}\n")["revision"] == 1
+    with pytest.raises(InvalidInput):
+        registry.set_policy("iris", "aliases: {production: {checks: [{nope: 1}]}}\n")
+    assert registry.set_policy("iris", "retention: {keep_last: 6}\n")["revision"] == 2
+    shown = registry.get_policy("iris")
+    assert shown["revisions"] == [1, 2] and "6" in shown["text"]
+    assert "5" in registry.get_policy("iris", 1)["text"]
+
+
+def test_promote_explains_every_failed_rule(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _two_versions(registry, iris)
+    registry.set_policy("iris", (
+        "aliases:\n  production:\n    approvals: 1\n    checks:\n"
+        "      - {metric: acc, min: 0.9}\n"
+        "      - {metric: acc, not_worse_than_current: 0.01}\n"
+    ))
+    registry.grant("alice", "approver")
+    as_user(registry, "alice").approve("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production")
+    with pytest.raises(PolicyViolation) as info:
+        registry.promote("iris@1.1.0", "production")
+    text = str(info.value)
+    assert "below the minimum 0.9" in text
+    assert "worse than 1.0.0's" in text
+    assert "needs 1 approval" in text and "tether approve" in text
+    assert registry.get("iris@production").semver == "1.0.0"
+
+
+def test_roles_approvals_and_authors(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _two_versions(registry, iris)
+    registry.set_policy("iris", "aliases:\n  production:\n    roles: [approver]\n    approvals: 2\n")
+    bob = as_user(registry, "bob")
+    with pytest.raises(PermissionDenied, match="needs role approver"):
+        bob.approve("iris@1.0.0", "production")
+    registry.grant("bob", "approver", model="iris")
+    registry.grant("carol", "approver")
+    with pytest.raises(PolicyViolation, match="logged"):
+        registry.approve("iris@1.0.0", "production")  # the author cannot approve
+    bob.approve("iris@1.0.0", "production")
+    with pytest.raises(tether.Conflict):
+        bob.approve("iris@1.0.0", "production")
+    with pytest.raises(PolicyViolation, match="needs 2 approval"):
+        bob.promote("iris@1.0.0", "production")
+    as_user(registry, "carol").approve("iris@1.0.0", "production")
+    dave = as_user(registry, "dave")
+    with pytest.raises(PolicyViolation, match="needs role approver"):
+        dave.promote("iris@1.0.0", "production")
+    assert bob.promote("iris@1.0.0", "production").version == "1.0.0"
+    with pytest.raises(PermissionDenied):
+        dave.grant("dave", "admin")
+
+
+def test_signing_and_verification(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+    from tether._signing import generate_key
+
+    _two_versions(registry, iris)
+    private, public, kid = generate_key(tmp_path / "release")
+    other_private, _, _ = generate_key(tmp_path / "intruder")
+    registry.trust_key("release", public.read_text())
+    registry.set_policy("iris", (
+        "aliases:\n  production:\n    checks:\n      - signed_by: [release]\n"
+        "require_signed_by: [release]\n"
+    ))
+    with pytest.raises(PolicyViolation, match="signed by release"):
+        registry.promote("iris@1.0.0", "production")
+    with pytest.raises(PolicyViolation, match="requires a signature"):
+        registry.load("iris@1.0.0")
+    registry.sign("iris@1.0.0", str(other_private))  # an untrusted key does not count
+    with pytest.raises(PolicyViolation):
+        registry.promote("iris@1.0.0", "production")
+    assert registry.sign("iris@1.0.0", str(private))["key_id"] == kid
+    assert registry.signatures("iris@1.0.0")[0] == ["release"]
+    registry.promote("iris@1.0.0", "production")
+    registry.load("iris@production")
+
+    # A forged signature (bytes of another version's signature) is detected.
+    import sqlite3
+
+    db = registry.location.db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE signatures SET signature = ? WHERE key_id = ?", ("00" * 64, kid))
+    valid, problems = registry.signatures("iris@1.0.0")
+    assert valid == [] and "does not match" in problems[0]
+    with pytest.raises(PolicyViolation):
+        registry.load("iris@1.0.0")
+
+
+def test_policy_deprecation_and_retention(registry: Registry, iris: tuple[Any, Any]) -> None:
+    X, _ = iris
+    for C in (1.0, 0.5, 0.2, 0.1):
+        registry.log_model(fit_logreg(iris, C=C), "iris", input_example=X.head(3))
+    registry.promote("iris@1.0.0", "production")
+    registry.set_policy("iris", "retention: {keep_last: 2}\ndeprecated: ['1.1.0']\n")
+    with pytest.raises(PolicyViolation, match="deprecated"):
+        registry.promote("iris@1.1.0", "staging")
+    with pytest.warns(tether.DeprecatedVersionWarning):
+        registry.load("iris@1.1.0")
+    result = registry.gc(grace_seconds=0)
+    # 1.0.0 is kept (an alias pointed at it), 1.2.0 and 1.3.0 are the newest two.
+    assert result.expired == ["iris@1.1.0"]
+    assert [v.semver for v in registry.versions("iris")] == ["1.0.0", "1.2.0", "1.3.0"]
+    registry.load("iris@1.2.0")
+    assert any(e.action == "version.deleted" for e in registry.audit_log())
+
+
+# -- tether.lock and the CI gate -----------------------------------------------------
+
+
+def test_lock_pins_exact_digests_and_warns_when_the_alias_moves(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _two_versions(registry, iris)
+    registry.promote("iris@1.0.0", "production")
+    app = tmp_path / "app"
+    app.mkdir()
+    monkeypatch.chdir(app)
+    _, entry = registry.lock_add("iris@production")
+    assert entry.semver == "1.0.0"
+    lock = json.loads((app / "tether.lock").read_text())
+    assert lock["models"]["iris"]["requires"]["packages"]["scikit-learn"]
+    registry.promote("iris@1.1.0", "production")
+    with pytest.warns(PinnedVersionWarning, match="now points at 1.1.0"):
+        model = registry.load("iris@production")
+    pinned = registry.get("iris@1.0.0")
+    assert (model.predict(iris[0]) == registry.load("iris@1.0.0").predict(iris[0])).all()
+    assert registry.lock_update() == [("iris", "1.0.0", "1.1.0")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PinnedVersionWarning)
+        registry.load("iris@production")
+    assert pinned.semver == "1.0.0"
+
+
+def test_a_tampered_lock_is_refused(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+    _two_versions(registry, iris)
+    path = tmp_path / "tether.lock"
+    registry.lock_add("iris@1.0.0", path=path)
+    data = json.loads(path.read_text())
+    data["models"]["iris"]["digest"] = registry.get("iris@1.1.0").digest
+    path.write_text(json.dumps(data))
+    with pytest.raises(tether.IntegrityError, match="edited by hand"):
+        registry.check(lock_path=path)
+
+
+def test_check_catches_an_environment_mismatch_and_a_missing_version(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    registry.lock_add("iris@1.0.0", path=lock)
+    version = registry.get("iris@1.0.0")
+    sklearn_version = version.environment["packages"]["scikit-learn"]
+    numpy_version = version.environment["packages"]["numpy"]
+    good = tmp_path / "requirements-good.txt"
+    good.write_text(f"scikit-learn=={sklearn_version}\nnumpy=={numpy_version}\n"
+                    f"scipy=={version.environment['packages']['scipy']}\nflask==3.0.0\n")
+    assert registry.check(lock_path=lock, requirements_path=good).ok
+    bad = tmp_path / "requirements-bad.txt"
+    bad.write_text(f"scikit-learn==1.2.0\nnumpy=={numpy_version}\n")
+    report = registry.check(lock_path=lock, requirements_path=bad)
+    failed = [r for r in report.results if not r.ok]
+    assert [r.check for r in failed] == ["environment"]
+    assert "scikit-learn" in failed[0].message and f"scikit-learn=={sklearn_version}" in str(failed[0].fix)
+    junit = report.to_junit()
+    assert 'failures="1"' in junit and "scikit-learn" in junit
+
+    # A lock that names a version the registry does not have.
+    other = tmp_path / "other.lock"
+    registry.lock_add("iris@1.1.0", path=other)
+    data = json.loads(other.read_text())
+    from tether._lockfile import read_lock
+
+    parsed = read_lock(other)
+    parsed.models["iris"].digest = "f" * 64
+    parsed.save()
+    report = registry.check(lock_path=other)
+    assert not report.ok and report.results[0].check == "exists"
+    assert data  # the original lock was readable
+
+
+def test_check_schema_declared_by_the_application(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    columns = list(iris[0].columns)
+    registry.lock_add("iris@1.0.0", path=lock, sends={c: "double" for c in columns})
+    assert registry.check(lock_path=lock).ok
+    registry.lock_add("iris@1.0.0", path=lock, sends={c: "double" for c in columns[:3]})
+    report = registry.check(lock_path=lock)
+    schema = next(r for r in report.results if r.check == "schema")
+    assert not schema.ok and columns[3] in schema.message
+
+
+def test_check_cli_exit_code_json_and_junit(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    registry.lock_add("iris@1.0.0", path=lock)
+    (tmp_path / "requirements.txt").write_text("scikit-learn==0.20.0\nnumpy==1.16.0\n")
+    root = str(registry.location.root)
+    proc = subprocess.run([tether_exe(), "--registry", root, "check", "--lock", str(lock),
+                           "--json", "--junit", str(tmp_path / "report.xml")],
+                          capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    assert (tmp_path / "report.xml").read_text().count("<failure") == 1
+
+
+def test_reproduce(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+    X, _ = iris
+    registry.log_model(fit_logreg(iris), "iris", params={"C": 1.0}, data={"train": X})
+    info = registry.reproduce("iris@1.0.0")
+    assert info["params"] == {"C": 1.0} and info["data"]["train"]["digest"]
+    assert any("pip install -r requirements.txt" in s for s in info["steps"])
+    from tether._registry.reproduce import write_recipe
+
+    written = {p.name for p in write_recipe(registry.get("iris@1.0.0"), tmp_path / "r")}
+    assert {"requirements.txt", "Dockerfile", "params.json", "REPRODUCE.md"} <= written

@@ -1,0 +1,354 @@
+"""The embedded registry end to end: log, number, resolve, load, verify."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether import (
+    AmbiguousReference,
+    EnvironmentMismatch,
+    IncompatibleBump,
+    IntegrityError,
+    InvalidReference,
+    NotFound,
+    PolicyViolation,
+    Registry,
+    RegistryNotFound,
+)
+from tether._environment import capture_environment
+
+from .conftest import fit_logreg, pack_files
+
+
+def _log(registry: Registry, model: Any, iris: tuple[Any, Any], **kw: Any) -> tether.ModelVersion:
+    X, _ = iris
+    kw.setdefault("input_example", X.head(5))
+    return registry.log_model(model, "iris", **kw)
+
+
+# -- creating and finding ------------------------------------------------------
+
+
+def test_init_refuses_an_existing_registry_and_a_foreign_folder(tmp_path: Path) -> None:
+    tether.init(tmp_path / "a").close()
+    with pytest.raises(tether.Conflict, match="already exists"):
+        tether.init(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    with pytest.raises(tether.InvalidInput, match="not empty"):
+        tether.init(tmp_path / "b")
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+
+
+def test_open_a_folder_that_is_not_a_registry(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RegistryNotFound, match="not a Tether registry") as info:
+        tether.open(tmp_path / "plain")
+    assert "tether init" in str(info.value)
+    with pytest.raises(RegistryNotFound, match="does not exist"):
+        tether.open(tmp_path / "missing")
+
+
+def test_registry_is_found_from_cwd_and_tether_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tether.init(tmp_path / "proj" / ".tether").close()
+    (tmp_path / "proj" / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "proj" / "src" / "deep")
+    with tether.open() as reg:
+        assert reg.location.root == tmp_path / "proj" / ".tether"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TETHER_URI", str(tmp_path / "proj"))
+    with tether.open() as reg:
+        assert reg.location.root == tmp_path / "proj" / ".tether"
+
+
+# -- logging and numbering -----------------------------------------------------
+
+
+def test_first_version_captures_everything(registry: Registry, iris: tuple[Any, Any]) -> None:
+    X, y = iris
+    v = _log(registry, fit_logreg(iris), iris, params={"C": 1.0}, metrics={"acc": 0.97},
+             data={"train": X}, notes="first")
+    assert (v.seq, v.semver, v.status) == (1, "1.0.0", "ready")
+    assert len(v.digest) == 64 and v.short_digest == "sha:" + v.digest[:12]
+    assert v.flavor["name"] == "sklearn"
+    assert v.environment["packages"]["numpy"]
+    assert v.environment["python"].count(".") == 2
+    assert [f["name"] for f in v.signature["inputs"]["fields"]] == list(X.columns)
+    assert v.data["train"]["digest"]
+    assert v.author == "tester@example.com"
+    assert v.params == {"C": 1.0} and v.metrics == {"acc": 0.97}
+
+
+def test_git_lineage_is_captured_with_dirty_flag(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(work)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (work / "train.py").write_text("print(1)\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    monkeypatch.chdir(work)
+    clean = _log(registry, fit_logreg(iris), iris)
+    assert clean.lineage["git"]["commit"] == commit
+    assert clean.lineage["git"]["dirty"] is False
+    (work / "train.py").write_text("print(2)\n")
+    dirty = _log(registry, fit_logreg(iris, C=0.5), iris)
+    assert dirty.lineage["git"]["dirty"] is True
+    assert dirty.lineage["git"]["diff_digest"]
+
+
+def test_semantic_versions_follow_the_change(registry: Registry, iris: tuple[Any, Any]) -> None:
+    v1 = _log(registry, fit_logreg(iris), iris, metrics={"acc": 0.9})
+    v2 = _log(registry, fit_logreg(iris, C=0.1), iris, metrics={"acc": 0.9})
+    assert v2.semver == "1.1.0"  # new weights
+    v3 = _log(registry, fit_logreg(iris, C=0.1), iris, metrics={"acc": 0.95})
+    assert v3.semver == "1.1.1"  # metadata only
+    narrow = list(iris[0].columns[:2])
+    with pytest.raises(IncompatibleBump) as info:
+        registry.log_model(fit_logreg(iris, columns=narrow), "iris",
+                           input_example=iris[0][narrow].head(5), bump="minor")
+    assert "major" in str(info.value) and "removed" in str(info.value)
+    assert [v.semver for v in registry.versions("iris")] == ["1.0.0", "1.1.0", "1.1.1"]
+    v4 = registry.log_model(fit_logreg(iris, columns=narrow), "iris",
+                            input_example=iris[0][narrow].head(5))
+    assert v4.semver == "2.0.0"
+    assert [v.seq for v in registry.versions("iris")] == [1, 2, 3, 4]
+    assert v1.digest != v2.digest
+
+
+def test_a_larger_bump_or_explicit_version_is_allowed(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    assert _log(registry, fit_logreg(iris, C=0.3), iris, bump="major").semver == "2.0.0"
+    assert _log(registry, fit_logreg(iris, C=0.2), iris, bump="3.5.0").semver == "3.5.0"
+    with pytest.raises(IncompatibleBump):
+        _log(registry, fit_logreg(iris, C=0.25), iris, bump="patch")
+
+
+def test_identical_content_returns_the_existing_version(registry: Registry, iris: tuple[Any, Any]) -> None:
+    model = fit_logreg(iris)
+    first = _log(registry, model, iris, params={"C": 1.0}, metrics={"acc": 0.9})
+    again = _log(registry, model, iris, params={"C": 1.0}, metrics={"acc": 0.9})
+    assert (again.seq, again.digest) == (first.seq, first.digest)
+    assert len(registry.versions("iris")) == 1
+
+
+def test_bad_log_arguments(registry: Registry, iris: tuple[Any, Any]) -> None:
+    with pytest.raises(tether.InvalidInput, match="not a number"):
+        _log(registry, fit_logreg(iris), iris, metrics={"acc": "high"})
+    with pytest.raises(InvalidReference):
+        registry.log_model(fit_logreg(iris), "bad name!")
+    assert registry.models() == []
+
+
+# -- references ----------------------------------------------------------------
+
+
+def test_every_reference_form_resolves(registry: Registry, iris: tuple[Any, Any]) -> None:
+    v1 = _log(registry, fit_logreg(iris), iris)
+    v2 = _log(registry, fit_logreg(iris, C=0.2), iris)
+    registry.promote("iris@1.0.0", "production")
+    assert registry.get("iris@production").seq == 1
+    assert registry.get("iris@1.1.0").seq == 2
+    assert registry.get("iris@~1").seq == 2
+    assert registry.get("iris@~1.0").seq == 1
+    assert registry.get("iris@1").semver == "1.0.0"
+    assert registry.get(f"iris@sha:{v2.digest[:8]}").seq == 2
+    assert registry.get("iris@latest").seq == 2
+    assert registry.get("iris").seq == 2
+    assert v1.aliases == () and registry.get("iris@1").aliases == ("production",)
+
+
+def test_unknown_references_list_what_exists(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    registry.promote("iris@1.0.0", "staging")
+    with pytest.raises(NotFound) as info:
+        registry.get("iris@9.9.9")
+    assert "1.0.0 (#1)" in str(info.value) and "staging -> 1.0.0" in str(info.value)
+    with pytest.raises(NotFound, match="no model named 'nope'") as info:
+        registry.get("nope@production")
+    assert "iris" in str(info.value)
+    with pytest.raises(NotFound, match="alias 'production'"):
+        registry.get("iris@production")
+    for bad in ("iris@", "@1.0.0", "iris@sha:zz", "iris@1.0", "iris@~x"):
+        with pytest.raises(InvalidReference):
+            registry.get(bad)
+
+
+def test_an_ambiguous_digest_prefix_is_refused(registry: Registry, iris: tuple[Any, Any]) -> None:
+    from tether._metadata import repository as repo
+
+    real = _log(registry, fit_logreg(iris), iris)
+    with registry.write() as conn:
+        mid = repo.model_id(conn, "iris")
+        assert mid is not None
+        row = repo.version_by_id(conn, real.id)
+        assert row is not None
+        values = {c: getattr(row, c) for c in row._fields if c not in ("id", "model_id")}
+        values.update(seq=2, semver="1.0.1", patch=1, digest=real.digest[:6] + "0" * 58)
+        repo.insert_version(conn, mid, {k: v for k, v in values.items()})
+    with pytest.raises(AmbiguousReference, match="matches 2 versions"):
+        registry.get(f"iris@sha:{real.digest[:6]}")
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def test_load_returns_an_equivalent_model(registry: Registry, iris: tuple[Any, Any]) -> None:
+    model = fit_logreg(iris)
+    v = _log(registry, model, iris)
+    loaded = registry.load("iris@1.0.0")
+    assert (loaded.predict(iris[0]) == model.predict(iris[0])).all()
+    assert registry.load("iris", expect=v.short_digest) is not None
+    with pytest.raises(IntegrityError, match="not the expected"):
+        registry.load("iris", expect="sha:0000")
+
+
+def test_a_flipped_byte_in_the_store_is_refused_naming_the_file(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    packs = pack_files(registry)
+    assert packs, "expected pack files in the local store"
+    target = max(packs, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as info:
+        registry.load("iris@1.0.0")
+    assert "model.pkl" in str(info.value) and "iris@1.0.0" in str(info.value)
+    assert registry.verify("iris@1.0.0")
+
+
+def test_environment_mismatch_is_refused_with_a_fix(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    recorded = registry.get("iris").environment["packages"]["scikit-learn"]
+    other = capture_environment()
+    other["packages"]["scikit-learn"] = "0.24.2"
+    with pytest.raises(EnvironmentMismatch) as info:
+        registry.load("iris", environment=other)
+    text = str(info.value)
+    assert "scikit-learn" in text and "0.24.2" in text and recorded in text
+    assert f"pip install 'scikit-learn=={recorded}'" in text
+    with pytest.warns(tether.EnvironmentWarning):
+        registry.load("iris", environment=other, env_policy="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.load("iris", environment=other, env_policy="off")
+
+
+def test_env_policy_from_variable_and_registry_setting(
+    registry: Registry, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    other = capture_environment()
+    other["packages"]["numpy"] = "1.0.0"
+    registry.set_setting("env_policy", "off")
+    registry.load("iris", environment=other)
+    monkeypatch.setenv("TETHER_ENV_POLICY", "strict")
+    with pytest.raises(EnvironmentMismatch, match="numpy"):
+        registry.load("iris", environment=other)
+    with pytest.raises(tether.InvalidInput):
+        registry.set_setting("env_policy", "lenient")
+
+
+def test_files_and_python_flavors(registry: Registry, tmp_path: Path) -> None:
+    folder = tmp_path / "artifacts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(bytes(range(256)) * 1000)
+    (folder / "sub" / "vocab.txt").write_text("a\nb\n")
+    v = registry.log_model(folder, "embeddings")
+    assert v.flavor["name"] == "files"
+    path = registry.load("embeddings")
+    assert (Path(path) / "weights.bin").read_bytes() == (folder / "weights.bin").read_bytes()
+    assert (Path(path) / "sub" / "vocab.txt").read_text() == "a\nb\n"
+
+    def double(rows: list[float]) -> list[float]:
+        return [2 * r for r in rows]
+
+    registry.log_model(double, "doubler")
+    with pytest.raises(tether.UnsafeArtifact):
+        registry.load("doubler")
+    assert registry.load("doubler", trusted=True)([1.0, 2.0]) == [2.0, 4.0]
+
+
+# -- aliases, audit ---------------------------------------------------------------
+
+
+def test_promote_rollback_history(registry: Registry, iris: tuple[Any, Any]) -> None:
+    for C in (1.0, 0.5, 0.2):
+        _log(registry, fit_logreg(iris, C=C), iris)
+    for ref in ("iris@1.0.0", "iris@1.1.0", "iris@1.2.0"):
+        registry.promote(ref, "production", reason="test")
+    assert registry.get("iris@production").semver == "1.2.0"
+    assert registry.rollback("iris", "production").version == "1.1.0"
+    assert registry.rollback("iris", "production").version == "1.0.0"
+    with pytest.raises(NotFound, match="no earlier target"):
+        registry.rollback("iris", "production")
+    assert registry.get("iris@production").semver == "1.0.0"
+    actions = [m.action for m in registry.alias_history("iris", "production")]
+    assert actions == ["rollback", "rollback", "set", "set", "set"]
+    with pytest.raises(NotFound):
+        registry.rollback("iris", "staging")
+    with pytest.raises(InvalidReference):
+        registry.promote("iris@1.0.0", "latest")
+
+
+def test_deprecated_versions_warn_and_cannot_be_promoted(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _log(registry, fit_logreg(iris), iris)
+    registry.deprecate("iris@1.0.0", reason="leaks labels")
+    with pytest.raises(PolicyViolation, match="deprecated"):
+        registry.promote("iris@1.0.0", "production")
+    with pytest.warns(tether.DeprecatedVersionWarning):
+        registry.load("iris@1.0.0")
+
+
+def test_audit_log_records_and_detects_tampering(registry: Registry, iris: tuple[Any, Any]) -> None:
+    import sqlite3
+
+    _log(registry, fit_logreg(iris), iris)
+    registry.promote("iris@1.0.0", "production")
+    events = registry.audit_log()
+    assert [e.action for e in events][:2] == ["alias.set", "version.logged"]
+    assert events[0].actor == "tester@example.com" and events[0].after == "1.0.0"
+    count, problems = registry.verify_audit()
+    assert count == len(events) and problems == []
+
+    db = registry.location.db_url.removeprefix("sqlite:///")
+    registry.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE events SET actor = 'mallory' WHERE action = 'version.logged'")
+    reopened = tether.open(registry.location.root)
+    _, problems = reopened.verify_audit()
+    assert problems and "edited" in " ".join(problems)
+    reopened.close()
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE events SET actor = 'tester@example.com' WHERE action = 'version.logged'")
+        conn.execute("DELETE FROM events WHERE id = (SELECT max(id) FROM events)")
+    reopened = tether.open(registry.location.root)
+    _, problems = reopened.verify_audit()
+    assert problems
+    reopened.close()
+
+
+def test_diff_reports_params_metrics_signature_and_bytes(registry: Registry, iris: tuple[Any, Any]) -> None:
+    _log(registry, fit_logreg(iris), iris, params={"C": 1.0}, metrics={"acc": 0.9})
+    _log(registry, fit_logreg(iris, C=0.5), iris, params={"C": 0.5}, metrics={"acc": 0.95})
+    result = registry.diff("iris@1.0.0", "iris@1.1.0")
+    assert result["params"] == [{"name": "C", "change": "changed", "old": 1.0, "new": 0.5}]
+    assert result["metrics"][0]["delta"] == pytest.approx(0.05)
+    assert result["signature"]["compatible"] is True
+    assert result["files"]["files"][0]["change"] == "changed"
+    assert result["environment"] == []
