@@ -192,3 +192,20 @@ grants = Table(
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("principal", "role", "model", name="uq_grants"),
 )
+
+# -- API tokens (revision 0003) ----------------------------------------------------
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the secret: the secret itself is shown once and never stored.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("principal", String(256), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("expires_at", String(32), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)

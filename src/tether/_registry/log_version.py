@@ -156,28 +156,7 @@ def log_model(
         signature_ = None
 
     files = sorted(report.files, key=lambda f: f.path)
-    files_digest = digest_of([[f.path, f.size, f.digest] for f in files])
-    data_digests = {k: v["digest"] for k, v in data_.items()}
-    digest = digest_of(
-        {
-            "files": files_digest,
-            "flavor": _flavor_identity(flavor_record),
-            "signature": signature_,
-            "params": params_,
-            "data": data_digests,
-        }
-    )
-    facts = _facts(
-        signature=signature_,
-        files_digest=files_digest,
-        params=params_,
-        data=data_digests,
-        flavor=_flavor_identity(flavor_record),
-        metadata={"metrics": metrics_, "notes": notes, "tags": tags_},
-    )
     values = {
-        "digest": digest,
-        "files_digest": files_digest,
         "manifest": [f.to_dict() for f in files],
         "flavor": flavor_record,
         "signature": signature_,
@@ -191,6 +170,52 @@ def log_model(
         "notes": notes,
         "author": author or registry.actor or current_author(),
     }
+    return commit_version(registry, name, seal(values), bump)
+
+
+def seal(values: dict[str, Any]) -> dict[str, Any]:
+    """Compute the manifest digest and the version digest from the values.
+
+    The version digest covers the manifest (every file's path, size and
+    digest), the flavor, the signature, the params and the data digests.
+    """
+    manifest = values["manifest"]
+    files_digest = digest_of([[f["path"], f["size"], f["digest"]] for f in manifest])
+    digest = digest_of(
+        {
+            "files": files_digest,
+            "flavor": _flavor_identity(values["flavor"]),
+            "signature": values["signature"],
+            "params": values["params"],
+            "data": {k: v["digest"] for k, v in values["data"].items()},
+        }
+    )
+    return {**values, "files_digest": files_digest, "digest": digest}
+
+
+def facts_of(values: Mapping[str, Any]) -> VersionFacts:
+    """What the semantic-version rules compare, from a version's values."""
+    return _facts(
+        signature=values["signature"],
+        files_digest=values["files_digest"],
+        params=values["params"],
+        data={k: v["digest"] for k, v in values["data"].items()},
+        flavor=_flavor_identity(values["flavor"]),
+        metadata={"metrics": values["metrics"], "notes": values["notes"], "tags": values["tags"]},
+    )
+
+
+def commit_version(
+    registry: Registry, name: str, values: dict[str, Any], bump: str | None
+) -> ModelVersion:
+    """Number and record a version whose bytes are already in the store.
+
+    Separate from saving and storing so a server can commit what a remote
+    client prepared and uploaded.
+    """
+    validate_model_name(name)
+    values = seal(values)  # never trust a digest computed elsewhere
+    facts = facts_of(values)
     for attempt in range(_RACE_RETRIES):
         try:
             return _insert(registry, name, facts, bump, values)

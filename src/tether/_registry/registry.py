@@ -85,6 +85,15 @@ class Registry:
         governance.grant(registry, registry.actor, "admin", None, bootstrap=True)
         return registry
 
+    def as_actor(self, actor: str) -> Registry:
+        """The same registry (engine, store) acting for another user, e.g. per request."""
+        store = self.store  # share one store (and its chunk index) between clones
+        clone = object.__new__(Registry)
+        clone.__dict__.update(self.__dict__)
+        clone._store = store
+        clone._actor = actor
+        return clone
+
     def close(self) -> None:
         self.engine.dispose()
 
