@@ -1,0 +1,111 @@
+"""Mutable descriptions around immutable versions: model metadata, tags, deletion.
+
+A version's bytes and recorded facts never change; its tags and notes are
+labels around it (the content digest does not cover them), and deleting marks
+it deleted (metadata and audit trail stay, gc reclaims the bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .._errors import Conflict, PolicyViolation
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._metadata.schema import aliases, models, versions
+from .._records import ModelInfo, ModelVersion
+from .._reference import validate_model_name
+from .resolve import require_model, resolve_version
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+def create_model(registry: Registry, name: str, *, description: str = "",
+                 tags: dict[str, str] | None = None) -> ModelInfo:
+    validate_model_name(name)
+    with registry.write() as conn:
+        if repo.model_id(conn, name) is not None:
+            raise Conflict(f"model {name!r} already exists")
+        mid, _ = repo.ensure_model(conn, name)
+        repo.update_model(conn, mid, description=description, tags=tags or {})
+        append_event(conn, actor=registry.actor, action="model.created", model=name,
+                     subject=name)
+    return model_info(registry, name)
+
+
+def model_info(registry: Registry, name: str) -> ModelInfo:
+    with registry.read() as conn:
+        require_model(conn, name)
+        return next(m for m in repo.list_models(conn) if m.name == name)
+
+
+def update_model(registry: Registry, name: str, *, description: str | None = None,
+                 set_tags: dict[str, str] | None = None,
+                 delete_tags: list[str] | None = None) -> ModelInfo:
+    with registry.write() as conn:
+        mid = require_model(conn, name, lock=True)
+        row = conn.execute(sa.select(models).where(models.c.id == mid)).one()
+        tags = json.loads(row.tags or "{}")
+        tags.update(set_tags or {})
+        for key in delete_tags or []:
+            tags.pop(key, None)
+        fields: dict[str, Any] = {"tags": tags}
+        if description is not None:
+            fields["description"] = description
+        repo.update_model(conn, mid, **fields)
+        append_event(conn, actor=registry.actor, action="model.updated", model=name,
+                     subject=name, details={k: v for k, v in fields.items()})
+    return model_info(registry, name)
+
+
+def delete_model(registry: Registry, name: str) -> None:
+    with registry.write() as conn:
+        mid = require_model(conn, name, lock=True)
+        if repo.alias_targets(conn, mid):
+            raise PolicyViolation(f"{name} still has aliases; delete them first",
+                                  hint=f"aliases: {', '.join(repo.alias_targets(conn, mid))}")
+        conn.execute(versions.update().where(versions.c.model_id == mid).values(status="deleted"))
+        # Free the name for a new model; the old rows stay for the audit trail.
+        conn.execute(models.update().where(models.c.id == mid)
+                     .values(deleted=True, name=f"{name}~deleted~{mid}"))
+        append_event(conn, actor=registry.actor, action="model.deleted", model=name, subject=name)
+
+
+def delete_version(registry: Registry, ref: str) -> ModelVersion:
+    with registry.write() as conn:
+        version = resolve_version(conn, ref)
+        if version.aliases:
+            raise PolicyViolation(
+                f"{version.ref} is the target of {', '.join(version.aliases)}",
+                hint="move or delete those aliases first")
+        repo.set_version_status(conn, version.id, "deleted")
+        append_event(conn, actor=registry.actor, action="version.deleted", model=version.name,
+                     subject=version.ref, before=version.status, after="deleted",
+                     details={"digest": f"sha:{version.digest}"})
+        return version
+
+
+def update_version(registry: Registry, ref: str, *, notes: str | None = None,
+                   set_tags: dict[str, str] | None = None,
+                   delete_tags: list[str] | None = None) -> ModelVersion:
+    with registry.write() as conn:
+        version = resolve_version(conn, ref)
+        tags = dict(version.tags)
+        tags.update(set_tags or {})
+        for key in delete_tags or []:
+            tags.pop(key, None)
+        values: dict[str, Any] = {"tags": json.dumps(tags, sort_keys=True, separators=(",", ":"))}
+        if notes is not None:
+            values["notes"] = notes
+        conn.execute(versions.update().where(versions.c.id == version.id).values(**values))
+        append_event(conn, actor=registry.actor, action="version.updated", model=version.name,
+                     subject=version.ref, details={"tags": tags, "notes": notes})
+        return resolve_version(conn, f"{version.name}@{version.semver}")
+
+
+def alias_names(conn: sa.Connection, mid: int) -> list[str]:
+    return list(conn.execute(sa.select(aliases.c.name).where(aliases.c.model_id == mid)).scalars())

@@ -1,0 +1,268 @@
+"""The REST API (``/api/v1``): thin handlers over the registry use cases.
+
+Every handler authenticates, checks the one permission it needs, calls the
+registry as the caller, and renders the result; errors become JSON with a
+machine-readable code and the HTTP status their class carries, never a 500
+for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from .. import __version__
+from .._errors import InvalidInput, NotFound, TetherError
+from .._records import AliasMove
+from .._reference import parse_reference, validate_alias_name, validate_model_name
+from .._registry.registry import Registry
+from . import auth
+from .openapi import openapi_document
+
+log = logging.getLogger("tether.server")
+
+#: Largest JSON body accepted (version metadata with a big environment is ~100 KB).
+MAX_BODY = 8 * 1024 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(TetherError):
+    code = "bad_request"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+    http_status = 413
+
+
+def error_response(error: TetherError) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.http_status)
+
+
+async def read_json(request: Request, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+    """The body as a JSON object with only known fields; clear 4xx otherwise."""
+    length = request.headers.get("content-length")
+    if length and int(length) > MAX_BODY:
+        raise PayloadTooLarge(f"body of {length} bytes is over the {MAX_BODY} byte limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise PayloadTooLarge(f"body is over the {MAX_BODY} byte limit")
+    if not body:
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidInput(f"body is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise InvalidInput("body must be a JSON object")
+    unknown = set(data) - allowed
+    if unknown:
+        error = InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
+                             hint=f"fields: {', '.join(sorted(allowed)) or 'none'}")
+        error.code = "unknown_field"
+        raise error
+    missing = required - set(data)
+    if missing:
+        raise InvalidInput(f"missing field(s): {', '.join(sorted(missing))}")
+    return data
+
+
+def move_json(move: AliasMove) -> dict[str, Any]:
+    return move.to_dict()
+
+
+class Api:
+    """Holds the registry and builds the routes."""
+
+    def __init__(self, registry: Registry, *, open_access: bool = False) -> None:
+        self.registry = registry
+        self.open_access = open_access
+
+    def as_caller(self, request: Request) -> tuple[Registry, str]:
+        principal = auth.principal_for(self.registry, request, open_access=self.open_access)
+        return self.registry.as_actor(principal), principal
+
+    def need(self, registry: Registry, principal: str, role: str, model: str | None,
+             action: str) -> None:
+        auth.require(registry, principal, role, model, action=action,
+                     open_access=self.open_access)
+
+    # -- handlers (run in a thread: the registry is synchronous) ---------------
+
+    def wrap(self, func: Callable[[Request], Any]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = await func(request)
+            except TetherError as error:
+                return error_response(error)
+            except Exception:  # noqa: BLE001 - a bug must not leak a traceback to clients
+                log.exception("unexpected error in %s %s", request.method, request.url.path)
+                return JSONResponse({"error": "internal", "message": "internal error; see the "
+                                     "server log", "hint": None}, status_code=500)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+
+        return endpoint
+
+    async def health(self, request: Request) -> Any:
+        return {"status": "ok", "version": __version__}
+
+    async def models(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", None, "listing models")
+        return [m.to_dict() for m in await run_in_threadpool(reg.models)]
+
+    async def versions(self, request: Request) -> Any:
+        name = request.path_params["name"]
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", name, "reading versions")
+        found = await run_in_threadpool(reg.versions, name)
+        return [v.to_dict(with_environment=False) for v in found]
+
+    async def version(self, request: Request) -> Any:
+        name = request.path_params["name"]
+        selector = unquote(request.path_params["selector"])
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", name, "reading versions")
+        version = await run_in_threadpool(reg.get, f"{name}@{selector}")
+        data = version.to_dict()
+        data["id"] = version.id
+        return data
+
+    async def create_version(self, request: Request) -> Any:
+        name = request.path_params["name"]
+        validate_model_name(name)
+        body = await read_json(request, {"values", "bump"}, {"values"})
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "contributor", name, "logging a version")
+        from .versions import commit_remote_version
+
+        version = await run_in_threadpool(commit_remote_version, reg, name, body["values"],
+                                          body.get("bump"), who)
+        data = version.to_dict()
+        data["id"] = version.id
+        return JSONResponse(data, status_code=201)
+
+    async def alias(self, request: Request) -> Any:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", name, "reading aliases")
+        state = await run_in_threadpool(reg.alias, name, alias)
+        etag = f'"{state["generation"]}-{state["digest"][4:20]}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return JSONResponse(state, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+    async def set_alias(self, request: Request) -> Any:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        validate_alias_name(alias)
+        body = await read_json(request, {"version", "reason"}, {"version"})
+        reg, who = self.as_caller(request)
+        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
+        self.need(reg, who, role, name, f"moving {name}@{alias}")
+        ref = f"{name}@{body['version']}"
+        parse_reference(ref)
+        move = await run_in_threadpool(lambda: reg.promote(ref, alias, reason=str(body.get("reason", ""))))
+        return move_json(move)
+
+    async def rollback(self, request: Request) -> Any:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        body = await read_json(request, {"reason"})
+        reg, who = self.as_caller(request)
+        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
+        self.need(reg, who, role, name, f"rolling back {name}@{alias}")
+        move = await run_in_threadpool(lambda: reg.rollback(name, alias, reason=str(body.get("reason", ""))))
+        return move_json(move)
+
+    async def delete_alias(self, request: Request) -> Any:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        reg, who = self.as_caller(request)
+        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
+        self.need(reg, who, role, name, f"deleting {name}@{alias}")
+        return move_json(await run_in_threadpool(reg.delete_alias, name, alias))
+
+    async def alias_history(self, request: Request) -> Any:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", name, "reading alias history")
+        return [m.to_dict() for m in await run_in_threadpool(reg.alias_history, name, alias)]
+
+    async def audit(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", None, "reading the audit log")
+        q = request.query_params
+        try:
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError as error:
+            raise InvalidInput("limit must be an integer") from error
+        events = await run_in_threadpool(
+            lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit))
+        return [e.to_dict() for e in events]
+
+    async def audit_verify(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", None, "verifying the audit log")
+        count, problems = await run_in_threadpool(reg.verify_audit)
+        return {"events": count, "ok": not problems, "problems": problems}
+
+    async def settings(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", None, "reading settings")
+        return await run_in_threadpool(reg.settings)
+
+    async def whoami(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        from .._registry.governance import roles_of
+
+        with reg.read() as conn:
+            return {"principal": who, "roles": list(roles_of(conn, who, None))}
+
+    async def not_found(self, request: Request) -> Any:
+        raise NotFound(f"no API route {request.method} {request.url.path}",
+                       hint="see /api/v1/openapi.json")
+
+    def routes(self) -> list[Route | Mount]:
+        w = self.wrap
+        v1 = [
+            Route("/health", w(self.health)),
+            Route("/openapi.json", lambda r: JSONResponse(openapi_document())),
+            Route("/whoami", w(self.whoami)),
+            Route("/models", w(self.models)),
+            Route("/models/{name}/versions", w(self.versions), methods=["GET"]),
+            Route("/models/{name}/versions", w(self.create_version), methods=["POST"]),
+            Route("/models/{name}/versions/{selector:path}", w(self.version)),
+            Route("/models/{name}/aliases/{alias}", w(self.alias), methods=["GET"]),
+            Route("/models/{name}/aliases/{alias}", w(self.set_alias), methods=["PUT"]),
+            Route("/models/{name}/aliases/{alias}", w(self.delete_alias), methods=["DELETE"]),
+            Route("/models/{name}/aliases/{alias}/rollback", w(self.rollback), methods=["POST"]),
+            Route("/models/{name}/aliases/{alias}/history", w(self.alias_history)),
+            Route("/audit", w(self.audit)),
+            Route("/audit/verify", w(self.audit_verify)),
+            Route("/settings", w(self.settings)),
+        ]
+        return [Mount("/api/v1", routes=v1)]
+
+
+def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
+    api = Api(registry, open_access=open_access)
+    routes: list[Any] = api.routes()
+    from .mlflow_api import mlflow_routes
+
+    routes.append(Mount("/api/2.0/mlflow", routes=mlflow_routes(api)))
+    app = Starlette(routes=routes)
+    app.state.api = api
+    return app
