@@ -1,0 +1,12 @@
+"""The environment a model runs in: capture, compare, judge, export."""
+
+from .capture import canonical_name, capture_environment, clear_cache
+from .compare import KINDS, LEVELS, Difference, compare_environments, version_level
+from .export import export_dockerfile, export_requirements
+from .policy import EnvironmentWarning, EnvPolicy, Verdict, evaluate, fix_command
+
+__all__ = [
+    "KINDS", "LEVELS", "Difference", "EnvPolicy", "EnvironmentWarning", "Verdict",
+    "canonical_name", "capture_environment", "clear_cache", "compare_environments",
+    "evaluate", "export_dockerfile", "export_requirements", "fix_command", "version_level",
+]

@@ -1,0 +1,87 @@
+"""Capturing the environment a model is logged or loaded in."""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_cache: dict[str, Any] | None = None
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalisation: 'Scikit_Learn' -> 'scikit-learn'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _packages() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            found.setdefault(canonical_name(name), dist.version)
+    return dict(sorted(found.items()))
+
+
+def _accelerators() -> list[dict[str, Any]]:
+    """NVIDIA GPUs, found without importing a framework (cheap, no CUDA init)."""
+    found: list[dict[str, Any]] = []
+    driver = Path("/proc/driver/nvidia/version")
+    if driver.exists():
+        text = driver.read_text(errors="replace")
+        match = re.search(r"Kernel Module\s+(\S+)", text)
+        found.append({"kind": "cuda", "driver": match.group(1) if match else None})
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=3, check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        gpus = [line.split(",")[0].strip() for line in out.splitlines() if line.strip()]
+        if gpus:
+            if not found:
+                found.append({"kind": "cuda", "driver": None})
+            found[0]["devices"] = gpus
+    if found and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        found[0]["visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return found
+
+
+def _libc() -> str | None:
+    name, version = platform.libc_ver()
+    return f"{name} {version}" if name else None
+
+
+def capture_environment() -> dict[str, Any]:
+    """Python, platform, accelerators and every installed distribution.
+
+    Cached per process (logging and loading call it often); callers get a copy.
+    """
+    global _cache
+    if _cache is None:
+        _cache = {
+            "python": platform.python_version(),
+            "implementation": sys.implementation.name,
+            "platform": sys.platform,
+            "machine": platform.machine(),
+            "os_release": platform.release(),
+            "libc": _libc(),
+            "accelerators": _accelerators(),
+            "packages": _packages(),
+        }
+    return copy.deepcopy(_cache)
+
+
+def clear_cache() -> None:
+    """Forget the captured environment (after installing packages, in tests)."""
+    global _cache
+    _cache = None
