@@ -1,1 +1,30 @@
 """Content-addressed artifact storage (see ``base.py`` for the contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .._errors import InvalidInput
+from .base import ArtifactStore, ChunkRef, FileEntry, GcReport, IngestReport, StoreStats
+from .blobs import LocalBlobs, S3Blobs
+from .chunkstore import ChunkStore
+
+
+def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> ChunkStore:
+    """The store at ``url``: ``file:///abs/path`` or ``s3://bucket/prefix``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return ChunkStore(LocalBlobs(Path(parsed.path)), cache_dir=cache_dir, **options)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"store URL {url!r} names no bucket", hint="s3://bucket/prefix")
+        threshold = options.pop("multipart_threshold", 16 << 20)
+        blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold)
+        return ChunkStore(blobs, cache_dir=cache_dir, **options)
+    raise InvalidInput(f"unsupported store URL {url!r}",
+                       hint="use file:///absolute/path or s3://bucket/prefix")
+
+
+__all__ = ["ArtifactStore", "ChunkRef", "ChunkStore", "FileEntry", "GcReport", "IngestReport",
+           "StoreStats", "open_store"]

@@ -1,0 +1,217 @@
+"""Where store objects live: a local folder or an S3 bucket, behind one small interface.
+
+Objects are immutable once written (packs, index files, pins), so every put is
+"write somewhere private, then make visible at once": rename locally, a
+single (multipart) upload on S3.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .._errors import NotFound, StoreError
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class Blobs(Protocol):
+    url: str
+    is_local: bool
+
+    def put_file(self, key: str, path: Path) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def list(self, prefix: str) -> list[BlobInfo]: ...
+    def delete(self, key: str) -> None: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
+class LocalBlobs:
+    is_local = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def temp_file(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
+        return fd, Path(name)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(path, target)
+        _fsync_dir(target.parent)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        fd, tmp = self.temp_file()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.put_file(key, tmp)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as error:
+            raise NotFound(f"store object {key} is missing from {self.root}") from error
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as handle:
+                return os.pread(handle.fileno(), length, offset)
+        except FileNotFoundError as error:
+            raise NotFound(f"store object {key} is missing from {self.root}") from error
+
+    def list(self, prefix: str) -> list[BlobInfo]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(folder):
+            if entry.is_file():
+                st = entry.stat()
+                found.append(BlobInfo(f"{prefix}{entry.name}", st.st_size, st.st_mtime))
+        return found
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class S3Blobs:
+    """An S3 bucket/prefix via boto3 (endpoint from TETHER_S3_ENDPOINT_URL if set)."""
+
+    is_local = False
+
+    def __init__(self, bucket: str, prefix: str, *, multipart_threshold: int = 16 << 20,
+                 max_attempts: int = 8) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                        max_pool_connections=32, connect_timeout=5, read_timeout=60)
+        self.client: Any = boto3.client(
+            "s3", endpoint_url=os.environ.get("TETHER_S3_ENDPOINT_URL") or None, config=config)
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
+                                       multipart_chunksize=max(multipart_threshold, 5 << 20),
+                                       max_concurrency=4)
+        self.requests = 0  # GETs issued, for tests and progress
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return func(*args, **kwargs)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"store object {what} is missing from {self.url}") from error
+            if code == "NoSuchBucket":
+                raise StoreError(f"bucket {self.bucket} does not exist",
+                                 hint="create it, or fix the store URL") from error
+            raise StoreError(f"S3 {what} failed: {code or error}",
+                             hint="check the endpoint, credentials and bucket") from error
+        except BotoCoreError as error:
+            raise StoreError(f"S3 {what} failed: {error}",
+                             hint="check TETHER_S3_ENDPOINT_URL / AWS settings and the network"
+                             ) from error
+
+    def temp_file(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(prefix="tether-upload-")
+        return fd, Path(name)
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:
+            self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket,
+                       self._key(key), Config=self.transfer)
+        except Exception as error:  # boto3's transfer manager wraps errors its own way
+            if isinstance(error, StoreError | NotFound):
+                raise
+            raise StoreError(f"S3 upload of {key} failed: {error}",
+                             hint="retry; chunks already stored are skipped") from error
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(f"upload of {key}", self.client.put_object, Bucket=self.bucket,
+                   Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.requests += 1
+        body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
+                          Key=self._key(key))["Body"]
+        return bytes(self._call(f"download of {key}", body.read))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.requests += 1
+        body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
+                          Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}")["Body"]
+        return bytes(self._call(f"download of {key}", body.read))
+
+    def list(self, prefix: str) -> list[BlobInfo]:
+        found = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages: Iterator[Any] = self._call(
+            f"listing {prefix}", lambda: iter(list(paginator.paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)))))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix):]
+                found.append(BlobInfo(key, int(obj["Size"]), obj["LastModified"].timestamp()))
+        return found
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete of {key}", self.client.delete_object, Bucket=self.bucket,
+                   Key=self._key(key))
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def now(self) -> float:
+        return time.time()

@@ -1,0 +1,444 @@
+"""The deduplicating chunk store: FastCDC chunks, BLAKE3 names, zstd, packs.
+
+Layout (the same on a folder and in a bucket):
+
+    packs/<id>.pack    chunk bytes back to back (zstd or raw), tens of MB each
+    index/<id>.idx     JSON: the pack's size and [digest, offset, length, raw size, codec]
+    pins/<id>.json     chunks an ingest referenced, so gc spares them until the
+                       version that needs them is committed (or the grace ends)
+
+A pack is durable before its index is written, and readers trust only chunks
+an index lists, so a writer killed at any point leaves at most unindexed bytes
+(collected by gc), never an index pointing at missing data. Pack ids are
+random, so concurrent writers never collide; a chunk two writers stored at
+once lives in two packs until gc repacks.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import zstandard
+from pyfastcdc.cy import FastCDC
+
+from .._errors import IntegrityError, NotFound, StoreError
+from .base import ChunkRef, FileEntry, GcReport, IngestReport, StoreStats
+from .blobs import Blobs
+from .progress import Progress
+
+AVG_CHUNK = 64 * 1024
+PACK_TARGET = 32 * 1024 * 1024
+RAW, ZSTD = 0, 1
+#: Compress only when a sample shrinks below this fraction of its size.
+_WORTH_COMPRESSING = 0.95
+_SAMPLE = 4096
+_READ_THREADS = 4
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: str
+    offset: int
+    length: int
+    raw_size: int
+    codec: int
+
+
+class PackWriter:
+    """Appends chunks to a temp file; publishes it (then its index) when full."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.fd: int | None = None
+        self.path: Path | None = None
+        self.size = 0
+        self.entries: list[list[Any]] = []
+        self.published: list[str] = []
+
+    def add(self, digest: str, payload: bytes, raw_size: int, codec: int) -> None:
+        if self.fd is None:
+            self.fd, self.path = self.store.blobs.temp_file()  # type: ignore[attr-defined]
+            self.size = 0
+            self.entries = []
+        assert self.fd is not None
+        os.write(self.fd, payload)
+        self.entries.append([digest, self.size, len(payload), raw_size, codec])
+        self.size += len(payload)
+        if self.size >= self.store.pack_target:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.fd is None or self.path is None:
+            return
+        os.close(self.fd)
+        pack_id = uuid.uuid4().hex
+        if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK"):  # test hook: die mid-ingest
+            os._exit(99)
+        self.store.blobs.put_file(f"packs/{pack_id}.pack", self.path)
+        index = {"pack": pack_id, "size": self.size, "chunks": self.entries}
+        self.store.blobs.put_bytes(f"index/{pack_id}.idx", json.dumps(index).encode())
+        self.store._add_index(pack_id, self.size, self.entries)
+        self.published.append(pack_id)
+        self.fd, self.path = None, None
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        self.fd, self.path = None, None
+
+
+class ChunkStore:
+    def __init__(self, blobs: Blobs, *, cache_dir: Path | None = None,
+                 pack_target: int = PACK_TARGET) -> None:
+        self.blobs = blobs
+        self.url = blobs.url
+        self.pack_target = pack_target
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._index: dict[str, Location] = {}
+        self._pack_sizes: dict[str, int] = {}
+        self._cctx = threading.local()
+
+    # -- the index ---------------------------------------------------------------
+
+    def _add_index(self, pack: str, size: int, entries: Iterable[list[Any]]) -> None:
+        with self._lock:
+            self._pack_sizes[pack] = size
+            for digest, offset, length, raw, codec in entries:
+                self._index.setdefault(digest, Location(pack, offset, length, raw, codec))
+
+    def refresh(self) -> None:
+        """Read index files written since the last look (by us or other writers)."""
+        for info in self.blobs.list("index/"):
+            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            if pack in self._pack_sizes:
+                continue
+            try:
+                data = json.loads(self.blobs.get_bytes(info.key))
+            except NotFound:
+                continue  # removed by a concurrent gc
+            self._add_index(data["pack"], int(data["size"]), data["chunks"])
+
+    def _forget_pack(self, pack: str) -> None:
+        with self._lock:
+            self._pack_sizes.pop(pack, None)
+            for digest in [d for d, loc in self._index.items() if loc.pack == pack]:
+                del self._index[digest]
+
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        self.refresh()
+        return {d for d in digests if d not in self._index}
+
+    def locate(self, digest: str) -> Location | None:
+        return self._index.get(digest)
+
+    # -- writing -----------------------------------------------------------------
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        cctx = getattr(self._cctx, "c", None)
+        if cctx is None:
+            cctx = self._cctx.c = zstandard.ZstdCompressor(level=3)
+        return cctx
+
+    def _encode(self, data: memoryview) -> tuple[bytes, int]:
+        cctx = self._compressor()
+        sample = data[:_SAMPLE]
+        if len(cctx.compress(sample)) > len(sample) * _WORTH_COMPRESSING:
+            return bytes(data), RAW
+        packed = cctx.compress(data)
+        if len(packed) > len(data) * _WORTH_COMPRESSING:
+            return bytes(data), RAW
+        return packed, ZSTD
+
+    def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False) -> IngestReport:
+        from .locking import ingest_lock
+
+        with ingest_lock(self):
+            return self._ingest(root, paths, progress=progress)
+
+    def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool) -> IngestReport:
+        self.refresh()
+        report = IngestReport(files=[])
+        total = sum((root / p).stat().st_size for p in paths)
+        writer = PackWriter(self)
+        seen_here: set[str] = set()
+        referenced: set[str] = set()
+        bar = Progress("storing", total, enabled=progress)
+        try:
+            for rel in paths:
+                entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar)
+                referenced.update(c.digest for c in entry.chunks)
+                report.files.append(entry)
+            writer.flush()
+            # Pins protect reused chunks from a concurrent gc until the version commits.
+            pin = {"created": time.time(), "chunks": sorted(referenced)}
+            self.blobs.put_bytes(f"pins/{uuid.uuid4().hex}.json", json.dumps(pin).encode())
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
+        return report
+
+    def _ingest_file(self, path: Path, rel: str, writer: PackWriter, seen_here: set[str],
+                     report: IngestReport, bar: Progress) -> FileEntry:
+        size = path.stat().st_size
+        if size == 0:
+            return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                file_digest = blake3.blake3(view, max_threads=blake3.blake3.AUTO).hexdigest()
+                cuts = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(view)]
+                chunks: list[ChunkRef] = []
+                pending: list[tuple[str, memoryview]] = []
+                for offset, length in cuts:
+                    piece = view[offset:offset + length]
+                    digest = blake3.blake3(piece).hexdigest()
+                    chunks.append(ChunkRef(digest, length))
+                    report.logical_bytes += length
+                    if digest in self._index or digest in seen_here:
+                        report.reused_chunks += 1
+                        bar.advance(length, saved=length)
+                        continue
+                    seen_here.add(digest)
+                    pending.append((digest, piece))
+                    if len(pending) >= 64:
+                        self._write_batch(pending, writer, report, bar)
+                        pending = []
+                if pending:
+                    self._write_batch(pending, writer, report, bar)
+            finally:
+                view.release()
+        return FileEntry(rel, size, file_digest, tuple(chunks))
+
+    def _write_batch(self, batch: list[tuple[str, memoryview]], writer: PackWriter,
+                     report: IngestReport, bar: Progress) -> None:
+        # zstd releases the GIL: compress a batch on two threads, append in order.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            encoded = list(pool.map(lambda item: self._encode(item[1]), batch))
+        for (digest, piece), (payload, codec) in zip(batch, encoded, strict=True):
+            writer.add(digest, payload, len(piece), codec)
+            report.new_chunks += 1
+            report.stored_bytes += len(payload)
+            bar.advance(len(piece))
+
+    # -- reading -----------------------------------------------------------------
+
+    def _read_chunk(self, chunk: ChunkRef, *, what: str) -> bytes:
+        loc = self._index.get(chunk.digest)
+        if loc is None:
+            self.refresh()
+            loc = self._index.get(chunk.digest)
+        if loc is None:
+            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is not in the store",
+                                 hint="the store lost data; restore it from a backup")
+        payload = self._fetch(loc, chunk.digest)
+        try:
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=loc.raw_size) \
+                if loc.codec == ZSTD else payload
+        except zstandard.ZstdError as error:
+            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is corrupt ({error})",
+                                 hint="the store is damaged; restore it from a backup") from error
+        if len(data) != chunk.size or blake3.blake3(data).hexdigest() != chunk.digest:
+            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} does not match its digest",
+                                 hint="the store is damaged; restore it from a backup")
+        return data
+
+    def _fetch(self, loc: Location, digest: str) -> bytes:
+        """The stored bytes of one chunk (from the local cache when remote)."""
+        cached = self._cache_path(digest)
+        if cached is not None and cached.exists():
+            return cached.read_bytes()
+        try:
+            payload = self.blobs.get_range(f"packs/{loc.pack}.pack", loc.offset, loc.length)
+        except NotFound as error:
+            raise IntegrityError(f"pack {loc.pack} is missing", hint="restore the store") from error
+        if len(payload) != loc.length:
+            raise IntegrityError(f"pack {loc.pack} is truncated", hint="restore the store")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(cached.name + f".{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(payload)
+            os.replace(tmp, cached)
+        return payload
+
+    def _cache_path(self, digest: str) -> Path | None:
+        if self.blobs.is_local or self.cache_dir is None:
+            return None
+        return self.cache_dir / "chunks" / digest[:2] / digest
+
+    def materialize(self, files: Sequence[FileEntry], dest: Path, *, label: str,
+                    progress: bool = False) -> None:
+        self.refresh()
+        bar = Progress("loading", sum(f.size for f in files), enabled=progress)
+        try:
+            with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+                for entry in files:
+                    self._materialize_file(entry, dest, label, pool, bar)
+        finally:
+            bar.close("verified")
+
+    def _materialize_file(self, entry: FileEntry, dest: Path, label: str,
+                          pool: ThreadPoolExecutor, bar: Progress) -> None:
+        target = dest / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        what = f"{entry.path} of {label}"
+        offsets, position = [], 0
+        for chunk in entry.chunks:
+            offsets.append(position)
+            position += chunk.size
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if entry.size:
+                os.ftruncate(fd, entry.size)
+
+            def write(i: int) -> None:
+                data = self._read_chunk(entry.chunks[i], what=what)
+                os.pwrite(fd, data, offsets[i])
+                bar.advance(len(data))
+
+            for _ in pool.map(write, range(len(entry.chunks))):
+                pass
+        finally:
+            os.close(fd)
+        with open(target, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size:
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    digest = blake3.blake3(mm, max_threads=blake3.blake3.AUTO).hexdigest()
+            else:
+                digest = blake3.blake3(b"").hexdigest()
+        if size != entry.size or digest != entry.digest:
+            raise IntegrityError(f"{what} does not match its recorded digest",
+                                 hint="the store is damaged; restore it from a backup")
+
+    def verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
+        self.refresh()
+        problems = []
+        for entry in files:
+            hasher = blake3.blake3()
+            try:
+                for chunk in entry.chunks:
+                    hasher.update(self._read_chunk(chunk, what=f"{entry.path} of {label}"))
+            except IntegrityError as error:
+                problems.append(error.message)
+                continue
+            if hasher.hexdigest() != entry.digest:
+                problems.append(f"{entry.path} of {label} does not match its recorded digest")
+        return problems
+
+    # -- accounting and garbage collection ---------------------------------------
+
+    def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
+        self.refresh()
+        logical = sum(f.size for f in live)
+        return StoreStats(logical_bytes=logical, stored_bytes=sum(self._pack_sizes.values()),
+                          chunks=len(self._index), packs=len(self._pack_sizes))
+
+    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
+        with self._gc_lock():
+            return self._gc(live, grace_seconds=grace_seconds, dry_run=dry_run)
+
+    def _gc_lock(self) -> Any:
+        from .locking import store_lock
+
+        return store_lock(self)
+
+    def _gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
+        now = time.time()
+        keep = {c.digest for f in live for c in f.chunks}
+        for pin in self.blobs.list("pins/"):
+            if now - pin.mtime < grace_seconds:
+                try:
+                    keep.update(json.loads(self.blobs.get_bytes(pin.key))["chunks"])
+                except (NotFound, ValueError, KeyError):
+                    continue
+            elif not dry_run:
+                self.blobs.delete(pin.key)
+        packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
+                 for i in self.blobs.list("packs/")}
+        indexes: dict[str, dict[str, Any]] = {}
+        for info in self.blobs.list("index/"):
+            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            try:
+                indexes[pack] = json.loads(self.blobs.get_bytes(info.key))
+            except NotFound:
+                continue
+        report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
+                          dry_run=dry_run)
+        placed: set[str] = set()  # live chunks already kept in some pack
+        # Visit fuller packs first so duplicates are dropped from the emptier ones.
+        order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
+                                                   if e[0] in keep))
+        for pack in order:
+            info = packs.get(pack)
+            entries = indexes[pack]["chunks"]
+            young = info is not None and now - info.mtime < grace_seconds
+            live_entries = [e for e in entries if e[0] in keep and e[0] not in placed]
+            dead = [e for e in entries if e not in live_entries]
+            live_bytes = sum(e[2] for e in live_entries)
+            total = sum(e[2] for e in entries) or 1
+            if young or not dead:
+                placed.update(e[0] for e in entries if e[0] in keep)
+                report.kept_chunks += len(live_entries)
+                continue
+            report.removed_chunks += len(dead)
+            report.removed_bytes += sum(e[2] for e in dead)
+            report.kept_chunks += len(live_entries)
+            placed.update(e[0] for e in live_entries)
+            if live_entries and live_bytes / total >= 0.5:
+                # Mostly live: leave it; the dead part is not worth a rewrite yet.
+                report.removed_chunks -= len(dead)
+                report.removed_bytes -= sum(e[2] for e in dead)
+                continue
+            if dry_run:
+                report.repacked_packs += 1 if live_entries else 0
+                continue
+            if live_entries:
+                self._repack(pack, live_entries)
+                report.repacked_packs += 1
+            self.blobs.delete(f"index/{pack}.idx")
+            self.blobs.delete(f"packs/{pack}.pack")
+            self._forget_pack(pack)
+        if not dry_run:
+            # Packs with no index are leftovers of killed writers.
+            for pack, info in packs.items():
+                if pack not in indexes and now - info.mtime >= grace_seconds:
+                    self.blobs.delete(info.key)
+                    report.removed_bytes += info.size
+            for tmp in self.blobs.list("tmp/"):
+                if now - tmp.mtime >= grace_seconds:
+                    self.blobs.delete(tmp.key)
+            self._index.clear()
+            self._pack_sizes.clear()
+            self.refresh()
+        return report
+
+    def _repack(self, pack: str, entries: list[list[Any]]) -> None:
+        writer = PackWriter(self)
+        try:
+            for digest, offset, length, raw, codec in entries:
+                payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
+                writer.add(digest, payload, raw, codec)
+            writer.flush()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def describe(error: Exception) -> StoreError:
+    return StoreError(str(error))

@@ -1,0 +1,47 @@
+"""A progress bar for long store work: bytes, rate, and what dedup saved."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+
+class Progress:
+    """Shows a rich bar on a terminal when enabled; otherwise does nothing."""
+
+    def __init__(self, label: str, total: int, *, enabled: bool) -> None:
+        self._bar: Any = None
+        self._lock = threading.Lock()
+        self.saved = 0
+        if not enabled or not sys.stderr.isatty() or total < (8 << 20):
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn(f"[bold]{label}[/]"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TextColumn("{task.fields[saved]}"), TimeRemainingColumn(),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total, saved="")
+
+    def advance(self, size: int, *, saved: int = 0) -> None:
+        if self._bar is None:
+            return
+        with self._lock:
+            self.saved += saved
+            text = f"dedup saved {self.saved / 2**20:.0f} MiB" if self.saved else ""
+            self._bar.update(self._task, advance=size, saved=text)
+
+    def close(self, message: str = "") -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
