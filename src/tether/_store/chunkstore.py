@@ -200,6 +200,7 @@ class ChunkStore:
             return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
+            slices: list[memoryview] = []  # every view of the map must be released before it closes
             try:
                 file_digest = blake3.blake3(view, max_threads=blake3.blake3.AUTO).hexdigest()
                 cuts = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(view)]
@@ -207,6 +208,7 @@ class ChunkStore:
                 pending: list[tuple[str, memoryview]] = []
                 for offset, length in cuts:
                     piece = view[offset:offset + length]
+                    slices.append(piece)
                     digest = blake3.blake3(piece).hexdigest()
                     chunks.append(ChunkRef(digest, length))
                     report.logical_bytes += length
@@ -221,7 +223,10 @@ class ChunkStore:
                         pending = []
                 if pending:
                     self._write_batch(pending, writer, report, bar)
+                pending = []
             finally:
+                for piece in slices:
+                    piece.release()
                 view.release()
         return FileEntry(rel, size, file_digest, tuple(chunks))
 
