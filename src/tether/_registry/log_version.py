@@ -27,6 +27,7 @@ from .._records import ModelVersion
 from .._reference import validate_model_name
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
 from .._signature import Signature, infer_signature
+from . import reference_stats
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author, digest_data
 
@@ -164,7 +165,7 @@ def log_model(
         "params": params_,
         "metrics": metrics_,
         "data": data_,
-        "lineage": {"git": capture_git()},
+        "lineage": {"git": capture_git(), **reference_stats.lineage_entry(data, signature_)},
         "environment": capture_environment(),
         "tags": tags_,
         "notes": notes,

@@ -1,0 +1,180 @@
+"""The HTTP surface of a serving process (ASGI, Starlette): thin handlers only.
+
+    POST /v1/endpoints/{name}/predict    {"records": [...], "key": "user-1"}
+    POST /v1/endpoints/{name}/feedback   {"request_id": "...", "truth": [...]}
+    GET  /v1/endpoints/{name}/drift      PSI / KS per feature and version
+    GET  /v1/endpoints/{name}            routes, weights, health, rollbacks
+    PUT  /v1/endpoints/{name}/weights    {"weights": {"canary": 20}}
+    GET  /v1/deployment                  every endpoint's status
+    GET  /metrics  /healthz  /readyz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .._errors import InvalidInput, TetherError
+from .._signature import RecordSchemaError
+from .drift import PSI_MODERATE, PSI_SIGNIFICANT
+from .endpoint import PredictionFailed
+from .logs import version_fields
+from .metrics import CONTENT_TYPE
+from .runtime import ServingRuntime
+
+log = logging.getLogger("tether.serving")
+
+MAX_BODY = 32 * 1024 * 1024
+_PREDICT_KEYS = {"records", "key", "request_id"}
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(payload: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), default=str)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(error: TetherError) -> Response:
+    payload: dict[str, Any] = dict(error.to_dict())
+    status = error.http_status
+    if isinstance(error, RecordSchemaError):
+        status = 422
+        payload.update(field=error.field, index=error.index)
+    return json_response(payload, status)
+
+
+def handled(handler: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TetherError as error:
+            return error_response(error)
+    return wrapper
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"body is not valid JSON: {error}") from error
+
+
+def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
+    """The ASGI app over a started runtime; it stops the runtime at shutdown.
+
+    ``inline`` predicts on the event loop (fastest for small models, whose
+    predictions take well under a millisecond); otherwise in the thread pool.
+    """
+    access_log = runtime.deployment.server.access_log
+
+    @handled
+    async def predict(request: Request) -> Response:
+        endpoint = runtime.endpoint(request.path_params["name"])
+        data = await read_json(request)
+        if isinstance(data, list):
+            data = {"records": data}
+        if not isinstance(data, dict) or "records" not in data:
+            raise RecordSchemaError('body must be {"records": [{...}, ...]}', field=None,
+                                    index=None)
+        unknown = set(data) - _PREDICT_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
+                               hint="fields: records, key, request_id")
+        key = request.headers.get("x-request-key") or data.get("key")
+        args = (data["records"], None if key is None else str(key), data.get("request_id"))
+        try:
+            served = endpoint.predict(*args) if inline else await run_in_threadpool(
+                endpoint.predict, *args)
+        except PredictionFailed as error:
+            return error_response(error)
+        model = served.model
+        if access_log:
+            log.info("predicted", extra={"endpoint": endpoint.name, "route": served.route,
+                                         "request_id": served.request_id,
+                                         "records": len(served.predictions),
+                                         **version_fields(model.version)})
+        payload = {"predictions": served.predictions, "model": model.version.name,
+                   "version": model.version.semver, "ref": model.ref, "digest": model.digest,
+                   "route": served.route, "request_id": served.request_id}
+        headers = {"X-Model-Version": f"{model.ref}; digest={model.digest}",
+                   "X-Request-Id": served.request_id}
+        return json_response(payload, headers=headers)
+
+    @handled
+    async def feedback(request: Request) -> Response:
+        endpoint = runtime.endpoint(request.path_params["name"])
+        data = await read_json(request)
+        items = data if isinstance(data, list) else [data]
+        return json_response(endpoint.feedback(items))
+
+    @handled
+    async def drift(request: Request) -> Response:
+        endpoint = runtime.endpoint(request.path_params["name"])
+        versions = await run_in_threadpool(endpoint.drift)
+        return json_response({"endpoint": endpoint.name, "versions": versions,
+                              "thresholds": {"moderate": PSI_MODERATE,
+                                             "significant": PSI_SIGNIFICANT}})
+
+    @handled
+    async def endpoint_status(request: Request) -> Response:
+        return json_response(runtime.endpoint(request.path_params["name"]).status())
+
+    @handled
+    async def weights(request: Request) -> Response:
+        endpoint = runtime.endpoint(request.path_params["name"])
+        data = await read_json(request)
+        if not isinstance(data, dict) or set(data) != {"weights"} or not isinstance(
+                data["weights"], dict):
+            raise InvalidInput('body must be {"weights": {"ROUTE": NUMBER, ...}}')
+        values = data["weights"]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                   for v in values.values()):
+            raise InvalidInput("weights must be numbers")
+        return json_response({"endpoint": endpoint.name,
+                              "weights": endpoint.set_weights(values)})
+
+    async def deployment(request: Request) -> Response:
+        return json_response(await run_in_threadpool(runtime.status))
+
+    async def metrics(request: Request) -> Response:
+        text = await run_in_threadpool(runtime.instruments.render)
+        return Response(text, media_type=CONTENT_TYPE)
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        states = {name: e.ready for name, e in runtime.endpoints.items()}
+        ready = all(states.values())
+        return json_response({"ready": ready, "endpoints": states}, 200 if ready else 503)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(runtime.stop)
+
+    routes = [
+        Route("/v1/endpoints/{name}/predict", predict, methods=["POST"]),
+        Route("/v1/endpoints/{name}/feedback", feedback, methods=["POST"]),
+        Route("/v1/endpoints/{name}/drift", drift, methods=["GET"]),
+        Route("/v1/endpoints/{name}/weights", weights, methods=["PUT"]),
+        Route("/v1/endpoints/{name}", endpoint_status, methods=["GET"]),
+        Route("/v1/deployment", deployment, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,315 @@
+"""One endpoint at run time: routes, shadows, the request path and its bookkeeping.
+
+The request path (`predict`) reads the router and a route's current version
+once, predicts, records, and hands a copy to the shadow mirror; nothing on it
+waits for the registry. Everything that changes what is served (a moved
+alias, a rollback, new weights) happens on the endpoint's one loader thread
+and ends in a single assignment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InvalidInput, NotFound, TetherError
+from .._signature import RecordSchemaError
+from .config import EndpointConfig
+from .instruments import Instruments
+from .logs import version_fields
+from .pool import LoadedModel, ModelPool
+from .router import WeightedRouter
+from .routes import RouteSlot
+from .shadow import MirrorJob, agree
+from .targets import poll_target, rollback_slot
+
+if TYPE_CHECKING:
+    from .._registry.registry import Registry
+
+log = logging.getLogger("tether.serving")
+
+#: Predictions remembered for feedback, by request id.
+RECENT_REQUESTS = 100_000
+
+
+class PredictionFailed(TetherError):
+    """The model raised while predicting."""
+
+    code = "prediction_failed"
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class Served:
+    request_id: str
+    route: str
+    model: LoadedModel
+    predictions: list[Any]
+
+
+class Endpoint:
+    def __init__(self, config: EndpointConfig, registry: Registry, instruments: Instruments,
+                 mirror: Callable[[MirrorJob], None]) -> None:
+        self.config = config
+        self.name = config.name
+        self.registry = registry
+        self.instruments = instruments
+        self._mirror = mirror
+        self.pool = ModelPool(registry, trusted=config.trusted, env_policy=config.env_policy)
+        window = config.rollback.window
+        self.slots = {r.name: RouteSlot(r.name, r.target, window) for r in config.routes}
+        self.shadows = [RouteSlot(f"shadow-{i}", s.target, window)
+                        for i, s in enumerate(config.shadows)]
+        self.router = WeightedRouter({r.name: r.weight for r in config.routes})
+        self.rollbacks: deque[dict[str, Any]] = deque(maxlen=20)
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"tether-load-{self.name}")
+        self._recent: dict[str, tuple[str, LoadedModel, list[Any]]] = {}
+        self._recent_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._sample = max((s.sample for s in config.shadows), default=0.0)
+        self._update_weight_gauges()
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load every route and shadow now; the registry's refusal is raised as is."""
+        for slot in [*self.slots.values(), *self.shadows]:
+            poll_target(self, slot, now=True)
+
+    def stop(self) -> None:
+        self._loader.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        weights = self.router.weights
+        return all(slot.current is not None for name, slot in self.slots.items()
+                   if weights.get(name, 0) > 0)
+
+    # -- the request path ---------------------------------------------------------------
+
+    def predict(self, records: Any, key: str | None = None,
+                request_id: str | None = None) -> Served:
+        if not isinstance(records, list) or not records:
+            raise RecordSchemaError("records must be a non-empty list of objects",
+                                    field=None, index=None)
+        if len(records) > self.config.max_records:
+            raise InvalidInput(f"{len(records)} records is over this endpoint's limit of "
+                               f"{self.config.max_records}")
+        if key is None and self.config.sticky_field and isinstance(records[0], dict):
+            value = records[0].get(self.config.sticky_field)
+            key = None if value is None else str(value)
+        route = self.router.choose(key)
+        slot = self.slots[route]
+        loaded, window = slot.current, slot.window
+        if loaded is None:
+            raise NotFound(f"route {route!r} of {self.name} has no version loaded yet",
+                           hint=slot.problem)
+        labels = (self.name, *loaded.labels)
+        started = time.perf_counter()
+        try:
+            inputs = loaded.prepare(records)
+        except RecordSchemaError as error:
+            self.instruments.invalid.inc(self.name, error.field or "")
+            raise
+        try:
+            predictions = loaded.predict_prepared(inputs)
+        except Exception as error:
+            elapsed = time.perf_counter() - started
+            window.record_request(False, elapsed)
+            self.instruments.requests.inc(*labels, route)
+            self.instruments.errors.inc(*labels, route, type(error).__name__)
+            self.instruments.latency.observe(elapsed, *labels)
+            log.error("prediction failed: %s: %s", type(error).__name__, error,
+                      extra={"endpoint": self.name, "route": route, "records": len(records),
+                             **version_fields(loaded.version)})
+            raise PredictionFailed(f"{loaded.ref} failed to predict: {type(error).__name__}: "
+                                   f"{error}") from error
+        elapsed = time.perf_counter() - started
+        window.record_request(True, elapsed)
+        self.instruments.requests.inc(*labels, route)
+        self.instruments.latency.observe(elapsed, *labels)
+        self.instruments.records.inc(*labels, amount=len(records))
+        self.instruments.predictions(labels, predictions)
+        loaded.drift.observe(records)
+        request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
+        self._remember(request_id, route, loaded, predictions)
+        if self.shadows and (self._sample >= 1.0 or random.random() < self._sample):
+            self._mirror(MirrorJob(self.name, loaded, records, predictions,
+                                   self._comparison_recorder(slot, loaded)))
+        return Served(request_id, route, loaded, predictions)
+
+    def _comparison_recorder(self, slot: RouteSlot,
+                             loaded: LoadedModel) -> Callable[[int, int], None]:
+        def record(compared: int, disagreed: int) -> None:
+            if slot.current is loaded:
+                slot.window.record_value("shadow_disagreement", disagreed, compared)
+        return record
+
+    def _remember(self, request_id: str, route: str, loaded: LoadedModel,
+                  predictions: list[Any]) -> None:
+        with self._recent_lock:
+            recent = self._recent
+            recent[request_id] = (route, loaded, predictions)
+            if len(recent) > RECENT_REQUESTS:
+                del recent[next(iter(recent))]
+
+    def shadow_models(self) -> list[LoadedModel]:
+        return [s.current for s in self.shadows if s.current is not None]
+
+    # -- feedback -----------------------------------------------------------------------
+
+    def feedback(self, items: list[Any]) -> dict[str, Any]:
+        """Ground truth or metric values for earlier requests, by their request id."""
+        accepted, unknown = 0, []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping) or not isinstance(item.get("request_id"), str):
+                raise InvalidInput(f"feedback item {index} needs a request_id",
+                                   hint='{"request_id": "...", "truth": [...]} or '
+                                        '{"request_id": "...", "metrics": {"NAME": 1.0}}')
+            extra = set(item) - {"request_id", "truth", "metrics"}
+            if extra:
+                raise InvalidInput(f"feedback item {index}: unknown key {sorted(extra)[0]!r}",
+                                   hint="keys: request_id, truth, metrics")
+            with self._recent_lock:
+                entry = self._recent.get(item["request_id"])
+            if entry is None:
+                unknown.append(item["request_id"])
+                continue
+            route, loaded, predictions = entry
+            for name, total, count in _feedback_values(item, predictions, index):
+                labels = (self.name, *loaded.labels, name)
+                self.instruments.feedback.inc(*labels, amount=count)
+                self.instruments.feedback_sum.inc(*labels, amount=total)
+                slot = self.slots.get(route)
+                if slot is not None and slot.current is loaded:
+                    slot.window.record_value(f"feedback.{name}", total, count)
+            accepted += 1
+        return {"accepted": accepted, "unknown": unknown}
+
+    # -- changing what is served --------------------------------------------------------
+
+    def set_weights(self, weights: Mapping[str, float], *, merge: bool = True) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(self.slots))
+        if unknown:
+            raise InvalidInput(f"{self.name} has no route {unknown[0]!r}",
+                               hint=f"routes: {', '.join(self.slots)}")
+        new = {**self.router.weights, **weights} if merge else dict(weights)
+        for name, weight in new.items():
+            if weight > 0 and self.slots[name].current is None:
+                raise InvalidInput(f"route {name!r} has no version loaded; it cannot take traffic",
+                                   hint=self.slots[name].problem)
+        self.router.set_weights(new)
+        self._update_weight_gauges()
+        log.info("weights set", extra={"endpoint": self.name, "weights": new})
+        return self.router.weights
+
+    def _update_weight_gauges(self) -> None:
+        for name, weight in self.router.weights.items():
+            self.instruments.weights.set(weight, self.name, name)
+
+    def submit(self, slot: RouteSlot, job: Callable[[], None]) -> None:
+        """Run ``job`` on the loader thread unless ``slot`` already has one queued."""
+        if slot.busy:
+            return
+        slot.busy = True
+
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # logged; the endpoint keeps serving
+                log.exception("background task failed", extra={"endpoint": self.name,
+                                                               "route": slot.name})
+            finally:
+                slot.busy = False
+
+        try:
+            self._loader.submit(run)
+        except RuntimeError:  # shutting down
+            slot.busy = False
+
+    def check(self) -> None:
+        """Poll targets and judge rollback rules (the supervisor calls this every tick)."""
+        for slot in [*self.slots.values(), *self.shadows]:
+            if not slot.busy:
+                self.submit(slot, lambda s=slot: poll_target(self, s))  # type: ignore[misc]
+        if self.config.rollback.rules:
+            for slot in self.slots.values():
+                if slot.current is not None and not slot.busy:
+                    self._judge(slot)
+
+    def _judge(self, slot: RouteSlot) -> None:
+        from .rollback import first_breach
+
+        rules = self.config.rollback
+        breach = first_breach(rules.rules, slot.window.snapshot(), rules.min_requests)
+        if breach is not None:
+            self.submit(slot, lambda: rollback_slot(self, slot, breach))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        weights = self.router.weights
+        return {
+            "name": self.name,
+            "ready": self.ready,
+            "routes": [slot.describe(weights.get(name)) for name, slot in self.slots.items()],
+            "shadows": [slot.describe(None) for slot in self.shadows],
+            "rules": [r.describe() for r in self.config.rollback.rules],
+            "rollbacks": list(self.rollbacks),
+        }
+
+    def drift(self) -> list[dict[str, Any]]:
+        """Per served version: PSI/KS per feature against its reference statistics."""
+        seen: dict[str, LoadedModel] = {}
+        for slot in self.slots.values():
+            if slot.current is not None:
+                seen.setdefault(slot.current.digest, slot.current)
+        out = []
+        for loaded in seen.values():
+            report = loaded.drift.report() if loaded.drift.enabled else {}
+            out.append({"ref": loaded.ref, "digest": loaded.digest,
+                        "reference": loaded.drift.enabled, "features": report})
+        return out
+
+    def note_rollback(self, entry: dict[str, Any]) -> None:
+        self.rollbacks.appendleft(entry)
+        self.instruments.rollbacks.inc(self.name, entry["route"])
+
+
+def _feedback_values(item: Mapping[str, Any], predictions: list[Any],
+                     index: int) -> list[tuple[str, float, int]]:
+    """(metric, sum, count) triples from one feedback item."""
+    out: list[tuple[str, float, int]] = []
+    if "truth" in item:
+        truth = item["truth"] if isinstance(item["truth"], list) else [item["truth"]]
+        if len(truth) != len(predictions):
+            raise InvalidInput(f"feedback item {index}: {len(truth)} truths for "
+                               f"{len(predictions)} predictions")
+        pairs = list(zip(predictions, truth, strict=True))
+        out.append(("accuracy", float(sum(agree(p, t) for p, t in pairs)), len(pairs)))
+        numeric = [(p, t) for p, t in pairs if _is_number(p) and _is_number(t)]
+        if numeric:
+            out.append(("abs_error", float(sum(abs(p - t) for p, t in numeric)), len(numeric)))
+    metrics = item.get("metrics") or {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidInput(f"feedback item {index}: metrics must be an object of numbers")
+    for name, value in metrics.items():
+        if not _is_number(value) or not str(name).replace("_", "").isalnum():
+            raise InvalidInput(f"feedback item {index}: metric {name!r} must be a number "
+                               "with a plain name")
+        out.append((str(name), float(value), 1))
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

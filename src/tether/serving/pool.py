@@ -1,0 +1,155 @@
+"""Loaded versions: load through the registry, warm, predict.
+
+`ModelPool.load` goes through `Registry.load`, so every byte is verified and
+the environment is judged under the registry's policy (or the deployment's);
+a version that does not match is refused with the registry's message, never
+served. A loaded version is warmed on its stored input example before any
+route switches to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import _flavors as flavors
+from .._errors import InvalidInput
+from .._records import ModelVersion
+from .._signature import RecordSchemaError, Signature, validate_records
+from .drift import DriftMonitor
+
+if TYPE_CHECKING:
+    from .._registry.registry import Registry
+
+
+@dataclass
+class LoadedModel:
+    """One version, loaded and warmed, ready to predict on JSON records."""
+
+    version: ModelVersion
+    model: Any
+    signature: Signature | None
+    drift: DriftMonitor
+    labels: tuple[str, str, str] = field(init=False)  # model, version, digest
+
+    def __post_init__(self) -> None:
+        v = self.version
+        self.labels = (v.name, v.semver, f"sha:{v.digest}")
+
+    @property
+    def ref(self) -> str:
+        return self.version.ref
+
+    @property
+    def digest(self) -> str:
+        return f"sha:{self.version.digest}"
+
+    def prepare(self, records: list[dict[str, Any]]) -> Any:
+        """Records as the model takes them; RecordSchemaError names a bad field."""
+        if self.signature is not None:
+            return validate_records(self.signature, records)
+        return _frame(records)
+
+    def predict(self, records: list[dict[str, Any]]) -> list[Any]:
+        return self.predict_prepared(self.prepare(records))
+
+    def predict_prepared(self, inputs: Any) -> list[Any]:
+        output = flavors.model_predict(self.model, self.version.flavor, inputs)
+        return jsonable(output)
+
+    def warm(self) -> None:
+        """Predict once on the stored input example (no-op without one)."""
+        records = example_records(self.version.input_example, self.signature)
+        if records:
+            self.predict(records)
+
+
+class ModelPool:
+    """Loads versions for one endpoint (its trust and environment policy), once each."""
+
+    def __init__(self, registry: Registry, *, trusted: bool = False,
+                 env_policy: str | None = None, drift_window: int = 1000) -> None:
+        self.registry = registry
+        self.trusted = trusted
+        self.env_policy = env_policy
+        self.drift_window = drift_window
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()  # one load at a time: the store is read serially
+
+    def resolve(self, ref: str) -> ModelVersion:
+        return self.registry.get(ref)
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """The loaded, warmed version (cached by digest). Raises the registry's errors."""
+        with self._lock:
+            cached = self._loaded.get(version.digest)
+            if cached is not None:
+                return cached
+            model = self.registry.load(
+                f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
+                trusted=self.trusted, use_lock=False,
+            )
+            signature = Signature.from_dict(version.signature) if version.signature else None
+            reference = (version.lineage or {}).get("reference_stats")
+            loaded = LoadedModel(version, model, signature,
+                                 DriftMonitor(reference, window=self.drift_window))
+            loaded.warm()
+            self._loaded[version.digest] = loaded
+            return loaded
+
+    def forget(self, keep: Sequence[LoadedModel]) -> None:
+        """Drop loaded versions not in ``keep`` (in-flight requests keep their own reference)."""
+        digests = {m.version.digest for m in keep}
+        with self._lock:
+            for digest in [d for d in self._loaded if d not in digests]:
+                del self._loaded[digest]
+
+
+def example_records(example: Any, signature: Signature | None) -> list[dict[str, Any]]:
+    """A stored input example as a list of records, when it can be one."""
+    if isinstance(example, list) and example and all(isinstance(r, Mapping) for r in example):
+        return [dict(r) for r in example]
+    if isinstance(example, Mapping):
+        columns = {k: v if isinstance(v, list) else [v] for k, v in example.items()}
+        length = min((len(v) for v in columns.values()), default=0)
+        return [{k: v[i] for k, v in columns.items()} for i in range(length)]
+    if signature is not None and isinstance(example, list) and example:
+        names = signature.inputs.names
+        rows = [r for r in example if isinstance(r, list) and len(r) == len(names)]
+        if len(rows) == len(example):
+            return [dict(zip(names, r, strict=True)) for r in rows]
+        if signature.inputs.kind == "vector":
+            return [{names[0]: v} for v in example]
+    return []
+
+
+def jsonable(output: Any) -> list[Any]:
+    """Predictions as a JSON-ready list (one item per record where the model gives that)."""
+    if hasattr(output, "to_dict") and hasattr(output, "columns"):
+        return list(output.to_dict(orient="records"))
+    if hasattr(output, "tolist"):
+        value = output.tolist()
+        return value if isinstance(value, list) else [value]
+    if isinstance(output, list | tuple):
+        return [v.item() if isinstance(v, np.generic) else v for v in output]
+    if isinstance(output, np.generic):
+        return [output.item()]
+    return [output]
+
+
+def _frame(records: list[dict[str, Any]]) -> Any:
+    """Records for a model without a signature: a DataFrame when pandas is there."""
+    if not isinstance(records, list):
+        raise RecordSchemaError("records must be a list of objects", field=None, index=None)
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas ships with the dev extras
+        return records
+    try:
+        return pd.DataFrame.from_records(records)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"records cannot be read as a table: {error}") from error

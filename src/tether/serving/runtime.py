@@ -1,0 +1,156 @@
+"""A serving process: its endpoints, the shadow mirror and the supervisor thread.
+
+The supervisor ticks every ``poll_interval`` seconds: each endpoint polls its
+targets (cheap alias reads with ETags) and judges its rollback rules, and a
+changed deployment file is re-read so weights and targets change without a
+restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InvalidInput, NotFound, TetherError
+from .config import Deployment, load_deployment
+from .endpoint import Endpoint
+from .instruments import Instruments
+from .pool import LoadedModel
+from .shadow import ShadowMirror
+
+if TYPE_CHECKING:
+    from .._registry.registry import Registry
+
+log = logging.getLogger("tether.serving")
+
+
+class ServingRuntime:
+    def __init__(self, registry: Registry, deployment: Deployment) -> None:
+        self.registry = registry
+        self.deployment = deployment
+        self.instruments = Instruments()
+        self.mirror = ShadowMirror(self.instruments, self._shadows_of)
+        self.endpoints = {
+            e.name: Endpoint(e, registry, self.instruments, self.mirror.submit)
+            for e in deployment.endpoints
+        }
+        self.instruments.drift_psi.set_function(lambda: self._drift_samples("psi"))
+        self.instruments.drift_ks.set_function(lambda: self._drift_samples("ks"))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._source_mtime = self._mtime()
+
+    def start(self) -> None:
+        """Load every version (raising the registry's refusal), then start the threads."""
+        for endpoint in self.endpoints.values():
+            endpoint.start()
+        self.mirror.start()
+        self._thread = threading.Thread(target=self._supervise, name="tether-supervisor",
+                                        daemon=True)
+        self._thread.start()
+        log.info("serving %d endpoint(s)", len(self.endpoints),
+                 extra={"endpoints": sorted(self.endpoints)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.mirror.stop()
+        for endpoint in self.endpoints.values():
+            endpoint.stop()
+
+    def endpoint(self, name: str) -> Endpoint:
+        found = self.endpoints.get(name)
+        if found is None:
+            raise NotFound(f"no endpoint {name!r}",
+                           hint=f"endpoints: {', '.join(sorted(self.endpoints))}")
+        return found
+
+    @property
+    def ready(self) -> bool:
+        return all(e.ready for e in self.endpoints.values())
+
+    def status(self) -> dict[str, Any]:
+        return {"ready": self.ready, "source": self.deployment.source,
+                "endpoints": [e.status() for e in self.endpoints.values()],
+                "shadow_pairs": [
+                    {"endpoint": k[0], "primary": k[1], "shadow": k[2], "compared": v[0],
+                     "disagreed": v[1], "rate": v[1] / v[0] if v[0] else 0.0}
+                    for k, v in self.mirror.comparisons().items()]}
+
+    def _shadows_of(self, name: str) -> list[LoadedModel]:
+        endpoint = self.endpoints.get(name)
+        return endpoint.shadow_models() if endpoint else []
+
+    def _drift_samples(self, key: str) -> list[tuple[tuple[str, ...], float]]:
+        out: list[tuple[tuple[str, ...], float]] = []
+        for endpoint in self.endpoints.values():
+            for slot in endpoint.slots.values():
+                loaded = slot.current
+                if loaded is None or not loaded.drift.enabled:
+                    continue
+                for feature, entry in loaded.drift.report().items():
+                    if entry.get(key) is not None:
+                        out.append(((endpoint.name, *loaded.labels, feature), entry[key]))
+        return list(dict(out).items())  # one sample per label set
+
+    # -- the supervisor -------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        interval = self.deployment.server.poll_interval
+        while not self._stop.wait(interval):
+            try:
+                self._reload_if_changed()
+                for endpoint in self.endpoints.values():
+                    endpoint.check()
+            except Exception:  # the supervisor must keep ticking
+                log.exception("supervisor tick failed")
+
+    def _mtime(self) -> float | None:
+        source = self.deployment.source
+        try:
+            return Path(source).stat().st_mtime if source else None
+        except OSError:
+            return None
+
+    def _reload_if_changed(self) -> None:
+        mtime = self._mtime()
+        if mtime is None or mtime == self._source_mtime:
+            return
+        self._source_mtime = mtime
+        assert self.deployment.source is not None
+        try:
+            new = load_deployment(self.deployment.source)
+            self.apply(new)
+        except TetherError as error:
+            log.error("deployment file not applied: %s", error.message,
+                      extra={"source": self.deployment.source, "hint": error.hint})
+
+    def apply(self, new: Deployment) -> None:
+        """Take new weights and targets for existing routes from a changed deployment."""
+        for config in new.endpoints:
+            endpoint = self.endpoints.get(config.name)
+            if endpoint is None:
+                raise InvalidInput(f"endpoint {config.name!r} is new; restart to add endpoints")
+            if {r.name for r in config.routes} != set(endpoint.slots):
+                raise InvalidInput(f"the routes of {config.name!r} changed; restart to add or "
+                                   "remove routes (weights and targets change live)")
+            for route in config.routes:
+                slot = endpoint.slots[route.name]
+                if slot.target != route.target:
+                    slot.target, slot.generation = route.target, None
+                    if slot.follows is None:  # a new pinned version: load it like a move
+                        endpoint.submit(slot, lambda s=slot, e=endpoint: _repin(e, s))
+            endpoint.set_weights({r.name: r.weight for r in config.routes}, merge=False)
+            endpoint.config = config
+        self.deployment = new
+        log.info("deployment file re-read", extra={"source": new.source})
+
+
+def _repin(endpoint: Endpoint, slot: Any) -> None:
+    from .targets import switch
+
+    version = endpoint.registry.get(slot.target)
+    switch(endpoint, slot, slot.take_previous(version.digest) or endpoint.pool.load(version))
