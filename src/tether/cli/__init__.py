@@ -14,6 +14,7 @@ from .governance import approve, key_group, policy_group, role_group, sign
 from .pinning import check, lock_group, reproduce
 from .inspect import diff, models, show, versions
 from .manage import config_group, db_group, deprecate, init, verify
+from .serving import deploy_group, monitor, serve
 from .storage import gc, store_group
 
 
@@ -39,7 +40,7 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
 for command in (init, models, versions, show, diff, promote, rollback, alias_group,
                 audit_group, env_group, gc, store_group, verify, deprecate, config_group,
                 policy_group, approve, role_group, key_group, sign, lock_group, check, reproduce,
-                db_group, demo):
+                db_group, demo, serve, deploy_group, monitor):
     cli.add_command(command)
 
 

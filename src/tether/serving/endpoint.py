@@ -9,6 +9,7 @@ and ends in a single assignment.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -241,7 +242,7 @@ class Endpoint:
         """Poll targets and judge rollback rules (the supervisor calls this every tick)."""
         for slot in [*self.slots.values(), *self.shadows]:
             if not slot.busy:
-                self.submit(slot, lambda s=slot: poll_target(self, s))  # type: ignore[misc]
+                self.submit(slot, functools.partial(poll_target, self, slot))
         if self.config.rollback.rules:
             for slot in self.slots.values():
                 if slot.current is not None and not slot.busy:

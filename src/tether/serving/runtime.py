@@ -8,6 +8,7 @@ restart.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from .config import Deployment, load_deployment
 from .endpoint import Endpoint
 from .instruments import Instruments
 from .pool import LoadedModel
+from .routes import RouteSlot
 from .shadow import ShadowMirror
 
 if TYPE_CHECKING:
@@ -142,14 +144,14 @@ class ServingRuntime:
                 if slot.target != route.target:
                     slot.target, slot.generation = route.target, None
                     if slot.follows is None:  # a new pinned version: load it like a move
-                        endpoint.submit(slot, lambda s=slot, e=endpoint: _repin(e, s))
+                        endpoint.submit(slot, functools.partial(_repin, endpoint, slot))
             endpoint.set_weights({r.name: r.weight for r in config.routes}, merge=False)
             endpoint.config = config
         self.deployment = new
         log.info("deployment file re-read", extra={"source": new.source})
 
 
-def _repin(endpoint: Endpoint, slot: Any) -> None:
+def _repin(endpoint: Endpoint, slot: RouteSlot) -> None:
     from .targets import switch
 
     version = endpoint.registry.get(slot.target)

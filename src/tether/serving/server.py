@@ -60,7 +60,6 @@ class BackgroundServer:
         self.runtime = start_runtime(registry, deployment)
         self._server = uvicorn.Server(_uvicorn_config(self.runtime, self.host, self.port,
                                                       log_level=log_level, inline=inline))
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._server.run, name="tether-uvicorn",
                                         daemon=True)
 
