@@ -55,7 +55,7 @@ def test_concurrent_writers_get_unique_numbers_and_lose_nothing(tmp_path: Path) 
         assert len({v.semver for v in versions}) == workers * each
         assert len({(v.params["worker"], v.params["C"]) for v in versions}) == workers * each
         count, problems = reg.verify_audit()
-        assert problems == [] and count == 1 + workers * each
+        assert problems == [] and count == 2 + workers * each  # created + admin grant
         for v in versions:
             assert reg.verify(v.ref) == []
 
