@@ -99,7 +99,9 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
             served = endpoint.predict(*args) if inline else await run_in_threadpool(
                 endpoint.predict, *args)
         except PredictionFailed as error:
-            return error_response(error)
+            response = error_response(error)
+            response.headers["X-Model-Version"] = f"{error.model.ref}; digest={error.model.digest}"
+            return response
         model = served.model
         if access_log:
             log.info("predicted", extra={"endpoint": endpoint.name, "route": served.route,

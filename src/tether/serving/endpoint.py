@@ -48,6 +48,13 @@ class PredictionFailed(TetherError):
     code = "prediction_failed"
     http_status = 500
 
+    def __init__(self, message: str, *, model: LoadedModel) -> None:
+        super().__init__(message)
+        self.model = model
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {**super().to_dict(), "ref": self.model.ref, "digest": self.model.digest}
+
 
 @dataclass(frozen=True)
 class Served:
@@ -134,7 +141,7 @@ class Endpoint:
                       extra={"endpoint": self.name, "route": route, "records": len(records),
                              **version_fields(loaded.version)})
             raise PredictionFailed(f"{loaded.ref} failed to predict: {type(error).__name__}: "
-                                   f"{error}") from error
+                                   f"{error}", model=loaded) from error
         elapsed = time.perf_counter() - started
         window.record_request(True, elapsed)
         self.instruments.requests.inc(*labels, route)
@@ -240,13 +247,13 @@ class Endpoint:
 
     def check(self) -> None:
         """Poll targets and judge rollback rules (the supervisor calls this every tick)."""
-        for slot in [*self.slots.values(), *self.shadows]:
-            if not slot.busy:
-                self.submit(slot, functools.partial(poll_target, self, slot))
         if self.config.rollback.rules:
-            for slot in self.slots.values():
-                if slot.current is not None and not slot.busy:
+            weights = self.router.weights
+            for name, slot in self.slots.items():
+                if slot.current is not None and not slot.busy and weights.get(name, 0) > 0:
                     self._judge(slot)
+        for slot in [*self.slots.values(), *self.shadows]:
+            self.submit(slot, functools.partial(poll_target, self, slot))
 
     def _judge(self, slot: RouteSlot) -> None:
         from .rollback import first_breach

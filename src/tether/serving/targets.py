@@ -94,6 +94,7 @@ def rollback_slot(endpoint: Endpoint, slot: RouteSlot, breach: Breach) -> None:
     elif any(w > 0 for n, w in endpoint.router.weights.items() if n != slot.name):
         endpoint.set_weights({slot.name: 0.0})
         slot.status = "drained"
+        slot.window.reset()
         entry.update(to=None, via="weights")
         _audit(endpoint, slot, failing, None, reason)
     else:
