@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from .conftest import fit_logreg
 
 import tether
 from tether import EnvironmentMismatch, Registry
 from tether.cli import cli
 from tether.serving import BackgroundServer, load_deployment
 from tether.serving.logs import JsonFormatter
+
+from .conftest import fit_logreg
 
 PREDICT = "/v1/endpoints/{}/predict"
 
@@ -108,7 +109,8 @@ def test_predict_returns_version_and_refuses_bad_records(
         assert f"tether_requests_total{{{labels},route=\"production\"}} 1" in metrics
         assert f"tether_request_latency_seconds_bucket{{{labels},le=\"+Inf\"}} 1" in metrics
         assert f'tether_predictions_total{{{labels},class="0"}} 3' in metrics
-        assert 'tether_invalid_requests_total{endpoint="iris",field="petal width (cm)"} 2' in metrics
+        invalid = 'tether_invalid_requests_total{endpoint="iris",field="petal width (cm)"} 2'
+        assert invalid in metrics
 
 
 @pytest.mark.slow
@@ -350,7 +352,8 @@ def test_a_version_whose_environment_differs_is_refused(
     foreign = _log_iris(registry, iris, 0.3)
     monkeypatch.setattr(log_version, "capture_environment", real)
     with pytest.raises(EnvironmentMismatch, match="scikit-learn"):
-        BackgroundServer(registry, _deploy(tmp_path, f"endpoints: {{iris: {{routes: [{foreign.ref}]}}}}"))
+        BackgroundServer(registry,
+                         _deploy(tmp_path, f"endpoints: {{iris: {{routes: [{foreign.ref}]}}}}"))
     deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         registry.promote(foreign.ref, "production")
@@ -391,9 +394,9 @@ def test_tether_serve_command_serves_a_version(
 ) -> None:
     import subprocess
 
-    from .conftest import subprocess_env, tether_exe
-
     from tether.serving.server import free_port
+
+    from .conftest import subprocess_env, tether_exe
 
     v1, _ = two_versions
     port = free_port()
