@@ -21,10 +21,20 @@ def populated(tmp_path: Path, iris: tuple[Any, Any]) -> Path:
     root = tmp_path / ".tether"
     with tether.init(root, actor="cli@test") as reg:
         X, _ = iris
-        reg.log_model(fit_logreg(iris), "iris", params={"C": 1.0}, metrics={"acc": 0.9},
-                      input_example=X.head(3))
-        reg.log_model(fit_logreg(iris, C=0.3), "iris", params={"C": 0.3}, metrics={"acc": 0.93},
-                      input_example=X.head(3))
+        reg.log_model(
+            fit_logreg(iris),
+            "iris",
+            params={"C": 1.0},
+            metrics={"acc": 0.9},
+            input_example=X.head(3),
+        )
+        reg.log_model(
+            fit_logreg(iris, C=0.3),
+            "iris",
+            params={"C": 0.3},
+            metrics={"acc": 0.93},
+            input_example=X.head(3),
+        )
     return root
 
 
@@ -88,9 +98,15 @@ def test_store_stats_gc_and_config(populated: Path) -> None:
         (["promote", "iris@1.0.0", "latest"], "latest"),
     ],
 )
-def test_bad_input_gets_an_error_not_a_traceback(populated: Path, args: list[str], message: str) -> None:
-    proc = subprocess.run([tether_exe(), "--registry", str(populated), *args],
-                          capture_output=True, text=True, env=subprocess_env())
+def test_bad_input_gets_an_error_not_a_traceback(
+    populated: Path, args: list[str], message: str
+) -> None:
+    proc = subprocess.run(
+        [tether_exe(), "--registry", str(populated), *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -103,29 +119,48 @@ def test_json_errors_are_machine_readable(populated: Path) -> None:
 
 
 def test_not_a_registry(tmp_path: Path) -> None:
-    proc = subprocess.run([tether_exe(), "versions", "x"], capture_output=True, text=True,
-                          cwd=tmp_path, env=subprocess_env())
+    proc = subprocess.run(
+        [tether_exe(), "versions", "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(),
+    )
     assert proc.returncode == 1 and "no registry found" in proc.stderr
     assert "tether init" in proc.stderr
 
 
 def test_init_via_cli(tmp_path: Path) -> None:
-    proc = subprocess.run([tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path,
-                          env=subprocess_env())
+    proc = subprocess.run(
+        [tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path, env=subprocess_env()
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / ".tether" / "tether.toml").is_file()
-    again = subprocess.run([tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path,
-                           env=subprocess_env())
+    again = subprocess.run(
+        [tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path, env=subprocess_env()
+    )
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    proc = subprocess.run([tether_exe(), "demo"], capture_output=True, text=True, cwd=tmp_path,
-                          env=subprocess_env(COLUMNS="120"), timeout=300)
+    proc = subprocess.run(
+        [tether_exe(), "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(COLUMNS="120"),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for expected in ("logged cancer-detector@1.0.0", "logged cancer-detector@1.1.0",
-                     "refused", "pip install", "→ 1.0.0 (was 1.1.0)", "chain intact",
-                     "Demo complete"):
+    for expected in (
+        "logged cancer-detector@1.0.0",
+        "logged cancer-detector@1.1.0",
+        "refused",
+        "pip install",
+        "→ 1.0.0 (was 1.1.0)",
+        "chain intact",
+        "Demo complete",
+    ):
         assert expected in out, expected

@@ -41,9 +41,13 @@ def test_concurrent_writers_get_unique_numbers_and_lose_nothing(tmp_path: Path) 
     script.write_text(WRITER)
     workers, each = 4, 3
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(root), str(w), str(each)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=subprocess_env())
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), str(w), str(each)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
         for w in range(workers)
     ]
     outputs = [p.communicate(timeout=240) for p in procs]
@@ -84,9 +88,12 @@ def test_a_writer_killed_mid_write_leaves_the_registry_consistent(tmp_path: Path
     folder = tmp_path / "model"
     folder.mkdir()
     for delay in (0.8, 1.3, 1.9, 2.6):
-        proc = subprocess.Popen([sys.executable, str(script), str(root), str(folder)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=subprocess_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(root), str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=subprocess_env(),
+        )
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

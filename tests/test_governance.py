@@ -21,8 +21,9 @@ from .conftest import fit_logreg, subprocess_env, tether_exe
 def _two_versions(registry: Registry, iris: tuple[Any, Any]) -> None:
     X, _ = iris
     registry.log_model(fit_logreg(iris), "iris", metrics={"acc": 0.95}, input_example=X.head(3))
-    registry.log_model(fit_logreg(iris, C=0.01), "iris", metrics={"acc": 0.80},
-                       input_example=X.head(3))
+    registry.log_model(
+        fit_logreg(iris, C=0.01), "iris", metrics={"acc": 0.80}, input_example=X.head(3)
+    )
 
 
 def as_user(registry: Registry, user: str) -> Registry:
@@ -51,7 +52,9 @@ def test_policy_parser_refuses_unknown_rules() -> None:
     assert policy.keep_last == 3 and policy.is_deprecated("0.4.1")
 
 
-def test_policy_is_versioned_and_bad_files_change_nothing(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_policy_is_versioned_and_bad_files_change_nothing(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     _two_versions(registry, iris)
     assert registry.set_policy("iris", "retention: {keep_last: 5}\n")["revision"] == 1
     with pytest.raises(InvalidInput):
@@ -64,11 +67,14 @@ def test_policy_is_versioned_and_bad_files_change_nothing(registry: Registry, ir
 
 def test_promote_explains_every_failed_rule(registry: Registry, iris: tuple[Any, Any]) -> None:
     _two_versions(registry, iris)
-    registry.set_policy("iris", (
-        "aliases:\n  production:\n    approvals: 1\n    checks:\n"
-        "      - {metric: acc, min: 0.9}\n"
-        "      - {metric: acc, not_worse_than_current: 0.01}\n"
-    ))
+    registry.set_policy(
+        "iris",
+        (
+            "aliases:\n  production:\n    approvals: 1\n    checks:\n"
+            "      - {metric: acc, min: 0.9}\n"
+            "      - {metric: acc, not_worse_than_current: 0.01}\n"
+        ),
+    )
     registry.grant("alice", "approver")
     as_user(registry, "alice").approve("iris@1.0.0", "production")
     registry.promote("iris@1.0.0", "production")
@@ -83,7 +89,9 @@ def test_promote_explains_every_failed_rule(registry: Registry, iris: tuple[Any,
 
 def test_roles_approvals_and_authors(registry: Registry, iris: tuple[Any, Any]) -> None:
     _two_versions(registry, iris)
-    registry.set_policy("iris", "aliases:\n  production:\n    roles: [approver]\n    approvals: 2\n")
+    registry.set_policy(
+        "iris", "aliases:\n  production:\n    roles: [approver]\n    approvals: 2\n"
+    )
     bob = as_user(registry, "bob")
     with pytest.raises(PermissionDenied, match="needs role approver"):
         bob.approve("iris@1.0.0", "production")
@@ -105,17 +113,22 @@ def test_roles_approvals_and_authors(registry: Registry, iris: tuple[Any, Any]) 
         dave.grant("dave", "admin")
 
 
-def test_signing_and_verification(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+def test_signing_and_verification(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
     from tether._signing import generate_key
 
     _two_versions(registry, iris)
     private, public, kid = generate_key(tmp_path / "release")
     other_private, _, _ = generate_key(tmp_path / "intruder")
     registry.trust_key("release", public.read_text())
-    registry.set_policy("iris", (
-        "aliases:\n  production:\n    checks:\n      - signed_by: [release]\n"
-        "require_signed_by: [release]\n"
-    ))
+    registry.set_policy(
+        "iris",
+        (
+            "aliases:\n  production:\n    checks:\n      - signed_by: [release]\n"
+            "require_signed_by: [release]\n"
+        ),
+    )
     with pytest.raises(PolicyViolation, match="signed by release"):
         registry.promote("iris@1.0.0", "production")
     with pytest.raises(PolicyViolation, match="requires a signature"):
@@ -185,7 +198,9 @@ def test_lock_pins_exact_digests_and_warns_when_the_alias_moves(
     assert pinned.semver == "1.0.0"
 
 
-def test_a_tampered_lock_is_refused(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+def test_a_tampered_lock_is_refused(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
     _two_versions(registry, iris)
     path = tmp_path / "tether.lock"
     registry.lock_add("iris@1.0.0", path=path)
@@ -206,15 +221,19 @@ def test_check_catches_an_environment_mismatch_and_a_missing_version(
     sklearn_version = version.environment["packages"]["scikit-learn"]
     numpy_version = version.environment["packages"]["numpy"]
     good = tmp_path / "requirements-good.txt"
-    good.write_text(f"scikit-learn=={sklearn_version}\nnumpy=={numpy_version}\n"
-                    f"scipy=={version.environment['packages']['scipy']}\nflask==3.0.0\n")
+    good.write_text(
+        f"scikit-learn=={sklearn_version}\nnumpy=={numpy_version}\n"
+        f"scipy=={version.environment['packages']['scipy']}\nflask==3.0.0\n"
+    )
     assert registry.check(lock_path=lock, requirements_path=good).ok
     bad = tmp_path / "requirements-bad.txt"
     bad.write_text(f"scikit-learn==1.2.0\nnumpy=={numpy_version}\n")
     report = registry.check(lock_path=lock, requirements_path=bad)
     failed = [r for r in report.results if not r.ok]
     assert [r.check for r in failed] == ["environment"]
-    assert "scikit-learn" in failed[0].message and f"scikit-learn=={sklearn_version}" in str(failed[0].fix)
+    assert "scikit-learn" in failed[0].message and f"scikit-learn=={sklearn_version}" in str(
+        failed[0].fix
+    )
     junit = report.to_junit()
     assert 'failures="1"' in junit and "scikit-learn" in junit
 
@@ -254,9 +273,22 @@ def test_check_cli_exit_code_json_and_junit(
     registry.lock_add("iris@1.0.0", path=lock)
     (tmp_path / "requirements.txt").write_text("scikit-learn==0.20.0\nnumpy==1.16.0\n")
     root = str(registry.location.root)
-    proc = subprocess.run([tether_exe(), "--registry", root, "check", "--lock", str(lock),
-                           "--json", "--junit", str(tmp_path / "report.xml")],
-                          capture_output=True, text=True, env=subprocess_env())
+    proc = subprocess.run(
+        [
+            tether_exe(),
+            "--registry",
+            root,
+            "check",
+            "--lock",
+            str(lock),
+            "--json",
+            "--junit",
+            str(tmp_path / "report.xml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is False

@@ -73,9 +73,16 @@ def test_registry_is_found_from_cwd_and_tether_uri(
 
 
 def test_first_version_captures_everything(registry: Registry, iris: tuple[Any, Any]) -> None:
-    X, y = iris
-    v = _log(registry, fit_logreg(iris), iris, params={"C": 1.0}, metrics={"acc": 0.97},
-             data={"train": X}, notes="first")
+    X, _y = iris
+    v = _log(
+        registry,
+        fit_logreg(iris),
+        iris,
+        params={"C": 1.0},
+        metrics={"acc": 0.97},
+        data={"train": X},
+        notes="first",
+    )
     assert (v.seq, v.semver, v.status) == (1, "1.0.0", "ready")
     assert len(v.digest) == 64 and v.short_digest == "sha:" + v.digest[:12]
     assert v.flavor["name"] == "sklearn"
@@ -97,8 +104,9 @@ def test_git_lineage_is_captured_with_dirty_flag(
     (work / "train.py").write_text("print(1)\n")
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     monkeypatch.chdir(work)
     clean = _log(registry, fit_logreg(iris), iris)
     assert clean.lineage["git"]["commit"] == commit
@@ -117,18 +125,25 @@ def test_semantic_versions_follow_the_change(registry: Registry, iris: tuple[Any
     assert v3.semver == "1.1.1"  # metadata only
     narrow = list(iris[0].columns[:2])
     with pytest.raises(IncompatibleBump) as info:
-        registry.log_model(fit_logreg(iris, columns=narrow), "iris",
-                           input_example=iris[0][narrow].head(5), bump="minor")
+        registry.log_model(
+            fit_logreg(iris, columns=narrow),
+            "iris",
+            input_example=iris[0][narrow].head(5),
+            bump="minor",
+        )
     assert "major" in str(info.value) and "removed" in str(info.value)
     assert [v.semver for v in registry.versions("iris")] == ["1.0.0", "1.1.0", "1.1.1"]
-    v4 = registry.log_model(fit_logreg(iris, columns=narrow), "iris",
-                            input_example=iris[0][narrow].head(5))
+    v4 = registry.log_model(
+        fit_logreg(iris, columns=narrow), "iris", input_example=iris[0][narrow].head(5)
+    )
     assert v4.semver == "2.0.0"
     assert [v.seq for v in registry.versions("iris")] == [1, 2, 3, 4]
     assert v1.digest != v2.digest
 
 
-def test_a_larger_bump_or_explicit_version_is_allowed(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_a_larger_bump_or_explicit_version_is_allowed(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     _log(registry, fit_logreg(iris), iris)
     assert _log(registry, fit_logreg(iris, C=0.3), iris, bump="major").semver == "2.0.0"
     assert _log(registry, fit_logreg(iris, C=0.2), iris, bump="3.5.0").semver == "3.5.0"
@@ -136,7 +151,9 @@ def test_a_larger_bump_or_explicit_version_is_allowed(registry: Registry, iris: 
         _log(registry, fit_logreg(iris, C=0.25), iris, bump="patch")
 
 
-def test_identical_content_returns_the_existing_version(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_identical_content_returns_the_existing_version(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     model = fit_logreg(iris)
     first = _log(registry, model, iris, params={"C": 1.0}, metrics={"acc": 0.9})
     again = _log(registry, model, iris, params={"C": 1.0}, metrics={"acc": 0.9})
@@ -231,7 +248,9 @@ def test_a_flipped_byte_in_the_store_is_refused_naming_the_file(
     assert registry.verify("iris@1.0.0")
 
 
-def test_environment_mismatch_is_refused_with_a_fix(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_environment_mismatch_is_refused_with_a_fix(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     _log(registry, fit_logreg(iris), iris)
     recorded = registry.get("iris").environment["packages"]["scikit-learn"]
     other = capture_environment()
@@ -305,7 +324,9 @@ def test_promote_rollback_history(registry: Registry, iris: tuple[Any, Any]) -> 
         registry.promote("iris@1.0.0", "latest")
 
 
-def test_deprecated_versions_warn_and_cannot_be_promoted(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_deprecated_versions_warn_and_cannot_be_promoted(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     _log(registry, fit_logreg(iris), iris)
     registry.deprecate("iris@1.0.0", reason="leaks labels")
     with pytest.raises(PolicyViolation, match="deprecated"):
@@ -335,7 +356,9 @@ def test_audit_log_records_and_detects_tampering(registry: Registry, iris: tuple
     reopened.close()
 
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE events SET actor = 'tester@example.com' WHERE action = 'version.logged'")
+        conn.execute(
+            "UPDATE events SET actor = 'tester@example.com' WHERE action = 'version.logged'"
+        )
         conn.execute("DELETE FROM events WHERE id = (SELECT max(id) FROM events)")
     reopened = tether.open(registry.location.root)
     _, problems = reopened.verify_audit()
@@ -343,7 +366,9 @@ def test_audit_log_records_and_detects_tampering(registry: Registry, iris: tuple
     reopened.close()
 
 
-def test_diff_reports_params_metrics_signature_and_bytes(registry: Registry, iris: tuple[Any, Any]) -> None:
+def test_diff_reports_params_metrics_signature_and_bytes(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
     _log(registry, fit_logreg(iris), iris, params={"C": 1.0}, metrics={"acc": 0.9})
     _log(registry, fit_logreg(iris, C=0.5), iris, params={"C": 0.5}, metrics={"acc": 0.95})
     result = registry.diff("iris@1.0.0", "iris@1.1.0")

@@ -43,17 +43,44 @@ from ._signature import Signature, infer_signature
 __version__ = "0.1.0"
 
 __all__ = [
-    "AliasMove", "AmbiguousReference", "Conflict", "DeprecatedVersionWarning",
-    "EnvironmentMismatch", "EnvironmentWarning", "Event", "IncompatibleBump",
-    "IntegrityError", "InvalidInput", "InvalidReference", "ModelInfo", "ModelVersion",
-    "NotFound", "PermissionDenied", "PolicyViolation", "Reference", "Registry",
-    "RegistryNotFound", "SchemaMismatch", "Signature", "StoreError", "TetherError",
-    "UnsafeArtifact", "__version__", "get", "infer_signature", "init", "load", "log_model",
-    "open", "parse_reference", "promote", "rollback",
+    "AliasMove",
+    "AmbiguousReference",
+    "Conflict",
+    "DeprecatedVersionWarning",
+    "EnvironmentMismatch",
+    "EnvironmentWarning",
+    "Event",
+    "IncompatibleBump",
+    "IntegrityError",
+    "InvalidInput",
+    "InvalidReference",
+    "ModelInfo",
+    "ModelVersion",
+    "NotFound",
+    "PermissionDenied",
+    "PolicyViolation",
+    "Reference",
+    "Registry",
+    "RegistryNotFound",
+    "SchemaMismatch",
+    "Signature",
+    "StoreError",
+    "TetherError",
+    "UnsafeArtifact",
+    "__version__",
+    "get",
+    "infer_signature",
+    "init",
+    "load",
+    "log_model",
+    "open",
+    "parse_reference",
+    "promote",
+    "rollback",
 ]
 
 
-def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry:  # noqa: A001
+def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry:
     """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``."""
     return Registry.open(uri, actor=actor)
 
@@ -88,8 +115,17 @@ def log_model(
     """
     with Registry.open(registry) as reg:
         return reg.log_model(
-            model, name, params=params, metrics=metrics, data=data, signature=signature,
-            input_example=input_example, notes=notes, bump=bump, tags=tags, flavor=flavor,
+            model,
+            name,
+            params=params,
+            metrics=metrics,
+            data=data,
+            signature=signature,
+            input_example=input_example,
+            notes=notes,
+            bump=bump,
+            tags=tags,
+            flavor=flavor,
             serialization=serialization,
         )
 
@@ -118,11 +154,15 @@ def get(ref: str, *, registry: str | Path | None = None) -> ModelVersion:
         return reg.get(ref)
 
 
-def promote(ref: str, alias: str, *, reason: str = "", registry: str | Path | None = None) -> AliasMove:
+def promote(
+    ref: str, alias: str, *, reason: str = "", registry: str | Path | None = None
+) -> AliasMove:
     with Registry.open(registry) as reg:
         return reg.promote(ref, alias, reason=reason)
 
 
-def rollback(name: str, alias: str, *, reason: str = "", registry: str | Path | None = None) -> AliasMove:
+def rollback(
+    name: str, alias: str, *, reason: str = "", registry: str | Path | None = None
+) -> AliasMove:
     with Registry.open(registry) as reg:
         return reg.rollback(name, alias, reason=reason)

@@ -33,8 +33,14 @@ class LockEntry:
     locked_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"ref": self.ref, "semver": self.semver, "seq": self.seq, "digest": self.digest,
-                "requires": self.requires, "locked_at": self.locked_at}
+        data = {
+            "ref": self.ref,
+            "semver": self.semver,
+            "seq": self.seq,
+            "digest": self.digest,
+            "requires": self.requires,
+            "locked_at": self.locked_at,
+        }
         if self.sends is not None:
             data["sends"] = self.sends
         return data
@@ -42,12 +48,20 @@ class LockEntry:
     @classmethod
     def from_dict(cls, name: str, data: Any) -> LockEntry:
         try:
-            return cls(ref=str(data["ref"]), semver=str(data["semver"]), seq=int(data["seq"]),
-                       digest=str(data["digest"]), requires=dict(data.get("requires") or {}),
-                       sends=data.get("sends"), locked_at=str(data.get("locked_at", "")))
+            return cls(
+                ref=str(data["ref"]),
+                semver=str(data["semver"]),
+                seq=int(data["seq"]),
+                digest=str(data["digest"]),
+                requires=dict(data.get("requires") or {}),
+                sends=data.get("sends"),
+                locked_at=str(data.get("locked_at", "")),
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInput(f"{LOCK_NAME}: entry {name!r} is malformed ({error})",
-                               hint="re-create it with `tether lock add`") from error
+            raise InvalidInput(
+                f"{LOCK_NAME}: entry {name!r} is malformed ({error})",
+                hint="re-create it with `tether lock add`",
+            ) from error
 
 
 @dataclass
@@ -74,10 +88,13 @@ def read_lock(path: Path) -> LockFile:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise NotFound(f"no {LOCK_NAME} at {path}", hint="create it with `tether lock add REF`") from error
+        raise NotFound(
+            f"no {LOCK_NAME} at {path}", hint="create it with `tether lock add REF`"
+        ) from error
     except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path} is not valid JSON: {error}",
-                           hint="restore it from version control") from error
+        raise InvalidInput(
+            f"{path} is not valid JSON: {error}", hint="restore it from version control"
+        ) from error
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise InvalidInput(f"{path} is not a format-{FORMAT} tether.lock")
     models = document.get("models")

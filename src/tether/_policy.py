@@ -116,10 +116,15 @@ def parse_policy(text: str) -> Policy:
         raise _fail("document", "must be a mapping with aliases / retention / deprecated")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise _fail("document", f"unknown key(s) {sorted(unknown)}",
-                    hint=f"known keys: {', '.join(sorted(_TOP_KEYS))}")
-    aliases = {str(name): _parse_alias(str(name), rule)
-               for name, rule in (data.get("aliases") or {}).items()}
+        raise _fail(
+            "document",
+            f"unknown key(s) {sorted(unknown)}",
+            hint=f"known keys: {', '.join(sorted(_TOP_KEYS))}",
+        )
+    aliases = {
+        str(name): _parse_alias(str(name), rule)
+        for name, rule in (data.get("aliases") or {}).items()
+    }
     keep_last = None
     retention = data.get("retention") or {}
     if not isinstance(retention, Mapping) or set(retention) - {"keep_last"}:
@@ -136,8 +141,12 @@ def parse_policy(text: str) -> Policy:
         required = [required]
     if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
         raise _fail("require_signed_by", "must be a key name or a list of key names")
-    return Policy(aliases=aliases, keep_last=keep_last, deprecated=tuple(deprecated),
-                  require_signed_by=tuple(required))
+    return Policy(
+        aliases=aliases,
+        keep_last=keep_last,
+        deprecated=tuple(deprecated),
+        require_signed_by=tuple(required),
+    )
 
 
 def _parse_alias(alias: str, rule: Any) -> AliasRule:
@@ -146,8 +155,11 @@ def _parse_alias(alias: str, rule: Any) -> AliasRule:
         raise _fail(where, "must be a mapping with roles / approvals / checks")
     unknown = set(rule) - _ALIAS_KEYS
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)}",
-                    hint=f"known keys: {', '.join(sorted(_ALIAS_KEYS))}")
+        raise _fail(
+            where,
+            f"unknown key(s) {sorted(unknown)}",
+            hint=f"known keys: {', '.join(sorted(_ALIAS_KEYS))}",
+        )
     roles = rule.get("roles") or []
     if not isinstance(roles, list):
         raise _fail(f"{where}.roles", "must be a list of roles")
@@ -177,8 +189,11 @@ def _parse_check(where: str, raw: Any) -> Check:
     if kind == "metric":
         extra = set(raw) - {"metric"} - _METRIC_OPTIONS
         if extra:
-            raise _fail(where, f"unknown option(s) {sorted(extra)} for a metric rule",
-                        hint=f"options: {', '.join(sorted(_METRIC_OPTIONS))}")
+            raise _fail(
+                where,
+                f"unknown option(s) {sorted(extra)} for a metric rule",
+                hint=f"options: {', '.join(sorted(_METRIC_OPTIONS))}",
+            )
         if not set(raw) & {"min", "max", "not_worse_than_current"}:
             raise _fail(where, "a metric rule needs min, max or not_worse_than_current")
         for key in ("min", "max", "not_worse_than_current"):
@@ -236,7 +251,7 @@ def evaluate(policy: Policy, alias: str, facts: Facts) -> list[str]:
     if len(facts.approvers) < rule.approvals:
         failures.append(
             f"{alias} needs {rule.approvals} approval(s), {facts.semver} has "
-            f"{len(facts.approvers)}{' (' + ', '.join(facts.approvers) + ')' if facts.approvers else ''}"
+            f"{len(facts.approvers)}{_listed(facts.approvers)}"
             f": run `tether approve NAME@{facts.semver} {alias}` as another approver"
         )
     for check in rule.checks:
@@ -258,8 +273,10 @@ def _run_check(check: Check, facts: Facts) -> str | None:
         return f"environment check ({o['policy']}) failed: {problem}" if problem else None
     if not set(o["keys"]) & set(facts.signers):
         have = ", ".join(facts.signers) or "no valid signature"
-        return (f"{facts.semver} must be signed by {' or '.join(o['keys'])} (has {have}): "
-                f"run `tether sign NAME@{facts.semver} --key KEYFILE`")
+        return (
+            f"{facts.semver} must be signed by {' or '.join(o['keys'])} (has {have}): "
+            f"run `tether sign NAME@{facts.semver} --key KEYFILE`"
+        )
     return None
 
 
@@ -279,18 +296,31 @@ def _metric_problem(o: dict[str, Any], facts: Facts) -> str | None:
         if current is not None:
             worse = current - value if higher else value - current
             if worse > margin:
-                return (f"metric {name} = {value:.4g} is worse than {facts.current_semver}'s "
-                        f"{current:.4g} by {worse:.4g}, more than the allowed {margin}")
+                return (
+                    f"metric {name} = {value:.4g} is worse than {facts.current_semver}'s "
+                    f"{current:.4g} by {worse:.4g}, more than the allowed {margin}"
+                )
     return None
 
 
 def policy_to_json(policy: Policy) -> str:
     """A canonical JSON view, for `--json` output."""
-    return json.dumps({
-        "aliases": {a: {"roles": list(r.roles), "approvals": r.approvals,
-                        "checks": [c.describe() for c in r.checks]}
-                    for a, r in policy.aliases.items()},
-        "retention": {"keep_last": policy.keep_last},
-        "deprecated": list(policy.deprecated),
-        "require_signed_by": list(policy.require_signed_by),
-    })
+    return json.dumps(
+        {
+            "aliases": {
+                a: {
+                    "roles": list(r.roles),
+                    "approvals": r.approvals,
+                    "checks": [c.describe() for c in r.checks],
+                }
+                for a, r in policy.aliases.items()
+            },
+            "retention": {"keep_last": policy.keep_last},
+            "deprecated": list(policy.deprecated),
+            "require_signed_by": list(policy.require_signed_by),
+        }
+    )
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return f" ({', '.join(names)})" if names else ""

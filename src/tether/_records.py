@@ -38,7 +38,7 @@ class ModelVersion:
     input_example: Any
     params: dict[str, Any]
     metrics: dict[str, Any]
-    data: dict[str, str]
+    data: dict[str, dict[str, Any]]
     lineage: dict[str, Any]
     environment: dict[str, Any]
     tags: dict[str, str]

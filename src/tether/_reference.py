@@ -1,20 +1,20 @@
 """The one parser for model references, used by every layer.
 
-    NAME              the newest version (same as NAME@latest)
-    NAME@latest       the newest version
-    NAME@7            sequence number 7
-    NAME@1.4.0        semantic version 1.4.0 (a leading ``v`` is allowed)
-    NAME@~1.4         the newest 1.4.x
-    NAME@~1           the newest 1.x.y
-    NAME@sha:ab12     the version whose content digest starts with ab12
-    NAME@production   whatever the alias ``production`` points at
+NAME              the newest version (same as NAME@latest)
+NAME@latest       the newest version
+NAME@7            sequence number 7
+NAME@1.4.0        semantic version 1.4.0 (a leading ``v`` is allowed)
+NAME@~1.4         the newest 1.4.x
+NAME@~1           the newest 1.x.y
+NAME@sha:ab12     the version whose content digest starts with ab12
+NAME@production   whatever the alias ``production`` points at
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ._errors import InvalidReference
 
@@ -30,7 +30,7 @@ _DIGEST = re.compile(r"^sha:([0-9a-f]{4,64})$")
 RESERVED_ALIASES = frozenset({"latest"})
 
 
-class SelectorKind(str, Enum):
+class SelectorKind(StrEnum):
     LATEST = "latest"
     SEQUENCE = "sequence"
     SEMVER = "semver"
@@ -70,7 +70,8 @@ def validate_model_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise InvalidReference(
             f"invalid model name {name!r}",
-            hint="use letters, digits, '.', '_' and '-' (up to 128), starting with a letter or digit",
+            hint="use letters, digits, '.', '_' and '-' (up to 128), "
+            "starting with a letter or digit",
         )
     return name
 
@@ -106,7 +107,9 @@ def parse_reference(text: str) -> Reference:
         return Reference(name, SelectorKind.SEMVER, ".".join(match.groups()))
     if match := _TILDE.match(selector):
         major, minor = match.groups()
-        return Reference(name, SelectorKind.SEMVER_RANGE, major if minor is None else f"{major}.{minor}")
+        return Reference(
+            name, SelectorKind.SEMVER_RANGE, major if minor is None else f"{major}.{minor}"
+        )
     if _SEQUENCE.match(selector):
         return Reference(name, SelectorKind.SEQUENCE, selector)
     if selector.startswith("sha:"):

@@ -24,18 +24,20 @@ from ._records import ModelVersion
 
 def signing_payload(version: ModelVersion) -> bytes:
     git = version.lineage.get("git") or {}
-    return canonical_json({
-        "name": version.name,
-        "semver": version.semver,
-        "digest": version.digest,
-        "files_digest": version.files_digest,
-        "flavor": {k: v for k, v in version.flavor.items() if k != "framework_versions"},
-        "signature": version.signature,
-        "params": version.params,
-        "metrics": version.metrics,
-        "data": {k: v.get("digest") for k, v in version.data.items()},
-        "commit": git.get("commit"),
-    }).encode()
+    return canonical_json(
+        {
+            "name": version.name,
+            "semver": version.semver,
+            "digest": version.digest,
+            "files_digest": version.files_digest,
+            "flavor": {k: v for k, v in version.flavor.items() if k != "framework_versions"},
+            "signature": version.signature,
+            "params": version.params,
+            "metrics": version.metrics,
+            "data": {k: v.get("digest") for k, v in version.data.items()},
+            "commit": git.get("commit"),
+        }
+    ).encode()
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -54,10 +56,13 @@ def generate_key(path: str | Path) -> tuple[Path, Path, str]:
     private_path = Path(path)
     public_path = private_path.with_name(private_path.name + ".pub")
     if private_path.exists() or public_path.exists():
-        raise Conflict(f"{private_path} already exists", hint="choose another path; keys are never overwritten")
+        raise Conflict(
+            f"{private_path} already exists", hint="choose another path; keys are never overwritten"
+        )
     key = Ed25519PrivateKey.generate()
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -69,7 +74,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError as error:
-        raise InvalidInput(f"no key file at {path}", hint="create one with `tether key generate PATH`") from error
+        raise InvalidInput(
+            f"no key file at {path}", hint="create one with `tether key generate PATH`"
+        ) from error
     except (ValueError, TypeError) as error:
         raise InvalidInput(f"{path} is not an unencrypted PEM private key: {error}") from error
     if not isinstance(key, Ed25519PrivateKey):

@@ -6,7 +6,19 @@ from .export import export_dockerfile, export_requirements
 from .policy import EnvironmentWarning, EnvPolicy, Verdict, evaluate, fix_command
 
 __all__ = [
-    "KINDS", "LEVELS", "Difference", "EnvPolicy", "EnvironmentWarning", "Verdict",
-    "canonical_name", "capture_environment", "clear_cache", "compare_environments",
-    "evaluate", "export_dockerfile", "export_requirements", "fix_command", "version_level",
+    "KINDS",
+    "LEVELS",
+    "Difference",
+    "EnvPolicy",
+    "EnvironmentWarning",
+    "Verdict",
+    "canonical_name",
+    "capture_environment",
+    "clear_cache",
+    "compare_environments",
+    "evaluate",
+    "export_dockerfile",
+    "export_requirements",
+    "fix_command",
+    "version_level",
 ]

@@ -24,7 +24,7 @@ def canonical_name(name: str) -> str:
 def _packages() -> dict[str, str]:
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata.get("Name", None)  # type: ignore[attr-defined]
         if name:
             found.setdefault(canonical_name(name), dist.version)
     return dict(sorted(found.items()))
@@ -42,7 +42,10 @@ def _accelerators() -> list[dict[str, Any]]:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=3, check=False,
+                capture_output=True,
+                text=True,
+                timeout=3,
+                check=False,
             ).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""

@@ -27,7 +27,8 @@ class Difference:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"{self.name} {self.recorded or '(none)'} -> {self.current or '(none)'} ({self.kind}, {self.level})"
+        old, new = self.recorded or "(none)", self.current or "(none)"
+        return f"{self.name} {old} -> {new} ({self.kind}, {self.level})"
 
 
 def _release(version: str) -> tuple[int, ...] | None:
@@ -97,6 +98,12 @@ def compare_environments(
                 level = version_level(a, b)
                 if level:
                     found.append(Difference(kind, name, a, b, level))
-    found.sort(key=lambda d: (d.kind == "package" or d.level == "added", _SEVERITY[d.level],
-                              _KIND_ORDER[d.kind], d.name))
+    found.sort(
+        key=lambda d: (
+            d.kind == "package" or d.level == "added",
+            _SEVERITY[d.level],
+            _KIND_ORDER[d.kind],
+            d.name,
+        )
+    )
     return found

@@ -33,8 +33,10 @@ def export_dockerfile(
     ]
     if environment.get("accelerators"):
         kinds = ", ".join(str(a.get("kind")) for a in environment["accelerators"])
-        lines.append(f"# WARNING: recorded with accelerators ({kinds}); for GPU inference use a "
-                     "CUDA base image (e.g. nvidia/cuda) with this Python instead.")
+        lines.append(
+            f"# WARNING: recorded with accelerators ({kinds}); for GPU inference use a "
+            "CUDA base image (e.g. nvidia/cuda) with this Python instead."
+        )
     lines += [
         f"FROM python:{python}-slim",
         "WORKDIR /app",

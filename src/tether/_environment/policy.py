@@ -68,8 +68,12 @@ class EnvPolicy:
         for part in parts[1:]:
             target, sep, action = part.partition("=")
             kind, _, level = target.partition("-")
-            if (not sep or action not in ACTIONS or kind not in KINDS
-                    or (level and level not in LEVELS)):
+            if (
+                not sep
+                or action not in ACTIONS
+                or kind not in KINDS
+                or (level and level not in LEVELS)
+            ):
                 raise InvalidInput(
                     f"cannot read {part!r} in environment policy {text!r}",
                     hint=f"write KIND[-LEVEL]=ACTION; kinds: {', '.join(KINDS)}; "
@@ -99,8 +103,11 @@ class EnvPolicy:
 
 def fix_command(differences: list[Difference]) -> str | None:
     """The pip command that installs the recorded versions of these packages."""
-    pins = [f"'{d.name}=={d.recorded}'" for d in differences
-            if d.kind in ("framework", "numpy", "package") and d.recorded]
+    pins = [
+        f"'{d.name}=={d.recorded}'"
+        for d in differences
+        if d.kind in ("framework", "numpy", "package") and d.recorded
+    ]
     return f"pip install {' '.join(pins)}" if pins else None
 
 
@@ -127,7 +134,7 @@ class Verdict:
                     hints.append(f"run on {d.recorded} (this is {d.current})")
                 elif d.kind == "accelerator":
                     hints.append(f"run where a {d.recorded} accelerator is present")
-            hints.append("or accept the risk: env_policy=\"warn\" / TETHER_ENV_POLICY=warn")
+            hints.append('or accept the risk: env_policy="warn" / TETHER_ENV_POLICY=warn')
             raise EnvironmentMismatch(
                 f"refusing to load {subject}: this environment differs from the one it was "
                 f"logged in:\n" + "\n".join(lines),
@@ -136,8 +143,11 @@ class Verdict:
         if self.warnings:
             listed = "; ".join(str(d) for d in self.warnings[:10])
             more = f" (+{len(self.warnings) - 10} more)" if len(self.warnings) > 10 else ""
-            warnings.warn(f"{subject} was logged in a different environment: {listed}{more}",
-                          EnvironmentWarning, stacklevel=4)
+            warnings.warn(
+                f"{subject} was logged in a different environment: {listed}{more}",
+                EnvironmentWarning,
+                stacklevel=4,
+            )
 
 
 def evaluate(differences: list[Difference], policy: EnvPolicy) -> Verdict:

@@ -13,15 +13,17 @@ from .pickle_scan import DEFAULT_ALLOW, check_pickle_safe, scan_pickle, unsafe_g
 from .python import PythonFlavor
 from .sklearn import SklearnFlavor
 
-_FLAVORS: dict[str, Flavor] = {f.name: f for f in (SklearnFlavor(), FilesFlavor(), PythonFlavor())}
-
+_FLAVORS: dict[str, Flavor] = {}
+for _flavor in (SklearnFlavor(), FilesFlavor(), PythonFlavor()):
+    _FLAVORS[_flavor.name] = _flavor
 
 def get_flavor(name: str) -> Flavor:
     try:
         return _FLAVORS[name]
     except KeyError:
-        raise InvalidInput(f"unknown flavor {name!r}",
-                           hint=f"flavors: {', '.join(sorted(_FLAVORS))}") from None
+        raise InvalidInput(
+            f"unknown flavor {name!r}", hint=f"flavors: {', '.join(sorted(_FLAVORS))}"
+        ) from None
 
 
 def _is_sklearn(model: Any) -> bool:
@@ -35,8 +37,10 @@ def _is_sklearn(model: Any) -> bool:
 def detect_flavor(model: Any) -> Flavor:
     if isinstance(model, str | os.PathLike):
         if not Path(model).exists():
-            raise InvalidInput(f"{model} does not exist",
-                               hint="pass a model object, or the path of an existing file/folder")
+            raise InvalidInput(
+                f"{model} does not exist",
+                hint="pass a model object, or the path of an existing file/folder",
+            )
         return _FLAVORS["files"]
     if _is_sklearn(model):
         return _FLAVORS["sklearn"]
@@ -45,7 +49,7 @@ def detect_flavor(model: Any) -> Flavor:
     raise InvalidInput(
         f"cannot log a {type(model).__name__}",
         hint="log a scikit-learn estimator, a callable or object with predict(), "
-             "or a path to a file or folder",
+        "or a path to a file or folder",
     )
 
 
@@ -53,5 +57,13 @@ def model_predict(model: Any, record: dict[str, Any], data: Any) -> Any:
     return get_flavor(record["name"]).predict(model, data)
 
 
-__all__ = ["DEFAULT_ALLOW", "Flavor", "check_pickle_safe", "detect_flavor", "get_flavor",
-           "model_predict", "scan_pickle", "unsafe_globals"]
+__all__ = [
+    "DEFAULT_ALLOW",
+    "Flavor",
+    "check_pickle_safe",
+    "detect_flavor",
+    "get_flavor",
+    "model_predict",
+    "scan_pickle",
+    "unsafe_globals",
+]

@@ -10,7 +10,7 @@ from .base import installed_versions, qualified_class
 
 
 class PythonFlavor:
-    name = "python"
+    name: str = "python"
 
     def save(self, model: Any, dest: Path, **_options: Any) -> dict[str, Any]:
         import cloudpickle
@@ -19,7 +19,9 @@ class PythonFlavor:
         with open(dest / entry, "wb") as handle:
             cloudpickle.dump(model, handle)
         return {
-            "name": self.name, "serialization": "cloudpickle", "entry": entry,
+            "name": self.name,
+            "serialization": "cloudpickle",
+            "entry": entry,
             "callable": "predict" if hasattr(model, "predict") else "__call__",
             "python_class": qualified_class(model),
             "framework_packages": ["cloudpickle"],

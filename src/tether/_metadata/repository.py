@@ -44,7 +44,7 @@ def ensure_model(conn: sa.Connection, name: str) -> tuple[int, bool]:
             name=name, description="", owners="[]", tags="{}", created_at=now, updated_at=now
         )
     )
-    return int(result.inserted_primary_key[0]), True
+    return _new_id(result), True
 
 
 def model_names(conn: sa.Connection) -> list[str]:
@@ -54,7 +54,11 @@ def model_names(conn: sa.Connection) -> list[str]:
 
 def list_models(conn: sa.Connection) -> list[ModelInfo]:
     counts = (
-        sa.select(versions.c.model_id, sa.func.count().label("n"), sa.func.max(versions.c.seq).label("top"))
+        sa.select(
+            versions.c.model_id,
+            sa.func.count().label("n"),
+            sa.func.max(versions.c.seq).label("top"),
+        )
         .where(versions.c.status != "deleted")
         .group_by(versions.c.model_id)
         .subquery()
@@ -144,12 +148,22 @@ def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int
         for key, value in values.items()
     }
     result = conn.execute(versions.insert().values(model_id=mid, **encoded))
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 _JSON_COLUMNS = frozenset(
-    {"manifest", "flavor", "signature", "input_example", "params", "metrics", "data",
-     "lineage", "environment", "tags"}
+    {
+        "manifest",
+        "flavor",
+        "signature",
+        "input_example",
+        "params",
+        "metrics",
+        "data",
+        "lineage",
+        "environment",
+        "tags",
+    }
 )
 
 
@@ -201,7 +215,11 @@ def point_alias(conn: sa.Connection, mid: int, alias: str, vid: int, actor: str)
     if current is None:
         conn.execute(
             aliases.insert().values(
-                model_id=mid, name=alias, version_id=vid, updated_at=now, updated_by=actor,
+                model_id=mid,
+                name=alias,
+                version_id=vid,
+                updated_at=now,
+                updated_by=actor,
                 generation=1,
             )
         )
@@ -209,8 +227,9 @@ def point_alias(conn: sa.Connection, mid: int, alias: str, vid: int, actor: str)
         conn.execute(
             aliases.update()
             .where(aliases.c.model_id == mid, aliases.c.name == alias)
-            .values(version_id=vid, updated_at=now, updated_by=actor,
-                    generation=current.generation + 1)
+            .values(
+                version_id=vid, updated_at=now, updated_by=actor, generation=current.generation + 1
+            )
         )
 
 
@@ -231,8 +250,15 @@ def record_move(
 ) -> None:
     conn.execute(
         alias_moves.insert().values(
-            model_id=mid, alias=alias, version_id=vid, previous_version_id=previous,
-            action=action, undone=False, actor=actor, reason=reason, moved_at=now_iso(),
+            model_id=mid,
+            alias=alias,
+            version_id=vid,
+            previous_version_id=previous,
+            action=action,
+            undone=False,
+            actor=actor,
+            reason=reason,
+            moved_at=now_iso(),
         )
     )
 
@@ -268,8 +294,15 @@ def alias_history(conn: sa.Connection, mid: int, name: str, alias: str) -> list[
     )
     return [
         AliasMove(
-            model=name, alias=alias, version=row.to, previous=row.frm, action=row.action,
-            actor=row.actor, reason=row.reason, moved_at=row.moved_at, undone=row.undone,
+            model=name,
+            alias=alias,
+            version=row.to,
+            previous=row.frm,
+            action=row.action,
+            actor=row.actor,
+            reason=row.reason,
+            moved_at=row.moved_at,
+            undone=row.undone,
         )
         for row in conn.execute(query)
     ]
@@ -298,3 +331,9 @@ def put_setting(conn: sa.Connection, key: str, value: str) -> None:
 
 def all_settings(conn: sa.Connection) -> dict[str, str]:
     return {row.key: row.value for row in conn.execute(sa.select(settings))}
+
+
+def _new_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])

@@ -63,17 +63,37 @@ def promote(
                 current_version = repo.row_to_version(current_row, parsed.name)
         before = current_version.semver if current_version else None
         if current is not None and current.version_id == row.id:
-            return AliasMove(parsed.name, alias, row.semver, before, "unchanged", actor, reason, current.updated_at)
+            return AliasMove(
+                parsed.name,
+                alias,
+                row.semver,
+                before,
+                "unchanged",
+                actor,
+                reason,
+                current.updated_at,
+            )
         for check in checks or []:
             check(conn, version, alias, current_version)
         repo.point_alias(conn, mid, alias, row.id, actor)
         repo.record_move(
-            conn, mid, alias, vid=row.id, previous=current.version_id if current else None,
-            action="set", actor=actor, reason=reason,
+            conn,
+            mid,
+            alias,
+            vid=row.id,
+            previous=current.version_id if current else None,
+            action="set",
+            actor=actor,
+            reason=reason,
         )
         event = append_event(
-            conn, actor=actor, action="alias.set", model=parsed.name,
-            subject=f"{parsed.name}@{alias}", before=before, after=row.semver,
+            conn,
+            actor=actor,
+            action="alias.set",
+            model=parsed.name,
+            subject=f"{parsed.name}@{alias}",
+            before=before,
+            after=row.semver,
             details={"digest": f"sha:{row.digest}", "reason": reason},
         )
         return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
@@ -106,12 +126,24 @@ def rollback(
         after = _semver_of(conn, target.version_id)
         repo.point_alias(conn, mid, alias, target.version_id, actor)
         repo.record_move(
-            conn, mid, alias, vid=target.version_id, previous=current.version_id,
-            action="rollback", actor=actor, reason=reason,
+            conn,
+            mid,
+            alias,
+            vid=target.version_id,
+            previous=current.version_id,
+            action="rollback",
+            actor=actor,
+            reason=reason,
         )
         event = append_event(
-            conn, actor=actor, action="alias.rollback", model=name,
-            subject=f"{name}@{alias}", before=before, after=after, details={"reason": reason},
+            conn,
+            actor=actor,
+            action="alias.rollback",
+            model=name,
+            subject=f"{name}@{alias}",
+            before=before,
+            after=after,
+            details={"reason": reason},
         )
         return AliasMove(name, alias, after, before, "rollback", actor, reason, event.ts)
 
@@ -129,10 +161,25 @@ def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> Al
             raise NotFound(f"{name} has no alias {alias!r}")
         before = _semver_of(conn, current.version_id)
         repo.drop_alias(conn, mid, alias)
-        repo.record_move(conn, mid, alias, vid=None, previous=current.version_id,
-                         action="delete", actor=actor, reason="")
-        event = append_event(conn, actor=actor, action="alias.delete", model=name,
-                             subject=f"{name}@{alias}", before=before, after=None)
+        repo.record_move(
+            conn,
+            mid,
+            alias,
+            vid=None,
+            previous=current.version_id,
+            action="delete",
+            actor=actor,
+            reason="",
+        )
+        event = append_event(
+            conn,
+            actor=actor,
+            action="alias.delete",
+            model=name,
+            subject=f"{name}@{alias}",
+            before=before,
+            after=None,
+        )
         return AliasMove(name, alias, None, before, "delete", actor, "", event.ts)
 
 
@@ -155,7 +202,12 @@ def alias_state(registry: Registry, name: str, alias: str) -> dict[str, Any]:
         target = repo.version_by_id(conn, row.version_id)
         assert target is not None
         return {
-            "model": name, "alias": alias, "version": target.semver, "seq": target.seq,
-            "digest": f"sha:{target.digest}", "generation": row.generation,
-            "updated_at": row.updated_at, "updated_by": row.updated_by,
+            "model": name,
+            "alias": alias,
+            "version": target.semver,
+            "seq": target.seq,
+            "digest": f"sha:{target.digest}",
+            "generation": row.generation,
+            "updated_at": row.updated_at,
+            "updated_by": row.updated_by,
         }

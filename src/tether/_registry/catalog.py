@@ -24,16 +24,16 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 
-def create_model(registry: Registry, name: str, *, description: str = "",
-                 tags: dict[str, str] | None = None) -> ModelInfo:
+def create_model(
+    registry: Registry, name: str, *, description: str = "", tags: dict[str, str] | None = None
+) -> ModelInfo:
     validate_model_name(name)
     with registry.write() as conn:
         if repo.model_id(conn, name) is not None:
             raise Conflict(f"model {name!r} already exists")
         mid, _ = repo.ensure_model(conn, name)
         repo.update_model(conn, mid, description=description, tags=tags or {})
-        append_event(conn, actor=registry.actor, action="model.created", model=name,
-                     subject=name)
+        append_event(conn, actor=registry.actor, action="model.created", model=name, subject=name)
     return model_info(registry, name)
 
 
@@ -43,9 +43,14 @@ def model_info(registry: Registry, name: str) -> ModelInfo:
         return next(m for m in repo.list_models(conn) if m.name == name)
 
 
-def update_model(registry: Registry, name: str, *, description: str | None = None,
-                 set_tags: dict[str, str] | None = None,
-                 delete_tags: list[str] | None = None) -> ModelInfo:
+def update_model(
+    registry: Registry,
+    name: str,
+    *,
+    description: str | None = None,
+    set_tags: dict[str, str] | None = None,
+    delete_tags: list[str] | None = None,
+) -> ModelInfo:
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
         row = conn.execute(sa.select(models).where(models.c.id == mid)).one()
@@ -57,8 +62,14 @@ def update_model(registry: Registry, name: str, *, description: str | None = Non
         if description is not None:
             fields["description"] = description
         repo.update_model(conn, mid, **fields)
-        append_event(conn, actor=registry.actor, action="model.updated", model=name,
-                     subject=name, details={k: v for k, v in fields.items()})
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="model.updated",
+            model=name,
+            subject=name,
+            details={k: v for k, v in fields.items()},
+        )
     return model_info(registry, name)
 
 
@@ -66,12 +77,17 @@ def delete_model(registry: Registry, name: str) -> None:
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
         if repo.alias_targets(conn, mid):
-            raise PolicyViolation(f"{name} still has aliases; delete them first",
-                                  hint=f"aliases: {', '.join(repo.alias_targets(conn, mid))}")
+            raise PolicyViolation(
+                f"{name} still has aliases; delete them first",
+                hint=f"aliases: {', '.join(repo.alias_targets(conn, mid))}",
+            )
         conn.execute(versions.update().where(versions.c.model_id == mid).values(status="deleted"))
         # Free the name for a new model; the old rows stay for the audit trail.
-        conn.execute(models.update().where(models.c.id == mid)
-                     .values(deleted=True, name=f"{name}~deleted~{mid}"))
+        conn.execute(
+            models.update()
+            .where(models.c.id == mid)
+            .values(deleted=True, name=f"{name}~deleted~{mid}")
+        )
         append_event(conn, actor=registry.actor, action="model.deleted", model=name, subject=name)
 
 
@@ -81,17 +97,30 @@ def delete_version(registry: Registry, ref: str) -> ModelVersion:
         if version.aliases:
             raise PolicyViolation(
                 f"{version.ref} is the target of {', '.join(version.aliases)}",
-                hint="move or delete those aliases first")
+                hint="move or delete those aliases first",
+            )
         repo.set_version_status(conn, version.id, "deleted")
-        append_event(conn, actor=registry.actor, action="version.deleted", model=version.name,
-                     subject=version.ref, before=version.status, after="deleted",
-                     details={"digest": f"sha:{version.digest}"})
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="version.deleted",
+            model=version.name,
+            subject=version.ref,
+            before=version.status,
+            after="deleted",
+            details={"digest": f"sha:{version.digest}"},
+        )
         return version
 
 
-def update_version(registry: Registry, ref: str, *, notes: str | None = None,
-                   set_tags: dict[str, str] | None = None,
-                   delete_tags: list[str] | None = None) -> ModelVersion:
+def update_version(
+    registry: Registry,
+    ref: str,
+    *,
+    notes: str | None = None,
+    set_tags: dict[str, str] | None = None,
+    delete_tags: list[str] | None = None,
+) -> ModelVersion:
     with registry.write() as conn:
         version = resolve_version(conn, ref)
         tags = dict(version.tags)
@@ -102,8 +131,14 @@ def update_version(registry: Registry, ref: str, *, notes: str | None = None,
         if notes is not None:
             values["notes"] = notes
         conn.execute(versions.update().where(versions.c.id == version.id).values(**values))
-        append_event(conn, actor=registry.actor, action="version.updated", model=version.name,
-                     subject=version.ref, details={"tags": tags, "notes": notes})
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="version.updated",
+            model=version.name,
+            subject=version.ref,
+            details={"tags": tags, "notes": notes},
+        )
         return resolve_version(conn, f"{version.name}@{version.semver}")
 
 

@@ -39,7 +39,11 @@ def _signature_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> d
             "changed": not same,
         }
     verdict = check_compatibility(Signature.from_dict(old), Signature.from_dict(new))
-    return {"compatible": verdict.compatible, "reasons": list(verdict.reasons), "changed": old != new}
+    return {
+        "compatible": verdict.compatible,
+        "reasons": list(verdict.reasons),
+        "changed": old != new,
+    }
 
 
 def _files_diff(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
@@ -56,10 +60,14 @@ def _files_diff(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
             change = "changed"
         else:
             change = "same"
-        rows.append({
-            "path": path, "change": change,
-            "old_size": a.size if a else None, "new_size": b.size if b else None,
-        })
+        rows.append(
+            {
+                "path": path,
+                "change": change,
+                "old_size": a.size if a else None,
+                "new_size": b.size if b else None,
+            }
+        )
     old_chunks = {c.digest for f in old.files for c in f.chunks}
     shared = sum(c.size for f in new.files for c in f.chunks if c.digest in old_chunks)
     return {"files": rows, "new_bytes": new.size - shared, "shared_bytes": shared}
@@ -68,8 +76,8 @@ def _files_diff(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
 def diff_versions(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
     frameworks = list(new.flavor.get("framework_packages", []))
     env = compare_environments(old.environment, new.environment, frameworks)
-    old_git = (old.lineage.get("git") or {})
-    new_git = (new.lineage.get("git") or {})
+    old_git = old.lineage.get("git") or {}
+    new_git = new.lineage.get("git") or {}
     return {
         "old": old.ref,
         "new": new.ref,
@@ -85,7 +93,9 @@ def diff_versions(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
         "environment": [d.to_dict() for d in env],
         "files": _files_diff(old, new),
         "lineage": {
-            "old_commit": old_git.get("commit"), "new_commit": new_git.get("commit"),
-            "old_dirty": old_git.get("dirty"), "new_dirty": new_git.get("dirty"),
+            "old_commit": old_git.get("commit"),
+            "new_commit": new_git.get("commit"),
+            "old_dirty": old_git.get("dirty"),
+            "new_dirty": new_git.get("dirty"),
         },
     }

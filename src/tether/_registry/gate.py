@@ -48,8 +48,12 @@ class CheckReport:
         return all(r.ok for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "lock": self.lock, "requirements": self.requirements,
-                "results": [asdict(r) for r in self.results]}
+        return {
+            "ok": self.ok,
+            "lock": self.lock,
+            "requirements": self.requirements,
+            "results": [asdict(r) for r in self.results],
+        }
 
     def to_junit(self) -> str:
         failures = sum(not r.ok for r in self.results)
@@ -59,11 +63,15 @@ class CheckReport:
             if not r.ok:
                 text = r.message + (f"\nfix: {r.fix}" if r.fix else "")
                 body = f"<failure message={quoteattr(r.message)}>{escape(text)}</failure>"
-            cases.append(f'  <testcase classname={quoteattr("tether.check." + r.model)} '
-                         f"name={quoteattr(r.check)}>{body}</testcase>")
-        return ('<?xml version="1.0" encoding="utf-8"?>\n'
-                f'<testsuite name="tether check" tests="{len(self.results)}" '
-                f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+            cases.append(
+                f"  <testcase classname={quoteattr('tether.check.' + r.model)} "
+                f"name={quoteattr(r.check)}>{body}</testcase>"
+            )
+        return (
+            '<?xml version="1.0" encoding="utf-8"?>\n'
+            f'<testsuite name="tether check" tests="{len(self.results)}" '
+            f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+        )
 
 
 def application_environment(requirements: dict[str, str], python: str | None) -> dict[str, Any]:
@@ -96,32 +104,56 @@ def run_check(
         try:
             version = registry.get(f"{name}@sha:{entry.digest}")
         except TetherError as error:
-            add(CheckResult(name, "exists", False,
-                            f"{name} {entry.semver} (sha:{entry.digest[:12]}) is not in the registry: "
-                            f"{error.message}", f"re-pin with `tether lock add {entry.ref}`"))
+            add(
+                CheckResult(
+                    name,
+                    "exists",
+                    False,
+                    f"{name} {entry.semver} (sha:{entry.digest[:12]}) is not in the registry: "
+                    f"{error.message}",
+                    f"re-pin with `tether lock add {entry.ref}`",
+                )
+            )
             continue
         add(CheckResult(name, "exists", True, f"{version.ref} {version.short_digest}"))
         if verify_bytes:
             problems = registry.store.verify(version.files, label=version.ref)
-            add(CheckResult(name, "bytes", not problems,
-                            "; ".join(problems) or f"{len(version.files)} file(s) verified",
-                            "restore the store from a backup or re-log the model" if problems else None))
+            add(
+                CheckResult(
+                    name,
+                    "bytes",
+                    not problems,
+                    "; ".join(problems) or f"{len(version.files)} file(s) verified",
+                    "restore the store from a backup or re-log the model" if problems else None,
+                )
+            )
         if pins is not None:
             app_env = application_environment(pins, python)
             frameworks = list(version.flavor.get("framework_packages", []))
-            found = [d for d in compare_environments(version.environment, app_env, frameworks)
-                     # The app need not install what the training machine happened to have.
-                     if not (d.kind == "package" and d.level == "missing")]
+            found = [
+                d
+                for d in compare_environments(version.environment, app_env, frameworks)
+                # The app need not install what the training machine happened to have.
+                if not (d.kind == "package" and d.level == "missing")
+            ]
             verdict = evaluate(found, policy)
-            fixes = [f"{d.name}=={d.recorded}" for d in verdict.refusals if d.recorded and d.kind
-                     in ("framework", "numpy", "package")]
-            add(CheckResult(
-                name, "environment", verdict.ok,
-                "; ".join(str(d) for d in verdict.refusals) or
-                f"satisfied ({len(verdict.warnings)} warning(s))",
-                f"pin {', '.join(fixes)} in {requirements_path}" if fixes else
-                ("use the recorded Python/platform" if verdict.refusals else None),
-            ))
+            fixes = [
+                f"{d.name}=={d.recorded}"
+                for d in verdict.refusals
+                if d.recorded and d.kind in ("framework", "numpy", "package")
+            ]
+            add(
+                CheckResult(
+                    name,
+                    "environment",
+                    verdict.ok,
+                    "; ".join(str(d) for d in verdict.refusals)
+                    or f"satisfied ({len(verdict.warnings)} warning(s))",
+                    f"pin {', '.join(fixes)} in {requirements_path}"
+                    if fixes
+                    else ("use the recorded Python/platform" if verdict.refusals else None),
+                )
+            )
         if entry.sends is not None:
             add(_schema_result(name, version.signature, entry.sends))
         with registry.read() as conn:
@@ -129,16 +161,30 @@ def run_check(
             valid, sig_problems = signature_status(conn, version)
         if model_policy.require_signed_by:
             signed = bool(set(valid) & set(model_policy.require_signed_by))
-            add(CheckResult(name, "signature", signed,
-                            f"signed by {', '.join(valid)}" if signed else
-                            f"needs a signature by {' or '.join(model_policy.require_signed_by)}"
-                            + (f" ({'; '.join(sig_problems)})" if sig_problems else ""),
-                            None if signed else f"tether sign {version.ref} --key KEYFILE"))
+            add(
+                CheckResult(
+                    name,
+                    "signature",
+                    signed,
+                    f"signed by {', '.join(valid)}"
+                    if signed
+                    else f"needs a signature by {' or '.join(model_policy.require_signed_by)}"
+                    + (f" ({'; '.join(sig_problems)})" if sig_problems else ""),
+                    None if signed else f"tether sign {version.ref} --key KEYFILE",
+                )
+            )
         deprecated = version.status == "deprecated" or model_policy.is_deprecated(version.semver)
-        add(CheckResult(name, "not deprecated", not deprecated,
-                        f"{version.ref} is deprecated" if deprecated else "ok",
-                        f"tether lock update {name} (after promoting a newer version)"
-                        if deprecated else None))
+        add(
+            CheckResult(
+                name,
+                "not deprecated",
+                not deprecated,
+                f"{version.ref} is deprecated" if deprecated else "ok",
+                f"tether lock update {name} (after promoting a newer version)"
+                if deprecated
+                else None,
+            )
+        )
     return report
 
 
@@ -148,16 +194,32 @@ def _model_id(conn: Any, name: str) -> int:
     return require_model(conn, name)
 
 
-def _schema_result(name: str, signature: dict[str, Any] | None, sends: dict[str, Any]) -> CheckResult:
+def _schema_result(
+    name: str, signature: dict[str, Any] | None, sends: dict[str, Any]
+) -> CheckResult:
     if signature is None:
-        return CheckResult(name, "schema", False, "the model has no signature to check against",
-                           "log the model with input_example= or signature=")
+        return CheckResult(
+            name,
+            "schema",
+            False,
+            "the model has no signature to check against",
+            "log the model with input_example= or signature=",
+        )
     model = Signature.from_dict(signature)
     declared = Signature(inputs=Schema.from_dict(sends), outputs=model.outputs)
     verdict = check_compatibility(declared, model)
     # Fields the application sends but the model does not read are harmless here.
-    breaking = [r for r in verdict.reasons if not r.endswith("removed") and r.startswith("input")
-                and ("required" in r or "retyped" in r)]
-    return CheckResult(name, "schema", not breaking,
-                       "; ".join(breaking) or "the declared schema is compatible",
-                       "send the fields the model requires with their types" if breaking else None)
+    breaking = [
+        r
+        for r in verdict.reasons
+        if not r.endswith("removed")
+        and r.startswith("input")
+        and ("required" in r or "retyped" in r)
+    ]
+    return CheckResult(
+        name,
+        "schema",
+        not breaking,
+        "; ".join(breaking) or "the declared schema is compatible",
+        "send the fields the model requires with their types" if breaking else None,
+    )

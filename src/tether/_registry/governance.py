@@ -18,7 +18,8 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._metadata.schema import approvals, grants, policies, signatures, trusted_keys
-from .._policy import ROLES, Facts, Policy, evaluate as evaluate_policy, parse_policy, role_rank
+from .._policy import ROLES, Facts, Policy, parse_policy, role_rank
+from .._policy import evaluate as evaluate_policy
 from .._records import ModelVersion
 from .._reference import validate_alias_name
 from .._signature import Signature, check_compatibility
@@ -32,8 +33,12 @@ if TYPE_CHECKING:
 
 
 def policy_row(conn: sa.Connection, mid: int) -> sa.Row[Any] | None:
-    query = (sa.select(policies).where(policies.c.model_id == mid)
-             .order_by(policies.c.revision.desc()).limit(1))
+    query = (
+        sa.select(policies)
+        .where(policies.c.model_id == mid)
+        .order_by(policies.c.revision.desc())
+        .limit(1)
+    )
     return conn.execute(query).first()
 
 
@@ -50,14 +55,33 @@ def set_policy(registry: Registry, name: str, text: str) -> dict[str, Any]:
         previous = policy_row(conn, mid)
         digest = blake3_hex(text.encode())
         if previous is not None and previous.digest == digest:
-            return {"model": name, "revision": previous.revision, "digest": digest, "changed": False}
+            return {
+                "model": name,
+                "revision": previous.revision,
+                "digest": digest,
+                "changed": False,
+            }
         revision = (previous.revision if previous is not None else 0) + 1
-        conn.execute(policies.insert().values(
-            model_id=mid, revision=revision, text=text, digest=digest,
-            author=registry.actor, created_at=now_iso()))
-        append_event(conn, actor=registry.actor, action="policy.set", model=name,
-                     subject=f"{name} policy", before=previous.revision if previous else None,
-                     after=revision, details={"digest": digest})
+        conn.execute(
+            policies.insert().values(
+                model_id=mid,
+                revision=revision,
+                text=text,
+                digest=digest,
+                author=registry.actor,
+                created_at=now_iso(),
+            )
+        )
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="policy.set",
+            model=name,
+            subject=f"{name} policy",
+            before=previous.revision if previous else None,
+            after=revision,
+            details={"digest": digest},
+        )
         return {"model": name, "revision": revision, "digest": digest, "changed": True}
 
 
@@ -69,12 +93,20 @@ def get_policy(registry: Registry, name: str, revision: int | None = None) -> di
             query = query.where(policies.c.revision == revision)
         rows = list(conn.execute(query.order_by(policies.c.revision)))
         if not rows:
-            raise NotFound(f"{name} has no policy" + (f" revision {revision}" if revision else ""),
-                           hint=f"set one with `tether policy set {name} policy.yaml`")
+            raise NotFound(
+                f"{name} has no policy" + (f" revision {revision}" if revision else ""),
+                hint=f"set one with `tether policy set {name} policy.yaml`",
+            )
         row = rows[-1]
-        return {"model": name, "revision": row.revision, "text": row.text, "digest": row.digest,
-                "author": row.author, "created_at": row.created_at,
-                "revisions": [r.revision for r in rows]}
+        return {
+            "model": name,
+            "revision": row.revision,
+            "text": row.text,
+            "digest": row.digest,
+            "author": row.author,
+            "created_at": row.created_at,
+            "revisions": [r.revision for r in rows],
+        }
 
 
 # -- roles ------------------------------------------------------------------------
@@ -83,7 +115,9 @@ def get_policy(registry: Registry, name: str, revision: int | None = None) -> di
 def roles_of(conn: sa.Connection, principal: str, model: str | None) -> tuple[str, ...]:
     query = sa.select(grants.c.role).where(
         grants.c.principal == principal,
-        sa.or_(grants.c.model.is_(None), grants.c.model == model) if model else grants.c.model.is_(None),
+        sa.or_(grants.c.model.is_(None), grants.c.model == model)
+        if model
+        else grants.c.model.is_(None),
     )
     return tuple(sorted(set(conn.execute(query).scalars()), key=role_rank))
 
@@ -100,44 +134,80 @@ def require_role(conn: sa.Connection, principal: str, role: str, model: str | No
         raise PermissionDenied(
             f"{principal} needs role {role}{scope} (has: {have})",
             hint=f"an admin can run `tether role grant {principal} {role}"
-                 f"{' --model ' + model if model else ''}`",
+            f"{' --model ' + model if model else ''}`",
         )
 
 
-def grant(registry: Registry, principal: str, role: str, model: str | None,
-          *, bootstrap: bool = False) -> None:
+def grant(
+    registry: Registry, principal: str, role: str, model: str | None, *, bootstrap: bool = False
+) -> None:
     role_rank(role)
     with registry.write() as conn:
         if not bootstrap:
             require_role(conn, registry.actor, "admin", None)
-        exists = conn.execute(sa.select(grants.c.id).where(
-            grants.c.principal == principal, grants.c.role == role,
-            grants.c.model.is_(None) if model is None else grants.c.model == model)).first()
+        exists = conn.execute(
+            sa.select(grants.c.id).where(
+                grants.c.principal == principal,
+                grants.c.role == role,
+                grants.c.model.is_(None) if model is None else grants.c.model == model,
+            )
+        ).first()
         if exists:
             return
-        conn.execute(grants.insert().values(principal=principal, role=role, model=model,
-                                            granted_by=registry.actor, created_at=now_iso()))
-        append_event(conn, actor=registry.actor, action="role.granted", model=model,
-                     subject=principal, after=role)
+        conn.execute(
+            grants.insert().values(
+                principal=principal,
+                role=role,
+                model=model,
+                granted_by=registry.actor,
+                created_at=now_iso(),
+            )
+        )
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="role.granted",
+            model=model,
+            subject=principal,
+            after=role,
+        )
 
 
 def revoke(registry: Registry, principal: str, role: str, model: str | None) -> None:
     with registry.write() as conn:
         require_role(conn, registry.actor, "admin", None)
-        result = conn.execute(grants.delete().where(
-            grants.c.principal == principal, grants.c.role == role,
-            grants.c.model.is_(None) if model is None else grants.c.model == model))
+        result = conn.execute(
+            grants.delete().where(
+                grants.c.principal == principal,
+                grants.c.role == role,
+                grants.c.model.is_(None) if model is None else grants.c.model == model,
+            )
+        )
         if result.rowcount == 0:
             raise NotFound(f"{principal} has no grant {role}" + (f" on {model}" if model else ""))
-        append_event(conn, actor=registry.actor, action="role.revoked", model=model,
-                     subject=principal, before=role)
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="role.revoked",
+            model=model,
+            subject=principal,
+            before=role,
+        )
 
 
 def list_grants(registry: Registry) -> list[dict[str, Any]]:
     with registry.read() as conn:
         rows = conn.execute(sa.select(grants).order_by(grants.c.principal, grants.c.role))
-        return [{"principal": r.principal, "role": r.role, "model": r.model,
-                 "granted_by": r.granted_by, "created_at": r.created_at} for r in rows]
+        return [
+            {
+                "principal": r.principal,
+                "role": r.role,
+                "model": r.model,
+                "granted_by": r.granted_by,
+                "created_at": r.created_at,
+            }
+            for r in rows
+        ]
 
 
 # -- approvals --------------------------------------------------------------------
@@ -155,19 +225,34 @@ def approve(registry: Registry, ref: str, alias: str, *, comment: str = "") -> l
             )
         try:
             with conn.begin_nested():
-                conn.execute(approvals.insert().values(
-                    version_id=version.id, alias=alias, actor=registry.actor, comment=comment,
-                    created_at=now_iso()))
+                conn.execute(
+                    approvals.insert().values(
+                        version_id=version.id,
+                        alias=alias,
+                        actor=registry.actor,
+                        comment=comment,
+                        created_at=now_iso(),
+                    )
+                )
         except sa.exc.IntegrityError as error:
-            raise Conflict(f"{registry.actor} already approved {version.ref} for {alias}") from error
-        append_event(conn, actor=registry.actor, action="version.approved", model=version.name,
-                     subject=f"{version.ref} for {alias}", details={"comment": comment})
+            raise Conflict(
+                f"{registry.actor} already approved {version.ref} for {alias}"
+            ) from error
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="version.approved",
+            model=version.name,
+            subject=f"{version.ref} for {alias}",
+            details={"comment": comment},
+        )
         return approvers(conn, version.id, alias)
 
 
 def approvers(conn: sa.Connection, vid: int, alias: str) -> list[str]:
-    query = sa.select(approvals.c.actor).where(approvals.c.version_id == vid,
-                                               approvals.c.alias == alias)
+    query = sa.select(approvals.c.actor).where(
+        approvals.c.version_id == vid, approvals.c.alias == alias
+    )
     return sorted(conn.execute(query).scalars())
 
 
@@ -179,24 +264,35 @@ def trust_key(registry: Registry, name: str, pem: str) -> str:
     kid = signing.key_id(public)
     with registry.write() as conn:
         require_role(conn, registry.actor, "admin", None)
-        clash = conn.execute(sa.select(trusted_keys).where(
-            sa.or_(trusted_keys.c.name == name, trusted_keys.c.key_id == kid))).first()
+        clash = conn.execute(
+            sa.select(trusted_keys).where(
+                sa.or_(trusted_keys.c.name == name, trusted_keys.c.key_id == kid)
+            )
+        ).first()
         if clash is not None:
-            raise Conflict(f"key {clash.name} ({clash.key_id}) is already trusted",
-                           hint="remove it first with `tether key remove`")
-        conn.execute(trusted_keys.insert().values(
-            key_id=kid, name=name, public_key=signing.public_pem(public),
-            added_by=registry.actor, created_at=now_iso()))
-        append_event(conn, actor=registry.actor, action="key.trusted", subject=name,
-                     after=kid)
+            raise Conflict(
+                f"key {clash.name} ({clash.key_id}) is already trusted",
+                hint="remove it first with `tether key remove`",
+            )
+        conn.execute(
+            trusted_keys.insert().values(
+                key_id=kid,
+                name=name,
+                public_key=signing.public_pem(public),
+                added_by=registry.actor,
+                created_at=now_iso(),
+            )
+        )
+        append_event(conn, actor=registry.actor, action="key.trusted", subject=name, after=kid)
     return kid
 
 
 def list_keys(registry: Registry) -> list[dict[str, Any]]:
     with registry.read() as conn:
-        return [{"name": r.name, "key_id": r.key_id, "added_by": r.added_by,
-                 "created_at": r.created_at}
-                for r in conn.execute(sa.select(trusted_keys).order_by(trusted_keys.c.name))]
+        return [
+            {"name": r.name, "key_id": r.key_id, "added_by": r.added_by, "created_at": r.created_at}
+            for r in conn.execute(sa.select(trusted_keys).order_by(trusted_keys.c.name))
+        ]
 
 
 def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
@@ -206,16 +302,33 @@ def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
         version = resolve_version(conn, ref)
         require_role(conn, registry.actor, "contributor", version.name)
         value = signing.sign(key, version)
-        conn.execute(signatures.delete().where(signatures.c.version_id == version.id,
-                                               signatures.c.key_id == kid))
-        conn.execute(signatures.insert().values(
-            version_id=version.id, key_id=kid, signature=value,
-            payload_digest=blake3_hex(signing.signing_payload(version)),
-            signer=registry.actor, created_at=now_iso()))
-        trusted = conn.execute(sa.select(trusted_keys.c.name)
-                               .where(trusted_keys.c.key_id == kid)).scalar()
-        append_event(conn, actor=registry.actor, action="version.signed", model=version.name,
-                     subject=version.ref, after=kid, details={"trusted_key": trusted})
+        conn.execute(
+            signatures.delete().where(
+                signatures.c.version_id == version.id, signatures.c.key_id == kid
+            )
+        )
+        conn.execute(
+            signatures.insert().values(
+                version_id=version.id,
+                key_id=kid,
+                signature=value,
+                payload_digest=blake3_hex(signing.signing_payload(version)),
+                signer=registry.actor,
+                created_at=now_iso(),
+            )
+        )
+        trusted = conn.execute(
+            sa.select(trusted_keys.c.name).where(trusted_keys.c.key_id == kid)
+        ).scalar()
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="version.signed",
+            model=version.name,
+            subject=version.ref,
+            after=kid,
+            details={"trusted_key": trusted},
+        )
         return {"ref": version.ref, "key_id": kid, "trusted_as": trusted}
 
 
@@ -233,8 +346,10 @@ def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[s
         if signing.verify(public, version, row.signature):
             valid.append(key.name)
         else:
-            problems.append(f"signature by {key.name} does not match {version.ref} (forged or "
-                            "the version's metadata changed)")
+            problems.append(
+                f"signature by {key.name} does not match {version.ref} (forged or "
+                "the version's metadata changed)"
+            )
     return sorted(valid), problems
 
 
@@ -260,8 +375,9 @@ def require_signatures(conn: sa.Connection, version: ModelVersion) -> None:
 def promotion_gate(registry: Registry) -> Any:
     """A PromoteCheck enforcing the model's policy; raises PolicyViolation listing failures."""
 
-    def check(conn: sa.Connection, version: ModelVersion, alias: str,
-              current: ModelVersion | None) -> None:
+    def check(
+        conn: sa.Connection, version: ModelVersion, alias: str, current: ModelVersion | None
+    ) -> None:
         mid = repo.model_id(conn, version.name)
         assert mid is not None
         policy = current_policy(conn, mid)
@@ -272,8 +388,9 @@ def promotion_gate(registry: Registry) -> Any:
                 return None
             if version.signature is None:
                 return "the new version has no signature"
-            verdict = check_compatibility(Signature.from_dict(current.signature),
-                                          Signature.from_dict(version.signature))
+            verdict = check_compatibility(
+                Signature.from_dict(current.signature), Signature.from_dict(version.signature)
+            )
             return None if verdict.compatible else "; ".join(verdict.reasons)
 
         def environment_problem(policy_text: str) -> str | None:
@@ -285,19 +402,22 @@ def promotion_gate(registry: Registry) -> Any:
             return "; ".join(str(d) for d in refusals) or None
 
         facts = Facts(
-            semver=version.semver, metrics=version.metrics,
+            semver=version.semver,
+            metrics=version.metrics,
             current_semver=current.semver if current else None,
             current_metrics=current.metrics if current else None,
             actor_roles=roles_of(conn, registry.actor, version.name),
             approvers=tuple(a for a in approvers(conn, version.id, alias) if a != version.author),
-            signers=tuple(valid), schema_problem=schema_problem,
+            signers=tuple(valid),
+            schema_problem=schema_problem,
             environment_problem=environment_problem,
         )
         failures = evaluate_policy(policy, alias, facts)
         if failures:
             raise PolicyViolation(
                 f"cannot point {version.name}@{alias} at {version.semver}: "
-                + f"{len(failures)} policy rule(s) failed:\n  - " + "\n  - ".join(failures),
+                + f"{len(failures)} policy rule(s) failed:\n  - "
+                + "\n  - ".join(failures),
                 hint=f"see `tether policy show {version.name}`",
             )
 

@@ -37,9 +37,11 @@ def capture_git(cwd: str | Path | None = None) -> dict[str, Any] | None:
         return None
     commit = _git(["rev-parse", "HEAD"], where)
     status = _git(["status", "--porcelain", "--untracked-files=no"], where) or ""
-    diff = subprocess.run(
-        ["git", "diff", "HEAD"], cwd=where, capture_output=True, check=False
-    ).stdout if commit else b""
+    diff = (
+        subprocess.run(["git", "diff", "HEAD"], cwd=where, capture_output=True, check=False).stdout
+        if commit
+        else b""
+    )
     return {
         "repo": top,
         "remote": _git(["config", "--get", "remote.origin.url"], where),
@@ -84,12 +86,18 @@ def _object_digest(value: Any) -> dict[str, Any]:
 
         hashed = pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes()
         columns = [str(c) for c in value.columns]
-        return {"digest": blake3_hex(hashed + digest_of(columns).encode()),
-                "rows": len(value), "columns": columns}
+        return {
+            "digest": blake3_hex(hashed + digest_of(columns).encode()),
+            "rows": len(value),
+            "columns": columns,
+        }
     if hasattr(value, "tobytes") and hasattr(value, "shape"):  # a numpy array
         header = f"{value.dtype}:{value.shape}".encode()
-        return {"digest": blake3_hex(header + value.tobytes()), "shape": list(value.shape),
-                "dtype": str(value.dtype)}
+        return {
+            "digest": blake3_hex(header + value.tobytes()),
+            "shape": list(value.shape),
+            "dtype": str(value.dtype),
+        }
     return {"digest": digest_of(value)}
 
 

@@ -76,7 +76,9 @@ def load_version(
     if version.flavor["name"] == "files":
         # The caller gets a path, so the files must outlive this call.
         target = registry.cache_dir / "versions" / version.digest
-        return flavor.load(materialize(registry, version, target, progress=progress), version.flavor)
+        return flavor.load(
+            materialize(registry, version, target, progress=progress), version.flavor
+        )
     with tempfile.TemporaryDirectory(prefix="tether-load-") as tmp:
         where = Path(tmp) / "model"
         registry.store.materialize(version.files, where, label=version.ref, progress=progress)

@@ -73,9 +73,9 @@ def create_location(
 def _resolve_relative(root: Path, url: str) -> str:
     """Relative sqlite and file URLs in the config are relative to the folder."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{root / url[len('sqlite:///'):]}"
+        return f"sqlite:///{root / url[len('sqlite:///') :]}"
     if url.startswith("file://") and not url.startswith("file:///"):
-        return f"file://{root / url[len('file://'):]}"
+        return f"file://{root / url[len('file://') :]}"
     return url
 
 

@@ -141,7 +141,9 @@ def log_model(
         model_dir.mkdir()
         save_options = {"serialization": serialization} if serialization else {}
         flavor_record = chosen.save(model, model_dir, **save_options)
-        paths = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+        paths = sorted(
+            p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
+        )
         report = registry.store.ingest(model_dir, paths, progress=progress)
 
     if signature is None and input_example is not None:
@@ -238,7 +240,9 @@ def _insert(
         rows = repo.version_rows(conn, mid)
         for row in rows:
             if row.digest == values["digest"] and _row_facts(row).metadata == facts.metadata:
-                return repo.row_to_version(row, name, repo.aliases_by_version(conn, mid).get(row.id, []))
+                return repo.row_to_version(
+                    row, name, repo.aliases_by_version(conn, mid).get(row.id, [])
+                )
         previous = _row_facts(rows[-1]) if rows else None
         level, reasons = required_bump(previous, facts)
         highest = max((SemVer.parse(r.semver) for r in rows), default=None)
@@ -264,6 +268,6 @@ def _insert(
             after={"seq": seq, "semver": str(semver), "digest": f"sha:{values['digest']}"},
             details={"bump_reasons": reasons, "files": len(values["manifest"])},
         )
-        row = repo.version_by_id(conn, vid)
-        assert row is not None
-        return repo.row_to_version(row, name)
+        created = repo.version_by_id(conn, vid)
+        assert created is not None
+        return repo.row_to_version(created, name)

@@ -33,12 +33,20 @@ def requirements_of(version: ModelVersion) -> dict[str, Any]:
 
 
 def _entry(version: ModelVersion, ref: str, sends: dict[str, Any] | None) -> LockEntry:
-    return LockEntry(ref=ref, semver=version.semver, seq=version.seq, digest=version.digest,
-                     requires=requirements_of(version), sends=sends, locked_at=now_iso())
+    return LockEntry(
+        ref=ref,
+        semver=version.semver,
+        seq=version.seq,
+        digest=version.digest,
+        requires=requirements_of(version),
+        sends=sends,
+        locked_at=now_iso(),
+    )
 
 
-def lock_add(registry: Registry, ref: str, *, path: Path | None = None,
-             sends: Any = None) -> tuple[LockFile, LockEntry]:
+def lock_add(
+    registry: Registry, ref: str, *, path: Path | None = None, sends: Any = None
+) -> tuple[LockFile, LockEntry]:
     parsed = parse_reference(ref)
     declared = None
     if sends is not None:
@@ -53,8 +61,9 @@ def lock_add(registry: Registry, ref: str, *, path: Path | None = None,
     return lock, lock.models[parsed.name]
 
 
-def lock_update(registry: Registry, names: list[str], *, path: Path | None = None
-                ) -> list[tuple[str, str, str]]:
+def lock_update(
+    registry: Registry, names: list[str], *, path: Path | None = None
+) -> list[tuple[str, str, str]]:
     """Re-resolve each pin's reference; returns (name, old semver, new semver) per move."""
     lock = read_lock(path or _required_lock())
     targets = names or sorted(lock.models)
@@ -62,8 +71,10 @@ def lock_update(registry: Registry, names: list[str], *, path: Path | None = Non
     for name in targets:
         entry = lock.models.get(name)
         if entry is None:
-            raise NotFound(f"{name} is not pinned in {lock.path}",
-                           hint=f"pinned: {', '.join(sorted(lock.models)) or 'nothing'}")
+            raise NotFound(
+                f"{name} is not pinned in {lock.path}",
+                hint=f"pinned: {', '.join(sorted(lock.models)) or 'nothing'}",
+            )
         version = registry.get(entry.ref)
         if version.digest != entry.digest:
             moves.append((name, entry.semver, version.semver))
@@ -82,8 +93,10 @@ def lock_remove(name: str, *, path: Path | None = None) -> None:
 def _required_lock() -> Path:
     found = find_lock()
     if found is None:
-        raise NotFound("no tether.lock here or in any parent folder",
-                       hint="create one with `tether lock add NAME@ALIAS`")
+        raise NotFound(
+            "no tether.lock here or in any parent folder",
+            hint="create one with `tether lock add NAME@ALIAS`",
+        )
     return found
 
 
@@ -113,7 +126,8 @@ def pinned_reference(registry: Registry, ref: str) -> str:
         warnings.warn(
             f"{entry.ref} {moved}; loading {entry.semver} (sha:{entry.digest[:12]}) as pinned in "
             f"{path}. Run `tether lock update {parsed.name}` to move the pin.",
-            PinnedVersionWarning, stacklevel=4,
+            PinnedVersionWarning,
+            stacklevel=4,
         )
     return pinned
 

@@ -77,9 +77,13 @@ class Registry:
         upgrade(registry.engine)
         with registry.write() as conn:
             append_event(
-                conn, actor=registry.actor, action="registry.created",
-                details={"db": _redact(registry.location.db_url),
-                         "store": registry.location.store_url},
+                conn,
+                actor=registry.actor,
+                action="registry.created",
+                details={
+                    "db": _redact(registry.location.db_url),
+                    "store": registry.location.store_url,
+                },
             )
         # Whoever creates a registry administers it; they grant the other roles.
         governance.grant(registry, registry.actor, "admin", None, bootstrap=True)
@@ -151,8 +155,14 @@ class Registry:
         with self.write() as conn:
             before = repo.get_setting(conn, key)
             repo.put_setting(conn, key, value)
-            append_event(conn, actor=self.actor, action="setting.set", subject=key,
-                         before=before, after=value)
+            append_event(
+                conn,
+                actor=self.actor,
+                action="setting.set",
+                subject=key,
+                before=before,
+                after=value,
+            )
 
     # -- models and versions ----------------------------------------------------
 
@@ -192,9 +202,20 @@ class Registry:
         progress: bool = False,
     ) -> ModelVersion:
         return log_version.log_model(
-            self, model, name, params=params, metrics=metrics, data=data,
-            signature=signature, input_example=input_example, notes=notes, bump=bump,
-            tags=tags, flavor=flavor, serialization=serialization, progress=progress,
+            self,
+            model,
+            name,
+            params=params,
+            metrics=metrics,
+            data=data,
+            signature=signature,
+            input_example=input_example,
+            notes=notes,
+            bump=bump,
+            tags=tags,
+            flavor=flavor,
+            serialization=serialization,
+            progress=progress,
         )
 
     def load(
@@ -219,8 +240,13 @@ class Registry:
         if use_lock:
             ref = pinning.pinned_reference(self, ref)
         return loading.load_version(
-            self, self.get(ref), expect=expect, env_policy=env_policy, trusted=trusted,
-            progress=progress, environment=environment,
+            self,
+            self.get(ref),
+            expect=expect,
+            env_policy=env_policy,
+            trusted=trusted,
+            progress=progress,
+            environment=environment,
         )
 
     def download(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
@@ -243,9 +269,13 @@ class Registry:
             status = "ready" if undo else "deprecated"
             repo.set_version_status(conn, version.id, status)
             append_event(
-                conn, actor=self.actor,
+                conn,
+                actor=self.actor,
                 action="version.undeprecated" if undo else "version.deprecated",
-                model=version.name, subject=version.ref, before=version.status, after=status,
+                model=version.name,
+                subject=version.ref,
+                before=version.status,
+                after=status,
                 details={"reason": reason},
             )
             return resolve_version(conn, parsed)
@@ -253,12 +283,17 @@ class Registry:
     # -- aliases ----------------------------------------------------------------
 
     def promote(
-        self, ref: str, alias: str, *, reason: str = "",
+        self,
+        ref: str,
+        alias: str,
+        *,
+        reason: str = "",
         checks: Sequence[alias_ops.PromoteCheck] = (),
     ) -> AliasMove:
         gate = governance.promotion_gate(self)
-        return alias_ops.promote(self, ref, alias, actor=self.actor, reason=reason,
-                                 checks=[gate, *checks])
+        return alias_ops.promote(
+            self, ref, alias, actor=self.actor, reason=reason, checks=[gate, *checks]
+        )
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:
         return alias_ops.rollback(self, name, alias, actor=self.actor, reason=reason)
@@ -314,10 +349,21 @@ class Registry:
     def lock_update(self, names: Sequence[str] = (), *, path: Path | None = None) -> Any:
         return pinning.lock_update(self, list(names), path=path)
 
-    def check(self, *, lock_path: Path, requirements_path: Path | None = None,
-              python: str | None = None, env_policy: str | None = None) -> gate.CheckReport:
-        return gate.run_check(self, lock_path=lock_path, requirements_path=requirements_path,
-                              python=python, env_policy=env_policy)
+    def check(
+        self,
+        *,
+        lock_path: Path,
+        requirements_path: Path | None = None,
+        python: str | None = None,
+        env_policy: str | None = None,
+    ) -> gate.CheckReport:
+        return gate.run_check(
+            self,
+            lock_path=lock_path,
+            requirements_path=requirements_path,
+            python=python,
+            env_policy=env_policy,
+        )
 
     def reproduce(self, ref: str) -> dict[str, Any]:
         return reproduce.recipe(self.get(ref))
@@ -344,7 +390,10 @@ class Registry:
         return env_check.differences(self.get(ref), environment)
 
     def env_verdict(
-        self, ref: str, *, env_policy: str | None = None,
+        self,
+        ref: str,
+        *,
+        env_policy: str | None = None,
         environment: dict[str, Any] | None = None,
     ) -> Verdict:
         policy = env_check.choose_policy(env_policy, self.get_setting("env_policy"))
@@ -387,12 +436,14 @@ def _check_setting(key: str, value: str) -> None:
         except ValueError as error:
             raise InvalidInput(f"{key} must be a number, not {value!r}") from error
         if number < 0 or (key == "gc.keep_last" and number != int(number)):
-            raise InvalidInput(f"{key} must be a non-negative {'integer' if 'keep' in key else 'number'}")
+            raise InvalidInput(
+                f"{key} must be a non-negative {'integer' if 'keep' in key else 'number'}"
+            )
 
 
 def _redact(url: str) -> str:
     """A database URL without its password, for messages and the audit log."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL we cannot parse is shown as is
+    except Exception:
         return url

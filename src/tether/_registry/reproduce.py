@@ -17,17 +17,23 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
         where = git.get("remote") or git.get("repo") or "the training repository"
         steps.append(f"git clone {where} && git checkout {git['commit']}")
         if git.get("dirty"):
-            steps.append(f"WARNING: the working tree was dirty (uncommitted diff "
-                         f"{str(git.get('diff_digest'))[:16]}); the commit alone is not enough")
+            steps.append(
+                f"WARNING: the working tree was dirty (uncommitted diff "
+                f"{str(git.get('diff_digest'))[:16]}); the commit alone is not enough"
+            )
     else:
         steps.append("WARNING: the version was not logged from a git repository; code is unknown")
     steps.append("pip install -r requirements.txt   # every package pinned as recorded")
     for name, info in version.data.items():
-        steps.append(f"provide data {name!r} with digest {info.get('digest')} "
-                     f"({info.get('path') or info.get('kind', 'in-memory object')})")
+        steps.append(
+            f"provide data {name!r} with digest {info.get('digest')} "
+            f"({info.get('path') or info.get('kind', 'in-memory object')})"
+        )
     steps.append(f"train with params {json.dumps(version.params, sort_keys=True)}")
-    steps.append(f"compare: the original has digest {version.short_digest}, "
-                 f"metrics {json.dumps(version.metrics, sort_keys=True)}")
+    steps.append(
+        f"compare: the original has digest {version.short_digest}, "
+        f"metrics {json.dumps(version.metrics, sort_keys=True)}"
+    )
     return {
         "ref": version.ref,
         "digest": f"sha:{version.digest}",
@@ -50,7 +56,8 @@ def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:
         "params.json": json.dumps(version.params, indent=2, sort_keys=True) + "\n",
         "reproduce.json": json.dumps(info, indent=2, default=str) + "\n",
         "REPRODUCE.md": f"# Reproducing {version.ref}\n\n"
-        + "\n".join(f"{i}. {s}" for i, s in enumerate(info["steps"], 1)) + "\n",
+        + "\n".join(f"{i}. {s}" for i, s in enumerate(info["steps"], 1))
+        + "\n",
     }
     written = []
     for name, text in files.items():

@@ -77,8 +77,11 @@ def collect(
             mid = model_rows[0].model_id
             # A model's policy retention overrides the registry-wide number.
             keep = current_policy(conn, mid).keep_last or keep_last
-            newest = {r.id for r in sorted(model_rows, key=lambda r: r.seq)[-keep:]} \
-                if keep else {r.id for r in model_rows}
+            newest = (
+                {r.id for r in sorted(model_rows, key=lambda r: r.seq)[-keep:]}
+                if keep
+                else {r.id for r in model_rows}
+            )
             for row in model_rows:
                 age = (now - parse_iso(row.created_at)).total_seconds()
                 if row.id in newest or row.id in ever_aliased or age < grace_seconds:
@@ -87,13 +90,25 @@ def collect(
                 if not dry_run:
                     repo.set_version_status(conn, row.id, "deleted")
                     append_event(
-                        conn, actor=registry.actor, action="version.deleted", model=name,
-                        subject=f"{name}@{row.semver}", before=row.status, after="deleted",
-                        details={"reason": f"gc retention: keep_last={keep}",
-                                 "digest": f"sha:{row.digest}"},
+                        conn,
+                        actor=registry.actor,
+                        action="version.deleted",
+                        model=name,
+                        subject=f"{name}@{row.semver}",
+                        before=row.status,
+                        after="deleted",
+                        details={
+                            "reason": f"gc retention: keep_last={keep}",
+                            "digest": f"sha:{row.digest}",
+                        },
                     )
         kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
     live = [f for row in kept for f in repo.row_to_version(row, "").files]
     report = registry.store.gc(live, grace_seconds=grace_seconds, dry_run=dry_run)
-    return GcResult(expired=expired, store=report, keep_last=keep_last,
-                    grace_seconds=grace_seconds, kept_versions=len(kept))
+    return GcResult(
+        expired=expired,
+        store=report,
+        keep_last=keep_last,
+        grace_seconds=grace_seconds,
+        kept_versions=len(kept),
+    )

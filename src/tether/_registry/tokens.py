@@ -39,8 +39,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 def create_token(
-    registry: Registry, principal: str, *, role: str | None = None, model: str | None = None,
-    expires_in: str | None = None, description: str = "",
+    registry: Registry,
+    principal: str,
+    *,
+    role: str | None = None,
+    model: str | None = None,
+    expires_in: str | None = None,
+    description: str = "",
 ) -> dict[str, Any]:
     """A new token for ``principal`` (granting ``role`` too, when given). Admin only."""
     with registry.read() as conn:
@@ -48,40 +53,60 @@ def create_token(
     if role:
         grant(registry, principal, role, model)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires = (datetime.now(UTC) + parse_duration(expires_in)).strftime("%Y-%m-%dT%H:%M:%S.%fZ") \
-        if expires_in else None
+    expires = (
+        (datetime.now(UTC) + parse_duration(expires_in)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if expires_in
+        else None
+    )
     with registry.write() as conn:
-        conn.execute(tokens.insert().values(
-            token_hash=_hash(secret), prefix=secret[:10], principal=principal,
-            description=description, created_by=registry.actor, created_at=now_iso(),
-            expires_at=expires, revoked=False))
-        append_event(conn, actor=registry.actor, action="token.created", subject=principal,
-                     details={"prefix": secret[:10], "expires_at": expires, "role": role,
-                              "model": model})
+        conn.execute(
+            tokens.insert().values(
+                token_hash=_hash(secret),
+                prefix=secret[:10],
+                principal=principal,
+                description=description,
+                created_by=registry.actor,
+                created_at=now_iso(),
+                expires_at=expires,
+                revoked=False,
+            )
+        )
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="token.created",
+            subject=principal,
+            details={"prefix": secret[:10], "expires_at": expires, "role": role, "model": model},
+        )
     return {"token": secret, "principal": principal, "prefix": secret[:10], "expires_at": expires}
 
 
 def authenticate(registry: Registry, secret: str | None) -> str:
     """The principal a token belongs to; Unauthenticated when missing, wrong or expired."""
     if not secret:
-        raise Unauthenticated("this registry needs an API token",
-                              hint="pass token= to tether.connect, or set TETHER_TOKEN")
+        raise Unauthenticated(
+            "this registry needs an API token",
+            hint="pass token= to tether.connect, or set TETHER_TOKEN",
+        )
     with registry.read() as conn:
         row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == _hash(secret))).first()
     if row is None or row.revoked:
-        raise Unauthenticated("the API token is not valid (unknown or revoked)",
-                              hint="ask an admin for a new one: tether token create")
+        raise Unauthenticated(
+            "the API token is not valid (unknown or revoked)",
+            hint="ask an admin for a new one: tether token create",
+        )
     if row.expires_at and parse_iso(row.expires_at) < datetime.now(UTC):
-        raise Unauthenticated(f"the API token {row.prefix}… expired at {row.expires_at}",
-                              hint="ask an admin for a new one: tether token create")
+        raise Unauthenticated(
+            f"the API token {row.prefix}… expired at {row.expires_at}",
+            hint="ask an admin for a new one: tether token create",
+        )
     return str(row.principal)
 
 
 def revoke_token(registry: Registry, prefix: str) -> None:
     with registry.write() as conn:
         require_role(conn, registry.actor, "admin", None)
-        result = conn.execute(tokens.update().where(tokens.c.prefix == prefix)
-                              .values(revoked=True))
+        result = conn.execute(tokens.update().where(tokens.c.prefix == prefix).values(revoked=True))
         if result.rowcount == 0:
             raise NotFound(f"no token starting {prefix}")
         append_event(conn, actor=registry.actor, action="token.revoked", details={"prefix": prefix})
@@ -89,7 +114,15 @@ def revoke_token(registry: Registry, prefix: str) -> None:
 
 def list_tokens(registry: Registry) -> list[dict[str, Any]]:
     with registry.read() as conn:
-        return [{"prefix": r.prefix, "principal": r.principal, "created_by": r.created_by,
-                 "created_at": r.created_at, "expires_at": r.expires_at, "revoked": r.revoked,
-                 "description": r.description}
-                for r in conn.execute(sa.select(tokens).order_by(tokens.c.id))]
+        return [
+            {
+                "prefix": r.prefix,
+                "principal": r.principal,
+                "created_by": r.created_by,
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+                "revoked": r.revoked,
+                "description": r.description,
+            }
+            for r in conn.execute(sa.select(tokens).order_by(tokens.c.id))
+        ]

@@ -110,6 +110,10 @@ class ArtifactStore(Protocol):
         """Return one line per problem found in the stored bytes of ``files``."""
         ...
 
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        """The digests among ``digests`` that the store does not hold."""
+        ...
+
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         ...
 

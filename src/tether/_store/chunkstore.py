@@ -390,9 +390,9 @@ class ChunkStore:
         order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
                                                    if e[0] in keep))
         for pack in order:
-            info = packs.get(pack)
+            pack_info = packs.get(pack)
             entries = indexes[pack]["chunks"]
-            young = info is not None and now - info.mtime < grace_seconds
+            young = pack_info is not None and now - pack_info.mtime < grace_seconds
             live_entries = [e for e in entries if e[0] in keep and e[0] not in placed]
             dead = [e for e in entries if e not in live_entries]
             live_bytes = sum(e[2] for e in live_entries)

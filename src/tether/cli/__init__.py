@@ -11,16 +11,20 @@ from .audit import audit_group
 from .demo import demo
 from .env import env_group
 from .governance import approve, key_group, policy_group, role_group, sign
-from .pinning import check, lock_group, reproduce
 from .inspect import diff, models, show, versions
 from .manage import config_group, db_group, deprecate, init, verify
+from .pinning import check, lock_group, reproduce
 from .serving import deploy_group, monitor, serve
 from .storage import gc, store_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
-    "--registry", "-r", "registry_uri", metavar="PATH", envvar="TETHER_URI",
+    "--registry",
+    "-r",
+    "registry_uri",
+    metavar="PATH",
+    envvar="TETHER_URI",
     help="Registry folder (default: $TETHER_URI, else the nearest .tether above the cwd).",
 )
 @click.version_option(__version__, prog_name="tether")
@@ -37,10 +41,36 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
     ctx.call_on_close(state.close)
 
 
-for command in (init, models, versions, show, diff, promote, rollback, alias_group,
-                audit_group, env_group, gc, store_group, verify, deprecate, config_group,
-                policy_group, approve, role_group, key_group, sign, lock_group, check, reproduce,
-                db_group, demo, serve, deploy_group, monitor):
+for command in (
+    init,
+    models,
+    versions,
+    show,
+    diff,
+    promote,
+    rollback,
+    alias_group,
+    audit_group,
+    env_group,
+    gc,
+    store_group,
+    verify,
+    deprecate,
+    config_group,
+    policy_group,
+    approve,
+    role_group,
+    key_group,
+    sign,
+    lock_group,
+    check,
+    reproduce,
+    db_group,
+    demo,
+    serve,
+    deploy_group,
+    monitor,
+):
     cli.add_command(command)
 
 

@@ -10,7 +10,9 @@ from ._common import ago, console, emit_json, handle_errors, json_option, regist
 
 def _say(move: AliasMove) -> None:
     if move.action == "unchanged":
-        console.print(f"{move.model}@{move.alias} already points at {move.version}; nothing changed")
+        console.print(
+            f"{move.model}@{move.alias} already points at {move.version}; nothing changed"
+        )
     elif move.action == "delete":
         console.print(f"{move.model}@{move.alias} deleted (was {move.previous})")
     else:
@@ -61,11 +63,23 @@ def alias_history(ctx: click.Context, name: str, alias: str, as_json: bool) -> N
     if as_json:
         emit_json([m.to_dict() for m in moves])
         return
-    console.print(table(
-        ["WHEN", "ACTION", "FROM", "TO", "BY", "REASON", ""],
-        [(m.moved_at, m.action, m.previous or "-", m.version or "-", m.actor, m.reason,
-          "(rolled back)" if m.undone else "") for m in moves],
-    ))
+    console.print(
+        table(
+            ["WHEN", "ACTION", "FROM", "TO", "BY", "REASON", ""],
+            [
+                (
+                    m.moved_at,
+                    m.action,
+                    m.previous or "-",
+                    m.version or "-",
+                    m.actor,
+                    m.reason,
+                    "(rolled back)" if m.undone else "",
+                )
+                for m in moves
+            ],
+        )
+    )
 
 
 @alias_group.command("get")
@@ -80,8 +94,10 @@ def alias_get(ctx: click.Context, name: str, alias: str, as_json: bool) -> None:
     if as_json:
         emit_json(state)
         return
-    console.print(f"{name}@{alias} → {state['version']} (#{state['seq']}, {state['digest'][:16]}), "
-                  f"moved {ago(state['updated_at'])} by {state['updated_by']}")
+    console.print(
+        f"{name}@{alias} → {state['version']} (#{state['seq']}, {state['digest'][:16]}), "
+        f"moved {ago(state['updated_at'])} by {state['updated_by']}"
+    )
 
 
 @alias_group.command("delete")

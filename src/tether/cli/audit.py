@@ -22,18 +22,31 @@ def audit_group() -> None:
 @json_option
 @click.pass_context
 @handle_errors
-def audit_log(ctx: click.Context, model: str | None, action: str | None, limit: int,
-              as_json: bool) -> None:
+def audit_log(
+    ctx: click.Context, model: str | None, action: str | None, limit: int, as_json: bool
+) -> None:
     """List events, newest first."""
     events = registry_from(ctx).audit_log(model=model, action=action, limit=limit or None)
     if as_json:
         emit_json([e.to_dict() for e in events])
         return
-    console.print(table(
-        ["#", "WHEN", "WHO", "ACTION", "SUBJECT", "BEFORE", "AFTER"],
-        [(e.id, e.ts, e.actor, e.action, e.subject or e.model or "",
-          _short(e.before), _short(e.after)) for e in events],
-    ))
+    console.print(
+        table(
+            ["#", "WHEN", "WHO", "ACTION", "SUBJECT", "BEFORE", "AFTER"],
+            [
+                (
+                    e.id,
+                    e.ts,
+                    e.actor,
+                    e.action,
+                    e.subject or e.model or "",
+                    _short(e.before),
+                    _short(e.after),
+                )
+                for e in events
+            ],
+        )
+    )
 
 
 def _short(value: object) -> str:

@@ -53,22 +53,41 @@ def _run(registry: Registry) -> None:
     _step(2, "Train a scikit-learn pipeline on the breast-cancer data and log it")
     model, X_train, X_test, metrics = _train(C=1.0)
     v1 = registry.log_model(
-        model, "cancer-detector", params={"C": 1.0, "max_iter": 2000}, metrics=metrics,
-        data={"train": X_train}, input_example=X_test.head(5), notes="baseline",
+        model,
+        "cancer-detector",
+        params={"C": 1.0, "max_iter": 2000},
+        metrics=metrics,
+        data={"train": X_train},
+        input_example=X_test.head(5),
+        notes="baseline",
     )
-    console.print(f"logged {v1.ref}  #{v1.seq}  {v1.short_digest}  "
-                  f"({human_bytes(v1.size)}, {len(v1.signature['inputs']['fields']) if v1.signature else 0} input columns)")
+    console.print(
+        f"logged {v1.ref}  #{v1.seq}  {v1.short_digest}  "
+        f"({human_bytes(v1.size)}, {_input_count(v1)} input columns)"
+    )
 
     _step(3, "Retrain with stronger regularisation and log again: Tether proposes the version")
     model2, X_train2, _, metrics2 = _train(C=0.05)
     v2 = registry.log_model(
-        model2, "cancer-detector", params={"C": 0.05, "max_iter": 2000}, metrics=metrics2,
-        data={"train": X_train2}, input_example=X_test.head(5), notes="stronger regularisation",
+        model2,
+        "cancer-detector",
+        params={"C": 0.05, "max_iter": 2000},
+        metrics=metrics2,
+        data={"train": X_train2},
+        input_example=X_test.head(5),
+        notes="stronger regularisation",
     )
-    console.print(f"logged {v2.ref}  #{v2.seq}  {v2.short_digest}  (new weights, same schema: a minor bump)")
+    console.print(
+        f"logged {v2.ref}  #{v2.seq}  {v2.short_digest}  (new weights, same schema: a minor bump)"
+    )
     again = registry.log_model(
-        model2, "cancer-detector", params={"C": 0.05, "max_iter": 2000}, metrics=metrics2,
-        data={"train": X_train2}, input_example=X_test.head(5), notes="stronger regularisation",
+        model2,
+        "cancer-detector",
+        params={"C": 0.05, "max_iter": 2000},
+        metrics=metrics2,
+        data={"train": X_train2},
+        input_example=X_test.head(5),
+        notes="stronger regularisation",
     )
     console.print(f"logging identical content again returns the existing {again.ref}, no duplicate")
 
@@ -78,12 +97,16 @@ def _run(registry: Registry) -> None:
     _step(5, "Promote: production → 1.0.0, then → 1.1.0")
     for ref in (v1.ref, v2.ref):
         move = registry.promote(ref, "production", reason="demo")
-        console.print(f"cancer-detector@production → {move.version} (was {move.previous or 'unset'})")
+        console.print(
+            f"cancer-detector@production → {move.version} (was {move.previous or 'unset'})"
+        )
 
     _step(6, "Load by alias: every byte verified, environment checked")
     loaded = registry.load("cancer-detector@production")
     predictions = loaded.predict(X_test.head(5))
-    console.print(f"cancer-detector@production predicts {list(map(int, predictions))} for 5 patients")
+    console.print(
+        f"cancer-detector@production predicts {list(map(int, predictions))} for 5 patients"
+    )
 
     _step(7, "Simulate a deployment whose environment does not match")
     from .._environment import capture_environment
@@ -106,30 +129,49 @@ def _run(registry: Registry) -> None:
     _step(8, "Roll production back, and look at its history")
     move = registry.rollback("cancer-detector", "production", reason="demo rollback")
     console.print(f"cancer-detector@production → {move.version} (was {move.previous})")
-    console.print(table(["WHEN", "ACTION", "FROM", "TO", "BY"],
-                        [(m.moved_at, m.action, m.previous or "-", m.version, m.actor)
-                         for m in registry.alias_history("cancer-detector", "production")]))
+    console.print(
+        table(
+            ["WHEN", "ACTION", "FROM", "TO", "BY"],
+            [
+                (m.moved_at, m.action, m.previous or "-", m.version, m.actor)
+                for m in registry.alias_history("cancer-detector", "production")
+            ],
+        )
+    )
 
     _step(9, "Verify the audit log's hash chain")
     count, problems = registry.verify_audit()
-    console.print(f"audit log: {count} events, {'chain intact' if not problems else problems}")
+    console.print(f"audit log: {count} events, {problems if problems else 'chain intact'}")
     stats = registry.store_stats()
-    console.print(f"store: {human_bytes(stats.logical_bytes)} logical, "
-                  f"{human_bytes(stats.stored_bytes)} stored ({stats.dedup_ratio:.2f}x)")
-    console.print("\n[bold green]Demo complete.[/] Try it on your own registry: `tether init`, "
-                  "then tether.log_model(...) from Python.")
+    console.print(
+        f"store: {human_bytes(stats.logical_bytes)} logical, "
+        f"{human_bytes(stats.stored_bytes)} stored ({stats.dedup_ratio:.2f}x)"
+    )
+    console.print(
+        "\n[bold green]Demo complete.[/] Try it on your own registry: `tether init`, "
+        "then tether.log_model(...) from Python."
+    )
 
 
 @click.command()
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
-              help="Create the registry in this new folder and keep it (default: a temp folder).")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Create the registry in this new folder and keep it (default: a temp folder).",
+)
 @handle_errors
 def demo(keep: Path | None) -> None:
     """Run Tether's main job end to end on scikit-learn's bundled data."""
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
         run_demo(keep)
-        console.print(f"\nThe registry is kept: TETHER_URI={keep / '.tether'} tether versions cancer-detector")
+        console.print(
+            f"\nThe registry is kept: TETHER_URI={keep / '.tether'} tether versions cancer-detector"
+        )
         return
     with tempfile.TemporaryDirectory(prefix="tether-demo-") as tmp:
         run_demo(Path(tmp))
+
+
+def _input_count(version: Any) -> int:
+    return len(version.signature["inputs"]["fields"]) if version.signature else 0

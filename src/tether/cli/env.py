@@ -32,26 +32,37 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
     refused = {id(d) for d in verdict.refusals}
     warned = {id(d) for d in verdict.warnings}
     if as_json:
-        emit_json({
-            "ref": ref, "ok": verdict.ok,
-            "refusals": [d.to_dict() for d in verdict.refusals],
-            "warnings": [d.to_dict() for d in verdict.warnings],
-            "differences": [d.to_dict() for d in differences],
-        })
+        emit_json(
+            {
+                "ref": ref,
+                "ok": verdict.ok,
+                "refusals": [d.to_dict() for d in verdict.refusals],
+                "warnings": [d.to_dict() for d in verdict.warnings],
+                "differences": [d.to_dict() for d in differences],
+            }
+        )
     elif not differences:
         console.print(f"environment matches {ref}")
     else:
+
         def outcome(d: object) -> str:
             return "REFUSE" if id(d) in refused else "warn" if id(d) in warned else "ok"
 
-        console.print(table(
-            ["NAME", "KIND", "LEVEL", "RECORDED", "HERE", "VERDICT"],
-            [(d.name, d.kind, d.level, d.recorded or "-", d.current or "-", outcome(d))
-             for d in differences if outcome(d) != "ok" or len(differences) < 40],
-        ))
+        console.print(
+            table(
+                ["NAME", "KIND", "LEVEL", "RECORDED", "HERE", "VERDICT"],
+                [
+                    (d.name, d.kind, d.level, d.recorded or "-", d.current or "-", outcome(d))
+                    for d in differences
+                    if outcome(d) != "ok" or len(differences) < 40
+                ],
+            )
+        )
         hidden = sum(1 for d in differences if outcome(d) == "ok") if len(differences) >= 40 else 0
         if hidden:
-            console.print(f"({hidden} differences the policy ignores are not shown; --json lists all)")
+            console.print(
+                f"({hidden} differences the policy ignores are not shown; --json lists all)"
+            )
         console.print(f"{len(verdict.refusals)} refused, {len(verdict.warnings)} warnings")
     if not verdict.ok:
         sys.exit(1)
@@ -59,10 +70,19 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
 
 @env_group.command("export")
 @click.argument("ref")
-@click.option("--format", "fmt", type=click.Choice(["requirements", "dockerfile"]),
-              default="requirements", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to this file instead of stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["requirements", "dockerfile"]),
+    default="requirements",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
 @click.pass_context
 @handle_errors
 def env_export(ctx: click.Context, ref: str, fmt: str, output: Path | None) -> None:

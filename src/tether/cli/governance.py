@@ -48,8 +48,11 @@ def policy_show(ctx: click.Context, name: str, revision: int | None, as_json: bo
         result["parsed"] = json.loads(policy_to_json(parse_policy(result["text"])))
         emit_json(result)
         return
-    console.print(f"# {name} policy revision {result['revision']} by {result['author']} "
-                  f"at {result['created_at']}", markup=False)
+    console.print(
+        f"# {name} policy revision {result['revision']} by {result['author']} "
+        f"at {result['created_at']}",
+        markup=False,
+    )
     click.echo(result["text"], nl=not result["text"].endswith("\n"))
 
 
@@ -117,8 +120,12 @@ def role_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    console.print(table(["PRINCIPAL", "ROLE", "MODEL", "GRANTED BY"],
-                        [(r["principal"], r["role"], r["model"] or "*", r["granted_by"]) for r in rows]))
+    console.print(
+        table(
+            ["PRINCIPAL", "ROLE", "MODEL", "GRANTED BY"],
+            [(r["principal"], r["role"], r["model"] or "*", r["granted_by"]) for r in rows],
+        )
+    )
 
 
 @click.group("key")
@@ -157,14 +164,23 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    console.print(table(["NAME", "KEY ID", "ADDED BY", "ADDED"],
-                        [(r["name"], r["key_id"], r["added_by"], r["created_at"]) for r in rows]))
+    console.print(
+        table(
+            ["NAME", "KEY ID", "ADDED BY", "ADDED"],
+            [(r["name"], r["key_id"], r["added_by"], r["created_at"]) for r in rows],
+        )
+    )
 
 
 @click.command()
 @click.argument("ref")
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Private key file (from `tether key generate`).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key file (from `tether key generate`).",
+)
 @json_option
 @click.pass_context
 @handle_errors
@@ -174,6 +190,9 @@ def sign(ctx: click.Context, ref: str, key_path: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    trusted = f"trusted as {result['trusted_as']}" if result["trusted_as"] else \
-        "NOT a trusted key in this registry (tether key trust)"
+    trusted = (
+        f"trusted as {result['trusted_as']}"
+        if result["trusted_as"]
+        else "NOT a trusted key in this registry (tether key trust)"
+    )
     console.print(f"signed {result['ref']} with key {result['key_id']} ({trusted})")

@@ -32,13 +32,23 @@ def models(ctx: click.Context, as_json: bool) -> None:
         emit_json([m.to_dict() for m in found])
         return
     if not found:
-        console.print("No models yet. Log one with tether.log_model(model, \"name\").")
+        console.print('No models yet. Log one with tether.log_model(model, "name").')
         return
-    console.print(table(
-        ["MODEL", "VERSIONS", "LATEST", "ALIASES", "UPDATED"],
-        [(m.name, m.version_count, m.latest, " ".join(f"{a}→{v}" for a, v in m.aliases.items()),
-          ago(m.updated_at)) for m in found],
-    ))
+    console.print(
+        table(
+            ["MODEL", "VERSIONS", "LATEST", "ALIASES", "UPDATED"],
+            [
+                (
+                    m.name,
+                    m.version_count,
+                    m.latest,
+                    " ".join(f"{a}→{v}" for a, v in m.aliases.items()),
+                    ago(m.updated_at),
+                )
+                for m in found
+            ],
+        )
+    )
 
 
 @click.command()
@@ -52,11 +62,24 @@ def versions(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         emit_json([v.to_dict(with_environment=False) for v in found])
         return
-    console.print(table(
-        ["#", "VERSION", "DIGEST", "METRICS", "ALIASES", "STATUS", "AUTHOR", "CREATED"],
-        [(v.seq, v.semver, v.short_digest, fmt_metrics(v.metrics), ",".join(v.aliases),
-          v.status, v.author, ago(v.created_at)) for v in found],
-    ))
+    console.print(
+        table(
+            ["#", "VERSION", "DIGEST", "METRICS", "ALIASES", "STATUS", "AUTHOR", "CREATED"],
+            [
+                (
+                    v.seq,
+                    v.semver,
+                    v.short_digest,
+                    fmt_metrics(v.metrics),
+                    ",".join(v.aliases),
+                    v.status,
+                    v.author,
+                    ago(v.created_at),
+                )
+                for v in found
+            ],
+        )
+    )
 
 
 def _lines(mapping: dict[str, Any]) -> str:
@@ -71,31 +94,52 @@ def _render_version(v: ModelVersion) -> None:
         f"aliases: {', '.join(v.aliases) or '-'}   author: {v.author}   created: {v.created_at}"
     )
     console.print(Panel(head, expand=False))
-    console.print(f"[bold]flavor[/]  {v.flavor.get('name')} "
-                  f"({v.flavor.get('serialization', 'files')})  "
-                  f"frameworks: {', '.join(f'{k}=={x}' for k, x in v.flavor.get('framework_versions', {}).items()) or '-'}")
+    console.print(
+        f"[bold]flavor[/]  {v.flavor.get('name')} "
+        f"({v.flavor.get('serialization', 'files')})  "
+        f"frameworks: {_pins(v.flavor.get('framework_versions', {}))}"
+    )
     console.print(f"[bold]params[/]\n{_lines(v.params)}")
     console.print(f"[bold]metrics[/]\n{_lines(v.metrics)}")
     if v.signature:
         inputs = v.signature.get("inputs", {}).get("fields", [])
         outputs = (v.signature.get("outputs") or {}).get("fields", [])
-        console.print("[bold]signature[/]\n  inputs:  " + ", ".join(f"{f['name']}:{f['type']}" for f in inputs))
-        console.print("  outputs: " + (", ".join(f"{f['name']}:{f['type']}" for f in outputs) or "-"))
+        console.print(
+            "[bold]signature[/]\n  inputs:  "
+            + ", ".join(f"{f['name']}:{f['type']}" for f in inputs)
+        )
+        console.print(
+            "  outputs: " + (", ".join(f"{f['name']}:{f['type']}" for f in outputs) or "-")
+        )
     else:
         console.print("[bold]signature[/]  (none: pass input_example= or signature= when logging)")
     console.print("[bold]lineage[/]")
     if git:
-        dirty = " (dirty, diff " + str(git.get("diff_digest", ""))[:12] + ")" if git.get("dirty") else ""
-        console.print(f"  git: {git.get('commit', '')[:12]} on {git.get('branch') or '-'}{dirty}  {git.get('remote') or git.get('repo') or ''}")
+        dirty = (
+            " (dirty, diff " + str(git.get("diff_digest", ""))[:12] + ")"
+            if git.get("dirty")
+            else ""
+        )
+        console.print(
+            f"  git: {git.get('commit', '')[:12]} on {git.get('branch') or '-'}{dirty}  "
+            f"{git.get('remote') or git.get('repo') or ''}"
+        )
     else:
         console.print("  git: (not in a git repository)")
     for key, info in v.data.items():
         console.print(f"  data {key}: {info.get('digest', '')[:16]} {info.get('path', '')}")
-    console.print(f"[bold]environment[/]  python {env.get('python')} on {env.get('platform')}/{env.get('machine')}, "
-                  f"{len(env.get('packages', {}))} packages")
+    console.print(
+        f"[bold]environment[/]  python {env.get('python')} on "
+        f"{env.get('platform')}/{env.get('machine')}, "
+        f"{len(env.get('packages', {}))} packages"
+    )
     console.print("[bold]files[/]")
-    console.print(table(["PATH", "SIZE", "DIGEST", "CHUNKS"],
-                        [(f.path, human_bytes(f.size), f.digest[:16], len(f.chunks)) for f in v.files]))
+    console.print(
+        table(
+            ["PATH", "SIZE", "DIGEST", "CHUNKS"],
+            [(f.path, human_bytes(f.size), f.digest[:16], len(f.chunks)) for f in v.files],
+        )
+    )
     if v.notes:
         console.print(f"[bold]notes[/]  {v.notes}")
 
@@ -130,42 +174,78 @@ def diff(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
 
 
 def render_diff(result: dict[str, Any]) -> None:
-    console.print(f"[bold]{result['old']}[/] ({result['old_digest']}) → "
-                  f"[bold]{result['new']}[/] ({result['new_digest']})")
+    console.print(
+        f"[bold]{result['old']}[/] ({result['old_digest']}) → "
+        f"[bold]{result['new']}[/] ({result['new_digest']})"
+    )
     if result["params"]:
-        console.print(table(["PARAM", "CHANGE", "OLD", "NEW"],
-                            [(p["name"], p["change"], p["old"], p["new"]) for p in result["params"]],
-                            title="params"))
+        console.print(
+            table(
+                ["PARAM", "CHANGE", "OLD", "NEW"],
+                [(p["name"], p["change"], p["old"], p["new"]) for p in result["params"]],
+                title="params",
+            )
+        )
     else:
         console.print("params: unchanged")
     if result["metrics"]:
-        console.print(table(
-            ["METRIC", "OLD", "NEW", "DELTA"],
-            [(m["name"], _num(m["old"]), _num(m["new"]),
-              f"{m['delta']:+.4g}" if m["delta"] is not None else "") for m in result["metrics"]],
-            title="metrics"))
+        console.print(
+            table(
+                ["METRIC", "OLD", "NEW", "DELTA"],
+                [
+                    (
+                        m["name"],
+                        _num(m["old"]),
+                        _num(m["new"]),
+                        f"{m['delta']:+.4g}" if m["delta"] is not None else "",
+                    )
+                    for m in result["metrics"]
+                ],
+                title="metrics",
+            )
+        )
     sig = result["signature"]
     verdict = "compatible" if sig["compatible"] else "[red]INCOMPATIBLE[/]"
     console.print(f"signature: {'changed, ' if sig['changed'] else 'unchanged, '}{verdict}")
     for reason in sig["reasons"]:
         console.print(f"  - {reason}")
     if result["data"]:
-        console.print(table(["DATA", "CHANGE", "OLD", "NEW"],
-                            [(d["name"], d["change"], str(d["old"])[:12], str(d["new"])[:12])
-                             for d in result["data"]], title="data"))
+        console.print(
+            table(
+                ["DATA", "CHANGE", "OLD", "NEW"],
+                [
+                    (d["name"], d["change"], str(d["old"])[:12], str(d["new"])[:12])
+                    for d in result["data"]
+                ],
+                title="data",
+            )
+        )
     env = result["environment"]
     if env:
-        console.print(table(["PACKAGE", "KIND", "LEVEL", "OLD", "NEW"],
-                            [(d["name"], d["kind"], d["level"], d["recorded"], d["current"]) for d in env],
-                            title="environment"))
+        console.print(
+            table(
+                ["PACKAGE", "KIND", "LEVEL", "OLD", "NEW"],
+                [(d["name"], d["kind"], d["level"], d["recorded"], d["current"]) for d in env],
+                title="environment",
+            )
+        )
     else:
         console.print("environment: identical")
     files = result["files"]
-    console.print(table(["FILE", "CHANGE", "OLD SIZE", "NEW SIZE"],
-                        [(f["path"], f["change"], human_bytes(f["old_size"]), human_bytes(f["new_size"]))
-                         for f in files["files"]], title="files"))
-    console.print(f"bytes: {human_bytes(files['new_bytes'])} new, "
-                  f"{human_bytes(files['shared_bytes'])} shared with {result['old']}")
+    console.print(
+        table(
+            ["FILE", "CHANGE", "OLD SIZE", "NEW SIZE"],
+            [
+                (f["path"], f["change"], human_bytes(f["old_size"]), human_bytes(f["new_size"]))
+                for f in files["files"]
+            ],
+            title="files",
+        )
+    )
+    console.print(
+        f"bytes: {human_bytes(files['new_bytes'])} new, "
+        f"{human_bytes(files['shared_bytes'])} shared with {result['old']}"
+    )
     lineage = result["lineage"]
     if lineage["old_commit"] != lineage["new_commit"]:
         console.print(f"git: {str(lineage['old_commit'])[:12]} → {str(lineage['new_commit'])[:12]}")
@@ -173,3 +253,7 @@ def render_diff(result: dict[str, Any]) -> None:
 
 def _num(value: Any) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+def _pins(versions: dict[str, str]) -> str:
+    return ", ".join(f"{k}=={x}" for k, x in versions.items()) or "-"

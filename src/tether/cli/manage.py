@@ -18,8 +18,9 @@ from ._common import State, console, emit_json, handle_errors, json_option, regi
 @json_option
 @click.pass_context
 @handle_errors
-def init(ctx: click.Context, path: str | None, db_url: str | None, store_url: str | None,
-         as_json: bool) -> None:
+def init(
+    ctx: click.Context, path: str | None, db_url: str | None, store_url: str | None, as_json: bool
+) -> None:
     """Create a registry in PATH (default: --registry, $TETHER_URI, else ./.tether)."""
     state = ctx.find_object(State)
     target = path or (state.registry_uri if state else None) or ".tether"
@@ -29,7 +30,9 @@ def init(ctx: click.Context, path: str | None, db_url: str | None, store_url: st
         emit_json({"registry": where})
     else:
         console.print(f"Created a Tether registry in {where}")
-        console.print("Log a model with tether.log_model(model, \"name\"), then `tether versions name`.")
+        console.print(
+            'Log a model with tether.log_model(model, "name"), then `tether versions name`.'
+        )
 
 
 @click.command()
@@ -94,8 +97,12 @@ def config_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json({key: values.get(key) for key in SETTINGS})
         return
-    console.print(table(["SETTING", "VALUE", "MEANING"],
-                        [(k, values.get(k, "(default)"), doc) for k, doc in SETTINGS.items()]))
+    console.print(
+        table(
+            ["SETTING", "VALUE", "MEANING"],
+            [(k, values.get(k, "(default)"), doc) for k, doc in SETTINGS.items()],
+        )
+    )
 
 
 @click.group("db")

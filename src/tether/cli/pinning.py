@@ -13,8 +13,11 @@ from .._registry.reproduce import write_recipe
 from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 lock_option = click.option(
-    "--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path),
-    help=f"The lock file (default: $TETHER_LOCK, else the nearest {LOCK_NAME}, else ./{LOCK_NAME}).",
+    "--lock",
+    "lock_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"The lock file (default: $TETHER_LOCK, else the nearest {LOCK_NAME}, "
+    f"else ./{LOCK_NAME}).",
 )
 
 
@@ -26,20 +29,26 @@ def lock_group() -> None:
 @lock_group.command("add")
 @click.argument("ref")
 @lock_option
-@click.option("--sends", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON schema of what the application sends ({\"age\": \"long\", ...}).")
+@click.option(
+    "--sends",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON schema of what the application sends ({"age": "long", ...}).',
+)
 @json_option
 @click.pass_context
 @handle_errors
-def lock_add(ctx: click.Context, ref: str, lock_path: Path | None, sends: Path | None,
-             as_json: bool) -> None:
+def lock_add(
+    ctx: click.Context, ref: str, lock_path: Path | None, sends: Path | None, as_json: bool
+) -> None:
     """Pin REF (e.g. fraud@production) at the version it resolves to now."""
     declared = json.loads(sends.read_text()) if sends else None
     lock, entry = registry_from(ctx).lock_add(ref, path=lock_path, sends=declared)
     if as_json:
         emit_json({"lock": str(lock.path), **entry.to_dict()})
     else:
-        console.print(f"pinned {entry.ref} = {entry.semver} (sha:{entry.digest[:12]}) in {lock.path}")
+        console.print(
+            f"pinned {entry.ref} = {entry.semver} (sha:{entry.digest[:12]}) in {lock.path}"
+        )
 
 
 @lock_group.command("update")
@@ -48,8 +57,9 @@ def lock_add(ctx: click.Context, ref: str, lock_path: Path | None, sends: Path |
 @json_option
 @click.pass_context
 @handle_errors
-def lock_update(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
-                as_json: bool) -> None:
+def lock_update(
+    ctx: click.Context, names: tuple[str, ...], lock_path: Path | None, as_json: bool
+) -> None:
     """Move pins forward to what their references resolve to now (all, or NAMES)."""
     moves = registry_from(ctx).lock_update(names, path=lock_path)
     if as_json:
@@ -74,27 +84,52 @@ def lock_list(lock_path: Path | None, as_json: bool) -> None:
     if as_json:
         emit_json({n: e.to_dict() for n, e in lock.models.items()})
         return
-    console.print(table(["MODEL", "REF", "VERSION", "DIGEST", "PYTHON", "FRAMEWORKS"],
-                        [(n, e.ref, e.semver, e.digest[:12], e.requires.get("python"),
-                          " ".join(f"{k}=={v}" for k, v in e.requires.get("packages", {}).items()))
-                         for n, e in sorted(lock.models.items())]))
+    console.print(
+        table(
+            ["MODEL", "REF", "VERSION", "DIGEST", "PYTHON", "FRAMEWORKS"],
+            [
+                (
+                    n,
+                    e.ref,
+                    e.semver,
+                    e.digest[:12],
+                    e.requires.get("python"),
+                    " ".join(f"{k}=={v}" for k, v in e.requires.get("packages", {}).items()),
+                )
+                for n, e in sorted(lock.models.items())
+            ],
+        )
+    )
 
 
 @click.command()
 @lock_option
-@click.option("--requirements", "requirements_path",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The application's pinned requirements (name==version lines); "
-                   "default: requirements.lock or requirements.txt beside the lock.")
+@click.option(
+    "--requirements",
+    "requirements_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The application's pinned requirements (name==version lines); "
+    "default: requirements.lock or requirements.txt beside the lock.",
+)
 @click.option("--python", help="Python version the application runs (default: this one).")
 @click.option("--policy", "env_policy", help="Environment policy (default: as for load).")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write a JUnit XML report here.")
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a JUnit XML report here.",
+)
 @json_option
 @click.pass_context
 @handle_errors
-def check(ctx: click.Context, lock_path: Path | None, requirements_path: Path | None,
-          python: str | None, env_policy: str | None, junit: Path | None, as_json: bool) -> None:
+def check(
+    ctx: click.Context,
+    lock_path: Path | None,
+    requirements_path: Path | None,
+    python: str | None,
+    env_policy: str | None,
+    junit: Path | None,
+    as_json: bool,
+) -> None:
     """CI gate: refuse to ship models that do not match the application.
 
     Checks every pin in tether.lock: the version exists and its bytes verify,
@@ -110,27 +145,40 @@ def check(ctx: click.Context, lock_path: Path | None, requirements_path: Path | 
             if (path.parent / name).is_file():
                 requirements_path = path.parent / name
                 break
-    report = registry_from(ctx).check(lock_path=path, requirements_path=requirements_path,
-                                      python=python, env_policy=env_policy)
+    report = registry_from(ctx).check(
+        lock_path=path, requirements_path=requirements_path, python=python, env_policy=env_policy
+    )
     if junit:
         junit.write_text(report.to_junit())
     if as_json:
         emit_json(report.to_dict())
     else:
-        console.print(table(["MODEL", "CHECK", "RESULT", "DETAIL", "FIX"],
-                            [(r.model, r.check, "ok" if r.ok else "FAIL", r.message, r.fix or "")
-                             for r in report.results]))
+        console.print(
+            table(
+                ["MODEL", "CHECK", "RESULT", "DETAIL", "FIX"],
+                [
+                    (r.model, r.check, "ok" if r.ok else "FAIL", r.message, r.fix or "")
+                    for r in report.results
+                ],
+            )
+        )
         failed = sum(not r.ok for r in report.results)
-        console.print(f"{'FAILED' if failed else 'passed'}: {len(report.results) - failed} ok, "
-                      f"{failed} failed (lock {path}, requirements {requirements_path or 'none'})")
+        console.print(
+            f"{'FAILED' if failed else 'passed'}: {len(report.results) - failed} ok, "
+            f"{failed} failed (lock {path}, requirements {requirements_path or 'none'})"
+        )
     if not report.ok:
         sys.exit(1)
 
 
 @click.command()
 @click.argument("ref")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Write requirements.txt, Dockerfile, params.json and REPRODUCE.md here.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write requirements.txt, Dockerfile, params.json and REPRODUCE.md here.",
+)
 @json_option
 @click.pass_context
 @handle_errors
@@ -145,9 +193,13 @@ def reproduce(ctx: click.Context, ref: str, output: Path | None, as_json: bool) 
     if as_json:
         emit_json(info)
         return
-    console.print(f"[bold]Reproducing {info['ref']}[/] ({info['digest'][:16]}), "
-                  f"python {info['python']} on {info['platform']}")
+    console.print(
+        f"[bold]Reproducing {info['ref']}[/] ({info['digest'][:16]}), "
+        f"python {info['python']} on {info['platform']}"
+    )
     for number, step in enumerate(info["steps"], 1):
         console.print(f"{number}. {step}", markup=False)
-    console.print(f"(`tether reproduce {ref} -o DIR` writes the files; "
-                  f"`tether env export {ref}` prints the requirements)")
+    console.print(
+        f"(`tether reproduce {ref} -o DIR` writes the files; "
+        f"`tether env export {ref}` prints the requirements)"
+    )

@@ -8,26 +8,41 @@ from ._common import console, emit_json, handle_errors, human_bytes, json_option
 
 
 @click.command()
-@click.option("--keep-last", type=click.IntRange(min=1),
-              help="Keep only the newest N versions of each model (plus every version an "
-                   "alias points or ever pointed at). Default: setting gc.keep_last, else all.")
-@click.option("--grace", "grace_seconds", type=click.FloatRange(min=0),
-              help="Never remove anything younger than this many seconds (default 3600).")
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=1),
+    help="Keep only the newest N versions of each model (plus every version an "
+    "alias points or ever pointed at). Default: setting gc.keep_last, else all.",
+)
+@click.option(
+    "--grace",
+    "grace_seconds",
+    type=click.FloatRange(min=0),
+    help="Never remove anything younger than this many seconds (default 3600).",
+)
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
 @json_option
 @click.pass_context
 @handle_errors
-def gc(ctx: click.Context, keep_last: int | None, grace_seconds: float | None, dry_run: bool,
-       as_json: bool) -> None:
+def gc(
+    ctx: click.Context,
+    keep_last: int | None,
+    grace_seconds: float | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Remove stored bytes that no kept version references, and repack."""
-    result = registry_from(ctx).gc(keep_last=keep_last, grace_seconds=grace_seconds,
-                                   dry_run=dry_run)
+    result = registry_from(ctx).gc(
+        keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
+    )
     if as_json:
         emit_json(result.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
     if result.expired:
-        console.print(f"versions {'to expire' if dry_run else 'expired'}: {', '.join(result.expired)}")
+        console.print(
+            f"versions {'to expire' if dry_run else 'expired'}: {', '.join(result.expired)}"
+        )
     console.print(
         f"{verb} {result.store.removed_chunks} chunks ({human_bytes(result.store.removed_bytes)}), "
         f"{'would repack' if dry_run else 'repacked'} {result.store.repacked_packs} packs; "
@@ -49,12 +64,22 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
     registry = registry_from(ctx)
     stats = registry.store_stats()
     if as_json:
-        emit_json({"store": registry.location.store_url, "logical_bytes": stats.logical_bytes,
-                   "stored_bytes": stats.stored_bytes, "dedup_ratio": stats.dedup_ratio,
-                   "chunks": stats.chunks, "packs": stats.packs, **stats.extra})
+        emit_json(
+            {
+                "store": registry.location.store_url,
+                "logical_bytes": stats.logical_bytes,
+                "stored_bytes": stats.stored_bytes,
+                "dedup_ratio": stats.dedup_ratio,
+                "chunks": stats.chunks,
+                "packs": stats.packs,
+                **stats.extra,
+            }
+        )
         return
     console.print(f"store:        {registry.location.store_url}")
     console.print(f"logical:      {human_bytes(stats.logical_bytes)} (all versions' files)")
-    console.print(f"stored:       {human_bytes(stats.stored_bytes)} in {stats.packs} packs, "
-                  f"{stats.chunks} chunks")
+    console.print(
+        f"stored:       {human_bytes(stats.stored_bytes)} in {stats.packs} packs, "
+        f"{stats.chunks} chunks"
+    )
     console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x")

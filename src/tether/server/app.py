@@ -49,7 +49,9 @@ def error_response(error: TetherError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.http_status)
 
 
-async def read_json(request: Request, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+async def read_json(
+    request: Request, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
     """The body as a JSON object with only known fields; clear 4xx otherwise."""
     length = request.headers.get("content-length")
     if length and int(length) > MAX_BODY:
@@ -64,16 +66,18 @@ async def read_json(request: Request, allowed: set[str], required: set[str] = fr
     else:
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInput(f"body is not valid JSON: {error}") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            raise InvalidInput(f"body is not valid JSON: {bad}") from bad
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
     unknown = set(data) - allowed
     if unknown:
-        error = InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
-                             hint=f"fields: {', '.join(sorted(allowed)) or 'none'}")
-        error.code = "unknown_field"
-        raise error
+        refusal = InvalidInput(
+            f"unknown field(s): {', '.join(sorted(unknown))}",
+            hint=f"fields: {', '.join(sorted(allowed)) or 'none'}",
+        )
+        refusal.code = "unknown_field"
+        raise refusal
     missing = required - set(data)
     if missing:
         raise InvalidInput(f"missing field(s): {', '.join(sorted(missing))}")
@@ -95,10 +99,10 @@ class Api:
         principal = auth.principal_for(self.registry, request, open_access=self.open_access)
         return self.registry.as_actor(principal), principal
 
-    def need(self, registry: Registry, principal: str, role: str, model: str | None,
-             action: str) -> None:
-        auth.require(registry, principal, role, model, action=action,
-                     open_access=self.open_access)
+    def need(
+        self, registry: Registry, principal: str, role: str, model: str | None, action: str
+    ) -> None:
+        auth.require(registry, principal, role, model, action=action, open_access=self.open_access)
 
     # -- handlers (run in a thread: the registry is synchronous) ---------------
 
@@ -108,10 +112,16 @@ class Api:
                 result = await func(request)
             except TetherError as error:
                 return error_response(error)
-            except Exception:  # noqa: BLE001 - a bug must not leak a traceback to clients
+            except Exception:
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
-                return JSONResponse({"error": "internal", "message": "internal error; see the "
-                                     "server log", "hint": None}, status_code=500)
+                return JSONResponse(
+                    {
+                        "error": "internal",
+                        "message": "internal error; see the server log",
+                        "hint": None,
+                    },
+                    status_code=500,
+                )
             if isinstance(result, Response):
                 return result
             return JSONResponse(result)
@@ -151,8 +161,9 @@ class Api:
         self.need(reg, who, "contributor", name, "logging a version")
         from .versions import commit_remote_version
 
-        version = await run_in_threadpool(commit_remote_version, reg, name, body["values"],
-                                          body.get("bump"), who)
+        version = await run_in_threadpool(
+            commit_remote_version, reg, name, body["values"], body.get("bump"), who
+        )
         data = version.to_dict()
         data["id"] = version.id
         return JSONResponse(data, status_code=201)
@@ -176,7 +187,9 @@ class Api:
         self.need(reg, who, role, name, f"moving {name}@{alias}")
         ref = f"{name}@{body['version']}"
         parse_reference(ref)
-        move = await run_in_threadpool(lambda: reg.promote(ref, alias, reason=str(body.get("reason", ""))))
+        move = await run_in_threadpool(
+            lambda: reg.promote(ref, alias, reason=str(body.get("reason", "")))
+        )
         return move_json(move)
 
     async def rollback(self, request: Request) -> Any:
@@ -185,7 +198,9 @@ class Api:
         reg, who = self.as_caller(request)
         role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
         self.need(reg, who, role, name, f"rolling back {name}@{alias}")
-        move = await run_in_threadpool(lambda: reg.rollback(name, alias, reason=str(body.get("reason", ""))))
+        move = await run_in_threadpool(
+            lambda: reg.rollback(name, alias, reason=str(body.get("reason", "")))
+        )
         return move_json(move)
 
     async def delete_alias(self, request: Request) -> Any:
@@ -210,7 +225,8 @@ class Api:
         except ValueError as error:
             raise InvalidInput("limit must be an integer") from error
         events = await run_in_threadpool(
-            lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit))
+            lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit)
+        )
         return [e.to_dict() for e in events]
 
     async def audit_verify(self, request: Request) -> Any:
@@ -232,8 +248,9 @@ class Api:
             return {"principal": who, "roles": list(roles_of(conn, who, None))}
 
     async def not_found(self, request: Request) -> Any:
-        raise NotFound(f"no API route {request.method} {request.url.path}",
-                       hint="see /api/v1/openapi.json")
+        raise NotFound(
+            f"no API route {request.method} {request.url.path}", hint="see /api/v1/openapi.json"
+        )
 
     def routes(self) -> list[Route | Mount]:
         w = self.wrap

@@ -27,8 +27,15 @@ def principal_for(registry: Registry, request: Request, *, open_access: bool) ->
     return authenticate(registry, token)
 
 
-def require(registry: Registry, principal: str, role: str, model: str | None,
-            *, action: str, open_access: bool) -> None:
+def require(
+    registry: Registry,
+    principal: str,
+    role: str,
+    model: str | None,
+    *,
+    action: str,
+    open_access: bool,
+) -> None:
     """Refuse with the missing permission spelled out."""
     if open_access:
         return
@@ -40,7 +47,7 @@ def require(registry: Registry, principal: str, role: str, model: str | None,
     raise PermissionDenied(
         f"{action} needs role {role}{scope}; {principal} has {have}",
         hint=f"an admin can run `tether role grant {principal} {role}"
-             + (f" --model {model}`" if model else "`"),
+        + (f" --model {model}`" if model else "`"),
     )
 
 

@@ -107,8 +107,9 @@ def parse_filter(text: str | None) -> list[tuple[str, str, Any]]:
     for part in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
         match = _CLAUSE.fullmatch(part)
         if not match:
-            raise MlflowError("INVALID_PARAMETER_VALUE",
-                              f"Invalid filter '{text}': cannot parse '{part}'")
+            raise MlflowError(
+                "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}': cannot parse '{part}'"
+            )
         key = match["key"].replace("`", "")
         op = " ".join(match["op"].upper().split())
         raw = match["value"]
@@ -122,8 +123,11 @@ def parse_filter(text: str | None) -> list[tuple[str, str, Any]]:
 
 
 def _like(pattern: str, value: str, *, case: bool) -> bool:
-    regex = "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
-                          for c in pattern) + "$"
+    regex = (
+        "^"
+        + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+        + "$"
+    )
     return re.match(regex, value, 0 if case else re.IGNORECASE) is not None
 
 
@@ -155,7 +159,9 @@ class MlflowApi:
             out: dict[str, Any] = {}
             for key, value in request.query_params.multi_items():
                 if key in out:
-                    out[key] = [*out[key], value] if isinstance(out[key], list) else [out[key], value]
+                    out[key] = (
+                        [*out[key], value] if isinstance(out[key], list) else [out[key], value]
+                    )
                 else:
                     out[key] = value
             return out
@@ -181,12 +187,14 @@ class MlflowApi:
                 params = await self.params(request)
                 result = await func(request, params)
             except MlflowError as error:
-                return JSONResponse({"error_code": error.code, "message": error.message},
-                                    status_code=error.status)
+                return JSONResponse(
+                    {"error_code": error.code, "message": error.message}, status_code=error.status
+                )
             except TetherError as error:
                 code, status = _CODES.get(error.code, ("INVALID_PARAMETER_VALUE", 400))
-                return JSONResponse({"error_code": code, "message": error.message},
-                                    status_code=status)
+                return JSONResponse(
+                    {"error_code": code, "message": error.message}, status_code=status
+                )
             return JSONResponse(result)
 
         return endpoint
@@ -197,18 +205,25 @@ class MlflowApi:
         for key in keys:
             value = params.get(key)
             if value in (None, ""):
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'.")
+                raise MlflowError(
+                    "INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'."
+                )
             values.append(value)
         return values
 
     def _version(self, reg: Registry, name: str, version: str) -> ModelVersion:
         if not str(version).isdigit():
-            raise MlflowError("INVALID_PARAMETER_VALUE", f"Model version must be an integer, got '{version}'")
+            raise MlflowError(
+                "INVALID_PARAMETER_VALUE", f"Model version must be an integer, got '{version}'"
+            )
         try:
             return reg.get(f"{name}@{int(version)}")
         except NotFound as error:
-            raise MlflowError("RESOURCE_DOES_NOT_EXIST",
-                              f"Model Version (name={name}, version={version}) not found", 404) from error
+            raise MlflowError(
+                "RESOURCE_DOES_NOT_EXIST",
+                f"Model Version (name={name}, version={version}) not found",
+                404,
+            ) from error
 
     def _latest(self, reg: Registry, name: str) -> list[ModelVersion]:
         found = reg.versions(name)
@@ -222,11 +237,15 @@ class MlflowApi:
         tags = {t["key"]: t.get("value", "") for t in p.get("tags") or []}
         try:
             info = await run_in_threadpool(
-                lambda: catalog.create_model(reg, name, description=p.get("description") or "", tags=tags))
+                lambda: catalog.create_model(
+                    reg, name, description=p.get("description") or "", tags=tags
+                )
+            )
         except TetherError as error:
             if error.code == "conflict":
-                raise MlflowError("RESOURCE_ALREADY_EXISTS",
-                                  f"Registered Model (name={name}) already exists.") from error
+                raise MlflowError(
+                    "RESOURCE_ALREADY_EXISTS", f"Registered Model (name={name}) already exists."
+                ) from error
             raise
         return {"registered_model": model_json(info, [])}
 
@@ -234,28 +253,34 @@ class MlflowApi:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "reader", name, "reading registered models")
         info = await run_in_threadpool(self._model_info, reg, name)
-        return {"registered_model": model_json(info, await run_in_threadpool(self._latest, reg, name))}
+        return {
+            "registered_model": model_json(info, await run_in_threadpool(self._latest, reg, name))
+        }
 
     @staticmethod
     def _model_info(reg: Registry, name: str) -> ModelInfo:
         try:
             return catalog.model_info(reg, name)
         except NotFound as error:
-            raise MlflowError("RESOURCE_DOES_NOT_EXIST",
-                              f"Registered Model with name={name} not found", 404) from error
+            raise MlflowError(
+                "RESOURCE_DOES_NOT_EXIST", f"Registered Model with name={name} not found", 404
+            ) from error
 
     async def update_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "contributor", name, "updating a registered model")
         await run_in_threadpool(self._model_info, reg, name)
         info = await run_in_threadpool(
-            lambda: catalog.update_model(reg, name, description=p.get("description")))
+            lambda: catalog.update_model(reg, name, description=p.get("description"))
+        )
         return {"registered_model": model_json(info, [])}
 
     async def rename_model(self, request: Request, p: dict[str, Any]) -> Any:
-        raise MlflowError("INVALID_PARAMETER_VALUE",
-                          "Tether does not rename models: a name is part of every reference, "
-                          "lock and audit event. Create a new model instead.")
+        raise MlflowError(
+            "INVALID_PARAMETER_VALUE",
+            "Tether does not rename models: a name is part of every reference, "
+            "lock and audit event. Create a new model instead.",
+        )
 
     async def delete_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
@@ -268,7 +293,9 @@ class MlflowApi:
         name, key = self.need(p, "name", "key")
         reg = self.caller(request, "contributor", name, "tagging a registered model")
         await run_in_threadpool(self._model_info, reg, name)
-        await run_in_threadpool(lambda: catalog.update_model(reg, name, set_tags={key: str(p.get("value", ""))}))
+        await run_in_threadpool(
+            lambda: catalog.update_model(reg, name, set_tags={key: str(p.get("value", ""))})
+        )
         return {}
 
     async def delete_model_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -276,7 +303,9 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "untagging a registered model")
         info = await run_in_threadpool(self._model_info, reg, name)
         if key not in info.tags:
-            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in model {name}", 404)
+            raise MlflowError(
+                "RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in model {name}", 404
+            )
         await run_in_threadpool(lambda: catalog.update_model(reg, name, delete_tags=[key]))
         return {}
 
@@ -285,27 +314,41 @@ class MlflowApi:
         clauses = parse_filter(p.get("filter"))
         for key, _, _ in clauses:
             if key != "name" and not key.startswith("tags."):
-                raise MlflowError("INVALID_PARAMETER_VALUE",
-                                  f"Invalid attribute key '{key}' specified. Valid keys are 'name' and tags.")
+                raise MlflowError(
+                    "INVALID_PARAMETER_VALUE",
+                    f"Invalid attribute key '{key}' specified. Valid keys are 'name' and tags.",
+                )
         models = await run_in_threadpool(reg.models)
 
         def fields(m: ModelInfo) -> Callable[[str], Any]:
             return lambda key: m.name if key == "name" else m.tags.get(key[5:])
 
         found = [m for m in models if _matches(fields(m), clauses)]
-        found = _order(found, p.get("order_by"), {
-            "name": lambda m: m.name, "last_updated_timestamp": lambda m: m.updated_at,
-            "timestamp": lambda m: m.updated_at})
+        found = _order(
+            found,
+            p.get("order_by"),
+            {
+                "name": lambda m: m.name,
+                "last_updated_timestamp": lambda m: m.updated_at,
+                "timestamp": lambda m: m.updated_at,
+            },
+        )
         page, token = _page(found, p)
         latest = {m.name: await run_in_threadpool(self._latest, reg, m.name) for m in page}
-        return {"registered_models": [model_json(m, latest[m.name]) for m in page],
-                **({"next_page_token": token} if token else {})}
+        return {
+            "registered_models": [model_json(m, latest[m.name]) for m in page],
+            **({"next_page_token": token} if token else {}),
+        }
 
     async def latest_versions(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "reader", name, "reading versions")
         await run_in_threadpool(self._model_info, reg, name)
-        return {"model_versions": [version_json(v) for v in await run_in_threadpool(self._latest, reg, name)]}
+        return {
+            "model_versions": [
+                version_json(v) for v in await run_in_threadpool(self._latest, reg, name)
+            ]
+        }
 
     # -- model versions ------------------------------------------------------------
 
@@ -314,16 +357,27 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "creating a model version")
         await run_in_threadpool(self._model_info, reg, name)
         tags = {t["key"]: t.get("value", "") for t in p.get("tags") or []}
-        values = {
+        values: dict[str, Any] = {
             "manifest": [],
             # Each MLflow create is a new version: the request time keeps identical
             # sources from collapsing into one Tether version.
-            "flavor": {"name": "mlflow", "source": source, "run_id": p.get("run_id") or "",
-                       "run_link": p.get("run_link") or "", "created_ms": time.time_ns() // 1000,
-                       "framework_packages": []},
-            "signature": None, "input_example": None, "params": {}, "metrics": {}, "data": {},
+            "flavor": {
+                "name": "mlflow",
+                "source": source,
+                "run_id": p.get("run_id") or "",
+                "run_link": p.get("run_link") or "",
+                "created_ms": time.time_ns() // 1000,
+                "framework_packages": [],
+            },
+            "signature": None,
+            "input_example": None,
+            "params": {},
+            "metrics": {},
+            "data": {},
             "lineage": {"mlflow": {"run_id": p.get("run_id"), "model_id": p.get("model_id")}},
-            "environment": {}, "tags": tags, "notes": p.get("description") or "",
+            "environment": {},
+            "tags": tags,
+            "notes": p.get("description") or "",
             "author": reg.actor,
         }
         version = await run_in_threadpool(commit_version, reg, name, values, None)
@@ -332,14 +386,19 @@ class MlflowApi:
     async def get_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
         reg = self.caller(request, "reader", name, "reading versions")
-        return {"model_version": version_json(await run_in_threadpool(self._version, reg, name, version))}
+        return {
+            "model_version": version_json(
+                await run_in_threadpool(self._version, reg, name, version)
+            )
+        }
 
     async def update_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
         reg = self.caller(request, "contributor", name, "updating a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
         updated = await run_in_threadpool(
-            lambda: catalog.update_version(reg, v.ref, notes=p.get("description")))
+            lambda: catalog.update_version(reg, v.ref, notes=p.get("description"))
+        )
         return {"model_version": version_json(updated)}
 
     async def delete_version(self, request: Request, p: dict[str, Any]) -> Any:
@@ -353,7 +412,9 @@ class MlflowApi:
         name, version, key = self.need(p, "name", "version", "key")
         reg = self.caller(request, "contributor", name, "tagging a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
-        await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, set_tags={key: str(p.get("value", ""))}))
+        await run_in_threadpool(
+            lambda: catalog.update_version(reg, v.ref, set_tags={key: str(p.get("value", ""))})
+        )
         return {}
 
     async def delete_version_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -369,7 +430,9 @@ class MlflowApi:
         allowed = {"name", "run_id", "source_path", "version_number"}
         for key, _, _ in clauses:
             if key not in allowed and not key.startswith("tags."):
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid attribute key '{key}' specified.")
+                raise MlflowError(
+                    "INVALID_PARAMETER_VALUE", f"Invalid attribute key '{key}' specified."
+                )
         names = [v for k, op, v in clauses if k == "name" and op == "="]
         model_names = names or [m.name for m in await run_in_threadpool(reg.models)]
         found: list[ModelVersion] = []
@@ -380,18 +443,30 @@ class MlflowApi:
                 continue
 
         def fields(v: ModelVersion) -> Callable[[str], Any]:
-            values = {"name": v.name, "run_id": v.flavor.get("run_id", ""),
-                      "source_path": v.flavor.get("source", ""), "version_number": v.seq}
+            values = {
+                "name": v.name,
+                "run_id": v.flavor.get("run_id", ""),
+                "source_path": v.flavor.get("source", ""),
+                "version_number": v.seq,
+            }
             return lambda key: v.tags.get(key[5:]) if key.startswith("tags.") else values.get(key)
 
         found = [v for v in found if _matches(fields(v), clauses)]
-        found = _order(found, p.get("order_by") or ["version_number DESC"], {
-            "name": lambda v: v.name, "version_number": lambda v: v.seq,
-            "creation_timestamp": lambda v: v.created_at,
-            "last_updated_timestamp": lambda v: v.created_at})
+        found = _order(
+            found,
+            p.get("order_by") or ["version_number DESC"],
+            {
+                "name": lambda v: v.name,
+                "version_number": lambda v: v.seq,
+                "creation_timestamp": lambda v: v.created_at,
+                "last_updated_timestamp": lambda v: v.created_at,
+            },
+        )
         page, token = _page(found, p, default=10000)
-        return {"model_versions": [version_json(v) for v in page],
-                **({"next_page_token": token} if token else {})}
+        return {
+            "model_versions": [version_json(v) for v in page],
+            **({"next_page_token": token} if token else {}),
+        }
 
     async def download_uri(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
@@ -400,9 +475,11 @@ class MlflowApi:
         return {"artifact_uri": version_json(v)["source"]}
 
     async def transition_stage(self, request: Request, p: dict[str, Any]) -> Any:
-        raise MlflowError("INVALID_PARAMETER_VALUE",
-                          "Stages are deprecated in MLflow and not supported by Tether; use aliases "
-                          "(set_registered_model_alias).")
+        raise MlflowError(
+            "INVALID_PARAMETER_VALUE",
+            "Stages are deprecated in MLflow and not supported by Tether; use aliases "
+            "(set_registered_model_alias).",
+        )
 
     # -- aliases ---------------------------------------------------------------------
 
@@ -433,8 +510,9 @@ class MlflowApi:
         try:
             version = await run_in_threadpool(reg.get, f"{name}@{alias}")
         except NotFound as error:
-            raise MlflowError("INVALID_PARAMETER_VALUE",
-                              f"Registered model alias {alias} not found.") from error
+            raise MlflowError(
+                "INVALID_PARAMETER_VALUE", f"Registered model alias {alias} not found."
+            ) from error
         return {"model_version": version_json(version)}
 
 
@@ -455,10 +533,12 @@ def _page(items: list[Any], p: dict[str, Any], default: int = 100) -> tuple[list
         limit = int(p.get("max_results") or default)
         start = int(p.get("page_token") or 0)
     except ValueError as error:
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid page token or max_results: {error}") from error
+        raise MlflowError(
+            "INVALID_PARAMETER_VALUE", f"Invalid page token or max_results: {error}"
+        ) from error
     if limit < 1 or limit > 200000:
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value for max_results: {limit}")
-    page = items[start:start + limit]
+    page = items[start : start + limit]
     token = str(start + limit) if start + limit < len(items) else None
     return page, token
 

@@ -6,22 +6,34 @@ from typing import Any
 
 from .. import __version__
 
-_ERROR = {"description": "Error", "content": {"application/json": {"schema": {
-    "$ref": "#/components/schemas/Error"}}}}
+_ERROR = {
+    "description": "Error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 
-def _op(summary: str, *, params: list[str] = (), body: str | None = None,  # type: ignore[assignment]
-        ok: str = "200", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _op(
+    summary: str,
+    *,
+    params: list[str] | None = None,
+    body: str | None = None,
+    ok: str = "200",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                       for p in params],
+        "parameters": [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params or []
+        ],
         "responses": {ok: {"description": "OK"}, "4XX": _ERROR},
         "security": [{"bearer": []}],
     }
     if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
-            "$ref": f"#/components/schemas/{body}"}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
     if extra:
         op.update(extra)
     return op
@@ -32,23 +44,44 @@ def openapi_document() -> dict[str, Any]:
     alias = ["name", "alias"]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Tether registry API", "version": __version__,
-                 "description": "Versioned REST API over the Tether registry use cases."},
+        "info": {
+            "title": "Tether registry API",
+            "version": __version__,
+            "description": "Versioned REST API over the Tether registry use cases.",
+        },
         "servers": [{"url": "/api/v1"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string"}, "message": {"type": "string"},
-                    "hint": {"type": ["string", "null"]}}},
-                "NewVersion": {"type": "object", "required": ["values"], "additionalProperties": False,
-                               "properties": {"values": {"type": "object"},
-                                              "bump": {"type": ["string", "null"]}}},
-                "AliasMove": {"type": "object", "required": ["version"], "additionalProperties": False,
-                              "properties": {"version": {"type": "string"},
-                                             "reason": {"type": "string"}}},
-                "Reason": {"type": "object", "additionalProperties": False,
-                           "properties": {"reason": {"type": "string"}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "hint": {"type": ["string", "null"]},
+                    },
+                },
+                "NewVersion": {
+                    "type": "object",
+                    "required": ["values"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "values": {"type": "object"},
+                        "bump": {"type": ["string", "null"]},
+                    },
+                },
+                "AliasMove": {
+                    "type": "object",
+                    "required": ["version"],
+                    "additionalProperties": False,
+                    "properties": {"version": {"type": "string"}, "reason": {"type": "string"}},
+                },
+                "Reason": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"reason": {"type": "string"}},
+                },
             },
         },
         "paths": {
@@ -57,21 +90,32 @@ def openapi_document() -> dict[str, Any]:
             "/models": {"get": _op("List models")},
             "/models/{name}/versions": {
                 "get": _op("List a model's versions", params=model),
-                "post": _op("Register a version whose chunks are uploaded", params=model,
-                            body="NewVersion", ok="201"),
+                "post": _op(
+                    "Register a version whose chunks are uploaded",
+                    params=model,
+                    body="NewVersion",
+                    ok="201",
+                ),
             },
-            "/models/{name}/versions/{selector}": {"get": _op(
-                "One version by any selector (1.2.0, ~1.2, 7, sha:ab12, an alias, latest)",
-                params=["name", "selector"])},
+            "/models/{name}/versions/{selector}": {
+                "get": _op(
+                    "One version by any selector (1.2.0, ~1.2, 7, sha:ab12, an alias, latest)",
+                    params=["name", "selector"],
+                )
+            },
             "/models/{name}/aliases/{alias}": {
                 "get": _op("Where an alias points; ETag / If-None-Match give 304", params=alias),
                 "put": _op("Move an alias (policy checks apply)", params=alias, body="AliasMove"),
                 "delete": _op("Delete an alias", params=alias),
             },
-            "/models/{name}/aliases/{alias}/rollback": {"post": _op(
-                "Move an alias back to its previous target", params=alias, body="Reason")},
-            "/models/{name}/aliases/{alias}/history": {"get": _op("Every move of an alias",
-                                                                  params=alias)},
+            "/models/{name}/aliases/{alias}/rollback": {
+                "post": _op(
+                    "Move an alias back to its previous target", params=alias, body="Reason"
+                )
+            },
+            "/models/{name}/aliases/{alias}/history": {
+                "get": _op("Every move of an alias", params=alias)
+            },
             "/audit": {"get": _op("Audit events, newest first (model, action, limit)")},
             "/audit/verify": {"get": _op("Verify the audit log's hash chain")},
             "/settings": {"get": _op("Registry settings")},

@@ -12,9 +12,17 @@ from .._registry.registry import Registry
 from .._store.base import FileEntry
 
 _FIELDS = {
-    "manifest": list, "flavor": dict, "signature": (dict, type(None)), "input_example": object,
-    "params": dict, "metrics": dict, "data": dict, "lineage": dict, "environment": dict,
-    "tags": dict, "notes": str,
+    "manifest": list,
+    "flavor": dict,
+    "signature": (dict, type(None)),
+    "input_example": object,
+    "params": dict,
+    "metrics": dict,
+    "data": dict,
+    "lineage": dict,
+    "environment": dict,
+    "tags": dict,
+    "notes": str,
 }
 _IGNORED = {"author", "digest", "files_digest"}  # recomputed or taken from the token
 
@@ -24,10 +32,17 @@ def check_artifact_path(path: Any) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidInput("every file needs a non-empty path")
     pure = PurePosixPath(path)
-    if (pure.is_absolute() or ".." in pure.parts or "\\" in path or path.startswith("~")
-            or any(part in ("", ".") for part in path.split("/"))):
-        error = InvalidInput(f"artifact path {path!r} escapes the version folder",
-                             hint="paths are relative POSIX paths without '..'")
+    if (
+        pure.is_absolute()
+        or ".." in pure.parts
+        or "\\" in path
+        or path.startswith("~")
+        or any(part in ("", ".") for part in path.split("/"))
+    ):
+        error = InvalidInput(
+            f"artifact path {path!r} escapes the version folder",
+            hint="paths are relative POSIX paths without '..'",
+        )
         error.code = "invalid_path"
         raise error
     return path
@@ -56,7 +71,9 @@ def validate_values(values: Any) -> dict[str, Any]:
         try:
             files.append(FileEntry.from_dict(raw))
         except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInput(f"manifest entry {raw.get('path')!r} is malformed: {error}") from error
+            raise InvalidInput(
+                f"manifest entry {raw.get('path')!r} is malformed: {error}"
+            ) from error
     if len({f.path for f in files}) != len(files):
         raise InvalidInput("the manifest lists a path twice")
     checked["manifest"] = [f.to_dict() for f in files]
