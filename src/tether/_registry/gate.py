@@ -148,7 +148,7 @@ def run_check(
                     "environment",
                     verdict.ok,
                     "; ".join(str(d) for d in verdict.refusals)
-                    or f"satisfied ({len(verdict.warnings)} warning(s))",
+                    or "satisfied" + (f"; warnings: {'; '.join(str(d) for d in verdict.warnings)}" if verdict.warnings else ""),
                     f"pin {', '.join(fixes)} in {requirements_path}"
                     if fixes
                     else ("use the recorded Python/platform" if verdict.refusals else None),

@@ -36,7 +36,7 @@ def audit_log(
             [
                 (
                     e.id,
-                    e.ts,
+                    e.ts[:19].replace("T", " "),
                     e.actor,
                     e.action,
                     e.subject or e.model or "",
@@ -52,6 +52,8 @@ def audit_log(
 def _short(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, dict) and "semver" in value:
+        return str(value["semver"])
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:39] + "…"
 

@@ -82,4 +82,4 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
         f"stored:       {human_bytes(stats.stored_bytes)} in {stats.packs} packs, "
         f"{stats.chunks} chunks"
     )
-    console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x")
+    console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x (dedup and compression)")
