@@ -21,7 +21,6 @@ from .._errors import TetherError
 from .._lockfile import LockFile, read_lock
 from .._signature import Schema, Signature, check_compatibility
 from . import env_check
-from .governance import current_policy, signature_status
 from .pinning import parse_requirements
 
 if TYPE_CHECKING:
@@ -148,7 +147,12 @@ def run_check(
                     "environment",
                     verdict.ok,
                     "; ".join(str(d) for d in verdict.refusals)
-                    or "satisfied" + (f"; warnings: {'; '.join(str(d) for d in verdict.warnings)}" if verdict.warnings else ""),
+                    or "satisfied"
+                    + (
+                        f"; warnings: {'; '.join(str(d) for d in verdict.warnings)}"
+                        if verdict.warnings
+                        else ""
+                    ),
                     f"pin {', '.join(fixes)} in {requirements_path}"
                     if fixes
                     else ("use the recorded Python/platform" if verdict.refusals else None),
@@ -156,11 +160,11 @@ def run_check(
             )
         if entry.sends is not None:
             add(_schema_result(name, version.signature, entry.sends))
-        with registry.read() as conn:
-            model_policy = current_policy(conn, _model_id(conn, name))
-            valid, sig_problems = signature_status(conn, version)
-        if model_policy.require_signed_by:
-            signed = bool(set(valid) & set(model_policy.require_signed_by))
+        trust = registry.trust_facts(version)
+        required, valid = trust["require_signed_by"], trust["valid_signers"]
+        sig_problems = trust["signature_problems"]
+        if required:
+            signed = bool(set(valid) & set(required))
             add(
                 CheckResult(
                     name,
@@ -168,12 +172,12 @@ def run_check(
                     signed,
                     f"signed by {', '.join(valid)}"
                     if signed
-                    else f"needs a signature by {' or '.join(model_policy.require_signed_by)}"
+                    else f"needs a signature by {' or '.join(required)}"
                     + (f" ({'; '.join(sig_problems)})" if sig_problems else ""),
                     None if signed else f"tether sign {version.ref} --key KEYFILE",
                 )
             )
-        deprecated = version.status == "deprecated" or model_policy.is_deprecated(version.semver)
+        deprecated = version.status == "deprecated" or trust["deprecated_by_policy"]
         add(
             CheckResult(
                 name,
@@ -186,12 +190,6 @@ def run_check(
             )
         )
     return report
-
-
-def _model_id(conn: Any, name: str) -> int:
-    from .resolve import require_model
-
-    return require_model(conn, name)
 
 
 def _schema_result(

@@ -353,18 +353,27 @@ def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[s
     return sorted(valid), problems
 
 
-def require_signatures(conn: sa.Connection, version: ModelVersion) -> None:
-    """Refuse a version whose policy asks for signatures it does not carry."""
+def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
+    """What load, check and serve need to know about a version's policy standing."""
     mid = repo.model_id(conn, version.name)
     policy = current_policy(conn, mid) if mid is not None else Policy()
-    if not policy.require_signed_by:
-        return
     valid, problems = signature_status(conn, version)
-    if not set(valid) & set(policy.require_signed_by):
-        detail = "; ".join(problems) or "it has no signature"
+    return {
+        "require_signed_by": list(policy.require_signed_by),
+        "valid_signers": valid,
+        "signature_problems": problems,
+        "deprecated_by_policy": policy.is_deprecated(version.semver),
+    }
+
+
+def enforce_signatures(version: ModelVersion, trust: dict[str, Any]) -> None:
+    """Refuse a version whose policy asks for signatures it does not carry."""
+    required = trust["require_signed_by"]
+    if required and not set(trust["valid_signers"]) & set(required):
+        detail = "; ".join(trust["signature_problems"]) or "it has no signature"
         raise PolicyViolation(
             f"the policy of {version.name} requires a signature by "
-            f"{' or '.join(policy.require_signed_by)} on {version.ref}: {detail}",
+            f"{' or '.join(required)} on {version.ref}: {detail}",
             hint=f"sign it: tether sign {version.ref} --key KEYFILE (with a trusted key)",
         )
 

@@ -12,7 +12,7 @@ from .. import _flavors as flavors
 from .._errors import IntegrityError
 from .._records import ModelVersion
 from .env_check import choose_policy, enforce
-from .governance import check_deprecated_by_policy, require_signatures
+from .governance import enforce_signatures
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -63,10 +63,9 @@ def load_version(
     if expect:
         check_expected_digest(version, expect)
     enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")), environment)
-    with registry.read() as conn:
-        require_signatures(conn, version)
-        deprecated_by_policy = check_deprecated_by_policy(conn, version)
-    if version.status == "deprecated" or deprecated_by_policy:
+    trust = registry.trust_facts(version)
+    enforce_signatures(version, trust)
+    if version.status == "deprecated" or trust["deprecated_by_policy"]:
         warnings.warn(
             f"{version.ref} is deprecated; promote a newer version",
             DeprecatedVersionWarning,

@@ -173,7 +173,7 @@ def log_model(
         "notes": notes,
         "author": author or registry.actor or current_author(),
     }
-    return commit_version(registry, name, seal(values), bump)
+    return registry.commit(name, seal(values), bump)
 
 
 def seal(values: dict[str, Any]) -> dict[str, Any]:

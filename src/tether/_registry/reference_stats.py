@@ -68,8 +68,14 @@ def _numeric(array: np.ndarray[Any, Any], sample_cap: int) -> dict[str, Any]:
     finite = array[np.isfinite(array)]
     missing = 1.0 - len(finite) / len(array) if len(array) else 0.0
     if len(finite) == 0:
-        return {"kind": "numeric", "count": 0, "missing": missing, "edges": [],
-                "fractions": [1.0], "sample": []}
+        return {
+            "kind": "numeric",
+            "count": 0,
+            "missing": missing,
+            "edges": [],
+            "fractions": [1.0],
+            "sample": [],
+        }
     edges = np.unique(np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1)
     sample = finite
@@ -101,8 +107,12 @@ def _categorical(values: list[Any]) -> dict[str, Any]:
     rest = sum(c for _, c in ranked[MAX_CATEGORIES:])
     if rest:
         frequencies[OTHER] = rest / total
-    return {"kind": "categorical", "count": len(present), "missing": float(missing),
-            "frequencies": frequencies}
+    return {
+        "kind": "categorical",
+        "count": len(present),
+        "missing": float(missing),
+        "frequencies": frequencies,
+    }
 
 
 def _missing(value: Any) -> bool:
@@ -126,8 +136,10 @@ def _choose_dataset(data: Any) -> tuple[str, Any] | None:
         data = {"data": data}
     if not isinstance(data, Mapping):
         return None
-    ordered = sorted(data.items(), key=lambda kv: _PREFERRED.index(kv[0])
-                     if kv[0] in _PREFERRED else len(_PREFERRED))
+    ordered = sorted(
+        data.items(),
+        key=lambda kv: _PREFERRED.index(kv[0]) if kv[0] in _PREFERRED else len(_PREFERRED),
+    )
     for name, value in ordered:
         table = _read(value)
         if table is not None:
@@ -160,8 +172,9 @@ def _columns(table: Any, names: list[str] | None) -> dict[str, Any]:
     else:
         array = np.asarray(table)
         width = array.shape[1]
-        labels = names if names is not None and len(names) == width else [
-            f"f{j}" for j in range(width)]
+        labels = (
+            names if names is not None and len(names) == width else [f"f{j}" for j in range(width)]
+        )
         found = {labels[j]: array[:, j] for j in range(width)}
     if names is None:
         return found

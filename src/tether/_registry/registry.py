@@ -218,6 +218,14 @@ class Registry:
             progress=progress,
         )
 
+    def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
+        """Number and record a version whose bytes are in the store."""
+        return log_version.commit_version(self, name, values, bump)
+
+    def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
+        with self.read() as conn:
+            return governance.trust_facts(conn, version)
+
     def load(
         self,
         ref: str,
