@@ -12,6 +12,7 @@ explicit one with the same methods.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ __all__ = [
     "TetherError",
     "UnsafeArtifact",
     "__version__",
+    "connect",
     "get",
     "infer_signature",
     "init",
@@ -80,9 +82,23 @@ __all__ = [
 ]
 
 
-def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry:
-    """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``."""
+def open(uri: str | Path | None = None, *, actor: str | None = None) -> Any:
+    """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``.
+
+    An ``http(s)://`` URI gives a client of a Tether server (token from
+    ``TETHER_TOKEN``) with the same methods as the embedded registry.
+    """
+    target = uri if uri is not None else os.environ.get("TETHER_URI")
+    if target is not None and str(target).startswith(("http://", "https://")):
+        return connect(str(target))
     return Registry.open(uri, actor=actor)
+
+
+def connect(url: str, *, token: str | None = None) -> Any:
+    """A client of the Tether server at ``url``; see ``tether.remote``."""
+    from .remote import connect as _connect
+
+    return _connect(url, token=token)
 
 
 def init(path: str | Path = ".tether", **options: Any) -> Registry:
@@ -113,7 +129,7 @@ def log_model(
     changed; ``bump="major"|"minor"|"patch"`` or ``"2.0.0"`` asks for more.
     Identical content and metadata return the existing version.
     """
-    with Registry.open(registry) as reg:
+    with open(registry) as reg:
         return reg.log_model(
             model,
             name,
@@ -144,25 +160,25 @@ def load(
     registry's policy for this call (``"strict"``, ``"warn"``, ``"off"``);
     ``trusted=True`` skips the pickle import scan for an author you trust.
     """
-    with Registry.open(registry) as reg:
+    with open(registry) as reg:
         return reg.load(ref, expect=expect, env_policy=env_policy, trusted=trusted)
 
 
 def get(ref: str, *, registry: str | Path | None = None) -> ModelVersion:
     """The recorded version ``ref`` names, without loading it."""
-    with Registry.open(registry) as reg:
+    with open(registry) as reg:
         return reg.get(ref)
 
 
 def promote(
     ref: str, alias: str, *, reason: str = "", registry: str | Path | None = None
 ) -> AliasMove:
-    with Registry.open(registry) as reg:
+    with open(registry) as reg:
         return reg.promote(ref, alias, reason=reason)
 
 
 def rollback(
     name: str, alias: str, *, reason: str = "", registry: str | Path | None = None
 ) -> AliasMove:
-    with Registry.open(registry) as reg:
+    with open(registry) as reg:
         return reg.rollback(name, alias, reason=reason)

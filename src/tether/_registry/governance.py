@@ -296,21 +296,27 @@ def list_keys(registry: Registry) -> list[dict[str, Any]]:
 
 
 def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
+    """Sign with a local private key: the key never leaves this machine."""
     key = signing.load_private_key(key_path)
-    kid = signing.key_id(key.public_key())
+    version = registry.get(ref)
+    return registry.record_signature(
+        version.ref, signing.key_id(key.public_key()), signing.sign(key, version)
+    )
+
+
+def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> dict[str, Any]:
     with registry.write() as conn:
         version = resolve_version(conn, ref)
         require_role(conn, registry.actor, "contributor", version.name)
-        value = signing.sign(key, version)
         conn.execute(
             signatures.delete().where(
-                signatures.c.version_id == version.id, signatures.c.key_id == kid
+                signatures.c.version_id == version.id, signatures.c.key_id == key_id
             )
         )
         conn.execute(
             signatures.insert().values(
                 version_id=version.id,
-                key_id=kid,
+                key_id=key_id,
                 signature=value,
                 payload_digest=blake3_hex(signing.signing_payload(version)),
                 signer=registry.actor,
@@ -318,7 +324,7 @@ def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
             )
         )
         trusted = conn.execute(
-            sa.select(trusted_keys.c.name).where(trusted_keys.c.key_id == kid)
+            sa.select(trusted_keys.c.name).where(trusted_keys.c.key_id == key_id)
         ).scalar()
         append_event(
             conn,
@@ -326,10 +332,10 @@ def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
             action="version.signed",
             model=version.name,
             subject=version.ref,
-            after=kid,
+            after=key_id,
             details={"trusted_key": trusted},
         )
-        return {"ref": version.ref, "key_id": kid, "trusted_as": trusted}
+        return {"ref": version.ref, "key_id": key_id, "trusted_as": trusted}
 
 
 def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[str], list[str]]:

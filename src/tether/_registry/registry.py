@@ -31,7 +31,18 @@ from .._reference import parse_reference
 from .._signature import Signature
 from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
-from . import env_check, gate, governance, loading, log_version, pinning, reproduce, retention
+from . import (
+    catalog,
+    env_check,
+    gate,
+    governance,
+    loading,
+    log_version,
+    pinning,
+    reproduce,
+    retention,
+    tokens,
+)
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, create_location, find_location
@@ -343,6 +354,32 @@ class Registry:
 
     def sign(self, ref: str, key_path: str) -> dict[str, Any]:
         return governance.sign_version(self, ref, key_path)
+
+    def record_signature(self, ref: str, key_id: str, signature: str) -> dict[str, Any]:
+        """Store a signature made elsewhere (e.g. by a remote client's key)."""
+        return governance.record_signature(self, ref, key_id, signature)
+
+    def create_token(
+        self,
+        principal: str,
+        *,
+        role: str | None = None,
+        model: str | None = None,
+        expires_in: str | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        return tokens.create_token(
+            self, principal, role=role, model=model, expires_in=expires_in, description=description
+        )
+
+    def revoke_token(self, prefix: str) -> None:
+        tokens.revoke_token(self, prefix)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return tokens.list_tokens(self)
+
+    def delete_version(self, ref: str) -> ModelVersion:
+        return catalog.delete_version(self, ref)
 
     def signatures(self, ref: str) -> tuple[list[str], list[str]]:
         """(trusted keys with a valid signature on ``ref``, problems found)."""

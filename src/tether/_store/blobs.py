@@ -213,5 +213,13 @@ class S3Blobs:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    def presign(self, key: str, method: str, expires: int = 3600) -> str:
+        """A URL the client uses directly (GET with a Range header, or PUT)."""
+        operation = "get_object" if method == "GET" else "put_object"
+        url: str = self._call(f"presigning {key}", self.client.generate_presigned_url, operation,
+                              Params={"Bucket": self.bucket, "Key": self._key(key)},
+                              ExpiresIn=expires)
+        return url
+
     def now(self) -> float:
         return time.time()

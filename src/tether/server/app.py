@@ -26,7 +26,54 @@ from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
 from . import auth
+from .blobs_api import BlobGateway
 from .openapi import openapi_document
+
+#: Methods callable through /api/v1/call: (role needed, scoped to the model named
+#: by the first argument). The use cases check finer rules (admin-only grants,
+#: approvals by someone other than the author) themselves.
+RPC_METHODS: dict[str, tuple[str, bool]] = {
+    "set_setting": ("admin", False),
+    "set_policy": ("reader", True),  # set_policy itself requires admin
+    "get_policy": ("reader", True),
+    "approve": ("reader", True),  # approve itself requires approver
+    "grant": ("admin", False),
+    "revoke": ("admin", False),
+    "grants": ("admin", False),
+    "trust_key": ("admin", False),
+    "keys": ("reader", False),
+    "signatures": ("reader", True),
+    "record_signature": ("contributor", True),
+    "deprecate": ("approver", True),
+    "store_stats": ("reader", False),
+    "gc": ("admin", False),
+    "create_token": ("admin", False),
+    "revoke_token": ("admin", False),
+    "tokens": ("admin", False),
+    "delete_version": ("admin", True),
+}
+
+
+def _model_of(args: list[Any]) -> str | None:
+    if not args or not isinstance(args[0], str):
+        return None
+    return args[0].partition("@")[0] or None
+
+
+def to_json(value: Any) -> Any:
+    """Results of use cases as JSON: records by to_dict, containers recursively."""
+    if hasattr(value, "to_dict"):
+        return to_json(value.to_dict())
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_json(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return to_json(asdict(value))
+    return value
+
 
 log = logging.getLogger("tether.server")
 
@@ -252,6 +299,34 @@ class Api:
             f"no API route {request.method} {request.url.path}", hint="see /api/v1/openapi.json"
         )
 
+    read_json = staticmethod(read_json)
+
+    async def trust(self, request: Request) -> Any:
+        name = request.path_params["name"]
+        selector = unquote(request.path_params["selector"])
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", name, "reading versions")
+        version = await run_in_threadpool(reg.get, f"{name}@{selector}")
+        return await run_in_threadpool(reg.trust_facts, version)
+
+    async def rpc(self, request: Request) -> Any:
+        """The long tail of use cases (governance, admin) by name, with their permissions."""
+        method = request.path_params["method"]
+        rule = RPC_METHODS.get(method)
+        if rule is None:
+            raise NotFound(
+                f"no remote method {method!r}", hint=f"methods: {', '.join(sorted(RPC_METHODS))}"
+            )
+        body = await read_json(request, {"args", "kwargs"})
+        args, kwargs = body.get("args") or [], body.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InvalidInput("args must be a list and kwargs an object")
+        reg, who = self.as_caller(request)
+        model = _model_of(args) if rule[1] else None
+        self.need(reg, who, rule[0], model, method.replace("_", " "))
+        result = await run_in_threadpool(lambda: getattr(reg, method)(*args, **kwargs))
+        return to_json(result)
+
     def routes(self) -> list[Route | Mount]:
         w = self.wrap
         v1 = [
@@ -270,6 +345,9 @@ class Api:
             Route("/audit", w(self.audit)),
             Route("/audit/verify", w(self.audit_verify)),
             Route("/settings", w(self.settings)),
+            Route("/models/{name}/trust/{selector:path}", w(self.trust)),
+            Route("/call/{method}", w(self.rpc), methods=["POST"]),
+            *BlobGateway(self).routes(),
         ]
         return [Mount("/api/v1", routes=v1)]
 

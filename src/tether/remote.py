@@ -1,0 +1,545 @@
+"""A registry on a Tether server, with the same interface as the embedded one.
+
+``tether.connect("http://host:8080", token=...)`` (or ``TETHER_URI=http://...``
+for the CLI) returns a ``RemoteRegistry``. Metadata goes through the REST API;
+artifact bytes go through the same chunk store engine as locally, over a blob
+gateway: the server authorises each object and either streams it (local store)
+or presigns a URL so the bytes move directly between client and bucket (S3).
+Everything judged against "this environment" (load, env diff, check) runs here,
+on the client, where the model will run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ._errors import (
+    AmbiguousReference,
+    Conflict,
+    EnvironmentMismatch,
+    IncompatibleBump,
+    IntegrityError,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+    PermissionDenied,
+    PolicyViolation,
+    SchemaMismatch,
+    StoreError,
+    TetherError,
+    UnsafeArtifact,
+)
+from ._records import AliasMove, Event, ModelInfo, ModelVersion
+from ._reference import parse_reference
+from ._registry import loading, log_version, pinning
+from ._registry.location import RegistryLocation, default_cache_dir
+from ._registry.registry import Registry
+from ._signature import Signature
+from ._store.base import FileEntry, StoreStats
+from ._store.blobs import BlobInfo
+from ._store.chunkstore import ChunkStore
+
+_ERRORS: dict[str, type[TetherError]] = {
+    cls.code: cls
+    for cls in (
+        AmbiguousReference,
+        Conflict,
+        EnvironmentMismatch,
+        IncompatibleBump,
+        IntegrityError,
+        InvalidInput,
+        InvalidReference,
+        NotFound,
+        PermissionDenied,
+        PolicyViolation,
+        SchemaMismatch,
+        StoreError,
+        UnsafeArtifact,
+    )
+}
+
+
+class RemoteBlobs:
+    """The chunk store's blob interface, over the server's gateway."""
+
+    is_local = False
+
+    def __init__(self, client: RemoteRegistry) -> None:
+        self.client = client
+        self.url = f"{client.url}/api/v1/blobs"
+        self._urls: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def _target(self, key: str, method: str) -> str | None:
+        """A presigned URL for ``key`` (cached until near expiry), or None to use the API."""
+        now = time.time()
+        with self._lock:
+            cached = self._urls.get((key, method))
+        if cached and cached[1] > now:
+            return cached[0]
+        answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
+        url = answer.get("url")
+        with self._lock:
+            self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
+        return url
+
+    def temp_file(self) -> tuple[int, Path]:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="tether-upload-")
+        return fd, Path(name)
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:
+            url = self._target(key, "PUT")
+            with open(path, "rb") as handle:
+                if url:
+                    response = self.client.http.put(url, content=handle)
+                    if response.status_code >= 300:
+                        raise StoreError(
+                            f"upload of {key} to the object store failed: "
+                            f"HTTP {response.status_code}"
+                        )
+                else:
+                    self.client._request("PUT", f"/blobs/{key}", content=handle)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
+        if url:
+            response = self.client.http.put(url, content=data)
+            if response.status_code >= 300:
+                raise StoreError(f"upload of {key} failed: HTTP {response.status_code}")
+        else:
+            self.client._request("PUT", f"/blobs/{key}", content=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.requests += 1
+        url = self._target(key, "GET") if key.startswith("packs/") else None
+        if url:
+            return self._download(url, key, {})
+        return self.client._request("GET", f"/blobs/{key}", raw=True)  # type: ignore[no-any-return]
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.requests += 1
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        url = self._target(key, "GET")
+        if url:
+            return self._download(url, key, headers)
+        data = self.client._request("GET", f"/blobs/{key}", raw=True, headers=headers)
+        return data  # type: ignore[no-any-return]
+
+    def _download(self, url: str, key: str, headers: dict[str, str]) -> bytes:
+        response = self.client.http.get(url, headers=headers)
+        if response.status_code == 404:
+            raise NotFound(f"store object {key} is missing")
+        if response.status_code >= 300:
+            raise StoreError(f"download of {key} failed: HTTP {response.status_code}")
+        return response.content
+
+    def list(self, prefix: str) -> list[BlobInfo]:
+        rows = self.client._request("GET", "/blobs", params={"prefix": prefix})
+        return [BlobInfo(r["key"], int(r["size"]), float(r["mtime"])) for r in rows]
+
+    def delete(self, key: str) -> None:
+        self.client._request("DELETE", f"/blobs/{key}")
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+class RemoteRegistry:
+    """The registry API of ``Registry``, spoken over HTTP."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        cache_dir: Path | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("TETHER_TOKEN")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(
+            headers=headers, timeout=timeout, limits=httpx.Limits(max_connections=16)
+        )
+        self._cache_dir = cache_dir or default_cache_dir() / "remote"
+        self.location = RegistryLocation(
+            root=None,
+            db_url=self.url,
+            store_url=f"{self.url}/api/v1/blobs",
+            cache_dir=self._cache_dir,
+        )
+        self._store: ChunkStore | None = None
+        self._actor: str | None = None
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as error:
+            raise StoreError(
+                f"cannot reach the Tether server at {self.url}: {error}",
+                hint="check the URL (TETHER_URI) and that `tether server` runs",
+            ) from error
+        if response.status_code == 304:
+            return None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            cls = _ERRORS.get(str(body.get("error")), TetherError)
+            if body.get("error") == "unauthenticated":
+                cls = PermissionDenied
+            failure = cls(
+                body.get("message") or f"HTTP {response.status_code} from {url}",
+                hint=body.get("hint"),
+            )
+            failure.code = str(body.get("error") or failure.code)
+            raise failure
+        if raw:
+            return response.content
+        return response.json() if response.content else None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._request("POST", f"/call/{method}", json={"args": list(args), "kwargs": kwargs})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self.url
+
+    @property
+    def actor(self) -> str:
+        if self._actor is None:
+            self._actor = str(self._request("GET", "/whoami")["principal"])
+        return self._actor
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache_dir
+
+    @property
+    def store(self) -> ChunkStore:
+        if self._store is None:
+            self._store = ChunkStore(RemoteBlobs(self), cache_dir=self._cache_dir)  # type: ignore[arg-type]
+        return self._store
+
+    # -- settings -----------------------------------------------------------------
+
+    def settings(self) -> dict[str, str]:
+        return dict(self._request("GET", "/settings"))
+
+    def get_setting(self, key: str) -> str | None:
+        return self.settings().get(key)
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._call("set_setting", key, value)
+
+    # -- models and versions ------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(**m) for m in self._request("GET", "/models")]
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        rows = self._request("GET", f"/models/{quote(name)}/versions")
+        return [version_from_json(r) for r in rows]
+
+    def get(self, ref: str) -> ModelVersion:
+        parsed = parse_reference(ref)
+        selector = ref.partition("@")[2] or "latest"
+        data = self._request(
+            "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}"
+        )
+        return version_from_json(data)
+
+    def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
+        body = {
+            "values": {k: v for k, v in values.items() if k not in ("digest", "files_digest")},
+            "bump": bump,
+        }
+        return version_from_json(
+            self._request("POST", f"/models/{quote(name)}/versions", json=body)
+        )
+
+    def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
+        path = f"/models/{quote(version.name)}/trust/{version.semver}"
+        return dict(self._request("GET", path))
+
+    def log_model(
+        self,
+        model: Any,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        data: Any = None,
+        signature: Signature | Mapping[str, Any] | None = None,
+        input_example: Any = None,
+        notes: str = "",
+        bump: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        flavor: str | None = None,
+        serialization: str | None = None,
+        progress: bool = False,
+    ) -> ModelVersion:
+        return log_version.log_model(
+            self,  # type: ignore[arg-type]
+            model,
+            name,
+            params=params,
+            metrics=metrics,
+            data=data,  # type: ignore[arg-type]
+            signature=signature,
+            input_example=input_example,
+            notes=notes,
+            bump=bump,
+            tags=tags,
+            flavor=flavor,
+            serialization=serialization,
+            progress=progress,
+        )
+
+    def load(
+        self,
+        ref: str,
+        *,
+        expect: str | None = None,
+        env_policy: str | None = None,
+        trusted: bool = False,
+        progress: bool = False,
+        environment: dict[str, Any] | None = None,
+        use_lock: bool = True,
+    ) -> Any:
+        if use_lock:
+            ref = pinning.pinned_reference(self, ref)  # type: ignore[arg-type]
+        return loading.load_version(
+            self,  # type: ignore[arg-type]
+            self.get(ref),
+            expect=expect,
+            env_policy=env_policy,  # type: ignore[arg-type]
+            trusted=trusted,
+            progress=progress,
+            environment=environment,
+        )
+
+    def download(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+        target = Path(dest)
+        if target.exists():
+            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        return loading.materialize(self, self.get(ref), target.absolute(), progress=progress)  # type: ignore[arg-type]
+
+    def verify(self, ref: str) -> list[str]:
+        version = self.get(ref)
+        return self.store.verify(version.files, label=version.ref)
+
+    def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
+        return version_from_json(self._call("deprecate", ref, reason=reason, undo=undo))
+
+    def delete_version(self, ref: str) -> ModelVersion:
+        return version_from_json(self._call("delete_version", ref))
+
+    # -- aliases ------------------------------------------------------------------
+
+    def _alias_path(self, name: str, alias: str) -> str:
+        return f"/models/{quote(name)}/aliases/{quote(alias)}"
+
+    def promote(
+        self, ref: str, alias: str, *, reason: str = "", checks: Sequence[Any] = ()
+    ) -> AliasMove:
+        if checks:
+            raise InvalidInput("custom promote checks run only in-process; use a policy instead")
+        parsed = parse_reference(ref)
+        selector = ref.partition("@")[2] or "latest"
+        data = self._request(
+            "PUT",
+            self._alias_path(parsed.name, alias),
+            json={"version": selector, "reason": reason},
+        )
+        return AliasMove(**data)
+
+    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:
+        return AliasMove(
+            **self._request(
+                "POST", self._alias_path(name, alias) + "/rollback", json={"reason": reason}
+            )
+        )
+
+    def delete_alias(self, name: str, alias: str) -> AliasMove:
+        return AliasMove(**self._request("DELETE", self._alias_path(name, alias)))
+
+    def alias_history(self, name: str, alias: str) -> list[AliasMove]:
+        return [
+            AliasMove(**m) for m in self._request("GET", self._alias_path(name, alias) + "/history")
+        ]
+
+    def alias(self, name: str, alias: str) -> dict[str, Any]:
+        return dict(self._request("GET", self._alias_path(name, alias)))
+
+    # -- audit ----------------------------------------------------------------------
+
+    def audit_log(
+        self, *, model: str | None = None, action: str | None = None, limit: int | None = None
+    ) -> list[Event]:
+        params = {k: v for k, v in (("model", model), ("action", action), ("limit", limit)) if v}
+        return [Event(**e) for e in self._request("GET", "/audit", params=params)]
+
+    def verify_audit(self) -> tuple[int, list[str]]:
+        result = self._request("GET", "/audit/verify")
+        return int(result["events"]), list(result["problems"])
+
+    # -- governance and administration (use cases run on the server) -------------
+
+    def set_policy(self, name: str, text: str) -> dict[str, Any]:
+        return dict(self._call("set_policy", name, text))
+
+    def get_policy(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        return dict(self._call("get_policy", name, revision))
+
+    def approve(self, ref: str, alias: str, *, comment: str = "") -> list[str]:
+        return list(self._call("approve", ref, alias, comment=comment))
+
+    def grant(self, principal: str, role: str, *, model: str | None = None) -> None:
+        self._call("grant", principal, role, model=model)
+
+    def revoke(self, principal: str, role: str, *, model: str | None = None) -> None:
+        self._call("revoke", principal, role, model=model)
+
+    def grants(self) -> list[dict[str, Any]]:
+        return list(self._call("grants"))
+
+    def trust_key(self, name: str, public_pem: str) -> str:
+        return str(self._call("trust_key", name, public_pem))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self._call("keys"))
+
+    def sign(self, ref: str, key_path: str) -> dict[str, Any]:
+        from . import _signing as signing
+
+        key = signing.load_private_key(key_path)  # the private key stays here
+        version = self.get(ref)
+        return self.record_signature(
+            version.ref, signing.key_id(key.public_key()), signing.sign(key, version)
+        )
+
+    def record_signature(self, ref: str, key_id: str, signature: str) -> dict[str, Any]:
+        return dict(self._call("record_signature", ref, key_id, signature))
+
+    def signatures(self, ref: str) -> tuple[list[str], list[str]]:
+        valid, problems = self._call("signatures", ref)
+        return list(valid), list(problems)
+
+    def create_token(self, principal: str, **options: Any) -> dict[str, Any]:
+        return dict(self._call("create_token", principal, **options))
+
+    def revoke_token(self, prefix: str) -> None:
+        self._call("revoke_token", prefix)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return list(self._call("tokens"))
+
+    def store_stats(self) -> StoreStats:
+        data = self._call("store_stats")
+        return StoreStats(
+            data["logical_bytes"],
+            data["stored_bytes"],
+            data["chunks"],
+            data["packs"],
+            data.get("extra") or {},
+        )
+
+    def gc(self, **options: Any) -> Any:
+        from types import SimpleNamespace
+
+        data = self._call("gc", **options)
+        return _GcView(data, SimpleNamespace)
+
+    # -- client-side use cases, shared with the embedded registry -----------------
+    # These only read versions and judge them here, so the same code serves both.
+
+    diff = Registry.diff
+    env_diff = Registry.env_diff
+    env_verdict = Registry.env_verdict
+    env_export = Registry.env_export
+    lock_add = Registry.lock_add
+    lock_update = Registry.lock_update
+    check = Registry.check
+    reproduce = Registry.reproduce
+
+
+class _GcView:
+    """A gc result received as JSON, with the attributes the CLI reads."""
+
+    def __init__(self, data: dict[str, Any], namespace: Any) -> None:
+        self.data = data
+        self.expired = data["expired_versions"]
+        self.kept_versions = data["kept_versions"]
+        self.store = namespace(
+            **{
+                k: data[k]
+                for k in (
+                    "removed_chunks",
+                    "removed_bytes",
+                    "repacked_packs",
+                    "kept_chunks",
+                    "dry_run",
+                )
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+def version_from_json(data: dict[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        name=data["name"],
+        seq=int(data["seq"]),
+        semver=data["semver"],
+        digest=str(data["digest"]).removeprefix("sha:"),
+        files=tuple(FileEntry.from_dict(f) for f in data.get("files", [])),
+        flavor=data["flavor"],
+        signature=data.get("signature"),
+        input_example=data.get("input_example"),
+        params=data.get("params") or {},
+        metrics=data.get("metrics") or {},
+        data=data.get("data") or {},
+        lineage=data.get("lineage") or {},
+        environment=data.get("environment") or {},
+        tags=data.get("tags") or {},
+        notes=data.get("notes") or "",
+        author=data["author"],
+        created_at=data["created_at"],
+        status=data["status"],
+        files_digest=data["files_digest"],
+        aliases=tuple(data.get("aliases") or ()),
+        id=int(data.get("id") or 0),
+    )
+
+
+def connect(url: str, *, token: str | None = None, cache_dir: Path | None = None) -> RemoteRegistry:
+    """A client of the Tether server at ``url`` (token: ``token=`` or ``TETHER_TOKEN``)."""
+    return RemoteRegistry(url, token=token, cache_dir=cache_dir)
