@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ._environment import EnvironmentWarning
 from ._errors import (
@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 
-def open(uri: str | Path | None = None, *, actor: str | None = None) -> Any:
+def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry:
     """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``.
 
     An ``http(s)://`` URI gives a client of a Tether server (token from
@@ -90,7 +90,8 @@ def open(uri: str | Path | None = None, *, actor: str | None = None) -> Any:
     """
     target = uri if uri is not None else os.environ.get("TETHER_URI")
     if target is not None and str(target).startswith(("http://", "https://")):
-        return connect(str(target))
+        # Same interface (duck-typed), so callers type it as a Registry.
+        return cast(Registry, connect(str(target)))
     return Registry.open(uri, actor=actor)
 
 

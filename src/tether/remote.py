@@ -87,7 +87,7 @@ class RemoteBlobs:
         if cached and cached[1] > now:
             return cached[0]
         answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
-        url = answer.get("url")
+        url: str | None = answer.get("url")
         with self._lock:
             self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
         return url

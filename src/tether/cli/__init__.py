@@ -14,6 +14,7 @@ from .governance import approve, key_group, policy_group, role_group, sign
 from .inspect import diff, models, show, versions
 from .manage import config_group, db_group, deprecate, init, verify
 from .pinning import check, lock_group, reproduce
+from .server import server, server_init, token_group
 from .serving import deploy_group, monitor, serve
 from .storage import gc, store_group
 
@@ -70,6 +71,9 @@ for command in (
     serve,
     deploy_group,
     monitor,
+    server_init,
+    server,
+    token_group,
 ):
     cli.add_command(command)
 

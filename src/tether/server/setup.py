@@ -1,0 +1,71 @@
+"""Creating and opening the registry behind a server (no registry folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._errors import InvalidInput
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._metadata.engine import check_schema, create_engine, upgrade
+from .._registry import governance
+from .._registry.location import RegistryLocation, default_cache_dir
+from .._registry.registry import Registry
+
+STORE_SETTING = "server.store"
+
+
+def _location(db_url: str, store_url: str) -> RegistryLocation:
+    return RegistryLocation(
+        root=None, db_url=db_url, store_url=store_url, cache_dir=default_cache_dir() / "server"
+    )
+
+
+def init_server_registry(
+    db_url: str, store_url: str, admin: str
+) -> tuple[Registry, dict[str, str]]:
+    """Create (or upgrade) the schema, remember the store, make ``admin`` an admin."""
+    engine = create_engine(db_url)
+    upgrade(engine)
+    engine.dispose()
+    registry = Registry(_location(db_url, store_url), actor=admin)
+    with registry.write() as conn:
+        if repo.get_setting(conn, STORE_SETTING) is None:
+            repo.put_setting(conn, STORE_SETTING, store_url)
+            append_event(conn, actor=admin, action="registry.created", details={"store": store_url})
+        elif repo.get_setting(conn, STORE_SETTING) != store_url:
+            raise InvalidInput(
+                f"this database already uses the store {repo.get_setting(conn, STORE_SETTING)}",
+                hint="pass that --store, or use another database",
+            )
+    governance.grant(registry, admin, "admin", None, bootstrap=True)
+    token = registry.create_token(admin, description="created by tether server-init")
+    return registry, token
+
+
+def open_server_registry(db_url: str, store_url: str | None) -> Registry:
+    """The registry a server serves; refuses a schema older or newer than the code."""
+    engine = create_engine(db_url)
+    check_schema(engine, where=_redacted(db_url))
+    engine.dispose()
+    probe = Registry(_location(db_url, store_url or "file:///nonexistent"))
+    configured = probe.get_setting(STORE_SETTING)
+    probe.close()
+    store = store_url or configured
+    if store is None:
+        raise InvalidInput(
+            "no artifact store configured for this database",
+            hint="run `tether server-init --db URL --store URL --admin USER` first",
+        )
+    if store.startswith("file://") and not Path(store[len("file://") :]).is_absolute():
+        raise InvalidInput("the server's file:// store must be an absolute path")
+    return Registry(_location(db_url, store))
+
+
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL is shown as given
+        return url
