@@ -111,6 +111,8 @@ def parse_filter(text: str | None) -> list[tuple[str, str, Any]]:
                 "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}': cannot parse '{part}'"
             )
         key = match["key"].replace("`", "")
+        if key.startswith("tag."):  # MLflow accepts both spellings
+            key = "tags." + key[4:]
         op = " ".join(match["op"].upper().split())
         raw = match["value"]
         value: Any

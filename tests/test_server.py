@@ -1,0 +1,343 @@
+"""The shared registry: a real `tether server` process, real HTTP, SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import tether
+from tether import NotFound, PermissionDenied
+
+from .conftest import fit_logreg, subprocess_env, tether_exe
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    admin_token: str
+    db_url: str
+    store_url: str
+    procs: list[subprocess.Popen[bytes]]
+
+    def client(self, token: str | None = None) -> Any:
+        return tether.connect(self.url, token=token or self.admin_token)
+
+    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token or self.admin_token}", **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kw)
+
+
+def start_server(db_url: str, store_url: str, tmp: Path, *, workers: int = 1) -> Server:
+    init = subprocess.run(
+        [tether_exe(), "server-init", "--db", db_url, "--store", store_url, "--admin", "root@team",
+         "--json"], capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert init.returncode == 0, init.stderr
+    token = json.loads(init.stdout)["token"]
+    port = free_port()
+    log = open(tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [tether_exe(), "server", "--db", db_url, "--port", str(port), "--workers", str(workers)],
+        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError((tmp / f"server-{port}.log").read_text())
+    return Server(url, token, db_url, store_url, [proc])
+
+
+def stop(server: Server) -> None:
+    for proc in server.procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}",
+                           tmp_path)
+    yield running
+    stop(running)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    name = f"tether_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test",
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test",
+                         autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- the client has the embedded registry's interface ----------------------------------
+
+
+def test_log_promote_load_through_the_server(server: Server, iris: tuple[Any, Any],
+                                             tmp_path: Path) -> None:
+    client = server.client()
+    X, _ = iris
+    model = fit_logreg(iris)
+    v1 = client.log_model(model, "iris", params={"C": 1.0}, metrics={"acc": 0.9},
+                          input_example=X.head(3))
+    v2 = client.log_model(fit_logreg(iris, C=0.1), "iris", params={"C": 0.1},
+                          input_example=X.head(3))
+    assert (v1.semver, v2.semver, v2.seq) == ("1.0.0", "1.1.0", 2)
+    assert v1.author == "root@team"  # the authenticated user, not what the client claims
+    client.promote("iris@1.0.0", "production")
+    loaded = client.load("iris@production")
+    assert (loaded.predict(X) == model.predict(X)).all()
+    client.promote("iris@1.1.0", "production")
+    assert client.rollback("iris", "production").version == "1.0.0"
+    assert [e.action for e in client.audit_log(limit=3)][0].startswith("alias.")
+    assert client.verify_audit()[1] == []
+    assert client.diff("iris@1.0.0", "iris@1.1.0")["params"][0]["name"] == "C"
+    # A second client with an empty cache downloads the chunks and verifies them.
+    other = tether.remote.connect(server.url, token=server.admin_token, cache_dir=tmp_path / "c2")
+    assert other.verify("iris@1.1.0") == []
+
+
+def test_cli_works_against_the_server(server: Server, iris: tuple[Any, Any]) -> None:
+    client = server.client()
+    client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
+    env = subprocess_env(TETHER_URI=server.url, TETHER_TOKEN=server.admin_token)
+    out = subprocess.run([tether_exe(), "versions", "iris", "--json"], capture_output=True,
+                         text=True, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["semver"] == "1.0.0"
+    promote = subprocess.run([tether_exe(), "promote", "iris@1.0.0", "staging"],
+                             capture_output=True, text=True, env=env, check=False)
+    assert promote.returncode == 0 and "iris@staging → 1.0.0" in promote.stdout
+    missing = subprocess.run([tether_exe(), "show", "iris@4.0.0"], capture_output=True,
+                             text=True, env=env, check=False)
+    assert missing.returncode == 1 and "iris has no version 4.0.0" in missing.stderr
+
+
+# -- auth and roles ----------------------------------------------------------------------
+
+
+def test_tokens_and_roles(server: Server, iris: tuple[Any, Any]) -> None:
+    admin = server.client()
+    admin.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
+    reader = admin.create_token("rita", role="reader")["token"]
+    contributor = admin.create_token("carl", role="contributor")["token"]
+    expired = admin.create_token("eve", role="admin", expires_in="1s")["token"]
+    time.sleep(1.2)
+
+    no_token = httpx.get(f"{server.url}/api/v1/models", timeout=10)
+    assert no_token.status_code == 401 and no_token.json()["error"] == "unauthenticated"
+    wrong = server.api("GET", "/api/v1/models", token="tth_wrong")
+    assert wrong.status_code == 401 and "not valid" in wrong.json()["message"]
+    old = server.api("GET", "/api/v1/models", token=expired)
+    assert old.status_code == 401 and "expired" in old.json()["message"]
+
+    assert tether.connect(server.url, token=reader).versions("iris")[0].seq == 1
+    with pytest.raises(PermissionDenied, match="needs role contributor"):
+        tether.connect(server.url, token=reader).log_model(
+            fit_logreg(iris, C=0.3), "iris", input_example=iris[0].head(3))
+    carl = tether.connect(server.url, token=contributor)
+    carl.promote("iris@1.0.0", "staging")
+    with pytest.raises(PermissionDenied, match="needs role approver"):
+        carl.promote("iris@1.0.0", "production")
+    events = admin.audit_log(limit=1)
+    assert events[0].actor == "carl" and events[0].action == "alias.set"
+
+
+# -- hot path: alias reads with ETags -------------------------------------------------------
+
+
+def test_alias_reads_use_etags(server: Server, iris: tuple[Any, Any]) -> None:
+    client = server.client()
+    client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
+    client.log_model(fit_logreg(iris, C=0.2), "iris", input_example=iris[0].head(3))
+    client.promote("iris@1", "production")
+    first = server.api("GET", "/api/v1/models/iris/aliases/production")
+    assert first.status_code == 200 and first.json()["version"] == "1.0.0"
+    etag = first.headers["etag"]
+    again = server.api("GET", "/api/v1/models/iris/aliases/production",
+                       headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    client.promote("iris@2", "production")
+    moved = server.api("GET", "/api/v1/models/iris/aliases/production",
+                       headers={"If-None-Match": etag})
+    assert moved.status_code == 200 and moved.json()["version"] == "1.1.0"
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_requests_get_clear_4xx_and_change_nothing(server: Server, iris: tuple[Any, Any]) -> None:
+    client = server.client()
+    client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
+    before = len(client.audit_log())
+    cases = [
+        (server.api("PUT", "/api/v1/models/iris/aliases/prod", content=b"{not json"),
+         400, "invalid_input"),
+        (server.api("PUT", "/api/v1/models/iris/aliases/prod",
+                    json={"version": "1.0.0", "colour": "red"}), 400, "unknown_field"),
+        (server.api("PUT", "/api/v1/models/iris/aliases/prod", content=b"x" * (9 << 20),
+                    headers={"content-type": "application/json"}), 413, "payload_too_large"),
+        (server.api("GET", "/api/v1/blobs/../../etc/passwd"), 404, None),
+        (server.api("GET", "/api/v1/blobs/packs%2F..%2F..%2Fmeta.db"), 400, "invalid_path"),
+        (server.api("GET", "/api/v1/models/iris/versions/9.9.9"), 404, "not_found"),
+        (server.api("GET", "/api/v1/models/iris/versions/sha:zz"), 400, "invalid_reference"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, response.text
+        if code:
+            assert response.json()["error"] == code
+    traversal = server.api("POST", "/api/v1/models/iris/versions", json={"values": {
+        "manifest": [{"path": "../evil.py", "size": 1, "digest": "00", "chunks": []}],
+        "flavor": {"name": "files"}, "signature": None, "input_example": None, "params": {},
+        "metrics": {}, "data": {}, "lineage": {}, "environment": {}, "tags": {}, "notes": ""}})
+    assert traversal.status_code == 400 and traversal.json()["error"] == "invalid_path"
+    missing_chunks = server.api("POST", "/api/v1/models/iris/versions", json={"values": {
+        "manifest": [{"path": "w.bin", "size": 3, "digest": "ab" * 32,
+                      "chunks": [["cd" * 32, 3]]}],
+        "flavor": {"name": "files"}, "signature": None, "input_example": None, "params": {},
+        "metrics": {}, "data": {}, "lineage": {}, "environment": {}, "tags": {}, "notes": ""}})
+    assert missing_chunks.status_code == 500 or missing_chunks.json()["error"] == "integrity_error"
+    assert len(client.audit_log()) == before
+    client.delete_version("iris@1.0.0")
+    with pytest.raises(NotFound):
+        client.get("iris@1.0.0")
+
+
+# -- PostgreSQL: several server processes, concurrent writers --------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys, tether
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    X, y = load_iris(return_X_y=True)
+    client = tether.connect(sys.argv[1], token=sys.argv[2])
+    for i in range(int(sys.argv[4])):
+        C = 0.01 + int(sys.argv[3]) * 10 + i
+        v = client.log_model(LogisticRegression(C=C, max_iter=300).fit(X, y), "shared",
+                             params={"C": C})
+        print(v.seq, v.semver, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_postgres_two_servers_concurrent_clients(pg_url: str, tmp_path: Path) -> None:
+    first = start_server(pg_url, f"file://{tmp_path / 'objects'}", tmp_path, workers=2)
+    port = free_port()
+    second = subprocess.Popen([tether_exe(), "server", "--db", pg_url, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=subprocess_env())
+    first.procs.append(second)
+    try:
+        urls = [first.url, f"http://127.0.0.1:{port}"]
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{urls[1]}/api/v1/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        script = tmp_path / "writer.py"
+        script.write_text(WRITER)
+        procs = [subprocess.Popen([sys.executable, str(script), urls[w % 2], first.admin_token,
+                                   str(w), "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=subprocess_env()) for w in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+        versions = first.client().versions("shared")
+        assert sorted(v.seq for v in versions) == list(range(1, 13))
+        assert len({v.semver for v in versions}) == 12
+        assert first.client().verify_audit()[1] == []
+    finally:
+        stop(first)
+
+
+def test_server_refuses_a_schema_older_than_the_code(tmp_path: Path) -> None:
+    from alembic import command
+
+    from tether._metadata.engine import _alembic_config, create_engine
+
+    db = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    engine.dispose()
+    proc = subprocess.run([tether_exe(), "server", "--db", db, "--store",
+                           f"file://{tmp_path / 'o'}", "--port", str(free_port())],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert proc.returncode == 1
+    assert "older than this Tether" in proc.stderr and "tether db upgrade" in proc.stderr
+
+
+# -- MLflow's own client against Tether ---------------------------------------------------------
+
+
+def test_unmodified_mlflow_client(server: Server) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    os.environ["MLFLOW_TRACKING_TOKEN"] = server.admin_token
+    try:
+        client = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+        client.create_registered_model("fraud", tags={"team": "risk"}, description="demo")
+        with pytest.raises(mlflow.exceptions.MlflowException) as info:
+            client.create_registered_model("fraud")
+        assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        v1 = client.create_model_version("fraud", "s3://bucket/fraud/1", run_id="r1")
+        v2 = client.create_model_version("fraud", "s3://bucket/fraud/2", run_id="r2",
+                                         tags={"stage": "candidate"})
+        assert (v1.version, v2.version) == ("1", "2")
+        client.set_registered_model_alias("fraud", "champion", "2")
+        champion = client.get_model_version_by_alias("fraud", "champion")
+        assert champion.version == "2" and champion.source == "s3://bucket/fraud/2"
+        assert client.get_registered_model("fraud").tags == {"team": "risk"}
+        found = client.search_model_versions("name = 'fraud' and run_id = 'r1'")
+        assert [v.version for v in found] == ["1"]
+        models = client.search_registered_models("name LIKE 'fr%'")
+        assert [m.name for m in models] == ["fraud"]
+        assert client.search_registered_models("tags.team = 'nobody'") == []
+        client.set_model_version_tag("fraud", "1", "checked", "yes")
+        assert client.get_model_version("fraud", "1").tags == {"checked": "yes"}
+        client.delete_registered_model_alias("fraud", "champion")
+        client.delete_model_version("fraud", "1")
+        with pytest.raises(mlflow.exceptions.MlflowException) as info:
+            client.get_model_version("fraud", "1")
+        assert info.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+        # Tether sees what MLflow did, in its own audit log.
+        actions = [e.action for e in server.client().audit_log(model="fraud")]
+        assert "alias.delete" in actions and "version.deleted" in actions
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
