@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import os
 import random
@@ -80,7 +81,10 @@ class Endpoint:
         self.router = WeightedRouter({r.name: r.weight for r in config.routes})
         self.rollbacks: deque[dict[str, Any]] = deque(maxlen=20)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"tether-load-{self.name}")
-        self._recent: dict[str, tuple[str, LoadedModel, list[Any]]] = {}
+        # request id -> (route, digest, predictions): atoms and tuples only, so the
+        # garbage collector stops tracking them and a full collection stays short.
+        self._recent: dict[str, tuple[str, str, Any]] = {}
+        self._served: dict[str, LoadedModel] = {}
         self._recent_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -165,9 +169,15 @@ class Endpoint:
 
     def _remember(self, request_id: str, route: str, loaded: LoadedModel,
                   predictions: list[Any]) -> None:
+        digest = loaded.digest
+        if digest not in self._served:
+            self._served[digest] = loaded
+        frozen: Any = tuple(predictions)
+        if not all(v is None or isinstance(v, int | float | str) for v in frozen):
+            frozen = json.dumps(predictions)
         with self._recent_lock:
             recent = self._recent
-            recent[request_id] = (route, loaded, predictions)
+            recent[request_id] = (route, digest, frozen)
             if len(recent) > RECENT_REQUESTS:
                 del recent[next(iter(recent))]
 
@@ -193,7 +203,9 @@ class Endpoint:
             if entry is None:
                 unknown.append(item["request_id"])
                 continue
-            route, loaded, predictions = entry
+            route, digest, frozen = entry
+            loaded = self._served[digest]
+            predictions = json.loads(frozen) if isinstance(frozen, str) else list(frozen)
             for name, total, count in _feedback_values(item, predictions, index):
                 labels = (self.name, *loaded.labels, name)
                 self.instruments.feedback.inc(*labels, amount=count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -43,6 +44,8 @@ def serve(registry: Registry, deployment: Deployment, *, host: str | None = None
     """Serve until interrupted. Raises before listening if a version is refused."""
     configure(log_level)
     runtime = start_runtime(registry, deployment)
+    gc.collect()
+    gc.freeze()  # models and modules loaded at start-up: never scanned again
     server = deployment.server
     config = _uvicorn_config(runtime, host or server.host,
                              port if port is not None else server.port,

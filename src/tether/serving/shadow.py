@@ -27,6 +27,8 @@ log = logging.getLogger("tether.serving")
 #: Largest number of mirrored requests one shadow batch takes.
 BATCH_REQUESTS = 256
 QUEUE_SIZE = 10_000
+#: How long the worker waits for more requests before predicting a batch (seconds).
+LINGER = 0.025
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,16 @@ class ShadowMirror:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            jobs = [first]
-            while len(jobs) < BATCH_REQUESTS:
+            jobs = [self._queue.get()]
+            # Let a batch gather: one prediction on many records costs about
+            # what one on a single record does.
+            deadline = time.monotonic() + LINGER
+            while len(jobs) < BATCH_REQUESTS and jobs[-1] is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    jobs.append(self._queue.get_nowait())
+                    jobs.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
             stop = any(j is None for j in jobs)
