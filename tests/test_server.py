@@ -50,15 +50,32 @@ class Server:
 
 def start_server(db_url: str, store_url: str, tmp: Path, *, workers: int = 1) -> Server:
     init = subprocess.run(
-        [tether_exe(), "server-init", "--db", db_url, "--store", store_url, "--admin", "root@team",
-         "--json"], capture_output=True, text=True, env=subprocess_env(), check=False)
+        [
+            tether_exe(),
+            "server-init",
+            "--db",
+            db_url,
+            "--store",
+            store_url,
+            "--admin",
+            "root@team",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        check=False,
+    )
     assert init.returncode == 0, init.stderr
     token = json.loads(init.stdout)["token"]
     port = free_port()
     log = open(tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [tether_exe(), "server", "--db", db_url, "--port", str(port), "--workers", str(workers)],
-        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -84,8 +101,9 @@ def stop(server: Server) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}",
-                           tmp_path)
+    running = start_server(
+        f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}", tmp_path
+    )
     yield running
     stop(running)
 
@@ -94,27 +112,32 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def pg_url() -> Iterator[str]:
     psycopg = pytest.importorskip("psycopg")
     name = f"tether_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True
+    ) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True
+    ) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # -- the client has the embedded registry's interface ----------------------------------
 
 
-def test_log_promote_load_through_the_server(server: Server, iris: tuple[Any, Any],
-                                             tmp_path: Path) -> None:
+def test_log_promote_load_through_the_server(
+    server: Server, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
     client = server.client()
     X, _ = iris
     model = fit_logreg(iris)
-    v1 = client.log_model(model, "iris", params={"C": 1.0}, metrics={"acc": 0.9},
-                          input_example=X.head(3))
-    v2 = client.log_model(fit_logreg(iris, C=0.1), "iris", params={"C": 0.1},
-                          input_example=X.head(3))
+    v1 = client.log_model(
+        model, "iris", params={"C": 1.0}, metrics={"acc": 0.9}, input_example=X.head(3)
+    )
+    v2 = client.log_model(
+        fit_logreg(iris, C=0.1), "iris", params={"C": 0.1}, input_example=X.head(3)
+    )
     assert (v1.semver, v2.semver, v2.seq) == ("1.0.0", "1.1.0", 2)
     assert v1.author == "root@team"  # the authenticated user, not what the client claims
     client.promote("iris@1.0.0", "production")
@@ -134,15 +157,26 @@ def test_cli_works_against_the_server(server: Server, iris: tuple[Any, Any]) -> 
     client = server.client()
     client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
     env = subprocess_env(TETHER_URI=server.url, TETHER_TOKEN=server.admin_token)
-    out = subprocess.run([tether_exe(), "versions", "iris", "--json"], capture_output=True,
-                         text=True, env=env, check=False)
+    out = subprocess.run(
+        [tether_exe(), "versions", "iris", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["semver"] == "1.0.0"
-    promote = subprocess.run([tether_exe(), "promote", "iris@1.0.0", "staging"],
-                             capture_output=True, text=True, env=env, check=False)
+    promote = subprocess.run(
+        [tether_exe(), "promote", "iris@1.0.0", "staging"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert promote.returncode == 0 and "iris@staging → 1.0.0" in promote.stdout
-    missing = subprocess.run([tether_exe(), "show", "iris@4.0.0"], capture_output=True,
-                             text=True, env=env, check=False)
+    missing = subprocess.run(
+        [tether_exe(), "show", "iris@4.0.0"], capture_output=True, text=True, env=env, check=False
+    )
     assert missing.returncode == 1 and "iris has no version 4.0.0" in missing.stderr
 
 
@@ -167,7 +201,8 @@ def test_tokens_and_roles(server: Server, iris: tuple[Any, Any]) -> None:
     assert tether.connect(server.url, token=reader).versions("iris")[0].seq == 1
     with pytest.raises(PermissionDenied, match="needs role contributor"):
         tether.connect(server.url, token=reader).log_model(
-            fit_logreg(iris, C=0.3), "iris", input_example=iris[0].head(3))
+            fit_logreg(iris, C=0.3), "iris", input_example=iris[0].head(3)
+        )
     carl = tether.connect(server.url, token=contributor)
     carl.promote("iris@1.0.0", "staging")
     with pytest.raises(PermissionDenied, match="needs role approver"):
@@ -187,29 +222,51 @@ def test_alias_reads_use_etags(server: Server, iris: tuple[Any, Any]) -> None:
     first = server.api("GET", "/api/v1/models/iris/aliases/production")
     assert first.status_code == 200 and first.json()["version"] == "1.0.0"
     etag = first.headers["etag"]
-    again = server.api("GET", "/api/v1/models/iris/aliases/production",
-                       headers={"If-None-Match": etag})
+    again = server.api(
+        "GET", "/api/v1/models/iris/aliases/production", headers={"If-None-Match": etag}
+    )
     assert again.status_code == 304
     client.promote("iris@2", "production")
-    moved = server.api("GET", "/api/v1/models/iris/aliases/production",
-                       headers={"If-None-Match": etag})
+    moved = server.api(
+        "GET", "/api/v1/models/iris/aliases/production", headers={"If-None-Match": etag}
+    )
     assert moved.status_code == 200 and moved.json()["version"] == "1.1.0"
 
 
 # -- bad input ------------------------------------------------------------------------------
 
 
-def test_bad_requests_get_clear_4xx_and_change_nothing(server: Server, iris: tuple[Any, Any]) -> None:
+def test_bad_requests_get_clear_4xx_and_change_nothing(
+    server: Server, iris: tuple[Any, Any]
+) -> None:
     client = server.client()
     client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
     before = len(client.audit_log())
     cases = [
-        (server.api("PUT", "/api/v1/models/iris/aliases/prod", content=b"{not json"),
-         400, "invalid_input"),
-        (server.api("PUT", "/api/v1/models/iris/aliases/prod",
-                    json={"version": "1.0.0", "colour": "red"}), 400, "unknown_field"),
-        (server.api("PUT", "/api/v1/models/iris/aliases/prod", content=b"x" * (9 << 20),
-                    headers={"content-type": "application/json"}), 413, "payload_too_large"),
+        (
+            server.api("PUT", "/api/v1/models/iris/aliases/prod", content=b"{not json"),
+            400,
+            "invalid_input",
+        ),
+        (
+            server.api(
+                "PUT",
+                "/api/v1/models/iris/aliases/prod",
+                json={"version": "1.0.0", "colour": "red"},
+            ),
+            400,
+            "unknown_field",
+        ),
+        (
+            server.api(
+                "PUT",
+                "/api/v1/models/iris/aliases/prod",
+                content=b"x" * (9 << 20),
+                headers={"content-type": "application/json"},
+            ),
+            413,
+            "payload_too_large",
+        ),
         (server.api("GET", "/api/v1/blobs/../../etc/passwd"), 404, None),
         (server.api("GET", "/api/v1/blobs/packs%2F..%2F..%2Fmeta.db"), 400, "invalid_path"),
         (server.api("GET", "/api/v1/models/iris/versions/9.9.9"), 404, "not_found"),
@@ -219,16 +276,47 @@ def test_bad_requests_get_clear_4xx_and_change_nothing(server: Server, iris: tup
         assert response.status_code == status, response.text
         if code:
             assert response.json()["error"] == code
-    traversal = server.api("POST", "/api/v1/models/iris/versions", json={"values": {
-        "manifest": [{"path": "../evil.py", "size": 1, "digest": "00", "chunks": []}],
-        "flavor": {"name": "files"}, "signature": None, "input_example": None, "params": {},
-        "metrics": {}, "data": {}, "lineage": {}, "environment": {}, "tags": {}, "notes": ""}})
+    traversal = server.api(
+        "POST",
+        "/api/v1/models/iris/versions",
+        json={
+            "values": {
+                "manifest": [{"path": "../evil.py", "size": 1, "digest": "00", "chunks": []}],
+                "flavor": {"name": "files"},
+                "signature": None,
+                "input_example": None,
+                "params": {},
+                "metrics": {},
+                "data": {},
+                "lineage": {},
+                "environment": {},
+                "tags": {},
+                "notes": "",
+            }
+        },
+    )
     assert traversal.status_code == 400 and traversal.json()["error"] == "invalid_path"
-    missing_chunks = server.api("POST", "/api/v1/models/iris/versions", json={"values": {
-        "manifest": [{"path": "w.bin", "size": 3, "digest": "ab" * 32,
-                      "chunks": [["cd" * 32, 3]]}],
-        "flavor": {"name": "files"}, "signature": None, "input_example": None, "params": {},
-        "metrics": {}, "data": {}, "lineage": {}, "environment": {}, "tags": {}, "notes": ""}})
+    missing_chunks = server.api(
+        "POST",
+        "/api/v1/models/iris/versions",
+        json={
+            "values": {
+                "manifest": [
+                    {"path": "w.bin", "size": 3, "digest": "ab" * 32, "chunks": [["cd" * 32, 3]]}
+                ],
+                "flavor": {"name": "files"},
+                "signature": None,
+                "input_example": None,
+                "params": {},
+                "metrics": {},
+                "data": {},
+                "lineage": {},
+                "environment": {},
+                "tags": {},
+                "notes": "",
+            }
+        },
+    )
     assert missing_chunks.status_code == 500 or missing_chunks.json()["error"] == "integrity_error"
     assert len(client.audit_log()) == before
     client.delete_version("iris@1.0.0")
@@ -258,9 +346,12 @@ WRITER = textwrap.dedent(
 def test_postgres_two_servers_concurrent_clients(pg_url: str, tmp_path: Path) -> None:
     first = start_server(pg_url, f"file://{tmp_path / 'objects'}", tmp_path, workers=2)
     port = free_port()
-    second = subprocess.Popen([tether_exe(), "server", "--db", pg_url, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=subprocess_env())
+    second = subprocess.Popen(
+        [tether_exe(), "server", "--db", pg_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     first.procs.append(second)
     try:
         urls = [first.url, f"http://127.0.0.1:{port}"]
@@ -273,9 +364,16 @@ def test_postgres_two_servers_concurrent_clients(pg_url: str, tmp_path: Path) ->
                 time.sleep(0.2)
         script = tmp_path / "writer.py"
         script.write_text(WRITER)
-        procs = [subprocess.Popen([sys.executable, str(script), urls[w % 2], first.admin_token,
-                                   str(w), "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=subprocess_env()) for w in range(4)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), urls[w % 2], first.admin_token, str(w), "3"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=subprocess_env(),
+            )
+            for w in range(4)
+        ]
         for proc in procs:
             _, err = proc.communicate(timeout=240)
             assert proc.returncode == 0, err
@@ -297,9 +395,22 @@ def test_server_refuses_a_schema_older_than_the_code(tmp_path: Path) -> None:
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "0001")
     engine.dispose()
-    proc = subprocess.run([tether_exe(), "server", "--db", db, "--store",
-                           f"file://{tmp_path / 'o'}", "--port", str(free_port())],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    proc = subprocess.run(
+        [
+            tether_exe(),
+            "server",
+            "--db",
+            db,
+            "--store",
+            f"file://{tmp_path / 'o'}",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "older than this Tether" in proc.stderr and "tether db upgrade" in proc.stderr
 
@@ -317,8 +428,9 @@ def test_unmodified_mlflow_client(server: Server) -> None:
             client.create_registered_model("fraud")
         assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
         v1 = client.create_model_version("fraud", "s3://bucket/fraud/1", run_id="r1")
-        v2 = client.create_model_version("fraud", "s3://bucket/fraud/2", run_id="r2",
-                                         tags={"stage": "candidate"})
+        v2 = client.create_model_version(
+            "fraud", "s3://bucket/fraud/2", run_id="r2", tags={"stage": "candidate"}
+        )
         assert (v1.version, v2.version) == ("1", "2")
         client.set_registered_model_alias("fraud", "champion", "2")
         champion = client.get_model_version_by_alias("fraud", "champion")
@@ -341,3 +453,35 @@ def test_unmodified_mlflow_client(server: Server) -> None:
         assert "alias.delete" in actions and "version.deleted" in actions
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+
+
+def test_s3_store_bytes_bypass_the_api_server(
+    s3_endpoint: str, tmp_path: Path, iris: tuple[Any, Any]
+) -> None:
+    from .conftest import make_bucket
+
+    make_bucket(s3_endpoint, "models")
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", "s3://models/registry", tmp_path)
+    try:
+        client = running.client()
+        X, _ = iris
+        model = fit_logreg(iris)
+        client.log_model(model, "iris", input_example=X.head(3))
+        blobs = client.store.blobs
+        uploads = [k for (k, m), (url, _) in blobs._urls.items() if m == "PUT" and url]
+        assert any(k.startswith("packs/") for k in uploads), "packs should go via presigned URLs"
+        assert all(
+            "127.0.0.1" in str(url) and "/api/v1/" not in str(url)
+            for (_, _), (url, _) in blobs._urls.items()
+            if url
+        )
+        fresh = tether.remote.connect(
+            running.url, token=running.admin_token, cache_dir=tmp_path / "fresh-cache"
+        )
+        loaded = fresh.load("iris@1.0.0")
+        assert (loaded.predict(X) == model.predict(X)).all()
+        gets = fresh.store.blobs.requests
+        fresh.load("iris@1.0.0")  # every chunk is cached now
+        assert fresh.store.blobs.requests == gets
+    finally:
+        stop(running)
