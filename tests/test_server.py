@@ -145,7 +145,7 @@ def test_log_promote_load_through_the_server(
     assert (loaded.predict(X) == model.predict(X)).all()
     client.promote("iris@1.1.0", "production")
     assert client.rollback("iris", "production").version == "1.0.0"
-    assert [e.action for e in client.audit_log(limit=3)][0].startswith("alias.")
+    assert next(e.action for e in client.audit_log(limit=3)).startswith("alias.")
     assert client.verify_audit()[1] == []
     assert client.diff("iris@1.0.0", "iris@1.1.0")["params"][0]["name"] == "C"
     # A second client with an empty cache downloads the chunks and verifies them.
