@@ -143,15 +143,10 @@ def _fast_path(signature: Signature | None, model: Any,
     return names, False
 
 
-_QUIETED = False
-
-
 def _quiet_feature_name_warning() -> None:
-    global _QUIETED
-    if not _QUIETED:
-        warnings.filterwarnings("ignore", message="X does not have valid feature names",
-                                category=UserWarning)
-        _QUIETED = True
+    # Idempotent: an identical filter replaces the earlier one.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names",
+                            category=UserWarning)
 
 
 def _numeric_inputs(records: list[dict[str, Any]], order: list[str], matrix: bool) -> Any:
