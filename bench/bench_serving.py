@@ -1,6 +1,6 @@
 """Serving benchmark: `tether serve` against the in-process floor and `mlflow models serve`.
 
-    .venv/bin/python bench/bench_serving.py [--duration 10] [--connections 16]
+    .venv/bin/python bench/bench_serving.py [--duration 10] [--connections 16] [--repeat 3]
         [--mlflow-python /tmp/mlflow-bench/bin/python]
 
 What it measures, for a small scikit-learn model (logistic regression on iris,
@@ -160,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all servers")
     parser.add_argument("--mlflow-python", default="/tmp/mlflow-bench/bin/python")
     args = parser.parse_args()
 
@@ -176,6 +177,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     env = {**os.environ, "TETHER_URI": str(work / ".tether")}
     results: list[tuple[str, dict[str, float] | str]] = []
+    runs: dict[str, list[dict[str, float]]] = {}
+    skipped: dict[str, str] = {}
+    servers: list[Process] = []
     try:
         registry = tether.init(work / ".tether")
         v1 = registry.log_model(model, "iris", input_example=X.head(5), data={"train": X})
@@ -197,27 +201,38 @@ def main() -> None:
             "tether serve, shadow route": (
                 f"endpoints: {{iris: {{routes: [{v1.ref}], shadow: [{v2.ref}]}}}}"),
         }
+        targets: dict[str, tuple[str, dict[str, Any]]] = {}
         for label, text in deployments.items():
             port = free_port()
             path = work / f"deploy-{port}.yaml"
             path.write_text(text + "\n")
-            server = Process([TETHER, "serve", str(path), "--port", str(port),
-                              "--log-level", "warning"],
-                             f"http://127.0.0.1:{port}/readyz", env)
-            try:
-                results.append((label, load(f"http://127.0.0.1:{port}/v1/endpoints/iris/predict",
-                                            {"records": record}, args.duration,
-                                            args.connections)))
-            finally:
-                server.stop()
-
-        results.append(("mlflow models serve (1 worker)",
-                        bench_mlflow(args, model, work, record, load, env)))
+            servers.append(Process([TETHER, "serve", str(path), "--port", str(port),
+                                    "--log-level", "warning"],
+                                   f"http://127.0.0.1:{port}/readyz", env))
+            targets[label] = (f"http://127.0.0.1:{port}/v1/endpoints/iris/predict",
+                              {"records": record})
+        started = start_mlflow(args, model, work, record, env)
+        if isinstance(started, str):
+            skipped["mlflow models serve (1 worker)"] = started
+        else:
+            servers.append(started[0])
+            targets["mlflow models serve (1 worker)"] = started[1:]
+        # Rounds interleave the servers, so a busy moment of the machine hurts all alike.
+        for _ in range(args.repeat):
+            for label, (url, body) in targets.items():
+                runs.setdefault(label, []).append(load(url, body, args.duration,
+                                                       args.connections))
     finally:
+        for server in servers:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nload: {tool}, 1 thread, {args.connections} connections, {args.duration} s, "
-          f"one record per request; {os.cpu_count()} CPUs")
+    for label, figures in runs.items():
+        results.append((label, {k: statistics.median(f[k] for f in figures)
+                                for k in figures[0]}))
+    results.extend(skipped.items())
+    print(f"\nload: {tool}, 1 thread, {args.connections} connections, {args.duration} s x "
+          f"{args.repeat} rounds (medians), one record per request; {os.cpu_count()} CPUs")
     print(f"{'':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for label, figures in results:
         if isinstance(figures, str):
@@ -234,8 +249,9 @@ def main() -> None:
                       f"req/s {100 * (other['rps'] / base['rps'] - 1):+.1f}% vs one version")
 
 
-def bench_mlflow(args: argparse.Namespace, model: Any, work: Path, record: Any, load: Any,
-                 env: dict[str, str]) -> dict[str, float] | str:
+def start_mlflow(args: argparse.Namespace, model: Any, work: Path, record: Any,
+                 env: dict[str, str]) -> tuple[Process, str, dict[str, Any]] | str:
+    """`mlflow models serve` for the same fitted model, or why it cannot run."""
     python = Path(args.mlflow_python)
     if not python.exists():
         return f"{python} not found (see this script's docstring to install mlflow apart)"
@@ -263,15 +279,12 @@ def bench_mlflow(args: argparse.Namespace, model: Any, work: Path, record: Any, 
     server = Process([str(python.parent / "mlflow"), "models", "serve", "-m", str(saved),
                       "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
                      f"http://127.0.0.1:{port}/ping", mlflow_env)
-    try:
-        body = {"dataframe_records": record}
-        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body)
-        if response.status_code != 200:
-            return f"mlflow answered {response.status_code}: {response.text[:200]}"
-        return dict(load(f"http://127.0.0.1:{port}/invocations", body, args.duration,
-                         args.connections))
-    finally:
+    url, body = f"http://127.0.0.1:{port}/invocations", {"dataframe_records": record}
+    response = httpx.post(url, json=body)
+    if response.status_code != 200:
         server.stop()
+        return f"mlflow answered {response.status_code}: {response.text[:200]}"
+    return server, url, body
 
 
 if __name__ == "__main__":
