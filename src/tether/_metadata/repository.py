@@ -337,3 +337,22 @@ def _new_id(result: sa.CursorResult[Any]) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
+
+
+def alias_state(conn: sa.Connection, name: str, alias: str) -> Any:
+    """One query for the hot path: an alias's target and generation."""
+    query = (
+        sa.select(
+            aliases.c.generation,
+            aliases.c.updated_at,
+            aliases.c.updated_by,
+            versions.c.semver,
+            versions.c.seq,
+            versions.c.digest,
+            versions.c.status,
+        )
+        .join(models, models.c.id == aliases.c.model_id)
+        .join(versions, versions.c.id == aliases.c.version_id)
+        .where(models.c.name == name, models.c.deleted.is_(False), aliases.c.name == alias)
+    )
+    return conn.execute(query).first()

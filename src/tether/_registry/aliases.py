@@ -193,20 +193,18 @@ def history(registry: Registry, name: str, alias: str) -> list[AliasMove]:
 
 
 def alias_state(registry: Registry, name: str, alias: str) -> dict[str, Any]:
-    """The hot-path read: target and generation (an ETag) of one alias."""
+    """The hot-path read: target and generation (an ETag) of one alias, in one query."""
     with registry.read() as conn:
-        mid = require_model(conn, name)
-        row = repo.alias_row(conn, mid, alias)
+        row = repo.alias_state(conn, name, alias)
         if row is None:
+            require_model(conn, name)  # says "no model named ..." with the list
             raise NotFound(f"{name} has no alias {alias!r}")
-        target = repo.version_by_id(conn, row.version_id)
-        assert target is not None
         return {
             "model": name,
             "alias": alias,
-            "version": target.semver,
-            "seq": target.seq,
-            "digest": f"sha:{target.digest}",
+            "version": row.semver,
+            "seq": row.seq,
+            "digest": f"sha:{row.digest}",
             "generation": row.generation,
             "updated_at": row.updated_at,
             "updated_by": row.updated_by,
