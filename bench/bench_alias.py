@@ -218,9 +218,8 @@ def main() -> None:
             f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10}"
         )
     if "rps" in results["mlflow"]:
-        print(
-            f"tether / mlflow throughput: {results['tether']['rps'] / results['mlflow']['rps']:.1f}x"
-        )
+        ratio = results["tether"]["rps"] / results["mlflow"]["rps"]
+        print(f"tether / mlflow throughput: {ratio:.1f}x")
 
 
 if __name__ == "__main__":
