@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,7 +42,6 @@ from ._reference import parse_reference
 from ._registry import loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
-from ._signature import Signature
 from ._store.base import FileEntry, StoreStats
 from ._store.blobs import BlobInfo
 from ._store.chunkstore import ChunkStore
@@ -288,39 +287,9 @@ class RemoteRegistry:
         path = f"/models/{quote(version.name)}/trust/{version.semver}"
         return dict(self._request("GET", path))
 
-    def log_model(
-        self,
-        model: Any,
-        name: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, Any] | None = None,
-        data: Any = None,
-        signature: Signature | Mapping[str, Any] | None = None,
-        input_example: Any = None,
-        notes: str = "",
-        bump: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        flavor: str | None = None,
-        serialization: str | None = None,
-        progress: bool = False,
-    ) -> ModelVersion:
-        return log_version.log_model(
-            self,  # type: ignore[arg-type]
-            model,
-            name,
-            params=params,
-            metrics=metrics,
-            data=data,  # type: ignore[arg-type]
-            signature=signature,
-            input_example=input_example,
-            notes=notes,
-            bump=bump,
-            tags=tags,
-            flavor=flavor,
-            serialization=serialization,
-            progress=progress,
-        )
+    def log_model(self, model: Any, name: str, **options: Any) -> ModelVersion:
+        """As ``Registry.log_model``: saved and chunked here, committed by the server."""
+        return log_version.log_model(self, model, name, **options)  # type: ignore[arg-type]
 
     def load(
         self,
