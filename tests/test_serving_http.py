@@ -77,6 +77,14 @@ def _flaky_model(fail_after: int | None, delay: float = 0.0) -> Any:
     return Flaky()
 
 
+def _constant_model(value: int) -> Any:
+    class Constant:
+        def predict(self, frame: Any) -> list[int]:
+            return [value] * len(frame)
+
+    return Constant()
+
+
 # -- the request path ---------------------------------------------------------------------------
 
 
@@ -292,6 +300,7 @@ def test_pinned_canary_is_drained_on_latency_and_feedback_rules(
 ) -> None:
     good = registry.log_model(_flaky_model(None), "scorer")
     slow = registry.log_model(_flaky_model(None, delay=0.03), "scorer", notes="slow")
+    contrary = registry.log_model(_constant_model(0), "scorer", notes="always 0")
     deployment = _deploy(tmp_path, f"""
 endpoints:
   scorer:
@@ -306,6 +315,13 @@ endpoints:
       - {{name: canary, target: {good.ref}, weight: 50}}
     trusted: true
     rollback: {{window: 30, min_requests: 8, rules: ["feedback.accuracy < 0.5"]}}
+  compared:
+    routes:
+      - {{name: stable, target: {good.ref}, weight: 50}}
+      - {{name: canary, target: {contrary.ref}, weight: 50}}
+    shadow: [{good.ref}]
+    trusted: true
+    rollback: {{window: 30, min_requests: 8, rules: ["shadow_disagreement > 0.5"]}}
 """)
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for i in range(30):
@@ -319,14 +335,20 @@ endpoints:
                               json={"request_id": body["request_id"], "truth": [truth]})
             assert feedback.json() == {"accepted": 1, "unknown": []}
         _wait(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0)
+        # The canary of "compared" disagrees with its shadow on every record.
+        for i in range(40):
+            c.post(PREDICT.format("compared"), json={"records": [{"x": i}]})
+        _wait(lambda: server.runtime.endpoint("compared").router.weights["canary"] == 0)
         status = c.get("/v1/deployment").json()
         metrics = c.get("/metrics").text
-    scorer, judged = status["endpoints"]
+    scorer, judged, compared = status["endpoints"]
+    assert "shadow_disagreement = 1" in compared["rollbacks"][0]["reason"]
+    assert compared["routes"][0]["weight"] == 50
     assert scorer["rollbacks"][0]["via"] == "weights"
     assert "p99_latency_ms" in scorer["rollbacks"][0]["reason"]
     assert "feedback.accuracy" in judged["rollbacks"][0]["reason"]
     events = registry.audit_log(action="deployment.rollback")
-    assert {e.subject for e in events} == {"scorer/canary", "judged/canary"}
+    assert {e.subject for e in events} == {"scorer/canary", "judged/canary", "compared/canary"}
     assert 'tether_feedback_total{endpoint="judged"' in metrics
     assert 'tether_rollbacks_total{endpoint="scorer",route="canary"} 1' in metrics
 

@@ -94,15 +94,14 @@ class ShadowMirror:
     def _run(self) -> None:
         while True:
             jobs = [self._queue.get()]
-            # Let a batch gather: one prediction on many records costs about
-            # what one on a single record does.
-            deadline = time.monotonic() + LINGER
+            if jobs[0] is not None and self._queue.qsize() < BATCH_REQUESTS:
+                # Let a batch gather: one prediction on many records costs about what
+                # one on a single record does. Sleeping (rather than waiting on the
+                # queue) keeps each new request from waking this thread.
+                time.sleep(LINGER)
             while len(jobs) < BATCH_REQUESTS and jobs[-1] is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
                 try:
-                    jobs.append(self._queue.get(timeout=remaining))
+                    jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = any(j is None for j in jobs)
