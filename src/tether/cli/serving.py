@@ -15,7 +15,10 @@ from ..serving.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 url_option = click.option(
-    "--url", default="http://127.0.0.1:8000", envvar="TETHER_SERVE_URL", show_default=True,
+    "--url",
+    default="http://127.0.0.1:8000",
+    envvar="TETHER_SERVE_URL",
+    show_default=True,
     help="The serving process to ask ($TETHER_SERVE_URL).",
 )
 
@@ -25,38 +28,68 @@ class ServingUnreachable(TetherError):
     http_status = 502
 
 
-def _deployment(target: str, *, host: str | None, port: int | None, trusted: bool,
-                env_policy: str | None) -> Deployment:
+def _deployment(
+    target: str, *, host: str | None, port: int | None, trusted: bool, env_policy: str | None
+) -> Deployment:
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         deployment = load_deployment(target)
         if trusted or env_policy:
-            raise click.UsageError("--trusted and --env-policy go in the deployment file "
-                                   "(per endpoint) when serving one")
+            raise click.UsageError(
+                "--trusted and --env-policy go in the deployment file "
+                "(per endpoint) when serving one"
+            )
     else:
         deployment = single_version(target, trusted=trusted, env_policy=env_policy)
     server = deployment.server
-    return Deployment(deployment.endpoints, ServerConfig(
-        host=host or server.host, port=port if port is not None else server.port,
-        poll_interval=server.poll_interval, access_log=server.access_log,
-    ), deployment.source)
+    return Deployment(
+        deployment.endpoints,
+        ServerConfig(
+            host=host or server.host,
+            port=port if port is not None else server.port,
+            poll_interval=server.poll_interval,
+            access_log=server.access_log,
+        ),
+        deployment.source,
+    )
 
 
 @click.command()
 @click.argument("target")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", "-p", type=int, default=None, help="Port (default 8000).")
-@click.option("--trusted", is_flag=True, help="Load pickles without the import allow-list "
-              "(single version only; for a trusted author).")
-@click.option("--env-policy", default=None, help="Override the registry's environment policy "
-              "(single version only).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--threaded", is_flag=True, help="Predict in a thread pool instead of on the "
-              "event loop (for slow models).")
+@click.option(
+    "--trusted",
+    is_flag=True,
+    help="Load pickles without the import allow-list (single version only; for a trusted author).",
+)
+@click.option(
+    "--env-policy",
+    default=None,
+    help="Override the registry's environment policy (single version only).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--threaded",
+    is_flag=True,
+    help="Predict in a thread pool instead of on the event loop (for slow models).",
+)
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, target: str, host: str | None, port: int | None, trusted: bool,
-          env_policy: str | None, log_level: str, threaded: bool) -> None:
+def serve(
+    ctx: click.Context,
+    target: str,
+    host: str | None,
+    port: int | None,
+    trusted: bool,
+    env_policy: str | None,
+    log_level: str,
+    threaded: bool,
+) -> None:
     """Serve TARGET over HTTP: a version (iris@production) or a deployment file (deploy.yaml).
 
     Routes that follow an alias switch blue-green when it moves; rollback
@@ -65,12 +98,14 @@ def serve(ctx: click.Context, target: str, host: str | None, port: int | None, t
     """
     from ..serving import serve as run
 
-    deployment = _deployment(target, host=host, port=port, trusted=trusted,
-                             env_policy=env_policy)
+    deployment = _deployment(target, host=host, port=port, trusted=trusted, env_policy=env_policy)
     server = deployment.server
     names = ", ".join(e.name for e in deployment.endpoints)
-    console.print(f"serving {names} on http://{server.host}:{server.port} "
-                  f"(POST /v1/endpoints/NAME/predict, /metrics, /readyz)", style="dim")
+    console.print(
+        f"serving {names} on http://{server.host}:{server.port} "
+        f"(POST /v1/endpoints/NAME/predict, /metrics, /readyz)",
+        style="dim",
+    )
     run(registry_from(ctx), deployment, log_level=log_level, inline=not threaded)
 
 
@@ -112,29 +147,56 @@ def deploy_status(url: str, as_json: bool) -> None:
         return
     for endpoint in status["endpoints"]:
         ready = "[green]ready[/]" if endpoint["ready"] else "[red]not ready[/]"
-        console.print(f"[bold]{endpoint['name']}[/]  {ready}  rules: "
-                      f"{'; '.join(endpoint['rules']) or '-'}")
-        console.print(table(
-            ["ROUTE", "TARGET", "WEIGHT", "SERVING", "STATUS", "REQS", "ERR%", "P99 MS", "NOTE"],
-            [_route_row(r) for r in endpoint["routes"]]
-            + [_route_row(s, shadow=True) for s in endpoint["shadows"]],
-        ))
+        console.print(
+            f"[bold]{endpoint['name']}[/]  {ready}  rules: {'; '.join(endpoint['rules']) or '-'}"
+        )
+        console.print(
+            table(
+                [
+                    "ROUTE",
+                    "TARGET",
+                    "WEIGHT",
+                    "SERVING",
+                    "STATUS",
+                    "REQS",
+                    "ERR%",
+                    "P99 MS",
+                    "NOTE",
+                ],
+                [_route_row(r) for r in endpoint["routes"]]
+                + [_route_row(s, shadow=True) for s in endpoint["shadows"]],
+            )
+        )
         for rollback in endpoint["rollbacks"][:5]:
-            console.print(f"  [yellow]rollback[/] {rollback['at']} {rollback['route']}: "
-                          f"{rollback['from']} → {rollback.get('to') or 'other routes'} "
-                          f"({rollback['reason']})")
+            console.print(
+                f"  [yellow]rollback[/] {rollback['at']} {rollback['route']}: "
+                f"{rollback['from']} → {rollback.get('to') or 'other routes'} "
+                f"({rollback['reason']})"
+            )
     for pair in status.get("shadow_pairs", []):
-        console.print(f"shadow {pair['shadow']} vs {pair['primary']} on {pair['endpoint']}: "
-                      f"{pair['rate']:.1%} disagreement over {pair['compared']} records")
+        console.print(
+            f"shadow {pair['shadow']} vs {pair['primary']} on {pair['endpoint']}: "
+            f"{pair['rate']:.1%} disagreement over {pair['compared']} records"
+        )
 
 
 def _route_row(route: dict[str, Any], *, shadow: bool = False) -> list[Any]:
     window = route["window"]
-    weight = "shadow" if shadow else f"{route['weight']:g}"
-    serving = f"{route['version'] or '-'} {str(route['digest'] or '')[:16]}"
-    return [route["name"], route["target"], weight, serving, route["status"],
-            window["requests"], f"{100 * window['error_rate']:.1f}",
-            f"{window['p99_latency_ms']:.1f}", route["problem"] or ""]
+    serving = f"{route['version'] or '-'} {str(route['digest'] or '')[4:12]}"
+    if shadow:  # a shadow's figures are in the shadow lines below the table
+        return [route["name"], route["target"], "shadow", serving, route["status"],
+                "-", "-", "-", route["problem"] or ""]
+    return [
+        route["name"],
+        route["target"],
+        f"{route['weight']:g}",
+        serving,
+        route["status"],
+        window["requests"],
+        f"{100 * window['error_rate']:.1f}",
+        f"{window['p99_latency_ms']:.1f}",
+        route["problem"] or "",
+    ]
 
 
 @deploy_group.command("weights")
@@ -159,8 +221,10 @@ def deploy_weights(endpoint: str, weights: tuple[str, ...], url: str, as_json: b
         emit_json(result)
         return
     total = sum(result["weights"].values()) or 1
-    console.print(f"{endpoint}: " + ", ".join(f"{k}={v:g} ({v / total:.0%})"
-                                              for k, v in result["weights"].items()))
+    console.print(
+        f"{endpoint}: "
+        + ", ".join(f"{k}={v:g} ({v / total:.0%})" for k, v in result["weights"].items())
+    )
 
 
 @deploy_group.command("check")
@@ -180,17 +244,38 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
             version = registry.get(ref)
             verdict = registry.env_verdict(version.ref, env_policy=endpoint.env_policy)
             problems = "; ".join(str(d) for d in verdict.refusals) or (
-                "warn: " + "; ".join(str(d) for d in verdict.warnings) if verdict.warnings else "")
-            rows.append({"endpoint": endpoint.name, "route": route, "target": ref,
-                         "version": version.ref, "digest": f"sha:{version.digest}",
-                         "loadable": verdict.ok, "problems": problems})
+                "warn: " + "; ".join(str(d) for d in verdict.warnings) if verdict.warnings else ""
+            )
+            rows.append(
+                {
+                    "endpoint": endpoint.name,
+                    "route": route,
+                    "target": ref,
+                    "version": version.ref,
+                    "digest": f"sha:{version.digest}",
+                    "loadable": verdict.ok,
+                    "problems": problems,
+                }
+            )
     if as_json:
         emit_json(rows)
     else:
-        console.print(table(["ENDPOINT", "ROUTE", "TARGET", "RESOLVES TO", "ENV", "PROBLEMS"],
-                            [(r["endpoint"], r["route"], r["target"], r["version"],
-                              "ok" if r["loadable"] else "REFUSED", r["problems"])
-                             for r in rows]))
+        console.print(
+            table(
+                ["ENDPOINT", "ROUTE", "TARGET", "RESOLVES TO", "ENV", "PROBLEMS"],
+                [
+                    (
+                        r["endpoint"],
+                        r["route"],
+                        r["target"],
+                        r["version"],
+                        "ok" if r["loadable"] else "REFUSED",
+                        r["problems"],
+                    )
+                    for r in rows
+                ],
+            )
+        )
     if not all(r["loadable"] for r in rows):
         raise SystemExit(1)
 
@@ -198,8 +283,13 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
 @click.command()
 @click.argument("endpoint")
 @url_option
-@click.option("--watch", type=float, default=None, metavar="SECONDS",
-              help="Refresh every SECONDS until interrupted.")
+@click.option(
+    "--watch",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until interrupted.",
+)
 @json_option
 @handle_errors
 def monitor(endpoint: str, url: str, watch: float | None, as_json: bool) -> None:
@@ -220,22 +310,32 @@ def monitor(endpoint: str, url: str, watch: float | None, as_json: bool) -> None
 
 def _render_drift(report: dict[str, Any]) -> None:
     for version in report["versions"]:
-        console.print(f"[bold]{report['endpoint']}[/]  {version['ref']}  "
-                      f"{version['digest'][:16]}")
+        console.print(f"[bold]{report['endpoint']}[/]  {version['ref']}  {version['digest'][:16]}")
         if not version["reference"]:
             console.print("  no reference statistics: log the version with data=... to get them")
             continue
         rows = []
         for feature, entry in version["features"].items():
             psi, ks = entry.get("psi"), entry.get("ks")
-            rows.append((feature, entry["kind"], entry["n"],
-                         "-" if psi is None else f"{psi:.3f}",
-                         "-" if ks is None else f"{ks:.3f}", _colour(entry["status"])))
+            rows.append(
+                (
+                    feature,
+                    entry["kind"],
+                    entry["n"],
+                    "-" if psi is None else f"{psi:.3f}",
+                    "-" if ks is None else f"{ks:.3f}",
+                    _colour(entry["status"]),
+                )
+            )
         console.print(table(["FEATURE", "KIND", "N", "PSI", "KS", "STATUS"], rows))
-    console.print(f"[dim]PSI < {PSI_MODERATE:g} stable, < {PSI_SIGNIFICANT:g} moderate, "
-                  f"above: drift[/]")
+    console.print(
+        f"[dim]PSI < {PSI_MODERATE:g} stable, < {PSI_SIGNIFICANT:g} moderate, above: drift[/]"
+    )
 
 
 def _colour(status: str) -> str:
-    return {"stable": "[green]stable[/]", "moderate": "[yellow]moderate[/]",
-            "drift": "[bold red]drift[/]"}.get(status, status)
+    return {
+        "stable": "[green]stable[/]",
+        "moderate": "[yellow]moderate[/]",
+        "drift": "[bold red]drift[/]",
+    }.get(status, status)

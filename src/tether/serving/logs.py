@@ -18,7 +18,8 @@ from .._records import ModelVersion
 log = logging.getLogger("tether.serving")
 
 #: LogRecord attributes that are not user fields.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -124,6 +124,9 @@ class ShadowMirror:
                 self._compare(endpoint, shadow, group)
 
     def _compare(self, endpoint: str, shadow: LoadedModel, jobs: list[MirrorJob]) -> None:
+        jobs = [job for job in jobs if job.primary.digest != shadow.digest]  # same bytes
+        if not jobs:
+            return
         records = [r for job in jobs for r in job.records]
         started = time.perf_counter()
         try:
