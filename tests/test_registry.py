@@ -377,3 +377,11 @@ def test_diff_reports_params_metrics_signature_and_bytes(
     assert result["signature"]["compatible"] is True
     assert result["files"]["files"][0]["change"] == "changed"
     assert result["environment"] == []
+
+
+def test_schema_head_read_from_the_scripts_matches_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from tether._metadata.engine import _MIGRATIONS, head_revision
+
+    assert head_revision() == ScriptDirectory(str(_MIGRATIONS)).get_current_head()

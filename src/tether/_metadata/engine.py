@@ -8,14 +8,11 @@ processes logging versions at once queue instead of failing half-way with
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from .._errors import InvalidInput, SchemaMismatch
 
@@ -61,27 +58,53 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _alembic_config(connection: sa.Connection) -> Config:
+def _alembic_config(connection: sa.Connection) -> Any:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
 
+_REVISION = re.compile(r"^revision = [\"'](\w+)[\"']", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision = [\"'](\w+)[\"']", re.MULTILINE)
+
+
+def _revisions() -> tuple[set[str], set[str]]:
+    """Every revision and every revision something builds on, read from the scripts.
+
+    Read as text rather than through alembic, which costs a third of a second
+    to import, on every command.
+    """
+    known, parents = set(), set()
+    for script in (_MIGRATIONS / "versions").glob("*.py"):
+        text = script.read_text()
+        if match := _REVISION.search(text):
+            known.add(match[1])
+        if match := _DOWN.search(text):
+            parents.add(match[1])
+    return known, parents
+
+
 def head_revision() -> str:
-    script = ScriptDirectory(str(_MIGRATIONS))
-    head = script.get_current_head()
-    assert head is not None
-    return head
+    known, parents = _revisions()
+    heads = known - parents
+    assert len(heads) == 1, f"migrations must form one line, found heads {heads}"
+    return heads.pop()
 
 
 def current_revision(engine: sa.Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: sa.Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is there)."""
+    from alembic import command
+
     with engine.begin() as connection:
         command.upgrade(_alembic_config(connection), "head")
 
@@ -92,8 +115,7 @@ def check_schema(engine: sa.Engine, *, where: str) -> None:
     head = head_revision()
     if current == head:
         return
-    script = ScriptDirectory(str(_MIGRATIONS))
-    known = {rev.revision for rev in script.walk_revisions()}
+    known, _ = _revisions()
     if current is None:
         raise SchemaMismatch(
             f"{where} has no Tether schema",
