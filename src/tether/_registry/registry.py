@@ -210,7 +210,7 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         flavor: str | None = None,
         serialization: str | None = None,
-        progress: bool = False,
+        progress: bool = True,
     ) -> ModelVersion:
         return log_version.log_model(
             self,
@@ -244,7 +244,7 @@ class Registry:
         expect: str | None = None,
         env_policy: str | None = None,
         trusted: bool = False,
-        progress: bool = False,
+        progress: bool = True,
         environment: dict[str, Any] | None = None,
         use_lock: bool = True,
     ) -> Any:
@@ -268,7 +268,7 @@ class Registry:
             environment=environment,
         )
 
-    def download(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+    def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """Write a version's files (verified) into ``dest``, which must not exist."""
         target = Path(dest)
         if target.exists():

@@ -8,7 +8,11 @@ from typing import Any
 
 
 class Progress:
-    """Shows a rich bar on a terminal when enabled; otherwise does nothing."""
+    """A rich bar on stderr for transfers of 8 MiB or more, only on a terminal.
+
+    ``enabled`` is the caller's wish (the CLI turns it off for ``--json``);
+    scripts and logs, whose stderr is not a terminal, never see a bar.
+    """
 
     def __init__(self, label: str, total: int, *, enabled: bool) -> None:
         self._bar: Any = None

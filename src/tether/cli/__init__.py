@@ -12,7 +12,7 @@ from .demo import demo
 from .env import env_group
 from .governance import approve, key_group, policy_group, role_group, sign
 from .inspect import diff, models, show, versions
-from .manage import config_group, db_group, deprecate, init, verify
+from .manage import config_group, db_group, deprecate, download, init, verify
 from .pinning import check, lock_group, reproduce
 from .server import server, server_init, token_group
 from .serving import deploy_group, monitor, serve
@@ -56,6 +56,7 @@ for command in (
     gc,
     store_group,
     verify,
+    download,
     deprecate,
     config_group,
     policy_group,

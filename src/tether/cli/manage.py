@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -132,3 +133,22 @@ def registry_location(ctx: click.Context) -> Any:
 
     state = ctx.find_object(State)
     return find_location(state.registry_uri if state else None)
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+@handle_errors
+def download(ctx: click.Context, ref: str, dest: Path, as_json: bool) -> None:
+    """Write REF's files (every byte verified) into the new folder DEST."""
+    registry = registry_from(ctx)
+    version = registry.get(ref)
+    where = registry.download(version.ref, dest, progress=not as_json)
+    if as_json:
+        emit_json(
+            {"ref": version.ref, "path": str(where), "files": [f.path for f in version.files]}
+        )
+    else:
+        console.print(f"{version.ref}: {len(version.files)} file(s) verified into {where}")
