@@ -103,7 +103,7 @@ def rollback_slot(endpoint: Endpoint, slot: RouteSlot, breach: Breach) -> None:
         log.error("cannot roll back %s/%s: no earlier version and no other route",
                   endpoint.name, slot.name, extra=fields)
         return
-    slot.problem = reason
+    slot.problem = f"rolled back from {failing.ref}: {breach.rule.describe()}"
     endpoint.note_rollback(entry)
     log.warning("rolled back %s/%s from %s to %s", endpoint.name, slot.name, failing.ref,
                 entry.get("to") or "the other routes", extra={**fields, "to": entry.get("to")})
