@@ -223,7 +223,7 @@ endpoints:
         for _ in range(10):  # the shadow sleeps 0.2 s and raises; callers never notice
             assert c.post(PREDICT.format("slowshadow"),
                           json={"records": records[:1]}).status_code == 200
-        assert time.perf_counter() - began < 1.0
+        assert time.perf_counter() - began < 1.5  # not 10 x 0.2 s
         _wait(server.runtime.mirror.idle)
         pairs = {(p["endpoint"], p["shadow"]): p for p in c.get("/v1/deployment").json()
                  ["shadow_pairs"]}
@@ -299,7 +299,7 @@ def test_pinned_canary_is_drained_on_latency_and_feedback_rules(
     registry: Registry, tmp_path: Path
 ) -> None:
     good = registry.log_model(_flaky_model(None), "scorer")
-    slow = registry.log_model(_flaky_model(None, delay=0.03), "scorer", notes="slow")
+    slow = registry.log_model(_flaky_model(None, delay=0.1), "scorer", notes="slow")
     contrary = registry.log_model(_constant_model(0), "scorer", notes="always 0")
     deployment = _deploy(tmp_path, f"""
 endpoints:
@@ -308,7 +308,7 @@ endpoints:
       - {{name: stable, target: {good.ref}, weight: 50}}
       - {{name: canary, target: {slow.ref}, weight: 50}}
     trusted: true
-    rollback: {{window: 30, min_requests: 8, rules: ["p99_latency_ms > 20"]}}
+    rollback: {{window: 30, min_requests: 8, rules: ["p99_latency_ms > 60"]}}
   judged:
     routes:
       - {{name: stable, target: {good.ref}, weight: 50}}
