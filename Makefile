@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench-store lock clean
+.PHONY: demo test lint bench-store bench-serving bench-alias lock clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lint: $(VENV)/.installed
 
 bench-store: $(VENV)/.installed
 	$(BIN)/python bench/bench_store.py
+
+# These two compare with MLflow, installed in its own venv (see each script's docstring).
+bench-serving: $(VENV)/.installed
+	$(BIN)/python bench/bench_serving.py --duration 10 --repeat 3
+
+bench-alias: $(VENV)/.installed
+	$(BIN)/python bench/bench_alias.py --duration 10
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
