@@ -14,7 +14,10 @@ install -y wrk) in a second process, one thread, N keep-alive connections:
 MLflow is not a Tether dependency; install it for this run in its own venv:
 
     .venv/bin/uv venv /tmp/mlflow-bench --python .venv/bin/python
-    .venv/bin/uv pip install --python /tmp/mlflow-bench/bin/python mlflow
+    .venv/bin/uv pip install --python /tmp/mlflow-bench/bin/python mlflow "uvicorn[standard]"
+
+uvicorn[standard] (httptools, uvloop) matters: without httptools both servers
+suffer ~40 ms delayed-ACK stalls per response on loopback, so compare like with like.
 
 The script prints requests/s and p50/p99 latency side by side.
 """
