@@ -20,7 +20,9 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
         if not parsed.netloc:
             raise InvalidInput(f"store URL {url!r} names no bucket", hint="s3://bucket/prefix")
         threshold = options.pop("multipart_threshold", 16 << 20)
-        blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold)
+        attempts = options.pop("max_attempts", 8)  # boto3's retries, with backoff
+        blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold,
+                        max_attempts=attempts)
         return ChunkStore(blobs, cache_dir=cache_dir, **options)
     raise InvalidInput(f"unsupported store URL {url!r}",
                        hint="use file:///absolute/path or s3://bucket/prefix")

@@ -1,0 +1,145 @@
+"""The chunk store on a real S3 endpoint over HTTP (moto's server), including one that fails."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tether import StoreError
+from tether._store import open_store
+
+from .conftest import make_bucket
+
+
+class FlakyProxy:
+    """Forwards to S3, answering 503 to every ``fail_every``-th request instead."""
+
+    def __init__(self, upstream: str, fail_every: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.count = 0
+        self.failed = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                with lock:
+                    proxy.count += 1
+                    fail = fail_every and proxy.count % fail_every == 0
+                if fail:
+                    proxy.failed += 1
+                    message = b"<Error><Code>SlowDown</Code><Message>try again</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("content-length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = f"{host}:{port}"
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            free = sock.getsockname()[1]
+        self.server = ThreadingHTTPServer(("127.0.0.1", free), Handler)
+        self.url = f"http://127.0.0.1:{free}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> Iterator[str]:
+    make_bucket(s3_endpoint, "models")
+    yield "s3://models/registry"
+
+
+def test_round_trip_dedup_multipart_and_cache(bucket: str, tmp_path: Path) -> None:
+    # A 6 MiB pack with a 5 MiB multipart threshold goes up in parts.
+    store = open_store(
+        bucket, cache_dir=tmp_path / "cache", pack_target=6 << 20, multipart_threshold=5 << 20
+    )
+    data = os.urandom(7 << 20)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.bin").write_bytes(data)
+    report = store.ingest(tmp_path / "src", ["w.bin"])
+    sizes = [i.size for i in store.blobs.list("packs/")]
+    assert max(sizes) >= 6 << 20  # the multipart upload landed whole
+    again = store.ingest(tmp_path / "src", ["w.bin"])
+    assert again.new_chunks == 0
+
+    reader = open_store(bucket, cache_dir=tmp_path / "cache2")
+    reader.materialize(report.files, tmp_path / "out", label="w@1")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+    gets = reader.blobs.requests  # type: ignore[attr-defined]
+    assert gets >= len(report.files[0].chunks)  # one ranged GET per chunk
+    reader.materialize(report.files, tmp_path / "out2", label="w@1")
+    assert reader.blobs.requests == gets  # type: ignore[attr-defined]  # all from the cache
+    assert reader.verify(report.files, label="w@1") == []
+
+
+def test_a_server_that_fails_some_requests(
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = FlakyProxy(s3_endpoint, fail_every=3)
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+    try:
+        store = open_store(bucket, cache_dir=tmp_path / "cache", pack_target=1 << 20)
+        data = os.urandom(3 << 20)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "w.bin").write_bytes(data)
+        report = store.ingest(tmp_path / "src", ["w.bin"])
+        store.materialize(report.files, tmp_path / "out", label="w@1")
+        assert (tmp_path / "out" / "w.bin").read_bytes() == data
+        assert proxy.failed > 0  # the retries really happened
+    finally:
+        proxy.close()
+
+
+def test_a_server_that_always_fails_gives_a_clear_error(
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = FlakyProxy(s3_endpoint, fail_every=1)
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+    try:
+        store = open_store(bucket, cache_dir=tmp_path / "cache", max_attempts=2)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "w.bin").write_bytes(b"x" * 1000)
+        with pytest.raises(StoreError, match="S3 .* failed"):
+            store.ingest(tmp_path / "src", ["w.bin"])
+    finally:
+        proxy.close()
+
+
+def test_a_missing_bucket_is_named(s3_endpoint: str, tmp_path: Path) -> None:
+    store = open_store("s3://no-such-bucket/x", cache_dir=tmp_path)
+    with pytest.raises(StoreError, match="no-such-bucket"):
+        store.refresh()
