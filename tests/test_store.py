@@ -99,7 +99,7 @@ def test_a_flipped_byte_is_named_and_a_missing_pack_is_clear(tmp_path: Path) -> 
     assert len(problems) == 1 and "weights.bin" in problems[0]
     pack.unlink()
     fresh = store_at(tmp_path)
-    with pytest.raises(IntegrityError, match="missing|not in the store"):
+    with pytest.raises(IntegrityError, match=r"missing|not in the store"):
         fresh.materialize(report.files, tmp_path / "out2", label="fraud@1.2.0")
 
 

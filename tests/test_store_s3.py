@@ -133,7 +133,7 @@ def test_a_server_that_always_fails_gives_a_clear_error(
         store = open_store(bucket, cache_dir=tmp_path / "cache", max_attempts=2)
         (tmp_path / "src").mkdir()
         (tmp_path / "src" / "w.bin").write_bytes(b"x" * 1000)
-        with pytest.raises(StoreError, match="S3 .* failed"):
+        with pytest.raises(StoreError, match=r"S3 .* failed"):
             store.ingest(tmp_path / "src", ["w.bin"])
     finally:
         proxy.close()

@@ -7,6 +7,7 @@ single (multipart) upload on S3.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -95,10 +96,8 @@ class LocalBlobs:
         return found
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)

@@ -198,7 +198,10 @@ class ChunkStore:
         size = path.stat().st_size
         if size == 0:
             return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        ):
             view = memoryview(mm)
             slices: list[memoryview] = []  # every view of the map must be released before it closes
             try:

@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from .._errors import Conflict, NotFound
@@ -90,7 +90,5 @@ def ingest_lock(store: ChunkStore, *, wait_seconds: float = 600.0) -> Iterator[N
     try:
         yield
     finally:
-        try:
+        with suppress(NotFound):
             store.blobs.delete(key)
-        except NotFound:
-            pass
