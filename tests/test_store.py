@@ -62,7 +62,10 @@ def test_an_insertion_in_the_middle_reuses_almost_everything(tmp_path: Path) -> 
     """The small benchmark workload: new versions cost about the bytes that changed."""
     store = store_at(tmp_path)
     rng = np.random.default_rng(7)
-    size, count = 256 << 10, 48  # 12 MiB "checkpoints" of 256 KiB tensors
+    # 24 MiB "checkpoints" of 1 MiB tensors. The chunks straddling a rewritten
+    # tensor's edges are new too, which costs relatively more for small tensors
+    # than in the benchmark's 4 MiB ones; hence 20% over the floor here.
+    size, count = 1 << 20, 24
     parts = tensors(rng, count, size)
     logical = floor = 0
     for version in range(5):
@@ -81,7 +84,7 @@ def test_an_insertion_in_the_middle_reuses_almost_everything(tmp_path: Path) -> 
         assert (out / "ckpt.bin").read_bytes() == blob
     stored = store.stats().stored_bytes
     assert stored < 0.45 * logical
-    assert stored < 1.15 * floor, (stored, floor)
+    assert stored < 1.2 * floor, (stored, floor)
 
 
 def test_a_flipped_byte_is_named_and_a_missing_pack_is_clear(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ def test_round_trip_dedup_multipart_and_cache(bucket: str, tmp_path: Path) -> No
     reader.materialize(report.files, tmp_path / "out", label="w@1")
     assert (tmp_path / "out" / "w.bin").read_bytes() == data
     gets = reader.blobs.requests  # type: ignore[attr-defined]
-    assert gets >= len(report.files[0].chunks)  # one ranged GET per chunk
+    assert 0 < gets < len(report.files[0].chunks)  # adjacent chunks share a ranged GET
     reader.materialize(report.files, tmp_path / "out2", label="w@1")
     assert reader.blobs.requests == gets  # type: ignore[attr-defined]  # all from the cache
     assert reader.verify(report.files, label="w@1") == []
