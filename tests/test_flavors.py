@@ -4,111 +4,421 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tether import InvalidInput, UnsafeArtifact
-from tether._flavors import check_pickle_safe, detect_flavor, get_flavor, scan_pickle
+from tether._flavors import (
+    DEFAULT_ALLOW,
+    check_pickle_safe,
+    detect_flavor,
+    get_flavor,
+    model_predict,
+    scan_pickle,
+    unsafe_globals,
+)
+
+# -- models -------------------------------------------------------------------------
 
 
-class _Exploit:
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, ("touch /tmp/tether-pwned-by-pickle",))
+@pytest.fixture(scope="module")
+def cancer() -> tuple[Any, Any]:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True)
+    return frame.data, frame.target
 
 
-def _models(iris: tuple[Any, Any]) -> list[Any]:
+def _logreg(X: Any, y: Any) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(solver="liblinear").fit(X, y)
+
+
+def _forest(X: Any, y: Any) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+
+
+def _scaled_logreg(X: Any, y: Any) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+
+
+def _column_transformer(X: Any, y: Any) -> Any:
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    X, y = iris
-    X = X.assign(kind=["a", "b", "c"] * 50)
-    numeric = list(X.columns[:4])
+    X = _with_category(X)
     columns = ColumnTransformer(
-        [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(), ["kind"])]
+        [
+            ("num", StandardScaler(), list(X.columns[:-1])),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["kind"]),
+        ]
     )
-    return [
-        LogisticRegression(max_iter=500).fit(X[numeric], y),
-        RandomForestClassifier(n_estimators=5).fit(X[numeric], y),
-        GradientBoostingClassifier(n_estimators=5).fit(X[numeric], y),
-        make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X[numeric], y),
-        make_pipeline(columns, LogisticRegression(max_iter=500)).fit(X, y),
-    ]
+    return make_pipeline(columns, LogisticRegression(max_iter=2000)).fit(X, y)
 
 
-def test_fitted_sklearn_models_pass_the_scanner(iris: tuple[Any, Any]) -> None:
-    for model in _models(iris):
-        check_pickle_safe(pickle.dumps(model, protocol=5), label=type(model).__name__)
+def _boosting(X: Any, y: Any) -> Any:
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return GradientBoostingClassifier(n_estimators=5, random_state=0).fit(X, y)
+
+
+def _with_category(X: Any) -> Any:
+    return X.assign(kind=[("a", "b", "c")[i % 3] for i in range(len(X))])
+
+
+def _inputs(build: Callable[[Any, Any], Any], X: Any) -> Any:
+    return _with_category(X) if build is _column_transformer else X
+
+
+BUILDERS = [_logreg, _forest, _scaled_logreg, _column_transformer, _boosting]
+
+
+@pytest.fixture(scope="module", params=BUILDERS, ids=lambda b: b.__name__.strip("_"))
+def fitted(request: pytest.FixtureRequest, cancer: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(model, inputs it predicts on) for each kind of estimator the scanner must accept."""
+    X, y = cancer
+    build = request.param
+    return build(X, y), _inputs(build, X)
+
+
+def _folder(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    return folder
+
+
+# -- sklearn ------------------------------------------------------------------------
+
+
+def test_fitted_sklearn_pickles_pass_the_default_allow_list(fitted: tuple[Any, Any]) -> None:
+    model, _ = fitted
+    data = pickle.dumps(model, protocol=5)
+    assert unsafe_globals(scan_pickle(data)) == []
+    check_pickle_safe(data, label=type(model).__name__)
+
+
+def test_sklearn_pickle_round_trip_predicts_the_same(
+    fitted: tuple[Any, Any], tmp_path: Path
+) -> None:
+    model, X = fitted
+    flavor = detect_flavor(model)
+    assert flavor.name == "sklearn"
+    record = flavor.save(model, tmp_path)
+    assert record["serialization"] == "pickle" and (tmp_path / record["entry"]).is_file()
+    assert record["framework_packages"] == ["scikit-learn", "scipy", "numpy"]
+    assert set(record["framework_versions"]) == {"scikit-learn", "scipy", "numpy"}
+    assert record["python_class"] == f"{type(model).__module__}.{type(model).__qualname__}"
+    loaded = get_flavor(record["name"]).load(tmp_path, record)
+    np.testing.assert_array_equal(model_predict(loaded, record, X), model.predict(X))
+
+
+def test_sklearn_skops_round_trip(cancer: tuple[Any, Any], tmp_path: Path) -> None:
+    X, y = cancer
+    model = _scaled_logreg(X, y)
+    flavor = get_flavor("sklearn")
+    record = flavor.save(model, tmp_path, serialization="skops")
+    assert record["entry"] == "model.skops" and "skops" in record["framework_packages"]
+    assert record["python_class"] == "sklearn.pipeline.Pipeline"
+    loaded = flavor.load(tmp_path, record)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_skops_refuses_untrusted_types_unless_trusted(
+    cancer: tuple[Any, Any], tmp_path: Path
+) -> None:
+    X, y = cancer
+    model = _forest(X, y)
+    flavor = get_flavor("sklearn")
+    record = flavor.save(model, tmp_path, serialization="skops")
+    with pytest.raises(UnsafeArtifact, match=r"sklearn\.tree\._tree\.Tree") as refused:
+        flavor.load(tmp_path, record)
+    assert refused.value.hint and "trusted=True" in refused.value.hint
+    loaded = flavor.load(tmp_path, record, trusted=True)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_sklearn_refuses_an_unknown_serialization(cancer: tuple[Any, Any], tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="serialization 'json'"):
+        get_flavor("sklearn").save(_logreg(*cancer), tmp_path, serialization="json")
+
+
+# -- the pickle scanner ---------------------------------------------------------------
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_a_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
-    marker = Path("/tmp/tether-pwned-by-pickle")
-    marker.unlink(missing_ok=True)
-    data = pickle.dumps(_Exploit())
-    assert any(n.endswith(".system") for n in scan_pickle(data))
-    with pytest.raises(UnsafeArtifact, match="system"):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps(_Exploit(marker), protocol=5)
+    system = f"{os.system.__module__}.system"  # posix.system, or nt.system on Windows
+    assert system in scan_pickle(data)
+    assert unsafe_globals(scan_pickle(data)) == [system]
+    with pytest.raises(UnsafeArtifact, match=rf"{system}") as refused:
         check_pickle_safe(data, label="evil.pkl")
-    (tmp_path / "model.pkl").write_bytes(data)
-    with pytest.raises(UnsafeArtifact):
-        get_flavor("sklearn").load(tmp_path, {"entry": "model.pkl", "serialization": "pickle"})
+    assert "evil.pkl" in refused.value.message and "trusted=True" in str(refused.value.hint)
+    saved = _folder(tmp_path, "model")
+    (saved / "model.pkl").write_bytes(data)
+    record = {"name": "sklearn", "entry": "model.pkl", "serialization": "pickle"}
+    with pytest.raises(UnsafeArtifact, match="system"):
+        get_flavor("sklearn").load(saved, record)
     assert not marker.exists()
 
 
-def test_sklearn_pickle_and_skops_round_trip(iris: tuple[Any, Any], tmp_path: Path) -> None:
-    X, _ = iris
-    model = _models(iris)[3]
-    flavor = detect_flavor(model)
-    for serialization in ("pickle", "skops"):
-        folder = tmp_path / serialization
-        folder.mkdir()
-        record = flavor.save(model, folder, serialization=serialization)
-        assert (
-            record["serialization"] == serialization
-            and "scikit-learn" in record["framework_packages"]
-        )
-        loaded = flavor.load(folder, record)
-        assert (loaded.predict(X[X.columns[:4]]) == model.predict(X[X.columns[:4]])).all()
-    with pytest.raises(InvalidInput, match="serialization"):
-        flavor.save(model, tmp_path, serialization="json")
+def test_scan_reads_a_path_as_well_as_bytes(tmp_path: Path) -> None:
+    data = pickle.dumps(_Exploit(tmp_path / "never"), protocol=2)
+    (tmp_path / "evil.pkl").write_bytes(data)
+    assert scan_pickle(tmp_path / "evil.pkl") == scan_pickle(str(tmp_path / "evil.pkl"))
+    assert f"{os.system.__module__}.system" in scan_pickle(tmp_path / "evil.pkl")
 
 
-def test_files_and_python_flavors(tmp_path: Path) -> None:
+def _op(code: bytes, text: str) -> bytes:
+    raw = text.encode()
+    return code + bytes([len(raw)]) + raw  # SHORT_BINUNICODE is b"\x8c"
+
+
+def test_stack_global_names_are_followed_through_the_memo() -> None:
+    # "posix" memoized, popped, fetched back with BINGET, then "system": posix.system.
+    data = (
+        b"\x80\x04"
+        + _op(b"\x8c", "posix")
+        + b"\x94"  # MEMOIZE -> memo[0]
+        + b"0"  # POP
+        + b"h\x00"  # BINGET 0
+        + _op(b"\x8c", "system")
+        + b"\x93"  # STACK_GLOBAL
+        + b"."
+    )
+    assert scan_pickle(data) == ["posix.system"]
+    long_get = b"\x80\x04" + _op(b"\x8c", "builtins") + b"r\x07\x00\x00\x000j\x07\x00\x00\x00"
+    data = long_get + _op(b"\x8c", "eval") + b"\x93."  # LONG_BINPUT 7, POP, LONG_BINGET 7
+    assert scan_pickle(data) == ["builtins.eval"]
+
+
+def test_a_stack_global_with_unknown_operands_is_unsafe() -> None:
+    # The unpickler would import posix.system here; the scanner cannot tell, and refuses.
+    data = b"\x80\x04" + _op(b"\x8c", "posix") + _op(b"\x8c", "system") + b")0\x93."
+    assert scan_pickle(data) == ["<unknown>"]
+    with pytest.raises(UnsafeArtifact, match="<unknown>"):
+        check_pickle_safe(data, label="odd.pkl")
+
+
+def test_python2_names_are_mapped_as_the_unpickler_maps_them() -> None:
+    data = b"\x80\x02c__builtin__\neval\n."
+    assert scan_pickle(data) == ["builtins.eval"]
+
+
+def test_an_unreadable_pickle_is_refused() -> None:
+    data = pickle.dumps({"a": 1}, protocol=5)[:-4]
+    assert unsafe_globals(scan_pickle(data))
+    with pytest.raises(UnsafeArtifact, match="unreadable"):
+        check_pickle_safe(data, label="cut.pkl")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.getattr",
+        "builtins.__import__",
+        "os.system",
+        "posix.system",
+        "subprocess.Popen",
+        "runpy.run_path",
+        "importlib.import_module",
+        "numpy.load",
+        "numpy.memmap",
+        "pandas.read_pickle",
+        "sklearn.datasets.dump_svmlight_file",
+        "sklearn.base.BaseEstimator.__init__.__globals__",
+    ],
+)
+def test_dangerous_names_are_refused(name: str) -> None:
+    assert unsafe_globals([name]) != []
+
+
+def test_deny_wins_over_a_broader_allow_entry() -> None:
+    assert unsafe_globals(["os.system", "builtins.getattr"], allow=("os.", "builtins.")) == [
+        "builtins.getattr",
+        "os.system",
+    ]
+    assert unsafe_globals(["collections.OrderedDict"], allow=()) == ["collections.OrderedDict"]
+
+
+def test_a_re_export_inside_an_allowed_module_is_judged_by_what_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = types.ModuleType("sklearn._tether_reexport")
+    module.system = os.system  # type: ignore[attr-defined]
+    module.osmod = os  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    refused = unsafe_globals(["sklearn._tether_reexport.system", "sklearn._tether_reexport.osmod"])
+    assert len(refused) == 2 and all("really" in r for r in refused)
+    data = b"\x80\x04" + _op(b"\x8c", module.__name__) + _op(b"\x8c", "osmod.system") + b"\x93."
+    with pytest.raises(UnsafeArtifact, match="really"):
+        check_pickle_safe(data, label="sneaky.pkl")
+
+
+def test_default_allow_list_has_no_broad_numpy_or_builtins_prefix() -> None:
+    assert "numpy." not in DEFAULT_ALLOW and "builtins." not in DEFAULT_ALLOW
+    assert unsafe_globals(scan_pickle(pickle.dumps([slice(1), {1}, frozenset(), 1j]))) == []
+
+
+# -- files ----------------------------------------------------------------------------
+
+
+def test_files_flavor_stores_a_single_file(tmp_path: Path) -> None:
     single = tmp_path / "weights.bin"
-    single.write_bytes(b"\x00\x01" * 100)
-    dest = tmp_path / "saved"
-    dest.mkdir()
-    record = detect_flavor(single).save(single, dest)
-    assert get_flavor("files").load(dest, record).read_bytes() == single.read_bytes()
+    single.write_bytes(bytes(range(256)) * 10)
+    flavor = detect_flavor(single)
+    assert flavor.name == "files" and detect_flavor(str(single)) is flavor
+    dest = _folder(tmp_path, "saved")
+    record = flavor.save(single, dest)
+    assert record == {
+        "name": "files",
+        "kind": "file",
+        "entry": "weights.bin",
+        "framework_packages": [],
+        "framework_versions": {},
+    }
+    loaded = get_flavor("files").load(dest, record)
+    assert loaded == dest / "weights.bin" and loaded.read_bytes() == single.read_bytes()
+    with pytest.raises(InvalidInput, match="no predict"):
+        model_predict(loaded, record, [[1.0]])
+
+
+def test_files_flavor_keeps_a_nested_folder_layout(tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    files = {
+        "weights.bin": bytes(range(256)) * 100,
+        "sub/vocab.txt": b"a\nb\n",
+        "sub/deeper/config.json": b'{"k": 1}',
+    }
+    for rel, content in files.items():
+        (folder / rel).write_bytes(content)
+    (folder / "sub" / "alias.txt").symlink_to(folder / "sub" / "vocab.txt")
+    dest = _folder(tmp_path, "saved")
+    record = detect_flavor(folder).save(folder, dest)
+    assert record["kind"] == "directory" and record["entry"] == "."
+    loaded = get_flavor("files").load(dest, record)
+    stored = {p.relative_to(loaded).as_posix() for p in loaded.rglob("*") if p.is_file()}
+    assert stored == {*files, "sub/alias.txt"}
+    for rel, content in files.items():
+        assert (loaded / rel).read_bytes() == content
+    assert not (loaded / "sub" / "alias.txt").is_symlink()
+    assert (loaded / "sub" / "alias.txt").read_bytes() == b"a\nb\n"
+
+
+def test_files_flavor_refuses_links_leaving_the_folder(tmp_path: Path) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("no")
-    folder = tmp_path / "bundle"
-    folder.mkdir()
+    folder = _folder(tmp_path, "bundle")
+    (folder / "ok.txt").write_text("yes")
     (folder / "link").symlink_to(outside)
-    dest2 = tmp_path / "saved2"
-    dest2.mkdir()
-    with pytest.raises(InvalidInput, match="links outside"):
-        detect_flavor(folder).save(folder, dest2)
+    with pytest.raises(InvalidInput, match="outside the folder"):
+        detect_flavor(folder).save(folder, _folder(tmp_path, "saved"))
 
+
+def test_files_flavor_refuses_link_loops_and_empty_folders(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "bundle")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "f.txt").write_text("x")
+    (folder / "sub" / "up").symlink_to(folder)
+    with pytest.raises(InvalidInput, match="loop"):
+        get_flavor("files").save(folder, _folder(tmp_path, "saved"))
+    empty = _folder(tmp_path, "empty")
+    with pytest.raises(InvalidInput, match="no files"):
+        get_flavor("files").save(empty, _folder(tmp_path, "saved2"))
+
+
+# -- python ---------------------------------------------------------------------------
+
+
+class _Doubler:
+    def predict(self, rows: list[float]) -> list[float]:
+        return [2 * r for r in rows]
+
+
+def test_python_flavor_refuses_a_function_unless_trusted(tmp_path: Path) -> None:
     def shout(text: str) -> str:
         return text.upper()
 
-    dest3 = tmp_path / "saved3"
-    dest3.mkdir()
-    python = detect_flavor(shout)
-    record = python.save(shout, dest3)
-    with pytest.raises(UnsafeArtifact, match="trusted=True"):
-        python.load(dest3, record)
-    assert python.load(dest3, record, trusted=True)("hi") == "HI"
+    flavor = detect_flavor(shout)
+    assert flavor.name == "python"
+    record = flavor.save(shout, tmp_path)
+    assert record["serialization"] == "cloudpickle" and record["callable"] == "__call__"
+    assert record["framework_packages"] == ["cloudpickle"]
+    with pytest.raises(UnsafeArtifact, match="code would run") as refused:
+        flavor.load(tmp_path, record)
+    assert "trusted=True" in str(refused.value.hint) and "--trusted" in str(refused.value.hint)
+    loaded = flavor.load(tmp_path, record, trusted=True)
+    assert loaded("hi") == "HI" and model_predict(loaded, record, "ab") == "AB"
 
 
-def test_unknown_things_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="does not exist"):
-        detect_flavor(str(tmp_path / "missing"))
-    with pytest.raises(InvalidInput, match="cannot log"):
-        detect_flavor(42)
-    with pytest.raises(InvalidInput, match="unknown flavor"):
+def test_python_flavor_round_trips_an_object_with_predict(tmp_path: Path) -> None:
+    model = _Doubler()
+    flavor = detect_flavor(model)
+    record = flavor.save(model, tmp_path)
+    assert record["callable"] == "predict"
+    assert record["python_class"].endswith("_Doubler")
+    with pytest.raises(UnsafeArtifact):
+        flavor.load(tmp_path, record)
+    loaded = flavor.load(tmp_path, record, trusted=True)
+    assert model_predict(loaded, record, [1.0, 2.5]) == [2.0, 5.0]
+
+
+# -- detection ------------------------------------------------------------------------
+
+
+def test_detect_flavor_picks_each_kind(cancer: tuple[Any, Any], tmp_path: Path) -> None:
+    X, y = cancer
+    (tmp_path / "f.bin").write_bytes(b"x")
+    assert detect_flavor(tmp_path / "f.bin").name == "files"
+    assert detect_flavor(str(tmp_path)).name == "files"
+    assert detect_flavor(_logreg(X, y)).name == "sklearn"
+    assert detect_flavor(_scaled_logreg(X, y)).name == "sklearn"
+    assert detect_flavor(len).name == "python"
+    assert detect_flavor(_Doubler()).name == "python"
+
+
+@pytest.mark.parametrize("bad", [42, None, b"bytes", [1, 2]])
+def test_detect_flavor_explains_what_it_accepts(bad: Any) -> None:
+    with pytest.raises(InvalidInput, match="cannot log") as refused:
+        detect_flavor(bad)
+    assert "scikit-learn" in str(refused.value.hint)
+
+
+def test_detect_flavor_names_a_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.bin"
+    with pytest.raises(InvalidInput, match=r"missing\.bin does not exist"):
+        detect_flavor(str(missing))
+    with pytest.raises(InvalidInput, match="a class, not a model"):
+        detect_flavor(_Doubler)
+
+
+def test_get_flavor_lists_the_known_ones() -> None:
+    with pytest.raises(InvalidInput, match="unknown flavor 'tensorflow'") as refused:
         get_flavor("tensorflow")
+    assert refused.value.hint == "known flavors: files, python, sklearn"

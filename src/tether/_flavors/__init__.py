@@ -1,4 +1,8 @@
-"""Flavors: how each kind of model is saved, loaded and asked to predict."""
+"""Flavors: how each kind of model is saved, loaded and asked to predict.
+
+``detect_flavor`` picks one for a model object, ``get_flavor`` finds one by the
+name a version records, ``model_predict`` asks a loaded model for predictions.
+"""
 
 from __future__ import annotations
 
@@ -13,48 +17,52 @@ from .pickle_scan import DEFAULT_ALLOW, check_pickle_safe, scan_pickle, unsafe_g
 from .python import PythonFlavor
 from .sklearn import SklearnFlavor
 
-_FLAVORS: dict[str, Flavor] = {}
-for _flavor in (SklearnFlavor(), FilesFlavor(), PythonFlavor()):
-    _FLAVORS[_flavor.name] = _flavor
+_FLAVORS: dict[str, Flavor] = {f.name: f for f in (SklearnFlavor(), FilesFlavor(), PythonFlavor())}
+
+_ACCEPTED = (
+    "log a scikit-learn estimator or pipeline, a function or object with predict(), "
+    "or the path of an existing file or folder"
+)
+
 
 def get_flavor(name: str) -> Flavor:
     try:
         return _FLAVORS[name]
     except KeyError:
         raise InvalidInput(
-            f"unknown flavor {name!r}", hint=f"flavors: {', '.join(sorted(_FLAVORS))}"
+            f"unknown flavor {name!r}", hint=f"known flavors: {', '.join(sorted(_FLAVORS))}"
         ) from None
 
 
-def _is_sklearn(model: Any) -> bool:
+def detect_flavor(model: Any) -> Flavor:
+    """The flavor for a model object; InvalidInput for anything no flavor stores."""
+    if isinstance(model, str | os.PathLike):
+        if not Path(model).exists():
+            raise InvalidInput(f"{os.fspath(model)!s} does not exist", hint=_ACCEPTED)
+        return _FLAVORS["files"]
+    if _is_sklearn_estimator(model):
+        return _FLAVORS["sklearn"]
+    if isinstance(model, type):
+        raise InvalidInput(
+            f"{model.__module__}.{model.__qualname__} is a class, not a model",
+            hint="pass a fitted instance",
+        )
+    if callable(model) or hasattr(model, "predict"):
+        return _FLAVORS["python"]
+    raise InvalidInput(f"cannot log a {type(model).__name__} as a model", hint=_ACCEPTED)
+
+
+def model_predict(model: Any, record: dict[str, Any], data: Any) -> Any:
+    """Predictions of a loaded ``model`` saved with the flavor ``record`` names."""
+    return get_flavor(record["name"]).predict(model, data)
+
+
+def _is_sklearn_estimator(model: Any) -> bool:
     try:
         from sklearn.base import BaseEstimator
     except ImportError:  # pragma: no cover - scikit-learn is a dependency
         return False
     return isinstance(model, BaseEstimator)
-
-
-def detect_flavor(model: Any) -> Flavor:
-    if isinstance(model, str | os.PathLike):
-        if not Path(model).exists():
-            raise InvalidInput(
-                f"{model} does not exist",
-                hint="pass a model object, or the path of an existing file/folder",
-            )
-        return _FLAVORS["files"]
-    if _is_sklearn(model):
-        return _FLAVORS["sklearn"]
-    if callable(model) or hasattr(model, "predict"):
-        return _FLAVORS["python"]
-    raise InvalidInput(
-        f"cannot log a {type(model).__name__}",
-        hint="log a scikit-learn estimator, a callable or object with predict(), "
-        "or a path to a file or folder",
-    )
-
-
-def model_predict(model: Any, record: dict[str, Any], data: Any) -> Any:
-    return get_flavor(record["name"]).predict(model, data)
 
 
 __all__ = [

@@ -1,24 +1,87 @@
 """Reading what a pickle would import, without unpickling it.
 
-Unpickling runs whatever callables the pickle names. Walking its opcodes
-tells which globals it would import; anything outside an allow-list of
-modules known to be safe for fitted models is refused before a byte runs.
+Unpickling calls whatever the pickle names. Walking its opcodes with
+``pickletools.genops`` tells which globals it would import; anything outside an
+allow-list known to be safe for fitted scikit-learn models is refused before a
+byte of it runs.
+
+A name that passes the list is also *resolved*: its module is imported (only
+modules the list allows) and the attribute path followed as the unpickler
+would, so that a re-export (``sklearn.some_module.os``, a function imported from
+``importlib`` or ``joblib`` into an allowed module) is judged by what it really
+is. Attribute paths through instances or dunder names are refused.
+
+This is a safeguard for fitted estimators, not a sandbox: pass ``trusted=True``
+only for artifacts whose author you trust.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import copyreg
+import importlib
+import os
 import pickletools
+import types
+import warnings
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 from .._errors import UnsafeArtifact
+from .base import TRUST_HINT
 
-#: Module prefixes whose globals fitted scikit-learn models use.
+#: What a STACK_GLOBAL whose operands cannot be read from the opcodes imports.
+UNKNOWN = "<unknown>"
+
+_NUMPY_SCALARS = (
+    "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "uint64", "intc", "uintc", "intp", "uintp", "longlong", "ulonglong", "float16",
+    "float32", "float64", "longdouble", "complex64", "complex128", "clongdouble",
+    "object_", "str_", "bytes_", "datetime64", "timedelta64",
+)  # fmt: skip
+#: numpy ufuncs commonly handed to FunctionTransformer; pure arithmetic.
+_NUMPY_UFUNCS = (
+    "log", "log1p", "log2", "log10", "exp", "expm1", "sqrt", "square", "abs",
+    "absolute", "sign", "reciprocal", "negative", "clip", "tanh", "sin", "cos",
+)  # fmt: skip
+
+#: Globals fitted scikit-learn models use. An entry ending in "." is a prefix,
+#: any other entry an exact name.
 DEFAULT_ALLOW: tuple[str, ...] = (
+    # scikit-learn: estimators, trees, losses, distance metrics, Cython helpers.
     "sklearn.",
-    "numpy.",
-    "numpy",
-    "scipy.",
+    # numpy arrays, dtypes and scalars, under numpy 2 and numpy 1 names.
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.dtypes.",
+    "numpy._core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy._core.numeric._frombuffer",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy.core.numeric._frombuffer",
+    *(f"numpy.{name}" for name in _NUMPY_SCALARS),
+    *(f"numpy.{name}" for name in _NUMPY_UFUNCS),
+    # masked arrays (cv_results_ of a search).
+    "numpy.ma.MaskedArray",
+    "numpy.ma.core.MaskedArray",
+    "numpy.ma.core._mareconstruct",
+    # random states kept by estimators and losses.
+    "numpy.random._pickle.",
+    "numpy.random.bit_generator.",
+    "numpy.random._mt19937.MT19937",
+    "numpy.random._pcg64.PCG64",
+    "numpy.random._pcg64.PCG64DXSM",
+    "numpy.random._philox.Philox",
+    "numpy.random._sfc64.SFC64",
+    "numpy.random.mtrand.RandomState",
+    "numpy.random._generator.Generator",
+    # sparse matrices (models fitted on sparse data) and frozen distributions.
+    "scipy.sparse.",
+    "scipy.stats._distn_infrastructure.",
+    "scipy.stats._continuous_distns.",
+    "scipy.stats._discrete_distns.",
     "collections.OrderedDict",
     "collections.defaultdict",
     "collections.Counter",
@@ -29,133 +92,232 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     "builtins.frozenset",
     "builtins.complex",
     "builtins.bytearray",
+    "builtins.bytes",
     "builtins.range",
     "builtins.object",
     "builtins.dict",
     "builtins.list",
     "builtins.tuple",
-    "builtins.float",
     "builtins.int",
+    "builtins.float",
     "builtins.bool",
     "builtins.str",
-    "builtins.bytes",
-    "_operator.itemgetter",
-    "datetime.",
-    "decimal.Decimal",
-    "pandas.",
-    "joblib.numpy_pickle",
 )
 
-#: Never allowed, whatever the allow-list says.
+#: Never allowed, whatever the allow-list says (checked on the name in the pickle
+#: and on what it resolves to). An entry ending in "." is a prefix.
 DENY: tuple[str, ...] = (
-    "os.",
-    "posix.",
-    "nt.",
-    "subprocess.",
-    "sys.",
-    "shutil.",
-    "socket.",
-    "runpy.",
-    "importlib.",
-    "builtins.eval",
-    "builtins.exec",
-    "builtins.getattr",
-    "builtins.setattr",
-    "builtins.__import__",
-    "builtins.compile",
-    "builtins.open",
-    "builtins.globals",
-    "builtins.breakpoint",
-    "builtins.input",
-    "numpy.load",
-    "numpy.save",
-    "numpy.testing.",
-    "numpy.f2py.",
+    "os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "socket.", "runpy.",
+    "importlib.", "pickle.", "_pickle.", "marshal.", "types.", "code.", "codeop.",
+    "ctypes.", "pty.", "webbrowser.", "io.", "_io.", "tempfile.", "pathlib.",
+    "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr",
+    "builtins.setattr", "builtins.delattr", "builtins.__import__", "builtins.open",
+    "builtins.globals", "builtins.locals", "builtins.vars", "builtins.breakpoint",
+    "builtins.input", "builtins.type",
+    "joblib.", "cloudpickle.", "dill.", "pandas.read_pickle",
+    "numpy.load", "numpy.save", "numpy.savez", "numpy.savez_compressed", "numpy.savetxt",
+    "numpy.loadtxt", "numpy.genfromtxt", "numpy.fromfile", "numpy.memmap", "numpy.lib.",
+    "numpy._core.memmap.", "numpy.ctypeslib.", "numpy.testing.", "numpy.f2py.",
     "numpy.distutils.",
-    "pickle.",
-    "_pickle.",
-    "marshal.",
-    "types.",
-    "code.",
-    "ctypes.",
-    "pty.",
-    "webbrowser.",
+    "scipy.io.", "scipy.sparse.save_npz", "scipy.sparse.load_npz", "scipy.sparse._matrix_io.",
+    "sklearn.datasets.", "sklearn.utils._testing.", "sklearn.utils.discovery.",
+    "sklearn.utils._joblib.", "sklearn._build_utils.", "sklearn.__check_build.",
+)  # fmt: skip
+
+_STRING_OPS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
+    | {"SHORT_BINSTRING", "BINSTRING", "STRING"}
 )
-
-_STRING_OPS = {
-    "SHORT_BINUNICODE",
-    "BINUNICODE",
-    "UNICODE",
-    "BINUNICODE8",
-    "SHORT_BINSTRING",
-    "BINSTRING",
-    "STRING",
-}
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_EXT_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
 
 
-def scan_pickle(data: bytes | str | Path) -> list[str]:
-    """Fully qualified names of every global the pickle would import."""
-    raw = Path(data).read_bytes() if isinstance(data, str | Path) else data
-    names: list[str] = []
-    recent: list[str | None] = []  # the strings pushed most recently, for STACK_GLOBAL
-    memo: dict[int, str | None] = {}
-    next_memo = 0
-    try:
-        for opcode, arg, _pos in pickletools.genops(raw):
-            name = opcode.name
-            if name in _STRING_OPS:
-                recent.append(str(arg))
-            elif name in ("GLOBAL", "INST"):
-                module, _, attr = str(arg).partition(" ")
-                names.append(f"{module}.{attr}")
-                recent.append(None)
-            elif name == "STACK_GLOBAL":
-                if len(recent) >= 2 and recent[-2] is not None and recent[-1] is not None:
-                    names.append(f"{recent[-2]}.{recent[-1]}")
-                else:
-                    names.append("<unknown>")
-                recent.append(None)
-            elif name == "MEMOIZE":
-                memo[next_memo] = recent[-1] if recent else None
-                next_memo += 1
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(str(arg))] = recent[-1] if recent else None
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                recent.append(memo.get(int(str(arg))))
-            elif name not in ("PROTO", "FRAME"):
-                recent.append(None)
-    except Exception as error:
-        names.append(f"<unreadable pickle: {error}>")
-    return sorted(set(names))
+def scan_pickle(data: bytes | str | os.PathLike[str]) -> list[str]:
+    """Fully qualified names (``module.qualname``) of every global the pickle would import.
 
-
-def _allowed(name: str, allow: Iterable[str]) -> bool:
-    if (
-        any(name == d.rstrip(".") or name.startswith(d) for d in DENY if d.endswith("."))
-        or name in DENY
-    ):
-        return False
-    return any(
-        name == a
-        or (a.endswith(".") and name.startswith(a))
-        or (not a.endswith(".") and name.startswith(a + "."))
-        for a in allow
-    )
+    Sorted and unique. ``"<unknown>"`` stands for an import whose name cannot be
+    read from the opcodes; ``"<unreadable pickle: ...>"`` for a stream that does
+    not parse. Neither is ever allowed.
+    """
+    return sorted({_join(pair) for pair in _scan(_read(data))})
 
 
 def unsafe_globals(names: Iterable[str], allow: Iterable[str] = DEFAULT_ALLOW) -> list[str]:
-    allow = tuple(allow)
-    return sorted(n for n in set(names) if not _allowed(n, allow))
+    """The names among ``names`` that are refused (with why, when resolving refused them)."""
+    allowed = tuple(allow)
+    refused: set[str] = set()
+    for name in names:
+        refused.update(_refusals(_split(name) if _name_ok(name, allowed) else (name, ""), allowed))
+    return sorted(refused)
 
 
 def check_pickle_safe(
-    data: bytes | str | Path, *, label: str, allow: Iterable[str] = DEFAULT_ALLOW
+    data: bytes | str | os.PathLike[str],
+    *,
+    label: str,
+    allow: Iterable[str] = DEFAULT_ALLOW,
 ) -> None:
-    refused = unsafe_globals(scan_pickle(data), allow)
+    """Raise UnsafeArtifact when the pickle would import anything outside ``allow``."""
+    allowed = tuple(allow)
+    refused: set[str] = set()
+    for pair in set(_scan(_read(data))):
+        refused.update(_refusals(pair, allowed))
     if refused:
-        shown = ", ".join(refused[:15]) + (" …" if len(refused) > 15 else "")
+        names = sorted(refused)
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
         raise UnsafeArtifact(
-            f"{label} would import code outside the safe list when unpickled: {shown}",
-            hint="load it only if you trust its author: tether.load(ref, trusted=True) or "
-            '--trust; or log scikit-learn models with serialization="skops"',
+            f"{label} would import code outside the allow-list when unpickled: {shown}",
+            hint=TRUST_HINT,
         )
+
+
+# -- reading the opcodes -----------------------------------------------------------
+
+
+def _read(data: bytes | str | os.PathLike[str]) -> bytes:
+    return bytes(data) if isinstance(data, bytes | bytearray) else Path(data).read_bytes()
+
+
+def _join(pair: tuple[str, str]) -> str:
+    module, qualname = pair
+    return f"{module}.{qualname}" if qualname else module
+
+
+def _scan(raw: bytes) -> list[tuple[str, str]]:
+    """(module, qualname) of each import, in opcode order, as ``find_class`` gets them."""
+    found: list[tuple[str, str]] = []
+    # The two most recent stack pushes when they are known strings, else None.
+    below: str | None = None
+    top: str | None = None
+    memo: dict[int, str | None] = {}
+    proto = 0
+    try:
+        for opcode, arg, _pos in pickletools.genops(raw):
+            op = opcode.name
+            if op == "PROTO":
+                proto = int(arg)  # type: ignore[arg-type]
+                continue
+            if op in ("FRAME", "STOP"):
+                continue
+            if op == "MEMOIZE":  # stores the top of the stack; the stack is unchanged
+                memo[len(memo)] = top
+                continue
+            if op in _PUT_OPS:
+                memo[int(arg)] = top  # type: ignore[arg-type]
+                continue
+            pushed: str | None = None
+            if op in _STRING_OPS:
+                pushed = str(arg)
+            elif op in _GET_OPS:
+                pushed = memo.get(int(arg))  # type: ignore[arg-type]
+            elif op in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
+                found.append(_compat(module, name, proto))
+            elif op == "STACK_GLOBAL":
+                if below is not None and top is not None:
+                    found.append(_compat(below, top, proto))
+                else:
+                    found.append((UNKNOWN, ""))
+            elif op in _EXT_OPS:
+                known = copyreg._inverted_registry.get(int(arg))  # type: ignore[arg-type, attr-defined]
+                found.append((str(known[0]), str(known[1])) if known else (f"<ext {arg}>", ""))
+            below, top = top, pushed
+    except Exception as error:  # a truncated or crafted stream: refuse, never guess
+        found.append((f"<unreadable pickle: {type(error).__name__}: {str(error)[:80]}>", ""))
+    return found
+
+
+def _compat(module: str, name: str, proto: int) -> tuple[str, str]:
+    """The names the unpickler really imports: Python 2 names are mapped below protocol 3."""
+    if proto < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            mapped: tuple[str, str] = _compat_pickle.NAME_MAPPING[(module, name)]
+            return mapped
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return module, name
+
+
+# -- judging names -----------------------------------------------------------------
+
+
+def _matches(name: str, entries: Iterable[str], *, below_exact: bool) -> bool:
+    for entry in entries:
+        if entry.endswith("."):
+            if name.startswith(entry):
+                return True
+        elif name == entry or (below_exact and name.startswith(entry + ".")):
+            return True
+    return False
+
+
+def _name_ok(name: str, allow: tuple[str, ...]) -> bool:
+    if name.startswith("<") or _matches(name, DENY, below_exact=True):
+        return False
+    return _matches(name, allow, below_exact=False)
+
+
+def _refusals(pair: tuple[str, str], allow: tuple[str, ...]) -> list[str]:
+    """Why the import ``pair`` is refused: nothing when it is safe."""
+    name = _join(pair)
+    if not _name_ok(name, allow):
+        return [name]
+    module, qualname = pair
+    if any(p.startswith("__") and p.endswith("__") for p in qualname.split(".")):
+        return [f"{name} (a dunder attribute)"]
+    for real in _resolve(module, qualname):
+        if not _name_ok(real, allow):
+            return [real if real.endswith(")") else f"{name} (really {real})"]
+    return []
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(module, qualname) for a joined name: the longest prefix that imports as a module."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        if _importable(".".join(parts[:cut])):
+            return ".".join(parts[:cut]), ".".join(parts[cut:])
+    return ".".join(parts[:-1]), parts[-1]
+
+
+def _importable(module: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
+    except Exception:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _resolve(module: str, qualname: str) -> tuple[str, ...]:
+    """Names of what the unpickler would get for (module, qualname), as it really is.
+
+    Empty when it does not import: then unpickling fails as well, before any call.
+    Called only for names the allow-list accepts, so only allowed modules import.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            obj: object = importlib.import_module(module)
+        except Exception:
+            return ()
+        real: list[str] = []
+        parts = qualname.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(obj, types.ModuleType | type):
+                return (f"{module}.{qualname} (an attribute of an instance)",)
+            try:
+                obj = getattr(obj, part)
+            except Exception:
+                return ()
+            if isinstance(obj, types.ModuleType):  # a module re-exported under another name
+                real.append(".".join([obj.__name__, *parts[i + 1 :]]))
+    owner = getattr(obj, "__self__", None)
+    if owner is not None and not isinstance(owner, types.ModuleType | type):
+        return (*real, f"{module}.{qualname} (a method bound to an instance)")
+    defined_in, defined_as = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if isinstance(defined_in, str) and isinstance(defined_as, str):
+        real.append(f"{defined_in}.{defined_as}")
+    return tuple(real)

@@ -1,12 +1,21 @@
-"""Any Python callable or object with ``predict``, stored with cloudpickle."""
+"""Any Python callable or object with ``predict``, stored with cloudpickle.
+
+cloudpickle stores functions and classes defined in ``__main__`` or notebooks
+by value: loading them rebuilds code objects, i.e. runs code. The pickle
+scanner therefore refuses them unless the caller says it trusts the author.
+"""
 
 from __future__ import annotations
 
+import sys
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .._errors import UnsafeArtifact
-from .base import installed_versions, qualified_class
+from .._errors import InvalidInput, UnsafeArtifact
+from .base import TRUST_HINT, framework_fields, qualified_class
+from .pickle_scan import check_pickle_safe
 
 
 class PythonFlavor:
@@ -15,32 +24,61 @@ class PythonFlavor:
     def save(self, model: Any, dest: Path, **_options: Any) -> dict[str, Any]:
         import cloudpickle
 
+        if isinstance(model, type) or not (hasattr(model, "predict") or callable(model)):
+            raise InvalidInput(
+                f"the python flavor stores a callable or an object with predict(), not {model!r}",
+                hint="pass a function or a fitted instance (not its class)",
+            )
         entry = "model.pkl"
-        with open(dest / entry, "wb") as handle:
-            cloudpickle.dump(model, handle)
+        try:
+            with open(dest / entry, "wb") as handle:
+                cloudpickle.dump(model, handle, protocol=5)
+        except Exception as error:
+            raise InvalidInput(
+                f"cannot serialise {qualified_class(model)} with cloudpickle: {error}",
+                hint="objects holding open files, locks or connections do not pickle",
+            ) from error
         return {
             "name": self.name,
             "serialization": "cloudpickle",
             "entry": entry,
             "callable": "predict" if hasattr(model, "predict") else "__call__",
             "python_class": qualified_class(model),
-            "framework_packages": ["cloudpickle"],
-            "framework_versions": installed_versions(["cloudpickle"]),
+            **framework_fields(["cloudpickle", *_distributions_of(model)]),
         }
 
     def load(self, src: Path, record: dict[str, Any], *, trusted: bool = False) -> Any:
-        if not trusted:
-            # cloudpickle rebuilds functions from code objects: arbitrary code by design.
-            raise UnsafeArtifact(
-                f"{record.get('python_class', 'this object')} is a pickled Python object whose "
-                "code runs when loaded",
-                hint="load it only if you trust its author: tether.load(ref, trusted=True) "
-                "or --trust",
-            )
         import cloudpickle
 
-        with open(src / record["entry"], "rb") as handle:
-            return cloudpickle.load(handle)
+        if record.get("serialization", "cloudpickle") != "cloudpickle":
+            raise InvalidInput(
+                f"this python model was saved as {record.get('serialization')!r}, "
+                "which this version of Tether cannot load",
+                hint="upgrade Tether",
+            )
+        raw = (src / str(record.get("entry", "model.pkl"))).read_bytes()
+        if not trusted:
+            label = f"{record.get('python_class', 'the object')} (a cloudpickled Python object)"
+            try:
+                check_pickle_safe(raw, label=label)
+            except UnsafeArtifact as refused:
+                raise UnsafeArtifact(
+                    f"{refused.message}; its code would run when loaded", hint=TRUST_HINT
+                ) from None
+        return cloudpickle.loads(raw)
 
     def predict(self, model: Any, data: Any) -> Any:
         return model.predict(data) if hasattr(model, "predict") else model(data)
+
+
+def _distributions_of(model: Any) -> list[str]:
+    """The installed distribution that provides the model's class, when one does."""
+    top = type(model).__module__.partition(".")[0]
+    if top in ("__main__", "builtins", "tether") or top in sys.stdlib_module_names:
+        return []
+    return sorted(_top_level_distributions().get(top, []))
+
+
+@cache
+def _top_level_distributions() -> dict[str, list[str]]:
+    return dict(metadata.packages_distributions())

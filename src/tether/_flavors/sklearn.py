@@ -1,4 +1,4 @@
-"""scikit-learn estimators and pipelines: pickle (scanned on load) or skops."""
+"""scikit-learn estimators and pipelines: pickle (scanned before loading) or skops."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInput, UnsafeArtifact
-from .base import installed_versions, qualified_class
+from .base import TRUST_HINT, framework_fields, qualified_class
 from .pickle_scan import check_pickle_safe
 
 FRAMEWORK = ["scikit-learn", "scipy", "numpy"]
+_ENTRIES = {"pickle": "model.pkl", "skops": "model.skops"}
 
 
 class SklearnFlavor:
@@ -18,45 +19,58 @@ class SklearnFlavor:
 
     def save(self, model: Any, dest: Path, **options: Any) -> dict[str, Any]:
         serialization = options.get("serialization") or "pickle"
+        if serialization not in _ENTRIES:
+            raise InvalidInput(
+                f"unknown serialization {serialization!r} for a scikit-learn model",
+                hint="use serialization='pickle' (the default) or 'skops'",
+            )
+        entry = _ENTRIES[serialization]
         if serialization == "pickle":
-            entry = "model.pkl"
             with open(dest / entry, "wb") as handle:
                 pickle.dump(model, handle, protocol=5)
-        elif serialization == "skops":
+            packages = FRAMEWORK
+        else:
             import skops.io
 
-            entry = "model.skops"
             skops.io.dump(model, dest / entry)
-        else:
-            raise InvalidInput(
-                f"unknown serialization {serialization!r} for scikit-learn",
-                hint="use pickle or skops",
-            )
+            packages = [*FRAMEWORK, "skops"]
         return {
             "name": self.name,
             "serialization": serialization,
             "entry": entry,
             "python_class": qualified_class(model),
-            "framework_packages": FRAMEWORK + (["skops"] if serialization == "skops" else []),
-            "framework_versions": installed_versions([*FRAMEWORK, "skops"]),
+            **framework_fields(packages),
         }
 
     def load(self, src: Path, record: dict[str, Any], *, trusted: bool = False) -> Any:
-        path = src / record["entry"]
-        if record.get("serialization") == "skops":
-            import skops.io
-
-            untrusted = skops.io.get_untrusted_types(file=path)
-            if untrusted and not trusted:
-                raise UnsafeArtifact(
-                    f"{path.name} holds types skops does not trust: {', '.join(untrusted)}",
-                    hint="load it only if you trust its author: trusted=True / --trust",
-                )
-            return skops.io.load(path, trusted=untrusted)
+        serialization = record.get("serialization", "pickle")
+        if serialization not in _ENTRIES:
+            raise InvalidInput(
+                f"this scikit-learn model was saved as {serialization!r}, "
+                "which this version of Tether cannot load",
+                hint="upgrade Tether",
+            )
+        path = src / str(record.get("entry") or _ENTRIES[serialization])
+        if serialization == "skops":
+            return _load_skops(path, trusted=trusted)
+        raw = path.read_bytes()  # scanned and unpickled from the same bytes
         if not trusted:
-            check_pickle_safe(path, label=path.name)
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
+            check_pickle_safe(raw, label=f"{record.get('python_class', 'the model')} ({path.name})")
+        return pickle.loads(raw)
 
     def predict(self, model: Any, data: Any) -> Any:
+        if not hasattr(model, "predict"):
+            raise InvalidInput(f"{type(model).__name__} has no predict method")
         return model.predict(data)
+
+
+def _load_skops(path: Path, *, trusted: bool) -> Any:
+    import skops.io
+
+    untrusted = [str(t) for t in skops.io.get_untrusted_types(file=path)]
+    if untrusted and not trusted:
+        raise UnsafeArtifact(
+            f"{path.name} holds types skops does not trust by default: {', '.join(untrusted)}",
+            hint=TRUST_HINT,
+        )
+    return skops.io.load(path, trusted=untrusted)
