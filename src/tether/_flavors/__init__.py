@@ -13,7 +13,13 @@ from typing import Any
 from .._errors import InvalidInput
 from .base import Flavor
 from .files import FilesFlavor
-from .pickle_scan import DEFAULT_ALLOW, check_pickle_safe, scan_pickle, unsafe_globals
+from .pickle_scan import (
+    DEFAULT_ALLOW,
+    check_pickle_safe,
+    pickle_findings,
+    scan_pickle,
+    unsafe_globals,
+)
 from .python import PythonFlavor
 from .sklearn import SklearnFlavor
 
@@ -72,6 +78,7 @@ __all__ = [
     "detect_flavor",
     "get_flavor",
     "model_predict",
+    "pickle_findings",
     "scan_pickle",
     "unsafe_globals",
 ]

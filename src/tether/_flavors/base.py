@@ -8,15 +8,17 @@ JSON-friendly dict stored with the version. Every record holds ``name``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-#: Said wherever loading is refused for want of trust.
+#: Said wherever loading is refused for want of trust: the two ways to give it.
 TRUST_HINT = (
-    "load it only if you trust its author: tether.load(ref, trusted=True) in Python, "
-    "--trusted on the command line"
+    "load it only if you trust its author, in one of two ways: pass trusted=True "
+    "(tether.load(ref, trusted=True) in Python, --trusted on the command line), or have "
+    "the version signed by a key this registry trusts for loading "
+    "(tether sign REF --key KEYFILE with a key added by tether key trust)"
 )
 
 
@@ -27,8 +29,22 @@ class Flavor(Protocol):
         """Write ``model`` under the existing empty folder ``dest``; return the record."""
         ...
 
-    def load(self, src: Path, record: dict[str, Any], *, trusted: bool = False) -> Any:
-        """The model saved under ``src`` as ``record`` describes it."""
+    def load(
+        self,
+        src: Path,
+        record: dict[str, Any],
+        *,
+        trusted: bool = False,
+        trusted_types: Sequence[str] = (),
+    ) -> Any:
+        """The model saved under ``src`` as ``record`` describes it.
+
+        ``trusted`` is the one switch for formats that run code when loaded
+        (pickle, cloudpickle): without it they are refused. ``trusted_types``
+        names, for formats that list the types they build (skops), the types
+        the *caller* accepts beyond the format's own safe defaults. Nothing in
+        ``record`` widens what is trusted: the record travels with the artifact.
+        """
         ...
 
     def predict(self, model: Any, data: Any) -> Any:

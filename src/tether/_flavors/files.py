@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,14 @@ class FilesFlavor:
             raise InvalidInput(f"{source} is neither a regular file nor a folder")
         raise InvalidInput(f"{source} does not exist", hint="pass an existing file or folder")
 
-    def load(self, src: Path, record: dict[str, Any], *, trusted: bool = False) -> Any:
+    def load(
+        self,
+        src: Path,
+        record: dict[str, Any],
+        *,
+        trusted: bool = False,
+        trusted_types: Sequence[str] = (),
+    ) -> Any:
         entry = str(record.get("entry", "."))
         if entry == ".":
             return src

@@ -1,18 +1,22 @@
-"""Reading what a pickle would import, without unpickling it.
+"""Reading what a pickle would import, without unpickling it: a diagnostic.
 
 Unpickling calls whatever the pickle names. Walking its opcodes with
-``pickletools.genops`` tells which globals it would import; anything outside an
-allow-list known to be safe for fitted scikit-learn models is refused before a
-byte of it runs.
+``pickletools.genops`` tells which globals it would import, and which of them
+fall outside an allow-list of names fitted scikit-learn models use.
+
+This is a diagnostic, never a gate. An allow-list of importable names cannot
+stop a gadget built only from allowed names (a distribution whose
+``__setstate__`` executes its state, an export function that writes where it is
+told, a method that reads any file), so Tether loads pickles only when the
+caller trusts them (``trusted=True``, or a signature by a trusted key). The
+findings here go into the refusal, to say what else the pickle would import.
 
 A name that passes the list is also *resolved*: its module is imported (only
 modules the list allows) and the attribute path followed as the unpickler
 would, so that a re-export (``sklearn.some_module.os``, a function imported from
 ``importlib`` or ``joblib`` into an allowed module) is judged by what it really
-is. Attribute paths through instances or dunder names are refused.
-
-This is a safeguard for fitted estimators, not a sandbox: pass ``trusted=True``
-only for artifacts whose author you trust.
+is. Attribute paths through instances or dunder names, methods taken from a
+class and instances themselves are refused whatever their module prefix.
 """
 
 from __future__ import annotations
@@ -152,24 +156,37 @@ def unsafe_globals(names: Iterable[str], allow: Iterable[str] = DEFAULT_ALLOW) -
     return sorted(refused)
 
 
+def pickle_findings(
+    data: bytes | str | os.PathLike[str], allow: Iterable[str] = DEFAULT_ALLOW
+) -> list[str]:
+    """What the pickle would import that the scanner refuses, with why; sorted."""
+    allowed = tuple(allow)
+    refused: set[str] = set()
+    for pair in set(_scan(_read(data))):
+        refused.update(_refusals(pair, allowed))
+    return sorted(refused)
+
+
 def check_pickle_safe(
     data: bytes | str | os.PathLike[str],
     *,
     label: str,
     allow: Iterable[str] = DEFAULT_ALLOW,
 ) -> None:
-    """Raise UnsafeArtifact when the pickle would import anything outside ``allow``."""
-    allowed = tuple(allow)
-    refused: set[str] = set()
-    for pair in set(_scan(_read(data))):
-        refused.update(_refusals(pair, allowed))
-    if refused:
-        names = sorted(refused)
-        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    """Raise UnsafeArtifact when the pickle would import anything outside ``allow``.
+
+    A diagnostic: passing it does not make a pickle safe to load.
+    """
+    names = pickle_findings(data, allow)
+    if names:
         raise UnsafeArtifact(
-            f"{label} would import code outside the allow-list when unpickled: {shown}",
+            f"{label} would import code outside the allow-list when unpickled: {_shown(names)}",
             hint=TRUST_HINT,
         )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
 
 
 # -- reading the opcodes -----------------------------------------------------------
@@ -265,9 +282,12 @@ def _refusals(pair: tuple[str, str], allow: tuple[str, ...]) -> list[str]:
     module, qualname = pair
     if any(p.startswith("__") and p.endswith("__") for p in qualname.split(".")):
         return [f"{name} (a dunder attribute)"]
-    for real in _resolve(module, qualname):
+    reals, problems = _resolve(module, qualname)
+    if problems:  # judged apart from names: an allowed prefix never excuses them
+        return [f"{name} ({problem})" for problem in problems]
+    for real in reals:
         if not _name_ok(real, allow):
-            return [real if real.endswith(")") else f"{name} (really {real})"]
+            return [f"{name} (really {real})"]
     return []
 
 
@@ -291,10 +311,13 @@ def _importable(module: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _resolve(module: str, qualname: str) -> tuple[str, ...]:
-    """Names of what the unpickler would get for (module, qualname), as it really is.
+def _resolve(module: str, qualname: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names of what the unpickler would get for (module, qualname), problems with it).
 
-    Empty when it does not import: then unpickling fails as well, before any call.
+    Names are what the object really is (re-exports followed); problems say why
+    it is refused whatever its name: an attribute of an instance, a method bound
+    to an instance or taken from its class, an instance itself. Both are empty
+    when it does not import: then unpickling fails as well, before any call.
     Called only for names the allow-list accepts, so only allowed modules import.
     """
     with warnings.catch_warnings():
@@ -302,22 +325,52 @@ def _resolve(module: str, qualname: str) -> tuple[str, ...]:
         try:
             obj: object = importlib.import_module(module)
         except Exception:
-            return ()
+            return (), ()
         real: list[str] = []
-        parts = qualname.split(".")
-        for i, part in enumerate(parts):
+        through_class = False
+        for i, part in enumerate(qualname.split(".")):
             if not isinstance(obj, types.ModuleType | type):
-                return (f"{module}.{qualname} (an attribute of an instance)",)
+                return tuple(real), ("an attribute of an instance",)
+            through_class = through_class or isinstance(obj, type)
             try:
                 obj = getattr(obj, part)
             except Exception:
-                return ()
+                return (), ()
             if isinstance(obj, types.ModuleType):  # a module re-exported under another name
-                real.append(".".join([obj.__name__, *parts[i + 1 :]]))
+                real.append(".".join([obj.__name__, *qualname.split(".")[i + 1 :]]))
+    if isinstance(obj, types.ModuleType):
+        return tuple(real), ()
     owner = getattr(obj, "__self__", None)
     if owner is not None and not isinstance(owner, types.ModuleType | type):
-        return (*real, f"{module}.{qualname} (a method bound to an instance)")
+        return tuple(real), ("a method bound to an instance",)
+    if through_class and not isinstance(obj, type):
+        return tuple(real), ("a method taken from its class, run on whatever the pickle passes",)
     defined_in, defined_as = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if isinstance(defined_in, str) and isinstance(defined_as, str):
+    if not isinstance(defined_as, str):
+        return tuple(real), ("an instance, not a class or function",)
+    if isinstance(defined_in, str):
         real.append(f"{defined_in}.{defined_as}")
-    return tuple(real)
+    return tuple(real), ()
+
+
+def untrusted_pickle_error(
+    raw: bytes, *, serialization: str, label: str, allow: Iterable[str] = DEFAULT_ALLOW
+) -> UnsafeArtifact:
+    """The refusal for a pickle-family payload loaded without trust.
+
+    Names the format and both ways to trust it; the scanner's findings are
+    added as a diagnostic, never as a reason the payload would otherwise load.
+    """
+    names = pickle_findings(raw, allow)
+    if names:
+        found = f"; among its imports, outside the allow-list: {_shown(names)}"
+    else:
+        found = (
+            "; its imports are all on the allow-list, which does not make it safe: "
+            "gadgets built from allowed names run code too"
+        )
+    return UnsafeArtifact(
+        f"refusing to load {label}: it is stored as {serialization}, a format that runs "
+        f"code when loaded, and it is not trusted{found}",
+        hint=TRUST_HINT,
+    )

@@ -1,30 +1,47 @@
-"""scikit-learn estimators and pipelines: pickle (scanned before loading) or skops."""
+"""scikit-learn estimators and pipelines: skops (the default) or pickle.
+
+skops stores a model as data plus the names of the types to rebuild. Without
+trust, Tether rebuilds only the types skops trusts by default plus those the
+*caller* names in ``trusted_types``. Trees (``sklearn.tree._tree.Tree``, inside
+every forest and boosted model) are not among skops's defaults.
+
+pickle runs code when loaded, so a pickled model loads only with
+``trusted=True`` (given by the caller, or by the registry for a version signed
+by a key it trusts for loading). The import scan is reported, never obeyed.
+
+The record's ``trusted_types`` (what skops reported as untrusted at save time)
+is information for people; it travels with the artifact, so whoever wrote the
+artifact wrote it too, and loading never takes trust from it.
+"""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInput, UnsafeArtifact
 from .base import TRUST_HINT, framework_fields, qualified_class
-from .pickle_scan import check_pickle_safe
+from .pickle_scan import untrusted_pickle_error
 
 FRAMEWORK = ["scikit-learn", "scipy", "numpy"]
-_ENTRIES = {"pickle": "model.pkl", "skops": "model.skops"}
+_ENTRIES = {"skops": "model.skops", "pickle": "model.pkl"}
+DEFAULT_SERIALIZATION = "skops"
 
 
 class SklearnFlavor:
     name: str = "sklearn"
 
     def save(self, model: Any, dest: Path, **options: Any) -> dict[str, Any]:
-        serialization = options.get("serialization") or "pickle"
+        serialization = options.get("serialization") or DEFAULT_SERIALIZATION
         if serialization not in _ENTRIES:
             raise InvalidInput(
                 f"unknown serialization {serialization!r} for a scikit-learn model",
-                hint="use serialization='pickle' (the default) or 'skops'",
+                hint="use serialization='skops' (the default) or 'pickle' (loads only trusted)",
             )
         entry = _ENTRIES[serialization]
+        extra: dict[str, Any] = {}
         if serialization == "pickle":
             with open(dest / entry, "wb") as handle:
                 pickle.dump(model, handle, protocol=5)
@@ -34,15 +51,25 @@ class SklearnFlavor:
 
             skops.io.dump(model, dest / entry)
             packages = [*FRAMEWORK, "skops"]
+            needed = skops.io.get_untrusted_types(file=dest / entry)
+            extra["trusted_types"] = [str(t) for t in needed]
         return {
             "name": self.name,
             "serialization": serialization,
             "entry": entry,
             "python_class": qualified_class(model),
+            **extra,
             **framework_fields(packages),
         }
 
-    def load(self, src: Path, record: dict[str, Any], *, trusted: bool = False) -> Any:
+    def load(
+        self,
+        src: Path,
+        record: dict[str, Any],
+        *,
+        trusted: bool = False,
+        trusted_types: Sequence[str] = (),
+    ) -> Any:
         serialization = record.get("serialization", "pickle")
         if serialization not in _ENTRIES:
             raise InvalidInput(
@@ -50,12 +77,13 @@ class SklearnFlavor:
                 "which this version of Tether cannot load",
                 hint="upgrade Tether",
             )
-        path = src / str(record.get("entry") or _ENTRIES[serialization])
+        path = src / _entry_name(record, _ENTRIES[serialization])
+        label = f"{record.get('python_class', 'a scikit-learn model')} ({path.name})"
         if serialization == "skops":
-            return _load_skops(path, trusted=trusted)
-        raw = path.read_bytes()  # scanned and unpickled from the same bytes
+            return _load_skops(path, label=label, trusted=trusted, trusted_types=trusted_types)
+        raw = path.read_bytes()
         if not trusted:
-            check_pickle_safe(raw, label=f"{record.get('python_class', 'the model')} ({path.name})")
+            raise untrusted_pickle_error(raw, serialization="pickle", label=label)
         return pickle.loads(raw)
 
     def predict(self, model: Any, data: Any) -> Any:
@@ -64,13 +92,45 @@ class SklearnFlavor:
         return model.predict(data)
 
 
-def _load_skops(path: Path, *, trusted: bool) -> Any:
+def _entry_name(record: dict[str, Any], default: str) -> str:
+    entry = str(record.get("entry") or default)
+    if "/" in entry or "\\" in entry or entry in (".", ".."):
+        raise InvalidInput(f"the scikit-learn record names {entry!r}, not a file name")
+    return entry
+
+
+def _load_skops(path: Path, *, label: str, trusted: bool, trusted_types: Sequence[str]) -> Any:
     import skops.io
 
+    # Reads the schema only: nothing is imported or built yet.
     untrusted = [str(t) for t in skops.io.get_untrusted_types(file=path)]
-    if untrusted and not trusted:
-        raise UnsafeArtifact(
-            f"{path.name} holds types skops does not trust by default: {', '.join(untrusted)}",
-            hint=TRUST_HINT,
+    if trusted:
+        accepted = untrusted  # the caller trusts the author: every type the file names
+    else:
+        allowed = {_type_name(t) for t in trusted_types}
+        refused = [t for t in untrusted if t not in allowed]
+        if refused:
+            raise UnsafeArtifact(
+                f"refusing to load {label}: it is stored as skops and names types skops "
+                f"does not trust by default, which the caller did not trust: "
+                f"{', '.join(refused)}{_why(refused)}",
+                hint=(
+                    f"after reviewing them, pass trusted_types={refused!r} to the flavor's load; "
+                    f"or {TRUST_HINT}"
+                ),
+            )
+        accepted = [t for t in untrusted if t in allowed]
+    return skops.io.load(path, trusted=accepted)
+
+
+def _type_name(t: Any) -> str:
+    return t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}"
+
+
+def _why(refused: list[str]) -> str:
+    if any(t.startswith("sklearn.tree.") for t in refused):
+        return (
+            " (skops does not trust decision trees by default, so every forest and "
+            "boosted model needs sklearn.tree._tree.Tree trusted)"
         )
-    return skops.io.load(path, trusted=untrusted)
+    return ""
