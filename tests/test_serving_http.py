@@ -180,8 +180,9 @@ endpoints:
                   for _ in range(10)}
         assert len(header) == 1
         runner = CliRunner()
+        token = registry.create_token("ops@example.com", role="contributor", model="iris")
         result = runner.invoke(cli, ["deploy", "weights", "iris", "stable=100", "canary=0",
-                                     "--url", server.url])
+                                     "--url", server.url, "--token", token["token"]])
         assert result.exit_code == 0, result.output
         assert "stable=100 (100%)" in result.output
         assert {ref() for _ in range(50)} == {v1.ref}
@@ -323,6 +324,7 @@ endpoints:
     trusted: true
     rollback: {{window: 30, min_requests: 8, rules: ["shadow_disagreement > 0.5"]}}
 """)
+    token = registry.create_token("feedback@example.com", role="contributor")["token"]
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for i in range(30):
             c.post(PREDICT.format("scorer"), json={"records": [{"x": i}], "key": f"k{i}"})
@@ -332,7 +334,8 @@ endpoints:
             body = c.post(PREDICT.format("judged"), json={"records": [{"x": i}]}).json()
             truth = 0 if body["route"] == "canary" else 1
             feedback = c.post("/v1/endpoints/judged/feedback",
-                              json={"request_id": body["request_id"], "truth": [truth]})
+                              json={"request_id": body["request_id"], "truth": [truth]},
+                              headers={"Authorization": f"Bearer {token}"})
             assert feedback.json() == {"accepted": 1, "unknown": []}
         _wait(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0)
         # The canary of "compared" disagrees with its shadow on every record.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ url_option = click.option(
     envvar="TETHER_SERVE_URL",
     show_default=True,
     help="The serving process to ask ($TETHER_SERVE_URL).",
+)
+
+
+token_option = click.option(
+    "--token",
+    default=None,
+    envvar="TETHER_TOKEN",
+    help="Bearer token for the serving process ($TETHER_TOKEN): a registry token with the "
+    "role the change needs, or the deployment's serving token.",
 )
 
 
@@ -50,6 +60,7 @@ def _deployment(
             access_log=server.access_log,
         ),
         deployment.source,
+        deployment.auth,
     )
 
 
@@ -114,13 +125,16 @@ def deploy_group() -> None:
     """Look at and steer a running deployment (`tether serve deploy.yaml`)."""
 
 
-def _get(url: str, path: str) -> Any:
-    return _call("GET", url, path)
+def _get(url: str, path: str, token: str | None = None) -> Any:
+    return _call("GET", url, path, token=token)
 
 
-def _call(method: str, url: str, path: str, body: Any = None) -> Any:
+def _call(method: str, url: str, path: str, body: Any = None, *, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, timeout=10)
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=10
+        )
     except httpx.HTTPError as error:
         raise ServingUnreachable(
             f"no serving process answers at {url}: {error}",
@@ -131,17 +145,21 @@ def _call(method: str, url: str, path: str, body: Any = None) -> Any:
     except ValueError:
         data = {"message": response.text}
     if response.status_code >= 400:
-        raise TetherError(str(data.get("message", data)), hint=data.get("hint"))
+        hint = data.get("hint")
+        if response.status_code == 401 and not token:
+            hint = "pass --token or set TETHER_TOKEN" + (f"; {hint}" if hint else "")
+        raise TetherError(str(data.get("message", data)), hint=hint)
     return data
 
 
 @deploy_group.command("status")
 @url_option
+@token_option
 @json_option
 @handle_errors
-def deploy_status(url: str, as_json: bool) -> None:
+def deploy_status(url: str, token: str | None, as_json: bool) -> None:
     """Each endpoint's routes, weights, versions, health and recent rollbacks."""
-    status = _get(url, "/v1/deployment")
+    status = _get(url, "/v1/deployment", token)
     if as_json:
         emit_json(status)
         return
@@ -203,10 +221,18 @@ def _route_row(route: dict[str, Any], *, shadow: bool = False) -> list[Any]:
 @click.argument("endpoint")
 @click.argument("weights", nargs=-1, required=True)
 @url_option
+@token_option
 @json_option
 @handle_errors
-def deploy_weights(endpoint: str, weights: tuple[str, ...], url: str, as_json: bool) -> None:
-    """Set route weights live: `tether deploy weights iris stable=80 canary=20`."""
+def deploy_weights(
+    endpoint: str, weights: tuple[str, ...], url: str, token: str | None, as_json: bool
+) -> None:
+    """Set route weights live: `tether deploy weights iris stable=80 canary=20`.
+
+    Needs a token (--token or $TETHER_TOKEN): a registry token whose principal
+    may move the endpoint's aliases (approver when a route follows a protected
+    alias such as production, else contributor), or the deployment's serving token.
+    """
     parsed: dict[str, float] = {}
     for item in weights:
         name, sep, value = item.partition("=")
@@ -216,7 +242,13 @@ def deploy_weights(endpoint: str, weights: tuple[str, ...], url: str, as_json: b
             sep = ""
         if not sep:
             raise click.BadParameter(f"{item!r} is not ROUTE=WEIGHT", param_hint="WEIGHTS")
-    result = _call("PUT", url, f"/v1/endpoints/{endpoint}/weights", {"weights": parsed})
+        if not math.isfinite(parsed[name]) or parsed[name] < 0:
+            raise click.BadParameter(
+                f"{item!r}: a weight is a finite number of at least 0", param_hint="WEIGHTS"
+            )
+    result = _call(
+        "PUT", url, f"/v1/endpoints/{endpoint}/weights", {"weights": parsed}, token=token
+    )
     if as_json:
         emit_json(result)
         return
@@ -225,6 +257,20 @@ def deploy_weights(endpoint: str, weights: tuple[str, ...], url: str, as_json: b
         f"{endpoint}: "
         + ", ".join(f"{k}={v:g} ({v / total:.0%})" for k, v in result["weights"].items())
     )
+
+
+@deploy_group.command("reload")
+@url_option
+@token_option
+@json_option
+@handle_errors
+def deploy_reload(url: str, token: str | None, as_json: bool) -> None:
+    """Re-read the deployment file now and poll every target (needs a token, as weights)."""
+    result = _call("POST", url, "/v1/reload", token=token)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"reloaded {result.get('source')}: {len(result['endpoints'])} endpoint(s)")
 
 
 @deploy_group.command("check")
@@ -283,6 +329,7 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
 @click.command()
 @click.argument("endpoint")
 @url_option
+@token_option
 @click.option(
     "--watch",
     type=float,
@@ -292,13 +339,15 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
 )
 @json_option
 @handle_errors
-def monitor(endpoint: str, url: str, watch: float | None, as_json: bool) -> None:
+def monitor(
+    endpoint: str, url: str, token: str | None, watch: float | None, as_json: bool
+) -> None:
     """Input drift of ENDPOINT: PSI and KS per feature against the reference statistics.
 
     PSI under 0.1 is stable, 0.1 to 0.25 moderate, above 0.25 a significant shift.
     """
     while True:
-        report = _get(url, f"/v1/endpoints/{endpoint}/drift")
+        report = _get(url, f"/v1/endpoints/{endpoint}/drift", token)
         if as_json:
             emit_json(report)
         else:

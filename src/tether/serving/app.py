@@ -5,8 +5,13 @@
     GET  /v1/endpoints/{name}/drift      PSI / KS per feature and version
     GET  /v1/endpoints/{name}            routes, weights, health, rollbacks
     PUT  /v1/endpoints/{name}/weights    {"weights": {"canary": 20}}
+    POST /v1/reload                      re-read the deployment file, poll every target
     GET  /v1/deployment                  every endpoint's status
     GET  /metrics  /healthz  /readyz
+
+Weights, feedback and reload need ``Authorization: Bearer TOKEN`` (see auth.py);
+reads too when the deployment says ``auth: {protect_reads: true}``. A caller's
+mistake is a 4xx and never reaches the windows rollback rules judge.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._errors import InvalidInput, TetherError
+from .._registry.tokens import Unauthenticated
 from .._signature import RecordSchemaError
+from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
-from .endpoint import PredictionFailed
+from .endpoint import Endpoint, PredictionFailed
+from .guard import Unprocessable
 from .logs import version_fields
 from .metrics import CONTENT_TYPE
 from .runtime import ServingRuntime
@@ -47,10 +55,13 @@ def json_response(payload: Any, status: int = 200,
 def error_response(error: TetherError) -> Response:
     payload: dict[str, Any] = dict(error.to_dict())
     status = error.http_status
+    headers = None
     if isinstance(error, RecordSchemaError):
         status = 422
         payload.update(field=error.field, index=error.index)
-    return json_response(payload, status)
+    if isinstance(error, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="tether-serving"'}
+    return json_response(payload, status, headers)
 
 
 def handled(handler: Handler) -> Handler:
@@ -59,6 +70,10 @@ def handled(handler: Handler) -> Handler:
             return await handler(request)
         except TetherError as error:
             return error_response(error)
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return json_response({"error": "internal", "message": "internal error; see the "
+                                  "server log", "hint": None}, 500)
     return wrapper
 
 
@@ -68,8 +83,11 @@ async def read_json(request: Request) -> Any:
         raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"body is not valid JSON: {error}") from error
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError,
+        # and so is an integer of more than 4300 digits
+        raise InvalidInput(f"body is not valid JSON: {str(error)[:200]}") from None
+    except RecursionError:
+        raise InvalidInput("body is not valid JSON: nested too deeply") from None
 
 
 def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
@@ -79,10 +97,26 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
     predictions take well under a millisecond); otherwise in the thread pool.
     """
     access_log = runtime.deployment.server.access_log
+    auth = runtime.auth
+
+    async def find(request: Request) -> Endpoint:
+        name = request.path_params["name"]
+        if name not in runtime.endpoints and auth.protect_reads:  # names are not public
+            await run_in_threadpool(auth.require, request, role="reader", models=(),
+                                    action="reading endpoints")
+        return runtime.endpoint(name)
+
+    async def may_read(request: Request, endpoint: Endpoint | None, action: str) -> None:
+        if auth.protect_reads:
+            models = (endpoint_models(endpoint.config) if endpoint is not None
+                      else deployment_models(runtime.deployment))
+            await run_in_threadpool(auth.require, request, role="reader", models=models,
+                                    action=action)
 
     @handled
     async def predict(request: Request) -> Response:
-        endpoint = runtime.endpoint(request.path_params["name"])
+        endpoint = await find(request)
+        await may_read(request, endpoint, f"predicting on {endpoint.name}")
         data = await read_json(request)
         if isinstance(data, list):
             data = {"records": data}
@@ -117,14 +151,18 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
 
     @handled
     async def feedback(request: Request) -> Response:
-        endpoint = runtime.endpoint(request.path_params["name"])
+        endpoint = await find(request)
+        await run_in_threadpool(auth.require, request, role="contributor",
+                                models=endpoint_models(endpoint.config),
+                                action=f"sending feedback to {endpoint.name}")
         data = await read_json(request)
         items = data if isinstance(data, list) else [data]
         return json_response(endpoint.feedback(items))
 
     @handled
     async def drift(request: Request) -> Response:
-        endpoint = runtime.endpoint(request.path_params["name"])
+        endpoint = await find(request)
+        await may_read(request, endpoint, f"reading the drift of {endpoint.name}")
         versions = await run_in_threadpool(endpoint.drift)
         return json_response({"endpoint": endpoint.name, "versions": versions,
                               "thresholds": {"moderate": PSI_MODERATE,
@@ -132,26 +170,50 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
 
     @handled
     async def endpoint_status(request: Request) -> Response:
-        return json_response(runtime.endpoint(request.path_params["name"]).status())
+        endpoint = await find(request)
+        await may_read(request, endpoint, f"reading the status of {endpoint.name}")
+        return json_response(endpoint.status())
 
     @handled
     async def weights(request: Request) -> Response:
-        endpoint = runtime.endpoint(request.path_params["name"])
+        endpoint = await find(request)
+        who = await run_in_threadpool(auth.require, request,
+                                      role=auth.steering_role(endpoint.config),
+                                      models=endpoint_models(endpoint.config),
+                                      action=f"changing the weights of {endpoint.name}")
         data = await read_json(request)
         if not isinstance(data, dict) or set(data) != {"weights"} or not isinstance(
-                data["weights"], dict):
+                data["weights"], dict) or not data["weights"]:
             raise InvalidInput('body must be {"weights": {"ROUTE": NUMBER, ...}}')
         values = data["weights"]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool)
-                   for v in values.values()):
-            raise InvalidInput("weights must be numbers")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unprocessable(f"route {name!r}: weight {value!r} is not a number")
         return json_response({"endpoint": endpoint.name,
-                              "weights": endpoint.set_weights(values)})
+                              "weights": endpoint.set_weights(values, actor=who)})
 
+    @handled
+    async def reload(request: Request) -> Response:
+        def allowed() -> str:
+            who = ""
+            for endpoint in runtime.endpoints.values():
+                who = auth.require(request, role=auth.steering_role(endpoint.config),
+                                   models=endpoint_models(endpoint.config),
+                                   action="reloading the deployment")
+            return who
+
+        who = await run_in_threadpool(allowed)
+        log.info("reload requested", extra={"actor": who})
+        return json_response(await run_in_threadpool(runtime.reload))
+
+    @handled
     async def deployment(request: Request) -> Response:
+        await may_read(request, None, "reading the deployment")
         return json_response(await run_in_threadpool(runtime.status))
 
+    @handled
     async def metrics(request: Request) -> Response:
+        await may_read(request, None, "reading metrics")
         text = await run_in_threadpool(runtime.instruments.render)
         return Response(text, media_type=CONTENT_TYPE)
 
@@ -174,6 +236,7 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         Route("/v1/endpoints/{name}/drift", drift, methods=["GET"]),
         Route("/v1/endpoints/{name}/weights", weights, methods=["PUT"]),
         Route("/v1/endpoints/{name}", endpoint_status, methods=["GET"]),
+        Route("/v1/reload", reload, methods=["POST"]),
         Route("/v1/deployment", deployment, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

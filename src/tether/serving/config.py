@@ -18,6 +18,7 @@ silently ignored setting::
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class EndpointConfig:
     trusted: bool = False
     env_policy: str | None = None
     max_records: int = 10_000
+    #: Fields that may carry NaN or +-infinity: True (every field), or their names.
+    #: By default a non-finite number is refused with 422 before the model sees it.
+    allow_non_finite: bool | frozenset[str] = False
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Who may call what: ``auth: {token_env: TETHER_SERVING_TOKEN, protect_reads: true}``.
+
+    Changing routes (weights, feedback, reload) always needs a bearer token: a
+    registry token with the right role, or the serving token, read at start-up
+    from the environment variable ``token_env`` (the secret never goes in the
+    file). ``protect_reads`` puts predictions, status, drift and metrics behind
+    a token too (reader role); /healthz and /readyz stay open.
+    """
+
+    token_env: str | None = None
+    protect_reads: bool = False
+
+
+@dataclass(frozen=True)
 class Deployment:
     endpoints: tuple[EndpointConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     source: str | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:
@@ -131,7 +151,7 @@ def single_version(ref: str, *, trusted: bool = False, env_policy: str | None = 
 
 def parse_deployment(data: Any, *, source: str | None = None) -> Deployment:
     where = source or "deployment"
-    top = _mapping(data, where, {"endpoints", "server"}, required={"endpoints"})
+    top = _mapping(data, where, {"endpoints", "server", "auth"}, required={"endpoints"})
     endpoints_data = _mapping(top["endpoints"], f"{where}: endpoints", None)
     if not endpoints_data:
         raise InvalidInput(f"{where}: endpoints is empty", hint="declare at least one endpoint")
@@ -140,7 +160,8 @@ def parse_deployment(data: Any, *, source: str | None = None) -> Deployment:
         for name, value in endpoints_data.items()
     )
     server = _server(top.get("server") or {}, f"{where}: server")
-    return Deployment(endpoints, server, source)
+    auth = _auth(top.get("auth") or {}, f"{where}: auth")
+    return Deployment(endpoints, server, source, auth)
 
 
 def parse_rule(text: Any, where: str = "rule") -> Rule:
@@ -160,7 +181,7 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         raise InvalidInput(f"{where}: endpoint name {name!r} is not allowed",
                            hint="use letters, digits, '.', '_' and '-'")
     known = {"routes", "shadow", "rollback", "sticky_field", "trusted", "env_policy",
-             "max_records"}
+             "max_records", "allow_non_finite"}
     body = _mapping(data, where, known, required={"routes"})
     routes_data = body["routes"]
     if isinstance(routes_data, str):
@@ -187,7 +208,17 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         trusted=_bool(body.get("trusted", False), f"{where}.trusted"),
         env_policy=_optional_str(body.get("env_policy"), f"{where}.env_policy"),
         max_records=int(_number(body.get("max_records", 10_000), f"{where}.max_records", 1)),
+        allow_non_finite=_allow_non_finite(body.get("allow_non_finite", False),
+                                           f"{where}.allow_non_finite"),
     )
+
+
+def _allow_non_finite(value: Any, where: str) -> bool | frozenset[str]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return frozenset(value)
+    raise InvalidInput(f"{where} must be true, false or a list of field names, not {value!r}")
 
 
 def _route(data: Any, where: str) -> RouteConfig:
@@ -241,6 +272,24 @@ def _server(data: Any, where: str) -> ServerConfig:
     )
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _auth(data: Any, where: str) -> AuthConfig:
+    if isinstance(data, Mapping) and ("token" in data or "secret" in data):
+        raise InvalidInput(f"{where}: the serving token does not go in the deployment file",
+                           hint="name an environment variable that holds it: "
+                                "auth: {token_env: TETHER_SERVING_TOKEN}")
+    body = _mapping(data, where, {"token_env", "protect_reads"})
+    token_env = _optional_str(body.get("token_env"), f"{where}.token_env")
+    if token_env is not None and not _ENV_NAME.match(token_env):
+        raise InvalidInput(f"{where}.token_env {token_env!r} is not an environment variable name",
+                           hint="e.g. token_env: TETHER_SERVING_TOKEN")
+    return AuthConfig(token_env=token_env,
+                      protect_reads=_bool(body.get("protect_reads", False),
+                                          f"{where}.protect_reads"))
+
+
 # -- checked values -------------------------------------------------------------------
 
 
@@ -274,9 +323,18 @@ def _reference(value: Any, where: str) -> str:
 def _number(value: Any, where: str, minimum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{where} must be a number, not {value!r}")
+    if not _finite(value):
+        raise InvalidInput(f"{where} must be a finite number, not {value!r}")
     if value < minimum:
         raise InvalidInput(f"{where} is {value:g}; it must be at least {minimum:g}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _bool(value: Any, where: str) -> bool:

@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import InvalidInput, NotFound, TetherError
 from .._signature import RecordSchemaError
 from .config import EndpointConfig
+from .guard import Unprocessable, finite_number
 from .instruments import Instruments
 from .logs import version_fields
 from .pool import LoadedModel, ModelPool
@@ -128,11 +130,22 @@ class Endpoint:
                            hint=slot.problem)
         labels = (self.name, *loaded.labels)
         started = time.perf_counter()
+        # A refused record is the caller's error: it never reaches the window that
+        # rollback rules judge, so no client can make a version look broken.
         try:
-            inputs = loaded.prepare(records)
+            inputs = loaded.prepare(records, self.config.allow_non_finite)
         except RecordSchemaError as error:
-            self.instruments.invalid.inc(self.name, error.field or "")
+            self._count_invalid(loaded, error.field)
             raise
+        except TetherError:
+            self._count_invalid(loaded, None)
+            raise
+        except Exception as error:  # records no check foresaw: still the caller's
+            self._count_invalid(loaded, None)
+            log.warning("records refused: %s: %s", type(error).__name__, error,
+                        extra={"endpoint": self.name, "route": route})
+            raise RecordSchemaError(f"records cannot be read as this model's inputs: "
+                                    f"{type(error).__name__}", field=None, index=None) from None
         try:
             predictions = loaded.predict_prepared(inputs)
         except Exception as error:
@@ -159,6 +172,11 @@ class Endpoint:
             self._mirror(MirrorJob(self.name, loaded, records, predictions,
                                    self._comparison_recorder(slot, loaded)))
         return Served(request_id, route, loaded, predictions)
+
+    def _count_invalid(self, loaded: LoadedModel, field: str | None) -> None:
+        # Label by declared fields only: a caller's own keys must not mint label sets.
+        known = loaded.signature is not None and field in loaded.signature.inputs.names
+        self.instruments.invalid.inc(self.name, field if known and field else "")
 
     def _comparison_recorder(self, slot: RouteSlot,
                              loaded: LoadedModel) -> Callable[[int, int], None]:
@@ -218,19 +236,35 @@ class Endpoint:
 
     # -- changing what is served --------------------------------------------------------
 
-    def set_weights(self, weights: Mapping[str, float], *, merge: bool = True) -> dict[str, float]:
+    def set_weights(self, weights: Mapping[str, float], *, merge: bool = True,
+                    actor: str | None = None) -> dict[str, float]:
+        """Replace (or, with ``merge``, update) route weights.
+
+        Every weight must be a finite number of at least 0 and they must add up
+        to more than 0 (Unprocessable, 422, otherwise).
+        """
         unknown = sorted(set(weights) - set(self.slots))
         if unknown:
             raise InvalidInput(f"{self.name} has no route {unknown[0]!r}",
                                hint=f"routes: {', '.join(self.slots)}")
+        for name, weight in weights.items():
+            if not finite_number(weight) or weight < 0:
+                raise Unprocessable(f"route {name!r}: weight {weight!r} is not a finite "
+                                    "number of at least 0")
         new = {**self.router.weights, **weights} if merge else dict(weights)
+        total = sum(float(w) for w in new.values())
+        if not (0 < total < math.inf):
+            raise Unprocessable(f"the weights of {self.name} would add up to {total:g}",
+                                hint="give at least one route a weight above 0, "
+                                     "and keep the total finite")
         for name, weight in new.items():
             if weight > 0 and self.slots[name].current is None:
                 raise InvalidInput(f"route {name!r} has no version loaded; it cannot take traffic",
                                    hint=self.slots[name].problem)
         self.router.set_weights(new)
         self._update_weight_gauges()
-        log.info("weights set", extra={"endpoint": self.name, "weights": new})
+        log.info("weights set", extra={"endpoint": self.name, "weights": new,
+                                       **({"actor": actor} if actor else {})})
         return self.router.weights
 
     def _update_weight_gauges(self) -> None:
@@ -317,16 +351,25 @@ def _feedback_values(item: Mapping[str, Any], predictions: list[Any],
                                f"{len(predictions)} predictions")
         pairs = list(zip(predictions, truth, strict=True))
         out.append(("accuracy", float(sum(agree(p, t) for p, t in pairs)), len(pairs)))
-        numeric = [(p, t) for p, t in pairs if _is_number(p) and _is_number(t)]
+        for t in truth:
+            if _is_number(t) and not finite_number(t):
+                raise Unprocessable(f"feedback item {index}: truth {t!r} is not a finite number")
+        numeric = [(p, t) for p, t in pairs if finite_number(p) and finite_number(t)]
         if numeric:
-            out.append(("abs_error", float(sum(abs(p - t) for p, t in numeric)), len(numeric)))
+            total = sum(abs(float(p) - float(t)) for p, t in numeric)
+            if not math.isfinite(total):
+                raise Unprocessable(f"feedback item {index}: the absolute error is not finite")
+            out.append(("abs_error", total, len(numeric)))
     metrics = item.get("metrics") or {}
     if not isinstance(metrics, Mapping):
         raise InvalidInput(f"feedback item {index}: metrics must be an object of numbers")
     for name, value in metrics.items():
-        if not _is_number(value) or not str(name).replace("_", "").isalnum():
-            raise InvalidInput(f"feedback item {index}: metric {name!r} must be a number "
-                               "with a plain name")
+        if not str(name).replace("_", "").isalnum() or len(str(name)) > 64:
+            raise InvalidInput(f"feedback item {index}: metric {str(name)[:64]!r} needs a "
+                               "plain name (letters, digits, '_', at most 64)")
+        if not finite_number(value):
+            raise Unprocessable(f"feedback item {index}: metric {name!r} must be a finite "
+                                f"number, not {value!r}")
         out.append((str(name), float(value), 1))
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from .._errors import InvalidInput
 from .._records import ModelVersion
 from .._signature import RecordSchemaError, Signature, validate_records
 from .drift import DriftMonitor
+from .guard import refuse_non_finite
 
 if TYPE_CHECKING:
     from .._registry.registry import Registry
@@ -55,15 +56,40 @@ class LoadedModel:
     def digest(self) -> str:
         return f"sha:{self.version.digest}"
 
-    def prepare(self, records: list[dict[str, Any]]) -> Any:
-        """Records as the model takes them; RecordSchemaError names a bad field."""
+    def prepare(self, records: list[dict[str, Any]],
+                allow_non_finite: bool | Collection[str] = True) -> Any:
+        """Records as the model takes them; RecordSchemaError names a bad field.
+
+        Unless ``allow_non_finite`` is True, NaN, infinities and integers beyond
+        the float range are refused (except in the fields it names). Whatever a
+        record holds, a refusal is a RecordSchemaError, never another exception.
+        """
+        matrix = None
         if self.numeric_order is not None:
-            fast = _numeric_inputs(records, self.numeric_order, self.matrix)
-            if fast is not None:
-                return fast
-        if self.signature is not None:
-            return validate_records(self.signature, records)
-        return _frame(records)
+            matrix = _numeric_matrix(records, self.numeric_order)
+            if matrix is not None and (allow_non_finite is True or np.isfinite(matrix).all()):
+                return self._shaped(matrix)
+        if allow_non_finite is not True:
+            refuse_non_finite(records, self.signature, allow_non_finite)
+        if matrix is not None:  # non-finite values, all in fields that allow them
+            return self._shaped(matrix)
+        try:
+            if self.signature is not None:
+                return validate_records(self.signature, records)
+            return _frame(records)
+        except (OverflowError, ValueError, TypeError, RecursionError) as error:
+            raise RecordSchemaError(f"records cannot be read as this model's inputs: {error}",
+                                    field=None, index=None,
+                                    hint=None if self.signature is None else
+                                    f"the model takes: {self.signature.inputs.describe()}"
+                                    ) from None
+
+    def _shaped(self, matrix: Any) -> Any:
+        if self.matrix:
+            return matrix
+        import pandas as pd
+
+        return pd.DataFrame(matrix, columns=self.numeric_order)
 
     def predict(self, records: list[dict[str, Any]]) -> list[Any]:
         return self.predict_prepared(self.prepare(records))
@@ -149,20 +175,18 @@ def _quiet_feature_name_warning() -> None:
                             category=UserWarning)
 
 
-def _numeric_inputs(records: list[dict[str, Any]], order: list[str], matrix: bool) -> Any:
-    """The float matrix (or frame) of ``records``; None to take the general path."""
+def _numeric_matrix(records: list[dict[str, Any]], order: list[str]) -> Any:
+    """The float matrix of ``records``; None to take the general path."""
     try:
         rows = [[record[name] for name in order] for record in records]
     except (KeyError, TypeError):
         return None  # the general path names the missing field
     if not all(type(v) is float or type(v) is int for row in rows for v in row):
         return None
-    array = np.array(rows, dtype=float)
-    if matrix:
-        return array
-    import pandas as pd
-
-    return pd.DataFrame(array, columns=order)
+    try:
+        return np.array(rows, dtype=float)
+    except OverflowError:  # an int beyond the float range: the check names it
+        return None
 
 
 def example_records(example: Any, signature: Signature | None) -> list[dict[str, Any]]:

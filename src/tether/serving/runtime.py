@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
+from .auth import ServingAuth
 from .config import Deployment, load_deployment
 from .endpoint import Endpoint
 from .instruments import Instruments
 from .pool import LoadedModel
 from .routes import RouteSlot
 from .shadow import ShadowMirror
+from .targets import poll_target
 
 if TYPE_CHECKING:
     from .._registry.registry import Registry
@@ -32,6 +34,7 @@ class ServingRuntime:
     def __init__(self, registry: Registry, deployment: Deployment) -> None:
         self.registry = registry
         self.deployment = deployment
+        self.auth = ServingAuth(registry, deployment.auth)  # refuses a missing serving token
         self.instruments = Instruments()
         self.mirror = ShadowMirror(self.instruments, self._shadows_of)
         self.endpoints = {
@@ -130,8 +133,23 @@ class ServingRuntime:
             log.error("deployment file not applied: %s", error.message,
                       extra={"source": self.deployment.source, "hint": error.hint})
 
+    def reload(self) -> dict[str, Any]:
+        """Re-read the deployment file now and poll every target (``POST /v1/reload``)."""
+        if self.deployment.source is None:
+            raise InvalidInput("this deployment was not read from a file; there is nothing "
+                               "to re-read", hint="serve a deployment file to reload it")
+        self._source_mtime = self._mtime()
+        self.apply(load_deployment(self.deployment.source))
+        for endpoint in self.endpoints.values():
+            for slot in [*endpoint.slots.values(), *endpoint.shadows]:
+                endpoint.submit(slot, functools.partial(poll_target, endpoint, slot))
+        return self.status()
+
     def apply(self, new: Deployment) -> None:
         """Take new weights and targets for existing routes from a changed deployment."""
+        if new.auth != self.deployment.auth:
+            raise InvalidInput("the auth section of the deployment file changed; restart to "
+                               "change who may call this server")
         for config in new.endpoints:
             endpoint = self.endpoints.get(config.name)
             if endpoint is None:
