@@ -10,7 +10,7 @@ from .aliases import alias_group, promote, rollback
 from .audit import audit_group
 from .demo import demo
 from .env import env_group
-from .governance import approve, key_group, policy_group, role_group, sign
+from .governance import approve, bundle_group, key_group, policy_group, role_group, sign
 from .inspect import diff, models, show, versions
 from .manage import config_group, db_group, deprecate, download, init, verify
 from .pinning import check, lock_group, reproduce
@@ -64,6 +64,7 @@ for command in (
     role_group,
     key_group,
     sign,
+    bundle_group,
     lock_group,
     check,
     reproduce,

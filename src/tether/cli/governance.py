@@ -1,8 +1,10 @@
-"""Governance commands: policy, approve, role, key, sign."""
+"""Governance commands: policy, approve, role, key, sign, bundle."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -172,6 +174,31 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
     )
 
 
+@key_group.command("openssf-public")
+@click.argument("key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the PEM here (default: print it).",
+)
+@handle_errors
+def key_openssf_public(key_file: Path, out: Path | None) -> None:
+    """The public key that verifies OpenSSF bundles signed with private KEY_FILE.
+
+    model-signing verifies ECDSA only, so an Ed25519 Tether key signs bundles
+    with a P-256 key derived from it; this prints that key's public half
+    (an EC key file gives its own public key).
+    """
+    from .._openssf_bundle import bundle_signing_key, public_pem
+
+    pem = public_pem(bundle_signing_key(key_file))
+    if out is None:
+        click.echo(pem.decode(), nl=False)
+    else:
+        out.write_bytes(pem)
+        console.print(f"wrote {out}")
+
+
 @click.command()
 @click.argument("ref")
 @click.option(
@@ -181,12 +208,45 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Private key file (from `tether key generate`).",
 )
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write an OpenSSF model-signing bundle (Sigstore bundle, DSSE, in-toto) here.",
+)
+@click.option(
+    "--bundle-key",
+    "bundle_key_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="EC private key (P-256/384/521) for the bundle "
+    "(default: the P-256 key derived from --key).",
+)
 @json_option
 @click.pass_context
 @handle_errors
-def sign(ctx: click.Context, ref: str, key_path: str, as_json: bool) -> None:
-    """Sign version REF: the signature covers its digest and metadata."""
-    result = registry_from(ctx).sign(ref, key_path)
+def sign(
+    ctx: click.Context,
+    ref: str,
+    key_path: str,
+    bundle_path: Path | None,
+    bundle_key_path: str | None,
+    as_json: bool,
+) -> None:
+    """Sign version REF: the signature covers its digest and metadata.
+
+    With --bundle, also sign REF's files in the OpenSSF model-signing format,
+    so that `model_signing verify key` checks a downloaded copy without Tether.
+    """
+    if bundle_key_path and not bundle_path:
+        raise click.UsageError("--bundle-key needs --bundle")
+    registry = registry_from(ctx)
+    result: dict[str, Any] = registry.sign(ref, key_path)
+    if bundle_path is not None:
+        from .._openssf_bundle import write_bundle
+
+        result["openssf_bundle"] = write_bundle(
+            registry, result["ref"], bundle_key_path or key_path, bundle_path
+        )
     if as_json:
         emit_json(result)
         return
@@ -196,3 +256,62 @@ def sign(ctx: click.Context, ref: str, key_path: str, as_json: bool) -> None:
         else "NOT a trusted key in this registry (tether key trust)"
     )
     console.print(f"signed {result['ref']} with key {result['key_id']} ({trusted})")
+    bundle = result.get("openssf_bundle")
+    if bundle:
+        console.print(
+            f"wrote OpenSSF model-signing bundle {bundle['bundle']}: {bundle['files']} file(s), "
+            f"sha256, subject {bundle['subject']}, key sha256:{bundle['key_hint'][:16]}"
+        )
+        if bundle["uncovered"]:
+            console.print(
+                "  not covered (model-signing never signs git metadata files): "
+                + ", ".join(bundle["uncovered"])
+            )
+        key_hint = bundle_key_path or key_path
+        console.print(
+            f"  its public key: tether key openssf-public {key_hint} --out KEY.pub; "
+            "verify a copy: model_signing verify key DIR --signature BUNDLE --public_key KEY.pub"
+        )
+
+
+@click.group("bundle")
+def bundle_group() -> None:
+    """OpenSSF model-signing bundles (see `tether sign --bundle`)."""
+
+
+@bundle_group.command("verify")
+@click.argument("ref")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM EC public key the bundle must be signed by (tether key openssf-public).",
+)
+@json_option
+@click.pass_context
+@handle_errors
+def bundle_verify(
+    ctx: click.Context, ref: str, bundle: Path, public_key: Path, as_json: bool
+) -> None:
+    """Check BUNDLE against version REF's recorded files and their verified bytes."""
+    from .._openssf_bundle import verify_bundle
+
+    report = verify_bundle(registry_from(ctx), ref, bundle, public_key)
+    if as_json:
+        emit_json(report)
+    elif report["ok"]:
+        console.print(
+            f"{report['ref']}: OpenSSF bundle {bundle} verified: signed by key "
+            f"sha256:{report['key_hint'][:16]}, {report['files_checked']} file(s) match "
+            f"(subject {report['subject']})"
+        )
+        if report["uncovered"]:
+            console.print("  not covered (git metadata files): " + ", ".join(report["uncovered"]))
+    else:
+        console.print(f"[red]{report['ref']}: OpenSSF bundle {bundle} REFUSED[/]")
+        for problem in report["problems"]:
+            console.print(f"  - {problem}", markup=False)
+    if not report["ok"]:
+        sys.exit(1)
