@@ -6,7 +6,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .._errors import InvalidInput
-from .base import ArtifactStore, ChunkRef, FileEntry, GcReport, IngestReport, StoreStats
+from .base import (
+    ArtifactStore,
+    ChunkRef,
+    FileEntry,
+    GcReport,
+    IngestReport,
+    PackCheck,
+    StoreStats,
+    VerifyReport,
+)
 from .blobs import LocalBlobs, S3Blobs
 from .chunkstore import ChunkStore
 
@@ -29,4 +38,4 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
 
 
 __all__ = ["ArtifactStore", "ChunkRef", "ChunkStore", "FileEntry", "GcReport", "IngestReport",
-           "StoreStats", "open_store"]
+           "PackCheck", "StoreStats", "VerifyReport", "open_store"]

@@ -82,6 +82,39 @@ class GcReport:
     dry_run: bool
 
 
+@dataclass
+class PackCheck:
+    """One pack checked against its index: what is wrong (nothing, for a good pack)."""
+
+    pack: str
+    problems: list[str]
+    chunks: int = 0
+    bytes_read: int = 0
+    reads: int = 0
+    quarantined: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pack": self.pack, "problems": self.problems, "chunks": self.chunks,
+                "quarantined": self.quarantined}
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_packs`` read and found."""
+
+    packs: int
+    chunks: int
+    bytes_read: int
+    reads: int
+    bad: list[PackCheck]
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"packs": self.packs, "chunks": self.chunks, "bytes_read": self.bytes_read,
+                "reads": self.reads, "dry_run": self.dry_run,
+                "bad": [b.to_dict() for b in self.bad]}
+
+
 class ArtifactStore(Protocol):
     """What the registry needs from an artifact store."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .._errors import NotFound, StoreError
+from .._errors import Conflict, NotFound, StoreError
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,32 @@ class LocalBlobs:
             os.fsync(handle.fileno())
         os.replace(path, target)
         _fsync_dir(target.parent)
+
+    def put_file_new(self, key: str, path: Path) -> None:
+        """Like ``put_file``, but never replaces an existing object (Conflict instead)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.link(path, target)  # atomic, and fails if the name is taken
+        except FileExistsError as error:
+            raise Conflict(f"{key} already exists; stored objects are never overwritten") \
+                from error
+        finally:
+            path.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def move(self, key: str, dest: str) -> None:
+        """Rename ``key`` to ``dest`` (quarantine); NotFound if ``key`` is gone."""
+        source, target = self._path(key), self._path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError as error:
+            raise NotFound(f"store object {key} is missing from {self.root}") from error
+        _fsync_dir(target.parent)
+        _fsync_dir(source.parent)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         fd, tmp = self.temp_file()
@@ -211,6 +237,12 @@ class S3Blobs:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def move(self, key: str, dest: str) -> None:
+        """Copy ``key`` to ``dest`` inside the bucket, then delete ``key`` (quarantine)."""
+        self._call(f"copy of {key}", self.client.copy_object, Bucket=self.bucket,
+                   Key=self._key(dest), CopySource={"Bucket": self.bucket, "Key": self._key(key)})
+        self.delete(key)
 
     def presign(self, key: str, method: str, expires: int = 3600) -> str:
         """A URL the client uses directly (GET with a Range header, or PUT)."""

@@ -7,15 +7,25 @@ Layout (the same on a folder and in a bucket):
     pins/<id>.json     chunks an ingest referenced, so gc spares them until the
                        version that needs them is committed (or the grace ends)
 
+    quarantine/        packs and indexes `verify_packs` (or the server) found
+                       lying about their chunks: out of use, never deleted
+
 A pack is durable before its index is written, and readers trust only chunks
 an index lists, so a writer killed at any point leaves at most unindexed bytes
 (collected by gc), never an index pointing at missing data. Pack ids are
 random, so concurrent writers never collide; a chunk two writers stored at
 once lives in two packs until gc repacks.
+
+An index is a claim, not a proof: every chunk read is checked against its
+digest, and a chunk several packs claim keeps every candidate location, so a
+pack whose bytes do not match (damaged, or uploaded to squat on another
+version's chunks) costs a fallback read, never a failed load while an honest
+copy exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -32,8 +42,16 @@ import blake3
 import zstandard
 from pyfastcdc.cy import FastCDC
 
-from .._errors import IntegrityError, NotFound, StoreError
-from .base import ChunkRef, FileEntry, GcReport, IngestReport, StoreStats
+from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
+from .base import (
+    ChunkRef,
+    FileEntry,
+    GcReport,
+    IngestReport,
+    PackCheck,
+    StoreStats,
+    VerifyReport,
+)
 from .blobs import Blobs
 from .progress import Progress
 
@@ -48,6 +66,8 @@ _SAMPLE = 4096
 _READ_THREADS = 4
 #: Largest single read when loading: adjacent chunks of a pack are read together.
 _RUN_BYTES = 8 * 1024 * 1024
+#: Verification reads across holes up to this size rather than issuing another read.
+_GAP_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,37 @@ def _hash_chunks(view: memoryview, cuts: list[tuple[int, int]]) -> list[str]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         first, second = pool.map(hash_range, (cuts[:half], cuts[half:]))
     return first + second
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: No chunk is ever this large (FastCDC cuts at a few hundred KiB); an index or
+#: a frame header claiming more is refused before anything is allocated.
+_MAX_CHUNK = 64 * 1024 * 1024
+
+
+def _unpack(payload: bytes, codec: int, size: int, digest: str) -> tuple[bytes | None, str]:
+    """Decode a stored chunk and check it is ``size`` bytes hashing to ``digest``.
+
+    Returns the bytes, or None and what is wrong. Never trusts the payload: the
+    output is bounded by ``size`` whatever a zstd frame header claims.
+    """
+    if codec == RAW:
+        data = payload
+    elif codec == ZSTD:
+        if not 0 <= size <= _MAX_CHUNK:
+            return None, f"claims an impossible size ({size} bytes)"
+        try:
+            declared = zstandard.frame_content_size(payload)
+            if declared not in (-1, size):
+                return None, "does not match its digest (wrong size)"
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        except zstandard.ZstdError as error:
+            return None, f"is corrupt ({error})"
+    else:
+        return None, f"has an unknown codec {codec!r}"
+    if len(data) != size or blake3.blake3(data).hexdigest() != digest:
+        return None, "does not match its digest"
+    return data, ""
 
 
 class PackWriter:
@@ -131,6 +182,9 @@ class ChunkStore:
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._index: dict[str, Location] = {}
+        #: Further candidates of chunks more than one pack claims (rare: two
+        #: writers racing, or a pack that lies); the first stays in ``_index``.
+        self._alternates: dict[str, list[Location]] = {}
         self._pack_sizes: dict[str, int] = {}
         self._cctx = threading.local()
 
@@ -140,25 +194,45 @@ class ChunkStore:
         with self._lock:
             self._pack_sizes[pack] = size
             for digest, offset, length, raw, codec in entries:
-                self._index.setdefault(digest, Location(pack, offset, length, raw, codec))
+                loc = Location(pack, int(offset), int(length), int(raw), int(codec))
+                first = self._index.setdefault(digest, loc)
+                if first is not loc and first != loc:
+                    # Another pack claims it too: keep every candidate, so a pack
+                    # whose bytes do not match never hides an honest copy.
+                    others = self._alternates.setdefault(digest, [])
+                    if loc not in others:
+                        others.append(loc)
 
     def refresh(self) -> None:
         """Read index files written since the last look (by us or other writers)."""
-        for info in self.blobs.list("index/"):
+        # Sorted, so every process sees the candidates of a chunk in one order.
+        for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
             pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
             if pack in self._pack_sizes:
                 continue
             try:
                 data = json.loads(self.blobs.get_bytes(info.key))
+                self._add_index(data["pack"], int(data["size"]), data["chunks"])
             except NotFound:
                 continue  # removed by a concurrent gc
-            self._add_index(data["pack"], int(data["size"]), data["chunks"])
+            except (ValueError, KeyError, TypeError):
+                continue  # malformed: claims nothing (`tether store verify` reports it)
 
     def _forget_pack(self, pack: str) -> None:
         with self._lock:
             self._pack_sizes.pop(pack, None)
+            for digest, others in list(self._alternates.items()):
+                others[:] = [loc for loc in others if loc.pack != pack]
+                if not others:
+                    del self._alternates[digest]
             for digest in [d for d, loc in self._index.items() if loc.pack == pack]:
-                del self._index[digest]
+                rest = self._alternates.get(digest)
+                if rest:
+                    self._index[digest] = rest.pop(0)
+                    if not rest:
+                        del self._alternates[digest]
+                else:
+                    del self._index[digest]
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
@@ -166,6 +240,27 @@ class ChunkStore:
 
     def locate(self, digest: str) -> Location | None:
         return self._index.get(digest)
+
+    def candidates(self, digest: str) -> list[Location]:
+        """Every location some index claims for ``digest``, the one to try first first."""
+        with self._lock:
+            first = self._index.get(digest)
+            if first is None:
+                return []
+            return [first, *self._alternates.get(digest, ())]
+
+    def _demote(self, digest: str, bad: Location) -> None:
+        """Try ``bad`` last from now on: its bytes did not match ``digest``."""
+        with self._lock:
+            others = self._alternates.get(digest)
+            if not others:
+                return
+            if self._index.get(digest) == bad:
+                self._index[digest] = others.pop(0)
+                others.append(bad)
+            elif bad in others:
+                others.remove(bad)
+                others.append(bad)
 
     # -- writing -----------------------------------------------------------------
 
@@ -278,22 +373,47 @@ class ChunkStore:
                                  hint="the store lost data; restore it from a backup")
         return loc
 
-    def _decode(self, chunk: ChunkRef, loc: Location, payload: bytes, *, what: str) -> bytes:
-        """The chunk's bytes from what is stored, verified against its digest."""
-        try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=loc.raw_size) \
-                if loc.codec == ZSTD else payload
-        except zstandard.ZstdError as error:
-            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is corrupt ({error})",
-                                 hint="the store is damaged; restore it from a backup") from error
-        if len(data) != chunk.size or blake3.blake3(data).hexdigest() != chunk.digest:
-            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} does not match its digest",
-                                 hint="the store is damaged; restore it from a backup")
-        return data
+    def _read_chunk(self, chunk: ChunkRef, *, what: str,
+                    tried: dict[str, str] | None = None) -> bytes:
+        """One chunk, verified, from the first of its candidate locations that holds it.
 
-    def _read_chunk(self, chunk: ChunkRef, *, what: str) -> bytes:
-        loc = self._locate(chunk, what=what)
-        return self._decode(chunk, loc, self._fetch(loc, chunk.digest), what=what)
+        ``tried`` maps packs already found wanting to why; they are not read again.
+        """
+        tried = dict(tried or {})
+        cached = self._cache_path(chunk.digest)
+        if cached is not None and cached.exists():
+            data = self._from_cache(chunk, cached)
+            if data is not None:
+                return data
+        self._locate(chunk, what=what)
+        refreshed = False
+        while True:
+            for loc in self.candidates(chunk.digest):
+                if loc.pack in tried:
+                    continue
+                try:
+                    payload = self._fetch(loc)
+                except IntegrityError as error:
+                    tried[loc.pack] = error.message.removeprefix(f"pack {loc.pack} ")
+                    self._demote(chunk.digest, loc)
+                    continue
+                data, problem = _unpack(payload, loc.codec, chunk.size, chunk.digest)
+                if data is None:
+                    tried[loc.pack] = problem
+                    self._demote(chunk.digest, loc)
+                    continue
+                self._cache_store(chunk.digest, payload)
+                return data
+            if refreshed:
+                break
+            self.refresh()  # another writer may have stored a good copy since
+            refreshed = True
+        packs = "; ".join(f"pack {pack} {why}" for pack, why in tried.items())
+        raise IntegrityError(
+            f"{what}: chunk {chunk.digest[:16]} matches its digest in none of the "
+            f"{len(tried)} pack(s) claiming it: {packs}",
+            hint="the store is damaged; `tether store verify` quarantines lying packs, "
+            "then restore the chunk from a backup or log the version again")
 
     def _runs(self, chunks: Sequence[ChunkRef], *, what: str) -> list[list[int]]:
         """Chunk indexes grouped into runs stored back to back in one pack.
@@ -328,23 +448,27 @@ class ChunkStore:
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
         try:
-            payload = self.blobs.get_range(f"packs/{first.pack}.pack", first.offset, length)
-        except NotFound as error:
-            raise IntegrityError(f"{what}: pack {first.pack} is missing",
-                                 hint="restore the store") from error
-        if len(payload) != length:
-            raise IntegrityError(f"{what}: pack {first.pack} is truncated",
-                                 hint="restore the store")
+            payload = self._get_range(first.pack, first.offset, length)
+        except IntegrityError as error:
+            # The pack is gone or short: each chunk falls back to its other copies.
+            why = error.message.removeprefix(f"pack {first.pack} ")
+            return [self._read_chunk(c, what=what, tried={first.pack: why}) for c in chunks]
         out = []
         view = memoryview(payload)
         for chunk, loc in zip(chunks, locs, strict=True):
             start = loc.offset - first.offset
             piece = bytes(view[start:start + loc.length])
-            self._cache_store(chunk.digest, piece)
-            out.append(self._decode(chunk, loc, piece, what=what))
+            data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
+            if data is None:
+                self._demote(chunk.digest, loc)
+                data = self._read_chunk(chunk, what=what, tried={loc.pack: problem})
+            else:
+                self._cache_store(chunk.digest, piece)
+            out.append(data)
         return out
 
     def _cache_store(self, digest: str, payload: bytes) -> None:
+        """Keep a verified payload (only ever one that matched its digest)."""
         cached = self._cache_path(digest)
         if cached is None:
             return
@@ -353,19 +477,35 @@ class ChunkStore:
         tmp.write_bytes(payload)
         os.replace(tmp, cached)
 
-    def _fetch(self, loc: Location, digest: str) -> bytes:
-        """The stored bytes of one chunk (from the local cache when remote)."""
-        cached = self._cache_path(digest)
-        if cached is not None and cached.exists():
-            return cached.read_bytes()
+    def _from_cache(self, chunk: ChunkRef, cached: Path) -> bytes | None:
+        """The cached chunk, verified; None (and the entry dropped) if it does not match.
+
+        The cache keeps stored payloads, which two packs may hold in different
+        codecs, so both are tried: the digest decides.
+        """
         try:
-            payload = self.blobs.get_range(f"packs/{loc.pack}.pack", loc.offset, loc.length)
+            payload = cached.read_bytes()
+        except FileNotFoundError:
+            return None
+        for codec in (ZSTD, RAW) if payload[:4] == _ZSTD_MAGIC else (RAW, ZSTD):
+            data, _ = _unpack(payload, codec, chunk.size, chunk.digest)
+            if data is not None:
+                return data
+        cached.unlink(missing_ok=True)
+        return None
+
+    def _get_range(self, pack: str, offset: int, length: int) -> bytes:
+        try:
+            payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
         except NotFound as error:
-            raise IntegrityError(f"pack {loc.pack} is missing", hint="restore the store") from error
-        if len(payload) != loc.length:
-            raise IntegrityError(f"pack {loc.pack} is truncated", hint="restore the store")
-        self._cache_store(digest, payload)
+            raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+        if len(payload) != length:
+            raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
         return payload
+
+    def _fetch(self, loc: Location) -> bytes:
+        """The stored bytes of one chunk at ``loc`` (unverified)."""
+        return self._get_range(loc.pack, loc.offset, loc.length)
 
     def _cache_path(self, digest: str) -> Path | None:
         if self.blobs.is_local or self.cache_dir is None:
@@ -431,6 +571,126 @@ class ChunkStore:
                 problems.append(f"{entry.path} of {label} does not match its recorded digest")
         return problems
 
+    # -- whole-pack verification and quarantine ----------------------------------
+
+    def check_pack(self, pack: str, index: Any) -> PackCheck:
+        """Read ``pack`` (a few large ranged reads) and check every chunk its index claims."""
+        check = PackCheck(pack=pack, problems=[])
+        try:
+            size = int(index["size"])
+            entries = [(str(d), int(o), int(n), int(r), int(c))
+                       for d, o, n, r, c in index["chunks"]]
+            if index.get("pack") != pack:
+                check.problems.append(f"index names pack {index.get('pack')!r}, not {pack}")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            check.problems.append(f"index is malformed ({type(error).__name__}: {error})")
+            return check
+        readable = []
+        for entry in entries:
+            digest, offset, length, raw, _codec = entry
+            if offset < 0 or length <= 0 or offset + length > size:
+                check.problems.append(f"chunk {digest[:16]} at offset {offset}: outside the "
+                                      f"pack's {size} bytes")
+            elif length > _MAX_CHUNK or not 0 <= raw <= _MAX_CHUNK:
+                check.problems.append(f"chunk {digest[:16]} at offset {offset}: claims an "
+                                      f"impossible size")
+            else:
+                readable.append(entry)
+        readable.sort(key=lambda e: e[1])
+        i = 0
+        while i < len(readable):
+            # Coalesce neighbours into one read of at most _RUN_BYTES.
+            start = readable[i][1]
+            end = start + readable[i][2]
+            j = i + 1
+            while j < len(readable):
+                offset, length = readable[j][1], readable[j][2]
+                if offset > end + _GAP_BYTES or max(end, offset + length) - start > _RUN_BYTES:
+                    break
+                end = max(end, offset + length)
+                j += 1
+            try:
+                payload = self._get_range(pack, start, end - start)
+            except IntegrityError as error:
+                check.problems.append(error.message)
+                return check
+            check.reads += 1
+            check.bytes_read += len(payload)
+            view = memoryview(payload)
+            for digest, offset, length, raw, codec in readable[i:j]:
+                piece = bytes(view[offset - start:offset - start + length])
+                _, problem = _unpack(piece, codec, raw, digest)
+                check.chunks += 1
+                if problem:
+                    check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
+            i = j
+        return check
+
+    def verify_packs(self, *, dry_run: bool = False) -> VerifyReport:
+        """Check every indexed pack against its index; quarantine the ones that lie.
+
+        A quarantined pack and its index move under ``quarantine/`` (with a note
+        of what was wrong): no reader uses them again, nothing is deleted.
+        """
+        from .locking import store_lock
+
+        if not dry_run and getattr(self.blobs, "move", None) is None:
+            raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
+                               hint="run `tether store verify` where the store is directly "
+                               "reachable (on the server), or use --dry-run")
+        report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
+        for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
+            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            try:
+                raw = self.blobs.get_bytes(info.key)
+            except NotFound:
+                continue  # removed by a concurrent gc
+            try:
+                index: Any = json.loads(raw)
+            except ValueError:
+                index = None
+            check = self.check_pack(pack, index)
+            report.packs += 1
+            report.chunks += check.chunks
+            report.bytes_read += check.bytes_read
+            report.reads += check.reads
+            if check.problems:
+                report.bad.append(check)
+        if report.bad and not dry_run:
+            with store_lock(self):  # no ingest may be deciding to reuse these chunks now
+                for check in report.bad:
+                    self.quarantine(check.pack, check.problems)
+                    check.quarantined = True
+        return report
+
+    def quarantine(self, pack: str, problems: Sequence[str], *,
+                   index_bytes: bytes | None = None) -> str:
+        """Move ``pack`` and its index out of use, under ``quarantine/``; returns the prefix.
+
+        ``index_bytes``: an index that was refused (never published) to keep beside it.
+        """
+        taken = {i.key for i in self.blobs.list("quarantine/")}
+        name = pack if f"quarantine/{pack}.json" not in taken else f"{pack}.{time.time_ns()}"
+        note = {"pack": pack, "quarantined_at": time.time(), "problems": list(problems)}
+        self.blobs.put_bytes(f"quarantine/{name}.json", json.dumps(note, indent=1).encode())
+        # The pack first: an index left without its pack only costs readers a fallback.
+        self._move(f"packs/{pack}.pack", f"quarantine/packs/{name}.pack")
+        if index_bytes is not None:
+            self.blobs.put_bytes(f"quarantine/index/{name}.idx", index_bytes)
+        else:
+            self._move(f"index/{pack}.idx", f"quarantine/index/{name}.idx")
+        self._forget_pack(pack)
+        return f"quarantine/{name}"
+
+    def _move(self, key: str, dest: str) -> None:
+        mover = getattr(self.blobs, "move", None)
+        if mover is None:
+            raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
+                               hint="run `tether store verify` where the store is directly "
+                               "reachable (on the server), or use --dry-run")
+        with contextlib.suppress(NotFound):
+            mover(key, dest)
+
     # -- accounting and garbage collection ---------------------------------------
 
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
@@ -470,6 +730,7 @@ class ChunkStore:
                 continue
         report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                           dry_run=dry_run)
+        doubtful = self._lying_duplicates(indexes, keep)
         placed: set[str] = set()  # live chunks already kept in some pack
         # Visit fuller packs first so duplicates are dropped from the emptier ones.
         order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
@@ -478,7 +739,8 @@ class ChunkStore:
             pack_info = packs.get(pack)
             entries = indexes[pack]["chunks"]
             young = pack_info is not None and now - pack_info.mtime < grace_seconds
-            live_entries = [e for e in entries if e[0] in keep and e[0] not in placed]
+            live_entries = [e for e in entries if e[0] in keep and e[0] not in placed
+                            and (pack, e[0], e[1]) not in doubtful]
             dead = [e for e in entries if e not in live_entries]
             live_bytes = sum(e[2] for e in live_entries)
             total = sum(e[2] for e in entries) or 1
@@ -517,6 +779,36 @@ class ChunkStore:
             self._pack_sizes.clear()
             self.refresh()
         return report
+
+    def _lying_duplicates(self, indexes: dict[str, dict[str, Any]],
+                          keep: set[str]) -> set[tuple[str, str, int]]:
+        """(pack, digest, offset) of live chunks claimed by several packs whose bytes lie.
+
+        gc keeps one copy of a chunk several packs hold; it must never keep the
+        copy that does not match while dropping the one that does. Duplicates
+        are rare (racing writers), so reading each claim once costs little.
+        """
+        claims: dict[str, list[tuple[str, list[Any]]]] = {}
+        for pack, index in indexes.items():
+            for entry in index.get("chunks", []):
+                if entry[0] in keep:
+                    claims.setdefault(entry[0], []).append((pack, entry))
+        doubtful: set[tuple[str, str, int]] = set()
+        for digest, where in claims.items():
+            if len({pack for pack, _ in where}) < 2:
+                continue
+            bad = set()
+            for pack, (_, offset, length, raw, codec) in where:
+                try:
+                    payload = self._get_range(pack, int(offset), int(length))
+                except (IntegrityError, ValueError, TypeError):
+                    bad.add((pack, digest, offset))
+                    continue
+                if _unpack(payload, int(codec), int(raw), digest)[0] is None:
+                    bad.add((pack, digest, offset))
+            if len(bad) < len(where):  # a copy that verifies exists: never rely on the others
+                doubtful |= bad
+        return doubtful
 
     def _repack(self, pack: str, entries: list[list[Any]]) -> None:
         writer = PackWriter(self)

@@ -1,9 +1,13 @@
-"""Storage commands: gc and store stats."""
+"""Storage commands: gc, store stats and store verify."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from .._errors import InvalidInput
+from .._store.chunkstore import ChunkStore
 from ._common import console, emit_json, handle_errors, human_bytes, json_option, registry_from
 
 
@@ -83,3 +87,41 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
         f"{stats.chunks} chunks"
     )
     console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x (dedup and compression)")
+
+
+@store_group.command("verify")
+@click.option("--dry-run", is_flag=True, help="Report lying packs; quarantine nothing.")
+@json_option
+@click.pass_context
+@handle_errors
+def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Read every pack and check its chunks against its index; quarantine packs that lie.
+
+    A quarantined pack and its index move under quarantine/ in the store (with a
+    note of what was wrong): no load uses them again, nothing is deleted. Chunks
+    they claimed still load from any other pack that holds them. Exits 1 when
+    --dry-run finds a bad pack (nothing was fixed).
+    """
+    registry = registry_from(ctx)
+    store = registry.store
+    if not isinstance(store, ChunkStore):
+        raise InvalidInput(f"the store at {registry.location.store_url} has no packs to verify")
+    report = store.verify_packs(dry_run=dry_run)
+    if as_json:
+        emit_json({"store": registry.location.store_url, **report.to_dict()})
+    else:
+        for check in report.bad:
+            verb = "quarantined" if check.quarantined else "would quarantine"
+            console.print(f"{verb} pack {check.pack}: {len(check.problems)} problem(s)")
+            for problem in check.problems[:5]:
+                console.print(f"  {problem}")
+            if len(check.problems) > 5:
+                console.print(f"  ... and {len(check.problems) - 5} more")
+        console.print(
+            f"checked {report.packs} packs, {report.chunks} chunks "
+            f"({human_bytes(report.bytes_read)} in {report.reads} reads): "
+            f"{len(report.bad)} bad"
+            + ("" if not report.bad or dry_run else ", moved under quarantine/")
+        )
+    if dry_run and report.bad:
+        sys.exit(1)

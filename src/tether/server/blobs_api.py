@@ -4,7 +4,10 @@ presigned URL (S3), so bytes go straight between client and bucket.
 
 Clients may read packs, indexes and pins, and write new ones under fresh
 random names; they can never overwrite or delete stored data (only their own
-ingest lease). Index files are checked against their pack before they count.
+ingest lease). An index is what makes a pack visible, so before one is stored
+the server reads its pack and checks every chunk it claims against its digest:
+a pack that lies (say, claiming another version's chunks with other bytes) is
+refused and moved to the store's quarantine/, never published.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, TetherError
 
 _READABLE = re.compile(
     r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json)$"
@@ -30,6 +33,67 @@ _WRITABLE = re.compile(
 )
 _LISTABLE = ("index/", "pins/", "locks/")
 MAX_OBJECT = 256 * 1024 * 1024
+#: No offset is past this (the largest file offset and S3 Range number there is).
+_MAX_OFFSET = 2**63 - 1
+
+
+class PackRejected(InvalidInput):
+    """An uploaded pack does not hold the bytes its index claims."""
+
+    code = "pack_rejected"
+    http_status = 422
+
+
+class RangeNotSatisfiable(InvalidInput):
+    code = "range_not_satisfiable"
+    http_status = 416
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """``(start, end)`` inclusive of a single ``bytes=`` range over ``size`` bytes.
+
+    Malformed or multiple ranges are 400, ranges no byte satisfies 416; an end
+    past the object is clamped to its last byte (RFC 9110).
+    """
+    text = header.strip()
+    unit, _, spec = text.partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        raise InvalidInput(f"unsupported Range {header[:80]!r}", hint="bytes=START-END")
+    if "," in spec:
+        raise InvalidInput("multiple ranges are not supported", hint="ask for one: bytes=START-END")
+    match = re.fullmatch(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*", spec)
+    if not match or not (match[1] or match[2]):
+        raise InvalidInput(f"malformed Range {header[:80]!r}", hint="bytes=START-END")
+    first, last = match[1], match[2]
+    if any(len(n) > 19 or int(n) > _MAX_OFFSET for n in (first, last) if n):
+        raise RangeNotSatisfiable(f"Range {header[:80]!r} is past any object's size",
+                                  hint=f"this object has {size} bytes")
+    if not first:  # suffix: the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            raise RangeNotSatisfiable(f"Range {header[:80]!r} selects no byte of the object")
+        return max(size - count, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        raise RangeNotSatisfiable(f"Range {header[:80]!r} ends before it starts")
+    if start >= size:
+        raise RangeNotSatisfiable(f"Range {header[:80]!r} starts past the object ({size} bytes)")
+    return start, min(end, size - 1)
+
+
+def _size_of(blobs: Any, key: str) -> int:
+    path = blobs.local_path(key)
+    if path is not None:
+        try:
+            return int(path.stat().st_size)
+        except FileNotFoundError as error:
+            raise NotFound(f"store object {key} does not exist") from error
+    folder = key.rpartition("/")[0]
+    for info in blobs.list(folder + "/"):
+        if info.key == key:
+            return int(info.size)
+    raise NotFound(f"store object {key} does not exist")
 
 
 def check_key(key: str, *, write: bool) -> str:
@@ -49,21 +113,45 @@ def _exists(blobs: Any, key: str) -> bool:
     return any(i.key == key for i in blobs.list(folder + "/"))
 
 
-def _check_index(blobs: Any, data: bytes) -> None:
+def _check_index(blobs: Any, key: str, data: bytes) -> dict[str, Any]:
     try:
         index = json.loads(data)
         pack, size, chunks = index["pack"], int(index["size"]), index["chunks"]
-        entries = [(str(d), int(o), int(n)) for d, o, n, _raw, _codec in chunks]
-    except (ValueError, KeyError, TypeError) as error:
+        entries = [(str(d), int(o), int(n), int(r), int(c)) for d, o, n, r, c in chunks]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise InvalidInput(f"index file is malformed: {error}") from error
-    actual = {i.key: i.size for i in blobs.list("packs/")}.get(f"packs/{pack}.pack")
-    if actual is None:
+    if key != f"index/{pack}.idx":
+        raise InvalidInput(f"{key} names pack {pack!r}; an index must be stored as "
+                           f"index/<its pack id>.idx")
+    try:
+        actual = _size_of(blobs, f"packs/{pack}.pack")
+    except NotFound:
         raise InvalidInput(
             f"index names pack {pack}, which is not uploaded",
             hint="upload the pack first, then its index",
-        )
-    if actual != size or any(o < 0 or n <= 0 or o + n > size for _, o, n in entries):
+        ) from None
+    if actual != size or any(o < 0 or n <= 0 or o + n > size for _, o, n, _r, _c in entries):
         raise InvalidInput(f"index does not fit pack {pack} ({actual} bytes)")
+    return dict(index)
+
+
+def _verify_pack(store: Any, key: str, index: dict[str, Any], data: bytes) -> None:
+    """Refuse (and quarantine) a pack whose bytes are not the chunks its index claims."""
+    pack = str(index["pack"])
+    check = store.check_pack(pack, index)
+    if not check.problems:
+        return
+    where = store.quarantine(pack, check.problems, index_bytes=data)
+    more = f" (and {len(check.problems) - 1} more)" if len(check.problems) > 1 else ""
+    raise PackRejected(
+        f"pack {pack} does not hold what its index claims: {check.problems[0]}{more}; "
+        f"the index was refused and the pack moved to {where}",
+        hint="upload the chunks' real bytes; a chunk's name is the BLAKE3 of its content",
+    )
+
+
+def _error(error: TetherError, headers: dict[str, str]) -> Response:
+    return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
 class BlobGateway:
@@ -108,15 +196,16 @@ class BlobGateway:
         key = check_key(request.path_params["key"], write=False)
         self._caller(request, "reader", "downloading artifacts")
         header = request.headers.get("range")
-        if header:
-            match = re.fullmatch(r"bytes=(\d+)-(\d+)", header.strip())
-            if not match:
-                raise InvalidInput(f"unsupported Range {header!r}", hint="bytes=START-END")
-            start, end = int(match[1]), int(match[2])
-            if end < start:
-                raise InvalidInput("Range end is before its start")
+        if header is not None:
+            size = await run_in_threadpool(_size_of, self.blobs, key)
+            try:
+                start, end = parse_range(header, size)
+            except RangeNotSatisfiable as error:
+                return _error(error, {"Content-Range": f"bytes */{size}"})
             data = await run_in_threadpool(self.blobs.get_range, key, start, end - start + 1)
-            return Response(data, status_code=206, media_type="application/octet-stream")
+            return Response(data, status_code=206, media_type="application/octet-stream",
+                            headers={"Content-Range": f"bytes {start}-{end}/{size}",
+                                     "Accept-Ranges": "bytes"})
         path = self.blobs.local_path(key)
         if path is not None:
             if not path.is_file():
@@ -134,7 +223,10 @@ class BlobGateway:
     async def put(self, request: Request) -> Any:
         key = check_key(request.path_params["key"], write=True)
         self._caller(request, "contributor", "uploading artifacts")
-        length = int(request.headers.get("content-length") or 0)
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number") from None
         if length > MAX_OBJECT:
             raise InvalidInput(f"object of {length} bytes is over the {MAX_OBJECT} byte limit")
         if not key.startswith("locks/") and await run_in_threadpool(_exists, self.blobs, key):
@@ -149,8 +241,15 @@ class BlobGateway:
                         raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
                     handle.write(block)
             if key.startswith("index/"):
-                _check_index(self.blobs, tmp.read_bytes())
-            await run_in_threadpool(self.blobs.put_file, key, tmp)
+                data = tmp.read_bytes()
+                index = await run_in_threadpool(_check_index, self.blobs, key, data)
+                await run_in_threadpool(_verify_pack, self.api.registry.store, key, index, data)
+            # Never replace: a second upload racing the first must not swap bytes
+            # under an index that was verified against the first.
+            put = self.blobs.put_file
+            if not key.startswith("locks/"):
+                put = getattr(self.blobs, "put_file_new", put)
+            await run_in_threadpool(put, key, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return JSONResponse({"key": key, "size": size}, status_code=201)

@@ -1,0 +1,335 @@
+"""Packs that lie: an index claiming chunks its pack does not hold.
+
+The attack: a contributor uploads a pack whose index names another version's
+chunk digests over garbage bytes. Nothing wrong is ever loaded (every chunk is
+checked against its digest), but with one location per chunk the victim's
+loads would fail: a denial of service. Tether keeps every candidate location
+and falls back; the server refuses such uploads; `tether store verify`
+quarantines what got in some other way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tether
+from tether import IntegrityError, InvalidInput
+from tether._store import FileEntry, open_store
+from tether._store.chunkstore import RAW, ChunkStore
+from tether.cli import cli
+from tether.server.blobs_api import RangeNotSatisfiable, parse_range
+
+from .conftest import fit_logreg
+from .test_server import Server, start_server, stop
+
+LIAR = "0" * 32  # sorts first: the pack a sorted listing (S3, or ours) meets first
+
+
+def lying_pack(claims: list[tuple[str, int]]) -> tuple[bytes, dict[str, Any]]:
+    """Garbage bytes, and an index claiming they are the chunks ``claims`` names."""
+    body, entries = b"", []
+    for digest, size in claims:
+        entries.append([digest, len(body), size, size, RAW])
+        body += os.urandom(size)
+    return body, {"pack": LIAR, "size": len(body), "chunks": entries}
+
+
+def plant(store_root: Path, body: bytes, index: dict[str, Any]) -> None:
+    """Write a pack and its index straight into a local store's folder."""
+    pack = index["pack"]
+    (store_root / "packs").mkdir(parents=True, exist_ok=True)
+    (store_root / "index").mkdir(parents=True, exist_ok=True)
+    (store_root / "packs" / f"{pack}.pack").write_bytes(body)
+    (store_root / "index" / f"{pack}.idx").write_text(json.dumps(index))
+
+
+def claims_of(files: list[FileEntry]) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    for entry in files:
+        for chunk in entry.chunks:
+            seen.setdefault(chunk.digest, chunk.size)
+    return list(seen.items())
+
+
+def store_root(registry: Any) -> Path:
+    return Path(registry.location.store_url.removeprefix("file://"))
+
+
+# -- the attack on a local store ------------------------------------------------------------
+
+
+def test_a_lying_pack_in_a_local_store_costs_a_fallback_not_a_failed_load(
+    tmp_path: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "reg" / ".tether"
+    with tether.init(root, actor="victim@example.com") as reg:
+        victim = reg.log_model(fit_logreg(iris), "fraud", input_example=iris[0].head(3))
+        body, index = lying_pack(claims_of(list(victim.files)))
+        plant(store_root(reg), body, index)
+
+    # Without the fallback (one location per chunk, the liar listed first): the
+    # victim's load fails, though nothing wrong is loaded.
+    original = ChunkStore.candidates
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkStore, "candidates", lambda self, d: original(self, d)[:1])
+        patch.setattr(ChunkStore, "_demote", lambda self, d, loc: None)
+        with tether.open(root) as reg:
+            with pytest.raises(IntegrityError, match=f"pack {LIAR}"):
+                reg.load("fraud@1.0.0", progress=False)
+            assert reg.verify("fraud@1.0.0")
+
+    # With it: every chunk the liar claims loads from the honest pack.
+    with tether.open(root) as reg:
+        reg.store.refresh()
+        assert reg.store.candidates(index["chunks"][0][0])[0].pack == LIAR
+        model = reg.load("fraud@1.0.0", progress=False)
+        assert (model.predict(iris[0].head(5)) == fit_logreg(iris).predict(iris[0].head(5))).all()
+        assert reg.verify("fraud@1.0.0") == []
+        # The liar was found wanting once and is now tried last.
+        assert reg.store.candidates(index["chunks"][0][0])[0].pack != LIAR
+
+
+def test_fallback_inside_coalesced_runs_and_an_error_naming_every_pack(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal(3 << 18).astype(np.float32).tobytes()  # 3 MiB, ~48 chunks
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.bin").write_bytes(data)
+    files = store.ingest(tmp_path / "src", ["w.bin"]).files
+    honest = [p.stem for p in (tmp_path / "store" / "packs").glob("*.pack")]
+    body, index = lying_pack(claims_of(files))  # back to back: the liar's runs coalesce
+    plant(tmp_path / "store", body, index)
+
+    fresh = open_store(f"file://{tmp_path / 'store'}")
+    fresh.materialize(files, tmp_path / "out", label="w@1.0.0")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+
+    # No honest copy left: the error names the chunk and every pack tried.
+    for pack in honest:
+        (tmp_path / "store" / "packs" / f"{pack}.pack").unlink()
+    with pytest.raises(IntegrityError) as failure:
+        open_store(f"file://{tmp_path / 'store'}").materialize(
+            files, tmp_path / "out2", label="w@1.0.0"
+        )
+    message = failure.value.message
+    assert "w.bin of w@1.0.0" in message and files[0].chunks[0].digest[:16] in message
+    assert LIAR in message and all(pack in message for pack in honest)
+    assert "missing" in message and "does not match its digest" in message
+
+
+def test_gc_never_keeps_the_lying_copy_of_a_duplicated_chunk(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    (tmp_path / "src").mkdir()
+    keep, drop = os.urandom(1 << 20), os.urandom(3 << 20)
+    (tmp_path / "src" / "keep.bin").write_bytes(keep)
+    (tmp_path / "src" / "drop.bin").write_bytes(drop)
+    files = store.ingest(tmp_path / "src", ["keep.bin", "drop.bin"]).files
+    live = [f for f in files if f.path == "keep.bin"]
+    body, index = lying_pack(claims_of(live))
+    plant(tmp_path / "store", body, index)
+    # The honest pack is mostly dead, the liar all "live": without checking, gc
+    # would keep the liar's copy and repack the honest one without it.
+    report = store.gc(live, grace_seconds=0, dry_run=False)
+    assert report.removed_chunks > 0
+    out = tmp_path / "out"
+    open_store(f"file://{tmp_path / 'store'}").materialize(live, out, label="k@1.0.0")
+    assert (out / "keep.bin").read_bytes() == keep
+
+
+# -- tether store verify ---------------------------------------------------------------------
+
+
+def test_store_verify_quarantines_a_planted_pack(tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    root = tmp_path / "reg" / ".tether"
+    with tether.init(root, actor="victim@example.com") as reg:
+        victim = reg.log_model(fit_logreg(iris), "fraud", input_example=iris[0].head(3))
+        big = np.random.default_rng(1).standard_normal(1 << 20).astype(np.float32)
+        reg.log_model(fit_logreg(iris, C=0.5), "other", input_example=iris[0].head(3))
+        objects = store_root(reg)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "big.bin").write_bytes(big.tobytes())
+        reg.store.ingest(tmp_path / "src", ["big.bin"])  # a many-chunk honest pack
+        body, index = lying_pack(claims_of(list(victim.files)))
+        plant(objects, body, index)
+    packs_before = sorted(p.name for p in (objects / "packs").iterdir())
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--registry", str(root), *args], catch_exceptions=False)
+
+    dry = run("store", "verify", "--dry-run", "--json")
+    assert dry.exit_code == 1, dry.output
+    found = json.loads(dry.output)
+    assert found["dry_run"] and [b["pack"] for b in found["bad"]] == [LIAR]
+    assert not found["bad"][0]["quarantined"]
+    assert "does not match its digest" in found["bad"][0]["problems"][0]
+    # Whole packs in a few large reads, not one request per chunk.
+    assert found["chunks"] > 40 and found["reads"] <= found["packs"] + 2
+    assert sorted(p.name for p in (objects / "packs").iterdir()) == packs_before
+
+    done = run("store", "verify")
+    assert done.exit_code == 0, done.output
+    assert f"quarantined pack {LIAR}" in done.output and "1 bad" in done.output
+    assert not (objects / "packs" / f"{LIAR}.pack").exists()
+    assert not (objects / "index" / f"{LIAR}.idx").exists()
+    assert (objects / "quarantine" / "packs" / f"{LIAR}.pack").read_bytes() == body  # kept
+    assert json.loads((objects / "quarantine" / "index" / f"{LIAR}.idx").read_text()) == index
+    note = json.loads((objects / "quarantine" / f"{LIAR}.json").read_text())
+    assert note["pack"] == LIAR and note["problems"]
+
+    again = json.loads(run("store", "verify", "--json").output)
+    assert again["bad"] == [] and again["packs"] == len(packs_before) - 1
+    with tether.open(root) as reg:
+        assert reg.verify("fraud@1.0.0") == []
+
+
+def test_verify_packs_reports_malformed_and_oversized_indexes(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    bad_json = uuid.uuid4().hex
+    (tmp_path / "store" / "index").mkdir(parents=True)
+    (tmp_path / "store" / "index" / f"{bad_json}.idx").write_text("{not json")
+    outside = uuid.uuid4().hex
+    plant(tmp_path / "store", b"x" * 10,
+          {"pack": outside, "size": 10, "chunks": [["ab" * 32, 5, 50, 50, RAW]]})
+    report = store.verify_packs(dry_run=True)
+    problems = {b.pack: b.problems for b in report.bad}
+    assert "malformed" in problems[bad_json][0] and "outside" in problems[outside][0]
+
+
+# -- through the real server -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(
+        f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}", tmp_path
+    )
+    yield running
+    stop(running)
+
+
+def test_the_server_refuses_a_lying_upload_and_a_planted_liar_costs_only_a_fallback(
+    server: Server, iris: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = tmp_path / "objects"
+    admin = server.client()
+    victim = admin.log_model(fit_logreg(iris), "fraud", input_example=iris[0].head(3))
+    carl = admin.create_token("carl", role="contributor")["token"]
+    body, index = lying_pack(claims_of(list(victim.files)))
+
+    # The contributor uploads the lying pack, then its index: refused, quarantined.
+    put = server.api("PUT", f"/api/v1/blobs/packs/{LIAR}.pack", token=carl, content=body)
+    assert put.status_code == 201, put.text
+    refused = server.api("PUT", f"/api/v1/blobs/index/{LIAR}.idx", token=carl,
+                         content=json.dumps(index).encode())
+    assert refused.status_code == 422, refused.text
+    error = refused.json()
+    assert error["error"] == "pack_rejected"
+    assert f"pack {LIAR} does not hold what its index claims" in error["message"]
+    assert "does not match its digest" in error["message"] and "quarantine" in error["message"]
+    assert not (objects / "index" / f"{LIAR}.idx").exists()
+    assert not (objects / "packs" / f"{LIAR}.pack").exists()
+    assert (objects / "quarantine" / "packs" / f"{LIAR}.pack").read_bytes() == body
+    # The same name cannot be taken again with the same lie; nor listed or read.
+    assert server.api("PUT", f"/api/v1/blobs/index/{LIAR}.idx", token=carl,
+                      content=json.dumps(index).encode()).status_code == 400
+    assert all(LIAR not in row["key"] for row in
+               server.api("GET", "/api/v1/blobs", params={"prefix": "index/"}).json())
+    # An honest contributor's upload (real chunks, through the client) still works.
+    tether.connect(server.url, token=carl).log_model(
+        fit_logreg(iris, C=0.2), "fraud", input_example=iris[0].head(3)
+    )
+    assert tether.connect(server.url, token=carl).verify("fraud@latest") == []
+
+    # A liar that got in another way (planted straight into the store, as a
+    # presigned upload or an older server would have let it) ...
+    plant(objects, body, index)
+    original = ChunkStore.candidates
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkStore, "candidates", lambda self, d: original(self, d)[:1])
+        patch.setattr(ChunkStore, "_demote", lambda self, d, loc: None)
+        patch.setenv("TETHER_CACHE_DIR", str(tmp_path / "cache-a"))
+        with pytest.raises(IntegrityError, match=f"pack {LIAR}"):
+            tether.connect(server.url, token=carl).load("fraud@1.0.0", progress=False)
+    # ... costs the victim a fallback, not a failed load, and poisons no cache.
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "cache-b"))
+    reader = tether.connect(server.url, token=carl)
+    model = reader.load("fraud@1.0.0", progress=False)
+    assert (model.predict(iris[0].head(5)) == fit_logreg(iris).predict(iris[0].head(5))).all()
+    cached = list((tmp_path / "cache-b").rglob("chunks/*/*"))
+    assert cached
+    assert all(p.read_bytes() not in body for p in cached)
+    assert tether.connect(server.url, token=carl).verify("fraud@1.0.0") == []
+
+
+def test_range_headers_get_4xx_never_500(server: Server, iris: tuple[Any, Any]) -> None:
+    server.client().log_model(fit_logreg(iris), "fraud", input_example=iris[0].head(3))
+    key = server.api("GET", "/api/v1/blobs", params={"prefix": "index/"}).json()[0]["key"]
+    whole = server.api("GET", f"/api/v1/blobs/{key}").content
+    size = len(whole)
+
+    def get(header: str) -> httpx.Response:
+        return server.api("GET", f"/api/v1/blobs/{key}", headers={"Range": header})
+
+    ok = get("bytes=2-9")
+    assert ok.status_code == 206 and ok.content == whole[2:10]
+    assert ok.headers["content-range"] == f"bytes 2-9/{size}"
+    assert get("bytes=-5").content == whole[-5:]
+    assert get("bytes=3-").content == whole[3:]
+    clamped = get(f"bytes=1-{size + 1000}")
+    assert clamped.status_code == 206 and clamped.content == whole[1:]
+    cases = {
+        "bytes=0-99999999999999999999999": 416,
+        "bytes=99999999999999999999999-": 416,
+        "bytes=0-9223372036854775808": 416,
+        "bytes=5-2": 416,
+        f"bytes={size}-{size + 5}": 416,
+        "bytes=-0": 416,
+        "bytes=0-1,4-5": 400,
+        "bytes=0-1, 3-": 400,
+        "bytes=abc": 400,
+        "bytes=-": 400,
+        "bytes=": 400,
+        "items=0-5": 400,
+        "": 400,
+    }
+    for header, status in cases.items():
+        answer = get(header)
+        assert answer.status_code == status, (header, answer.status_code, answer.text)
+        assert answer.json()["error"] in ("range_not_satisfiable", "invalid_input")
+        if status == 416:
+            assert answer.headers["content-range"] == f"bytes */{size}"
+    # A garbage Content-Length on upload is a 400 too.
+    raw = httpx.Client(timeout=10).build_request(
+        "PUT", f"{server.url}/api/v1/blobs/pins/{uuid.uuid4().hex}.json",
+        headers={"Authorization": f"Bearer {server.admin_token}"}, content=b"{}")
+    raw.headers["Content-Length"] = "12x"
+    with httpx.Client(timeout=10) as http:
+        try:
+            answer = http.send(raw)
+        except httpx.HTTPError:
+            return  # the client or server refused it at the protocol level: no 500 either
+    assert answer.status_code in (400, 411, 422), answer.text
+
+
+def test_parse_range() -> None:
+    assert parse_range("bytes=0-0", 10) == (0, 0)
+    assert parse_range(" bytes = 2 - 4 ", 10) == (2, 4)
+    assert parse_range("bytes=-100", 10) == (0, 9)
+    assert parse_range("bytes=8-", 10) == (8, 9)
+    for header in ("bytes=10-", "bytes=5-2", "bytes=0-" + "9" * 30, "bytes=-0"):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, 10)
+    for header in ("bytes=0-1,2-3", "pages=1-2", "bytes=x-1", "bytes=-", "bytes", "bytes=١-٢"):
+        with pytest.raises(InvalidInput) as refused:
+            parse_range(header, 10)
+        assert not isinstance(refused.value, RangeNotSatisfiable)
