@@ -122,3 +122,31 @@ def make_bucket(endpoint: str, name: str) -> None:
         aws_access_key_id="test",
         aws_secret_access_key="test",
     ).create_bucket(Bucket=name)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database (127.0.0.1:5432, trust auth), dropped afterwards."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    name = f"tether_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """An embedded registry on SQLite, then on a fresh PostgreSQL database."""
+    db_url = request.getfixturevalue("pg_database") if request.param == "postgresql" else None
+    reg = tether.init(tmp_path / "reg" / ".tether", actor="tester@example.com", db_url=db_url)
+    try:
+        yield reg
+    finally:
+        reg.close()

@@ -23,6 +23,7 @@ rules that failed, each with what to change.
       keep_last: 10
     deprecated: ["1.0.0", "~0"]      # versions that warn on load, never promoted
     require_signed_by: [release-key] # load, check and serve refuse unsigned versions
+    trusted_for_loading: [release-key]  # its signature lets pickle/cloudpickle load untrusted
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _CHECK_KEYS = {
 }
 _METRIC_OPTIONS = {"min", "max", "not_worse_than_current", "higher_is_better"}
 _ALIAS_KEYS = {"roles", "approvals", "checks"}
-_TOP_KEYS = {"aliases", "retention", "deprecated", "require_signed_by"}
+_TOP_KEYS = {"aliases", "retention", "deprecated", "require_signed_by", "trusted_for_loading"}
 
 
 def role_rank(role: str) -> int:
@@ -85,6 +86,7 @@ class Policy:
     keep_last: int | None = None
     deprecated: tuple[str, ...] = ()
     require_signed_by: tuple[str, ...] = ()
+    trusted_for_loading: tuple[str, ...] = ()
 
     def rule_for(self, alias: str) -> AliasRule | None:
         return self.aliases.get(alias) or self.aliases.get("*")
@@ -141,11 +143,17 @@ def parse_policy(text: str) -> Policy:
         required = [required]
     if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
         raise _fail("require_signed_by", "must be a key name or a list of key names")
+    loading = data.get("trusted_for_loading") or []
+    if isinstance(loading, str):
+        loading = [loading]
+    if not isinstance(loading, list) or not all(isinstance(k, str) for k in loading):
+        raise _fail("trusted_for_loading", "must be a key name or a list of key names")
     return Policy(
         aliases=aliases,
         keep_last=keep_last,
         deprecated=tuple(deprecated),
         require_signed_by=tuple(required),
+        trusted_for_loading=tuple(loading),
     )
 
 

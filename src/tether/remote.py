@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import httpx
 
+from ._audit import verify_chain
+from ._audit_signing import SignedHead, check_against_checkpoint, make_checkpoint, read_checkpoint
 from ._errors import (
     AmbiguousReference,
     Conflict,
@@ -37,6 +39,9 @@ from ._errors import (
     TetherError,
     UnsafeArtifact,
 )
+from ._identity import require_intact
+from ._metadata.audit_log import check_signed_heads
+from ._metadata.clock import now_iso
 from ._records import AliasMove, Event, ModelInfo, ModelVersion
 from ._reference import parse_reference
 from ._registry import loading, log_version, pinning
@@ -272,7 +277,8 @@ class RemoteRegistry:
         data = self._request(
             "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}"
         )
-        return version_from_json(data)
+        # The server is not trusted to keep a version's manifest and digest consistent.
+        return require_intact(version_from_json(data))
 
     def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
         body = {
@@ -375,9 +381,35 @@ class RemoteRegistry:
         params = {k: v for k, v in (("model", model), ("action", action), ("limit", limit)) if v}
         return [Event(**e) for e in self._request("GET", "/audit", params=params)]
 
-    def verify_audit(self) -> tuple[int, list[str]]:
-        result = self._request("GET", "/audit/verify")
-        return int(result["events"]), list(result["problems"])
+    def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]:
+        """The server's verdict; with ``checkpoint``, checked here, trusting no server.
+
+        With a checkpoint the client fetches every event and the server's
+        signed head, recomputes the chain itself and checks both against the
+        checkpoint's key, so a server (or database) that rewrote history
+        cannot talk its way past it.
+        """
+        if checkpoint is None:
+            result = self._request("GET", "/audit/verify")
+            return int(result["events"]), list(result["problems"])
+        mark, public = read_checkpoint(checkpoint, source="the checkpoint")
+        events = sorted(self.audit_log(), key=lambda e: e.id)
+        triples = [(_event_content(e), e.prev_hash, e.hash) for e in events]
+        problems = verify_chain(triples, None)
+        hashes = {e.id: e.hash for e in events}
+        head = SignedHead(**{k: v for k, v in self.audit_head().items() if k != "public_key"})
+        problems += check_signed_heads([head], hashes, [public])
+        problems += check_against_checkpoint(mark, hashes)
+        return len(events), problems
+
+    def audit_head(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/audit/head"))
+
+    def audit_checkpoint(self) -> dict[str, Any]:
+        head = self.audit_head()
+        signed = SignedHead(**{k: v for k, v in head.items() if k != "public_key"})
+        return make_checkpoint(signed, head["public_key"], registry=self.describe(),
+                               taken_at=now_iso())
 
     # -- governance and administration (use cases run on the server) -------------
 
@@ -481,6 +513,12 @@ class _GcView:
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
+
+
+def _event_content(event: Event) -> dict[str, Any]:
+    data = event.to_dict()
+    return {k: data[k] for k in ("id", "ts", "actor", "action", "model", "subject", "before",
+                                 "after", "details")}
 
 
 def version_from_json(data: dict[str, Any]) -> ModelVersion:

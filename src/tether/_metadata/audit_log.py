@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .._audit import GENESIS, event_content, event_hash, verify_chain
+from .._audit_signing import SignedHead, check_against_checkpoint, head_is_valid
 from .._digest import canonical_json
 from .._records import Event
+from .._signing import key_id
 from .clock import now_iso
-from .schema import audit_head, events
+from .schema import audit_head, audit_signatures, events
+
+#: Key in ``Connection.info`` of the newest head appended in this transaction.
+PENDING_HEAD = "tether.pending_audit_head"
 
 
 def append_event(
@@ -71,6 +78,8 @@ def append_event(
             .where(audit_head.c.id == 1)
             .values(last_id=content["id"], last_hash=digest)
         )
+    # The registry signs the newest head when the transaction commits (Registry.write).
+    conn.info[PENDING_HEAD] = (content["id"], digest)
     return _event(content, last_hash, digest)
 
 
@@ -110,10 +119,75 @@ def list_events(
     return [_event(_row_content(row), row.prev_hash, row.hash) for row in conn.execute(query)]
 
 
-def verify_events(conn: sa.Connection) -> tuple[int, list[str]]:
-    """Recompute the whole chain. Returns (events checked, problems)."""
+def record_signed_head(conn: sa.Connection, head: SignedHead) -> None:
+    conn.execute(
+        audit_signatures.insert().values(
+            event_id=head.event_id, hash=head.hash, key_id=head.key_id, signature=head.signature
+        )
+    )
+
+
+def newest_signed_head(conn: sa.Connection) -> SignedHead | None:
+    row = conn.execute(
+        sa.select(audit_signatures).order_by(audit_signatures.c.event_id.desc()).limit(1)
+    ).first()
+    return SignedHead(row.event_id, row.hash, row.key_id, row.signature) if row else None
+
+
+def verify_events(
+    conn: sa.Connection,
+    *,
+    keys: Sequence[Ed25519PublicKey] = (),
+    checkpoint: SignedHead | None = None,
+) -> tuple[int, list[str]]:
+    """Recompute the whole chain and check its signed heads. Returns (events, problems).
+
+    ``keys`` are registry audit keys known from outside the database (the
+    local key file, a checkpoint's key). With a key, every head it signed
+    must match the chain and the newest event must carry its signature;
+    a ``checkpoint`` must still be in the chain, unchanged.
+    """
     rows = list(conn.execute(sa.select(events).order_by(events.c.id)))
     head_row = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).first()
     head = (head_row[0], head_row[1]) if head_row else None
     triples = [(_row_content(row), row.prev_hash, row.hash) for row in rows]
-    return len(rows), verify_chain(triples, head)
+    problems = verify_chain(triples, head)
+    hashes = {int(row.id): str(row.hash) for row in rows}
+    if keys:
+        signed = [
+            SignedHead(r.event_id, r.hash, r.key_id, r.signature)
+            for r in conn.execute(sa.select(audit_signatures).order_by(audit_signatures.c.event_id))
+        ]
+        problems += check_signed_heads(signed, hashes, keys)
+    if checkpoint is not None:
+        problems += check_against_checkpoint(checkpoint, hashes)
+    return len(rows), problems
+
+
+def check_signed_heads(
+    signed: Sequence[SignedHead], hashes: dict[int, str], keys: Sequence[Ed25519PublicKey]
+) -> list[str]:
+    by_id = {key_id(k): k for k in keys}
+    problems: list[str] = []
+    newest_valid = 0
+    for head in signed:
+        key = by_id.get(head.key_id)
+        if key is None:
+            continue  # another key's head (an older key, or a forger's): it proves nothing
+        if not head_is_valid(head, key):
+            problems.append(f"event {head.event_id}: its signed head has a bad signature (forged)")
+        elif hashes.get(head.event_id) != head.hash:
+            problems.append(
+                f"event {head.event_id}: the chain no longer matches the head the registry "
+                "signed (history was rewritten and recomputed)"
+            )
+        else:
+            newest_valid = max(newest_valid, head.event_id)
+    last = max(hashes, default=0)
+    if last and newest_valid < last:
+        since = f"after event {newest_valid}" if newest_valid else "at all"
+        problems.append(
+            f"events are not covered by the registry key's signature {since} (newest is "
+            f"{last}): they were appended or rewritten by something that does not hold the key"
+        )
+    return problems

@@ -122,6 +122,16 @@ audit_head = Table(
     Column("last_hash", String(64), nullable=False),
 )
 
+#: The registry key's signature over the chain's head after each writing transaction.
+audit_signatures = Table(
+    "audit_signatures",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("signature", String(256), nullable=False),
+)
+
 settings = Table(
     "settings",
     metadata,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .._environment import compare_environments, evaluate
-from .._errors import TetherError
+from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._signature import Schema, Signature, check_compatibility
 from . import env_check
@@ -102,6 +102,11 @@ def run_check(
     for name, entry in sorted(lock.models.items()):
         try:
             version = registry.get(f"{name}@sha:{entry.digest}")
+        except IntegrityError as error:
+            # The pinned version is there but what the registry holds for it does not
+            # hash to its digest: a refusal, and re-pinning would be the wrong advice.
+            add(CheckResult(name, "intact", False, error.message, error.hint))
+            continue
         except TetherError as error:
             add(
                 CheckResult(

@@ -305,14 +305,47 @@ def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
 
 
 def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> dict[str, Any]:
-    with registry.write() as conn:
+    """Store a signature, after checking it: only a valid signature by a trusted key is kept.
+
+    A refused signature leaves what was stored untouched and is itself an
+    audit event (``version.signature_refused``), so an attempt to replace a
+    release signature with garbage is visible.
+    """
+    with registry.read() as conn:
         version = resolve_version(conn, ref)
         require_role(conn, registry.actor, "contributor", version.name)
-        conn.execute(
-            signatures.delete().where(
+        key = conn.execute(sa.select(trusted_keys).where(trusted_keys.c.key_id == key_id)).first()
+    problem = None
+    if key is None:
+        problem = f"key {key_id} is not trusted by this registry"
+        hint = "an admin trusts it first: tether key trust NAME KEY.pub"
+    elif not signing.verify(signing.load_public_key(key.public_key, source=key.name),
+                            version, value):
+        problem = f"the signature is not a valid signature by {key.name} over {version.ref}"
+        hint = "sign again with the private key of that trusted key: tether sign REF --key FILE"
+    if problem is not None:
+        with registry.write() as conn:
+            append_event(
+                conn, actor=registry.actor, action="version.signature_refused",
+                model=version.name, subject=version.ref, after=key_id,
+                details={"reason": problem},
+            )
+        raise PermissionDenied(f"signature refused: {problem}", hint=hint)
+    assert key is not None
+    with registry.write() as conn:
+        version = resolve_version(conn, ref)
+        existing = conn.execute(
+            sa.select(signatures).where(
                 signatures.c.version_id == version.id, signatures.c.key_id == key_id
             )
-        )
+        ).first()
+        if existing is not None and signing.verify(
+            signing.load_public_key(key.public_key, source=key.name), version, existing.signature
+        ):
+            # A valid signature by this key is never replaced (Ed25519 is deterministic anyway).
+            return {"ref": version.ref, "key_id": key_id, "trusted_as": key.name, "new": False}
+        if existing is not None:
+            conn.execute(signatures.delete().where(signatures.c.id == existing.id))
         conn.execute(
             signatures.insert().values(
                 version_id=version.id,
@@ -323,9 +356,6 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
                 created_at=now_iso(),
             )
         )
-        trusted = conn.execute(
-            sa.select(trusted_keys.c.name).where(trusted_keys.c.key_id == key_id)
-        ).scalar()
         append_event(
             conn,
             actor=registry.actor,
@@ -333,9 +363,9 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
             model=version.name,
             subject=version.ref,
             after=key_id,
-            details={"trusted_key": trusted},
+            details={"trusted_key": key.name},
         )
-        return {"ref": version.ref, "key_id": key_id, "trusted_as": trusted}
+        return {"ref": version.ref, "key_id": key_id, "trusted_as": key.name, "new": True}
 
 
 def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[str], list[str]]:
@@ -366,10 +396,26 @@ def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
     valid, problems = signature_status(conn, version)
     return {
         "require_signed_by": list(policy.require_signed_by),
+        "load_signers": sorted(set(policy.trusted_for_loading) | set(_setting_list(conn))),
         "valid_signers": valid,
         "signature_problems": problems,
         "deprecated_by_policy": policy.is_deprecated(version.semver),
     }
+
+
+#: Registry setting: trusted keys whose signature lets pickle-based versions load.
+LOAD_SIGNERS_SETTING = "trust.load_signers"
+
+
+def _setting_list(conn: sa.Connection) -> list[str]:
+    value = repo.get_setting(conn, LOAD_SIGNERS_SETTING) or ""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def signed_for_loading(trust: dict[str, Any]) -> str | None:
+    """The trusted key whose valid signature vouches for running this version's code."""
+    chosen = set(trust.get("load_signers") or ()) & set(trust.get("valid_signers") or ())
+    return min(chosen) if chosen else None
 
 
 def enforce_signatures(version: ModelVersion, trust: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from .. import _flavors as flavors
 from .._errors import IntegrityError
 from .._records import ModelVersion
 from .env_check import choose_policy, enforce
-from .governance import enforce_signatures
+from .governance import enforce_signatures, signed_for_loading
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -65,6 +65,9 @@ def load_version(
     enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")), environment)
     trust = registry.trust_facts(version)
     enforce_signatures(version, trust)
+    # Trust comes from the caller or from a signature by a key trusted for loading;
+    # never from scanning the artifact, and never from what its metadata says.
+    trusted = trusted or signed_for_loading(trust) is not None
     if version.status == "deprecated" or trust["deprecated_by_policy"]:
         warnings.warn(
             f"{version.ref} is deprecated; promote a newer version",

@@ -33,6 +33,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "tether" if base else Path.home() / ".cache" / "tether"
 
 
+def audit_key_path(location: RegistryLocation) -> Path:
+    """The audit key: in the registry folder, or for a server ``TETHER_AUDIT_KEY``.
+
+    A server's default is ``~/.config/tether/audit-key.pem``; keep it (and a
+    copy) where those who can write the database cannot.
+    """
+    configured = os.environ.get("TETHER_AUDIT_KEY")
+    if configured:
+        return Path(configured).expanduser()
+    if location.root is not None:
+        return location.root / "keys" / "audit-key.pem"
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "tether" / "audit-key.pem"
+
+
 def _write_config(root: Path, db_url: str, store_url: str) -> None:
     text = (
         "# Tether registry. Edit with care: the database and store hold your versions.\n"

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .. import _flavors as flavors
-from .._digest import digest_of
 from .._environment import capture_environment
 from .._errors import Conflict, InvalidInput
+from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -101,14 +101,9 @@ def _row_facts(row: sa.Row[Any]) -> VersionFacts:
         files_digest=version.files_digest,
         params=version.params,
         data={k: v.get("digest") for k, v in version.data.items()},
-        flavor=_flavor_identity(version.flavor),
+        flavor=flavor_identity(version.flavor),
         metadata={"metrics": version.metrics, "notes": version.notes, "tags": version.tags},
     )
-
-
-def _flavor_identity(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a flavor record that change what is loaded (not versions of tools)."""
-    return {k: v for k, v in record.items() if k not in ("framework_versions",)}
 
 
 def log_model(
@@ -176,26 +171,6 @@ def log_model(
     return registry.commit(name, seal(values), bump)
 
 
-def seal(values: dict[str, Any]) -> dict[str, Any]:
-    """Compute the manifest digest and the version digest from the values.
-
-    The version digest covers the manifest (every file's path, size and
-    digest), the flavor, the signature, the params and the data digests.
-    """
-    manifest = values["manifest"]
-    files_digest = digest_of([[f["path"], f["size"], f["digest"]] for f in manifest])
-    digest = digest_of(
-        {
-            "files": files_digest,
-            "flavor": _flavor_identity(values["flavor"]),
-            "signature": values["signature"],
-            "params": values["params"],
-            "data": {k: v["digest"] for k, v in values["data"].items()},
-        }
-    )
-    return {**values, "files_digest": files_digest, "digest": digest}
-
-
 def facts_of(values: Mapping[str, Any]) -> VersionFacts:
     """What the semantic-version rules compare, from a version's values."""
     return _facts(
@@ -203,7 +178,7 @@ def facts_of(values: Mapping[str, Any]) -> VersionFacts:
         files_digest=values["files_digest"],
         params=values["params"],
         data={k: v["digest"] for k, v in values["data"].items()},
-        flavor=_flavor_identity(values["flavor"]),
+        flavor=flavor_identity(values["flavor"]),
         metadata={"metrics": values["metrics"], "notes": values["notes"], "tags": values["tags"]},
     )
 

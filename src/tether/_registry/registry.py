@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import _store
+from .._audit_signing import AuditKey, SignedHead, make_checkpoint, read_checkpoint
 from .._environment import (
     Difference,
     EnvPolicy,
@@ -22,10 +23,19 @@ from .._environment import (
     export_dockerfile,
     export_requirements,
 )
-from .._errors import InvalidInput
+from .._errors import InvalidInput, NotFound
 from .._metadata import repository as repo
-from .._metadata.audit_log import append_event, list_events, verify_events
+from .._metadata.audit_log import (
+    PENDING_HEAD,
+    append_event,
+    list_events,
+    newest_signed_head,
+    record_signed_head,
+    verify_events,
+)
+from .._metadata.clock import now_iso
 from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
+from .._metadata.schema import audit_head
 from .._records import AliasMove, Event, ModelInfo, ModelVersion
 from .._reference import parse_reference
 from .._signature import Signature
@@ -45,7 +55,7 @@ from . import (
 )
 from .compare import diff_versions
 from .lineage import current_author
-from .location import RegistryLocation, create_location, find_location
+from .location import RegistryLocation, audit_key_path, create_location, find_location
 from .resolve import require_model, resolve_version
 
 #: Settings a user may change with `tether config set`, and how each is checked.
@@ -53,6 +63,8 @@ SETTINGS: dict[str, str] = {
     "env_policy": "environment policy for load/serve: strict, warn, off, with overrides",
     "gc.keep_last": "versions of each model that gc always keeps (empty: all)",
     "gc.grace_seconds": "gc never removes anything younger than this (default 3600)",
+    "trust.load_signers": "trusted key names (comma-separated) whose signature lets "
+    "code-executing formats (pickle) load without trusted=True",
 }
 
 
@@ -64,6 +76,7 @@ class Registry:
         self.engine = create_engine(location.db_url)
         self._store: ArtifactStore | None = None
         self._actor = actor
+        self._audit_key: AuditKey | None = None
 
     # -- opening ----------------------------------------------------------------
 
@@ -86,6 +99,7 @@ class Registry:
         """Create a registry folder with an empty database and store."""
         registry = cls(create_location(path, db_url=db_url, store_url=store_url), actor=actor)
         upgrade(registry.engine)
+        _ = registry.audit_key  # made at init, beside the database, never inside it
         with registry.write() as conn:
             append_event(
                 conn,
@@ -145,8 +159,55 @@ class Registry:
 
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
+        """A writing transaction; if it appended audit events, the new head is signed."""
         with self.engine.begin() as conn:
-            yield conn
+            conn.info.pop(PENDING_HEAD, None)
+            try:
+                yield conn
+                pending = conn.info.pop(PENDING_HEAD, None)
+                if pending is not None:
+                    record_signed_head(conn, self.audit_key.sign_head(*pending))
+            finally:
+                conn.info.pop(PENDING_HEAD, None)
+
+    @property
+    def audit_key_path(self) -> Path:
+        """Where the registry's audit key lives: never in the database it protects."""
+        return audit_key_path(self.location)
+
+    @property
+    def audit_key(self) -> AuditKey:
+        if self._audit_key is None:
+            self._audit_key = AuditKey.load_or_create(self.audit_key_path)
+        return self._audit_key
+
+    def sign_audit_head(self) -> SignedHead | None:
+        """Sign the current head (after a migration appended events without the key)."""
+        with self.write() as conn:
+            row = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).first()
+            newest = newest_signed_head(conn)
+            if row is None or (newest is not None and newest.event_id == row[0]):
+                return newest
+            head = self.audit_key.sign_head(row[0], row[1])
+            record_signed_head(conn, head)
+            return head
+
+    def audit_head(self) -> dict[str, Any]:
+        """The newest signed head with the public key that checks it (served by the server)."""
+        with self.read() as conn:
+            head = newest_signed_head(conn)
+        if head is None:
+            raise NotFound("the audit log has no signed head yet", hint="make any change first")
+        return {**head.to_dict(), "public_key": self.audit_key.public_pem}
+
+    def audit_checkpoint(self) -> dict[str, Any]:
+        """A signed head to keep outside the registry (``tether audit checkpoint``)."""
+        head = self.sign_audit_head()
+        if head is None:
+            raise NotFound("the audit log is empty", hint="make any change first")
+        return make_checkpoint(
+            head, self.audit_key.public_pem, registry=self.describe(), taken_at=now_iso()
+        )
 
     # -- settings ---------------------------------------------------------------
 
@@ -164,6 +225,7 @@ class Registry:
             raise InvalidInput(f"unknown setting {key!r}", hint=f"settings: {known}")
         _check_setting(key, value)
         with self.write() as conn:
+            governance.require_role(conn, self.actor, "admin", None)
             before = repo.get_setting(conn, key)
             repo.put_setting(conn, key, value)
             append_event(
@@ -421,9 +483,18 @@ class Registry:
         with self.read() as conn:
             return list_events(conn, model=model, action=action, limit=limit)
 
-    def verify_audit(self) -> tuple[int, list[str]]:
+    def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]:
+        """(events checked, problems): the chain, its signed heads, and ``checkpoint``.
+
+        ``checkpoint`` is the text of a file written by ``audit_checkpoint``.
+        """
+        keys = [self.audit_key.public] if self.audit_key_path.exists() else []
+        mark = None
+        if checkpoint is not None:
+            mark, public = read_checkpoint(checkpoint, source="the checkpoint")
+            keys.append(public)
         with self.read() as conn:
-            return verify_events(conn)
+            return verify_events(conn, keys=keys, checkpoint=mark)
 
     # -- comparing and environments ---------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._errors import AmbiguousReference, NotFound
+from .._identity import require_intact
 from .._metadata import repository as repo
 from .._records import ModelVersion
 from .._reference import Reference, SelectorKind, parse_reference
@@ -88,7 +89,12 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
 
 
 def resolve_version(conn: sa.Connection, ref: str | Reference) -> ModelVersion:
+    """The version ``ref`` names, after re-hashing it to its recorded digest.
+
+    Everything that loads, verifies, pins, signs or serves a version gets it
+    from here, so a manifest changed in the database is refused before use.
+    """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     mid, row = resolve_row(conn, parsed)
     alias_names = repo.aliases_by_version(conn, mid).get(row.id, [])
-    return repo.row_to_version(row, parsed.name, alias_names)
+    return require_intact(repo.row_to_version(row, parsed.name, alias_names))

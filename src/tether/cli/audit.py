@@ -58,20 +58,55 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
+@audit_group.command("checkpoint")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="Write the checkpoint here (default: standard output).")
+@click.pass_context
+@handle_errors
+def audit_checkpoint(ctx: click.Context, output: str | None) -> None:
+    """Export the audit log's signed head, to keep OUTSIDE the registry.
+
+    Keep it where whoever can write the registry's database cannot (a git
+    repository, an object-locked bucket). Later, `tether audit verify
+    --checkpoint FILE` detects any rewrite of history before it, even one
+    whose hash chain was recomputed.
+    """
+    text = json.dumps(registry_from(ctx).audit_checkpoint(), indent=2) + "\n"
+    if output:
+        with open(output, "w") as handle:
+            handle.write(text)
+        console.print(f"checkpoint written to {output}", highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
 @audit_group.command("verify")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="A file from `tether audit checkpoint`: history before it must be unchanged.")
 @json_option
 @click.pass_context
 @handle_errors
-def audit_verify(ctx: click.Context, as_json: bool) -> None:
-    """Recompute the hash chain; exit 1 if any event was edited, inserted or deleted."""
-    count, problems = registry_from(ctx).verify_audit()
+def audit_verify(ctx: click.Context, checkpoint: str | None, as_json: bool) -> None:
+    """Recompute the hash chain and check its signed heads; exit 1 on any tampering.
+
+    Catches edited, inserted and deleted events, a chain recomputed after an
+    edit (its heads no longer match the registry key's signatures) and, with
+    --checkpoint, deleted or rewritten history up to the checkpoint.
+    """
+    text = None
+    if checkpoint:
+        with open(checkpoint) as handle:
+            text = handle.read()
+    count, problems = registry_from(ctx).verify_audit(checkpoint=text)
     if as_json:
-        emit_json({"events": count, "ok": not problems, "problems": problems})
+        emit_json({"events": count, "ok": not problems, "problems": problems,
+                   "checkpoint": checkpoint})
     elif problems:
         console.print(f"[red]audit log FAILED verification[/] ({count} events checked):")
         for problem in problems:
             console.print(f"  - {problem}")
     else:
-        console.print(f"audit log OK: {count} events, hash chain intact")
+        extra = f"; checkpoint {checkpoint} holds" if checkpoint else ""
+        console.print(f"audit log OK: {count} events, hash chain intact, signed heads valid{extra}")
     if problems:
         sys.exit(1)

@@ -118,14 +118,24 @@ def db_group() -> None:
 def db_upgrade(ctx: click.Context, db_url: str | None) -> None:
     """Apply schema migrations (back up the database first)."""
     from .._metadata.engine import create_engine, current_revision, head_revision, upgrade
+    from .._registry.location import RegistryLocation, default_cache_dir
+    from .._registry.registry import Registry
 
     if db_url is None:
-        db_url = registry_location(ctx).db_url
-    engine = create_engine(db_url)
+        location = registry_location(ctx)
+    else:
+        location = RegistryLocation(None, db_url, "file:///nonexistent", default_cache_dir())
+    engine = create_engine(location.db_url)
     before = current_revision(engine)
     upgrade(engine)
-    console.print(f"schema: {before or 'empty'} → {head_revision()}")
     engine.dispose()
+    # A migration may append events (recomputed digests): sign the new head.
+    with Registry(location) as registry:
+        head = registry.sign_audit_head()
+    console.print(f"schema: {before or 'empty'} → {head_revision()}")
+    if head is not None:
+        console.print(f"audit head {head.event_id} signed by key {head.key_id} "
+                      f"({registry.audit_key_path})")
 
 
 def registry_location(ctx: click.Context) -> Any:

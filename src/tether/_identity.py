@@ -1,0 +1,177 @@
+"""A version's identity: the content digest and the checks that bind it to bytes.
+
+A version's digest is BLAKE3 over its canonical manifest (every file's path,
+size, digest and chunk list) plus the flavor record, the input/output schema,
+the params and the data digests. Everything about to be loaded, verified,
+pinned, signed or served is re-hashed to that digest first: the database is
+not trusted to keep the two consistent, so a manifest swapped in from another
+version, a chunk list pointing at other bytes or a flavor entry pointing
+outside the version is a refusal that names the version, never a load.
+
+Pure logic, no I/O: the embedded registry, the server and the remote client
+all call the same functions on what they are about to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from ._digest import digest_of
+from ._errors import IntegrityError, InvalidInput
+
+if TYPE_CHECKING:
+    from ._records import ModelVersion
+
+#: Flavor-record keys that name a file or folder inside the version.
+PATH_KEYS = ("entry", "weights", "config", "model_file", "folder")
+
+#: Flavor-record keys that describe tools, not what is loaded (left out of the digest).
+TOOL_KEYS = ("framework_versions",)
+
+
+def flavor_identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a flavor record that change what is loaded."""
+    return {k: v for k, v in record.items() if k not in TOOL_KEYS}
+
+
+def _manifest_rows(manifest: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [f["path"], int(f["size"]), f["digest"], [[c[0], int(c[1])] for c in f.get("chunks", [])]]
+        for f in manifest
+    ]
+
+
+def manifest_digest(manifest: Iterable[Mapping[str, Any]]) -> str:
+    """BLAKE3 over every file's path, size, digest and chunk list, in path order."""
+    rows = sorted(_manifest_rows(manifest), key=lambda row: str(row[0]))
+    return digest_of(rows)
+
+
+def version_digest(
+    *,
+    files_digest: str,
+    flavor: Mapping[str, Any],
+    schema: Any,
+    params: Mapping[str, Any],
+    data: Mapping[str, Mapping[str, Any]],
+) -> str:
+    """The content digest of a version from its manifest digest and loading facts."""
+    return digest_of(
+        {
+            "files": files_digest,
+            "flavor": flavor_identity(flavor),
+            "signature": schema,
+            "params": dict(params),
+            "data": {k: v.get("digest") for k, v in data.items()},
+        }
+    )
+
+
+def check_relative_path(path: Any, *, what: str) -> str:
+    """``path`` if it is a safe relative POSIX path inside a version, else InvalidInput."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InvalidInput(f"{what} {path!r} is not a file path")
+    pure = PurePosixPath(path)
+    if (
+        "\\" in path
+        or pure.is_absolute()
+        or any(part in ("..", "") for part in path.split("/"))
+        or (len(path) > 1 and path[1] == ":")
+    ):
+        raise InvalidInput(
+            f"{what} {path!r} leaves the version's folder",
+            hint="paths in a version are relative, use '/', and never contain '..'",
+        )
+    return path
+
+
+def check_manifest(manifest: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a manifest with unsafe or duplicate paths or inconsistent chunk sizes."""
+    seen: set[str] = set()
+    for item in manifest:
+        path = check_relative_path(item.get("path"), what="manifest path")
+        if path in seen:
+            raise InvalidInput(f"manifest names {path!r} twice")
+        seen.add(path)
+        size = item.get("size")
+        chunks = item.get("chunks", [])
+        if not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"manifest size of {path!r} is {size!r}, not a byte count")
+        if chunks and sum(int(c[1]) for c in chunks) != size:
+            raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
+
+
+def check_flavor_paths(flavor: Mapping[str, Any], paths: Iterable[str]) -> None:
+    """Every file the flavor record names must be a file of the version (or a folder in it)."""
+    present = set(paths)
+    folders = {str(parent) for p in present for parent in PurePosixPath(p).parents}
+    for key in PATH_KEYS:
+        if key not in flavor:
+            continue
+        value = flavor[key]
+        if value == "." and key == "entry":
+            continue
+        check_relative_path(value, what=f"flavor {key}")
+        if value not in present and value not in folders:
+            raise InvalidInput(
+                f"flavor {key} {value!r} is not a file of this version",
+                hint=f"files: {', '.join(sorted(present)[:10]) or 'none'}",
+            )
+
+
+def seal(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their manifest digest and version digest (re)computed."""
+    manifest = values["manifest"]
+    check_manifest(manifest)
+    check_flavor_paths(values["flavor"], (f["path"] for f in manifest))
+    files_digest = manifest_digest(manifest)
+    digest = version_digest(
+        files_digest=files_digest,
+        flavor=values["flavor"],
+        schema=values["signature"],
+        params=values["params"],
+        data=values["data"],
+    )
+    return {**values, "files_digest": files_digest, "digest": digest}
+
+
+def recompute(version: ModelVersion) -> tuple[str, str]:
+    """(manifest digest, version digest) recomputed from what ``version`` holds."""
+    files_digest = manifest_digest(f.to_dict() for f in version.files)
+    digest = version_digest(
+        files_digest=files_digest,
+        flavor=version.flavor,
+        schema=version.signature,
+        params=version.params,
+        data=version.data,
+    )
+    return files_digest, digest
+
+
+def require_intact(version: ModelVersion) -> ModelVersion:
+    """``version`` if its recorded digests are what its contents hash to; else refuse.
+
+    Called on everything about to be loaded, verified, pinned, signed or
+    served, in every process (the remote client checks what the server sent).
+    """
+    try:
+        check_manifest([f.to_dict() for f in version.files])
+        check_flavor_paths(version.flavor, (f.path for f in version.files))
+        files_digest, digest = recompute(version)
+    except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:
+        raise IntegrityError(
+            f"{version.ref}'s recorded manifest is unusable: {error}",
+            hint="the registry's database was changed outside Tether; "
+            "restore it from a backup and run `tether audit verify`",
+        ) from error
+    if digest != version.digest or files_digest != version.files_digest:
+        raise IntegrityError(
+            f"{version.ref} is recorded as sha:{version.digest[:12]} but what the registry "
+            f"holds for it hashes to sha:{digest[:12]}",
+            hint="its manifest, flavor, schema, params or data digests were changed outside "
+            "Tether; nothing was loaded. Restore the database and run `tether audit verify`",
+        )
+    return version
+

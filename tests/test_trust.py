@@ -1,0 +1,326 @@
+"""Attacks on the registry's database and metadata, each shown doing harm the unsafe
+way and refused by Tether: a swapped manifest, a chunk list pointing at other
+bytes, a flavor entry or manifest path leaving the version, a garbage signature
+replacing a valid one, and a rewritten audit history. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tether import Registry
+from tether._errors import IntegrityError, InvalidInput, PermissionDenied, TetherError
+from tether._identity import require_intact
+from tether._metadata import repository as repo
+from tether._signing import generate_key
+
+from .conftest import fit_logreg
+
+GOOD = b"the weights the release manager signed\n" * 1000
+EVIL = b"the weights an attacker wants served!!\n" * 1000
+
+
+def _log_two(registry: Registry, tmp_path: Path) -> tuple[Any, Any]:
+    for label, data in (("good", GOOD), ("evil", EVIL)):
+        folder = tmp_path / label
+        folder.mkdir()
+        (folder / "model.bin").write_bytes(data)
+    v1 = registry.log_model(tmp_path / "good" / "model.bin", "fraud", progress=False)
+    v2 = registry.log_model(tmp_path / "evil" / "model.bin", "fraud", progress=False)
+    assert v1.digest != v2.digest
+    return v1, v2
+
+
+def _row(registry: Registry, version_id: int) -> Any:
+    with registry.read() as conn:
+        return repo.version_by_id(conn, version_id)
+
+
+def _update(registry: Registry, version_id: int, **values: Any) -> None:
+    # The attacker writes the database directly, as anyone with its credentials can.
+    with registry.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE versions SET "
+                + ", ".join(f"{k} = :{k}" for k in values)
+                + " WHERE id = :id"
+            ),
+            {**values, "id": version_id},
+        )
+
+
+def _sign(registry: Registry, tmp_path: Path, ref: str) -> Path:
+    key, public, _ = generate_key(tmp_path / "release.key")
+    registry.trust_key("release", public.read_text())
+    registry.sign(ref, str(key))
+    return key
+
+
+def test_a_swapped_manifest_is_refused_everywhere(
+    any_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = any_registry
+    v1, v2 = _log_two(registry, tmp_path)
+    _sign(registry, tmp_path, v1.ref)
+    monkeypatch.chdir(tmp_path)
+    registry.lock_add(v1.ref, path=tmp_path / "tether.lock")
+    evil = _row(registry, v2.id)
+
+    # Swap only the manifest: the recorded digest no longer matches.
+    _update(registry, v1.id, manifest=evil.manifest)
+    with registry.read():
+        tampered = repo.row_to_version(_row(registry, v1.id), "fraud")
+    # The harm, the unsafe way: the store happily writes the other version's bytes,
+    # every chunk and file digest verifying, because they are real stored bytes.
+    registry.store.materialize(tampered.files, tmp_path / "unsafe", label="unsafe", progress=False)
+    assert (tmp_path / "unsafe" / "model.bin").read_bytes() == EVIL
+
+    for attempt in (
+        lambda: registry.load(v1.ref, expect=f"sha:{v1.digest}"),
+        lambda: registry.load("fraud", use_lock=True),  # the lock pins v1's digest
+        lambda: registry.verify(v1.ref),
+        lambda: registry.download(v1.ref, tmp_path / "dl"),
+        lambda: registry.signatures(v1.ref),
+    ):
+        with pytest.raises(IntegrityError, match=r"fraud@1\.0\.0"):
+            attempt()
+    report = registry.check(lock_path=tmp_path / "tether.lock")
+    assert not report.ok
+    assert any(r.check == "intact" and not r.ok for r in report.results)
+    assert not (tmp_path / "dl").exists()
+
+
+def test_swapping_manifest_and_digests_together_breaks_pins_and_signatures(
+    any_registry: Registry, tmp_path: Path
+) -> None:
+    registry = any_registry
+    v1, v2 = _log_two(registry, tmp_path)
+    _sign(registry, tmp_path, v1.ref)
+    registry.set_policy("fraud", "require_signed_by: [release]\n")
+    evil = _row(registry, v2.id)
+    # A consistent forgery: manifest and both digests copied from the other version.
+    _update(
+        registry, v1.id, manifest=evil.manifest, digest=evil.digest, files_digest=evil.files_digest
+    )
+    with pytest.raises(IntegrityError, match="not the expected"):
+        registry.load(v1.ref, expect=f"sha:{v1.digest}")
+    # The signature was made over the real digest: it no longer matches.
+    valid, problems = registry.signatures(v1.ref)
+    assert valid == [] and "does not match" in problems[0]
+    with pytest.raises(TetherError, match="requires a signature"):
+        registry.load(v1.ref)
+
+
+def test_a_chunk_list_pointing_at_other_bytes_is_refused(
+    any_registry: Registry, tmp_path: Path
+) -> None:
+    registry = any_registry
+    v1, v2 = _log_two(registry, tmp_path)
+    manifest = json.loads(_row(registry, v1.id).manifest)
+    manifest[0]["chunks"] = json.loads(_row(registry, v2.id).manifest)[0]["chunks"]
+    _update(registry, v1.id, manifest=json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"fraud@1\.0\.0"):
+        registry.get(v1.ref)
+
+
+@pytest.mark.parametrize(
+    "entry", ["../../outside.pkl", "/etc/passwd", "a/../../b", "C:\\model.pkl", ""]
+)
+def test_a_flavor_entry_outside_the_version_is_refused_at_commit(
+    registry: Registry, tmp_path: Path, entry: str
+) -> None:
+    v1, _ = _log_two(registry, tmp_path)
+    values = _values_of(registry, v1)
+    values["flavor"] = {**values["flavor"], "entry": entry}
+    with pytest.raises(InvalidInput, match=r"flavor entry|not a file"):
+        registry.commit("other", values, None)
+
+
+def test_a_flavor_entry_edited_in_the_database_is_refused_at_load(
+    registry: Registry, tmp_path: Path
+) -> None:
+    v1, _ = _log_two(registry, tmp_path)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(EVIL)
+    flavor = {**v1.flavor, "entry": str(outside)}
+    # The harm, the unsafe way: joining the version's folder with the entry leaves it.
+    assert (tmp_path / "version-folder" / flavor["entry"]) == outside
+    _update(registry, v1.id, flavor=json.dumps(flavor))
+    with pytest.raises(IntegrityError, match="leaves the version"):
+        registry.load(v1.ref)
+
+
+@pytest.mark.parametrize("path", ["../escape.bin", "/abs.bin", "a//b", "a/./../../b"])
+def test_manifest_paths_that_leave_the_version_are_refused(
+    registry: Registry, tmp_path: Path, path: str
+) -> None:
+    v1, _ = _log_two(registry, tmp_path)
+    values = _values_of(registry, v1)
+    values["manifest"] = [{**values["manifest"][0], "path": path}]
+    values["flavor"] = {**values["flavor"], "entry": "."}
+    with pytest.raises(InvalidInput, match="manifest path"):
+        registry.commit("other", values, None)
+
+
+def test_require_intact_is_what_the_remote_client_applies(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    v1, v2 = _log_two(registry, tmp_path)
+    assert require_intact(v1) is v1
+    with pytest.raises(IntegrityError):
+        require_intact(replace(v1, files=v2.files))
+
+
+def _values_of(registry: Registry, version: Any) -> dict[str, Any]:
+    return {
+        "manifest": [f.to_dict() for f in version.files],
+        "flavor": dict(version.flavor),
+        "signature": version.signature,
+        "input_example": None,
+        "params": {},
+        "metrics": {},
+        "data": {},
+        "lineage": {},
+        "environment": {},
+        "tags": {},
+        "notes": "",
+        "author": "attacker@example.com",
+    }
+
+
+# -- signatures --------------------------------------------------------------------
+
+
+def test_a_garbage_signature_never_replaces_a_valid_one(
+    any_registry: Registry, tmp_path: Path
+) -> None:
+    registry = any_registry
+    v1, _ = _log_two(registry, tmp_path)
+    _sign(registry, tmp_path, v1.ref)
+    key_id = registry.keys()[0]["key_id"]
+    registry.grant("mallory@example.com", "contributor", model="fraud")
+    mallory = registry.as_actor("mallory@example.com")
+    with pytest.raises(PermissionDenied, match="not a valid signature by release"):
+        mallory.record_signature(v1.ref, key_id, "00" * 64)
+    assert registry.signatures(v1.ref) == (["release"], [])
+    refused = registry.audit_log(action="version.signature_refused")
+    assert refused and refused[0].actor == "mallory@example.com"
+    with pytest.raises(PermissionDenied, match="not trusted"):
+        mallory.record_signature(v1.ref, "f" * 16, "00" * 64)
+
+
+def test_a_signature_by_a_key_trusted_for_loading_lets_pickle_load(
+    registry: Registry, tmp_path: Path, iris: tuple[Any, Any]
+) -> None:
+    version = registry.log_model(
+        fit_logreg(iris), "iris", serialization="pickle", progress=False
+    )
+    with pytest.raises(TetherError, match="trusted"):
+        registry.load(version.ref)
+    _sign(registry, tmp_path, version.ref)
+    with pytest.raises(TetherError, match="trusted"):
+        registry.load(version.ref)  # signed, but the key is not trusted for loading
+    registry.set_policy("iris", "trusted_for_loading: [release]\n")
+    model = registry.load(version.ref)
+    assert model.predict(iris[0][:3]).shape == (3,)
+
+
+# -- the audit chain -----------------------------------------------------------------
+
+
+def _events_and_heads(registry: Registry) -> None:
+    for i in range(3):
+        registry.set_setting("gc.keep_last", str(i + 1))
+
+
+def _recompute_chain_after_editing(registry: Registry, event_id: int) -> None:
+    """What someone with database access and Tether's source can do: edit, recompute."""
+    from tether._audit import GENESIS, event_hash
+    from tether._metadata.audit_log import _row_content
+    from tether._metadata.schema import audit_head, events
+
+    with registry.engine.begin() as conn:
+        conn.execute(
+            events.update().where(events.c.id == event_id).values(actor='"nobody"')
+        )
+        prev = GENESIS
+        last = (0, GENESIS)
+        for row in conn.execute(sa.select(events).order_by(events.c.id)).all():
+            digest = event_hash(prev, _row_content(row))
+            conn.execute(
+                events.update().where(events.c.id == row.id).values(prev_hash=prev, hash=digest)
+            )
+            prev = digest
+            last = (row.id, digest)
+        conn.execute(audit_head.update().values(last_id=last[0], last_hash=last[1]))
+
+
+def test_a_recomputed_chain_is_caught_by_the_signed_heads(any_registry: Registry) -> None:
+    registry = any_registry
+    _events_and_heads(registry)
+    count, problems = registry.verify_audit()
+    assert problems == []
+    _recompute_chain_after_editing(registry, 2)
+    # The unsafe way: the bare hash chain says all is well.
+    from tether._audit import verify_chain
+    from tether._metadata.audit_log import _row_content
+    from tether._metadata.schema import audit_head, events
+
+    with registry.read() as conn:
+        rows = conn.execute(sa.select(events).order_by(events.c.id)).all()
+        head = tuple(conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).one())
+    assert verify_chain([(_row_content(r), r.prev_hash, r.hash) for r in rows], head) == []
+    assert registry.verify_audit()[0] == count
+    assert any("rewritten" in p for p in registry.verify_audit()[1])
+
+
+def test_a_checkpoint_catches_a_deleted_tail_and_a_rewrite(
+    any_registry: Registry, tmp_path: Path
+) -> None:
+    from tether._metadata.schema import audit_head, audit_signatures, events
+
+    registry = any_registry
+    _events_and_heads(registry)
+    checkpoint = json.dumps(registry.audit_checkpoint())
+    registry.set_setting("gc.keep_last", "9")
+    _count, problems = registry.verify_audit(checkpoint=checkpoint)
+    assert problems == []
+    mark = json.loads(checkpoint)["event_id"]
+    # Delete the newest two events and their signed heads, rewind the head: the chain
+    # and the remaining signatures are consistent, only the checkpoint knows.
+    with registry.engine.begin() as conn:
+        conn.execute(events.delete().where(events.c.id >= mark - 1))
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= mark - 1))
+        row = conn.execute(
+            sa.select(events.c.id, events.c.hash).where(events.c.id == mark - 2)
+        ).one()
+        conn.execute(audit_head.update().values(last_id=row.id, last_hash=row.hash))
+    assert registry.verify_audit()[1] == []  # invisible from inside the database
+    _, problems = registry.verify_audit(checkpoint=checkpoint)
+    assert any("gone" in p for p in problems)
+
+
+def test_an_edited_checkpoint_is_refused(registry: Registry) -> None:
+    _events_and_heads(registry)
+    data = registry.audit_checkpoint()
+    data["event_id"] = 1
+    with pytest.raises(InvalidInput, match="signature does not match"):
+        registry.verify_audit(checkpoint=json.dumps(data))
+    with pytest.raises(InvalidInput, match="not a Tether audit checkpoint"):
+        registry.verify_audit(checkpoint="{}")
+
+
+def test_events_appended_without_the_key_are_reported(registry: Registry) -> None:
+    from tether._metadata.audit_log import append_event
+
+    _events_and_heads(registry)
+    with registry.engine.begin() as conn:  # not through Registry.write: no signature
+        append_event(conn, actor="intruder", action="alias.moved")
+    _, problems = registry.verify_audit()
+    assert any("not covered by the registry key" in p for p in problems)
