@@ -118,9 +118,12 @@ def test_a_flood_of_non_finite_numbers_is_refused_and_cannot_roll_back_productio
             c.post(PREDICT.format("iris"), json={"records": [1, 2]}),
             c.post(PREDICT.format("iris"), json={"records": [{FIELD: "wide"}]}),
             c.post(PREDICT.format("iris"), json={"records": []}),
+            c.post(PREDICT.format("iris"), json={"records": _records(iris), "request_id": [1]}),
+            c.post(PREDICT.format("iris"), json={"records": _records(iris),
+                                                 "request_id": "a\r\nSet-Cookie: x=1"}),
             c.post(PREDICT.format("nope"), json={"records": _records(iris)}),
         ]
-        assert [r.status_code for r in other] == [400, 400, 400, 422, 422, 422, 404]
+        assert [r.status_code for r in other] == [400, 400, 400, 422, 422, 422, 400, 400, 404]
         time.sleep(0.6)  # six supervisor ticks: room to judge the rule
         status = c.get("/v1/endpoints/iris").json()
         metrics = c.get("/metrics").text
@@ -360,6 +363,10 @@ def test_reload_needs_the_role_that_moves_production(
         assert reloaded.status_code == 200 and reloaded.json()["source"] == canary.source
         assert router.weights == {"stable": 90, "canary": 10}  # the file's weights again
         assert c.post("/v1/reload", headers=_bearer(SERVING_TOKEN)).status_code == 200
+        args = ["deploy", "reload", "--url", server.url]
+        assert CliRunner().invoke(cli, args, env={"TETHER_TOKEN": ""}).exit_code == 1
+        done = CliRunner().invoke(cli, [*args, "--token", tokens["approver"]])
+        assert done.exit_code == 0 and "reloaded" in done.output, done.output
 
 
 def test_reads_stay_open_unless_the_deployment_protects_them(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,8 @@ log = logging.getLogger("tether.serving")
 
 MAX_BODY = 32 * 1024 * 1024
 _PREDICT_KEYS = {"records", "key", "request_id"}
+#: A caller's request id goes back in a header: printable ASCII only, bounded.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -127,8 +130,13 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
                                hint="fields: records, key, request_id")
+        request_id = data.get("request_id")
+        if request_id is not None and not (isinstance(request_id, str)
+                                           and _REQUEST_ID.fullmatch(request_id)):
+            raise InvalidInput("request_id must be 1 to 128 printable ASCII characters "
+                               "without spaces")
         key = request.headers.get("x-request-key") or data.get("key")
-        args = (data["records"], None if key is None else str(key), data.get("request_id"))
+        args = (data["records"], None if key is None else str(key), request_id)
         try:
             served = endpoint.predict(*args) if inline else await run_in_threadpool(
                 endpoint.predict, *args)
