@@ -333,3 +333,34 @@ def test_parse_range() -> None:
         with pytest.raises(InvalidInput) as refused:
             parse_range(header, 10)
         assert not isinstance(refused.value, RangeNotSatisfiable)
+
+
+def test_quarantine_needs_direct_access_and_uploads_never_replace(tmp_path: Path) -> None:
+    from tether import Conflict
+    from tether._store.blobs import LocalBlobs
+
+    blobs = LocalBlobs(tmp_path / "store")
+
+    class NoMove:  # like the remote client's blobs: no way to move objects
+        def __getattr__(self, name: str) -> Any:
+            if name == "move":
+                raise AttributeError(name)
+            return getattr(blobs, name)
+
+    store = ChunkStore(NoMove())  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="cannot move objects into quarantine"):
+        store.verify_packs()
+    assert store.verify_packs(dry_run=True).bad == []
+
+    key = f"packs/{uuid.uuid4().hex}.pack"
+    for content in (b"first", b"second"):
+        fd, tmp = blobs.temp_file()
+        os.write(fd, content)
+        os.close(fd)
+        if content == b"first":
+            blobs.put_file_new(key, tmp)
+        else:
+            with pytest.raises(Conflict, match="never overwritten"):
+                blobs.put_file_new(key, tmp)
+            assert not tmp.exists()
+    assert blobs.get_bytes(key) == b"first"
