@@ -78,11 +78,14 @@ def test_env_commands(populated: Path) -> None:
     assert dockerfile.startswith("#") or "FROM python:" in dockerfile
 
 
-def test_store_stats_gc_and_config(populated: Path) -> None:
+def test_store_stats_gc_and_config(populated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stats = json.loads(run(populated, "store", "stats", "--json").output)
     assert stats["logical_bytes"] > 0 and stats["stored_bytes"] > 0
     dry = json.loads(run(populated, "gc", "--dry-run", "--json").output)
     assert dry["dry_run"] is True and dry["expired_versions"] == []
+    refused = run(populated, "config", "set", "env_policy", "warn")  # settings need an admin
+    assert refused.exit_code == 1 and "admin" in refused.output
+    monkeypatch.setenv("TETHER_USER", "cli@test")  # the registry's creator
     assert run(populated, "config", "set", "env_policy", "warn").exit_code == 0
     bad = run(populated, "config", "set", "env_policy", "sometimes")
     assert bad.exit_code == 1

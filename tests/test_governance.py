@@ -133,7 +133,8 @@ def test_signing_and_verification(
         registry.promote("iris@1.0.0", "production")
     with pytest.raises(PolicyViolation, match="requires a signature"):
         registry.load("iris@1.0.0")
-    registry.sign("iris@1.0.0", str(other_private))  # an untrusted key does not count
+    with pytest.raises(PermissionDenied, match="not trusted"):  # refused before it is stored
+        registry.sign("iris@1.0.0", str(other_private))
     with pytest.raises(PolicyViolation):
         registry.promote("iris@1.0.0", "production")
     assert registry.sign("iris@1.0.0", str(private))["key_id"] == kid

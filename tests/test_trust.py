@@ -324,3 +324,33 @@ def test_events_appended_without_the_key_are_reported(registry: Registry) -> Non
         append_event(conn, actor="intruder", action="alias.moved")
     _, problems = registry.verify_audit()
     assert any("not covered by the registry key" in p for p in problems)
+
+
+def test_the_migration_recomputes_old_digests_and_records_them(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from tether._digest import digest_of
+    from tether._errors import SchemaMismatch
+    from tether.cli import cli
+
+    v1, _ = _log_two(registry, tmp_path)
+    # Make the database what a 0003 registry holds: digests without chunk lists.
+    old_files = digest_of([[f.path, f.size, f.digest] for f in v1.files])
+    with registry.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE audit_signatures"))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+    _update(registry, v1.id, digest="ab" * 32, files_digest=old_files)
+    root = registry.location.root
+    assert root is not None
+    with pytest.raises(SchemaMismatch, match="older"):
+        Registry.open(root)
+    result = CliRunner().invoke(cli, ["--registry", str(root), "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "signed by key" in result.output
+    with Registry.open(root) as upgraded:
+        assert upgraded.get(v1.ref).digest == v1.digest
+        event = upgraded.audit_log(action="registry.digests_recomputed")[0]
+        assert event.details["versions"][v1.ref] == [f"sha:{'ab' * 32}", f"sha:{v1.digest}"]
+        assert upgraded.verify_audit()[1] == []
