@@ -185,10 +185,13 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
     @handled
     async def weights(request: Request) -> Response:
         endpoint = await find(request)
-        who = await run_in_threadpool(auth.require, request,
-                                      role=auth.steering_role(endpoint.config),
-                                      models=endpoint_models(endpoint.config),
-                                      action=f"changing the weights of {endpoint.name}")
+
+        def allowed() -> str:  # the registry is read: off the event loop
+            return auth.require(request, role=auth.steering_role(endpoint.config),
+                                models=endpoint_models(endpoint.config),
+                                action=f"changing the weights of {endpoint.name}")
+
+        who = await run_in_threadpool(allowed)
         data = await read_json(request)
         if not isinstance(data, dict) or set(data) != {"weights"} or not isinstance(
                 data["weights"], dict) or not data["weights"]:
