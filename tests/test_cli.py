@@ -172,7 +172,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 def test_download_writes_verified_files(populated: Path, tmp_path: Path) -> None:
     out = run(populated, "download", "iris@1.0.0", str(tmp_path / "dl"), "--json")
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["files"] == ["model.pkl"]
-    assert (tmp_path / "dl" / "model.pkl").stat().st_size > 0
+    assert json.loads(out.output)["files"] == ["model.skops"]
+    assert (tmp_path / "dl" / "model.skops").stat().st_size > 0
     again = run(populated, "download", "iris@1.0.0", str(tmp_path / "dl"))
     assert again.exit_code == 1

@@ -358,3 +358,23 @@ def test_the_scipy_gadget_as_a_skops_file_is_real_and_refused(tmp_path: Path) ->
             flavor.load(folder, record, **trusting)
         assert "stored as skops" in refused.value.message
     assert not marker.exists()
+
+
+def test_the_same_model_saves_to_the_same_skops_bytes(
+    data: tuple[Any, Any], tmp_path: Path
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = data
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    copy = pickle.loads(pickle.dumps(model))  # equal, but every object id differs
+    flavor = get_flavor("sklearn")
+    saved = []
+    for i, each in enumerate((model, copy)):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        record = flavor.save(each, folder)
+        saved.append((folder / "model.skops").read_bytes())
+    assert saved[0] == saved[1]
+    loaded = flavor.load(tmp_path / "1", record, trusted_types=[TREE])
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

@@ -225,6 +225,7 @@ def test_check_catches_an_environment_mismatch_and_a_missing_version(
     good.write_text(
         f"scikit-learn=={sklearn_version}\nnumpy=={numpy_version}\n"
         f"scipy=={version.environment['packages']['scipy']}\nflask==3.0.0\n"
+        f"skops=={version.environment['packages']['skops']}\n"
     )
     assert registry.check(lock_path=lock, requirements_path=good).ok
     bad = tmp_path / "requirements-bad.txt"

@@ -244,7 +244,7 @@ def test_a_flipped_byte_in_the_store_is_refused_naming_the_file(
     target.write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as info:
         registry.load("iris@1.0.0")
-    assert "model.pkl" in str(info.value) and "iris@1.0.0" in str(info.value)
+    assert "model.skops" in str(info.value) and "iris@1.0.0" in str(info.value)
     assert registry.verify("iris@1.0.0")
 
 

@@ -16,7 +16,9 @@ artifact wrote it too, and loading never takes trust from it.
 
 from __future__ import annotations
 
+import json
 import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class SklearnFlavor:
             import skops.io
 
             skops.io.dump(model, dest / entry)
+            _canonical_skops(dest / entry)
             packages = [*FRAMEWORK, "skops"]
             needed = skops.io.get_untrusted_types(file=dest / entry)
             extra["trusted_types"] = [str(t) for t in needed]
@@ -97,6 +100,53 @@ def _entry_name(record: dict[str, Any], default: str) -> str:
     if "/" in entry or "\\" in entry or entry in (".", ".."):
         raise InvalidInput(f"the scikit-learn record names {entry!r}, not a file name")
     return entry
+
+
+def _canonical_skops(path: Path) -> None:
+    """Rewrite a skops dump so that the same model always gives the same bytes.
+
+    skops names its memo entries and array files after ``id()`` of the objects
+    (and ``bytes`` files after a random uuid) and stamps each zip entry with the
+    time; both change on every save, so an identical model would register as a
+    new version. Ids and file names are renumbered from 1 in order of first
+    appearance (one-to-one, so every shared object stays shared), except that
+    immutable values (JSON literals, types) each get their own id: whether two
+    equal floats were one object in memory says nothing about the model. The
+    entries are written in a fixed order with a fixed time.
+    """
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    ids: dict[int, int] = {}
+    files: dict[str, str] = {}
+    fresh = iter(range(1, 1 << 62))  # 0 would read as "no id" to skops
+
+    def renumber(node: Any) -> Any:
+        if isinstance(node, list):
+            return [renumber(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        immutable = node.get("__loader__") in ("JsonNode", "TypeNode")
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "__id__" and isinstance(value, int) and not isinstance(value, bool):
+                out[key] = next(fresh) if immutable or value not in ids else ids[value]
+                ids.setdefault(value, out[key])
+            elif key == "file" and isinstance(value, str) and value in contents:
+                suffix = value[value.rfind(".") :] if "." in value else ""
+                out[key] = files.setdefault(value, f"{len(files)}{suffix}")
+            else:
+                out[key] = renumber(value)
+        return out
+
+    canonical = renumber(schema)
+    written = {files[name]: data for name, data in contents.items() if name in files}
+    written["schema.json"] = json.dumps(canonical, indent=2).encode()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(written):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, written[name])
 
 
 def _load_skops(path: Path, *, label: str, trusted: bool, trusted_types: Sequence[str]) -> Any:
