@@ -62,6 +62,37 @@ class ModelVersion:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelVersion:
+        """The inverse of ``to_dict`` (digests given with or without ``sha:``).
+
+        Nothing here is trusted: whoever uses the version for bytes checks it
+        with ``tether._identity.require_intact`` first.
+        """
+        return cls(
+            name=data["name"],
+            seq=int(data["seq"]),
+            semver=data["semver"],
+            digest=str(data["digest"]).removeprefix("sha:"),
+            files=tuple(FileEntry.from_dict(f) for f in data.get("files", [])),
+            flavor=data["flavor"],
+            signature=data.get("signature"),
+            input_example=data.get("input_example"),
+            params=data.get("params") or {},
+            metrics=data.get("metrics") or {},
+            data=data.get("data") or {},
+            lineage=data.get("lineage") or {},
+            environment=data.get("environment") or {},
+            tags=data.get("tags") or {},
+            notes=data.get("notes") or "",
+            author=data["author"],
+            created_at=data["created_at"],
+            status=data["status"],
+            files_digest=data["files_digest"],
+            aliases=tuple(data.get("aliases") or ()),
+            id=int(data.get("id") or 0),
+        )
+
     def to_dict(self, *, with_environment: bool = True) -> dict[str, Any]:
         data = {
             "name": self.name,

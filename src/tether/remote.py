@@ -47,7 +47,8 @@ from ._reference import parse_reference
 from ._registry import loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
-from ._store.base import FileEntry, StoreStats
+from ._registry.tokens import Unauthenticated
+from ._store.base import StoreStats
 from ._store.blobs import BlobInfo
 from ._store.chunkstore import ChunkStore
 
@@ -269,7 +270,7 @@ class RemoteRegistry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         rows = self._request("GET", f"/models/{quote(name)}/versions")
-        return [version_from_json(r) for r in rows]
+        return [ModelVersion.from_dict(r) for r in rows]
 
     def get(self, ref: str) -> ModelVersion:
         parsed = parse_reference(ref)
@@ -278,14 +279,14 @@ class RemoteRegistry:
             "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}"
         )
         # The server is not trusted to keep a version's manifest and digest consistent.
-        return require_intact(version_from_json(data))
+        return require_intact(ModelVersion.from_dict(data))
 
     def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
         body = {
             "values": {k: v for k, v in values.items() if k not in ("digest", "files_digest")},
             "bump": bump,
         }
-        return version_from_json(
+        return ModelVersion.from_dict(
             self._request("POST", f"/models/{quote(name)}/versions", json=body)
         )
 
@@ -331,10 +332,10 @@ class RemoteRegistry:
         return self.store.verify(version.files, label=version.ref)
 
     def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
-        return version_from_json(self._call("deprecate", ref, reason=reason, undo=undo))
+        return ModelVersion.from_dict(self._call("deprecate", ref, reason=reason, undo=undo))
 
     def delete_version(self, ref: str) -> ModelVersion:
-        return version_from_json(self._call("delete_version", ref))
+        return ModelVersion.from_dict(self._call("delete_version", ref))
 
     # -- aliases ------------------------------------------------------------------
 
@@ -364,6 +365,19 @@ class RemoteRegistry:
 
     def delete_alias(self, name: str, alias: str) -> AliasMove:
         return AliasMove(**self._request("DELETE", self._alias_path(name, alias)))
+
+    def record_route_rollback(
+        self,
+        model: str,
+        *,
+        endpoint: str,
+        route: str,
+        before: str,
+        after: str | None,
+        reason: str,
+    ) -> None:
+        self._call("record_route_rollback", model, endpoint=endpoint, route=route,
+                   before=before, after=after, reason=reason)
 
     def alias_history(self, name: str, alias: str) -> list[AliasMove]:
         return [
@@ -456,6 +470,17 @@ class RemoteRegistry:
     def create_token(self, principal: str, **options: Any) -> dict[str, Any]:
         return dict(self._call("create_token", principal, **options))
 
+    def authenticate(self, token: str | None) -> str:
+        """The principal of ``token``, asked of the server with that token."""
+        if not token:
+            raise Unauthenticated("no API token given", hint="send Authorization: Bearer TOKEN")
+        data = self._request("GET", "/whoami", headers={"Authorization": f"Bearer {token}"})
+        return str(data["principal"])
+
+    def roles(self, principal: str, model: str | None = None) -> tuple[str, ...]:
+        params = {"principal": principal, **({"model": model} if model else {})}
+        return tuple(self._request("GET", "/roles", params=params)["roles"])
+
     def revoke_token(self, prefix: str) -> None:
         self._call("revoke_token", prefix)
 
@@ -519,32 +544,6 @@ def _event_content(event: Event) -> dict[str, Any]:
     data = event.to_dict()
     return {k: data[k] for k in ("id", "ts", "actor", "action", "model", "subject", "before",
                                  "after", "details")}
-
-
-def version_from_json(data: dict[str, Any]) -> ModelVersion:
-    return ModelVersion(
-        name=data["name"],
-        seq=int(data["seq"]),
-        semver=data["semver"],
-        digest=str(data["digest"]).removeprefix("sha:"),
-        files=tuple(FileEntry.from_dict(f) for f in data.get("files", [])),
-        flavor=data["flavor"],
-        signature=data.get("signature"),
-        input_example=data.get("input_example"),
-        params=data.get("params") or {},
-        metrics=data.get("metrics") or {},
-        data=data.get("data") or {},
-        lineage=data.get("lineage") or {},
-        environment=data.get("environment") or {},
-        tags=data.get("tags") or {},
-        notes=data.get("notes") or "",
-        author=data["author"],
-        created_at=data["created_at"],
-        status=data["status"],
-        files_digest=data["files_digest"],
-        aliases=tuple(data.get("aliases") or ()),
-        id=int(data.get("id") or 0),
-    )
 
 
 def connect(url: str, *, token: str | None = None, cache_dir: Path | None = None) -> RemoteRegistry:

@@ -43,6 +43,7 @@ from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
 from . import (
     catalog,
+    deployments,
     env_check,
     gate,
     governance,
@@ -388,6 +389,21 @@ class Registry:
     def alias(self, name: str, alias: str) -> dict[str, Any]:
         return alias_ops.alias_state(self, name, alias)
 
+    def record_route_rollback(
+        self,
+        model: str,
+        *,
+        endpoint: str,
+        route: str,
+        before: str,
+        after: str | None,
+        reason: str,
+    ) -> None:
+        """Record that serving switched a pinned route back (``deployment.rollback``)."""
+        deployments.record_route_rollback(
+            self, model, endpoint=endpoint, route=route, before=before, after=after, reason=reason
+        )
+
     # -- governance -------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]:
@@ -433,6 +449,15 @@ class Registry:
         return tokens.create_token(
             self, principal, role=role, model=model, expires_in=expires_in, description=description
         )
+
+    def authenticate(self, token: str | None) -> str:
+        """The principal an API token belongs to (Unauthenticated when not valid)."""
+        return tokens.authenticate(self, token)
+
+    def roles(self, principal: str, model: str | None = None) -> tuple[str, ...]:
+        """The roles ``principal`` holds registry-wide, plus on ``model`` if given."""
+        with self.read() as conn:
+            return governance.roles_of(conn, principal, model)
 
     def revoke_token(self, prefix: str) -> None:
         tokens.revoke_token(self, prefix)

@@ -38,7 +38,7 @@ from .config import AuthConfig, Deployment, EndpointConfig
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from .._registry.registry import Registry
+    from .._contract import RegistryAPI
 
 #: Aliases whose moves need the approver role when the registry does not say (as the server).
 DEFAULT_PROTECTED = ("production",)
@@ -59,7 +59,7 @@ def bearer(request: Request) -> str | None:
 class ServingAuth:
     """Checks a request's token against the serving token and the registry's tokens."""
 
-    def __init__(self, registry: Registry, config: AuthConfig) -> None:
+    def __init__(self, registry: RegistryAPI, config: AuthConfig) -> None:
         self.registry = registry
         self.protect_reads = config.protect_reads
         self.token_env = config.token_env
@@ -128,23 +128,12 @@ class ServingAuth:
         return str(self._cached(key, lambda: self._authenticate(token)))
 
     def _authenticate(self, token: str) -> str:
-        if not hasattr(self.registry, "read"):
-            raise Unauthenticated(
-                "this serving process reads a remote registry and cannot check registry "
-                "tokens itself",
-                hint="use the deployment's serving token (auth: {token_env: ...})")
-        from .._registry.tokens import authenticate
-
-        return authenticate(self.registry, token)
+        # Embedded: the tokens table; remote: the registry server, asked with this token.
+        return self.registry.authenticate(token)
 
     def _roles(self, principal: str, model: str | None) -> tuple[str, ...]:
-        from .._registry.governance import roles_of
-
-        def compute() -> tuple[str, ...]:
-            with self.registry.read() as conn:
-                return roles_of(conn, principal, model)
-
-        return tuple(self._cached(("roles", principal, model), compute))
+        return tuple(self._cached(("roles", principal, model),
+                                  lambda: self.registry.roles(principal, model)))
 
     def _protected_aliases(self) -> tuple[str, ...]:
         def compute() -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from .shadow import MirrorJob, agree
 from .targets import poll_target, rollback_slot
 
 if TYPE_CHECKING:
-    from .._registry.registry import Registry
+    from .._contract import RegistryAPI
 
 log = logging.getLogger("tether.serving")
 
@@ -68,7 +68,7 @@ class Served:
 
 
 class Endpoint:
-    def __init__(self, config: EndpointConfig, registry: Registry, instruments: Instruments,
+    def __init__(self, config: EndpointConfig, registry: RegistryAPI, instruments: Instruments,
                  mirror: Callable[[MirrorJob], None]) -> None:
         self.config = config
         self.name = config.name

@@ -25,7 +25,7 @@ from .drift import DriftMonitor
 from .guard import refuse_non_finite
 
 if TYPE_CHECKING:
-    from .._registry.registry import Registry
+    from .._contract import RegistryAPI
 
 
 @dataclass
@@ -108,7 +108,7 @@ class LoadedModel:
 class ModelPool:
     """Loads versions for one endpoint (its trust and environment policy), once each."""
 
-    def __init__(self, registry: Registry, *, trusted: bool = False,
+    def __init__(self, registry: RegistryAPI, *, trusted: bool = False,
                  env_policy: str | None = None, drift_window: int = 1000) -> None:
         self.registry = registry
         self.trusted = trusted

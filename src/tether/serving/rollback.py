@@ -3,7 +3,8 @@
 A route that follows an alias rolls back through the registry
 (`Registry.rollback`, which moves the alias and appends ``alias.rollback``);
 a pinned route switches back to the version it served before, or gives its
-traffic to the other routes, and appends ``deployment.rollback``. Either way
+traffic to the other routes, and records ``deployment.rollback`` through
+``RegistryAPI.record_route_rollback`` (so it works against a server too). Either way
 the reason names the rule and the value that broke it.
 """
 
@@ -11,13 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._metadata.audit_log import append_event
 from .config import Rule
-
-if TYPE_CHECKING:
-    from .._registry.registry import Registry
 
 #: Window series names, shared by the recorder (endpoint) and the rules.
 DISAGREEMENT = "shadow_disagreement"
@@ -49,16 +46,3 @@ def first_breach(rules: Sequence[Rule], snapshot: Mapping[str, Any],
         if value is not None and samples >= min_samples and rule.holds(value):
             return Breach(rule, value, samples)
     return None
-
-
-def record_route_rollback(
-    registry: Registry, *, endpoint: str, route: str, model: str, before: str,
-    after: str | None, reason: str,
-) -> None:
-    """Append a ``deployment.rollback`` event for a pinned route."""
-    with registry.write() as conn:
-        append_event(
-            conn, actor=registry.actor, action="deployment.rollback", model=model,
-            subject=f"{endpoint}/{route}", before=before, after=after,
-            details={"reason": reason, "endpoint": endpoint, "route": route},
-        )

@@ -25,13 +25,13 @@ from .shadow import ShadowMirror
 from .targets import poll_target
 
 if TYPE_CHECKING:
-    from .._registry.registry import Registry
+    from .._contract import RegistryAPI
 
 log = logging.getLogger("tether.serving")
 
 
 class ServingRuntime:
-    def __init__(self, registry: Registry, deployment: Deployment) -> None:
+    def __init__(self, registry: RegistryAPI, deployment: Deployment) -> None:
         self.registry = registry
         self.deployment = deployment
         self.auth = ServingAuth(registry, deployment.auth)  # refuses a missing serving token

@@ -16,7 +16,7 @@ from .logs import configure
 from .runtime import ServingRuntime
 
 if TYPE_CHECKING:
-    from .._registry.registry import Registry
+    from .._contract import RegistryAPI
 
 
 def _uvicorn_config(runtime: ServingRuntime, host: str, port: int, *,
@@ -28,7 +28,7 @@ def _uvicorn_config(runtime: ServingRuntime, host: str, port: int, *,
     )
 
 
-def start_runtime(registry: Registry, deployment: Deployment) -> ServingRuntime:
+def start_runtime(registry: RegistryAPI, deployment: Deployment) -> ServingRuntime:
     """Load every endpoint's versions (raising the registry's refusal) and start the threads."""
     runtime = ServingRuntime(registry, deployment)
     try:
@@ -39,7 +39,7 @@ def start_runtime(registry: Registry, deployment: Deployment) -> ServingRuntime:
     return runtime
 
 
-def serve(registry: Registry, deployment: Deployment, *, host: str | None = None,
+def serve(registry: RegistryAPI, deployment: Deployment, *, host: str | None = None,
           port: int | None = None, log_level: str = "info", inline: bool = True) -> None:
     """Serve until interrupted. Raises before listening if a version is refused."""
     configure(log_level)
@@ -56,7 +56,7 @@ def serve(registry: Registry, deployment: Deployment, *, host: str | None = None
 class BackgroundServer:
     """A deployment served from a thread on a free loopback port (tests, benchmarks)."""
 
-    def __init__(self, registry: Registry, deployment: Deployment, *, host: str = "127.0.0.1",
+    def __init__(self, registry: RegistryAPI, deployment: Deployment, *, host: str = "127.0.0.1",
                  port: int = 0, inline: bool = True, log_level: str = "warning") -> None:
         self.host = host
         self.port = port or free_port(host)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import TetherError
 from .logs import version_fields
 from .pool import LoadedModel
-from .rollback import Breach, record_route_rollback
+from .rollback import Breach
 from .routes import RouteSlot
 
 if TYPE_CHECKING:
@@ -130,9 +130,9 @@ def _rollback_alias(endpoint: Endpoint, slot: RouteSlot, reason: str,
 def _audit(endpoint: Endpoint, slot: RouteSlot, failing: LoadedModel, after: str | None,
            reason: str) -> None:
     try:
-        record_route_rollback(endpoint.registry, endpoint=endpoint.name, route=slot.name,
-                              model=failing.version.name, before=failing.ref, after=after,
-                              reason=reason)
+        endpoint.registry.record_route_rollback(
+            failing.version.name, endpoint=endpoint.name, route=slot.name,
+            before=failing.ref, after=after, reason=reason)
     except Exception:  # the rollback stands even if the audit write fails
         log.exception("could not record the rollback in the audit log",
                       extra={"endpoint": endpoint.name, "route": slot.name})
