@@ -161,8 +161,9 @@ def require_intact(version: ModelVersion) -> ModelVersion:
         check_flavor_paths(version.flavor, (f.path for f in version.files))
         files_digest, digest = recompute(version)
     except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:
+        detail = error.message if isinstance(error, InvalidInput) else repr(error)
         raise IntegrityError(
-            f"{version.ref}'s recorded manifest is unusable: {error}",
+            f"{version.ref}'s recorded manifest is unusable: {detail}",
             hint="the registry's database was changed outside Tether; "
             "restore it from a backup and run `tether audit verify`",
         ) from error
