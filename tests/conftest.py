@@ -19,6 +19,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("TETHER_URI", "TETHER_ENV_POLICY", "TETHER_USER"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "user-cache"))
+    # A server's audit key defaults to $XDG_CONFIG_HOME/tether: keep it in the test's folder.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
+    monkeypatch.delenv("TETHER_AUDIT_KEY", raising=False)
 
 
 @pytest.fixture
