@@ -18,7 +18,8 @@ TRUST_HINT = (
     "load it only if you trust its author, in one of two ways: pass trusted=True "
     "(tether.load(ref, trusted=True) in Python, --trusted on the command line), or have "
     "the version signed by a key this registry trusts for loading "
-    "(tether sign REF --key KEYFILE with a key added by tether key trust)"
+    "(tether sign REF --key KEYFILE; the key named in the model policy's "
+    "trusted_for_loading, or in tether config set trust.load_signers NAME)"
 )
 
 
