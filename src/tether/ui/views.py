@@ -1,0 +1,533 @@
+"""What each page shows, as plain JSON-friendly dicts.
+
+Every function here takes a registry already acting for the signed-in user
+and calls only the registry's public methods (the same use cases as the CLI
+and the REST API). The HTML page renders the dict; its JSON twin is the dict.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .._errors import InvalidInput, NotFound, TetherError
+from .._metadata.clock import parse_iso
+from .._policy import role_rank
+from .._records import AliasMove, Event, ModelInfo, ModelVersion
+from .._registry.registry import Registry
+from .chart import line_chart
+
+PAGE_SIZE = 50
+SORTS = ("name", "updated", "versions", "created")
+#: Aliases whose moves need the approver role unless the registry says otherwise
+#: (the setting the REST API reads, so both shells ask for the same role).
+DEFAULT_PROTECTED = ("production",)
+
+
+# -- who may do what ------------------------------------------------------------
+
+
+class Permissions:
+    """The signed-in user's roles, from the registry's grants (read once per request)."""
+
+    def __init__(self, registry: Registry, principal: str) -> None:
+        self.registry = registry
+        self.principal = principal
+        self._grants: list[dict[str, Any]] | None = None
+        self._protected: tuple[str, ...] | None = None
+
+    def roles(self, model: str | None) -> tuple[str, ...]:
+        if self._grants is None:
+            self._grants = [g for g in self.registry.grants() if g["principal"] == self.principal]
+        found = {
+            str(g["role"])
+            for g in self._grants
+            if g["model"] is None or (model is not None and g["model"] == model)
+        }
+        return tuple(sorted(found, key=role_rank))
+
+    def allows(self, role: str, model: str | None) -> bool:
+        needed = role_rank(role)
+        return any(role_rank(r) >= needed for r in self.roles(model))
+
+    def protected(self) -> tuple[str, ...]:
+        if self._protected is None:
+            configured = self.registry.get_setting("protected_aliases")
+            self._protected = (
+                DEFAULT_PROTECTED
+                if configured is None
+                else tuple(a.strip() for a in configured.split(",") if a.strip())
+            )
+        return self._protected
+
+    def role_to_move(self, alias: str) -> str:
+        return "approver" if alias in self.protected() else "contributor"
+
+    def actions(self, model: str) -> dict[str, bool]:
+        """Which action forms to show on a page about ``model``."""
+        return {
+            "promote": self.allows("contributor", model),
+            "rollback": self.allows("contributor", model),
+            "approve": self.allows("approver", model),
+            "deprecate": self.allows("approver", model),
+        }
+
+
+# -- small helpers --------------------------------------------------------------
+
+
+def ago(iso: str | None) -> str:
+    if not iso:
+        return ""
+    try:
+        seconds = (datetime.now(UTC) - parse_iso(iso)).total_seconds()
+    except (ValueError, TypeError):
+        return iso
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
+
+
+def human_bytes(size: float | None) -> str:
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _model_info(registry: Registry, name: str) -> ModelInfo:
+    for info in registry.models():
+        if info.name == name:
+            return info
+    raise NotFound(f"no model named {name!r}", hint="see the models page")
+
+
+def move_row(move: AliasMove) -> dict[str, Any]:
+    return {**move.to_dict(), "ago": ago(move.moved_at)}
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    return {**event.to_dict(), "ago": ago(event.ts)}
+
+
+# -- models ---------------------------------------------------------------------
+
+
+def models_page(
+    registry: Registry,
+    *,
+    q: str = "",
+    tag: str = "",
+    alias: str = "",
+    sort: str = "name",
+    page: int = 1,
+) -> dict[str, Any]:
+    if sort.lstrip("-") not in SORTS:
+        raise InvalidInput(f"cannot sort by {sort!r}", hint=f"sort by: {', '.join(SORTS)}")
+    found = registry.models()
+    needle = q.strip().lower()
+    tag_key, _, tag_value = tag.strip().partition("=")
+    alias = alias.strip()
+    rows = []
+    for m in found:
+        if needle and needle not in m.name.lower() and needle not in m.description.lower():
+            continue
+        if tag_key and (
+            tag_key not in m.tags or (tag_value and str(m.tags[tag_key]) != tag_value)
+        ):
+            continue
+        if alias and alias not in m.aliases:
+            continue
+        rows.append(m)
+    key = sort.lstrip("-")
+    descending = sort.startswith("-")
+    sort_keys: dict[str, Any] = {
+        "name": lambda m: m.name,
+        "updated": lambda m: m.updated_at,
+        "created": lambda m: m.created_at,
+        "versions": lambda m: (m.version_count, m.name),
+    }
+    rows.sort(key=sort_keys[key], reverse=descending)
+    total = len(rows)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    return {
+        "query": {"q": q, "tag": tag, "alias": alias, "sort": sort, "page": page},
+        "total": total,
+        "registry_total": len(found),
+        "page": page,
+        "pages": pages,
+        "page_size": PAGE_SIZE,
+        "models": [
+            {
+                **m.to_dict(),
+                "owner": ", ".join(m.owners),
+                "updated_ago": ago(m.updated_at),
+            }
+            for m in shown
+        ],
+    }
+
+
+# -- one model ------------------------------------------------------------------
+
+
+def model_page(
+    registry: Registry,
+    perms: Permissions,
+    name: str,
+    *,
+    columns: Sequence[str] = (),
+    chart_metric: str = "",
+) -> dict[str, Any]:
+    info = _model_info(registry, name)
+    found = registry.versions(name)
+    metric_names: list[str] = []
+    for v in found:
+        for key, value in v.metrics.items():
+            if key not in metric_names and _number(value) is not None:
+                metric_names.append(key)
+    chosen = [c for c in columns if c in metric_names] or metric_names[:3]
+    chart_metric = chart_metric if chart_metric in metric_names else (
+        metric_names[0] if metric_names else ""
+    )
+    points = [
+        {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
+        for v in found
+        if chart_metric and _number(v.metrics.get(chart_metric)) is not None
+    ]
+    aliases = []
+    for alias_name, target in sorted(info.aliases.items()):
+        try:
+            history = [move_row(m) for m in registry.alias_history(name, alias_name)]
+        except NotFound:
+            history = []
+        aliases.append(
+            {
+                "name": alias_name,
+                "target": target,
+                "history": history,
+                "can_move": perms.allows(perms.role_to_move(alias_name), name),
+                "can_rollback": perms.allows(perms.role_to_move(alias_name), name)
+                and sum(1 for m in history if m["action"] in ("set", "rollback")) > 1,
+            }
+        )
+    try:
+        policy: dict[str, Any] | None = registry.get_policy(name)
+    except NotFound:
+        policy = None
+    return {
+        "model": {**info.to_dict(), "updated_ago": ago(info.updated_at)},
+        "metric_names": metric_names,
+        "columns": chosen,
+        "versions": [
+            {
+                "ref": v.ref,
+                "seq": v.seq,
+                "semver": v.semver,
+                "digest": v.short_digest,
+                "metrics": {c: v.metrics.get(c) for c in chosen},
+                "metrics_text": {c: fmt(v.metrics.get(c)) for c in chosen},
+                "aliases": list(v.aliases),
+                "status": v.status,
+                "author": v.author,
+                "created_at": v.created_at,
+                "age": ago(v.created_at),
+            }
+            for v in reversed(found)
+        ],
+        "chart": {
+            "metric": chart_metric,
+            "points": points,
+            "svg": line_chart(
+                [(f"#{p['seq']} {p['semver']}", float(p["value"] or 0.0)) for p in points]
+            ),
+        },
+        "aliases": aliases,
+        "policy": policy,
+        "roles": list(perms.roles(name)),
+        "can": perms.actions(name),
+        "protected_aliases": list(perms.protected()),
+    }
+
+
+# -- one version ----------------------------------------------------------------
+
+
+def _touches(event: Event, version: ModelVersion) -> bool:
+    subject = event.subject or ""
+    if subject == version.ref or subject.startswith(version.ref + " for "):
+        return True
+    if event.action.startswith("alias.") and version.semver in (event.before, event.after):
+        return True
+    return bool(event.details.get("digest") == f"sha:{version.digest}")
+
+
+def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[str, Any]]:
+    before = {c.digest for f in previous.files for c in f.chunks} if previous else set()
+    old_paths = {f.path: f.digest for f in previous.files} if previous else {}
+    rows = []
+    for f in version.files:
+        shared = sum(c.size for c in f.chunks if c.digest in before)
+        if previous is not None and not f.chunks and old_paths.get(f.path) == f.digest:
+            shared = f.size
+        rows.append(
+            {
+                "path": f.path,
+                "size": f.size,
+                "size_text": human_bytes(f.size),
+                "digest": f.digest,
+                "chunks": len(f.chunks),
+                "shared_bytes": shared,
+                "shared_text": human_bytes(shared),
+                "change": (
+                    "new"
+                    if previous is None or f.path not in old_paths
+                    else ("same" if old_paths[f.path] == f.digest else "changed")
+                ),
+            }
+        )
+    return rows
+
+
+def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, Any]:
+    version = registry.get(ref)
+    name = version.name
+    siblings = registry.versions(name)
+    previous = max((v for v in siblings if v.seq < version.seq), key=lambda v: v.seq, default=None)
+    following = min((v for v in siblings if v.seq > version.seq), key=lambda v: v.seq, default=None)
+    production = next((v for v in siblings if "production" in v.aliases), None)
+    env_vs_production = None
+    if production is not None and production.id != version.id:
+        env_vs_production = {
+            "target": production.ref,
+            "differences": registry.diff(production.ref, version.ref)["environment"],
+        }
+    valid, problems = registry.signatures(version.ref)
+    trust = registry.trust_facts(version)
+    events = [event_row(e) for e in registry.audit_log(model=name) if _touches(e, version)]
+    approvals = [
+        {
+            "actor": e["actor"],
+            "alias": str(e["subject"]).rpartition(" for ")[2],
+            "comment": e["details"].get("comment", ""),
+            "ts": e["ts"],
+        }
+        for e in events
+        if e["action"] == "version.approved"
+    ]
+    files = _files(version, previous)
+    env = version.environment
+    git = version.lineage.get("git") or {}
+    data = version.to_dict()
+    digest = f"sha:{version.digest}"
+    return {
+        "version": data,
+        "short_digest": version.short_digest,
+        "age": ago(version.created_at),
+        "previous": previous.ref if previous else None,
+        "next": following.ref if following else None,
+        "git": git,
+        "environment_summary": {
+            "python": env.get("python"),
+            "platform": env.get("platform"),
+            "machine": env.get("machine"),
+            "accelerator": env.get("accelerator"),
+            "packages": len(env.get("packages", {}) or {}),
+        },
+        "env_vs_production": env_vs_production,
+        "files": files,
+        "size_text": human_bytes(version.size),
+        "shared_bytes": sum(f["shared_bytes"] for f in files),
+        "shared_text": human_bytes(sum(f["shared_bytes"] for f in files)),
+        "signatures": {"valid": valid, "problems": problems},
+        "trust": trust,
+        "approvals": approvals,
+        "events": events,
+        "snippets": {
+            "load": f'import tether\nmodel = tether.load("{version.ref}", expect="{digest}")',
+            "pin": f"tether lock add {version.ref}",
+            "show": f"tether show {version.ref}",
+        },
+        "roles": list(perms.roles(name)),
+        "can": perms.actions(name),
+        "protected_aliases": list(perms.protected()),
+    }
+
+
+# -- comparing ------------------------------------------------------------------
+
+
+def _fields(signature: dict[str, Any] | None, side: str) -> dict[str, str]:
+    part = (signature or {}).get(side) or {}
+    return {str(f.get("name")): str(f.get("type")) for f in part.get("fields", [])}
+
+
+def _section(
+    title: str, keys: list[str], columns: list[dict[str, Any]], only_diff: bool
+) -> dict[str, Any]:
+    rows = []
+    for key in keys:
+        values = [col.get(key) for col in columns]
+        same = all(v == values[0] for v in values)
+        if only_diff and same:
+            continue
+        rows.append({"key": key, "values": [fmt(v) for v in values], "same": same})
+    return {"title": title, "rows": rows}
+
+
+def _ordered_keys(columns: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for col in columns:
+        for key in col:
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def compare_page(registry: Registry, refs: Sequence[str], *, only_diff: bool) -> dict[str, Any]:
+    refs = [r.strip() for r in refs if r.strip()]
+    if len(refs) < 2:
+        raise InvalidInput(
+            "compare needs two or more versions",
+            hint="e.g. /compare?v=fraud@1.0.0&v=fraud@1.1.0",
+        )
+    if len(refs) > 8:
+        raise InvalidInput("compare shows at most 8 versions at once")
+    found = [registry.get(r) for r in refs]
+    bases = [
+        {
+            "version": v.semver,
+            "sequence": v.seq,
+            "digest": v.short_digest,
+            "status": v.status,
+            "author": v.author,
+            "created": v.created_at,
+            "aliases": ", ".join(v.aliases),
+            "flavor": v.flavor.get("name"),
+            "size": human_bytes(v.size),
+            "git commit": str((v.lineage.get("git") or {}).get("commit") or "")[:12],
+            "git dirty": (v.lineage.get("git") or {}).get("dirty"),
+            "notes": v.notes,
+        }
+        for v in found
+    ]
+    params = [{k: v.params[k] for k in v.params} for v in found]
+    metrics = [dict(v.metrics) for v in found]
+    schema = [
+        {
+            **{f"input {k}": t for k, t in _fields(v.signature, "inputs").items()},
+            **{f"output {k}": t for k, t in _fields(v.signature, "outputs").items()},
+        }
+        for v in found
+    ]
+    data = [{k: str(d.get("digest", ""))[:16] for k, d in v.data.items()} for v in found]
+    envs = []
+    for v in found:
+        env = v.environment
+        row: dict[str, Any] = {
+            "python": env.get("python"),
+            "platform": env.get("platform"),
+            "machine": env.get("machine"),
+            "accelerator": env.get("accelerator"),
+        }
+        for pkg, ver in sorted((env.get("packages") or {}).items()):
+            row[f"package {pkg}"] = ver
+        envs.append(row)
+    files = [{f.path: f"{human_bytes(f.size)} {f.digest[:12]}" for f in v.files} for v in found]
+    sections = [
+        _section("version", _ordered_keys(bases), bases, only_diff),
+        _section("params", _ordered_keys(params), params, only_diff),
+        _section("metrics", _ordered_keys(metrics), metrics, only_diff),
+        _section("schema", _ordered_keys(schema), schema, only_diff),
+        _section("data", _ordered_keys(data), data, only_diff),
+        _section("environment", _ordered_keys(envs), envs, only_diff),
+        _section("files", sorted(_ordered_keys(files)), files, only_diff),
+    ]
+    compatibility = []
+    for old, new in itertools.pairwise(found):
+        diff = registry.diff(old.ref, new.ref)
+        compatibility.append(
+            {
+                "old": old.ref,
+                "new": new.ref,
+                "signature": diff["signature"],
+                "shared_bytes": diff["files"]["shared_bytes"],
+                "new_bytes": diff["files"]["new_bytes"],
+                "shared_text": human_bytes(diff["files"]["shared_bytes"]),
+                "new_text": human_bytes(diff["files"]["new_bytes"]),
+            }
+        )
+    return {
+        "refs": [v.ref for v in found],
+        "only_differences": only_diff,
+        "sections": sections,
+        "pairs": compatibility,
+    }
+
+
+# -- audit ----------------------------------------------------------------------
+
+
+def audit_page(
+    registry: Registry,
+    *,
+    model: str = "",
+    action: str = "",
+    actor: str = "",
+    q: str = "",
+    limit: int = 100,
+    verify: bool = True,
+) -> dict[str, Any]:
+    limit = min(max(limit, 1), 1000)
+    filtered = bool(actor or q)
+    # Filters the use case does not take are applied here, over a bounded window.
+    events = registry.audit_log(
+        model=model or None, action=action or None, limit=None if filtered else limit
+    )
+    if filtered:
+        needle = q.lower()
+        events = [
+            e
+            for e in events
+            if (not actor or e.actor == actor)
+            and (not needle or needle in (e.subject or "").lower() or needle in e.action)
+        ][:limit]
+    verification: dict[str, Any] | None = None
+    if verify:
+        try:
+            count, problems = registry.verify_audit()
+            verification = {"events": count, "ok": not problems, "problems": problems}
+        except TetherError as error:
+            verification = {"events": 0, "ok": False, "problems": [error.message]}
+    return {
+        "query": {"model": model, "action": action, "actor": actor, "q": q, "limit": limit},
+        "events": [event_row(e) for e in events],
+        "verification": verification,
+    }

@@ -1,0 +1,422 @@
+"""The web UI over Starlette's TestClient: pages, JSON twins, escaping, sign-in, actions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tether import Registry
+from tether._registry import catalog
+from tether.ui import create_ui_app
+from tether.ui.app import COOKIE, csrf_token
+
+from .conftest import fit_logreg
+
+XSS = "<script>alert('x')</script>"
+
+
+@dataclass
+class World:
+    registry: Registry
+    tokens: dict[str, str]
+
+    def client(self, user: str | None = None) -> TestClient:
+        client = TestClient(create_ui_app(lambda: self.registry), base_url="http://testserver")
+        if user is not None:
+            response = client.post(
+                "/login", data={"token": self.tokens[user], "next": "/"}, follow_redirects=False
+            )
+            assert response.status_code == 303, response.text
+        return client
+
+
+@pytest.fixture
+def world(registry: Registry, iris: tuple[Any, Any]) -> Iterator[World]:
+    X, _ = iris
+    registry.log_model(
+        fit_logreg(iris), "iris", metrics={"acc": 0.95, "f1": 0.9}, input_example=X.head(3),
+        progress=False,
+    )
+    registry.log_model(
+        fit_logreg(iris, C=0.05), "iris", metrics={"acc": 0.80, "f1": 0.7},
+        input_example=X.head(3), progress=False, notes=f"notes {XSS}",
+    )
+    catalog.update_model(registry, "iris", description=f"flowers {XSS}", set_tags={"team": XSS})
+    for i in range(3):
+        catalog.create_model(registry, f"extra-{i}", tags={"kind": "extra"})
+    tokens = {"admin": registry.create_token(registry.actor)["token"]}
+    for user, role in (("rita", "reader"), ("amy", "approver"), ("carl", "contributor")):
+        tokens[user] = registry.create_token(user, role=role)["token"]
+    yield World(registry, tokens)
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+# -- sign-in ------------------------------------------------------------------------
+
+
+def test_pages_need_sign_in_and_the_cookie_is_httponly_strict(world: World) -> None:
+    client = world.client()
+    response = client.get("/models/iris", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login?next=%2Fmodels%2Firis")
+    assert client.get("/audit.json").status_code == 401
+
+    bad = client.post("/login", data={"token": "tth_wrong", "next": "/"}, follow_redirects=False)
+    assert bad.status_code == 401 and "not valid" in bad.text
+
+    good = client.post(
+        "/login", data={"token": world.tokens["rita"], "next": "/models/iris"},
+        follow_redirects=False,
+    )
+    assert good.status_code == 303 and good.headers["location"] == "/models/iris"
+    cookie = good.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower()
+    page = client.get("/models/iris")
+    assert page.status_code == 200 and 'data-testid="principal">rita<' in page.text
+
+
+def test_login_never_redirects_off_site(world: World) -> None:
+    client = world.client()
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        response = client.post(
+            "/login", data={"token": world.tokens["rita"], "next": target}, follow_redirects=False
+        )
+        assert response.headers["location"] == "/"
+
+
+def test_security_headers_and_no_cdn(world: World) -> None:
+    page = world.client("rita").get("/")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert not re.search(r'(src|href)="(https?:)?//', page.text)
+
+
+# -- pages and their JSON twins -----------------------------------------------------
+
+
+def test_every_page_renders_and_has_a_json_twin(world: World) -> None:
+    client = world.client("rita")
+    pages = {
+        "/": "/?format=json",
+        "/models/iris": "/models/iris.json",
+        "/models/iris/versions/1.1.0": "/models/iris/versions/1.1.0.json",
+        "/compare?v=iris@1.0.0&v=iris@1.1.0": "/compare.json?v=iris@1.0.0&v=iris@1.1.0",
+        "/audit": "/audit?format=json",
+    }
+    for html_url, json_url in pages.items():
+        html = client.get(html_url)
+        assert html.status_code == 200, (html_url, html.text[:500])
+        assert html.headers["content-type"].startswith("text/html")
+        twin = client.get(json_url)
+        assert twin.status_code == 200 and twin.headers["content-type"] == "application/json"
+        assert twin.json()
+
+    models = client.get("/?format=json").json()
+    assert models["total"] == 4 and models["models"][0]["name"] == "extra-0"
+    model = client.get("/models/iris?format=json").json()
+    assert [v["semver"] for v in model["versions"]] == ["1.1.0", "1.0.0"]
+    assert model["columns"] == ["acc", "f1"] and model["chart"]["metric"] == "acc"
+    assert [p["value"] for p in model["chart"]["points"]] == [0.95, 0.80]
+    html = client.get("/models/iris?chart=f1&metrics=f1").text
+    assert "<svg" in html and "<polyline" in html and "f1 across versions" in html
+    version = client.get("/models/iris/versions/1.1.0.json").json()
+    assert version["previous"] == "iris@1.0.0"
+    assert version["files"] and all("shared_bytes" in f for f in version["files"])
+    assert 'tether.load("iris@1.1.0"' in version["snippets"]["load"]
+    assert version["snippets"]["pin"] == "tether lock add iris@1.1.0"
+    assert any(e["action"] == "version.created" or "1.1.0" in (e["subject"] or "")
+               for e in version["events"])
+
+
+def test_models_search_filter_sort_and_paginate(world: World) -> None:
+    client = world.client("rita")
+
+    def names(query: str) -> list[str]:
+        return [m["name"] for m in client.get(f"/?format=json&{query}").json()["models"]]
+
+    assert names("q=iri") == ["iris"]
+    assert names("q=flowers") == ["iris"]  # descriptions are searched too
+    assert names("tag=kind=extra") == ["extra-0", "extra-1", "extra-2"]
+    assert names("tag=kind") == ["extra-0", "extra-1", "extra-2"]
+    assert names("alias=production") == []
+    world.registry.promote("iris@1.0.0", "production", reason="first", create=True)
+    assert names("alias=production") == ["iris"]
+    assert names("sort=-versions")[0] == "iris"
+    assert names("sort=-name")[0] == "iris"
+    assert client.get("/?sort=bogus").status_code == 400
+    from tether.ui import views
+
+    original = views.PAGE_SIZE
+    views.PAGE_SIZE = 2
+    try:
+        first = client.get("/?format=json").json()
+        second = client.get("/?format=json&page=2").json()
+    finally:
+        views.PAGE_SIZE = original
+    assert first["pages"] == 2 and len(first["models"]) == 2 and len(second["models"]) == 2
+    assert 'rel="next"' in client.get("/").text or first["pages"] == 2
+
+
+def test_compare_only_differences(world: World) -> None:
+    client = world.client("rita")
+    full = client.get("/compare.json?v=iris@1.0.0&v=iris@1.1.0").json()
+    only = client.get("/compare.json?v=iris@1.0.0&v=iris@1.1.0&only=1").json()
+    rows = {s["title"]: s["rows"] for s in full["sections"]}
+    only_rows = {s["title"]: s["rows"] for s in only["sections"]}
+    assert any(r["same"] for r in rows["environment"])
+    assert all(not r["same"] for section in only_rows.values() for r in section)
+    assert [r["key"] for r in only_rows["metrics"]] == ["acc", "f1"]
+    assert "version" in [r["key"] for r in only_rows["version"]]
+    assert only_rows["files"] and len(only_rows["files"]) <= len(rows["files"])
+    assert client.get("/compare?v=iris@1.0.0").status_code == 400
+    html = client.get("/compare?v=iris@1.0.0&v=iris@1.1.0&only=1").text
+    assert 'class="differs"' in html and 'class="same"' not in html
+
+
+def test_missing_things_are_404_pages(world: World) -> None:
+    client = world.client("rita")
+    assert client.get("/models/nope").status_code == 404
+    assert client.get("/models/iris/versions/9.9.9").status_code == 404
+    assert client.get("/models/iris/versions/9.9.9.json").json()["error"] == "not_found"
+
+
+# -- escaping -----------------------------------------------------------------------
+
+
+def test_everything_users_wrote_is_escaped(world: World) -> None:
+    client = world.client("rita")
+    for url in ("/", "/models/iris", "/models/iris/versions/1.1.0", "/audit"):
+        html = client.get(url).text
+        assert "<script>alert" not in html, url
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in client.get("/models/iris").text
+    assert "team=&lt;script&gt;" in client.get("/").text
+    assert "notes &lt;script&gt;" in client.get("/models/iris/versions/1.1.0").text
+    # The JSON twin carries the text as it was written (JSON, not HTML).
+    assert client.get("/models/iris.json").json()["model"]["description"] == f"flowers {XSS}"
+
+
+def test_a_reason_with_markup_is_escaped_in_the_audit_page(world: World) -> None:
+    world.registry.promote("iris@1.0.0", "staging", reason=XSS, create=True)
+    html = world.client("rita").get("/audit").text
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+
+
+# -- roles and CSRF -----------------------------------------------------------------
+
+
+def test_reader_sees_no_action_buttons_and_a_forged_post_is_refused(world: World) -> None:
+    world.registry.promote("iris@1.0.0", "staging", reason="first", create=True)
+    world.registry.promote("iris@1.1.0", "staging", reason="second", create=True)
+    client = world.client("rita")
+    for url in ("/models/iris", "/models/iris/versions/1.1.0"):
+        html = client.get(url).text
+        for marker in ("promote-form", "approve-form", "deprecate-form", "rollback-staging"):
+            assert marker not in html, (url, marker)
+        assert "/promote" not in html and "/rollback" not in html
+    # A reader who builds the POST by hand (with their own valid CSRF token) is refused.
+    csrf = csrf_token(world.tokens["rita"])
+    for path, form in (
+        ("/models/iris/promote", {"version": "1.0.0", "alias": "staging", "reason": "x"}),
+        ("/models/iris/rollback", {"alias": "staging", "reason": "x"}),
+        ("/models/iris/approve", {"version": "1.1.0", "alias": "production", "reason": "x"}),
+        ("/models/iris/deprecate", {"version": "1.0.0", "reason": "x"}),
+    ):
+        response = client.post(path, data={**form, "csrf": csrf})
+        assert response.status_code == 403, path
+        assert "needs role" in response.text
+    assert world.registry.alias("iris", "staging")["version"] == "1.1.0"
+    assert world.registry.get("iris@1.0.0").status == "ready"
+
+
+def test_post_without_the_csrf_token_changes_nothing(world: World) -> None:
+    client = world.client("admin")
+    before = len(world.registry.audit_log())
+    form = {"version": "1.0.0", "alias": "staging", "reason": "sneaky"}
+    refused = client.post("/models/iris/promote", data=form)
+    assert refused.status_code == 403 and "CSRF" in refused.text
+    wrong = client.post("/models/iris/promote", data={**form, "csrf": "0" * 40})
+    assert wrong.status_code == 403
+    cross = client.post(
+        "/models/iris/promote",
+        data={**form, "csrf": csrf_token(world.tokens["admin"])},
+        headers={"origin": "https://evil.example"},
+    )
+    assert cross.status_code == 403
+    anonymous = world.client().post("/models/iris/promote", data=form)
+    assert anonymous.status_code == 401
+    assert len(world.registry.audit_log()) == before
+    assert "staging" not in world.registry.get("iris@1.0.0").aliases
+
+
+def test_actions_need_a_reason(world: World) -> None:
+    client = world.client("admin")
+    page = client.get("/models/iris/versions/1.0.0").text
+    response = client.post(
+        "/models/iris/promote",
+        data={"version": "1.0.0", "alias": "staging", "reason": " ", "csrf": _csrf(page)},
+    )
+    assert response.status_code == 400 and "reason" in response.text
+
+
+# -- the promotion flow ---------------------------------------------------------------
+
+
+def test_refused_promotion_lists_every_rule_then_approve_promote_rollback(world: World) -> None:
+    reg = world.registry
+    reg.promote("iris@1.0.0", "production", reason="first release", create=True)
+    reg.set_policy(
+        "iris",
+        "aliases:\n  production:\n    approvals: 1\n    checks:\n"
+        "      - {metric: acc, min: 0.9}\n      - {metric: f1, min: 0.5}\n",
+    )
+    admin = world.client("admin")
+    page = admin.get("/models/iris/versions/1.1.0").text
+    assert "promote-form" in page and "approve-form" in page
+    refused = admin.post(
+        "/models/iris/promote",
+        data={"version": "1.1.0", "alias": "production", "reason": "try", "csrf": _csrf(page)},
+    )
+    assert refused.status_code == 403
+    rules = re.findall(r"<li>(.*?)</li>", refused.text.split('data-testid="rules"')[1])
+    assert len(rules) == 2
+    assert "needs 1 approval(s)" in rules[0] and "acc = 0.8 is below the minimum 0.9" in rules[1]
+    assert "tether policy show iris" in refused.text  # the hint, as the CLI prints it
+    json_refusal = admin.post(
+        "/models/iris/promote?format=json",
+        data={"version": "1.1.0", "alias": "production", "reason": "try", "csrf": _csrf(page)},
+    ).json()
+    assert json_refusal["error"] == "policy_violation" and len(json_refusal["rules"]) == 2
+
+    # Lower the bar, approve as another user, then promote and roll back.
+    reg.set_policy("iris", "aliases:\n  production:\n    approvals: 1\n")
+    amy = world.client("amy")
+    amy_page = amy.get("/models/iris/versions/1.1.0").text
+    assert "approve-form" in amy_page
+    approved = amy.post(
+        "/models/iris/approve",
+        data={"version": "1.1.0", "alias": "production", "reason": "looks good",
+              "csrf": _csrf(amy_page)},
+    )
+    assert approved.status_code == 200 and "approved iris@1.1.0 for production" in approved.text
+    promoted = admin.post(
+        "/models/iris/promote",
+        data={"version": "1.1.0", "alias": "production", "reason": "ship it", "csrf": _csrf(page)},
+    )
+    assert promoted.status_code == 200, promoted.text
+    assert "iris@production → 1.1.0 (was 1.0.0)" in promoted.text
+    assert reg.alias("iris", "production")["version"] == "1.1.0"
+
+    model_page = admin.get("/models/iris").text
+    assert 'data-testid="rollback-production"' in model_page
+    rolled = admin.post(
+        "/models/iris/rollback",
+        data={"alias": "production", "reason": "latency", "csrf": _csrf(model_page)},
+    )
+    assert rolled.status_code == 200 and "→ 1.0.0 (was 1.1.0)" in rolled.text
+    assert reg.alias("iris", "production")["version"] == "1.0.0"
+
+    events = admin.get("/audit.json?model=iris").json()["events"]
+    actions = [(e["action"], e["actor"]) for e in events[:3]]
+    assert actions == [
+        ("alias.rollback", reg.actor),
+        ("alias.set", reg.actor),
+        ("version.approved", "amy"),
+    ]
+    assert events[0]["details"]["reason"] == "latency"
+    audit = admin.get("/audit.json").json()
+    assert audit["verification"]["ok"] is True
+
+    history = admin.get("/models/iris.json").json()["aliases"][0]["history"]
+    assert [m["action"] for m in history][:3] == ["rollback", "set", "set"]
+    assert any(m["undone"] for m in history)
+
+
+def test_contributor_cannot_move_a_protected_alias_but_can_move_others(world: World) -> None:
+    carl = world.client("carl")
+    page = carl.get("/models/iris/versions/1.1.0").text
+    assert "promote-form" in page and "approve-form" not in page
+    csrf = _csrf(page)
+    refused = carl.post(
+        "/models/iris/promote",
+        data={"version": "1.1.0", "alias": "production", "reason": "x", "csrf": csrf},
+    )
+    assert refused.status_code == 403 and "needs role approver" in refused.text
+    done = carl.post(
+        "/models/iris/promote",
+        data={"version": "1.1.0", "alias": "staging", "reason": "x", "csrf": csrf},
+    )
+    assert done.status_code == 404 and "create" in done.text  # a typo never makes an alias
+    done = carl.post(
+        "/models/iris/promote",
+        data={"version": "1.1.0", "alias": "staging", "reason": "x", "csrf": csrf, "create": "1"},
+    )
+    assert done.status_code == 200
+    assert world.registry.alias("iris", "staging")["version"] == "1.1.0"
+
+
+def test_deprecate_and_undo_from_the_version_page(world: World) -> None:
+    amy = world.client("amy")
+    page = amy.get("/models/iris/versions/1.0.0").text
+    done = amy.post(
+        "/models/iris/deprecate", data={"version": "1.0.0", "reason": "old", "csrf": _csrf(page)}
+    )
+    assert done.status_code == 200 and "now deprecated" in done.text
+    page = amy.get("/models/iris/versions/1.0.0").text
+    assert "Undeprecate" in page
+    amy.post(
+        "/models/iris/deprecate",
+        data={"version": "1.0.0", "reason": "needed", "undo": "1", "csrf": _csrf(page)},
+    )
+    assert world.registry.get("iris@1.0.0").status == "ready"
+    events = world.registry.audit_log(model="iris", action="version.")
+    assert [e.action for e in events[:2]] == ["version.undeprecated", "version.deprecated"]
+    assert events[1].actor == "amy" and events[1].details["reason"] == "old"
+
+
+def test_revoked_token_signs_out(world: World) -> None:
+    import time
+
+    from tether.ui import app as ui_app
+
+    client = world.client("rita")
+    assert client.get("/").status_code == 200
+    world.registry.revoke_token(world.tokens["rita"][:10])
+    ui_app_instance = client.app.state.ui  # type: ignore[attr-defined]
+    ui_app_instance._auth_cache.clear()
+    assert ui_app.AUTH_CACHE_SECONDS < 60 and time.monotonic() > 0
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_mounted_under_a_prefix_links_follow(world: World) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/ui", app=create_ui_app(lambda: world.registry))])
+    client = TestClient(outer)
+    login = client.post(
+        "/ui/login", data={"token": world.tokens["rita"], "next": "/ui/"}, follow_redirects=False
+    )
+    assert login.headers["location"] == "/ui/" and "Path=/ui" in login.headers["set-cookie"]
+    html = client.get("/ui/").text
+    assert 'href="/ui/models/iris"' in html and 'href="/ui/static/ui.css"' in html
+    assert client.get("/ui/static/ui.js").status_code == 200
+
+
+def test_tether_ui_command_is_registered() -> None:
+    from click.testing import CliRunner
+
+    from tether.cli import cli
+
+    result = CliRunner().invoke(cli, ["ui", "--help"])
+    assert result.exit_code == 0 and "127.0.0.1" in result.output
