@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -26,7 +27,9 @@ from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
 from . import auth
-from .blobs_api import BlobGateway
+from .blobs_api import MAX_OBJECT, BlobGateway
+from .bodies import MAX_BODY, BodyLimit, PayloadTooLarge, describe, read_json_body
+from .checks import check_call, check_field, parse_limit
 from .openapi import openapi_document
 
 #: Methods callable through /api/v1/call: (role needed, scoped to the model named
@@ -77,19 +80,13 @@ def to_json(value: Any) -> Any:
 
 log = logging.getLogger("tether.server")
 
-#: Largest JSON body accepted (version metadata with a big environment is ~100 KB).
-MAX_BODY = 8 * 1024 * 1024
-
 Handler = Callable[[Request], Awaitable[Response]]
+
+__all__ = ["MAX_BODY", "Api", "PayloadTooLarge", "create_app", "read_json", "to_json"]
 
 
 class ApiError(TetherError):
     code = "bad_request"
-
-
-class PayloadTooLarge(InvalidInput):
-    code = "payload_too_large"
-    http_status = 413
 
 
 def error_response(error: TetherError) -> JSONResponse:
@@ -97,26 +94,21 @@ def error_response(error: TetherError) -> JSONResponse:
 
 
 async def read_json(
-    request: Request, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+    request: Request,
+    allowed: set[str],
+    required: frozenset[str] | set[str] = frozenset(),
+    types: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The body as a JSON object with only known fields; clear 4xx otherwise."""
-    length = request.headers.get("content-length")
-    if length and int(length) > MAX_BODY:
-        raise PayloadTooLarge(f"body of {length} bytes is over the {MAX_BODY} byte limit")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise PayloadTooLarge(f"body is over the {MAX_BODY} byte limit")
-    if not body:
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
-            raise InvalidInput(f"body is not valid JSON: {bad}") from bad
+    """The body as a JSON object with only known fields of the right types; 4xx otherwise.
+
+    ``types`` maps a field to the type hint its value must fit.
+    Size and depth limits are the shared body reader's (``bodies``).
+    """
+    data = await read_json_body(request)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise InvalidInput("body must be a JSON object")
+        raise InvalidInput(f"body must be a JSON object, not {describe(data)}")
     unknown = set(data) - allowed
     if unknown:
         refusal = InvalidInput(
@@ -128,6 +120,9 @@ async def read_json(
     missing = required - set(data)
     if missing:
         raise InvalidInput(f"missing field(s): {', '.join(sorted(missing))}")
+    for field, hint in (types or {}).items():
+        if field in data:
+            check_field(field, data[field], hint)
     return data
 
 
@@ -203,7 +198,9 @@ class Api:
     async def create_version(self, request: Request) -> Any:
         name = request.path_params["name"]
         validate_model_name(name)
-        body = await read_json(request, {"values", "bump"}, {"values"})
+        body = await read_json(
+            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None}
+        )
         reg, who = self.as_caller(request)
         self.need(reg, who, "contributor", name, "logging a version")
         from .versions import commit_remote_version
@@ -228,7 +225,9 @@ class Api:
     async def set_alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
         validate_alias_name(alias)
-        body = await read_json(request, {"version", "reason"}, {"version"})
+        body = await read_json(
+            request, {"version", "reason"}, {"version"}, {"version": str | int, "reason": str}
+        )
         reg, who = self.as_caller(request)
         role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
         self.need(reg, who, role, name, f"moving {name}@{alias}")
@@ -241,7 +240,7 @@ class Api:
 
     async def rollback(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
-        body = await read_json(request, {"reason"})
+        body = await read_json(request, {"reason"}, types={"reason": str})
         reg, who = self.as_caller(request)
         role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
         self.need(reg, who, role, name, f"rolling back {name}@{alias}")
@@ -267,10 +266,7 @@ class Api:
         reg, who = self.as_caller(request)
         self.need(reg, who, "reader", None, "reading the audit log")
         q = request.query_params
-        try:
-            limit = int(q["limit"]) if "limit" in q else None
-        except ValueError as error:
-            raise InvalidInput("limit must be an integer") from error
+        limit = (parse_limit(q["limit"]) or None) if "limit" in q else None  # 0: all
         events = await run_in_threadpool(
             lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit)
         )
@@ -317,13 +313,14 @@ class Api:
             raise NotFound(
                 f"no remote method {method!r}", hint=f"methods: {', '.join(sorted(RPC_METHODS))}"
             )
-        body = await read_json(request, {"args", "kwargs"})
+        body = await read_json(
+            request, {"args", "kwargs"}, types={"args": list | None, "kwargs": dict | None}
+        )
         args, kwargs = body.get("args") or [], body.get("kwargs") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise InvalidInput("args must be a list and kwargs an object")
         reg, who = self.as_caller(request)
         model = _model_of(args) if rule[1] else None
         self.need(reg, who, rule[0], model, method.replace("_", " "))
+        check_call(method, getattr(reg, method), args, kwargs)
         result = await run_in_threadpool(lambda: getattr(reg, method)(*args, **kwargs))
         return to_json(result)
 
@@ -358,6 +355,26 @@ def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
     from .mlflow_api import mlflow_routes
 
     routes.append(Mount("/api/2.0/mlflow", routes=mlflow_routes(api)))
-    app = Starlette(routes=routes)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimit, limit_for=_body_limit, render=_render_refusal)],
+    )
     app.state.api = api
     return app
+
+
+def _body_limit(scope: Any) -> int:
+    """Every route takes JSON up to MAX_BODY; only a store object upload may be larger."""
+    if scope.get("method") == "PUT" and str(scope.get("path", "")).startswith("/api/v1/blobs/"):
+        return MAX_OBJECT
+    return MAX_BODY
+
+
+def _render_refusal(scope: Any, error: InvalidInput) -> tuple[int, bytes]:
+    """A body refused before routing, in the error format of the API it was sent to."""
+    from .mlflow_api import mlflow_refusal
+
+    if str(scope.get("path", "")).startswith("/api/2.0/mlflow"):
+        code, message = mlflow_refusal(error)
+        return error.http_status, json.dumps({"error_code": code, "message": message}).encode()
+    return error.http_status, json.dumps(error.to_dict()).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -9,7 +10,9 @@ from .._errors import IntegrityError, InvalidInput
 from .._records import ModelVersion
 from .._registry.log_version import commit_version
 from .._registry.registry import Registry
+from .._signature import Signature
 from .._store.base import FileEntry
+from .bodies import describe
 
 _FIELDS = {
     "manifest": list,
@@ -80,8 +83,23 @@ def validate_values(values: Any) -> dict[str, Any]:
     for name, info in checked["data"].items():
         if not isinstance(info, dict) or not isinstance(info.get("digest"), str):
             raise InvalidInput(f"values.data.{name} needs a digest")
-    if "name" not in checked["flavor"]:
-        raise InvalidInput("values.flavor needs a name")
+    if not isinstance(checked["flavor"].get("name"), str) or not checked["flavor"]["name"]:
+        raise InvalidInput("values.flavor needs a name (a string)")
+    for key, value in checked["metrics"].items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidInput(
+                f"values.metrics.{key} is {value!r}, not a finite number",
+                hint="metrics are numbers; put text in notes or tags",
+            )
+    for key, value in checked["tags"].items():
+        if not isinstance(value, str):
+            raise InvalidInput(f"values.tags.{key} must be a string, not {describe(value)}")
+    if checked["signature"] is not None:
+        Signature.from_dict(checked["signature"])  # InvalidInput naming the bad field
     return checked
 
 

@@ -1,0 +1,221 @@
+"""Request bodies: one size limit for every route, one JSON reader for every handler.
+
+``BodyLimit`` is ASGI middleware around the whole server: a declared
+``Content-Length`` over the route's limit is answered 413 before a byte is read,
+and a chunked body is cut off (413) as soon as it passes the limit, whichever
+handler reads it. ``read_json_body`` is the one JSON reader the REST and MLflow
+handlers share: size limit, nesting-depth limit, JSON that does not parse, all
+answered with an ``InvalidInput`` (400) or ``PayloadTooLarge`` (413) that the
+handlers render in their own error format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from .._errors import InvalidInput
+
+#: Largest request body on any route except a store object upload (version
+#: metadata with a big environment is ~100 KB).
+MAX_BODY = 8 * 1024 * 1024
+#: Deepest JSON nesting accepted: far beyond real metadata (a tensor example is a
+#: handful of levels), far below anything that could exhaust a recursive walker.
+MAX_DEPTH = 64
+#: Bodies larger than this are parsed off the event loop.
+_THREAD_PARSE = 64 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+    http_status = 413
+
+
+def too_large(limit: int, size: int | None = None) -> PayloadTooLarge:
+    what = f"body of {size} bytes" if size is not None else "body"
+    return PayloadTooLarge(
+        f"{what} is over the {limit} byte limit",
+        hint="large artifacts go to the store (PUT /api/v1/blobs/...), not in JSON",
+    )
+
+
+def _depth_error() -> InvalidInput:
+    error = InvalidInput(f"body is nested deeper than {MAX_DEPTH} levels")
+    error.code = "too_deep"
+    return error
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise _depth_error()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def parse_json(body: bytes) -> Any:
+    """Bytes to JSON with the depth limit; ``InvalidInput`` for anything else."""
+    try:
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as error:
+        raise _depth_error() from error
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise InvalidInput(f"body is not valid JSON: {error}") from error
+    check_depth(data)
+    return data
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The whole body, refused (413) as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise InvalidInput(f"Content-Length {declared[:40]!r} is not a byte count")
+        if int(declared) > limit:
+            raise too_large(limit, int(declared))
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def read_json_body(request: Request, limit: int = MAX_BODY) -> Any:
+    """The body as JSON (``None`` when empty), with the size and depth limits."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return None
+    if len(body) > _THREAD_PARSE:
+        return await run_in_threadpool(parse_json, body)
+    return parse_json(body)
+
+
+def describe(value: Any) -> str:
+    """A JSON value's type as a client would name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class BodyLimit:
+    """ASGI middleware: no request body over its route's limit reaches a handler.
+
+    ``limit_for(scope)`` may raise the limit for a route (store uploads); every
+    other route gets ``MAX_BODY``. The refusal is JSON in the format of the API
+    the path belongs to.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int = MAX_BODY,
+        limit_for: Callable[[Scope], int | None] | None = None,
+        render: Callable[[Scope, PayloadTooLarge | InvalidInput], tuple[int, bytes]] | None = None,
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.limit_for = limit_for
+        self.render = render or _render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = (self.limit_for(scope) if self.limit_for else None) or self.limit
+        declared = None
+        for key, value in scope.get("headers") or []:
+            if key == b"content-length":
+                declared = value.decode("latin-1")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                error = InvalidInput(f"Content-Length {declared[:40]!r} is not a byte count")
+                await self._refuse(scope, send, error)
+                return
+            if int(declared) > limit:
+                await self._refuse(scope, send, too_large(limit, int(declared)))
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_large(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge as error:
+            if started:
+                raise
+            await self._refuse(scope, send, error)
+
+    async def _refuse(self, scope: Scope, send: Send, error: InvalidInput) -> None:
+        status, body = self.render(scope, error)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _render(scope: Scope, error: InvalidInput) -> tuple[int, bytes]:
+    return error.http_status, json.dumps(error.to_dict()).encode()
