@@ -76,6 +76,10 @@ class RemoteBlobs:
     """The chunk store's blob interface, over the server's gateway."""
 
     is_local = False
+    #: The gateway neither serves lease bodies nor lets clients take locks/gc.
+    reads_locks = False
+    #: Where upload temp files go (the ChunkStore sets its cache's tmp folder).
+    tmp_dir: Path | None = None
 
     def __init__(self, client: RemoteRegistry) -> None:
         self.client = client
@@ -98,10 +102,10 @@ class RemoteBlobs:
         return url
 
     def temp_file(self) -> tuple[int, Path]:
-        import tempfile
+        from ._store.blobs import make_temp, scratch_root
 
-        fd, name = tempfile.mkstemp(prefix="tether-upload-")
-        return fd, Path(name)
+        # In the client's cache (set by the ChunkStore), never the system /tmp.
+        return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
         try:

@@ -81,7 +81,7 @@ def load_version(
         return flavor.load(
             materialize(registry, version, target, progress=progress), version.flavor
         )
-    with tempfile.TemporaryDirectory(prefix="tether-load-") as tmp:
+    with tempfile.TemporaryDirectory(**registry.store.scratch_args("load")) as tmp:
         where = Path(tmp) / "model"
         registry.store.materialize(version.files, where, label=version.ref, progress=progress)
         return flavor.load(where, version.flavor, trusted=trusted)

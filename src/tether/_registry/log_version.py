@@ -131,7 +131,7 @@ def log_model(
     data_ = digest_data(data)
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
 
-    with tempfile.TemporaryDirectory(prefix="tether-log-") as tmp:
+    with tempfile.TemporaryDirectory(**registry.store.scratch_args("log")) as tmp:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         save_options = {"serialization": serialization} if serialization else {}

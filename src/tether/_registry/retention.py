@@ -17,6 +17,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
 from .._store.base import GcReport
+from . import datasets
 from .governance import current_policy
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class GcResult:
             "removed_bytes": self.store.removed_bytes,
             "repacked_packs": self.store.repacked_packs,
             "kept_chunks": self.store.kept_chunks,
+            "removed": self.store.removed,
         }
 
 
@@ -67,7 +69,11 @@ def collect(
         grace_seconds = _setting_number(registry, "gc.grace_seconds") or DEFAULT_GRACE_SECONDS
     now = datetime.now(UTC)
     expired: list[str] = []
-    with registry.write() as conn:
+    doomed: list[tuple[str, Any, int | None]] = []
+    # Decide in a read; mark versions deleted only once the store has done every
+    # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
+    with registry.read() as conn:
+        dataset_files = datasets.live_files(conn)  # every dataset version is kept
         ever_aliased = repo.ever_aliased_version_ids(conn)
         rows = repo.all_version_rows(conn)
         by_model: dict[str, list[Any]] = {}
@@ -87,24 +93,31 @@ def collect(
                 if row.id in newest or row.id in ever_aliased or age < grace_seconds:
                     continue
                 expired.append(f"{name}@{row.semver}")
-                if not dry_run:
-                    repo.set_version_status(conn, row.id, "deleted")
-                    append_event(
-                        conn,
-                        actor=registry.actor,
-                        action="version.deleted",
-                        model=name,
-                        subject=f"{name}@{row.semver}",
-                        before=row.status,
-                        after="deleted",
-                        details={
-                            "reason": f"gc retention: keep_last={keep}",
-                            "digest": f"sha:{row.digest}",
-                        },
-                    )
-        kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
-    live = [f for row in kept for f in repo.row_to_version(row, "").files]
-    report = registry.store.gc(live, grace_seconds=grace_seconds, dry_run=dry_run)
+                doomed.append((name, row, keep))
+
+    def commit() -> None:
+        with registry.write() as conn:
+            for name, row, keep in doomed:
+                repo.set_version_status(conn, row.id, "deleted")
+                append_event(
+                    conn,
+                    actor=registry.actor,
+                    action="version.deleted",
+                    model=name,
+                    subject=f"{name}@{row.semver}",
+                    before=row.status,
+                    after="deleted",
+                    details={
+                        "reason": f"gc retention: keep_last={keep}",
+                        "digest": f"sha:{row.digest}",
+                    },
+                )
+
+    kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
+    live = [f for row in kept for f in repo.row_to_version(row, "").files] + dataset_files
+    report = registry.store.gc(
+        live, grace_seconds=grace_seconds, dry_run=dry_run, commit=None if dry_run else commit
+    )
     return GcResult(
         expired=expired,
         store=report,

@@ -8,7 +8,7 @@ packed and where they live (a local folder, S3) is the store's business.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,13 +73,31 @@ class StoreStats:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
+#: What gc removes, by kind (the keys of ``GcReport.removed``).
+GC_KINDS = (
+    "unreferenced_chunks",  # chunks no kept version (nor a young pin) references
+    "packs_without_index",  # packs a killed writer uploaded but never indexed
+    "partial_uploads",      # the store's tmp/: packs being written when a writer died
+    "stale_locks",          # ingest/gc leases whose owner died or whose lease expired
+    "stale_pins",           # ingest pins older than the grace period
+    "scratch",              # this client's cache tmp/ left by dead processes
+)
+
+
 @dataclass
 class GcReport:
+    """What gc removed (or, for a dry run, would remove): the same numbers either way.
+
+    ``removed`` maps each of ``GC_KINDS`` to ``{"count": n, "bytes": b}``;
+    ``removed_bytes`` is their sum, ``removed_chunks`` the unreferenced chunks.
+    """
+
     removed_chunks: int
     removed_bytes: int
     repacked_packs: int
     kept_chunks: int
     dry_run: bool
+    removed: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +168,16 @@ class ArtifactStore(Protocol):
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         ...
 
-    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
-        """Remove chunks no entry of ``live`` references and older than the grace period."""
+    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
+           commit: Callable[[], None] | None = None) -> GcReport:
+        """Remove chunks no entry of ``live`` references and older than the grace period.
+
+        ``commit`` runs after every write gc needs (repacks) succeeded and before
+        anything is deleted; if a write fails (a full disk) gc undoes its writes and
+        raises without calling it, so the store and the database stay as they were.
+        """
+        ...
+
+    def scratch_args(self, kind: str) -> dict[str, Any]:
+        """``tempfile`` arguments (prefix, dir) for a scratch file or folder of this client."""
         ...

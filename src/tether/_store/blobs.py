@@ -8,6 +8,7 @@ single (multipart) upload on S3.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -17,6 +18,33 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import Conflict, NotFound, StoreError
+from .locking import SEP, owner_tag
+
+
+def disk_full(error: OSError, where: Path | str) -> StoreError | None:
+    """A StoreError saying the disk is full and where, for ENOSPC/EDQUOT; else None."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return StoreError(
+        f"the disk is full: could not write {where} ({os.strerror(error.errno)})",
+        hint="free space on that filesystem (`tether gc`, `tether cache prune`) and retry; "
+        "what was already stored is unchanged")
+
+
+def scratch_root() -> Path:
+    """The user's cache folder (as the registry computes it): temporary files go under it."""
+    base = os.environ.get("TETHER_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) / "tether" if base else Path.home() / ".cache" / "tether") / "tmp"
+
+
+def make_temp(folder: Path, kind: str) -> tuple[int, Path]:
+    """A private temporary file under ``folder`` named for its owner (see locking.Owner)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f"{kind}-{owner_tag()}{SEP}")
+    except OSError as error:
+        raise disk_full(error, folder) or error from error
+    return fd, Path(name)
 
 
 @dataclass(frozen=True)
@@ -52,15 +80,18 @@ class LocalBlobs:
         return self.root / key
 
     def temp_file(self) -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
-        return fd, Path(name)
+        return make_temp(self.root / "tmp", "upload")
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(path, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(path, target)
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            raise disk_full(error, target) or error from error
         _fsync_dir(target.parent)
 
     def put_file_new(self, key: str, path: Path) -> None:
@@ -91,10 +122,14 @@ class LocalBlobs:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         fd, tmp = self.temp_file()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise disk_full(error, self._path(key)) or error from error
         self.put_file(key, tmp)
 
     def get_bytes(self, key: str) -> bytes:
@@ -146,6 +181,8 @@ class S3Blobs:
     """An S3 bucket/prefix via boto3 (endpoint from TETHER_S3_ENDPOINT_URL if set)."""
 
     is_local = False
+    #: Where upload temp files go (the ChunkStore sets its cache's tmp folder).
+    tmp_dir: Path | None = None
 
     def __init__(self, bucket: str, prefix: str, *, multipart_threshold: int = 16 << 20,
                  max_attempts: int = 8) -> None:
@@ -188,8 +225,7 @@ class S3Blobs:
                              ) from error
 
     def temp_file(self) -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(prefix="tether-upload-")
-        return fd, Path(name)
+        return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
         try:

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,9 @@ from .base import (
     StoreStats,
     VerifyReport,
 )
-from .blobs import Blobs
+from .blobs import Blobs, disk_full, make_temp, scratch_root
+from .cache import ChunkCache, dead_scratch, remove_paths
+from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -68,6 +70,21 @@ _READ_THREADS = 4
 _RUN_BYTES = 8 * 1024 * 1024
 #: Verification reads across holes up to this size rather than issuing another read.
 _GAP_BYTES = 256 * 1024
+
+
+#: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
+_PIN_REPORT_SECONDS = 3600.0
+
+
+@dataclass
+class _GcPlan:
+    """What one gc will do; its report is what a dry run shows."""
+
+    report: GcReport
+    repacks: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    drop_packs: list[str] = field(default_factory=list)  # index and pack both go
+    deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
+    scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,14 @@ def _unpack(payload: bytes, codec: int, size: int, digest: str) -> tuple[bytes |
     return data, ""
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 class PackWriter:
     """Appends chunks to a temp file; publishes it (then its index) when full."""
 
@@ -145,7 +170,12 @@ class PackWriter:
             self.size = 0
             self.entries = []
         assert self.fd is not None
-        os.write(self.fd, payload)
+        try:
+            _write_all(self.fd, payload)
+        except OSError as error:
+            where = self.path
+            self.abort()
+            raise disk_full(error, where or "a temporary pack") or error from error
         self.entries.append([digest, self.size, len(payload), raw_size, codec])
         self.size += len(payload)
         if self.size >= self.store.pack_target:
@@ -154,20 +184,39 @@ class PackWriter:
     def flush(self) -> None:
         if self.fd is None or self.path is None:
             return
-        os.close(self.fd)
+        try:
+            os.close(self.fd)
+        except OSError as error:
+            self.fd = None
+            where = self.path
+            self.abort()
+            raise disk_full(error, where) or error from error
+        self.fd = None
         pack_id = uuid.uuid4().hex
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK"):  # test hook: die mid-ingest
             os._exit(99)
-        self.store.blobs.put_file(f"packs/{pack_id}.pack", self.path)
+        path, self.path = self.path, None
+        try:
+            self.store.blobs.put_file(f"packs/{pack_id}.pack", path)
+        finally:
+            path.unlink(missing_ok=True)
+        if os.environ.get("TETHER_TEST_CRASH_BEFORE_INDEX"):  # test hook: a pack, no index
+            os._exit(98)
         index = {"pack": pack_id, "size": self.size, "chunks": self.entries}
-        self.store.blobs.put_bytes(f"index/{pack_id}.idx", json.dumps(index).encode())
+        try:
+            self.store.blobs.put_bytes(f"index/{pack_id}.idx", json.dumps(index).encode())
+        except BaseException:
+            if self.store.blobs.is_local:  # the index is surely not there: neither is the pack
+                with contextlib.suppress(Exception):
+                    self.store.blobs.delete(f"packs/{pack_id}.pack")
+            raise
         self.store._add_index(pack_id, self.size, self.entries)
         self.published.append(pack_id)
-        self.fd, self.path = None, None
 
     def abort(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self.fd, self.path = None, None
@@ -175,11 +224,16 @@ class PackWriter:
 
 class ChunkStore:
     def __init__(self, blobs: Blobs, *, cache_dir: Path | None = None,
-                 pack_target: int = PACK_TARGET) -> None:
+                 pack_target: int = PACK_TARGET, cache_max_bytes: int | None = None) -> None:
         self.blobs = blobs
         self.url = blobs.url
         self.pack_target = pack_target
         self.cache_dir = cache_dir
+        #: The chunk cache (remote stores only; a local store is read in place).
+        self.cache = (ChunkCache(cache_dir, max_bytes=cache_max_bytes)
+                      if cache_dir is not None and not blobs.is_local else None)
+        if cache_dir is not None and getattr(blobs, "tmp_dir", False) is None:
+            blobs.tmp_dir = cache_dir / "tmp"  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self._index: dict[str, Location] = {}
         #: Further candidates of chunks more than one pack claims (rare: two
@@ -280,17 +334,76 @@ class ChunkStore:
             return bytes(data), RAW
         return packed, ZSTD
 
+    # -- temporary files ------------------------------------------------------------
+
+    def scratch_dir(self) -> Path:
+        """Where this client's temporary files go: the cache's tmp/ (never the system /tmp)."""
+        folder = self.cache_dir / "tmp" if self.cache_dir is not None else scratch_root()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def scratch_args(self, kind: str) -> dict[str, Any]:
+        """``tempfile`` arguments for a scratch file or folder named for its owner."""
+        return {"prefix": f"{kind}-{owner_tag()}{SEP}", "dir": str(self.scratch_dir())}
+
+    def scratch_file(self, kind: str) -> tuple[int, Path]:
+        return make_temp(self.scratch_dir(), kind)
+
+    # -- ingest -------------------------------------------------------------------
+
     def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False) -> IngestReport:
         from .locking import ingest_lock
 
-        with ingest_lock(self):
-            return self._ingest(root, paths, progress=progress)
+        if self.cache_dir is not None:
+            remove_paths(dead_scratch(self.cache_dir / "tmp").paths)  # crashed processes' copies
+        started = time.time()
+        published: list[str] = []
+        try:
+            with ingest_lock(self):
+                return self._ingest(root, paths, progress=progress, published=published)
+        except BaseException:
+            if published:
+                self._undo_ingest(published, started)
+            raise
 
-    def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool) -> IngestReport:
+    def _undo_ingest(self, published: list[str], started: float) -> None:
+        """Delete the packs a failed ingest published, unless another ingest may use them.
+
+        Safe only while no other ingest runs (one may have read the index listing
+        them) and no ingest that finished since ours started pinned their chunks.
+        Otherwise they stay, and gc collects them once unreferenced.
+        """
+        from .locking import exclusive_now
+
+        ours = {e[0] for pack in published
+                for e in self._pack_entries(pack)}
+        with contextlib.suppress(Exception), exclusive_now(self) as alone:
+            if not alone:
+                return
+            for pin in self.blobs.list("pins/"):
+                if pin.mtime < started - 2:
+                    continue
+                with contextlib.suppress(NotFound, ValueError, KeyError, TypeError):
+                    if ours & set(json.loads(self.blobs.get_bytes(pin.key))["chunks"]):
+                        return
+            for pack in published:
+                self.blobs.delete(f"index/{pack}.idx")
+                self.blobs.delete(f"packs/{pack}.pack")
+                self._forget_pack(pack)
+
+    def _pack_entries(self, pack: str) -> list[list[Any]]:
+        with self._lock:
+            return [[d] for d, loc in self._index.items() if loc.pack == pack] + [
+                [d] for d, others in self._alternates.items()
+                if any(loc.pack == pack for loc in others)]
+
+    def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool,
+                published: list[str]) -> IngestReport:
         self.refresh()
         report = IngestReport(files=[])
         total = sum((root / p).stat().st_size for p in paths)
         writer = PackWriter(self)
+        writer.published = published
         seen_here: set[str] = set()
         referenced: set[str] = set()
         bar = Progress("storing", total, enabled=progress)
@@ -301,7 +414,7 @@ class ChunkStore:
                 report.files.append(entry)
             writer.flush()
             # Pins protect reused chunks from a concurrent gc until the version commits.
-            pin = {"created": time.time(), "chunks": sorted(referenced)}
+            pin = {"created": time.time(), "chunks": sorted(referenced), "owner": owner_tag()}
             self.blobs.put_bytes(f"pins/{uuid.uuid4().hex}.json", json.dumps(pin).encode())
         except BaseException:
             writer.abort()
@@ -380,11 +493,9 @@ class ChunkStore:
         ``tried`` maps packs already found wanting to why; they are not read again.
         """
         tried = dict(tried or {})
-        cached = self._cache_path(chunk.digest)
-        if cached is not None and cached.exists():
-            data = self._from_cache(chunk, cached)
-            if data is not None:
-                return data
+        data = self._from_cache(chunk)
+        if data is not None:
+            return data
         self._locate(chunk, what=what)
         refreshed = False
         while True:
@@ -426,8 +537,7 @@ class ChunkStore:
         size = 0
         for i, chunk in enumerate(chunks):
             loc = self._locate(chunk, what=what)
-            cached = self._cache_path(chunk.digest)
-            alone = cached is not None and cached.exists()
+            alone = self.cache is not None and self.cache.has(chunk.digest)
             joins = (previous is not None and runs and not alone
                      and loc.pack == previous.pack
                      and loc.offset == previous.offset + previous.length
@@ -468,30 +578,26 @@ class ChunkStore:
         return out
 
     def _cache_store(self, digest: str, payload: bytes) -> None:
-        """Keep a verified payload (only ever one that matched its digest)."""
-        cached = self._cache_path(digest)
-        if cached is None:
-            return
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, cached)
+        """Keep a verified payload (callers pass only one that matched its digest)."""
+        if self.cache is not None:
+            self.cache.put(digest, payload)
 
-    def _from_cache(self, chunk: ChunkRef, cached: Path) -> bytes | None:
+    def _from_cache(self, chunk: ChunkRef) -> bytes | None:
         """The cached chunk, verified; None (and the entry dropped) if it does not match.
 
         The cache keeps stored payloads, which two packs may hold in different
         codecs, so both are tried: the digest decides.
         """
-        try:
-            payload = cached.read_bytes()
-        except FileNotFoundError:
+        if self.cache is None:
+            return None
+        payload = self.cache.read(chunk.digest)
+        if payload is None:
             return None
         for codec in (ZSTD, RAW) if payload[:4] == _ZSTD_MAGIC else (RAW, ZSTD):
             data, _ = _unpack(payload, codec, chunk.size, chunk.digest)
             if data is not None:
                 return data
-        cached.unlink(missing_ok=True)
+        self.cache.drop(chunk.digest)
         return None
 
     def _get_range(self, pack: str, offset: int, length: int) -> bytes:
@@ -507,17 +613,18 @@ class ChunkStore:
         """The stored bytes of one chunk at ``loc`` (unverified)."""
         return self._get_range(loc.pack, loc.offset, loc.length)
 
-    def _cache_path(self, digest: str) -> Path | None:
-        if self.blobs.is_local or self.cache_dir is None:
-            return None
-        return self.cache_dir / "chunks" / digest[:2] / digest
+    def _in_use(self, files: Sequence[FileEntry]) -> Any:
+        """Pin the chunks of ``files`` in the cache while they are read."""
+        if self.cache is None:
+            return contextlib.nullcontext()
+        return self.cache.in_use(c.digest for f in files for c in f.chunks)
 
     def materialize(self, files: Sequence[FileEntry], dest: Path, *, label: str,
                     progress: bool = False) -> None:
         self.refresh()
         bar = Progress("loading", sum(f.size for f in files), enabled=progress)
         try:
-            with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
                 for entry in files:
                     self._materialize_file(entry, dest, label, pool, bar)
         finally:
@@ -558,6 +665,10 @@ class ChunkStore:
 
     def verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
         self.refresh()
+        with self._in_use(files):
+            return self._verify(files, label=label)
+
+    def _verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
         problems = []
         for entry in files:
             hasher = blake3.blake3()
@@ -693,32 +804,85 @@ class ChunkStore:
 
     # -- accounting and garbage collection ---------------------------------------
 
+    def _leftovers(self, now: float, *, grace_seconds: float,
+                   pin_grace: float) -> dict[str, list[tuple[str, int]]]:
+        """Store objects crashed or finished processes left, by kind: [(key, size)].
+
+        A thing is a leftover when its owner is provably dead (same host, pid
+        gone), when its lease expired, or, with no owner to ask, when it is older
+        than the grace period. A live owner's things are never leftovers.
+        """
+        found: dict[str, list[tuple[str, int]]] = {
+            "packs_without_index": [], "partial_uploads": [], "stale_locks": [],
+            "stale_pins": []}
+        indexed = {i.key.rsplit("/", 1)[-1].removesuffix(".idx")
+                   for i in self.blobs.list("index/")}
+        for info in self.blobs.list("packs/"):
+            pack = info.key.rsplit("/", 1)[-1].removesuffix(".pack")
+            if pack not in indexed and now - info.mtime >= grace_seconds:
+                found["packs_without_index"].append((info.key, info.size))
+        for info in self.blobs.list("tmp/"):
+            owner = Owner.from_name(info.key.rsplit("/", 1)[-1])
+            if is_dead(owner) or (not is_alive_here(owner)
+                                  and now - info.mtime >= grace_seconds):
+                found["partial_uploads"].append((info.key, info.size))
+        for lease in leases(self):
+            if lease.stale(now):
+                found["stale_locks"].append((lease.key, lease.size))
+        for info in self.blobs.list("pins/"):
+            if now - info.mtime >= pin_grace:
+                found["stale_pins"].append((info.key, info.size))
+        return found
+
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         self.refresh()
-        logical = sum(f.size for f in live)
+        files = list(live)
+        logical = sum(f.size for f in files)
+        referenced = {c.digest for f in files for c in f.chunks}
+        now = time.time()
+        found = self._leftovers(now, grace_seconds=0, pin_grace=_PIN_REPORT_SECONDS)
+        leftovers = {kind: {"count": len(items), "bytes": sum(s for _, s in items)}
+                     for kind, items in found.items()}
+        if self.cache_dir is not None:
+            leftovers["scratch"] = dead_scratch(self.cache_dir / "tmp").to_dict()
+        extra: dict[str, Any] = {"leftovers": leftovers}
+        if files:
+            extra["unreferenced_chunks"] = len(set(self._index) - referenced)
         return StoreStats(logical_bytes=logical, stored_bytes=sum(self._pack_sizes.values()),
-                          chunks=len(self._index), packs=len(self._pack_sizes))
+                          chunks=len(self._index), packs=len(self._pack_sizes), extra=extra)
 
-    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
+    def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
+           commit: Any = None) -> GcReport:
+        """Plan, then (unless ``dry_run``) write repacks, ``commit()``, and delete.
+
+        The report comes from the plan, so a dry run reports exactly what the
+        run would remove. A failed write (a full disk) undoes the repacks and
+        raises before ``commit`` and before any deletion.
+        """
         with self._gc_lock():
-            return self._gc(live, grace_seconds=grace_seconds, dry_run=dry_run)
+            plan = self._gc_plan(list(live), grace_seconds=grace_seconds, dry_run=dry_run)
+            if not dry_run:
+                self._gc_apply(plan, commit)
+            return plan.report
 
     def _gc_lock(self) -> Any:
         from .locking import store_lock
 
         return store_lock(self)
 
-    def _gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool) -> GcReport:
+    def _gc_plan(self, live: list[FileEntry], *, grace_seconds: float,
+                 dry_run: bool) -> _GcPlan:
         now = time.time()
         keep = {c.digest for f in live for c in f.chunks}
+        found = self._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
+        stale_pins = {key for key, _ in found["stale_pins"]}
         for pin in self.blobs.list("pins/"):
-            if now - pin.mtime < grace_seconds:
-                try:
-                    keep.update(json.loads(self.blobs.get_bytes(pin.key))["chunks"])
-                except (NotFound, ValueError, KeyError):
-                    continue
-            elif not dry_run:
-                self.blobs.delete(pin.key)
+            if pin.key in stale_pins:
+                continue
+            try:
+                keep.update(json.loads(self.blobs.get_bytes(pin.key))["chunks"])
+            except (NotFound, ValueError, KeyError, TypeError):
+                continue
         packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
                  for i in self.blobs.list("packs/")}
         indexes: dict[str, dict[str, Any]] = {}
@@ -728,13 +892,17 @@ class ChunkStore:
                 indexes[pack] = json.loads(self.blobs.get_bytes(info.key))
             except NotFound:
                 continue
+            except ValueError:
+                continue  # malformed: `tether store verify` reports it
         report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                           dry_run=dry_run)
+        plan = _GcPlan(report=report)
         doubtful = self._lying_duplicates(indexes, keep)
         placed: set[str] = set()  # live chunks already kept in some pack
         # Visit fuller packs first so duplicates are dropped from the emptier ones.
         order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
                                                    if e[0] in keep))
+        dead_chunks = dead_bytes = 0
         for pack in order:
             pack_info = packs.get(pack)
             entries = indexes[pack]["chunks"]
@@ -744,41 +912,62 @@ class ChunkStore:
             dead = [e for e in entries if e not in live_entries]
             live_bytes = sum(e[2] for e in live_entries)
             total = sum(e[2] for e in entries) or 1
+            report.kept_chunks += len(live_entries)
             if young or not dead:
                 placed.update(e[0] for e in entries if e[0] in keep)
-                report.kept_chunks += len(live_entries)
                 continue
-            report.removed_chunks += len(dead)
-            report.removed_bytes += sum(e[2] for e in dead)
-            report.kept_chunks += len(live_entries)
-            placed.update(e[0] for e in live_entries)
             if live_entries and live_bytes / total >= 0.5:
                 # Mostly live: leave it; the dead part is not worth a rewrite yet.
-                report.removed_chunks -= len(dead)
-                report.removed_bytes -= sum(e[2] for e in dead)
+                placed.update(e[0] for e in live_entries)
                 continue
-            if dry_run:
-                report.repacked_packs += 1 if live_entries else 0
-                continue
+            placed.update(e[0] for e in live_entries)
+            dead_chunks += len(dead)
+            dead_bytes += sum(e[2] for e in dead)
             if live_entries:
-                self._repack(pack, live_entries)
-                report.repacked_packs += 1
+                plan.repacks.append((pack, live_entries))
+            plan.drop_packs.append(pack)
+        report.removed_chunks = dead_chunks
+        report.repacked_packs = len(plan.repacks)
+        report.removed["unreferenced_chunks"] = {"count": dead_chunks, "bytes": dead_bytes}
+        for kind, items in found.items():
+            report.removed[kind] = {"count": len(items), "bytes": sum(s for _, s in items)}
+            plan.deletes.extend(key for key, _ in items)
+        scratch = (dead_scratch(self.cache_dir / "tmp") if self.cache_dir is not None
+                   else dead_scratch(scratch_root()))
+        report.removed["scratch"] = scratch.to_dict()
+        plan.scratch = scratch.paths
+        report.removed_bytes = sum(v["bytes"] for v in report.removed.values())
+        return plan
+
+    def _gc_apply(self, plan: _GcPlan, commit: Any) -> None:
+        # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
+        written: list[str] = []
+        try:
+            for pack, entries in plan.repacks:
+                written.extend(self._repack(pack, entries))
+            if commit is not None:
+                commit()
+        except BaseException:
+            for pack in written:
+                with contextlib.suppress(Exception):
+                    self.blobs.delete(f"index/{pack}.idx")
+                    self.blobs.delete(f"packs/{pack}.pack")
+                self._forget_pack(pack)
+            raise
+        # 2. Then the deletions, which need no space. An index goes before its pack.
+        for pack in plan.drop_packs:
             self.blobs.delete(f"index/{pack}.idx")
             self.blobs.delete(f"packs/{pack}.pack")
             self._forget_pack(pack)
-        if not dry_run:
-            # Packs with no index are leftovers of killed writers.
-            for pack, info in packs.items():
-                if pack not in indexes and now - info.mtime >= grace_seconds:
-                    self.blobs.delete(info.key)
-                    report.removed_bytes += info.size
-            for tmp in self.blobs.list("tmp/"):
-                if now - tmp.mtime >= grace_seconds:
-                    self.blobs.delete(tmp.key)
+        for key in plan.deletes:
+            with contextlib.suppress(NotFound):
+                self.blobs.delete(key)
+        remove_paths(plan.scratch)
+        with self._lock:
             self._index.clear()
+            self._alternates.clear()
             self._pack_sizes.clear()
-            self.refresh()
-        return report
+        self.refresh()
 
     def _lying_duplicates(self, indexes: dict[str, dict[str, Any]],
                           keep: set[str]) -> set[tuple[str, str, int]]:
@@ -810,7 +999,8 @@ class ChunkStore:
                 doubtful |= bad
         return doubtful
 
-    def _repack(self, pack: str, entries: list[list[Any]]) -> None:
+    def _repack(self, pack: str, entries: list[list[Any]]) -> list[str]:
+        """Copy ``entries`` of ``pack`` into new packs; returns their ids."""
         writer = PackWriter(self)
         try:
             for digest, offset, length, raw, codec in entries:
@@ -819,7 +1009,13 @@ class ChunkStore:
             writer.flush()
         except BaseException:
             writer.abort()
+            for new in writer.published:
+                with contextlib.suppress(Exception):
+                    self.blobs.delete(f"index/{new}.idx")
+                    self.blobs.delete(f"packs/{new}.pack")
+                self._forget_pack(new)
             raise
+        return writer.published
 
 
 def describe(error: Exception) -> StoreError:

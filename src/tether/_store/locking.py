@@ -1,10 +1,17 @@
-"""Keeping gc and ingests apart.
+"""Keeping gc and ingests apart, and knowing when a crashed process left something.
 
 An ingest may decide to reuse a chunk that lives in a pack gc is about to
 delete. So ingests hold a shared lock from their first index read until their
 pin is written, and gc holds an exclusive one. Locally that is ``flock`` on a
-file; on S3 it is lease objects (``locks/ingest-*``, ``locks/gc``) that expire,
-so a killed process cannot block the store forever.
+file; remote clients and S3 use lease objects (``locks/ingest-*``,
+``locks/gc``) that the holder renews and that expire, so a killed process
+cannot block the store forever. A local gc also writes ``locks/gc`` and waits
+for live ingest leases, so clients of a server on a local store respect it.
+
+Every lock, pin and temporary file carries its owner: host, pid and the
+process's start time (``Owner``). On the same host a leftover whose process is
+gone (or whose pid now belongs to a younger process) is provably dead and is
+removed at once; one from another host waits for its lease or the grace period.
 """
 
 from __future__ import annotations
@@ -12,18 +19,184 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .._errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     from .chunkstore import ChunkStore
 
-LEASE_SECONDS = 3600.0
+#: A lease not renewed for this long is expired; holders renew every ``RENEW_SECONDS``.
+LEASE_SECONDS = 600.0
+RENEW_SECONDS = 60.0
+#: Separates the fields of an owner tag in file and object names.
+SEP = "~"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who made a lock, pin or temporary file: host, pid and the process's start time."""
+
+    host: str
+    pid: int
+    start: int  # the process's start time in clock ticks since boot (0: unknown)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.host}{SEP}{self.pid}{SEP}{self.start}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Owner | None:
+        try:
+            return cls(str(data["host"]), int(data["pid"]), int(data["start"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    @classmethod
+    def from_name(cls, name: str) -> Owner | None:
+        """The owner a tagged name (``kind-HOST~PID~START~random``) records, if any."""
+        parts = name.split(SEP)
+        if len(parts) < 4:
+            return None
+        host = parts[0].split("-", 1)[-1]
+        try:
+            return cls(host, int(parts[1]), int(parts[2]))
+        except ValueError:
+            return None
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time since boot); None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    try:
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+@lru_cache(maxsize=4)
+def _me(pid: int) -> Owner:
+    return Owner(_host(), pid, _start_ticks(pid) or 0)
+
+
+def me() -> Owner:
+    """This process (recomputed after a fork)."""
+    return _me(os.getpid())
+
+
+def owner_tag() -> str:
+    return me().tag
+
+
+def is_dead(owner: Owner | None) -> bool:
+    """True only when ``owner`` is provably gone: same host, and its pid is free or reused."""
+    if owner is None or owner.host != _host():
+        return False
+    if owner.pid == os.getpid():
+        return owner.start != me().start
+    if Path("/proc").is_dir():
+        started = _start_ticks(owner.pid)
+        if started is None:
+            return True
+        return bool(owner.start and started and started != owner.start)
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def is_alive_here(owner: Owner | None) -> bool:
+    """True when ``owner`` is a running process on this host."""
+    return owner is not None and owner.host == _host() and not is_dead(owner)
+
+
+def lease_body(**extra: Any) -> bytes:
+    return json.dumps({**me().to_dict(), "since": time.time(), **extra}).encode()
+
+
+# -- leases --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    key: str
+    size: int
+    mtime: float
+    owner: Owner | None
+
+    def stale(self, now: float) -> bool:
+        return now - self.mtime >= LEASE_SECONDS or is_dead(self.owner)
+
+
+def leases(store: ChunkStore, prefix: str = "") -> list[Lease]:
+    """Lease objects under ``locks/`` whose name starts with ``prefix`` (not the flock file)."""
+    found = []
+    for info in store.blobs.list("locks/"):
+        name = info.key.rsplit("/", 1)[-1]
+        if name == "store.lock" or not name.startswith(prefix):
+            continue
+        owner = Owner.from_name(name)
+        if owner is None and getattr(store.blobs, "reads_locks", True):
+            # The server's gateway names leases ``ingest-<hex>``: the owner is inside.
+            try:
+                owner = Owner.from_dict(json.loads(store.blobs.get_bytes(info.key)))
+            except (NotFound, ValueError, OSError):
+                owner = None
+        found.append(Lease(info.key, info.size, info.mtime, owner))
+    return found
+
+
+def _live(store: ChunkStore, prefix: str, *, mine: str | None = None) -> list[Lease]:
+    now = time.time()
+    return [lease for lease in leases(store, prefix)
+            if not lease.stale(now) and lease.key != mine]
+
+
+@contextmanager
+def _renewed(store: ChunkStore, key: str) -> Iterator[None]:
+    """Hold the lease ``key``: written now, rewritten every RENEW_SECONDS, deleted at the end."""
+    store.blobs.put_bytes(key, lease_body())
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(RENEW_SECONDS):
+            with suppress(Exception):
+                store.blobs.put_bytes(key, lease_body())
+
+    thread = threading.Thread(target=renew, name=f"tether-lease-{key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        with suppress(NotFound, OSError):
+            store.blobs.delete(key)
 
 
 @contextmanager
@@ -40,37 +213,30 @@ def _flock(store: ChunkStore, mode: int) -> Iterator[None]:
         os.close(fd)
 
 
-def _leases(store: ChunkStore, prefix: str) -> list[str]:
-    now = time.time()
-    found = []
-    for info in store.blobs.list("locks/"):
-        name = info.key.rsplit("/", 1)[-1]
-        if name.startswith(prefix) and now - info.mtime < LEASE_SECONDS:
-            found.append(info.key)
-    return found
+@contextmanager
+def store_lock(store: ChunkStore, *, wait_seconds: float = 60.0) -> Iterator[None]:
+    """Exclusive: one gc at a time, and no ingest in flight (local or remote)."""
+    if store.blobs.is_local:
+        with _flock(store, fcntl.LOCK_EX), _gc_lease(store, wait_seconds):
+            yield
+        return
+    if _live(store, "gc"):
+        raise Conflict("another gc is running on this store", hint="wait for it to finish")
+    with _gc_lease(store, wait_seconds):
+        yield
 
 
 @contextmanager
-def store_lock(store: ChunkStore, *, wait_seconds: float = 60.0) -> Iterator[None]:
-    """Exclusive: one gc at a time, and no ingest in flight."""
-    if store.blobs.is_local:
-        with _flock(store, fcntl.LOCK_EX):
-            yield
-        return
-    if _leases(store, "gc"):
-        raise Conflict("another gc is running on this store", hint="wait for it to finish")
+def _gc_lease(store: ChunkStore, wait_seconds: float) -> Iterator[None]:
     key = "locks/gc"
-    store.blobs.put_bytes(key, json.dumps({"since": time.time()}).encode())
-    try:
+    with _renewed(store, key):
         deadline = time.time() + wait_seconds
-        while _leases(store, "ingest-"):
+        while _live(store, "ingest-"):
             if time.time() > deadline:
                 raise Conflict("ingests are still running; gc did not start",
                                hint="retry when uploads have finished")
             time.sleep(0.5)
         yield
-    finally:
-        store.blobs.delete(key)
 
 
 @contextmanager
@@ -81,14 +247,52 @@ def ingest_lock(store: ChunkStore, *, wait_seconds: float = 600.0) -> Iterator[N
             yield
         return
     deadline = time.time() + wait_seconds
-    while _leases(store, "gc"):
+    while _live(store, "gc"):
         if time.time() > deadline:
             raise Conflict("a gc has held the store for too long", hint="retry later")
         time.sleep(0.5)
-    key = f"locks/ingest-{uuid.uuid4().hex}"
-    store.blobs.put_bytes(key, b"{}")
-    try:
+    with _renewed(store, f"locks/ingest-{uuid.uuid4().hex}"):
         yield
+
+
+@contextmanager
+def exclusive_now(store: ChunkStore) -> Iterator[bool]:
+    """Hold the store exclusively if nobody else holds it now (True), else yield False.
+
+    Used to undo a failed ingest: its published packs may be deleted only while
+    no other ingest can be reading the index that lists them.
+    """
+    if store.blobs.is_local:
+        path = store.blobs.local_path("locks/store.lock")
+        assert path is not None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                if _live(store, "ingest-") or _live(store, "gc"):
+                    yield False
+                    return
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return
+    if (not getattr(store.blobs, "reads_locks", True)  # a client cannot take locks/gc
+            or _live(store, "gc") or _live(store, "ingest-")):
+        yield False
+        return
+    try:
+        lease = _gc_lease(store, 0.0)
+        lease.__enter__()
+    except Conflict:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        with suppress(NotFound):
-            store.blobs.delete(key)
+        lease.__exit__(None, None, None)

@@ -16,7 +16,7 @@ from .manage import config_group, db_group, deprecate, download, init, verify
 from .pinning import check, lock_group, reproduce
 from .server import server, server_init, token_group
 from .serving import deploy_group, monitor, serve
-from .storage import gc, store_group
+from .storage import cache_group, gc, store_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,6 +55,7 @@ for command in (
     env_group,
     gc,
     store_group,
+    cache_group,
     verify,
     download,
     deprecate,

@@ -1,12 +1,15 @@
-"""Storage commands: gc, store stats and store verify."""
+"""Storage commands: gc, store stats and store verify, cache stats and cache prune."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from .._errors import InvalidInput
+from .._store.base import GC_KINDS
+from .._store.cache import ChunkCache, parse_size
 from .._store.chunkstore import ChunkStore
 from ._common import console, emit_json, handle_errors, human_bytes, json_option, registry_from
 
@@ -47,11 +50,27 @@ def gc(
         console.print(
             f"versions {'to expire' if dry_run else 'expired'}: {', '.join(result.expired)}"
         )
+    removed: dict[str, Any] = result.to_dict().get("removed") or {}
     console.print(
-        f"{verb} {result.store.removed_chunks} chunks ({human_bytes(result.store.removed_bytes)}), "
+        f"{verb} {human_bytes(result.store.removed_bytes)}: "
         f"{'would repack' if dry_run else 'repacked'} {result.store.repacked_packs} packs; "
         f"kept {result.kept_versions} versions, {result.store.kept_chunks} chunks"
     )
+    for kind in GC_KINDS:
+        item = removed.get(kind) or {"count": 0, "bytes": 0}
+        console.print(
+            f"  {_KIND_LABELS[kind]:<24} {item['count']:>7}  {human_bytes(item['bytes'])}"
+        )
+
+
+_KIND_LABELS = {
+    "unreferenced_chunks": "unreferenced chunks",
+    "packs_without_index": "packs without index",
+    "partial_uploads": "partial uploads (tmp/)",
+    "stale_locks": "stale locks",
+    "stale_pins": "stale pins",
+    "scratch": "dead scratch (cache tmp/)",
+}
 
 
 @click.group("store")
@@ -87,6 +106,16 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
         f"{stats.chunks} chunks"
     )
     console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x (dedup and compression)")
+    leftovers: dict[str, Any] = stats.extra.get("leftovers") or {}
+    found = {k: v for k, v in leftovers.items() if v.get("count")}
+    if not found:
+        console.print("leftovers:    none")
+        return
+    console.print("leftovers:    (`tether gc` removes them; `--dry-run` shows what it would)")
+    for kind, item in found.items():
+        console.print(
+            f"  {_KIND_LABELS.get(kind, kind):<24} {item['count']:>7}  {human_bytes(item['bytes'])}"
+        )
 
 
 @store_group.command("verify")
@@ -125,3 +154,78 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         )
     if dry_run and report.bad:
         sys.exit(1)
+
+
+# -- the client's chunk cache -------------------------------------------------------
+
+
+@click.group("cache")
+def cache_group() -> None:
+    """The local chunk cache: stats, and prune to a size.
+
+    Bounded by TETHER_CACHE_MAX_BYTES (default 10 GiB): least recently used
+    chunks are evicted first, never chunks a running load uses.
+    """
+
+
+def _cache(ctx: click.Context) -> ChunkCache:
+    return ChunkCache(registry_from(ctx).cache_dir)
+
+
+def _print_cache(data: dict[str, Any]) -> None:
+    console.print(f"cache:        {data['cache_dir']}")
+    console.print(
+        f"chunks:       {data['chunks']} ({human_bytes(data['bytes'])} of "
+        f"{human_bytes(data['max_bytes'])}), {data['pinned_chunks']} in use"
+    )
+    left = data["leftovers"]
+    console.print(
+        f"leftovers:    {left['scratch']['count']} dead scratch files "
+        f"({human_bytes(left['scratch']['bytes'])}), {left['pins']['count']} dead pins"
+    )
+    if data.get("versions_bytes"):
+        console.print(f"versions:     {human_bytes(data['versions_bytes'])} materialised")
+
+
+@cache_group.command("stats")
+@json_option
+@click.pass_context
+@handle_errors
+def cache_stats(ctx: click.Context, as_json: bool) -> None:
+    """Chunks cached, their size against the bound, and what dead processes left."""
+    data = _cache(ctx).stats()
+    if as_json:
+        emit_json(data)
+        return
+    _print_cache(data)
+
+
+@cache_group.command("prune")
+@click.option(
+    "--max-bytes",
+    "max_bytes",
+    help="Evict least recently used chunks down to this size (e.g. 2GiB; 0 empties "
+    "the cache). Default: the bound.",
+)
+@json_option
+@click.pass_context
+@handle_errors
+def cache_prune(ctx: click.Context, max_bytes: str | None, as_json: bool) -> None:
+    """Evict least recently used chunks and remove what dead processes left.
+
+    Chunks a running load uses are never evicted.
+    """
+    limit = parse_size(max_bytes) if max_bytes is not None else None
+    if limit is not None and limit < 0:
+        raise InvalidInput("--max-bytes must not be negative")
+    data = _cache(ctx).prune(limit)
+    if as_json:
+        emit_json(data)
+        return
+    console.print(
+        f"evicted {data['evicted_chunks']} chunks ({human_bytes(data['evicted_bytes'])}), "
+        f"removed {data['removed_scratch']['count']} dead scratch files "
+        f"({human_bytes(data['removed_scratch']['bytes'])}) and "
+        f"{data['removed_pins']['count']} dead pins"
+    )
+    _print_cache(data)
