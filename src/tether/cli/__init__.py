@@ -12,6 +12,7 @@ from .demo import demo
 from .env import env_group
 from .governance import approve, bundle_group, key_group, policy_group, role_group, sign
 from .inspect import diff, models, show, versions
+from .k8s import image_group, k8s_group
 from .manage import config_group, db_group, deprecate, download, init, verify
 from .pinning import check, lock_group, reproduce
 from .server import server, server_init, token_group
@@ -77,6 +78,8 @@ for command in (
     server_init,
     server,
     token_group,
+    k8s_group,
+    image_group,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,201 @@
+"""Commands that write deployment artefacts: `tether k8s render`, `tether image render`.
+
+Thin shells over tether.k8s (pure rendering): read the deployment file or ask
+the registry, render, write the files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from .._errors import InvalidInput
+from ._common import console, emit_json, err_console, handle_errors, json_option, registry_from
+
+
+@click.group("k8s")
+def k8s_group() -> None:
+    """Kubernetes manifests: serving replicas, registry server, KServe."""
+
+
+@k8s_group.command("render")
+@click.argument("deployment_file", metavar="DEPLOY.yaml")
+@click.option("--out", "out", metavar="DIR", help="Write one file per manifest here "
+              "(default: print them as one YAML stream, for `kubectl apply -f -`).")
+@click.option("--image", default=None, help="The serving image (see `tether image render`).")
+@click.option("--registry-url", default=None,
+              help="The registry replicas follow (default: the registry Service rendered here).")
+@click.option("--namespace", "-n", default=None, help="Put every object in this namespace.")
+@click.option("--replicas", default=2, show_default=True, type=int,
+              help="Serving replicas (the autoscaler's floor).")
+@click.option("--max-replicas", default=None, type=int,
+              help="The autoscaler's ceiling (default: 3 x --replicas).")
+@click.option("--name", default=None,
+              help="Name of the serving objects (default: tether-ENDPOINT, or tether-FILESTEM).")
+@click.option("--registry-image", default=None,
+              help="Image for the registry server (default: --image).")
+@click.option("--no-registry", is_flag=True,
+              help="Leave out the registry server (it runs elsewhere).")
+@click.option("--no-kserve", is_flag=True, help="Leave out the KServe ServingRuntime.")
+@json_option
+@handle_errors
+def k8s_render(
+    deployment_file: str,
+    out: str | None,
+    image: str | None,
+    registry_url: str | None,
+    namespace: str | None,
+    replicas: int,
+    max_replicas: int | None,
+    name: str | None,
+    registry_image: str | None,
+    no_registry: bool,
+    no_kserve: bool,
+    as_json: bool,
+) -> None:
+    """Render manifests for serving DEPLOY.yaml (a `tether serve` deployment file) on Kubernetes.
+
+    Serving: ConfigMap (the file), Deployment (readiness /readyz, liveness
+    /healthz), Service, PodDisruptionBudget, HorizontalPodAutoscaler. Registry
+    server: Deployment and Service over PostgreSQL and S3, configured through
+    Secrets. KServe: a ServingRuntime speaking the Open Inference Protocol.
+    Nothing is applied: pipe the output to `kubectl apply -f -`.
+    """
+    from ..k8s import RenderOptions, dump_manifests, render_manifests
+    from ..k8s.manifests import dump, secret_commands
+    from ..serving.config import load_deployment
+
+    deployment = load_deployment(deployment_file)
+    text = Path(deployment_file).read_text()
+    defaults = RenderOptions()
+    options = RenderOptions(
+        image=image or defaults.image,
+        registry_url=registry_url or defaults.registry_url,
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        name=name,
+        registry=not no_registry,
+        registry_image=registry_image,
+        kserve=not no_kserve,
+    )
+    manifests = render_manifests(deployment, text, options)
+    secrets = secret_commands(deployment, options)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for manifest in manifests:
+            (folder / manifest.filename).write_text(dump(manifest.body))
+    if as_json:
+        emit_json({
+            "out": out,
+            "manifests": [
+                {"kind": m.kind, "name": m.name, "file": m.filename, "body": m.body}
+                for m in manifests
+            ],
+            "secrets": secrets,
+        })
+        return
+    if out is None:
+        click.echo(dump_manifests(manifests), nl=False)
+        report = err_console
+    else:
+        report = console
+        for manifest in manifests:
+            written = Path(out) / manifest.filename
+            report.print(f"wrote {written}  ({manifest.kind} {manifest.name})")
+    report.print("The manifests reference these Secrets (create them first; values are yours):",
+                 style="dim")
+    for line in secrets:
+        report.print(f"  {line}", style="dim", markup=False)
+
+
+@click.group("image")
+def image_group() -> None:
+    """Container build contexts that serve registered versions."""
+
+
+@image_group.command("render")
+@click.argument("target", metavar="REF|DEPLOY.yaml")
+@click.option("--out", "out", default="tether-image", show_default=True, metavar="DIR",
+              help="The build context folder to write.")
+@click.option("--tether", "tether_spec", default=None, metavar="SPEC",
+              help="How the image installs tether: a requirement (default tether==THIS_VERSION "
+              "from your index) or a path to a built wheel, copied into the context.")
+@click.option("--port", default=None, type=int,
+              help="Port to serve on (default: the file's, else 8000).")
+@json_option
+@click.pass_context
+@handle_errors
+def image_render(
+    ctx: click.Context,
+    target: str,
+    out: str,
+    tether_spec: str | None,
+    port: int | None,
+    as_json: bool,
+) -> None:
+    """Write a build context (Dockerfile, requirements.txt) serving REF or DEPLOY.yaml.
+
+    Every package is pinned as the registry recorded it for each version
+    served (`tether env export`), plus tether; the image runs `tether serve`
+    as a non-root user with a healthcheck on /readyz.
+    """
+    from .. import __version__
+    from ..k8s import ImageTarget, render_image
+    from ..serving.config import load_deployment
+
+    registry = registry_from(ctx)
+    is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    if is_file:
+        deployment = load_deployment(target)
+        references = list(dict.fromkeys(
+            ref
+            for endpoint in deployment.endpoints
+            for ref in [*(r.target for r in endpoint.routes), *(s.target for s in endpoint.shadows)]
+        ))
+        text: str | None = Path(target).read_text()
+        serve_port = port if port is not None else deployment.server.port
+    else:
+        references, text, serve_port = [target], None, port if port is not None else 8000
+    targets = []
+    for reference in references:
+        version = registry.get(reference)
+        targets.append(ImageTarget(
+            reference=reference,
+            resolved=version.ref,
+            digest=f"sha:{version.digest}",
+            environment=version.environment,
+            requirements=registry.env_export(version.ref, format="requirements"),
+        ))
+    spec = tether_spec or f"tether=={__version__}"
+    wheel = Path(spec) if spec.endswith(".whl") else None
+    if wheel is not None and not wheel.is_file():
+        raise InvalidInput(f"no wheel at {wheel}", hint="build one: pip wheel --no-deps -w dist .")
+    files = render_image(
+        targets,
+        serve_target=None if is_file else target,
+        deployment_text=text,
+        port=serve_port,
+        tether_requirement=spec,
+        source=target,
+    )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in files.files.items():
+        (folder / name).write_text(body)
+    if wheel is not None:
+        shutil.copy2(wheel, folder / wheel.name)
+    if as_json:
+        emit_json({"out": out, **files.to_dict()})
+        return
+    for t in targets:
+        console.print(f"{t.reference} -> {t.resolved} ({t.digest[:16]})")
+    console.print(
+        f"wrote {folder}/: {', '.join(sorted(files.files))}"
+        + (f", {wheel.name}" if wheel else "")
+        + f"  (Python {files.python}, {len(files.packages)} pinned packages)"
+    )
+    console.print(f"build it: docker build -t IMAGE:TAG {folder}", style="dim")
