@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench-store bench-serving bench-alias lock clean
+.PHONY: demo test lint bench-store bench-serving bench-alias bench-cli lock clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench-serving: $(VENV)/.installed
 
 bench-alias: $(VENV)/.installed
 	$(BIN)/python bench/bench_alias.py --duration 10
+
+# `tether --help` and `tether versions` start-up, next to `git --version` (hyperfine if present).
+bench-cli: $(VENV)/.installed
+	$(BIN)/python bench/bench_cli.py
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock

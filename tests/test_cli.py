@@ -58,7 +58,8 @@ def test_tables_and_json(populated: Path) -> None:
 def test_diff_promote_rollback_history_audit(populated: Path) -> None:
     out = run(populated, "diff", "iris@1.0.0", "iris@1.1.0")
     assert out.exit_code == 0 and "+0.03" in out.output and "compatible" in out.output
-    assert "iris@production → 1.0.0" in run(populated, "promote", "iris@1.0.0", "production").output
+    created = run(populated, "promote", "iris@1.0.0", "production", "--create").output
+    assert "iris@production → 1.0.0" in created
     assert "→ 1.1.0 (was 1.0.0)" in run(populated, "promote", "iris@1.1.0", "production").output
     assert "→ 1.0.0 (was 1.1.0)" in run(populated, "rollback", "iris", "production").output
     history = json.loads(run(populated, "alias", "history", "iris", "production", "--json").output)

@@ -14,32 +14,79 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib import import_module
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from ._environment import EnvironmentWarning
-from ._errors import (
-    AmbiguousReference,
-    Conflict,
-    EnvironmentMismatch,
-    IncompatibleBump,
-    IntegrityError,
-    InvalidInput,
-    InvalidReference,
-    NotFound,
-    PermissionDenied,
-    PolicyViolation,
-    RegistryNotFound,
-    SchemaMismatch,
-    StoreError,
-    TetherError,
-    UnsafeArtifact,
-)
-from ._records import AliasMove, Event, ModelInfo, ModelVersion
-from ._reference import Reference, parse_reference
-from ._registry.loading import DeprecatedVersionWarning
-from ._registry.registry import Registry
-from ._signature import Signature, infer_signature
+# Names are imported on first use (PEP 562), so `import tether` and the `tether`
+# command stay fast: numpy, SQLAlchemy and friends load only when a name needs them.
+if TYPE_CHECKING:
+    from ._environment import EnvironmentWarning
+    from ._errors import (
+        AmbiguousReference,
+        Conflict,
+        EnvironmentMismatch,
+        IncompatibleBump,
+        IntegrityError,
+        InvalidInput,
+        InvalidReference,
+        NotFound,
+        PermissionDenied,
+        PolicyViolation,
+        RegistryNotFound,
+        SchemaMismatch,
+        StoreError,
+        TetherError,
+        UnsafeArtifact,
+    )
+    from ._records import AliasMove, Event, ModelInfo, ModelVersion
+    from ._reference import Reference, parse_reference
+    from ._registry.loading import DeprecatedVersionWarning
+    from ._registry.registry import Registry
+    from ._signature import Signature, infer_signature
+
+_LAZY = {
+    "EnvironmentWarning": "._environment",
+    **dict.fromkeys(
+        (
+            "AmbiguousReference",
+            "Conflict",
+            "EnvironmentMismatch",
+            "IncompatibleBump",
+            "IntegrityError",
+            "InvalidInput",
+            "InvalidReference",
+            "NotFound",
+            "PermissionDenied",
+            "PolicyViolation",
+            "RegistryNotFound",
+            "SchemaMismatch",
+            "StoreError",
+            "TetherError",
+            "UnsafeArtifact",
+        ),
+        "._errors",
+    ),
+    **dict.fromkeys(("AliasMove", "Event", "ModelInfo", "ModelVersion"), "._records"),
+    **dict.fromkeys(("Reference", "parse_reference"), "._reference"),
+    "DeprecatedVersionWarning": "._registry.loading",
+    "Registry": "._registry.registry",
+    **dict.fromkeys(("Signature", "infer_signature"), "._signature"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -91,7 +138,9 @@ def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry
     target = uri if uri is not None else os.environ.get("TETHER_URI")
     if target is not None and str(target).startswith(("http://", "https://")):
         # Same interface (duck-typed), so callers type it as a Registry.
-        return cast(Registry, connect(str(target)))
+        return cast("Registry", connect(str(target)))
+    from ._registry.registry import Registry
+
     return Registry.open(uri, actor=actor)
 
 
@@ -104,6 +153,8 @@ def connect(url: str, *, token: str | None = None) -> Any:
 
 def init(path: str | Path = ".tether", **options: Any) -> Registry:
     """Create a registry folder (SQLite plus a local store by default)."""
+    from ._registry.registry import Registry
+
     return Registry.init(path, **options)
 
 
@@ -172,10 +223,18 @@ def get(ref: str, *, registry: str | Path | None = None) -> ModelVersion:
 
 
 def promote(
-    ref: str, alias: str, *, reason: str = "", registry: str | Path | None = None
+    ref: str,
+    alias: str,
+    *,
+    reason: str = "",
+    create: bool = False,
+    registry: str | Path | None = None,
 ) -> AliasMove:
+    """Point ``alias`` at ``ref``; ``create=True`` is needed for a new alias."""
     with open(registry) as reg:
-        return reg.promote(ref, alias, reason=reason)
+        if not create:  # a server client's promote takes no create argument
+            return reg.promote(ref, alias, reason=reason)
+        return reg.promote(ref, alias, reason=reason, create=True)
 
 
 def rollback(
@@ -183,3 +242,4 @@ def rollback(
 ) -> AliasMove:
     with open(registry) as reg:
         return reg.rollback(name, alias, reason=reason)
+

@@ -89,7 +89,16 @@ class Policy:
     trusted_for_loading: tuple[str, ...] = ()
 
     def rule_for(self, alias: str) -> AliasRule | None:
-        return self.aliases.get(alias) or self.aliases.get("*")
+        """The rule for ``alias``: its exact name first, then glob patterns such as
+        ``prod-*`` (the first one written that matches), then ``"*"``."""
+        if alias in self.aliases:
+            return self.aliases[alias]
+        from fnmatch import fnmatchcase
+
+        for pattern, rule in self.aliases.items():
+            if pattern != "*" and any(c in pattern for c in "*?[") and fnmatchcase(alias, pattern):
+                return rule
+        return self.aliases.get("*")
 
     def is_deprecated(self, semver: str) -> bool:
         return any(_matches(semver, pattern) for pattern in self.deprecated)

@@ -7,6 +7,7 @@ alias at the one before, so repeated rollbacks go further back in time.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, validate_alias_name
-from .governance import check_deprecated_by_policy
+from .governance import check_deprecated_by_policy, current_policy
 from .resolve import require_model, resolve_row
 
 if TYPE_CHECKING:
@@ -43,7 +44,10 @@ def promote(
     actor: str,
     reason: str = "",
     checks: list[PromoteCheck] | None = None,
+    create: bool = False,
 ) -> AliasMove:
+    """Point ``alias`` at ``ref`` after the checks; an alias that does not exist yet
+    is made only with ``create=True``, so a typo never becomes a new, unguarded alias."""
     validate_alias_name(alias)
     parsed = parse_reference(ref)
     with registry.write() as conn:
@@ -56,6 +60,8 @@ def promote(
                 hint="promote a newer version, or undeprecate this one first",
             )
         current = repo.alias_row(conn, mid, alias)
+        if current is None and not create:
+            raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)
@@ -99,6 +105,29 @@ def promote(
         return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
 
 
+def unknown_alias(
+    conn: sa.Connection, mid: int, name: str, alias: str, *, creating: str | None = None
+) -> NotFound:
+    """NotFound for ``name@alias`` listing the aliases that exist and the closest one;
+    ``creating`` (the reference being promoted) adds how to create the alias."""
+    existing = list(repo.alias_targets(conn, mid))
+    known = sorted({*existing, *_policy_alias_names(conn, mid)})
+    close = difflib.get_close_matches(alias, known, n=1, cutoff=0.6)
+    parts = [f"aliases of {name}: {', '.join(existing) or 'none yet'}"]
+    if close:
+        parts.append(f"did you mean {close[0]}?")
+    if creating:
+        parts.append(
+            f"to create it: `tether promote {creating} {alias} --create` (create=True in Python)"
+        )
+    return NotFound(f"{name} has no alias {alias!r}", hint="; ".join(parts))
+
+
+def _policy_alias_names(conn: sa.Connection, mid: int) -> list[str]:
+    """Alias names the model's policy spells out (patterns and "*" are not names)."""
+    return [a for a in current_policy(conn, mid).aliases if not any(c in a for c in "*?[")]
+
+
 def rollback(
     registry: Registry, name: str, alias: str, *, actor: str, reason: str = ""
 ) -> AliasMove:
@@ -107,10 +136,7 @@ def rollback(
         mid = require_model(conn, name, lock=True)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
-            raise NotFound(
-                f"{name} has no alias {alias!r}",
-                hint=f"aliases of {name}: {', '.join(repo.alias_targets(conn, mid)) or 'none'}",
-            )
+            raise unknown_alias(conn, mid, name, alias)
         sets = repo.live_sets(conn, mid, alias)
         # Drop the moves that led to the current target (normally just the newest).
         while sets and sets[0].version_id == current.version_id:
@@ -158,7 +184,7 @@ def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> Al
         mid = require_model(conn, name, lock=True)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
-            raise NotFound(f"{name} has no alias {alias!r}")
+            raise unknown_alias(conn, mid, name, alias)
         before = _semver_of(conn, current.version_id)
         repo.drop_alias(conn, mid, alias)
         repo.record_move(
@@ -188,7 +214,8 @@ def history(registry: Registry, name: str, alias: str) -> list[AliasMove]:
         mid = require_model(conn, name)
         moves = repo.alias_history(conn, mid, name, alias)
         if not moves:
-            raise NotFound(f"{name} has never had an alias {alias!r}")
+            error = unknown_alias(conn, mid, name, alias)
+            raise NotFound(f"{name} has never had an alias {alias!r}", hint=error.hint)
         return moves
 
 
@@ -197,8 +224,8 @@ def alias_state(registry: Registry, name: str, alias: str) -> dict[str, Any]:
     with registry.read() as conn:
         row = repo.alias_state(conn, name, alias)
         if row is None:
-            require_model(conn, name)  # says "no model named ..." with the list
-            raise NotFound(f"{name} has no alias {alias!r}")
+            mid = require_model(conn, name)  # says "no model named ..." with the list
+            raise unknown_alias(conn, mid, name, alias)
         return {
             "model": name,
             "alias": alias,

@@ -8,6 +8,7 @@ it deleted (metadata and audit trail stay, gc reclaims the bytes).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -92,12 +93,19 @@ def delete_model(registry: Registry, name: str) -> None:
 
 
 def delete_version(registry: Registry, ref: str) -> ModelVersion:
+    """Mark ``ref`` deleted: it no longer resolves or counts, its record and audit
+    trail stay, and gc reclaims bytes no kept version shares. Refused while an alias
+    points at it."""
     with registry.write() as conn:
         version = resolve_version(conn, ref)
         if version.aliases:
+            moves = "; ".join(
+                f"`tether alias delete {version.name} {a}` or promote another version to {a}"
+                for a in version.aliases
+            )
             raise PolicyViolation(
                 f"{version.ref} is the target of {', '.join(version.aliases)}",
-                hint="move or delete those aliases first",
+                hint=moves,
             )
         repo.set_version_status(conn, version.id, "deleted")
         append_event(
@@ -110,7 +118,37 @@ def delete_version(registry: Registry, ref: str) -> ModelVersion:
             after="deleted",
             details={"digest": f"sha:{version.digest}"},
         )
-        return version
+        return replace(version, status="deleted")
+
+
+def versions_with_deleted(registry: Registry, name: str) -> list[ModelVersion]:
+    """Every version of ``name`` by sequence number, deleted ones included."""
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        by_version = repo.aliases_by_version(conn, mid)
+        return [
+            repo.row_to_version(row, name, by_version.get(row.id, []))
+            for row in repo.version_rows(conn, mid, include_deleted=True)
+        ]
+
+
+def deleted_models(registry: Registry) -> list[ModelInfo]:
+    """Models deleted with ``delete_model``, under their original names."""
+    with registry.read() as conn:
+        rows = conn.execute(
+            sa.select(models).where(models.c.deleted.is_(True)).order_by(models.c.name)
+        )
+        return [
+            ModelInfo(
+                name=row.name.rsplit("~deleted~", 1)[0],
+                description=row.description,
+                owners=json.loads(row.owners or "[]"),
+                tags=json.loads(row.tags or "{}"),
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+            for row in rows
+        ]
 
 
 def update_version(

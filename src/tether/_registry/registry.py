@@ -371,10 +371,22 @@ class Registry:
         *,
         reason: str = "",
         checks: Sequence[alias_ops.PromoteCheck] = (),
+        create: bool = False,
     ) -> AliasMove:
+        """Point ``alias`` at version ``ref`` once the model's policy allows it.
+
+        An alias that does not exist yet is refused (NotFound, listing the
+        aliases and the closest name) unless ``create=True``.
+        """
         gate = governance.promotion_gate(self)
         return alias_ops.promote(
-            self, ref, alias, actor=self.actor, reason=reason, checks=[gate, *checks]
+            self,
+            ref,
+            alias,
+            actor=self.actor,
+            reason=reason,
+            checks=[gate, *checks],
+            create=create,
         )
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:

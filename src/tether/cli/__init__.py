@@ -1,26 +1,192 @@
-"""The ``tether`` command: a thin shell over the registry use cases."""
+"""The ``tether`` command: a thin shell over the registry use cases.
+
+Commands are imported when they run, not at start-up: ``tether --help`` loads
+click and this file only, and ``tether versions`` never imports the serving
+stack. The table below names each command's module and its one-line help
+(tests/test_cli_startup.py checks the lines match the commands' own help).
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 import click
 
 from .. import __version__
-from ._common import State
-from .aliases import alias_group, promote, rollback
-from .audit import audit_group
-from .demo import demo
-from .env import env_group
-from .governance import approve, bundle_group, key_group, policy_group, role_group, sign
-from .inspect import diff, models, show, versions
-from .k8s import image_group, k8s_group
-from .manage import config_group, db_group, deprecate, download, init, verify
-from .pinning import check, lock_group, reproduce
-from .server import server, server_init, token_group
-from .serving import deploy_group, monitor, serve
-from .storage import cache_group, gc, store_group
+
+#: name -> (module under tether.cli, attribute, one-line help shown by `tether --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": (
+        "manage",
+        "init",
+        "Create a registry in PATH (default: --registry, $TETHER_URI, else ./.tether).",
+    ),
+    "models": ("inspect", "models", "List the models in the registry."),
+    "versions": ("inspect", "versions", "List the versions of model NAME, oldest first."),
+    "show": (
+        "inspect",
+        "show",
+        "Show everything recorded about version REF (e.g. fraud@production).",
+    ),
+    "diff": (
+        "inspect",
+        "diff",
+        "Compare two versions: params, metrics, signature, data, environment, files.",
+    ),
+    "delete": (
+        "inspect",
+        "delete",
+        "Delete version REF: it no longer resolves; its record and audit trail stay.",
+    ),
+    "promote": (
+        "aliases",
+        "promote",
+        "Point ALIAS of the model at version REF, after the policy's checks.",
+    ),
+    "rollback": ("aliases", "rollback", "Move NAME@ALIAS back to its previous target."),
+    "alias": (
+        "aliases",
+        "alias_group",
+        "Inspect and delete aliases (use promote/rollback to move them).",
+    ),
+    "audit": (
+        "audit",
+        "audit_group",
+        "The append-only, hash-chained log of everything that changed.",
+    ),
+    "env": ("env", "env_group", "Compare and export the environment a version was logged in."),
+    "gc": ("storage", "gc", "Remove stored bytes that no kept version references, and repack."),
+    "store": ("storage", "store_group", "The artifact store."),
+    "cache": ("storage", "cache_group", "The local chunk cache: stats, and prune to a size."),
+    "verify": (
+        "manage",
+        "verify",
+        "Re-read every stored byte of REF and check it against its digest.",
+    ),
+    "download": (
+        "manage",
+        "download",
+        "Write REF's files (every byte verified) into the new folder DEST.",
+    ),
+    "deprecate": (
+        "manage",
+        "deprecate",
+        "Deprecate REF: loading it warns and it cannot be promoted.",
+    ),
+    "config": (
+        "manage",
+        "config_group",
+        "Registry settings (kept in the registry, changes are audited).",
+    ),
+    "policy": (
+        "governance",
+        "policy_group",
+        "A model's policy: alias rules, required checks, approvals, retention.",
+    ),
+    "approve": (
+        "governance",
+        "approve",
+        "Approve version REF for ALIAS (needs role approver; not the version's author).",
+    ),
+    "role": (
+        "governance",
+        "role_group",
+        "Who may do what: reader < contributor < approver < admin.",
+    ),
+    "key": ("governance", "key_group", "Ed25519 signing keys."),
+    "sign": (
+        "governance",
+        "sign",
+        "Sign version REF: the signature covers its digest and metadata.",
+    ),
+    "bundle": (
+        "governance",
+        "bundle_group",
+        "OpenSSF model-signing bundles (see `tether sign --bundle`).",
+    ),
+    "lock": ("pinning", "lock_group", "Pin the model versions an application uses in tether.lock."),
+    "check": (
+        "pinning",
+        "check",
+        "CI gate: refuse to ship models that do not match the application.",
+    ),
+    "reproduce": (
+        "pinning",
+        "reproduce",
+        "What it takes to rebuild REF: commit, data digests, pinned environment, params.",
+    ),
+    "db": ("manage", "db_group", "The metadata database's schema."),
+    "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),
+    "serve": (
+        "serving",
+        "serve",
+        "Serve TARGET over HTTP: a version (iris@production) or a deployment file (deploy.yaml).",
+    ),
+    "deploy": (
+        "serving",
+        "deploy_group",
+        "Look at and steer a running deployment (`tether serve deploy.yaml`).",
+    ),
+    "monitor": (
+        "serving",
+        "monitor",
+        "Input drift of ENDPOINT: PSI and KS per feature against the reference statistics.",
+    ),
+    "server-init": (
+        "server",
+        "server_init",
+        "Create a shared registry's schema and its first admin; prints the admin's token once.",
+    ),
+    "server": (
+        "server",
+        "server",
+        "Serve the registry over HTTP (/api/v1, plus MLflow's /api/2.0/mlflow).",
+    ),
+    "token": ("server", "token_group", "API tokens for a shared registry (admin only)."),
+    "ui": (
+        "ui",
+        "ui",
+        "Serve the web UI (models, versions, compare, audit, actions) in a browser.",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        module, attribute, _ = COMMANDS[cmd_name]
+        command = getattr(import_module(f"{__name__}.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The listing comes from the table, so `--help` imports no command module.
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            loaded = self.commands.get(name)
+            if loaded is not None:
+                rows.append((name, loaded.get_short_help_str(limit)))
+            else:
+                # A stand-in command shortens the line exactly as the real one would.
+                stand_in = click.Command(name, help=COMMANDS[name][2])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--registry",
     "-r",
@@ -38,50 +204,11 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
     References look like NAME@1.4.0, NAME@~1.4, NAME@7, NAME@sha:ab12,
     NAME@production or NAME@latest.
     """
+    from ._common import State
+
     state = State(registry_uri)
     ctx.obj = state
     ctx.call_on_close(state.close)
-
-
-for command in (
-    init,
-    models,
-    versions,
-    show,
-    diff,
-    promote,
-    rollback,
-    alias_group,
-    audit_group,
-    env_group,
-    gc,
-    store_group,
-    cache_group,
-    verify,
-    download,
-    deprecate,
-    config_group,
-    policy_group,
-    approve,
-    role_group,
-    key_group,
-    sign,
-    bundle_group,
-    lock_group,
-    check,
-    reproduce,
-    db_group,
-    demo,
-    serve,
-    deploy_group,
-    monitor,
-    server_init,
-    server,
-    token_group,
-    k8s_group,
-    image_group,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

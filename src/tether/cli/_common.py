@@ -7,20 +7,37 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from .._errors import TetherError
-from .._metadata.clock import parse_iso
-from .._registry.registry import Registry
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .._registry.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _LazyConsole:
+    """A rich Console made on first use, so commands that print nothing never import rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
+err_console = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
 
 
 class State:
@@ -58,33 +75,72 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
+def fail(
+    message: str, *, hint: str | None = None, code: str = "tether_error", as_json: bool = False
+) -> None:
+    """Report an error in the one shape every command uses, and exit 1.
+
+    Text: ``error: MESSAGE`` and ``  hint: HINT`` on stderr. With --json: the
+    object ``{"error": CODE, "message": ..., "hint": ...}`` on stdout.
+    """
+    if as_json:
+        emit_json({"error": code, "message": message, "hint": hint})
+    else:
+        err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+        if hint:
+            err_console.print(f"  [dim]hint:[/] {escape(hint)}", markup=True)
+    sys.exit(1)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def handle_errors(func: F) -> F:
     """Turn Tether errors into a message and exit code 1, never a traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except TetherError as error:
-            if kwargs.get("as_json"):
-                emit_json(error.to_dict())
-            else:
-                err_console.print(f"[bold red]error:[/] {error.message}", markup=True)
-                if error.hint:
-                    err_console.print(f"  [dim]hint:[/] {error.hint}", markup=True)
-            sys.exit(1)
+            fail(error.message, hint=error.hint, code=error.code, as_json=as_json)
+        except click.UsageError:
+            raise  # click prints the usage line with it
+        except click.ClickException as error:
+            fail(error.format_message(), code="error", as_json=as_json)
 
     return wrapper  # type: ignore[return-value]
 
 
 def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
-) -> Table:
+) -> Any:
+    """Columns for ``console.print``: a rich table on a terminal, else plain aligned
+    text that never wraps or cuts a value (digests and emails stay whole for grep)."""
+    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    if not console.is_terminal:
+        from rich.text import Text
+
+        widths = [
+            max([len(column), *(len(row[i]) for row in cells if i < len(row))])
+            for i, column in enumerate(columns)
+        ]
+        lines = [title] if title else []
+        for row in [list(columns), *cells]:
+            padded = [value.ljust(widths[i]) for i, value in enumerate(row)]
+            lines.append("  ".join(padded).rstrip())
+        return Text("\n".join(lines), no_wrap=True, overflow="ignore")
+    from rich.table import Table
+
     grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
-    for row in rows:
-        grid.add_row(*("" if cell is None else str(cell) for cell in row))
+    for row in cells:
+        grid.add_row(*row)
     return grid
 
 
@@ -92,6 +148,8 @@ def ago(iso: str | None) -> str:
     """'3m ago' style ages for tables."""
     if not iso:
         return ""
+    from .._metadata.clock import parse_iso
+
     seconds = (datetime.now(UTC) - parse_iso(iso)).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

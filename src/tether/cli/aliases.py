@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from .._records import AliasMove
 from ._common import ago, console, emit_json, handle_errors, json_option, registry_from, table
+
+if TYPE_CHECKING:
+    from .._records import AliasMove
 
 
 def _say(move: AliasMove) -> None:
@@ -24,12 +28,34 @@ def _say(move: AliasMove) -> None:
 @click.argument("ref")
 @click.argument("alias")
 @click.option("--reason", default="", help="Why; kept in the audit log.")
+@click.option(
+    "--create", is_flag=True, help="ALIAS is new: create it (without this, a new name is refused)."
+)
 @json_option
 @click.pass_context
 @handle_errors
-def promote(ctx: click.Context, ref: str, alias: str, reason: str, as_json: bool) -> None:
-    """Point ALIAS of the model at version REF (e.g. `tether promote fraud@1.2.0 production`)."""
-    move = registry_from(ctx).promote(ref, alias, reason=reason)
+def promote(
+    ctx: click.Context, ref: str, alias: str, reason: str, create: bool, as_json: bool
+) -> None:
+    """Point ALIAS of the model at version REF, after the policy's checks.
+
+    `tether promote fraud@1.2.0 production` moves an existing alias; the first
+    time a model gets an alias, add --create.
+    """
+    from .._errors import TetherError
+
+    registry = registry_from(ctx)
+    try:
+        if create:
+            move = registry.promote(ref, alias, reason=reason, create=True)
+        else:  # a server client's promote takes no create argument
+            move = registry.promote(ref, alias, reason=reason)
+    except TetherError as error:
+        # Policy hints name the command to run; put the model's name in it.
+        name = ref.partition("@")[0]
+        error.message = error.message.replace("NAME@", f"{name}@")
+        error.hint = error.hint.replace("NAME@", f"{name}@") if error.hint else error.hint
+        raise
     emit_json(move.to_dict()) if as_json else _say(move)
 
 

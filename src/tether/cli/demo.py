@@ -89,9 +89,10 @@ def _run(registry: Registry) -> None:
     _step(4, f"tether diff {v1.ref} {v2.ref}")
     render_diff(registry.diff(v1.ref, v2.ref))
 
-    _step(5, "Promote: production → 1.0.0, then → 1.1.0")
+    _step(5, "Promote: create production → 1.0.0, then move it → 1.1.0")
     for ref in (v1.ref, v2.ref):
-        move = registry.promote(ref, "production", reason="demo")
+        # A new alias is made only on request, so a typo never creates one.
+        move = registry.promote(ref, "production", reason="demo", create=ref == v1.ref)
         console.print(
             f"cancer-detector@production → {move.version} (was {move.previous or 'unset'})"
         )

@@ -83,13 +83,19 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
+@json_option
 @click.pass_context
 @handle_errors
-def env_export(ctx: click.Context, ref: str, fmt: str, output: Path | None) -> None:
+def env_export(ctx: click.Context, ref: str, fmt: str, output: Path | None, as_json: bool) -> None:
     """Write REF's environment with every version pinned."""
     text = registry_from(ctx).env_export(ref, format=fmt)
     if output:
         output.write_text(text)
+    if as_json:
+        emit_json(
+            {"ref": ref, "format": fmt, "output": str(output) if output else None, "text": text}
+        )
+    elif output:
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

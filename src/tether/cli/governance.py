@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from .._policy import ROLES, parse_policy, policy_to_json
-from .._signing import generate_key
 from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 
@@ -60,11 +59,17 @@ def policy_show(ctx: click.Context, name: str, revision: int | None, as_json: bo
 
 @policy_group.command("validate")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
 @handle_errors
-def policy_validate(file: Path) -> None:
+def policy_validate(file: Path, as_json: bool) -> None:
     """Check a policy file without storing it."""
-    parse_policy(file.read_text())
-    console.print(f"{file}: valid")
+    import json
+
+    parsed = json.loads(policy_to_json(parse_policy(file.read_text())))
+    if as_json:
+        emit_json({"file": str(file), "valid": True, "parsed": parsed})
+    else:
+        console.print(f"{file}: valid")
 
 
 @click.command()
@@ -92,24 +97,36 @@ def role_group() -> None:
 @click.argument("principal")
 @click.argument("role", type=click.Choice(ROLES))
 @click.option("--model", help="Only for this model (default: registry-wide).")
+@json_option
 @click.pass_context
 @handle_errors
-def role_grant(ctx: click.Context, principal: str, role: str, model: str | None) -> None:
+def role_grant(
+    ctx: click.Context, principal: str, role: str, model: str | None, as_json: bool
+) -> None:
     """Give PRINCIPAL (a user, as TETHER_USER or git email names them) ROLE."""
     registry_from(ctx).grant(principal, role, model=model)
-    console.print(f"{principal} is {role}" + (f" on {model}" if model else " registry-wide"))
+    if as_json:
+        emit_json({"principal": principal, "role": role, "model": model, "granted": True})
+    else:
+        console.print(f"{principal} is {role}" + (f" on {model}" if model else " registry-wide"))
 
 
 @role_group.command("revoke")
 @click.argument("principal")
 @click.argument("role", type=click.Choice(ROLES))
 @click.option("--model", help="The model the grant was for.")
+@json_option
 @click.pass_context
 @handle_errors
-def role_revoke(ctx: click.Context, principal: str, role: str, model: str | None) -> None:
+def role_revoke(
+    ctx: click.Context, principal: str, role: str, model: str | None, as_json: bool
+) -> None:
     """Take ROLE away from PRINCIPAL."""
     registry_from(ctx).revoke(principal, role, model=model)
-    console.print(f"revoked {role} from {principal}")
+    if as_json:
+        emit_json({"principal": principal, "role": role, "model": model, "revoked": True})
+    else:
+        console.print(f"revoked {role} from {principal}" + (f" on {model}" if model else ""))
 
 
 @role_group.command("list")
@@ -137,10 +154,16 @@ def key_group() -> None:
 
 @key_group.command("generate")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 @handle_errors
-def key_generate(path: Path) -> None:
+def key_generate(path: Path, as_json: bool) -> None:
     """Write a new private key to PATH (mode 600) and its public key to PATH.pub."""
+    from .._signing import generate_key
+
     private, public, kid = generate_key(path)
+    if as_json:
+        emit_json({"private_key": str(private), "public_key": str(public), "key_id": kid})
+        return
     console.print(f"private key: {private}\npublic key:  {public}\nkey id:      {kid}")
     console.print(f"Trust it in a registry with: tether key trust NAME {public}")
 
@@ -148,12 +171,16 @@ def key_generate(path: Path) -> None:
 @key_group.command("trust")
 @click.argument("name")
 @click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
 @click.pass_context
 @handle_errors
-def key_trust(ctx: click.Context, name: str, public_key: Path) -> None:
+def key_trust(ctx: click.Context, name: str, public_key: Path, as_json: bool) -> None:
     """Trust PUBLIC_KEY under NAME (policies name keys in signed_by)."""
     kid = registry_from(ctx).trust_key(name, public_key.read_text())
-    console.print(f"trusted {name} ({kid})")
+    if as_json:
+        emit_json({"name": name, "key_id": kid})
+    else:
+        console.print(f"trusted {name} ({kid})")
 
 
 @key_group.command("list")
@@ -181,8 +208,9 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the PEM here (default: print it).",
 )
+@json_option
 @handle_errors
-def key_openssf_public(key_file: Path, out: Path | None) -> None:
+def key_openssf_public(key_file: Path, out: Path | None, as_json: bool) -> None:
     """The public key that verifies OpenSSF bundles signed with private KEY_FILE.
 
     model-signing verifies ECDSA only, so an Ed25519 Tether key signs bundles
@@ -192,10 +220,13 @@ def key_openssf_public(key_file: Path, out: Path | None) -> None:
     from .._openssf_bundle import bundle_signing_key, public_pem
 
     pem = public_pem(bundle_signing_key(key_file))
-    if out is None:
+    if out is not None:
+        out.write_bytes(pem)
+    if as_json:
+        emit_json({"public_key": pem.decode(), "out": str(out) if out else None})
+    elif out is None:
         click.echo(pem.decode(), nl=False)
     else:
-        out.write_bytes(pem)
         console.print(f"wrote {out}")
 
 

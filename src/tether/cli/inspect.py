@@ -1,13 +1,11 @@
-"""Reading commands: models, versions, show, diff."""
+"""Reading commands: models, versions, show, diff; and delete."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.panel import Panel
 
-from .._records import ModelVersion
 from ._common import (
     ago,
     console,
@@ -20,23 +18,47 @@ from ._common import (
     table,
 )
 
+if TYPE_CHECKING:
+    from .._records import ModelInfo, ModelVersion
+    from .._registry.registry import Registry
+
+all_option = click.option(
+    "--all", "show_all", is_flag=True, help="Include deleted ones (their records stay)."
+)
+
+
+def _embedded(registry: Registry, option: str) -> Registry:
+    from .._errors import InvalidInput
+    from .._registry.registry import Registry
+
+    if not isinstance(registry, Registry):
+        raise InvalidInput(f"{option} needs an embedded registry, not a server client")
+    return registry
+
 
 @click.command()
+@all_option
 @json_option
 @click.pass_context
 @handle_errors
-def models(ctx: click.Context, as_json: bool) -> None:
+def models(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List the models in the registry."""
-    found = registry_from(ctx).models()
+    registry = registry_from(ctx)
+    found: list[tuple[ModelInfo, bool]] = [(m, False) for m in registry.models()]
+    if show_all:
+        from .._registry.catalog import deleted_models
+
+        found += [(m, True) for m in deleted_models(_embedded(registry, "--all"))]
     if as_json:
-        emit_json([m.to_dict() for m in found])
+        emit_json([{**m.to_dict(), "deleted": gone} for m, gone in found])
         return
     if not found:
         console.print('No models yet. Log one with tether.log_model(model, "name").')
         return
     console.print(
         table(
-            ["MODEL", "VERSIONS", "LATEST", "ALIASES", "UPDATED"],
+            ["MODEL", "VERSIONS", "LATEST", "ALIASES", "UPDATED"]
+            + (["STATUS"] if show_all else []),
             [
                 (
                     m.name,
@@ -45,7 +67,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
                     " ".join(f"{a}→{v}" for a, v in m.aliases.items()),
                     ago(m.updated_at),
                 )
-                for m in found
+                + (("deleted" if gone else "",) if show_all else ())
+                for m, gone in found
             ],
         )
     )
@@ -53,12 +76,19 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
+@all_option
 @json_option
 @click.pass_context
 @handle_errors
-def versions(ctx: click.Context, name: str, as_json: bool) -> None:
+def versions(ctx: click.Context, name: str, show_all: bool, as_json: bool) -> None:
     """List the versions of model NAME, oldest first."""
-    found = registry_from(ctx).versions(name)
+    registry = registry_from(ctx)
+    if show_all:
+        from .._registry.catalog import versions_with_deleted
+
+        found = versions_with_deleted(_embedded(registry, "--all"), name)
+    else:
+        found = registry.versions(name)
     if as_json:
         emit_json([v.to_dict(with_environment=False) for v in found])
         return
@@ -87,6 +117,8 @@ def _lines(mapping: dict[str, Any]) -> str:
 
 
 def _render_version(v: ModelVersion) -> None:
+    from rich.panel import Panel
+
     git = v.lineage.get("git") or {}
     env = v.environment
     head = (
@@ -156,6 +188,27 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
         emit_json(version.to_dict())
         return
     _render_version(version)
+
+
+@click.command()
+@click.argument("ref")
+@json_option
+@click.pass_context
+@handle_errors
+def delete(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Delete version REF: it no longer resolves; its record and audit trail stay.
+
+    Refused while an alias points at REF. `tether versions NAME --all` still
+    lists it; `tether gc` reclaims the bytes no kept version shares.
+    """
+    version = registry_from(ctx).delete_version(ref)
+    if as_json:
+        emit_json(version.to_dict(with_environment=False))
+        return
+    console.print(
+        f"deleted {version.ref} (#{version.seq}, {version.short_digest}); "
+        f"its record and audit trail stay (`tether versions {version.name} --all`)"
+    )
 
 
 @click.command()

@@ -80,12 +80,16 @@ def config_group() -> None:
 @config_group.command("set")
 @click.argument("key", type=click.Choice(sorted(SETTINGS)))
 @click.argument("value")
+@json_option
 @click.pass_context
 @handle_errors
-def config_set(ctx: click.Context, key: str, value: str) -> None:
+def config_set(ctx: click.Context, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (e.g. `tether config set env_policy warn,framework-minor=strict`)."""
     registry_from(ctx).set_setting(key, value)
-    console.print(f"{key} = {value}")
+    if as_json:
+        emit_json({"key": key, "value": value})
+    else:
+        console.print(f"{key} = {value}")
 
 
 @config_group.command("list")
@@ -113,9 +117,10 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--db", "db_url", help="Database URL (default: the registry's).")
-@handle_errors
+@json_option
 @click.pass_context
-def db_upgrade(ctx: click.Context, db_url: str | None) -> None:
+@handle_errors
+def db_upgrade(ctx: click.Context, db_url: str | None, as_json: bool) -> None:
     """Apply schema migrations (back up the database first)."""
     from .._metadata.engine import create_engine, current_revision, head_revision, upgrade
     from .._registry.location import RegistryLocation, default_cache_dir
@@ -132,10 +137,22 @@ def db_upgrade(ctx: click.Context, db_url: str | None) -> None:
     # A migration may append events (recomputed digests): sign the new head.
     with Registry(location) as registry:
         head = registry.sign_audit_head()
+    if as_json:
+        emit_json(
+            {
+                "before": before,
+                "after": head_revision(),
+                "audit_head": None
+                if head is None
+                else {"event_id": head.event_id, "key_id": head.key_id},
+            }
+        )
+        return
     console.print(f"schema: {before or 'empty'} → {head_revision()}")
     if head is not None:
-        console.print(f"audit head {head.event_id} signed by key {head.key_id} "
-                      f"({registry.audit_key_path})")
+        console.print(
+            f"audit head {head.event_id} signed by key {head.key_id} ({registry.audit_key_path})"
+        )
 
 
 def registry_location(ctx: click.Context) -> Any:

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from .._lockfile import LOCK_NAME, find_lock, read_lock
-from .._registry.reproduce import write_recipe
 from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 lock_option = click.option(
@@ -186,6 +185,8 @@ def reproduce(ctx: click.Context, ref: str, output: Path | None, as_json: bool) 
     """What it takes to rebuild REF: commit, data digests, pinned environment, params."""
     registry = registry_from(ctx)
     if output:
+        from .._registry.reproduce import write_recipe
+
         written = write_recipe(registry.get(ref), output)
         console.print("wrote " + ", ".join(str(p) for p in written))
         return

@@ -143,9 +143,13 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 
 @token_group.command("revoke")
 @click.argument("prefix")
+@json_option
 @click.pass_context
 @handle_errors
-def token_revoke(ctx: click.Context, prefix: str) -> None:
+def token_revoke(ctx: click.Context, prefix: str, as_json: bool) -> None:
     """Revoke the token starting with PREFIX."""
     registry_from(ctx).revoke_token(prefix)
-    console.print(f"revoked {prefix}…")
+    if as_json:
+        emit_json({"prefix": prefix, "revoked": True})
+    else:
+        console.print(f"revoked {prefix}…")
