@@ -420,3 +420,37 @@ def test_tether_ui_command_is_registered() -> None:
 
     result = CliRunner().invoke(cli, ["ui", "--help"])
     assert result.exit_code == 0 and "127.0.0.1" in result.output
+
+
+def test_search_models_pages_in_sql(world: World) -> None:
+    reg = world.registry
+    total, page = reg.search_models(sort="name", offset=1, limit=2)
+    assert total == 4 and [m.name for m in page] == ["extra-1", "extra-2"]
+    assert reg.search_models(query="%")[0] == 0  # LIKE wildcards are plain text
+    assert reg.search_models(query="FLOWERS")[0] == 1
+    assert [m.name for m in reg.search_models(tag="kind=extra", limit=1)[1]] == ["extra-0"]
+    assert reg.search_models(tag="kind=other")[0] == 0
+    top = reg.search_models(sort="-versions", limit=1)[1][0]
+    assert top.name == "iris" and top.version_count == 2 and top.latest == "1.1.0"
+    assert reg.model("iris").description.startswith("flowers")
+    with pytest.raises(Exception, match="sort"):
+        reg.search_models(sort="size")
+
+
+def test_audit_chain_result_is_kept_until_the_chain_grows(world: World) -> None:
+    client = world.client("rita")
+    first = client.get("/audit.json").json()["verification"]
+    assert first["ok"] is True and first["fresh"] is True
+    from tether.ui import views
+
+    original = views.ChainVerifier.AUTO_EVENTS
+    views.ChainVerifier.AUTO_EVENTS = 0  # pretend the chain is long
+    try:
+        world.registry.promote("iris@1.0.0", "staging", reason="grow", create=True)
+        stale = client.get("/audit.json").json()["verification"]
+        assert stale["fresh"] is False and stale["newest"] > stale["head"]
+        assert "Verify the chain now" in client.get("/audit").text
+        again = client.get("/audit.json?verify=1").json()["verification"]
+        assert again["fresh"] is True and again["ok"] is True
+    finally:
+        views.ChainVerifier.AUTO_EVENTS = original

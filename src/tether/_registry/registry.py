@@ -54,6 +54,7 @@ from . import (
     retention,
     tokens,
 )
+from . import model_search
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, audit_key_path, create_location, find_location
@@ -257,6 +258,25 @@ class Registry:
         """The version ``ref`` names (any reference form)."""
         with self.read() as conn:
             return resolve_version(conn, ref)
+
+    def model(self, name: str) -> ModelInfo:
+        """One model: description, tags, version count, latest version, aliases."""
+        return model_search.model_info(self, name)
+
+    def search_models(
+        self,
+        *,
+        query: str = "",
+        tag: str = "",
+        alias: str = "",
+        sort: str = "name",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[ModelInfo]]:
+        """(number of matches, one page of them): by name/description, tag, alias; sorted."""
+        return model_search.search_models(
+            self, query=query, tag=tag, alias=alias, sort=sort, offset=offset, limit=limit
+        )
 
     def log_model(
         self,

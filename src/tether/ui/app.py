@@ -100,6 +100,7 @@ class UI:
         self.templates.filters["fmt"] = views.fmt
         self.templates.filters["q"] = lambda s: quote(str(s), safe="")
         self._auth_cache: dict[str, tuple[float, str]] = {}
+        self.verifier = views.ChainVerifier()
 
     # -- sessions ---------------------------------------------------------------
 
@@ -300,7 +301,8 @@ class UI:
             actor=q.get("actor", ""),
             q=q.get("q", ""),
             limit=_int(q.get("limit"), 100),
-            verify=q.get("verify", "1") != "0",
+            verify=q.get("verify") == "1",
+            verifier=self.verifier,
         )
         return "audit.html", data, "Audit log"
 

@@ -8,6 +8,7 @@ and the REST API). The HTML page renders the dict; its JSON twin is the dict.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,12 +17,11 @@ from typing import Any
 from .._errors import InvalidInput, NotFound, TetherError
 from .._metadata.clock import parse_iso
 from .._policy import role_rank
-from .._records import AliasMove, Event, ModelInfo, ModelVersion
+from .._records import AliasMove, Event, ModelVersion
 from .._registry.registry import Registry
 from .chart import line_chart
 
 PAGE_SIZE = 50
-SORTS = ("name", "updated", "versions", "created")
 #: Aliases whose moves need the approver role unless the registry says otherwise
 #: (the setting the REST API reads, so both shells ask for the same role).
 DEFAULT_PROTECTED = ("production",)
@@ -110,6 +110,9 @@ def fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 80 else text[:79] + "…"
     return str(value)
 
 
@@ -118,13 +121,6 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _model_info(registry: Registry, name: str) -> ModelInfo:
-    for info in registry.models():
-        if info.name == name:
-            return info
-    raise NotFound(f"no model named {name!r}", hint="see the models page")
 
 
 def move_row(move: AliasMove) -> dict[str, Any]:
@@ -147,40 +143,20 @@ def models_page(
     sort: str = "name",
     page: int = 1,
 ) -> dict[str, Any]:
-    if sort.lstrip("-") not in SORTS:
-        raise InvalidInput(f"cannot sort by {sort!r}", hint=f"sort by: {', '.join(SORTS)}")
-    found = registry.models()
-    needle = q.strip().lower()
-    tag_key, _, tag_value = tag.strip().partition("=")
-    alias = alias.strip()
-    rows = []
-    for m in found:
-        if needle and needle not in m.name.lower() and needle not in m.description.lower():
-            continue
-        if tag_key and (
-            tag_key not in m.tags or (tag_value and str(m.tags[tag_key]) != tag_value)
-        ):
-            continue
-        if alias and alias not in m.aliases:
-            continue
-        rows.append(m)
-    key = sort.lstrip("-")
-    descending = sort.startswith("-")
-    sort_keys: dict[str, Any] = {
-        "name": lambda m: m.name,
-        "updated": lambda m: m.updated_at,
-        "created": lambda m: m.created_at,
-        "versions": lambda m: (m.version_count, m.name),
-    }
-    rows.sort(key=sort_keys[key], reverse=descending)
-    total = len(rows)
+    page = max(page, 1)
+    total, shown = registry.search_models(
+        query=q, tag=tag, alias=alias, sort=sort, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
+    )
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(max(page, 1), pages)
-    shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    if page > pages:  # past the end: show the last page
+        page = pages
+        total, shown = registry.search_models(
+            query=q, tag=tag, alias=alias, sort=sort, offset=(page - 1) * PAGE_SIZE,
+            limit=PAGE_SIZE,
+        )
     return {
         "query": {"q": q, "tag": tag, "alias": alias, "sort": sort, "page": page},
         "total": total,
-        "registry_total": len(found),
         "page": page,
         "pages": pages,
         "page_size": PAGE_SIZE,
@@ -206,7 +182,7 @@ def model_page(
     columns: Sequence[str] = (),
     chart_metric: str = "",
 ) -> dict[str, Any]:
-    info = _model_info(registry, name)
+    info = registry.model(name)
     found = registry.versions(name)
     metric_names: list[str] = []
     for v in found:
@@ -495,6 +471,45 @@ def compare_page(registry: Registry, refs: Sequence[str], *, only_diff: bool) ->
 # -- audit ----------------------------------------------------------------------
 
 
+class ChainVerifier:
+    """Verifying the audit chain reads every event; do it when asked or when it is cheap.
+
+    A result is kept with the newest event it covered. The audit page shows it
+    when nothing was appended since; otherwise it verifies again by itself if
+    the chain is short (``AUTO_EVENTS``), and offers a button if it is long.
+    """
+
+    AUTO_EVENTS = 500
+
+    def __init__(self) -> None:
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def result(self, registry: Registry, *, force: bool) -> dict[str, Any]:
+        newest = registry.audit_log(limit=1)
+        head = newest[0].id if newest else 0
+        cached = self._cache.get(registry.describe())
+        if cached is not None and cached["head"] == head and not force:
+            return {**cached, "fresh": True}
+        if force or head <= self.AUTO_EVENTS:
+            try:
+                count, problems = registry.verify_audit()
+            except TetherError as error:
+                count, problems = 0, [error.message]
+            found = {
+                "events": count,
+                "ok": not problems,
+                "problems": problems,
+                "head": head,
+                "verified_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            self._cache[registry.describe()] = found
+            return {**found, "fresh": True}
+        if cached is not None:
+            return {**cached, "fresh": False, "newest": head}
+        return {"events": 0, "ok": None, "problems": [], "head": None, "fresh": False,
+                "newest": head}
+
+
 def audit_page(
     registry: Registry,
     *,
@@ -503,7 +518,8 @@ def audit_page(
     actor: str = "",
     q: str = "",
     limit: int = 100,
-    verify: bool = True,
+    verify: bool = False,
+    verifier: ChainVerifier | None = None,
 ) -> dict[str, Any]:
     limit = min(max(limit, 1), 1000)
     filtered = bool(actor or q)
@@ -519,13 +535,7 @@ def audit_page(
             if (not actor or e.actor == actor)
             and (not needle or needle in (e.subject or "").lower() or needle in e.action)
         ][:limit]
-    verification: dict[str, Any] | None = None
-    if verify:
-        try:
-            count, problems = registry.verify_audit()
-            verification = {"events": count, "ok": not problems, "problems": problems}
-        except TetherError as error:
-            verification = {"events": 0, "ok": False, "problems": [error.message]}
+    verification = verifier.result(registry, force=verify) if verifier else None
     return {
         "query": {"model": model, "action": action, "actor": actor, "q": q, "limit": limit},
         "events": [event_row(e) for e in events],
