@@ -131,6 +131,30 @@ def test_killed_ingests_leave_leftovers_that_stats_report_and_gc_removes_as_dry_
     ).read_bytes()
 
 
+@pytest.mark.parametrize("delay", [0.05, 0.25, 0.6])
+def test_kill_9_mid_ingest_then_gc_dry_run_equals_the_run_and_nothing_is_left(
+    tmp_path: Path, delay: float
+) -> None:
+    store = ChunkStore(open_store(f"file://{tmp_path / 'store'}").blobs,
+                       cache_dir=tmp_path / "cache", pack_target=1 << 20)
+    kept = store.ingest(_write(tmp_path / "old", "old.bin", os.urandom(1 << 20)), ["old.bin"])
+    _write(tmp_path / "new", "big.bin", os.urandom(16 << 20))
+    _run(tmp_path, "remote", kill_after=delay)  # may finish first on a fast machine: fine
+    _run(tmp_path, "local", kill_after=delay)
+    dry = store.gc(kept.files, grace_seconds=0, dry_run=True)
+    real = store.gc(kept.files, grace_seconds=0, dry_run=False)
+    assert real.removed == dry.removed
+    root = tmp_path / "store"
+    assert not list((root / "tmp").iterdir())
+    assert [p.name for p in (root / "locks").iterdir()] == ["store.lock"]
+    assert {p.stem for p in (root / "packs").iterdir()} == {
+        p.stem for p in (root / "index").iterdir()}
+    assert not list((root / "pins").iterdir())
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+    assert store.gc(kept.files, grace_seconds=0, dry_run=True).removed_bytes == 0
+    assert store.verify(kept.files, label="old@1") == []
+
+
 def test_a_live_owners_files_are_never_leftovers(tmp_path: Path) -> None:
     store = ChunkStore(open_store(f"file://{tmp_path / 'store'}").blobs,
                        cache_dir=tmp_path / "cache")

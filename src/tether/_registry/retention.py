@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
+from .._errors import StoreError
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
 from .._store.base import GcReport
-from . import datasets
 from .governance import current_policy
 
 if TYPE_CHECKING:
@@ -73,7 +75,6 @@ def collect(
     # Decide in a read; mark versions deleted only once the store has done every
     # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
     with registry.read() as conn:
-        dataset_files = datasets.live_files(conn)  # every dataset version is kept
         ever_aliased = repo.ever_aliased_version_ids(conn)
         rows = repo.all_version_rows(conn)
         by_model: dict[str, list[Any]] = {}
@@ -96,25 +97,18 @@ def collect(
                 doomed.append((name, row, keep))
 
     def commit() -> None:
-        with registry.write() as conn:
-            for name, row, keep in doomed:
-                repo.set_version_status(conn, row.id, "deleted")
-                append_event(
-                    conn,
-                    actor=registry.actor,
-                    action="version.deleted",
-                    model=name,
-                    subject=f"{name}@{row.semver}",
-                    before=row.status,
-                    after="deleted",
-                    details={
-                        "reason": f"gc retention: keep_last={keep}",
-                        "digest": f"sha:{row.digest}",
-                    },
-                )
+        try:
+            _mark_deleted(registry, doomed)
+        except sa.exc.OperationalError as error:
+            if "full" not in str(error).lower():
+                raise
+            raise StoreError(
+                "the disk is full: could not write the registry database",
+                hint="free space where the database lives and retry; nothing was removed",
+            ) from error
 
     kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
-    live = [f for row in kept for f in repo.row_to_version(row, "").files] + dataset_files
+    live = [f for row in kept for f in repo.row_to_version(row, "").files]
     report = registry.store.gc(
         live, grace_seconds=grace_seconds, dry_run=dry_run, commit=None if dry_run else commit
     )
@@ -125,3 +119,22 @@ def collect(
         grace_seconds=grace_seconds,
         kept_versions=len(kept),
     )
+
+
+def _mark_deleted(registry: Registry, doomed: list[tuple[str, Any, int | None]]) -> None:
+    with registry.write() as conn:
+        for name, row, keep in doomed:
+            repo.set_version_status(conn, row.id, "deleted")
+            append_event(
+                conn,
+                actor=registry.actor,
+                action="version.deleted",
+                model=name,
+                subject=f"{name}@{row.semver}",
+                before=row.status,
+                after="deleted",
+                details={
+                    "reason": f"gc retention: keep_last={keep}",
+                    "digest": f"sha:{row.digest}",
+                },
+            )

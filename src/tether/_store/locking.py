@@ -25,13 +25,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import Conflict, NotFound
+from .._errors import Conflict, NotFound, StoreError
 
 if TYPE_CHECKING:
     from .chunkstore import ChunkStore
@@ -217,7 +217,14 @@ def _flock(store: ChunkStore, mode: int) -> Iterator[None]:
 def store_lock(store: ChunkStore, *, wait_seconds: float = 60.0) -> Iterator[None]:
     """Exclusive: one gc at a time, and no ingest in flight (local or remote)."""
     if store.blobs.is_local:
-        with _flock(store, fcntl.LOCK_EX), _gc_lease(store, wait_seconds):
+        with _flock(store, fcntl.LOCK_EX), ExitStack() as stack:
+            try:
+                stack.enter_context(_gc_lease(store, wait_seconds))
+            except StoreError as error:
+                # A full disk cannot take the lease object; the flock still keeps
+                # local ingests out, and a gc that frees space must still run.
+                if "disk is full" not in error.message:
+                    raise
             yield
         return
     if _live(store, "gc"):
