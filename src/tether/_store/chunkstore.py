@@ -845,9 +845,8 @@ class ChunkStore:
                      for kind, items in found.items()}
         if self.cache_dir is not None:
             leftovers["scratch"] = dead_scratch(self.cache_dir / "tmp").to_dict()
-        extra: dict[str, Any] = {"leftovers": leftovers}
-        if files:
-            extra["unreferenced_chunks"] = len(set(self._index) - referenced)
+        extra: dict[str, Any] = {"leftovers": leftovers,
+                                 "unreferenced_chunks": len(set(self._index) - referenced)}
         return StoreStats(logical_bytes=logical, stored_bytes=sum(self._pack_sizes.values()),
                           chunks=len(self._index), packs=len(self._pack_sizes), extra=extra)
 

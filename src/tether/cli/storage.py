@@ -69,7 +69,7 @@ _KIND_LABELS = {
     "partial_uploads": "partial uploads (tmp/)",
     "stale_locks": "stale locks",
     "stale_pins": "stale pins",
-    "scratch": "dead scratch (cache tmp/)",
+    "scratch": "scratch (cache tmp/)",
 }
 
 
@@ -106,6 +106,11 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
         f"{stats.chunks} chunks"
     )
     console.print(f"dedup ratio:  {stats.dedup_ratio:.2f}x (dedup and compression)")
+    if stats.extra.get("unreferenced_chunks"):
+        console.print(
+            f"unreferenced: {stats.extra['unreferenced_chunks']} chunks no version uses "
+            "(`tether gc` removes them after the grace period)"
+        )
     leftovers: dict[str, Any] = stats.extra.get("leftovers") or {}
     found = {k: v for k, v in leftovers.items() if v.get("count")}
     if not found:
