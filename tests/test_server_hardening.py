@@ -474,6 +474,20 @@ def test_body_limit_applies_to_mlflow_routes(server: Server) -> None:
     )
 
 
+def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
+    tether_error(server.api("GET", "/api/v1/nope"), 404, "not_found", "no route GET /api/v1/nope")
+    wrong = server.api("POST", "/api/v1/health")
+    tether_error(wrong, 405, "method_not_allowed", "POST /api/v1/health")
+    assert "GET" in wrong.headers["allow"]
+    mlflow_error(server.api("GET", f"{ML}/nope"), 404, "ENDPOINT_NOT_FOUND", "no route")
+    mlflow_error(
+        server.api("PUT", f"{ML}/registered-models/create"), 405, "ENDPOINT_NOT_FOUND", "PUT"
+    )
+    document = server.api("GET", "/api/v1/openapi.json").json()
+    alias_put = document["paths"]["/models/{name}/aliases/{alias}"]["put"]
+    assert "413" in alias_put["responses"]
+
+
 def test_server_log_has_no_tracebacks(
     server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

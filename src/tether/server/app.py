@@ -16,9 +16,10 @@ from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .. import __version__
@@ -226,7 +227,10 @@ class Api:
         name, alias = request.path_params["name"], request.path_params["alias"]
         validate_alias_name(alias)
         body = await read_json(
-            request, {"version", "reason"}, {"version"}, {"version": str | int, "reason": str}
+            request,
+            {"version", "reason", "create"},
+            {"version"},
+            {"version": str | int, "reason": str, "create": bool},
         )
         reg, who = self.as_caller(request)
         role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
@@ -234,7 +238,9 @@ class Api:
         ref = f"{name}@{body['version']}"
         parse_reference(ref)
         move = await run_in_threadpool(
-            lambda: reg.promote(ref, alias, reason=str(body.get("reason", "")))
+            lambda: reg.promote(
+                ref, alias, reason=body.get("reason", ""), create=body.get("create", False)
+            )
         )
         return move_json(move)
 
@@ -358,9 +364,33 @@ def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BodyLimit, limit_for=_body_limit, render=_render_refusal)],
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.api = api
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """No route or no such method: JSON under /api, in the format of the API asked."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    what = {404: "no route", 405: "method not allowed:"}.get(exc.status_code, exc.detail)
+    message = f"{what} {request.method} {path[:200]}"
+    if path.startswith("/api/2.0/mlflow"):
+        code = "ENDPOINT_NOT_FOUND" if exc.status_code in (404, 405) else "BAD_REQUEST"
+        return JSONResponse(
+            {"error_code": code, "message": message},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    if path.startswith("/api/"):
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            {"error": error, "message": message, "hint": "see /api/v1/openapi.json"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 def _body_limit(scope: Any) -> int:

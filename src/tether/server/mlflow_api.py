@@ -661,7 +661,9 @@ class MlflowApi:
         role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
         self.api.need(reg, who, role, name, f"moving {name}@{alias}")
         v = await run_in_threadpool(self._version, reg, name, version)
-        await run_in_threadpool(lambda: reg.promote(v.ref, alias, reason="via MLflow API"))
+        await run_in_threadpool(
+            lambda: reg.promote(v.ref, alias, reason="via MLflow API", create=True)
+        )
         return {}
 
     async def delete_alias(self, request: Request, p: dict[str, Any]) -> Any:

@@ -30,6 +30,7 @@ def _op(
         "security": [{"bearer": []}],
     }
     if body:
+        op["responses"]["413"] = {**_ERROR, "description": "Body over 8 MiB"}
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
@@ -75,7 +76,11 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["version"],
                     "additionalProperties": False,
-                    "properties": {"version": {"type": "string"}, "reason": {"type": "string"}},
+                    "properties": {
+                        "version": {"type": ["string", "integer"]},
+                        "reason": {"type": "string"},
+                        "create": {"type": "boolean", "default": False},
+                    },
                 },
                 "Reason": {
                     "type": "object",
