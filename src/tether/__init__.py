@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 # Names are imported on first use (PEP 562), so `import tether` and the `tether`
 # command stay fast: numpy, SQLAlchemy and friends load only when a name needs them.
@@ -123,6 +123,7 @@ __all__ = [
     "load",
     "log_model",
     "open",
+    "open_dataset",
     "parse_reference",
     "promote",
     "rollback",
@@ -243,3 +244,30 @@ def rollback(
     with open(registry) as reg:
         return reg.rollback(name, alias, reason=reason)
 
+
+def open_dataset(
+    target: str,
+    path: str | None = None,
+    *,
+    repo: str | None = None,
+    rev: str | None = None,
+    mode: str = "rb",
+    encoding: str | None = None,
+    registry: str | Path | None = None,
+) -> IO[Any]:
+    """Open one file of a dataset version for streaming reads (read-only, seekable).
+
+    ``open_dataset("ds@production", "train/part-0.csv")`` (or
+    ``open_dataset("ds@2/train/part-0.csv")``) reads a file of a dataset version;
+    ``open_dataset("data/train.csv", repo=REPO, rev="v2")`` reads the file a
+    ``data/train.csv.tether`` pointer names at git revision ``rev`` of ``repo``
+    (a local path or a URL; default: the working tree), like ``dvc.api.open``.
+    Chunks are fetched as reads reach them and checked against their digests;
+    nothing is downloaded first. ``mode="r"`` gives text. (``tether.open`` opens
+    a registry, so this one has its own name.)
+    """
+    from ._registry.datasets_io import open_dataset as _open_dataset
+
+    return _open_dataset(
+        target, path, repo=repo, rev=rev, mode=mode, encoding=encoding, registry=registry
+    )

@@ -219,3 +219,86 @@ tokens = Table(
     Column("expires_at", String(32), nullable=True),
     Column("revoked", Boolean, nullable=False, default=False),
 )
+
+# -- datasets (revision 0005) --------------------------------------------------
+# Datasets are versioned like models (sequence, semantic version, content digest,
+# aliases with moves, audit events) in tables of their own: a dataset and a model
+# may share a name, and nothing that lists or gates models sees datasets.
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("semver", String(64), nullable=False),
+    Column("major", Integer, nullable=False),
+    Column("minor", Integer, nullable=False),
+    Column("patch", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("files_digest", String(64), nullable=False),
+    Column("manifest", Text, nullable=False),
+    # Per tabular file: format, columns (name -> type), rows. Derived from the bytes.
+    Column("tables", Text, nullable=False, default="{}"),
+    # Where it was added from: path, git state.
+    Column("source", Text, nullable=False, default="{}"),
+    Column("tags", Text, nullable=False, default="{}"),
+    Column("notes", Text, nullable=False, default=""),
+    Column("author", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("status", String(16), nullable=False, default="ready"),
+    UniqueConstraint("dataset_id", "seq", name="uq_dataset_versions_seq"),
+    UniqueConstraint("dataset_id", "semver", name="uq_dataset_versions_semver"),
+    Index("ix_dataset_versions_digest", "digest"),
+)
+
+dataset_aliases = Table(
+    "dataset_aliases",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("version_id", Integer, ForeignKey("dataset_versions.id"), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("updated_by", String(256), nullable=False),
+    Column("generation", Integer, nullable=False, default=1),
+)
+
+dataset_alias_moves = Table(
+    "dataset_alias_moves",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version_id", Integer, ForeignKey("dataset_versions.id"), nullable=True),
+    Column("previous_version_id", Integer, ForeignKey("dataset_versions.id"), nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("moved_at", String(32), nullable=False),
+    Index("ix_dataset_alias_moves", "dataset_id", "alias"),
+)
+
+# Lineage both ways: which dataset versions a model version was trained on
+# (also in the model's `data`, bound by its digest), indexed for the reverse look-up.
+dataset_links = Table(
+    "dataset_links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("dataset_version_id", Integer, ForeignKey("dataset_versions.id"), nullable=False),
+    Column("role", String(128), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("model_version_id", "role", name="uq_dataset_links_model_role"),
+    Index("ix_dataset_links_dataset", "dataset_version_id"),
+)

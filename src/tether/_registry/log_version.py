@@ -28,8 +28,9 @@ from .._reference import validate_model_name
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
 from .._signature import Signature, infer_signature
 from . import reference_stats
+from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
-from .lineage import capture_git, current_author, digest_data
+from .lineage import capture_git, current_author
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -128,7 +129,7 @@ def log_model(
     params_ = _check_params(params)
     metrics_ = _check_metrics(metrics)
     tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
-    data_ = digest_data(data)
+    data_ = data_inputs(registry, data)  # dataset references ("ds@2") become links
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
 
     with tempfile.TemporaryDirectory(**registry.store.scratch_args("log")) as tmp:

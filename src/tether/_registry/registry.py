@@ -43,18 +43,21 @@ from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
 from . import (
     catalog,
+    datasets,
+    datasets_diff,
+    datasets_io,
     deployments,
     env_check,
     gate,
     governance,
     loading,
     log_version,
+    model_search,
     pinning,
     reproduce,
     retention,
     tokens,
 )
-from . import model_search
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, audit_key_path, create_location, find_location
@@ -314,7 +317,9 @@ class Registry:
 
     def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
         """Number and record a version whose bytes are in the store."""
-        return log_version.commit_version(self, name, values, bump)
+        version = log_version.commit_version(self, name, values, bump)
+        datasets.record_links(self, version)  # datasets: index data= links both ways
+        return version
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
         with self.read() as conn:
@@ -585,8 +590,9 @@ class Registry:
     def store_stats(self) -> StoreStats:
         with self.read() as conn:
             rows = repo.all_version_rows(conn)
+            dataset_files = datasets.live_files(conn)  # datasets
         live = [f for _, row in rows for f in repo.row_to_version(row, "").files]
-        return self.store.stats(live)
+        return self.store.stats(live + dataset_files)
 
     def gc(
         self,
@@ -598,6 +604,48 @@ class Registry:
         return retention.collect(
             self, keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
         )
+
+    # -- datasets (issue 13) ----------------------------------------------------
+    # Versioned datasets on the same chunk store: see _registry/datasets.py for
+    # the identities and the semantic-version rule, datasets_io.py for reading.
+
+    def add_dataset(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        notes: str = "",
+        bump: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        progress: bool = False,
+    ) -> datasets.DatasetVersion:
+        """Store a file or folder as the next version of dataset ``name``."""
+        return datasets.add_dataset(
+            self, path, name, notes=notes, bump=bump, tags=tags, progress=progress
+        )
+
+    def list_datasets(self) -> list[datasets.DatasetInfo]:
+        return datasets.list_datasets(self)
+
+    def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
+        return datasets.dataset_versions_of(self, name)
+
+    def get_dataset(self, ref: str) -> datasets.DatasetVersion:
+        """The dataset version ``ref`` names, with the model versions trained on it."""
+        return datasets.get_dataset(self, ref)
+
+    def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
+        return datasets_diff.diff_datasets(self, self.get_dataset(old_ref),
+                                           self.get_dataset(new_ref))
+
+    def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove:
+        return datasets.promote_dataset(self, ref, alias, reason=reason)
+
+    def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
+        """A streaming, seekable, read-only binary file over ``path`` in dataset ``ref``."""
+        return datasets_io.open_file(self, ref, path)
+
+    # -- end of datasets ----------------------------------------------------------
 
 
 def _check_setting(key: str, value: str) -> None:

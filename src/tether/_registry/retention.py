@@ -20,6 +20,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
 from .._store.base import GcReport
+from . import datasets
 from .governance import current_policy
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def collect(
     # Decide in a read; mark versions deleted only once the store has done every
     # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
     with registry.read() as conn:
+        dataset_files = datasets.live_files(conn)  # every dataset version is kept
         ever_aliased = repo.ever_aliased_version_ids(conn)
         rows = repo.all_version_rows(conn)
         by_model: dict[str, list[Any]] = {}
@@ -108,7 +110,7 @@ def collect(
             ) from error
 
     kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
-    live = [f for row in kept for f in repo.row_to_version(row, "").files]
+    live = [f for row in kept for f in repo.row_to_version(row, "").files] + dataset_files
     report = registry.store.gc(
         live, grace_seconds=grace_seconds, dry_run=dry_run, commit=None if dry_run else commit
     )

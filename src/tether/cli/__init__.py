@@ -115,6 +115,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "reproduce",
         "What it takes to rebuild REF: commit, data digests, pinned environment, params.",
     ),
+    "data": (
+        "data",
+        "data_group",
+        "Versioned datasets: add, list, show, diff, promote, track in git, read back.",
+    ),
     "db": ("manage", "db_group", "The metadata database's schema."),
     "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),
     "serve": (

@@ -1,0 +1,904 @@
+"""Datasets: versioned like models, on the same chunk store.
+
+A dataset version is a folder (or one file) cut into the store's content-defined
+chunks, so a CSV grown by appending rows stores about the appended bytes only.
+It has the same three identities as a model version:
+
+- a sequence number per dataset (``ds@3``),
+- a semantic version proposed from the change against the newest version:
+
+  ========  ===============================================================
+  major     a file removed, or a table lost a column or changed its type:
+            a reader of the previous version may break
+  minor     files added or changed (rows appended, values edited), columns
+            added: readers keep working, results may differ
+  patch     the same bytes with other notes or tags
+  ========  ===============================================================
+
+  (the first version is 1.0.0; a caller may ask for more, never less),
+- a content digest: BLAKE3 over the canonical manifest (every path, size,
+  digest and chunk list), re-hashed whenever a version is resolved, so a
+  manifest changed in the database is refused before a byte is read.
+
+Aliases move with an audit event each (``dataset.alias.set``). Adding the same
+bytes again returns the existing version. Audit events name the dataset as
+``data:NAME`` in the model column (a ``:`` never appears in a model name).
+
+Lineage: ``log_model(data={"train": "ds@2"})`` records the dataset version in
+the model's ``data`` (bound by the model's digest) and a row in
+``dataset_links``, so ``get_dataset`` lists the models trained on a version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .._digest import canonical_json, digest_of
+from .._errors import (
+    AmbiguousReference,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+)
+from .._identity import check_manifest, manifest_digest
+from .._metadata.audit_log import append_event
+from .._metadata.clock import now_iso
+from .._metadata.schema import (
+    dataset_alias_moves,
+    dataset_aliases,
+    dataset_links,
+    dataset_versions,
+    datasets,
+    models,
+    versions,
+)
+from .._records import AliasMove, ModelVersion
+from .._reference import (
+    Reference,
+    SelectorKind,
+    parse_reference,
+    validate_alias_name,
+    validate_model_name,
+)
+from .._semver import BumpLevel, SemVer, resolve_bump
+from .._store.base import FileEntry
+from .lineage import capture_git, digest_data
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+_RACE_RETRIES = 5
+#: Folders never taken into a dataset.
+_SKIP_DIRS = frozenset({".git", ".tether", "__pycache__", ".ipynb_checkpoints"})
+#: Read size when counting the lines of a CSV file.
+_BLOCK = 8 * 1024 * 1024
+TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def audit_subject(name: str) -> str:
+    """How audit events name a dataset in their model column."""
+    return f"data:{name}"
+
+
+# -- records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """One immutable dataset version, with its aliases and the models trained on it."""
+
+    name: str
+    seq: int
+    semver: str
+    digest: str
+    files_digest: str
+    files: tuple[FileEntry, ...]
+    tables: dict[str, dict[str, Any]]
+    source: dict[str, Any]
+    tags: dict[str, str]
+    notes: str
+    author: str
+    created_at: str
+    status: str
+    aliases: tuple[str, ...] = ()
+    used_by: tuple[dict[str, Any], ...] = ()
+    bump_reasons: tuple[str, ...] = ()
+    id: int = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.semver}"
+
+    @property
+    def short_digest(self) -> str:
+        return f"sha:{self.digest[:12]}"
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry:
+        """The entry of ``path`` in this version (NotFound listing nearby files)."""
+        wanted = path.strip("/")
+        for entry in self.files:
+            if entry.path == wanted:
+                return entry
+        names = [f.path for f in self.files]
+        raise NotFound(
+            f"{self.ref} has no file {path!r}",
+            hint=f"files: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}",
+        )
+
+    def to_dict(self, *, with_files: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "ref": self.ref,
+            "seq": self.seq,
+            "semver": self.semver,
+            "digest": f"sha:{self.digest}",
+            "files_digest": self.files_digest,
+            "size": self.size,
+            "file_count": len(self.files),
+            "tables": self.tables,
+            "source": self.source,
+            "tags": self.tags,
+            "notes": self.notes,
+            "author": self.author,
+            "created_at": self.created_at,
+            "status": self.status,
+            "aliases": list(self.aliases),
+            "used_by": [dict(u) for u in self.used_by],
+        }
+        if self.bump_reasons:
+            data["bump_reasons"] = list(self.bump_reasons)
+        if with_files:
+            data["files"] = [f.to_dict() for f in self.files]
+        return data
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    created_at: str
+    updated_at: str
+    version_count: int = 0
+    latest: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- identity --------------------------------------------------------------------
+
+
+def dataset_digest(files_digest: str) -> str:
+    """A dataset version's content digest (never equal to a model's over the same bytes)."""
+    return digest_of({"kind": "dataset", "files": files_digest})
+
+
+def require_intact(version: DatasetVersion) -> DatasetVersion:
+    """``version`` if its manifest still hashes to its recorded digest; else refuse."""
+    try:
+        check_manifest([f.to_dict() for f in version.files])
+        files_digest = manifest_digest(f.to_dict() for f in version.files)
+    except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:
+        raise IntegrityError(
+            f"dataset {version.ref}'s recorded manifest is unusable: {error}",
+            hint="the database was changed outside Tether; restore it from a backup",
+        ) from error
+    digest = dataset_digest(files_digest)
+    if files_digest != version.files_digest or digest != version.digest:
+        raise IntegrityError(
+            f"dataset {version.ref} is recorded as sha:{version.digest[:12]} but its manifest "
+            f"hashes to sha:{digest[:12]}",
+            hint="its manifest was changed outside Tether; nothing was read. Restore the "
+            "database and run `tether audit verify`",
+        )
+    return version
+
+
+# -- tabular facts (cheap, at add time) -----------------------------------------------
+
+
+def table_facts(path: Path) -> dict[str, Any] | None:
+    """Format, columns and rows of a CSV/TSV or Parquet file; None for other files.
+
+    CSV rows are lines after the header (a quoted field spanning lines counts
+    once per line); columns are the header's names (CSV has no types).
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return _csv_facts(path, "\t" if suffix == ".tsv" else ",")
+    if suffix in (".parquet", ".pq"):
+        return _parquet_facts(path)
+    return None
+
+
+def column_types(facts: Mapping[str, Any]) -> dict[str, str]:
+    """A table's columns in file order, name -> type ('' when the format has none).
+
+    Stored as [name, type] pairs: canonical JSON sorts object keys, and column
+    order matters.
+    """
+    return {str(name): str(kind) for name, kind in facts.get("columns", [])}
+
+
+def _csv_facts(path: Path, delimiter: str) -> dict[str, Any]:
+    import csv
+
+    with path.open("rb") as handle:
+        first = handle.readline()
+        lines = 1 if first else 0
+        last = first[-1:] if first else b"\n"
+        while block := handle.read(_BLOCK):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if first and not first.endswith(b"\n"):
+        lines = 1  # one line, no newline at all
+    elif last != b"\n":
+        lines += 1  # a last line without its newline
+    header = next(csv.reader([first.decode("utf-8", "replace").rstrip("\r\n")],
+                             delimiter=delimiter), [])
+    return {
+        "format": "tsv" if delimiter == "\t" else "csv",
+        "columns": [[name, ""] for name in header],
+        "rows": max(lines - 1, 0),
+    }
+
+
+def _parquet_facts(path: Path) -> dict[str, Any] | None:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is optional
+        return {"format": "parquet", "columns": [], "rows": None}
+    try:
+        meta = pq.ParquetFile(path)
+    except Exception:  # not a Parquet file after all: no facts, still stored
+        return None
+    schema = meta.schema_arrow
+    return {
+        "format": "parquet",
+        "columns": [[f.name, str(f.type)] for f in schema],
+        "rows": meta.metadata.num_rows,
+    }
+
+
+# -- semantic versions ---------------------------------------------------------------
+
+
+def required_bump(
+    previous: DatasetVersion | None,
+    files: Sequence[FileEntry],
+    tables: Mapping[str, Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+) -> tuple[BumpLevel, list[str]]:
+    """The smallest bump from ``previous`` to the new contents, and why."""
+    if previous is None:
+        return BumpLevel.MAJOR, ["first version"]
+    major: list[str] = []
+    minor: list[str] = []
+    old = {f.path: f for f in previous.files}
+    new = {f.path: f for f in files}
+    removed = sorted(set(old) - set(new))
+    added = sorted(set(new) - set(old))
+    changed = sorted(p for p in set(old) & set(new) if old[p].digest != new[p].digest)
+    if removed:
+        major.append(_some("file(s) removed", removed))
+    if added:
+        minor.append(_some("file(s) added", added))
+    for path in changed:
+        before, after = previous.tables.get(path), tables.get(path)
+        if before and after:
+            old_columns, new_columns = column_types(before), column_types(after)
+            lost = [c for c in old_columns if c not in new_columns]
+            retyped = [
+                c
+                for c, kind in old_columns.items()
+                if c in new_columns and kind and new_columns[c] != kind
+            ]
+            gained = [c for c in new_columns if c not in old_columns]
+            if lost:
+                major.append(f"{path}: column(s) removed: {', '.join(lost)}")
+            if retyped:
+                major.append(f"{path}: column type(s) changed: {', '.join(retyped)}")
+            if gained:
+                minor.append(f"{path}: column(s) added: {', '.join(gained)}")
+            rows_before, rows_after = before.get("rows"), after.get("rows")
+            if rows_before is not None and rows_after is not None and rows_before != rows_after:
+                minor.append(f"{path}: rows {rows_before} -> {rows_after}")
+            elif not (lost or retyped or gained):
+                minor.append(f"{path}: values changed")
+        else:
+            minor.append(f"{path} changed")
+    if major:
+        return BumpLevel.MAJOR, major + minor
+    if minor:
+        return BumpLevel.MINOR, minor
+    if {"notes": previous.notes, "tags": previous.tags} != dict(metadata):
+        return BumpLevel.PATCH, ["metadata only: notes/tags"]
+    return BumpLevel.PATCH, ["nothing changed"]
+
+
+def _some(what: str, paths: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(paths[:limit])
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"{len(paths)} {what}: {shown}{more}"
+
+
+# -- rows and resolving --------------------------------------------------------------
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    import json
+
+    return json.loads(text) if text else default
+
+
+def row_to_version(
+    row: sa.Row[Any],
+    name: str,
+    alias_names: Sequence[str] = (),
+    used_by: Sequence[dict[str, Any]] = (),
+) -> DatasetVersion:
+    return DatasetVersion(
+        id=row.id,
+        name=name,
+        seq=row.seq,
+        semver=row.semver,
+        digest=row.digest,
+        files_digest=row.files_digest,
+        files=tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, [])),
+        tables=_loads(row.tables, {}),
+        source=_loads(row.source, {}),
+        tags=_loads(row.tags, {}),
+        notes=row.notes,
+        author=row.author,
+        created_at=row.created_at,
+        status=row.status,
+        aliases=tuple(alias_names),
+        used_by=tuple(used_by),
+    )
+
+
+def dataset_id(conn: sa.Connection, name: str) -> int | None:
+    query = sa.select(datasets.c.id).where(datasets.c.name == name, datasets.c.deleted.is_(False))
+    return conn.execute(query).scalar()
+
+
+def require_dataset(conn: sa.Connection, name: str) -> int:
+    did = dataset_id(conn, name)
+    if did is None:
+        names = list(
+            conn.execute(
+                sa.select(datasets.c.name)
+                .where(datasets.c.deleted.is_(False))
+                .order_by(datasets.c.name)
+                .limit(20)
+            ).scalars()
+        )
+        raise NotFound(
+            f"no dataset named {name!r}",
+            hint=f"datasets in this registry: {', '.join(names) or 'none yet'} "
+            "(add one with `tether data add PATH NAME`)",
+        )
+    return did
+
+
+def _rows(conn: sa.Connection, did: int) -> list[sa.Row[Any]]:
+    query = (
+        sa.select(dataset_versions)
+        .where(dataset_versions.c.dataset_id == did, dataset_versions.c.status != "deleted")
+        .order_by(dataset_versions.c.seq)
+    )
+    return list(conn.execute(query))
+
+
+def _alias_targets(conn: sa.Connection, did: int) -> dict[str, str]:
+    query = (
+        sa.select(dataset_aliases.c.name, dataset_versions.c.semver)
+        .join(dataset_versions, dataset_versions.c.id == dataset_aliases.c.version_id)
+        .where(dataset_aliases.c.dataset_id == did)
+        .order_by(dataset_aliases.c.name)
+    )
+    return {row.name: row.semver for row in conn.execute(query)}
+
+
+def _aliases_by_version(conn: sa.Connection, did: int) -> dict[int, list[str]]:
+    result: dict[int, list[str]] = {}
+    query = (
+        sa.select(dataset_aliases.c.name, dataset_aliases.c.version_id)
+        .where(dataset_aliases.c.dataset_id == did)
+        .order_by(dataset_aliases.c.name)
+    )
+    for row in conn.execute(query):
+        result.setdefault(row.version_id, []).append(row.name)
+    return result
+
+
+def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
+    """The dataset id and version row ``ref`` names (same grammar as model references)."""
+    did = require_dataset(conn, ref.name)
+    rows = _rows(conn, did)
+
+    def missing(what: str) -> NotFound:
+        newest = ", ".join(f"{r.semver} (#{r.seq})" for r in rows[-8:]) or "no versions"
+        aliases = ", ".join(f"{a} -> {v}" for a, v in _alias_targets(conn, did).items())
+        return NotFound(
+            f"dataset {ref.name} has no {what}",
+            hint=f"versions: {newest}; aliases: {aliases or 'no aliases'}",
+        )
+
+    if ref.kind is SelectorKind.ALIAS:
+        alias = conn.execute(
+            sa.select(dataset_aliases.c.version_id).where(
+                dataset_aliases.c.dataset_id == did, dataset_aliases.c.name == ref.value
+            )
+        ).scalar()
+        found = [r for r in rows if r.id == alias]
+        if not found:
+            raise missing(f"alias {ref.value!r}")
+        return did, found[0]
+    if not rows:
+        raise missing("versions")
+    if ref.kind is SelectorKind.LATEST:
+        return did, rows[-1]
+    if ref.kind is SelectorKind.SEQUENCE:
+        found = [r for r in rows if r.seq == int(ref.value)]
+        what = f"version number {ref.value}"
+    elif ref.kind is SelectorKind.SEMVER:
+        found = [r for r in rows if r.semver == ref.value]
+        what = f"version {ref.value}"
+    elif ref.kind is SelectorKind.SEMVER_RANGE:
+        parts = [int(p) for p in ref.value.split(".")]
+        found = sorted(
+            (r for r in rows if [r.major, r.minor, r.patch][: len(parts)] == parts),
+            key=lambda r: (r.major, r.minor, r.patch),
+        )[-1:]
+        what = f"version matching ~{ref.value}"
+    else:
+        found = [r for r in rows if r.digest.startswith(ref.value)]
+        what = f"version with digest sha:{ref.value}"
+        if len(found) > 1:
+            raise AmbiguousReference(
+                f"sha:{ref.value} matches {len(found)} versions of dataset {ref.name}",
+                hint="give more digits of the digest",
+            )
+    if not found:
+        raise missing(what)
+    return did, found[0]
+
+
+def resolve(conn: sa.Connection, ref: str | Reference) -> DatasetVersion:
+    """The dataset version ``ref`` names, re-hashed to its digest, with the models using it."""
+    parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    did, row = resolve_row(conn, parsed)
+    version = row_to_version(
+        row,
+        parsed.name,
+        _aliases_by_version(conn, did).get(row.id, []),
+        models_using(conn, row.id),
+    )
+    return require_intact(version)
+
+
+# -- use cases -------------------------------------------------------------------------
+
+
+def _files_under(path: Path) -> tuple[Path, list[str]]:
+    """(root, relative paths) of what ``path`` (a file or a folder) holds."""
+    if path.is_file():
+        return path.parent, [path.name]
+    if not path.is_dir():
+        raise InvalidInput(f"{path} does not exist", hint="give a file or a folder")
+    found = []
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path)
+        if any(part in _SKIP_DIRS for part in rel.parts) or not item.is_file():
+            continue
+        if item.suffix == ".tether" and item.name != ".tether":
+            continue  # pointer files describe data, they are not data
+        found.append(rel.as_posix())
+    if not found:
+        raise InvalidInput(f"{path} holds no files", hint="a dataset needs at least one file")
+    return path, found
+
+
+def add_dataset(
+    registry: Registry,
+    path: str | Path,
+    name: str,
+    *,
+    notes: str = "",
+    bump: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    progress: bool = False,
+) -> DatasetVersion:
+    """Store a file or folder as the next version of dataset ``name``."""
+    validate_model_name(name)
+    source_path = Path(path).expanduser().absolute()
+    root, paths = _files_under(source_path)
+    tables = {}
+    for rel in paths:
+        facts = table_facts(root / rel)
+        if facts is not None:
+            tables[rel] = facts
+    report = registry.store.ingest(root, paths, progress=progress)
+    files = tuple(sorted(report.files, key=lambda f: f.path))
+    check_manifest([f.to_dict() for f in files])
+    files_digest = manifest_digest(f.to_dict() for f in files)
+    values = {
+        "files": files,
+        "files_digest": files_digest,
+        "digest": dataset_digest(files_digest),
+        "tables": tables,
+        "source": {
+            "path": str(source_path),
+            "kind": "file" if source_path.is_file() else "folder",
+            "git": capture_git(source_path if source_path.is_dir() else source_path.parent),
+            "stored_bytes": report.stored_bytes,
+            "new_chunks": report.new_chunks,
+            "reused_chunks": report.reused_chunks,
+        },
+        "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+        "notes": notes,
+        "author": registry.actor,
+    }
+    for attempt in range(_RACE_RETRIES):
+        try:
+            return _insert(registry, name, values, bump)
+        except sa.exc.IntegrityError as error:
+            if attempt == _RACE_RETRIES - 1:
+                raise Conflict(
+                    f"could not add dataset {name}: other writers kept winning the race",
+                    hint="retry; the bytes are stored, so a retry is cheap",
+                ) from error
+    raise AssertionError("unreachable")
+
+
+def _ensure_dataset(conn: sa.Connection, name: str) -> int:
+    existing = conn.execute(
+        sa.select(datasets.c.id)
+        .where(datasets.c.name == name, datasets.c.deleted.is_(False))
+        .with_for_update()
+    ).scalar()
+    if existing is not None:
+        return int(existing)
+    now = now_iso()
+    result = conn.execute(
+        datasets.insert().values(name=name, description="", created_at=now, updated_at=now)
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _insert(
+    registry: Registry, name: str, values: dict[str, Any], bump: str | None
+) -> DatasetVersion:
+    metadata = {"notes": values["notes"], "tags": values["tags"]}
+    with registry.write() as conn:
+        did = _ensure_dataset(conn, name)
+        rows = _rows(conn, did)
+        for row in rows:
+            if row.digest == values["digest"] and {
+                "notes": row.notes,
+                "tags": _loads(row.tags, {}),
+            } == metadata:
+                return row_to_version(
+                    row, name, _aliases_by_version(conn, did).get(row.id, []),
+                    models_using(conn, row.id),
+                )
+        previous = row_to_version(rows[-1], name) if rows else None
+        level, reasons = required_bump(previous, values["files"], values["tables"], metadata)
+        highest = max((SemVer.parse(r.semver) for r in rows), default=None)
+        semver = resolve_bump(highest, level, bump, reasons)
+        seq = max((r.seq for r in rows), default=0) + 1
+        result = conn.execute(
+            dataset_versions.insert().values(
+                dataset_id=did,
+                seq=seq,
+                semver=str(semver),
+                major=semver.major,
+                minor=semver.minor,
+                patch=semver.patch,
+                digest=values["digest"],
+                files_digest=values["files_digest"],
+                manifest=canonical_json([f.to_dict() for f in values["files"]]),
+                tables=canonical_json(values["tables"]),
+                source=canonical_json(values["source"]),
+                tags=canonical_json(values["tags"]),
+                notes=values["notes"],
+                author=values["author"],
+                created_at=now_iso(),
+                status="ready",
+            )
+        )
+        conn.execute(
+            datasets.update().where(datasets.c.id == did).values(updated_at=now_iso())
+        )
+        append_event(
+            conn,
+            actor=values["author"],
+            action="dataset.added",
+            model=audit_subject(name),
+            subject=f"{name}@{semver}",
+            after={"seq": seq, "semver": str(semver), "digest": f"sha:{values['digest']}"},
+            details={
+                "bump_reasons": reasons,
+                "files": len(values["files"]),
+                "bytes": sum(f.size for f in values["files"]),
+                "stored_bytes": values["source"]["stored_bytes"],
+            },
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        row = conn.execute(
+            sa.select(dataset_versions).where(dataset_versions.c.id == int(key[0]))
+        ).one()
+        created = row_to_version(row, name)
+        return replace(created, bump_reasons=tuple(reasons))
+
+
+def list_datasets(registry: Registry) -> list[DatasetInfo]:
+    with registry.read() as conn:
+        found = []
+        for row in conn.execute(
+            sa.select(datasets).where(datasets.c.deleted.is_(False)).order_by(datasets.c.name)
+        ):
+            rows = _rows(conn, row.id)
+            found.append(
+                DatasetInfo(
+                    name=row.name,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                    version_count=len(rows),
+                    latest=rows[-1].semver if rows else None,
+                    aliases=_alias_targets(conn, row.id),
+                )
+            )
+        return found
+
+
+def dataset_versions_of(registry: Registry, name: str) -> list[DatasetVersion]:
+    validate_model_name(name)
+    with registry.read() as conn:
+        did = require_dataset(conn, name)
+        by_version = _aliases_by_version(conn, did)
+        return [row_to_version(r, name, by_version.get(r.id, [])) for r in _rows(conn, did)]
+
+
+def get_dataset(registry: Registry, ref: str) -> DatasetVersion:
+    with registry.read() as conn:
+        return resolve(conn, ref)
+
+
+def promote_dataset(
+    registry: Registry, ref: str, alias: str, *, reason: str = ""
+) -> AliasMove:
+    """Point ``NAME@alias`` at ``ref``: one alias row, one move, one audit event."""
+    validate_alias_name(alias)
+    parsed = parse_reference(ref)
+    actor = registry.actor
+    with registry.write() as conn:
+        did, row = resolve_row(conn, parsed)
+        current = conn.execute(
+            sa.select(dataset_aliases).where(
+                dataset_aliases.c.dataset_id == did, dataset_aliases.c.name == alias
+            )
+        ).first()
+        before = None
+        if current is not None:
+            before = conn.execute(
+                sa.select(dataset_versions.c.semver).where(
+                    dataset_versions.c.id == current.version_id
+                )
+            ).scalar()
+            if current.version_id == row.id:
+                return AliasMove(parsed.name, alias, row.semver, before, "unchanged", actor,
+                                 reason, current.updated_at)
+        now = now_iso()
+        if current is None:
+            conn.execute(
+                dataset_aliases.insert().values(
+                    dataset_id=did, name=alias, version_id=row.id, updated_at=now,
+                    updated_by=actor, generation=1,
+                )
+            )
+        else:
+            conn.execute(
+                dataset_aliases.update()
+                .where(dataset_aliases.c.dataset_id == did, dataset_aliases.c.name == alias)
+                .values(version_id=row.id, updated_at=now, updated_by=actor,
+                        generation=current.generation + 1)
+            )
+        conn.execute(
+            dataset_alias_moves.insert().values(
+                dataset_id=did, alias=alias, version_id=row.id,
+                previous_version_id=current.version_id if current is not None else None,
+                action="set", actor=actor, reason=reason, moved_at=now,
+            )
+        )
+        event = append_event(
+            conn,
+            actor=actor,
+            action="dataset.alias.set",
+            model=audit_subject(parsed.name),
+            subject=f"{parsed.name}@{alias}",
+            before=before,
+            after=row.semver,
+            details={"digest": f"sha:{row.digest}", "reason": reason},
+        )
+        return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
+
+
+# -- lineage ---------------------------------------------------------------------------------
+
+
+def _as_dataset_ref(conn: sa.Connection, value: Any) -> DatasetVersion | None:
+    """The dataset version ``value`` names, if it is a dataset reference; else None.
+
+    A string is a dataset reference when it has an ``@``, is not an existing
+    path, and its name is a dataset of this registry.
+    """
+    if isinstance(value, DatasetVersion):
+        return resolve(conn, f"{value.name}@sha:{value.digest}")
+    if not isinstance(value, str) or "@" not in value or Path(value).exists():
+        return None
+    try:
+        parsed = parse_reference(value)
+    except InvalidReference:
+        return None
+    if dataset_id(conn, parsed.name) is None:
+        return None
+    return resolve(conn, parsed)
+
+
+def data_entry(version: DatasetVersion) -> dict[str, Any]:
+    """What a model version records about a dataset version it was trained on."""
+    return {
+        "dataset": version.name,
+        "version": version.semver,
+        "seq": version.seq,
+        "ref": version.ref,
+        "digest": version.digest,
+        "size": version.size,
+        "files": len(version.files),
+    }
+
+
+def data_inputs(registry: Registry, data: Any) -> dict[str, dict[str, Any]]:
+    """``log_model``'s ``data=``: dataset references become links, the rest digests.
+
+    ``{"train": "ds@2"}`` (or a DatasetVersion) records the dataset version;
+    a single reference or a list of them is named by the dataset's name. Paths,
+    arrays and frames are digested as before.
+    """
+    if data is None:
+        return {}
+    single = isinstance(data, (str, DatasetVersion))
+    items: list[tuple[str | None, Any]]
+    if single:
+        items = [(None, data)]
+    elif isinstance(data, Mapping):
+        items = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
+        items = [(None, v) for v in data]
+    else:
+        return digest_data(data)
+    resolved: dict[str, dict[str, Any]] = {}
+    rest: Any
+    with registry.read() as conn:
+        found = [(key, value, _as_dataset_ref(conn, value)) for key, value in items]
+    if not any(version for _, _, version in found):
+        return digest_data(data)
+    if isinstance(data, Mapping):
+        rest = {key: value for key, value, version in found if version is None}
+    else:
+        rest = [value for _, value, version in found if version is None]
+    for key, _value, version in found:
+        if version is not None:
+            resolved[key or version.name] = data_entry(version)
+    others = digest_data(rest) if rest else {}
+    clash = set(resolved) & set(others)
+    if clash:
+        raise InvalidInput(f"data names {', '.join(sorted(clash))} twice",
+                           hint='name each input: data={"train": "ds@2", "test": "test.csv"}')
+    return {**others, **resolved}
+
+
+def record_links(registry: Registry, version: ModelVersion) -> None:
+    """Index the dataset versions ``version`` records, for the reverse look-up (idempotent)."""
+    wanted = {role: entry for role, entry in version.data.items() if entry.get("dataset")}
+    if not wanted or not version.id:
+        return
+    with registry.write() as conn:
+        existing = set(
+            conn.execute(
+                sa.select(dataset_links.c.role).where(
+                    dataset_links.c.model_version_id == version.id
+                )
+            ).scalars()
+        )
+        for role, entry in wanted.items():
+            if role in existing:
+                continue
+            did = dataset_id(conn, str(entry["dataset"]))
+            if did is None:
+                continue
+            target = conn.execute(
+                sa.select(dataset_versions.c.id).where(
+                    dataset_versions.c.dataset_id == did,
+                    dataset_versions.c.digest == entry["digest"],
+                )
+            ).scalar()
+            if target is None:
+                continue
+            with contextlib.suppress(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(
+                    dataset_links.insert().values(
+                        model_version_id=version.id,
+                        dataset_version_id=target,
+                        role=role,
+                        created_at=now_iso(),
+                    )
+                )
+
+
+def models_using(conn: sa.Connection, dataset_version_id: int) -> list[dict[str, Any]]:
+    """The model versions trained on one dataset version (through ``dataset_links``)."""
+    query = (
+        sa.select(
+            models.c.name,
+            versions.c.semver,
+            versions.c.seq,
+            versions.c.digest,
+            versions.c.status,
+            dataset_links.c.role,
+        )
+        .join(versions, versions.c.id == dataset_links.c.model_version_id)
+        .join(models, models.c.id == versions.c.model_id)
+        .where(dataset_links.c.dataset_version_id == dataset_version_id)
+        .order_by(models.c.name, versions.c.seq)
+    )
+    return [
+        {
+            "model": row.name,
+            "ref": f"{row.name}@{row.semver}",
+            "seq": row.seq,
+            "digest": f"sha:{row.digest}",
+            "role": row.role,
+            "status": row.status,
+        }
+        for row in conn.execute(query)
+    ]
+
+
+# -- retention -----------------------------------------------------------------------
+
+
+def live_files(conn: sa.Connection) -> list[FileEntry]:
+    """Every file of every dataset version gc must keep (all that are not deleted)."""
+    query = sa.select(dataset_versions.c.manifest).where(dataset_versions.c.status != "deleted")
+    return [FileEntry.from_dict(f) for text in conn.execute(query).scalars()
+            for f in _loads(text, [])]
+
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetVersion",
+    "add_dataset",
+    "data_inputs",
+    "get_dataset",
+    "list_datasets",
+    "promote_dataset",
+    "record_links",
+]

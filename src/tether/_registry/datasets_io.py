@@ -1,0 +1,608 @@
+"""Reading datasets back: a streaming file, the ``tether://`` filesystem, git pointers.
+
+``open_file`` returns a read-only, seekable binary file over one file of a
+dataset version. It reads through the chunk index: a read fetches only the
+chunks it covers (one ranged read per run of chunks stored back to back, a
+ranged GET on S3), sequential reads fetch ahead, and every chunk is checked
+against its BLAKE3 digest before a byte of it is returned. Nothing is
+downloaded first, and memory stays bounded whatever the file's size.
+
+Pointer files (``PATH.tether``, written by ``tether data track``) let git
+carry a dataset reference while the bytes stay in the registry:
+``open_tracked("data/train.csv", repo=..., rev="v2")`` reads the pointer as it
+was at that revision, the way ``dvc.api.open`` does, and streams the bytes
+it names.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
+
+import yaml
+
+from .._errors import InvalidInput, NotFound
+from .._store.base import FileEntry
+from .._store.chunkstore import ChunkStore
+from .datasets import DatasetVersion, add_dataset, get_dataset
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: Most bytes one sequential read-ahead fetches.
+_READ_AHEAD = 8 * 1024 * 1024
+#: Decoded chunks kept per open file.
+_CACHE_BYTES = 32 * 1024 * 1024
+POINTER_SUFFIX = ".tether"
+
+
+class ChunkedReader(io.RawIOBase):
+    """The bytes of one stored file, fetched chunk by chunk on demand."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        entry: FileEntry,
+        *,
+        label: str,
+        on_close: Callable[[], None] | None = None,
+        read_ahead: int = _READ_AHEAD,
+    ) -> None:
+        super().__init__()
+        self._read_ahead = read_ahead
+        self._store = store
+        self.entry = entry
+        self.name = entry.path
+        self._what = f"{entry.path} of {label}"
+        self._starts: list[int] = []
+        position = 0
+        for chunk in entry.chunks:
+            self._starts.append(position)
+            position += chunk.size
+        if position != entry.size:
+            raise InvalidInput(f"the chunks of {self._what} do not add up to its size")
+        self._pos = 0
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cached_bytes = 0
+        self._last = -2
+        self._on_close = on_close
+        #: Bytes fetched from the store (including read-ahead), for tests and benches.
+        self.fetched_bytes = 0
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._pos + offset
+        elif whence == io.SEEK_END:
+            target = self.entry.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if target < 0:
+            raise OSError(f"negative seek position {target}")
+        self._pos = target
+        return target
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("read of a closed file")
+        view = memoryview(buffer).cast("B")
+        if self._pos >= self.entry.size or not len(view):
+            return 0
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        data = self._chunk(index)
+        start = self._pos - self._starts[index]
+        count = min(len(view), len(data) - start)
+        view[:count] = data[start : start + count]
+        self._pos += count
+        return count
+
+    def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive), leaving the position alone."""
+        saved = self._pos
+        try:
+            self._pos = max(start, 0)
+            out = bytearray()
+            while self._pos < min(end, self.entry.size):
+                piece = self.read(min(end, self.entry.size) - self._pos)
+                if not piece:
+                    break
+                out += piece
+            return bytes(out)
+        finally:
+            self._pos = saved
+
+    def _chunk(self, index: int) -> bytes:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            self._last = index
+            return cached
+        # Sequential reading fetches ahead; a jump fetches just what it needs.
+        chunks = self.entry.chunks
+        stop = index + 1
+        if index == self._last + 1:
+            budget = chunks[index].size
+            while stop < len(chunks) and budget + chunks[stop].size <= self._read_ahead:
+                if stop in self._cache:
+                    break
+                budget += chunks[stop].size
+                stop += 1
+        wanted = chunks[index:stop]
+        for run in self._store._runs(wanted, what=self._what):
+            pieces = self._store._read_run([wanted[i] for i in run], what=self._what)
+            for i, data in zip(run, pieces, strict=True):
+                self._remember(index + i, data)
+                self.fetched_bytes += len(data)
+        self._last = index
+        return self._cache[index]
+
+    def _remember(self, index: int, data: bytes) -> None:
+        if index in self._cache:
+            return
+        self._cache[index] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > _CACHE_BYTES and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cache.clear()
+            callback, self._on_close = self._on_close, None
+            super().close()
+            if callback is not None:
+                callback()
+
+
+class DatasetFile(io.BufferedReader):
+    """A read-only, seekable binary file of a dataset version (what ``open_file`` gives)."""
+
+    raw: ChunkedReader
+
+    def __init__(self, raw: ChunkedReader, version: DatasetVersion) -> None:
+        super().__init__(raw, buffer_size=256 * 1024)
+        self.version = version
+
+    @property
+    def size(self) -> int:
+        return self.raw.size
+
+    @property
+    def digest(self) -> str:
+        """BLAKE3 of the file's bytes, as recorded in the version's manifest."""
+        return self.raw.entry.digest
+
+    @property
+    def fetched_bytes(self) -> int:
+        return self.raw.fetched_bytes
+
+
+def open_file(
+    registry: Registry,
+    ref: str | DatasetVersion,
+    path: str,
+    *,
+    on_close: Callable[[], None] | None = None,
+) -> DatasetFile:
+    """A streaming file over ``path`` in the dataset version ``ref``."""
+    version = ref if isinstance(ref, DatasetVersion) else get_dataset(registry, ref)
+    entry = version.file(path)
+    store = registry.store
+    if not isinstance(store, ChunkStore):  # pragma: no cover - every store is a ChunkStore
+        raise InvalidInput(f"the store {store.url} cannot stream files")
+    raw = ChunkedReader(store, entry, label=f"dataset {version.ref}", on_close=on_close)
+    return DatasetFile(raw, version)
+
+
+def text_or_binary(handle: DatasetFile, mode: str, encoding: str | None) -> IO[Any]:
+    if mode in ("rb", "br"):
+        return handle
+    if mode in ("r", "rt", "tr"):
+        return io.TextIOWrapper(handle, encoding=encoding or "utf-8", newline=None)
+    raise InvalidInput(f"mode {mode!r} is not a reading mode",
+                       hint="datasets are read-only: use 'rb' or 'r'")
+
+
+# -- the tether:// filesystem ---------------------------------------------------------
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``"ds@production/train/a.csv"`` -> ``("ds@production", "train/a.csv")``."""
+    text = path.removeprefix("tether://").strip("/")
+    ref, _, inner = text.partition("/")
+    if not ref:
+        raise InvalidInput("a tether:// path starts with a dataset reference",
+                           hint="tether://NAME@ALIAS/path/in/dataset.csv")
+    return ref, inner.strip("/")
+
+
+def _children(version: DatasetVersion, prefix: str) -> tuple[list[FileEntry], set[str]]:
+    """Files directly in folder ``prefix`` of ``version`` and its sub-folder names."""
+    files: list[FileEntry] = []
+    folders: set[str] = set()
+    lead = f"{prefix}/" if prefix else ""
+    for entry in version.files:
+        if not entry.path.startswith(lead):
+            continue
+        rest = entry.path[len(lead) :]
+        head, sep, _ = rest.partition("/")
+        if sep:
+            folders.add(head)
+        else:
+            files.append(entry)
+    return files, folders
+
+
+try:  # fsspec is a dependency, but a missing one must not break `import tether`
+    from fsspec import AbstractFileSystem as _FsBase
+except ImportError:  # pragma: no cover
+    _FsBase = object
+
+
+class TetherFileSystem(_FsBase):  # type: ignore[misc,valid-type]
+    """fsspec filesystem for ``tether://NAME@REF/path``: read-only, streaming.
+
+    ``pandas.read_csv("tether://ds@production/train.csv")`` and
+    ``pyarrow.dataset.dataset("ds@2/parts", filesystem=TetherFileSystem())``
+    work through it. ``registry=`` (a storage option) names the registry;
+    default: ``TETHER_URI``, else the nearest ``.tether``. A reference is
+    resolved again after ``cache_seconds``, so an alias move is seen.
+    """
+
+    protocol = "tether"
+    root_marker = ""
+
+    def __init__(
+        self, registry: str | None = None, cache_seconds: float = 2.0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._registry_uri = registry
+        self._registry: Registry | None = None
+        self._cache_seconds = cache_seconds
+        self._versions: dict[str, tuple[float, DatasetVersion]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Registry:
+        with self._lock:
+            if self._registry is None:
+                from .registry import Registry
+
+                self._registry = Registry.open(self._registry_uri)
+            return self._registry
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        return str(path).removeprefix("tether://").strip("/")
+
+    def _version(self, ref: str) -> DatasetVersion:
+        now = time.monotonic()
+        hit = self._versions.get(ref)
+        if hit is not None and now - hit[0] < self._cache_seconds:
+            return hit[1]
+        try:
+            version = get_dataset(self.registry, ref)
+        except NotFound as error:
+            raise FileNotFoundError(f"tether://{ref}: {error.message}") from error
+        self._versions[ref] = (now, version)
+        return version
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        self._versions.clear()
+
+    def _file_info(self, ref: str, entry: FileEntry) -> dict[str, Any]:
+        return {"name": f"{ref}/{entry.path}", "size": entry.size, "type": "file",
+                "digest": entry.digest}
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        ref, inner = split_path(self._strip_protocol(path))
+        version = self._version(ref)
+        if not inner:
+            return {"name": ref, "size": 0, "type": "directory"}
+        for entry in version.files:
+            if entry.path == inner:
+                return self._file_info(ref, entry)
+        if any(entry.path.startswith(inner + "/") for entry in version.files):
+            return {"name": f"{ref}/{inner}", "size": 0, "type": "directory"}
+        raise FileNotFoundError(f"tether://{ref}/{inner}: no such file in {version.ref}")
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        ref, inner = split_path(self._strip_protocol(path))
+        version = self._version(ref)
+        info = self.info(path)
+        if info["type"] == "file":
+            return [info] if detail else [info["name"]]
+        files, folders = _children(version, inner)
+        base = f"{ref}/{inner}" if inner else ref
+        found = [self._file_info(ref, f) for f in files] + [
+            {"name": f"{base}/{d}", "size": 0, "type": "directory"} for d in sorted(folders)
+        ]
+        found.sort(key=lambda item: item["name"])
+        return found if detail else [item["name"] for item in found]
+
+    def ukey(self, path: str) -> str:
+        return str(self.info(path).get("digest") or self._strip_protocol(path))
+
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None,
+              autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
+        if mode != "rb":
+            raise PermissionError("tether:// datasets are read-only; add a new version instead")
+        ref, inner = split_path(self._strip_protocol(path))
+        if not inner:
+            raise IsADirectoryError(f"tether://{ref} is a dataset, not a file")
+        return open_file(self.registry, self._version(ref), inner)
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kwargs: Any) -> bytes:
+        with self._open(path) as handle:
+            size = handle.size
+            begin = 0 if start is None else (start if start >= 0 else size + start)
+            stop = size if end is None else (end if end >= 0 else size + end)
+            data: bytes = handle.raw.read_range(begin, stop)
+            return data
+
+    def _rm(self, path: str) -> None:
+        raise PermissionError("tether:// datasets are read-only")
+
+
+# -- git pointer files ------------------------------------------------------------------
+
+
+def pointer_path(path: Path) -> Path:
+    return path.with_name(path.name + POINTER_SUFFIX)
+
+
+def pointer_text(version: DatasetVersion, kind: str) -> str:
+    body = {
+        "dataset": version.name,
+        "version": version.semver,
+        "seq": version.seq,
+        "digest": f"sha:{version.digest}",
+        "kind": kind,
+        "size": version.size,
+        "files": len(version.files),
+    }
+    return (
+        "# Tether data pointer: commit this file to git; the bytes live in the registry.\n"
+        "# `tether data checkout PATH` writes them back; tether.open_dataset(PATH) streams them.\n"
+        + str(yaml.safe_dump(body, sort_keys=False))
+    )
+
+
+def read_pointer(text: str, *, where: str) -> dict[str, Any]:
+    try:
+        body = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"{where} is not a Tether pointer file: {error}") from error
+    if not isinstance(body, dict) or not {"dataset", "digest"} <= set(body):
+        raise InvalidInput(f"{where} is not a Tether pointer file",
+                           hint="it needs 'dataset' and 'digest'")
+    return body
+
+
+def track(
+    registry: Registry, path: str | Path, *, name: str | None = None, notes: str = ""
+) -> tuple[Path, DatasetVersion]:
+    """Add ``path`` as a dataset version, write ``PATH.tether``, keep PATH out of git."""
+    target = Path(path).absolute()
+    if not target.exists():
+        raise InvalidInput(f"{path} does not exist", hint="track a file or folder that exists")
+    dataset = name or _default_name(target)
+    version = add_dataset(registry, target, dataset, notes=notes)
+    pointer = pointer_path(target)
+    pointer.write_text(pointer_text(version, "folder" if target.is_dir() else "file"))
+    _ignore(target)
+    return pointer, version
+
+
+def _default_name(path: Path) -> str:
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).strip("-.") or "data"
+    return stem[:128] if stem[0].isalnum() else f"d{stem}"[:128]
+
+
+def _ignore(target: Path) -> None:
+    """Add ``/NAME`` to the .gitignore beside ``target`` (once)."""
+    ignore = target.parent / ".gitignore"
+    line = "/" + target.name
+    existing = ignore.read_text().splitlines() if ignore.exists() else []
+    if line in existing:
+        return
+    prefix = "" if not existing or ignore.read_text().endswith("\n") else "\n"
+    with ignore.open("a") as handle:
+        handle.write(f"{prefix}{line}\n")
+
+
+def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False,
+                          timeout=300)
+
+
+_CLONES: dict[str, Path] = {}
+_CLONES_LOCK = threading.Lock()
+
+
+def _clone(url: str) -> Path:
+    """A bare clone of a remote repository, made once per process."""
+    with _CLONES_LOCK:
+        if url in _CLONES:
+            _git(["fetch", "--quiet", "origin", "+refs/heads/*:refs/heads/*",
+                  "+refs/tags/*:refs/tags/*"], cwd=_CLONES[url])
+            return _CLONES[url]
+        where = Path(tempfile.mkdtemp(prefix="tether-git-"))
+        atexit.register(shutil.rmtree, where, True)
+        result = _git(["clone", "--bare", "--quiet", url, str(where)])
+        if result.returncode != 0:
+            raise NotFound(f"cannot clone {url}: {result.stderr.decode(errors='replace').strip()}",
+                           hint="check the repository URL and your access to it")
+        _CLONES[url] = where
+        return where
+
+
+def _repo_root(repo: str | None) -> tuple[Path, bool]:
+    """(where to run git, is it a bare clone) for ``repo`` (a path or URL; None: cwd)."""
+    if repo is None:
+        return Path.cwd(), False
+    local = Path(repo).expanduser()
+    if "://" not in repo and local.is_dir():
+        return local.absolute(), False
+    return _clone(repo), True
+
+
+def find_pointer(
+    path: str, *, repo: str | None = None, rev: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """(pointer, path inside the dataset) for a tracked ``path`` at ``rev`` of ``repo``.
+
+    ``path`` may name the tracked file or folder itself or a file inside a
+    tracked folder; pointers are looked up from the path upwards.
+    """
+    root, bare = _repo_root(repo)
+    wanted = PurePosixPath(Path(path).as_posix())
+    if wanted.is_absolute():
+        if bare:
+            raise InvalidInput(f"{path} is absolute; give a path inside the repository")
+        wanted = PurePosixPath(Path(path).resolve().relative_to(root.resolve()).as_posix())
+    if rev is not None or bare:
+        top = "" if bare else _top(root)
+        prefix = PurePosixPath(top) if top else PurePosixPath()
+        revision = rev or "HEAD"
+    for depth, candidate in enumerate([wanted, *wanted.parents]):
+        if str(candidate) in ("", "."):
+            break
+        pointer_name = f"{candidate}{POINTER_SUFFIX}"
+        if rev is None and not bare:
+            file = root / pointer_name
+            if not file.is_file():
+                continue
+            text = file.read_text()
+            where = str(file)
+        else:
+            spec = (prefix / pointer_name).as_posix()
+            result = _git(["show", f"{revision}:{spec}"], cwd=root)
+            if result.returncode != 0:
+                continue
+            text = result.stdout.decode()
+            where = f"{pointer_name} at {revision}"
+        pointer = read_pointer(text, where=where)
+        inner = PurePosixPath(*wanted.parts[len(candidate.parts) :]).as_posix() if depth else ""
+        return pointer, "" if inner == "." else inner
+    at = f" at {rev}" if rev else ""
+    raise NotFound(
+        f"{path} is not tracked by Tether{at}: no {POINTER_SUFFIX} pointer for it or its folders",
+        hint="track it with `tether data track PATH` and commit the pointer",
+    )
+
+
+def _top(root: Path) -> str:
+    """``root`` relative to its work tree's top ('' at the top)."""
+    result = _git(["rev-parse", "--show-prefix"], cwd=root)
+    if result.returncode != 0:
+        raise InvalidInput(f"{root} is not inside a git repository",
+                           hint="give repo= a git repository, or leave rev= out")
+    return result.stdout.decode().strip().rstrip("/")
+
+
+def pointed_version(registry: Registry, pointer: dict[str, Any]) -> DatasetVersion:
+    digest = str(pointer["digest"]).removeprefix("sha:")
+    return get_dataset(registry, f"{pointer['dataset']}@sha:{digest}")
+
+
+def file_in(version: DatasetVersion, pointer: dict[str, Any], inner: str) -> str:
+    """The file of ``version`` a tracked path names (a tracked file is the one file)."""
+    if pointer.get("kind") == "file" and not inner:
+        if len(version.files) != 1:
+            raise InvalidInput(f"{version.ref} is not a one-file dataset")
+        return version.files[0].path
+    if not inner:
+        raise IsADirectoryError(f"{version.ref} is a folder; name a file inside it")
+    return inner
+
+
+def checkout(registry: Registry, path: str | Path) -> DatasetVersion:
+    """Write the bytes the pointer ``PATH.tether`` names at ``PATH`` (every byte verified)."""
+    target = Path(path).absolute()
+    pointer_file = pointer_path(target)
+    if not pointer_file.is_file():
+        raise NotFound(f"{pointer_file} does not exist", hint="track PATH first")
+    pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
+    version = pointed_version(registry, pointer)
+    scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
+    try:
+        folder = scratch / "data"
+        registry.store.materialize(version.files, folder, label=f"dataset {version.ref}")
+        produced = folder / version.files[0].path if pointer.get("kind") == "file" else folder
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(produced, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return version
+
+
+def open_dataset(
+    target: str,
+    path: str | None = None,
+    *,
+    repo: str | None = None,
+    rev: str | None = None,
+    mode: str = "rb",
+    encoding: str | None = None,
+    registry: str | Path | None = None,
+) -> IO[Any]:
+    """A streaming, read-only file: see ``tether.open_dataset``."""
+    from .registry import Registry
+
+    if mode not in ("rb", "br", "r", "rt", "tr"):
+        raise InvalidInput(f"mode {mode!r} is not a reading mode",
+                           hint="datasets are read-only: use 'rb' or 'r'")
+    by_pointer = repo is not None or rev is not None or (
+        path is None and "@" not in target.split("/")[0]
+    )
+    if by_pointer and path is not None:
+        raise InvalidInput("give a tracked path, or a dataset reference and a path, not both",
+                           hint='open_dataset("data/train.csv", rev="v2") or '
+                           'open_dataset("ds@2", "train.csv")')
+    reg = Registry.open(registry)
+    try:
+        if by_pointer:
+            pointer, inner = find_pointer(target, repo=repo, rev=rev)
+            version = pointed_version(reg, pointer)
+            handle = open_file(reg, version, file_in(version, pointer, inner), on_close=reg.close)
+        else:
+            ref, inner = (target, path or "") if path is not None else split_path(target)
+            handle = open_file(reg, ref, inner, on_close=reg.close)
+    except BaseException:
+        reg.close()
+        raise
+    return text_or_binary(handle, mode, encoding)
