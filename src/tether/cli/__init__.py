@@ -148,6 +148,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Serve the registry over HTTP (/api/v1, plus MLflow's /api/2.0/mlflow).",
     ),
     "token": ("server", "token_group", "API tokens for a shared registry (admin only)."),
+    "k8s": ("k8s", "k8s_group", "Kubernetes manifests: serving replicas, registry server, KServe."),
+    "image": ("k8s", "image_group", "Container build contexts that serve registered versions."),
     "ui": (
         "ui",
         "ui",
