@@ -9,6 +9,17 @@
     GET  /v1/deployment                  every endpoint's status
     GET  /metrics  /healthz  /readyz
 
+    Open Inference Protocol (KServe v2; see protocols.py):
+    GET  /v2  /v2/health/live  /v2/health/ready
+    GET  /v2/models/{name}[/versions/{v}][/ready]
+    POST /v2/models/{name}[/versions/{v}]/infer
+    MLflow's scoring protocol:
+    POST /invocations (the only endpoint)  /v1/endpoints/{name}/invocations
+    GET  /ping  /health
+
+Every protocol predicts through `Endpoint.predict_async`: the same routing,
+validation, metrics, shadows, rollback windows and batching.
+
 Weights, feedback and reload need ``Authorization: Bearer TOKEN`` (see auth.py);
 reads too when the deployment says ``auth: {protect_reads: true}``. A caller's
 mistake is a 4xx and never reaches the windows rollback rules judge.
@@ -21,6 +32,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,21 +41,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .._errors import InvalidInput, TetherError
+from .. import __version__
+from .._errors import InvalidInput, NotFound, TetherError
 from .._registry.tokens import Unauthenticated
 from .._signature import RecordSchemaError
 from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
-from .endpoint import Endpoint, PredictionFailed
+from .endpoint import Endpoint, PredictionFailed, Served
 from .guard import Unprocessable
 from .logs import version_fields
 from .metrics import CONTENT_TYPE
+from .pool import LoadedModel
+from .protocols import infer_response, model_metadata, parse_infer, parse_mlflow
 from .runtime import ServingRuntime
 
 log = logging.getLogger("tether.serving")
 
 MAX_BODY = 32 * 1024 * 1024
-_PREDICT_KEYS = {"records", "key", "request_id"}
+_PREDICT_KEYS = {"records", "inputs", "key", "request_id"}
 #: A caller's request id goes back in a header: printable ASCII only, bounded.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -80,10 +95,21 @@ def handled(handler: Handler) -> Handler:
     return wrapper
 
 
-async def read_json(request: Request) -> Any:
+async def read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
     body = await request.body()
     if len(body) > MAX_BODY:
         raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
+    return body
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json(await read_body(request))
+
+
+def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError,
@@ -91,6 +117,87 @@ async def read_json(request: Request) -> Any:
         raise InvalidInput(f"body is not valid JSON: {str(error)[:200]}") from None
     except RecursionError:
         raise InvalidInput("body is not valid JSON: nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request body of any protocol, as the request path takes it."""
+
+    records: Any
+    key: str | None
+    request_id: str | None
+    version: str | None = None
+    extra: Any = None
+
+
+def checked_request_id(value: Any, name: str = "request_id") -> str | None:
+    if value is not None and not (isinstance(value, str) and _REQUEST_ID.fullmatch(value)):
+        raise InvalidInput(f"{name} must be 1 to 128 printable ASCII characters without spaces")
+    return value  # type: ignore[no-any-return]
+
+
+def version_header(model: LoadedModel) -> str:
+    return f"{model.ref}; digest={model.digest}"
+
+
+def served_headers(served: Served) -> dict[str, str]:
+    return {"X-Model-Version": version_header(served.model), "X-Request-Id": served.request_id}
+
+
+def primary(endpoint: Endpoint) -> LoadedModel | None:
+    """The version of the route with the most traffic (metadata describes it)."""
+    weights = endpoint.router.weights
+    slots = sorted(endpoint.slots.values(), key=lambda s: -weights.get(s.name, 0))
+    return next((s.current for s in slots if s.current is not None), None)
+
+
+def _message(error: TetherError) -> str:
+    return error.message + (f" (hint: {error.hint})" if error.hint else "")
+
+
+def _status(error: TetherError) -> int:
+    return 422 if isinstance(error, RecordSchemaError) else error.http_status
+
+
+def oip_handled(handler: Handler) -> Handler:
+    """Errors in the Open Inference Protocol's shape: ``{"error": "..."}``."""
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TetherError as error:
+            return json_response({"error": _message(error)}, _status(error))
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return json_response({"error": "internal error; see the server log"}, 500)
+    return wrapper
+
+
+_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "RESOURCE_DOES_NOT_EXIST", 415: "BAD_REQUEST",
+                 422: "INVALID_PARAMETER_VALUE", 500: "INTERNAL_ERROR"}
+
+
+def mlflow_error(message: str, status: int, hint: str | None) -> Response:
+    payload = {"error_code": _MLFLOW_CODES.get(status, "BAD_REQUEST"), "message": message}
+    if hint:
+        payload["hint"] = hint
+    return json_response(payload, status)
+
+
+def mlflow_handled(handler: Handler) -> Handler:
+    """Errors in MLflow's shape: ``{"error_code": "BAD_REQUEST", "message": "..."}``."""
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TetherError as error:
+            response = mlflow_error(error.message, _status(error), error.hint)
+            if isinstance(error, Unauthenticated):
+                response.headers["WWW-Authenticate"] = 'Bearer realm="tether-serving"'
+            return response
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return mlflow_error("internal error; see the server log", 500, None)
+    return wrapper
 
 
 def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
@@ -116,46 +223,174 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
             await run_in_threadpool(auth.require, request, role="reader", models=models,
                                     action=action)
 
-    @handled
-    async def predict(request: Request) -> Response:
-        endpoint = await find(request)
-        await may_read(request, endpoint, f"predicting on {endpoint.name}")
-        data = await read_json(request)
+    async def serve(request: Request, endpoint: Endpoint,
+                    decode: Callable[[bytes], Decoded]) -> tuple[Served, Any]:
+        """Read, decode and predict one request of any protocol (PredictionFailed raised)."""
+        endpoint.arrive()  # a batch waits for requests already on their way in
+        try:
+            await may_read(request, endpoint, f"predicting on {endpoint.name}")
+            body = await read_body(request)
+            decoded = decode(body)
+        except BaseException:
+            endpoint.arrived()
+            raise
+        key = request.headers.get("x-request-key") or decoded.key
+        served = await endpoint.predict_async(decoded.records, key, decoded.request_id,
+                                              version=decoded.version, inline=inline)
+        if access_log:
+            log.info("predicted", extra={"endpoint": endpoint.name, "route": served.route,
+                                         "request_id": served.request_id,
+                                         "records": len(served.predictions),
+                                         **version_fields(served.model.version)})
+        return served, decoded.extra
+
+    def decode_tether(body: bytes) -> Decoded:
+        data = parse_json(body)
         if isinstance(data, list):
             data = {"records": data}
-        if not isinstance(data, dict) or "records" not in data:
-            raise RecordSchemaError('body must be {"records": [{...}, ...]}', field=None,
-                                    index=None)
+        if not isinstance(data, dict) or ("records" in data) == ("inputs" in data):
+            raise RecordSchemaError('body must be {"records": [{...}, ...]} or '
+                                    '{"inputs": [[...], ...]}', field=None, index=None)
         unknown = set(data) - _PREDICT_KEYS
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
-                               hint="fields: records, key, request_id")
-        request_id = data.get("request_id")
-        if request_id is not None and not (isinstance(request_id, str)
-                                           and _REQUEST_ID.fullmatch(request_id)):
-            raise InvalidInput("request_id must be 1 to 128 printable ASCII characters "
-                               "without spaces")
-        key = request.headers.get("x-request-key") or data.get("key")
-        args = (data["records"], None if key is None else str(key), request_id)
+                               hint="fields: records (or inputs), key, request_id")
+        records = data["records"] if "records" in data else data["inputs"]
+        if "inputs" in data and not (isinstance(records, list) and all(
+                not isinstance(r, dict) for r in records)):
+            raise RecordSchemaError('inputs must be a list of rows: {"inputs": [[5.1, 3.5], '
+                                    '...]}; send objects as "records"', field=None, index=None)
+        request_id = checked_request_id(data.get("request_id"))
+        key = data.get("key")
+        return Decoded(records, None if key is None else str(key), request_id)
+
+    @handled
+    async def predict(request: Request) -> Response:
+        endpoint = await find(request)
         try:
-            served = endpoint.predict(*args) if inline else await run_in_threadpool(
-                endpoint.predict, *args)
+            served, _ = await serve(request, endpoint, decode_tether)
         except PredictionFailed as error:
             response = error_response(error)
             response.headers["X-Model-Version"] = f"{error.model.ref}; digest={error.model.digest}"
             return response
         model = served.model
-        if access_log:
-            log.info("predicted", extra={"endpoint": endpoint.name, "route": served.route,
-                                         "request_id": served.request_id,
-                                         "records": len(served.predictions),
-                                         **version_fields(model.version)})
         payload = {"predictions": served.predictions, "model": model.version.name,
                    "version": model.version.semver, "ref": model.ref, "digest": model.digest,
                    "route": served.route, "request_id": served.request_id}
-        headers = {"X-Model-Version": f"{model.ref}; digest={model.digest}",
-                   "X-Request-Id": served.request_id}
-        return json_response(payload, headers=headers)
+        return json_response(payload, headers=served_headers(served))
+
+    # -- the Open Inference Protocol ------------------------------------------------------
+
+    def oip_find(request: Request) -> Endpoint:
+        return runtime.endpoint(request.path_params["name"])
+
+    def oip_model(endpoint: Endpoint, version: str | None) -> LoadedModel:
+        if version is not None:
+            loaded = endpoint.slots[endpoint.route_serving(version)].current
+        else:
+            loaded = primary(endpoint)
+        if loaded is None:
+            raise NotFound(f"{endpoint.name} has no version loaded yet")
+        return loaded
+
+    @oip_handled
+    async def oip_server_metadata(request: Request) -> Response:
+        return json_response({"name": "tether", "version": __version__,
+                              "extensions": ["binary_tensor_data"]})
+
+    @oip_handled
+    async def oip_live(request: Request) -> Response:
+        return json_response({"live": True})
+
+    @oip_handled
+    async def oip_ready(request: Request) -> Response:
+        ready = runtime.ready
+        return json_response({"ready": ready}, 200 if ready else 400)
+
+    @oip_handled
+    async def oip_model_metadata(request: Request) -> Response:
+        endpoint = await find(request)
+        await may_read(request, endpoint, f"reading the metadata of {endpoint.name}")
+        loaded = oip_model(endpoint, request.path_params.get("version"))
+        version = request.path_params.get("version")
+        versions = [version] if version is not None else [
+            m.version.semver for m in endpoint.versions()]
+        platform = f"tether-{loaded.version.flavor.get('name', 'unknown')}"
+        body = model_metadata(endpoint.name, versions, loaded.signature, platform)
+        return json_response(body, headers={"X-Model-Version": version_header(loaded)})
+
+    @oip_handled
+    async def oip_model_ready(request: Request) -> Response:
+        endpoint = await find(request)
+        await may_read(request, endpoint, f"reading the status of {endpoint.name}")
+        version = request.path_params.get("version")
+        if version is None:
+            ready = endpoint.ready
+        else:
+            try:
+                endpoint.route_serving(version)
+                ready = True
+            except NotFound:
+                ready = False
+        return json_response({"name": endpoint.name, "ready": ready}, 200 if ready else 400)
+
+    @oip_handled
+    async def oip_infer(request: Request) -> Response:
+        endpoint = await find(request)
+        version = request.path_params.get("version")
+        header_length = request.headers.get("inference-header-content-length")
+
+        def decode(body: bytes) -> Decoded:
+            parsed = parse_infer(body, header_length)
+            request_id = checked_request_id(parsed.request_id, "id")
+            return Decoded(parsed.records, None, request_id, version, parsed)
+
+        try:
+            served, parsed = await serve(request, endpoint, decode)
+        except PredictionFailed as error:
+            return json_response({"error": error.message}, 500,
+                                 headers={"X-Model-Version": version_header(error.model)})
+        model = served.model
+        body, json_length = infer_response(endpoint.name, model.version.semver,
+                                           served.request_id, served.predictions,
+                                           model.signature, parsed)
+        headers = served_headers(served)
+        if json_length is None:
+            return Response(body, headers=headers, media_type="application/json")
+        headers["Inference-Header-Content-Length"] = str(json_length)
+        return Response(body, headers=headers, media_type="application/octet-stream")
+
+    # -- MLflow's scoring protocol --------------------------------------------------------
+
+    def decode_mlflow(body: bytes) -> Decoded:
+        return Decoded(parse_mlflow(parse_json(body)), None, None)
+
+    @mlflow_handled
+    async def invocations(request: Request) -> Response:
+        if "name" in request.path_params:
+            endpoint = await find(request)
+        elif len(runtime.endpoints) == 1:
+            endpoint = next(iter(runtime.endpoints.values()))
+        else:
+            raise InvalidInput("this server has several endpoints; /invocations cannot tell "
+                               "which one", hint="POST /v1/endpoints/NAME/invocations, NAME "
+                               f"one of {', '.join(sorted(runtime.endpoints))}")
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() == "text/csv":
+            return mlflow_error("CSV bodies are not supported", 415,
+                                "send JSON (dataframe_split, dataframe_records, instances or "
+                                "inputs) with Content-Type: application/json")
+        try:
+            served, _ = await serve(request, endpoint, decode_mlflow)
+        except PredictionFailed as error:
+            response = mlflow_error(error.message, 500, None)
+            response.headers["X-Model-Version"] = version_header(error.model)
+            return response
+        return json_response({"predictions": served.predictions},
+                             headers=served_headers(served))
+
+    async def ping(request: Request) -> Response:
+        return json_response({"status": "ok"})
 
     @handled
     async def feedback(request: Request) -> Response:
@@ -252,5 +487,18 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/v2", oip_server_metadata, methods=["GET"]),
+        Route("/v2/health/live", oip_live, methods=["GET"]),
+        Route("/v2/health/ready", oip_ready, methods=["GET"]),
+        Route("/v2/models/{name}", oip_model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", oip_model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", oip_infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", oip_model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", oip_model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/infer", oip_infer, methods=["POST"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/v1/endpoints/{name}/invocations", invocations, methods=["POST"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/health", ping, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -75,6 +75,21 @@ class RollbackConfig:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """Concurrent requests to one version predicted together (off unless configured).
+
+    A batch is predicted once ``max_batch`` records are waiting, ``max_wait_ms``
+    after its first request, or (``eager``, the default) as soon as no other
+    request to the endpoint is on its way in, so a lone request never waits
+    for company. ``eager: false`` always waits ``max_wait_ms`` for more.
+    """
+
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    eager: bool = True
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     name: str
     routes: tuple[RouteConfig, ...]
@@ -87,6 +102,8 @@ class EndpointConfig:
     #: Fields that may carry NaN or +-infinity: True (every field), or their names.
     #: By default a non-finite number is refused with 422 before the model sees it.
     allow_non_finite: bool | frozenset[str] = False
+    #: Server-side batching; None (the default) predicts every request on its own.
+    batching: BatchingConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +198,7 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         raise InvalidInput(f"{where}: endpoint name {name!r} is not allowed",
                            hint="use letters, digits, '.', '_' and '-'")
     known = {"routes", "shadow", "rollback", "sticky_field", "trusted", "env_policy",
-             "max_records", "allow_non_finite"}
+             "max_records", "allow_non_finite", "batching"}
     body = _mapping(data, where, known, required={"routes"})
     routes_data = body["routes"]
     if isinstance(routes_data, str):
@@ -210,6 +227,26 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         max_records=int(_number(body.get("max_records", 10_000), f"{where}.max_records", 1)),
         allow_non_finite=_allow_non_finite(body.get("allow_non_finite", False),
                                            f"{where}.allow_non_finite"),
+        batching=_batching(body.get("batching"), f"{where}.batching"),
+    )
+
+
+def _batching(data: Any, where: str) -> BatchingConfig | None:
+    if data is None or data is False:
+        return None
+    if data is True:
+        return BatchingConfig()
+    body = _mapping(data, where, {"max_batch", "max_wait_ms", "eager"})
+    defaults = BatchingConfig()
+    max_wait = _number(body.get("max_wait_ms", defaults.max_wait_ms), f"{where}.max_wait_ms", 0)
+    if max_wait > 1000:
+        raise InvalidInput(f"{where}.max_wait_ms is {max_wait:g}",
+                           hint="batches gather for a few milliseconds: at most 1000")
+    return BatchingConfig(
+        max_batch=int(_number(body.get("max_batch", defaults.max_batch),
+                              f"{where}.max_batch", 1)),
+        max_wait_ms=max_wait,
+        eager=_bool(body.get("eager", defaults.eager), f"{where}.eager"),
     )
 
 

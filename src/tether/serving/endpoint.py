@@ -9,6 +9,7 @@ and ends in a single assignment.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._signature import RecordSchemaError
+from .batching import Batcher
 from .config import EndpointConfig
 from .guard import Unprocessable, finite_number
 from .instruments import Instruments
@@ -60,6 +62,20 @@ class PredictionFailed(TetherError):
 
 
 @dataclass(frozen=True)
+class _Call:
+    """A request between validation and prediction."""
+
+    route: str
+    slot: RouteSlot
+    loaded: LoadedModel
+    window: Any
+    labels: tuple[str, ...]
+    started: float
+    records: list[dict[str, Any]]
+    inputs: Any
+
+
+@dataclass(frozen=True)
 class Served:
     request_id: str
     route: str
@@ -91,6 +107,9 @@ class Endpoint:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._sample = max((s.sample for s in config.shadows), default=0.0)
+        self._batcher = Batcher(lambda: self.config.batching,
+                                observe=lambda rows: instruments.batch_rows.observe(
+                                    rows, self.name))
         self._update_weight_gauges()
 
     # -- start and stop -----------------------------------------------------------------
@@ -111,28 +130,82 @@ class Endpoint:
 
     # -- the request path ---------------------------------------------------------------
 
-    def predict(self, records: Any, key: str | None = None,
-                request_id: str | None = None) -> Served:
+    def predict(self, records: Any, key: str | None = None, request_id: str | None = None,
+                *, version: str | None = None) -> Served:
+        """Predict ``records`` on the route the router (or ``version``) picks.
+
+        ``records`` are objects of named fields, or positional rows (lists of
+        values in the order of the version's input schema). ``version`` (a
+        semantic version or sequence number) pins the route serving it.
+        """
+        call = self._begin(records, key, version)
+        try:
+            predictions = call.loaded.predict_prepared(call.inputs)
+        except Exception as error:
+            raise self._failed(call, error) from error
+        return self._finish(call, predictions, request_id)
+
+    async def predict_async(self, records: Any, key: str | None = None,
+                            request_id: str | None = None, *, version: str | None = None,
+                            inline: bool = True) -> Served:
+        """`predict` from the event loop: batched when the endpoint batches.
+
+        Call `arrive` when the request starts (before its body is read); this
+        counts it off again, so a batch waits for requests already on their way.
+        """
+        batcher = self.batcher
+        self.arrived()
+        if batcher is None:
+            if inline:
+                return self.predict(records, key, request_id, version=version)
+            return await asyncio.to_thread(self.predict, records, key, request_id,
+                                           version=version)
+        batcher.inline = inline
+        call = self._begin(records, key, version)
+        try:
+            predictions = await batcher.predict(call.loaded, call.inputs, len(call.records))
+        except Exception as error:
+            raise self._failed(call, error) from error
+        return self._finish(call, predictions, request_id)
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The batcher while the deployment file asks for batching (it may change live)."""
+        return self._batcher if self.config.batching is not None else None
+
+    def arrive(self) -> None:
+        """A request for this endpoint started (see `predict_async`)."""
+        self._batcher.arrive()
+
+    def arrived(self) -> None:
+        """The request counted by `arrive` is read (or refused): call once."""
+        self._batcher.arrived()
+
+    def _begin(self, records: Any, key: str | None, version: str | None) -> _Call:
         if not isinstance(records, list) or not records:
             raise RecordSchemaError("records must be a non-empty list of objects",
                                     field=None, index=None)
         if len(records) > self.config.max_records:
             raise InvalidInput(f"{len(records)} records is over this endpoint's limit of "
                                f"{self.config.max_records}")
-        if key is None and self.config.sticky_field and isinstance(records[0], dict):
-            value = records[0].get(self.config.sticky_field)
-            key = None if value is None else str(value)
-        route = self.router.choose(key)
+        if version is not None:
+            route = self.route_serving(version)
+        else:
+            if key is None and self.config.sticky_field and isinstance(records[0], dict):
+                value = records[0].get(self.config.sticky_field)
+                key = None if value is None else str(value)
+            route = self.router.choose(key)
         slot = self.slots[route]
-        loaded, window = slot.current, slot.window
+        loaded = slot.current
         if loaded is None:
             raise NotFound(f"route {route!r} of {self.name} has no version loaded yet",
                            hint=slot.problem)
-        labels = (self.name, *loaded.labels)
         started = time.perf_counter()
         # A refused record is the caller's error: it never reaches the window that
         # rollback rules judge, so no client can make a version look broken.
         try:
+            if not isinstance(records[0], Mapping):
+                records = loaded.named(records)
             inputs = loaded.prepare(records, self.config.allow_non_finite)
         except RecordSchemaError as error:
             self._count_invalid(loaded, error.field)
@@ -146,21 +219,26 @@ class Endpoint:
                         extra={"endpoint": self.name, "route": route})
             raise RecordSchemaError(f"records cannot be read as this model's inputs: "
                                     f"{type(error).__name__}", field=None, index=None) from None
-        try:
-            predictions = loaded.predict_prepared(inputs)
-        except Exception as error:
-            elapsed = time.perf_counter() - started
-            window.record_request(False, elapsed)
-            self.instruments.requests.inc(*labels, route)
-            self.instruments.errors.inc(*labels, route, type(error).__name__)
-            self.instruments.latency.observe(elapsed, *labels)
-            log.error("prediction failed: %s: %s", type(error).__name__, error,
-                      extra={"endpoint": self.name, "route": route, "records": len(records),
-                             **version_fields(loaded.version)})
-            raise PredictionFailed(f"{loaded.ref} failed to predict: {type(error).__name__}: "
-                                   f"{error}", model=loaded) from error
-        elapsed = time.perf_counter() - started
-        window.record_request(True, elapsed)
+        return _Call(route, slot, loaded, slot.window, (self.name, *loaded.labels), started,
+                     records, inputs)
+
+    def _failed(self, call: _Call, error: Exception) -> PredictionFailed:
+        loaded, route = call.loaded, call.route
+        elapsed = time.perf_counter() - call.started
+        call.window.record_request(False, elapsed)
+        self.instruments.requests.inc(*call.labels, route)
+        self.instruments.errors.inc(*call.labels, route, type(error).__name__)
+        self.instruments.latency.observe(elapsed, *call.labels)
+        log.error("prediction failed: %s: %s", type(error).__name__, error,
+                  extra={"endpoint": self.name, "route": route, "records": len(call.records),
+                         **version_fields(loaded.version)})
+        return PredictionFailed(f"{loaded.ref} failed to predict: {type(error).__name__}: "
+                                f"{error}", model=loaded)
+
+    def _finish(self, call: _Call, predictions: list[Any], request_id: str | None) -> Served:
+        loaded, route, labels, records = call.loaded, call.route, call.labels, call.records
+        elapsed = time.perf_counter() - call.started
+        call.window.record_request(True, elapsed)
         self.instruments.requests.inc(*labels, route)
         self.instruments.latency.observe(elapsed, *labels)
         self.instruments.records.inc(*labels, amount=len(records))
@@ -170,8 +248,32 @@ class Endpoint:
         self._remember(request_id, route, loaded, predictions)
         if self.shadows and (self._sample >= 1.0 or random.random() < self._sample):
             self._mirror(MirrorJob(self.name, loaded, records, predictions,
-                                   self._comparison_recorder(slot, loaded)))
+                                   self._comparison_recorder(call.slot, loaded)))
         return Served(request_id, route, loaded, predictions)
+
+    def route_serving(self, version: str) -> str:
+        """The route serving ``version`` (semantic version or sequence number); NotFound if none.
+
+        Among several, the first with traffic; the router is not consulted.
+        """
+        weights = self.router.weights
+        found = [name for name, slot in self.slots.items() if slot.current is not None
+                 and version in (slot.current.version.semver, str(slot.current.version.seq))]
+        if not found:
+            served = sorted({f"{s.current.version.semver} (seq {s.current.version.seq})"
+                             for s in self.slots.values() if s.current is not None})
+            raise NotFound(f"no route of {self.name} serves version {version!r}",
+                           hint=f"versions served: {', '.join(served) or 'none yet'}")
+        with_traffic = [name for name in found if weights.get(name, 0) > 0]
+        return (with_traffic or found)[0]
+
+    def versions(self) -> list[LoadedModel]:
+        """The distinct versions the routes serve, in route order."""
+        seen: dict[str, LoadedModel] = {}
+        for slot in self.slots.values():
+            if slot.current is not None:
+                seen.setdefault(slot.current.digest, slot.current)
+        return list(seen.values())
 
     def _count_invalid(self, loaded: LoadedModel, field: str | None) -> None:
         # Label by declared fields only: a caller's own keys must not mint label sets.

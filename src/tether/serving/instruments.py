@@ -70,6 +70,9 @@ class Instruments:
                                    ("endpoint", "route"))
         self.swaps = m.counter("tether_version_switches_total",
                                "Times a route switched version.", ("endpoint", "route"))
+        self.batch_rows = m.histogram("tether_batch_records", "Records per batch predicted "
+                                      "together (server-side batching).", ("endpoint",),
+                                      (1, 2, 4, 8, 16, 32, 64, 128, 256))
         self._classes_seen: dict[tuple[str, ...], set[str]] = {}
         self._lock = threading.Lock()
 

@@ -84,6 +84,43 @@ class LoadedModel:
                                     f"the model takes: {self.signature.inputs.describe()}"
                                     ) from None
 
+    def named(self, rows: list[Any]) -> list[dict[str, Any]]:
+        """Positional rows (``[[5.1, 3.5, 1.4, 0.2], ...]``) as records of this version.
+
+        A row's values go to the signature's input fields in order; a tensor
+        input takes each row whole, a one-field schema takes a bare value.
+        """
+        signature = self.signature
+        if signature is None:
+            raise RecordSchemaError(
+                f"{self.ref} has no input schema, so values cannot be matched to fields by "
+                "position", field=None, index=None,
+                hint="send records with field names: {\"records\": [{\"name\": value, ...}]}")
+        names = signature.inputs.names
+        hint = f"the model takes, in this order: {signature.inputs.describe()}"
+        if signature.inputs.kind == "tensor":
+            return [{names[0]: row} for row in rows]
+        width = len(names)
+        out: list[dict[str, Any]] = []
+        for index, row in enumerate(rows):
+            if isinstance(row, list | tuple):
+                if len(row) != width:
+                    raise RecordSchemaError(
+                        f"row {index} has {len(row)} value(s); {self.ref} takes {width}",
+                        field=None, index=index, hint=hint)
+                out.append(dict(zip(names, row, strict=True)))
+            elif isinstance(row, Mapping):
+                raise RecordSchemaError(
+                    f"row {index} is an object among positional rows; send all rows as "
+                    "lists of values or all as objects", field=None, index=index, hint=hint)
+            elif width == 1:
+                out.append({names[0]: row})
+            else:
+                raise RecordSchemaError(
+                    f"row {index} is a single value; {self.ref} takes {width}",
+                    field=None, index=index, hint=hint)
+        return out
+
     def _shaped(self, matrix: Any) -> Any:
         if self.matrix:
             return matrix
