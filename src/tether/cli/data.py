@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -40,6 +41,10 @@ def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _added(version: DatasetVersion) -> None:
+    if not version.bump_reasons:  # the same bytes were registered before
+        console.print(f"{version.ref}  #{version.seq}  {version.short_digest}  unchanged: "
+                      "these bytes are this version already")
+        return
     stored = version.source.get("stored_bytes")
     console.print(
         f"{version.ref}  #{version.seq}  {version.short_digest}  "
@@ -269,7 +274,16 @@ def track(ctx: click.Context, path: str, name: str | None, notes: str, as_json: 
         emit_json({"pointer": str(pointer), **version.to_dict(with_files=False)})
         return
     _added(version)
-    console.print(f"wrote {pointer.name}; commit it: git add {pointer.name} .gitignore")
+    shown = _relative(pointer)
+    ignore = _relative(pointer.parent / ".gitignore")
+    console.print(f"wrote {shown}; commit it: git add {shown} {ignore}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 @data_group.command("checkout")
