@@ -118,7 +118,7 @@ def start_tether(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str,
     for i in range(2):
         weights.write_bytes(os.urandom(1024) + bytes([i]))
         client.log_model(weights, "fraud")
-    client.promote("fraud@1.1.0", "production")
+    client.promote("fraud@1.1.0", "production", create=True)
     reader = client.create_token("poller", role="reader")["token"]
     client.close()
     return proc, url, reader

@@ -38,6 +38,12 @@ def populated(tmp_path: Path, iris: tuple[Any, Any]) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _as_the_registry_creator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run as the user who created the registry (its admin), as on a laptop."""
+    monkeypatch.setenv("TETHER_USER", "cli@test")
+
+
 def run(root: Path, *args: str) -> Any:
     result = CliRunner().invoke(cli, ["--registry", str(root), *args], catch_exceptions=False)
     return result
@@ -84,6 +90,7 @@ def test_store_stats_gc_and_config(populated: Path, monkeypatch: pytest.MonkeyPa
     assert stats["logical_bytes"] > 0 and stats["stored_bytes"] > 0
     dry = json.loads(run(populated, "gc", "--dry-run", "--json").output)
     assert dry["dry_run"] is True and dry["expired_versions"] == []
+    monkeypatch.setenv("TETHER_USER", "someone-else@test")
     refused = run(populated, "config", "set", "env_policy", "warn")  # settings need an admin
     assert refused.exit_code == 1 and "admin" in refused.output
     monkeypatch.setenv("TETHER_USER", "cli@test")  # the registry's creator

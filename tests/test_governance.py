@@ -77,9 +77,9 @@ def test_promote_explains_every_failed_rule(registry: Registry, iris: tuple[Any,
     )
     registry.grant("alice", "approver")
     as_user(registry, "alice").approve("iris@1.0.0", "production")
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     with pytest.raises(PolicyViolation) as info:
-        registry.promote("iris@1.1.0", "production")
+        registry.promote("iris@1.1.0", "production", create=True)
     text = str(info.value)
     assert "below the minimum 0.9" in text
     assert "worse than 1.0.0's" in text
@@ -103,12 +103,12 @@ def test_roles_approvals_and_authors(registry: Registry, iris: tuple[Any, Any]) 
     with pytest.raises(tether.Conflict):
         bob.approve("iris@1.0.0", "production")
     with pytest.raises(PolicyViolation, match="needs 2 approval"):
-        bob.promote("iris@1.0.0", "production")
+        bob.promote("iris@1.0.0", "production", create=True)
     as_user(registry, "carol").approve("iris@1.0.0", "production")
     dave = as_user(registry, "dave")
-    with pytest.raises(PolicyViolation, match="needs role approver"):
-        dave.promote("iris@1.0.0", "production")
-    assert bob.promote("iris@1.0.0", "production").version == "1.0.0"
+    with pytest.raises(PermissionDenied, match="needs role approver"):  # production is protected
+        dave.promote("iris@1.0.0", "production", create=True)
+    assert bob.promote("iris@1.0.0", "production", create=True).version == "1.0.0"
     with pytest.raises(PermissionDenied):
         dave.grant("dave", "admin")
 
@@ -130,16 +130,16 @@ def test_signing_and_verification(
         ),
     )
     with pytest.raises(PolicyViolation, match="signed by release"):
-        registry.promote("iris@1.0.0", "production")
+        registry.promote("iris@1.0.0", "production", create=True)
     with pytest.raises(PolicyViolation, match="requires a signature"):
         registry.load("iris@1.0.0")
     with pytest.raises(PermissionDenied, match="not trusted"):  # refused before it is stored
         registry.sign("iris@1.0.0", str(other_private))
     with pytest.raises(PolicyViolation):
-        registry.promote("iris@1.0.0", "production")
+        registry.promote("iris@1.0.0", "production", create=True)
     assert registry.sign("iris@1.0.0", str(private))["key_id"] == kid
     assert registry.signatures("iris@1.0.0")[0] == ["release"]
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     registry.load("iris@production")
 
     # A forged signature (bytes of another version's signature) is detected.
@@ -158,10 +158,10 @@ def test_policy_deprecation_and_retention(registry: Registry, iris: tuple[Any, A
     X, _ = iris
     for C in (1.0, 0.5, 0.2, 0.1):
         registry.log_model(fit_logreg(iris, C=C), "iris", input_example=X.head(3))
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     registry.set_policy("iris", "retention: {keep_last: 2}\ndeprecated: ['1.1.0']\n")
     with pytest.raises(PolicyViolation, match="deprecated"):
-        registry.promote("iris@1.1.0", "staging")
+        registry.promote("iris@1.1.0", "staging", create=True)
     with pytest.warns(tether.DeprecatedVersionWarning):
         registry.load("iris@1.1.0")
     result = registry.gc(grace_seconds=0)
@@ -179,7 +179,7 @@ def test_lock_pins_exact_digests_and_warns_when_the_alias_moves(
     registry: Registry, iris: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _two_versions(registry, iris)
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     app = tmp_path / "app"
     app.mkdir()
     monkeypatch.chdir(app)
@@ -187,7 +187,7 @@ def test_lock_pins_exact_digests_and_warns_when_the_alias_moves(
     assert entry.semver == "1.0.0"
     lock = json.loads((app / "tether.lock").read_text())
     assert lock["models"]["iris"]["requires"]["packages"]["scikit-learn"]
-    registry.promote("iris@1.1.0", "production")
+    registry.promote("iris@1.1.0", "production", create=True)
     with pytest.warns(PinnedVersionWarning, match="now points at 1.1.0"):
         model = registry.load("iris@production")
     pinned = registry.get("iris@1.0.0")

@@ -175,7 +175,7 @@ def test_bad_log_arguments(registry: Registry, iris: tuple[Any, Any]) -> None:
 def test_every_reference_form_resolves(registry: Registry, iris: tuple[Any, Any]) -> None:
     v1 = _log(registry, fit_logreg(iris), iris)
     v2 = _log(registry, fit_logreg(iris, C=0.2), iris)
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     assert registry.get("iris@production").seq == 1
     assert registry.get("iris@1.1.0").seq == 2
     assert registry.get("iris@~1").seq == 2
@@ -189,7 +189,7 @@ def test_every_reference_form_resolves(registry: Registry, iris: tuple[Any, Any]
 
 def test_unknown_references_list_what_exists(registry: Registry, iris: tuple[Any, Any]) -> None:
     _log(registry, fit_logreg(iris), iris)
-    registry.promote("iris@1.0.0", "staging")
+    registry.promote("iris@1.0.0", "staging", create=True)
     with pytest.raises(NotFound) as info:
         registry.get("iris@9.9.9")
     assert "1.0.0 (#1)" in str(info.value) and "staging -> 1.0.0" in str(info.value)
@@ -309,7 +309,7 @@ def test_promote_rollback_history(registry: Registry, iris: tuple[Any, Any]) -> 
     for C in (1.0, 0.5, 0.2):
         _log(registry, fit_logreg(iris, C=C), iris)
     for ref in ("iris@1.0.0", "iris@1.1.0", "iris@1.2.0"):
-        registry.promote(ref, "production", reason="test")
+        registry.promote(ref, "production", reason="test", create=True)
     assert registry.get("iris@production").semver == "1.2.0"
     assert registry.rollback("iris", "production").version == "1.1.0"
     assert registry.rollback("iris", "production").version == "1.0.0"
@@ -321,7 +321,7 @@ def test_promote_rollback_history(registry: Registry, iris: tuple[Any, Any]) -> 
     with pytest.raises(NotFound):
         registry.rollback("iris", "staging")
     with pytest.raises(InvalidReference):
-        registry.promote("iris@1.0.0", "latest")
+        registry.promote("iris@1.0.0", "latest", create=True)
 
 
 def test_deprecated_versions_warn_and_cannot_be_promoted(
@@ -330,7 +330,7 @@ def test_deprecated_versions_warn_and_cannot_be_promoted(
     _log(registry, fit_logreg(iris), iris)
     registry.deprecate("iris@1.0.0", reason="leaks labels")
     with pytest.raises(PolicyViolation, match="deprecated"):
-        registry.promote("iris@1.0.0", "production")
+        registry.promote("iris@1.0.0", "production", create=True)
     with pytest.warns(tether.DeprecatedVersionWarning):
         registry.load("iris@1.0.0")
 
@@ -339,7 +339,7 @@ def test_audit_log_records_and_detects_tampering(registry: Registry, iris: tuple
     import sqlite3
 
     _log(registry, fit_logreg(iris), iris)
-    registry.promote("iris@1.0.0", "production")
+    registry.promote("iris@1.0.0", "production", create=True)
     events = registry.audit_log()
     assert [e.action for e in events][:2] == ["alias.set", "version.logged"]
     assert events[0].actor == "tester@example.com" and events[0].after == "1.0.0"

@@ -140,10 +140,10 @@ def test_log_promote_load_through_the_server(
     )
     assert (v1.semver, v2.semver, v2.seq) == ("1.0.0", "1.1.0", 2)
     assert v1.author == "root@team"  # the authenticated user, not what the client claims
-    client.promote("iris@1.0.0", "production")
+    client.promote("iris@1.0.0", "production", create=True)
     loaded = client.load("iris@production")
     assert (loaded.predict(X) == model.predict(X)).all()
-    client.promote("iris@1.1.0", "production")
+    client.promote("iris@1.1.0", "production", create=True)
     assert client.rollback("iris", "production").version == "1.0.0"
     assert next(e.action for e in client.audit_log(limit=3)).startswith("alias.")
     assert client.verify_audit()[1] == []
@@ -167,7 +167,7 @@ def test_cli_works_against_the_server(server: Server, iris: tuple[Any, Any]) -> 
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["semver"] == "1.0.0"
     promote = subprocess.run(
-        [tether_exe(), "promote", "iris@1.0.0", "staging"],
+        [tether_exe(), "promote", "iris@1.0.0", "staging", "--create"],
         capture_output=True,
         text=True,
         env=env,
@@ -204,9 +204,9 @@ def test_tokens_and_roles(server: Server, iris: tuple[Any, Any]) -> None:
             fit_logreg(iris, C=0.3), "iris", input_example=iris[0].head(3)
         )
     carl = tether.connect(server.url, token=contributor)
-    carl.promote("iris@1.0.0", "staging")
+    carl.promote("iris@1.0.0", "staging", create=True)
     with pytest.raises(PermissionDenied, match="needs role approver"):
-        carl.promote("iris@1.0.0", "production")
+        carl.promote("iris@1.0.0", "production", create=True)
     events = admin.audit_log(limit=1)
     assert events[0].actor == "carl" and events[0].action == "alias.set"
 
@@ -218,7 +218,7 @@ def test_alias_reads_use_etags(server: Server, iris: tuple[Any, Any]) -> None:
     client = server.client()
     client.log_model(fit_logreg(iris), "iris", input_example=iris[0].head(3))
     client.log_model(fit_logreg(iris, C=0.2), "iris", input_example=iris[0].head(3))
-    client.promote("iris@1", "production")
+    client.promote("iris@1", "production", create=True)
     first = server.api("GET", "/api/v1/models/iris/aliases/production")
     assert first.status_code == 200 and first.json()["version"] == "1.0.0"
     etag = first.headers["etag"]
@@ -226,7 +226,7 @@ def test_alias_reads_use_etags(server: Server, iris: tuple[Any, Any]) -> None:
         "GET", "/api/v1/models/iris/aliases/production", headers={"If-None-Match": etag}
     )
     assert again.status_code == 304
-    client.promote("iris@2", "production")
+    client.promote("iris@2", "production", create=True)
     moved = server.api(
         "GET", "/api/v1/models/iris/aliases/production", headers={"If-None-Match": etag}
     )

@@ -55,7 +55,7 @@ def _wait(condition: Callable[[], bool], timeout: float = 15.0) -> None:
 def two_versions(registry: Registry, iris: tuple[Any, Any]) -> tuple[Any, Any]:
     v1 = _log_iris(registry, iris, 1.0)
     v2 = _log_iris(registry, iris, 0.001)  # heavily regularised: predicts differently
-    registry.promote(v1.ref, "production")
+    registry.promote(v1.ref, "production", create=True)
     return v1, v2
 
 
@@ -141,7 +141,7 @@ def test_blue_green_switch_under_load_loses_no_request(
         for thread in threads:
             thread.start()
         time.sleep(1.0)
-        registry.promote(v2.ref, "production", reason="blue-green test")
+        registry.promote(v2.ref, "production", reason="blue-green test", create=True)
         _wait(lambda: all(log and log[-1][1] == v2.ref for log in seen))
         time.sleep(0.5)
         stop.set()
@@ -202,7 +202,7 @@ def test_shadow_is_compared_off_the_request_path(
     registry: Registry, iris: tuple[Any, Any], two_versions: tuple[Any, Any], tmp_path: Path
 ) -> None:
     v1, v2 = two_versions
-    registry.promote(v2.ref, "staging")
+    registry.promote(v2.ref, "staging", create=True)
     registry.log_model(_flaky_model(0, delay=0.2), "broken")
     deployment = _deploy(tmp_path, """
 endpoints:
@@ -260,8 +260,8 @@ def test_a_version_that_starts_failing_is_rolled_back_through_its_alias(
 ) -> None:
     good = registry.log_model(_flaky_model(None), "scorer")
     bad = registry.log_model(_flaky_model(5), "scorer", notes="new backend")
-    registry.promote(good.ref, "production")
-    registry.promote(bad.ref, "production")
+    registry.promote(good.ref, "production", create=True)
+    registry.promote(bad.ref, "production", create=True)
     deployment = _deploy(tmp_path, """
 endpoints:
   scorer:
@@ -381,7 +381,7 @@ def test_a_version_whose_environment_differs_is_refused(
                          _deploy(tmp_path, f"endpoints: {{iris: {{routes: [{foreign.ref}]}}}}"))
     deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
-        registry.promote(foreign.ref, "production")
+        registry.promote(foreign.ref, "production", create=True)
         _wait(lambda: c.get("/v1/endpoints/iris").json()["routes"][0]["problem"] is not None)
         route = c.get("/v1/endpoints/iris").json()["routes"][0]
         assert route["ref"] == v1.ref and "scikit-learn" in route["problem"]

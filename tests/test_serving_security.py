@@ -75,8 +75,8 @@ def production(registry: Registry, iris: tuple[Any, Any]) -> tuple[Any, Any]:
     """iris@production on v2, with v1 before it: a rollback would move it back to v1."""
     v1 = _log_iris(registry, iris, 1.0)
     v2 = _log_iris(registry, iris, 0.001)
-    registry.promote(v1.ref, "production")
-    registry.promote(v2.ref, "production")
+    registry.promote(v1.ref, "production", create=True)
+    registry.promote(v2.ref, "production", create=True)
     return v1, v2
 
 

@@ -50,6 +50,29 @@ _ALIAS_KEYS = {"roles", "approvals", "checks"}
 _TOP_KEYS = {"aliases", "retention", "deprecated", "require_signed_by", "trusted_for_loading"}
 
 
+#: Aliases that only approvers may move unless the ``protected_aliases`` setting says otherwise.
+DEFAULT_PROTECTED_ALIASES = ("production",)
+
+
+def protected_alias_patterns(setting: str | None) -> tuple[str, ...]:
+    """The ``protected_aliases`` setting (comma-separated globs) as patterns."""
+    if setting is None:
+        return DEFAULT_PROTECTED_ALIASES
+    return tuple(a.strip() for a in setting.split(",") if a.strip())
+
+
+def role_to_move(alias: str, protected_setting: str | None) -> str:
+    """approver for a protected alias, else contributor (a policy may ask for more).
+
+    The one rule every shell follows: the use cases enforce it, the UI and
+    serving only use it to decide what to show or ask for.
+    """
+    import fnmatch
+
+    protected = protected_alias_patterns(protected_setting)
+    return "approver" if any(fnmatch.fnmatchcase(alias, p) for p in protected) else "contributor"
+
+
 def role_rank(role: str) -> int:
     if role not in ROLES:
         raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}")

@@ -347,7 +347,13 @@ class RemoteRegistry:
         return f"/models/{quote(name)}/aliases/{quote(alias)}"
 
     def promote(
-        self, ref: str, alias: str, *, reason: str = "", checks: Sequence[Any] = ()
+        self,
+        ref: str,
+        alias: str,
+        *,
+        reason: str = "",
+        checks: Sequence[Any] = (),
+        create: bool = False,
     ) -> AliasMove:
         if checks:
             raise InvalidInput("custom promote checks run only in-process; use a policy instead")
@@ -356,7 +362,7 @@ class RemoteRegistry:
         data = self._request(
             "PUT",
             self._alias_path(parsed.name, alias),
-            json={"version": selector, "reason": reason},
+            json={"version": selector, "reason": reason, "create": create},
         )
         return AliasMove(**data)
 

@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from .._errors import NotFound, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
+from .._policy import role_to_move
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, validate_alias_name
-from .governance import check_deprecated_by_policy, current_policy
+from .governance import check_deprecated_by_policy, current_policy, require_role
 from .resolve import require_model, resolve_row
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def promote(
         current = repo.alias_row(conn, mid, alias)
         if current is None and not create:
             raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
+        require_role_to_move(conn, actor, parsed.name, alias)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)
@@ -105,6 +107,16 @@ def promote(
         return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
 
 
+#: Registry setting: aliases (comma-separated, glob patterns allowed) only approvers move.
+PROTECTED_SETTING = "protected_aliases"
+
+
+def require_role_to_move(conn: sa.Connection, actor: str, model: str, alias: str) -> None:
+    """The one place that decides who may move an alias (every shell ends up here)."""
+    role = role_to_move(alias, repo.get_setting(conn, PROTECTED_SETTING))
+    require_role(conn, actor, role, model)
+
+
 def unknown_alias(
     conn: sa.Connection, mid: int, name: str, alias: str, *, creating: str | None = None
 ) -> NotFound:
@@ -134,6 +146,7 @@ def rollback(
     validate_alias_name(alias)
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
+        require_role_to_move(conn, actor, name, alias)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
             raise unknown_alias(conn, mid, name, alias)
@@ -182,6 +195,7 @@ def _is_live(conn: sa.Connection, vid: int | None) -> bool:
 def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> AliasMove:
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
+        require_role_to_move(conn, actor, name, alias)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
             raise unknown_alias(conn, mid, name, alias)

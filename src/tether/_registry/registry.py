@@ -68,6 +68,8 @@ SETTINGS: dict[str, str] = {
     "env_policy": "environment policy for load/serve: strict, warn, off, with overrides",
     "gc.keep_last": "versions of each model that gc always keeps (empty: all)",
     "gc.grace_seconds": "gc never removes anything younger than this (default 3600)",
+    "protected_aliases": "aliases only approvers may move (comma-separated, globs allowed; "
+    "default: production)",
     "trust.load_signers": "trusted key names (comma-separated) whose signature lets "
     "code-executing formats (pickle) load without trusted=True",
 }

@@ -48,7 +48,8 @@ def server_init(db_url: str, store_url: str, admin: str, as_json: bool) -> None:
 @click.option(
     "--open-access",
     is_flag=True,
-    help="No tokens needed (a trusted network only; everyone acts as 'anonymous').",
+    help="No tokens needed (a trusted network only): everyone acts as 'anonymous', which may "
+    "read and log; moving aliases and administration follow the roles granted to 'anonymous'.",
 )
 @handle_errors
 def server(

@@ -55,6 +55,7 @@ RPC_METHODS: dict[str, tuple[str, bool]] = {
     "revoke_token": ("admin", False),
     "tokens": ("admin", False),
     "delete_version": ("admin", True),
+    "record_route_rollback": ("contributor", True),  # serving replicas of a remote registry
 }
 
 
@@ -232,9 +233,8 @@ class Api:
             {"version"},
             {"version": str | int, "reason": str, "create": bool},
         )
-        reg, who = self.as_caller(request)
-        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
-        self.need(reg, who, role, name, f"moving {name}@{alias}")
+        # Who may move which alias is decided by the use case (aliases.role_to_move).
+        reg, _who = self.as_caller(request)
         ref = f"{name}@{body['version']}"
         parse_reference(ref)
         move = await run_in_threadpool(
@@ -247,9 +247,7 @@ class Api:
     async def rollback(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
         body = await read_json(request, {"reason"}, types={"reason": str})
-        reg, who = self.as_caller(request)
-        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
-        self.need(reg, who, role, name, f"rolling back {name}@{alias}")
+        reg, _who = self.as_caller(request)
         move = await run_in_threadpool(
             lambda: reg.rollback(name, alias, reason=str(body.get("reason", "")))
         )
@@ -257,9 +255,7 @@ class Api:
 
     async def delete_alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
-        reg, who = self.as_caller(request)
-        role = "approver" if alias in auth.protected_aliases(reg) else "contributor"
-        self.need(reg, who, role, name, f"deleting {name}@{alias}")
+        reg, _who = self.as_caller(request)
         return move_json(await run_in_threadpool(reg.delete_alias, name, alias))
 
     async def alias_history(self, request: Request) -> Any:
@@ -291,10 +287,23 @@ class Api:
 
     async def whoami(self, request: Request) -> Any:
         reg, who = self.as_caller(request)
-        from .._registry.governance import roles_of
+        roles = await run_in_threadpool(reg.roles, who, None)
+        return {"principal": who, "roles": list(roles)}
 
-        with reg.read() as conn:
-            return {"principal": who, "roles": list(roles_of(conn, who, None))}
+    async def roles(self, request: Request) -> Any:
+        """The roles of a principal (anyone may ask about themselves; readers about anyone)."""
+        reg, who = self.as_caller(request)
+        principal = request.query_params.get("principal") or who
+        model = request.query_params.get("model") or None
+        if principal != who:
+            self.need(reg, who, "reader", model, "reading another principal's roles")
+        roles = await run_in_threadpool(reg.roles, principal, model)
+        return {"principal": principal, "model": model, "roles": list(roles)}
+
+    async def audit_head(self, request: Request) -> Any:
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "reader", None, "reading the signed audit head")
+        return await run_in_threadpool(reg.audit_head)
 
     async def not_found(self, request: Request) -> Any:
         raise NotFound(
@@ -336,6 +345,7 @@ class Api:
             Route("/health", w(self.health)),
             Route("/openapi.json", lambda r: JSONResponse(openapi_document())),
             Route("/whoami", w(self.whoami)),
+            Route("/roles", w(self.roles)),
             Route("/models", w(self.models)),
             Route("/models/{name}/versions", w(self.versions), methods=["GET"]),
             Route("/models/{name}/versions", w(self.create_version), methods=["POST"]),
@@ -347,6 +357,7 @@ class Api:
             Route("/models/{name}/aliases/{alias}/history", w(self.alias_history)),
             Route("/audit", w(self.audit)),
             Route("/audit/verify", w(self.audit_verify)),
+            Route("/audit/head", w(self.audit_head)),
             Route("/settings", w(self.settings)),
             Route("/models/{name}/trust/{selector:path}", w(self.trust)),
             Route("/call/{method}", w(self.rpc), methods=["POST"]),
@@ -361,6 +372,10 @@ def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
     from .mlflow_api import mlflow_routes
 
     routes.append(Mount("/api/2.0/mlflow", routes=mlflow_routes(api)))
+    # The web UI at /, over the same registry use cases (after the APIs, so /api wins).
+    from ..ui import create_ui_app
+
+    routes.append(Mount("/", app=create_ui_app(lambda: api.registry)))
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BodyLimit, limit_for=_body_limit, render=_render_refusal)],

@@ -14,9 +14,6 @@ from .._registry.governance import roles_of
 from .._registry.registry import Registry
 from .._registry.tokens import authenticate
 
-#: Aliases whose moves need the approver role (others need contributor).
-DEFAULT_PROTECTED = ("production",)
-
 
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
@@ -81,10 +78,3 @@ def require(
         hint=f"an admin can run `tether role grant {principal} {role}"
         + (f" --model {model}`" if model else "`"),
     )
-
-
-def protected_aliases(registry: Registry) -> tuple[str, ...]:
-    configured = registry.get_setting("protected_aliases")
-    if configured is None:
-        return DEFAULT_PROTECTED
-    return tuple(a.strip() for a in configured.split(",") if a.strip())

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, PermissionDenied
-from .._policy import role_rank
+from .._policy import role_rank, role_to_move
 from .._reference import SelectorKind, parse_reference
 from .._registry.tokens import Unauthenticated
 from .config import AuthConfig, Deployment, EndpointConfig
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from .._contract import RegistryAPI
 
 #: Aliases whose moves need the approver role when the registry does not say (as the server).
-DEFAULT_PROTECTED = ("production",)
 #: Principal name for callers holding the deployment's serving token.
 SERVING_PRINCIPAL = "serving-token"
 CACHE_SECONDS = 5.0
@@ -81,10 +80,10 @@ class ServingAuth:
 
     def steering_role(self, endpoint: EndpointConfig) -> str:
         """The role that may change an endpoint's weights: the one that may move its aliases."""
-        protected = self._protected_aliases()
+        setting = self._protected_setting()
         for route in endpoint.routes:
             ref = parse_reference(route.target)
-            if ref.kind is SelectorKind.ALIAS and ref.value in protected:
+            if ref.kind is SelectorKind.ALIAS and role_to_move(ref.value, setting) == "approver":
                 return "approver"
         return "contributor"
 
@@ -135,14 +134,9 @@ class ServingAuth:
         return tuple(self._cached(("roles", principal, model),
                                   lambda: self.registry.roles(principal, model)))
 
-    def _protected_aliases(self) -> tuple[str, ...]:
-        def compute() -> tuple[str, ...]:
-            configured = self.registry.get_setting("protected_aliases")
-            if configured is None:
-                return DEFAULT_PROTECTED
-            return tuple(a.strip() for a in configured.split(",") if a.strip())
-
-        return tuple(self._cached(("protected",), compute))
+    def _protected_setting(self) -> str | None:
+        value = self._cached(("protected",), lambda: self.registry.get_setting("protected_aliases"))
+        return None if value is None else str(value)
 
     def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         now = time.monotonic()

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._metadata.clock import parse_iso
-from .._policy import role_rank
+from .._policy import protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
 from .._registry.registry import Registry
 from .chart import line_chart
@@ -24,7 +24,6 @@ from .chart import line_chart
 PAGE_SIZE = 50
 #: Aliases whose moves need the approver role unless the registry says otherwise
 #: (the setting the REST API reads, so both shells ask for the same role).
-DEFAULT_PROTECTED = ("production",)
 
 
 # -- who may do what ------------------------------------------------------------
@@ -55,16 +54,13 @@ class Permissions:
 
     def protected(self) -> tuple[str, ...]:
         if self._protected is None:
-            configured = self.registry.get_setting("protected_aliases")
-            self._protected = (
-                DEFAULT_PROTECTED
-                if configured is None
-                else tuple(a.strip() for a in configured.split(",") if a.strip())
-            )
+            setting = self.registry.get_setting("protected_aliases")
+            self._protected = protected_alias_patterns(setting)
         return self._protected
 
     def role_to_move(self, alias: str) -> str:
-        return "approver" if alias in self.protected() else "contributor"
+        # Only to decide which forms to show: the use case enforces the same rule.
+        return role_to_move(alias, ",".join(self.protected()))
 
     def actions(self, model: str) -> dict[str, bool]:
         """Which action forms to show on a page about ``model``."""
