@@ -174,7 +174,9 @@ class RegistryAPI(Protocol):
         environment: dict[str, Any] | None = None,
     ) -> Verdict: ...
 
-    def env_export(self, ref: str, *, format: str = "requirements") -> str: ...
+    def env_export(
+        self, ref: str, *, format: str = "requirements", full: bool = False
+    ) -> str: ...
 
     # -- audit ------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from .capture import canonical_name, capture_environment, clear_cache
 from .compare import KINDS, LEVELS, Difference, compare_environments, version_level
-from .export import export_dockerfile, export_requirements
+from .export import export_dockerfile, export_requirements, roots_for_flavor
 from .policy import EnvironmentWarning, EnvPolicy, Verdict, evaluate, fix_command
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "export_dockerfile",
     "export_requirements",
     "fix_command",
+    "roots_for_flavor",
     "version_level",
 ]

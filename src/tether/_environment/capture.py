@@ -30,6 +30,43 @@ def _packages() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _dependencies() -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(what each distribution requires, the ones installed from a local source).
+
+    Requirements that only an extra asks for are left out; platform markers are
+    not evaluated, which is harmless: the export keeps only what is installed.
+    A local or editable install has no version an index can serve, so exports
+    say so instead of pinning it.
+    """
+    requires: dict[str, list[str]] = {}
+    local: dict[str, str] = {}
+    for dist in metadata.distributions():
+        raw_name = dist.metadata.get("Name", None)  # type: ignore[attr-defined]
+        if not raw_name:
+            continue
+        name = canonical_name(raw_name)
+        if name in requires:
+            continue
+        needed: set[str] = set()
+        for text in dist.requires or []:
+            requirement, _, marker = text.partition(";")
+            if "extra" in marker:
+                continue
+            match = _REQUIREMENT_NAME.match(requirement)
+            if match:
+                needed.add(canonical_name(match[1]))
+        requires[name] = sorted(needed)
+        direct = dist.read_text("direct_url.json") or ""
+        if '"editable": true' in direct:
+            local[name] = "editable"
+        elif '"url": "file:' in direct:
+            local[name] = "local"
+    return dict(sorted(requires.items())), local
+
+
 def _accelerators() -> list[dict[str, Any]]:
     """NVIDIA GPUs, found without importing a framework (cheap, no CUDA init)."""
     found: list[dict[str, Any]] = []
@@ -81,6 +118,7 @@ def capture_environment() -> dict[str, Any]:
             "accelerators": _accelerators(),
             "packages": _packages(),
         }
+        _cache["requires"], _cache["local_installs"] = _dependencies()
     return copy.deepcopy(_cache)
 
 

@@ -8,18 +8,72 @@ from typing import Any
 DEFAULT_EXCLUDE = ("pip", "setuptools", "wheel")
 
 
+def roots_for_flavor(flavor: dict[str, Any]) -> list[str] | None:
+    """The distributions a version's flavor loads with; None when that cannot be known.
+
+    A Python callable (cloudpickle) may reference any module of the training
+    environment, so its export stays complete.
+    """
+    if flavor.get("name") == "python":
+        return None
+    return [str(p) for p in flavor.get("framework_packages") or []]
+
+
+def needed_packages(environment: dict[str, Any], roots: Iterable[str]) -> set[str] | None:
+    """``roots`` and everything they require, by the recorded dependency graph.
+
+    None when the environment was recorded without its graph (older versions).
+    """
+    graph = environment.get("requires")
+    if not isinstance(graph, dict):
+        return None
+    packages = environment.get("packages") or {}
+    todo = [r for r in roots if r in packages]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(d for d in graph.get(name, []) if d in packages and d not in seen)
+    return seen
+
+
 def export_requirements(
-    environment: dict[str, Any], *, exclude: Iterable[str] = DEFAULT_EXCLUDE
+    environment: dict[str, Any],
+    *,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    roots: Iterable[str] | None = None,
 ) -> str:
+    """Pinned requirements: what ``roots`` need (their dependency closure), or everything.
+
+    Local and editable installs are never pinned (no index has them); the
+    export names them in a comment so the reader installs them from source.
+    """
     skip = set(exclude)
     packages = environment.get("packages") or {}
+    local = environment.get("local_installs") or {}
+    wanted = needed_packages(environment, roots) if roots is not None else None
+    scope = "every recorded distribution"
+    if roots is not None and wanted is None:
+        scope = "every recorded distribution (this version has no dependency graph)"
+    elif wanted is not None:
+        scope = f"what {', '.join(sorted(set(roots or [])))} need (use --full for everything)"
     header = (
         f"# Recorded environment: Python {environment.get('python', '?')} on "
         f"{environment.get('platform', '?')}/{environment.get('machine', '?')}\n"
-        "# Written by `tether env export`; every version pinned as it was recorded.\n"
+        f"# Written by `tether env export`: {scope}, pinned as recorded.\n"
     )
-    lines = [f"{name}=={version}" for name, version in sorted(packages.items()) if name not in skip]
-    return header + "\n".join(lines) + ("\n" if lines else "")
+    chosen = sorted(n for n in packages if n not in skip and (wanted is None or n in wanted))
+    notes = [
+        f"# {name}=={packages[name]}: an {local[name]} install that no index has; "
+        "install it from its source"
+        for name in chosen
+        if name in local
+    ]
+    lines = [f"{name}=={packages[name]}" for name in chosen if name not in local]
+    body = notes + lines
+    return header + "\n".join(body) + ("\n" if body else "")
 
 
 def export_dockerfile(

@@ -26,10 +26,10 @@ package patch/other, added  -         -       -
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from .._errors import EnvironmentMismatch, InvalidInput
+from .._warnings import warn_caller
 from .compare import KINDS, LEVELS, Difference
 
 ACTIONS = ("strict", "warn", "off")
@@ -143,10 +143,9 @@ class Verdict:
         if self.warnings:
             listed = "; ".join(str(d) for d in self.warnings[:10])
             more = f" (+{len(self.warnings) - 10} more)" if len(self.warnings) > 10 else ""
-            warnings.warn(
+            warn_caller(
                 f"{subject} was logged in a different environment: {listed}{more}",
                 EnvironmentWarning,
-                stacklevel=4,
             )
 
 

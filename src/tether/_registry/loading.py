@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _flavors as flavors
-from .._errors import IntegrityError
+from .._environment import Difference
+from .._environment.policy import fix_command
+from .._errors import EnvironmentMismatch, IntegrityError, TetherError
 from .._records import ModelVersion
+from .._warnings import warn_caller
 from .env_check import choose_policy, enforce
 from .governance import enforce_signatures, signed_for_loading
 
@@ -62,17 +64,18 @@ def load_version(
 ) -> Any:
     if expect:
         check_expected_digest(version, expect)
-    enforce(version, choose_policy(env_policy, registry.get_setting("env_policy")), environment)
+    found = enforce(
+        version, choose_policy(env_policy, registry.get_setting("env_policy")), environment
+    )
     trust = registry.trust_facts(version)
     enforce_signatures(version, trust)
     # Trust comes from the caller or from a signature by a key trusted for loading;
     # never from scanning the artifact, and never from what its metadata says.
     trusted = trusted or signed_for_loading(trust) is not None
     if version.status == "deprecated" or trust["deprecated_by_policy"]:
-        warnings.warn(
+        warn_caller(
             f"{version.ref} is deprecated; promote a newer version",
             DeprecatedVersionWarning,
-            stacklevel=3,
         )
     flavor = flavors.get_flavor(version.flavor["name"])
     if version.flavor["name"] == "files":
@@ -84,4 +87,29 @@ def load_version(
     with tempfile.TemporaryDirectory(**registry.store.scratch_args("load")) as tmp:
         where = Path(tmp) / "model"
         registry.store.materialize(version.files, where, label=version.ref, progress=progress)
-        return flavor.load(where, version.flavor, trusted=trusted)
+        try:
+            return flavor.load(where, version.flavor, trusted=trusted)
+        except TetherError:
+            raise
+        except Exception as error:
+            if not found:
+                raise
+            # The policy let a difference through and the framework then failed: say which
+            # differences most likely caused it, as the strict refusal would have.
+            raise explain_failed_load(version, found, error) from error
+
+
+def explain_failed_load(
+    version: ModelVersion, found: list[Difference], error: Exception
+) -> EnvironmentMismatch:
+    likely = sorted(found, key=lambda d: (d.kind not in ("framework", "numpy", "python"), d.name))
+    listing = "\n".join(f"  - {d}" for d in likely[:8])
+    more = f"\n  - ... and {len(likely) - 8} more" if len(likely) > 8 else ""
+    command = fix_command(found)
+    return EnvironmentMismatch(
+        f"loading {version.ref} failed inside its framework ({type(error).__name__}: "
+        f"{str(error)[:300]}) after the environment check let these differences through:\n"
+        f"{listing}{more}",
+        hint=(f"most likely fix: {command}" if command else "match the recorded environment")
+        + f"; see `tether env diff {version.ref}`",
+    )

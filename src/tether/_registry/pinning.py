@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from .._metadata.clock import now_iso
 from .._records import ModelVersion
 from .._reference import SelectorKind, parse_reference
 from .._signature import schema_from_declared
+from .._warnings import warn_caller
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -123,11 +123,10 @@ def pinned_reference(registry: Registry, ref: str) -> str:
         now = None
     if now is None or now.digest != entry.digest:
         moved = f"now points at {now.semver} ({now.short_digest})" if now else "no longer resolves"
-        warnings.warn(
+        warn_caller(
             f"{entry.ref} {moved}; loading {entry.semver} (sha:{entry.digest[:12]}) as pinned in "
             f"{path}. Run `tether lock update {parsed.name}` to move the pin.",
             PinnedVersionWarning,
-            stacklevel=4,
         )
     return pinned
 

@@ -22,6 +22,7 @@ from .._environment import (
     evaluate,
     export_dockerfile,
     export_requirements,
+    roots_for_flavor,
 )
 from .._errors import InvalidInput, NotFound
 from .._metadata import repository as repo
@@ -579,10 +580,12 @@ class Registry:
         policy = env_check.choose_policy(env_policy, self.get_setting("env_policy"))
         return evaluate(self.env_diff(ref, environment=environment), policy)
 
-    def env_export(self, ref: str, *, format: str = "requirements") -> str:
+    def env_export(self, ref: str, *, format: str = "requirements", full: bool = False) -> str:
+        """The recorded environment pinned: what the model needs, or everything (``full``)."""
         version = self.get(ref)
         if format == "requirements":
-            return export_requirements(version.environment)
+            roots = None if full else roots_for_flavor(version.flavor)
+            return export_requirements(version.environment, roots=roots)
         if format == "dockerfile":
             return export_dockerfile(version.environment)
         raise InvalidInput(f"unknown format {format!r}", hint="use requirements or dockerfile")

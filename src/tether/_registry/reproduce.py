@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._environment import export_dockerfile, export_requirements
+from .._environment import export_dockerfile, export_requirements, roots_for_flavor
 from .._records import ModelVersion
 
 
@@ -51,7 +51,9 @@ def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     info = recipe(version)
     files = {
-        "requirements.txt": export_requirements(version.environment),
+        "requirements.txt": export_requirements(
+            version.environment, roots=roots_for_flavor(version.flavor)
+        ),
         "Dockerfile": export_dockerfile(version.environment),
         "params.json": json.dumps(version.params, indent=2, sort_keys=True) + "\n",
         "reproduce.json": json.dumps(info, indent=2, default=str) + "\n",

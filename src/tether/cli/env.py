@@ -83,12 +83,21 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
+@click.option("--full", is_flag=True,
+              help="Every recorded distribution, not only what the model's flavor needs.")
 @json_option
 @click.pass_context
 @handle_errors
-def env_export(ctx: click.Context, ref: str, fmt: str, output: Path | None, as_json: bool) -> None:
-    """Write REF's environment with every version pinned."""
-    text = registry_from(ctx).env_export(ref, format=fmt)
+def env_export(
+    ctx: click.Context, ref: str, fmt: str, output: Path | None, full: bool, as_json: bool
+) -> None:
+    """Write what REF needs from its recorded environment, every version pinned.
+
+    By default: the flavor's packages (scikit-learn, skops, ...) and everything
+    they require, as recorded. Local and editable installs are named in a
+    comment, never pinned (no index has them).
+    """
+    text = registry_from(ctx).env_export(ref, format=fmt, full=full)
     if output:
         output.write_text(text)
     if as_json:
