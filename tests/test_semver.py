@@ -9,8 +9,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tether._errors import IncompatibleBump, InvalidInput
+from tether._schema import infer_signature
 from tether._semver import BumpLevel, SemVer, VersionFacts, required_bump, resolve_bump
-from tether._signature import infer_signature
 
 # --- SemVer and BumpLevel -------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from tether._errors import InvalidInput, SchemaMismatch
-from tether._signature import (
+from tether._schema import (
     Field,
     RecordSchemaError,
     Schema,
@@ -434,7 +434,9 @@ def test_first_bad_record_is_reported_with_index_and_field(
     assert info.value.field == field and info.value.index == 1
     assert message in info.value.message
     assert info.value.hint is not None and "age long, income double?" in info.value.hint
-    assert isinstance(info.value, SchemaMismatch) and info.value.http_status == 400
+    # Bad input, not the database-schema error.
+    assert isinstance(info.value, InvalidInput) and not isinstance(info.value, SchemaMismatch)
+    assert info.value.http_status == 400
 
 
 def test_missing_required_field_is_named(signature: Signature) -> None:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ._reference import Reference, parse_reference
     from ._registry.loading import DeprecatedVersionWarning
     from ._registry.registry import Registry
-    from ._signature import Signature, infer_signature
+    from ._schema import Signature, infer_signature
 
 _LAZY = {
     "EnvironmentWarning": "._environment",

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._environment import Difference, Verdict
     from ._records import AliasMove, Event, ModelInfo, ModelVersion
     from ._registry.registry import Registry
-    from ._signature import Signature
+    from ._schema import Signature
     from ._store.base import StoreStats
     from .remote import RemoteRegistry
 

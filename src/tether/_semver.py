@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import IncompatibleBump, InvalidInput
-from ._signature import Signature, check_compatibility
+from ._schema import Signature, check_compatibility
 
 _SEMVER = re.compile(r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _FIRST = (1, 0, 0)

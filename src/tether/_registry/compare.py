@@ -6,7 +6,7 @@ from typing import Any
 
 from .._environment import compare_environments
 from .._records import ModelVersion
-from .._signature import Signature, check_compatibility
+from .._schema import Signature, check_compatibility
 
 
 def _mapping_diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:

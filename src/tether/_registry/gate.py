@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 from .._environment import compare_environments, evaluate
 from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
-from .._signature import Schema, Signature, check_compatibility
+from .._schema import Schema, Signature, check_compatibility
 from . import env_check
 from .pinning import parse_requirements
 

@@ -22,7 +22,7 @@ from .._policy import ROLES, Facts, Policy, parse_policy, role_rank
 from .._policy import evaluate as evaluate_policy
 from .._records import ModelVersion
 from .._reference import validate_alias_name
-from .._signature import Signature, check_compatibility
+from .._schema import Signature, check_compatibility
 from .resolve import require_model, resolve_version
 
 if TYPE_CHECKING:

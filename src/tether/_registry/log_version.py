@@ -25,8 +25,8 @@ from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._records import ModelVersion
 from .._reference import validate_model_name
+from .._schema import Signature, infer_signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
-from .._signature import Signature, infer_signature
 from . import reference_stats
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for

@@ -10,7 +10,7 @@ from .._lockfile import LockEntry, LockFile, find_lock, open_or_create, read_loc
 from .._metadata.clock import now_iso
 from .._records import ModelVersion
 from .._reference import SelectorKind, parse_reference
-from .._signature import schema_from_declared
+from .._schema import schema_from_declared
 from .._warnings import warn_caller
 
 if TYPE_CHECKING:

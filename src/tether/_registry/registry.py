@@ -39,7 +39,7 @@ from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
 from .._metadata.schema import audit_head
 from .._records import AliasMove, Event, ModelInfo, ModelVersion
 from .._reference import parse_reference
-from .._signature import Signature
+from .._schema import Signature
 from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
 from . import (
