@@ -338,9 +338,12 @@ def test_the_migration_recomputes_old_digests_and_records_them(
     v1, _ = _log_two(registry, tmp_path)
     # Make the database what a 0003 registry holds: digests without chunk lists.
     old_files = digest_of([[f.path, f.size, f.digest] for f in v1.files])
-    with registry.engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE audit_signatures"))
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+    from alembic import command
+
+    from tether._metadata.engine import _alembic_config
+
+    with registry.engine.begin() as conn:  # back to the schema before migration 0004
+        command.downgrade(_alembic_config(conn), "0003")
     _update(registry, v1.id, digest="ab" * 32, files_digest=old_files)
     root = registry.location.root
     assert root is not None

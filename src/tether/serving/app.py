@@ -44,7 +44,7 @@ from starlette.routing import Route
 from .. import __version__
 from .._errors import InvalidInput, NotFound, TetherError
 from .._registry.tokens import Unauthenticated
-from .._signature import RecordSchemaError
+from .._schema import RecordSchemaError
 from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
 from .endpoint import Endpoint, PredictionFailed, Served

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
-from .._signature import RecordSchemaError
+from .._schema import RecordSchemaError
 from .batching import Batcher
 from .config import EndpointConfig
 from .guard import Unprocessable, finite_number

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from .._errors import InvalidInput
-from .._signature import RecordSchemaError, Signature
+from .._schema import RecordSchemaError, Signature
 
 #: ``long`` fields become int64 columns.
 _INT64 = (-(2**63), 2**63 - 1)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import _flavors as flavors
 from .._errors import InvalidInput
 from .._records import ModelVersion
-from .._signature import RecordSchemaError, Signature, validate_records
+from .._schema import RecordSchemaError, Signature, validate_records
 from .drift import DriftMonitor
 from .guard import refuse_non_finite
 

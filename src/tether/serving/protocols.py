@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidInput
-from .._signature import Field, Schema, Signature
+from .._schema import Field, Schema, Signature
 
 # -- Open Inference Protocol ----------------------------------------------------------------
 
