@@ -19,8 +19,9 @@ from .._metadata.audit_log import append_event
 from .._policy import role_to_move
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, validate_alias_name
-from .governance import check_deprecated_by_policy, current_policy, require_role
+from .policies import check_deprecated_by_policy, current_policy
 from .resolve import require_model, resolve_row
+from .roles import require_role
 
 if TYPE_CHECKING:
     from .registry import Registry

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._metadata.audit_log import append_event
-from .governance import require_role
 from .resolve import require_model
+from .roles import require_role
 
 if TYPE_CHECKING:
     from .registry import Registry

@@ -14,7 +14,7 @@ from .._errors import EnvironmentMismatch, IntegrityError, TetherError
 from .._records import ModelVersion
 from .._warnings import warn_caller
 from .env_check import choose_policy, enforce
-from .governance import enforce_signatures, signed_for_loading
+from .trust import enforce_signatures, signed_for_loading
 
 if TYPE_CHECKING:
     from .registry import Registry

@@ -44,20 +44,23 @@ from .._store.base import ArtifactStore, StoreStats
 from . import aliases as alias_ops
 from . import (
     catalog,
+    ci_check,
     datasets,
     datasets_diff,
     datasets_io,
     deployments,
     env_check,
-    gate,
-    governance,
     loading,
     log_version,
     model_search,
     pinning,
+    policies,
+    promotion_gate,
     reproduce,
     retention,
+    roles,
     tokens,
+    trust,
 )
 from .compare import diff_versions
 from .lineage import current_author
@@ -119,7 +122,7 @@ class Registry:
                 },
             )
         # Whoever creates a registry administers it; they grant the other roles.
-        governance.grant(registry, registry.actor, "admin", None, bootstrap=True)
+        roles.grant(registry, registry.actor, "admin", None, bootstrap=True)
         return registry
 
     def as_actor(self, actor: str) -> Registry:
@@ -233,7 +236,7 @@ class Registry:
             raise InvalidInput(f"unknown setting {key!r}", hint=f"settings: {known}")
         _check_setting(key, value)
         with self.write() as conn:
-            governance.require_role(conn, self.actor, "admin", None)
+            roles.require_role(conn, self.actor, "admin", None)
             before = repo.get_setting(conn, key)
             repo.put_setting(conn, key, value)
             append_event(
@@ -326,7 +329,7 @@ class Registry:
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
         with self.read() as conn:
-            return governance.trust_facts(conn, version)
+            return trust.trust_facts(conn, version)
 
     def load(
         self,
@@ -406,14 +409,14 @@ class Registry:
         An alias that does not exist yet is refused (NotFound, listing the
         aliases and the closest name) unless ``create=True``.
         """
-        gate = governance.promotion_gate(self)
+        policy_check = promotion_gate.promotion_gate(self)
         return alias_ops.promote(
             self,
             ref,
             alias,
             actor=self.actor,
             reason=reason,
-            checks=[gate, *checks],
+            checks=[policy_check, *checks],
             create=create,
         )
 
@@ -447,35 +450,35 @@ class Registry:
     # -- governance -------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]:
-        return governance.set_policy(self, name, text)
+        return policies.set_policy(self, name, text)
 
     def get_policy(self, name: str, revision: int | None = None) -> dict[str, Any]:
-        return governance.get_policy(self, name, revision)
+        return policies.get_policy(self, name, revision)
 
     def approve(self, ref: str, alias: str, *, comment: str = "") -> list[str]:
-        return governance.approve(self, ref, alias, comment=comment)
+        return policies.approve(self, ref, alias, comment=comment)
 
     def grant(self, principal: str, role: str, *, model: str | None = None) -> None:
-        governance.grant(self, principal, role, model)
+        roles.grant(self, principal, role, model)
 
     def revoke(self, principal: str, role: str, *, model: str | None = None) -> None:
-        governance.revoke(self, principal, role, model)
+        roles.revoke(self, principal, role, model)
 
     def grants(self) -> list[dict[str, Any]]:
-        return governance.list_grants(self)
+        return roles.list_grants(self)
 
     def trust_key(self, name: str, public_pem: str) -> str:
-        return governance.trust_key(self, name, public_pem)
+        return trust.trust_key(self, name, public_pem)
 
     def keys(self) -> list[dict[str, Any]]:
-        return governance.list_keys(self)
+        return trust.list_keys(self)
 
     def sign(self, ref: str, key_path: str) -> dict[str, Any]:
-        return governance.sign_version(self, ref, key_path)
+        return trust.sign_version(self, ref, key_path)
 
     def record_signature(self, ref: str, key_id: str, signature: str) -> dict[str, Any]:
         """Store a signature made elsewhere (e.g. by a remote client's key)."""
-        return governance.record_signature(self, ref, key_id, signature)
+        return trust.record_signature(self, ref, key_id, signature)
 
     def create_token(
         self,
@@ -497,7 +500,7 @@ class Registry:
     def roles(self, principal: str, model: str | None = None) -> tuple[str, ...]:
         """The roles ``principal`` holds registry-wide, plus on ``model`` if given."""
         with self.read() as conn:
-            return governance.roles_of(conn, principal, model)
+            return roles.roles_of(conn, principal, model)
 
     def revoke_token(self, prefix: str) -> None:
         tokens.revoke_token(self, prefix)
@@ -511,7 +514,7 @@ class Registry:
     def signatures(self, ref: str) -> tuple[list[str], list[str]]:
         """(trusted keys with a valid signature on ``ref``, problems found)."""
         with self.read() as conn:
-            return governance.signature_status(conn, resolve_version(conn, ref))
+            return trust.signature_status(conn, resolve_version(conn, ref))
 
     # -- pinning, CI gate, reproducing ------------------------------------------
 
@@ -528,8 +531,8 @@ class Registry:
         requirements_path: Path | None = None,
         python: str | None = None,
         env_policy: str | None = None,
-    ) -> gate.CheckReport:
-        return gate.run_check(
+    ) -> ci_check.CheckReport:
+        return ci_check.run_check(
             self,
             lock_path=lock_path,
             requirements_path=requirements_path,

@@ -21,7 +21,7 @@ from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
 from .._store.base import GcReport
 from . import datasets
-from .governance import current_policy
+from .policies import current_policy
 
 if TYPE_CHECKING:
     from .registry import Registry

@@ -13,7 +13,7 @@ from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import tokens
-from .governance import grant, require_role
+from .roles import grant, require_role
 
 if TYPE_CHECKING:
     from .registry import Registry

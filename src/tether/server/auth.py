@@ -10,8 +10,8 @@ from starlette.requests import Request
 
 from .._errors import PermissionDenied
 from .._policy import role_rank
-from .._registry.governance import roles_of
 from .._registry.registry import Registry
+from .._registry.roles import roles_of
 from .._registry.tokens import authenticate
 
 

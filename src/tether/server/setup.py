@@ -8,7 +8,7 @@ from .._errors import InvalidInput
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.engine import check_schema, create_engine, upgrade
-from .._registry import governance
+from .._registry import roles
 from .._registry.location import RegistryLocation, default_cache_dir
 from .._registry.registry import Registry
 
@@ -38,7 +38,7 @@ def init_server_registry(
                 f"this database already uses the store {repo.get_setting(conn, STORE_SETTING)}",
                 hint="pass that --store, or use another database",
             )
-    governance.grant(registry, admin, "admin", None, bootstrap=True)
+    roles.grant(registry, admin, "admin", None, bootstrap=True)
     token = registry.create_token(admin, description="created by tether server-init")
     return registry, token
 

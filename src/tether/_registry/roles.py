@@ -1,0 +1,114 @@
+"""Role grants: who holds which role, registry-wide or on one model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .._errors import NotFound, PermissionDenied
+from .._metadata.audit_log import append_event
+from .._metadata.clock import now_iso
+from .._metadata.schema import grants
+from .._policy import role_rank
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+def roles_of(conn: sa.Connection, principal: str, model: str | None) -> tuple[str, ...]:
+    query = sa.select(grants.c.role).where(
+        grants.c.principal == principal,
+        sa.or_(grants.c.model.is_(None), grants.c.model == model)
+        if model
+        else grants.c.model.is_(None),
+    )
+    return tuple(sorted(set(conn.execute(query).scalars()), key=role_rank))
+
+
+def has_role(conn: sa.Connection, principal: str, role: str, model: str | None) -> bool:
+    needed = role_rank(role)
+    return any(role_rank(r) >= needed for r in roles_of(conn, principal, model))
+
+
+def require_role(conn: sa.Connection, principal: str, role: str, model: str | None) -> None:
+    if not has_role(conn, principal, role, model):
+        scope = f" on {model}" if model else ""
+        have = ", ".join(roles_of(conn, principal, model)) or "none"
+        raise PermissionDenied(
+            f"{principal} needs role {role}{scope} (has: {have})",
+            hint=f"an admin can run `tether role grant {principal} {role}"
+            f"{' --model ' + model if model else ''}`",
+        )
+
+
+def grant(
+    registry: Registry, principal: str, role: str, model: str | None, *, bootstrap: bool = False
+) -> None:
+    role_rank(role)
+    with registry.write() as conn:
+        if not bootstrap:
+            require_role(conn, registry.actor, "admin", None)
+        exists = conn.execute(
+            sa.select(grants.c.id).where(
+                grants.c.principal == principal,
+                grants.c.role == role,
+                grants.c.model.is_(None) if model is None else grants.c.model == model,
+            )
+        ).first()
+        if exists:
+            return
+        conn.execute(
+            grants.insert().values(
+                principal=principal,
+                role=role,
+                model=model,
+                granted_by=registry.actor,
+                created_at=now_iso(),
+            )
+        )
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="role.granted",
+            model=model,
+            subject=principal,
+            after=role,
+        )
+
+
+def revoke(registry: Registry, principal: str, role: str, model: str | None) -> None:
+    with registry.write() as conn:
+        require_role(conn, registry.actor, "admin", None)
+        result = conn.execute(
+            grants.delete().where(
+                grants.c.principal == principal,
+                grants.c.role == role,
+                grants.c.model.is_(None) if model is None else grants.c.model == model,
+            )
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"{principal} has no grant {role}" + (f" on {model}" if model else ""))
+        append_event(
+            conn,
+            actor=registry.actor,
+            action="role.revoked",
+            model=model,
+            subject=principal,
+            before=role,
+        )
+
+
+def list_grants(registry: Registry) -> list[dict[str, Any]]:
+    with registry.read() as conn:
+        rows = conn.execute(sa.select(grants).order_by(grants.c.principal, grants.c.role))
+        return [
+            {
+                "principal": r.principal,
+                "role": r.role,
+                "model": r.model,
+                "granted_by": r.granted_by,
+                "created_at": r.created_at,
+            }
+            for r in rows
+        ]
