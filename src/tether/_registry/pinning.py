@@ -83,13 +83,6 @@ def lock_update(
     return moves
 
 
-def lock_remove(name: str, *, path: Path | None = None) -> None:
-    lock = read_lock(path or _required_lock())
-    if lock.models.pop(name, None) is None:
-        raise NotFound(f"{name} is not pinned in {lock.path}")
-    lock.save()
-
-
 def _required_lock() -> Path:
     found = find_lock()
     if found is None:
