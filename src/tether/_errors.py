@@ -122,3 +122,18 @@ class StoreError(TetherError):
 
     code = "store_error"
     http_status = 502
+
+
+class Unavailable(StoreError):
+    """A dependency (the database, the object store, the server) is down for now: retry.
+
+    A server answers it as 503 with ``Retry-After``; the client retries what is
+    safe to retry and raises it, naming what is unreachable, when time runs out.
+    """
+
+    code = "unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float = 2.0) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after

@@ -12,8 +12,10 @@ on the client, where the model will run.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from ._errors import (
     SchemaMismatch,
     StoreError,
     TetherError,
+    Unavailable,
     UnsafeArtifact,
 )
 from ._identity import require_intact
@@ -67,9 +70,100 @@ _ERRORS: dict[str, type[TetherError]] = {
         PolicyViolation,
         SchemaMismatch,
         StoreError,
+        Unavailable,
         UnsafeArtifact,
     )
 }
+
+# -- retrying through an outage --------------------------------------------------------
+
+#: Seconds a call that is safe to repeat keeps retrying (TETHER_RETRY_SECONDS; 0: never).
+DEFAULT_RETRY_SECONDS = 30.0
+#: Remote methods (``/call/...``) that only read, so a retry cannot do anything twice.
+READ_CALLS = frozenset({"get_policy", "grants", "keys", "signatures", "store_stats", "tokens"})
+#: POSTs that change nothing (a presigned URL is asked for, not an object written).
+_SAFE_POSTS = ("/blobs/presign",)
+#: Failures where the request may never have reached the server, or its answer was lost.
+_TRANSIENT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+_BACKOFF_FIRST, _BACKOFF_CAP = 0.2, 5.0
+
+
+def retry_seconds() -> float:
+    raw = os.environ.get("TETHER_RETRY_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw.strip() else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        return DEFAULT_RETRY_SECONDS
+
+
+def _replayable(kwargs: dict[str, Any]) -> bool:
+    """The body can be sent again as it was (not a stream consumed by the first try)."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, bytes | str)
+
+
+def retry_safe(method: str, path: str, kwargs: dict[str, Any]) -> bool:
+    """Whether repeating this request cannot do anything twice."""
+    method = method.upper()
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    if not _replayable(kwargs):
+        return False
+    if method == "PUT":  # setting a state (an alias, an object) is idempotent
+        return True
+    if method == "DELETE":  # only a lease: gone twice is gone (its holder ignores NotFound)
+        return path.startswith("/blobs/locks/")
+    if method == "POST":
+        headers = kwargs.get("headers") or {}
+        keyed = any(k.lower() == "idempotency-key" for k in headers)
+        return keyed or path.endswith(_SAFE_POSTS)
+    return False
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: 0.1-0.2 s, then doubling, at most 5 s."""
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2.0 ** min(attempt - 1, 16))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def retry_after(response: httpx.Response) -> float:
+    """The server's ``Retry-After`` in seconds (0 when absent), at most 30."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return 0.0
+    try:
+        return min(30.0, max(0.0, float(value)))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+    return min(30.0, max(0.0, when - time.time()))
+
+
+def _tether_error(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and "error" in body else None
+
+
+def transient_status(response: httpx.Response) -> bool:
+    """503 and 504 always; 502 from a gateway, not a store error the server reported."""
+    if response.status_code in (503, 504):
+        return True
+    return response.status_code == 502 and _tether_error(response) is None
+
+
+def _describe_status(response: httpx.Response) -> str:
+    body = _tether_error(response)
+    if body and body.get("message"):
+        return str(body["message"])
+    return f"HTTP {response.status_code}"
 
 
 class RemoteBlobs:
@@ -196,21 +290,67 @@ class RemoteRegistry:
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        raw: bool = False,
+        retry: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One API call; idempotent ones retried through an outage (see ``retries``).
+
+        ``retry``: whether this call is safe to repeat (default: GET and HEAD
+        always, PUT with a body that can be sent again, POST with an
+        ``Idempotency-Key``).
+        """
         url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
-        try:
-            response = self.http.request(method, url, **kwargs)
-        except httpx.HTTPError as error:
-            raise StoreError(
-                f"cannot reach the Tether server at {self.url}: {error}",
-                hint="check the URL (TETHER_URI) and that `tether server` runs",
-            ) from error
+        if retry is None:
+            retry = retry_safe(method, path, kwargs)
+        budget = retry_seconds() if retry else 0.0
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.HTTPError as error:
+                problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                if not retry or not isinstance(error, _TRANSIENT):
+                    raise self._gave_up(problem, attempt, started, reached=False) from error
+                wait, reached = backoff(attempt), False
+            else:
+                if not (retry and transient_status(response)):
+                    return self._answer(response, url, raw)
+                problem = _describe_status(response)
+                wait, reached = max(backoff(attempt), retry_after(response)), True
+            remaining = budget - (time.monotonic() - started)
+            if remaining <= 0.05:
+                raise self._gave_up(problem, attempt, started, reached=reached)
+            time.sleep(min(wait, remaining))
+
+    def _gave_up(
+        self, problem: str, attempts: int, started: float, *, reached: bool
+    ) -> Unavailable:
+        took = time.monotonic() - started
+        tried = f" (gave up after {attempts} attempts in {took:.0f} s)" if attempts > 1 else ""
+        state = "unavailable" if reached else "unreachable"
+        return Unavailable(
+            f"the Tether server at {self.url} is {state}: {problem}{tried}",
+            hint="check that `tether server` runs and TETHER_URI points at it (GET /api/v1/ready "
+            "says what is down); TETHER_RETRY_SECONDS sets how long safe calls keep retrying",
+        )
+
+    def _answer(self, response: httpx.Response, url: str, raw: bool) -> Any:
         if response.status_code == 304:
             return None
         if response.status_code >= 400:
             try:
                 body = response.json()
             except ValueError:
+                body = {}
+            if not isinstance(body, dict):
                 body = {}
             cls = _ERRORS.get(str(body.get("error")), TetherError)
             if body.get("error") == "unauthenticated":
@@ -226,7 +366,12 @@ class RemoteRegistry:
         return response.json() if response.content else None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._request("POST", f"/call/{method}", json={"args": list(args), "kwargs": kwargs})
+        return self._request(
+            "POST",
+            f"/call/{method}",
+            json={"args": list(args), "kwargs": kwargs},
+            retry=method in READ_CALLS,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -290,8 +435,16 @@ class RemoteRegistry:
             "values": {k: v for k, v in values.items() if k not in ("digest", "files_digest")},
             "bump": bump,
         }
+        # One key per commit, sent again with every retry: a retry after a lost
+        # response gets the version the first attempt registered, never a second one.
+        key = uuid.uuid4().hex
         return ModelVersion.from_dict(
-            self._request("POST", f"/models/{quote(name)}/versions", json=body)
+            self._request(
+                "POST",
+                f"/models/{quote(name)}/versions",
+                json=body,
+                headers={"Idempotency-Key": key},
+            )
         )
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
@@ -388,6 +541,56 @@ class RemoteRegistry:
     ) -> None:
         self._call("record_route_rollback", model, endpoint=endpoint, route=route,
                    before=before, after=after, reason=reason)
+
+    # -- deployments ------------------------------------------------------------
+
+    def apply_deployment(self, name: str, spec: dict[str, Any], *,
+                         reason: str = "") -> dict[str, Any]:
+        return dict(self._call("apply_deployment", name, spec, reason=reason))
+
+    def deployment(self, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
+        return dict(self._call("deployment", name, known_revision=known_revision))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return list(self._call("deployments"))
+
+    def deployment_history(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("deployment_history", name))
+
+    def set_deployment_weights(self, name: str, weights: dict[str, float], *,
+                               endpoint: str | None = None, reason: str = "") -> dict[str, Any]:
+        return dict(self._call("set_deployment_weights", name, weights, endpoint=endpoint,
+                               reason=reason))
+
+    def pause_routes(self, name: str, routes: list[str], *, endpoint: str | None = None,
+                     resume: bool = False, reason: str = "") -> dict[str, Any]:
+        return dict(self._call("pause_routes", name, list(routes), endpoint=endpoint,
+                               resume=resume, reason=reason))
+
+    def rollback_deployment(self, name: str, *, to_revision: int | None = None,
+                            reason: str = "") -> dict[str, Any]:
+        return dict(self._call("rollback_deployment", name, to_revision=to_revision,
+                               reason=reason))
+
+    def rollback_route(self, name: str, *, endpoint: str | None, route: str,
+                       failing: str | None = None, reason: str = "",
+                       holder: str | None = None) -> dict[str, Any]:
+        return dict(self._call("rollback_route", name, endpoint=endpoint, route=route,
+                               failing=failing, reason=reason, holder=holder))
+
+    def replica_heartbeat(self, name: str, replica: str, *, host: str, pid: int,
+                          url: str = "", started_at: str = "",
+                          info: dict[str, Any] | None = None,
+                          stats: dict[str, Any] | None = None,
+                          lead: bool = True) -> dict[str, Any]:
+        return dict(self._call("replica_heartbeat", name, replica, host=host, pid=pid, url=url,
+                               started_at=started_at, info=info, stats=stats, lead=lead))
+
+    def leave_deployment(self, name: str, replica: str) -> None:
+        self._call("leave_deployment", name, replica)
+
+    def deployment_status(self, name: str) -> dict[str, Any]:
+        return dict(self._call("deployment_status", name))
 
     def alias_history(self, name: str, alias: str) -> list[AliasMove]:
         return [

@@ -302,3 +302,20 @@ dataset_links = Table(
     UniqueConstraint("model_version_id", "role", name="uq_dataset_links_model_role"),
     Index("ix_dataset_links_dataset", "dataset_version_id"),
 )
+
+# -- idempotency keys (revision 0006) ------------------------------------------------
+# A version commit sent with an Idempotency-Key records the version it registered,
+# so the same request sent again (a retry after a lost response) answers that
+# version instead of registering anything. Kept a day; a key is the client's own.
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("principal", String(256), nullable=False),
+    Column("scope", String(256), nullable=False),
+    Column("request_digest", String(64), nullable=False),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Index("ix_idempotency_keys_created", "created_at"),
+)

@@ -157,8 +157,12 @@ class ArtifactStore(Protocol):
         """
         ...
 
-    def verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
-        """Return one line per problem found in the stored bytes of ``files``."""
+    def verify(self, files: Sequence[FileEntry], *, label: str,
+               source: str = "store") -> list[str]:
+        """Return one line per problem found in the stored bytes of ``files``.
+
+        ``source="store"`` checks the store's own copy, never a local cache.
+        """
         ...
 
     def missing(self, digests: Iterable[str]) -> set[str]:

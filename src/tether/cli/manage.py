@@ -42,16 +42,18 @@ def init(
 @click.pass_context
 @handle_errors
 def verify(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """Re-read every stored byte of REF and check it against its digest."""
-    problems = registry_from(ctx).verify(ref)
+    """Re-read every stored byte of REF in the store (not a cached copy) against its digest."""
+    registry = registry_from(ctx)
+    problems = registry.verify(ref)
+    where = f"the store at {registry.store.url}"  # the store's own copy, never the local cache
     if as_json:
-        emit_json({"ref": ref, "ok": not problems, "problems": problems})
+        emit_json({"ref": ref, "ok": not problems, "problems": problems, "checked": where})
     elif problems:
-        console.print(f"[red]{ref}: {len(problems)} problem(s)[/]")
+        console.print(f"[red]{ref}: {len(problems)} problem(s) in {where}[/]")
         for problem in problems:
             console.print(f"  - {problem}")
     else:
-        console.print(f"{ref}: every byte verified")
+        console.print(f"{ref}: every byte verified in {where}")
     if problems:
         sys.exit(1)
 

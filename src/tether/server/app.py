@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .. import __version__
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import InvalidInput, NotFound, TetherError, Unavailable
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
@@ -31,6 +31,7 @@ from . import auth
 from .blobs_api import MAX_OBJECT, BlobGateway
 from .bodies import MAX_BODY, BodyLimit, PayloadTooLarge, describe, read_json_body
 from .checks import check_call, check_field, parse_limit
+from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
 
 #: Methods callable through /api/v1/call: (role needed, scoped to the model named
@@ -56,6 +57,17 @@ RPC_METHODS: dict[str, tuple[str, bool]] = {
     "tokens": ("admin", False),
     "delete_version": ("admin", True),
     "record_route_rollback": ("contributor", True),  # serving replicas of a remote registry
+    "apply_deployment": ("reader", False),  # deployments: the use cases check roles per model
+    "deployment": ("reader", False),
+    "deployments": ("reader", False),
+    "deployment_history": ("reader", False),
+    "set_deployment_weights": ("reader", False),
+    "pause_routes": ("reader", False),
+    "rollback_deployment": ("reader", False),
+    "rollback_route": ("reader", False),
+    "replica_heartbeat": ("reader", False),
+    "leave_deployment": ("reader", False),
+    "deployment_status": ("reader", False),
 }
 
 
@@ -154,9 +166,19 @@ class Api:
         async def endpoint(request: Request) -> Response:
             try:
                 result = await func(request)
+            except Unavailable as error:
+                return unavailable_response(error)
             except TetherError as error:
-                return error_response(error)
-            except Exception:
+                down = unavailable(error, self.registry)  # a StoreError caused by an outage
+                return unavailable_response(down) if down else error_response(error)
+            except Exception as error:
+                down = unavailable(error, self.registry)
+                if down is not None:
+                    log.warning("%s %s: %s", request.method, request.url.path[:200], down.message)
+                    return unavailable_response(down)
+                gone = disconnected(request, error)
+                if gone is not None:
+                    return gone
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
                 return JSONResponse(
                     {
@@ -173,7 +195,12 @@ class Api:
         return endpoint
 
     async def health(self, request: Request) -> Any:
+        """Liveness: the process answers (dependencies are /ready's business)."""
         return {"status": "ok", "version": __version__}
+
+    async def ready(self, request: Request) -> Any:
+        """Readiness: 200 while the database and the store answer, 503 naming what is down."""
+        return await readiness(self.registry)
 
     async def models(self, request: Request) -> Any:
         reg, who = self.as_caller(request)
@@ -205,14 +232,16 @@ class Api:
         )
         reg, who = self.as_caller(request)
         self.need(reg, who, "contributor", name, "logging a version")
-        from .versions import commit_remote_version
+        from .versions import commit_once
 
-        version = await run_in_threadpool(
-            commit_remote_version, reg, name, body["values"], body.get("bump"), who
+        key = request.headers.get("idempotency-key")
+        version, replayed = await run_in_threadpool(
+            commit_once, reg, name, body["values"], body.get("bump"), who, key
         )
         data = version.to_dict()
         data["id"] = version.id
-        return JSONResponse(data, status_code=201)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return JSONResponse(data, status_code=201, headers=headers)  # as the first answer
 
     async def alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
@@ -343,6 +372,7 @@ class Api:
         w = self.wrap
         v1 = [
             Route("/health", w(self.health)),
+            Route("/ready", w(self.ready)),
             Route("/openapi.json", lambda r: JSONResponse(openapi_document())),
             Route("/whoami", w(self.whoami)),
             Route("/roles", w(self.roles)),

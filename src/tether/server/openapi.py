@@ -12,6 +12,13 @@ _ERROR = {
 }
 
 
+_UNAVAILABLE = {
+    **_ERROR,
+    "description": "The database or the object store is down; retry after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+}
+
+
 def _op(
     summary: str,
     *,
@@ -26,7 +33,7 @@ def _op(
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
             for p in params or []
         ],
-        "responses": {ok: {"description": "OK"}, "4XX": _ERROR},
+        "responses": {ok: {"description": "OK"}, "4XX": _ERROR, "503": _UNAVAILABLE},
         "security": [{"bearer": []}],
     }
     if body:
@@ -91,6 +98,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/health": {"get": _op("Liveness and server version")},
+            "/ready": {
+                "get": _op(
+                    "Readiness: the database and the store answer (503 naming what is down)",
+                    extra={"security": [], "responses": {"200": {"description": "Ready"},
+                                                         "503": _UNAVAILABLE}},
+                )
+            },
             "/whoami": {"get": _op("The caller's principal and roles")},
             "/models": {"get": _op("List models")},
             "/models/{name}/versions": {
@@ -100,6 +114,14 @@ def openapi_document() -> dict[str, Any]:
                     params=model,
                     body="NewVersion",
                     ok="201",
+                    extra={"parameters": [
+                        {"name": "name", "in": "path", "required": True,
+                         "schema": {"type": "string"}},
+                        {"name": "Idempotency-Key", "in": "header", "required": False,
+                         "description": "Sent again with a retry, answers the version the "
+                         "first attempt registered (Idempotent-Replayed: true)",
+                         "schema": {"type": "string", "minLength": 8, "maxLength": 128}},
+                    ]},
                 ),
             },
             "/models/{name}/versions/{selector}": {
