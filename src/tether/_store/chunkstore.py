@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import mmap
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,15 @@ _READ_THREADS = 4
 _RUN_BYTES = 8 * 1024 * 1024
 #: Verification reads across holes up to this size rather than issuing another read.
 _GAP_BYTES = 256 * 1024
+#: Ingest reads and cuts a file in windows of this size ...
+_WINDOW = 16 * 1024 * 1024
+#: ... with at most this many windows being hashed and compressed at once.
+_AHEAD = 3
+#: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
+_WORKERS = max(2, min(4, os.cpu_count() or 2))
+#: Loads and verifies keep at most this many runs (of <= _RUN_BYTES) in flight.
+_RUNS_AHEAD = 6
+_IOV_MAX = 512
 
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
@@ -97,31 +106,14 @@ class Location:
     codec: int
 
 
-def _hash_chunks(view: memoryview, cuts: list[tuple[int, int]]) -> list[str]:
-    """BLAKE3 of every chunk, on two threads (blake3 releases the GIL)."""
-
-    def hash_range(part: list[tuple[int, int]]) -> list[str]:
-        out = []
-        for offset, length in part:
-            with view[offset:offset + length] as piece:
-                out.append(blake3.blake3(piece).hexdigest())
-        return out
-
-    if len(cuts) < 64:
-        return hash_range(cuts)
-    half = len(cuts) // 2
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        first, second = pool.map(hash_range, (cuts[:half], cuts[half:]))
-    return first + second
-
-
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: No chunk is ever this large (FastCDC cuts at a few hundred KiB); an index or
 #: a frame header claiming more is refused before anything is allocated.
 _MAX_CHUNK = 64 * 1024 * 1024
 
 
-def _unpack(payload: bytes, codec: int, size: int, digest: str) -> tuple[bytes | None, str]:
+def _unpack(payload: bytes | memoryview, codec: int, size: int,
+            digest: str) -> tuple[bytes | memoryview | None, str]:
     """Decode a stored chunk and check it is ``size`` bytes hashing to ``digest``.
 
     Returns the bytes, or None and what is wrong. Never trusts the payload: the
@@ -146,7 +138,7 @@ def _unpack(payload: bytes, codec: int, size: int, digest: str) -> tuple[bytes |
     return data, ""
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of ``data`` (os.write may write less than asked)."""
     view = memoryview(data)
     while view:
@@ -155,7 +147,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class PackWriter:
-    """Appends chunks to a temp file; publishes it (then its index) when full."""
+    """Appends chunks to a temp file; publishes it (then its index) when full.
+
+    Publishing (fsync and rename, or an upload) runs on a background thread
+    while the next pack fills; at most one pack waits to be published, so
+    what is in flight is bounded (and on disk, not in memory).
+    """
 
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
@@ -164,8 +161,10 @@ class PackWriter:
         self.size = 0
         self.entries: list[list[Any]] = []
         self.published: list[str] = []
+        self._publisher: ThreadPoolExecutor | None = None
+        self._inflight: Future[None] | None = None
 
-    def add(self, digest: str, payload: bytes, raw_size: int, codec: int) -> None:
+    def add(self, digest: str, payload: bytes | memoryview, raw_size: int, codec: int) -> None:
         if self.fd is None:
             self.fd, self.path = self.store.blobs.temp_file()  # type: ignore[attr-defined]
             self.size = 0
@@ -183,6 +182,7 @@ class PackWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Close the current pack and hand it to the publisher (waiting for the previous one)."""
         if self.fd is None or self.path is None:
             return
         try:
@@ -193,17 +193,47 @@ class PackWriter:
             self.abort()
             raise disk_full(error, where) or error from error
         self.fd = None
+        path, self.path = self.path, None
+        size, entries = self.size, self.entries
+        self.entries = []
+        self._wait()
+        if self._publisher is None:
+            self._publisher = ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="tether-publish")
+        self._inflight = self._publisher.submit(self._publish, path, size, entries)
+        if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK") or os.environ.get(
+                "TETHER_TEST_CRASH_BEFORE_INDEX"):
+            self._wait()  # test hooks: die with exactly this pack in flight
+
+    def finish(self) -> None:
+        """Publish what is left and wait until every pack is durable and indexed."""
+        try:
+            self.flush()
+            self._wait()
+        finally:
+            self._close_publisher()
+
+    def _wait(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+    def _close_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
+
+    def _publish(self, path: Path, size: int, entries: list[list[Any]]) -> None:
         pack_id = uuid.uuid4().hex
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK"):  # test hook: die mid-ingest
             os._exit(99)
-        path, self.path = self.path, None
         try:
             self.store.blobs.put_file(f"packs/{pack_id}.pack", path)
         finally:
             path.unlink(missing_ok=True)
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_INDEX"):  # test hook: a pack, no index
             os._exit(98)
-        index = {"pack": pack_id, "size": self.size, "chunks": self.entries}
+        index = {"pack": pack_id, "size": size, "chunks": entries}
         try:
             self.store.blobs.put_bytes(f"index/{pack_id}.idx", json.dumps(index).encode())
         except BaseException:
@@ -211,7 +241,7 @@ class PackWriter:
                 with contextlib.suppress(Exception):
                     self.store.blobs.delete(f"packs/{pack_id}.pack")
             raise
-        self.store._add_index(pack_id, self.size, self.entries)
+        self.store._add_index(pack_id, size, entries)
         self.published.append(pack_id)
 
     def abort(self) -> None:
@@ -221,6 +251,9 @@ class PackWriter:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self.fd, self.path = None, None
+        with contextlib.suppress(BaseException):
+            self._wait()
+        self._close_publisher()
 
 
 class ChunkStore:
@@ -289,6 +322,10 @@ class ChunkStore:
                 else:
                     del self._index[digest]
 
+    def _known(self, digest: str) -> bool:
+        """Whether some index lists ``digest``."""
+        return digest in self._index
+
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
         return {d for d in digests if d not in self._index}
@@ -325,14 +362,14 @@ class ChunkStore:
             cctx = self._cctx.c = zstandard.ZstdCompressor(level=1)
         return cctx
 
-    def _encode(self, data: memoryview) -> tuple[bytes, int]:
+    def _encode(self, data: memoryview) -> tuple[bytes | memoryview, int]:
         cctx = self._compressor()
         sample = data[:_SAMPLE]
         if len(cctx.compress(sample)) > len(sample) * _WORTH_COMPRESSING:
-            return bytes(data), RAW
+            return data, RAW
         packed = cctx.compress(data)
         if len(packed) > len(data) * _WORTH_COMPRESSING:
-            return bytes(data), RAW
+            return data, RAW
         return packed, ZSTD
 
     # -- temporary files ------------------------------------------------------------
@@ -409,11 +446,14 @@ class ChunkStore:
         referenced: set[str] = set()
         bar = Progress("storing", total, enabled=progress)
         try:
-            for rel in paths:
-                entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar)
-                referenced.update(c.digest for c in entry.chunks)
-                report.files.append(entry)
-            writer.flush()
+            with ThreadPoolExecutor(max_workers=_WORKERS,
+                                    thread_name_prefix="tether-ingest") as pool:
+                for rel in paths:
+                    entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar,
+                                              pool)
+                    referenced.update(c.digest for c in entry.chunks)
+                    report.files.append(entry)
+            writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
             pin = {"created": time.time(), "chunks": sorted(referenced), "owner": owner_tag()}
             self.blobs.put_bytes(f"pins/{uuid.uuid4().hex}.json", json.dumps(pin).encode())
@@ -424,56 +464,102 @@ class ChunkStore:
             bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
         return report
 
+    def _windows(self, path: Path) -> Iterator[tuple[memoryview, list[tuple[int, int]], int]]:
+        """The file as windows of about ``_WINDOW`` bytes, cut into chunks.
+
+        Yields (window, cuts, end): the chunks of ``window`` up to ``end``. The
+        last chunk of a window may only be cut there because the window ends, so
+        it is carried into the next one and cut again: the chunks are exactly
+        those of cutting the whole file at once, in bounded memory.
+        """
+        cdc = FastCDC(avg_size=AVG_CHUNK)
+        carry = b""
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                buf = bytearray(len(carry) + _WINDOW)
+                buf[:len(carry)] = carry
+                filled = len(carry)
+                view = memoryview(buf)
+                while filled < len(buf):
+                    got = handle.readinto(view[filled:])
+                    if not got:
+                        break
+                    filled += got
+                eof = filled < len(buf)
+                view = view[:filled]
+                if not filled:
+                    return
+                cuts = [(c.offset, c.length) for c in cdc.cut_buf(view)]
+                if not eof and len(cuts) > 1:
+                    last_offset = cuts.pop()[0]
+                    carry = bytes(view[last_offset:])
+                else:
+                    carry = b""
+                end = cuts[-1][0] + cuts[-1][1]
+                yield view, cuts, end
+                if eof:
+                    return
+
+    def _digest_window(self, view: memoryview, cuts: list[tuple[int, int]]
+                       ) -> list[tuple[str, memoryview, bytes | memoryview | None, int]]:
+        """(digest, raw bytes, stored payload or None when already stored, codec) per chunk."""
+        out: list[tuple[str, memoryview, bytes | memoryview | None, int]] = []
+        for offset, length in cuts:
+            piece = view[offset:offset + length]
+            digest = blake3.blake3(piece).hexdigest()
+            if self._known(digest):
+                out.append((digest, piece, None, RAW))
+            else:
+                payload, codec = self._encode(piece)
+                out.append((digest, piece, payload, codec))
+        return out
+
     def _ingest_file(self, path: Path, rel: str, writer: PackWriter, seen_here: set[str],
-                     report: IngestReport, bar: Progress) -> FileEntry:
-        size = path.stat().st_size
+                     report: IngestReport, bar: Progress, pool: ThreadPoolExecutor) -> FileEntry:
+        """Read, cut, hash, compress and write one file, a bounded number of windows at once.
+
+        This thread reads and cuts (FastCDC holds the GIL, at several GB/s); the
+        workers hash and compress whole windows (BLAKE3 and zstd release it);
+        results are taken in order, so the file digest and the pack are written
+        as they arrive. At most ``_AHEAD`` windows are in flight.
+        """
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        chunks: list[ChunkRef] = []
+        size = 0
+        pending: deque[tuple[memoryview, int, Future[Any]]] = deque()
+
+        def take() -> None:
+            nonlocal size
+            view, end, future = pending.popleft()
+            hasher.update(view[:end])
+            size += end
+            for digest, piece, payload, codec in future.result():
+                length = len(piece)
+                chunks.append(ChunkRef(digest, length))
+                report.logical_bytes += length
+                if payload is None or digest in seen_here:
+                    report.reused_chunks += 1
+                    bar.advance(length, saved=length)
+                    continue
+                seen_here.add(digest)
+                writer.add(digest, payload, length, codec)
+                report.new_chunks += 1
+                report.stored_bytes += len(payload)
+                bar.advance(length)
+
+        try:
+            for view, cuts, end in self._windows(path):
+                pending.append((view, end, pool.submit(self._digest_window, view, cuts)))
+                if len(pending) >= _AHEAD:
+                    take()
+            while pending:
+                take()
+        finally:
+            for _view, _end, future in pending:
+                future.cancel()
         if size == 0:
             return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
-        with (
-            open(path, "rb") as handle,
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm,
-        ):
-            view = memoryview(mm)
-            slices: list[memoryview] = []  # every view of the map must be released before it closes
-            try:
-                file_digest = blake3.blake3(view, max_threads=blake3.blake3.AUTO).hexdigest()
-                cuts = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(view)]
-                digests = _hash_chunks(view, cuts)
-                chunks: list[ChunkRef] = []
-                pending: list[tuple[str, memoryview]] = []
-                for (offset, length), digest in zip(cuts, digests, strict=True):
-                    chunks.append(ChunkRef(digest, length))
-                    report.logical_bytes += length
-                    if digest in self._index or digest in seen_here:
-                        report.reused_chunks += 1
-                        bar.advance(length, saved=length)
-                        continue
-                    seen_here.add(digest)
-                    piece = view[offset:offset + length]
-                    slices.append(piece)
-                    pending.append((digest, piece))
-                    if len(pending) >= 64:
-                        self._write_batch(pending, writer, report, bar)
-                        pending = []
-                if pending:
-                    self._write_batch(pending, writer, report, bar)
-                pending = []
-            finally:
-                for piece in slices:
-                    piece.release()
-                view.release()
-        return FileEntry(rel, size, file_digest, tuple(chunks))
-
-    def _write_batch(self, batch: list[tuple[str, memoryview]], writer: PackWriter,
-                     report: IngestReport, bar: Progress) -> None:
-        # zstd releases the GIL: compress a batch on two threads, append in order.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            encoded = list(pool.map(lambda item: self._encode(item[1]), batch))
-        for (digest, piece), (payload, codec) in zip(batch, encoded, strict=True):
-            writer.add(digest, payload, len(piece), codec)
-            report.new_chunks += 1
-            report.stored_bytes += len(payload)
-            bar.advance(len(piece))
+        return FileEntry(rel, size, hasher.hexdigest(), tuple(chunks))
 
     # -- reading -----------------------------------------------------------------
 
@@ -488,7 +574,7 @@ class ChunkStore:
         return loc
 
     def _read_chunk(self, chunk: ChunkRef, *, what: str,
-                    tried: dict[str, str] | None = None) -> bytes:
+                    tried: dict[str, str] | None = None) -> bytes | memoryview:
         """One chunk, verified, from the first of its candidate locations that holds it.
 
         ``tried`` maps packs already found wanting to why; they are not read again.
@@ -553,6 +639,19 @@ class ChunkStore:
         return runs
 
     def _read_run(self, chunks: Sequence[ChunkRef], *, what: str) -> list[bytes]:
+        """The verified bytes of each of ``chunks`` (stored back to back), one read."""
+        views = self._read_run_views(chunks, what=what)
+        if len(views) == len(chunks):
+            return [bytes(piece) for piece in views]
+        whole, out, start = memoryview(views[0]), [], 0
+        for chunk in chunks:
+            out.append(bytes(whole[start:start + chunk.size]))
+            start += chunk.size
+        return out
+
+    def _read_run_views(self, chunks: Sequence[ChunkRef], *,
+                        what: str) -> list[bytes | memoryview]:
+        """``_read_run`` without copies: views into the one buffer read."""
         if len(chunks) == 1:
             return [self._read_chunk(chunks[0], what=what)]
         locs = [self._locate(c, what=what) for c in chunks]
@@ -564,18 +663,24 @@ class ChunkStore:
             # The pack is gone or short: each chunk falls back to its other copies.
             why = error.message.removeprefix(f"pack {first.pack} ")
             return [self._read_chunk(c, what=what, tried={first.pack: why}) for c in chunks]
-        out = []
+        out: list[bytes | memoryview] = []
         view = memoryview(payload)
+        raw = True  # every chunk stored raw and matching: the run is the file's bytes as read
         for chunk, loc in zip(chunks, locs, strict=True):
             start = loc.offset - first.offset
-            piece = bytes(view[start:start + loc.length])
+            piece = view[start:start + loc.length]
             data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
             if data is None:
                 self._demote(chunk.digest, loc)
                 data = self._read_chunk(chunk, what=what, tried={loc.pack: problem})
+                raw = False
             else:
-                self._cache_store(chunk.digest, piece)
+                raw = raw and loc.codec == RAW
+                if self.cache is not None:
+                    self._cache_store(chunk.digest, bytes(piece))
             out.append(data)
+        if raw:
+            return [view]  # one buffer: one write, one large (multi-threaded) hash update
         return out
 
     def _cache_store(self, digest: str, payload: bytes) -> None:
@@ -583,7 +688,7 @@ class ChunkStore:
         if self.cache is not None:
             self.cache.put(digest, payload)
 
-    def _from_cache(self, chunk: ChunkRef) -> bytes | None:
+    def _from_cache(self, chunk: ChunkRef) -> bytes | memoryview | None:
         """The cached chunk, verified; None (and the entry dropped) if it does not match.
 
         The cache keeps stored payloads, which two packs may hold in different
@@ -631,33 +736,69 @@ class ChunkStore:
         finally:
             bar.close("verified")
 
-    def _materialize_file(self, entry: FileEntry, dest: Path, label: str,
-                          pool: ThreadPoolExecutor, bar: Progress) -> None:
-        target = dest / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        what = f"{entry.path} of {label}"
+    def _stream(self, entry: FileEntry, what: str, pool: ThreadPoolExecutor,
+                sink: Any = None) -> Iterator[list[bytes | memoryview]]:
+        """The verified chunks of ``entry``, run by run, in order, in bounded memory.
+
+        Runs are read (and handed to ``sink(offset, pieces)``, which writes
+        them) on ``pool``; at most ``_RUNS_AHEAD`` runs are in flight.
+        """
         offsets, position = [], 0
         for chunk in entry.chunks:
             offsets.append(position)
             position += chunk.size
+
+        def read(run: list[int]) -> list[bytes | memoryview]:
+            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what)
+            if sink is not None:
+                sink(offsets[run[0]], pieces)
+            return pieces
+
+        pending: deque[Future[list[bytes | memoryview]]] = deque()
+        try:
+            for run in self._runs(entry.chunks, what=what):
+                pending.append(pool.submit(read, run))
+                if len(pending) >= _RUNS_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                with contextlib.suppress(BaseException):
+                    future.result()
+
+    def _materialize_file(self, entry: FileEntry, dest: Path, label: str,
+                          pool: ThreadPoolExecutor, bar: Progress) -> None:
+        """Write one file once: chunks checked as read, the file digest as written."""
+        target = dest / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        what = f"{entry.path} of {label}"
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+        def write(offset: int, pieces: list[bytes | memoryview]) -> None:
+            while pieces:
+                done = os.pwritev(fd, pieces[:_IOV_MAX], offset)
+                offset += done
+                while pieces and done >= len(pieces[0]):
+                    done -= len(pieces[0])
+                    pieces = pieces[1:]
+                if done:
+                    pieces = [memoryview(pieces[0])[done:], *pieces[1:]]
+
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        written = 0
         try:
             if entry.size:
                 os.ftruncate(fd, entry.size)
-
-            def write(run: list[int]) -> bytes:
-                data = b"".join(self._read_run([entry.chunks[i] for i in run], what=what))
-                os.pwrite(fd, data, offsets[run[0]])
-                bar.advance(len(data))
-                return data
-
             # Runs come back in order, so the whole-file digest is computed as
             # they arrive rather than by reading the file again.
-            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            written = 0
-            for data in pool.map(write, self._runs(entry.chunks, what=what)):
-                hasher.update(data)
-                written += len(data)
+            for pieces in self._stream(entry, what, pool, write):
+                for piece in pieces:
+                    hasher.update(piece)
+                    written += len(piece)
+                bar.advance(sum(len(p) for p in pieces))
         finally:
             os.close(fd)
         if written != entry.size or hasher.hexdigest() != entry.digest:
@@ -678,21 +819,24 @@ class ChunkStore:
             direct.refresh()
             return direct._verify_store(files, label=label)
         self.refresh()
-        with self._in_use(files):
-            return self._verify(files, label=label)
+        with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            return self._verify(files, label=label, pool=pool)
 
-    def _verify(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
+    def _verify(self, files: Sequence[FileEntry], *, label: str,
+                pool: ThreadPoolExecutor) -> list[str]:
         problems = []
         for entry in files:
-            hasher = blake3.blake3()
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            what = f"{entry.path} of {label}"
             try:
-                for chunk in entry.chunks:
-                    hasher.update(self._read_chunk(chunk, what=f"{entry.path} of {label}"))
+                for pieces in self._stream(entry, what, pool):
+                    for piece in pieces:
+                        hasher.update(piece)
             except IntegrityError as error:
                 problems.append(error.message)
                 continue
             if hasher.hexdigest() != entry.digest:
-                problems.append(f"{entry.path} of {label} does not match its recorded digest")
+                problems.append(f"{what} does not match its recorded digest")
         return problems
 
     def _verify_store(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
@@ -1043,7 +1187,7 @@ class ChunkStore:
             for digest, offset, length, raw, codec in entries:
                 payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
                 writer.add(digest, payload, raw, codec)
-            writer.flush()
+            writer.finish()
         except BaseException:
             writer.abort()
             for new in writer.published:
