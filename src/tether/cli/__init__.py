@@ -121,6 +121,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Versioned datasets: add, list, show, diff, promote, track in git, read back.",
     ),
     "db": ("manage", "db_group", "The metadata database's schema."),
+    "import": ("importer", "import_group", "Import models from another registry (MLflow)."),
     "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),
     "serve": (
         "serving",

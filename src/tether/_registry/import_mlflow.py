@@ -1,0 +1,547 @@
+"""Bring registered models from an MLflow registry into Tether.
+
+For each registered model: its versions in MLflow's order, each version's
+description (the Tether version's notes), tags, source run's params and
+metrics, and its artifacts, downloaded through the MLflow client; then the
+model's aliases, and (embedded registries) its description and tags.
+
+Every version goes through the registry's public ``log_model``, so digests,
+environment capture, audit events and policies apply exactly as for a version
+logged by hand; aliases move with ``promote(..., create=True)``, so a policy
+may refuse one (reported, and the import goes on).
+
+Where a version came from is recorded in its tags (``mlflow.registered_model``,
+``mlflow.version``, ``mlflow.source``, ``mlflow.run_id``,
+``mlflow.tracking_uri``): a second run skips every MLflow version a Tether
+version already records, matched by model, version number and source, so it
+imports only what is new.
+
+Trust: an MLflow ``sklearn`` model saved with skops whose types are all among
+those skops trusts by default is loaded (nothing is unpickled) and re-logged as
+a native scikit-learn version. Anything else (pickle, cloudpickle, skops naming
+other types, other flavors) is imported as files: the MLflow registry vouches
+for nothing Tether can check, so loading it as code is for the user to decide
+after review (``tether.load(..., trusted=True)`` on the files, or re-log).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._contract import RegistryAPI
+from .._errors import InvalidReference, NotFound, TetherError
+from .._reference import validate_alias_name, validate_model_name
+
+if TYPE_CHECKING:
+    from .._records import AliasMove, ModelVersion
+
+#: Tags recording where a version came from; the first three identify it.
+TAG_MODEL = "mlflow.registered_model"
+TAG_VERSION = "mlflow.version"
+TAG_SOURCE = "mlflow.source"
+TAG_RUN = "mlflow.run_id"
+TAG_URI = "mlflow.tracking_uri"
+TAG_CREATED = "mlflow.created_ms"
+TAG_USER = "mlflow.user"
+_OURS = (TAG_MODEL, TAG_VERSION, TAG_SOURCE, TAG_RUN, TAG_URI, TAG_CREATED, TAG_USER)
+
+#: The reason recorded on alias moves made by an import.
+ALIAS_REASON = "imported from MLflow"
+
+_PAGE = 1000
+
+
+class ImportTarget(RegistryAPI, Protocol):
+    """The registry contract plus promote (both registries have it; the contract lacks it)."""
+
+    def promote(
+        self, ref: str, alias: str, *, reason: str = "", create: bool = False
+    ) -> AliasMove: ...
+
+
+class SourceUnavailable(TetherError):
+    """The MLflow registry could not be reached or answered with an error."""
+
+    code = "source_unavailable"
+    http_status = 502
+
+
+class Progress(Protocol):
+    """What the import tells a progress display (the CLI's bar; nothing by default)."""
+
+    def planned(self, total: int) -> None: ...
+
+    def working(self, label: str) -> None: ...
+
+    def finished_one(self) -> None: ...
+
+
+@dataclass
+class VersionReport:
+    mlflow_version: str
+    source: str
+    run_id: str | None
+    ref: str | None = None
+    digest: str | None = None
+    flavor: str | None = None
+    status: str = "imported"  # imported | present | planned | skipped | failed
+    note: str = ""
+
+
+@dataclass
+class AliasReport:
+    alias: str
+    mlflow_version: str
+    ref: str | None = None
+    status: str = "moved"  # moved | unchanged | refused | kept | skipped | planned
+    note: str = ""
+
+
+@dataclass
+class ModelReport:
+    name: str
+    description_updated: bool = False
+    tags_updated: list[str] = field(default_factory=list)
+    versions: list[VersionReport] = field(default_factory=list)
+    aliases: list[AliasReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for v in self.versions if v.status == status)
+
+
+@dataclass
+class ImportReport:
+    source: str
+    dry_run: bool
+    models: list[ModelReport] = field(default_factory=list)
+
+    @property
+    def imported(self) -> int:
+        return sum(m.count("imported") for m in self.models)
+
+    @property
+    def problems(self) -> int:
+        """Failed versions, refused aliases and models that could not be read."""
+        return sum(
+            m.count("failed")
+            + sum(1 for a in m.aliases if a.status == "refused")
+            + (1 if m.error else 0)
+            for m in self.models
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "dry_run": self.dry_run,
+            "imported": self.imported,
+            "problems": self.problems,
+            "models": [asdict(m) for m in self.models],
+        }
+
+
+class _Silent:
+    def planned(self, total: int) -> None:
+        pass
+
+    def working(self, label: str) -> None:
+        pass
+
+    def finished_one(self) -> None:
+        pass
+
+
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri`` (tracking and registry), after checking it answers."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as error:
+        raise TetherError(
+            "importing from MLflow needs the MLflow client, which is not installed",
+            hint="pip install mlflow-skinny",
+        ) from error
+    if uri.startswith(("http://", "https://")):
+        _check_reachable(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast and clearly: the MLflow client retries a dead server for minutes."""
+    import httpx
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/registered-models/search"
+    try:
+        httpx.get(url, params={"max_results": 1}, timeout=10.0)
+    except httpx.HTTPError as error:
+        raise SourceUnavailable(
+            f"the MLflow server at {uri} is unreachable: {type(error).__name__}: {error}",
+            hint="check the URI and that `mlflow server` runs there "
+            "(tokens: MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME/PASSWORD)",
+        ) from error
+    # Any HTTP answer (even 401/403) means the server is up: the client reports the rest.
+
+
+def _mlflow_call(uri: str, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args, **kwargs)
+    except MlflowException as error:
+        if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFound(f"{what}: not found in the MLflow registry at {uri}") from error
+        raise SourceUnavailable(
+            f"{what} failed at {uri}: {error.message}",
+            hint="check the URI and your MLflow credentials",
+        ) from error
+
+
+def import_mlflow(
+    registry: ImportTarget,
+    uri: str,
+    *,
+    models: Sequence[str] = (),
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    client: Any = None,
+) -> ImportReport:
+    """Import the registered models ``models`` (default: all) from the MLflow registry at ``uri``.
+
+    Returns what was imported, what was there already, and every refusal; a
+    failure of one version or alias is reported and the import goes on.
+    """
+    progress = progress or _Silent()
+    client = client if client is not None else open_client(uri)
+    report = ImportReport(source=uri, dry_run=dry_run)
+
+    names = list(dict.fromkeys(models)) or _all_model_names(client, uri)
+    plans: list[tuple[ModelReport, Any, list[Any]]] = []
+    for name in names:
+        model_report = ModelReport(name=name)
+        report.models.append(model_report)
+        try:
+            validate_model_name(name)
+        except InvalidReference:
+            model_report.error = (
+                f"{name!r} is not a valid Tether model name "
+                "(letters, digits, '.', '_' and '-', up to 128); skipped"
+            )
+            continue
+        try:
+            source_model = _mlflow_call(uri, f"model {name!r}", client.get_registered_model, name)
+            source_versions = _model_versions(client, uri, name)
+        except NotFound as error:
+            model_report.error = error.message
+            continue
+        present = _present(registry, name)
+        todo = []
+        for mv in source_versions:
+            entry = VersionReport(
+                mlflow_version=str(mv.version), source=str(mv.source), run_id=mv.run_id or None
+            )
+            model_report.versions.append(entry)
+            existing = present.get(_key(name, mv))
+            if existing is not None:
+                entry.status, entry.ref, entry.digest = "present", existing.ref, existing.digest
+                entry.flavor = str(existing.flavor.get("name"))
+            elif str(getattr(mv, "status", "READY")) != "READY":
+                entry.status, entry.note = "skipped", f"MLflow status {mv.status}"
+            else:
+                entry.status = "planned"
+                todo.append(mv)
+        plans.append((model_report, source_model, todo))
+
+    progress.planned(sum(len(todo) for _, _, todo in plans))
+    for model_report, source_model, todo in plans:
+        name = model_report.name
+        by_number = {v.mlflow_version: v for v in model_report.versions}
+        for mv in todo:
+            entry = by_number[str(mv.version)]
+            progress.working(f"{name} v{mv.version}")
+            if not dry_run:
+                _import_version(registry, client, uri, name, mv, entry)
+            progress.finished_one()
+        _sync_model(registry, source_model, model_report, dry_run)
+        _sync_aliases(registry, source_model, model_report, dry_run)
+    return report
+
+
+def _all_model_names(client: Any, uri: str) -> list[str]:
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        page = _mlflow_call(
+            uri,
+            "listing registered models",
+            client.search_registered_models,
+            max_results=_PAGE,
+            page_token=token,
+        )
+        names.extend(m.name for m in page)
+        token = page.token
+        if not token:
+            return names
+
+
+def _model_versions(client: Any, uri: str, name: str) -> list[Any]:
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    found: list[Any] = []
+    token: str | None = None
+    while True:
+        page = _mlflow_call(
+            uri,
+            f"listing the versions of {name!r}",
+            client.search_model_versions,
+            f"name = '{quoted}'",
+            max_results=_PAGE,
+            page_token=token,
+        )
+        found.extend(v for v in page if v.name == name)
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda v: int(v.version))
+
+
+def _key(name: str, mv: Any) -> tuple[str, str, str]:
+    return (name, str(mv.version), str(mv.source))
+
+
+def _present(registry: ImportTarget, name: str) -> dict[tuple[str, str, str], ModelVersion]:
+    """The Tether versions of ``name`` that record an MLflow origin, by that origin."""
+    try:
+        versions = registry.versions(name)
+    except NotFound:
+        return {}
+    found: dict[tuple[str, str, str], ModelVersion] = {}
+    for version in versions:
+        tags = version.tags
+        if TAG_MODEL in tags and TAG_VERSION in tags:
+            key = (tags[TAG_MODEL], tags[TAG_VERSION], tags.get(TAG_SOURCE, ""))
+            found.setdefault(key, version)
+    return found
+
+
+def _import_version(
+    registry: ImportTarget, client: Any, uri: str, name: str, mv: Any, entry: VersionReport
+) -> None:
+    try:
+        with tempfile.TemporaryDirectory(prefix="tether-mlflow-") as tmp:
+            local = _download(client, uri, name, mv, Path(tmp))
+            model, flavor, note = _choose_flavor(local)
+            params, metrics, run_note = _run_facts(client, mv.run_id)
+            tags = {str(k): str(v) for k, v in (mv.tags or {}).items() if k not in _OURS}
+            tags.update(
+                {
+                    TAG_MODEL: name,
+                    TAG_VERSION: str(mv.version),
+                    TAG_SOURCE: str(mv.source),
+                    TAG_URI: uri,
+                }
+            )
+            if mv.run_id:
+                tags[TAG_RUN] = str(mv.run_id)
+            if getattr(mv, "creation_timestamp", None):
+                tags[TAG_CREATED] = str(mv.creation_timestamp)
+            if getattr(mv, "user_id", None):
+                tags[TAG_USER] = str(mv.user_id)
+            version = registry.log_model(
+                model,
+                name,
+                flavor=flavor,
+                params=params,
+                metrics=metrics,
+                notes=mv.description or "",
+                tags=tags,
+                progress=False,
+            )
+    except TetherError as error:
+        entry.status, entry.note = "failed", error.message
+        return
+    entry.status, entry.ref, entry.digest, entry.flavor = (
+        "imported",
+        version.ref,
+        f"sha:{version.digest}",
+        flavor,
+    )
+    entry.note = "; ".join(n for n in (note, run_note) if n)
+
+
+def _download(client: Any, uri: str, name: str, mv: Any, dest: Path) -> Path:
+    import mlflow.artifacts
+
+    what = f"{name} version {mv.version}"
+    location = _mlflow_call(
+        uri,
+        f"locating the artifacts of {what}",
+        client.get_model_version_download_uri,
+        name,
+        str(mv.version),
+    )
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(dest), tracking_uri=uri
+        )
+    except Exception as error:  # the artifact repositories raise many kinds
+        raise SourceUnavailable(
+            f"downloading the artifacts of {what} from {location} failed: {error}",
+            hint="the registry must be able to serve its artifacts "
+            "(`mlflow server` with --serve-artifacts, or credentials for the store)",
+        ) from error
+    return Path(path)
+
+
+def _choose_flavor(local: Path) -> tuple[Any, str, str]:
+    """(what to log, flavor, note): a native scikit-learn model only if loading ran no code."""
+    mlmodel = local / "MLmodel" if local.is_dir() else None
+    if mlmodel is None or not mlmodel.is_file():
+        return str(local), "files", ""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return str(local), "files", "MLmodel is unreadable; imported as files"
+    flavors = spec.get("flavors") if isinstance(spec, dict) else None
+    sklearn = flavors.get("sklearn") if isinstance(flavors, dict) else None
+    if not isinstance(sklearn, dict):
+        kinds = ", ".join(sorted(flavors)) if isinstance(flavors, dict) else "none"
+        return str(local), "files", f"MLflow flavors {kinds}: imported as files"
+    serialization = str(sklearn.get("serialization_format") or "cloudpickle")
+    if serialization != "skops":
+        return (
+            str(local),
+            "files",
+            f"MLflow sklearn model stored as {serialization}: imported as files, "
+            "since loading it would unpickle data Tether cannot vouch for",
+        )
+    from .._errors import UnsafeArtifact
+    from .._flavors import get_flavor
+
+    entry = str(sklearn.get("pickled_model") or "model.skops")
+    try:
+        model = get_flavor("sklearn").load(
+            local, {"serialization": "skops", "entry": entry}, trusted=False
+        )
+    except UnsafeArtifact:
+        return (
+            str(local),
+            "files",
+            "MLflow sklearn model (skops) names types skops does not trust by default: "
+            "imported as files",
+        )
+    except Exception as error:  # a broken or foreign file: keep the bytes, say why
+        note = f"MLflow sklearn model did not load ({error}): imported as files"
+        return str(local), "files", note
+    return model, "sklearn", "MLflow sklearn model (skops, default-trusted types): logged natively"
+
+
+def _run_facts(client: Any, run_id: str | None) -> tuple[dict[str, Any], dict[str, float], str]:
+    """The source run's params and metrics; a run that is gone is a note, not a failure."""
+    if not run_id:
+        return {}, {}, ""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return {}, {}, f"source run {run_id} is not readable: no params or metrics"
+    return dict(run.data.params), dict(run.data.metrics), ""
+
+
+def _sync_model(
+    registry: ImportTarget, source_model: Any, report: ModelReport, dry_run: bool
+) -> None:
+    """The model's description and tags: the registry contract has no call for them, so
+    an embedded registry uses the catalog use case and a remote one is reported."""
+    from .registry import Registry
+
+    description = source_model.description or ""
+    tags = {str(k): str(v) for k, v in (source_model.tags or {}).items()}
+    if not description and not tags:
+        return
+    if not isinstance(registry, Registry):
+        report.notes.append(
+            "model description and tags not imported: a remote registry has no call for them"
+        )
+        return
+    from . import catalog
+
+    try:
+        info = catalog.model_info(registry, report.name)
+    except NotFound:
+        if dry_run:
+            report.description_updated = bool(description)
+            report.tags_updated = sorted(tags)
+            return
+        info = catalog.create_model(registry, report.name)
+    changed = {k: v for k, v in tags.items() if info.tags.get(k) != v}
+    new_description = description if description and description != info.description else None
+    report.description_updated = new_description is not None
+    report.tags_updated = sorted(changed)
+    if not dry_run and (changed or new_description is not None):
+        catalog.update_model(
+            registry, report.name, description=new_description, set_tags=changed or None
+        )
+
+
+def _sync_aliases(
+    registry: ImportTarget, source_model: Any, report: ModelReport, dry_run: bool
+) -> None:
+    """MLflow aliases become Tether aliases, moved by promote so policies decide.
+
+    An alias someone moved in Tether since (its last move was not an import)
+    is kept and reported: the import does not undo a decision made here.
+    """
+    by_number = {v.mlflow_version: v for v in report.versions}
+    aliases = dict(getattr(source_model, "aliases", None) or {})
+    for alias, number in sorted(aliases.items()):
+        entry = AliasReport(alias=alias, mlflow_version=str(number))
+        report.aliases.append(entry)
+        target = by_number.get(str(number))
+        try:
+            validate_alias_name(alias)
+        except InvalidReference:
+            entry.status, entry.note = "skipped", "not a valid Tether alias name"
+            continue
+        if target is None or target.ref is None:
+            entry.status = "planned" if target is not None and dry_run else "skipped"
+            if entry.status == "skipped":
+                entry.note = f"MLflow version {number} was not imported"
+            continue
+        entry.ref = target.ref
+        current = _current_alias(registry, report.name, alias)
+        if current is not None and current[0] == target.ref:
+            entry.status = "unchanged"
+            continue
+        if current is not None and not current[1].startswith(ALIAS_REASON):
+            entry.status = "kept"
+            entry.note = f"moved in Tether since (now at {current[0]}); not changed"
+            continue
+        if dry_run:
+            entry.status = "planned"
+            continue
+        try:
+            registry.promote(
+                target.ref,
+                alias,
+                reason=f"{ALIAS_REASON} ({report.name} version {number})",
+                create=True,
+            )
+        except TetherError as error:
+            entry.status, entry.note = "refused", error.message
+        else:
+            entry.status = "moved"
+
+
+def _current_alias(registry: ImportTarget, name: str, alias: str) -> tuple[str, str] | None:
+    """(ref the alias points at, reason of its last move), or None if it points nowhere."""
+    try:
+        state = registry.alias(name, alias)
+        history = registry.alias_history(name, alias)  # newest first
+    except NotFound:
+        return None
+    return f"{name}@{state['version']}", history[0].reason if history else ""

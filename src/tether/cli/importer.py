@@ -1,0 +1,147 @@
+"""``tether import``: bring models from another registry into this one."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ._common import console, emit_json, escape, handle_errors, json_option, registry_from
+
+
+@click.group("import")
+def import_group() -> None:
+    """Import models from another registry (MLflow)."""
+
+
+class _Bar:
+    """A rich bar on stderr, only on a terminal and never with --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._enabled = enabled and sys.stderr.isatty()
+
+    def planned(self, total: int) -> None:
+        if not self._enabled or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]importing[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("", total=total)
+
+    def working(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=label)
+
+    def finished_one(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@import_group.command("mlflow")
+@click.option(
+    "--from",
+    "uri",
+    required=True,
+    metavar="URI",
+    help="The MLflow tracking/registry URI (http://host:5000, sqlite:///mlflow.db, ...).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME",
+    help="Import this registered model (repeatable; default: every model).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
+@json_option
+@click.pass_context
+@handle_errors
+def mlflow_command(
+    ctx: click.Context, uri: str, models: tuple[str, ...], dry_run: bool, as_json: bool
+) -> None:
+    """Import registered models from the MLflow registry at URI.
+
+    Versions (in MLflow's order, each logged through the registry so digests,
+    audit and policies apply), descriptions, tags, the source run's params and
+    metrics, artifacts and aliases. Each version records where it came from
+    (tags mlflow.registered_model, mlflow.version, mlflow.source, mlflow.run_id);
+    running it again imports only what is new. A scikit-learn model saved with
+    skops using only types skops trusts is logged natively; anything that would
+    need unpickling comes as files. Credentials: MLflow's own environment
+    variables (MLFLOW_TRACKING_TOKEN, ...). Exits 1 if anything failed or was refused.
+    """
+    from .._registry.import_mlflow import import_mlflow
+
+    registry = registry_from(ctx)
+    bar = _Bar(enabled=not as_json)
+    try:
+        report = import_mlflow(registry, uri, models=models, dry_run=dry_run, progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _render(report)
+    if report.problems:
+        sys.exit(1)
+
+
+def _render(report: Any) -> None:
+    verb = "would import" if report.dry_run else "imported"
+    for model in report.models:
+        if model.error:
+            console.print(f"[bold]{escape(model.name)}[/]: [red]{escape(model.error)}[/]")
+            continue
+        new = [v for v in model.versions if v.status in ("imported", "planned")]
+        present = model.count("present")
+        console.print(
+            f"[bold]{escape(model.name)}[/]: {len(new)} version(s) {verb}, {present} already here"
+        )
+        for v in model.versions:
+            if v.status == "present":
+                continue
+            where = f" -> {v.ref} {v.digest[:16]}… {v.flavor}" if v.ref and v.digest else ""
+            status = "" if v.status == "imported" else f" [{v.status}]"
+            note = f"  ({escape(v.note)})" if v.note else ""
+            line = f"  MLflow v{v.mlflow_version}{where}{status}{note}"
+            console.print(line, style="red" if v.status == "failed" else None, markup=False)
+        changed = []
+        if model.description_updated:
+            changed.append("description")
+        if model.tags_updated:
+            changed.append("tags " + ", ".join(model.tags_updated))
+        if changed:
+            console.print(f"  model {'would get' if report.dry_run else 'updated'}: "
+                          + escape("; ".join(changed)))
+        for a in model.aliases:
+            target = a.ref or f"MLflow v{a.mlflow_version}"
+            note = f" ({a.note})" if a.note else ""
+            console.print(
+                f"  alias {a.alias} -> {target}: {a.status}{note}",
+                style="red" if a.status == "refused" else None,
+                markup=False,
+            )
+        for note in model.notes:
+            console.print(f"  note: {note}", markup=False)
+    total = sum(
+        len([v for v in m.versions if v.status in ("imported", "planned")]) for m in report.models
+    )
+    problems = f", {report.problems} problem(s)" if report.problems else ""
+    console.print(f"{total} version(s) {verb} from {escape(report.source)}{problems}")
