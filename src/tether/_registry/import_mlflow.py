@@ -519,7 +519,7 @@ def _sync_aliases(
             continue
         if current is not None and not current[1].startswith(ALIAS_REASON):
             entry.status = "kept"
-            entry.note = f"moved in Tether since (now at {current[0]}); not changed"
+            entry.note = f"moved in Tether since, now at {current[0]}; not changed"
             continue
         if dry_run:
             entry.status = "planned"
