@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench-store bench-serving bench-alias bench-cli lock clean
+.PHONY: demo test test-torch lint bench-store bench-serving bench-alias bench-cli lock clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,19 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+# PyTorch and Hugging Face flavors (tests marked torch), in their own venv: the CPU wheel of
+# torch 2.13.0 (pip takes the file on this machine's disk) and transformers from PyPI.
+TORCH_VENV ?= .venv-torch
+$(TORCH_VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(TORCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 "transformers>=4.45"
+	$(TORCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test-torch: $(TORCH_VENV)/.installed
+	$(TORCH_VENV)/bin/pytest -q -m torch tests/test_flavors_torch.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench

@@ -421,4 +421,6 @@ def test_detect_flavor_names_a_missing_path(tmp_path: Path) -> None:
 def test_get_flavor_lists_the_known_ones() -> None:
     with pytest.raises(InvalidInput, match="unknown flavor 'tensorflow'") as refused:
         get_flavor("tensorflow")
-    assert refused.value.hint == "known flavors: files, python, sklearn"
+    assert refused.value.hint == (
+        "known flavors: files, huggingface, lightgbm, onnx, python, pytorch, sklearn, xgboost"
+    )

@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInput
+from ._common import class_names, module_top
 from .base import Flavor
+from .boosting import LightGBMFlavor, LightGBMModel, XGBoostFlavor
 from .files import FilesFlavor
+from .huggingface_model import HuggingFaceFlavor, HuggingFaceModel
+from .onnx_model import OnnxFlavor
 from .pickle_scan import (
     DEFAULT_ALLOW,
     check_pickle_safe,
@@ -21,12 +25,26 @@ from .pickle_scan import (
     unsafe_globals,
 )
 from .python import PythonFlavor
+from .pytorch_model import PyTorchFlavor, TorchModule
 from .sklearn import SklearnFlavor
 
-_FLAVORS: dict[str, Flavor] = {f.name: f for f in (SklearnFlavor(), FilesFlavor(), PythonFlavor())}
+_FLAVORS: dict[str, Flavor] = {
+    f.name: f
+    for f in (
+        SklearnFlavor(),
+        FilesFlavor(),
+        PythonFlavor(),
+        OnnxFlavor(),
+        XGBoostFlavor(),
+        LightGBMFlavor(),
+        PyTorchFlavor(),
+        HuggingFaceFlavor(),
+    )
+}
 
 _ACCEPTED = (
-    "log a scikit-learn estimator or pipeline, a function or object with predict(), "
+    "log a scikit-learn estimator or pipeline, an ONNX, XGBoost, LightGBM, PyTorch or "
+    "Hugging Face model, a function or object with predict(), "
     "or the path of an existing file or folder"
 )
 
@@ -45,7 +63,12 @@ def detect_flavor(model: Any) -> Flavor:
     if isinstance(model, str | os.PathLike):
         if not Path(model).exists():
             raise InvalidInput(f"{os.fspath(model)!s} does not exist", hint=_ACCEPTED)
+        if Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
+            return _FLAVORS["onnx"]
         return _FLAVORS["files"]
+    framework = _framework_flavor(model)
+    if framework is not None:
+        return _FLAVORS[framework]
     if _is_sklearn_estimator(model):
         return _FLAVORS["sklearn"]
     if isinstance(model, type):
@@ -63,6 +86,33 @@ def model_predict(model: Any, record: dict[str, Any], data: Any) -> Any:
     return get_flavor(record["name"]).predict(model, data)
 
 
+def _framework_flavor(model: Any) -> str | None:
+    """The framework flavor for a model object, from its classes' names (no import)."""
+    tops = module_top(model)
+    names = class_names(model)
+    if "onnx" in tops and type(model).__name__ == "ModelProto":
+        return "onnx"
+    if "xgboost" in tops:
+        return "xgboost"
+    if "lightgbm" in tops:
+        return "lightgbm"
+    if isinstance(model, TorchModule):
+        return "pytorch"
+    if "transformers" in tops and (
+        "transformers.modeling_utils.PreTrainedModel" in names
+        or "transformers.pipelines.base.Pipeline" in names
+    ):
+        return "huggingface"
+    if isinstance(model, dict) and "transformers" in module_top(model.get("model")):
+        return "huggingface"
+    if "torch" in tops and (
+        "torch.nn.modules.module.Module" in names
+        or "torch.export.exported_program.ExportedProgram" in names
+    ):
+        return "pytorch"
+    return None
+
+
 def _is_sklearn_estimator(model: Any) -> bool:
     try:
         from sklearn.base import BaseEstimator
@@ -74,6 +124,9 @@ def _is_sklearn_estimator(model: Any) -> bool:
 __all__ = [
     "DEFAULT_ALLOW",
     "Flavor",
+    "HuggingFaceModel",
+    "LightGBMModel",
+    "TorchModule",
     "check_pickle_safe",
     "detect_flavor",
     "get_flavor",
