@@ -261,3 +261,33 @@ def test_unknown_model_is_reported(mlflow_uri: str, registry: Registry) -> None:
     assert result.exit_code == 1
     (model,) = json.loads(result.output)["models"]
     assert "not found" in model["error"]
+
+
+def test_dry_run_changes_nothing_and_a_tether_side_alias_move_is_kept(
+    mlflow_uri: str, registry: Registry, tmp_path: Path
+) -> None:
+    client = _client(mlflow_uri)
+    experiment = client.create_experiment("kept-test")
+    client.create_registered_model("ranker")
+    for n in (1, 2):
+        folder = tmp_path / f"v{n}"
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(np.random.default_rng(n).bytes(3000))
+        _register(client, "ranker", _run_with(client, experiment, folder, {}, {}))
+    client.set_registered_model_alias("ranker", "prod", "1")
+
+    plan = import_mlflow(registry, mlflow_uri, models=["ranker"], dry_run=True)
+    (model,) = plan.models
+    assert [v.status for v in model.versions] == ["planned", "planned"]
+    assert [a.status for a in model.aliases] == ["planned"]
+    assert "ranker" not in {m.name for m in registry.models()}
+
+    import_mlflow(registry, mlflow_uri, models=["ranker"])
+    assert registry.get("ranker@prod").seq == 1
+    registry.promote("ranker@2", "prod", reason="hotfix")  # a decision made in Tether
+
+    again = import_mlflow(registry, mlflow_uri, models=["ranker"])
+    (alias,) = again.models[0].aliases
+    assert alias.status == "kept" and "moved in Tether" in alias.note
+    assert registry.get("ranker@prod").seq == 2
+    assert again.problems == 0 and again.imported == 0
