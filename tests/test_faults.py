@@ -639,3 +639,42 @@ def test_the_client_gives_up_in_bounded_time_naming_the_server(
     message = str(caught.value)
     assert f"the Tether server at {url} is unreachable" in message
     assert "gave up after" in message and "TETHER_RETRY_SECONDS" in message
+
+
+def test_what_counts_as_an_outage(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from tether.server.faults import unavailable
+
+    registry = tether.init(tmp_path / "reg" / ".tether", actor="root@team")
+
+    def raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+        try:
+            try:
+                raise cause or error
+            except BaseException as inner:
+                if cause is None:
+                    raise
+                raise error from inner
+        except BaseException as caught:
+            return caught
+
+    refused = sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    down = unavailable(refused, registry)
+    assert down is not None and down.message.startswith(
+        f"the database sqlite:///{registry.location.root}")
+    assert "connection refused" in down.message
+    assert unavailable(sa.exc.OperationalError("x", {}, Exception("no such table: foo")),
+                       registry) is None  # a bug, not an outage: still a 500
+    boto = EndpointConnectionError(endpoint_url="http://s3:9000")
+    store = unavailable(raised(StoreError("S3 get failed"), boto), registry)
+    assert store is not None and "object store" in store.message
+    busy = ClientError({"Error": {"Code": "SlowDown"},
+                        "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+    assert unavailable(raised(StoreError("S3 get failed: SlowDown"), busy), registry)
+    denied = ClientError({"Error": {"Code": "AccessDenied"},
+                          "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    assert unavailable(raised(StoreError("S3 get failed: AccessDenied"), denied), registry) is None
+    assert unavailable(ValueError("bug"), registry) is None
+    registry.close()

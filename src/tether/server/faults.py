@@ -48,7 +48,14 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines() or [type(error).__name__])[0][:300]
 
 
+#: SQLite reports these as OperationalError too, but they are no outage.
+_NOT_AN_OUTAGE = ("no such table", "no such column", "syntax error", "disk is full")
+
+
 def _database_down(error: BaseException) -> bool:
+    if isinstance(error, sa.exc.OperationalError) and any(
+            text in str(error.orig) for text in _NOT_AN_OUTAGE):
+        return False
     if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError
                   | sa.exc.DisconnectionError | sa.exc.TimeoutError):
         return True
