@@ -299,11 +299,13 @@ class RemoteRegistry:
         retry: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """One API call; idempotent ones retried through an outage (see ``retries``).
+        """One API call; those safe to repeat are retried through an outage.
 
-        ``retry``: whether this call is safe to repeat (default: GET and HEAD
-        always, PUT with a body that can be sent again, POST with an
-        ``Idempotency-Key``).
+        ``retry``: whether this call is safe to repeat (default: ``retry_safe``:
+        GET and HEAD, PUT with a body that can be sent again, POST with an
+        ``Idempotency-Key``, deleting a lease). Retries run on connection errors
+        and 502/503/504 for ``TETHER_RETRY_SECONDS``; then ``Unavailable`` names
+        the server and what it said.
         """
         url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
         if retry is None:
