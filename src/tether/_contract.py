@@ -120,6 +120,47 @@ class RegistryAPI(Protocol):
         reason: str,
     ) -> None: ...
 
+    # -- deployments --------------------------------------------------------------
+
+    def apply_deployment(
+        self, name: str, spec: dict[str, Any], *, reason: str = ""
+    ) -> dict[str, Any]: ...
+
+    def deployment(self, name: str, *, known_revision: int | None = None) -> dict[str, Any]: ...
+
+    def deployments(self) -> list[dict[str, Any]]: ...
+
+    def deployment_history(self, name: str) -> list[dict[str, Any]]: ...
+
+    def set_deployment_weights(
+        self, name: str, weights: dict[str, float], *, endpoint: str | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]: ...
+
+    def pause_routes(
+        self, name: str, routes: list[str], *, endpoint: str | None = None,
+        resume: bool = False, reason: str = "",
+    ) -> dict[str, Any]: ...
+
+    def rollback_deployment(
+        self, name: str, *, to_revision: int | None = None, reason: str = ""
+    ) -> dict[str, Any]: ...
+
+    def rollback_route(
+        self, name: str, *, endpoint: str | None, route: str, failing: str | None = None,
+        reason: str = "", holder: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    def replica_heartbeat(
+        self, name: str, replica: str, *, host: str, pid: int, url: str = "",
+        started_at: str = "", info: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None, lead: bool = True,
+    ) -> dict[str, Any]: ...
+
+    def leave_deployment(self, name: str, replica: str) -> None: ...
+
+    def deployment_status(self, name: str) -> dict[str, Any]: ...
+
     # -- governance ---------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]: ...

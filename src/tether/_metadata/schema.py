@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -318,4 +319,64 @@ idempotency_keys = Table(
     Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
     Column("created_at", String(32), nullable=False),
     Index("ix_idempotency_keys_created", "created_at"),
+)
+
+# -- deployments and their replicas (revision 0007) ------------------------------------
+# A deployment's desired state (endpoints, routes, weights, shadows, rules) is one
+# versioned record: every change is a new revision (kept whole in
+# deployment_revisions) and an audit event. Serving replicas follow it, publish
+# their window statistics beside it, and one of them at a time holds its lease.
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("revision", Integer, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("paused", Text, nullable=False, default="[]"),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("updated_by", String(256), nullable=False),
+)
+
+deployment_revisions = Table(
+    "deployment_revisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment_id", Integer, ForeignKey("deployments.id"), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("paused", Text, nullable=False, default="[]"),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("deployment_id", "revision", name="uq_deployment_revisions"),
+)
+
+deployment_replicas = Table(
+    "deployment_replicas",
+    metadata,
+    Column("deployment", String(128), primary_key=True),
+    Column("replica", String(128), primary_key=True),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("url", String(512), nullable=False, default=""),
+    Column("started_at", String(32), nullable=False),
+    # Seconds since the epoch (the registry's clock): heartbeat and when it counts as gone.
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("info", Text, nullable=False, default="{}"),
+    Column("stats", Text, nullable=False, default="{}"),
+    Index("ix_deployment_replicas_expires", "expires_at"),
+)
+
+deployment_leases = Table(
+    "deployment_leases",
+    metadata,
+    Column("deployment", String(128), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
 )

@@ -146,46 +146,59 @@ def rollback(
 ) -> AliasMove:
     validate_alias_name(alias)
     with registry.write() as conn:
-        mid = require_model(conn, name, lock=True)
-        require_role_to_move(conn, actor, name, alias)
-        current = repo.alias_row(conn, mid, alias)
-        if current is None:
-            raise unknown_alias(conn, mid, name, alias)
-        sets = repo.live_sets(conn, mid, alias)
-        # Drop the moves that led to the current target (normally just the newest).
-        while sets and sets[0].version_id == current.version_id:
-            repo.mark_undone(conn, sets[0].id)
-            sets.pop(0)
-        target = next((s for s in sets if _is_live(conn, s.version_id)), None)
-        if target is None:
-            raise NotFound(
-                f"{name}@{alias} has no earlier target to roll back to",
-                hint=f"see `tether alias history {name} {alias}`",
-            )
-        before = _semver_of(conn, current.version_id)
-        after = _semver_of(conn, target.version_id)
-        repo.point_alias(conn, mid, alias, target.version_id, actor)
-        repo.record_move(
-            conn,
-            mid,
-            alias,
-            vid=target.version_id,
-            previous=current.version_id,
-            action="rollback",
-            actor=actor,
-            reason=reason,
+        return rollback_in(conn, name, alias, actor=actor, reason=reason)
+
+
+def rollback_in(
+    conn: sa.Connection,
+    name: str,
+    alias: str,
+    *,
+    actor: str,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+) -> AliasMove:
+    """`rollback` inside the caller's transaction (a deployment's rule rolls back here)."""
+    mid = require_model(conn, name, lock=True)
+    require_role_to_move(conn, actor, name, alias)
+    current = repo.alias_row(conn, mid, alias)
+    if current is None:
+        raise unknown_alias(conn, mid, name, alias)
+    sets = repo.live_sets(conn, mid, alias)
+    # Drop the moves that led to the current target (normally just the newest).
+    while sets and sets[0].version_id == current.version_id:
+        repo.mark_undone(conn, sets[0].id)
+        sets.pop(0)
+    target = next((s for s in sets if _is_live(conn, s.version_id)), None)
+    if target is None:
+        raise NotFound(
+            f"{name}@{alias} has no earlier target to roll back to",
+            hint=f"see `tether alias history {name} {alias}`",
         )
-        event = append_event(
-            conn,
-            actor=actor,
-            action="alias.rollback",
-            model=name,
-            subject=f"{name}@{alias}",
-            before=before,
-            after=after,
-            details={"reason": reason},
-        )
-        return AliasMove(name, alias, after, before, "rollback", actor, reason, event.ts)
+    before = _semver_of(conn, current.version_id)
+    after = _semver_of(conn, target.version_id)
+    repo.point_alias(conn, mid, alias, target.version_id, actor)
+    repo.record_move(
+        conn,
+        mid,
+        alias,
+        vid=target.version_id,
+        previous=current.version_id,
+        action="rollback",
+        actor=actor,
+        reason=reason,
+    )
+    event = append_event(
+        conn,
+        actor=actor,
+        action="alias.rollback",
+        model=name,
+        subject=f"{name}@{alias}",
+        before=before,
+        after=after,
+        details={"reason": reason, **(details or {})},
+    )
+    return AliasMove(name, alias, after, before, "rollback", actor, reason, event.ts)
 
 
 def _is_live(conn: sa.Connection, vid: int | None) -> bool:

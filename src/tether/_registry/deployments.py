@@ -1,21 +1,56 @@
-"""Deployment events recorded by serving replicas, through the registry's use cases.
+"""Deployments kept in the registry, and what serving replicas record there.
 
-A serving process may run beside an embedded registry or against a server;
-either way it records what it did to traffic (a pinned route switched back
-after a rule broke) here, so the event lands in the same audited,
-hash-chained log as every alias move, with the replica's user as its actor.
+A deployment (endpoints, routes with weights, shadows, rollback rules) is one
+versioned record: `apply` stores a new revision, and `set_weights`, `pause`,
+`resume`, `rollback` and `rollback_route` change it, each as a new revision
+with an audit event, under the same role rules as alias moves (approver for a
+route that follows a protected alias such as ``production``, else
+contributor). Serving replicas follow the record by its revision (the ETag),
+publish their window statistics with a heartbeat, and one of them at a time
+holds the deployment's lease: only the holder's rule breaches roll back, and
+`rollback_route` checks the lease and the failing version inside its
+transaction, so a breach seen by many replicas is one rollback and one event.
+
+A pinned route rolled back by a rule also records ``deployment.rollback``
+through `record_route_rollback` when it is served from a file rather than a
+stored deployment.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
+from .._deployment import Deployment, deployment_to_dict, parse_deployment
+from .._digest import canonical_json
+from .._errors import Conflict, InvalidInput, NotFound
 from .._metadata.audit_log import append_event
-from .resolve import require_model
+from .._metadata.clock import now_iso
+from .._metadata.schema import (
+    deployment_leases,
+    deployment_replicas,
+    deployment_revisions,
+    deployments,
+)
+from .._policy import role_rank, role_to_move
+from .._reference import SelectorKind, parse_reference, validate_model_name
+from .aliases import PROTECTED_SETTING, rollback_in
+from .resolve import require_model, resolve_row
 from .roles import require_role
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+#: A replica that has not sent a heartbeat for this long is gone (seconds).
+REPLICA_TTL = 5.0
+#: How long a lease lasts without renewal (seconds).
+LEASE_TTL = 3.0
+#: Rows of replicas gone for longer than this are deleted (seconds).
+FORGET_AFTER = 3600.0
 
 
 def record_route_rollback(
@@ -42,3 +77,496 @@ def record_route_rollback(
             after=after,
             details={"reason": reason, "endpoint": endpoint, "route": route},
         )
+
+
+# -- reading and checking specs ---------------------------------------------------------
+
+
+def check_spec(spec: Any, name: str) -> tuple[Deployment, dict[str, Any]]:
+    """The parsed deployment and its canonical mapping; InvalidInput names a bad key."""
+    if isinstance(spec, Mapping) and "server" in spec:
+        spec = {k: v for k, v in spec.items() if k != "server"}  # each replica's own
+    deployment = parse_deployment(spec, source=f"deployment {name}")
+    return deployment, deployment_to_dict(deployment)
+
+
+def _validate_name(name: str) -> str:
+    try:
+        return validate_model_name(name)
+    except Exception as error:
+        raise InvalidInput(f"{name!r} is not a deployment name",
+                           hint="use letters, digits, '.', '_' and '-'") from error
+
+
+def _row(conn: sa.Connection, name: str, *, lock: bool = False) -> sa.Row[Any]:
+    query = sa.select(deployments).where(deployments.c.name == name)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        names = [r[0] for r in conn.execute(sa.select(deployments.c.name).order_by(
+            deployments.c.name))]
+        raise NotFound(f"no deployment named {name!r}",
+                       hint=f"deployments: {', '.join(names) or 'none yet'}; store one with "
+                            "`tether deploy apply deploy.yaml --name NAME`")
+    return row
+
+
+def _record(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "revision": row.revision,
+        "generation": row.revision,
+        "spec": json.loads(row.spec),
+        "paused": json.loads(row.paused),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "updated_by": row.updated_by,
+    }
+
+
+def _routes(spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(endpoint, route) for every route of every endpoint, shadows as routes of weight 0."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for endpoint, body in spec["endpoints"].items():
+        out.extend((endpoint, r) for r in body["routes"])
+        out.extend((endpoint, {"name": "shadow", "target": s["target"], "weight": 0})
+                   for s in body.get("shadow", []))
+    return out
+
+
+def _role_for(conn: sa.Connection, target: str) -> tuple[str, str]:
+    """(model, role) a change to traffic of ``target`` needs."""
+    ref = parse_reference(target)
+    if ref.kind is SelectorKind.ALIAS:
+        from .._metadata import repository as repo
+
+        return ref.name, role_to_move(ref.value, repo.get_setting(conn, PROTECTED_SETTING))
+    return ref.name, "contributor"
+
+
+def _require_roles(conn: sa.Connection, actor: str, targets: Sequence[str]) -> None:
+    needed: dict[str, str] = {}
+    for target in targets:
+        model, role = _role_for(conn, target)
+        if model not in needed or role_rank(role) > role_rank(needed[model]):
+            needed[model] = role
+    for model, role in sorted(needed.items()):
+        require_role(conn, actor, role, model)
+
+
+def _models(spec: Mapping[str, Any]) -> list[str]:
+    return sorted({parse_reference(r["target"]).name for _, r in _routes(spec)})
+
+
+def _endpoint_of(spec: Mapping[str, Any], name: str, endpoint: str | None) -> str:
+    endpoints = [str(e) for e in spec["endpoints"]]
+    if endpoint is None:
+        if len(endpoints) == 1:
+            return endpoints[0]
+        raise InvalidInput(f"deployment {name} has {len(endpoints)} endpoints; say which",
+                           hint=f"endpoints: {', '.join(endpoints)}")
+    if endpoint not in spec["endpoints"]:
+        raise NotFound(f"deployment {name} has no endpoint {endpoint!r}",
+                       hint=f"endpoints: {', '.join(endpoints)}")
+    return endpoint
+
+
+def _route(spec: Mapping[str, Any], name: str, endpoint: str, route: str) -> dict[str, Any]:
+    routes = spec["endpoints"][endpoint]["routes"]
+    for entry in routes:
+        if entry["name"] == route:
+            return dict(entry)
+    raise NotFound(f"endpoint {endpoint} of deployment {name} has no route {route!r}",
+                   hint=f"routes: {', '.join(r['name'] for r in routes)}")
+
+
+def _check_traffic(spec: Mapping[str, Any], paused: Sequence[str], name: str) -> None:
+    for endpoint, body in spec["endpoints"].items():
+        live = [r for r in body["routes"]
+                if r["weight"] > 0 and f"{endpoint}/{r['name']}" not in paused]
+        if not live:
+            raise InvalidInput(f"endpoint {endpoint} of deployment {name} would take no traffic",
+                               hint="keep at least one route with a weight above 0 unpaused")
+
+
+def effective_weights(record: Mapping[str, Any], endpoint: str) -> dict[str, float]:
+    """Route weights of ``endpoint`` as served: a paused route's is 0."""
+    paused = set(record["paused"])
+    return {r["name"]: 0.0 if f"{endpoint}/{r['name']}" in paused else float(r["weight"])
+            for r in record["spec"]["endpoints"][endpoint]["routes"]}
+
+
+def _save(conn: sa.Connection, row: sa.Row[Any] | None, name: str, spec: Mapping[str, Any],
+          paused: Sequence[str], *, action: str, actor: str, reason: str) -> int:
+    now = now_iso()
+    spec_text, paused_text = canonical_json(spec), canonical_json(sorted(paused))
+    if row is None:
+        revision = 1
+        inserted = conn.execute(deployments.insert().values(
+            name=name, revision=1, spec=spec_text, paused=paused_text, created_at=now,
+            updated_at=now, updated_by=actor)).inserted_primary_key
+        assert inserted is not None
+        did = inserted[0]
+    else:
+        revision, did = row.revision + 1, row.id
+        conn.execute(deployments.update().where(deployments.c.id == did).values(
+            revision=revision, spec=spec_text, paused=paused_text, updated_at=now,
+            updated_by=actor))
+    conn.execute(deployment_revisions.insert().values(
+        deployment_id=did, revision=revision, spec=spec_text, paused=paused_text,
+        action=action, actor=actor, reason=reason, created_at=now))
+    return revision
+
+
+def _one_model(targets: Sequence[str]) -> str | None:
+    names = {parse_reference(t).name for t in targets}
+    return names.pop() if len(names) == 1 else None
+
+
+# -- use cases ------------------------------------------------------------------------
+
+
+def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict[str, Any]:
+    """Store ``spec`` as the next revision of deployment ``name`` (created if new).
+
+    Every target must resolve now; the actor needs the role to move each
+    route's traffic. An unchanged spec is no new revision and no event.
+    """
+    _validate_name(name)
+    _, canonical = check_spec(spec, name)
+    actor = registry.actor
+    with registry.write() as conn:
+        for _, route in _routes(canonical):
+            resolve_row(conn, parse_reference(route["target"]))  # NotFound names the typo
+        row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
+                           .with_for_update()).first()
+        old_spec = json.loads(row.spec) if row is not None else None
+        routes_now = {f"{e}/{r['name']}" for e, b in canonical["endpoints"].items()
+                      for r in b["routes"]}
+        paused = [p for p in (json.loads(row.paused) if row is not None else [])
+                  if p in routes_now]
+        if row is not None and old_spec == canonical and paused == json.loads(row.paused):
+            return {**_record(row), "changed": False}
+        targets = [r["target"] for _, r in _routes(canonical)]
+        if old_spec is not None:
+            targets += [r["target"] for _, r in _routes(old_spec)]
+        _require_roles(conn, actor, targets)
+        _check_traffic(canonical, paused, name)
+        revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
+                         reason=reason)
+        append_event(conn, actor=actor, action="deployment.apply", model=_one_model(targets),
+                     subject=f"deployment:{name}",
+                     before=row.revision if row is not None else None, after=revision,
+                     details={"deployment": name, "reason": reason,
+                              "endpoints": sorted(canonical["endpoints"])})
+        return {**_record(_row(conn, name)), "changed": True}
+
+
+def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
+    """The record; only ``{name, revision, unchanged: True}`` when it is ``known_revision``."""
+    with registry.read() as conn:
+        if known_revision is not None:
+            current = conn.execute(sa.select(deployments.c.revision).where(
+                deployments.c.name == name)).scalar()
+            if current == known_revision:
+                return {"name": name, "revision": current, "generation": current,
+                        "unchanged": True}
+        return _record(_row(conn, name))
+
+
+def list_all(registry: Registry) -> list[dict[str, Any]]:
+    with registry.read() as conn:
+        rows = conn.execute(sa.select(deployments).order_by(deployments.c.name)).all()
+        return [{"name": r.name, "revision": r.revision, "updated_at": r.updated_at,
+                 "updated_by": r.updated_by, "endpoints": sorted(json.loads(r.spec)["endpoints"]),
+                 "paused": json.loads(r.paused)} for r in rows]
+
+
+def history(registry: Registry, name: str) -> list[dict[str, Any]]:
+    """Every revision, newest first."""
+    with registry.read() as conn:
+        row = _row(conn, name)
+        rows = conn.execute(sa.select(deployment_revisions).where(
+            deployment_revisions.c.deployment_id == row.id).order_by(
+            deployment_revisions.c.revision.desc())).all()
+        return [{"revision": r.revision, "action": r.action, "actor": r.actor,
+                 "reason": r.reason, "at": r.created_at, "spec": json.loads(r.spec),
+                 "paused": json.loads(r.paused)} for r in rows]
+
+
+def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
+                endpoint: str | None = None, reason: str = "") -> dict[str, Any]:
+    """New weights for some routes of one endpoint (the others keep theirs)."""
+    actor = registry.actor
+    with registry.write() as conn:
+        row = _row(conn, name, lock=True)
+        spec, paused = json.loads(row.spec), json.loads(row.paused)
+        endpoint = _endpoint_of(spec, name, endpoint)
+        before = effective_weights(_record(row), endpoint)
+        targets = []
+        for route, weight in weights.items():
+            entry = _route(spec, name, endpoint, route)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+                    0 <= weight < float("inf")):
+                raise InvalidInput(f"route {route!r}: weight {weight!r} is not a finite number "
+                                   "of at least 0")
+            targets.append(entry["target"])
+            for r in spec["endpoints"][endpoint]["routes"]:
+                if r["name"] == route:
+                    r["weight"] = float(weight)
+        _require_roles(conn, actor, targets)
+        _check_traffic(spec, paused, name)
+        revision = _save(conn, row, name, spec, paused, action="weights", actor=actor,
+                         reason=reason)
+        after = effective_weights({"spec": spec, "paused": paused}, endpoint)
+        append_event(conn, actor=actor, action="deployment.weights", model=_one_model(targets),
+                     subject=f"deployment:{name}/{endpoint}", before=before, after=after,
+                     details={"deployment": name, "endpoint": endpoint, "revision": revision,
+                              "reason": reason})
+        return _record(_row(conn, name))
+
+
+def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str | None = None,
+          resume: bool = False, reason: str = "") -> dict[str, Any]:
+    """Take routes out of traffic (their weights are kept), or give it back (``resume``)."""
+    actor = registry.actor
+    if not routes:
+        raise InvalidInput("name the routes to pause or resume")
+    with registry.write() as conn:
+        row = _row(conn, name, lock=True)
+        spec, paused = json.loads(row.spec), set(json.loads(row.paused))
+        endpoint = _endpoint_of(spec, name, endpoint)
+        targets = [_route(spec, name, endpoint, route)["target"] for route in routes]
+        keys = {f"{endpoint}/{route}" for route in routes}
+        new = paused - keys if resume else paused | keys
+        if new == paused:
+            return {**_record(row), "changed": False}
+        _require_roles(conn, actor, targets)
+        _check_traffic(spec, sorted(new), name)
+        action = "resume" if resume else "pause"
+        revision = _save(conn, row, name, spec, sorted(new), action=action, actor=actor,
+                         reason=reason)
+        append_event(conn, actor=actor, action=f"deployment.{action}", model=_one_model(targets),
+                     subject=f"deployment:{name}/{endpoint}", before=sorted(paused),
+                     after=sorted(new), details={"deployment": name, "endpoint": endpoint,
+                                                 "routes": list(routes), "revision": revision,
+                                                 "reason": reason})
+        return {**_record(_row(conn, name)), "changed": True}
+
+
+def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
+             reason: str = "") -> dict[str, Any]:
+    """Make an earlier revision (default: the one before) current again, as a new revision."""
+    actor = registry.actor
+    with registry.write() as conn:
+        row = _row(conn, name, lock=True)
+        target = to_revision if to_revision is not None else row.revision - 1
+        if target < 1 or target >= row.revision:
+            raise NotFound(f"deployment {name} has no earlier revision {target}",
+                           hint=f"revisions 1 to {row.revision - 1}; see "
+                                f"`tether deploy history {name}`")
+        old = conn.execute(sa.select(deployment_revisions).where(
+            deployment_revisions.c.deployment_id == row.id,
+            deployment_revisions.c.revision == target)).one()
+        spec, paused = json.loads(old.spec), json.loads(old.paused)
+        targets = [r["target"] for _, r in _routes(spec)]
+        targets += [r["target"] for _, r in _routes(json.loads(row.spec))]
+        _require_roles(conn, actor, targets)
+        revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
+                         reason=reason or f"back to revision {target}")
+        append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),
+                     subject=f"deployment:{name}", before=row.revision, after=revision,
+                     details={"deployment": name, "to_revision": target, "reason": reason})
+        return _record(_row(conn, name))
+
+
+def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route: str,
+                   failing: str | None = None, reason: str = "",
+                   holder: str | None = None) -> dict[str, Any]:
+    """Roll one route back from the version it serves (``failing``, a ``sha:`` digest).
+
+    A route that follows an alias rolls the alias back (``alias.rollback``);
+    a pinned route goes back to the target it had in the newest earlier
+    revision naming another version, else gives its traffic to the other
+    routes (``deployment.rollback``). Nothing happens (``rolled_back: False``)
+    when the route no longer serves ``failing``, or when ``holder`` is given
+    and does not hold the deployment's lease: a breach seen by every replica
+    is acted on once.
+    """
+    actor = registry.actor
+    with registry.write() as conn:
+        row = _row(conn, name, lock=True)
+        spec, paused = json.loads(row.spec), json.loads(row.paused)
+        endpoint = _endpoint_of(spec, name, endpoint)
+        entry = _route(spec, name, endpoint, route)
+        if holder is not None and not _holds(conn, name, holder):
+            return {"rolled_back": False, "why": f"{holder} does not hold the lease"}
+        ref = parse_reference(entry["target"])
+        _, current = resolve_row(conn, ref)
+        digest = f"sha:{current.digest}"
+        if failing is not None and failing != digest:
+            return {"rolled_back": False, "why": f"{entry['target']} no longer serves {failing}"}
+        before = f"{ref.name}@{current.semver}"
+        details = {"deployment": name, "endpoint": endpoint, "route": route, "reason": reason}
+        if ref.kind is SelectorKind.ALIAS:
+            move = rollback_in(conn, ref.name, ref.value, actor=actor, reason=reason,
+                               details={"deployment": name, "endpoint": endpoint,
+                                        "route": route})
+            return {"rolled_back": True, "via": "alias", "from": before,
+                    "to": f"{ref.name}@{move.version}", "revision": row.revision}
+        require_role(conn, actor, "contributor", ref.name)
+        earlier = _earlier_target(conn, row, endpoint, route, current.digest)
+        routes = spec["endpoints"][endpoint]["routes"]
+        if earlier is not None:
+            for r in routes:
+                if r["name"] == route:
+                    r["target"] = earlier[0]
+            via, after = "route", earlier[1]
+        elif any(r["weight"] > 0 and r["name"] != route
+                 and f"{endpoint}/{r['name']}" not in paused for r in routes):
+            for r in routes:
+                if r["name"] == route:
+                    r["weight"] = 0.0
+            via, after = "weights", None
+        else:
+            raise Conflict(f"route {route} of {name}/{endpoint} has no earlier version and no "
+                           "other route to give its traffic to",
+                           hint="apply a deployment with another version")
+        revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
+                         reason=reason)
+        append_event(conn, actor=actor, action="deployment.rollback", model=ref.name,
+                     subject=f"deployment:{name}/{endpoint}/{route}", before=before, after=after,
+                     details={**details, "revision": revision, "via": via})
+        return {"rolled_back": True, "via": via, "from": before, "to": after,
+                "revision": revision}
+
+
+def _earlier_target(conn: sa.Connection, row: sa.Row[Any], endpoint: str, route: str,
+                    failing: str) -> tuple[str, str] | None:
+    """(target, ref) of the route in the newest earlier revision naming another version."""
+    revisions = conn.execute(sa.select(deployment_revisions.c.spec).where(
+        deployment_revisions.c.deployment_id == row.id,
+        deployment_revisions.c.revision < row.revision).order_by(
+        deployment_revisions.c.revision.desc())).scalars()
+    for text in revisions:
+        body = json.loads(text)["endpoints"].get(endpoint)
+        entry = next((r for r in (body or {}).get("routes", []) if r["name"] == route), None)
+        if entry is None:
+            continue
+        ref = parse_reference(entry["target"])
+        if ref.kind is SelectorKind.ALIAS:
+            continue
+        try:
+            _, version = resolve_row(conn, ref)
+        except NotFound:
+            continue
+        if version.digest != failing and version.status != "deleted":
+            return entry["target"], f"{ref.name}@{version.semver}"
+    return None
+
+
+# -- replicas and the lease -------------------------------------------------------------
+
+
+def _holds(conn: sa.Connection, name: str, holder: str) -> bool:
+    lease = conn.execute(sa.select(deployment_leases).where(
+        deployment_leases.c.deployment == name).with_for_update()).first()
+    return lease is not None and lease.holder == holder and lease.expires_at >= time.time()
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: int,
+              url: str = "", started_at: str = "", info: Mapping[str, Any] | None = None,
+              stats: Mapping[str, Any] | None = None, lead: bool = True,
+              ttl: float = REPLICA_TTL, lease_ttl: float = LEASE_TTL) -> dict[str, Any]:
+    """Publish a replica's state and window statistics; take or renew the lease if free.
+
+    Returns ``leader`` (whether this replica holds the lease now) and the
+    deployment's ``revision``.
+    """
+    if not replica or len(replica) > 128:
+        raise InvalidInput("a replica id is 1 to 128 characters")
+    ttl, lease_ttl = min(max(ttl, 1.0), 300.0), min(max(lease_ttl, 1.0), 60.0)
+    with registry.write() as conn:
+        row = _row(conn, name)
+        for model in _models(json.loads(row.spec)):
+            require_role(conn, registry.actor, "reader", model)
+        now = time.time()
+        values = {"host": host[:256], "pid": int(pid), "url": url[:512],
+                  "started_at": started_at or now_iso(), "heartbeat_at": now,
+                  "expires_at": now + ttl, "info": canonical_json(dict(info or {})),
+                  "stats": canonical_json(dict(stats or {}))}
+        insert = _insert(conn, deployment_replicas).values(deployment=name, replica=replica,
+                                                           **values)
+        conn.execute(insert.on_conflict_do_update(index_elements=["deployment", "replica"],
+                                                  set_=values))
+        conn.execute(deployment_replicas.delete().where(
+            deployment_replicas.c.expires_at < now - FORGET_AFTER))
+        leader = False
+        if lead:
+            leader = _take_lease(conn, name, replica, now, lease_ttl)
+        return {"leader": leader, "revision": row.revision, "generation": row.revision}
+
+
+def _take_lease(conn: sa.Connection, name: str, replica: str, now: float, ttl: float) -> bool:
+    lease = conn.execute(sa.select(deployment_leases).where(
+        deployment_leases.c.deployment == name).with_for_update()).first()
+    if lease is None:
+        inserted = conn.execute(_insert(conn, deployment_leases).values(
+            deployment=name, holder=replica, expires_at=now + ttl, acquired_at=now
+        ).on_conflict_do_nothing(index_elements=["deployment"]))
+        return bool(inserted.rowcount)
+    if lease.holder != replica and lease.expires_at >= now:
+        return False
+    acquired = lease.acquired_at if lease.holder == replica else now
+    conn.execute(deployment_leases.update().where(deployment_leases.c.deployment == name).values(
+        holder=replica, expires_at=now + ttl, acquired_at=acquired))
+    return True
+
+
+def leave(registry: Registry, name: str, replica: str) -> None:
+    """A replica stops: it is gone at once, and its lease is free for another."""
+    with registry.write() as conn:
+        row = _row(conn, name)
+        for model in _models(json.loads(row.spec)):
+            require_role(conn, registry.actor, "reader", model)
+        conn.execute(deployment_replicas.update().where(
+            deployment_replicas.c.deployment == name,
+            deployment_replicas.c.replica == replica).values(expires_at=time.time() - 0.001))
+        conn.execute(deployment_leases.delete().where(deployment_leases.c.deployment == name,
+                                                      deployment_leases.c.holder == replica))
+
+
+def status(registry: Registry, name: str) -> dict[str, Any]:
+    """The record, every replica seen (live or gone, with its statistics) and the lease."""
+    with registry.read() as conn:
+        row = _row(conn, name)
+        now = time.time()
+        replicas = []
+        for r in conn.execute(sa.select(deployment_replicas).where(
+                deployment_replicas.c.deployment == name).order_by(
+                deployment_replicas.c.started_at, deployment_replicas.c.replica)):
+            replicas.append({
+                "replica": r.replica, "host": r.host, "pid": r.pid, "url": r.url,
+                "started_at": r.started_at, "last_heartbeat_s": round(now - r.heartbeat_at, 3),
+                "live": r.expires_at >= now, "info": json.loads(r.info),
+                "stats": json.loads(r.stats)})
+        lease = conn.execute(sa.select(deployment_leases).where(
+            deployment_leases.c.deployment == name)).first()
+        return {
+            "deployment": _record(row),
+            "replicas": replicas,
+            "lease": None if lease is None or lease.expires_at < now else {
+                "holder": lease.holder, "expires_in_s": round(lease.expires_at - now, 3),
+                "held_for_s": round(now - lease.acquired_at, 3)},
+        }

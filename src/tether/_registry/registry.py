@@ -447,6 +447,55 @@ class Registry:
             self, model, endpoint=endpoint, route=route, before=before, after=after, reason=reason
         )
 
+    # -- deployments ------------------------------------------------------------
+
+    def apply_deployment(self, name: str, spec: dict[str, Any], *,
+                         reason: str = "") -> dict[str, Any]:
+        """Store a deployment (endpoints, routes, weights, shadows, rules) as its next revision."""
+        return deployments.apply(self, name, spec, reason=reason)
+
+    def deployment(self, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
+        return deployments.get(self, name, known_revision=known_revision)
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return deployments.list_all(self)
+
+    def deployment_history(self, name: str) -> list[dict[str, Any]]:
+        return deployments.history(self, name)
+
+    def set_deployment_weights(self, name: str, weights: dict[str, float], *,
+                               endpoint: str | None = None, reason: str = "") -> dict[str, Any]:
+        return deployments.set_weights(self, name, weights, endpoint=endpoint, reason=reason)
+
+    def pause_routes(self, name: str, routes: list[str], *, endpoint: str | None = None,
+                     resume: bool = False, reason: str = "") -> dict[str, Any]:
+        return deployments.pause(self, name, routes, endpoint=endpoint, resume=resume,
+                                 reason=reason)
+
+    def rollback_deployment(self, name: str, *, to_revision: int | None = None,
+                            reason: str = "") -> dict[str, Any]:
+        return deployments.rollback(self, name, to_revision=to_revision, reason=reason)
+
+    def rollback_route(self, name: str, *, endpoint: str | None, route: str,
+                       failing: str | None = None, reason: str = "",
+                       holder: str | None = None) -> dict[str, Any]:
+        return deployments.rollback_route(self, name, endpoint=endpoint, route=route,
+                                          failing=failing, reason=reason, holder=holder)
+
+    def replica_heartbeat(self, name: str, replica: str, *, host: str, pid: int,
+                          url: str = "", started_at: str = "",
+                          info: dict[str, Any] | None = None,
+                          stats: dict[str, Any] | None = None,
+                          lead: bool = True) -> dict[str, Any]:
+        return deployments.heartbeat(self, name, replica, host=host, pid=pid, url=url,
+                                     started_at=started_at, info=info, stats=stats, lead=lead)
+
+    def leave_deployment(self, name: str, replica: str) -> None:
+        deployments.leave(self, name, replica)
+
+    def deployment_status(self, name: str) -> dict[str, Any]:
+        return deployments.status(self, name)
+
     # -- governance -------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]:

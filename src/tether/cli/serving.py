@@ -13,7 +13,15 @@ import httpx
 from .._errors import TetherError
 from ..serving.config import Deployment, ServerConfig, load_deployment, single_version
 from ..serving.drift import PSI_MODERATE, PSI_SIGNIFICANT
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import (
+    State,
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+    registry_from,
+    table,
+)
 
 url_option = click.option(
     "--url",
@@ -65,7 +73,23 @@ def _deployment(
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option(
+    "--deployment",
+    "follow",
+    default=None,
+    metavar="NAME",
+    help="Serve the deployment NAME stored in the registry (`tether deploy apply`) and follow "
+    "its changes live, as one of any number of replicas.",
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Serving processes sharing the port (each a replica of its own).",
+)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", "-p", type=int, default=None, help="Port (default 8000).")
 @click.option(
@@ -93,7 +117,9 @@ def _deployment(
 @handle_errors
 def serve(
     ctx: click.Context,
-    target: str,
+    target: str | None,
+    follow: str | None,
+    workers: int,
     host: str | None,
     port: int | None,
     trusted: bool,
@@ -101,28 +127,57 @@ def serve(
     log_level: str,
     threaded: bool,
 ) -> None:
-    """Serve TARGET over HTTP: a version (iris@production) or a deployment file (deploy.yaml).
+    """Serve TARGET over HTTP: a version (iris@production) or a deployment file (deploy.yaml),
+    or (--deployment NAME) a deployment stored in the registry.
 
     Routes that follow an alias switch blue-green when it moves; rollback
-    rules, canary weights and shadows come from the deployment file.
+    rules, canary weights and shadows come from the deployment. A replica of a
+    stored deployment follows every change to it within a second or two, and
+    the replicas judge the rules together (one of them, holding a lease).
     POST /v1/endpoints/NAME/predict with {"records": [...]}.
     """
     from ..serving import serve as run
 
-    deployment = _deployment(target, host=host, port=port, trusted=trusted, env_policy=env_policy)
-    server = deployment.server
-    names = ", ".join(e.name for e in deployment.endpoints)
+    if (target is None) == (follow is None):
+        raise click.UsageError("give a TARGET (a version or a deployment file) or "
+                               "--deployment NAME")
+    if follow is not None:
+        if trusted or env_policy:
+            raise click.UsageError("--trusted and --env-policy are part of the stored "
+                                   "deployment (per endpoint)")
+        server = ServerConfig(host=host or "127.0.0.1", port=port if port is not None else 8000,
+                              poll_interval=0.5)
+        deployment = Deployment((), server)
+        names = f"deployment {follow}"
+    else:
+        assert target is not None
+        deployment = _deployment(target, host=host, port=port, trusted=trusted,
+                                 env_policy=env_policy)
+        server = deployment.server
+        names = ", ".join(e.name for e in deployment.endpoints)
     console.print(
-        f"serving {names} on http://{server.host}:{server.port} "
-        f"(POST /v1/endpoints/NAME/predict, /metrics, /readyz)",
+        f"serving {names} on http://{server.host}:{server.port}"
+        + (f" with {workers} workers" if workers > 1 else "")
+        + " (POST /v1/endpoints/NAME/predict, /metrics, /readyz)",
         style="dim",
     )
-    run(registry_from(ctx), deployment, log_level=log_level, inline=not threaded)
+    state = ctx.find_object(State)
+    assert state is not None
+    if workers > 1:
+        import tether
+
+        uri = state.registry_uri
+        run(lambda: tether.open(uri), deployment, log_level=log_level, inline=not threaded,
+            follow=follow, workers=workers)
+    else:
+        run(registry_from(ctx), deployment, log_level=log_level, inline=not threaded,
+            follow=follow)
 
 
 @click.group("deploy")
 def deploy_group() -> None:
-    """Look at and steer a running deployment (`tether serve deploy.yaml`)."""
+    """Deployments stored in the registry (apply, weights, pause, resume, rollback, status,
+    history), and a running serving process (--url)."""
 
 
 def _get(url: str, path: str, token: str | None = None) -> Any:
@@ -153,12 +208,19 @@ def _call(method: str, url: str, path: str, body: Any = None, *, token: str | No
 
 
 @deploy_group.command("status")
+@click.argument("name", required=False)
 @url_option
 @token_option
 @json_option
+@click.pass_context
 @handle_errors
-def deploy_status(url: str, token: str | None, as_json: bool) -> None:
-    """Each endpoint's routes, weights, versions, health and recent rollbacks."""
+def deploy_status(ctx: click.Context, name: str | None, url: str, token: str | None,
+                  as_json: bool) -> None:
+    """A stored deployment's replicas and windows over all of them (NAME), or a serving
+    process's endpoints (--url): routes, weights, versions, health, recent rollbacks."""
+    if name is not None:
+        _registry_status(registry_from(ctx), name, as_json)
+        return
     status = _get(url, "/v1/deployment", token)
     if as_json:
         emit_json(status)
@@ -218,21 +280,57 @@ def _route_row(route: dict[str, Any], *, shadow: bool = False) -> list[Any]:
 
 
 @deploy_group.command("weights")
-@click.argument("endpoint")
+@click.argument("name")
 @click.argument("weights", nargs=-1, required=True)
-@url_option
+@click.option("--endpoint", "-e", default=None,
+              help="The endpoint (when the deployment has more than one).")
+@click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
+@click.option(
+    "--url",
+    default=None,
+    envvar="TETHER_SERVE_URL",
+    help="Change one serving process (served from a file) instead of a stored deployment.",
+)
 @token_option
 @json_option
+@click.pass_context
 @handle_errors
 def deploy_weights(
-    endpoint: str, weights: tuple[str, ...], url: str, token: str | None, as_json: bool
+    ctx: click.Context, name: str, weights: tuple[str, ...], endpoint: str | None, reason: str,
+    url: str | None, token: str | None, as_json: bool
 ) -> None:
-    """Set route weights live: `tether deploy weights iris stable=80 canary=20`.
+    """Set route weights: `tether deploy weights iris-prod stable=80 canary=20`.
 
-    Needs a token (--token or $TETHER_TOKEN): a registry token whose principal
-    may move the endpoint's aliases (approver when a route follows a protected
-    alias such as production, else contributor), or the deployment's serving token.
+    Changes the stored deployment NAME (a new revision and an audit event);
+    every replica takes it within a second or two. Needs the role to move the
+    routes' traffic: approver when a route follows a protected alias such as
+    production, else contributor. With --url, NAME is an endpoint of the one
+    serving process there (a registry token or the deployment's serving token).
     """
+    parsed = _parse_weights(weights)
+    if url is None:
+        record = registry_from(ctx).set_deployment_weights(name, parsed, endpoint=endpoint,
+                                                           reason=reason)
+        if as_json:
+            emit_json(record)
+            return
+        _print_record(record, f"revision {record['revision']}")
+        return
+    endpoint = name
+    result = _call(
+        "PUT", url, f"/v1/endpoints/{endpoint}/weights", {"weights": parsed}, token=token
+    )
+    if as_json:
+        emit_json(result)
+        return
+    total = sum(result["weights"].values()) or 1
+    console.print(
+        f"{endpoint}: "
+        + ", ".join(f"{k}={v:g} ({v / total:.0%})" for k, v in result["weights"].items())
+    )
+
+
+def _parse_weights(weights: tuple[str, ...]) -> dict[str, float]:
     parsed: dict[str, float] = {}
     for item in weights:
         name, sep, value = item.partition("=")
@@ -246,17 +344,7 @@ def deploy_weights(
             raise click.BadParameter(
                 f"{item!r}: a weight is a finite number of at least 0", param_hint="WEIGHTS"
             )
-    result = _call(
-        "PUT", url, f"/v1/endpoints/{endpoint}/weights", {"weights": parsed}, token=token
-    )
-    if as_json:
-        emit_json(result)
-        return
-    total = sum(result["weights"].values()) or 1
-    console.print(
-        f"{endpoint}: "
-        + ", ".join(f"{k}={v:g} ({v / total:.0%})" for k, v in result["weights"].items())
-    )
+    return parsed
 
 
 @deploy_group.command("reload")
@@ -388,3 +476,208 @@ def _colour(status: str) -> str:
         "moderate": "[yellow]moderate[/]",
         "drift": "[bold red]drift[/]",
     }.get(status, status)
+
+
+# -- deployments stored in the registry ---------------------------------------------------
+
+
+def _print_record(record: dict[str, Any], note: str) -> None:
+    paused = set(record.get("paused") or [])
+    console.print(f"[bold]{record['name']}[/]  {note}  (by {record['updated_by']})")
+    rows = []
+    for endpoint, body in record["spec"]["endpoints"].items():
+        total = sum(r["weight"] for r in body["routes"]
+                    if f"{endpoint}/{r['name']}" not in paused) or 1
+        for r in body["routes"]:
+            is_paused = f"{endpoint}/{r['name']}" in paused
+            share = "paused" if is_paused else f"{r['weight'] / total:.0%}"
+            rows.append((endpoint, r["name"], r["target"], f"{r['weight']:g}", share))
+        for shadow in body.get("shadow", []):
+            rows.append((endpoint, "shadow", shadow["target"], "-", f"{shadow['sample']:.0%}"))
+    console.print(table(["ENDPOINT", "ROUTE", "TARGET", "WEIGHT", "TRAFFIC"], rows))
+
+
+@deploy_group.command("apply")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", "-n", default=None,
+              help="Deployment name (default: the file's name without .yaml).")
+@click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_apply(ctx: click.Context, path: str, name: str | None, reason: str,
+                 as_json: bool) -> None:
+    """Store the deployment file PATH in the registry as the next revision of NAME.
+
+    Every target must resolve; you need the role to move each route's traffic.
+    Replicas (`tether serve --deployment NAME`) take the new revision live:
+    weights, targets, shadows' samples and rules; new routes need a restart.
+    """
+    import yaml
+
+    load_deployment(path)  # the file's own errors, with its name
+    with open(path) as handle:
+        spec = yaml.safe_load(handle)
+    name = name or Path(path).stem
+    record = registry_from(ctx).apply_deployment(name, spec, reason=reason)
+    if as_json:
+        emit_json(record)
+        return
+    note = (f"revision {record['revision']}" if record["changed"]
+            else f"unchanged at revision {record['revision']}")
+    _print_record(record, note)
+
+
+@deploy_group.command("pause")
+@click.argument("name")
+@click.argument("routes", nargs=-1, required=True)
+@click.option("--endpoint", "-e", default=None,
+              help="The endpoint (when the deployment has more than one).")
+@click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_pause(ctx: click.Context, name: str, routes: tuple[str, ...], endpoint: str | None,
+                 reason: str, as_json: bool) -> None:
+    """Take ROUTES of deployment NAME out of traffic; their weights are kept for resume."""
+    _pause(ctx, name, routes, endpoint, reason, as_json, resume=False)
+
+
+@deploy_group.command("resume")
+@click.argument("name")
+@click.argument("routes", nargs=-1, required=True)
+@click.option("--endpoint", "-e", default=None,
+              help="The endpoint (when the deployment has more than one).")
+@click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_resume(ctx: click.Context, name: str, routes: tuple[str, ...], endpoint: str | None,
+                  reason: str, as_json: bool) -> None:
+    """Give paused ROUTES of deployment NAME their weights back."""
+    _pause(ctx, name, routes, endpoint, reason, as_json, resume=True)
+
+
+def _pause(ctx: click.Context, name: str, routes: tuple[str, ...], endpoint: str | None,
+           reason: str, as_json: bool, *, resume: bool) -> None:
+    record = registry_from(ctx).pause_routes(name, list(routes), endpoint=endpoint,
+                                             resume=resume, reason=reason)
+    if as_json:
+        emit_json(record)
+        return
+    note = (f"revision {record['revision']}" if record["changed"]
+            else f"unchanged at revision {record['revision']}")
+    _print_record(record, note)
+
+
+@deploy_group.command("rollback")
+@click.argument("name")
+@click.option("--route", "-r", default=None,
+              help="Roll this route back from the version it serves (an alias route moves its "
+              "alias back) instead of the whole deployment.")
+@click.option("--endpoint", "-e", default=None,
+              help="The route's endpoint (when the deployment has more than one).")
+@click.option("--to", "to_revision", type=int, default=None,
+              help="The revision to go back to (default: the one before).")
+@click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_rollback(ctx: click.Context, name: str, route: str | None, endpoint: str | None,
+                    to_revision: int | None, reason: str, as_json: bool) -> None:
+    """Make an earlier revision of deployment NAME current again (as a new revision), or
+    roll one route back (--route)."""
+    registry = registry_from(ctx)
+    if route is not None:
+        if to_revision is not None:
+            raise click.UsageError("--to goes back a whole revision; leave out --route")
+        result = registry.rollback_route(name, endpoint=endpoint, route=route, reason=reason)
+        if as_json:
+            emit_json(result)
+            return
+        console.print(f"{name}: route {route} rolled back from {result['from']} to "
+                      f"{result.get('to') or 'the other routes'} (via {result['via']})")
+        return
+    record = registry.rollback_deployment(name, to_revision=to_revision, reason=reason)
+    if as_json:
+        emit_json(record)
+        return
+    _print_record(record, f"revision {record['revision']} (rolled back)")
+
+
+@deploy_group.command("history")
+@click.argument("name")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_history(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Every revision of deployment NAME, newest first."""
+    revisions = registry_from(ctx).deployment_history(name)
+    if as_json:
+        emit_json(revisions)
+        return
+    rows = []
+    for r in revisions:
+        paused = set(r["paused"])
+        parts = []
+        for e, body in r["spec"]["endpoints"].items():
+            routes = " ".join(
+                f"{x['name']}=" + ("paused" if f"{e}/{x['name']}" in paused
+                                   else format(x["weight"], "g"))
+                for x in body["routes"])
+            parts.append(f"{e}: {routes}")
+        rows.append((r["revision"], r["action"], r["actor"], r["at"][:19], "; ".join(parts),
+                     r["reason"]))
+    console.print(table(["REV", "ACTION", "BY", "AT", "WEIGHTS", "REASON"], rows))
+
+
+@deploy_group.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_list(ctx: click.Context, as_json: bool) -> None:
+    """Deployments stored in the registry."""
+    found = registry_from(ctx).deployments()
+    if as_json:
+        emit_json(found)
+        return
+    console.print(table(["NAME", "REVISION", "ENDPOINTS", "UPDATED", "BY"], [
+        (d["name"], d["revision"], ", ".join(d["endpoints"]), d["updated_at"][:19],
+         d["updated_by"]) for d in found]))
+
+
+def _registry_status(registry: Any, name: str, as_json: bool) -> None:
+    from ..serving.window import merge
+
+    status = registry.deployment_status(name)
+    record = status["deployment"]
+    live = [r for r in status["replicas"] if r["live"]]
+    windows: dict[str, dict[str, Any]] = {}
+    for key in sorted({k for r in live for k in (r["stats"] or {})}):
+        by_ref: dict[str, list[dict[str, Any]]] = {}
+        for replica in live:
+            entry = (replica["stats"] or {}).get(key)
+            if entry:
+                by_ref.setdefault(entry["ref"], []).append(entry)
+        windows[key] = {ref: merge(exports) for ref, exports in by_ref.items()}
+    status["windows"] = windows
+    if as_json:
+        emit_json(status)
+        return
+    lease = status["lease"]
+    _print_record(record, f"revision {record['revision']}")
+    console.print(table(
+        ["REPLICA", "HOST", "URL", "REVISION", "READY", "HEARTBEAT", "STATE"],
+        [(r["replica"] + (" (leader)" if lease and lease["holder"] == r["replica"] else ""),
+          r["host"], r["url"], r["info"].get("revision", "-"),
+          "yes" if r["info"].get("ready") else "no", f"{r['last_heartbeat_s']:.1f}s ago",
+          "live" if r["live"] else "gone") for r in status["replicas"]]))
+    rows = []
+    for key, snapshots in windows.items():
+        for ref, snap in snapshots.items():
+            rows.append((key, ref, snap["requests"], f"{100 * snap['error_rate']:.1f}",
+                         f"{snap['p99_latency_ms']:.1f}",
+                         f"{snap.get('shadow_disagreement', 0):.1%}"
+                         if snap.get("shadow_disagreement:count") else "-"))
+    console.print(table(["ROUTE", "SERVING", "REQS (ALL REPLICAS)", "ERR%", "P99 MS",
+                         "SHADOW DISAGREE"], rows))

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import Conflict, InvalidInput, NotFound, TetherError
 from .._registry.tokens import Unauthenticated
 from .._schema import RecordSchemaError
 from .auth import deployment_models, endpoint_models
@@ -420,6 +420,11 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
     @handled
     async def weights(request: Request) -> Response:
         endpoint = await find(request)
+        if runtime.follower is not None:
+            name = runtime.follower.name
+            raise Conflict(f"this replica follows deployment {name} in the registry; its "
+                           "weights change there, for every replica",
+                           hint=f"tether deploy weights {name} ROUTE=WEIGHT ...")
 
         def allowed() -> str:  # the registry is read: off the event loop
             return auth.require(request, role=auth.steering_role(endpoint.config),

@@ -98,6 +98,9 @@ class Endpoint:
                         for i, s in enumerate(config.shadows)]
         self.router = WeightedRouter({r.name: r.weight for r in config.routes})
         self.rollbacks: deque[dict[str, Any]] = deque(maxlen=20)
+        #: False when a replica of a stored deployment: the lease holder judges the rules
+        #: over every replica's windows (see follower.py), not each process on its own.
+        self.judge_locally = True
         self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"tether-load-{self.name}")
         # request id -> (route, digest, predictions): atoms and tuples only, so the
         # garbage collector stops tracking them and a full collection stays short.
@@ -395,11 +398,16 @@ class Endpoint:
 
     def check(self) -> None:
         """Poll targets and judge rollback rules (the supervisor calls this every tick)."""
-        if self.config.rollback.rules:
+        if self.config.rollback.rules and self.judge_locally:
             weights = self.router.weights
             for name, slot in self.slots.items():
                 if slot.current is not None and not slot.busy and weights.get(name, 0) > 0:
                     self._judge(slot)
+        for slot in [*self.slots.values(), *self.shadows]:
+            self.submit(slot, functools.partial(poll_target, self, slot))
+
+    def poll_now(self) -> None:
+        """Poll every route's and shadow's target on the loader thread, now."""
         for slot in [*self.slots.values(), *self.shadows]:
             self.submit(slot, functools.partial(poll_target, self, slot))
 

@@ -6,8 +6,11 @@ Per-version families carry ``endpoint, model, version, digest`` labels (the
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .metrics import MetricSet
@@ -76,8 +79,41 @@ class Instruments:
         self._classes_seen: dict[tuple[str, ...], set[str]] = {}
         self._lock = threading.Lock()
 
+    #: Folder where each worker of ``tether serve --workers N`` writes its counts
+    #: (``worker-PID.json``), so any worker answers /metrics for all of them.
+    shared_dir: Path | None = None
+
     def render(self) -> str:
-        return self.set.render()
+        if self.shared_dir is None:
+            return self.set.render()
+        self.publish()
+        others = []
+        mine = self._own_file()
+        for path in sorted(self.shared_dir.glob("worker-*.json")):
+            if path == mine:
+                continue
+            try:
+                others.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # being replaced, or gone: skip this scrape
+                continue
+        return self.set.render(others)
+
+    def publish(self) -> None:
+        """Write this worker's counts for the others (every tick, and before a scrape).
+
+        Files of stopped workers stay, so every counter keeps rising (as in the
+        Prometheus client's multiprocess mode); the parent removes the folder.
+        """
+        if self.shared_dir is None:
+            return
+        target = self._own_file()
+        scratch = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
+        scratch.write_text(json.dumps(self.set.export(), separators=(",", ":")))
+        os.replace(scratch, target)
+
+    def _own_file(self) -> Path:
+        assert self.shared_dir is not None
+        return self.shared_dir / f"worker-{os.getpid()}.json"
 
     def predictions(self, labels: tuple[str, ...], predictions: Sequence[Any]) -> None:
         """Count classes of discrete predictions; histogram numeric ones."""

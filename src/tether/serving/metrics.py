@@ -11,7 +11,7 @@ import bisect
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -40,6 +40,15 @@ class Family:
     def samples(self) -> Iterable[Sample]:
         raise NotImplementedError
 
+    def export(self) -> Any:
+        """This process's counts as JSON, summed by `render` in other workers (None: not
+        summed; a gauge is the answering worker's own)."""
+        return None
+
+    def absorb(self, data: Any) -> Family:
+        """A copy of this family with another worker's exported counts added."""
+        return self
+
     def render(self) -> str:
         lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
         lines.extend(f"{name}{_labels(labels)} {_number(value)}"
@@ -61,6 +70,19 @@ class Counter(Family):
 
     def value(self, *labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
+
+    def export(self) -> Any:
+        with self._lock:
+            return [[list(k), v] for k, v in self._values.items()]
+
+    def absorb(self, data: Any) -> Family:
+        merged = Counter(self.name, self.help, self.labels)
+        with self._lock:
+            merged._values = dict(self._values)
+        for key, value in data:
+            k = tuple(key)
+            merged._values[k] = merged._values.get(k, 0.0) + float(value)
+        return merged
 
     def samples(self) -> Iterable[Sample]:
         with self._lock:
@@ -120,6 +142,24 @@ class Histogram(Family):
             counts[index] += 1
             self._sums[key] += value
 
+    def export(self) -> Any:
+        with self._lock:
+            return [[list(k), list(c), self._sums[k]] for k, c in self._counts.items()]
+
+    def absorb(self, data: Any) -> Family:
+        merged = Histogram(self.name, self.help, self.labels, self.buckets)
+        with self._lock:
+            merged._counts = {k: list(c) for k, c in self._counts.items()}
+            merged._sums = dict(self._sums)
+        for key, counts, total in data:
+            k = tuple(key)
+            if len(counts) != len(self.buckets) + 1:
+                continue  # another version's buckets: not comparable
+            mine = merged._counts.setdefault(k, [0] * (len(self.buckets) + 1))
+            merged._counts[k] = [a + int(b) for a, b in zip(mine, counts, strict=True)]
+            merged._sums[k] = merged._sums.get(k, 0.0) + float(total)
+        return merged
+
     def samples(self) -> Iterable[Sample]:
         with self._lock:
             items = [(key, list(counts), self._sums[key]) for key, counts in self._counts.items()]
@@ -153,8 +193,25 @@ class MetricSet:
         self._families.append(family)
         return family
 
-    def render(self) -> str:
-        return "\n".join(family.render() for family in self._families) + "\n"
+    def render(self, others: Sequence[dict[str, Any]] = ()) -> str:
+        """The text format; ``others`` (other workers' `export`) are summed into counters
+        and histograms."""
+        families: list[Family] = []
+        for family in self._families:
+            for other in others:
+                data = other.get(family.name)
+                if data is not None:
+                    family = family.absorb(data)
+            families.append(family)
+        return "\n".join(family.render() for family in families) + "\n"
+
+    def export(self) -> dict[str, Any]:
+        out = {}
+        for family in self._families:
+            data = family.export()
+            if data is not None:
+                out[family.name] = data
+        return out
 
 
 def _labels(labels: dict[str, str]) -> str:

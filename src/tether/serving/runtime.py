@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from .._errors import InvalidInput, NotFound, TetherError
 from .auth import ServingAuth
 from .config import Deployment, load_deployment
 from .endpoint import Endpoint
+from .follower import DeploymentFollower
 from .instruments import Instruments
 from .pool import LoadedModel
 from .routes import RouteSlot
@@ -31,12 +33,17 @@ log = logging.getLogger("tether.serving")
 
 
 class ServingRuntime:
-    def __init__(self, registry: RegistryAPI, deployment: Deployment) -> None:
+    def __init__(self, registry: RegistryAPI, deployment: Deployment, *,
+                 follow: tuple[str, int] | None = None, replica_url: str = "") -> None:
+        """``follow``: (name, revision) of the stored deployment this replica follows."""
         self.registry = registry
         self.deployment = deployment
+        self.follower: DeploymentFollower | None = None
         self.auth = ServingAuth(registry, deployment.auth)  # refuses a missing serving token
         self.instruments = Instruments()
-        self.mirror = ShadowMirror(self.instruments, self._shadows_of)
+        # TETHER_SHADOW_IN_PROCESS=1: shadows in a thread of this process (for comparison).
+        self.mirror = ShadowMirror(self.instruments, self._shadows_of,
+                                   in_process=os.environ.get("TETHER_SHADOW_IN_PROCESS") == "1")
         self.endpoints = {
             e.name: Endpoint(e, registry, self.instruments, self.mirror.submit)
             for e in deployment.endpoints
@@ -46,6 +53,10 @@ class ServingRuntime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._source_mtime = self._mtime()
+        if follow is not None:
+            self.follower = DeploymentFollower(self, follow[0], follow[1], url=replica_url)
+            for endpoint in self.endpoints.values():
+                endpoint.judge_locally = False
 
     def start(self) -> None:
         """Load every version (raising the registry's refusal), then start the threads."""
@@ -55,6 +66,11 @@ class ServingRuntime:
         self._thread = threading.Thread(target=self._supervise, name="tether-supervisor",
                                         daemon=True)
         self._thread.start()
+        if self.follower is not None:
+            try:
+                self.follower.beat()  # seen (and maybe leading) at once, not a tick later
+            except Exception:
+                log.exception("first heartbeat failed")
         log.info("serving %d endpoint(s)", len(self.endpoints),
                  extra={"endpoints": sorted(self.endpoints)})
 
@@ -62,6 +78,8 @@ class ServingRuntime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.follower is not None:
+            self.follower.leave()
         self.mirror.stop()
         for endpoint in self.endpoints.values():
             endpoint.stop()
@@ -78,7 +96,11 @@ class ServingRuntime:
         return all(e.ready for e in self.endpoints.values())
 
     def status(self) -> dict[str, Any]:
-        return {"ready": self.ready, "source": self.deployment.source,
+        follower = self.follower
+        following = None if follower is None else {
+            "deployment": follower.name, "revision": follower.revision,
+            "replica": follower.replica, "leader": follower.leader}
+        return {"ready": self.ready, "source": self.deployment.source, "following": following,
                 "endpoints": [e.status() for e in self.endpoints.values()],
                 "shadow_pairs": [
                     {"endpoint": k[0], "primary": k[1], "shadow": k[2], "compared": v[0],
@@ -108,8 +130,11 @@ class ServingRuntime:
         while not self._stop.wait(interval):
             try:
                 self._reload_if_changed()
+                if self.follower is not None:
+                    self.follower.tick()
                 for endpoint in self.endpoints.values():
                     endpoint.check()
+                self.instruments.publish()
             except Exception:  # the supervisor must keep ticking
                 log.exception("supervisor tick failed")
 
@@ -135,6 +160,11 @@ class ServingRuntime:
 
     def reload(self) -> dict[str, Any]:
         """Re-read the deployment file now and poll every target (``POST /v1/reload``)."""
+        if self.follower is not None:
+            self.follower.poll()
+            for endpoint in self.endpoints.values():
+                endpoint.poll_now()
+            return self.status()
         if self.deployment.source is None:
             raise InvalidInput("this deployment was not read from a file; there is nothing "
                                "to re-read", hint="serve a deployment file to reload it")
@@ -166,7 +196,7 @@ class ServingRuntime:
             endpoint.set_weights({r.name: r.weight for r in config.routes}, merge=False)
             endpoint.config = config
         self.deployment = new
-        log.info("deployment file re-read", extra={"source": new.source})
+        log.info("deployment re-read", extra={"source": new.source})
 
 
 def _repin(endpoint: Endpoint, slot: RouteSlot) -> None:

@@ -89,17 +89,57 @@ class Window:
                     pair = series.setdefault(name, [0.0, 0])
                     pair[0] += total
                     pair[1] += count
-        out: dict[str, Any] = {
-            "requests": requests,
-            "errors": errors,
-            "error_rate": errors / requests if requests else 0.0,
-            "p50_latency_ms": _quantile(latency, 0.50) * 1000,
-            "p99_latency_ms": _quantile(latency, 0.99) * 1000,
-        }
-        for name, (total, count) in series.items():
-            out[name] = total / count if count else 0.0
-            out[f"{name}:count"] = int(count)
-        return out
+        return _summary(requests, errors, latency, series)
+
+    def export(self) -> dict[str, Any]:
+        """The window's counts as JSON (latency buckets sparse), for `merge` elsewhere."""
+        with self._lock:
+            self._prune(int(self._clock()))
+            slots = list(self._slots)
+            latency: dict[str, int] = {}
+            series: dict[str, list[float]] = {}
+            for slot in slots:
+                for index, count in enumerate(slot.latency):
+                    if count:
+                        latency[str(index)] = latency.get(str(index), 0) + count
+                for name, (total, n) in slot.sums.items():
+                    pair = series.setdefault(name, [0.0, 0])
+                    pair[0] += total
+                    pair[1] += n
+            return {"requests": sum(s.requests for s in slots),
+                    "errors": sum(s.errors for s in slots), "latency": latency, "sums": series}
+
+
+def merge(exports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot (as `Window.snapshot`) over the exported windows of several replicas."""
+    latency = [0] * _BUCKETS
+    series: dict[str, list[float]] = {}
+    requests = errors = 0
+    for export in exports:
+        requests += int(export.get("requests", 0))
+        errors += int(export.get("errors", 0))
+        for index, count in (export.get("latency") or {}).items():
+            latency[min(int(index), _BUCKETS - 1)] += int(count)
+        for name, (total, count) in (export.get("sums") or {}).items():
+            pair = series.setdefault(name, [0.0, 0])
+            pair[0] += float(total)
+            pair[1] += int(count)
+    return _summary(requests, errors, latency, series)
+
+
+def _summary(requests: int, errors: int, latency: list[int],
+             series: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        "p50_latency_ms": _quantile(latency, 0.50) * 1000,
+        "p99_latency_ms": _quantile(latency, 0.99) * 1000,
+    }
+    for name, (total, count) in series.items():
+        out[name] = total / count if count else 0.0
+        out[f"{name}:count"] = int(count)
+    return out
 
 
 def _quantile(histogram: list[int], q: float) -> float:
