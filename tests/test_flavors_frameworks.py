@@ -110,8 +110,19 @@ def test_onnx_is_served_from_plain_arrays(
     sk, proto = onnx_iris
     X, _ = iris
     v = registry.log_model(proto, "iris-onnx", input_example=X.to_numpy(np.float32)[:5])
-    answer = _serve(registry, tmp_path, "iris", v.ref, {"inputs": ROWS})
-    assert answer["predictions"] == sk.predict(np.asarray(ROWS, np.float32)).tolist()
+    want = sk.predict(np.asarray(ROWS, np.float32)).tolist()
+    path = tmp_path / "deploy.yaml"
+    path.write_text(f"server: {{poll_interval: 0.1}}\nendpoints: {{iris: {{routes: [{v.ref}]}}}}\n")
+    with BackgroundServer(registry, load_deployment(path)) as server, \
+            httpx.Client(base_url=server.url) as client:
+        answer = client.post("/v1/endpoints/iris/predict", json={"inputs": ROWS}).json()
+        assert answer["predictions"] == want
+        # the Open Inference Protocol: a float32 tensor, as Triton's clients send it
+        tensor = {"name": "input", "datatype": "FP32", "shape": [3, 4],
+                  "data": [x for row in ROWS for x in row]}
+        oip = client.post("/v2/models/iris/infer", json={"inputs": [tensor]})
+        assert oip.status_code == 200, oip.text
+        assert oip.json()["outputs"][0]["data"] == want
 
 
 # -- XGBoost ------------------------------------------------------------------------------
@@ -229,6 +240,15 @@ def test_loading_without_the_framework_names_the_package_and_version(
     v = registry.log_model(model, "m")
     package = {"xgboost": "xgboost", "lightgbm": "lightgbm", "onnx": "onnxruntime"}[flavor]
     version = v.flavor["framework_versions"][package]
+    # the default (strict) policy refuses before loading, naming the package and the fix
+    from tether._environment import capture_environment
+
+    here = capture_environment()
+    del here["packages"][package]
+    with pytest.raises(EnvironmentMismatch) as strict:
+        registry.load(v.ref, environment=here)
+    assert f"pip install '{package}=={version}'" in (strict.value.hint or "")
+    # a policy that lets it through: the flavor says the same instead of an ImportError
     monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
     with pytest.raises(EnvironmentMismatch) as info:
         registry.load(v.ref, env_policy="off")

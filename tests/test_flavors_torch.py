@@ -212,9 +212,9 @@ def test_loading_without_torch_names_the_package(
 def tiny_bert(tmp_path: Path) -> tuple[Any, Any]:
     transformers = pytest.importorskip("transformers")
     words = ["good", "bad", "movie", "great", "awful", "the", "was", "film"]
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    tokenizer = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)})
+    assert 1 not in tokenizer("the movie was good")["input_ids"]  # no [UNK]: a real vocabulary
     config = transformers.BertConfig(
         vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=32, num_labels=2,
@@ -252,6 +252,7 @@ def test_hugging_face_folder_round_trips_with_its_tokenizer(
     with torch.no_grad():
         want = model(**encoded).logits.numpy()
     np.testing.assert_allclose(loaded.predict(texts), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want[0], want[1])  # the two texts are told apart
     np.testing.assert_allclose(loaded.predict(encoded["input_ids"].numpy())[:1], want[:1],
                                rtol=1e-4, atol=1e-5)
 

@@ -77,6 +77,7 @@ class OnnxFlavor:
         initialized = {t.name for t in graph.initializer}
         return {
             "name": self.name,
+            "serialization": "onnx",
             "entry": ENTRY,
             "inputs": [_value_info(v) for v in graph.input if v.name not in initialized],
             "outputs": [_value_info(v) for v in graph.output],
