@@ -115,7 +115,10 @@ class PyTorchFlavor:
 
     def _save_exported(self, torch: Any, program: Any, dest: Path) -> dict[str, Any]:
         torch.export.save(program, os.fspath(dest / EXPORT_ENTRY))
-        _check_no_pickle(dest / EXPORT_ENTRY)
+        try:
+            _check_no_pickle(dest / EXPORT_ENTRY)
+        except (ImportError, AttributeError) as error:
+            raise _reader_changed(torch, None, error) from error
         return {
             "name": self.name,
             "format": "exported_program",
@@ -136,7 +139,10 @@ class PyTorchFlavor:
         torch = require("torch", "torch", record, what="loading this PyTorch model")
         if record.get("format") == "exported_program":
             entry = entry_name(record, "entry", EXPORT_ENTRY, flavor="pytorch")
-            return load_exported(src / entry)
+            try:
+                return load_exported(src / entry)
+            except (ImportError, AttributeError) as error:
+                raise _reader_changed(torch, record, error) from error
         if record.get("format") != "state_dict":
             raise InvalidInput(
                 f"this PyTorch model was saved as {record.get('format')!r}, "
@@ -293,6 +299,19 @@ def _check_rebuild(torch: Any, cls: type, args: list[Any], kwargs: dict[str, Any
 
 
 # -- exported programs ------------------------------------------------------------------
+
+
+def _reader_changed(torch: Any, record: dict[str, Any] | None, error: Exception) -> Exception:
+    """The archive reader uses torch's internals; a torch that moved them is named."""
+    from .._errors import EnvironmentMismatch
+
+    saved = ((record or {}).get("framework_versions") or {}).get("torch")
+    return EnvironmentMismatch(
+        f"this torch ({torch.__version__}) lays out exported-program archives differently from "
+        f"what Tether reads without unpickling ({type(error).__name__}: {error})",
+        hint=f"pip install 'torch=={saved}'" if saved else
+        "log a state dict instead, or use the torch release Tether was tested with (2.13)",
+    )
 
 
 def _check_no_pickle(path: Path) -> None:
