@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tether import UnsafeArtifact
+from tether import Registry, UnsafeArtifact
 from tether._flavors import get_flavor, pickle_findings, scan_pickle, unsafe_globals
 from tether._flavors.pickle_scan import check_pickle_safe
 
@@ -378,3 +378,18 @@ def test_the_same_model_saves_to_the_same_skops_bytes(
     assert saved[0] == saved[1]
     loaded = flavor.load(tmp_path / "1", record, trusted_types=[TREE])
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_trusted_types_pass_through_the_registry_load(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    """A forest needs the tree type named by the caller, through tether.load too."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = iris
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    version = registry.log_model(forest, "forest", progress=False)
+    with pytest.raises(UnsafeArtifact, match="sklearn.tree._tree.Tree"):
+        registry.load(version.ref)
+    model = registry.load(version.ref, trusted_types=["sklearn.tree._tree.Tree"])
+    assert (model.predict(X[:5]) == forest.predict(X[:5])).all()

@@ -13,7 +13,7 @@ explicit one with the same methods.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 # Names are imported on first use (PEP 562), so `import tether` and the `tether`
 # command stay fast: numpy, SQLAlchemy and friends load only when a name needs them.
 if TYPE_CHECKING:
+    from ._contract import RegistryAPI
     from ._environment import EnvironmentWarning
     from ._errors import (
         AmbiguousReference,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         SchemaMismatch,
         StoreError,
         TetherError,
+        Unavailable,
         UnsafeArtifact,
     )
     from ._records import AliasMove, Event, ModelInfo, ModelVersion
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from ._registry.loading import DeprecatedVersionWarning
     from ._registry.registry import Registry
     from ._schema import Signature, infer_signature
+    from .remote import RemoteRegistry
 
 _LAZY = {
     "EnvironmentWarning": "._environment",
@@ -71,7 +74,10 @@ _LAZY = {
     **dict.fromkeys(("Reference", "parse_reference"), "._reference"),
     "DeprecatedVersionWarning": "._registry.loading",
     "Registry": "._registry.registry",
-    **dict.fromkeys(("Signature", "infer_signature"), "._signature"),
+    "RegistryAPI": "._contract",
+    "RemoteRegistry": ".remote",
+    "Unavailable": "._errors",
+    **dict.fromkeys(("Signature", "infer_signature"), "._schema"),
 }
 
 
@@ -109,11 +115,14 @@ __all__ = [
     "PolicyViolation",
     "Reference",
     "Registry",
+    "RegistryAPI",
     "RegistryNotFound",
+    "RemoteRegistry",
     "SchemaMismatch",
     "Signature",
     "StoreError",
     "TetherError",
+    "Unavailable",
     "UnsafeArtifact",
     "__version__",
     "connect",
@@ -134,19 +143,21 @@ def open(uri: str | Path | None = None, *, actor: str | None = None) -> Registry
     """Open a registry: ``uri``, else ``TETHER_URI``, else the nearest ``.tether``.
 
     An ``http(s)://`` URI gives a client of a Tether server (token from
-    ``TETHER_TOKEN``) with the same methods as the embedded registry.
+    ``TETHER_TOKEN``). Both satisfy ``tether.RegistryAPI``; write code against
+    that to run unchanged on either.
     """
     target = uri if uri is not None else os.environ.get("TETHER_URI")
     if target is not None and str(target).startswith(("http://", "https://")):
-        # Same interface (duck-typed), so callers type it as a Registry.
+        # RemoteRegistry satisfies RegistryAPI (checked by mypy in tether._contract);
+        # typed as Registry so existing callers keep their embedded-only extras.
         return cast("Registry", connect(str(target)))
     from ._registry.registry import Registry
 
     return Registry.open(uri, actor=actor)
 
 
-def connect(url: str, *, token: str | None = None) -> Any:
-    """A client of the Tether server at ``url``; see ``tether.remote``."""
+def connect(url: str, *, token: str | None = None) -> RemoteRegistry:
+    """A client of the Tether server at ``url``: a ``RegistryAPI``, like ``tether.open``."""
     from .remote import connect as _connect
 
     return _connect(url, token=token)
@@ -205,16 +216,22 @@ def load(
     expect: str | None = None,
     env_policy: str | None = None,
     trusted: bool = False,
+    trusted_types: Sequence[str] = (),
     registry: str | Path | None = None,
 ) -> Any:
     """Load the model ``ref`` names, refusing bytes or environments that do not match.
 
     ``expect="sha:…"`` refuses any other digest; ``env_policy`` overrides the
-    registry's policy for this call (``"strict"``, ``"warn"``, ``"off"``);
-    ``trusted=True`` skips the pickle import scan for an author you trust.
+    registry's policy for this call (``"strict"``, ``"warn"``, ``"off"``).
+    ``trusted=True`` lets code-executing formats (pickle, cloudpickle) run: say
+    it only for an author you trust (a signature by a key trusted for loading
+    does the same). ``trusted_types`` names the extra types a skops file may
+    rebuild (or PyTorch module paths) without trusting everything.
     """
     with open(registry) as reg:
-        return reg.load(ref, expect=expect, env_policy=env_policy, trusted=trusted)
+        return reg.load(
+            ref, expect=expect, env_policy=env_policy, trusted=trusted, trusted_types=trusted_types
+        )
 
 
 def get(ref: str, *, registry: str | Path | None = None) -> ModelVersion:
@@ -233,9 +250,7 @@ def promote(
 ) -> AliasMove:
     """Point ``alias`` at ``ref``; ``create=True`` is needed for a new alias."""
     with open(registry) as reg:
-        if not create:  # a server client's promote takes no create argument
-            return reg.promote(ref, alias, reason=reason)
-        return reg.promote(ref, alias, reason=reason, create=True)
+        return reg.promote(ref, alias, reason=reason, create=create)
 
 
 def rollback(

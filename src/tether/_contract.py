@@ -86,6 +86,7 @@ class RegistryAPI(Protocol):
         expect: str | None = None,
         env_policy: str | None = None,
         trusted: bool = False,
+        trusted_types: Sequence[str] = (),
         progress: bool = True,
         environment: dict[str, Any] | None = None,
         use_lock: bool = True,
@@ -100,6 +101,16 @@ class RegistryAPI(Protocol):
     def delete_version(self, ref: str) -> ModelVersion: ...
 
     # -- aliases ------------------------------------------------------------------
+
+    def promote(
+        self,
+        ref: str,
+        alias: str,
+        *,
+        reason: str = "",
+        checks: Sequence[Any] = (),
+        create: bool = False,
+    ) -> AliasMove: ...
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove: ...
 
@@ -186,6 +197,16 @@ class RegistryAPI(Protocol):
     def signatures(self, ref: str) -> tuple[list[str], list[str]]: ...
 
     def tokens(self) -> list[dict[str, Any]]: ...
+
+    def create_token(
+        self,
+        principal: str,
+        *,
+        role: str | None = None,
+        model: str | None = None,
+        expires_in: str | None = None,
+        description: str = "",
+    ) -> dict[str, Any]: ...
 
     def authenticate(self, token: str | None) -> str: ...
 

@@ -464,6 +464,7 @@ class RemoteRegistry:
         expect: str | None = None,
         env_policy: str | None = None,
         trusted: bool = False,
+        trusted_types: Sequence[str] = (),
         progress: bool = False,
         environment: dict[str, Any] | None = None,
         use_lock: bool = True,
@@ -476,6 +477,7 @@ class RemoteRegistry:
             expect=expect,
             env_policy=env_policy,  # type: ignore[arg-type]
             trusted=trusted,
+            trusted_types=trusted_types,
             progress=progress,
             environment=environment,
         )

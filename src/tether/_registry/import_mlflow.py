@@ -37,7 +37,7 @@ from .._errors import InvalidReference, NotFound, TetherError
 from .._reference import validate_alias_name, validate_model_name
 
 if TYPE_CHECKING:
-    from .._records import AliasMove, ModelVersion
+    from .._records import ModelVersion
 
 #: Tags recording where a version came from; the first three identify it.
 TAG_MODEL = "mlflow.registered_model"
@@ -55,12 +55,8 @@ ALIAS_REASON = "imported from MLflow"
 _PAGE = 1000
 
 
-class ImportTarget(RegistryAPI, Protocol):
-    """The registry contract plus promote (both registries have it; the contract lacks it)."""
-
-    def promote(
-        self, ref: str, alias: str, *, reason: str = "", create: bool = False
-    ) -> AliasMove: ...
+#: What an import writes to: any registry, embedded or remote.
+ImportTarget = RegistryAPI
 
 
 class SourceUnavailable(TetherError):

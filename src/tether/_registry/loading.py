@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,7 @@ def load_version(
     expect: str | None = None,
     env_policy: str | None = None,
     trusted: bool = False,
+    trusted_types: Sequence[str] = (),
     progress: bool = False,
     environment: dict[str, Any] | None = None,
 ) -> Any:
@@ -88,7 +90,9 @@ def load_version(
         where = Path(tmp) / "model"
         registry.store.materialize(version.files, where, label=version.ref, progress=progress)
         try:
-            return flavor.load(where, version.flavor, trusted=trusted)
+            return flavor.load(
+                where, version.flavor, trusted=trusted, trusted_types=trusted_types
+            )
         except TetherError:
             raise
         except Exception as error:

@@ -338,6 +338,7 @@ class Registry:
         expect: str | None = None,
         env_policy: str | None = None,
         trusted: bool = False,
+        trusted_types: Sequence[str] = (),
         progress: bool = True,
         environment: dict[str, Any] | None = None,
         use_lock: bool = True,
@@ -358,6 +359,7 @@ class Registry:
             expect=expect,
             env_policy=env_policy,
             trusted=trusted,
+            trusted_types=trusted_types,
             progress=progress,
             environment=environment,
         )

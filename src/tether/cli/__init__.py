@@ -61,7 +61,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": (
         "manage",
         "verify",
-        "Re-read every stored byte of REF and check it against its digest.",
+        "Re-read every stored byte of REF in the store (not a cached copy) against its digest.",
     ),
     "download": (
         "manage",
@@ -126,12 +126,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": (
         "serving",
         "serve",
-        "Serve TARGET over HTTP: a version (iris@production) or a deployment file (deploy.yaml).",
+        "Serve TARGET over HTTP: a version (iris@production) or a deployment file "
+        "(deploy.yaml), or (--deployment NAME) a deployment stored in the registry.",
     ),
     "deploy": (
         "serving",
         "deploy_group",
-        "Look at and steer a running deployment (`tether serve deploy.yaml`).",
+        "Deployments stored in the registry (apply, weights, pause, resume, rollback, status, "
+        "history), and a running serving process (--url).",
     ),
     "monitor": (
         "serving",
