@@ -29,6 +29,7 @@ import contextlib
 import copy
 import json
 import os
+import struct
 import threading
 import time
 import uuid
@@ -56,6 +57,7 @@ from .base import (
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
+from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -80,6 +82,12 @@ _WORKERS = max(2, min(4, os.cpu_count() or 2))
 #: Loads and verifies keep at most this many runs (of <= _RUN_BYTES) in flight.
 _RUNS_AHEAD = 6
 _IOV_MAX = 512
+#: Journal index files (one per pack) merged into a merged index once this many.
+_JOURNAL_MAX = 64
+#: gc moves the live chunks of packs under pack_target / this into shared packs ...
+_SMALL_PACK_PART = 8
+#: ... once there are at least this many such packs.
+_SMALL_PACKS_TO_COMPACT = 8
 
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
@@ -242,6 +250,7 @@ class PackWriter:
                     self.store.blobs.delete(f"packs/{pack_id}.pack")
             raise
         self.store._add_index(pack_id, size, entries)
+        self.store._note_journal(pack_id)
         self.published.append(pack_id)
 
     def abort(self) -> None:
@@ -273,7 +282,18 @@ class ChunkStore:
         #: Further candidates of chunks more than one pack claims (rare: two
         #: writers racing, or a pack that lies); the first stays in ``_index``.
         self._alternates: dict[str, list[Location]] = {}
+        #: Packs known from journal index files (and the ones this process wrote).
         self._pack_sizes: dict[str, int] = {}
+        #: Merged index files (see midx.py), by name, read in place.
+        self._segments: dict[str, MergedIndex] = {}
+        #: Index files read (or covered by a merged one read): never read again.
+        self._seen_files: set[str] = set()
+        #: Journal index files (by name) this process knows are still listed.
+        self._journal: set[str] = set()
+        #: Packs gone (gc, quarantine, undo) that merged indexes may still list.
+        self._forgotten: set[str] = set()
+        #: Locations whose bytes did not match: tried last.
+        self._demoted: set[Location] = set()
         self._cctx = threading.local()
 
     # -- the index ---------------------------------------------------------------
@@ -281,6 +301,7 @@ class ChunkStore:
     def _add_index(self, pack: str, size: int, entries: Iterable[list[Any]]) -> None:
         with self._lock:
             self._pack_sizes[pack] = size
+            self._forgotten.discard(pack)
             for digest, offset, length, raw, codec in entries:
                 loc = Location(pack, int(offset), int(length), int(raw), int(codec))
                 first = self._index.setdefault(digest, loc)
@@ -291,23 +312,88 @@ class ChunkStore:
                     if loc not in others:
                         others.append(loc)
 
-    def refresh(self) -> None:
-        """Read index files written since the last look (by us or other writers)."""
-        # Sorted, so every process sees the candidates of a chunk in one order.
-        for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
-            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
-            if pack in self._pack_sizes:
-                continue
+    def _note_journal(self, name: str) -> None:
+        with self._lock:
+            self._journal.add(name)
+            self._seen_files.add(name)
+
+    def _reset_index(self) -> None:
+        """Forget everything read (after gc rewrote the indexes); the next refresh rereads."""
+        with self._lock:
+            for segment in self._segments.values():
+                segment.close()
+            self._segments.clear()
+            self._index.clear()
+            self._alternates.clear()
+            self._pack_sizes.clear()
+            self._seen_files.clear()
+            self._journal.clear()
+            self._forgotten.clear()
+            self._demoted.clear()
+
+    def _add_segment(self, name: str, segment: MergedIndex) -> None:
+        with self._lock:
+            self._segments[name] = segment
+            self._seen_files.update(segment.covers)
+            for covered in segment.covers:  # replaced: its entries are all in ``segment``
+                old = self._segments.pop(covered, None)
+                if old is not None:
+                    old.close()
+                self._journal.discard(covered)
+
+    def _open_segment(self, key: str, name: str) -> MergedIndex:
+        path = self.blobs.local_path(key)
+        if path is not None:
             try:
-                data = json.loads(self.blobs.get_bytes(info.key))
-                self._add_index(data["pack"], int(data["size"]), data["chunks"])
-            except NotFound:
-                continue  # removed by a concurrent gc
-            except (ValueError, KeyError, TypeError):
-                continue  # malformed: claims nothing (`tether store verify` reports it)
+                return MergedIndex.open(name, path)
+            except FileNotFoundError as error:
+                raise NotFound(f"store object {key} is missing") from error
+        return MergedIndex(name, self.blobs.get_bytes(key))
+
+    def refresh(self) -> None:
+        """Read index files written since the last look (by us or other writers).
+
+        A few merged files plus a short journal, whatever the store's size. A
+        listed file found gone was merged (or collected) since the listing: the
+        merged file replacing it was written first, so listing again finds it.
+        """
+        for _attempt in range(4):
+            lost = False
+            # Sorted, so every process sees the candidates of a chunk in one order.
+            for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
+                name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+                if name in self._seen_files or name in self._pack_sizes:
+                    continue
+                try:
+                    if info.size >= len(MAGIC) and info.size != 0 and self._is_merged(info.key):
+                        self._add_segment(name, self._open_segment(info.key, name))
+                    else:
+                        data = json.loads(self.blobs.get_bytes(info.key))
+                        self._add_index(data["pack"], int(data["size"]), data["chunks"])
+                        with self._lock:
+                            self._journal.add(name)
+                except NotFound:
+                    lost = True  # merged away or collected since the listing
+                    continue
+                except (ValueError, KeyError, TypeError, struct.error):
+                    continue  # malformed: claims nothing (`tether store verify` reports it)
+                self._seen_files.add(name)
+            if not lost:
+                return
+
+    def _is_merged(self, key: str) -> bool:
+        path = self.blobs.local_path(key)
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    return is_merged(handle.read(len(MAGIC)))
+            except FileNotFoundError as error:
+                raise NotFound(f"store object {key} is missing") from error
+        return is_merged(self.blobs.get_range(key, 0, len(MAGIC)))
 
     def _forget_pack(self, pack: str) -> None:
         with self._lock:
+            self._forgotten.add(pack)
             self._pack_sizes.pop(pack, None)
             for digest, others in list(self._alternates.items()):
                 others[:] = [loc for loc in others if loc.pack != pack]
@@ -324,26 +410,36 @@ class ChunkStore:
 
     def _known(self, digest: str) -> bool:
         """Whether some index lists ``digest``."""
-        return digest in self._index
+        return self.locate(digest) is not None
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
-        return {d for d in digests if d not in self._index}
+        return {d for d in digests if not self._known(d)}
 
     def locate(self, digest: str) -> Location | None:
-        return self._index.get(digest)
+        found = self.candidates(digest)
+        return found[0] if found else None
 
     def candidates(self, digest: str) -> list[Location]:
         """Every location some index claims for ``digest``, the one to try first first."""
         with self._lock:
             first = self._index.get(digest)
-            if first is None:
-                return []
-            return [first, *self._alternates.get(digest, ())]
+            found = [first, *self._alternates.get(digest, ())] if first is not None else []
+            segments = list(self._segments.values())
+            forgotten = self._forgotten
+        for segment in segments:
+            for pack, offset, length, raw, codec in segment.lookup(digest):
+                loc = Location(pack, offset, length, raw, codec)
+                if pack not in forgotten and loc not in found:
+                    found.append(loc)
+        if self._demoted and len(found) > 1:
+            found.sort(key=lambda loc: loc in self._demoted)
+        return found
 
     def _demote(self, digest: str, bad: Location) -> None:
         """Try ``bad`` last from now on: its bytes did not match ``digest``."""
         with self._lock:
+            self._demoted.add(bad)
             others = self._alternates.get(digest)
             if not others:
                 return
@@ -353,6 +449,123 @@ class ChunkStore:
             elif bad in others:
                 others.remove(bad)
                 others.append(bad)
+
+    def _all_packs(self) -> dict[str, int]:
+        """{pack: size} of every pack some index lists."""
+        with self._lock:
+            packs: dict[str, int] = {}
+            for segment in self._segments.values():
+                packs.update(segment.packs())
+            packs.update(self._pack_sizes)
+            for pack in self._forgotten:
+                packs.pop(pack, None)
+            return packs
+
+    def _all_indexes(self) -> dict[str, dict[str, Any]]:
+        """Every pack's index ({"pack", "size", "chunks"}), from merged files and the journal."""
+        self.refresh()
+        packs = self._all_packs()
+        out: dict[str, dict[str, Any]] = {
+            pack: {"pack": pack, "size": size, "chunks": []} for pack, size in packs.items()}
+        seen: set[tuple[str, str, int]] = set()
+
+        def add(digest: str, loc: Location) -> None:
+            index = out.get(loc.pack)
+            if index is None or (digest, loc.pack, loc.offset) in seen:
+                return
+            seen.add((digest, loc.pack, loc.offset))
+            index["chunks"].append([digest, loc.offset, loc.length, loc.raw_size, loc.codec])
+
+        with self._lock:
+            segments = list(self._segments.values())
+            journal = [(d, loc) for d, loc in self._index.items()]
+            journal += [(d, loc) for d, others in self._alternates.items() for loc in others]
+        for segment in segments:
+            for digest, pack, offset, length, raw, codec in segment.entries():
+                add(digest, Location(pack, offset, length, raw, codec))
+        for digest, loc in journal:
+            add(digest, loc)
+        for index in out.values():
+            index["chunks"].sort(key=lambda e: e[1])
+        return out
+
+    # -- consolidation -------------------------------------------------------------
+
+    def _can_merge(self) -> bool:
+        """Merging deletes the index files it replaces: a gateway client may not."""
+        return getattr(self.blobs, "reads_locks", True) and hasattr(self.blobs, "delete")
+
+    def maybe_consolidate(self) -> None:
+        """Merge the journal once it is long (and similar-sized merged files with it).
+
+        Tiered like an LSM tree: a merged file is merged again only with files
+        of similar size, so each entry is rewritten O(log n) times in all.
+        Safe beside other writers: inputs are deleted only after the output
+        that covers them is durable. Never concurrently with gc (callers hold
+        the ingest or store lock).
+        """
+        if not self._can_merge():
+            return
+        self.refresh()
+        with self._lock:
+            journal = sorted(self._journal)
+        if len(journal) < _JOURNAL_MAX:
+            return
+        with self._lock:
+            segments = sorted(self._segments.values(), key=lambda m: m.pack_count)
+        weight, chosen = len(journal), []
+        for segment in segments:
+            if segment.pack_count > 2 * weight:
+                break
+            chosen.append(segment)
+            weight += segment.pack_count
+        self._merge(journal, chosen)
+
+    def consolidate(self, *, exclude: Iterable[str] = ()) -> None:
+        """Merge every index file into one (gc, quarantine), leaving out ``exclude`` packs."""
+        if not self._can_merge():
+            return
+        self.refresh()
+        with self._lock:
+            journal = sorted(self._journal)
+            segments = list(self._segments.values())
+        self._merge(journal, segments, exclude=set(exclude))
+
+    def _merge(self, journal: list[str], segments: list[MergedIndex], *,
+               exclude: set[str] | None = None) -> None:
+        exclude = exclude or set()
+        packs: dict[str, tuple[int, list[Any]]] = {}
+        read: list[str] = []
+        for name in journal:
+            try:
+                data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
+                pack, size, chunks = str(data["pack"]), int(data["size"]), list(data["chunks"])
+            except NotFound:
+                continue  # merged by another writer meanwhile
+            except (ValueError, KeyError, TypeError):
+                continue  # malformed: left alone (`tether store verify` reports it)
+            read.append(name)
+            if pack not in exclude and pack not in self._forgotten:
+                packs[pack] = (size, chunks)
+        for segment in segments:
+            sizes = segment.packs()
+            for digest, pack, offset, length, raw, codec in segment.entries():
+                if pack in exclude or pack in self._forgotten:
+                    continue
+                packs.setdefault(pack, (sizes[pack], []))[1].append(
+                    [digest, offset, length, raw, codec])
+            read.append(segment.name)
+        if not read:
+            return
+        name = uuid.uuid4().hex
+        self.blobs.put_bytes(f"index/{name}.idx", build(packs, read))
+        # The merged file is durable: only now may what it replaces go.
+        for old in read:
+            with contextlib.suppress(NotFound):
+                self.blobs.delete(f"index/{old}.idx")
+        for pack in exclude:
+            self._forget_pack(pack)
+        self.refresh()
 
     # -- writing -----------------------------------------------------------------
 
@@ -398,6 +611,8 @@ class ChunkStore:
         published: list[str] = []
         try:
             with ingest_lock(self):
+                with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
+                    self.maybe_consolidate()  # before ours: a failed ingest undoes only its own
                 return self._ingest(root, paths, progress=progress, published=published)
         except BaseException:
             if published:
@@ -418,6 +633,9 @@ class ChunkStore:
         with contextlib.suppress(Exception), exclusive_now(self) as alone:
             if not alone:
                 return
+            listed = {i.key for i in self.blobs.list("index/")}
+            if any(f"index/{pack}.idx" not in listed for pack in published):
+                return  # merged into a merged index meanwhile: gc collects them
             for pin in self.blobs.list("pins/"):
                 if pin.mtime < started - 2:
                     continue
@@ -564,10 +782,10 @@ class ChunkStore:
     # -- reading -----------------------------------------------------------------
 
     def _locate(self, chunk: ChunkRef, *, what: str) -> Location:
-        loc = self._index.get(chunk.digest)
+        loc = self.locate(chunk.digest)
         if loc is None:
             self.refresh()
-            loc = self._index.get(chunk.digest)
+            loc = self.locate(chunk.digest)
         if loc is None:
             raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is not in the store",
                                  hint="the store lost data; restore it from a backup")
@@ -932,17 +1150,19 @@ class ChunkStore:
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
-        for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
-            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+        indexes: dict[str, Any] = dict(self._all_indexes())
+        for info in self.blobs.list("index/"):  # files no reader could parse
+            name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            if name in self._seen_files or name in indexes:
+                continue
             try:
-                raw = self.blobs.get_bytes(info.key)
+                indexes[name] = json.loads(self.blobs.get_bytes(info.key))
             except NotFound:
                 continue  # removed by a concurrent gc
-            try:
-                index: Any = json.loads(raw)
             except ValueError:
-                index = None
-            check = self.check_pack(pack, index)
+                indexes[name] = None
+        for pack in sorted(indexes):
+            check = self.check_pack(pack, indexes[pack])
             report.packs += 1
             report.chunks += check.chunks
             report.bytes_read += check.bytes_read
@@ -951,9 +1171,15 @@ class ChunkStore:
                 report.bad.append(check)
         if report.bad and not dry_run:
             with store_lock(self):  # no ingest may be deciding to reuse these chunks now
+                merged = False
                 for check in report.bad:
-                    self.quarantine(check.pack, check.problems)
+                    in_journal = check.pack in self._journal or indexes[check.pack] is None
+                    self.quarantine(check.pack, check.problems, index_bytes=None if in_journal
+                                    else json.dumps(indexes[check.pack]).encode())
+                    merged = merged or not in_journal
                     check.quarantined = True
+                if merged:  # rewrite the merged index without them
+                    self.consolidate()
         return report
 
     def quarantine(self, pack: str, problems: Sequence[str], *,
@@ -997,8 +1223,8 @@ class ChunkStore:
         found: dict[str, list[tuple[str, int]]] = {
             "packs_without_index": [], "partial_uploads": [], "stale_locks": [],
             "stale_pins": []}
-        indexed = {i.key.rsplit("/", 1)[-1].removesuffix(".idx")
-                   for i in self.blobs.list("index/")}
+        self.refresh()
+        indexed = set(self._all_packs())
         for info in self.blobs.list("packs/"):
             pack = info.key.rsplit("/", 1)[-1].removesuffix(".pack")
             if pack not in indexed and now - info.mtime >= grace_seconds:
@@ -1027,10 +1253,14 @@ class ChunkStore:
                      for kind, items in found.items()}
         if self.cache_dir is not None:
             leftovers["scratch"] = dead_scratch(self.cache_dir / "tmp").to_dict()
-        extra: dict[str, Any] = {"leftovers": leftovers,
-                                 "unreferenced_chunks": len(set(self._index) - referenced)}
-        return StoreStats(logical_bytes=logical, stored_bytes=sum(self._pack_sizes.values()),
-                          chunks=len(self._index), packs=len(self._pack_sizes), extra=extra)
+        digests = {d for index in self._all_indexes().values() for d, *_ in index["chunks"]}
+        packs = self._all_packs()
+        with self._lock:
+            extra: dict[str, Any] = {
+                "leftovers": leftovers, "unreferenced_chunks": len(digests - referenced),
+                "index_files": {"merged": len(self._segments), "journal": len(self._journal)}}
+        return StoreStats(logical_bytes=logical, stored_bytes=sum(packs.values()),
+                          chunks=len(digests), packs=len(packs), extra=extra)
 
     def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
            commit: Any = None) -> GcReport:
@@ -1066,15 +1296,7 @@ class ChunkStore:
                 continue
         packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
                  for i in self.blobs.list("packs/")}
-        indexes: dict[str, dict[str, Any]] = {}
-        for info in self.blobs.list("index/"):
-            pack = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
-            try:
-                indexes[pack] = json.loads(self.blobs.get_bytes(info.key))
-            except NotFound:
-                continue
-            except ValueError:
-                continue  # malformed: `tether store verify` reports it
+        indexes = self._all_indexes()
         report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                           dry_run=dry_run)
         plan = _GcPlan(report=report)
@@ -1084,6 +1306,10 @@ class ChunkStore:
         order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
                                                    if e[0] in keep))
         dead_chunks = dead_bytes = 0
+        small = {p for p in order if indexes[p]["size"] < self.pack_target // _SMALL_PACK_PART
+                 and (p not in packs or now - packs[p].mtime >= grace_seconds)}
+        if len(small) < _SMALL_PACKS_TO_COMPACT:
+            small = set()
         for pack in order:
             pack_info = packs.get(pack)
             entries = indexes[pack]["chunks"]
@@ -1094,6 +1320,15 @@ class ChunkStore:
             live_bytes = sum(e[2] for e in live_entries)
             total = sum(e[2] for e in entries) or 1
             report.kept_chunks += len(live_entries)
+            if not young and pack in small:
+                # A small pack (a small version's): its live chunks move into shared packs.
+                placed.update(e[0] for e in live_entries)
+                dead_chunks += len(dead)
+                dead_bytes += sum(e[2] for e in dead)
+                if live_entries:
+                    plan.repacks.append((pack, live_entries))
+                plan.drop_packs.append(pack)
+                continue
             if young or not dead:
                 placed.update(e[0] for e in entries if e[0] in keep)
                 continue
@@ -1124,8 +1359,7 @@ class ChunkStore:
         # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
         written: list[str] = []
         try:
-            for pack, entries in plan.repacks:
-                written.extend(self._repack(pack, entries))
+            written.extend(self._repack_all(plan.repacks))
             if commit is not None:
                 commit()
         except BaseException:
@@ -1135,20 +1369,35 @@ class ChunkStore:
                     self.blobs.delete(f"packs/{pack}.pack")
                 self._forget_pack(pack)
             raise
-        # 2. Then the deletions, which need no space. An index goes before its pack.
+        # 2. One merged index without the dropped packs (written before anything is
+        #    deleted, so an index never lists a deleted pack); then the deletions,
+        #    which need no space. An index goes before its pack.
+        with self._lock:
+            merge = bool(self._segments) or len(self._journal - set(plan.drop_packs)) \
+                >= _JOURNAL_MAX
+        if merge:  # a small store keeps one index file per pack
+            with contextlib.suppress(StoreError):  # a full disk: handled just below
+                self.consolidate(exclude=plan.drop_packs)
         for pack in plan.drop_packs:
             self.blobs.delete(f"index/{pack}.idx")
+        # A merged index that could not be rewritten still lists some: keep those packs.
+        listed = self._segment_packs()
+        dropped = [pack for pack in plan.drop_packs if pack not in listed]
+        for pack in dropped:
             self.blobs.delete(f"packs/{pack}.pack")
             self._forget_pack(pack)
         for key in plan.deletes:
             with contextlib.suppress(NotFound):
                 self.blobs.delete(key)
         remove_paths(plan.scratch)
-        with self._lock:
-            self._index.clear()
-            self._alternates.clear()
-            self._pack_sizes.clear()
+        self._reset_index()
         self.refresh()
+
+    def _segment_packs(self) -> set[str]:
+        """Packs the merged index files read claim."""
+        with self._lock:
+            segments = list(self._segments.values())
+        return {pack for segment in segments for pack in segment.pack_names}
 
     def _lying_duplicates(self, indexes: dict[str, dict[str, Any]],
                           keep: set[str]) -> set[tuple[str, str, int]]:
@@ -1180,13 +1429,14 @@ class ChunkStore:
                 doubtful |= bad
         return doubtful
 
-    def _repack(self, pack: str, entries: list[list[Any]]) -> list[str]:
-        """Copy ``entries`` of ``pack`` into new packs; returns their ids."""
+    def _repack_all(self, repacks: list[tuple[str, list[list[Any]]]]) -> list[str]:
+        """Copy the ``entries`` of each pack into new shared packs; returns their ids."""
         writer = PackWriter(self)
         try:
-            for digest, offset, length, raw, codec in entries:
-                payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
-                writer.add(digest, payload, raw, codec)
+            for pack, entries in repacks:
+                for digest, offset, length, raw, codec in entries:
+                    payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
+                    writer.add(digest, payload, raw, codec)
             writer.finish()
         except BaseException:
             writer.abort()

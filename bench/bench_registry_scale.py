@@ -1,0 +1,143 @@
+"""Registry-size benchmark: logging and loading a tiny model must not slow down as versions pile up.
+
+    .venv/bin/python bench/bench_registry_scale.py [--sizes 1000,10000] [--huge] [--json]
+
+For each size N, a store is filled with N versions of a tiny model (a few KB of
+new bytes each: one pack and one index entry per version, as `tether.log_model`
+leaves them), then timed: a fresh process's view of the store (``open_store``,
+as every ``tether.log_model`` call opens its registry) logging one more tiny
+version, and loading one. The same is run with merging turned off (one index
+file per pack, as before the merged index) for comparison. ``--huge`` adds
+100,000 versions.
+
+Goal: flat, and under 15 ms per log on the embedded (local) store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tether._store import chunkstore, open_store
+
+GOAL_MS = 15.0
+
+
+def _tiny(folder: Path, i: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.bin").write_bytes(os.urandom(3000) + i.to_bytes(8, "big"))
+
+
+def _fill(url: str, src: Path, count: int) -> None:
+    """N real ingests (fsync skipped while filling only: the fill is not what is timed)."""
+    store = open_store(url)
+    real_fsync = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        for i in range(count):
+            (src / "model.bin").write_bytes(os.urandom(3000) + i.to_bytes(8, "big"))
+            store.ingest(src, ["model.bin"])
+    finally:
+        os.fsync = real_fsync
+    os.sync()
+
+
+def _synced_write_ms(tmp: Path, rounds: int) -> float:
+    """The anchor: write + fsync + rename + fsync the folder of a 3 KB file, x3 (pack,
+    index, pin), which any durable log of a version needs at least."""
+    times = []
+    for r in range(rounds):
+        start = time.perf_counter()
+        for kind in ("pack", "index", "pin"):
+            path = tmp / f"anchor-{kind}-{r}"
+            with open(path.with_suffix(".tmp"), "wb") as handle:
+                handle.write(os.urandom(3000))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(path.with_suffix(".tmp"), path)
+            fd = os.open(tmp, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _measure(url: str, tmp: Path, rounds: int) -> dict[str, float]:
+    logs, loads, files_read = [], [], []
+    for r in range(rounds):
+        folder = tmp / f"new{r}"
+        _tiny(folder, 10**9 + r)
+        start = time.perf_counter()
+        store = open_store(url)  # what each tether.log_model call does
+        report = store.ingest(folder, ["model.bin"])
+        logs.append((time.perf_counter() - start) * 1000)
+        files_read.append(len(store._journal) + len(store._segments))
+        start = time.perf_counter()
+        fresh = open_store(url)
+        fresh.materialize(report.files, tmp / f"out{r}", label="tiny@new")
+        loads.append((time.perf_counter() - start) * 1000)
+    return {"log_ms": statistics.median(logs), "load_ms": statistics.median(loads),
+            "fsync_ms": _synced_write_ms(tmp, rounds),
+            "index_files_read": statistics.median(files_read)}
+
+
+def run(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    for merged in (True, False):
+        saved = chunkstore._JOURNAL_MAX
+        if not merged:
+            chunkstore._JOURNAL_MAX = 1 << 40  # never merge: one index file per pack
+        try:
+            for size in sizes:
+                with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
+                    tmp = Path(folder)
+                    url = f"file://{tmp / 'store'}"
+                    src = tmp / "src"
+                    src.mkdir()
+                    start = time.perf_counter()
+                    _fill(url, src, size)
+                    fill_s = time.perf_counter() - start
+                    row = {"versions": size, "merged_index": merged, "fill_s": fill_s,
+                           **_measure(url, tmp, rounds),
+                           "index_files": len(list((tmp / "store" / "index").iterdir())),
+                           "packs": len(list((tmp / "store" / "packs").iterdir()))}
+                    rows.append(row)
+                    print(_line(row), flush=True)
+        finally:
+            chunkstore._JOURNAL_MAX = saved
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    kind = "merged index " if row["merged_index"] else "per-pack only"
+    return (f"{kind} {row['versions']:>7} versions: log {row['log_ms']:6.1f} ms "
+            f"(goal < {GOAL_MS:.0f}, flat), load {row['load_ms']:6.1f} ms, "
+            f"{row['index_files_read']:.0f} index files read ({row['index_files']} listed), "
+            f"{row['packs']} packs; synced write of one tiny version {row['fsync_ms']:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--huge", action="store_true", help="add 100,000 versions")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.huge:
+        sizes.append(100_000)
+    print(f"tiny model (3 KB) log/load on a local store, {os.cpu_count()} CPUs, "
+          f"median of {args.rounds}")
+    rows = run(sizes, args.rounds)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Merged chunk indexes: many packs' indexes in one sorted, binary-searchable file.
+
+In the spirit of git's multi-pack index. A store's ``index/`` holds two kinds
+of file under the same ``index/<32 hex>.idx`` names (so every reader and the
+server's gateway treat them alike):
+
+- a *journal* file: one pack's JSON index, written by the ingest that wrote
+  the pack (the pack's own id is the name);
+- a *merged* file (this module): the entries of many packs sorted by digest,
+  with a 256-way fanout, read in place (mmap) with a binary search, so opening
+  a store costs a few files whatever the number of versions or packs.
+
+A merged file records the index files it replaces (``covers``). Whoever
+merges writes the merged file first and only then deletes what it covers, so
+at every moment each pack's entries are in some listed file; a reader that
+finds a listed file gone lists again (its replacement is there by then).
+
+Layout (little endian)::
+
+    magic "TMIDX001" | packs u32 | entries u32 | covers u32 | 0 u32
+    covers  x 16 bytes      (ids of the index files this one replaces)
+    packs   x (16 bytes id, u64 size)
+    fanout  256 x u32       (entries whose first digest byte <= i)
+    entries x (32 bytes digest, u32 pack, u64 offset, u32 length, u32 raw, u8 codec, 3 pad)
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"TMIDX001"
+_HEAD = struct.Struct("<8sIIII")
+_PACK = struct.Struct("<16sQ")
+_ENTRY = struct.Struct("<32sIQIIB3x")
+_FANOUT = struct.Struct("<256I")
+
+
+def is_merged(data: bytes | memoryview) -> bool:
+    return bytes(data[:8]) == MAGIC
+
+
+def build(packs: Mapping[str, tuple[int, Iterable[Any]]], covers: Iterable[str]) -> bytes:
+    """A merged index of ``packs`` ({pack: (size, [[digest, offset, length, raw, codec]])})."""
+    names = sorted(packs)
+    number = {name: i for i, name in enumerate(names)}
+    rows = []
+    for name in names:
+        for digest, offset, length, raw, codec in packs[name][1]:
+            rows.append((bytes.fromhex(digest), number[name], int(offset), int(length),
+                         int(raw), int(codec)))
+    rows.sort()
+    cover_ids = sorted(set(covers))
+    counts = [0] * 256
+    for row in rows:
+        counts[row[0][0]] += 1
+    fanout, total = [], 0
+    for count in counts:
+        total += count
+        fanout.append(total)
+    out = bytearray(_HEAD.pack(MAGIC, len(names), len(rows), len(cover_ids), 0))
+    for cover in cover_ids:
+        out += bytes.fromhex(cover)
+    for name in names:
+        out += _PACK.pack(bytes.fromhex(name), int(packs[name][0]))
+    out += _FANOUT.pack(*fanout)
+    for row in rows:
+        out += _ENTRY.pack(*row)
+    return bytes(out)
+
+
+class MergedIndex:
+    """A merged index file, read in place."""
+
+    def __init__(self, name: str, data: bytes | mmap.mmap) -> None:
+        self.name = name
+        self._data = data
+        magic, self.pack_count, self.entry_count, cover_count, _ = _HEAD.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise ValueError("not a merged index")
+        at = _HEAD.size
+        self.covers = [bytes(data[at + 16 * i:at + 16 * (i + 1)]).hex()
+                       for i in range(cover_count)]
+        at += 16 * cover_count
+        self._packs_at = at
+        at += _PACK.size * self.pack_count
+        self._fanout = _FANOUT.unpack_from(data, at)
+        self._entries_at = at + _FANOUT.size
+        if len(data) < self._entries_at + _ENTRY.size * self.entry_count:
+            raise ValueError("merged index is truncated")
+        self._pack_names: list[str] | None = None
+
+    @classmethod
+    def open(cls, name: str, path: Path) -> MergedIndex:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise ValueError("empty merged index")
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            return cls(name, data)
+        except BaseException:
+            data.close()
+            raise
+
+    def close(self) -> None:
+        if isinstance(self._data, mmap.mmap):
+            self._data.close()
+
+    @property
+    def pack_names(self) -> list[str]:
+        if self._pack_names is None:
+            at = self._packs_at
+            self._pack_names = [bytes(self._data[at + _PACK.size * i:
+                                                 at + _PACK.size * i + 16]).hex()
+                                for i in range(self.pack_count)]
+        return self._pack_names
+
+    def packs(self) -> dict[str, int]:
+        """{pack: size} of every pack this index covers."""
+        names = self.pack_names
+        return {names[i]: _PACK.unpack_from(self._data, self._packs_at + _PACK.size * i)[1]
+                for i in range(self.pack_count)}
+
+    def lookup(self, digest: str) -> list[tuple[str, int, int, int, int]]:
+        """(pack, offset, length, raw, codec) of every entry for ``digest``."""
+        try:
+            key = bytes.fromhex(digest)
+        except ValueError:
+            return []
+        if len(key) != 32:
+            return []
+        first = key[0]
+        lo = self._fanout[first - 1] if first else 0
+        hi = self._fanout[first]
+        data, base, size = self._data, self._entries_at, _ENTRY.size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            at = base + mid * size
+            if data[at:at + 32] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        found = []
+        while lo < self.entry_count:
+            at = base + lo * size
+            if data[at:at + 32] != key:
+                break
+            _, pack, offset, length, raw, codec = _ENTRY.unpack_from(data, at)
+            name_at = self._packs_at + _PACK.size * pack
+            found.append((bytes(data[name_at:name_at + 16]).hex(), offset, length, raw, codec))
+            lo += 1
+        return found
+
+    def entries(self) -> Iterator[tuple[str, str, int, int, int, int]]:
+        """(digest, pack, offset, length, raw, codec) of every entry, in digest order."""
+        names = self.pack_names
+        for i in range(self.entry_count):
+            digest, pack, offset, length, raw, codec = _ENTRY.unpack_from(
+                self._data, self._entries_at + i * _ENTRY.size)
+            yield digest.hex(), names[pack], offset, length, raw, codec

@@ -1,0 +1,135 @@
+"""Cost that does not grow with the store: merged indexes, a short journal, shared packs."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from tether._store import open_store
+from tether._store.chunkstore import _JOURNAL_MAX, ChunkStore
+from tether._store.midx import MergedIndex, build
+
+
+def _tiny(folder: Path, i: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.bin").write_bytes(os.urandom(2000) + i.to_bytes(4, "big"))
+    return folder
+
+
+class CountingStore(ChunkStore):
+    """Counts index files read."""
+
+    reads = 0
+
+    def refresh(self) -> None:
+        real = self.blobs.get_bytes
+        counter = self
+
+        def counted(key: str) -> bytes:
+            if key.startswith("index/"):
+                counter.reads += 1
+            return real(key)
+
+        self.blobs.get_bytes = counted  # type: ignore[method-assign]
+        try:
+            super().refresh()
+        finally:
+            self.blobs.get_bytes = real  # type: ignore[method-assign]
+
+
+def test_merged_index_lookup_finds_every_entry_and_duplicates() -> None:
+    digest = lambda i: (i * 2654435761 % (1 << 256)).to_bytes(32, "big").hex()  # noqa: E731
+    packs = {"a" * 32: (100, [[digest(i), i, 1, 1, 0] for i in range(50)]),
+             "b" * 32: (10, [[digest(3), 0, 1, 1, 1]])}
+    index = MergedIndex("c" * 32, build(packs, ["d" * 32]))
+    assert index.covers == ["d" * 32] and index.packs() == {"a" * 32: 100, "b" * 32: 10}
+    assert index.lookup(digest(7)) == [("a" * 32, 7, 1, 1, 0)]
+    assert sorted(index.lookup(digest(3))) == [("a" * 32, 3, 1, 1, 0), ("b" * 32, 0, 1, 1, 1)]
+    assert index.lookup("1" * 64) == [] and index.lookup("zz") == []
+    assert len(list(index.entries())) == 51
+
+
+def test_a_fresh_store_reads_a_bounded_number_of_index_files(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    reports = []
+    for i in range(3 * _JOURNAL_MAX):
+        store = open_store(url)  # a new process's view each time, as tether.log_model has
+        reports.append(store.ingest(_tiny(tmp_path / f"v{i}", i), ["model.bin"]))
+    listed = list((tmp_path / "store" / "index").iterdir())
+    assert len(listed) <= _JOURNAL_MAX + 8, len(listed)
+    fresh = CountingStore(open_store(url).blobs)
+    fresh.refresh()
+    assert fresh.reads <= _JOURNAL_MAX + 8
+    for i, report in enumerate(reports):
+        assert fresh.missing(c.digest for f in report.files for c in f.chunks) == set()
+        if i % 37 == 0:
+            fresh.materialize(report.files, tmp_path / f"out{i}", label=f"tiny@{i}")
+            assert (tmp_path / f"out{i}" / "model.bin").read_bytes() == (
+                tmp_path / f"v{i}" / "model.bin").read_bytes()
+    assert fresh.verify([f for r in reports for f in r.files], label="all") == []
+
+
+def test_gc_compacts_small_packs_and_merges_the_index(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    reports = []
+    for i in range(_JOURNAL_MAX + 10):
+        reports.append(open_store(url).ingest(_tiny(tmp_path / f"v{i}", i), ["model.bin"]))
+    store = open_store(url)
+    before = store.stats().packs
+    live = [f for r in reports[::2] for f in r.files]  # every other version survives
+    report = store.gc(live, grace_seconds=0, dry_run=False)
+    assert report.removed_chunks == len(reports) // 2
+    after = open_store(url)
+    stats = after.stats(live)
+    assert stats.packs < before / 10 and stats.extra["unreferenced_chunks"] == 0
+    assert len(list((tmp_path / "store" / "index").iterdir())) == 1  # one merged index
+    assert {p.stem for p in (tmp_path / "store" / "packs").iterdir()} == set(
+        after._all_packs())
+    assert after.verify(live, label="kept") == []
+    assert after.missing(c.digest for f in live for c in f.chunks) == set()
+
+
+def test_concurrent_writers_merging_lose_nothing(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    results: list[list] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(_JOURNAL_MAX + 5):
+                folder = _tiny(tmp_path / f"w{n}-{i}", 1000 * n + i)
+                results[n].append(open_store(url).ingest(folder, ["model.bin"]))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    files = [f for rs in results for r in rs for f in r.files]
+    fresh = open_store(url)
+    assert fresh.missing(c.digest for f in files for c in f.chunks) == set()
+    assert fresh.verify(files, label="all") == []
+
+
+def test_verify_packs_quarantines_a_liar_listed_in_a_merged_index(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    reports = [open_store(url).ingest(_tiny(tmp_path / f"v{i}", i), ["model.bin"])
+               for i in range(_JOURNAL_MAX + 2)]
+    store = open_store(url)
+    store.consolidate()
+    victim = store.locate(reports[0].files[0].chunks[0].digest)
+    assert victim is not None
+    pack = tmp_path / "store" / "packs" / f"{victim.pack}.pack"
+    data = bytearray(pack.read_bytes())
+    data[victim.offset] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    result = store.verify_packs()
+    assert [b.pack for b in result.bad] == [victim.pack] and result.bad[0].quarantined
+    fresh = open_store(url)
+    assert victim.pack not in fresh._all_packs()
+    assert (tmp_path / "store" / "quarantine" / "index" / f"{victim.pack}.idx").exists()
+    assert fresh.verify(reports[1].files, label="v1") == []
