@@ -213,7 +213,10 @@ def _insert(
 ) -> ModelVersion:
     with registry.write() as conn:
         mid, _created = repo.ensure_model(conn, name)
-        rows = repo.version_rows(conn, mid)
+        # Numbers are never reused: a deleted version keeps its seq and semver, as MLflow
+        # keeps a deleted version's number, so the next ones count past it.
+        every = repo.version_rows(conn, mid, include_deleted=True)
+        rows = [r for r in every if r.status != "deleted"]
         for row in rows:
             if row.digest == values["digest"] and _row_facts(row).metadata == facts.metadata:
                 return repo.row_to_version(
@@ -221,9 +224,9 @@ def _insert(
                 )
         previous = _row_facts(rows[-1]) if rows else None
         level, reasons = required_bump(previous, facts)
-        highest = max((SemVer.parse(r.semver) for r in rows), default=None)
+        highest = max((SemVer.parse(r.semver) for r in every), default=None)
         semver = resolve_bump(highest, level, bump, reasons)
-        seq = max((r.seq for r in rows), default=0) + 1
+        seq = max((r.seq for r in every), default=0) + 1
         row_values = dict(values)
         row_values.update(
             seq=seq,

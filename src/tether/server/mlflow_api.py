@@ -2,15 +2,19 @@
 
 An unmodified ``mlflow.MlflowClient`` pointed at a Tether server can create
 registered models and versions, tag them, set and resolve aliases, search and
-delete. MLflow's version numbers are Tether's sequence numbers; a version
-created through this API records its MLflow ``source`` and ``run_id`` in its
-flavor (it has no files in Tether's store). Errors use MLflow's format:
-``{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}``.
+delete, and gets the answers ``mlflow server`` gives (tests/test_mlflow_compat.py
+runs the same calls against both). MLflow's version numbers are Tether's
+sequence numbers; a version created through this API records its MLflow
+``source`` and ``run_id`` in its flavor (it has no files in Tether's store).
+Errors use MLflow's format: ``{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}``.
+The search language (filter, order_by, paging) is in :mod:`.mlflow_filter`.
+
+Deliberate refusals, each saying what Tether allows instead: stages, renames,
+names Tether does not allow, and deleting a version an alias points at.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -29,8 +33,11 @@ from .._records import ModelInfo, ModelVersion
 from .._registry import catalog
 from .._registry.log_version import commit_version
 from .._registry.registry import Registry
+from . import mlflow_filter as search
 from .bodies import PayloadTooLarge, describe, read_json_body
-from .checks import MAX_LIMIT, parse_limit
+from .mlflow_filter import MlflowError, invalid
+from .mlflow_filter import _like as _like
+from .mlflow_filter import parse_filter as parse_filter
 
 log = logging.getLogger("tether.server")
 
@@ -44,11 +51,14 @@ _CODES = {
     "payload_too_large": ("REQUEST_LIMIT_EXCEEDED", 413),
 }
 
-
-class MlflowError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+#: MLflow's limits on tags (mlflow/utils/validation.py).
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 100_000
+#: MLflow's stages; every Tether version is in "None".
+STAGES = {"none": "None", "staging": "Staging", "production": "Production", "archived": "Archived"}
+#: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, a source naming another version.
+_MODELS_URI = re.compile(r"^models:/([^/@]+)(?:/(\d{1,18})|@([\w-]+))/?$")
+_RESERVED_VERSION_ALIAS = re.compile(r"^[vV]\d+$")
 
 
 def _string(key: str, value: Any) -> str:
@@ -92,6 +102,25 @@ def _tag_list(params: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _check_tag(key: str, value: str) -> None:
+    if len(key) > MAX_TAG_KEY:
+        raise invalid(f"'key' exceeds the maximum length of {MAX_TAG_KEY} characters")
+    if len(value) > MAX_TAG_VALUE:
+        raise invalid(f"'value' exceeds the maximum length of {MAX_TAG_VALUE} characters")
+
+
+def _check_alias(alias: str) -> None:
+    """MLflow's reserved alias names: ``latest`` and ``v<number>`` name versions."""
+    allowed = (
+        "an alias may be any name of letters, digits, '_' and '-' except 'latest' and "
+        "v<number>, which name versions"
+    )
+    if alias.lower() == "latest":
+        raise invalid(f"'latest' alias name (case insensitive) is reserved: {allowed}.")
+    if _RESERVED_VERSION_ALIAS.match(alias):
+        raise invalid(f"Version alias name '{alias}' is reserved: {allowed}.")
+
+
 def _ms(iso: str) -> int:
     return int(parse_iso(iso).timestamp() * 1000)
 
@@ -100,13 +129,15 @@ def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"key": k, "value": v} for k, v in sorted(tags.items())]
 
 
-def version_json(v: ModelVersion) -> dict[str, Any]:
+def version_json(v: ModelVersion, updated: str | None = None) -> dict[str, Any]:
+    """``updated``: when MLflow would say the version last changed (its description),
+    if after its creation."""
     mlflow = v.flavor if v.flavor.get("name") == "mlflow" else {}
     return {
         "name": v.name,
         "version": str(v.seq),
         "creation_timestamp": _ms(v.created_at),
-        "last_updated_timestamp": _ms(v.created_at),
+        "last_updated_timestamp": _ms(updated or v.created_at),
         "current_stage": "None",
         "description": v.notes,
         "source": mlflow.get("source") or f"tether://{v.name}@{v.semver}",
@@ -119,177 +150,20 @@ def version_json(v: ModelVersion) -> dict[str, Any]:
     }
 
 
-def model_json(m: ModelInfo, latest: list[ModelVersion]) -> dict[str, Any]:
+def model_json(m: ModelInfo, versions: list[ModelVersion], updated: str) -> dict[str, Any]:
+    """``versions``: the model's live versions by number; ``updated``: when MLflow would
+    say the model last changed."""
     return {
         "name": m.name,
         "creation_timestamp": _ms(m.created_at),
-        "last_updated_timestamp": _ms(m.updated_at),
+        "last_updated_timestamp": _ms(updated),
         "description": m.description,
-        "latest_versions": [version_json(v) for v in latest],
+        "latest_versions": [version_json(v) for v in versions[-1:]],
         "tags": _tags(m.tags),
-        "aliases": [{"alias": a, "version": ""} for a in m.aliases],
+        "aliases": [
+            {"alias": alias, "version": str(v.seq)} for v in versions for alias in v.aliases
+        ],
     }
-
-
-# -- the filter syntax of search_registered_models / search_model_versions -----------
-#
-# Parsed by a tokenizer that only moves forward and matched by a LIKE matcher
-# without backtracking: a reader's filter costs time linear in its length (and,
-# per compared value, at most pattern x value character steps, done in C), never
-# the exponential time of a pattern translated into a backtracking regex.
-
-#: Longest filter string accepted.
-MAX_FILTER = 16 * 1024
-
-_SPACE = re.compile(r"\s*")
-_KEY = re.compile(r"`[^`]+`|[A-Za-z_]\w*(?:\.(?:\w+|`[^`]+`))*")
-_OP = re.compile(r"!=|=|NOT\s+IN|ILIKE|LIKE|IN", re.IGNORECASE)
-_VALUE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\([^)]*\)|-?\d+")
-_AND = re.compile(r"\s+AND\s+", re.IGNORECASE)
-
-
-def _unquote(text: str) -> str:
-    if text[:1] in "'\"":
-        return text[1:-1].replace(text[0] * 2, text[0])
-    return text
-
-
-def _filter_error(text: str, at: int, expected: str) -> MlflowError:
-    shown = text if len(text) <= 200 else text[:200] + "..."
-    near = text[at : at + 40]
-    return MlflowError(
-        "INVALID_PARAMETER_VALUE",
-        f"Invalid filter '{shown}': expected {expected} at character {at}"
-        + (f" (near '{near}')" if near else " (at the end)"),
-    )
-
-
-def parse_filter(text: Any) -> list[tuple[str, str, Any]]:
-    """``name LIKE 'a%' AND tags.team = 'x'`` into (key, op, value) clauses."""
-    if text is None:
-        return []
-    if not isinstance(text, str):
-        raise MlflowError(
-            "INVALID_PARAMETER_VALUE", f"filter must be a string, not {describe(text)}"
-        )
-    if len(text) > MAX_FILTER:
-        raise MlflowError(
-            "INVALID_PARAMETER_VALUE",
-            f"filter is {len(text)} characters long; the limit is {MAX_FILTER}",
-        )
-    clauses: list[tuple[str, str, Any]] = []
-    pos = _SPACE.match(text).end()  # type: ignore[union-attr]
-    if pos == len(text):
-        return []
-    while True:
-        key = _KEY.match(text, pos)
-        if not key:
-            raise _filter_error(text, pos, "an attribute name")
-        pos = _SPACE.match(text, key.end()).end()  # type: ignore[union-attr]
-        op = _OP.match(text, pos)
-        if not op:
-            raise _filter_error(text, pos, "a comparison (=, !=, LIKE, ILIKE, IN, NOT IN)")
-        pos = _SPACE.match(text, op.end()).end()  # type: ignore[union-attr]
-        raw = _VALUE.match(text, pos)
-        if not raw:
-            raise _filter_error(text, pos, "a quoted string, a number or a (list)")
-        name = key[0].replace("`", "")
-        if name.startswith("tag."):  # MLflow accepts both spellings
-            name = "tags." + name[4:]
-        value: Any
-        if raw[0].startswith("("):
-            value = [_unquote(v.strip()) for v in raw[0][1:-1].split(",") if v.strip()]
-        else:
-            value = _unquote(raw[0])
-        clauses.append((name, " ".join(op[0].upper().split()), value))
-        end = _SPACE.match(text, raw.end()).end()  # type: ignore[union-attr]
-        if end == len(text):
-            return clauses
-        joint = _AND.match(text, raw.end())
-        if not joint:
-            raise _filter_error(text, end, "AND or the end of the filter")
-        pos = joint.end()
-
-
-class _Like:
-    """A SQL LIKE pattern (``%`` any run, ``_`` any one character), matched without
-    backtracking: the pieces between ``%`` are found left to right, each at its
-    leftmost place (which is always a right choice), literal pieces by ``str.find``
-    and pieces with ``_`` by a regex free of repetition."""
-
-    def __init__(self, pattern: str, case: bool) -> None:
-        self.case = case
-        if not case:
-            pattern = pattern.lower()
-        self.pieces = pattern.split("%")
-        self.finders = [self._finder(piece) for piece in self.pieces]
-
-    @staticmethod
-    def _finder(piece: str) -> re.Pattern[str] | None:
-        if "_" not in piece:
-            return None
-        return re.compile(".".join(re.escape(part) for part in piece.split("_")), re.DOTALL)
-
-    def _at(self, index: int, value: str, start: int) -> bool:
-        piece, finder = self.pieces[index], self.finders[index]
-        if finder is None:
-            return value.startswith(piece, start)
-        return finder.match(value, start) is not None
-
-    def matches(self, value: str) -> bool:
-        if not self.case:
-            value = value.lower()
-        pieces = self.pieces
-        if len(pieces) == 1:
-            return len(value) == len(pieces[0]) and self._at(0, value, 0)
-        first, last = pieces[0], pieces[-1]
-        if len(first) + len(last) > len(value):
-            return False
-        end = len(value) - len(last)
-        if not self._at(0, value, 0) or not self._at(len(pieces) - 1, value, end):
-            return False
-        pos = len(first)
-        for index in range(1, len(pieces) - 1):
-            piece, finder = pieces[index], self.finders[index]
-            if not piece:
-                continue
-            if finder is None:
-                found = value.find(piece, pos, end)
-            else:
-                hit = finder.search(value, pos, end)
-                found = hit.start() if hit else -1
-            if found < 0:
-                return False
-            pos = found + len(piece)
-        return True
-
-
-@functools.lru_cache(maxsize=256)
-def _like_matcher(pattern: str, case: bool) -> _Like:
-    return _Like(pattern, case)
-
-
-def _like(pattern: str, value: str, *, case: bool) -> bool:
-    return _like_matcher(pattern, case).matches(value)
-
-
-def _matches(fields: Callable[[str], Any], clauses: list[tuple[str, str, Any]]) -> bool:
-    for key, op, value in clauses:
-        actual = fields(key)
-        actual = "" if actual is None else str(actual)
-        if op == "=" and actual != str(value):
-            return False
-        if op == "!=" and actual == str(value):
-            return False
-        if op == "LIKE" and not _like(str(value), actual, case=True):
-            return False
-        if op == "ILIKE" and not _like(str(value), actual, case=False):
-            return False
-        if op == "IN" and actual not in value:
-            return False
-        if op == "NOT IN" and actual in value:
-            return False
-    return True
 
 
 def mlflow_refusal(error: TetherError) -> tuple[str, str]:
@@ -299,6 +173,36 @@ def mlflow_refusal(error: TetherError) -> tuple[str, str]:
     if isinstance(error, InvalidInput):
         return "MALFORMED_REQUEST", error.message
     return _CODES.get(error.code, ("INVALID_PARAMETER_VALUE", 400))[0], error.message
+
+
+# -- when MLflow would say something last changed ---------------------------------------
+#
+# MLflow moves a version's last_updated_timestamp when its description changes (not
+# its tags or aliases), and a model's when it is created, its description changes
+# or a version is created or deleted (not its tags or aliases). Tether's records
+# keep one updated_at for every change, so the times are read from the audit log,
+# which records each change with its time: one query per model shown.
+
+
+def _version_times(reg: Registry, name: str) -> dict[str, str]:
+    """Version ref -> time of its newest description change."""
+    out: dict[str, str] = {}
+    for event in reg.audit_log(model=name, action="version.updated"):  # newest first
+        if event.subject and event.details.get("notes") is not None:
+            out.setdefault(event.subject, event.ts)
+    return out
+
+
+def _model_time(reg: Registry, m: ModelInfo) -> str:
+    times = [m.created_at]
+    for event in reg.audit_log(model=m.name, action="model."):  # newest first
+        if event.action == "model.created" or "description" in event.details:
+            times.append(event.ts)
+            break
+    for action in ("version.logged", "version.deleted"):
+        times += [e.ts for e in reg.audit_log(model=m.name, action=action, limit=1)]
+    # Events of an earlier model of the same name (deleted) are older than this one.
+    return max(times, key=_ms)
 
 
 class MlflowApi:
@@ -348,9 +252,8 @@ class MlflowApi:
                 )
             except TetherError as error:
                 code, status = _CODES.get(error.code, ("INVALID_PARAMETER_VALUE", 400))
-                return JSONResponse(
-                    {"error_code": code, "message": error.message}, status_code=status
-                )
+                message = error.message + (f" ({error.hint})" if error.hint else "")
+                return JSONResponse({"error_code": code, "message": message}, status_code=status)
             except Exception:
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
                 return JSONResponse(
@@ -371,18 +274,20 @@ class MlflowApi:
         for key in keys:
             value = params.get(key)
             if value in (None, ""):
-                raise MlflowError(
-                    "INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'."
-                )
+                raise invalid(f"Missing value for required parameter '{key}'.")
             values.append(_string(key, value))
         return values
 
-    def _version(self, reg: Registry, name: str, version: str) -> ModelVersion:
-        if not (version.isascii() and version.isdigit()) or len(version) > 18:
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE", f"Model version must be an integer, got '{version}'"
-            )
+    @staticmethod
+    def _version(reg: Registry, name: str, version: str) -> ModelVersion:
+        """Version ``version`` of ``name``: any integer MLflow reads (0 and negative ones
+        exist nowhere), else INVALID_PARAMETER_VALUE as in MLflow."""
+        digits = version[1:] if version[:1] == "-" else version
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+            raise invalid(f"Parameter 'version' must be an integer, got '{version[:40]}'.")
         try:
+            if int(version) < 1:
+                raise NotFound(f"no version {version}")
             return reg.get(f"{name}@{int(version)}")
         except NotFound as error:
             raise MlflowError(
@@ -391,9 +296,22 @@ class MlflowApi:
                 404,
             ) from error
 
-    def _latest(self, reg: Registry, name: str) -> list[ModelVersion]:
-        found = reg.versions(name)
-        return found[-1:]
+    @staticmethod
+    def _model_info(reg: Registry, name: str) -> ModelInfo:
+        try:
+            return catalog.model_info(reg, name)
+        except NotFound as error:
+            raise MlflowError(
+                "RESOURCE_DOES_NOT_EXIST", f"Registered Model with name={name} not found", 404
+            ) from error
+
+    @staticmethod
+    def _model_json(reg: Registry, info: ModelInfo) -> dict[str, Any]:
+        return model_json(info, reg.versions(info.name), _model_time(reg, info))
+
+    @staticmethod
+    def _version_json(reg: Registry, v: ModelVersion) -> dict[str, Any]:
+        return version_json(v, _version_times(reg, v.name).get(v.ref))
 
     # -- registered models -------------------------------------------------------
 
@@ -401,6 +319,8 @@ class MlflowApi:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "contributor", name, "creating a registered model")
         tags = _tag_list(p)
+        for key, value in tags.items():
+            _check_tag(key, value)
         description = _optional(p, "description") or ""
         try:
             info = await run_in_threadpool(
@@ -412,24 +332,13 @@ class MlflowApi:
                     "RESOURCE_ALREADY_EXISTS", f"Registered Model (name={name}) already exists."
                 ) from error
             raise
-        return {"registered_model": model_json(info, [])}
+        return {"registered_model": model_json(info, [], info.created_at)}
 
     async def get_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "reader", name, "reading registered models")
         info = await run_in_threadpool(self._model_info, reg, name)
-        return {
-            "registered_model": model_json(info, await run_in_threadpool(self._latest, reg, name))
-        }
-
-    @staticmethod
-    def _model_info(reg: Registry, name: str) -> ModelInfo:
-        try:
-            return catalog.model_info(reg, name)
-        except NotFound as error:
-            raise MlflowError(
-                "RESOURCE_DOES_NOT_EXIST", f"Registered Model with name={name} not found", 404
-            ) from error
+        return {"registered_model": await run_in_threadpool(self._model_json, reg, info)}
 
     async def update_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
@@ -437,15 +346,15 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "updating a registered model")
         await run_in_threadpool(self._model_info, reg, name)
         info = await run_in_threadpool(
-            lambda: catalog.update_model(reg, name, description=description)
+            lambda: catalog.update_model(reg, name, description=description or "")
         )
-        return {"registered_model": model_json(info, [])}
+        return {"registered_model": await run_in_threadpool(self._model_json, reg, info)}
 
     async def rename_model(self, request: Request, p: dict[str, Any]) -> Any:
-        raise MlflowError(
-            "INVALID_PARAMETER_VALUE",
-            "Tether does not rename models: a name is part of every reference, "
-            "lock and audit event. Create a new model instead.",
+        raise invalid(
+            "Tether does not rename models: a name is part of every reference, lock and "
+            "audit event. Create a model with the new name and copy versions into it "
+            "(copy_model_version)."
         )
 
     async def delete_model(self, request: Request, p: dict[str, Any]) -> Any:
@@ -458,6 +367,7 @@ class MlflowApi:
     async def set_model_tag(self, request: Request, p: dict[str, Any]) -> Any:
         name, key = self.need(p, "name", "key")
         value = _optional(p, "value") or ""
+        _check_tag(key, value)
         reg = self.caller(request, "contributor", name, "tagging a registered model")
         await run_in_threadpool(self._model_info, reg, name)
         await run_in_threadpool(lambda: catalog.update_model(reg, name, set_tags={key: value}))
@@ -467,11 +377,8 @@ class MlflowApi:
         name, key = self.need(p, "name", "key")
         reg = self.caller(request, "contributor", name, "untagging a registered model")
         info = await run_in_threadpool(self._model_info, reg, name)
-        if key not in info.tags:
-            raise MlflowError(
-                "RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in model {name}", 404
-            )
-        await run_in_threadpool(lambda: catalog.update_model(reg, name, delete_tags=[key]))
+        if key in info.tags:  # a tag that is not there: nothing to do, as in MLflow
+            await run_in_threadpool(lambda: catalog.update_model(reg, name, delete_tags=[key]))
         return {}
 
     async def search_models(self, request: Request, p: dict[str, Any]) -> Any:
@@ -481,49 +388,77 @@ class MlflowApi:
         return await run_in_threadpool(self._search_models, reg, p)
 
     def _search_models(self, reg: Registry, p: dict[str, Any]) -> Any:
-        clauses = parse_filter(p.get("filter"))
-        for key, _, _ in clauses:
-            if key != "name" and not key.startswith("tags."):
-                raise MlflowError(
-                    "INVALID_PARAMETER_VALUE",
-                    f"Invalid attribute key '{key}' specified. Valid keys are 'name' and tags.",
-                )
+        clauses = search.check(search.parse_filter(p.get("filter")), search.MODELS)
+        order_by = search.parse_order_by(p.get("order_by"), search.MODELS)
+        if not any(key == "name" for key, _ in order_by):
+            order_by.append(("name", False))
+        limit, start = search.page_args(p, default=100, least=0, most=1000)
+        found = [
+            m
+            for m in reg.models()
+            if search.matches(clauses, lambda key, m=m: m.name, m.tags)  # type: ignore[misc]
+        ]
+        times: dict[str, str] = {}
+        if any(key == "last_updated_timestamp" for key, _ in order_by):
+            times = {m.name: _model_time(reg, m) for m in found}
         keys: dict[str, Callable[[Any], Any]] = {
             "name": lambda m: m.name,
-            "last_updated_timestamp": lambda m: m.updated_at,
-            "timestamp": lambda m: m.updated_at,
+            "last_updated_timestamp": lambda m: _ms(times[m.name]),
         }
-        order_by = _order_clauses(p.get("order_by"), keys)
-        limit, start = _page_args(p)
-        models = reg.models()
-
-        def fields(m: ModelInfo) -> Callable[[str], Any]:
-            return lambda key: m.name if key == "name" else m.tags.get(key[5:])
-
-        found = _order([m for m in models if _matches(fields(m), clauses)], order_by, keys)
-        page, token = _page(found, limit, start)
+        chosen, token = search.page(search.order(found, order_by, keys), limit, start)
         return {
-            "registered_models": [model_json(m, self._latest(reg, m.name)) for m in page],
+            "registered_models": [self._model_json(reg, m) for m in chosen],
             **({"next_page_token": token} if token else {}),
         }
 
     async def latest_versions(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
+        raw = p.get("stages") or []
+        stages = [raw] if isinstance(raw, str) else raw
+        if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+            raise invalid(f"stages must be a list of stage names, not {describe(raw)}")
+        for stage in stages:
+            if stage.lower() not in STAGES:
+                raise invalid(
+                    f"Invalid Model Version stage: {stage[:40]}. Value must be one of "
+                    f"{', '.join(STAGES.values())} (every Tether version is in 'None')."
+                )
         reg = self.caller(request, "reader", name, "reading versions")
         await run_in_threadpool(self._model_info, reg, name)
+        if stages and "none" not in {s.lower() for s in stages}:
+            return {"model_versions": []}  # no Tether version is in another stage
+        found = (await run_in_threadpool(reg.versions, name))[-1:]
         return {
-            "model_versions": [
-                version_json(v) for v in await run_in_threadpool(self._latest, reg, name)
-            ]
+            "model_versions": [await run_in_threadpool(self._version_json, reg, v) for v in found]
         }
 
     # -- model versions ------------------------------------------------------------
 
+    def _storage(self, request: Request, source: str) -> str | None:
+        """Where a ``models:/`` source's bytes are, resolved as MLflow does at creation."""
+        uri = _MODELS_URI.match(source)
+        if not uri:
+            return None
+        name, number, alias = uri.groups()
+        reg = self.caller(request, "reader", name, "reading versions")
+        if alias is not None:
+            info = self._model_info(reg, name)
+            if alias not in info.aliases:
+                raise invalid(f"Registered model alias {alias} not found.")
+            v = reg.get(f"{name}@{alias}")
+        else:
+            v = self._version(reg, name, number)
+        flavor = v.flavor if v.flavor.get("name") == "mlflow" else {}
+        return str(flavor.get("storage_location") or version_json(v)["source"])
+
     async def create_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, source = self.need(p, "name", "source")
         reg = self.caller(request, "contributor", name, "creating a model version")
-        await run_in_threadpool(self._model_info, reg, name)
         tags = _tag_list(p)
+        for key, value in tags.items():
+            _check_tag(key, value)
+        await run_in_threadpool(self._model_info, reg, name)
+        storage = await run_in_threadpool(self._storage, request, source)
         values: dict[str, Any] = {
             "manifest": [],
             # Each MLflow create is a new version: the request time keeps identical
@@ -531,6 +466,7 @@ class MlflowApi:
             "flavor": {
                 "name": "mlflow",
                 "source": source,
+                **({"storage_location": storage} if storage else {}),
                 "run_id": _optional(p, "run_id") or "",
                 "run_link": _optional(p, "run_link") or "",
                 "created_ms": time.time_ns() // 1000,
@@ -555,32 +491,38 @@ class MlflowApi:
     async def get_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
         reg = self.caller(request, "reader", name, "reading versions")
-        return {
-            "model_version": version_json(
-                await run_in_threadpool(self._version, reg, name, version)
-            )
-        }
+        v = await run_in_threadpool(self._version, reg, name, version)
+        return {"model_version": await run_in_threadpool(self._version_json, reg, v)}
 
     async def update_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
-        description = _optional(p, "description")
+        description = _optional(p, "description") or ""  # MLflow clears it when absent
         reg = self.caller(request, "contributor", name, "updating a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
         updated = await run_in_threadpool(
             lambda: catalog.update_version(reg, v.ref, notes=description)
         )
-        return {"model_version": version_json(updated)}
+        return {"model_version": await run_in_threadpool(self._version_json, reg, updated)}
 
     async def delete_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
         reg = self.caller(request, "admin", name, "deleting a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
+        if v.aliases:
+            raise MlflowError(
+                "INVALID_STATE",
+                f"Tether does not delete a version an alias points at (MLflow drops the "
+                f"alias silently): version {v.seq} of {name} is the target of "
+                f"{', '.join(v.aliases)}. Delete the alias first (delete_registered_model_alias) "
+                "or point it at another version (set_registered_model_alias).",
+            )
         await run_in_threadpool(catalog.delete_version, reg, v.ref)
         return {}
 
     async def set_version_tag(self, request: Request, p: dict[str, Any]) -> Any:
         name, version, key = self.need(p, "name", "version", "key")
         value = _optional(p, "value") or ""
+        _check_tag(key, value)
         reg = self.caller(request, "contributor", name, "tagging a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
         await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, set_tags={key: value}))
@@ -590,7 +532,8 @@ class MlflowApi:
         name, version, key = self.need(p, "name", "version", "key")
         reg = self.caller(request, "contributor", name, "untagging a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
-        await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, delete_tags=[key]))
+        if key in v.tags:
+            await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, delete_tags=[key]))
         return {}
 
     async def search_versions(self, request: Request, p: dict[str, Any]) -> Any:
@@ -598,43 +541,37 @@ class MlflowApi:
         return await run_in_threadpool(self._search_versions, reg, p)
 
     def _search_versions(self, reg: Registry, p: dict[str, Any]) -> Any:
-        clauses = parse_filter(p.get("filter"))
-        allowed = {"name", "run_id", "source_path", "version_number"}
-        for key, _, _ in clauses:
-            if key not in allowed and not key.startswith("tags."):
-                raise MlflowError(
-                    "INVALID_PARAMETER_VALUE", f"Invalid attribute key '{key}' specified."
-                )
-        keys: dict[str, Callable[[Any], Any]] = {
-            "name": lambda v: v.name,
-            "version_number": lambda v: v.seq,
-            "creation_timestamp": lambda v: v.created_at,
-            "last_updated_timestamp": lambda v: v.created_at,
-        }
-        order_by = _order_clauses(p.get("order_by") or ["version_number DESC"], keys)
-        limit, start = _page_args(p, default=10000)
+        clauses = search.check(search.parse_filter(p.get("filter")), search.VERSIONS)
+        order_by = search.parse_order_by(p.get("order_by"), search.VERSIONS) or [
+            ("last_updated_timestamp", True)
+        ]
+        if not any(key == "name" for key, _ in order_by):
+            order_by.append(("name", False))
+        if not any(key == "version_number" for key, _ in order_by):
+            order_by.append(("version_number", True))
+        limit, start = search.page_args(p, default=10000, least=1, most=200_000)
         names = [v for k, op, v in clauses if k == "name" and op == "="]
         model_names = names or [m.name for m in reg.models()]
         found: list[ModelVersion] = []
+        times: dict[str, str] = {}
         for model in model_names:
             try:
-                found.extend(reg.versions(model))
+                versions = reg.versions(model)
             except (NotFound, InvalidInput):  # InvalidReference: a name no model can have
                 continue
-
-        def fields(v: ModelVersion) -> Callable[[str], Any]:
-            values = {
-                "name": v.name,
-                "run_id": v.flavor.get("run_id", ""),
-                "source_path": v.flavor.get("source", ""),
-                "version_number": v.seq,
-            }
-            return lambda key: v.tags.get(key[5:]) if key.startswith("tags.") else values.get(key)
-
-        found = _order([v for v in found if _matches(fields(v), clauses)], order_by, keys)
-        page, token = _page(found, limit, start)
+            matching = [v for v in versions if search.matches(clauses, _fields(v), v.tags)]
+            if matching:
+                found += matching
+                times.update(_version_times(reg, model))
+        keys: dict[str, Callable[[Any], Any]] = {
+            "name": lambda v: v.name,
+            "version_number": lambda v: v.seq,
+            "creation_timestamp": lambda v: _ms(v.created_at),
+            "last_updated_timestamp": lambda v: _ms(times.get(v.ref, v.created_at)),
+        }
+        chosen, token = search.page(search.order(found, order_by, keys), limit, start)
         return {
-            "model_versions": [version_json(v) for v in page],
+            "model_versions": [version_json(v, times.get(v.ref)) for v in chosen],
             **({"next_page_token": token} if token else {}),
         }
 
@@ -642,19 +579,21 @@ class MlflowApi:
         name, version = self.need(p, "name", "version")
         reg = self.caller(request, "reader", name, "reading versions")
         v = await run_in_threadpool(self._version, reg, name, version)
-        return {"artifact_uri": version_json(v)["source"]}
+        storage = v.flavor.get("storage_location") if v.flavor.get("name") == "mlflow" else None
+        return {"artifact_uri": storage or version_json(v)["source"]}
 
     async def transition_stage(self, request: Request, p: dict[str, Any]) -> Any:
-        raise MlflowError(
-            "INVALID_PARAMETER_VALUE",
-            "Stages are deprecated in MLflow and not supported by Tether; use aliases "
-            "(set_registered_model_alias).",
+        raise invalid(
+            "Tether keeps no stages (MLflow deprecated them): every version is in stage "
+            "'None'. Use aliases instead: set_registered_model_alias(name, 'production', "
+            "version), and get_model_version_by_alias to read one."
         )
 
     # -- aliases ---------------------------------------------------------------------
 
     async def set_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias, version = self.need(p, "name", "alias", "version")
+        _check_alias(alias)
         reg, _who = self.api.as_caller(request)  # the use case decides who may move it
         v = await run_in_threadpool(self._version, reg, name, version)
         await run_in_threadpool(
@@ -665,79 +604,38 @@ class MlflowApi:
     async def delete_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias = self.need(p, "name", "alias")
         reg, _who = self.api.as_caller(request)  # the use case decides who may move it
-        await run_in_threadpool(reg.delete_alias, name, alias)
+        info = await run_in_threadpool(self._model_info, reg, name)
+        if alias in info.aliases:  # an alias that is not there: nothing to do, as in MLflow
+            await run_in_threadpool(reg.delete_alias, name, alias)
         return {}
 
     async def get_by_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias = self.need(p, "name", "alias")
         reg = self.caller(request, "reader", name, "reading aliases")
-        try:
+        info = await run_in_threadpool(self._model_info, reg, name)
+        if alias.lower() == "latest":  # MLflow's one reserved alias that resolves
+            newest = (await run_in_threadpool(reg.versions, name))[-1:]
+            if not newest:
+                raise MlflowError(
+                    "RESOURCE_DOES_NOT_EXIST", f"Latest version not found for model {name}.", 404
+                )
+            version = newest[0]
+        elif alias not in info.aliases:  # never a Tether selector ("7", "~1.2", "sha:...")
+            raise invalid(f"Registered model alias {alias} not found.")
+        else:
             version = await run_in_threadpool(reg.get, f"{name}@{alias}")
-        except NotFound as error:
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE", f"Registered model alias {alias} not found."
-            ) from error
-        return {"model_version": version_json(version)}
+        return {"model_version": await run_in_threadpool(self._version_json, reg, version)}
 
 
-def _order_clauses(order_by: Any, keys: dict[str, Callable[[Any], Any]]) -> list[tuple[str, bool]]:
-    """``order_by`` (a string or a list of them, ``"key [ASC|DESC]"``) as (key, descending)."""
-    if order_by is None or order_by == "":
-        return []
-    clauses = order_by if isinstance(order_by, list) else [order_by]
-    out = []
-    for clause in clauses:
-        if not isinstance(clause, str):
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE",
-                f"order_by must hold strings like 'name DESC', not {describe(clause)}",
-            )
-        parts = clause.split()
-        if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1].upper() not in _DIRS):
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE", f"Invalid order_by clause '{clause[:100]}'."
-            )
-        if parts[0] not in keys:
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE", f"Invalid order by key '{parts[0][:100]}' specified."
-            )
-        out.append((parts[0], len(parts) > 1 and parts[1].upper() == "DESC"))
-    return out
-
-
-_DIRS = ("ASC", "DESC")
-
-
-def _order(
-    items: list[Any], order_by: list[tuple[str, bool]], keys: dict[str, Callable[[Any], Any]]
-) -> list[Any]:
-    for key, descending in reversed(order_by):
-        items = sorted(items, key=keys[key], reverse=descending)
-    return items
-
-
-#: Largest page a search returns.
-MAX_RESULTS = 200000
-
-
-def _page_args(p: dict[str, Any], default: int = 100) -> tuple[int, int]:
-    """(max_results, offset) from ``max_results`` and ``page_token``; 400 when malformed."""
-    try:
-        raw = p.get("max_results")
-        limit = default if raw in (None, "") else parse_limit(raw, "max_results", MAX_RESULTS)
-        token = p.get("page_token")
-        start = 0 if token in (None, "") else parse_limit(token, "page_token", MAX_LIMIT)
-    except InvalidInput as error:
-        raise MlflowError("INVALID_PARAMETER_VALUE", error.message) from error
-    if limit < 1:
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value for max_results: {limit}")
-    return limit, start
-
-
-def _page(items: list[Any], limit: int, start: int) -> tuple[list[Any], str | None]:
-    page = items[start : start + limit]
-    token = str(start + limit) if start + limit < len(items) else None
-    return page, token
+def _fields(v: ModelVersion) -> Callable[[str], Any]:
+    """A version's attributes as MLflow's version filter names them."""
+    values = {
+        "name": v.name,
+        "run_id": v.flavor.get("run_id", ""),
+        "source_path": v.flavor.get("source", ""),
+        "version_number": v.seq,
+    }
+    return values.get
 
 
 def mlflow_routes(api: Any) -> list[Route]:
@@ -783,4 +681,4 @@ def _dispatch(methods: dict[str, Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-__all__ = ["InvalidInput", "mlflow_routes", "parse_filter"]
+__all__ = ["MlflowError", "mlflow_refusal", "mlflow_routes", "parse_filter"]

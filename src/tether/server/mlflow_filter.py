@@ -1,0 +1,420 @@
+"""MLflow's search language: the ``filter`` and ``order_by`` of the registry searches.
+
+``name LIKE 'fr%' AND tags.team = 'risk' AND version_number > 3`` is parsed by a
+tokenizer that only moves forward into ``(key, op, value)`` clauses, checked
+against what MLflow allows for each search (:data:`MODELS`, :data:`VERSIONS`),
+and matched by a LIKE matcher without backtracking: a reader's filter costs
+time linear in its length (and, per compared value, at most pattern x value
+character steps, done in C), never the exponential time of a pattern
+translated into a backtracking regex.
+
+MLflow's own parser skips every ``AND`` between comparisons, so a filter may
+start or end with ``AND`` (the MLflow client itself sends ``... AND AND ...``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import InvalidInput
+from .bodies import describe
+from .checks import MAX_LIMIT, parse_limit
+
+
+class MlflowError(Exception):
+    """A refusal in MLflow's format: ``{"error_code": code, "message": message}``."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def invalid(message: str) -> MlflowError:
+    return MlflowError("INVALID_PARAMETER_VALUE", message)
+
+
+#: Largest ``max_results`` read before the per-search bound is checked.
+MAX_RESULTS = 10**9
+
+#: Longest filter string accepted.
+MAX_FILTER = 16 * 1024
+
+#: MLflow's prompts are registered models tagged so; the MLflow client adds
+#: ``tags.`mlflow.prompt.is_prompt` != 'true'`` to every model search, and a model
+#: without the tag matches it (MLflow special-cases the key the same way).
+PROMPT_TAG = "mlflow.prompt.is_prompt"
+
+_SPACE = re.compile(r"\s*")
+_KEY = re.compile(r"`[^`]+`|[A-Za-z_]\w*(?:\.(?:\w+|`[^`]+`))*")
+_OP = re.compile(r"!=|>=|<=|=|>|<|(?:NOT\s+IN|ILIKE|LIKE|IN)(?!\w)", re.IGNORECASE)
+_ITEM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|-?\d+(?:\.\d+)?(?![\w.])")
+_AND = re.compile(r"AND(?!\w)", re.IGNORECASE)
+_NUMERIC_OPS = ("=", "!=", ">", ">=", "<", "<=")
+_STRING_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN")
+_TAG_OPS = ("=", "!=", "LIKE", "ILIKE")
+
+
+def _item(raw: str) -> str | int | float:
+    """A quoted string unquoted, or a number."""
+    if raw[:1] in "'\"":
+        return raw[1:-1].replace(raw[0] * 2, raw[0])
+    return float(raw) if "." in raw else int(raw)
+
+
+def _filter_error(text: str, at: int, expected: str) -> MlflowError:
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    near = text[at : at + 40]
+    return invalid(
+        f"Invalid filter '{shown}': expected {expected} at character {at}"
+        + (f" (near '{near}')" if near else " (at the end)")
+    )
+
+
+def _key_name(raw: str) -> str:
+    name = raw.replace("`", "")
+    if name.startswith("tag."):  # MLflow accepts both spellings
+        return "tags." + name[4:]
+    if name.startswith("attribute."):
+        return name[len("attribute.") :]
+    return name
+
+
+def _value(text: str, pos: int) -> tuple[Any, int]:
+    """A quoted string, a number or a ``('list', 'of', 'items')`` at ``pos``; (value, end)."""
+    if text.startswith("(", pos):
+        items: list[Any] = []
+        pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+        if text.startswith(")", pos):
+            return items, pos + 1
+        while True:
+            item = _ITEM.match(text, pos)
+            if not item:
+                raise _filter_error(text, pos, "a quoted string or a number in the list")
+            items.append(_item(item[0]))
+            pos = _SPACE.match(text, item.end()).end()  # type: ignore[union-attr]
+            if text.startswith(")", pos):
+                return items, pos + 1
+            if not text.startswith(",", pos):
+                raise _filter_error(text, pos, "',' or ')' in the list")
+            pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+    item = _ITEM.match(text, pos)
+    if not item:
+        raise _filter_error(text, pos, "a quoted string, a number or a (list)")
+    return _item(item[0]), item.end()
+
+
+def parse_filter(text: Any) -> list[tuple[str, str, Any]]:
+    """``name LIKE 'a%' AND tags.team = 'x'`` into (key, op, value) clauses.
+
+    Only the syntax: which keys and comparisons a search allows is :func:`check`'s.
+    """
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise invalid(f"filter must be a string, not {describe(text)}")
+    if len(text) > MAX_FILTER:
+        raise invalid(f"filter is {len(text)} characters long; the limit is {MAX_FILTER}")
+    clauses: list[tuple[str, str, Any]] = []
+    pos = _SPACE.match(text).end()  # type: ignore[union-attr]
+    joined = True  # at the start, or just after an AND
+    while pos < len(text):
+        joint = _AND.match(text, pos)
+        if joint:
+            pos = _SPACE.match(text, joint.end()).end()  # type: ignore[union-attr]
+            joined = True
+            continue
+        if not joined:
+            raise _filter_error(text, pos, "AND or the end of the filter")
+        key = _KEY.match(text, pos)
+        if not key:
+            raise _filter_error(text, pos, "an attribute name")
+        pos = _SPACE.match(text, key.end()).end()  # type: ignore[union-attr]
+        op = _OP.match(text, pos)
+        if not op:
+            raise _filter_error(
+                text, pos, "a comparison (=, !=, >, >=, <, <=, LIKE, ILIKE, IN, NOT IN)"
+            )
+        pos = _SPACE.match(text, op.end()).end()  # type: ignore[union-attr]
+        value, end = _value(text, pos)
+        clauses.append((_key_name(key[0]), " ".join(op[0].upper().split()), value))
+        pos = _SPACE.match(text, end).end()  # type: ignore[union-attr]
+        joined = False
+    return clauses
+
+
+@dataclass(frozen=True)
+class Language:
+    """What one search allows: its string and numeric attributes, those that take lists."""
+
+    strings: frozenset[str]
+    numbers: frozenset[str]
+    lists: frozenset[str]
+    order_keys: tuple[str, ...]
+
+    def keys(self) -> str:
+        return ", ".join(f"'{k}'" for k in sorted(self.strings | self.numbers))
+
+
+#: ``search_registered_models``.
+MODELS = Language(
+    strings=frozenset({"name"}),
+    numbers=frozenset(),
+    lists=frozenset({"name"}),
+    order_keys=("name", "timestamp", "last_updated_timestamp"),
+)
+#: ``search_model_versions``.
+VERSIONS = Language(
+    strings=frozenset({"name", "run_id", "source_path"}),
+    numbers=frozenset({"version_number"}),
+    lists=frozenset({"name", "run_id"}),
+    order_keys=("name", "version_number", "creation_timestamp", "last_updated_timestamp"),
+)
+
+
+def check(clauses: list[tuple[str, str, Any]], language: Language) -> list[tuple[str, str, Any]]:
+    """The clauses as MLflow's server accepts them for this search, numbers as ``int``;
+    an :class:`MlflowError` naming what is allowed otherwise."""
+    out = []
+    for key, op, value in clauses:
+        if key.startswith("tags."):
+            if not isinstance(value, str):
+                raise invalid(
+                    f"Expected a quoted string value for tag (e.g. 'my-value'). Got value "
+                    f"{value!r}."
+                )
+            if op not in _TAG_OPS:
+                raise invalid(f"Invalid comparator '{op}' for a tag: use {', '.join(_TAG_OPS)}.")
+        elif key in language.numbers:
+            if isinstance(value, list):
+                raise invalid(
+                    f"Only {sorted(language.lists)} attributes support comparison with "
+                    "a list of quoted string values."
+                )
+            if op not in _NUMERIC_OPS:
+                raise invalid(
+                    f"Invalid comparator for attribute {key}: {op}; use {', '.join(_NUMERIC_OPS)}."
+                )
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise invalid(
+                    f"Invalid value for numeric attribute '{key}': {value!r}; expected an integer."
+                ) from None
+        elif key in language.strings:
+            if op not in _STRING_OPS:
+                raise invalid(
+                    f"Invalid comparator for attribute {key}: {op}; use {', '.join(_STRING_OPS)}."
+                )
+            if isinstance(value, list) or op in ("IN", "NOT IN"):
+                if key not in language.lists:
+                    raise invalid(
+                        f"Only {sorted(language.lists)} attributes support comparison with "
+                        "a list of quoted string values."
+                    )
+                if not isinstance(value, list) or op not in ("IN", "NOT IN"):
+                    raise invalid(f"'{key} {op}' takes a list only with IN and NOT IN.")
+                value = [str(v) for v in value]
+            elif not isinstance(value, str):
+                raise invalid(
+                    f"Expected a quoted string value or a list of quoted string values for "
+                    f"attribute '{key}'. Got value {value!r}."
+                )
+        else:
+            raise invalid(
+                f"Invalid attribute key '{key}' specified. Valid keys are {language.keys()} "
+                "and tags.<key>."
+            )
+        out.append((key, op, value))
+    return out
+
+
+# -- matching ------------------------------------------------------------------------
+
+
+class _Like:
+    """A SQL LIKE pattern (``%`` any run, ``_`` any one character), matched without
+    backtracking: the pieces between ``%`` are found left to right, each at its
+    leftmost place (which is always a right choice), literal pieces by ``str.find``
+    and pieces with ``_`` by a regex free of repetition."""
+
+    def __init__(self, pattern: str, case: bool) -> None:
+        self.case = case
+        if not case:
+            pattern = pattern.lower()
+        self.pieces = pattern.split("%")
+        self.finders = [self._finder(piece) for piece in self.pieces]
+
+    @staticmethod
+    def _finder(piece: str) -> re.Pattern[str] | None:
+        if "_" not in piece:
+            return None
+        return re.compile(".".join(re.escape(part) for part in piece.split("_")), re.DOTALL)
+
+    def _at(self, index: int, value: str, start: int) -> bool:
+        piece, finder = self.pieces[index], self.finders[index]
+        if finder is None:
+            return value.startswith(piece, start)
+        return finder.match(value, start) is not None
+
+    def matches(self, value: str) -> bool:
+        if not self.case:
+            value = value.lower()
+        pieces = self.pieces
+        if len(pieces) == 1:
+            return len(value) == len(pieces[0]) and self._at(0, value, 0)
+        first, last = pieces[0], pieces[-1]
+        if len(first) + len(last) > len(value):
+            return False
+        end = len(value) - len(last)
+        if not self._at(0, value, 0) or not self._at(len(pieces) - 1, value, end):
+            return False
+        pos = len(first)
+        for index in range(1, len(pieces) - 1):
+            piece, finder = pieces[index], self.finders[index]
+            if not piece:
+                continue
+            if finder is None:
+                found = value.find(piece, pos, end)
+            else:
+                hit = finder.search(value, pos, end)
+                found = hit.start() if hit else -1
+            if found < 0:
+                return False
+            pos = found + len(piece)
+        return True
+
+
+@functools.lru_cache(maxsize=256)
+def _like_matcher(pattern: str, case: bool) -> _Like:
+    return _Like(pattern, case)
+
+
+def _like(pattern: str, value: str, *, case: bool) -> bool:
+    return _like_matcher(pattern, case).matches(value)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, b: bool(a == b),
+    "!=": lambda a, b: bool(a != b),
+    ">": lambda a, b: bool(a > b),
+    ">=": lambda a, b: bool(a >= b),
+    "<": lambda a, b: bool(a < b),
+    "<=": lambda a, b: bool(a <= b),
+    "LIKE": lambda a, b: _like(b, a, case=True),
+    "ILIKE": lambda a, b: _like(b, a, case=False),
+    "IN": lambda a, b: a in b,
+    "NOT IN": lambda a, b: a not in b,
+}
+
+
+def matches(
+    clauses: list[tuple[str, str, Any]],
+    attributes: Callable[[str], Any],
+    tags: Mapping[str, str],
+) -> bool:
+    """Whether checked clauses all hold. A tag the item lacks matches no comparison,
+    ``!=`` included (as in MLflow), except MLflow's prompt marker, which an untagged
+    model is ``!= 'true'`` and ``= 'false'`` of."""
+    for key, op, value in clauses:
+        if key.startswith("tags."):
+            actual = tags.get(key[5:])
+            if actual is None:
+                if key[5:] == PROMPT_TAG and (op, value) in (("!=", "true"), ("=", "false")):
+                    continue
+                return False
+        else:
+            actual = attributes(key)
+            actual = "" if actual is None else actual
+        if not _COMPARE[op](actual, value):
+            return False
+    return True
+
+
+# -- order_by --------------------------------------------------------------------------
+
+
+def parse_order_by(order_by: Any, language: Language) -> list[tuple[str, bool]]:
+    """``order_by`` (a string or a list of them, ``"key [ASC|DESC]"``) as (key, descending)."""
+    if order_by is None or order_by == "":
+        return []
+    clauses = order_by if isinstance(order_by, list) else [order_by]
+    allowed = ", ".join(f"'{k}'" for k in language.order_keys)
+    out: list[tuple[str, bool]] = []
+    for clause in clauses:
+        if not isinstance(clause, str):
+            raise invalid(f"order_by must hold strings like 'name DESC', not {describe(clause)}")
+        shown = clause[:100]
+        parts = clause.replace("`", "").split()
+        if not parts or len(parts) > 2:
+            raise invalid(
+                f"Invalid order_by clause '{shown}'. Could not be parsed: expected "
+                f"'<key> [ASC|DESC]' with a key among {allowed}."
+            )
+        if len(parts) == 2 and parts[1].upper() not in ("ASC", "DESC"):
+            raise invalid(f"Invalid ordering key in order_by clause '{shown}': use ASC or DESC.")
+        if parts[0] not in language.order_keys:
+            raise invalid(
+                f"Invalid order by key '{parts[0][:100]}' specified. Valid keys are {allowed}."
+            )
+        key = "last_updated_timestamp" if parts[0] == "timestamp" else parts[0]
+        if any(key == seen for seen, _ in out):
+            raise invalid(f"`order_by` contains duplicate fields: {clauses}")
+        out.append((key, len(parts) > 1 and parts[1].upper() == "DESC"))
+    return out
+
+
+def order(
+    items: list[Any],
+    order_by: list[tuple[str, bool]],
+    keys: Mapping[str, Callable[[Any], Any]],
+) -> list[Any]:
+    """``items`` sorted by ``order_by``, the first clause most significant."""
+    for key, descending in reversed(order_by):
+        items = sorted(items, key=keys[key], reverse=descending)
+    return items
+
+
+__all__ = [
+    "MODELS",
+    "VERSIONS",
+    "Language",
+    "MlflowError",
+    "check",
+    "matches",
+    "order",
+    "page",
+    "page_args",
+    "parse_filter",
+    "parse_order_by",
+]
+
+
+# -- paging ------------------------------------------------------------------------------
+
+
+def page_args(p: Mapping[str, Any], *, default: int, least: int, most: int) -> tuple[int, int]:
+    """(max_results, offset) from ``max_results`` and ``page_token``, within MLflow's bounds
+    (0 to 1,000 models, 1 to 200,000 versions a page)."""
+    try:
+        raw = p.get("max_results")
+        limit = default if raw in (None, "") else parse_limit(raw, "max_results", MAX_RESULTS)
+        token = p.get("page_token")
+        start = 0 if token in (None, "") else parse_limit(token, "page_token", MAX_LIMIT)
+    except InvalidInput as error:
+        raise invalid(error.message) from error
+    if not least <= limit <= most:
+        raise invalid(
+            f"Invalid value {limit} for parameter 'max_results' supplied: it must be from "
+            f"{least} to {most}."
+        )
+    return limit, start
+
+
+def page(items: list[Any], limit: int, start: int) -> tuple[list[Any], str | None]:
+    chosen = items[start : start + limit]
+    token = str(start + limit) if limit and start + limit < len(items) else None
+    return chosen, token
