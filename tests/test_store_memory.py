@@ -108,6 +108,7 @@ def test_logging_loading_and_verifying_a_file_twice_the_bound_stays_under_it(
     # the bound while a file of twice its size goes through every stage.
     for stage in ("ingest", "load", "verify"):
         assert result[stage] < BOUND_MB, (stage, result)
-    # And the stages themselves add a bounded amount over the imports.
-    assert result["verify"] - result["baseline"] < BOUND_MB / 2, result
+    # And the stages themselves add a bounded amount over the imports (windows and
+    # runs in flight, plus what glibc keeps in its per-thread arenas).
+    assert result["verify"] - result["baseline"] < BOUND_MB * 0.8, result
     assert time.perf_counter() - started < 120
