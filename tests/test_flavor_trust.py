@@ -389,7 +389,7 @@ def test_trusted_types_pass_through_the_registry_load(
     X, y = iris
     forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
     version = registry.log_model(forest, "forest", progress=False)
-    with pytest.raises(UnsafeArtifact, match="sklearn.tree._tree.Tree"):
+    with pytest.raises(UnsafeArtifact, match=r"sklearn\.tree\._tree\.Tree"):
         registry.load(version.ref)
     model = registry.load(version.ref, trusted_types=["sklearn.tree._tree.Tree"])
     assert (model.predict(X[:5]) == forest.predict(X[:5])).all()

@@ -191,7 +191,7 @@ def test_filters_too_long_or_malformed_are_400(server: Server, reader: str) -> N
     )
     mlflow_error(huge, 400, "INVALID_PARAMETER_VALUE", "the limit is 16384")
     broken = server.api(
-        "GET", f"{ML}/model-versions/search", reader, params={"filter": "name = 'a' AND"}
+        "GET", f"{ML}/model-versions/search", reader, params={"filter": "name = 'a' OR name = 'b'"}
     )
     mlflow_error(broken, 400, "INVALID_PARAMETER_VALUE", "Invalid filter")
     order = server.api("GET", f"{ML}/registered-models/search", reader, params={"order_by": " "})
