@@ -1,0 +1,349 @@
+"""Deployments stored in the registry, followed by real replica processes on loopback.
+
+The use cases (apply, weights, pause, resume, rollback, roles, audit) run on
+SQLite and PostgreSQL; the replica tests start `tether serve --deployment`
+processes (one of them with two workers) against both, and check that a change
+reaches every replica, that a failing version is rolled back once (one audit
+event) with no failed request besides the failing version's own, and that a
+replica that stops is marked gone while another takes the lease.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether import PermissionDenied, Registry
+from tether._errors import InvalidInput, NotFound
+
+from .conftest import fit_logreg, subprocess_env, tether_exe
+
+USER = "tester@example.com"
+
+
+def Good() -> Any:
+    class Good:
+        def predict(self, frame: Any) -> list[int]:
+            return [1] * len(frame)
+
+    return Good()
+
+
+def Failing() -> Any:
+    class Failing:
+        def predict(self, frame: Any) -> list[int]:
+            raise RuntimeError("model backend unavailable")
+
+    return Failing()
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> float:
+    started = time.monotonic()
+    while True:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _spec(target: str = "iris@production", canary: str | None = None,
+          rules: list[str] | None = None) -> dict[str, Any]:
+    routes: list[dict[str, Any]] = [{"name": "stable", "target": target, "weight": 90}]
+    if canary:
+        routes.append({"name": "canary", "target": canary, "weight": 10})
+    body: dict[str, Any] = {"routes": routes}
+    if rules:
+        body["rollback"] = {"window": 20, "min_requests": 10, "rules": rules}
+        body["trusted"] = True
+    return {"endpoints": {"iris": body}}
+
+
+# -- the record ------------------------------------------------------------------------
+
+
+def test_deployment_record_is_versioned_audited_and_guarded(
+    any_registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    registry = any_registry
+    v1 = registry.log_model(fit_logreg(iris), "iris", progress=False)
+    v2 = registry.log_model(fit_logreg(iris, C=0.05), "iris", progress=False)
+    registry.promote(v1.ref, "production", create=True)
+    first = registry.apply_deployment("web", _spec(canary=v2.ref), reason="first rollout")
+    assert first["revision"] == 1 and first["changed"]
+    assert registry.apply_deployment("web", _spec(canary=v2.ref))["changed"] is False
+    with pytest.raises(NotFound, match="iris has no"):
+        registry.apply_deployment("web", _spec(canary="iris@9.9.9"))
+    with pytest.raises(InvalidInput, match="unknown key"):
+        registry.apply_deployment("web", {"endpoints": {"iris": {"routs": []}}})
+
+    record = registry.set_deployment_weights("web", {"stable": 50, "canary": 50})
+    assert record["revision"] == 2
+    assert [r["weight"] for r in record["spec"]["endpoints"]["iris"]["routes"]] == [50, 50]
+    assert registry.pause_routes("web", ["canary"])["paused"] == ["iris/canary"]
+    with pytest.raises(InvalidInput, match="no traffic"):
+        registry.pause_routes("web", ["stable"])
+    assert registry.pause_routes("web", ["canary"], resume=True)["paused"] == []
+    back = registry.rollback_deployment("web", to_revision=1)
+    assert back["revision"] == 5
+    assert [r["weight"] for r in back["spec"]["endpoints"]["iris"]["routes"]] == [90, 10]
+    assert registry.deployment("web", known_revision=5) == {
+        "name": "web", "revision": 5, "generation": 5, "unchanged": True}
+    history = registry.deployment_history("web")
+    assert [h["action"] for h in history] == ["rollback", "resume", "pause", "weights", "apply"]
+    actions = [e.action for e in registry.audit_log() if e.action.startswith("deployment.")]
+    assert actions == ["deployment.rollback", "deployment.resume", "deployment.pause",
+                       "deployment.weights", "deployment.apply"]
+
+    # A route following production needs an approver; a pinned one a contributor.
+    registry.grant("dev@example.com", "contributor", model="iris")
+    dev = registry.as_actor("dev@example.com")
+    with pytest.raises(PermissionDenied, match="approver"):
+        dev.set_deployment_weights("web", {"stable": 10})
+    assert dev.set_deployment_weights("web", {"canary": 20})["revision"] == 6
+
+    # A pinned route rolled back goes to its target in an earlier revision.
+    registry.apply_deployment("pinned", _spec(target=v1.ref))
+    registry.apply_deployment("pinned", _spec(target=v2.ref))
+    result = registry.rollback_route("pinned", endpoint=None, route="stable",
+                                     failing=f"sha:{v2.digest}", reason="test")
+    assert result["rolled_back"] and result["to"] == v1.ref and result["via"] == "route"
+    again = registry.rollback_route("pinned", endpoint=None, route="stable",
+                                    failing=f"sha:{v2.digest}", reason="test")
+    assert again["rolled_back"] is False  # it no longer serves the failing version
+    # Only the lease holder's breach acts.
+    beat = registry.replica_heartbeat("pinned", "a", host="h", pid=1)
+    assert beat["leader"] is True
+    assert registry.replica_heartbeat("pinned", "b", host="h", pid=2)["leader"] is False
+    registry.apply_deployment("pinned", _spec(target=v2.ref))
+    refused = registry.rollback_route("pinned", endpoint=None, route="stable",
+                                      failing=f"sha:{v2.digest}", holder="b")
+    assert refused["rolled_back"] is False and "lease" in refused["why"]
+    registry.leave_deployment("pinned", "a")
+    assert registry.replica_heartbeat("pinned", "b", host="h", pid=2)["leader"] is True
+    status = registry.deployment_status("pinned")
+    assert {r["replica"]: r["live"] for r in status["replicas"]} == {"a": False, "b": True}
+    assert status["lease"]["holder"] == "b"
+
+
+# -- replica processes -----------------------------------------------------------------
+
+
+class Replica:
+    def __init__(self, root: str, name: str, port: int, workers: int = 1) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [tether_exe(), "--registry", root, "serve", "--deployment", name, "--port",
+             str(port), "--workers", str(workers), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=subprocess_env(TETHER_USER=USER))
+
+    def routes(self, endpoint: str = "iris") -> dict[str, Any]:
+        body = httpx.get(f"{self.url}/v1/endpoints/{endpoint}", timeout=5).json()
+        return {r["name"]: r for r in body["routes"]}
+
+    def ready(self) -> bool:
+        return httpx.get(self.url + "/readyz", timeout=5).status_code == 200
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            _, err = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err.decode(errors="replace")
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+def _start(started: list[Replica], root: str, name: str, count: int,
+           workers: tuple[int, ...] = ()) -> list[Replica]:
+    from tether.serving.server import free_port
+
+    new = [Replica(root, name, free_port(), workers[i] if i < len(workers) else 1)
+           for i in range(count)]
+    started.extend(new)
+    _wait(lambda: all(r.ready() for r in new), timeout=90)
+    return new
+
+
+@pytest.mark.slow
+def test_replicas_follow_the_record_and_roll_back_once(
+    any_registry: Registry, iris: tuple[Any, Any], replicas: list[Replica]
+) -> None:
+    registry = any_registry
+    root = str(registry.location.root)  # type: ignore[attr-defined]
+    v1 = registry.log_model(fit_logreg(iris), "iris", progress=False)
+    v2 = registry.log_model(fit_logreg(iris, C=0.05), "iris", progress=False)
+    registry.promote(v1.ref, "production", create=True)
+    registry.apply_deployment("web", _spec(canary=v2.ref))
+    group = _start(replicas, root, "web", 3, workers=(2,))
+
+    # A weight change and an alias move reach every replica within a second or two.
+    registry.set_deployment_weights("web", {"stable": 40, "canary": 60})
+    took = _wait(lambda: all(r.routes()["canary"]["weight"] == 60 for r in group))
+    assert took < 5
+    registry.pause_routes("web", ["canary"])
+    _wait(lambda: all(r.routes()["canary"]["weight"] == 0 for r in group))
+    registry.promote(v2.ref, "production")
+    took = _wait(lambda: all(r.routes()["stable"]["ref"] == v2.ref for r in group))
+    assert took < 5
+
+    # Every replica (each worker of the first) reports; one holds the lease.
+    status = registry.deployment_status("web")
+    live = [r for r in status["replicas"] if r["live"]]
+    assert len(live) == 4 and status["lease"]["holder"] in {r["replica"] for r in live}
+
+    # Prometheus: the two workers' counters are summed on either of them.
+    record = {k: float(v) for k, v in iris[0].iloc[0].items()}
+    for _ in range(40):
+        httpx.post(group[0].url + "/v1/endpoints/iris/predict", json={"records": [record]})
+
+    def total() -> float:
+        text = httpx.get(group[0].url + "/metrics").text
+        return sum(float(v) for v in re.findall(r"^tether_requests_total\{.*\} (\S+)$", text,
+                                                re.MULTILINE))
+    _wait(lambda: total() == 40, timeout=10)
+    assert total() == 40
+
+    # A stopped replica is gone; the others keep the lease.
+    group[2].stop()
+    _wait(lambda: sum(r["live"] for r in registry.deployment_status("web")["replicas"]) == 3)
+
+
+@pytest.mark.slow
+def test_a_failing_version_is_rolled_back_once_across_replicas(
+    any_registry: Registry, replicas: list[Replica]
+) -> None:
+    registry = any_registry
+    root = str(registry.location.root)  # type: ignore[attr-defined]
+    good = registry.log_model(Good(), "scorer", progress=False)
+    bad = registry.log_model(Failing(), "scorer", progress=False)
+    pinned_bad = registry.log_model(Failing(), "scorer", progress=False, notes="pinned")
+    registry.promote(good.ref, "production", create=True)
+    spec = {"endpoints": {"scorer": {
+        "routes": [{"name": "main", "target": "scorer@production", "weight": 90},
+                   {"name": "canary", "target": good.ref, "weight": 10}],
+        "trusted": True,
+        "rollback": {"window": 20, "min_requests": 10, "rules": ["error_rate > 0.2"]}}}}
+    registry.apply_deployment("scoring", spec)
+    group = _start(replicas, root, "scoring", 3)
+    outcomes: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def send(replica: Replica) -> None:
+        with httpx.Client(base_url=replica.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post("/v1/endpoints/scorer/predict",
+                                    json={"records": [{"x": 1.0}]})
+                    outcomes.append((r.status_code, r.headers.get("x-model-version", "")))
+                except httpx.HTTPError as error:
+                    outcomes.append((0, type(error).__name__))
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in group]
+    for t in threads:
+        t.start()
+    try:
+        # An alias route: the alias is rolled back once, every replica follows.
+        registry.promote(bad.ref, "production")
+        _wait(lambda: registry.get("scorer@production").digest == good.digest, timeout=60)
+        _wait(lambda: all(r.routes("scorer")["main"]["ref"] == good.ref for r in group))
+        # A pinned route: the record goes back to the earlier target, once.
+        spec["endpoints"]["scorer"]["routes"][1]["target"] = pinned_bad.ref
+        registry.apply_deployment("scoring", spec)
+        _wait(lambda: all(r.routes("scorer")["canary"]["ref"] == pinned_bad.ref for r in group))
+        _wait(lambda: all(r.routes("scorer")["canary"]["ref"] == good.ref for r in group),
+              timeout=60)
+        time.sleep(2)  # any second rollback would happen now
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    alias_events = registry.audit_log(action="alias.rollback")
+    route_events = registry.audit_log(action="deployment.rollback")
+    assert len(alias_events) == 1 and len(route_events) == 1
+    assert "error_rate > 0.2" in alias_events[0].details["reason"]
+    assert alias_events[0].details["deployment"] == "scoring"
+    assert route_events[0].before == pinned_bad.ref and route_events[0].after == good.ref
+    failing = (bad.ref, pinned_bad.ref)
+    others = [o for o in outcomes if o[0] != 200 and not o[1].startswith(failing)]
+    assert others == [] and len(outcomes) > 100
+    history = registry.deployment_history("scoring")
+    assert [h["action"] for h in history[:2]] == ["rollback", "apply"]
+
+
+@pytest.mark.slow
+def test_replicas_against_a_shared_server(
+    registry: Registry, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    """Every serving action through the server: following, heartbeats, the lease and a
+    pinned route's rollback (its audit event is no longer lost)."""
+    import uvicorn
+
+    from tether.server.app import create_app
+    from tether.serving.server import free_port
+
+    good = registry.log_model(Good(), "scorer", progress=False)
+    bad = registry.log_model(Failing(), "scorer", progress=False)
+    spec = {"endpoints": {"scorer": {
+        "routes": [{"name": "main", "target": good.ref, "weight": 100}], "trusted": True,
+        "rollback": {"window": 20, "min_requests": 10, "rules": ["error_rate > 0.2"]}}}}
+    registry.apply_deployment("remote", spec)
+    token = registry.create_token("replica@example.com", role="contributor")["token"]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait(lambda: server.started)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        group = []
+        for _ in range(2):
+            replica = Replica.__new__(Replica)
+            rport = free_port()
+            replica.url = f"http://127.0.0.1:{rport}"
+            replica.process = subprocess.Popen(
+                [tether_exe(), "--registry", url, "serve", "--deployment", "remote", "--port",
+                 str(rport), "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env=subprocess_env(TETHER_TOKEN=token))
+            group.append(replica)
+        replicas.extend(group)
+        _wait(lambda: all(r.ready() for r in group), timeout=90)
+        spec["endpoints"]["scorer"]["routes"][0]["target"] = bad.ref
+        registry.apply_deployment("remote", spec)
+        for _ in range(60):
+            for replica in group:
+                httpx.post(replica.url + "/v1/endpoints/scorer/predict",
+                           json={"records": [{"x": 1.0}]})
+            if registry.audit_log(action="deployment.rollback"):
+                break
+            time.sleep(0.05)
+        _wait(lambda: all(r.routes("scorer")["main"]["ref"] == good.ref for r in group))
+        events = registry.audit_log(action="deployment.rollback")
+        assert len(events) == 1 and events[0].actor == "replica@example.com"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
