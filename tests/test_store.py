@@ -217,6 +217,11 @@ def test_gc_removes_garbage_keeps_live_and_pinned_and_repacks(tmp_path: Path) ->
     young = store.gc(live.files, grace_seconds=3600, dry_run=False)
     assert young.removed_chunks == 0 and store.stats().stored_bytes == before.stored_bytes
 
+    # While this process lives, its pins hold whatever the grace: gc --grace 0 must not
+    # pull chunks from under an ingest about to commit.
+    assert store.gc(live.files, grace_seconds=0, dry_run=True).removed_chunks == 0
+    store.release_pin(live.pin)  # "live" was committed,
+    store.release_pin(dead.pin)  # "dead" abandoned
     dry = store.gc(live.files, grace_seconds=0, dry_run=True)
     assert dry.removed_chunks > 0 and store.stats().stored_bytes == before.stored_bytes
 
@@ -239,6 +244,7 @@ def test_gc_repacks_a_mostly_dead_pack(tmp_path: Path) -> None:
     write(tmp_path / "both", "small.bin", small)
     write(tmp_path / "both", "big.bin", big)
     report = store.ingest(tmp_path / "both", ["small.bin", "big.bin"])
+    store.release_pin(report.pin)  # as a committed version does
     keep = [f for f in report.files if f.path == "small.bin"]
     packs_before = {p.name for p in pack_paths(store)}
     result = store.gc(keep, grace_seconds=0, dry_run=False)

@@ -87,6 +87,7 @@ def test_killed_ingests_leave_leftovers_that_stats_report_and_gc_removes_as_dry_
     store = ChunkStore(open_store(f"file://{tmp_path / 'store'}").blobs,
                        cache_dir=tmp_path / "cache", pack_target=1 << 20)
     kept = store.ingest(_write(tmp_path / "old", "old.bin", os.urandom(1 << 20)), ["old.bin"])
+    store.release_pin(kept.pin)  # "old" stands for a committed version
     _write(tmp_path / "new", "big.bin", os.urandom(6 << 20))
 
     # Killed at chosen points: with a partial pack in tmp/, with a pack but no
@@ -138,6 +139,7 @@ def test_kill_9_mid_ingest_then_gc_dry_run_equals_the_run_and_nothing_is_left(
     store = ChunkStore(open_store(f"file://{tmp_path / 'store'}").blobs,
                        cache_dir=tmp_path / "cache", pack_target=1 << 20)
     kept = store.ingest(_write(tmp_path / "old", "old.bin", os.urandom(1 << 20)), ["old.bin"])
+    store.release_pin(kept.pin)  # "old" stands for a committed version
     _write(tmp_path / "new", "big.bin", os.urandom(16 << 20))
     _run(tmp_path, "remote", kill_after=delay)  # may finish first on a fast machine: fine
     _run(tmp_path, "local", kill_after=delay)

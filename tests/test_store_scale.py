@@ -76,6 +76,8 @@ def test_gc_compacts_small_packs_and_merges_the_index(tmp_path: Path) -> None:
     for i in range(_JOURNAL_MAX + 10):
         reports.append(open_store(url).ingest(_tiny(tmp_path / f"v{i}", i), ["model.bin"]))
     store = open_store(url)
+    for r in reports:
+        store.release_pin(r.pin)  # committed (or, for the odd ones, abandoned)
     before = store.stats().packs
     live = [f for r in reports[::2] for f in r.files]  # every other version survives
     report = store.gc(live, grace_seconds=0, dry_run=False)

@@ -554,7 +554,9 @@ def add_dataset(
     }
     for attempt in range(_RACE_RETRIES):
         try:
-            return _insert(registry, name, values, bump)
+            version = _insert(registry, name, values, bump)
+            registry.store.release_pin(report.pin)  # the version keeps its chunks alive now
+            return version
         except sa.exc.IntegrityError as error:
             if attempt == _RACE_RETRIES - 1:
                 raise Conflict(

@@ -169,7 +169,9 @@ def log_model(
         "notes": notes,
         "author": author or registry.actor or current_author(),
     }
-    return registry.commit(name, seal(values), bump)
+    committed = registry.commit(name, seal(values), bump)
+    registry.store.release_pin(report.pin)  # the version now keeps its chunks alive
+    return committed
 
 
 def facts_of(values: Mapping[str, Any]) -> VersionFacts:

@@ -58,6 +58,8 @@ class IngestReport:
     new_chunks: int = 0
     reused_chunks: int = 0
     stored_bytes: int = 0
+    #: The pin protecting these chunks until the version is committed (then released).
+    pin: str | None = None
 
 
 @dataclass
@@ -145,6 +147,10 @@ class ArtifactStore(Protocol):
 
         Must be durable when it returns: a version may point at these chunks.
         """
+        ...
+
+    def release_pin(self, key: str | None) -> None:
+        """Drop the pin an ingest left (``IngestReport.pin``) once its version is committed."""
         ...
 
     def materialize(

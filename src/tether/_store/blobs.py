@@ -151,9 +151,12 @@ class LocalBlobs:
             return []
         found = []
         for entry in os.scandir(folder):
-            if entry.is_file():
-                st = entry.stat()
-                found.append(BlobInfo(f"{prefix}{entry.name}", st.st_size, st.st_mtime))
+            try:
+                if entry.is_file():
+                    st = entry.stat()
+                    found.append(BlobInfo(f"{prefix}{entry.name}", st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue  # removed while listing (a merge replaced it): not there any more
         return found
 
     def delete(self, key: str) -> None:

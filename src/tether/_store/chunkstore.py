@@ -92,6 +92,9 @@ _SMALL_PACKS_TO_COMPACT = 8
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
 _PIN_REPORT_SECONDS = 3600.0
+#: A pin from another host (a remote client between upload and commit) is kept this long
+#: even by `gc --grace 0`: its owner cannot be asked whether it is still alive.
+_PIN_MIN_SECONDS = 900.0
 
 
 @dataclass
@@ -674,7 +677,8 @@ class ChunkStore:
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
             pin = {"created": time.time(), "chunks": sorted(referenced), "owner": owner_tag()}
-            self.blobs.put_bytes(f"pins/{uuid.uuid4().hex}.json", json.dumps(pin).encode())
+            report.pin = f"pins/{uuid.uuid4().hex}.json"
+            self.blobs.put_bytes(report.pin, json.dumps(pin).encode())
         except BaseException:
             writer.abort()
             raise
@@ -1238,9 +1242,34 @@ class ChunkStore:
             if lease.stale(now):
                 found["stale_locks"].append((lease.key, lease.size))
         for info in self.blobs.list("pins/"):
-            if now - info.mtime >= pin_grace:
+            if self._pin_is_stale(info.key, now - info.mtime, pin_grace):
                 found["stale_pins"].append((info.key, info.size))
         return found
+
+    def _pin_is_stale(self, key: str, age: float, pin_grace: float) -> bool:
+        """A pin protects its chunks until its version commits (and releases it).
+
+        So a pin whose owner runs on this host is never stale, whatever the grace
+        (``gc --grace 0`` must not pull chunks from under an ingest about to
+        commit); one whose owner is provably dead is stale at once; one from
+        another host (a remote client) is kept for at least ``_PIN_MIN_SECONDS``.
+        """
+        try:
+            tag = json.loads(self.blobs.get_bytes(key)).get("owner") or ""
+        except (NotFound, ValueError, AttributeError, TypeError):
+            tag = ""
+        owner = Owner.from_name(f"pin-{tag}{SEP}0") if tag else None
+        if is_dead(owner):
+            return True
+        if is_alive_here(owner):
+            return False
+        return age >= max(pin_grace, _PIN_MIN_SECONDS)
+
+    def release_pin(self, key: str | None) -> None:
+        """Drop an ingest's pin once its version is committed (best effort: gc ages it out)."""
+        if key:
+            with contextlib.suppress(Exception):
+                self.blobs.delete(key)
 
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         self.refresh()
