@@ -169,9 +169,11 @@ def log_model(
         "notes": notes,
         "author": author or registry.actor or current_author(),
     }
-    committed = registry.commit(name, seal(values), bump)
-    registry.store.release_pin(report.pin)  # the version now keeps its chunks alive
-    return committed
+    try:
+        return registry.commit(name, seal(values), bump)
+    finally:
+        # Committed: the version keeps its chunks alive. Refused: nothing needs them.
+        registry.store.release_pin(report.pin)
 
 
 def facts_of(values: Mapping[str, Any]) -> VersionFacts:
