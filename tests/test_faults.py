@@ -249,6 +249,9 @@ def test_postgres_outage_is_503_then_recovers_and_the_client_rides_it_out(
         assert ready.json()["checks"]["database"] != "ok"
         assert ready.json()["checks"]["store"] == "ok"
         assert server.get("/api/v1/health").status_code == 200  # liveness: the process is fine
+        mlflow = server.get("/api/2.0/mlflow/registered-models/get?name=fraud")
+        assert mlflow.status_code == 503 and mlflow.headers["retry-after"], mlflow.text
+        assert mlflow.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
 
         # A client that retries rides the outage out: a read and a version commit.
         results: dict[str, Any] = {}

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import InvalidInput, NotFound, TetherError, Unavailable
 from .._metadata.clock import parse_iso
 from .._records import ModelInfo, ModelVersion
 from .._registry import catalog
@@ -35,6 +35,7 @@ from .._registry.log_version import commit_version
 from .._registry.registry import Registry
 from . import mlflow_filter as search
 from .bodies import PayloadTooLarge, describe, read_json_body
+from .faults import unavailable
 from .mlflow_filter import MlflowError, invalid
 from .mlflow_filter import _like as _like
 from .mlflow_filter import parse_filter as parse_filter
@@ -251,10 +252,17 @@ class MlflowApi:
                     {"error_code": error.code, "message": error.message}, status_code=error.status
                 )
             except TetherError as error:
+                down = unavailable(error, self.api.registry)
+                if down is not None:
+                    return _unavailable(down)
                 code, status = _CODES.get(error.code, ("INVALID_PARAMETER_VALUE", 400))
                 message = error.message + (f" ({error.hint})" if error.hint else "")
                 return JSONResponse({"error_code": code, "message": message}, status_code=status)
-            except Exception:
+            except Exception as error:
+                down = unavailable(error, self.api.registry)
+                if down is not None:  # an outage: 503 with Retry-After, as on /api/v1
+                    log.warning("%s %s: %s", request.method, request.url.path[:200], down.message)
+                    return _unavailable(down)
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
                 return JSONResponse(
                     {
@@ -682,3 +690,13 @@ def _dispatch(methods: dict[str, Any]) -> Callable[[Request], Any]:
 
 
 __all__ = ["MlflowError", "mlflow_refusal", "mlflow_routes", "parse_filter"]
+
+
+def _unavailable(error: Unavailable) -> Response:
+    """An outage in MLflow's error shape: 503 TEMPORARILY_UNAVAILABLE with Retry-After."""
+    message = error.message + (f" ({error.hint})" if error.hint else "")
+    return JSONResponse(
+        {"error_code": "TEMPORARILY_UNAVAILABLE", "message": message},
+        status_code=503,
+        headers={"Retry-After": str(max(1, round(error.retry_after)))},
+    )
