@@ -96,3 +96,39 @@ def test_gc_racing_ingests_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
     collections, _ = _race(root, count=5)
     assert collections >= 2
     _everything_verifies(root, 5)
+
+
+def test_a_remote_clients_pin_protects_its_chunks_from_a_server_side_gc(tmp_path: Path) -> None:
+    """The upload is done, the commit not yet: a server-side gc must not take the chunks."""
+    import os
+
+    from tether._registry.location import RegistryLocation, default_cache_dir
+    from tether._registry.registry import Registry
+
+    from .test_server import start_server, stop
+
+    db, store = f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}"
+    server = start_server(db, store, tmp_path)
+    try:
+        client = server.client()
+        folder = tmp_path / "model"
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(os.urandom(3 << 20))
+        # Stored twice, as an abandoned attempt and a retry: every chunk is reused,
+        # only the retry's pin says they are about to be used.
+        client.store.ingest(folder, ["weights.bin"])
+        report = client.store.ingest(folder, ["weights.bin"])
+        with Registry(RegistryLocation(None, db, store, default_cache_dir())) as on_server:
+            on_server.gc(grace_seconds=0)  # what an operator runs on the server
+        values = {
+            "manifest": [f.to_dict() for f in report.files],
+            "flavor": {"name": "files", "kind": "file", "entry": "weights.bin",
+                       "framework_packages": [], "framework_versions": {}},
+            "signature": None, "input_example": None, "params": {}, "metrics": {},
+            "data": {}, "lineage": {}, "environment": {}, "tags": {}, "notes": "",
+            "author": "root@team",
+        }
+        version = client.commit("remote", values, None)
+        assert client.verify(version.ref) == []
+    finally:
+        stop(server)
