@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tether.server.mlflow_api import MlflowError
-from tether.server.mlflow_filter import MODELS, VERSIONS, check, parse_filter
+from tether.server.mlflow_filter import MODELS, VERSIONS, MlflowError, check, parse_filter
 
 from .conftest import subprocess_env
 from .test_server import free_port, start_server, stop

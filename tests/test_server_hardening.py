@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tether.server.bodies import MAX_BODY, MAX_DEPTH
-from tether.server.mlflow_api import MlflowError, _like, parse_filter
+from tether.server.mlflow_filter import MlflowError, _like, parse_filter
 
 from .test_server import Server, start_server, stop
 

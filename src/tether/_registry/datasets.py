@@ -893,14 +893,3 @@ def live_files(conn: sa.Connection) -> list[FileEntry]:
     return [FileEntry.from_dict(f) for text in conn.execute(query).scalars()
             for f in _loads(text, [])]
 
-
-__all__ = [
-    "DatasetInfo",
-    "DatasetVersion",
-    "add_dataset",
-    "data_inputs",
-    "get_dataset",
-    "list_datasets",
-    "promote_dataset",
-    "record_links",
-]

@@ -29,7 +29,7 @@ from .._reference import parse_reference, validate_alias_name, validate_model_na
 from .._registry.registry import Registry
 from . import auth
 from .blobs_api import MAX_OBJECT, BlobGateway
-from .bodies import MAX_BODY, BodyLimit, PayloadTooLarge, describe, read_json_body
+from .bodies import MAX_BODY, BodyLimit, describe, read_json_body
 from .checks import check_call, check_field, parse_limit
 from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
@@ -95,13 +95,6 @@ def to_json(value: Any) -> Any:
 log = logging.getLogger("tether.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-__all__ = ["MAX_BODY", "Api", "PayloadTooLarge", "create_app", "read_json", "to_json"]
-
-
-class ApiError(TetherError):
-    code = "bad_request"
-
 
 def error_response(error: TetherError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.http_status)

@@ -37,8 +37,6 @@ from . import mlflow_filter as search
 from .bodies import PayloadTooLarge, describe, read_json_body
 from .faults import unavailable
 from .mlflow_filter import MlflowError, invalid
-from .mlflow_filter import _like as _like
-from .mlflow_filter import parse_filter as parse_filter
 
 log = logging.getLogger("tether.server")
 
@@ -688,8 +686,6 @@ def _dispatch(methods: dict[str, Any]) -> Callable[[Request], Any]:
 
     return endpoint
 
-
-__all__ = ["MlflowError", "mlflow_refusal", "mlflow_routes", "parse_filter"]
 
 
 def _unavailable(error: Unavailable) -> Response:

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .._errors import InvalidInput, NotFound, PermissionDenied, PolicyViolation, TetherError
+from .._errors import InvalidInput, PermissionDenied, TetherError
 from .._records import AliasMove
 from .._reference import validate_alias_name
 from .._registry.registry import Registry
@@ -526,5 +526,3 @@ def create_ui_app(registry_factory: RegistryFactory) -> Starlette:
     app.state.ui = ui
     return app
 
-
-__all__ = ["COOKIE", "NotFound", "PolicyViolation", "create_ui_app", "csrf_token"]
