@@ -260,8 +260,11 @@ def test_fsspec_pandas_and_pyarrow(registry: Registry, folder: Path, tmp_path: P
         fs.info("ds@1/missing.csv")
 
 
-def test_cli_data_commands(registry: Registry, folder: Path) -> None:
+def test_cli_data_commands(
+    registry: Registry, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = str(registry.location.root)
+    monkeypatch.setenv("TETHER_USER", "tester@example.com")  # the creator: may move aliases
 
     def run(*args: str) -> Any:
         result = CliRunner().invoke(cli, ["--registry", root, "data", *args, "--json"])

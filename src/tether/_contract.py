@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ._environment import Difference, Verdict
     from ._records import AliasMove, Event, ModelInfo, ModelVersion
+    from ._registry.datasets import DatasetInfo, DatasetVersion
+    from ._registry.datasets_io import DatasetFile
     from ._registry.registry import Registry
     from ._schema import Signature
     from ._store.base import StoreStats
@@ -255,6 +257,33 @@ class RegistryAPI(Protocol):
     # -- storage ------------------------------------------------------------------------
 
     def store_stats(self) -> StoreStats: ...
+
+    # -- datasets -----------------------------------------------------------------------
+    # Chunked where the files are (the client's store uploads through the server's
+    # blob gateway), committed, re-sealed and numbered by the registry.
+
+    def add_dataset(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        notes: str = "",
+        bump: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        progress: bool = False,
+    ) -> DatasetVersion: ...
+
+    def list_datasets(self) -> list[DatasetInfo]: ...
+
+    def dataset_versions(self, name: str) -> list[DatasetVersion]: ...
+
+    def get_dataset(self, ref: str) -> DatasetVersion: ...
+
+    def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]: ...
+
+    def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove: ...
+
+    def open_dataset(self, ref: str, path: str) -> DatasetFile: ...
 
 
 def _conformance(embedded: Registry, remote: RemoteRegistry) -> list[RegistryAPI]:

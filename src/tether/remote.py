@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -46,8 +46,8 @@ from ._identity import require_intact
 from ._metadata.audit_log import check_signed_heads
 from ._metadata.clock import now_iso
 from ._records import AliasMove, Event, ModelInfo, ModelVersion
-from ._reference import parse_reference
-from ._registry import loading, log_version, pinning
+from ._reference import parse_reference, validate_model_name
+from ._registry import datasets, datasets_diff, datasets_io, loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
 from ._registry.tokens import Unauthenticated
@@ -80,7 +80,8 @@ _ERRORS: dict[str, type[TetherError]] = {
 #: Seconds a call that is safe to repeat keeps retrying (TETHER_RETRY_SECONDS; 0: never).
 DEFAULT_RETRY_SECONDS = 30.0
 #: Remote methods (``/call/...``) that only read, so a retry cannot do anything twice.
-READ_CALLS = frozenset({"get_policy", "grants", "keys", "signatures", "store_stats", "tokens"})
+READ_CALLS = frozenset({"get_policy", "grants", "keys", "signatures", "store_stats", "tokens",
+                        "list_datasets", "dataset_versions", "get_dataset"})
 #: POSTs that change nothing (a presigned URL is asked for, not an object written).
 _SAFE_POSTS = ("/blobs/presign",)
 #: Failures where the request may never have reached the server, or its answer was lost.
@@ -719,6 +720,62 @@ class RemoteRegistry:
 
         data = self._call("gc", **options)
         return _GcView(data, SimpleNamespace)
+
+    # -- datasets ---------------------------------------------------------------------
+    # Chunked here and uploaded through the blob gateway (straight to S3 where the
+    # store presigns), as log_model does; the server validates, re-seals and numbers.
+
+    def add_dataset(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        notes: str = "",
+        bump: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        progress: bool = False,
+    ) -> datasets.DatasetVersion:
+        validate_model_name(name)
+        values, pin = datasets.prepare_dataset(self.store, path, author=self.actor, notes=notes,
+                                               tags=tags, progress=progress)
+        body = {
+            "values": {
+                "manifest": [f.to_dict() for f in values["files"]],
+                **{k: values[k] for k in ("tables", "source", "tags", "notes")},
+            },
+            "bump": bump,
+        }
+        try:
+            # Safe to repeat: the same bytes and metadata answer the version already added.
+            data = self._request("POST", f"/datasets/{quote(name)}/versions", json=body,
+                                 retry=True)
+        finally:
+            self.store.release_pin(pin)
+        return datasets.require_intact(datasets.DatasetVersion.from_dict(data))
+
+    def list_datasets(self) -> list[datasets.DatasetInfo]:
+        return [datasets.DatasetInfo(**d) for d in self._call("list_datasets")]
+
+    def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
+        return [datasets.require_intact(datasets.DatasetVersion.from_dict(d))
+                for d in self._call("dataset_versions", name)]
+
+    def get_dataset(self, ref: str) -> datasets.DatasetVersion:
+        # The server is not trusted to keep a manifest and its digest consistent.
+        data = self._call("get_dataset", ref)
+        return datasets.require_intact(datasets.DatasetVersion.from_dict(data))
+
+    def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
+        """Judged here: each side read with the caller's rights, changed chunks streamed."""
+        return datasets_diff.diff_datasets(self, self.get_dataset(old_ref),
+                                           self.get_dataset(new_ref))
+
+    def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove:
+        return AliasMove(**self._call("promote_dataset", ref, alias, reason=reason))
+
+    def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
+        """A streaming file: ranged reads of the chunks a read covers, via the gateway."""
+        return datasets_io.open_file(self, ref, path)
 
     # -- client-side use cases, shared with the embedded registry -----------------
     # These only read versions and judge them here, so the same code serves both.

@@ -70,6 +70,7 @@ from .._reference import (
 )
 from .._semver import BumpLevel, SemVer, resolve_bump
 from .._store.base import FileEntry
+from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
 
 if TYPE_CHECKING:
@@ -135,6 +136,28 @@ class DatasetVersion:
         raise NotFound(
             f"{self.ref} has no file {path!r}",
             hint=f"files: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}",
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetVersion:
+        """The inverse of ``to_dict`` (with files), e.g. for what a server sent."""
+        return cls(
+            name=str(data["name"]),
+            seq=int(data["seq"]),
+            semver=str(data["semver"]),
+            digest=str(data["digest"]).removeprefix("sha:"),
+            files_digest=str(data["files_digest"]),
+            files=tuple(FileEntry.from_dict(f) for f in data.get("files", [])),
+            tables=dict(data.get("tables") or {}),
+            source=dict(data.get("source") or {}),
+            tags=dict(data.get("tags") or {}),
+            notes=str(data.get("notes", "")),
+            author=str(data.get("author", "")),
+            created_at=str(data.get("created_at", "")),
+            status=str(data.get("status", "ready")),
+            aliases=tuple(data.get("aliases") or ()),
+            used_by=tuple(dict(u) for u in data.get("used_by") or ()),
+            bump_reasons=tuple(data.get("bump_reasons") or ()),
         )
 
     def to_dict(self, *, with_files: bool = True) -> dict[str, Any]:
@@ -512,6 +535,49 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
     return path, found
 
 
+def prepare_dataset(
+    store: Any, path: str | Path, *, author: str, notes: str = "",
+    tags: Mapping[str, str] | None = None, progress: bool = False,
+) -> tuple[dict[str, Any], str | None]:
+    """Chunk a file or folder into ``store``: (values to commit, the ingest's pin).
+
+    The same code runs in the embedded registry and in a remote client (whose
+    store uploads through the server's blob gateway); only the commit differs.
+    """
+    source_path = Path(path).expanduser().absolute()
+    root, paths = _files_under(source_path)
+    tables = {}
+    for rel in paths:
+        facts = table_facts(root / rel)
+        if facts is not None:
+            tables[rel] = facts
+    report = store.ingest(root, paths, progress=progress)
+    files = tuple(sorted(report.files, key=lambda f: f.path))
+    values = {
+        "files": files,
+        "tables": tables,
+        "source": {
+            "path": str(source_path),
+            "kind": "file" if source_path.is_file() else "folder",
+            "git": capture_git(source_path if source_path.is_dir() else source_path.parent),
+            "stored_bytes": report.stored_bytes,
+            "new_chunks": report.new_chunks,
+            "reused_chunks": report.reused_chunks,
+        },
+        "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+        "notes": notes,
+        "author": author,
+    }
+    return values, report.pin
+
+
+def seal_dataset(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their manifest digest and content digest (re)computed here."""
+    check_manifest([f.to_dict() for f in values["files"]])
+    files_digest = manifest_digest(f.to_dict() for f in values["files"])
+    return {**values, "files_digest": files_digest, "digest": dataset_digest(files_digest)}
+
+
 def add_dataset(
     registry: Registry,
     path: str | Path,
@@ -524,39 +590,23 @@ def add_dataset(
 ) -> DatasetVersion:
     """Store a file or folder as the next version of dataset ``name``."""
     validate_model_name(name)
-    source_path = Path(path).expanduser().absolute()
-    root, paths = _files_under(source_path)
-    tables = {}
-    for rel in paths:
-        facts = table_facts(root / rel)
-        if facts is not None:
-            tables[rel] = facts
-    report = registry.store.ingest(root, paths, progress=progress)
-    files = tuple(sorted(report.files, key=lambda f: f.path))
-    check_manifest([f.to_dict() for f in files])
-    files_digest = manifest_digest(f.to_dict() for f in files)
-    values = {
-        "files": files,
-        "files_digest": files_digest,
-        "digest": dataset_digest(files_digest),
-        "tables": tables,
-        "source": {
-            "path": str(source_path),
-            "kind": "file" if source_path.is_file() else "folder",
-            "git": capture_git(source_path if source_path.is_dir() else source_path.parent),
-            "stored_bytes": report.stored_bytes,
-            "new_chunks": report.new_chunks,
-            "reused_chunks": report.reused_chunks,
-        },
-        "tags": {str(k): str(v) for k, v in (tags or {}).items()},
-        "notes": notes,
-        "author": registry.actor,
-    }
+    values, pin = prepare_dataset(registry.store, path, author=registry.actor, notes=notes,
+                                  tags=tags, progress=progress)
+    try:
+        return commit_dataset(registry, name, values, bump)
+    finally:
+        registry.store.release_pin(pin)  # committed: the version keeps its chunks alive
+
+
+def commit_dataset(
+    registry: Registry, name: str, values: dict[str, Any], bump: str | None
+) -> DatasetVersion:
+    """Number and record a dataset version whose bytes are already in the store."""
+    validate_model_name(name)
+    values = seal_dataset(values)  # never trust a digest computed elsewhere
     for attempt in range(_RACE_RETRIES):
         try:
-            version = _insert(registry, name, values, bump)
-            registry.store.release_pin(report.pin)  # the version keeps its chunks alive now
-            return version
+            return _insert(registry, name, values, bump)
         except sa.exc.IntegrityError as error:
             if attempt == _RACE_RETRIES - 1:
                 raise Conflict(
@@ -564,6 +614,101 @@ def add_dataset(
                     hint="retry; the bytes are stored, so a retry is cheap",
                 ) from error
     raise AssertionError("unreachable")
+
+
+# -- a remote client's commit (the server validates, re-seals and checks the bytes) -------
+
+_REMOTE_FIELDS: dict[str, type] = {
+    "manifest": list, "tables": dict, "source": dict, "tags": dict, "notes": str,
+}
+_SOURCE_NUMBERS = ("stored_bytes", "new_chunks", "reused_chunks")
+
+
+def _remote_values(values: Any) -> dict[str, Any]:
+    """What a client sent, checked field by field; InvalidInput naming the bad one."""
+    if not isinstance(values, dict):
+        raise InvalidInput("values must be a JSON object")
+    unknown = set(values) - set(_REMOTE_FIELDS) - {"author", "digest", "files_digest"}
+    if unknown:
+        error = InvalidInput(f"unknown field(s) in values: {', '.join(sorted(unknown))}",
+                             hint=f"fields: {', '.join(sorted(_REMOTE_FIELDS))}")
+        error.code = "unknown_field"
+        raise error
+    for key, kind in _REMOTE_FIELDS.items():
+        if key not in values:
+            raise InvalidInput(f"values.{key} is missing")
+        if not isinstance(values[key], kind):
+            raise InvalidInput(f"values.{key} has the wrong type")
+    files = []
+    for raw in values["manifest"]:
+        if not isinstance(raw, dict):
+            raise InvalidInput("each manifest entry must be an object")
+        try:
+            files.append(FileEntry.from_dict(raw))
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise InvalidInput(f"manifest entry {raw.get('path')!r} is malformed: {error}") \
+                from error
+    if not files:
+        raise InvalidInput("a dataset version needs at least one file")
+    for entry in files:
+        if not isinstance(entry.digest, str) or not all(
+            isinstance(c.digest, str) and c.size >= 0 for c in entry.chunks
+        ):
+            raise InvalidInput(f"manifest entry {entry.path!r} has a malformed digest")
+    check_manifest([f.to_dict() for f in files])  # paths inside, no duplicates, sizes add up
+    paths = {f.path for f in files}
+    for path, facts in values["tables"].items():
+        columns = facts.get("columns") if isinstance(facts, dict) else None
+        rows = facts.get("rows") if isinstance(facts, dict) else None
+        if (
+            path not in paths
+            or not isinstance(facts.get("format"), str)  # type: ignore[union-attr]
+            or not isinstance(columns, list)
+            or not all(isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c)
+                       for c in columns)
+            or not (rows is None or (isinstance(rows, int) and not isinstance(rows, bool)))
+        ):
+            raise InvalidInput(f"values.tables.{path} is malformed",
+                               hint="a file of the manifest: {format, columns: [[name, type]], "
+                               "rows}")
+    for key, value in values["tags"].items():
+        if not isinstance(value, str):
+            raise InvalidInput(f"values.tags.{key} must be a string")
+    source = dict(values["source"])
+    for key in _SOURCE_NUMBERS:
+        if not isinstance(source.get(key, 0), int):
+            raise InvalidInput(f"values.source.{key} must be an integer")
+    return {
+        "files": tuple(sorted(files, key=lambda f: f.path)),
+        "tables": values["tables"],
+        "source": source,
+        "tags": values["tags"],
+        "notes": values["notes"],
+    }
+
+
+def commit_remote_dataset(
+    registry: Registry, name: str, values: Any, bump: str | None, principal: str
+) -> DatasetVersion:
+    """Commit the dataset version a remote client chunked and uploaded.
+
+    Checked like a remote model version: every field validated, the digests
+    recomputed here (whatever the client sent is ignored), every chunk present
+    in the store before anything is numbered, the author taken from the token.
+    Adding the same bytes and metadata again returns the version already
+    registered, so a retry after a lost answer never makes a second one.
+    """
+    validate_model_name(name)
+    checked = _remote_values(values)
+    digests = {c.digest for f in checked["files"] for c in f.chunks}
+    missing = registry.store.missing(digests)
+    if missing:
+        raise IntegrityError(
+            f"{len(missing)} chunk(s) of this dataset version are not in the store",
+            hint="upload them first (the client does this); nothing was registered",
+        )
+    checked["author"] = principal
+    return commit_dataset(registry, name, checked, bump)
 
 
 def _ensure_dataset(conn: sa.Connection, name: str) -> int:
@@ -638,7 +783,7 @@ def _insert(
                 "bump_reasons": reasons,
                 "files": len(values["files"]),
                 "bytes": sum(f.size for f in values["files"]),
-                "stored_bytes": values["source"]["stored_bytes"],
+                "stored_bytes": values["source"].get("stored_bytes"),
             },
         )
         key = result.inserted_primary_key
@@ -692,6 +837,9 @@ def promote_dataset(
     actor = registry.actor
     with registry.write() as conn:
         did, row = resolve_row(conn, parsed)
+        # Who may move which alias: the rule model aliases follow (approver for a
+        # protected alias, else contributor), with grants scoped by the dataset's name.
+        require_role_to_move(conn, actor, parsed.name, alias)
         current = conn.execute(
             sa.select(dataset_aliases).where(
                 dataset_aliases.c.dataset_id == did, dataset_aliases.c.name == alias

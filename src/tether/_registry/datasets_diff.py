@@ -24,7 +24,7 @@ from .datasets import DatasetVersion, column_types
 from .datasets_io import ChunkedReader
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .datasets_io import AnyRegistry
 
 #: Most bytes (both sides together) read to count changed rows of one file.
 ROW_DIFF_LIMIT = 256 * 1024 * 1024
@@ -32,7 +32,7 @@ _STEP = 64 * 1024
 
 
 def diff_datasets(
-    registry: Registry,
+    registry: AnyRegistry,
     old: DatasetVersion,
     new: DatasetVersion,
     *,
@@ -142,7 +142,7 @@ def _unshared_runs(chunks: list[str], other: set[str], offsets: list[int]) -> li
 
 
 def _row_changes(
-    registry: Registry,
+    registry: AnyRegistry,
     old: DatasetVersion,
     new: DatasetVersion,
     before: FileEntry,

@@ -28,17 +28,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
 from .._errors import InvalidInput, NotFound
 from .._store.base import FileEntry
 from .._store.chunkstore import ChunkStore
-from .datasets import DatasetVersion, add_dataset, get_dataset
+from .datasets import DatasetVersion
 
 if TYPE_CHECKING:
+    from ..remote import RemoteRegistry
     from .registry import Registry
+
+    #: Embedded or a client of a server: both read datasets through their chunk store.
+    AnyRegistry: TypeAlias = Registry | RemoteRegistry
 
 #: Most bytes one sequential read-ahead fetches.
 _READ_AHEAD = 8 * 1024 * 1024
@@ -203,14 +207,14 @@ class DatasetFile(io.BufferedReader):
 
 
 def open_file(
-    registry: Registry,
+    registry: AnyRegistry,
     ref: str | DatasetVersion,
     path: str,
     *,
     on_close: Callable[[], None] | None = None,
 ) -> DatasetFile:
     """A streaming file over ``path`` in the dataset version ``ref``."""
-    version = ref if isinstance(ref, DatasetVersion) else get_dataset(registry, ref)
+    version = ref if isinstance(ref, DatasetVersion) else registry.get_dataset(ref)
     entry = version.file(path)
     store = registry.store
     if not isinstance(store, ChunkStore):  # pragma: no cover - every store is a ChunkStore
@@ -226,6 +230,19 @@ def text_or_binary(handle: DatasetFile, mode: str, encoding: str | None) -> IO[A
         return io.TextIOWrapper(handle, encoding=encoding or "utf-8", newline=None)
     raise InvalidInput(f"mode {mode!r} is not a reading mode",
                        hint="datasets are read-only: use 'rb' or 'r'")
+
+
+def open_registry(uri: str | Path | None, *, token: str | None = None) -> AnyRegistry:
+    """The registry at ``uri`` (a folder, a database URL or a server's ``http(s)://`` URL;
+    None: ``TETHER_URI``, else the nearest ``.tether``)."""
+    target = uri if uri is not None else os.environ.get("TETHER_URI")
+    if target is not None and str(target).startswith(("http://", "https://")):
+        from ..remote import connect
+
+        return connect(str(target), token=token)
+    from .registry import Registry
+
+    return Registry.open(uri)
 
 
 # -- the tether:// filesystem ---------------------------------------------------------
@@ -269,31 +286,33 @@ class TetherFileSystem(_FsBase):  # type: ignore[misc,valid-type]
 
     ``pandas.read_csv("tether://ds@production/train.csv")`` and
     ``pyarrow.dataset.dataset("ds@2/parts", filesystem=TetherFileSystem())``
-    work through it. ``registry=`` (a storage option) names the registry;
-    default: ``TETHER_URI``, else the nearest ``.tether``. A reference is
-    resolved again after ``cache_seconds``, so an alias move is seen.
+    work through it. ``registry=`` (a storage option) names the registry, a
+    folder or a server URL (``token=``, else ``TETHER_TOKEN``); default:
+    ``TETHER_URI``, else the nearest ``.tether``. Against a server, chunks come
+    by ranged reads through its blob gateway (presigned straight from S3). A
+    reference is resolved again after ``cache_seconds``, so an alias move is seen.
     """
 
     protocol = "tether"
     root_marker = ""
 
     def __init__(
-        self, registry: str | None = None, cache_seconds: float = 2.0, **kwargs: Any
+        self, registry: str | None = None, cache_seconds: float = 2.0,
+        token: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self._registry_uri = registry
-        self._registry: Registry | None = None
+        self._token = token
+        self._registry: AnyRegistry | None = None
         self._cache_seconds = cache_seconds
         self._versions: dict[str, tuple[float, DatasetVersion]] = {}
         self._lock = threading.Lock()
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> AnyRegistry:
         with self._lock:
             if self._registry is None:
-                from .registry import Registry
-
-                self._registry = Registry.open(self._registry_uri)
+                self._registry = open_registry(self._registry_uri, token=self._token)
             return self._registry
 
     @classmethod
@@ -308,7 +327,7 @@ class TetherFileSystem(_FsBase):  # type: ignore[misc,valid-type]
         if hit is not None and now - hit[0] < self._cache_seconds:
             return hit[1]
         try:
-            version = get_dataset(self.registry, ref)
+            version = self.registry.get_dataset(ref)
         except NotFound as error:
             raise FileNotFoundError(f"tether://{ref}: {error.message}") from error
         self._versions[ref] = (now, version)
@@ -408,14 +427,14 @@ def read_pointer(text: str, *, where: str) -> dict[str, Any]:
 
 
 def track(
-    registry: Registry, path: str | Path, *, name: str | None = None, notes: str = ""
+    registry: AnyRegistry, path: str | Path, *, name: str | None = None, notes: str = ""
 ) -> tuple[Path, DatasetVersion]:
     """Add ``path`` as a dataset version, write ``PATH.tether``, keep PATH out of git."""
     target = Path(path).absolute()
     if not target.exists():
         raise InvalidInput(f"{path} does not exist", hint="track a file or folder that exists")
     dataset = name or _default_name(target)
-    version = add_dataset(registry, target, dataset, notes=notes)
+    version = registry.add_dataset(target, dataset, notes=notes)
     pointer = pointer_path(target)
     pointer.write_text(pointer_text(version, "folder" if target.is_dir() else "file"))
     _ignore(target)
@@ -531,9 +550,9 @@ def _top(root: Path) -> str:
     return result.stdout.decode().strip().rstrip("/")
 
 
-def pointed_version(registry: Registry, pointer: dict[str, Any]) -> DatasetVersion:
+def pointed_version(registry: AnyRegistry, pointer: dict[str, Any]) -> DatasetVersion:
     digest = str(pointer["digest"]).removeprefix("sha:")
-    return get_dataset(registry, f"{pointer['dataset']}@sha:{digest}")
+    return registry.get_dataset(f"{pointer['dataset']}@sha:{digest}")
 
 
 def file_in(version: DatasetVersion, pointer: dict[str, Any], inner: str) -> str:
@@ -547,7 +566,7 @@ def file_in(version: DatasetVersion, pointer: dict[str, Any], inner: str) -> str
     return inner
 
 
-def checkout(registry: Registry, path: str | Path) -> DatasetVersion:
+def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
     """Write the bytes the pointer ``PATH.tether`` names at ``PATH`` (every byte verified)."""
     target = Path(path).absolute()
     pointer_file = pointer_path(target)
@@ -581,8 +600,6 @@ def open_dataset(
     registry: str | Path | None = None,
 ) -> IO[Any]:
     """A streaming, read-only file: see ``tether.open_dataset``."""
-    from .registry import Registry
-
     if mode not in ("rb", "br", "r", "rt", "tr"):
         raise InvalidInput(f"mode {mode!r} is not a reading mode",
                            hint="datasets are read-only: use 'rb' or 'r'")
@@ -593,7 +610,7 @@ def open_dataset(
         raise InvalidInput("give a tracked path, or a dataset reference and a path, not both",
                            hint='open_dataset("data/train.csv", rev="v2") or '
                            'open_dataset("ds@2", "train.csv")')
-    reg = Registry.open(registry)
+    reg = open_registry(registry)
     try:
         if by_pointer:
             pointer, inner = find_pointer(target, repo=repo, rev=rev)

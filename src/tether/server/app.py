@@ -68,6 +68,10 @@ RPC_METHODS: dict[str, tuple[str, bool]] = {
     "replica_heartbeat": ("reader", False),
     "leave_deployment": ("reader", False),
     "deployment_status": ("reader", False),
+    "list_datasets": ("reader", False),  # datasets: scoped by the dataset's name
+    "dataset_versions": ("reader", True),
+    "get_dataset": ("reader", True),
+    "promote_dataset": ("reader", True),  # the use case requires role_to_move(alias)
 }
 
 
@@ -236,6 +240,22 @@ class Api:
         headers = {"Idempotent-Replayed": "true"} if replayed else None
         return JSONResponse(data, status_code=201, headers=headers)  # as the first answer
 
+    async def create_dataset_version(self, request: Request) -> Any:
+        """A dataset version a client chunked and uploaded: validated, re-sealed, numbered."""
+        name = request.path_params["name"]
+        validate_model_name(name)
+        body = await read_json(
+            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None}
+        )
+        reg, who = self.as_caller(request)
+        self.need(reg, who, "contributor", name, "adding a dataset version")
+        from .._registry.datasets import commit_remote_dataset
+
+        version = await run_in_threadpool(
+            commit_remote_dataset, reg, name, body["values"], body.get("bump"), who
+        )
+        return JSONResponse(to_json(version), status_code=201)
+
     async def alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
         reg, who = self.as_caller(request)
@@ -384,6 +404,7 @@ class Api:
             Route("/settings", w(self.settings)),
             Route("/models/{name}/trust/{selector:path}", w(self.trust)),
             Route("/call/{method}", w(self.rpc), methods=["POST"]),
+            Route("/datasets/{name}/versions", w(self.create_dataset_version), methods=["POST"]),
             *BlobGateway(self).routes(),
         ]
         return [Mount("/api/v1", routes=v1)]
