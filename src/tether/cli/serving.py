@@ -23,13 +23,42 @@ from ._common import (
     table,
 )
 
-url_option = click.option(
-    "--url",
-    default="http://127.0.0.1:8000",
-    envvar="TETHER_SERVE_URL",
-    show_default=True,
-    help="The serving process to ask ($TETHER_SERVE_URL).",
-)
+#: Deployment files looked for in the current folder when neither --url nor --file is given.
+DEPLOYMENT_FILES = ("deploy.yaml", "deploy.yml", "deployment.yaml", "deployment.yml")
+
+
+def _url_options(func: Any) -> Any:
+    func = click.option(
+        "--file",
+        "-f",
+        "deployment_file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="The deployment file the process serves: it is asked at that file's server "
+        "host and port (default: ./deploy.yaml when there is one).",
+    )(func)
+    return click.option(
+        "--url",
+        default=None,
+        envvar="TETHER_SERVE_URL",
+        help="The serving process to ask ($TETHER_SERVE_URL); default: from the deployment "
+        "file, else http://127.0.0.1:8000.",
+    )(func)
+
+
+def serving_url(url: str | None, deployment_file: str | None) -> tuple[str, str]:
+    """(URL of the serving process, where it came from): --url or $TETHER_SERVE_URL,
+    else the deployment file's ``server`` host and port, else ``tether serve``'s default."""
+    if url:
+        return url, "--url or TETHER_SERVE_URL"
+    path = deployment_file or next((p for p in DEPLOYMENT_FILES if Path(p).is_file()), None)
+    if path is None:
+        server = ServerConfig()
+        return f"http://{server.host}:{server.port}", "the default of `tether serve`"
+    server = load_deployment(path).server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}", f"the server section of {path}"
 
 
 token_option = click.option(
@@ -180,11 +209,19 @@ def deploy_group() -> None:
     history), and a running serving process (--url)."""
 
 
-def _get(url: str, path: str, token: str | None = None) -> Any:
-    return _call("GET", url, path, token=token)
+def _get(url: str, path: str, token: str | None = None, *, source: str = "--url") -> Any:
+    return _call("GET", url, path, token=token, source=source)
 
 
-def _call(method: str, url: str, path: str, body: Any = None, *, token: str | None = None) -> Any:
+def _call(
+    method: str,
+    url: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    source: str = "--url",
+) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.request(
@@ -192,8 +229,9 @@ def _call(method: str, url: str, path: str, body: Any = None, *, token: str | No
         )
     except httpx.HTTPError as error:
         raise ServingUnreachable(
-            f"no serving process answers at {url}: {error}",
-            hint="start one with `tether serve deploy.yaml`, or pass --url",
+            f"no serving process answers at {url} (from {source}): {error}",
+            hint="start one with `tether serve deploy.yaml`; point at it with --file "
+            "deploy.yaml (its server host and port), --url URL or TETHER_SERVE_URL",
         ) from None
     try:
         data = response.json()
@@ -209,19 +247,21 @@ def _call(method: str, url: str, path: str, body: Any = None, *, token: str | No
 
 @deploy_group.command("status")
 @click.argument("name", required=False)
-@url_option
+@_url_options
 @token_option
 @json_option
 @click.pass_context
 @handle_errors
-def deploy_status(ctx: click.Context, name: str | None, url: str, token: str | None,
-                  as_json: bool) -> None:
+def deploy_status(ctx: click.Context, name: str | None, url: str | None,
+                  deployment_file: str | None, token: str | None, as_json: bool) -> None:
     """A stored deployment's replicas and windows over all of them (NAME), or a serving
-    process's endpoints (--url): routes, weights, versions, health, recent rollbacks."""
+    process's endpoints (--url, or --file: routes, weights, versions, health, recent
+    rollbacks)."""
     if name is not None:
         _registry_status(registry_from(ctx), name, as_json)
         return
-    status = _get(url, "/v1/deployment", token)
+    where, source = serving_url(url, deployment_file)
+    status = _get(where, "/v1/deployment", token, source=source)
     if as_json:
         emit_json(status)
         return
@@ -348,13 +388,15 @@ def _parse_weights(weights: tuple[str, ...]) -> dict[str, float]:
 
 
 @deploy_group.command("reload")
-@url_option
+@_url_options
 @token_option
 @json_option
 @handle_errors
-def deploy_reload(url: str, token: str | None, as_json: bool) -> None:
+def deploy_reload(url: str | None, deployment_file: str | None, token: str | None,
+                  as_json: bool) -> None:
     """Re-read the deployment file now and poll every target (needs a token, as weights)."""
-    result = _call("POST", url, "/v1/reload", token=token)
+    where, source = serving_url(url, deployment_file)
+    result = _call("POST", where, "/v1/reload", token=token, source=source)
     if as_json:
         emit_json(result)
         return
@@ -416,7 +458,7 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("endpoint")
-@url_option
+@_url_options
 @token_option
 @click.option(
     "--watch",
@@ -428,14 +470,22 @@ def deploy_check(ctx: click.Context, path: str, as_json: bool) -> None:
 @json_option
 @handle_errors
 def monitor(
-    endpoint: str, url: str, token: str | None, watch: float | None, as_json: bool
+    endpoint: str,
+    url: str | None,
+    deployment_file: str | None,
+    token: str | None,
+    watch: float | None,
+    as_json: bool,
 ) -> None:
     """Input drift of ENDPOINT: PSI and KS per feature against the reference statistics.
 
     PSI under 0.1 is stable, 0.1 to 0.25 moderate, above 0.25 a significant shift.
+    The serving process is found from --url, else the deployment file (--file, or
+    ./deploy.yaml), else http://127.0.0.1:8000.
     """
+    where, source = serving_url(url, deployment_file)
     while True:
-        report = _get(url, f"/v1/endpoints/{endpoint}/drift", token)
+        report = _get(where, f"/v1/endpoints/{endpoint}/drift", token, source=source)
         if as_json:
             emit_json(report)
         else:
