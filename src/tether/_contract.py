@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._records import AliasMove, Event, ModelInfo, ModelVersion
     from ._registry.datasets import DatasetInfo, DatasetVersion
     from ._registry.datasets_io import DatasetFile
+    from ._registry.model_files import ModelFile
     from ._registry.registry import Registry
     from ._schema import Signature
     from ._store.base import StoreStats
@@ -97,6 +98,8 @@ class RegistryAPI(Protocol):
     def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path: ...
 
     def verify(self, ref: str) -> list[str]: ...
+
+    def open_file(self, ref: str, path: str) -> ModelFile: ...
 
     def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion: ...
 

@@ -168,7 +168,16 @@ def _describe_status(response: httpx.Response) -> str:
 
 
 class RemoteBlobs:
-    """The chunk store's blob interface, over the server's gateway."""
+    """The chunk store's blob interface, over the server's gateway.
+
+    Every transfer retries through a dropped connection, a server restart or a
+    503 for ``TETHER_RETRY_SECONDS``, resending only the object it was moving
+    (a pack is a few MB: see ``chunkstore.REMOTE_PACK_TARGET``). Objects are
+    never overwritten, so an upload whose answer was lost is answered "already
+    exists" when retried: that is taken as stored (the names are random, so
+    nobody else wrote it). A client killed mid-ingest and run again finds the
+    packs it had published in the index and sends only the chunks after them.
+    """
 
     is_local = False
     #: The gateway neither serves lease bodies nor lets clients take locks/gc.
@@ -182,6 +191,8 @@ class RemoteBlobs:
         self._urls: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._lock = threading.Lock()
         self.requests = 0
+        #: Transfers tried again after a transient failure (for tests and benches).
+        self.retries = 0
 
     def _target(self, key: str, method: str) -> str | None:
         """A presigned URL for ``key`` (cached until near expiry), or None to use the API."""
@@ -196,6 +207,45 @@ class RemoteBlobs:
             self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
         return url
 
+    def _retrying(self, what: str, attempt: Any, *, stored_on_conflict: bool = False) -> Any:
+        """``attempt()`` until it succeeds, retrying transient failures for a bounded time."""
+        budget = retry_seconds()
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except Conflict:
+                if stored_on_conflict and tries > 1:
+                    return None  # an earlier try stored it; its answer was lost
+                raise
+            except (Unavailable, _Transfer, *_TRANSIENT) as error:
+                remaining = budget - (time.monotonic() - started)
+                if remaining <= 0.05:
+                    if isinstance(error, TetherError):
+                        raise
+                    raise Unavailable(
+                        f"{what} failed: {type(error).__name__}: {error} "
+                        f"(gave up after {tries} attempts)",
+                        hint="TETHER_RETRY_SECONDS sets how long transfers keep retrying; "
+                        "run it again to continue from what was stored") from error
+                with self._lock:
+                    self.retries += 1
+                time.sleep(min(backoff(tries), remaining))
+
+    def _direct(self, method: str, url: str, key: str, **kwargs: Any) -> httpx.Response:
+        """One request to a presigned URL: 5xx is a transient failure, 404 NotFound."""
+        response = self.client.http.request(method, url, **kwargs)
+        if response.status_code == 404:
+            raise NotFound(f"store object {key} is missing")
+        if response.status_code >= 500:
+            raise _Transfer(f"{method} of {key}: HTTP {response.status_code}")
+        if response.status_code >= 300:
+            raise StoreError(f"{'upload' if method == 'PUT' else 'download'} of {key} "
+                             f"to the object store failed: HTTP {response.status_code}")
+        return response
+
     def temp_file(self) -> tuple[int, Path]:
         from ._store.blobs import make_temp, scratch_root
 
@@ -203,29 +253,29 @@ class RemoteBlobs:
         return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
-        try:
+        def attempt() -> None:
             url = self._target(key, "PUT")
             with open(path, "rb") as handle:
                 if url:
-                    response = self.client.http.put(url, content=handle)
-                    if response.status_code >= 300:
-                        raise StoreError(
-                            f"upload of {key} to the object store failed: "
-                            f"HTTP {response.status_code}"
-                        )
+                    self._direct("PUT", url, key, content=handle)
                 else:
-                    self.client._request("PUT", f"/blobs/{key}", content=handle)
+                    self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
+
+        try:
+            self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
         finally:
             path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
-        if url:
-            response = self.client.http.put(url, content=data)
-            if response.status_code >= 300:
-                raise StoreError(f"upload of {key} failed: HTTP {response.status_code}")
-        else:
-            self.client._request("PUT", f"/blobs/{key}", content=data)
+        def attempt() -> None:
+            url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
+            if url:
+                self._direct("PUT", url, key, content=data)
+            else:
+                self.client._request("PUT", f"/blobs/{key}", content=data, retry=False)
+
+        self._retrying(f"upload of {key}", attempt,
+                       stored_on_conflict=not key.startswith("locks/"))
 
     def get_bytes(self, key: str) -> bytes:
         self.requests += 1
@@ -244,12 +294,9 @@ class RemoteBlobs:
         return data  # type: ignore[no-any-return]
 
     def _download(self, url: str, key: str, headers: dict[str, str]) -> bytes:
-        response = self.client.http.get(url, headers=headers)
-        if response.status_code == 404:
-            raise NotFound(f"store object {key} is missing")
-        if response.status_code >= 300:
-            raise StoreError(f"download of {key} failed: HTTP {response.status_code}")
-        return response.content
+        return self._retrying(  # type: ignore[no-any-return]
+            f"download of {key}",
+            lambda: self._direct("GET", url, key, headers=headers).content)
 
     def list(self, prefix: str) -> list[BlobInfo]:
         rows = self.client._request("GET", "/blobs", params={"prefix": prefix})
@@ -260,6 +307,10 @@ class RemoteBlobs:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+
+class _Transfer(Exception):
+    """A transfer to or from a presigned URL failed in a way worth trying again."""
 
 
 class RemoteRegistry:
@@ -492,6 +543,13 @@ class RemoteRegistry:
     def verify(self, ref: str) -> list[str]:
         version = self.get(ref)
         return self.store.verify(version.files, label=version.ref)
+
+    def open_file(self, ref: str, path: str) -> Any:
+        """As ``Registry.open_file`` (a ``ModelFile``): reads fetch only the chunks they
+        cover, through the gateway or presigned ranged GETs, verified here."""
+        from ._registry import model_files
+
+        return model_files.open_file(self.store, self.get(ref), path)
 
     def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
         return ModelVersion.from_dict(self._call("deprecate", ref, reason=reason, undo=undo))

@@ -52,6 +52,7 @@ from . import (
     env_check,
     loading,
     log_version,
+    model_files,
     model_search,
     pinning,
     policies,
@@ -699,6 +700,14 @@ class Registry:
 
     def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove:
         return datasets.promote_dataset(self, ref, alias, reason=reason)
+
+    def open_file(self, ref: str, path: str) -> model_files.ModelFile:
+        """A streaming, seekable, read-only binary file over ``path`` of model version ``ref``.
+
+        Reads fetch (and verify) only the chunks they cover: one tensor of a
+        large checkpoint, or a byte range of it, without the rest.
+        """
+        return model_files.open_file(self.store, self.get(ref), path)
 
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
         """A streaming, seekable, read-only binary file over ``path`` in dataset ``ref``."""

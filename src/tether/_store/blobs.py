@@ -47,6 +47,51 @@ def make_temp(folder: Path, kind: str) -> tuple[int, Path]:
     return fd, Path(name)
 
 
+#: Seconds a store transfer keeps retrying transient failures (TETHER_RETRY_SECONDS).
+DEFAULT_RETRY_SECONDS = 30.0
+
+
+def retry_seconds() -> float:
+    """How long transfers retry through an outage: TETHER_RETRY_SECONDS, else 30 (0: never)."""
+    raw = os.environ.get("TETHER_RETRY_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw.strip() else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        return DEFAULT_RETRY_SECONDS
+
+
+class TransientStoreError(StoreError):
+    """A store request failed in a way that may pass (connection lost, 5xx, throttled)."""
+
+
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
+                    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
+
+
+def _is_transient(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a lost connection or a server-side 5xx."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectionError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    seen = 0
+    while error is not None and seen < 8:
+        seen += 1
+        if isinstance(error, ConnectionError | EndpointConnectionError | ConnectionClosedError
+                      | ReadTimeoutError | ConnectionResetError | BrokenPipeError):
+            return True
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            return code in _TRANSIENT_CODES or status.startswith("5")
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     key: str
@@ -204,6 +249,7 @@ class S3Blobs:
                                        multipart_chunksize=max(multipart_threshold, 5 << 20),
                                        max_concurrency=4)
         self.requests = 0  # GETs issued, for tests and progress
+        self.retries = 0  # transfers tried again after a transient failure
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -220,55 +266,108 @@ class S3Blobs:
             if code == "NoSuchBucket":
                 raise StoreError(f"bucket {self.bucket} does not exist",
                                  hint="create it, or fix the store URL") from error
-            raise StoreError(f"S3 {what} failed: {code or error}",
-                             hint="check the endpoint, credentials and bucket") from error
+            cls = TransientStoreError if _is_transient(error) else StoreError
+            raise cls(f"S3 {what} failed: {code or error}",
+                      hint="check the endpoint, credentials and bucket") from error
         except BotoCoreError as error:
-            raise StoreError(f"S3 {what} failed: {error}",
-                             hint="check TETHER_S3_ENDPOINT_URL / AWS settings and the network"
-                             ) from error
+            cls = TransientStoreError if _is_transient(error) else StoreError
+            raise cls(f"S3 {what} failed: {error}",
+                      hint="check TETHER_S3_ENDPOINT_URL / AWS settings and the network"
+                      ) from error
+
+    def _retrying(self, what: str, attempt: Any) -> Any:
+        """``attempt()``, tried again on transient failures for ``retry_seconds()``.
+
+        boto3 retries each request a few times itself; this carries a transfer
+        through a longer outage (an endpoint restarting), resending one object.
+        """
+        budget = retry_seconds()
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except TransientStoreError:
+                remaining = budget - (time.monotonic() - started)
+                if remaining <= 0.05:
+                    raise
+                self.retries += 1
+                time.sleep(min(remaining, min(5.0, 0.2 * 2 ** min(tries - 1, 8))))
 
     def temp_file(self) -> tuple[int, Path]:
         return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
+        def attempt() -> None:
+            try:
+                self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket,
+                           self._key(key), Config=self.transfer)
+            except Exception as error:  # boto3's transfer manager wraps errors its own way
+                if isinstance(error, StoreError | NotFound):
+                    raise
+                cls = TransientStoreError if _is_transient(error) else StoreError
+                raise cls(f"S3 upload of {key} failed: {error}",
+                          hint="retry; chunks already stored are skipped") from error
+
         try:
-            self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket,
-                       self._key(key), Config=self.transfer)
-        except Exception as error:  # boto3's transfer manager wraps errors its own way
-            if isinstance(error, StoreError | NotFound):
-                raise
-            raise StoreError(f"S3 upload of {key} failed: {error}",
-                             hint="retry; chunks already stored are skipped") from error
+            self._retrying(f"upload of {key}", attempt)
         finally:
             path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call(f"upload of {key}", self.client.put_object, Bucket=self.bucket,
-                   Key=self._key(key), Body=data)
+        self._retrying(f"upload of {key}", lambda: self._call(
+            f"upload of {key}", self.client.put_object, Bucket=self.bucket,
+            Key=self._key(key), Body=data))
+
+    def _read(self, key: str, **extra: Any) -> bytes:
+        def attempt() -> bytes:
+            body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
+                              Key=self._key(key), **extra)["Body"]
+            return bytes(self._call(f"download of {key}", body.read))
+
+        self.requests += 1
+        return self._retrying(f"download of {key}", attempt)  # type: ignore[no-any-return]
 
     def get_bytes(self, key: str) -> bytes:
-        self.requests += 1
-        body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
-                          Key=self._key(key))["Body"]
-        return bytes(self._call(f"download of {key}", body.read))
+        return self._read(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._read(key, Range=f"bytes={offset}-{offset + length - 1}")
+
+    def iter_range(self, key: str, offset: int, length: int,
+                   block: int = 1 << 20) -> Iterator[bytes]:
+        """``length`` bytes of ``key`` from ``offset``, streamed in blocks (never all at once)."""
         self.requests += 1
-        body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
-                          Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}")["Body"]
-        return bytes(self._call(f"download of {key}", body.read))
+        body = self._retrying(f"download of {key}", lambda: self._call(
+            f"download of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key),
+            Range=f"bytes={offset}-{offset + length - 1}")["Body"])
+        try:
+            while True:
+                piece = self._call(f"download of {key}", body.read, block)
+                if not piece:
+                    return
+                yield bytes(piece)
+        finally:
+            body.close()
 
     def list(self, prefix: str) -> list[BlobInfo]:
         found = []
         paginator = self.client.get_paginator("list_objects_v2")
-        pages: Iterator[Any] = self._call(
+        pages: Iterator[Any] = self._retrying(f"listing {prefix}", lambda: self._call(
             f"listing {prefix}", lambda: iter(list(paginator.paginate(
-                Bucket=self.bucket, Prefix=self._key(prefix)))))
+                Bucket=self.bucket, Prefix=self._key(prefix))))))
         for page in pages:
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix):]
                 found.append(BlobInfo(key, int(obj["Size"]), obj["LastModified"].timestamp()))
         return found
+
+    def size(self, key: str) -> int:
+        """The size of ``key`` (one HEAD request); NotFound if it is not there."""
+        head = self._retrying(f"size of {key}", lambda: self._call(
+            f"size of {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key)))
+        return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
         self._call(f"delete of {key}", self.client.delete_object, Bucket=self.bucket,

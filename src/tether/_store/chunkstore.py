@@ -62,6 +62,11 @@ from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024
+#: Packs sent over a network (a server's gateway, S3) are smaller: an upload cut
+#: off at any point resends at most the packs in flight, not tens of MB each.
+REMOTE_PACK_TARGET = 2 * 1024 * 1024
+#: Packs uploaded at once to a network store (a local store publishes one at a time).
+REMOTE_UPLOAD_STREAMS = 2
 RAW, ZSTD = 0, 1
 #: Compress only when a sample shrinks below this fraction of its size. Float
 #: weights typically shrink ~10%, and decompressing them runs at ~650 MB/s on
@@ -84,7 +89,8 @@ _RUNS_AHEAD = 6
 _IOV_MAX = 512
 #: Journal index files (one per pack) merged into a merged index once this many.
 _JOURNAL_MAX = 64
-#: gc moves the live chunks of packs under pack_target / this into shared packs ...
+#: gc moves the live chunks of packs under pack_target / this into shared packs
+#: (and never those of a network upload's full size: see REMOTE_PACK_TARGET) ...
 _SMALL_PACK_PART = 8
 #: ... once there are at least this many such packs.
 _SMALL_PACKS_TO_COMPACT = 8
@@ -160,9 +166,9 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 class PackWriter:
     """Appends chunks to a temp file; publishes it (then its index) when full.
 
-    Publishing (fsync and rename, or an upload) runs on a background thread
-    while the next pack fills; at most one pack waits to be published, so
-    what is in flight is bounded (and on disk, not in memory).
+    Publishing (fsync and rename, or an upload) runs on background threads
+    while the next pack fills; at most ``store.upload_streams`` packs wait to
+    be published, so what is in flight is bounded (and on disk, not in memory).
     """
 
     def __init__(self, store: ChunkStore) -> None:
@@ -173,7 +179,8 @@ class PackWriter:
         self.entries: list[list[Any]] = []
         self.published: list[str] = []
         self._publisher: ThreadPoolExecutor | None = None
-        self._inflight: Future[None] | None = None
+        self._inflight: deque[Future[None]] = deque()
+        self._streams = max(1, store.upload_streams)
 
     def add(self, digest: str, payload: bytes | memoryview, raw_size: int, codec: int) -> None:
         if self.fd is None:
@@ -207,11 +214,12 @@ class PackWriter:
         path, self.path = self.path, None
         size, entries = self.size, self.entries
         self.entries = []
-        self._wait()
+        while len(self._inflight) >= self._streams:
+            self._inflight.popleft().result()
         if self._publisher is None:
-            self._publisher = ThreadPoolExecutor(max_workers=1,
+            self._publisher = ThreadPoolExecutor(max_workers=self._streams,
                                                  thread_name_prefix="tether-publish")
-        self._inflight = self._publisher.submit(self._publish, path, size, entries)
+        self._inflight.append(self._publisher.submit(self._publish, path, size, entries))
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK") or os.environ.get(
                 "TETHER_TEST_CRASH_BEFORE_INDEX"):
             self._wait()  # test hooks: die with exactly this pack in flight
@@ -225,9 +233,15 @@ class PackWriter:
             self._close_publisher()
 
     def _wait(self) -> None:
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.result()
+        """Wait for every pack in flight; the first failure is raised once all are done."""
+        failure: BaseException | None = None
+        while self._inflight:
+            try:
+                self._inflight.popleft().result()
+            except BaseException as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def _close_publisher(self) -> None:
         if self._publisher is not None:
@@ -270,10 +284,15 @@ class PackWriter:
 
 class ChunkStore:
     def __init__(self, blobs: Blobs, *, cache_dir: Path | None = None,
-                 pack_target: int = PACK_TARGET, cache_max_bytes: int | None = None) -> None:
+                 pack_target: int | None = None, cache_max_bytes: int | None = None,
+                 upload_streams: int | None = None) -> None:
         self.blobs = blobs
         self.url = blobs.url
-        self.pack_target = pack_target
+        remote = not blobs.is_local
+        self.pack_target = pack_target or (REMOTE_PACK_TARGET if remote else PACK_TARGET)
+        self.upload_streams = upload_streams or (REMOTE_UPLOAD_STREAMS if remote else 1)
+        #: Packs under this many bytes are compacted by gc (tiny versions' packs).
+        self._small_pack = min(self.pack_target, REMOTE_PACK_TARGET) // _SMALL_PACK_PART
         self.cache_dir = cache_dir
         #: The chunk cache (remote stores only; a local store is read in place).
         self.cache = (ChunkCache(cache_dir, max_bytes=cache_max_bytes)
@@ -1335,7 +1354,7 @@ class ChunkStore:
         order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
                                                    if e[0] in keep))
         dead_chunks = dead_bytes = 0
-        small = {p for p in order if indexes[p]["size"] < self.pack_target // _SMALL_PACK_PART
+        small = {p for p in order if indexes[p]["size"] < self._small_pack
                  and (p not in packs or now - packs[p].mtime >= grace_seconds)}
         if len(small) < _SMALL_PACKS_TO_COMPACT:
             small = set()

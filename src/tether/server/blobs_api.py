@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +33,12 @@ _WRITABLE = re.compile(
     r"|locks/ingest-[0-9a-f]{32})$"
 )
 _LISTABLE = ("index/", "pins/", "locks/")
-MAX_OBJECT = 256 * 1024 * 1024
+#: Largest object a client may upload (packs are 4-32 MB; gc may write larger ones).
+MAX_OBJECT = 1024 * 1024 * 1024
+#: Largest index file: it is read whole to be checked against its pack.
+MAX_INDEX = 64 * 1024 * 1024
+#: Bytes read and sent at a time: no route holds more of an object than this.
+_BLOCK = 1024 * 1024
 #: No offset is past this (the largest file offset and S3 Range number there is).
 _MAX_OFFSET = 2**63 - 1
 
@@ -89,11 +95,53 @@ def _size_of(blobs: Any, key: str) -> int:
             return int(path.stat().st_size)
         except FileNotFoundError as error:
             raise NotFound(f"store object {key} does not exist") from error
+    size = getattr(blobs, "size", None)
+    if size is not None:
+        return int(size(key))
     folder = key.rpartition("/")[0]
     for info in blobs.list(folder + "/"):
         if info.key == key:
             return int(info.size)
     raise NotFound(f"store object {key} does not exist")
+
+
+def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``key`` from ``start``, in blocks of at most ``_BLOCK``.
+
+    A local object is opened before the first block is asked for, so a missing
+    one is NotFound before any response starts.
+    """
+    path = blobs.local_path(key)
+    if path is not None:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError as error:
+            raise NotFound(f"store object {key} does not exist") from error
+
+        def local() -> Iterator[bytes]:
+            with handle:
+                position, left = start, length
+                while left > 0:
+                    block = os.pread(handle.fileno(), min(left, _BLOCK), position)
+                    if not block:
+                        return
+                    position += len(block)
+                    left -= len(block)
+                    yield block
+
+        return local()
+    iter_range = getattr(blobs, "iter_range", None)
+    if iter_range is not None:
+        return iter(iter_range(key, start, length, _BLOCK))
+
+    def pieces() -> Iterator[bytes]:
+        position, end = start, start + length
+        while position < end:
+            count = min(4 * _BLOCK, end - position)
+            yield blobs.get_range(key, position, count)
+            position += count
+
+    return pieces()
 
 
 def check_key(key: str, *, write: bool) -> str:
@@ -109,8 +157,12 @@ def check_key(key: str, *, write: bool) -> str:
 
 
 def _exists(blobs: Any, key: str) -> bool:
-    folder = key.rpartition("/")[0]
-    return any(i.key == key for i in blobs.list(folder + "/"))
+    """Whether ``key`` is stored: one stat or HEAD, not a listing of its folder."""
+    try:
+        _size_of(blobs, key)
+    except NotFound:
+        return False
+    return True
 
 
 def _check_index(blobs: Any, key: str, data: bytes) -> dict[str, Any]:
@@ -193,32 +245,29 @@ class BlobGateway:
         return {"url": await run_in_threadpool(presign, key, method), "expires_in": 3600}
 
     async def get(self, request: Request) -> Response:
+        """The object, or one byte range of it, streamed in blocks (never read whole)."""
         key = check_key(request.path_params["key"], write=False)
         self._caller(request, "reader", "downloading artifacts")
+        size = await run_in_threadpool(_size_of, self.blobs, key)
         header = request.headers.get("range")
+        headers = {"Accept-Ranges": "bytes"}
+        status = 200
+        start, end = 0, size - 1
         if header is not None:
-            size = await run_in_threadpool(_size_of, self.blobs, key)
             try:
                 start, end = parse_range(header, size)
             except RangeNotSatisfiable as error:
                 return _error(error, {"Content-Range": f"bytes */{size}"})
-            data = await run_in_threadpool(self.blobs.get_range, key, start, end - start + 1)
-            return Response(data, status_code=206, media_type="application/octet-stream",
-                            headers={"Content-Range": f"bytes {start}-{end}/{size}",
-                                     "Accept-Ranges": "bytes"})
-        path = self.blobs.local_path(key)
-        if path is not None:
-            if not path.is_file():
-                raise NotFound(f"store object {key} does not exist")
-
-            def chunks() -> Any:
-                with open(path, "rb") as handle:
-                    while block := handle.read(1 << 20):
-                        yield block
-
-            return StreamingResponse(chunks(), media_type="application/octet-stream")
-        data = await run_in_threadpool(self.blobs.get_bytes, key)
-        return Response(data, media_type="application/octet-stream")
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = end - start + 1
+        headers["Content-Length"] = str(length)
+        if length <= 0:
+            return Response(b"", status_code=status, media_type="application/octet-stream",
+                            headers=headers)
+        body = await run_in_threadpool(stream_range, self.blobs, key, start, length)
+        return StreamingResponse(body, status_code=status, headers=headers,
+                                 media_type="application/octet-stream")
 
     async def put(self, request: Request) -> Any:
         key = check_key(request.path_params["key"], write=True)
@@ -241,6 +290,9 @@ class BlobGateway:
                         raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
                     handle.write(block)
             if key.startswith("index/"):
+                if size > MAX_INDEX:
+                    raise InvalidInput(f"index file of {size} bytes is over the {MAX_INDEX} "
+                                       f"byte limit")
                 data = tmp.read_bytes()
                 index = await run_in_threadpool(_check_index, self.blobs, key, data)
                 await run_in_threadpool(_verify_pack, self.api.registry.store, key, index, data)
