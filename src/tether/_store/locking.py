@@ -253,13 +253,19 @@ def ingest_lock(store: ChunkStore, *, wait_seconds: float = 600.0) -> Iterator[N
         with _flock(store, fcntl.LOCK_SH):
             yield
         return
+    # Announce first, then look: a gc writes its lease and then waits for ingest leases,
+    # so whichever of the two comes second sees the other (checking first and writing
+    # after let a gc and an ingest both start: the gc then took the ingest's new pack
+    # for one without an index).
     deadline = time.time() + wait_seconds
-    while _live(store, "gc"):
+    while True:
+        with _renewed(store, f"locks/ingest-{uuid.uuid4().hex}"):
+            if not _live(store, "gc"):
+                yield
+                return
         if time.time() > deadline:
             raise Conflict("a gc has held the store for too long", hint="retry later")
         time.sleep(0.5)
-    with _renewed(store, f"locks/ingest-{uuid.uuid4().hex}"):
-        yield
 
 
 @contextmanager
