@@ -225,7 +225,8 @@ endpoints:
             assert c.post(PREDICT.format("slowshadow"),
                           json={"records": records[:1]}).status_code == 200
         assert time.perf_counter() - began < 1.5  # not 10 x 0.2 s
-        _wait(server.runtime.mirror.idle, timeout=60)  # a spawned shadow process: slow on a busy CI box
+        # A spawned shadow process: slow to start on a busy CI machine.
+        _wait(server.runtime.mirror.idle, timeout=60)
         pairs = {(p["endpoint"], p["shadow"]): p for p in c.get("/v1/deployment").json()
                  ["shadow_pairs"]}
         pair = pairs[("iris", v2.ref)]
