@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tether import InvalidInput
-from tether._registry.reference_stats import compute, feature_stats
+from tether._registry.drift_baseline import compute, feature_stats
 from tether.serving.config import load_deployment, parse_deployment, parse_rule
 from tether.serving.drift import DriftMonitor, ks_statistic, psi_categorical, psi_numeric, status
 from tether.serving.logs import JsonFormatter

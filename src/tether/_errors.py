@@ -69,6 +69,31 @@ class InvalidInput(TetherError):
     code = "invalid_input"
 
 
+class InvalidPath(InvalidInput):
+    """A file path or store key leaves where it must stay (``..``, absolute, unknown kind)."""
+
+    code = "invalid_path"
+
+
+class UnknownField(InvalidInput):
+    """A request or record names a field that is not accepted (a typo, an older client)."""
+
+    code = "unknown_field"
+
+
+class TooDeep(InvalidInput):
+    """A JSON body is nested deeper than the server reads."""
+
+    code = "too_deep"
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body is over the server's size limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 class IncompatibleBump(InvalidInput):
     """The requested semantic-version bump is smaller than the change needs."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
+from ._errors import InvalidInput, InvalidPath, UnknownField
 from ._store.base import FileEntry
 
 
@@ -120,6 +123,174 @@ class ModelVersion:
         if with_environment:
             data["environment"] = self.environment
         return data
+
+
+#: A version's recorded fields and the JSON type each must have (``object``: any).
+_VALUE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "manifest": list,
+    "flavor": dict,
+    "signature": (dict, type(None)),
+    "input_example": object,
+    "params": dict,
+    "metrics": dict,
+    "data": dict,
+    "lineage": dict,
+    "environment": dict,
+    "tags": dict,
+    "notes": str,
+}
+#: Accepted and dropped: recomputed at commit (digests) or set by the registry (author).
+_DERIVED = frozenset({"digest", "files_digest"})
+
+
+@dataclass(frozen=True)
+class VersionValues:
+    """What a version records, before the registry numbers it: one checked value.
+
+    ``log_model``, a remote client's commit and the MLflow API all build one;
+    ``Registry.commit`` takes its ``to_dict`` and converts back through
+    ``from_dict``, so every way in is validated the same way. The digests are
+    not part of it: the commit recomputes them from these fields.
+    """
+
+    manifest: tuple[FileEntry, ...]
+    flavor: dict[str, Any]
+    signature: dict[str, Any] | None
+    input_example: Any
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    data: dict[str, dict[str, Any]]
+    lineage: dict[str, Any]
+    environment: dict[str, Any]
+    tags: dict[str, str]
+    notes: str
+    #: Who logged it; empty when the caller does not say (the registry's actor then).
+    author: str = ""
+
+    @classmethod
+    def from_dict(cls, values: Any) -> VersionValues:
+        """Checked values from JSON; ``InvalidInput`` (or a subclass) naming the bad field."""
+        if not isinstance(values, dict):
+            raise InvalidInput(f"values must be a JSON object, not {_kind(values)}")
+        unknown = set(values) - set(_VALUE_TYPES) - _DERIVED - {"author"}
+        if unknown:
+            raise UnknownField(
+                f"unknown field(s) in values: {', '.join(sorted(unknown))}",
+                hint=f"fields: {', '.join(sorted(_VALUE_TYPES))}, author",
+            )
+        for key, kind in _VALUE_TYPES.items():
+            if key not in values:
+                raise InvalidInput(f"values.{key} is missing")
+            if kind is not object and not isinstance(values[key], kind):
+                raise InvalidInput(
+                    f"values.{key} has the wrong type ({_kind(values[key])})"
+                )
+        author = values.get("author") or ""
+        if not isinstance(author, str):
+            raise InvalidInput(f"values.author must be a string, not {_kind(author)}")
+        checked = cls(
+            manifest=_manifest(values["manifest"]),
+            flavor=values["flavor"],
+            signature=values["signature"],
+            input_example=values["input_example"],
+            params=values["params"],
+            metrics=values["metrics"],
+            data=values["data"],
+            lineage=values["lineage"],
+            environment=values["environment"],
+            tags=values["tags"],
+            notes=values["notes"],
+            author=author,
+        )
+        checked._check_fields()
+        return checked
+
+    def _check_fields(self) -> None:
+        for name, info in self.data.items():
+            if not isinstance(info, dict) or not isinstance(info.get("digest"), str):
+                raise InvalidInput(f"values.data.{name} needs a digest")
+        if not isinstance(self.flavor.get("name"), str) or not self.flavor["name"]:
+            raise InvalidInput("values.flavor needs a name (a string)")
+        for key, value in self.metrics.items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise InvalidInput(
+                    f"values.metrics.{key} is {value!r}, not a finite number",
+                    hint="metrics are numbers; put text in notes or tags",
+                )
+        for key, tag in self.tags.items():
+            if not isinstance(tag, str):
+                raise InvalidInput(f"values.tags.{key} must be a string, not {_kind(tag)}")
+        if self.signature is not None:
+            from ._schema.types import Signature  # numpy: only when there is a schema
+
+            Signature.from_dict(self.signature)  # InvalidInput naming the bad field
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``from_dict`` reads, as ``Registry.commit`` and the REST API take it."""
+        return {
+            "manifest": [f.to_dict() for f in self.manifest],
+            "flavor": self.flavor,
+            "signature": self.signature,
+            "input_example": self.input_example,
+            "params": self.params,
+            "metrics": self.metrics,
+            "data": self.data,
+            "lineage": self.lineage,
+            "environment": self.environment,
+            "tags": self.tags,
+            "notes": self.notes,
+            "author": self.author,
+        }
+
+
+def check_artifact_path(path: Any) -> str:
+    """A manifest path must stay inside the version's folder (``InvalidPath`` if not)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput("every file needs a non-empty path")
+    pure = PurePosixPath(path)
+    if (
+        pure.is_absolute()
+        or ".." in pure.parts
+        or "\\" in path
+        or path.startswith("~")
+        or any(part in ("", ".") for part in path.split("/"))
+    ):
+        raise InvalidPath(
+            f"manifest path {path!r} escapes the version folder",
+            hint="paths are relative POSIX paths without '..'",
+        )
+    return path
+
+
+def _manifest(raw: list[Any]) -> tuple[FileEntry, ...]:
+    files = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"each manifest entry must be an object, not {_kind(entry)}")
+        check_artifact_path(entry.get("path"))
+        try:
+            files.append(FileEntry.from_dict(entry))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidInput(
+                f"manifest entry {entry.get('path')!r} is malformed: {error}"
+            ) from error
+    if len({f.path for f in files}) != len(files):
+        raise InvalidInput("the manifest lists a path twice")
+    return tuple(files)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type as a client would name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)

@@ -451,36 +451,26 @@ def _run_facts(client: Any, run_id: str | None) -> tuple[dict[str, Any], dict[st
 def _sync_model(
     registry: ImportTarget, source_model: Any, report: ModelReport, dry_run: bool
 ) -> None:
-    """The model's description and tags: the registry contract has no call for them, so
-    an embedded registry uses the catalog use case and a remote one is reported."""
-    from .registry import Registry
-
+    """The model's description and tags, set where they differ."""
     description = source_model.description or ""
     tags = {str(k): str(v) for k, v in (source_model.tags or {}).items()}
     if not description and not tags:
         return
-    if not isinstance(registry, Registry):
-        report.notes.append(
-            "model description and tags not imported: a remote registry has no call for them"
-        )
-        return
-    from . import catalog
-
     try:
-        info = catalog.model_info(registry, report.name)
+        info = registry.model(report.name)
     except NotFound:
         if dry_run:
             report.description_updated = bool(description)
             report.tags_updated = sorted(tags)
             return
-        info = catalog.create_model(registry, report.name)
+        info = registry.create_model(report.name)
     changed = {k: v for k, v in tags.items() if info.tags.get(k) != v}
     new_description = description if description and description != info.description else None
     report.description_updated = new_description is not None
     report.tags_updated = sorted(changed)
     if not dry_run and (changed or new_description is not None):
-        catalog.update_model(
-            registry, report.name, description=new_description, set_tags=changed or None
+        registry.update_model(
+            report.name, description=new_description, set_tags=changed or None
         )
 
 

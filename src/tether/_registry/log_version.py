@@ -18,16 +18,16 @@ import sqlalchemy as sa
 
 from .. import _flavors as flavors
 from .._environment import capture_environment
-from .._errors import Conflict, InvalidInput
+from .._errors import Conflict, IntegrityError, InvalidInput
 from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
-from .._records import ModelVersion
+from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature, infer_signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
-from . import reference_stats
+from . import drift_baseline
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
@@ -154,23 +154,22 @@ def log_model(
     else:
         signature_ = None
 
-    files = sorted(report.files, key=lambda f: f.path)
-    values = {
-        "manifest": [f.to_dict() for f in files],
-        "flavor": flavor_record,
-        "signature": signature_,
-        "input_example": example_to_json(input_example),
-        "params": params_,
-        "metrics": metrics_,
-        "data": data_,
-        "lineage": {"git": capture_git(), **reference_stats.lineage_entry(data, signature_)},
-        "environment": capture_environment(),
-        "tags": tags_,
-        "notes": notes,
-        "author": author or registry.actor or current_author(),
-    }
+    values = VersionValues(
+        manifest=tuple(sorted(report.files, key=lambda f: f.path)),
+        flavor=flavor_record,
+        signature=signature_,
+        input_example=example_to_json(input_example),
+        params=params_,
+        metrics=metrics_,
+        data=data_,
+        lineage={"git": capture_git(), **drift_baseline.lineage_entry(data, signature_)},
+        environment=capture_environment(),
+        tags=tags_,
+        notes=notes,
+        author=author or registry.actor or current_author(),
+    )
     try:
-        return registry.commit(name, seal(values), bump)
+        return registry.commit(name, values.to_dict(), bump)
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)
@@ -189,15 +188,24 @@ def facts_of(values: Mapping[str, Any]) -> VersionFacts:
 
 
 def commit_version(
-    registry: Registry, name: str, values: dict[str, Any], bump: str | None
+    registry: Registry, name: str, checked: VersionValues, bump: str | None
 ) -> ModelVersion:
     """Number and record a version whose bytes are already in the store.
 
     Separate from saving and storing so a server can commit what a remote
-    client prepared and uploaded.
+    client prepared and uploaded. Without an author the registry's actor
+    logged it (on a server: the authenticated caller).
     """
     validate_model_name(name)
-    values = seal(values)  # never trust a digest computed elsewhere
+    digests = {c.digest for f in checked.manifest for c in f.chunks}
+    missing = registry.store.missing(digests)
+    if missing:
+        raise IntegrityError(
+            f"{len(missing)} chunk(s) of this version are not in the store",
+            hint="upload them first (the client does this); nothing was registered",
+        )
+    values = seal(checked.to_dict())  # never trust a digest computed elsewhere
+    values["author"] = checked.author or registry.actor
     facts = facts_of(values)
     for attempt in range(_RACE_RETRIES):
         try:

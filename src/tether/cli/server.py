@@ -17,9 +17,9 @@ from ._common import console, emit_json, handle_errors, json_option, registry_fr
 @handle_errors
 def server_init(db_url: str, store_url: str, admin: str, as_json: bool) -> None:
     """Create a shared registry's schema and its first admin; prints the admin's token once."""
-    from ..server.setup import init_server_registry
+    from .._registry.registry import Registry
 
-    registry, token = init_server_registry(db_url, store_url, admin)
+    registry, token = Registry.init_server(db_url, store_url, admin)
     registry.close()
     if as_json:
         emit_json(token)
@@ -58,10 +58,10 @@ def server(
     """Serve the registry over HTTP (/api/v1, plus MLflow's /api/2.0/mlflow)."""
     import uvicorn
 
-    from ..server.setup import open_server_registry
+    from .._registry.registry import Registry
 
     # Refuse a wrong schema or missing store here, before any worker starts.
-    open_server_registry(db_url, store_url).close()
+    Registry.open_server(db_url, store_url).close()
     os.environ["TETHER_SERVER_DB"] = db_url
     if store_url:
         os.environ["TETHER_SERVER_STORE"] = store_url

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .. import __version__
-from .._errors import InvalidInput, NotFound, TetherError, Unavailable
+from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
@@ -56,6 +56,11 @@ RPC_METHODS: dict[str, tuple[str, bool]] = {
     "revoke_token": ("admin", False),
     "tokens": ("admin", False),
     "delete_version": ("admin", True),
+    "model": ("reader", True),
+    "create_model": ("contributor", True),
+    "update_model": ("contributor", True),
+    "delete_model": ("admin", True),
+    "update_version": ("contributor", True),
     "record_route_rollback": ("contributor", True),  # serving replicas of a remote registry
     "apply_deployment": ("reader", False),  # deployments: the use cases check roles per model
     "deployment": ("reader", False),
@@ -122,12 +127,10 @@ async def read_json(
         raise InvalidInput(f"body must be a JSON object, not {describe(data)}")
     unknown = set(data) - allowed
     if unknown:
-        refusal = InvalidInput(
+        raise UnknownField(
             f"unknown field(s): {', '.join(sorted(unknown))}",
             hint=f"fields: {', '.join(sorted(allowed)) or 'none'}",
         )
-        refusal.code = "unknown_field"
-        raise refusal
     missing = required - set(data)
     if missing:
         raise InvalidInput(f"missing field(s): {', '.join(sorted(missing))}")
@@ -229,11 +232,9 @@ class Api:
         )
         reg, who = self.as_caller(request)
         self.need(reg, who, "contributor", name, "logging a version")
-        from .versions import commit_once
-
         key = request.headers.get("idempotency-key")
         version, replayed = await run_in_threadpool(
-            commit_once, reg, name, body["values"], body.get("bump"), who, key
+            lambda: reg.commit_once(name, body["values"], body.get("bump"), key=key)
         )
         data = version.to_dict()
         data["id"] = version.id

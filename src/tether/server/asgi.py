@@ -11,13 +11,13 @@ import os
 
 from starlette.applications import Starlette
 
-from .setup import open_server_registry
+from .._registry.registry import Registry
 
 
 def build_from_env() -> Starlette:
     from .app import create_app
 
-    registry = open_server_registry(
+    registry = Registry.open_server(
         os.environ["TETHER_SERVER_DB"], os.environ.get("TETHER_SERVER_STORE") or None
     )
     return create_app(registry, open_access=os.environ.get("TETHER_SERVER_OPEN") == "1")

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .._errors import InvalidInput
+from .._errors import InvalidInput, PayloadTooLarge, TooDeep
 
 #: Largest request body on any route except a store object upload (version
 #: metadata with a big environment is ~100 KB).
@@ -37,11 +37,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class PayloadTooLarge(InvalidInput):
-    code = "payload_too_large"
-    http_status = 413
-
-
 def too_large(limit: int, size: int | None = None) -> PayloadTooLarge:
     what = f"body of {size} bytes" if size is not None else "body"
     return PayloadTooLarge(
@@ -50,10 +45,8 @@ def too_large(limit: int, size: int | None = None) -> PayloadTooLarge:
     )
 
 
-def _depth_error() -> InvalidInput:
-    error = InvalidInput(f"body is nested deeper than {MAX_DEPTH} levels")
-    error.code = "too_deep"
-    return error
+def _depth_error() -> TooDeep:
+    return TooDeep(f"body is nested deeper than {MAX_DEPTH} levels")
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:

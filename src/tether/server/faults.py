@@ -107,9 +107,9 @@ def unavailable(error: BaseException, registry: Any) -> Unavailable | None:
 
 
 def database_name(registry: Any) -> str:
-    from .setup import _redacted
+    from .._registry.server_setup import redacted_url
 
-    return _redacted(registry.location.db_url)
+    return redacted_url(registry.location.db_url)
 
 
 def store_name(registry: Any) -> str:

@@ -27,14 +27,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._errors import InvalidInput, NotFound, TetherError, Unavailable
+from .._errors import InvalidInput, NotFound, PayloadTooLarge, TetherError, Unavailable
 from .._metadata.clock import parse_iso
-from .._records import ModelInfo, ModelVersion
-from .._registry import catalog
-from .._registry.log_version import commit_version
+from .._records import ModelInfo, ModelVersion, VersionValues
 from .._registry.registry import Registry
 from . import mlflow_filter as search
-from .bodies import PayloadTooLarge, describe, read_json_body
+from .bodies import describe, read_json_body
 from .faults import unavailable
 from .mlflow_filter import MlflowError, invalid
 
@@ -305,7 +303,7 @@ class MlflowApi:
     @staticmethod
     def _model_info(reg: Registry, name: str) -> ModelInfo:
         try:
-            return catalog.model_info(reg, name)
+            return reg.model(name)
         except NotFound as error:
             raise MlflowError(
                 "RESOURCE_DOES_NOT_EXIST", f"Registered Model with name={name} not found", 404
@@ -330,7 +328,7 @@ class MlflowApi:
         description = _optional(p, "description") or ""
         try:
             info = await run_in_threadpool(
-                lambda: catalog.create_model(reg, name, description=description, tags=tags)
+                lambda: reg.create_model(name, description=description, tags=tags)
             )
         except TetherError as error:
             if error.code == "conflict":
@@ -352,7 +350,7 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "updating a registered model")
         await run_in_threadpool(self._model_info, reg, name)
         info = await run_in_threadpool(
-            lambda: catalog.update_model(reg, name, description=description or "")
+            lambda: reg.update_model(name, description=description or "")
         )
         return {"registered_model": await run_in_threadpool(self._model_json, reg, info)}
 
@@ -367,7 +365,7 @@ class MlflowApi:
         (name,) = self.need(p, "name")
         reg = self.caller(request, "admin", name, "deleting a registered model")
         await run_in_threadpool(self._model_info, reg, name)
-        await run_in_threadpool(catalog.delete_model, reg, name)
+        await run_in_threadpool(reg.delete_model, name)
         return {}
 
     async def set_model_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -376,7 +374,7 @@ class MlflowApi:
         _check_tag(key, value)
         reg = self.caller(request, "contributor", name, "tagging a registered model")
         await run_in_threadpool(self._model_info, reg, name)
-        await run_in_threadpool(lambda: catalog.update_model(reg, name, set_tags={key: value}))
+        await run_in_threadpool(lambda: reg.update_model(name, set_tags={key: value}))
         return {}
 
     async def delete_model_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -384,7 +382,7 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "untagging a registered model")
         info = await run_in_threadpool(self._model_info, reg, name)
         if key in info.tags:  # a tag that is not there: nothing to do, as in MLflow
-            await run_in_threadpool(lambda: catalog.update_model(reg, name, delete_tags=[key]))
+            await run_in_threadpool(lambda: reg.update_model(name, delete_tags=[key]))
         return {}
 
     async def search_models(self, request: Request, p: dict[str, Any]) -> Any:
@@ -465,11 +463,11 @@ class MlflowApi:
             _check_tag(key, value)
         await run_in_threadpool(self._model_info, reg, name)
         storage = await run_in_threadpool(self._storage, request, source)
-        values: dict[str, Any] = {
-            "manifest": [],
+        values = VersionValues(
+            manifest=(),
             # Each MLflow create is a new version: the request time keeps identical
             # sources from collapsing into one Tether version.
-            "flavor": {
+            flavor={
                 "name": "mlflow",
                 "source": source,
                 **({"storage_location": storage} if storage else {}),
@@ -478,20 +476,19 @@ class MlflowApi:
                 "created_ms": time.time_ns() // 1000,
                 "framework_packages": [],
             },
-            "signature": None,
-            "input_example": None,
-            "params": {},
-            "metrics": {},
-            "data": {},
-            "lineage": {
+            signature=None,
+            input_example=None,
+            params={},
+            metrics={},
+            data={},
+            lineage={
                 "mlflow": {"run_id": _optional(p, "run_id"), "model_id": _optional(p, "model_id")}
             },
-            "environment": {},
-            "tags": tags,
-            "notes": _optional(p, "description") or "",
-            "author": reg.actor,
-        }
-        version = await run_in_threadpool(commit_version, reg, name, values, None)
+            environment={},
+            tags=tags,
+            notes=_optional(p, "description") or "",
+        )  # the author is the caller, the registry's actor
+        version = await run_in_threadpool(reg.commit, name, values, None)
         return {"model_version": version_json(version)}
 
     async def get_version(self, request: Request, p: dict[str, Any]) -> Any:
@@ -506,7 +503,7 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "updating a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
         updated = await run_in_threadpool(
-            lambda: catalog.update_version(reg, v.ref, notes=description)
+            lambda: reg.update_version(v.ref, notes=description)
         )
         return {"model_version": await run_in_threadpool(self._version_json, reg, updated)}
 
@@ -522,7 +519,7 @@ class MlflowApi:
                 f"{', '.join(v.aliases)}. Delete the alias first (delete_registered_model_alias) "
                 "or point it at another version (set_registered_model_alias).",
             )
-        await run_in_threadpool(catalog.delete_version, reg, v.ref)
+        await run_in_threadpool(reg.delete_version, v.ref)
         return {}
 
     async def set_version_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -531,7 +528,7 @@ class MlflowApi:
         _check_tag(key, value)
         reg = self.caller(request, "contributor", name, "tagging a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
-        await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, set_tags={key: value}))
+        await run_in_threadpool(lambda: reg.update_version(v.ref, set_tags={key: value}))
         return {}
 
     async def delete_version_tag(self, request: Request, p: dict[str, Any]) -> Any:
@@ -539,7 +536,7 @@ class MlflowApi:
         reg = self.caller(request, "contributor", name, "untagging a model version")
         v = await run_in_threadpool(self._version, reg, name, version)
         if key in v.tags:
-            await run_in_threadpool(lambda: catalog.update_version(reg, v.ref, delete_tags=[key]))
+            await run_in_threadpool(lambda: reg.update_version(v.ref, delete_tags=[key]))
         return {}
 
     async def search_versions(self, request: Request, p: dict[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._registry.reference_stats import OTHER
+from .._registry.drift_baseline import OTHER
 
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25

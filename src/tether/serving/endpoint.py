@@ -33,8 +33,8 @@ from .guard import Unprocessable, finite_number
 from .instruments import Instruments
 from .logs import version_fields
 from .pool import LoadedModel, ModelPool
+from .route_slots import RouteSlot
 from .router import WeightedRouter
-from .routes import RouteSlot
 from .shadow import MirrorJob, agree
 from .targets import poll_target, rollback_slot
 

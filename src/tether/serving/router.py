@@ -1,4 +1,7 @@
-"""Choosing a route for a request: weighted, and sticky per request key.
+"""The weighted traffic split: choosing a route for a request, sticky per request key.
+
+What a route serves (its target, loaded versions, window) is a ``RouteSlot``
+in :mod:`.route_slots`.
 
 A request with a key (a user id, a session) always lands on the same route
 while the weights stay the same: the key hashes to a point in [0, 1) and the

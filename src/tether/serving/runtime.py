@@ -22,7 +22,7 @@ from .endpoint import Endpoint
 from .follower import DeploymentFollower
 from .instruments import Instruments
 from .pool import LoadedModel
-from .routes import RouteSlot
+from .route_slots import RouteSlot
 from .shadow import ShadowMirror
 from .targets import poll_target
 

@@ -15,7 +15,7 @@ from .._errors import TetherError
 from .logs import version_fields
 from .pool import LoadedModel
 from .rollback import Breach
-from .routes import RouteSlot
+from .route_slots import RouteSlot
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint

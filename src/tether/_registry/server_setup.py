@@ -1,4 +1,8 @@
-"""Creating and opening the registry behind a server (no registry folder)."""
+"""Creating and opening the registry behind a server (no registry folder).
+
+``Registry.init_server`` and ``Registry.open_server`` call these: a server's
+shell only parses its options and serves what they return.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from .._errors import InvalidInput
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.engine import check_schema, create_engine, upgrade
-from .._registry import roles
-from .._registry.location import RegistryLocation, default_cache_dir
-from .._registry.registry import Registry
+from . import roles
+from .location import RegistryLocation, default_cache_dir
+from .registry import Registry
 
 STORE_SETTING = "server.store"
 
@@ -21,7 +25,7 @@ def _location(db_url: str, store_url: str) -> RegistryLocation:
     )
 
 
-def init_server_registry(
+def init_server(
     db_url: str, store_url: str, admin: str
 ) -> tuple[Registry, dict[str, str]]:
     """Create (or upgrade) the schema, remember the store, make ``admin`` an admin."""
@@ -43,10 +47,10 @@ def init_server_registry(
     return registry, token
 
 
-def open_server_registry(db_url: str, store_url: str | None) -> Registry:
+def open_server(db_url: str, store_url: str | None) -> Registry:
     """The registry a server serves; refuses a schema older or newer than the code."""
     engine = create_engine(db_url)
-    check_schema(engine, where=_redacted(db_url))
+    check_schema(engine, where=redacted_url(db_url))
     engine.dispose()
     probe = Registry(_location(db_url, store_url or "file:///nonexistent"))
     configured = probe.get_setting(STORE_SETTING)
@@ -62,7 +66,8 @@ def open_server_registry(db_url: str, store_url: str | None) -> Registry:
     return Registry(_location(db_url, store))
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
+    """A database URL without its password, for messages."""
     import sqlalchemy as sa
 
     try:

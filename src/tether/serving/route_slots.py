@@ -1,5 +1,7 @@
 """A route (or a shadow) of an endpoint: the target it follows and the version it serves.
 
+Which route a request goes to is :mod:`.router`'s job (the weighted traffic split).
+
 ``current`` is replaced by one assignment once the new version is loaded and
 warmed, so a request that has read it finishes on that version while new
 requests see the next one: the blue-green switch. ``previous`` keeps the

@@ -1,4 +1,4 @@
-"""Reference statistics of a version's inputs, recorded when it is logged with data.
+"""The drift baseline: statistics of a version's inputs, recorded when it is logged with data.
 
 The serving layer compares live inputs against them (PSI, KS) to measure drift.
 Per feature: numeric ones keep decile edges with the fraction of rows in each
