@@ -153,6 +153,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "token": ("server", "token_group", "API tokens for a shared registry (admin only)."),
     "k8s": ("k8s", "k8s_group", "Kubernetes manifests: serving replicas, registry server, KServe."),
     "image": ("k8s", "image_group", "Container build contexts that serve registered versions."),
+    "build": (
+        "k8s",
+        "build",
+        "Write an OCI build context with REF's verified bytes baked in, and build it.",
+    ),
     "ui": (
         "ui",
         "ui",

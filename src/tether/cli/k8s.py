@@ -199,3 +199,142 @@ def image_render(
         + f"  (Python {files.python}, {len(files.packages)} pinned packages)"
     )
     console.print(f"build it: docker build -t IMAGE:TAG {folder}", style="dim")
+
+
+@click.command("build")
+@click.argument("ref")
+@click.option("--tag", "-t", required=True, metavar="IMAGE:TAG", help="The image to build.")
+@click.option("--out", "out", default=None, metavar="DIR",
+              help="Where to write the build context (default: tether-build-NAME).")
+@click.option("--tether", "tether_spec", default=None, metavar="SPEC",
+              help="How the image installs tether: a requirement or a path to a built wheel.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--no-build", is_flag=True,
+              help="Only write the build context (no docker or podman build).")
+@json_option
+@click.pass_context
+@handle_errors
+def build(
+    ctx: click.Context,
+    ref: str,
+    tag: str,
+    out: str | None,
+    tether_spec: str | None,
+    port: int,
+    no_build: bool,
+    as_json: bool,
+) -> None:
+    """Write an OCI build context with REF's verified bytes baked in, and build it.
+
+    The Dockerfile pins the recorded Python and the model's packages, copies
+    the version's files (verified on the way out of the registry), labels the
+    image with name, version and digest, runs as a non-root user with a
+    healthcheck on /readyz, and starts `tether image serve`, which refuses to
+    start if the baked bytes do not hash to the digest the image was built for.
+    Runs `docker build` or `podman build` when one is installed and working.
+    """
+    import subprocess
+
+    from .. import __version__
+    from .._registry.baked import bake
+    from ..k8s import ImageTarget, bake_dockerfile, render_image
+
+    registry = registry_from(ctx)
+    version = registry.get(ref)
+    folder = Path(out or f"tether-build-{version.name}")
+    if folder.exists() and any(folder.iterdir()):
+        raise InvalidInput(f"{folder} is not empty", hint="choose a new --out folder")
+    spec = tether_spec or f"tether=={__version__}"
+    wheel = Path(spec) if spec.endswith(".whl") else None
+    if wheel is not None and not wheel.is_file():
+        raise InvalidInput(f"no wheel at {wheel}", hint="build one: pip wheel --no-deps -w dist .")
+    target = ImageTarget(
+        reference=ref, resolved=version.ref, digest=f"sha:{version.digest}",
+        environment=version.environment,
+        requirements=registry.env_export(version.ref, format="requirements"),
+    )
+    files = render_image([target], serve_target=version.ref, port=port,
+                         tether_requirement=spec, source=ref)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in files.files.items():
+        (folder / name).write_text(body)
+    (folder / "Dockerfile").write_text(bake_dockerfile(
+        files.files["Dockerfile"], ref=version.ref, digest=f"sha:{version.digest}", port=port))
+    (folder / ".dockerignore").write_text(files.files[".dockerignore"] + "!model\n!model/**\n")
+    if wheel is not None:
+        shutil.copy2(wheel, folder / wheel.name)
+    bake(registry, version.ref, folder / "model")
+    engine = None if no_build else _container_engine()
+    built = False
+    if engine is not None:
+        result = subprocess.run([engine, "build", "-t", tag, str(folder)], check=False)
+        if result.returncode != 0:
+            raise InvalidInput(f"`{engine} build` failed (exit {result.returncode})",
+                               hint=f"the context is in {folder}; fix and run it again")
+        built = True
+    report = {"ref": version.ref, "digest": f"sha:{version.digest}", "tag": tag,
+              "context": str(folder), "engine": engine, "built": built,
+              "python": files.python, "packages": files.packages}
+    if as_json:
+        emit_json(report)
+        return
+    console.print(f"{version.ref} (sha:{version.digest[:12]}) baked into {folder}/ "
+                  f"(Python {files.python}, {len(files.packages)} pinned packages)")
+    if built:
+        console.print(f"built {tag} with {engine}")
+    else:
+        why = "--no-build" if no_build else "no working docker or podman here"
+        console.print(f"not built ({why}); run: docker build -t {tag} {folder}")
+
+
+def _container_engine() -> str | None:
+    """docker or podman, when installed and able to build (a daemon that answers)."""
+    import subprocess
+
+    for engine in ("docker", "podman"):
+        if shutil.which(engine) is None:
+            continue
+        probe = subprocess.run([engine, "info"], capture_output=True, check=False, timeout=20)
+        if probe.returncode == 0:
+            return engine
+    return None
+
+
+@image_group.command("serve")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--expect", default=None, metavar="sha:DIGEST",
+              help="The digest the image was built for (default: $TETHER_BAKED_DIGEST).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--trusted", is_flag=True, help="Load code-executing formats (pickle).")
+@handle_errors
+def image_serve(
+    folder: Path, expect: str | None, host: str, port: int, trusted: bool
+) -> None:
+    """Serve the version `tether build` baked into FOLDER, after proving its bytes.
+
+    Every baked file is re-hashed to the record, the record to its digest, and
+    the digest compared with the one the image was built for; any difference
+    refuses to start, naming it. The version is then registered in a private
+    registry under $TETHER_CACHE_DIR and served as `tether serve` would.
+    """
+    import os
+    import tempfile
+
+    from .._registry.baked import read_baked, register_baked
+    from .._registry.location import default_cache_dir
+    from .._registry.registry import Registry
+    from ..serving import serve as run
+    from .serving import _deployment
+
+    version = read_baked(folder, expect or os.environ.get("TETHER_BAKED_DIGEST"))
+    home = default_cache_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="baked-", dir=home)) / ".tether"
+    registry = Registry.init(root, actor="tether-image")
+    served = register_baked(registry, version, folder)
+    console.print(f"{served.ref} (sha:{served.digest[:12]}): every baked byte verified; "
+                  f"serving on http://{host}:{port}", style="dim")
+    deployment = _deployment(f"{served.name}@sha:{served.digest}", host=host, port=port,
+                             trusted=trusted, env_policy=None)
+    run(registry, deployment)

@@ -8,14 +8,16 @@ cluster, a registry or a container engine; ``tether k8s render`` and
 
 from __future__ import annotations
 
-from .image import ImageFiles, ImageTarget, render_image
+from .image import BAKED_DIR, ImageFiles, ImageTarget, bake_dockerfile, render_image
 from .manifests import Manifest, RenderOptions, dump_manifests, render_manifests
 
 __all__ = [
+    "BAKED_DIR",
     "ImageFiles",
     "ImageTarget",
     "Manifest",
     "RenderOptions",
+    "bake_dockerfile",
     "dump_manifests",
     "render_image",
     "render_manifests",

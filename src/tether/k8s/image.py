@@ -216,3 +216,38 @@ def _dockerfile(targets: Sequence[ImageTarget], *, python: str, target: str,
         "CMD " + json.dumps(["serve", target, "--host", "0.0.0.0", "--port", str(port)]),
     ]
     return "\n".join(lines) + "\n"
+
+
+#: Where ``tether build`` puts the baked version inside the image.
+BAKED_DIR = "/opt/tether/model"
+
+
+def bake_dockerfile(dockerfile: str, *, ref: str, digest: str, port: int) -> str:
+    """``dockerfile`` (from ``render_image``) serving the baked version instead of fetching it.
+
+    The verified files and the record go into ``BAKED_DIR``; the image states the
+    digest it was built for, and ``tether image serve`` refuses to start on any
+    other bytes.
+    """
+    lines = dockerfile.rstrip("\n").split("\n")
+    lines = [
+        "# The model bytes are baked in (`tether build`): at start every baked file is"
+        if line.startswith("# The model bytes are not in the image")
+        else "# re-hashed to the digest below; any other bytes refuse to start."
+        if line.startswith("# the registry ($TETHER_URI")
+        else line
+        for line in lines
+        if not line.startswith(("CMD ", "ENTRYPOINT "))
+    ]
+    user = next(i for i, line in enumerate(lines) if line.startswith("USER "))
+    lines[user:user] = [
+        f"COPY model/ {BAKED_DIR}/",
+        f"ENV TETHER_BAKED_DIGEST={digest}",
+        f"LABEL tether.baked={json.dumps(ref)} tether.baked_digest={json.dumps(digest)}",
+    ]
+    lines += [
+        f"ENTRYPOINT {json.dumps(['tether'])}",
+        "CMD " + json.dumps(["image", "serve", BAKED_DIR, "--host", "0.0.0.0",
+                             "--port", str(port)]),
+    ]
+    return "\n".join(lines) + "\n"

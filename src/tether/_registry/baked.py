@@ -1,0 +1,113 @@
+"""Versions baked into a container image, and proving them at start.
+
+``tether build`` writes a version's verified files and its record into the
+build context. At start, ``tether image serve`` re-hashes every baked file
+against the record, re-hashes the record to its digest, compares that with the
+digest the image was built for (``TETHER_BAKED_DIGEST``), and only then
+registers the version in a private registry inside the container and serves
+it. Anything else (a file changed in a layer, a record edited, an image built
+for another version) is a refusal at start, naming what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._digest import file_digest
+from .._errors import IntegrityError, InvalidInput
+from .._identity import require_intact, seal
+from .._metadata import repository as repo
+from .._metadata.audit_log import append_event
+from .._metadata.clock import now_iso
+from .._records import ModelVersion
+from .._semver import SemVer
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+RECORD = "version.json"
+FILES = "files"
+
+#: The record fields a baked version carries besides its files.
+_VALUES = ("flavor", "signature", "input_example", "params", "metrics", "data", "lineage",
+           "environment", "tags", "notes", "author")
+
+
+def bake(registry: Registry, ref: str, folder: Path) -> ModelVersion:
+    """Write ``ref``'s verified files and its record under ``folder``."""
+    version = registry.get(ref)  # re-hashed to its digest on the way out
+    registry.download(version.ref, folder / FILES, progress=False)  # every byte verified
+    (folder / RECORD).write_text(json.dumps(version.to_dict(), indent=2, sort_keys=True) + "\n")
+    return version
+
+
+def read_baked(folder: Path, expected: str | None) -> ModelVersion:
+    """The baked version, once every file and the record hash to ``expected``."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+        version = ModelVersion.from_dict(record)
+    except FileNotFoundError as error:
+        raise InvalidInput(
+            f"{folder} holds no baked version ({RECORD} is missing)",
+            hint="build the image with `tether build REF -t IMAGE`",
+        ) from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(f"the baked record in {folder} is unreadable: {error}") from error
+    require_intact(version)  # the record's manifest hashes to its own digest
+    if expected is not None and version.digest != expected.lower().removeprefix("sha:"):
+        raise IntegrityError(
+            f"this image carries {version.ref} (sha:{version.digest[:12]}), not the "
+            f"{expected[:16]} it was built for",
+            hint="rebuild the image with `tether build`; never edit a baked version",
+        )
+    for entry in version.files:
+        path = folder / FILES / entry.path
+        if not path.is_file() or path.stat().st_size != entry.size:
+            raise IntegrityError(
+                f"baked file {entry.path} of {version.ref} is missing or has the wrong size",
+                hint="rebuild the image with `tether build`",
+            )
+        if file_digest(path) != entry.digest:
+            raise IntegrityError(
+                f"baked file {entry.path} of {version.ref} does not match its digest",
+                hint="a layer changed it after the build; rebuild the image with `tether build`",
+            )
+    return version
+
+
+def register_baked(registry: Registry, version: ModelVersion, folder: Path) -> ModelVersion:
+    """Record a proven baked version in a (private) registry with its own identities.
+
+    The files are stored again; the same bytes cut the same way give the same
+    chunk lists, so the re-sealed digest must be the recorded one.
+    """
+    files_dir = folder / FILES
+    report = registry.store.ingest(files_dir, [f.path for f in version.files])
+    values: dict[str, Any] = {key: getattr(version, key) for key in _VALUES}
+    values["manifest"] = [f.to_dict() for f in sorted(report.files, key=lambda f: f.path)]
+    sealed = seal(values)
+    if sealed["digest"] != version.digest:
+        raise IntegrityError(
+            f"the baked files of {version.ref} store as sha:{sealed['digest'][:12]}, "
+            f"not sha:{version.digest[:12]}",
+            hint="this Tether cuts chunks differently from the one that built the image: "
+            "rebuild the image with this Tether",
+        )
+    semver = SemVer.parse(version.semver)
+    with registry.write() as conn:
+        mid, _ = repo.ensure_model(conn, version.name)
+        row_values = dict(sealed)
+        row_values.update(
+            seq=version.seq, semver=version.semver, major=semver.major, minor=semver.minor,
+            patch=semver.patch, created_at=now_iso(), status="ready",
+        )
+        repo.insert_version(conn, mid, row_values)
+        append_event(
+            conn, actor=registry.actor, action="version.baked", model=version.name,
+            subject=version.ref, after={"digest": f"sha:{version.digest}"},
+            details={"source": str(folder)},
+        )
+    registry.store.release_pin(report.pin)
+    return registry.get(f"{version.name}@sha:{version.digest}")
