@@ -60,6 +60,32 @@ class RegistryAPI(Protocol):
 
     def get(self, ref: str) -> ModelVersion: ...
 
+    def model(self, name: str) -> ModelInfo: ...
+
+    def create_model(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None
+    ) -> ModelInfo: ...
+
+    def update_model(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelInfo: ...
+
+    def delete_model(self, name: str) -> None: ...
+
+    def update_version(
+        self,
+        ref: str,
+        *,
+        notes: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelVersion: ...
+
     def log_model(
         self,
         model: Any,

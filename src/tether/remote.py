@@ -32,14 +32,18 @@ from ._errors import (
     IncompatibleBump,
     IntegrityError,
     InvalidInput,
+    InvalidPath,
     InvalidReference,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     PolicyViolation,
     SchemaMismatch,
     StoreError,
     TetherError,
+    TooDeep,
     Unavailable,
+    UnknownField,
     UnsafeArtifact,
 )
 from ._identity import require_intact
@@ -64,13 +68,18 @@ _ERRORS: dict[str, type[TetherError]] = {
         IncompatibleBump,
         IntegrityError,
         InvalidInput,
+        InvalidPath,
         InvalidReference,
         NotFound,
+        PayloadTooLarge,
         PermissionDenied,
         PolicyViolation,
         SchemaMismatch,
         StoreError,
+        TooDeep,
+        Unauthenticated,
         Unavailable,
+        UnknownField,
         UnsafeArtifact,
     )
 }
@@ -406,15 +415,13 @@ class RemoteRegistry:
                 body = {}
             if not isinstance(body, dict):
                 body = {}
+            # Every code the server sends has its class here; an unknown one (a newer
+            # server) is a plain TetherError.
             cls = _ERRORS.get(str(body.get("error")), TetherError)
-            if body.get("error") == "unauthenticated":
-                cls = PermissionDenied
-            failure = cls(
+            raise cls(
                 body.get("message") or f"HTTP {response.status_code} from {url}",
                 hint=body.get("hint"),
             )
-            failure.code = str(body.get("error") or failure.code)
-            raise failure
         if raw:
             return response.content
         return response.json() if response.content else None
@@ -556,6 +563,49 @@ class RemoteRegistry:
 
     def delete_version(self, ref: str) -> ModelVersion:
         return ModelVersion.from_dict(self._call("delete_version", ref))
+
+    def model(self, name: str) -> ModelInfo:
+        return ModelInfo(**self._call("model", name))
+
+    def create_model(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None
+    ) -> ModelInfo:
+        return ModelInfo(**self._call("create_model", name, description=description, tags=tags))
+
+    def update_model(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelInfo:
+        return ModelInfo(
+            **self._call(
+                "update_model",
+                name,
+                description=description,
+                set_tags=set_tags,
+                delete_tags=delete_tags,
+            )
+        )
+
+    def delete_model(self, name: str) -> None:
+        self._call("delete_model", name)
+
+    def update_version(
+        self,
+        ref: str,
+        *,
+        notes: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelVersion:
+        return ModelVersion.from_dict(
+            self._call(
+                "update_version", ref, notes=notes, set_tags=set_tags, delete_tags=delete_tags
+            )
+        )
 
     # -- aliases ------------------------------------------------------------------
 

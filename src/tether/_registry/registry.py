@@ -37,7 +37,7 @@ from .._metadata.audit_log import (
 from .._metadata.clock import now_iso
 from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
 from .._metadata.schema import audit_head
-from .._records import AliasMove, Event, ModelInfo, ModelVersion
+from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
 from .._store.base import ArtifactStore, StoreStats
@@ -50,6 +50,7 @@ from . import (
     datasets_io,
     deployments,
     env_check,
+    idempotent_commit,
     loading,
     log_version,
     model_files,
@@ -125,6 +126,24 @@ class Registry:
         # Whoever creates a registry administers it; they grant the other roles.
         roles.grant(registry, registry.actor, "admin", None, bootstrap=True)
         return registry
+
+    @classmethod
+    def init_server(
+        cls, db_url: str, store_url: str, admin: str
+    ) -> tuple[Registry, dict[str, str]]:
+        """Create (or upgrade) a server's registry: schema, store, ``admin``, and a token
+        for them (shown once)."""
+        from .server_setup import init_server
+
+        return init_server(db_url, store_url, admin)
+
+    @classmethod
+    def open_server(cls, db_url: str, store_url: str | None = None) -> Registry:
+        """The registry a server serves (the store recorded at init unless given);
+        refuses a schema older or newer than the code."""
+        from .server_setup import open_server
+
+        return open_server(db_url, store_url)
 
     def as_actor(self, actor: str) -> Registry:
         """The same registry (engine, store) acting for another user, e.g. per request."""
@@ -273,6 +292,41 @@ class Registry:
         """One model: description, tags, version count, latest version, aliases."""
         return model_search.model_info(self, name)
 
+    def create_model(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None
+    ) -> ModelInfo:
+        """An empty model (logging a version creates one too); Conflict if it exists."""
+        return catalog.create_model(self, name, description=description, tags=tags)
+
+    def update_model(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelInfo:
+        return catalog.update_model(
+            self, name, description=description, set_tags=set_tags, delete_tags=delete_tags
+        )
+
+    def delete_model(self, name: str) -> None:
+        """Mark ``name`` and its versions deleted (refused while it has aliases)."""
+        catalog.delete_model(self, name)
+
+    def update_version(
+        self,
+        ref: str,
+        *,
+        notes: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        delete_tags: list[str] | None = None,
+    ) -> ModelVersion:
+        """A version's labels (notes, tags): not covered by its digest, so they may change."""
+        return catalog.update_version(
+            self, ref, notes=notes, set_tags=set_tags, delete_tags=delete_tags
+        )
+
     def search_models(
         self,
         *,
@@ -322,11 +376,29 @@ class Registry:
             progress=progress,
         )
 
-    def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
-        """Number and record a version whose bytes are in the store."""
+    def commit(
+        self, name: str, values: dict[str, Any] | VersionValues, bump: str | None
+    ) -> ModelVersion:
+        """Number and record a version whose bytes are in the store.
+
+        ``values`` as JSON (``VersionValues.to_dict``) are checked first: an
+        ``InvalidInput`` names the field that is wrong.
+        """
+        if not isinstance(values, VersionValues):
+            values = VersionValues.from_dict(values)
         version = log_version.commit_version(self, name, values, bump)
         datasets.record_links(self, version)  # datasets: index data= links both ways
         return version
+
+    def commit_once(
+        self, name: str, values: Any, bump: str | None, *, key: str | None
+    ) -> tuple[ModelVersion, bool]:
+        """``commit`` as this registry's actor, at most once per ``key``: (version, replayed).
+
+        What a server runs for a client's commit (the client's ``commit`` sends
+        one key with every retry); the author is the actor, never the values'.
+        """
+        return idempotent_commit.commit_once(self, name, values, bump, key)
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
         with self.read() as conn:

@@ -23,7 +23,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, TetherError
+from .._errors import (
+    Conflict,
+    InvalidInput,
+    InvalidPath,
+    NotFound,
+    PermissionDenied,
+    TetherError,
+)
 
 _READABLE = re.compile(
     r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json)$"
@@ -147,12 +154,10 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
 def check_key(key: str, *, write: bool) -> str:
     pattern = _WRITABLE if write else _READABLE
     if not pattern.match(key):
-        error = InvalidInput(
+        raise InvalidPath(
             f"store key {key!r} is not one a client may {'write' if write else 'read'}",
             hint="keys look like packs/<32 hex>.pack, index/<32 hex>.idx, pins/<32 hex>.json",
         )
-        error.code = "invalid_path"
-        raise error
     return key
 
 
