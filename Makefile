@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test test-torch lint bench-store bench-serving bench-alias bench-cli lock clean
+.PHONY: demo test test-torch lint bench-store bench-serving bench-alias bench-cli bench-oip lock clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-alias: $(VENV)/.installed
 # `tether --help` and `tether versions` start-up, next to `git --version` (hyperfine if present).
 bench-cli: $(VENV)/.installed
 	$(BIN)/python bench/bench_cli.py
+
+# ONNX and XGBoost over the Open Inference Protocol, against MLServer 1.7.1 and
+# `mlflow models serve` (installed, pinned, in bench/out/mlserver-venv on first use; needs wrk).
+bench-oip: $(VENV)/.installed
+	$(BIN)/python bench/bench_oip.py --duration 8 --repeat 2
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
