@@ -96,6 +96,7 @@ class XGBoostFlavor:
         return model
 
     def predict(self, model: Any, data: Any) -> Any:
+        _serving_threads(model)
         if hasattr(model, "get_booster"):  # a scikit-learn wrapper
             return model.predict(_for_names(data, model.get_booster().feature_names))
         import xgboost as xgb
@@ -105,6 +106,23 @@ class XGBoostFlavor:
         if hasattr(data, "columns"):
             return model.predict(xgb.DMatrix(data))
         return model.predict(xgb.DMatrix(as_array(data), feature_names=names))
+
+
+def _serving_threads(model: Any) -> None:
+    """Predict served requests on ``TETHER_XGBOOST_THREADS`` threads (default 1), once.
+
+    XGBoost's OpenMP pool on every core turns a one-row predict from 0.3 ms into
+    16 ms on a busy 2-core machine (bench/bench_oip.py); served requests are small,
+    and concurrency comes from the server (and batching), not from OpenMP.
+    """
+    if getattr(model, "_tether_serving_threads", False):
+        return
+    threads = int(os.environ.get("TETHER_XGBOOST_THREADS", "1"))
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    booster.set_param({"nthread": threads})
+    if hasattr(model, "set_params"):
+        model.set_params(n_jobs=threads)
+    model._tether_serving_threads = True
 
 
 def _for_names(data: Any, names: Sequence[str] | None) -> Any:
