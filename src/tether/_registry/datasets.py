@@ -47,6 +47,7 @@ from .._errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    UnknownField,
 )
 from .._identity import check_manifest, manifest_digest
 from .._metadata.audit_log import append_event
@@ -630,10 +631,8 @@ def _remote_values(values: Any) -> dict[str, Any]:
         raise InvalidInput("values must be a JSON object")
     unknown = set(values) - set(_REMOTE_FIELDS) - {"author", "digest", "files_digest"}
     if unknown:
-        error = InvalidInput(f"unknown field(s) in values: {', '.join(sorted(unknown))}",
-                             hint=f"fields: {', '.join(sorted(_REMOTE_FIELDS))}")
-        error.code = "unknown_field"
-        raise error
+        raise UnknownField(f"unknown field(s) in values: {', '.join(sorted(unknown))}",
+                           hint=f"fields: {', '.join(sorted(_REMOTE_FIELDS))}")
     for key, kind in _REMOTE_FIELDS.items():
         if key not in values:
             raise InvalidInput(f"values.{key} is missing")
