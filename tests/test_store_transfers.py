@@ -66,6 +66,8 @@ class CountingProxy:
                 client.close()
                 continue
             self._open += [client, upstream]
+            for sock in (client, upstream):  # no Nagle delay on small requests
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, upstream, True),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False),

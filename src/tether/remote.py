@@ -202,9 +202,17 @@ class RemoteBlobs:
         self.requests = 0
         #: Transfers tried again after a transient failure (for tests and benches).
         self.retries = 0
+        #: The server answered a pack with no presigned URL: it streams them all.
+        self._streams_packs = False
 
     def _target(self, key: str, method: str) -> str | None:
-        """A presigned URL for ``key`` (cached until near expiry), or None to use the API."""
+        """A presigned URL for ``key`` (cached until near expiry), or None to use the API.
+
+        A server that streams packs itself (a local store) says so once; it is
+        not asked again for every pack.
+        """
+        if self._streams_packs and key.startswith("packs/"):
+            return None
         now = time.time()
         with self._lock:
             cached = self._urls.get((key, method))
@@ -214,6 +222,8 @@ class RemoteBlobs:
         url: str | None = answer.get("url")
         with self._lock:
             self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
+            if url is None and key.startswith("packs/"):
+                self._streams_packs = True
         return url
 
     def _retrying(self, what: str, attempt: Any, *, stored_on_conflict: bool = False) -> Any:

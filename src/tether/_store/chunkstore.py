@@ -382,12 +382,26 @@ class ChunkStore:
         for _attempt in range(4):
             lost = False
             # Sorted, so every process sees the candidates of a chunk in one order.
-            for info in sorted(self.blobs.list("index/"), key=lambda i: i.key):
+            listing = sorted(self.blobs.list("index/"), key=lambda i: i.key)
+            fetched = self._fetch_new_indexes(listing)
+            for info in listing:
                 name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
                 if name in self._seen_files or name in self._pack_sizes:
                     continue
                 try:
-                    if info.size >= len(MAGIC) and info.size != 0 and self._is_merged(info.key):
+                    if info.key in fetched:
+                        # Over a network: fetched at once, one request per file.
+                        raw = fetched[info.key]
+                        if raw is None:
+                            raise NotFound(f"{info.key} is gone")
+                        if is_merged(raw[:len(MAGIC)]):
+                            self._add_segment(name, MergedIndex(name, raw))
+                        else:
+                            data = json.loads(raw)
+                            self._add_index(data["pack"], int(data["size"]), data["chunks"])
+                            with self._lock:
+                                self._journal.add(name)
+                    elif info.size >= len(MAGIC) and self._is_merged(info.key):
                         self._add_segment(name, self._open_segment(info.key, name))
                     else:
                         data = json.loads(self.blobs.get_bytes(info.key))
@@ -402,6 +416,28 @@ class ChunkStore:
                 self._seen_files.add(name)
             if not lost:
                 return
+
+    def _fetch_new_indexes(self, listing: list[Any]) -> dict[str, bytes | None]:
+        """The bytes of the listed index files not read yet, from a network store, fetched
+        a few at a time (None: gone since the listing); nothing for a local store."""
+        keys = [i.key for i in listing
+                if self.blobs.local_path(i.key) is None
+                and (n := i.key.rsplit("/", 1)[-1].removesuffix(".idx")) not in self._seen_files
+                and n not in self._pack_sizes]
+        if not keys:
+            return {}
+
+        def get(key: str) -> bytes | None:
+            try:
+                return self.blobs.get_bytes(key)
+            except NotFound:
+                return None
+
+        if len(keys) == 1:
+            return {keys[0]: get(keys[0])}
+        with ThreadPoolExecutor(max_workers=_READ_THREADS * 2,
+                                thread_name_prefix="tether-index") as pool:
+            return dict(zip(keys, pool.map(get, keys), strict=True))
 
     def _is_merged(self, key: str) -> bool:
         path = self.blobs.local_path(key)
