@@ -221,3 +221,30 @@ def test_the_server_reseals_and_checks_a_remote_commit(folder: Path, tmp_path: P
         assert [v.semver for v in client.dataset_versions("ds")] == ["1.0.0", "1.0.1"]
     finally:
         stop(served)
+
+
+def test_track_and_checkout_a_folder_through_a_server(folder: Path, tmp_path: Path) -> None:
+    from tether._registry.datasets_io import checkout, track
+
+    served = start_server(f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}",
+                          tmp_path)
+    try:
+        client = _client(served, tmp_path / "cache")
+        pointer, first = track(client, folder, name="ds")
+        first_pointer = pointer.read_text()
+        (folder / "README.txt").write_text("edited\n")
+        (folder / "train" / "new.csv").write_text("a\n1\n")
+        _, second = track(client, folder, name="ds")
+        assert second.semver == "1.1.0"
+        csv_before = (folder / "train" / "part-0.csv").stat().st_mtime_ns
+
+        pointer.write_text(first_pointer)  # as after `git checkout` of the first commit
+        (folder / "stray.tmp").write_text("not in any version")
+        assert checkout(client, folder).digest == first.digest
+        assert (folder / "README.txt").read_text() == "toy data\n"
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                      if p.is_file()) == ["README.txt", "train/part-0.csv"]
+        # The unchanged file was checked against its digest and left alone.
+        assert (folder / "train" / "part-0.csv").stat().st_mtime_ns == csv_before
+    finally:
+        stop(served)

@@ -574,6 +574,9 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
         raise NotFound(f"{pointer_file} does not exist", hint="track PATH first")
     pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
     version = pointed_version(registry, pointer)
+    if pointer.get("kind") != "file" and target.is_dir() and not target.is_symlink():
+        _sync_folder(registry, version, target)
+        return version
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
     try:
         folder = scratch / "data"
@@ -587,6 +590,54 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return version
+
+
+def _holds(path: Path, entry: FileEntry) -> bool:
+    """Whether ``path`` is a file holding exactly the bytes ``entry`` names (re-hashed)."""
+    import blake3
+
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size != entry.size:
+            return False
+        hasher = blake3.blake3()
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                hasher.update(block)
+    except OSError:
+        return False
+    return bool(hasher.hexdigest() == entry.digest)
+
+
+def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -> None:
+    """Make folder ``target`` hold ``version``: write only the files that differ.
+
+    A file already holding the version's bytes (same size, same BLAKE3) stays;
+    the others are materialized (every byte verified) beside it and moved in;
+    files the version lacks go (folders a dataset never takes, like .git, stay).
+    """
+    wanted = {entry.path: entry for entry in version.files}
+    stale = [entry for entry in version.files if not _holds(target / entry.path, entry)]
+    for item in sorted(target.rglob("*"), reverse=True):
+        rel = item.relative_to(target)
+        if any(part in (".git", ".tether") for part in rel.parts):
+            continue
+        if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+            item.unlink()
+        elif item.is_dir() and not item.is_symlink() and not any(item.iterdir()):
+            item.rmdir()
+    if not stale:
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
+    try:
+        registry.store.materialize(stale, scratch / "data", label=f"dataset {version.ref}")
+        for entry in stale:
+            destination = target / entry.path
+            if destination.is_dir() and not destination.is_symlink():
+                shutil.rmtree(destination)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / "data" / entry.path, destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def open_dataset(
