@@ -120,6 +120,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "data_group",
         "Versioned datasets: add, list, show, diff, promote, track in git, read back.",
     ),
+    "push": (
+        "data",
+        "push",
+        "Add each tracked path whose bytes changed as a new version; rewrite its pointer.",
+    ),
+    "pull": (
+        "data",
+        "pull",
+        "Write every tracked path that is missing or stale from the version its pointer names.",
+    ),
     "db": ("manage", "db_group", "The metadata database's schema."),
     "import": ("importer", "import_group", "Import models from another registry (MLflow)."),
     "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),

@@ -1,4 +1,5 @@
-"""Dataset commands: `tether data add/list/versions/show/diff/promote/track/checkout`."""
+"""Dataset commands: `tether data add/list/versions/show/diff/promote`, and git: track,
+checkout, push, pull."""
 
 from __future__ import annotations
 
@@ -301,3 +302,79 @@ def checkout(ctx: click.Context, path: str, as_json: bool) -> None:
     else:
         console.print(f"{path} ← {version.ref} ({human_bytes(version.size)})")
 
+
+
+_SYNC_MARK = {"pushed": "↑", "pulled": "↓", "up-to-date": "=", "missing": "?", "failed": "!"}
+
+
+def _render_sync(done: list[Any], verb: str) -> None:
+    import sys
+
+    if not done:
+        console.print("no pointers here: track data with `tether data track PATH`")
+        return
+    for item in done:
+        line = f"{_SYNC_MARK.get(item.status, ' ')} {item.path}  {item.dataset}@{item.version}"
+        if item.status == "pushed":
+            line += f"  (was {item.previous}; commit {item.path}.tether)"
+        elif item.status == "missing":
+            line += "  (not in the working tree: nothing to push)"
+        elif item.status == "failed":
+            line += f"  FAILED: {item.error}"
+        else:
+            line += f"  {item.status}"
+        console.print(line, markup=False)
+    moved = sum(1 for item in done if item.status in ("pushed", "pulled"))
+    failed = sum(1 for item in done if item.status == "failed")
+    console.print(f"{moved} {verb}, {len(done) - moved - failed} unchanged"
+                  + (f", {failed} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
+@data_group.command("push")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--notes", default="", help="Free text kept with each new version.")
+@json_option
+@click.pass_context
+@handle_errors
+def push(ctx: click.Context, paths: tuple[Path, ...], notes: str, as_json: bool) -> None:
+    """Add each tracked path whose bytes changed as a new version; rewrite its pointer.
+
+    Looks at every *.tether pointer git knows in this work tree (or only those
+    of PATHS); a path still holding the bytes its pointer names is left alone.
+    Commit the rewritten pointers afterwards. Exits 1 if any push failed.
+    """
+    from .._registry.data_sync import push as push_pointers
+
+    done = push_pointers(registry_from(ctx), only=list(paths) or None, notes=notes)
+    if as_json:
+        emit_json([item.to_dict() for item in done])
+        if any(item.status == "failed" for item in done):
+            raise SystemExit(1)
+        return
+    _render_sync(done, "pushed")
+
+
+@data_group.command("pull")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+@handle_errors
+def pull(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Write every tracked path that is missing or stale from the version its pointer names.
+
+    Like `tether data checkout` for every *.tether pointer at the current git
+    revision (or only those of PATHS), each byte verified; paths already holding
+    those bytes are re-hashed and left alone. After `git switch`, this brings
+    that branch's data. Exits 1 if any pull failed.
+    """
+    from .._registry.data_sync import pull as pull_pointers
+
+    done = pull_pointers(registry_from(ctx), only=list(paths) or None)
+    if as_json:
+        emit_json([item.to_dict() for item in done])
+        if any(item.status == "failed" for item in done):
+            raise SystemExit(1)
+        return
+    _render_sync(done, "pulled")

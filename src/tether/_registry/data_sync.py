@@ -1,0 +1,169 @@
+"""`tether data push` / `pull`: every pointer of a git work tree against the registry.
+
+A pointer (``PATH.tether``, written by ``tether data track``) names a dataset
+version by digest. ``push`` looks at each tracked path in the work tree: when
+its bytes are no longer the ones the pointer names, it adds them as the next
+version of that dataset and rewrites the pointer (for git to commit). ``pull``
+does the reverse: every tracked path that is missing or holds other bytes is
+written from the version its pointer names, each byte verified; paths that
+already hold those bytes are left alone (re-hashed, not trusted by date).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InvalidInput, NotFound, TetherError
+from .datasets_io import (
+    POINTER_SUFFIX,
+    _holds,
+    checkout,
+    pointed_version,
+    pointer_text,
+    read_pointer,
+)
+
+if TYPE_CHECKING:
+    from .datasets import DatasetVersion
+    from .datasets_io import AnyRegistry
+
+
+@dataclass
+class Synced:
+    """What push or pull did with one pointer."""
+
+    path: str  # the tracked path, relative to the work tree's top
+    dataset: str
+    version: str  # the semver the pointer names after the command
+    digest: str
+    #: pushed | pulled | up-to-date | missing (push: nothing in the tree) | failed
+    status: str
+    previous: str | None = None  # push: the version the pointer named before
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def work_tree(start: str | Path | None = None) -> Path:
+    where = Path(start or Path.cwd()).absolute()
+    result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where,
+                            capture_output=True, check=False, timeout=60)
+    if result.returncode != 0:
+        raise InvalidInput(f"{where} is not inside a git work tree",
+                           hint="run it inside the repository whose pointers to use")
+    return Path(result.stdout.decode().strip())
+
+
+def pointers(top: Path, only: list[Path] | None = None) -> list[Path]:
+    """The ``*.tether`` pointers git knows at the current revision (plus new, unignored ones).
+
+    ``only``: keep the pointers of these paths or of paths under them.
+    """
+    result = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+         f"*{POINTER_SUFFIX}"],
+        cwd=top, capture_output=True, check=False, timeout=300,
+    )
+    if result.returncode != 0:
+        raise InvalidInput(f"git ls-files failed in {top}: {result.stderr.decode().strip()}")
+    found = sorted({top / name for name in result.stdout.decode().split("\0") if name})
+    found = [p for p in found if p.is_file()]  # deleted in the tree, not yet committed
+    if only:
+        wanted = [p.absolute() for p in only]
+        found = [
+            p for p in found
+            if any(_tracked(p) == w or w in _tracked(p).parents for w in wanted)
+        ]
+    return found
+
+
+def _tracked(pointer: Path) -> Path:
+    return pointer.with_name(pointer.name.removesuffix(POINTER_SUFFIX))
+
+
+def holds(target: Path, version: DatasetVersion, kind: str) -> bool:
+    """Whether ``target`` holds exactly ``version``'s bytes (every file re-hashed)."""
+    if kind == "file":
+        return len(version.files) == 1 and _holds(target, version.files[0])
+    if not target.is_dir() or target.is_symlink():
+        return False
+    wanted = {entry.path for entry in version.files}
+    for item in target.rglob("*"):
+        rel = item.relative_to(target)
+        if any(part in (".git", ".tether") for part in rel.parts):
+            continue
+        if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+            return False
+    return all(_holds(target / entry.path, entry) for entry in version.files)
+
+
+def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
+    pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
+    target = _tracked(pointer_file)
+    return target, target.relative_to(top).as_posix(), pointer
+
+
+def _known(registry: AnyRegistry, pointer: dict[str, Any]) -> DatasetVersion | None:
+    try:
+        return pointed_version(registry, pointer)
+    except NotFound:
+        return None
+
+
+def push(
+    registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None,
+    notes: str = "",
+) -> list[Synced]:
+    """Add the tracked paths whose bytes differ from their pointer; rewrite those pointers."""
+    top = work_tree(start)
+    done = []
+    for pointer_file in pointers(top, only):
+        target, rel, pointer = _entry(top, pointer_file)
+        kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
+        named = str(pointer.get("version") or "?")
+        if not target.exists():
+            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "missing"))
+            continue
+        current = _known(registry, pointer)
+        if current is not None and holds(target, current, kind):
+            done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
+                               "up-to-date"))
+            continue
+        try:
+            added = registry.add_dataset(target, str(pointer["dataset"]), notes=notes)
+        except TetherError as error:
+            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
+                               error=error.message))
+            continue
+        pointer_file.write_text(pointer_text(added, kind))
+        done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
+                           previous=named))
+    return done
+
+
+def pull(
+    registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None
+) -> list[Synced]:
+    """Write every missing or stale tracked path from the version its pointer names."""
+    top = work_tree(start)
+    done = []
+    for pointer_file in pointers(top, only):
+        target, rel, pointer = _entry(top, pointer_file)
+        kind = str(pointer.get("kind") or "file")
+        try:
+            version = pointed_version(registry, pointer)
+            if holds(target, version, kind):
+                done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}",
+                                   "up-to-date"))
+                continue
+            checkout(registry, target)
+        except TetherError as error:
+            done.append(Synced(rel, str(pointer["dataset"]), str(pointer.get("version") or "?"),
+                               str(pointer["digest"]), "failed", error=error.message))
+            continue
+        done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}", "pulled"))
+    return done

@@ -1,0 +1,139 @@
+"""`tether data push` / `pull` over the pointers of a real git repository made here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tether
+from tether._registry.datasets_io import track
+from tether.cli import cli
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in {
+        "GIT_AUTHOR_NAME": "Data Tester",
+        "GIT_AUTHOR_EMAIL": "data@test",
+        "GIT_COMMITTER_NAME": "Data Tester",
+        "GIT_COMMITTER_EMAIL": "data@test",
+        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text("/.tether\n")
+    monkeypatch.chdir(root)
+    return root
+
+
+def commit_all(root: Path, message: str) -> None:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+
+
+def run(repo: Path, *args: str, code: int = 0) -> Any:
+    result = CliRunner().invoke(cli, ["--registry", str(repo / ".tether"), *args])
+    assert result.exit_code == code, result.output
+    return json.loads(result.output) if "--json" in args else result.output
+
+
+def by_path(done: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {item["path"]: item for item in done}
+
+
+def test_push_then_pull_across_branches(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = tether.init(repo / ".tether", actor="data@test")
+    train = repo / "data" / "train.csv"
+    images = repo / "data" / "images"
+    train.write_text("a,b\n1,2\n")
+    (images / "cats").mkdir(parents=True)
+    (images / "cats" / "a.txt").write_text("cat a")
+    (images / "dog.txt").write_text("dog")
+    track(reg, train, name="train")
+    track(reg, images, name="images")
+    reg.close()
+    commit_all(repo, "data v1")
+
+    # Nothing changed: push adds nothing and leaves the pointers alone.
+    done = by_path(run(repo, "data", "push", "--json"))
+    assert {p: d["status"] for p, d in done.items()} == {
+        "data/images": "up-to-date", "data/train.csv": "up-to-date"
+    }
+    assert git(repo, "status", "--porcelain") == ""
+
+    # On a branch, edit both; push adds them and rewrites both pointers.
+    git(repo, "checkout", "-q", "-b", "more")
+    train.write_text("a,b\n1,2\n3,4\n")
+    (images / "cats" / "b.txt").write_text("cat b")
+    done = by_path(run(repo, "data", "push", "--json"))
+    assert done["data/train.csv"]["status"] == "pushed"
+    assert done["data/train.csv"]["previous"] == "1.0.0"
+    assert done["data/train.csv"]["version"] == "1.1.0"
+    assert done["data/images"]["status"] == "pushed"
+    assert sorted(line.strip() for line in git(repo, "status", "--porcelain").splitlines()) == [
+        "M data/images.tether", "M data/train.csv.tether"
+    ]
+    assert f"digest: {done['data/train.csv']['digest']}" in (
+        repo / "data" / "train.csv.tether"
+    ).read_text()
+    commit_all(repo, "data v2")
+    # Only the paths asked for: nothing more to push there.
+    assert run(repo, "data", "push", "data/images", "--json")[0]["status"] == "up-to-date"
+
+    # Back on main: the pointers say v1, the tree still holds v2 -> pull rewrites it.
+    git(repo, "checkout", "-q", "main")
+    done = by_path(run(repo, "data", "pull", "--json"))
+    assert {p: (d["status"], d["version"]) for p, d in done.items()} == {
+        "data/images": ("pulled", "1.0.0"), "data/train.csv": ("pulled", "1.0.0")
+    }
+    assert train.read_text() == "a,b\n1,2\n"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()) == [
+        "cats/a.txt", "dog.txt"
+    ]
+    # Pulled again: every byte re-hashed and found in place, nothing written.
+    assert {d["status"] for d in run(repo, "data", "pull", "--json")} == {"up-to-date"}
+
+    # A fresh clone has only the pointers; pull (the top-level spelling) brings the bytes.
+    clone = repo.parent / "clone"
+    git(repo.parent, "clone", "-q", "-b", "more", str(repo), str(clone))
+    assert not (clone / "data" / "train.csv").exists()
+    monkeypatch.chdir(clone)
+    output = run(repo, "pull")
+    assert "↓ data/train.csv  train@1.1.0" in output and "2 pulled, 0 unchanged" in output
+    assert (clone / "data" / "train.csv").read_text() == "a,b\n1,2\n3,4\n"
+    assert (clone / "data" / "images" / "cats" / "b.txt").read_text() == "cat b"
+    assert git(clone, "status", "--porcelain") == ""
+
+
+def test_pull_reports_a_pointer_the_registry_lacks(repo: Path, tmp_path: Path) -> None:
+    other = tether.init(tmp_path / "elsewhere", actor="data@test")
+    train = repo / "data" / "train.csv"
+    train.write_text("x\n1\n")
+    track(other, train, name="train")
+    other.close()
+    tether.init(repo / ".tether", actor="data@test").close()
+    train.unlink()
+    done = run(repo, "data", "pull", "--json", code=1)
+    assert done[0]["status"] == "failed" and "train" in done[0]["error"]
+    # push with nothing in the tree says so and changes nothing
+    assert run(repo, "data", "push", "--json")[0]["status"] == "missing"
+
+
+def test_push_outside_git_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tether.init(tmp_path / ".tether", actor="data@test").close()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    output = run(tmp_path, "data", "push", code=1)
+    assert "not inside a git work tree" in output
