@@ -130,6 +130,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pull",
         "Write every tracked path that is missing or stale from the version its pointer names.",
     ),
+    "hooks": (
+        "hooks",
+        "hooks_group",
+        "Git hooks: refuse large untracked files on commit, run `tether check` on push.",
+    ),
     "db": ("manage", "db_group", "The metadata database's schema."),
     "import": ("importer", "import_group", "Import models from another registry (MLflow)."),
     "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),
