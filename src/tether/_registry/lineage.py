@@ -45,11 +45,22 @@ def capture_git(cwd: str | Path | None = None) -> dict[str, Any] | None:
     return {
         "repo": top,
         "remote": _git(["config", "--get", "remote.origin.url"], where),
-        "branch": _git(["rev-parse", "--abbrev-ref", "HEAD"], where),
+        "branch": _branch(where),
         "commit": commit,
         "dirty": bool(status),
         "diff_digest": blake3_hex(diff) if status else None,
     }
+
+
+def _branch(where: Path) -> str | None:
+    """The checked-out branch; on a detached HEAD (CI), the branch CI says it builds."""
+    name = _git(["symbolic-ref", "--quiet", "--short", "HEAD"], where)
+    if name:
+        return name
+    for key in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME", "BRANCH_NAME"):
+        if value := os.environ.get(key):
+            return value
+    return None
 
 
 def current_author() -> str:

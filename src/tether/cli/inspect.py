@@ -77,10 +77,14 @@ def models(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("name")
 @all_option
+@click.option("--branch", default=None, metavar="B",
+              help="Only the versions logged from git branch B.")
 @json_option
 @click.pass_context
 @handle_errors
-def versions(ctx: click.Context, name: str, show_all: bool, as_json: bool) -> None:
+def versions(
+    ctx: click.Context, name: str, show_all: bool, branch: str | None, as_json: bool
+) -> None:
     """List the versions of model NAME, oldest first."""
     registry = registry_from(ctx)
     if show_all:
@@ -89,6 +93,8 @@ def versions(ctx: click.Context, name: str, show_all: bool, as_json: bool) -> No
         found = versions_with_deleted(_embedded(registry, "--all"), name)
     else:
         found = registry.versions(name)
+    if branch is not None:
+        found = [v for v in found if (v.lineage.get("git") or {}).get("branch") == branch]
     if as_json:
         emit_json([v.to_dict(with_environment=False) for v in found])
         return
