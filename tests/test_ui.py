@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,9 @@ class World:
 
 
 @pytest.fixture
-def world(registry: Registry, iris: tuple[Any, Any]) -> Iterator[World]:
+def world(any_registry: Registry, iris: tuple[Any, Any]) -> Iterator[World]:
+    """The same small world on SQLite, then on a fresh PostgreSQL database."""
+    registry = any_registry
     X, _ = iris
     registry.log_model(
         fit_logreg(iris), "iris", metrics={"acc": 0.95, "f1": 0.9}, input_example=X.head(3),
@@ -454,3 +457,114 @@ def test_audit_chain_result_is_kept_until_the_chain_grows(world: World) -> None:
         assert again["fresh"] is True and again["ok"] is True
     finally:
         views.ChainVerifier.AUTO_EVENTS = original
+
+
+# -- the UI served by a real `tether server` process -----------------------------------
+
+
+def test_ui_served_by_a_real_tether_server_at_the_root(
+    pg_database: str, tmp_path: Path, iris: tuple[Any, Any]
+) -> None:
+    import httpx
+
+    from .test_server import start_server, stop
+
+    server = start_server(pg_database, f"file://{tmp_path / 'objects'}", tmp_path)
+    try:
+        server.client().log_model(fit_logreg(iris), "iris", metrics={"acc": 0.9}, progress=False)
+        with httpx.Client(base_url=server.url, timeout=30) as browser:
+            assert browser.get("/models/iris").status_code == 303  # not signed in
+            login = browser.post("/login", data={"token": server.admin_token, "next": "/"})
+            assert login.status_code == 303 and "HttpOnly" in login.headers["set-cookie"]
+            page = browser.get("/models/iris")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert 'data-testid="principal">root@team<' in page.text and "1.0.0" in page.text
+            assert "promote-form" in browser.get("/models/iris/versions/1.0.0").text
+            # The API next to it is untouched by the mount.
+            assert server.api("GET", "/api/v1/health").status_code == 200
+
+            form = {"version": "1.0.0", "alias": "staging", "reason": "forged", "create": "1"}
+            assert browser.post("/models/iris/promote", data=form).status_code == 403
+            csrf = _csrf(browser.get("/models/iris/versions/1.0.0").text)
+            cross = browser.post(
+                "/models/iris/promote", data={**form, "csrf": csrf},
+                headers={"origin": "https://evil.example"},
+            )
+            assert cross.status_code == 403
+            # A forged request from another site carries no cookie (SameSite=Strict) and no
+            # token; a bearer token alone does not make a UI session either.
+            anonymous = httpx.post(
+                f"{server.url}/models/iris/promote", data={**form, "csrf": csrf},
+                headers={"authorization": f"Bearer {server.admin_token}"}, timeout=30,
+            )
+            assert anonymous.status_code == 401
+            assert "staging" not in server.client().get("iris@1.0.0").aliases
+
+            done = browser.post("/models/iris/promote", data={**form, "csrf": csrf,
+                                                             "reason": "from the UI"})
+            assert done.status_code == 200, done.text
+        event = server.client().audit_log(model="iris", limit=1)[0]
+        assert (event.action, event.actor) == ("alias.set", "root@team")
+        assert event.details["reason"] == "from the UI"
+    finally:
+        stop(server)
+
+
+def test_version_summaries_match_whole_versions(world: World) -> None:
+    from tether._registry.model_search import version_summaries
+
+    reg = world.registry
+    reg.promote("iris@1.0.0", "production", reason="first", create=True)
+    whole = reg.versions("iris")
+    light = version_summaries(reg, "iris")
+    assert [(s.ref, s.seq, s.short_digest, s.metrics, s.aliases, s.status, s.author)
+            for s in light] == [
+        (v.ref, v.seq, v.short_digest, v.metrics, v.aliases, v.status, v.author) for v in whole
+    ]
+    assert light[0].aliases == ("production",)
+    with pytest.raises(Exception, match="no model named"):
+        version_summaries(reg, "nope")
+
+
+def test_the_indexes_big_registries_need_are_there(world: World) -> None:
+    import sqlalchemy as sa
+
+    inspector = sa.inspect(world.registry.engine)
+    found = {
+        (table, index["name"], tuple(index["column_names"]))
+        for table in ("versions", "events", "alias_moves", "aliases", "models")
+        for index in inspector.get_indexes(table)
+    }
+    assert {
+        ("versions", "ix_versions_model_status_seq", ("model_id", "status", "seq")),
+        ("events", "ix_events_model_id", ("model", "id")),
+        ("alias_moves", "ix_alias_moves_model_alias_id", ("model_id", "alias", "id")),
+        ("aliases", "ix_aliases_name", ("name",)),
+        ("models", "ix_models_updated_at", ("updated_at",)),
+        ("models", "ix_models_created_at", ("created_at",)),
+    } <= found
+
+
+def test_version_page_shows_valid_signatures(world: World, tmp_path: Path) -> None:
+    from tether._signing import generate_key
+
+    private, public, _ = generate_key(tmp_path / "release")
+    world.registry.trust_key("release", public.read_text())
+    world.registry.sign("iris@1.1.0", str(private))
+    client = world.client("rita")
+    signed = client.get("/models/iris/versions/1.1.0.json").json()["signatures"]
+    assert signed == {"valid": ["release"], "problems": []}
+    assert "Signed by: release" in client.get("/models/iris/versions/1.1.0").text
+    assert client.get("/models/iris/versions/1.0.0.json").json()["signatures"]["valid"] == []
+
+
+def test_all_models_in_three_queries_answers_as_list_models(world: World) -> None:
+    from tether._registry.model_search import all_models
+
+    reg = world.registry
+    reg.promote("iris@1.1.0", "production", reason="first", create=True)
+    reg.delete_version("iris@1.0.0")
+    assert all_models(reg) == reg.models()
+    iris = next(m for m in all_models(reg) if m.name == "iris")
+    assert (iris.version_count, iris.latest, iris.aliases) == (1, "1.1.0", {"production": "1.1.0"})
+    assert reg.search_models(query="iris")[1] == [iris]

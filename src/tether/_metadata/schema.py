@@ -34,6 +34,8 @@ models = Table(
     Column("created_at", String(32), nullable=False),
     Column("updated_at", String(32), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
+    Index("ix_models_updated_at", "updated_at"),  # model lists sorted by change (0008)
+    Index("ix_models_created_at", "created_at"),  # (0008)
 )
 
 versions = Table(
@@ -65,6 +67,8 @@ versions = Table(
     UniqueConstraint("model_id", "seq", name="uq_versions_model_seq"),
     UniqueConstraint("model_id", "semver", name="uq_versions_model_semver"),
     Index("ix_versions_digest", "digest"),
+    # Counts and latest versions of a page of models, from the index alone (0008).
+    Index("ix_versions_model_status_seq", "model_id", "status", "seq"),
 )
 
 aliases = Table(
@@ -77,6 +81,7 @@ aliases = Table(
     Column("updated_by", String(256), nullable=False),
     # Bumped on every move: the cheap ETag of an alias read.
     Column("generation", Integer, nullable=False, default=1),
+    Index("ix_aliases_name", "name"),  # models that have a given alias (0008)
 )
 
 alias_moves = Table(
@@ -93,7 +98,7 @@ alias_moves = Table(
     Column("actor", String(256), nullable=False),
     Column("reason", Text, nullable=False, default=""),
     Column("moved_at", String(32), nullable=False),
-    Index("ix_alias_moves_model_alias", "model_id", "alias"),
+    Index("ix_alias_moves_model_alias_id", "model_id", "alias", "id"),  # history order (0008)
 )
 
 events = Table(
@@ -110,7 +115,7 @@ events = Table(
     Column("details", Text, nullable=False, default="{}"),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    Index("ix_events_model", "model"),
+    Index("ix_events_model_id", "model", "id"),  # one model's newest events (0008)
 )
 
 # One row: the newest event's id and hash. Appending locks it, which orders

@@ -5,20 +5,23 @@ API that shows 50 models at a time must not pay for 1,000 (or walk 100,000
 versions) on each request. Here the filters run over the models table alone
 (name, description and tags are columns of it, the alias filter is one
 indexed lookup), and the version counts, latest versions and alias targets
-are read for the page's models only, three queries in all.
+are read for the page's models only, four queries in all.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .._errors import InvalidInput, NotFound
+from .._metadata.repository import aliases_by_version
 from .._metadata.schema import aliases, models, versions
 from .._records import ModelInfo
+from .resolve import require_model
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -40,36 +43,42 @@ def _tags_match(raw: str | None, key: str, value: str | None) -> bool:
     return key in tags and (value is None or str(tags[key]) == value)
 
 
-def _infos(conn: sa.Connection, rows: Sequence[sa.Row[Any]]) -> list[ModelInfo]:
-    """ModelInfo for a handful of model rows, in three queries whatever their number."""
+def _infos(
+    conn: sa.Connection, rows: Sequence[sa.Row[Any]], *, every: bool = False
+) -> list[ModelInfo]:
+    """ModelInfo for some model rows (``every`` model's), in two queries whatever their number."""
     ids = [row.id for row in rows]
     if not ids:
         return []
-    live = sa.and_(versions.c.model_id.in_(ids), versions.c.status != "deleted")
-    counts = {
-        r.model_id: (r.n, r.top)
-        for r in conn.execute(
-            sa.select(
-                versions.c.model_id,
-                sa.func.count().label("n"),
-                sa.func.max(versions.c.seq).label("top"),
-            )
-            .where(live)
-            .group_by(versions.c.model_id)
+    live = versions.c.status != "deleted"
+    if not every:
+        live = sa.and_(versions.c.model_id.in_(ids), live)
+    # Count and newest sequence number per model (from ix_versions_model_status_seq
+    # alone), joined back to the newest version for its semantic version.
+    counted = (
+        sa.select(
+            versions.c.model_id,
+            sa.func.count().label("n"),
+            sa.func.max(versions.c.seq).label("top"),
         )
-    }
-    wanted = [(mid, top) for mid, (_, top) in counts.items()]
+        .where(live)
+        .group_by(versions.c.model_id)
+        .subquery()
+    )
+    query = sa.select(counted.c.model_id, counted.c.n, versions.c.semver).join(
+        versions,
+        sa.and_(versions.c.model_id == counted.c.model_id, versions.c.seq == counted.c.top),
+    )
+    counts: dict[int, int] = {}
     latest: dict[int, str] = {}
-    if wanted:
-        query = sa.select(versions.c.model_id, versions.c.semver).where(
-            sa.or_(*(sa.and_(versions.c.model_id == m, versions.c.seq == t) for m, t in wanted))
-        )
-        latest = {r.model_id: r.semver for r in conn.execute(query)}
+    for r in conn.execute(query):
+        counts[r.model_id] = r.n
+        latest[r.model_id] = r.semver
     targets: dict[int, dict[str, str]] = {}
     query = (
         sa.select(aliases.c.model_id, aliases.c.name, versions.c.semver)
         .join(versions, versions.c.id == aliases.c.version_id)
-        .where(aliases.c.model_id.in_(ids))
+        .where(sa.true() if every else aliases.c.model_id.in_(ids))
         .order_by(aliases.c.name)
     )
     for r in conn.execute(query):
@@ -82,7 +91,7 @@ def _infos(conn: sa.Connection, rows: Sequence[sa.Row[Any]]) -> list[ModelInfo]:
             tags=json.loads(row.tags) if row.tags else {},
             created_at=row.created_at,
             updated_at=row.updated_at,
-            version_count=counts.get(row.id, (0, None))[0],
+            version_count=counts.get(row.id, 0),
             latest=latest.get(row.id),
             aliases=targets.get(row.id, {}),
         )
@@ -160,6 +169,21 @@ def search_models(
         return total, _infos(conn, page)
 
 
+def all_models(registry: Registry) -> list[ModelInfo]:
+    """Every model (by name) with its counts, latest version and aliases, in three queries.
+
+    What ``list_models`` answers with two queries per model; for a list or a
+    search that has to see every model (MLflow's filters, ``GET /api/v1/models``).
+    """
+    with registry.read() as conn:
+        rows = list(
+            conn.execute(
+                sa.select(models).where(models.c.deleted.is_(False)).order_by(models.c.name)
+            )
+        )
+        return _infos(conn, rows, every=True)
+
+
 def model_info(registry: Registry, name: str) -> ModelInfo:
     """One model's description, tags, counts, latest version and aliases."""
     with registry.read() as conn:
@@ -169,3 +193,64 @@ def model_info(registry: Registry, name: str) -> ModelInfo:
         if row is None:
             raise NotFound(f"no model named {name!r}", hint="see `tether models`")
         return _infos(conn, [row])[0]
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """What a versions table shows of a version: no manifest, environment or lineage."""
+
+    name: str
+    id: int
+    seq: int
+    semver: str
+    digest: str
+    status: str
+    author: str
+    created_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.semver}"
+
+    @property
+    def short_digest(self) -> str:
+        return f"sha:{self.digest[:12]}"
+
+
+def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
+    """A model's live versions by sequence number, for tables, charts and neighbours.
+
+    ``Registry.versions`` decodes every version whole (its manifest, environment
+    with every installed distribution, lineage); a page that shows a table of
+    100 versions spent most of its time there. This reads the few columns a
+    table needs. Anything that loads, verifies or compares a version still
+    goes through ``Registry.get``, which re-hashes it to its digest.
+    """
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        by_version = aliases_by_version(conn, mid)
+        query = (
+            sa.select(
+                versions.c.id, versions.c.seq, versions.c.semver, versions.c.digest,
+                versions.c.status, versions.c.author, versions.c.created_at, versions.c.metrics,
+            )
+            .where(versions.c.model_id == mid, versions.c.status != "deleted")
+            .order_by(versions.c.seq)
+        )
+        return [
+            VersionSummary(
+                name=name,
+                id=row.id,
+                seq=row.seq,
+                semver=row.semver,
+                digest=row.digest,
+                status=row.status,
+                author=row.author,
+                created_at=row.created_at,
+                metrics=json.loads(row.metrics) if row.metrics else {},
+                aliases=tuple(by_version.get(row.id, [])),
+            )
+            for row in conn.execute(query)
+        ]

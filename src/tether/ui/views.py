@@ -18,6 +18,8 @@ from .._errors import InvalidInput, NotFound, TetherError
 from .._metadata.clock import parse_iso
 from .._policy import protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
+from .._registry.compare import diff_versions
+from .._registry.model_search import version_summaries
 from .._registry.registry import Registry
 from .chart import line_chart
 
@@ -179,7 +181,8 @@ def model_page(
     chart_metric: str = "",
 ) -> dict[str, Any]:
     info = registry.model(name)
-    found = registry.versions(name)
+    # The table and the chart need a few columns of each version, not whole versions.
+    found = version_summaries(registry, name)
     metric_names: list[str] = []
     for v in found:
         for key, value in v.metrics.items():
@@ -291,18 +294,24 @@ def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[st
 def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, Any]:
     version = registry.get(ref)
     name = version.name
-    siblings = registry.versions(name)
-    previous = max((v for v in siblings if v.seq < version.seq), key=lambda v: v.seq, default=None)
+    siblings = version_summaries(registry, name)
+    before = max((v for v in siblings if v.seq < version.seq), key=lambda v: v.seq, default=None)
     following = min((v for v in siblings if v.seq > version.seq), key=lambda v: v.seq, default=None)
     production = next((v for v in siblings if "production" in v.aliases), None)
+    # Only the previous version and the production target are read whole (each
+    # through Registry.get, re-hashed): files to count shared bytes, an environment.
+    previous = registry.get(before.ref) if before is not None else None
     env_vs_production = None
     if production is not None and production.id != version.id:
+        target = previous if previous is not None and previous.id == production.id else (
+            registry.get(production.ref)
+        )
         env_vs_production = {
             "target": production.ref,
-            "differences": registry.diff(production.ref, version.ref)["environment"],
+            "differences": diff_versions(target, version)["environment"],
         }
-    valid, problems = registry.signatures(version.ref)
-    trust = registry.trust_facts(version)
+    trust = registry.trust_facts(version)  # checks the signatures of this resolved version
+    valid, problems = list(trust["valid_signers"]), list(trust["signature_problems"])
     events = [event_row(e) for e in registry.audit_log(model=name) if _touches(e, version)]
     approvals = [
         {
@@ -444,7 +453,7 @@ def compare_page(registry: Registry, refs: Sequence[str], *, only_diff: bool) ->
     ]
     compatibility = []
     for old, new in itertools.pairwise(found):
-        diff = registry.diff(old.ref, new.ref)
+        diff = diff_versions(old, new)  # both already resolved (and re-hashed) above
         compatibility.append(
             {
                 "old": old.ref,
