@@ -136,7 +136,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Git hooks: refuse large untracked files on commit, run `tether check` on push.",
     ),
     "db": ("manage", "db_group", "The metadata database's schema."),
-    "import": ("importer", "import_group", "Import models from another registry (MLflow)."),
+    "import": (
+        "importer",
+        "import_group",
+        "Import models from another registry (MLflow), and data from a DVC repository.",
+    ),
     "demo": ("demo", "demo", "Run Tether's main job end to end on scikit-learn's bundled data."),
     "serve": (
         "serving",

@@ -1,4 +1,4 @@
-"""``tether import``: bring models from another registry into this one."""
+"""``tether import``: bring models from another registry, and data from DVC, into this one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ._common import console, emit_json, escape, handle_errors, json_option, reg
 
 @click.group("import")
 def import_group() -> None:
-    """Import models from another registry (MLflow)."""
+    """Import models from another registry (MLflow), and data from a DVC repository."""
 
 
 class _Bar:
@@ -145,3 +145,50 @@ def _render(report: Any) -> None:
     )
     problems = f", {report.problems} problem(s)" if report.problems else ""
     console.print(f"{total} version(s) {verb} from {escape(report.source)}{problems}")
+
+
+_DVC_MARK = {"imported": "+", "unchanged": "=", "planned": "~", "skipped": "-",
+             "missing": "?", "failed": "!"}
+
+
+@import_group.command("dvc")
+@click.argument("repo", default=".", type=click.Path(exists=True, file_okay=False))
+@click.option("--write-pointers", is_flag=True,
+              help="Also write PATH.tether beside each output, for `tether data pull`.")
+@click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
+@json_option
+@click.pass_context
+@handle_errors
+def dvc_command(
+    ctx: click.Context, repo: str, write_pointers: bool, dry_run: bool, as_json: bool
+) -> None:
+    """Register what REPO's .dvc files and dvc.lock outputs point to as dataset versions.
+
+    Bytes come from the DVC cache the repository configures (DVC 3's
+    files/md5 layout or DVC 2's), else its default remote when that is a local
+    folder; every file's MD5 is checked. A dataset is named after the output's
+    file name (its path where two share a name). Running it again adds nothing
+    new. DVC itself is not needed. Exits 1 if anything is missing or failed.
+    """
+    from .._registry.import_dvc import import_dvc
+
+    done = import_dvc(registry_from(ctx), repo, dry_run=dry_run, write_pointers=write_pointers)
+    problems = [d for d in done if d.status in ("missing", "failed")]
+    if as_json:
+        emit_json([d.to_dict() for d in done])
+    else:
+        for d in done:
+            line = f"{_DVC_MARK.get(d.status, ' ')} {d.path}  ({d.source})  "
+            if d.version:
+                line += f"-> {d.dataset}@{d.version} {str(d.digest)[:16]}… {d.files} file(s)"
+            elif d.dataset and d.status == "planned":
+                line += f"-> {d.dataset}"
+            line += f"  {d.status}" + (f": {d.error}" if d.error else "")
+            if d.pointer:
+                line += f"; wrote {d.pointer}"
+            console.print(line, markup=False)
+        counts = {s: sum(1 for d in done if d.status == s) for s in _DVC_MARK}
+        console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no DVC outputs",
+                      markup=False)
+    if problems:
+        sys.exit(1)

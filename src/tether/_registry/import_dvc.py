@@ -1,0 +1,261 @@
+"""`tether import dvc`: register what a DVC repository's pointers name as dataset versions.
+
+Reads every ``*.dvc`` file and every ``dvc.lock`` (the outputs of its stages)
+of a repository, and for each output finds the bytes by MD5 in the cache the
+repository configures (``.dvc/config`` ``[cache] dir``, default ``.dvc/cache``;
+DVC 3's ``files/md5/ab/cdef…`` layout, and DVC 2's ``ab/cdef…``), then in its
+default remote when that is a local folder. A folder output (``….dir``) is
+the JSON listing DVC keeps in the cache, each file found the same way. Every
+file's MD5 is checked before it is added. Outputs kept in git
+(``cache: false``) are skipped; running it again adds nothing new (the same
+bytes are the same version). With ``write_pointers`` each output also gets a
+``PATH.tether`` pointer beside it, so ``tether data pull`` replaces ``dvc pull``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .._errors import InvalidInput, TetherError
+from .datasets_io import pointer_path, pointer_text
+
+if TYPE_CHECKING:
+    from .datasets_io import AnyRegistry
+
+
+@dataclass
+class DvcOut:
+    """One output a ``.dvc`` file or a ``dvc.lock`` stage names."""
+
+    source: str  # the .dvc file, or dvc.lock:STAGE, relative to the repository
+    path: str  # the output's path, relative to the repository
+    md5: str
+    size: int | None
+    cached: bool = True
+
+
+@dataclass
+class Imported:
+    source: str
+    path: str
+    md5: str
+    #: imported | unchanged | planned | skipped | missing | failed
+    status: str
+    dataset: str | None = None
+    version: str | None = None
+    digest: str | None = None
+    files: int | None = None
+    pointer: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InvalidInput(f"cannot read {path}: {error}") from error
+
+
+def _outs(items: Any, base: Path, repo: Path, source: str) -> list[DvcOut]:
+    found = []
+    for out in items or []:
+        if not isinstance(out, dict) or "path" not in out:
+            continue
+        md5 = out.get("md5") or (out.get("hash") if out.get("hash") != "md5" else None)
+        rel = (base / str(out["path"])).resolve().relative_to(repo.resolve()).as_posix()
+        found.append(DvcOut(source, rel, str(md5 or ""),
+                            int(out["size"]) if out.get("size") is not None else None,
+                            cached=out.get("cache", True) is not False))
+    return found
+
+
+def find_outputs(repo: Path) -> list[DvcOut]:
+    """Every output of the repository's ``.dvc`` files and ``dvc.lock`` stages."""
+    found: list[DvcOut] = []
+    for path in sorted(_walk(repo)):
+        rel = path.relative_to(repo).as_posix()
+        body = _load_yaml(path)
+        if not isinstance(body, dict):
+            continue
+        if path.name == "dvc.lock":
+            for stage, record in sorted((body.get("stages") or {}).items()):
+                if isinstance(record, dict):
+                    found += _outs(record.get("outs"), path.parent, repo, f"{rel}:{stage}")
+        else:
+            base = path.parent / str(body.get("wdir") or ".")
+            found += _outs(body.get("outs"), base, repo, rel)
+    return found
+
+
+def _walk(repo: Path) -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in (".git", ".dvc", ".tether")]
+        found += [Path(folder) / f for f in files if f.endswith(".dvc") or f == "dvc.lock"]
+    return found
+
+
+def _config(repo: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    for name in ("config", "config.local"):
+        try:
+            parser.read(repo / ".dvc" / name)
+        except configparser.Error as error:
+            raise InvalidInput(f"cannot read .dvc/{name}: {error}") from error
+    return parser
+
+
+def object_roots(repo: Path) -> list[Path]:
+    """Where objects may be, in order: the cache, then a local default remote."""
+    parser = _config(repo)
+    dvc = repo / ".dvc"
+    cache = parser.get("cache", "dir", fallback=None)
+    roots = [(dvc / cache).resolve() if cache else dvc / "cache"]
+    remote = parser.get("core", "remote", fallback=None)
+    if remote:
+        url = parser.get(f"'remote \"{remote}\"'", "url", fallback=None) or parser.get(
+            f'remote "{remote}"', "url", fallback=None
+        )
+        if url and ("://" not in url or url.startswith("file://")):
+            local = Path(url.removeprefix("file://")).expanduser()
+            roots.append(local if local.is_absolute() else (dvc / local).resolve())
+    return roots
+
+
+def _object(roots: list[Path], md5: str) -> Path | None:
+    for root in roots:
+        for candidate in (root / "files" / "md5" / md5[:2] / md5[2:], root / md5[:2] / md5[2:]):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _copy_checked(source: Path, destination: Path, md5: str) -> None:
+    """Copy ``source`` to ``destination``, refusing bytes whose MD5 is not ``md5``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as reader, destination.open("wb") as writer:
+        while block := reader.read(1 << 20):
+            digest.update(block)
+            writer.write(block)
+    if digest.hexdigest() != md5:
+        raise InvalidInput(f"{source} does not hold the bytes of md5 {md5} "
+                           f"(it hashes to {digest.hexdigest()})",
+                           hint="the DVC cache is corrupt: `dvc fetch` it again")
+
+
+def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]:
+    """Write ``out``'s bytes under ``into``: (the file or folder to add, file count)."""
+    name = PurePosixPath(out.path).name
+    if not out.md5.endswith(".dir"):
+        found = _object(roots, out.md5)
+        if found is None:
+            raise FileNotFoundError(f"md5 {out.md5} is in no cache ({_where(roots)})")
+        _copy_checked(found, into / name, out.md5)
+        return into / name, 1
+    listing_file = _object(roots, out.md5)
+    if listing_file is None:
+        raise FileNotFoundError(f"the listing {out.md5} is in no cache ({_where(roots)})")
+    try:
+        listing = json.loads(listing_file.read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidInput(f"{listing_file} is not a DVC folder listing: {error}") from error
+    folder = into / name
+    folder.mkdir(parents=True)
+    for item in listing:
+        rel = PurePosixPath(str(item["relpath"]))
+        if rel.is_absolute() or ".." in rel.parts:
+            raise InvalidInput(f"{listing_file} names a path outside the folder: {rel}")
+        found = _object(roots, str(item["md5"]))
+        if found is None:
+            raise FileNotFoundError(
+                f"{out.path}/{rel} (md5 {item['md5']}) is in no cache ({_where(roots)})"
+            )
+        _copy_checked(found, folder / rel, str(item["md5"]))
+    return folder, len(listing)
+
+
+def _where(roots: list[Path]) -> str:
+    return ", ".join(str(r) for r in roots)
+
+
+def _dataset_names(outs: list[DvcOut]) -> dict[str, str]:
+    """The output's file name, or its whole path where two outputs share a file name."""
+    def slug(text: str) -> str:
+        cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "data"
+        return (cleaned if cleaned[0].isalnum() else f"d{cleaned}")[:128]
+
+    counts = Counter(PurePosixPath(o.path).name for o in outs)
+    return {
+        o.path: slug(PurePosixPath(o.path).name if counts[PurePosixPath(o.path).name] == 1
+                     else o.path)
+        for o in outs
+    }
+
+
+def import_dvc(
+    registry: AnyRegistry, repo: str | Path = ".", *, dry_run: bool = False,
+    write_pointers: bool = False,
+) -> list[Imported]:
+    root = Path(repo).expanduser().absolute()
+    if not (root / ".dvc").is_dir():
+        raise InvalidInput(f"{root} is not a DVC repository (no .dvc folder)",
+                           hint="give the folder that holds .dvc/")
+    outs = find_outputs(root)
+    roots = object_roots(root)
+    names = _dataset_names([o for o in outs if o.cached])
+    done = []
+    for out in outs:
+        report = Imported(out.source, out.path, out.md5, "planned", dataset=names.get(out.path))
+        done.append(report)
+        if not out.cached:
+            report.status, report.error = "skipped", "cache: false (kept in git)"
+            continue
+        if not out.md5:
+            report.status, report.error = "failed", "no md5 recorded (run `dvc commit`)"
+            continue
+        if dry_run:
+            if _object(roots, out.md5) is None:
+                report.status = "missing"
+            continue
+        scratch = Path(tempfile.mkdtemp(prefix="tether-dvc-"))
+        try:
+            target, count = _materialize(out, roots, scratch)
+            version = registry.add_dataset(
+                target, names[out.path],
+                notes=f"imported from DVC: {out.path} ({out.source}, md5 {out.md5})",
+                tags={"dvc.path": out.path, "dvc.md5": out.md5},
+            )
+        except FileNotFoundError as error:
+            report.status, report.error = "missing", str(error)
+            continue
+        except TetherError as error:
+            report.status, report.error = "failed", error.message
+            continue
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report.status = "imported" if version.bump_reasons else "unchanged"
+        report.version, report.digest = version.semver, f"sha:{version.digest}"
+        report.files = count
+        if write_pointers:
+            pointer = pointer_path(root / out.path)
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            pointer.write_text(pointer_text(version,
+                                            "folder" if out.md5.endswith(".dir") else "file"))
+            report.pointer = pointer.relative_to(root).as_posix()
+    return done

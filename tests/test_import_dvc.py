@@ -1,0 +1,182 @@
+"""`tether import dvc` over a hand-made DVC 3 repository (DVC itself is not installed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tether
+from tether.cli import cli
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def cache_put(cache: Path, data: bytes, suffix: str = "") -> str:
+    """Store ``data`` the way DVC 3 does: cache/files/md5/ab/cdef…"""
+    digest = md5(data) + suffix
+    where = cache / "files" / "md5" / digest[:2] / digest[2:]
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_bytes(data)
+    return digest
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in {
+        "GIT_AUTHOR_NAME": "Dvc User", "GIT_AUTHOR_EMAIL": "dvc@test",
+        "GIT_COMMITTER_NAME": "Dvc User", "GIT_COMMITTER_EMAIL": "dvc@test",
+        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "project"
+    (root / ".dvc").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    (root / ".dvc" / "config").write_text("[core]\n    autostage = true\n")
+    (root / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    cache = root / ".dvc" / "cache"
+
+    # A file added with `dvc add data/train.csv`.
+    train = b"a,b\n1,2\n3,4\n"
+    (root / "data").mkdir()
+    (root / "data" / "train.csv.dvc").write_text(
+        "outs:\n"
+        f"- md5: {cache_put(cache, train)}\n"
+        f"  size: {len(train)}\n"
+        "  hash: md5\n"
+        "  path: train.csv\n"
+    )
+    # A folder added with `dvc add data/images`: a .dir listing plus each file.
+    files = {"cats/a.txt": b"cat a", "dog.txt": b"dog"}
+    listing = [{"md5": cache_put(cache, data), "relpath": rel} for rel, data in files.items()]
+    dir_md5 = cache_put(cache, json.dumps(listing).encode(), suffix=".dir")
+    (root / "data" / "images.dvc").write_text(
+        f"outs:\n- md5: {dir_md5}\n  size: 8\n  nfiles: 2\n  hash: md5\n  path: images\n"
+    )
+    # A pipeline whose stage writes model/features.parquet (one out kept in git).
+    features = b"\x00PAR1 pretend parquet bytes"
+    (root / "dvc.yaml").write_text("stages:\n  featurize:\n    cmd: python featurize.py\n")
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\n"
+        "stages:\n"
+        "  featurize:\n"
+        "    cmd: python featurize.py\n"
+        "    deps:\n"
+        f"    - path: data/train.csv\n      hash: md5\n      md5: {md5(train)}\n"
+        "    outs:\n"
+        "    - path: out/features.parquet\n      hash: md5\n"
+        f"      md5: {cache_put(cache, features)}\n"
+        f"      size: {len(features)}\n"
+        f"    - path: out/summary.json\n      hash: md5\n      md5: {md5(b'{}')}\n"
+        "      size: 2\n      cache: false\n"
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "dvc-tracked data")
+    monkeypatch.chdir(root)
+    tether.init(tmp_path / "reg", actor="dvc@test").close()
+    return root
+
+
+def run(root: Path, *args: str, code: int = 0) -> Any:
+    result = CliRunner().invoke(cli, ["--registry", str(root.parent / "reg"), *args])
+    assert result.exit_code == code, result.output
+    return json.loads(result.output) if "--json" in args else result.output
+
+
+def test_import_dvc_registers_files_folders_and_pipeline_outputs(
+    dvc_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned = run(dvc_repo, "import", "dvc", "--dry-run", "--json")
+    assert {d["path"]: d["status"] for d in planned} == {
+        "data/images": "planned", "data/train.csv": "planned",
+        "out/features.parquet": "planned", "out/summary.json": "skipped",
+    }
+    reg = tether.open(dvc_repo.parent / "reg")
+    assert reg.list_datasets() == []
+    reg.close()
+
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--write-pointers", "--json")}
+    assert done["data/train.csv"]["status"] == "imported"
+    assert done["data/train.csv"]["dataset"] == "train.csv"
+    assert done["data/images"]["files"] == 2
+    assert done["out/features.parquet"]["source"] == "dvc.lock:featurize"
+    assert done["out/summary.json"]["status"] == "skipped"
+
+    reg = tether.open(dvc_repo.parent / "reg")
+    train = reg.get_dataset("train.csv@latest")
+    assert train.tags["dvc.md5"] == md5(b"a,b\n1,2\n3,4\n")
+    with tether.open_dataset("train.csv@latest", "train.csv",
+                             registry=dvc_repo.parent / "reg") as handle:
+        assert handle.read() == b"a,b\n1,2\n3,4\n"
+    images = reg.get_dataset("images@latest")
+    assert sorted(f.path for f in images.files) == ["cats/a.txt", "dog.txt"]
+    reg.close()
+
+    # Again: the same bytes are the same versions.
+    again = run(dvc_repo, "import", "dvc", "--json")
+    assert {d["status"] for d in again if d["path"] != "out/summary.json"} == {"unchanged"}
+
+    # The pointers it wrote let `tether data pull` replace `dvc pull` in a clone.
+    assert (dvc_repo / "data" / "train.csv.tether").is_file()
+    clone = dvc_repo.parent / "clone"
+    git(dvc_repo, "add", "data/train.csv.tether", "data/images.tether",
+        "out/features.parquet.tether")
+    git(dvc_repo, "commit", "-q", "-m", "tether pointers")
+    git(dvc_repo.parent, "clone", "-q", str(dvc_repo), str(clone))
+    monkeypatch.chdir(clone)
+    statuses = {d["path"]: d["status"] for d in run(dvc_repo, "data", "pull", "--json")}
+    assert statuses == {"data/images": "pulled", "data/train.csv": "pulled",
+                        "out/features.parquet": "pulled"}
+    assert (clone / "data" / "images" / "cats" / "a.txt").read_bytes() == b"cat a"
+
+
+def test_missing_and_corrupt_cache_objects_are_reported(dvc_repo: Path) -> None:
+    cache = dvc_repo / ".dvc" / "cache" / "files" / "md5"
+    train = md5(b"a,b\n1,2\n3,4\n")
+    (cache / train[:2] / train[2:]).write_bytes(b"tampered")
+    features = next(p for p in cache.rglob("*") if p.is_file() and p.read_bytes().startswith(
+        b"\x00PAR1"))
+    features.unlink()
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    assert done["data/train.csv"]["status"] == "failed"
+    assert "does not hold the bytes of md5" in done["data/train.csv"]["error"]
+    assert done["out/features.parquet"]["status"] == "missing"
+    assert done["data/images"]["status"] == "imported"
+    output = run(dvc_repo, "import", "dvc", code=1)
+    assert "1 unchanged" in output and "1 missing" in output and "1 failed" in output
+
+
+def test_a_local_default_remote_and_dvc2_layout(dvc_repo: Path, tmp_path: Path) -> None:
+    # Move the cache away into a local remote with DVC 2's flat layout.
+    cache = dvc_repo / ".dvc" / "cache"
+    remote = tmp_path / "dvc-remote"
+    for item in (cache / "files" / "md5").rglob("*"):
+        if item.is_file():
+            target = remote / item.parent.name / item.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            item.rename(target)
+    (dvc_repo / ".dvc" / "config").write_text(
+        "[core]\n    remote = store\n['remote \"store\"']\n    url = ../../dvc-remote\n"
+    )
+    done = {d["path"]: d["status"] for d in run(dvc_repo, "import", "dvc", "--json")}
+    assert done == {"data/images": "imported", "data/train.csv": "imported",
+                    "out/features.parquet": "imported", "out/summary.json": "skipped"}
+
+
+def test_not_a_dvc_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tether.init(tmp_path / "reg").close()
+    (tmp_path / "plain").mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    assert "not a DVC repository" in run(tmp_path / "plain", "import", "dvc", code=1)
