@@ -271,8 +271,8 @@ class Registry:
     # -- models and versions ----------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        with self.read() as conn:
-            return repo.list_models(conn)
+        """Every model with its counts, latest version and aliases (three queries in all)."""
+        return model_search.all_models(self)
 
     def versions(self, name: str) -> list[ModelVersion]:
         with self.read() as conn:
