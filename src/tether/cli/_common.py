@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -142,30 +141,6 @@ def table(
     for row in cells:
         grid.add_row(*row)
     return grid
-
-
-def ago(iso: str | None) -> str:
-    """'3m ago' style ages for tables."""
-    if not iso:
-        return ""
-    from .._metadata.clock import parse_iso
-
-    seconds = (datetime.now(UTC) - parse_iso(iso)).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{max(int(seconds), 0)}s ago"
-
-
-def human_bytes(size: float | None) -> str:
-    if size is None:
-        return ""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def fmt_metrics(metrics: dict[str, Any], limit: int = 3) -> str:

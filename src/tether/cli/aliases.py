@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import ago, console, emit_json, handle_errors, json_option, registry_from, table
+from .._humanize import ago
+from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 if TYPE_CHECKING:
     from .._records import AliasMove

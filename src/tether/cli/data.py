@@ -8,16 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._common import (
-    ago,
-    console,
-    emit_json,
-    handle_errors,
-    human_bytes,
-    json_option,
-    registry_from,
-    table,
-)
+from .._humanize import ago, human_bytes
+from ._common import console, emit_json, handle_errors, json_option, registry_from, table
 
 if TYPE_CHECKING:
     from .._registry.datasets import DatasetVersion

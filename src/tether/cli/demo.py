@@ -10,9 +10,10 @@ from typing import Any
 import click
 
 from .._errors import EnvironmentMismatch
+from .._humanize import human_bytes
 from .._records import ModelVersion
 from .._registry.registry import Registry
-from ._common import console, handle_errors, human_bytes, table
+from ._common import console, handle_errors, table
 from .inspect import render_diff
 
 

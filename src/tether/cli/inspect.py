@@ -6,13 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .._humanize import ago, human_bytes
 from ._common import (
-    ago,
     console,
     emit_json,
     fmt_metrics,
     handle_errors,
-    human_bytes,
     json_option,
     registry_from,
     table,

@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from .._errors import InvalidInput
+from .._humanize import human_bytes
 from .._store.base import GC_KINDS
 from .._store.cache import ChunkCache, parse_size
 from .._store.chunkstore import ChunkStore
-from ._common import console, emit_json, handle_errors, human_bytes, json_option, registry_from
+from ._common import console, emit_json, handle_errors, json_option, registry_from
 
 
 @click.command()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._errors import InvalidInput, NotFound, TetherError
-from .._metadata.clock import parse_iso
+from .._humanize import ago, human_bytes
 from .._policy import protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
 from .._registry.compare import diff_versions
@@ -75,30 +75,6 @@ class Permissions:
 
 
 # -- small helpers --------------------------------------------------------------
-
-
-def ago(iso: str | None) -> str:
-    if not iso:
-        return ""
-    try:
-        seconds = (datetime.now(UTC) - parse_iso(iso)).total_seconds()
-    except (ValueError, TypeError):
-        return iso
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{max(int(seconds), 0)}s ago"
-
-
-def human_bytes(size: float | None) -> str:
-    if size is None:
-        return ""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def fmt(value: Any) -> str:

@@ -1,0 +1,33 @@
+"""How times and sizes read to a person: `3h ago`, `1.5 MiB`. Shared by the CLI and the UI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def ago(iso: str | None) -> str:
+    """``2026-11-26T06:00:00Z`` as ``3h ago``; text that is not a time comes back as it is."""
+    if not iso:
+        return ""
+    from ._metadata.clock import parse_iso  # lazily: the CLI's start-up stays light
+
+    try:
+        seconds = (datetime.now(UTC) - parse_iso(iso)).total_seconds()
+    except (ValueError, TypeError):
+        return iso
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
+
+
+def human_bytes(size: float | None) -> str:
+    """A byte count in binary units: ``512 B``, ``1.5 MiB``."""
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
