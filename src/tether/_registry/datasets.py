@@ -73,6 +73,7 @@ from .._semver import BumpLevel, SemVer, resolve_bump
 from .._store.base import FileEntry
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
+from .stat_cache import StatCache
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -547,13 +548,33 @@ def prepare_dataset(
     """
     source_path = Path(path).expanduser().absolute()
     root, paths = _files_under(source_path)
-    tables = {}
+    tables: dict[str, Any] = {}
+    # Files whose stat has not changed since they were stored are not read again.
+    cache = StatCache.for_store(store)
+    unchanged: dict[str, FileEntry] = {}
     for rel in paths:
+        hit = cache.lookup(root / rel, rel) if cache is not None else None
+        if hit is not None:
+            unchanged[rel] = hit[0]
+            if hit[1] is not None:
+                tables[rel] = hit[1]
+    if unchanged:  # only while the store still holds their chunks
+        gone = store.missing({c.digest for e in unchanged.values() for c in e.chunks})
+        for rel in [r for r, e in unchanged.items() if any(c.digest in gone for c in e.chunks)]:
+            del unchanged[rel]
+            tables.pop(rel, None)
+    todo = [rel for rel in paths if rel not in unchanged]
+    for rel in todo:
         facts = table_facts(root / rel)
         if facts is not None:
             tables[rel] = facts
-    report = store.ingest(root, paths, progress=progress)
-    files = tuple(sorted(report.files, key=lambda f: f.path))
+    report = store.ingest(root, todo, progress=progress,
+                          pin_also={c.digest for e in unchanged.values() for c in e.chunks})
+    if cache is not None:
+        for entry in report.files:
+            cache.remember(root / entry.path, entry, tables.get(entry.path))
+        cache.close()
+    files = tuple(sorted([*report.files, *unchanged.values()], key=lambda f: f.path))
     values = {
         "files": files,
         "tables": tables,
@@ -564,6 +585,7 @@ def prepare_dataset(
             "stored_bytes": report.stored_bytes,
             "new_chunks": report.new_chunks,
             "reused_chunks": report.reused_chunks,
+            "unchanged_files": len(unchanged),
         },
         "tags": {str(k): str(v) for k, v in (tags or {}).items()},
         "notes": notes,

@@ -141,7 +141,12 @@ class ArtifactStore(Protocol):
     url: str
 
     def ingest(
-        self, root: Path, paths: Sequence[str], *, progress: bool = False
+        self,
+        root: Path,
+        paths: Sequence[str],
+        *,
+        progress: bool = False,
+        pin_also: Iterable[str] = (),
     ) -> IngestReport:
         """Store the files ``paths`` (relative to ``root``) and return their entries.
 

@@ -660,7 +660,10 @@ class ChunkStore:
 
     # -- ingest -------------------------------------------------------------------
 
-    def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False) -> IngestReport:
+    def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False,
+               pin_also: Iterable[str] = ()) -> IngestReport:
+        """Store ``paths`` (under ``root``); the pin also covers ``pin_also`` (chunks the
+        caller reuses without reading them again, e.g. from the stat cache)."""
         from .locking import ingest_lock
 
         if self.cache_dir is not None:
@@ -671,7 +674,8 @@ class ChunkStore:
             with ingest_lock(self):
                 with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
                     self.maybe_consolidate()  # before ours: a failed ingest undoes only its own
-                return self._ingest(root, paths, progress=progress, published=published)
+                return self._ingest(root, paths, progress=progress, published=published,
+                                    pin_also=set(pin_also))
         except BaseException:
             if published:
                 self._undo_ingest(published, started)
@@ -712,7 +716,7 @@ class ChunkStore:
                 if any(loc.pack == pack for loc in others)]
 
     def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool,
-                published: list[str]) -> IngestReport:
+                published: list[str], pin_also: set[str]) -> IngestReport:
         self.refresh()
         report = IngestReport(files=[])
         total = sum((root / p).stat().st_size for p in paths)
@@ -731,6 +735,7 @@ class ChunkStore:
                     report.files.append(entry)
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
+            referenced |= pin_also
             pin = {"created": time.time(), "chunks": sorted(referenced), "owner": owner_tag()}
             report.pin = f"pins/{uuid.uuid4().hex}.json"
             self.blobs.put_bytes(report.pin, json.dumps(pin).encode())

@@ -1,0 +1,84 @@
+"""Remembering what a file on disk was cut into, so unchanged files are not read again.
+
+Adding a folder of 10,000 files where 1% changed must not re-read the other
+99%. The cache maps a file's path and its stat (size, mtime and ctime in
+nanoseconds, inode) to the entry it was stored as, for one store. A file whose
+stat still matches is taken as the bytes it was (as git's index and DVC do);
+anything else is read, cut and hashed again. The cached chunks must still be
+in the store, or the file is read again; and the commit is pinned over them.
+
+``TETHER_STAT_CACHE=off`` reads every file every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .._digest import blake3_hex
+from .._store.base import FileEntry
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+    "entry TEXT NOT NULL, tables TEXT)"
+)
+
+
+def _stat_key(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+class StatCache:
+    """(path, stat) -> (FileEntry, table facts) for files already stored in one store."""
+
+    def __init__(self, file: Path) -> None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(file, timeout=30)
+        self._db.execute(_SCHEMA)
+
+    @classmethod
+    def for_store(cls, store: Any) -> StatCache | None:
+        folder = getattr(store, "cache_dir", None)
+        if folder is None or os.environ.get("TETHER_STAT_CACHE", "").lower() in ("off", "0"):
+            return None
+        name = blake3_hex(str(getattr(store, "url", "")).encode())[:16]
+        try:
+            return cls(Path(folder) / f"stat-{name}.sqlite")
+        except sqlite3.Error:
+            return None  # an unusable cache only costs reading the files
+
+    def lookup(self, path: Path, rel: str) -> tuple[FileEntry, Any] | None:
+        key = _stat_key(path)
+        if key is None:
+            return None
+        row = self._db.execute(
+            "SELECT stat, entry, tables FROM files WHERE path = ?", (str(path),)
+        ).fetchone()
+        if row is None or row[0] != key:
+            return None
+        data = json.loads(row[1])
+        data["path"] = rel
+        return FileEntry.from_dict(data), json.loads(row[2]) if row[2] else None
+
+    def remember(self, path: Path, entry: FileEntry, tables: Any) -> None:
+        key = _stat_key(path)
+        if key is None:
+            return
+        self._db.execute(
+            "INSERT OR REPLACE INTO files (path, stat, entry, tables) VALUES (?, ?, ?, ?)",
+            (str(path), key, json.dumps(entry.to_dict()),
+             json.dumps(tables) if tables is not None else None),
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.commit()
+            self._db.close()
