@@ -183,12 +183,16 @@ class ChunkedReader(io.RawIOBase):
                 callback()
 
 
-class DatasetFile(io.BufferedReader):
-    """A read-only, seekable binary file of a dataset version (what ``open_file`` gives)."""
+class StoredFile(io.BufferedReader):
+    """A read-only, seekable binary file of one file of a stored version.
+
+    Reads fetch only the chunks they cover and verify each; ``version`` is the
+    dataset or model version the file belongs to.
+    """
 
     raw: ChunkedReader
 
-    def __init__(self, raw: ChunkedReader, version: DatasetVersion) -> None:
+    def __init__(self, raw: ChunkedReader, version: Any) -> None:
         super().__init__(raw, buffer_size=256 * 1024)
         self.version = version
 
@@ -203,7 +207,18 @@ class DatasetFile(io.BufferedReader):
 
     @property
     def fetched_bytes(self) -> int:
+        """Bytes fetched from the store so far (read-ahead included)."""
         return self.raw.fetched_bytes
+
+    def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of the file; the position is unchanged."""
+        return self.raw.read_range(start, end)
+
+
+class DatasetFile(StoredFile):
+    """A file of a dataset version (what ``open_file`` gives)."""
+
+    version: DatasetVersion
 
 
 def open_file(

@@ -10,7 +10,6 @@ a safetensors header and two tensors of a multi-GB file moves a few MB.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from .._errors import InvalidInput, NotFound
@@ -18,35 +17,13 @@ from .._identity import require_intact
 from .._records import ModelVersion
 from .._store.base import FileEntry
 from .._store.chunkstore import ChunkStore
-from .datasets_io import ChunkedReader
+from .datasets_io import ChunkedReader, StoredFile
 
 
-class ModelFile(io.BufferedReader):
-    """A read-only, seekable binary file of a model version (what ``open_file`` gives)."""
+class ModelFile(StoredFile):
+    """A file of a model version (what ``open_file`` gives)."""
 
-    raw: ChunkedReader
-
-    def __init__(self, raw: ChunkedReader, version: ModelVersion) -> None:
-        super().__init__(raw, buffer_size=256 * 1024)
-        self.version = version
-
-    @property
-    def size(self) -> int:
-        return self.raw.size
-
-    @property
-    def digest(self) -> str:
-        """BLAKE3 of the file's bytes, as recorded in the version's manifest."""
-        return self.raw.entry.digest
-
-    @property
-    def fetched_bytes(self) -> int:
-        """Bytes fetched from the store so far (read-ahead included)."""
-        return self.raw.fetched_bytes
-
-    def read_range(self, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` (exclusive) of the file; the position is unchanged."""
-        return self.raw.read_range(start, end)
+    version: ModelVersion
 
 
 def file_of(version: ModelVersion, path: str) -> FileEntry:
