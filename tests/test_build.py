@@ -4,7 +4,6 @@ that refuses to start on any bytes but the ones it was built for."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,13 +14,7 @@ import pytest
 
 from tether import Registry
 
-from .conftest import fit_logreg, subprocess_env, tether_exe
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import fit_logreg, free_port, subprocess_env, tether_exe
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def test_the_image_serves_the_baked_version_under_its_own_identity(
     context: tuple[Path, Any], iris: tuple[Any, Any]
 ) -> None:
     folder, version = context
-    port = _port()
+    port = free_port()
     proc = _serve(folder, f"sha:{version.digest}", port)
     try:
         deadline = time.time() + 60
@@ -112,7 +105,7 @@ def test_the_image_refuses_to_start_on_other_bytes(context: tuple[Path, Any], at
         record = json.loads((folder / "model" / "version.json").read_text())
         record["params"] = {"C": 1000}
         (folder / "model" / "version.json").write_text(json.dumps(record))
-    proc = _serve(folder, digest, _port())
+    proc = _serve(folder, digest, free_port())
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert {"other digest": "not the sha:abab", "changed byte": "does not match its digest",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,8 @@ from click.testing import CliRunner
 from tether.cli import cli
 from tether.cli.serving import serving_url
 
+from .conftest import free_port
+
 DEPLOYMENT = """\
 server: {host: 0.0.0.0, port: %d}
 endpoints:
@@ -19,11 +20,6 @@ endpoints:
     routes: [iris@production]
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_url_comes_from_url_then_the_deployment_file_then_the_default(
@@ -53,7 +49,7 @@ def test_an_unreachable_process_names_the_url_its_source_and_how_to_point_elsewh
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TETHER_SERVE_URL", raising=False)
-    port = _free_port()
+    port = free_port()
     (tmp_path / "prod.yaml").write_text(DEPLOYMENT % port)
     result = CliRunner().invoke(cli, [*args, "--file", "prod.yaml", "--json"])
     assert result.exit_code != 0

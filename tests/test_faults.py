@@ -33,13 +33,7 @@ import tether
 import tether.remote
 from tether._errors import StoreError, TetherError, Unavailable
 
-from .conftest import subprocess_env, tether_exe
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import free_port, subprocess_env, tether_exe
 
 
 def _pg_bin() -> Path | None:
@@ -163,6 +157,7 @@ class Server:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(timeout=10)
 
     def client(self, tmp: Path, url: str | None = None) -> Any:
         return tether.remote.connect(url or self.url, token=self.token,

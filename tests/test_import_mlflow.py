@@ -35,7 +35,7 @@ from tether._registry.import_mlflow import (
 )
 from tether.cli import cli
 
-from .conftest import _free_port
+from .conftest import free_port
 
 pytest.importorskip("mlflow")
 
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = (root / "server.log").open("wb")
@@ -247,7 +247,7 @@ def test_import_brings_versions_aliases_and_only_what_is_new(
 
 
 def test_unreachable_server_is_a_clear_error(registry: Registry) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     result = _cli(registry, "import", "mlflow", "--from", f"http://127.0.0.1:{port}")
     assert result.exit_code == 1

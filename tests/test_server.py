@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,15 +20,10 @@ import pytest
 import tether
 from tether import NotFound, PermissionDenied
 
-from .conftest import fit_logreg, subprocess_env, tether_exe
+from .conftest import fit_logreg, free_port, subprocess_env, tether_exe
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,8 @@ import pytest
 
 import tether
 
-from .conftest import _free_port, make_bucket, subprocess_env, tether_exe
+from .conftest import make_bucket, subprocess_env
+from .test_faults import Server
 
 MB = 1 << 20
 FILE_MB = int(os.environ.get("TETHER_TEST_TRANSFER_FILE_MB", "200"))
@@ -99,63 +99,21 @@ class CountingProxy:
                 sock.close()
 
 
-class Server:
-    """A `tether server` process over SQLite and a local store, on a fixed port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = f"sqlite:///{tmp / 'meta.db'}"
-        self.store = tmp / "objects"
-        self.log = tmp / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        done = subprocess.run(
-            [tether_exe(), "server-init", "--db", self.db, "--store", f"file://{self.store}",
-             "--admin", "root@team", "--json"],
-            capture_output=True, text=True, env=subprocess_env(), check=False)
-        assert done.returncode == 0, done.stderr
-        self.token = str(json.loads(done.stdout)["token"])
-
-    def start(self) -> Server:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [tether_exe(), "server", "--db", self.db, "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise AssertionError(self.log.read_text())
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def peak_rss_mb(self) -> float:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+def peak_rss_mb(server: Server) -> float:
+    """The server process's peak resident memory so far (VmHWM), in MB."""
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    (tmp_path / "server").mkdir()
-    running = Server(tmp_path / "server").start()
+    home = tmp_path / "server"
+    home.mkdir()
+    running = Server(f"sqlite:///{home / 'meta.db'}", home / "objects", home / "server.log")
+    running.init().start()
     try:
         yield running
     finally:
@@ -332,7 +290,7 @@ def test_the_server_streams_a_300_mb_pack(tmp_path: Path, server: Server) -> Non
     pack_id = "ab" * 16
     headers = {"Authorization": f"Bearer {server.token}"}
     base = f"{server.url}/api/v1/blobs"
-    before = server.peak_rss_mb()
+    before = peak_rss_mb(server)
     with httpx.Client(headers=headers, timeout=120) as http:
         with open(pack, "rb") as handle:
             put = http.put(f"{base}/packs/{pack_id}.pack", content=handle)
@@ -340,7 +298,7 @@ def test_the_server_streams_a_300_mb_pack(tmp_path: Path, server: Server) -> Non
         index = {"pack": pack_id, "size": size, "chunks": entries}
         put = http.put(f"{base}/index/{pack_id}.idx", content=json.dumps(index).encode())
         assert put.status_code == 201, put.text
-        after_put = server.peak_rss_mb()
+        after_put = peak_rss_mb(server)
 
         got = hashlib.md5()
         with http.stream("GET", f"{base}/packs/{pack_id}.pack") as response:
@@ -370,7 +328,7 @@ def test_the_server_streams_a_300_mb_pack(tmp_path: Path, server: Server) -> Non
                 expected.update(block)
                 left -= len(block)
         assert ranged.hexdigest() == expected.hexdigest()
-    peak = server.peak_rss_mb()
+    peak = peak_rss_mb(server)
     print(f"server peak RSS: {before:.0f} MB before, {after_put:.0f} MB after the PUT "
           f"and index check, {peak:.0f} MB after the GETs ({size / MB:.0f} MB pack)")
     assert peak - before < 64, (before, after_put, peak)

@@ -9,7 +9,6 @@ Screenshots of the main pages go to docs/ui/.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 from tether import Registry
 from tether._registry import catalog
 
-from .conftest import fit_logreg, repo_root
+from .conftest import fit_logreg, free_port, repo_root
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TETHER_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -41,11 +40,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -82,7 +76,7 @@ def site(registry: Registry, iris: tuple[Any, Any]) -> Iterator[tuple[str, dict[
         "admin": registry.create_token(registry.actor)["token"],
         "amy": registry.create_token("amy@example.com", role="approver")["token"],
     }
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_ui_app(lambda: registry), host="127.0.0.1", port=port,
                        log_level="warning", access_log=False)
