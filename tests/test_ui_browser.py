@@ -3,12 +3,15 @@
 Walks the issue's path: sign in, search, open a model, compare two versions with
 "only differences", promote against a failing policy and read the rules, approve
 as another user, promote, roll back, and find each step in the audit page.
-Screenshots of the main pages go to docs/ui/.
+Screenshots of the main pages are taken on every run; they replace the ones in
+docs/ui/ only with TETHER_UPDATE_SCREENSHOTS=1, so a test run leaves the checkout
+as it found it.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,11 @@ from .conftest import fit_logreg, free_port, repo_root
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TETHER_CHROMEDRIVER", "/usr/bin/chromedriver")
-SHOTS = repo_root() / "docs" / "ui"
+SHOTS = (
+    repo_root() / "docs" / "ui"
+    if os.environ.get("TETHER_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / f"tether-ui-shots-{os.getpid()}"
+)
 
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip(
