@@ -69,17 +69,26 @@ def version_digest(
     )
 
 
+def path_escapes(path: str) -> bool:
+    """Whether ``path`` could name something outside a version's folder.
+
+    The one rule for every path that comes from metadata: relative, POSIX,
+    no ``..``, ``.`` or empty parts, no backslash, drive letter or NUL.
+    """
+    return (
+        "\x00" in path
+        or "\\" in path
+        or PurePosixPath(path).is_absolute()
+        or any(part in ("..", ".", "") for part in path.split("/"))
+        or (len(path) > 1 and path[1] == ":")
+    )
+
+
 def check_relative_path(path: Any, *, what: str) -> str:
     """``path`` if it is a safe relative POSIX path inside a version, else InvalidInput."""
     if not isinstance(path, str) or not path or "\x00" in path:
         raise InvalidInput(f"{what} {path!r} is not a file path")
-    pure = PurePosixPath(path)
-    if (
-        "\\" in path
-        or pure.is_absolute()
-        or any(part in ("..", "") for part in path.split("/"))
-        or (len(path) > 1 and path[1] == ":")
-    ):
+    if path_escapes(path):
         raise InvalidInput(
             f"{what} {path!r} leaves the version's folder",
             hint="paths in a version are relative, use '/', and never contain '..'",

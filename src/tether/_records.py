@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 from ._errors import InvalidInput, InvalidPath, UnknownField
+from ._identity import path_escapes
 from ._store.base import FileEntry
 
 
@@ -251,14 +251,7 @@ def check_artifact_path(path: Any) -> str:
     """A manifest path must stay inside the version's folder (``InvalidPath`` if not)."""
     if not isinstance(path, str) or not path:
         raise InvalidInput("every file needs a non-empty path")
-    pure = PurePosixPath(path)
-    if (
-        pure.is_absolute()
-        or ".." in pure.parts
-        or "\\" in path
-        or path.startswith("~")
-        or any(part in ("", ".") for part in path.split("/"))
-    ):
+    if path.startswith("~") or path_escapes(path):  # no home-folder look-alikes either
         raise InvalidPath(
             f"manifest path {path!r} escapes the version folder",
             hint="paths are relative POSIX paths without '..'",
