@@ -154,7 +154,9 @@ def test_a_flavor_entry_edited_in_the_database_is_refused_at_load(
         registry.load(v1.ref)
 
 
-@pytest.mark.parametrize("path", ["../escape.bin", "/abs.bin", "a//b", "a/./../../b"])
+@pytest.mark.parametrize(
+    "path", ["../escape.bin", "/abs.bin", "a//b", "a/./../../b", "a/./b", "C:evil.bin"]
+)
 def test_manifest_paths_that_leave_the_version_are_refused(
     registry: Registry, tmp_path: Path, path: str
 ) -> None:
