@@ -531,6 +531,13 @@ def _colour(status: str) -> str:
 # -- deployments stored in the registry ---------------------------------------------------
 
 
+def _revision_note(record: dict[str, Any]) -> str:
+    """What a change did to the stored record: a new revision, or none."""
+    if record["changed"]:
+        return f"revision {record['revision']}"
+    return f"unchanged at revision {record['revision']}"
+
+
 def _print_record(record: dict[str, Any], note: str) -> None:
     paused = set(record.get("paused") or [])
     console.print(f"[bold]{record['name']}[/]  {note}  (by {record['updated_by']})")
@@ -573,9 +580,7 @@ def deploy_apply(ctx: click.Context, path: str, name: str | None, reason: str,
     if as_json:
         emit_json(record)
         return
-    note = (f"revision {record['revision']}" if record["changed"]
-            else f"unchanged at revision {record['revision']}")
-    _print_record(record, note)
+    _print_record(record, _revision_note(record))
 
 
 @deploy_group.command("pause")
@@ -615,9 +620,7 @@ def _pause(ctx: click.Context, name: str, routes: tuple[str, ...], endpoint: str
     if as_json:
         emit_json(record)
         return
-    note = (f"revision {record['revision']}" if record["changed"]
-            else f"unchanged at revision {record['revision']}")
-    _print_record(record, note)
+    _print_record(record, _revision_note(record))
 
 
 @deploy_group.command("rollback")
