@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._errors import InvalidInput, InvalidPath, UnknownField
+from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
 from ._identity import path_escapes
 from ._store.base import FileEntry
 
@@ -64,6 +65,10 @@ class ModelVersion:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry:
+        """The entry of ``path`` in this version (NotFound listing its files)."""
+        return file_in(self.files, path, ref=self.ref)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelVersion:
@@ -318,3 +323,16 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def file_in(files: Sequence[FileEntry], path: str, *, ref: str) -> FileEntry:
+    """The entry of ``path`` among a version's ``files`` (NotFound listing them)."""
+    wanted = path.strip("/")
+    for entry in files:
+        if entry.path == wanted:
+            return entry
+    names = [f.path for f in files]
+    raise NotFound(
+        f"{ref} has no file {path!r}",
+        hint=f"files: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}",
+    )

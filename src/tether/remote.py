@@ -56,7 +56,7 @@ from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
 from ._registry.tokens import Unauthenticated
 from ._store.base import StoreStats
-from ._store.blobs import BlobInfo
+from ._store.blobs import BlobInfo, retry_seconds
 from ._store.chunkstore import ChunkStore
 
 _ERRORS: dict[str, type[TetherError]] = {
@@ -86,8 +86,6 @@ _ERRORS: dict[str, type[TetherError]] = {
 
 # -- retrying through an outage --------------------------------------------------------
 
-#: Seconds a call that is safe to repeat keeps retrying (TETHER_RETRY_SECONDS; 0: never).
-DEFAULT_RETRY_SECONDS = 30.0
 #: Remote methods (``/call/...``) that only read, so a retry cannot do anything twice.
 READ_CALLS = frozenset({"get_policy", "grants", "keys", "signatures", "store_stats", "tokens",
                         "list_datasets", "dataset_versions", "get_dataset"})
@@ -96,14 +94,6 @@ _SAFE_POSTS = ("/blobs/presign",)
 #: Failures where the request may never have reached the server, or its answer was lost.
 _TRANSIENT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.2, 5.0
-
-
-def retry_seconds() -> float:
-    raw = os.environ.get("TETHER_RETRY_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw.strip() else DEFAULT_RETRY_SECONDS
-    except ValueError:
-        return DEFAULT_RETRY_SECONDS
 
 
 def _replayable(kwargs: dict[str, Any]) -> bool:

@@ -61,7 +61,7 @@ from .._metadata.schema import (
     models,
     versions,
 )
-from .._records import AliasMove, ModelVersion
+from .._records import AliasMove, ModelVersion, file_in
 from .._reference import (
     Reference,
     SelectorKind,
@@ -129,16 +129,8 @@ class DatasetVersion:
         return sum(f.size for f in self.files)
 
     def file(self, path: str) -> FileEntry:
-        """The entry of ``path`` in this version (NotFound listing nearby files)."""
-        wanted = path.strip("/")
-        for entry in self.files:
-            if entry.path == wanted:
-                return entry
-        names = [f.path for f in self.files]
-        raise NotFound(
-            f"{self.ref} has no file {path!r}",
-            hint=f"files: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}",
-        )
+        """The entry of ``path`` in this version (NotFound listing its files)."""
+        return file_in(self.files, path, ref=self.ref)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetVersion:

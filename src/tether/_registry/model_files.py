@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._errors import InvalidInput, NotFound
+from .._errors import InvalidInput
 from .._identity import require_intact
 from .._records import ModelVersion
-from .._store.base import FileEntry
 from .._store.chunkstore import ChunkStore
 from .datasets_io import ChunkedReader, StoredFile
 
@@ -26,23 +25,10 @@ class ModelFile(StoredFile):
     version: ModelVersion
 
 
-def file_of(version: ModelVersion, path: str) -> FileEntry:
-    """The manifest entry of ``path`` in ``version`` (NotFound listing its files)."""
-    wanted = path.strip("/")
-    for entry in version.files:
-        if entry.path == wanted:
-            return entry
-    names = [f.path for f in version.files]
-    raise NotFound(
-        f"{version.ref} has no file {path!r}",
-        hint=f"files: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}",
-    )
-
-
 def open_file(store: Any, version: ModelVersion, path: str) -> ModelFile:
     """A streaming file over ``path`` of ``version``, read from ``store``."""
     version = require_intact(version)  # the manifest read from is the one the digest names
-    entry = file_of(version, path)
+    entry = version.file(path)
     if not isinstance(store, ChunkStore):  # pragma: no cover - every store is a ChunkStore
         raise InvalidInput(f"the store {store.url} cannot stream files")
     return ModelFile(ChunkedReader(store, entry, label=version.ref), version)
