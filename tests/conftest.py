@@ -154,3 +154,33 @@ def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reg
         yield reg
     finally:
         reg.close()
+
+
+def wait_until(
+    condition: Any, timeout: float = 15.0, *, ignoring: tuple[type[BaseException], ...] = ()
+) -> float:
+    """Poll ``condition`` until it holds; the seconds it took (AssertionError past ``timeout``).
+
+    Exceptions of the ``ignoring`` types count as "not yet" (a server still starting).
+    """
+    import time
+
+    started = time.monotonic()
+    while True:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except ignoring:
+            pass
+        if time.monotonic() - started > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def fast_deployment(tmp_path: Path, text: str) -> Any:
+    """A deployment file (polling every 0.1 s) written from ``text`` and parsed."""
+    from tether.serving.config import load_deployment
+
+    path = tmp_path / "deploy.yaml"
+    path.write_text("server: {poll_interval: 0.1}\n" + text)
+    return load_deployment(path)

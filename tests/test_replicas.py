@@ -24,7 +24,7 @@ import pytest
 from tether import PermissionDenied, Registry
 from tether._errors import InvalidInput, NotFound
 
-from .conftest import fit_logreg, subprocess_env, tether_exe
+from .conftest import fit_logreg, subprocess_env, tether_exe, wait_until
 
 USER = "tester@example.com"
 
@@ -46,16 +46,7 @@ def Failing() -> Any:
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            if condition():
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
+    return wait_until(condition, timeout, ignoring=(httpx.HTTPError,))
 
 
 def _spec(target: str = "iris@production", canary: str | None = None,

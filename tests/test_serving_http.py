@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ from click.testing import CliRunner
 import tether
 from tether import EnvironmentMismatch, Registry
 from tether.cli import cli
-from tether.serving import BackgroundServer, load_deployment
+from tether.serving import BackgroundServer
 from tether.serving.logs import JsonFormatter
 
-from .conftest import fit_logreg
+from .conftest import fast_deployment, fit_logreg, wait_until
 
 PREDICT = "/v1/endpoints/{}/predict"
 
@@ -37,18 +37,6 @@ def _log_iris(registry: Registry, iris: tuple[Any, Any], C: float) -> tether.Mod
                               data={"train": X}, params={"C": C})
 
 
-def _deploy(tmp_path: Path, text: str) -> Any:
-    path = tmp_path / "deploy.yaml"
-    path.write_text("server: {poll_interval: 0.1}\n" + text)
-    return load_deployment(path)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -92,7 +80,7 @@ def test_predict_returns_version_and_refuses_bad_records(
     registry: Registry, iris: tuple[Any, Any], two_versions: tuple[Any, Any], tmp_path: Path
 ) -> None:
     v1, _ = two_versions
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         response = c.post(PREDICT.format("iris"), json={"records": _records(iris)})
         assert response.status_code == 200
@@ -126,7 +114,7 @@ def test_blue_green_switch_under_load_loses_no_request(
     registry: Registry, iris: tuple[Any, Any], two_versions: tuple[Any, Any], tmp_path: Path
 ) -> None:
     v1, v2 = two_versions
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     stop = threading.Event()
     seen: list[list[tuple[int, str]]] = [[], [], []]
 
@@ -142,7 +130,7 @@ def test_blue_green_switch_under_load_loses_no_request(
             thread.start()
         time.sleep(1.0)
         registry.promote(v2.ref, "production", reason="blue-green test", create=True)
-        _wait(lambda: all(log and log[-1][1] == v2.ref for log in seen))
+        wait_until(lambda: all(log and log[-1][1] == v2.ref for log in seen))
         time.sleep(0.5)
         stop.set()
         for thread in threads:
@@ -160,7 +148,7 @@ def test_canary_weights_sticky_keys_and_live_weight_changes(
     registry: Registry, iris: tuple[Any, Any], two_versions: tuple[Any, Any], tmp_path: Path
 ) -> None:
     v1, v2 = two_versions
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   iris:
     routes:
@@ -192,7 +180,7 @@ endpoints:
         path.write_text(path.read_text().replace("weight: 50}\n      - ", "weight: 0}\n      - ")
                         .replace("canary, target: " + v2.ref + ", weight: 50",
                                  "canary, target: " + v2.ref + ", weight: 100"))
-        _wait(lambda: ref() == v2.ref)
+        wait_until(lambda: ref() == v2.ref)
         assert {ref() for _ in range(30)} == {v2.ref}
         status = runner.invoke(cli, ["deploy", "status", "--url", server.url])
         assert status.exit_code == 0 and "canary" in status.output and "100" in status.output
@@ -204,7 +192,7 @@ def test_shadow_is_compared_off_the_request_path(
     v1, v2 = two_versions
     registry.promote(v2.ref, "staging", create=True)
     registry.log_model(_flaky_model(0, delay=0.2), "broken")
-    deployment = _deploy(tmp_path, """
+    deployment = fast_deployment(tmp_path, """
 endpoints:
   iris:
     routes: [iris@production]
@@ -226,7 +214,7 @@ endpoints:
                           json={"records": records[:1]}).status_code == 200
         assert time.perf_counter() - began < 1.5  # not 10 x 0.2 s
         # A spawned shadow process: slow to start on a busy CI machine.
-        _wait(server.runtime.mirror.idle, timeout=60)
+        wait_until(server.runtime.mirror.idle, timeout=60)
         pairs = {(p["endpoint"], p["shadow"]): p for p in c.get("/v1/deployment").json()
                  ["shadow_pairs"]}
         pair = pairs[("iris", v2.ref)]
@@ -263,7 +251,7 @@ def test_a_version_that_starts_failing_is_rolled_back_through_its_alias(
     bad = registry.log_model(_flaky_model(5), "scorer", notes="new backend")
     registry.promote(good.ref, "production", create=True)
     registry.promote(bad.ref, "production", create=True)
-    deployment = _deploy(tmp_path, """
+    deployment = fast_deployment(tmp_path, """
 endpoints:
   scorer:
     routes: [scorer@production]
@@ -279,7 +267,7 @@ endpoints:
 
         for _ in range(15):
             send()
-        _wait(lambda: send().startswith(good.ref))
+        wait_until(lambda: send().startswith(good.ref))
         status = c.get("/v1/endpoints/scorer").json()
     assert codes[:5] == [200] * 5 and 500 in codes
     assert registry.get("scorer@production").semver == good.semver
@@ -303,7 +291,7 @@ def test_pinned_canary_is_drained_on_latency_and_feedback_rules(
     good = registry.log_model(_flaky_model(None), "scorer")
     slow = registry.log_model(_flaky_model(None, delay=0.1), "scorer", notes="slow")
     contrary = registry.log_model(_constant_model(0), "scorer", notes="always 0")
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   scorer:
     routes:
@@ -329,7 +317,7 @@ endpoints:
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for i in range(30):
             c.post(PREDICT.format("scorer"), json={"records": [{"x": i}], "key": f"k{i}"})
-        _wait(lambda: server.runtime.endpoint("scorer").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("scorer").router.weights["canary"] == 0)
         # Ground truth says the canary route of "judged" is always wrong.
         for i in range(60):
             body = c.post(PREDICT.format("judged"), json={"records": [{"x": i}]}).json()
@@ -338,11 +326,11 @@ endpoints:
                               json={"request_id": body["request_id"], "truth": [truth]},
                               headers={"Authorization": f"Bearer {token}"})
             assert feedback.json() == {"accepted": 1, "unknown": []}
-        _wait(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0)
         # The canary of "compared" disagrees with its shadow on every record.
         for i in range(40):
             c.post(PREDICT.format("compared"), json={"records": [{"x": i}]})
-        _wait(lambda: server.runtime.endpoint("compared").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("compared").router.weights["canary"] == 0)
         status = c.get("/v1/deployment").json()
         metrics = c.get("/metrics").text
     scorer, judged, compared = status["endpoints"]
@@ -378,12 +366,12 @@ def test_a_version_whose_environment_differs_is_refused(
     foreign = _log_iris(registry, iris, 0.3)
     monkeypatch.setattr(log_version, "capture_environment", real)
     with pytest.raises(EnvironmentMismatch, match="scikit-learn"):
-        BackgroundServer(registry,
-                         _deploy(tmp_path, f"endpoints: {{iris: {{routes: [{foreign.ref}]}}}}"))
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
+        text = f"endpoints: {{iris: {{routes: [{foreign.ref}]}}}}"
+        BackgroundServer(registry, fast_deployment(tmp_path, text))
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         registry.promote(foreign.ref, "production", create=True)
-        _wait(lambda: c.get("/v1/endpoints/iris").json()["routes"][0]["problem"] is not None)
+        wait_until(lambda: c.get("/v1/endpoints/iris").json()["routes"][0]["problem"] is not None)
         route = c.get("/v1/endpoints/iris").json()["routes"][0]
         assert route["ref"] == v1.ref and "scikit-learn" in route["problem"]
         response = c.post(PREDICT.format("iris"), json={"records": _records(iris)})
@@ -399,7 +387,7 @@ def test_drift_is_measured_and_shown_by_monitor(
     X, _ = iris
     shifted = X.sample(120, random_state=0).copy()
     shifted["petal length (cm)"] += 3.0
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         c.post(PREDICT.format("iris"), json={"records": shifted.to_dict(orient="records")})
         result = CliRunner().invoke(cli, ["monitor", "iris", "--url", server.url, "--json"])
@@ -440,7 +428,7 @@ def test_tether_serve_command_serves_a_version(
             except httpx.HTTPError:
                 return False
 
-        _wait(ready, timeout=30)
+        wait_until(ready, timeout=30)
         response = httpx.post(url + PREDICT.format("iris"), json={"records": _records(iris)})
         assert response.json()["ref"] == v1.ref
     finally:

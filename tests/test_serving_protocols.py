@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import pytest
 
 import tether
 from tether import Registry
-from tether.serving import BackgroundServer, load_deployment
+from tether.serving import BackgroundServer
 
-from .conftest import fit_logreg
+from .conftest import fast_deployment, fit_logreg, wait_until
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -31,18 +30,6 @@ InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceSe
 COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 
-def _deploy(tmp_path: Path, text: str) -> Any:
-    path = tmp_path / "deploy.yaml"
-    path.write_text("server: {poll_interval: 0.1}\n" + text)
-    return load_deployment(path)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def _triton(server: BackgroundServer) -> Any:
@@ -98,7 +85,7 @@ def test_oip_health_metadata_and_infer_with_tritonclient(
     v1, v2 = iris_versions
     X, _ = iris
     rows = X.to_numpy()[[0, 60, 120, 149]]
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   iris:
     routes:
@@ -172,7 +159,7 @@ def test_oip_errors_are_oip_shaped_4xx_and_never_reach_the_window(
     registry: Registry, iris_versions: tuple[Any, Any], tmp_path: Path
 ) -> None:
     v1, _ = iris_versions
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}}")
     infer = "/v2/models/iris/infer"
     row = [5.1, 3.5, 1.4, 0.2]
 
@@ -229,7 +216,7 @@ def test_oip_requests_roll_back_a_failing_canary_like_any_other(
     good = registry.log_model(_by_value_model(), "scorer", input_example=[{"x": 1.0}])
     bad = registry.log_model(_by_value_model(fail_on=2.0), "scorer",
                              input_example=[{"x": 1.0}], notes="broken")
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   scorer:
     routes:
@@ -243,7 +230,7 @@ endpoints:
         codes = [c.post(f"/v2/models/scorer/versions/{bad.semver}/infer", json=body).status_code
                  for _ in range(6)]
         failed = c.post(f"/v2/models/scorer/versions/{bad.semver}/infer", json=body)
-        _wait(lambda: c.get("/v1/endpoints/scorer").json()["rollbacks"] != [])
+        wait_until(lambda: c.get("/v1/endpoints/scorer").json()["rollbacks"] != [])
         status = c.get("/v1/endpoints/scorer").json()
         after = [c.post("/v2/models/scorer/infer", json=body) for _ in range(10)]
     assert codes == [500] * 6
@@ -276,7 +263,7 @@ def _by_value_model(fail_on: float = -1.0, delay: float = 0.0) -> Any:
 def test_plain_arrays_for_a_model_logged_from_an_array(
     registry: Registry, plain: Any, tmp_path: Path
 ) -> None:
-    deployment = _deploy(tmp_path, "endpoints: {plain: {routes: [plain@1.0.0]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {plain: {routes: [plain@1.0.0]}}")
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         response = c.post("/v1/endpoints/plain/predict", json={"inputs": rows})
@@ -329,7 +316,7 @@ def test_mlflow_invocations_with_the_documented_bodies(
         "inputs rows": {"inputs": rows},
         "inputs columns": {"inputs": {c: [r[j] for r in rows] for j, c in enumerate(COLUMNS)}},
     }
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for name, body in bodies.items():
             response = c.post("/invocations", json=body)
@@ -369,7 +356,7 @@ def httpx_json(body: Any) -> bytes:
 def test_invocations_needs_a_name_when_there_are_several_endpoints(
     registry: Registry, iris_versions: tuple[Any, Any], plain: Any, tmp_path: Path
 ) -> None:
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}, "
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@1.0.0]}, "
                                    "plain: {routes: [plain@1.0.0]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         response = c.post("/invocations", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
@@ -388,7 +375,7 @@ def test_batching_gathers_concurrent_requests_and_answers_each_its_own(
     X, _ = iris
     data = X.to_numpy()
     expected = _expected(registry, plain.ref, data)
-    deployment = _deploy(tmp_path, """
+    deployment = fast_deployment(tmp_path, """
 endpoints:
   plain:
     routes: [plain@1.0.0]
@@ -436,7 +423,7 @@ def test_a_batch_keeps_each_callers_errors_their_own(
     """Eager batching: requests that pile up while a batch predicts form the next one."""
     model = registry.log_model(_by_value_model(delay=0.2), "scorer",
                                input_example=[{"x": 1.0}])
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   scorer:
     routes: [scorer@{model.semver}]
@@ -477,14 +464,14 @@ endpoints:
 
 
 def test_batching_is_off_by_default_and_checked_in_the_file(tmp_path: Path) -> None:
-    deployment = _deploy(tmp_path, "endpoints: {a: {routes: [a@1.0.0]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {a: {routes: [a@1.0.0]}}")
     assert deployment.endpoint("a").batching is None
-    deployment = _deploy(tmp_path, "endpoints: {a: {routes: [a@1.0.0], "
+    deployment = fast_deployment(tmp_path, "endpoints: {a: {routes: [a@1.0.0], "
                                    "batching: {max_batch: 16}}}")
     batching = deployment.endpoint("a").batching
     assert batching is not None and (batching.max_batch, batching.max_wait_ms) == (16, 5.0)
     assert batching.eager
     with pytest.raises(tether.InvalidInput, match="did you mean 'max_wait_ms'"):
-        _deploy(tmp_path, "endpoints: {a: {routes: [a@1.0.0], batching: {max_wait: 5}}}")
+        fast_deployment(tmp_path, "endpoints: {a: {routes: [a@1.0.0], batching: {max_wait: 5}}}")
     with pytest.raises(tether.InvalidInput, match="at least 1"):
-        _deploy(tmp_path, "endpoints: {a: {routes: [a@1.0.0], batching: {max_batch: 0}}}")
+        fast_deployment(tmp_path, "endpoints: {a: {routes: [a@1.0.0], batching: {max_batch: 0}}}")

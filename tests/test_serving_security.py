@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ from click.testing import CliRunner
 import tether
 from tether import Registry
 from tether.cli import cli
-from tether.serving import BackgroundServer, load_deployment
+from tether.serving import BackgroundServer
 from tether.serving.server import start_runtime
 
-from .conftest import fit_logreg
+from .conftest import fast_deployment, fit_logreg, wait_until
 
 PREDICT = "/v1/endpoints/{}/predict"
 FIELD = "petal width (cm)"
@@ -45,18 +44,6 @@ def _log_iris(registry: Registry, iris: tuple[Any, Any], C: float) -> tether.Mod
                               params={"C": C})
 
 
-def _deploy(tmp_path: Path, text: str) -> Any:
-    path = tmp_path / "deploy.yaml"
-    path.write_text("server: {poll_interval: 0.1}\n" + text)
-    return load_deployment(path)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def _raw_record(iris: tuple[Any, Any], literal: str) -> bytes:
@@ -97,7 +84,7 @@ def test_a_flood_of_non_finite_numbers_is_refused_and_cannot_roll_back_productio
     registry: Registry, iris: tuple[Any, Any], production: tuple[Any, Any], tmp_path: Path
 ) -> None:
     _, v2 = production
-    deployment = _deploy(tmp_path, ROLLBACK_ON_ERRORS)
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON_ERRORS)
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for _ in range(5):
             assert c.post(PREDICT.format("iris"), json={"records": _records(iris)}).is_success
@@ -143,7 +130,7 @@ def test_the_same_flood_rolls_back_production_where_non_finite_numbers_are_let_t
 ) -> None:
     """The harm, shown the unsafe way: NaN reaching the model is a 500 that counts."""
     v1, v2 = production
-    deployment = _deploy(tmp_path, ROLLBACK_ON_ERRORS.replace(
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON_ERRORS.replace(
         "routes: [iris@production]", "routes: [iris@production]\n    allow_non_finite: true"))
     codes = []
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
@@ -151,7 +138,7 @@ def test_the_same_flood_rolls_back_production_where_non_finite_numbers_are_let_t
             response = c.post(PREDICT.format("iris"), content=_raw_record(iris, "NaN"),
                               headers=JSON)
             codes.append(response.status_code)
-        _wait(lambda: registry.get("iris@production").semver == v1.semver)
+        wait_until(lambda: registry.get("iris@production").semver == v1.semver)
     assert set(codes) == {500}
     event = registry.audit_log(action="alias.rollback")[0]
     assert event.before == v2.semver and "error_rate" in event.details["reason"]
@@ -168,7 +155,7 @@ def test_allow_non_finite_names_the_fields_that_take_them(
 
     example = pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 1.5], "n": [1, 2]})
     registry.log_model(NanAware(), "nanny", input_example=example)
-    deployment = _deploy(tmp_path, """
+    deployment = fast_deployment(tmp_path, """
 endpoints:
   nanny: {routes: [nanny@latest], trusted: true, allow_non_finite: [a]}
   strict: {routes: [nanny@latest], trusted: true}
@@ -199,7 +186,9 @@ def test_a_model_without_a_signature_gets_finite_numbers_too(
             return [1] * len(frame)
 
     registry.log_model(Echo(), "echo")
-    deployment = _deploy(tmp_path, "endpoints: {echo: {routes: [echo@latest], trusted: true}}")
+    deployment = fast_deployment(
+        tmp_path, "endpoints: {echo: {routes: [echo@latest], trusted: true}}"
+    )
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         refused = c.post(PREDICT.format("echo"), content=b'{"records": [{"x": 1, "y": NaN}]}',
                          headers=JSON)
@@ -244,7 +233,7 @@ def canary(registry: Registry, production: tuple[Any, Any], tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("TETHER_SERVING_TOKEN", SERVING_TOKEN)
     v1, _ = production
-    return _deploy(tmp_path, CANARY.format(canary=v1.ref))
+    return fast_deployment(tmp_path, CANARY.format(canary=v1.ref))
 
 
 def test_weights_need_the_role_that_moves_production(
@@ -284,7 +273,7 @@ def test_a_pinned_only_endpoint_takes_weights_from_a_contributor(
     registry: Registry, production: tuple[Any, Any], tokens: dict[str, str], tmp_path: Path
 ) -> None:
     v1, v2 = production
-    deployment = _deploy(tmp_path, f"""
+    deployment = fast_deployment(tmp_path, f"""
 endpoints:
   iris:
     routes:
@@ -374,11 +363,11 @@ def test_reads_stay_open_unless_the_deployment_protects_them(
     tokens: dict[str, str]
 ) -> None:
     reads = ["/v1/deployment", "/v1/endpoints/iris", "/v1/endpoints/iris/drift", "/metrics"]
-    deployment = _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris: {routes: [iris@production]}}")
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         assert all(c.get(path).status_code == 200 for path in reads)
         assert c.post(PREDICT.format("iris"), json={"records": _records(iris)}).is_success
-    deployment = _deploy(tmp_path, """
+    deployment = fast_deployment(tmp_path, """
 auth: {protect_reads: true}
 endpoints: {iris: {routes: [iris@production]}}
 """)
@@ -405,10 +394,14 @@ def test_the_serving_token_comes_from_the_environment_never_the_file(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(tether.InvalidInput, match="token_env"):
-        _deploy(tmp_path, "auth: {token: s3cret}\nendpoints: {iris: {routes: [iris@production]}}")
+        fast_deployment(
+            tmp_path, "auth: {token: s3cret}\nendpoints: {iris: {routes: [iris@production]}}"
+        )
     with pytest.raises(tether.InvalidInput, match="allow_non_finite"):
-        _deploy(tmp_path, "endpoints: {iris: {routes: [iris@production], allow_non_finite: 1}}")
-    deployment = _deploy(tmp_path, "auth: {token_env: SERVE_TOKEN}\n"
+        fast_deployment(
+            tmp_path, "endpoints: {iris: {routes: [iris@production], allow_non_finite: 1}}"
+        )
+    deployment = fast_deployment(tmp_path, "auth: {token_env: SERVE_TOKEN}\n"
                                    "endpoints: {iris: {routes: [iris@production]}}")
     monkeypatch.delenv("SERVE_TOKEN", raising=False)
     with pytest.raises(tether.InvalidInput, match=r"\$SERVE_TOKEN, which is not set"):
