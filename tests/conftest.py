@@ -184,3 +184,32 @@ def fast_deployment(tmp_path: Path, text: str) -> Any:
     path = tmp_path / "deploy.yaml"
     path.write_text("server: {poll_interval: 0.1}\n" + text)
     return load_deployment(path)
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd``; its standard output, stripped (raises on failure)."""
+    import subprocess
+
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def git_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, name: str, email: str
+) -> Path:
+    """``tmp_path/project``: a fresh git repository (branch main) with an isolated git
+    identity and configuration, ignoring ``/.tether``. The email is also who the CLI
+    acts as when no TETHER_USER is set."""
+    for key, value in {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text("/.tether\n")
+    return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,13 @@ import tether
 from tether._registry.datasets_io import track
 from tether.cli import cli
 
-
-def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
-    return result.stdout.strip()
+from .conftest import git, git_project
 
 
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key, value in {
-        "GIT_AUTHOR_NAME": "Data Tester",
-        "GIT_AUTHOR_EMAIL": "data@test",
-        "GIT_COMMITTER_NAME": "Data Tester",
-        "GIT_COMMITTER_EMAIL": "data@test",
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    root = tmp_path / "project"
-    (root / "data").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / ".gitignore").write_text("/.tether\n")
+    root = git_project(tmp_path, monkeypatch, name="Data Tester", email="data@test")
+    (root / "data").mkdir()
     monkeypatch.chdir(root)
     return root
 

@@ -14,6 +14,8 @@ from tether._registry.datasets_io import track
 from tether._registry.git_hooks import CHAINED_SUFFIX, parse_size
 from tether.cli import cli
 
+from .conftest import git_project
+
 
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=check)
@@ -21,19 +23,9 @@ def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key, value in {
-        "GIT_AUTHOR_NAME": "Hook Tester",
-        "GIT_AUTHOR_EMAIL": "hooks@test",
-        "GIT_COMMITTER_NAME": "Hook Tester",
-        "GIT_COMMITTER_EMAIL": "hooks@test",
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
-        "TETHER_URI": str(tmp_path / "project" / ".tether"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    root = tmp_path / "project"
-    (root / "data").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / ".gitignore").write_text("/.tether\n")
+    root = git_project(tmp_path, monkeypatch, name="Hook Tester", email="hooks@test")
+    monkeypatch.setenv("TETHER_URI", str(root / ".tether"))
+    (root / "data").mkdir()
     monkeypatch.chdir(root)
     return root
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,7 @@ from click.testing import CliRunner
 import tether
 from tether.cli import cli
 
-
-def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
-    return result.stdout.strip()
+from .conftest import git, git_project
 
 
 def md5(data: bytes) -> str:
@@ -35,15 +31,8 @@ def cache_put(cache: Path, data: bytes, suffix: str = "") -> str:
 
 @pytest.fixture
 def dvc_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key, value in {
-        "GIT_AUTHOR_NAME": "Dvc User", "GIT_AUTHOR_EMAIL": "dvc@test",
-        "GIT_COMMITTER_NAME": "Dvc User", "GIT_COMMITTER_EMAIL": "dvc@test",
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    root = tmp_path / "project"
-    (root / ".dvc").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
+    root = git_project(tmp_path, monkeypatch, name="Dvc User", email="dvc@test")
+    (root / ".dvc").mkdir()
     (root / ".dvc" / "config").write_text("[core]\n    autostage = true\n")
     (root / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
     cache = root / ".dvc" / "cache"
