@@ -558,13 +558,13 @@ def test_version_page_shows_valid_signatures(world: World, tmp_path: Path) -> No
     assert client.get("/models/iris/versions/1.0.0.json").json()["signatures"]["valid"] == []
 
 
-def test_all_models_in_three_queries_answers_as_list_models(world: World) -> None:
-    from tether._registry.model_search import all_models
+def test_all_models_in_three_queries_answers_as_one_model_at_a_time(world: World) -> None:
+    from tether._registry.model_search import all_models, model_info
 
     reg = world.registry
     reg.promote("iris@1.1.0", "production", reason="first", create=True)
     reg.delete_version("iris@1.0.0")
-    assert all_models(reg) == reg.models()
+    assert all_models(reg) == reg.models() == [model_info(reg, m.name) for m in reg.models()]
     iris = next(m for m in all_models(reg) if m.name == "iris")
     assert (iris.version_count, iris.latest, iris.aliases) == (1, "1.1.0", {"production": "1.1.0"})
     assert reg.search_models(query="iris")[1] == [iris]

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._digest import canonical_json
-from .._records import AliasMove, ModelInfo, ModelVersion
+from .._records import AliasMove, ModelVersion
 from .._store.base import FileEntry
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
@@ -50,48 +50,6 @@ def ensure_model(conn: sa.Connection, name: str) -> tuple[int, bool]:
 def model_names(conn: sa.Connection) -> list[str]:
     query = sa.select(models.c.name).where(models.c.deleted.is_(False)).order_by(models.c.name)
     return list(conn.execute(query).scalars())
-
-
-def list_models(conn: sa.Connection) -> list[ModelInfo]:
-    counts = (
-        sa.select(
-            versions.c.model_id,
-            sa.func.count().label("n"),
-            sa.func.max(versions.c.seq).label("top"),
-        )
-        .where(versions.c.status != "deleted")
-        .group_by(versions.c.model_id)
-        .subquery()
-    )
-    query = (
-        sa.select(models, counts.c.n, counts.c.top)
-        .outerjoin(counts, counts.c.model_id == models.c.id)
-        .where(models.c.deleted.is_(False))
-        .order_by(models.c.name)
-    )
-    result = []
-    for row in conn.execute(query):
-        latest = None
-        if row.top:
-            latest = conn.execute(
-                sa.select(versions.c.semver).where(
-                    versions.c.model_id == row.id, versions.c.seq == row.top
-                )
-            ).scalar()
-        result.append(
-            ModelInfo(
-                name=row.name,
-                description=row.description,
-                owners=_loads(row.owners, []),
-                tags=_loads(row.tags, {}),
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                version_count=row.n or 0,
-                latest=latest,
-                aliases=alias_targets(conn, row.id),
-            )
-        )
-    return result
 
 
 def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:

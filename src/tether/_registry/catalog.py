@@ -19,6 +19,7 @@ from .._metadata.audit_log import append_event
 from .._metadata.schema import aliases, models, versions
 from .._records import ModelInfo, ModelVersion
 from .._reference import validate_model_name
+from . import model_search
 from .resolve import require_model, resolve_version
 
 if TYPE_CHECKING:
@@ -35,13 +36,7 @@ def create_model(
         mid, _ = repo.ensure_model(conn, name)
         repo.update_model(conn, mid, description=description, tags=tags or {})
         append_event(conn, actor=registry.actor, action="model.created", model=name, subject=name)
-    return model_info(registry, name)
-
-
-def model_info(registry: Registry, name: str) -> ModelInfo:
-    with registry.read() as conn:
-        require_model(conn, name)
-        return next(m for m in repo.list_models(conn) if m.name == name)
+    return model_search.model_info(registry, name)
 
 
 def update_model(
@@ -71,7 +66,7 @@ def update_model(
             subject=name,
             details={k: v for k, v in fields.items()},
         )
-    return model_info(registry, name)
+    return model_search.model_info(registry, name)
 
 
 def delete_model(registry: Registry, name: str) -> None:

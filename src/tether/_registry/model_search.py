@@ -1,8 +1,7 @@
 """Finding models: one page of a filtered, sorted model list in a fixed number of queries.
 
-``list_models`` answers with every model and two queries per model; a UI or an
-API that shows 50 models at a time must not pay for 1,000 (or walk 100,000
-versions) on each request. Here the filters run over the models table alone
+A UI or an API that shows 50 models at a time must not pay for 1,000 (or walk
+100,000 versions) on each request. Here the filters run over the models table alone
 (name, description and tags are columns of it, the alias filter is one
 indexed lookup), and the version counts, latest versions and alias targets
 are read for the page's models only, four queries in all.
@@ -172,8 +171,8 @@ def search_models(
 def all_models(registry: Registry) -> list[ModelInfo]:
     """Every model (by name) with its counts, latest version and aliases, in three queries.
 
-    What ``list_models`` answers with two queries per model; for a list or a
-    search that has to see every model (MLflow's filters, ``GET /api/v1/models``).
+    For a list or a search that has to see every model (``Registry.models``,
+    MLflow's filters, ``GET /api/v1/models``).
     """
     with registry.read() as conn:
         rows = list(
