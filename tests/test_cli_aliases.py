@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import tether
-from tether import NotFound
+from tether import NotFound, PermissionDenied
 from tether._policy import parse_policy
 from tether.cli import cli
 
@@ -57,10 +57,15 @@ def test_promote_refuses_a_typo_and_suggests_the_alias(reg_path: Path) -> None:
     assert "did you mean production?" in out.stderr
     data = json.loads(run(reg_path, "promote", "iris@1.1.0", "prodution", "--json").stdout)
     assert data["error"] == "not_found" and "did you mean production?" in data["hint"]
-    with tether.open(reg_path) as reg:
+    with tether.open(reg_path, actor=AUTHOR) as reg:
         assert reg.models()[0].aliases == {"production": "1.0.0"}
         with pytest.raises(NotFound, match="did you mean production"):
             reg.promote("iris@1.1.0", "prodution")
+    with (
+        tether.open(reg_path, actor="nobody") as reg,  # may not move it: told no more
+        pytest.raises(PermissionDenied, match="needs role contributor on iris"),
+    ):
+        reg.promote("iris@1.1.0", "prodution")
 
 
 def test_policy_pattern_covers_new_aliases(reg_path: Path, tmp_path: Path) -> None:

@@ -352,3 +352,53 @@ def test_open_file_reads_a_range_of_a_model_file(tmp_path: Path) -> None:
             reg.open_file(version.ref, "other.bin")
     finally:
         reg.close()
+
+
+def _chunk_cache_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and "chunks" in p.parts)
+
+
+def test_a_download_through_the_server_keeps_one_copy(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept folder is the copy: the chunk cache does not hold the bytes a second time
+    (a loaded object, whose folder is temporary, still fills the cache for the next load)."""
+    from tether.remote import RemoteRegistry
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(6 * MB))
+    cache = tmp_path / "client-cache"
+    client = RemoteRegistry(server.url, token=server.token, cache_dir=cache)
+    try:
+        version = client.log_model(model, "one-copy", progress=False)
+        client.download(version.ref, tmp_path / "out", progress=False)
+        assert (tmp_path / "out" / "model.bin").read_bytes() == model.read_bytes()
+        assert _chunk_cache_bytes(cache) < MB, _chunk_cache_bytes(cache)
+        loaded = client.load(version.ref, progress=False)  # files flavor: a kept folder too
+        assert Path(loaded).read_bytes() == model.read_bytes()
+        assert _chunk_cache_bytes(cache) < MB
+    finally:
+        client.close()
+
+
+def test_the_server_merges_the_index_files_its_clients_upload(
+    tmp_path: Path, server: Server
+) -> None:
+    """A client writing through the gateway may not delete index files, so without the
+    server merging them every upload left one more file for every later lookup to read."""
+    from tether._store.chunkstore import _JOURNAL_MAX
+
+    client = tether.connect(server.url, token=server.token)
+    index = server.store / "index"
+    try:
+        for i in range(_JOURNAL_MAX + 6):
+            model = tmp_path / f"m{i}.bin"
+            model.write_bytes(os.urandom(3000) + i.to_bytes(4, "big"))
+            client.log_model(model, "tiny", progress=False)
+        files = list(index.glob("*.idx"))
+        assert len(files) <= _JOURNAL_MAX, len(files)  # not one per upload
+        assert client.load("tiny@latest", progress=False).read_bytes()[-4:] == (
+            (_JOURNAL_MAX + 5).to_bytes(4, "big")
+        )
+    finally:
+        client.close()

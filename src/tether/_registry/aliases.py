@@ -54,6 +54,7 @@ def promote(
     parsed = parse_reference(ref)
     with registry.write() as conn:
         mid = require_model(conn, parsed.name, lock=True)
+        require_role_to_move(conn, actor, parsed.name, alias)  # before saying anything more
         _, row = resolve_row(conn, parsed)
         version = repo.row_to_version(row, parsed.name)
         if version.status == "deprecated" or check_deprecated_by_policy(conn, version):
@@ -64,7 +65,6 @@ def promote(
         current = repo.alias_row(conn, mid, alias)
         if current is None and not create:
             raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
-        require_role_to_move(conn, actor, parsed.name, alias)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)

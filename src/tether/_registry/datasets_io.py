@@ -595,7 +595,9 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
     try:
         folder = scratch / "data"
-        registry.store.materialize(version.files, folder, label=f"dataset {version.ref}")
+        registry.store.materialize(
+            version.files, folder, label=f"dataset {version.ref}", cache_chunks=False
+        )  # the checkout is the copy kept
         produced = folder / version.files[0].path if pointer.get("kind") == "file" else folder
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -644,7 +646,9 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
         return
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
     try:
-        registry.store.materialize(stale, scratch / "data", label=f"dataset {version.ref}")
+        registry.store.materialize(
+            stale, scratch / "data", label=f"dataset {version.ref}", cache_chunks=False
+        )
         for entry in stale:
             destination = target / entry.path
             if destination.is_dir() and not destination.is_symlink():

@@ -42,7 +42,10 @@ def materialize(registry: Registry, version: ModelVersion, dest: Path, *, progre
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
     try:
-        registry.store.materialize(version.files, staging, label=version.ref, progress=progress)
+        # The folder is the copy kept: no second one in the chunk cache.
+        registry.store.materialize(
+            version.files, staging, label=version.ref, progress=progress, cache_chunks=False
+        )
         staging.rename(dest)
     except OSError:
         # Another process materialised it first: theirs is as good as ours.

@@ -41,8 +41,8 @@ from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
 from .._store.base import ArtifactStore, StoreStats
-from . import aliases as alias_ops
 from . import (
+    access,
     catalog,
     ci_check,
     datasets,
@@ -64,6 +64,7 @@ from . import (
     tokens,
     trust,
 )
+from . import aliases as alias_ops
 from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, audit_key_path, create_location, find_location
@@ -78,6 +79,8 @@ SETTINGS: dict[str, str] = {
     "default: production)",
     "trust.load_signers": "trusted key names (comma-separated) whose signature lets "
     "code-executing formats (pickle) load without trusted=True",
+    "access": "who may read and log without a server: open (the local user; default) "
+    "or roles (every user needs a role)",
 }
 
 
@@ -90,6 +93,8 @@ class Registry:
         self._store: ArtifactStore | None = None
         self._actor = actor
         self._audit_key: AuditKey | None = None
+        # None: as the registry's ``access`` setting says (see access.py).
+        self._enforce_roles: bool | None = None
 
     # -- opening ----------------------------------------------------------------
 
@@ -145,14 +150,24 @@ class Registry:
 
         return open_server(db_url, store_url)
 
-    def as_actor(self, actor: str) -> Registry:
-        """The same registry (engine, store) acting for another user, e.g. per request."""
+    def as_actor(self, actor: str, *, enforce_roles: bool | None = None) -> Registry:
+        """The same registry (engine, store) acting for another user, e.g. per request.
+
+        ``enforce_roles=True`` is for a caller a shell authenticated (server,
+        UI): every read and write then needs a role; None keeps this registry's mode.
+        """
         store = self.store  # share one store (and its chunk index) between clones
         clone = object.__new__(Registry)
         clone.__dict__.update(self.__dict__)
         clone._store = store
         clone._actor = actor
+        if enforce_roles is not None:
+            clone._enforce_roles = enforce_roles
         return clone
+
+    def require(self, role: str, model: str | None = None, *, action: str) -> None:
+        """Refuse ``action`` (PermissionDenied) unless the actor may do it (see access.py)."""
+        access.require(self, role, model, action)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -225,6 +240,7 @@ class Registry:
 
     def audit_head(self) -> dict[str, Any]:
         """The newest signed head with the public key that checks it (served by the server)."""
+        self.require("reader", action="reading the signed audit head")
         with self.read() as conn:
             head = newest_signed_head(conn)
         if head is None:
@@ -243,10 +259,13 @@ class Registry:
     # -- settings ---------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:
+        # Unchecked: single settings steer other use cases (the env policy of a
+        # load, the protected aliases of a move) that a role on one model allows.
         with self.read() as conn:
             return repo.get_setting(conn, key)
 
     def settings(self) -> dict[str, str]:
+        self.require("reader", action="reading settings")
         with self.read() as conn:
             return repo.all_settings(conn)
 
@@ -255,6 +274,8 @@ class Registry:
             known = ", ".join(sorted(SETTINGS))
             raise InvalidInput(f"unknown setting {key!r}", hint=f"settings: {known}")
         _check_setting(key, value)
+        if key == access.ACCESS_SETTING:
+            access.check_mode(value)
         with self.write() as conn:
             roles.require_role(conn, self.actor, "admin", None)
             before = repo.get_setting(conn, key)
@@ -267,14 +288,17 @@ class Registry:
                 before=before,
                 after=value,
             )
+        access.forget(self)  # other processes see the change within access.CACHE_SECONDS
 
     # -- models and versions ----------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
         """Every model with its counts, latest version and aliases (three queries in all)."""
+        self.require("reader", action="listing models")
         return model_search.all_models(self)
 
     def versions(self, name: str) -> list[ModelVersion]:
+        self.require("reader", name, action="reading versions")
         with self.read() as conn:
             mid = require_model(conn, name)
             by_version = repo.aliases_by_version(conn, mid)
@@ -283,19 +307,27 @@ class Registry:
                 for row in repo.version_rows(conn, mid)
             ]
 
+    def version_summaries(self, name: str) -> list[model_search.VersionSummary]:
+        """A model's live versions, only the columns a table or a chart needs."""
+        self.require("reader", name, action="reading versions")
+        return model_search.version_summaries(self, name)
+
     def get(self, ref: str) -> ModelVersion:
         """The version ``ref`` names (any reference form)."""
+        self.require("reader", _model_of(ref), action="reading versions")
         with self.read() as conn:
             return resolve_version(conn, ref)
 
     def model(self, name: str) -> ModelInfo:
         """One model: description, tags, version count, latest version, aliases."""
+        self.require("reader", name, action="reading models")
         return model_search.model_info(self, name)
 
     def create_model(
         self, name: str, *, description: str = "", tags: dict[str, str] | None = None
     ) -> ModelInfo:
         """An empty model (logging a version creates one too); Conflict if it exists."""
+        self.require("contributor", name, action="creating a model")
         return catalog.create_model(self, name, description=description, tags=tags)
 
     def update_model(
@@ -306,12 +338,14 @@ class Registry:
         set_tags: dict[str, str] | None = None,
         delete_tags: list[str] | None = None,
     ) -> ModelInfo:
+        self.require("contributor", name, action="updating a model")
         return catalog.update_model(
             self, name, description=description, set_tags=set_tags, delete_tags=delete_tags
         )
 
     def delete_model(self, name: str) -> None:
         """Mark ``name`` and its versions deleted (refused while it has aliases)."""
+        self.require("admin", name, action="deleting a model")
         catalog.delete_model(self, name)
 
     def update_version(
@@ -323,6 +357,7 @@ class Registry:
         delete_tags: list[str] | None = None,
     ) -> ModelVersion:
         """A version's labels (notes, tags): not covered by its digest, so they may change."""
+        self.require("contributor", _model_of(ref), action="updating a version")
         return catalog.update_version(
             self, ref, notes=notes, set_tags=set_tags, delete_tags=delete_tags
         )
@@ -338,6 +373,7 @@ class Registry:
         limit: int = 50,
     ) -> tuple[int, list[ModelInfo]]:
         """(number of matches, one page of them): by name/description, tag, alias; sorted."""
+        self.require("reader", action="searching models")
         return model_search.search_models(
             self, query=query, tag=tag, alias=alias, sort=sort, offset=offset, limit=limit
         )
@@ -359,6 +395,7 @@ class Registry:
         serialization: str | None = None,
         progress: bool = True,
     ) -> ModelVersion:
+        self.require("contributor", name, action="logging a version")
         return log_version.log_model(
             self,
             model,
@@ -384,10 +421,12 @@ class Registry:
         ``values`` as JSON (``VersionValues.to_dict``) are checked first: an
         ``InvalidInput`` names the field that is wrong.
         """
+        self.require("contributor", name, action="logging a version")
         if not isinstance(values, VersionValues):
             values = VersionValues.from_dict(values)
         version = log_version.commit_version(self, name, values, bump)
         datasets.record_links(self, version)  # datasets: index data= links both ways
+        self.store.tidy_index()  # the uploader could not merge the index files it added
         return version
 
     def commit_once(
@@ -398,9 +437,11 @@ class Registry:
         What a server runs for a client's commit (the client's ``commit`` sends
         one key with every retry); the author is the actor, never the values'.
         """
+        self.require("contributor", name, action="logging a version")
         return idempotent_commit.commit_once(self, name, values, bump, key)
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
+        self.require("reader", version.name, action="reading versions")
         with self.read() as conn:
             return trust.trust_facts(conn, version)
 
@@ -452,6 +493,7 @@ class Registry:
 
     def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
         parsed = parse_reference(ref)
+        self.require("approver", parsed.name, action="deprecating a version")
         with self.write() as conn:
             version = resolve_version(conn, parsed)
             status = "ready" if undo else "deprecated"
@@ -502,9 +544,11 @@ class Registry:
         return alias_ops.delete_alias(self, name, alias, actor=self.actor)
 
     def alias_history(self, name: str, alias: str) -> list[AliasMove]:
+        self.require("reader", name, action="reading alias history")
         return alias_ops.history(self, name, alias)
 
     def alias(self, name: str, alias: str) -> dict[str, Any]:
+        self.require("reader", name, action="reading aliases")
         return alias_ops.alias_state(self, name, alias)
 
     def record_route_rollback(
@@ -518,6 +562,7 @@ class Registry:
         reason: str,
     ) -> None:
         """Record that serving switched a pinned route back (``deployment.rollback``)."""
+        self.require("contributor", model, action="recording a route rollback")
         deployments.record_route_rollback(
             self, model, endpoint=endpoint, route=route, before=before, after=after, reason=reason
         )
@@ -530,12 +575,15 @@ class Registry:
         return deployments.apply(self, name, spec, reason=reason)
 
     def deployment(self, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
+        self.require("reader", action="reading deployments")
         return deployments.get(self, name, known_revision=known_revision)
 
     def deployments(self) -> list[dict[str, Any]]:
+        self.require("reader", action="reading deployments")
         return deployments.list_all(self)
 
     def deployment_history(self, name: str) -> list[dict[str, Any]]:
+        self.require("reader", action="reading deployments")
         return deployments.history(self, name)
 
     def set_deployment_weights(self, name: str, weights: dict[str, float], *,
@@ -569,6 +617,7 @@ class Registry:
         deployments.leave(self, name, replica)
 
     def deployment_status(self, name: str) -> dict[str, Any]:
+        self.require("reader", action="reading deployments")
         return deployments.status(self, name)
 
     # -- governance -------------------------------------------------------------
@@ -577,6 +626,7 @@ class Registry:
         return policies.set_policy(self, name, text)
 
     def get_policy(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        self.require("reader", name, action="reading policies")
         return policies.get_policy(self, name, revision)
 
     def approve(self, ref: str, alias: str, *, comment: str = "") -> list[str]:
@@ -584,17 +634,21 @@ class Registry:
 
     def grant(self, principal: str, role: str, *, model: str | None = None) -> None:
         roles.grant(self, principal, role, model)
+        access.forget(self)
 
     def revoke(self, principal: str, role: str, *, model: str | None = None) -> None:
         roles.revoke(self, principal, role, model)
+        access.forget(self)
 
     def grants(self) -> list[dict[str, Any]]:
+        self.require("admin", action="listing grants")
         return roles.list_grants(self)
 
     def trust_key(self, name: str, public_pem: str) -> str:
         return trust.trust_key(self, name, public_pem)
 
     def keys(self) -> list[dict[str, Any]]:
+        self.require("reader", action="listing keys")
         return trust.list_keys(self)
 
     def sign(self, ref: str, key_path: str) -> dict[str, Any]:
@@ -622,7 +676,10 @@ class Registry:
         return tokens.authenticate(self, token)
 
     def roles(self, principal: str, model: str | None = None) -> tuple[str, ...]:
-        """The roles ``principal`` holds registry-wide, plus on ``model`` if given."""
+        """The roles ``principal`` holds registry-wide, plus on ``model`` if given
+        (anyone may ask about themselves, readers about anyone)."""
+        if principal != self.actor:
+            self.require("reader", model, action="reading another principal's roles")
         with self.read() as conn:
             return roles.roles_of(conn, principal, model)
 
@@ -630,13 +687,16 @@ class Registry:
         tokens.revoke_token(self, prefix)
 
     def tokens(self) -> list[dict[str, Any]]:
+        self.require("admin", action="listing tokens")
         return tokens.list_tokens(self)
 
     def delete_version(self, ref: str) -> ModelVersion:
+        self.require("admin", _model_of(ref), action="deleting a version")
         return catalog.delete_version(self, ref)
 
     def signatures(self, ref: str) -> tuple[list[str], list[str]]:
         """(trusted keys with a valid signature on ``ref``, problems found)."""
+        self.require("reader", _model_of(ref), action="reading signatures")
         with self.read() as conn:
             return trust.signature_status(conn, resolve_version(conn, ref))
 
@@ -672,6 +732,7 @@ class Registry:
     def audit_log(
         self, *, model: str | None = None, action: str | None = None, limit: int | None = None
     ) -> list[Event]:
+        self.require("reader", action="reading the audit log")
         with self.read() as conn:
             return list_events(conn, model=model, action=action, limit=limit)
 
@@ -680,6 +741,7 @@ class Registry:
 
         ``checkpoint`` is the text of a file written by ``audit_checkpoint``.
         """
+        self.require("reader", action="verifying the audit log")
         keys = [self.audit_key.public] if self.audit_key_path.exists() else []
         mark = None
         if checkpoint is not None:
@@ -720,6 +782,7 @@ class Registry:
     # -- storage ----------------------------------------------------------------
 
     def store_stats(self) -> StoreStats:
+        self.require("reader", action="reading store statistics")
         with self.read() as conn:
             rows = repo.all_version_rows(conn)
             dataset_files = datasets.live_files(conn)  # datasets
@@ -733,6 +796,7 @@ class Registry:
         grace_seconds: float | None = None,
         dry_run: bool = False,
     ) -> retention.GcResult:
+        self.require("admin", action="collecting garbage")
         return retention.collect(
             self, keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
         )
@@ -752,18 +816,31 @@ class Registry:
         progress: bool = False,
     ) -> datasets.DatasetVersion:
         """Store a file or folder as the next version of dataset ``name``."""
+        self.require("contributor", name, action="adding a dataset version")
         return datasets.add_dataset(
             self, path, name, notes=notes, bump=bump, tags=tags, progress=progress
         )
 
+    def commit_dataset(
+        self, name: str, values: dict[str, Any], bump: str | None
+    ) -> datasets.DatasetVersion:
+        """Record a dataset version a client chunked and uploaded (validated, re-sealed)."""
+        self.require("contributor", name, action="adding a dataset version")
+        version = datasets.commit_remote_dataset(self, name, values, bump, self.actor)
+        self.store.tidy_index()
+        return version
+
     def list_datasets(self) -> list[datasets.DatasetInfo]:
+        self.require("reader", action="listing datasets")
         return datasets.list_datasets(self)
 
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
+        self.require("reader", name, action="reading dataset versions")
         return datasets.dataset_versions_of(self, name)
 
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         """The dataset version ``ref`` names, with the model versions trained on it."""
+        self.require("reader", _model_of(ref), action="reading dataset versions")
         return datasets.get_dataset(self, ref)
 
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
@@ -786,6 +863,11 @@ class Registry:
         return datasets_io.open_file(self, ref, path)
 
     # -- end of datasets ----------------------------------------------------------
+
+
+def _model_of(ref: str) -> str | None:
+    """The model (or dataset) a reference names, for scoping a role check."""
+    return ref.partition("@")[0] or None
 
 
 def _check_setting(key: str, value: str) -> None:

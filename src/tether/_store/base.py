@@ -154,14 +154,25 @@ class ArtifactStore(Protocol):
         """
         ...
 
+    def tidy_index(self) -> None:
+        """Keep lookups cheap after uploads made by others (merge the index journal)."""
+        ...
+
     def release_pin(self, key: str | None) -> None:
         """Drop the pin an ingest left (``IngestReport.pin``) once its version is committed."""
         ...
 
     def materialize(
-        self, files: Sequence[FileEntry], dest: Path, *, label: str, progress: bool = False
+        self,
+        files: Sequence[FileEntry],
+        dest: Path,
+        *,
+        label: str,
+        progress: bool = False,
+        cache_chunks: bool = True,
     ) -> None:
-        """Write ``files`` under ``dest``, verifying every byte.
+        """Write ``files`` under ``dest``, verifying every byte (``cache_chunks=False``:
+        keep no second copy in a remote store's chunk cache, ``dest`` is the copy).
 
         Raises ``IntegrityError`` naming the file and ``label`` (the version) on
         any mismatch, and ``NotFound`` when a chunk is missing.

@@ -45,6 +45,7 @@ import zstandard
 from pyfastcdc.cy import FastCDC
 
 from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
+from . import cutting
 from .base import (
     ChunkRef,
     FileEntry,
@@ -59,6 +60,10 @@ from .cache import ChunkCache, dead_scratch, remove_paths
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
+
+#: A window of a file: its bytes, its chunks (offset, length), where the last ends,
+#: and the chunks' digests when already computed.
+Window = tuple[memoryview, list[tuple[int, int]], int, list[str] | None]
 
 AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024
@@ -317,6 +322,7 @@ class ChunkStore:
         #: Locations whose bytes did not match: tried last.
         self._demoted: set[Location] = set()
         self._cctx = threading.local()
+        self._tidying = threading.Lock()
 
     # -- the index ---------------------------------------------------------------
 
@@ -579,6 +585,23 @@ class ChunkStore:
             weight += segment.pack_count
         self._merge(journal, chosen)
 
+    def tidy_index(self) -> None:
+        """Merge the index journal once it is long, unless this process is merging already.
+
+        For the bytes others uploaded: a client writing through a server's
+        gateway cannot delete index files, so the server merges after its commits
+        and every later lookup still reads a few files, not one per upload.
+        """
+        from .locking import ingest_lock
+
+        if not self._can_merge() or not self._tidying.acquire(blocking=False):
+            return
+        try:
+            with contextlib.suppress(Exception), ingest_lock(self):  # an optimisation only
+                self.maybe_consolidate()
+        finally:
+            self._tidying.release()
+
     def consolidate(self, *, exclude: Iterable[str] = ()) -> None:
         """Merge every index file into one (gc, quarantine), leaving out ``exclude`` packs."""
         if not self._can_merge():
@@ -746,14 +769,20 @@ class ChunkStore:
             bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
         return report
 
-    def _windows(self, path: Path) -> Iterator[tuple[memoryview, list[tuple[int, int]], int]]:
+    def _windows(self, path: Path) -> Iterator[Window]:
         """The file as windows of about ``_WINDOW`` bytes, cut into chunks.
 
-        Yields (window, cuts, end): the chunks of ``window`` up to ``end``. The
-        last chunk of a window may only be cut there because the window ends, so
-        it is carried into the next one and cut again: the chunks are exactly
-        those of cutting the whole file at once, in bounded memory.
+        Yields (window, cuts, end, digests): the chunks of ``window`` up to
+        ``end``, with their digests when worker processes computed them (a large
+        file, several cores: see cutting.py). The last chunk of a window may
+        only be cut there because the window ends, so it is carried into the
+        next one and cut again: the chunks are exactly those of cutting the
+        whole file at once, in bounded memory.
         """
+        size = path.stat().st_size
+        if size >= cutting.PARALLEL_FROM and cutting.workers() > 1:
+            yield from self._parallel_windows(path, size)
+            return
         cdc = FastCDC(avg_size=AVG_CHUNK)
         carry = b""
         with open(path, "rb", buffering=0) as handle:
@@ -778,17 +807,42 @@ class ChunkStore:
                 else:
                     carry = b""
                 end = cuts[-1][0] + cuts[-1][1]
-                yield view, cuts, end
+                yield view, cuts, end, None
                 if eof:
                     return
 
-    def _digest_window(self, view: memoryview, cuts: list[tuple[int, int]]
+    def _parallel_windows(self, path: Path, size: int) -> Iterator[Window]:
+        """``_windows`` of a large file cut and hashed by worker processes."""
+        with open(path, "rb", buffering=0) as handle:
+            fd = handle.fileno()
+            for stretch in cutting.parallel_cuts(path, size, AVG_CHUNK):
+                first = stretch[0][0]
+                end = stretch[-1][0] + stretch[-1][1] - first
+                buf = bytearray(end)
+                view = memoryview(buf)
+                filled = 0
+                while filled < end:
+                    got = os.preadv(fd, [view[filled:]], first + filled)
+                    if not got:
+                        raise StoreError(f"{path} shrank while it was being stored",
+                                         hint="log a file nobody is writing")
+                    filled += got
+                cuts = [(offset - first, length) for offset, length, _ in stretch]
+                yield view, cuts, end, [digest for _, _, digest in stretch]
+
+    def _digest_window(self, view: memoryview, cuts: list[tuple[int, int]],
+                       digests: list[str] | None = None,
                        ) -> list[tuple[str, memoryview, bytes | memoryview | None, int]]:
-        """(digest, raw bytes, stored payload or None when already stored, codec) per chunk."""
+        """(digest, raw bytes, stored payload or None when already stored, codec) per chunk.
+
+        ``digests`` were computed by the process that cut the window; a wrong one
+        cannot harm the store: the file's digest is computed here from the bytes,
+        and every chunk read back is checked against the digest it is stored under.
+        """
         out: list[tuple[str, memoryview, bytes | memoryview | None, int]] = []
-        for offset, length in cuts:
+        for i, (offset, length) in enumerate(cuts):
             piece = view[offset:offset + length]
-            digest = blake3.blake3(piece).hexdigest()
+            digest = digests[i] if digests is not None else blake3.blake3(piece).hexdigest()
             if self._known(digest):
                 out.append((digest, piece, None, RAW))
             else:
@@ -830,8 +884,8 @@ class ChunkStore:
                 bar.advance(length)
 
         try:
-            for view, cuts, end in self._windows(path):
-                pending.append((view, end, pool.submit(self._digest_window, view, cuts)))
+            for view, cuts, end, digests in self._windows(path):
+                pending.append((view, end, pool.submit(self._digest_window, view, cuts, digests)))
                 if len(pending) >= _AHEAD:
                     take()
             while pending:
@@ -856,7 +910,8 @@ class ChunkStore:
         return loc
 
     def _read_chunk(self, chunk: ChunkRef, *, what: str,
-                    tried: dict[str, str] | None = None) -> bytes | memoryview:
+                    tried: dict[str, str] | None = None,
+                    keep: bool = True) -> bytes | memoryview:
         """One chunk, verified, from the first of its candidate locations that holds it.
 
         ``tried`` maps packs already found wanting to why; they are not read again.
@@ -882,7 +937,8 @@ class ChunkStore:
                     tried[loc.pack] = problem
                     self._demote(chunk.digest, loc)
                     continue
-                self._cache_store(chunk.digest, payload)
+                if keep:
+                    self._cache_store(chunk.digest, payload)
                 return data
             if refreshed:
                 break
@@ -931,11 +987,12 @@ class ChunkStore:
             start += chunk.size
         return out
 
-    def _read_run_views(self, chunks: Sequence[ChunkRef], *,
-                        what: str) -> list[bytes | memoryview]:
-        """``_read_run`` without copies: views into the one buffer read."""
+    def _read_run_views(self, chunks: Sequence[ChunkRef], *, what: str,
+                        keep: bool = True) -> list[bytes | memoryview]:
+        """``_read_run`` without copies: views into the one buffer read (``keep``: into
+        the chunk cache too)."""
         if len(chunks) == 1:
-            return [self._read_chunk(chunks[0], what=what)]
+            return [self._read_chunk(chunks[0], what=what, keep=keep)]
         locs = [self._locate(c, what=what) for c in chunks]
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
@@ -944,7 +1001,8 @@ class ChunkStore:
         except IntegrityError as error:
             # The pack is gone or short: each chunk falls back to its other copies.
             why = error.message.removeprefix(f"pack {first.pack} ")
-            return [self._read_chunk(c, what=what, tried={first.pack: why}) for c in chunks]
+            return [self._read_chunk(c, what=what, tried={first.pack: why}, keep=keep)
+                    for c in chunks]
         out: list[bytes | memoryview] = []
         view = memoryview(payload)
         raw = True  # every chunk stored raw and matching: the run is the file's bytes as read
@@ -954,11 +1012,11 @@ class ChunkStore:
             data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
             if data is None:
                 self._demote(chunk.digest, loc)
-                data = self._read_chunk(chunk, what=what, tried={loc.pack: problem})
+                data = self._read_chunk(chunk, what=what, tried={loc.pack: problem}, keep=keep)
                 raw = False
             else:
                 raw = raw and loc.codec == RAW
-                if self.cache is not None:
+                if self.cache is not None and keep:
                     self._cache_store(chunk.digest, bytes(piece))
             out.append(data)
         if raw:
@@ -1008,18 +1066,20 @@ class ChunkStore:
         return self.cache.in_use(c.digest for f in files for c in f.chunks)
 
     def materialize(self, files: Sequence[FileEntry], dest: Path, *, label: str,
-                    progress: bool = False) -> None:
+                    progress: bool = False, cache_chunks: bool = True) -> None:
+        """Write ``files`` under ``dest``, verified; ``cache_chunks=False`` when ``dest``
+        is kept (a download), so a remote store's bytes land on disk once, not twice."""
         self.refresh()
         bar = Progress("loading", sum(f.size for f in files), enabled=progress)
         try:
             with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
                 for entry in files:
-                    self._materialize_file(entry, dest, label, pool, bar)
+                    self._materialize_file(entry, dest, label, pool, bar, keep=cache_chunks)
         finally:
             bar.close("verified")
 
     def _stream(self, entry: FileEntry, what: str, pool: ThreadPoolExecutor,
-                sink: Any = None) -> Iterator[list[bytes | memoryview]]:
+                sink: Any = None, *, keep: bool = True) -> Iterator[list[bytes | memoryview]]:
         """The verified chunks of ``entry``, run by run, in order, in bounded memory.
 
         Runs are read (and handed to ``sink(offset, pieces)``, which writes
@@ -1031,7 +1091,7 @@ class ChunkStore:
             position += chunk.size
 
         def read(run: list[int]) -> list[bytes | memoryview]:
-            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what)
+            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep)
             if sink is not None:
                 sink(offsets[run[0]], pieces)
             return pieces
@@ -1052,7 +1112,7 @@ class ChunkStore:
                     future.result()
 
     def _materialize_file(self, entry: FileEntry, dest: Path, label: str,
-                          pool: ThreadPoolExecutor, bar: Progress) -> None:
+                          pool: ThreadPoolExecutor, bar: Progress, *, keep: bool) -> None:
         """Write one file once: chunks checked as read, the file digest as written."""
         target = dest / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -1076,7 +1136,7 @@ class ChunkStore:
                 os.ftruncate(fd, entry.size)
             # Runs come back in order, so the whole-file digest is computed as
             # they arrive rather than by reading the file again.
-            for pieces in self._stream(entry, what, pool, write):
+            for pieces in self._stream(entry, what, pool, write, keep=keep):
                 for piece in pieces:
                     hasher.update(piece)
                     written += len(piece)

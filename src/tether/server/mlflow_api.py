@@ -233,9 +233,9 @@ class MlflowApi:
             )
         return data
 
-    def caller(self, request: Request, role: str, model: str | None, action: str) -> Registry:
-        reg, who = self.api.as_caller(request)
-        self.api.need(reg, who, role, model, action)
+    def caller(self, request: Request) -> Registry:
+        """The registry acting for the authenticated caller; the use cases check roles."""
+        reg, _who = self.api.as_caller(request)
         return reg  # type: ignore[no-any-return]
 
     def handler(self, func: Callable[[Request, dict[str, Any]], Any]) -> Callable[[Request], Any]:
@@ -321,7 +321,7 @@ class MlflowApi:
 
     async def create_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
-        reg = self.caller(request, "contributor", name, "creating a registered model")
+        reg = self.caller(request)
         tags = _tag_list(p)
         for key, value in tags.items():
             _check_tag(key, value)
@@ -340,14 +340,14 @@ class MlflowApi:
 
     async def get_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
-        reg = self.caller(request, "reader", name, "reading registered models")
+        reg = self.caller(request)
         info = await run_in_threadpool(self._model_info, reg, name)
         return {"registered_model": await run_in_threadpool(self._model_json, reg, info)}
 
     async def update_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
         description = _optional(p, "description")
-        reg = self.caller(request, "contributor", name, "updating a registered model")
+        reg = self.caller(request)
         await run_in_threadpool(self._model_info, reg, name)
         info = await run_in_threadpool(
             lambda: reg.update_model(name, description=description or "")
@@ -363,7 +363,7 @@ class MlflowApi:
 
     async def delete_model(self, request: Request, p: dict[str, Any]) -> Any:
         (name,) = self.need(p, "name")
-        reg = self.caller(request, "admin", name, "deleting a registered model")
+        reg = self.caller(request)
         await run_in_threadpool(self._model_info, reg, name)
         await run_in_threadpool(reg.delete_model, name)
         return {}
@@ -372,21 +372,21 @@ class MlflowApi:
         name, key = self.need(p, "name", "key")
         value = _optional(p, "value") or ""
         _check_tag(key, value)
-        reg = self.caller(request, "contributor", name, "tagging a registered model")
+        reg = self.caller(request)
         await run_in_threadpool(self._model_info, reg, name)
         await run_in_threadpool(lambda: reg.update_model(name, set_tags={key: value}))
         return {}
 
     async def delete_model_tag(self, request: Request, p: dict[str, Any]) -> Any:
         name, key = self.need(p, "name", "key")
-        reg = self.caller(request, "contributor", name, "untagging a registered model")
+        reg = self.caller(request)
         info = await run_in_threadpool(self._model_info, reg, name)
         if key in info.tags:  # a tag that is not there: nothing to do, as in MLflow
             await run_in_threadpool(lambda: reg.update_model(name, delete_tags=[key]))
         return {}
 
     async def search_models(self, request: Request, p: dict[str, Any]) -> Any:
-        reg = self.caller(request, "reader", None, "searching registered models")
+        reg = self.caller(request)
         # Filtering, ordering and paging run off the event loop: other requests
         # (health checks, alias reads) never wait for a search.
         return await run_in_threadpool(self._search_models, reg, p)
@@ -427,7 +427,7 @@ class MlflowApi:
                     f"Invalid Model Version stage: {stage[:40]}. Value must be one of "
                     f"{', '.join(STAGES.values())} (every Tether version is in 'None')."
                 )
-        reg = self.caller(request, "reader", name, "reading versions")
+        reg = self.caller(request)
         await run_in_threadpool(self._model_info, reg, name)
         if stages and "none" not in {s.lower() for s in stages}:
             return {"model_versions": []}  # no Tether version is in another stage
@@ -444,7 +444,7 @@ class MlflowApi:
         if not uri:
             return None
         name, number, alias = uri.groups()
-        reg = self.caller(request, "reader", name, "reading versions")
+        reg = self.caller(request)
         if alias is not None:
             info = self._model_info(reg, name)
             if alias not in info.aliases:
@@ -457,7 +457,7 @@ class MlflowApi:
 
     async def create_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, source = self.need(p, "name", "source")
-        reg = self.caller(request, "contributor", name, "creating a model version")
+        reg = self.caller(request)
         tags = _tag_list(p)
         for key, value in tags.items():
             _check_tag(key, value)
@@ -493,14 +493,14 @@ class MlflowApi:
 
     async def get_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
-        reg = self.caller(request, "reader", name, "reading versions")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         return {"model_version": await run_in_threadpool(self._version_json, reg, v)}
 
     async def update_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
         description = _optional(p, "description") or ""  # MLflow clears it when absent
-        reg = self.caller(request, "contributor", name, "updating a model version")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         updated = await run_in_threadpool(
             lambda: reg.update_version(v.ref, notes=description)
@@ -509,7 +509,7 @@ class MlflowApi:
 
     async def delete_version(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
-        reg = self.caller(request, "admin", name, "deleting a model version")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         if v.aliases:
             raise MlflowError(
@@ -526,21 +526,21 @@ class MlflowApi:
         name, version, key = self.need(p, "name", "version", "key")
         value = _optional(p, "value") or ""
         _check_tag(key, value)
-        reg = self.caller(request, "contributor", name, "tagging a model version")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         await run_in_threadpool(lambda: reg.update_version(v.ref, set_tags={key: value}))
         return {}
 
     async def delete_version_tag(self, request: Request, p: dict[str, Any]) -> Any:
         name, version, key = self.need(p, "name", "version", "key")
-        reg = self.caller(request, "contributor", name, "untagging a model version")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         if key in v.tags:
             await run_in_threadpool(lambda: reg.update_version(v.ref, delete_tags=[key]))
         return {}
 
     async def search_versions(self, request: Request, p: dict[str, Any]) -> Any:
-        reg = self.caller(request, "reader", None, "searching model versions")
+        reg = self.caller(request)
         return await run_in_threadpool(self._search_versions, reg, p)
 
     def _search_versions(self, reg: Registry, p: dict[str, Any]) -> Any:
@@ -580,7 +580,7 @@ class MlflowApi:
 
     async def download_uri(self, request: Request, p: dict[str, Any]) -> Any:
         name, version = self.need(p, "name", "version")
-        reg = self.caller(request, "reader", name, "reading versions")
+        reg = self.caller(request)
         v = await run_in_threadpool(self._version, reg, name, version)
         storage = v.flavor.get("storage_location") if v.flavor.get("name") == "mlflow" else None
         return {"artifact_uri": storage or version_json(v)["source"]}
@@ -597,7 +597,7 @@ class MlflowApi:
     async def set_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias, version = self.need(p, "name", "alias", "version")
         _check_alias(alias)
-        reg, _who = self.api.as_caller(request)  # the use case decides who may move it
+        reg = self.caller(request)  # the use case decides who may move it
         v = await run_in_threadpool(self._version, reg, name, version)
         await run_in_threadpool(
             lambda: reg.promote(v.ref, alias, reason="via MLflow API", create=True)
@@ -606,7 +606,7 @@ class MlflowApi:
 
     async def delete_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias = self.need(p, "name", "alias")
-        reg, _who = self.api.as_caller(request)  # the use case decides who may move it
+        reg = self.caller(request)  # the use case decides who may move it
         info = await run_in_threadpool(self._model_info, reg, name)
         if alias in info.aliases:  # an alias that is not there: nothing to do, as in MLflow
             await run_in_threadpool(reg.delete_alias, name, alias)
@@ -614,7 +614,7 @@ class MlflowApi:
 
     async def get_by_alias(self, request: Request, p: dict[str, Any]) -> Any:
         name, alias = self.need(p, "name", "alias")
-        reg = self.caller(request, "reader", name, "reading aliases")
+        reg = self.caller(request)
         info = await run_in_threadpool(self._model_info, reg, name)
         if alias.lower() == "latest":  # MLflow's one reserved alias that resolves
             newest = (await run_in_threadpool(reg.versions, name))[-1:]

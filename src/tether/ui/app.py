@@ -125,7 +125,7 @@ class UI:
             principal = self._principal(registry, secret)
         except Unauthenticated:
             return None
-        return Session(secret, principal, registry.as_actor(principal))
+        return Session(secret, principal, registry.as_actor(principal, enforce_roles=True))
 
     # -- rendering --------------------------------------------------------------
 
@@ -255,7 +255,6 @@ class UI:
 
     def models(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
         q = request.query_params
-        self.need(session, "reader", None, "listing models")
         data = views.models_page(
             session.registry,
             q=q.get("q", ""),
@@ -268,7 +267,6 @@ class UI:
 
     def model(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
         name = _strip_json(request.path_params["name"])
-        self.need(session, "reader", name, "reading versions")
         q = request.query_params
         columns = [c for part in q.getlist("metrics") for c in part.split(",") if c]
         data = views.model_page(
@@ -279,20 +277,16 @@ class UI:
     def version(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
         name = request.path_params["name"]
         selector = _strip_json(request.path_params["selector"])
-        self.need(session, "reader", name, "reading versions")
         data = views.version_page(session.registry, session.perms, f"{name}@{selector}")
         return "version.html", data, data["version"]["ref"]
 
     def compare(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
         refs = request.query_params.getlist("v")
-        for ref in refs:
-            self.need(session, "reader", ref.partition("@")[0], "reading versions")
         only = request.query_params.get("only") in ("1", "true", "on", "diff")
         data = views.compare_page(session.registry, refs, only_diff=only)
         return "compare.html", data, "Compare"
 
     def audit(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
-        self.need(session, "reader", None, "reading the audit log")
         q = request.query_params
         data = views.audit_page(
             session.registry,
@@ -305,18 +299,6 @@ class UI:
             verifier=self.verifier,
         )
         return "audit.html", data, "Audit log"
-
-    @staticmethod
-    def need(session: Session, role: str, model: str | None, what: str) -> None:
-        if session.perms.allows(role, model):
-            return
-        have = ", ".join(session.perms.roles(model)) or "no role"
-        scope = f" on model {model}" if model else ""
-        raise PermissionDenied(
-            f"{what} needs role {role}{scope}; {session.principal} has {have}",
-            hint=f"an admin can run `tether role grant {session.principal} {role}"
-            + (f" --model {model}`" if model else "`"),
-        )
 
     # -- actions ----------------------------------------------------------------
 
@@ -347,7 +329,6 @@ class UI:
         if not version:
             raise InvalidInput("choose a version to promote")
         reason = self._reason(form)
-        self.need(session, session.perms.role_to_move(alias), name, f"moving {name}@{alias}")
         create = form.get("create") in ("1", "on", "true")
         move = session.registry.promote(f"{name}@{version}", alias, reason=reason, create=create)
         return self._move(move)
@@ -358,7 +339,6 @@ class UI:
         name = request.path_params["name"]
         alias = validate_alias_name(form.get("alias", "").strip())
         reason = self._reason(form)
-        self.need(session, session.perms.role_to_move(alias), name, f"rolling back {name}@{alias}")
         return self._move(session.registry.rollback(name, alias, reason=reason))
 
     def do_approve(
@@ -368,7 +348,6 @@ class UI:
         alias = validate_alias_name(form.get("alias", "").strip())
         version = form.get("version", "").strip()
         reason = self._reason(form)
-        self.need(session, "approver", name, "approving")
         ref = f"{name}@{version}"
         approvers = session.registry.approve(ref, alias, comment=reason)
         return {
@@ -385,7 +364,6 @@ class UI:
         version = form.get("version", "").strip()
         undo = form.get("undo") in ("1", "on", "true")
         reason = self._reason(form)
-        self.need(session, "approver", name, "deprecating")
         found = session.registry.deprecate(f"{name}@{version}", reason=reason, undo=undo)
         return {
             "message": f"{found.ref} is now {found.status}",

@@ -19,7 +19,6 @@ from .._humanize import ago, human_bytes
 from .._policy import protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
 from .._registry.compare import diff_versions
-from .._registry.model_search import version_summaries
 from .._registry.registry import Registry
 from .chart import line_chart
 
@@ -37,18 +36,13 @@ class Permissions:
     def __init__(self, registry: Registry, principal: str) -> None:
         self.registry = registry
         self.principal = principal
-        self._grants: list[dict[str, Any]] | None = None
+        self._roles: dict[str | None, tuple[str, ...]] = {}
         self._protected: tuple[str, ...] | None = None
 
     def roles(self, model: str | None) -> tuple[str, ...]:
-        if self._grants is None:
-            self._grants = [g for g in self.registry.grants() if g["principal"] == self.principal]
-        found = {
-            str(g["role"])
-            for g in self._grants
-            if g["model"] is None or (model is not None and g["model"] == model)
-        }
-        return tuple(sorted(found, key=role_rank))
+        if model not in self._roles:
+            self._roles[model] = self.registry.roles(self.principal, model)
+        return self._roles[model]
 
     def allows(self, role: str, model: str | None) -> bool:
         needed = role_rank(role)
@@ -158,7 +152,7 @@ def model_page(
 ) -> dict[str, Any]:
     info = registry.model(name)
     # The table and the chart need a few columns of each version, not whole versions.
-    found = version_summaries(registry, name)
+    found = registry.version_summaries(name)
     metric_names: list[str] = []
     for v in found:
         for key, value in v.metrics.items():
@@ -270,7 +264,7 @@ def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[st
 def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, Any]:
     version = registry.get(ref)
     name = version.name
-    siblings = version_summaries(registry, name)
+    siblings = registry.version_summaries(name)
     before = max((v for v in siblings if v.seq < version.seq), key=lambda v: v.seq, default=None)
     following = min((v for v in siblings if v.seq > version.seq), key=lambda v: v.seq, default=None)
     production = next((v for v in siblings if "production" in v.aliases), None)

@@ -1,0 +1,100 @@
+"""Who may read and who may log: decided here, for every shell.
+
+The server, the MLflow API and the web UI only authenticate (who is calling);
+they hand the registry an actor that enforces roles, and the use cases call
+``require`` before they read or write.  A registry opened on the local machine
+trusts its operating-system user, who can read the database file anyway, unless
+the ``access`` setting says ``roles`` (a team sharing one PostgreSQL database
+without a server).  Finer rules (admin-only grants, approvers for protected
+aliases, approvals by someone other than the author) are checked by their use
+cases whatever the mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import PermissionDenied
+from .._metadata import repository as repo
+from .._policy import role_rank
+from .roles import roles_of
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+ACCESS_SETTING = "access"
+ACCESS_MODES = ("open", "roles")
+
+#: Role lookups are on every read's path: remembered this long, so a revoked
+#: role stops working within this many seconds.
+CACHE_SECONDS = 5.0
+_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+
+
+def cached(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    value = compute()
+    if len(_cache) > 10000:
+        _cache.clear()
+    _cache[key] = (now + CACHE_SECONDS, value)
+    return value
+
+
+def enforces_roles(registry: Registry) -> bool:
+    """True for an authenticated caller of a server or UI, or under ``access=roles``."""
+    chosen = registry._enforce_roles
+    if chosen is not None:
+        return chosen
+
+    def setting() -> bool:
+        with registry.read() as conn:
+            return repo.get_setting(conn, ACCESS_SETTING) == "roles"
+
+    return bool(cached(("access", id(registry.engine)), setting))
+
+
+def forget(registry: Registry) -> None:
+    """Drop what this process remembers of ``registry`` (its mode changed, a grant moved)."""
+    engine = id(registry.engine)
+    for key in [k for k in _cache if len(k) > 1 and k[1] == engine]:
+        _cache.pop(key, None)
+
+
+def held_roles(registry: Registry, principal: str, model: str | None) -> tuple[str, ...]:
+    def lookup() -> tuple[str, ...]:
+        with registry.read() as conn:
+            return roles_of(conn, principal, model)
+
+    return tuple(cached(("roles", id(registry.engine), principal, model), lookup))
+
+
+def require(registry: Registry, role: str, model: str | None, action: str) -> None:
+    """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide)."""
+    if not enforces_roles(registry):
+        return
+    principal = registry.actor
+    held = held_roles(registry, principal, model)
+    if any(role_rank(r) >= role_rank(role) for r in held):
+        return
+    have = ", ".join(held) or "no role"
+    scope = f" on model {model}" if model else ""
+    raise PermissionDenied(
+        f"{action} needs role {role}{scope}; {principal} has {have}",
+        hint=f"an admin can run `tether role grant {principal} {role}"
+        + (f" --model {model}`" if model else "`"),
+    )
+
+
+def check_mode(value: str) -> None:
+    from .._errors import InvalidInput
+
+    if value not in ACCESS_MODES:
+        raise InvalidInput(
+            f"access must be one of {', '.join(ACCESS_MODES)}, not {value!r}",
+            hint="open: the local user may read and log; roles: every caller needs a role",
+        )

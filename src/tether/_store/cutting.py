@@ -1,0 +1,268 @@
+"""Cutting a large file into content-defined chunks on every core.
+
+FastCDC holds the GIL, so threads cannot share the cutting; worker processes
+can. Each worker reads one segment of the file (from the page cache, with
+``pread``) plus an overlap into the next, cuts it as if a chunk started at the
+segment's first byte, and hashes its chunks. Where a chunk ends depends only on
+the bytes since the chunk began, so two cuttings that share one boundary agree
+on every boundary after it: the main process stitches each segment to the
+previous one at their first shared boundary in the overlap, and the chunks are
+exactly those of cutting the whole file in one go (deduplication against
+versions logged sequentially is unchanged). When no boundary is shared inside
+the overlap (a run of identical bytes longer than the overlap, cut at the
+largest size from two different starts), that stretch is cut again here, from
+the last agreed boundary.
+
+The workers are plain ``python -m tether._store.cutting`` processes speaking
+JSON lines over pipes, not ``multiprocessing``: that would import the caller's
+``__main__`` again in every worker (a training script without a ``__main__``
+guard would run twice), or fork a process full of threads. A worker that cannot
+start or dies leaves its segments to be cut here, slower but the same.
+
+Workers return offsets and digests only; the main process reads each stitched
+stretch once more to hash the whole file and to compress the chunks it has not
+stored, so memory stays bounded by a few segments whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+import blake3
+from pyfastcdc.cy import FastCDC
+
+#: Bytes each worker cuts (and the most the main process reads at once).
+SEGMENT = 32 * 1024 * 1024
+#: How far a worker cuts into the next segment to meet its cutting: several of
+#: the largest chunks (FastCDC's maximum is 4x the average).
+OVERLAP = 2 * 1024 * 1024
+#: Files smaller than this are cut in the calling thread: the pipeline's other
+#: stages already keep a second core busy, and workers cost a start-up.
+PARALLEL_FROM = 4 * SEGMENT
+
+Cut = tuple[int, int, str]  # (offset in the file, length, BLAKE3 hex digest)
+
+
+def workers() -> int:
+    """Worker processes: one per core (0 with one core, or ``TETHER_CUT_WORKERS=0``)."""
+    chosen = os.environ.get("TETHER_CUT_WORKERS")
+    if chosen is not None and chosen.isdigit():
+        return min(int(chosen), 16)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = min(8, cores or 1)
+    return count if count > 1 else 0
+
+
+def cut_segment(path: str, start: int, stop: int, avg_size: int, final: bool) -> list[Cut]:
+    """The chunks of ``path[start:stop]`` cut as if one began at ``start``.
+
+    Unless ``final`` (the segment reaches the end of the file), the last chunk
+    ends only because the bytes do, so it is left out.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, stop - start, start)
+    finally:
+        os.close(fd)
+    view = memoryview(data)
+    cuts = [(c.offset, c.length) for c in FastCDC(avg_size=avg_size).cut_buf(view)]
+    if not final and len(cuts) > 1:
+        cuts.pop()
+    return [
+        (start + offset, length, blake3.blake3(view[offset : offset + length]).hexdigest())
+        for offset, length in cuts
+    ]
+
+
+class _Worker:
+    """One worker process and its pipes (one request at a time)."""
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tether._store.cutting"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
+
+    def cut(self, path: str, start: int, stop: int, avg_size: int, final: bool) -> list[Cut]:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        request = {"path": path, "start": start, "stop": stop, "avg": avg_size, "final": final}
+        stdin.write(json.dumps(request).encode() + b"\n")
+        stdin.flush()
+        line = stdout.readline()
+        if not line:
+            raise OSError("the cutting worker exited")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise OSError(answer["error"])
+        return [(int(o), int(n), str(d)) for o, n, d in answer["cuts"]]
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except Exception:
+            self.proc.kill()
+
+
+class _Pool:
+    """Idle workers, started on first use and kept for the process's life."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self.started = 0
+        self.lock = threading.Lock()
+        self.threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="tether-cut")
+        self.all: list[_Worker] = []
+
+    def _take(self) -> _Worker | None:
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self.lock:
+            if self.started < self.size:
+                self.started += 1
+                try:
+                    worker = _Worker()
+                except OSError:
+                    return None  # cannot start one: cut here
+                self.all.append(worker)
+                return worker
+        return self.idle.get()
+
+    def cut(self, path: str, start: int, stop: int, avg_size: int, final: bool) -> list[Cut]:
+        worker = self._take()
+        if worker is None:
+            return cut_segment(path, start, stop, avg_size, final)
+        try:
+            cuts = worker.cut(path, start, stop, avg_size, final)
+        except (OSError, ValueError, KeyError, TypeError):
+            worker.close()  # broken: replaced by a fresh one next time
+            with self.lock:
+                self.started -= 1
+                self.all.remove(worker)
+            return cut_segment(path, start, stop, avg_size, final)
+        self.idle.put(worker)
+        return cuts
+
+    def submit(self, *args: Any) -> Future[list[Cut]]:
+        return self.threads.submit(self.cut, *args)
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        for worker in list(self.all):
+            worker.close()
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> _Pool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _Pool(workers())
+            atexit.register(_pool.close)
+        return _pool
+
+
+def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> list[Cut] | None:
+    """``previous_tail`` (true chunks from ``agreed_end``) followed by ``segment``'s chunks
+    from the first boundary both share; None when they share none."""
+    starts = {offset: i for i, (offset, _length, _digest) in enumerate(segment)}
+    if agreed_end in starts:
+        return segment[starts[agreed_end]:]
+    for i, (offset, length, _digest) in enumerate(previous_tail):
+        end = offset + length
+        if end in starts:
+            return previous_tail[: i + 1] + segment[starts[end]:]
+    return None
+
+
+def parallel_cuts(path: Path, size: int, avg_size: int) -> Iterator[list[Cut]]:
+    """The file's chunks, a stretch at a time, in order, exactly as one cutting finds them.
+
+    At most one segment per worker, plus one, is cut ahead of the caller.
+    """
+    pool = _shared_pool()
+    starts = list(range(0, size, SEGMENT))
+    pending: deque[tuple[int, Future[list[Cut]]]] = deque()
+    submitted = 0
+
+    def submit() -> None:
+        nonlocal submitted
+        start = starts[submitted]
+        stop = min(size, start + SEGMENT + OVERLAP)
+        pending.append((start, pool.submit(str(path), start, stop, avg_size, stop == size)))
+        submitted += 1
+
+    try:
+        while submitted < len(starts) and len(pending) <= pool.size:
+            submit()
+        agreed_end = 0  # every chunk before this offset has been yielded
+        carried: list[Cut] = []  # true chunks from agreed_end, not yielded yet
+        while pending:
+            start, future = pending.popleft()
+            if submitted < len(starts):
+                submit()
+            segment = future.result()
+            chunks = segment if start == 0 else _stitch(agreed_end, carried, segment)
+            if chunks is None:
+                # No shared boundary in the overlap: cut this stretch here, from
+                # the last boundary both cuttings agree on.
+                stop = min(size, start + SEGMENT + OVERLAP)
+                chunks = cut_segment(str(path), agreed_end, stop, avg_size, stop == size)
+            boundary = start + SEGMENT
+            if boundary >= size:
+                if chunks:
+                    yield chunks
+                return
+            # Yield what the next segment cannot change: the chunks ending by its start.
+            ready = [c for c in chunks if c[0] + c[1] <= boundary]
+            carried = chunks[len(ready):]
+            if ready:
+                yield ready
+                agreed_end = ready[-1][0] + ready[-1][1]
+    finally:
+        for _start, future in pending:
+            future.cancel()
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """A worker's loop: one JSON request per line in, one JSON answer per line out."""
+    for line in requests:
+        try:
+            r = json.loads(line)
+            answer: dict[str, Any] = {
+                "cuts": cut_segment(r["path"], r["start"], r["stop"], r["avg"], r["final"])
+            }
+        except Exception as error:  # reported to the parent, which cuts the segment itself
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        answers.write(json.dumps(answer).encode() + b"\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

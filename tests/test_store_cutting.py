@@ -1,0 +1,60 @@
+"""Cutting on every core finds exactly the chunks one cutting finds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+from pyfastcdc.cy import FastCDC
+
+from tether._store import cutting, open_store
+from tether._store.chunkstore import AVG_CHUNK
+
+
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments of 1 MB, so a few MB exercise stitching (and its fallback)."""
+    monkeypatch.setattr(cutting, "SEGMENT", 1 << 20)
+    monkeypatch.setattr(cutting, "OVERLAP", 1 << 19)
+    monkeypatch.setattr(cutting, "PARALLEL_FROM", 2 << 20)
+    monkeypatch.setattr(cutting, "workers", lambda: 2)
+
+
+def _awkward_bytes() -> bytes:
+    # Random bytes; then a run of zeros longer than the overlap, which FastCDC
+    # cuts at its largest size from wherever it starts (two segments' cuttings
+    # never meet inside it: the fallback); then random bytes again, an odd size.
+    return os.urandom(3_300_000) + bytes(1_500_000) + os.urandom(2_100_003)
+
+
+def test_stitched_chunks_equal_one_cutting(tmp_path: Path, small_segments: None) -> None:
+    data = _awkward_bytes()
+    path = tmp_path / "model.bin"
+    path.write_bytes(data)
+    sequential = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(data)]
+    stretches = list(cutting.parallel_cuts(path, len(data), AVG_CHUNK))
+    assert len(stretches) > 3  # really cut in several pieces
+    parallel = [cut for stretch in stretches for cut in stretch]
+    assert [(offset, length) for offset, length, _ in parallel] == sequential
+    for offset, length, digest in parallel:
+        assert digest == blake3.blake3(data[offset : offset + length]).hexdigest()
+
+
+def test_a_file_stored_in_parallel_dedups_against_one_stored_sequentially(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _awkward_bytes()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(data)
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    parallel = store.ingest(tmp_path / "a", ["model.bin"]).files[0]
+    monkeypatch.setattr(cutting, "PARALLEL_FROM", 1 << 40)  # one cutting, in this thread
+    fresh = open_store(f"file://{tmp_path / 'store2'}", cache_dir=tmp_path / "cache2")
+    sequential = fresh.ingest(tmp_path / "a", ["model.bin"]).files[0]
+    assert parallel == sequential
+    again = store.ingest(tmp_path / "a", ["model.bin"])
+    assert again.new_chunks == 0 and again.reused_chunks == len(parallel.chunks)
+    store.materialize([parallel], tmp_path / "out", label="test")
+    assert (tmp_path / "out" / "model.bin").read_bytes() == data
