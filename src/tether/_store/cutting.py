@@ -64,18 +64,42 @@ def workers() -> int:
     return count if count > 1 else 0
 
 
-def cut_segment(path: str, start: int, stop: int, avg_size: int, final: bool) -> list[Cut]:
+#: A worker's one buffer, reused for every segment: new pages for each segment
+#: cost more than reading it. Only workers use it (they cut one segment at a time).
+_buffer = bytearray()
+
+
+def _read(path: str, start: int, length: int, *, reuse: bool) -> memoryview:
+    """``length`` bytes of ``path`` from ``start`` (into the worker's buffer if ``reuse``)."""
+    global _buffer
+    if not reuse:
+        view = memoryview(bytearray(length))
+    else:
+        if len(_buffer) < length:
+            _buffer = bytearray(length)
+        view = memoryview(_buffer)[:length]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        filled = 0
+        while filled < length:
+            got = os.preadv(fd, [view[filled:]], start + filled)
+            if not got:
+                raise OSError(f"{path} shrank while it was being cut")
+            filled += got
+    finally:
+        os.close(fd)
+    return view
+
+
+def cut_segment(
+    path: str, start: int, stop: int, avg_size: int, final: bool, *, reuse: bool = False
+) -> list[Cut]:
     """The chunks of ``path[start:stop]`` cut as if one began at ``start``.
 
     Unless ``final`` (the segment reaches the end of the file), the last chunk
     ends only because the bytes do, so it is left out.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, stop - start, start)
-    finally:
-        os.close(fd)
-    view = memoryview(data)
+    view = _read(path, start, stop - start, reuse=reuse)
     cuts = [(c.offset, c.length) for c in FastCDC(avg_size=avg_size).cut_buf(view)]
     if not final and len(cuts) > 1:
         cuts.pop()
@@ -256,7 +280,9 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         try:
             r = json.loads(line)
             answer: dict[str, Any] = {
-                "cuts": cut_segment(r["path"], r["start"], r["stop"], r["avg"], r["final"])
+                "cuts": cut_segment(
+                    r["path"], r["start"], r["stop"], r["avg"], r["final"], reuse=True
+                )
             }
         except Exception as error:  # reported to the parent, which cuts the segment itself
             answer = {"error": f"{type(error).__name__}: {error}"}
