@@ -1,6 +1,7 @@
 """Registry-size benchmark: logging and loading a tiny model must not slow down as versions pile up.
 
     .venv/bin/python bench/bench_registry_scale.py [--sizes 1000,10000] [--huge] [--json]
+    .venv/bin/python bench/bench_registry_scale.py --registry [--sizes 100,1000,10000]
 
 For each size N, a store is filled with N versions of a tiny model (a few KB of
 new bytes each: one pack and one index entry per version, as `tether.log_model`
@@ -9,6 +10,10 @@ as every ``tether.log_model`` call opens its registry) logging one more tiny
 version, and loading one. The same is run with merging turned off (one index
 file per pack, as before the merged index) for comparison. ``--huge`` adds
 100,000 versions.
+
+``--registry`` times the whole of ``Registry.log_model`` and ``load`` instead (an
+embedded registry: SQLite plus a local store, one model with N versions, logged
+for real; run outside a git work tree, where each log also runs ``git status``).
 
 Goal: flat, and under 15 ms per log on the embedded (local) store.
 """
@@ -122,19 +127,65 @@ def _line(row: dict[str, Any]) -> str:
             f"{row['packs']} packs; synced write of one tiny version {row['fsync_ms']:.1f} ms")
 
 
+def run_registry(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    """``Registry.log_model``/``load`` of a tiny file, in a registry of N versions of it."""
+    from tether._registry.registry import Registry
+
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-reg-") as folder:
+            tmp = Path(folder)
+            os.chdir(tmp)  # outside any git work tree
+            reg = Registry.init(tmp / ".tether", actor="bench")
+            model = tmp / "model.bin"
+            real_fsync = os.fsync
+            os.fsync = lambda fd: None  # the fill is not what is timed
+            start = time.perf_counter()
+            try:
+                for i in range(size):
+                    model.write_bytes(os.urandom(3000) + i.to_bytes(8, "big"))
+                    reg.log_model(model, "tiny", progress=False)
+            finally:
+                os.fsync = real_fsync
+            os.sync()
+            fill_s = time.perf_counter() - start
+            logs, loads = [], []
+            for r in range(rounds):
+                model.write_bytes(os.urandom(3000) + (10**9 + r).to_bytes(8, "big"))
+                start = time.perf_counter()
+                version = reg.log_model(model, "tiny", progress=False)
+                logs.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                reg.load(version.ref, progress=False)
+                loads.append((time.perf_counter() - start) * 1000)
+            reg.close()
+            row = {"versions": size, "fill_s": fill_s, "log_ms": statistics.median(logs),
+                   "log_p90_ms": sorted(logs)[int(len(logs) * 0.9)],
+                   "load_ms": statistics.median(loads), "fsync_ms": _synced_write_ms(tmp, rounds)}
+            rows.append(row)
+            print(f"registry {size:>7} versions: log_model {row['log_ms']:6.1f} ms "
+                  f"(p90 {row['log_p90_ms']:.1f}; goal < {GOAL_MS:.0f}, flat), "
+                  f"load {row['load_ms']:6.1f} ms; synced write of one tiny version "
+                  f"{row['fsync_ms']:.1f} ms (filled in {fill_s:.0f} s)", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--huge", action="store_true", help="add 100,000 versions")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--registry", action="store_true",
+                        help="time Registry.log_model/load end to end instead of the store")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.huge:
         sizes.append(100_000)
-    print(f"tiny model (3 KB) log/load on a local store, {os.cpu_count()} CPUs, "
+    where = "an embedded registry" if args.registry else "a local store"
+    print(f"tiny model (3 KB) log/load on {where}, {os.cpu_count()} CPUs, "
           f"median of {args.rounds}")
-    rows = run(sizes, args.rounds)
+    rows = run_registry(sizes, args.rounds) if args.registry else run(sizes, args.rounds)
     if args.json:
         print(json.dumps(rows, indent=2))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import json
 import os
 import platform
 import re
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 _cache: dict[str, Any] | None = None
+_frozen = ""  # _cache as JSON: what every caller gets a fresh copy of
 
 
 def canonical_name(name: str) -> str:
@@ -106,7 +107,7 @@ def capture_environment() -> dict[str, Any]:
 
     Cached per process (logging and loading call it often); callers get a copy.
     """
-    global _cache
+    global _cache, _frozen
     if _cache is None:
         _cache = {
             "python": platform.python_version(),
@@ -119,7 +120,10 @@ def capture_environment() -> dict[str, Any]:
             "packages": _packages(),
         }
         _cache["requires"], _cache["local_installs"] = _dependencies()
-    return copy.deepcopy(_cache)
+        _frozen = json.dumps(_cache)
+    # A copy callers may change: decoding the JSON costs a fraction of deepcopy
+    # (hundreds of distributions, on every log and load).
+    return dict(json.loads(_frozen))
 
 
 def clear_cache() -> None:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from .._digest import canonical_json
 from .._records import AliasMove, ModelVersion
+from .._semver import SemVer
 from .._store.base import FileEntry
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
@@ -94,6 +95,52 @@ def version_rows(
     if not include_deleted:
         query = query.where(versions.c.status != "deleted")
     return list(conn.execute(query))
+
+
+def live_versions_with_digest(conn: sa.Connection, mid: int, digest: str) -> list[sa.Row[Any]]:
+    """The model's versions (not deleted) whose content digest is ``digest``.
+
+    Asked by digest alone, then narrowed here: given ``model_id`` too, SQLite
+    (no statistics) walks the model's index and reads every version's row.
+    """
+    query = sa.select(versions).where(versions.c.digest == digest)
+    rows = [r for r in conn.execute(query) if r.model_id == mid and r.status != "deleted"]
+    return sorted(rows, key=lambda r: r.seq)
+
+
+def newest_live_version(conn: sa.Connection, mid: int) -> sa.Row[Any] | None:
+    query = sa.select(versions).where(versions.c.model_id == mid, versions.c.status != "deleted")
+    return conn.execute(query.order_by(versions.c.seq.desc()).limit(1)).first()
+
+
+def highest_seq(conn: sa.Connection, mid: int) -> int:
+    """The largest sequence number ever given in the model (deleted versions count)."""
+    found = conn.execute(
+        sa.select(sa.func.max(versions.c.seq)).where(versions.c.model_id == mid)
+    ).scalar()
+    return int(found or 0)
+
+
+def highest_semver(conn: sa.Connection, mid: int) -> str | None:
+    """The highest semantic version ever given in the model (deleted versions count)."""
+    top = conn.execute(
+        sa.select(versions.c.major, versions.c.minor, versions.c.patch)
+        .where(versions.c.model_id == mid)
+        .order_by(versions.c.major.desc(), versions.c.minor.desc(), versions.c.patch.desc())
+        .limit(1)
+    ).first()
+    if top is None:
+        return None
+    # Pre-releases share a (major, minor, patch): the full comparison decides among them.
+    tied = conn.execute(
+        sa.select(versions.c.semver).where(
+            versions.c.model_id == mid,
+            versions.c.major == top.major,
+            versions.c.minor == top.minor,
+            versions.c.patch == top.patch,
+        )
+    ).scalars()
+    return str(max(tied, key=SemVer.parse))
 
 
 def version_by_id(conn: sa.Connection, vid: int) -> sa.Row[Any] | None:

@@ -69,6 +69,8 @@ versions = Table(
     Index("ix_versions_digest", "digest"),
     # Counts and latest versions of a page of models, from the index alone (0008).
     Index("ix_versions_model_status_seq", "model_id", "status", "seq"),
+    # The highest version number of a model, read from the index at every log (0009).
+    Index("ix_versions_model_semver_order", "model_id", "major", "minor", "patch"),
 )
 
 aliases = Table(

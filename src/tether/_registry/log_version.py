@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +133,8 @@ def log_model(
     tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
     data_ = data_inputs(registry, data)  # dataset references ("ds@2") become links
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
+    # git runs (a few ms: a process or two) while the model is saved and stored.
+    git_state = _background(capture_git)
 
     with tempfile.TemporaryDirectory(**registry.store.scratch_args("log")) as tmp:
         model_dir = Path(tmp) / "model"
@@ -162,7 +166,7 @@ def log_model(
         params=params_,
         metrics=metrics_,
         data=data_,
-        lineage={"git": capture_git(), **drift_baseline.lineage_entry(data, signature_)},
+        lineage={"git": git_state.result(), **drift_baseline.lineage_entry(data, signature_)},
         environment=capture_environment(),
         tags=tags_,
         notes=notes,
@@ -173,6 +177,20 @@ def log_model(
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)
+
+
+def _background(work: Callable[[], Any]) -> Future[Any]:
+    """``work()`` on a thread of its own, its result (or error) in the future returned."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="tether-git", daemon=True).start()
+    return future
 
 
 def facts_of(values: Mapping[str, Any]) -> VersionFacts:
@@ -227,18 +245,21 @@ def _insert(
         mid, _created = repo.ensure_model(conn, name)
         # Numbers are never reused: a deleted version keeps its seq and semver, as MLflow
         # keeps a deleted version's number, so the next ones count past it.
-        every = repo.version_rows(conn, mid, include_deleted=True)
-        rows = [r for r in every if r.status != "deleted"]
-        for row in rows:
-            if row.digest == values["digest"] and _row_facts(row).metadata == facts.metadata:
+        # A few indexed queries, never every version: the cost of logging must not
+        # grow with the number of versions a model has.
+        for row in repo.live_versions_with_digest(conn, mid, values["digest"]):
+            if _row_facts(row).metadata == facts.metadata:
                 return repo.row_to_version(
                     row, name, repo.aliases_by_version(conn, mid).get(row.id, [])
                 )
-        previous = _row_facts(rows[-1]) if rows else None
+        newest = repo.newest_live_version(conn, mid)
+        previous = _row_facts(newest) if newest is not None else None
         level, reasons = required_bump(previous, facts)
-        highest = max((SemVer.parse(r.semver) for r in every), default=None)
-        semver = resolve_bump(highest, level, bump, reasons)
-        seq = max((r.seq for r in every), default=0) + 1
+        highest = repo.highest_semver(conn, mid)
+        semver = resolve_bump(
+            SemVer.parse(highest) if highest else None, level, bump, reasons
+        )
+        seq = repo.highest_seq(conn, mid) + 1
         row_values = dict(values)
         row_values.update(
             seq=seq,

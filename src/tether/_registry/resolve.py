@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from .._errors import AmbiguousReference, NotFound
 from .._identity import require_intact
 from .._metadata import repository as repo
+from .._metadata.schema import versions
 from .._records import ModelVersion
 from .._reference import Reference, SelectorKind, parse_reference
 
@@ -29,23 +30,38 @@ def require_model(conn: sa.Connection, name: str, *, lock: bool = False) -> int:
     return mid
 
 
-def _listing(rows: list[sa.Row[Any]], aliases: dict[str, str]) -> str:
-    newest = sorted(rows, key=lambda r: r.seq)[-8:]
-    versions = ", ".join(f"{r.semver} (#{r.seq})" for r in newest) or "no versions"
+def _listing(conn: sa.Connection, mid: int) -> str:
+    newest = list(
+        conn.execute(
+            sa.select(versions.c.semver, versions.c.seq)
+            .where(versions.c.model_id == mid, versions.c.status != "deleted")
+            .order_by(versions.c.seq.desc())
+            .limit(8)
+        )
+    )[::-1]
+    aliases = repo.alias_targets(conn, mid)
+    listed = ", ".join(f"{r.semver} (#{r.seq})" for r in newest) or "no versions"
     alias_text = ", ".join(f"{a} -> {v}" for a, v in aliases.items()) or "no aliases"
-    return f"versions: {versions}; aliases: {alias_text}"
+    return f"versions: {listed}; aliases: {alias_text}"
+
+
+def _matching(conn: sa.Connection, mid: int, *conditions: Any) -> list[sa.Row[Any]]:
+    """The model's live versions meeting ``conditions``, by sequence number (an indexed
+    lookup: resolving must not read every version of a model with thousands)."""
+    query = sa.select(versions).where(
+        versions.c.model_id == mid, versions.c.status != "deleted", *conditions
+    )
+    return list(conn.execute(query.order_by(versions.c.seq)))
 
 
 def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
     """The model id and version row ``ref`` names; raises NotFound or AmbiguousReference."""
     mid = require_model(conn, ref.name)
-    rows = repo.version_rows(conn, mid)
 
     def missing(what: str) -> NotFound:
-        return NotFound(
-            f"{ref.name} has no {what}",
-            hint=_listing(rows, repo.alias_targets(conn, mid)),
-        )
+        if ref.kind is not SelectorKind.ALIAS and repo.newest_live_version(conn, mid) is None:
+            return NotFound(f"{ref.name} has no versions yet", hint="log one with tether.log_model")
+        return NotFound(f"{ref.name} has no {what}", hint=_listing(conn, mid))
 
     if ref.kind is SelectorKind.ALIAS:
         alias = repo.alias_row(conn, mid, ref.value)
@@ -55,28 +71,37 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
         if row is None or row.status == "deleted":
             raise missing(f"live version behind alias {ref.value!r}")
         return mid, row
-    if not rows:
-        raise NotFound(f"{ref.name} has no versions yet", hint="log one with tether.log_model")
     if ref.kind is SelectorKind.LATEST:
-        return mid, rows[-1]
+        newest = repo.newest_live_version(conn, mid)
+        if newest is None:
+            raise missing("versions")
+        return mid, newest
     if ref.kind is SelectorKind.SEQUENCE:
-        found = [r for r in rows if r.seq == int(ref.value)]
+        found = _matching(conn, mid, versions.c.seq == int(ref.value))
         if not found:
             raise missing(f"version number {ref.value}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER:
-        found = [r for r in rows if r.semver == ref.value]
+        found = _matching(conn, mid, versions.c.semver == ref.value)
         if not found:
             raise missing(f"version {ref.value}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER_RANGE:
         parts = [int(p) for p in ref.value.split(".")]
-        found = [r for r in rows if list(_semver_key(r))[: len(parts)] == parts]
+        columns = (versions.c.major, versions.c.minor, versions.c.patch)
+        found = _matching(conn, mid, *(c == p for c, p in zip(columns, parts, strict=False)))
         if not found:
             raise missing(f"version matching ~{ref.value}")
         return mid, max(found, key=_semver_key)
-    # SelectorKind.DIGEST
-    found = [r for r in rows if r.digest.startswith(ref.value)]
+    # SelectorKind.DIGEST: a prefix of lowercase hex, as a range the digest index serves
+    # (asked without the model, which would make SQLite walk the model's versions).
+    prefix = ref.value.lower()
+    in_range = conn.execute(
+        sa.select(versions).where(versions.c.digest >= prefix, versions.c.digest < prefix + "g")
+    )
+    found = sorted(
+        (r for r in in_range if r.model_id == mid and r.status != "deleted"), key=lambda r: r.seq
+    )
     if not found:
         raise missing(f"version with digest sha:{ref.value}")
     if len(found) > 1:

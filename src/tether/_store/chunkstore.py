@@ -453,6 +453,8 @@ class ChunkStore:
     def _fetch_new_indexes(self, listing: list[Any]) -> dict[str, bytes | None]:
         """The bytes of the listed index files not read yet, from a network store, fetched
         a few at a time (None: gone since the listing); nothing for a local store."""
+        if self.blobs.is_local:
+            return {}
         keys = [i.key for i in listing
                 if self.blobs.local_path(i.key) is None
                 and (n := i.key.rsplit("/", 1)[-1].removesuffix(".idx")) not in self._seen_files
@@ -621,7 +623,9 @@ class ChunkStore:
         """
         from .locking import ingest_lock
 
-        if not self._can_merge() or not self._tidying.acquire(blocking=False):
+        with self._lock:
+            short = len(self._journal) < _JOURNAL_MAX  # as last read: commits read it first
+        if short or not self._can_merge() or not self._tidying.acquire(blocking=False):
             return
         try:
             with contextlib.suppress(Exception), ingest_lock(self):  # an optimisation only
