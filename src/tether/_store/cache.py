@@ -118,6 +118,9 @@ class ChunkCache:
         self._lock = threading.RLock()
         self._in_use: Counter[str] = Counter()
         self._estimate: int | None = None
+        #: Bytes admitted whose files are still being written: counted by the bound,
+        #: though a scan of the folder (eviction) may not see them yet.
+        self._writing = 0
         self.evicted = 0  # chunks this process evicted, for tests and stats
 
     def path(self, digest: str) -> Path:
@@ -147,12 +150,13 @@ class ChunkCache:
             return False
         with self._lock:
             if self._estimate is None:
-                self._estimate = sum(s for _, s, _ in self._entries())
+                self._estimate = sum(s for _, s, _ in self._entries()) + self._writing
             if self._estimate + size > self.max_bytes:
                 self._evict(int(self.max_bytes * LOW_WATER) - size)
                 if self._estimate + size > self.max_bytes:
                     return False  # pinned chunks fill the cache: serve without keeping
             self._estimate += size
+            self._writing += size
         target = self.path(digest)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,10 @@ class ChunkCache:
             # A cache that cannot be written (full disk) only costs a refetch.
             with self._lock:
                 self._estimate = None
+                self._writing -= size
             return False
+        with self._lock:
+            self._writing -= size
         return True
 
     # -- pins -----------------------------------------------------------------------
@@ -253,7 +260,9 @@ class ChunkCache:
             pinned, dead = self._pinned()
             remove_paths(dead.paths)
             entries = sorted(self._entries(), key=lambda e: e[2])
-            total = sum(s for _, s, _ in entries)
+            # Files being written count whether or not the scan saw them (at worst
+            # twice: the bound errs on the small side, never on the large).
+            total = sum(s for _, s, _ in entries) + self._writing
             for path, size, _ in entries:
                 if total <= target:
                     break

@@ -69,9 +69,14 @@ AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024
 #: Packs sent over a network (a server's gateway, S3) are smaller: an upload cut
 #: off at any point resends at most the packs in flight, not tens of MB each.
+#: They are 1/_REMOTE_PACK_SHARE of the upload, within these bounds: a few
+#: requests for a large file (one per 2 MB was most of the time through a
+#: server), and still under 5% sent again after a kill (streams + 1 packs).
 REMOTE_PACK_TARGET = 2 * 1024 * 1024
+REMOTE_PACK_MAX = 16 * 1024 * 1024
+_REMOTE_PACK_SHARE = 200
 #: Packs uploaded at once to a network store (a local store publishes one at a time).
-REMOTE_UPLOAD_STREAMS = 2
+REMOTE_UPLOAD_STREAMS = 3
 RAW, ZSTD = 0, 1
 #: Compress only when a sample shrinks below this fraction of its size. Float
 #: weights typically shrink ~10%, and decompressing them runs at ~650 MB/s on
@@ -81,6 +86,8 @@ _SAMPLE = 4096
 _READ_THREADS = 4
 #: Largest single read when loading: adjacent chunks of a pack are read together.
 _RUN_BYTES = 8 * 1024 * 1024
+#: ... and over a network, where a response is held twice while it is joined.
+_REMOTE_RUN_BYTES = 2 * 1024 * 1024
 #: Verification reads across holes up to this size rather than issuing another read.
 _GAP_BYTES = 256 * 1024
 #: Ingest reads and cuts a file in windows of this size ...
@@ -176,7 +183,7 @@ class _BufferRing:
     against 5 GB/s for reading into a buffer already mapped). Ingest holds at
     most ``_AHEAD`` windows (hashing, compressing, writing) while the next is
     read, and keeps no view of one once it has been taken (packs are written
-    as chunks arrive), so ``_AHEAD + 2`` buffers are never overwritten in use.
+    as chunks arrive), so ``_AHEAD + 1`` buffers are never overwritten in use.
     """
 
     def __init__(self) -> None:
@@ -184,7 +191,7 @@ class _BufferRing:
         self._turn = 0
 
     def next(self, size: int) -> memoryview:
-        if len(self._buffers) < _AHEAD + 2:
+        if len(self._buffers) < _AHEAD + 1:
             self._buffers.append(bytearray(size))
             buf = self._buffers[-1]
         else:
@@ -203,8 +210,9 @@ class PackWriter:
     be published, so what is in flight is bounded (and on disk, not in memory).
     """
 
-    def __init__(self, store: ChunkStore) -> None:
+    def __init__(self, store: ChunkStore, target: int | None = None) -> None:
         self.store = store
+        self.target = target or store.pack_target
         self.fd: int | None = None
         self.path: Path | None = None
         self.size = 0
@@ -228,7 +236,7 @@ class PackWriter:
             raise disk_full(error, where or "a temporary pack") or error from error
         self.entries.append([digest, self.size, len(payload), raw_size, codec])
         self.size += len(payload)
-        if self.size >= self.store.pack_target:
+        if self.size >= self.target:
             self.flush()
 
     def flush(self) -> None:
@@ -322,6 +330,9 @@ class ChunkStore:
         self.url = blobs.url
         remote = not blobs.is_local
         self.pack_target = pack_target or (REMOTE_PACK_TARGET if remote else PACK_TARGET)
+        #: Remote packs grow with the upload unless a size was asked for.
+        self._adaptive_packs = remote and pack_target is None
+        self._run_bytes = _REMOTE_RUN_BYTES if remote else _RUN_BYTES
         self.upload_streams = upload_streams or (REMOTE_UPLOAD_STREAMS if remote else 1)
         #: Packs under this many bytes are compacted by gc (tiny versions' packs).
         self._small_pack = min(self.pack_target, REMOTE_PACK_TARGET) // _SMALL_PACK_PART
@@ -769,12 +780,17 @@ class ChunkStore:
                 [d] for d, others in self._alternates.items()
                 if any(loc.pack == pack for loc in others)]
 
+    def _pack_target_for(self, total: int) -> int:
+        if not self._adaptive_packs:
+            return self.pack_target
+        return max(REMOTE_PACK_TARGET, min(REMOTE_PACK_MAX, total // _REMOTE_PACK_SHARE))
+
     def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool,
                 published: list[str], pin_also: set[str]) -> IngestReport:
         self.refresh()
         report = IngestReport(files=[])
         total = sum((root / p).stat().st_size for p in paths)
-        writer = PackWriter(self)
+        writer = PackWriter(self, self._pack_target_for(total))
         writer.published = published
         seen_here: set[str] = set()
         referenced: set[str] = set()
@@ -1000,7 +1016,7 @@ class ChunkStore:
             joins = (previous is not None and runs and not alone
                      and loc.pack == previous.pack
                      and loc.offset == previous.offset + previous.length
-                     and size + loc.length <= _RUN_BYTES)
+                     and size + loc.length <= self._run_bytes)
             if joins:
                 runs[-1].append(i)
                 size += loc.length
