@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import tether
 from tether import InvalidInput, UnsafeArtifact
 from tether._flavors import (
     DEFAULT_ALLOW,
@@ -327,8 +328,15 @@ def test_files_flavor_keeps_a_nested_folder_layout(tmp_path: Path) -> None:
     assert stored == {*files, "sub/alias.txt"}
     for rel, content in files.items():
         assert (loaded / rel).read_bytes() == content
-    assert not (loaded / "sub" / "alias.txt").is_symlink()
+    # The scratch mirror links to the real files inside the folder (the store reads them
+    # in place, no copy); a stored version holds their bytes, as regular files.
+    assert (loaded / "sub" / "alias.txt").resolve() == (folder / "sub" / "vocab.txt").resolve()
     assert (loaded / "sub" / "alias.txt").read_bytes() == b"a\nb\n"
+    registry = tether.init(tmp_path / ".tether")
+    out = registry.download(registry.log_model(folder, "bundle").ref, tmp_path / "out")
+    assert not (out / "sub" / "alias.txt").is_symlink()
+    assert (out / "sub" / "alias.txt").read_bytes() == b"a\nb\n"
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == stored
 
 
 def test_files_flavor_refuses_links_leaving_the_folder(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ folder, dangles or loops is refused, as are sockets, pipes and devices.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ class FilesFlavor:
                 raise InvalidInput(f"{source} holds no files", hint="a version needs a file")
             return self._record("directory", ".")
         if source.is_file():
-            shutil.copy2(source, dest / source.name)
+            _place(source.resolve(), dest / source.name)
             return self._record("file", source.name)
         if source.exists():
             raise InvalidInput(f"{source} is neither a regular file nor a folder")
@@ -64,8 +63,15 @@ class FilesFlavor:
         return {"name": self.name, "kind": kind, "entry": entry, **framework_fields([])}
 
 
+def _place(source: Path, target: Path) -> None:
+    """Put the regular file ``source`` at ``target`` for the store to read: a link, not
+    a copy (copying a multi-GB checkpoint into the scratch folder first doubled the
+    disk traffic of a log). What is stored is what the store reads, digest and all."""
+    os.symlink(source, target)
+
+
 def _copy_tree(folder: Path, dest: Path, root: Path, ancestors: tuple[Path, ...]) -> int:
-    """Copy ``folder`` (a real path inside ``root``) to ``dest``; the number of files."""
+    """Mirror ``folder`` (a real path inside ``root``) in ``dest``; the number of files."""
     copied = 0
     for entry in sorted(folder.iterdir()):
         target = entry
@@ -85,7 +91,7 @@ def _copy_tree(folder: Path, dest: Path, root: Path, ancestors: tuple[Path, ...]
             (dest / entry.name).mkdir()
             copied += _copy_tree(target, dest / entry.name, root, (*ancestors, target))
         elif target.is_file():
-            shutil.copy2(target, dest / entry.name)
+            _place(target.resolve(), dest / entry.name)
             copied += 1
         else:
             raise InvalidInput(f"{entry} is not a regular file (a socket, pipe or device)")
