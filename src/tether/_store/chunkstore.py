@@ -202,6 +202,34 @@ class _BufferRing:
         return memoryview(buf)[:size]
 
 
+class _BufferPool:
+    """Read buffers of loads and verifies, handed back once a run is written and hashed.
+
+    Allocating each 8 MB run afresh made the kernel map and zero new pages for
+    most runs (malloc returns freed memory to the system between them), and a
+    load spent more time in those page faults than in reading.
+    """
+
+    _KEEP = _RUNS_AHEAD + _READ_THREADS + 2
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            while self._free:
+                buffer = self._free.pop()
+                if len(buffer) >= size:
+                    return buffer
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._KEEP:
+                self._free.append(buffer)
+
+
 class PackWriter:
     """Appends chunks to a temp file; publishes it (then its index) when full.
 
@@ -333,6 +361,7 @@ class ChunkStore:
         #: Remote packs grow with the upload unless a size was asked for.
         self._adaptive_packs = remote and pack_target is None
         self._run_bytes = _REMOTE_RUN_BYTES if remote else _RUN_BYTES
+        self._run_buffers = _BufferPool()
         self.upload_streams = upload_streams or (REMOTE_UPLOAD_STREAMS if remote else 1)
         #: Packs under this many bytes are compacted by gc (tiny versions' packs).
         self._small_pack = min(self.pack_target, REMOTE_PACK_TARGET) // _SMALL_PACK_PART
@@ -1038,16 +1067,21 @@ class ChunkStore:
         return out
 
     def _read_run_views(self, chunks: Sequence[ChunkRef], *, what: str,
-                        keep: bool = True) -> list[bytes | memoryview]:
+                        keep: bool = True,
+                        into: bytearray | None = None) -> list[bytes | memoryview]:
         """``_read_run`` without copies: views into the one buffer read (``keep``: into
-        the chunk cache too)."""
+        the chunk cache too; ``into``: a buffer to read a local pack into)."""
         if len(chunks) == 1:
             return [self._read_chunk(chunks[0], what=what, keep=keep)]
         locs = [self._locate(c, what=what) for c in chunks]
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
         try:
-            payload = self._get_range(first.pack, first.offset, length)
+            if into is not None and len(into) >= length:
+                payload: bytes | memoryview = self._read_into(first.pack, first.offset,
+                                                              memoryview(into)[:length])
+            else:
+                payload = self._get_range(first.pack, first.offset, length)
         except IntegrityError as error:
             # The pack is gone or short: each chunk falls back to its other copies.
             why = error.message.removeprefix(f"pack {first.pack} ")
@@ -1105,6 +1139,25 @@ class ChunkStore:
             raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
         return payload
 
+    def _read_into(self, pack: str, offset: int, view: memoryview) -> memoryview:
+        """``_get_range`` of a local pack into ``view`` (a reused buffer: no new pages)."""
+        path = self.blobs.local_path(f"packs/{pack}.pack")
+        assert path is not None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as error:
+            raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+        try:
+            filled = 0
+            while filled < len(view):
+                got = os.preadv(fd, [view[filled:]], offset + filled)
+                if not got:
+                    raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
+                filled += got
+        finally:
+            os.close(fd)
+        return view
+
     def _fetch(self, loc: Location) -> bytes:
         """The stored bytes of one chunk at ``loc`` (unverified)."""
         return self._get_range(loc.pack, loc.offset, loc.length)
@@ -1140,20 +1193,31 @@ class ChunkStore:
             offsets.append(position)
             position += chunk.size
 
-        def read(run: list[int]) -> list[bytes | memoryview]:
-            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep)
+        local = self.blobs.is_local
+
+        def read(run: list[int]) -> tuple[list[bytes | memoryview], bytearray | None]:
+            buffer = self._run_buffers.take(self._run_bytes) if local else None
+            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep,
+                                          into=buffer)
             if sink is not None:
                 sink(offsets[run[0]], pieces)
-            return pieces
+            return pieces, buffer
 
-        pending: deque[Future[list[bytes | memoryview]]] = deque()
+        def handed(future: Future[Any]) -> Iterator[list[bytes | memoryview]]:
+            pieces, buffer = future.result()
+            yield pieces
+            # The caller has written and hashed the run: its buffer may be read into again.
+            if buffer is not None:
+                self._run_buffers.give(buffer)
+
+        pending: deque[Future[Any]] = deque()
         try:
             for run in self._runs(entry.chunks, what=what):
                 pending.append(pool.submit(read, run))
                 if len(pending) >= _RUNS_AHEAD:
-                    yield pending.popleft().result()
+                    yield from handed(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield from handed(pending.popleft())
         finally:
             for future in pending:
                 future.cancel()
