@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
     """One content-defined chunk of a file: its BLAKE3 (hex) and raw size."""
 

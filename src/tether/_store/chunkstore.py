@@ -91,7 +91,7 @@ _REMOTE_RUN_BYTES = 2 * 1024 * 1024
 #: Verification reads across holes up to this size rather than issuing another read.
 _GAP_BYTES = 256 * 1024
 #: Ingest reads and cuts a file in windows of this size ...
-_WINDOW = 16 * 1024 * 1024
+_WINDOW = 8 * 1024 * 1024
 #: ... with at most this many windows being hashed and compressed at once.
 _AHEAD = 3
 #: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
@@ -126,7 +126,7 @@ class _GcPlan:
     scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     pack: str
     offset: int

@@ -43,13 +43,13 @@ import blake3
 from pyfastcdc.cy import FastCDC
 
 #: Bytes each worker cuts (and the most the main process reads at once).
-SEGMENT = 16 * 1024 * 1024
+SEGMENT = 8 * 1024 * 1024
 #: How far a worker cuts into the next segment to meet its cutting: several of
 #: the largest chunks (FastCDC's maximum is 4x the average).
 OVERLAP = 2 * 1024 * 1024
 #: Files smaller than this are cut in the calling thread: the pipeline's other
 #: stages already keep a second core busy, and workers cost a start-up.
-PARALLEL_FROM = 8 * SEGMENT
+PARALLEL_FROM = 16 * SEGMENT
 
 Cut = tuple[int, int, str]  # (offset in the file, length, BLAKE3 hex digest)
 
