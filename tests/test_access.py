@@ -125,3 +125,19 @@ def test_an_open_server_lets_anonymous_read_and_log_but_not_administer(tmp_path:
     assert grant.status_code == 403
     registry.close()
 
+
+
+def test_protected_aliases_is_a_setting_with_patterns(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    registry.grant("carl", "contributor", model="fraud")
+    carl = registry.as_actor("carl")
+    registry.promote("fraud@latest", "production", create=True)  # owner: admin
+    carl.promote("fraud@latest", "prod-eu", create=True)  # default: only production
+    registry.set_setting("protected_aliases", "production,prod-*")
+    with pytest.raises(PermissionDenied, match="needs role approver on fraud"):
+        carl.promote("fraud@latest", "prod-us", create=True)
+    with pytest.raises(PermissionDenied, match="needs role approver on fraud"):
+        carl.rollback("fraud", "prod-eu")
+    carl.promote("fraud@latest", "staging", create=True)  # unprotected: contributors may
+    registry.grant("carl", "approver", model="fraud")
+    assert carl.promote("fraud@latest", "prod-us", create=True).alias == "prod-us"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import tether
-from tether import NotFound, PermissionDenied
+from tether import NotFound, PermissionDenied, TetherError
 from tether._policy import parse_policy
 from tether.cli import cli
 
@@ -93,6 +93,10 @@ def test_policy_hint_names_the_model(reg_path: Path, tmp_path: Path) -> None:
     out = run(reg_path, "promote", "iris@1.1.0", "production")
     assert out.exit_code == 1
     assert "tether approve iris@1.1.0 production" in out.stderr and "NAME@" not in out.stderr
+    # The use case names the model itself: the library and the server say it too.
+    with tether.open(reg_path, actor=AUTHOR) as reg, pytest.raises(TetherError) as refused:
+        reg.promote("iris@1.1.0", "production")
+    assert "tether approve iris@1.1.0 production" in str(refused.value)
 
 
 def test_alias_get_of_a_missing_alias_lists_what_exists(reg_path: Path) -> None:

@@ -271,6 +271,7 @@ class Facts:
     signers: tuple[str, ...]  # names of trusted keys with a valid signature
     schema_problem: Callable[[], str | None]  # None when compatible with current
     environment_problem: Callable[[str], str | None]  # given a policy text
+    model: str  # named in the commands the failures suggest
 
 
 def evaluate(policy: Policy, alias: str, facts: Facts) -> list[str]:
@@ -292,7 +293,7 @@ def evaluate(policy: Policy, alias: str, facts: Facts) -> list[str]:
         failures.append(
             f"{alias} needs {rule.approvals} approval(s), {facts.semver} has "
             f"{len(facts.approvers)}{_listed(facts.approvers)}"
-            f": run `tether approve NAME@{facts.semver} {alias}` as another approver"
+            f": run `tether approve {facts.model}@{facts.semver} {alias}` as another approver"
         )
     for check in rule.checks:
         problem = _run_check(check, facts)
@@ -315,7 +316,7 @@ def _run_check(check: Check, facts: Facts) -> str | None:
         have = ", ".join(facts.signers) or "no valid signature"
         return (
             f"{facts.semver} must be signed by {' or '.join(o['keys'])} (has {have}): "
-            f"run `tether sign NAME@{facts.semver} --key KEYFILE`"
+            f"run `tether sign {facts.model}@{facts.semver} --key KEYFILE`"
         )
     return None
 

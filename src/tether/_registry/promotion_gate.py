@@ -52,6 +52,7 @@ def promotion_gate(registry: Registry) -> Any:
             return "; ".join(str(d) for d in refusals) or None
 
         facts = Facts(
+            model=version.name,
             semver=version.semver,
             metrics=version.metrics,
             current_semver=current.semver if current else None,

@@ -43,20 +43,11 @@ def promote(
     `tether promote fraud@1.2.0 production` moves an existing alias; the first
     time a model gets an alias, add --create.
     """
-    from .._errors import TetherError
-
     registry = registry_from(ctx)
-    try:
-        if create:
-            move = registry.promote(ref, alias, reason=reason, create=True)
-        else:  # a server client's promote takes no create argument
-            move = registry.promote(ref, alias, reason=reason)
-    except TetherError as error:
-        # Policy hints name the command to run; put the model's name in it.
-        name = ref.partition("@")[0]
-        error.message = error.message.replace("NAME@", f"{name}@")
-        error.hint = error.hint.replace("NAME@", f"{name}@") if error.hint else error.hint
-        raise
+    if create:
+        move = registry.promote(ref, alias, reason=reason, create=True)
+    else:  # a server client's promote takes no create argument
+        move = registry.promote(ref, alias, reason=reason)
     emit_json(move.to_dict()) if as_json else _say(move)
 
 
