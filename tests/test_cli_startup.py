@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -87,3 +88,23 @@ def test_every_command_that_reports_takes_json() -> None:
         ("image", "serve"),  # the container's long-running server
         ("audit", "checkpoint"),  # writes the checkpoint itself as JSON
     }
+
+
+def test_reading_versions_imports_no_numpy_or_framework(tmp_path: Path) -> None:
+    """`tether versions` reads rows and prints them: numpy (schemas, drift baselines,
+    flavors) was a fifth of its start-up, and nothing on that path needs it."""
+    import tether
+
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"weights")
+    registry = tether.init(tmp_path / ".tether")
+    registry.log_model(model, "wine", progress=False)
+    registry.close()
+    probe = PROBE.replace("ARGS", repr(["versions", "wine"]))
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True,
+        env=subprocess_env(TETHER_URI=str(tmp_path / ".tether")), timeout=120, cwd=tmp_path,
+    )
+    loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
+    assert "sqlalchemy" in loaded  # it did read the registry
+    assert not loaded & {"numpy", "pandas", "sklearn", "onnxruntime", "xgboost"}, loaded

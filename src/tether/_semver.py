@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import IncompatibleBump, InvalidInput
-from ._schema import Signature, check_compatibility
 
 _SEMVER = re.compile(r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _FIRST = (1, 0, 0)
@@ -138,6 +137,9 @@ def _signature_change(
     if old is None:
         minor.append("signature added")
         return
+    # Imported here: the schema module brings numpy, which reading versions never needs.
+    from ._schema import Signature, check_compatibility
+
     verdict = check_compatibility(Signature.from_dict(old), Signature.from_dict(new))
     reasons = list(verdict.reasons) or ["signature changed (field order)"]
     (minor if verdict.compatible else major).extend(reasons)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 #: Quantile cut points of numeric features: deciles make the usual 10-bin PSI.
 BINS = 10
@@ -58,6 +60,8 @@ def compute(data: Any, signature: Mapping[str, Any] | None = None) -> dict[str, 
 
 def feature_stats(values: Any, *, sample_cap: int = SAMPLE_CAP) -> dict[str, Any]:
     """Statistics of one column (numpy array, pandas Series or list)."""
+    import numpy as np  # here: `tether versions` and other readers never need it
+
     array = np.asarray(values)
     if array.dtype.kind in "iuf":
         return _numeric(array.astype(float), sample_cap)
@@ -65,6 +69,8 @@ def feature_stats(values: Any, *, sample_cap: int = SAMPLE_CAP) -> dict[str, Any
 
 
 def _numeric(array: np.ndarray[Any, Any], sample_cap: int) -> dict[str, Any]:
+    import numpy as np
+
     finite = array[np.isfinite(array)]
     missing = 1.0 - len(finite) / len(array) if len(array) else 0.0
     if len(finite) == 0:
@@ -167,6 +173,8 @@ def _read(value: Any) -> Any:
 
 def _columns(table: Any, names: list[str] | None) -> dict[str, Any]:
     """Column name -> values, limited to the signature's inputs when it names them."""
+    import numpy as np
+
     if hasattr(table, "columns") and hasattr(table, "iloc"):
         found = {str(c): table[c].to_numpy() for c in table.columns}
     else:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _flavors as flavors
-
 #: Rows of an input example kept in the registry; enough to show the shape.
 _EXAMPLE_ROWS = 5
 
@@ -20,6 +18,8 @@ def predictions_for(model: Any, flavor_record: dict[str, Any], example: Any) -> 
     if flavor_record.get("name") == "files":
         return None
     try:
+        from .. import _flavors as flavors  # imported when a model runs
+
         return flavors.model_predict(model, flavor_record, example)
     except Exception:
         return None

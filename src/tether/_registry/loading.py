@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _flavors as flavors
 from .._environment import Difference
 from .._environment.policy import fix_command
 from .._errors import EnvironmentMismatch, IntegrityError, TetherError
@@ -82,6 +81,8 @@ def load_version(
             f"{version.ref} is deprecated; promote a newer version",
             DeprecatedVersionWarning,
         )
+    from .. import _flavors as flavors  # the frameworks' modules: only to save or load
+
     flavor = flavors.get_flavor(version.flavor["name"])
     if version.flavor["name"] == "files":
         # The caller gets a path, so the files must outlive this call.

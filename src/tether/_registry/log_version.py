@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .. import _flavors as flavors
 from .._environment import capture_environment
 from .._errors import Conflict, IntegrityError, InvalidInput
 from .._identity import flavor_identity, seal
@@ -27,7 +26,7 @@ from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
-from .._schema import Signature, infer_signature
+from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
 from . import drift_baseline
 from .datasets import data_inputs
@@ -132,6 +131,8 @@ def log_model(
     metrics_ = _check_metrics(metrics)
     tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
     data_ = data_inputs(registry, data)  # dataset references ("ds@2") become links
+    from .. import _flavors as flavors  # the frameworks' modules: only to save or load
+
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
     # git runs (a few ms: a process or two) while the model is saved and stored.
     git_state = _background(capture_git)
@@ -148,6 +149,8 @@ def log_model(
 
     if signature is None and input_example is not None:
         outputs = predictions_for(model, flavor_record, input_example)
+        from .._schema.inference import infer_signature  # numpy: only with an example
+
         signature_ = infer_signature(
             input_example, outputs, feature_names=feature_names(model)
         ).to_dict()

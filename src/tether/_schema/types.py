@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidInput
 
 TYPES = ("double", "float", "long", "integer", "boolean", "string", "binary", "datetime", "tensor")
@@ -43,6 +41,8 @@ class Field:
                 f"field {self.name!r}: a dtype goes with type tensor, and only there"
             )
         if self.dtype is not None:
+            import numpy as np  # here: reading a version's schema never needs numpy
+
             try:
                 np.dtype(self.dtype)
             except TypeError:
