@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .._audit import GENESIS, event_content, event_hash, verify_chain
-from .._audit_signing import SignedHead, check_against_checkpoint, head_is_valid
 from .._digest import canonical_json
 from .._records import Event
-from .._signing import key_id
 from .clock import now_iso
 from .schema import audit_head, audit_signatures, events
+
+if TYPE_CHECKING:  # cryptography loads when a head is signed or checked, not to read events
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .._audit_signing import SignedHead
 
 #: Key in ``Connection.info`` of the newest head appended in this transaction.
 PENDING_HEAD = "tether.pending_audit_head"
@@ -131,6 +133,8 @@ def newest_signed_head(conn: sa.Connection) -> SignedHead | None:
     row = conn.execute(
         sa.select(audit_signatures).order_by(audit_signatures.c.event_id.desc()).limit(1)
     ).first()
+    from .._audit_signing import SignedHead
+
     return SignedHead(row.event_id, row.hash, row.key_id, row.signature) if row else None
 
 
@@ -147,6 +151,7 @@ def verify_events(
     must match the chain and the newest event must carry its signature;
     a ``checkpoint`` must still be in the chain, unchanged.
     """
+    from .._audit_signing import SignedHead, check_against_checkpoint
     rows = list(conn.execute(sa.select(events).order_by(events.c.id)))
     head_row = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).first()
     head = (head_row[0], head_row[1]) if head_row else None
@@ -167,6 +172,9 @@ def verify_events(
 def check_signed_heads(
     signed: Sequence[SignedHead], hashes: dict[int, str], keys: Sequence[Ed25519PublicKey]
 ) -> list[str]:
+    from .._audit_signing import head_is_valid
+    from .._signing import key_id
+
     by_id = {key_id(k): k for k in keys}
     problems: list[str] = []
     newest_valid = 0

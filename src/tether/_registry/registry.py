@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .. import _store
-from .._audit_signing import AuditKey, SignedHead, make_checkpoint, read_checkpoint
 from .._environment import (
     Difference,
     EnvPolicy,
@@ -40,20 +38,16 @@ from .._metadata.schema import audit_head
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
-from .._store.base import ArtifactStore, StoreStats
 from . import (
     access,
     catalog,
     ci_check,
     datasets,
-    datasets_diff,
-    datasets_io,
     deployments,
     env_check,
     idempotent_commit,
     loading,
     log_version,
-    model_files,
     model_search,
     pinning,
     policies,
@@ -69,6 +63,11 @@ from .compare import diff_versions
 from .lineage import current_author
 from .location import RegistryLocation, audit_key_path, create_location, find_location
 from .resolve import require_model, resolve_version
+
+if TYPE_CHECKING:  # imported where used: reading versions needs neither crypto nor codecs
+    from .._audit_signing import AuditKey, SignedHead
+    from .._store.base import ArtifactStore, StoreStats
+    from . import datasets_io, model_files
 
 #: Settings a user may change with `tether config set`, and how each is checked.
 SETTINGS: dict[str, str] = {
@@ -193,6 +192,8 @@ class Registry:
     @property
     def store(self) -> ArtifactStore:
         if self._store is None:
+            from .. import _store
+
             self._store = _store.open_store(self.location.store_url, cache_dir=self.cache_dir)
         return self._store
 
@@ -224,6 +225,8 @@ class Registry:
     @property
     def audit_key(self) -> AuditKey:
         if self._audit_key is None:
+            from .._audit_signing import AuditKey
+
             self._audit_key = AuditKey.load_or_create(self.audit_key_path)
         return self._audit_key
 
@@ -252,6 +255,8 @@ class Registry:
         head = self.sign_audit_head()
         if head is None:
             raise NotFound("the audit log is empty", hint="make any change first")
+        from .._audit_signing import make_checkpoint
+
         return make_checkpoint(
             head, self.audit_key.public_pem, registry=self.describe(), taken_at=now_iso()
         )
@@ -745,6 +750,8 @@ class Registry:
         keys = [self.audit_key.public] if self.audit_key_path.exists() else []
         mark = None
         if checkpoint is not None:
+            from .._audit_signing import read_checkpoint
+
             mark, public = read_checkpoint(checkpoint, source="the checkpoint")
             keys.append(public)
         with self.read() as conn:
@@ -844,6 +851,8 @@ class Registry:
         return datasets.get_dataset(self, ref)
 
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
+        from . import datasets_diff  # fsspec and the chunk store: only for a diff
+
         return datasets_diff.diff_datasets(self, self.get_dataset(old_ref),
                                            self.get_dataset(new_ref))
 
@@ -856,10 +865,14 @@ class Registry:
         Reads fetch (and verify) only the chunks they cover: one tensor of a
         large checkpoint, or a byte range of it, without the rest.
         """
+        from . import model_files  # the chunk store's reader: only to read a file
+
         return model_files.open_file(self.store, self.get(ref), path)
 
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
         """A streaming, seekable, read-only binary file over ``path`` in dataset ``ref``."""
+        from . import datasets_io  # fsspec and the chunk store: only to read a dataset
+
         return datasets_io.open_file(self, ref, path)
 
     # -- end of datasets ----------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .. import _signing as signing
 from .._digest import blake3_hex
 from .._errors import Conflict, PermissionDenied, PolicyViolation
 from .._metadata import repository as repo
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
 
 
 def trust_key(registry: Registry, name: str, pem: str) -> str:
+    from .. import _signing as signing  # cryptography: only where keys are used
+
     public = signing.load_public_key(pem, source=f"key {name!r}")
     kid = signing.key_id(public)
     with registry.write() as conn:
@@ -66,6 +67,8 @@ def list_keys(registry: Registry) -> list[dict[str, Any]]:
 
 def sign_version(registry: Registry, ref: str, key_path: str) -> dict[str, Any]:
     """Sign with a local private key: the key never leaves this machine."""
+    from .. import _signing as signing  # cryptography: only where keys are used
+
     key = signing.load_private_key(key_path)
     version = registry.get(ref)
     return registry.record_signature(
@@ -80,6 +83,8 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
     audit event (``version.signature_refused``), so an attempt to replace a
     release signature with garbage is visible.
     """
+    from .. import _signing as signing  # cryptography: only where keys are used
+
     with registry.read() as conn:
         version = resolve_version(conn, ref)
         require_role(conn, registry.actor, "contributor", version.name)
@@ -139,6 +144,8 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
 
 def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[str], list[str]]:
     """(names of trusted keys with a valid signature, problems such as forged signatures)."""
+    from .. import _signing as signing  # cryptography: only where keys are used
+
     keys = {r.key_id: r for r in conn.execute(sa.select(trusted_keys))}
     valid: list[str] = []
     problems: list[str] = []

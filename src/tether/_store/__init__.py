@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .._errors import InvalidInput
@@ -16,12 +18,18 @@ from .base import (
     StoreStats,
     VerifyReport,
 )
-from .blobs import LocalBlobs, S3Blobs
-from .chunkstore import ChunkStore
+
+if TYPE_CHECKING:
+    from .chunkstore import ChunkStore
 
 
 def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> ChunkStore:
     """The store at ``url``: ``file:///abs/path`` or ``s3://bucket/prefix``."""
+    # Imported here: the codecs and the chunker load when a store is opened, not
+    # when a record type of this package is (reading versions opens no store).
+    from .blobs import LocalBlobs, S3Blobs
+    from .chunkstore import ChunkStore
+
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return ChunkStore(LocalBlobs(Path(parsed.path)), cache_dir=cache_dir, **options)
@@ -35,6 +43,12 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
         return ChunkStore(blobs, cache_dir=cache_dir, **options)
     raise InvalidInput(f"unsupported store URL {url!r}",
                        hint="use file:///absolute/path or s3://bucket/prefix")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ChunkStore":
+        return import_module(".chunkstore", __name__).ChunkStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ArtifactStore", "ChunkRef", "ChunkStore", "FileEntry", "GcReport", "IngestReport",
