@@ -36,7 +36,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,9 @@ _RUNS_AHEAD = 6
 _IOV_MAX = 512
 #: Journal index files (one per pack) merged into a merged index once this many.
 _JOURNAL_MAX = 64
-#: gc moves the live chunks of packs under pack_target / this into shared packs
-#: (and never those of a network upload's full size: see REMOTE_PACK_TARGET) ...
+#: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
+#: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
-#: ... once there are at least this many such packs.
-_SMALL_PACKS_TO_COMPACT = 8
 
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
@@ -113,17 +111,6 @@ _PIN_REPORT_SECONDS = 3600.0
 #: A pin from another host (a remote client between upload and commit) is kept this long
 #: even by `gc --grace 0`: its owner cannot be asked whether it is still alive.
 _PIN_MIN_SECONDS = 900.0
-
-
-@dataclass
-class _GcPlan:
-    """What one gc will do; its report is what a dry run shows."""
-
-    report: GcReport
-    repacks: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
-    drop_packs: list[str] = field(default_factory=list)  # index and pack both go
-    deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
-    scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
 
 
 @dataclass(frozen=True, slots=True)
@@ -1448,7 +1435,7 @@ class ChunkStore:
         with contextlib.suppress(NotFound):
             mover(key, dest)
 
-    # -- accounting and garbage collection ---------------------------------------
+    # -- accounting; garbage collection itself is in chunk_gc --------------------
 
     def _leftovers(self, now: float, *, grace_seconds: float,
                    pin_grace: float) -> dict[str, list[tuple[str, int]]]:
@@ -1531,185 +1518,13 @@ class ChunkStore:
 
         The report comes from the plan, so a dry run reports exactly what the
         run would remove. A failed write (a full disk) undoes the repacks and
-        raises before ``commit`` and before any deletion.
+        raises before ``commit`` and before any deletion. See ``chunk_gc``.
         """
-        with self._gc_lock():
-            plan = self._gc_plan(list(live), grace_seconds=grace_seconds, dry_run=dry_run)
-            if not dry_run:
-                self._gc_apply(plan, commit)
-            return plan.report
+        # Imported here: chunk_gc builds on this module (PackWriter, the indexes).
+        from . import chunk_gc
 
-    def _gc_lock(self) -> Any:
-        from .locking import store_lock
-
-        return store_lock(self)
-
-    def _gc_plan(self, live: list[FileEntry], *, grace_seconds: float,
-                 dry_run: bool) -> _GcPlan:
-        now = time.time()
-        keep = {c.digest for f in live for c in f.chunks}
-        found = self._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
-        stale_pins = {key for key, _ in found["stale_pins"]}
-        for pin in self.blobs.list("pins/"):
-            if pin.key in stale_pins:
-                continue
-            try:
-                keep.update(json.loads(self.blobs.get_bytes(pin.key))["chunks"])
-            except (NotFound, ValueError, KeyError, TypeError):
-                continue
-        packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
-                 for i in self.blobs.list("packs/")}
-        indexes = self._all_indexes()
-        report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
-                          dry_run=dry_run)
-        plan = _GcPlan(report=report)
-        doubtful = self._lying_duplicates(indexes, keep)
-        placed: set[str] = set()  # live chunks already kept in some pack
-        # Visit fuller packs first so duplicates are dropped from the emptier ones.
-        order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
-                                                   if e[0] in keep))
-        dead_chunks = dead_bytes = 0
-        small = {p for p in order if indexes[p]["size"] < self._small_pack
-                 and (p not in packs or now - packs[p].mtime >= grace_seconds)}
-        if len(small) < _SMALL_PACKS_TO_COMPACT:
-            small = set()
-        for pack in order:
-            pack_info = packs.get(pack)
-            entries = indexes[pack]["chunks"]
-            young = pack_info is not None and now - pack_info.mtime < grace_seconds
-            live_entries = [e for e in entries if e[0] in keep and e[0] not in placed
-                            and (pack, e[0], e[1]) not in doubtful]
-            dead = [e for e in entries if e not in live_entries]
-            live_bytes = sum(e[2] for e in live_entries)
-            total = sum(e[2] for e in entries) or 1
-            report.kept_chunks += len(live_entries)
-            if not young and pack in small:
-                # A small pack (a small version's): its live chunks move into shared packs.
-                placed.update(e[0] for e in live_entries)
-                dead_chunks += len(dead)
-                dead_bytes += sum(e[2] for e in dead)
-                if live_entries:
-                    plan.repacks.append((pack, live_entries))
-                plan.drop_packs.append(pack)
-                continue
-            if young or not dead:
-                placed.update(e[0] for e in entries if e[0] in keep)
-                continue
-            if live_entries and live_bytes / total >= 0.5:
-                # Mostly live: leave it; the dead part is not worth a rewrite yet.
-                placed.update(e[0] for e in live_entries)
-                continue
-            placed.update(e[0] for e in live_entries)
-            dead_chunks += len(dead)
-            dead_bytes += sum(e[2] for e in dead)
-            if live_entries:
-                plan.repacks.append((pack, live_entries))
-            plan.drop_packs.append(pack)
-        report.removed_chunks = dead_chunks
-        report.repacked_packs = len(plan.repacks)
-        report.removed["unreferenced_chunks"] = {"count": dead_chunks, "bytes": dead_bytes}
-        for kind, items in found.items():
-            report.removed[kind] = {"count": len(items), "bytes": sum(s for _, s in items)}
-            plan.deletes.extend(key for key, _ in items)
-        scratch = (dead_scratch(self.cache_dir / "tmp") if self.cache_dir is not None
-                   else dead_scratch(scratch_root()))
-        report.removed["scratch"] = scratch.to_dict()
-        plan.scratch = scratch.paths
-        report.removed_bytes = sum(v["bytes"] for v in report.removed.values())
-        return plan
-
-    def _gc_apply(self, plan: _GcPlan, commit: Any) -> None:
-        # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
-        written: list[str] = []
-        try:
-            written.extend(self._repack_all(plan.repacks))
-            if commit is not None:
-                commit()
-        except BaseException:
-            for pack in written:
-                with contextlib.suppress(Exception):
-                    self.blobs.delete(f"index/{pack}.idx")
-                    self.blobs.delete(f"packs/{pack}.pack")
-                self._forget_pack(pack)
-            raise
-        # 2. One merged index without the dropped packs (written before anything is
-        #    deleted, so an index never lists a deleted pack); then the deletions,
-        #    which need no space. An index goes before its pack.
-        with self._lock:
-            merge = bool(self._segments) or len(self._journal - set(plan.drop_packs)) \
-                >= _JOURNAL_MAX
-        if merge:  # a small store keeps one index file per pack
-            with contextlib.suppress(StoreError):  # a full disk: handled just below
-                self.consolidate(exclude=plan.drop_packs)
-        for pack in plan.drop_packs:
-            self.blobs.delete(f"index/{pack}.idx")
-        # A merged index that could not be rewritten still lists some: keep those packs.
-        listed = self._segment_packs()
-        dropped = [pack for pack in plan.drop_packs if pack not in listed]
-        for pack in dropped:
-            self.blobs.delete(f"packs/{pack}.pack")
-            self._forget_pack(pack)
-        for key in plan.deletes:
-            with contextlib.suppress(NotFound):
-                self.blobs.delete(key)
-        remove_paths(plan.scratch)
-        self._reset_index()
-        self.refresh()
-
-    def _segment_packs(self) -> set[str]:
-        """Packs the merged index files read claim."""
-        with self._lock:
-            segments = list(self._segments.values())
-        return {pack for segment in segments for pack in segment.pack_names}
-
-    def _lying_duplicates(self, indexes: dict[str, dict[str, Any]],
-                          keep: set[str]) -> set[tuple[str, str, int]]:
-        """(pack, digest, offset) of live chunks claimed by several packs whose bytes lie.
-
-        gc keeps one copy of a chunk several packs hold; it must never keep the
-        copy that does not match while dropping the one that does. Duplicates
-        are rare (racing writers), so reading each claim once costs little.
-        """
-        claims: dict[str, list[tuple[str, list[Any]]]] = {}
-        for pack, index in indexes.items():
-            for entry in index.get("chunks", []):
-                if entry[0] in keep:
-                    claims.setdefault(entry[0], []).append((pack, entry))
-        doubtful: set[tuple[str, str, int]] = set()
-        for digest, where in claims.items():
-            if len({pack for pack, _ in where}) < 2:
-                continue
-            bad = set()
-            for pack, (_, offset, length, raw, codec) in where:
-                try:
-                    payload = self._get_range(pack, int(offset), int(length))
-                except (IntegrityError, ValueError, TypeError):
-                    bad.add((pack, digest, offset))
-                    continue
-                if _unpack(payload, int(codec), int(raw), digest)[0] is None:
-                    bad.add((pack, digest, offset))
-            if len(bad) < len(where):  # a copy that verifies exists: never rely on the others
-                doubtful |= bad
-        return doubtful
-
-    def _repack_all(self, repacks: list[tuple[str, list[list[Any]]]]) -> list[str]:
-        """Copy the ``entries`` of each pack into new shared packs; returns their ids."""
-        writer = PackWriter(self)
-        try:
-            for pack, entries in repacks:
-                for digest, offset, length, raw, codec in entries:
-                    payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
-                    writer.add(digest, payload, raw, codec)
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            for new in writer.published:
-                with contextlib.suppress(Exception):
-                    self.blobs.delete(f"index/{new}.idx")
-                    self.blobs.delete(f"packs/{new}.pack")
-                self._forget_pack(new)
-            raise
-        return writer.published
+        return chunk_gc.gc(self, live, grace_seconds=grace_seconds, dry_run=dry_run,
+                           commit=commit)
 
 
 def describe(error: Exception) -> StoreError:

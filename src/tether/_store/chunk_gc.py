@@ -1,0 +1,238 @@
+"""Garbage collection of a chunk store: deciding what gc removes, then removing it.
+
+A gc first plans: the chunks to keep are the live versions' plus those that
+unexpired ingest pins protect; a pack is dropped when it is mostly dead or
+small (its live chunks are copied into new shared packs), and the leftovers
+of crashed or finished processes are listed. The plan's report is the dry
+run's answer, so a dry run says exactly what the run removes.
+
+Then it applies the plan in an order that survives a crash or a full disk at
+any step: every write (the repacks, the caller's ``commit``) comes first and
+is undone if one fails; then the merged index, when the store has or needs
+one, is rewritten without the dropped packs; only then come the deletions,
+which need no space, each pack's index before the pack.
+
+The store's format (packs, indexes, pins, leftovers) is ``chunkstore``'s; this
+module only decides and applies what goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import IntegrityError, NotFound, StoreError
+from . import chunkstore
+from .base import FileEntry, GcReport
+from .blobs import scratch_root
+from .cache import dead_scratch, remove_paths
+from .chunkstore import ChunkStore, PackWriter, _unpack
+from .locking import store_lock
+
+#: gc moves the live chunks of small packs (under ``ChunkStore._small_pack``: tiny
+#: versions' packs) into shared packs once there are at least this many such packs.
+_SMALL_PACKS_TO_COMPACT = 8
+
+
+@dataclass
+class _GcPlan:
+    """What one gc will do; its report is what a dry run shows."""
+
+    report: GcReport
+    repacks: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    drop_packs: list[str] = field(default_factory=list)  # index and pack both go
+    deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
+    scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
+
+
+def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
+       dry_run: bool, commit: Any = None) -> GcReport:
+    """Plan, then (unless ``dry_run``) write repacks, ``commit()``, and delete.
+
+    The report comes from the plan, so a dry run reports exactly what the
+    run would remove. A failed write (a full disk) undoes the repacks and
+    raises before ``commit`` and before any deletion.
+    """
+    with store_lock(store):
+        plan = _plan(store, list(live), grace_seconds=grace_seconds, dry_run=dry_run)
+        if not dry_run:
+            _apply(store, plan, commit)
+        return plan.report
+
+
+def _plan(store: ChunkStore, live: list[FileEntry], *, grace_seconds: float,
+          dry_run: bool) -> _GcPlan:
+    """What a gc would do now: the packs to repack or drop, and the leftovers to delete."""
+    now = time.time()
+    keep = {c.digest for f in live for c in f.chunks}
+    found = store._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
+    stale_pins = {key for key, _ in found["stale_pins"]}
+    for pin in store.blobs.list("pins/"):
+        if pin.key in stale_pins:
+            continue
+        try:
+            keep.update(json.loads(store.blobs.get_bytes(pin.key))["chunks"])
+        except (NotFound, ValueError, KeyError, TypeError):
+            continue
+    packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
+             for i in store.blobs.list("packs/")}
+    indexes = store._all_indexes()
+    report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
+                      dry_run=dry_run)
+    plan = _GcPlan(report=report)
+    doubtful = _lying_duplicates(store, indexes, keep)
+    placed: set[str] = set()  # live chunks already kept in some pack
+    # Visit fuller packs first so duplicates are dropped from the emptier ones.
+    order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
+                                               if e[0] in keep))
+    dead_chunks = dead_bytes = 0
+    small = {p for p in order if indexes[p]["size"] < store._small_pack
+             and (p not in packs or now - packs[p].mtime >= grace_seconds)}
+    if len(small) < _SMALL_PACKS_TO_COMPACT:
+        small = set()
+    for pack in order:
+        pack_info = packs.get(pack)
+        entries = indexes[pack]["chunks"]
+        young = pack_info is not None and now - pack_info.mtime < grace_seconds
+        live_entries = [e for e in entries if e[0] in keep and e[0] not in placed
+                        and (pack, e[0], e[1]) not in doubtful]
+        dead = [e for e in entries if e not in live_entries]
+        live_bytes = sum(e[2] for e in live_entries)
+        total = sum(e[2] for e in entries) or 1
+        report.kept_chunks += len(live_entries)
+        if not young and pack in small:
+            # A small pack (a small version's): its live chunks move into shared packs.
+            placed.update(e[0] for e in live_entries)
+            dead_chunks += len(dead)
+            dead_bytes += sum(e[2] for e in dead)
+            if live_entries:
+                plan.repacks.append((pack, live_entries))
+            plan.drop_packs.append(pack)
+            continue
+        if young or not dead:
+            placed.update(e[0] for e in entries if e[0] in keep)
+            continue
+        if live_entries and live_bytes / total >= 0.5:
+            # Mostly live: leave it; the dead part is not worth a rewrite yet.
+            placed.update(e[0] for e in live_entries)
+            continue
+        placed.update(e[0] for e in live_entries)
+        dead_chunks += len(dead)
+        dead_bytes += sum(e[2] for e in dead)
+        if live_entries:
+            plan.repacks.append((pack, live_entries))
+        plan.drop_packs.append(pack)
+    report.removed_chunks = dead_chunks
+    report.repacked_packs = len(plan.repacks)
+    report.removed["unreferenced_chunks"] = {"count": dead_chunks, "bytes": dead_bytes}
+    for kind, items in found.items():
+        report.removed[kind] = {"count": len(items), "bytes": sum(s for _, s in items)}
+        plan.deletes.extend(key for key, _ in items)
+    scratch = (dead_scratch(store.cache_dir / "tmp") if store.cache_dir is not None
+               else dead_scratch(scratch_root()))
+    report.removed["scratch"] = scratch.to_dict()
+    plan.scratch = scratch.paths
+    report.removed_bytes = sum(v["bytes"] for v in report.removed.values())
+    return plan
+
+
+def _apply(store: ChunkStore, plan: _GcPlan, commit: Any) -> None:
+    # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
+    written: list[str] = []
+    try:
+        written.extend(_repack_all(store, plan.repacks))
+        if commit is not None:
+            commit()
+    except BaseException:
+        for pack in written:
+            with contextlib.suppress(Exception):
+                store.blobs.delete(f"index/{pack}.idx")
+                store.blobs.delete(f"packs/{pack}.pack")
+            store._forget_pack(pack)
+        raise
+    # 2. One merged index without the dropped packs (written before anything is
+    #    deleted, so an index never lists a deleted pack); then the deletions,
+    #    which need no space. An index goes before its pack.
+    with store._lock:
+        merge = bool(store._segments) or len(store._journal - set(plan.drop_packs)) \
+            >= chunkstore._JOURNAL_MAX
+    if merge:  # a small store keeps one index file per pack
+        with contextlib.suppress(StoreError):  # a full disk: handled just below
+            store.consolidate(exclude=plan.drop_packs)
+    for pack in plan.drop_packs:
+        store.blobs.delete(f"index/{pack}.idx")
+    # A merged index that could not be rewritten still lists some: keep those packs.
+    listed = _segment_packs(store)
+    dropped = [pack for pack in plan.drop_packs if pack not in listed]
+    for pack in dropped:
+        store.blobs.delete(f"packs/{pack}.pack")
+        store._forget_pack(pack)
+    for key in plan.deletes:
+        with contextlib.suppress(NotFound):
+            store.blobs.delete(key)
+    remove_paths(plan.scratch)
+    store._reset_index()
+    store.refresh()
+
+
+def _segment_packs(store: ChunkStore) -> set[str]:
+    """Packs the merged index files read claim."""
+    with store._lock:
+        segments = list(store._segments.values())
+    return {pack for segment in segments for pack in segment.pack_names}
+
+
+def _lying_duplicates(store: ChunkStore, indexes: dict[str, dict[str, Any]],
+                      keep: set[str]) -> set[tuple[str, str, int]]:
+    """(pack, digest, offset) of live chunks claimed by several packs whose bytes lie.
+
+    gc keeps one copy of a chunk several packs hold; it must never keep the
+    copy that does not match while dropping the one that does. Duplicates
+    are rare (racing writers), so reading each claim once costs little.
+    """
+    claims: dict[str, list[tuple[str, list[Any]]]] = {}
+    for pack, index in indexes.items():
+        for entry in index.get("chunks", []):
+            if entry[0] in keep:
+                claims.setdefault(entry[0], []).append((pack, entry))
+    doubtful: set[tuple[str, str, int]] = set()
+    for digest, where in claims.items():
+        if len({pack for pack, _ in where}) < 2:
+            continue
+        bad = set()
+        for pack, (_, offset, length, raw, codec) in where:
+            try:
+                payload = store._get_range(pack, int(offset), int(length))
+            except (IntegrityError, ValueError, TypeError):
+                bad.add((pack, digest, offset))
+                continue
+            if _unpack(payload, int(codec), int(raw), digest)[0] is None:
+                bad.add((pack, digest, offset))
+        if len(bad) < len(where):  # a copy that verifies exists: never rely on the others
+            doubtful |= bad
+    return doubtful
+
+
+def _repack_all(store: ChunkStore, repacks: list[tuple[str, list[list[Any]]]]) -> list[str]:
+    """Copy the ``entries`` of each pack into new shared packs; returns their ids."""
+    writer = PackWriter(store)
+    try:
+        for pack, entries in repacks:
+            for digest, offset, length, raw, codec in entries:
+                payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
+                writer.add(digest, payload, raw, codec)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        for new in writer.published:
+            with contextlib.suppress(Exception):
+                store.blobs.delete(f"index/{new}.idx")
+                store.blobs.delete(f"packs/{new}.pack")
+            store._forget_pack(new)
+        raise
+    return writer.published

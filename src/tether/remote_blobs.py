@@ -1,0 +1,182 @@
+"""The blob interface a client's chunk store uses to reach a Tether server's store.
+
+``RemoteBlobs`` gives ``ChunkStore`` the same object operations a folder or a
+bucket does (put, get, ranged get, list, delete), spoken to the server's blob
+gateway: the server authorises each object and either streams it itself (a
+local store) or presigns a URL so the bytes move directly between client and
+bucket (S3). It rides out outages with the same retry policy as the client's
+API calls (``remote.backoff``, ``remote._TRANSIENT``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ._errors import Conflict, NotFound, StoreError, TetherError, Unavailable
+from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
+
+if TYPE_CHECKING:
+    from .remote import RemoteRegistry
+
+
+class _Transfer(Exception):
+    """A transfer to or from a presigned URL failed in a way worth trying again."""
+
+
+class RemoteBlobs:
+    """The chunk store's blob interface, over the server's gateway.
+
+    Every transfer retries through a dropped connection, a server restart or a
+    503 for ``TETHER_RETRY_SECONDS``, resending only the object it was moving
+    (a pack is a few MB: see ``chunkstore.REMOTE_PACK_TARGET``). Objects are
+    never overwritten, so an upload whose answer was lost is answered "already
+    exists" when retried: that is taken as stored (the names are random, so
+    nobody else wrote it). A client killed mid-ingest and run again finds the
+    packs it had published in the index and sends only the chunks after them.
+    """
+
+    is_local = False
+    #: The gateway neither serves lease bodies nor lets clients take locks/gc.
+    reads_locks = False
+    #: Where upload temp files go (the ChunkStore sets its cache's tmp folder).
+    tmp_dir: Path | None = None
+
+    def __init__(self, client: RemoteRegistry) -> None:
+        self.client = client
+        self.url = f"{client.url}/api/v1/blobs"
+        self._urls: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+        #: Transfers tried again after a transient failure (for tests and benches).
+        self.retries = 0
+        #: The server answered a pack with no presigned URL: it streams them all.
+        self._streams_packs = False
+
+    def _target(self, key: str, method: str) -> str | None:
+        """A presigned URL for ``key`` (cached until near expiry), or None to use the API.
+
+        A server that streams packs itself (a local store) says so once; it is
+        not asked again for every pack.
+        """
+        if self._streams_packs and key.startswith("packs/"):
+            return None
+        now = time.time()
+        with self._lock:
+            cached = self._urls.get((key, method))
+        if cached and cached[1] > now:
+            return cached[0]
+        answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
+        url: str | None = answer.get("url")
+        with self._lock:
+            self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
+            if url is None and key.startswith("packs/"):
+                self._streams_packs = True
+        return url
+
+    def _retrying(self, what: str, attempt: Any, *, stored_on_conflict: bool = False) -> Any:
+        """``attempt()`` until it succeeds, retrying transient failures for a bounded time."""
+        # Imported here, not at the top: remote.py imports this module, and the
+        # retry policy is the client's, shared with its API calls.
+        from .remote import _TRANSIENT, backoff
+
+        budget = retry_seconds()
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except Conflict:
+                if stored_on_conflict and tries > 1:
+                    return None  # an earlier try stored it; its answer was lost
+                raise
+            except (Unavailable, _Transfer, *_TRANSIENT) as error:
+                remaining = budget - (time.monotonic() - started)
+                if remaining <= 0.05:
+                    if isinstance(error, TetherError):
+                        raise
+                    raise Unavailable(
+                        f"{what} failed: {type(error).__name__}: {error} "
+                        f"(gave up after {tries} attempts)",
+                        hint="TETHER_RETRY_SECONDS sets how long transfers keep retrying; "
+                        "run it again to continue from what was stored") from error
+                with self._lock:
+                    self.retries += 1
+                time.sleep(min(backoff(tries), remaining))
+
+    def _direct(self, method: str, url: str, key: str, **kwargs: Any) -> httpx.Response:
+        """One request to a presigned URL: 5xx is a transient failure, 404 NotFound."""
+        response = self.client.http.request(method, url, **kwargs)
+        if response.status_code == 404:
+            raise NotFound(f"store object {key} is missing")
+        if response.status_code >= 500:
+            raise _Transfer(f"{method} of {key}: HTTP {response.status_code}")
+        if response.status_code >= 300:
+            raise StoreError(f"{'upload' if method == 'PUT' else 'download'} of {key} "
+                             f"to the object store failed: HTTP {response.status_code}")
+        return response
+
+    def temp_file(self) -> tuple[int, Path]:
+        # In the client's cache (set by the ChunkStore), never the system /tmp.
+        return make_temp(self.tmp_dir or scratch_root(), "upload")
+
+    def put_file(self, key: str, path: Path) -> None:
+        def attempt() -> None:
+            url = self._target(key, "PUT")
+            with open(path, "rb") as handle:
+                if url:
+                    self._direct("PUT", url, key, content=handle)
+                else:
+                    self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
+
+        try:
+            self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        def attempt() -> None:
+            url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
+            if url:
+                self._direct("PUT", url, key, content=data)
+            else:
+                self.client._request("PUT", f"/blobs/{key}", content=data, retry=False)
+
+        self._retrying(f"upload of {key}", attempt,
+                       stored_on_conflict=not key.startswith("locks/"))
+
+    def get_bytes(self, key: str) -> bytes:
+        self.requests += 1
+        url = self._target(key, "GET") if key.startswith("packs/") else None
+        if url:
+            return self._download(url, key, {})
+        return self.client._request("GET", f"/blobs/{key}", raw=True)  # type: ignore[no-any-return]
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.requests += 1
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        url = self._target(key, "GET")
+        if url:
+            return self._download(url, key, headers)
+        data = self.client._request("GET", f"/blobs/{key}", raw=True, headers=headers)
+        return data  # type: ignore[no-any-return]
+
+    def _download(self, url: str, key: str, headers: dict[str, str]) -> bytes:
+        return self._retrying(  # type: ignore[no-any-return]
+            f"download of {key}",
+            lambda: self._direct("GET", url, key, headers=headers).content)
+
+    def list(self, prefix: str) -> list[BlobInfo]:
+        rows = self.client._request("GET", "/blobs", params={"prefix": prefix})
+        return [BlobInfo(r["key"], int(r["size"]), float(r["mtime"])) for r in rows]
+
+    def delete(self, key: str) -> None:
+        self.client._request("DELETE", f"/blobs/{key}")
+
+    def local_path(self, key: str) -> Path | None:
+        return None
