@@ -317,7 +317,8 @@ endpoints:
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         for i in range(30):
             c.post(PREDICT.format("scorer"), json={"records": [{"x": i}], "key": f"k{i}"})
-        wait_until(lambda: server.runtime.endpoint("scorer").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("scorer").router.weights["canary"] == 0
+                       and len(server.runtime.endpoint("scorer").rollbacks) > 0)
         # Ground truth says the canary route of "judged" is always wrong.
         for i in range(60):
             body = c.post(PREDICT.format("judged"), json={"records": [{"x": i}]}).json()
@@ -326,11 +327,13 @@ endpoints:
                               json={"request_id": body["request_id"], "truth": [truth]},
                               headers={"Authorization": f"Bearer {token}"})
             assert feedback.json() == {"accepted": 1, "unknown": []}
-        wait_until(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("judged").router.weights["canary"] == 0
+                       and len(server.runtime.endpoint("judged").rollbacks) > 0)
         # The canary of "compared" disagrees with its shadow on every record.
         for i in range(40):
             c.post(PREDICT.format("compared"), json={"records": [{"x": i}]})
-        wait_until(lambda: server.runtime.endpoint("compared").router.weights["canary"] == 0)
+        wait_until(lambda: server.runtime.endpoint("compared").router.weights["canary"] == 0
+                       and len(server.runtime.endpoint("compared").rollbacks) > 0)
         status = c.get("/v1/deployment").json()
         metrics = c.get("/metrics").text
     scorer, judged, compared = status["endpoints"]
