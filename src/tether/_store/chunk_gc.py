@@ -105,22 +105,16 @@ def _plan(store: ChunkStore, live: list[FileEntry], *, grace_seconds: float,
         live_bytes = sum(e[2] for e in live_entries)
         total = sum(e[2] for e in entries) or 1
         report.kept_chunks += len(live_entries)
-        if not young and pack in small:
-            # A small pack (a small version's): its live chunks move into shared packs.
-            placed.update(e[0] for e in live_entries)
-            dead_chunks += len(dead)
-            dead_bytes += sum(e[2] for e in dead)
-            if live_entries:
-                plan.repacks.append((pack, live_entries))
-            plan.drop_packs.append(pack)
-            continue
-        if young or not dead:
-            placed.update(e[0] for e in entries if e[0] in keep)
-            continue
-        if live_entries and live_bytes / total >= 0.5:
-            # Mostly live: leave it; the dead part is not worth a rewrite yet.
-            placed.update(e[0] for e in live_entries)
-            continue
+        # A small pack (a small version's) is always rewritten: its live chunks
+        # move into shared packs. Another is left while young, whole or mostly live.
+        if young or pack not in small:
+            if young or not dead:
+                placed.update(e[0] for e in entries if e[0] in keep)
+                continue
+            if live_entries and live_bytes / total >= 0.5:
+                # Mostly live: leave it; the dead part is not worth a rewrite yet.
+                placed.update(e[0] for e in live_entries)
+                continue
         placed.update(e[0] for e in live_entries)
         dead_chunks += len(dead)
         dead_bytes += sum(e[2] for e in dead)
