@@ -57,6 +57,7 @@ from .base import (
 )
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
+from .fileio import pread_into
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
@@ -850,19 +851,16 @@ class ChunkStore:
         cdc = FastCDC(avg_size=AVG_CHUNK)
         carry = b""
         left = size  # as stat said: one byte more is asked for, so growth is still read
+        position = 0  # of the next byte to read
         with open(path, "rb", buffering=0) as handle:
             while True:
-                buf = ring.next(len(carry) + min(_WINDOW, left + 1))
-                buf[:len(carry)] = carry
-                filled = len(carry)
-                view = memoryview(buf)
-                while filled < len(buf):
-                    got = handle.readinto(view[filled:])
-                    if not got:
-                        break
-                    filled += got
-                eof = filled < len(buf)
-                left = max(0, left - (filled - len(carry)))
+                view = ring.next(len(carry) + min(_WINDOW, left + 1))
+                view[:len(carry)] = carry
+                got = pread_into(handle.fileno(), view[len(carry):], position)
+                position += got
+                filled = len(carry) + got
+                eof = filled < len(view)
+                left = max(0, left - got)
                 view = view[:filled]
                 if not filled:
                     return
@@ -885,13 +883,9 @@ class ChunkStore:
                 first = stretch[0][0]
                 end = stretch[-1][0] + stretch[-1][1] - first
                 view = ring.next(end)
-                filled = 0
-                while filled < end:
-                    got = os.preadv(fd, [view[filled:]], first + filled)
-                    if not got:
-                        raise StoreError(f"{path} shrank while it was being stored",
-                                         hint="log a file nobody is writing")
-                    filled += got
+                if pread_into(fd, view, first) < end:
+                    raise StoreError(f"{path} shrank while it was being stored",
+                                     hint="log a file nobody is writing")
                 cuts = [(offset - first, length) for offset, length, _ in stretch]
                 yield view, cuts, end, [digest for _, _, digest in stretch]
 
@@ -1135,12 +1129,8 @@ class ChunkStore:
         except FileNotFoundError as error:
             raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
         try:
-            filled = 0
-            while filled < len(view):
-                got = os.preadv(fd, [view[filled:]], offset + filled)
-                if not got:
-                    raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
-                filled += got
+            if pread_into(fd, view, offset) < len(view):
+                raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
         finally:
             os.close(fd)
         return view

@@ -42,6 +42,8 @@ from typing import IO, Any
 import blake3
 from pyfastcdc.cy import FastCDC
 
+from .fileio import pread_into
+
 #: Bytes each worker cuts (and the most the main process reads at once).
 SEGMENT = 8 * 1024 * 1024
 #: How far a worker cuts into the next segment to meet its cutting: several of
@@ -80,12 +82,8 @@ def _read(path: str, start: int, length: int, *, reuse: bool) -> memoryview:
         view = memoryview(_buffer)[:length]
     fd = os.open(path, os.O_RDONLY)
     try:
-        filled = 0
-        while filled < length:
-            got = os.preadv(fd, [view[filled:]], start + filled)
-            if not got:
-                raise OSError(f"{path} shrank while it was being cut")
-            filled += got
+        if pread_into(fd, view, start) < length:
+            raise OSError(f"{path} shrank while it was being cut")
     finally:
         os.close(fd)
     return view
