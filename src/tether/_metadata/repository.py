@@ -97,13 +97,15 @@ def version_rows(
     return list(conn.execute(query))
 
 
-def live_versions_with_digest(conn: sa.Connection, mid: int, digest: str) -> list[sa.Row[Any]]:
-    """The model's versions (not deleted) whose content digest is ``digest``.
+def live_versions_by_digest(
+    conn: sa.Connection, mid: int, *conditions: Any
+) -> list[sa.Row[Any]]:
+    """The model's versions (not deleted) whose digest meets ``conditions``, by seq.
 
     Asked by digest alone, then narrowed here: given ``model_id`` too, SQLite
     (no statistics) walks the model's index and reads every version's row.
     """
-    query = sa.select(versions).where(versions.c.digest == digest)
+    query = sa.select(versions).where(*conditions)
     rows = [r for r in conn.execute(query) if r.model_id == mid and r.status != "deleted"]
     return sorted(rows, key=lambda r: r.seq)
 

@@ -24,6 +24,7 @@ from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
+from .._metadata.schema import versions
 from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature
@@ -250,7 +251,9 @@ def _insert(
         # keeps a deleted version's number, so the next ones count past it.
         # A few indexed queries, never every version: the cost of logging must not
         # grow with the number of versions a model has.
-        for row in repo.live_versions_with_digest(conn, mid, values["digest"]):
+        for row in repo.live_versions_by_digest(
+            conn, mid, versions.c.digest == values["digest"]
+        ):
             if _row_facts(row).metadata == facts.metadata:
                 return repo.row_to_version(
                     row, name, repo.aliases_by_version(conn, mid).get(row.id, [])

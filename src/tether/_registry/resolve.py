@@ -93,14 +93,10 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
         if not found:
             raise missing(f"version matching ~{ref.value}")
         return mid, max(found, key=_semver_key)
-    # SelectorKind.DIGEST: a prefix of lowercase hex, as a range the digest index serves
-    # (asked without the model, which would make SQLite walk the model's versions).
+    # SelectorKind.DIGEST: a prefix of lowercase hex, as a range the digest index serves.
     prefix = ref.value.lower()
-    in_range = conn.execute(
-        sa.select(versions).where(versions.c.digest >= prefix, versions.c.digest < prefix + "g")
-    )
-    found = sorted(
-        (r for r in in_range if r.model_id == mid and r.status != "deleted"), key=lambda r: r.seq
+    found = repo.live_versions_by_digest(
+        conn, mid, versions.c.digest >= prefix, versions.c.digest < prefix + "g"
     )
     if not found:
         raise missing(f"version with digest sha:{ref.value}")
