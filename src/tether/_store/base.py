@@ -8,7 +8,7 @@ packed and where they live (a local folder, S3) is the store's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,8 +147,12 @@ class ArtifactStore(Protocol):
         *,
         progress: bool = False,
         pin_also: Iterable[str] = (),
+        previous: Mapping[str, Sequence[ChunkRef]] | None = None,
     ) -> IngestReport:
         """Store the files ``paths`` (relative to ``root``) and return their entries.
+
+        ``previous`` (path -> the chunks of its previous version) may make cutting
+        faster; it never changes the chunks found.
 
         Must be durable when it returns: a version may point at these chunks.
         """

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,7 @@ from .base import (
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .fileio import pread_into
+from .following import Hint, followed_windows
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
@@ -105,6 +106,9 @@ _JOURNAL_MAX = 64
 #: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
 #: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
+#: Follow the previous version's chunks when cutting a new one (following.py);
+#: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
+_FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
 
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
@@ -163,15 +167,32 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def _hash_cuts(view: memoryview, cuts: Sequence[tuple[int, int]]) -> list[str]:
+    return [blake3.blake3(view[offset:offset + length]).hexdigest() for offset, length in cuts]
+
+
+def _hasher_on(pool: ThreadPoolExecutor) -> Callable[[memoryview, Sequence[tuple[int, int]]],
+                                                     list[str]]:
+    """Digests of a window's chunks, half of them on ``pool`` (BLAKE3 releases the GIL)."""
+    def digests_of(view: memoryview, cuts: Sequence[tuple[int, int]]) -> list[str]:
+        if len(cuts) < 8:
+            return _hash_cuts(view, cuts)
+        half = len(cuts) // 2
+        rest = pool.submit(_hash_cuts, view, cuts[half:])
+        return _hash_cuts(view, cuts[:half]) + rest.result()
+    return digests_of
+
+
 class _BufferRing:
     """The window buffers of one file's ingest, reused round robin.
 
     A fresh 16-32 MB buffer per window costs more than reading the window:
     the kernel maps and zeroes new pages every time (about 1 GB/s here,
     against 5 GB/s for reading into a buffer already mapped). Ingest holds at
-    most ``_AHEAD`` windows (hashing, compressing, writing) while the next is
-    read, and keeps no view of one once it has been taken (packs are written
-    as chunks arrive), so ``_AHEAD + 1`` buffers are never overwritten in use.
+    most ``_AHEAD`` windows (hashing, compressing, writing) and one more whose
+    file digest is being computed, while the next is read, and keeps no view
+    of one once it has been taken and hashed (packs are written as chunks
+    arrive), so ``_AHEAD + 2`` buffers are never overwritten in use.
     """
 
     def __init__(self) -> None:
@@ -179,7 +200,7 @@ class _BufferRing:
         self._turn = 0
 
     def next(self, size: int) -> memoryview:
-        if len(self._buffers) < _AHEAD + 1:
+        if len(self._buffers) < _AHEAD + 2:
             self._buffers.append(bytearray(size))
             buf = self._buffers[-1]
         else:
@@ -531,7 +552,25 @@ class ChunkStore:
 
     def _known(self, digest: str) -> bool:
         """Whether some index lists ``digest``."""
-        return self.locate(digest) is not None
+        return self._known_all([digest])[0]
+
+    def _known_all(self, digests: Sequence[str]) -> list[bool]:
+        """Whether some index lists each of ``digests`` (ingest asks for every chunk:
+        one lock, no Location built)."""
+        with self._lock:
+            index = self._index
+            known = [d in index for d in digests]
+            segments = list(self._segments.values())
+            forgotten = set(self._forgotten)
+        if segments and not all(known):
+            for i, digest in enumerate(digests):
+                if not known[i] and len(digest) == 64:
+                    try:
+                        key = bytes.fromhex(digest)
+                    except ValueError:
+                        continue
+                    known[i] = any(s.has(key, forgotten) for s in segments)
+        return known
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
@@ -743,9 +782,14 @@ class ChunkStore:
     # -- ingest -------------------------------------------------------------------
 
     def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False,
-               pin_also: Iterable[str] = ()) -> IngestReport:
+               pin_also: Iterable[str] = (),
+               previous: Mapping[str, Sequence[ChunkRef]] | None = None) -> IngestReport:
         """Store ``paths`` (under ``root``); the pin also covers ``pin_also`` (chunks the
-        caller reuses without reading them again, e.g. from the stat cache)."""
+        caller reuses without reading them again, e.g. from the stat cache).
+
+        ``previous`` maps a path to the chunks of its previous version: cutting
+        follows them where the bytes still match (see following.py).
+        """
         from .locking import ingest_lock
 
         if self.cache_dir is not None:
@@ -757,7 +801,7 @@ class ChunkStore:
                 with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
                     self.maybe_consolidate()  # before ours: a failed ingest undoes only its own
                 return self._ingest(root, paths, progress=progress, published=published,
-                                    pin_also=set(pin_also))
+                                    pin_also=set(pin_also), previous=previous or {})
         except BaseException:
             if published:
                 self._undo_ingest(published, started)
@@ -803,7 +847,8 @@ class ChunkStore:
         return max(REMOTE_PACK_TARGET, min(REMOTE_PACK_MAX, total // _REMOTE_PACK_SHARE))
 
     def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool,
-                published: list[str], pin_also: set[str]) -> IngestReport:
+                published: list[str], pin_also: set[str],
+                previous: Mapping[str, Sequence[ChunkRef]]) -> IngestReport:
         self.refresh()
         report = IngestReport(files=[])
         total = sum((root / p).stat().st_size for p in paths)
@@ -817,8 +862,9 @@ class ChunkStore:
             with ThreadPoolExecutor(max_workers=_WORKERS,
                                     thread_name_prefix="tether-ingest") as pool:
                 for rel in paths:
+                    hint = Hint.of(previous.get(rel, ())) if _FOLLOW else None
                     entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar,
-                                              pool, ring)
+                                              pool, ring, hint)
                     referenced.update(c.digest for c in entry.chunks)
                     report.files.append(entry)
             writer.finish()
@@ -834,7 +880,8 @@ class ChunkStore:
             bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
         return report
 
-    def _windows(self, path: Path, ring: _BufferRing) -> Iterator[Window]:
+    def _windows(self, path: Path, ring: _BufferRing, hint: Hint | None,
+                 pool: ThreadPoolExecutor) -> Iterator[Window]:
         """The file as windows of about ``_WINDOW`` bytes, cut into chunks.
 
         Yields (window, cuts, end, digests): the chunks of ``window`` up to
@@ -845,8 +892,17 @@ class ChunkStore:
         whole file at once, in bounded memory.
         """
         size = path.stat().st_size
-        if size >= cutting.PARALLEL_FROM and cutting.workers() > 1:
-            yield from self._parallel_windows(path, size, ring)
+        parallel = size >= cutting.PARALLEL_FROM and cutting.workers() > 1
+        start = 0
+        if hint is not None and size:
+            with open(path, "rb", buffering=0) as handle:
+                start = yield from followed_windows(
+                    handle.fileno(), size, hint, avg_size=AVG_CHUNK, window=_WINDOW,
+                    buffer=ring.next, digests_of=_hasher_on(pool), give_up=parallel)
+            if start >= size:
+                return
+        if parallel:
+            yield from self._parallel_windows(path, size, ring, start)
             return
         cdc = FastCDC(avg_size=AVG_CHUNK)
         carry = b""
@@ -875,11 +931,13 @@ class ChunkStore:
                 if eof:
                     return
 
-    def _parallel_windows(self, path: Path, size: int, ring: _BufferRing) -> Iterator[Window]:
-        """``_windows`` of a large file cut and hashed by worker processes."""
+    def _parallel_windows(self, path: Path, size: int, ring: _BufferRing,
+                          start: int = 0) -> Iterator[Window]:
+        """``_windows`` of a large file from ``start`` (a chunk boundary), cut and
+        hashed by worker processes."""
         with open(path, "rb", buffering=0) as handle:
             fd = handle.fileno()
-            for stretch in cutting.parallel_cuts(path, size, AVG_CHUNK):
+            for stretch in cutting.parallel_cuts(path, size, AVG_CHUNK, start):
                 first = stretch[0][0]
                 end = stretch[-1][0] + stretch[-1][1] - first
                 view = ring.next(end)
@@ -891,68 +949,84 @@ class ChunkStore:
 
     def _digest_window(self, view: memoryview, cuts: list[tuple[int, int]],
                        digests: list[str] | None = None,
-                       ) -> list[tuple[str, memoryview, bytes | memoryview | None, int]]:
-        """(digest, raw bytes, stored payload or None when already stored, codec) per chunk.
+                       ) -> list[tuple[str, int, bytes | memoryview | None, int]]:
+        """(digest, size, stored payload or None when already stored, codec) per chunk.
 
         ``digests`` were computed by the process that cut the window; a wrong one
         cannot harm the store: the file's digest is computed here from the bytes,
         and every chunk read back is checked against the digest it is stored under.
         """
-        out: list[tuple[str, memoryview, bytes | memoryview | None, int]] = []
-        for i, (offset, length) in enumerate(cuts):
-            piece = view[offset:offset + length]
-            digest = digests[i] if digests is not None else blake3.blake3(piece).hexdigest()
-            if self._known(digest):
-                out.append((digest, piece, None, RAW))
+        if digests is None:
+            digests = _hash_cuts(view, cuts)
+        out: list[tuple[str, int, bytes | memoryview | None, int]] = []
+        for (offset, length), digest, known in zip(cuts, digests, self._known_all(digests),
+                                                   strict=True):
+            if known:
+                out.append((digest, length, None, RAW))
             else:
-                payload, codec = self._encode(piece)
-                out.append((digest, piece, payload, codec))
+                payload, codec = self._encode(view[offset:offset + length])
+                out.append((digest, length, payload, codec))
         return out
 
     def _ingest_file(self, path: Path, rel: str, writer: PackWriter, seen_here: set[str],
                      report: IngestReport, bar: Progress, pool: ThreadPoolExecutor,
-                     ring: _BufferRing) -> FileEntry:
+                     ring: _BufferRing, hint: Hint | None) -> FileEntry:
         """Read, cut, hash, compress and write one file, a bounded number of windows at once.
 
         This thread reads and cuts (FastCDC holds the GIL, at several GB/s); the
         workers hash and compress whole windows (BLAKE3 and zstd release it);
-        results are taken in order, so the file digest and the pack are written
-        as they arrive. At most ``_AHEAD`` windows are in flight.
+        results are taken in order, so the pack is written as they arrive. The
+        file digest is computed on a thread of its own (the second BLAKE3 pass
+        over every byte: on this thread it was a third of a followed ingest),
+        one window behind. At most ``_AHEAD`` windows are in flight, plus the
+        one being hashed whole (the ring holds ``_AHEAD + 2``).
         """
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         chunks: list[ChunkRef] = []
         size = 0
         pending: deque[tuple[memoryview, int, Future[Any]]] = deque()
+        whole = (ThreadPoolExecutor(1, thread_name_prefix="tether-file-digest")
+                 if path.stat().st_size > _WINDOW else None)
+        hashing: deque[Future[Any]] = deque()
 
         def take() -> None:
             nonlocal size
             view, end, future = pending.popleft()
-            hasher.update(view[:end])
+            if whole is None:
+                hasher.update(view[:end])
+            else:
+                hashing.append(whole.submit(hasher.update, view[:end]))
+                if len(hashing) > 1:
+                    hashing.popleft().result()
             size += end
-            for digest, piece, payload, codec in future.result():
-                length = len(piece)
+            saved = 0
+            for digest, length, payload, codec in future.result():
                 chunks.append(ChunkRef(digest, length))
-                report.logical_bytes += length
                 if payload is None or digest in seen_here:
                     report.reused_chunks += 1
-                    bar.advance(length, saved=length)
+                    saved += length
                     continue
                 seen_here.add(digest)
                 writer.add(digest, payload, length, codec)
                 report.new_chunks += 1
                 report.stored_bytes += len(payload)
-                bar.advance(length)
+            report.logical_bytes += end
+            bar.advance(end, saved=saved)
 
         try:
-            for view, cuts, end, digests in self._windows(path, ring):
+            for view, cuts, end, digests in self._windows(path, ring, hint, pool):
                 pending.append((view, end, pool.submit(self._digest_window, view, cuts, digests)))
                 if len(pending) >= _AHEAD:
                     take()
             while pending:
                 take()
+            while hashing:
+                hashing.popleft().result()
         finally:
             for _view, _end, future in pending:
                 future.cancel()
+            if whole is not None:
+                whole.shutdown(wait=True)  # no thread may still read a window
         if size == 0:
             return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
         return FileEntry(rel, size, hasher.hexdigest(), tuple(chunks))

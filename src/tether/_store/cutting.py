@@ -223,13 +223,14 @@ def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> li
     return None
 
 
-def parallel_cuts(path: Path, size: int, avg_size: int) -> Iterator[list[Cut]]:
-    """The file's chunks, a stretch at a time, in order, exactly as one cutting finds them.
+def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0) -> Iterator[list[Cut]]:
+    """The file's chunks from ``first`` (a chunk boundary), a stretch at a time, in order,
+    exactly as one cutting finds them.
 
     At most one segment per worker, plus one, is cut ahead of the caller.
     """
     pool = _shared_pool()
-    starts = list(range(0, size, SEGMENT))
+    starts = list(range(first, size, SEGMENT))
     pending: deque[tuple[int, Future[list[Cut]]]] = deque()
     submitted = 0
 
@@ -243,14 +244,14 @@ def parallel_cuts(path: Path, size: int, avg_size: int) -> Iterator[list[Cut]]:
     try:
         while submitted < len(starts) and len(pending) <= pool.size:
             submit()
-        agreed_end = 0  # every chunk before this offset has been yielded
+        agreed_end = first  # every chunk before this offset has been yielded
         carried: list[Cut] = []  # true chunks from agreed_end, not yielded yet
         while pending:
             start, future = pending.popleft()
             if submitted < len(starts):
                 submit()
             segment = future.result()
-            chunks = segment if start == 0 else _stitch(agreed_end, carried, segment)
+            chunks = segment if start == first else _stitch(agreed_end, carried, segment)
             if chunks is None:
                 # No shared boundary in the overlap: cut this stretch here, from
                 # the last boundary both cuttings agree on.

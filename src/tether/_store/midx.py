@@ -126,14 +126,16 @@ class MergedIndex:
         return {names[i]: _PACK.unpack_from(self._data, self._packs_at + _PACK.size * i)[1]
                 for i in range(self.pack_count)}
 
-    def lookup(self, digest: str) -> list[tuple[str, int, int, int, int]]:
-        """(pack, offset, length, raw, codec) of every entry for ``digest``."""
-        try:
-            key = bytes.fromhex(digest)
-        except ValueError:
-            return []
-        if len(key) != 32:
-            return []
+    def has(self, key: bytes, skip: set[str] | frozenset[str] = frozenset()) -> bool:
+        """Whether an entry for the 32-byte ``key`` names a pack not in ``skip``
+        (ingest asks this of every chunk: no entry is decoded)."""
+        lo, hi = self._bounds(key)
+        if lo >= hi or not skip:
+            return lo < hi
+        return any(pack not in skip for pack, *_ in self.lookup(key.hex()))
+
+    def _bounds(self, key: bytes) -> tuple[int, int]:
+        """The entries whose digest is ``key``: [lo, hi)."""
         first = key[0]
         lo = self._fanout[first - 1] if first else 0
         hi = self._fanout[first]
@@ -145,15 +147,26 @@ class MergedIndex:
                 lo = mid + 1
             else:
                 hi = mid
+        end = lo
+        while end < self.entry_count and data[base + end * size:base + end * size + 32] == key:
+            end += 1
+        return lo, end
+
+    def lookup(self, digest: str) -> list[tuple[str, int, int, int, int]]:
+        """(pack, offset, length, raw, codec) of every entry for ``digest``."""
+        try:
+            key = bytes.fromhex(digest)
+        except ValueError:
+            return []
+        if len(key) != 32:
+            return []
+        lo, hi = self._bounds(key)
+        data, base, size = self._data, self._entries_at, _ENTRY.size
         found = []
-        while lo < self.entry_count:
-            at = base + lo * size
-            if data[at:at + 32] != key:
-                break
-            _, pack, offset, length, raw, codec = _ENTRY.unpack_from(data, at)
+        for i in range(lo, hi):
+            _, pack, offset, length, raw, codec = _ENTRY.unpack_from(data, base + i * size)
             name_at = self._packs_at + _PACK.size * pack
             found.append((bytes(data[name_at:name_at + 16]).hex(), offset, length, raw, codec))
-            lo += 1
         return found
 
     def entries(self) -> Iterator[tuple[str, str, int, int, int, int]]:

@@ -1,0 +1,196 @@
+"""Cutting a new version of a file along the chunks of its previous version.
+
+A new version of a large model mostly repeats the previous one's bytes.
+Cutting it with FastCDC costs about half a core-second per GB here, holding the
+GIL; checking that the bytes where the previous version's next chunk would be
+*are* that chunk costs one BLAKE3 of them, which ingest computes anyway, on
+every core. So ingest follows the previous version's chunks while they match,
+and cuts with FastCDC only where the bytes changed, until a chunk it cuts is
+one of the previous version's again.
+
+The chunks are exactly those FastCDC finds cutting the whole file, so versions
+deduplicate as if every one were cut from scratch. FastCDC ends a chunk where
+the gear hash of its bytes *and the next byte* says so (or at its largest size),
+and the file's last chunk where the file ends. So a followed chunk is kept only
+once the chunk after it matched as well (the same next byte), or when it ends
+exactly where the file ends; the previous version's last chunk is never
+followed into the middle of a file. Where following stops, cutting resumes from
+the start of the chunk not yet confirmed: a boundary both cuttings share.
+
+A wrong or hostile hint costs time, never correctness: every digest kept is
+computed here from the file's bytes, and a hinted length over FastCDC's
+largest chunk is not followed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+from pyfastcdc.cy import FastCDC
+
+from .._errors import StoreError
+from .base import ChunkRef
+from .fileio import pread_into
+
+#: FastCDC cuts a changed stretch this much at a time, then looks for a chunk it
+#: knows to follow again (at least twice the largest chunk, so a step not at the
+#: end of the file keeps one chunk after dropping the one the step's end cut).
+STEP = 1024 * 1024
+#: Followed chunks are hashed this many bytes at a time: a mismatch wastes at most this.
+BATCH = 2 * 1024 * 1024
+#: After this many bytes, a hint that matched less than GIVE_UP_SHARE of them is dropped
+#: (the caller cuts the rest on every core instead).
+GIVE_UP_AFTER = 64 * 1024 * 1024
+GIVE_UP_SHARE = 0.25
+
+Cut = tuple[int, int]  # (offset in the window, length)
+#: (window, cuts, bytes of the window they cover, their digests)
+Window = tuple[memoryview, list[Cut], int, list[str] | None]
+#: Digests of the given cuts of a window (the caller hashes them on its threads).
+DigestsOf = Callable[[memoryview, Sequence[Cut]], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """The chunks of a file's previous version, and where each digest first occurs."""
+
+    digests: tuple[str, ...]
+    lengths: tuple[int, ...]
+    where: dict[str, int]
+
+    @classmethod
+    def of(cls, chunks: Sequence[ChunkRef]) -> Hint | None:
+        if not chunks:
+            return None
+        where: dict[str, int] = {}
+        for i, chunk in enumerate(chunks):
+            where.setdefault(chunk.digest, i)
+        return cls(tuple(c.digest for c in chunks), tuple(c.size for c in chunks), where)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+
+@dataclass
+class _Walk:
+    """Where the walk through one window stands."""
+
+    view: memoryview
+    eof: bool  # the window reaches the end of the file
+    at: int = 0  # a boundary FastCDC would cut at: everything before it is in cuts
+    cuts: list[Cut] | None = None
+    digests: list[str] | None = None
+    followed: int = 0  # bytes taken by following
+
+    def take(self, cuts: Sequence[Cut], digests: Sequence[str]) -> None:
+        assert self.cuts is not None and self.digests is not None
+        self.cuts.extend(cuts)
+        self.digests.extend(digests)
+        if cuts:
+            self.at = cuts[-1][0] + cuts[-1][1]
+
+
+def followed_windows(
+    fd: int, size: int, hint: Hint, *, avg_size: int, window: int,
+    buffer: Callable[[int], memoryview], digests_of: DigestsOf, give_up: bool,
+) -> Generator[Window, None, int]:
+    """The file as windows of chunks with their digests, following ``hint``.
+
+    Returns where it stopped: ``size``, or (``give_up``) an earlier chunk
+    boundary once the hint has proved of little use, for the caller to cut the
+    rest another way.
+    """
+    cdc = FastCDC(avg_size=avg_size)
+    longest = cdc.max_size
+    position = 0  # in the file: where the next window starts (a boundary)
+    predicted: int | None = 0  # the hint's chunk expected at ``position``
+    followed = 0
+    while position < size:
+        if give_up and position >= GIVE_UP_AFTER and followed < GIVE_UP_SHARE * position:
+            return position
+        length = min(window, size - position)
+        view = buffer(length)
+        if pread_into(fd, view, position) < length:
+            raise StoreError("the file shrank while it was being stored",
+                             hint="log a file nobody is writing")
+        walk = _Walk(view, eof=position + length == size, cuts=[], digests=[])
+        while walk.at < length:
+            if predicted is not None:
+                predicted, window_ended = _follow(walk, hint, predicted, longest, digests_of)
+                if window_ended:
+                    break
+                continue
+            if not walk.eof and length - walk.at < 2 * longest:
+                break  # too little left to cut here without the window's end deciding
+            predicted = _cut_step(walk, cdc, hint, digests_of)
+        if walk.at == 0:
+            raise StoreError("internal error: following a hint made no progress",
+                             hint="set TETHER_FOLLOW=0 and report this")
+        followed += walk.followed
+        assert walk.cuts is not None
+        yield view, walk.cuts, walk.at, walk.digests
+        position += walk.at
+    return position
+
+
+def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
+            digests_of: DigestsOf) -> tuple[int | None, bool]:
+    """Take the hint's chunks from ``first`` while they match; (next to follow, window ended).
+
+    A matched chunk is confirmed by the match of the one after it (FastCDC's
+    cut looked at that chunk's first byte) or by ending exactly at the end of
+    the file. The last matched chunk, unconfirmed, is left: when the window
+    ended, the next window follows from it; otherwise cutting resumes at it.
+    """
+    view = walk.view
+    pending: tuple[Cut, str] | None = None  # matched, not yet confirmed; walk.at is its start
+    i, offset = first, walk.at
+    while True:
+        plan: list[Cut] = []
+        planned = 0
+        while i < len(hint) and planned < BATCH:
+            length = hint.lengths[i]
+            if not 0 < length <= longest or offset + length > len(view):
+                break
+            plan.append((offset, length))
+            offset += length
+            planned += length
+            i += 1
+        if not plan:
+            # Nothing more fits: the window ended (the next one follows from the
+            # unconfirmed chunk), or the hint did (its last chunk, or a length
+            # FastCDC never cuts): cutting resumes at the unconfirmed chunk.
+            ends_window = i < len(hint) and 0 < hint.lengths[i] <= longest and not walk.eof
+            return (i - (pending is not None) if ends_window else None), ends_window
+        start = i - len(plan)
+        digests = digests_of(view, plan)
+        matched = 0
+        while matched < len(plan) and digests[matched] == hint.digests[start + matched]:
+            matched += 1
+        if matched and pending is not None:
+            walk.take([pending[0]], [pending[1]])
+            walk.followed += pending[0][1]
+        pending = None
+        ends_file = (walk.eof and matched == len(plan)
+                     and plan[-1][0] + plan[-1][1] == len(view))
+        keep = matched if ends_file else max(0, matched - 1)
+        walk.take(plan[:keep], digests[:keep])
+        walk.followed += sum(length for _, length in plan[:keep])
+        if ends_file or matched < len(plan):
+            return None, False  # done, or cut from the first chunk not confirmed
+        pending = (plan[-1], digests[-1])
+
+
+def _cut_step(walk: _Walk, cdc: FastCDC, hint: Hint, digests_of: DigestsOf) -> int | None:
+    """Cut up to ``STEP`` bytes at ``walk.at`` with FastCDC; the hint's chunk to follow next."""
+    view = walk.view
+    stop = min(len(view), walk.at + STEP)
+    final = walk.eof and stop == len(view)
+    found = [(walk.at + c.offset, c.length) for c in cdc.cut_buf(view[walk.at:stop])]
+    if not final and len(found) > 1:
+        found.pop()  # ended by the step, not by its bytes
+    digests = digests_of(view, found)
+    walk.take(found, digests)
+    known = hint.where.get(digests[-1])
+    return known + 1 if known is not None and known + 1 < len(hint) else None

@@ -1,0 +1,190 @@
+"""Cutting along the previous version's chunks finds exactly FastCDC's chunks.
+
+``following.py`` skips FastCDC where a file repeats its previous version; that
+is only worth having if deduplication cannot tell: every edit below (in place,
+inserted, deleted, at a boundary, at either end, runs of zeros longer than the
+largest chunk) must give the chunks of cutting the whole file at once, with
+windows small enough that edits straddle them. A hostile hint (wrong digests,
+absurd lengths) must change nothing but the time taken.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import blake3
+import pytest
+from pyfastcdc.cy import FastCDC
+
+from tether._store import following, open_store
+from tether._store.base import ChunkRef
+from tether._store.following import Hint, followed_windows
+
+AVG = 4096  # small chunks: many boundaries in little data
+WINDOW = 64 * 1024
+
+
+def cdc(data: bytes) -> list[ChunkRef]:
+    return [ChunkRef(blake3.blake3(data[c.offset:c.offset + c.length]).hexdigest(), c.length)
+            for c in FastCDC(avg_size=AVG).cut_buf(data)]
+
+
+def follow(path: Path, hint: Hint, *, give_up: bool = False) -> tuple[list[ChunkRef], int]:
+    chunks: list[ChunkRef] = []
+
+    def digests_of(view: memoryview, cuts: object) -> list[str]:
+        return [blake3.blake3(view[o:o + n]).hexdigest() for o, n in cuts]  # type: ignore[attr-defined]
+
+    with open(path, "rb", buffering=0) as handle:
+        windows = followed_windows(
+            handle.fileno(), path.stat().st_size, hint, avg_size=AVG, window=WINDOW,
+            buffer=lambda n: memoryview(bytearray(n)), digests_of=digests_of, give_up=give_up)
+        while True:
+            try:
+                _view, cuts, end, digests = next(windows)
+            except StopIteration as stop:
+                return chunks, stop.value
+            assert digests is not None and end == sum(n for _, n in cuts)
+            chunks += [ChunkRef(d, n) for (_, n), d in zip(cuts, digests, strict=True)]
+
+
+def edits(rng: random.Random, data: bytes) -> list[tuple[str, bytes]]:
+    size = len(data)
+    at = rng.randrange(size // 4, 3 * size // 4)
+    boundary = sum(c.size for c in cdc(data)[:40])  # exactly where a chunk starts
+    zeros = bytes(20 * AVG)
+    return [
+        ("unchanged", data),
+        ("overwrite", data[:at] + os.urandom(3000) + data[at + 3000:]),
+        ("one byte", data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]),
+        ("at a boundary", data[:boundary] + bytes([data[boundary] ^ 0xFF]) + data[boundary + 1:]),
+        ("before a boundary", data[:boundary - 1] + b"\0x" + data[boundary + 1:]),
+        ("insert", data[:at] + os.urandom(777) + data[at:]),
+        ("delete", data[:at] + data[at + 5000:]),
+        ("prepend", os.urandom(10) + data),
+        ("append", data + os.urandom(9000)),
+        ("truncate", data[: size - 12345]),
+        ("truncate at a boundary", data[:boundary]),
+        ("zeros", data[:at] + zeros + data[at + len(zeros):]),
+        ("many", b"".join(
+            part if rng.random() < 0.8 else os.urandom(len(part))
+            for part in (data[i:i + 7000] for i in range(0, size, 7000)))),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_following_finds_exactly_the_chunks_of_cutting_from_scratch(tmp_path: Path,
+                                                                     seed: int) -> None:
+    rng = random.Random(seed)
+    old = os.urandom(600_000) + bytes(150_000) + os.urandom(300_000)  # zeros: forced cuts
+    hint = Hint.of(cdc(old))
+    assert hint is not None
+    for name, new in edits(rng, old):
+        path = tmp_path / "f.bin"
+        path.write_bytes(new)
+        got, stopped = follow(path, hint)
+        assert stopped == len(new)
+        assert got == cdc(new), name
+
+
+def test_a_followed_file_is_mostly_hashed_not_cut(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    old = os.urandom(2_000_000)
+    new = old[:1_000_000] + os.urandom(4000) + old[1_004_000:]
+    path = tmp_path / "f.bin"
+    path.write_bytes(new)
+    cut = []
+    real = following._cut_step
+    monkeypatch.setattr(following, "_cut_step",
+                        lambda walk, *a: cut.append(walk.at) or real(walk, *a))
+    hint = Hint.of(cdc(old))
+    assert hint is not None
+    got, _ = follow(path, hint)
+    assert got == cdc(new)
+    assert 1 <= len(cut) <= 2  # FastCDC ran only around the change
+
+
+def test_a_hostile_hint_changes_nothing_but_the_time(tmp_path: Path) -> None:
+    data = os.urandom(400_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    truth = cdc(data)
+    lies = [
+        [ChunkRef("0" * 64, c.size) for c in truth],  # right lengths, wrong digests
+        [ChunkRef(c.digest, 10**12) for c in truth],  # absurd lengths: never read
+        [ChunkRef(c.digest, 0) for c in truth] + [ChunkRef(truth[0].digest, -5)],
+        truth[::-1],  # right chunks, wrong order
+        [*truth[:-1], ChunkRef(truth[-1].digest, truth[-1].size + 1)],
+    ]
+    for lie in lies:
+        hint = Hint.of(lie)
+        assert hint is not None
+        got, _ = follow(path, hint)
+        assert got == truth
+
+
+def test_give_up_hands_back_a_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(following, "GIVE_UP_AFTER", 100_000)
+    data = os.urandom(500_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    hint = Hint.of(cdc(os.urandom(500_000)))  # nothing in common
+    assert hint is not None
+    got, stopped = follow(path, hint, give_up=True)
+    assert 100_000 <= stopped < len(data)
+    assert got == cdc(data)[:len(got)] and sum(c.size for c in got) == stopped
+
+
+def test_store_ingest_with_previous_matches_ingest_without(tmp_path: Path) -> None:
+    """Through the store: the followed version equals the cut one, new chunks included."""
+    v1 = os.urandom(3 << 20)
+    v2 = v1[:1 << 20] + os.urandom(100_000) + v1[(1 << 20) + 50_000:]
+    for version, data in (("a", v1), ("b", v2)):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "m.bin").write_bytes(data)
+    plain = open_store(f"file://{tmp_path / 'plain'}")
+    followed = open_store(f"file://{tmp_path / 'followed'}")
+    first = plain.ingest(tmp_path / "a", ["m.bin"]).files[0]
+    assert followed.ingest(tmp_path / "a", ["m.bin"]).files[0] == first
+    cut = plain.ingest(tmp_path / "b", ["m.bin"])
+    hinted = followed.ingest(tmp_path / "b", ["m.bin"], previous={"m.bin": first.chunks})
+    assert hinted.files == cut.files
+    assert (hinted.new_chunks, hinted.stored_bytes) == (cut.new_chunks, cut.stored_bytes)
+
+
+def test_log_model_follows_the_models_newest_version(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``log_model`` hands the store the newest version's chunks (renamed file included),
+    and the version is the one cutting from scratch gives."""
+    import tether
+    from tether._registry import log_version
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(log_version, "FOLLOW_FROM", 1 << 20)
+    cut: list[int] = []
+    real = following._cut_step
+    monkeypatch.setattr(following, "_cut_step",
+                        lambda walk, *a: cut.append(walk.at) or real(walk, *a))
+    v1 = os.urandom(4 << 20)
+    v2 = v1[:2 << 20] + os.urandom(30_000) + v1[(2 << 20) + 30_000:]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "weights-step1.bin").write_bytes(v1)
+    (tmp_path / "b" / "weights-step2.bin").write_bytes(v2)
+    reg = tether.init(tmp_path / "reg" / ".tether", actor="tester@example.com")
+    scratch = tether.init(tmp_path / "scratch" / ".tether", actor="tester@example.com")
+    try:
+        reg.log_model(tmp_path / "a" / "weights-step1.bin", "m")
+        assert cut == []  # no previous version: cut from scratch, as ever
+        followed = reg.log_model(tmp_path / "b" / "weights-step2.bin", "m")
+        assert 1 <= len(cut) <= 3
+        monkeypatch.setattr(chunkstore, "_FOLLOW", False)
+        scratch.log_model(tmp_path / "a" / "weights-step1.bin", "m")
+        plain = scratch.log_model(tmp_path / "b" / "weights-step2.bin", "m")
+        assert followed.files == plain.files
+        assert reg.load(followed.ref).read_bytes() == v2  # type: ignore[attr-defined]
+    finally:
+        reg.close()
+        scratch.close()
