@@ -110,6 +110,9 @@ def env(**extra: str) -> dict[str, str]:
 
 def child(op: str, target: str, arg: str, extra: str, cache: Path,
           **more: str) -> dict[str, Any]:
+    # What earlier steps left for the kernel to write out (the input files, a
+    # load's output) is theirs: flushed before the clock starts, not during.
+    os.sync()
     done = subprocess.run([sys.executable, "-c", CHILD, op, target, arg, extra],
                           capture_output=True, text=True,
                           env=env(TETHER_CACHE_DIR=str(cache), **more), check=False)

@@ -95,3 +95,23 @@ def test_exports_pin_everything() -> None:
     assert "FROM python:3.11.7-slim" in dockerfile and "pip install" in dockerfile
     gpu = dict(env, accelerators=[{"kind": "cuda"}])
     assert "CUDA" in export_dockerfile(gpu)
+
+
+def test_the_fast_metadata_reader_agrees_with_importlib_on_every_distribution() -> None:
+    """capture reads METADATA headers itself (the email parser cost ~1 ms a distribution);
+    on every distribution installed here it must find what importlib.metadata finds."""
+    from tether._environment.capture import _headers
+
+    compared = 0
+    for dist in metadata.distributions():
+        text = dist.read_text("METADATA")
+        if text is None:
+            continue
+        name, version, requires = _headers(text)
+        assert name == dist.metadata["Name"], dist
+        assert version == dist.version, name
+        assert requires == list(dist.requires or []), name
+        compared += 1
+    assert compared > 20
+    folded = "Name: a\nVersion: 1\nLicense: x\n \n  more\nRequires-Dist: b\n\nbody: no\n"
+    assert _headers(folded) == ("a", "1", ["b"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -34,13 +35,10 @@ def cdc(data: bytes) -> list[ChunkRef]:
 def follow(path: Path, hint: Hint, *, give_up: bool = False) -> tuple[list[ChunkRef], int]:
     chunks: list[ChunkRef] = []
 
-    def digests_of(view: memoryview, cuts: object) -> list[str]:
-        return [blake3.blake3(view[o:o + n]).hexdigest() for o, n in cuts]  # type: ignore[attr-defined]
-
-    with open(path, "rb", buffering=0) as handle:
+    with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(2) as pool:
         windows = followed_windows(
             handle.fileno(), path.stat().st_size, hint, avg_size=AVG, window=WINDOW,
-            buffer=lambda n: memoryview(bytearray(n)), digests_of=digests_of, give_up=give_up)
+            buffer=lambda n: memoryview(bytearray(n)), pool=pool, give_up=give_up)
         while True:
             try:
                 _view, cuts, end, digests = next(windows)

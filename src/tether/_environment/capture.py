@@ -23,12 +23,7 @@ def canonical_name(name: str) -> str:
 
 
 def _packages() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = dist.metadata.get("Name", None)  # type: ignore[attr-defined]
-        if name:
-            found.setdefault(canonical_name(name), dist.version)
-    return dict(sorted(found.items()))
+    return _scan()[0]
 
 
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -42,18 +37,56 @@ def _dependencies() -> tuple[dict[str, list[str]], dict[str, str]]:
     A local or editable install has no version an index can serve, so exports
     say so instead of pinning it.
     """
+    _, requires, local = _scan()
+    return requires, local
+
+
+def _headers(text: str) -> tuple[str | None, str | None, list[str]]:
+    """Name, Version and Requires-Dist of a METADATA file, read up to its body.
+
+    The email parser ``importlib.metadata`` uses costs about 1 ms a
+    distribution: hundreds of them made capturing the environment most of the
+    time of logging a large model in a fresh process.
+    """
+    fields: dict[str, list[str]] = {"name": [], "version": [], "requires-dist": []}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if not line:
+            break  # the headers end at the first empty line (a blank one folds)
+        if line[0] in " \t":  # a folded header goes on
+            if current is not None and current:
+                current[-1] += " " + line.strip()
+            continue
+        key, sep, value = line.partition(":")
+        current = fields.get(key.strip().lower()) if sep else None
+        if current is not None:
+            current.append(value.strip())
+    name, version = fields["name"], fields["version"]
+    return (name[0] if name else None, version[0] if version else None,
+            fields["requires-dist"])
+
+
+def _scan() -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:
+    """(version, requirements, local installs) of every distribution, in one pass."""
+    packages: dict[str, str] = {}
     requires: dict[str, list[str]] = {}
     local: dict[str, str] = {}
     for dist in metadata.distributions():
-        raw_name = dist.metadata.get("Name", None)  # type: ignore[attr-defined]
+        text = dist.read_text("METADATA")
+        if text is not None:
+            raw_name, version, required = _headers(text)
+        else:  # an egg-info layout: the library's own parser (and its requires.txt)
+            raw_name = dist.metadata.get("Name", None)  # type: ignore[attr-defined]
+            version, required = dist.version, list(dist.requires or [])
         if not raw_name:
             continue
         name = canonical_name(raw_name)
         if name in requires:
-            continue
+            continue  # the first one on the path is the one imported
+        packages[name] = version or ""
         needed: set[str] = set()
-        for text in dist.requires or []:
-            requirement, _, marker = text.partition(";")
+        for text_ in required:
+            requirement, _, marker = text_.partition(";")
             if "extra" in marker:
                 continue
             match = _REQUIREMENT_NAME.match(requirement)
@@ -65,7 +98,7 @@ def _dependencies() -> tuple[dict[str, list[str]], dict[str, str]]:
             local[name] = "editable"
         elif '"url": "file:' in direct:
             local[name] = "local"
-    return dict(sorted(requires.items())), local
+    return dict(sorted(packages.items())), dict(sorted(requires.items())), local
 
 
 def _accelerators() -> list[dict[str, Any]]:
@@ -117,9 +150,8 @@ def capture_environment() -> dict[str, Any]:
             "os_release": platform.release(),
             "libc": _libc(),
             "accelerators": _accelerators(),
-            "packages": _packages(),
         }
-        _cache["requires"], _cache["local_installs"] = _dependencies()
+        _cache["packages"], _cache["requires"], _cache["local_installs"] = _scan()
         _frozen = json.dumps(_cache)
     # A copy callers may change: decoding the JSON costs a fraction of deepcopy
     # (hundreds of distributions, on every log and load).

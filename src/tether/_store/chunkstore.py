@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +58,7 @@ from .base import (
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .fileio import pread_into
-from .following import Hint, followed_windows
+from .following import Hint, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
@@ -106,6 +106,8 @@ _JOURNAL_MAX = 64
 #: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
 #: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
+#: Index lookups of at least this many digests at once are vectorised (numpy).
+_BATCH_LOOKUP = 2048
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
 _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
@@ -167,22 +169,6 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _hash_cuts(view: memoryview, cuts: Sequence[tuple[int, int]]) -> list[str]:
-    return [blake3.blake3(view[offset:offset + length]).hexdigest() for offset, length in cuts]
-
-
-def _hasher_on(pool: ThreadPoolExecutor) -> Callable[[memoryview, Sequence[tuple[int, int]]],
-                                                     list[str]]:
-    """Digests of a window's chunks, half of them on ``pool`` (BLAKE3 releases the GIL)."""
-    def digests_of(view: memoryview, cuts: Sequence[tuple[int, int]]) -> list[str]:
-        if len(cuts) < 8:
-            return _hash_cuts(view, cuts)
-        half = len(cuts) // 2
-        rest = pool.submit(_hash_cuts, view, cuts[half:])
-        return _hash_cuts(view, cuts[:half]) + rest.result()
-    return digests_of
-
-
 class _BufferRing:
     """The window buffers of one file's ingest, reused round robin.
 
@@ -195,20 +181,20 @@ class _BufferRing:
     arrive), so ``_AHEAD + 2`` buffers are never overwritten in use.
     """
 
+    SIZE = _AHEAD + 2
+
     def __init__(self) -> None:
         self._buffers: list[bytearray] = []
-        self._turn = 0
+        self._handed = 0
 
     def next(self, size: int) -> memoryview:
-        if len(self._buffers) < _AHEAD + 2:
-            self._buffers.append(bytearray(size))
-            buf = self._buffers[-1]
-        else:
-            self._turn = (self._turn + 1) % len(self._buffers)
-            buf = self._buffers[self._turn]
-            if len(buf) < size:
-                buf = self._buffers[self._turn] = bytearray(size)
-        return memoryview(buf)[:size]
+        turn = self._handed % self.SIZE  # the buffer handed out SIZE calls ago
+        self._handed += 1
+        if turn == len(self._buffers):  # never smaller than a window: windows vary a little
+            self._buffers.append(bytearray(max(size, _WINDOW + _WINDOW // 8)))
+        elif len(self._buffers[turn]) < size:
+            self._buffers[turn] = bytearray(size)
+        return memoryview(self._buffers[turn])[:size]
 
 
 class _BufferPool:
@@ -562,19 +548,27 @@ class ChunkStore:
             known = [d in index for d in digests]
             segments = list(self._segments.values())
             forgotten = set(self._forgotten)
-        if segments and not all(known):
-            for i, digest in enumerate(digests):
-                if not known[i] and len(digest) == 64:
-                    try:
-                        key = bytes.fromhex(digest)
-                    except ValueError:
-                        continue
-                    known[i] = any(s.has(key, forgotten) for s in segments)
+        if not segments or all(known):
+            return known
+        asked: dict[int, bytes] = {}
+        for i, digest in enumerate(digests):
+            if not known[i] and len(digest) == 64:
+                with contextlib.suppress(ValueError):
+                    asked[i] = bytes.fromhex(digest)
+        if len(asked) >= _BATCH_LOOKUP and not forgotten:
+            keys = list(asked.values())
+            for segment in segments:
+                for i, hit in zip(list(asked), segment.has_many(keys), strict=True):
+                    known[i] = known[i] or hit
+        else:
+            for i, key in asked.items():
+                known[i] = any(s.has(key, forgotten) for s in segments)
         return known
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
-        return {d for d in digests if not self._known(d)}
+        wanted = list(dict.fromkeys(digests))
+        return {d for d, known in zip(wanted, self._known_all(wanted), strict=True) if not known}
 
     def locate(self, digest: str) -> Location | None:
         found = self.candidates(digest)
@@ -898,7 +892,7 @@ class ChunkStore:
             with open(path, "rb", buffering=0) as handle:
                 start = yield from followed_windows(
                     handle.fileno(), size, hint, avg_size=AVG_CHUNK, window=_WINDOW,
-                    buffer=ring.next, digests_of=_hasher_on(pool), give_up=parallel)
+                    buffer=ring.next, pool=pool, give_up=parallel)
             if start >= size:
                 return
         if parallel:
@@ -957,7 +951,7 @@ class ChunkStore:
         and every chunk read back is checked against the digest it is stored under.
         """
         if digests is None:
-            digests = _hash_cuts(view, cuts)
+            digests = hash_cuts(view, cuts)
         out: list[tuple[str, int, bytes | memoryview | None, int]] = []
         for (offset, length), digest, known in zip(cuts, digests, self._known_all(digests),
                                                    strict=True):
