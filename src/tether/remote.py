@@ -103,6 +103,19 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
     return content is None or isinstance(content, bytes | str)
 
 
+def read_body_into(response: httpx.Response, into: memoryview, url: str) -> int:
+    """A streamed response's body read into ``into``; the bytes read (a longer one is refused)."""
+    filled = 0
+    for piece in response.iter_bytes():
+        end = filled + len(piece)
+        if end > len(into):
+            raise IntegrityError(f"{url} answered more bytes than were asked for",
+                                 hint="the server or object store is misbehaving")
+        into[filled:end] = piece
+        filled = end
+    return filled
+
+
 def retry_safe(method: str, path: str, kwargs: dict[str, Any]) -> bool:
     """Whether repeating this request cannot do anything twice."""
     method = method.upper()
@@ -203,9 +216,13 @@ class RemoteRegistry:
         *,
         raw: bool = False,
         retry: bool | None = None,
+        into: memoryview | None = None,
         **kwargs: Any,
     ) -> Any:
         """One API call; those safe to repeat are retried through an outage.
+
+        ``into``: read a successful answer's body into this buffer (a reused one:
+        no new pages, no joined copy) and return how many bytes came.
 
         ``retry``: whether this call is safe to repeat (default: ``retry_safe``:
         GET and HEAD, PUT with a body that can be sent again, POST with an
@@ -222,7 +239,13 @@ class RemoteRegistry:
         while True:
             attempt += 1
             try:
-                response = self.http.request(method, url, **kwargs)
+                if into is None:
+                    response = self.http.request(method, url, **kwargs)
+                else:
+                    with self.http.stream(method, url, **kwargs) as response:
+                        if response.status_code < 300:
+                            return read_body_into(response, into, url)
+                        response.read()
             except httpx.HTTPError as error:
                 problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 if not retry or not isinstance(error, _TRANSIENT):

@@ -112,6 +112,12 @@ class RemoteBlobs:
     def _direct(self, method: str, url: str, key: str, **kwargs: Any) -> httpx.Response:
         """One request to a presigned URL: 5xx is a transient failure, 404 NotFound."""
         response = self.client.http.request(method, url, **kwargs)
+        self._refuse(response, method, key)
+        return response
+
+    @staticmethod
+    def _refuse(response: httpx.Response, method: str, key: str) -> None:
+        """Raise for an answer of a presigned URL that is not a success."""
         if response.status_code == 404:
             raise NotFound(f"store object {key} is missing")
         if response.status_code >= 500:
@@ -119,7 +125,6 @@ class RemoteBlobs:
         if response.status_code >= 300:
             raise StoreError(f"{'upload' if method == 'PUT' else 'download'} of {key} "
                              f"to the object store failed: HTTP {response.status_code}")
-        return response
 
     def temp_file(self) -> tuple[int, Path]:
         # In the client's cache (set by the ChunkStore), never the system /tmp.
@@ -165,6 +170,23 @@ class RemoteBlobs:
             return self._download(url, key, headers)
         data = self.client._request("GET", f"/blobs/{key}", raw=True, headers=headers)
         return data  # type: ignore[no-any-return]
+
+    def get_range_into(self, key: str, offset: int, view: memoryview) -> int:
+        """``get_range`` read into ``view`` (a buffer reused run after run); bytes read."""
+        from .remote import read_body_into
+
+        self.requests += 1
+        headers = {"Range": f"bytes={offset}-{offset + len(view) - 1}"}
+        url = self._target(key, "GET")
+        if url is None:
+            return int(self.client._request("GET", f"/blobs/{key}", headers=headers, into=view))
+
+        def attempt() -> int:
+            with self.client.http.stream("GET", url, headers=headers) as response:
+                self._refuse(response, "GET", key)
+                return read_body_into(response, view, key)
+
+        return int(self._retrying(f"download of {key}", attempt))
 
     def _download(self, url: str, key: str, headers: dict[str, str]) -> bytes:
         return self._retrying(  # type: ignore[no-any-return]

@@ -335,6 +335,28 @@ class S3Blobs:
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self._read(key, Range=f"bytes={offset}-{offset + length - 1}")
 
+    def get_range_into(self, key: str, offset: int, view: memoryview) -> int:
+        """``get_range`` read into ``view`` (a buffer reused run after run); bytes read."""
+        def attempt() -> int:
+            body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
+                              Key=self._key(key),
+                              Range=f"bytes={offset}-{offset + len(view) - 1}")["Body"]
+            filled = 0
+            try:
+                while filled < len(view):
+                    piece = self._call(f"download of {key}", body.read,
+                                       min(1 << 20, len(view) - filled))
+                    if not piece:
+                        break
+                    view[filled:filled + len(piece)] = piece
+                    filled += len(piece)
+            finally:
+                body.close()
+            return filled
+
+        self.requests += 1
+        return int(self._retrying(f"download of {key}", attempt))
+
     def iter_range(self, key: str, offset: int, length: int,
                    block: int = 1 << 20) -> Iterator[bytes]:
         """``length`` bytes of ``key`` from ``offset``, streamed in blocks (never all at once)."""

@@ -355,7 +355,10 @@ class ChunkStore:
         self.pack_target = pack_target or (REMOTE_PACK_TARGET if remote else PACK_TARGET)
         #: Remote packs grow with the upload unless a size was asked for.
         self._adaptive_packs = remote and pack_target is None
-        self._run_bytes = _REMOTE_RUN_BYTES if remote else _RUN_BYTES
+        #: Runs are read into reused buffers where the store can (a local pack, or a
+        #: streamed response): then a large run costs one buffer, not a joined copy.
+        self._reads_into = not remote or hasattr(blobs, "get_range_into")
+        self._run_bytes = _RUN_BYTES if self._reads_into else _REMOTE_RUN_BYTES
         self._run_buffers = _BufferPool()
         self.upload_streams = upload_streams or (REMOTE_UPLOAD_STREAMS if remote else 1)
         #: Packs under this many bytes are compacted by gc (tiny versions' packs).
@@ -1189,9 +1192,16 @@ class ChunkStore:
         return payload
 
     def _read_into(self, pack: str, offset: int, view: memoryview) -> memoryview:
-        """``_get_range`` of a local pack into ``view`` (a reused buffer: no new pages)."""
+        """``_get_range`` into ``view`` (a reused buffer: no new pages, no joined copy)."""
         path = self.blobs.local_path(f"packs/{pack}.pack")
-        assert path is not None
+        if path is None:
+            try:
+                got = self.blobs.get_range_into(f"packs/{pack}.pack", offset, view)  # type: ignore[attr-defined]
+            except NotFound as error:
+                raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+            if got != len(view):
+                raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
+            return view
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as error:
@@ -1238,10 +1248,10 @@ class ChunkStore:
             offsets.append(position)
             position += chunk.size
 
-        local = self.blobs.is_local
+        reads_into = self._reads_into
 
         def read(run: list[int]) -> tuple[list[bytes | memoryview], bytearray | None]:
-            buffer = self._run_buffers.take(self._run_bytes) if local else None
+            buffer = self._run_buffers.take(self._run_bytes) if reads_into else None
             pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep,
                                           into=buffer)
             if sink is not None:
