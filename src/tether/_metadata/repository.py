@@ -61,14 +61,19 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 # -- versions -----------------------------------------------------------------
 
 
-def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = ()) -> ModelVersion:
+def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
+                   files: Sequence[FileEntry] | None = None) -> ModelVersion:
+    """The version a row records. ``files``: its manifest when the caller already
+    holds it (decoding tens of thousands of chunk entries again costs 0.1 s), or
+    ``()`` when only the rest is wanted."""
     return ModelVersion(
         id=row.id,
         name=name,
         seq=row.seq,
         semver=row.semver,
         digest=row.digest,
-        files=tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, [])),
+        files=(tuple(files) if files is not None
+               else tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, []))),
         flavor=_loads(row.flavor, {}),
         signature=_loads(row.signature, None),
         input_example=_loads(row.input_example, None),

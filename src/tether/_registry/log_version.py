@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
-from .._store.base import ChunkRef
+from .._store.base import ChunkRef, FileEntry
 from . import drift_baseline
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
@@ -99,7 +99,7 @@ def _facts(
 
 
 def _row_facts(row: sa.Row[Any]) -> VersionFacts:
-    version = repo.row_to_version(row, "")
+    version = repo.row_to_version(row, "", files=())  # the manifest's digest is files_digest
     return _facts(
         signature=version.signature,
         files_digest=version.files_digest,
@@ -255,7 +255,7 @@ def commit_version(
     facts = facts_of(values)
     for attempt in range(_RACE_RETRIES):
         try:
-            return _insert(registry, name, facts, bump, values)
+            return _insert(registry, name, facts, bump, values, checked.manifest)
         except sa.exc.IntegrityError as error:
             # Two writers created the same model, or (PostgreSQL) numbered at once.
             if attempt == _RACE_RETRIES - 1:
@@ -267,7 +267,8 @@ def commit_version(
 
 
 def _insert(
-    registry: Registry, name: str, facts: VersionFacts, bump: str | None, values: dict[str, Any]
+    registry: Registry, name: str, facts: VersionFacts, bump: str | None, values: dict[str, Any],
+    files: Sequence[FileEntry],
 ) -> ModelVersion:
     with registry.write() as conn:
         mid, _created = repo.ensure_model(conn, name)
@@ -312,4 +313,4 @@ def _insert(
         )
         created = repo.version_by_id(conn, vid)
         assert created is not None
-        return repo.row_to_version(created, name)
+        return repo.row_to_version(created, name, files=files)
