@@ -2,7 +2,7 @@
 through `tether server`, and against S3 (moto's server), next to their anchors.
 
     .venv/bin/python bench/bench_large.py [--size-gb 2] [--huge] [--only local,server,s3,server-s3]
-                                          [--no-kill] [--json]
+                                          [--no-kill] [--repeat N] [--json]
 
 For each target, in fresh processes whose peak RSS (VmHWM) is read from /proc:
 log v1 (all bytes new), log v2 (the same file with 5% rewritten in 1 MB pieces
@@ -388,6 +388,9 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="10 GB instead")
     parser.add_argument("--only", default="local,server,s3,server-s3")
     parser.add_argument("--no-kill", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every target this many times (fresh registries): the median "
+                             "throughput and the highest peak RSS are reported")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=None, help="work folder (default: a temp folder)")
     args = parser.parse_args()
@@ -409,41 +412,14 @@ def main() -> None:
             progress("anchors", "", anchors)
             moto.bucket("bench")
         s3_env = {**S3_ENV, "TETHER_S3_ENDPOINT_URL": moto.url} if moto else {}
-        for name in targets:
-            if name == "local":
-                root = work / "local" / ".tether"
-                subprocess.run([str(BIN / "tether"), "init", str(root)], check=True,
-                               capture_output=True, env=env(TETHER_USER="bench@x"))
-                results["targets"][name] = run_target(name, str(root), v1, v2, work, {})
-                shutil.rmtree(work / "local")
-            elif name == "s3":
-                assert moto is not None
-                root = work / "s3reg" / ".tether"
-                subprocess.run([str(BIN / "tether"), "init", str(root), "--store",
-                                "s3://bench/embedded"], check=True, capture_output=True,
-                               env=env(TETHER_USER="bench@x", **s3_env))
-                results["targets"][name] = run_target(name, str(root), v1, v2, work, s3_env)
-                if not args.no_kill:
-                    results["targets"][name]["killed at 50% and rerun"] = killed_upload(
-                        str(root), moto.port, v1, work,
-                        {**s3_env, "TETHER_S3_ENDPOINT_URL": "PROXY"})
-            elif name in ("server", "server-s3"):
-                store = (f"file://{work / 'server-store'}" if name == "server"
-                         else "s3://bench/served")
-                server = Server(work / f"srv-{name}", store, s3_env if name == "server-s3"
-                                else {})
-                servers.append(server)
-                more = {"TETHER_TOKEN": server.token}
-                results["targets"][name] = run_target(name, server.url, v1, v2, work, more)
-                results["targets"][name]["server peak RSS MB"] = server.peak_mb()
-                if not args.no_kill and name == "server":
-                    results["targets"][name]["killed at 50% and rerun"] = killed_upload(
-                        "PROXY", server.port, v1, work, more)
-                server.stop()
-                servers.remove(server)
-                shutil.rmtree(work / "server-store", ignore_errors=True)
-            else:
-                raise SystemExit(f"unknown target {name!r}")
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for round_ in range(args.repeat):
+            kill = not args.no_kill and round_ == 0
+            for name in targets:
+                rounds.setdefault(name, []).append(
+                    run_one(name, work, v1, v2, moto, s3_env, servers, kill=kill, round_=round_))
+        results["targets"] = {name: combine(runs) for name, runs in rounds.items()}
+        results["rounds"] = args.repeat
     finally:
         for server in servers:
             server.stop()
@@ -456,11 +432,73 @@ def main() -> None:
         report(results)
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one target: each operation's median throughput, its highest peak RSS."""
+    out: dict[str, Any] = dict(runs[0])
+    for op, row in runs[0].items():
+        if isinstance(row, dict) and "MB/s" in row:
+            rows = sorted((r[op] for r in runs), key=lambda r: r["MB/s"])
+            median = dict(rows[len(rows) // 2])
+            for key in ("peak_rss_mb", "worker_peak_rss_mb"):
+                if key in median:
+                    median[key] = max(r.get(key) or 0.0 for r in rows)
+            median["MB/s all rounds"] = [r["MB/s"] for r in rows]
+            out[op] = median
+    if "server peak RSS MB" in runs[0]:
+        out["server peak RSS MB"] = max(r["server peak RSS MB"] for r in runs)
+    return out
+
+
+def run_one(name: str, work: Path, v1: Path, v2: Path, moto: Moto | None,
+            s3_env: dict[str, str], servers: list[Server], *, kill: bool,
+            round_: int) -> dict[str, Any]:
+    """One round of one target, in a fresh registry (and store, and server)."""
+    if name == "local":
+        root = work / "local" / ".tether"
+        subprocess.run([str(BIN / "tether"), "init", str(root)], check=True,
+                       capture_output=True, env=env(TETHER_USER="bench@x"))
+        result = run_target(name, str(root), v1, v2, work, {})
+        shutil.rmtree(work / "local")
+        return result
+    if name == "s3":
+        assert moto is not None
+        root = work / f"s3reg-{round_}" / ".tether"
+        prefix = f"s3://bench/embedded-{round_}"
+        subprocess.run([str(BIN / "tether"), "init", str(root), "--store", prefix],
+                       check=True, capture_output=True,
+                       env=env(TETHER_USER="bench@x", **s3_env))
+        result = run_target(name, str(root), v1, v2, work, s3_env)
+        if kill:
+            result["killed at 50% and rerun"] = killed_upload(
+                str(root), moto.port, v1, work, {**s3_env, "TETHER_S3_ENDPOINT_URL": "PROXY"})
+        return result
+    if name in ("server", "server-s3"):
+        store = (f"file://{work / 'server-store'}" if name == "server"
+                 else f"s3://bench/served-{round_}")
+        server = Server(work / f"srv-{name}-{round_}", store,
+                        s3_env if name == "server-s3" else {})
+        servers.append(server)
+        more = {"TETHER_TOKEN": server.token}
+        result = run_target(name, server.url, v1, v2, work, more)
+        result["server peak RSS MB"] = server.peak_mb()
+        if kill and name == "server":
+            result["killed at 50% and rerun"] = killed_upload(
+                "PROXY", server.port, v1, work, more)
+        server.stop()
+        servers.remove(server)
+        shutil.rmtree(work / "server-store", ignore_errors=True)
+        return result
+    raise SystemExit(f"unknown target {name!r}")
+
+
 def report(results: dict[str, Any]) -> None:
     anchors = results["anchors"]
     print(f"file: {results['size_mb'] / 1024:.1f} GB of incompressible bytes; "
           f"v2 rewrites 5% of it in 1 MB pieces")
     print("anchors (same run): " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in anchors.items()))
+    if results.get("rounds", 1) > 1:
+        print(f"each figure: the median of {results['rounds']} rounds (fresh registries), "
+              "the highest peak RSS")
     disk = anchors["dd conv=fsync write"]
     boto = anchors.get("boto3_upload_file")
     local = results["targets"].get("local", {})
@@ -479,8 +517,10 @@ def report(results: dict[str, Any]) -> None:
                         if op.startswith("log") and boto else "")
             workers = row.get("worker_peak_rss_mb") or 0
             extra = f" (+{workers:.0f} MB per cutting worker)" if workers else ""
+            spread = row.get("MB/s all rounds") or []
+            rounds = f" [rounds {min(spread):.0f}-{max(spread):.0f}]" if len(spread) > 1 else ""
             print(f"{name:<10} {op:<22} {row['MB/s']:>8.0f} {row['peak_rss_mb']:>6.0f} MB  "
-                  f"{goal}; RSS < 300 MB{extra}")
+                  f"{goal}; RSS < 300 MB{extra}{rounds}")
         if "server peak RSS MB" in ops:
             print(f"{name:<10} {'server process':<22} {'':>8} {ops['server peak RSS MB']:>6.0f} MB"
                   f"  RSS < 300 MB")
