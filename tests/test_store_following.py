@@ -186,3 +186,37 @@ def test_log_model_follows_the_models_newest_version(tmp_path: Path,
     finally:
         reg.close()
         scratch.close()
+
+
+def test_add_dataset_follows_the_datasets_newest_version(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import tether
+    from tether._registry import datasets
+
+    monkeypatch.setattr(datasets, "FOLLOW_FROM", 1 << 20)
+    cut: list[int] = []
+    real = following._cut_step
+    monkeypatch.setattr(following, "_cut_step",
+                        lambda walk, *a: cut.append(walk.at) or real(walk, *a))
+    data = tmp_path / "data"
+    data.mkdir()
+    table = os.urandom(4 << 20)
+    (data / "table.bin").write_bytes(table)
+    (data / "small.txt").write_text("a small file is cut from scratch")
+    reg = tether.init(tmp_path / "reg" / ".tether", actor="tester@example.com")
+    try:
+        reg.add_dataset(data, "ds")
+        assert cut == []
+        changed = table[:1 << 20] + os.urandom(20_000) + table[(1 << 20) + 20_000:]
+        (data / "table.bin").write_bytes(changed)
+        second = reg.add_dataset(data, "ds")
+        assert 1 <= len(cut) <= 3
+        entry = next(f for f in second.files if f.path == "table.bin")
+        assert entry.chunks == tuple(cdc_with(changed, 64 * 1024))
+    finally:
+        reg.close()
+
+
+def cdc_with(data: bytes, avg: int) -> list[ChunkRef]:
+    return [ChunkRef(blake3.blake3(data[c.offset:c.offset + c.length]).hexdigest(), c.length)
+            for c in FastCDC(avg_size=avg).cut_buf(data)]

@@ -713,7 +713,8 @@ class RemoteRegistry:
     ) -> datasets.DatasetVersion:
         validate_model_name(name)
         values, pin = datasets.prepare_dataset(self.store, path, author=self.actor, notes=notes,
-                                               tags=tags, progress=progress)
+                                               tags=tags, progress=progress,
+                                               newest=lambda: self.get_dataset(name).files)
         body = {
             "values": {
                 "manifest": [f.to_dict() for f in values["files"]],

@@ -32,7 +32,7 @@ the model's ``data`` (bound by the model's digest) and a row in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ from .._errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    TetherError,
     UnknownField,
 )
 from .._identity import check_manifest, manifest_digest
@@ -70,7 +71,7 @@ from .._reference import (
     validate_model_name,
 )
 from .._semver import BumpLevel, SemVer, resolve_bump
-from .._store.base import FileEntry
+from .._store.base import FOLLOW_FROM, ChunkRef, FileEntry
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
 from .stat_cache import StatCache
@@ -529,14 +530,31 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
     return path, found
 
 
+def _previous_chunks(root: Path, todo: Sequence[str],
+                     newest: Callable[[], Sequence[FileEntry]] | None,
+                     ) -> dict[str, tuple[ChunkRef, ...]]:
+    """The newest version's chunks of each large file to store, by path."""
+    large = [p for p in todo if (root / p).stat().st_size >= FOLLOW_FROM]
+    if not large or newest is None:
+        return {}
+    try:
+        by_path = {f.path: f.chunks for f in newest()}
+    except TetherError:  # no version yet, or not readable: cut from scratch
+        return {}
+    return {p: by_path[p] for p in large if p in by_path}
+
+
 def prepare_dataset(
     store: Any, path: str | Path, *, author: str, notes: str = "",
     tags: Mapping[str, str] | None = None, progress: bool = False,
+    newest: Callable[[], Sequence[FileEntry]] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """Chunk a file or folder into ``store``: (values to commit, the ingest's pin).
 
     The same code runs in the embedded registry and in a remote client (whose
     store uploads through the server's blob gateway); only the commit differs.
+    ``newest()``: the files of the dataset's newest version, asked for only when
+    a large file changed: cutting follows their chunks (see _store/following.py).
     """
     source_path = Path(path).expanduser().absolute()
     root, paths = _files_under(source_path)
@@ -561,7 +579,8 @@ def prepare_dataset(
         if facts is not None:
             tables[rel] = facts
     report = store.ingest(root, todo, progress=progress,
-                          pin_also={c.digest for e in unchanged.values() for c in e.chunks})
+                          pin_also={c.digest for e in unchanged.values() for c in e.chunks},
+                          previous=_previous_chunks(root, todo, newest))
     if cache is not None:
         for entry in report.files:
             cache.remember(root / entry.path, entry, tables.get(entry.path))
@@ -606,7 +625,8 @@ def add_dataset(
     """Store a file or folder as the next version of dataset ``name``."""
     validate_model_name(name)
     values, pin = prepare_dataset(registry.store, path, author=registry.actor, notes=notes,
-                                  tags=tags, progress=progress)
+                                  tags=tags, progress=progress,
+                                  newest=lambda: registry.get_dataset(name).files)
     try:
         return commit_dataset(registry, name, values, bump)
     finally:

@@ -29,7 +29,7 @@ from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
-from .._store.base import ChunkRef, FileEntry
+from .._store.base import FOLLOW_FROM, ChunkRef, FileEntry
 from . import drift_baseline
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
@@ -183,11 +183,6 @@ def log_model(
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)
-
-
-#: Files this large are cut following their previous version's chunks (see
-#: _store/following.py); below it, cutting from scratch costs less than the lookup.
-FOLLOW_FROM = 16 * 1024 * 1024
 
 
 def previous_chunks(registry: Registry, name: str, root: Path,

@@ -22,6 +22,11 @@ class ChunkRef:
     size: int
 
 
+#: Files this large are cut following their previous version's chunks (see
+#: following.py); below it, cutting from scratch costs less than asking for them.
+FOLLOW_FROM = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """A file of a version: relative POSIX path, size, BLAKE3 of its bytes, chunks."""
