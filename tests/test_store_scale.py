@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from tether._store import open_store
 from tether._store.chunkstore import _JOURNAL_MAX, ChunkStore
@@ -148,3 +149,21 @@ def test_verify_packs_quarantines_a_liar_listed_in_a_merged_index(tmp_path: Path
     assert victim.pack not in fresh._all_packs()
     assert (tmp_path / "store" / "quarantine" / "index" / f"{victim.pack}.idx").exists()
     assert fresh.verify(reports[1].files, label="v1") == []
+
+
+def test_a_large_pin_is_written_piece_by_piece_and_reads_back(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    """A pin of many chunks goes through a file in pieces; gc reads it as one JSON document."""
+    import json
+
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_PIN_PIECE", 7)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(3 << 20))
+    store = open_store(f"file://{tmp_path / 'store'}")
+    report = store.ingest(tmp_path / "src", ["f.bin"])
+    assert report.pin is not None
+    pin = json.loads(store.blobs.get_bytes(report.pin))
+    assert pin["chunks"] == sorted({c.digest for c in report.files[0].chunks})
+    assert len(pin["chunks"]) > 7 and set(pin) == {"created", "owner", "chunks"}

@@ -106,8 +106,12 @@ _JOURNAL_MAX = 64
 #: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
 #: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
-#: Index lookups of at least this many digests at once are vectorised (numpy).
+#: Index lookups of at least this many digests at once are vectorised (numpy),
+#: at most _LOOKUP_PIECE at a time (memory stays flat for a million chunks).
 _BATCH_LOOKUP = 2048
+_LOOKUP_PIECE = 65536
+#: Pins of more chunks than this are written piece by piece through a file.
+_PIN_PIECE = 50_000
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
 _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
@@ -571,7 +575,12 @@ class ChunkStore:
     def missing(self, digests: Iterable[str]) -> set[str]:
         self.refresh()
         wanted = list(dict.fromkeys(digests))
-        return {d for d, known in zip(wanted, self._known_all(wanted), strict=True) if not known}
+        gone: set[str] = set()
+        for start in range(0, len(wanted), _LOOKUP_PIECE):
+            piece = wanted[start:start + _LOOKUP_PIECE]
+            gone.update(d for d, known in zip(piece, self._known_all(piece), strict=True)
+                        if not known)
+        return gone
 
     def locate(self, digest: str) -> Location | None:
         found = self.candidates(digest)
@@ -867,15 +876,34 @@ class ChunkStore:
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
             referenced |= pin_also
-            pin = {"created": time.time(), "chunks": sorted(referenced), "owner": owner_tag()}
             report.pin = f"pins/{uuid.uuid4().hex}.json"
-            self.blobs.put_bytes(report.pin, json.dumps(pin).encode())
+            self._write_pin(report.pin, sorted(referenced))
         except BaseException:
             writer.abort()
             raise
         finally:
             bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
         return report
+
+    def _write_pin(self, key: str, chunks: list[str]) -> None:
+        """``{"created", "chunks", "owner"}`` at ``key``; a large one written through a
+        file, piece by piece (one string of a million digests was 150 MB at once)."""
+        head = json.dumps({"created": time.time(), "owner": owner_tag()})[:-1]
+        if len(chunks) < _PIN_PIECE:
+            self.blobs.put_bytes(key, (head + ', "chunks": ' + json.dumps(chunks) + "}").encode())
+            return
+        fd, path = self.blobs.temp_file()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write((head + ', "chunks": [').encode())
+                for start in range(0, len(chunks), _PIN_PIECE):
+                    piece = json.dumps(chunks[start:start + _PIN_PIECE])[1:-1]
+                    out.write(((", " if start else "") + piece).encode())
+                out.write(b"]}")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self.blobs.put_file(key, path)
 
     def _windows(self, path: Path, ring: _BufferRing, hint: Hint | None,
                  pool: ThreadPoolExecutor) -> Iterator[Window]:
