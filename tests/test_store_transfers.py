@@ -402,3 +402,36 @@ def test_the_server_merges_the_index_files_its_clients_upload(
         )
     finally:
         client.close()
+
+
+def test_a_server_that_answers_more_than_asked_is_refused(tmp_path: Path) -> None:
+    """Runs are read straight into reused buffers: a body longer than the range asked for
+    must be refused, not written past the run (nor silently truncated)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tether._errors import IntegrityError
+    from tether.remote import RemoteRegistry
+
+    class TooLong(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"x" * 5000
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), TooLong)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = RemoteRegistry(f"http://127.0.0.1:{httpd.server_address[1]}", token="t",
+                            cache_dir=tmp_path / "cache")
+    buffer = bytearray(4096 + 16)
+    try:
+        with pytest.raises(IntegrityError, match="more bytes than were asked"):
+            client._request("GET", "/blobs/packs/x.pack", into=memoryview(buffer)[:4096])
+        assert buffer[4096:] == bytes(16)  # nothing written past the run
+    finally:
+        httpd.shutdown()
+        client.close()
