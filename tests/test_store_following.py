@@ -27,6 +27,13 @@ AVG = 4096  # small chunks: many boundaries in little data
 WINDOW = 64 * 1024
 
 
+@pytest.fixture(autouse=True)
+def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps and windows a few chunks long, so edits straddle them (the smallest allowed:
+    a step is twice FastCDC's largest chunk, a window two steps)."""
+    monkeypatch.setattr(following, "STEP", 2 * FastCDC(avg_size=AVG).max_size)
+
+
 def cdc(data: bytes) -> list[ChunkRef]:
     return [ChunkRef(blake3.blake3(data[c.offset:c.offset + c.length]).hexdigest(), c.length)
             for c in FastCDC(avg_size=AVG).cut_buf(data)]
@@ -105,6 +112,8 @@ def test_a_followed_file_is_mostly_hashed_not_cut(tmp_path: Path,
 
 
 def test_a_hostile_hint_changes_nothing_but_the_time(tmp_path: Path) -> None:
+    """Hints no real cutting gives: the chunks stay FastCDC's (a made-up hint whose digests
+    match the bytes may change where chunks end: see following.py; never what is stored)."""
     data = os.urandom(400_000)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
@@ -220,3 +229,25 @@ def test_add_dataset_follows_the_datasets_newest_version(tmp_path: Path,
 def cdc_with(data: bytes, avg: int) -> list[ChunkRef]:
     return [ChunkRef(blake3.blake3(data[c.offset:c.offset + c.length]).hexdigest(), c.length)
             for c in FastCDC(avg_size=avg).cut_buf(data)]
+
+
+def test_a_step_is_never_shorter_than_two_of_the_largest_chunks(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 ) -> None:
+    """With a large average size (FastCDC's largest chunk 2 MiB, over the 1 MiB step), a
+    step's own end must not cut a chunk (found in review: 10 x 1 MiB instead of 5 x 2 MiB)."""
+    monkeypatch.setattr(following, "STEP", 1 << 20)
+    avg = 512 * 1024
+    data = bytes(10 << 20)  # zeros: FastCDC cuts only at its largest size
+    path = tmp_path / "zeros.bin"
+    path.write_bytes(data)
+    hint = Hint.of([ChunkRef("0" * 64, 1000)])
+    assert hint is not None
+    got = []
+    with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(2) as pool:
+        for _view, cuts, _end, digests in followed_windows(
+                handle.fileno(), len(data), hint, avg_size=avg, window=8 << 20,
+                buffer=lambda n: memoryview(bytearray(n)), pool=pool, give_up=False):
+            assert digests is not None
+            got += [ChunkRef(d, n) for (_, n), d in zip(cuts, digests, strict=True)]
+    assert got == cdc_with(data, avg)
