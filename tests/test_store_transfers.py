@@ -435,3 +435,37 @@ def test_a_server_that_answers_more_than_asked_is_refused(tmp_path: Path) -> Non
     finally:
         httpd.shutdown()
         client.close()
+
+
+def test_a_client_follows_the_previous_version_through_the_server(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote client asks the server for the newest version's chunks and cuts along them:
+    the second version sends only the changed chunks and equals a from-scratch cutting."""
+    from tether._registry import log_version
+    from tether._store import following
+    from tether.remote import RemoteRegistry
+
+    monkeypatch.setattr(log_version, "FOLLOW_FROM", MB)
+    cut: list[int] = []
+    real = following._cut_step
+    monkeypatch.setattr(following, "_cut_step",
+                        lambda walk, *a: cut.append(walk.at) or real(walk, *a))
+    v1 = os.urandom(6 * MB)
+    v2 = v1[:3 * MB] + os.urandom(50_000) + v1[3 * MB + 50_000:]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "w.bin").write_bytes(v1)
+    (tmp_path / "b" / "w.bin").write_bytes(v2)
+    client = RemoteRegistry(server.url, token=server.token, cache_dir=tmp_path / "cache")
+    try:
+        client.log_model(tmp_path / "a" / "w.bin", "followed", progress=False)
+        assert cut == []
+        second = client.log_model(tmp_path / "b" / "w.bin", "followed", progress=False)
+        assert 1 <= len(cut) <= 3
+        expected = [c.length for c in following.FastCDC(avg_size=64 * 1024).cut_buf(v2)]
+        assert [c.size for c in second.files[0].chunks] == expected
+        client.download(second.ref, tmp_path / "out", progress=False)
+        assert (tmp_path / "out" / "w.bin").read_bytes() == v2
+    finally:
+        client.close()
