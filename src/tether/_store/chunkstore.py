@@ -557,18 +557,22 @@ class ChunkStore:
             forgotten = set(self._forgotten)
         if not segments or all(known):
             return known
-        asked: dict[int, bytes] = {}
+        where: list[int] = []
+        keys: list[bytes] = []
         for i, digest in enumerate(digests):
             if not known[i] and len(digest) == 64:
-                with contextlib.suppress(ValueError):
-                    asked[i] = bytes.fromhex(digest)
-        if len(asked) >= _BATCH_LOOKUP and not forgotten:
-            keys = list(asked.values())
+                try:
+                    keys.append(bytes.fromhex(digest))
+                except ValueError:
+                    continue  # not a digest: no index lists it
+                where.append(i)
+        if len(keys) >= _BATCH_LOOKUP and not forgotten:
             for segment in segments:
-                for i, hit in zip(list(asked), segment.has_many(keys), strict=True):
-                    known[i] = known[i] or hit
+                for i, hit in zip(where, segment.has_many(keys), strict=True):
+                    if hit:
+                        known[i] = True
         else:
-            for i, key in asked.items():
+            for i, key in zip(where, keys, strict=True):
                 known[i] = any(s.has(key, forgotten) for s in segments)
         return known
 
