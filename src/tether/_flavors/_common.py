@@ -11,8 +11,6 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .._errors import EnvironmentMismatch, InvalidInput
 
 #: The Tether extra that installs each framework (``pip install 'tether[onnx]'``).
@@ -66,6 +64,8 @@ def entry_name(record: dict[str, Any], key: str, default: str, *, flavor: str) -
 
 def as_array(data: Any) -> Any:
     """A DataFrame, Series, list or array as a numpy array (records become rows)."""
+    import numpy as np  # here: logging a model whose flavor never predicts needs no numpy
+
     if hasattr(data, "to_numpy"):
         return data.to_numpy()
     if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):

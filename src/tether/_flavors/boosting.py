@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidInput
 from ._common import as_array, entry_name, module_top, require
 from .base import framework_fields, qualified_class
@@ -146,6 +144,8 @@ class LightGBMModel:
     """
 
     def __init__(self, booster: Any, *, wrapper: str, classes: list[Any] | None) -> None:
+        import numpy as np
+
         self.booster = booster
         self.wrapper = wrapper
         self.classes_ = None if classes is None else np.asarray(classes)
@@ -153,6 +153,8 @@ class LightGBMModel:
         self.n_features_in_ = int(booster.num_feature())
 
     def predict_proba(self, X: Any) -> Any:
+        import numpy as np
+
         if self.classes_ is None:
             raise InvalidInput(f"a {self.wrapper} has no predict_proba (it is not a classifier)")
         scores = self.booster.predict(_lgbm_input(X, self.booster))
@@ -161,6 +163,8 @@ class LightGBMModel:
         return scores
 
     def predict(self, X: Any) -> Any:
+        import numpy as np
+
         if self.classes_ is None:
             return self.booster.predict(_lgbm_input(X, self.booster))
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
@@ -173,6 +177,8 @@ class LightGBMFlavor:
     name: str = "lightgbm"
 
     def save(self, model: Any, dest: Path, **options: Any) -> dict[str, Any]:
+        import numpy as np
+
         if "lightgbm" not in module_top(model):
             raise InvalidInput(
                 f"the lightgbm flavor stores a lightgbm Booster or LGBMModel, "

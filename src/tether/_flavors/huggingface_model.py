@@ -26,8 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidInput
 from ._common import as_array, class_names, require
 from .base import framework_fields
@@ -60,6 +58,8 @@ class HuggingFaceModel:
         return logits.detach().cpu().numpy()
 
     def _encode(self, torch: Any, data: Any) -> dict[str, Any]:
+        import numpy as np
+
         if isinstance(data, Mapping) and "input_ids" in data:
             return {k: torch.as_tensor(np.asarray(v)) for k, v in data.items()}
         texts = _texts(data)

@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidInput
 from ._common import as_array, entry_name, missing_framework, require
 from .base import framework_fields
@@ -27,17 +25,18 @@ FRAMEWORK = ["onnxruntime", "numpy"]
 ENTRY = "model.onnx"
 _EXTERNAL_LIMIT = 1_800_000_000  # below protobuf's 2 GiB, with room for the graph
 
-_NUMPY_TYPES: dict[str, Any] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-    "tensor(string)": np.object_,
+#: numpy type names (numpy is imported only to load or predict).
+_NUMPY_TYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool_",
+    "tensor(string)": "object_",
 }
 
 
@@ -112,6 +111,8 @@ def feed(session: Any, data: Any) -> dict[str, Any]:
     (or mapping entries) of the same names, each as a column ``[N, 1]`` when
     the graph declares two dimensions.
     """
+    import numpy as np
+
     inputs = session.get_inputs()
     if len(inputs) == 1 and not (isinstance(data, Mapping) and inputs[0].name in data):
         return {inputs[0].name: _cast(as_array(data), inputs[0])}
@@ -136,7 +137,10 @@ def feed(session: Any, data: Any) -> dict[str, Any]:
 
 
 def _cast(value: Any, spec: Any) -> Any:
-    wanted = _NUMPY_TYPES.get(spec.type)
+    import numpy as np
+
+    wanted_name = _NUMPY_TYPES.get(spec.type)
+    wanted = getattr(np, wanted_name) if wanted_name else None
     if wanted is None or value.dtype == wanted:
         return value
     if wanted is np.object_:

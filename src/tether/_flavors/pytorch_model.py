@@ -40,8 +40,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidInput, UnsafeArtifact
 from ._common import as_array, class_names, entry_name, require
 from .base import TRUST_HINT, framework_fields
@@ -259,6 +257,8 @@ def constructor_arguments(module: Any) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _is_json(value: Any) -> bool:
+    import numpy as np
+
     if isinstance(value, _JSON_SCALARS):
         return not isinstance(value, float) or np.isfinite(value)
     if isinstance(value, list | tuple):
@@ -394,6 +394,8 @@ def _run(module: Any, data: Any) -> Any:
 
 
 def _tensor(torch: Any, module: Any, value: Any) -> Any:
+    import numpy as np
+
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(
         np.ascontiguousarray(as_array(value))
     )
