@@ -1,10 +1,13 @@
 """Storage benchmark: many versions of a large checkpoint cost the bytes that changed.
 
-    .venv/bin/python bench/bench_store.py [--size-mb 256] [--versions 5] [--store-url URL] [--json]
+    .venv/bin/python bench/bench_store.py [--size-mb 256] [--versions 5] [--rewrite 0.2]
+                                          [--from-scratch] [--store-url URL] [--json]
 
 Workload: a single-file checkpoint of 4 MiB "tensors" (random float32 from
-numpy, fixed seed). Each new version rewrites a random 20% of the tensors and
-inserts a small 64 KiB tensor in the middle, shifting every later byte.
+numpy, fixed seed). Each new version rewrites a random 20% (``--rewrite``) of
+the tensors and inserts a small 64 KiB tensor in the middle, shifting every
+later byte. Later versions are stored following the previous one's chunks, as
+``log_model`` does (``--from-scratch``: cut with FastCDC, the same chunks).
 
 Prints: the sum of all versions' bytes, the floor (the bytes that are actually
 new: the first version, plus each later version's rewritten and inserted
@@ -34,7 +37,8 @@ TENSOR = 4 * MB
 INSERT = 64 * 1024
 
 
-def make_versions(size_mb: int, versions: int, seed: int = 0) -> tuple[list[bytes], int]:
+def make_versions(size_mb: int, versions: int, seed: int = 0,
+                  share: float = 0.2) -> tuple[list[bytes], int]:
     rng = np.random.default_rng(seed)
     count = max(1, size_mb * MB // TENSOR)
 
@@ -45,7 +49,7 @@ def make_versions(size_mb: int, versions: int, seed: int = 0) -> tuple[list[byte
     blobs = [b"".join(parts)]
     floor = len(blobs[0])
     for _ in range(versions - 1):
-        for i in rng.choice(len(parts), size=max(1, len(parts) // 5), replace=False):
+        for i in rng.choice(len(parts), size=max(1, round(len(parts) * share)), replace=False):
             parts[i] = tensor(TENSOR)
             floor += TENSOR
         parts.insert(len(parts) // 2, tensor(INSERT))
@@ -74,8 +78,8 @@ def read_throughput(path: Path) -> float:
 
 
 def run(size_mb: int, versions: int, store_url: str | None,
-        from_scratch: bool = False) -> dict[str, Any]:
-    blobs, floor = make_versions(size_mb, versions)
+        from_scratch: bool = False, share: float = 0.2) -> dict[str, Any]:
+    blobs, floor = make_versions(size_mb, versions, share=share)
     sizes = [len(b) for b in blobs]
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         tmp = Path(folder)
@@ -93,7 +97,7 @@ def run(size_mb: int, versions: int, store_url: str | None,
             read_throughput(src / "checkpoint.bin")
         store = open_store(store_url or f"file://{tmp / 'store'}", cache_dir=tmp / "cache")
         ingests = []
-        reports = []
+        reports: list[Any] = []
         for number, src in enumerate(sources):
             start = time.perf_counter()
             # As log_model does: a new version follows the previous one's chunks
@@ -148,18 +152,20 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--versions", type=int, default=5)
     parser.add_argument("--store-url", help="e.g. s3://bucket/prefix (default: a temp folder)")
+    parser.add_argument("--rewrite", type=float, default=0.2,
+                        help="share of the tensors each new version rewrites (default 0.2)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="cut every version with FastCDC instead of following the previous")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.size_mb, args.versions, args.store_url, args.from_scratch)
+    result = run(args.size_mb, args.versions, args.store_url, args.from_scratch, args.rewrite)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     gib = 1 << 30
     print(
         f"{args.versions} versions of a {args.size_mb} MiB checkpoint, store {result['store']}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs, each version rewriting {args.rewrite:.0%} of it"
     )
     print(f"sum of versions   {result['logical_bytes'] / gib:8.3f} GiB")
     print(f"floor (new bytes) {result['floor_bytes'] / gib:8.3f} GiB")
