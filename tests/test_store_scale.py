@@ -167,3 +167,35 @@ def test_a_large_pin_is_written_piece_by_piece_and_reads_back(tmp_path: Path,
     pin = json.loads(store.blobs.get_bytes(report.pin))
     assert pin["chunks"] == sorted({c.digest for c in report.files[0].chunks})
     assert len(pin["chunks"]) > 7 and set(pin) == {"created", "owner", "chunks"}
+
+
+def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A load locates every chunk of a file at once (numpy over the merged index); it must
+    find what ``_locate`` finds, chunk by chunk: merged entries, journal ones, duplicates."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_BATCH_LOOKUP", 1)
+    src = tmp_path / "src"
+    src.mkdir()
+    shared = os.urandom(1 << 20)
+    (src / "a.bin").write_bytes(shared + os.urandom(1 << 20))
+    (src / "b.bin").write_bytes(os.urandom(1 << 20) + shared)  # the same chunks twice
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=256 * 1024)
+    first = store.ingest(src, ["a.bin", "b.bin"])
+    store.consolidate()  # into a merged index
+    (src / "c.bin").write_bytes(os.urandom(1 << 20) + shared)
+    later = store.ingest(src, ["c.bin"])  # journal entries, in memory
+    fresh = open_store(f"file://{tmp_path / 'store'}")
+    fresh.refresh()
+    assert fresh._segments and fresh._journal
+    chunks = [c for f in [*first.files, *later.files] for c in f.chunks]
+    searched: list[int] = []
+    real = MergedIndex.first_many
+    monkeypatch.setattr(MergedIndex, "first_many",
+                        lambda self, keys: searched.append(len(keys)) or real(self, keys))
+    assert fresh._locate_all(chunks, what="x") == [fresh._locate(c, what="x") for c in chunks]
+    assert searched and searched[0] > 0  # the merged index was searched all at once
+    out = tmp_path / "out"
+    fresh.materialize([*first.files, *later.files], out, label="t")
+    assert (out / "b.bin").read_bytes() == (src / "b.bin").read_bytes()

@@ -586,6 +586,42 @@ class ChunkStore:
                         if not known)
         return gone
 
+    def _locate_all(self, chunks: Sequence[ChunkRef], *, what: str) -> list[Location]:
+        """``_locate`` of every chunk of a file at once: the merged index is searched
+        with numpy for all of them (one at a time, 27,000 chunks took 0.26 s, and a
+        load located each twice). The same answers: the in-memory index first, then
+        each merged file's first entry; one at a time when locations were demoted or
+        packs forgotten (their order rules), or for a few chunks."""
+        with self._lock:
+            index = self._index
+            segments = list(self._segments.values())
+            simple = not self._demoted and not self._forgotten and not self._alternates
+        if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
+            return [self._locate(c, what=what) for c in chunks]
+        found: list[Location | None] = [index.get(c.digest) for c in chunks]
+        where: list[int] = []
+        keys: list[bytes] = []
+        for i, chunk in enumerate(chunks):
+            if found[i] is None and len(chunk.digest) == 64:
+                try:
+                    keys.append(bytes.fromhex(chunk.digest))
+                except ValueError:
+                    continue
+                where.append(i)
+        for segment in segments:
+            if not keys:
+                break
+            left_where, left_keys = [], []
+            for i, key, entry in zip(where, keys, segment.first_many(keys), strict=True):
+                if entry >= 0:
+                    found[i] = Location(*segment.entry(entry))
+                else:
+                    left_where.append(i)
+                    left_keys.append(key)
+            where, keys = left_where, left_keys
+        return [loc if loc is not None else self._locate(chunk, what=what)
+                for chunk, loc in zip(chunks, found, strict=True)]
+
     def locate(self, digest: str) -> Location | None:
         found = self.candidates(digest)
         return found[0] if found else None
@@ -1114,7 +1150,8 @@ class ChunkStore:
             hint="the store is damaged; `tether store verify` quarantines lying packs, "
             "then restore the chunk from a backup or log the version again")
 
-    def _runs(self, chunks: Sequence[ChunkRef], *, what: str) -> list[list[int]]:
+    def _runs(self, chunks: Sequence[ChunkRef], *, what: str,
+              locs: Sequence[Location] | None = None) -> list[list[int]]:
         """Chunk indexes grouped into runs stored back to back in one pack.
 
         One read (one ranged GET on S3) per run instead of per chunk; chunks
@@ -1124,7 +1161,7 @@ class ChunkStore:
         previous: Location | None = None
         size = 0
         for i, chunk in enumerate(chunks):
-            loc = self._locate(chunk, what=what)
+            loc = locs[i] if locs is not None else self._locate(chunk, what=what)
             alone = self.cache is not None and self.cache.has(chunk.digest)
             joins = (previous is not None and runs and not alone
                      and loc.pack == previous.pack
@@ -1151,13 +1188,14 @@ class ChunkStore:
         return out
 
     def _read_run_views(self, chunks: Sequence[ChunkRef], *, what: str,
-                        keep: bool = True,
-                        into: bytearray | None = None) -> list[bytes | memoryview]:
+                        keep: bool = True, into: bytearray | None = None,
+                        locs: Sequence[Location] | None = None) -> list[bytes | memoryview]:
         """``_read_run`` without copies: views into the one buffer read (``keep``: into
         the chunk cache too; ``into``: a buffer to read a local pack into)."""
         if len(chunks) == 1:
             return [self._read_chunk(chunks[0], what=what, keep=keep)]
-        locs = [self._locate(c, what=what) for c in chunks]
+        if locs is None:
+            locs = [self._locate(c, what=what) for c in chunks]
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
         try:
@@ -1279,13 +1317,14 @@ class ChunkStore:
         for chunk in entry.chunks:
             offsets.append(position)
             position += chunk.size
+        locs = self._locate_all(entry.chunks, what=what)  # once, for the runs and their reads
 
         reads_into = self._reads_into
 
         def read(run: list[int]) -> tuple[list[bytes | memoryview], bytearray | None]:
             buffer = self._run_buffers.take(self._run_bytes) if reads_into else None
             pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep,
-                                          into=buffer)
+                                          into=buffer, locs=[locs[i] for i in run])
             if sink is not None:
                 sink(offsets[run[0]], pieces)
             return pieces, buffer
@@ -1299,7 +1338,7 @@ class ChunkStore:
 
         pending: deque[Future[Any]] = deque()
         try:
-            for run in self._runs(entry.chunks, what=what):
+            for run in self._runs(entry.chunks, what=what, locs=locs):
                 pending.append(pool.submit(read, run))
                 if len(pending) >= _RUNS_AHEAD:
                     yield from handed(pending.popleft())
