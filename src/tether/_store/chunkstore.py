@@ -173,6 +173,23 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def _segment_keys(digests: Sequence[str],
+                  settled: Sequence[object]) -> tuple[list[int], list[bytes]]:
+    """(positions, 32-byte keys) of the digests still to look up in the merged index:
+    those whose ``settled`` entry is falsy (not found in memory); a digest that is not
+    64 hex digits is left out (no index lists it)."""
+    where: list[int] = []
+    keys: list[bytes] = []
+    for i, digest in enumerate(digests):
+        if not settled[i] and len(digest) == 64:
+            try:
+                keys.append(bytes.fromhex(digest))
+            except ValueError:
+                continue
+            where.append(i)
+    return where, keys
+
+
 class _BufferRing:
     """The window buffers of one file's ingest, reused round robin.
 
@@ -557,15 +574,7 @@ class ChunkStore:
             forgotten = set(self._forgotten)
         if not segments or all(known):
             return known
-        where: list[int] = []
-        keys: list[bytes] = []
-        for i, digest in enumerate(digests):
-            if not known[i] and len(digest) == 64:
-                try:
-                    keys.append(bytes.fromhex(digest))
-                except ValueError:
-                    continue  # not a digest: no index lists it
-                where.append(i)
+        where, keys = _segment_keys(digests, known)
         if len(keys) >= _BATCH_LOOKUP and not forgotten:
             for segment in segments:
                 for i, hit in zip(where, segment.has_many(keys), strict=True):
@@ -599,15 +608,7 @@ class ChunkStore:
         if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
             return [self._locate(c, what=what) for c in chunks]
         found: list[Location | None] = [index.get(c.digest) for c in chunks]
-        where: list[int] = []
-        keys: list[bytes] = []
-        for i, chunk in enumerate(chunks):
-            if found[i] is None and len(chunk.digest) == 64:
-                try:
-                    keys.append(bytes.fromhex(chunk.digest))
-                except ValueError:
-                    continue
-                where.append(i)
+        where, keys = _segment_keys([c.digest for c in chunks], found)
         for segment in segments:
             if not keys:
                 break

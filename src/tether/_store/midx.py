@@ -135,22 +135,14 @@ class MergedIndex:
         return any(pack not in skip for pack, *_ in self.lookup(key.hex()))
 
     def has_many(self, keys: list[bytes]) -> list[bool]:
-        """``has`` (no pack skipped) of many keys at once, vectorised: a commit checks
-        every chunk of a version, tens of thousands for a large model."""
-        import numpy as np  # only here: reading a store must not import it
-
-        if not self.entry_count:
-            return [False] * len(keys)
-        column = np.ndarray((self.entry_count,), dtype="S32", buffer=self._data,
-                            offset=self._entries_at, strides=(_ENTRY.size,))
-        wanted = np.array(keys, dtype="S32")
-        at = np.minimum(np.searchsorted(column, wanted), self.entry_count - 1)
-        return [bool(b) for b in column[at] == wanted]
+        """``has`` (no pack skipped) of many keys at once: a commit checks every chunk
+        of a version, tens of thousands for a large model."""
+        return [entry >= 0 for entry in self.first_many(keys)]
 
     def first_many(self, keys: list[bytes]) -> list[int]:
-        """The first entry for each key (-1: none), vectorised like ``has_many``: a load
-        locates every chunk of a file, tens of thousands, before reading any."""
-        import numpy as np
+        """The first entry for each key (-1: none), vectorised: a load locates every
+        chunk of a file, tens of thousands, before reading any."""
+        import numpy as np  # only here: reading a store must not import it
 
         if not self.entry_count:
             return [-1] * len(keys)
