@@ -58,14 +58,10 @@ from .base import (
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .fileio import pread_into
-from .following import Hint, followed_windows, hash_cuts
+from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, is_merged
 from .progress import Progress
-
-#: A window of a file: its bytes, its chunks (offset, length), where the last ends,
-#: and the chunks' digests when already computed.
-Window = tuple[memoryview, list[tuple[int, int]], int, list[str] | None]
 
 AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 from pyfastcdc.cy import FastCDC
@@ -54,7 +54,8 @@ GIVE_UP_AFTER = 64 * 1024 * 1024
 GIVE_UP_SHARE = 0.25
 
 Cut = tuple[int, int]  # (offset in the window, length)
-#: (window, cuts, bytes of the window they cover, their digests)
+#: A window of a file as ingest takes it: its bytes, its chunks (offset, length),
+#: where the last ends, and the chunks' digests when already computed.
 Window = tuple[memoryview, list[Cut], int, list[str] | None]
 #: Digests of the given cuts of a window (the caller hashes them on its threads).
 DigestsOf = Callable[[memoryview, Sequence[Cut]], list[str]]
@@ -109,16 +110,17 @@ class _Walk:
     view: memoryview
     eof: bool  # the window reaches the end of the file
     at: int = 0  # a boundary FastCDC would cut at: everything before it is in cuts
-    cuts: list[Cut] | None = None
-    digests: list[str] | None = None
+    cuts: list[Cut] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
     followed: int = 0  # bytes taken by following
 
-    def take(self, cuts: Sequence[Cut], digests: Sequence[str]) -> None:
-        assert self.cuts is not None and self.digests is not None
+    def take(self, cuts: Sequence[Cut], digests: Sequence[str], *, followed: bool = False) -> None:
         self.cuts.extend(cuts)
         self.digests.extend(digests)
         if cuts:
             self.at = cuts[-1][0] + cuts[-1][1]
+        if followed:
+            self.followed += sum(length for _, length in cuts)
 
 
 def followed_windows(
@@ -147,7 +149,7 @@ def followed_windows(
         if pread_into(fd, view, position) < length:
             raise StoreError("the file shrank while it was being stored",
                              hint="log a file nobody is writing")
-        walk = _Walk(view, eof=position + length == size, cuts=[], digests=[])
+        walk = _Walk(view, eof=position + length == size)
         while walk.at < length:
             if predicted is not None:
                 predicted, window_ended = _follow(walk, hint, predicted, longest, digests_of)
@@ -161,7 +163,6 @@ def followed_windows(
             raise StoreError("internal error: following a hint made no progress",
                              hint="set TETHER_FOLLOW=0 and report this")
         followed += walk.followed
-        assert walk.cuts is not None
         yield view, walk.cuts, walk.at, walk.digests
         position += walk.at
     return position
@@ -202,14 +203,12 @@ def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
         while matched < len(plan) and digests[matched] == hint.digests[start + matched]:
             matched += 1
         if matched and pending is not None:
-            walk.take([pending[0]], [pending[1]])
-            walk.followed += pending[0][1]
+            walk.take([pending[0]], [pending[1]], followed=True)
         pending = None
         ends_file = (walk.eof and matched == len(plan)
                      and plan[-1][0] + plan[-1][1] == len(view))
         keep = matched if ends_file else max(0, matched - 1)
-        walk.take(plan[:keep], digests[:keep])
-        walk.followed += sum(length for _, length in plan[:keep])
+        walk.take(plan[:keep], digests[:keep], followed=True)
         if ends_file or matched < len(plan):
             return None, False  # done, or cut from the first chunk not confirmed
         pending = (plan[-1], digests[-1])
