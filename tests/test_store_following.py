@@ -166,10 +166,10 @@ def test_log_model_follows_the_models_newest_version(tmp_path: Path,
     """``log_model`` hands the store the newest version's chunks (renamed file included),
     and the version is the one cutting from scratch gives."""
     import tether
-    from tether._registry import log_version
+    from tether._registry import previous
     from tether._store import chunkstore
 
-    monkeypatch.setattr(log_version, "FOLLOW_FROM", 1 << 20)
+    monkeypatch.setattr(previous, "FOLLOW_FROM", 1 << 20)
     cut: list[int] = []
     real = following._cut_step
     monkeypatch.setattr(following, "_cut_step",
@@ -200,9 +200,9 @@ def test_log_model_follows_the_models_newest_version(tmp_path: Path,
 def test_add_dataset_follows_the_datasets_newest_version(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import tether
-    from tether._registry import datasets
+    from tether._registry import previous
 
-    monkeypatch.setattr(datasets, "FOLLOW_FROM", 1 << 20)
+    monkeypatch.setattr(previous, "FOLLOW_FROM", 1 << 20)
     cut: list[int] = []
     real = following._cut_step
     monkeypatch.setattr(following, "_cut_step",

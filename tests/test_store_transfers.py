@@ -442,11 +442,11 @@ def test_a_client_follows_the_previous_version_through_the_server(
 ) -> None:
     """A remote client asks the server for the newest version's chunks and cuts along them:
     the second version sends only the changed chunks and equals a from-scratch cutting."""
-    from tether._registry import log_version
+    from tether._registry import previous
     from tether._store import following
     from tether.remote import RemoteRegistry
 
-    monkeypatch.setattr(log_version, "FOLLOW_FROM", MB)
+    monkeypatch.setattr(previous, "FOLLOW_FROM", MB)
     cut: list[int] = []
     real = following._cut_step
     monkeypatch.setattr(following, "_cut_step",

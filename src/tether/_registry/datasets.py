@@ -47,7 +47,6 @@ from .._errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
-    TetherError,
     UnknownField,
 )
 from .._identity import check_manifest, manifest_digest
@@ -71,9 +70,10 @@ from .._reference import (
     validate_model_name,
 )
 from .._semver import BumpLevel, SemVer, resolve_bump
-from .._store.base import FOLLOW_FROM, ChunkRef, FileEntry
+from .._store.base import FileEntry
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
+from .previous import previous_chunks
 from .stat_cache import StatCache
 
 if TYPE_CHECKING:
@@ -530,20 +530,6 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
     return path, found
 
 
-def _previous_chunks(root: Path, todo: Sequence[str],
-                     newest: Callable[[], Sequence[FileEntry]] | None,
-                     ) -> dict[str, tuple[ChunkRef, ...]]:
-    """The newest version's chunks of each large file to store, by path."""
-    large = [p for p in todo if (root / p).stat().st_size >= FOLLOW_FROM]
-    if not large or newest is None:
-        return {}
-    try:
-        by_path = {f.path: f.chunks for f in newest()}
-    except TetherError:  # no version yet, or not readable: cut from scratch
-        return {}
-    return {p: by_path[p] for p in large if p in by_path}
-
-
 def prepare_dataset(
     store: Any, path: str | Path, *, author: str, notes: str = "",
     tags: Mapping[str, str] | None = None, progress: bool = False,
@@ -580,7 +566,8 @@ def prepare_dataset(
             tables[rel] = facts
     report = store.ingest(root, todo, progress=progress,
                           pin_also={c.digest for e in unchanged.values() for c in e.chunks},
-                          previous=_previous_chunks(root, todo, newest))
+                          previous=previous_chunks(root, todo, newest, renamed=False)
+                          if newest is not None else {})
     if cache is not None:
         for entry in report.files:
             cache.remember(root / entry.path, entry, tables.get(entry.path))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._environment import capture_environment
-from .._errors import Conflict, IntegrityError, InvalidInput, TetherError
+from .._errors import Conflict, IntegrityError, InvalidInput
 from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
@@ -29,11 +29,12 @@ from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
-from .._store.base import FOLLOW_FROM, ChunkRef, FileEntry
+from .._store.base import FileEntry
 from . import drift_baseline
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
+from .previous import previous_chunks
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -148,7 +149,9 @@ def log_model(
             p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
         )
         report = registry.store.ingest(model_dir, paths, progress=progress,
-                                       previous=previous_chunks(registry, name, model_dir, paths))
+                                       previous=previous_chunks(
+                                           model_dir, paths, lambda: registry.get(name).files,
+                                           renamed=True))
 
     if signature is None and input_example is not None:
         outputs = predictions_for(model, flavor_record, input_example)
@@ -183,23 +186,6 @@ def log_model(
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)
-
-
-def previous_chunks(registry: Registry, name: str, root: Path,
-                    paths: list[str]) -> dict[str, tuple[ChunkRef, ...]]:
-    """The chunks of each large file in the model's newest version: by the same
-    path, else (a file renamed between versions) its largest file."""
-    large = [p for p in paths if (root / p).stat().st_size >= FOLLOW_FROM]
-    if not large:
-        return {}
-    try:
-        newest = registry.get(name)
-    except TetherError:  # no version yet, no read permission, ...: cut from scratch
-        return {}
-    by_path = {f.path: f.chunks for f in newest.files}
-    largest = max(newest.files, key=lambda f: f.size, default=None)
-    fallback = largest.chunks if largest is not None else ()
-    return {p: by_path.get(p, fallback) for p in large}
 
 
 def _background(work: Callable[[], Any]) -> Future[Any]:
