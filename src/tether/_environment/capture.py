@@ -22,23 +22,7 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _packages() -> dict[str, str]:
-    return _scan()[0]
-
-
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def _dependencies() -> tuple[dict[str, list[str]], dict[str, str]]:
-    """(what each distribution requires, the ones installed from a local source).
-
-    Requirements that only an extra asks for are left out; platform markers are
-    not evaluated, which is harmless: the export keeps only what is installed.
-    A local or editable install has no version an index can serve, so exports
-    say so instead of pinning it.
-    """
-    _, requires, local = _scan()
-    return requires, local
 
 
 def _headers(text: str) -> tuple[str | None, str | None, list[str]]:
@@ -67,7 +51,13 @@ def _headers(text: str) -> tuple[str | None, str | None, list[str]]:
 
 
 def _scan() -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:
-    """(version, requirements, local installs) of every distribution, in one pass."""
+    """(version, requirements, local installs) of every distribution, in one pass.
+
+    Requirements that only an extra asks for are left out; platform markers are
+    not evaluated, which is harmless: the export keeps only what is installed.
+    A local or editable install has no version an index can serve, so exports
+    say so instead of pinning it.
+    """
     packages: dict[str, str] = {}
     requires: dict[str, list[str]] = {}
     local: dict[str, str] = {}
