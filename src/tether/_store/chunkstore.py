@@ -1173,9 +1173,10 @@ class ChunkStore:
             previous = None if alone else loc
         return runs
 
-    def _read_run(self, chunks: Sequence[ChunkRef], *, what: str) -> list[bytes]:
+    def _read_run(self, chunks: Sequence[ChunkRef], *, what: str,
+                  locs: Sequence[Location] | None = None) -> list[bytes]:
         """The verified bytes of each of ``chunks`` (stored back to back), one read."""
-        views = self._read_run_views(chunks, what=what)
+        views = self._read_run_views(chunks, what=what, locs=locs)
         if len(views) == len(chunks):
             return [bytes(piece) for piece in views]
         whole, out, start = memoryview(views[0]), [], 0
@@ -1425,14 +1426,18 @@ class ChunkStore:
                 what = f"{entry.path} of {label}"
                 hasher = blake3.blake3()
 
-                def read(run: list[int], entry: FileEntry = entry, what: str = what) -> Any:
-                    return self._read_run([entry.chunks[i] for i in run], what=what)
+                def read(run: list[int], locs: list[Location], entry: FileEntry = entry,
+                         what: str = what) -> Any:
+                    return self._read_run([entry.chunks[i] for i in run], what=what,
+                                          locs=[locs[i] for i in run])
 
                 try:
+                    # Located once, for the runs and their reads (as loads do).
+                    locs = self._locate_all(entry.chunks, what=what)
                     ahead: list[Any] = []  # a few runs in flight: memory stays flat
-                    for run in [*self._runs(entry.chunks, what=what), None]:
+                    for run in [*self._runs(entry.chunks, what=what, locs=locs), None]:
                         if run is not None:
-                            ahead.append(pool.submit(read, run))
+                            ahead.append(pool.submit(read, run, locs))
                         while ahead and (run is None or len(ahead) > 2 * _READ_THREADS):
                             for piece in ahead.pop(0).result():
                                 hasher.update(piece)
