@@ -12,7 +12,7 @@ from tether._records import VersionValues
 
 def _values(**changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "manifest": [{"path": "model.pkl", "size": 3, "digest": "ab", "chunks": [["ab", 3]]}],
+        "manifest": [{"path": "model.pkl", "size": 3, "digest": "ab", "chunks": [["ab" * 32, 3]]}],
         "flavor": {"name": "sklearn"},
         "signature": None,
         "input_example": [[1, 2]],

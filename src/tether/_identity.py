@@ -14,12 +14,16 @@ all call the same functions on what they are about to use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ._digest import digest_of
+import blake3
+
+from ._digest import canonical_json, digest_of
 from ._errors import IntegrityError, InvalidInput
+from ._store.base import FileEntry
+from ._store.chunklist import RECORD, RECORD_SIZE, ChunkList
 
 if TYPE_CHECKING:
     from ._records import ModelVersion
@@ -36,17 +40,39 @@ def flavor_identity(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in TOOL_KEYS}
 
 
-def _manifest_rows(manifest: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
-    return [
-        [f["path"], int(f["size"]), f["digest"], [[c[0], int(c[1])] for c in f.get("chunks", [])]]
-        for f in manifest
-    ]
+def manifest_entries(manifest: Iterable[Mapping[str, Any] | FileEntry]) -> list[FileEntry]:
+    """The file entries of ``manifest`` (entries, or their dicts: KeyError, TypeError or
+    ValueError for one that is not an entry)."""
+    return [f if isinstance(f, FileEntry) else FileEntry.from_dict(dict(f)) for f in manifest]
 
 
-def manifest_digest(manifest: Iterable[Mapping[str, Any]]) -> str:
-    """BLAKE3 over every file's path, size, digest and chunk list, in path order."""
-    rows = sorted(_manifest_rows(manifest), key=lambda row: str(row[0]))
-    return digest_of(rows)
+def manifest_digest(manifest: Iterable[Mapping[str, Any] | FileEntry]) -> str:
+    """BLAKE3 over every file's path, size, digest and chunk list, in path order.
+
+    The hashed text is the canonical JSON of ``[[path, size, digest, [[chunk, size],
+    ...]], ...]``; it is written into the hash piece by piece, so a file of a
+    million chunks never exists as a million lists or one 90 MB string.
+    """
+    hasher = blake3.blake3()
+    hasher.update(b"[")
+    for n, entry in enumerate(sorted(manifest_entries(manifest), key=lambda f: f.path)):
+        head = canonical_json([entry.path, int(entry.size), entry.digest])[:-1]
+        hasher.update(((',' if n else '') + head + ',[').encode("utf-8"))
+        for piece in _chunk_texts(entry.chunks):
+            hasher.update(piece)
+        hasher.update(b"]]")
+    hasher.update(b"]")
+    return hasher.hexdigest()
+
+
+def _chunk_texts(chunks: ChunkList, piece: int = 65536) -> Iterator[bytes]:
+    """``["digest",size],...`` of ``chunks``, as canonical JSON writes them, in pieces."""
+    records = chunks.records
+    step = piece * RECORD_SIZE
+    for start in range(0, len(records), step):
+        text = ",".join(f'["{digest.hex()}",{size}]'
+                        for digest, size in RECORD.iter_unpack(records[start:start + step]))
+        yield ((',' if start else '') + text).encode("ascii")
 
 
 def version_digest(
@@ -96,19 +122,28 @@ def check_relative_path(path: Any, *, what: str) -> str:
     return path
 
 
-def check_manifest(manifest: Sequence[Mapping[str, Any]]) -> None:
+def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry]) -> None:
     """Refuse a manifest with unsafe or duplicate paths or inconsistent chunk sizes."""
     seen: set[str] = set()
     for item in manifest:
-        path = check_relative_path(item.get("path"), what="manifest path")
+        named: Any
+        size: Any
+        if isinstance(item, FileEntry):
+            named, size = item.path, item.size
+        else:
+            named, size = item.get("path"), item.get("size")
+        path = check_relative_path(named, what="manifest path")
         if path in seen:
             raise InvalidInput(f"manifest names {path!r} twice")
         seen.add(path)
-        size = item.get("size")
-        chunks = item.get("chunks", [])
-        if not isinstance(size, int) or size < 0:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"manifest size of {path!r} is {size!r}, not a byte count")
-        if chunks and sum(int(c[1]) for c in chunks) != size:
+        try:
+            chunks = (item if isinstance(item, FileEntry)
+                      else FileEntry.from_dict(dict(item))).chunks
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidInput(f"the chunks of {path!r} are malformed: {error}") from None
+        if chunks and chunks.total() != size:
             raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
 
 
@@ -132,10 +167,11 @@ def check_flavor_paths(flavor: Mapping[str, Any], paths: Iterable[str]) -> None:
 
 def seal(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with their manifest digest and version digest (re)computed."""
-    manifest = values["manifest"]
+    manifest = values["manifest"]  # file entries, or their dicts
     check_manifest(manifest)
-    check_flavor_paths(values["flavor"], (f["path"] for f in manifest))
-    files_digest = manifest_digest(manifest)
+    entries = manifest_entries(manifest)
+    check_flavor_paths(values["flavor"], (f.path for f in entries))
+    files_digest = manifest_digest(entries)
     digest = version_digest(
         files_digest=files_digest,
         flavor=values["flavor"],
@@ -148,7 +184,7 @@ def seal(values: dict[str, Any]) -> dict[str, Any]:
 
 def recompute(version: ModelVersion) -> tuple[str, str]:
     """(manifest digest, version digest) recomputed from what ``version`` holds."""
-    files_digest = manifest_digest(f.to_dict() for f in version.files)
+    files_digest = manifest_digest(version.files)
     digest = version_digest(
         files_digest=files_digest,
         flavor=version.flavor,
@@ -166,7 +202,7 @@ def require_intact(version: ModelVersion) -> ModelVersion:
     served, in every process (the remote client checks what the server sent).
     """
     try:
-        check_manifest([f.to_dict() for f in version.files])
+        check_manifest(version.files)
         check_flavor_paths(version.flavor, (f.path for f in version.files))
         files_digest, digest = recompute(version)
     except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:

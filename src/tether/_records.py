@@ -234,10 +234,11 @@ class VersionValues:
 
             Signature.from_dict(self.signature)  # InvalidInput naming the bad field
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form ``from_dict`` reads, as ``Registry.commit`` and the REST API take it."""
+    def to_dict(self, *, manifest: bool = True) -> dict[str, Any]:
+        """The JSON form ``from_dict`` reads, as ``Registry.commit`` and the REST API take it
+        (without ``manifest`` when the caller has the entries already)."""
         return {
-            "manifest": [f.to_dict() for f in self.manifest],
+            **({"manifest": [f.to_dict() for f in self.manifest]} if manifest else {}),
             "flavor": self.flavor,
             "signature": self.signature,
             "input_example": self.input_example,

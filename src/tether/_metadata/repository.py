@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._digest import canonical_json
+from .._errors import IntegrityError
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
 from .._store.base import FileEntry
@@ -22,6 +23,19 @@ from .schema import alias_moves, aliases, models, settings, versions
 
 def _loads(text: str | None, default: Any) -> Any:
     return json.loads(text) if text else default
+
+
+def manifest_files(text: str | None, what: str) -> tuple[FileEntry, ...]:
+    """The files a stored manifest records; IntegrityError naming ``what`` when it is
+    not a manifest (the database is not trusted: its digest is checked after this)."""
+    try:
+        return tuple(FileEntry.from_dict(f) for f in _loads(text, []))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise IntegrityError(
+            f"{what}'s recorded manifest is unusable: {error}",
+            hint="the registry's database was changed outside Tether; "
+            "restore it from a backup and run `tether audit verify`",
+        ) from None
 
 
 # -- models -------------------------------------------------------------------
@@ -73,7 +87,7 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         semver=row.semver,
         digest=row.digest,
         files=(tuple(files) if files is not None
-               else tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, []))),
+               else manifest_files(row.manifest, f"{name}@{row.semver}")),
         flavor=_loads(row.flavor, {}),
         signature=_loads(row.signature, None),
         input_example=_loads(row.input_example, None),

@@ -50,6 +50,7 @@ from .._errors import (
     UnknownField,
 )
 from .._identity import check_manifest, manifest_digest
+from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._metadata.schema import (
@@ -374,7 +375,7 @@ def row_to_version(
         semver=row.semver,
         digest=row.digest,
         files_digest=row.files_digest,
-        files=tuple(FileEntry.from_dict(f) for f in _loads(row.manifest, [])),
+        files=repo.manifest_files(row.manifest, f"dataset {name}@{row.semver}"),
         tables=_loads(row.tables, {}),
         source=_loads(row.source, {}),
         tags=_loads(row.tags, {}),
@@ -565,7 +566,7 @@ def prepare_dataset(
         if facts is not None:
             tables[rel] = facts
     report = store.ingest(root, todo, progress=progress,
-                          pin_also={c.digest for e in unchanged.values() for c in e.chunks},
+                          pin_also=list(unchanged.values()),
                           previous=previous_chunks(root, todo, newest, renamed=False)
                           if newest is not None else {})
     if cache is not None:
@@ -1058,6 +1059,6 @@ def models_using(conn: sa.Connection, dataset_version_id: int) -> list[dict[str,
 def live_files(conn: sa.Connection) -> list[FileEntry]:
     """Every file of every dataset version gc must keep (all that are not deleted)."""
     query = sa.select(dataset_versions.c.manifest).where(dataset_versions.c.status != "deleted")
-    return [FileEntry.from_dict(f) for text in conn.execute(query).scalars()
-            for f in _loads(text, [])]
+    return [f for text in conn.execute(query).scalars()
+            for f in repo.manifest_files(text, "a dataset version")]
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .._errors import TetherError
-from .._store.base import FOLLOW_FROM, ChunkRef, FileEntry
+from .._store.base import FOLLOW_FROM, ChunkList, FileEntry
 
 
 def previous_chunks(root: Path, paths: Sequence[str], newest: Callable[[], Sequence[FileEntry]],
-                    *, renamed: bool) -> dict[str, tuple[ChunkRef, ...]]:
+                    *, renamed: bool) -> dict[str, ChunkList]:
     """The chunks of each large file of ``paths`` in ``newest()`` (the newest version's
     files), by the same path; ``renamed``: else its largest file (a file renamed
     between versions, as a checkpoint named after its step)."""

@@ -13,13 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .chunklist import NO_CHUNKS, ChunkList, ChunkRef
 
-@dataclass(frozen=True, slots=True)
-class ChunkRef:
-    """One content-defined chunk of a file: its BLAKE3 (hex) and raw size."""
-
-    digest: str
-    size: int
+__all__ = ["ChunkList", "ChunkRef", "FileEntry"]
 
 
 #: Files this large are cut following their previous version's chunks (see
@@ -27,31 +23,49 @@ class ChunkRef:
 FOLLOW_FROM = 16 * 1024 * 1024
 
 
+#: A file of more chunks than this records them packed (base64 of 40-byte records,
+#: under ``packed_chunks``) in manifests and the REST API, not as a JSON list of
+#: [digest, size] pairs: parsing a million pairs took 250 MB and a second.
+LISTED_CHUNKS = 4096
+
+
 @dataclass(frozen=True)
 class FileEntry:
-    """A file of a version: relative POSIX path, size, BLAKE3 of its bytes, chunks."""
+    """A file of a version: relative POSIX path, size, BLAKE3 of its bytes, chunks.
+
+    ``chunks`` is kept as a compact ``ChunkList``; any sequence of ``ChunkRef``
+    (or of (digest, size) pairs) given instead is converted (ValueError if one
+    is not a chunk).
+    """
 
     path: str
     size: int
     digest: str
-    chunks: tuple[ChunkRef, ...] = ()
+    chunks: ChunkList = NO_CHUNKS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunks, ChunkList):
+            object.__setattr__(self, "chunks", ChunkList.of(self.chunks))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "size": self.size,
-            "digest": self.digest,
-            "chunks": [[c.digest, c.size] for c in self.chunks],
-        }
+        head: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
+        chunks = self.chunks
+        if len(chunks) > LISTED_CHUNKS:
+            return {**head, "packed_chunks": chunks.to_text()}
+        return {**head, "chunks": [[c.digest, c.size] for c in chunks]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
-        return cls(
-            path=data["path"],
-            size=int(data["size"]),
-            digest=data["digest"],
-            chunks=tuple(ChunkRef(d, int(s)) for d, s in data.get("chunks", [])),
-        )
+        """The entry ``to_dict`` wrote (either form of chunks); KeyError, TypeError or
+        ValueError when ``data`` is not one."""
+        if "packed_chunks" in data:
+            if "chunks" in data:
+                raise ValueError("a file lists its chunks twice (chunks and packed_chunks)")
+            chunks = ChunkList.from_text(data["packed_chunks"])
+        else:
+            chunks = ChunkList.of(data.get("chunks", ()))
+        return cls(path=data["path"], size=int(data["size"]), digest=data["digest"],
+                   chunks=chunks)
 
 
 @dataclass
@@ -151,7 +165,7 @@ class ArtifactStore(Protocol):
         paths: Sequence[str],
         *,
         progress: bool = False,
-        pin_also: Iterable[str] = (),
+        pin_also: Iterable[FileEntry] = (),
         previous: Mapping[str, Sequence[ChunkRef]] | None = None,
     ) -> IngestReport:
         """Store the files ``paths`` (relative to ``root``) and return their entries.

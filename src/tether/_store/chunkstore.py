@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import os
 import struct
@@ -57,6 +58,7 @@ from .base import (
 )
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
+from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
 from .fileio import pread_into
 from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
@@ -108,6 +110,8 @@ _BATCH_LOOKUP = 2048
 _LOOKUP_PIECE = 65536
 #: Pins of more chunks than this are written piece by piece through a file.
 _PIN_PIECE = 50_000
+#: Loads and verify locate a file's chunks this many at a time (bounded memory).
+_LOCATE_PIECE = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
 _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
@@ -184,6 +188,24 @@ def _segment_keys(digests: Sequence[str],
                 continue
             where.append(i)
     return where, keys
+
+
+def _sorted_digests(files: Sequence[FileEntry]) -> Iterator[str]:
+    """The distinct chunk digests of ``files``, sorted, as hex: sorted in numpy over the
+    packed records (a set of a million hex digests was 150 MB; these are 32 MB)."""
+    records = b"".join(f.chunks.records for f in files)
+    if len(records) < RECORD_SIZE * _BATCH_LOOKUP:
+        yield from sorted({c.digest for f in files for c in f.chunks})
+        return
+    import numpy as np  # only for many chunks: a small version's ingest does without
+
+    rows = np.frombuffer(records, dtype=[("digest", "V32"), ("size", "<u8")])
+    keys = np.unique(np.ascontiguousarray(rows["digest"]).view("S32"))
+    del rows, records
+    for start in range(0, len(keys), _PIN_PIECE):
+        block = keys[start:start + _PIN_PIECE].tobytes()  # full 32 bytes each
+        for at in range(0, len(block), 32):
+            yield block[at:at + 32].hex()
 
 
 class _BufferRing:
@@ -582,11 +604,12 @@ class ChunkStore:
         return known
 
     def missing(self, digests: Iterable[str]) -> set[str]:
+        """The digests the store lacks, looked up ``_LOOKUP_PIECE`` at a time: ``digests``
+        may be a generator over a million chunks, never held at once."""
         self.refresh()
-        wanted = list(dict.fromkeys(digests))
         gone: set[str] = set()
-        for start in range(0, len(wanted), _LOOKUP_PIECE):
-            piece = wanted[start:start + _LOOKUP_PIECE]
+        stream = iter(digests)
+        while piece := list(dict.fromkeys(itertools.islice(stream, _LOOKUP_PIECE))):
             gone.update(d for d, known in zip(piece, self._known_all(piece), strict=True)
                         if not known)
         return gone
@@ -825,10 +848,10 @@ class ChunkStore:
     # -- ingest -------------------------------------------------------------------
 
     def ingest(self, root: Path, paths: Sequence[str], *, progress: bool = False,
-               pin_also: Iterable[str] = (),
+               pin_also: Iterable[FileEntry] = (),
                previous: Mapping[str, Sequence[ChunkRef]] | None = None) -> IngestReport:
-        """Store ``paths`` (under ``root``); the pin also covers ``pin_also`` (chunks the
-        caller reuses without reading them again, e.g. from the stat cache).
+        """Store ``paths`` (under ``root``); the pin also covers the chunks of ``pin_also``
+        (files the caller reuses without reading them again, e.g. from the stat cache).
 
         ``previous`` maps a path to the chunks of its previous version: cutting
         follows them where the bytes still match (see following.py).
@@ -844,7 +867,7 @@ class ChunkStore:
                 with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
                     self.maybe_consolidate()  # before ours: a failed ingest undoes only its own
                 return self._ingest(root, paths, progress=progress, published=published,
-                                    pin_also=set(pin_also), previous=previous or {})
+                                    pin_also=list(pin_also), previous=previous or {})
         except BaseException:
             if published:
                 self._undo_ingest(published, started)
@@ -890,7 +913,7 @@ class ChunkStore:
         return max(REMOTE_PACK_TARGET, min(REMOTE_PACK_MAX, total // _REMOTE_PACK_SHARE))
 
     def _ingest(self, root: Path, paths: Sequence[str], *, progress: bool,
-                published: list[str], pin_also: set[str],
+                published: list[str], pin_also: list[FileEntry],
                 previous: Mapping[str, Sequence[ChunkRef]]) -> IngestReport:
         self.refresh()
         report = IngestReport(files=[])
@@ -898,7 +921,6 @@ class ChunkStore:
         writer = PackWriter(self, self._pack_target_for(total))
         writer.published = published
         seen_here: set[str] = set()
-        referenced: set[str] = set()
         ring = _BufferRing()  # window buffers shared by every file of this ingest
         bar = Progress("storing", total, enabled=progress)
         try:
@@ -908,13 +930,11 @@ class ChunkStore:
                     hint = Hint.of(previous.get(rel, ())) if _FOLLOW else None
                     entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar,
                                               pool, ring, hint)
-                    referenced.update(c.digest for c in entry.chunks)
                     report.files.append(entry)
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
-            referenced |= pin_also
             report.pin = f"pins/{uuid.uuid4().hex}.json"
-            self._write_pin(report.pin, sorted(referenced))
+            self._write_pin(report.pin, _sorted_digests([*report.files, *pin_also]))
         except BaseException:
             writer.abort()
             raise
@@ -922,20 +942,24 @@ class ChunkStore:
             bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
         return report
 
-    def _write_pin(self, key: str, chunks: list[str]) -> None:
+    def _write_pin(self, key: str, chunks: Iterable[str]) -> None:
         """``{"created", "chunks", "owner"}`` at ``key``; a large one written through a
         file, piece by piece (one string of a million digests was 150 MB at once)."""
         head = json.dumps({"created": time.time(), "owner": owner_tag()})[:-1]
-        if len(chunks) < _PIN_PIECE:
-            self.blobs.put_bytes(key, (head + ', "chunks": ' + json.dumps(chunks) + "}").encode())
+        stream = iter(chunks)
+        piece = list(itertools.islice(stream, _PIN_PIECE))
+        if len(piece) < _PIN_PIECE:
+            self.blobs.put_bytes(key, (head + ', "chunks": ' + json.dumps(piece) + "}").encode())
             return
         fd, path = self.blobs.temp_file()
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write((head + ', "chunks": [').encode())
-                for start in range(0, len(chunks), _PIN_PIECE):
-                    piece = json.dumps(chunks[start:start + _PIN_PIECE])[1:-1]
-                    out.write(((", " if start else "") + piece).encode())
+                first = True
+                while piece:
+                    out.write(((", " if not first else "") + json.dumps(piece)[1:-1]).encode())
+                    first = False
+                    piece = list(itertools.islice(stream, _PIN_PIECE))
                 out.write(b"]}")
         except BaseException:
             path.unlink(missing_ok=True)
@@ -1044,7 +1068,7 @@ class ChunkStore:
         one being hashed whole (the ring holds ``_AHEAD + 2``).
         """
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        chunks: list[ChunkRef] = []
+        chunks = ChunkListBuilder()  # 40 bytes a chunk: a million chunks are 40 MB
         size = 0
         pending: deque[tuple[memoryview, int, Future[Any]]] = deque()
         whole = (ThreadPoolExecutor(1, thread_name_prefix="tether-file-digest")
@@ -1063,7 +1087,7 @@ class ChunkStore:
             size += end
             saved = 0
             for digest, length, payload, codec in future.result():
-                chunks.append(ChunkRef(digest, length))
+                chunks.append(digest, length)
                 if payload is None or digest in seen_here:
                     report.reused_chunks += 1
                     saved += length
@@ -1090,8 +1114,8 @@ class ChunkStore:
             if whole is not None:
                 whole.shutdown(wait=True)  # no thread may still read a window
         if size == 0:
-            return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ())
-        return FileEntry(rel, size, hasher.hexdigest(), tuple(chunks))
+            return FileEntry(rel, 0, blake3.blake3(b"").hexdigest(), ChunkList())
+        return FileEntry(rel, size, hasher.hexdigest(), chunks.build())
 
     # -- reading -----------------------------------------------------------------
 
@@ -1146,6 +1170,22 @@ class ChunkStore:
             f"{len(tried)} pack(s) claiming it: {packs}",
             hint="the store is damaged; `tether store verify` quarantines lying packs, "
             "then restore the chunk from a backup or log the version again")
+
+    def _located_runs(self, chunks: ChunkList, *, what: str,
+                      ) -> Iterator[tuple[list[ChunkRef], list[Location], int]]:
+        """(chunks, their locations, offset in the file) of each run of ``chunks``, in order.
+
+        Located ``_LOCATE_PIECE`` chunks at a time (one numpy search each, see
+        ``_locate_all``): a million chunks' locations at once were 150 MB.
+        """
+        position = 0
+        for first in range(0, len(chunks), _LOCATE_PIECE):
+            piece = chunks[first:first + _LOCATE_PIECE]
+            locs = self._locate_all(piece, what=what)
+            starts = list(itertools.accumulate((c.size for c in piece), initial=position))
+            position = starts[-1]
+            for run in self._runs(piece, what=what, locs=locs):
+                yield [piece[i] for i in run], [locs[i] for i in run], starts[run[0]]
 
     def _runs(self, chunks: Sequence[ChunkRef], *, what: str,
               locs: Sequence[Location] | None = None) -> list[list[int]]:
@@ -1311,20 +1351,14 @@ class ChunkStore:
         Runs are read (and handed to ``sink(offset, pieces)``, which writes
         them) on ``pool``; at most ``_RUNS_AHEAD`` runs are in flight.
         """
-        offsets, position = [], 0
-        for chunk in entry.chunks:
-            offsets.append(position)
-            position += chunk.size
-        locs = self._locate_all(entry.chunks, what=what)  # once, for the runs and their reads
-
         reads_into = self._reads_into
 
-        def read(run: list[int]) -> tuple[list[bytes | memoryview], bytearray | None]:
+        def read(chunks: list[ChunkRef], locs: list[Location], offset: int,
+                 ) -> tuple[list[bytes | memoryview], bytearray | None]:
             buffer = self._run_buffers.take(self._run_bytes) if reads_into else None
-            pieces = self._read_run_views([entry.chunks[i] for i in run], what=what, keep=keep,
-                                          into=buffer, locs=[locs[i] for i in run])
+            pieces = self._read_run_views(chunks, what=what, keep=keep, into=buffer, locs=locs)
             if sink is not None:
-                sink(offsets[run[0]], pieces)
+                sink(offset, pieces)
             return pieces, buffer
 
         def handed(future: Future[Any]) -> Iterator[list[bytes | memoryview]]:
@@ -1336,8 +1370,8 @@ class ChunkStore:
 
         pending: deque[Future[Any]] = deque()
         try:
-            for run in self._runs(entry.chunks, what=what, locs=locs):
-                pending.append(pool.submit(read, run))
+            for run in self._located_runs(entry.chunks, what=what):
+                pending.append(pool.submit(read, *run))
                 if len(pending) >= _RUNS_AHEAD:
                     yield from handed(pending.popleft())
             while pending:
@@ -1426,21 +1460,21 @@ class ChunkStore:
                 what = f"{entry.path} of {label}"
                 hasher = blake3.blake3()
 
-                def read(run: list[int], locs: list[Location], entry: FileEntry = entry,
-                         what: str = what) -> Any:
-                    return self._read_run([entry.chunks[i] for i in run], what=what,
-                                          locs=[locs[i] for i in run])
+                def read(chunks: list[ChunkRef], locs: list[Location], _offset: int,
+                         what: str = what) -> list[bytes | memoryview]:
+                    # Views into the one buffer read: no copy of each chunk.
+                    return self._read_run_views(chunks, what=what, keep=False, locs=locs)
 
                 try:
-                    # Located once, for the runs and their reads (as loads do).
-                    locs = self._locate_all(entry.chunks, what=what)
-                    ahead: list[Any] = []  # a few runs in flight: memory stays flat
-                    for run in [*self._runs(entry.chunks, what=what, locs=locs), None]:
-                        if run is not None:
-                            ahead.append(pool.submit(read, run, locs))
-                        while ahead and (run is None or len(ahead) > 2 * _READ_THREADS):
-                            for piece in ahead.pop(0).result():
+                    ahead: deque[Future[Any]] = deque()  # a few runs in flight: flat memory
+                    for run in self._located_runs(entry.chunks, what=what):
+                        ahead.append(pool.submit(read, *run))
+                        while len(ahead) > _READ_THREADS:
+                            for piece in ahead.popleft().result():
                                 hasher.update(piece)
+                    while ahead:
+                        for piece in ahead.popleft().result():
+                            hasher.update(piece)
                 except IntegrityError as error:
                     problems.append(error.message)
                     continue

@@ -1,0 +1,181 @@
+"""A file's chunk list in 40 bytes a chunk, not 250.
+
+A 70 GB checkpoint has about a million 64 KiB chunks. As Python objects (a
+``ChunkRef`` holding a 64-character hex string) that list alone took some
+250 MB, and the load path held two or three copies of it; memory grew with
+the file. A ``ChunkList`` keeps the chunks as packed records (the 32-byte
+BLAKE3 digest, then the size as 8 bytes little-endian) in one ``bytes``, and
+hands out ``ChunkRef`` values only as they are read.
+
+Its text form (``to_text``/``from_text``) is those records in base64: what a
+manifest stores for a file of many chunks, instead of a JSON list of pairs
+that parses into a million lists (see ``FileEntry.to_dict``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One content-defined chunk of a file: its BLAKE3 (hex) and raw size."""
+
+    digest: str
+    size: int
+
+
+RECORD = struct.Struct("<32sQ")
+RECORD_SIZE = RECORD.size  # 40
+#: Chunk sizes are byte counts; JSON manifests allow nothing larger either.
+_MAX_SIZE = (1 << 63) - 1
+
+
+class ChunkList(Sequence[ChunkRef]):
+    """An immutable sequence of ``ChunkRef``, stored as packed 40-byte records."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: bytes | bytearray = b"") -> None:
+        if len(records) % RECORD_SIZE:
+            raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
+                             f"not {len(records)}")
+        self._records = bytes(records)
+
+    @classmethod
+    def of(cls, chunks: Iterable[Any]) -> ChunkList:
+        """The list of ``chunks``: ChunkRefs or (hex digest, size) pairs; ValueError naming
+        the first that is not a 64-digit hex digest with a byte count."""
+        if isinstance(chunks, ChunkList):
+            return chunks
+        builder = ChunkListBuilder()
+        for chunk in chunks:
+            if isinstance(chunk, ChunkRef):
+                builder.append(chunk.digest, chunk.size)
+            else:
+                digest, size = chunk  # ValueError/TypeError: not a pair
+                builder.append(digest, size)
+        return builder.build()
+
+    @classmethod
+    def from_text(cls, text: str) -> ChunkList:
+        """The list ``to_text`` wrote; ValueError if ``text`` is not one."""
+        if not isinstance(text, str):
+            raise ValueError(f"packed chunks must be base64 text, not {type(text).__name__}")
+        try:
+            records = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ValueError(f"packed chunks are not base64: {error}") from None
+        return cls(records)
+
+    def to_text(self) -> str:
+        return base64.b64encode(self._records).decode("ascii")
+
+    @property
+    def records(self) -> bytes:
+        """The packed records (digest, then size as little-endian u64), back to back."""
+        return self._records
+
+    def digests(self) -> Iterator[str]:
+        for digest, _ in RECORD.iter_unpack(self._records):
+            yield digest.hex()
+
+    def raw_digests(self) -> Iterator[bytes]:
+        for digest, _ in RECORD.iter_unpack(self._records):
+            yield digest
+
+    def total(self) -> int:
+        """The sum of the chunks' sizes (the file's size, when the list is honest)."""
+        return sum(size for _, size in RECORD.iter_unpack(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records) // RECORD_SIZE
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        for digest, size in RECORD.iter_unpack(self._records):
+            yield ChunkRef(digest.hex(), size)
+
+    @overload
+    def __getitem__(self, index: int) -> ChunkRef: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ChunkList: ...
+
+    def __getitem__(self, index: int | slice) -> ChunkRef | ChunkList:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return ChunkList(self._records[start * RECORD_SIZE:max(start, stop) * RECORD_SIZE])
+            return ChunkList.of(self[i] for i in range(start, stop, step))
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError("chunk index out of range")
+        digest, size = RECORD.unpack_from(self._records, index * RECORD_SIZE)
+        return ChunkRef(digest.hex(), size)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkList):
+            return self._records == other._records
+        if isinstance(other, tuple | list):
+            return len(other) == len(self) and all(
+                a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._records)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{c.digest[:12]}:{c.size}" for c in self[:3])
+        more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
+        return f"ChunkList([{shown}{more}])"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkList, (self._records,))
+
+
+class ChunkListBuilder:
+    """Appends chunks as they are cut; ``build`` gives the ``ChunkList``."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self) -> None:
+        self._records = bytearray()
+
+    def append(self, digest: str, size: int) -> None:
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise ValueError(f"chunk digest {str(digest)[:70]!r} is not 64 hex digits")
+        if isinstance(size, bool) or not isinstance(size, int):
+            size = int(size)  # ValueError/TypeError for what is not a count
+        if not 0 <= size <= _MAX_SIZE:
+            raise ValueError(f"chunk size {size} is not a byte count")
+        raw = bytes.fromhex(digest)  # ValueError for what is not hex
+        if len(raw) != 32 or raw.hex() != digest:  # fromhex skips spaces, reads capitals
+            raise ValueError(f"chunk digest {digest!r} is not 64 lowercase hex digits")
+        self._records += raw
+        self._records += size.to_bytes(8, "little")
+
+    def extend(self, chunks: Sequence[ChunkRef]) -> None:
+        if isinstance(chunks, ChunkList):
+            self._records += chunks.records
+            return
+        for chunk in chunks:
+            self.append(chunk.digest, chunk.size)
+
+    def __len__(self) -> int:
+        return len(self._records) // RECORD_SIZE
+
+    def build(self) -> ChunkList:
+        built = ChunkList(self._records)
+        self._records = bytearray()  # the copy above is the one kept
+        return built
+
+
+#: The chunks of an empty file (or of an entry recorded without them).
+NO_CHUNKS = ChunkList()
