@@ -121,11 +121,9 @@ class ChunkList(Sequence[ChunkRef]):
         return ChunkRef(digest.hex(), size)
 
     def __eq__(self, other: object) -> bool:
+        # Only another ChunkList: equal to a tuple, it would need a tuple's hash too.
         if isinstance(other, ChunkList):
             return self._records == other._records
-        if isinstance(other, tuple | list):
-            return len(other) == len(self) and all(
-                a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __hash__(self) -> int:

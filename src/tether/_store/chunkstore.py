@@ -62,7 +62,7 @@ from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
 from .fileio import pread_into
 from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
-from .midx import MAGIC, MergedIndex, build, is_merged
+from .midx import MAGIC, MergedIndex, build, combine, is_merged
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -110,6 +110,14 @@ _BATCH_LOOKUP = 2048
 _LOOKUP_PIECE = 65536
 #: Pins of more chunks than this are written piece by piece through a file.
 _PIN_PIECE = 50_000
+#: A pack writer remembers the chunks of packs it indexed until this many bytes of
+#: later packs are indexed: more than the windows an ingest looks up ahead.
+_HELD_BYTES = (_AHEAD + 2) * _WINDOW
+#: The in-memory index is folded into a numpy-built block (56 bytes an entry, not
+#: some 300 as a dict of Locations) once it holds this many entries; blocks are
+#: combined, smallest first, while the result stays under ``_BLOCK_MAX`` entries.
+_INDEX_FOLD = 65536
+_BLOCK_MAX = 131072
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
@@ -283,6 +291,18 @@ class PackWriter:
         self._publisher: ThreadPoolExecutor | None = None
         self._inflight: deque[Future[None]] = deque()
         self._streams = max(1, store.upload_streams)
+        #: The chunks written and not yet indexed, and those of the last packs indexed
+        #: (``_HELD_BYTES`` of them): what an ingest must not write twice although the
+        #: index did not list them when its windows were looked up. Older ones are
+        #: found in the index; a set of every new chunk grew 150 bytes a chunk.
+        self._held: set[str] = set()
+        self._indexed: deque[tuple[int, list[str]]] = deque()
+        self._indexed_bytes = 0
+        self._held_lock = threading.Lock()
+
+    def holds(self, digest: str) -> bool:
+        """Whether this writer wrote ``digest`` lately (see ``_held``)."""
+        return digest in self._held
 
     def add(self, digest: str, payload: bytes | memoryview, raw_size: int, codec: int) -> None:
         if self.fd is None:
@@ -297,6 +317,8 @@ class PackWriter:
             self.abort()
             raise disk_full(error, where or "a temporary pack") or error from error
         self.entries.append([digest, self.size, len(payload), raw_size, codec])
+        with self._held_lock:
+            self._held.add(digest)
         self.size += len(payload)
         if self.size >= self.target:
             self.flush()
@@ -371,6 +393,13 @@ class PackWriter:
         self.store._add_index(pack_id, size, entries)
         self.store._note_journal(pack_id)
         self.published.append(pack_id)
+        with self._held_lock:  # indexed now: held a little longer, then left to the index
+            self._indexed.append((size, [e[0] for e in entries]))
+            self._indexed_bytes += size
+            while len(self._indexed) > 1 and self._indexed_bytes > _HELD_BYTES:
+                gone_size, gone = self._indexed.popleft()
+                self._indexed_bytes -= gone_size
+                self._held.difference_update(gone)
 
     def abort(self) -> None:
         if self.fd is not None:
@@ -417,6 +446,9 @@ class ChunkStore:
         self._pack_sizes: dict[str, int] = {}
         #: Merged index files (see midx.py), by name, read in place.
         self._segments: dict[str, MergedIndex] = {}
+        #: The in-memory index folded into blocks (``_fold_index``): searched like the
+        #: merged files, but no file of the store (never merged, collected or listed).
+        self._blocks: list[MergedIndex] = []
         #: Index files read (or covered by a merged one read): never read again.
         self._seen_files: set[str] = set()
         #: Journal index files (by name) this process knows are still listed.
@@ -443,6 +475,35 @@ class ChunkStore:
                     others = self._alternates.setdefault(digest, [])
                     if loc not in others:
                         others.append(loc)
+            if len(self._index) >= _INDEX_FOLD:
+                self._fold_index()
+
+    def _fold_index(self) -> None:
+        """Move the in-memory index (and its alternates) into a block (``_lock`` held).
+
+        A large ingest adds an entry per new chunk, and a fresh process reads a
+        long journal: as Locations in a dict, a million entries were 300 MB.
+        A block holds every candidate of a digest, as a merged file does.
+        """
+        packs: dict[str, tuple[int, list[list[Any]]]] = {}
+        every = itertools.chain(self._index.items(), (
+            (digest, loc) for digest, others in self._alternates.items() for loc in others))
+        for digest, loc in every:
+            packs.setdefault(loc.pack, (self._pack_sizes.get(loc.pack, 0), []))[1].append(
+                [digest, loc.offset, loc.length, loc.raw_size, loc.codec])
+        self._index.clear()
+        self._alternates.clear()
+        blocks = sorted([*self._blocks, MergedIndex("memory", build(packs, ()))],
+                        key=lambda b: b.entry_count)
+        del packs
+        while len(blocks) > 1 and blocks[0].entry_count + blocks[1].entry_count <= _BLOCK_MAX:
+            joined = MergedIndex("memory", combine(blocks[:2], ()))
+            blocks = sorted([joined, *blocks[2:]], key=lambda b: b.entry_count)
+        self._blocks = blocks
+
+    def _searched(self) -> list[MergedIndex]:
+        """The merged files and blocks a lookup searches after ``_index`` (``_lock`` held)."""
+        return [*self._segments.values(), *self._blocks]
 
     def _note_journal(self, name: str) -> None:
         with self._lock:
@@ -455,6 +516,7 @@ class ChunkStore:
             for segment in self._segments.values():
                 segment.close()
             self._segments.clear()
+            self._blocks = []
             self._index.clear()
             self._alternates.clear()
             self._pack_sizes.clear()
@@ -588,7 +650,7 @@ class ChunkStore:
         with self._lock:
             index = self._index
             known = [d in index for d in digests]
-            segments = list(self._segments.values())
+            segments = self._searched()
             forgotten = set(self._forgotten)
         if not segments or all(known):
             return known
@@ -622,7 +684,7 @@ class ChunkStore:
         packs forgotten (their order rules), or for a few chunks."""
         with self._lock:
             index = self._index
-            segments = list(self._segments.values())
+            segments = self._searched()
             simple = not self._demoted and not self._forgotten and not self._alternates
         if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
             return [self._locate(c, what=what) for c in chunks]
@@ -651,7 +713,7 @@ class ChunkStore:
         with self._lock:
             first = self._index.get(digest)
             found = [first, *self._alternates.get(digest, ())] if first is not None else []
-            segments = list(self._segments.values())
+            segments = self._searched()
             forgotten = self._forgotten
         for segment in segments:
             for pack, offset, length, raw, codec in segment.lookup(digest):
@@ -703,7 +765,7 @@ class ChunkStore:
             index["chunks"].append([digest, loc.offset, loc.length, loc.raw_size, loc.codec])
 
         with self._lock:
-            segments = list(self._segments.values())
+            segments = self._searched()
             journal = [(d, loc) for d, loc in self._index.items()]
             journal += [(d, loc) for d, others in self._alternates.items() for loc in others]
         for segment in segments:
@@ -903,9 +965,12 @@ class ChunkStore:
 
     def _pack_entries(self, pack: str) -> list[list[Any]]:
         with self._lock:
-            return [[d] for d, loc in self._index.items() if loc.pack == pack] + [
+            blocks = list(self._blocks)
+            entries = [[d] for d, loc in self._index.items() if loc.pack == pack] + [
                 [d] for d, others in self._alternates.items()
                 if any(loc.pack == pack for loc in others)]
+        return entries + [[d] for block in blocks
+                          for d, in_pack, *_ in block.entries() if in_pack == pack]
 
     def _pack_target_for(self, total: int) -> int:
         if not self._adaptive_packs:
@@ -920,7 +985,6 @@ class ChunkStore:
         total = sum((root / p).stat().st_size for p in paths)
         writer = PackWriter(self, self._pack_target_for(total))
         writer.published = published
-        seen_here: set[str] = set()
         ring = _BufferRing()  # window buffers shared by every file of this ingest
         bar = Progress("storing", total, enabled=progress)
         try:
@@ -928,7 +992,7 @@ class ChunkStore:
                                     thread_name_prefix="tether-ingest") as pool:
                 for rel in paths:
                     hint = Hint.of(previous.get(rel, ())) if _FOLLOW else None
-                    entry = self._ingest_file(root / rel, rel, writer, seen_here, report, bar,
+                    entry = self._ingest_file(root / rel, rel, writer, report, bar,
                                               pool, ring, hint)
                     report.files.append(entry)
             writer.finish()
@@ -1054,7 +1118,7 @@ class ChunkStore:
                 out.append((digest, length, payload, codec))
         return out
 
-    def _ingest_file(self, path: Path, rel: str, writer: PackWriter, seen_here: set[str],
+    def _ingest_file(self, path: Path, rel: str, writer: PackWriter,
                      report: IngestReport, bar: Progress, pool: ThreadPoolExecutor,
                      ring: _BufferRing, hint: Hint | None) -> FileEntry:
         """Read, cut, hash, compress and write one file, a bounded number of windows at once.
@@ -1088,11 +1152,10 @@ class ChunkStore:
             saved = 0
             for digest, length, payload, codec in future.result():
                 chunks.append(digest, length)
-                if payload is None or digest in seen_here:
+                if payload is None or writer.holds(digest):  # stored, or written just now
                     report.reused_chunks += 1
                     saved += length
                     continue
-                seen_here.add(digest)
                 writer.add(digest, payload, length, codec)
                 report.new_chunks += 1
                 report.stored_bytes += len(payload)
@@ -1461,20 +1524,29 @@ class ChunkStore:
                 hasher = blake3.blake3()
 
                 def read(chunks: list[ChunkRef], locs: list[Location], _offset: int,
-                         what: str = what) -> list[bytes | memoryview]:
-                    # Views into the one buffer read: no copy of each chunk.
-                    return self._read_run_views(chunks, what=what, keep=False, locs=locs)
+                         what: str = what) -> tuple[list[bytes | memoryview], bytearray | None]:
+                    # Views into one reused buffer: no copy of each chunk, no fresh 8 MB
+                    # per run (glibc keeps freed ones resident: 350 MB at 215k chunks).
+                    buffer = self._run_buffers.take(self._run_bytes) if self._reads_into \
+                        else None
+                    return self._read_run_views(chunks, what=what, keep=False, locs=locs,
+                                                into=buffer), buffer
+
+                def hash_run(future: Future[Any], hasher: Any = hasher) -> None:
+                    pieces, buffer = future.result()
+                    for piece in pieces:
+                        hasher.update(piece)
+                    if buffer is not None:
+                        self._run_buffers.give(buffer)
 
                 try:
                     ahead: deque[Future[Any]] = deque()  # a few runs in flight: flat memory
                     for run in self._located_runs(entry.chunks, what=what):
                         ahead.append(pool.submit(read, *run))
                         while len(ahead) > _READ_THREADS:
-                            for piece in ahead.popleft().result():
-                                hasher.update(piece)
+                            hash_run(ahead.popleft())
                     while ahead:
-                        for piece in ahead.popleft().result():
-                            hasher.update(piece)
+                        hash_run(ahead.popleft())
                 except IntegrityError as error:
                     problems.append(error.message)
                     continue

@@ -76,7 +76,7 @@ def build(packs: Mapping[str, tuple[int, Iterable[Any]]], covers: Iterable[str])
 class MergedIndex:
     """A merged index file, read in place."""
 
-    def __init__(self, name: str, data: bytes | mmap.mmap) -> None:
+    def __init__(self, name: str, data: bytes | bytearray | mmap.mmap) -> None:
         self.name = name
         self._data = data
         magic, self.pack_count, self.entry_count, cover_count, _ = _HEAD.unpack_from(data, 0)
@@ -200,3 +200,61 @@ class MergedIndex:
             digest, pack, offset, length, raw, codec = _ENTRY.unpack_from(
                 self._data, self._entries_at + i * _ENTRY.size)
             yield digest.hex(), names[pack], offset, length, raw, codec
+
+
+#: An entry as numpy sees it (the layout of ``_ENTRY``).
+_ENTRY_FIELDS = [("digest", "S32"), ("pack", "<u4"), ("offset", "<u8"), ("length", "<u4"),
+                 ("raw", "<u4"), ("codec", "u1"), ("pad", "V3")]
+
+
+def combine(indexes: Iterable[MergedIndex], covers: Iterable[str]) -> bytearray:
+    """One merged index of every entry of ``indexes``, built in numpy.
+
+    What ``build`` does from Python lists, at 56 bytes an entry instead of some
+    300: merging a million entries through lists took more memory than the
+    bound a large ingest must stay under. Pack numbers are renumbered into
+    the union of the packs (a pack listed twice keeps its first size).
+    """
+    import numpy as np  # only when merging: reading a store must not import it
+
+    indexes = list(indexes)
+    sizes: dict[bytes, int] = {}
+    for index in indexes:
+        for i in range(index.pack_count):
+            name, size = _PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
+            sizes.setdefault(name, size)
+    names = sorted(sizes)
+    number = {name: i for i, name in enumerate(names)}
+    dtype = np.dtype(_ENTRY_FIELDS)
+    assert dtype.itemsize == _ENTRY.size
+    rows = np.concatenate([np.frombuffer(index._data, dtype=dtype, count=index.entry_count,
+                                         offset=index._entries_at) for index in indexes]
+                          or [np.zeros(0, dtype=dtype)])  # the one copy of the entries
+    start = 0
+    for index in indexes:
+        renumber = np.array([number[_PACK.unpack_from(index._data,
+                                                      index._packs_at + _PACK.size * i)[0]]
+                             for i in range(index.pack_count)] or [0], dtype="<u4")
+        part = rows[start:start + index.entry_count]
+        part["pack"] = renumber[part["pack"]]
+        start += index.entry_count
+    # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
+    # taken straight into the output (no sorted copy, no joined copy).
+    order = np.lexsort((rows["offset"], rows["pack"], rows["digest"]))
+    cover_ids = sorted(set(covers))
+    entries_at = (_HEAD.size + 16 * len(cover_ids) + _PACK.size * len(names) + _FANOUT.size)
+    count = len(rows)
+    out = bytearray(entries_at + _ENTRY.size * count)
+    target = np.frombuffer(out, dtype=dtype, count=count, offset=entries_at)
+    np.take(rows, order, out=target)
+    del rows, order
+    fanout = np.cumsum(np.bincount(target.view("u1")[::_ENTRY.size], minlength=256)).tolist()
+    del target
+    at = 0
+    for piece in (_HEAD.pack(MAGIC, len(names), count, len(cover_ids), 0),
+                  *(bytes.fromhex(cover) for cover in cover_ids),
+                  *(_PACK.pack(name, sizes[name]) for name in names),
+                  _FANOUT.pack(*fanout)):
+        out[at:at + len(piece)] = piece
+        at += len(piece)
+    return out
