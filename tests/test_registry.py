@@ -213,7 +213,8 @@ def test_an_ambiguous_digest_prefix_is_refused(registry: Registry, iris: tuple[A
         row = repo.version_by_id(conn, real.id)
         assert row is not None
         values = {c: getattr(row, c) for c in row._fields if c not in ("id", "model_id")}
-        values.update(seq=2, semver="1.0.1", patch=1, digest=real.digest[:6] + "0" * 58)
+        values.update(seq=2, semver="1.0.1", patch=1, digest=real.digest[:6] + "0" * 58,
+                      manifest=real.files)
         repo.insert_version(conn, mid, {k: v for k, v in values.items()})
     with pytest.raises(AmbiguousReference, match="matches 2 versions"):
         registry.get(f"iris@sha:{real.digest[:6]}")

@@ -7,7 +7,7 @@ them in one transaction. Nothing here decides policy: that is the registry's.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +16,8 @@ from .._digest import canonical_json
 from .._errors import IntegrityError
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
-from .._store.base import FileEntry
+from .._store.base import LISTED_CHUNKS, FileEntry
+from .._store.chunklist import RECORD_SIZE, ChunkList
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
 
@@ -25,11 +26,37 @@ def _loads(text: str | None, default: Any) -> Any:
     return json.loads(text) if text else default
 
 
-def manifest_files(text: str | None, what: str) -> tuple[FileEntry, ...]:
-    """The files a stored manifest records; IntegrityError naming ``what`` when it is
-    not a manifest (the database is not trusted: its digest is checked after this)."""
+def stored_manifest(files: Iterable[FileEntry | Mapping[str, Any]],
+                    ) -> tuple[str, bytes | bytearray | None]:
+    """(manifest JSON, chunk records) as a row stores ``files``.
+
+    A file of more than ``LISTED_CHUNKS`` chunks keeps its chunk list in the
+    row's ``chunk_records`` column as packed records, and its manifest entry
+    says where (``"stored_chunks": [first record, count]``): the DB driver
+    takes the 40 MB of a million chunks as they are, where JSON text was 90 MB,
+    held twice while it was written and parsed again on every read.
+    """
+    entries, parts, at = [], [], 0
+    for item in files:
+        entry = item if isinstance(item, FileEntry) else FileEntry.from_dict(dict(item))
+        if len(entry.chunks) <= LISTED_CHUNKS:
+            entries.append(entry.to_dict())
+            continue
+        entries.append({"path": entry.path, "size": entry.size, "digest": entry.digest,
+                        "stored_chunks": [at, len(entry.chunks)]})
+        parts.append(entry.chunks.records)
+        at += len(entry.chunks)
+    records = None if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
+    return canonical_json(entries), records
+
+
+def manifest_files(text: str | None, what: str,
+                   records: bytes | None = None) -> tuple[FileEntry, ...]:
+    """The files a stored manifest records (``stored_manifest``'s two parts);
+    IntegrityError naming ``what`` when it is not a manifest (the database is not
+    trusted: its digest is checked after this)."""
     try:
-        return tuple(FileEntry.from_dict(f) for f in _loads(text, []))
+        return tuple(_stored_entry(f, records) for f in _loads(text, []))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise IntegrityError(
             f"{what}'s recorded manifest is unusable: {error}",
@@ -87,7 +114,7 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         semver=row.semver,
         digest=row.digest,
         files=(tuple(files) if files is not None
-               else manifest_files(row.manifest, f"{name}@{row.semver}")),
+               else manifest_files(row.manifest, f"{name}@{row.semver}", row.chunk_records)),
         flavor=_loads(row.flavor, {}),
         signature=_loads(row.signature, None),
         input_example=_loads(row.input_example, None),
@@ -168,18 +195,31 @@ def version_by_id(conn: sa.Connection, vid: int) -> sa.Row[Any] | None:
     return conn.execute(sa.select(versions).where(versions.c.id == vid)).first()
 
 
+def _stored_entry(data: dict[str, Any], records: bytes | None) -> FileEntry:
+    if "stored_chunks" not in data:
+        return FileEntry.from_dict(data)
+    first, count = (int(n) for n in data["stored_chunks"])
+    start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
+    if records is None or not 0 <= start <= end <= len(records):
+        raise ValueError(f"{data.get('path')!r} names chunk records the row does not hold")
+    whole = start == 0 and end == len(records)  # the one large file: no copy
+    chunks = ChunkList(records if whole else records[start:end])
+    return FileEntry(path=data["path"], size=int(data["size"]), digest=data["digest"],
+                     chunks=chunks)
+
+
 def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int:
     encoded = {
         key: canonical_json(value) if key in _JSON_COLUMNS else value
-        for key, value in values.items()
+        for key, value in values.items() if key != "manifest"
     }
+    encoded["manifest"], encoded["chunk_records"] = stored_manifest(values["manifest"])
     result = conn.execute(versions.insert().values(model_id=mid, **encoded))
     return _new_id(result)
 
 
 _JSON_COLUMNS = frozenset(
     {
-        "manifest",
         "flavor",
         "signature",
         "input_example",

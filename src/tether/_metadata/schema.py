@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -51,6 +52,10 @@ versions = Table(
     Column("digest", String(64), nullable=False),
     Column("files_digest", String(64), nullable=False),
     Column("manifest", Text, nullable=False),
+    #: The chunk lists of the manifest's files of many chunks, as packed records
+    #: (see repository.stored_manifest): a million chunks are 40 MB here, not 90 MB of
+    #: JSON text held twice while it is written and read.
+    Column("chunk_records", LargeBinary, nullable=True),
     Column("flavor", Text, nullable=False),
     Column("signature", Text, nullable=True),
     Column("input_example", Text, nullable=True),
@@ -257,6 +262,7 @@ dataset_versions = Table(
     Column("digest", String(64), nullable=False),
     Column("files_digest", String(64), nullable=False),
     Column("manifest", Text, nullable=False),
+    Column("chunk_records", LargeBinary, nullable=True),  # as in versions
     # Per tabular file: format, columns (name -> type), rows. Derived from the bytes.
     Column("tables", Text, nullable=False, default="{}"),
     # Where it was added from: path, git state.

@@ -375,7 +375,8 @@ def row_to_version(
         semver=row.semver,
         digest=row.digest,
         files_digest=row.files_digest,
-        files=repo.manifest_files(row.manifest, f"dataset {name}@{row.semver}"),
+        files=repo.manifest_files(row.manifest, f"dataset {name}@{row.semver}",
+                                  row.chunk_records),
         tables=_loads(row.tables, {}),
         source=_loads(row.source, {}),
         tags=_loads(row.tags, {}),
@@ -770,6 +771,7 @@ def _insert(
         highest = max((SemVer.parse(r.semver) for r in rows), default=None)
         semver = resolve_bump(highest, level, bump, reasons)
         seq = max((r.seq for r in rows), default=0) + 1
+        manifest, records = repo.stored_manifest(values["files"])
         result = conn.execute(
             dataset_versions.insert().values(
                 dataset_id=did,
@@ -780,7 +782,8 @@ def _insert(
                 patch=semver.patch,
                 digest=values["digest"],
                 files_digest=values["files_digest"],
-                manifest=canonical_json([f.to_dict() for f in values["files"]]),
+                manifest=manifest,
+                chunk_records=records,
                 tables=canonical_json(values["tables"]),
                 source=canonical_json(values["source"]),
                 tags=canonical_json(values["tags"]),
@@ -1058,7 +1061,8 @@ def models_using(conn: sa.Connection, dataset_version_id: int) -> list[dict[str,
 
 def live_files(conn: sa.Connection) -> list[FileEntry]:
     """Every file of every dataset version gc must keep (all that are not deleted)."""
-    query = sa.select(dataset_versions.c.manifest).where(dataset_versions.c.status != "deleted")
-    return [f for text in conn.execute(query).scalars()
-            for f in repo.manifest_files(text, "a dataset version")]
+    query = sa.select(dataset_versions.c.manifest, dataset_versions.c.chunk_records).where(
+        dataset_versions.c.status != "deleted")
+    return [f for text, records in conn.execute(query)
+            for f in repo.manifest_files(text, "a dataset version", records)]
 

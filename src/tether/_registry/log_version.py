@@ -231,10 +231,9 @@ def commit_version(
             f"{len(missing)} chunk(s) of this version are not in the store",
             hint="upload them first (the client does this); nothing was registered",
         )
-    # Never trust a digest computed elsewhere. Sealed from the entries themselves, and
-    # only then written out as the manifest's JSON (packed chunk lists for large files).
+    # Never trust a digest computed elsewhere. Sealed from the entries themselves (the
+    # row stores them: repository.stored_manifest).
     values = seal({**checked.to_dict(manifest=False), "manifest": checked.manifest})
-    values["manifest"] = [f.to_dict() for f in checked.manifest]
     values["author"] = checked.author or registry.actor
     facts = facts_of(values)
     for attempt in range(_RACE_RETRIES):

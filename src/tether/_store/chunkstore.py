@@ -58,7 +58,7 @@ from .base import (
 )
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
-from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
+from .chunklist import ChunkList, ChunkListBuilder
 from .fileio import pread_into
 from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
@@ -116,10 +116,10 @@ _HELD_BYTES = (_AHEAD + 2) * _WINDOW
 #: The in-memory index is folded into a numpy-built block (56 bytes an entry, not
 #: some 300 as a dict of Locations) once it holds this many entries; blocks are
 #: combined, smallest first, while the result stays under ``_BLOCK_MAX`` entries.
-_INDEX_FOLD = 65536
+_INDEX_FOLD = 16384
 _BLOCK_MAX = 131072
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
-_LOCATE_PIECE = 65536
+_LOCATE_PIECE = 16384
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
 _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
@@ -198,22 +198,15 @@ def _segment_keys(digests: Sequence[str],
     return where, keys
 
 
-def _sorted_digests(files: Sequence[FileEntry]) -> Iterator[str]:
-    """The distinct chunk digests of ``files``, sorted, as hex: sorted in numpy over the
-    packed records (a set of a million hex digests was 150 MB; these are 32 MB)."""
-    records = b"".join(f.chunks.records for f in files)
-    if len(records) < RECORD_SIZE * _BATCH_LOOKUP:
-        yield from sorted({c.digest for f in files for c in f.chunks})
+def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
+    """The chunk digests of ``files`` to pin, as hex, in file order: whoever reads a pin
+    makes a set of it, so a repeat costs a line. Sorting them first (a set of a
+    million hex digests was 150 MB; even in numpy 70 MB) is not worth it."""
+    if sum(len(f.chunks) for f in files) < _PIN_PIECE:
+        yield from sorted({c.digest for f in files for c in f.chunks})  # small: tidy
         return
-    import numpy as np  # only for many chunks: a small version's ingest does without
-
-    rows = np.frombuffer(records, dtype=[("digest", "V32"), ("size", "<u8")])
-    keys = np.unique(np.ascontiguousarray(rows["digest"]).view("S32"))
-    del rows, records
-    for start in range(0, len(keys), _PIN_PIECE):
-        block = keys[start:start + _PIN_PIECE].tobytes()  # full 32 bytes each
-        for at in range(0, len(block), 32):
-            yield block[at:at + 32].hex()
+    for entry in files:
+        yield from entry.chunks.digests()
 
 
 class _BufferRing:
@@ -998,7 +991,7 @@ class ChunkStore:
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
             report.pin = f"pins/{uuid.uuid4().hex}.json"
-            self._write_pin(report.pin, _sorted_digests([*report.files, *pin_also]))
+            self._write_pin(report.pin, _pinned_digests([*report.files, *pin_also]))
         except BaseException:
             writer.abort()
             raise

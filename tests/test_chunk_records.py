@@ -1,0 +1,113 @@
+"""Large files' chunk lists are stored as packed records beside the manifest.
+
+A version row keeps the chunk list of a file of many chunks in its binary
+``chunk_records`` column (repository.stored_manifest), not as JSON in the
+manifest. The identity digest does not change; what the database holds is
+still hostile until it hashes to that digest; rows written in the older forms
+(JSON lists, base64 ``packed_chunks``) still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tether import Registry
+from tether._errors import IntegrityError
+from tether._identity import require_intact
+from tether._metadata import repository as repo
+from tether._store import base
+
+LISTED = 8  # chunk lists longer than this go to chunk_records in these tests
+
+
+@pytest.fixture(autouse=True)
+def _few_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repo, "LISTED_CHUNKS", LISTED)
+    monkeypatch.setattr(base, "LISTED_CHUNKS", LISTED)
+
+
+def _model(tmp_path: Path, name: str = "m") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(os.urandom(3 << 20))  # ~48 chunks at 64 KiB
+    (folder / "small.txt").write_text("tiny")
+    return folder
+
+
+def _raw_row(registry: Registry, version_id: int) -> Any:
+    with registry.read() as conn:
+        return repo.version_by_id(conn, version_id)
+
+
+def _update(registry: Registry, version_id: int, **values: Any) -> None:
+    with registry.engine.begin() as conn:  # the attacker writes the database directly
+        conn.execute(sa.text("UPDATE versions SET " + ", ".join(f"{k} = :{k}" for k in values)
+                             + " WHERE id = :id"), {**values, "id": version_id})
+
+
+def test_a_large_files_chunks_are_stored_as_records_and_read_back(
+        any_registry: Registry, tmp_path: Path) -> None:
+    registry = any_registry
+    version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
+    big = version.file("weights.bin")
+    assert len(big.chunks) > LISTED
+    row = _raw_row(registry, version.id)
+    manifest = {f["path"]: f for f in json.loads(row.manifest)}
+    assert manifest["weights.bin"]["stored_chunks"] == [0, len(big.chunks)]
+    assert "chunks" not in manifest["weights.bin"] and "chunks" in manifest["small.txt"]
+    assert bytes(row.chunk_records) == big.chunks.records
+    again = registry.get(version.ref)
+    assert again.files == version.files and require_intact(again) is again
+    out = registry.download(version.ref, tmp_path / "out", progress=False)
+    assert (out / "weights.bin").read_bytes() == (tmp_path / "m" / "weights.bin").read_bytes()
+
+
+def test_rows_in_the_older_forms_still_read(registry: Registry, tmp_path: Path) -> None:
+    version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
+    listed = [{"path": f.path, "size": f.size, "digest": f.digest,
+               "chunks": [[c.digest, c.size] for c in f.chunks]} for f in version.files]
+    packed = [f.to_dict() for f in version.files]  # "packed_chunks" past LISTED
+    assert any("packed_chunks" in f for f in packed)
+    for manifest in (listed, packed):
+        _update(registry, version.id, manifest=json.dumps(manifest), chunk_records=None)
+        assert registry.get(version.ref).files == version.files
+        assert registry.verify(version.ref) == []
+
+
+def test_changed_chunk_records_are_refused(registry: Registry, tmp_path: Path) -> None:
+    version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
+    other = registry.log_model(str(_model(tmp_path, "other")), "other", flavor="files")
+    original = _raw_row(registry, version.id)
+    records = bytearray(original.chunk_records)
+
+    # The unsafe way: a reader that trusts the column reads another model's bytes.
+    evil = _raw_row(registry, other.id)
+    _update(registry, version.id, manifest=evil.manifest, chunk_records=evil.chunk_records)
+    row = _raw_row(registry, version.id)
+    trusted = repo.manifest_files(row.manifest, "m", row.chunk_records)
+    assert {f.path: f.chunks for f in trusted}["weights.bin"] == \
+        other.file("weights.bin").chunks
+    # Tether re-hashes what the row holds before a byte is read.
+    with pytest.raises(IntegrityError, match="hashes to"):
+        registry.load(version.ref)
+    with pytest.raises(IntegrityError, match="hashes to"):
+        registry.download(version.ref, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    records[5] ^= 1  # one bit of one digest
+    _update(registry, version.id, manifest=original.manifest, chunk_records=bytes(records))
+    with pytest.raises(IntegrityError, match="hashes to"):
+        registry.load(version.ref)
+
+    _update(registry, version.id, chunk_records=bytes(records[:-40]))  # one chunk short
+    with pytest.raises(IntegrityError, match="unusable"):
+        registry.get(version.ref)
+    _update(registry, version.id, chunk_records=b"\x00" * 7)  # not records at all
+    with pytest.raises(IntegrityError, match="unusable"):
+        registry.get(version.ref)
