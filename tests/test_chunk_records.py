@@ -4,7 +4,7 @@ A version row keeps the chunk list of a file of many chunks in its binary
 ``chunk_records`` column (repository.stored_manifest), not as JSON in the
 manifest. The identity digest does not change; what the database holds is
 still hostile until it hashes to that digest; rows written in the older forms
-(JSON lists, base64 ``packed_chunks``) still read.
+(JSON lists, or the REST API's base64 string) still read.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def test_rows_in_the_older_forms_still_read(registry: Registry, tmp_path: Path) 
     version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
     listed = [{"path": f.path, "size": f.size, "digest": f.digest,
                "chunks": [[c.digest, c.size] for c in f.chunks]} for f in version.files]
-    packed = [f.to_dict() for f in version.files]  # "packed_chunks" past LISTED
-    assert any("packed_chunks" in f for f in packed)
+    packed = [f.to_dict() for f in version.files]  # a base64 string past LISTED
+    assert any(isinstance(f["chunks"], str) for f in packed)
     for manifest in (listed, packed):
         _update(registry, version.id, manifest=json.dumps(manifest), chunk_records=None)
         assert registry.get(version.ref).files == version.files
@@ -111,3 +111,38 @@ def test_changed_chunk_records_are_refused(registry: Registry, tmp_path: Path) -
     _update(registry, version.id, chunk_records=b"\x00" * 7)  # not records at all
     with pytest.raises(IntegrityError, match="unusable"):
         registry.get(version.ref)
+
+
+@pytest.mark.parametrize("stored", [
+    "[Infinity, 1]", "[0, 1e400]", '["0", 1]', "[true, 1]", "[-1, 2]", "[0, 0]", "[1, 1]",
+    "[0.0, 1]", "[0]", "null"])
+def test_hostile_record_ranges_are_refused(registry: Registry, tmp_path: Path,
+                                           stored: str) -> None:
+    version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
+    row = _raw_row(registry, version.id)
+    manifest = row.manifest.replace(
+        f'"stored_chunks":[0,{len(version.file("weights.bin").chunks)}]',
+        f'"stored_chunks":{stored}')
+    assert manifest != row.manifest
+    _update(registry, version.id, manifest=manifest)
+    with pytest.raises(IntegrityError, match="unusable"):
+        registry.get(version.ref)
+
+
+def test_every_record_must_be_named_once(registry: Registry, tmp_path: Path) -> None:
+    """Ranges must tile the column: overlapping ones would make a reader copy it again
+    and again before the digest check (memory as the attack)."""
+    version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
+    row = _raw_row(registry, version.id)
+    entries = json.loads(row.manifest)
+    big = next(e for e in entries if "stored_chunks" in e)
+    copies = [{**big, "path": f"copy{i}.bin"} for i in range(5)]  # all the same range
+    _update(registry, version.id, manifest=json.dumps([*entries, *copies]))
+    with pytest.raises(IntegrityError, match="unusable"):
+        registry.get(version.ref)
+    _update(registry, version.id, manifest=row.manifest,
+            chunk_records=bytes(row.chunk_records) + bytes(40))  # one record nobody names
+    with pytest.raises(IntegrityError, match="unusable"):
+        registry.get(version.ref)
+    _update(registry, version.id, chunk_records=bytes(row.chunk_records))
+    assert registry.get(version.ref).files == version.files

@@ -160,28 +160,23 @@ def test_file_entry_round_trip(n: int) -> None:
     assert isinstance(entry.chunks, ChunkList) and list(entry.chunks) == chunks
     data = entry.to_dict()
     if n <= LISTED_CHUNKS:
-        assert "packed_chunks" not in data
         assert data["chunks"] == [[c.digest, c.size] for c in chunks]
     else:
-        assert "chunks" not in data and isinstance(data["packed_chunks"], str)
-        assert list(ChunkList.from_text(data["packed_chunks"])) == chunks
+        assert isinstance(data["chunks"], str)
+        assert list(ChunkList.from_text(data["chunks"])) == chunks
     back = FileEntry.from_dict(data)
     assert back == entry and list(back.chunks) == chunks and hash(back) == hash(entry)
     assert FileEntry.from_dict({**entry.to_dict(), "size": str(entry.size)}) == entry
 
 
-def test_file_entry_refuses_both_forms() -> None:
-    data = {"path": "a", "size": 3, "digest": D0, "chunks": [[D1, 3]],
-            "packed_chunks": ChunkList.of([(D1, 3)]).to_text()}
+def test_a_reader_expecting_pairs_refuses_the_packed_form() -> None:
+    # An older Tether reads chunks as pairs; a packed list must fail there, not read as
+    # no chunks (a version registered without them would lose its bytes to gc).
+    entry = FileEntry("a", 4097 * 3, D0, [(D1, 3)] * 4097)
+    data = entry.to_dict()
     with pytest.raises(ValueError):
-        FileEntry.from_dict(data)
-    with pytest.raises(InvalidInput):
-        check_manifest([data])
-    with pytest.raises(ValueError):
-        FileEntry("a", 1, D0, [(D1.upper(), 1)])
-
-
-# 4. The identity digest, as it always was
+        tuple(ChunkRef(d, int(s)) for d, s in data.get("chunks", []))  # the old reader
+    assert FileEntry.from_dict(data) == entry
 
 
 def reference_digest(files: list[tuple[str, int, str, list[list]]]) -> str:
@@ -208,9 +203,7 @@ def test_manifest_digest_matches_reference(seed: int) -> None:
     assert manifest_digest(entries[::-1]) == expected
     assert manifest_digest(listed) == expected
     assert manifest_digest([e.to_dict() for e in entries]) == expected
-    packed = [{**e.to_dict(), "packed_chunks": e.chunks.to_text()} for e in entries]
-    for d in packed:
-        d.pop("chunks", None)
+    packed = [{**e.to_dict(), "chunks": e.chunks.to_text()} for e in entries]
     assert manifest_digest(packed) == expected
     if any(cs for *_, cs in files):  # the chunks count
         moved = [(p, s, d, cs[1:] if cs else cs) for p, s, d, cs in files]
@@ -242,7 +235,7 @@ def test_check_manifest_refuses_wrong_totals(n: int) -> None:
     listed = {"path": good.path, "size": total, "digest": D0,
               "chunks": [[c.digest, c.size] for c in good.chunks]}
     packed = {"path": good.path, "size": total, "digest": D0,
-              "packed_chunks": good.chunks.to_text()}
+              "chunks": good.chunks.to_text()}
     for form in (good, listed, packed, good.to_dict()):
         check_manifest([form])
     for size in (total - 1, total + 1, 0):
@@ -251,8 +244,8 @@ def test_check_manifest_refuses_wrong_totals(n: int) -> None:
             with pytest.raises(InvalidInput, match="do not add up"):
                 check_manifest([form])
     for bad in ({**listed, "chunks": [[D1.upper(), total]]},
-                {**packed, "packed_chunks": "***"},
-                {**packed, "packed_chunks": good.chunks.to_text()[:-8]}):
+                {**packed, "chunks": "***"},
+                {**packed, "chunks": good.chunks.to_text()[:-8]}):
         with pytest.raises(InvalidInput, match="malformed"):
             check_manifest([bad])
     # No chunks recorded is allowed (an entry kept without them).

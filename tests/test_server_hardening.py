@@ -429,6 +429,24 @@ def test_rest_wrong_types_are_400(server: Server) -> None:
 # -- one body limit for every route ----------------------------------------------------------
 
 
+def test_a_new_versions_values_may_be_larger_but_are_still_bounded(server: Server) -> None:
+    """A new version's manifest lists every chunk (a 70 GB checkpoint's is ~60 MB), so its
+    route takes up to MAX_VERSION_BODY; past that, the same 413."""
+    from tether.server.bodies import MAX_VERSION_BODY
+
+    padding = "x" * (MAX_BODY + (1 << 20))  # over the general limit, under the version one
+    answer = server.api("POST", f"/api/v1/models/{LONG_NAME}/versions",
+                        json={"values": {"notes": padding}})
+    assert answer.status_code not in (413, 500), answer.text  # read, then refused on content
+    assert answer.status_code < 500 and "limit" not in answer.text
+    for path in (f"/api/v1/models/{LONG_NAME}/versions", "/api/v1/datasets/d/versions"):
+        over = server.api("POST", path, content=_chunks(MAX_VERSION_BODY + (2 << 20)))
+        tether_error(over, 413, "payload_too_large", f"over the {MAX_VERSION_BODY} byte limit")
+    # Other routes keep the general limit.
+    other = server.api("POST", "/api/v1/call/grants", content=_chunks(MAX_BODY + (2 << 20)))
+    tether_error(other, 413, "payload_too_large", f"over the {MAX_BODY} byte limit")
+
+
 def _chunks(total: int) -> Iterator[bytes]:
     block = b'{"name": "' + b"x" * (1 << 20)
     yield block

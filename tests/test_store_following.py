@@ -121,7 +121,8 @@ def test_a_hostile_hint_changes_nothing_but_the_time(tmp_path: Path) -> None:
     lies = [
         [ChunkRef("0" * 64, c.size) for c in truth],  # right lengths, wrong digests
         [ChunkRef(c.digest, 10**12) for c in truth],  # absurd lengths: never read
-        [ChunkRef(c.digest, 0) for c in truth] + [ChunkRef(truth[0].digest, -5)],
+        # (A negative size cannot be in a chunk list at all: ChunkList refuses it.)
+        [ChunkRef(c.digest, 0) for c in truth] + [ChunkRef(truth[0].digest, (1 << 63) - 1)],
         truth[::-1],  # right chunks, wrong order
         [*truth[:-1], ChunkRef(truth[-1].digest, truth[-1].size + 1)],
     ]

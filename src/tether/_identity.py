@@ -141,7 +141,7 @@ def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry]) -> None:
         try:
             chunks = (item if isinstance(item, FileEntry)
                       else FileEntry.from_dict(dict(item))).chunks
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise InvalidInput(f"the chunks of {path!r} are malformed: {error}") from None
         if chunks and chunks.total() != size:
             raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
@@ -205,7 +205,7 @@ def require_intact(version: ModelVersion) -> ModelVersion:
         check_manifest(version.files)
         check_flavor_paths(version.flavor, (f.path for f in version.files))
         files_digest, digest = recompute(version)
-    except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:
+    except (InvalidInput, KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
         detail = error.message if isinstance(error, InvalidInput) else repr(error)
         raise IntegrityError(
             f"{version.ref}'s recorded manifest is unusable: {detail}",

@@ -56,8 +56,29 @@ def manifest_files(text: str | None, what: str,
     IntegrityError naming ``what`` when it is not a manifest (the database is not
     trusted: its digest is checked after this)."""
     try:
-        return tuple(_stored_entry(f, records) for f in _loads(text, []))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        files, used = [], 0
+        for data in _loads(text, []):
+            if "stored_chunks" not in data:
+                files.append(FileEntry.from_dict(data))
+                continue
+            # Ranges as stored_manifest writes them: in order, back to back, using
+            # every record once (so no row makes a reader copy the column many times).
+            first, count = data["stored_chunks"]
+            if (type(first) is not int or type(count) is not int or first != used
+                    or count <= 0 or records is None
+                    or (first + count) * RECORD_SIZE > len(records)):
+                raise ValueError(f"{data.get('path')!r} names chunk records the row does "
+                                 "not hold")
+            start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
+            whole = start == 0 and end == len(records)  # the one large file: no copy
+            files.append(FileEntry(path=data["path"], size=int(data["size"]),
+                                   digest=data["digest"],
+                                   chunks=ChunkList(records if whole else records[start:end])))
+            used = first + count
+        if records is not None and used * RECORD_SIZE != len(records):
+            raise ValueError("the row holds chunk records no file names")
+        return tuple(files)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise IntegrityError(
             f"{what}'s recorded manifest is unusable: {error}",
             hint="the registry's database was changed outside Tether; "
@@ -193,19 +214,6 @@ def highest_semver(conn: sa.Connection, mid: int) -> str | None:
 
 def version_by_id(conn: sa.Connection, vid: int) -> sa.Row[Any] | None:
     return conn.execute(sa.select(versions).where(versions.c.id == vid)).first()
-
-
-def _stored_entry(data: dict[str, Any], records: bytes | None) -> FileEntry:
-    if "stored_chunks" not in data:
-        return FileEntry.from_dict(data)
-    first, count = (int(n) for n in data["stored_chunks"])
-    start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-    if records is None or not 0 <= start <= end <= len(records):
-        raise ValueError(f"{data.get('path')!r} names chunk records the row does not hold")
-    whole = start == 0 and end == len(records)  # the one large file: no copy
-    chunks = ChunkList(records if whole else records[start:end])
-    return FileEntry(path=data["path"], size=int(data["size"]), digest=data["digest"],
-                     chunks=chunks)
 
 
 def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int:

@@ -207,9 +207,9 @@ def dataset_digest(files_digest: str) -> str:
 def require_intact(version: DatasetVersion) -> DatasetVersion:
     """``version`` if its manifest still hashes to its recorded digest; else refuse."""
     try:
-        check_manifest([f.to_dict() for f in version.files])
-        files_digest = manifest_digest(f.to_dict() for f in version.files)
-    except (InvalidInput, KeyError, TypeError, ValueError, IndexError) as error:
+        check_manifest(version.files)
+        files_digest = manifest_digest(version.files)
+    except (InvalidInput, KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
         raise IntegrityError(
             f"dataset {version.ref}'s recorded manifest is unusable: {error}",
             hint="the database was changed outside Tether; restore it from a backup",
@@ -557,8 +557,9 @@ def prepare_dataset(
             if hit[1] is not None:
                 tables[rel] = hit[1]
     if unchanged:  # only while the store still holds their chunks
-        gone = store.missing({c.digest for e in unchanged.values() for c in e.chunks})
-        for rel in [r for r, e in unchanged.items() if any(c.digest in gone for c in e.chunks)]:
+        gone = store.missing(d for e in unchanged.values() for d in e.chunks.digests())
+        for rel in [r for r, e in unchanged.items()
+                    if gone and any(d in gone for d in e.chunks.digests())]:
             del unchanged[rel]
             tables.pop(rel, None)
     todo = [rel for rel in paths if rel not in unchanged]
@@ -596,8 +597,8 @@ def prepare_dataset(
 
 def seal_dataset(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with their manifest digest and content digest (re)computed here."""
-    check_manifest([f.to_dict() for f in values["files"]])
-    files_digest = manifest_digest(f.to_dict() for f in values["files"])
+    check_manifest(values["files"])
+    files_digest = manifest_digest(values["files"])
     return {**values, "files_digest": files_digest, "digest": dataset_digest(files_digest)}
 
 
@@ -722,8 +723,7 @@ def commit_remote_dataset(
     """
     validate_model_name(name)
     checked = _remote_values(values)
-    digests = {c.digest for f in checked["files"] for c in f.chunks}
-    missing = registry.store.missing(digests)
+    missing = registry.store.missing(d for f in checked["files"] for d in f.chunks.digests())
     if missing:
         raise IntegrityError(
             f"{len(missing)} chunk(s) of this dataset version are not in the store",

@@ -23,9 +23,10 @@ __all__ = ["ChunkList", "ChunkRef", "FileEntry"]
 FOLLOW_FROM = 16 * 1024 * 1024
 
 
-#: A file of more chunks than this records them packed (base64 of 40-byte records,
-#: under ``packed_chunks``) in manifests and the REST API, not as a JSON list of
-#: [digest, size] pairs: parsing a million pairs took 250 MB and a second.
+#: A file of more chunks than this records them packed in the REST API (``chunks`` is
+#: then one base64 string of 40-byte records, not a JSON list of [digest, size]
+#: pairs: parsing a million pairs took 250 MB and a second). A string, under the
+#: same key, so a reader that expects pairs refuses it rather than reading none.
 LISTED_CHUNKS = 4096
 
 
@@ -51,19 +52,16 @@ class FileEntry:
         head: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
         chunks = self.chunks
         if len(chunks) > LISTED_CHUNKS:
-            return {**head, "packed_chunks": chunks.to_text()}
+            return {**head, "chunks": chunks.to_text()}
         return {**head, "chunks": [[c.digest, c.size] for c in chunks]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
         """The entry ``to_dict`` wrote (either form of chunks); KeyError, TypeError or
         ValueError when ``data`` is not one."""
-        if "packed_chunks" in data:
-            if "chunks" in data:
-                raise ValueError("a file lists its chunks twice (chunks and packed_chunks)")
-            chunks = ChunkList.from_text(data["packed_chunks"])
-        else:
-            chunks = ChunkList.of(data.get("chunks", ()))
+        listed = data.get("chunks", ())
+        chunks = (ChunkList.from_text(listed) if isinstance(listed, str)
+                  else ChunkList.of(listed))
         return cls(path=data["path"], size=int(data["size"]), digest=data["digest"],
                    chunks=chunks)
 

@@ -91,6 +91,15 @@ class ChunkList(Sequence[ChunkRef]):
         for digest, _ in RECORD.iter_unpack(self._records):
             yield digest
 
+    def digest_at(self, index: int) -> str:
+        """The hex digest of chunk ``index`` (0 <= index < len), no ChunkRef built."""
+        return bytes(self._records[index * RECORD_SIZE:index * RECORD_SIZE + 32]).hex()
+
+    def size_at(self, index: int) -> int:
+        """The size of chunk ``index`` (0 <= index < len)."""
+        size: int = RECORD.unpack_from(self._records, index * RECORD_SIZE)[1]
+        return size
+
     def total(self) -> int:
         """The sum of the chunks' sizes (the file's size, when the list is honest)."""
         return sum(size for _, size in RECORD.iter_unpack(self._records))

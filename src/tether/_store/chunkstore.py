@@ -198,6 +198,23 @@ def _segment_keys(digests: Sequence[str],
     return where, keys
 
 
+def _is_hex(text: str, digits: int) -> bool:
+    if not isinstance(text, str) or len(text) != digits or text != text.lower():
+        return False
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _fits_a_block(digest: str, loc: Location) -> bool:
+    """Whether an index entry is one a merged index can hold: hex names, sizes in range."""
+    return (_is_hex(digest, 64) and _is_hex(loc.pack, 32) and 0 <= loc.offset < 1 << 64
+            and 0 <= loc.length < 1 << 32 and 0 <= loc.raw_size < 1 << 32
+            and 0 <= loc.codec < 256)
+
+
 def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
     """The chunk digests of ``files`` to pin, as hex, in file order: whoever reads a pin
     makes a set of it, so a repeat costs a line. Sorting them first (a set of a
@@ -482,13 +499,18 @@ class ChunkStore:
         every = itertools.chain(self._index.items(), (
             (digest, loc) for digest, others in self._alternates.items() for loc in others))
         for digest, loc in every:
+            if not _fits_a_block(digest, loc):
+                continue  # from a malformed index file: it claims nothing (no lookup finds it)
             packs.setdefault(loc.pack, (self._pack_sizes.get(loc.pack, 0), []))[1].append(
                 [digest, loc.offset, loc.length, loc.raw_size, loc.codec])
-        self._index.clear()
-        self._alternates.clear()
-        blocks = sorted([*self._blocks, MergedIndex("memory", build(packs, ()))],
-                        key=lambda b: b.entry_count)
+        try:
+            block = MergedIndex("memory", build(packs, ()))
+        except (ValueError, OverflowError, struct.error):
+            return  # not folded: the dict keeps answering, as before
         del packs
+        self._index.clear()  # only now: everything in it is in the block
+        self._alternates.clear()
+        blocks = sorted([*self._blocks, block], key=lambda b: b.entry_count)
         while len(blocks) > 1 and blocks[0].entry_count + blocks[1].entry_count <= _BLOCK_MAX:
             joined = MergedIndex("memory", combine(blocks[:2], ()))
             blocks = sorted([joined, *blocks[2:]], key=lambda b: b.entry_count)
@@ -937,14 +959,13 @@ class ChunkStore:
         """
         from .locking import exclusive_now
 
-        ours = {e[0] for pack in published
-                for e in self._pack_entries(pack)}
         with contextlib.suppress(Exception), exclusive_now(self) as alone:
             if not alone:
                 return
             listed = {i.key for i in self.blobs.list("index/")}
             if any(f"index/{pack}.idx" not in listed for pack in published):
                 return  # merged into a merged index meanwhile: gc collects them
+            ours = self._digests_in(set(published))
             for pin in self.blobs.list("pins/"):
                 if pin.mtime < started - 2:
                     continue
@@ -956,14 +977,16 @@ class ChunkStore:
                 self.blobs.delete(f"packs/{pack}.pack")
                 self._forget_pack(pack)
 
-    def _pack_entries(self, pack: str) -> list[list[Any]]:
+    def _digests_in(self, packs: set[str]) -> set[str]:
+        """The digests some index entry places in one of ``packs`` (one pass over all)."""
         with self._lock:
             blocks = list(self._blocks)
-            entries = [[d] for d, loc in self._index.items() if loc.pack == pack] + [
-                [d] for d, others in self._alternates.items()
-                if any(loc.pack == pack for loc in others)]
-        return entries + [[d] for block in blocks
-                          for d, in_pack, *_ in block.entries() if in_pack == pack]
+            found = {d for d, loc in self._index.items() if loc.pack in packs}
+            found.update(d for d, others in self._alternates.items()
+                         if any(loc.pack in packs for loc in others))
+        for block in blocks:
+            found.update(d for d, pack, *_ in block.entries() if pack in packs)
+        return found
 
     def _pack_target_for(self, total: int) -> int:
         if not self._adaptive_packs:

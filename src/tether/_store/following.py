@@ -34,12 +34,13 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 from pyfastcdc.cy import FastCDC
 
 from .._errors import StoreError
-from .base import ChunkRef
+from .base import ChunkList, ChunkRef
 from .fileio import pread_into
 
 #: FastCDC cuts a changed stretch this much at a time, then looks for a chunk it
@@ -82,25 +83,53 @@ def digests_on(pool: Executor) -> DigestsOf:
     return digests_of
 
 
-@dataclass(frozen=True, slots=True)
 class Hint:
-    """The chunks of a file's previous version, and where each digest first occurs."""
+    """The chunks of a file's previous version, and where each digest first occurs.
 
-    digests: tuple[str, ...]
-    lengths: tuple[int, ...]
-    where: dict[str, int]
+    Read from the packed ``ChunkList`` as needed: a tuple of a million hex
+    digests, another of sizes and a dict of first places were 360 MB. Where a
+    digest first occurs is asked only where the bytes changed, from a sorted
+    numpy copy of the digests built on first use (36 bytes a chunk).
+    """
+
+    __slots__ = ("_keys", "_places", "chunks")
+
+    def __init__(self, chunks: ChunkList) -> None:
+        self.chunks = chunks
+        self._keys: Any = None
+        self._places: Any = None
 
     @classmethod
     def of(cls, chunks: Sequence[ChunkRef]) -> Hint | None:
         if not chunks:
             return None
-        where: dict[str, int] = {}
-        for i, chunk in enumerate(chunks):
-            where.setdefault(chunk.digest, i)
-        return cls(tuple(c.digest for c in chunks), tuple(c.size for c in chunks), where)
+        return cls(ChunkList.of(chunks))
 
     def __len__(self) -> int:
-        return len(self.digests)
+        return len(self.chunks)
+
+    def digest(self, index: int) -> str:
+        return self.chunks.digest_at(index)
+
+    def length(self, index: int) -> int:
+        return self.chunks.size_at(index)
+
+    def first(self, digest: str) -> int | None:
+        """Where ``digest`` first occurs in the hint (None: nowhere)."""
+        import numpy as np  # only where bytes changed: a followed ingest may never ask
+
+        if self._keys is None:
+            rows = np.frombuffer(self.chunks.records, dtype=[("digest", "S32"), ("size", "<u8")])
+            order = np.argsort(rows["digest"], kind="stable")  # ties: the first place first
+            self._keys, self._places = rows["digest"][order], order
+        try:
+            key = bytes.fromhex(digest)
+        except ValueError:
+            return None
+        at = int(np.searchsorted(self._keys, np.array(key, dtype="S32")))
+        if at < len(self._keys) and self._keys[at] == np.array(key, dtype="S32"):
+            return int(self._places[at])
+        return None
 
 
 @dataclass
@@ -184,7 +213,7 @@ def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
         plan: list[Cut] = []
         planned = 0
         while i < len(hint) and planned < BATCH:
-            length = hint.lengths[i]
+            length = hint.length(i)
             if not 0 < length <= longest or offset + length > len(view):
                 break
             plan.append((offset, length))
@@ -195,12 +224,12 @@ def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
             # Nothing more fits: the window ended (the next one follows from the
             # unconfirmed chunk), or the hint did (its last chunk, or a length
             # FastCDC never cuts): cutting resumes at the unconfirmed chunk.
-            ends_window = i < len(hint) and 0 < hint.lengths[i] <= longest and not walk.eof
+            ends_window = i < len(hint) and 0 < hint.length(i) <= longest and not walk.eof
             return (i - (pending is not None) if ends_window else None), ends_window
         start = i - len(plan)
         digests = digests_of(view, plan)
         matched = 0
-        while matched < len(plan) and digests[matched] == hint.digests[start + matched]:
+        while matched < len(plan) and digests[matched] == hint.digest(start + matched):
             matched += 1
         if matched and pending is not None:
             walk.take([pending[0]], [pending[1]], followed=True)
@@ -225,5 +254,5 @@ def _cut_step(walk: _Walk, cdc: FastCDC, step: int, hint: Hint,
         found.pop()  # ended by the step, not by its bytes
     digests = digests_of(view, found)
     walk.take(found, digests)
-    known = hint.where.get(digests[-1])
+    known = hint.first(digests[-1])
     return known + 1 if known is not None and known + 1 < len(hint) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -29,7 +30,7 @@ from .._reference import parse_reference, validate_alias_name, validate_model_na
 from .._registry.registry import Registry
 from . import auth
 from .blobs_api import MAX_OBJECT, BlobGateway
-from .bodies import MAX_BODY, BodyLimit, describe, read_json_body
+from .bodies import MAX_BODY, MAX_VERSION_BODY, BodyLimit, describe, read_json_body
 from .checks import check_call, check_field, parse_limit
 from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
@@ -110,13 +111,14 @@ async def read_json(
     allowed: set[str],
     required: frozenset[str] | set[str] = frozenset(),
     types: dict[str, Any] | None = None,
+    limit: int = MAX_BODY,
 ) -> dict[str, Any]:
     """The body as a JSON object with only known fields of the right types; 4xx otherwise.
 
     ``types`` maps a field to the type hint its value must fit.
     Size and depth limits are the shared body reader's (``bodies``).
     """
-    data = await read_json_body(request)
+    data = await read_json_body(request, limit)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -219,7 +221,8 @@ class Api:
         name = request.path_params["name"]
         validate_model_name(name)
         body = await read_json(
-            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None}
+            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
+            limit=MAX_VERSION_BODY,
         )
         reg, _who = self.as_caller(request)
         key = request.headers.get("idempotency-key")
@@ -236,7 +239,8 @@ class Api:
         name = request.path_params["name"]
         validate_model_name(name)
         body = await read_json(
-            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None}
+            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
+            limit=MAX_VERSION_BODY,
         )
         reg, _who = self.as_caller(request)
         version = await run_in_threadpool(
@@ -429,10 +433,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _body_limit(scope: Any) -> int:
-    """Every route takes JSON up to MAX_BODY; only a store object upload may be larger."""
-    if scope.get("method") == "PUT" and str(scope.get("path", "")).startswith("/api/v1/blobs/"):
+    """Every route takes JSON up to MAX_BODY; a store object upload and a new version's
+    values (a manifest of every chunk) may be larger."""
+    path = str(scope.get("path", ""))
+    if scope.get("method") == "PUT" and path.startswith("/api/v1/blobs/"):
         return MAX_OBJECT
+    if scope.get("method") == "POST" and _NEW_VERSION.match(path):
+        return MAX_VERSION_BODY
     return MAX_BODY
+
+
+_NEW_VERSION = re.compile(r"^/api/v1/(models|datasets)/[^/]+/versions$")
 
 
 def _render_refusal(scope: Any, error: InvalidInput) -> tuple[int, bytes]:

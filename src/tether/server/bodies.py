@@ -24,6 +24,9 @@ from .._errors import InvalidInput, PayloadTooLarge, TooDeep
 #: Largest request body on any route except a store object upload (version
 #: metadata with a big environment is ~100 KB).
 MAX_BODY = 8 * 1024 * 1024
+#: A new version's values: their manifest lists every chunk (54 bytes each, packed),
+#: so a 70 GB checkpoint's is about 60 MB. 96 MB: files of about 110 GB in all.
+MAX_VERSION_BODY = 96 * 1024 * 1024
 #: Deepest JSON nesting accepted: far beyond real metadata (a tensor example is a
 #: handful of levels), far below anything that could exhaust a recursive walker.
 MAX_DEPTH = 64

@@ -24,6 +24,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Older code reads a "stored_chunks" entry as a file without chunks, and gc would then
+    # collect its bytes: refuse rather than lose them.
+    bind = op.get_bind()
+    for table in ("versions", "dataset_versions"):
+        used = bind.execute(sa.text(
+            f"SELECT COUNT(*) FROM {table} WHERE chunk_records IS NOT NULL")).scalar()
+        if used:
+            raise RuntimeError(
+                f"{used} row(s) of {table} keep chunk lists in chunk_records, which the "
+                "schema before 0010 cannot hold; downgrading would lose them")
     with op.batch_alter_table("dataset_versions") as batch:
         batch.drop_column("chunk_records")
     with op.batch_alter_table("versions") as batch:
