@@ -108,6 +108,10 @@ _SMALL_PACK_PART = 8
 #: at most _LOOKUP_PIECE at a time (memory stays flat for a million chunks).
 _BATCH_LOOKUP = 2048
 _LOOKUP_PIECE = 65536
+#: Whether-stored questions go to numpy from this many digests: an ingest asks for
+#: every window's chunks (about 128) of every merged file and index block, and one
+#: numpy search of 128 keys took 23 us against 230 us one at a time.
+_BATCH_KNOWN = 16
 #: Pins of more chunks than this are written piece by piece through a file.
 _PIN_PIECE = 50_000
 #: A pack writer remembers the chunks of packs it indexed until this many bytes of
@@ -670,7 +674,7 @@ class ChunkStore:
         if not segments or all(known):
             return known
         where, keys = _segment_keys(digests, known)
-        if len(keys) >= _BATCH_LOOKUP and not forgotten:
+        if len(keys) >= _BATCH_KNOWN and not forgotten:
             for segment in segments:
                 for i, hit in zip(where, segment.has_many(keys), strict=True):
                     if hit:

@@ -11,17 +11,27 @@ digest must be renewed (`tether sign`, `tether lock update`).
 """
 
 import json
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-from tether._identity import manifest_digest, version_digest
+from tether._digest import digest_of
+from tether._identity import version_digest
 from tether._metadata.audit_log import append_event
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+
+
+def _manifest_digest(manifest: list[dict[str, Any]]) -> str:
+    """The manifest digest as defined when this ran (frozen here: the library's own
+    reads manifests more strictly now, and a migration must not change with it)."""
+    rows = [[f["path"], int(f["size"]), f["digest"],
+             [[c[0], int(c[1])] for c in f.get("chunks", [])]] for f in manifest]
+    return digest_of(sorted(rows, key=lambda row: str(row[0])))
 
 
 def upgrade() -> None:
@@ -42,7 +52,7 @@ def upgrade() -> None:
     ).all()
     changed: dict[str, list[str]] = {}
     for row in rows:
-        files_digest = manifest_digest(json.loads(row.manifest))
+        files_digest = _manifest_digest(json.loads(row.manifest))
         digest = version_digest(
             files_digest=files_digest,
             flavor=json.loads(row.flavor),
