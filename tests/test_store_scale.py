@@ -199,3 +199,30 @@ def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
     out = tmp_path / "out"
     fresh.materialize([*first.files, *later.files], out, label="t")
     assert (out / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
+
+
+def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Merged files stay under _MERGE_MAX entries (merging is bounded in memory, whatever
+    the store's size); every chunk is still found, and the journal is gone."""
+    from tether._store import chunkstore
+    from tether._store.midx import is_merged
+
+    monkeypatch.setattr(chunkstore, "_MERGE_MAX", 40)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 8)
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    reports = [store.ingest(_tiny(tmp_path / f"m{i}", i).parent, [f"m{i}/model.bin"])
+               for i in range(6)]
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "b.bin").write_bytes(os.urandom(3 << 20))  # ~48 chunks, many packs
+    reports.append(store.ingest(tmp_path / "big", ["b.bin"]))
+    store.consolidate()
+    files = [p for p in (tmp_path / "store" / "index").iterdir()]
+    merged = [p for p in files if is_merged(p.read_bytes()[:8])]
+    assert len(merged) == len(files) >= 2  # the journal is gone, into several files
+    for path in merged:
+        assert MergedIndex(path.stem, path.read_bytes()).entry_count <= 40 + 8
+    fresh = open_store(f"file://{tmp_path / 'store'}")
+    wanted = [c.digest for r in reports for f in r.files for c in f.chunks]
+    assert fresh.missing(wanted) == set()
+    assert fresh.verify(reports[-1].files, label="big") == []

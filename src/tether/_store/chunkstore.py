@@ -122,6 +122,10 @@ _HELD_BYTES = (_AHEAD + 2) * _WINDOW
 #: combined, smallest first, while the result stays under ``_BLOCK_MAX`` entries.
 _INDEX_FOLD = 16384
 _BLOCK_MAX = 131072
+#: A merged index file holds at most about this many entries (15 MB): merging is
+#: then bounded in memory whatever the store's size, at the price of a lookup
+#: searching one more file for every 262,144 chunks stored.
+_MERGE_MAX = 262144
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
 #: Follow the previous version's chunks when cutting a new one (following.py);
@@ -824,6 +828,8 @@ class ChunkStore:
         for segment in segments:
             if segment.pack_count > 2 * weight:
                 break
+            if segment.entry_count >= _MERGE_MAX // 2:
+                continue  # full enough: merged files stay under _MERGE_MAX entries
             chosen.append(segment)
             weight += segment.pack_count
         self._merge(journal, chosen)
@@ -859,37 +865,64 @@ class ChunkStore:
 
     def _merge(self, journal: list[str], segments: list[MergedIndex], *,
                exclude: set[str] | None = None) -> None:
-        exclude = exclude or set()
+        """Merge ``journal`` files and ``segments`` into merged files of at most
+        ``_MERGE_MAX`` entries each, in bounded memory.
+
+        Journal files are read into small blocks ``_INDEX_FOLD`` entries at a time
+        and combined in numpy (as Python lists, the 268,000 entries of one 20 GB
+        ingest took 140 MB; one file for a million entries would need 250 MB while
+        it is built). Each merged file is durable before the files it covers go.
+        """
+        skip = (exclude or set()) | set(self._forgotten)
+        parts: list[MergedIndex] = []
+        covered: list[str] = []
+        count = 0
+
+        def write() -> None:
+            nonlocal parts, covered, count
+            if covered:
+                merged = combine(parts, covered, drop=skip)
+                parts = []  # the blocks are in ``merged`` now
+                self.blobs.put_bytes(f"index/{uuid.uuid4().hex}.idx", bytes(merged))
+                del merged
+                # The merged file is durable: only now may what it replaces go.
+                for old in covered:
+                    with contextlib.suppress(NotFound):
+                        self.blobs.delete(f"index/{old}.idx")
+            parts, covered, count = [], [], 0
+
+        for segment in segments:
+            if count and count + segment.entry_count > _MERGE_MAX:
+                write()
+            parts.append(segment)
+            covered.append(segment.name)
+            count += segment.entry_count
         packs: dict[str, tuple[int, list[Any]]] = {}
-        read: list[str] = []
+        held = 0
         for name in journal:
             try:
                 data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
                 pack, size, chunks = str(data["pack"]), int(data["size"]), list(data["chunks"])
+                if pack not in skip:
+                    build({pack: (size, chunks)}, ())  # one that cannot be merged is left alone
             except NotFound:
                 continue  # merged by another writer meanwhile
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError, struct.error):
                 continue  # malformed: left alone (`tether store verify` reports it)
-            read.append(name)
-            if pack not in exclude and pack not in self._forgotten:
+            covered.append(name)
+            if pack not in skip:
                 packs[pack] = (size, chunks)
-        for segment in segments:
-            sizes = segment.packs()
-            for digest, pack, offset, length, raw, codec in segment.entries():
-                if pack in exclude or pack in self._forgotten:
-                    continue
-                packs.setdefault(pack, (sizes[pack], []))[1].append(
-                    [digest, offset, length, raw, codec])
-            read.append(segment.name)
-        if not read:
-            return
-        name = uuid.uuid4().hex
-        self.blobs.put_bytes(f"index/{name}.idx", build(packs, read))
-        # The merged file is durable: only now may what it replaces go.
-        for old in read:
-            with contextlib.suppress(NotFound):
-                self.blobs.delete(f"index/{old}.idx")
-        for pack in exclude:
+                held += len(chunks)
+            if held >= _INDEX_FOLD:
+                parts.append(MergedIndex("merging", build(packs, ())))
+                count += held
+                packs, held = {}, 0
+                if count >= _MERGE_MAX:
+                    write()
+        if packs:
+            parts.append(MergedIndex("merging", build(packs, ())))
+        write()
+        for pack in exclude or ():
             self._forget_pack(pack)
         self.refresh()
 

@@ -207,8 +207,10 @@ _ENTRY_FIELDS = [("digest", "S32"), ("pack", "<u4"), ("offset", "<u8"), ("length
                  ("raw", "<u4"), ("codec", "u1"), ("pad", "V3")]
 
 
-def combine(indexes: Iterable[MergedIndex], covers: Iterable[str]) -> bytearray:
-    """One merged index of every entry of ``indexes``, built in numpy.
+def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
+            drop: Iterable[str] = ()) -> bytearray:
+    """One merged index of every entry of ``indexes`` (but those of the packs in
+    ``drop``), built in numpy.
 
     What ``build`` does from Python lists, at 56 bytes an entry instead of some
     300: merging a million entries through lists took more memory than the
@@ -218,12 +220,15 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str]) -> bytearray:
     import numpy as np  # only when merging: reading a store must not import it
 
     indexes = list(indexes)
+    dropped = {bytes.fromhex(pack) for pack in drop}
     sizes: dict[bytes, int] = {}
     for index in indexes:
         for i in range(index.pack_count):
             name, size = _PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
-            sizes.setdefault(name, size)
+            if name not in dropped:
+                sizes.setdefault(name, size)
     names = sorted(sizes)
+    gone = len(names)  # the number the entries of a dropped pack get, then left out
     number = {name: i for i, name in enumerate(names)}
     dtype = np.dtype(_ENTRY_FIELDS)
     assert dtype.itemsize == _ENTRY.size
@@ -232,12 +237,15 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str]) -> bytearray:
                           or [np.zeros(0, dtype=dtype)])  # the one copy of the entries
     start = 0
     for index in indexes:
-        renumber = np.array([number[_PACK.unpack_from(index._data,
-                                                      index._packs_at + _PACK.size * i)[0]]
+        renumber = np.array([number.get(_PACK.unpack_from(index._data,
+                                                          index._packs_at + _PACK.size * i)[0],
+                                        gone)
                              for i in range(index.pack_count)] or [0], dtype="<u4")
         part = rows[start:start + index.entry_count]
         part["pack"] = renumber[part["pack"]]
         start += index.entry_count
+    if dropped:
+        rows = rows[rows["pack"] != gone]
     # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
     # taken straight into the output (no sorted copy, no joined copy).
     order = np.lexsort((rows["offset"], rows["pack"], rows["digest"]))
