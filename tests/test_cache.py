@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -236,3 +238,25 @@ def test_cli_cache_stats_and_prune(registry: Registry, tmp_path: Path) -> None:
     assert ChunkCache(registry.cache_dir).stats()["chunks"] == 0
     bad = runner.invoke(cli, ["-r", root, "cache", "prune", "--max-bytes", "lots"])
     assert bad.exit_code == 1 and "not a size" in bad.output
+
+
+def test_a_cached_chunk_pruned_during_a_large_load_is_fetched_again(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A load of many chunks does not pin them in the cache (the pin of a million was
+    300 MB): a chunk the cache said it had, then lost to another process's pruning,
+    is read from the store instead, and the load is whole."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_CACHE_PIN_MAX", 0)
+    store = remote_store(tmp_path, 64 << 20)
+    assert store.cache is not None
+    entry = ingest(store, tmp_path, "a")
+    load(store, tmp_path, entry, "warm")
+    assert cached(store, entry) == len(entry.chunks)
+    pinned: list[Any] = []
+    real = store.cache.in_use
+    monkeypatch.setattr(store.cache, "in_use", lambda d: pinned.append(d) or real(d))
+    monkeypatch.setattr(store.cache, "has", lambda digest: True)  # as planned
+    shutil.rmtree(store.cache.chunks)  # pruned by someone else after the plan was made
+    load(store, tmp_path, entry, "after")
+    assert pinned == []

@@ -128,6 +128,8 @@ _BLOCK_MAX = 131072
 _MERGE_MAX = 262144
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
+#: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
+_CACHE_PIN_MAX = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
 _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
@@ -1442,8 +1444,13 @@ class ChunkStore:
         return self._get_range(loc.pack, loc.offset, loc.length)
 
     def _in_use(self, files: Sequence[FileEntry]) -> Any:
-        """Pin the chunks of ``files`` in the cache while they are read."""
-        if self.cache is None:
+        """Pin the chunks of ``files`` in the cache while they are read.
+
+        Only an optimisation: a cached chunk pruned meanwhile is fetched from the
+        store again. So a load of more than ``_CACHE_PIN_MAX`` chunks does without
+        (the pin of a million chunks, as a set and a JSON file, was 300 MB).
+        """
+        if self.cache is None or sum(len(f.chunks) for f in files) > _CACHE_PIN_MAX:
             return contextlib.nullcontext()
         return self.cache.in_use(c.digest for f in files for c in f.chunks)
 
