@@ -250,3 +250,23 @@ def test_check_manifest_refuses_wrong_totals(n: int) -> None:
             check_manifest([bad])
     # No chunks recorded is allowed (an entry kept without them).
     check_manifest([FileEntry("x", 10, D0), {"path": "y", "size": 5, "digest": D0}])
+
+
+@pytest.mark.parametrize("count", [3, 5000])  # a set below 4,096 chunks, numpy above
+def test_known_chunks_counts_shared_bytes_as_a_set_would(count: int) -> None:
+    from tether._store.chunklist import KnownChunks
+
+    rng = random.Random(count)
+    # Digests ending in zero bytes too (numpy's fixed-width strings pad with them).
+    pool = [rng.randbytes(30) + b"\x00" * 2 if i % 7 == 0 else rng.randbytes(32)
+            for i in range(2 * count)]
+    old_lists = [ChunkList.of((d.hex(), rng.randrange(1, 1 << 20)) for d in pool[:count]),
+                 ChunkList.of((d.hex(), 5) for d in pool[count // 2:count])]
+    new = ChunkList.of((rng.choice(pool).hex(), rng.randrange(1, 1 << 20))
+                       for _ in range(count))
+    known = {c.digest for chunks in old_lists for c in chunks}
+    expected = sum(c.size for c in new if c.digest in known)
+    assert 0 < expected < new.total()
+    assert KnownChunks(old_lists).shared_bytes(new) == expected
+    assert KnownChunks(()).shared_bytes(new) == 0
+    assert KnownChunks(old_lists).shared_bytes(ChunkList()) == 0

@@ -7,6 +7,9 @@ from typing import Any
 from .._environment import compare_environments
 from .._records import ModelVersion
 from .._schema import Signature, check_compatibility
+from .._store.chunklist import KnownChunks
+
+__all__ = ["KnownChunks", "diff_versions"]
 
 
 def _mapping_diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,8 +71,8 @@ def _files_diff(old: ModelVersion, new: ModelVersion) -> dict[str, Any]:
                 "new_size": b.size if b else None,
             }
         )
-    old_chunks = {c.digest for f in old.files for c in f.chunks}
-    shared = sum(c.size for f in new.files for c in f.chunks if c.digest in old_chunks)
+    old_chunks = KnownChunks(f.chunks for f in old.files)
+    shared = sum(old_chunks.shared_bytes(f.chunks) for f in new.files)
     return {"files": rows, "new_bytes": new.size - shared, "shared_bytes": shared}
 
 

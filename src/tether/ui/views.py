@@ -18,7 +18,7 @@ from .._errors import InvalidInput, NotFound, TetherError
 from .._humanize import ago, human_bytes
 from .._policy import protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
-from .._registry.compare import diff_versions
+from .._registry.compare import KnownChunks, diff_versions
 from .._registry.registry import Registry
 from .chart import line_chart
 
@@ -235,11 +235,11 @@ def _touches(event: Event, version: ModelVersion) -> bool:
 
 
 def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[str, Any]]:
-    before = {c.digest for f in previous.files for c in f.chunks} if previous else set()
+    before = KnownChunks(f.chunks for f in previous.files) if previous else KnownChunks(())
     old_paths = {f.path: f.digest for f in previous.files} if previous else {}
     rows = []
     for f in version.files:
-        shared = sum(c.size for c in f.chunks if c.digest in before)
+        shared = before.shared_bytes(f.chunks)
         if previous is not None and not f.chunks and old_paths.get(f.path) == f.digest:
             shared = f.size
         rows.append(
