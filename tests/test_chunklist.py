@@ -50,7 +50,10 @@ def test_sequence_behaviour() -> None:
     assert cl.total() == sum(c.size for c in chunks)
     assert ChunkList().total() == 0
     assert list(cl.digests()) == [c.digest for c in chunks]
-    assert list(cl.raw_digests()) == [bytes.fromhex(c.digest) for c in chunks]
+    assert list(cl.sizes()) == [c.size for c in chunks]
+    rows = cl.rows()
+    assert rows["digest"].tobytes() == b"".join(bytes.fromhex(c.digest) for c in chunks)
+    assert rows["size"].tolist() == [c.size for c in chunks]
     assert cl.index(chunks[4]) == 4 and chunks[3] in cl and ChunkRef(D0, 1) not in cl
     assert list(reversed(cl)) == chunks[::-1]
 
@@ -125,8 +128,8 @@ def test_builder_refusal_leaves_it_unchanged() -> None:
         with pytest.raises(ValueError):
             builder.append(digest, size)
     assert len(builder) == 1
-    builder.extend(ChunkList.of([(D2, 3)]))
-    builder.extend([ChunkRef(D0, 4)])
+    builder.append(D2, 3)
+    builder.append(D0, 4)
     assert list(builder.build()) == [ChunkRef(D1, 5), ChunkRef(D2, 3), ChunkRef(D0, 4)]
     assert builder.build() == ChunkList()
 

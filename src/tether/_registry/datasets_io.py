@@ -36,7 +36,6 @@ import yaml
 
 from .._errors import InvalidInput, NotFound
 from .._store.base import FileEntry
-from .._store.chunklist import RECORD
 from .._store.chunkstore import ChunkStore
 from .datasets import DatasetVersion
 
@@ -74,8 +73,8 @@ class ChunkedReader(io.RawIOBase):
         self._what = f"{entry.path} of {label}"
         # Where each chunk starts, 8 bytes a chunk (a list of ints was 40 MB for the
         # million chunks of a 70 GB file opened to read a few tensors).
-        self._starts: array.array[int] = array.array("q", itertools.accumulate(
-            (size for _, size in RECORD.iter_unpack(entry.chunks.records)), initial=0))
+        self._starts: array.array[int] = array.array(
+            "q", itertools.accumulate(entry.chunks.sizes(), initial=0))
         position = self._starts.pop()
         if position != entry.size:
             raise InvalidInput(f"the chunks of {self._what} do not add up to its size")

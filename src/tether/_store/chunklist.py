@@ -87,9 +87,15 @@ class ChunkList(Sequence[ChunkRef]):
         for digest, _ in RECORD.iter_unpack(self._records):
             yield digest.hex()
 
-    def raw_digests(self) -> Iterator[bytes]:
-        for digest, _ in RECORD.iter_unpack(self._records):
-            yield digest
+    def sizes(self) -> Iterator[int]:
+        for _, size in RECORD.iter_unpack(self._records):
+            yield size
+
+    def rows(self) -> Any:
+        """The records as a numpy array (fields ``digest``, S32, and ``size``), no copy."""
+        import numpy as np  # only for the few callers that search many chunks at once
+
+        return np.frombuffer(self._records, dtype=[("digest", "S32"), ("size", "<u8")])
 
     def digest_at(self, index: int) -> str:
         """The hex digest of chunk ``index`` (0 <= index < len), no ChunkRef built."""
@@ -102,7 +108,7 @@ class ChunkList(Sequence[ChunkRef]):
 
     def total(self) -> int:
         """The sum of the chunks' sizes (the file's size, when the list is honest)."""
-        return sum(size for _, size in RECORD.iter_unpack(self._records))
+        return sum(self.sizes())
 
     def __len__(self) -> int:
         return len(self._records) // RECORD_SIZE
@@ -170,13 +176,6 @@ class ChunkListBuilder:
         self._records += raw
         self._records += size.to_bytes(8, "little")
 
-    def extend(self, chunks: Sequence[ChunkRef]) -> None:
-        if isinstance(chunks, ChunkList):
-            self._records += chunks.records
-            return
-        for chunk in chunks:
-            self.append(chunk.digest, chunk.size)
-
     def __len__(self) -> int:
         return len(self._records) // RECORD_SIZE
 
@@ -202,16 +201,15 @@ class KnownChunks:
     _SMALL = 4096
 
     def __init__(self, lists: Iterable[ChunkList]) -> None:
-        records = b"".join(bytes(chunks.records) for chunks in lists)
+        known = ChunkList(b"".join(chunks.records for chunks in lists), adopt=True)
         self._set: set[bytes] | None = None
         self._keys: Any = None
-        if len(records) <= self._SMALL * RECORD_SIZE:
-            self._set = {digest for digest, _ in RECORD.iter_unpack(records)}
+        if len(known) <= self._SMALL:
+            self._set = {digest for digest, _ in RECORD.iter_unpack(known.records)}
             return
         import numpy as np  # only for large versions: a diff of small ones does without
 
-        rows = np.frombuffer(records, dtype=[("digest", "S32"), ("size", "<u8")])
-        self._keys = np.unique(rows["digest"])
+        self._keys = np.unique(known.rows()["digest"])
 
     def shared_bytes(self, chunks: ChunkList) -> int:
         """The bytes of ``chunks`` whose digest is one of the known chunks."""
@@ -221,7 +219,7 @@ class KnownChunks:
                        if digest in known)
         import numpy as np
 
-        rows = np.frombuffer(chunks.records, dtype=[("digest", "S32"), ("size", "<u8")])
+        rows = chunks.rows()
         if not len(rows) or not len(self._keys):
             return 0
         at = np.minimum(np.searchsorted(self._keys, rows["digest"]), len(self._keys) - 1)

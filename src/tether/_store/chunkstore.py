@@ -905,8 +905,9 @@ class ChunkStore:
             try:
                 data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
                 pack, size, chunks = str(data["pack"]), int(data["size"]), list(data["chunks"])
-                if pack not in skip:
-                    build({pack: (size, chunks)}, ())  # one that cannot be merged is left alone
+                if pack not in skip and not all(  # one that cannot be merged is left alone
+                        _fits_a_block(d, Location(pack, o, n, r, c)) for d, o, n, r, c in chunks):
+                    raise ValueError(f"index {name} lists an entry no merged index can hold")
             except NotFound:
                 continue  # merged by another writer meanwhile
             except (ValueError, KeyError, TypeError, OverflowError, struct.error):
@@ -1300,7 +1301,7 @@ class ChunkStore:
         for first in range(0, len(chunks), _LOCATE_PIECE):
             piece = chunks[first:first + _LOCATE_PIECE]
             locs = self._locate_all(piece, what=what)
-            starts = list(itertools.accumulate((c.size for c in piece), initial=position))
+            starts = list(itertools.accumulate(piece.sizes(), initial=position))
             position = starts[-1]
             for run in self._runs(piece, what=what, locs=locs):
                 yield [piece[i] for i in run], [locs[i] for i in run], starts[run[0]]
@@ -1331,10 +1332,9 @@ class ChunkStore:
             previous = None if alone else loc
         return runs
 
-    def _read_run(self, chunks: Sequence[ChunkRef], *, what: str,
-                  locs: Sequence[Location] | None = None) -> list[bytes]:
+    def _read_run(self, chunks: Sequence[ChunkRef], *, what: str) -> list[bytes]:
         """The verified bytes of each of ``chunks`` (stored back to back), one read."""
-        views = self._read_run_views(chunks, what=what, locs=locs)
+        views = self._read_run_views(chunks, what=what)
         if len(views) == len(chunks):
             return [bytes(piece) for piece in views]
         whole, out, start = memoryview(views[0]), [], 0

@@ -119,15 +119,15 @@ class Hint:
         import numpy as np  # only where bytes changed: a followed ingest may never ask
 
         if self._keys is None:
-            rows = np.frombuffer(self.chunks.records, dtype=[("digest", "S32"), ("size", "<u8")])
-            order = np.argsort(rows["digest"], kind="stable")  # ties: the first place first
-            self._keys, self._places = rows["digest"][order], order
+            keys = self.chunks.rows()["digest"]
+            order = np.argsort(keys, kind="stable")  # ties: the first place first
+            self._keys, self._places = keys[order], order
         try:
-            key = bytes.fromhex(digest)
+            key = np.array(bytes.fromhex(digest), dtype="S32")
         except ValueError:
             return None
-        at = int(np.searchsorted(self._keys, np.array(key, dtype="S32")))
-        if at < len(self._keys) and self._keys[at] == np.array(key, dtype="S32"):
+        at = int(np.searchsorted(self._keys, key))
+        if at < len(self._keys) and self._keys[at] == key:
             return int(self._places[at])
         return None
 

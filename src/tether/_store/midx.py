@@ -26,6 +26,7 @@ Layout (little endian)::
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -221,12 +222,12 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
 
     indexes = list(indexes)
     dropped = {bytes.fromhex(pack) for pack in drop}
+    tables = [[_PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
+               for i in range(index.pack_count)] for index in indexes]  # (name, size) each
     sizes: dict[bytes, int] = {}
-    for index in indexes:
-        for i in range(index.pack_count):
-            name, size = _PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
-            if name not in dropped:
-                sizes.setdefault(name, size)
+    for name, size in itertools.chain.from_iterable(tables):
+        if name not in dropped:
+            sizes.setdefault(name, size)
     names = sorted(sizes)
     gone = len(names)  # the number the entries of a dropped pack get, then left out
     number = {name: i for i, name in enumerate(names)}
@@ -236,11 +237,8 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
                                          offset=index._entries_at) for index in indexes]
                           or [np.zeros(0, dtype=dtype)])  # the one copy of the entries
     start = 0
-    for index in indexes:
-        renumber = np.array([number.get(_PACK.unpack_from(index._data,
-                                                          index._packs_at + _PACK.size * i)[0],
-                                        gone)
-                             for i in range(index.pack_count)] or [0], dtype="<u4")
+    for index, table in zip(indexes, tables, strict=True):
+        renumber = np.array([number.get(name, gone) for name, _ in table] or [0], dtype="<u4")
         part = rows[start:start + index.entry_count]
         part["pack"] = renumber[part["pack"]]
         start += index.entry_count
