@@ -85,9 +85,11 @@ def test_the_old_regex_translation_really_backtracks() -> None:
     start = time.perf_counter()
     assert not _old_like(pattern, value)
     old = time.perf_counter() - start
-    start = time.perf_counter()
-    assert not _like(pattern, value, case=True)
-    new = time.perf_counter() - start
+    new = float("inf")
+    for _ in range(5):  # the best of a few: one run can lose 4 ms to the scheduler
+        start = time.perf_counter()
+        assert not _like(pattern, value, case=True)
+        new = min(new, time.perf_counter() - start)
     assert old > 0.005 and old > 50 * new, (old, new)
 
 
