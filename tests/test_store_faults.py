@@ -202,16 +202,17 @@ def test_cli_gc_dry_run_reports_what_the_run_removes_by_kind(
 
 def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Pack writes fail with ENOSPC once ``budget`` bytes were written."""
-    real = chunkstore_module._write_all
+    real = chunkstore_module._write_pieces
     state = {"left": budget}
 
-    def write_all(fd: int, data: bytes) -> None:
-        if len(data) > state["left"]:
+    def write_pieces(fd: int, pieces: list[bytes], offset: int | None = None) -> None:
+        size = sum(len(piece) for piece in pieces)
+        if size > state["left"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        state["left"] -= len(data)
-        real(fd, data)
+        state["left"] -= size
+        real(fd, pieces, offset)
 
-    monkeypatch.setattr(chunkstore_module, "_write_all", write_all)
+    monkeypatch.setattr(chunkstore_module, "_write_pieces", write_pieces)
 
 
 def test_enospc_during_an_ingest_leaves_store_and_database_as_they_were(

@@ -220,6 +220,7 @@ def _repack_all(store: ChunkStore, repacks: list[tuple[str, list[list[Any]]]]) -
             for digest, offset, length, raw, codec in entries:
                 payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
                 writer.add(digest, payload, raw, codec)
+                writer.write_out()  # one chunk held at a time
         writer.finish()
     except BaseException:
         writer.abort()
