@@ -449,6 +449,39 @@ def test_unmodified_mlflow_client(server: Server) -> None:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
 
 
+def test_the_api_token_never_goes_to_the_object_store(
+    s3_endpoint: str, tmp_path: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Presigned URLs carry their own authority: a transfer that also sends the
+    client's bearer token hands it to whoever runs (or logs at) the bucket's host."""
+    from .conftest import make_bucket
+    from .test_store_transfers import CountingProxy
+
+    make_bucket(s3_endpoint, "models")
+    bucket = CountingProxy(int(s3_endpoint.rsplit(":", 1)[1]), record=True)
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", bucket.url)  # the server presigns for it
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", "s3://models/registry", tmp_path)
+    try:
+        client = running.client()
+        X, _ = iris
+        client.log_model(fit_logreg(iris), "iris", input_example=X.head(3))
+        fresh = tether.remote.connect(
+            running.url, token=running.admin_token, cache_dir=tmp_path / "fresh-cache"
+        )
+        fresh.download("iris@1.0.0", tmp_path / "out")
+        heard = bytes(bucket.heard)
+        assert b"Signature=" in heard, "packs should have gone through presigned URLs"
+        assert running.admin_token.encode() not in heard
+        # The harm, the unsafe way: the client's own HTTP session sends its token anywhere.
+        url = next(url for (key, m), (url, _) in fresh.store.blobs._urls.items()
+                   if m == "GET" and url)
+        fresh.http.get(url)
+        assert running.admin_token.encode() in bytes(bucket.heard)
+    finally:
+        stop(running)
+        bucket.close()
+
+
 def test_s3_store_bytes_bypass_the_api_server(
     s3_endpoint: str, tmp_path: Path, iris: tuple[Any, Any]
 ) -> None:

@@ -39,11 +39,14 @@ FILE_MB = int(os.environ.get("TETHER_TEST_TRANSFER_FILE_MB", "200"))
 
 
 class CountingProxy:
-    """A TCP proxy counting the bytes clients send upstream (what a resend costs)."""
+    """A TCP proxy counting the bytes clients send upstream (what a resend costs);
+    ``record``: it also keeps them (``heard``), to see what was said to whom."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, record: bool = False) -> None:
         self.upstream_port = upstream_port
         self.sent = 0
+        self.record = record
+        self.heard = bytearray()
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,6 +82,8 @@ class CountingProxy:
                 if count:
                     with self._lock:
                         self.sent += len(data)
+                        if self.record:
+                            self.heard += data
                 dest.sendall(data)
         except OSError:
             pass

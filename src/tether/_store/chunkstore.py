@@ -1682,8 +1682,8 @@ class ChunkStore:
             check.bytes_read += len(payload)
             view = memoryview(payload)
             for digest, offset, length, raw, codec in readable[i:j]:
-                piece = bytes(view[offset - start:offset - start + length])
-                _, problem = _unpack(piece, codec, raw, digest)
+                _, problem = _unpack(view[offset - start:offset - start + length], codec, raw,
+                                     digest)
                 check.chunks += 1
                 if problem:
                     check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
