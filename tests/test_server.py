@@ -512,3 +512,23 @@ def test_s3_store_bytes_bypass_the_api_server(
         assert fresh.store.blobs.requests == gets
     finally:
         stop(running)
+
+
+@pytest.mark.parametrize("store", ["relative/objects", "/abs/objects", "ftp://host/objects",
+                                   "s3://", "file://data/objects"])
+def test_server_init_refuses_a_store_it_could_not_open(tmp_path: Path, store: str) -> None:
+    """A store URL the server cannot open is refused at init, before the database
+    remembers it (else every request would fail with it later)."""
+    from click.testing import CliRunner
+
+    from tether.cli import cli
+
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    result = CliRunner().invoke(cli, ["server-init", "--db", db, "--store", store,
+                                      "--admin", "root@team"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "store URL" in result.output
+    if store.startswith("/") or store.startswith("relative"):
+        assert "file://" in result.output  # the hint says how to write a folder
+    assert not (tmp_path / "meta.db").exists()  # refused before the database is made

@@ -12,6 +12,7 @@ from .._errors import InvalidInput
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.engine import check_schema, create_engine, upgrade
+from .._store import check_store_url
 from . import roles
 from .location import RegistryLocation, default_cache_dir
 from .registry import Registry
@@ -29,6 +30,7 @@ def init_server(
     db_url: str, store_url: str, admin: str
 ) -> tuple[Registry, dict[str, str]]:
     """Create (or upgrade) the schema, remember the store, make ``admin`` an admin."""
+    check_store_url(store_url)  # before the database remembers a store nobody can open
     engine = create_engine(db_url)
     upgrade(engine)
     engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from .._errors import InvalidInput
 from .base import (
@@ -30,17 +30,36 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
     from .blobs import LocalBlobs, S3Blobs
     from .chunkstore import ChunkStore
 
-    parsed = urlparse(url)
+    parsed = check_store_url(url)
     if parsed.scheme == "file":
         return ChunkStore(LocalBlobs(Path(parsed.path)), cache_dir=cache_dir, **options)
     if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise InvalidInput(f"store URL {url!r} names no bucket", hint="s3://bucket/prefix")
         threshold = options.pop("multipart_threshold", 16 << 20)
         attempts = options.pop("max_attempts", 8)  # boto3's retries, with backoff
         blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold,
                         max_attempts=attempts)
         return ChunkStore(blobs, cache_dir=cache_dir, **options)
+    raise AssertionError(f"check_store_url let {url!r} through")
+
+
+def check_store_url(url: str) -> ParseResult:
+    """``url`` parsed, if a store can be opened there: ``file:///absolute/path`` or
+    ``s3://bucket/prefix``; else InvalidInput saying how to write it."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            # file://data/objects would name /objects: refused, not guessed
+            raise InvalidInput(f"store URL {url!r} is not an absolute file URL",
+                               hint="use file:///absolute/path (three slashes)")
+        return parsed
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"store URL {url!r} names no bucket", hint="s3://bucket/prefix")
+        return parsed
+    if not parsed.scheme:
+        folder = Path(url).expanduser().absolute()
+        raise InvalidInput(f"unsupported store URL {url!r}: a folder is written as a file URL",
+                           hint=f"use file://{folder}")
     raise InvalidInput(f"unsupported store URL {url!r}",
                        hint="use file:///absolute/path or s3://bucket/prefix")
 
