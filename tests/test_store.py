@@ -263,24 +263,24 @@ def test_stats_counts_logical_bytes_per_version(tmp_path: Path) -> None:
     assert stats.logical_bytes == 3 << 20 and stats.dedup_ratio > 2.9
 
 
-def test_write_pieces_writes_every_piece_in_order_past_the_iovec_limit(tmp_path: Path) -> None:
-    from tether._store.chunkstore import _IOV_MAX, _write_pieces
+def testwrite_pieces_writes_every_piece_in_order_past_the_iovec_limit(tmp_path: Path) -> None:
+    from tether._store.fileio import IOV_MAX, write_pieces
 
-    pieces = [os.urandom(1 + (i * 37) % 300) for i in range(3 * _IOV_MAX + 5)]
+    pieces = [os.urandom(1 + (i * 37) % 300) for i in range(3 * IOV_MAX + 5)]
     pieces[7] = memoryview(pieces[7])  # views and bytes alike
     expected = b"".join(bytes(p) for p in pieces)
     appended = tmp_path / "appended"
     fd = os.open(appended, os.O_WRONLY | os.O_CREAT)
     try:
         os.write(fd, b"head")
-        _write_pieces(fd, pieces)  # at the file's position
+        write_pieces(fd, pieces)  # at the file's position
     finally:
         os.close(fd)
     assert appended.read_bytes() == b"head" + expected
     placed = tmp_path / "placed"
     fd = os.open(placed, os.O_WRONLY | os.O_CREAT)
     try:
-        _write_pieces(fd, pieces, 10)  # at an offset
+        write_pieces(fd, pieces, 10)  # at an offset
     finally:
         os.close(fd)
     assert placed.read_bytes() == bytes(10) + expected

@@ -202,7 +202,7 @@ def test_cli_gc_dry_run_reports_what_the_run_removes_by_kind(
 
 def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Pack writes fail with ENOSPC once ``budget`` bytes were written."""
-    real = chunkstore_module._write_pieces
+    real = chunkstore_module.write_pieces
     state = {"left": budget}
 
     def write_pieces(fd: int, pieces: list[bytes], offset: int | None = None) -> None:
@@ -212,7 +212,7 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
         state["left"] -= size
         real(fd, pieces, offset)
 
-    monkeypatch.setattr(chunkstore_module, "_write_pieces", write_pieces)
+    monkeypatch.setattr(chunkstore_module, "write_pieces", write_pieces)
 
 
 def test_enospc_during_an_ingest_leaves_store_and_database_as_they_were(

@@ -59,7 +59,7 @@ from .base import (
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import ChunkList, ChunkListBuilder
-from .fileio import pread_into
+from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, combine, is_merged
@@ -98,7 +98,6 @@ _AHEAD = 3
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
 #: Loads and verifies keep at most this many runs (of <= _RUN_BYTES) in flight.
 _RUNS_AHEAD = 6
-_IOV_MAX = 512
 #: Journal index files (one per pack) merged into a merged index once this many.
 _JOURNAL_MAX = 64
 #: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
@@ -181,24 +180,6 @@ def _unpack(payload: bytes | memoryview, codec: int, size: int,
     if len(data) != size or blake3.blake3(data).hexdigest() != digest:
         return None, "does not match its digest"
     return data, ""
-
-
-def _write_pieces(fd: int, pieces: Sequence[bytes | memoryview], offset: int | None = None,
-                  ) -> None:
-    """Write all of ``pieces`` back to back, ``_IOV_MAX`` to a system call (at ``offset``,
-    or at the file's position); a short write goes on from where it stopped."""
-    views = [memoryview(piece) for piece in pieces]
-    first = 0
-    while first < len(views):
-        batch = views[first:first + _IOV_MAX]
-        done = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset)
-        if offset is not None:
-            offset += done
-        while first < len(views) and done >= len(views[first]):
-            done -= len(views[first])
-            first += 1
-        if done:
-            views[first] = views[first][done:]
 
 
 def _segment_keys(digests: Sequence[str],
@@ -362,7 +343,7 @@ class PackWriter:
         queued, self._queued = self._queued, []
         assert self.fd is not None
         try:
-            _write_pieces(self.fd, queued)
+            write_pieces(self.fd, queued)
         except OSError as error:
             where = self.path
             self.abort()
@@ -1543,7 +1524,7 @@ class ChunkStore:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
         def write(offset: int, pieces: list[bytes | memoryview]) -> None:
-            _write_pieces(fd, pieces, offset)
+            write_pieces(fd, pieces, offset)
 
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         written = 0
