@@ -156,7 +156,9 @@ class FastHTTP:
     def _body_into(conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
                    view: memoryview) -> int | None:
         length = response.length
-        if response.status not in (200, 206) or length is None or length > len(view):
+        encoded = response.getheader("Content-Encoding", "identity").lower() != "identity"
+        if (response.status not in (200, 206) or length is None or length > len(view)
+                or encoded):
             conn.close()  # unread body: the connection cannot be used again
             return None
         filled = 0
