@@ -273,3 +273,15 @@ def test_known_chunks_counts_shared_bytes_as_a_set_would(count: int) -> None:
     assert KnownChunks(old_lists).shared_bytes(new) == expected
     assert KnownChunks(()).shared_bytes(new) == 0
     assert KnownChunks(old_lists).shared_bytes(ChunkList()) == 0
+    # What storing ``new`` beside them adds: its distinct chunks not known, once each
+    # (at their first size: the random sizes here differ where real ones cannot).
+    unknown: dict[str, int] = {}
+    every: dict[str, int] = {}
+    for c in new:
+        every.setdefault(c.digest, c.size)
+        if c.digest not in known:
+            unknown.setdefault(c.digest, c.size)
+    assert 0 < len(unknown) < len(new)
+    assert KnownChunks(old_lists).unknown_bytes(new) == sum(unknown.values())
+    assert KnownChunks(()).unknown_bytes(new) == sum(every.values())
+    assert KnownChunks(old_lists).unknown_bytes(ChunkList()) == 0

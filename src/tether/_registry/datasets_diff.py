@@ -19,6 +19,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .._store.base import FileEntry
+from .._store.chunklist import KnownChunks
 from .._store.chunkstore import ChunkStore
 from .datasets import DatasetVersion, column_types
 from .datasets_io import ChunkedReader
@@ -40,7 +41,7 @@ def diff_datasets(
 ) -> dict[str, Any]:
     before = {f.path: f for f in old.files}
     after = {f.path: f for f in new.files}
-    old_chunks = {c.digest for f in old.files for c in f.chunks}
+    old_chunks = KnownChunks(f.chunks for f in old.files)
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed_paths = sorted(p for p in set(before) & set(after)
@@ -51,7 +52,7 @@ def diff_datasets(
             "path": path,
             "old_size": before[path].size,
             "new_size": after[path].size,
-            "new_bytes": _new_bytes(after[path], old_chunks),
+            "new_bytes": old_chunks.unknown_bytes(after[path].chunks),
         }
         table = _table_change(old.tables.get(path), new.tables.get(path))
         if table is not None:
@@ -61,7 +62,7 @@ def diff_datasets(
                     _row_changes(registry, old, new, before[path], after[path], row_diff_limit)
                 )
         changed.append(item)
-    new_bytes = sum(_new_bytes(after[p], old_chunks) for p in added) + sum(
+    new_bytes = sum(old_chunks.unknown_bytes(after[p].chunks) for p in added) + sum(
         c["new_bytes"] for c in changed
     )
     return {
@@ -88,16 +89,6 @@ def diff_datasets(
 def _facts(version: DatasetVersion, path: str) -> dict[str, Any]:
     facts = version.tables.get(path)
     return {"rows": facts.get("rows"), "columns": list(column_types(facts))} if facts else {}
-
-
-def _new_bytes(entry: FileEntry, known: set[str]) -> int:
-    seen: set[str] = set()
-    total = 0
-    for chunk in entry.chunks:
-        if chunk.digest not in known and chunk.digest not in seen:
-            seen.add(chunk.digest)
-            total += chunk.size
-    return total
 
 
 def _table_change(

@@ -217,10 +217,35 @@ class KnownChunks:
             known = self._set
             return sum(size for digest, size in RECORD.iter_unpack(chunks.records)
                        if digest in known)
-        import numpy as np
 
         rows = chunks.rows()
         if not len(rows) or not len(self._keys):
             return 0
+        return int(rows["size"][self._known(rows)].sum())
+
+    def unknown_bytes(self, chunks: ChunkList) -> int:
+        """The bytes of the distinct chunks of ``chunks`` that are not known: what
+        storing ``chunks`` next to the known ones adds (a repeat is stored once)."""
+        if self._set is not None:
+            known, seen, total = self._set, set(), 0
+            for digest, size in RECORD.iter_unpack(chunks.records):
+                if digest not in known and digest not in seen:
+                    seen.add(digest)
+                    total += size
+            return total
+        import numpy as np
+
+        rows = chunks.rows()
+        if not len(rows):
+            return 0
+        if len(self._keys):
+            rows = rows[~self._known(rows)]
+        _, first = np.unique(rows["digest"], return_index=True)
+        return int(rows["size"][first].sum())
+
+    def _known(self, rows: Any) -> Any:
+        """Which of ``rows`` (``ChunkList.rows()``, known keys not empty) are known."""
+        import numpy as np
+
         at = np.minimum(np.searchsorted(self._keys, rows["digest"]), len(self._keys) - 1)
-        return int(rows["size"][self._keys[at] == rows["digest"]].sum())
+        return self._keys[at] == rows["digest"]
