@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tether._http_fast import FastHTTP
+from tether._http_fast import FastFailure, FastHTTP
 
 BODY = os.urandom(300_000)
 
@@ -36,6 +36,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, b'{"error": "not_found"}')
         elif self.path == "/longer":
             self._answer(206, BODY[:2000])  # more than the caller asked for
+        elif self.path.endswith("/moved"):
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/empty":
+            self._answer(200, b"")
         elif self.path == "/gzip":  # a body that is not the bytes themselves
             self._answer(206, BODY[:1000], encoding="gzip")
         elif self.path == "/close":
@@ -47,7 +54,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append(("PUT", self.path, dict(self.headers), body))
-        if self.path == "/taken":
+        if self.path.endswith("/lost"):
+            if sum(1 for seen in self.seen if seen[1] == self.path) == 1:
+                self.close_connection = True  # stored, and the answer is lost
+                return
+            self._answer(409, b'{"error": "conflict", "message": "already exists"}')
+        elif self.path == "/taken":
             self._answer(409, b'{"error": "conflict", "message": "already exists"}')
         else:
             self._answer(201, b'{"size": %d}' % len(body))
@@ -120,11 +132,14 @@ def test_a_closed_connection_is_replaced(server: str, fast: FastHTTP) -> None:
     assert bytes(buffer[:100]) == BODY[:100]
 
 
+@pytest.mark.parametrize("no_proxy", ["", "127.0.0.1"])
 def test_a_proxy_in_the_environment_keeps_requests_on_httpx(
-    server: str, monkeypatch: pytest.MonkeyPatch
+    server: str, monkeypatch: pytest.MonkeyPatch, no_proxy: str
 ) -> None:
+    """Even where NO_PROXY may exempt the host: httpx and urllib read it differently,
+    so which way a request goes is left to httpx whenever a proxy is set."""
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
     monkeypatch.delenv("no_proxy", raising=False)
     fast = FastHTTP(timeout=10, ssl_context=None)
     assert fast.read_into(f"{server}/packs/a", {"Range": "bytes=0-9"},
@@ -150,9 +165,51 @@ def test_an_upload_is_sent_whole_and_its_answer_returned(
     assert taken.json()["error"] == "conflict"
 
 
-def test_nothing_listens_gives_none_not_an_exception(fast: FastHTTP) -> None:
+def test_a_dropped_connection_is_a_network_error_for_the_callers_retries(
+    fast: FastHTTP,
+) -> None:
     from .conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}/packs/a"
-    assert fast.read_into(url, {}, memoryview(bytearray(10))) is None
-    assert fast.put_file(url, {}, Path(__file__)) is None
+    with pytest.raises(FastFailure) as caught:
+        fast.read_into(url, {}, memoryview(bytearray(10)))
+    assert isinstance(caught.value, httpx.NetworkError)  # what the retry loops retry
+    with pytest.raises(FastFailure):
+        fast.put_file(url, {}, Path(__file__))
+
+
+def test_an_empty_answer_does_not_resend_the_next_request(server: str, fast: FastHTTP) -> None:
+    buffer = memoryview(bytearray(10))
+    assert fast.read_into(f"{server}/empty", {}, buffer) == 0
+    assert fast.read_into(f"{server}/packs/a", {"Range": "bytes=0-9"}, buffer) == 10
+    assert [path for _, path, _, _ in _Handler.seen] == ["/empty", "/packs/a"]
+
+
+def test_an_upload_whose_answer_was_lost_counts_as_stored(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stores the pack and the connection drops before its answer: the
+    retry is answered 409 (objects are never overwritten), which means "stored".
+    Sent again inside the same try, the 409 would read as a real conflict."""
+    from tether.remote import RemoteRegistry
+    from tether.remote_blobs import RemoteBlobs
+
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "10")
+    pack = tmp_path / "pack"
+    pack.write_bytes(BODY)
+    blobs = RemoteBlobs(RemoteRegistry(server, token="t"))
+    blobs._streams_packs = True  # the test server presigns nothing
+    blobs.put_file("packs/lost", pack)
+    puts = [path for method, path, _, _ in _Handler.seen if method == "PUT"]
+    assert puts == ["/api/v1/blobs/packs/lost"] * 2  # the first stored, the retry told so
+    assert blobs.retries == 1
+
+
+def test_a_redirect_where_bytes_were_asked_for_is_a_clear_error(server: str) -> None:
+    from tether import StoreError
+    from tether.remote import RemoteRegistry
+
+    client = RemoteRegistry(server, token="t")
+    with pytest.raises(StoreError, match="HTTP 302 where bytes were asked for"):
+        client._request("GET", "/blobs/packs/moved", headers={"Range": "bytes=0-9"},
+                        into=memoryview(bytearray(10)))

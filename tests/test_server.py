@@ -515,7 +515,8 @@ def test_s3_store_bytes_bypass_the_api_server(
 
 
 @pytest.mark.parametrize("store", ["relative/objects", "/abs/objects", "ftp://host/objects",
-                                   "s3://", "file://data/objects"])
+                                   "s3://", "file://data/objects", "file://localhost/objects",
+                                   "file:///data/objects#b", "file:///data/objects?x=1"])
 def test_server_init_refuses_a_store_it_could_not_open(tmp_path: Path, store: str) -> None:
     """A store URL the server cannot open is refused at init, before the database
     remembers it (else every request would fail with it later)."""

@@ -8,12 +8,16 @@ bytes. ``http.client`` reads a body of known length straight into the buffer
 file 64 KiB at a time and copies it into the socket; ``socket.sendfile`` has
 the kernel send it from the page cache.
 
-Only plain requests take this path. A GET answered with anything but the
-bytes asked for (an error status, a longer body, a dropped connection), or an
-origin behind a proxy, returns None and the caller asks again through its httpx
-client, which owns retries, proxies and error messages; a PUT returns the
-answer as an ``httpx.Response`` for the caller's usual handling. This is a
-fast path, never a second HTTP client with its own rules.
+Only plain requests take this path, and never while a proxy is configured
+(httpx reads HTTP(S)_PROXY and NO_PROXY its own way: those requests keep to
+it). A GET answered with anything but the bytes asked for (an error status, a
+longer or encoded body) returns None and the caller asks again through its
+httpx client, which owns error messages; a PUT returns the answer as an
+``httpx.Response`` for the caller's usual handling. A dropped connection is
+``FastFailure``, an ``httpx.NetworkError``: the caller's retry policy decides,
+and counts the try. A request that went out is never sent again from here (a
+PUT answered 409 on a later try was stored by this one). This is a fast path,
+never a second HTTP client with its own rules.
 """
 
 from __future__ import annotations
@@ -22,14 +26,31 @@ import http.client
 import os
 import ssl
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
 Origin = tuple[str, str, int]
+
+#: A kept-alive connection idle longer than this is not trusted to be open (uvicorn
+#: closes them after 5 s): a fresh one is made rather than a request lost.
+_IDLE_SECONDS = 2.0
+
+
+class FastFailure(httpx.NetworkError):
+    """The connection failed during a fast request (it may have reached the server)."""
+
+
+class _Connection:
+    __slots__ = ("conn", "used")
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn = conn
+        self.used = time.monotonic()
 
 
 class FastHTTP:
@@ -39,32 +60,13 @@ class FastHTTP:
         self.timeout = timeout
         self.ssl_context = ssl_context
         self._local = threading.local()
-        self._proxied: dict[Origin, bool] = {}
+        self._every: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        self._lock = threading.Lock()
 
-    def _connections(self) -> dict[Origin, http.client.HTTPConnection]:
-        conns: dict[Origin, http.client.HTTPConnection] | None = getattr(
-            self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        return conns
-
-    def _behind_a_proxy(self, origin: Origin) -> bool:
-        """Whether httpx would send requests to ``origin`` through a proxy (the
-        environment's HTTP(S)_PROXY and NO_PROXY): those keep to httpx."""
-        if origin not in self._proxied:
-            scheme, host, _port = origin
-            proxies = urllib.request.getproxies()
-            self._proxied[origin] = bool(
-                (proxies.get(scheme) or proxies.get("all"))
-                and not urllib.request.proxy_bypass(host))
-        return self._proxied[origin]
-
-    def _connect(self, origin: Origin) -> http.client.HTTPConnection:
-        scheme, host, port = origin
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=self.ssl_context)
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+    @staticmethod
+    def _proxy_configured() -> bool:
+        proxies = urllib.request.getproxies()
+        return any(proxies.get(kind) for kind in ("http", "https", "all"))
 
     def _where(self, url: str) -> tuple[Origin, str] | None:
         """(origin, request target) of ``url``; None when httpx should send it."""
@@ -75,61 +77,104 @@ class FastHTTP:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             return None
-        origin = (parts.scheme, parts.hostname, port)
-        if self._behind_a_proxy(origin):
+        if self._proxy_configured():
             return None
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        return origin, target
+        return (parts.scheme, parts.hostname, port), target
 
-    def _exchange(self, origin: Origin, send: Callable[[http.client.HTTPConnection], None],
-                  ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse] | None:
-        """``send`` a request on this thread's connection to ``origin``; its answer's head.
+    def _connection(self, origin: Origin) -> http.client.HTTPConnection:
+        """This thread's connection to ``origin``: the kept-alive one unless it idled."""
+        conns: dict[Origin, _Connection] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        kept = conns.get(origin)
+        if kept is not None and time.monotonic() - kept.used < _IDLE_SECONDS:
+            return kept.conn
+        if kept is not None:
+            self._drop(kept.conn)
+        scheme, host, port = origin
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        conns[origin] = _Connection(conn)
+        with self._lock:
+            self._every.append(conn)
+        return conn
 
-        A kept-alive connection the server has closed since is replaced once.
-        """
-        conns = self._connections()
-        for fresh in (False, True):
-            conn = conns.get(origin)
-            if conn is None or fresh:
-                if conn is not None:
-                    conn.close()
-                conn = conns[origin] = self._connect(origin)
-            reused = not fresh and getattr(conn, "sock", None) is not None
-            try:
-                send(conn)
-                return conn, conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                if not reused:
-                    return None
-        return None
+    def _used(self, origin: Origin) -> None:
+        kept = getattr(self._local, "conns", {}).get(origin)
+        if kept is not None:
+            kept.used = time.monotonic()
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        with self._lock:
+            if conn in self._every:
+                self._every.remove(conn)
+        conns = getattr(self._local, "conns", {})
+        for origin, kept in list(conns.items()):
+            if kept.conn is conn:
+                del conns[origin]
 
     def read_into(self, url: str, headers: Mapping[str, str], view: memoryview) -> int | None:
-        """GET ``url`` into ``view``: the bytes read, or None (ask through httpx)."""
+        """GET ``url`` into ``view``: the bytes read, or None (ask through httpx).
+
+        FastFailure if the connection failed (the caller retries as its policy says).
+        """
         where = self._where(url)
         if where is None:
             return None
         origin, target = where
-        answer = self._exchange(
-            origin, lambda conn: conn.request("GET", target, headers=dict(headers)))
-        if answer is None:
+        conn = self._connection(origin)
+        try:
+            conn.request("GET", target, headers=dict(headers))
+            response = conn.getresponse()
+            got = self._body_into(response, view)
+        except (OSError, http.client.HTTPException) as error:
+            self._drop(conn)
+            raise FastFailure(f"GET {target}: {type(error).__name__}: {error}") from error
+        if got is None or response.will_close:
+            self._drop(conn)  # an unread body, or the server closes: not used again
+        else:
+            self._used(origin)
+        return got
+
+    @staticmethod
+    def _body_into(response: http.client.HTTPResponse, view: memoryview) -> int | None:
+        """The body read into ``view`` if it is the plain success asked for; else None
+        (the body left unread: the caller drops the connection)."""
+        length = response.length
+        encoded = response.getheader("Content-Encoding", "identity").lower() != "identity"
+        if (response.status not in (200, 206) or length is None or length > len(view)
+                or encoded):
             return None
-        return self._body_into(*answer, view)
+        filled = 0
+        while filled < length:
+            got = response.readinto(view[filled:length])
+            if not got:
+                raise http.client.IncompleteRead(bytes(0), length - filled)
+            filled += got
+        if not response.isclosed():
+            response.read()  # an empty body: marks the answer done, or the next request fails
+        return filled
 
     def put_file(self, url: str, headers: Mapping[str, str], path: Path) -> httpx.Response | None:
-        """PUT the file at ``path`` (sent by the kernel); the answer, or None when the
-        request could not be made (the caller's retry policy decides what next)."""
+        """PUT the file at ``path`` (sent by the kernel): the answer, or None when httpx
+        should send it. FastFailure if the connection failed: the request may have been
+        stored, so it is not sent again here."""
         where = self._where(url)
         if where is None:
             return None
         origin, target = where
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-
-            def send(conn: http.client.HTTPConnection) -> None:
-                handle.seek(0)
+        conn = self._connection(origin)
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
                 conn.putrequest("PUT", target, skip_accept_encoding=True)
                 for name, value in {**headers, "Content-Length": str(size)}.items():
                     conn.putheader(name, value)
@@ -137,49 +182,22 @@ class FastHTTP:
                 assert conn.sock is not None
                 if conn.sock.sendfile(handle) != size:
                     raise OSError(f"{path} changed size while it was sent")
-
-            answer = self._exchange(origin, send)
-        if answer is None:
-            return None
-        conn, response = answer
-        try:
+            response = conn.getresponse()
             body = response.read()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            return None
+        except (OSError, http.client.HTTPException) as error:
+            self._drop(conn)
+            raise FastFailure(f"PUT {target}: {type(error).__name__}: {error}") from error
         if response.will_close:
-            conn.close()
+            self._drop(conn)
+        else:
+            self._used(origin)
         return httpx.Response(response.status, headers=response.getheaders(), content=body,
                               request=httpx.Request("PUT", url))
 
-    @staticmethod
-    def _body_into(conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
-                   view: memoryview) -> int | None:
-        length = response.length
-        encoded = response.getheader("Content-Encoding", "identity").lower() != "identity"
-        if (response.status not in (200, 206) or length is None or length > len(view)
-                or encoded):
-            conn.close()  # unread body: the connection cannot be used again
-            return None
-        filled = 0
-        try:
-            while filled < length:
-                got = response.readinto(view[filled:length])
-                if not got:
-                    break
-                filled += got
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            return None
-        if filled < length:
-            conn.close()
-            return None
-        if response.will_close:
-            conn.close()
-        return filled
-
     def close(self) -> None:
-        """Close this thread's connections (others close with their threads)."""
-        for conn in self._connections().values():
+        """Close every thread's connections."""
+        with self._lock:
+            every, self._every = self._every, []
+        for conn in every:
             conn.close()
-        self._local.conns = {}
+        self._local = threading.local()

@@ -248,7 +248,7 @@ class RemoteRegistry:
             try:
                 if into is None:
                     response = self.http.request(method, url, **kwargs)
-                elif method == "GET" and attempt == 1 and (got := self.fast.read_into(
+                elif method == "GET" and (got := self.fast.read_into(
                         url, {**self.auth_headers, **kwargs.get("headers", {})}, into,
                 )) is not None:
                     return got
@@ -257,6 +257,12 @@ class RemoteRegistry:
                         if response.status_code < 300:
                             return read_body_into(response, into, url)
                         response.read()
+                        if response.status_code < 400:  # not bytes, nor an error to read
+                            raise StoreError(
+                                f"{url} answered HTTP {response.status_code} where bytes "
+                                f"were asked for",
+                                hint="something in front of the server redirects; point "
+                                "TETHER_URI at the server itself")
             except httpx.HTTPError as error:
                 problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 if not retry or not isinstance(error, _TRANSIENT):

@@ -6,8 +6,6 @@ shell only parses its options and serves what they return.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .._errors import InvalidInput
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
@@ -63,8 +61,7 @@ def open_server(db_url: str, store_url: str | None) -> Registry:
             "no artifact store configured for this database",
             hint="run `tether server-init --db URL --store URL --admin USER` first",
         )
-    if store.startswith("file://") and not Path(store[len("file://") :]).is_absolute():
-        raise InvalidInput("the server's file:// store must be an absolute path")
+    check_store_url(store)
     return Registry(_location(db_url, store))
 
 

@@ -47,10 +47,11 @@ def check_store_url(url: str) -> ParseResult:
     ``s3://bucket/prefix``; else InvalidInput saying how to write it."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            # file://data/objects would name /objects: refused, not guessed
+        if parsed.netloc or not parsed.path.startswith("/") or parsed.query or parsed.fragment:
+            # file://data/objects would name /objects, file:///a#b /a: refused, not guessed
             raise InvalidInput(f"store URL {url!r} is not an absolute file URL",
-                               hint="use file:///absolute/path (three slashes)")
+                               hint="use file:///absolute/path (three slashes, no host, "
+                               "no ? or #)")
         return parsed
     if parsed.scheme == "s3":
         if not parsed.netloc:
