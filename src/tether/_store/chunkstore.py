@@ -225,7 +225,7 @@ def _off_heap(data: bytes | bytearray) -> mmap.mmap:
     On malloc's heap, the freed smaller ones left holes that larger ones did not
     fit: about 60 bytes a chunk of a large ingest's peak was such holes.
     """
-    block = mmap.mmap(-1, max(1, len(data)))
+    block = mmap.mmap(-1, max(1, len(data)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block[:len(data)] = data
     return block
 
