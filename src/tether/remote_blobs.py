@@ -153,7 +153,9 @@ class RemoteBlobs:
         finally:
             path.unlink(missing_ok=True)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
+        data = bytes(data)  # httpx sends bytes as a body; other buffers it would iterate
+
         def attempt() -> None:
             url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
             if url:

@@ -105,7 +105,7 @@ class Blobs(Protocol):
 
     def temp_file(self) -> tuple[int, Path]: ...
     def put_file(self, key: str, path: Path) -> None: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
     def list(self, prefix: str) -> list[BlobInfo]: ...
@@ -166,7 +166,7 @@ class LocalBlobs:
         _fsync_dir(target.parent)
         _fsync_dir(source.parent)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         fd, tmp = self.temp_file()
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -316,7 +316,7 @@ class S3Blobs:
         finally:
             path.unlink(missing_ok=True)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         self._retrying(f"upload of {key}", lambda: self._call(
             f"upload of {key}", self.client.put_object, Bucket=self.bucket,
             Key=self._key(key), Body=data))

@@ -230,6 +230,13 @@ def _off_heap(data: bytes | bytearray) -> mmap.mmap:
     return block
 
 
+def _handed(items: list[Any]) -> Iterator[Any]:
+    """The items of ``items``, taken out of it as they are given."""
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
 def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
     """The chunk digests of ``files`` to pin, as hex, in file order: whoever reads a pin
     makes a set of it, so a repeat costs a line. Sorting them first (a set of a
@@ -907,9 +914,10 @@ class ChunkStore:
         def write() -> None:
             nonlocal parts, covered, count
             if covered:
-                merged = combine(parts, covered, drop=skip)
-                parts = []  # the blocks are in ``merged`` now
-                self.blobs.put_bytes(f"index/{uuid.uuid4().hex}.idx", bytes(merged))
+                # Handed over (this list emptied as combine takes them): the blocks
+                # are freed once copied, not kept beside the merged file.
+                merged = combine(_handed(parts), covered, drop=skip)
+                self.blobs.put_bytes(f"index/{uuid.uuid4().hex}.idx", merged)
                 del merged
                 # The merged file is durable: only now may what it replaces go.
                 for old in covered:

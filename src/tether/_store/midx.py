@@ -236,12 +236,16 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
     rows = np.concatenate([np.frombuffer(index._data, dtype=dtype, count=index.entry_count,
                                          offset=index._entries_at) for index in indexes]
                           or [np.zeros(0, dtype=dtype)])  # the one copy of the entries
+    counts = [index.entry_count for index in indexes]
+    # Copied: an input nobody else holds (``_merge`` hands its blocks over) is freed
+    # now, not after the output is built beside it.
+    del indexes
     start = 0
-    for index, table in zip(indexes, tables, strict=True):
+    for count, table in zip(counts, tables, strict=True):
         renumber = np.array([number.get(name, gone) for name, _ in table] or [0], dtype="<u4")
-        part = rows[start:start + index.entry_count]
+        part = rows[start:start + count]
         part["pack"] = renumber[part["pack"]]
-        start += index.entry_count
+        start += count
     if dropped:
         rows = rows[rows["pack"] != gone]
     # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
