@@ -28,13 +28,15 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 Origin = tuple[str, str, int]
+T = TypeVar("T")
 
 #: A kept-alive connection idle longer than this is not trusted to be open (uvicorn
 #: closes them after 5 s): a fresh one is made rather than a request lost.
@@ -121,28 +123,38 @@ class FastHTTP:
             if kept.conn is conn:
                 del conns[origin]
 
-    def read_into(self, url: str, headers: Mapping[str, str], view: memoryview) -> int | None:
-        """GET ``url`` into ``view``: the bytes read, or None (ask through httpx).
-
-        FastFailure if the connection failed (the caller retries as its policy says).
-        """
+    def _exchange(self, method: str, url: str,
+                  send: Callable[[http.client.HTTPConnection, str], None],
+                  take: Callable[[http.client.HTTPResponse], T | None]) -> T | None:
+        """``send`` a request to ``url`` on this thread's connection and ``take`` its
+        answer; None when httpx should ask (no fast path there, or ``take`` declined:
+        that connection is not used again). FastFailure if the connection failed."""
         where = self._where(url)
         if where is None:
             return None
         origin, target = where
         conn = self._connection(origin)
         try:
-            conn.request("GET", target, headers=dict(headers))
+            send(conn, target)
             response = conn.getresponse()
-            got = self._body_into(response, view)
+            result = take(response)
         except (OSError, http.client.HTTPException) as error:
             self._drop(conn)
-            raise FastFailure(f"GET {target}: {type(error).__name__}: {error}") from error
-        if got is None or response.will_close:
+            raise FastFailure(f"{method} {target}: {type(error).__name__}: {error}") from error
+        if result is None or response.will_close:
             self._drop(conn)  # an unread body, or the server closes: not used again
         else:
             self._used(origin)
-        return got
+        return result
+
+    def read_into(self, url: str, headers: Mapping[str, str], view: memoryview) -> int | None:
+        """GET ``url`` into ``view``: the bytes read, or None (ask through httpx).
+
+        FastFailure if the connection failed (the caller retries as its policy says).
+        """
+        return self._exchange(
+            "GET", url, lambda conn, target: conn.request("GET", target, headers=dict(headers)),
+            lambda response: self._body_into(response, view))
 
     @staticmethod
     def _body_into(response: http.client.HTTPResponse, view: memoryview) -> int | None:
@@ -167,12 +179,8 @@ class FastHTTP:
         """PUT the file at ``path`` (sent by the kernel): the answer, or None when httpx
         should send it. FastFailure if the connection failed: the request may have been
         stored, so it is not sent again here."""
-        where = self._where(url)
-        if where is None:
-            return None
-        origin, target = where
-        conn = self._connection(origin)
-        try:
+
+        def send(conn: http.client.HTTPConnection, target: str) -> None:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 conn.putrequest("PUT", target, skip_accept_encoding=True)
@@ -182,17 +190,12 @@ class FastHTTP:
                 assert conn.sock is not None
                 if conn.sock.sendfile(handle) != size:
                     raise OSError(f"{path} changed size while it was sent")
-            response = conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self._drop(conn)
-            raise FastFailure(f"PUT {target}: {type(error).__name__}: {error}") from error
-        if response.will_close:
-            self._drop(conn)
-        else:
-            self._used(origin)
-        return httpx.Response(response.status, headers=response.getheaders(), content=body,
-                              request=httpx.Request("PUT", url))
+
+        def take(response: http.client.HTTPResponse) -> httpx.Response:
+            return httpx.Response(response.status, headers=response.getheaders(),
+                                  content=response.read(), request=httpx.Request("PUT", url))
+
+        return self._exchange("PUT", url, send, take)
 
     def close(self) -> None:
         """Close every thread's connections."""
