@@ -263,7 +263,7 @@ def test_stats_counts_logical_bytes_per_version(tmp_path: Path) -> None:
     assert stats.logical_bytes == 3 << 20 and stats.dedup_ratio > 2.9
 
 
-def testwrite_pieces_writes_every_piece_in_order_past_the_iovec_limit(tmp_path: Path) -> None:
+def test_write_pieces_writes_every_piece_in_order_past_the_iovec_limit(tmp_path: Path) -> None:
     from tether._store.fileio import IOV_MAX, write_pieces
 
     pieces = [os.urandom(1 + (i * 37) % 300) for i in range(3 * IOV_MAX + 5)]

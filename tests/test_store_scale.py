@@ -227,3 +227,99 @@ def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
     wanted = [c.digest for r in reports for f in r.files for c in f.chunks]
     assert fresh.missing(wanted) == set()
     assert fresh.verify(reports[-1].files, label="big") == []
+
+
+# -- in-memory index blocks ---------------------------------------------------------
+
+
+def test_a_verify_copy_folding_the_index_leaves_the_store_able_to_find_chunks(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``verify`` searches through a shallow copy of the store that shares its index.
+    Folding there once emptied the shared dict but kept the new block on the copy
+    only: the store then answered "not in the store" for chunks it holds."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    for name, chunks in (("a", 30), ("b", 40)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.bin").write_bytes(os.urandom(chunks * 65536))
+    url = f"file://{tmp_path / 'store'}"
+    mine, other = open_store(url), open_store(url)
+    ours = mine.ingest(tmp_path / "a", ["x.bin"])
+    theirs = other.ingest(tmp_path / "b", ["x.bin"])  # another writer: mine reads its index
+    assert mine.verify(theirs.files, label="b") == []  # the copy folds what it reads
+    assert all(mine.locate(c.digest) is not None for c in ours.files[0].chunks)
+    mine.materialize(ours.files, tmp_path / "out", label="a")
+    assert (tmp_path / "out" / "x.bin").read_bytes() == (tmp_path / "a" / "x.bin").read_bytes()
+
+
+def test_a_fold_that_fails_loses_no_entry(tmp_path: Path, monkeypatch: Any) -> None:
+    """Joining blocks needs memory (an anonymous mapping): when it fails, the blocks
+    stay as they were and every chunk is still found."""
+    import errno
+
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 20)
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.bin").write_bytes(os.urandom(40 * 65536))
+    url = f"file://{tmp_path / 'store'}"
+    mine, other = open_store(url), open_store(url)
+    mine.ingest(tmp_path / "a", ["x.bin"])
+    theirs = other.ingest(tmp_path / "b", ["x.bin"])
+
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(chunkstore, "combine", no_memory)
+    mine.refresh()  # reads the other writer's index: folds, cannot join
+    monkeypatch.undo()
+    chunks = theirs.files[0].chunks
+    assert all(mine.locate(c.digest) is not None for c in chunks)
+
+
+def test_combine_writes_what_build_writes(tmp_path: Path) -> None:
+    """``combine`` (numpy, from blocks) against ``build`` (Python, from lists) on random
+    inputs: dropped packs, empty blocks, one digest in several packs and entries that
+    differ only in length, raw size or codec; blocks on the heap and off it."""
+    import random
+
+    from tether._store.chunkstore import _handed, _off_heap
+    from tether._store.midx import combine
+
+    rng = random.Random(1)
+    for trial in range(300):
+        digests = [rng.randbytes(32).hex() for _ in range(rng.randrange(1, 20))]
+        digests += [bytes([0] * 31 + [i]).hex() for i in range(3)] + ["ff" * 32]
+        names: list[str] = []
+        groups: list[dict[str, tuple[int, list[list[Any]]]]] = []
+        sizes: dict[str, int] = {}
+        for _ in range(rng.randrange(0, 4)):
+            group: dict[str, tuple[int, list[list[Any]]]] = {}
+            for _ in range(rng.randrange(0, 4)):
+                again = names and rng.random() < 0.3
+                name = rng.choice(names) if again else rng.randbytes(16).hex()
+                names.append(name)
+                same = [rng.choice(digests), 7, 9]  # digest, offset, length alike: the rest decides
+                entries = [[rng.choice(digests), rng.randrange(1 << 40), rng.randrange(1, 1 << 20),
+                            rng.randrange(1 << 20), rng.randrange(2)]
+                           for _ in range(rng.randrange(6))]
+                entries += [[*same, rng.randrange(1 << 20), rng.randrange(2)]
+                            for _ in range(rng.randrange(3))]
+                group[name] = (sizes.setdefault(name, rng.randrange(1 << 40)), entries)
+            groups.append(group)
+        union: dict[str, tuple[int, list[list[Any]]]] = {}
+        for group in groups:
+            for name, (size, entries) in group.items():
+                union.setdefault(name, (size, []))[1].extend(entries)
+        drop = set(rng.sample(sorted(union), min(len(union), rng.randrange(3))))
+        covers = [rng.randbytes(16).hex() for _ in range(rng.randrange(3))]
+        place = _off_heap if trial % 2 else bytes
+        parts = [MergedIndex("m", place(build(group, ()))) for group in groups]
+        got = bytes(combine(_handed(parts), covers, drop=drop))
+        assert not parts  # handed over
+        want = build({k: v for k, v in union.items() if k not in drop}, covers)
+        assert got == want, trial
+    assert bytes(combine([], [])) == build({}, [])

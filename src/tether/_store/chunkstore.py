@@ -544,18 +544,26 @@ class ChunkStore:
                 [digest, loc.offset, loc.length, loc.raw_size, loc.codec])
         try:
             block = MergedIndex("memory", _off_heap(build(packs, ())))
-        except (ValueError, OverflowError, struct.error):
+        except (ValueError, OverflowError, struct.error, OSError, MemoryError):
             return  # not folded: the dict keeps answering, as before
         del packs
-        self._index.clear()  # only now: everything in it is in the block
+        # The list is changed in place, never replaced: a copy of this store made for
+        # ``verify`` shares it (and the dict, and the files read), so a fold on either
+        # is seen by both. The new block is in it before the dict is emptied.
+        self._blocks.append(block)
+        self._index.clear()
         self._alternates.clear()
-        blocks = sorted([*self._blocks, block], key=lambda b: b.entry_count)
-        while len(blocks) > 1 and blocks[0].entry_count + blocks[1].entry_count <= _BLOCK_MAX:
-            # The joined blocks are unmapped when the last reference goes (a copy of
-            # this store made for ``verify`` may still search them): never closed here.
-            joined = MergedIndex("memory", _off_heap(combine(blocks[:2], ())))
-            blocks = sorted([joined, *blocks[2:]], key=lambda b: b.entry_count)
-        self._blocks = blocks
+        self._blocks.sort(key=lambda b: b.entry_count)
+        while (len(self._blocks) > 1
+               and self._blocks[0].entry_count + self._blocks[1].entry_count <= _BLOCK_MAX):
+            # Joined blocks are unmapped when the last reference goes (a lookup may
+            # still be searching them): never closed here. If joining fails, both stay.
+            try:
+                joined = MergedIndex("memory", _off_heap(combine(self._blocks[:2], ())))
+            except (ValueError, OverflowError, OSError, MemoryError):
+                return
+            self._blocks[:2] = [joined]
+            self._blocks.sort(key=lambda b: b.entry_count)
 
     def _searched(self) -> list[MergedIndex]:
         """The merged files and blocks a lookup searches after ``_index`` (``_lock`` held)."""
@@ -572,7 +580,7 @@ class ChunkStore:
             for segment in self._segments.values():
                 segment.close()
             self._segments.clear()
-            self._blocks = []
+            self._blocks.clear()
             self._index.clear()
             self._alternates.clear()
             self._pack_sizes.clear()

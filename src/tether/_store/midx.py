@@ -250,7 +250,8 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
         rows = rows[rows["pack"] != gone]
     # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
     # taken straight into the output (no sorted copy, no joined copy).
-    order = np.lexsort((rows["offset"], rows["pack"], rows["digest"]))
+    order = np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
+                        rows["pack"], rows["digest"]))
     cover_ids = sorted(set(covers))
     entries_at = (_HEAD.size + 16 * len(cover_ids) + _PACK.size * len(names) + _FANOUT.size)
     count = len(rows)
