@@ -533,3 +533,27 @@ def test_server_init_refuses_a_store_it_could_not_open(tmp_path: Path, store: st
     if store.startswith("/") or store.startswith("relative"):
         assert "file://" in result.output  # the hint says how to write a folder
     assert not (tmp_path / "meta.db").exists()  # refused before the database is made
+
+
+def test_pack_bytes_need_a_token_on_the_fast_path_too(
+    server: Server, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Range reads go over http.client now, not httpx: without a token, or with a
+    wrong one, they are refused as before (the refusal answered by the error path),
+    and no byte lands in the buffer."""
+    from tether.remote import RemoteRegistry
+
+    client = server.client()
+    client.log_model(fit_logreg(iris), "iris")
+    client.store.refresh()
+    key = f"packs/{next(iter(client.store._all_packs()))}.pack"
+    assert client.store.blobs.get_range_into(key, 0, memoryview(bytearray(8))) == 8
+    for token in ("", "tth_not_a_token"):
+        stranger = RemoteRegistry(server.url, token=token, cache_dir=tmp_path / "s")
+        buffer = bytearray(8)
+        with pytest.raises(tether.TetherError) as caught:
+            stranger._request("GET", f"/blobs/{key}", headers={"Range": "bytes=0-7"},
+                              into=memoryview(buffer))
+        assert type(caught.value).__name__ in ("Unauthenticated", "PermissionDenied")
+        assert buffer == bytes(8)
+        stranger.close()

@@ -62,7 +62,7 @@ class FastHTTP:
         self.timeout = timeout
         self.ssl_context = ssl_context
         self._local = threading.local()
-        self._every: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        self._every: set[http.client.HTTPConnection] = set()  # every thread's, for close()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -86,16 +86,19 @@ class FastHTTP:
             target += "?" + parts.query
         return (parts.scheme, parts.hostname, port), target
 
-    def _connection(self, origin: Origin) -> http.client.HTTPConnection:
-        """This thread's connection to ``origin``: the kept-alive one unless it idled."""
+    def _kept(self) -> dict[Origin, _Connection]:
+        """This thread's connections, by origin."""
         conns: dict[Origin, _Connection] | None = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
-        kept = conns.get(origin)
+        return conns
+
+    def _connection(self, origin: Origin) -> http.client.HTTPConnection:
+        """This thread's connection to ``origin``: the kept-alive one unless it idled."""
+        kept = self._kept().get(origin)
         if kept is not None and time.monotonic() - kept.used < _IDLE_SECONDS:
             return kept.conn
-        if kept is not None:
-            self._drop(kept.conn)
+        self._drop(origin)
         scheme, host, port = origin
         conn: http.client.HTTPConnection
         if scheme == "https":
@@ -103,25 +106,18 @@ class FastHTTP:
                                                context=self.ssl_context)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-        conns[origin] = _Connection(conn)
+        self._kept()[origin] = _Connection(conn)
         with self._lock:
-            self._every.append(conn)
+            self._every.add(conn)
         return conn
 
-    def _used(self, origin: Origin) -> None:
-        kept = getattr(self._local, "conns", {}).get(origin)
+    def _drop(self, origin: Origin) -> None:
+        """Close this thread's connection to ``origin``, if it has one."""
+        kept = self._kept().pop(origin, None)
         if kept is not None:
-            kept.used = time.monotonic()
-
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
-        conn.close()
-        with self._lock:
-            if conn in self._every:
-                self._every.remove(conn)
-        conns = getattr(self._local, "conns", {})
-        for origin, kept in list(conns.items()):
-            if kept.conn is conn:
-                del conns[origin]
+            kept.conn.close()
+            with self._lock:
+                self._every.discard(kept.conn)
 
     def _exchange(self, method: str, url: str,
                   send: Callable[[http.client.HTTPConnection, str], None],
@@ -139,12 +135,12 @@ class FastHTTP:
             response = conn.getresponse()
             result = take(response)
         except (OSError, http.client.HTTPException) as error:
-            self._drop(conn)
+            self._drop(origin)
             raise FastFailure(f"{method} {target}: {type(error).__name__}: {error}") from error
         if result is None or response.will_close:
-            self._drop(conn)  # an unread body, or the server closes: not used again
+            self._drop(origin)  # an unread body, or the server closes: not used again
         else:
-            self._used(origin)
+            self._kept()[origin].used = time.monotonic()
         return result
 
     def read_into(self, url: str, headers: Mapping[str, str], view: memoryview) -> int | None:
@@ -200,7 +196,7 @@ class FastHTTP:
     def close(self) -> None:
         """Close every thread's connections."""
         with self._lock:
-            every, self._every = self._every, []
+            every, self._every = self._every, set()
         for conn in every:
             conn.close()
         self._local = threading.local()

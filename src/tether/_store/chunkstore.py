@@ -223,7 +223,8 @@ def _off_heap(data: bytes | bytearray) -> mmap.mmap:
 
     Index blocks live as long as the ingest and are joined into ever larger ones.
     On malloc's heap, the freed smaller ones left holes that larger ones did not
-    fit: about 60 bytes a chunk of a large ingest's peak was such holes.
+    fit: logging 242,000 chunks peaked at 226 MB with the blocks there, 218-221 MB
+    with them here.
     """
     block = mmap.mmap(-1, max(1, len(data)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block[:len(data)] = data
