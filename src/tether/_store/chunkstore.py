@@ -63,7 +63,7 @@ from .chunklist import ChunkList, ChunkListBuilder
 from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
-from .midx import MAGIC, MergedIndex, build, combine, is_merged
+from .midx import MAGIC, MergedIndex, build, combine, is_merged, merge_into
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -122,10 +122,16 @@ _HELD_BYTES = (_AHEAD + 2) * _WINDOW
 #: combined, smallest first, while the result stays under ``_BLOCK_MAX`` entries.
 _INDEX_FOLD = 16384
 _BLOCK_MAX = 131072
-#: A merged index file holds at most about this many entries (15 MB): merging is
-#: then bounded in memory whatever the store's size, at the price of a lookup
-#: searching one more file for every 262,144 chunks stored.
-_MERGE_MAX = 262144
+#: A merged index file holds at most about this many entries (117 MB, the chunks of
+#: 128 GB at 64 KiB): merging streams (``merge_into``), so its memory does not
+#: depend on this; the cap bounds what one merge rewrites, and a lookup searches
+#: one more file for every 2 million chunks stored.
+_MERGE_MAX = 2097152
+#: A merge keeps at most this many journal entries in memory (7 MB); more are
+#: merged into a scratch file first.
+_SPILL_ENTRIES = 131072
+#: The name of a merge's scratch inputs (closed when the merge is done).
+_SPILLED = "spilled"
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
 #: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
@@ -910,38 +916,58 @@ class ChunkStore:
         """Merge ``journal`` files and ``segments`` into merged files of at most
         ``_MERGE_MAX`` entries each, in bounded memory.
 
-        Journal files are read into small blocks ``_INDEX_FOLD`` entries at a time
-        and combined in numpy (as Python lists, the 268,000 entries of one 20 GB
-        ingest took 140 MB; one file for a million entries would need 250 MB while
-        it is built). Each merged file is durable before the files it covers go.
+        Each output is streamed to a file (``merge_into``: a few MB in rounds,
+        whatever its size). Journal files are read into small blocks
+        ``_INDEX_FOLD`` entries at a time (as Python lists, the 268,000 entries of
+        one 20 GB ingest took 140 MB), and blocks past ``_SPILL_ENTRIES`` are
+        merged into a scratch file read in place, so a long journal (a 70 GB
+        ingest writes thousands of packs) is not held either. Each merged file
+        is durable before the files it covers go.
         """
         skip = (exclude or set()) | set(self._forgotten)
-        parts: list[MergedIndex] = []
+        inputs: list[MergedIndex] = []  # merged files and spilled blocks, read in place
+        blocks: list[MergedIndex] = []  # journal entries not spilled yet, in memory
         covered: list[str] = []
-        count = 0
+        count = held = 0
+
+        def spill() -> None:
+            nonlocal blocks
+            inputs.append(self._merged_scratch(blocks))
+            blocks = []
 
         def write() -> None:
-            nonlocal parts, covered, count
-            if covered:
-                # Handed over (this list emptied as combine takes them): the blocks
-                # are freed once copied, not kept beside the merged file.
-                merged = combine(_handed(parts), covered, drop=skip)
-                self.blobs.put_bytes(f"index/{uuid.uuid4().hex}.idx", merged)
-                del merged
-                # The merged file is durable: only now may what it replaces go.
-                for old in covered:
-                    with contextlib.suppress(NotFound):
-                        self.blobs.delete(f"index/{old}.idx")
-            parts, covered, count = [], [], 0
+            nonlocal inputs, blocks, covered, count
+            inputs.extend(blocks)  # as they are: the merge reads them a round at a time
+            blocks = []
+            try:
+                if covered:
+                    fd, tmp = self.blobs.temp_file()
+                    try:
+                        with os.fdopen(fd, "w+b") as handle:
+                            merge_into(handle, inputs, covered, drop=skip)
+                            handle.flush()
+                            os.fsync(handle.fileno())
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
+                    self.blobs.put_file(f"index/{uuid.uuid4().hex}.idx", tmp)
+                    # The merged file is durable: only now may what it replaces go.
+                    for old in covered:
+                        with contextlib.suppress(NotFound):
+                            self.blobs.delete(f"index/{old}.idx")
+            finally:
+                for index in inputs:
+                    if index.name == _SPILLED:
+                        index.close()
+            inputs, covered, count = [], [], 0
 
         for segment in segments:
             if count and count + segment.entry_count > _MERGE_MAX:
                 write()
-            parts.append(segment)
+            inputs.append(segment)
             covered.append(segment.name)
             count += segment.entry_count
         packs: dict[str, tuple[int, list[Any]]] = {}
-        held = 0
         for name in journal:
             try:
                 data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
@@ -958,17 +984,31 @@ class ChunkStore:
                 packs[pack] = (size, chunks)
                 held += len(chunks)
             if held >= _INDEX_FOLD:
-                parts.append(MergedIndex("merging", build(packs, ())))
+                blocks.append(MergedIndex("merging", build(packs, ())))
                 count += held
                 packs, held = {}, 0
                 if count >= _MERGE_MAX:
                     write()
+                elif sum(b.entry_count for b in blocks) >= _SPILL_ENTRIES:
+                    spill()
         if packs:
-            parts.append(MergedIndex("merging", build(packs, ())))
+            blocks.append(MergedIndex("merging", build(packs, ())))
         write()
         for pack in exclude or ():
             self._forget_pack(pack)
         self.refresh()
+
+    def _merged_scratch(self, blocks: list[MergedIndex]) -> MergedIndex:
+        """``blocks`` merged into a scratch file, read in place (the file is unlinked at
+        once: the mapping keeps it until closed)."""
+        fd, path = self.scratch_file("index-merge")
+        try:
+            with os.fdopen(fd, "w+b") as handle:
+                merge_into(handle, blocks, ())
+            index = MergedIndex.open(_SPILLED, path)
+        finally:
+            path.unlink(missing_ok=True)
+        return index
 
     # -- writing -----------------------------------------------------------------
 

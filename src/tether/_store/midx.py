@@ -26,13 +26,14 @@ Layout (little endian)::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAGIC = b"TMIDX001"
 _HEAD = struct.Struct("<8sIIII")
@@ -94,6 +95,9 @@ class MergedIndex:
         if len(data) < self._entries_at + _ENTRY.size * self.entry_count:
             raise ValueError("merged index is truncated")
         self._pack_names: list[str] | None = None
+        #: Mapped from a file (``open``): its pages may be let go and read again.
+        #: Never an anonymous mapping, whose pages would come back as zeros.
+        self._from_file = False
 
     @classmethod
     def open(cls, name: str, path: Path) -> MergedIndex:
@@ -103,7 +107,9 @@ class MergedIndex:
                 raise ValueError("empty merged index")
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            return cls(name, data)
+            index = cls(name, data)
+            index._from_file = True
+            return index
         except BaseException:
             data.close()
             raise
@@ -269,3 +275,115 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
         out[at:at + len(piece)] = piece
         at += len(piece)
     return out
+
+
+#: A streaming merge holds about this many entries at a time (3.5 MB), whatever
+#: the size of its inputs and output.
+MERGE_ROUND = 65536
+
+
+def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterable[str],
+               drop: Iterable[str] = (), *, round_entries: int = MERGE_ROUND) -> int:
+    """Write one merged index of every entry of ``indexes`` (but those of the packs
+    in ``drop``) to ``handle`` (a new, seekable file), and return its entry count.
+
+    The same bytes as ``combine``, in bounded memory: ``combine`` holds every
+    entry twice (rows and output), 110 bytes an entry, so a merged file had to
+    stay small (262,144 entries), and a large store needed a file, and a search,
+    for every 16 GB it held. Here the inputs (sorted by digest) are merged in
+    rounds: each round reads the next few thousand entries of every input,
+    writes out those below the smallest digest some input may still go past,
+    and leaves the rest for the next round. Every entry of a digest is in the
+    same round (the cut is strict), so ties keep ``build``'s order. Read pages
+    of a mapped input are let go as it is passed, so the inputs' pages do not
+    stay counted against the process either.
+    """
+    import numpy as np  # only when merging: reading a store must not import it
+
+    dtype = np.dtype(_ENTRY_FIELDS)
+    dropped = {bytes.fromhex(pack) for pack in drop}
+    tables = [[_PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
+               for i in range(index.pack_count)] for index in indexes]
+    sizes: dict[bytes, int] = {}
+    for name, size in itertools.chain.from_iterable(tables):
+        if name not in dropped:
+            sizes.setdefault(name, size)
+    names = sorted(sizes)
+    gone = len(names)
+    number = {name: i for i, name in enumerate(names)}
+    renumber = [np.array([number.get(name, gone) for name, _ in table] or [0], dtype="<u4")
+                for table in tables]
+    cover_ids = sorted(set(covers))
+    start = handle.tell()
+    handle.write(_HEAD.pack(MAGIC, 0, 0, 0, 0))  # written again at the end, with the counts
+    for cover in cover_ids:
+        handle.write(bytes.fromhex(cover))
+    for name in names:
+        handle.write(_PACK.pack(name, sizes[name]))
+    fanout_at = handle.tell()
+    handle.write(bytes(_FANOUT.size))
+    counts = np.zeros(256, dtype=np.int64)
+    total = 0
+    cursor = [0] * len(indexes)
+    per_input = max(1, round_entries // max(1, len(indexes)))
+    reach = per_input
+    while True:
+        batches: list[tuple[int, Any]] = []
+        bound: Any = None  # the smallest last digest of an input not read to its end
+        for i, index in enumerate(indexes):
+            left = index.entry_count - cursor[i]
+            if left <= 0:
+                continue
+            n = min(reach, left)
+            view = np.frombuffer(index._data, dtype=dtype, count=n,
+                                 offset=index._entries_at + cursor[i] * _ENTRY.size)
+            batches.append((i, view))
+            if n < left and (bound is None or view["digest"][-1] < bound[0]):
+                bound = view["digest"][-1:].copy()
+        if not batches:
+            break
+        takes = [len(view) if bound is None else
+                 int(np.searchsorted(view["digest"], bound, side="left")[0])
+                 for _, view in batches]
+        if not any(takes):
+            # One digest fills a whole read of some input: read further this round
+            # (a few entries share a digest at most, unless an index lies).
+            reach *= 2
+            continue
+        reach = per_input
+        parts = []
+        for (i, view), take in zip(batches, takes, strict=True):
+            part = view[:take].copy()
+            part["pack"] = renumber[i][part["pack"]]
+            parts.append(part[part["pack"] != gone] if dropped else part)
+            _let_go(indexes[i], cursor[i], cursor[i] + take)
+            cursor[i] += take
+        rows = np.concatenate(parts)
+        del parts, batches
+        rows = rows[np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
+                                rows["pack"], rows["digest"]))]
+        counts += np.bincount(rows.view("u1")[::_ENTRY.size], minlength=256)
+        handle.write(rows.data.cast("B"))
+        total += len(rows)
+        del rows
+    end = handle.tell()
+    handle.seek(start)
+    handle.write(_HEAD.pack(MAGIC, len(names), total, len(cover_ids), 0))
+    handle.seek(fanout_at)
+    handle.write(_FANOUT.pack(*np.cumsum(counts).tolist()))
+    handle.seek(end)
+    return total
+
+
+def _let_go(index: MergedIndex, first: int, end: int) -> None:
+    """Drop the pages of entries [first, end) of a mapped ``index`` from this process
+    (they stay in the page cache): a merge reads each once."""
+    data = index._data
+    if not index._from_file or not isinstance(data, mmap.mmap) or end <= first:
+        return
+    page = mmap.PAGESIZE
+    lo = (index._entries_at + first * _ENTRY.size) // page * page
+    hi = (index._entries_at + end * _ENTRY.size) // page * page
+    if hi > lo:
+        with contextlib.suppress(OSError, ValueError):
+            data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
