@@ -62,6 +62,7 @@ from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import ChunkList, ChunkListBuilder
 from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
+from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import MAGIC, MergedIndex, build, combine, is_merged, merge_into
 from .progress import Progress
@@ -97,6 +98,9 @@ _WINDOW = 8 * 1024 * 1024
 _AHEAD = 3
 #: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
+#: A network store's index file larger than this is asked whether it is a merged
+#: file first, and if so streamed to disk (index_cache.py), never held whole.
+_INDEX_IN_MEMORY = 1 << 20
 #: Loads and verifies keep at most this many runs (of <= _RUN_BYTES) in flight.
 _RUNS_AHEAD = 6
 #: Journal index files (one per pack) merged into a merged index once this many.
@@ -515,6 +519,9 @@ class ChunkStore:
         self._demoted: set[Location] = set()
         self._cctx = threading.local()
         self._tidying = threading.Lock()
+        #: A network store's merged index files, kept on disk (index_cache.py).
+        self._index_cache = (IndexCache(cache_dir, blobs)
+                             if cache_dir is not None and not blobs.is_local else None)
 
     # -- the index ---------------------------------------------------------------
 
@@ -637,7 +644,9 @@ class ChunkStore:
                         raw = fetched[info.key]
                         if raw is None:
                             raise NotFound(f"{info.key} is gone")
-                        if is_merged(raw[:len(MAGIC)]):
+                        if isinstance(raw, MergedIndex):  # kept on disk (index_cache.py)
+                            self._add_segment(name, raw)
+                        elif is_merged(raw[:len(MAGIC)]):
                             self._add_segment(name, MergedIndex(name, raw))
                         else:
                             data = json.loads(raw)
@@ -658,31 +667,52 @@ class ChunkStore:
                     continue  # malformed: claims nothing (`tether store verify` reports it)
                 self._seen_files.add(name)
             if not lost:
+                if self._index_cache is not None:
+                    self._index_cache.prune(
+                        {i.key.rsplit("/", 1)[-1].removesuffix(".idx") for i in listing})
                 return
 
-    def _fetch_new_indexes(self, listing: list[Any]) -> dict[str, bytes | None]:
-        """The bytes of the listed index files not read yet, from a network store, fetched
-        a few at a time (None: gone since the listing); nothing for a local store."""
+    def _fetch_new_indexes(self, listing: list[Any]) -> dict[str, bytes | MergedIndex | None]:
+        """The listed index files not read yet, from a network store, fetched a few at a
+        time: merged files kept on disk and mapped (``index_cache``: a fresh process
+        fetches only those merged since), the journal's as bytes (None: gone since the
+        listing). Nothing for a local store."""
         if self.blobs.is_local:
             return {}
-        keys = [i.key for i in listing
-                if self.blobs.local_path(i.key) is None
-                and (n := i.key.rsplit("/", 1)[-1].removesuffix(".idx")) not in self._seen_files
-                and n not in self._pack_sizes]
-        if not keys:
+        new = [i for i in listing
+               if self.blobs.local_path(i.key) is None
+               and (n := i.key.rsplit("/", 1)[-1].removesuffix(".idx")) not in self._seen_files
+               and n not in self._pack_sizes]
+        if not new:
             return {}
+        cache = self._index_cache
 
-        def get(key: str) -> bytes | None:
+        def get(info: Any) -> bytes | MergedIndex | None:
+            name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
             try:
-                return self.blobs.get_bytes(key)
+                if cache is not None:
+                    kept = cache.open(name, info.size)
+                    if kept is not None:
+                        return kept
+                    if info.size > _INDEX_IN_MEMORY and is_merged(
+                            self.blobs.get_range(info.key, 0, len(MAGIC))):
+                        with contextlib.suppress(OSError):  # else fetched whole, as before
+                            return cache.fetch(info.key, name, info.size)
+                raw = self.blobs.get_bytes(info.key)
+                if cache is not None and is_merged(raw[:len(MAGIC)]):
+                    with contextlib.suppress(OSError, ValueError):  # else read from memory
+                        return cache.keep(name, raw)
+                return raw
             except NotFound:
                 return None
+            except ValueError:
+                return b""  # not a whole merged file: claims nothing
 
-        if len(keys) == 1:
-            return {keys[0]: get(keys[0])}
+        if len(new) == 1:
+            return {new[0].key: get(new[0])}
         with ThreadPoolExecutor(max_workers=_READ_THREADS * 2,
                                 thread_name_prefix="tether-index") as pool:
-            return dict(zip(keys, pool.map(get, keys), strict=True))
+            return dict(zip([i.key for i in new], pool.map(get, new), strict=True))
 
     def _is_merged(self, key: str) -> bool:
         path = self.blobs.local_path(key)

@@ -1,0 +1,162 @@
+"""A network store's merged index files are kept on the client's disk (index_cache.py):
+a fresh process fetches only the files merged since it last looked, reads them in
+place, and a kept copy is never trusted further than the store's own bytes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether._store import open_store
+from tether._store.chunkstore import ChunkStore
+from tether._store.midx import is_merged
+
+from .conftest import make_bucket
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> Iterator[str]:
+    make_bucket(s3_endpoint, "models")
+    yield "s3://models/registry"
+
+
+def _counting(store: ChunkStore) -> list[str]:
+    """The index keys ``store`` reads from its blobs, in order."""
+    reads: list[str] = []
+    blobs: Any = store.blobs
+    for method in ("get_bytes", "get_range", "get_range_into"):
+        real = getattr(blobs, method)
+
+        def counted(key: str, *args: Any, real: Any = real) -> Any:
+            if key.startswith("index/"):
+                reads.append(key)
+            return real(key, *args)
+
+        setattr(blobs, method, counted)
+    return reads
+
+
+def _ingest(store: ChunkStore, folder: Path, name: str, size: int) -> Any:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(os.urandom(size))
+    return store.ingest(folder, [name])
+
+
+def _kept(cache: Path) -> list[Path]:
+    return sorted(cache.glob("index/*/*.idx"))
+
+
+def test_a_fresh_process_reads_merged_files_it_kept_without_fetching_them(
+        bucket: str, tmp_path: Path) -> None:
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
+    reports = [_ingest(writer, tmp_path / f"v{i}", "w.bin", 300_000 * (i + 1)) for i in range(3)]
+    writer.consolidate()  # one merged file covering every pack
+    [merged] = [i.key for i in writer.blobs.list("index/")]
+
+    cache = tmp_path / "cache"
+    first = open_store(bucket, cache_dir=cache)
+    reads = _counting(first)
+    first.refresh()
+    assert merged in reads  # fetched once ...
+    [kept] = _kept(cache)
+    assert kept.name == merged.rsplit("/", 1)[-1] and is_merged(kept.read_bytes())
+
+    again = open_store(bucket, cache_dir=cache)
+    reads = _counting(again)
+    again.refresh()
+    assert reads == []  # ... and not by the next process
+    assert again.missing(c.digest for r in reports for f in r.files for c in f.chunks) == set()
+    again.materialize(reports[2].files, tmp_path / "out", label="v2")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == (tmp_path / "v2" / "w.bin").read_bytes()
+    assert again._segments[kept.stem]._from_file  # read in place, not held in memory
+
+    # A later merge replaces the file: the next process fetches the new one, and the
+    # copy of the old one is removed.
+    later = _ingest(writer, tmp_path / "v3", "w.bin", 200_000)
+    writer.consolidate()
+    third = open_store(bucket, cache_dir=cache)
+    third.refresh()
+    [new] = _kept(cache)
+    assert new != kept and not kept.exists()
+    third.materialize(later.files, tmp_path / "out3", label="v3")
+    assert (tmp_path / "out3" / "w.bin").read_bytes() == (tmp_path / "v3" / "w.bin").read_bytes()
+
+
+def test_a_large_merged_file_is_streamed_to_disk(bucket: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _INDEX_IN_MEMORY a merged file is fetched in pieces into the cache, never
+    whole into memory (as get_bytes would)."""
+    from tether._store import chunkstore, index_cache
+
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache", pack_target=1 << 20)
+    report = _ingest(writer, tmp_path / "v", "w.bin", 6 << 20)
+    writer.consolidate()
+    [merged] = writer.blobs.list("index/")
+    monkeypatch.setattr(chunkstore, "_INDEX_IN_MEMORY", 100)
+    monkeypatch.setattr(index_cache, "_PIECE", 1000)
+    reader = open_store(bucket, cache_dir=tmp_path / "cache")
+    whole: list[str] = []
+    real = reader.blobs.get_bytes
+    monkeypatch.setattr(reader.blobs, "get_bytes",
+                        lambda key: whole.append(key) or real(key))
+    reader.refresh()
+    assert merged.key not in whole and merged.size > 3000  # in pieces of 1,000 bytes
+    [kept] = _kept(tmp_path / "cache")
+    assert kept.stat().st_size == merged.size
+    assert reader.verify(report.files, label="v") == []
+
+
+def test_a_damaged_or_foreign_copy_is_fetched_again(bucket: str, tmp_path: Path) -> None:
+    """A kept copy is used only under its name and with the size the store lists: a
+    truncated one is fetched again, and the copies of two stores never meet."""
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
+    report = _ingest(writer, tmp_path / "v", "w.bin", 500_000)
+    writer.consolidate()
+    cache = tmp_path / "cache"
+    open_store(bucket, cache_dir=cache).refresh()
+    [kept] = _kept(cache)
+    kept.write_bytes(kept.read_bytes()[:-56])  # one entry short
+    fresh = open_store(bucket, cache_dir=cache)
+    reads = _counting(fresh)
+    fresh.refresh()
+    assert reads  # fetched again
+    assert fresh.verify(report.files, label="v") == []
+    assert _kept(cache)[0].stat().st_size == writer.blobs.list("index/")[0].size
+
+    # Another store (another prefix of the bucket) under the same cache folder.
+    other = open_store(bucket + "-other", cache_dir=cache)
+    _ingest(other, tmp_path / "o", "w.bin", 100_000)
+    other.consolidate()
+    open_store(bucket + "-other", cache_dir=cache).refresh()
+    assert len({p.parent for p in _kept(cache)}) == 2  # a folder each
+
+
+def test_the_server_gateway_client_keeps_the_servers_merged_files(tmp_path: Path) -> None:
+    """Through ``tether server``: the client cannot merge (the server does), and reads
+    the server's merged files once per cache, not once per process."""
+    from .test_server import start_server, stop
+
+    server = start_server(f"sqlite:///{tmp_path / 'meta.db'}",
+                          f"file://{tmp_path / 'objects'}", tmp_path)
+    try:
+        from tether.remote import connect
+
+        store = connect(server.url, token=server.admin_token,
+                        cache_dir=tmp_path / "writer-cache").store  # through the gateway
+        reports = [_ingest(store, tmp_path / f"v{i}", "w.bin", 200_000) for i in range(3)]
+        open_store(f"file://{tmp_path / 'objects'}").consolidate()  # as the server's tidy does
+        cache = tmp_path / "client-cache"
+        first = connect(server.url, token=server.admin_token, cache_dir=cache).store
+        first.refresh()
+        second = connect(server.url, token=server.admin_token, cache_dir=cache).store
+        reads = _counting(second)
+        second.refresh()
+        assert reads == [] and len(_kept(cache)) == 1
+        second.materialize(reports[1].files, tmp_path / "out", label="v1")
+        assert (tmp_path / "out" / "w.bin").read_bytes() == (tmp_path / "v1" / "w.bin").read_bytes()
+    finally:
+        stop(server)
