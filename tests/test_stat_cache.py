@@ -54,7 +54,8 @@ def test_a_cached_file_whose_chunks_left_the_store_is_read_again(
     registry.add_dataset(folder, "corpus")
     store = registry.store
     assert isinstance(store, ChunkStore)
-    monkeypatch.setattr(ChunkStore, "missing", lambda self, digests: set(digests))
+    monkeypatch.setattr(ChunkStore, "missing_of",
+                        lambda self, lists: {d for chunks in lists for d in chunks.digests()})
     reads = _count_reads(monkeypatch)
     registry.add_dataset(folder, "corpus")
     assert reads == [sorted(p.name for p in folder.iterdir())]

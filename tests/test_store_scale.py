@@ -194,9 +194,9 @@ def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
     assert fresh._segments and fresh._journal
     chunks = [c for f in [*first.files, *later.files] for c in f.chunks]
     searched: list[int] = []
-    real = MergedIndex.first_many
-    monkeypatch.setattr(MergedIndex, "first_many",
-                        lambda self, keys: searched.append(len(keys)) or real(self, keys))
+    real = chunkstore.find_first
+    monkeypatch.setattr(chunkstore, "find_first",
+                        lambda indexes, keys: searched.append(len(keys)) or real(indexes, keys))
     assert fresh._locate_all(chunks, what="x") == [fresh._locate(c, what="x") for c in chunks]
     assert searched and searched[0] > 0  # the merged index was searched all at once
     out = tmp_path / "out"
@@ -377,3 +377,66 @@ def test_a_streaming_merge_of_mapped_files_leaves_them_readable(tmp_path: Path) 
     assert [len(i.lookup("ab" * 32)) for i in inputs] == [300] * 3
     for index in inputs:
         index.close()
+
+
+def test_missing_of_packed_lists_answers_as_missing_does(tmp_path: Path, monkeypatch: Any) -> None:
+    """A commit checks a version's chunks from their packed records (``missing_of``):
+    the same answer as ``missing`` over hex digests, whether a chunk is in a merged
+    file, an in-memory block, the unfolded dict or nowhere, and with a pack forgotten."""
+    import random
+
+    from tether._store import chunkstore
+    from tether._store.chunklist import ChunkList, ChunkRef
+
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 40)
+    monkeypatch.setattr(chunkstore, "_LOOKUP_PIECE", 64)  # many pieces
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url, pack_target=256 * 1024)
+    reports = []
+    for i in range(4):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"s{i}" / "x.bin").write_bytes(os.urandom((30 + 25 * i) * 65536))
+        reports.append(store.ingest(tmp_path / f"s{i}", ["x.bin"]))
+        if i == 1:
+            store.consolidate()  # the first two in a merged file, the rest in blocks/dict
+    assert store._segments and store._blocks and store._index
+    rng = random.Random(3)
+    stored = [c for r in reports for f in r.files for c in f.chunks]
+    absent = [ChunkRef(rng.randbytes(32).hex(), 9) for _ in range(50)]
+    absent.append(ChunkRef("00" * 32, 1))  # trailing zero bytes: not lost as numpy strips them
+    mixed = stored + absent
+    rng.shuffle(mixed)
+    lists = [ChunkList.of(mixed[:100]), ChunkList.of([]), ChunkList.of(mixed[100:])]
+    want = {c.digest for c in absent}
+    assert store.missing_of(lists) == store.missing(c.digest for c in mixed) == want
+    fresh = open_store(url)  # another process: everything from files
+    assert fresh.missing_of(lists) == want
+    gone_pack = next(iter(store._segments.values())).pack_names[0]
+    store._forget_pack(gone_pack)
+    assert store.missing_of(lists) == store.missing(c.digest for c in mixed) > want
+
+
+def test_find_first_takes_the_first_index_and_its_first_entry() -> None:
+    """Keys searched sorted across several indexes: each answer is the first index that
+    lists the key and that index's first entry for it, in the keys' own order."""
+    import random
+
+    from tether._store.midx import find_first
+
+    rng = random.Random(4)
+    pool = [rng.randbytes(32) for _ in range(300)] + [bytes(31) + b"\x01", bytes(32)]
+    indexes = []
+    for _ in range(3):
+        chosen = rng.sample(pool, 120) + rng.sample(pool, 20)  # some listed twice
+        entries = [[key.hex(), rng.randrange(1 << 30), 5, 5, 0] for key in chosen]
+        indexes.append(MergedIndex("m", build({rng.randbytes(16).hex(): (1, entries)}, ())))
+    keys = [*rng.sample(pool, 200), rng.randbytes(32), pool[-1], pool[-2], pool[0]]
+    which, entry = find_first(indexes, keys)
+    for key, number, at in zip(keys, which.tolist(), entry.tolist(), strict=True):
+        listing = [i for i, index in enumerate(indexes) if index.lookup(key.hex())]
+        if not listing:
+            assert (number, at) == (-1, -1)
+            continue
+        assert number == listing[0]
+        first = indexes[number].lookup(key.hex())[0]
+        assert indexes[number].entry(at) == first

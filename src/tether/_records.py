@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
@@ -233,6 +233,19 @@ class VersionValues:
             from ._schema.types import Signature  # numpy: only when there is a schema
 
             Signature.from_dict(self.signature)  # InvalidInput naming the bad field
+
+    def checked(self) -> VersionValues:
+        """These values checked as ``from_dict`` checks their JSON form, without that
+        form's manifest: a file's chunk list would be encoded as text and decoded
+        again (a 70 GB file's list is 45 MB packed, 60 MB as text)."""
+        rest = VersionValues.from_dict({**self.to_dict(manifest=False), "manifest": []})
+        for entry in self.manifest:
+            if not isinstance(entry, FileEntry):
+                raise InvalidInput(f"each manifest entry must be a file, not {_kind(entry)}")
+            check_artifact_path(entry.path)
+        if len({f.path for f in self.manifest}) != len(self.manifest):
+            raise InvalidInput("the manifest lists a path twice")
+        return replace(rest, manifest=tuple(self.manifest))
 
     def to_dict(self, *, manifest: bool = True) -> dict[str, Any]:
         """The JSON form ``from_dict`` reads, as ``Registry.commit`` and the REST API take it

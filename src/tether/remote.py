@@ -50,7 +50,7 @@ from ._http_fast import FastHTTP
 from ._identity import require_intact
 from ._metadata.audit_log import check_signed_heads
 from ._metadata.clock import now_iso
-from ._records import AliasMove, Event, ModelInfo, ModelVersion
+from ._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from ._reference import parse_reference, validate_model_name
 from ._registry import datasets, datasets_diff, datasets_io, loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
@@ -378,7 +378,10 @@ class RemoteRegistry:
         # The server is not trusted to keep a version's manifest and digest consistent.
         return require_intact(ModelVersion.from_dict(data))
 
-    def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion:
+    def commit(self, name: str, values: dict[str, Any] | VersionValues,
+               bump: str | None) -> ModelVersion:
+        if isinstance(values, VersionValues):
+            values = values.to_dict()  # the JSON the server checks
         body = {
             "values": {k: v for k, v in values.items() if k not in ("digest", "files_digest")},
             "bump": bump,

@@ -212,8 +212,12 @@ def highest_semver(conn: sa.Connection, mid: int) -> str | None:
     return str(max(tied, key=SemVer.parse))
 
 
-def version_by_id(conn: sa.Connection, vid: int) -> sa.Row[Any] | None:
-    return conn.execute(sa.select(versions).where(versions.c.id == vid)).first()
+def version_by_id(conn: sa.Connection, vid: int, *, files: bool = True) -> sa.Row[Any] | None:
+    """The row of version ``vid``; ``files=False`` leaves out its manifest and chunk records
+    (a commit holds them already: the chunk records of a 70 GB file are 45 MB)."""
+    columns = (versions.c if files else
+               [c for c in versions.c if c.name not in ("manifest", "chunk_records")])
+    return conn.execute(sa.select(*columns).where(versions.c.id == vid)).first()
 
 
 def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int:

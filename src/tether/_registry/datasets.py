@@ -557,7 +557,7 @@ def prepare_dataset(
             if hit[1] is not None:
                 tables[rel] = hit[1]
     if unchanged:  # only while the store still holds their chunks
-        gone = store.missing(d for e in unchanged.values() for d in e.chunks.digests())
+        gone = store.missing_of(e.chunks for e in unchanged.values())
         for rel in [r for r, e in unchanged.items()
                     if gone and any(d in gone for d in e.chunks.digests())]:
             del unchanged[rel]
@@ -723,7 +723,7 @@ def commit_remote_dataset(
     """
     validate_model_name(name)
     checked = _remote_values(values)
-    missing = registry.store.missing(d for f in checked["files"] for d in f.chunks.digests())
+    missing = registry.store.missing_of(f.chunks for f in checked["files"])
     if missing:
         raise IntegrityError(
             f"{len(missing)} chunk(s) of this dataset version are not in the store",

@@ -182,7 +182,7 @@ def log_model(
         author=author or registry.actor or current_author(),
     )
     try:
-        return registry.commit(name, values.to_dict(), bump)
+        return registry.commit(name, values.checked(), bump)
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)
@@ -224,8 +224,8 @@ def commit_version(
     logged it (on a server: the authenticated caller).
     """
     validate_model_name(name)
-    # A generator: the store checks it in pieces (a set of a million digests was 150 MB).
-    missing = registry.store.missing(d for f in checked.manifest for d in f.chunks.digests())
+    # Checked in pieces from the packed records (a set of a million digests was 150 MB).
+    missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:
         raise IntegrityError(
             f"{len(missing)} chunk(s) of this version are not in the store",
@@ -294,6 +294,6 @@ def _insert(
             after={"seq": seq, "semver": str(semver), "digest": f"sha:{values['digest']}"},
             details={"bump_reasons": reasons, "files": len(values["manifest"])},
         )
-        created = repo.version_by_id(conn, vid)
+        created = repo.version_by_id(conn, vid, files=False)
         assert created is not None
         return repo.row_to_version(created, name, files=files)

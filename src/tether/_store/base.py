@@ -212,6 +212,10 @@ class ArtifactStore(Protocol):
         """The digests among ``digests`` that the store does not hold."""
         ...
 
+    def missing_of(self, lists: Iterable[ChunkList]) -> set[str]:
+        """The digests of the chunks of ``lists`` that the store does not hold."""
+        ...
+
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         ...
 

@@ -59,12 +59,12 @@ from .base import (
 )
 from .blobs import Blobs, disk_full, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
-from .chunklist import ChunkList, ChunkListBuilder
+from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
 from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
-from .midx import MAGIC, MergedIndex, build, combine, is_merged, merge_into
+from .midx import MAGIC, MergedIndex, build, combine, find_first, is_merged, merge_into
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -757,10 +757,9 @@ class ChunkStore:
             return known
         where, keys = _segment_keys(digests, known)
         if len(keys) >= _BATCH_KNOWN and not forgotten:
-            for segment in segments:
-                for i, hit in zip(where, segment.has_many(keys), strict=True):
-                    if hit:
-                        known[i] = True
+            for i, number in zip(where, find_first(segments, keys)[0].tolist(), strict=True):
+                if number >= 0:
+                    known[i] = True
         else:
             for i, key in zip(where, keys, strict=True):
                 known[i] = any(s.has(key, forgotten) for s in segments)
@@ -777,6 +776,34 @@ class ChunkStore:
                         if not known)
         return gone
 
+    def missing_of(self, lists: Iterable[ChunkList]) -> set[str]:
+        """``missing`` of every chunk of ``lists`` (a version's files), searched from the
+        packed records: a commit checks every chunk of the version, and through hex
+        digests (made, parsed back, then searched) 967,000 chunks took 6 s."""
+        self.refresh()
+        with self._lock:
+            simple = not self._forgotten
+        if not simple:
+            return self.missing(d for chunks in lists for d in chunks.digests())
+        gone: set[str] = set()
+        for chunks in lists:
+            if not len(chunks):
+                continue
+            records = chunks.records
+            digests = chunks.rows()["digest"]
+            for start in range(0, len(chunks), _LOOKUP_PIECE):
+                with self._lock:
+                    segments = self._searched()
+                which, _ = find_first(segments, digests[start:start + _LOOKUP_PIECE])
+                # Not in a merged file or block: the few left are looked for in the dict.
+                absent = [records[i * RECORD_SIZE:i * RECORD_SIZE + 32].hex()
+                          for i in (which < 0).nonzero()[0].tolist()
+                          for i in (i + start,)]
+                if absent:
+                    with self._lock:
+                        gone.update(d for d in absent if d not in self._index)
+        return gone
+
     def _locate_all(self, chunks: Sequence[ChunkRef], *, what: str) -> list[Location]:
         """``_locate`` of every chunk of a file at once: the merged index is searched
         with numpy for all of them (one at a time, 27,000 chunks took 0.26 s, and a
@@ -791,17 +818,10 @@ class ChunkStore:
             return [self._locate(c, what=what) for c in chunks]
         found: list[Location | None] = [index.get(c.digest) for c in chunks]
         where, keys = _segment_keys([c.digest for c in chunks], found)
-        for segment in segments:
-            if not keys:
-                break
-            left_where, left_keys = [], []
-            for i, key, entry in zip(where, keys, segment.first_many(keys), strict=True):
-                if entry >= 0:
-                    found[i] = Location(*segment.entry(entry))
-                else:
-                    left_where.append(i)
-                    left_keys.append(key)
-            where, keys = left_where, left_keys
+        which, entries = find_first(segments, keys)
+        for i, number, entry in zip(where, which.tolist(), entries.tolist(), strict=True):
+            if number >= 0:
+                found[i] = Location(*segments[number].entry(entry))
         return [loc if loc is not None else self._locate(chunk, what=what)
                 for chunk, loc in zip(chunks, found, strict=True)]
 

@@ -142,22 +142,19 @@ class MergedIndex:
         return any(pack not in skip for pack, *_ in self.lookup(key.hex()))
 
     def has_many(self, keys: list[bytes]) -> list[bool]:
-        """``has`` (no pack skipped) of many keys at once: a commit checks every chunk
-        of a version, tens of thousands for a large model."""
-        return [entry >= 0 for entry in self.first_many(keys)]
+        """``has`` (no pack skipped) of many keys at once."""
+        return (find_first([self], keys)[1] >= 0).tolist()  # type: ignore[no-any-return]
 
     def first_many(self, keys: list[bytes]) -> list[int]:
-        """The first entry for each key (-1: none), vectorised: a load locates every
-        chunk of a file, tens of thousands, before reading any."""
+        """The first entry for each key (-1: none), vectorised."""
+        return find_first([self], keys)[1].tolist()  # type: ignore[no-any-return]
+
+    def _column(self) -> Any:
+        """The entries' digests as a numpy column, read in place."""
         import numpy as np  # only here: reading a store must not import it
 
-        if not self.entry_count:
-            return [-1] * len(keys)
-        column = np.ndarray((self.entry_count,), dtype="S32", buffer=self._data,
-                            offset=self._entries_at, strides=(_ENTRY.size,))
-        wanted = np.array(keys, dtype="S32")
-        at = np.minimum(np.searchsorted(column, wanted), self.entry_count - 1)
-        return np.where(column[at] == wanted, at, -1).tolist()  # type: ignore[no-any-return]
+        return np.ndarray((self.entry_count,), dtype="S32", buffer=self._data,
+                          offset=self._entries_at, strides=(_ENTRY.size,))
 
     def entry(self, i: int) -> tuple[str, int, int, int, int]:
         """(pack, offset, length, raw, codec) of entry ``i``."""
@@ -207,6 +204,44 @@ class MergedIndex:
             digest, pack, offset, length, raw, codec = _ENTRY.unpack_from(
                 self._data, self._entries_at + i * _ENTRY.size)
             yield digest.hex(), names[pack], offset, length, raw, codec
+
+
+def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
+    """For each 32-byte key (a list of bytes, or a numpy S32 column), which of ``indexes``
+    lists it first and its first entry there, as two numpy arrays (-1 and -1: none
+    does). An ingest asks this of every window's chunks, a commit of every chunk of a
+    version, a load of every chunk of a file.
+
+    Vectorised, with the keys sorted once: numpy's binary search starts each key
+    where the previous one ended, so sorted keys touch a few pages of a large
+    index instead of jumping across it (65,536 random keys against 131,072
+    entries: 77 ms unsorted, 17 ms sorted, the sort included). A key found is
+    not searched for in the indexes after.
+    """
+    import numpy as np  # only here: reading a store must not import it
+
+    count = len(keys)
+    which = np.full(count, -1, dtype=np.int64)
+    entry = np.full(count, -1, dtype=np.int64)
+    if count:
+        wanted = np.asarray(keys, dtype="S32")
+        order = np.argsort(wanted, kind="stable")
+        wanted = wanted[order]
+        for number, index in enumerate(indexes):
+            if not len(order):
+                break
+            if not index.entry_count:
+                continue
+            column = index._column()
+            at = np.searchsorted(column, wanted)
+            np.minimum(at, index.entry_count - 1, out=at)
+            hit = column[at] == wanted
+            if hit.any():
+                which[order[hit]] = number
+                entry[order[hit]] = at[hit]
+                missed = ~hit
+                order, wanted = order[missed], wanted[missed]
+    return which, entry
 
 
 #: An entry as numpy sees it (the layout of ``_ENTRY``).
