@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_registry_scale.py [--sizes 1000,10000] [--huge] [--json]
     .venv/bin/python bench/bench_registry_scale.py --registry [--sizes 100,1000,10000]
+    .venv/bin/python bench/bench_registry_scale.py --lookups 2097152,16777216
 
 For each size N, a store is filled with N versions of a tiny model (a few KB of
 new bytes each: one pack and one index entry per version, as `tether.log_model`
@@ -170,6 +171,89 @@ def run_registry(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _write_merged(path: Path, digests: Any) -> None:
+    """A merged index file (midx layout) listing sorted ``digests`` in one pack."""
+    import numpy as np
+
+    from tether._store import midx
+
+    rows = np.zeros(len(digests), dtype=np.dtype(midx._ENTRY_FIELDS))
+    rows["digest"] = np.sort(digests)
+    rows["offset"] = np.arange(len(digests)) * 65536
+    rows["length"] = rows["raw"] = 65536
+    fanout = np.cumsum(np.bincount(rows.view("u1")[::midx._ENTRY.size], minlength=256))
+    with open(path, "wb") as out:
+        out.write(midx._HEAD.pack(midx.MAGIC, 1, len(rows), 0, 0))
+        out.write(midx._PACK.pack(os.urandom(16), len(rows) * 65536))
+        out.write(midx._FANOUT.pack(*fanout.tolist()))
+        out.write(rows.data.cast("B"))
+
+
+def _rss_file_mb() -> float:
+    """Pages of mapped files this process holds (the index files a lookup touched)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_lookups(totals: list[int], rounds: int) -> list[dict[str, Any]]:
+    """What an ingest pays per 8 MB window (128 chunks at 64 KiB) to ask whether its
+    chunks are stored, in a store of N chunks: in merged files of at most 262,144
+    entries (the cap before merges streamed) and of at most 2,097,152 (now), for new
+    chunks (every file is searched) and stored ones; beside BLAKE3 of the 8 MB,
+    which the ingest does anyway (the anchor, same run)."""
+    import blake3
+    import numpy as np
+
+    window = os.urandom(8 << 20)
+    start = time.perf_counter()
+    for _ in range(20):
+        blake3.blake3(window).digest()
+    hash_ms = (time.perf_counter() - start) / 20 * 1000
+    rows = []
+    for total in totals:
+        digests = np.frombuffer(os.urandom(32 * total), dtype="S32")
+        for cap in (262_144, 2_097_152):
+            with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+                folder = Path(tmp) / "index"
+                folder.mkdir()
+                for first in range(0, total, cap):
+                    _write_merged(folder / f"{os.urandom(16).hex()}.idx",
+                                  digests[first:first + cap])
+                store = open_store(f"file://{tmp}")
+                store.refresh()
+                timings = {}
+                for kind in ("new", "stored"):
+                    times = []
+                    for round_ in range(rounds + rounds // 4):  # the first quarter warms up
+                        if round_ == rounds // 4:
+                            times = []
+                        if kind == "new":
+                            keys = [os.urandom(32).hex() for _ in range(128)]
+                        else:
+                            picked = np.random.randint(0, total, 128)
+                            keys = [bytes(digests[i]).ljust(32, b"\0").hex() for i in picked]
+                        begin = time.perf_counter()
+                        known = store._known_all(keys)
+                        times.append(time.perf_counter() - begin)
+                        assert all(known) == (kind == "stored"), kind
+                    timings[kind] = statistics.median(times) * 1000
+                row = {"chunks": total, "cap": cap, "files": len(store._segments),
+                       "new_ms": timings["new"], "stored_ms": timings["stored"],
+                       "blake3_8mb_ms": hash_ms, "index_mb": sum(
+                           p.stat().st_size for p in folder.iterdir()) / (1 << 20),
+                       "mapped_mb": _rss_file_mb()}
+                rows.append(row)
+                print(f"{total:>10,} chunks in {row['files']:>3} files (cap {cap:>9,}): "
+                      f"new {row['new_ms']:.3f} ms, stored {row['stored_ms']:.3f} ms per "
+                      f"128-chunk window; BLAKE3 of the window {hash_ms:.2f} ms; "
+                      f"index {row['index_mb']:.0f} MB, {row['mapped_mb']:.0f} MB of it mapped "
+                      f"(RssFile)", flush=True)
+                del store
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000")
@@ -178,7 +262,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--registry", action="store_true",
                         help="time Registry.log_model/load end to end instead of the store")
+    parser.add_argument("--lookups", default="",
+                        help="instead: an ingest's whether-stored question per 8 MB window "
+                             "in stores of these many chunks (e.g. 2097152,16777216)")
     args = parser.parse_args()
+    if args.lookups:
+        rows = run_lookups([int(n) for n in args.lookups.split(",") if n], args.rounds * 20)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.huge:
         sizes.append(100_000)
