@@ -364,3 +364,44 @@ def test_quarantine_needs_direct_access_and_uploads_never_replace(tmp_path: Path
                 blobs.put_file_new(key, tmp)
             assert not tmp.exists()
     assert blobs.get_bytes(key) == b"first"
+
+
+def test_verify_stops_reading_ahead_after_a_damaged_run(tmp_path: Path, monkeypatch: Any) -> None:
+    """``verify`` reads runs ahead on threads; when one is damaged it reports the file and
+    stops: no read of that file goes on after it returns, and the runs read ahead give
+    their buffers back to the pool for the next file."""
+    import threading
+    import time
+
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_RUN_BYTES", 256 * 1024)  # many runs per file
+    (tmp_path / "src").mkdir()
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / "src" / name).write_bytes(os.urandom(6 << 20))
+    store = open_store(f"file://{tmp_path / 'store'}")
+    report = store.ingest(tmp_path / "src", ["a.bin", "b.bin"])
+    first = report.files[0].chunks[0]
+    loc = store.locate(first.digest)
+    assert loc is not None
+    with open(tmp_path / "store" / "packs" / f"{loc.pack}.pack", "r+b") as pack:
+        pack.seek(loc.offset)
+        pack.write(b"\0" * 16)  # the first run of a.bin is damaged
+    reads: list[float] = []
+    real = ChunkStore._read_run_views
+
+    def slow(self: ChunkStore, chunks: Any, **kw: Any) -> Any:
+        time.sleep(0.02)
+        out = real(self, chunks, **kw)
+        reads.append(time.monotonic())
+        return out
+
+    monkeypatch.setattr(ChunkStore, "_read_run_views", slow)
+    pool = store._run_buffers
+    problems = store.verify(report.files[:1], label="v")
+    returned = time.monotonic()
+    assert len(problems) == 1 and "a.bin" in problems[0]
+    time.sleep(0.2)
+    assert all(t <= returned for t in reads)  # nothing still reading the damaged file
+    assert threading.active_count() < 50
+    assert len(pool._free) >= 2  # the buffers read ahead came back

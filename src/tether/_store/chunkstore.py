@@ -1734,6 +1734,16 @@ class ChunkStore:
                         hash_run(ahead.popleft())
                 except IntegrityError as error:
                     problems.append(error.message)
+                    # The runs read ahead are not needed: stopped, or waited for so
+                    # their buffers go back to the pool before the next file.
+                    for future in ahead:
+                        future.cancel()
+                    for future in ahead:
+                        if future.cancelled() or future.exception() is not None:
+                            continue
+                        _pieces, buffer = future.result()
+                        if buffer is not None:
+                            self._run_buffers.give(buffer)
                     continue
                 if hasher.hexdigest() != entry.digest:
                     problems.append(f"{what} does not match its recorded digest")
