@@ -216,6 +216,8 @@ def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
     monkeypatch.setattr(chunkstore, "_MERGE_MAX", cap)
     monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", spill)
     monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 8)
+    # The big ingest's own merge (from memory) would leave no journal to merge here.
+    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs: None)
     spilled: list[int] = []
     real_scratch = ChunkStore._merged_scratch
     monkeypatch.setattr(ChunkStore, "_merged_scratch",
@@ -440,3 +442,42 @@ def test_find_first_takes_the_first_index_and_its_first_entry() -> None:
         assert number == listing[0]
         first = indexes[number].lookup(key.hex())[0]
         assert indexes[number].entry(at) == first
+
+
+def test_an_ingest_of_many_packs_merges_its_own_index_files(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """An ingest that wrote at least _JOURNAL_MAX packs merges their index files itself,
+    from the entries it holds: a fresh process reads one merged file, not thousands of
+    journal files. Another writer's journal file is left as it is, and the merged file
+    lists no pack but the ingest's own."""
+    from tether._store import chunkstore
+    from tether._store.midx import is_merged
+
+    monkeypatch.setattr(chunkstore, "_JOURNAL_MAX", 6)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    url = f"file://{tmp_path / 'store'}"
+    other = open_store(url, pack_target=1 << 20)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x.bin").write_bytes(os.urandom(300_000))
+    theirs = other.ingest(tmp_path / "o", ["x.bin"])  # one journal file, not ours
+    store = open_store(url, pack_target=256 * 1024)
+    store.refresh()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(4 << 20))
+    ours = store.ingest(tmp_path / "src", ["big.bin"])
+    index = tmp_path / "store" / "index"
+    files = {p.stem: is_merged(p.read_bytes()[:8]) for p in index.iterdir()}
+    merged = [name for name, m in files.items() if m]
+    journal = [name for name, m in files.items() if not m]
+    assert len(merged) == 1, files
+    [segment] = [MergedIndex.open(n, index / f"{n}.idx") for n in merged]
+    assert len(segment.pack_names) >= 6 and set(segment.covers) == set(segment.pack_names)
+    assert journal == [n for n in journal if n not in segment.pack_names]  # ours are gone
+    assert len(journal) == 1  # the other writer's file stays
+    assert segment.entry_count == len({c.digest for c in ours.files[0].chunks})
+    segment.close()
+    fresh = open_store(url)
+    wanted = [c.digest for r in (ours, theirs) for f in r.files for c in f.chunks]
+    assert fresh.missing(wanted) == set() and store.missing(wanted) == set()
+    fresh.materialize(ours.files, tmp_path / "out", label="big")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
