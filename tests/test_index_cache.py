@@ -160,3 +160,39 @@ def test_the_server_gateway_client_keeps_the_servers_merged_files(tmp_path: Path
         assert (tmp_path / "out" / "w.bin").read_bytes() == (tmp_path / "v1" / "w.bin").read_bytes()
     finally:
         stop(server)
+
+
+def test_a_hostile_merged_file_claims_nothing_and_breaks_nothing(bucket: str, tmp_path: Path,
+                                                                 s3_endpoint: str) -> None:
+    """A merged file the store serves may be anything: a bare magic number, or a header
+    claiming four billion covers. With the cache as without it, refresh goes on, the
+    file claims nothing, and every honest chunk is found."""
+    import boto3
+
+    from tether._store.midx import _HEAD, MAGIC
+
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
+    report = _ingest(writer, tmp_path / "v", "w.bin", 300_000)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name, body in ((f"{'a' * 32}", MAGIC + b"\0" * 4),
+                       (f"{'b' * 32}", _HEAD.pack(MAGIC, 0, 0, 0xFFFFFFFF, 0) + bytes(64))):
+        s3.put_object(Bucket="models", Key=f"registry/index/{name}.idx", Body=body)
+    for cache in (tmp_path / "cache", None):
+        reader = open_store(bucket, cache_dir=cache)
+        reader.refresh()
+        assert reader.missing(c.digest for f in report.files for c in f.chunks) == set()
+    assert not [p for p in _kept(tmp_path / "cache") if p.stem in ("a" * 32, "b" * 32)]
+
+
+def test_two_endpoints_with_one_bucket_name_keep_apart(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``s3://models/registry`` on two endpoints are two stores: their kept files go in
+    two folders (one refresh would otherwise prune the other's copies)."""
+    from tether._store.blobs import S3Blobs
+    from tether._store.index_cache import IndexCache
+
+    folders = set()
+    for endpoint in ("http://127.0.0.1:1", "http://127.0.0.1:2", ""):
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", endpoint)
+        folders.add(IndexCache(tmp_path, S3Blobs("models", "registry")).folder)  # type: ignore[arg-type]
+    assert len(folders) == 3

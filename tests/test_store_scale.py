@@ -480,4 +480,135 @@ def test_an_ingest_of_many_packs_merges_its_own_index_files(
     wanted = [c.digest for r in (ours, theirs) for f in r.files for c in f.chunks]
     assert fresh.missing(wanted) == set() and store.missing(wanted) == set()
     fresh.materialize(ours.files, tmp_path / "out", label="big")
-    assert (tmp_path / "out" / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
+    out = (tmp_path / "out" / "big.bin").read_bytes()
+    assert out == (tmp_path / "src" / "big.bin").read_bytes()
+
+
+# -- damaged or hostile merged files ---------------------------------------------------
+
+
+def _entries_file(entries: list[list[Any]], pack: str | None = None) -> bytes:
+    return build({pack or os.urandom(16).hex(): (1 << 20, entries)}, ())
+
+
+def test_a_hostile_header_is_refused_before_anything_is_read_by_its_counts() -> None:
+    """A merged file is checked against its own length first: a header claiming four
+    billion covers (or entries, or packs) is refused at once, as is a short header or a
+    fanout that does not add up, never an allocation or a loop of that size."""
+    import struct
+
+    from tether._store.midx import _HEAD, MAGIC
+
+    good = _entries_file([[os.urandom(32).hex(), 0, 5, 5, 0]])
+    hostile = [
+        MAGIC + b"\0" * 4,  # shorter than a header
+        _HEAD.pack(MAGIC, 0, 0, 0xFFFFFFFF, 0),  # 4 billion covers
+        _HEAD.pack(MAGIC, 0xFFFFFFFF, 0, 0, 0) + bytes(2000),
+        _HEAD.pack(MAGIC, 1, 0xFFFFFFFF, 0, 0) + good[_HEAD.size:],
+        good[:-1],  # one byte short
+        good[:_HEAD.size + 24] + struct.pack("<256I", *([0] * 255 + [5])) + good[-56:],
+    ]
+    for data in hostile:
+        with pytest.raises(ValueError):
+            MergedIndex("h", data)
+    assert MergedIndex("g", good).entry_count == 1
+
+
+def test_an_entry_naming_a_pack_the_file_lacks_claims_nothing(tmp_path: Path) -> None:
+    """An entry whose pack number is past the file's pack table: lookups skip it, a load
+    locating it falls back to the other indexes, and a merge drops it."""
+    import io
+
+    from tether._store.midx import _ENTRY, merge_into
+
+    key, other = os.urandom(32).hex(), os.urandom(32).hex()
+    data = bytearray(_entries_file([[key, 0, 5, 5, 0], [other, 5, 5, 5, 0]]))
+    index = MergedIndex("bad", bytes(data))
+    at = index._entries_at + [e[0] for e in index.entries()].index(key) * _ENTRY.size
+    data[at + 32:at + 36] = (7).to_bytes(4, "little")  # pack number 7 of 1
+    bad = MergedIndex("bad", bytes(data))
+    assert bad.lookup(key) == [] and len(bad.lookup(other)) == 1
+    assert [e[0] for e in bad.entries()] == [other]
+    with pytest.raises(ValueError):
+        bad.entry(bad._bounds(bytes.fromhex(key))[0])
+    with io.BytesIO() as out:
+        assert merge_into(out, [bad], []) == 1
+    assert combine_count([bad]) == 1
+
+
+def combine_count(indexes: list[MergedIndex]) -> int:
+    from tether._store.midx import combine
+
+    return MergedIndex("c", bytes(combine(indexes, ()))).entry_count
+
+
+def test_a_merged_file_out_of_order_is_not_merged_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Merging streams on the promise that each input is sorted. A damaged file that is
+    not is refused (ValueError naming it) and nothing it covers is deleted: before
+    streaming, a merge re-sorted everything; a stream over it would have written
+    entries no binary search finds, then deleted the files that still listed them."""
+    import io
+
+    from tether._store.midx import merge_into
+
+    entries = [[os.urandom(32).hex(), i * 5, 5, 5, 0] for i in range(400)]
+    sorted_file = _entries_file(entries)
+    index = MergedIndex("m", sorted_file)
+    data = bytearray(sorted_file)
+    first, last = index._entries_at, index._entries_at + 399 * 56
+    data[first:first + 56], data[last:last + 56] = data[last:last + 56], data[first:first + 56]
+    for round_entries in (16, 65536):
+        with io.BytesIO() as out, pytest.raises(ValueError, match="not sorted"):
+            merge_into(out, [MergedIndex("swapped", bytes(data))], [],
+                       round_entries=round_entries)
+    store_dir = tmp_path / "store"
+    (store_dir / "index").mkdir(parents=True)
+    (store_dir / "index" / f"{'a' * 32}.idx").write_bytes(bytes(data))
+    (store_dir / "index" / f"{'b' * 32}.idx").write_bytes(
+        _entries_file([[os.urandom(32).hex(), 0, 5, 5, 0]]))
+    store = open_store(f"file://{store_dir}")
+    with pytest.raises(ValueError, match="not sorted"):
+        store.consolidate()
+    assert sorted(p.name for p in (store_dir / "index").iterdir()) == [
+        f"{'a' * 32}.idx", f"{'b' * 32}.idx"]  # nothing deleted, nothing half-written
+    assert not [p for p in (store_dir / "tmp").iterdir()]
+
+
+def test_a_failed_merge_reports_its_own_error(tmp_path: Path, monkeypatch: Any) -> None:
+    """A merge that fails while writing (a full disk) raises that error, not a
+    BufferError from closing a scratch input a traceback still holds a view of."""
+    import errno
+
+    from tether._store import chunkstore
+
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    for i in range(4):
+        (tmp_path / f"v{i}").mkdir()
+        (tmp_path / f"v{i}" / "f.bin").write_bytes(os.urandom(300_000))
+        store.ingest(tmp_path / f"v{i}", ["f.bin"])
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 1)
+    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1)
+    real = chunkstore.merge_into
+
+    class Full:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def write(self, data: Any) -> int:
+            if isinstance(data, memoryview):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self.handle.write(data))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+    def failing(handle: Any, indexes: Any, covers: Any, *args: Any, **kw: Any) -> int:
+        covers = list(covers)
+        if covers and any(i.name == chunkstore._SPILLED for i in indexes):
+            return int(real(Full(handle), indexes, covers, *args, **kw))
+        return int(real(handle, indexes, covers, *args, **kw))
+
+    monkeypatch.setattr(chunkstore, "merge_into", failing)
+    with pytest.raises(OSError) as caught:
+        store.consolidate()
+    assert caught.value.errno == errno.ENOSPC

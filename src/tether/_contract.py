@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._environment import Difference, Verdict
-    from ._records import AliasMove, Event, ModelInfo, ModelVersion
+    from ._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
     from ._registry.datasets import DatasetInfo, DatasetVersion
     from ._registry.datasets_io import DatasetFile
     from ._registry.model_files import ModelFile
@@ -104,7 +104,8 @@ class RegistryAPI(Protocol):
         progress: bool = True,
     ) -> ModelVersion: ...
 
-    def commit(self, name: str, values: dict[str, Any], bump: str | None) -> ModelVersion: ...
+    def commit(self, name: str, values: dict[str, Any] | VersionValues,
+               bump: str | None) -> ModelVersion: ...
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]: ...
 

@@ -244,8 +244,9 @@ class S3Blobs:
         self.url = f"s3://{bucket}/{self.prefix}"
         config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
                         max_pool_connections=32, connect_timeout=5, read_timeout=60)
-        self.client: Any = boto3.client(
-            "s3", endpoint_url=os.environ.get("TETHER_S3_ENDPOINT_URL") or None, config=config)
+        #: The endpoint (TETHER_S3_ENDPOINT_URL; empty: AWS): the URL does not name it.
+        self.endpoint = os.environ.get("TETHER_S3_ENDPOINT_URL") or ""
+        self.client: Any = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=max(multipart_threshold, 5 << 20),
                                        max_concurrency=4)

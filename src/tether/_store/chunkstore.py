@@ -696,17 +696,16 @@ class ChunkStore:
                         return kept
                     if info.size > _INDEX_IN_MEMORY and is_merged(
                             self.blobs.get_range(info.key, 0, len(MAGIC))):
-                        with contextlib.suppress(OSError):  # else fetched whole, as before
+                        # Else (a short answer, a full cache disk) fetched whole, as before.
+                        with contextlib.suppress(OSError, ValueError, struct.error):
                             return cache.fetch(info.key, name, info.size)
                 raw = self.blobs.get_bytes(info.key)
                 if cache is not None and is_merged(raw[:len(MAGIC)]):
-                    with contextlib.suppress(OSError, ValueError):  # else read from memory
-                        return cache.keep(name, raw)
+                    with contextlib.suppress(OSError, ValueError, struct.error):
+                        return cache.keep(name, raw)  # else read from memory (and refused there)
                 return raw
             except NotFound:
                 return None
-            except ValueError:
-                return b""  # not a whole merged file: claims nothing
 
         if len(new) == 1:
             return {new[0].key: get(new[0])}
@@ -821,7 +820,8 @@ class ChunkStore:
         which, entries = find_first(segments, keys)
         for i, number, entry in zip(where, which.tolist(), entries.tolist(), strict=True):
             if number >= 0:
-                found[i] = Location(*segments[number].entry(entry))
+                with contextlib.suppress(ValueError):  # a damaged entry: found one at a time
+                    found[i] = Location(*segments[number].entry(entry))
         return [loc if loc is not None else self._locate(chunk, what=what)
                 for chunk, loc in zip(chunks, found, strict=True)]
 
@@ -1008,7 +1008,10 @@ class ChunkStore:
             finally:
                 for index in inputs:
                     if index.name == _SPILLED:
-                        index.close()
+                        # A failed merge's traceback may still hold a view into it: then
+                        # it is unmapped when that goes (the file is unlinked already).
+                        with contextlib.suppress(BufferError):
+                            index.close()
             inputs, covered, count = [], [], 0
 
         for segment in segments:

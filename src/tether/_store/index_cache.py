@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 from .blobs import Blobs, make_temp
@@ -33,8 +34,10 @@ class IndexCache:
 
     def __init__(self, root: Path, blobs: Blobs) -> None:
         self.root = root
-        # One folder per store: two stores' files never meet, whatever their names.
-        self.folder = root / "index" / hashlib.sha256(blobs.url.encode()).hexdigest()[:24]
+        # One folder per store: two stores' files never meet, whatever their names. An
+        # S3 URL names no endpoint: two endpoints' s3://bucket/prefix are two stores.
+        where = f"{blobs.url} {getattr(blobs, 'endpoint', '') or ''}"
+        self.folder = root / "index" / hashlib.sha256(where.encode()).hexdigest()[:24]
         self.blobs = blobs
 
     def _path(self, name: str) -> Path:
@@ -47,7 +50,7 @@ class IndexCache:
             if path.stat().st_size != size:
                 return None
             return MergedIndex.open(name, path)
-        except (OSError, ValueError):
+        except (OSError, ValueError, struct.error):
             return None  # gone (another process pruned it) or damaged: fetched again
 
     def fetch(self, key: str, name: str, size: int) -> MergedIndex:

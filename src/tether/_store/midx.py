@@ -79,11 +79,18 @@ class MergedIndex:
     """A merged index file, read in place."""
 
     def __init__(self, name: str, data: bytes | bytearray | mmap.mmap) -> None:
+        """Checked before anything is read by count: the file may come from a hostile
+        store (a header claiming 4 billion covers took a client's memory)."""
         self.name = name
         self._data = data
+        if len(data) < _HEAD.size:
+            raise ValueError("merged index is truncated")
         magic, self.pack_count, self.entry_count, cover_count, _ = _HEAD.unpack_from(data, 0)
         if magic != MAGIC:
             raise ValueError("not a merged index")
+        if (_HEAD.size + 16 * cover_count + _PACK.size * self.pack_count + _FANOUT.size
+                + _ENTRY.size * self.entry_count) > len(data):
+            raise ValueError("merged index is truncated")
         at = _HEAD.size
         self.covers = [bytes(data[at + 16 * i:at + 16 * (i + 1)]).hex()
                        for i in range(cover_count)]
@@ -92,8 +99,9 @@ class MergedIndex:
         at += _PACK.size * self.pack_count
         self._fanout = _FANOUT.unpack_from(data, at)
         self._entries_at = at + _FANOUT.size
-        if len(data) < self._entries_at + _ENTRY.size * self.entry_count:
-            raise ValueError("merged index is truncated")
+        if (any(a > b for a, b in itertools.pairwise(self._fanout))
+                or self._fanout[-1] != self.entry_count):
+            raise ValueError("merged index has a malformed fanout")
         self._pack_names: list[str] | None = None
         #: Mapped from a file (``open``): its pages may be let go and read again.
         #: Never an anonymous mapping, whose pages would come back as zeros.
@@ -157,9 +165,12 @@ class MergedIndex:
                           offset=self._entries_at, strides=(_ENTRY.size,))
 
     def entry(self, i: int) -> tuple[str, int, int, int, int]:
-        """(pack, offset, length, raw, codec) of entry ``i``."""
+        """(pack, offset, length, raw, codec) of entry ``i``; ValueError if it names a pack
+        the file does not list."""
         _, pack, offset, length, raw, codec = _ENTRY.unpack_from(
             self._data, self._entries_at + i * _ENTRY.size)
+        if pack >= self.pack_count:
+            raise ValueError(f"merged index {self.name} names pack number {pack} it lacks")
         return self.pack_names[pack], offset, length, raw, codec
 
     def _bounds(self, key: bytes) -> tuple[int, int]:
@@ -193,6 +204,8 @@ class MergedIndex:
         found = []
         for i in range(lo, hi):
             _, pack, offset, length, raw, codec = _ENTRY.unpack_from(data, base + i * size)
+            if pack >= self.pack_count:
+                continue  # names no pack: claims nothing
             name_at = self._packs_at + _PACK.size * pack
             found.append((bytes(data[name_at:name_at + 16]).hex(), offset, length, raw, codec))
         return found
@@ -203,7 +216,8 @@ class MergedIndex:
         for i in range(self.entry_count):
             digest, pack, offset, length, raw, codec = _ENTRY.unpack_from(
                 self._data, self._entries_at + i * _ENTRY.size)
-            yield digest.hex(), names[pack], offset, length, raw, codec
+            if pack < self.pack_count:  # else names no pack: claims nothing
+                yield digest.hex(), names[pack], offset, length, raw, codec
 
 
 def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
@@ -283,11 +297,13 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
     del indexes
     start = 0
     for count, table in zip(counts, tables, strict=True):
-        renumber = np.array([number.get(name, gone) for name, _ in table] or [0], dtype="<u4")
+        renumber = np.array([number.get(name, gone) for name, _ in table] + [gone],
+                            dtype="<u4")
         part = rows[start:start + count]
-        part["pack"] = renumber[part["pack"]]
+        # A pack number the input does not list (a damaged file) is dropped as ``gone``.
+        part["pack"] = renumber[np.minimum(part["pack"], len(table))]
         start += count
-    if dropped:
+    if (rows["pack"] == gone).any():
         rows = rows[rows["pack"] != gone]
     # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
     # taken straight into the output (no sorted copy, no joined copy).
@@ -346,8 +362,10 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
     names = sorted(sizes)
     gone = len(names)
     number = {name: i for i, name in enumerate(names)}
-    renumber = [np.array([number.get(name, gone) for name, _ in table] or [0], dtype="<u4")
+    # One more slot: a pack number an input does not list is dropped as ``gone``.
+    renumber = [np.array([number.get(name, gone) for name, _ in table] + [gone], dtype="<u4")
                 for table in tables]
+    last: list[Any] = [None] * len(indexes)  # each input's last digest merged
     cover_ids = sorted(set(covers))
     start = handle.tell()
     handle.write(_HEAD.pack(MAGIC, 0, 0, 0, 0))  # written again at the end, with the counts
@@ -389,8 +407,17 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
         parts = []
         for (i, view), take in zip(batches, takes, strict=True):
             part = view[:take].copy()
-            part["pack"] = renumber[i][part["pack"]]
-            parts.append(part[part["pack"] != gone] if dropped else part)
+            digests = part["digest"]
+            # The rounds rely on each input being sorted (``combine`` sorted everything
+            # at once): a file out of order would leave entries no search finds.
+            if take and ((last[i] is not None and digests[0] < last[i])
+                         or bool((digests[1:] < digests[:-1]).any())):
+                raise ValueError(f"merged index {indexes[i].name} is not sorted by digest; "
+                                 "`tether store verify` reports it")
+            if take:
+                last[i] = digests[-1]
+            part["pack"] = renumber[i][np.minimum(part["pack"], len(tables[i]))]
+            parts.append(part[part["pack"] != gone])
             _let_go(indexes[i], cursor[i], cursor[i] + take)
             cursor[i] += take
         rows = np.concatenate(parts)
