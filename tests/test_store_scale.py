@@ -542,14 +542,15 @@ def combine_count(indexes: list[MergedIndex]) -> int:
     return MergedIndex("c", bytes(combine(indexes, ()))).entry_count
 
 
-def test_a_merged_file_out_of_order_is_not_merged_and_nothing_is_lost(tmp_path: Path) -> None:
+def test_a_merged_file_out_of_order_is_sorted_again_and_nothing_is_lost(
+        tmp_path: Path) -> None:
     """Merging streams on the promise that each input is sorted. A damaged file that is
-    not is refused (ValueError naming it) and nothing it covers is deleted: before
-    streaming, a merge re-sorted everything; a stream over it would have written
-    entries no binary search finds, then deleted the files that still listed them."""
+    not is refused by the stream (``Unsorted``, naming it), and the store's merge sorts
+    that group whole instead: a stream over it would have written entries no binary
+    search finds, then deleted the files that still listed them."""
     import io
 
-    from tether._store.midx import merge_into
+    from tether._store.midx import Unsorted, merge_into
 
     entries = [[os.urandom(32).hex(), i * 5, 5, 5, 0] for i in range(400)]
     sorted_file = _entries_file(entries)
@@ -557,20 +558,22 @@ def test_a_merged_file_out_of_order_is_not_merged_and_nothing_is_lost(tmp_path: 
     data = bytearray(sorted_file)
     first, last = index._entries_at, index._entries_at + 399 * 56
     data[first:first + 56], data[last:last + 56] = data[last:last + 56], data[first:first + 56]
+    swapped = MergedIndex("swapped", bytes(data))
+    assert len([d for d, *_ in entries if not swapped.lookup(d)]) >= 1  # searches miss
     for round_entries in (16, 65536):
-        with io.BytesIO() as out, pytest.raises(ValueError, match="not sorted"):
-            merge_into(out, [MergedIndex("swapped", bytes(data))], [],
-                       round_entries=round_entries)
+        with io.BytesIO() as out, pytest.raises(Unsorted, match="swapped"):
+            merge_into(out, [swapped], [], round_entries=round_entries)
     store_dir = tmp_path / "store"
     (store_dir / "index").mkdir(parents=True)
     (store_dir / "index" / f"{'a' * 32}.idx").write_bytes(bytes(data))
-    (store_dir / "index" / f"{'b' * 32}.idx").write_bytes(
-        _entries_file([[os.urandom(32).hex(), 0, 5, 5, 0]]))
+    extra = [os.urandom(32).hex(), 0, 5, 5, 0]
+    (store_dir / "index" / f"{'b' * 32}.idx").write_bytes(_entries_file([extra]))
     store = open_store(f"file://{store_dir}")
-    with pytest.raises(ValueError, match="not sorted"):
-        store.consolidate()
-    assert sorted(p.name for p in (store_dir / "index").iterdir()) == [
-        f"{'a' * 32}.idx", f"{'b' * 32}.idx"]  # nothing deleted, nothing half-written
+    store.consolidate()
+    [merged] = list((store_dir / "index").iterdir())
+    assert merged.stem not in ("a" * 32, "b" * 32)
+    fresh = open_store(f"file://{store_dir}")
+    assert fresh.missing([d for d, *_ in entries] + [extra[0]]) == set()  # every one found
     assert not [p for p in (store_dir / "tmp").iterdir()]
 
 

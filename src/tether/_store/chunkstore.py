@@ -64,7 +64,16 @@ from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
-from .midx import MAGIC, MergedIndex, build, combine, find_first, is_merged, merge_into
+from .midx import (
+    MAGIC,
+    MergedIndex,
+    Unsorted,
+    build,
+    combine,
+    find_first,
+    is_merged,
+    merge_into,
+)
 from .progress import Progress
 
 AVG_CHUNK = 64 * 1024
@@ -994,7 +1003,14 @@ class ChunkStore:
                     fd, tmp = self.blobs.temp_file()
                     try:
                         with os.fdopen(fd, "w+b") as handle:
-                            merge_into(handle, inputs, covered, drop=skip)
+                            try:
+                                merge_into(handle, inputs, covered, drop=skip)
+                            except Unsorted:
+                                # A damaged input: sorted whole in memory (about 110 bytes
+                                # an entry, once), which puts it right.
+                                handle.seek(0)
+                                handle.truncate()
+                                handle.write(combine(inputs, covered, drop=skip))
                             handle.flush()
                             os.fsync(handle.fileno())
                     except BaseException:

@@ -328,6 +328,10 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
     return out
 
 
+class Unsorted(ValueError):
+    """An input of a streaming merge is not in digest order (a damaged file)."""
+
+
 #: A streaming merge holds about this many entries at a time (3.5 MB), whatever
 #: the size of its inputs and output.
 MERGE_ROUND = 65536
@@ -412,8 +416,7 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
             # at once): a file out of order would leave entries no search finds.
             if take and ((last[i] is not None and digests[0] < last[i])
                          or bool((digests[1:] < digests[:-1]).any())):
-                raise ValueError(f"merged index {indexes[i].name} is not sorted by digest; "
-                                 "`tether store verify` reports it")
+                raise Unsorted(f"merged index {indexes[i].name} is not sorted by digest")
             if take:
                 last[i] = digests[-1]
             part["pack"] = renumber[i][np.minimum(part["pack"], len(tables[i]))]
