@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import Conflict, NotFound, StoreError
+from .fileio import write_synced
 from .locking import SEP, owner_tag
 
 
@@ -169,10 +170,7 @@ class LocalBlobs:
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         fd, tmp = self.temp_file()
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_synced(fd, data)
         except OSError as error:
             tmp.unlink(missing_ok=True)
             raise disk_full(error, self._path(key)) or error from error

@@ -1000,27 +1000,7 @@ class ChunkStore:
             blocks = []
             try:
                 if covered:
-                    fd, tmp = self.blobs.temp_file()
-                    try:
-                        with os.fdopen(fd, "w+b") as handle:
-                            try:
-                                merge_into(handle, inputs, covered, drop=skip)
-                            except Unsorted:
-                                # A damaged input: sorted whole in memory (about 110 bytes
-                                # an entry, once), which puts it right.
-                                handle.seek(0)
-                                handle.truncate()
-                                handle.write(combine(inputs, covered, drop=skip))
-                            handle.flush()
-                            os.fsync(handle.fileno())
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)
-                        raise
-                    self.blobs.put_file(f"index/{uuid.uuid4().hex}.idx", tmp)
-                    # The merged file is durable: only now may what it replaces go.
-                    for old in covered:
-                        with contextlib.suppress(NotFound):
-                            self.blobs.delete(f"index/{old}.idx")
+                    self._publish_merged(inputs, covered, skip)
             finally:
                 for index in inputs:
                     if index.name == _SPILLED:
@@ -1088,21 +1068,34 @@ class ChunkStore:
             forgotten = set(self._forgotten)
         mine = set(packs)
         others = {name for block in blocks for name in block.pack_names if name not in mine}
+        self._publish_merged(blocks, packs, others | forgotten)
+        self.refresh()
+
+    def _publish_merged(self, inputs: list[MergedIndex], covers: list[str],
+                        drop: set[str]) -> None:
+        """Write the merged index of ``inputs`` (without the packs in ``drop``) as a new
+        index file replacing the index files ``covers``, which go once it is durable."""
         fd, tmp = self.blobs.temp_file()
         try:
             with os.fdopen(fd, "w+b") as handle:
-                merge_into(handle, blocks, packs, drop=others | forgotten)
+                try:
+                    merge_into(handle, inputs, covers, drop=drop)
+                except Unsorted:
+                    # A damaged input: sorted whole in memory (about 110 bytes an entry,
+                    # once), which puts it right.
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(combine(inputs, covers, drop=drop))
                 handle.flush()
                 os.fsync(handle.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         self.blobs.put_file(f"index/{uuid.uuid4().hex}.idx", tmp)
-        # Durable: only now may the files it covers go.
-        for pack in packs:
+        # The merged file is durable: only now may what it replaces go.
+        for old in covers:
             with contextlib.suppress(NotFound):
-                self.blobs.delete(f"index/{pack}.idx")
-        self.refresh()
+                self.blobs.delete(f"index/{old}.idx")
 
     def _merged_scratch(self, blocks: list[MergedIndex]) -> MergedIndex:
         """``blocks`` merged into a scratch file, read in place (the file is unlinked at

@@ -42,3 +42,11 @@ def write_pieces(fd: int, pieces: Sequence[bytes | memoryview], offset: int | No
             first += 1
         if done:
             views[first] = views[first][done:]
+
+
+def write_synced(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to the new file ``fd``, flush it to the disk, and close it."""
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

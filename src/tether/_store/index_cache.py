@@ -23,6 +23,7 @@ import struct
 from pathlib import Path
 
 from .blobs import Blobs, make_temp
+from .fileio import write_synced
 from .midx import MergedIndex
 
 #: A merged file is downloaded this many bytes at a time (one reused buffer).
@@ -84,10 +85,7 @@ class IndexCache:
         """Keep merged file ``name`` (already fetched whole: a small one) and map it."""
         fd, tmp = self._temp()
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            write_synced(fd, data)
             return self._install(name, tmp)
         finally:
             tmp.unlink(missing_ok=True)
