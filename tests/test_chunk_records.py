@@ -146,3 +146,29 @@ def test_every_record_must_be_named_once(registry: Registry, tmp_path: Path) -> 
         registry.get(version.ref)
     _update(registry, version.id, chunk_records=bytes(row.chunk_records))
     assert registry.get(version.ref).files == version.files
+
+
+def test_a_local_log_never_encodes_its_chunk_lists_as_text(
+        registry: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """``log_model`` commits its values as they are (``VersionValues.checked``): the chunk
+    list of a large file was encoded as base64 text and decoded again on the way (60 MB
+    of text and a second 45 MB list for a 70 GB file), and the commit read back the
+    chunk records it had just written."""
+
+    from tether._store import chunkstore
+    from tether._store.chunklist import ChunkList
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "big.bin").write_bytes(os.urandom(6 << 20))  # > 4,096 chunks
+
+    def refuse(*_args: Any) -> Any:
+        raise AssertionError("a chunk list went through its text form")
+
+    monkeypatch.setattr(ChunkList, "to_text", refuse)
+    monkeypatch.setattr(ChunkList, "from_text", classmethod(refuse))
+    version = registry.log_model(str(tmp_path / "m" / "big.bin"), "big", progress=False)
+    assert len(version.files[0].chunks) > 4096
+    monkeypatch.undo()
+    again = registry.get("big@latest")
+    assert again.files == version.files and again.digest == version.digest
