@@ -171,8 +171,9 @@ def run_registry(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_merged(path: Path, digests: Any) -> None:
-    """A merged index file (midx layout) listing sorted ``digests`` in one pack."""
+def _write_merged(path: Path, digests: Any, *, with_filter: bool) -> None:
+    """A merged index file (midx layout) listing sorted ``digests`` in one pack, written
+    as a merge writes it (with its filter), or without the filter (as before it)."""
     import numpy as np
 
     from tether._store import midx
@@ -182,11 +183,14 @@ def _write_merged(path: Path, digests: Any) -> None:
     rows["offset"] = np.arange(len(digests)) * 65536
     rows["length"] = rows["raw"] = 65536
     fanout = np.cumsum(np.bincount(rows.view("u1")[::midx._ENTRY.size], minlength=256))
+    data = b"".join((midx._HEAD.pack(midx.MAGIC, 1, len(rows), 0, 0),
+                     midx._PACK.pack(os.urandom(16), len(rows) * 65536),
+                     midx._FANOUT.pack(*fanout.tolist()), rows.tobytes()))
     with open(path, "wb") as out:
-        out.write(midx._HEAD.pack(midx.MAGIC, 1, len(rows), 0, 0))
-        out.write(midx._PACK.pack(os.urandom(16), len(rows) * 65536))
-        out.write(midx._FANOUT.pack(*fanout.tolist()))
-        out.write(rows.data.cast("B"))
+        if with_filter:
+            midx.merge_into(out, [midx.MergedIndex("bench", data)], [])
+        else:
+            out.write(data)
 
 
 def _rss_file_mb() -> float:
@@ -200,9 +204,10 @@ def _rss_file_mb() -> float:
 def run_lookups(totals: list[int], rounds: int) -> list[dict[str, Any]]:
     """What an ingest pays per 8 MB window (128 chunks at 64 KiB) to ask whether its
     chunks are stored, in a store of N chunks: in merged files of at most 262,144
-    entries (the cap before merges streamed) and of at most 2,097,152 (now), for new
-    chunks (every file is searched) and stored ones; beside BLAKE3 of the 8 MB,
-    which the ingest does anyway (the anchor, same run)."""
+    entries without filters (before merges streamed), of at most 2,097,152 without
+    and with (now) their filters; for new chunks (every file is asked) and stored
+    ones; beside BLAKE3 of the 8 MB, which the ingest does anyway (the anchor, same
+    run)."""
     import blake3
     import numpy as np
 
@@ -212,15 +217,17 @@ def run_lookups(totals: list[int], rounds: int) -> list[dict[str, Any]]:
         blake3.blake3(window).digest()
     hash_ms = (time.perf_counter() - start) / 20 * 1000
     rows = []
+    layouts = ((262_144, False, "before: capped, no filter"), (2_097_152, False, "no filter"),
+               (2_097_152, True, "now"))
     for total in totals:
         digests = np.frombuffer(os.urandom(32 * total), dtype="S32")
-        for cap in (262_144, 2_097_152):
+        for cap, with_filter, label in layouts:
             with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
                 folder = Path(tmp) / "index"
                 folder.mkdir()
                 for first in range(0, total, cap):
                     _write_merged(folder / f"{os.urandom(16).hex()}.idx",
-                                  digests[first:first + cap])
+                                  digests[first:first + cap], with_filter=with_filter)
                 store = open_store(f"file://{tmp}")
                 store.refresh()
                 timings = {}
@@ -239,13 +246,14 @@ def run_lookups(totals: list[int], rounds: int) -> list[dict[str, Any]]:
                         times.append(time.perf_counter() - begin)
                         assert all(known) == (kind == "stored"), kind
                     timings[kind] = statistics.median(times) * 1000
-                row = {"chunks": total, "cap": cap, "files": len(store._segments),
+                row = {"chunks": total, "cap": cap, "filter": with_filter, "layout": label,
+                       "files": len(store._segments),
                        "new_ms": timings["new"], "stored_ms": timings["stored"],
                        "blake3_8mb_ms": hash_ms, "index_mb": sum(
                            p.stat().st_size for p in folder.iterdir()) / (1 << 20),
                        "mapped_mb": _rss_file_mb()}
                 rows.append(row)
-                print(f"{total:>10,} chunks in {row['files']:>3} files (cap {cap:>9,}): "
+                print(f"{total:>10,} chunks in {row['files']:>3} files ({label}): "
                       f"new {row['new_ms']:.3f} ms, stored {row['stored_ms']:.3f} ms per "
                       f"128-chunk window; BLAKE3 of the window {hash_ms:.2f} ms; "
                       f"index {row['index_mb']:.0f} MB, {row['mapped_mb']:.0f} MB of it mapped "

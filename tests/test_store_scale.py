@@ -373,7 +373,13 @@ def test_a_streaming_merge_of_mapped_files_leaves_them_readable(tmp_path: Path) 
     union = {k: v for group in packs for k, v in group.items()}
     with open(tmp_path / "out.idx", "wb") as out:
         count = merge_into(out, inputs, ["0" * 32], round_entries=256)
-    assert (tmp_path / "out.idx").read_bytes() == build(union, ["0" * 32])
+    got, want = (tmp_path / "out.idx").read_bytes(), build(union, ["0" * 32])
+    # build's bytes, but for the filter a file this large carries (its size in the
+    # header's last field, its bits after the entries).
+    assert got[:20] == want[:20] and got[24:len(want)] == want[24:]
+    merged = MergedIndex("out", got)
+    assert merged._filter_bits == int.from_bytes(got[20:24], "little") >= 16
+    assert len(got) == len(want) + (1 << merged._filter_bits) // 8
     assert count == 3 * 20300
     assert [bytes(i._data) for i in inputs] == before
     assert [len(i.lookup("ab" * 32)) for i in inputs] == [300] * 3
@@ -615,3 +621,38 @@ def test_a_failed_merge_reports_its_own_error(tmp_path: Path, monkeypatch: Any) 
     with pytest.raises(OSError) as caught:
         store.consolidate()
     assert caught.value.errno == errno.ENOSPC
+
+
+def test_the_filter_of_a_merged_file_never_hides_an_entry_and_skips_most_absent_ones(
+        tmp_path: Path) -> None:
+    """A merged file of many entries carries a filter: every digest it lists passes,
+    nearly every other one is answered "not here" without a search. One that lies (all
+    zeros, say, from a hostile store) only makes chunks look new, so they would be
+    stored again; a "maybe" is always searched, so nothing absent looks stored."""
+    import io
+
+    import numpy as np
+
+    from tether._store.midx import find_first, merge_into
+
+    listed = [os.urandom(32) for _ in range(20_000)]
+    parts = [MergedIndex("p", build({os.urandom(16).hex(): (
+        1 << 30, [[d.hex(), i, 5, 5, 0] for i, d in enumerate(listed[k::2])])}, ()))
+        for k in (0, 1)]
+    with io.BytesIO() as out:
+        merge_into(out, parts, [])
+        data = bytearray(out.getvalue())
+    merged = MergedIndex("m", bytes(data))
+    assert merged._filter_bits >= 18
+    assert merged.maybe_many(np.array(listed, dtype="S32")).all()
+    absent = np.array([os.urandom(32) for _ in range(20_000)], dtype="S32")
+    passed = int(merged.maybe_many(absent).sum())
+    assert passed < 100, passed  # about 0.2% expected
+    which, _ = find_first([merged], listed[:500] + list(absent[:500]))
+    assert (which[:500] == 0).all() and (which[500:] == -1).all()
+    filter_at = merged._entries_at + 56 * merged.entry_count
+    data[filter_at:] = bytes(len(data) - filter_at)  # a filter that says "not here" to all
+    liar = MergedIndex("liar", bytes(data))
+    which, _ = find_first([liar], listed[:50] + list(absent[:50]))
+    assert (which == -1).all()  # look new: stored again, never claimed stored
+    assert len(liar.lookup(listed[0].hex())) == 1  # a direct lookup still finds it

@@ -17,11 +17,18 @@ finds a listed file gone lists again (its replacement is there by then).
 
 Layout (little endian)::
 
-    magic "TMIDX001" | packs u32 | entries u32 | covers u32 | 0 u32
+    magic "TMIDX001" | packs u32 | entries u32 | covers u32 | filter bits u32
     covers  x 16 bytes      (ids of the index files this one replaces)
     packs   x (16 bytes id, u64 size)
     fanout  256 x u32       (entries whose first digest byte <= i)
     entries x (32 bytes digest, u32 pack, u64 offset, u32 length, u32 raw, u8 codec, 3 pad)
+    filter  2**bits bits    (only if bits > 0; see ``_probes``)
+
+The filter (written by ``merge_into``) answers "surely not here" for most chunks
+a file does not list without touching its entries: an ingest of new bytes asks
+every merged file about every window. Readers that predate it ignore the field
+and the bytes after the entries. A filter that lies can only make a chunk look
+new (stored again), never make a missing one look stored: a "maybe" is searched.
 """
 
 from __future__ import annotations
@@ -40,6 +47,30 @@ _HEAD = struct.Struct("<8sIIII")
 _PACK = struct.Struct("<16sQ")
 _ENTRY = struct.Struct("<32sIQIIB3x")
 _FANOUT = struct.Struct("<256I")
+
+
+#: Filter bits per entry (at least; a power of two in all) and probes per digest:
+#: about 0.2% of absent digests pass at 16 bits an entry, 0.02% at 32.
+_FILTER_BITS_PER_ENTRY = 16
+_FILTER_PROBES = 4
+#: No filter for files of fewer entries: a search of those costs no more.
+_FILTER_MIN_ENTRIES = 4096
+
+
+def _filter_bits(entries: int) -> int:
+    """log2 of the filter's size in bits for ``entries`` entries (0: no filter)."""
+    if entries < _FILTER_MIN_ENTRIES:
+        return 0
+    return min(31, max(10, (entries * _FILTER_BITS_PER_ENTRY - 1).bit_length()))
+
+
+def _probes(digests: Any, bits: int) -> Any:
+    """The filter bits of each digest (an S32 column): four 32-bit words of it, masked.
+    BLAKE3 digests are uniform, so their own bytes serve as the hash functions."""
+    import numpy as np
+
+    words = np.frombuffer(np.ascontiguousarray(digests).tobytes(), dtype="<u4").reshape(-1, 8)
+    return words[:, 2:2 + _FILTER_PROBES] & np.uint32((1 << bits) - 1)
 
 
 def is_merged(data: bytes | memoryview) -> bool:
@@ -85,12 +116,16 @@ class MergedIndex:
         self._data = data
         if len(data) < _HEAD.size:
             raise ValueError("merged index is truncated")
-        magic, self.pack_count, self.entry_count, cover_count, _ = _HEAD.unpack_from(data, 0)
+        magic, self.pack_count, self.entry_count, cover_count, bits = _HEAD.unpack_from(data, 0)
         if magic != MAGIC:
             raise ValueError("not a merged index")
-        if (_HEAD.size + 16 * cover_count + _PACK.size * self.pack_count + _FANOUT.size
-                + _ENTRY.size * self.entry_count) > len(data):
+        end = (_HEAD.size + 16 * cover_count + _PACK.size * self.pack_count + _FANOUT.size
+               + _ENTRY.size * self.entry_count)
+        if end > len(data):
             raise ValueError("merged index is truncated")
+        #: log2 of the filter's bits (0: none, or one this file does not hold whole).
+        self._filter_bits = bits if 10 <= bits <= 31 and end + (1 << bits) // 8 <= len(data) \
+            else 0
         at = _HEAD.size
         self.covers = [bytes(data[at + 16 * i:at + 16 * (i + 1)]).hex()
                        for i in range(cover_count)]
@@ -156,6 +191,20 @@ class MergedIndex:
     def first_many(self, keys: list[bytes]) -> list[int]:
         """The first entry for each key (-1: none), vectorised."""
         return find_first([self], keys)[1].tolist()  # type: ignore[no-any-return]
+
+    def maybe_many(self, wanted: Any) -> Any:
+        """Which of ``wanted`` (an S32 column) this file may list: all, without a filter;
+        with one, about 0.2% of those it does not list, and every one it does."""
+        import numpy as np
+
+        if not self._filter_bits or not len(wanted):
+            return np.ones(len(wanted), dtype=bool)
+        at = self._entries_at + _ENTRY.size * self.entry_count
+        bits = np.frombuffer(self._data, dtype=np.uint8, count=(1 << self._filter_bits) // 8,
+                             offset=at)
+        probes = _probes(wanted, self._filter_bits)
+        found = (bits[probes >> 3] >> (probes & 7).astype(np.uint8)) & 1
+        return found.all(axis=1)  # type: ignore[no-any-return]
 
     def _column(self) -> Any:
         """The entries' digests as a numpy column, read in place."""
@@ -246,10 +295,15 @@ def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
                 break
             if not index.entry_count:
                 continue
-            column = index._column()
-            at = np.searchsorted(column, wanted)
-            np.minimum(at, index.entry_count - 1, out=at)
-            hit = column[at] == wanted
+            maybe = index.maybe_many(wanted)
+            hit = np.zeros(len(wanted), dtype=bool)
+            at = np.zeros(len(wanted), dtype=np.int64)
+            if maybe.any():
+                column = index._column()
+                where = np.searchsorted(column, wanted[maybe])
+                np.minimum(where, index.entry_count - 1, out=where)
+                at[maybe] = where
+                hit[maybe] = column[where] == wanted[maybe]
             if hit.any():
                 which[order[hit]] = number
                 entry[order[hit]] = at[hit]
@@ -380,6 +434,9 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
     fanout_at = handle.tell()
     handle.write(bytes(_FANOUT.size))
     counts = np.zeros(256, dtype=np.int64)
+    # Sized for every input entry (drops are known only at the end): a few bits more.
+    bits = _filter_bits(sum(index.entry_count for index in indexes))
+    bloom = np.zeros((1 << bits) // 8 if bits else 0, dtype=np.uint8)
     total = 0
     cursor = [0] * len(indexes)
     per_input = max(1, round_entries // max(1, len(indexes)))
@@ -428,12 +485,19 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
         rows = rows[np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
                                 rows["pack"], rows["digest"]))]
         counts += np.bincount(rows.view("u1")[::_ENTRY.size], minlength=256)
+        if bits and len(rows):
+            probes = _probes(rows["digest"], bits).ravel()
+            np.bitwise_or.at(bloom, probes >> 3, np.left_shift(1, probes & 7).astype(np.uint8))
         handle.write(rows.data.cast("B"))
         total += len(rows)
         del rows
+    if total < _FILTER_MIN_ENTRIES:
+        bits = 0  # most were dropped: not worth one
+    if bits:
+        handle.write(bloom.data)
     end = handle.tell()
     handle.seek(start)
-    handle.write(_HEAD.pack(MAGIC, len(names), total, len(cover_ids), 0))
+    handle.write(_HEAD.pack(MAGIC, len(names), total, len(cover_ids), bits))
     handle.seek(fanout_at)
     handle.write(_FANOUT.pack(*np.cumsum(counts).tolist()))
     handle.seek(end)
