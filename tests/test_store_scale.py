@@ -217,7 +217,7 @@ def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
     monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", spill)
     monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 8)
     # The big ingest's own merge (from memory) would leave no journal to merge here.
-    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs: None)
+    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
     spilled: list[int] = []
     real_scratch = ChunkStore._merged_scratch
     monkeypatch.setattr(ChunkStore, "_merged_scratch",
@@ -656,3 +656,25 @@ def test_the_filter_of_a_merged_file_never_hides_an_entry_and_skips_most_absent_
     which, _ = find_first([liar], listed[:50] + list(absent[:50]))
     assert (which == -1).all()  # look new: stored again, never claimed stored
     assert len(liar.lookup(listed[0].hex())) == 1  # a direct lookup still finds it
+
+
+def test_after_merging_its_own_files_an_ingest_lets_its_blocks_go(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Once an ingest's entries are in the merged file it wrote (and read in place), the
+    blocks holding them in memory go before the commit: a large model's commit peaked
+    with both. Every chunk is still found, in this process and a fresh one."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_JOURNAL_MAX", 6)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url, pack_target=256 * 1024)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(4 << 20))
+    report = store.ingest(tmp_path / "src", ["big.bin"])
+    assert not store._blocks and not store._index and len(store._segments) == 1
+    chunks = report.files[0].chunks
+    assert store.missing_of([chunks]) == set() == open_store(url).missing_of([chunks])
+    store.materialize(report.files, tmp_path / "out", label="big")
+    out = (tmp_path / "out" / "big.bin").read_bytes()
+    assert out == (tmp_path / "src" / "big.bin").read_bytes()

@@ -192,6 +192,11 @@ class MergedIndex:
         """The first entry for each key (-1: none), vectorised."""
         return find_first([self], keys)[1].tolist()  # type: ignore[no-any-return]
 
+    def let_go(self) -> None:
+        """Drop this file's pages from the process (they stay in the page cache): after a
+        bulk search, which maps nearly all of a large file (see README)."""
+        _let_go(self, 0, self.entry_count)
+
     def maybe_many(self, wanted: Any) -> Any:
         """Which of ``wanted`` (an S32 column) this file may list: all, without a filter;
         with one, about 0.2% of those it does not list, and every one it does."""
