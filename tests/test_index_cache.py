@@ -196,3 +196,23 @@ def test_two_endpoints_with_one_bucket_name_keep_apart(tmp_path: Path,
         monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", endpoint)
         folders.add(IndexCache(tmp_path, S3Blobs("models", "registry")).folder)  # type: ignore[arg-type]
     assert len(folders) == 3
+
+
+def test_cache_stats_count_the_index_copies_and_an_emptied_cache_drops_them(
+        bucket: str, tmp_path: Path) -> None:
+    from tether._store.cache import ChunkCache
+
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
+    report = _ingest(writer, tmp_path / "v", "w.bin", 300_000)
+    writer.consolidate()
+    cache = tmp_path / "cache"
+    open_store(bucket, cache_dir=cache).refresh()
+    [kept] = _kept(cache)
+    chunks = ChunkCache(cache)
+    assert chunks.stats()["index_bytes"] == kept.stat().st_size
+    chunks.prune(10 << 20)  # a bound: the copies stay
+    assert kept.exists()
+    assert chunks.prune(0)["index_bytes"] == 0 and not _kept(cache)
+    again = open_store(bucket, cache_dir=cache)
+    again.refresh()  # fetched again
+    assert len(_kept(cache)) == 1 and again.verify(report.files, label="v") == []

@@ -284,6 +284,10 @@ class ChunkCache:
         with self._lock:
             _, dead_pins = self._pinned()
             chunks, freed = self._evict(limit)
+        if limit == 0:
+            # Emptied: the network stores' index copies go too (index_cache.py; fetched
+            # again when needed; a process reading one keeps its mapping).
+            shutil.rmtree(self.root / "index", ignore_errors=True)
         return {"max_bytes": limit, "evicted_chunks": chunks, "evicted_bytes": freed,
                 "removed_scratch": scratch.to_dict(), "removed_pins": dead_pins.to_dict(),
                 **self.stats()}
@@ -312,4 +316,7 @@ class ChunkCache:
             "leftovers": {"scratch": scratch.to_dict(), "pins": dead_pins.to_dict()},
             "tmp_in_use": tmp_entries - scratch.count,
             "versions_bytes": _size(self.root / "versions"),
+            # Network stores' merged index files kept here (index_cache.py): 56 bytes for
+            # each chunk a store holds, outside the chunk bound, pruned as stores merge.
+            "index_bytes": _size(self.root / "index"),
         }

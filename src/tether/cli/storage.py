@@ -191,6 +191,9 @@ def _print_cache(data: dict[str, Any]) -> None:
     )
     if data.get("versions_bytes"):
         console.print(f"versions:     {human_bytes(data['versions_bytes'])} materialised")
+    if data.get("index_bytes"):
+        console.print(f"index copies: {human_bytes(data['index_bytes'])} (network stores' merged "
+                      "index files; `prune --max-bytes 0` removes them)")
 
 
 @cache_group.command("stats")
