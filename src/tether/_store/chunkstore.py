@@ -804,9 +804,8 @@ class ChunkStore:
                     segments = self._searched()
                 which, _ = find_first(segments, digests[start:start + _LOOKUP_PIECE])
                 # Not in a merged file or block: the few left are looked for in the dict.
-                absent = [records[i * RECORD_SIZE:i * RECORD_SIZE + 32].hex()
-                          for i in (which < 0).nonzero()[0].tolist()
-                          for i in (i + start,)]
+                at = [(start + i) * RECORD_SIZE for i in (which < 0).nonzero()[0].tolist()]
+                absent = [records[a:a + 32].hex() for a in at]
                 if absent:
                     with self._lock:
                         gone.update(d for d in absent if d not in self._index)
