@@ -50,6 +50,18 @@ def _kept(cache: Path) -> list[Path]:
     return sorted(cache.glob("index/*/*.idx"))
 
 
+def _one_merged_file_kept(bucket: str, tmp_path: Path, size: int) -> tuple[Any, Path, Path]:
+    """A store with one merged file, read once through ``tmp_path/cache``: (the ingest's
+    report, the cache folder, the kept copy)."""
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
+    report = _ingest(writer, tmp_path / "v", "w.bin", size)
+    writer.consolidate()
+    cache = tmp_path / "cache"
+    open_store(bucket, cache_dir=cache).refresh()
+    [kept] = _kept(cache)
+    return report, cache, kept
+
+
 def test_a_fresh_process_reads_merged_files_it_kept_without_fetching_them(
         bucket: str, tmp_path: Path) -> None:
     writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
@@ -113,12 +125,8 @@ def test_a_large_merged_file_is_streamed_to_disk(bucket: str, tmp_path: Path,
 def test_a_damaged_or_foreign_copy_is_fetched_again(bucket: str, tmp_path: Path) -> None:
     """A kept copy is used only under its name and with the size the store lists: a
     truncated one is fetched again, and the copies of two stores never meet."""
-    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
-    report = _ingest(writer, tmp_path / "v", "w.bin", 500_000)
-    writer.consolidate()
-    cache = tmp_path / "cache"
-    open_store(bucket, cache_dir=cache).refresh()
-    [kept] = _kept(cache)
+    report, cache, kept = _one_merged_file_kept(bucket, tmp_path, 500_000)
+    writer = open_store(bucket)
     kept.write_bytes(kept.read_bytes()[:-56])  # one entry short
     fresh = open_store(bucket, cache_dir=cache)
     reads = _counting(fresh)
@@ -202,12 +210,7 @@ def test_cache_stats_count_the_index_copies_and_an_emptied_cache_drops_them(
         bucket: str, tmp_path: Path) -> None:
     from tether._store.cache import ChunkCache
 
-    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache")
-    report = _ingest(writer, tmp_path / "v", "w.bin", 300_000)
-    writer.consolidate()
-    cache = tmp_path / "cache"
-    open_store(bucket, cache_dir=cache).refresh()
-    [kept] = _kept(cache)
+    report, cache, kept = _one_merged_file_kept(bucket, tmp_path, 300_000)
     chunks = ChunkCache(cache)
     assert chunks.stats()["index_bytes"] == kept.stat().st_size
     chunks.prune(10 << 20)  # a bound: the copies stay
