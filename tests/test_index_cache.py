@@ -219,3 +219,31 @@ def test_cache_stats_count_the_index_copies_and_an_emptied_cache_drops_them(
     again = open_store(bucket, cache_dir=cache)
     again.refresh()  # fetched again
     assert len(_kept(cache)) == 1 and again.verify(report.files, label="v") == []
+
+
+def test_a_writer_does_not_download_the_merged_file_it_just_wrote(
+        bucket: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    writer = open_store(bucket, cache_dir=cache)
+    report = _ingest(writer, tmp_path / "v", "w.bin", 300_000)
+    reads = _counting(writer)
+    writer.consolidate()  # reads the journal, writes the merged file, then refreshes
+    [merged] = [i.key for i in writer.blobs.list("index/")]
+    assert reads and merged not in reads  # kept as written, not downloaded back
+    [kept] = _kept(cache)
+    fresh = open_store(bucket, cache_dir=cache)
+    reads = _counting(fresh)
+    fresh.refresh()
+    assert reads == [] and fresh.verify(report.files, label="v") == []
+    assert kept.stat().st_size == fresh.blobs.list("index/")[0].size
+
+
+def test_a_bound_of_zero_from_the_environment_keeps_the_index_copies(
+        bucket: str, tmp_path: Path) -> None:
+    """Only an explicit ``prune(0)`` (``--max-bytes 0``) drops the index copies."""
+    from tether._store.cache import ChunkCache
+
+    _report, cache, kept = _one_merged_file_kept(bucket, tmp_path, 300_000)
+    chunks = ChunkCache(cache, max_bytes=0)
+    assert chunks.prune()["removed_index_bytes"] == 0 and kept.exists()
+    assert chunks.prune(0)["removed_index_bytes"] > 0 and not kept.exists()

@@ -678,3 +678,26 @@ def test_after_merging_its_own_files_an_ingest_lets_its_blocks_go(
     store.materialize(report.files, tmp_path / "out", label="big")
     out = (tmp_path / "out" / "big.bin").read_bytes()
     assert out == (tmp_path / "src" / "big.bin").read_bytes()
+
+
+def test_a_merge_that_drops_most_entries_writes_a_filter_sized_for_the_rest() -> None:
+    """The filter is sized for every input entry before drops are known, then folded
+    down to the entries kept (a gc dropping most packs wrote 4 MB of filter beside
+    0.3 MB of entries); folding keeps every kept entry passing."""
+    import io
+
+    import numpy as np
+
+    from tether._store.midx import _filter_bits, merge_into
+
+    kept_pack, dropped_pack = os.urandom(16).hex(), os.urandom(16).hex()
+    kept = [os.urandom(32) for _ in range(6000)]
+    packs = {kept_pack: (1 << 30, [[d.hex(), i, 5, 5, 0] for i, d in enumerate(kept)]),
+             dropped_pack: (1 << 30, [[os.urandom(32).hex(), i, 5, 5, 0]
+                                      for i in range(200_000)])}
+    with io.BytesIO() as out:
+        merge_into(out, [MergedIndex("in", build(packs, ()))], [], drop=[dropped_pack])
+        merged = MergedIndex("m", out.getvalue())
+    assert merged.entry_count == 6000
+    assert merged._filter_bits == _filter_bits(6000) < _filter_bits(206_000)
+    assert merged.maybe_many(np.array(kept, dtype="S32")).all()

@@ -78,10 +78,10 @@ class Leftovers:
 def _size(path: Path) -> int:
     try:
         if path.is_dir() and not path.is_symlink():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            return sum(_size(p) for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
     except OSError:
-        return 0
+        return 0  # gone meanwhile (another process pruned it): counts nothing
 
 
 def dead_scratch(folder: Path) -> Leftovers:
@@ -284,11 +284,15 @@ class ChunkCache:
         with self._lock:
             _, dead_pins = self._pinned()
             chunks, freed = self._evict(limit)
-        if limit == 0:
-            # Emptied: the network stores' index copies go too (index_cache.py; fetched
-            # again when needed; a process reading one keeps its mapping).
+        index_freed = 0
+        if max_bytes == 0:
+            # Asked to empty the cache: the network stores' index copies go too
+            # (index_cache.py; fetched again when needed; a process reading one keeps
+            # its mapping). A bound of 0 from the environment leaves them.
+            index_freed = _size(self.root / "index")
             shutil.rmtree(self.root / "index", ignore_errors=True)
         return {"max_bytes": limit, "evicted_chunks": chunks, "evicted_bytes": freed,
+                "removed_index_bytes": index_freed,
                 "removed_scratch": scratch.to_dict(), "removed_pins": dead_pins.to_dict(),
                 **self.stats()}
 

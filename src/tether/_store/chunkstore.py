@@ -1113,6 +1113,8 @@ class ChunkStore:
             tmp.unlink(missing_ok=True)
             raise
         name = uuid.uuid4().hex
+        if self._index_cache is not None:
+            self._index_cache.adopt(name, tmp)  # not downloaded again by the next refresh
         self.blobs.put_file(f"index/{name}.idx", tmp)
         # The merged file is durable: only now may what it replaces go.
         for old in covers:

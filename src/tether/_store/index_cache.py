@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -89,6 +90,23 @@ class IndexCache:
             return self._install(name, tmp)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def adopt(self, name: str, path: Path) -> None:
+        """Keep a copy of merged file ``name`` this process wrote at ``path`` (before it
+        goes up), so its next refresh does not download what it just uploaded."""
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = self._temp()
+            os.close(fd)
+            try:
+                try:
+                    os.unlink(tmp)
+                    os.link(path, tmp)  # the same bytes, no copy, when on one disk
+                except OSError:
+                    shutil.copyfile(path, tmp)
+                os.replace(tmp, self._path(name))
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def prune(self, listed: set[str]) -> None:
         """Remove kept files the store no longer lists (merged away or collected).

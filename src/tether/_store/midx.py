@@ -194,8 +194,11 @@ class MergedIndex:
 
     def let_go(self) -> None:
         """Drop this file's pages from the process (they stay in the page cache): after a
-        bulk search, which maps nearly all of a large file (see README)."""
-        _let_go(self, 0, self.entry_count)
+        bulk search, which maps nearly all of a large file (see README), filter too."""
+        data = self._data
+        if self._from_file and isinstance(data, mmap.mmap) and len(data) >= mmap.PAGESIZE:
+            with contextlib.suppress(OSError, ValueError):
+                data.madvise(mmap.MADV_DONTNEED, 0, len(data) // mmap.PAGESIZE * mmap.PAGESIZE)
 
     def maybe_many(self, wanted: Any) -> Any:
         """Which of ``wanted`` (an S32 column) this file may list: all, without a filter;
@@ -498,6 +501,13 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
         del rows
     if total < _FILTER_MIN_ENTRIES:
         bits = 0  # most were dropped: not worth one
+    while bits > _filter_bits(total):
+        # Sized for every input entry, before drops: folded down to the entries kept.
+        # A probe is its word's low bits, so bit p of the half-size filter is bit p
+        # or bit p + half of this one.
+        half = len(bloom) // 2
+        bloom = bloom[:half] | bloom[half:]
+        bits -= 1
     if bits:
         handle.write(bloom.data)
     end = handle.tell()

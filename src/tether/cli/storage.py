@@ -231,6 +231,8 @@ def cache_prune(ctx: click.Context, max_bytes: str | None, as_json: bool) -> Non
     if as_json:
         emit_json(data)
         return
+    if data.get("removed_index_bytes"):
+        console.print(f"removed the index copies ({human_bytes(data['removed_index_bytes'])})")
     console.print(
         f"evicted {data['evicted_chunks']} chunks ({human_bytes(data['evicted_bytes'])}), "
         f"removed {data['removed_scratch']['count']} dead scratch files "
