@@ -405,3 +405,47 @@ def test_verify_stops_reading_ahead_after_a_damaged_run(tmp_path: Path, monkeypa
     assert all(t <= returned for t in reads)  # nothing still reading the damaged file
     assert threading.active_count() < 50
     assert len(pool._free) >= 2  # the buffers read ahead came back
+
+
+def test_store_verify_finds_a_damaged_merged_index_and_writes_it_again(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A merged index out of digest order (searches miss entries) or whose filter hides
+    entries (they look new, a commit relying on them fails) is reported by
+    `tether store verify`, exit 1 with --dry-run, and written again without it."""
+    from tether._store import chunkstore
+    from tether._store.midx import MergedIndex
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 256)  # many entries: the file has a filter
+    root = tmp_path / "reg" / ".tether"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(3 << 20))
+    with tether.init(root) as reg:
+        version = reg.log_model(str(tmp_path / "src" / "big.bin"), "big", progress=False)
+        reg.store.consolidate()  # type: ignore[attr-defined]
+        objects = store_root(reg)
+    [path] = list((objects / "index").iterdir())
+    honest = MergedIndex("h", path.read_bytes())
+    assert honest.entry_count > 8000 and honest._filter_bits
+    data = bytearray(path.read_bytes())
+    first = honest._entries_at
+    data[first:first + 56], data[first + 56:first + 112] = (
+        data[first + 56:first + 112], data[first:first + 56])  # two entries swapped
+    filter_at = honest._entries_at + 56 * honest.entry_count
+    data[filter_at:filter_at + 64] = bytes(64)  # some filter bits cleared
+    path.write_bytes(bytes(data))
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--registry", str(root), *args], catch_exceptions=False)
+
+    dry = run("store", "verify", "--dry-run", "--json")
+    assert dry.exit_code == 1, dry.output
+    found = json.loads(dry.output)["bad_indexes"]
+    assert any("out of digest order" in p for p in found), found
+    assert any("filter hides" in p for p in found), found
+    assert path.read_bytes() == bytes(data)  # a dry run changes nothing
+    done = run("store", "verify")
+    assert done.exit_code == 0 and "written again" in done.output, done.output
+    assert json.loads(run("store", "verify", "--json").output)["bad_indexes"] == []
+    with tether.open(root) as reg:
+        assert reg.verify("big@latest") == []
+        assert reg.store.missing_of([version.files[0].chunks]) == set()

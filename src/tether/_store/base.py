@@ -145,11 +145,16 @@ class VerifyReport:
     reads: int
     bad: list[PackCheck]
     dry_run: bool
+    #: Damaged merged index files: what is wrong (each rewritten unless a dry run).
+    bad_indexes: list[str] = field(default_factory=list)
+    indexes_rewritten: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"packs": self.packs, "chunks": self.chunks, "bytes_read": self.bytes_read,
                 "reads": self.reads, "dry_run": self.dry_run,
-                "bad": [b.to_dict() for b in self.bad]}
+                "bad": [b.to_dict() for b in self.bad],
+                "bad_indexes": list(self.bad_indexes),
+                "indexes_rewritten": self.indexes_rewritten}
 
 
 class ArtifactStore(Protocol):

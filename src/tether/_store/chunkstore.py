@@ -70,6 +70,7 @@ from .midx import (
     Unsorted,
     build,
     combine,
+    damage,
     find_first,
     is_merged,
     merge_into,
@@ -1894,6 +1895,11 @@ class ChunkStore:
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
+        self.refresh()
+        with self._lock:
+            segments = list(self._segments.values())
+        for segment in segments:  # a merged file's own order, pack numbers and filter
+            report.bad_indexes.extend(damage(segment))
         indexes: dict[str, Any] = dict(self._all_indexes())
         for info in self.blobs.list("index/"):  # files no reader could parse
             name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
@@ -1924,6 +1930,11 @@ class ChunkStore:
                     check.quarantined = True
                 if merged:  # rewrite the merged index without them
                     self.consolidate()
+                    report.indexes_rewritten = True
+        if report.bad_indexes and not dry_run and not report.indexes_rewritten:
+            with store_lock(self):
+                self.consolidate()  # every merged file written again: sorted, filter rebuilt
+            report.indexes_rewritten = True
         return report
 
     def quarantine(self, pack: str, problems: Sequence[str], *,

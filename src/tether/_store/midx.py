@@ -399,6 +399,39 @@ class Unsorted(ValueError):
 MERGE_ROUND = 65536
 
 
+def damage(index: MergedIndex, *, round_entries: int = MERGE_ROUND) -> list[str]:
+    """What is wrong with a merged file's entries, read a round at a time (bounded memory,
+    its pages let go as passed): out of digest order (searches miss entries), a pack
+    number it does not list, or a filter that says "not here" for an entry it lists."""
+    import numpy as np
+
+    dtype = np.dtype(_ENTRY_FIELDS)
+    problems: list[str] = []
+    previous: Any = None
+    hidden = unlisted = 0
+    unsorted = False
+    for first in range(0, index.entry_count, round_entries):
+        count = min(round_entries, index.entry_count - first)
+        rows = np.frombuffer(index._data, dtype=dtype, count=count,
+                             offset=index._entries_at + first * _ENTRY.size)
+        digests = rows["digest"]
+        unsorted = unsorted or (previous is not None and digests[0] < previous) or \
+            bool((digests[1:] < digests[:-1]).any())
+        previous = digests[-1]
+        unlisted += int((rows["pack"] >= index.pack_count).sum())
+        hidden += int((~index.maybe_many(digests)).sum())
+        del rows, digests
+        _let_go(index, first, first + count)
+    if unsorted:
+        problems.append(f"merged index {index.name} is out of digest order "
+                        "(lookups miss some of its entries)")
+    if unlisted:
+        problems.append(f"merged index {index.name}: {unlisted} entries name a pack it lacks")
+    if hidden:
+        problems.append(f"merged index {index.name}: its filter hides {hidden} of its entries")
+    return problems
+
+
 def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterable[str],
                drop: Iterable[str] = (), *, round_entries: int = MERGE_ROUND) -> int:
     """Write one merged index of every entry of ``indexes`` (but those of the packs

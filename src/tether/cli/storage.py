@@ -134,8 +134,10 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
     A quarantined pack and its index move under quarantine/ in the store (with a
     note of what was wrong): no load uses them again, nothing is deleted. Chunks
-    they claimed still load from any other pack that holds them. Exits 1 when
-    --dry-run finds a bad pack (nothing was fixed).
+    they claimed still load from any other pack that holds them. Merged index
+    files are checked too (digest order, pack numbers, filter) and a damaged one
+    is written again. Exits 1 when --dry-run finds a bad pack or index (nothing
+    was fixed).
     """
     registry = registry_from(ctx)
     store = registry.store
@@ -152,13 +154,19 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                 console.print(f"  {problem}")
             if len(check.problems) > 5:
                 console.print(f"  ... and {len(check.problems) - 5} more")
+        for problem in report.bad_indexes:
+            console.print(problem)
+        if report.bad_indexes:
+            console.print("the merged index files were written again" if
+                          report.indexes_rewritten else
+                          "(without --dry-run, or `tether gc`, they are written again)")
         console.print(
             f"checked {report.packs} packs, {report.chunks} chunks "
             f"({human_bytes(report.bytes_read)} in {report.reads} reads): "
             f"{len(report.bad)} bad"
             + ("" if not report.bad or dry_run else ", moved under quarantine/")
         )
-    if dry_run and report.bad:
+    if dry_run and (report.bad or report.bad_indexes):
         sys.exit(1)
 
 
