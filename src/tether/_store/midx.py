@@ -184,21 +184,10 @@ class MergedIndex:
             return lo < hi
         return any(pack not in skip for pack, *_ in self.lookup(key.hex()))
 
-    def has_many(self, keys: list[bytes]) -> list[bool]:
-        """``has`` (no pack skipped) of many keys at once."""
-        return (find_first([self], keys)[1] >= 0).tolist()  # type: ignore[no-any-return]
-
-    def first_many(self, keys: list[bytes]) -> list[int]:
-        """The first entry for each key (-1: none), vectorised."""
-        return find_first([self], keys)[1].tolist()  # type: ignore[no-any-return]
-
     def let_go(self) -> None:
         """Drop this file's pages from the process (they stay in the page cache): after a
         bulk search, which maps nearly all of a large file (see README), filter too."""
-        data = self._data
-        if self._from_file and isinstance(data, mmap.mmap) and len(data) >= mmap.PAGESIZE:
-            with contextlib.suppress(OSError, ValueError):
-                data.madvise(mmap.MADV_DONTNEED, 0, len(data) // mmap.PAGESIZE * mmap.PAGESIZE)
+        _drop_pages(self, 0, len(self._data))
 
     def maybe_many(self, wanted: Any) -> Any:
         """Which of ``wanted`` (an S32 column) this file may list: all, without a filter;
@@ -325,6 +314,44 @@ _ENTRY_FIELDS = [("digest", "S32"), ("pack", "<u4"), ("offset", "<u8"), ("length
                  ("raw", "<u4"), ("codec", "u1"), ("pad", "V3")]
 
 
+def _numbering(indexes: Sequence[MergedIndex], drop: Iterable[str],
+               ) -> tuple[dict[bytes, int], list[Any]]:
+    """The packs a merge of ``indexes`` lists ({16-byte id: size}, a pack listed twice
+    keeping its first size, those in ``drop`` left out), and for each input the new
+    number of each of its pack numbers. Packs are numbered in id order; a dropped one
+    gets the number past the last (``gone``), and so does one more slot at the end, for
+    a pack number the input does not list (a damaged file): both are then left out."""
+    import numpy as np
+
+    dropped = {bytes.fromhex(pack) for pack in drop}
+    tables = [[_PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
+               for i in range(index.pack_count)] for index in indexes]  # (name, size) each
+    sizes: dict[bytes, int] = {}
+    for name, size in itertools.chain.from_iterable(tables):
+        if name not in dropped:
+            sizes.setdefault(name, size)
+    gone = len(sizes)
+    number = {name: i for i, name in enumerate(sorted(sizes))}
+    return sizes, [np.array([number.get(name, gone) for name, _ in table] + [gone],
+                            dtype="<u4") for table in tables]
+
+
+def _build_order(rows: Any) -> Any:
+    """The order ``build`` writes entries in: by digest (the binary search), then where
+    each is stored, then the rest, so every writer orders ties alike."""
+    import numpy as np
+
+    return np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
+                       rows["pack"], rows["digest"]))
+
+
+def _out_of_order(digests: Any, previous: Any) -> bool:
+    """Whether ``digests`` (the next entries of a file) are not sorted, or start below
+    ``previous`` (the digest before them; None at the file's start)."""
+    return bool((previous is not None and len(digests) and digests[0] < previous)
+                or (digests[1:] < digests[:-1]).any())
+
+
 def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
             drop: Iterable[str] = ()) -> bytearray:
     """One merged index of every entry of ``indexes`` (but those of the packs in
@@ -338,16 +365,9 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
     import numpy as np  # only when merging: reading a store must not import it
 
     indexes = list(indexes)
-    dropped = {bytes.fromhex(pack) for pack in drop}
-    tables = [[_PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
-               for i in range(index.pack_count)] for index in indexes]  # (name, size) each
-    sizes: dict[bytes, int] = {}
-    for name, size in itertools.chain.from_iterable(tables):
-        if name not in dropped:
-            sizes.setdefault(name, size)
+    sizes, renumber = _numbering(indexes, drop)
     names = sorted(sizes)
     gone = len(names)  # the number the entries of a dropped pack get, then left out
-    number = {name: i for i, name in enumerate(names)}
     dtype = np.dtype(_ENTRY_FIELDS)
     assert dtype.itemsize == _ENTRY.size
     rows = np.concatenate([np.frombuffer(index._data, dtype=dtype, count=index.entry_count,
@@ -358,19 +378,15 @@ def combine(indexes: Iterable[MergedIndex], covers: Iterable[str],
     # now, not after the output is built beside it.
     del indexes
     start = 0
-    for count, table in zip(counts, tables, strict=True):
-        renumber = np.array([number.get(name, gone) for name, _ in table] + [gone],
-                            dtype="<u4")
+    for count, numbers in zip(counts, renumber, strict=True):
         part = rows[start:start + count]
-        # A pack number the input does not list (a damaged file) is dropped as ``gone``.
-        part["pack"] = renumber[np.minimum(part["pack"], len(table))]
+        part["pack"] = numbers[np.minimum(part["pack"], len(numbers) - 1)]
         start += count
     if (rows["pack"] == gone).any():
         rows = rows[rows["pack"] != gone]
     # Sorted by digest (the binary search), then where it is stored: as ``build`` orders;
     # taken straight into the output (no sorted copy, no joined copy).
-    order = np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
-                        rows["pack"], rows["digest"]))
+    order = _build_order(rows)
     cover_ids = sorted(set(covers))
     entries_at = (_HEAD.size + 16 * len(cover_ids) + _PACK.size * len(names) + _FANOUT.size)
     count = len(rows)
@@ -415,8 +431,7 @@ def damage(index: MergedIndex, *, round_entries: int = MERGE_ROUND) -> list[str]
         rows = np.frombuffer(index._data, dtype=dtype, count=count,
                              offset=index._entries_at + first * _ENTRY.size)
         digests = rows["digest"]
-        unsorted = unsorted or (previous is not None and digests[0] < previous) or \
-            bool((digests[1:] < digests[:-1]).any())
+        unsorted = unsorted or _out_of_order(digests, previous)
         previous = digests[-1]
         unlisted += int((rows["pack"] >= index.pack_count).sum())
         hidden += int((~index.maybe_many(digests)).sum())
@@ -451,19 +466,9 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
     import numpy as np  # only when merging: reading a store must not import it
 
     dtype = np.dtype(_ENTRY_FIELDS)
-    dropped = {bytes.fromhex(pack) for pack in drop}
-    tables = [[_PACK.unpack_from(index._data, index._packs_at + _PACK.size * i)
-               for i in range(index.pack_count)] for index in indexes]
-    sizes: dict[bytes, int] = {}
-    for name, size in itertools.chain.from_iterable(tables):
-        if name not in dropped:
-            sizes.setdefault(name, size)
+    sizes, renumber = _numbering(indexes, drop)
     names = sorted(sizes)
     gone = len(names)
-    number = {name: i for i, name in enumerate(names)}
-    # One more slot: a pack number an input does not list is dropped as ``gone``.
-    renumber = [np.array([number.get(name, gone) for name, _ in table] + [gone], dtype="<u4")
-                for table in tables]
     last: list[Any] = [None] * len(indexes)  # each input's last digest merged
     cover_ids = sorted(set(covers))
     start = handle.tell()
@@ -512,19 +517,17 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
             digests = part["digest"]
             # The rounds rely on each input being sorted (``combine`` sorted everything
             # at once): a file out of order would leave entries no search finds.
-            if take and ((last[i] is not None and digests[0] < last[i])
-                         or bool((digests[1:] < digests[:-1]).any())):
+            if take and _out_of_order(digests, last[i]):
                 raise Unsorted(f"merged index {indexes[i].name} is not sorted by digest")
             if take:
                 last[i] = digests[-1]
-            part["pack"] = renumber[i][np.minimum(part["pack"], len(tables[i]))]
+            part["pack"] = renumber[i][np.minimum(part["pack"], len(renumber[i]) - 1)]
             parts.append(part[part["pack"] != gone])
             _let_go(indexes[i], cursor[i], cursor[i] + take)
             cursor[i] += take
         rows = np.concatenate(parts)
         del parts, batches
-        rows = rows[np.lexsort((rows["codec"], rows["raw"], rows["length"], rows["offset"],
-                                rows["pack"], rows["digest"]))]
+        rows = rows[_build_order(rows)]
         counts += np.bincount(rows.view("u1")[::_ENTRY.size], minlength=256)
         if bits and len(rows):
             probes = _probes(rows["digest"], bits).ravel()
@@ -555,12 +558,18 @@ def merge_into(handle: BinaryIO, indexes: Sequence[MergedIndex], covers: Iterabl
 def _let_go(index: MergedIndex, first: int, end: int) -> None:
     """Drop the pages of entries [first, end) of a mapped ``index`` from this process
     (they stay in the page cache): a merge reads each once."""
+    _drop_pages(index, index._entries_at + first * _ENTRY.size,
+                index._entries_at + end * _ENTRY.size)
+
+
+def _drop_pages(index: MergedIndex, start: int, end: int) -> None:
+    """Drop the whole pages in bytes [start, end) of ``index`` from this process, if it is
+    mapped from a file (an anonymous mapping's pages would come back as zeros)."""
     data = index._data
-    if not index._from_file or not isinstance(data, mmap.mmap) or end <= first:
+    if not index._from_file or not isinstance(data, mmap.mmap):
         return
     page = mmap.PAGESIZE
-    lo = (index._entries_at + first * _ENTRY.size) // page * page
-    hi = (index._entries_at + end * _ENTRY.size) // page * page
+    lo, hi = start // page * page, end // page * page
     if hi > lo:
         with contextlib.suppress(OSError, ValueError):
             data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
