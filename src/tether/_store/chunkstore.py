@@ -203,6 +203,11 @@ def _unpack(payload: bytes | memoryview, codec: int, size: int,
     return data, ""
 
 
+def _index_name(key: str) -> str:
+    """The name of index file ``key`` (``index/<name>.idx``)."""
+    return key.rsplit("/", 1)[-1].removesuffix(".idx")
+
+
 def _segment_keys(digests: Sequence[str],
                   settled: Sequence[object]) -> tuple[list[int], list[bytes]]:
     """(positions, 32-byte keys) of the digests still to look up in the merged index:
@@ -643,15 +648,17 @@ class ChunkStore:
             lost = False
             # Sorted, so every process sees the candidates of a chunk in one order.
             listing = sorted(self.blobs.list("index/"), key=lambda i: i.key)
-            fetched = self._fetch_new_indexes(listing)
-            for info in listing:
-                name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            names = [_index_name(info.key) for info in listing]
+            new = [(name, info) for name, info in zip(names, listing, strict=True)
+                   if name not in self._seen_files and name not in self._pack_sizes]
+            fetched = self._fetch_new_indexes(new)
+            for name, info in new:
                 if name in self._seen_files or name in self._pack_sizes:
-                    continue
+                    continue  # covered by a merged file read just before it in this loop
                 try:
-                    if info.key in fetched:
+                    if name in fetched:
                         # Over a network: fetched at once, one request per file.
-                        raw = fetched[info.key]
+                        raw = fetched[name]
                         if raw is None:
                             raise NotFound(f"{info.key} is gone")
                         if isinstance(raw, MergedIndex):  # kept on disk (index_cache.py)
@@ -678,27 +685,23 @@ class ChunkStore:
                 self._seen_files.add(name)
             if not lost:
                 if self._index_cache is not None:
-                    self._index_cache.prune(
-                        {i.key.rsplit("/", 1)[-1].removesuffix(".idx") for i in listing})
+                    self._index_cache.prune(set(names))
                 return
 
-    def _fetch_new_indexes(self, listing: list[Any]) -> dict[str, bytes | MergedIndex | None]:
-        """The listed index files not read yet, from a network store, fetched a few at a
-        time: merged files kept on disk and mapped (``index_cache``: a fresh process
-        fetches only those merged since), the journal's as bytes (None: gone since the
-        listing). Nothing for a local store."""
+    def _fetch_new_indexes(self, new: list[tuple[str, Any]],
+                           ) -> dict[str, bytes | MergedIndex | None]:
+        """The index files ``new`` ((name, listing entry) not read yet), by name, from a
+        network store, fetched a few at a time: merged files kept on disk and mapped
+        (``index_cache``: a fresh process fetches only those merged since), the
+        journal's as bytes (None: gone since the listing). Nothing for a local store."""
         if self.blobs.is_local:
             return {}
-        new = [i for i in listing
-               if self.blobs.local_path(i.key) is None
-               and (n := i.key.rsplit("/", 1)[-1].removesuffix(".idx")) not in self._seen_files
-               and n not in self._pack_sizes]
+        new = [(name, info) for name, info in new if self.blobs.local_path(info.key) is None]
         if not new:
             return {}
         cache = self._index_cache
 
-        def get(info: Any) -> bytes | MergedIndex | None:
-            name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+        def get(name: str, info: Any) -> bytes | MergedIndex | None:
             try:
                 if cache is not None:
                     kept = cache.open(name, info.size)
@@ -718,10 +721,11 @@ class ChunkStore:
                 return None
 
         if len(new) == 1:
-            return {new[0].key: get(new[0])}
+            return {new[0][0]: get(*new[0])}
         with ThreadPoolExecutor(max_workers=_READ_THREADS * 2,
                                 thread_name_prefix="tether-index") as pool:
-            return dict(zip([i.key for i in new], pool.map(get, new), strict=True))
+            return dict(zip([name for name, _ in new],
+                            pool.map(lambda item: get(*item), new), strict=True))
 
     def _is_merged(self, key: str) -> bool:
         path = self.blobs.local_path(key)
@@ -1895,14 +1899,13 @@ class ChunkStore:
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
-        self.refresh()
+        indexes: dict[str, Any] = dict(self._all_indexes())  # refreshed first
         with self._lock:
             segments = list(self._segments.values())
         for segment in segments:  # a merged file's own order, pack numbers and filter
             report.bad_indexes.extend(damage(segment))
-        indexes: dict[str, Any] = dict(self._all_indexes())
         for info in self.blobs.list("index/"):  # files no reader could parse
-            name = info.key.rsplit("/", 1)[-1].removesuffix(".idx")
+            name = _index_name(info.key)
             if name in self._seen_files or name in indexes:
                 continue
             try:
