@@ -221,8 +221,16 @@ def test_cache_stats_count_the_index_copies_and_an_emptied_cache_drops_them(
     assert len(_kept(cache)) == 1 and again.verify(report.files, label="v") == []
 
 
+@pytest.mark.parametrize("linked", [True, False])
 def test_a_writer_does_not_download_the_merged_file_it_just_wrote(
-        bucket: str, tmp_path: Path) -> None:
+        bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool) -> None:
+    """Kept by a hard link where the cache and the upload's temp file share a disk, by a
+    synced copy where they do not."""
+    if not linked:
+        def cross_device(*_args: Any) -> None:
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr("tether._store.index_cache.os.link", cross_device)
     cache = tmp_path / "cache"
     writer = open_store(bucket, cache_dir=cache)
     report = _ingest(writer, tmp_path / "v", "w.bin", 300_000)

@@ -96,14 +96,17 @@ class IndexCache:
         goes up), so its next refresh does not download what it just uploaded."""
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = self._temp()
-            os.close(fd)
             try:
-                try:
-                    os.unlink(tmp)
-                    os.link(path, tmp)  # the same bytes, no copy, when on one disk
-                except OSError:
-                    shutil.copyfile(path, tmp)
+                os.link(path, self._path(name))  # the same (synced) bytes, when on one disk
+                return
+            except OSError:
+                pass
+            fd, tmp = self._temp()
+            try:
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+                    shutil.copyfileobj(source, out)
+                    out.flush()
+                    os.fsync(out.fileno())  # as fetch: a torn copy must never pass for it
                 os.replace(tmp, self._path(name))
             finally:
                 tmp.unlink(missing_ok=True)
