@@ -101,7 +101,8 @@ def _plan(store: ChunkStore, live: list[FileEntry], *, grace_seconds: float,
         young = pack_info is not None and now - pack_info.mtime < grace_seconds
         live_entries = [e for e in entries if e[0] in keep and e[0] not in placed
                         and (pack, e[0], e[1]) not in doubtful]
-        dead = [e for e in entries if e not in live_entries]
+        kept_ids = {id(e) for e in live_entries}  # by identity: `in` a list was O(n^2)
+        dead = [e for e in entries if id(e) not in kept_ids]
         live_bytes = sum(e[2] for e in live_entries)
         total = sum(e[2] for e in entries) or 1
         report.kept_chunks += len(live_entries)
