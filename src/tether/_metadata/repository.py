@@ -7,7 +7,7 @@ them in one transaction. Nothing here decides policy: that is the registry's.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -249,14 +249,39 @@ def set_version_status(conn: sa.Connection, vid: int, status: str) -> None:
     conn.execute(versions.update().where(versions.c.id == vid).values(status=status))
 
 
-def all_version_rows(conn: sa.Connection) -> list[tuple[str, sa.Row[Any]]]:
+def all_version_rows(conn: sa.Connection, *, files: bool = True,
+                     ) -> list[tuple[str, sa.Row[Any]]]:
+    """(model name, row) of every version not deleted; ``files=False`` leaves out the
+    manifests and chunk records (``version_files`` streams them)."""
+    columns = (versions.c if files else
+               [c for c in versions.c if c.name not in ("manifest", "chunk_records")])
     query = (
-        sa.select(models.c.name, versions)
+        sa.select(models.c.name, *columns)
         .join(models, models.c.id == versions.c.model_id)
         .where(versions.c.status != "deleted")
         .order_by(models.c.name, versions.c.seq)
     )
     return [(row.name, row) for row in conn.execute(query)]
+
+
+def version_files(conn: sa.Connection, *, skip: Iterable[int] = ()
+                  ) -> Iterator[FileEntry]:
+    """The files of every version not deleted (but those whose id is in ``skip``), read a
+    few rows at a time: gc and store statistics visit every version's chunk list, and
+    a registry's worth of them (40 bytes a chunk) need not be held at once."""
+    leave_out = set(skip)
+    query = (sa.select(versions.c.id, versions.c.semver, versions.c.manifest,
+                       versions.c.chunk_records)
+             .where(versions.c.status != "deleted").order_by(versions.c.id))
+    for row in conn.execution_options(yield_per=_ROWS_AT_A_TIME).execute(query):
+        if row.id not in leave_out:
+            yield from manifest_files(row.manifest, f"version {row.id} ({row.semver})",
+                                      row.chunk_records)
+
+
+#: Rows fetched at a time where every version's files are visited (on PostgreSQL, from
+#: a server-side cursor): each may hold a large file's chunk records.
+_ROWS_AT_A_TIME = 8
 
 
 # -- aliases ------------------------------------------------------------------

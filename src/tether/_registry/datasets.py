@@ -32,7 +32,7 @@ the model's ``data`` (bound by the model's digest) and a row in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1059,10 +1059,11 @@ def models_using(conn: sa.Connection, dataset_version_id: int) -> list[dict[str,
 # -- retention -----------------------------------------------------------------------
 
 
-def live_files(conn: sa.Connection) -> list[FileEntry]:
-    """Every file of every dataset version gc must keep (all that are not deleted)."""
+def live_files(conn: sa.Connection) -> Iterator[FileEntry]:
+    """Every file of every dataset version gc must keep (all that are not deleted), read
+    a few rows at a time (see ``repo.version_files``)."""
     query = sa.select(dataset_versions.c.manifest, dataset_versions.c.chunk_records).where(
         dataset_versions.c.status != "deleted")
-    return [f for text, records in conn.execute(query)
-            for f in repo.manifest_files(text, "a dataset version", records)]
+    for text, records in conn.execution_options(yield_per=8).execute(query):
+        yield from repo.manifest_files(text, "a dataset version", records)
 

@@ -9,6 +9,7 @@ the store drops every chunk no kept version references.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from .._errors import StoreError
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
-from .._store.base import GcReport
+from .._store.base import FileEntry, GcReport
 from . import datasets
 from .policies import current_policy
 
@@ -76,9 +77,8 @@ def collect(
     # Decide in a read; mark versions deleted only once the store has done every
     # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
     with registry.read() as conn:
-        dataset_files = datasets.live_files(conn)  # every dataset version is kept
         ever_aliased = repo.ever_aliased_version_ids(conn)
-        rows = repo.all_version_rows(conn)
+        rows = repo.all_version_rows(conn, files=False)
         by_model: dict[str, list[Any]] = {}
         for name, row in rows:
             by_model.setdefault(name, []).append(row)
@@ -110,9 +110,16 @@ def collect(
             ) from error
 
     kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
-    live = [f for row in kept for f in repo.row_to_version(row, "").files] + dataset_files
+    doomed_ids = {row.id for _, row, _ in doomed}
+
+    def live() -> Iterator[FileEntry]:  # streamed: the store reads it once, in its plan
+        with registry.read() as conn:
+            yield from repo.version_files(conn, skip=doomed_ids)
+            yield from datasets.live_files(conn)  # every dataset version is kept
+
     report = registry.store.gc(
-        live, grace_seconds=grace_seconds, dry_run=dry_run, commit=None if dry_run else commit
+        live(), grace_seconds=grace_seconds, dry_run=dry_run,
+        commit=None if dry_run else commit
     )
     return GcResult(
         expired=expired,

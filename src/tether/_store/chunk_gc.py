@@ -31,6 +31,7 @@ from . import chunkstore
 from .base import FileEntry, GcReport
 from .blobs import scratch_root
 from .cache import dead_scratch, remove_paths
+from .census import Census, Claim, LiveChunks, rows_as_lists
 from .chunkstore import ChunkStore, PackWriter, _unpack
 from .locking import store_lock
 
@@ -44,7 +45,9 @@ class _GcPlan:
     """What one gc will do; its report is what a dry run shows."""
 
     report: GcReport
-    repacks: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    #: (pack, its live entries as ``entries_of`` rows or None, more as lists): listed
+    #: in numpy (56 bytes an entry), made Python values one pack at a time.
+    repacks: list[tuple[str, Any, list[list[Any]]]] = field(default_factory=list)
     drop_packs: list[str] = field(default_factory=list)  # index and pack both go
     deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
     scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
@@ -59,69 +62,85 @@ def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     raises before ``commit`` and before any deletion.
     """
     with store_lock(store):
-        plan = _plan(store, list(live), grace_seconds=grace_seconds, dry_run=dry_run)
+        plan = _plan(store, live, grace_seconds=grace_seconds, dry_run=dry_run)
         if not dry_run:
             _apply(store, plan, commit)
         return plan.report
 
 
-def _plan(store: ChunkStore, live: list[FileEntry], *, grace_seconds: float,
+def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
           dry_run: bool) -> _GcPlan:
-    """What a gc would do now: the packs to repack or drop, and the leftovers to delete."""
+    """What a gc would do now: the packs to repack or drop, and the leftovers to delete.
+
+    Read as columns (``census``): what this holds grows with the packs and the
+    distinct live chunks (8 bytes each), not with the entries or the versions.
+    """
     now = time.time()
-    keep = {c.digest for f in live for c in f.chunks}
+    keep = LiveChunks()
+    keep.add_files(live)  # streamed: one version's chunk lists at a time
     found = store._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
     stale_pins = {key for key, _ in found["stale_pins"]}
     for pin in store.blobs.list("pins/"):
         if pin.key in stale_pins:
             continue
         try:
-            keep.update(json.loads(store.blobs.get_bytes(pin.key))["chunks"])
+            chunks = json.loads(store.blobs.get_bytes(pin.key))["chunks"]
         except (NotFound, ValueError, KeyError, TypeError):
             continue
-    packs = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
-             for i in store.blobs.list("packs/")}
-    indexes = store._all_indexes()
+        if isinstance(chunks, list):
+            keep.add_digests(chunks)
+    mtimes = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i.mtime
+              for i in store.blobs.list("packs/")}
+    census = store._census()
+    tally = census.tally(keep)
     report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                       dry_run=dry_run)
     plan = _GcPlan(report=report)
-    doubtful = _lying_duplicates(store, indexes, keep)
-    placed: set[str] = set()  # live chunks already kept in some pack
+    claims_of: dict[int, list[Claim]] = {}  # chunks listed more than once, by pack
+    for claim in tally.claims:
+        claims_of.setdefault(claim.pack, []).append(claim)
+    doubtful = _lying_duplicates(store, census, tally.claims)
+    placed: set[str] = set()  # live chunks listed more than once, already kept in some pack
     # Visit fuller packs first so duplicates are dropped from the emptier ones.
-    order = sorted(indexes, key=lambda p: -sum(e[2] for e in indexes[p]["chunks"]
-                                               if e[0] in keep))
-    dead_chunks = dead_bytes = 0
-    small = {p for p in order if indexes[p]["size"] < store._small_pack
-             and (p not in packs or now - packs[p].mtime >= grace_seconds)}
+    order = sorted(range(len(census)), key=lambda p: (-int(tally.live_bytes[p]),
+                                                      census.names[p]))
+    young = {p for p in order if now - mtimes.get(census.names[p], 0.0) < grace_seconds}
+    small = {p for p in order if census.sizes[p] < store._small_pack and p not in young}
     if len(small) < _SMALL_PACKS_TO_COMPACT:
         small = set()
+    dead_chunks = dead_bytes = 0
+    moving: dict[int, list[Claim]] = {}  # dropped packs: their live claims on repeated chunks
     for pack in order:
-        pack_info = packs.get(pack)
-        entries = indexes[pack]["chunks"]
-        young = pack_info is not None and now - pack_info.mtime < grace_seconds
-        live_entries = [e for e in entries if e[0] in keep and e[0] not in placed
-                        and (pack, e[0], e[1]) not in doubtful]
-        kept_ids = {id(e) for e in live_entries}  # by identity: `in` a list was O(n^2)
-        dead = [e for e in entries if id(e) not in kept_ids]
-        live_bytes = sum(e[2] for e in live_entries)
-        total = sum(e[2] for e in entries) or 1
-        report.kept_chunks += len(live_entries)
+        claims = claims_of.get(pack, [])
+        live_claims = [c for c in claims if c.live and c.digest not in placed
+                       and (pack, c.digest, c.offset) not in doubtful]
+        live_count = int(tally.single_live[pack]) + len(live_claims)
+        live_bytes = int(tally.single_live_bytes[pack]) + sum(c.length for c in live_claims)
+        dead = int(tally.entries[pack]) - live_count
+        total = int(tally.bytes[pack]) or 1
+        report.kept_chunks += live_count
         # A small pack (a small version's) is always rewritten: its live chunks
         # move into shared packs. Another is left while young, whole or mostly live.
-        if young or pack not in small:
-            if young or not dead:
-                placed.update(e[0] for e in entries if e[0] in keep)
+        if pack in young or pack not in small:
+            if pack in young or not dead:
+                placed.update(c.digest for c in claims if c.live)
                 continue
-            if live_entries and live_bytes / total >= 0.5:
+            if live_count and live_bytes / total >= 0.5:
                 # Mostly live: leave it; the dead part is not worth a rewrite yet.
-                placed.update(e[0] for e in live_entries)
+                placed.update(c.digest for c in live_claims)
                 continue
-        placed.update(e[0] for e in live_entries)
-        dead_chunks += len(dead)
-        dead_bytes += sum(e[2] for e in dead)
-        if live_entries:
-            plan.repacks.append((pack, live_entries))
-        plan.drop_packs.append(pack)
+        placed.update(c.digest for c in live_claims)
+        dead_chunks += dead
+        dead_bytes += int(tally.bytes[pack]) - live_bytes
+        if live_count:
+            moving[pack] = live_claims
+        plan.drop_packs.append(census.names[pack])
+    # The live entries of the packs that go, read once more (chunks listed once), plus
+    # the claims on repeated chunks chosen above.
+    entries = census.entries_of(moving, live=keep, skip=tally.repeated)
+    for pack, claims in moving.items():
+        plan.repacks.append((census.names[pack], entries.get(pack),
+                             [[c.digest, c.offset, c.length, c.raw, c.codec] for c in claims]))
     report.removed_chunks = dead_chunks
     report.repacked_packs = len(plan.repacks)
     report.removed["unreferenced_chunks"] = {"count": dead_chunks, "bytes": dead_bytes}
@@ -182,43 +201,45 @@ def _segment_packs(store: ChunkStore) -> set[str]:
     return {pack for segment in segments for pack in segment.pack_names}
 
 
-def _lying_duplicates(store: ChunkStore, indexes: dict[str, dict[str, Any]],
-                      keep: set[str]) -> set[tuple[str, str, int]]:
+def _lying_duplicates(store: ChunkStore, census: Census,
+                      claims: list[Claim]) -> set[tuple[int, str, int]]:
     """(pack, digest, offset) of live chunks claimed by several packs whose bytes lie.
 
     gc keeps one copy of a chunk several packs hold; it must never keep the
     copy that does not match while dropping the one that does. Duplicates
     are rare (racing writers), so reading each claim once costs little.
     """
-    claims: dict[str, list[tuple[str, list[Any]]]] = {}
-    for pack, index in indexes.items():
-        for entry in index.get("chunks", []):
-            if entry[0] in keep:
-                claims.setdefault(entry[0], []).append((pack, entry))
-    doubtful: set[tuple[str, str, int]] = set()
-    for digest, where in claims.items():
-        if len({pack for pack, _ in where}) < 2:
+    by_digest: dict[str, list[Claim]] = {}
+    for claim in claims:
+        if claim.live:
+            by_digest.setdefault(claim.digest, []).append(claim)
+    doubtful: set[tuple[int, str, int]] = set()
+    for digest, where in by_digest.items():
+        if len({c.pack for c in where}) < 2:
             continue
         bad = set()
-        for pack, (_, offset, length, raw, codec) in where:
+        for c in where:
+            key = (c.pack, digest, c.offset)
             try:
-                payload = store._get_range(pack, int(offset), int(length))
+                payload = store._get_range(census.names[c.pack], c.offset, c.length)
             except (IntegrityError, ValueError, TypeError):
-                bad.add((pack, digest, offset))
+                bad.add(key)
                 continue
-            if _unpack(payload, int(codec), int(raw), digest)[0] is None:
-                bad.add((pack, digest, offset))
+            if _unpack(payload, c.codec, c.raw, digest)[0] is None:
+                bad.add(key)
         if len(bad) < len(where):  # a copy that verifies exists: never rely on the others
             doubtful |= bad
     return doubtful
 
 
-def _repack_all(store: ChunkStore, repacks: list[tuple[str, list[list[Any]]]]) -> list[str]:
-    """Copy the ``entries`` of each pack into new shared packs; returns their ids."""
+def _repack_all(store: ChunkStore, repacks: list[tuple[str, Any, list[list[Any]]]],
+                ) -> list[str]:
+    """Copy the live entries of each pack into new shared packs; returns their ids."""
     writer = PackWriter(store)
     try:
-        for pack, entries in repacks:
-            for digest, offset, length, raw, codec in entries:
+        for pack, rows, more in repacks:
+            entries = ([] if rows is None else rows_as_lists(rows)) + more
+            for digest, offset, length, raw, codec in sorted(entries, key=lambda e: e[1]):
                 payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
                 writer.add(digest, payload, raw, codec)
                 writer.write_out()  # one chunk held at a time

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import zstandard
@@ -76,6 +76,9 @@ from .midx import (
     merge_into,
 )
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .census import Census
 
 AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024
@@ -157,6 +160,8 @@ _FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
 _PIN_REPORT_SECONDS = 3600.0
+#: ``store verify`` gathers the index entries of this many chunks (a batch of packs) at once.
+_VERIFY_BATCH_ENTRIES = 1 << 18
 #: A pin from another host (a remote client between upload and commit) is kept this long
 #: even by `gc --grace 0`: its owner cannot be asked whether it is still alive.
 _PIN_MIN_SECONDS = 900.0
@@ -556,13 +561,9 @@ class ChunkStore:
             if len(self._index) >= _INDEX_FOLD:
                 self._fold_index()
 
-    def _fold_index(self) -> None:
-        """Move the in-memory index (and its alternates) into a block (``_lock`` held).
-
-        A large ingest adds an entry per new chunk, and a fresh process reads a
-        long journal: as Locations in a dict, a million entries were 300 MB.
-        A block holds every candidate of a digest, as a merged file does.
-        """
+    def _dict_as_block(self) -> MergedIndex | None:
+        """The in-memory index (and its alternates) as a block, off the heap (``_lock``
+        held); None if it cannot be built (memory, or values no block can hold)."""
         packs: dict[str, tuple[int, list[list[Any]]]] = {}
         every = itertools.chain(self._index.items(), (
             (digest, loc) for digest, others in self._alternates.items() for loc in others))
@@ -572,10 +573,31 @@ class ChunkStore:
             packs.setdefault(loc.pack, (self._pack_sizes.get(loc.pack, 0), []))[1].append(
                 [digest, loc.offset, loc.length, loc.raw_size, loc.codec])
         try:
-            block = MergedIndex("memory", _off_heap(build(packs, ())))
+            return MergedIndex("memory", _off_heap(build(packs, ())))
         except (ValueError, OverflowError, struct.error, OSError, MemoryError):
+            return None
+
+    def _census(self) -> Census:
+        """Every index entry naming a pack in use, for reading in rounds (refreshed first)."""
+        from .census import Census  # numpy: only gc, stats and verify need it
+
+        self.refresh()
+        with self._lock:
+            sources = self._searched()
+            block = self._dict_as_block() if self._index else None
+        packs = self._all_packs()
+        return Census([*sources, *([block] if block is not None else [])], packs)
+
+    def _fold_index(self) -> None:
+        """Move the in-memory index (and its alternates) into a block (``_lock`` held).
+
+        A large ingest adds an entry per new chunk, and a fresh process reads a
+        long journal: as Locations in a dict, a million entries were 300 MB.
+        A block holds every candidate of a digest, as a merged file does.
+        """
+        block = self._dict_as_block()
+        if block is None:
             return  # not folded: the dict keeps answering, as before
-        del packs
         # The list is changed in place, never replaced: a copy of this store made for
         # ``verify`` shares it (and the dict, and the files read), so a fold on either
         # is seen by both. The new block is in it before the dict is emptied.
@@ -1898,39 +1920,59 @@ class ChunkStore:
             raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
+        from .census import rows_as_lists
+
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
-        indexes: dict[str, Any] = dict(self._all_indexes())  # refreshed first
+        census = self._census()  # refreshed first
         with self._lock:
             segments = list(self._segments.values())
         for segment in segments:  # a merged file's own order, pack numbers and filter
             report.bad_indexes.extend(damage(segment))
+        unreadable: dict[str, Any] = {}
+        listed = set(census.names)
         for info in self.blobs.list("index/"):  # files no reader could parse
             name = _index_name(info.key)
-            if name in self._seen_files or name in indexes:
+            if name in self._seen_files or name in listed:
                 continue
             try:
-                indexes[name] = json.loads(self.blobs.get_bytes(info.key))
+                unreadable[name] = json.loads(self.blobs.get_bytes(info.key))
             except NotFound:
                 continue  # removed by a concurrent gc
             except ValueError:
-                indexes[name] = None
-        for pack in sorted(indexes):
-            check = self.check_pack(pack, indexes[pack])
+                unreadable[name] = None
+        indexes: dict[str, Any] = {}  # of the packs found bad: what their index said
+
+        def check(pack: str, index: Any) -> None:
+            result = self.check_pack(pack, index)
             report.packs += 1
-            report.chunks += check.chunks
-            report.bytes_read += check.bytes_read
-            report.reads += check.reads
-            if check.problems:
-                report.bad.append(check)
+            report.chunks += result.chunks
+            report.bytes_read += result.bytes_read
+            report.reads += result.reads
+            if result.problems:
+                report.bad.append(result)
+                indexes[pack] = index
+
+        # Pack by pack, each pack's entries gathered with a batch of others': what is
+        # held is a batch's entries, not the store's.
+        for batch in census.batches(_VERIFY_BATCH_ENTRIES):
+            entries = census.entries_of(batch)
+            for number in batch:
+                name = census.names[number]
+                rows = entries.pop(number, None)
+                check(name, {"pack": name, "size": int(census.sizes[number]),
+                             "chunks": [] if rows is None else rows_as_lists(rows)})
+        for name in sorted(unreadable):
+            check(name, unreadable.pop(name))
+        report.bad.sort(key=lambda c: c.pack)
         if report.bad and not dry_run:
             with store_lock(self):  # no ingest may be deciding to reuse these chunks now
                 merged = False
-                for check in report.bad:
-                    in_journal = check.pack in self._journal or indexes[check.pack] is None
-                    self.quarantine(check.pack, check.problems, index_bytes=None if in_journal
-                                    else json.dumps(indexes[check.pack]).encode())
+                for bad in report.bad:
+                    in_journal = bad.pack in self._journal or indexes[bad.pack] is None
+                    self.quarantine(bad.pack, bad.problems, index_bytes=None if in_journal
+                                    else json.dumps(indexes[bad.pack]).encode())
                     merged = merged or not in_journal
-                    check.quarantined = True
+                    bad.quarantined = True
                 if merged:  # rewrite the merged index without them
                     self.consolidate()
                     report.indexes_rewritten = True
@@ -2026,24 +2068,31 @@ class ChunkStore:
                 self.blobs.delete(key)
 
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
+        from .census import LiveChunks
+
         self.refresh()
-        files = list(live)
-        logical = sum(f.size for f in files)
-        referenced = {c.digest for f in files for c in f.chunks}
+        referenced = LiveChunks()
+        logical = 0
+        for entry in live:  # streamed: one version's files at a time
+            logical += entry.size
+            referenced.add_files([entry])
         now = time.time()
         found = self._leftovers(now, grace_seconds=0, pin_grace=_PIN_REPORT_SECONDS)
         leftovers = {kind: {"count": len(items), "bytes": sum(s for _, s in items)}
                      for kind, items in found.items()}
         if self.cache_dir is not None:
             leftovers["scratch"] = dead_scratch(self.cache_dir / "tmp").to_dict()
-        digests = {d for index in self._all_indexes().values() for d, *_ in index["chunks"]}
+        tally = self._census().tally(referenced)
+        repeated = {c.digest: c.live for c in tally.claims}  # chunks listed more than once
+        chunks = tally.single_chunks + len(repeated)
+        unreferenced = tally.single_unused + sum(not alive for alive in repeated.values())
         packs = self._all_packs()
         with self._lock:
             extra: dict[str, Any] = {
-                "leftovers": leftovers, "unreferenced_chunks": len(digests - referenced),
+                "leftovers": leftovers, "unreferenced_chunks": unreferenced,
                 "index_files": {"merged": len(self._segments), "journal": len(self._journal)}}
         return StoreStats(logical_bytes=logical, stored_bytes=sum(packs.values()),
-                          chunks=len(digests), packs=len(packs), extra=extra)
+                          chunks=chunks, packs=len(packs), extra=extra)
 
     def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
            commit: Any = None) -> GcReport:

@@ -1,0 +1,310 @@
+"""Every entry of a store's indexes, and the chunks still in use, as numpy columns.
+
+gc, ``store stats`` and ``store verify`` look at every index entry. Read as
+Python lists ([digest, offset, length, raw, codec] per entry, some 250 bytes)
+with the live chunks as a set of hex digests (another 140 bytes each), a store
+of 967,000 chunks took gc 837 MB and ``store stats`` 750 MB; a 1 TB store at
+64 KiB chunks (16 million) would have needed some 6 GB. Here the entries stay
+where they are (the merged index files, mapped) and are read a round of
+``ROUND`` entries at a time; the live chunks are a sorted array of the first
+8 bytes of their digests (128 MB for 16 million).
+
+Two chunks sharing those 8 bytes are one to ``LiveChunks``: a dead chunk that
+shares them with a live one (about one chance in 10^12 for a store of 16
+million chunks) is kept as if it were live. gc never drops a live one for it.
+
+An entry may be listed twice (a pack indexed both in a merged file and in the
+journal while a merge is being published) and a chunk may be stored twice
+(two writers racing). Both are rare, and so are the chunks they concern: the
+census finds those chunks (``Census.tally``) and hands every claim on them
+over as Python values, exactly as listed; every other chunk has one claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .midx import _ENTRY, _ENTRY_FIELDS, MERGE_ROUND, MergedIndex, _let_go, find_first
+
+if TYPE_CHECKING:
+    from .base import FileEntry
+
+#: Entries read at a time (3.5 MB of columns).
+ROUND = MERGE_ROUND
+
+#: An entry as numpy reads it, with the digest's first 8 bytes as a number too.
+_ROW = np.dtype({"names": [name for name, _ in _ENTRY_FIELDS if name != "pad"] + ["key"],
+                 "formats": [kind for name, kind in _ENTRY_FIELDS if name != "pad"] + [">u8"],
+                 "offsets": [0, 32, 36, 44, 48, 52, 0], "itemsize": _ENTRY.size})
+#: A chunk list's record (``chunklist.RECORD``): the digest's first 8 bytes as a number.
+_RECORD_KEY = np.dtype({"names": ["key"], "formats": [">u8"], "offsets": [0], "itemsize": 40})
+
+
+def keys_of(digests: Any) -> Any:
+    """The 8-byte keys (native unsigned) of an S32 column of digests."""
+    raw = np.ascontiguousarray(digests, dtype="S32")
+    return np.ndarray((len(raw),), dtype=">u8", buffer=raw, strides=(32,)).astype(np.uint64)
+
+
+class LiveChunks:
+    """The chunks gc must keep, as a sorted array of 8-byte digest prefixes.
+
+    Chunk lists are added as they are read (a registry streams its versions),
+    so what is held is 8 bytes per distinct chunk plus what was added since the
+    last merge (``_MERGE_PENDING`` keys, 32 MB), not every version's list.
+    """
+
+    _MERGE_PENDING = 1 << 22
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._pending: list[Any] = []
+        self._pending_count = 0
+
+    def add_files(self, files: Iterable[FileEntry]) -> None:
+        for entry in files:
+            records = entry.chunks.records
+            if records:
+                self._add(np.frombuffer(records, dtype=_RECORD_KEY)["key"].astype(np.uint64))
+
+    def add_digests(self, digests: Iterable[Any]) -> None:
+        """Hex digests (an ingest pin's list); anything that is not one is skipped."""
+        keys = []
+        for digest in digests:
+            try:
+                raw = bytes.fromhex(digest)
+            except (TypeError, ValueError):
+                continue
+            if len(raw) == 32:
+                keys.append(int.from_bytes(raw[:8], "big"))
+        if keys:
+            self._add(np.array(keys, dtype=np.uint64))
+
+    def _add(self, keys: Any) -> None:
+        self._pending.append(keys)
+        self._pending_count += len(keys)
+        if self._pending_count >= self._MERGE_PENDING:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            self._keys = np.unique(np.concatenate([self._keys, *self._pending]))
+            self._pending, self._pending_count = [], 0
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self._keys)
+
+    def holds(self, keys: Any) -> Any:
+        """Which of ``keys`` (8-byte keys, ``keys_of``) are live, as a bool array."""
+        self._merge()
+        if not len(self._keys) or not len(keys):
+            return np.zeros(len(keys), dtype=bool)
+        where = np.searchsorted(self._keys, keys)
+        np.minimum(where, len(self._keys) - 1, out=where)
+        return self._keys[where] == keys  # type: ignore[no-any-return]
+
+
+@dataclass
+class Claim:
+    """One index entry on a chunk stored (or listed) more than once."""
+
+    digest: str
+    pack: int  # the census's pack number
+    offset: int
+    length: int
+    raw: int
+    codec: int
+    live: bool
+
+
+@dataclass
+class Tally:
+    """Per pack (arrays by the census's pack number): entries and bytes in all, the
+    bytes of live entries, and the live entries and bytes among chunks listed once.
+    ``claims``: every claim on a chunk listed more than once, each once."""
+
+    entries: Any
+    bytes: Any
+    live_bytes: Any
+    single_live: Any
+    single_live_bytes: Any
+    single_chunks: int = 0        # chunks listed once
+    single_unused: int = 0        # ... of which not live
+    claims: list[Claim] = field(default_factory=list)
+    repeated: Any = None          # S32 digests of the chunks listed more than once
+
+
+class Census:
+    """The entries of ``sources`` (merged files, blocks, the journal as a block) that
+    name a pack in ``packs``, read in rounds as numpy columns."""
+
+    def __init__(self, sources: list[MergedIndex], packs: dict[str, int]) -> None:
+        self.sources = [s for s in sources if s.entry_count]
+        self.names = sorted(packs)
+        self.sizes = np.array([packs[name] for name in self.names], dtype=np.int64)
+        number = {name: i for i, name in enumerate(self.names)}
+        # Per source: its pack numbers to ours, -1 for a pack not in use (forgotten,
+        # dropped) and one more slot for a number the file does not list.
+        self._maps = [np.array([number.get(name, -1) for name in s.pack_names] + [-1],
+                               dtype=np.int64) for s in self.sources]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rounds(self) -> Iterator[tuple[int, Any, Any]]:
+        """(source number, rows, our pack numbers) of each round's entries naming a pack
+        in use; rows are a copy (fields of ``_ROW``), each round's pages let go."""
+        for number, source in enumerate(self.sources):
+            mapping = self._maps[number]
+            for first in range(0, source.entry_count, ROUND):
+                count = min(ROUND, source.entry_count - first)
+                rows = np.frombuffer(source._data, dtype=_ROW, count=count,
+                                     offset=source._entries_at + first * _ENTRY.size)
+                packs = mapping[np.minimum(rows["pack"], len(mapping) - 1)]
+                used = packs >= 0
+                picked = rows[used].copy()
+                _let_go(source, first, first + count)
+                yield number, picked, packs[used]
+
+    def repeated(self) -> Any:
+        """The digests (sorted S32) listed more than once: twice in one file, or in a file
+        and an earlier one. Rare; each is then looked at claim by claim."""
+        found = []
+        previous: dict[int, bytes] = {}
+        for number, rows, _ in self.rounds():
+            digests = rows["digest"]
+            if not len(digests):
+                continue
+            same = np.zeros(len(digests), dtype=bool)
+            same[1:] = digests[1:] == digests[:-1]  # a file's entries are in digest order
+            same[0] = previous.get(number) == digests[0]
+            previous[number] = digests[-1]
+            if number:
+                which, _ = find_first(self.sources[:number], digests)
+                same |= which >= 0
+            if same.any():
+                found.append(digests[same])
+        if not found:
+            return np.empty(0, dtype="S32")
+        return np.unique(np.concatenate(found))
+
+    def tally(self, live: LiveChunks) -> Tally:
+        """Two passes over every entry: the chunks listed more than once, then the counts."""
+        count = len(self.names)
+        tally = Tally(entries=np.zeros(count, np.int64), bytes=np.zeros(count, np.int64),
+                      live_bytes=np.zeros(count, np.int64),
+                      single_live=np.zeros(count, np.int64),
+                      single_live_bytes=np.zeros(count, np.int64))
+        repeated = tally.repeated = self.repeated()
+        seen: set[tuple[bytes, int, int]] = set()
+        for _, rows, packs in self.rounds():
+            lengths = rows["length"].astype(np.int64)
+            is_live = live.holds(rows["key"].astype(np.uint64))
+            several = _within(rows["digest"], repeated)
+            once = ~several
+            _add(tally.entries, packs[once], None)
+            _add(tally.bytes, packs[once], lengths[once])
+            _add(tally.live_bytes, packs[once & is_live], lengths[once & is_live])
+            _add(tally.single_live, packs[once & is_live], None)
+            _add(tally.single_live_bytes, packs[once & is_live], lengths[once & is_live])
+            tally.single_chunks += int(once.sum())
+            tally.single_unused += int((once & ~is_live).sum())
+            for row, pack, alive in zip(rows[several], packs[several], is_live[several],
+                                        strict=True):
+                claim = (_raw(row["digest"]), int(pack), int(row["offset"]))
+                if claim in seen:
+                    continue  # the same entry listed in two files
+                seen.add(claim)
+                tally.claims.append(Claim(claim[0].hex(), claim[1], claim[2],
+                                          int(row["length"]), int(row["raw"]),
+                                          int(row["codec"]), bool(alive)))
+                tally.entries[pack] += 1
+                tally.bytes[pack] += int(row["length"])
+                if alive:
+                    tally.live_bytes[pack] += int(row["length"])
+        return tally
+
+    def batches(self, entries: int) -> Iterator[list[int]]:
+        """Our pack numbers in order, in batches listing about ``entries`` entries (one
+        pass to count them)."""
+        counts = np.zeros(len(self.names), np.int64)
+        for _, _, packs in self.rounds():
+            _add(counts, packs, None)
+        batch: list[int] = []
+        held = 0
+        for number in range(len(self.names)):
+            if batch and held + counts[number] > entries:
+                yield batch
+                batch, held = [], 0
+            batch.append(number)
+            held += int(counts[number])
+        if batch:
+            yield batch
+
+    def entries_of(self, packs: Iterable[int], *, live: LiveChunks | None = None,
+                   skip: Any = None) -> dict[int, Any]:
+        """{pack number: its entries} of ``packs``, each a numpy array (fields of
+        ``_ROW``) in offset order, an entry listed in several files once; only live
+        entries with ``live``; never chunks in ``skip`` (sorted S32). 56 bytes an
+        entry: ``rows_as_lists`` makes Python values of one pack's at a time."""
+        wanted = np.array(sorted(set(packs)), dtype=np.int64)
+        if not len(wanted):
+            return {}
+        found: list[Any] = []
+        numbers: list[Any] = []
+        for _, rows, pack_numbers in self.rounds():
+            picked = _within(pack_numbers, wanted)
+            if live is not None:
+                picked &= live.holds(rows["key"].astype(np.uint64))
+            if skip is not None and len(skip):
+                picked &= ~_within(rows["digest"], skip)
+            if picked.any():
+                found.append(rows[picked])
+                numbers.append(pack_numbers[picked])
+        if not found:
+            return {}
+        rows = np.concatenate(found)
+        pack_of = np.concatenate(numbers)
+        del found, numbers
+        order = np.lexsort((rows["digest"], rows["offset"], pack_of))
+        rows, pack_of = rows[order], pack_of[order]
+        again = np.zeros(len(rows), dtype=bool)  # the entry before it is the same one
+        again[1:] = ((pack_of[1:] == pack_of[:-1]) & (rows["offset"][1:] == rows["offset"][:-1])
+                     & (rows["digest"][1:] == rows["digest"][:-1]))
+        rows, pack_of = rows[~again], pack_of[~again]
+        bounds = np.flatnonzero(np.diff(pack_of)) + 1
+        return {int(part_packs[0]): part for part, part_packs in
+                zip(np.split(rows, bounds), np.split(pack_of, bounds), strict=True)}
+
+
+def rows_as_lists(rows: Any) -> list[list[Any]]:
+    """[[digest, offset, length, raw, codec]] of ``entries_of`` rows (one pack's)."""
+    return [[_raw(digest).hex(), int(offset), int(length), int(raw), int(codec)]
+            for digest, offset, length, raw, codec in zip(
+                rows["digest"], rows["offset"], rows["length"], rows["raw"], rows["codec"],
+                strict=True)]
+
+
+def _raw(digest: Any) -> bytes:
+    """A digest read from an S32 column, whole: numpy drops trailing zero bytes."""
+    return bytes(digest).ljust(32, b"\0")
+
+
+def _within(values: Any, sorted_set: Any) -> Any:
+    """Which of ``values`` are in ``sorted_set`` (a sorted numpy array), as a bool array."""
+    if not len(sorted_set) or not len(values):
+        return np.zeros(len(values), dtype=bool)
+    where = np.searchsorted(sorted_set, values)
+    np.minimum(where, len(sorted_set) - 1, out=where)
+    return sorted_set[where] == values  # type: ignore[no-any-return]
+
+
+def _add(totals: Any, packs: Any, weights: Any) -> None:
+    """Add a count (or ``weights``) per pack number into ``totals``, in place."""
+    if len(packs):
+        totals += np.bincount(packs, weights=weights, minlength=len(totals)).astype(np.int64)
