@@ -65,11 +65,15 @@ class LiveChunks:
         self._pending: list[Any] = []
         self._pending_count = 0
 
-    def add_files(self, files: Iterable[FileEntry]) -> None:
+    def add_files(self, files: Iterable[FileEntry]) -> int:
+        """Add every chunk of ``files`` (read once, one at a time); returns their bytes."""
+        size = 0
         for entry in files:
+            size += entry.size
             records = entry.chunks.records
             if records:
                 self._add(np.frombuffer(records, dtype=_RECORD_KEY)["key"].astype(np.uint64))
+        return size
 
     def add_digests(self, digests: Iterable[Any]) -> None:
         """Hex digests (an ingest pin's list); anything that is not one is skipped."""

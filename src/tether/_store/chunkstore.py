@@ -917,34 +917,6 @@ class ChunkStore:
                 packs.pop(pack, None)
             return packs
 
-    def _all_indexes(self) -> dict[str, dict[str, Any]]:
-        """Every pack's index ({"pack", "size", "chunks"}), from merged files and the journal."""
-        self.refresh()
-        packs = self._all_packs()
-        out: dict[str, dict[str, Any]] = {
-            pack: {"pack": pack, "size": size, "chunks": []} for pack, size in packs.items()}
-        seen: set[tuple[str, str, int]] = set()
-
-        def add(digest: str, loc: Location) -> None:
-            index = out.get(loc.pack)
-            if index is None or (digest, loc.pack, loc.offset) in seen:
-                return
-            seen.add((digest, loc.pack, loc.offset))
-            index["chunks"].append([digest, loc.offset, loc.length, loc.raw_size, loc.codec])
-
-        with self._lock:
-            segments = self._searched()
-            journal = [(d, loc) for d, loc in self._index.items()]
-            journal += [(d, loc) for d, others in self._alternates.items() for loc in others]
-        for segment in segments:
-            for digest, pack, offset, length, raw, codec in segment.entries():
-                add(digest, Location(pack, offset, length, raw, codec))
-        for digest, loc in journal:
-            add(digest, loc)
-        for index in out.values():
-            index["chunks"].sort(key=lambda e: e[1])
-        return out
-
     # -- consolidation -------------------------------------------------------------
 
     def _can_merge(self) -> bool:
@@ -2072,10 +2044,7 @@ class ChunkStore:
 
         self.refresh()
         referenced = LiveChunks()
-        logical = 0
-        for entry in live:  # streamed: one version's files at a time
-            logical += entry.size
-            referenced.add_files([entry])
+        logical = referenced.add_files(live)  # streamed: one version's files at a time
         now = time.time()
         found = self._leftovers(now, grace_seconds=0, pin_grace=_PIN_REPORT_SECONDS)
         leftovers = {kind: {"count": len(items), "bytes": sum(s for _, s in items)}
