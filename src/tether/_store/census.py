@@ -171,9 +171,10 @@ class Census:
                                      offset=source._entries_at + first * _ENTRY.size)
                 packs = mapping[np.minimum(rows["pack"], len(mapping) - 1)]
                 used = packs >= 0
-                picked = rows[used].copy()
+                picked, numbers = rows[used].copy(), packs[used]
+                del rows  # no view of the file is held while the caller works
                 _let_go(source, first, first + count)
-                yield number, picked, packs[used]
+                yield number, picked, numbers
 
     def repeated(self) -> Any:
         """The digests (sorted S32) listed more than once: twice in one file, or in a file

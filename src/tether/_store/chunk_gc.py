@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ from .census import Census, Claim, LiveChunks, rows_as_lists
 from .chunkstore import ChunkStore, PackWriter, _unpack
 from .locking import store_lock
 
+#: gc reads the live entries of the packs it repacks a batch of about this many at a time.
+_REPACK_BATCH = 1 << 18
+
 #: gc moves the live chunks of small packs (under ``ChunkStore._small_pack``: tiny
 #: versions' packs) into shared packs once there are at least this many such packs.
 _SMALL_PACKS_TO_COMPACT = 8
@@ -45,9 +48,14 @@ class _GcPlan:
     """What one gc will do; its report is what a dry run shows."""
 
     report: GcReport
-    #: (pack, its live entries as ``entries_of`` rows or None, more as lists): listed
-    #: in numpy (56 bytes an entry), made Python values one pack at a time.
-    repacks: list[tuple[str, Any, list[list[Any]]]] = field(default_factory=list)
+    #: The packs to repack (by the census's number): their live claims on chunks listed
+    #: more than once; the rest of their live entries are read when they are repacked,
+    #: a batch of packs at a time (``_repack_batches``), never all at once.
+    repacks: dict[int, list[Claim]] = field(default_factory=dict)
+    census: Census | None = None
+    keep: LiveChunks | None = None
+    repeated: Any = None
+    live_entries: Any = None  # live entries per pack, by the census's number
     drop_packs: list[str] = field(default_factory=list)  # index and pack both go
     deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
     scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
@@ -109,7 +117,9 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     if len(small) < _SMALL_PACKS_TO_COMPACT:
         small = set()
     dead_chunks = dead_bytes = 0
-    moving: dict[int, list[Claim]] = {}  # dropped packs: their live claims on repeated chunks
+    moving = plan.repacks  # dropped packs: their live claims on repeated chunks
+    plan.census, plan.keep, plan.repeated = census, keep, tally.repeated
+    plan.live_entries = tally.single_live
     for pack in order:
         claims = claims_of.get(pack, [])
         live_claims = [c for c in claims if c.live and c.digest not in placed
@@ -135,12 +145,6 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
         if live_count:
             moving[pack] = live_claims
         plan.drop_packs.append(census.names[pack])
-    # The live entries of the packs that go, read once more (chunks listed once), plus
-    # the claims on repeated chunks chosen above.
-    entries = census.entries_of(moving, live=keep, skip=tally.repeated)
-    for pack, claims in moving.items():
-        plan.repacks.append((census.names[pack], entries.get(pack),
-                             [[c.digest, c.offset, c.length, c.raw, c.codec] for c in claims]))
     report.removed_chunks = dead_chunks
     report.repacked_packs = len(plan.repacks)
     report.removed["unreferenced_chunks"] = {"count": dead_chunks, "bytes": dead_bytes}
@@ -159,7 +163,7 @@ def _apply(store: ChunkStore, plan: _GcPlan, commit: Any) -> None:
     # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
     written: list[str] = []
     try:
-        written.extend(_repack_all(store, plan.repacks))
+        written.extend(_repack_all(store, _repack_batches(plan)))
         if commit is not None:
             commit()
     except BaseException:
@@ -232,14 +236,37 @@ def _lying_duplicates(store: ChunkStore, census: Census,
     return doubtful
 
 
-def _repack_all(store: ChunkStore, repacks: list[tuple[str, Any, list[list[Any]]]],
+def _repack_batches(plan: _GcPlan) -> Iterator[tuple[str, list[list[Any]]]]:
+    """(pack, its live entries in offset order) of each pack to repack: the entries of
+    chunks listed once read from the indexes a batch of packs (``_REPACK_BATCH``
+    entries) at a time, one pass over the indexes a batch, plus the claims chosen."""
+    census = plan.census
+    if census is None or not plan.repacks:
+        return
+    batch: list[int] = []
+    held = 0
+    numbers = sorted(plan.repacks)
+    for i, number in enumerate(numbers):
+        batch.append(number)
+        held += int(plan.live_entries[number]) + len(plan.repacks[number])
+        if held < _REPACK_BATCH and i + 1 < len(numbers):
+            continue
+        rows = census.entries_of(batch, live=plan.keep, skip=plan.repeated)
+        for pack in batch:
+            listed = rows.pop(pack, None)
+            entries = ([] if listed is None else rows_as_lists(listed)) + [
+                [c.digest, c.offset, c.length, c.raw, c.codec] for c in plan.repacks[pack]]
+            yield census.names[pack], sorted(entries, key=lambda e: e[1])
+        batch, held = [], 0
+
+
+def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]],
                 ) -> list[str]:
     """Copy the live entries of each pack into new shared packs; returns their ids."""
     writer = PackWriter(store)
     try:
-        for pack, rows, more in repacks:
-            entries = ([] if rows is None else rows_as_lists(rows)) + more
-            for digest, offset, length, raw, codec in sorted(entries, key=lambda e: e[1]):
+        for pack, entries in repacks:
+            for digest, offset, length, raw, codec in entries:
                 payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
                 writer.add(digest, payload, raw, codec)
                 writer.write_out()  # one chunk held at a time
