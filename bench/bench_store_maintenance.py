@@ -1,12 +1,13 @@
 """Time and peak memory of `tether store stats`, `gc` and `store verify` on a store of many chunks.
 
-    .venv/bin/python bench/bench_store_maintenance.py [--size-mb 1150] [--average 1024] [--dir D]
+    .venv/bin/python bench/bench_store_maintenance.py [--size-mb 1150] [--average 1024]
+        [--changed 5] [--dir D]
 
 A file of incompressible bytes is cut at a small average (1 KiB: 1.15 GB gives
 about 967,000 chunks, as many as 63 GB at the usual 64 KiB, or a store of that
-size), logged, then logged again with 5% of it changed. Each command then runs
-in a fresh process; its peak resident memory is the kernel's (``wait4``), its
-time the wall clock. Anchors measured in the same run: reading every index
+size), logged, then logged again with 5% of it changed (``--changed``). Each
+command then runs in a fresh process; its peak resident memory is the kernel's
+(``wait4``), its time the wall clock. Anchors measured in the same run: reading every index
 entry as Python lists (what these commands did before: their memory grew
 with the store) and reading every pack's bytes with ``cat`` (the floor of
 ``store verify``, which reads them all). The real ``gc`` comes last: it expires
@@ -43,14 +44,14 @@ LOG = textwrap.dedent(
 FILES = textwrap.dedent(
     """
     import os, sys
-    home, size_mb = sys.argv[1], int(sys.argv[2])
+    home, size_mb, percent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     size = size_mb << 20
     with open(home + "/v1.bin", "wb") as out:
         for _ in range(size_mb):
             out.write(os.urandom(1 << 20))
     data = bytearray(open(home + "/v1.bin", "rb").read())
-    for at in range(0, size, size // 20):  # 5% changed, in 20 places
-        data[at:at + size // 400] = os.urandom(size // 400)
+    for at in range(0, size, size // 20):  # changed in 20 places
+        data[at:at + size * percent // 2000] = os.urandom(size * percent // 2000)
     open(home + "/v2.bin", "wb").write(data)
     """)
 
@@ -90,17 +91,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1150)
     parser.add_argument("--average", type=int, default=1024, help="average chunk size")
+    parser.add_argument("--changed", type=int, default=5,
+                        help="percent of the file the second version changes (gc drops "
+                        "the first version's chunks: with more changed, packs are mostly "
+                        "dead and gc repacks them)")
     parser.add_argument("--dir", help="work folder (default: a temp folder)")
     args = parser.parse_args()
     tether = [str(Path(sys.executable).with_name("tether"))]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         home = Path(tmp)
         # Made in a child: a child's peak (wait4) starts from its parent's at the fork.
-        run([sys.executable, "-c", FILES, str(home), str(args.size_mb)])
+        run([sys.executable, "-c", FILES, str(home), str(args.size_mb), str(args.changed)])
         seconds, peak, out = run([sys.executable, "-c", LOG, str(home), str(args.average)])
         chunks = int(out)
         objects = home / "reg" / "objects"
-        print(f"two versions of {args.size_mb} MB at {args.average} B chunks: "
+        print(f"two versions of {args.size_mb} MB ({args.changed}% changed) at "
+              f"{args.average} B chunks: "
               f"{chunks:,} chunks each, logged in {seconds:.0f} s")
         rows = []
         seconds, peak, out = run([sys.executable, "-c", AS_LISTS, str(objects / "index")])
