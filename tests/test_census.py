@@ -3,17 +3,22 @@ stats and store verify at any store size)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
+import tether
 from tether._store import open_store
 from tether._store.base import FileEntry
 from tether._store.census import Census, LiveChunks, keys_of, rows_as_lists
 from tether._store.chunklist import ChunkList
+from tether._store.chunkstore import RAW
 from tether._store.midx import MergedIndex, build
 
 
@@ -191,3 +196,90 @@ def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
     checked = fresh.verify_packs(dry_run=True)  # every entry's bytes match its digest
     assert checked.bad == [] and checked.chunks >= len({c.digest for f in live
                                                         for c in f.chunks})
+
+
+def _registry_of_small_versions(tmp_path: Path, count: int = 10):
+    reg = tether.init(str(tmp_path / "reg"))
+    for i in range(count):
+        path = tmp_path / f"m{i}.bin"
+        path.write_bytes(os.urandom(5000))
+        reg.log_model(str(path), f"m{i}", progress=False)
+    return reg, Path(reg.location.store_url.removeprefix("file://"))
+
+
+def test_one_journal_index_with_an_unbuildable_size_must_not_hide_the_journal(
+        tmp_path: Path) -> None:
+    """One malformed journal file (a pack size no block can hold) once made the census
+    go on without the whole journal: gc took the small packs for empty, compacted them
+    without repacking, and every version lost its bytes (the dry run said 0 removed)."""
+    reg, store_dir = _registry_of_small_versions(tmp_path)
+    bad = uuid.uuid4().hex
+    (store_dir / "packs" / f"{bad}.pack").write_bytes(b"x" * 10)
+    (store_dir / "index" / f"{bad}.idx").write_text(json.dumps(
+        {"pack": bad, "size": -1, "chunks": [["ab" * 32, 0, 10, 10, 0]]}))
+    assert reg.store_stats().chunks >= 10
+    reg.gc(grace_seconds=0)
+    assert [reg.verify(f"m{i}@latest") for i in range(10)] == [[]] * 10
+
+
+def test_verify_still_checks_the_journal_after_one_bad_pack_size(tmp_path: Path) -> None:
+    """The same file once hid every journal pack from `store verify`: a lying one passed."""
+    root = tmp_path / "store"
+    (root / "packs").mkdir(parents=True)
+    (root / "index").mkdir()
+    good = os.urandom(100)
+    digest = blake3.blake3(good).hexdigest()
+    liar = uuid.uuid4().hex
+    (root / "packs" / f"{liar}.pack").write_bytes(os.urandom(100))
+    (root / "index" / f"{liar}.idx").write_text(json.dumps(
+        {"pack": liar, "size": 100, "chunks": [[digest, 0, 100, 100, RAW]]}))
+    bad = uuid.uuid4().hex
+    (root / "packs" / f"{bad}.pack").write_bytes(good)
+    (root / "index" / f"{bad}.idx").write_text(json.dumps(
+        {"pack": bad, "size": -1, "chunks": [[digest, 0, 100, 100, RAW]]}))
+    report = open_store(f"file://{root}").verify_packs(dry_run=True)
+    assert {b.pack for b in report.bad} == {liar, bad}
+
+
+def test_verify_reports_a_journal_entry_outside_its_pack(tmp_path: Path) -> None:
+    """An entry no block can hold (a negative offset) claims nothing, so gc and stats
+    leave it out; `store verify` still names the pack."""
+    root = tmp_path / "store"
+    (root / "packs").mkdir(parents=True)
+    (root / "index").mkdir()
+    body = os.urandom(100)
+    pack = uuid.uuid4().hex
+    (root / "packs" / f"{pack}.pack").write_bytes(body)
+    (root / "index" / f"{pack}.idx").write_text(json.dumps(
+        {"pack": pack, "size": 100,
+         "chunks": [[blake3.blake3(body).hexdigest(), -1, 100, 100, RAW]]}))
+    report = open_store(f"file://{root}").verify_packs(dry_run=True)
+    assert [b.pack for b in report.bad] == [pack]
+
+
+def test_a_young_lying_copy_does_not_stand_in_for_an_honest_one(tmp_path: Path) -> None:
+    """A young pack lying about a live chunk (its bytes do not match) once counted as
+    that chunk's copy: the honest copy, in an old mostly-dead pack, was dropped with it
+    and only the lie was left. Now the honest one is repacked."""
+    root = tmp_path / "store"
+    (root / "packs").mkdir(parents=True)
+    (root / "index").mkdir()
+
+    def plant(pack: str, body: bytes, chunks: list, old: bool) -> None:
+        (root / "packs" / f"{pack}.pack").write_bytes(body)
+        (root / "index" / f"{pack}.idx").write_text(json.dumps(
+            {"pack": pack, "size": len(body), "chunks": chunks}))
+        if old:
+            os.utime(root / "packs" / f"{pack}.pack", (1, 1))
+
+    live, dead, other = os.urandom(5000), os.urandom(50000), os.urandom(9000)
+    d, e, o = (blake3.blake3(b).hexdigest() for b in (live, dead, other))
+    plant("1" * 32, live + dead, [[d, 0, 5000, 5000, RAW], [e, 5000, 50000, 50000, RAW]], True)
+    plant("f" * 32, os.urandom(5000) + other,
+          [[d, 0, 5000, 5000, RAW], [o, 5000, 9000, 9000, RAW]], False)
+    store = open_store(f"file://{root}")
+    files = [FileEntry("a", 5000, d, ChunkList.of([(d, 5000)])),
+             FileEntry("b", 9000, o, ChunkList.of([(o, 9000)]))]
+    assert store.verify(files, label="v") == []
+    store.gc(iter(files), grace_seconds=3600, dry_run=False)
+    assert open_store(f"file://{root}").verify(files, label="v") == []

@@ -249,12 +249,16 @@ def set_version_status(conn: sa.Connection, vid: int, status: str) -> None:
     conn.execute(versions.update().where(versions.c.id == vid).values(status=status))
 
 
-def all_version_rows(conn: sa.Connection, *, files: bool = True,
+#: What retention decides by (``brief`` rows): a version's other columns (its
+#: environment alone is some 11 KB) would make gc hold the whole registry.
+_BRIEF = ("id", "model_id", "seq", "semver", "digest", "status", "created_at")
+
+
+def all_version_rows(conn: sa.Connection, *, brief: bool = False,
                      ) -> list[tuple[str, sa.Row[Any]]]:
-    """(model name, row) of every version not deleted; ``files=False`` leaves out the
-    manifests and chunk records (``version_files`` streams them)."""
-    columns = (versions.c if files else
-               [c for c in versions.c if c.name not in ("manifest", "chunk_records")])
+    """(model name, row) of every version not deleted; ``brief``: only the columns of
+    ``_BRIEF`` (``version_files`` streams the files)."""
+    columns = [getattr(versions.c, name) for name in _BRIEF] if brief else list(versions.c)
     query = (
         sa.select(models.c.name, *columns)
         .join(models, models.c.id == versions.c.model_id)

@@ -78,7 +78,7 @@ def collect(
     # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
     with registry.read() as conn:
         ever_aliased = repo.ever_aliased_version_ids(conn)
-        rows = repo.all_version_rows(conn, files=False)
+        rows = repo.all_version_rows(conn, brief=True)
         by_model: dict[str, list[Any]] = {}
         for name, row in rows:
             by_model.setdefault(name, []).append(row)

@@ -62,8 +62,9 @@ class LiveChunks:
 
     def __init__(self) -> None:
         self._keys = np.empty(0, dtype=np.uint64)
-        self._pending: list[Any] = []
-        self._pending_count = 0
+        #: Keys added since the last merge, back to back (one buffer, not an array per
+        #: file: a million one-chunk files made a million arrays, 128 MB).
+        self._pending = bytearray()
 
     def add_files(self, files: Iterable[FileEntry]) -> int:
         """Add every chunk of ``files`` (read once, one at a time); returns their bytes."""
@@ -89,9 +90,8 @@ class LiveChunks:
             self._add(np.array(keys, dtype=np.uint64))
 
     def _add(self, keys: Any) -> None:
-        self._pending.append(keys)
-        self._pending_count += len(keys)
-        if self._pending_count >= self._MERGE_PENDING:
+        self._pending += keys.tobytes()
+        if len(self._pending) >= 8 * self._MERGE_PENDING:
             self._merge()
 
     def _merge(self) -> None:
@@ -99,9 +99,9 @@ class LiveChunks:
         about twice the keys at the peak (``np.unique`` copies them twice more)."""
         if not self._pending:
             return
-        keys = np.concatenate([self._keys, *self._pending])
+        keys = np.concatenate([self._keys, np.frombuffer(self._pending, dtype=np.uint64)])
         self._keys = np.empty(0, dtype=np.uint64)
-        self._pending, self._pending_count = [], 0
+        self._pending = bytearray()
         keys.sort()
         if len(keys) > 1:
             first = np.empty(len(keys), dtype=bool)
@@ -158,8 +158,12 @@ class Census:
     """The entries of ``sources`` (merged files, blocks, the journal as a block) that
     name a pack in ``packs``, read in rounds as numpy columns."""
 
-    def __init__(self, sources: list[MergedIndex], packs: dict[str, int]) -> None:
+    def __init__(self, sources: list[MergedIndex], packs: dict[str, int],
+                 malformed: dict[str, list[list[Any]]] | None = None) -> None:
         self.sources = [s for s in sources if s.entry_count]
+        #: Journal entries no block can hold ({pack: entries}): they claim nothing (no
+        #: lookup finds them), so gc and stats leave them out; ``store verify`` names them.
+        self.malformed = malformed or {}
         self.names = sorted(packs)
         self.sizes = np.array([packs[name] for name in self.names], dtype=np.int64)
         number = {name: i for i, name in enumerate(self.names)}
@@ -171,18 +175,26 @@ class Census:
     def __len__(self) -> int:
         return len(self.names)
 
-    def rounds(self) -> Iterator[tuple[int, Any, Any]]:
+    def rounds(self, only: Any = None) -> Iterator[tuple[int, Any, Any]]:
         """(source number, rows, our pack numbers) of each round's entries naming a pack
-        in use; rows are a copy (fields of ``_ROW``), each round's pages let go."""
+        in use (in ``only``, a sorted array of our pack numbers, if given: only those
+        entries are copied); rows are a copy (fields of ``_ROW``), each round's pages
+        let go. With ``only``, rounds with none of them are left out."""
         for number, source in enumerate(self.sources):
             mapping = self._maps[number]
             for first in range(0, source.entry_count, ROUND):
                 count = min(ROUND, source.entry_count - first)
-                rows = np.frombuffer(source._data, dtype=_ROW, count=count,
-                                     offset=source._entries_at + first * _ENTRY.size)
-                packs = mapping[np.minimum(rows["pack"], len(mapping) - 1)]
-                used = packs >= 0
-                picked, numbers = rows[used].copy(), packs[used]
+                at = source._entries_at + first * _ENTRY.size
+                column = np.ndarray((count,), dtype="<u4", buffer=source._data,
+                                    offset=at + 32, strides=(_ENTRY.size,))
+                packs = mapping[np.minimum(column, len(mapping) - 1)]
+                used = packs >= 0 if only is None else _within(packs, only)
+                del column
+                if only is not None and not used.any():
+                    _let_go(source, first, first + count)
+                    continue
+                rows = np.frombuffer(source._data, dtype=_ROW, count=count, offset=at)
+                picked, numbers = rows[used], packs[used]  # copies
                 del rows  # no view of the file is held while the caller works
                 _let_go(source, first, first + count)
                 yield number, picked, numbers
@@ -273,8 +285,8 @@ class Census:
             return {}
         found: list[Any] = []
         numbers: list[Any] = []
-        for _, rows, pack_numbers in self.rounds():
-            picked = _within(pack_numbers, wanted)
+        for _, rows, pack_numbers in self.rounds(only=wanted):
+            picked = np.ones(len(rows), dtype=bool)
             if live is not None:
                 picked &= live.holds(rows["key"].astype(np.uint64))
             if skip is not None and len(skip):

@@ -85,7 +85,6 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     """
     now = time.time()
     keep = LiveChunks()
-    keep.add_files(live)  # streamed: one version's chunk lists at a time
     found = store._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
     stale_pins = {key for key, _ in found["stale_pins"]}
     for pin in store.blobs.list("pins/"):
@@ -97,6 +96,9 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
             continue
         if isinstance(chunks, list):
             keep.add_digests(chunks)
+    # The versions after the pins: an ingest commits its version, then drops its pin, so
+    # one whose pin was gone when read above is committed by now and read here.
+    keep.add_files(live)  # streamed: one version's chunk lists at a time
     mtimes = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i.mtime
               for i in store.blobs.list("packs/")}
     census = store._census()
@@ -133,7 +135,10 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
         # move into shared packs. Another is left while young, whole or mostly live.
         if pack in young or pack not in small:
             if pack in young or not dead:
-                placed.update(c.digest for c in claims if c.live)
+                # Its doubtful claims are no copy to rely on: an honest one elsewhere
+                # must still be kept (a young pack lying about a chunk lost it before).
+                placed.update(c.digest for c in claims
+                              if c.live and (pack, c.digest, c.offset) not in doubtful)
                 continue
             if live_count and live_bytes / total >= 0.5:
                 # Mostly live: leave it; the dead part is not worth a rewrite yet.

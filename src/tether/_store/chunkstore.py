@@ -561,32 +561,57 @@ class ChunkStore:
             if len(self._index) >= _INDEX_FOLD:
                 self._fold_index()
 
-    def _dict_as_block(self) -> MergedIndex | None:
-        """The in-memory index (and its alternates) as a block, off the heap (``_lock``
-        held); None if it cannot be built (memory, or values no block can hold)."""
+    def _journal_entries(self) -> tuple[dict[str, tuple[int, list[list[Any]]]],
+                                        dict[str, list[list[Any]]]]:
+        """The in-memory index and its alternates by pack (``_lock`` held): those a block
+        can hold ({pack: (size, entries)}), and the rest ({pack: entries}: from a
+        malformed index file, they claim nothing, and ``store verify`` names them)."""
         packs: dict[str, tuple[int, list[list[Any]]]] = {}
+        malformed: dict[str, list[list[Any]]] = {}
         every = itertools.chain(self._index.items(), (
             (digest, loc) for digest, others in self._alternates.items() for loc in others))
         for digest, loc in every:
+            entry = [digest, loc.offset, loc.length, loc.raw_size, loc.codec]
             if not _fits_a_block(digest, loc):
-                continue  # from a malformed index file: it claims nothing (no lookup finds it)
-            packs.setdefault(loc.pack, (self._pack_sizes.get(loc.pack, 0), []))[1].append(
-                [digest, loc.offset, loc.length, loc.raw_size, loc.codec])
+                malformed.setdefault(loc.pack, []).append(entry)
+                continue
+            size = self._pack_sizes.get(loc.pack, 0)
+            # A size a block cannot hold (a malformed index) must not keep the others out.
+            packs.setdefault(loc.pack, (size if 0 <= size < 1 << 64 else 0, []))[1].append(
+                entry)
+        return packs, malformed
+
+    def _dict_as_block(self) -> MergedIndex | None:
+        """The in-memory index (and its alternates) as a block, off the heap (``_lock``
+        held); None if it cannot be built (memory)."""
+        packs, _ = self._journal_entries()
         try:
             return MergedIndex("memory", _off_heap(build(packs, ())))
         except (ValueError, OverflowError, struct.error, OSError, MemoryError):
             return None
 
     def _census(self) -> Census:
-        """Every index entry naming a pack in use, for reading in rounds (refreshed first)."""
+        """Every index entry naming a pack in use, for reading in rounds (refreshed first).
+
+        Never without the journal: gc would take its packs for empty and drop them,
+        verify would check them against nothing. If it cannot be read (memory), this
+        raises rather than go on without it.
+        """
         from .census import Census  # numpy: only gc, stats and verify need it
 
         self.refresh()
-        with self._lock:
+        with self._lock:  # one snapshot: no pack listed without its entries
             sources = self._searched()
-            block = self._dict_as_block() if self._index else None
-        packs = self._all_packs()
-        return Census([*sources, *([block] if block is not None else [])], packs)
+            packs = self._packs_listed()
+            journal, malformed = self._journal_entries()
+        if journal:
+            try:
+                sources.append(MergedIndex("memory", build(journal, ())))
+            except (ValueError, OverflowError, struct.error, MemoryError) as error:
+                raise StoreError(f"could not read the index journal of {self.url} "
+                                 f"({type(error).__name__}: {error})",
+                                 hint="free memory and retry; nothing was changed") from error
+        return Census(sources, packs, malformed)
 
     def _fold_index(self) -> None:
         """Move the in-memory index (and its alternates) into a block (``_lock`` held).
@@ -909,13 +934,17 @@ class ChunkStore:
     def _all_packs(self) -> dict[str, int]:
         """{pack: size} of every pack some index lists."""
         with self._lock:
-            packs: dict[str, int] = {}
-            for segment in self._segments.values():
-                packs.update(segment.packs())
-            packs.update(self._pack_sizes)
-            for pack in self._forgotten:
-                packs.pop(pack, None)
-            return packs
+            return self._packs_listed()
+
+    def _packs_listed(self) -> dict[str, int]:
+        """``_all_packs`` with ``_lock`` held."""
+        packs: dict[str, int] = {}
+        for segment in self._segments.values():
+            packs.update(segment.packs())
+        packs.update(self._pack_sizes)
+        for pack in self._forgotten:
+            packs.pop(pack, None)
+        return packs
 
     # -- consolidation -------------------------------------------------------------
 
@@ -1931,8 +1960,9 @@ class ChunkStore:
             for number in batch:
                 name = census.names[number]
                 rows = entries.pop(number, None)
+                chunks = [] if rows is None else rows_as_lists(rows)
                 check(name, {"pack": name, "size": int(census.sizes[number]),
-                             "chunks": [] if rows is None else rows_as_lists(rows)})
+                             "chunks": chunks + census.malformed.get(name, [])})
         for name in sorted(unreadable):
             check(name, unreadable.pop(name))
         report.bad.sort(key=lambda c: c.pack)
