@@ -164,38 +164,72 @@ def test_registry_gc_and_stats_stream_every_version_on_both_databases(
 
 def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
         tmp_path: Path, monkeypatch: Any) -> None:
-    """The live entries of the packs gc drops are read a batch at a time (here one pack's
-    worth), and after the real run every live chunk is listed and its bytes check out."""
+    """The live entries of the packs gc drops are gathered a batch at a time (here one
+    pack's worth) in one pass over the indexes, spilled to scratch files meanwhile;
+    after the real run every live chunk is listed, its bytes check out, and no scratch
+    file is left."""
     from tether._store import chunk_gc, chunkstore
 
     monkeypatch.setattr(chunk_gc, "_REPACK_BATCH", 1)
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024,
+                       cache_dir=tmp_path / "cache")
     (tmp_path / "src").mkdir()
     reports = []
     for i in range(4):
         (tmp_path / "src" / f"f{i}.bin").write_bytes(os.urandom(200_000))
         reports.append(store.ingest(tmp_path / "src", [f"f{i}.bin"]))
-    # Keep every other chunk of each file: every pack is about half dead.
+    # Keep every third chunk of each file: every pack is mostly dead.
     live = [FileEntry(f.path, 0, f.digest, ChunkList.of(list(f.chunks)[::3]))
             for r in reports for f in r.files]
     batches: list[int] = []
-    real = chunk_gc.Census.entries_of
+    passes: list[int] = []
+    real_by_batch, real_rows = Census.entries_by_batch, Census._wanted_rows
 
-    def counted(self: Any, packs: Any, **kwargs: Any) -> Any:
-        batches.append(len(list(packs)))
-        return real(self, packs, **kwargs)
+    def by_batch(self: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
+        for batch, rows in real_by_batch(self, wanted, *args, **kwargs):
+            batches.append(len(batch))
+            yield batch, rows
 
-    monkeypatch.setattr(chunk_gc.Census, "entries_of", counted)
+    def wanted_rows(self: Any, *args: Any) -> Any:
+        passes.append(1)
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(Census, "entries_by_batch", by_batch)
+    monkeypatch.setattr(Census, "_wanted_rows", wanted_rows)
     for r in reports:
         store.release_pin(r.pin)
     report = store.gc(iter(live), grace_seconds=0, dry_run=False)
     assert report.repacked_packs > 2 and batches == [1] * report.repacked_packs, batches
+    assert passes == [1]  # one pass over the indexes for all the batches
+    assert not list((tmp_path / "cache" / "tmp").glob("gc-*"))
     fresh = open_store(f"file://{tmp_path / 'store'}")
     assert fresh.missing([c.digest for f in live for c in f.chunks]) == set()
     checked = fresh.verify_packs(dry_run=True)  # every entry's bytes match its digest
     assert checked.bad == [] and checked.chunks >= len({c.digest for f in live
                                                         for c in f.chunks})
+
+
+def test_verify_reads_the_indexes_once_for_all_its_batches(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """store verify checks every pack against entries gathered in batches from one pass."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "_VERIFY_BATCH_ENTRIES", 10)
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(400_000))
+    report = store.ingest(tmp_path / "src", ["f.bin"])
+    store.consolidate()
+    passes: list[int] = []
+    real_rows = Census._wanted_rows
+    monkeypatch.setattr(Census, "_wanted_rows",
+                        lambda self, *a: passes.append(1) or real_rows(self, *a))
+    fresh = open_store(f"file://{tmp_path / 'store'}")
+    checked = fresh.verify_packs(dry_run=True)
+    assert checked.bad == [] and checked.packs > 3 and passes == [1]
+    assert checked.chunks == len({c.digest for f in report.files for c in f.chunks})
 
 
 def _registry_of_small_versions(tmp_path: Path, count: int = 10):

@@ -22,8 +22,10 @@ over as Python values, exactly as listed; every other chunk has one claim.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -281,33 +283,64 @@ class Census:
         entries with ``live``; never chunks in ``skip`` (sorted S32). 56 bytes an
         entry: ``rows_as_lists`` makes Python values of one pack's at a time."""
         wanted = np.array(sorted(set(packs)), dtype=np.int64)
+        found = [rows for rows in self._wanted_rows(wanted, live, skip)]
+        return _by_pack(np.concatenate(found)) if found else {}
+
+    def entries_by_batch(self, batches: list[list[int]], spill: Path, *,
+                         live: LiveChunks | None = None, skip: Any = None,
+                         ) -> Iterator[tuple[list[int], dict[int, Any]]]:
+        """(batch, ``entries_of(batch)``) for each batch of pack numbers, reading the
+        index once, not once a batch (a pass per batch grew with the square of the
+        store): each round's entries go to their batch's file in the folder ``spill``
+        (56 bytes an entry), read back, and removed, when the batch's turn comes."""
+        if len(batches) <= 1:
+            for batch in batches:
+                yield batch, self.entries_of(batch, live=live, skip=skip)
+            return
+        owner = np.full(len(self.names), -1, dtype=np.int64)
+        for number, batch in enumerate(batches):
+            owner[np.asarray(batch, dtype=np.int64)] = number
+        paths = [spill / f"batch-{number}.rows" for number in range(len(batches))]
+        with contextlib.ExitStack() as files:
+            outs = [files.enter_context(open(path, "wb")) for path in paths]
+            for rows in self._wanted_rows(np.flatnonzero(owner >= 0), live, skip):
+                which = owner[rows["pack"]]
+                for number in np.unique(which):
+                    rows[which == number].tofile(outs[number])
+        for batch, path in zip(batches, paths, strict=True):
+            rows = np.fromfile(path, dtype=_ROW)
+            path.unlink()
+            yield batch, _by_pack(rows) if len(rows) else {}
+
+    def _wanted_rows(self, wanted: Any, live: LiveChunks | None, skip: Any) -> Iterator[Any]:
+        """Each round's entries of the packs ``wanted`` (sorted), filtered, with our pack
+        numbers in their ``pack`` field."""
         if not len(wanted):
-            return {}
-        found: list[Any] = []
-        numbers: list[Any] = []
-        for _, rows, pack_numbers in self.rounds(only=wanted):
+            return
+        for _, rows, numbers in self.rounds(only=wanted):
             picked = np.ones(len(rows), dtype=bool)
             if live is not None:
                 picked &= live.holds(rows["key"].astype(np.uint64))
             if skip is not None and len(skip):
                 picked &= ~_within(rows["digest"], skip)
             if picked.any():
-                found.append(rows[picked])
-                numbers.append(pack_numbers[picked])
-        if not found:
-            return {}
-        rows = np.concatenate(found)
-        pack_of = np.concatenate(numbers)
-        del found, numbers
-        order = np.lexsort((rows["digest"], rows["offset"], pack_of))
-        rows, pack_of = rows[order], pack_of[order]
-        again = np.zeros(len(rows), dtype=bool)  # the entry before it is the same one
-        again[1:] = ((pack_of[1:] == pack_of[:-1]) & (rows["offset"][1:] == rows["offset"][:-1])
-                     & (rows["digest"][1:] == rows["digest"][:-1]))
-        rows, pack_of = rows[~again], pack_of[~again]
-        bounds = np.flatnonzero(np.diff(pack_of)) + 1
-        return {int(part_packs[0]): part for part, part_packs in
-                zip(np.split(rows, bounds), np.split(pack_of, bounds), strict=True)}
+                rows = rows[picked]
+                rows["pack"] = numbers[picked]
+                yield rows
+
+
+def _by_pack(rows: Any) -> dict[int, Any]:
+    """{pack number: its rows in offset order, each entry once} of ``rows`` whose ``pack``
+    field holds our pack numbers."""
+    order = np.lexsort((rows["digest"], rows["offset"], rows["pack"]))
+    rows = rows[order]
+    again = np.zeros(len(rows), dtype=bool)  # the entry before it is the same one
+    again[1:] = ((rows["pack"][1:] == rows["pack"][:-1])
+                 & (rows["offset"][1:] == rows["offset"][:-1])
+                 & (rows["digest"][1:] == rows["digest"][:-1]))
+    rows = rows[~again]
+    bounds = np.flatnonzero(np.diff(rows["pack"].astype(np.int64))) + 1
+    return {int(part["pack"][0]): part for part in np.split(rows, bounds)}
 
 
 def rows_as_lists(rows: Any) -> list[list[Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ def _apply(store: ChunkStore, plan: _GcPlan, commit: Any) -> None:
     # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
     written: list[str] = []
     try:
-        written.extend(_repack_all(store, _repack_batches(plan)))
+        written.extend(_repack_all(store, _repack_batches(store, plan)))
         if commit is not None:
             commit()
     except BaseException:
@@ -241,28 +242,32 @@ def _lying_duplicates(store: ChunkStore, census: Census,
     return doubtful
 
 
-def _repack_batches(plan: _GcPlan) -> Iterator[tuple[str, list[list[Any]]]]:
+def _repack_batches(store: ChunkStore, plan: _GcPlan,
+                    ) -> Iterator[tuple[str, list[list[Any]]]]:
     """(pack, its live entries in offset order) of each pack to repack: the entries of
-    chunks listed once read from the indexes a batch of packs (``_REPACK_BATCH``
-    entries) at a time, one pass over the indexes a batch, plus the claims chosen."""
+    chunks listed once gathered a batch of packs (``_REPACK_BATCH`` entries) at a time,
+    the indexes read once for all batches (``Census.entries_by_batch``), plus the
+    claims chosen."""
     census = plan.census
     if census is None or not plan.repacks:
         return
-    batch: list[int] = []
+    batches: list[list[int]] = [[]]
     held = 0
-    numbers = sorted(plan.repacks)
-    for i, number in enumerate(numbers):
-        batch.append(number)
-        held += int(plan.live_entries[number]) + len(plan.repacks[number])
-        if held < _REPACK_BATCH and i + 1 < len(numbers):
-            continue
-        rows = census.entries_of(batch, live=plan.keep, skip=plan.repeated)
-        for pack in batch:
-            listed = rows.pop(pack, None)
-            entries = ([] if listed is None else rows_as_lists(listed)) + [
-                [c.digest, c.offset, c.length, c.raw, c.codec] for c in plan.repacks[pack]]
-            yield census.names[pack], sorted(entries, key=lambda e: e[1])
-        batch, held = [], 0
+    for number in sorted(plan.repacks):
+        size = int(plan.live_entries[number]) + len(plan.repacks[number])
+        if batches[-1] and held + size > _REPACK_BATCH:
+            batches.append([])
+            held = 0
+        batches[-1].append(number)
+        held += size
+    with tempfile.TemporaryDirectory(**store.scratch_args("gc")) as spill:
+        for batch, rows in census.entries_by_batch(batches, Path(spill), live=plan.keep,
+                                                   skip=plan.repeated):
+            for pack in batch:
+                listed = rows.pop(pack, None)
+                entries = ([] if listed is None else rows_as_lists(listed)) + [
+                    [c.digest, c.offset, c.length, c.raw, c.codec] for c in plan.repacks[pack]]
+                yield census.names[pack], sorted(entries, key=lambda e: e[1])
 
 
 def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]],

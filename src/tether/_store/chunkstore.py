@@ -32,6 +32,7 @@ import json
 import mmap
 import os
 import struct
+import tempfile
 import threading
 import time
 import uuid
@@ -1921,8 +1922,6 @@ class ChunkStore:
             raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
-        from .census import rows_as_lists
-
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
         census = self._census()  # refreshed first
         with self._lock:
@@ -1955,14 +1954,10 @@ class ChunkStore:
 
         # Pack by pack, each pack's entries gathered with a batch of others': what is
         # held is a batch's entries, not the store's.
-        for batch in census.batches(_VERIFY_BATCH_ENTRIES):
-            entries = census.entries_of(batch)
-            for number in batch:
-                name = census.names[number]
-                rows = entries.pop(number, None)
-                chunks = [] if rows is None else rows_as_lists(rows)
-                check(name, {"pack": name, "size": int(census.sizes[number]),
-                             "chunks": chunks + census.malformed.get(name, [])})
+        with tempfile.TemporaryDirectory(**self.scratch_args("verify")) as spill:
+            for batch, entries in census.entries_by_batch(
+                    list(census.batches(_VERIFY_BATCH_ENTRIES)), Path(spill)):
+                self._check_batch(census, batch, entries, check)
         for name in sorted(unreadable):
             check(name, unreadable.pop(name))
         report.bad.sort(key=lambda c: c.pack)
@@ -1983,6 +1978,20 @@ class ChunkStore:
                 self.consolidate()  # every merged file written again: sorted, filter rebuilt
             report.indexes_rewritten = True
         return report
+
+    @staticmethod
+    def _check_batch(census: Census, batch: list[int], entries: dict[int, Any],
+                     check: Any) -> None:
+        """``check(pack, index)`` each pack of ``batch``, its index made of ``entries``
+        (and of the journal entries no merged index can hold, which claim nothing)."""
+        from .census import rows_as_lists
+
+        for number in batch:
+            name = census.names[number]
+            rows = entries.pop(number, None)
+            chunks = [] if rows is None else rows_as_lists(rows)
+            check(name, {"pack": name, "size": int(census.sizes[number]),
+                         "chunks": chunks + census.malformed.get(name, [])})
 
     def quarantine(self, pack: str, problems: Sequence[str], *,
                    index_bytes: bytes | None = None) -> str:
