@@ -317,3 +317,44 @@ def test_a_young_lying_copy_does_not_stand_in_for_an_honest_one(tmp_path: Path) 
     assert store.verify(files, label="v") == []
     store.gc(iter(files), grace_seconds=3600, dry_run=False)
     assert open_store(f"file://{root}").verify(files, label="v") == []
+
+
+def test_store_verify_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """Reading a large store's every pack takes a while: a terminal sees a bar; --json
+    (and a pipe) see none."""
+    import pty
+    import subprocess
+    import sys
+
+    reg = tether.init(str(tmp_path / "reg"))
+    (tmp_path / "big.bin").write_bytes(os.urandom(10 << 20))
+    reg.log_model(str(tmp_path / "big.bin"), "big", progress=False)
+    reg.close()
+    tether_cli = str(Path(sys.executable).with_name("tether"))
+
+    def on_a_terminal(*args: str) -> str:
+        main, side = pty.openpty()
+        try:
+            done = subprocess.run([tether_cli, "--registry", str(tmp_path / "reg"), *args],
+                                  stdout=subprocess.PIPE, stderr=side, timeout=120,
+                                  env={**os.environ, "COLUMNS": "120"}, check=False)
+            os.close(side)
+            side = -1
+            seen = b""
+            while True:
+                try:
+                    piece = os.read(main, 65536)
+                except OSError:  # the other end closed
+                    break
+                if not piece:
+                    break
+                seen += piece
+            assert done.returncode == 0, done.stdout
+            return seen.decode(errors="replace")
+        finally:
+            os.close(main)
+            if side >= 0:
+                os.close(side)
+
+    assert "verifying" in on_a_terminal("store", "verify", "--dry-run")
+    assert "verifying" not in on_a_terminal("store", "verify", "--dry-run", "--json")

@@ -1910,11 +1910,13 @@ class ChunkStore:
             i = j
         return check
 
-    def verify_packs(self, *, dry_run: bool = False) -> VerifyReport:
+    def verify_packs(self, *, dry_run: bool = False, progress: bool = False) -> VerifyReport:
         """Check every indexed pack against its index; quarantine the ones that lie.
 
         A quarantined pack and its index move under ``quarantine/`` (with a note
         of what was wrong): no reader uses them again, nothing is deleted.
+        ``progress``: a bar of the packs' bytes on a terminal (a store of a TB
+        takes a while).
         """
         from .locking import store_lock
 
@@ -1941,9 +1943,12 @@ class ChunkStore:
             except ValueError:
                 unreadable[name] = None
         indexes: dict[str, Any] = {}  # of the packs found bad: what their index said
+        bar = Progress("verifying", int(census.sizes.sum()), enabled=progress)
 
         def check(pack: str, index: Any) -> None:
             result = self.check_pack(pack, index)
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                bar.advance(max(0, int(index["size"])))
             report.packs += 1
             report.chunks += result.chunks
             report.bytes_read += result.bytes_read
@@ -1954,12 +1959,15 @@ class ChunkStore:
 
         # Pack by pack, each pack's entries gathered with a batch of others': what is
         # held is a batch's entries, not the store's.
-        with tempfile.TemporaryDirectory(**self.scratch_args("verify")) as spill:
-            for batch, entries in census.entries_by_batch(
-                    list(census.batches(_VERIFY_BATCH_ENTRIES)), Path(spill)):
-                self._check_batch(census, batch, entries, check)
-        for name in sorted(unreadable):
-            check(name, unreadable.pop(name))
+        try:
+            with tempfile.TemporaryDirectory(**self.scratch_args("verify")) as spill:
+                for batch, entries in census.entries_by_batch(
+                        list(census.batches(_VERIFY_BATCH_ENTRIES)), Path(spill)):
+                    self._check_batch(census, batch, entries, check)
+            for name in sorted(unreadable):
+                check(name, unreadable.pop(name))
+        finally:
+            bar.close()
         report.bad.sort(key=lambda c: c.pack)
         if report.bad and not dry_run:
             with store_lock(self):  # no ingest may be deciding to reuse these chunks now

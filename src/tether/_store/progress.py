@@ -27,12 +27,14 @@ class Progress:
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
+        from rich.console import Console
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
             TextColumn(f"[bold]{label}[/]"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), TextColumn("{task.fields[saved]}"), TimeRemainingColumn(),
             transient=False,
+            console=Console(file=sys.stderr),  # the terminal asked about; stdout may be data
         )
         self._bar.start()
         self._task = self._bar.add_task(label, total=total, saved="")

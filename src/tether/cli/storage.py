@@ -143,7 +143,7 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     store = registry.store
     if not isinstance(store, ChunkStore):
         raise InvalidInput(f"the store at {registry.location.store_url} has no packs to verify")
-    report = store.verify_packs(dry_run=dry_run)
+    report = store.verify_packs(dry_run=dry_run, progress=not as_json)
     if as_json:
         emit_json({"store": registry.location.store_url, **report.to_dict()})
     else:
