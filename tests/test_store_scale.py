@@ -704,3 +704,32 @@ def test_a_merge_that_drops_most_entries_writes_a_filter_sized_for_the_rest() ->
     assert merged.entry_count == 6000
     assert merged._filter_bits == _filter_bits(6000) < _filter_bits(206_000)
     assert merged.maybe_many(np.array(kept, dtype="S32")).all()
+
+
+def test_an_ingest_lets_its_own_index_blocks_go_beside_another_writers(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """After a large ingest merges its own index files, the in-memory blocks keep only
+    what is not in that file: another writer's entries read from the journal. Before,
+    one such entry kept every block (56 bytes a new chunk) until the process ended."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1000)  # merges its own from 1,000
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 256)
+    other = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    foreign = other.ingest(_tiny(tmp_path / "m", 1).parent, ["m/model.bin"])
+    foreign_packs = set(other._all_packs())
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=256 * 1024)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "b.bin").write_bytes(os.urandom(6 << 20))  # ~6,000 chunks
+    report = store.ingest(tmp_path / "big", ["b.bin"])
+    assert report.new_chunks > 4000
+    with store._lock:
+        held = sum(b.entry_count for b in store._blocks) + len(store._index)
+        names = {name for b in store._blocks for name in b.pack_names}
+    assert held <= len(list(foreign.files[0].chunks)) and names <= foreign_packs, held
+    assert foreign_packs & (names | {loc.pack for loc in store._index.values()})
+    for reader in (store, open_store(f"file://{tmp_path / 'store'}")):
+        assert reader.missing([c.digest for f in report.files for c in f.chunks]) == set()
+        assert reader.missing([c.digest for f in foreign.files for c in f.chunks]) == set()
+        assert reader.verify(report.files, label="big") == []

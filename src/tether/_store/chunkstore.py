@@ -1115,10 +1115,27 @@ class ChunkStore:
         name = self._publish_merged(blocks, packs, others | forgotten)
         self.refresh()
         with self._lock:
-            if not others and name in self._segments and self._blocks == blocks:
-                # Every entry held is in the file just read in place: the blocks (56
-                # bytes a new chunk, 54 MB for 967,000) go before the commit needs memory.
-                self._blocks.clear()
+            if name in self._segments:
+                # Every entry of ``packs`` is in the file just read in place: the blocks
+                # keep only the others' (56 bytes a new chunk, 54 MB for 967,000).
+                self._drop_from_blocks(mine)
+
+    def _drop_from_blocks(self, packs: set[str]) -> None:
+        """Leave out of the in-memory blocks the entries of ``packs`` (``_lock`` held;
+        every entry of theirs is in a merged file read in place). All blocks, not only
+        those merged: a fold since may have joined one with newer entries. What stays
+        is other writers' entries (read from the journal) and packs published since."""
+        if not self._blocks:
+            return
+        if all(set(block.pack_names) <= packs for block in self._blocks):
+            self._blocks.clear()
+            return
+        try:
+            rest = MergedIndex("memory", _off_heap(combine(list(self._blocks), (),
+                                                           drop=packs)))
+        except (ValueError, OSError, MemoryError):
+            return  # kept whole: lookups still find everything
+        self._blocks[:] = [rest] if rest.entry_count else []
 
     def _publish_merged(self, inputs: list[MergedIndex], covers: list[str],
                         drop: set[str]) -> str:

@@ -20,6 +20,7 @@ class Progress:
         self.saved = 0
         if not enabled or not sys.stderr.isatty() or total < (8 << 20):
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -27,7 +28,6 @@ class Progress:
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
-        from rich.console import Console
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
