@@ -319,42 +319,53 @@ def test_a_young_lying_copy_does_not_stand_in_for_an_honest_one(tmp_path: Path) 
     assert open_store(f"file://{root}").verify(files, label="v") == []
 
 
-def test_store_verify_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
-    """Reading a large store's every pack takes a while: a terminal sees a bar; --json
-    (and a pipe) see none."""
+def _on_a_terminal(registry: Path, *args: str) -> str:
+    """What `tether --registry REGISTRY ARGS` draws on stderr when stderr is a terminal."""
     import pty
     import subprocess
     import sys
 
+    main, side = pty.openpty()
+    try:
+        done = subprocess.run([str(Path(sys.executable).with_name("tether")), "--registry",
+                               str(registry), *args], stdout=subprocess.PIPE, stderr=side,
+                              timeout=120, env={**os.environ, "COLUMNS": "120"}, check=False)
+        os.close(side)
+        side = -1
+        seen = b""
+        while True:
+            try:
+                piece = os.read(main, 65536)
+            except OSError:  # the other end closed
+                break
+            if not piece:
+                break
+            seen += piece
+        assert done.returncode == 0, done.stdout
+        return seen.decode(errors="replace")
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+
+
+def test_store_verify_and_gc_show_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """Reading a large store's every pack, or repacking much of it, takes a while: a
+    terminal sees a bar (on stderr); --json sees none."""
     reg = tether.init(str(tmp_path / "reg"))
-    (tmp_path / "big.bin").write_bytes(os.urandom(10 << 20))
+    first = os.urandom(40 << 20)  # the live part it repacks: over the 8 MiB a bar needs
+    (tmp_path / "big.bin").write_bytes(first)
+    reg.log_model(str(tmp_path / "big.bin"), "big", progress=False)
+    changed = bytearray(first)
+    for at in range(0, len(changed), 1 << 20):  # 60% of every MB rewritten
+        changed[at:at + 600_000] = os.urandom(600_000)
+    (tmp_path / "big.bin").write_bytes(changed)
     reg.log_model(str(tmp_path / "big.bin"), "big", progress=False)
     reg.close()
-    tether_cli = str(Path(sys.executable).with_name("tether"))
-
-    def on_a_terminal(*args: str) -> str:
-        main, side = pty.openpty()
-        try:
-            done = subprocess.run([tether_cli, "--registry", str(tmp_path / "reg"), *args],
-                                  stdout=subprocess.PIPE, stderr=side, timeout=120,
-                                  env={**os.environ, "COLUMNS": "120"}, check=False)
-            os.close(side)
-            side = -1
-            seen = b""
-            while True:
-                try:
-                    piece = os.read(main, 65536)
-                except OSError:  # the other end closed
-                    break
-                if not piece:
-                    break
-                seen += piece
-            assert done.returncode == 0, done.stdout
-            return seen.decode(errors="replace")
-        finally:
-            os.close(main)
-            if side >= 0:
-                os.close(side)
-
-    assert "verifying" in on_a_terminal("store", "verify", "--dry-run")
-    assert "verifying" not in on_a_terminal("store", "verify", "--dry-run", "--json")
+    root = tmp_path / "reg"
+    assert "verifying" in _on_a_terminal(root, "store", "verify", "--dry-run")
+    assert "verifying" not in _on_a_terminal(root, "store", "verify", "--dry-run", "--json")
+    drawn = _on_a_terminal(root, "gc", "--keep-last", "1", "--grace", "0")
+    assert "repacking" in drawn and "repacked 1 packs" not in drawn, drawn
+    with tether.open(root) as again:
+        assert again.verify("big@latest") == []

@@ -716,6 +716,7 @@ class RemoteRegistry:
     def gc(self, **options: Any) -> Any:
         from types import SimpleNamespace
 
+        options.pop("progress", None)  # the server collects: nothing to draw here
         data = self._call("gc", **options)
         return _GcView(data, SimpleNamespace)
 

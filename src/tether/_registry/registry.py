@@ -803,10 +803,14 @@ class Registry:
         keep_last: int | None = None,
         grace_seconds: float | None = None,
         dry_run: bool = False,
+        progress: bool = False,
     ) -> retention.GcResult:
+        """Expire versions past retention, then remove and repack what none kept needs;
+        ``progress``: a bar of the bytes repacked, on a terminal."""
         self.require("admin", action="collecting garbage")
         return retention.collect(
-            self, keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
+            self, keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run,
+            progress=progress,
         )
 
     # -- datasets (issue 13) ----------------------------------------------------

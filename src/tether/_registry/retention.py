@@ -65,6 +65,7 @@ def collect(
     keep_last: int | None,
     grace_seconds: float | None,
     dry_run: bool,
+    progress: bool = False,
 ) -> GcResult:
     if keep_last is None:
         configured = _setting_number(registry, "gc.keep_last")
@@ -119,7 +120,7 @@ def collect(
 
     report = registry.store.gc(
         live(), grace_seconds=grace_seconds, dry_run=dry_run,
-        commit=None if dry_run else commit
+        commit=None if dry_run else commit, progress=progress
     )
     return GcResult(
         expired=expired,

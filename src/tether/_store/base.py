@@ -225,8 +225,10 @@ class ArtifactStore(Protocol):
         ...
 
     def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
-           commit: Callable[[], None] | None = None) -> GcReport:
+           commit: Callable[[], None] | None = None, progress: bool = False) -> GcReport:
         """Remove chunks no entry of ``live`` references and older than the grace period.
+
+        ``progress``: a bar of the bytes repacked, on a terminal.
 
         ``commit`` runs after every write gc needs (repacks) succeeded and before
         anything is deleted; if a write fails (a full disk) gc undoes its writes and

@@ -35,6 +35,7 @@ from .cache import dead_scratch, remove_paths
 from .census import Census, Claim, LiveChunks, rows_as_lists
 from .chunkstore import ChunkStore, PackWriter, _unpack
 from .locking import store_lock
+from .progress import Progress
 
 #: gc reads the live entries of the packs it repacks a batch of about this many at a time.
 _REPACK_BATCH = 1 << 18
@@ -57,13 +58,14 @@ class _GcPlan:
     keep: LiveChunks | None = None
     repeated: Any = None
     live_entries: Any = None  # live entries per pack, by the census's number
+    repack_bytes: int = 0  # what the repacks copy
     drop_packs: list[str] = field(default_factory=list)  # index and pack both go
     deletes: list[str] = field(default_factory=list)     # leftovers: one store key each
     scratch: list[Path] = field(default_factory=list)    # this client's dead temp files
 
 
 def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
-       dry_run: bool, commit: Any = None) -> GcReport:
+       dry_run: bool, commit: Any = None, progress: bool = False) -> GcReport:
     """Plan, then (unless ``dry_run``) write repacks, ``commit()``, and delete.
 
     The report comes from the plan, so a dry run reports exactly what the
@@ -73,7 +75,7 @@ def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     with store_lock(store):
         plan = _plan(store, live, grace_seconds=grace_seconds, dry_run=dry_run)
         if not dry_run:
-            _apply(store, plan, commit)
+            _apply(store, plan, commit, progress=progress)
         return plan.report
 
 
@@ -150,6 +152,7 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
         dead_bytes += int(tally.bytes[pack]) - live_bytes
         if live_count:
             moving[pack] = live_claims
+            plan.repack_bytes += live_bytes
         plan.drop_packs.append(census.names[pack])
     report.removed_chunks = dead_chunks
     report.repacked_packs = len(plan.repacks)
@@ -165,11 +168,15 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     return plan
 
 
-def _apply(store: ChunkStore, plan: _GcPlan, commit: Any) -> None:
+def _apply(store: ChunkStore, plan: _GcPlan, commit: Any, *, progress: bool = False) -> None:
     # 1. Every write first: a failure here (a full disk) undoes them and changes nothing.
     written: list[str] = []
     try:
-        written.extend(_repack_all(store, _repack_batches(store, plan)))
+        bar = Progress("repacking", plan.repack_bytes, enabled=progress)
+        try:
+            written.extend(_repack_all(store, _repack_batches(store, plan), bar))
+        finally:
+            bar.close()
         if commit is not None:
             commit()
     except BaseException:
@@ -271,7 +278,7 @@ def _repack_batches(store: ChunkStore, plan: _GcPlan,
 
 
 def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]],
-                ) -> list[str]:
+                bar: Progress | None = None) -> list[str]:
     """Copy the live entries of each pack into new shared packs; returns their ids."""
     writer = PackWriter(store)
     try:
@@ -280,6 +287,8 @@ def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]
                 payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
                 writer.add(digest, payload, raw, codec)
                 writer.write_out()  # one chunk held at a time
+                if bar is not None:
+                    bar.advance(int(length))
         writer.finish()
     except BaseException:
         writer.abort()

@@ -2128,7 +2128,7 @@ class ChunkStore:
                           chunks=chunks, packs=len(packs), extra=extra)
 
     def gc(self, live: Iterable[FileEntry], *, grace_seconds: float, dry_run: bool,
-           commit: Any = None) -> GcReport:
+           commit: Any = None, progress: bool = False) -> GcReport:
         """Plan, then (unless ``dry_run``) write repacks, ``commit()``, and delete.
 
         The report comes from the plan, so a dry run reports exactly what the
@@ -2139,7 +2139,7 @@ class ChunkStore:
         from . import chunk_gc
 
         return chunk_gc.gc(self, live, grace_seconds=grace_seconds, dry_run=dry_run,
-                           commit=commit)
+                           commit=commit, progress=progress)
 
 
 def describe(error: Exception) -> StoreError:

@@ -41,7 +41,8 @@ def gc(
 ) -> None:
     """Remove stored bytes that no kept version references, and repack."""
     result = registry_from(ctx).gc(
-        keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run
+        keep_last=keep_last, grace_seconds=grace_seconds, dry_run=dry_run,
+        progress=not as_json,
     )
     if as_json:
         emit_json(result.to_dict())
