@@ -277,15 +277,29 @@ def version_files(conn: sa.Connection, *, skip: Iterable[int] = ()
     query = (sa.select(versions.c.id, versions.c.semver, versions.c.manifest,
                        versions.c.chunk_records)
              .where(versions.c.status != "deleted").order_by(versions.c.id))
-    for row in conn.execution_options(yield_per=_ROWS_AT_A_TIME).execute(query):
-        if row.id not in leave_out:
-            yield from manifest_files(row.manifest, f"version {row.id} ({row.semver})",
-                                      row.chunk_records)
+    yield from streamed_files(conn, query, lambda row: row.id in leave_out,
+                               lambda row: f"version {row.id} ({row.semver})")
 
 
-#: Rows fetched at a time where every version's files are visited (on PostgreSQL, from
-#: a server-side cursor): each may hold a large file's chunk records.
-_ROWS_AT_A_TIME = 8
+def streamed_files(conn: sa.Connection, query: Any, skip: Any, label: Any,
+                    ) -> Iterator[FileEntry]:
+    """The files of the manifests ``query`` selects (columns ``manifest`` and
+    ``chunk_records``), holding one row's at a time: a large file's chunk records are
+    40 MB a million chunks, and a row kept while the next is fetched doubled that."""
+    rows = conn.execution_options(yield_per=_rows_at_a_time(conn)).execute(query)
+    while (row := rows.fetchone()) is not None:
+        if skip(row):
+            continue
+        files = manifest_files(row.manifest, label(row), row.chunk_records)
+        del row
+        yield from files
+        del files
+
+
+def _rows_at_a_time(conn: sa.Connection) -> int:
+    """Rows fetched at once when every version's files are visited: one on SQLite (in the
+    process: no round trip to save), a few from PostgreSQL's server-side cursor."""
+    return 1 if conn.dialect.name == "sqlite" else 8
 
 
 # -- aliases ------------------------------------------------------------------

@@ -1064,6 +1064,6 @@ def live_files(conn: sa.Connection) -> Iterator[FileEntry]:
     a few rows at a time (see ``repo.version_files``)."""
     query = sa.select(dataset_versions.c.manifest, dataset_versions.c.chunk_records).where(
         dataset_versions.c.status != "deleted")
-    for text, records in conn.execution_options(yield_per=8).execute(query):
-        yield from repo.manifest_files(text, "a dataset version", records)
+    yield from repo.streamed_files(conn, query, lambda row: False,
+                                   lambda row: "a dataset version")
 

@@ -73,9 +73,10 @@ class LiveChunks:
         size = 0
         for entry in files:
             size += entry.size
-            records = entry.chunks.records
-            if records:
-                self._add(np.frombuffer(records, dtype=_RECORD_KEY)["key"].astype(np.uint64))
+            if entry.chunks.records:
+                self._add(np.frombuffer(entry.chunks.records,
+                                        dtype=_RECORD_KEY)["key"].astype(np.uint64))
+            del entry  # not held while the next (a database row, 40 MB) is fetched
         return size
 
     def add_digests(self, digests: Iterable[Any]) -> None:
