@@ -10,8 +10,9 @@ where they are (the merged index files, mapped) and are read a round of
 8 bytes of their digests (128 MB for 16 million).
 
 Two chunks sharing those 8 bytes are one to ``LiveChunks``: a dead chunk that
-shares them with a live one (about one chance in 10^12 for a store of 16
-million chunks) is kept as if it were live. gc never drops a live one for it.
+shares them with a live one (each dead chunk has about one chance in 10^12 of
+it beside 16 million live ones) is kept as if it were live. gc never drops a
+live one for it.
 
 An entry may be listed twice (a pack indexed both in a merged file and in the
 journal while a merge is being published) and a chunk may be stored twice
