@@ -66,7 +66,7 @@ from .resolve import require_model, resolve_version
 
 if TYPE_CHECKING:  # imported where used: reading versions needs neither crypto nor codecs
     from .._audit_signing import AuditKey, SignedHead
-    from .._store.base import ArtifactStore, FileEntry, StoreStats
+    from .._store.base import ArtifactStore, StoreStats
     from . import datasets_io, model_files
 
 #: Settings a user may change with `tether config set`, and how each is checked.
@@ -790,12 +790,7 @@ class Registry:
 
     def store_stats(self) -> StoreStats:
         self.require("reader", action="reading store statistics")
-        def live() -> Iterator[FileEntry]:  # streamed into the store's count
-            with self.read() as conn:
-                yield from repo.version_files(conn)
-                yield from datasets.live_files(conn)
-
-        return self.store.stats(live())
+        return self.store.stats(retention.live_files(self))
 
     def gc(
         self,

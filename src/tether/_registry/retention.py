@@ -111,16 +111,10 @@ def collect(
             ) from error
 
     kept = [row for _, row in rows if f"{_}@{row.semver}" not in expired]
-    doomed_ids = {row.id for _, row, _ in doomed}
-
-    def live() -> Iterator[FileEntry]:  # streamed: the store reads it once, in its plan
-        with registry.read() as conn:
-            yield from repo.version_files(conn, skip=doomed_ids)
-            yield from datasets.live_files(conn)  # every dataset version is kept
-
     report = registry.store.gc(
-        live(), grace_seconds=grace_seconds, dry_run=dry_run,
-        commit=None if dry_run else commit, progress=progress
+        live_files(registry, skip={row.id for _, row, _ in doomed}),
+        grace_seconds=grace_seconds, dry_run=dry_run,
+        commit=None if dry_run else commit, progress=progress,
     )
     return GcResult(
         expired=expired,
@@ -129,6 +123,16 @@ def collect(
         grace_seconds=grace_seconds,
         kept_versions=len(kept),
     )
+
+
+def live_files(registry: Registry, *, skip: set[int] | frozenset[int] = frozenset(),
+               ) -> Iterator[FileEntry]:
+    """Every file of every version not deleted (but those in ``skip``) and of every
+    dataset version, read from the database as the store asks (gc's plan, store
+    statistics): one version's chunk lists held at a time, not the registry's."""
+    with registry.read() as conn:
+        yield from repo.version_files(conn, skip=skip)
+        yield from datasets.live_files(conn)  # every dataset version is kept
 
 
 def _mark_deleted(registry: Registry, doomed: list[tuple[str, Any, int | None]]) -> None:

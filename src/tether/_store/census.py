@@ -121,11 +121,7 @@ class LiveChunks:
     def holds(self, keys: Any) -> Any:
         """Which of ``keys`` (8-byte keys, ``keys_of``) are live, as a bool array."""
         self._merge()
-        if not len(self._keys) or not len(keys):
-            return np.zeros(len(keys), dtype=bool)
-        where = np.searchsorted(self._keys, keys)
-        np.minimum(where, len(self._keys) - 1, out=where)
-        return self._keys[where] == keys  # type: ignore[no-any-return]
+        return _within(keys, self._keys)
 
 
 @dataclass
@@ -229,21 +225,21 @@ class Census:
         """Two passes over every entry: the chunks listed more than once, then the counts."""
         count = len(self.names)
         tally = Tally(entries=np.zeros(count, np.int64), bytes=np.zeros(count, np.int64),
-                      live_bytes=np.zeros(count, np.int64),
-                      single_live=np.zeros(count, np.int64),
+                      live_bytes=None, single_live=np.zeros(count, np.int64),
                       single_live_bytes=np.zeros(count, np.int64))
         repeated = tally.repeated = self.repeated()
         seen: set[tuple[bytes, int, int]] = set()
+        claimed_live = np.zeros(count, np.int64)  # live bytes of the repeated chunks' claims
         for _, rows, packs in self.rounds():
             lengths = rows["length"].astype(np.int64)
             is_live = live.holds(rows["key"].astype(np.uint64))
             several = _within(rows["digest"], repeated)
             once = ~several
+            kept = once & is_live
             _add(tally.entries, packs[once], None)
             _add(tally.bytes, packs[once], lengths[once])
-            _add(tally.live_bytes, packs[once & is_live], lengths[once & is_live])
-            _add(tally.single_live, packs[once & is_live], None)
-            _add(tally.single_live_bytes, packs[once & is_live], lengths[once & is_live])
+            _add(tally.single_live, packs[kept], None)
+            _add(tally.single_live_bytes, packs[kept], lengths[kept])
             tally.single_chunks += int(once.sum())
             tally.single_unused += int((once & ~is_live).sum())
             for row, pack, alive in zip(rows[several], packs[several], is_live[several],
@@ -258,25 +254,17 @@ class Census:
                 tally.entries[pack] += 1
                 tally.bytes[pack] += int(row["length"])
                 if alive:
-                    tally.live_bytes[pack] += int(row["length"])
+                    claimed_live[pack] += int(row["length"])
+        tally.live_bytes = tally.single_live_bytes + claimed_live
         return tally
 
-    def batches(self, entries: int) -> Iterator[list[int]]:
+    def batches(self, entries: int) -> list[list[int]]:
         """Our pack numbers in order, in batches listing about ``entries`` entries (one
         pass to count them)."""
         counts = np.zeros(len(self.names), np.int64)
         for _, _, packs in self.rounds():
             _add(counts, packs, None)
-        batch: list[int] = []
-        held = 0
-        for number in range(len(self.names)):
-            if batch and held + counts[number] > entries:
-                yield batch
-                batch, held = [], 0
-            batch.append(number)
-            held += int(counts[number])
-        if batch:
-            yield batch
+        return grouped(range(len(self.names)), counts.tolist(), entries)
 
     def entries_of(self, packs: Iterable[int], *, live: LiveChunks | None = None,
                    skip: Any = None) -> dict[int, Any]:
@@ -285,7 +273,7 @@ class Census:
         entries with ``live``; never chunks in ``skip`` (sorted S32). 56 bytes an
         entry: ``rows_as_lists`` makes Python values of one pack's at a time."""
         wanted = np.array(sorted(set(packs)), dtype=np.int64)
-        found = [rows for rows in self._wanted_rows(wanted, live, skip)]
+        found = list(self._wanted_rows(wanted, live, skip))
         return _by_pack(np.concatenate(found)) if found else {}
 
     def entries_by_batch(self, batches: list[list[int]], spill: Path, *,
@@ -329,6 +317,20 @@ class Census:
                 rows = rows[picked]
                 rows["pack"] = numbers[picked]
                 yield rows
+
+
+def grouped(numbers: Iterable[int], sizes: Any, limit: int) -> list[list[int]]:
+    """``numbers`` in order, in batches whose ``sizes`` (indexed by number) add up to
+    about ``limit``: a batch is closed before a number that would take it past."""
+    batches: list[list[int]] = []
+    held = 0
+    for number in numbers:
+        if not batches or (batches[-1] and held + sizes[number] > limit):
+            batches.append([])
+            held = 0
+        batches[-1].append(number)
+        held += sizes[number]
+    return batches
 
 
 def _by_pack(rows: Any) -> dict[int, Any]:

@@ -32,7 +32,7 @@ from . import chunkstore
 from .base import FileEntry, GcReport
 from .blobs import scratch_root
 from .cache import dead_scratch, remove_paths
-from .census import Census, Claim, LiveChunks, rows_as_lists
+from .census import Census, Claim, LiveChunks, grouped, rows_as_lists
 from .chunkstore import ChunkStore, PackWriter, _unpack
 from .locking import store_lock
 from .progress import Progress
@@ -258,15 +258,9 @@ def _repack_batches(store: ChunkStore, plan: _GcPlan,
     census = plan.census
     if census is None or not plan.repacks:
         return
-    batches: list[list[int]] = [[]]
-    held = 0
-    for number in sorted(plan.repacks):
-        size = int(plan.live_entries[number]) + len(plan.repacks[number])
-        if batches[-1] and held + size > _REPACK_BATCH:
-            batches.append([])
-            held = 0
-        batches[-1].append(number)
-        held += size
+    sizes = {number: int(plan.live_entries[number]) + len(claims)
+             for number, claims in plan.repacks.items()}
+    batches = grouped(sorted(plan.repacks), sizes, _REPACK_BATCH)
     with tempfile.TemporaryDirectory(**store.scratch_args("gc")) as spill:
         for batch, rows in census.entries_by_batch(batches, Path(spill), live=plan.keep,
                                                    skip=plan.repeated):

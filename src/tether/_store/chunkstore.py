@@ -1979,7 +1979,7 @@ class ChunkStore:
         try:
             with tempfile.TemporaryDirectory(**self.scratch_args("verify")) as spill:
                 for batch, entries in census.entries_by_batch(
-                        list(census.batches(_VERIFY_BATCH_ENTRIES)), Path(spill)):
+                        census.batches(_VERIFY_BATCH_ENTRIES), Path(spill)):
                     self._check_batch(census, batch, entries, check)
             for name in sorted(unreadable):
                 check(name, unreadable.pop(name))
@@ -2106,7 +2106,6 @@ class ChunkStore:
     def stats(self, live: Iterable[FileEntry] = ()) -> StoreStats:
         from .census import LiveChunks
 
-        self.refresh()
         referenced = LiveChunks()
         logical = referenced.add_files(live)  # streamed: one version's files at a time
         now = time.time()
