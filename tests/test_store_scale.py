@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -224,8 +225,8 @@ def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
     spilled: list[int] = []
     real_scratch = ChunkStore._merged_scratch
     monkeypatch.setattr(ChunkStore, "_merged_scratch",
-                        lambda self, blocks: spilled.append(len(blocks)) or real_scratch(
-                            self, blocks))
+                        lambda self, blocks, **kw: spilled.append(len(blocks)) or real_scratch(
+                            self, blocks, **kw))
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     reports = [store.ingest(_tiny(tmp_path / f"m{i}", i).parent, [f"m{i}/model.bin"])
                for i in range(6)]
@@ -733,3 +734,84 @@ def test_an_ingest_lets_its_own_index_blocks_go_beside_another_writers(
         assert reader.missing([c.digest for f in report.files for c in f.chunks]) == set()
         assert reader.missing([c.digest for f in foreign.files for c in f.chunks]) == set()
         assert reader.verify(report.files, label="big") == []
+
+
+def test_a_long_ingest_keeps_its_index_entries_in_scratch_files_and_still_finds_them(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Past _SPILL_ENTRIES, an ingest's new index entries move from memory (56 bytes a
+    chunk, growing with the file) into scratch files read in place, merged by size so
+    few are searched. Its later windows still find them: bytes seen again after the
+    entries were spilled are not stored twice, and nothing is lost."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1000)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 256)
+    # Small windows: the repeat comes long after its first copy's packs were indexed and
+    # left the writer's recent set, so only the (spilled) index can find it.
+    monkeypatch.setattr(chunkstore, "_WINDOW", 128 * 1024)
+    monkeypatch.setattr(chunkstore, "_HELD_BYTES", (chunkstore._AHEAD + 2) * 128 * 1024)
+    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
+    spilled: list[int] = []
+    real = ChunkStore._merged_scratch
+    monkeypatch.setattr(ChunkStore, "_merged_scratch", lambda self, blocks, **kw: (
+        spilled.append(sum(b.entry_count for b in blocks)) or real(self, blocks, **kw)))
+    seen = os.urandom(1 << 20)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(seen + os.urandom(5 << 20) + seen)
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url, pack_target=64 * 1024)
+    report = store.ingest(tmp_path / "src", ["f.bin"])
+    chunks = report.files[0].chunks
+    assert len(chunks) > 5000 and len(spilled) >= 5, spilled
+    with store._lock:
+        files = [b for b in store._blocks if b.from_file]
+        memory = sum(b.entry_count for b in store._blocks if not b.from_file)
+    assert files and memory < 1000 + 256, memory
+    sizes = sorted(b.entry_count for b in files)
+    assert all(b > 2 * a for a, b in itertools.pairwise(sizes)), sizes  # merged by size
+    assert len(files) <= 4, sizes
+    # The second copy of ``seen`` was found in the spilled entries: stored once.
+    assert report.reused_chunks > 800, report
+    assert report.stored_bytes < 6.2 * (1 << 20), report
+    assert not [p for p in (tmp_path / "store" / "tmp").iterdir()
+                if p.name.startswith("index-merge")]  # unlinked once mapped
+    for reader in (store, open_store(url)):
+        assert reader.missing([c.digest for c in chunks]) == set()
+    store.materialize(report.files, tmp_path / "out", label="f")
+    assert (tmp_path / "out" / "f.bin").read_bytes() == (tmp_path / "src" / "f.bin").read_bytes()
+
+
+def test_blocks_changed_while_they_were_spilled_stay_as_they_are(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Spilling runs outside the index lock: if the blocks were dropped or replaced
+    meanwhile (an ingest's own merge, gc's reset), its file is discarded, not put back
+    beside them."""
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 500)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 128)
+    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
+    real = ChunkStore._merged_scratch
+    replaced: list[int] = []
+
+    def meanwhile(self: ChunkStore, blocks: list[MergedIndex], **kw: Any) -> MergedIndex:
+        out = real(self, blocks, **kw)
+        if not replaced:
+            with self._lock:  # as _drop_from_blocks would: one block for them all
+                joined = real(self, list(self._blocks))
+                replaced.append(joined.entry_count)
+                self._blocks[:] = [joined]
+        return out
+
+    monkeypatch.setattr(ChunkStore, "_merged_scratch", meanwhile)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(2 << 20))
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    report = store.ingest(tmp_path / "src", ["f.bin"])
+    assert replaced
+    with store._lock:
+        held = sum(b.entry_count for b in store._blocks) + len(store._index)
+    assert held == report.new_chunks  # each entry once: the discarded file added none
+    assert store.missing([c.digest for c in report.files[0].chunks]) == set()

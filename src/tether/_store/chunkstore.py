@@ -150,6 +150,11 @@ _MERGE_MAX = 2097152
 _SPILL_ENTRIES = 131072
 #: The name of a merge's scratch inputs (closed when the merge is done).
 _SPILLED = "spilled"
+#: The name of blocks spilled to a scratch file (``_spill_blocks``): unmapped when the
+#: last lookup holding one lets go, like any block.
+_SPILLED_BLOCK = "spilled-block"
+#: An ingest lets go of the index pages its lookups touched after this many keys.
+_LET_GO_LOOKUPS = 4096
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
 #: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
@@ -260,6 +265,20 @@ def _off_heap(data: bytes | bytearray) -> mmap.mmap:
     block = mmap.mmap(-1, max(1, len(data)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block[:len(data)] = data
     return block
+
+
+def _to_spill(blocks: Sequence[MergedIndex]) -> list[MergedIndex]:
+    """The blocks ``ChunkStore._spill_blocks`` merges next into one file: every block in
+    memory once they hold ``_SPILL_ENTRIES`` entries, else the two smallest spilled
+    files if the larger is at most twice the smaller, else none."""
+    memory = [b for b in blocks if not b.from_file]
+    if sum(b.entry_count for b in memory) >= _SPILL_ENTRIES:
+        return memory
+    spilled = sorted((b for b in blocks if b.from_file), key=lambda b: b.entry_count)
+    for smaller, larger in itertools.pairwise(spilled):
+        if larger.entry_count <= 2 * smaller.entry_count:
+            return [smaller, larger]
+    return []
 
 
 def _handed(items: list[Any]) -> Iterator[Any]:
@@ -540,6 +559,9 @@ class ChunkStore:
         self._demoted: set[Location] = set()
         self._cctx = threading.local()
         self._tidying = threading.Lock()
+        self._spilling = threading.Lock()
+        #: Keys looked up since the index pages were last let go (``_LET_GO_LOOKUPS``).
+        self._looked_up = 0
         #: A network store's merged index files, kept on disk (index_cache.py).
         self._index_cache = (IndexCache(cache_dir, blobs)
                              if cache_dir is not None and not blobs.is_local else None)
@@ -561,6 +583,7 @@ class ChunkStore:
                         others.append(loc)
             if len(self._index) >= _INDEX_FOLD:
                 self._fold_index()
+        self._spill_blocks()
 
     def _journal_entries(self) -> tuple[dict[str, tuple[int, list[list[Any]]]],
                                         dict[str, list[list[Any]]]]:
@@ -630,17 +653,53 @@ class ChunkStore:
         self._blocks.append(block)
         self._index.clear()
         self._alternates.clear()
-        self._blocks.sort(key=lambda b: b.entry_count)
-        while (len(self._blocks) > 1
-               and self._blocks[0].entry_count + self._blocks[1].entry_count <= _BLOCK_MAX):
+        while True:
+            small = sorted((b for b in self._blocks if not b.from_file),
+                           key=lambda b: b.entry_count)[:2]
+            if len(small) < 2 or small[0].entry_count + small[1].entry_count > _BLOCK_MAX:
+                return
             # Joined blocks are unmapped when the last reference goes (a lookup may
             # still be searching them): never closed here. If joining fails, both stay.
             try:
-                joined = MergedIndex("memory", _off_heap(combine(self._blocks[:2], ())))
+                joined = MergedIndex("memory", _off_heap(combine(small, ())))
             except (ValueError, OverflowError, OSError, MemoryError):
                 return
-            self._blocks[:2] = [joined]
-            self._blocks.sort(key=lambda b: b.entry_count)
+            self._blocks[:] = [b for b in self._blocks if b is not small[0]
+                               and b is not small[1]] + [joined]
+
+    def _spill_blocks(self) -> None:
+        """Move the blocks in memory to a scratch file, read in place, once they hold
+        ``_SPILL_ENTRIES`` entries; and merge spilled files of about one size into one.
+
+        An ingest adds an entry per new chunk and keeps them until it ends (its own
+        later windows must find them). In memory that was 56 bytes a chunk, 54 MB of
+        the 290 MB peak of logging 967,000 chunks, and grew with the file. In files,
+        the pages its lookups touch are let go every ``_LET_GO_LOOKUPS`` keys (the
+        page cache keeps them). Files are merged when one is at most twice another,
+        so an entry is rewritten about log2(entries / ``_SPILL_ENTRIES``) times and a
+        lookup searches as many files. Not under ``_lock``: lookups go on meanwhile,
+        finding the entries in the inputs until the merged file takes their place.
+        """
+        if not self._spilling.acquire(blocking=False):
+            return  # another publisher thread is at it: it sees these blocks too
+        try:
+            while True:
+                with self._lock:
+                    group = _to_spill(self._blocks)
+                if not group:
+                    return
+                try:
+                    spilled = self._merged_scratch(group, name=_SPILLED_BLOCK)
+                except (OSError, ValueError, MemoryError):
+                    return  # they stay as they are: lookups still find every entry
+                with self._lock:
+                    if not all(any(b is g for b in self._blocks) for g in group):
+                        spilled.close()  # changed meanwhile (dropped, reset): not needed
+                        return
+                    self._blocks[:] = [b for b in self._blocks
+                                       if not any(b is g for g in group)] + [spilled]
+        finally:
+            self._spilling.release()
 
     def _searched(self) -> list[MergedIndex]:
         """The merged files and blocks a lookup searches after ``_index`` (``_lock`` held)."""
@@ -824,6 +883,10 @@ class ChunkStore:
         else:
             for i, key in zip(where, keys, strict=True):
                 known[i] = any(s.has(key, forgotten) for s in segments)
+        self._looked_up += len(keys)  # a race may miss a few: the count only paces let_go
+        if self._looked_up >= _LET_GO_LOOKUPS:
+            self._looked_up = 0
+            self._let_go_segments()
         return known
 
     def missing(self, digests: Iterable[str]) -> set[str]:
@@ -871,7 +934,7 @@ class ChunkStore:
         thousand lookups map nearly all of a large file, and those pages counted in the
         process's peak (54 MB for 967,000 chunks) though the page cache holds them."""
         with self._lock:
-            segments = list(self._segments.values())
+            segments = self._searched()  # the spilled blocks too
         for segment in segments:
             segment.let_go()
 
@@ -1131,8 +1194,12 @@ class ChunkStore:
             self._blocks.clear()
             return
         try:
-            rest = MergedIndex("memory", _off_heap(combine(list(self._blocks), (),
-                                                           drop=packs)))
+            if sum(b.entry_count for b in self._blocks) < _SPILL_ENTRIES:
+                rest = MergedIndex("memory", _off_heap(combine(list(self._blocks), (),
+                                                               drop=packs)))
+            else:  # combine holds 110 bytes an entry: streamed to a file instead
+                rest = self._merged_scratch(list(self._blocks), name=_SPILLED_BLOCK,
+                                            drop=packs)
         except (ValueError, OSError, MemoryError):
             return  # kept whole: lookups still find everything
         self._blocks[:] = [rest] if rest.entry_count else []
@@ -1168,14 +1235,16 @@ class ChunkStore:
                 self.blobs.delete(f"index/{old}.idx")
         return name
 
-    def _merged_scratch(self, blocks: list[MergedIndex]) -> MergedIndex:
-        """``blocks`` merged into a scratch file, read in place (the file is unlinked at
-        once: the mapping keeps it until closed)."""
+    def _merged_scratch(self, blocks: list[MergedIndex], *, name: str = _SPILLED,
+                        drop: Iterable[str] = ()) -> MergedIndex:
+        """``blocks`` merged (without the entries of the packs in ``drop``) into a scratch
+        file, read in place (the file is unlinked at once: the mapping keeps it until
+        closed)."""
         fd, path = self.scratch_file("index-merge")
         try:
             with os.fdopen(fd, "w+b") as handle:
-                merge_into(handle, blocks, ())
-            index = MergedIndex.open(_SPILLED, path)
+                merge_into(handle, blocks, (), drop=drop)
+            index = MergedIndex.open(name, path)
         finally:
             path.unlink(missing_ok=True)
         return index

@@ -157,6 +157,11 @@ class MergedIndex:
             data.close()
             raise
 
+    @property
+    def from_file(self) -> bool:
+        """Whether this is mapped from a file: its pages may be let go and read again."""
+        return self._from_file
+
     def close(self) -> None:
         if isinstance(self._data, mmap.mmap):
             self._data.close()
