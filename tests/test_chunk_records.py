@@ -172,3 +172,31 @@ def test_a_local_log_never_encodes_its_chunk_lists_as_text(
     monkeypatch.undo()
     again = registry.get("big@latest")
     assert again.files == version.files and again.digest == version.digest
+
+
+def test_a_long_chunk_list_is_kept_in_a_file_and_written_a_piece_at_a_time(
+        any_registry: Registry, tmp_path: Path, monkeypatch: Any) -> None:
+    """Past chunklist.SPILL_BYTES an ingest's chunk list is a scratch file, mapped (40
+    bytes a chunk out of the process), and on SQLite the row's records are written into
+    the blob a piece at a time rather than bound whole (the driver copied them)."""
+    from tether._store import chunklist, chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
+    monkeypatch.setattr(repo, "_RECORDS_IN_PIECES", 500 * chunklist.RECORD_SIZE)
+    joined: list[int] = []
+    real_joined = repo.StoredRecords.joined
+    monkeypatch.setattr(repo.StoredRecords, "joined",
+                        lambda self: joined.append(len(self)) or real_joined(self))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "big.bin").write_bytes(os.urandom(3 << 20))  # ~2,500 chunks
+    version = any_registry.log_model(str(tmp_path / "m" / "big.bin"), "big", progress=False)
+    chunks = version.files[0].chunks
+    assert len(chunks) > 2000 and chunks.in_file
+    sqlite = any_registry.engine.dialect.name == "sqlite"
+    assert bool(joined) != sqlite, joined  # SQLite: never joined into one buffer
+    assert bytes(_raw_row(any_registry, version.id).chunk_records) == bytes(chunks.records)
+    again = any_registry.get("big@latest")
+    assert again.files == version.files and require_intact(again) is again
+    out = any_registry.download("big@latest", tmp_path / "out", progress=False)
+    assert (out / "big.bin").read_bytes() == (tmp_path / "m" / "big.bin").read_bytes()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pickle
 import random
+from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -16,7 +18,7 @@ from tether import InvalidInput
 from tether._digest import digest_of
 from tether._identity import check_manifest, manifest_digest
 from tether._store.base import LISTED_CHUNKS, FileEntry
-from tether._store.chunklist import ChunkList, ChunkListBuilder, ChunkRef
+from tether._store.chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ChunkRef
 
 D0, D1, D2 = "00" * 32, "0123456789abcdef" * 4, "ff" * 32
 
@@ -285,3 +287,56 @@ def test_known_chunks_counts_shared_bytes_as_a_set_would(count: int) -> None:
     assert KnownChunks(old_lists).unknown_bytes(new) == sum(unknown.values())
     assert KnownChunks(()).unknown_bytes(new) == sum(every.values())
     assert KnownChunks(old_lists).unknown_bytes(ChunkList()) == 0
+
+
+def test_a_builder_past_its_spill_size_builds_a_list_kept_in_a_file(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The records go to the scratch file as they come (the builder holds at most a
+    write's worth), the list built maps it (the file is unlinked at once), and it reads,
+    compares, slices and pickles as a list in memory does."""
+    import os
+
+    from tether._store import chunklist
+
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 100 * RECORD_SIZE)
+    monkeypatch.setattr(chunklist, "_WRITE_BYTES", 64 * RECORD_SIZE)
+    made: list[Path] = []
+
+    def scratch() -> tuple[int, Path]:
+        path = tmp_path / f"list-{len(made)}"
+        made.append(path)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
+
+    refs = [ChunkRef(os.urandom(32).hex(), 1000 + i) for i in range(1000)]
+    builder, plain = ChunkListBuilder(scratch), ChunkListBuilder()
+    for ref in refs:
+        builder.append(ref.digest, ref.size)
+        plain.append(ref.digest, ref.size)
+        assert len(builder._records) < 100 * RECORD_SIZE + RECORD_SIZE
+    assert len(builder) == 1000 and made and made[0].exists()
+    kept, held = builder.build(), plain.build()
+    assert kept.in_file and not held.in_file and not made[0].exists()
+    assert kept == held and held == kept and list(kept) == refs
+    assert list(kept.digests()) == [r.digest for r in refs]
+    assert kept.total() == sum(r.size for r in refs) and kept[10:20] == held[10:20]
+    assert kept[-1] == refs[-1] and kept.digest_at(7) == refs[7].digest
+    assert b"".join(bytes(p) for p in kept.pieces(64)) == bytes(held.records)
+    assert pickle.loads(pickle.dumps(kept)) == held and hash(kept) == hash(held)
+    assert kept != ChunkList(held.records[:-RECORD_SIZE])
+    kept.let_go()
+    assert list(kept) == refs  # the pages come back from the page cache
+
+
+def test_a_discarded_builder_leaves_no_scratch_file(tmp_path: Path, monkeypatch: Any) -> None:
+    import os
+
+    from tether._store import chunklist
+
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 10 * RECORD_SIZE)
+    path = tmp_path / "list"
+    builder = ChunkListBuilder(lambda: (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path))
+    for i in range(50):
+        builder.append(f"{i:064x}", i)
+    assert path.exists()
+    builder.discard()
+    assert not path.exists() and len(builder) == 0

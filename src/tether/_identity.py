@@ -23,7 +23,7 @@ import blake3
 from ._digest import canonical_json, digest_of
 from ._errors import IntegrityError, InvalidInput
 from ._store.base import FileEntry
-from ._store.chunklist import RECORD, RECORD_SIZE, ChunkList
+from ._store.chunklist import RECORD, ChunkList
 
 if TYPE_CHECKING:
     from ._records import ModelVersion
@@ -67,12 +67,10 @@ def manifest_digest(manifest: Iterable[Mapping[str, Any] | FileEntry]) -> str:
 
 def _chunk_texts(chunks: ChunkList, piece: int = 65536) -> Iterator[bytes]:
     """``["digest",size],...`` of ``chunks``, as canonical JSON writes them, in pieces."""
-    records = chunks.records
-    step = piece * RECORD_SIZE
-    for start in range(0, len(records), step):
+    for n, records in enumerate(chunks.pieces(piece)):
         text = ",".join(f'["{digest.hex()}",{size}]'
-                        for digest, size in RECORD.iter_unpack(records[start:start + step]))
-        yield ((',' if start else '') + text).encode("ascii")
+                        for digest, size in RECORD.iter_unpack(records))
+        yield ((',' if n else '') + text).encode("ascii")
 
 
 def version_digest(

@@ -26,8 +26,29 @@ def _loads(text: str | None, default: Any) -> Any:
     return json.loads(text) if text else default
 
 
-def stored_manifest(files: Iterable[FileEntry | Mapping[str, Any]],
-                    ) -> tuple[str, bytes | bytearray | None]:
+class StoredRecords:
+    """The chunk records a row keeps in ``chunk_records``: its files' lists, back to back
+    (``stored_parts``), handed to the database whole or a piece at a time."""
+
+    def __init__(self, lists: Sequence[ChunkList]) -> None:
+        self.lists = list(lists)
+
+    def __len__(self) -> int:
+        return sum(len(chunks) for chunks in self.lists) * RECORD_SIZE
+
+    def joined(self) -> bytes | bytearray | memoryview:
+        """Every record in one buffer (one list's own, without a copy)."""
+        if len(self.lists) == 1:
+            return memoryview(self.lists[0].records)
+        return b"".join(piece for chunks in self.lists for piece in chunks.pieces())
+
+    def pieces(self) -> Iterator[memoryview]:
+        for chunks in self.lists:
+            yield from chunks.pieces()
+
+
+def stored_parts(files: Iterable[FileEntry | Mapping[str, Any]],
+                 ) -> tuple[str, StoredRecords | None]:
     """(manifest JSON, chunk records) as a row stores ``files``.
 
     A file of more than ``LISTED_CHUNKS`` chunks keeps its chunk list in the
@@ -44,10 +65,48 @@ def stored_manifest(files: Iterable[FileEntry | Mapping[str, Any]],
             continue
         entries.append({"path": entry.path, "size": entry.size, "digest": entry.digest,
                         "stored_chunks": [at, len(entry.chunks)]})
-        parts.append(entry.chunks.records)
+        parts.append(entry.chunks)
         at += len(entry.chunks)
-    records = None if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
-    return canonical_json(entries), records
+    return canonical_json(entries), StoredRecords(parts) if parts else None
+
+
+def stored_manifest(files: Iterable[FileEntry | Mapping[str, Any]],
+                    ) -> tuple[str, bytes | None]:
+    """``stored_parts`` with the records as one ``bytes``."""
+    manifest, records = stored_parts(files)
+    return manifest, None if records is None else bytes(records.joined())
+
+
+#: A row's chunk records from this size (a file of 100,000 chunks) are written into the
+#: row a piece at a time, where the database can (``insert_with_records``).
+_RECORDS_IN_PIECES = 100_000 * RECORD_SIZE
+
+
+def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, Any],
+                        records: StoredRecords | None) -> int:
+    """Insert a row of ``table`` whose ``chunk_records`` are ``records``; its id.
+
+    On SQLite, large records are written into a zero-filled blob of their size, a
+    piece at a time (incremental blob I/O): bound whole, the driver copied them
+    (40 MB a million chunks, beside a list kept in a file; see chunklist.py). Other
+    databases take them whole.
+    """
+    pieces = (records is not None and len(records) >= _RECORDS_IN_PIECES
+              and conn.dialect.name == "sqlite")
+    if records is None:
+        values = {**values, "chunk_records": None}
+    elif pieces:
+        values = {**values, "chunk_records": sa.func.zeroblob(len(records))}
+    else:
+        values = {**values, "chunk_records": records.joined()}
+    row_id = _new_id(conn.execute(table.insert().values(**values)))
+    if pieces:
+        assert records is not None
+        raw = conn.connection.dbapi_connection
+        with raw.blobopen(table.name, "chunk_records", row_id) as blob:  # type: ignore[union-attr]
+            for piece in records.pieces():
+                blob.write(piece)
+    return row_id
 
 
 def manifest_files(text: str | None, what: str,
@@ -225,9 +284,8 @@ def insert_version(conn: sa.Connection, mid: int, values: dict[str, Any]) -> int
         key: canonical_json(value) if key in _JSON_COLUMNS else value
         for key, value in values.items() if key != "manifest"
     }
-    encoded["manifest"], encoded["chunk_records"] = stored_manifest(values["manifest"])
-    result = conn.execute(versions.insert().values(model_id=mid, **encoded))
-    return _new_id(result)
+    encoded["manifest"], records = stored_parts(values["manifest"])
+    return insert_with_records(conn, versions, {"model_id": mid, **encoded}, records)
 
 
 _JSON_COLUMNS = frozenset(

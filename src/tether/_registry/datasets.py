@@ -771,9 +771,9 @@ def _insert(
         highest = max((SemVer.parse(r.semver) for r in rows), default=None)
         semver = resolve_bump(highest, level, bump, reasons)
         seq = max((r.seq for r in rows), default=0) + 1
-        manifest, records = repo.stored_manifest(values["files"])
-        result = conn.execute(
-            dataset_versions.insert().values(
+        manifest, records = repo.stored_parts(values["files"])
+        new_id = repo.insert_with_records(
+            conn, dataset_versions, dict(
                 dataset_id=did,
                 seq=seq,
                 semver=str(semver),
@@ -783,7 +783,6 @@ def _insert(
                 digest=values["digest"],
                 files_digest=values["files_digest"],
                 manifest=manifest,
-                chunk_records=records,
                 tables=canonical_json(values["tables"]),
                 source=canonical_json(values["source"]),
                 tags=canonical_json(values["tags"]),
@@ -791,7 +790,7 @@ def _insert(
                 author=values["author"],
                 created_at=now_iso(),
                 status="ready",
-            )
+            ), records,
         )
         conn.execute(
             datasets.update().where(datasets.c.id == did).values(updated_at=now_iso())
@@ -810,10 +809,8 @@ def _insert(
                 "stored_bytes": values["source"].get("stored_bytes"),
             },
         )
-        key = result.inserted_primary_key
-        assert key is not None
         row = conn.execute(
-            sa.select(dataset_versions).where(dataset_versions.c.id == int(key[0]))
+            sa.select(dataset_versions).where(dataset_versions.c.id == new_id)
         ).one()
         created = row_to_version(row, name)
         return replace(created, bump_reasons=tuple(reasons))

@@ -74,9 +74,8 @@ class LiveChunks:
         size = 0
         for entry in files:
             size += entry.size
-            if entry.chunks.records:
-                self._add(np.frombuffer(entry.chunks.records,
-                                        dtype=_RECORD_KEY)["key"].astype(np.uint64))
+            for piece in entry.chunks.pieces():
+                self._add(np.frombuffer(piece, dtype=_RECORD_KEY)["key"].astype(np.uint64))
             del entry  # not held while the next (a database row, 40 MB) is fetched
         return size
 

@@ -10,15 +10,26 @@ hands out ``ChunkRef`` values only as they are read.
 Its text form (``to_text``/``from_text``) is those records in base64: what a
 manifest stores for a file of many chunks, instead of a JSON list of pairs
 that parses into a million lists (see ``FileEntry.to_dict``).
+
+Past ``SPILL_BYTES`` (100,000 chunks) a list being built goes to a scratch
+file, and the list built is that file, mapped: the records of a 1 TB file
+(16 million chunks, 640 MB) are then read from the page cache, not held in
+the process. ``pieces`` hands them out a piece at a time and lets each
+piece's pages go once the caller is done with it, so a pass over the whole
+list (a commit's checks, its digest, its row) does not gather them either.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import mmap
+import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, overload
 
 
@@ -34,6 +45,15 @@ RECORD = struct.Struct("<32sQ")
 RECORD_SIZE = RECORD.size  # 40
 #: Chunk sizes are byte counts; JSON manifests allow nothing larger either.
 _MAX_SIZE = (1 << 63) - 1
+#: A list being built moves to a scratch file at this size (100,000 chunks), if the
+#: builder was given one; it then writes ``_WRITE_BYTES`` at a time.
+SPILL_BYTES = 100_000 * RECORD_SIZE
+_WRITE_BYTES = 1 << 20
+#: ``pieces`` hands out this many records at a time (2.6 MB).
+PIECE_RECORDS = 65536
+
+#: Where a builder spills: a new private scratch file, as (descriptor, path).
+Scratch = Callable[[], tuple[int, Path]]
 
 
 class ChunkList(Sequence[ChunkRef]):
@@ -41,13 +61,16 @@ class ChunkList(Sequence[ChunkRef]):
 
     __slots__ = ("_records",)
 
-    def __init__(self, records: bytes | bytearray = b"", *, adopt: bool = False) -> None:
+    def __init__(self, records: bytes | bytearray | mmap.mmap = b"", *,
+                 adopt: bool = False) -> None:
         """The list of ``records`` (copied, unless ``adopt``: the caller hands over a
-        buffer nobody changes again, as ``ChunkListBuilder.build`` does)."""
+        buffer nobody changes again, as ``ChunkListBuilder.build`` does; a read-only
+        mapping of a scratch file is only ever adopted)."""
         if len(records) % RECORD_SIZE:
             raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
                              f"not {len(records)}")
-        self._records: bytes | bytearray = records if adopt else bytes(records)
+        self._records: bytes | bytearray | mmap.mmap = (
+            records if adopt or isinstance(records, mmap.mmap) else bytes(records))
 
     @classmethod
     def of(cls, chunks: Iterable[Any]) -> ChunkList:
@@ -79,17 +102,42 @@ class ChunkList(Sequence[ChunkRef]):
         return base64.b64encode(self._records).decode("ascii")
 
     @property
-    def records(self) -> bytes | bytearray:
-        """The packed records (digest, then size as little-endian u64), back to back."""
+    def records(self) -> bytes | bytearray | mmap.mmap:
+        """The packed records (digest, then size as little-endian u64), back to back.
+        A pass over every record of a long list goes through ``pieces`` instead."""
         return self._records
 
+    @property
+    def in_file(self) -> bool:
+        """Whether the records are a scratch file's, mapped (see the module's doc)."""
+        return isinstance(self._records, mmap.mmap)
+
+    def pieces(self, records: int = PIECE_RECORDS) -> Iterator[memoryview]:
+        """The records, ``records`` at a time; a list kept in a file lets each piece's
+        pages go when the next is asked for (the page cache keeps them)."""
+        step = records * RECORD_SIZE
+        data = self._records
+        whole = memoryview(data)  # never released here: the caller may keep a piece
+        for start in range(0, len(data), step):
+            yield whole[start:start + step]
+            if isinstance(data, mmap.mmap):
+                _let_go(data, start, start + step)
+
+    def let_go(self) -> None:
+        """Drop the pages of a list kept in a file from the process (a bulk read of
+        ``records``, e.g. by numpy, maps them all)."""
+        if isinstance(self._records, mmap.mmap):
+            _let_go(self._records, 0, len(self._records))
+
     def digests(self) -> Iterator[str]:
-        for digest, _ in RECORD.iter_unpack(self._records):
-            yield digest.hex()
+        for piece in self.pieces():
+            for digest, _ in RECORD.iter_unpack(piece):
+                yield digest.hex()
 
     def sizes(self) -> Iterator[int]:
-        for _, size in RECORD.iter_unpack(self._records):
-            yield size
+        for piece in self.pieces():
+            for _, size in RECORD.iter_unpack(piece):
+                yield size
 
     def rows(self) -> Any:
         """The records as a numpy array (fields ``digest``, S32, and ``size``), no copy."""
@@ -114,8 +162,9 @@ class ChunkList(Sequence[ChunkRef]):
         return len(self._records) // RECORD_SIZE
 
     def __iter__(self) -> Iterator[ChunkRef]:
-        for digest, size in RECORD.iter_unpack(self._records):
-            yield ChunkRef(digest.hex(), size)
+        for piece in self.pieces():
+            for digest, size in RECORD.iter_unpack(piece):
+                yield ChunkRef(digest.hex(), size)
 
     @overload
     def __getitem__(self, index: int) -> ChunkRef: ...
@@ -140,7 +189,10 @@ class ChunkList(Sequence[ChunkRef]):
     def __eq__(self, other: object) -> bool:
         # Only another ChunkList: equal to a tuple, it would need a tuple's hash too.
         if isinstance(other, ChunkList):
-            return self._records == other._records
+            if len(self._records) != len(other._records):
+                return False
+            # A mapping compares by identity: piece by piece, as bytes.
+            return all(a == b for a, b in zip(self.pieces(), other.pieces(), strict=True))
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -155,13 +207,34 @@ class ChunkList(Sequence[ChunkRef]):
         return (ChunkList, (bytes(self._records),))
 
 
+def _let_go(data: mmap.mmap, start: int, end: int) -> None:
+    """Drop the whole pages of bytes [start, end) of a read-only file mapping from
+    the process (they stay in the page cache, and come back when read)."""
+    page = mmap.PAGESIZE
+    lo, hi = start // page * page, min(len(data), end)
+    hi = hi if hi == len(data) else hi // page * page
+    if hi > lo:
+        with contextlib.suppress(OSError, ValueError):
+            data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 class ChunkListBuilder:
-    """Appends chunks as they are cut; ``build`` gives the ``ChunkList``."""
+    """Appends chunks as they are cut; ``build`` gives the ``ChunkList``.
 
-    __slots__ = ("_records",)
+    Given ``scratch``, a list past ``SPILL_BYTES`` is written to a scratch file as
+    it grows, and built as that file, mapped (unlinked at once: the mapping keeps
+    it until the list goes). A million-chunk ingest held 40 MB here, a 1 TB one
+    would hold 640 MB.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_fd", "_path", "_records", "_scratch", "_written")
+
+    def __init__(self, scratch: Scratch | None = None) -> None:
         self._records = bytearray()
+        self._scratch = scratch
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._written = 0  # records in the file
 
     def append(self, digest: str, size: int) -> None:
         if not isinstance(digest, str) or len(digest) != 64:
@@ -175,15 +248,47 @@ class ChunkListBuilder:
             raise ValueError(f"chunk digest {digest!r} is not 64 lowercase hex digits")
         self._records += raw
         self._records += size.to_bytes(8, "little")
+        if self._scratch is not None and len(self._records) >= (
+                _WRITE_BYTES if self._fd is not None else SPILL_BYTES):
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if self._fd is None:
+            assert self._scratch is not None
+            self._fd, self._path = self._scratch()
+        view = memoryview(self._records)
+        while view:
+            view = view[os.write(self._fd, view):]
+        view.release()
+        self._written += len(self._records) // RECORD_SIZE
+        self._records = bytearray()
 
     def __len__(self) -> int:
-        return len(self._records) // RECORD_SIZE
+        return self._written + len(self._records) // RECORD_SIZE
 
     def build(self) -> ChunkList:
-        # Handed over, not copied: at the end of a million-chunk ingest a copy was 40 MB more.
-        built = ChunkList(self._records, adopt=True)
-        self._records = bytearray()
-        return built
+        """The list (the builder is empty again). Handed over, not copied: at the end
+        of a million-chunk ingest a copy was 40 MB more."""
+        if self._fd is None:
+            built = ChunkList(self._records, adopt=True)
+            self._records = bytearray()
+            return built
+        try:
+            self._write_out()
+            mapped = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            self.discard()
+        return ChunkList(mapped, adopt=True)
+
+    def discard(self) -> None:
+        """Close and remove the scratch file, if any (a failed ingest's list)."""
+        fd, path, self._fd, self._path = self._fd, self._path, None, None
+        self._records, self._written = bytearray(), 0
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 #: The chunks of an empty file (or of an entry recorded without them).

@@ -67,6 +67,7 @@ from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import (
     MAGIC,
+    PAGES,
     MergedIndex,
     Unsorted,
     build,
@@ -153,8 +154,6 @@ _SPILLED = "spilled"
 #: The name of blocks spilled to a scratch file (``_spill_blocks``): unmapped when the
 #: last lookup holding one lets go, like any block.
 _SPILLED_BLOCK = "spilled-block"
-#: An ingest lets go of the index pages its lookups touched after this many keys.
-_LET_GO_LOOKUPS = 4096
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
 #: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
@@ -560,8 +559,6 @@ class ChunkStore:
         self._cctx = threading.local()
         self._tidying = threading.Lock()
         self._spilling = threading.Lock()
-        #: Keys looked up since the index pages were last let go (``_LET_GO_LOOKUPS``).
-        self._looked_up = 0
         #: A network store's merged index files, kept on disk (index_cache.py).
         self._index_cache = (IndexCache(cache_dir, blobs)
                              if cache_dir is not None and not blobs.is_local else None)
@@ -674,7 +671,7 @@ class ChunkStore:
         An ingest adds an entry per new chunk and keeps them until it ends (its own
         later windows must find them). In memory that was 56 bytes a chunk, 54 MB of
         the 290 MB peak of logging 967,000 chunks, and grew with the file. In files,
-        the pages its lookups touch are let go every ``_LET_GO_LOOKUPS`` keys (the
+        the pages its lookups touch are let go within ``midx.MAPPED_BUDGET`` (the
         page cache keeps them). Files are merged when one is at most twice another,
         so an entry is rewritten about log2(entries / ``_SPILL_ENTRIES``) times and a
         lookup searches as many files. Not under ``_lock``: lookups go on meanwhile,
@@ -881,12 +878,10 @@ class ChunkStore:
                 if number >= 0:
                     known[i] = True
         else:
-            for i, key in zip(where, keys, strict=True):
+            for n, (i, key) in enumerate(zip(where, keys, strict=True), start=1):
                 known[i] = any(s.has(key, forgotten) for s in segments)
-        self._looked_up += len(keys)  # a race may miss a few: the count only paces let_go
-        if self._looked_up >= _LET_GO_LOOKUPS:
-            self._looked_up = 0
-            self._let_go_segments()
+                if n % 64 == 0 or n == len(keys):
+                    PAGES.spend(segments)  # as find_first does
         return known
 
     def missing(self, digests: Iterable[str]) -> set[str]:
@@ -909,19 +904,19 @@ class ChunkStore:
             simple = not self._forgotten
         if not simple:
             return self.missing(d for chunks in lists for d in chunks.digests())
+        import numpy as np  # as find_first does
+
         gone: set[str] = set()
         for chunks in lists:
-            if not len(chunks):
-                continue
-            records = chunks.records
-            digests = chunks.rows()["digest"]
-            for start in range(0, len(chunks), _LOOKUP_PIECE):
+            for records in chunks.pieces(_LOOKUP_PIECE):
+                digests = np.frombuffer(records, dtype=[("digest", "S32"), ("size", "<u8")])
                 with self._lock:
                     segments = self._searched()
-                which, _ = find_first(segments, digests[start:start + _LOOKUP_PIECE])
+                which, _ = find_first(segments, digests["digest"])
                 # Not in a merged file or block: the few left are looked for in the dict.
-                at = [(start + i) * RECORD_SIZE for i in (which < 0).nonzero()[0].tolist()]
-                absent = [records[a:a + 32].hex() for a in at]
+                at = [i * RECORD_SIZE for i in (which < 0).nonzero()[0].tolist()]
+                absent = [bytes(records[a:a + 32]).hex() for a in at]
+                del digests
                 if absent:
                     with self._lock:
                         gone.update(d for d in absent if d not in self._index)
@@ -1511,7 +1506,8 @@ class ChunkStore:
         one being hashed whole (the ring holds ``_AHEAD + 2``).
         """
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        chunks = ChunkListBuilder()  # 40 bytes a chunk: a million chunks are 40 MB
+        # 40 bytes a chunk, in a scratch file past 100,000 chunks (see chunklist.py).
+        chunks = ChunkListBuilder(lambda: self.scratch_file("chunk-list"))
         size = 0
         pending: deque[tuple[memoryview, int, Future[Any]]] = deque()
         whole = (ThreadPoolExecutor(1, thread_name_prefix="tether-file-digest")
@@ -1551,6 +1547,9 @@ class ChunkStore:
                 take()
             while hashing:
                 hashing.popleft().result()
+        except BaseException:
+            chunks.discard()
+            raise
         finally:
             for _view, _end, future in pending:
                 future.cancel()

@@ -49,6 +49,14 @@ _ENTRY = struct.Struct("<32sIQIIB3x")
 _FANOUT = struct.Struct("<256I")
 
 
+#: Lookups let the mapped files' pages go once the process's file-backed resident
+#: memory grew this much since they were last let go (``MappedPages``).
+MAPPED_BUDGET = 16 << 20
+#: ``find_first`` searches mapped files this many keys at a time, checking the budget
+#: after each: a key touches up to a dozen pages (filter probes, binary search).
+_CHECK_KEYS = 32
+
+
 #: Filter bits per entry (at least; a power of two in all) and probes per digest:
 #: about 0.2% of absent digests pass at 16 bits an entry, 0.02% at 32.
 _FILTER_BITS_PER_ENTRY = 16
@@ -271,6 +279,46 @@ class MergedIndex:
                 yield digest.hex(), names[pack], offset, length, raw, codec
 
 
+def _file_resident() -> int:
+    """Bytes of this process resident and backed by files (statm's third field: the
+    RssFile and RssShmem pages); 0 where there is no /proc."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MappedPages:
+    """Paces letting go of the pages lookups map, by what they cost the process.
+
+    A lookup touches a few pages of a mapped index, and this kernel maps about 64 KB
+    around each page touched (fault-around, large folios): 1,000 random reads of a
+    cached 200 MB file mapped 54 MB of it. The pages stay in the page cache when
+    let go, but while mapped they count in the process's resident memory, and the
+    merged files grow 56 bytes a chunk stored: a batch of lookups against a large
+    store mapped nearly all of them. ``spend`` lets the files go once the
+    process's file-backed resident memory grew by ``MAPPED_BUDGET`` since the last
+    time; the pages come back from the page cache, a minor fault each.
+    """
+
+    def __init__(self) -> None:
+        self._base = _file_resident()
+
+    def spend(self, indexes: Iterable[MergedIndex]) -> None:
+        now = _file_resident()
+        if now < self._base:
+            self._base = now  # let go elsewhere (a merge, a census round)
+        elif now - self._base > MAPPED_BUDGET:
+            for index in indexes:
+                index.let_go()
+            self._base = _file_resident()
+
+
+#: One for the process: what it bounds is the process's memory.
+PAGES = MappedPages()
+
+
 def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
     """For each 32-byte key (a list of bytes, or a numpy S32 column), which of ``indexes``
     lists it first and its first entry there, as two numpy arrays (-1 and -1: none
@@ -281,17 +329,23 @@ def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
     where the previous one ended, so sorted keys touch a few pages of a large
     index instead of jumping across it (65,536 random keys against 131,072
     entries: 77 ms unsorted, 17 ms sorted, the sort included). A key found is
-    not searched for in the indexes after.
+    not searched for in the indexes after. Against mapped files the keys go
+    ``_CHECK_KEYS`` at a time, within ``MAPPED_BUDGET`` (see ``MappedPages``).
     """
     import numpy as np  # only here: reading a store must not import it
 
     count = len(keys)
     which = np.full(count, -1, dtype=np.int64)
     entry = np.full(count, -1, dtype=np.int64)
-    if count:
-        wanted = np.asarray(keys, dtype="S32")
-        order = np.argsort(wanted, kind="stable")
-        wanted = wanted[order]
+    if not count:
+        return which, entry
+    every = np.asarray(keys, dtype="S32")
+    ordered = np.argsort(every, kind="stable")
+    mapped = any(index.from_file for index in indexes)
+    step = _CHECK_KEYS if mapped else count
+    for start in range(0, count, step):
+        order = ordered[start:start + step]
+        wanted = every[order]
         for number, index in enumerate(indexes):
             if not len(order):
                 break
@@ -311,6 +365,8 @@ def find_first(indexes: Sequence[MergedIndex], keys: Any) -> tuple[Any, Any]:
                 entry[order[hit]] = at[hit]
                 missed = ~hit
                 order, wanted = order[missed], wanted[missed]
+        if mapped:
+            PAGES.spend(indexes)
     return which, entry
 
 
