@@ -196,7 +196,8 @@ def test_a_long_chunk_list_is_kept_in_a_file_and_written_a_piece_at_a_time(
     sqlite = any_registry.engine.dialect.name == "sqlite"
     assert bool(joined) != sqlite, joined  # SQLite: never joined into one buffer
     assert bytes(_raw_row(any_registry, version.id).chunk_records) == bytes(chunks.records)
-    again = any_registry.get("big@latest")
+    again = any_registry.get("big@latest")  # read back into a scratch file too
     assert again.files == version.files and require_intact(again) is again
+    assert again.files[0].chunks.in_file
     out = any_registry.download("big@latest", tmp_path / "out", progress=False)
     assert (out / "big.bin").read_bytes() == (tmp_path / "m" / "big.bin").read_bytes()

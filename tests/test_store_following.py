@@ -252,3 +252,15 @@ def test_a_step_is_never_shorter_than_two_of_the_largest_chunks(tmp_path: Path,
             assert digests is not None
             got += [ChunkRef(d, n) for (_, n), d in zip(cuts, digests, strict=True)]
     assert got == cdc_with(data, avg)
+
+
+def test_a_hint_finds_a_digest_by_its_whole_value_not_its_prefix() -> None:
+    """``Hint.first`` keeps 8-byte prefixes (12 bytes a chunk, not 40): digests that
+    share a prefix are told apart by the whole digest, and the first place wins."""
+    same = "ab" * 8
+    a, b, c = same + "01" * 24, same + "02" * 24, "cd" * 32
+    hint = Hint.of([ChunkRef(b, 5), ChunkRef(c, 6), ChunkRef(a, 7), ChunkRef(b, 8)])
+    assert hint is not None
+    assert hint.first(a) == 2 and hint.first(b) == 0 and hint.first(c) == 1
+    assert hint.first(same + "03" * 24) is None and hint.first("zz") is None
+    assert hint.first("ab") is None

@@ -13,7 +13,7 @@ import pytest
 
 from tether._store import open_store
 from tether._store.chunkstore import _JOURNAL_MAX, ChunkStore
-from tether._store.midx import MergedIndex, build
+from tether._store.midx import MergedIndex, build, merge_into
 
 
 def _tiny(folder: Path, i: int) -> Path:
@@ -815,3 +815,52 @@ def test_blocks_changed_while_they_were_spilled_stay_as_they_are(
         held = sum(b.entry_count for b in store._blocks) + len(store._index)
     assert held == report.new_chunks  # each entry once: the discarded file added none
     assert store.missing([c.digest for c in report.files[0].chunks]) == set()
+
+
+def test_lookups_against_a_large_mapped_index_keep_its_pages_within_the_budget(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A lookup touches a few pages of a mapped index and the kernel maps more around
+    each (fault-around): a batch of random keys against a large index mapped nearly
+    all of it, 56 bytes a chunk of the store counted in the process. With the budget
+    the file-backed memory grows about MAPPED_BUDGET at most; the answers are the
+    same."""
+    import numpy as np
+
+    from tether._store import midx
+
+    file_backed = midx._file_resident
+    rng = np.random.default_rng(7)
+    digests = rng.bytes(32 * 800_000)
+    keys = [digests[i:i + 32] for i in range(0, len(digests), 32)]
+    pack = os.urandom(16).hex()
+    path = tmp_path / "big.idx"
+    with open(path, "wb") as out:
+        merge_into(out, [MergedIndex("in", build(
+            {pack: (1 << 40, [[k.hex(), i, 1, 1, 0] for i, k in enumerate(keys)])}, ()))], [])
+    wanted = [keys[i] for i in rng.integers(0, len(keys), 60_000)] + [os.urandom(32)] * 100
+
+    class Watched(midx.MappedPages):
+        """Notes the file-backed growth at each check, just before pages are let go."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.start, self.peak = file_backed(), 0
+
+        def spend(self, indexes: Any) -> None:
+            self.peak = max(self.peak, file_backed() - self.start)
+            super().spend(indexes)
+
+    answers = {}
+    grown = {}
+    for budget in (1 << 40, 4 << 20):
+        monkeypatch.setattr(midx, "MAPPED_BUDGET", budget)
+        index = MergedIndex.open("big", path)
+        watched = Watched()
+        monkeypatch.setattr(midx, "PAGES", watched)
+        which, entry = midx.find_first([index], wanted)
+        grown[budget] = max(watched.peak, file_backed() - watched.start)
+        answers[budget] = (which.tolist(), entry.tolist())
+        index.close()
+    assert answers[1 << 40] == answers[4 << 20]
+    assert grown[1 << 40] > 40 << 20, grown  # the harm: most of the 45 MB file mapped
+    assert grown[4 << 20] < 24 << 20, grown  # the budget, and what one slice of keys maps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,9 @@ from .._digest import canonical_json
 from .._errors import IntegrityError
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
+from .._store import chunklist
 from .._store.base import LISTED_CHUNKS, FileEntry
+from .._store.blobs import make_temp, scratch_root
 from .._store.chunklist import RECORD_SIZE, ChunkList
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
@@ -109,11 +112,20 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     return row_id
 
 
-def manifest_files(text: str | None, what: str,
-                   records: bytes | None = None) -> tuple[FileEntry, ...]:
+def _scratch() -> tuple[int, Path]:
+    return make_temp(scratch_root(), "chunk-list")
+
+
+def manifest_files(text: str | None, what: str, records: bytes | None = None, *,
+                   in_file: bool = True) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_manifest``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
-    trusted: its digest is checked after this)."""
+    trusted: its digest is checked after this).
+
+    ``in_file``: a list of ``SPILL_BYTES`` or more is copied into a scratch file and
+    read from there (see chunklist.py): a version is held for a whole load, and its
+    row's bytes go with the row. A caller done with each file at once says False.
+    """
     try:
         files, used = [], 0
         for data in _loads(text, []):
@@ -129,10 +141,14 @@ def manifest_files(text: str | None, what: str,
                 raise ValueError(f"{data.get('path')!r} names chunk records the row does "
                                  "not hold")
             start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-            whole = start == 0 and end == len(records)  # the one large file: no copy
+            if in_file and end - start >= chunklist.SPILL_BYTES:
+                with memoryview(records) as view:
+                    chunks = ChunkList.kept_in_file(view[start:end], _scratch)
+            else:
+                whole = start == 0 and end == len(records)  # the one large file: no copy
+                chunks = ChunkList(records if whole else records[start:end])
             files.append(FileEntry(path=data["path"], size=int(data["size"]),
-                                   digest=data["digest"],
-                                   chunks=ChunkList(records if whole else records[start:end])))
+                                   digest=data["digest"], chunks=chunks))
             used = first + count
         if records is not None and used * RECORD_SIZE != len(records):
             raise ValueError("the row holds chunk records no file names")
@@ -348,7 +364,7 @@ def streamed_files(conn: sa.Connection, query: Any, skip: Any, label: Any,
     while (row := rows.fetchone()) is not None:
         if skip(row):
             continue
-        files = manifest_files(row.manifest, label(row), row.chunk_records)
+        files = manifest_files(row.manifest, label(row), row.chunk_records, in_file=False)
         del row
         yield from files
         del files

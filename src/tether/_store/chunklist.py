@@ -88,6 +88,28 @@ class ChunkList(Sequence[ChunkRef]):
         return builder.build()
 
     @classmethod
+    def kept_in_file(cls, records: bytes | bytearray | memoryview,
+                     scratch: Scratch) -> ChunkList:
+        """The list of ``records`` (a database row's), copied into a scratch file and
+        mapped: held for a whole load, a million chunks would be 40 MB of the process."""
+        if len(records) % RECORD_SIZE:
+            raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
+                             f"not {len(records)}")
+        if not len(records):
+            return cls()
+        fd, path = scratch()
+        try:
+            with memoryview(records) as view:
+                for start in range(0, len(view), _WRITE_BYTES):
+                    piece = view[start:start + _WRITE_BYTES]
+                    while piece:
+                        piece = piece[os.write(fd, piece):]
+            return cls(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), adopt=True)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+    @classmethod
     def from_text(cls, text: str) -> ChunkList:
         """The list ``to_text`` wrote; ValueError if ``text`` is not one."""
         if not isinstance(text, str):
@@ -176,7 +198,12 @@ class ChunkList(Sequence[ChunkRef]):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step == 1:
-                return ChunkList(self._records[start * RECORD_SIZE:max(start, stop) * RECORD_SIZE])
+                begin, end = start * RECORD_SIZE, max(start, stop) * RECORD_SIZE
+                part = ChunkList(self._records[begin:end])
+                if isinstance(self._records, mmap.mmap):
+                    # Copied out: a load reads the list slice after slice, once.
+                    _let_go(self._records, begin, end)
+                return part
             return ChunkList.of(self[i] for i in range(start, stop, step))
         count = len(self)
         if index < 0:

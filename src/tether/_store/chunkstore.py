@@ -945,13 +945,22 @@ class ChunkStore:
             simple = not self._demoted and not self._forgotten and not self._alternates
         if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
             return [self._locate(c, what=what) for c in chunks]
+        import numpy as np  # as find_first does
+
         found: list[Location | None] = [index.get(c.digest) for c in chunks]
         where, keys = _segment_keys([c.digest for c in chunks], found)
         which, entries = find_first(segments, keys)
-        for i, number, entry in zip(where, which.tolist(), entries.tolist(), strict=True):
-            if number >= 0:
-                with contextlib.suppress(ValueError):  # a damaged entry: found one at a time
-                    found[i] = Location(*segments[number].entry(entry))
+        # Read in file order, within the mapped-pages budget: in the chunks' order a
+        # piece of 16,384 chunks maps every page of a large index (midx.MappedPages).
+        hit = (which >= 0).nonzero()[0]
+        hit = hit[np.lexsort((entries[hit], which[hit]))]
+        at = [where[i] for i in hit.tolist()]
+        for n, (i, number, entry) in enumerate(zip(
+                at, which[hit].tolist(), entries[hit].tolist(), strict=True), start=1):
+            with contextlib.suppress(ValueError):  # a damaged entry: found one at a time
+                found[i] = Location(*segments[number].entry(entry))
+            if n % 64 == 0:
+                PAGES.spend(segments)
         self._let_go_segments()
         return [loc if loc is not None else self._locate(chunk, what=what)
                 for chunk, loc in zip(chunks, found, strict=True)]

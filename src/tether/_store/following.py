@@ -119,16 +119,28 @@ class Hint:
         import numpy as np  # only where bytes changed: a followed ingest may never ask
 
         if self._keys is None:
-            keys = self.chunks.rows()["digest"]
+            # 8-byte prefixes and 4-byte places, 12 bytes a chunk (whole digests and
+            # places were 40): a prefix found is checked against the whole digest.
+            keys = np.concatenate([
+                np.frombuffer(piece, dtype=[("key", ">u8"), ("rest", "V32")])["key"]
+                for piece in self.chunks.pieces()]) if len(self.chunks) else np.empty(0, "u8")
             order = np.argsort(keys, kind="stable")  # ties: the first place first
-            self._keys, self._places = keys[order], order
+            self._keys = keys[order]
+            self._places = order.astype(np.uint32 if len(order) < 1 << 32 else np.int64)
+            del keys, order
         try:
-            key = np.array(bytes.fromhex(digest), dtype="S32")
+            raw = bytes.fromhex(digest)
         except ValueError:
             return None
+        if len(raw) != 32:
+            return None
+        key = np.uint64(int.from_bytes(raw[:8], "big"))
         at = int(np.searchsorted(self._keys, key))
-        if at < len(self._keys) and self._keys[at] == key:
-            return int(self._places[at])
+        while at < len(self._keys) and self._keys[at] == key:
+            place = int(self._places[at])
+            if self.chunks.digest_at(place) == digest:
+                return place
+            at += 1  # the same prefix, another digest: rare
         return None
 
 

@@ -54,7 +54,7 @@ _FANOUT = struct.Struct("<256I")
 MAPPED_BUDGET = 16 << 20
 #: ``find_first`` searches mapped files this many keys at a time, checking the budget
 #: after each: a key touches up to a dozen pages (filter probes, binary search).
-_CHECK_KEYS = 32
+_CHECK_KEYS = 64
 
 
 #: Filter bits per entry (at least; a power of two in all) and probes per digest:
@@ -279,12 +279,18 @@ class MergedIndex:
                 yield digest.hex(), names[pack], offset, length, raw, codec
 
 
+_statm: tuple[int, int] | None = None  # (pid, descriptor): opened once a process
+
+
 def _file_resident() -> int:
     """Bytes of this process resident and backed by files (statm's third field: the
-    RssFile and RssShmem pages); 0 where there is no /proc."""
+    RssFile and RssShmem pages); 0 where there is no /proc. Read through a descriptor
+    kept open (1.4 us a read, where opening the file each time took 12)."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[2]) * mmap.PAGESIZE
+        if _statm is None or _statm[0] != os.getpid():  # a forked child reads its own
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        return int(os.pread(_statm[1], 256, 0).split()[2]) * mmap.PAGESIZE
     except (OSError, ValueError, IndexError):
         return 0
 
