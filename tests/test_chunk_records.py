@@ -201,3 +201,24 @@ def test_a_long_chunk_list_is_kept_in_a_file_and_written_a_piece_at_a_time(
     assert again.files[0].chunks.in_file
     out = any_registry.download("big@latest", tmp_path / "out", progress=False)
     assert (out / "big.bin").read_bytes() == (tmp_path / "m" / "big.bin").read_bytes()
+
+
+def test_a_version_reads_with_no_scratch_folder_and_lists_keep_no_files(
+        registry: Registry, tmp_path: Path, monkeypatch: Any) -> None:
+    """A version's large lists go to scratch files only when one version is read for a
+    load, and reading never fails for want of one (an unwritable cache folder, a full
+    disk): the list is kept in memory then. Lists of versions keep theirs in memory
+    (a file each would keep a descriptor open per version)."""
+    from tether._store import chunklist, chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "big.bin").write_bytes(os.urandom(1 << 20))  # ~900 chunks
+    version = registry.log_model(str(tmp_path / "m" / "big.bin"), "big", progress=False)
+    assert registry.get("big@latest").files[0].chunks.in_file
+    assert not any(v.files[0].chunks.in_file for v in registry.versions("big"))
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setattr(repo, "scratch_root", lambda: tmp_path / "not-a-folder" / "tmp")
+    again = registry.get("big@latest")
+    assert not again.files[0].chunks.in_file and again.files == version.files

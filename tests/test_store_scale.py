@@ -864,3 +864,32 @@ def test_lookups_against_a_large_mapped_index_keep_its_pages_within_the_budget(
     assert answers[1 << 40] == answers[4 << 20]
     assert grown[1 << 40] > 40 << 20, grown  # the harm: most of the 45 MB file mapped
     assert grown[4 << 20] < 24 << 20, grown  # the budget, and what one slice of keys maps
+
+
+def test_an_ingest_goes_on_when_its_blocks_cannot_be_spilled(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Spilling blocks to a scratch file is an optimisation: with no room for one
+    (make_temp reports a full disk as StoreError) they stay in memory and the ingest
+    succeeds, every chunk found."""
+    from tether._errors import StoreError
+    from tether._store import chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 500)
+    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 128)
+
+    def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise StoreError("the disk is full", hint="free space")
+
+    monkeypatch.setattr(ChunkStore, "_merged_scratch", full)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(2 << 20))
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    report = store.ingest(tmp_path / "src", ["f.bin"])
+    assert report.new_chunks > 1000
+    with store._lock:
+        assert not any(b.from_file for b in store._blocks)
+    monkeypatch.undo()
+    fresh = open_store(f"file://{tmp_path / 'store'}")
+    for reader in (store, fresh):
+        assert reader.missing([c.digest for c in report.files[0].chunks]) == set()

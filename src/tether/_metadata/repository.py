@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from .._digest import canonical_json
-from .._errors import IntegrityError
+from .._errors import IntegrityError, StoreError
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
 from .._store import chunklist
@@ -94,8 +93,9 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     (40 MB a million chunks, beside a list kept in a file; see chunklist.py). Other
     databases take them whole.
     """
+    raw = conn.connection.dbapi_connection
     pieces = (records is not None and len(records) >= _RECORDS_IN_PIECES
-              and conn.dialect.name == "sqlite")
+              and conn.dialect.name == "sqlite" and hasattr(raw, "blobopen"))
     if records is None:
         values = {**values, "chunk_records": None}
     elif pieces:
@@ -105,26 +105,32 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     row_id = _new_id(conn.execute(table.insert().values(**values)))
     if pieces:
         assert records is not None
-        raw = conn.connection.dbapi_connection
         with raw.blobopen(table.name, "chunk_records", row_id) as blob:  # type: ignore[union-attr]
             for piece in records.pieces():
                 blob.write(piece)
     return row_id
 
 
-def _scratch() -> tuple[int, Path]:
-    return make_temp(scratch_root(), "chunk-list")
+def _kept_in_file(records: memoryview) -> ChunkList:
+    """``records`` as a list kept in a scratch file, else (no scratch folder, a full
+    disk, no descriptors left) in memory, as before: reading a version must not fail
+    for want of a place to put it."""
+    try:
+        return ChunkList.kept_in_file(records, lambda: make_temp(scratch_root(), "chunk-list"))
+    except (OSError, StoreError):
+        return ChunkList(bytes(records), adopt=True)
 
 
 def manifest_files(text: str | None, what: str, records: bytes | None = None, *,
-                   in_file: bool = True) -> tuple[FileEntry, ...]:
+                   in_file: bool = False) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_manifest``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
     trusted: its digest is checked after this).
 
     ``in_file``: a list of ``SPILL_BYTES`` or more is copied into a scratch file and
-    read from there (see chunklist.py): a version is held for a whole load, and its
-    row's bytes go with the row. A caller done with each file at once says False.
+    read from there (see chunklist.py), or kept in memory if that fails: asked for
+    one version that is held for a whole load (its row's bytes go with the row),
+    not for lists of versions (each such list keeps a file descriptor open).
     """
     try:
         files, used = [], 0
@@ -143,7 +149,7 @@ def manifest_files(text: str | None, what: str, records: bytes | None = None, *,
             start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
             if in_file and end - start >= chunklist.SPILL_BYTES:
                 with memoryview(records) as view:
-                    chunks = ChunkList.kept_in_file(view[start:end], _scratch)
+                    chunks = _kept_in_file(view[start:end])
             else:
                 whole = start == 0 and end == len(records)  # the one large file: no copy
                 chunks = ChunkList(records if whole else records[start:end])
@@ -199,10 +205,11 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 
 
 def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
-                   files: Sequence[FileEntry] | None = None) -> ModelVersion:
+                   files: Sequence[FileEntry] | None = None,
+                   lists_in_file: bool = False) -> ModelVersion:
     """The version a row records. ``files``: its manifest when the caller already
     holds it (decoding tens of thousands of chunk entries again costs 0.1 s), or
-    ``()`` when only the rest is wanted."""
+    ``()`` when only the rest is wanted; ``lists_in_file``: see ``manifest_files``."""
     return ModelVersion(
         id=row.id,
         name=name,
@@ -210,7 +217,8 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         semver=row.semver,
         digest=row.digest,
         files=(tuple(files) if files is not None
-               else manifest_files(row.manifest, f"{name}@{row.semver}", row.chunk_records)),
+               else manifest_files(row.manifest, f"{name}@{row.semver}", row.chunk_records,
+                                   in_file=lists_in_file)),
         flavor=_loads(row.flavor, {}),
         signature=_loads(row.signature, None),
         input_example=_loads(row.input_example, None),

@@ -118,4 +118,6 @@ def resolve_version(conn: sa.Connection, ref: str | Reference) -> ModelVersion:
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     mid, row = resolve_row(conn, parsed)
     alias_names = repo.aliases_by_version(conn, mid).get(row.id, [])
-    return require_intact(repo.row_to_version(row, parsed.name, alias_names))
+    # One version, held for a whole load: its large chunk lists read from scratch files.
+    return require_intact(repo.row_to_version(row, parsed.name, alias_names,
+                                              lists_in_file=True))

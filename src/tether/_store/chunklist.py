@@ -64,13 +64,13 @@ class ChunkList(Sequence[ChunkRef]):
     def __init__(self, records: bytes | bytearray | mmap.mmap = b"", *,
                  adopt: bool = False) -> None:
         """The list of ``records`` (copied, unless ``adopt``: the caller hands over a
-        buffer nobody changes again, as ``ChunkListBuilder.build`` does; a read-only
-        mapping of a scratch file is only ever adopted)."""
+        buffer nobody changes again, as ``ChunkListBuilder.build`` does). An adopted
+        ``mmap`` must map a file: its pages are let go as it is read, and an
+        anonymous mapping's would come back as zeros."""
         if len(records) % RECORD_SIZE:
             raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
                              f"not {len(records)}")
-        self._records: bytes | bytearray | mmap.mmap = (
-            records if adopt or isinstance(records, mmap.mmap) else bytes(records))
+        self._records: bytes | bytearray | mmap.mmap = records if adopt else bytes(records)
 
     @classmethod
     def of(cls, chunks: Iterable[Any]) -> ChunkList:
@@ -240,9 +240,13 @@ def _let_go(data: mmap.mmap, start: int, end: int) -> None:
     page = mmap.PAGESIZE
     lo, hi = start // page * page, min(len(data), end)
     hi = hi if hi == len(data) else hi // page * page
-    if hi > lo:
+    if hi > lo and _DONTNEED is not None:
         with contextlib.suppress(OSError, ValueError):
-            data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            data.madvise(_DONTNEED, lo, hi - lo)
+
+
+#: None where the system has no such advice: pages then stay mapped, as before.
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class ChunkListBuilder:
@@ -254,13 +258,12 @@ class ChunkListBuilder:
     would hold 640 MB.
     """
 
-    __slots__ = ("_fd", "_path", "_records", "_scratch", "_written")
+    __slots__ = ("_fd", "_records", "_scratch", "_written")
 
     def __init__(self, scratch: Scratch | None = None) -> None:
         self._records = bytearray()
         self._scratch = scratch
-        self._fd: int | None = None
-        self._path: Path | None = None
+        self._fd: int | None = None  # the scratch file's, unlinked once made
         self._written = 0  # records in the file
 
     def append(self, digest: str, size: int) -> None:
@@ -282,7 +285,10 @@ class ChunkListBuilder:
     def _write_out(self) -> None:
         if self._fd is None:
             assert self._scratch is not None
-            self._fd, self._path = self._scratch()
+            self._fd, path = self._scratch()
+            # Unlinked at once: a process killed mid-ingest leaves no file behind.
+            with contextlib.suppress(OSError):
+                path.unlink()
         view = memoryview(self._records)
         while view:
             view = view[os.write(self._fd, view):]
@@ -308,14 +314,12 @@ class ChunkListBuilder:
         return ChunkList(mapped, adopt=True)
 
     def discard(self) -> None:
-        """Close and remove the scratch file, if any (a failed ingest's list)."""
-        fd, path, self._fd, self._path = self._fd, self._path, None, None
+        """Close the scratch file, if any (a failed ingest's list; unlinked already)."""
+        fd, self._fd = self._fd, None
         self._records, self._written = bytearray(), 0
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if path is not None:
-            path.unlink(missing_ok=True)
 
 
 #: The chunks of an empty file (or of an entry recorded without them).

@@ -687,8 +687,10 @@ class ChunkStore:
                     return
                 try:
                     spilled = self._merged_scratch(group, name=_SPILLED_BLOCK)
-                except (OSError, ValueError, MemoryError):
-                    return  # they stay as they are: lookups still find every entry
+                except (OSError, ValueError, MemoryError, StoreError):
+                    # No room for a scratch file (make_temp says StoreError): they stay
+                    # as they are, in memory, and lookups still find every entry.
+                    return
                 with self._lock:
                     if not all(any(b is g for b in self._blocks) for g in group):
                         spilled.close()  # changed meanwhile (dropped, reset): not needed
@@ -1204,7 +1206,7 @@ class ChunkStore:
             else:  # combine holds 110 bytes an entry: streamed to a file instead
                 rest = self._merged_scratch(list(self._blocks), name=_SPILLED_BLOCK,
                                             drop=packs)
-        except (ValueError, OSError, MemoryError):
+        except (ValueError, OSError, MemoryError, StoreError):
             return  # kept whole: lookups still find everything
         self._blocks[:] = [rest] if rest.entry_count else []
 

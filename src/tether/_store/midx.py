@@ -289,7 +289,10 @@ def _file_resident() -> int:
     global _statm
     try:
         if _statm is None or _statm[0] != os.getpid():  # a forked child reads its own
+            _statm = (os.getpid(), -1)  # -1 until opened: no /proc is not asked again
             _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        if _statm[1] < 0:
+            return 0
         return int(os.pread(_statm[1], 256, 0).split()[2]) * mmap.PAGESIZE
     except (OSError, ValueError, IndexError):
         return 0
@@ -637,6 +640,7 @@ def _drop_pages(index: MergedIndex, start: int, end: int) -> None:
         return
     page = mmap.PAGESIZE
     lo, hi = start // page * page, end // page * page
-    if hi > lo:
+    dontneed = getattr(mmap, "MADV_DONTNEED", None)  # None: the pages stay mapped
+    if hi > lo and dontneed is not None:
         with contextlib.suppress(OSError, ValueError):
-            data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            data.madvise(dontneed, lo, hi - lo)
