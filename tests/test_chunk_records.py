@@ -80,7 +80,19 @@ def test_rows_in_the_older_forms_still_read(registry: Registry, tmp_path: Path) 
         assert registry.verify(version.ref) == []
 
 
-def test_changed_chunk_records_are_refused(registry: Registry, tmp_path: Path) -> None:
+@pytest.fixture(params=["fetched", "blob"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a resolved version's records are read: fetched as a column, or (``blob``: a
+    list past chunklist.SPILL_BYTES on SQLite) a range at a time into scratch files."""
+    from tether._store import chunklist
+
+    if request.param == "blob":
+        monkeypatch.setattr(chunklist, "SPILL_BYTES", 8 * chunklist.RECORD_SIZE)
+    return str(request.param)
+
+
+def test_changed_chunk_records_are_refused(registry: Registry, tmp_path: Path,
+                                           read_path: str) -> None:
     version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")
     other = registry.log_model(str(_model(tmp_path, "other")), "other", flavor="files")
     original = _raw_row(registry, version.id)
@@ -129,7 +141,8 @@ def test_hostile_record_ranges_are_refused(registry: Registry, tmp_path: Path,
         registry.get(version.ref)
 
 
-def test_every_record_must_be_named_once(registry: Registry, tmp_path: Path) -> None:
+def test_every_record_must_be_named_once(registry: Registry, tmp_path: Path,
+                                         read_path: str) -> None:
     """Ranges must tile the column: overlapping ones would make a reader copy it again
     and again before the digest check (memory as the attack)."""
     version = registry.log_model(str(_model(tmp_path)), "m", flavor="files")

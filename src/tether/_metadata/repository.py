@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,18 +112,74 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     return row_id
 
 
+class BlobRecords:
+    """A row's chunk records left in the database (SQLite), read a range at a time
+    through incremental blob I/O: fetched as a column, a million chunks came out as
+    40 MB of ``bytes`` plus SQLite's own copy while it was handed over, both in the
+    process before the list could go to a scratch file (``stored_records``)."""
+
+    def __init__(self, raw: Any, table: str, row_id: int, length: int) -> None:
+        self._raw, self._table, self._row_id, self._length = raw, table, row_id, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def chunk_list(self, start: int, end: int, *, in_file: bool) -> ChunkList:
+        """The list of records [start, end) (bytes), in a scratch file if ``in_file``
+        and one can be made, else in memory."""
+        with self._raw.blobopen(self._table, "chunk_records", self._row_id,
+                                readonly=True) as blob:
+            blob.seek(start)
+
+            def pieces() -> Iterator[bytes]:
+                left = end - start
+                while left > 0:
+                    piece = blob.read(min(left, 1 << 20))
+                    if not piece:
+                        raise ValueError("the row's chunk records ended early")
+                    left -= len(piece)
+                    yield piece
+
+            if in_file:
+                try:
+                    return ChunkList.kept_in_file(pieces(), _scratch)
+                except (OSError, StoreError):
+                    blob.seek(start)  # no scratch file: in memory, as before
+            return ChunkList(b"".join(pieces()), adopt=True)
+
+
+def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
+                   ) -> bytes | BlobRecords | None:
+    """The ``chunk_records`` of row ``row_id`` of ``table``: left in the database where
+    it can be read a range at a time (large ones, on SQLite), else fetched."""
+    column = table.c.chunk_records
+    length = conn.execute(sa.select(sa.func.length(column)).where(table.c.id == row_id)).scalar()
+    if length is None:
+        return None
+    raw = conn.connection.dbapi_connection
+    if (int(length) >= chunklist.SPILL_BYTES and conn.dialect.name == "sqlite"
+            and hasattr(raw, "blobopen")):
+        return BlobRecords(raw, table.name, row_id, int(length))
+    records: bytes | None = conn.execute(sa.select(column).where(table.c.id == row_id)).scalar()
+    return records
+
+
+def _scratch() -> tuple[int, Path]:
+    return make_temp(scratch_root(), "chunk-list")
+
+
 def _kept_in_file(records: memoryview) -> ChunkList:
     """``records`` as a list kept in a scratch file, else (no scratch folder, a full
     disk, no descriptors left) in memory, as before: reading a version must not fail
     for want of a place to put it."""
     try:
-        return ChunkList.kept_in_file(records, lambda: make_temp(scratch_root(), "chunk-list"))
+        return ChunkList.kept_in_file([records], _scratch)
     except (OSError, StoreError):
         return ChunkList(bytes(records), adopt=True)
 
 
-def manifest_files(text: str | None, what: str, records: bytes | None = None, *,
-                   in_file: bool = False) -> tuple[FileEntry, ...]:
+def manifest_files(text: str | None, what: str, records: bytes | BlobRecords | None = None,
+                   *, in_file: bool = False) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_manifest``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
     trusted: its digest is checked after this).
@@ -147,7 +204,10 @@ def manifest_files(text: str | None, what: str, records: bytes | None = None, *,
                 raise ValueError(f"{data.get('path')!r} names chunk records the row does "
                                  "not hold")
             start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-            if in_file and end - start >= chunklist.SPILL_BYTES:
+            if isinstance(records, BlobRecords):
+                chunks = records.chunk_list(
+                    start, end, in_file=in_file and end - start >= chunklist.SPILL_BYTES)
+            elif in_file and end - start >= chunklist.SPILL_BYTES:
                 with memoryview(records) as view:
                     chunks = _kept_in_file(view[start:end])
             else:
@@ -206,10 +266,13 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 
 def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
                    files: Sequence[FileEntry] | None = None,
-                   lists_in_file: bool = False) -> ModelVersion:
+                   lists_in_file: bool = False,
+                   records: bytes | BlobRecords | None = None) -> ModelVersion:
     """The version a row records. ``files``: its manifest when the caller already
     holds it (decoding tens of thousands of chunk entries again costs 0.1 s), or
-    ``()`` when only the rest is wanted; ``lists_in_file``: see ``manifest_files``."""
+    ``()`` when only the rest is wanted; ``lists_in_file``: see ``manifest_files``;
+    ``records``: its chunk records, for a row selected without them
+    (``stored_records``)."""
     return ModelVersion(
         id=row.id,
         name=name,
@@ -217,7 +280,9 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         semver=row.semver,
         digest=row.digest,
         files=(tuple(files) if files is not None
-               else manifest_files(row.manifest, f"{name}@{row.semver}", row.chunk_records,
+               else manifest_files(row.manifest, f"{name}@{row.semver}",
+                                   records if records is not None
+                                   else getattr(row, "chunk_records", None),
                                    in_file=lists_in_file)),
         flavor=_loads(row.flavor, {}),
         signature=_loads(row.signature, None),
@@ -247,21 +312,29 @@ def version_rows(
     return list(conn.execute(query))
 
 
+def version_columns(*, records: bool = True) -> list[Any]:
+    """The columns of ``versions``; ``records=False``: all but ``chunk_records`` (40 MB
+    a million chunks), for choosing among rows (``stored_records`` reads them after)."""
+    return [c for c in versions.c if records or c.name != "chunk_records"]
+
+
 def live_versions_by_digest(
-    conn: sa.Connection, mid: int, *conditions: Any
+    conn: sa.Connection, mid: int, *conditions: Any, records: bool = True
 ) -> list[sa.Row[Any]]:
     """The model's versions (not deleted) whose digest meets ``conditions``, by seq.
 
     Asked by digest alone, then narrowed here: given ``model_id`` too, SQLite
     (no statistics) walks the model's index and reads every version's row.
     """
-    query = sa.select(versions).where(*conditions)
+    query = sa.select(*version_columns(records=records)).where(*conditions)
     rows = [r for r in conn.execute(query) if r.model_id == mid and r.status != "deleted"]
     return sorted(rows, key=lambda r: r.seq)
 
 
-def newest_live_version(conn: sa.Connection, mid: int) -> sa.Row[Any] | None:
-    query = sa.select(versions).where(versions.c.model_id == mid, versions.c.status != "deleted")
+def newest_live_version(conn: sa.Connection, mid: int, *, records: bool = True,
+                        ) -> sa.Row[Any] | None:
+    query = sa.select(*version_columns(records=records)).where(
+        versions.c.model_id == mid, versions.c.status != "deleted")
     return conn.execute(query.order_by(versions.c.seq.desc()).limit(1)).first()
 
 
@@ -295,11 +368,13 @@ def highest_semver(conn: sa.Connection, mid: int) -> str | None:
     return str(max(tied, key=SemVer.parse))
 
 
-def version_by_id(conn: sa.Connection, vid: int, *, files: bool = True) -> sa.Row[Any] | None:
+def version_by_id(conn: sa.Connection, vid: int, *, files: bool = True,
+                  records: bool = True) -> sa.Row[Any] | None:
     """The row of version ``vid``; ``files=False`` leaves out its manifest and chunk records
-    (a commit holds them already: the chunk records of a 70 GB file are 45 MB)."""
-    columns = (versions.c if files else
-               [c for c in versions.c if c.name not in ("manifest", "chunk_records")])
+    (a commit holds them already: the chunk records of a 70 GB file are 45 MB),
+    ``records=False`` its chunk records only."""
+    columns = [c for c in version_columns(records=records and files)
+               if files or c.name != "manifest"]
     return conn.execute(sa.select(*columns).where(versions.c.id == vid)).first()
 
 

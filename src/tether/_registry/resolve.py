@@ -45,21 +45,25 @@ def _listing(conn: sa.Connection, mid: int) -> str:
     return f"versions: {listed}; aliases: {alias_text}"
 
 
-def _matching(conn: sa.Connection, mid: int, *conditions: Any) -> list[sa.Row[Any]]:
+def _matching(conn: sa.Connection, mid: int, *conditions: Any,
+              records: bool = True) -> list[sa.Row[Any]]:
     """The model's live versions meeting ``conditions``, by sequence number (an indexed
     lookup: resolving must not read every version of a model with thousands)."""
-    query = sa.select(versions).where(
+    query = sa.select(*repo.version_columns(records=records)).where(
         versions.c.model_id == mid, versions.c.status != "deleted", *conditions
     )
     return list(conn.execute(query.order_by(versions.c.seq)))
 
 
-def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
-    """The model id and version row ``ref`` names; raises NotFound or AmbiguousReference."""
+def resolve_row(conn: sa.Connection, ref: Reference, *,
+                records: bool = True) -> tuple[int, sa.Row[Any]]:
+    """The model id and version row ``ref`` names; raises NotFound or AmbiguousReference.
+    ``records=False``: the row without its chunk records (see ``resolve_version``)."""
     mid = require_model(conn, ref.name)
 
     def missing(what: str) -> NotFound:
-        if ref.kind is not SelectorKind.ALIAS and repo.newest_live_version(conn, mid) is None:
+        if ref.kind is not SelectorKind.ALIAS and repo.newest_live_version(
+                conn, mid, records=False) is None:
             return NotFound(f"{ref.name} has no versions yet", hint="log one with tether.log_model")
         return NotFound(f"{ref.name} has no {what}", hint=_listing(conn, mid))
 
@@ -67,36 +71,38 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
         alias = repo.alias_row(conn, mid, ref.value)
         if alias is None:
             raise missing(f"alias {ref.value!r}")
-        row = repo.version_by_id(conn, alias.version_id)
+        row = repo.version_by_id(conn, alias.version_id, records=records)
         if row is None or row.status == "deleted":
             raise missing(f"live version behind alias {ref.value!r}")
         return mid, row
     if ref.kind is SelectorKind.LATEST:
-        newest = repo.newest_live_version(conn, mid)
+        newest = repo.newest_live_version(conn, mid, records=records)
         if newest is None:
             raise missing("versions")
         return mid, newest
     if ref.kind is SelectorKind.SEQUENCE:
-        found = _matching(conn, mid, versions.c.seq == int(ref.value))
+        found = _matching(conn, mid, versions.c.seq == int(ref.value), records=records)
         if not found:
             raise missing(f"version number {ref.value}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER:
-        found = _matching(conn, mid, versions.c.semver == ref.value)
+        found = _matching(conn, mid, versions.c.semver == ref.value, records=records)
         if not found:
             raise missing(f"version {ref.value}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER_RANGE:
         parts = [int(p) for p in ref.value.split(".")]
         columns = (versions.c.major, versions.c.minor, versions.c.patch)
-        found = _matching(conn, mid, *(c == p for c, p in zip(columns, parts, strict=False)))
+        found = _matching(conn, mid, *(c == p for c, p in zip(columns, parts, strict=False)),
+                          records=records)
         if not found:
             raise missing(f"version matching ~{ref.value}")
         return mid, max(found, key=_semver_key)
     # SelectorKind.DIGEST: a prefix of lowercase hex, as a range the digest index serves.
     prefix = ref.value.lower()
     found = repo.live_versions_by_digest(
-        conn, mid, versions.c.digest >= prefix, versions.c.digest < prefix + "g"
+        conn, mid, versions.c.digest >= prefix, versions.c.digest < prefix + "g",
+        records=records,
     )
     if not found:
         raise missing(f"version with digest sha:{ref.value}")
@@ -116,8 +122,11 @@ def resolve_version(conn: sa.Connection, ref: str | Reference) -> ModelVersion:
     from here, so a manifest changed in the database is refused before use.
     """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
-    mid, row = resolve_row(conn, parsed)
+    # Chosen without the chunk records (a range like ~1 matched every 1.x row, each
+    # with its lists), whose are then read a file at a time into scratch files: one
+    # version is held for a whole load.
+    mid, row = resolve_row(conn, parsed, records=False)
     alias_names = repo.aliases_by_version(conn, mid).get(row.id, [])
-    # One version, held for a whole load: its large chunk lists read from scratch files.
+    records = repo.stored_records(conn, versions, row.id)
     return require_intact(repo.row_to_version(row, parsed.name, alias_names,
-                                              lists_in_file=True))
+                                              lists_in_file=True, records=records))

@@ -88,26 +88,31 @@ class ChunkList(Sequence[ChunkRef]):
         return builder.build()
 
     @classmethod
-    def kept_in_file(cls, records: bytes | bytearray | memoryview,
+    def kept_in_file(cls, pieces: Iterable[bytes | bytearray | memoryview],
                      scratch: Scratch) -> ChunkList:
-        """The list of ``records`` (a database row's), copied into a scratch file and
-        mapped: held for a whole load, a million chunks would be 40 MB of the process."""
-        if len(records) % RECORD_SIZE:
-            raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
-                             f"not {len(records)}")
-        if not len(records):
-            return cls()
+        """The list of the records in ``pieces`` (a database row's, read a range at a
+        time), written to a scratch file and mapped: held for a whole load, a million
+        chunks would be 40 MB of the process."""
         fd, path = scratch()
         try:
-            with memoryview(records) as view:
-                for start in range(0, len(view), _WRITE_BYTES):
-                    piece = view[start:start + _WRITE_BYTES]
-                    while piece:
-                        piece = piece[os.write(fd, piece):]
+            with contextlib.suppress(OSError):
+                path.unlink()  # the mapping keeps it; nothing is left if this process dies
+            size = 0
+            for records in pieces:
+                with memoryview(records) as view:
+                    for start in range(0, len(view), _WRITE_BYTES):
+                        piece = view[start:start + _WRITE_BYTES]
+                        while piece:
+                            piece = piece[os.write(fd, piece):]
+                size += len(records)
+            if size % RECORD_SIZE:
+                raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
+                                 f"not {size}")
+            if not size:
+                return cls()
             return cls(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), adopt=True)
         finally:
             os.close(fd)
-            path.unlink(missing_ok=True)
 
     @classmethod
     def from_text(cls, text: str) -> ChunkList:

@@ -124,8 +124,9 @@ _JOURNAL_MAX = 64
 #: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
 #: Index lookups of at least this many digests at once are vectorised (numpy),
-#: at most _LOOKUP_PIECE at a time (memory stays flat for a million chunks).
-_BATCH_LOOKUP = 2048
+#: at most _LOOKUP_PIECE at a time (memory stays flat for a million chunks). One at
+#: a time, a binary search each, the last 566 chunks of a file mapped 36 MB of index.
+_BATCH_LOOKUP = 16
 _LOOKUP_PIECE = 65536
 #: Whether-stored questions go to numpy from this many digests: an ingest asks for
 #: every window's chunks (about 128) of every merged file and index block, and one
@@ -946,7 +947,12 @@ class ChunkStore:
             segments = self._searched()
             simple = not self._demoted and not self._forgotten and not self._alternates
         if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
-            return [self._locate(c, what=what) for c in chunks]
+            located = []
+            for n, chunk in enumerate(chunks, start=1):
+                located.append(self._locate(chunk, what=what))
+                if n % 64 == 0:
+                    PAGES.spend(segments)
+            return located
         import numpy as np  # as find_first does
 
         found: list[Location | None] = [index.get(c.digest) for c in chunks]
