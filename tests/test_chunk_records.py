@@ -235,3 +235,30 @@ def test_a_version_reads_with_no_scratch_folder_and_lists_keep_no_files(
     monkeypatch.setattr(repo, "scratch_root", lambda: tmp_path / "not-a-folder" / "tmp")
     again = registry.get("big@latest")
     assert not again.files[0].chunks.in_file and again.files == version.files
+
+
+def test_a_dataset_version_is_chosen_without_every_versions_lists(
+        registry: Registry, tmp_path: Path, monkeypatch: Any) -> None:
+    """Resolving a dataset reference read every version's row, chunk records and all,
+    to pick one; now it picks without them and reads the chosen version's large lists
+    a file at a time into scratch files, as a model version's."""
+    from tether._registry import datasets
+    from tether._store import chunklist, chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "part.bin").write_bytes(os.urandom(1 << 20))  # ~900 chunks
+    first = registry.add_dataset(str(folder), "ds")
+    (folder / "part.bin").write_bytes(os.urandom(1 << 20))
+    second = registry.add_dataset(str(folder), "ds")
+    fetched: list[bool] = []
+    real_rows = datasets._rows
+    monkeypatch.setattr(datasets, "_rows", lambda conn, did, records=True: (
+        fetched.append(records) or real_rows(conn, did, records=records)))
+    for ref, version in (("ds@latest", second), (f"ds@{first.semver}", first)):
+        got = registry.get_dataset(ref)
+        assert got.digest == version.digest and got.files == version.files
+        assert got.files[0].chunks.in_file
+    assert fetched and not any(fetched)  # never every version's records

@@ -367,7 +367,10 @@ def row_to_version(
     name: str,
     alias_names: Sequence[str] = (),
     used_by: Sequence[dict[str, Any]] = (),
+    records: bytes | repo.BlobRecords | None = None,
 ) -> DatasetVersion:
+    """The dataset version ``row`` records; ``records``: its chunk records, read apart
+    (``repository.stored_records``), for one version resolved for a load."""
     return DatasetVersion(
         id=row.id,
         name=name,
@@ -376,7 +379,9 @@ def row_to_version(
         digest=row.digest,
         files_digest=row.files_digest,
         files=repo.manifest_files(row.manifest, f"dataset {name}@{row.semver}",
-                                  row.chunk_records),
+                                  getattr(row, "chunk_records", None) if records is None
+                                  else records,
+                                  in_file=records is not None),
         tables=_loads(row.tables, {}),
         source=_loads(row.source, {}),
         tags=_loads(row.tags, {}),
@@ -413,9 +418,12 @@ def require_dataset(conn: sa.Connection, name: str) -> int:
     return did
 
 
-def _rows(conn: sa.Connection, did: int) -> list[sa.Row[Any]]:
+def _rows(conn: sa.Connection, did: int, *, records: bool = True) -> list[sa.Row[Any]]:
+    """The dataset's live versions by sequence number; ``records=False``: without their
+    chunk records (40 MB a million chunks each), for choosing one."""
+    columns = [c for c in dataset_versions.c if records or c.name != "chunk_records"]
     query = (
-        sa.select(dataset_versions)
+        sa.select(*columns)
         .where(dataset_versions.c.dataset_id == did, dataset_versions.c.status != "deleted")
         .order_by(dataset_versions.c.seq)
     )
@@ -447,7 +455,7 @@ def _aliases_by_version(conn: sa.Connection, did: int) -> dict[int, list[str]]:
 def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
     """The dataset id and version row ``ref`` names (same grammar as model references)."""
     did = require_dataset(conn, ref.name)
-    rows = _rows(conn, did)
+    rows = _rows(conn, did, records=False)  # every version's lists were read to pick one
 
     def missing(what: str) -> NotFound:
         newest = ", ".join(f"{r.semver} (#{r.seq})" for r in rows[-8:]) or "no versions"
@@ -501,11 +509,13 @@ def resolve(conn: sa.Connection, ref: str | Reference) -> DatasetVersion:
     """The dataset version ``ref`` names, re-hashed to its digest, with the models using it."""
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     did, row = resolve_row(conn, parsed)
+    # As a model version's: its large lists read a file at a time into scratch files.
     version = row_to_version(
         row,
         parsed.name,
         _aliases_by_version(conn, did).get(row.id, []),
         models_using(conn, row.id),
+        records=repo.stored_records(conn, dataset_versions, row.id),
     )
     return require_intact(version)
 
