@@ -157,6 +157,9 @@ _SPILLED = "spilled"
 _SPILLED_BLOCK = "spilled-block"
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
+#: The entries found for them are read this many at a time, within the mapped-pages
+#: budget (midx.MappedPages).
+_ENTRIES_AT_ONCE = 256
 #: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
 _CACHE_PIN_MAX = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
@@ -962,12 +965,14 @@ class ChunkStore:
         # piece of 16,384 chunks maps every page of a large index (midx.MappedPages).
         hit = (which >= 0).nonzero()[0]
         hit = hit[np.lexsort((entries[hit], which[hit]))]
-        at = [where[i] for i in hit.tolist()]
-        for n, (i, number, entry) in enumerate(zip(
-                at, which[hit].tolist(), entries[hit].tolist(), strict=True), start=1):
-            with contextlib.suppress(ValueError):  # a damaged entry: found one at a time
-                found[i] = Location(*segments[number].entry(entry))
-            if n % 64 == 0:
+        for number, segment in enumerate(segments):
+            mine = hit[which[hit] == number]
+            for start in range(0, len(mine), _ENTRIES_AT_ONCE):
+                part = mine[start:start + _ENTRIES_AT_ONCE]
+                for i, entry in zip(part.tolist(), segment.entries_at(entries[part]),
+                                    strict=True):
+                    if entry is not None:  # else damaged: found one at a time
+                        found[where[i]] = Location(*entry)
                 PAGES.spend(segments)
         self._let_go_segments()
         return [loc if loc is not None else self._locate(chunk, what=what)

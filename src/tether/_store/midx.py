@@ -232,6 +232,22 @@ class MergedIndex:
             raise ValueError(f"merged index {self.name} names pack number {pack} it lacks")
         return self.pack_names[pack], offset, length, raw, codec
 
+    def entries_at(self, positions: Any) -> list[tuple[str, int, int, int, int] | None]:
+        """``entry`` of each of ``positions`` (a numpy array of entry numbers, best in
+        file order), read with one numpy gather: a load locates every chunk of a file,
+        and a million calls of ``entry`` took 2.7 s. None for an entry naming a pack
+        the file does not list (``entry`` would raise)."""
+        import numpy as np
+
+        rows = np.ndarray((self.entry_count,), dtype=np.dtype(_ENTRY_FIELDS),
+                          buffer=self._data, offset=self._entries_at)[positions]
+        names = self.pack_names
+        count = self.pack_count
+        return [(names[pack], offset, length, raw, codec) if pack < count else None
+                for pack, offset, length, raw, codec in zip(
+                    rows["pack"].tolist(), rows["offset"].tolist(), rows["length"].tolist(),
+                    rows["raw"].tolist(), rows["codec"].tolist(), strict=True)]
+
     def _bounds(self, key: bytes) -> tuple[int, int]:
         """The entries whose digest is ``key``: [lo, hi)."""
         first = key[0]
