@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from .fileio import drop_pages, write_pieces
+
 
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
@@ -99,11 +101,7 @@ class ChunkList(Sequence[ChunkRef]):
                 path.unlink()  # the mapping keeps it; nothing is left if this process dies
             size = 0
             for records in pieces:
-                with memoryview(records) as view:
-                    for start in range(0, len(view), _WRITE_BYTES):
-                        piece = view[start:start + _WRITE_BYTES]
-                        while piece:
-                            piece = piece[os.write(fd, piece):]
+                write_pieces(fd, [records])
                 size += len(records)
             if size % RECORD_SIZE:
                 raise ValueError(f"a chunk list is a multiple of {RECORD_SIZE} bytes, "
@@ -148,13 +146,7 @@ class ChunkList(Sequence[ChunkRef]):
         for start in range(0, len(data), step):
             yield whole[start:start + step]
             if isinstance(data, mmap.mmap):
-                _let_go(data, start, start + step)
-
-    def let_go(self) -> None:
-        """Drop the pages of a list kept in a file from the process (a bulk read of
-        ``records``, e.g. by numpy, maps them all)."""
-        if isinstance(self._records, mmap.mmap):
-            _let_go(self._records, 0, len(self._records))
+                drop_pages(data, start, start + step)
 
     def digests(self) -> Iterator[str]:
         for piece in self.pieces():
@@ -207,7 +199,7 @@ class ChunkList(Sequence[ChunkRef]):
                 part = ChunkList(self._records[begin:end])
                 if isinstance(self._records, mmap.mmap):
                     # Copied out: a load reads the list slice after slice, once.
-                    _let_go(self._records, begin, end)
+                    drop_pages(self._records, begin, end)
                 return part
             return ChunkList.of(self[i] for i in range(start, stop, step))
         count = len(self)
@@ -237,21 +229,6 @@ class ChunkList(Sequence[ChunkRef]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkList, (bytes(self._records),))
-
-
-def _let_go(data: mmap.mmap, start: int, end: int) -> None:
-    """Drop the whole pages of bytes [start, end) of a read-only file mapping from
-    the process (they stay in the page cache, and come back when read)."""
-    page = mmap.PAGESIZE
-    lo, hi = start // page * page, min(len(data), end)
-    hi = hi if hi == len(data) else hi // page * page
-    if hi > lo and _DONTNEED is not None:
-        with contextlib.suppress(OSError, ValueError):
-            data.madvise(_DONTNEED, lo, hi - lo)
-
-
-#: None where the system has no such advice: pages then stay mapped, as before.
-_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class ChunkListBuilder:
@@ -294,10 +271,7 @@ class ChunkListBuilder:
             # Unlinked at once: a process killed mid-ingest leaves no file behind.
             with contextlib.suppress(OSError):
                 path.unlink()
-        view = memoryview(self._records)
-        while view:
-            view = view[os.write(self._fd, view):]
-        view.release()
+        write_pieces(self._fd, [self._records])
         self._written += len(self._records) // RECORD_SIZE
         self._records = bytearray()
 

@@ -1,4 +1,5 @@
-"""Reading a stretch of a file into a buffer the caller owns, and writing many pieces.
+"""Reading a stretch of a file into a buffer the caller owns, writing many pieces, and
+letting a file mapping's pages go.
 
 Ingest, load and the cutting workers read into buffers they reuse (fresh pages
 for every read cost more than the read here); this is their one read loop.
@@ -8,6 +9,8 @@ system call. Light on purpose: the cutting workers import it.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Sequence
 
@@ -26,8 +29,8 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
     return filled
 
 
-def write_pieces(fd: int, pieces: Sequence[bytes | memoryview], offset: int | None = None,
-                 ) -> None:
+def write_pieces(fd: int, pieces: Sequence[bytes | bytearray | memoryview],
+                 offset: int | None = None) -> None:
     """Write all of ``pieces`` back to back, ``IOV_MAX`` to a system call (at ``offset``,
     or at the file's position); a short write goes on from where it stopped."""
     views = [memoryview(piece) for piece in pieces]
@@ -50,3 +53,20 @@ def write_synced(fd: int, data: bytes | bytearray | memoryview) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def drop_pages(data: mmap.mmap, start: int, end: int) -> None:
+    """Drop the pages of bytes [start, end) of ``data``, a read-only mapping of a file,
+    from this process: they stay in the page cache and come back when read. The pages
+    from the one holding ``start`` to the last whole one before ``end`` (or the
+    mapping's last one, if ``end`` reaches it). Never an anonymous mapping: its pages
+    would come back as zeros. Where the system has no such advice, they stay mapped."""
+    page = mmap.PAGESIZE
+    lo, hi = start // page * page, min(len(data), end)
+    hi = hi if hi == len(data) else hi // page * page
+    if hi > lo and _DONTNEED is not None:
+        with contextlib.suppress(OSError, ValueError):
+            data.madvise(_DONTNEED, lo, hi - lo)
+
+
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)

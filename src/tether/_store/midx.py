@@ -33,7 +33,6 @@ new (stored again), never make a missing one look stored: a "maybe" is searched.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import mmap
 import os
@@ -41,6 +40,8 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .fileio import drop_pages
 
 MAGIC = b"TMIDX001"
 _HEAD = struct.Struct("<8sIIII")
@@ -652,11 +653,5 @@ def _drop_pages(index: MergedIndex, start: int, end: int) -> None:
     """Drop the whole pages in bytes [start, end) of ``index`` from this process, if it is
     mapped from a file (an anonymous mapping's pages would come back as zeros)."""
     data = index._data
-    if not index._from_file or not isinstance(data, mmap.mmap):
-        return
-    page = mmap.PAGESIZE
-    lo, hi = start // page * page, end // page * page
-    dontneed = getattr(mmap, "MADV_DONTNEED", None)  # None: the pages stay mapped
-    if hi > lo and dontneed is not None:
-        with contextlib.suppress(OSError, ValueError):
-            data.madvise(dontneed, lo, hi - lo)
+    if index._from_file and isinstance(data, mmap.mmap):
+        drop_pages(data, start, end)
