@@ -1,7 +1,7 @@
 """Large files' chunk lists are stored as packed records beside the manifest.
 
 A version row keeps the chunk list of a file of many chunks in its binary
-``chunk_records`` column (repository.stored_manifest), not as JSON in the
+``chunk_records`` column (repository.stored_parts), not as JSON in the
 manifest. The identity digest does not change; what the database holds is
 still hostile until it hashes to that digest; rows written in the older forms
 (JSON lists, or the REST API's base64 string) still read.
@@ -196,7 +196,6 @@ def test_a_long_chunk_list_is_kept_in_a_file_and_written_a_piece_at_a_time(
 
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
-    monkeypatch.setattr(repo, "_RECORDS_IN_PIECES", 500 * chunklist.RECORD_SIZE)
     joined: list[int] = []
     real_joined = repo.StoredRecords.joined
     monkeypatch.setattr(repo.StoredRecords, "joined",

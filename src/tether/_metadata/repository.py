@@ -73,30 +73,24 @@ def stored_parts(files: Iterable[FileEntry | Mapping[str, Any]],
     return canonical_json(entries), StoredRecords(parts) if parts else None
 
 
-def stored_manifest(files: Iterable[FileEntry | Mapping[str, Any]],
-                    ) -> tuple[str, bytes | None]:
-    """``stored_parts`` with the records as one ``bytes``."""
-    manifest, records = stored_parts(files)
-    return manifest, None if records is None else bytes(records.joined())
-
-
-#: A row's chunk records from this size (a file of 100,000 chunks) are written into the
-#: row a piece at a time, where the database can (``insert_with_records``).
-_RECORDS_IN_PIECES = 100_000 * RECORD_SIZE
+def _blob_io(conn: sa.Connection) -> Any:
+    """The SQLite connection under ``conn`` if it can read and write a blob a piece at a
+    time (``blobopen``), else None (other databases take and hand over a column whole)."""
+    raw = conn.connection.dbapi_connection
+    return raw if conn.dialect.name == "sqlite" and hasattr(raw, "blobopen") else None
 
 
 def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, Any],
                         records: StoredRecords | None) -> int:
     """Insert a row of ``table`` whose ``chunk_records`` are ``records``; its id.
 
-    On SQLite, large records are written into a zero-filled blob of their size, a
-    piece at a time (incremental blob I/O): bound whole, the driver copied them
-    (40 MB a million chunks, beside a list kept in a file; see chunklist.py). Other
-    databases take them whole.
+    On SQLite, records of ``chunklist.SPILL_BYTES`` or more are written into a
+    zero-filled blob of their size, a piece at a time (incremental blob I/O): bound
+    whole, the driver copied them (40 MB a million chunks, beside a list kept in a
+    file; see chunklist.py). Other databases take them whole.
     """
-    raw = conn.connection.dbapi_connection
-    pieces = (records is not None and len(records) >= _RECORDS_IN_PIECES
-              and conn.dialect.name == "sqlite" and hasattr(raw, "blobopen"))
+    raw = _blob_io(conn)
+    pieces = records is not None and len(records) >= chunklist.SPILL_BYTES and raw is not None
     if records is None:
         values = {**values, "chunk_records": None}
     elif pieces:
@@ -106,7 +100,7 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     row_id = _new_id(conn.execute(table.insert().values(**values)))
     if pieces:
         assert records is not None
-        with raw.blobopen(table.name, "chunk_records", row_id) as blob:  # type: ignore[union-attr]
+        with raw.blobopen(table.name, "chunk_records", row_id) as blob:
             for piece in records.pieces():
                 blob.write(piece)
     return row_id
@@ -134,7 +128,7 @@ class BlobRecords:
             def pieces() -> Iterator[bytes]:
                 left = end - start
                 while left > 0:
-                    piece = blob.read(min(left, 1 << 20))
+                    piece = blob.read(min(left, chunklist.PIECE_RECORDS * RECORD_SIZE))
                     if not piece:
                         raise ValueError("the row's chunk records ended early")
                     left -= len(piece)
@@ -156,9 +150,8 @@ def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
     length = conn.execute(sa.select(sa.func.length(column)).where(table.c.id == row_id)).scalar()
     if length is None:
         return None
-    raw = conn.connection.dbapi_connection
-    if (int(length) >= chunklist.SPILL_BYTES and conn.dialect.name == "sqlite"
-            and hasattr(raw, "blobopen")):
+    raw = _blob_io(conn)
+    if int(length) >= chunklist.SPILL_BYTES and raw is not None:
         return BlobRecords(raw, table.name, row_id, int(length))
     records: bytes | None = conn.execute(sa.select(column).where(table.c.id == row_id)).scalar()
     return records
@@ -180,7 +173,7 @@ def _kept_in_file(records: memoryview) -> ChunkList:
 
 def manifest_files(text: str | None, what: str, records: bytes | BlobRecords | None = None,
                    *, in_file: bool = False) -> tuple[FileEntry, ...]:
-    """The files a stored manifest records (``stored_manifest``'s two parts);
+    """The files a stored manifest records (``stored_parts``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
     trusted: its digest is checked after this).
 
@@ -195,7 +188,7 @@ def manifest_files(text: str | None, what: str, records: bytes | BlobRecords | N
             if "stored_chunks" not in data:
                 files.append(FileEntry.from_dict(data))
                 continue
-            # Ranges as stored_manifest writes them: in order, back to back, using
+            # Ranges as stored_parts writes them: in order, back to back, using
             # every record once (so no row makes a reader copy the column many times).
             first, count = data["stored_chunks"]
             if (type(first) is not int or type(count) is not int or first != used
@@ -312,10 +305,11 @@ def version_rows(
     return list(conn.execute(query))
 
 
-def version_columns(*, records: bool = True) -> list[Any]:
-    """The columns of ``versions``; ``records=False``: all but ``chunk_records`` (40 MB
-    a million chunks), for choosing among rows (``stored_records`` reads them after)."""
-    return [c for c in versions.c if records or c.name != "chunk_records"]
+def version_columns(*, records: bool = True, table: sa.Table = versions) -> list[Any]:
+    """The columns of ``table`` (``versions``, or ``dataset_versions``); ``records=False``:
+    all but ``chunk_records`` (40 MB a million chunks), for choosing among rows
+    (``stored_records`` reads them after)."""
+    return [c for c in table.c if records or c.name != "chunk_records"]
 
 
 def live_versions_by_digest(

@@ -53,7 +53,7 @@ versions = Table(
     Column("files_digest", String(64), nullable=False),
     Column("manifest", Text, nullable=False),
     #: The chunk lists of the manifest's files of many chunks, as packed records
-    #: (see repository.stored_manifest): a million chunks are 40 MB here, not 90 MB of
+    #: (see repository.stored_parts): a million chunks are 40 MB here, not 90 MB of
     #: JSON text held twice while it is written and read.
     Column("chunk_records", LargeBinary, nullable=True),
     Column("flavor", Text, nullable=False),

@@ -421,9 +421,8 @@ def require_dataset(conn: sa.Connection, name: str) -> int:
 def _rows(conn: sa.Connection, did: int, *, records: bool = True) -> list[sa.Row[Any]]:
     """The dataset's live versions by sequence number; ``records=False``: without their
     chunk records (40 MB a million chunks each), for choosing one."""
-    columns = [c for c in dataset_versions.c if records or c.name != "chunk_records"]
     query = (
-        sa.select(*columns)
+        sa.select(*repo.version_columns(records=records, table=dataset_versions))
         .where(dataset_versions.c.dataset_id == did, dataset_versions.c.status != "deleted")
         .order_by(dataset_versions.c.seq)
     )

@@ -232,7 +232,7 @@ def commit_version(
             hint="upload them first (the client does this); nothing was registered",
         )
     # Never trust a digest computed elsewhere. Sealed from the entries themselves (the
-    # row stores them: repository.stored_manifest).
+    # row stores them: repository.stored_parts).
     values = seal({**checked.to_dict(manifest=False), "manifest": checked.manifest})
     values["author"] = checked.author or registry.actor
     facts = facts_of(values)

@@ -5,7 +5,7 @@ Revises: 0009
 
 - versions.chunk_records, dataset_versions.chunk_records: the chunk lists of a
   manifest's files of many chunks, 40 bytes a chunk (see
-  repository.stored_manifest). Rows written before keep their lists in the
+  repository.stored_parts). Rows written before keep their lists in the
   manifest's JSON, which is still read.
 """
 
