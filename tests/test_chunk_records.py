@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from tether import Registry
+from tether import _packed_manifest as packed
 from tether._errors import IntegrityError
 from tether._identity import require_intact
 from tether._metadata import repository as repo
@@ -28,7 +29,7 @@ LISTED = 8  # chunk lists longer than this go to chunk_records in these tests
 
 @pytest.fixture(autouse=True)
 def _few_listed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(repo, "LISTED_CHUNKS", LISTED)
+    monkeypatch.setattr(packed, "LISTED_CHUNKS", LISTED)
     monkeypatch.setattr(base, "LISTED_CHUNKS", LISTED)
 
 
@@ -231,7 +232,7 @@ def test_a_version_reads_with_no_scratch_folder_and_lists_keep_no_files(
     assert registry.get("big@latest").files[0].chunks.in_file
     assert not any(v.files[0].chunks.in_file for v in registry.versions("big"))
     (tmp_path / "not-a-folder").write_text("x")
-    monkeypatch.setattr(repo, "scratch_root", lambda: tmp_path / "not-a-folder" / "tmp")
+    monkeypatch.setattr(packed, "scratch_root", lambda: tmp_path / "not-a-folder" / "tmp")
     again = registry.get("big@latest")
     assert not again.files[0].chunks.in_file and again.files == version.files
 

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 import tether
-from tether import IntegrityError, NotFound, PermissionDenied
+from tether import NotFound, PermissionDenied
+from tether._errors import MissingChunks
 from tether._registry.datasets_io import TetherFileSystem
 from tether.cli import cli
 from tether.remote import connect
@@ -204,7 +205,7 @@ def test_the_server_reseals_and_checks_a_remote_commit(folder: Path, tmp_path: P
         ghost = json.loads(json.dumps(manifest))
         ghost[0]["chunks"][0][0] = "f" * 64
         refused = post({**base, "manifest": ghost}, "ghost")
-        assert refused.status_code == IntegrityError.http_status
+        assert refused.status_code == MissingChunks.http_status == 409
         assert "not in the store" in refused.json()["message"]
 
         escaping = json.loads(json.dumps(manifest))

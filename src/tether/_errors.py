@@ -107,6 +107,14 @@ class IntegrityError(TetherError):
     http_status = 500
 
 
+class MissingChunks(IntegrityError):
+    """A commit names chunks the store does not hold: the client's to upload first (409),
+    not the server's fault."""
+
+    code = "missing_chunks"
+    http_status = 409
+
+
 class EnvironmentMismatch(TetherError):
     """The current environment differs from the recorded one beyond the policy."""
 

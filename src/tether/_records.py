@@ -101,7 +101,10 @@ class ModelVersion:
             id=int(data.get("id") or 0),
         )
 
-    def to_dict(self, *, with_environment: bool = True) -> dict[str, Any]:
+    def to_dict(self, *, with_environment: bool = True, with_files: bool = True,
+                ) -> dict[str, Any]:
+        """The JSON form ``from_dict`` reads; ``with_files=False``: without ``files``, for
+        an answer that sends them packed (``_packed_manifest.PackedBody``)."""
         data = {
             "name": self.name,
             "ref": self.ref,
@@ -109,7 +112,7 @@ class ModelVersion:
             "semver": self.semver,
             "digest": f"sha:{self.digest}",
             "files_digest": self.files_digest,
-            "files": [f.to_dict() for f in self.files],
+            **({"files": [f.to_dict() for f in self.files]} if with_files else {}),
             "size": self.size,
             "flavor": self.flavor,
             "signature": self.signature,

@@ -12,11 +12,13 @@ on the client, where the model will run.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +36,7 @@ from ._errors import (
     InvalidInput,
     InvalidPath,
     InvalidReference,
+    MissingChunks,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -50,13 +53,21 @@ from ._http_fast import FastHTTP
 from ._identity import require_intact
 from ._metadata.audit_log import check_signed_heads
 from ._metadata.clock import now_iso
+from ._packed_manifest import (
+    MEDIA_TYPE,
+    IterReader,
+    PackedBody,
+    files_from_entries,
+    finish,
+    read_packed,
+)
 from ._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from ._reference import parse_reference, validate_model_name
 from ._registry import datasets, datasets_diff, datasets_io, loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
 from ._registry.tokens import Unauthenticated
-from ._store.base import StoreStats
+from ._store.base import LISTED_CHUNKS, FileEntry, StoreStats
 from ._store.blobs import retry_seconds
 from ._store.chunkstore import ChunkStore
 from .remote_blobs import RemoteBlobs
@@ -72,6 +83,7 @@ _ERRORS: dict[str, type[TetherError]] = {
         InvalidInput,
         InvalidPath,
         InvalidReference,
+        MissingChunks,
         NotFound,
         PayloadTooLarge,
         PermissionDenied,
@@ -101,7 +113,7 @@ _BACKOFF_FIRST, _BACKOFF_CAP = 0.2, 5.0
 def _replayable(kwargs: dict[str, Any]) -> bool:
     """The body can be sent again as it was (not a stream consumed by the first try)."""
     content = kwargs.get("content")
-    return content is None or isinstance(content, bytes | str)
+    return content is None or isinstance(content, bytes | str | PackedBody)
 
 
 def read_body_into(response: httpx.Response, into: memoryview, url: str) -> int:
@@ -115,6 +127,28 @@ def read_body_into(response: httpx.Response, into: memoryview, url: str) -> int:
         into[filled:end] = piece
         filled = end
     return filled
+
+
+#: Longest head line of a packed answer: a version's JSON without its large lists.
+_PACKED_HEAD = 96 * 1024 * 1024
+
+
+def read_version(response: httpx.Response) -> ModelVersion:
+    """The version a server answered, as JSON or packed (its large chunk lists read as they
+    come into lists kept in scratch files; see _packed_manifest.py). Nothing is trusted:
+    ``require_intact`` checks it where its bytes will be used."""
+    if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
+        return ModelVersion.from_dict(json.loads(response.read()))
+    stream = IterReader(response.iter_bytes())
+    try:
+        head, records = read_packed(stream, _PACKED_HEAD)
+        files = files_from_entries(head.pop("files", None), records, in_file=True)
+        finish(stream, records)
+        return replace(ModelVersion.from_dict(head), files=files)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
+        raise IntegrityError(f"{response.url} answered a malformed version: {error}",
+                             hint="the server is not a Tether server of this version, or "
+                             "is misbehaving") from None
 
 
 def retry_safe(method: str, path: str, kwargs: dict[str, Any]) -> bool:
@@ -224,12 +258,14 @@ class RemoteRegistry:
         raw: bool = False,
         retry: bool | None = None,
         into: memoryview | None = None,
+        read: Callable[[httpx.Response], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """One API call; those safe to repeat are retried through an outage.
 
         ``into``: read a successful answer's body into this buffer (a reused one:
-        no new pages, no joined copy) and return how many bytes came.
+        no new pages, no joined copy) and return how many bytes came. ``read``:
+        return what it makes of a successful answer, read as it streams in.
 
         ``retry``: whether this call is safe to repeat (default: ``retry_safe``:
         GET and HEAD, PUT with a body that can be sent again, POST with an
@@ -246,15 +282,17 @@ class RemoteRegistry:
         while True:
             attempt += 1
             try:
-                if into is None:
+                if into is None and read is None:
                     response = self.http.request(method, url, **kwargs)
-                elif method == "GET" and (got := self.fast.read_into(
+                elif into is not None and method == "GET" and (got := self.fast.read_into(
                         url, {**self.auth_headers, **kwargs.get("headers", {})}, into,
                 )) is not None:
                     return got
                 else:
                     with self.http.stream(method, url, **kwargs) as response:
-                        if response.status_code < 300:
+                        if response.status_code < 300 and read is not None:
+                            return read(response)
+                        if response.status_code < 300 and into is not None:
                             return read_body_into(response, into, url)
                         response.read()
                         if response.status_code < 400:  # not bytes, nor an error to read
@@ -372,31 +410,35 @@ class RemoteRegistry:
     def get(self, ref: str) -> ModelVersion:
         parsed = parse_reference(ref)
         selector = ref.partition("@")[2] or "latest"
-        data = self._request(
-            "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}"
-        )
+        version = self._request(
+            "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
+            headers={"Accept": f"{MEDIA_TYPE}, application/json"}, read=read_version)
         # The server is not trusted to keep a version's manifest and digest consistent.
-        return require_intact(ModelVersion.from_dict(data))
+        return require_intact(version)
 
     def commit(self, name: str, values: dict[str, Any] | VersionValues,
                bump: str | None) -> ModelVersion:
-        if isinstance(values, VersionValues):
-            values = values.to_dict()  # the JSON the server checks
-        body = {
-            "values": {k: v for k, v in values.items() if k not in ("digest", "files_digest")},
-            "bump": bump,
-        }
+        if isinstance(values, VersionValues):  # the JSON the server checks, but its manifest
+            values = {**values.to_dict(manifest=False), "manifest": list(values.manifest)}
+        fields = {k: v for k, v in values.items()
+                  if k not in ("digest", "files_digest", "manifest")}
+        manifest = values.get("manifest") or []
         # One key per commit, sent again with every retry: a retry after a lost
         # response gets the version the first attempt registered, never a second one.
         key = uuid.uuid4().hex
-        return ModelVersion.from_dict(
-            self._request(
-                "POST",
-                f"/models/{quote(name)}/versions",
-                json=body,
-                headers={"Idempotency-Key": key},
-            )
-        )
+        headers = {"Idempotency-Key": key}
+        if not any(isinstance(f, FileEntry) and len(f.chunks) > LISTED_CHUNKS
+                   for f in manifest):
+            listed = [f.to_dict() if isinstance(f, FileEntry) else f for f in manifest]
+            body = {"values": {**fields, "manifest": listed}, "bump": bump}
+            return ModelVersion.from_dict(self._request(
+                "POST", f"/models/{quote(name)}/versions", json=body, headers=headers))
+        # Large chunk lists go packed, after the JSON (see _packed_manifest.py).
+        packed = PackedBody({"values": fields, "bump": bump}, manifest, key="manifest")
+        return self._request(  # type: ignore[no-any-return]
+            "POST", f"/models/{quote(name)}/versions", content=packed, read=read_version,
+            headers={**headers, "Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
+                     "Content-Length": str(packed.length)})
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
         path = f"/models/{quote(version.name)}/trust/{version.semver}"

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from .._digest import canonical_json
 from .._errors import IntegrityError, StoreError
+from .._packed_manifest import StoredRecords, files_from_entries, scratch, stored_entries
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
 from .._store import chunklist
-from .._store.base import LISTED_CHUNKS, FileEntry
-from .._store.blobs import make_temp, scratch_root
+from .._store.base import FileEntry
 from .._store.chunklist import RECORD_SIZE, ChunkList
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
@@ -29,48 +28,13 @@ def _loads(text: str | None, default: Any) -> Any:
     return json.loads(text) if text else default
 
 
-class StoredRecords:
-    """The chunk records a row keeps in ``chunk_records``: its files' lists, back to back
-    (``stored_parts``), handed to the database whole or a piece at a time."""
-
-    def __init__(self, lists: Sequence[ChunkList]) -> None:
-        self.lists = list(lists)
-
-    def __len__(self) -> int:
-        return sum(len(chunks) for chunks in self.lists) * RECORD_SIZE
-
-    def joined(self) -> bytes | bytearray | memoryview:
-        """Every record in one buffer (one list's own, without a copy)."""
-        if len(self.lists) == 1:
-            return memoryview(self.lists[0].records)
-        return b"".join(piece for chunks in self.lists for piece in chunks.pieces())
-
-    def pieces(self) -> Iterator[memoryview]:
-        for chunks in self.lists:
-            yield from chunks.pieces()
-
-
 def stored_parts(files: Iterable[FileEntry | Mapping[str, Any]],
                  ) -> tuple[str, StoredRecords | None]:
-    """(manifest JSON, chunk records) as a row stores ``files``.
-
-    A file of more than ``LISTED_CHUNKS`` chunks keeps its chunk list in the
-    row's ``chunk_records`` column as packed records, and its manifest entry
-    says where (``"stored_chunks": [first record, count]``): the DB driver
-    takes the 40 MB of a million chunks as they are, where JSON text was 90 MB,
-    held twice while it was written and parsed again on every read.
-    """
-    entries, parts, at = [], [], 0
-    for item in files:
-        entry = item if isinstance(item, FileEntry) else FileEntry.from_dict(dict(item))
-        if len(entry.chunks) <= LISTED_CHUNKS:
-            entries.append(entry.to_dict())
-            continue
-        entries.append({"path": entry.path, "size": entry.size, "digest": entry.digest,
-                        "stored_chunks": [at, len(entry.chunks)]})
-        parts.append(entry.chunks)
-        at += len(entry.chunks)
-    return canonical_json(entries), StoredRecords(parts) if parts else None
+    """(manifest JSON, chunk records) as a row stores ``files``: a file of more than
+    ``LISTED_CHUNKS`` chunks keeps its list in the row's ``chunk_records`` column as
+    packed records, and its manifest entry says where (see _packed_manifest.py)."""
+    entries, records = stored_entries(files)
+    return canonical_json(entries), records
 
 
 def _blob_io(conn: sa.Connection) -> Any:
@@ -136,7 +100,7 @@ class BlobRecords:
 
             if in_file:
                 try:
-                    return ChunkList.kept_in_file(pieces(), _scratch)
+                    return ChunkList.kept_in_file(pieces(), scratch)
                 except (OSError, StoreError):
                     blob.seek(start)  # no scratch file: in memory, as before
             return ChunkList(b"".join(pieces()), adopt=True)
@@ -157,61 +121,15 @@ def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
     return records
 
 
-def _scratch() -> tuple[int, Path]:
-    return make_temp(scratch_root(), "chunk-list")
-
-
-def _kept_in_file(records: memoryview) -> ChunkList:
-    """``records`` as a list kept in a scratch file, else (no scratch folder, a full
-    disk, no descriptors left) in memory, as before: reading a version must not fail
-    for want of a place to put it."""
-    try:
-        return ChunkList.kept_in_file([records], _scratch)
-    except (OSError, StoreError):
-        return ChunkList(bytes(records), adopt=True)
-
-
 def manifest_files(text: str | None, what: str, records: bytes | BlobRecords | None = None,
                    *, in_file: bool = False) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_parts``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
-    trusted: its digest is checked after this).
-
-    ``in_file``: a list of ``SPILL_BYTES`` or more is copied into a scratch file and
-    read from there (see chunklist.py), or kept in memory if that fails: asked for
-    one version that is held for a whole load (its row's bytes go with the row),
-    not for lists of versions (each such list keeps a file descriptor open).
+    trusted: its digest is checked after this). ``in_file``: see
+    ``_packed_manifest.files_from_entries``.
     """
     try:
-        files, used = [], 0
-        for data in _loads(text, []):
-            if "stored_chunks" not in data:
-                files.append(FileEntry.from_dict(data))
-                continue
-            # Ranges as stored_parts writes them: in order, back to back, using
-            # every record once (so no row makes a reader copy the column many times).
-            first, count = data["stored_chunks"]
-            if (type(first) is not int or type(count) is not int or first != used
-                    or count <= 0 or records is None
-                    or (first + count) * RECORD_SIZE > len(records)):
-                raise ValueError(f"{data.get('path')!r} names chunk records the row does "
-                                 "not hold")
-            start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-            if isinstance(records, BlobRecords):
-                chunks = records.chunk_list(
-                    start, end, in_file=in_file and end - start >= chunklist.SPILL_BYTES)
-            elif in_file and end - start >= chunklist.SPILL_BYTES:
-                with memoryview(records) as view:
-                    chunks = _kept_in_file(view[start:end])
-            else:
-                whole = start == 0 and end == len(records)  # the one large file: no copy
-                chunks = ChunkList(records if whole else records[start:end])
-            files.append(FileEntry(path=data["path"], size=int(data["size"]),
-                                   digest=data["digest"], chunks=chunks))
-            used = first + count
-        if records is not None and used * RECORD_SIZE != len(records):
-            raise ValueError("the row holds chunk records no file names")
-        return tuple(files)
+        return files_from_entries(_loads(text, []), records, in_file=in_file)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise IntegrityError(
             f"{what}'s recorded manifest is unusable: {error}",

@@ -46,6 +46,7 @@ from .._errors import (
     IntegrityError,
     InvalidInput,
     InvalidReference,
+    MissingChunks,
     NotFound,
     UnknownField,
 )
@@ -734,7 +735,7 @@ def commit_remote_dataset(
     checked = _remote_values(values)
     missing = registry.store.missing_of(f.chunks for f in checked["files"])
     if missing:
-        raise IntegrityError(
+        raise MissingChunks(
             f"{len(missing)} chunk(s) of this dataset version are not in the store",
             hint="upload them first (the client does this); nothing was registered",
         )

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from .._digest import canonical_json
 from .._errors import Conflict, InvalidInput
+from .._identity import manifest_digest
 from .._metadata import repository as repo
 from .._metadata.clock import now_iso, parse_iso
-from .._metadata.schema import idempotency_keys, models
+from .._metadata.schema import idempotency_keys, models, versions
 from .._records import ModelVersion, VersionValues
 
 if TYPE_CHECKING:
@@ -41,9 +42,14 @@ def check_key(key: str) -> str:
     return key
 
 
-def _request_digest(name: str, values: Any, bump: str | None) -> str:
-    text = canonical_json({"name": name, "values": values, "bump": bump})
-    return blake3.blake3(text.encode()).hexdigest()
+def _request_digest(name: str, values: VersionValues, bump: str | None) -> str:
+    """What identifies a request: its fields, and its manifest by ``manifest_digest``
+    (hashed a piece at a time, not written out as text), whichever form it came in."""
+    text = canonical_json({"name": name, "values": values.to_dict(manifest=False),
+                           "bump": bump})
+    hasher = blake3.blake3(text.encode())
+    hasher.update(manifest_digest(values.manifest).encode())
+    return hasher.hexdigest()
 
 
 def _recorded(
@@ -61,17 +67,18 @@ def _recorded(
                 "this Idempotency-Key was already used for a different request",
                 hint="send a fresh key with every new commit; reuse one only to retry",
             )
-        version = repo.version_by_id(conn, row.version_id)
+        version = repo.version_by_id(conn, row.version_id, records=False)
         assert version is not None  # versions are never deleted, only marked
         model = conn.execute(
             sa.select(models.c.name).where(models.c.id == version.model_id)
         ).scalar_one()
         aliases = repo.aliases_by_version(conn, version.model_id).get(version.id, [])
-        return repo.row_to_version(version, model, aliases)
+        return repo.row_to_version(version, model, aliases, lists_in_file=True,
+                                   records=repo.stored_records(conn, versions, version.id))
 
 
-def _commit(registry: Registry, name: str, values: Any, bump: str | None) -> ModelVersion:
-    checked = VersionValues.from_dict(values)  # InvalidInput naming the field
+def _commit(registry: Registry, name: str, checked: VersionValues,
+            bump: str | None) -> ModelVersion:
     return registry.commit(name, replace(checked, author=registry.actor), bump)
 
 
@@ -86,16 +93,20 @@ def commit_once(
     again, and the commit itself returns the version already registered with
     the same bytes and metadata, so nothing is registered twice either way.
     """
+    if key is not None:
+        check_key(key)
+    # JSON is checked here (InvalidInput naming the field); checked values (a packed
+    # request's, see server/packed.py) are as they came.
+    checked = values if isinstance(values, VersionValues) else VersionValues.from_dict(values)
     if key is None:
-        return _commit(registry, name, values, bump), False
-    check_key(key)
+        return _commit(registry, name, checked, bump), False
     principal = registry.actor
     scope = f"POST /models/{name}/versions"
-    digest = _request_digest(name, values, bump)
+    digest = _request_digest(name, checked, bump)
     earlier = _recorded(registry, key, principal, scope, digest)
     if earlier is not None:
         return earlier, True
-    version = _commit(registry, name, values, bump)
+    version = _commit(registry, name, checked, bump)
     now = now_iso()
     expired = (parse_iso(now) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._environment import capture_environment
-from .._errors import Conflict, IntegrityError, InvalidInput
+from .._errors import Conflict, InvalidInput, MissingChunks
 from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
@@ -227,7 +227,7 @@ def commit_version(
     # Checked in pieces from the packed records (a set of a million digests was 150 MB).
     missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:
-        raise IntegrityError(
+        raise MissingChunks(
             f"{len(missing)} chunk(s) of this version are not in the store",
             hint="upload them first (the client does this); nothing was registered",
         )

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from .. import __version__
 from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
+from .._packed_manifest import MEDIA_TYPE
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
@@ -34,6 +35,7 @@ from .bodies import MAX_BODY, MAX_VERSION_BODY, BodyLimit, describe, read_json_b
 from .checks import check_call, check_field, parse_limit
 from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
+from .packed import MAX_PACKED_BODY, is_packed, read_packed_values, version_answer
 
 #: Registry methods callable through /api/v1/call. Each checks who may call it
 #: itself (see _registry/access.py); the server only authenticates the caller.
@@ -213,26 +215,28 @@ class Api:
         selector = unquote(request.path_params["selector"])
         reg, _who = self.as_caller(request)
         version = await run_in_threadpool(reg.get, f"{name}@{selector}")
-        data = version.to_dict()
-        data["id"] = version.id
-        return data
+        return version_answer(request, version)
 
     async def create_version(self, request: Request) -> Any:
+        """A version a client chunked and uploaded, as JSON or packed (server/packed.py)."""
         name = request.path_params["name"]
         validate_model_name(name)
-        body = await read_json(
-            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
-            limit=MAX_VERSION_BODY,
-        )
+        values: Any
+        if is_packed(request):
+            values, bump = await read_packed_values(request)
+        else:
+            body = await read_json(
+                request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
+                limit=MAX_VERSION_BODY,
+            )
+            values, bump = body["values"], body.get("bump")
         reg, _who = self.as_caller(request)
         key = request.headers.get("idempotency-key")
         version, replayed = await run_in_threadpool(
-            lambda: reg.commit_once(name, body["values"], body.get("bump"), key=key)
+            lambda: reg.commit_once(name, values, bump, key=key)
         )
-        data = version.to_dict()
-        data["id"] = version.id
         headers = {"Idempotent-Replayed": "true"} if replayed else None
-        return JSONResponse(data, status_code=201, headers=headers)  # as the first answer
+        return version_answer(request, version, status=201, headers=headers)  # as the first
 
     async def create_dataset_version(self, request: Request) -> Any:
         """A dataset version a client chunked and uploaded: validated, re-sealed, numbered."""
@@ -439,7 +443,9 @@ def _body_limit(scope: Any) -> int:
     if scope.get("method") == "PUT" and path.startswith("/api/v1/blobs/"):
         return MAX_OBJECT
     if scope.get("method") == "POST" and _NEW_VERSION.match(path):
-        return MAX_VERSION_BODY
+        packed = (b"content-type", MEDIA_TYPE.encode()) in [
+            (key, value.split(b";")[0].strip()) for key, value in scope.get("headers") or []]
+        return MAX_PACKED_BODY if packed else MAX_VERSION_BODY
     return MAX_BODY
 
 

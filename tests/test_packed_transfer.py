@@ -1,0 +1,238 @@
+"""A version's large chunk lists cross the REST API packed, apart from its JSON.
+
+A file of more than ``LISTED_CHUNKS`` chunks used to travel as one base64 string
+inside the JSON of a commit and of every answer: 53 MB for a million chunks,
+with the JSON document and the decoded copy beside it, in the client and in the
+server (378 bytes a chunk of the server's peak; bench/bench_server_chunks.py).
+Packed, they follow the JSON as records and are read into lists kept in
+scratch files. The server checks the body's layout and the registry every
+digest; the client checks what it is answered against the version's digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether import IntegrityError
+from tether._packed_manifest import MEDIA_TYPE, PackedBody
+from tether._records import VersionValues
+from tether._store import chunklist, chunkstore
+from tether._store.base import LISTED_CHUNKS, FileEntry
+from tether._store.chunklist import RECORD_SIZE, ChunkList
+from tether.remote import RemoteRegistry, connect, read_version
+from tether.server import packed as server_packed
+
+from .test_server import Server, start_server, stop
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}",
+                           f"file://{tmp_path / 'objects'}", tmp_path)
+    yield running
+    stop(running)
+
+
+@pytest.fixture
+def big_version(served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                ) -> tuple[RemoteRegistry, Any, Path]:
+    """A model whose one file has more chunks than the JSON form lists (1 KiB chunks)."""
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 1000 * RECORD_SIZE)  # lists go to files
+    source = tmp_path / "src" / "weights.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(6 << 20))
+    registry = connect(served.url, token=served.admin_token, cache_dir=tmp_path / "cache")
+    sent: list[int] = []
+    original = PackedBody.__init__
+
+    def counted(self: PackedBody, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        sent.append(self.length)
+
+    monkeypatch.setattr(PackedBody, "__init__", counted)
+    version = registry.log_model(str(source), "big", progress=False)
+    assert len(version.files[0].chunks) > LISTED_CHUNKS
+    assert sent, "the commit did not go packed"
+    return registry, version, source
+
+
+def test_a_large_list_goes_packed_and_comes_back_the_same(
+        big_version: tuple[RemoteRegistry, Any, Path], served: Server, tmp_path: Path) -> None:
+    registry, logged, source = big_version
+    assert logged.files[0].chunks.in_file  # the commit's answer, read into a scratch file
+    got = registry.get("big@latest")
+    assert got.digest == logged.digest
+    assert got.files[0].chunks == logged.files[0].chunks
+    assert got.files[0].chunks.in_file
+    registry.download("big@latest", tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == source.read_bytes()
+    # Clients that did not ask for the packed form get the JSON form, as before.
+    plain = served.api("GET", "/api/v1/models/big/versions/latest").json()
+    assert isinstance(plain["files"][0]["chunks"], str)  # base64 records
+    assert plain["digest"] == f"sha:{logged.digest}"
+
+
+def _packed_commit(served: Server, body: bytes, key: str | None = None) -> httpx.Response:
+    headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
+    if key:
+        headers["Idempotency-Key"] = key
+    return served.api("POST", "/api/v1/models/big/versions", content=body, headers=headers)
+
+
+def _body(version: Any, **head: Any) -> bytes:
+    values = VersionValues(
+        manifest=(), flavor=version.flavor, signature=version.signature,
+        input_example=version.input_example, params={"again": 1}, metrics=version.metrics,
+        data=version.data, lineage=version.lineage, environment=version.environment,
+        tags=version.tags, notes=version.notes).to_dict(manifest=False)
+    return b"".join(PackedBody({"values": values, "bump": None, **head}, version.files,
+                               key="manifest"))
+
+
+def test_a_retried_packed_commit_gets_the_first_version(
+        big_version: tuple[RemoteRegistry, Any, Path], served: Server) -> None:
+    _registry, logged, _source = big_version
+    body, key = _body(logged), uuid.uuid4().hex
+    first = _packed_commit(served, body, key)
+    again = _packed_commit(served, body, key)
+    assert first.status_code == 201 and again.status_code == 201, first.text
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert first.headers["content-type"].startswith(MEDIA_TYPE)
+    one, two = (read_version(httpx.Response(200, headers=r.headers, content=r.content))
+                for r in (first, again))
+    assert one.seq == two.seq == logged.seq + 1
+    assert one.files[0].chunks == two.files[0].chunks == logged.files[0].chunks
+
+
+def _split(body: bytes) -> tuple[dict[str, Any], bytes]:
+    line, _, records = body.partition(b"\n")
+    return json.loads(line), records
+
+
+def _join(head: dict[str, Any], records: bytes) -> bytes:
+    return json.dumps(head).encode() + b"\n" + records
+
+
+DAMAGES = ("records cut short", "records left over", "a record too many said",
+           "not records", "ranges overlap", "range out of order", "manifest inside values",
+           "no head line", "head not json", "unknown field", "a chunk not in the store")
+
+
+def _damaged(body: bytes, damage: str) -> bytes:
+    head, records = _split(body)
+    entry = head["manifest"][0]
+    count = entry["stored_chunks"][1]
+    if damage == "records cut short":
+        return _join(head, records[:-RECORD_SIZE])
+    if damage == "records left over":
+        return _join(head, records) + b"x" * RECORD_SIZE
+    if damage == "a record too many said":
+        return _join({**head, "records": len(records) + RECORD_SIZE},
+                     records + records[:RECORD_SIZE])
+    if damage == "not records":
+        return _join({**head, "records": len(records) - 1}, records[:-1])
+    if damage == "ranges overlap":
+        second = {**entry, "path": "copy.bin", "stored_chunks": [0, count]}
+        return _join({**head, "manifest": [entry, second]}, records)
+    if damage == "range out of order":
+        entry["stored_chunks"] = [1, count - 1]
+        return _join(head, records)
+    if damage == "manifest inside values":
+        head["values"]["manifest"] = []
+        return _join(head, records)
+    if damage == "no head line":
+        return json.dumps(head).encode()
+    if damage == "head not json":
+        return b"{not json\n" + records
+    if damage == "unknown field":
+        return _join({**head, "extra": 1}, records)
+    assert damage == "a chunk not in the store"  # a real-looking record never uploaded
+    return _join(head, bytes(32) + (1024).to_bytes(8, "little") + records[RECORD_SIZE:])
+
+
+def test_a_malformed_packed_commit_is_refused_and_registers_nothing(
+        big_version: tuple[RemoteRegistry, Any, Path], served: Server) -> None:
+    registry, logged, _source = big_version
+    body = _body(logged)
+    for damage in DAMAGES:
+        answer = _packed_commit(served, _damaged(body, damage))
+        assert 400 <= answer.status_code < 500, (damage, answer.status_code, answer.text)
+        assert answer.json()["message"] and "Traceback" not in answer.text, damage
+    assert [v.seq for v in registry.versions("big")] == [logged.seq]
+    assert _packed_commit(served, body).status_code == 201  # the undamaged body is taken
+
+
+def test_a_changed_list_in_a_packed_answer_is_refused(
+        big_version: tuple[RemoteRegistry, Any, Path], served: Server) -> None:
+    """The server is not trusted: a list swapped in its answer fails the version's digest."""
+    from tether._identity import require_intact
+
+    _registry, logged, _source = big_version
+    answer = served.api("GET", "/api/v1/models/big/versions/latest",
+                        headers={"Accept": MEDIA_TYPE})
+    line, _, records = answer.content.partition(b"\n")
+    first = bytearray(records[:RECORD_SIZE])
+    first[0] ^= 1  # another chunk in the first place: a load would fetch other bytes
+    forged = line + b"\n" + bytes(first) + records[RECORD_SIZE:]
+    changed = read_version(httpx.Response(200, headers=answer.headers, content=forged))
+    assert changed.files[0].chunks != logged.files[0].chunks  # read as sent: the harm
+    with pytest.raises(IntegrityError):
+        require_intact(changed)  # what get() runs on every answer
+    intact = read_version(httpx.Response(200, headers=answer.headers, content=answer.content))
+    assert require_intact(intact).digest == logged.digest
+
+
+def _many_chunks(count: int) -> FileEntry:
+    records = b"".join(os.urandom(32) + (1024).to_bytes(8, "little") for _ in range(count))
+    return FileEntry(path="w.bin", size=1024 * count, digest="0" * 64,
+                     chunks=ChunkList(records, adopt=True))
+
+
+def test_reading_a_packed_commit_holds_a_piece_of_its_lists_not_all_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """200,000 chunks (8 MB of records): the JSON form held 10 MB of base64 text, its
+    parsed copy and the decoded list (tracemalloc: 30 MB); packed, one piece at a time."""
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "cache"))
+    entry = _many_chunks(200_000)
+    values = {"manifest": [], "flavor": {"name": "files"}, "signature": None,
+              "input_example": None, "params": {}, "metrics": {}, "data": {},
+              "lineage": {}, "environment": {}, "tags": {}, "notes": ""}
+    del values["manifest"]
+    spool = tmp_path / "body"
+    with open(spool, "wb") as out:
+        for piece in PackedBody({"values": values, "bump": None}, [entry], key="manifest"):
+            out.write(piece)
+    as_json = json.dumps({"values": {**values, "manifest": [entry.to_dict()]}}).encode()
+    del entry
+
+    def peak(work: Any) -> float:
+        tracemalloc.start()
+        try:
+            work()
+            return tracemalloc.get_traced_memory()[1] / (1 << 20)
+        finally:
+            tracemalloc.stop()
+
+    def packed() -> None:
+        with open(spool, "rb") as body:
+            checked, _bump = server_packed._values(body)
+        assert len(checked.manifest[0].chunks) == 200_000
+        assert checked.manifest[0].chunks.in_file
+
+    def plain() -> None:
+        checked = VersionValues.from_dict(json.loads(as_json)["values"])
+        assert len(checked.manifest[0].chunks) == 200_000
+
+    unsafe, safe = peak(plain), peak(packed)
+    assert unsafe > 20, unsafe  # the JSON form: the harm this guards against
+    assert safe < 6, (safe, unsafe)  # a 2.6 MB piece in flight, and its bytes object
