@@ -6,8 +6,10 @@ them in one transaction. Nothing here decides policy: that is the registry's.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,89 +41,143 @@ def stored_parts(files: Iterable[FileEntry | Mapping[str, Any]],
 
 def _blob_io(conn: sa.Connection) -> Any:
     """The SQLite connection under ``conn`` if it can read and write a blob a piece at a
-    time (``blobopen``), else None (other databases take and hand over a column whole)."""
+    time (``blobopen``), else None."""
     raw = conn.connection.dbapi_connection
     return raw if conn.dialect.name == "sqlite" and hasattr(raw, "blobopen") else None
+
+
+def _in_pieces(conn: sa.Connection) -> bool:
+    """Whether large chunk records go to and from this database a piece at a time."""
+    return _blob_io(conn) is not None or conn.dialect.name == "postgresql"
+
+
+#: PostgreSQL's binary COPY format: its signature, flags and header extension; a row's
+#: field count and length; the end.
+_COPY_HEAD = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_FIELD = struct.Struct("!hi")
+_COPY_END = struct.pack("!h", -1)
 
 
 def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, Any],
                         records: StoredRecords | None) -> int:
     """Insert a row of ``table`` whose ``chunk_records`` are ``records``; its id.
 
-    On SQLite, records of ``chunklist.SPILL_BYTES`` or more are written into a
-    zero-filled blob of their size, a piece at a time (incremental blob I/O): bound
-    whole, the driver copied them (40 MB a million chunks, beside a list kept in a
-    file; see chunklist.py). Other databases take them whole.
+    Records of ``chunklist.SPILL_BYTES`` or more go to the database a piece at a
+    time: bound whole, the driver copied them (40 MB a million chunks, 80 MB as
+    PostgreSQL's hex text, beside a list kept in a file; see chunklist.py). On
+    SQLite they are written into a zero-filled blob of their size (incremental
+    blob I/O); on PostgreSQL streamed by COPY into a temporary table of the
+    transaction, from which the row takes them.
     """
-    raw = _blob_io(conn)
-    pieces = records is not None and len(records) >= chunklist.SPILL_BYTES and raw is not None
+    pieces = (records is not None and len(records) >= chunklist.SPILL_BYTES
+              and _in_pieces(conn))
     if records is None:
         values = {**values, "chunk_records": None}
     elif pieces:
-        values = {**values, "chunk_records": sa.func.zeroblob(len(records))}
+        values = {**values, "chunk_records": (sa.func.zeroblob(len(records))
+                                              if conn.dialect.name == "sqlite" else None)}
     else:
         values = {**values, "chunk_records": records.joined()}
     row_id = _new_id(conn.execute(table.insert().values(**values)))
     if pieces:
         assert records is not None
-        with raw.blobopen(table.name, "chunk_records", row_id) as blob:
-            for piece in records.pieces():
-                blob.write(piece)
+        if conn.dialect.name == "sqlite":
+            with _blob_io(conn).blobopen(table.name, "chunk_records", row_id) as blob:
+                for piece in records.pieces():
+                    blob.write(piece)
+        else:
+            _copy_records(conn, table, row_id, records)
     return row_id
 
 
-class BlobRecords:
-    """A row's chunk records left in the database (SQLite), read a range at a time
-    through incremental blob I/O: fetched as a column, a million chunks came out as
-    40 MB of ``bytes`` plus SQLite's own copy while it was handed over, both in the
-    process before the list could go to a scratch file (``stored_records``)."""
+def _copy_records(conn: sa.Connection, table: sa.Table, row_id: int,
+                  records: StoredRecords) -> None:
+    """``records`` into row ``row_id``'s ``chunk_records`` on PostgreSQL, by COPY (binary
+    format: one row, one field, written a piece at a time), in the caller's transaction."""
+    raw: Any = conn.connection.dbapi_connection  # psycopg's, in the caller's transaction
+    with raw.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS tether_chunk_records "
+                       "(records bytea) ON COMMIT DROP")
+        cursor.execute("TRUNCATE tether_chunk_records")
+        with cursor.copy("COPY tether_chunk_records (records) FROM STDIN "
+                         "(FORMAT BINARY)") as copy:
+            copy.write(_COPY_HEAD + _COPY_FIELD.pack(1, len(records)))
+            for piece in records.pieces():
+                copy.write(piece)
+            copy.write(_COPY_END)
+    conn.execute(table.update().where(table.c.id == row_id).values(
+        chunk_records=sa.literal_column("(SELECT records FROM tether_chunk_records)")))
 
-    def __init__(self, raw: Any, table: str, row_id: int, length: int) -> None:
-        self._raw, self._table, self._row_id, self._length = raw, table, row_id, length
+
+class DatabaseRecords:
+    """A row's chunk records left in the database, read a range at a time: fetched as a
+    column, a million chunks came out as 40 MB of ``bytes`` plus the driver's own copy
+    (on PostgreSQL, 80 MB of hex text), all in the process before the list could go to
+    a scratch file (``stored_records``)."""
+
+    def __init__(self, conn: sa.Connection, table: sa.Table, row_id: int,
+                 length: int) -> None:
+        self._conn, self._table, self._row_id, self._length = conn, table, row_id, length
 
     def __len__(self) -> int:
         return self._length
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Callable[[int, int], bytes]]:
+        """``read(offset, size)`` over the records, while the context lasts."""
+        raw = _blob_io(self._conn)
+        if raw is not None:  # SQLite: incremental blob I/O
+            with raw.blobopen(self._table.name, "chunk_records", self._row_id,
+                              readonly=True) as blob:
+                def read_blob(offset: int, size: int) -> bytes:
+                    blob.seek(offset)
+                    return bytes(blob.read(size))
+                yield read_blob
+            return
+        column, key = self._table.c.chunk_records, self._table.c.id
+
+        def read_range(offset: int, size: int) -> bytes:  # PostgreSQL: substr of the bytea
+            query = sa.select(sa.func.substr(column, offset + 1, size)).where(
+                key == self._row_id)
+            return bytes(self._conn.execute(query).scalar() or b"")
+        yield read_range
+
     def chunk_list(self, start: int, end: int, *, in_file: bool) -> ChunkList:
         """The list of records [start, end) (bytes), in a scratch file if ``in_file``
         and one can be made, else in memory."""
-        with self._raw.blobopen(self._table, "chunk_records", self._row_id,
-                                readonly=True) as blob:
-            blob.seek(start)
-
+        with self._reader() as read:
             def pieces() -> Iterator[bytes]:
-                left = end - start
-                while left > 0:
-                    piece = blob.read(min(left, chunklist.PIECE_RECORDS * RECORD_SIZE))
+                at = start
+                while at < end:
+                    piece = read(at, min(end - at, chunklist.PIECE_RECORDS * RECORD_SIZE))
                     if not piece:
                         raise ValueError("the row's chunk records ended early")
-                    left -= len(piece)
+                    at += len(piece)
                     yield piece
 
             if in_file:
                 try:
                     return ChunkList.kept_in_file(pieces(), scratch)
                 except (OSError, StoreError):
-                    blob.seek(start)  # no scratch file: in memory, as before
+                    pass  # no scratch file: in memory, as before
             return ChunkList(b"".join(pieces()), adopt=True)
 
 
 def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
-                   ) -> bytes | BlobRecords | None:
+                   ) -> bytes | DatabaseRecords | None:
     """The ``chunk_records`` of row ``row_id`` of ``table``: left in the database where
-    it can be read a range at a time (large ones, on SQLite), else fetched."""
+    it can be read a range at a time (large ones), else fetched."""
     column = table.c.chunk_records
     length = conn.execute(sa.select(sa.func.length(column)).where(table.c.id == row_id)).scalar()
     if length is None:
         return None
-    raw = _blob_io(conn)
-    if int(length) >= chunklist.SPILL_BYTES and raw is not None:
-        return BlobRecords(raw, table.name, row_id, int(length))
+    if int(length) >= chunklist.SPILL_BYTES and _in_pieces(conn):
+        return DatabaseRecords(conn, table, row_id, int(length))
     records: bytes | None = conn.execute(sa.select(column).where(table.c.id == row_id)).scalar()
     return records
 
 
-def manifest_files(text: str | None, what: str, records: bytes | BlobRecords | None = None,
+def manifest_files(text: str | None, what: str, records: bytes | DatabaseRecords | None = None,
                    *, in_file: bool = False) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_parts``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
@@ -178,7 +234,7 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
                    files: Sequence[FileEntry] | None = None,
                    lists_in_file: bool = False,
-                   records: bytes | BlobRecords | None = None) -> ModelVersion:
+                   records: bytes | DatabaseRecords | None = None) -> ModelVersion:
     """The version a row records. ``files``: its manifest when the caller already
     holds it (decoding tens of thousands of chunk entries again costs 0.1 s), or
     ``()`` when only the rest is wanted; ``lists_in_file``: see ``manifest_files``;
@@ -340,26 +396,27 @@ def all_version_rows(conn: sa.Connection, *, brief: bool = False,
 def version_files(conn: sa.Connection, *, skip: Iterable[int] = ()
                   ) -> Iterator[FileEntry]:
     """The files of every version not deleted (but those whose id is in ``skip``), read a
-    few rows at a time: gc and store statistics visit every version's chunk list, and
-    a registry's worth of them (40 bytes a chunk) need not be held at once."""
+    row at a time: gc and store statistics visit every version's chunk list, and a
+    registry's worth of them (40 bytes a chunk) need not be held at once."""
     leave_out = set(skip)
-    query = (sa.select(versions.c.id, versions.c.semver, versions.c.manifest,
-                       versions.c.chunk_records)
+    query = (sa.select(versions.c.id, versions.c.semver, versions.c.manifest)
              .where(versions.c.status != "deleted").order_by(versions.c.id))
-    yield from streamed_files(conn, query, lambda row: row.id in leave_out,
-                               lambda row: f"version {row.id} ({row.semver})")
+    yield from streamed_files(conn, versions, query, lambda row: row.id in leave_out,
+                              lambda row: f"version {row.id} ({row.semver})")
 
 
-def streamed_files(conn: sa.Connection, query: Any, skip: Any, label: Any,
-                    ) -> Iterator[FileEntry]:
-    """The files of the manifests ``query`` selects (columns ``manifest`` and
-    ``chunk_records``), holding one row's at a time: a large file's chunk records are
-    40 MB a million chunks, and a row kept while the next is fetched doubled that."""
+def streamed_files(conn: sa.Connection, table: sa.Table, query: Any, skip: Any, label: Any,
+                   ) -> Iterator[FileEntry]:
+    """The files of the rows of ``table`` that ``query`` selects (columns ``id`` and
+    ``manifest``), one row's at a time, a large list read from its row a range at a
+    time into a scratch file (``stored_records``): fetched with the rows, a million
+    chunks were 40 MB a row, and PostgreSQL's cursor fetched several rows at once."""
     rows = conn.execution_options(yield_per=_rows_at_a_time(conn)).execute(query)
     while (row := rows.fetchone()) is not None:
         if skip(row):
             continue
-        files = manifest_files(row.manifest, label(row), row.chunk_records, in_file=False)
+        files = manifest_files(row.manifest, label(row), stored_records(conn, table, row.id),
+                               in_file=True)
         del row
         yield from files
         del files

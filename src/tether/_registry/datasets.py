@@ -368,7 +368,7 @@ def row_to_version(
     name: str,
     alias_names: Sequence[str] = (),
     used_by: Sequence[dict[str, Any]] = (),
-    records: bytes | repo.BlobRecords | None = None,
+    records: bytes | repo.DatabaseRecords | None = None,
 ) -> DatasetVersion:
     """The dataset version ``row`` records; ``records``: its chunk records, read apart
     (``repository.stored_records``), for one version resolved for a load."""
@@ -1069,8 +1069,8 @@ def models_using(conn: sa.Connection, dataset_version_id: int) -> list[dict[str,
 def live_files(conn: sa.Connection) -> Iterator[FileEntry]:
     """Every file of every dataset version gc must keep (all that are not deleted), read
     a few rows at a time (see ``repo.version_files``)."""
-    query = sa.select(dataset_versions.c.manifest, dataset_versions.c.chunk_records).where(
+    query = sa.select(dataset_versions.c.id, dataset_versions.c.manifest).where(
         dataset_versions.c.status != "deleted")
-    yield from repo.streamed_files(conn, query, lambda row: False,
+    yield from repo.streamed_files(conn, dataset_versions, query, lambda row: False,
                                    lambda row: "a dataset version")
 

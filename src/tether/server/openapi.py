@@ -47,6 +47,16 @@ def _op(
     return op
 
 
+_PACKED_NOTE = (
+    "A version's large chunk lists (more than 4,096 chunks) can travel apart from its "
+    "JSON, as packed 40-byte records (32-byte BLAKE3, size as 8 bytes little-endian): "
+    "Content-Type (a commit) or Accept (an answer) application/x-tether-packed. The body "
+    "is one line of JSON, whose files name their records as stored_chunks: [first, "
+    "count] and whose 'records' says how many bytes of them follow the line. A commit "
+    "naming chunks the store lacks is refused with 409 (missing_chunks)."
+)
+
+
 def openapi_document() -> dict[str, Any]:
     model = ["name"]
     alias = ["name", "alias"]
@@ -121,13 +131,14 @@ def openapi_document() -> dict[str, Any]:
                          "description": "Sent again with a retry, answers the version the "
                          "first attempt registered (Idempotent-Replayed: true)",
                          "schema": {"type": "string", "minLength": 8, "maxLength": 128}},
-                    ]},
+                    ], "description": _PACKED_NOTE},
                 ),
             },
             "/models/{name}/versions/{selector}": {
                 "get": _op(
                     "One version by any selector (1.2.0, ~1.2, 7, sha:ab12, an alias, latest)",
                     params=["name", "selector"],
+                    extra={"description": _PACKED_NOTE},
                 )
             },
             "/models/{name}/aliases/{alias}": {
