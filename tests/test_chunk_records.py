@@ -344,3 +344,47 @@ def test_a_large_rows_records_go_to_and_from_the_database_in_pieces(
     print(f"peak growth: bound whole {unsafe:.0f} MB, in pieces {safe:.0f} MB")  # with -s
     assert safe < 30, (safe, unsafe)
     assert found[0].in_file and found[0] == big
+
+
+def test_a_list_of_versions_reads_no_chunk_records_until_one_is_used(
+        any_registry: Registry, tmp_path: Path, monkeypatch: Any) -> None:
+    """``versions()``, the catalog and a dataset's versions read every row's chunk records
+    (40 MB a million chunks, for every version at once); now only their lengths, and a
+    list is read from its row when it is used."""
+    from click.testing import CliRunner
+
+    from tether._registry.catalog import versions_with_deleted
+    from tether._store.chunklist import DeferredChunkList
+
+    read: list[int] = []
+    real_chunk_list = repo.DatabaseRecords.chunk_list
+    monkeypatch.setattr(repo.DatabaseRecords, "chunk_list", lambda self, start, end, **kw: (
+        read.append(end - start) or real_chunk_list(self, start, end, **kw)))
+    logged = [any_registry.log_model(str(_model(tmp_path, f"m{n}")), "m", flavor="files")
+              for n in range(3)]
+    listed = any_registry.versions("m")
+    everything = versions_with_deleted(any_registry, "m")
+    for versions in (listed, everything):
+        assert [v.seq for v in versions] == [v.seq for v in logged]
+        for version, original in zip(versions, logged, strict=True):
+            big = version.file("weights.bin").chunks
+            assert isinstance(big, DeferredChunkList) and not big.loaded
+            assert len(big) == len(original.file("weights.bin").chunks) > LISTED
+    from tether.cli import cli
+
+    for extra in ([], ["--json"], ["--all"]):
+        shown = CliRunner().invoke(cli, ["--registry", str(tmp_path / "reg" / ".tether"),
+                                         "versions", "m", *extra], catch_exceptions=False)
+        assert shown.exit_code == 0, shown.output
+    data = json.loads(CliRunner().invoke(
+        cli, ["--registry", str(tmp_path / "reg" / ".tether"), "versions", "m", "--json"],
+        catch_exceptions=False).output)
+    weights = next(f for f in data[0]["files"] if f["path"] == "weights.bin")
+    assert weights["chunk_count"] == len(logged[0].file("weights.bin").chunks)
+    assert read == []  # nothing read yet
+    # Used, a list is read from its row, and is the one the version was logged with.
+    assert listed[1].file("weights.bin").chunks == logged[1].file("weights.bin").chunks
+    assert listed[1].file("weights.bin").chunks.loaded
+    assert read == [len(logged[1].file("weights.bin").chunks) * 40]
+    assert require_intact(listed[1]) is listed[1]
+    assert not listed[0].file("weights.bin").chunks.loaded

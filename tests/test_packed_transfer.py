@@ -225,9 +225,10 @@ def test_reading_a_packed_commit_holds_a_piece_of_its_lists_not_all_of_them(
 
     def packed() -> None:
         with open(spool, "rb") as body:
-            checked, _bump = server_packed._values(body)
-        assert len(checked.manifest[0].chunks) == 200_000
-        assert checked.manifest[0].chunks.in_file
+            fields, files, _bump = server_packed._commit_parts(body)
+        checked = VersionValues.from_dict({**fields, "manifest": []})
+        assert len(files[0].chunks) == 200_000 and files[0].chunks.in_file
+        assert checked.flavor == {"name": "files"}
 
     def plain() -> None:
         checked = VersionValues.from_dict(json.loads(as_json)["values"])
@@ -236,3 +237,51 @@ def test_reading_a_packed_commit_holds_a_piece_of_its_lists_not_all_of_them(
     unsafe, safe = peak(plain), peak(packed)
     assert unsafe > 20, unsafe  # the JSON form: the harm this guards against
     assert safe < 6, (safe, unsafe)  # a 2.6 MB piece in flight, and its bytes object
+
+
+def test_a_list_of_versions_carries_large_lists_as_their_lengths(
+        big_version: tuple[RemoteRegistry, Any, Path], served: Server) -> None:
+    """The REST list of a model's versions carried every version's list as base64 (53 MB
+    a million chunks, each); now their lengths, and a client asks for one version's
+    list (checked against its digest) only when it is used."""
+    from tether._store.chunklist import DeferredChunkList
+
+    registry, logged, _source = big_version
+    plain = served.api("GET", "/api/v1/models/big/versions").json()
+    entry = plain[0]["files"][0]
+    assert "chunks" not in entry and entry["chunk_count"] == len(logged.files[0].chunks)
+    listed = registry.versions("big")
+    chunks = listed[0].files[0].chunks
+    assert isinstance(chunks, DeferredChunkList) and not chunks.loaded
+    assert len(chunks) == len(logged.files[0].chunks)
+    assert chunks == logged.files[0].chunks and chunks.loaded
+
+
+def test_a_dataset_version_goes_and_comes_packed(
+        served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 1000 * RECORD_SIZE)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    payload = os.urandom(6 << 20)
+    (folder / "blob.bin").write_bytes(payload)
+    registry = connect(served.url, token=served.admin_token, cache_dir=tmp_path / "cache")
+    sent: list[int] = []
+    original = PackedBody.__init__
+
+    def counted(self: PackedBody, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        sent.append(self.length)
+
+    monkeypatch.setattr(PackedBody, "__init__", counted)
+    added = registry.add_dataset(folder, "corpus")
+    assert sent, "the dataset commit did not go packed"
+    chunks = added.file("blob.bin").chunks
+    assert len(chunks) > LISTED_CHUNKS and chunks.in_file
+    again = registry.get_dataset("corpus@latest")
+    assert again.digest == added.digest and again.file("blob.bin").chunks == chunks
+    assert again.file("blob.bin").chunks.in_file
+    with registry.open_dataset("corpus@latest", "blob.bin") as handle:
+        assert handle.read_range(3_000_000, 3_000_100) == payload[3_000_000:3_000_100]
+    plain = served.api("GET", "/api/v1/datasets/corpus/versions/latest").json()
+    assert plain["digest"] == f"sha:{added.digest}"  # JSON for clients that ask for JSON

@@ -102,9 +102,10 @@ class ModelVersion:
         )
 
     def to_dict(self, *, with_environment: bool = True, with_files: bool = True,
-                ) -> dict[str, Any]:
+                brief_lists: bool = False) -> dict[str, Any]:
         """The JSON form ``from_dict`` reads; ``with_files=False``: without ``files``, for
-        an answer that sends them packed (``_packed_manifest.PackedBody``)."""
+        an answer that sends them packed (``_packed_manifest.PackedBody``);
+        ``brief_lists``: large chunk lists as their lengths (``FileEntry.to_dict``)."""
         data = {
             "name": self.name,
             "ref": self.ref,
@@ -112,7 +113,8 @@ class ModelVersion:
             "semver": self.semver,
             "digest": f"sha:{self.digest}",
             "files_digest": self.files_digest,
-            **({"files": [f.to_dict() for f in self.files]} if with_files else {}),
+            **({"files": [f.to_dict(brief=brief_lists) for f in self.files]}
+               if with_files else {}),
             "size": self.size,
             "flavor": self.flavor,
             "signature": self.signature,

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -69,6 +69,7 @@ from ._registry.registry import Registry
 from ._registry.tokens import Unauthenticated
 from ._store.base import LISTED_CHUNKS, FileEntry, StoreStats
 from ._store.blobs import retry_seconds
+from ._store.chunklist import DeferredChunkList
 from ._store.chunkstore import ChunkStore
 from .remote_blobs import RemoteBlobs
 
@@ -129,22 +130,32 @@ def read_body_into(response: httpx.Response, into: memoryview, url: str) -> int:
     return filled
 
 
+V = TypeVar("V", ModelVersion, datasets.DatasetVersion)
 #: Longest head line of a packed answer: a version's JSON without its large lists.
 _PACKED_HEAD = 96 * 1024 * 1024
 
 
 def read_version(response: httpx.Response) -> ModelVersion:
+    """The model version a server answered, as JSON or packed (``read_packed_version``)."""
+    return read_packed_version(response, ModelVersion)
+
+
+def read_dataset_version(response: httpx.Response) -> datasets.DatasetVersion:
+    return read_packed_version(response, datasets.DatasetVersion)
+
+
+def read_packed_version(response: httpx.Response, kind: type[V]) -> V:
     """The version a server answered, as JSON or packed (its large chunk lists read as they
     come into lists kept in scratch files; see _packed_manifest.py). Nothing is trusted:
     ``require_intact`` checks it where its bytes will be used."""
     if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
-        return ModelVersion.from_dict(json.loads(response.read()))
+        return kind.from_dict(json.loads(response.read()))
     stream = IterReader(response.iter_bytes())
     try:
         head, records = read_packed(stream, _PACKED_HEAD)
         files = files_from_entries(head.pop("files", None), records, in_file=True)
         finish(stream, records)
-        return replace(ModelVersion.from_dict(head), files=files)
+        return replace(kind.from_dict(head), files=files)  # type: ignore[type-var]
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise IntegrityError(f"{response.url} answered a malformed version: {error}",
                              hint="the server is not a Tether server of this version, or "
@@ -405,7 +416,23 @@ class RemoteRegistry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         rows = self._request("GET", f"/models/{quote(name)}/versions")
-        return [ModelVersion.from_dict(r) for r in rows]
+        return [self._listed(row) for row in rows]
+
+    def _listed(self, data: dict[str, Any]) -> ModelVersion:
+        """A version of a list: a large chunk list comes as its length and is asked for
+        (the version, by itself, checked) only if it is used."""
+        files = []
+        for entry in data.get("files", []):
+            if "chunks" in entry or "chunk_count" not in entry:
+                files.append(FileEntry.from_dict(entry))
+                continue
+            ref, path = f"{data['name']}@{data['semver']}", str(entry["path"])
+            chunks = DeferredChunkList(
+                int(entry["chunk_count"]),
+                lambda ref=ref, path=path: self.get(ref).file(path).chunks)  # type: ignore[misc]
+            files.append(FileEntry(path=path, size=int(entry["size"]),
+                                   digest=str(entry["digest"]), chunks=chunks))
+        return replace(ModelVersion.from_dict({**data, "files": []}), files=tuple(files))
 
     def get(self, ref: str) -> ModelVersion:
         parsed = parse_reference(ref)
@@ -780,20 +807,25 @@ class RemoteRegistry:
         values, pin = datasets.prepare_dataset(self.store, path, author=self.actor, notes=notes,
                                                tags=tags, progress=progress,
                                                newest=lambda: self.get_dataset(name).files)
-        body = {
-            "values": {
-                "manifest": [f.to_dict() for f in values["files"]],
-                **{k: values[k] for k in ("tables", "source", "tags", "notes")},
-            },
-            "bump": bump,
-        }
+        fields = {k: values[k] for k in ("tables", "source", "tags", "notes")}
+        files = list(values["files"])
+        path = f"/datasets/{quote(name)}/versions"
         try:
             # Safe to repeat: the same bytes and metadata answer the version already added.
-            data = self._request("POST", f"/datasets/{quote(name)}/versions", json=body,
-                                 retry=True)
+            if any(len(f.chunks) > LISTED_CHUNKS for f in files):  # see _packed_manifest.py
+                packed = PackedBody({"values": fields, "bump": bump}, files, key="manifest")
+                version = self._request(
+                    "POST", path, content=packed, retry=True, read=read_dataset_version,
+                    headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
+                             "Content-Length": str(packed.length)})
+            else:
+                body = {"values": {"manifest": [f.to_dict() for f in files], **fields},
+                        "bump": bump}
+                version = datasets.DatasetVersion.from_dict(
+                    self._request("POST", path, json=body, retry=True))
         finally:
             self.store.release_pin(pin)
-        return datasets.require_intact(datasets.DatasetVersion.from_dict(data))
+        return datasets.require_intact(version)
 
     def list_datasets(self) -> list[datasets.DatasetInfo]:
         return [datasets.DatasetInfo(**d) for d in self._call("list_datasets")]
@@ -804,8 +836,13 @@ class RemoteRegistry:
 
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         # The server is not trusted to keep a manifest and its digest consistent.
-        data = self._call("get_dataset", ref)
-        return datasets.require_intact(datasets.DatasetVersion.from_dict(data))
+        parsed = parse_reference(ref)
+        selector = ref.partition("@")[2] or "latest"
+        version = self._request(
+            "GET", f"/datasets/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
+            headers={"Accept": f"{MEDIA_TYPE}, application/json"},
+            read=read_dataset_version)
+        return datasets.require_intact(version)
 
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
         """Judged here: each side read with the caller's rights, changed chunks streamed."""

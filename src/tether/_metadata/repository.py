@@ -21,7 +21,7 @@ from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
 from .._store import chunklist
 from .._store.base import FileEntry
-from .._store.chunklist import RECORD_SIZE, ChunkList
+from .._store.chunklist import RECORD_SIZE, ChunkList, DeferredChunkList
 from .clock import now_iso
 from .schema import alias_moves, aliases, models, settings, versions
 
@@ -177,7 +177,41 @@ def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
     return records
 
 
-def manifest_files(text: str | None, what: str, records: bytes | DatabaseRecords | None = None,
+class DeferredRecords:
+    """A listed row's chunk records, read (``DatabaseRecords``, on a connection of its own)
+    only when one of its lists is used (``chunklist.DeferredChunkList``): a list of a
+    model's versions read every version's records, 40 MB a million chunks each."""
+
+    def __init__(self, engine: sa.Engine, table: sa.Table, row_id: int, length: int) -> None:
+        self._engine, self._table, self._row_id, self._length = engine, table, row_id, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def chunk_list(self, start: int, end: int, *, in_file: bool) -> ChunkList:
+        def load() -> ChunkList:
+            with self._engine.connect() as conn:
+                return DatabaseRecords(conn, self._table, self._row_id, self._length
+                                       ).chunk_list(start, end, in_file=in_file)
+        return DeferredChunkList((end - start) // RECORD_SIZE, load)
+
+
+def listed_columns(table: sa.Table = versions) -> list[Any]:
+    """The columns of ``table`` for a list of its rows: all but ``chunk_records``, and its
+    length as ``records_length`` (``listed_records``)."""
+    return [*version_columns(records=False, table=table),
+            sa.func.length(table.c.chunk_records).label("records_length")]
+
+
+def listed_records(conn: sa.Connection, table: sa.Table, row: sa.Row[Any],
+                   ) -> DeferredRecords | None:
+    """The chunk records of a row selected with ``listed_columns``, to be read when used."""
+    length = row.records_length
+    return None if length is None else DeferredRecords(conn.engine, table, row.id, int(length))
+
+
+def manifest_files(text: str | None, what: str,
+                   records: bytes | DatabaseRecords | DeferredRecords | None = None,
                    *, in_file: bool = False) -> tuple[FileEntry, ...]:
     """The files a stored manifest records (``stored_parts``'s two parts);
     IntegrityError naming ``what`` when it is not a manifest (the database is not
@@ -234,7 +268,8 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
                    files: Sequence[FileEntry] | None = None,
                    lists_in_file: bool = False,
-                   records: bytes | DatabaseRecords | None = None) -> ModelVersion:
+                   records: bytes | DatabaseRecords | DeferredRecords | None = None,
+                   ) -> ModelVersion:
     """The version a row records. ``files``: its manifest when the caller already
     holds it (decoding tens of thousands of chunk entries again costs 0.1 s), or
     ``()`` when only the rest is wanted; ``lists_in_file``: see ``manifest_files``;
@@ -272,8 +307,9 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
 def version_rows(
     conn: sa.Connection, mid: int, *, include_deleted: bool = False
 ) -> list[sa.Row[Any]]:
-    """All versions of a model, by sequence number."""
-    query = sa.select(versions).where(versions.c.model_id == mid).order_by(versions.c.seq)
+    """All versions of a model, by sequence number, with ``listed_columns``."""
+    query = (sa.select(*listed_columns()).where(versions.c.model_id == mid)
+             .order_by(versions.c.seq))
     if not include_deleted:
         query = query.where(versions.c.status != "deleted")
     return list(conn.execute(query))

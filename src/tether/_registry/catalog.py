@@ -122,7 +122,8 @@ def versions_with_deleted(registry: Registry, name: str) -> list[ModelVersion]:
         mid = require_model(conn, name)
         by_version = repo.aliases_by_version(conn, mid)
         return [
-            repo.row_to_version(row, name, by_version.get(row.id, []))
+            repo.row_to_version(row, name, by_version.get(row.id, []),
+                                records=repo.listed_records(conn, versions, row))
             for row in repo.version_rows(conn, mid, include_deleted=True)
         ]
 

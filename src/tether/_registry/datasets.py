@@ -368,7 +368,7 @@ def row_to_version(
     name: str,
     alias_names: Sequence[str] = (),
     used_by: Sequence[dict[str, Any]] = (),
-    records: bytes | repo.DatabaseRecords | None = None,
+    records: bytes | repo.DatabaseRecords | repo.DeferredRecords | None = None,
 ) -> DatasetVersion:
     """The dataset version ``row`` records; ``records``: its chunk records, read apart
     (``repository.stored_records``), for one version resolved for a load."""
@@ -419,11 +419,15 @@ def require_dataset(conn: sa.Connection, name: str) -> int:
     return did
 
 
-def _rows(conn: sa.Connection, did: int, *, records: bool = True) -> list[sa.Row[Any]]:
+def _rows(conn: sa.Connection, did: int, *, records: bool = True,
+          listed: bool = False) -> list[sa.Row[Any]]:
     """The dataset's live versions by sequence number; ``records=False``: without their
-    chunk records (40 MB a million chunks each), for choosing one."""
+    chunk records (40 MB a million chunks each), for choosing one; ``listed``: with
+    ``repo.listed_columns`` instead, for a list of versions."""
+    columns = (repo.listed_columns(dataset_versions) if listed
+               else repo.version_columns(records=records, table=dataset_versions))
     query = (
-        sa.select(*repo.version_columns(records=records, table=dataset_versions))
+        sa.select(*columns)
         .where(dataset_versions.c.dataset_id == did, dataset_versions.c.status != "deleted")
         .order_by(dataset_versions.c.seq)
     )
@@ -674,6 +678,9 @@ def _remote_values(values: Any) -> dict[str, Any]:
             raise InvalidInput(f"values.{key} has the wrong type")
     files = []
     for raw in values["manifest"]:
+        if isinstance(raw, FileEntry):  # read from a packed body (server/packed.py)
+            files.append(raw)
+            continue
         if not isinstance(raw, dict):
             raise InvalidInput("each manifest entry must be an object")
         try:
@@ -684,11 +691,9 @@ def _remote_values(values: Any) -> dict[str, Any]:
     if not files:
         raise InvalidInput("a dataset version needs at least one file")
     for entry in files:
-        if not isinstance(entry.digest, str) or not all(
-            isinstance(c.digest, str) and c.size >= 0 for c in entry.chunks
-        ):
+        if not isinstance(entry.digest, str):  # a ChunkList's chunks are digests and sizes
             raise InvalidInput(f"manifest entry {entry.path!r} has a malformed digest")
-    check_manifest([f.to_dict() for f in files])  # paths inside, no duplicates, sizes add up
+    check_manifest(files)  # paths inside, no duplicates, sizes add up
     paths = {f.path for f in files}
     for path, facts in values["tables"].items():
         columns = facts.get("columns") if isinstance(facts, dict) else None
@@ -851,7 +856,9 @@ def dataset_versions_of(registry: Registry, name: str) -> list[DatasetVersion]:
     with registry.read() as conn:
         did = require_dataset(conn, name)
         by_version = _aliases_by_version(conn, did)
-        return [row_to_version(r, name, by_version.get(r.id, [])) for r in _rows(conn, did)]
+        return [row_to_version(r, name, by_version.get(r.id, []),
+                               records=repo.listed_records(conn, dataset_versions, r))
+                for r in _rows(conn, did, listed=True)]
 
 
 def get_dataset(registry: Registry, ref: str) -> DatasetVersion:

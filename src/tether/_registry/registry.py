@@ -34,7 +34,7 @@ from .._metadata.audit_log import (
 )
 from .._metadata.clock import now_iso
 from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
-from .._metadata.schema import audit_head
+from .._metadata.schema import audit_head, versions
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
@@ -308,7 +308,8 @@ class Registry:
             mid = require_model(conn, name)
             by_version = repo.aliases_by_version(conn, mid)
             return [
-                repo.row_to_version(row, name, by_version.get(row.id, []))
+                repo.row_to_version(row, name, by_version.get(row.id, []),
+                                    records=repo.listed_records(conn, versions, row))
                 for row in repo.version_rows(conn, mid)
             ]
 

@@ -48,9 +48,14 @@ class FileEntry:
         if not isinstance(self.chunks, ChunkList):
             object.__setattr__(self, "chunks", ChunkList.of(self.chunks))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, brief: bool = False) -> dict[str, Any]:
+        """The JSON form ``from_dict`` reads; ``brief``: a list of more than
+        ``LISTED_CHUNKS`` chunks as its length alone (``"chunk_count"``), for a list of
+        versions (the whole list is one version's, asked for by itself)."""
         head: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
         chunks = self.chunks
+        if len(chunks) > LISTED_CHUNKS and brief:
+            return {**head, "chunk_count": len(chunks)}
         if len(chunks) > LISTED_CHUNKS:
             return {**head, "chunks": chunks.to_text()}
         return {**head, "chunks": [[c.digest, c.size] for c in chunks]}

@@ -231,6 +231,53 @@ class ChunkList(Sequence[ChunkRef]):
         return (ChunkList, (bytes(self._records),))
 
 
+class DeferredChunkList(ChunkList):
+    """A chunk list read from where it is kept (a database row, a server) when first used.
+
+    Lists of versions hold these for large files: ``len`` is known without reading,
+    and a listing that only shows or counts (``tether versions``, a catalog) never
+    reads a version's records. Read, each list held them, 40 MB a million chunks,
+    for every version listed at once.
+    """
+
+    __slots__ = ("_count", "_load")
+
+    def __init__(self, count: int, load: Callable[[], ChunkList]) -> None:
+        self._count = count
+        self._load: Callable[[], ChunkList] | None = load
+
+    @property  # type: ignore[override]
+    def _records(self) -> bytes | bytearray | mmap.mmap:
+        try:
+            held: bytes | bytearray | mmap.mmap = _RECORDS.__get__(self, ChunkList)
+            return held
+        except AttributeError:
+            pass
+        assert self._load is not None
+        loaded = self._load()
+        if len(loaded) != self._count:
+            raise ValueError(f"a list of {self._count} chunks read back as {len(loaded)}")
+        _RECORDS.__set__(self, loaded.records)
+        self._load = None
+        return loaded.records
+
+    @_records.setter
+    def _records(self, value: bytes | bytearray | mmap.mmap) -> None:
+        _RECORDS.__set__(self, value)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the records were read (tests show a listing reads none)."""
+        return self._load is None
+
+    def __len__(self) -> int:
+        return self._count
+
+
+#: ChunkList's own slot, under the property that DeferredChunkList puts over it.
+_RECORDS: Any = ChunkList.__dict__["_records"]
+
+
 class ChunkListBuilder:
     """Appends chunks as they are cut; ``build`` gives the ``ChunkList``.
 

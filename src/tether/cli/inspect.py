@@ -95,7 +95,8 @@ def versions(
     if branch is not None:
         found = [v for v in found if (v.lineage.get("git") or {}).get("branch") == branch]
     if as_json:
-        emit_json([v.to_dict(with_environment=False) for v in found])
+        # Large chunk lists as their lengths: `tether show --json` gives one version's.
+        emit_json([v.to_dict(with_environment=False, brief_lists=True) for v in found])
         return
     console.print(
         table(

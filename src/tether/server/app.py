@@ -35,7 +35,13 @@ from .bodies import MAX_BODY, MAX_VERSION_BODY, BodyLimit, describe, read_json_b
 from .checks import check_call, check_field, parse_limit
 from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
-from .packed import MAX_PACKED_BODY, is_packed, read_packed_values, version_answer
+from .packed import (
+    MAX_PACKED_BODY,
+    is_packed,
+    read_packed_commit,
+    read_packed_values,
+    version_answer,
+)
 
 #: Registry methods callable through /api/v1/call. Each checks who may call it
 #: itself (see _registry/access.py); the server only authenticates the caller.
@@ -208,7 +214,8 @@ class Api:
         name = request.path_params["name"]
         reg, _who = self.as_caller(request)
         found = await run_in_threadpool(reg.versions, name)
-        return [v.to_dict(with_environment=False) for v in found]
+        # Large chunk lists as their lengths: each is one version's, asked for by itself.
+        return [v.to_dict(with_environment=False, brief_lists=True) for v in found]
 
     async def version(self, request: Request) -> Any:
         name = request.path_params["name"]
@@ -242,15 +249,27 @@ class Api:
         """A dataset version a client chunked and uploaded: validated, re-sealed, numbered."""
         name = request.path_params["name"]
         validate_model_name(name)
-        body = await read_json(
-            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
-            limit=MAX_VERSION_BODY,
-        )
+        values: dict[str, Any]
+        if is_packed(request):  # large chunk lists apart from the JSON (server/packed.py)
+            values, files, bump = await read_packed_commit(request)
+            values = {**values, "manifest": list(files)}
+        else:
+            body = await read_json(
+                request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
+                limit=MAX_VERSION_BODY,
+            )
+            values, bump = body["values"], body.get("bump")
         reg, _who = self.as_caller(request)
-        version = await run_in_threadpool(
-            reg.commit_dataset, name, body["values"], body.get("bump")
-        )
-        return JSONResponse(to_json(version), status_code=201)
+        version = await run_in_threadpool(reg.commit_dataset, name, values, bump)
+        return version_answer(request, version, status=201)
+
+    async def dataset_version(self, request: Request) -> Any:
+        """One dataset version by any selector, as JSON or packed (server/packed.py)."""
+        name = request.path_params["name"]
+        selector = unquote(request.path_params["selector"])
+        reg, _who = self.as_caller(request)
+        version = await run_in_threadpool(reg.get_dataset, f"{name}@{selector}")
+        return version_answer(request, version)
 
     async def alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
@@ -389,6 +408,7 @@ class Api:
             Route("/models/{name}/trust/{selector:path}", w(self.trust)),
             Route("/call/{method}", w(self.rpc), methods=["POST"]),
             Route("/datasets/{name}/versions", w(self.create_dataset_version), methods=["POST"]),
+            Route("/datasets/{name}/versions/{selector}", w(self.dataset_version)),
             *BlobGateway(self).routes(),
         ]
         return [Mount("/api/v1", routes=v1)]

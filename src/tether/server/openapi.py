@@ -141,6 +141,17 @@ def openapi_document() -> dict[str, Any]:
                     extra={"description": _PACKED_NOTE},
                 )
             },
+            "/datasets/{name}/versions": {
+                "post": _op(
+                    "Register a dataset version whose chunks are uploaded (the server "
+                    "checks every field and recomputes every digest)",
+                    params=model, ok="201", extra={"description": _PACKED_NOTE},
+                ),
+            },
+            "/datasets/{name}/versions/{selector}": {
+                "get": _op("One dataset version by any selector", params=["name", "selector"],
+                           extra={"description": _PACKED_NOTE}),
+            },
             "/models/{name}/aliases/{alias}": {
                 "get": _op("Where an alias points; ETag / If-None-Match give 304", params=alias),
                 "put": _op("Move an alias (policy checks apply)", params=alias, body="AliasMove"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
-from typing import IO
+from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -28,6 +28,8 @@ from .._packed_manifest import (
     read_packed,
 )
 from .._records import ModelVersion, VersionValues
+from .._registry.datasets import DatasetVersion
+from .._store.base import FileEntry
 from .._store.blobs import scratch_root
 from .bodies import MAX_VERSION_BODY, parse_json, too_large
 
@@ -46,15 +48,15 @@ def wants_packed(request: Request) -> bool:
     return MEDIA_TYPE in request.headers.get("accept", "")
 
 
-def version_answer(request: Request, version: ModelVersion, *, status: int = 200,
-                   headers: dict[str, str] | None = None) -> Response:
-    """``version`` as JSON, or packed if the client asked for that."""
+def version_answer(request: Request, version: ModelVersion | DatasetVersion, *,
+                   status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A model's or a dataset's ``version`` as JSON, or packed if the client asked."""
+    extra = {"id": version.id} if isinstance(version, ModelVersion) else {}
     if not wants_packed(request):
-        data = version.to_dict()
-        data["id"] = version.id
-        return JSONResponse(data, status_code=status, headers=headers)
-    body = PackedBody({**version.to_dict(with_files=False), "id": version.id},
-                      version.files, key="files")
+        return JSONResponse({**version.to_dict(), **extra}, status_code=status,
+                            headers=headers)
+    body = PackedBody({**version.to_dict(with_files=False), **extra}, version.files,
+                      key="files")
     return StreamingResponse(
         iter(body), status_code=status, media_type=MEDIA_TYPE,
         headers={**(headers or {}), "content-length": str(body.length)})
@@ -85,15 +87,26 @@ async def spooled(request: Request, limit: int) -> IO[bytes]:
 
 
 async def read_packed_values(request: Request) -> tuple[VersionValues, str | None]:
-    """A packed commit's checked values and ``bump`` (InvalidInput naming what is wrong)."""
+    """A packed model commit's checked values and ``bump`` (InvalidInput naming what is
+    wrong)."""
+    values, files, bump = await read_packed_commit(request)
+    checked = VersionValues.from_dict({**values, "manifest": []})
+    return replace(checked, manifest=files).checked(), bump
+
+
+async def read_packed_commit(request: Request,
+                             ) -> tuple[dict[str, Any], tuple[FileEntry, ...], str | None]:
+    """A packed commit's values (without their manifest), files and ``bump``, the body's
+    layout checked (InvalidInput naming what is wrong); the values are the caller's to
+    check."""
     spool = await spooled(request, MAX_PACKED_BODY)
     try:
-        return await run_in_threadpool(_values, spool)
+        return await run_in_threadpool(_commit_parts, spool)
     finally:
         spool.close()
 
 
-def _values(spool: IO[bytes]) -> tuple[VersionValues, str | None]:
+def _commit_parts(spool: IO[bytes]) -> tuple[dict[str, Any], tuple[FileEntry, ...], str | None]:
     try:
         head, records = read_packed(spool, MAX_VERSION_BODY, parse_json)
     except ValueError as error:
@@ -110,7 +123,6 @@ def _values(spool: IO[bytes]) -> tuple[VersionValues, str | None]:
                            "(the packed body carries that apart)")
     if bump is not None and not isinstance(bump, str):
         raise InvalidInput("bump must be a string or null")
-    checked = VersionValues.from_dict({**values, "manifest": []})
     try:
         files = files_from_entries(head.get("manifest"), records, in_file=True)
         finish(spool, records)
@@ -118,5 +130,5 @@ def _values(spool: IO[bytes]) -> tuple[VersionValues, str | None]:
         raise InvalidInput(f"the packed manifest is malformed: {error}",
                            hint="each large file names its records with stored_chunks: "
                            "[first, count], in order, each record used once") from None
-    return replace(checked, manifest=files).checked(), bump
+    return values, files, bump
 
