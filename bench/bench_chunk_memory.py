@@ -5,7 +5,9 @@ A file's chunk count, not its size, is what can still move memory: each path kee
 or passes the chunk list (40 bytes a chunk) somewhere. Two files are cut at a 1 KiB
 average (as many chunks as files 64 times larger at the usual 64 KiB) and logged,
 then read back (get + download) in fresh processes; the slope between the two peaks
-is the cost of one more chunk. The local SQLite figure is the anchor: the goal for
+is the cost of one more chunk; for a list of versions (``versions()`` of eight
+versions of the file), of one more chunk in each version listed. The local SQLite
+figure is the anchor: the goal for
 every other path is that one more chunk costs no more than it does there. (At 1 KiB
 much of the slope is chunks in flight, which is bounded: bench_memory_trace.py follows
 one log of 2 million chunks to its peak.)
@@ -34,6 +36,9 @@ from bench_large import Server, env
 MB = 1 << 20
 #: Slack on the anchor's slope: the same run moves by about this much.
 SLACK = 40
+#: Versions of the file listed by the "list" step (``versions()``, in a fresh process:
+#: the rise of its peak over the call alone).
+LISTED_VERSIONS = 8
 
 CHILD = textwrap.dedent(
     """
@@ -47,6 +52,11 @@ CHILD = textwrap.dedent(
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
 
+    def rss_mb():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
     import tether
     step, where, db, home = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     if where.startswith("http"):
@@ -57,6 +67,18 @@ CHILD = textwrap.dedent(
         registry = tether.open(where)
     if step == "log":
         version = registry.log_model(str(home / "big.bin"), "big", progress=False)
+    elif step == "more":  # more versions of the same bytes, for the list (not measured)
+        for n in range(int(sys.argv[5]) - 1):
+            version = registry.log_model(str(home / "big.bin"), "big", params={"n": n},
+                                         progress=False)
+    elif step == "list":  # the peak's rise over the call alone (VmHWM reset first)
+        Path("/proc/self/clear_refs").write_text("5")
+        before = rss_mb()
+        listed = registry.versions("big")
+        version = listed[-1]
+        print(json.dumps({"peak": peak_mb() - before, "chunks": len(version.files[0].chunks),
+                          "versions": len(listed)}))
+        raise SystemExit
     else:
         version = registry.get("big@latest")
         registry.download("big@latest", home / "out", progress=False)
@@ -100,15 +122,16 @@ def run(path: str, size_mb: int, work: Path) -> dict[str, float]:
         where, extra = server.url, {"TETHER_TOKEN": server.token}
     found: dict[str, float] = {}
     try:
-        for step in ("log", "read"):
+        for step in ("log", "read", "more", "list"):
             done = subprocess.run([sys.executable, str(home / "child.py"), step, where, db,
-                                   str(home)], capture_output=True, text=True,
-                                  env=env(TETHER_CACHE_DIR=str(home / "cache"), **extra),
-                                  check=False)
+                                   str(home), str(LISTED_VERSIONS)], capture_output=True,
+                                  text=True, check=False,
+                                  env=env(TETHER_CACHE_DIR=str(home / "cache"), **extra))
             if done.returncode:
                 raise SystemExit(f"{path} {step} failed:\n{done.stderr[-3000:]}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            found[step], found["chunks"] = result["peak"], result["chunks"]
+            if step != "more":
+                found[step], found["chunks"] = result["peak"], result["chunks"]
         if server is not None:
             found["server"] = server.peak_mb()
     finally:
@@ -138,10 +161,18 @@ def main() -> None:
         for path in paths:
             low, high = run(path, small, work), run(path, large, work)
             extra = high["chunks"] - low["chunks"]
-            for step in ("log", "read", "server"):
+            for step in ("log", "read", "server", "list"):
                 if step not in low:
                     continue
                 slope = (high[step] - low[step]) * MB / extra
+                if step == "list":  # a rise per chunk of each version listed
+                    slope /= LISTED_VERSIONS
+                    goal = "< 4 bytes a chunk: no version's records held"
+                    print(f"{path:8} {'list':7} {low[step]:7.0f} {high[step]:8.0f} "
+                          f"{slope:12.1f}  {goal}: "
+                          f"{'met' if slope < 4 else 'NOT met'} ({LISTED_VERSIONS} "
+                          "versions; peaks are the call's rise)", flush=True)
+                    continue
                 if path == "sqlite":
                     anchor[step] = slope
                     goal = "(the anchor)"
