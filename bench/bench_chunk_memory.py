@@ -105,7 +105,9 @@ def drop_database(name: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def run(path: str, size_mb: int, work: Path) -> dict[str, float]:
+def run(path: str, size_mb: int, work: Path, steps: tuple[str, ...] = ("log", "read", "more",
+                                                                       "list"),
+        ) -> dict[str, float]:
     home = work / f"{path}-{size_mb}"
     home.mkdir(parents=True)
     with open(home / "big.bin", "wb") as out:
@@ -122,7 +124,7 @@ def run(path: str, size_mb: int, work: Path) -> dict[str, float]:
         where, extra = server.url, {"TETHER_TOKEN": server.token}
     found: dict[str, float] = {}
     try:
-        for step in ("log", "read", "more", "list"):
+        for step in steps:
             done = subprocess.run([sys.executable, str(home / "child.py"), step, where, db,
                                    str(home), str(LISTED_VERSIONS)], capture_output=True,
                                   text=True, check=False,
@@ -149,9 +151,21 @@ def main() -> None:
     parser.add_argument("--only", default="sqlite,pg,server",
                         help="paths to measure, of sqlite, pg, server")
     parser.add_argument("--dir", type=Path, default=None, help="work folder")
+    parser.add_argument("--one", type=int, metavar="SIZE_MB", default=None,
+                        help="only log and read one file of this size: its peaks")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-chunks-", dir=args.dir))
     paths = [p for p in ("sqlite", "pg", "server") if p in args.only.split(",")]
+    if args.one:
+        try:
+            for path in paths:
+                found = run(path, args.one, work, ("log", "read"))
+                shown = ", ".join(f"{k} {v:.0f} MB" for k, v in found.items() if k != "chunks")
+                print(f"{path}: {args.one} MB cut at 1 KiB, {found['chunks']:.0f} chunks: "
+                      f"peak RSS {shown} (goal: each < 300 MB)", flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     small, large = args.sizes_mb
     print(f"files of {small} and {large} MB of random bytes cut at a 1 KiB average; "
           f"peak RSS (VmHWM) of fresh processes; bytes per chunk = slope between the two")

@@ -178,6 +178,10 @@ class StreamRecords:
     def __len__(self) -> int:
         return self._length
 
+    @property
+    def all_read(self) -> bool:
+        return self._at == self._length
+
     def chunk_list(self, start: int, end: int, *, in_file: bool) -> ChunkList:
         if start != self._at:
             raise ValueError("chunk records are read in order")
@@ -222,7 +226,7 @@ def read_packed(stream: Any, limit: int, parse: Callable[[bytes], Any] = json.lo
 
 def finish(stream: Any, records: StreamRecords) -> None:
     """ValueError if the body goes on after its records (or they were not all read)."""
-    if records._at != len(records):
+    if not records.all_read:
         raise ValueError("there are chunk records no file names")
     if stream.read(1):
         raise ValueError("a packed body goes on after its chunk records")
