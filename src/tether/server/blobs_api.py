@@ -44,8 +44,11 @@ _LISTABLE = ("index/", "pins/", "locks/")
 MAX_OBJECT = 1024 * 1024 * 1024
 #: Largest index file: it is read whole to be checked against its pack.
 MAX_INDEX = 64 * 1024 * 1024
-#: Bytes read and sent at a time: no route holds more of an object than this.
-_BLOCK = 1024 * 1024
+#: Bytes read and sent at a time: no route holds more of an object than this. 4 MB:
+#: each block is a hop to a worker thread and a send; a 2 GB download through the
+#: server took a median 3.76 s against 4.39 s with 1 MB blocks (six rounds each,
+#: alternating servers), and 8 MB did no better.
+_BLOCK = 4 * 1024 * 1024
 #: No offset is past this (the largest file offset and S3 Range number there is).
 _MAX_OFFSET = 2**63 - 1
 
@@ -144,7 +147,7 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
     def pieces() -> Iterator[bytes]:
         position, end = start, start + length
         while position < end:
-            count = min(4 * _BLOCK, end - position)
+            count = min(_BLOCK, end - position)
             yield blobs.get_range(key, position, count)
             position += count
 
