@@ -42,6 +42,19 @@ def served(tmp_path: Path) -> Iterator[Server]:
     stop(running)
 
 
+def _packed_bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the packed bodies this process makes from now on."""
+    sent: list[int] = []
+    original = PackedBody.__init__
+
+    def counted(self: PackedBody, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        sent.append(self.length)
+
+    monkeypatch.setattr(PackedBody, "__init__", counted)
+    return sent
+
+
 @pytest.fixture
 def big_version(served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 ) -> tuple[RemoteRegistry, Any, Path]:
@@ -52,14 +65,7 @@ def big_version(served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     source.parent.mkdir()
     source.write_bytes(os.urandom(6 << 20))
     registry = connect(served.url, token=served.admin_token, cache_dir=tmp_path / "cache")
-    sent: list[int] = []
-    original = PackedBody.__init__
-
-    def counted(self: PackedBody, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        sent.append(self.length)
-
-    monkeypatch.setattr(PackedBody, "__init__", counted)
+    sent = _packed_bodies(monkeypatch)
     version = registry.log_model(str(source), "big", progress=False)
     assert len(version.files[0].chunks) > LISTED_CHUNKS
     assert sent, "the commit did not go packed"
@@ -266,14 +272,7 @@ def test_a_dataset_version_goes_and_comes_packed(
     payload = os.urandom(6 << 20)
     (folder / "blob.bin").write_bytes(payload)
     registry = connect(served.url, token=served.admin_token, cache_dir=tmp_path / "cache")
-    sent: list[int] = []
-    original = PackedBody.__init__
-
-    def counted(self: PackedBody, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        sent.append(self.length)
-
-    monkeypatch.setattr(PackedBody, "__init__", counted)
+    sent = _packed_bodies(monkeypatch)
     added = registry.add_dataset(folder, "corpus")
     assert sent, "the dataset commit did not go packed"
     chunks = added.file("blob.bin").chunks

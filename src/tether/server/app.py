@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,9 +27,10 @@ from starlette.routing import Mount, Route
 from .. import __version__
 from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
 from .._packed_manifest import MEDIA_TYPE
-from .._records import AliasMove
+from .._records import AliasMove, VersionValues
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.registry import Registry
+from .._store.base import FileEntry
 from . import auth
 from .blobs_api import MAX_OBJECT, BlobGateway
 from .bodies import MAX_BODY, MAX_VERSION_BODY, BodyLimit, describe, read_json_body
@@ -39,7 +41,6 @@ from .packed import (
     MAX_PACKED_BODY,
     is_packed,
     read_packed_commit,
-    read_packed_values,
     version_answer,
 )
 
@@ -218,25 +219,38 @@ class Api:
         return [v.to_dict(with_environment=False, brief_lists=True) for v in found]
 
     async def version(self, request: Request) -> Any:
+        return await self._one_version(request, lambda reg: reg.get)
+
+    async def _one_version(self, request: Request, getter: Callable[[Registry], Any]) -> Any:
+        """The version ``{name}@{selector}`` that ``getter(registry)`` finds, as JSON or
+        packed (server/packed.py)."""
         name = request.path_params["name"]
         selector = unquote(request.path_params["selector"])
         reg, _who = self.as_caller(request)
-        version = await run_in_threadpool(reg.get, f"{name}@{selector}")
+        version = await run_in_threadpool(getter(reg), f"{name}@{selector}")
         return version_answer(request, version)
+
+    async def _commit_body(self, request: Request,
+                           ) -> tuple[dict[str, Any], tuple[FileEntry, ...] | None, str | None]:
+        """A new version's values, its files when a packed body carries them apart (else
+        None: they are in the values), and its bump."""
+        if is_packed(request):
+            return await read_packed_commit(request)
+        body = await read_json(
+            request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
+            limit=MAX_VERSION_BODY,
+        )
+        return body["values"], None, body.get("bump")
 
     async def create_version(self, request: Request) -> Any:
         """A version a client chunked and uploaded, as JSON or packed (server/packed.py)."""
         name = request.path_params["name"]
         validate_model_name(name)
-        values: Any
-        if is_packed(request):
-            values, bump = await read_packed_values(request)
-        else:
-            body = await read_json(
-                request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
-                limit=MAX_VERSION_BODY,
-            )
-            values, bump = body["values"], body.get("bump")
+        fields, files, bump = await self._commit_body(request)
+        values: Any = fields
+        if files is not None:  # checked as from_dict checks JSON, with the files read
+            checked = VersionValues.from_dict({**fields, "manifest": []})
+            values = replace(checked, manifest=files).checked()
         reg, _who = self.as_caller(request)
         key = request.headers.get("idempotency-key")
         version, replayed = await run_in_threadpool(
@@ -249,27 +263,16 @@ class Api:
         """A dataset version a client chunked and uploaded: validated, re-sealed, numbered."""
         name = request.path_params["name"]
         validate_model_name(name)
-        values: dict[str, Any]
-        if is_packed(request):  # large chunk lists apart from the JSON (server/packed.py)
-            values, files, bump = await read_packed_commit(request)
+        values, files, bump = await self._commit_body(request)
+        if files is not None:
             values = {**values, "manifest": list(files)}
-        else:
-            body = await read_json(
-                request, {"values", "bump"}, {"values"}, {"values": dict, "bump": str | None},
-                limit=MAX_VERSION_BODY,
-            )
-            values, bump = body["values"], body.get("bump")
         reg, _who = self.as_caller(request)
         version = await run_in_threadpool(reg.commit_dataset, name, values, bump)
         return version_answer(request, version, status=201)
 
     async def dataset_version(self, request: Request) -> Any:
         """One dataset version by any selector, as JSON or packed (server/packed.py)."""
-        name = request.path_params["name"]
-        selector = unquote(request.path_params["selector"])
-        reg, _who = self.as_caller(request)
-        version = await run_in_threadpool(reg.get_dataset, f"{name}@{selector}")
-        return version_answer(request, version)
+        return await self._one_version(request, lambda reg: reg.get_dataset)
 
     async def alias(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]

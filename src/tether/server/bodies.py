@@ -91,20 +91,26 @@ def parse_json(body: bytes) -> Any:
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The whole body, refused (413) as soon as it passes ``limit``."""
+    parts: list[bytes] = []
+    await receive_body(request, limit, parts.append)
+    return b"".join(parts)
+
+
+async def receive_body(request: Request, limit: int, sink: Callable[[bytes], Any]) -> None:
+    """The body handed to ``sink`` as it comes, refused (413) as soon as it passes
+    ``limit`` (or before a byte is read, when its Content-Length says so)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
             raise InvalidInput(f"Content-Length {declared[:40]!r} is not a byte count")
         if int(declared) > limit:
             raise too_large(limit, int(declared))
-    parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        parts.append(chunk)
-    return b"".join(parts)
+        sink(chunk)
 
 
 async def read_json_body(request: Request, limit: int = MAX_BODY) -> Any:

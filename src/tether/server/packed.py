@@ -12,7 +12,6 @@ server's peak, measured; see bench/bench_server_chunks.py).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -27,11 +26,11 @@ from .._packed_manifest import (
     finish,
     read_packed,
 )
-from .._records import ModelVersion, VersionValues
+from .._records import ModelVersion
 from .._registry.datasets import DatasetVersion
 from .._store.base import FileEntry
 from .._store.blobs import scratch_root
-from .bodies import MAX_VERSION_BODY, parse_json, too_large
+from .bodies import MAX_VERSION_BODY, parse_json, receive_body
 
 #: Largest packed body: its head is held to MAX_VERSION_BODY, its records (spooled to
 #: disk, never held) to 2 GiB, 50 million chunks (3 TB of files at 64 KiB).
@@ -65,33 +64,17 @@ def version_answer(request: Request, version: ModelVersion | DatasetVersion, *,
 async def spooled(request: Request, limit: int) -> IO[bytes]:
     """The request's body in a scratch file (memory while small), refused (413) past
     ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise too_large(limit, int(declared))
     folder = scratch_root()
     folder.mkdir(parents=True, exist_ok=True)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by the caller
         max_size=_SPOOL_IN_MEMORY, mode="w+b", dir=str(folder))
     try:
-        size = 0
-        async for piece in request.stream():
-            size += len(piece)
-            if size > limit:
-                raise too_large(limit)
-            spool.write(piece)
+        await receive_body(request, limit, spool.write)
         spool.seek(0)
     except BaseException:
         spool.close()
         raise
     return spool
-
-
-async def read_packed_values(request: Request) -> tuple[VersionValues, str | None]:
-    """A packed model commit's checked values and ``bump`` (InvalidInput naming what is
-    wrong)."""
-    values, files, bump = await read_packed_commit(request)
-    checked = VersionValues.from_dict({**values, "manifest": []})
-    return replace(checked, manifest=files).checked(), bump
 
 
 async def read_packed_commit(request: Request,
