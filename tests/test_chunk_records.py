@@ -388,3 +388,34 @@ def test_a_list_of_versions_reads_no_chunk_records_until_one_is_used(
     assert read == [len(logged[1].file("weights.bin").chunks) * 40]
     assert require_intact(listed[1]) is listed[1]
     assert not listed[0].file("weights.bin").chunks.loaded
+
+
+def test_an_ingests_lists_past_the_threshold_in_all_go_to_files(
+        registry: Registry, tmp_path: Path, monkeypatch: Any) -> None:
+    """Each file's list spilled only past the threshold on its own, so a hundred 5 GB
+    shards (80,000 chunks each) held 320 MB; now once the lists in memory pass it in
+    all, the next ones go to scratch files (small files' lists stay: a descriptor each
+    for thousands of them would run out)."""
+    from tether._store import chunklist, chunkstore
+
+    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(chunkstore, "LISTED_CHUNKS", 40)
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 150 * chunklist.RECORD_SIZE)
+    root = tmp_path / "shards"
+    root.mkdir()
+    names = [f"shard{n}.bin" for n in range(4)] + ["tiny.txt"]
+    for name in names[:-1]:
+        (root / name).write_bytes(os.urandom(100 << 10))  # ~100 chunks each
+    (root / "tiny.txt").write_text("x")
+    report = registry.store.ingest(root, names)
+    try:
+        kept = [f.chunks.in_file for f in report.files]
+        assert all(len(f.chunks) > 40 for f in report.files[:-1])
+        assert kept[0] is False and all(kept[1:4]), kept  # 100 held, then past 150
+        assert kept[4] is False  # one chunk: stays
+        for entry in report.files:
+            data = (root / entry.path).read_bytes()
+            assert entry.chunks.total() == len(data)
+    finally:
+        if report.pin:
+            registry.store.release_pin(report.pin)

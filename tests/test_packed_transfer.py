@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tether import IntegrityError
-from tether._packed_manifest import MEDIA_TYPE, PackedBody
+from tether._packed_manifest import MAX_RECORDS, MEDIA_TYPE, PackedBody, files_from_entries
 from tether._records import VersionValues
 from tether._store import chunklist, chunkstore
 from tether._store.base import LISTED_CHUNKS, FileEntry
@@ -131,7 +131,8 @@ def _join(head: dict[str, Any], records: bytes) -> bytes:
 
 DAMAGES = ("records cut short", "records left over", "a record too many said",
            "not records", "ranges overlap", "range out of order", "manifest inside values",
-           "no head line", "head not json", "unknown field", "a chunk not in the store")
+           "no head line", "head not json", "unknown field", "a chunk not in the store",
+           "more records than a row can hold", "a digest that is not one")
 
 
 def _damaged(body: bytes, damage: str) -> bytes:
@@ -162,6 +163,11 @@ def _damaged(body: bytes, damage: str) -> bytes:
         return b"{not json\n" + records
     if damage == "unknown field":
         return _join({**head, "extra": 1}, records)
+    if damage == "a digest that is not one":  # taken before, and every load failed
+        entry["digest"] = {"sha": 1}
+        return _join(head, records)
+    if damage == "more records than a row can hold":  # said, not sent: refused at the head
+        return _join({**head, "records": MAX_RECORDS + RECORD_SIZE}, records)
     assert damage == "a chunk not in the store"  # a real-looking record never uploaded
     return _join(head, bytes(32) + (1024).to_bytes(8, "little") + records[RECORD_SIZE:])
 
@@ -174,6 +180,15 @@ def test_a_malformed_packed_commit_is_refused_and_registers_nothing(
         answer = _packed_commit(served, _damaged(body, damage))
         assert 400 <= answer.status_code < 500, (damage, answer.status_code, answer.text)
         assert answer.json()["message"] and "Traceback" not in answer.text, damage
+    # Who asks is known before a byte of the body is read (a packed body may be 1 GB).
+    headers = {"Content-Type": MEDIA_TYPE}
+    stranger = served.api("POST", "/api/v1/models/big/versions", token="tth_not-a-token",
+                          content=b"{not even json\n", headers=headers)
+    assert stranger.status_code == 401, stranger.text
+    reader = registry.create_token("rita", role="reader")["token"]
+    refused = served.api("POST", "/api/v1/models/big/versions", token=reader,
+                         content=b"{not even json\n", headers=headers)
+    assert refused.status_code == 403, refused.text
     assert [v.seq for v in registry.versions("big")] == [logged.seq]
     assert _packed_commit(served, body).status_code == 201  # the undamaged body is taken
 
@@ -255,7 +270,9 @@ def test_a_list_of_versions_carries_large_lists_as_their_lengths(
     registry, logged, _source = big_version
     plain = served.api("GET", "/api/v1/models/big/versions").json()
     entry = plain[0]["files"][0]
-    assert "chunks" not in entry and entry["chunk_count"] == len(logged.files[0].chunks)
+    assert entry["chunks"] is None and entry["chunk_count"] == len(logged.files[0].chunks)
+    with pytest.raises((TypeError, ValueError)):
+        FileEntry.from_dict(entry)  # an older client refuses it rather than read no chunks
     listed = registry.versions("big")
     chunks = listed[0].files[0].chunks
     assert isinstance(chunks, DeferredChunkList) and not chunks.loaded
@@ -284,3 +301,54 @@ def test_a_dataset_version_goes_and_comes_packed(
         assert handle.read_range(3_000_000, 3_000_100) == payload[3_000_000:3_000_100]
     plain = served.api("GET", "/api/v1/datasets/corpus/versions/latest").json()
     assert plain["digest"] == f"sha:{added.digest}"  # JSON for clients that ask for JSON
+
+
+def test_lists_past_the_threshold_in_all_go_to_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each list under the threshold stayed in memory, so a hundred lists just under it
+    were 400 MB; now lists stay in memory up to the threshold in all."""
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(chunklist, "SPILL_BYTES", 100 * RECORD_SIZE)
+    lists = [_many_chunks(60).chunks for _ in range(5)]
+    entries = [{"path": f"f{n}.bin", "size": 60 * 1024, "digest": "0" * 64,
+                "stored_chunks": [60 * n, 60]} for n in range(5)]
+    records = b"".join(bytes(chunks.records) for chunks in lists)
+    files = files_from_entries(entries, records, in_file=True)
+    assert [f.chunks.in_file for f in files] == [False, True, True, True, True]
+    assert [f.chunks for f in files] == lists
+    kept = files_from_entries(entries, records, in_file=False)  # lists of versions
+    assert not any(f.chunks.in_file for f in kept)
+
+
+def test_a_retry_across_an_upgrade_finds_its_version(registry: Any, tmp_path: Path) -> None:
+    """Keys recorded before the packed form hold a digest of the JSON as sent; a retry
+    after the upgrade, with the same JSON, still gets its version (not a 409)."""
+    import sqlalchemy as sa
+
+    from tether._errors import Conflict
+    from tether._metadata.schema import idempotency_keys
+    from tether._registry.idempotent_commit import _legacy_digest
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.bin").write_bytes(os.urandom(1 << 20))
+    logged = registry.log_model(str(tmp_path / "m"), "m", flavor="files")
+    values = VersionValues(
+        manifest=logged.files, flavor=logged.flavor, signature=logged.signature,
+        input_example=logged.input_example, params={"retry": 1}, metrics=logged.metrics,
+        data=logged.data, lineage=logged.lineage, environment=logged.environment,
+        tags=logged.tags, notes=logged.notes).to_dict()
+    key = uuid.uuid4().hex
+    first, replayed = registry.commit_once("m", values, None, key=key)
+    assert not replayed
+
+    def recorded_as(digest: str) -> None:
+        with registry.engine.begin() as conn:
+            conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.key == key)
+                         .values(request_digest=digest))
+
+    recorded_as("0" * 64)  # another request's digest: refused, as it should be
+    with pytest.raises(Conflict):
+        registry.commit_once("m", values, None, key=key)
+    recorded_as(_legacy_digest("m", values, None))  # what an older server recorded
+    again, replayed = registry.commit_once("m", values, None, key=key)
+    assert replayed and again.id == first.id

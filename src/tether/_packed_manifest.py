@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._errors import StoreError
+from ._errors import PayloadTooLarge, StoreError
 from ._store import chunklist
 from ._store.base import LISTED_CHUNKS, FileEntry
 from ._store.blobs import make_temp, scratch_root
@@ -35,6 +35,16 @@ from ._store.chunklist import RECORD_SIZE, ChunkList
 MEDIA_TYPE = "application/x-tether-packed"
 #: The head's key that says how many bytes of records follow it.
 RECORDS_KEY = "records"
+#: Most chunk records one version can keep: a row's value is at most 10^9 bytes on
+#: SQLite and 1 GiB on PostgreSQL. 24 million chunks: 1.5 TB of files at 64 KiB.
+MAX_RECORDS = 24_000_000 * RECORD_SIZE
+
+
+def too_many_records(size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a version of {size // RECORD_SIZE} chunks is over the "
+        f"{MAX_RECORDS // RECORD_SIZE} a version can record",
+        hint="split the files among several models or versions")
 
 
 class StoredRecords:
@@ -91,13 +101,15 @@ def files_from_entries(entries: Any, records: bytes | RecordSource | None, *,
     """The files ``entries`` (as ``stored_entries`` wrote them) and ``records`` describe;
     KeyError, TypeError or ValueError when they are not such a manifest.
 
-    ``in_file``: a list of ``SPILL_BYTES`` or more is kept in a scratch file (see
-    chunklist.py), or in memory if none can be made: for a version held for a
-    whole load, not for lists of versions (each such list keeps a descriptor open).
+    ``in_file``: lists are kept in memory up to ``SPILL_BYTES`` in all, and in
+    scratch files past that (see chunklist.py; in memory too if none can be made):
+    for a version held for a whole load, not for lists of versions (each list in a
+    file keeps a descriptor open). A list at a time, a hundred lists just under the
+    threshold each were 400 MB.
     """
     if not isinstance(entries, list):
         raise TypeError(f"a manifest is a list, not {type(entries).__name__}")
-    files, used = [], 0
+    files, used, held = [], 0, 0
     for data in entries:
         if "stored_chunks" not in data:
             files.append(FileEntry.from_dict(data))
@@ -111,7 +123,8 @@ def files_from_entries(entries: Any, records: bytes | RecordSource | None, *,
                 or (first + count) * RECORD_SIZE > len(records)):
             raise ValueError(f"{data.get('path')!r} names chunk records that are not there")
         start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-        large = in_file and end - start >= chunklist.SPILL_BYTES
+        large = in_file and held + end - start > chunklist.SPILL_BYTES
+        held += 0 if large else end - start
         if not isinstance(records, bytes | bytearray | memoryview):
             chunks = records.chunk_list(start, end, in_file=large)
         elif large:
@@ -240,7 +253,11 @@ class IterReader:
         self._buffer = bytearray()
 
     def _fill(self, want: int, stop: bytes | None = None) -> None:
-        while len(self._buffer) < want and (stop is None or stop not in self._buffer):
+        searched = 0  # where ``stop`` was last looked for: each byte is searched once
+        while len(self._buffer) < want:
+            if stop is not None and self._buffer.find(stop, searched) >= 0:
+                return
+            searched = len(self._buffer)
             piece = next(self._pieces, None)
             if piece is None:
                 return

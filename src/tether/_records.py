@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -248,6 +249,7 @@ class VersionValues:
             if not isinstance(entry, FileEntry):
                 raise InvalidInput(f"each manifest entry must be a file, not {_kind(entry)}")
             check_artifact_path(entry.path)
+            check_file_digest(entry)
         if len({f.path for f in self.manifest}) != len(self.manifest):
             raise InvalidInput("the manifest lists a path twice")
         return replace(rest, manifest=tuple(self.manifest))
@@ -269,6 +271,17 @@ class VersionValues:
             "notes": self.notes,
             "author": self.author,
         }
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def check_file_digest(entry: FileEntry) -> None:
+    """A file's digest is a BLAKE3 in hex (InvalidInput naming the file if not): any
+    other value was taken and made every load of the version fail."""
+    if not isinstance(entry.digest, str) or not _DIGEST.fullmatch(entry.digest):
+        raise InvalidInput(f"manifest entry {entry.path!r} has a digest that is not a "
+                           "BLAKE3 in hex (64 lowercase hex digits)")
 
 
 def check_artifact_path(path: Any) -> str:
@@ -295,6 +308,7 @@ def _manifest(raw: list[Any]) -> tuple[FileEntry, ...]:
             raise InvalidInput(
                 f"manifest entry {entry.get('path')!r} is malformed: {error}"
             ) from error
+        check_file_digest(files[-1])
     if len({f.path for f in files}) != len(files):
         raise InvalidInput("the manifest lists a path twice")
     return tuple(files)

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -69,7 +70,7 @@ from ._registry.registry import Registry
 from ._registry.tokens import Unauthenticated
 from ._store.base import LISTED_CHUNKS, FileEntry, StoreStats
 from ._store.blobs import retry_seconds
-from ._store.chunklist import DeferredChunkList
+from ._store.chunklist import ChunkList, DeferredChunkList
 from ._store.chunkstore import ChunkStore
 from .remote_blobs import RemoteBlobs
 
@@ -422,16 +423,27 @@ class RemoteRegistry:
         """A version of a list: a large chunk list comes as its length and is asked for
         (the version, by itself, checked) only if it is used."""
         files = []
-        for entry in data.get("files", []):
-            if "chunks" in entry or "chunk_count" not in entry:
-                files.append(FileEntry.from_dict(entry))
+        fetched: list[ModelVersion] = []  # the version, asked for once for all its lists
+        ref = f"{data['name']}@{data['semver']}"
+
+        def list_of(listed: FileEntry) -> ChunkList:
+            if not fetched:
+                fetched.append(self.get(ref))  # checked against its digest
+            entry = fetched[0].file(listed.path)
+            if (entry.size, entry.digest) != (listed.size, listed.digest):
+                raise IntegrityError(f"{listed.path} of {ref} changed between the list of "
+                                     "versions and the version",
+                                     hint="the server is misbehaving; list the versions again")
+            return entry.chunks
+
+        for item in data.get("files", []):
+            if item.get("chunks") is not None or "chunk_count" not in item:
+                files.append(FileEntry.from_dict(item))
                 continue
-            ref, path = f"{data['name']}@{data['semver']}", str(entry["path"])
-            chunks = DeferredChunkList(
-                int(entry["chunk_count"]),
-                lambda ref=ref, path=path: self.get(ref).file(path).chunks)  # type: ignore[misc]
-            files.append(FileEntry(path=path, size=int(entry["size"]),
-                                   digest=str(entry["digest"]), chunks=chunks))
+            listed = FileEntry(path=str(item["path"]), size=int(item["size"]),
+                               digest=str(item["digest"]))
+            chunks = DeferredChunkList(int(item["chunk_count"]), partial(list_of, listed))
+            files.append(replace(listed, chunks=chunks))
         return replace(ModelVersion.from_dict({**data, "files": []}), files=tuple(files))
 
     def get(self, ref: str) -> ModelVersion:

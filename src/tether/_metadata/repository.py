@@ -16,7 +16,14 @@ import sqlalchemy as sa
 
 from .._digest import canonical_json
 from .._errors import IntegrityError, StoreError
-from .._packed_manifest import StoredRecords, files_from_entries, scratch, stored_entries
+from .._packed_manifest import (
+    MAX_RECORDS,
+    StoredRecords,
+    files_from_entries,
+    scratch,
+    stored_entries,
+    too_many_records,
+)
 from .._records import AliasMove, ModelVersion
 from .._semver import SemVer
 from .._store import chunklist
@@ -69,6 +76,8 @@ def insert_with_records(conn: sa.Connection, table: sa.Table, values: dict[str, 
     blob I/O); on PostgreSQL streamed by COPY into a temporary table of the
     transaction, from which the row takes them.
     """
+    if records is not None and len(records) > MAX_RECORDS:
+        raise too_many_records(len(records))  # the database would refuse it (DataError)
     pieces = (records is not None and len(records) >= chunklist.SPILL_BYTES
               and _in_pieces(conn))
     if records is None:

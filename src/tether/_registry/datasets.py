@@ -63,7 +63,7 @@ from .._metadata.schema import (
     models,
     versions,
 )
-from .._records import AliasMove, ModelVersion, file_in
+from .._records import AliasMove, ModelVersion, check_file_digest, file_in
 from .._reference import (
     Reference,
     SelectorKind,
@@ -690,9 +690,8 @@ def _remote_values(values: Any) -> dict[str, Any]:
                 from error
     if not files:
         raise InvalidInput("a dataset version needs at least one file")
-    for entry in files:
-        if not isinstance(entry.digest, str):  # a ChunkList's chunks are digests and sizes
-            raise InvalidInput(f"manifest entry {entry.path!r} has a malformed digest")
+    for entry in files:  # a ChunkList's chunks are digests and sizes already
+        check_file_digest(entry)
     check_manifest(files)  # paths inside, no duplicates, sizes add up
     paths = {f.path for f in files}
     for path, facts in values["tables"].items():

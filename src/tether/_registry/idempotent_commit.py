@@ -52,8 +52,18 @@ def _request_digest(name: str, values: VersionValues, bump: str | None) -> str:
     return hasher.hexdigest()
 
 
+def _legacy_digest(name: str, values: Any, bump: str | None) -> str | None:
+    """The digest servers before the packed form recorded (of the JSON as sent), so a
+    retry across an upgrade still finds its key's version; None for checked values."""
+    if isinstance(values, VersionValues):
+        return None
+    text = canonical_json({"name": name, "values": values, "bump": bump})
+    return blake3.blake3(text.encode()).hexdigest()
+
+
 def _recorded(
-    registry: Registry, key: str, principal: str, scope: str, digest: str
+    registry: Registry, key: str, principal: str, scope: str, digest: str,
+    legacy: str | None = None,
 ) -> ModelVersion | None:
     """The version a commit with ``key`` registered before, or None."""
     with registry.read() as conn:
@@ -62,7 +72,8 @@ def _recorded(
         ).first()
         if row is None:
             return None
-        if (row.principal, row.scope, row.request_digest) != (principal, scope, digest):
+        if ((row.principal, row.scope) != (principal, scope)
+                or row.request_digest not in (digest, legacy)):
             raise Conflict(
                 "this Idempotency-Key was already used for a different request",
                 hint="send a fresh key with every new commit; reuse one only to retry",
@@ -103,7 +114,8 @@ def commit_once(
     principal = registry.actor
     scope = f"POST /models/{name}/versions"
     digest = _request_digest(name, checked, bump)
-    earlier = _recorded(registry, key, principal, scope, digest)
+    earlier = _recorded(registry, key, principal, scope, digest,
+                        _legacy_digest(name, values, bump))
     if earlier is not None:
         return earlier, True
     version = _commit(registry, name, checked, bump)

@@ -55,7 +55,8 @@ class FileEntry:
         head: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
         chunks = self.chunks
         if len(chunks) > LISTED_CHUNKS and brief:
-            return {**head, "chunk_count": len(chunks)}
+            # "chunks": null, so that an older reader refuses it rather than read none.
+            return {**head, "chunks": None, "chunk_count": len(chunks)}
         if len(chunks) > LISTED_CHUNKS:
             return {**head, "chunks": chunks.to_text()}
         return {**head, "chunks": [[c.digest, c.size] for c in chunks]}

@@ -246,12 +246,14 @@ class Api:
         """A version a client chunked and uploaded, as JSON or packed (server/packed.py)."""
         name = request.path_params["name"]
         validate_model_name(name)
+        # Who asks, before a byte of the body is read: a packed one may be 1 GB.
+        reg, _who = self.as_caller(request)
+        await run_in_threadpool(reg.require, "contributor", name, action="logging a version")
         fields, files, bump = await self._commit_body(request)
         values: Any = fields
         if files is not None:  # checked as from_dict checks JSON, with the files read
             checked = VersionValues.from_dict({**fields, "manifest": []})
             values = replace(checked, manifest=files).checked()
-        reg, _who = self.as_caller(request)
         key = request.headers.get("idempotency-key")
         version, replayed = await run_in_threadpool(
             lambda: reg.commit_once(name, values, bump, key=key)
@@ -263,10 +265,12 @@ class Api:
         """A dataset version a client chunked and uploaded: validated, re-sealed, numbered."""
         name = request.path_params["name"]
         validate_model_name(name)
+        reg, _who = self.as_caller(request)  # before the body, as for a model
+        await run_in_threadpool(reg.require, "contributor", name,
+                                action="adding a dataset version")
         values, files, bump = await self._commit_body(request)
         if files is not None:
             values = {**values, "manifest": list(files)}
-        reg, _who = self.as_caller(request)
         version = await run_in_threadpool(reg.commit_dataset, name, values, bump)
         return version_answer(request, version, status=201)
 

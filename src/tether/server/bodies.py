@@ -11,6 +11,7 @@ handlers render in their own error format.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -97,8 +98,9 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
 
 
 async def receive_body(request: Request, limit: int, sink: Callable[[bytes], Any]) -> None:
-    """The body handed to ``sink`` as it comes, refused (413) as soon as it passes
-    ``limit`` (or before a byte is read, when its Content-Length says so)."""
+    """The body handed to ``sink`` as it comes (awaited, if it is a coroutine function),
+    refused (413) as soon as it passes ``limit`` (or before a byte is read, when its
+    Content-Length says so)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -110,7 +112,9 @@ async def receive_body(request: Request, limit: int, sink: Callable[[bytes], Any
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        sink(chunk)
+        done = sink(chunk)
+        if inspect.isawaitable(done):
+            await done
 
 
 async def read_json_body(request: Request, limit: int = MAX_BODY) -> Any:

@@ -20,11 +20,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .._errors import InvalidInput, UnknownField
 from .._packed_manifest import (
+    MAX_RECORDS,
     MEDIA_TYPE,
     PackedBody,
     files_from_entries,
     finish,
     read_packed,
+    too_many_records,
 )
 from .._records import ModelVersion
 from .._registry.datasets import DatasetVersion
@@ -33,8 +35,8 @@ from .._store.blobs import scratch_root
 from .bodies import MAX_VERSION_BODY, parse_json, receive_body
 
 #: Largest packed body: its head is held to MAX_VERSION_BODY, its records (spooled to
-#: disk, never held) to 2 GiB, 50 million chunks (3 TB of files at 64 KiB).
-MAX_PACKED_BODY = MAX_VERSION_BODY + (2 << 30)
+#: disk, never held) to what a row can store (``MAX_RECORDS``).
+MAX_PACKED_BODY = MAX_VERSION_BODY + MAX_RECORDS
 #: A body this small stays in memory while it is read.
 _SPOOL_IN_MEMORY = 1 << 20
 
@@ -68,8 +70,18 @@ async def spooled(request: Request, limit: int) -> IO[bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by the caller
         max_size=_SPOOL_IN_MEMORY, mode="w+b", dir=str(folder))
+    pending = bytearray()
+
+    async def collect(piece: bytes) -> None:
+        # Written a few MB at a time on a worker thread, not on the event loop.
+        pending.extend(piece)
+        if len(pending) >= _SPOOL_IN_MEMORY:
+            await run_in_threadpool(spool.write, bytes(pending))
+            pending.clear()
+
     try:
-        await receive_body(request, limit, spool.write)
+        await receive_body(request, limit, collect)
+        await run_in_threadpool(spool.write, bytes(pending))
         spool.seek(0)
     except BaseException:
         spool.close()
@@ -96,6 +108,8 @@ def _commit_parts(spool: IO[bytes]) -> tuple[dict[str, Any], tuple[FileEntry, ..
         raise InvalidInput(f"the packed body is malformed: {error}",
                            hint=f"{MEDIA_TYPE}: a line of JSON, then the chunk records "
                            "it names") from None
+    if len(records) > MAX_RECORDS:
+        raise too_many_records(len(records))
     unknown = set(head) - {"values", "bump", "manifest"}
     if unknown:
         raise UnknownField(f"unknown field(s): {', '.join(sorted(unknown))}",
