@@ -12,7 +12,8 @@ from tether._records import VersionValues
 
 def _values(**changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "manifest": [{"path": "model.pkl", "size": 3, "digest": "ab", "chunks": [["ab" * 32, 3]]}],
+        "manifest": [{"path": "model.pkl", "size": 3, "digest": "cd" * 32,
+                      "chunks": [["ab" * 32, 3]]}],
         "flavor": {"name": "sklearn"},
         "signature": None,
         "input_example": [[1, 2]],
@@ -59,7 +60,10 @@ def test_digests_are_accepted_and_dropped_and_author_is_optional() -> None:
         ({"manifest": [{"path": "a\x00b", "size": 1, "digest": "a"}]}, InvalidPath, "escapes"),
         ({"manifest": [{"path": "~/x", "size": 1, "digest": "a"}]}, InvalidPath, "escapes"),
         ({"manifest": [{"path": "x"}]}, InvalidInput, "manifest entry 'x' is malformed"),
-        ({"manifest": [{"path": "x", "size": 1, "digest": "a"}] * 2}, InvalidInput, "twice"),
+        ({"manifest": [{"path": "x", "size": 1, "digest": "a" * 64}] * 2}, InvalidInput, "twice"),
+        ({"manifest": [{"path": "x", "size": 1, "digest": 7}]}, InvalidInput, "not a BLAKE3"),
+        ({"manifest": [{"path": "x", "size": 1, "digest": "A" * 64}]}, InvalidInput,
+         "not a BLAKE3"),
     ],
 )
 def test_from_dict_names_what_is_wrong(
