@@ -301,6 +301,12 @@ def test_a_dataset_version_goes_and_comes_packed(
         assert handle.read_range(3_000_000, 3_000_100) == payload[3_000_000:3_000_100]
     plain = served.api("GET", "/api/v1/datasets/corpus/versions/latest").json()
     assert plain["digest"] == f"sha:{added.digest}"  # JSON for clients that ask for JSON
+    # A list of dataset versions gives large lists as their lengths, as a model's does.
+    from tether._store.chunklist import DeferredChunkList
+
+    listed = registry.dataset_versions("corpus")[0].file("blob.bin").chunks
+    assert isinstance(listed, DeferredChunkList) and not listed.loaded
+    assert len(listed) == len(chunks) and listed == chunks and listed.loaded
 
 
 def test_lists_past_the_threshold_in_all_go_to_files(

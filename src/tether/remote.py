@@ -419,17 +419,19 @@ class RemoteRegistry:
         rows = self._request("GET", f"/models/{quote(name)}/versions")
         return [self._listed(row) for row in rows]
 
-    def _listed(self, data: dict[str, Any]) -> ModelVersion:
-        """A version of a list: a large chunk list comes as its length and is asked for
-        (the version, by itself, checked) only if it is used."""
+    def _listed(self, data: dict[str, Any], kind: type[V] = ModelVersion,  # type: ignore[assignment]
+                ) -> V:
+        """A version of a list (a model's or a dataset's): a large chunk list comes as its
+        length and is asked for (the version, by itself, checked) only if it is used."""
         files = []
-        fetched: list[ModelVersion] = []  # the version, asked for once for all its lists
+        fetched: list[Any] = []  # the version, asked for once for all its lists
         ref = f"{data['name']}@{data['semver']}"
+        fetch = self.get if kind is ModelVersion else self.get_dataset
 
         def list_of(listed: FileEntry) -> ChunkList:
             if not fetched:
-                fetched.append(self.get(ref))  # checked against its digest
-            entry = fetched[0].file(listed.path)
+                fetched.append(fetch(ref))  # checked against its digest
+            entry: FileEntry = fetched[0].file(listed.path)
             if (entry.size, entry.digest) != (listed.size, listed.digest):
                 raise IntegrityError(f"{listed.path} of {ref} changed between the list of "
                                      "versions and the version",
@@ -444,7 +446,7 @@ class RemoteRegistry:
                                digest=str(item["digest"]))
             chunks = DeferredChunkList(int(item["chunk_count"]), partial(list_of, listed))
             files.append(replace(listed, chunks=chunks))
-        return replace(ModelVersion.from_dict({**data, "files": []}), files=tuple(files))
+        return replace(kind.from_dict({**data, "files": []}), files=tuple(files))  # type: ignore[type-var]
 
     def get(self, ref: str) -> ModelVersion:
         parsed = parse_reference(ref)
@@ -843,8 +845,12 @@ class RemoteRegistry:
         return [datasets.DatasetInfo(**d) for d in self._call("list_datasets")]
 
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
-        return [datasets.require_intact(datasets.DatasetVersion.from_dict(d))
-                for d in self._call("dataset_versions", name)]
+        listed = [self._listed(d, datasets.DatasetVersion)
+                  for d in self._call("dataset_versions", name)]
+        # Checked against its digest where every list came; one whose large lists come
+        # as lengths is checked when they are asked for (``get_dataset``).
+        return [v if any(isinstance(f.chunks, DeferredChunkList) for f in v.files)
+                else datasets.require_intact(v) for v in listed]
 
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         # The server is not trusted to keep a manifest and its digest consistent.

@@ -157,7 +157,9 @@ class DatasetVersion:
             bump_reasons=tuple(data.get("bump_reasons") or ()),
         )
 
-    def to_dict(self, *, with_files: bool = True) -> dict[str, Any]:
+    def to_dict(self, *, with_files: bool = True, brief_lists: bool = False,
+                ) -> dict[str, Any]:
+        """``brief_lists``: large chunk lists as their lengths (``FileEntry.to_dict``)."""
         data: dict[str, Any] = {
             "name": self.name,
             "ref": self.ref,
@@ -180,7 +182,7 @@ class DatasetVersion:
         if self.bump_reasons:
             data["bump_reasons"] = list(self.bump_reasons)
         if with_files:
-            data["files"] = [f.to_dict() for f in self.files]
+            data["files"] = [f.to_dict(brief=brief_lists) for f in self.files]
         return data
 
 

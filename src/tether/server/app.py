@@ -389,6 +389,8 @@ class Api:
         reg, _who = self.as_caller(request)
         check_call(method, getattr(reg, method), args, kwargs)
         result = await run_in_threadpool(lambda: getattr(reg, method)(*args, **kwargs))
+        if method == "dataset_versions":  # large lists as lengths, as a model's list gives
+            return [to_json(v.to_dict(brief_lists=True)) for v in result]
         return to_json(result)
 
     def routes(self) -> list[Route | Mount]:
