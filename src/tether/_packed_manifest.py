@@ -19,7 +19,6 @@ registry, which recomputes every digest from them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -129,7 +128,8 @@ def files_from_entries(entries: Any, records: bytes | RecordSource | None, *,
             chunks = records.chunk_list(start, end, in_file=large)
         elif large:
             with memoryview(records) as view:
-                chunks = kept_in_file(view[start:end])
+                part = view[start:end]
+                chunks = kept_in_file(lambda part=part: [part])  # type: ignore[misc]
         else:
             whole = start == 0 and end == len(records)  # the one large file: no copy
             chunks = ChunkList(records if whole else records[start:end])
@@ -145,14 +145,14 @@ def scratch() -> tuple[int, Path]:
     return make_temp(scratch_root(), "chunk-list")
 
 
-def kept_in_file(records: memoryview) -> ChunkList:
-    """``records`` as a list kept in a scratch file, else (no scratch folder, a full
-    disk, no descriptors left) in memory: reading a version must not fail for want
-    of a place to put it."""
+def kept_in_file(pieces: Callable[[], Iterable[bytes | memoryview]]) -> ChunkList:
+    """The records ``pieces()`` gives as a list kept in a scratch file, else (no scratch
+    folder, a full disk, no descriptors left) read again into memory: reading a version
+    must not fail for want of a place to put it."""
     try:
-        return ChunkList.kept_in_file([records], scratch)
+        return ChunkList.kept_in_file(pieces(), scratch)
     except (OSError, StoreError):
-        return ChunkList(bytes(records), adopt=True)
+        return ChunkList(b"".join(pieces()), adopt=True)
 
 
 # -- the REST API's packed form ------------------------------------------------------
@@ -274,9 +274,3 @@ class IterReader:
         end = self._buffer.find(b"\n", 0, limit)
         size = end + 1 if end >= 0 else min(limit, len(self._buffer))
         return self.read(size)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            close = getattr(self._pieces, "close", None)
-            if close is not None:
-                close()

@@ -15,12 +15,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._digest import canonical_json
-from .._errors import IntegrityError, StoreError
+from .._errors import IntegrityError
 from .._packed_manifest import (
     MAX_RECORDS,
     StoredRecords,
     files_from_entries,
-    scratch,
+    kept_in_file,
     stored_entries,
     too_many_records,
 )
@@ -164,12 +164,8 @@ class DatabaseRecords:
                     at += len(piece)
                     yield piece
 
-            if in_file:
-                try:
-                    return ChunkList.kept_in_file(pieces(), scratch)
-                except (OSError, StoreError):
-                    pass  # no scratch file: in memory, as before
-            return ChunkList(b"".join(pieces()), adopt=True)
+            return (kept_in_file(pieces) if in_file
+                    else ChunkList(b"".join(pieces()), adopt=True))
 
 
 def stored_records(conn: sa.Connection, table: sa.Table, row_id: int,
