@@ -141,10 +141,6 @@ def read_version(response: httpx.Response) -> ModelVersion:
     return read_packed_version(response, ModelVersion)
 
 
-def read_dataset_version(response: httpx.Response) -> datasets.DatasetVersion:
-    return read_packed_version(response, datasets.DatasetVersion)
-
-
 def read_packed_version(response: httpx.Response, kind: type[V]) -> V:
     """The version a server answered, as JSON or packed (its large chunk lists read as they
     come into lists kept in scratch files; see _packed_manifest.py). Nothing is trusted:
@@ -449,13 +445,33 @@ class RemoteRegistry:
         return replace(kind.from_dict({**data, "files": []}), files=tuple(files))  # type: ignore[type-var]
 
     def get(self, ref: str) -> ModelVersion:
+        # The server is not trusted to keep a version's manifest and digest consistent.
+        return require_intact(self._one_version("models", ref, ModelVersion))
+
+    def _one_version(self, collection: str, ref: str, kind: type[V]) -> V:
+        """The version ``ref`` names under ``/{collection}``, asked for packed (unchecked)."""
         parsed = parse_reference(ref)
         selector = ref.partition("@")[2] or "latest"
-        version = self._request(
-            "GET", f"/models/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
-            headers={"Accept": f"{MEDIA_TYPE}, application/json"}, read=read_version)
-        # The server is not trusted to keep a version's manifest and digest consistent.
-        return require_intact(version)
+        return self._request(  # type: ignore[no-any-return]
+            "GET", f"/{collection}/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
+            headers={"Accept": f"{MEDIA_TYPE}, application/json"},
+            read=partial(read_packed_version, kind=kind))
+
+    def _new_version(self, path: str, fields: dict[str, Any], files: Sequence[Any],
+                     bump: str | None, kind: type[V], **kwargs: Any) -> V:
+        """POST a new version to ``path``: JSON, or packed when a file's chunk list is too
+        long to list (see _packed_manifest.py); the answer unchecked."""
+        headers = kwargs.pop("headers", {})
+        if not any(isinstance(f, FileEntry) and len(f.chunks) > LISTED_CHUNKS for f in files):
+            listed = [f.to_dict() if isinstance(f, FileEntry) else f for f in files]
+            body = {"values": {**fields, "manifest": listed}, "bump": bump}
+            return kind.from_dict(self._request("POST", path, json=body, headers=headers,
+                                                **kwargs))
+        packed = PackedBody({"values": fields, "bump": bump}, files, key="manifest")
+        return self._request(  # type: ignore[no-any-return]
+            "POST", path, content=packed, read=partial(read_packed_version, kind=kind),
+            headers={**headers, "Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
+                     "Content-Length": str(packed.length)}, **kwargs)
 
     def commit(self, name: str, values: dict[str, Any] | VersionValues,
                bump: str | None) -> ModelVersion:
@@ -467,19 +483,8 @@ class RemoteRegistry:
         # One key per commit, sent again with every retry: a retry after a lost
         # response gets the version the first attempt registered, never a second one.
         key = uuid.uuid4().hex
-        headers = {"Idempotency-Key": key}
-        if not any(isinstance(f, FileEntry) and len(f.chunks) > LISTED_CHUNKS
-                   for f in manifest):
-            listed = [f.to_dict() if isinstance(f, FileEntry) else f for f in manifest]
-            body = {"values": {**fields, "manifest": listed}, "bump": bump}
-            return ModelVersion.from_dict(self._request(
-                "POST", f"/models/{quote(name)}/versions", json=body, headers=headers))
-        # Large chunk lists go packed, after the JSON (see _packed_manifest.py).
-        packed = PackedBody({"values": fields, "bump": bump}, manifest, key="manifest")
-        return self._request(  # type: ignore[no-any-return]
-            "POST", f"/models/{quote(name)}/versions", content=packed, read=read_version,
-            headers={**headers, "Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
-                     "Content-Length": str(packed.length)})
+        return self._new_version(f"/models/{quote(name)}/versions", fields, manifest, bump,
+                                 ModelVersion, headers={"Idempotency-Key": key})
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
         path = f"/models/{quote(version.name)}/trust/{version.semver}"
@@ -822,21 +827,11 @@ class RemoteRegistry:
                                                tags=tags, progress=progress,
                                                newest=lambda: self.get_dataset(name).files)
         fields = {k: values[k] for k in ("tables", "source", "tags", "notes")}
-        files = list(values["files"])
-        path = f"/datasets/{quote(name)}/versions"
         try:
             # Safe to repeat: the same bytes and metadata answer the version already added.
-            if any(len(f.chunks) > LISTED_CHUNKS for f in files):  # see _packed_manifest.py
-                packed = PackedBody({"values": fields, "bump": bump}, files, key="manifest")
-                version = self._request(
-                    "POST", path, content=packed, retry=True, read=read_dataset_version,
-                    headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
-                             "Content-Length": str(packed.length)})
-            else:
-                body = {"values": {"manifest": [f.to_dict() for f in files], **fields},
-                        "bump": bump}
-                version = datasets.DatasetVersion.from_dict(
-                    self._request("POST", path, json=body, retry=True))
+            version = self._new_version(f"/datasets/{quote(name)}/versions", fields,
+                                        list(values["files"]), bump, datasets.DatasetVersion,
+                                        retry=True)
         finally:
             self.store.release_pin(pin)
         return datasets.require_intact(version)
@@ -846,7 +841,7 @@ class RemoteRegistry:
 
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
         listed = [self._listed(d, datasets.DatasetVersion)
-                  for d in self._call("dataset_versions", name)]
+                  for d in self._request("GET", f"/datasets/{quote(name)}/versions")]
         # Checked against its digest where every list came; one whose large lists come
         # as lengths is checked when they are asked for (``get_dataset``).
         return [v if any(isinstance(f.chunks, DeferredChunkList) for f in v.files)
@@ -854,13 +849,8 @@ class RemoteRegistry:
 
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         # The server is not trusted to keep a manifest and its digest consistent.
-        parsed = parse_reference(ref)
-        selector = ref.partition("@")[2] or "latest"
-        version = self._request(
-            "GET", f"/datasets/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
-            headers={"Accept": f"{MEDIA_TYPE}, application/json"},
-            read=read_dataset_version)
-        return datasets.require_intact(version)
+        return datasets.require_intact(
+            self._one_version("datasets", ref, datasets.DatasetVersion))
 
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
         """Judged here: each side read with the caller's rights, changed chunks streamed."""

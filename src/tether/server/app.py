@@ -218,6 +218,13 @@ class Api:
         # Large chunk lists as their lengths: each is one version's, asked for by itself.
         return [v.to_dict(with_environment=False, brief_lists=True) for v in found]
 
+    async def dataset_versions(self, request: Request) -> Any:
+        """A dataset's versions, large chunk lists as their lengths (as a model's)."""
+        name = request.path_params["name"]
+        reg, _who = self.as_caller(request)
+        found = await run_in_threadpool(reg.dataset_versions, name)
+        return [to_json(v.to_dict(brief_lists=True)) for v in found]
+
     async def version(self, request: Request) -> Any:
         return await self._one_version(request, lambda reg: reg.get)
 
@@ -389,8 +396,6 @@ class Api:
         reg, _who = self.as_caller(request)
         check_call(method, getattr(reg, method), args, kwargs)
         result = await run_in_threadpool(lambda: getattr(reg, method)(*args, **kwargs))
-        if method == "dataset_versions":  # large lists as lengths, as a model's list gives
-            return [to_json(v.to_dict(brief_lists=True)) for v in result]
         return to_json(result)
 
     def routes(self) -> list[Route | Mount]:
@@ -416,6 +421,7 @@ class Api:
             Route("/settings", w(self.settings)),
             Route("/models/{name}/trust/{selector:path}", w(self.trust)),
             Route("/call/{method}", w(self.rpc), methods=["POST"]),
+            Route("/datasets/{name}/versions", w(self.dataset_versions), methods=["GET"]),
             Route("/datasets/{name}/versions", w(self.create_dataset_version), methods=["POST"]),
             Route("/datasets/{name}/versions/{selector}", w(self.dataset_version)),
             *BlobGateway(self).routes(),

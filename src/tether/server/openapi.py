@@ -142,6 +142,8 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/datasets/{name}/versions": {
+                "get": _op("List a dataset's versions (large chunk lists as chunk_count)",
+                           params=model),
                 "post": _op(
                     "Register a dataset version whose chunks are uploaded (the server "
                     "checks every field and recomputes every digest)",
