@@ -144,7 +144,7 @@ def test_a_proxy_in_the_environment_keeps_requests_on_httpx(
     fast = FastHTTP(timeout=10, ssl_context=None)
     assert fast.read_into(f"{server}/packs/a", {"Range": "bytes=0-9"},
                           memoryview(bytearray(10))) is None
-    assert fast.put_file(f"{server}/packs/a", {}, Path(__file__)) is None
+    assert fast.put(f"{server}/packs/a", {}, Path(__file__)) is None
     assert _Handler.seen == []  # nothing went around the proxy
 
 
@@ -153,16 +153,27 @@ def test_an_upload_is_sent_whole_and_its_answer_returned(
 ) -> None:
     pack = tmp_path / "pack"
     pack.write_bytes(BODY)
-    answer = fast.put_file(f"{server}/packs/b", {"Authorization": "Bearer t"}, pack)
+    answer = fast.put(f"{server}/packs/b", {"Authorization": "Bearer t"}, pack)
     assert isinstance(answer, httpx.Response) and answer.status_code == 201
     method, path, headers, body = _Handler.seen[-1]
     assert (method, path, body) == ("PUT", "/packs/b", BODY)
     assert headers["Authorization"] == "Bearer t"
     # An error comes back as the answer it is, for the caller's usual handling
     # (a 409 after a lost answer means "already stored").
-    taken = fast.put_file(f"{server}/taken", {}, pack)
+    taken = fast.put(f"{server}/taken", {}, pack)
     assert taken is not None and taken.status_code == 409
     assert taken.json()["error"] == "conflict"
+
+
+def test_a_buffer_is_sent_whole_without_a_file(server: str, fast: FastHTTP) -> None:
+    """A pack held in memory (pack_bodies.MemoryBody) goes as the body of one PUT:
+    only the view's bytes, not the rest of the buffer it is a view of."""
+    buffer = bytearray(BODY + b"x" * 5000)  # a reused buffer, longer than the pack
+    answer = fast.put(f"{server}/packs/c", {}, memoryview(buffer)[:len(BODY)])
+    assert answer is not None and answer.status_code == 201
+    method, path, headers, body = _Handler.seen[-1]
+    assert (method, path, body) == ("PUT", "/packs/c", BODY)
+    assert headers["Content-Length"] == str(len(BODY))
 
 
 def test_a_dropped_connection_is_a_network_error_for_the_callers_retries(
@@ -175,7 +186,7 @@ def test_a_dropped_connection_is_a_network_error_for_the_callers_retries(
         fast.read_into(url, {}, memoryview(bytearray(10)))
     assert isinstance(caught.value, httpx.NetworkError)  # what the retry loops retry
     with pytest.raises(FastFailure):
-        fast.put_file(url, {}, Path(__file__))
+        fast.put(url, {}, Path(__file__))
 
 
 def test_an_empty_answer_does_not_resend_the_next_request(server: str, fast: FastHTTP) -> None:
@@ -202,6 +213,23 @@ def test_an_upload_whose_answer_was_lost_counts_as_stored(
     blobs.put_file("packs/lost", pack)
     puts = [path for method, path, _, _ in _Handler.seen if method == "PUT"]
     assert puts == ["/api/v1/blobs/packs/lost"] * 2  # the first stored, the retry told so
+    assert blobs.retries == 1
+
+
+def test_a_buffer_whose_answer_was_lost_counts_as_stored(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a pack sent from memory: sent again from the same buffer, the
+    409 is taken as stored."""
+    from tether.remote import RemoteRegistry
+    from tether.remote_blobs import RemoteBlobs
+
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "10")
+    blobs = RemoteBlobs(RemoteRegistry(server, token="t"))
+    blobs._streams_packs = True
+    blobs.put_buffer("packs/lost", memoryview(bytearray(BODY)))
+    puts = [(path, body) for method, path, _, body in _Handler.seen if method == "PUT"]
+    assert puts == [("/api/v1/blobs/packs/lost", BODY)] * 2
     assert blobs.retries == 1
 
 

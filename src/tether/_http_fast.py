@@ -6,7 +6,8 @@ to be copied once more: 0.9 s of CPU per GB here, more than verifying the
 bytes. ``http.client`` reads a body of known length straight into the buffer
 (``recv_into``): 0.25 s per GB. An upload of a pack through httpx reads the
 file 64 KiB at a time and copies it into the socket; ``socket.sendfile`` has
-the kernel send it from the page cache.
+the kernel send it from the page cache, and a pack held in memory goes to the
+socket in one ``sendall``.
 
 Only plain requests take this path, and never while a proxy is configured
 (httpx reads HTTP(S)_PROXY and NO_PROXY its own way: those requests keep to
@@ -171,21 +172,29 @@ class FastHTTP:
             response.read()  # an empty body: marks the answer done, or the next request fails
         return filled
 
-    def put_file(self, url: str, headers: Mapping[str, str], path: Path) -> httpx.Response | None:
-        """PUT the file at ``path`` (sent by the kernel): the answer, or None when httpx
-        should send it. FastFailure if the connection failed: the request may have been
-        stored, so it is not sent again here."""
+    def put(self, url: str, headers: Mapping[str, str],
+                 body: Path | memoryview) -> httpx.Response | None:
+        """PUT the file at ``body`` (sent by the kernel), or the bytes of a buffer: the
+        answer, or None when httpx should send it. FastFailure if the connection
+        failed: the request may have been stored, so it is not sent again here."""
+
+        def start(conn: http.client.HTTPConnection, target: str, size: int) -> None:
+            conn.putrequest("PUT", target, skip_accept_encoding=True)
+            for name, value in {**headers, "Content-Length": str(size)}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            assert conn.sock is not None
 
         def send(conn: http.client.HTTPConnection, target: str) -> None:
-            with open(path, "rb") as handle:
+            if isinstance(body, memoryview):
+                start(conn, target, body.nbytes)
+                conn.sock.sendall(body)
+                return
+            with open(body, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                conn.putrequest("PUT", target, skip_accept_encoding=True)
-                for name, value in {**headers, "Content-Length": str(size)}.items():
-                    conn.putheader(name, value)
-                conn.endheaders()
-                assert conn.sock is not None
+                start(conn, target, size)
                 if conn.sock.sendfile(handle) != size:
-                    raise OSError(f"{path} changed size while it was sent")
+                    raise OSError(f"{body} changed size while it was sent")
 
         def take(response: http.client.HTTPResponse) -> httpx.Response:
             return httpx.Response(response.status, headers=response.getheaders(),

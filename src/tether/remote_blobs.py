@@ -10,6 +10,7 @@ API calls (``remote.backoff``, ``remote._TRANSIENT``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -131,27 +132,37 @@ class RemoteBlobs:
         return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
+        try:
+            self._put(key, path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_buffer(self, key: str, data: memoryview) -> None:
+        """Store ``data`` (a pack held in memory: see pack_bodies) without copying it."""
+        self._put(key, data)
+
+    def _put(self, key: str, body: Path | memoryview) -> None:
         def attempt() -> None:
             url = self._target(key, "PUT")
-            # Sent by the kernel when it can (see _http_fast); else through httpx.
+            # Sent by the kernel, or straight from the buffer, when it can (see
+            # _http_fast); else through httpx.
             direct = url or f"{self.url}/{key}"
-            sent = self.client.fast.put_file(direct, {} if url else self.client.auth_headers, path)
+            sent = self.client.fast.put(direct, {} if url else self.client.auth_headers, body)
             if sent is not None:
                 if url:
                     self._refuse(sent, "PUT", key)
                 else:
                     self.client._answer(sent, direct, raw=False)
                 return
-            with open(path, "rb") as handle:
+            with contextlib.ExitStack() as stack:
+                content = (bytes(body) if isinstance(body, memoryview)
+                           else stack.enter_context(open(body, "rb")))
                 if url:
-                    self._direct("PUT", url, key, content=handle)
+                    self._direct("PUT", url, key, content=content)
                 else:
-                    self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
+                    self.client._request("PUT", f"/blobs/{key}", content=content, retry=False)
 
-        try:
-            self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
-        finally:
-            path.unlink(missing_ok=True)
+        self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
 
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         data = bytes(data)  # httpx sends bytes as a body; other buffers it would iterate

@@ -59,7 +59,7 @@ from .base import (
     StoreStats,
     VerifyReport,
 )
-from .blobs import Blobs, disk_full, make_temp, scratch_root
+from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
 from .fileio import pread_into, write_pieces
@@ -78,6 +78,7 @@ from .midx import (
     is_merged,
     merge_into,
 )
+from .pack_bodies import BufferPool, PackBody, body_for
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -360,24 +361,28 @@ class _BufferPool:
 
 
 class PackWriter:
-    """Appends chunks to a temp file; publishes it (then its index) when full.
+    """Appends chunks to a pack body; publishes it (then its index) when full.
 
     Publishing (fsync and rename, or an upload) runs on background threads
     while the next pack fills; at most ``store.upload_streams`` packs wait to
-    be published, so what is in flight is bounded (and on disk, not in memory).
+    be published, so what is in flight is bounded: on disk, or in a few reused
+    buffers of a pack each when the store takes packs from memory (a server's
+    gateway: see pack_bodies).
     """
 
     def __init__(self, store: ChunkStore, target: int | None = None) -> None:
         self.store = store
         self.target = target or store.pack_target
-        self.fd: int | None = None
-        self.path: Path | None = None
+        self.body: PackBody | None = None  # the pack being filled
         self.size = 0
         self.entries: list[list[Any]] = []
         self.published: list[str] = []
         self._publisher: ThreadPoolExecutor | None = None
         self._inflight: deque[Future[None]] = deque()
         self._streams = max(1, store.upload_streams)
+        #: Buffers of packs sent from memory (pack_bodies.MemoryBody): one being
+        #: filled, the rest in flight.
+        self._buffers = BufferPool(keep=self._streams + 1)
         #: The chunks written and not yet indexed, and those of the last packs indexed
         #: (``_HELD_BYTES`` of them): what an ingest must not write twice although the
         #: index did not list them when its windows were looked up. Older ones are
@@ -400,8 +405,10 @@ class PackWriter:
         chunks. One ``write`` a chunk took the GIL back 16 times per MB, and
         with the hashing threads running that cost more than the copy.
         """
-        if self.fd is None:
-            self.fd, self.path = self.store.blobs.temp_file()  # type: ignore[attr-defined]
+        if self.body is None:
+            # Room for the chunk that takes a pack past its target (FastCDC's
+            # longest is 4 x AVG_CHUNK), so a buffer never grows in the usual case.
+            self.body = body_for(self.store.blobs, self._buffers, self.target + 4 * AVG_CHUNK)
             self.size = 0
             self.entries = []
         self._queued.append(payload)
@@ -417,36 +424,37 @@ class PackWriter:
         if not self._queued:
             return
         queued, self._queued = self._queued, []
-        assert self.fd is not None
+        assert self.body is not None
         try:
-            write_pieces(self.fd, queued)
-        except OSError as error:
-            where = self.path
+            self.body.write(queued)
+        except BaseException:
             self.abort()
-            raise disk_full(error, where or "a temporary pack") or error from error
+            raise
 
     def flush(self) -> None:
         """Close the current pack and hand it to the publisher (waiting for the previous one)."""
-        if self.fd is None or self.path is None:
+        if self.body is None:
             return
         self.write_out()
+        body, self.body = self.body, None
         try:
-            os.close(self.fd)
-        except OSError as error:
-            self.fd = None
-            where = self.path
+            body.seal()
+        except BaseException:
+            body.discard()
             self.abort()
-            raise disk_full(error, where) or error from error
-        self.fd = None
-        path, self.path = self.path, None
+            raise
         size, entries = self.size, self.entries
         self.entries = []
-        while len(self._inflight) >= self._streams:
-            self._inflight.popleft().result()
-        if self._publisher is None:
-            self._publisher = ThreadPoolExecutor(max_workers=self._streams,
-                                                 thread_name_prefix="tether-publish")
-        self._inflight.append(self._publisher.submit(self._publish, path, size, entries))
+        try:
+            while len(self._inflight) >= self._streams:
+                self._inflight.popleft().result()
+            if self._publisher is None:
+                self._publisher = ThreadPoolExecutor(max_workers=self._streams,
+                                                     thread_name_prefix="tether-publish")
+            self._inflight.append(self._publisher.submit(self._publish, body, size, entries))
+        except BaseException:
+            body.discard()  # an earlier pack failed: this one is never published
+            raise
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK") or os.environ.get(
                 "TETHER_TEST_CRASH_BEFORE_INDEX"):
             self._wait()  # test hooks: die with exactly this pack in flight
@@ -475,14 +483,11 @@ class PackWriter:
             self._publisher.shutdown(wait=True)
             self._publisher = None
 
-    def _publish(self, path: Path, size: int, entries: list[list[Any]]) -> None:
+    def _publish(self, body: PackBody, size: int, entries: list[list[Any]]) -> None:
         pack_id = uuid.uuid4().hex
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK"):  # test hook: die mid-ingest
             os._exit(99)
-        try:
-            self.store.blobs.put_file(f"packs/{pack_id}.pack", path)
-        finally:
-            path.unlink(missing_ok=True)
+        body.publish(self.store.blobs, f"packs/{pack_id}.pack")
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_INDEX"):  # test hook: a pack, no index
             os._exit(98)
         index = {"pack": pack_id, "size": size, "chunks": entries}
@@ -506,12 +511,9 @@ class PackWriter:
 
     def abort(self) -> None:
         self._queued = []
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-        self.fd, self.path = None, None
+        body, self.body = self.body, None
+        if body is not None:
+            body.discard()
         with contextlib.suppress(BaseException):
             self._wait()
         self._close_publisher()
