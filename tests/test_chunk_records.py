@@ -419,3 +419,38 @@ def test_an_ingests_lists_past_the_threshold_in_all_go_to_files(
     finally:
         if report.pin:
             registry.store.release_pin(report.pin)
+
+
+def test_postgresql_keeps_chunk_records_uncompressed_for_range_reads(
+        pg_database: str, tmp_path: Path) -> None:
+    """A zero-filled file is one chunk repeated: its records are one 40-byte record over
+    and over, which PostgreSQL compresses by default. A compressed value is read back
+    range by range (DatabaseRecords) by decompressing it from its start each time, so
+    every range costs the whole prefix. The harm, shown on a column left at the default
+    storage: compressed. Tether's column is EXTERNAL (migration 0011): stored as is."""
+    import tether
+
+    registry = tether.init(tmp_path / "reg" / ".tether", actor="t@example.com",
+                           db_url=pg_database)
+    try:
+        folder = tmp_path / "zeros"
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(bytes(64 << 20))  # a zeroed checkpoint
+        version = registry.log_model(str(folder), "zeros", flavor="files")
+        chunks = version.file("weights.bin").chunks
+        assert len(chunks) > 200 and len({c.digest for c in chunks}) == 1
+        with registry.engine.begin() as conn:
+            stored = conn.execute(sa.text(
+                "SELECT pg_column_compression(chunk_records), length(chunk_records) "
+                "FROM versions WHERE id = :id"), {"id": version.id}).one()
+            conn.execute(sa.text("CREATE TEMP TABLE default_storage (records bytea)"))
+            conn.execute(sa.text("INSERT INTO default_storage SELECT chunk_records "
+                                 "FROM versions WHERE id = :id"), {"id": version.id})
+            default = conn.execute(sa.text(
+                "SELECT pg_column_compression(records) FROM default_storage")).scalar()
+        assert default is not None  # the harm: compressed where the storage is not set
+        assert stored == (None, len(chunks) * 40)  # stored as is
+        out = registry.download(version.ref, tmp_path / "out", progress=False)
+        assert (out / "weights.bin").stat().st_size == 64 << 20
+    finally:
+        registry.close()
