@@ -16,8 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tether import Registry, StoreError
-from tether._store import pack_bodies
-from tether._store import open_store
+from tether._store import open_store, pack_bodies
 from tether._store.base import GC_KINDS
 from tether._store.chunkstore import ChunkStore
 from tether.cli import cli

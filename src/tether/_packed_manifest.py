@@ -28,7 +28,7 @@ from ._errors import PayloadTooLarge, StoreError
 from ._store import chunklist
 from ._store.base import LISTED_CHUNKS, FileEntry
 from ._store.blobs import make_temp, scratch_root
-from ._store.chunklist import RECORD_SIZE, ChunkList
+from ._store.chunklist import RECORD_SIZE, ChunkList, ListBudget
 
 #: The REST API's packed form: one line of JSON, then the records it names.
 MEDIA_TYPE = "application/x-tether-packed"
@@ -101,14 +101,13 @@ def files_from_entries(entries: Any, records: bytes | RecordSource | None, *,
     KeyError, TypeError or ValueError when they are not such a manifest.
 
     ``in_file``: lists are kept in memory up to ``SPILL_BYTES`` in all, and in
-    scratch files past that (see chunklist.py; in memory too if none can be made):
-    for a version held for a whole load, not for lists of versions (each list in a
-    file keeps a descriptor open). A list at a time, a hundred lists just under the
-    threshold each were 400 MB.
+    scratch files past that (``chunklist.ListBudget``; in memory too if none can be
+    made): for a version held for a whole load, not for lists of versions (each
+    list in a file keeps a descriptor open).
     """
     if not isinstance(entries, list):
         raise TypeError(f"a manifest is a list, not {type(entries).__name__}")
-    files, used, held = [], 0, 0
+    files, used, budget = [], 0, ListBudget()
     for data in entries:
         if "stored_chunks" not in data:
             files.append(FileEntry.from_dict(data))
@@ -122,8 +121,7 @@ def files_from_entries(entries: Any, records: bytes | RecordSource | None, *,
                 or (first + count) * RECORD_SIZE > len(records)):
             raise ValueError(f"{data.get('path')!r} names chunk records that are not there")
         start, end = first * RECORD_SIZE, (first + count) * RECORD_SIZE
-        large = in_file and held + end - start > chunklist.SPILL_BYTES
-        held += 0 if large else end - start
+        large = in_file and not budget.keeps(end - start)
         if not isinstance(records, bytes | bytearray | memoryview):
             chunks = records.chunk_list(start, end, in_file=large)
         elif large:

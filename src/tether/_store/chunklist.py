@@ -51,6 +51,29 @@ _MAX_SIZE = (1 << 63) - 1
 #: builder was given one; it then writes ``_WRITE_BYTES`` at a time.
 SPILL_BYTES = 100_000 * RECORD_SIZE
 _WRITE_BYTES = 1 << 20
+
+
+class ListBudget:
+    """The bytes of a version's chunk lists kept in memory, against ``SPILL_BYTES``
+    in all: past that, each further list goes to a scratch file. One list at a time
+    against the threshold, a hundred lists just under it each held 400 MB. Reading a
+    version's lists (``_packed_manifest.files_from_entries``) and an ingest building
+    them (``ChunkStore._list_kept``) keep to the same rule through this."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def keeps(self, nbytes: int) -> bool:
+        """Whether a list of ``nbytes`` stays in memory (counted if it does)."""
+        if self.held + nbytes > SPILL_BYTES:
+            return False
+        self.held += nbytes
+        return True
+
+    def hold(self, nbytes: int) -> None:
+        """Count a list kept in memory whatever the budget (no scratch file could be
+        made, or a list too short to be worth a file of its own)."""
+        self.held += nbytes
 #: ``pieces`` hands out this many records at a time (2.6 MB).
 PIECE_RECORDS = 65536
 

@@ -48,7 +48,7 @@ import zstandard
 from pyfastcdc.cy import FastCDC
 
 from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
-from . import chunklist, cutting
+from . import cutting
 from .base import (
     LISTED_CHUNKS,
     ChunkRef,
@@ -61,7 +61,7 @@ from .base import (
 )
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
-from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder
+from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
 from .fileio import pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
@@ -1389,13 +1389,12 @@ class ChunkStore:
         try:
             with ThreadPoolExecutor(max_workers=_WORKERS,
                                     thread_name_prefix="tether-ingest") as pool:
-                held = 0  # bytes of the chunk lists built so far kept in memory
+                budget = ListBudget()  # the chunk lists built so far kept in memory
                 for rel in paths:
                     hint = Hint.of(previous.get(rel, ())) if _FOLLOW else None
                     entry = self._ingest_file(root / rel, rel, writer, report, bar,
                                               pool, ring, hint)
-                    entry, held = self._list_kept(entry, held)
-                    report.files.append(entry)
+                    report.files.append(self._list_kept(entry, budget))
             writer.finish()
             # Pins protect reused chunks from a concurrent gc until the version commits.
             report.pin = f"pins/{uuid.uuid4().hex}.json"
@@ -1519,23 +1518,27 @@ class ChunkStore:
                 out.append((digest, length, payload, codec))
         return out
 
-    def _list_kept(self, entry: FileEntry, held: int) -> tuple[FileEntry, int]:
+    def _list_kept(self, entry: FileEntry, budget: ListBudget) -> FileEntry:
         """``entry`` with its chunk list in a scratch file once the lists kept in memory
-        pass ``SPILL_BYTES`` in all (each list spills on its own only past that size:
-        a hundred 5 GB shards, 80,000 chunks each, held 320 MB); ``held`` updated.
-        Lists of up to ``LISTED_CHUNKS`` chunks stay: one file each for thousands of
-        small files would run out of descriptors."""
+        pass the budget (each list spilled on its own only past ``SPILL_BYTES``: a
+        hundred 5 GB shards, 80,000 chunks each, held 320 MB). Lists of up to
+        ``LISTED_CHUNKS`` chunks stay: one file each for thousands of small files
+        would run out of descriptors."""
         chunks = entry.chunks
-        if chunks.in_file or len(chunks) <= LISTED_CHUNKS:
-            return entry, held + (0 if chunks.in_file else len(chunks.records))
-        if held + len(chunks.records) <= chunklist.SPILL_BYTES:
-            return entry, held + len(chunks.records)
+        if chunks.in_file:
+            return entry
+        if len(chunks) <= LISTED_CHUNKS:
+            budget.hold(len(chunks.records))
+            return entry
+        if budget.keeps(len(chunks.records)):
+            return entry
         try:
             kept = ChunkList.kept_in_file(chunks.pieces(),
                                           lambda: self.scratch_file("chunk-list"))
         except (OSError, StoreError):
-            return entry, held + len(chunks.records)  # no scratch file: in memory
-        return replace(entry, chunks=kept), held
+            budget.hold(len(chunks.records))  # no scratch file: in memory
+            return entry
+        return replace(entry, chunks=kept)
 
     def _ingest_file(self, path: Path, rel: str, writer: PackWriter,
                      report: IngestReport, bar: Progress, pool: ThreadPoolExecutor,
