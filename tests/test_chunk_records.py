@@ -421,15 +421,21 @@ def test_an_ingests_lists_past_the_threshold_in_all_go_to_files(
             registry.store.release_pin(report.pin)
 
 
+@pytest.mark.parametrize("written", ["bound", "by COPY"])
 def test_postgresql_keeps_chunk_records_uncompressed_for_range_reads(
-        pg_database: str, tmp_path: Path) -> None:
+        pg_database: str, tmp_path: Path, monkeypatch: Any, written: str) -> None:
     """A zero-filled file is one chunk repeated: its records are one 40-byte record over
     and over, which PostgreSQL compresses by default. A compressed value is read back
     range by range (DatabaseRecords) by decompressing it from its start each time, so
     every range costs the whole prefix. The harm, shown on a column left at the default
-    storage: compressed. Tether's column is EXTERNAL (migration 0011): stored as is."""
+    storage: compressed. Tether's column is EXTERNAL (migration 0011): stored as is,
+    also when the records came through the temporary table a COPY fills (large lists:
+    a value compressed there stayed compressed in the row)."""
     import tether
+    from tether._store import chunklist
 
+    if written == "by COPY":  # the path of lists of SPILL_BYTES or more
+        monkeypatch.setattr(chunklist, "SPILL_BYTES", 100 * chunklist.RECORD_SIZE)
     registry = tether.init(tmp_path / "reg" / ".tether", actor="t@example.com",
                            db_url=pg_database)
     try:

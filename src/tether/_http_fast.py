@@ -39,6 +39,8 @@ import httpx
 Origin = tuple[str, str, int]
 T = TypeVar("T")
 
+#: A buffer is sent this many bytes to a ``sendall`` (see FastHTTP.put).
+SEND_SLICE = 1 << 20
 #: A kept-alive connection idle longer than this is not trusted to be open (uvicorn
 #: closes them after 5 s): a fresh one is made rather than a request lost.
 _IDLE_SECONDS = 2.0
@@ -188,7 +190,11 @@ class FastHTTP:
         def send(conn: http.client.HTTPConnection, target: str) -> None:
             if isinstance(body, memoryview):
                 start(conn, target, body.nbytes)
-                conn.sock.sendall(body)
+                # A slice at a time: the timeout bounds each sendall whole, so one
+                # sendall of a 16 MB pack failed on any link under ~2 Mbit/s a stream,
+                # and every retry the same (sendfile waits the timeout per piece).
+                for at in range(0, body.nbytes, SEND_SLICE):
+                    conn.sock.sendall(body[at:at + SEND_SLICE])
                 return
             with open(body, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._errors import Conflict, NotFound, StoreError, TetherError, Unavailable
+from ._http_fast import SEND_SLICE
 from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
 
 if TYPE_CHECKING:
@@ -155,12 +156,19 @@ class RemoteBlobs:
                     self.client._answer(sent, direct, raw=False)
                 return
             with contextlib.ExitStack() as stack:
-                content = (bytes(body) if isinstance(body, memoryview)
-                           else stack.enter_context(open(body, "rb")))
-                if url:
-                    self._direct("PUT", url, key, content=content)
+                content: Any
+                headers: dict[str, str] = {}
+                if isinstance(body, memoryview):  # in slices, not one more copy of the pack
+                    content = (bytes(body[at:at + SEND_SLICE])
+                               for at in range(0, body.nbytes, SEND_SLICE))
+                    headers["Content-Length"] = str(body.nbytes)  # not chunked (S3 wants it)
                 else:
-                    self.client._request("PUT", f"/blobs/{key}", content=content, retry=False)
+                    content = stack.enter_context(open(body, "rb"))
+                if url:
+                    self._direct("PUT", url, key, content=content, headers=headers)
+                else:
+                    self.client._request("PUT", f"/blobs/{key}", content=content,
+                                         headers=headers, retry=False)
 
         self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
 

@@ -107,6 +107,10 @@ def _copy_records(conn: sa.Connection, table: sa.Table, row_id: int,
     with raw.cursor() as cursor:
         cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS tether_chunk_records "
                        "(records bytea) ON COMMIT DROP")
+        # Uncompressed here too, as in the row (migration 0011): a value compressed in
+        # this table stays compressed when the row takes it.
+        cursor.execute("ALTER TABLE tether_chunk_records ALTER COLUMN records "
+                       "SET STORAGE EXTERNAL")
         cursor.execute("TRUNCATE tether_chunk_records")
         with cursor.copy("COPY tether_chunk_records (records) FROM STDIN "
                          "(FORMAT BINARY)") as copy:
