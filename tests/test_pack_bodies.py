@@ -123,3 +123,22 @@ def test_a_failed_send_leaves_no_buffer_behind_and_is_raised(tmp_path: Path) -> 
     writer.abort()
     assert writer.body is None
     assert not list((tmp_path / "store").glob("packs/*"))  # nothing half-published
+
+
+def test_starting_writeback_is_a_hint_that_never_fails(tmp_path: Path) -> None:
+    """Where the system has it, the kernel is asked to start writing a range; an error
+    (a descriptor that is not a file, say) is no loss and is not raised."""
+    from tether._store.fileio import start_writeback
+
+    path = tmp_path / "f"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 100_000)
+        handle.flush()
+        start_writeback(handle.fileno(), 0, 100_000)
+    read, write = os.pipe()
+    try:
+        start_writeback(read, 0, 10)  # ESPIPE, ignored
+    finally:
+        os.close(read)
+        os.close(write)
+    assert path.read_bytes() == b"x" * 100_000

@@ -10,9 +10,12 @@ system call. Light on purpose: the cutting workers import it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 #: Pieces given to one writev (Linux takes up to 1024).
 IOV_MAX = 512
@@ -45,6 +48,38 @@ def write_pieces(fd: int, pieces: Sequence[bytes | bytearray | memoryview],
             first += 1
         if done:
             views[first] = views[first][done:]
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing bytes [offset, offset + length) of ``fd`` to the
+    disk now, without waiting for them (Linux's sync_file_range; elsewhere nothing).
+
+    A file written whole and then fsynced waits at the fsync for all of it; started
+    as it is written, the disk works while the rest comes in and the fsync finds
+    little left. A server taking 10 MB packs through its event loop logged new bytes
+    6% faster this way (three interleaved rounds each, all three faster).
+    """
+    call = _sync_file_range()
+    if call is not None:
+        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error here is no loss
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_SFR: list[Any] = []
+
+
+def _sync_file_range() -> Any:
+    if not _SFR:
+        call = None
+        if sys.platform.startswith("linux"):
+            try:
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                call.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                call = None
+        _SFR.append(call)
+    return _SFR[0]
 
 
 def write_synced(fd: int, data: bytes | bytearray | memoryview) -> None:
