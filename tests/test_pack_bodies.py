@@ -18,7 +18,8 @@ import pytest
 from tether._store.blobs import LocalBlobs
 from tether._store.chunklist import ChunkRef
 from tether._store.chunkstore import ChunkStore, PackWriter
-from tether._store.pack_bodies import BufferPool, FileBody, MemoryBody, body_for
+from tether._store.fileio import BufferPool
+from tether._store.pack_bodies import FileBody, MemoryBody, body_for
 
 
 class BufferBlobs(LocalBlobs):

@@ -62,7 +62,7 @@ from .base import (
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
-from .fileio import pread_into, write_pieces
+from .fileio import BufferPool, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
@@ -78,7 +78,7 @@ from .midx import (
     is_merged,
     merge_into,
 )
-from .pack_bodies import BufferPool, PackBody, body_for
+from .pack_bodies import PackBody, body_for
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -335,34 +335,6 @@ class _BufferRing:
         return memoryview(self._buffers[turn])[:size]
 
 
-class _BufferPool:
-    """Read buffers of loads and verifies, handed back once a run is written and hashed.
-
-    Allocating each 8 MB run afresh made the kernel map and zero new pages for
-    most runs (malloc returns freed memory to the system between them), and a
-    load spent more time in those page faults than in reading.
-    """
-
-    _KEEP = _RUNS_AHEAD + _READ_THREADS + 2
-
-    def __init__(self) -> None:
-        self._free: list[bytearray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytearray:
-        with self._lock:
-            while self._free:
-                buffer = self._free.pop()
-                if len(buffer) >= size:
-                    return buffer
-        return bytearray(size)
-
-    def give(self, buffer: bytearray) -> None:
-        with self._lock:
-            if len(self._free) < self._KEEP:
-                self._free.append(buffer)
-
-
 class PackWriter:
     """Appends chunks to a pack body; publishes it (then its index) when full.
 
@@ -536,7 +508,7 @@ class ChunkStore:
         #: streamed response): then a large run costs one buffer, not a joined copy.
         self._reads_into = not remote or hasattr(blobs, "get_range_into")
         self._run_bytes = _RUN_BYTES if self._reads_into else _REMOTE_RUN_BYTES
-        self._run_buffers = _BufferPool()
+        self._run_buffers = BufferPool(keep=_RUNS_AHEAD + _READ_THREADS + 2)  # see fileio
         self.upload_streams = upload_streams or (REMOTE_UPLOAD_STREAMS if remote else 1)
         #: Packs under this many bytes are compacted by gc (tiny versions' packs).
         self._small_pack = min(self.pack_target, REMOTE_PACK_TARGET) // _SMALL_PACK_PART

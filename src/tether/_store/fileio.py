@@ -10,10 +10,10 @@ system call. Light on purpose: the cutting workers import it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +30,31 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
             break
         filled += got
     return filled
+
+
+class BufferPool:
+    """Buffers handed back once used, for the next use: a fresh buffer each time made
+    the kernel map and zero new pages for most of them (malloc returns freed memory
+    to the system between them), which cost a load more than its reads. At most
+    ``keep`` are kept; one smaller than asked for is dropped."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            while self._free:
+                buffer = self._free.pop()
+                if len(buffer) >= size:
+                    return buffer
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buffer)
 
 
 def write_pieces(fd: int, pieces: Sequence[bytes | bytearray | memoryview],
@@ -72,6 +97,8 @@ def _sync_file_range() -> Any:
     if not _SFR:
         call = None
         if sys.platform.startswith("linux"):
+            import ctypes  # here, not at the top: the cutting workers import this module
+
             try:
                 call = ctypes.CDLL(None, use_errno=True).sync_file_range
                 call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .blobs import disk_full
-from .fileio import start_writeback, write_pieces
+from .fileio import BufferPool, start_writeback, write_pieces
 
 
 class PackBody(Protocol):
@@ -74,26 +73,6 @@ class FileBody:
                 os.close(self.fd)
             self.fd = None
         self.path.unlink(missing_ok=True)
-
-
-class BufferPool:
-    """Pack buffers handed back once their pack is sent, for the next pack."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self._free: list[bytearray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytearray:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return bytearray(size)
-
-    def give(self, buffer: bytearray) -> None:
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(buffer)
 
 
 class MemoryBody:
