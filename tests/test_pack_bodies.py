@@ -143,3 +143,26 @@ def test_starting_writeback_is_a_hint_that_never_fails(tmp_path: Path) -> None:
         os.close(read)
         os.close(write)
     assert path.read_bytes() == b"x" * 100_000
+
+
+def test_only_a_store_on_this_disk_has_its_packs_writeback_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder store fsyncs a pack as it publishes it: its writeback is started as it
+    is written. A bucket's temporary pack is uploaded and deleted; started, its pages
+    would all go to the local disk for nothing (they are otherwise dropped unwritten)."""
+    from tether._store import pack_bodies
+
+    started: list[int] = []
+    monkeypatch.setattr(pack_bodies, "start_writeback",
+                        lambda fd, offset, length: started.append(length))
+
+    class Bucket(LocalBlobs):
+        is_local = False  # as S3Blobs: its temporary files are uploaded, then deleted
+
+    for blobs, expected in ((LocalBlobs(tmp_path / "here"), [5]),
+                            (Bucket(tmp_path / "bucket"), [])):
+        started.clear()
+        body = FileBody(blobs)
+        body.write([b"abcde"])
+        body.discard()
+        assert started == expected

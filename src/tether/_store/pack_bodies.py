@@ -38,6 +38,10 @@ class FileBody:
         self.fd: int | None
         self.fd, self.path = blobs.temp_file()
         self.size = 0
+        #: A store on this disk fsyncs the file as it is published: its writeback is
+        #: started as it is written. A bucket's temporary file is uploaded and
+        #: deleted, its pages usually dropped unwritten: never hand those to the disk.
+        self._kept_here = bool(getattr(blobs, "is_local", False))
 
     def write(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         assert self.fd is not None
@@ -47,7 +51,8 @@ class FileBody:
         except OSError as error:
             self.discard()
             raise disk_full(error, self.path) or error from error
-        start_writeback(self.fd, self.size, size)  # the fsync at publishing waits less
+        if self._kept_here:
+            start_writeback(self.fd, self.size, size)  # the fsync at publishing waits less
         self.size += size
 
     def seal(self) -> None:
