@@ -9,9 +9,7 @@ kept-alive connection.
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -146,7 +144,7 @@ def test_a_proxy_in_the_environment_keeps_requests_on_httpx(
     fast = FastHTTP(timeout=10, ssl_context=None)
     assert fast.read_into(f"{server}/packs/a", {"Range": "bytes=0-9"},
                           memoryview(bytearray(10))) is None
-    assert fast.put(f"{server}/packs/a", {}, Path(__file__)) is None
+    assert fast.put_file(f"{server}/packs/a", {}, Path(__file__)) is None
     assert _Handler.seen == []  # nothing went around the proxy
 
 
@@ -155,27 +153,16 @@ def test_an_upload_is_sent_whole_and_its_answer_returned(
 ) -> None:
     pack = tmp_path / "pack"
     pack.write_bytes(BODY)
-    answer = fast.put(f"{server}/packs/b", {"Authorization": "Bearer t"}, pack)
+    answer = fast.put_file(f"{server}/packs/b", {"Authorization": "Bearer t"}, pack)
     assert isinstance(answer, httpx.Response) and answer.status_code == 201
     method, path, headers, body = _Handler.seen[-1]
     assert (method, path, body) == ("PUT", "/packs/b", BODY)
     assert headers["Authorization"] == "Bearer t"
     # An error comes back as the answer it is, for the caller's usual handling
     # (a 409 after a lost answer means "already stored").
-    taken = fast.put(f"{server}/taken", {}, pack)
+    taken = fast.put_file(f"{server}/taken", {}, pack)
     assert taken is not None and taken.status_code == 409
     assert taken.json()["error"] == "conflict"
-
-
-def test_a_buffer_is_sent_whole_without_a_file(server: str, fast: FastHTTP) -> None:
-    """A pack held in memory (pack_bodies.MemoryBody) goes as the body of one PUT:
-    only the view's bytes, not the rest of the buffer it is a view of."""
-    buffer = bytearray(BODY + b"x" * 5000)  # a reused buffer, longer than the pack
-    answer = fast.put(f"{server}/packs/c", {}, memoryview(buffer)[:len(BODY)])
-    assert answer is not None and answer.status_code == 201
-    method, path, headers, body = _Handler.seen[-1]
-    assert (method, path, body) == ("PUT", "/packs/c", BODY)
-    assert headers["Content-Length"] == str(len(BODY))
 
 
 def test_a_dropped_connection_is_a_network_error_for_the_callers_retries(
@@ -188,7 +175,7 @@ def test_a_dropped_connection_is_a_network_error_for_the_callers_retries(
         fast.read_into(url, {}, memoryview(bytearray(10)))
     assert isinstance(caught.value, httpx.NetworkError)  # what the retry loops retry
     with pytest.raises(FastFailure):
-        fast.put(url, {}, Path(__file__))
+        fast.put_file(url, {}, Path(__file__))
 
 
 def test_an_empty_answer_does_not_resend_the_next_request(server: str, fast: FastHTTP) -> None:
@@ -218,44 +205,6 @@ def test_an_upload_whose_answer_was_lost_counts_as_stored(
     assert blobs.retries == 1
 
 
-def test_a_buffer_whose_answer_was_lost_counts_as_stored(
-    server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same for a pack sent from memory: sent again from the same buffer, the
-    409 is taken as stored."""
-    from tether.remote import RemoteRegistry
-    from tether.remote_blobs import RemoteBlobs
-
-    monkeypatch.setenv("TETHER_RETRY_SECONDS", "10")
-    blobs = RemoteBlobs(RemoteRegistry(server, token="t"))
-    blobs._streams_packs = True
-    blobs.put_buffer("packs/lost", memoryview(bytearray(BODY)))
-    puts = [(path, body) for method, path, _, body in _Handler.seen if method == "PUT"]
-    assert puts == [("/api/v1/blobs/packs/lost", BODY)] * 2
-    assert blobs.retries == 1
-
-
-def test_a_buffer_through_httpx_is_sent_whole_with_its_length(
-    server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a proxy configured the fast path steps aside: httpx sends the pack, in
-    slices (not one more copy of it), with a Content-Length (a presigned S3 URL
-    refuses a chunked upload)."""
-    from tether.remote import RemoteRegistry
-    from tether.remote_blobs import RemoteBlobs
-
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # httpx goes direct; the fast path steps aside
-    monkeypatch.delenv("no_proxy", raising=False)
-    blobs = RemoteBlobs(RemoteRegistry(server, token="t"))
-    blobs._streams_packs = True
-    big = os.urandom(3 << 20)  # three slices
-    blobs.put_buffer("packs/viahttpx", memoryview(bytearray(big)))
-    method, path, headers, body = _Handler.seen[-1]
-    assert (method, path, body) == ("PUT", "/api/v1/blobs/packs/viahttpx", big)
-    assert headers["Content-Length"] == str(len(big)) and "Transfer-Encoding" not in headers
-
-
 def test_a_redirect_where_bytes_were_asked_for_is_a_clear_error(server: str) -> None:
     from tether import StoreError
     from tether.remote import RemoteRegistry
@@ -264,55 +213,3 @@ def test_a_redirect_where_bytes_were_asked_for_is_a_clear_error(server: str) -> 
     with pytest.raises(StoreError, match="HTTP 302 where bytes were asked for"):
         client._request("GET", "/blobs/packs/moved", headers={"Range": "bytes=0-9"},
                         into=memoryview(bytearray(10)))
-
-
-class _SlowReader(BaseHTTPRequestHandler):
-    """Reads a PUT's body at about 16 MB/s, as a slow uplink would deliver it."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_PUT(self) -> None:
-        left = int(self.headers["Content-Length"])
-        while left:
-            got = self.rfile.read1(min(left, 64 << 10))
-            if not got:
-                return  # the client gave up
-            left -= len(got)
-            time.sleep(0.004)
-        self.send_response(201)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-class _SmallWindowServer(ThreadingHTTPServer):
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-        super().server_bind()
-
-
-def test_a_buffer_on_a_slow_link_is_not_timed_out_as_a_whole() -> None:
-    """The timeout bounds each wait, not the whole upload: one ``sendall`` of a pack
-    times out as a whole (the harm, shown first), so on a slow enough link every try
-    of a 16 MB pack failed; sent a slice at a time, it goes through."""
-    httpd = _SmallWindowServer(("127.0.0.1", 0), _SlowReader)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/packs/slow"
-    body = memoryview(bytearray(os.urandom(24 << 20)))  # 1.5 s to read
-    try:
-        with socket.create_connection(httpd.server_address, timeout=0.75) as sock:
-            sock.sendall(f"PUT /packs/slow HTTP/1.1\r\nContent-Length: {body.nbytes}\r\n\r\n"
-                         .encode())
-            with pytest.raises(TimeoutError):
-                sock.sendall(body)  # the unsafe way: one sendall, one timeout for all of it
-        fast = FastHTTP(timeout=0.75, ssl_context=None)
-        started = time.monotonic()
-        answer = fast.put(url, {}, body)
-        assert answer is not None and answer.status_code == 201
-        assert time.monotonic() - started > 0.75  # longer than the timeout, in all
-        fast.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

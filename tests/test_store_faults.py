@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tether import Registry, StoreError
-from tether._store import open_store, pack_bodies
+from tether._store import open_store, pack_file
 from tether._store.base import GC_KINDS
 from tether._store.chunkstore import ChunkStore
 from tether.cli import cli
@@ -201,7 +201,7 @@ def test_cli_gc_dry_run_reports_what_the_run_removes_by_kind(
 
 def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Pack writes fail with ENOSPC once ``budget`` bytes were written."""
-    real = pack_bodies.write_pieces
+    real = pack_file.write_pieces
     state = {"left": budget}
 
     def write_pieces(fd: int, pieces: list[bytes], offset: int | None = None) -> None:
@@ -211,7 +211,7 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
         state["left"] -= size
         real(fd, pieces, offset)
 
-    monkeypatch.setattr(pack_bodies, "write_pieces", write_pieces)  # packs being written
+    monkeypatch.setattr(pack_file, "write_pieces", write_pieces)  # packs being written
 
 
 def test_enospc_during_an_ingest_leaves_store_and_database_as_they_were(

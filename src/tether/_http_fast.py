@@ -6,8 +6,7 @@ to be copied once more: 0.9 s of CPU per GB here, more than verifying the
 bytes. ``http.client`` reads a body of known length straight into the buffer
 (``recv_into``): 0.25 s per GB. An upload of a pack through httpx reads the
 file 64 KiB at a time and copies it into the socket; ``socket.sendfile`` has
-the kernel send it from the page cache, and a pack held in memory goes to the
-socket in one ``sendall``.
+the kernel send it from the page cache.
 
 Only plain requests take this path, and never while a proxy is configured
 (httpx reads HTTP(S)_PROXY and NO_PROXY its own way: those requests keep to
@@ -39,8 +38,6 @@ import httpx
 Origin = tuple[str, str, int]
 T = TypeVar("T")
 
-#: A buffer is sent this many bytes to a ``sendall`` (see FastHTTP.put).
-SEND_SLICE = 1 << 20
 #: A kept-alive connection idle longer than this is not trusted to be open (uvicorn
 #: closes them after 5 s): a fresh one is made rather than a request lost.
 _IDLE_SECONDS = 2.0
@@ -174,33 +171,21 @@ class FastHTTP:
             response.read()  # an empty body: marks the answer done, or the next request fails
         return filled
 
-    def put(self, url: str, headers: Mapping[str, str],
-                 body: Path | memoryview) -> httpx.Response | None:
-        """PUT the file at ``body`` (sent by the kernel), or the bytes of a buffer: the
-        answer, or None when httpx should send it. FastFailure if the connection
-        failed: the request may have been stored, so it is not sent again here."""
-
-        def start(conn: http.client.HTTPConnection, target: str, size: int) -> None:
-            conn.putrequest("PUT", target, skip_accept_encoding=True)
-            for name, value in {**headers, "Content-Length": str(size)}.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            assert conn.sock is not None
+    def put_file(self, url: str, headers: Mapping[str, str], path: Path) -> httpx.Response | None:
+        """PUT the file at ``path`` (sent by the kernel): the answer, or None when httpx
+        should send it. FastFailure if the connection failed: the request may have been
+        stored, so it is not sent again here."""
 
         def send(conn: http.client.HTTPConnection, target: str) -> None:
-            if isinstance(body, memoryview):
-                start(conn, target, body.nbytes)
-                # A slice at a time: the timeout bounds each sendall whole, so one
-                # sendall of a 16 MB pack failed on any link under ~2 Mbit/s a stream,
-                # and every retry the same (sendfile waits the timeout per piece).
-                for at in range(0, body.nbytes, SEND_SLICE):
-                    conn.sock.sendall(body[at:at + SEND_SLICE])
-                return
-            with open(body, "rb") as handle:
+            with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                start(conn, target, size)
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
+                for name, value in {**headers, "Content-Length": str(size)}.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                assert conn.sock is not None
                 if conn.sock.sendfile(handle) != size:
-                    raise OSError(f"{body} changed size while it was sent")
+                    raise OSError(f"{path} changed size while it was sent")
 
         def take(response: http.client.HTTPResponse) -> httpx.Response:
             return httpx.Response(response.status, headers=response.getheaders(),

@@ -10,7 +10,6 @@ API calls (``remote.backoff``, ``remote._TRANSIENT``).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._errors import Conflict, NotFound, StoreError, TetherError, Unavailable
-from ._http_fast import SEND_SLICE
 from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
 
 if TYPE_CHECKING:
@@ -133,44 +131,27 @@ class RemoteBlobs:
         return make_temp(self.tmp_dir or scratch_root(), "upload")
 
     def put_file(self, key: str, path: Path) -> None:
-        try:
-            self._put(key, path)
-        finally:
-            path.unlink(missing_ok=True)
-
-    def put_buffer(self, key: str, data: memoryview) -> None:
-        """Store ``data`` (a pack held in memory: see pack_bodies) without copying it."""
-        self._put(key, data)
-
-    def _put(self, key: str, body: Path | memoryview) -> None:
         def attempt() -> None:
             url = self._target(key, "PUT")
-            # Sent by the kernel, or straight from the buffer, when it can (see
-            # _http_fast); else through httpx.
+            # Sent by the kernel when it can (see _http_fast); else through httpx.
             direct = url or f"{self.url}/{key}"
-            sent = self.client.fast.put(direct, {} if url else self.client.auth_headers, body)
+            sent = self.client.fast.put_file(direct, {} if url else self.client.auth_headers, path)
             if sent is not None:
                 if url:
                     self._refuse(sent, "PUT", key)
                 else:
                     self.client._answer(sent, direct, raw=False)
                 return
-            with contextlib.ExitStack() as stack:
-                content: Any
-                headers: dict[str, str] = {}
-                if isinstance(body, memoryview):  # in slices, not one more copy of the pack
-                    content = (bytes(body[at:at + SEND_SLICE])
-                               for at in range(0, body.nbytes, SEND_SLICE))
-                    headers["Content-Length"] = str(body.nbytes)  # not chunked (S3 wants it)
-                else:
-                    content = stack.enter_context(open(body, "rb"))
+            with open(path, "rb") as handle:
                 if url:
-                    self._direct("PUT", url, key, content=content, headers=headers)
+                    self._direct("PUT", url, key, content=handle)
                 else:
-                    self.client._request("PUT", f"/blobs/{key}", content=content,
-                                         headers=headers, retry=False)
+                    self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
 
-        self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
+        try:
+            self._retrying(f"upload of {key}", attempt, stored_on_conflict=True)
+        finally:
+            path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         data = bytes(data)  # httpx sends bytes as a body; other buffers it would iterate

@@ -78,7 +78,7 @@ from .midx import (
     is_merged,
     merge_into,
 )
-from .pack_bodies import PackBody, body_for
+from .pack_file import PackFile
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -337,28 +337,23 @@ class _BufferRing:
 
 
 class PackWriter:
-    """Appends chunks to a pack body; publishes it (then its index) when full.
+    """Appends chunks to a temp file; publishes it (then its index) when full.
 
     Publishing (fsync and rename, or an upload) runs on background threads
     while the next pack fills; at most ``store.upload_streams`` packs wait to
-    be published, so what is in flight is bounded: on disk, or in a few reused
-    buffers of a pack each when the store takes packs from memory (a server's
-    gateway: see pack_bodies).
+    be published, so what is in flight is bounded (and on disk, not in memory).
     """
 
     def __init__(self, store: ChunkStore, target: int | None = None) -> None:
         self.store = store
         self.target = target or store.pack_target
-        self.body: PackBody | None = None  # the pack being filled
+        self.body: PackFile | None = None  # the pack being filled
         self.size = 0
         self.entries: list[list[Any]] = []
         self.published: list[str] = []
         self._publisher: ThreadPoolExecutor | None = None
         self._inflight: deque[Future[None]] = deque()
         self._streams = max(1, store.upload_streams)
-        #: Buffers of packs sent from memory (pack_bodies.MemoryBody): one being
-        #: filled, the rest in flight.
-        self._buffers = BufferPool(keep=self._streams + 1)
         #: The chunks written and not yet indexed, and those of the last packs indexed
         #: (``_HELD_BYTES`` of them): what an ingest must not write twice although the
         #: index did not list them when its windows were looked up. Older ones are
@@ -382,9 +377,7 @@ class PackWriter:
         with the hashing threads running that cost more than the copy.
         """
         if self.body is None:
-            # Room for the chunk that takes a pack past its target (FastCDC's
-            # longest is 4 x AVG_CHUNK), so a buffer never grows in the usual case.
-            self.body = body_for(self.store.blobs, self._buffers, self.target + 4 * AVG_CHUNK)
+            self.body = PackFile(self.store.blobs)
             self.size = 0
             self.entries = []
         self._queued.append(payload)
@@ -459,7 +452,7 @@ class PackWriter:
             self._publisher.shutdown(wait=True)
             self._publisher = None
 
-    def _publish(self, body: PackBody, size: int, entries: list[list[Any]]) -> None:
+    def _publish(self, body: PackFile, size: int, entries: list[list[Any]]) -> None:
         pack_id = uuid.uuid4().hex
         if os.environ.get("TETHER_TEST_CRASH_BEFORE_PACK"):  # test hook: die mid-ingest
             os._exit(99)
