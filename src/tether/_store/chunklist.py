@@ -51,6 +51,11 @@ _MAX_SIZE = (1 << 63) - 1
 #: builder was given one; it then writes ``_WRITE_BYTES`` at a time.
 SPILL_BYTES = 100_000 * RECORD_SIZE
 _WRITE_BYTES = 1 << 20
+#: ``pieces`` hands out this many records at a time (2.6 MB).
+PIECE_RECORDS = 65536
+
+#: Where a builder spills: a new private scratch file, as (descriptor, path).
+Scratch = Callable[[], tuple[int, Path]]
 
 
 class ListBudget:
@@ -74,11 +79,7 @@ class ListBudget:
         """Count a list kept in memory whatever the budget (no scratch file could be
         made, or a list too short to be worth a file of its own)."""
         self.held += nbytes
-#: ``pieces`` hands out this many records at a time (2.6 MB).
-PIECE_RECORDS = 65536
 
-#: Where a builder spills: a new private scratch file, as (descriptor, path).
-Scratch = Callable[[], tuple[int, Path]]
 
 
 class ChunkList(Sequence[ChunkRef]):

@@ -10,6 +10,7 @@ system call. Light on purpose: the cutting workers import it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import sys
@@ -90,23 +91,22 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
-_SFR: list[Any] = []
 
 
+@functools.cache
 def _sync_file_range() -> Any:
-    if not _SFR:
-        call = None
-        if sys.platform.startswith("linux"):
-            import ctypes  # here, not at the top: the cutting workers import this module
+    """libc's sync_file_range, looked up once; None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # here, not at the top: the cutting workers import this module
 
-            try:
-                call = ctypes.CDLL(None, use_errno=True).sync_file_range
-                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                call.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                call = None
-        _SFR.append(call)
-    return _SFR[0]
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
 
 
 def write_synced(fd: int, data: bytes | bytearray | memoryview) -> None:

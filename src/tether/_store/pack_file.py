@@ -31,7 +31,7 @@ class PackFile:
         #: A store on this disk fsyncs the file as it is published: its writeback is
         #: started as it is written. A bucket's temporary file is uploaded and
         #: deleted, its pages usually dropped unwritten: never hand those to the disk.
-        self._kept_here = bool(getattr(blobs, "is_local", False))
+        self._kept_here = bool(blobs.is_local)
 
     def write(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         assert self.fd is not None

@@ -299,13 +299,13 @@ class BlobGateway:
                 started = 0  # the bytes already handed to the disk (start_writeback)
                 # Only where the store keeps (and fsyncs) this file; a bucket's is
                 # uploaded and deleted, its pages best dropped unwritten.
-                step = _WRITEBACK_STEP if self.blobs.is_local else MAX_OBJECT + 1
+                kept_here = self.blobs.is_local
                 async for block in request.stream():
                     size += len(block)
                     if size > MAX_OBJECT:
                         raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
                     write_pieces(fd, [block])
-                    if size - started >= step:
+                    if kept_here and size - started >= _WRITEBACK_STEP:
                         start_writeback(fd, started, size - started)
                         started = size
             finally:
