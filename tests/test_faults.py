@@ -551,6 +551,40 @@ def test_a_store_outage_is_503_naming_the_store(tmp_path: Path) -> None:
     registry.close()
 
 
+def test_an_upload_past_the_limit_is_cut_off_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body with no Content-Length (chunked) past the object limit is refused once it
+    passes it: a 4xx, nothing stored, no temporary file, no descriptor left (the
+    route writes to a raw descriptor, closed whatever happens)."""
+    from starlette.testclient import TestClient
+
+    from tether.server import blobs_api
+    from tether.server.app import create_app
+
+    registry = tether.init(tmp_path / "reg" / ".tether", actor="root@team")
+    app = TestClient(create_app(registry, open_access=True))
+    key = f"packs/{uuid.uuid4().hex}.pack"
+    before = len(os.listdir("/proc/self/fd"))
+
+    def oversized() -> Any:  # the test client gathers a body before sending it: finite
+        for _ in range(32):
+            yield os.urandom(256 << 10)
+
+    store = Path(registry.store.blobs.root)
+    taken = f"packs/{uuid.uuid4().hex}.pack"
+    monkeypatch.setattr(blobs_api, "MAX_OBJECT", 16 << 20)  # without the limit in reach:
+    assert app.put(f"/api/v1/blobs/{taken}", content=oversized()).status_code == 201
+    assert (store / taken).stat().st_size == 8 << 20  # every byte sent is kept
+    monkeypatch.setattr(blobs_api, "MAX_OBJECT", 3 << 20)
+    answer = app.put(f"/api/v1/blobs/{key}", content=oversized())
+    assert 400 <= answer.status_code < 500, answer.text
+    assert "byte limit" in answer.json()["message"]
+    assert not (store / key).exists()
+    assert list((store / "tmp").iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) <= before
+    registry.close()
+
+
 # -- the client's retries ----------------------------------------------------------------
 
 
