@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import blake3
 import pytest
 from pyfastcdc.cy import FastCDC
 
+from tether._errors import StoreError
 from tether._store import cutting, open_store
 from tether._store.chunkstore import AVG_CHUNK
 
@@ -58,3 +62,47 @@ def test_a_file_stored_in_parallel_dedups_against_one_stored_sequentially(
     assert again.new_chunks == 0 and again.reused_chunks == len(parallel.chunks)
     store.materialize([parallel], tmp_path / "out", label="test")
     assert (tmp_path / "out" / "model.bin").read_bytes() == data
+
+
+def test_a_file_truncated_under_a_worker_kills_the_worker_never_the_caller(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers map the file; a mapped page the file no longer has is SIGBUS."""
+    data = os.urandom(6 << 20)
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(data)
+    # The harm, the unsafe way: the process that touches such a page dies on the spot.
+    touch = (
+        "import os, sys\n"
+        "from tether._store import cutting\n"
+        "with cutting._mapped(sys.argv[1], 0, 1 << 20) as view:\n"
+        "    os.truncate(sys.argv[1], 0)\n"
+        "    print(view[8192])\n"
+    )
+    died = subprocess.run([sys.executable, "-c", touch, str(victim)], capture_output=True)
+    assert died.returncode == -signal.SIGBUS
+    # Against Tether: only workers map. The file shrinks under each worker as it maps
+    # its segment (a test hook); the worker dies, the caller cuts the segment itself
+    # with pread, finds the file shrank and says so; nothing is stored.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(data)
+    monkeypatch.setenv("TETHER_TEST_TRUNCATE_MAPPED", "1")
+    monkeypatch.setattr(cutting, "_pool", None)  # workers started with the hook
+    ended: list[int | None] = []
+    close = cutting._Worker.close
+
+    def noted_close(worker: cutting._Worker) -> None:
+        close(worker)
+        ended.append(worker.proc.returncode)
+
+    monkeypatch.setattr(cutting._Worker, "close", noted_close)
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    try:
+        with pytest.raises(StoreError, match="shrank while it was being cut") as caught:
+            store.ingest(tmp_path / "a", ["model.bin"])
+        assert "nobody is writing" in str(caught.value.hint)
+        assert -signal.SIGBUS in ended  # a worker died of it, and the caller lives on
+    finally:
+        if cutting._pool is not None:
+            cutting._pool.close()
+    assert not list((tmp_path / "store").glob("packs/*.pack"))

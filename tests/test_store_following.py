@@ -45,7 +45,7 @@ def follow(path: Path, hint: Hint, *, give_up: bool = False) -> tuple[list[Chunk
     with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(2) as pool:
         windows = followed_windows(
             handle.fileno(), path.stat().st_size, hint, avg_size=AVG, window=WINDOW,
-            buffer=lambda n: memoryview(bytearray(n)), pool=pool, give_up=give_up)
+            buffer=lambda n, _at: memoryview(bytearray(n)), pool=pool, give_up=give_up)
         while True:
             try:
                 _view, cuts, end, digests = next(windows)
@@ -248,7 +248,7 @@ def test_a_step_is_never_shorter_than_two_of_the_largest_chunks(tmp_path: Path,
     with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(2) as pool:
         for _view, cuts, _end, digests in followed_windows(
                 handle.fileno(), len(data), hint, avg_size=avg, window=8 << 20,
-                buffer=lambda n: memoryview(bytearray(n)), pool=pool, give_up=False):
+                buffer=lambda n, _at: memoryview(bytearray(n)), pool=pool, give_up=False):
             assert digests is not None
             got += [ChunkRef(d, n) for (_, n), d in zip(cuts, digests, strict=True)]
     assert got == cdc_with(data, avg)

@@ -62,7 +62,7 @@ from .base import (
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
-from .fileio import BufferPool, pread_into, write_pieces
+from .fileio import BufferPool, aligned_buffer, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
@@ -308,6 +308,10 @@ def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
         yield from entry.chunks.digests()
 
 
+#: The alignment the kernel's copies care about (a cache line): see fileio.aligned_buffer.
+_ALIGN = 64
+
+
 class _BufferRing:
     """The window buffers of one file's ingest, reused round robin.
 
@@ -323,17 +327,31 @@ class _BufferRing:
     SIZE = _AHEAD + 2
 
     def __init__(self) -> None:
-        self._buffers: list[bytearray] = []
+        self._buffers: list[memoryview] = []  # page-aligned: see fileio.aligned_buffer
         self._handed = 0
 
-    def next(self, size: int) -> memoryview:
+    def next(self, size: int, at: int = 0) -> memoryview:
+        """``size`` bytes of the next buffer, for the file's bytes from offset ``at``:
+        placed as the page cache holds them (``at`` modulo 64), so the kernel copies
+        them at full speed (see fileio.aligned_buffer), and so do pack writes."""
         turn = self._handed % self.SIZE  # the buffer handed out SIZE calls ago
         self._handed += 1
+        shift = at % _ALIGN
         if turn == len(self._buffers):  # never smaller than a window: windows vary a little
-            self._buffers.append(bytearray(max(size, _WINDOW + _WINDOW // 8)))
-        elif len(self._buffers[turn]) < size:
-            self._buffers[turn] = bytearray(size)
-        return memoryview(self._buffers[turn])[:size]
+            self._buffers.append(aligned_buffer(max(shift + size, _WINDOW + _WINDOW // 8)))
+        elif len(self._buffers[turn]) < shift + size:
+            self._buffers[turn] = aligned_buffer(shift + size)
+        return self._buffers[turn][shift:shift + size]
+
+
+def _cut_or_fail(stretches: Iterator[list[cutting.Cut]], path: Path,
+                 ) -> Iterator[list[cutting.Cut]]:
+    """``stretches``, with a failure to read the file while cutting it as a StoreError."""
+    try:
+        yield from stretches
+    except OSError as error:
+        raise StoreError(f"{path} could not be read while it was being stored: {error}",
+                         hint="log a file nobody is writing") from error
 
 
 class PackWriter:
@@ -1429,7 +1447,7 @@ class ChunkStore:
         position = 0  # of the next byte to read
         with open(path, "rb", buffering=0) as handle:
             while True:
-                view = ring.next(len(carry) + min(_WINDOW, left + 1))
+                view = ring.next(len(carry) + min(_WINDOW, left + 1), at=position - len(carry))
                 view[:len(carry)] = carry
                 got = pread_into(handle.fileno(), view[len(carry):], position)
                 position += got
@@ -1456,10 +1474,11 @@ class ChunkStore:
         hashed by worker processes."""
         with open(path, "rb", buffering=0) as handle:
             fd = handle.fileno()
-            for stretch in cutting.parallel_cuts(path, size, AVG_CHUNK, start):
+            for stretch in _cut_or_fail(cutting.parallel_cuts(path, size, AVG_CHUNK, start),
+                                        path):
                 first = stretch[0][0]
                 end = stretch[-1][0] + stretch[-1][1] - first
-                view = ring.next(end)
+                view = ring.next(end, at=first)
                 if pread_into(fd, view, first) < end:
                     raise StoreError(f"{path} shrank while it was being stored",
                                      hint="log a file nobody is writing")
@@ -1684,7 +1703,7 @@ class ChunkStore:
         return out
 
     def _read_run_views(self, chunks: Sequence[ChunkRef], *, what: str,
-                        keep: bool = True, into: bytearray | None = None,
+                        keep: bool = True, into: memoryview | None = None,
                         locs: Sequence[Location] | None = None) -> list[bytes | memoryview]:
         """``_read_run`` without copies: views into the one buffer read (``keep``: into
         the chunk cache too; ``into``: a buffer to read a local pack into)."""
@@ -1817,7 +1836,7 @@ class ChunkStore:
         reads_into = self._reads_into
 
         def read(chunks: list[ChunkRef], locs: list[Location], offset: int,
-                 ) -> tuple[list[bytes | memoryview], bytearray | None]:
+                 ) -> tuple[list[bytes | memoryview], memoryview | None]:
             buffer = self._run_buffers.take(self._run_bytes) if reads_into else None
             pieces = self._read_run_views(chunks, what=what, keep=keep, into=buffer, locs=locs)
             if sink is not None:
@@ -1921,7 +1940,7 @@ class ChunkStore:
                 hasher = blake3.blake3()
 
                 def read(chunks: list[ChunkRef], locs: list[Location], _offset: int,
-                         what: str = what) -> tuple[list[bytes | memoryview], bytearray | None]:
+                         what: str = what) -> tuple[list[bytes | memoryview], memoryview | None]:
                     # Views into one reused buffer: no copy of each chunk, no fresh 8 MB
                     # per run (glibc keeps freed ones resident: 350 MB at 215k chunks).
                     buffer = self._run_buffers.take(self._run_bytes) if self._reads_into \

@@ -33,26 +33,39 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
     return filled
 
 
+def aligned_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer of ``size`` bytes that starts on a page boundary.
+
+    Why not a ``bytearray``: its bytes start 16 bytes past malloc's alignment, and
+    the kernel's copy into or out of the page cache runs at half speed when source
+    and destination are not equally aligned to 64 bytes. Reading 2 GB from the page
+    cache took 0.25 s of CPU into a bytearray, 0.11 s into a page-aligned buffer
+    (five rounds each, every round alike).
+    """
+    return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
+
+
 class BufferPool:
     """Buffers handed back once used, for the next use: a fresh buffer each time made
     the kernel map and zero new pages for most of them (malloc returns freed memory
     to the system between them), which cost a load more than its reads. At most
-    ``keep`` are kept; one smaller than asked for is dropped."""
+    ``keep`` are kept; one smaller than asked for is dropped. Page-aligned (see
+    ``aligned_buffer``)."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self._free: list[bytearray] = []
+        self._free: list[memoryview] = []
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> bytearray:
+    def take(self, size: int) -> memoryview:
         with self._lock:
             while self._free:
                 buffer = self._free.pop()
                 if len(buffer) >= size:
                     return buffer
-        return bytearray(size)
+        return aligned_buffer(size)
 
-    def give(self, buffer: bytearray) -> None:
+    def give(self, buffer: memoryview) -> None:
         with self._lock:
             if len(self._free) < self.keep:
                 self._free.append(buffer)

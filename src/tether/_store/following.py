@@ -166,7 +166,7 @@ class _Walk:
 
 def followed_windows(
     fd: int, size: int, hint: Hint, *, avg_size: int, window: int,
-    buffer: Callable[[int], memoryview], pool: Executor, give_up: bool,
+    buffer: Callable[[int, int], memoryview], pool: Executor, give_up: bool,
 ) -> Generator[Window, None, int]:
     """The file as windows of chunks with their digests, following ``hint``.
 
@@ -186,7 +186,7 @@ def followed_windows(
         if give_up and position >= GIVE_UP_AFTER and followed < GIVE_UP_SHARE * position:
             return position
         length = min(window, size - position)
-        view = buffer(length)
+        view = buffer(length, position)
         if pread_into(fd, view, position) < length:
             raise StoreError("the file shrank while it was being stored",
                              hint="log a file nobody is writing")
