@@ -20,7 +20,11 @@ of the file, through the server and to S3 (goal: under 5% of the file).
 
 Anchors measured in the same run: `dd conv=fsync` write speed of the disk, a
 plain `cp` of the file, boto3's `upload_file` of the same file to the same moto
-server. Goals (issue 17): peak RSS < 300 MB;
+server; and the compute floor: the CPU seconds per GB of each step no ingest or
+load can skip (cutting, BLAKE3, reading from and writing to the page cache), one
+thread each on the same file, and from them the most each local operation could
+reach on this machine's cores with those steps spread perfectly and nothing else
+done (its "compute ceiling"). Goals (issue 17): peak RSS < 300 MB;
 all-new ingest at the disk's synced write speed; mostly-stored ingest and
 verified load >= 1.5 GB/s; through the server at least half the local
 figures (each round is also set against the local round run just before it:
@@ -178,6 +182,81 @@ def dd_fsync(folder: Path, size: int) -> float:
     speed = size / (time.perf_counter() - start)
     target.unlink()
     return speed
+
+
+# The CPU each step that no ingest or load can skip costs, one thread each, on the
+# same file in the same run: resource's user + system seconds around each step.
+FLOOR = textwrap.dedent(
+    """
+    import json, mmap, os, resource, sys
+    import blake3
+    from pyfastcdc.cy import FastCDC
+    from tether._store.chunkstore import AVG_CHUNK
+    from tether._store.fileio import aligned_buffer
+
+    path, scratch = sys.argv[1], sys.argv[2]
+    size = os.path.getsize(path)
+    step = 8 << 20
+
+    def cpu():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    with open(path, "rb") as handle:
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(data)
+    out = {}
+    start = cpu()
+    for _ in FastCDC(avg_size=AVG_CHUNK).cut_buf(view):
+        pass
+    out["cut"] = cpu() - start
+    start = cpu()
+    blake3.blake3(view).hexdigest()
+    out["hash"] = cpu() - start
+    buffer, fd = aligned_buffer(step), os.open(path, os.O_RDONLY)
+    start = cpu()
+    for offset in range(0, size, step):
+        os.preadv(fd, [buffer], offset)
+    out["read"] = cpu() - start
+    os.close(fd)
+    target = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    start = cpu()
+    for offset in range(0, size, step):
+        os.write(target, view[offset:offset + step])
+    out["write"] = cpu() - start
+    os.close(target)
+    os.unlink(scratch)
+    print(json.dumps({k: v * (1 << 30) / size for k, v in out.items()}))
+    """
+)
+
+
+def compute_floor(path: Path, folder: Path) -> dict[str, float]:
+    """CPU seconds per GB of cutting, hashing (BLAKE3, one thread), reading from the page
+    cache into a buffer, and writing a new file's pages, measured on ``path``."""
+    warm_pages(folder, WARM_BYTES)
+    done = subprocess.run([sys.executable, "-c", FLOOR, str(path), str(folder / "floor.bin")],
+                          capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout))
+
+
+def ceilings(floor: dict[str, float], cores: int) -> dict[str, float]:
+    """The fastest each operation could be on ``cores`` with nothing but its unavoidable
+    steps, spread perfectly over them (MB/s). An ingest hashes every chunk and the
+    whole file (two BLAKE3 passes); an all-new one also cuts and writes every byte, a
+    mostly-stored one cuts and writes only what changed (5%: the rest follows the
+    previous version's chunks, see following.py); a verified load reads every byte
+    from a pack, checks each chunk's digest, computes the file's and writes it."""
+    cut, hash_, read, write = floor["cut"], floor["hash"], floor["read"], floor["write"]
+    per_gb = {"log v1 (new)": cut + 2 * hash_ + write,
+              "log v2 (5% changed)": 2 * hash_ + (cut + write) / 20,
+              "load v1": read + 2 * hash_ + write,
+              "load v2": read + 2 * hash_ + write}
+    return {op: 1024 * cores / seconds for op, seconds in per_gb.items()}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def plain_cp(path: Path, folder: Path) -> float:
@@ -435,6 +514,9 @@ def main() -> None:
         anchors["dd conv=fsync write"] = dd_fsync(work, size) / MB
         anchors["plain cp"] = plain_cp(v1, work) / MB
         progress("anchors", "", anchors)
+        results["floor"] = compute_floor(v1, work)
+        results["cores"] = cores()
+        progress("floor", "core-s per GB", results["floor"])
         if any(t.startswith("s3") or t == "server-s3" for t in targets):
             moto = Moto()
             anchors.update({k: v / MB for k, v in boto3_anchor(moto.url, v1, work,
@@ -546,6 +628,14 @@ def report(results: dict[str, Any]) -> None:
     disk = anchors["dd conv=fsync write"]
     boto = anchors.get("boto3_upload_file")
     local = results["targets"].get("local", {})
+    floor, ceiling = results.get("floor"), {}
+    if floor:
+        ceiling = ceilings(floor, results["cores"])
+        print("compute floor (same run, same file, one thread each, CPU s per GB): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in floor.items())
+              + f"; so on {results['cores']} cores, every step spread perfectly and nothing "
+              "else done, at most: "
+              + ", ".join(f"{op} {mbs:.0f} MB/s" for op, mbs in ceiling.items()))
     print(f"{'target':<10} {'operation':<22} {'MB/s':>8} {'peak RSS':>9}  goal")
     for name, ops in results["targets"].items():
         for op, row in ops.items():
@@ -553,6 +643,9 @@ def report(results: dict[str, Any]) -> None:
                 continue
             if name == "local":
                 goal = {"log v1 (new)": f">= disk {disk:.0f} MB/s"}.get(op, ">= 1536 MB/s")
+                if op in ceiling:
+                    goal += (f" (compute ceiling {ceiling[op]:.0f} MB/s: "
+                             f"{100 * row['MB/s'] / ceiling[op]:.0f}% of it)")
             elif name.startswith("server"):
                 ref = local.get(op, {}).get("MB/s")
                 goal = f">= {ref / 2:.0f} MB/s (half of local)" if ref else ""
