@@ -19,6 +19,7 @@ import blake3
 import pytest
 from pyfastcdc.cy import FastCDC
 
+from tether._errors import StoreError
 from tether._store import following, open_store
 from tether._store.base import ChunkRef
 from tether._store.following import Hint, followed_windows
@@ -264,3 +265,59 @@ def test_a_hint_finds_a_digest_by_its_whole_value_not_its_prefix() -> None:
     assert hint.first(a) == 2 and hint.first(b) == 0 and hint.first(c) == 1
     assert hint.first(same + "03" * 24) is None and hint.first("zz") is None
     assert hint.first("ab") is None
+
+
+def test_windows_read_ahead_are_the_files_bytes_placed_as_the_page_cache_holds_them(
+        tmp_path: Path) -> None:
+    """Each window is read on a thread while the one before is walked; the bytes the
+    last window carried are copied in front of it. Every window is the file's bytes
+    from where it starts, at that offset modulo 64 in its buffer, even where what
+    was carried is not what the read was for (read again, into the same buffer)."""
+    import ctypes
+
+    from tether._store.chunkstore import _BufferRing
+
+    data = os.urandom(3 << 20)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    ring = _BufferRing()
+    with open(path, "rb", buffering=0) as handle:
+        reading = following._ReadAhead(handle.fileno(), len(data), 1 << 20, ring.next,
+                                       room=64 * 1024)
+        try:
+            def check(view: memoryview, position: int) -> None:
+                assert bytes(view) == data[position:position + len(view)]
+                address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+                assert address % 64 == position % 64
+
+            first = reading.window_at(0)
+            check(first, 0)
+            reading.start(len(first))
+            reading.carry(first[1_000_003:])  # walked to 1,000,003
+            second = reading.window_at(1_000_003)
+            check(second, 1_000_003)
+            assert len(second) == len(first) - 1_000_003 + (1 << 20)
+            end = 1_000_003 + len(second)
+            reading.start(end)
+            reading.carry(second[-100:])
+            third = reading.window_at(end - 300)  # not where the carried bytes start
+            check(third, end - 300)
+        finally:
+            reading.close()
+
+
+def test_a_file_that_shrinks_under_the_read_ahead_is_refused(tmp_path: Path) -> None:
+    data = os.urandom(2 << 20)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    hint = Hint.of(cdc(data))
+    assert hint is not None
+    with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(2) as pool:
+        windows = followed_windows(handle.fileno(), len(data), hint, avg_size=AVG,
+                                   window=WINDOW, buffer=lambda n, _at: memoryview(bytearray(n)),
+                                   pool=pool, give_up=False)
+        next(windows)
+        os.truncate(path, 100_000)
+        with pytest.raises(StoreError, match="shrank"):
+            for _ in windows:
+                pass

@@ -31,8 +31,9 @@ difference (tests/test_store_following.py keeps the telling ones).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,31 +183,108 @@ def followed_windows(
     position = 0  # in the file: where the next window starts (a boundary)
     predicted: int | None = 0  # the hint's chunk expected at ``position``
     followed = 0
-    while position < size:
-        if give_up and position >= GIVE_UP_AFTER and followed < GIVE_UP_SHARE * position:
-            return position
-        length = min(window, size - position)
-        view = buffer(length, position)
-        if pread_into(fd, view, position) < length:
+    reading = _ReadAhead(fd, size, window, buffer, room=2 * longest)
+    try:
+        while position < size:
+            if give_up and position >= GIVE_UP_AFTER and followed < GIVE_UP_SHARE * position:
+                return position
+            view = reading.window_at(position)
+            length = len(view)
+            walk = _Walk(view, eof=position + length == size)
+            reading.start(position + length)  # the next window's bytes, while this one is walked
+            while walk.at < length:
+                if predicted is not None:
+                    predicted, window_ended = _follow(walk, hint, predicted, longest, digests_of)
+                    if window_ended:
+                        break
+                    continue
+                if not walk.eof and length - walk.at < 2 * longest:
+                    break  # too little left to cut here without the window's end deciding
+                predicted = _cut_step(walk, cdc, step, hint, digests_of)
+            if walk.at == 0:
+                raise StoreError("internal error: following a hint made no progress",
+                                 hint="set TETHER_FOLLOW=0 and report this")
+            followed += walk.followed
+            reading.carry(view[walk.at:])
+            yield view, walk.cuts, walk.at, walk.digests
+            position += walk.at
+        return position
+    finally:
+        reading.close()
+
+
+class _ReadAhead:
+    """The windows of a file, each read on a thread of its own while the one before it
+    is walked: the walk's thread only copies the few bytes a window carries over.
+
+    A window's bytes from where the last one ended are read into the next buffer
+    behind ``room`` bytes left free; the stretch the last window could not take
+    (less than two of FastCDC's largest chunks: the room) is copied into it when
+    the next window is asked for, so the window is one piece. Reading took the
+    main thread a fifth of a followed ingest; read ahead, a 2 GB log with 5%
+    changed ran at 1,589 against 1,526 MB/s (medians of eight interleaved rounds,
+    faster in six).
+    """
+
+    def __init__(self, fd: int, size: int, window: int,
+                 buffer: Callable[[int, int], memoryview], *, room: int) -> None:
+        self.fd, self.size, self.window, self.buffer = fd, size, window, buffer
+        self.room = room
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tether-read-ahead")
+        #: The read in flight: the file offset it reads from, its buffer, the read.
+        self._ahead: tuple[int, memoryview, Future[int]] | None = None
+        self._carried: memoryview | None = None  # the last window's untaken bytes
+
+    def start(self, offset: int) -> None:
+        """Read the window's worth of bytes from ``offset`` (unless the file ends there)."""
+        if offset >= self.size:
+            return
+        length = min(self.window, self.size - offset)
+        # Placed as the page cache holds them (buffer's ``at``), ``room`` bytes in.
+        whole = self.buffer(self.room + length, offset - self.room)
+        self._ahead = (offset, whole,
+                       self._thread.submit(pread_into, self.fd, whole[self.room:], offset))
+
+    def carry(self, rest: memoryview) -> None:
+        self._carried = rest
+
+    def window_at(self, position: int) -> memoryview:
+        """The file's bytes from ``position``: those carried, then those read ahead."""
+        ahead, self._ahead = self._ahead, None
+        carried, self._carried = self._carried, None
+        if ahead is None:  # the first window
+            length = min(self.window, self.size - position)
+            view = self.buffer(length, position)
+            self._check(pread_into(self.fd, view, position), length)
+            return view
+        offset, whole, read = ahead
+        self._check(read.result(), min(self.window, self.size - offset))
+        kept = len(carried) if carried is not None else 0
+        if carried is None or offset - position != kept or kept > self.room:
+            # Not what was read ahead for (never, as windows are walked): read here,
+            # into the same buffer (another would break the ring's count), placed as
+            # the page cache holds the bytes; shorter, if need be.
+            first = (position - offset + self.room) % 64
+            length = min(self.window, self.size - position, len(whole) - first)
+            view = whole[first:first + length]
+            self._check(pread_into(self.fd, view, position), length)
+            return view
+        whole[self.room - kept:self.room] = carried
+        return whole[self.room - kept:self.room + min(self.window, self.size - offset)]
+
+    @staticmethod
+    def _check(got: int, wanted: int) -> None:
+        if got < wanted:
             raise StoreError("the file shrank while it was being stored",
                              hint="log a file nobody is writing")
-        walk = _Walk(view, eof=position + length == size)
-        while walk.at < length:
-            if predicted is not None:
-                predicted, window_ended = _follow(walk, hint, predicted, longest, digests_of)
-                if window_ended:
-                    break
-                continue
-            if not walk.eof and length - walk.at < 2 * longest:
-                break  # too little left to cut here without the window's end deciding
-            predicted = _cut_step(walk, cdc, step, hint, digests_of)
-        if walk.at == 0:
-            raise StoreError("internal error: following a hint made no progress",
-                             hint="set TETHER_FOLLOW=0 and report this")
-        followed += walk.followed
-        yield view, walk.cuts, walk.at, walk.digests
-        position += walk.at
-    return position
+
+    def close(self) -> None:
+        """Wait for a read in flight (its buffer and the file's descriptor are the caller's)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(BaseException):
+                ahead[2].result()
+        self._thread.shutdown(wait=True)
 
 
 def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
