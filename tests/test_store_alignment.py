@@ -6,8 +6,11 @@ between differently aligned addresses: see fileio.aligned_buffer)."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from pathlib import Path
+
+import pytest
 
 from tether._store import open_store
 from tether._store.chunkstore import _ALIGN, RAW, _BufferRing
@@ -52,3 +55,30 @@ def test_a_raw_chunk_sits_in_its_pack_at_its_file_offset_modulo_64(tmp_path: Pat
     assert (tmp_path / "out" / "one.bin").read_bytes() == first
     assert (tmp_path / "out" / "two.bin").read_bytes() == second
     assert store.verify(report.files, label="test") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_buffer_stays_the_process_own_across_a_fork() -> None:
+    """An anonymous mapping is shared by default: a process forked later (multiprocessing,
+    a data loader's workers) would read packs into the pages its parent is checking."""
+    shared = mmap.mmap(-1, 4096)  # the unsafe way
+    mine = aligned_buffer(4096)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only writes and leaves
+        shared[:5] = b"CHILD"
+        mine[:5] = b"CHILD"
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert shared[:5] == b"CHILD"  # the harm: the child's bytes in the parent's buffer
+    assert bytes(mine[:5]) == bytes(5)
+
+
+def test_what_an_ingest_reports_stored_is_what_the_store_grew_by(tmp_path: Path) -> None:
+    """Padding counts: two raw files whose chunks sit apart in one pack."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.bin").write_bytes(os.urandom(300_017))
+    (tmp_path / "a" / "two.bin").write_bytes(os.urandom(500_003))
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    report = store.ingest(tmp_path / "a", ["one.bin", "two.bin"])
+    packs = sum(p.stat().st_size for p in (tmp_path / "store").glob("packs/*.pack"))
+    assert report.stored_bytes == packs > 800_020

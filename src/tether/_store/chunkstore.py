@@ -321,11 +321,16 @@ class _BufferRing:
 
     A fresh 16-32 MB buffer per window costs more than reading the window:
     the kernel maps and zeroes new pages every time (about 1 GB/s here,
-    against 5 GB/s for reading into a buffer already mapped). Ingest holds at
-    most ``_AHEAD`` windows (hashing, compressing, writing) and one more whose
-    file digest is being computed, while the next is read, and keeps no view
-    of one once it has been taken and hashed (packs are written as chunks
-    arrive), so ``_AHEAD + 2`` buffers are never overwritten in use.
+    against 5 GB/s for reading into a buffer already mapped). When a buffer is
+    asked for, ingest holds at most ``_AHEAD - 1`` windows not yet taken (their
+    chunks being hashed and compressed: it takes one as soon as ``_AHEAD`` are
+    held) and one more whose file digest is being computed; the window being
+    walked (a followed ingest reads the next one ahead, following.py) is the
+    fourth, and the one asked for the fifth. No view of a window is kept once
+    it has been taken and hashed (packs are written as chunks arrive), so
+    ``_AHEAD + 2`` buffers are never overwritten in use, with none to spare: a
+    review that poisoned each buffer as it was handed out found loads correct
+    with five and a wrong file digest with four.
     """
 
     SIZE = _AHEAD + 2
@@ -355,7 +360,8 @@ def _cut_or_fail(stretches: Iterator[list[cutting.Cut]], path: Path,
         yield from stretches
     except OSError as error:
         raise StoreError(f"{path} could not be read while it was being stored: {error}",
-                         hint="log a file nobody is writing") from error
+                         hint="check that the file is readable, and log a file nobody "
+                         "is writing") from error
 
 
 class PackWriter:
@@ -391,7 +397,7 @@ class PackWriter:
         return digest in self._held
 
     def add(self, digest: str, payload: bytes | memoryview, raw_size: int, codec: int,
-            at: int | None = None) -> None:
+            at: int | None = None) -> int:
         """Queue one chunk for the current pack; ``write_out`` writes the queue.
 
         The caller keeps ``payload`` unchanged until then: ingest calls
@@ -403,12 +409,13 @@ class PackWriter:
         the same offset modulo 64 in the pack (a few bytes of padding where the
         file's chunks stop following each other), so the kernel's copies of it,
         into the pack now and into the loaded file later, run at full speed
-        (see fileio.aligned_buffer).
+        (see fileio.aligned_buffer). Returns the bytes the pack grew by.
         """
         if self.body is None:
             self.body = PackFile(self.store.blobs)
             self.size = 0
             self.entries = []
+        pad = 0
         if at is not None and codec == RAW and raw_size >= _ALIGN_FROM:
             pad = (at - self.size) % _ALIGN
             if pad:
@@ -421,6 +428,7 @@ class PackWriter:
         self.size += len(payload)
         if self.size >= self.target:
             self.flush()
+        return pad + len(payload)
 
     def write_out(self) -> None:
         """Write the queued chunks to the current pack."""
@@ -1584,9 +1592,8 @@ class ChunkStore:
                     report.reused_chunks += 1
                     saved += length
                     continue
-                writer.add(digest, payload, length, codec, at=at - length)
+                report.stored_bytes += writer.add(digest, payload, length, codec, at=at - length)
                 report.new_chunks += 1
-                report.stored_bytes += len(payload)
             writer.write_out()  # before the window's buffer can be read into again
             report.logical_bytes += end
             bar.advance(end, saved=saved)

@@ -94,10 +94,16 @@ def _mapped(path: str, start: int, length: int) -> Iterator[memoryview]:
     with open(path, "rb", buffering=0) as handle:
         if os.fstat(handle.fileno()).st_size < start + length:
             raise OSError(f"{path} shrank while it was being cut")
-        mapping = mmap.mmap(handle.fileno(), start + length - base, offset=base,
-                            access=mmap.ACCESS_READ)
+        try:
+            mapping = mmap.mmap(handle.fileno(), start + length - base, offset=base,
+                                access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that cannot map it: read it
+            mapping = None
         if os.environ.get("TETHER_TEST_TRUNCATE_MAPPED"):  # test hook: the file shrinks now
             os.truncate(path, start)
+    if mapping is None:
+        yield _read(path, start, length)
+        return
     view = memoryview(mapping)[start - base:]
     try:
         yield view
@@ -314,4 +320,10 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        # A worker killed by SIGBUS (its file truncated under it: see _mapped) leaves
+        # no core dump behind.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     _serve(sys.stdin.buffer, sys.stdout.buffer)

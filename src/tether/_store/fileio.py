@@ -42,7 +42,15 @@ def aligned_buffer(size: int) -> memoryview:
     cache took 0.25 s of CPU into a bytearray, 0.11 s into a page-aligned buffer
     (five rounds each, every round alike).
     """
-    return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
+    return memoryview(mmap.mmap(-1, max(size, 1), **_PRIVATE))[:size]
+
+
+#: Private anonymous memory where the system lets us ask: an anonymous mapping is
+#: shared by default, and a process forked later (multiprocessing, a data loader's
+#: workers) would read packs into the very pages its parent is checking.
+_PRIVATE: dict[str, int] = (
+    {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS}
+    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS") else {})
 
 
 class BufferPool:

@@ -31,7 +31,6 @@ difference (tests/test_store_following.py keeps the telling ones).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,7 +172,9 @@ def followed_windows(
 
     Returns where it stopped: ``size``, or (``give_up``) an earlier chunk
     boundary once the hint has proved of little use, for the caller to cut the
-    rest another way.
+    rest another way. ``buffer(length, offset)`` gives a buffer for the file's
+    bytes from ``offset``: two are held at once (the window walked, the next one
+    read ahead), besides those of the windows the caller still holds.
     """
     cdc = FastCDC(avg_size=avg_size)
     longest = cdc.max_size
@@ -281,10 +282,19 @@ class _ReadAhead:
     def close(self) -> None:
         """Wait for a read in flight (its buffer and the file's descriptor are the caller's)."""
         ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            with contextlib.suppress(BaseException):
+        interrupted: BaseException | None = None
+        while ahead is not None:
+            try:
                 ahead[2].result()
+            except Exception:  # the read's failure is no matter now
+                pass
+            except BaseException as stop:  # Ctrl-C: still wait, then pass it on
+                interrupted = stop
+                continue
+            break
         self._thread.shutdown(wait=True)
+        if interrupted is not None:
+            raise interrupted
 
 
 def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
