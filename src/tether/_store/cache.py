@@ -112,6 +112,7 @@ class ChunkCache:
     def __init__(self, root: Path, *, max_bytes: int | None = None) -> None:
         self.root = root
         self.chunks = root / "chunks"
+        self._chunks_text = str(self.chunks)
         self.tmp = root / "tmp"
         self.pins = root / "pins"
         self.max_bytes = configured_max_bytes() if max_bytes is None else max_bytes
@@ -127,7 +128,8 @@ class ChunkCache:
         return self.chunks / digest[:2] / digest
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).exists()
+        # A string, not a Path: a load asks this of every chunk (6.8 against 2.0 us).
+        return os.path.exists(f"{self._chunks_text}/{digest[:2]}/{digest}")
 
     def read(self, digest: str) -> bytes | None:
         """The cached payload (unverified: the caller checks it), refreshing its recency."""
