@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tether._store import open_store
-from tether._store.chunkstore import _ALIGN, RAW, _BufferRing
-from tether._store.fileio import BufferPool, aligned_buffer
+from tether._store.chunkstore import RAW, _BufferRing
+from tether._store.fileio import ALIGN, BufferPool, aligned_buffer
 
 
 def _address(view: memoryview) -> int:
@@ -28,7 +28,7 @@ def test_buffers_start_on_a_page_and_windows_sit_as_the_file_does() -> None:
     for at in (0, 1, 17, 63, 64, 4095, 8 * 1024 * 1024 + 5):
         view = ring.next(1 << 20, at=at)
         assert len(view) == 1 << 20
-        assert _address(view) % _ALIGN == at % _ALIGN
+        assert _address(view) % ALIGN == at % ALIGN
 
 
 def test_a_raw_chunk_sits_in_its_pack_at_its_file_offset_modulo_64(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_a_raw_chunk_sits_in_its_pack_at_its_file_offset_modulo_64(tmp_path: Pat
         for chunk in entry.chunks:
             loc = store.locate(chunk.digest)
             assert loc is not None and loc.codec == RAW
-            assert (loc.offset - offset) % _ALIGN == 0, (entry.path, offset, loc.offset)
+            assert (loc.offset - offset) % ALIGN == 0, (entry.path, offset, loc.offset)
             offset += chunk.size
             checked += 1
     assert checked > 100

@@ -81,7 +81,6 @@ class ListBudget:
         self.held += nbytes
 
 
-
 class ChunkList(Sequence[ChunkRef]):
     """An immutable sequence of ``ChunkRef``, stored as packed 40-byte records."""
 

@@ -62,7 +62,7 @@ from .base import (
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
-from .fileio import BufferPool, aligned_buffer, pread_into, write_pieces
+from .fileio import ALIGN, BufferPool, aligned_buffer, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
@@ -308,12 +308,10 @@ def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
         yield from entry.chunks.digests()
 
 
-#: The alignment the kernel's copies care about (a cache line): see fileio.aligned_buffer.
-_ALIGN = 64
 #: Chunks from this size are aligned in packs (see ``PackWriter.add``); smaller ones
 #: (a small file's) are not worth the padding.
 _ALIGN_FROM = 4096
-_PADDING = bytes(_ALIGN)
+_PADDING = bytes(ALIGN)
 
 
 class _BufferRing:
@@ -345,7 +343,7 @@ class _BufferRing:
         them at full speed (see fileio.aligned_buffer), and so do pack writes."""
         turn = self._handed % self.SIZE  # the buffer handed out SIZE calls ago
         self._handed += 1
-        shift = at % _ALIGN
+        shift = at % ALIGN
         if turn == len(self._buffers):  # never smaller than a window: windows vary a little
             self._buffers.append(aligned_buffer(max(shift + size, _WINDOW + _WINDOW // 8)))
         elif len(self._buffers[turn]) < shift + size:
@@ -417,7 +415,7 @@ class PackWriter:
             self.entries = []
         pad = 0
         if at is not None and codec == RAW and raw_size >= _ALIGN_FROM:
-            pad = (at - self.size) % _ALIGN
+            pad = (at - self.size) % ALIGN
             if pad:
                 self._queued.append(_PADDING[:pad])
                 self.size += pad
@@ -1733,6 +1731,11 @@ class ChunkStore:
             start += chunk.size
         return out
 
+    def _run_buffer(self) -> memoryview | None:
+        """A buffer to read a run into (room for it placed as the page cache holds the
+        pack: see ``_read_run_views``), or None where the store cannot read into one."""
+        return self._run_buffers.take(self._run_bytes + ALIGN) if self._reads_into else None
+
     def _read_run_views(self, chunks: Sequence[ChunkRef], *, what: str,
                         keep: bool = True, into: memoryview | None = None,
                         locs: Sequence[Location] | None = None) -> list[bytes | memoryview]:
@@ -1745,10 +1748,10 @@ class ChunkStore:
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
         try:
-            shift = first.offset % _ALIGN  # placed as the page cache holds the pack
+            shift = first.offset % ALIGN  # placed as the page cache holds the pack
             if into is not None and len(into) >= shift + length:
                 payload: bytes | memoryview = self._read_into(
-                    first.pack, first.offset, memoryview(into)[shift:shift + length])
+                    first.pack, first.offset, into[shift:shift + length])
             else:
                 payload = self._get_range(first.pack, first.offset, length)
         except IntegrityError as error:
@@ -1865,11 +1868,10 @@ class ChunkStore:
         Runs are read (and handed to ``sink(offset, pieces)``, which writes
         them) on ``pool``; at most ``_RUNS_AHEAD`` runs are in flight.
         """
-        reads_into = self._reads_into
 
         def read(chunks: list[ChunkRef], locs: list[Location], offset: int,
                  ) -> tuple[list[bytes | memoryview], memoryview | None]:
-            buffer = self._run_buffers.take(self._run_bytes + _ALIGN) if reads_into else None
+            buffer = self._run_buffer()
             pieces = self._read_run_views(chunks, what=what, keep=keep, into=buffer, locs=locs)
             if sink is not None:
                 sink(offset, pieces)
@@ -1982,8 +1984,7 @@ class ChunkStore:
                          what: str = what) -> tuple[list[bytes | memoryview], memoryview | None]:
                     # Views into one reused buffer: no copy of each chunk, no fresh 8 MB
                     # per run (glibc keeps freed ones resident: 350 MB at 215k chunks).
-                    buffer = self._run_buffers.take(self._run_bytes + _ALIGN) if self._reads_into \
-                        else None
+                    buffer = self._run_buffer()
                     return self._read_run_views(chunks, what=what, keep=False, locs=locs,
                                                 into=buffer), buffer
 

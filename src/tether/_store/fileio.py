@@ -33,6 +33,11 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
     return filled
 
 
+#: The alignment the kernel's copies care about (a cache line): bytes placed at the
+#: same offset modulo this as the page cache holds them copy at full speed.
+ALIGN = 64
+
+
 def aligned_buffer(size: int) -> memoryview:
     """A zeroed, writable buffer of ``size`` bytes that starts on a page boundary.
 

@@ -41,7 +41,7 @@ from pyfastcdc.cy import FastCDC
 
 from .._errors import StoreError
 from .base import ChunkList, ChunkRef
-from .fileio import pread_into
+from .fileio import ALIGN, pread_into
 
 #: FastCDC cuts a changed stretch this much at a time, then looks for a chunk it
 #: knows to follow again (raised to twice the largest chunk if need be, so a step
@@ -265,7 +265,7 @@ class _ReadAhead:
             # Not what was read ahead for (never, as windows are walked): read here,
             # into the same buffer (another would break the ring's count), placed as
             # the page cache holds the bytes; shorter, if need be.
-            first = (position - offset + self.room) % 64
+            first = (position - offset + self.room) % ALIGN
             length = min(self.window, self.size - position, len(whole) - first)
             view = whole[first:first + length]
             self._check(pread_into(self.fd, view, position), length)
