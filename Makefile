@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 
 .PHONY: demo test test-torch lint bench-store bench-serving bench-alias bench-cli bench-oip lock clean
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py src/tether/_store/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 # PyTorch and Hugging Face flavors (tests marked torch), in their own venv: the CPU wheel of
 # torch 2.13.0 (pip takes the file on this machine's disk) and transformers from PyPI.
 TORCH_VENV ?= .venv-torch
-$(TORCH_VENV)/.installed: requirements.lock pyproject.toml
+$(TORCH_VENV)/.installed: requirements.lock pyproject.toml setup.py src/tether/_store/_native.c
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(TORCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 "transformers>=4.45"

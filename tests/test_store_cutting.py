@@ -13,8 +13,9 @@ import pytest
 from pyfastcdc.cy import FastCDC
 
 from tether._errors import StoreError
-from tether._store import cutting, open_store
+from tether._store import cutting, native, open_store
 from tether._store.chunkstore import AVG_CHUNK
+from tether._store.fileio import aligned_buffer
 
 
 @pytest.fixture
@@ -33,17 +34,36 @@ def _awkward_bytes() -> bytes:
     return os.urandom(3_300_000) + bytes(1_500_000) + os.urandom(2_100_003)
 
 
-def test_stitched_chunks_equal_one_cutting(tmp_path: Path, small_segments: None) -> None:
+@pytest.mark.parametrize("how", ["native threads", "worker processes"])
+def test_stitched_chunks_equal_one_cutting(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     data = _awkward_bytes()
     path = tmp_path / "model.bin"
     path.write_bytes(data)
+    buffer = None
+    if how == "native threads":
+        assert native.available, "the native core is built by `pip install -e .` (setup.py)"
+        handed: list[memoryview] = []
+
+        def buffer(size: int, at: int) -> memoryview:
+            handed.append(aligned_buffer(size))  # never reused: views stay valid
+            return handed[-1]
+    else:
+        monkeypatch.setattr(native, "available", False)
     sequential = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(data)]
-    stretches = list(cutting.parallel_cuts(path, len(data), AVG_CHUNK))
+    stretches = list(cutting.parallel_cuts(path, len(data), AVG_CHUNK, buffer=buffer))
     assert len(stretches) > 3  # really cut in several pieces
-    parallel = [cut for stretch in stretches for cut in stretch]
+    parallel = [cut for stretch, _view in stretches for cut in stretch]
     assert [(offset, length) for offset, length, _ in parallel] == sequential
     for offset, length, digest in parallel:
         assert digest == blake3.blake3(data[offset : offset + length]).hexdigest()
+    for stretch, view in stretches:  # the bytes handed with each stretch are the file's
+        first, stop = stretch[0][0], stretch[-1][0] + stretch[-1][1]
+        if how == "native threads":
+            assert view is not None and bytes(view) == data[first:stop]
+        else:
+            assert view is None
 
 
 def test_a_file_stored_in_parallel_dedups_against_one_stored_sequentially(
@@ -87,6 +107,7 @@ def test_a_file_truncated_under_a_worker_kills_the_worker_never_the_caller(
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.bin").write_bytes(data)
     monkeypatch.setenv("TETHER_TEST_TRUNCATE_MAPPED", "1")
+    monkeypatch.setattr(native, "available", False)  # the worker processes' path
     monkeypatch.setattr(cutting, "_pool", None)  # workers started with the hook
     ended: list[int | None] = []
     close = cutting._Worker.close

@@ -48,7 +48,7 @@ import zstandard
 from pyfastcdc.cy import FastCDC
 
 from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
-from . import cutting
+from . import cutting, native
 from .base import (
     LISTED_CHUNKS,
     ChunkRef,
@@ -223,6 +223,26 @@ def _unpack(payload: bytes | memoryview, codec: int, size: int,
     return data, ""
 
 
+def _raw_matches(view: memoryview, chunks: Sequence[ChunkRef], locs: Sequence[Location],
+                 base: int) -> list[bool]:
+    """Which chunks of a run read into ``view`` (from pack offset ``base``) are stored
+    raw and hash to their digests, checked in one call without the GIL (native.py);
+    all False without the native core, or for a run it cannot check that way (the
+    chunks are then checked one by one, as ``_unpack`` always does)."""
+    if not native.available:
+        return [False] * len(chunks)
+    matched = [False] * len(chunks)
+    raw = [i for i, (chunk, loc) in enumerate(zip(chunks, locs, strict=True))
+           if loc.codec == RAW and loc.length == chunk.size]
+    try:
+        found = native.digests(view, [(locs[i].offset - base, locs[i].length) for i in raw])
+    except (ValueError, OverflowError):  # a location outside the run: hostile or stale
+        return matched
+    for i, digest in zip(raw, found, strict=True):
+        matched[i] = digest == chunks[i].digest
+    return matched
+
+
 def _index_name(key: str) -> str:
     """The name of index file ``key`` (``index/<name>.idx``)."""
     return key.rsplit("/", 1)[-1].removesuffix(".idx")
@@ -333,7 +353,10 @@ class _BufferRing:
 
     SIZE = _AHEAD + 2
 
-    def __init__(self) -> None:
+    def __init__(self, ahead: int = 0) -> None:
+        """``ahead``: buffers asked for ahead of the window being walked (segments
+        being cut on threads before their turn: cutting.parallel_cuts)."""
+        self.size = self.SIZE + ahead
         self._buffers: list[memoryview] = []  # page-aligned: see fileio.aligned_buffer
         self._handed = 0
 
@@ -341,7 +364,7 @@ class _BufferRing:
         """``size`` bytes of the next buffer, for the file's bytes from offset ``at``:
         placed as the page cache holds them (``at`` modulo 64), so the kernel copies
         them at full speed (see fileio.aligned_buffer), and so do pack writes."""
-        turn = self._handed % self.SIZE  # the buffer handed out SIZE calls ago
+        turn = self._handed % self.size  # the buffer handed out size calls ago
         self._handed += 1
         shift = at % ALIGN
         if turn == len(self._buffers):  # never smaller than a window: windows vary a little
@@ -351,8 +374,19 @@ class _BufferRing:
         return self._buffers[turn][shift:shift + size]
 
 
-def _cut_or_fail(stretches: Iterator[list[cutting.Cut]], path: Path,
-                 ) -> Iterator[list[cutting.Cut]]:
+def _cut_window(cdc: FastCDC, view: memoryview) -> list[tuple[int, int]]:
+    """(offset, length) of every chunk of ``view``: with the native core in one call
+    without the GIL (pyfastcdc takes it back for every chunk: see native.py)."""
+    if not native.available:
+        return [(c.offset, c.length) for c in cdc.cut_buf(view)]
+    cuts, at = [], 0
+    for length in native.lengths(native.cut(view, cdc.avg_size, keep_last=True, hash=False)):
+        cuts.append((at, length))
+        at += length
+    return cuts
+
+
+def _cut_or_fail(stretches: Iterator[cutting.Stretch], path: Path) -> Iterator[cutting.Stretch]:
     """``stretches``, with a failure to read the file while cutting it as a StoreError."""
     try:
         yield from stretches
@@ -1397,7 +1431,9 @@ class ChunkStore:
         total = sum((root / p).stat().st_size for p in paths)
         writer = PackWriter(self, self._pack_target_for(total))
         writer.published = published
-        ring = _BufferRing()  # window buffers shared by every file of this ingest
+        # Window buffers shared by every file of this ingest; with the native core,
+        # segments being cut ahead hold one each (cutting.parallel_cuts).
+        ring = _BufferRing(ahead=cutting.workers() + 1 if native.available else 0)
         bar = Progress("storing", total, enabled=progress)
         try:
             with ThreadPoolExecutor(max_workers=_WORKERS,
@@ -1483,7 +1519,7 @@ class ChunkStore:
                 view = view[:filled]
                 if not filled:
                     return
-                cuts = [(c.offset, c.length) for c in cdc.cut_buf(view)]
+                cuts = _cut_window(cdc, view)
                 if not eof and len(cuts) > 1:
                     last_offset = cuts.pop()[0]
                     carry = bytes(view[last_offset:])
@@ -1497,17 +1533,24 @@ class ChunkStore:
     def _parallel_windows(self, path: Path, size: int, ring: _BufferRing,
                           start: int = 0) -> Iterator[Window]:
         """``_windows`` of a large file from ``start`` (a chunk boundary), cut and
-        hashed by worker processes."""
+        hashed on every core: by threads reading each segment into a buffer of the
+        ring once (the native core), else by worker processes, each stretch then
+        read here."""
+        held = native.available
         with open(path, "rb", buffering=0) as handle:
             fd = handle.fileno()
-            for stretch in _cut_or_fail(cutting.parallel_cuts(path, size, AVG_CHUNK, start),
-                                        path):
+            stretches = cutting.parallel_cuts(path, size, AVG_CHUNK, start,
+                                              buffer=ring.next if held else None)
+            for stretch, view in _cut_or_fail(stretches, path):
                 first = stretch[0][0]
                 end = stretch[-1][0] + stretch[-1][1] - first
-                view = ring.next(end, at=first)
-                if pread_into(fd, view, first) < end:
-                    raise StoreError(f"{path} shrank while it was being stored",
-                                     hint="log a file nobody is writing")
+                if view is None:
+                    # The ring hands its buffers out in order; while segments hold
+                    # them ahead of this stretch, one of its own is safer.
+                    view = aligned_buffer(end) if held else ring.next(end, at=first)
+                    if pread_into(fd, view, first) < end:
+                        raise StoreError(f"{path} shrank while it was being stored",
+                                         hint="log a file nobody is writing")
                 cuts = [(offset - first, length) for offset, length, _ in stretch]
                 yield view, cuts, end, [digest for _, _, digest in stretch]
 
@@ -1559,8 +1602,9 @@ class ChunkStore:
                      ring: _BufferRing, hint: Hint | None) -> FileEntry:
         """Read, cut, hash, compress and write one file, a bounded number of windows at once.
 
-        This thread reads and cuts (FastCDC holds the GIL, at several GB/s); the
-        workers hash and compress whole windows (BLAKE3 and zstd release it);
+        This thread reads and cuts (or threads cut large files in segments:
+        cutting.py); the workers hash and compress whole windows (BLAKE3 and zstd
+        release the GIL);
         results are taken in order, so the pack is written as they arrive. The
         file digest is computed on a thread of its own (the second BLAKE3 pass
         over every byte: on this thread it was a third of a followed ingest),
@@ -1761,11 +1805,15 @@ class ChunkStore:
                     for c in chunks]
         out: list[bytes | memoryview] = []
         view = memoryview(payload)
+        matched = _raw_matches(view, chunks, locs, first.offset)
         raw = True  # every chunk stored raw and matching: the run is the file's bytes as read
-        for chunk, loc in zip(chunks, locs, strict=True):
+        for chunk, loc, match in zip(chunks, locs, matched, strict=True):
             start = loc.offset - first.offset
             piece = view[start:start + loc.length]
-            data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
+            if match:
+                data: bytes | memoryview | None = piece
+            else:
+                data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
             if data is None:
                 self._demote(chunk.digest, loc)
                 data = self._read_chunk(chunk, what=what, tried={loc.pack: problem}, keep=keep)

@@ -1,27 +1,30 @@
 """Cutting a large file into content-defined chunks on every core.
 
-FastCDC holds the GIL, so threads cannot share the cutting; worker processes
-can. Each worker maps one segment of the file (the page cache's pages, no copy)
-plus an overlap into the next, cuts it as if a chunk started at the
-segment's first byte, and hashes its chunks. Where a chunk ends depends only on
-the bytes since the chunk began, so two cuttings that share one boundary agree
-on every boundary after it: the main process stitches each segment to the
-previous one at their first shared boundary in the overlap, and the chunks are
-exactly those of cutting the whole file in one go (deduplication against
-versions logged sequentially is unchanged). When no boundary is shared inside
-the overlap (a run of identical bytes longer than the overlap, cut at the
-largest size from two different starts), that stretch is cut again here, from
-the last agreed boundary.
+Each segment of the file (8 MB, plus an overlap into the next) is cut as if a
+chunk started at the segment's first byte, and its chunks hashed. Where a chunk
+ends depends only on the bytes since the chunk began, so two cuttings that
+share one boundary agree on every boundary after it: the caller's thread
+stitches each segment to the previous one at their first shared boundary in
+the overlap, and the chunks are exactly those of cutting the whole file in one
+go (deduplication against versions logged sequentially is unchanged). When no
+boundary is shared inside the overlap (a run of identical bytes longer than the
+overlap, cut at the largest size from two different starts), that stretch is
+cut again from the last agreed boundary.
 
-The workers are plain ``python -m tether._store.cutting`` processes speaking
-JSON lines over pipes, not ``multiprocessing``: that would import the caller's
-``__main__`` again in every worker (a training script without a ``__main__``
-guard would run twice), or fork a process full of threads. A worker that cannot
-start or dies leaves its segments to be cut here, slower but the same.
+Who cuts: with the native core (native.py), threads. Each reads its segment
+(and the largest chunk's length before it) into a buffer the caller hands out,
+and cuts and hashes it in one call that releases the GIL; the caller then
+writes packs from those buffers, so the file is read once. Without it,
+pyfastcdc and blake3 give the GIL back for every chunk, and threads stall
+behind any busy Python thread, so worker processes cut instead: plain
+``python -m tether._store.cutting`` processes speaking JSON lines over pipes,
+not ``multiprocessing`` (that would import the caller's ``__main__`` again in
+every worker, or fork a process full of threads). Each maps its segment (the
+page cache's pages, no copy) and returns offsets and digests; the caller reads
+each stitched stretch once more. A worker that cannot start or dies leaves its
+segments to be cut by the caller, slower but the same.
 
-Workers return offsets and digests only; the main process reads each stitched
-stretch once more to hash the whole file and to compress the chunks it has not
-stored, so memory stays bounded by a few segments whatever the file's size.
+Memory stays bounded by a few segments whatever the file's size.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -44,18 +47,24 @@ from typing import IO, Any
 import blake3
 from pyfastcdc.cy import FastCDC
 
+from . import native
+from .chunklist import RECORD_SIZE
 from .fileio import aligned_buffer, pread_into
 
 #: Bytes each worker cuts (and the most the main process reads at once).
 SEGMENT = 8 * 1024 * 1024
-#: How far a worker cuts into the next segment to meet its cutting: several of
-#: the largest chunks (FastCDC's maximum is 4x the average).
-OVERLAP = 2 * 1024 * 1024
+#: How far a segment is cut into the next to meet its cutting: several of the
+#: largest chunks (FastCDC's maximum is 4x the average), and cut twice, so kept
+#: short (2 MB, a quarter more cutting, until 2026-11-27; two cuttings of random
+#: bytes meet within a few chunks).
+OVERLAP = 1024 * 1024
 #: Files smaller than this are cut in the calling thread: the pipeline's other
 #: stages already keep a second core busy, and workers cost a start-up.
 PARALLEL_FROM = 16 * SEGMENT
 
 Cut = tuple[int, int, str]  # (offset in the file, length, BLAKE3 hex digest)
+#: Chunks cut in parallel, and their bytes when a buffer holds them (parallel_cuts).
+Stretch = tuple[list[Cut], memoryview | None]
 
 
 def workers() -> int:
@@ -135,6 +144,59 @@ def _cut(view: memoryview, start: int, avg_size: int, final: bool) -> list[Cut]:
         (start + offset, length, blake3.blake3(view[offset : offset + length]).hexdigest())
         for offset, length in cuts
     ]
+
+
+def _records_as_cuts(records: bytes, start: int) -> list[Cut]:
+    cuts: list[Cut] = []
+    at = start
+    for i in range(0, len(records), RECORD_SIZE):
+        length = int.from_bytes(records[i + 32:i + RECORD_SIZE], "little")
+        cuts.append((at, length, records[i:i + 32].hex()))
+        at += length
+    return cuts
+
+
+class Segment:
+    """A segment's chunks, and the buffer holding its bytes from ``held_from`` (when
+    the native core cut it: the caller writes packs from that buffer, no second read)."""
+
+    __slots__ = ("cuts", "held", "held_from")
+
+    def __init__(self, cuts: list[Cut], held: memoryview | None = None, held_from: int = 0):
+        self.cuts, self.held, self.held_from = cuts, held, held_from
+
+    def view_of(self, first: int, stop: int) -> memoryview | None:
+        """The file's bytes ``[first, stop)`` in the held buffer, or None if not all there."""
+        if self.held is None or first < self.held_from or stop > self.held_from + len(self.held):
+            return None
+        return self.held[first - self.held_from:stop - self.held_from]
+
+
+def cut_segment_native(path: str, start: int, stop: int, avg_size: int, final: bool,
+                       buffer: memoryview, lookback: int) -> Segment:
+    """``cut_segment`` by the native core on the calling thread, without the GIL
+    (native.py). ``buffer`` receives the file from ``start - lookback`` to ``stop``:
+    the ``lookback`` bytes before the segment are not cut here, but the caller's
+    stretch may begin there (in the chunk that straddles the previous segment's end).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if pread_into(fd, buffer, start - lookback) < len(buffer):
+            raise OSError(f"{path} shrank while it was being cut")
+    finally:
+        os.close(fd)
+    records = native.cut(buffer[lookback:], avg_size, keep_last=final)
+    return Segment(_records_as_cuts(records, start), buffer, start - lookback)
+
+
+def recut_held(segment: Segment, first: int, stop: int, avg_size: int, final: bool,
+               path: str) -> list[Cut]:
+    """The chunks of ``[first, stop)`` cut from ``first``: from the segment's buffer
+    when it holds those bytes, else read again."""
+    view = segment.view_of(first, stop)
+    if view is None or not native.available:
+        return cut_segment(path, first, stop, avg_size, final)
+    return _records_as_cuts(native.cut(view, avg_size, keep_last=final), first)
 
 
 class _Worker:
@@ -221,6 +283,9 @@ class _Pool:
     def submit(self, *args: Any) -> Future[list[Cut]]:
         return self.threads.submit(self.cut, *args)
 
+    def submit_native(self, *args: Any) -> Future[Segment]:
+        return self.threads.submit(cut_segment_native, *args)
+
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         for worker in list(self.all):
@@ -253,23 +318,46 @@ def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> li
     return None
 
 
-def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0) -> Iterator[list[Cut]]:
+def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
+                  buffer: Callable[[int, int], memoryview] | None = None,
+                  ) -> Iterator[Stretch]:
     """The file's chunks from ``first`` (a chunk boundary), a stretch at a time, in order,
-    exactly as one cutting finds them.
+    exactly as one cutting finds them, each with its bytes when they are at hand.
 
-    At most one segment per worker, plus one, is cut ahead of the caller.
+    With the native core and ``buffer`` (``buffer(size, at)``: room for the file's
+    bytes from offset ``at``, asked for in order, one per segment), segments are cut
+    on threads, each read into its buffer once; the stretch's bytes are then a view
+    of that buffer, valid until ``buffer`` hands it out again. Otherwise worker
+    processes cut and the view is None (read the stretch yourself).
+
+    At most one segment per worker, plus one, is cut ahead of the caller: a
+    ``buffer`` must not hand a buffer out again within ``workers() + 1`` calls of
+    the caller's oldest stretch still in use.
     """
     pool = _shared_pool()
+    held = buffer is not None and native.available
+    lookback = 4 * avg_size  # FastCDC's largest chunk: see cut_segment_native
     starts = list(range(first, size, SEGMENT))
-    pending: deque[tuple[int, Future[list[Cut]]]] = deque()
+    pending: deque[tuple[int, Future[Any]]] = deque()
     submitted = 0
 
     def submit() -> None:
         nonlocal submitted
         start = starts[submitted]
         stop = min(size, start + SEGMENT + OVERLAP)
-        pending.append((start, pool.submit(str(path), start, stop, avg_size, stop == size)))
+        if held:
+            assert buffer is not None
+            back = min(lookback, start - first)
+            into = buffer(stop - start + back, start - back)
+            future: Future[Any] = pool.submit_native(str(path), start, stop, avg_size,
+                                                     stop == size, into, back)
+        else:
+            future = pool.submit(str(path), start, stop, avg_size, stop == size)
+        pending.append((start, future))
         submitted += 1
+
+    def stretch(chunks: list[Cut], segment: Segment) -> Stretch:
+        return chunks, segment.view_of(chunks[0][0], chunks[-1][0] + chunks[-1][1])
 
     try:
         while submitted < len(starts) and len(pending) <= pool.size:
@@ -280,27 +368,32 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0) -> Itera
             start, future = pending.popleft()
             if submitted < len(starts):
                 submit()
-            segment = future.result()
-            chunks = segment if start == first else _stitch(agreed_end, carried, segment)
+            result = future.result()
+            segment = result if isinstance(result, Segment) else Segment(result)
+            chunks = (segment.cuts if start == first
+                      else _stitch(agreed_end, carried, segment.cuts))
             if chunks is None:
-                # No shared boundary in the overlap: cut this stretch here, from
+                # No shared boundary in the overlap: cut this stretch again, from
                 # the last boundary both cuttings agree on.
                 stop = min(size, start + SEGMENT + OVERLAP)
-                chunks = cut_segment(str(path), agreed_end, stop, avg_size, stop == size)
+                chunks = recut_held(segment, agreed_end, stop, avg_size, stop == size, str(path))
             boundary = start + SEGMENT
             if boundary >= size:
                 if chunks:
-                    yield chunks
+                    yield stretch(chunks, segment)
                 return
             # Yield what the next segment cannot change: the chunks ending by its start.
             ready = [c for c in chunks if c[0] + c[1] <= boundary]
             carried = chunks[len(ready):]
             if ready:
-                yield ready
+                yield stretch(ready, segment)
                 agreed_end = ready[-1][0] + ready[-1][1]
     finally:
         for _start, future in pending:
             future.cancel()
+        for _start, future in pending:  # no thread may still read into a buffer
+            with contextlib.suppress(BaseException):
+                future.result()
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:

@@ -40,6 +40,7 @@ import blake3
 from pyfastcdc.cy import FastCDC
 
 from .._errors import StoreError
+from . import native
 from .base import ChunkList, ChunkRef
 from .fileio import ALIGN, pread_into
 
@@ -63,7 +64,10 @@ DigestsOf = Callable[[memoryview, Sequence[Cut]], list[str]]
 
 
 def hash_cuts(view: memoryview, cuts: Sequence[Cut]) -> list[str]:
-    """The BLAKE3 (hex) of each cut of ``view``."""
+    """The BLAKE3 (hex) of each cut of ``view`` (with the native core, in one call
+    that releases the GIL once, not once per chunk)."""
+    if native.available:
+        return native.digests(view, cuts)
     return [blake3.blake3(view[offset:offset + length]).hexdigest() for offset, length in cuts]
 
 

@@ -1,0 +1,219 @@
+/* Tether's native core: cutting a buffer into FastCDC chunks and hashing them
+ * with BLAKE3, with the GIL released for the whole buffer.
+ *
+ * Why: pyfastcdc releases the GIL for each chunk it cuts and takes it back to
+ * hand the chunk to Python, and blake3 does the same for each chunk it hashes.
+ * A thread that takes the GIL back 13,000 times a GB waits behind any busy
+ * Python thread (up to its switch interval each time), so cutting on threads
+ * stalled and Tether cut on worker processes instead. Here one call cuts and
+ * hashes a whole window (megabytes) without the GIL: threads scale, and the
+ * window is read once, into the buffer the pack is written from.
+ *
+ * The cut is FastCDC 2020 with normalized chunking, exactly as pyfastcdc's
+ * (and nlfiedler/fastcdc-rs's) `cut_gear`: the gear tables and masks are
+ * passed in from pyfastcdc's own constants (native.py), and
+ * tests/test_store_native.py checks every boundary against pyfastcdc on
+ * random, repetitive and edited bytes, so chunks, and deduplication against
+ * versions logged before, are unchanged.
+ *
+ * Output: one 40-byte record per chunk, the 32-byte BLAKE3 digest then the
+ * chunk's length as a little-endian u64 (chunklist.RECORD's layout).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "blake3.h"
+
+#define RECORD_SIZE 40
+
+typedef struct {
+    uint64_t min_size, avg_size, max_size;
+    uint64_t mask_s, mask_l, mask_s_ls, mask_l_ls;
+    const uint64_t *gear, *gear_ls;
+} cut_config;
+
+/* The length of the chunk that starts at buf (pyfastcdc's _cut_gear). */
+static uint64_t cut_gear(const cut_config *c, const uint8_t *buf, uint64_t len)
+{
+    uint64_t remaining = len;
+    if (remaining <= c->min_size)
+        return remaining;
+    uint64_t center = c->avg_size;
+    if (remaining > c->max_size)
+        remaining = c->max_size;
+    else if (remaining < center)
+        center = remaining;
+    uint64_t start = (c->min_size / 2) * 2;
+    uint64_t mid = (center / 2) * 2;
+    uint64_t end = (remaining / 2) * 2;
+    /* Locals, so the loop keeps them in registers. */
+    const uint64_t *gear = c->gear, *gear_ls = c->gear_ls;
+    const uint64_t mask_s = c->mask_s, mask_s_ls = c->mask_s_ls;
+    const uint64_t mask_l = c->mask_l, mask_l_ls = c->mask_l_ls;
+    uint64_t hash = 0;
+    uint64_t pos;
+    for (pos = start; pos < mid; pos += 2) {
+        hash = (hash << 2) + gear_ls[buf[pos]];
+        if ((hash & mask_s_ls) == 0)
+            return pos;
+        hash = hash + gear[buf[pos + 1]];
+        if ((hash & mask_s) == 0)
+            return pos + 1;
+    }
+    for (pos = mid; pos < end; pos += 2) {
+        hash = (hash << 2) + gear_ls[buf[pos]];
+        if ((hash & mask_l_ls) == 0)
+            return pos;
+        hash = hash + gear[buf[pos + 1]];
+        if ((hash & mask_l) == 0)
+            return pos + 1;
+    }
+    return remaining;
+}
+
+static void put_length(uint8_t *out, uint64_t length)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(length >> (8 * i));
+}
+
+static void hash_into(uint8_t *out, const uint8_t *data, size_t length)
+{
+    blake3_hasher hasher;
+    blake3_hasher_init(&hasher);
+    blake3_hasher_update(&hasher, data, length);
+    blake3_hasher_finalize(&hasher, out, 32);
+}
+
+static int table_of(Py_buffer *view, const char *name)
+{
+    if (view->len != 256 * (Py_ssize_t)sizeof(uint64_t)) {
+        PyErr_Format(PyExc_ValueError, "%s must be 256 u64 (2048 bytes)", name);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(cut_doc,
+"cut(buffer, gear, gear_ls, min_size, avg_size, max_size, mask_s, mask_l, keep_last, hash)\n"
+"\n"
+"The FastCDC chunks of buffer as 40-byte records (BLAKE3 digest, u64 LE length);\n"
+"digests are zero unless hash. Unless keep_last, a last chunk that ends only\n"
+"because the buffer does is left out (when there is more than one chunk).");
+
+static PyObject *native_cut(PyObject *self, PyObject *args)
+{
+    Py_buffer data, gear, gear_ls;
+    unsigned long long min_size, avg_size, max_size, mask_s, mask_l;
+    int keep_last, hash;
+    if (!PyArg_ParseTuple(args, "y*y*y*KKKKKpp", &data, &gear, &gear_ls, &min_size,
+                          &avg_size, &max_size, &mask_s, &mask_l, &keep_last, &hash))
+        return NULL;
+    PyObject *result = NULL;
+    if (table_of(&gear, "gear") < 0 || table_of(&gear_ls, "gear_ls") < 0)
+        goto done;
+    if (min_size < 2 || !(min_size <= avg_size && avg_size <= max_size)) {
+        PyErr_SetString(PyExc_ValueError, "sizes must satisfy 2 <= min <= avg <= max");
+        goto done;
+    }
+    cut_config config = {
+        .min_size = min_size, .avg_size = avg_size, .max_size = max_size,
+        .mask_s = mask_s, .mask_l = mask_l, .mask_s_ls = mask_s << 1, .mask_l_ls = mask_l << 1,
+        .gear = (const uint64_t *)gear.buf, .gear_ls = (const uint64_t *)gear_ls.buf,
+    };
+    uint64_t length = (uint64_t)data.len;
+    /* Every chunk but the last is longer than min_size. */
+    Py_ssize_t most = (Py_ssize_t)(length / min_size + 2);
+    result = PyBytes_FromStringAndSize(NULL, most * RECORD_SIZE);
+    if (result == NULL)
+        goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    const uint8_t *buf = (const uint8_t *)data.buf;
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t offset = 0;
+    while (offset < length) {
+        uint64_t size = cut_gear(&config, buf + offset, length - offset);
+        uint8_t *record = out + count * RECORD_SIZE;
+        if (hash)
+            hash_into(record, buf + offset, (size_t)size);
+        else
+            memset(record, 0, 32);
+        put_length(record + 32, size);
+        count++;
+        offset += size;
+        if (!keep_last && count > 1 && offset >= length) {
+            count--; /* the last chunk ends only because the buffer does */
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&result, count * RECORD_SIZE) < 0)
+        result = NULL;
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&gear);
+    PyBuffer_Release(&gear_ls);
+    return result;
+}
+
+PyDoc_STRVAR(hash_spans_doc,
+"hash_spans(buffer, spans) -> bytes\n"
+"\n"
+"The 32-byte BLAKE3 digest of each span of buffer, one after another; spans is\n"
+"a buffer of u64 (offset, length) pairs in native byte order.");
+
+static PyObject *native_hash_spans(PyObject *self, PyObject *args)
+{
+    Py_buffer data, spans;
+    if (!PyArg_ParseTuple(args, "y*y*", &data, &spans))
+        return NULL;
+    PyObject *result = NULL;
+    if (spans.len % 16 != 0) {
+        PyErr_SetString(PyExc_ValueError, "spans must be u64 (offset, length) pairs");
+        goto done;
+    }
+    Py_ssize_t count = spans.len / 16;
+    const uint64_t *pairs = (const uint64_t *)spans.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t offset = pairs[2 * i], size = pairs[2 * i + 1];
+        if (offset > (uint64_t)data.len || size > (uint64_t)data.len - offset) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%llu + %llu) is past the buffer's %zd bytes",
+                         i, (unsigned long long)offset, (unsigned long long)size, data.len);
+            goto done;
+        }
+    }
+    result = PyBytes_FromStringAndSize(NULL, count * 32);
+    if (result == NULL)
+        goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    const uint8_t *buf = (const uint8_t *)data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++)
+        hash_into(out + 32 * i, buf + pairs[2 * i], (size_t)pairs[2 * i + 1]);
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&spans);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"cut", native_cut, METH_VARARGS, cut_doc},
+    {"hash_spans", native_hash_spans, METH_VARARGS, hash_spans_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "tether._store._native",
+    "FastCDC cutting and BLAKE3 hashing of whole buffers without the GIL (see native.py).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,78 @@
+"""Cutting and hashing whole windows without the GIL, when the native core is built.
+
+``_native`` (``_native.c``, built by ``setup.py`` with the vendored BLAKE3 C
+code) cuts a buffer with FastCDC and hashes each chunk in one call that
+releases the GIL, so threads can share the work. pyfastcdc and blake3 each
+release the GIL per chunk and take it back to hand the chunk to Python: a
+thread that does that 13,000 times a GB waits behind every busy Python thread,
+which is why cutting otherwise runs on worker processes (cutting.py).
+
+The gear tables and masks are pyfastcdc's own, read from its constants, so
+the chunks are exactly pyfastcdc's (tests/test_store_native.py compares every
+boundary). Where the extension was not built (no C compiler at install time),
+``available`` is False and callers keep to pyfastcdc and blake3.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Sequence
+from functools import cache
+
+from pyfastcdc import utils as _fastcdc_utils
+from pyfastcdc.py.constants import GEAR, GEAR_LS, MASKS
+
+from .chunklist import RECORD_SIZE
+
+try:
+    from . import _native  # type: ignore[attr-defined]
+except ImportError:  # not built here: pyfastcdc and worker processes
+    _native = None
+
+#: Whether the native core is built and not turned off (``TETHER_NATIVE=0``).
+available = _native is not None and os.environ.get("TETHER_NATIVE", "1") != "0"
+
+_GEAR = GEAR.tobytes()
+_GEAR_LS = GEAR_LS.tobytes()
+
+
+@cache
+def _sizes(avg_size: int) -> tuple[int, int, int, int, int]:
+    """(min, avg, max, mask_s, mask_l) as pyfastcdc's ``FastCDC(avg_size)`` sets them
+    (normalized chunking 1, no seed)."""
+    bits = _fastcdc_utils.logarithm2(avg_size)
+    return avg_size // 4, avg_size, avg_size * 4, MASKS[bits + 1], MASKS[bits - 1]
+
+
+def cut(view: memoryview | bytes, avg_size: int, *, keep_last: bool, hash: bool = True) -> bytes:
+    """The chunks of ``view`` as 40-byte records (BLAKE3 digest, u64 length: chunklist.RECORD).
+
+    Unless ``keep_last``, a last chunk that ends only because ``view`` does is left
+    out (when there is more than one). Digests are zero bytes unless ``hash``.
+    """
+    assert _native is not None
+    return bytes(_native.cut(view, _GEAR, _GEAR_LS, *_sizes(avg_size), keep_last, hash))
+
+
+def lengths(records: bytes) -> list[int]:
+    """The chunk lengths of ``cut``'s records."""
+    return [int.from_bytes(records[i + 32:i + RECORD_SIZE], "little")
+            for i in range(0, len(records), RECORD_SIZE)]
+
+
+def hex_digests(records: bytes) -> list[str]:
+    """The hex digests of ``cut``'s records."""
+    return [records[i:i + 32].hex() for i in range(0, len(records), RECORD_SIZE)]
+
+
+def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[str]:
+    """The BLAKE3 (hex) of each ``(offset, length)`` span of ``view``, in one call
+    without the GIL. A span past the end of ``view`` is a ValueError."""
+    assert _native is not None
+    flat = array("Q")
+    for offset, length in spans:
+        flat.append(offset)
+        flat.append(length)
+    out = _native.hash_spans(view, flat)
+    return [out[i:i + 32].hex() for i in range(0, len(out), 32)]
