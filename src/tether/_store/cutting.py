@@ -30,6 +30,7 @@ Memory stays bounded by a few segments whatever the file's size.
 from __future__ import annotations
 
 import atexit
+import bisect
 import contextlib
 import json
 import mmap
@@ -305,16 +306,23 @@ def _shared_pool() -> _Pool:
         return _pool
 
 
+def _start_index(cuts: list[Cut], offset: int) -> int | None:
+    """Where in ``cuts`` (in file order) a chunk starts at ``offset``, if one does
+    (a binary search: this runs for every segment of the file)."""
+    i = bisect.bisect_left(cuts, offset, key=lambda cut: cut[0])
+    return i if i < len(cuts) and cuts[i][0] == offset else None
+
+
 def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> list[Cut] | None:
     """``previous_tail`` (true chunks from ``agreed_end``) followed by ``segment``'s chunks
     from the first boundary both share; None when they share none."""
-    starts = {offset: i for i, (offset, _length, _digest) in enumerate(segment)}
-    if agreed_end in starts:
-        return segment[starts[agreed_end]:]
+    at = _start_index(segment, agreed_end)
+    if at is not None:
+        return segment[at:]
     for i, (offset, length, _digest) in enumerate(previous_tail):
-        end = offset + length
-        if end in starts:
-            return previous_tail[: i + 1] + segment[starts[end]:]
+        at = _start_index(segment, offset + length)
+        if at is not None:
+            return previous_tail[: i + 1] + segment[at:]
     return None
 
 
@@ -383,7 +391,7 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
                     yield stretch(chunks, segment)
                 return
             # Yield what the next segment cannot change: the chunks ending by its start.
-            ready = [c for c in chunks if c[0] + c[1] <= boundary]
+            ready = chunks[:bisect.bisect_right(chunks, boundary, key=lambda c: c[0] + c[1])]
             carried = chunks[len(ready):]
             if ready:
                 yield stretch(ready, segment)
