@@ -504,6 +504,8 @@ def main() -> None:
     global WARM_BYTES
     WARM_BYTES = size * 5 // 4
     targets = [t.strip() for t in args.only.split(",") if t.strip()]
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-large-", dir=args.dir))
     results: dict[str, Any] = {"size_mb": size / MB, "targets": {}, "anchors": {}}
     moto: Moto | None = None

@@ -226,20 +226,29 @@ def _unpack(payload: bytes | memoryview, codec: int, size: int,
 def _raw_matches(view: memoryview, chunks: Sequence[ChunkRef], locs: Sequence[Location],
                  base: int) -> list[bool]:
     """Which chunks of a run read into ``view`` (from pack offset ``base``) are stored
-    raw and hash to their digests, checked in one call without the GIL (native.py);
-    all False without the native core, or for a run it cannot check that way (the
-    chunks are then checked one by one, as ``_unpack`` always does)."""
+    raw and hash to their digests (see ``_raw_checked``)."""
+    return _raw_checked(view, [(loc.offset - base, loc.length, chunk.size, loc.codec,
+                                chunk.digest) for chunk, loc in zip(chunks, locs, strict=True)])
+
+
+def _raw_checked(view: memoryview, pieces: Sequence[tuple[int, int, int, int, str]],
+                 ) -> list[bool]:
+    """For each piece of ``view`` (start, stored length, raw size, codec, digest):
+    whether it is stored raw and hashes to its digest, checked in one call without
+    the GIL (native.py). All False without the native core, or for pieces it cannot
+    check that way (a location outside the view, as a hostile index could claim):
+    those are checked one by one, as ``_unpack`` always does."""
+    matched = [False] * len(pieces)
     if not native.available:
-        return [False] * len(chunks)
-    matched = [False] * len(chunks)
-    raw = [i for i, (chunk, loc) in enumerate(zip(chunks, locs, strict=True))
-           if loc.codec == RAW and loc.length == chunk.size]
+        return matched
+    raw = [i for i, (_start, length, size, codec, _digest) in enumerate(pieces)
+           if codec == RAW and length == size]
     try:
-        found = native.digests(view, [(locs[i].offset - base, locs[i].length) for i in raw])
-    except (ValueError, OverflowError):  # a location outside the run: hostile or stale
+        found = native.digests(view, [(pieces[i][0], pieces[i][1]) for i in raw])
+    except (ValueError, OverflowError):  # outside the view: hostile or stale
         return matched
     for i, digest in zip(raw, found, strict=True):
-        matched[i] = digest == chunks[i].digest
+        matched[i] = digest == pieces[i][4]
     return matched
 
 
@@ -2114,10 +2123,15 @@ class ChunkStore:
             check.reads += 1
             check.bytes_read += len(payload)
             view = memoryview(payload)
-            for digest, offset, length, raw, codec in readable[i:j]:
+            run = readable[i:j]
+            matched = _raw_checked(view, [(offset - start, length, raw, codec, digest)
+                                          for digest, offset, length, raw, codec in run])
+            for (digest, offset, length, raw, codec), match in zip(run, matched, strict=True):
+                check.chunks += 1
+                if match:
+                    continue
                 _, problem = _unpack(view[offset - start:offset - start + length], codec, raw,
                                      digest)
-                check.chunks += 1
                 if problem:
                     check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
             i = j
