@@ -127,3 +127,57 @@ def test_a_file_truncated_under_a_worker_kills_the_worker_never_the_caller(
         if cutting._pool is not None:
             cutting._pool.close()
     assert not list((tmp_path / "store").glob("packs/*.pack"))
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_with_the_native_core_threads_cut_and_no_worker_process_starts(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch, native_on: bool
+) -> None:
+    if native_on:
+        assert native.available, "the native core is built by `pip install -e .` (setup.py)"
+    else:
+        monkeypatch.setattr(native, "available", False)
+    data = _awkward_bytes()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(data)
+    monkeypatch.setattr(cutting, "_pool", None)  # a pool of this test's own
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    try:
+        entry = store.ingest(tmp_path / "a", ["model.bin"]).files[0]
+        pool = cutting._pool
+        assert pool is not None  # cut in parallel either way
+        assert (pool.started == 0) is native_on  # processes only without the native core
+    finally:
+        if cutting._pool is not None:
+            cutting._pool.close()
+    assert entry.digest == blake3.blake3(data).hexdigest()
+    store.materialize([entry], tmp_path / "out", label="test")
+    assert (tmp_path / "out" / "model.bin").read_bytes() == data
+
+
+def test_no_buffer_is_handed_out_again_while_a_window_in_it_is_in_use(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments cut on threads take their ring buffers ahead of the windows being
+    hashed and written: every buffer is poisoned as it is handed out, and the file
+    still stores and hashes as its own bytes (the ring is large enough)."""
+    from tether._store import chunkstore
+
+    handed = chunkstore._BufferRing.next
+
+    def poisoned(ring: chunkstore._BufferRing, size: int, at: int = 0) -> memoryview:
+        view = handed(ring, size, at)
+        view[:] = b"\xaa" * len(view)
+        return view
+
+    monkeypatch.setattr(chunkstore._BufferRing, "next", poisoned)
+    data = os.urandom(9 << 20)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(data)
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    entry = store.ingest(tmp_path / "a", ["model.bin"]).files[0]
+    assert entry.digest == blake3.blake3(data).hexdigest()
+    sequential = [(c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(data)]
+    assert [c.size for c in entry.chunks] == [length for _, length in sequential]
+    store.materialize([entry], tmp_path / "out", label="test")
+    assert (tmp_path / "out" / "model.bin").read_bytes() == data

@@ -358,6 +358,13 @@ class _BufferRing:
     ``_AHEAD + 2`` buffers are never overwritten in use, with none to spare: a
     review that poisoned each buffer as it was handed out found loads correct
     with five and a wrong file digest with four.
+
+    With the native core, a large file's segments are read by the cutting threads
+    into buffers of the ring taken when each segment is submitted, up to
+    ``workers() + 1`` ahead of the window being walked (cutting.parallel_cuts):
+    ``ahead`` adds as many, so the ring holds one to spare
+    (tests/test_store_cutting.py poisons each buffer as it is handed out: the file
+    stored right with one buffer fewer, wrong with two fewer).
     """
 
     SIZE = _AHEAD + 2
@@ -1618,7 +1625,7 @@ class ChunkStore:
         file digest is computed on a thread of its own (the second BLAKE3 pass
         over every byte: on this thread it was a third of a followed ingest),
         one window behind. At most ``_AHEAD`` windows are in flight, plus the
-        one being hashed whole (the ring holds ``_AHEAD + 2``).
+        one being hashed whole (see ``_BufferRing`` for what the ring holds).
         """
         # One thread: the cutting threads and the pool keep both cores busy, and
         # BLAKE3's own threads competed with them (2 GB all new: 593 against 553 MB/s,
