@@ -152,3 +152,13 @@ def test_a_loads_run_check_matches_only_raw_chunks_hashing_to_their_digests() ->
     assert _raw_matches(view, chunks, outside, 100) == [False, False, False]
     before = [Location("p", 50, 1000, 1000, RAW), locs[1], locs[2]]
     assert _raw_matches(view, chunks, before, 100) == [False, False, False]
+
+
+def test_tether_version_says_whether_the_native_core_is_in_use() -> None:
+    code = "from tether.cli import main; main()"
+    on = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
+                        text=True, env=dict(os.environ, TETHER_NATIVE="1"))
+    assert "native core: built" in on.stdout, on.stdout + on.stderr
+    off = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
+                         text=True, env=dict(os.environ, TETHER_NATIVE="0"))
+    assert "turned off by TETHER_NATIVE=0" in off.stdout, off.stdout + off.stderr

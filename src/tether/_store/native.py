@@ -30,8 +30,10 @@ try:
 except ImportError:  # not built here: pyfastcdc and worker processes
     _native = None
 
-#: Whether the native core is built and not turned off (``TETHER_NATIVE=0``).
-available = _native is not None and os.environ.get("TETHER_NATIVE", "1") != "0"
+#: Whether the extension was built at install time ...
+built = _native is not None
+#: ... and is in use: built and not turned off (``TETHER_NATIVE=0``).
+available = built and os.environ.get("TETHER_NATIVE", "1") != "0"
 
 _GEAR = GEAR.tobytes()
 _GEAR_LS = GEAR_LS.tobytes()

@@ -217,6 +217,18 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _print_version(ctx: click.Context) -> None:
+    # Imported here: the native core's module loads pyfastcdc's tables, which no
+    # other command needs at start-up.
+    from .._store import native
+
+    built = ("built" if native.available
+             else "built, turned off by TETHER_NATIVE=0" if native.built
+             else "not built: large files are cut on worker processes, slower")
+    click.echo(f"tether, version {__version__} (native core: {built})")
+    ctx.exit()
+
+
 @click.group(
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -229,7 +241,9 @@ class LazyGroup(click.Group):
     envvar="TETHER_URI",
     help="Registry folder (default: $TETHER_URI, else the nearest .tether above the cwd).",
 )
-@click.version_option(__version__, prog_name="tether")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _param, value: _print_version(ctx) if value else None,
+              help="Show the version (and whether the native core is built) and exit.")
 @click.pass_context
 def cli(ctx: click.Context, registry_uri: str | None) -> None:
     """Tether: a model registry that refuses to load what does not match.
