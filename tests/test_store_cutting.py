@@ -155,13 +155,18 @@ def test_with_the_native_core_threads_cut_and_no_worker_process_starts(
     assert (tmp_path / "out" / "model.bin").read_bytes() == data
 
 
+@pytest.mark.parametrize("pool_size", [2, 6])
 def test_no_buffer_is_handed_out_again_while_a_window_in_it_is_in_use(
-    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch, pool_size: int
 ) -> None:
     """Segments cut on threads take their ring buffers ahead of the windows being
     hashed and written: every buffer is poisoned as it is handed out, and the file
-    still stores and hashes as its own bytes (the ring is large enough)."""
+    still stores and hashes as its own bytes (the ring is large enough), also when
+    the process's cutting pool is larger than ``workers()`` says now (the pool is
+    sized once; a review found a ring sized from ``workers()`` corrupting packs)."""
     from tether._store import chunkstore
+
+    monkeypatch.setattr(cutting, "_pool", cutting._Pool(pool_size))
 
     handed = chunkstore._BufferRing.next
 
@@ -181,3 +186,5 @@ def test_no_buffer_is_handed_out_again_while_a_window_in_it_is_in_use(
     assert [c.size for c in entry.chunks] == [length for _, length in sequential]
     store.materialize([entry], tmp_path / "out", label="test")
     assert (tmp_path / "out" / "model.bin").read_bytes() == data
+    assert cutting._pool is not None
+    cutting._pool.close()

@@ -162,3 +162,17 @@ def test_tether_version_says_whether_the_native_core_is_in_use() -> None:
     off = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
                          text=True, env=dict(os.environ, TETHER_NATIVE="0"))
     assert "turned off by TETHER_NATIVE=0" in off.stdout, off.stdout + off.stderr
+
+
+def test_odd_and_tiny_sizes_cut_as_pyfastcdc_would_and_never_overrun() -> None:
+    """The records are allocated for the most chunks a buffer can have: with an odd
+    smallest size a chunk can be one byte shorter than it (FastCDC's two-byte steps)."""
+    from tether._store import _native  # type: ignore[attr-defined]
+
+    data = bytes(range(256)) * 400  # a cut point almost everywhere with a zero mask
+    for min_size in (2, 3, 5, 7):
+        out = _native.cut(data, native._GEAR, native._GEAR_LS, min_size, min_size,
+                          min_size * 4, 0, 0, True, False)
+        lengths = native.lengths(out)
+        assert sum(lengths) == len(data)
+        assert all(n >= (min_size // 2) * 2 for n in lengths[:-1])

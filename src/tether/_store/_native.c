@@ -125,8 +125,9 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
         .gear = (const uint64_t *)gear.buf, .gear_ls = (const uint64_t *)gear_ls.buf,
     };
     uint64_t length = (uint64_t)data.len;
-    /* Every chunk but the last is longer than min_size. */
-    Py_ssize_t most = (Py_ssize_t)(length / min_size + 2);
+    /* Every chunk but the last is at least (min_size / 2) * 2 bytes long (cut_gear's
+     * first candidate; min_size - 1 when it is odd), and min_size >= 2. */
+    Py_ssize_t most = (Py_ssize_t)(length / ((min_size / 2) * 2) + 2);
     result = PyBytes_FromStringAndSize(NULL, most * RECORD_SIZE);
     if (result == NULL)
         goto done;
@@ -177,24 +178,33 @@ static PyObject *native_hash_spans(PyObject *self, PyObject *args)
         goto done;
     }
     Py_ssize_t count = spans.len / 16;
-    const uint64_t *pairs = (const uint64_t *)spans.buf;
+    /* A private copy, checked and then used without the GIL: another thread could
+     * change the caller's buffer in between. */
+    uint64_t *pairs = PyMem_Malloc(count > 0 ? (size_t)spans.len : 1);
+    if (pairs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(pairs, spans.buf, (size_t)spans.len);
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t offset = pairs[2 * i], size = pairs[2 * i + 1];
         if (offset > (uint64_t)data.len || size > (uint64_t)data.len - offset) {
             PyErr_Format(PyExc_ValueError, "span %zd (%llu + %llu) is past the buffer's %zd bytes",
                          i, (unsigned long long)offset, (unsigned long long)size, data.len);
-            goto done;
+            goto free_pairs;
         }
     }
     result = PyBytes_FromStringAndSize(NULL, count * 32);
     if (result == NULL)
-        goto done;
+        goto free_pairs;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     const uint8_t *buf = (const uint8_t *)data.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count; i++)
         hash_into(out + 32 * i, buf + pairs[2 * i], (size_t)pairs[2 * i + 1]);
     Py_END_ALLOW_THREADS
+free_pairs:
+    PyMem_Free(pairs);
 done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&spans);

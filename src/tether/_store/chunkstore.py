@@ -361,8 +361,9 @@ class _BufferRing:
 
     With the native core, a large file's segments are read by the cutting threads
     into buffers of the ring taken when each segment is submitted, up to
-    ``workers() + 1`` ahead of the window being walked (cutting.parallel_cuts):
-    ``ahead`` adds as many, so the ring holds one to spare
+    ``cutting.segments_ahead()`` ahead of the window being walked, and never more
+    than the ring's ``ahead`` (cutting.parallel_cuts is told it): ``ahead`` adds as
+    many buffers, so the ring holds one to spare
     (tests/test_store_cutting.py poisons each buffer as it is handed out: the file
     stored right with one buffer fewer, wrong with two fewer).
     """
@@ -372,6 +373,7 @@ class _BufferRing:
     def __init__(self, ahead: int = 0) -> None:
         """``ahead``: buffers asked for ahead of the window being walked (segments
         being cut on threads before their turn: cutting.parallel_cuts)."""
+        self.ahead = ahead
         self.size = self.SIZE + ahead
         self._buffers: list[memoryview] = []  # page-aligned: see fileio.aligned_buffer
         self._handed = 0
@@ -1449,7 +1451,7 @@ class ChunkStore:
         writer.published = published
         # Window buffers shared by every file of this ingest; with the native core,
         # segments being cut ahead hold one each (cutting.parallel_cuts).
-        ring = _BufferRing(ahead=cutting.workers() + 1 if native.available else 0)
+        ring = _BufferRing(ahead=cutting.segments_ahead() if native.available else 0)
         bar = Progress("storing", total, enabled=progress)
         try:
             with ThreadPoolExecutor(max_workers=_WORKERS,
@@ -1556,7 +1558,8 @@ class ChunkStore:
         with open(path, "rb", buffering=0) as handle:
             fd = handle.fileno()
             stretches = cutting.parallel_cuts(path, size, AVG_CHUNK, start,
-                                              buffer=ring.next if held else None)
+                                              buffer=ring.next if held else None,
+                                              ahead=ring.ahead if held else None)
             for stretch, view in _cut_or_fail(stretches, path):
                 first = stretch[0][0]
                 end = stretch[-1][0] + stretch[-1][1] - first

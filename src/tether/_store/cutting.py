@@ -41,7 +41,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any
 
@@ -326,9 +326,33 @@ def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> li
     return None
 
 
+def _settle(futures: list[Future[Any]]) -> None:
+    """Cancel ``futures`` and wait for those already running: no thread may still
+    read into a buffer its caller reuses. A Ctrl-C meanwhile is raised once they
+    are done (a segment takes milliseconds), not instead of waiting."""
+    for future in futures:
+        future.cancel()
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
+
+
+def segments_ahead() -> int:
+    """How many segments ``parallel_cuts`` hands to the cutting pool ahead of its
+    caller: one per thread of the process's pool, plus one (the pool's size is
+    fixed when it is first used; ``workers()`` may say otherwise later)."""
+    return _shared_pool().size + 1
+
+
 def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
                   buffer: Callable[[int, int], memoryview] | None = None,
-                  ) -> Iterator[Stretch]:
+                  ahead: int | None = None) -> Iterator[Stretch]:
     """The file's chunks from ``first`` (a chunk boundary), a stretch at a time, in order,
     exactly as one cutting finds them, each with its bytes when they are at hand.
 
@@ -338,11 +362,12 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
     of that buffer, valid until ``buffer`` hands it out again. Otherwise worker
     processes cut and the view is None (read the stretch yourself).
 
-    At most one segment per worker, plus one, is cut ahead of the caller: a
-    ``buffer`` must not hand a buffer out again within ``workers() + 1`` calls of
-    the caller's oldest stretch still in use.
+    At most ``ahead`` segments (``segments_ahead()`` unless given) are cut ahead
+    of the caller: a ``buffer`` must not hand a buffer out again within that many
+    calls of the caller's oldest stretch still in use.
     """
     pool = _shared_pool()
+    ahead = max(1, ahead if ahead is not None else pool.size + 1)
     held = buffer is not None and native.available
     lookback = 4 * avg_size  # FastCDC's largest chunk: see cut_segment_native
     starts = list(range(first, size, SEGMENT))
@@ -368,7 +393,7 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
         return chunks, segment.view_of(chunks[0][0], chunks[-1][0] + chunks[-1][1])
 
     try:
-        while submitted < len(starts) and len(pending) <= pool.size:
+        while submitted < len(starts) and len(pending) < ahead:
             submit()
         agreed_end = first  # every chunk before this offset has been yielded
         carried: list[Cut] = []  # true chunks from agreed_end, not yielded yet
@@ -397,11 +422,7 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
                 yield stretch(ready, segment)
                 agreed_end = ready[-1][0] + ready[-1][1]
     finally:
-        for _start, future in pending:
-            future.cancel()
-        for _start, future in pending:  # no thread may still read into a buffer
-            with contextlib.suppress(BaseException):
-                future.result()
+        _settle([future for _start, future in pending])
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
