@@ -35,6 +35,27 @@ typedef struct {
     const uint64_t *gear, *gear_ls;
 } cut_config;
 
+/* One phase of cut_gear: from `from` to `to`, two bytes a step, against one pair of
+ * masks (the stricter one before the average size, the looser after). Returns where
+ * to cut, or 0 for nowhere in this phase (a cut is never at 0: from >= 2). */
+static inline uint64_t scan(const cut_config *c, const uint8_t *buf, uint64_t *hash,
+                            uint64_t from, uint64_t to, uint64_t mask, uint64_t mask_ls)
+{
+    /* Locals, so the loop keeps them in registers. */
+    const uint64_t *gear = c->gear, *gear_ls = c->gear_ls;
+    uint64_t h = *hash;
+    for (uint64_t pos = from; pos < to; pos += 2) {
+        h = (h << 2) + gear_ls[buf[pos]];
+        if ((h & mask_ls) == 0)
+            return pos;
+        h = h + gear[buf[pos + 1]];
+        if ((h & mask) == 0)
+            return pos + 1;
+    }
+    *hash = h;
+    return 0;
+}
+
 /* The length of the chunk that starts at buf (pyfastcdc's _cut_gear). */
 static uint64_t cut_gear(const cut_config *c, const uint8_t *buf, uint64_t len)
 {
@@ -49,29 +70,11 @@ static uint64_t cut_gear(const cut_config *c, const uint8_t *buf, uint64_t len)
     uint64_t start = (c->min_size / 2) * 2;
     uint64_t mid = (center / 2) * 2;
     uint64_t end = (remaining / 2) * 2;
-    /* Locals, so the loop keeps them in registers. */
-    const uint64_t *gear = c->gear, *gear_ls = c->gear_ls;
-    const uint64_t mask_s = c->mask_s, mask_s_ls = c->mask_s_ls;
-    const uint64_t mask_l = c->mask_l, mask_l_ls = c->mask_l_ls;
     uint64_t hash = 0;
-    uint64_t pos;
-    for (pos = start; pos < mid; pos += 2) {
-        hash = (hash << 2) + gear_ls[buf[pos]];
-        if ((hash & mask_s_ls) == 0)
-            return pos;
-        hash = hash + gear[buf[pos + 1]];
-        if ((hash & mask_s) == 0)
-            return pos + 1;
-    }
-    for (pos = mid; pos < end; pos += 2) {
-        hash = (hash << 2) + gear_ls[buf[pos]];
-        if ((hash & mask_l_ls) == 0)
-            return pos;
-        hash = hash + gear[buf[pos + 1]];
-        if ((hash & mask_l) == 0)
-            return pos + 1;
-    }
-    return remaining;
+    uint64_t cut = scan(c, buf, &hash, start, mid, c->mask_s, c->mask_s_ls);
+    if (cut == 0)
+        cut = scan(c, buf, &hash, mid, end, c->mask_l, c->mask_l_ls);
+    return cut != 0 ? cut : remaining;
 }
 
 static void put_length(uint8_t *out, uint64_t length)
