@@ -1502,7 +1502,7 @@ class ChunkStore:
         """The file as windows of about ``_WINDOW`` bytes, cut into chunks.
 
         Yields (window, cuts, end, digests): the chunks of ``window`` up to
-        ``end``, with their digests when worker processes computed them (a large
+        ``end``, with their digests when the parallel cutting computed them (a large
         file, several cores: see cutting.py). The last chunk of a window may
         only be cut there because the window ends, so it is carried into the
         next one and cut again: the chunks are exactly those of cutting the

@@ -1,12 +1,12 @@
 """Cutting a new version of a file along the chunks of its previous version.
 
 A new version of a large model mostly repeats the previous one's bytes.
-Cutting it with FastCDC costs about half a core-second per GB here, holding the
-GIL; checking that the bytes where the previous version's next chunk would be
-*are* that chunk costs one BLAKE3 of them, which ingest computes anyway, on
-every core. So ingest follows the previous version's chunks while they match,
-and cuts with FastCDC only where the bytes changed, until a chunk it cuts is
-one of the previous version's again.
+Cutting it with FastCDC costs about half a core-second per GB here; checking
+that the bytes where the previous version's next chunk would be *are* that
+chunk costs one BLAKE3 of them, which ingest computes anyway, on every core.
+So ingest follows the previous version's chunks while they match, and cuts
+with FastCDC only where the bytes changed, until a chunk it cuts is one of the
+previous version's again.
 
 The chunks are exactly those FastCDC finds cutting the whole file, so versions
 deduplicate as if every one were cut from scratch. FastCDC ends a chunk where
