@@ -17,6 +17,8 @@ from tether._store import cutting, native, open_store
 from tether._store.chunkstore import AVG_CHUNK
 from tether._store.fileio import aligned_buffer
 
+_real_workers = cutting.workers  # before any test patches it
+
 
 @pytest.fixture
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,3 +190,24 @@ def test_no_buffer_is_handed_out_again_while_a_window_in_it_is_in_use(
     assert (tmp_path / "out" / "model.bin").read_bytes() == data
     assert cutting._pool is not None
     cutting._pool.close()
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_one_core_or_no_cutting_workers_still_logs(
+    tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """``TETHER_CUT_WORKERS=0`` (or one core): cut in the calling thread; no pool of
+    zero threads is asked for (that was a ValueError on every log)."""
+    monkeypatch.setenv("TETHER_CUT_WORKERS", str(count))
+    monkeypatch.setattr(cutting, "workers", _real_workers)
+    monkeypatch.setattr(cutting, "_pool", None)
+    data = _awkward_bytes()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(data)
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    entry = store.ingest(tmp_path / "a", ["model.bin"]).files[0]
+    assert cutting._pool is None  # nothing cut in parallel
+    assert entry.digest == blake3.blake3(data).hexdigest()
+    sequential = [length for _, length in
+                  ((c.offset, c.length) for c in FastCDC(avg_size=AVG_CHUNK).cut_buf(data))]
+    assert [c.size for c in entry.chunks] == sequential

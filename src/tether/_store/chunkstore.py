@@ -1554,7 +1554,7 @@ class ChunkStore:
         hashed on every core: by threads reading each segment into a buffer of the
         ring once (the native core), else by worker processes, each stretch then
         read here."""
-        held = native.available
+        held = native.available and ring.ahead > 0  # ring buffers for segments cut ahead
         with open(path, "rb", buffering=0) as handle:
             fd = handle.fileno()
             stretches = cutting.parallel_cuts(path, size, AVG_CHUNK, start,

@@ -346,8 +346,15 @@ def _settle(futures: list[Future[Any]]) -> None:
 def segments_ahead() -> int:
     """How many segments ``parallel_cuts`` hands to the cutting pool ahead of its
     caller: one per thread of the process's pool, plus one (the pool's size is
-    fixed when it is first used; ``workers()`` may say otherwise later)."""
-    return _shared_pool().size + 1
+    fixed when it is first used; ``workers()`` may say otherwise later). 0 where
+    nothing is cut in parallel (one core, or ``TETHER_CUT_WORKERS=0``)."""
+    with _pool_lock:
+        pool = _pool
+    if pool is None:
+        if workers() <= 1:
+            return 0
+        pool = _shared_pool()
+    return pool.size + 1
 
 
 def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
