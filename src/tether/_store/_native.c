@@ -141,6 +141,8 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
     uint64_t offset = 0;
     while (offset < length) {
         uint64_t size = cut_gear(&config, buf + offset, length - offset);
+        if (!keep_last && count > 0 && offset + size >= length)
+            break; /* the last chunk ends only because the buffer does: not hashed */
         uint8_t *record = out + count * RECORD_SIZE;
         if (hash)
             hash_into(record, buf + offset, (size_t)size);
@@ -149,10 +151,6 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
         put_length(record + 32, size);
         count++;
         offset += size;
-        if (!keep_last && count > 1 && offset >= length) {
-            count--; /* the last chunk ends only because the buffer does */
-            break;
-        }
     }
     Py_END_ALLOW_THREADS
     if (_PyBytes_Resize(&result, count * RECORD_SIZE) < 0)

@@ -49,7 +49,7 @@ import blake3
 from pyfastcdc.cy import FastCDC
 
 from . import native
-from .chunklist import RECORD_SIZE
+from .chunklist import RECORD
 from .fileio import aligned_buffer, pread_into
 
 #: Bytes each worker cuts (and the most the main process reads at once).
@@ -148,11 +148,11 @@ def _cut(view: memoryview, start: int, avg_size: int, final: bool) -> list[Cut]:
 
 
 def _records_as_cuts(records: bytes, start: int) -> list[Cut]:
+    """``native.cut``'s records as cuts of the file, the first at ``start``."""
     cuts: list[Cut] = []
     at = start
-    for i in range(0, len(records), RECORD_SIZE):
-        length = int.from_bytes(records[i + 32:i + RECORD_SIZE], "little")
-        cuts.append((at, length, records[i:i + 32].hex()))
+    for digest, length in RECORD.iter_unpack(records):
+        cuts.append((at, length, digest.hex()))
         at += length
     return cuts
 

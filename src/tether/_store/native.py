@@ -19,11 +19,12 @@ import os
 from array import array
 from collections.abc import Sequence
 from functools import cache
+from itertools import chain
 
 from pyfastcdc import utils as _fastcdc_utils
 from pyfastcdc.py.constants import GEAR, GEAR_LS, MASKS
 
-from .chunklist import RECORD_SIZE
+from .chunklist import RECORD
 
 try:
     from . import _native  # type: ignore[attr-defined]
@@ -54,27 +55,18 @@ def cut(view: memoryview | bytes, avg_size: int, *, keep_last: bool, hash: bool 
     out (when there is more than one). Digests are zero bytes unless ``hash``.
     """
     assert _native is not None
-    return bytes(_native.cut(view, _GEAR, _GEAR_LS, *_sizes(avg_size), keep_last, hash))
+    out: bytes = _native.cut(view, _GEAR, _GEAR_LS, *_sizes(avg_size), keep_last, hash)
+    return out
 
 
 def lengths(records: bytes) -> list[int]:
     """The chunk lengths of ``cut``'s records."""
-    return [int.from_bytes(records[i + 32:i + RECORD_SIZE], "little")
-            for i in range(0, len(records), RECORD_SIZE)]
-
-
-def hex_digests(records: bytes) -> list[str]:
-    """The hex digests of ``cut``'s records."""
-    return [records[i:i + 32].hex() for i in range(0, len(records), RECORD_SIZE)]
+    return [size for _digest, size in RECORD.iter_unpack(records)]
 
 
 def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[str]:
     """The BLAKE3 (hex) of each ``(offset, length)`` span of ``view``, in one call
     without the GIL. A span past the end of ``view`` is a ValueError."""
     assert _native is not None
-    flat = array("Q")
-    for offset, length in spans:
-        flat.append(offset)
-        flat.append(length)
-    out = _native.hash_spans(view, flat)
+    out = _native.hash_spans(view, array("Q", chain.from_iterable(spans)))
     return [out[i:i + 32].hex() for i in range(0, len(out), 32)]
