@@ -20,7 +20,7 @@ import pytest
 from pyfastcdc.cy import FastCDC
 
 from tether._errors import StoreError
-from tether._store import following, open_store
+from tether._store import following, native, open_store
 from tether._store.base import ChunkRef
 from tether._store.following import Hint, followed_windows
 
@@ -28,10 +28,16 @@ AVG = 4096  # small chunks: many boundaries in little data
 WINDOW = 64 * 1024
 
 
-@pytest.fixture(autouse=True)
-def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=["native", "python"])
+def small_steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Steps and windows a few chunks long, so edits straddle them (the smallest allowed:
-    a step is twice FastCDC's largest chunk, a window two steps)."""
+    a step is twice FastCDC's largest chunk, a window two steps); every test twice,
+    following with the native core (one call a window) and without it (pyfastcdc, and
+    blake3 in batches shared with the pool)."""
+    if request.param == "native" and not native.available:
+        pytest.skip("the native core is not built here (or TETHER_NATIVE=0)")
+    if request.param == "python":
+        monkeypatch.setattr(native, "available", False)
     monkeypatch.setattr(following, "STEP", 2 * FastCDC(avg_size=AVG).max_size)
 
 

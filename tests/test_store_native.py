@@ -176,3 +176,42 @@ def test_odd_and_tiny_sizes_cut_as_pyfastcdc_would_and_never_overrun() -> None:
         lengths = native.lengths(out)
         assert sum(lengths) == len(data)
         assert all(n >= (min_size // 2) * 2 for n in lengths[:-1])
+
+
+def test_follow_counts_the_records_that_are_the_bytes_and_stops_at_the_first_that_is_not() -> None:
+    data = os.urandom(1_000_000)
+    records = native.cut(data, 16384, keep_last=True)
+    count = len(records) // RECORD.size
+    longest = 4 * 16384
+    assert native.follow(data, 0, records, 0, longest) == count
+    # From the middle: the offset of record 5 and record 5 itself.
+    fifth = sum(n for _, n in RECORD.iter_unpack(records[:5 * RECORD.size]))
+    assert native.follow(data, fifth, records, 5, longest) == count - 5
+    # A byte changed in chunk 7: six match from 1 (chunks 1..6), chunk 7 stops it.
+    start_7 = sum(n for _, n in RECORD.iter_unpack(records[:7 * RECORD.size]))
+    edited = bytearray(data)
+    edited[start_7 + 3] ^= 1
+    first = RECORD.unpack_from(records, 0)[1]
+    assert native.follow(bytes(edited), first, records, 1, longest) == 6
+    # Hostile records: a wrong digest, a length of 0, over the largest, past the buffer.
+    for digest, size in [(bytes(32), RECORD.unpack_from(records, 0)[1]),
+                         (RECORD.unpack_from(records, 0)[0], 0),
+                         (RECORD.unpack_from(records, 0)[0], longest + 1),
+                         (RECORD.unpack_from(records, 0)[0], 1 << 62)]:
+        lie = RECORD.pack(digest, size) + records[RECORD.size:]
+        assert native.follow(data, 0, lie, 0, longest) == 0
+        assert native.follow(data, 0, records, 0, longest) == count  # the truth still matches
+    # The buffer ends: only the chunks wholly inside it.
+    assert native.follow(data[:fifth + 1], 0, records, 0, longest) == 5
+    assert native.follow(data, len(data), records, count, longest) == 0
+
+
+def test_follow_refuses_records_and_places_outside_what_it_was_given() -> None:
+    data = os.urandom(100_000)
+    records = native.cut(data, 16384, keep_last=True)
+    count = len(records) // RECORD.size
+    for offset, first, recs in [(-1, 0, records), (len(data) + 1, 0, records),
+                                (0, -1, records), (0, count + 1, records),
+                                (0, 0, records[:-1])]:
+        with pytest.raises(ValueError):
+            native.follow(data, offset, recs, first, 1 << 20)

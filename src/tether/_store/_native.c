@@ -16,6 +16,11 @@
  * random, repetitive and edited bytes, so chunks, and deduplication against
  * versions logged before, are unchanged.
  *
+ * follow() checks a new version of a file against its previous version's chunk
+ * records (following.py): each chunk hashed and compared in turn, one call a
+ * window, stopping at the first that differs, so no bytes are hashed in vain and
+ * no batch is handed between threads.
+ *
  * Output: one 40-byte record per chunk, the 32-byte BLAKE3 digest then the
  * chunk's length as a little-endian u64 (chunklist.RECORD's layout).
  */
@@ -81,6 +86,14 @@ static void put_length(uint8_t *out, uint64_t length)
 {
     for (int i = 0; i < 8; i++)
         out[i] = (uint8_t)(length >> (8 * i));
+}
+
+static uint64_t get_length(const uint8_t *in)
+{
+    uint64_t length = 0;
+    for (int i = 7; i >= 0; i--)
+        length = (length << 8) | in[i];
+    return length;
 }
 
 static void hash_into(uint8_t *out, const uint8_t *data, size_t length)
@@ -212,9 +225,63 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(follow_doc,
+"follow(buffer, offset, records, first, longest) -> int\n"
+"\n"
+"How many of the chunks described by records (40-byte records, as cut's), from\n"
+"record first on, are buffer's bytes from offset on, one after another: each is\n"
+"hashed and compared with its record's digest, stopping at the first that\n"
+"differs, does not fit in buffer, or has a length of 0 or over longest.");
+
+static PyObject *native_follow(PyObject *self, PyObject *args)
+{
+    Py_buffer data, records;
+    Py_ssize_t offset, first;
+    unsigned long long longest;
+    if (!PyArg_ParseTuple(args, "y*ny*nK", &data, &offset, &records, &first, &longest))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = records.len / RECORD_SIZE;
+    if (records.len % RECORD_SIZE != 0) {
+        PyErr_SetString(PyExc_ValueError, "records must be 40 bytes each");
+        goto done;
+    }
+    if (offset < 0 || offset > data.len || first < 0 || first > count) {
+        PyErr_Format(PyExc_ValueError, "offset %zd or first %zd is outside the buffer "
+                     "(%zd bytes) or the records (%zd)", offset, first, data.len, count);
+        goto done;
+    }
+    const uint8_t *buf = (const uint8_t *)data.buf, *rec = (const uint8_t *)records.buf;
+    uint64_t length = (uint64_t)data.len;
+    Py_ssize_t matched = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t at = (uint64_t)offset;
+    uint8_t digest[32], expected[32];
+    for (Py_ssize_t i = first; i < count; i++) {
+        /* Each record read once, into locals: another thread may change the buffer. */
+        const uint8_t *record = rec + i * RECORD_SIZE;
+        memcpy(expected, record, 32);
+        uint64_t size = get_length(record + 32);
+        if (size == 0 || size > longest || size > length - at)
+            break;
+        hash_into(digest, buf + at, (size_t)size);
+        if (memcmp(digest, expected, 32) != 0)
+            break;
+        matched++;
+        at += size;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(matched);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&records);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cut", native_cut, METH_VARARGS, cut_doc},
     {"hash_spans", native_hash_spans, METH_VARARGS, hash_spans_doc},
+    {"follow", native_follow, METH_VARARGS, follow_doc},
     {NULL, NULL, 0, NULL},
 };
 

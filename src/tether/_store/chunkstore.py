@@ -331,7 +331,7 @@ def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
     makes a set of it, so a repeat costs a line. Sorting them first (a set of a
     million hex digests was 150 MB; even in numpy 70 MB) is not worth it."""
     if sum(len(f.chunks) for f in files) < _PIN_PIECE:
-        yield from sorted({c.digest for f in files for c in f.chunks})  # small: tidy
+        yield from sorted({d for f in files for d in f.chunks.digests()})  # small: tidy
         return
     for entry in files:
         yield from entry.chunks.digests()

@@ -31,7 +31,7 @@ difference (tests/test_store_following.py keeps the telling ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ from pyfastcdc.cy import FastCDC
 from .._errors import StoreError
 from . import native
 from .base import ChunkList, ChunkRef
+from .chunklist import RECORD
 from .fileio import ALIGN, pread_into
 
 #: FastCDC cuts a changed stretch this much at a time, then looks for a chunk it
@@ -199,7 +200,9 @@ def followed_windows(
             reading.start(position + length)  # the next window's bytes, while this one is walked
             while walk.at < length:
                 if predicted is not None:
-                    predicted, window_ended = _follow(walk, hint, predicted, longest, digests_of)
+                    predicted, window_ended = (
+                        _follow_native(walk, hint, predicted, longest) if native.available
+                        else _follow(walk, hint, predicted, longest, digests_of))
                     if window_ended:
                         break
                     continue
@@ -347,16 +350,60 @@ def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
         pending = (plan[-1], digests[-1])
 
 
+def _follow_native(walk: _Walk, hint: Hint, first: int, longest: int) -> tuple[int | None, bool]:
+    """``_follow`` in one native call: the hint's chunks from ``first`` are hashed and
+    compared one after another without the GIL, up to the first that differs or does
+    not fit (none hashed in vain, no batches shared with the pool). The same chunks
+    are taken and the same answer given (tests/test_store_following.py runs both)."""
+    view, start = walk.view, walk.at
+    matched = native.follow(view, start, hint.chunks.records, first, longest)
+    end = first + matched  # the hint's chunk after the last one matched
+    cuts: list[Cut] = []
+    digests: list[str] = []
+    at = start
+    for raw, length in _records(hint, first, end):
+        cuts.append((at, length))
+        digests.append(raw.hex())
+        at += length
+    if walk.eof and matched and at == len(view):
+        walk.take(cuts, digests, followed=True)  # ends where the file does: confirmed
+        return None, False
+    # The last chunk matched is confirmed only by the next one matching: it did not.
+    walk.take(cuts[:-1], digests[:-1], followed=True)
+    valid = end < len(hint) and 0 < hint.length(end) <= longest
+    if valid and at + hint.length(end) <= len(view):
+        return None, False  # its bytes differ: cut from the chunk not confirmed
+    ends_window = valid and not walk.eof
+    return (end - (matched > 0) if ends_window else None), ends_window
+
+
+def _records(hint: Hint, first: int, end: int) -> Iterator[tuple[bytes, int]]:
+    """(digest, length) of the hint's records ``first`` to ``end``."""
+    records = memoryview(hint.chunks.records)
+    return RECORD.iter_unpack(records[first * RECORD.size:end * RECORD.size])
+
+
 def _cut_step(walk: _Walk, cdc: FastCDC, step: int, hint: Hint,
               digests_of: DigestsOf) -> int | None:
     """Cut up to ``step`` bytes at ``walk.at`` with FastCDC; the hint's chunk to follow next."""
     view = walk.view
     stop = min(len(view), walk.at + step)
     final = walk.eof and stop == len(view)
-    found = [(walk.at + c.offset, c.length) for c in cdc.cut_buf(view[walk.at:stop])]
-    if not final and len(found) > 1:
-        found.pop()  # ended by the step, not by its bytes
-    digests = digests_of(view, found)
+    found: list[Cut] = []
+    digests: list[str]
+    if native.available:  # cut and hashed in one call without the GIL
+        digests = []
+        at = walk.at
+        for raw, length in RECORD.iter_unpack(
+                native.cut(view[walk.at:stop], cdc.avg_size, keep_last=final)):
+            found.append((at, length))
+            digests.append(raw.hex())
+            at += length
+    else:
+        found = [(walk.at + c.offset, c.length) for c in cdc.cut_buf(view[walk.at:stop])]
+        if not final and len(found) > 1:
+            found.pop()  # ended by the step, not by its bytes
+        digests = digests_of(view, found)
     walk.take(found, digests)
     known = hint.first(digests[-1])
     return known + 1 if known is not None and known + 1 < len(hint) else None

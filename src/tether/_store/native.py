@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Sequence
 from functools import cache
 from itertools import chain
+from typing import Any
 
 from pyfastcdc import utils as _fastcdc_utils
 from pyfastcdc.py.constants import GEAR, GEAR_LS, MASKS
@@ -70,3 +71,14 @@ def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[
     assert _native is not None
     out = _native.hash_spans(view, array("Q", chain.from_iterable(spans)))
     return [out[i:i + 32].hex() for i in range(0, len(out), 32)]
+
+
+def follow(view: memoryview | bytes, offset: int, records: bytes | bytearray | memoryview | Any,
+           first: int, longest: int) -> int:
+    """How many chunks of ``records`` (``cut``'s layout), from record ``first`` on, are
+    ``view``'s bytes from ``offset`` on, one after another: each hashed and compared in
+    turn, in one call without the GIL, stopping at the first that differs, does not
+    fit in ``view``, or is empty or longer than ``longest``."""
+    assert _native is not None
+    matched: int = _native.follow(view, offset, records, first, longest)
+    return matched
