@@ -24,7 +24,10 @@ def _op(
     *,
     params: list[str] | None = None,
     body: str | None = None,
+    body_required: bool = True,
+    limit: str = "8 MiB",
     ok: str = "200",
+    responses: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
@@ -37,14 +40,29 @@ def _op(
         "security": [{"bearer": []}],
     }
     if body:
-        op["responses"]["413"] = {**_ERROR, "description": "Body over 8 MiB"}
+        op["responses"]["413"] = {**_ERROR, "description": f"Body over {limit}"}
         op["requestBody"] = {
-            "required": True,
+            "required": body_required,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
         }
+    if responses:
+        op["responses"].update(responses)
     if extra:
         op.update(extra)
     return op
+
+
+def _query(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string"}}
+
+
+_BLOB_KEY = {
+    "name": "key", "in": "path", "required": True,
+    "description": "A store key, slashes included: packs/<32 hex>.pack, index/<32 hex>.idx, "
+    "pins/<32 hex>.json (and locks/ingest-<32 hex> to write or delete)",
+    "schema": {"type": "string"},
+}
 
 
 _PACKED_NOTE = (
@@ -58,6 +76,8 @@ _PACKED_NOTE = (
 
 
 def openapi_document() -> dict[str, Any]:
+    from .app import RPC_METHODS  # app imports this module
+
     model = ["name"]
     alias = ["name", "alias"]
     return {
@@ -104,10 +124,30 @@ def openapi_document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {"reason": {"type": "string"}},
                 },
+                "Call": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "args": {"type": ["array", "null"]},
+                        "kwargs": {"type": ["object", "null"]},
+                    },
+                },
+                "Presign": {
+                    "type": "object",
+                    "required": ["key", "method"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "key": {"type": "string"},
+                        "method": {"enum": ["GET", "PUT"]},
+                    },
+                },
             },
         },
         "paths": {
-            "/health": {"get": _op("Liveness and server version")},
+            "/health": {
+                "get": _op("Liveness and server version (no authentication)",
+                           extra={"security": []})
+            },
             "/ready": {
                 "get": _op(
                     "Readiness: the database and the store answer (503 naming what is down)",
@@ -115,14 +155,30 @@ def openapi_document() -> dict[str, Any]:
                                                          "503": _UNAVAILABLE}},
                 )
             },
+            "/openapi.json": {
+                "get": _op("This document", extra={"security": [], "responses": {
+                    "200": {"description": "OK"}}}),
+            },
             "/whoami": {"get": _op("The caller's principal and roles")},
+            "/roles": {
+                "get": _op(
+                    "A principal's roles (default the caller; readers may ask about anyone), "
+                    "globally or on one model",
+                    extra={"parameters": [
+                        _query("principal", "Whose roles (default: the caller)"),
+                        _query("model", "Roles on this model (default: global)"),
+                    ]},
+                )
+            },
             "/models": {"get": _op("List models")},
             "/models/{name}/versions": {
-                "get": _op("List a model's versions", params=model),
+                "get": _op("List a model's versions (large chunk lists as chunk_count)",
+                           params=model),
                 "post": _op(
                     "Register a version whose chunks are uploaded",
                     params=model,
                     body="NewVersion",
+                    limit="96 MiB (JSON)",
                     ok="201",
                     extra={"parameters": [
                         {"name": "name", "in": "path", "required": True,
@@ -141,13 +197,21 @@ def openapi_document() -> dict[str, Any]:
                     extra={"description": _PACKED_NOTE},
                 )
             },
+            "/models/{name}/trust/{selector}": {
+                "get": _op(
+                    "A version's policy standing: required, trusted and valid signers, "
+                    "signature problems, deprecation",
+                    params=["name", "selector"],
+                )
+            },
             "/datasets/{name}/versions": {
                 "get": _op("List a dataset's versions (large chunk lists as chunk_count)",
                            params=model),
                 "post": _op(
                     "Register a dataset version whose chunks are uploaded (the server "
                     "checks every field and recomputes every digest)",
-                    params=model, ok="201", extra={"description": _PACKED_NOTE},
+                    params=model, body="NewVersion", limit="96 MiB (JSON)", ok="201",
+                    extra={"description": _PACKED_NOTE},
                 ),
             },
             "/datasets/{name}/versions/{selector}": {
@@ -161,18 +225,78 @@ def openapi_document() -> dict[str, Any]:
             },
             "/models/{name}/aliases/{alias}/rollback": {
                 "post": _op(
-                    "Move an alias back to its previous target", params=alias, body="Reason"
+                    "Move an alias back to its previous target", params=alias, body="Reason",
+                    body_required=False,
                 )
             },
             "/models/{name}/aliases/{alias}/history": {
                 "get": _op("Every move of an alias", params=alias)
             },
-            "/audit": {"get": _op("Audit events, newest first (model, action, limit)")},
+            "/audit": {
+                "get": _op(
+                    "Audit events, newest first",
+                    extra={"parameters": [
+                        _query("model", "Only this model's events"),
+                        _query("action", "Only events of this action"),
+                        _query("limit", "At most this many events (0: all)"),
+                    ]},
+                )
+            },
             "/audit/verify": {"get": _op("Verify the audit log's hash chain")},
+            "/audit/head": {
+                "get": _op("The newest signed audit head with the public key that checks it "
+                           "(404 before any change)")
+            },
             "/settings": {"get": _op("Registry settings")},
-            "/chunks/missing": {"post": _op("Which of these chunk digests the store lacks")},
-            "/packs/{pack}": {"put": _op("Upload a pack (local store)", params=["pack"])},
-            "/packs/{pack}/commit": {"post": _op("Index an uploaded pack", params=["pack"])},
-            "/chunks/locate": {"post": _op("Where chunks live: pack, offset, length, URL")},
+            "/call/{method}": {
+                "post": _op(
+                    "Call a registry use case by name (governance, admin); the use case "
+                    "checks the caller's roles",
+                    body="Call",
+                    body_required=False,
+                    extra={"parameters": [
+                        {"name": "method", "in": "path", "required": True,
+                         "schema": {"enum": sorted(RPC_METHODS)}},
+                    ]},
+                )
+            },
+            "/blobs": {
+                "get": _op(
+                    "List store objects under a prefix: key, size, mtime",
+                    extra={"parameters": [
+                        {"name": "prefix", "in": "query", "required": True,
+                         "schema": {"enum": ["index/", "pins/", "locks/"]}},
+                    ]},
+                )
+            },
+            "/blobs/presign": {
+                "post": _op(
+                    "A presigned URL to GET or PUT a store object directly (url null: "
+                    "go through /blobs/{key}; 409 when a PUT's key exists)",
+                    body="Presign",
+                )
+            },
+            "/blobs/{key}": {
+                "get": _op(
+                    "A store object, or one Range of it (206; 416 past its end), streamed",
+                    responses={"206": {"description": "Partial content"}},
+                    extra={"parameters": [_BLOB_KEY]},
+                ),
+                "put": _op(
+                    "Upload a new store object (never overwrites: 409); an index is checked "
+                    "against its pack, a lying pack refused (422) and quarantined",
+                    ok="201",
+                    responses={"413": {**_ERROR, "description": "Body over 1 GiB"}},
+                    extra={
+                        "parameters": [_BLOB_KEY],
+                        "requestBody": {"required": True, "content": {
+                            "application/octet-stream": {"schema": {"type": "string",
+                                                                    "format": "binary"}}}},
+                    },
+                ),
+                "delete": _op("Delete the caller's own ingest lease (locks/ingest-<32 hex>); "
+                              "stored data is only removed by gc",
+                              extra={"parameters": [_BLOB_KEY]}),
+            },
         },
     }
