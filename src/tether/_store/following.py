@@ -31,7 +31,7 @@ difference (tests/test_store_following.py keeps the telling ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -353,15 +353,17 @@ def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
 def _follow_native(walk: _Walk, hint: Hint, first: int, longest: int) -> tuple[int | None, bool]:
     """``_follow`` in one native call: the hint's chunks from ``first`` are hashed and
     compared one after another without the GIL, up to the first that differs or does
-    not fit (none hashed in vain, no batches shared with the pool). The same chunks
-    are taken and the same answer given (tests/test_store_following.py runs both)."""
+    not fit (nothing hashed past a change, no batches shared with the pool). The
+    same chunks are taken and the same answer given (tests/test_store_following.py
+    runs both); the digests kept are those computed from the bytes."""
     view, start = walk.view, walk.at
-    matched = native.follow(view, start, hint.chunks.records, first, longest)
+    records = native.follow(view, start, hint.chunks.records, first, longest)
+    matched = len(records) // RECORD.size
     end = first + matched  # the hint's chunk after the last one matched
     cuts: list[Cut] = []
     digests: list[str] = []
     at = start
-    for raw, length in _records(hint, first, end):
+    for raw, length in RECORD.iter_unpack(records):
         cuts.append((at, length))
         digests.append(raw.hex())
         at += length
@@ -375,12 +377,6 @@ def _follow_native(walk: _Walk, hint: Hint, first: int, longest: int) -> tuple[i
         return None, False  # its bytes differ: cut from the chunk not confirmed
     ends_window = valid and not walk.eof
     return (end - (matched > 0) if ends_window else None), ends_window
-
-
-def _records(hint: Hint, first: int, end: int) -> Iterator[tuple[bytes, int]]:
-    """(digest, length) of the hint's records ``first`` to ``end``."""
-    records = memoryview(hint.chunks.records)
-    return RECORD.iter_unpack(records[first * RECORD.size:end * RECORD.size])
 
 
 def _cut_step(walk: _Walk, cdc: FastCDC, step: int, hint: Hint,

@@ -22,6 +22,7 @@ from functools import cache
 from itertools import chain
 from typing import Any
 
+import blake3
 from pyfastcdc import utils as _fastcdc_utils
 from pyfastcdc.py.constants import GEAR, GEAR_LS, MASKS
 
@@ -74,11 +75,45 @@ def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[
 
 
 def follow(view: memoryview | bytes, offset: int, records: bytes | bytearray | memoryview | Any,
-           first: int, longest: int) -> int:
-    """How many chunks of ``records`` (``cut``'s layout), from record ``first`` on, are
-    ``view``'s bytes from ``offset`` on, one after another: each hashed and compared in
-    turn, in one call without the GIL, stopping at the first that differs, does not
-    fit in ``view``, or is empty or longer than ``longest``."""
+           first: int, longest: int) -> bytes:
+    """The records (``cut``'s layout) of ``view``'s chunks from ``offset`` on that are,
+    one after another, those of ``records`` from record ``first`` on: each hashed and
+    compared in turn, in one call without the GIL, stopping at the first that
+    differs, does not fit in ``view``, or is empty or longer than ``longest``. The
+    records returned are what was hashed, not read back from ``records``."""
     assert _native is not None
-    matched: int = _native.follow(view, offset, records, first, longest)
+    matched: bytes = _native.follow(view, offset, records, first, longest)
     return matched
+
+
+class _Pieces:
+    """blake3's hasher with ``update_many``, where the native core is not in use."""
+
+    __slots__ = ("_hasher",)
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+
+    def update(self, piece: Any) -> None:
+        self._hasher.update(piece)
+
+    def update_many(self, pieces: Sequence[Any]) -> None:
+        for piece in pieces:
+            self._hasher.update(piece)
+
+    def digest(self) -> bytes:
+        return bytes(self._hasher.digest())
+
+    def hexdigest(self) -> str:
+        return str(self._hasher.hexdigest())
+
+
+def hasher() -> Any:
+    """A BLAKE3 hasher whose ``update_many(pieces)`` hashes a run's chunks in one call
+    that releases the GIL once (with the native core): blake3's own takes the GIL back
+    after every update, and beside a busy Python thread 8,000 updates of 64 KB took
+    3.1 s against 0.09 s alone."""
+    if available:
+        assert _native is not None
+        return _native.Hasher()
+    return _Pieces()
