@@ -64,6 +64,7 @@ from .cache import ChunkCache, dead_scratch, remove_paths
 from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
 from .fileio import ALIGN, BufferPool, aligned_buffer, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
+from .handoffs import prompt_handoffs
 from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import (
@@ -1385,7 +1386,7 @@ class ChunkStore:
         started = time.time()
         published: list[str] = []
         try:
-            with ingest_lock(self):
+            with ingest_lock(self), prompt_handoffs():
                 with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
                     self.maybe_consolidate()  # before ours: a failed ingest undoes only its own
                 report = self._ingest(root, paths, progress=progress, published=published,
@@ -1925,7 +1926,8 @@ class ChunkStore:
         self.refresh()
         bar = Progress("loading", sum(f.size for f in files), enabled=progress)
         try:
-            with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            with (self._in_use(files), prompt_handoffs(),
+                  ThreadPoolExecutor(max_workers=_READ_THREADS) as pool):
                 for entry in files:
                     self._materialize_file(entry, dest, label, pool, bar, keep=cache_chunks)
         finally:
@@ -2017,14 +2019,15 @@ class ChunkStore:
         (whose verified copy would hide a corrupt pack), one ranged read per run
         of chunks stored back to back; ``"any"`` accepts cached chunks, as a load.
         """
-        if source == "store":
-            direct = copy.copy(self)  # shares the index; reads and keeps nothing cached
-            direct.cache = None
-            direct.refresh()
-            return direct._verify_store(files, label=label)
-        self.refresh()
-        with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-            return self._verify(files, label=label, pool=pool)
+        with prompt_handoffs():
+            if source == "store":
+                direct = copy.copy(self)  # shares the index; reads and keeps nothing cached
+                direct.cache = None
+                direct.refresh()
+                return direct._verify_store(files, label=label)
+            self.refresh()
+            with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+                return self._verify(files, label=label, pool=pool)
 
     def _verify(self, files: Sequence[FileEntry], *, label: str,
                 pool: ThreadPoolExecutor) -> list[str]:

@@ -1,0 +1,133 @@
+"""While Tether moves bytes, the interpreter's switch interval is 0.5 ms, then the
+program's again (tether/_store/handoffs.py; the speed it buys is measured by
+bench/bench_busy.py, not here)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether._store import chunkstore, handoffs
+from tether._store.handoffs import prompt_handoffs
+
+
+@pytest.fixture(autouse=True)
+def programs_interval(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The program's interval is 5 ms, and it has a thread of its own (waiting)."""
+    monkeypatch.delenv("TETHER_SWITCH_INTERVAL", raising=False)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    done = threading.Event()
+    programs = threading.Thread(target=done.wait, name="the-programs-own")
+    programs.start()
+    yield
+    done.set()
+    programs.join()
+    sys.setswitchinterval(before)
+
+
+def test_a_program_without_threads_of_its_own_keeps_its_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    me = threading.current_thread()
+    tethers = threading.Thread(target=lambda: None, name="tether-cut_0")
+    others = threading.Thread(target=lambda: None, name="the-programs-own")
+    monkeypatch.setattr(threading, "enumerate", lambda: [me, tethers])
+    assert not handoffs._program_threads()
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    monkeypatch.setattr(threading, "enumerate", lambda: [me, tethers, others])
+    assert handoffs._program_threads()
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(handoffs.DEFAULT)
+
+
+def test_lowered_for_the_duration_and_put_back() -> None:
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(handoffs.DEFAULT)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_put_back_after_a_failure_too() -> None:
+    with pytest.raises(RuntimeError), prompt_handoffs():
+        raise RuntimeError("the transfer failed")
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_never_raised() -> None:
+    sys.setswitchinterval(0.0001)
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+    assert sys.getswitchinterval() == pytest.approx(0.0001)
+
+
+def test_the_environment_sets_it_or_leaves_the_interpreter_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_SWITCH_INTERVAL", "0.001")
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+    monkeypatch.setenv("TETHER_SWITCH_INTERVAL", "0")
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    monkeypatch.setenv("TETHER_SWITCH_INTERVAL", "fast please")  # a typo: the default
+    with prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(handoffs.DEFAULT)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_overlapping_transfers_put_it_back_when_the_last_one_ends() -> None:
+    first_in, first_may_leave = threading.Event(), threading.Event()
+    seen: list[float] = []
+
+    def first() -> None:
+        with prompt_handoffs():
+            first_in.set()
+            first_may_leave.wait(10)
+            seen.append(sys.getswitchinterval())
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(10)
+    with prompt_handoffs():
+        pass  # the second transfer ends while the first still runs
+    assert sys.getswitchinterval() == pytest.approx(handoffs.DEFAULT)
+    first_may_leave.set()
+    thread.join(10)
+    assert seen == [pytest.approx(handoffs.DEFAULT)]
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_change_the_program_made_meanwhile_is_kept() -> None:
+    with prompt_handoffs():
+        sys.setswitchinterval(0.002)
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+
+
+def test_log_and_load_run_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, float] = {}
+    ingest, materialize = chunkstore.ChunkStore.ingest, chunkstore.ChunkStore.materialize
+
+    def watched_ingest(self: chunkstore.ChunkStore, *args: object, **kwargs: object) -> object:
+        seen["ingest"] = sys.getswitchinterval()
+        return ingest(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def watched_materialize(self: chunkstore.ChunkStore, *args: object,
+                            **kwargs: object) -> object:
+        seen["materialize"] = sys.getswitchinterval()
+        return materialize(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chunkstore.ChunkStore, "ingest", watched_ingest)
+    monkeypatch.setattr(chunkstore.ChunkStore, "materialize", watched_materialize)
+    reg = tether.init(tmp_path / "reg")
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights" * 1000)
+    reg.log_model(str(model), "m", progress=False)
+    reg.download("m", tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "model.bin").read_bytes() == model.read_bytes()
+    assert seen == {"ingest": pytest.approx(handoffs.DEFAULT),
+                    "materialize": pytest.approx(handoffs.DEFAULT)}
+    assert sys.getswitchinterval() == pytest.approx(0.005)
