@@ -12,7 +12,7 @@ from .._environment import Difference
 from .._environment.policy import fix_command
 from .._errors import EnvironmentMismatch, IntegrityError, TetherError
 from .._records import ModelVersion
-from .._store.handoffs import prompt_handoffs
+from .._store import handoffs
 from .._warnings import warn_caller
 from .env_check import choose_policy, enforce
 from .trust import enforce_signatures, signed_for_loading
@@ -35,7 +35,7 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
         )
 
 
-@prompt_handoffs()  # see tether/_store/handoffs.py
+@handoffs.during  # see tether/_store/handoffs.py
 def materialize(registry: Registry, version: ModelVersion, dest: Path, *, progress: bool) -> Path:
     """Write the version's files under ``dest`` (verified), atomically."""
     if dest.exists():
@@ -57,7 +57,7 @@ def materialize(registry: Registry, version: ModelVersion, dest: Path, *, progre
     return dest
 
 
-@prompt_handoffs()  # see tether/_store/handoffs.py
+@handoffs.during  # see tether/_store/handoffs.py
 def load_version(
     registry: Registry,
     version: ModelVersion,

@@ -29,8 +29,8 @@ from .._records import ModelVersion, VersionValues
 from .._reference import validate_model_name
 from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
+from .._store import handoffs
 from .._store.base import FileEntry
-from .._store.handoffs import prompt_handoffs
 from . import drift_baseline
 from .datasets import data_inputs
 from .examples import example_to_json, feature_names, predictions_for
@@ -112,7 +112,7 @@ def _row_facts(row: sa.Row[Any]) -> VersionFacts:
     )
 
 
-@prompt_handoffs()  # see tether/_store/handoffs.py
+@handoffs.during  # see tether/_store/handoffs.py
 def log_model(
     registry: Registry,
     model: Any,

@@ -25,12 +25,17 @@ other, and a 2 GB load ran no faster either way (ten interleaved rounds, medians
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
 DEFAULT = 0.0005
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _lock = threading.Lock()
 _users = 0
@@ -77,3 +82,16 @@ def prompt_handoffs() -> Iterator[None]:
                 if sys.getswitchinterval() == _ours:  # the program left it to us
                     sys.setswitchinterval(_saved)
                 _saved = _ours = None
+
+
+def during(function: Callable[P, R]) -> Callable[P, R]:
+    """``function`` run inside ``prompt_handoffs``. A wrapper of this package's own, not
+    contextlib's decorator: warnings point at the first frame outside Tether
+    (_warnings.py), and contextlib's frame would have been taken for the caller's."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with prompt_handoffs():
+            return function(*args, **kwargs)
+
+    return wrapper
