@@ -6,10 +6,10 @@ it up for a system call or a native call, it must take it back. Beside a thread
 running Python flat out (a training loop logging a checkpoint from a background
 thread, a server's event loop answering requests while a new version loads), that
 thread keeps the GIL until the interpreter's switch interval (5 ms by default)
-forces it to let go: every hand-off waited up to 5 ms. 128 MB logged in 6.9 s
-against 0.6 s alone (11x, when the busy thread's own core explains 2x), loaded
-in 1.0 against 0.3 s; with the interval at 0.5 ms, 0.9 and 0.44 s
-(``bench/bench_busy.py``).
+forces it to let go: every hand-off waited up to 5 ms. 128 MB logged in 4.1 s
+against 0.43 s alone (10x, when the busy thread's own core explains 2x), loaded
+in 1.24 against 0.28 s; with the interval at 0.5 ms while Tether works, 1.0 and
+0.48 s (``bench/bench_busy.py``).
 
 So while a log, load, download or verify runs in a program with threads of its
 own, the interval is lowered to 0.5 ms (never raised) and put back when the last
