@@ -4,10 +4,13 @@ bench/bench_busy.py, not here)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,4 +133,80 @@ def test_log_and_load_run_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / "out" / "model.bin").read_bytes() == model.read_bytes()
     assert seen == {"ingest": pytest.approx(handoffs.DEFAULT),
                     "materialize": pytest.approx(handoffs.DEFAULT)}
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_ctrl_c_while_counting_out_still_puts_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the last transfer waits for the lock to count itself out: the wait
+    is taken again, the interval put back, then the interrupt raised."""
+    real = handoffs._lock
+
+    class Interrupted:
+        interrupts = 1
+
+        def __enter__(self) -> None:
+            real.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+        def acquire(self) -> bool:
+            if self.interrupts:
+                self.interrupts -= 1
+                raise KeyboardInterrupt
+            return real.acquire()
+
+        def release(self) -> None:
+            real.release()
+
+    monkeypatch.setattr(handoffs, "_lock", Interrupted())
+    with pytest.raises(KeyboardInterrupt), prompt_handoffs():
+        assert sys.getswitchinterval() == pytest.approx(handoffs.DEFAULT)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    assert handoffs._users == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_during_a_transfer_gets_the_programs_interval_back() -> None:
+    read, write = os.pipe()
+    with prompt_handoffs():
+        pid = os.fork()
+        if pid == 0:  # the child: no thread of its own counts the parent's transfer out
+            try:
+                seen = [sys.getswitchinterval(), float(handoffs._users)]
+                with prompt_handoffs():
+                    pass
+                seen.append(sys.getswitchinterval())
+                os.write(write, json.dumps(seen).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+    assert child == [pytest.approx(0.005), 0.0, pytest.approx(0.005)]
+
+
+def test_the_store_lowers_it_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets, verify and the CLI reach the store without log_model's or load's
+    wrapper: ingest, materialize and verify lower it themselves."""
+    seen: dict[str, float] = {}
+    for name in ("_ingest", "_materialize_file", "_verify_store", "_verify"):
+        real = getattr(chunkstore.ChunkStore, name)
+
+        def watched(self: chunkstore.ChunkStore, *args: object, _real: Any = real,
+                    _name: str = name, **kwargs: object) -> object:
+            seen[_name] = sys.getswitchinterval()
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(chunkstore.ChunkStore, name, watched)
+    store = tether.init(tmp_path / "reg").store
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.bin").write_bytes(b"rows" * 5000)
+    report = store.ingest(tmp_path / "in", ["data.bin"])
+    store.materialize(report.files, tmp_path / "out", label="data")
+    assert store.verify(report.files, label="data") == []
+    assert store.verify(report.files, label="data", source="any") == []
+    assert seen == {name: pytest.approx(handoffs.DEFAULT) for name in
+                    ("_ingest", "_materialize_file", "_verify_store", "_verify")}
     assert sys.getswitchinterval() == pytest.approx(0.005)

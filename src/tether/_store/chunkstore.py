@@ -327,6 +327,12 @@ def _handed(items: list[Any]) -> Iterator[Any]:
         yield items.pop()
 
 
+def _read_pool() -> ThreadPoolExecutor:
+    """The threads a load or verify reads runs on (named, as Tether's threads are: see
+    handoffs.py)."""
+    return ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="tether-read")
+
+
 def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
     """The chunk digests of ``files`` to pin, as hex, in file order: whoever reads a pin
     makes a set of it, so a repeat costs a line. Sorting them first (a set of a
@@ -1927,7 +1933,7 @@ class ChunkStore:
         bar = Progress("loading", sum(f.size for f in files), enabled=progress)
         try:
             with (self._in_use(files), prompt_handoffs(),
-                  ThreadPoolExecutor(max_workers=_READ_THREADS) as pool):
+                  _read_pool() as pool):
                 for entry in files:
                     self._materialize_file(entry, dest, label, pool, bar, keep=cache_chunks)
         finally:
@@ -2026,7 +2032,7 @@ class ChunkStore:
                 direct.refresh()
                 return direct._verify_store(files, label=label)
             self.refresh()
-            with self._in_use(files), ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            with self._in_use(files), _read_pool() as pool:
                 return self._verify(files, label=label, pool=pool)
 
     def _verify(self, files: Sequence[FileEntry], *, label: str,
@@ -2047,7 +2053,7 @@ class ChunkStore:
 
     def _verify_store(self, files: Sequence[FileEntry], *, label: str) -> list[str]:
         problems = []
-        with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        with _read_pool() as pool:
             for entry in files:
                 what = f"{entry.path} of {label}"
                 hasher = native.hasher()

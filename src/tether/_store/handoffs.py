@@ -65,23 +65,59 @@ def _program_threads() -> bool:
 def prompt_handoffs() -> Iterator[None]:
     """Lower the interpreter's switch interval for the duration (see the module)."""
     global _users, _saved, _ours
-    with _lock:
-        if _users == 0 and _program_threads():
-            wanted = _wanted()
-            current = sys.getswitchinterval()
-            if wanted is not None and wanted < current:
-                sys.setswitchinterval(wanted)
-                _saved, _ours = current, sys.getswitchinterval()
-        _users += 1
+    entered = False
     try:
+        with _lock:
+            if _users == 0 and _program_threads():
+                wanted = _wanted()
+                current = sys.getswitchinterval()
+                if wanted is not None and wanted < current:
+                    sys.setswitchinterval(wanted)
+                    _saved, _ours = current, sys.getswitchinterval()
+            _users += 1
+            entered = True
         yield
     finally:
-        with _lock:
-            _users -= 1
-            if _users == 0 and _saved is not None:
-                if sys.getswitchinterval() == _ours:  # the program left it to us
-                    sys.setswitchinterval(_saved)
-                _saved = _ours = None
+        if entered:
+            _leave()
+
+
+def _leave() -> None:
+    """Count one use out, putting the program's interval back after the last. A Ctrl-C
+    while waiting for the lock must not skip that (the interval would stay lowered
+    for the process's life): the wait is taken again, and the interrupt raised after."""
+    global _users, _saved, _ours
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            _lock.acquire()
+        except KeyboardInterrupt as stop:
+            interrupted = stop
+            continue
+        break
+    try:
+        _users -= 1
+        if _users == 0 and _saved is not None:
+            if sys.getswitchinterval() == _ours:  # the program left it to us
+                sys.setswitchinterval(_saved)
+            _saved = _ours = None
+    finally:
+        _lock.release()
+    if interrupted is not None:
+        raise interrupted
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while a transfer ran in another thread has no thread to count it
+    out: start from nothing, with the program's interval back."""
+    global _lock, _users, _saved, _ours
+    if _saved is not None and sys.getswitchinterval() == _ours:
+        sys.setswitchinterval(_saved)
+    _lock, _users, _saved, _ours = threading.Lock(), 0, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def during(function: Callable[P, R]) -> Callable[P, R]:
