@@ -210,3 +210,26 @@ def test_the_store_lowers_it_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert seen == {name: pytest.approx(handoffs.DEFAULT) for name in
                     ("_ingest", "_materialize_file", "_verify_store", "_verify")}
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_streamed_file_fetches_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``open_file`` reads in the caller's thread, often a training loop's: each fetch of
+    chunks runs with the lowered interval, the caller's code between reads does not."""
+    seen: list[float] = []
+    real = chunkstore.ChunkStore._read_run
+
+    def watched(self: chunkstore.ChunkStore, *args: Any, **kwargs: Any) -> Any:
+        seen.append(sys.getswitchinterval())
+        return real(self, *args, **kwargs)
+
+    reg = tether.init(tmp_path / "reg")
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(300_000))
+    reg.log_model(str(model), "m", progress=False)
+    monkeypatch.setattr(chunkstore.ChunkStore, "_read_run", watched)
+    with reg.open_file("m", "model.bin") as handle:
+        assert handle.read_range(1000, 2000) == model.read_bytes()[1000:2000]
+        assert sys.getswitchinterval() == pytest.approx(0.005)  # between reads: the program's
+        assert handle.read() == model.read_bytes()
+    assert seen and all(s == pytest.approx(handoffs.DEFAULT) for s in seen)
+    assert sys.getswitchinterval() == pytest.approx(0.005)

@@ -37,6 +37,7 @@ import yaml
 from .._errors import InvalidInput, NotFound
 from .._store.base import FileEntry
 from .._store.chunkstore import ChunkStore
+from .._store.handoffs import prompt_handoffs
 from .datasets import DatasetVersion
 
 if TYPE_CHECKING:
@@ -165,11 +166,12 @@ class ChunkedReader(io.RawIOBase):
                 budget += chunks[stop].size
                 stop += 1
         wanted = chunks[index:stop]
-        for run in self._store._runs(wanted, what=self._what):
-            pieces = self._store._read_run([wanted[i] for i in run], what=self._what)
-            for i, data in zip(run, pieces, strict=True):
-                self._remember(index + i, data)
-                self.fetched_bytes += len(data)
+        with prompt_handoffs():  # beside a busy thread (see tether/_store/handoffs.py)
+            for run in self._store._runs(wanted, what=self._what):
+                pieces = self._store._read_run([wanted[i] for i in run], what=self._what)
+                for i, data in zip(run, pieces, strict=True):
+                    self._remember(index + i, data)
+                    self.fetched_bytes += len(data)
         self._last = index
         return self._cache[index]
 
