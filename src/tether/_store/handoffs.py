@@ -12,8 +12,9 @@ in 1.24 against 0.28 s; with the interval at 0.5 ms while Tether works, 1.0 and
 0.48 s (``bench/bench_busy.py``).
 
 So while a log, load, download or verify runs, or ``open_file`` fetches chunks,
-in a program with threads of its own, the interval is lowered to 0.5 ms (never raised) and put back when the last
-one ends, unless the program changed it meanwhile. It only matters when threads
+in a program with threads of its own, the interval is lowered to 0.5 ms (never
+raised) and put back when the last one ends, unless the program changed it
+meanwhile. It only matters when threads
 contend for the GIL; the program's busy thread then hands over sooner, for much
 less time. A program without threads of its own (Tether's, named ``tether-``,
 do not count) keeps its interval: there Tether's threads only contend with each
