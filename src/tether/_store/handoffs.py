@@ -14,13 +14,13 @@ in 1.24 against 0.28 s; with the interval at 0.5 ms while Tether works, 1.0 and
 So while a log, load, download or verify runs, or ``open_file`` fetches chunks,
 in a program with threads of its own, the interval is lowered to 0.5 ms (never
 raised) and put back when the last one ends, unless the program changed it
-meanwhile. It only matters when threads
-contend for the GIL; the program's busy thread then hands over sooner, for much
-less time. A program without threads of its own (Tether's, named ``tether-``,
-do not count) keeps its interval: there Tether's threads only contend with each
-other, and a 2 GB load ran no faster either way (ten interleaved rounds, medians
-2.16 and 2.12 s). ``TETHER_SWITCH_INTERVAL`` sets another interval in seconds;
-``0`` leaves the interpreter's alone.
+meanwhile. It only matters when threads contend for the GIL; the program's busy
+thread then hands over sooner, for much less time. A program without threads of
+its own (Tether's, named ``tether-``, do not count) keeps its interval: there
+Tether's threads only contend with each other, and a 2 GB load ran no faster
+either way (ten interleaved rounds, medians 2.16 and 2.12 s).
+``TETHER_SWITCH_INTERVAL`` sets another interval in seconds; ``0`` leaves the
+interpreter's alone.
 """
 
 from __future__ import annotations
