@@ -33,7 +33,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from bench_large import make_files  # the same two versions as bench_large's
 
 MB = 1 << 20
 
@@ -64,21 +64,6 @@ STEP = textwrap.dedent(
 )
 
 MODES = ("alone", "alone-5ms", "busy", "busy-5ms")
-
-
-def make_files(folder: Path, size: int) -> tuple[Path, Path]:
-    """v1: incompressible bytes; v2: v1 with 5% rewritten in 1 MB pieces."""
-    rng = np.random.default_rng(7)
-    v1, v2 = folder / "v1" / "big.bin", folder / "v2" / "big.bin"
-    v1.parent.mkdir()
-    v2.parent.mkdir()
-    v1.write_bytes(rng.bytes(size))
-    shutil.copyfile(v1, v2)
-    with open(v2, "r+b") as handle:
-        for i in sorted(rng.choice(size // MB, size=max(1, size // MB // 20), replace=False)):
-            handle.seek(int(i) * MB)
-            handle.write(rng.bytes(MB))
-    return v1, v2
 
 
 def step(op: str, registry: Path, arg: Path, mode: str, cache: Path) -> float:

@@ -41,7 +41,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,7 +50,7 @@ from pyfastcdc.cy import FastCDC
 
 from . import native
 from .chunklist import RECORD
-from .fileio import aligned_buffer, pread_into
+from .fileio import aligned_buffer, pread_into, settle
 
 #: Bytes each worker cuts (and the most the main process reads at once).
 SEGMENT = 8 * 1024 * 1024
@@ -326,23 +326,6 @@ def _stitch(agreed_end: int, previous_tail: list[Cut], segment: list[Cut]) -> li
     return None
 
 
-def _settle(futures: list[Future[Any]]) -> None:
-    """Cancel ``futures`` and wait for those already running: no thread may still
-    read into a buffer its caller reuses. A Ctrl-C meanwhile is raised once they
-    are done (a segment takes milliseconds), not instead of waiting."""
-    for future in futures:
-        future.cancel()
-    interrupted: BaseException | None = None
-    while True:
-        try:
-            wait(futures)
-            break
-        except KeyboardInterrupt as error:
-            interrupted = error
-    if interrupted is not None:
-        raise interrupted
-
-
 def segments_ahead() -> int:
     """How many segments ``parallel_cuts`` hands to the cutting pool ahead of its
     caller: one per thread of the process's pool, plus one (the pool's size is
@@ -429,7 +412,7 @@ def parallel_cuts(path: Path, size: int, avg_size: int, first: int = 0,
                 yield stretch(ready, segment)
                 agreed_end = ready[-1][0] + ready[-1][1]
     finally:
-        _settle([future for _start, future in pending])
+        settle([future for _start, future in pending])
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, wait
 from typing import Any
 
 #: Pieces given to one writev (Linux takes up to 1024).
@@ -158,3 +159,20 @@ def drop_pages(data: mmap.mmap, start: int, end: int) -> None:
 
 
 _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def settle(futures: Sequence[Future[Any]]) -> None:
+    """Cancel ``futures`` and wait for those already running: no thread may still
+    read into a buffer its caller reuses. A Ctrl-C meanwhile is raised once they
+    are done (a read or a segment takes milliseconds), not instead of waiting."""
+    for future in futures:
+        future.cancel()
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted

@@ -43,7 +43,7 @@ from .._errors import StoreError
 from . import native
 from .base import ChunkList, ChunkRef
 from .chunklist import RECORD
-from .fileio import ALIGN, pread_into
+from .fileio import ALIGN, pread_into, settle
 
 #: FastCDC cuts a changed stretch this much at a time, then looks for a chunk it
 #: knows to follow again (raised to twice the largest chunk if need be, so a step
@@ -289,19 +289,10 @@ class _ReadAhead:
     def close(self) -> None:
         """Wait for a read in flight (its buffer and the file's descriptor are the caller's)."""
         ahead, self._ahead = self._ahead, None
-        interrupted: BaseException | None = None
-        while ahead is not None:
-            try:
-                ahead[2].result()
-            except Exception:  # the read's failure is no matter now
-                pass
-            except BaseException as stop:  # Ctrl-C: still wait, then pass it on
-                interrupted = stop
-                continue
-            break
-        self._thread.shutdown(wait=True)
-        if interrupted is not None:
-            raise interrupted
+        try:
+            settle([ahead[2]] if ahead is not None else [])  # its failure is no matter now
+        finally:
+            self._thread.shutdown(wait=True)
 
 
 def _follow(walk: _Walk, hint: Hint, first: int, longest: int,
@@ -360,13 +351,8 @@ def _follow_native(walk: _Walk, hint: Hint, first: int, longest: int) -> tuple[i
     records = native.follow(view, start, hint.chunks.records, first, longest)
     matched = len(records) // RECORD.size
     end = first + matched  # the hint's chunk after the last one matched
-    cuts: list[Cut] = []
-    digests: list[str] = []
-    at = start
-    for raw, length in RECORD.iter_unpack(records):
-        cuts.append((at, length))
-        digests.append(raw.hex())
-        at += length
+    cuts, digests = _cuts_of(records, start)
+    at = cuts[-1][0] + cuts[-1][1] if cuts else start
     if walk.eof and matched and at == len(view):
         walk.take(cuts, digests, followed=True)  # ends where the file does: confirmed
         return None, False
@@ -379,22 +365,27 @@ def _follow_native(walk: _Walk, hint: Hint, first: int, longest: int) -> tuple[i
     return (end - (matched > 0) if ends_window else None), ends_window
 
 
+def _cuts_of(records: bytes, start: int) -> tuple[list[Cut], list[str]]:
+    """The cuts (the first at ``start``) and hex digests of native records."""
+    cuts: list[Cut] = []
+    digests: list[str] = []
+    at = start
+    for raw, length in RECORD.iter_unpack(records):
+        cuts.append((at, length))
+        digests.append(raw.hex())
+        at += length
+    return cuts, digests
+
+
 def _cut_step(walk: _Walk, cdc: FastCDC, step: int, hint: Hint,
               digests_of: DigestsOf) -> int | None:
     """Cut up to ``step`` bytes at ``walk.at`` with FastCDC; the hint's chunk to follow next."""
     view = walk.view
     stop = min(len(view), walk.at + step)
     final = walk.eof and stop == len(view)
-    found: list[Cut] = []
-    digests: list[str]
     if native.available:  # cut and hashed in one call without the GIL
-        digests = []
-        at = walk.at
-        for raw, length in RECORD.iter_unpack(
-                native.cut(view[walk.at:stop], cdc.avg_size, keep_last=final)):
-            found.append((at, length))
-            digests.append(raw.hex())
-            at += length
+        found, digests = _cuts_of(
+            native.cut(view[walk.at:stop], cdc.avg_size, keep_last=final), walk.at)
     else:
         found = [(walk.at + c.offset, c.length) for c in cdc.cut_buf(view[walk.at:stop])]
         if not final and len(found) > 1:

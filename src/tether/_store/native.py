@@ -74,8 +74,8 @@ def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[
     return [out[i:i + 32].hex() for i in range(0, len(out), 32)]
 
 
-def follow(view: memoryview | bytes, offset: int, records: bytes | bytearray | memoryview | Any,
-           first: int, longest: int) -> bytes:
+def follow(view: memoryview | bytes, offset: int, records: Any, first: int,
+           longest: int) -> bytes:
     """The records (``cut``'s layout) of ``view``'s chunks from ``offset`` on that are,
     one after another, those of ``records`` from record ``first`` on: each hashed and
     compared in turn, in one call without the GIL, stopping at the first that
