@@ -59,6 +59,7 @@ def server(
     import uvicorn
 
     from .._registry.registry import Registry
+    from ..server.protocol import protocol
 
     # Refuse a wrong schema or missing store here, before any worker starts.
     Registry.open_server(db_url, store_url).close()
@@ -74,6 +75,7 @@ def server(
         workers=workers,
         log_level="warning",
         access_log=False,
+        http=protocol(),
     )
 
 

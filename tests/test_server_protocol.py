@@ -1,0 +1,200 @@
+"""The HTTP protocol `tether server` runs (tether/server/protocol.py): request bodies
+reach the app whole and in order, whether each piece is taken as it comes (handed
+over without a copy) or pieces pile up while the app is busy (joined, as uvicorn
+does); and a real server runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.server import ServerState
+
+from tether.server.protocol import BodyProtocol, protocol
+
+from .conftest import free_port, subprocess_env, tether_exe
+
+
+class _Transport(asyncio.Transport):
+    """A connection's far end: what the protocol writes, and whether it paused reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.paused = 0
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 9000)}.get(name)
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        pass
+
+
+def _receiving_app(bodies: list[list[bytes]]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        pieces: list[bytes] = []
+        while True:
+            message = await receive()
+            assert type(message["body"]) is bytes  # ASGI: bytes, never a bytearray
+            pieces.append(message["body"])
+            if not message["more_body"]:
+                break
+        bodies.append(pieces)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    return app
+
+
+def _request(body_size: int) -> bytes:
+    return (f"PUT /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {body_size}\r\n\r\n"
+            .encode())
+
+
+async def _serve(pieces: list[bytes], *, app_runs_between: bool) -> tuple[list[bytes], _Transport]:
+    bodies: list[list[bytes]] = []
+    config = Config(app=_receiving_app(bodies), http=BodyProtocol, log_level="warning",
+                    lifespan="off")
+    config.load()
+    transport = _Transport()
+    proto = BodyProtocol(config=config, server_state=ServerState(), app_state={})
+    proto.connection_made(transport)
+    body = b"".join(pieces)
+    proto.data_received(_request(len(body)))
+    for piece in pieces:
+        proto.data_received(piece)
+        if app_runs_between:
+            for _ in range(5):
+                await asyncio.sleep(0)
+    for _ in range(50):
+        if bodies:
+            break
+        await asyncio.sleep(0.01)
+    proto.connection_lost(None)
+    assert bodies, transport.written.decode(errors="replace")
+    assert b"HTTP/1.1 201" in transport.written
+    return bodies[0], transport
+
+
+def test_pieces_taken_as_they_come_arrive_whole_and_in_order() -> None:
+    pieces = [os.urandom(n) for n in (1, 1000, 65536, 3, 200_000)]
+    received, _ = asyncio.run(_serve(pieces, app_runs_between=True))
+    assert b"".join(received) == b"".join(pieces)
+    # Each piece reached the app on its own: nothing was joined in the protocol.
+    assert len([p for p in received if p]) == len(pieces)
+
+
+def test_pieces_that_pile_up_are_joined_in_order_and_reading_pauses() -> None:
+    pieces = [os.urandom(40_000) for _ in range(5)]  # 200 KB, over the high-water mark
+    received, transport = asyncio.run(_serve(pieces, app_runs_between=False))
+    assert b"".join(received) == b"".join(pieces)
+    assert len([p for p in received if p]) < len(pieces)  # joined while the app waited
+    assert sum(len(p) for p in pieces) > HIGH_WATER_LIMIT
+    assert transport.paused >= 1  # flow control still holds a fast sender back
+
+
+def test_the_server_runs_this_protocol() -> None:
+    assert protocol() is BodyProtocol
+
+
+# -- a real `tether server` ------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    done = subprocess.run(
+        [tether_exe(), "server-init", "--db", db, "--store", f"file://{tmp_path / 'objects'}",
+         "--admin", "root@team", "--json"],
+        capture_output=True, text=True, env=subprocess_env(), check=True)
+    token = json.loads(done.stdout)["token"]
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([tether_exe(), "server", "--db", db, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(log.read_text())
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "Traceback" not in log.read_text()
+
+
+def test_an_upload_sent_in_uneven_slow_pieces_is_stored_exactly(
+        server: tuple[str, str]) -> None:
+    url, token = server
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    key = f"packs/{os.urandom(16).hex()}.pack"
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("PUT", f"/api/v1/blobs/{key}")
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders()
+    sent = 0
+    for size in (1, 7, 4096, 100_000, 1 << 20, 3, 65536):
+        conn.send(data[sent:sent + size])
+        sent += size
+        time.sleep(0.01)
+    conn.send(data[sent:])
+    answer = conn.getresponse()
+    assert answer.status == 201, answer.read()
+    assert json.loads(answer.read())["size"] == len(data)
+    conn.close()
+    back = httpx.get(f"{url}/api/v1/blobs/{key}", headers={"Authorization": f"Bearer {token}"},
+                     timeout=30)
+    assert back.status_code == 200
+    assert hashlib.sha256(back.content).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_model_logged_through_the_server_loads_back_byte_for_byte(
+        server: tuple[str, str], tmp_path: Path) -> None:
+    import tether.remote
+
+    url, token = server
+    model = tmp_path / "model" / "weights.bin"
+    model.parent.mkdir()
+    model.write_bytes(os.urandom(6 * 1024 * 1024))
+    client = tether.remote.connect(url, token=token, cache_dir=tmp_path / "cache")
+    client.log_model(str(model), "weights", progress=False)
+    out = tmp_path / "out"
+    client.download("weights@1", str(out))
+    loaded = next(p for p in out.rglob("weights.bin"))
+    assert loaded.read_bytes() == model.read_bytes()
