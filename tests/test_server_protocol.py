@@ -198,3 +198,56 @@ def test_a_model_logged_through_the_server_loads_back_byte_for_byte(
     client.download("weights@1", str(out))
     loaded = next(p for p in out.rglob("weights.bin"))
     assert loaded.read_bytes() == model.read_bytes()
+
+
+# -- the gateway's receiving of an upload (blobs_api._receive) --------------------------
+
+
+async def _pieces(sizes: list[int], data: bytes) -> Any:
+    at = 0
+    for size in sizes:
+        yield data[at:at + size]
+        at += size
+
+
+def test_an_upload_is_written_in_batches_whole_and_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tether._store.fileio import write_pieces as real
+    from tether.server import blobs_api
+
+    calls: list[int] = []
+
+    def counted(fd: int, pieces: Any, offset: int | None = None) -> None:
+        calls.append(sum(len(p) for p in pieces))
+        real(fd, pieces, offset)
+
+    monkeypatch.setattr(blobs_api, "write_pieces", counted)
+    sizes = [1, 65536, 200_000, 3, 1 << 20, 262_144] * 4 + [17]
+    data = os.urandom(sum(sizes))
+    target = tmp_path / "upload"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        size = asyncio.run(blobs_api._receive(_pieces(sizes, data), fd, writeback=True))
+    finally:
+        os.close(fd)
+    assert size == len(data)
+    assert target.read_bytes() == data
+    # Batches of at least _WRITE_BATCH (but the last), not one write per piece.
+    assert len(calls) < len(sizes) / 3
+    assert all(n >= blobs_api._WRITE_BATCH for n in calls[:-1])
+
+
+def test_an_upload_over_the_limit_is_refused_as_it_comes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tether._errors import InvalidInput
+    from tether.server import blobs_api
+
+    monkeypatch.setattr(blobs_api, "MAX_OBJECT", 3 << 20)
+    data = os.urandom(4 << 20)
+    fd = os.open(tmp_path / "upload", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(InvalidInput, match="over the"):
+            asyncio.run(blobs_api._receive(_pieces([1 << 18] * 16, data), fd, writeback=False))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "upload").stat().st_size <= 3 << 20

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -53,6 +53,11 @@ _BLOCK = 4 * 1024 * 1024
 #: An upload's bytes are handed to the disk this many at a time as they come, so
 #: the fsync before it is stored has little left to wait for.
 _WRITEBACK_STEP = 1024 * 1024
+#: An upload's pieces (64-256 KB as they come off the socket) are written this many
+#: bytes at a time, in one system call: 2 GB of new bytes logged through a server,
+#: four interleaved rounds each, 290-308 MB/s against 261-294 written piece by piece
+#: (the server's system time 2.4-2.6 s against 2.8-3.2).
+_WRITE_BATCH = 1024 * 1024
 #: No offset is past this (the largest file offset and S3 Range number there is).
 _MAX_OFFSET = 2**63 - 1
 
@@ -214,6 +219,29 @@ def _verify_pack(store: Any, key: str, index: dict[str, Any], data: bytes) -> No
     )
 
 
+async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool) -> int:
+    """Write an upload's body to ``fd`` as it comes, ``_WRITE_BATCH`` bytes at a time
+    (``writeback``: each MB handed to the disk at once); returns its size."""
+    size = started = held = 0
+    batch: list[bytes] = []
+    async for block in stream:
+        size += len(block)
+        if size > MAX_OBJECT:
+            raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
+        batch.append(block)
+        held += len(block)
+        if held < _WRITE_BATCH:
+            continue
+        write_pieces(fd, batch)
+        batch, held = [], 0
+        if writeback and size - started >= _WRITEBACK_STEP:
+            start_writeback(fd, started, size - started)
+            started = size
+    if batch:
+        write_pieces(fd, batch)
+    return size
+
+
 def _error(error: TetherError, headers: dict[str, str]) -> Response:
     return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
 
@@ -293,21 +321,11 @@ class BlobGateway:
         if not key.startswith("locks/") and await run_in_threadpool(_exists, self.blobs, key):
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
         fd, tmp = self.blobs.temp_file()
-        size = 0
         try:
             try:
-                started = 0  # the bytes already handed to the disk (start_writeback)
                 # Only where the store keeps (and fsyncs) this file; a bucket's is
                 # uploaded and deleted, its pages best dropped unwritten.
-                kept_here = self.blobs.is_local
-                async for block in request.stream():
-                    size += len(block)
-                    if size > MAX_OBJECT:
-                        raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
-                    write_pieces(fd, [block])
-                    if kept_here and size - started >= _WRITEBACK_STEP:
-                        start_writeback(fd, started, size - started)
-                        started = size
+                size = await _receive(request.stream(), fd, writeback=self.blobs.is_local)
             finally:
                 os.close(fd)
             if key.startswith("index/"):
