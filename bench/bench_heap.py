@@ -1,7 +1,7 @@
 """How the client's heap grows while it logs large files through `tether server`, with
 glibc's malloc as it comes and with its thresholds held at their starting values.
 
-    .venv/bin/python bench/bench_heap.py [--size-gb 8] [--files 2] [--dir D]
+    .venv/bin/python bench/bench_heap.py [--size-gb 8] [--files 2] [--runs default,held] [--dir D]
 
 Two runs, each a fresh server (SQLite, local store) and a client process that logs
 ``--files`` different files of ``--size-gb`` incompressible bytes, one after the
@@ -55,15 +55,16 @@ CLIENT = textwrap.dedent(
     libc.mallinfo2.restype = Mallinfo2
     logged = [0]
 
-    def anon_mb():
+    def status_mb(field):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
         return 0.0
 
     def sample():
         info = libc.mallinfo2()
-        print(json.dumps({"gb": logged[0], "t": time.perf_counter(), "anon": anon_mb(),
+        print(json.dumps({"gb": logged[0], "t": time.perf_counter(),
+                          "anon": status_mb("RssAnon:"), "peak": status_mb("VmHWM:"),
                           "heap": info.arena / 2**20, "in_use": info.uordblks / 2**20,
                           "free": info.fordblks / 2**20}), flush=True)
 
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=8.0)
     parser.add_argument("--files", type=int, default=2)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--runs", default="default,held",
+                        help="which runs, comma-separated: default (glibc as it comes), held")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-heap-", dir=args.dir))
     try:
@@ -137,7 +140,8 @@ def main() -> None:
             make_file(path, size, seed=100 + number)
             files.append(path)
         total = args.files * size / GB
-        for label, extra in (("glibc as it comes", {}), ("thresholds held", HELD)):
+        runs = {"default": ("glibc as it comes", {}), "held": ("thresholds held", HELD)}
+        for label, extra in (runs[name] for name in args.runs.split(",")):
             result = run(work, files, size / GB, extra)
             samples = result["samples"]
             assert isinstance(samples, list)
@@ -149,8 +153,12 @@ def main() -> None:
             print(f"  growth per GB logged (after the first): anon "
                   f"{growth(samples, total, 'anon'):+.2f} MB, heap "
                   f"{growth(samples, total, 'heap'):+.2f} MB, in use "
-                  f"{growth(samples, total, 'in_use'):+.2f} MB; server peak RSS "
-                  f"{result['server_peak_mb']:.0f} MB")
+                  f"{growth(samples, total, 'in_use'):+.2f} MB")
+            half = [s for s in samples if s["t"] - start >= (samples[-1]["t"] - start) / 2]
+            print(f"  anon at most {max(s['anon'] for s in samples):.0f} MB (in the second half "
+                  f"{min(s['anon'] for s in half):.0f}-{max(s['anon'] for s in half):.0f}); "
+                  f"client peak RSS {samples[-1]['peak']:.0f} MB, server peak RSS "
+                  f"{result['server_peak_mb']:.0f} MB (goal < 300 MB)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
