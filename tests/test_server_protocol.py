@@ -251,3 +251,152 @@ def test_an_upload_over_the_limit_is_refused_as_it_comes(
     finally:
         os.close(fd)
     assert (tmp_path / "upload").stat().st_size <= 3 << 20
+
+
+# -- zero-copy responses (ASGI's http.response.zerocopysend, protocol.py) ---------------
+
+
+def _put(url: str, token: str, data: bytes) -> str:
+    key = f"packs/{os.urandom(16).hex()}.pack"
+    answer = httpx.put(f"{url}/api/v1/blobs/{key}", content=data, timeout=60,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 201, answer.text
+    return key
+
+
+def test_objects_and_ranges_come_back_exactly_on_one_kept_alive_connection(
+        server: tuple[str, str]) -> None:
+    url, token = server
+    data = os.urandom(9 * 1024 * 1024 + 3)
+    key = _put(url, token, data)
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    auth = {"Authorization": f"Bearer {token}"}
+    for first, last in [(None, None), (0, 0), (1000, 5_000_999), (len(data) - 7, len(data) - 1),
+                        (None, None), (4096, 4096 + 65535)]:
+        headers = dict(auth)
+        if first is not None:
+            headers["Range"] = f"bytes={first}-{last}"
+        conn.request("GET", f"/api/v1/blobs/{key}", headers=headers)
+        answer = conn.getresponse()
+        body = answer.read()
+        if first is None:
+            assert answer.status == 200
+            assert body == data
+        else:
+            assert last is not None
+            assert answer.status == 206
+            assert body == data[first:last + 1]
+        assert int(answer.getheader("Content-Length") or -1) == len(body)
+    conn.request("HEAD", f"/api/v1/blobs/{key}", headers=auth)
+    answer = conn.getresponse()
+    assert answer.status == 200 and answer.read() == b""
+    assert int(answer.getheader("Content-Length") or -1) == len(data)
+    conn.request("GET", "/api/v1/health")  # the connection still carries requests
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_the_server_serving(
+        server: tuple[str, str]) -> None:
+    import socket
+
+    url, token = server
+    data = os.urandom(48 * 1024 * 1024)
+    key = _put(url, token, data)
+    port = int(url.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET /api/v1/blobs/{key} HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    back = httpx.get(f"{url}/api/v1/blobs/{key}", timeout=60,
+                     headers={"Authorization": f"Bearer {token}"})
+    assert back.status_code == 200 and back.content == data
+
+
+def test_send_region_sends_exactly_to_a_slow_reader_and_refuses_a_short_file(
+        tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from tether.server.protocol import ShortFile, send_region
+
+    data = os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)  # as uvloop's: the sender must wait for room, not fail
+    got = bytearray()
+
+    def drain() -> None:
+        while True:
+            piece = theirs.recv(1 << 16)
+            if not piece:
+                return
+            got.extend(piece)
+            time.sleep(0.0005)  # a slow reader: the socket buffer fills
+
+    async def send() -> None:
+        with open(path, "rb") as handle:
+            await send_region(ours.fileno(), handle.fileno(), 1000, len(data) - 2000)
+            with pytest.raises(ShortFile):
+                await send_region(ours.fileno(), handle.fileno(), len(data) - 10, 20)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    asyncio.run(send())
+    ours.close()
+    reader.join(timeout=30)
+    theirs.close()
+    assert bytes(got) == data[1000:len(data) - 1000] + data[len(data) - 10:]
+
+
+def test_send_region_gives_up_on_a_client_that_reads_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from tether.server import protocol
+
+    monkeypatch.setattr(protocol, "_STALLED_SECONDS", 0.5)
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(16 * 1024 * 1024))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+
+    async def send() -> None:
+        with open(path, "rb") as handle:
+            await protocol.send_region(ours.fileno(), handle.fileno(), 0, 16 * 1024 * 1024)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="took nothing"):
+        asyncio.run(send())
+    assert time.monotonic() - started < 10
+    ours.close()
+    theirs.close()
+
+
+def test_an_upload_trickled_a_byte_at_a_time_is_not_held_piece_by_piece(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review found a client sending one byte per piece had a million objects held
+    for one 1 MB batch (362 MB of Python memory); a batch is also cut at IOV_MAX."""
+    from tether._store.fileio import IOV_MAX
+    from tether._store.fileio import write_pieces as real
+    from tether.server import blobs_api
+
+    most: list[int] = []
+
+    def counted(fd: int, pieces: Any, offset: int | None = None) -> None:
+        most.append(len(pieces))
+        real(fd, pieces, offset)
+
+    monkeypatch.setattr(blobs_api, "write_pieces", counted)
+    data = os.urandom(20_000)
+    fd = os.open(tmp_path / "upload", os.O_WRONLY | os.O_CREAT)
+    try:
+        size = asyncio.run(blobs_api._receive(_pieces([1] * len(data), data), fd,
+                                              writeback=True))
+    finally:
+        os.close(fd)
+    assert size == len(data) and (tmp_path / "upload").read_bytes() == data
+    assert max(most) <= IOV_MAX

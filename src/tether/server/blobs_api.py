@@ -16,7 +16,8 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,7 +32,8 @@ from .._errors import (
     PermissionDenied,
     TetherError,
 )
-from .._store.fileio import start_writeback, write_pieces
+from .._store.fileio import IOV_MAX, start_writeback, write_pieces
+from .protocol import ZEROCOPY
 
 _READABLE = re.compile(
     r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json)$"
@@ -132,23 +134,7 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
     """
     path = blobs.local_path(key)
     if path is not None:
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
-        except FileNotFoundError as error:
-            raise NotFound(f"store object {key} does not exist") from error
-
-        def local() -> Iterator[bytes]:
-            with handle:
-                position, left = start, length
-                while left > 0:
-                    block = os.pread(handle.fileno(), min(left, _BLOCK), position)
-                    if not block:
-                        return
-                    position += len(block)
-                    left -= len(block)
-                    yield block
-
-        return local()
+        return _file_blocks(_open_local(path, key), start, length)
     iter_range = getattr(blobs, "iter_range", None)
     if iter_range is not None:
         return iter(iter_range(key, start, length, _BLOCK))
@@ -161,6 +147,51 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
             position += count
 
     return pieces()
+
+
+def _open_local(path: Path, key: str) -> BinaryIO:
+    try:
+        return open(path, "rb")  # closed by whoever sends it
+    except FileNotFoundError as error:
+        raise NotFound(f"store object {key} does not exist") from error
+
+
+def _file_blocks(handle: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    with handle:
+        position, left = start, length
+        while left > 0:
+            block = os.pread(handle.fileno(), min(left, _BLOCK), position)
+            if not block:
+                return
+            position += len(block)
+            left -= len(block)
+            yield block
+
+
+class FileRegion(Response):
+    """Bytes [start, start + length) of an open local file, sent by the kernel where
+    the server offers ASGI's zero-copy send (``tether server``: protocol.py), else
+    read and streamed in blocks (any other ASGI server, the test client)."""
+
+    def __init__(self, handle: BinaryIO, start: int, length: int, *, status_code: int,
+                 headers: dict[str, str]) -> None:
+        super().__init__(status_code=status_code, headers=headers,
+                         media_type="application/octet-stream")
+        self.handle, self.start, self.length = handle, start, length
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if ZEROCOPY not in scope.get("extensions", {}):
+            streamed = StreamingResponse(_file_blocks(self.handle, self.start, self.length),
+                                         status_code=self.status_code,
+                                         media_type="application/octet-stream")
+            streamed.raw_headers = self.raw_headers
+            await streamed(scope, receive, send)
+            return
+        with self.handle:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            await send({"type": ZEROCOPY, "file": self.handle.fileno(), "offset": self.start,
+                        "count": self.length, "more_body": False})
 
 
 def check_key(key: str, *, write: bool) -> str:
@@ -220,8 +251,9 @@ def _verify_pack(store: Any, key: str, index: dict[str, Any], data: bytes) -> No
 
 
 async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool) -> int:
-    """Write an upload's body to ``fd`` as it comes, ``_WRITE_BATCH`` bytes at a time
-    (``writeback``: each MB handed to the disk at once); returns its size."""
+    """Write an upload's body to ``fd`` as it comes, ``_WRITE_BATCH`` bytes (or
+    ``IOV_MAX`` pieces) at a time (``writeback``: each MB handed to the disk at
+    once); returns its size."""
     size = started = held = 0
     batch: list[bytes] = []
     async for block in stream:
@@ -230,7 +262,9 @@ async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool) ->
             raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
         batch.append(block)
         held += len(block)
-        if held < _WRITE_BATCH:
+        # ... or IOV_MAX pieces, whichever comes first: a client trickling a byte at a
+        # time would otherwise have a million small objects held for one batch.
+        if held < _WRITE_BATCH and len(batch) < IOV_MAX:
             continue
         write_pieces(fd, batch)
         batch, held = [], 0
@@ -305,6 +339,10 @@ class BlobGateway:
         if length <= 0:
             return Response(b"", status_code=status, media_type="application/octet-stream",
                             headers=headers)
+        path = self.blobs.local_path(key)
+        if path is not None:
+            handle = await run_in_threadpool(_open_local, path, key)
+            return FileRegion(handle, start, length, status_code=status, headers=headers)
         body = await run_in_threadpool(stream_range, self.blobs, key, start, length)
         return StreamingResponse(body, status_code=status, headers=headers,
                                  media_type="application/octet-stream")
