@@ -400,3 +400,125 @@ def test_an_upload_trickled_a_byte_at_a_time_is_not_held_piece_by_piece(
         os.close(fd)
     assert size == len(data) and (tmp_path / "upload").read_bytes() == data
     assert max(most) <= IOV_MAX
+
+
+# -- what a review of the zero-copy send found ------------------------------------------
+
+
+class _GoneTransport:
+    """A transport whose client went away: closing, its socket's descriptor -1."""
+
+    def __init__(self, buffered: int = 0, fileno: int = -1) -> None:
+        self.closed = False
+        self.buffered = buffered
+        self.fileno_ = fileno
+
+    def get_extra_info(self, name: str) -> Any:
+        fileno = self.fileno_
+
+        class _Sock:
+            def fileno(self) -> int:
+                return fileno
+        return _Sock()
+
+    def is_closing(self) -> bool:
+        return self.closed or self.fileno_ < 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _cycle(transport: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(response_started=True, response_complete=False,
+                           chunked_encoding=False, disconnected=False,
+                           expected_content_length=1000, scope={"method": "GET"},
+                           transport=transport)
+
+
+def test_a_client_gone_before_the_body_ends_the_response_quietly(tmp_path: Path) -> None:
+    """Before: os.dup of the closed socket's -1 raised EBADF, logged as a traceback."""
+    from tether.server.protocol import ZEROCOPY, _ZeroCopySend
+
+    sent: list[Any] = []
+
+    async def uvicorns_send(message: Any) -> None:
+        sent.append(message)
+
+    cycle = _cycle(_GoneTransport())
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    with open(path, "rb") as handle:
+        asyncio.run(_ZeroCopySend(cycle, uvicorns_send)(
+            {"type": ZEROCOPY, "file": handle.fileno(), "offset": 0, "count": 1000}))
+    assert cycle.disconnected and cycle.transport.closed
+    assert sent == []  # nothing more written for a client that is gone
+
+
+def test_waiting_for_the_headers_sleeps_until_the_socket_has_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a 1 ms polling loop per stuck connection (about 1% of a core each)."""
+    import resource
+    import socket
+
+    from tether.server import protocol
+
+    monkeypatch.setattr(protocol, "_STALLED_SECONDS", 1.0)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(b"\0" * 65536)  # full: the client reads nothing
+    stuck = _GoneTransport(buffered=100, fileno=ours.fileno())
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(protocol._flushed(stuck, ours.fileno()))
+    waited = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert 0.9 <= waited < 5
+    assert cpu < 0.5 * waited  # asleep, not spinning
+    ours.close()
+    theirs.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_sendfile_owns_its_descriptors_whether_it_runs_or_is_cancelled(
+        tmp_path: Path) -> None:
+    """A request cancelled mid-send closes its descriptors, whose numbers may be reused
+    at once: the thread must send from and to its own duplicates, and close them."""
+    import socket
+    import threading
+
+    from tether.server import protocol
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(100_000))
+    ours, theirs = socket.socketpair()
+    with open(path, "rb") as handle:
+        protocol._sender()  # its threads exist before counting
+        baseline = _open_fds()
+        job = protocol._submit_sendfile(ours.fileno(), handle.fileno(), 0, 1000)
+        assert job.result(timeout=10) == 1000
+        assert theirs.recv(2000) == path.read_bytes()[:1000]
+        assert _open_fds() == baseline  # its two duplicates closed by the thread
+        # Every worker busy: a call not yet started is cancelled, its duplicates closed.
+        release = threading.Event()
+        blockers = [protocol._sender().submit(release.wait) for _ in range(4)]
+        waiting = protocol._submit_sendfile(ours.fileno(), handle.fileno(), 0, 1000)
+        assert _open_fds() == baseline + 2
+        assert waiting.cancel()
+        assert _open_fds() == baseline
+        release.set()
+        for blocker in blockers:
+            blocker.result(timeout=10)
+    ours.close()
+    theirs.close()

@@ -30,7 +30,9 @@ runs a real server with it. Without httptools, uvicorn's own choice is used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -109,16 +111,13 @@ if httptools_impl is not None:
                 raise RuntimeError("Response content longer than Content-Length")
             if count and not cycle.disconnected:
                 transport = cycle.transport
-                waited = 0.0
-                while transport.get_write_buffer_size() and not cycle.disconnected:
-                    if waited > _STALLED_SECONDS:  # the headers go first, or nothing does
-                        transport.close()
-                        cycle.disconnected = True
-                        return
-                    await asyncio.sleep(0.001)
-                    waited += 0.001
-                sock = os.dup(transport.get_extra_info("socket").fileno())
+                sock = -1
                 try:
+                    fileno = transport.get_extra_info("socket").fileno()
+                    if transport.is_closing() or fileno < 0:  # uvloop's is -1 once closed
+                        raise ConnectionResetError("the client went away")
+                    sock = os.dup(fileno)
+                    await _flushed(transport, sock)  # the headers go first
                     await send_region(sock, int(message["file"]), offset, count)
                 except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     transport.close()  # gone, or took nothing for minutes: let it go
@@ -128,7 +127,8 @@ if httptools_impl is not None:
                     transport.close()  # a body cut short: the connection cannot go on
                     raise
                 finally:
-                    os.close(sock)
+                    if sock >= 0:
+                        os.close(sock)
             cycle.expected_content_length -= count
             if not message.get("more_body", False):
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -145,10 +145,10 @@ async def send_region(sock: int, fd: int, offset: int, count: int) -> None:
     loop = asyncio.get_running_loop()
     while count > 0:
         try:
-            sent = await loop.run_in_executor(None, os.sendfile, sock, fd, offset,
-                                              min(count, _SENDFILE_STEP))
+            sent = await asyncio.wrap_future(
+                _submit_sendfile(sock, fd, offset, min(count, _SENDFILE_STEP)))
         except BlockingIOError:
-            await _room(loop, sock)
+            await _room(loop, sock, _STALLED_SECONDS)
             continue
         if sent == 0:
             raise ShortFile(f"the file ended {count} bytes before the region sent")
@@ -156,8 +156,62 @@ async def send_region(sock: int, fd: int, offset: int, count: int) -> None:
         count -= sent
 
 
-async def _room(loop: asyncio.AbstractEventLoop, sock: int) -> None:
-    """Until ``sock`` can take more bytes."""
+def _submit_sendfile(sock: int, fd: int, offset: int, count: int) -> Future[int]:
+    """One ``sendfile`` on a worker thread, with descriptors of its own.
+
+    The thread owns duplicates of both and closes them itself: a request cancelled
+    while the call is under way closes the originals, and their numbers may be
+    reused at once, by another client's socket or another file, which the thread
+    must never send from or to. A call cancelled before it starts closes them here.
+    """
+    mine = [os.dup(sock)]
+    try:
+        mine.append(os.dup(fd))
+    except BaseException:
+        _close_all(mine)
+        raise
+
+    def run() -> int:
+        try:
+            return os.sendfile(mine[0], mine[1], offset, count)
+        finally:
+            _close_all(mine)
+
+    try:
+        job = _sender().submit(run)
+    except BaseException:
+        _close_all(mine)
+        raise
+    job.add_done_callback(lambda done: _close_all(mine) if done.cancelled() else None)
+    return job
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
+
+
+@functools.cache
+def _sender() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="tether-sendfile")
+
+
+async def _flushed(transport: Any, sock: int) -> None:
+    """Until the transport has handed all it buffered (the response's headers) to the
+    socket: woken when the socket has room, never polling; ``_STALLED_SECONDS`` at most."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STALLED_SECONDS
+    while transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        await _room(loop, sock, deadline - loop.time())
+        await asyncio.sleep(0)  # the transport writes what it holds when it has room too
+
+
+async def _room(loop: asyncio.AbstractEventLoop, sock: int, seconds: float) -> None:
+    """Until ``sock`` can take more bytes (TimeoutError after ``seconds``)."""
+    if seconds <= 0:
+        raise TimeoutError(f"the client took nothing for {_STALLED_SECONDS:.0f} s")
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
@@ -166,7 +220,7 @@ async def _room(loop: asyncio.AbstractEventLoop, sock: int) -> None:
 
     loop.add_writer(sock, wake)
     try:
-        await asyncio.wait_for(ready, _STALLED_SECONDS)
+        await asyncio.wait_for(ready, seconds)
     except TimeoutError:
         raise TimeoutError(f"the client took nothing for {_STALLED_SECONDS:.0f} s") from None
     finally:
