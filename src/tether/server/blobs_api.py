@@ -1,6 +1,7 @@
 """The artifact gateway: clients run the chunk store themselves, the server
-authorises each object and either streams it (local store) or hands out a
-presigned URL (S3), so bytes go straight between client and bucket.
+authorises each object and either sends it (local store: by ``sendfile`` under
+``tether server``, see protocol.py) or hands out a presigned URL (S3), so bytes go
+straight between client and bucket.
 
 Clients may read packs, indexes and pins, and write new ones under fresh
 random names; they can never overwrite or delete stored data (only their own
@@ -319,7 +320,8 @@ class BlobGateway:
         return {"url": await run_in_threadpool(presign, key, method), "expires_in": 3600}
 
     async def get(self, request: Request) -> Response:
-        """The object, or one byte range of it, streamed in blocks (never read whole)."""
+        """The object, or one byte range of it: a local one sent by the kernel where the
+        server can (``FileRegion``), else streamed in blocks (never read whole)."""
         key = check_key(request.path_params["key"], write=False)
         self._caller(request, "reader", "downloading artifacts")
         size = await run_in_threadpool(_size_of, self.blobs, key)
