@@ -128,14 +128,8 @@ def _size_of(blobs: Any, key: str) -> int:
 
 
 def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[bytes]:
-    """``length`` bytes of ``key`` from ``start``, in blocks of at most ``_BLOCK``.
-
-    A local object is opened before the first block is asked for, so a missing
-    one is NotFound before any response starts.
-    """
-    path = blobs.local_path(key)
-    if path is not None:
-        return _file_blocks(_open_local(path, key), start, length)
+    """``length`` bytes of ``key`` (in a store that is not a local folder: those are
+    ``FileRegion``s) from ``start``, in blocks of at most ``_BLOCK``."""
     iter_range = getattr(blobs, "iter_range", None)
     if iter_range is not None:
         return iter(iter_range(key, start, length, _BLOCK))
@@ -151,6 +145,7 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
 
 
 def _open_local(path: Path, key: str) -> BinaryIO:
+    """Opened before the response starts, so a missing object is a 404, not a cut body."""
     try:
         return open(path, "rb")  # closed by whoever sends it
     except FileNotFoundError as error:
