@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import blake3
 import pytest
@@ -253,6 +254,18 @@ def test_the_hasher_is_blake3_over_every_piece_in_order() -> None:
     with pytest.raises(TypeError):
         refused.update_many(5)
     assert refused.hexdigest() == blake3.blake3(b"").hexdigest()
+
+
+def test_a_hasher_made_without_init_still_hashes_right() -> None:
+    """``Hasher.__new__(Hasher)`` alone used to leave a zeroed state: wrong digests."""
+    if not native.available:
+        pytest.skip("the native core is not built")
+    kind: Any = type(native.hasher())
+    bare = kind.__new__(kind)
+    bare.update_many([b"abc", b"def"])
+    assert bare.hexdigest() == blake3.blake3(b"abcdef").hexdigest()
+    bare.__init__()  # starts again
+    assert bare.hexdigest() == blake3.blake3(b"").hexdigest()
 
 
 def test_the_hasher_releases_the_gil_once_a_call() -> None:

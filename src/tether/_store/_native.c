@@ -317,14 +317,16 @@ typedef struct {
     int busy; /* an update runs without the GIL: the state is not to be touched */
 } Hasher;
 
-static int hasher_init(Hasher *self, PyObject *args, PyObject *kwds)
+/* A new hasher is ready to use whether or not __init__ runs (Hasher.__new__(Hasher)
+ * alone used to leave a zeroed state, which hashed to wrong digests). */
+static PyObject *hasher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
-        return -1;
+    Hasher *self = (Hasher *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
     blake3_hasher_init(&self->state);
     self->busy = 0;
-    return 0;
+    return (PyObject *)self;
 }
 
 static int hasher_claim(Hasher *self)
@@ -334,6 +336,18 @@ static int hasher_claim(Hasher *self)
         return -1;
     }
     self->busy = 1;
+    return 0;
+}
+
+static int hasher_init(Hasher *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
+        return -1;
+    if (hasher_claim(self) < 0)
+        return -1;
+    blake3_hasher_init(&self->state);
+    self->busy = 0;
     return 0;
 }
 
@@ -414,7 +428,7 @@ static PyTypeObject HasherType = {
     .tp_doc = "BLAKE3 of everything given to update or update_many, in order.",
     .tp_basicsize = sizeof(Hasher),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = hasher_new,
     .tp_init = (initproc)hasher_init,
     .tp_methods = hasher_methods,
 };

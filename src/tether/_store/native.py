@@ -74,7 +74,7 @@ def digests(view: memoryview | bytes, spans: Sequence[tuple[int, int]]) -> list[
     return [out[i:i + 32].hex() for i in range(0, len(out), 32)]
 
 
-def follow(view: memoryview | bytes, offset: int, records: Any, first: int,
+def follow(view: memoryview | bytes | bytearray, offset: int, records: Any, first: int,
            longest: int) -> bytes:
     """The records (``cut``'s layout) of ``view``'s chunks from ``offset`` on that are,
     one after another, those of ``records`` from record ``first`` on: each hashed and
