@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from uvicorn.server import ServerState
 
 from tether.server.protocol import BodyProtocol, protocol
 
-from .conftest import free_port, subprocess_env, tether_exe
+from .test_server import start_server, stop
 
 
 class _Transport(asyncio.Transport):
@@ -130,32 +129,15 @@ def test_the_server_runs_this_protocol() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    db = f"sqlite:///{tmp_path / 'meta.db'}"
-    done = subprocess.run(
-        [tether_exe(), "server-init", "--db", db, "--store", f"file://{tmp_path / 'objects'}",
-         "--admin", "root@team", "--json"],
-        capture_output=True, text=True, env=subprocess_env(), check=True)
-    token = json.loads(done.stdout)["token"]
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([tether_exe(), "server", "--db", db, "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
-    url = f"http://127.0.0.1:{port}"
+    """A real `tether server` (tests/test_server.py's), its log free of tracebacks."""
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}",
+                           tmp_path)
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(log.read_text())
-        yield url, token
+        yield running.url, running.admin_token
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "Traceback" not in log.read_text()
+        stop(running)
+    for log in tmp_path.glob("server-*.log"):
+        assert "Traceback" not in log.read_text()
 
 
 def test_an_upload_sent_in_uneven_slow_pieces_is_stored_exactly(
