@@ -504,3 +504,33 @@ def test_a_sendfile_owns_its_descriptors_whether_it_runs_or_is_cancelled(
             blocker.result(timeout=10)
     ours.close()
     theirs.close()
+
+
+def test_the_zero_copy_get_gives_an_attacker_nothing(server: tuple[str, str]) -> None:
+    """Against the sendfile path: no token, a wrong token, a key outside packs/,
+    ranges past the object or malformed: refused with no byte of any file sent, and a
+    range never reaches past the object (a sendfile count is the kernel's to obey)."""
+    url, token = server
+    data = os.urandom(1 << 20)
+    key = _put(url, token, data)
+    target = f"{url}/api/v1/blobs/{key}"
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(target, timeout=10).status_code == 401
+    wrong = httpx.get(target, timeout=10, headers={"Authorization": "Bearer tth_not-a-token"})
+    assert wrong.status_code == 401 and data[:64] not in wrong.content
+    for hostile in ("/api/v1/blobs/packs%2F..%2F..%2Fmeta.db", "/api/v1/blobs/pins/x.json",
+                    "/api/v1/blobs/packs/" + "0" * 32 + ".pack"):
+        answer = httpx.get(f"{url}{hostile}", timeout=10, headers=auth)
+        assert answer.status_code in (400, 404), (hostile, answer.status_code)
+        assert b"SQLite format" not in answer.content
+    cases = {"bytes=1048576-": 416, f"bytes={2**63}-": 416, "bytes=5-2": 416,
+             "bytes=0-1,5-6": 400, "pages=0-1": 400, "bytes=-0": 416}
+    for header, status in cases.items():
+        answer = httpx.get(target, timeout=10, headers={**auth, "Range": header})
+        assert answer.status_code == status, (header, answer.text)
+        assert data[:64] not in answer.content
+    # An end past the object is clamped to its last byte: the body is the object's tail.
+    tail = httpx.get(target, timeout=10, headers={**auth, "Range": f"bytes={len(data) - 5}-"
+                                                                   f"{10**15}"})
+    assert tail.status_code == 206 and tail.content == data[-5:]
+    assert int(tail.headers["content-length"]) == 5
