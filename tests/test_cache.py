@@ -260,3 +260,18 @@ def test_a_cached_chunk_pruned_during_a_large_load_is_fetched_again(
     shutil.rmtree(store.cache.chunks)  # pruned by someone else after the plan was made
     load(store, tmp_path, entry, "after")
     assert pinned == []
+
+
+def test_tether_cache_dir_is_the_cache_folder_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TETHER_CACHE_DIR got ``tether/`` appended like XDG_CACHE_HOME, so the Kubernetes
+    manifests' /var/cache/tether held everything under /var/cache/tether/tether."""
+    from tether._registry.location import default_cache_dir
+    from tether._store.blobs import scratch_root
+
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "c" and scratch_root() == tmp_path / "c" / "tmp"
+    monkeypatch.delenv("TETHER_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "xdg" / "tether"

@@ -153,6 +153,20 @@ def test_init_via_cli(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+def test_init_with_a_server_url_exported_makes_no_folder_named_after_it(tmp_path: Path) -> None:
+    """The shared-server section has users export TETHER_URI=http://...; `tether init`
+    then created a folder called "http:" holding "127.0.0.1:9"."""
+    env = {**subprocess_env(), "TETHER_URI": "http://127.0.0.1:9"}
+    proc = subprocess.run([tether_exe(), "init"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "is a URL" in proc.stderr and "server-init" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    made = subprocess.run([tether_exe(), "init", f"file://{tmp_path / 'reg'}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=subprocess_env())
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "reg" / "tether.toml").is_file()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(

@@ -168,6 +168,32 @@ def test_xgboost_booster_from_arrays_as_ubj(registry: Registry, iris: tuple[Any,
         registry.log_model(booster, "booster", serialization="pickle")
 
 
+def test_logging_an_xgboost_model_leaves_the_callers_threads_alone(
+    registry: Registry, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving thread limit is for models a serving process loaded, not the caller's.
+
+    It was set on the first predict, which ``input_example`` runs at log time: the
+    caller's ``XGBClassifier(n_jobs=4)`` came back with ``n_jobs == 1``.
+    """
+    X, y = iris
+    model = xgb.XGBClassifier(n_estimators=4, max_depth=2, n_jobs=4).fit(X, y)
+    v = registry.log_model(model, "iris-threads", input_example=X.head(5))
+    assert model.get_params()["n_jobs"] == 4
+    assert v.signature["outputs"] is not None  # the example was predicted on
+    from tether._flavors import prepare_for_serving
+
+    loaded = registry.load(v.ref)
+    prepare_for_serving(loaded, v.flavor)  # what the serving pool does
+    assert loaded.get_params()["n_jobs"] == 1
+    monkeypatch.setenv("TETHER_XGBOOST_THREADS", "3")
+    prepare_for_serving(loaded, v.flavor)
+    assert loaded.get_params()["n_jobs"] == 3
+    monkeypatch.setenv("TETHER_XGBOOST_THREADS", "many")
+    with pytest.raises(InvalidInput, match="TETHER_XGBOOST_THREADS='many'"):
+        prepare_for_serving(loaded, v.flavor)
+
+
 def test_xgboost_record_cannot_name_another_class(
     registry: Registry, iris: tuple[Any, Any], tmp_path: Path
 ) -> None:

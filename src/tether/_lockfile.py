@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._digest import digest_of
+from ._envflags import env_off
 from ._errors import IntegrityError, InvalidInput, NotFound
 
 LOCK_NAME = "tether.lock"
@@ -110,10 +111,10 @@ def read_lock(path: Path) -> LockFile:
 
 
 def find_lock(start: Path | None = None) -> Path | None:
-    """``TETHER_LOCK`` (``off`` disables), else the nearest tether.lock above the cwd."""
-    configured = os.environ.get("TETHER_LOCK")
+    """``TETHER_LOCK`` (``off`` or ``0`` disables), else the nearest tether.lock above the cwd."""
+    configured = os.environ.get("TETHER_LOCK", "").strip()
     if configured:
-        return None if configured.lower() == "off" else Path(configured)
+        return None if env_off("TETHER_LOCK") else Path(configured)
     here = (start or Path.cwd()).absolute()
     for folder in (here, *here.parents):
         candidate = folder / LOCK_NAME

@@ -86,6 +86,17 @@ def model_predict(model: Any, record: dict[str, Any], data: Any) -> Any:
     return get_flavor(record["name"]).predict(model, data)
 
 
+def prepare_for_serving(model: Any, record: dict[str, Any]) -> None:
+    """Set up a model a serving process loaded (thread pools sized for small requests).
+
+    Only the serving pool calls it, never ``predict``: a model the caller passed to
+    ``log_model`` (whose input example is predicted on) is the caller's to tune.
+    """
+    prepare = getattr(get_flavor(record["name"]), "prepare_for_serving", None)
+    if prepare is not None:
+        prepare(model)
+
+
 def _framework_flavor(model: Any) -> str | None:
     """The framework flavor for a model object, from its classes' names (no import)."""
     tops = module_top(model)
@@ -132,6 +143,7 @@ __all__ = [
     "get_flavor",
     "model_predict",
     "pickle_findings",
+    "prepare_for_serving",
     "scan_pickle",
     "unsafe_globals",
 ]

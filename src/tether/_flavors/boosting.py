@@ -93,8 +93,31 @@ class XGBoostFlavor:
         model.load_model(os.fspath(src / entry))
         return model
 
+    def prepare_for_serving(self, model: Any) -> None:
+        """Predict served requests on ``TETHER_XGBOOST_THREADS`` threads (default 1).
+
+        XGBoost's OpenMP pool on every core turns a one-row predict from 0.3 ms into
+        16 ms on a busy 2-core machine (bench/bench_oip.py); served requests are small,
+        and concurrency comes from the server (and batching), not from OpenMP. Only
+        for a model a serving process loaded: it used to be set on the first
+        ``predict``, which ``log_model(input_example=...)`` also runs, on the
+        caller's own model (an ``XGBClassifier(n_jobs=4)`` had ``n_jobs == 1`` after
+        it was logged).
+        """
+        text = os.environ.get("TETHER_XGBOOST_THREADS", "1").strip()
+        try:
+            threads = int(text)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise InvalidInput(f"TETHER_XGBOOST_THREADS={text!r} is not a number of threads",
+                               hint="set it to a whole number of 1 or more (default 1)")
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        booster.set_param({"nthread": threads})
+        if hasattr(model, "set_params"):
+            model.set_params(n_jobs=threads)
+
     def predict(self, model: Any, data: Any) -> Any:
-        _serving_threads(model)
         if hasattr(model, "get_booster"):  # a scikit-learn wrapper
             return model.predict(_for_names(data, model.get_booster().feature_names))
         import xgboost as xgb
@@ -104,23 +127,6 @@ class XGBoostFlavor:
         if hasattr(data, "columns"):
             return model.predict(xgb.DMatrix(data))
         return model.predict(xgb.DMatrix(as_array(data), feature_names=names))
-
-
-def _serving_threads(model: Any) -> None:
-    """Predict served requests on ``TETHER_XGBOOST_THREADS`` threads (default 1), once.
-
-    XGBoost's OpenMP pool on every core turns a one-row predict from 0.3 ms into
-    16 ms on a busy 2-core machine (bench/bench_oip.py); served requests are small,
-    and concurrency comes from the server (and batching), not from OpenMP.
-    """
-    if getattr(model, "_tether_serving_threads", False):
-        return
-    threads = int(os.environ.get("TETHER_XGBOOST_THREADS", "1"))
-    booster = model.get_booster() if hasattr(model, "get_booster") else model
-    booster.set_param({"nthread": threads})
-    if hasattr(model, "set_params"):
-        model.set_params(n_jobs=threads)
-    model._tether_serving_threads = True
 
 
 def _for_names(data: Any, names: Sequence[str] | None) -> Any:

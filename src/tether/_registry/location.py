@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import Conflict, InvalidInput, RegistryNotFound
+from .._store.blobs import user_cache_dir
 
 CONFIG_NAME = "tether.toml"
 DEFAULT_DIR = ".tether"
@@ -29,8 +30,8 @@ class RegistryLocation:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("TETHER_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "tether" if base else Path.home() / ".cache" / "tether"
+    """The user's cache folder (``TETHER_CACHE_DIR``; see ``blobs.user_cache_dir``)."""
+    return user_cache_dir()
 
 
 def audit_key_path(location: RegistryLocation) -> Path:
@@ -65,7 +66,19 @@ def create_location(
     path: str | Path, *, db_url: str | None = None, store_url: str | None = None
 ) -> RegistryLocation:
     """Create the folder and its config; refuses a folder that holds something else."""
-    root = Path(path).expanduser().absolute()
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        # TETHER_URI=http://host:8080 exported for the server's clients made
+        # `tether init` create a folder named "http:/host:8080".
+        raise InvalidInput(
+            f"{text} is a URL; `tether init` creates a registry in a folder",
+            hint="a shared registry is created where its server runs, with `tether "
+            "server-init`; to make a local one, pass a folder (`tether init .tether`) "
+            "or unset TETHER_URI",
+        )
+    root = Path(text).expanduser().absolute()
     if (root / CONFIG_NAME).exists():
         raise Conflict(
             f"a registry already exists at {root}",

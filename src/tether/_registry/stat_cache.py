@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from .._digest import blake3_hex
+from .._envflags import env_off
 from .._store.base import FileEntry
 
 _SCHEMA = (
@@ -47,7 +47,7 @@ class StatCache:
     @classmethod
     def for_store(cls, store: Any) -> StatCache | None:
         folder = getattr(store, "cache_dir", None)
-        if folder is None or os.environ.get("TETHER_STAT_CACHE", "").lower() in ("off", "0"):
+        if folder is None or env_off("TETHER_STAT_CACHE"):
             return None
         name = blake3_hex(str(getattr(store, "url", "")).encode())[:16]
         try:

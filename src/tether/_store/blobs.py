@@ -32,10 +32,23 @@ def disk_full(error: OSError, where: Path | str) -> StoreError | None:
         "what was already stored is unchanged")
 
 
+def user_cache_dir() -> Path:
+    """The user's Tether cache folder: ``TETHER_CACHE_DIR`` itself, else
+    ``$XDG_CACHE_HOME/tether``, else ``~/.cache/tether``.
+
+    ``TETHER_CACHE_DIR`` used to get ``tether/`` appended like ``XDG_CACHE_HOME``
+    (the Kubernetes manifests' ``/var/cache/tether`` became ``/var/cache/tether/tether``).
+    """
+    if configured := os.environ.get("TETHER_CACHE_DIR", "").strip():
+        return Path(configured).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME", "").strip():
+        return Path(xdg).expanduser() / "tether"
+    return Path.home() / ".cache" / "tether"
+
+
 def scratch_root() -> Path:
-    """The user's cache folder (as the registry computes it): temporary files go under it."""
-    base = os.environ.get("TETHER_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) / "tether" if base else Path.home() / ".cache" / "tether") / "tmp"
+    """Temporary files of a process with no store folder of its own go under the user's cache."""
+    return user_cache_dir() / "tmp"
 
 
 def make_temp(folder: Path, kind: str) -> tuple[int, Path]:

@@ -47,6 +47,7 @@ import blake3
 import zstandard
 from pyfastcdc.cy import FastCDC
 
+from .._envflags import env_off
 from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
 from . import cutting, native
 from .base import (
@@ -171,7 +172,7 @@ _ENTRIES_AT_ONCE = 256
 _CACHE_PIN_MAX = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
 #: ``TETHER_FOLLOW=0`` cuts every file from scratch (same chunks, slower).
-_FOLLOW = os.environ.get("TETHER_FOLLOW", "1") != "0"
+_FOLLOW = not env_off("TETHER_FOLLOW")
 
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.

@@ -15,7 +15,6 @@ boundary). Where the extension was not built (no C compiler at install time),
 
 from __future__ import annotations
 
-import os
 from array import array
 from collections.abc import Sequence
 from functools import cache
@@ -26,6 +25,7 @@ import blake3
 from pyfastcdc import utils as _fastcdc_utils
 from pyfastcdc.py.constants import GEAR, GEAR_LS, MASKS
 
+from .._envflags import env_off
 from .chunklist import RECORD
 
 try:
@@ -36,7 +36,7 @@ except ImportError:  # not built here: pyfastcdc and worker processes
 #: Whether the extension was built at install time ...
 built = _native is not None
 #: ... and is in use: built and not turned off (``TETHER_NATIVE=0``).
-available = built and os.environ.get("TETHER_NATIVE", "1") != "0"
+available = built and not env_off("TETHER_NATIVE")
 
 _GEAR = GEAR.tobytes()
 _GEAR_LS = GEAR_LS.tobytes()

@@ -167,6 +167,7 @@ class ModelPool:
                 f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
                 trusted=self.trusted, use_lock=False,
             )
+            flavors.prepare_for_serving(model, version.flavor)
             signature = Signature.from_dict(version.signature) if version.signature else None
             reference = (version.lineage or {}).get("reference_stats")
             loaded = LoadedModel(version, model, signature,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._envflags import env_on
 from .._errors import InvalidInput, NotFound, TetherError
 from .auth import ServingAuth
 from .config import Deployment, load_deployment
@@ -43,7 +43,7 @@ class ServingRuntime:
         self.instruments = Instruments()
         # TETHER_SHADOW_IN_PROCESS=1: shadows in a thread of this process (for comparison).
         self.mirror = ShadowMirror(self.instruments, self._shadows_of,
-                                   in_process=os.environ.get("TETHER_SHADOW_IN_PROCESS") == "1")
+                                   in_process=env_on("TETHER_SHADOW_IN_PROCESS"))
         self.endpoints = {
             e.name: Endpoint(e, registry, self.instruments, self.mirror.submit)
             for e in deployment.endpoints
