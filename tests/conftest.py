@@ -22,6 +22,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A server's audit key defaults to $XDG_CONFIG_HOME/tether: keep it in the test's folder.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
     monkeypatch.delenv("TETHER_AUDIT_KEY", raising=False)
+    # Datasets read by an earlier test in this worker are not this test's lineage.
+    from tether._registry import reads
+
+    reads.forget()
 
 
 @pytest.fixture

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     )
     from ._records import AliasMove, Event, ModelInfo, ModelVersion
     from ._reference import Reference, parse_reference
+    from ._registry.datasets import DatasetVersion
     from ._registry.loading import DeprecatedVersionWarning
+    from ._registry.reads import UnrecordedReadWarning
     from ._registry.registry import Registry
     from ._schema import Signature, infer_signature
     from .remote import RemoteRegistry
@@ -73,6 +75,8 @@ _LAZY = {
     **dict.fromkeys(("AliasMove", "Event", "ModelInfo", "ModelVersion"), "._records"),
     **dict.fromkeys(("Reference", "parse_reference"), "._reference"),
     "DeprecatedVersionWarning": "._registry.loading",
+    "DatasetVersion": "._registry.datasets",
+    "UnrecordedReadWarning": "._registry.reads",
     "Registry": "._registry.registry",
     "RegistryAPI": "._contract",
     "RemoteRegistry": ".remote",
@@ -100,6 +104,7 @@ __all__ = [
     "AliasMove",
     "AmbiguousReference",
     "Conflict",
+    "DatasetVersion",
     "DeprecatedVersionWarning",
     "EnvironmentMismatch",
     "EnvironmentWarning",
@@ -123,9 +128,11 @@ __all__ = [
     "StoreError",
     "TetherError",
     "Unavailable",
+    "UnrecordedReadWarning",
     "UnsafeArtifact",
     "__version__",
     "connect",
+    "forget_reads",
     "get",
     "infer_signature",
     "init",
@@ -136,6 +143,7 @@ __all__ = [
     "parse_reference",
     "promote",
     "rollback",
+    "use_dataset",
 ]
 
 
@@ -185,6 +193,7 @@ def log_model(
     flavor: str | None = None,
     serialization: str | None = None,
     registry: str | Path | None = None,
+    record_reads: bool = True,
 ) -> ModelVersion:
     """Register ``model`` (an estimator, a callable, or a path) as a new version of ``name``.
 
@@ -192,6 +201,11 @@ def log_model(
     ``input_example``) the signature. The semantic version is proposed from what
     changed; ``bump="major"|"minor"|"patch"`` or ``"2.0.0"`` asks for more.
     Identical content and metadata return the existing version.
+
+    Dataset versions this process read through Tether since its last log
+    (``open_dataset``, ``tether://`` paths, ``use_dataset``) are recorded as
+    links beside ``data=``, each marked ``"via"``; ``record_reads=False`` leaves
+    them for a later log.
     """
     with open(registry) as reg:
         return reg.log_model(
@@ -207,6 +221,7 @@ def log_model(
             tags=tags,
             flavor=flavor,
             serialization=serialization,
+            record_reads=record_reads,
         )
 
 
@@ -286,3 +301,27 @@ def open_dataset(
     return _open_dataset(
         target, path, repo=repo, rev=rev, mode=mode, encoding=encoding, registry=registry
     )
+
+
+def use_dataset(ref: str, *, registry: str | Path | None = None) -> DatasetVersion:
+    """The dataset version ``ref`` names, noted as used by this process.
+
+    For data that reaches the training code some other way than through Tether
+    (a `tether data checkout` earlier, a copy made by another tool): the next
+    ``log_model`` in this process links the version, as it does for a version
+    read through ``open_dataset``. Returns the version (its files, digests and
+    aliases).
+    """
+    from ._registry import reads
+
+    with open(registry) as reg:
+        version = reg.get_dataset(ref)
+    reads.note(version, via="use_dataset")
+    return version
+
+
+def forget_reads() -> None:
+    """Forget the dataset versions this process read, so no later log links them."""
+    from ._registry import reads
+
+    reads.forget()

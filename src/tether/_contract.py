@@ -102,6 +102,7 @@ class RegistryAPI(Protocol):
         flavor: str | None = None,
         serialization: str | None = None,
         progress: bool = True,
+        record_reads: bool = True,
     ) -> ModelVersion: ...
 
     def commit(self, name: str, values: dict[str, Any] | VersionValues,
@@ -312,6 +313,8 @@ class RegistryAPI(Protocol):
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]: ...
 
     def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove: ...
+
+    def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path: ...
 
     def open_dataset(self, ref: str, path: str) -> DatasetFile: ...
 

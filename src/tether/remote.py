@@ -860,6 +860,14 @@ class RemoteRegistry:
     def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove:
         return AliasMove(**self._call("promote_dataset", ref, alias, reason=reason))
 
+    def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+        """As ``Registry.download_dataset``: chunks fetched through the gateway, verified here."""
+        target = Path(dest)
+        if target.exists():
+            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        return loading.materialize(self, self.get_dataset(ref), target.absolute(),  # type: ignore[arg-type]
+                                   progress=progress)
+
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
         """A streaming file: ranged reads of the chunks a read covers, via the gateway."""
         return datasets_io.open_file(self, ref, path)

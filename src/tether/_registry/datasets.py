@@ -73,12 +73,15 @@ from .._reference import (
 )
 from .._semver import BumpLevel, SemVer, resolve_bump
 from .._store.base import FileEntry
+from .._warnings import warn_caller
+from . import reads
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
 from .previous import previous_chunks
 from .stat_cache import StatCache
 
 if TYPE_CHECKING:
+    from .._contract import RegistryAPI
     from .registry import Registry
 
 _RACE_RETRIES = 5
@@ -932,23 +935,31 @@ def promote_dataset(
 # -- lineage ---------------------------------------------------------------------------------
 
 
-def _as_dataset_ref(conn: sa.Connection, value: Any) -> DatasetVersion | None:
+def _as_dataset_ref(
+    registry: RegistryAPI, value: Any, dataset_names: Callable[[], set[str]]
+) -> DatasetVersion | None:
     """The dataset version ``value`` names, if it is a dataset reference; else None.
 
     A string is a dataset reference when it has an ``@``, is not an existing
-    path, and its name is a dataset of this registry.
+    path, and its name is a dataset of this registry. Asked through the
+    registry's own interface, so that it works the same through a server (it
+    used ``registry.read()``, which a server's client does not have: logging
+    with ``data={"train": "ds@2"}`` through a server failed with a traceback).
     """
     if isinstance(value, DatasetVersion):
-        return resolve(conn, f"{value.name}@sha:{value.digest}")
+        return registry.get_dataset(f"{value.name}@sha:{value.digest}")
     if not isinstance(value, str) or "@" not in value or Path(value).exists():
         return None
     try:
         parsed = parse_reference(value)
     except InvalidReference:
         return None
-    if dataset_id(conn, parsed.name) is None:
+    try:
+        return registry.get_dataset(value)
+    except NotFound:
+        if parsed.name in dataset_names():
+            raise  # a dataset of this registry, and no such version of it
         return None
-    return resolve(conn, parsed)
 
 
 def data_entry(version: DatasetVersion) -> dict[str, Any]:
@@ -964,7 +975,7 @@ def data_entry(version: DatasetVersion) -> dict[str, Any]:
     }
 
 
-def data_inputs(registry: Registry, data: Any) -> dict[str, dict[str, Any]]:
+def data_inputs(registry: RegistryAPI, data: Any) -> dict[str, dict[str, Any]]:
     """``log_model``'s ``data=``: dataset references become links, the rest digests.
 
     ``{"train": "ds@2"}`` (or a DatasetVersion) records the dataset version;
@@ -985,8 +996,16 @@ def data_inputs(registry: Registry, data: Any) -> dict[str, dict[str, Any]]:
         return digest_data(data)
     resolved: dict[str, dict[str, Any]] = {}
     rest: Any
-    with registry.read() as conn:
-        found = [(key, value, _as_dataset_ref(conn, value)) for key, value in items]
+    names: set[str] | None = None
+
+    def dataset_names() -> set[str]:
+        nonlocal names
+        if names is None:
+            names = {info.name for info in registry.list_datasets()}
+        return names
+
+    found = [(key, value, _as_dataset_ref(registry, value, dataset_names))
+             for key, value in items]
     if not any(version for _, _, version in found):
         return digest_data(data)
     if isinstance(data, Mapping):
@@ -1002,6 +1021,46 @@ def data_inputs(registry: Registry, data: Any) -> dict[str, dict[str, Any]]:
         raise InvalidInput(f"data names {', '.join(sorted(clash))} twice",
                            hint='name each input: data={"train": "ds@2", "test": "test.csv"}')
     return {**others, **resolved}
+
+
+def read_inputs(
+    registry: RegistryAPI, declared: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], list[reads.Read]]:
+    """Links for the dataset versions this process read since its last log (``reads``).
+
+    Returns the entries to add beside ``declared`` and the reads they account
+    for (recorded or not linkable), to clear once the version is committed.
+    A read version ``declared`` already names is not added twice; one this
+    registry does not hold (the same name and digest) is skipped with a
+    warning: it was read from another registry. Each entry is named by its
+    dataset (``name@version`` when ``declared`` uses that name) and says
+    ``"via": "read"`` (a file was opened) or ``"use_dataset"``.
+    """
+    pending = reads.noted()
+    if not pending:
+        return {}, []
+    have = {(str(e.get("dataset")), str(e.get("digest"))) for e in declared.values()}
+    taken = set(declared)
+    added: dict[str, dict[str, Any]] = {}
+    for read in pending:
+        version = read.version
+        if (version.name, version.digest) in have:
+            continue
+        try:
+            here = registry.get_dataset(f"{version.name}@sha:{version.digest}")
+        except NotFound:
+            warn_caller(
+                f"{version.ref} ({version.short_digest}) was read in this process but this "
+                f"registry does not hold it (read from another registry?); it is not recorded "
+                f"as this model's data",
+                reads.UnrecordedReadWarning,
+            )
+            continue
+        role = here.name if here.name not in taken else f"{here.name}@{here.semver}"
+        taken.add(role)
+        have.add((here.name, here.digest))
+        added[role] = {**data_entry(here), "via": read.via}
+    return added, pending
 
 
 def record_links(registry: Registry, version: ModelVersion) -> None:

@@ -38,6 +38,7 @@ from .._errors import InvalidInput, NotFound
 from .._store.base import FileEntry
 from .._store.chunkstore import ChunkStore
 from .._store.handoffs import prompt_handoffs
+from . import reads
 from .datasets import DatasetVersion
 
 if TYPE_CHECKING:
@@ -245,6 +246,7 @@ def open_file(
     if not isinstance(store, ChunkStore):  # pragma: no cover - every store is a ChunkStore
         raise InvalidInput(f"the store {store.url} cannot stream files")
     raw = ChunkedReader(store, entry, label=f"dataset {version.ref}", on_close=on_close)
+    reads.note(version)  # lineage: the next log_model in this process links it
     return DatasetFile(raw, version)
 
 

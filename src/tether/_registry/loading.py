@@ -18,6 +18,7 @@ from .env_check import choose_policy, enforce
 from .trust import enforce_signatures, signed_for_loading
 
 if TYPE_CHECKING:
+    from .datasets import DatasetVersion
     from .registry import Registry
 
 
@@ -36,8 +37,10 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
 
 
 @handoffs.during  # see tether/_store/handoffs.py
-def materialize(registry: Registry, version: ModelVersion, dest: Path, *, progress: bool) -> Path:
-    """Write the version's files under ``dest`` (verified), atomically."""
+def materialize(
+    registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool
+) -> Path:
+    """Write a model's or a dataset's version's files under ``dest`` (verified), atomically."""
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -32,10 +32,11 @@ from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
 from .._store import handoffs
 from .._store.base import FileEntry
 from . import drift_baseline
-from .datasets import data_inputs
+from .datasets import data_inputs, read_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
 from .previous import previous_chunks
+from .reads import recorded
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -130,12 +131,16 @@ def log_model(
     serialization: str | None = None,
     author: str | None = None,
     progress: bool = False,
+    record_reads: bool = True,
 ) -> ModelVersion:
     validate_model_name(name)
     params_ = _check_params(params)
     metrics_ = _check_metrics(metrics)
     tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
     data_ = data_inputs(registry, data)  # dataset references ("ds@2") become links
+    # Datasets this process read since its last log: linked too (see reads.py).
+    read_links, accounted = read_inputs(registry, data_) if record_reads else ({}, [])
+    data_ = {**data_, **read_links}
     from .. import _flavors as flavors  # the frameworks' modules: only to save or load
 
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
@@ -184,7 +189,9 @@ def log_model(
         author=author or registry.actor or current_author(),
     )
     try:
-        return registry.commit(name, values.checked(), bump)
+        version = registry.commit(name, values.checked(), bump)
+        recorded(accounted)  # those reads belong to this version now
+        return version
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)

@@ -400,6 +400,7 @@ class Registry:
         flavor: str | None = None,
         serialization: str | None = None,
         progress: bool = True,
+        record_reads: bool = True,
     ) -> ModelVersion:
         self.require("contributor", name, action="logging a version")
         return log_version.log_model(
@@ -417,6 +418,7 @@ class Registry:
             flavor=flavor,
             serialization=serialization,
             progress=progress,
+            record_reads=record_reads,
         )
 
     def commit(
@@ -869,6 +871,14 @@ class Registry:
         from . import model_files  # the chunk store's reader: only to read a file
 
         return model_files.open_file(self.store, self.get(ref), path)
+
+    def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
+        """Write a dataset version's files (verified) into ``dest``, which must not exist."""
+        target = Path(dest)
+        if target.exists():
+            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        version = self.get_dataset(ref)
+        return loading.materialize(self, version, target.absolute(), progress=progress)
 
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
         """A streaming, seekable, read-only binary file over ``path`` in dataset ``ref``."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._environment import export_dockerfile, export_requirements, roots_for_flavor
+from .._errors import TetherError
 from .._records import ModelVersion
+
+if TYPE_CHECKING:
+    from .._contract import RegistryAPI
 
 
 def recipe(version: ModelVersion) -> dict[str, Any]:
@@ -25,6 +30,13 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
         steps.append("WARNING: the version was not logged from a git repository; code is unknown")
     steps.append("pip install -r requirements.txt   # every package pinned as recorded")
     for name, info in version.data.items():
+        if info.get("dataset"):
+            digest = str(info.get("digest"))
+            steps.append(
+                f"fetch data {name!r}, dataset {info.get('ref')} (sha:{digest[:12]}): "
+                f"tether data download {info['dataset']}@sha:{digest} {data_folder(name)}"
+            )
+            continue
         steps.append(
             f"provide data {name!r} with digest {info.get('digest')} "
             f"({info.get('path') or info.get('kind', 'in-memory object')})"
@@ -45,6 +57,32 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
         "metrics": version.metrics,
         "steps": steps,
     }
+
+
+def data_folder(role: str) -> str:
+    """Where ``reproduce -o DIR`` writes the dataset a role names: ``data/<role>``, the
+    role made a single safe path component (it is whatever ``data=`` was keyed by)."""
+    safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", role).lstrip(".") or "_"
+    return f"data/{safe}"
+
+
+def fetch_data(registry: RegistryAPI, version: ModelVersion, folder: Path) -> list[str]:
+    """Download every dataset version ``version`` links into ``folder/data/<role>``.
+
+    By digest, every byte verified. Returns the problems (a dataset version
+    deleted since, a folder already there) rather than stopping at the first.
+    """
+    problems = []
+    for role, info in sorted(version.data.items()):
+        if not info.get("dataset"):
+            continue
+        target = folder / data_folder(role)
+        try:
+            registry.download_dataset(f"{info['dataset']}@sha:{info.get('digest')}", target,
+                                      progress=False)
+        except TetherError as error:
+            problems.append(f"data {role!r} ({info.get('ref')}): {error.message}")
+    return problems
 
 
 def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:

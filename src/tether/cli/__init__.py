@@ -110,6 +110,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "check",
         "CI gate: refuse to ship models that do not match the application.",
     ),
+    "lineage": (
+        "lineage",
+        "lineage",
+        "The lineage of REF: the data a model version used, or the models a dataset fed.",
+    ),
     "reproduce": (
         "pinning",
         "reproduce",
@@ -118,7 +123,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": (
         "data",
         "data_group",
-        "Versioned datasets: add, list, show, diff, promote, track in git, read back.",
+        "Versioned datasets: add, list, show, diff, promote, download, track in git.",
     ),
     "push": (
         "data",

@@ -20,7 +20,7 @@ _SHOWN_FILES = 20
 
 @click.group("data")
 def data_group() -> None:
-    """Versioned datasets: add, list, show, diff, promote, track in git, read back."""
+    """Versioned datasets: add, list, show, diff, promote, download, track in git."""
 
 
 def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -293,6 +293,27 @@ def checkout(ctx: click.Context, path: str, as_json: bool) -> None:
         emit_json({"path": path, **version.to_dict(with_files=False)})
     else:
         console.print(f"{path} ← {version.ref} ({human_bytes(version.size)})")
+
+
+@data_group.command("download")
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+@handle_errors
+def download(ctx: click.Context, ref: str, dest: Path, as_json: bool) -> None:
+    """Write dataset version REF's files (every byte verified) into the new folder DEST."""
+    registry = registry_from(ctx)
+    version = registry.get_dataset(ref)
+    # By digest: an alias moved meanwhile must not change what is written.
+    where = registry.download_dataset(f"{version.name}@sha:{version.digest}", dest,
+                                      progress=not as_json)
+    if as_json:
+        emit_json({"ref": version.ref, "digest": f"sha:{version.digest}", "path": str(where),
+                   "files": [f.path for f in version.files]})
+    else:
+        console.print(f"{version.ref}: {len(version.files)} file(s), "
+                      f"{human_bytes(version.size)}, verified into {where}")
 
 
 

@@ -176,19 +176,37 @@ def check(
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write requirements.txt, Dockerfile, params.json and REPRODUCE.md here.",
+    help="Write requirements.txt, Dockerfile, params.json and REPRODUCE.md here, and the "
+    "dataset versions the model was trained on under data/<role>/.",
 )
+@click.option("--no-data", is_flag=True, help="With -o: do not download the dataset versions.")
 @json_option
 @click.pass_context
 @handle_errors
-def reproduce(ctx: click.Context, ref: str, output: Path | None, as_json: bool) -> None:
+def reproduce(
+    ctx: click.Context, ref: str, output: Path | None, no_data: bool, as_json: bool
+) -> None:
     """What it takes to rebuild REF: commit, data digests, pinned environment, params."""
     registry = registry_from(ctx)
     if output:
-        from .._registry.reproduce import write_recipe
+        from .._registry.reproduce import fetch_data, write_recipe
 
-        written = write_recipe(registry.get(ref), output)
-        console.print("wrote " + ", ".join(str(p) for p in written))
+        version = registry.get(ref)
+        written = write_recipe(version, output)
+        problems = [] if no_data else fetch_data(registry, version, output)
+        fetched = sorted(str(p) for p in (output / "data").iterdir()) if (
+            not no_data and (output / "data").is_dir()) else []
+        if as_json:
+            emit_json({"ref": version.ref, "wrote": [str(p) for p in written],
+                       "data": fetched, "problems": problems})
+        else:
+            console.print("wrote " + ", ".join(str(p) for p in written))
+            for path in fetched:
+                console.print(f"data: {path} (every byte verified)")
+            for problem in problems:
+                console.print(f"[red]could not fetch {problem}[/]")
+        if problems:
+            sys.exit(1)
         return
     info = registry.reproduce(ref)
     if as_json:
