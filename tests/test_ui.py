@@ -568,3 +568,22 @@ def test_all_models_in_three_queries_answers_as_one_model_at_a_time(world: World
     iris = next(m for m in all_models(reg) if m.name == "iris")
     assert (iris.version_count, iris.latest, iris.aliases) == (1, "1.1.0", {"production": "1.1.0"})
     assert reg.search_models(query="iris")[1] == [iris]
+
+
+def test_version_page_names_the_datasets_a_version_was_trained_on(
+    world: World, tmp_path: Path, iris: tuple[Any, Any]
+) -> None:
+    folder = tmp_path / "events"
+    folder.mkdir()
+    (folder / "events.csv").write_text("amount,label\n1.5,1\n")
+    world.registry.add_dataset(folder, "events")
+    with world.registry.open_dataset("events@1", "events.csv") as handle:
+        handle.read()
+    version = world.registry.log_model(fit_logreg(iris, C=0.3), "iris", progress=False,
+                                       data={"holdout": str(folder / "events.csv")})
+    page = world.client("rita").get(f"/models/iris/versions/{version.semver}").text
+    row = re.search(r'<tr data-testid="data-events">.*?</tr>', page)
+    assert row and "dataset events@1.0.0" in row.group(0)
+    assert "read in the training process" in row.group(0)
+    held = re.search(r'<tr data-testid="data-holdout">.*?</tr>', page)
+    assert held and "events.csv" in held.group(0) and "dataset" not in held.group(0)
