@@ -21,7 +21,7 @@ from tether._contract import RegistryAPI
 from tether._errors import IntegrityError
 from tether._signing import generate_key
 
-from .test_server import start_server, stop
+from .servers import start_server, stop
 
 ADMIN = "root@team"
 

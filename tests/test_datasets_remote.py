@@ -26,7 +26,7 @@ from tether.cli import cli
 from tether.remote import connect
 
 from .conftest import make_bucket
-from .test_server import Server, start_server, stop
+from .servers import Server, start_server, stop
 
 
 def _rows(start: int, count: int, seed: int = 3) -> str:

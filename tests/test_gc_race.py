@@ -105,7 +105,7 @@ def test_a_remote_clients_pin_protects_its_chunks_from_a_server_side_gc(tmp_path
     from tether._registry.location import RegistryLocation, default_cache_dir
     from tether._registry.registry import Registry
 
-    from .test_server import start_server, stop
+    from .servers import start_server, stop
 
     db, store = f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}"
     server = start_server(db, store, tmp_path)

@@ -146,7 +146,7 @@ def test_a_damaged_or_foreign_copy_is_fetched_again(bucket: str, tmp_path: Path)
 def test_the_server_gateway_client_keeps_the_servers_merged_files(tmp_path: Path) -> None:
     """Through ``tether server``: the client cannot merge (the server does), and reads
     the server's merged files once per cache, not once per process."""
-    from .test_server import start_server, stop
+    from .servers import start_server, stop
 
     server = start_server(f"sqlite:///{tmp_path / 'meta.db'}",
                           f"file://{tmp_path / 'objects'}", tmp_path)

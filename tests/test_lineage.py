@@ -23,7 +23,7 @@ from tether._registry import reads
 from tether.cli import cli
 
 from .conftest import fit_logreg
-from .test_server import Server, start_server, stop
+from .servers import Server, start_server, stop
 
 
 @pytest.fixture

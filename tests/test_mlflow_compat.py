@@ -25,7 +25,7 @@ import pytest
 from tether.server.mlflow_filter import MODELS, VERSIONS, MlflowError, check, parse_filter
 
 from .conftest import free_port, subprocess_env
-from .test_server import start_server, stop
+from .servers import start_server, stop
 
 mlflow = pytest.importorskip("mlflow")
 MlflowException = mlflow.exceptions.MlflowException

@@ -31,7 +31,7 @@ from tether._store.chunklist import RECORD_SIZE, ChunkList
 from tether.remote import RemoteRegistry, connect, read_version
 from tether.server import packed as server_packed
 
-from .test_server import Server, start_server, stop
+from .servers import Server, start_server, stop
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,76 +20,10 @@ import tether
 from tether import NotFound, PermissionDenied
 
 from .conftest import fit_logreg, free_port, subprocess_env, tether_exe
+from .servers import Server, start_server, stop
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
-
-
-@dataclass
-class Server:
-    url: str
-    admin_token: str
-    db_url: str
-    store_url: str
-    procs: list[subprocess.Popen[bytes]]
-
-    def client(self, token: str | None = None) -> Any:
-        return tether.connect(self.url, token=token or self.admin_token)
-
-    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token or self.admin_token}", **kw.pop("headers", {})}
-        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kw)
-
-
-def start_server(db_url: str, store_url: str, tmp: Path, *, workers: int = 1) -> Server:
-    init = subprocess.run(
-        [
-            tether_exe(),
-            "server-init",
-            "--db",
-            db_url,
-            "--store",
-            store_url,
-            "--admin",
-            "root@team",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        check=False,
-    )
-    assert init.returncode == 0, init.stderr
-    token = json.loads(init.stdout)["token"]
-    port = free_port()
-    log = open(tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [tether_exe(), "server", "--db", db_url, "--port", str(port), "--workers", str(workers)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=subprocess_env(),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError((tmp / f"server-{port}.log").read_text())
-    return Server(url, token, db_url, store_url, [proc])
-
-
-def stop(server: Server) -> None:
-    for proc in server.procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture

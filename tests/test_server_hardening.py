@@ -23,7 +23,7 @@ import pytest
 from tether.server.bodies import MAX_BODY, MAX_DEPTH
 from tether.server.mlflow_filter import MlflowError, _like, parse_filter
 
-from .test_server import Server, start_server, stop
+from .servers import Server, start_server, stop
 
 ML = "/api/2.0/mlflow"
 LONG_NAME = "a" * 80 + "b"

@@ -24,7 +24,7 @@ from uvicorn.server import ServerState
 
 from tether.server.protocol import BodyProtocol, protocol
 
-from .test_server import start_server, stop
+from .servers import start_server, stop
 
 
 class _Transport(asyncio.Transport):

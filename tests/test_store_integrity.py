@@ -30,7 +30,7 @@ from tether.cli import cli
 from tether.server.blobs_api import RangeNotSatisfiable, parse_range
 
 from .conftest import fit_logreg
-from .test_server import Server, start_server, stop
+from .servers import Server, start_server, stop
 
 LIAR = "0" * 32  # sorts first: the pack a sorted listing (S3, or ours) meets first
 

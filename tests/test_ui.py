@@ -467,7 +467,7 @@ def test_ui_served_by_a_real_tether_server_at_the_root(
 ) -> None:
     import httpx
 
-    from .test_server import start_server, stop
+    from .servers import start_server, stop
 
     server = start_server(pg_database, f"file://{tmp_path / 'objects'}", tmp_path)
     try:
