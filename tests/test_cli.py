@@ -198,3 +198,23 @@ def test_download_writes_verified_files(populated: Path, tmp_path: Path) -> None
     assert (tmp_path / "dl" / "model.skops").stat().st_size > 0
     again = run(populated, "download", "iris@1.0.0", str(tmp_path / "dl"))
     assert again.exit_code == 1
+
+
+def test_show_a_version_logged_in_a_repository_with_no_commit_yet(
+    tmp_path: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lineage records commit None there; `tether show` printed a TypeError traceback."""
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    monkeypatch.chdir(work)
+    registry = tether.init(tmp_path / "reg" / ".tether")
+    try:
+        version = registry.log_model(fit_logreg(iris), "iris", progress=False,
+                                     data={"train": str(work)})
+    finally:
+        registry.close()
+    assert version.lineage["git"]["commit"] is None
+    shown = CliRunner().invoke(cli, ["-r", str(tmp_path / "reg" / ".tether"), "show", "iris@1"])
+    assert shown.exit_code == 0, shown.output
+    assert "git: (no commit yet)" in shown.output and "data train:" in shown.output

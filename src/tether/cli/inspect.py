@@ -158,14 +158,22 @@ def _render_version(v: ModelVersion) -> None:
             if git.get("dirty")
             else ""
         )
+        # A repository with no commit yet records commit None (this printed a traceback).
+        commit = str(git.get("commit") or "")[:12] or "(no commit yet)"
         console.print(
-            f"  git: {git.get('commit', '')[:12]} on {git.get('branch') or '-'}{dirty}  "
+            f"  git: {commit} on {git.get('branch') or '-'}{dirty}  "
             f"{git.get('remote') or git.get('repo') or ''}"
         )
     else:
         console.print("  git: (not in a git repository)")
     for key, info in v.data.items():
-        console.print(f"  data {key}: {info.get('digest', '')[:16]} {info.get('path', '')}")
+        digest = str(info.get("digest") or "")[:16]
+        if info.get("dataset"):
+            how = {"read": "read in the training process",
+                   "use_dataset": "named with use_dataset"}.get(str(info.get("via")), "declared")
+            console.print(f"  data {key}: {digest} dataset {info.get('ref')} ({how})")
+        else:
+            console.print(f"  data {key}: {digest} {info.get('path') or info.get('kind') or ''}")
     console.print(
         f"[bold]environment[/]  python {env.get('python')} on "
         f"{env.get('platform')}/{env.get('machine')}, "
