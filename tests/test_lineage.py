@@ -1,9 +1,10 @@
-"""Lineage without `data=`: datasets read in a process are linked to its next log_model.
+"""Lineage without `data=`: datasets read in a process are linked to the models it logs.
 
 Reading a file of a dataset version (``tether.open_dataset``, ``tether://`` paths,
-``Registry.open_dataset``) or naming it with ``tether.use_dataset`` notes it; the
-next ``log_model`` links it; ``tether lineage`` shows both directions; ``tether
-reproduce -o`` fetches the data. Embedded and through a real server.
+``Registry.open_dataset``) or naming it with ``tether.use_dataset`` notes it; every
+later ``log_model`` of the process links it; ``tether lineage`` shows both
+directions; ``tether reproduce -o`` fetches the data. Embedded and through a real
+server, including a server that lies and readers scoped to one model.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ def test_a_dataset_read_before_logging_is_linked_once(
     assert (entry["dataset"], entry["digest"], entry["via"]) == ("events", first.digest, "read")
     used = registry.get_dataset("events@1").used_by
     assert [(u["ref"], u["role"]) for u in used] == [("churn@1.0.0", "events")]
-    # The read belongs to that version: the next log (no new read) links nothing.
-    again = registry.log_model(fit_logreg(iris, C=0.5), "churn", progress=False)
-    assert again.data == {} and reads.noted() == []
+    # A notebook cell run again (the same model, nothing read since) is the same version:
+    # a read cleared by the first log made it a new version without lineage.
+    again = registry.log_model(fit_logreg(iris), "churn", progress=False)
+    assert again.digest == model.digest and again.semver == "1.0.0"
+    # Another model trained later in the process may have used the data too: linked.
+    other = registry.log_model(fit_logreg(iris, C=0.5), "fraud", progress=False)
+    assert other.data["events"]["digest"] == first.digest
 
 
 def test_reads_beside_declared_data_are_added_not_doubled(
@@ -99,15 +104,16 @@ def test_record_reads_false_and_the_switch_leave_reads_alone(
     registry.add_dataset(data, "events")
     _read("events@1", where)
     kept = registry.log_model(fit_logreg(iris), "churn", progress=False, record_reads=False)
-    assert kept.data == {} and [r.version.ref for r in reads.noted()] == ["events@1.0.0"]
+    assert kept.data == {} and [r.ref for r in reads.noted()] == ["events@1.0.0"]
     tether.forget_reads()
     monkeypatch.setenv("TETHER_RECORD_READS", "off")
     _read("events@1", where)
     assert reads.noted() == []
 
 
-def test_a_refused_commit_keeps_the_reads_for_the_next_try(
-    registry: Registry, data: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+def test_a_refused_commit_or_a_log_elsewhere_loses_no_read(
+    registry: Registry, data: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     registry.add_dataset(data, "events")
     _read("events@1", registry.location.root)
@@ -119,7 +125,12 @@ def test_a_refused_commit_keeps_the_reads_for_the_next_try(
         patch.setattr(registry, "commit", refuse)
         with pytest.raises(Conflict):
             registry.log_model(fit_logreg(iris), "churn", progress=False)
-    assert [r.version.ref for r in reads.noted()] == ["events@1.0.0"]
+    scratch = tether.init(tmp_path / "scratch" / ".tether")  # a quick log somewhere else
+    try:
+        with pytest.warns(UnrecordedReadWarning):
+            assert scratch.log_model(fit_logreg(iris), "churn", progress=False).data == {}
+    finally:
+        scratch.close()
     model = registry.log_model(fit_logreg(iris), "churn", progress=False)
     assert model.data["events"]["via"] == "read"
 
@@ -135,8 +146,8 @@ def test_a_read_from_another_registry_is_not_linked_and_says_so(
     _read("events@1", tmp_path / "other" / ".tether")
     with pytest.warns(UnrecordedReadWarning, match="does not hold it"):
         model = registry.log_model(fit_logreg(iris), "churn", progress=False)
-    assert model.data == {} and reads.noted() == []  # warned once, not on every log
-    with warnings.catch_warnings():
+    assert model.data == {}
+    with warnings.catch_warnings():  # warned once, not on every log
         warnings.simplefilter("error")
         registry.log_model(fit_logreg(iris, C=0.5), "churn", progress=False)
 
@@ -227,7 +238,65 @@ def test_a_role_cannot_write_outside_the_reproduce_folder(
     out = tmp_path / "deep" / "rebuild"
     assert _cli(where, "reproduce", model.ref, "-o", str(out)).exit_code == 0
     assert not (tmp_path / "escape").exists() and not (tmp_path / "deep" / "escape").exists()
-    assert [p.name for p in (out / "data").iterdir()] == ["_.._escape"]
+    [made] = [p.name for p in (out / "data").iterdir()]
+    assert made.startswith("_.._escape-")
+
+
+def test_roles_that_look_alike_or_are_long_get_folders_of_their_own(
+    registry: Registry, data: Path, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """train/eu and train_eu both became data/train_eu: the second fetch failed."""
+    from tether._registry.reproduce import data_folder
+
+    where = registry.location.root
+    registry.add_dataset(data, "events")
+    roles = {"train/eu": "events@1", "train_eu": "events@1", "x" * 300: "events@1"}
+    model = registry.log_model(fit_logreg(iris), "churn", data=roles, progress=False)
+    assert len({data_folder(role) for role in roles}) == 3
+    assert all(len(data_folder(role)) < 100 for role in roles)
+    out = tmp_path / "rebuild"
+    done = _cli(where, "reproduce", model.ref, "-o", str(out))
+    assert done.exit_code == 0, done.output
+    assert len(list((out / "data").iterdir())) == 3
+
+
+def test_errors_of_the_file_system_are_messages_not_tracebacks(
+    registry: Registry, data: Path, tmp_path: Path
+) -> None:
+    registry.add_dataset(data, "events")
+    (tmp_path / "afile").write_text("x")
+    got = _cli(registry.location.root, "data", "download", "events@1",
+               str(tmp_path / "afile" / "sub"))
+    assert got.exit_code == 1 and "error:" in got.output and "Traceback" not in got.output
+
+
+def test_a_table_cell_is_never_read_as_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal a role or tag holding "[/bold]" raised rich's MarkupError."""
+    from rich.console import Console
+
+    from tether.cli import _common
+
+    out = Console(force_terminal=True, width=120, record=True)
+    monkeypatch.setattr(_common, "console", out)  # table() draws a rich table on a terminal
+    out.print(_common.table(["AS", "DATA"], [("[/bold]", "[red]x[/red]")]))
+    shown = out.export_text()
+    assert "[/bold]" in shown and "[red]x[/red]" in shown
+
+
+def test_lineage_lists_another_model_with_the_same_digest(
+    registry: Registry, data: Path, iris: tuple[Any, Any]
+) -> None:
+    """also_used_by left out every model whose digest equalled this one's."""
+    registry.add_dataset(data, "events")
+    model = fit_logreg(iris)
+    first = registry.log_model(model, "churn", data={"train": "events@1"}, progress=False)
+    shadow = registry.log_model(model, "churn-shadow", data={"train": "events@1"},
+                                progress=False)
+    assert shadow.digest == first.digest
+    from tether._registry.data_lineage import lineage
+
+    [item] = lineage(registry, first.ref)["data"]
+    assert [u["ref"] for u in item["also_used_by"]] == ["churn-shadow@1.0.0"]
 
 
 # -- through a server --------------------------------------------------------------------
@@ -266,3 +335,48 @@ def test_lineage_through_a_server(
     assert done.exit_code == 0, done.output
     fetched = out / "data" / "events" / "events.csv"
     assert fetched.read_bytes() == (data / "events.csv").read_bytes()
+
+
+def test_a_server_answering_another_version_is_refused(
+    served: Server, data: Path, tmp_path: Path
+) -> None:
+    """Every version a server holds is intact on its own, so a server answering events@2
+    when asked for events@sha:<v1> passed the manifest check: reproduce wrote v2's bytes
+    and said "every byte verified". The client now checks the answer is what it asked."""
+    from tether import IntegrityError
+
+    client = served.client()
+    first = client.add_dataset(data, "events")
+    (data / "events.csv").write_text("amount,label\n3.5,0\n")
+    client.add_dataset(data, "events")
+    honest = client._request
+
+    def lying(method: str, path: str, **kwargs: Any) -> Any:
+        return honest(method, path.replace(f"sha%3A{first.digest}", "2"), **kwargs)
+
+    client._request = lying  # type: ignore[method-assign]
+    with pytest.raises(IntegrityError, match=r"it answered events@1\.1\.0"):
+        client.get_dataset(f"events@sha:{first.digest}")
+    with pytest.raises(IntegrityError):
+        client.download_dataset(f"events@sha:{first.digest}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert client.get_dataset("events@2").seq == 2  # what was asked for passes
+
+
+def test_readers_scoped_to_one_name_see_no_more_than_they_may(
+    served: Server, data: Path, iris: tuple[Any, Any]
+) -> None:
+    admin = served.client()
+    admin.add_dataset(data, "events")
+    admin.log_model(fit_logreg(iris), "churn", data={"train": "events@1"})
+    admin.log_model(fit_logreg(iris, C=0.2), "secret", data={"train": "events@1"})
+    rita = admin.create_token("rita", role="reader", model="churn")["token"]
+    dan = admin.create_token("dan", role="reader", model="events")["token"]
+
+    # A reader of churn only: the model's lineage says "no access" for the dataset.
+    graph = json.loads(_cli(served.url, "lineage", "churn@1", "--json", token=rita).output)
+    assert [(i["role"], i["status"]) for i in graph["data"]] == [("train", "no access")]
+    # A reader of the dataset only is not told which models it fed.
+    assert served.client(dan).get_dataset("events@1").used_by == ()
+    assert sorted(u["ref"] for u in admin.get_dataset("events@1").used_by) == [
+        "churn@1.0.0", "secret@1.0.0"]

@@ -63,7 +63,7 @@ from ._packed_manifest import (
     read_packed,
 )
 from ._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
-from ._reference import parse_reference, validate_model_name
+from ._reference import Reference, SelectorKind, parse_reference, validate_model_name
 from ._registry import datasets, datasets_diff, datasets_io, loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
 from ._registry.registry import Registry
@@ -221,6 +221,19 @@ def _describe_status(response: httpx.Response) -> str:
     if body and body.get("message"):
         return str(body["message"])
     return f"HTTP {response.status_code}"
+
+
+def _answers(asked: Reference, name: str, seq: int, semver: str, digest: str) -> bool:
+    """Whether a version (name, seq, semver, digest) is one ``asked`` can name."""
+    if name != asked.name:
+        return False
+    if asked.kind is SelectorKind.DIGEST:
+        return digest.lower().startswith(asked.value.lower())
+    if asked.kind is SelectorKind.SEQUENCE:
+        return str(seq) == asked.value
+    if asked.kind is SelectorKind.SEMVER:
+        return semver == asked.value
+    return True  # an alias, a range or "latest": the server's to resolve
 
 
 class RemoteRegistry:
@@ -449,13 +462,27 @@ class RemoteRegistry:
         return require_intact(self._one_version("models", ref, ModelVersion))
 
     def _one_version(self, collection: str, ref: str, kind: type[V]) -> V:
-        """The version ``ref`` names under ``/{collection}``, asked for packed (unchecked)."""
+        """The version ``ref`` names under ``/{collection}``, asked for packed.
+
+        Its manifest is not checked here (``require_intact`` does that), but that it
+        is the version asked for is: every version a server could answer is intact
+        on its own, so a server answering ``name@sha:D`` (how serving, lineage and
+        reproduce ask for an exact version) with another one would go unnoticed.
+        """
         parsed = parse_reference(ref)
         selector = ref.partition("@")[2] or "latest"
-        return self._request(  # type: ignore[no-any-return]
+        answer: V = self._request(
             "GET", f"/{collection}/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
             headers={"Accept": f"{MEDIA_TYPE}, application/json"},
             read=partial(read_packed_version, kind=kind))
+        if not _answers(parsed, answer.name, answer.seq, answer.semver, answer.digest):
+            raise IntegrityError(
+                f"asked the server at {self.url} for {ref}, it answered "
+                f"{answer.name}@{answer.semver} (#{answer.seq}, sha:{answer.digest[:12]})",
+                hint="the server (or its database) answers another version than the one asked "
+                "for; do not use its answers until that is explained",
+            )
+        return answer
 
     def _new_version(self, path: str, fields: dict[str, Any], files: Sequence[Any],
                      bump: str | None, kind: type[V], **kwargs: Any) -> V:
@@ -860,7 +887,7 @@ class RemoteRegistry:
     def promote_dataset(self, ref: str, alias: str, *, reason: str = "") -> AliasMove:
         return AliasMove(**self._call("promote_dataset", ref, alias, reason=reason))
 
-    def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+    def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """As ``Registry.download_dataset``: chunks fetched through the gateway, verified here."""
         target = Path(dest)
         if target.exists():

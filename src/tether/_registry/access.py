@@ -73,6 +73,15 @@ def held_roles(registry: Registry, principal: str, model: str | None) -> tuple[s
     return tuple(cached(("roles", id(registry.engine), principal, model), lookup))
 
 
+def may(registry: Registry, role: str, model: str | None) -> bool:
+    """Whether the actor holds ``role`` (on ``model``, or registry-wide): ``require`` without
+    the refusal, for leaving out what the caller may not see."""
+    if not enforces_roles(registry):
+        return True
+    held = held_roles(registry, registry.actor, model)
+    return any(role_rank(r) >= role_rank(role) for r in held)
+
+
 def require(registry: Registry, role: str, model: str | None, action: str) -> None:
     """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide)."""
     if not enforces_roles(registry):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._errors import AmbiguousReference, NotFound
+from .._errors import AmbiguousReference, NotFound, PermissionDenied
+from .datasets import find_by_digest
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
@@ -57,16 +58,17 @@ def model_lineage(registry: RegistryAPI, version: ModelVersion) -> dict[str, Any
             "ref": entry.get("ref"), "digest": entry.get("digest"),
             "via": entry.get("via", "declared"),
         }
-        here = _found(lambda e=entry: registry.get_dataset(f"{e['dataset']}@sha:{e['digest']}"))
-        if here is None:
-            item.update(status="missing", also_used_by=[])
+        try:
+            here = find_by_digest(registry, str(entry["dataset"]), str(entry.get("digest")))
+        except PermissionDenied:
+            # The caller may read this model but not that dataset: say so, show no more.
+            item.update(status="no access", also_used_by=[])
         else:
-            item.update(
-                status=here.status,
-                aliases=list(here.aliases),
-                also_used_by=[u for u in here.used_by
-                              if u.get("digest", "").removeprefix("sha:") != version.digest],
-            )
+            if here is None:
+                item.update(status="missing", also_used_by=[])
+            else:
+                item.update(status=here.status, aliases=list(here.aliases),
+                            also_used_by=[u for u in here.used_by if u.get("ref") != version.ref])
         inputs.append(item)
     return {"kind": "model", "ref": version.ref, "digest": f"sha:{version.digest}",
             "status": version.status, "data": inputs}

@@ -1025,42 +1025,60 @@ def data_inputs(registry: RegistryAPI, data: Any) -> dict[str, dict[str, Any]]:
 
 def read_inputs(
     registry: RegistryAPI, declared: Mapping[str, Mapping[str, Any]]
-) -> tuple[dict[str, dict[str, Any]], list[reads.Read]]:
-    """Links for the dataset versions this process read since its last log (``reads``).
+) -> dict[str, dict[str, Any]]:
+    """Links for the dataset versions this process read so far (see ``reads``).
 
-    Returns the entries to add beside ``declared`` and the reads they account
-    for (recorded or not linkable), to clear once the version is committed.
-    A read version ``declared`` already names is not added twice; one this
-    registry does not hold (the same name and digest) is skipped with a
-    warning: it was read from another registry. Each entry is named by its
-    dataset (``name@version`` when ``declared`` uses that name) and says
-    ``"via": "read"`` (a file was opened) or ``"use_dataset"``.
+    Returns the entries to add beside ``declared``. A read version ``declared``
+    already names is not added twice; one this registry does not hold (the same
+    name and digest) is skipped, with a warning the first time: it was read from
+    another registry. Each entry is named by its dataset (``name@version`` when
+    that name is taken) and says ``"via": "read"`` (a file was opened) or
+    ``"use_dataset"``.
     """
     pending = reads.noted()
     if not pending:
-        return {}, []
+        return {}
     have = {(str(e.get("dataset")), str(e.get("digest"))) for e in declared.values()}
     taken = set(declared)
     added: dict[str, dict[str, Any]] = {}
     for read in pending:
-        version = read.version
-        if (version.name, version.digest) in have:
+        if (read.name, read.digest) in have:
             continue
-        try:
-            here = registry.get_dataset(f"{version.name}@sha:{version.digest}")
-        except NotFound:
-            warn_caller(
-                f"{version.ref} ({version.short_digest}) was read in this process but this "
-                f"registry does not hold it (read from another registry?); it is not recorded "
-                f"as this model's data",
-                reads.UnrecordedReadWarning,
-            )
+        here = find_by_digest(registry, read.name, read.digest)
+        if here is None:
+            if reads.first_warning(registry.describe(), read):
+                warn_caller(
+                    f"{read.ref} (sha:{read.digest[:12]}) was read in this process but this "
+                    f"registry does not hold it (read from another registry?); it is not "
+                    f"recorded as this model's data",
+                    reads.UnrecordedReadWarning,
+                )
             continue
         role = here.name if here.name not in taken else f"{here.name}@{here.semver}"
         taken.add(role)
         have.add((here.name, here.digest))
         added[role] = {**data_entry(here), "via": read.via}
-    return added, pending
+    return added
+
+
+def find_by_digest(registry: RegistryAPI, name: str, digest: str) -> DatasetVersion | None:
+    """Dataset ``name``'s version whose content digest is ``digest``, or None.
+
+    The answer's digest is checked: a server answering another version for
+    ``name@sha:DIGEST`` (each version is intact on its own) is refused.
+    """
+    try:
+        found = registry.get_dataset(f"{name}@sha:{digest}")
+    except NotFound:
+        return None
+    if found.name != name or found.digest != digest:
+        raise IntegrityError(
+            f"asked for {name}@sha:{digest[:12]}, the registry answered {found.ref} "
+            f"(sha:{found.digest[:12]})",
+            hint="the server (or its database) answers another version than the one asked "
+            "for; do not use its answers until that is explained",
+        )
+    return found
 
 
 def record_links(registry: Registry, version: ModelVersion) -> None:

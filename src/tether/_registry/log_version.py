@@ -36,7 +36,6 @@ from .datasets import data_inputs, read_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
 from .previous import previous_chunks
-from .reads import recorded
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -138,9 +137,9 @@ def log_model(
     metrics_ = _check_metrics(metrics)
     tags_ = {str(k): str(v) for k, v in (tags or {}).items()}
     data_ = data_inputs(registry, data)  # dataset references ("ds@2") become links
-    # Datasets this process read since its last log: linked too (see reads.py).
-    read_links, accounted = read_inputs(registry, data_) if record_reads else ({}, [])
-    data_ = {**data_, **read_links}
+    # Datasets this process read: linked too (see reads.py).
+    if record_reads:
+        data_ = {**data_, **read_inputs(registry, data_)}
     from .. import _flavors as flavors  # the frameworks' modules: only to save or load
 
     chosen = flavors.get_flavor(flavor) if flavor else flavors.detect_flavor(model)
@@ -189,9 +188,7 @@ def log_model(
         author=author or registry.actor or current_author(),
     )
     try:
-        version = registry.commit(name, values.checked(), bump)
-        recorded(accounted)  # those reads belong to this version now
-        return version
+        return registry.commit(name, values.checked(), bump)
     finally:
         # Committed: the version keeps its chunks alive. Refused: nothing needs them.
         registry.store.release_pin(report.pin)

@@ -1,17 +1,23 @@
-"""The dataset versions this process read, for the lineage of its next ``log_model``.
+"""The dataset versions this process read, for the lineage of the models it logs.
 
 Reading a file of a dataset version through Tether (``tether.open_dataset``, the
 ``tether://`` filesystem, ``Registry.open_dataset``) or naming it with
-``tether.use_dataset`` notes the version here. The next ``log_model`` of the
+``tether.use_dataset`` notes the version here. Every later ``log_model`` of the
 process links each noted version that its registry holds (the same name and
-content digest) beside what ``data=`` names, and clears the notes it recorded:
-a read belongs to the model logged after it. A version the registry does not
-hold (read from another registry) is not linked; the caller is warned.
+content digest) beside what ``data=`` names. A version the registry does not
+hold (read from another registry) is not linked; the caller is warned once.
 
-Why per process and cleared on use: a training script reads its data and then
-logs its model; a notebook that trains several models one after another gets
-each read on the model that follows it. Read a dataset again, or call
-``use_dataset``, to link it to a later model as well.
+Why every read so far, for every later log, rather than each read for the next
+log only (as first built): lineage is what an auditor asks "which models could
+a bad dataset version have touched?" with, so a read must never go missing. A
+read cleared by one log went missing from the next model trained on the same
+frame, from a log to another registry, and made re-running a notebook cell
+(the same model, nothing read since) register a new version without lineage
+instead of returning the existing one. The price is over-linking: a process
+that trains several models on different data links each to all of it; name
+the data with ``data=`` and pass ``record_reads=False``, or call
+``forget_reads()`` between experiments. Reads in other processes (a data
+loader's forked workers) are not seen: name such data with ``use_dataset``.
 """
 
 from __future__ import annotations
@@ -25,9 +31,6 @@ from .._envflags import env_off
 if TYPE_CHECKING:
     from .datasets import DatasetVersion
 
-_lock = threading.Lock()
-_noted: dict[tuple[str, str], Read] = {}  # (name, digest) -> the read, in the order first read
-
 
 class UnrecordedReadWarning(UserWarning):
     """A dataset version read in this process is not in the registry a model is logged to."""
@@ -35,8 +38,17 @@ class UnrecordedReadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Read:
-    version: DatasetVersion
+    """What is kept of a read: enough to find the version again, not its manifest."""
+
+    name: str
+    digest: str
+    ref: str
     via: str  # "read" (a file opened) or "use_dataset" (named by the program)
+
+
+_lock = threading.Lock()
+_noted: dict[tuple[str, str], Read] = {}  # (name, digest) -> the read, in the order first read
+_warned: set[tuple[str, str, str]] = set()  # (registry, name, digest) already warned about
 
 
 def enabled() -> bool:
@@ -45,31 +57,34 @@ def enabled() -> bool:
 
 
 def note(version: DatasetVersion, via: str = "read") -> None:
-    """Remember that this process used ``version`` (once per name and digest)."""
+    """Remember that this process used ``version`` (once per name and digest;
+    a ``use_dataset`` of a version already read says so)."""
     if not enabled():
         return
     with _lock:
         key = (version.name, version.digest)
         if key not in _noted or via == "use_dataset":
-            _noted[key] = Read(version, via)
+            _noted[key] = Read(version.name, version.digest, version.ref, via)
 
 
 def noted() -> list[Read]:
-    """What was used since the last ``log_model`` that recorded it, first read first."""
+    """Every dataset version this process used so far, first read first."""
     with _lock:
         return list(_noted.values())
 
 
-def recorded(reads: list[Read]) -> None:
-    """Clear the notes of ``reads`` (a ``log_model`` committed them, or could not link them)."""
+def first_warning(registry: str, read: Read) -> bool:
+    """Whether ``read`` missing from ``registry`` has not been warned about yet (and now is)."""
+    key = (registry, read.name, read.digest)
     with _lock:
-        for read in reads:
-            key = (read.version.name, read.version.digest)
-            if _noted.get(key) is read:
-                del _noted[key]
+        if key in _warned:
+            return False
+        _warned.add(key)
+        return True
 
 
 def forget() -> None:
-    """Clear every note (``tether.forget_reads()``)."""
+    """Forget every read (``tether.forget_reads()``): later logs link none of them."""
     with _lock:
         _noted.clear()
+        _warned.clear()

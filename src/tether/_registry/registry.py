@@ -6,6 +6,7 @@ methods; the use cases themselves live in the sibling modules, one job each.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -851,7 +852,13 @@ class Registry:
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         """The dataset version ``ref`` names, with the model versions trained on it."""
         self.require("reader", _model_of(ref), action="reading dataset versions")
-        return datasets.get_dataset(self, ref)
+        version = datasets.get_dataset(self, ref)
+        # A reader of the dataset is not told which models it fed unless it may read them.
+        hidden = [u for u in version.used_by if not access.may(self, "reader", str(u["model"]))]
+        if not hidden:
+            return version
+        return dataclasses.replace(
+            version, used_by=tuple(u for u in version.used_by if u not in hidden))
 
     def diff_datasets(self, old_ref: str, new_ref: str) -> dict[str, Any]:
         from . import datasets_diff  # fsspec and the chunk store: only for a diff

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._digest import blake3_hex
 from .._environment import export_dockerfile, export_requirements, roots_for_flavor
-from .._errors import TetherError
+from .._errors import NotFound, TetherError
 from .._records import ModelVersion
+from .datasets import find_by_digest
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
@@ -32,10 +35,11 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
     for name, info in version.data.items():
         if info.get("dataset"):
             digest = str(info.get("digest"))
-            steps.append(
-                f"fetch data {name!r}, dataset {info.get('ref')} (sha:{digest[:12]}): "
-                f"tether data download {info['dataset']}@sha:{digest} {data_folder(name)}"
-            )
+            # Quoted: the names come from the registry, and this line is made to be pasted.
+            command = shlex.join(["tether", "data", "download", f"{info['dataset']}@sha:{digest}",
+                                  data_folder(name)])
+            steps.append(f"fetch data {name!r}, dataset {info.get('ref')} (sha:{digest[:12]}): "
+                         f"{command}")
             continue
         steps.append(
             f"provide data {name!r} with digest {info.get('digest')} "
@@ -60,9 +64,15 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
 
 
 def data_folder(role: str) -> str:
-    """Where ``reproduce -o DIR`` writes the dataset a role names: ``data/<role>``, the
-    role made a single safe path component (it is whatever ``data=`` was keyed by)."""
-    safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", role).lstrip(".") or "_"
+    """Where ``reproduce -o DIR`` writes the dataset a role names: ``data/<role>``.
+
+    A role is whatever ``data=`` was keyed by, so it is made one safe path component
+    of at most 80 characters; one that had to change gets a hash of itself appended,
+    so that two roles never share a folder (``train/eu`` and ``train_eu``).
+    """
+    safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", role).lstrip(".")[:64]
+    if safe != role:
+        safe = f"{safe}-{blake3_hex(role.encode())[:12]}"
     return f"data/{safe}"
 
 
@@ -78,10 +88,16 @@ def fetch_data(registry: RegistryAPI, version: ModelVersion, folder: Path) -> li
             continue
         target = folder / data_folder(role)
         try:
-            registry.download_dataset(f"{info['dataset']}@sha:{info.get('digest')}", target,
-                                      progress=False)
+            found = find_by_digest(registry, str(info["dataset"]), str(info.get("digest")))
+            if found is None:
+                raise NotFound(f"the registry no longer holds {info.get('ref')} "
+                               f"(sha:{str(info.get('digest'))[:12]})")
+            registry.download_dataset(f"{found.name}@sha:{found.digest}", target, progress=False)
         except TetherError as error:
             problems.append(f"data {role!r} ({info.get('ref')}): {error.message}")
+        except OSError as error:
+            problems.append(f"data {role!r} ({info.get('ref')}): could not write {target}: "
+                            f"{error.strerror or error}")
     return problems
 
 

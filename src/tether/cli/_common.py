@@ -111,6 +111,11 @@ def handle_errors(func: F) -> F:
             raise  # click prints the usage line with it
         except click.ClickException as error:
             fail(error.format_message(), code="error", as_json=as_json)
+        except OSError as error:
+            # A folder where a file was expected, a name too long, a full disk: say which.
+            where = f" ({error.filename})" if error.filename else ""
+            fail(f"{error.strerror or error}{where}", code="os_error", as_json=as_json,
+                 hint="check the path and that there is room and permission to write there")
 
     return wrapper  # type: ignore[return-value]
 
@@ -134,12 +139,15 @@ def table(
             lines.append("  ".join(padded).rstrip())
         return Text("\n".join(lines), no_wrap=True, overflow="ignore")
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
     for row in cells:
-        grid.add_row(*row)
+        # Text, not str: a cell is data (a tag, an author, a data= key), and rich would
+        # read "[/bold]" in it as markup (a MarkupError traceback on a terminal).
+        grid.add_row(*(Text(cell) for cell in row))
     return grid
 
 

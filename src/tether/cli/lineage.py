@@ -36,7 +36,7 @@ def lineage(ctx: click.Context, ref: str, kind: str | None, as_json: bool) -> No
         return
     head = f"{graph['ref']}  {graph['digest'][:16]}  status={graph['status']}"
     if graph["kind"] == "dataset":
-        console.print(f"dataset {head}")
+        console.print(f"dataset {head}", markup=False)
         users = graph["used_by"]
         if users:
             console.print(table(["MODEL VERSION", "AS", "DIGEST", "STATUS"],
@@ -45,7 +45,7 @@ def lineage(ctx: click.Context, ref: str, kind: str | None, as_json: bool) -> No
         else:
             console.print("models trained on it: none recorded")
         return
-    console.print(f"model {head}")
+    console.print(f"model {head}", markup=False)
     if not graph["data"]:
         console.print("data: none recorded (log with data=..., or read datasets through "
                       "tether.open_dataset before logging)")

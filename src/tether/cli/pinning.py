@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 
 from .._lockfile import LOCK_NAME, find_lock, read_lock
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import (
+    console,
+    emit_json,
+    escape,
+    handle_errors,
+    json_option,
+    registry_from,
+    table,
+)
 
 lock_option = click.option(
     "--lock",
@@ -202,9 +210,9 @@ def reproduce(
         else:
             console.print("wrote " + ", ".join(str(p) for p in written))
             for path in fetched:
-                console.print(f"data: {path} (every byte verified)")
+                console.print(f"data: {path} (every byte verified)", markup=False)
             for problem in problems:
-                console.print(f"[red]could not fetch {problem}[/]")
+                console.print(f"[red]could not fetch {escape(problem)}[/]")
         if problems:
             sys.exit(1)
         return
