@@ -202,10 +202,9 @@ def log_model(
     changed; ``bump="major"|"minor"|"patch"`` or ``"2.0.0"`` asks for more.
     Identical content and metadata return the existing version.
 
-    Dataset versions this process read through Tether since its last log
-    (``open_dataset``, ``tether://`` paths, ``use_dataset``) are recorded as
-    links beside ``data=``, each marked ``"via"``; ``record_reads=False`` leaves
-    them for a later log.
+    Dataset versions this process read through Tether so far (``open_dataset``,
+    ``tether://`` paths, ``use_dataset``) are recorded as links beside ``data=``,
+    each marked ``"via"``; ``record_reads=False`` records only ``data=``.
     """
     with open(registry) as reg:
         return reg.log_model(
@@ -307,10 +306,10 @@ def use_dataset(ref: str, *, registry: str | Path | None = None) -> DatasetVersi
     """The dataset version ``ref`` names, noted as used by this process.
 
     For data that reaches the training code some other way than through Tether
-    (a `tether data checkout` earlier, a copy made by another tool): the next
-    ``log_model`` in this process links the version, as it does for a version
-    read through ``open_dataset``. Returns the version (its files, digests and
-    aliases).
+    (a `tether data checkout` earlier, a copy made by another tool, a data
+    loader's worker processes): every later ``log_model`` in this process links
+    the version, as it does for a version read through ``open_dataset``.
+    Returns the version (its files, digests and aliases).
     """
     from ._registry import reads
 

@@ -246,7 +246,7 @@ def open_file(
     if not isinstance(store, ChunkStore):  # pragma: no cover - every store is a ChunkStore
         raise InvalidInput(f"the store {store.url} cannot stream files")
     raw = ChunkedReader(store, entry, label=f"dataset {version.ref}", on_close=on_close)
-    reads.note(version)  # lineage: the next log_model in this process links it
+    reads.note(version)  # lineage: later log_model calls in this process link it
     return DatasetFile(raw, version)
 
 
