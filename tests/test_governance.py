@@ -212,6 +212,46 @@ def test_a_tampered_lock_is_refused(
         registry.check(lock_path=path)
 
 
+def test_check_reads_lock_files_and_ranges_and_never_compares_nothing(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Only ``name==version`` lines were read: a uv.lock pinning scikit-learn 1.2.0 (the model
+    needs another) or a file of ranges gave no pins, compared nothing, and passed."""
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    registry.lock_add("iris@1.0.0", path=lock)
+    packages = registry.get("iris@1.0.0").environment["packages"]
+    sk, np_ = packages["scikit-learn"], packages["numpy"]
+
+    def env_result(text: str, name: str) -> Any:
+        path = tmp_path / name
+        path.write_text(text)
+        report = registry.check(lock_path=lock, requirements_path=path)
+        return next(r for r in report.results if r.check == "environment")
+
+    uv = env_result('version = 1\n[[package]]\nname = "scikit-learn"\nversion = "1.2.0"\n'
+                    f'[[package]]\nname = "numpy"\nversion = "{np_}"\n', "uv.lock")
+    assert not uv.ok and "scikit-learn" in uv.message and f"scikit-learn=={sk}" in str(uv.fix)
+    poetry = env_result("".join(f'[[package]]\nname = "{n}"\nversion = "{packages[k]}"\n'
+                                for n, k in (("scikit_learn", "scikit-learn"), ("numpy", "numpy"),
+                                             ("SciPy", "scipy"), ("skops", "skops"))),
+                        "poetry.lock")
+    assert poetry.ok, poetry.message
+    pipfile = env_result(json.dumps({"default": {"scikit-learn": {"version": f"=={sk}"},
+                                                 "numpy": {"version": "==1.16.0"}}}),
+                         "Pipfile.lock")
+    assert not pipfile.ok and "numpy" in pipfile.message
+    ranges = env_result("scikit-learn>=1.0\nnumpy\n", "requirements.txt")
+    assert not ranges.ok and "allowed, not pinned" in ranges.message
+    excluded = env_result(f"scikit-learn<1.0\nnumpy=={np_}\n", "req-excl.txt")
+    assert not excluded.ok and f"excludes {sk}" in excluded.message
+    absent = env_result("flask==3.0.0\n", "req-absent.txt")
+    assert not absent.ok and "scikit-learn" in absent.message and "missing" in absent.message
+    (tmp_path / "empty.txt").write_text("# nothing here\n")
+    with pytest.raises(tether.InvalidInput, match="names no package"):
+        registry.check(lock_path=lock, requirements_path=tmp_path / "empty.txt")
+
+
 def test_check_catches_an_environment_mismatch_and_a_missing_version(
     registry: Registry, iris: tuple[Any, Any], tmp_path: Path
 ) -> None:

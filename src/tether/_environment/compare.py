@@ -8,10 +8,12 @@ from typing import Any
 from .capture import canonical_name
 
 KINDS = ("python", "platform", "machine", "accelerator", "framework", "numpy", "package")
-LEVELS = ("major", "minor", "patch", "other", "missing", "added")
+#: "unpinned": an application's requirements allow a range of versions (``tether check``).
+LEVELS = ("major", "minor", "patch", "other", "missing", "unpinned", "added")
 
 #: Lower sorts first: the differences most likely to break a model.
-_SEVERITY = {"major": 0, "missing": 1, "minor": 2, "other": 3, "patch": 4, "added": 5}
+_SEVERITY = {"major": 0, "missing": 1, "unpinned": 2, "minor": 2, "other": 3, "patch": 4,
+             "added": 5}
 _KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 

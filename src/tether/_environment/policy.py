@@ -47,7 +47,7 @@ def _strict_default(d: Difference) -> str:
     if d.kind in ("platform", "machine", "accelerator"):
         return "strict"
     if d.kind in ("framework", "numpy"):
-        return "strict" if d.level in ("major", "minor", "missing") else "warn"
+        return "strict" if d.level in ("major", "minor", "missing", "unpinned") else "warn"
     return "warn" if d.level in ("major", "minor", "missing") else "off"
 
 

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .._environment import compare_environments, evaluate
+from .._environment.app_requirements import AppRequirements, read_requirements
+from .._environment.capture import canonical_name
+from .._environment.compare import Difference
 from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
 from . import env_check
-from .pinning import parse_requirements
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -83,6 +85,34 @@ def application_environment(requirements: dict[str, str], python: str | None) ->
     }
 
 
+def _unpinned_frameworks(
+    version: Any, app: AppRequirements, frameworks: list[str], found: list[Difference]
+) -> list[Difference]:
+    """The model's frameworks (and numpy) the application does not pin to one version.
+
+    A range lets pip install another version than the model was logged with (and
+    one that excludes it certainly does); a framework the application does not name
+    at all is missing. ``compare_environments`` sees neither: it compares pins.
+    """
+    recorded = {canonical_name(k): str(v)
+                for k, v in (version.environment.get("packages") or {}).items()}
+    named = {d.name for d in found}
+    extra = []
+    for package in sorted({canonical_name(f) for f in frameworks} | {"numpy"}):
+        have = recorded.get(package)
+        if have is None or package in app.pins or package in named:
+            continue
+        kind = "numpy" if package == "numpy" else "framework"
+        admits = app.admits(package, have)
+        if admits is None:
+            extra.append(Difference(kind, package, have, None, "missing"))
+        else:
+            spec = app.ranges[package] or "any version"
+            why = "allowed, not pinned" if admits else f"excludes {have}"
+            extra.append(Difference(kind, package, have, f"{spec} ({why})", "unpinned"))
+    return extra
+
+
 def run_check(
     registry: Registry,
     *,
@@ -93,9 +123,8 @@ def run_check(
     verify_bytes: bool = True,
 ) -> CheckReport:
     lock: LockFile = read_lock(lock_path)
-    pins = None
-    if requirements_path is not None:
-        pins = parse_requirements(requirements_path.read_text(), source=str(requirements_path))
+    app = read_requirements(requirements_path) if requirements_path is not None else None
+    pins = app.pins if app is not None else None
     report = CheckReport(str(lock_path), str(requirements_path) if requirements_path else None)
     policy = env_check.choose_policy(env_policy, registry.get_setting("env_policy"))
     add = report.results.append
@@ -131,7 +160,7 @@ def run_check(
                     "restore the store from a backup or re-log the model" if problems else None,
                 )
             )
-        if pins is not None:
+        if app is not None and pins is not None:
             app_env = application_environment(pins, python)
             frameworks = list(version.flavor.get("framework_packages", []))
             found = [
@@ -139,7 +168,10 @@ def run_check(
                 for d in compare_environments(version.environment, app_env, frameworks)
                 # The app need not install what the training machine happened to have.
                 if not (d.kind == "package" and d.level == "missing")
+                # Not pinned is not missing when a range names it: judged below.
+                and not (d.level == "missing" and d.name in app.ranges)
             ]
+            found += _unpinned_frameworks(version, app, frameworks, found)
             verdict = evaluate(found, policy)
             fixes = [
                 f"{d.name}=={d.recorded}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidInput, NotFound
+from .._errors import NotFound
 from .._lockfile import LockEntry, LockFile, find_lock, open_or_create, read_lock
 from .._metadata.clock import now_iso
 from .._records import ModelVersion
@@ -122,22 +122,3 @@ def pinned_reference(registry: Registry, ref: str) -> str:
             PinnedVersionWarning,
         )
     return pinned
-
-
-def parse_requirements(text: str, *, source: str) -> dict[str, str]:
-    """``name==version`` pins from a requirements/lock file (other lines ignored)."""
-    pins: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith(("-", "git+", "http")):
-            continue
-        line = line.split(";", 1)[0].strip()
-        if "==" not in line:
-            continue
-        name, version = line.split("==", 1)
-        name = name.split("[", 1)[0].strip().lower().replace("_", "-").replace(".", "-")
-        version = version.strip().split(" ", 1)[0]
-        if not name or not version:
-            raise InvalidInput(f"{source}: cannot read {raw!r}")
-        pins[name] = version
-    return pins

@@ -115,8 +115,9 @@ def lock_list(lock_path: Path | None, as_json: bool) -> None:
     "--requirements",
     "requirements_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The application's pinned requirements (name==version lines); "
-    "default: requirements.lock or requirements.txt beside the lock.",
+    help="The application's requirements: a requirements file, uv.lock, poetry.lock, "
+    "pylock.toml or Pipfile.lock; default: the first of those (requirements.lock, then "
+    "requirements.txt, then the lock files) beside tether.lock.",
 )
 @click.option("--python", help="Python version the application runs (default: this one).")
 @click.option("--policy", "env_policy", help="Environment policy (default: as for load).")
@@ -148,7 +149,8 @@ def check(
     if path is None:
         raise click.ClickException(f"no {LOCK_NAME} here; pin models with `tether lock add REF`")
     if requirements_path is None:
-        for name in ("requirements.lock", "requirements.txt"):
+        for name in ("requirements.lock", "requirements.txt", "uv.lock", "poetry.lock",
+                     "pylock.toml", "Pipfile.lock"):
             if (path.parent / name).is_file():
                 requirements_path = path.parent / name
                 break

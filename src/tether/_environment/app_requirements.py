@@ -1,0 +1,123 @@
+"""What an application says it installs: a requirements file or a lock file, read.
+
+`tether check --requirements FILE` compares each pinned model's recorded
+environment with this. It used to read only ``name==version`` lines, so a
+``uv.lock`` or a requirements file of ranges (``scikit-learn>=1.0``) gave no
+pins at all, the comparison compared nothing, and the gate passed a model
+logged with scikit-learn 1.9.1 beside an application locked to 1.2.0.
+
+Read here: requirements files (pins and ranges; ``-r``/``-c`` includes and
+options are skipped), ``uv.lock`` and ``poetry.lock`` (``[[package]]``),
+``pylock.toml`` (PEP 751, ``[[packages]]``) and ``Pipfile.lock`` (its
+``default`` section). A file none of them can read, or one that names no
+package, is an error rather than an empty answer.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import InvalidInput
+from .capture import canonical_name
+
+FORMATS = "requirements.txt, uv.lock, poetry.lock, pylock.toml or Pipfile.lock"
+
+
+@dataclass(frozen=True)
+class AppRequirements:
+    """Exact pins (name -> version) and ranges (name -> specifier text), by canonical name."""
+
+    pins: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, str] = field(default_factory=dict)
+
+    def admits(self, name: str, version: str) -> bool | None:
+        """Whether the range for ``name`` admits ``version`` (None: no range for it)."""
+        spec = self.ranges.get(name)
+        if spec is None:
+            return None
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            return SpecifierSet(spec).contains(version, prereleases=True)
+        except InvalidSpecifier:
+            return False
+
+
+def read_requirements(path: Path) -> AppRequirements:
+    """The application's requirements in ``path``, whichever of the formats it is in."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise InvalidInput(f"cannot read {path}: {error.strerror or error}",
+                           hint="pass the application's requirements or lock file") from None
+    name = path.name.lower()
+    if name == "pipfile.lock":
+        found = _pipfile_lock(text, path)
+    elif name.endswith(".lock") or name.endswith(".toml"):
+        found = _toml_lock(text, path)
+    else:
+        found = parse_requirements_text(text, source=str(path))
+    if not found.pins and not found.ranges:
+        raise InvalidInput(
+            f"{path} names no package Tether can read",
+            hint=f"pass the application's {FORMATS}; without one, a check compares nothing",
+        )
+    return found
+
+
+def parse_requirements_text(text: str, *, source: str) -> AppRequirements:
+    """Pins and ranges from requirements-file lines (markers and extras ignored)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    pins: dict[str, str] = {}
+    ranges: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith(("-", "git+", "http")) or "://" in line:
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            raise InvalidInput(f"{source}: cannot read {raw.strip()!r}",
+                               hint="one requirement per line, e.g. scikit-learn==1.9.1") from None
+        package = canonical_name(requirement.name)
+        specs = list(requirement.specifier)
+        exact = [s.version for s in specs if s.operator in ("==", "===") and "*" not in s.version]
+        if exact:
+            pins[package] = exact[0]
+        else:
+            ranges[package] = str(requirement.specifier)  # "" : any version
+    return AppRequirements(pins, ranges)
+
+
+def _toml_lock(text: str, path: Path) -> AppRequirements:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidInput(f"{path} is not a TOML lock file: {error}",
+                           hint=f"pass the application's {FORMATS}") from None
+    entries: Any = data.get("package") or data.get("packages") or []
+    pins = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("name") and entry.get("version"):
+            pins[canonical_name(str(entry["name"]))] = str(entry["version"])
+    return AppRequirements(pins)
+
+
+def _pipfile_lock(text: str, path: Path) -> AppRequirements:
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise InvalidInput(f"{path} is not a Pipfile.lock: {error}",
+                           hint=f"pass the application's {FORMATS}") from None
+    section = data.get("default") if isinstance(data, dict) else None
+    pins = {}
+    for name, entry in (section or {}).items() if isinstance(section, dict) else []:
+        version = str(entry.get("version") or "") if isinstance(entry, dict) else ""
+        if version.startswith("=="):
+            pins[canonical_name(name)] = version[2:]
+    return AppRequirements(pins)
