@@ -87,6 +87,58 @@ def test_promote_explains_every_failed_rule(registry: Registry, iris: tuple[Any,
     assert registry.get("iris@production").semver == "1.0.0"
 
 
+def test_schema_environment_and_metric_max_rules_each_refuse(
+    registry: Registry, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules the policy parser knows, each shown refusing (only min had a test)."""
+    from tether._environment import capture_environment
+    from tether._registry import log_version
+
+    X, _ = iris
+    registry.log_model(fit_logreg(iris), "iris", metrics={"latency_ms": 4.0},
+                       input_example=X.head(3))
+    registry.promote("iris@1", "production", create=True)
+    registry.set_policy("iris", (
+        "aliases:\n  production:\n    checks:\n"
+        "      - {metric: latency_ms, max: 10}\n      - schema_compatible: true\n"
+        "      - environment: strict\n"))
+    columns = list(X.columns[:2])
+    narrow = registry.log_model(fit_logreg(iris, columns=columns), "iris",
+                                metrics={"latency_ms": 25.0}, input_example=X[columns].head(3))
+    with pytest.raises(PolicyViolation) as info:
+        registry.promote(narrow.ref, "production")
+    text = str(info.value)
+    assert "latency_ms" in text and "above the maximum 10" in text
+    assert "schema" in text and registry.get("iris@production").seq == 1
+
+    recorded = capture_environment()
+    older = {**recorded, "packages": {**recorded["packages"], "scikit-learn": "0.20.0"}}
+    monkeypatch.setattr(log_version, "capture_environment", lambda: older)
+    stale = registry.log_model(fit_logreg(iris, C=0.5), "iris", metrics={"latency_ms": 3.0},
+                               input_example=X.head(3))
+    with pytest.raises(PolicyViolation, match="scikit-learn"):
+        registry.promote(stale.ref, "production")
+    assert registry.get("iris@production").seq == 1
+
+
+def test_lock_remove_drops_pins_and_refuses_names_not_pinned(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """The lock file itself says "edit with tether lock add/update/remove"; remove was missing."""
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    registry.lock_add("iris@1", path=lock)
+    env = subprocess_env(TETHER_URI=str(registry.location.root))
+    refused = subprocess.run([tether_exe(), "lock", "remove", "nope", "--lock", str(lock)],
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and "not pinned" in refused.stderr
+    assert "iris" in json.loads(lock.read_text())["models"]
+    done = subprocess.run([tether_exe(), "lock", "remove", "iris", "--lock", str(lock)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(lock.read_text())["models"] == {}
+
+
 def test_roles_approvals_and_authors(registry: Registry, iris: tuple[Any, Any]) -> None:
     _two_versions(registry, iris)
     registry.set_policy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,21 @@ def lock_update(
         lock.models[name] = _entry(version, entry.ref, entry.sends)
     lock.save()
     return moves
+
+
+def lock_remove(names: Sequence[str], *, path: Path | None = None) -> Path:
+    """Drop the pins of ``names`` (every one must be pinned, or nothing changes)."""
+    lock = read_lock(path or _required_lock())
+    unknown = [name for name in names if name not in lock.models]
+    if unknown:
+        raise NotFound(
+            f"not pinned in {lock.path}: {', '.join(unknown)}",
+            hint=f"pinned: {', '.join(sorted(lock.models)) or 'nothing'}",
+        )
+    for name in names:
+        del lock.models[name]
+    lock.save()
+    return lock.path
 
 
 def _required_lock() -> Path:

@@ -78,6 +78,22 @@ def lock_update(
         console.print("every pin is current")
 
 
+@lock_group.command("remove")
+@click.argument("names", nargs=-1, required=True)
+@lock_option
+@json_option
+@handle_errors
+def lock_remove(names: tuple[str, ...], lock_path: Path | None, as_json: bool) -> None:
+    """Stop pinning the models NAMES (the application no longer loads them)."""
+    from .._registry.pinning import lock_remove as remove_pins
+
+    where = remove_pins(names, path=lock_path)
+    if as_json:
+        emit_json({"lock": str(where), "removed": list(names)})
+    else:
+        console.print(f"unpinned {', '.join(names)} in {where}", markup=False)
+
+
 @lock_group.command("list")
 @lock_option
 @json_option
