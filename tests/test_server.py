@@ -491,3 +491,44 @@ def test_pack_bytes_need_a_token_on_the_fast_path_too(
         assert type(caught.value).__name__ in ("Unauthenticated", "PermissionDenied")
         assert buffer == bytes(8)
         stranger.close()
+
+
+def test_a_log_and_a_load_through_a_server_draw_a_bar_on_a_terminal(
+    server: Server, tmp_path: Path
+) -> None:
+    """The remote client's log_model, load and download defaulted to no progress bar,
+    while the embedded registry draws one on a terminal (on stderr, over 8 MiB)."""
+    import pty
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))
+    script = textwrap.dedent(f"""
+        import tether
+        reg = tether.connect({server.url!r}, token={server.admin_token!r})
+        version = reg.log_model({str(big)!r}, "big")
+        reg.download(version.ref, {str(tmp_path / "out")!r})
+    """)
+    main, side = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=side, timeout=120, check=False,
+                              env={**subprocess_env(), "COLUMNS": "120"})
+        os.close(side)
+        side = -1
+        seen = b""
+        while True:
+            try:
+                piece = os.read(main, 65536)
+            except OSError:
+                break
+            if not piece:
+                break
+            seen += piece
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+    assert done.returncode == 0, seen.decode(errors="replace")
+    drawn = seen.decode(errors="replace")
+    assert "storing" in drawn and "loading" in drawn, drawn
+    assert (tmp_path / "out" / "big.bin").read_bytes() == big.read_bytes()

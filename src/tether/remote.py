@@ -518,7 +518,12 @@ class RemoteRegistry:
         return dict(self._request("GET", path))
 
     def log_model(self, model: Any, name: str, **options: Any) -> ModelVersion:
-        """As ``Registry.log_model``: saved and chunked here, committed by the server."""
+        """As ``Registry.log_model``: saved and chunked here, committed by the server.
+
+        A progress bar on a terminal by default, as the embedded registry draws
+        (it had none through a server).
+        """
+        options.setdefault("progress", True)
         return log_version.log_model(self, model, name, **options)  # type: ignore[arg-type]
 
     def load(
@@ -529,7 +534,7 @@ class RemoteRegistry:
         env_policy: str | None = None,
         trusted: bool = False,
         trusted_types: Sequence[str] = (),
-        progress: bool = False,
+        progress: bool = True,
         environment: dict[str, Any] | None = None,
         use_lock: bool = True,
     ) -> Any:
@@ -546,7 +551,7 @@ class RemoteRegistry:
             environment=environment,
         )
 
-    def download(self, ref: str, dest: str | Path, *, progress: bool = False) -> Path:
+    def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         target = Path(dest)
         if target.exists():
             raise InvalidInput(f"{target} already exists", hint="choose a new folder")
