@@ -207,3 +207,12 @@ def test_policy_hints_and_numbering_after_a_delete(backend: Backend, tmp_path: P
     api.delete_version(second.ref)
     third = _log(api, tmp_path, "three")
     assert third.seq == 3  # a deleted number is never given again
+    # `--all` listings, which were refused through a server ("needs an embedded registry").
+    assert [v.seq for v in api.versions("fraud")] == [1, 3]
+    listed = api.versions_with_deleted("fraud")
+    assert [(v.seq, v.status) for v in listed] == [(1, "ready"), (2, "deleted"), (3, "ready")]
+    (tmp_path / "scratch.bin").write_text("gone" * 100)
+    api.log_model(tmp_path / "scratch.bin", "scratch", progress=False)
+    api.delete_model("scratch")
+    assert [m.name for m in api.deleted_models()] == ["scratch"]
+    assert "scratch" not in [m.name for m in api.models()]

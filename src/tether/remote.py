@@ -428,6 +428,14 @@ class RemoteRegistry:
         rows = self._request("GET", f"/models/{quote(name)}/versions")
         return [self._listed(row) for row in rows]
 
+    def deleted_models(self) -> list[ModelInfo]:
+        return [ModelInfo(**m) for m in self._request("GET", "/models",
+                                                      params={"deleted": "1"})]
+
+    def versions_with_deleted(self, name: str) -> list[ModelVersion]:
+        rows = self._request("GET", f"/models/{quote(name)}/versions", params={"deleted": "1"})
+        return [self._listed(row) for row in rows]
+
     def _listed(self, data: dict[str, Any], kind: type[V] = ModelVersion,  # type: ignore[assignment]
                 ) -> V:
         """A version of a list (a model's or a dataset's): a large chunk list comes as its

@@ -303,6 +303,16 @@ class Registry:
         self.require("reader", action="listing models")
         return model_search.all_models(self)
 
+    def deleted_models(self) -> list[ModelInfo]:
+        """Models deleted with ``delete_model``, under their original names."""
+        self.require("reader", action="listing models")
+        return catalog.deleted_models(self)
+
+    def versions_with_deleted(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name`` by sequence number, deleted ones included."""
+        self.require("reader", name, action="reading versions")
+        return catalog.versions_with_deleted(self, name)
+
     def versions(self, name: str) -> list[ModelVersion]:
         self.require("reader", name, action="reading versions")
         with self.read() as conn:

@@ -19,20 +19,10 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._records import ModelInfo, ModelVersion
-    from .._registry.registry import Registry
 
 all_option = click.option(
     "--all", "show_all", is_flag=True, help="Include deleted ones (their records stay)."
 )
-
-
-def _embedded(registry: Registry, option: str) -> Registry:
-    from .._errors import InvalidInput
-    from .._registry.registry import Registry
-
-    if not isinstance(registry, Registry):
-        raise InvalidInput(f"{option} needs an embedded registry, not a server client")
-    return registry
 
 
 @click.command()
@@ -45,9 +35,7 @@ def models(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     registry = registry_from(ctx)
     found: list[tuple[ModelInfo, bool]] = [(m, False) for m in registry.models()]
     if show_all:
-        from .._registry.catalog import deleted_models
-
-        found += [(m, True) for m in deleted_models(_embedded(registry, "--all"))]
+        found += [(m, True) for m in registry.deleted_models()]
     if as_json:
         emit_json([{**m.to_dict(), "deleted": gone} for m, gone in found])
         return
@@ -86,12 +74,7 @@ def versions(
 ) -> None:
     """List the versions of model NAME, oldest first."""
     registry = registry_from(ctx)
-    if show_all:
-        from .._registry.catalog import versions_with_deleted
-
-        found = versions_with_deleted(_embedded(registry, "--all"), name)
-    else:
-        found = registry.versions(name)
+    found = registry.versions_with_deleted(name) if show_all else registry.versions(name)
     if branch is not None:
         found = [v for v in found if (v.lineage.get("git") or {}).get("branch") == branch]
     if as_json:

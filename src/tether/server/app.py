@@ -44,8 +44,14 @@ from .packed import (
     version_answer,
 )
 
+
 #: Registry methods callable through /api/v1/call. Each checks who may call it
 #: itself (see _registry/access.py); the server only authenticates the caller.
+def _flag(request: Request, name: str) -> bool:
+    """A query flag: ``?deleted=1`` (or true/yes/on); anything else is off."""
+    return request.query_params.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 RPC_METHODS: frozenset[str] = frozenset(
     {
         "set_setting",
@@ -209,12 +215,14 @@ class Api:
 
     async def models(self, request: Request) -> Any:
         reg, _who = self.as_caller(request)
-        return [m.to_dict() for m in await run_in_threadpool(reg.models)]
+        listing = reg.deleted_models if _flag(request, "deleted") else reg.models
+        return [m.to_dict() for m in await run_in_threadpool(listing)]
 
     async def versions(self, request: Request) -> Any:
         name = request.path_params["name"]
         reg, _who = self.as_caller(request)
-        found = await run_in_threadpool(reg.versions, name)
+        listing = reg.versions_with_deleted if _flag(request, "deleted") else reg.versions
+        found = await run_in_threadpool(listing, name)
         # Large chunk lists as their lengths: each is one version's, asked for by itself.
         return [v.to_dict(with_environment=False, brief_lists=True) for v in found]
 

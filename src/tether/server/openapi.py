@@ -19,6 +19,11 @@ _UNAVAILABLE = {
 }
 
 
+_DELETED = {"name": "deleted", "in": "query", "required": False,
+            "schema": {"type": "string", "enum": ["1", "0"]},
+            "description": "1: the deleted ones (their records stay)"}
+
+
 def _op(
     summary: str,
     *,
@@ -170,10 +175,14 @@ def openapi_document() -> dict[str, Any]:
                     ]},
                 )
             },
-            "/models": {"get": _op("List models")},
+            "/models": {"get": _op("List models (?deleted=1: the deleted ones)",
+                                   extra={"parameters": [_DELETED]})},
             "/models/{name}/versions": {
-                "get": _op("List a model's versions (large chunk lists as chunk_count)",
-                           params=model),
+                "get": _op("List a model's versions (large chunk lists as chunk_count; "
+                           "?deleted=1: deleted ones too)", params=model,
+                           extra={"parameters": [
+                               {"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}, _DELETED]}),
                 "post": _op(
                     "Register a version whose chunks are uploaded",
                     params=model,
