@@ -162,6 +162,25 @@ def test_registry_gc_and_stats_stream_every_version_on_both_databases(
     assert (out / "v2.bin").read_bytes() == paths[2].read_bytes()
 
 
+def test_retention_keeps_what_an_alias_ever_named_and_what_is_young(
+        registry: Any, tmp_path: Path) -> None:
+    """keep_last=1 expires old versions, except one an alias pointed at (and left), and
+    nothing younger than the grace period (the default hour)."""
+    refs = []
+    for i in range(4):
+        path = tmp_path / f"v{i}.bin"
+        path.write_bytes(os.urandom(50_000))
+        refs.append(registry.log_model(str(path), "m", progress=False).ref)
+    registry.promote(refs[0], "production", create=True)
+    registry.promote(refs[2], "production")  # 1.0.0 was production once
+    young = registry.gc(keep_last=1, dry_run=True)  # the default grace: all are minutes old
+    assert young.expired == [] and young.grace_seconds > 0
+    result = registry.gc(keep_last=1, grace_seconds=0)
+    assert sorted(result.expired) == [refs[1]], result.reasons
+    assert registry.verify(refs[0]) == [] and registry.verify(refs[2]) == []
+    assert registry.verify(refs[3]) == []
+
+
 def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
         tmp_path: Path, monkeypatch: Any) -> None:
     """The live entries of the packs gc drops are gathered a batch at a time (here one

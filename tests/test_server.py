@@ -343,6 +343,27 @@ def test_server_refuses_a_schema_older_than_the_code(tmp_path: Path) -> None:
     assert "older than this Tether" in proc.stderr and "tether db upgrade" in proc.stderr
 
 
+def test_server_refuses_a_schema_newer_than_the_code(tmp_path: Path) -> None:
+    """A database a newer Tether upgraded: this one must not write to it."""
+    import sqlalchemy as sa
+
+    from tether._metadata.engine import create_engine
+
+    db = f"sqlite:///{tmp_path / 'new.db'}"
+    init = subprocess.run([tether_exe(), "server-init", "--db", db, "--store",
+                           f"file://{tmp_path / 'o'}", "--admin", "root@team", "--json"],
+                          capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert init.returncode == 0, init.stderr
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    proc = subprocess.run([tether_exe(), "server", "--db", db, "--port", str(free_port())],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "9999, newer than this Tether knows" in proc.stderr
+
+
 # -- MLflow's own client against Tether ---------------------------------------------------------
 
 
