@@ -189,7 +189,9 @@ def test_registry_server(rendered: dict[str, dict[str, Any]]) -> None:
     assert {s["name"] for s in secrets.values()} == {"tether-registry"}
     assert secrets["TETHER_S3_ENDPOINT_URL"].get("optional") is True
     assert "optional" not in secrets["TETHER_SERVER_DB"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/health"
+    # Readiness on /ready, which a database outage turns 503 (health stays 200: liveness).
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/v1/health"
     # every replica signs audit heads with one key, from a Secret
     key_path = env["TETHER_AUDIT_KEY"]["value"]
     (mount,) = [m for m in container["volumeMounts"] if key_path.startswith(m["mountPath"])]

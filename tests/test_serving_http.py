@@ -285,6 +285,53 @@ endpoints:
 
 
 @pytest.mark.slow
+def test_two_processes_that_see_the_same_failure_roll_the_alias_back_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Serving from a file (as the rendered Kubernetes pods and --workers do), every
+    process rolled back on its own: production went 1.2.0 -> 1.1.0 -> 1.0.0, one version
+    past the last good one. A rollback now happens only from the version that failed."""
+    from tether.serving.config import load_deployment
+
+    oldest = registry.log_model(_flaky_model(None), "scorer")
+    good = registry.log_model(_flaky_model(None), "scorer", notes="good")
+    bad = registry.log_model(_flaky_model(3), "scorer", notes="new backend")
+    for version in (oldest, good, bad):
+        registry.promote(version.ref, "production", create=True)
+    # The supervisors tick once a minute: the test judges each process itself, in turn.
+    (tmp_path / "deploy.yaml").write_text("""
+server: {poll_interval: 60}
+endpoints:
+  scorer:
+    routes: [scorer@production]
+    trusted: true
+    rollback: {window: 30, min_requests: 6, rules: ["error_rate > 0.2"]}
+""")
+    deployment = load_deployment(tmp_path / "deploy.yaml")
+    other = tether.open(registry.location.root, actor=registry.actor)  # its own connection
+    try:
+        with BackgroundServer(registry, deployment) as one, \
+                BackgroundServer(other, deployment) as two, \
+                httpx.Client() as client:
+            for _ in range(10):  # both see 1.2.0 fail
+                for server in (one, two):
+                    client.post(server.url + PREDICT.format("scorer"),
+                                json={"records": [{"x": 1.0}]})
+            for server in (one, two):  # one's rule fires first, then two's
+                endpoint = server.runtime.endpoints["scorer"]
+                endpoint.check()
+                endpoint._loader.submit(lambda: None).result(timeout=30)
+                served = client.post(server.url + PREDICT.format("scorer"),
+                                     json={"records": [{"x": 1.0}]})
+                assert served.headers["x-model-version"].startswith(good.ref)
+    finally:
+        other.close()
+    assert registry.get("scorer@production").semver == good.semver
+    events = registry.audit_log(action="alias.rollback")
+    assert [(e.before, e.after) for e in events] == [(bad.semver, good.semver)]
+
+
+@pytest.mark.slow
 def test_pinned_canary_is_drained_on_latency_and_feedback_rules(
     registry: Registry, tmp_path: Path
 ) -> None:

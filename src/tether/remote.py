@@ -650,12 +650,13 @@ class RemoteRegistry:
         )
         return AliasMove(**data)
 
-    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasMove:
+    def rollback(self, name: str, alias: str, *, reason: str = "",
+                 from_digest: str | None = None) -> AliasMove:
+        body: dict[str, Any] = {"reason": reason}
+        if from_digest is not None:
+            body["from_digest"] = from_digest
         return AliasMove(
-            **self._request(
-                "POST", self._alias_path(name, alias) + "/rollback", json={"reason": reason}
-            )
-        )
+            **self._request("POST", self._alias_path(name, alias) + "/rollback", json=body))
 
     def delete_alias(self, name: str, alias: str) -> AliasMove:
         return AliasMove(**self._request("DELETE", self._alias_path(name, alias)))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import NotFound, PolicyViolation
+from .._errors import Conflict, NotFound, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._policy import role_to_move
@@ -142,11 +142,13 @@ def _policy_alias_names(conn: sa.Connection, mid: int) -> list[str]:
 
 
 def rollback(
-    registry: Registry, name: str, alias: str, *, actor: str, reason: str = ""
+    registry: Registry, name: str, alias: str, *, actor: str, reason: str = "",
+    from_digest: str | None = None,
 ) -> AliasMove:
     validate_alias_name(alias)
     with registry.write() as conn:
-        return rollback_in(conn, name, alias, actor=actor, reason=reason)
+        return rollback_in(conn, name, alias, actor=actor, reason=reason,
+                           from_digest=from_digest)
 
 
 def rollback_in(
@@ -157,13 +159,29 @@ def rollback_in(
     actor: str,
     reason: str = "",
     details: dict[str, Any] | None = None,
+    from_digest: str | None = None,
 ) -> AliasMove:
-    """`rollback` inside the caller's transaction (a deployment's rule rolls back here)."""
+    """`rollback` inside the caller's transaction (a deployment's rule rolls back here).
+
+    ``from_digest``: roll back only if the alias points at that version now. Several
+    serving processes that see the same version fail each roll back; without the
+    condition the second one rolled back again, past the last good version.
+    """
     mid = require_model(conn, name, lock=True)
     require_role_to_move(conn, actor, name, alias)
     current = repo.alias_row(conn, mid, alias)
     if current is None:
         raise unknown_alias(conn, mid, name, alias)
+    if from_digest is not None:
+        row = repo.version_by_id(conn, current.version_id)
+        now = row.digest if row is not None else ""
+        if now != from_digest.removeprefix("sha:"):
+            raise Conflict(
+                f"{name}@{alias} no longer points at sha:{from_digest.removeprefix('sha:')[:12]} "
+                f"(now {_semver_of(conn, current.version_id)}); not rolled back again",
+                hint="it was moved (or rolled back) meanwhile; see "
+                f"`tether alias history {name} {alias}`",
+            )
     sets = repo.live_sets(conn, mid, alias)
     # Drop the moves that led to the current target (normally just the newest).
     while sets and sets[0].version_id == current.version_id:

@@ -324,10 +324,12 @@ class Api:
 
     async def rollback(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
-        body = await read_json(request, {"reason"}, types={"reason": str})
+        body = await read_json(request, {"reason", "from_digest"},
+                               types={"reason": str, "from_digest": str | None})
         reg, _who = self.as_caller(request)
         move = await run_in_threadpool(
-            lambda: reg.rollback(name, alias, reason=str(body.get("reason", "")))
+            lambda: reg.rollback(name, alias, reason=str(body.get("reason", "")),
+                                 from_digest=body.get("from_digest"))
         )
         return move_json(move)
 

@@ -124,10 +124,11 @@ def openapi_document() -> dict[str, Any]:
                         "create": {"type": "boolean", "default": False},
                     },
                 },
-                "Reason": {
+                "Rollback": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"reason": {"type": "string"}},
+                    "properties": {"reason": {"type": "string"},
+                                   "from_digest": {"type": ["string", "null"]}},
                 },
                 "Call": {
                     "type": "object",
@@ -234,7 +235,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/models/{name}/aliases/{alias}/rollback": {
                 "post": _op(
-                    "Move an alias back to its previous target", params=alias, body="Reason",
+                    "Move an alias back to its previous target (with from_digest: only if "
+                    "it points at that version now, else 409)", params=alias, body="Rollback",
                     body_required=False,
                 )
             },

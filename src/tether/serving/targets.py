@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._errors import TetherError
+from .._errors import Conflict, TetherError
 from .logs import version_fields
 from .pool import LoadedModel
 from .rollback import Breach
@@ -112,8 +112,15 @@ def rollback_slot(endpoint: Endpoint, slot: RouteSlot, breach: Breach) -> None:
 def _rollback_alias(endpoint: Endpoint, slot: RouteSlot, reason: str,
                     entry: dict[str, Any]) -> bool:
     registry, ref = endpoint.registry, slot.reference
+    failing = slot.current
     try:
-        registry.rollback(ref.name, ref.value, reason=reason)
+        # Only from the version this process saw fail: another replica (or worker) that
+        # saw it too may have rolled back first, and a second rollback would go one
+        # version further back than the last good one.
+        registry.rollback(ref.name, ref.value, reason=reason,
+                          from_digest=failing.digest if failing is not None else None)
+    except Conflict:
+        entry.update(note="the alias had already been moved; following it")
     except TetherError as error:
         log.error("cannot roll back alias %s: %s", slot.target, error.message,
                   extra={"endpoint": endpoint.name, "route": slot.name})
