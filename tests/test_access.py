@@ -84,7 +84,7 @@ def test_an_unauthenticated_shell_would_leak_and_the_registry_does_not(tmp_path:
     careless = registry.as_actor(intern, enforce_roles=False)  # the unsafe way
     assert _read(careless.load("fraud@latest", progress=False)) == "w1"  # harm: read
     guarded = registry.as_actor(intern, enforce_roles=True)  # what every shell does
-    with pytest.raises(PermissionDenied, match="on model fraud; intern has no role"):
+    with pytest.raises(PermissionDenied, match="on model fraud; intern has only reader on churn"):
         guarded.load("fraud@latest", progress=False)
     assert _read(guarded.load("churn@latest", progress=False)) == "w2"
 
@@ -98,7 +98,7 @@ def test_rest_mlflow_and_rpc_routes_answer_with_the_use_case_decision(tmp_path: 
     refused = app.get("/api/v1/models/fraud/versions", headers=auth)
     assert refused.status_code == 403
     assert refused.json()["message"] == (
-        "reading versions needs role reader on model fraud; intern has no role"
+        "reading versions needs role reader on model fraud; intern has only reader on churn"
     )
     mlflow = app.get(
         "/api/2.0/mlflow/registered-models/get", params={"name": "fraud"}, headers=auth
@@ -111,8 +111,12 @@ def test_rest_mlflow_and_rpc_routes_answer_with_the_use_case_decision(tmp_path: 
     assert "logging a version needs role contributor" in log.json()["message"]
     alias = app.get("/api/v1/models/fraud/aliases/production", headers=auth)
     assert alias.status_code == 403
-    blobs = app.get("/api/v1/blobs", params={"prefix": "index/"}, headers=auth)
-    assert blobs.status_code == 403 and "reading the store needs role reader" in blobs.text
+    # The index (digests and sizes) serves a role on one model; packs hold every model's bytes.
+    listed = app.get("/api/v1/blobs", params={"prefix": "index/"}, headers=auth)
+    assert listed.status_code == 200 and listed.json()
+    pack = "packs/" + listed.json()[0]["key"].removeprefix("index/").removesuffix(".idx") + ".pack"
+    bytes_ = app.get(f"/api/v1/blobs/{pack}", headers=auth)
+    assert bytes_.status_code == 403 and "packs hold the bytes of every model" in bytes_.text
     assert app.get("/api/v1/models", headers={}).status_code == 401
     registry.close()
 

@@ -414,7 +414,10 @@ class RemoteRegistry:
         return dict(self._request("GET", "/settings"))
 
     def get_setting(self, key: str) -> str | None:
-        return self.settings().get(key)
+        """One setting: any caller may read it (a load needs env_policy), not only readers
+        of the whole registry. (A server that ignores ``?key=`` answers every setting.)"""
+        value = self._request("GET", "/settings", params={"key": key}).get(key)
+        return None if value is None else str(value)
 
     def set_setting(self, key: str, value: str) -> None:
         self._call("set_setting", key, value)

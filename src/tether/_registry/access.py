@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PermissionDenied
 from .._metadata import repository as repo
 from .._policy import role_rank
-from .roles import roles_of
+from .roles import roles_of, scoped_roles_of
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -82,6 +82,28 @@ def may(registry: Registry, role: str, model: str | None) -> bool:
     return any(role_rank(r) >= role_rank(role) for r in held)
 
 
+def scoped_roles(registry: Registry, principal: str) -> list[tuple[str, str]]:
+    def lookup() -> list[tuple[str, str]]:
+        with registry.read() as conn:
+            return scoped_roles_of(conn, principal)
+
+    return list(cached(("scoped", id(registry.engine), principal), lookup))
+
+
+def require_somewhere(registry: Registry, role: str, action: str) -> None:
+    """Refuse ``action`` unless the actor holds ``role`` registry-wide or on some model.
+
+    For what serves a model-scoped role and harms no other model: uploading packs
+    (content-addressed, verified against their index, never overwritten; the
+    version that names them is checked against its own model when committed).
+    """
+    if not enforces_roles(registry):
+        return
+    if any(role_rank(r) >= role_rank(role) for r, _model in scoped_roles(registry, registry.actor)):
+        return
+    require(registry, role, None, action)
+
+
 def require(registry: Registry, role: str, model: str | None, action: str) -> None:
     """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide)."""
     if not enforces_roles(registry):
@@ -91,6 +113,11 @@ def require(registry: Registry, role: str, model: str | None, action: str) -> No
     if any(role_rank(r) >= role_rank(role) for r in held):
         return
     have = ", ".join(held) or "no role"
+    if not held:
+        # "has no role" was wrong for someone granted roles on single models.
+        scoped = scoped_roles(registry, principal)
+        if scoped:
+            have = "only " + ", ".join(f"{r} on {m}" for r, m in scoped)
     scope = f" on model {model}" if model else ""
     raise PermissionDenied(
         f"{action} needs role {role}{scope}; {principal} has {have}",

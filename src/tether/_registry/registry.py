@@ -169,6 +169,10 @@ class Registry:
         """Refuse ``action`` (PermissionDenied) unless the actor may do it (see access.py)."""
         access.require(self, role, model, action)
 
+    def require_somewhere(self, role: str, *, action: str) -> None:
+        """Refuse ``action`` unless the actor holds ``role`` registry-wide or on some model."""
+        access.require_somewhere(self, role, action)
+
     def close(self) -> None:
         self.engine.dispose()
 

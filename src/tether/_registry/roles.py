@@ -26,6 +26,13 @@ def roles_of(conn: sa.Connection, principal: str, model: str | None) -> tuple[st
     return tuple(sorted(set(conn.execute(query).scalars()), key=role_rank))
 
 
+def scoped_roles_of(conn: sa.Connection, principal: str) -> list[tuple[str, str]]:
+    """(role, model) for each grant of ``principal`` on one model."""
+    query = sa.select(grants.c.role, grants.c.model).where(
+        grants.c.principal == principal, grants.c.model.is_not(None))
+    return sorted((str(r), str(m)) for r, m in conn.execute(query))
+
+
 def has_role(conn: sa.Connection, principal: str, role: str, model: str | None) -> bool:
     needed = role_rank(role)
     return any(role_rank(r) >= needed for r in roles_of(conn, principal, model))

@@ -358,7 +358,13 @@ class Api:
         return {"events": count, "ok": not problems, "problems": problems}
 
     async def settings(self, request: Request) -> Any:
+        """Every setting (a reader's), or ``?key=K``: one, to any caller, as the embedded
+        ``get_setting`` answers (a load reads env_policy; a role on one model allows it)."""
         reg, _who = self.as_caller(request)
+        key = request.query_params.get("key")
+        if key is not None:
+            value = await run_in_threadpool(reg.get_setting, key)
+            return {} if value is None else {key: value}
         return await run_in_threadpool(reg.settings)
 
     async def whoami(self, request: Request) -> Any:

@@ -284,12 +284,24 @@ class BlobGateway:
     def blobs(self) -> Any:
         return self.api.registry.store.blobs
 
-    def _caller(self, request: Request, role: str, action: str) -> None:
+    def _caller(self, request: Request, role: str, action: str, key: str = "") -> None:
+        """The registry decides who may; the gateway authenticates.
+
+        Packs hold every model's bytes: reading one needs ``reader`` registry-wide.
+        Everything else serves a role on a single model and harms no other: uploads
+        (content-addressed, checked against their index, never overwritten; the
+        version naming them is checked against its model at commit) and reading
+        the index, pins and leases (digests and sizes, no bytes), which a log needs
+        to know what is stored already.
+        """
         reg, _who = self.api.as_caller(request)
-        reg.require(role, action=action)  # the registry decides; the gateway authenticates
+        if key.startswith("packs/") and role == "reader":
+            reg.require(role, action=f"{action} (packs hold the bytes of every model)")
+        else:
+            reg.require_somewhere(role, action=action)
 
     async def listing(self, request: Request) -> Any:
-        self._caller(request, "reader", "reading the store")
+        self._caller(request, "reader", "reading the store", request.query_params.get("prefix", ""))
         prefix = request.query_params.get("prefix", "")
         if prefix not in _LISTABLE:
             raise InvalidInput(f"cannot list {prefix!r}", hint=f"prefixes: {', '.join(_LISTABLE)}")
@@ -306,6 +318,7 @@ class BlobGateway:
             request,
             "contributor" if method == "PUT" else "reader",
             "uploading artifacts" if method == "PUT" else "downloading artifacts",
+            key,
         )
         if method == "PUT" and not key.startswith("locks/") and _exists(self.blobs, key):
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
@@ -318,7 +331,7 @@ class BlobGateway:
         """The object, or one byte range of it: a local one sent by the kernel where the
         server can (``FileRegion``), else streamed in blocks (never read whole)."""
         key = check_key(request.path_params["key"], write=False)
-        self._caller(request, "reader", "downloading artifacts")
+        self._caller(request, "reader", "downloading artifacts", key)
         size = await run_in_threadpool(_size_of, self.blobs, key)
         header = request.headers.get("range")
         headers = {"Accept-Ranges": "bytes"}
