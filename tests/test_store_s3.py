@@ -143,3 +143,48 @@ def test_a_missing_bucket_is_named(s3_endpoint: str, tmp_path: Path) -> None:
     store = open_store("s3://no-such-bucket/x", cache_dir=tmp_path)
     with pytest.raises(StoreError, match="no-such-bucket"):
         store.refresh()
+
+
+def test_an_endpoint_that_stops_answering_fails_within_the_retry_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that accepts connections and never answers held a call for 8 minutes
+    (boto3's 8 attempts of a 60 s read timeout); it now fails within a few times
+    TETHER_RETRY_SECONDS, with an error naming the store."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        store = open_store("s3://silent/x", cache_dir=tmp_path)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"S3 .* failed"):
+            store.refresh()
+        assert time.monotonic() - started < 60
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -35,7 +35,7 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
         return ChunkStore(LocalBlobs(Path(parsed.path)), cache_dir=cache_dir, **options)
     if parsed.scheme == "s3":
         threshold = options.pop("multipart_threshold", 16 << 20)
-        attempts = options.pop("max_attempts", 8)  # boto3's retries, with backoff
+        attempts = options.pop("max_attempts", 3)  # boto3's tries; then S3Blobs._retrying
         blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold,
                         max_attempts=attempts)
         return ChunkStore(blobs, cache_dir=cache_dir, **options)

@@ -245,7 +245,7 @@ class S3Blobs:
     tmp_dir: Path | None = None
 
     def __init__(self, bucket: str, prefix: str, *, multipart_threshold: int = 16 << 20,
-                 max_attempts: int = 8) -> None:
+                 max_attempts: int = 3) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -253,8 +253,14 @@ class S3Blobs:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
+        # A request waits at most read_timeout for each byte, and boto3 tries it
+        # max_attempts times before _retrying (bounded by TETHER_RETRY_SECONDS) takes
+        # over. With 8 attempts of 60 s, an endpoint that accepted connections and
+        # never answered held a call for 8 minutes; now about three times the retry
+        # budget (at most 60 s a wait), then a clear error.
+        read_timeout = max(5.0, min(60.0, retry_seconds()))
         config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
-                        max_pool_connections=32, connect_timeout=5, read_timeout=60)
+                        max_pool_connections=32, connect_timeout=5, read_timeout=read_timeout)
         #: The endpoint (TETHER_S3_ENDPOINT_URL; empty: AWS): the URL does not name it.
         self.endpoint = os.environ.get("TETHER_S3_ENDPOINT_URL") or ""
         self.client: Any = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)
