@@ -386,3 +386,19 @@ def test_schema_head_read_from_the_scripts_matches_alembic() -> None:
     from tether._metadata.engine import _MIGRATIONS, head_revision
 
     assert head_revision() == ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+
+
+def test_versions_sharing_a_digest_resolve_by_it(registry: Registry, tmp_path: Path) -> None:
+    """The same bytes logged again with other notes is a new version with the same digest
+    (notes are not in it); resolving by that digest, as serving, lock pins and `tether
+    check` do, was refused as ambiguous ("give more digits"), so `tether serve` of such
+    an alias failed."""
+    (tmp_path / "w.bin").write_bytes(b"x" * 1000)
+    first = registry.log_model(tmp_path / "w.bin", "s", notes="one", progress=False)
+    second = registry.log_model(tmp_path / "w.bin", "s", notes="two", progress=False)
+    assert first.digest == second.digest and first.seq != second.seq
+    assert registry.get(f"s@sha:{first.digest}").seq == second.seq
+    assert registry.get(f"s@sha:{first.digest[:10]}").seq == second.seq
+    registry.promote(first.ref, "production", create=True)
+    registry.lock_add("s@production", path=tmp_path / "tether.lock")
+    assert registry.load("s@production", progress=False) is not None

@@ -504,6 +504,8 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
     else:
         found = [r for r in rows if r.digest.startswith(ref.value)]
         what = f"version with digest sha:{ref.value}"
+        if len(found) > 1 and len({r.digest for r in found}) == 1:
+            found = [max(found, key=lambda r: r.seq)]  # the same content: the newest
         if len(found) > 1:
             raise AmbiguousReference(
                 f"sha:{ref.value} matches {len(found)} versions of dataset {ref.name}",

@@ -106,6 +106,11 @@ def resolve_row(conn: sa.Connection, ref: Reference, *,
     )
     if not found:
         raise missing(f"version with digest sha:{ref.value}")
+    if len(found) > 1 and len({r.digest for r in found}) == 1:
+        # Versions with one digest hold the same content (logged again with other notes or
+        # tags, which the digest leaves out): the newest. Resolving by the full digest,
+        # as serving, lock pins and `check` do, refused them as ambiguous.
+        return mid, max(found, key=lambda r: r.seq)
     if len(found) > 1:
         candidates = ", ".join(f"{r.semver} (sha:{r.digest[:16]})" for r in found)
         raise AmbiguousReference(
