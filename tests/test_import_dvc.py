@@ -169,3 +169,28 @@ def test_not_a_dvc_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     (tmp_path / "plain").mkdir()
     monkeypatch.chdir(tmp_path / "plain")
     assert "not a DVC repository" in run(tmp_path / "plain", "import", "dvc", code=1)
+
+
+def test_an_import_keeps_its_scratch_out_of_the_system_temp_folder(
+    dvc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Imports copied whole datasets into /tmp, where a killed import left them for good;
+    they go to the registry's cache folder, named for the process, as ingests do."""
+    import tempfile
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen: list[str] = []
+    real = tempfile.mkdtemp
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        made = real(*args, **kwargs)
+        seen.append(made)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json")}
+    assert done["data/train.csv"]["status"] == "imported"
+    assert list(system_tmp.iterdir()) == []
+    assert seen and all(f"{Path('cache')}/tmp/dvc-" in made for made in seen), seen

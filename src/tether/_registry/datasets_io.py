@@ -36,6 +36,7 @@ import yaml
 
 from .._errors import InvalidInput, NotFound
 from .._store.base import FileEntry
+from .._store.blobs import owner_scratch, user_cache_dir
 from .._store.chunkstore import ChunkStore
 from .._store.handoffs import prompt_handoffs
 from . import reads
@@ -503,7 +504,8 @@ def _clone(url: str) -> Path:
             _git(["fetch", "--quiet", "origin", "+refs/heads/*:refs/heads/*",
                   "+refs/tags/*:refs/tags/*"], cwd=_CLONES[url])
             return _CLONES[url]
-        where = Path(tempfile.mkdtemp(prefix="tether-git-"))
+        # Under the user's cache (TETHER_CACHE_DIR), named for this process, not /tmp.
+        where = Path(tempfile.mkdtemp(**owner_scratch(user_cache_dir(), "git")))
         atexit.register(shutil.rmtree, where, True)
         result = _git(["clone", "--bare", "--quiet", url, str(where)])
         if result.returncode != 0:

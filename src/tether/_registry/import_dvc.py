@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .._errors import InvalidInput, TetherError
+from .._store.blobs import owner_scratch
 from .datasets_io import pointer_path, pointer_text
 
 if TYPE_CHECKING:
@@ -233,7 +234,8 @@ def import_dvc(
             if _object(roots, out.md5) is None:
                 report.status = "missing"
             continue
-        scratch = Path(tempfile.mkdtemp(prefix="tether-dvc-"))
+        # The store's scratch folder, named for this process (never /tmp; see import_mlflow).
+        scratch = Path(tempfile.mkdtemp(**owner_scratch(registry.cache_dir, "dvc")))
         try:
             target, count = _materialize(out, roots, scratch)
             version = registry.add_dataset(

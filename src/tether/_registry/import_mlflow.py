@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._contract import RegistryAPI
 from .._errors import InvalidReference, NotFound, TetherError
 from .._reference import validate_alias_name, validate_model_name
+from .._store.blobs import owner_scratch
 
 if TYPE_CHECKING:
     from .._records import ModelVersion
@@ -325,7 +326,9 @@ def _import_version(
     registry: ImportTarget, client: Any, uri: str, name: str, mv: Any, entry: VersionReport
 ) -> None:
     try:
-        with tempfile.TemporaryDirectory(prefix="tether-mlflow-") as tmp:
+        # In the store's scratch folder, named for this process (never /tmp): a killed
+        # import's download is found and removed by the next ingest or `tether gc`.
+        with tempfile.TemporaryDirectory(**owner_scratch(registry.cache_dir, "mlflow")) as tmp:
             local = _download(client, uri, name, mv, Path(tmp))
             model, flavor, note = _choose_flavor(local)
             params, metrics, run_note = _run_facts(client, mv.run_id)

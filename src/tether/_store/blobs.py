@@ -51,6 +51,14 @@ def scratch_root() -> Path:
     return user_cache_dir() / "tmp"
 
 
+def owner_scratch(cache_dir: Path, kind: str) -> dict[str, Any]:
+    """``tempfile`` arguments for scratch under ``cache_dir/tmp``, named for this process:
+    what a killed process leaves there, the next ingest or `tether gc` removes."""
+    folder = cache_dir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"prefix": f"{kind}-{owner_tag()}{SEP}", "dir": str(folder)}
+
+
 def make_temp(folder: Path, kind: str) -> tuple[int, Path]:
     """A private temporary file under ``folder`` named for its owner (see locking.Owner)."""
     folder.mkdir(parents=True, exist_ok=True)
