@@ -143,6 +143,22 @@ def test_tether_bundle_verify_accepts_the_bundle(signed: dict[str, Path]) -> Non
     assert report["subject"] == "tiny@1.0.0"
 
 
+def test_tether_verify_checks_the_bytes_and_a_bundle_together(signed: dict[str, Path]) -> None:
+    """`tether verify REF --bundle B --public-key K` (what the signing issue asked for)."""
+    args = ["verify", "tiny@1.0.0", "--bundle", str(signed["bundle"]),
+            "--public-key", str(signed["public"])]
+    out = run(signed["root"], *args, "--json")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["ok"] and report["bundle"]["files_checked"] == 2
+    bad = _tamper_signature(signed["bundle"], signed["tmp"] / "bad.json")
+    refused = run(signed["root"], "verify", "tiny@1.0.0", "--bundle", str(bad),
+                  "--public-key", str(signed["public"]))
+    assert refused.exit_code == 1 and "signature does not verify" in refused.output
+    lonely = run(signed["root"], "verify", "tiny@1.0.0", "--bundle", str(signed["bundle"]))
+    assert lonely.exit_code == 2 and "--public-key" in lonely.output
+
+
 def _tamper_payload(bundle: Path, dest: Path) -> Path:
     """Change a digest in the signed statement, keeping it self-consistent but unsigned."""
     import hashlib

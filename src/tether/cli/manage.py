@@ -38,22 +38,42 @@ def init(
 
 @click.command()
 @click.argument("ref")
+@click.option("--bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also check this OpenSSF model-signing bundle against REF's files "
+              "(needs --public-key; the same as `tether bundle verify`).")
+@click.option("--public-key", "public_key",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM EC public key the bundle must be signed by.")
 @json_option
 @click.pass_context
 @handle_errors
-def verify(ctx: click.Context, ref: str, as_json: bool) -> None:
+def verify(ctx: click.Context, ref: str, bundle: Path | None, public_key: Path | None,
+           as_json: bool) -> None:
     """Re-read every stored byte of REF in the store (not a cached copy) against its digest."""
+    if bundle is not None and public_key is None:
+        raise click.UsageError("--bundle needs --public-key (the key the bundle is signed by)")
     registry = registry_from(ctx)
     problems = registry.verify(ref)
     where = f"the store at {registry.store.url}"  # the store's own copy, never the local cache
+    report = None
+    if bundle is not None and public_key is not None:
+        from .._openssf_bundle import verify_bundle
+
+        report = verify_bundle(registry, ref, bundle, public_key)
+        problems += [f"OpenSSF bundle {bundle}: {p}" for p in report["problems"]]
     if as_json:
-        emit_json({"ref": ref, "ok": not problems, "problems": problems, "checked": where})
+        emit_json({"ref": ref, "ok": not problems, "problems": problems, "checked": where,
+                   **({"bundle": report} if report is not None else {})})
     elif problems:
         console.print(f"[red]{ref}: {len(problems)} problem(s) in {where}[/]")
         for problem in problems:
-            console.print(f"  - {problem}")
+            console.print(f"  - {problem}", markup=False)
     else:
-        console.print(f"{ref}: every byte verified in {where}")
+        console.print(f"{ref}: every byte verified in {where}", markup=False)
+        if report is not None:
+            console.print(f"{ref}: OpenSSF bundle {bundle} verified: signed by key "
+                          f"sha256:{report['key_hint'][:16]}, {report['files_checked']} "
+                          f"file(s) match", markup=False)
     if problems:
         sys.exit(1)
 
