@@ -70,3 +70,12 @@ def test_warnings_point_at_the_callers_line(registry: Registry, iris: tuple[Any,
     with pytest.warns(UserWarning) as caught:
         registry.load(version.ref, env_policy="warn", environment=other)
     assert caught[0].filename == __file__
+
+
+def test_a_files_only_version_says_nothing_is_pinned(registry: Any, tmp_path: Path) -> None:
+    """Its header read "what  need": a files model loads with no framework."""
+    (tmp_path / "w.bin").write_bytes(b"x" * 1000)
+    version = registry.log_model(tmp_path / "w.bin", "f", progress=False)
+    text = registry.env_export(version.ref)
+    assert "what  need" not in text and "nothing is pinned" in text
+    assert [line for line in text.splitlines() if line and not line.startswith("#")] == []

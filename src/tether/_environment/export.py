@@ -59,10 +59,14 @@ def export_requirements(
         scope = "every recorded distribution (this version has no dependency graph)"
     elif wanted is not None:
         scope = f"what {', '.join(sorted(set(roots or [])))} need (use --full for everything)"
+    written = f"# Written by `tether env export`: {scope}, pinned as recorded.\n"
+    if wanted is not None and not set(roots or []):
+        # A files-only version loads with no framework (this said "what  need").
+        written = ("# Written by `tether env export`: this version loads with no framework, so "
+                   "nothing is pinned (use --full for every recorded distribution).\n")
     header = (
         f"# Recorded environment: Python {environment.get('python', '?')} on "
-        f"{environment.get('platform', '?')}/{environment.get('machine', '?')}\n"
-        f"# Written by `tether env export`: {scope}, pinned as recorded.\n"
+        f"{environment.get('platform', '?')}/{environment.get('machine', '?')}\n" + written
     )
     chosen = sorted(n for n in packages if n not in skip and (wanted is None or n in wanted))
     notes = [
