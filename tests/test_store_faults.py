@@ -282,3 +282,31 @@ def test_a_really_full_tmpfs_store(tmp_path: Path) -> None:
         assert report.removed_chunks == 0 and report.removed["packs_without_index"]["count"] == 0
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_log_killed_after_its_pin_and_before_its_commit(tmp_path: Path) -> None:
+    """The third crash point the faults issue names: every chunk stored and pinned, the
+    version not registered. Nothing is registered; the pin keeps gc off the chunks while
+    its owner might still commit; once the owner is dead, gc removes the pin and the
+    chunks no version uses; logging again stores and registers the model whole."""
+    registry = Registry.init(tmp_path / ".tether")
+    registry.close()
+    (tmp_path / "w.bin").write_bytes(os.urandom(3 << 20))
+    script = ("import sys, tether; tether.log_model(sys.argv[1], 'w', "
+              f"registry={str(tmp_path / '.tether')!r})")
+    code = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w.bin")],
+                          env={**os.environ, "TETHER_TEST_CRASH_BEFORE_COMMIT": "1"}).returncode
+    assert code == 97
+    with Registry.open(tmp_path / ".tether") as reg:
+        assert reg.models() == []
+        store = reg.store
+        root = Path(store.url.removeprefix("file://"))
+        assert len(list((root / "pins").iterdir())) == 1
+        planned = reg.gc(grace_seconds=0, dry_run=True)
+        assert planned.store.removed["stale_pins"]["count"] == 1
+        assert planned.store.removed["unreferenced_chunks"]["count"] > 0
+        done = reg.gc(grace_seconds=0)
+        assert done.store.removed == planned.store.removed
+        assert list((root / "pins").iterdir()) == []
+        version = reg.log_model(tmp_path / "w.bin", "w", progress=False)
+        assert reg.verify(version.ref) == []

@@ -9,6 +9,7 @@ collects), never a version that points at missing bytes.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -187,6 +188,8 @@ def log_model(
         notes=notes,
         author=author or registry.actor or current_author(),
     )
+    if os.environ.get("TETHER_TEST_CRASH_BEFORE_COMMIT"):  # test hook: stored, pinned, not
+        os._exit(97)                                         # registered
     try:
         return registry.commit(name, values.checked(), bump)
     finally:
