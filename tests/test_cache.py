@@ -275,3 +275,25 @@ def test_tether_cache_dir_is_the_cache_folder_itself(
     assert default_cache_dir() == tmp_path / "c" and scratch_root() == tmp_path / "c" / "tmp"
     monkeypatch.delenv("TETHER_CACHE_DIR")
     assert default_cache_dir() == tmp_path / "xdg" / "tether"
+
+
+def test_the_cache_bound_is_a_registry_setting_too(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The faults issue asked for a setting and an environment variable; only the
+    variable existed. The variable wins where it is set."""
+    root = str(registry.location.root)
+
+    def bound() -> int:
+        out = CliRunner().invoke(cli, ["-r", root, "cache", "stats", "--json"])
+        assert out.exit_code == 0, out.output
+        return int(json.loads(out.output)["max_bytes"])
+
+    monkeypatch.delenv("TETHER_CACHE_MAX_BYTES", raising=False)
+    assert bound() == 10 << 30
+    registry.set_setting("cache.max_bytes", "2GiB")
+    assert bound() == 2 << 30
+    monkeypatch.setenv("TETHER_CACHE_MAX_BYTES", "1GiB")
+    assert bound() == 1 << 30
+    with pytest.raises(InvalidInput, match="not a size"):
+        registry.set_setting("cache.max_bytes", "lots")

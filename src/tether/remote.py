@@ -66,7 +66,7 @@ from ._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from ._reference import Reference, SelectorKind, parse_reference, validate_model_name
 from ._registry import datasets, datasets_diff, datasets_io, loading, log_version, pinning
 from ._registry.location import RegistryLocation, default_cache_dir
-from ._registry.registry import Registry
+from ._registry.registry import Registry, cache_bound
 from ._registry.tokens import Unauthenticated
 from ._store.base import LISTED_CHUNKS, FileEntry, StoreStats
 from ._store.blobs import retry_seconds
@@ -405,7 +405,8 @@ class RemoteRegistry:
     @property
     def store(self) -> ChunkStore:
         if self._store is None:
-            self._store = ChunkStore(RemoteBlobs(self), cache_dir=self._cache_dir)  # type: ignore[arg-type]
+            self._store = ChunkStore(RemoteBlobs(self), cache_dir=self._cache_dir,  # type: ignore[arg-type]
+                                     cache_max_bytes=cache_bound(self))
         return self._store
 
     # -- settings -----------------------------------------------------------------

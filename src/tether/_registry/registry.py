@@ -7,6 +7,7 @@ methods; the use cases themselves live in the sibling modules, one job each.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from .._environment import (
     export_requirements,
     roots_for_flavor,
 )
-from .._errors import InvalidInput, NotFound
+from .._errors import InvalidInput, NotFound, TetherError
 from .._metadata import repository as repo
 from .._metadata.audit_log import (
     PENDING_HEAD,
@@ -81,6 +82,8 @@ SETTINGS: dict[str, str] = {
     "code-executing formats (pickle) load without trusted=True",
     "access": "who may read and log without a server: open (the local user; default) "
     "or roles (every user needs a role)",
+    "cache.max_bytes": "bound on each client's chunk cache (e.g. 20GiB; default 10GiB); "
+    "TETHER_CACHE_MAX_BYTES wins where it is set",
 }
 
 
@@ -199,7 +202,10 @@ class Registry:
         if self._store is None:
             from .. import _store
 
-            self._store = _store.open_store(self.location.store_url, cache_dir=self.cache_dir)
+            bound = cache_bound(self)
+            options = {"cache_max_bytes": bound} if bound is not None else {}
+            self._store = _store.open_store(self.location.store_url, cache_dir=self.cache_dir,
+                                            **options)
         return self._store
 
     @contextmanager
@@ -919,7 +925,25 @@ def _model_of(ref: str) -> str | None:
     return ref.partition("@")[0] or None
 
 
+def cache_bound(registry: Any) -> int | None:
+    """The chunk cache's bound: ``TETHER_CACHE_MAX_BYTES``, else the registry's
+    ``cache.max_bytes`` setting, else None (the cache's default, 10 GiB)."""
+    from .._store.cache import configured_max_bytes, parse_size
+
+    if os.environ.get("TETHER_CACHE_MAX_BYTES"):
+        return configured_max_bytes()
+    try:
+        value = registry.get_setting("cache.max_bytes")
+    except TetherError:
+        return None  # unreadable settings must not keep a store from opening
+    return parse_size(value) if value else None
+
+
 def _check_setting(key: str, value: str) -> None:
+    if key == "cache.max_bytes" and value != "":
+        from .._store.cache import parse_size
+
+        parse_size(value)  # InvalidInput names the accepted forms
     if key == "env_policy":
         EnvPolicy.parse(value)
     elif key in ("gc.keep_last", "gc.grace_seconds") and value != "":

@@ -178,13 +178,17 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 def cache_group() -> None:
     """The local chunk cache: stats, and prune to a size.
 
-    Bounded by TETHER_CACHE_MAX_BYTES (default 10 GiB): least recently used
-    chunks are evicted first, never chunks a running load uses.
+    Bounded by TETHER_CACHE_MAX_BYTES, else the registry's cache.max_bytes setting
+    (default 10 GiB): least recently used chunks are evicted first, never chunks a
+    running load uses.
     """
 
 
 def _cache(ctx: click.Context) -> ChunkCache:
-    return ChunkCache(registry_from(ctx).cache_dir)
+    from .._registry.registry import cache_bound
+
+    registry = registry_from(ctx)
+    return ChunkCache(registry.cache_dir, max_bytes=cache_bound(registry))
 
 
 def _print_cache(data: dict[str, Any]) -> None:
