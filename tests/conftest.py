@@ -217,3 +217,31 @@ def git_project(
     git(root, "init", "-q", "-b", "main")
     (root / ".gitignore").write_text("/.tether\n")
     return root
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``argv`` with its stderr on a pseudo-terminal (stdout a pipe): its exit code
+    and what it drew there (progress bars appear only on a terminal)."""
+    import pty
+    import subprocess
+
+    main, side = pty.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=side, timeout=120,
+                              env={**(env or os.environ), "COLUMNS": "120"}, check=False)
+        os.close(side)
+        side = -1
+        seen = b""
+        while True:
+            try:
+                piece = os.read(main, 65536)
+            except OSError:  # the other end closed
+                break
+            if not piece:
+                break
+            seen += piece
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+    return done.returncode, seen.decode(errors="replace")

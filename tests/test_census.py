@@ -21,6 +21,8 @@ from tether._store.chunklist import ChunkList
 from tether._store.chunkstore import RAW
 from tether._store.midx import MergedIndex, build
 
+from .conftest import on_a_terminal
+
 
 def _digest(i: int, tail: bytes = b"") -> str:
     """A 64-digit hex digest, unique per ``i``, ending in ``tail``."""
@@ -340,32 +342,12 @@ def test_a_young_lying_copy_does_not_stand_in_for_an_honest_one(tmp_path: Path) 
 
 def _on_a_terminal(registry: Path, *args: str) -> str:
     """What `tether --registry REGISTRY ARGS` draws on stderr when stderr is a terminal."""
-    import pty
-    import subprocess
     import sys
 
-    main, side = pty.openpty()
-    try:
-        done = subprocess.run([str(Path(sys.executable).with_name("tether")), "--registry",
-                               str(registry), *args], stdout=subprocess.PIPE, stderr=side,
-                              timeout=120, env={**os.environ, "COLUMNS": "120"}, check=False)
-        os.close(side)
-        side = -1
-        seen = b""
-        while True:
-            try:
-                piece = os.read(main, 65536)
-            except OSError:  # the other end closed
-                break
-            if not piece:
-                break
-            seen += piece
-        assert done.returncode == 0, done.stdout
-        return seen.decode(errors="replace")
-    finally:
-        os.close(main)
-        if side >= 0:
-            os.close(side)
+    code, drawn = on_a_terminal([str(Path(sys.executable).with_name("tether")), "--registry",
+                                 str(registry), *args])
+    assert code == 0, drawn
+    return drawn
 
 
 def test_store_verify_and_gc_show_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import tether
 from tether import NotFound, PermissionDenied
 
-from .conftest import fit_logreg, free_port, subprocess_env, tether_exe
+from .conftest import fit_logreg, free_port, on_a_terminal, subprocess_env, tether_exe
 from .servers import Server, start_server, stop
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -519,8 +519,6 @@ def test_a_log_and_a_load_through_a_server_draw_a_bar_on_a_terminal(
 ) -> None:
     """The remote client's log_model, load and download defaulted to no progress bar,
     while the embedded registry draws one on a terminal (on stderr, over 8 MiB)."""
-    import pty
-
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(24 << 20))
     script = textwrap.dedent(f"""
@@ -529,55 +527,35 @@ def test_a_log_and_a_load_through_a_server_draw_a_bar_on_a_terminal(
         version = reg.log_model({str(big)!r}, "big")
         reg.download(version.ref, {str(tmp_path / "out")!r})
     """)
-    main, side = pty.openpty()
-    try:
-        done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=side, timeout=120, check=False,
-                              env={**subprocess_env(), "COLUMNS": "120"})
-        os.close(side)
-        side = -1
-        seen = b""
-        while True:
-            try:
-                piece = os.read(main, 65536)
-            except OSError:
-                break
-            if not piece:
-                break
-            seen += piece
-    finally:
-        os.close(main)
-        if side >= 0:
-            os.close(side)
-    assert done.returncode == 0, seen.decode(errors="replace")
-    drawn = seen.decode(errors="replace")
+    code, drawn = on_a_terminal([sys.executable, "-c", script], subprocess_env())
+    assert code == 0, drawn
     assert "storing" in drawn and "loading" in drawn, drawn
     assert (tmp_path / "out" / "big.bin").read_bytes() == big.read_bytes()
 
 
-def test_a_contributor_to_one_model_logs_it_through_a_server(
+def test_a_role_on_one_model_through_a_server_and_what_it_is_told(
     server: Server, tmp_path: Path
 ) -> None:
-    """A role on one model was useless through a server: logging needed contributor and
-    loading needed reader registry-wide (uploads, index reads, settings), and the refusal
-    said the caller had "no role". Packs still need reader registry-wide: they hold the
-    bytes of every model."""
+    """A role on one model reads that model's records through a server, and the setting a
+    load reads first; the store (shared by every model) needs the role registry-wide, and
+    the refusal says so. It said the caller had "no role"."""
     admin = server.client()
     weights = tmp_path / "w.bin"
     weights.write_bytes(os.urandom(300_000))
     admin.log_model(weights, "fraud")
-    (tmp_path / "o.bin").write_bytes(os.urandom(1000))
-    admin.log_model(tmp_path / "o.bin", "other")
+    admin.set_setting("env_policy", "warn")
     dev = server.client(admin.create_token("dev@team", role="contributor", model="fraud")["token"])
-    weights.write_bytes(weights.read_bytes()[:200_000] + os.urandom(100_000))
-    logged = dev.log_model(weights, "fraud", notes="by dev")
-    assert logged.seq == 2 and logged.author == "dev@team"
-    assert dev.get_setting("env_policy") is None  # what a load reads first
-    with pytest.raises(PermissionDenied, match="has only contributor on fraud"):
-        dev.log_model(weights, "other")
+    assert [v.seq for v in dev.versions("fraud")] == [1]
+    assert dev.get_setting("env_policy") == "warn"
+    with pytest.raises(PermissionDenied, match=r"store holds the bytes of every model\).*"
+                       r"has only contributor on fraud"):
+        dev.log_model(weights, "fraud", notes="by dev")
     with pytest.raises(PermissionDenied, match="reading versions needs role reader on model"):
         dev.download("other@1", tmp_path / "stolen")
-    # Its own model's bytes too: packs are shared (a known limit, in the README).
-    with pytest.raises(PermissionDenied, match="packs hold the bytes of every model"):
+    with pytest.raises(PermissionDenied, match="store holds the bytes of every model"):
         dev.download("fraud@1", tmp_path / "own")
-    assert not (tmp_path / "stolen").exists() and not (tmp_path / "own").exists()
+    assert not (tmp_path / "own").exists()
+    # One setting at a time, and only those a load or a move reads.
+    secret = server.api("GET", "/api/v1/settings?key=server.store",
+                        token=admin.create_token("eve", role="reader", model="x")["token"])
+    assert secret.status_code == 403

@@ -36,8 +36,9 @@ def open_store(url: str, *, cache_dir: Path | None = None, **options: int) -> Ch
     if parsed.scheme == "s3":
         threshold = options.pop("multipart_threshold", 16 << 20)
         attempts = options.pop("max_attempts", 3)  # boto3's tries; then S3Blobs._retrying
+        read_timeout = options.pop("read_timeout", 30)  # seconds a response may stall
         blobs = S3Blobs(parsed.netloc, parsed.path, multipart_threshold=threshold,
-                        max_attempts=attempts)
+                        max_attempts=attempts, read_timeout=read_timeout)
         return ChunkStore(blobs, cache_dir=cache_dir, **options)
     raise AssertionError(f"check_store_url let {url!r} through")
 

@@ -253,7 +253,7 @@ class S3Blobs:
     tmp_dir: Path | None = None
 
     def __init__(self, bucket: str, prefix: str, *, multipart_threshold: int = 16 << 20,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, read_timeout: float = 30.0) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -261,13 +261,13 @@ class S3Blobs:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
-        # A request waits at most read_timeout for each byte, and boto3 tries it
-        # max_attempts times before _retrying (bounded by TETHER_RETRY_SECONDS) takes
-        # over. With 8 attempts of 60 s, an endpoint that accepted connections and
-        # never answered held a call for 8 minutes; now about three times the retry
-        # budget (at most 60 s a wait), then a clear error.
-        read_timeout = max(5.0, min(60.0, retry_seconds()))
-        config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+        # A request waits at most read_timeout for each byte, and boto3 sends it
+        # max_attempts times in all before _retrying (bounded by TETHER_RETRY_SECONDS,
+        # and around every call) takes over. With 8 of 60 s, an endpoint that accepted
+        # connections and never answered held a call for 8 minutes; now 3 of 30 s.
+        # (The wait is not scaled to the retry budget: a slow "complete" of a large
+        # multipart upload can legitimately take many seconds.)
+        config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
                         max_pool_connections=32, connect_timeout=5, read_timeout=read_timeout)
         #: The endpoint (TETHER_S3_ENDPOINT_URL; empty: AWS): the URL does not name it.
         self.endpoint = os.environ.get("TETHER_S3_ENDPOINT_URL") or ""
@@ -419,16 +419,20 @@ class S3Blobs:
         return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
-        self._call(f"delete of {key}", self.client.delete_object, Bucket=self.bucket,
-                   Key=self._key(key))
+        # Retried like every other call: boto3's own few tries end within seconds when
+        # the endpoint refuses connections (restarting, or overloaded).
+        self._retrying(f"delete of {key}", lambda: self._call(
+            f"delete of {key}", self.client.delete_object, Bucket=self.bucket,
+            Key=self._key(key)))
 
     def local_path(self, key: str) -> Path | None:
         return None
 
     def move(self, key: str, dest: str) -> None:
         """Copy ``key`` to ``dest`` inside the bucket, then delete ``key`` (quarantine)."""
-        self._call(f"copy of {key}", self.client.copy_object, Bucket=self.bucket,
-                   Key=self._key(dest), CopySource={"Bucket": self.bucket, "Key": self._key(key)})
+        self._retrying(f"copy of {key}", lambda: self._call(
+            f"copy of {key}", self.client.copy_object, Bucket=self.bucket, Key=self._key(dest),
+            CopySource={"Bucket": self.bucket, "Key": self._key(key)}))
         self.delete(key)
 
     def presign(self, key: str, method: str, expires: int = 3600) -> str:

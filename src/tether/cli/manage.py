@@ -194,7 +194,9 @@ def download(ctx: click.Context, ref: str, dest: Path, as_json: bool) -> None:
     """Write REF's files (every byte verified) into the new folder DEST."""
     registry = registry_from(ctx)
     version = registry.get(ref)
-    where = registry.download(version.ref, dest, progress=not as_json)
+    # By digest: an alias moved meanwhile must not change what is written.
+    where = registry.download(f"{version.name}@sha:{version.digest}", dest,
+                              progress=not as_json)
     if as_json:
         emit_json(
             {"ref": version.ref, "path": str(where), "files": [f.path for f in version.files]}

@@ -44,14 +44,19 @@ from .packed import (
     version_answer,
 )
 
+#: Settings any caller with a role on some model may read one at a time: what a load,
+#: a move or a client's cache reads. Others (server.store names the bucket) need reader.
+_PUBLIC_SETTINGS = frozenset(
+    {"env_policy", "protected_aliases", "trust.load_signers", "cache.max_bytes"})
 
-#: Registry methods callable through /api/v1/call. Each checks who may call it
-#: itself (see _registry/access.py); the server only authenticates the caller.
+
 def _flag(request: Request, name: str) -> bool:
     """A query flag: ``?deleted=1`` (or true/yes/on); anything else is off."""
     return request.query_params.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+#: Registry methods callable through /api/v1/call. Each checks who may call it
+#: itself (see _registry/access.py); the server only authenticates the caller.
 RPC_METHODS: frozenset[str] = frozenset(
     {
         "set_setting",
@@ -358,11 +363,16 @@ class Api:
         return {"events": count, "ok": not problems, "problems": problems}
 
     async def settings(self, request: Request) -> Any:
-        """Every setting (a reader's), or ``?key=K``: one, to any caller, as the embedded
-        ``get_setting`` answers (a load reads env_policy; a role on one model allows it)."""
+        """Every setting (a reader's), or ``?key=K``: one of those a load or a move reads,
+        to any caller with a role somewhere (a reader of one model loads it)."""
         reg, _who = self.as_caller(request)
         key = request.query_params.get("key")
         if key is not None:
+            if key not in _PUBLIC_SETTINGS:
+                await run_in_threadpool(lambda: reg.require("reader", action="reading settings"))
+            else:
+                await run_in_threadpool(
+                    lambda: reg.require_somewhere("reader", action="reading settings"))
             value = await run_in_threadpool(reg.get_setting, key)
             return {} if value is None else {key: value}
         return await run_in_threadpool(reg.settings)

@@ -287,18 +287,16 @@ class BlobGateway:
     def _caller(self, request: Request, role: str, action: str, key: str = "") -> None:
         """The registry decides who may; the gateway authenticates.
 
-        Packs hold every model's bytes: reading one needs ``reader`` registry-wide.
-        Everything else serves a role on a single model and harms no other: uploads
-        (content-addressed, checked against their index, never overwritten; the
-        version naming them is checked against its model at commit) and reading
-        the index, pins and leases (digests and sizes, no bytes), which a log needs
-        to know what is stored already.
+        The store is shared by every model, so its gateway needs the role registry-wide.
+        Letting a role on one model upload and read the index was tried and withdrawn
+        (2026-11-27): a review showed such a caller could graft another model's chunks
+        into its own versions (the index names them; a commit checks only the role on
+        its own model), forge pins that keep gc off another model's bytes for good, and
+        take or drop other clients' leases.
         """
         reg, _who = self.api.as_caller(request)
-        if key.startswith("packs/") and role == "reader":
-            reg.require(role, action=f"{action} (packs hold the bytes of every model)")
-        else:
-            reg.require_somewhere(role, action=action)
+        why = " (the store holds the bytes of every model)"
+        reg.require(role, action=action + why)
 
     async def listing(self, request: Request) -> Any:
         self._caller(request, "reader", "reading the store", request.query_params.get("prefix", ""))
