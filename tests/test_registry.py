@@ -402,3 +402,20 @@ def test_versions_sharing_a_digest_resolve_by_it(registry: Registry, tmp_path: P
     registry.promote(first.ref, "production", create=True)
     registry.lock_add("s@production", path=tmp_path / "tether.lock")
     assert registry.load("s@production", progress=False) is not None
+
+
+def test_rollback_skips_an_earlier_target_with_the_same_bytes(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """1.1.0 and 1.1.1 hold the same bytes (logged again with other notes); rolling back
+    from 1.1.1 went to 1.1.0, which kept serving what had failed."""
+    (tmp_path / "good.bin").write_bytes(b"good" * 100)
+    (tmp_path / "bad.bin").write_bytes(b"bad" * 100)
+    good = registry.log_model(tmp_path / "good.bin", "m", progress=False)
+    bad = registry.log_model(tmp_path / "bad.bin", "m", progress=False)
+    again = registry.log_model(tmp_path / "bad.bin", "m", notes="again", progress=False)
+    assert bad.digest == again.digest
+    for version in (good, bad, again):
+        registry.promote(version.ref, "production", create=True)
+    move = registry.rollback("m", "production", from_digest=again.digest)
+    assert (move.previous, move.version) == (again.semver, good.semver)

@@ -187,7 +187,11 @@ def rollback_in(
     while sets and sets[0].version_id == current.version_id:
         repo.mark_undone(conn, sets[0].id)
         sets.pop(0)
-    target = next((s for s in sets if _is_live(conn, s.version_id)), None)
+    # Never back to the same bytes under another number (logged again with other notes):
+    # that "rollback" kept serving what failed.
+    failing = repo.version_by_id(conn, current.version_id)
+    target = next((s for s in sets if _is_live(conn, s.version_id)
+                   and not _same_bytes(conn, s.version_id, failing)), None)
     if target is None:
         raise NotFound(
             f"{name}@{alias} has no earlier target to roll back to",
@@ -217,6 +221,11 @@ def rollback_in(
         details={"reason": reason, **(details or {})},
     )
     return AliasMove(name, alias, after, before, "rollback", actor, reason, event.ts)
+
+
+def _same_bytes(conn: sa.Connection, vid: int | None, failing: Any) -> bool:
+    row = repo.version_by_id(conn, vid) if vid is not None else None
+    return row is not None and failing is not None and row.digest == failing.digest
 
 
 def _is_live(conn: sa.Connection, vid: int | None) -> bool:
