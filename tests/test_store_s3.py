@@ -188,3 +188,28 @@ def test_an_endpoint_that_stops_answering_fails_within_the_retry_budget(
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_a_presigned_put_creates_and_never_overwrites(bucket: str, tmp_path: Path) -> None:
+    """S3 overwrites by default: a PUT URL kept past its first use rewrote a pack after
+    its index was checked against it (another model's deduplicated bytes were lost, in a
+    review). Tether's PUT URLs are signed with If-None-Match: *."""
+    import httpx
+
+    store = open_store(bucket, cache_dir=tmp_path)
+    blobs = store.blobs
+    client = blobs.client  # type: ignore[attr-defined]
+    # The harm, the unsafe way: a plain presigned PUT URL rewrites what it stored.
+    plain = client.generate_presigned_url(
+        "put_object", Params={"Bucket": "models", "Key": "registry/packs/plain.pack"})
+    assert httpx.put(plain, content=b"honest").status_code == 200
+    assert httpx.put(plain, content=b"forged").status_code == 200
+    assert blobs.get_bytes("packs/plain.pack") == b"forged"
+    # Tether's: the header is signed into the URL (S3 refuses the request without it; moto
+    # does not check signatures), and a second PUT with it is refused.
+    url = blobs.presign("packs/guarded.pack", "PUT")  # type: ignore[attr-defined]
+    assert "X-Amz-SignedHeaders=host%3Bif-none-match" in url
+    create = {"If-None-Match": "*"}
+    assert httpx.put(url, content=b"honest", headers=create).status_code == 200
+    assert httpx.put(url, content=b"forged", headers=create).status_code == 412
+    assert blobs.get_bytes("packs/guarded.pack") == b"honest"

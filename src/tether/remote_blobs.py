@@ -56,6 +56,8 @@ class RemoteBlobs:
         self.retries = 0
         #: The server answered a pack with no presigned URL: it streams them all.
         self._streams_packs = False
+        #: Headers a presigned PUT URL was signed with (If-None-Match: *), by URL.
+        self._put_headers: dict[str, dict[str, str]] = {}
 
     def _target(self, key: str, method: str) -> str | None:
         """A presigned URL for ``key`` (cached until near expiry), or None to use the API.
@@ -72,6 +74,8 @@ class RemoteBlobs:
             return cached[0]
         answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
         url: str | None = answer.get("url")
+        if url is not None and method == "PUT":
+            self._put_headers[url] = dict(answer.get("headers") or {})
         with self._lock:
             self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
             if url is None and key.startswith("packs/"):
@@ -120,6 +124,8 @@ class RemoteBlobs:
         """Raise for an answer of a presigned URL that is not a success."""
         if response.status_code == 404:
             raise NotFound(f"store object {key} is missing")
+        if response.status_code == 412 and method == "PUT":  # If-None-Match: it exists
+            raise Conflict(f"{key} already exists; stored objects are never overwritten")
         if response.status_code >= 500:
             raise _Transfer(f"{method} of {key}: HTTP {response.status_code}")
         if response.status_code >= 300:
@@ -135,7 +141,8 @@ class RemoteBlobs:
             url = self._target(key, "PUT")
             # Sent by the kernel when it can (see _http_fast); else through httpx.
             direct = url or f"{self.url}/{key}"
-            sent = self.client.fast.put_file(direct, {} if url else self.client.auth_headers, path)
+            headers = self._put_headers.get(url, {}) if url else self.client.auth_headers
+            sent = self.client.fast.put_file(direct, headers, path)
             if sent is not None:
                 if url:
                     self._refuse(sent, "PUT", key)
@@ -144,7 +151,8 @@ class RemoteBlobs:
                 return
             with open(path, "rb") as handle:
                 if url:
-                    self._direct("PUT", url, key, content=handle)
+                    self._direct("PUT", url, key, content=handle,
+                                 headers=self._put_headers.get(url, {}))
                 else:
                     self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
 
@@ -159,7 +167,7 @@ class RemoteBlobs:
         def attempt() -> None:
             url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
             if url:
-                self._direct("PUT", url, key, content=data)
+                self._direct("PUT", url, key, content=data, headers=self._put_headers.get(url, {}))
             else:
                 self.client._request("PUT", f"/blobs/{key}", content=data, retry=False)
 

@@ -267,8 +267,10 @@ class S3Blobs:
         # connections and never answered held a call for 8 minutes; now 3 of 30 s.
         # (The wait is not scaled to the retry budget: a slow "complete" of a large
         # multipart upload can legitimately take many seconds.)
+        # SigV4: a presigned URL then signs the headers it needs (If-None-Match on PUT).
         config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
-                        max_pool_connections=32, connect_timeout=5, read_timeout=read_timeout)
+                        max_pool_connections=32, connect_timeout=5, read_timeout=read_timeout,
+                        signature_version="s3v4")
         #: The endpoint (TETHER_S3_ENDPOINT_URL; empty: AWS): the URL does not name it.
         self.endpoint = os.environ.get("TETHER_S3_ENDPOINT_URL") or ""
         self.client: Any = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)
@@ -436,11 +438,19 @@ class S3Blobs:
         self.delete(key)
 
     def presign(self, key: str, method: str, expires: int = 3600) -> str:
-        """A URL the client uses directly (GET with a Range header, or PUT)."""
+        """A URL the client uses directly (GET with a Range header, or PUT).
+
+        A PUT URL is signed with ``If-None-Match: *`` (the client must send that
+        header, or S3 refuses the signature): S3 overwrites by default, so a PUT URL
+        kept past its first use could rewrite a pack after its index was checked
+        against it (a review showed it: another model's deduplicated bytes were lost).
+        """
         operation = "get_object" if method == "GET" else "put_object"
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if method == "PUT":
+            params["IfNoneMatch"] = "*"
         url: str = self._call(f"presigning {key}", self.client.generate_presigned_url, operation,
-                              Params={"Bucket": self.bucket, "Key": self._key(key)},
-                              ExpiresIn=expires)
+                              Params=params, ExpiresIn=expires)
         return url
 
     def now(self) -> float:

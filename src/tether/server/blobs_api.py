@@ -323,7 +323,10 @@ class BlobGateway:
         presign = getattr(self.blobs, "presign", None)
         if presign is None or key.startswith("index/"):
             return {"url": None}  # stream through the API (and validate indexes there)
-        return {"url": await run_in_threadpool(presign, key, method), "expires_in": 3600}
+        url = await run_in_threadpool(presign, key, method)
+        # A PUT URL only creates: the client sends this header (signed into the URL).
+        headers = {"If-None-Match": "*"} if method == "PUT" else {}
+        return {"url": url, "expires_in": 3600, "headers": headers}
 
     async def get(self, request: Request) -> Response:
         """The object, or one byte range of it: a local one sent by the kernel where the
