@@ -310,3 +310,22 @@ def test_a_log_killed_after_its_pin_and_before_its_commit(tmp_path: Path) -> Non
         assert list((root / "pins").iterdir()) == []
         version = reg.log_model(tmp_path / "w.bin", "w", progress=False)
         assert reg.verify(version.ref) == []
+
+
+def test_a_pin_naming_a_process_it_cannot_prove_ages_out(tmp_path: Path) -> None:
+    """A pin uploaded through a server may name any owner: "this host, pid 1, start 0"
+    (a process that always runs) kept gc off its chunks for good. An owner on this host
+    counts as alive only with the start time /proc gives for its pid."""
+    from tether._store.locking import Owner, _host, is_alive_here, me
+
+    assert is_alive_here(me())
+    assert not is_alive_here(Owner(_host(), 1, 0))
+    store = ChunkStore(open_store(f"file://{tmp_path / 'store'}").blobs,
+                       cache_dir=tmp_path / "cache", pack_target=1 << 20)
+    root = tmp_path / "store"
+    (root / "pins").mkdir(parents=True, exist_ok=True)
+    forged = root / "pins" / "forged.json"
+    forged.write_text(json.dumps({"owner": Owner(_host(), 1, 0).tag, "chunks": []}))
+    os.utime(forged, (1, 1))  # a month old
+    planned = store.gc(iter([]), grace_seconds=0, dry_run=True)
+    assert planned.removed["stale_pins"]["count"] == 1

@@ -131,8 +131,17 @@ def is_dead(owner: Owner | None) -> bool:
 
 
 def is_alive_here(owner: Owner | None) -> bool:
-    """True when ``owner`` is a running process on this host."""
-    return owner is not None and owner.host == _host() and not is_dead(owner)
+    """True when ``owner`` is a running process on this host.
+
+    Where /proc tells start times, only an owner whose recorded start matches counts:
+    every Tether process records one, and a pin uploaded through a server naming
+    "this host, pid 1, start 0" (always running) kept gc off its chunks for good.
+    """
+    if owner is None or owner.host != _host() or is_dead(owner):
+        return False
+    if Path("/proc").is_dir() and owner.pid != os.getpid():
+        return bool(owner.start) and _start_ticks(owner.pid) == owner.start
+    return True
 
 
 def lease_body(**extra: Any) -> bytes:
