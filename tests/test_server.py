@@ -559,3 +559,21 @@ def test_a_role_on_one_model_through_a_server_and_what_it_is_told(
     secret = server.api("GET", "/api/v1/settings?key=server.store",
                         token=admin.create_token("eve", role="reader", model="x")["token"])
     assert secret.status_code == 403
+
+
+def test_an_ingest_lease_is_its_holders_to_renew_and_drop(server: Server) -> None:
+    """A lease's body comes from the client: any contributor could renew or drop another
+    client's lease (gc could then run under that client's ingest). The server stamps the
+    holder into it and keeps the others out."""
+    admin = server.client()
+    alice = admin.create_token("alice@team", role="contributor")["token"]
+    bob = admin.create_token("bob@team", role="contributor")["token"]
+    key = f"/api/v1/blobs/locks/ingest-{uuid.uuid4().hex}"
+    body = json.dumps({"host": "h", "pid": 1, "start": 2, "since": time.time()})
+    assert server.api("PUT", key, token=alice, content=body).status_code == 201
+    assert server.api("PUT", key, token=alice, content=body).status_code == 201  # renewal
+    taken = server.api("PUT", key, token=bob, content=body)
+    assert taken.status_code == 409 and "held by alice@team" in taken.text
+    dropped = server.api("DELETE", key, token=bob)
+    assert dropped.status_code == 403 and "alice@team's ingest lease" in dropped.text
+    assert server.api("DELETE", key, token=alice).status_code == 200

@@ -200,6 +200,43 @@ def check_key(key: str, *, write: bool) -> str:
     return key
 
 
+#: Largest lease a client may write (an owner and a time: a few hundred bytes).
+MAX_LEASE = 64 * 1024
+
+
+def _lease_holder(blobs: Any, key: str) -> str | None:
+    """The principal the server stamped into the lease at ``key`` (None: none, or no lease)."""
+    try:
+        data = json.loads(blobs.get_bytes(key))
+    except (NotFound, ValueError):
+        return None
+    holder = data.get("principal") if isinstance(data, dict) else None
+    return str(holder) if holder is not None else None
+
+
+def _stamp_lease(blobs: Any, key: str, tmp: Path, who: str) -> None:
+    """Record who holds the lease ``tmp`` will become, and refuse another's.
+
+    A lease's body comes from the client; without the principal any contributor could
+    renew or drop another client's lease (gc could then run under that client's
+    ingest). Renewing one's own lease is what a client does every few seconds.
+    """
+    if tmp.stat().st_size > MAX_LEASE:
+        raise InvalidInput(f"a lease of {tmp.stat().st_size} bytes is over {MAX_LEASE}")
+    try:
+        body = json.loads(tmp.read_bytes())
+    except ValueError as error:
+        raise InvalidInput(f"{key} is not a JSON lease: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"{key} is not a JSON object")
+    holder = _lease_holder(blobs, key)
+    if holder is not None and holder != who:
+        raise Conflict(f"{key} is held by {holder}",
+                       hint="wait for it to end, or to go stale if its client died")
+    body["principal"] = who
+    tmp.write_bytes(json.dumps(body).encode())
+
+
 def _exists(blobs: Any, key: str) -> bool:
     """Whether ``key`` is stored: one stat or HEAD, not a listing of its folder."""
     try:
@@ -284,7 +321,7 @@ class BlobGateway:
     def blobs(self) -> Any:
         return self.api.registry.store.blobs
 
-    def _caller(self, request: Request, role: str, action: str, key: str = "") -> None:
+    def _caller(self, request: Request, role: str, action: str, key: str = "") -> str:
         """The registry decides who may; the gateway authenticates.
 
         The store is shared by every model, so its gateway needs the role registry-wide.
@@ -294,9 +331,10 @@ class BlobGateway:
         its own model), forge pins that keep gc off another model's bytes for good, and
         take or drop other clients' leases.
         """
-        reg, _who = self.api.as_caller(request)
+        reg, who = self.api.as_caller(request)
         why = " (the store holds the bytes of every model)"
         reg.require(role, action=action + why)
+        return str(who)
 
     async def listing(self, request: Request) -> Any:
         self._caller(request, "reader", "reading the store", request.query_params.get("prefix", ""))
@@ -360,7 +398,7 @@ class BlobGateway:
 
     async def put(self, request: Request) -> Any:
         key = check_key(request.path_params["key"], write=True)
-        self._caller(request, "contributor", "uploading artifacts")
+        who = self._caller(request, "contributor", "uploading artifacts")
         try:
             length = int(request.headers.get("content-length") or 0)
         except ValueError:
@@ -384,6 +422,8 @@ class BlobGateway:
                 data = tmp.read_bytes()
                 index = await run_in_threadpool(_check_index, self.blobs, key, data)
                 await run_in_threadpool(_verify_pack, self.api.registry.store, key, index, data)
+            if key.startswith("locks/"):
+                await run_in_threadpool(_stamp_lease, self.blobs, key, tmp, who)
             # Never replace: a second upload racing the first must not swap bytes
             # under an index that was verified against the first.
             put = self.blobs.put_file
@@ -401,7 +441,12 @@ class BlobGateway:
                 "clients may only delete their own ingest lease",
                 hint="stored data is removed by `tether gc` on the server",
             )
-        self._caller(request, "contributor", "uploading artifacts")
+        who = self._caller(request, "contributor", "uploading artifacts")
+        holder = await run_in_threadpool(_lease_holder, self.blobs, key)
+        if holder is not None and holder != who:
+            raise PermissionDenied(f"{key} is {holder}'s ingest lease; only its holder drops it",
+                                   hint="a dead client's lease goes stale by itself; "
+                                   "`tether gc` on the server removes it")
         await run_in_threadpool(self.blobs.delete, key)
         return {"deleted": key}
 
