@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import tether
-from tether import NotFound, PermissionDenied, PolicyViolation
+from tether import Conflict, NotFound, PermissionDenied, PolicyViolation
 from tether._contract import RegistryAPI
 from tether._errors import IntegrityError
 from tether._signing import generate_key
@@ -102,7 +102,14 @@ def test_aliases_move_roll_back_and_keep_history(backend: Backend, tmp_path: Pat
     api.promote("fraud@1.0.0", "production", reason="first", create=True)
     api.promote("fraud@1.1.0", "production", reason="better")
     assert api.get("fraud@production").semver == "1.1.0"
-    api.rollback("fraud", "production", reason="regression")
+    state = api.alias("fraud", "production")
+    stale = state["generation"] - 1  # what a replica that has not looked since holds
+    with pytest.raises(Conflict, match="moved since generation"):
+        api.rollback("fraud", "production", from_generation=stale)
+    with pytest.raises(Conflict, match="no longer points at"):
+        api.rollback("fraud", "production", from_digest=api.get("fraud@1.0.0").digest)
+    api.rollback("fraud", "production", reason="regression", from_digest=state["digest"],
+                 from_generation=state["generation"])
     assert api.get("fraud@production").semver == "1.0.0"
     history = api.alias_history("fraud", "production")
     assert [m.action for m in history][:1] == ["rollback"] or history[-1].action == "rollback"

@@ -12,6 +12,7 @@ import pytest
 import tether
 from tether import (
     AmbiguousReference,
+    Conflict,
     EnvironmentMismatch,
     IncompatibleBump,
     IntegrityError,
@@ -419,3 +420,23 @@ def test_rollback_skips_an_earlier_target_with_the_same_bytes(
         registry.promote(version.ref, "production", create=True)
     move = registry.rollback("m", "production", from_digest=again.digest)
     assert (move.previous, move.version) == (again.semver, good.semver)
+
+
+def test_a_late_rollback_does_not_undo_a_promotion_made_since(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Rollback by digest alone let a replica that saw 1.1.0 fail roll back again after an
+    operator had promoted 1.1.0 once more (same digest): the alias's generation says the
+    alias moved since that replica looked."""
+    (tmp_path / "good.bin").write_bytes(b"good" * 100)
+    (tmp_path / "bad.bin").write_bytes(b"bad" * 100)
+    good = registry.log_model(tmp_path / "good.bin", "m", progress=False)
+    bad = registry.log_model(tmp_path / "bad.bin", "m", progress=False)
+    registry.promote(good.ref, "production", create=True)
+    registry.promote(bad.ref, "production")
+    seen = registry.alias("m", "production")["generation"]  # both replicas serve 1.1.0
+    registry.rollback("m", "production", from_digest=bad.digest, from_generation=seen)
+    registry.promote(bad.ref, "production", reason="fixed upstream, trying again")
+    with pytest.raises(Conflict, match="moved since generation"):
+        registry.rollback("m", "production", from_digest=bad.digest, from_generation=seen)
+    assert registry.get("m@production").semver == bad.semver

@@ -655,10 +655,13 @@ class RemoteRegistry:
         return AliasMove(**data)
 
     def rollback(self, name: str, alias: str, *, reason: str = "",
-                 from_digest: str | None = None) -> AliasMove:
+                 from_digest: str | None = None,
+                 from_generation: int | None = None) -> AliasMove:
         body: dict[str, Any] = {"reason": reason}
         if from_digest is not None:
             body["from_digest"] = from_digest
+        if from_generation is not None:
+            body["from_generation"] = from_generation
         return AliasMove(
             **self._request("POST", self._alias_path(name, alias) + "/rollback", json=body))
 

@@ -143,12 +143,12 @@ def _policy_alias_names(conn: sa.Connection, mid: int) -> list[str]:
 
 def rollback(
     registry: Registry, name: str, alias: str, *, actor: str, reason: str = "",
-    from_digest: str | None = None,
+    from_digest: str | None = None, from_generation: int | None = None,
 ) -> AliasMove:
     validate_alias_name(alias)
     with registry.write() as conn:
         return rollback_in(conn, name, alias, actor=actor, reason=reason,
-                           from_digest=from_digest)
+                           from_digest=from_digest, from_generation=from_generation)
 
 
 def rollback_in(
@@ -160,12 +160,15 @@ def rollback_in(
     reason: str = "",
     details: dict[str, Any] | None = None,
     from_digest: str | None = None,
+    from_generation: int | None = None,
 ) -> AliasMove:
     """`rollback` inside the caller's transaction (a deployment's rule rolls back here).
 
     ``from_digest``: roll back only if the alias points at that version now. Several
     serving processes that see the same version fail each roll back; without the
     condition the second one rolled back again, past the last good version.
+    ``from_generation``: and only if the alias has not moved since (a late rollback
+    after someone promoted the same version again would undo that promotion).
     """
     mid = require_model(conn, name, lock=True)
     require_role_to_move(conn, actor, name, alias)
@@ -182,6 +185,12 @@ def rollback_in(
                 hint="it was moved (or rolled back) meanwhile; see "
                 f"`tether alias history {name} {alias}`",
             )
+    if from_generation is not None and current.generation != from_generation:
+        raise Conflict(
+            f"{name}@{alias} moved since generation {from_generation} (now "
+            f"{current.generation}, {_semver_of(conn, current.version_id)}); not rolled back",
+            hint=f"see `tether alias history {name} {alias}`",
+        )
     sets = repo.live_sets(conn, mid, alias)
     # Drop the moves that led to the current target (normally just the newest).
     while sets and sets[0].version_id == current.version_id:

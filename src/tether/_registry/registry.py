@@ -567,11 +567,13 @@ class Registry:
         )
 
     def rollback(self, name: str, alias: str, *, reason: str = "",
-                 from_digest: str | None = None) -> AliasMove:
-        """Move ``name@alias`` back to its previous target; with ``from_digest``, only if
-        it points at that version now (Conflict otherwise: someone moved it first)."""
+                 from_digest: str | None = None,
+                 from_generation: int | None = None) -> AliasMove:
+        """Move ``name@alias`` back to its previous target; with ``from_digest`` only if it
+        points at that version now, with ``from_generation`` only if it has not moved
+        since (Conflict otherwise: someone moved it first)."""
         return alias_ops.rollback(self, name, alias, actor=self.actor, reason=reason,
-                                  from_digest=from_digest)
+                                  from_digest=from_digest, from_generation=from_generation)
 
     def delete_alias(self, name: str, alias: str) -> AliasMove:
         return alias_ops.delete_alias(self, name, alias, actor=self.actor)

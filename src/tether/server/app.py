@@ -329,12 +329,14 @@ class Api:
 
     async def rollback(self, request: Request) -> Any:
         name, alias = request.path_params["name"], request.path_params["alias"]
-        body = await read_json(request, {"reason", "from_digest"},
-                               types={"reason": str, "from_digest": str | None})
+        body = await read_json(request, {"reason", "from_digest", "from_generation"},
+                               types={"reason": str, "from_digest": str | None,
+                                      "from_generation": int | None})
         reg, _who = self.as_caller(request)
         move = await run_in_threadpool(
             lambda: reg.rollback(name, alias, reason=str(body.get("reason", "")),
-                                 from_digest=body.get("from_digest"))
+                                 from_digest=body.get("from_digest"),
+                                 from_generation=body.get("from_generation"))
         )
         return move_json(move)
 

@@ -128,7 +128,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {"reason": {"type": "string"},
-                                   "from_digest": {"type": ["string", "null"]}},
+                                   "from_digest": {"type": ["string", "null"]},
+                                   "from_generation": {"type": ["integer", "null"]}},
                 },
                 "Call": {
                     "type": "object",

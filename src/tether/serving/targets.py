@@ -117,8 +117,12 @@ def _rollback_alias(endpoint: Endpoint, slot: RouteSlot, reason: str,
         # Only from the version this process saw fail: another replica (or worker) that
         # saw it too may have rolled back first, and a second rollback would go one
         # version further back than the last good one.
+        # And only if the alias has not moved since this process last looked: a late
+        # rollback would otherwise undo someone promoting that version again.
+        generation = slot.generation if isinstance(slot.generation, int) else None
         registry.rollback(ref.name, ref.value, reason=reason,
-                          from_digest=failing.digest if failing is not None else None)
+                          from_digest=failing.digest if failing is not None else None,
+                          from_generation=generation)
     except Conflict:
         entry.update(note="the alias had already been moved; following it")
     except TetherError as error:
