@@ -342,6 +342,8 @@ def test_image_render_from_a_reference(populated: Path, tmp_path: Path) -> None:
     assert pins and set(pins) <= set(requirements)  # every recorded pin, as recorded
     assert any(line.startswith("scikit-learn==") for line in requirements)
     assert requirements[-1] == f"tether=={tether.__version__}"
+    # This tether runs from its checkout (editable): no index has it, and the user is told.
+    assert "is an editable install" in result.output and "--tether dist/" in result.output
     dockerfile = (out / "Dockerfile").read_text()
     python = version.environment["python"]
     assert f"FROM python:{python}-slim" in dockerfile

@@ -117,6 +117,31 @@ def image_group() -> None:
     """Container build contexts that serve registered versions."""
 
 
+def _tether_spec(given: str | None) -> tuple[str, str | None]:
+    """How the image installs tether (``--tether``, else ``tether==VERSION`` from an
+    index), and a warning when that cannot work as is.
+
+    Tether running from a source checkout (an editable or local install) is on no index
+    the image build can reach unless the user's own has it: say so, with what to pass
+    instead, rather than let ``docker build`` fail later.
+    """
+    from .. import __version__
+
+    if given:
+        return given, None
+    from .._environment import capture_environment
+
+    spec = f"tether=={__version__}"
+    how = (capture_environment().get("local_installs") or {}).get("tether")
+    if not how:
+        return spec, None
+    return spec, (
+        f"this tether is an {how} install; the image will run `pip install {spec}`, which "
+        "only works if your package index has it. To install this one, build a wheel "
+        "(`pip wheel --no-deps -w dist PATH/TO/CHECKOUT`, with the wheel package installed) "
+        "and pass --tether dist/tether-*.whl")
+
+
 @image_group.command("render")
 @click.argument("target", metavar="REF|DEPLOY.yaml")
 @click.option("--out", "out", default="tether-image", show_default=True, metavar="DIR",
@@ -143,7 +168,6 @@ def image_render(
     served (`tether env export`), plus tether; the image runs `tether serve`
     as a non-root user with a healthcheck on /readyz.
     """
-    from .. import __version__
     from ..k8s import ImageTarget, render_image
     from ..serving.config import load_deployment
 
@@ -170,7 +194,9 @@ def image_render(
             environment=version.environment,
             requirements=registry.env_export(version.ref, format="requirements"),
         ))
-    spec = tether_spec or f"tether=={__version__}"
+    spec, warning = _tether_spec(tether_spec)
+    if warning and not as_json:
+        err_console.print(f"warning: {warning}", markup=False)
     wheel = Path(spec) if spec.endswith(".whl") else None
     if wheel is not None and not wheel.is_file():
         raise InvalidInput(f"no wheel at {wheel}", hint="build one: pip wheel --no-deps -w dist .")
@@ -189,7 +215,7 @@ def image_render(
     if wheel is not None:
         shutil.copy2(wheel, folder / wheel.name)
     if as_json:
-        emit_json({"out": out, **files.to_dict()})
+        emit_json({"out": out, **files.to_dict(), **({"warning": warning} if warning else {})})
         return
     for t in targets:
         console.print(f"{t.reference} -> {t.resolved} ({t.digest[:16]})")
@@ -235,7 +261,6 @@ def build(
     """
     import subprocess
 
-    from .. import __version__
     from .._registry.baked import bake
     from ..k8s import ImageTarget, bake_dockerfile, render_image
 
@@ -244,7 +269,9 @@ def build(
     folder = Path(out or f"tether-build-{version.name}")
     if folder.exists() and any(folder.iterdir()):
         raise InvalidInput(f"{folder} is not empty", hint="choose a new --out folder")
-    spec = tether_spec or f"tether=={__version__}"
+    spec, warning = _tether_spec(tether_spec)
+    if warning and not as_json:
+        err_console.print(f"warning: {warning}", markup=False)
     wheel = Path(spec) if spec.endswith(".whl") else None
     if wheel is not None and not wheel.is_file():
         raise InvalidInput(f"no wheel at {wheel}", hint="build one: pip wheel --no-deps -w dist .")
@@ -275,6 +302,8 @@ def build(
     report = {"ref": version.ref, "digest": f"sha:{version.digest}", "tag": tag,
               "context": str(folder), "engine": engine, "built": built,
               "python": files.python, "packages": files.packages}
+    if warning:
+        report["warning"] = warning
     if as_json:
         emit_json(report)
         return
