@@ -114,7 +114,7 @@ def test_add_versions_diff_promote_and_read_through_a_server(
         assert handle.read(5_000) == data[len(data) // 2 : len(data) // 2 + 5_000]
         assert 0 < handle.fetched_bytes < len(data) // 3
     if served.store_url.startswith("s3://"):  # bytes straight from the bucket, presigned
-        urls = [url for (key, method), (url, _) in reader.store.blobs._urls.items()
+        urls = [url for (key, method), (url, *_) in reader.store.blobs._urls.items()
                 if method == "GET" and key.startswith("packs/")]
         assert urls and all("/api/v1/" not in str(url) for url in urls)
 

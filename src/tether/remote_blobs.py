@@ -49,38 +49,41 @@ class RemoteBlobs:
     def __init__(self, client: RemoteRegistry) -> None:
         self.client = client
         self.url = f"{client.url}/api/v1/blobs"
-        self._urls: dict[tuple[str, str], tuple[str | None, float]] = {}
+        #: (key, method) -> (presigned URL or None, expiry, headers it was signed with).
+        self._urls: dict[tuple[str, str], tuple[str | None, float, dict[str, str]]] = {}
         self._lock = threading.Lock()
         self.requests = 0
         #: Transfers tried again after a transient failure (for tests and benches).
         self.retries = 0
         #: The server answered a pack with no presigned URL: it streams them all.
         self._streams_packs = False
-        #: Headers a presigned PUT URL was signed with (If-None-Match: *), by URL.
-        self._put_headers: dict[str, dict[str, str]] = {}
 
     def _target(self, key: str, method: str) -> str | None:
-        """A presigned URL for ``key`` (cached until near expiry), or None to use the API.
+        """A presigned URL for ``key`` (cached until near expiry), or None to use the API."""
+        return self._presigned(key, method)[0]
+
+    def _presigned(self, key: str, method: str) -> tuple[str | None, dict[str, str]]:
+        """``_target``'s URL and the headers it was signed with (a PUT's If-None-Match: *).
 
         A server that streams packs itself (a local store) says so once; it is
         not asked again for every pack.
         """
         if self._streams_packs and key.startswith("packs/"):
-            return None
+            return None, {}
         now = time.time()
         with self._lock:
             cached = self._urls.get((key, method))
         if cached and cached[1] > now:
-            return cached[0]
+            return cached[0], cached[2]
         answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
         url: str | None = answer.get("url")
-        if url is not None and method == "PUT":
-            self._put_headers[url] = dict(answer.get("headers") or {})
+        headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
         with self._lock:
-            self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60)
+            self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60,
+                                         headers)
             if url is None and key.startswith("packs/"):
                 self._streams_packs = True
-        return url
+        return url, headers
 
     def _retrying(self, what: str, attempt: Any, *, stored_on_conflict: bool = False) -> Any:
         """``attempt()`` until it succeeds, retrying transient failures for a bounded time."""
@@ -138,11 +141,11 @@ class RemoteBlobs:
 
     def put_file(self, key: str, path: Path) -> None:
         def attempt() -> None:
-            url = self._target(key, "PUT")
+            url, signed = self._presigned(key, "PUT")
             # Sent by the kernel when it can (see _http_fast); else through httpx.
             direct = url or f"{self.url}/{key}"
-            headers = self._put_headers.get(url, {}) if url else self.client.auth_headers
-            sent = self.client.fast.put_file(direct, headers, path)
+            sent = self.client.fast.put_file(direct, signed if url else self.client.auth_headers,
+                                             path)
             if sent is not None:
                 if url:
                     self._refuse(sent, "PUT", key)
@@ -151,8 +154,7 @@ class RemoteBlobs:
                 return
             with open(path, "rb") as handle:
                 if url:
-                    self._direct("PUT", url, key, content=handle,
-                                 headers=self._put_headers.get(url, {}))
+                    self._direct("PUT", url, key, content=handle, headers=signed)
                 else:
                     self.client._request("PUT", f"/blobs/{key}", content=handle, retry=False)
 
@@ -165,9 +167,10 @@ class RemoteBlobs:
         data = bytes(data)  # httpx sends bytes as a body; other buffers it would iterate
 
         def attempt() -> None:
-            url = None if key.startswith(("index/", "locks/")) else self._target(key, "PUT")
+            url, signed = ((None, {}) if key.startswith(("index/", "locks/"))
+                           else self._presigned(key, "PUT"))
             if url:
-                self._direct("PUT", url, key, content=data, headers=self._put_headers.get(url, {}))
+                self._direct("PUT", url, key, content=data, headers=signed)
             else:
                 self.client._request("PUT", f"/blobs/{key}", content=data, retry=False)
 

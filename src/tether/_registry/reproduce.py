@@ -12,7 +12,6 @@ from .._digest import blake3_hex
 from .._environment import export_dockerfile, export_requirements, roots_for_flavor
 from .._errors import NotFound, TetherError
 from .._records import ModelVersion
-from .datasets import find_by_digest
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
@@ -88,11 +87,11 @@ def fetch_data(registry: RegistryAPI, version: ModelVersion, folder: Path) -> li
             continue
         target = folder / data_folder(role)
         try:
-            found = find_by_digest(registry, str(info["dataset"]), str(info.get("digest")))
-            if found is None:
-                raise NotFound(f"the registry no longer holds {info.get('ref')} "
-                               f"(sha:{str(info.get('digest'))[:12]})")
-            registry.download_dataset(f"{found.name}@sha:{found.digest}", target, progress=False)
+            registry.download_dataset(f"{info['dataset']}@sha:{info.get('digest')}", target,
+                                      progress=False)  # looks the version up once
+        except NotFound:
+            problems.append(f"data {role!r} ({info.get('ref')}): the registry no longer holds "
+                            f"it (sha:{str(info.get('digest'))[:12]})")
         except TetherError as error:
             problems.append(f"data {role!r} ({info.get('ref')}): {error.message}")
         except OSError as error:
