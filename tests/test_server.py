@@ -428,7 +428,7 @@ def test_the_api_token_never_goes_to_the_object_store(
         assert b"Signature=" in heard, "packs should have gone through presigned URLs"
         assert running.admin_token.encode() not in heard
         # The harm, the unsafe way: the client's own HTTP session sends its token anywhere.
-        url = next(url for (key, m), (url, _) in fresh.store.blobs._urls.items()
+        url = next(url for (key, m), (url, *_) in fresh.store.blobs._urls.items()
                    if m == "GET" and url)
         fresh.http.get(url)
         assert running.admin_token.encode() in bytes(bucket.heard)
@@ -450,11 +450,11 @@ def test_s3_store_bytes_bypass_the_api_server(
         model = fit_logreg(iris)
         client.log_model(model, "iris", input_example=X.head(3))
         blobs = client.store.blobs
-        uploads = [k for (k, m), (url, _) in blobs._urls.items() if m == "PUT" and url]
+        uploads = [k for (k, m), (url, *_) in blobs._urls.items() if m == "PUT" and url]
         assert any(k.startswith("packs/") for k in uploads), "packs should go via presigned URLs"
         assert all(
             "127.0.0.1" in str(url) and "/api/v1/" not in str(url)
-            for (_, _), (url, _) in blobs._urls.items()
+            for (_, _), (url, *_) in blobs._urls.items()
             if url
         )
         fresh = tether.remote.connect(
