@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tether._store import chunkstore, open_store
+from tether._store import chunk_index, open_store
 
 GOAL_MS = 15.0
 
@@ -83,7 +83,7 @@ def _measure(url: str, tmp: Path, rounds: int) -> dict[str, float]:
         store = open_store(url)  # what each tether.log_model call does
         report = store.ingest(folder, ["model.bin"])
         logs.append((time.perf_counter() - start) * 1000)
-        files_read.append(len(store._journal) + len(store._segments))
+        files_read.append(len(store.index.journal) + len(store.index.segments))
         start = time.perf_counter()
         fresh = open_store(url)
         fresh.materialize(report.files, tmp / f"out{r}", label="tiny@new")
@@ -96,9 +96,9 @@ def _measure(url: str, tmp: Path, rounds: int) -> dict[str, float]:
 def run(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     rows = []
     for merged in (True, False):
-        saved = chunkstore._JOURNAL_MAX
+        saved = chunk_index._JOURNAL_MAX
         if not merged:
-            chunkstore._JOURNAL_MAX = 1 << 40  # never merge: one index file per pack
+            chunk_index._JOURNAL_MAX = 1 << 40  # never merge: one index file per pack
         try:
             for size in sizes:
                 with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
@@ -116,7 +116,7 @@ def run(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
                     rows.append(row)
                     print(_line(row), flush=True)
         finally:
-            chunkstore._JOURNAL_MAX = saved
+            chunk_index._JOURNAL_MAX = saved
     return rows
 
 
@@ -242,12 +242,12 @@ def run_lookups(totals: list[int], rounds: int) -> list[dict[str, Any]]:
                             picked = np.random.randint(0, total, 128)
                             keys = [bytes(digests[i]).ljust(32, b"\0").hex() for i in picked]
                         begin = time.perf_counter()
-                        known = store._known_all(keys)
+                        known = store.index.known_all(keys)
                         times.append(time.perf_counter() - begin)
                         assert all(known) == (kind == "stored"), kind
                     timings[kind] = statistics.median(times) * 1000
                 row = {"chunks": total, "cap": cap, "filter": with_filter, "layout": label,
-                       "files": len(store._segments),
+                       "files": len(store.index.segments),
                        "new_ms": timings["new"], "stored_ms": timings["stored"],
                        "blake3_8mb_ms": hash_ms, "index_mb": sum(
                            p.stat().st_size for p in folder.iterdir()) / (1 << 20),

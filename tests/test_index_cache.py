@@ -84,7 +84,7 @@ def test_a_fresh_process_reads_merged_files_it_kept_without_fetching_them(
     assert again.missing(c.digest for r in reports for f in r.files for c in f.chunks) == set()
     again.materialize(reports[2].files, tmp_path / "out", label="v2")
     assert (tmp_path / "out" / "w.bin").read_bytes() == (tmp_path / "v2" / "w.bin").read_bytes()
-    assert again._segments[kept.stem]._from_file  # read in place, not held in memory
+    assert again.index.segments[kept.stem]._from_file  # read in place, not held in memory
 
     # A later merge replaces the file: the next process fetches the new one, and the
     # copy of the old one is removed.
@@ -102,13 +102,13 @@ def test_a_large_merged_file_is_streamed_to_disk(bucket: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Past _INDEX_IN_MEMORY a merged file is fetched in pieces into the cache, never
     whole into memory (as get_bytes would)."""
-    from tether._store import chunkstore, index_cache
+    from tether._store import chunk_index, index_cache
 
     writer = open_store(bucket, cache_dir=tmp_path / "writer-cache", pack_target=1 << 20)
     report = _ingest(writer, tmp_path / "v", "w.bin", 6 << 20)
     writer.consolidate()
     [merged] = writer.blobs.list("index/")
-    monkeypatch.setattr(chunkstore, "_INDEX_IN_MEMORY", 100)
+    monkeypatch.setattr(chunk_index, "_INDEX_IN_MEMORY", 100)
     monkeypatch.setattr(index_cache, "_PIECE", 1000)
     reader = open_store(bucket, cache_dir=tmp_path / "cache")
     whole: list[str] = []

@@ -501,7 +501,7 @@ def test_pack_bytes_need_a_token_on_the_fast_path_too(
     client = server.client()
     client.log_model(fit_logreg(iris), "iris")
     client.store.refresh()
-    key = f"packs/{next(iter(client.store._all_packs()))}.pack"
+    key = f"packs/{next(iter(client.store.index.all_packs()))}.pack"
     assert client.store.blobs.get_range_into(key, 0, memoryview(bytearray(8))) == 8
     for token in ("", "tth_not_a_token"):
         stranger = RemoteRegistry(server.url, token=token, cache_dir=tmp_path / "s")

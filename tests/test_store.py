@@ -163,7 +163,7 @@ def test_a_killed_ingest_never_leaves_an_index_without_its_pack(tmp_path: Path) 
         proc.wait()
         store = open_store(url)
         store.refresh()
-        for digest in list(store._index):
+        for digest in list(store.index._index):
             loc = store.locate(digest)
             assert loc is not None
             assert (tmp_path / "store" / "packs" / f"{loc.pack}.pack").exists()

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 import tether
 from tether import IntegrityError, InvalidInput
 from tether._store import FileEntry, open_store
+from tether._store.chunk_index import ChunkIndex
 from tether._store.chunkstore import RAW, ChunkStore
 from tether.cli import cli
 from tether.server.blobs_api import RangeNotSatisfiable, parse_range
@@ -79,10 +80,10 @@ def test_a_lying_pack_in_a_local_store_costs_a_fallback_not_a_failed_load(
 
     # Without the fallback (one location per chunk, the liar listed first): the
     # victim's load fails, though nothing wrong is loaded.
-    original = ChunkStore.candidates
+    original = ChunkIndex.candidates
     with monkeypatch.context() as patch:
-        patch.setattr(ChunkStore, "candidates", lambda self, d: original(self, d)[:1])
-        patch.setattr(ChunkStore, "_demote", lambda self, d, loc: None)
+        patch.setattr(ChunkIndex, "candidates", lambda self, d: original(self, d)[:1])
+        patch.setattr(ChunkIndex, "demote", lambda self, d, loc: None)
         with tether.open(root) as reg:
             with pytest.raises(IntegrityError, match=f"pack {LIAR}"):
                 reg.load("fraud@1.0.0", progress=False)
@@ -253,10 +254,10 @@ def test_the_server_refuses_a_lying_upload_and_a_planted_liar_costs_only_a_fallb
     # A liar that got in another way (planted straight into the store, as a
     # presigned upload or an older server would have let it) ...
     plant(objects, body, index)
-    original = ChunkStore.candidates
+    original = ChunkIndex.candidates
     with monkeypatch.context() as patch:
-        patch.setattr(ChunkStore, "candidates", lambda self, d: original(self, d)[:1])
-        patch.setattr(ChunkStore, "_demote", lambda self, d, loc: None)
+        patch.setattr(ChunkIndex, "candidates", lambda self, d: original(self, d)[:1])
+        patch.setattr(ChunkIndex, "demote", lambda self, d, loc: None)
         patch.setenv("TETHER_CACHE_DIR", str(tmp_path / "cache-a"))
         with pytest.raises(IntegrityError, match=f"pack {LIAR}"):
             tether.connect(server.url, token=carl).load("fraud@1.0.0", progress=False)

@@ -134,8 +134,9 @@ def test_a_loads_run_check_matches_only_raw_chunks_hashing_to_their_digests() ->
     """A load checks a run's raw chunks in one call; anything it cannot vouch for
     (a wrong digest, a compressed chunk, a location outside the run, as a hostile
     index could claim) is left to the one-by-one check, never taken as matched."""
+    from tether._store.chunk_index import Location
     from tether._store.chunklist import ChunkRef
-    from tether._store.chunkstore import RAW, ZSTD, Location, _raw_matches
+    from tether._store.chunkstore import RAW, ZSTD, _raw_matches
 
     data = os.urandom(3000)
     pieces = [(100, 1000), (1100, 900), (2000, 1000)]

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tether._store import open_store
-from tether._store.chunkstore import _JOURNAL_MAX, ChunkStore
+from tether._store.chunk_index import _JOURNAL_MAX, ChunkIndex
+from tether._store.chunkstore import ChunkStore
 from tether._store.midx import MergedIndex, build, merge_into
 
 
@@ -108,7 +109,7 @@ def test_gc_compacts_small_packs_and_merges_the_index(tmp_path: Path) -> None:
     assert stats.packs < before / 10 and stats.extra["unreferenced_chunks"] == 0
     assert len(list((tmp_path / "store" / "index").iterdir())) == 1  # one merged index
     assert {p.stem for p in (tmp_path / "store" / "packs").iterdir()} == set(
-        after._all_packs())
+        after.index.all_packs())
     assert after.verify(live, label="kept") == []
     assert after.missing(c.digest for f in live for c in f.chunks) == set()
 
@@ -153,7 +154,7 @@ def test_verify_packs_quarantines_a_liar_listed_in_a_merged_index(tmp_path: Path
     result = store.verify_packs()
     assert [b.pack for b in result.bad] == [victim.pack] and result.bad[0].quarantined
     fresh = open_store(url)
-    assert victim.pack not in fresh._all_packs()
+    assert victim.pack not in fresh.index.all_packs()
     assert (tmp_path / "store" / "quarantine" / "index" / f"{victim.pack}.idx").exists()
     assert fresh.verify(reports[1].files, label="v1") == []
 
@@ -180,9 +181,9 @@ def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
         tmp_path: Path, monkeypatch: Any) -> None:
     """A load locates every chunk of a file at once (numpy over the merged index); it must
     find what ``_locate`` finds, chunk by chunk: merged entries, journal ones, duplicates."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index
 
-    monkeypatch.setattr(chunkstore, "_BATCH_LOOKUP", 1)
+    monkeypatch.setattr(chunk_index, "_BATCH_LOOKUP", 1)
     src = tmp_path / "src"
     src.mkdir()
     shared = os.urandom(1 << 20)
@@ -195,13 +196,14 @@ def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
     later = store.ingest(src, ["c.bin"])  # journal entries, in memory
     fresh = open_store(f"file://{tmp_path / 'store'}")
     fresh.refresh()
-    assert fresh._segments and fresh._journal
+    assert fresh.index.segments and fresh.index.journal
     chunks = [c for f in [*first.files, *later.files] for c in f.chunks]
     searched: list[int] = []
-    real = chunkstore.find_first
-    monkeypatch.setattr(chunkstore, "find_first",
+    real = chunk_index.find_first
+    monkeypatch.setattr(chunk_index, "find_first",
                         lambda indexes, keys: searched.append(len(keys)) or real(indexes, keys))
-    assert fresh._locate_all(chunks, what="x") == [fresh._locate(c, what="x") for c in chunks]
+    assert fresh.index.locate_all(chunks, what="x") == [fresh.index.locate_chunk(c, what="x")
+                                                        for c in chunks]
     assert searched and searched[0] > 0  # the merged index was searched all at once
     out = tmp_path / "out"
     fresh.materialize([*first.files, *later.files], out, label="t")
@@ -214,17 +216,17 @@ def test_merging_a_long_journal_writes_bounded_files_and_loses_nothing(
     """Merged files stay under _MERGE_MAX entries (what one merge rewrites is bounded,
     whatever the store's size), journal entries past _SPILL_ENTRIES go through a
     scratch file; every chunk is still found, and the journal is gone."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index
     from tether._store.midx import is_merged
 
-    monkeypatch.setattr(chunkstore, "_MERGE_MAX", cap)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", spill)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 8)
+    monkeypatch.setattr(chunk_index, "_MERGE_MAX", cap)
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", spill)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 8)
     # The big ingest's own merge (from memory) would leave no journal to merge here.
-    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
+    monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
     spilled: list[int] = []
-    real_scratch = ChunkStore._merged_scratch
-    monkeypatch.setattr(ChunkStore, "_merged_scratch",
+    real_scratch = ChunkIndex._merged_scratch
+    monkeypatch.setattr(ChunkIndex, "_merged_scratch",
                         lambda self, blocks, **kw: spilled.append(len(blocks)) or real_scratch(
                             self, blocks, **kw))
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
@@ -260,9 +262,9 @@ def test_a_verify_copy_folding_the_index_leaves_the_store_able_to_find_chunks(
     """``verify`` searches through a shallow copy of the store that shares its index.
     Folding there once emptied the shared dict but kept the new block on the copy
     only: the store then answered "not in the store" for chunks it holds."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index
 
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 50)
     for name, chunks in (("a", 30), ("b", 40)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.bin").write_bytes(os.urandom(chunks * 65536))
@@ -281,9 +283,9 @@ def test_a_fold_that_fails_loses_no_entry(tmp_path: Path, monkeypatch: Any) -> N
     stay as they were and every chunk is still found."""
     import errno
 
-    from tether._store import chunkstore
+    from tether._store import chunk_index
 
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 20)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 20)
     for name in "ab":
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.bin").write_bytes(os.urandom(40 * 65536))
@@ -295,7 +297,7 @@ def test_a_fold_that_fails_loses_no_entry(tmp_path: Path, monkeypatch: Any) -> N
     def no_memory(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(chunkstore, "combine", no_memory)
+    monkeypatch.setattr(chunk_index, "combine", no_memory)
     mine.refresh()  # reads the other writer's index: folds, cannot join
     monkeypatch.undo()
     chunks = theirs.files[0].chunks
@@ -308,7 +310,8 @@ def test_combine_writes_what_build_writes(tmp_path: Path) -> None:
     differ only in length, raw size or codec; blocks on the heap and off it."""
     import random
 
-    from tether._store.chunkstore import _handed, _off_heap
+    from tether._store.chunk_index import _off_heap
+    from tether._store.chunkstore import _handed
     from tether._store.midx import combine, merge_into
 
     rng = random.Random(1)
@@ -397,11 +400,11 @@ def test_missing_of_packed_lists_answers_as_missing_does(tmp_path: Path, monkeyp
     file, an in-memory block, the unfolded dict or nowhere, and with a pack forgotten."""
     import random
 
-    from tether._store import chunkstore
+    from tether._store import chunk_index
     from tether._store.chunklist import ChunkList, ChunkRef
 
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 40)
-    monkeypatch.setattr(chunkstore, "_LOOKUP_PIECE", 64)  # many pieces
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 40)
+    monkeypatch.setattr(chunk_index, "_LOOKUP_PIECE", 64)  # many pieces
     url = f"file://{tmp_path / 'store'}"
     store = open_store(url, pack_target=256 * 1024)
     reports = []
@@ -409,11 +412,11 @@ def test_missing_of_packed_lists_answers_as_missing_does(tmp_path: Path, monkeyp
         (tmp_path / f"s{i}").mkdir()
         (tmp_path / f"s{i}" / "x.bin").write_bytes(os.urandom((30 + 25 * i) * 65536))
         if i == 3:  # the last ingest's entries all stay in the dict (a fold on its very
-            monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 10**9)  # last pack emptied it)
+            monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 10**9)  # last pack emptied it)
         reports.append(store.ingest(tmp_path / f"s{i}", ["x.bin"]))
         if i == 1:
             store.consolidate()  # the first two in a merged file, the rest in blocks/dict
-    assert store._segments and store._blocks and store._index
+    assert store.index.segments and store.index._blocks and store.index._index
     rng = random.Random(3)
     stored = [c for r in reports for f in r.files for c in f.chunks]
     absent = [ChunkRef(rng.randbytes(32).hex(), 9) for _ in range(50)]
@@ -425,8 +428,8 @@ def test_missing_of_packed_lists_answers_as_missing_does(tmp_path: Path, monkeyp
     assert store.missing_of(lists) == store.missing(c.digest for c in mixed) == want
     fresh = open_store(url)  # another process: everything from files
     assert fresh.missing_of(lists) == want
-    gone_pack = next(iter(store._segments.values())).pack_names[0]
-    store._forget_pack(gone_pack)
+    gone_pack = next(iter(store.index.segments.values())).pack_names[0]
+    store.index.forget_pack(gone_pack)
     assert store.missing_of(lists) == store.missing(c.digest for c in mixed) > want
 
 
@@ -462,11 +465,11 @@ def test_an_ingest_of_many_packs_merges_its_own_index_files(
     from the entries it holds: a fresh process reads one merged file, not thousands of
     journal files. Another writer's journal file is left as it is, and the merged file
     lists no pack but the ingest's own."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index
     from tether._store.midx import is_merged
 
-    monkeypatch.setattr(chunkstore, "_JOURNAL_MAX", 6)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    monkeypatch.setattr(chunk_index, "_JOURNAL_MAX", 6)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 50)
     url = f"file://{tmp_path / 'store'}"
     other = open_store(url, pack_target=1 << 20)
     (tmp_path / "o").mkdir()
@@ -594,16 +597,16 @@ def test_a_failed_merge_reports_its_own_error(tmp_path: Path, monkeypatch: Any) 
     BufferError from closing a scratch input a traceback still holds a view of."""
     import errno
 
-    from tether._store import chunkstore
+    from tether._store import chunk_index
 
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     for i in range(4):
         (tmp_path / f"v{i}").mkdir()
         (tmp_path / f"v{i}" / "f.bin").write_bytes(os.urandom(300_000))
         store.ingest(tmp_path / f"v{i}", ["f.bin"])
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 1)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1)
-    real = chunkstore.merge_into
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 1)
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 1)
+    real = chunk_index.merge_into
 
     class Full:
         def __init__(self, handle: Any) -> None:
@@ -619,11 +622,11 @@ def test_a_failed_merge_reports_its_own_error(tmp_path: Path, monkeypatch: Any) 
 
     def failing(handle: Any, indexes: Any, covers: Any, *args: Any, **kw: Any) -> int:
         covers = list(covers)
-        if covers and any(i.name == chunkstore._SPILLED for i in indexes):
+        if covers and any(i.name == chunk_index._SPILLED for i in indexes):
             return int(real(Full(handle), indexes, covers, *args, **kw))
         return int(real(handle, indexes, covers, *args, **kw))
 
-    monkeypatch.setattr(chunkstore, "merge_into", failing)
+    monkeypatch.setattr(chunk_index, "merge_into", failing)
     with pytest.raises(OSError) as caught:
         store.consolidate()
     assert caught.value.errno == errno.ENOSPC
@@ -669,16 +672,16 @@ def test_after_merging_its_own_files_an_ingest_lets_its_blocks_go(
     """Once an ingest's entries are in the merged file it wrote (and read in place), the
     blocks holding them in memory go before the commit: a large model's commit peaked
     with both. Every chunk is still found, in this process and a fresh one."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index
 
-    monkeypatch.setattr(chunkstore, "_JOURNAL_MAX", 6)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 50)
+    monkeypatch.setattr(chunk_index, "_JOURNAL_MAX", 6)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 50)
     url = f"file://{tmp_path / 'store'}"
     store = open_store(url, pack_target=256 * 1024)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "big.bin").write_bytes(os.urandom(4 << 20))
     report = store.ingest(tmp_path / "src", ["big.bin"])
-    assert not store._blocks and not store._index and len(store._segments) == 1
+    assert not store.index._blocks and not store.index._index and len(store.index.segments) == 1
     chunks = report.files[0].chunks
     assert store.missing_of([chunks]) == set() == open_store(url).missing_of([chunks])
     store.materialize(report.files, tmp_path / "out", label="big")
@@ -714,24 +717,24 @@ def test_an_ingest_lets_its_own_index_blocks_go_beside_another_writers(
     """After a large ingest merges its own index files, the in-memory blocks keep only
     what is not in that file: another writer's entries read from the journal. Before,
     one such entry kept every block (56 bytes a new chunk) until the process ended."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index, chunkstore
 
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1000)  # merges its own from 1,000
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 256)
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 1000)  # merges its own from 1,000
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 256)
     other = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     foreign = other.ingest(_tiny(tmp_path / "m", 1).parent, ["m/model.bin"])
-    foreign_packs = set(other._all_packs())
+    foreign_packs = set(other.index.all_packs())
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=256 * 1024)
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "b.bin").write_bytes(os.urandom(6 << 20))  # ~6,000 chunks
     report = store.ingest(tmp_path / "big", ["b.bin"])
     assert report.new_chunks > 4000
-    with store._lock:
-        held = sum(b.entry_count for b in store._blocks) + len(store._index)
-        names = {name for b in store._blocks for name in b.pack_names}
+    with store.index.lock:
+        held = sum(b.entry_count for b in store.index._blocks) + len(store.index._index)
+        names = {name for b in store.index._blocks for name in b.pack_names}
     assert held <= len(list(foreign.files[0].chunks)) and names <= foreign_packs, held
-    assert foreign_packs & (names | {loc.pack for loc in store._index.values()})
+    assert foreign_packs & (names | {loc.pack for loc in store.index._index.values()})
     for reader in (store, open_store(f"file://{tmp_path / 'store'}")):
         assert reader.missing([c.digest for f in report.files for c in f.chunks]) == set()
         assert reader.missing([c.digest for f in foreign.files for c in f.chunks]) == set()
@@ -744,19 +747,19 @@ def test_a_long_ingest_keeps_its_index_entries_in_scratch_files_and_still_finds_
     chunk, growing with the file) into scratch files read in place, merged by size so
     few are searched. Its later windows still find them: bytes seen again after the
     entries were spilled are not stored twice, and nothing is lost."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index, chunkstore
 
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 1000)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 256)
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 1000)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 256)
     # Small windows: the repeat comes long after its first copy's packs were indexed and
     # left the writer's recent set, so only the (spilled) index can find it.
     monkeypatch.setattr(chunkstore, "_WINDOW", 128 * 1024)
     monkeypatch.setattr(chunkstore, "_HELD_BYTES", (chunkstore._AHEAD + 2) * 128 * 1024)
-    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
+    monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
     spilled: list[int] = []
-    real = ChunkStore._merged_scratch
-    monkeypatch.setattr(ChunkStore, "_merged_scratch", lambda self, blocks, **kw: (
+    real = ChunkIndex._merged_scratch
+    monkeypatch.setattr(ChunkIndex, "_merged_scratch", lambda self, blocks, **kw: (
         spilled.append(sum(b.entry_count for b in blocks)) or real(self, blocks, **kw)))
     seen = os.urandom(1 << 20)
     (tmp_path / "src").mkdir()
@@ -766,9 +769,9 @@ def test_a_long_ingest_keeps_its_index_entries_in_scratch_files_and_still_finds_
     report = store.ingest(tmp_path / "src", ["f.bin"])
     chunks = report.files[0].chunks
     assert len(chunks) > 5000 and len(spilled) >= 5, spilled
-    with store._lock:
-        files = [b for b in store._blocks if b.from_file]
-        memory = sum(b.entry_count for b in store._blocks if not b.from_file)
+    with store.index.lock:
+        files = [b for b in store.index._blocks if b.from_file]
+        memory = sum(b.entry_count for b in store.index._blocks if not b.from_file)
     assert files and memory < 1000 + 256, memory
     sizes = sorted(b.entry_count for b in files)
     assert all(b > 2 * a for a, b in itertools.pairwise(sizes)), sizes  # merged by size
@@ -789,32 +792,32 @@ def test_blocks_changed_while_they_were_spilled_stay_as_they_are(
     """Spilling runs outside the index lock: if the blocks were dropped or replaced
     meanwhile (an ingest's own merge, gc's reset), its file is discarded, not put back
     beside them."""
-    from tether._store import chunkstore
+    from tether._store import chunk_index, chunkstore
 
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 500)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 128)
-    monkeypatch.setattr(ChunkStore, "_merge_own", lambda self, packs, entries: None)
-    real = ChunkStore._merged_scratch
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 500)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 128)
+    monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
+    real = ChunkIndex._merged_scratch
     replaced: list[int] = []
 
-    def meanwhile(self: ChunkStore, blocks: list[MergedIndex], **kw: Any) -> MergedIndex:
+    def meanwhile(self: ChunkIndex, blocks: list[MergedIndex], **kw: Any) -> MergedIndex:
         out = real(self, blocks, **kw)
         if not replaced:
-            with self._lock:  # as _drop_from_blocks would: one block for them all
+            with self.lock:  # as _drop_from_blocks would: one block for them all
                 joined = real(self, list(self._blocks))
                 replaced.append(joined.entry_count)
                 self._blocks[:] = [joined]
         return out
 
-    monkeypatch.setattr(ChunkStore, "_merged_scratch", meanwhile)
+    monkeypatch.setattr(ChunkIndex, "_merged_scratch", meanwhile)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(os.urandom(2 << 20))
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     report = store.ingest(tmp_path / "src", ["f.bin"])
     assert replaced
-    with store._lock:
-        held = sum(b.entry_count for b in store._blocks) + len(store._index)
+    with store.index.lock:
+        held = sum(b.entry_count for b in store.index._blocks) + len(store.index._index)
     assert held == report.new_chunks  # each entry once: the discarded file added none
     assert store.missing([c.digest for c in report.files[0].chunks]) == set()
 
@@ -874,23 +877,23 @@ def test_an_ingest_goes_on_when_its_blocks_cannot_be_spilled(
     (make_temp reports a full disk as StoreError) they stay in memory and the ingest
     succeeds, every chunk found."""
     from tether._errors import StoreError
-    from tether._store import chunkstore
+    from tether._store import chunk_index, chunkstore
 
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    monkeypatch.setattr(chunkstore, "_SPILL_ENTRIES", 500)
-    monkeypatch.setattr(chunkstore, "_INDEX_FOLD", 128)
+    monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 500)
+    monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 128)
 
     def full(*_args: Any, **_kwargs: Any) -> Any:
         raise StoreError("the disk is full", hint="free space")
 
-    monkeypatch.setattr(ChunkStore, "_merged_scratch", full)
+    monkeypatch.setattr(ChunkIndex, "_merged_scratch", full)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(os.urandom(2 << 20))
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     report = store.ingest(tmp_path / "src", ["f.bin"])
     assert report.new_chunks > 1000
-    with store._lock:
-        assert not any(b.from_file for b in store._blocks)
+    with store.index.lock:
+        assert not any(b.from_file for b in store.index._blocks)
     monkeypatch.undo()
     fresh = open_store(f"file://{tmp_path / 'store'}")
     for reader in (store, fresh):

@@ -391,7 +391,7 @@ def test_the_server_merges_the_index_files_its_clients_upload(
 ) -> None:
     """A client writing through the gateway may not delete index files, so without the
     server merging them every upload left one more file for every later lookup to read."""
-    from tether._store.chunkstore import _JOURNAL_MAX
+    from tether._store.chunk_index import _JOURNAL_MAX
 
     client = tether.connect(server.url, token=server.token)
     index = server.store / "index"

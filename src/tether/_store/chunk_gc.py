@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import IntegrityError, NotFound, StoreError
-from . import chunkstore
+from . import chunk_index
 from .base import FileEntry, GcReport
 from .blobs import scratch_root
 from .cache import dead_scratch, remove_paths
@@ -104,7 +104,7 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     keep.add_files(live)  # streamed: one version's chunk lists at a time
     mtimes = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i.mtime
               for i in store.blobs.list("packs/")}
-    census = store._census()
+    census = store.index.census()
     tally = census.tally(keep)
     report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                       dry_run=dry_run)
@@ -184,14 +184,14 @@ def _apply(store: ChunkStore, plan: _GcPlan, commit: Any, *, progress: bool = Fa
             with contextlib.suppress(Exception):
                 store.blobs.delete(f"index/{pack}.idx")
                 store.blobs.delete(f"packs/{pack}.pack")
-            store._forget_pack(pack)
+            store.index.forget_pack(pack)
         raise
     # 2. One merged index without the dropped packs (written before anything is
     #    deleted, so an index never lists a deleted pack); then the deletions,
     #    which need no space. An index goes before its pack.
-    with store._lock:
-        merge = bool(store._segments) or len(store._journal - set(plan.drop_packs)) \
-            >= chunkstore._JOURNAL_MAX
+    with store.index.lock:
+        merge = bool(store.index.segments) or len(store.index.journal - set(plan.drop_packs)) \
+            >= chunk_index._JOURNAL_MAX
     if merge:  # a small store keeps one index file per pack
         with contextlib.suppress(StoreError):  # a full disk: handled just below
             store.consolidate(exclude=plan.drop_packs)
@@ -202,19 +202,19 @@ def _apply(store: ChunkStore, plan: _GcPlan, commit: Any, *, progress: bool = Fa
     dropped = [pack for pack in plan.drop_packs if pack not in listed]
     for pack in dropped:
         store.blobs.delete(f"packs/{pack}.pack")
-        store._forget_pack(pack)
+        store.index.forget_pack(pack)
     for key in plan.deletes:
         with contextlib.suppress(NotFound):
             store.blobs.delete(key)
     remove_paths(plan.scratch)
-    store._reset_index()
+    store.index.reset()
     store.refresh()
 
 
 def _segment_packs(store: ChunkStore) -> set[str]:
     """Packs the merged index files read claim."""
-    with store._lock:
-        segments = list(store._segments.values())
+    with store.index.lock:
+        segments = list(store.index.segments.values())
     return {pack for segment in segments for pack in segment.pack_names}
 
 
@@ -290,6 +290,6 @@ def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]
             with contextlib.suppress(Exception):
                 store.blobs.delete(f"index/{new}.idx")
                 store.blobs.delete(f"packs/{new}.pack")
-            store._forget_pack(new)
+            store.index.forget_pack(new)
         raise
     return writer.published

@@ -29,9 +29,7 @@ import contextlib
 import copy
 import itertools
 import json
-import mmap
 import os
-import struct
 import tempfile
 import threading
 import time
@@ -39,7 +37,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,23 +60,14 @@ from .base import (
 )
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
-from .chunklist import RECORD_SIZE, ChunkList, ChunkListBuilder, ListBudget
+from .chunk_index import ChunkIndex, Location, index_name
+from .chunklist import ChunkList, ChunkListBuilder, ListBudget
 from .fileio import ALIGN, BufferPool, aligned_buffer, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .handoffs import prompt_handoffs
-from .index_cache import IndexCache
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
 from .midx import (
-    MAGIC,
-    PAGES,
-    MergedIndex,
-    Unsorted,
-    build,
-    combine,
     damage,
-    find_first,
-    is_merged,
-    merge_into,
 )
 from .pack_file import PackFile
 from .progress import Progress
@@ -121,53 +110,18 @@ _WINDOW = 8 * 1024 * 1024
 _AHEAD = 3
 #: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
-#: A network store's index file larger than this is asked whether it is a merged
-#: file first, and if so streamed to disk (index_cache.py), never held whole.
-_INDEX_IN_MEMORY = 1 << 20
 #: Loads and verifies keep at most this many runs (of <= _RUN_BYTES) in flight.
 _RUNS_AHEAD = 6
-#: Journal index files (one per pack) merged into a merged index once this many.
-_JOURNAL_MAX = 64
 #: gc (``chunk_gc``) moves the live chunks of packs under pack_target / this into
 #: shared packs (and never those of a network upload's full size: see REMOTE_PACK_TARGET).
 _SMALL_PACK_PART = 8
-#: Index lookups of at least this many digests at once are vectorised (numpy),
-#: at most _LOOKUP_PIECE at a time (memory stays flat for a million chunks). One at
-#: a time, a binary search each, the last 566 chunks of a file mapped 36 MB of index.
-_BATCH_LOOKUP = 16
-_LOOKUP_PIECE = 65536
-#: Whether-stored questions go to numpy from this many digests: an ingest asks for
-#: every window's chunks (about 128) of every merged file and index block, and one
-#: numpy search of 128 keys took 23 us against 230 us one at a time.
-_BATCH_KNOWN = 16
 #: Pins of more chunks than this are written piece by piece through a file.
 _PIN_PIECE = 50_000
 #: A pack writer remembers the chunks of packs it indexed until this many bytes of
 #: later packs are indexed: more than the windows an ingest looks up ahead.
 _HELD_BYTES = (_AHEAD + 2) * _WINDOW
-#: The in-memory index is folded into a numpy-built block (56 bytes an entry, not
-#: some 300 as a dict of Locations) once it holds this many entries; blocks are
-#: combined, smallest first, while the result stays under ``_BLOCK_MAX`` entries.
-_INDEX_FOLD = 16384
-_BLOCK_MAX = 131072
-#: A merged index file holds at most about this many entries (117 MB, the chunks of
-#: 128 GB at 64 KiB): merging streams (``merge_into``), so its memory does not
-#: depend on this; the cap bounds what one merge rewrites, and a lookup searches
-#: one more file for every 2 million chunks stored.
-_MERGE_MAX = 2097152
-#: A merge keeps at most this many journal entries in memory (7 MB); more are
-#: merged into a scratch file first.
-_SPILL_ENTRIES = 131072
-#: The name of a merge's scratch inputs (closed when the merge is done).
-_SPILLED = "spilled"
-#: The name of blocks spilled to a scratch file (``_spill_blocks``): unmapped when the
-#: last lookup holding one lets go, like any block.
-_SPILLED_BLOCK = "spilled-block"
 #: Loads and verify locate a file's chunks this many at a time (bounded memory).
 _LOCATE_PIECE = 16384
-#: The entries found for them are read this many at a time, within the mapped-pages
-#: budget (midx.MappedPages).
-_ENTRIES_AT_ONCE = 256
 #: A load of up to this many chunks (4 GB at 64 KiB) pins them in the chunk cache.
 _CACHE_PIN_MAX = 65536
 #: Follow the previous version's chunks when cutting a new one (following.py);
@@ -182,15 +136,6 @@ _VERIFY_BATCH_ENTRIES = 1 << 18
 #: A pin from another host (a remote client between upload and commit) is kept this long
 #: even by `gc --grace 0`: its owner cannot be asked whether it is still alive.
 _PIN_MIN_SECONDS = 900.0
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    pack: str
-    offset: int
-    length: int
-    raw_size: int
-    codec: int
 
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -252,73 +197,6 @@ def _raw_checked(view: memoryview, pieces: Sequence[tuple[int, int, int, int, st
     for i, digest in zip(raw, found, strict=True):
         matched[i] = digest == pieces[i][4]
     return matched
-
-
-def _index_name(key: str) -> str:
-    """The name of index file ``key`` (``index/<name>.idx``)."""
-    return key.rsplit("/", 1)[-1].removesuffix(".idx")
-
-
-def _segment_keys(digests: Sequence[str],
-                  settled: Sequence[object]) -> tuple[list[int], list[bytes]]:
-    """(positions, 32-byte keys) of the digests still to look up in the merged index:
-    those whose ``settled`` entry is falsy (not found in memory); a digest that is not
-    64 hex digits is left out (no index lists it)."""
-    where: list[int] = []
-    keys: list[bytes] = []
-    for i, digest in enumerate(digests):
-        if not settled[i] and len(digest) == 64:
-            try:
-                keys.append(bytes.fromhex(digest))
-            except ValueError:
-                continue
-            where.append(i)
-    return where, keys
-
-
-def _is_hex(text: str, digits: int) -> bool:
-    if not isinstance(text, str) or len(text) != digits or text != text.lower():
-        return False
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _fits_a_block(digest: str, loc: Location) -> bool:
-    """Whether an index entry is one a merged index can hold: hex names, sizes in range."""
-    return (_is_hex(digest, 64) and _is_hex(loc.pack, 32) and 0 <= loc.offset < 1 << 64
-            and 0 <= loc.length < 1 << 32 and 0 <= loc.raw_size < 1 << 32
-            and 0 <= loc.codec < 256)
-
-
-def _off_heap(data: bytes | bytearray) -> mmap.mmap:
-    """``data`` copied into memory of its own (an anonymous mapping), given back to the
-    system whole when closed.
-
-    Index blocks live as long as the ingest and are joined into ever larger ones.
-    On malloc's heap, the freed smaller ones left holes that larger ones did not
-    fit: logging 242,000 chunks peaked at 226 MB with the blocks there, 218-221 MB
-    with them here.
-    """
-    block = mmap.mmap(-1, max(1, len(data)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    block[:len(data)] = data
-    return block
-
-
-def _to_spill(blocks: Sequence[MergedIndex]) -> list[MergedIndex]:
-    """The blocks ``ChunkStore._spill_blocks`` merges next into one file: every block in
-    memory once they hold ``_SPILL_ENTRIES`` entries, else the two smallest spilled
-    files if the larger is at most twice the smaller, else none."""
-    memory = [b for b in blocks if not b.from_file]
-    if sum(b.entry_count for b in memory) >= _SPILL_ENTRIES:
-        return memory
-    spilled = sorted((b for b in blocks if b.from_file), key=lambda b: b.entry_count)
-    for smaller, larger in itertools.pairwise(spilled):
-        if larger.entry_count <= 2 * smaller.entry_count:
-            return [smaller, larger]
-    return []
 
 
 def _handed(items: list[Any]) -> Iterator[Any]:
@@ -567,8 +445,8 @@ class PackWriter:
                 with contextlib.suppress(Exception):
                     self.store.blobs.delete(f"packs/{pack_id}.pack")
             raise
-        self.store._add_index(pack_id, size, entries)
-        self.store._note_journal(pack_id)
+        self.store.index.add(pack_id, size, entries)
+        self.store.index.note_journal(pack_id)
         self.published.append(pack_id)
         with self._held_lock:  # indexed now: held a little longer, then left to the index
             self._indexed.append((size, [e[0] for e in entries]))
@@ -612,530 +490,39 @@ class ChunkStore:
                       if cache_dir is not None and not blobs.is_local else None)
         if cache_dir is not None and getattr(blobs, "tmp_dir", False) is None:
             blobs.tmp_dir = cache_dir / "tmp"  # type: ignore[attr-defined]
-        self._lock = threading.Lock()
-        self._index: dict[str, Location] = {}
-        #: Further candidates of chunks more than one pack claims (rare: two
-        #: writers racing, or a pack that lies); the first stays in ``_index``.
-        self._alternates: dict[str, list[Location]] = {}
-        #: Packs known from journal index files (and the ones this process wrote).
-        self._pack_sizes: dict[str, int] = {}
-        #: Merged index files (see midx.py), by name, read in place.
-        self._segments: dict[str, MergedIndex] = {}
-        #: The in-memory index folded into blocks (``_fold_index``): searched like the
-        #: merged files, but no file of the store (never merged, collected or listed).
-        self._blocks: list[MergedIndex] = []
-        #: Index files read (or covered by a merged one read): never read again.
-        self._seen_files: set[str] = set()
-        #: Journal index files (by name) this process knows are still listed.
-        self._journal: set[str] = set()
-        #: Packs gone (gc, quarantine, undo) that merged indexes may still list.
-        self._forgotten: set[str] = set()
-        #: Locations whose bytes did not match: tried last.
-        self._demoted: set[Location] = set()
+        #: Which pack holds each chunk (chunk_index.py): read by every ingest and load.
+        self.index = ChunkIndex(blobs, cache_dir=cache_dir, scratch_file=self.scratch_file)
         self._cctx = threading.local()
         self._tidying = threading.Lock()
-        self._spilling = threading.Lock()
-        #: A network store's merged index files, kept on disk (index_cache.py).
-        self._index_cache = (IndexCache(cache_dir, blobs)
-                             if cache_dir is not None and not blobs.is_local else None)
 
-    # -- the index ---------------------------------------------------------------
-
-    def _add_index(self, pack: str, size: int, entries: Iterable[list[Any]]) -> None:
-        with self._lock:
-            self._pack_sizes[pack] = size
-            self._forgotten.discard(pack)
-            for digest, offset, length, raw, codec in entries:
-                loc = Location(pack, int(offset), int(length), int(raw), int(codec))
-                first = self._index.setdefault(digest, loc)
-                if first is not loc and first != loc:
-                    # Another pack claims it too: keep every candidate, so a pack
-                    # whose bytes do not match never hides an honest copy.
-                    others = self._alternates.setdefault(digest, [])
-                    if loc not in others:
-                        others.append(loc)
-            if len(self._index) >= _INDEX_FOLD:
-                self._fold_index()
-        self._spill_blocks()
-
-    def _journal_entries(self) -> tuple[dict[str, tuple[int, list[list[Any]]]],
-                                        dict[str, list[list[Any]]]]:
-        """The in-memory index and its alternates by pack (``_lock`` held): those a block
-        can hold ({pack: (size, entries)}), and the rest ({pack: entries}: from a
-        malformed index file, they claim nothing, and ``store verify`` names them)."""
-        packs: dict[str, tuple[int, list[list[Any]]]] = {}
-        malformed: dict[str, list[list[Any]]] = {}
-        every = itertools.chain(self._index.items(), (
-            (digest, loc) for digest, others in self._alternates.items() for loc in others))
-        for digest, loc in every:
-            entry = [digest, loc.offset, loc.length, loc.raw_size, loc.codec]
-            if not _fits_a_block(digest, loc):
-                malformed.setdefault(loc.pack, []).append(entry)
-                continue
-            size = self._pack_sizes.get(loc.pack, 0)
-            # A size a block cannot hold (a malformed index) must not keep the others out.
-            packs.setdefault(loc.pack, (size if 0 <= size < 1 << 64 else 0, []))[1].append(
-                entry)
-        return packs, malformed
-
-    def _dict_as_block(self) -> MergedIndex | None:
-        """The in-memory index (and its alternates) as a block, off the heap (``_lock``
-        held); None if it cannot be built (memory)."""
-        packs, _ = self._journal_entries()
-        try:
-            return MergedIndex("memory", _off_heap(build(packs, ())))
-        except (ValueError, OverflowError, struct.error, OSError, MemoryError):
-            return None
-
-    def _census(self) -> Census:
-        """Every index entry naming a pack in use, for reading in rounds (refreshed first).
-
-        Never without the journal: gc would take its packs for empty and drop them,
-        verify would check them against nothing. If it cannot be read (memory), this
-        raises rather than go on without it.
-        """
-        from .census import Census  # numpy: only gc, stats and verify need it
-
-        self.refresh()
-        with self._lock:  # one snapshot: no pack listed without its entries
-            sources = self._searched()
-            packs = self._packs_listed()
-            journal, malformed = self._journal_entries()
-        if journal:
-            try:
-                sources.append(MergedIndex("memory", build(journal, ())))
-            except (ValueError, OverflowError, struct.error, MemoryError) as error:
-                raise StoreError(f"could not read the index journal of {self.url} "
-                                 f"({type(error).__name__}: {error})",
-                                 hint="free memory and retry; nothing was changed") from error
-        return Census(sources, packs, malformed)
-
-    def _fold_index(self) -> None:
-        """Move the in-memory index (and its alternates) into a block (``_lock`` held).
-
-        A large ingest adds an entry per new chunk, and a fresh process reads a
-        long journal: as Locations in a dict, a million entries were 300 MB.
-        A block holds every candidate of a digest, as a merged file does.
-        """
-        block = self._dict_as_block()
-        if block is None:
-            return  # not folded: the dict keeps answering, as before
-        # The list is changed in place, never replaced: a copy of this store made for
-        # ``verify`` shares it (and the dict, and the files read), so a fold on either
-        # is seen by both. The new block is in it before the dict is emptied.
-        self._blocks.append(block)
-        self._index.clear()
-        self._alternates.clear()
-        while True:
-            small = sorted((b for b in self._blocks if not b.from_file),
-                           key=lambda b: b.entry_count)[:2]
-            if len(small) < 2 or small[0].entry_count + small[1].entry_count > _BLOCK_MAX:
-                return
-            # Joined blocks are unmapped when the last reference goes (a lookup may
-            # still be searching them): never closed here. If joining fails, both stay.
-            try:
-                joined = MergedIndex("memory", _off_heap(combine(small, ())))
-            except (ValueError, OverflowError, OSError, MemoryError):
-                return
-            self._blocks[:] = [b for b in self._blocks if b is not small[0]
-                               and b is not small[1]] + [joined]
-
-    def _spill_blocks(self) -> None:
-        """Move the blocks in memory to a scratch file, read in place, once they hold
-        ``_SPILL_ENTRIES`` entries; and merge spilled files of about one size into one.
-
-        An ingest adds an entry per new chunk and keeps them until it ends (its own
-        later windows must find them). In memory that was 56 bytes a chunk, 54 MB of
-        the 290 MB peak of logging 967,000 chunks, and grew with the file. In files,
-        the pages its lookups touch are let go within ``midx.MAPPED_BUDGET`` (the
-        page cache keeps them). Files are merged when one is at most twice another,
-        so an entry is rewritten about log2(entries / ``_SPILL_ENTRIES``) times and a
-        lookup searches as many files. Not under ``_lock``: lookups go on meanwhile,
-        finding the entries in the inputs until the merged file takes their place.
-        """
-        if not self._spilling.acquire(blocking=False):
-            return  # another publisher thread is at it: it sees these blocks too
-        try:
-            while True:
-                with self._lock:
-                    group = _to_spill(self._blocks)
-                if not group:
-                    return
-                try:
-                    spilled = self._merged_scratch(group, name=_SPILLED_BLOCK)
-                except (OSError, ValueError, MemoryError, StoreError):
-                    # No room for a scratch file (make_temp says StoreError): they stay
-                    # as they are, in memory, and lookups still find every entry.
-                    return
-                with self._lock:
-                    if not all(any(b is g for b in self._blocks) for g in group):
-                        spilled.close()  # changed meanwhile (dropped, reset): not needed
-                        return
-                    self._blocks[:] = [b for b in self._blocks
-                                       if not any(b is g for g in group)] + [spilled]
-        finally:
-            self._spilling.release()
-
-    def _searched(self) -> list[MergedIndex]:
-        """The merged files and blocks a lookup searches after ``_index`` (``_lock`` held)."""
-        return [*self._segments.values(), *self._blocks]
-
-    def _note_journal(self, name: str) -> None:
-        with self._lock:
-            self._journal.add(name)
-            self._seen_files.add(name)
-
-    def _reset_index(self) -> None:
-        """Forget everything read (after gc rewrote the indexes); the next refresh rereads."""
-        with self._lock:
-            for segment in self._segments.values():
-                segment.close()
-            self._segments.clear()
-            self._blocks.clear()
-            self._index.clear()
-            self._alternates.clear()
-            self._pack_sizes.clear()
-            self._seen_files.clear()
-            self._journal.clear()
-            self._forgotten.clear()
-            self._demoted.clear()
-
-    def _add_segment(self, name: str, segment: MergedIndex) -> None:
-        with self._lock:
-            self._segments[name] = segment
-            self._seen_files.update(segment.covers)
-            for covered in segment.covers:  # replaced: its entries are all in ``segment``
-                old = self._segments.pop(covered, None)
-                if old is not None:
-                    old.close()
-                self._journal.discard(covered)
-
-    def _open_segment(self, key: str, name: str) -> MergedIndex:
-        path = self.blobs.local_path(key)
-        if path is not None:
-            try:
-                return MergedIndex.open(name, path)
-            except FileNotFoundError as error:
-                raise NotFound(f"store object {key} is missing") from error
-        return MergedIndex(name, self.blobs.get_bytes(key))
+    # -- the index (chunk_index.py) ------------------------------------------------
 
     def refresh(self) -> None:
-        """Read index files written since the last look (by us or other writers).
-
-        A few merged files plus a short journal, whatever the store's size. A
-        listed file found gone was merged (or collected) since the listing: the
-        merged file replacing it was written first, so listing again finds it.
-        """
-        for _attempt in range(4):
-            lost = False
-            # Sorted, so every process sees the candidates of a chunk in one order.
-            listing = sorted(self.blobs.list("index/"), key=lambda i: i.key)
-            names = [_index_name(info.key) for info in listing]
-            new = [(name, info) for name, info in zip(names, listing, strict=True)
-                   if name not in self._seen_files and name not in self._pack_sizes]
-            fetched = self._fetch_new_indexes(new)
-            for name, info in new:
-                if name in self._seen_files or name in self._pack_sizes:
-                    continue  # covered by a merged file read just before it in this loop
-                try:
-                    if name in fetched:
-                        # Over a network: fetched at once, one request per file.
-                        raw = fetched[name]
-                        if raw is None:
-                            raise NotFound(f"{info.key} is gone")
-                        if isinstance(raw, MergedIndex):  # kept on disk (index_cache.py)
-                            self._add_segment(name, raw)
-                        elif is_merged(raw[:len(MAGIC)]):
-                            self._add_segment(name, MergedIndex(name, raw))
-                        else:
-                            data = json.loads(raw)
-                            self._add_index(data["pack"], int(data["size"]), data["chunks"])
-                            with self._lock:
-                                self._journal.add(name)
-                    elif info.size >= len(MAGIC) and self._is_merged(info.key):
-                        self._add_segment(name, self._open_segment(info.key, name))
-                    else:
-                        data = json.loads(self.blobs.get_bytes(info.key))
-                        self._add_index(data["pack"], int(data["size"]), data["chunks"])
-                        with self._lock:
-                            self._journal.add(name)
-                except NotFound:
-                    lost = True  # merged away or collected since the listing
-                    continue
-                except (ValueError, KeyError, TypeError, struct.error):
-                    continue  # malformed: claims nothing (`tether store verify` reports it)
-                self._seen_files.add(name)
-            if not lost:
-                if self._index_cache is not None:
-                    self._index_cache.prune(set(names))
-                return
-
-    def _fetch_new_indexes(self, new: list[tuple[str, Any]],
-                           ) -> dict[str, bytes | MergedIndex | None]:
-        """The index files ``new`` ((name, listing entry) not read yet), by name, from a
-        network store, fetched a few at a time: merged files kept on disk and mapped
-        (``index_cache``: a fresh process fetches only those merged since), the
-        journal's as bytes (None: gone since the listing). Nothing for a local store."""
-        if self.blobs.is_local:
-            return {}
-        new = [(name, info) for name, info in new if self.blobs.local_path(info.key) is None]
-        if not new:
-            return {}
-        cache = self._index_cache
-
-        def get(name: str, info: Any) -> bytes | MergedIndex | None:
-            try:
-                if cache is not None:
-                    kept = cache.open(name, info.size)
-                    if kept is not None:
-                        return kept
-                    if info.size > _INDEX_IN_MEMORY and is_merged(
-                            self.blobs.get_range(info.key, 0, len(MAGIC))):
-                        # Else (a short answer, a full cache disk) fetched whole, as before.
-                        with contextlib.suppress(OSError, ValueError, struct.error):
-                            return cache.fetch(info.key, name, info.size)
-                raw = self.blobs.get_bytes(info.key)
-                if cache is not None and is_merged(raw[:len(MAGIC)]):
-                    with contextlib.suppress(OSError, ValueError, struct.error):
-                        return cache.keep(name, raw)  # else read from memory (and refused there)
-                return raw
-            except NotFound:
-                return None
-
-        if len(new) == 1:
-            return {new[0][0]: get(*new[0])}
-        with ThreadPoolExecutor(max_workers=_READ_THREADS * 2,
-                                thread_name_prefix="tether-index") as pool:
-            return dict(zip([name for name, _ in new],
-                            pool.map(lambda item: get(*item), new), strict=True))
-
-    def _is_merged(self, key: str) -> bool:
-        path = self.blobs.local_path(key)
-        if path is not None:
-            try:
-                with open(path, "rb") as handle:
-                    return is_merged(handle.read(len(MAGIC)))
-            except FileNotFoundError as error:
-                raise NotFound(f"store object {key} is missing") from error
-        return is_merged(self.blobs.get_range(key, 0, len(MAGIC)))
-
-    def _forget_pack(self, pack: str) -> None:
-        with self._lock:
-            self._forgotten.add(pack)
-            self._pack_sizes.pop(pack, None)
-            for digest, others in list(self._alternates.items()):
-                others[:] = [loc for loc in others if loc.pack != pack]
-                if not others:
-                    del self._alternates[digest]
-            for digest in [d for d, loc in self._index.items() if loc.pack == pack]:
-                rest = self._alternates.get(digest)
-                if rest:
-                    self._index[digest] = rest.pop(0)
-                    if not rest:
-                        del self._alternates[digest]
-                else:
-                    del self._index[digest]
-
-    def _known(self, digest: str) -> bool:
-        """Whether some index lists ``digest``."""
-        return self._known_all([digest])[0]
-
-    def _known_all(self, digests: Sequence[str]) -> list[bool]:
-        """Whether some index lists each of ``digests`` (ingest asks for every chunk:
-        one lock, no Location built)."""
-        with self._lock:
-            index = self._index
-            known = [d in index for d in digests]
-            segments = self._searched()
-            forgotten = set(self._forgotten)
-        if not segments or all(known):
-            return known
-        where, keys = _segment_keys(digests, known)
-        if len(keys) >= _BATCH_KNOWN and not forgotten:
-            for i, number in zip(where, find_first(segments, keys)[0].tolist(), strict=True):
-                if number >= 0:
-                    known[i] = True
-        else:
-            for n, (i, key) in enumerate(zip(where, keys, strict=True), start=1):
-                known[i] = any(s.has(key, forgotten) for s in segments)
-                if n % 64 == 0 or n == len(keys):
-                    PAGES.spend(segments)  # as find_first does
-        return known
+        """Read index files written since the last look (``ChunkIndex.refresh``)."""
+        self.index.refresh()
 
     def missing(self, digests: Iterable[str]) -> set[str]:
-        """The digests the store lacks, looked up ``_LOOKUP_PIECE`` at a time: ``digests``
-        may be a generator over a million chunks, never held at once."""
-        self.refresh()
-        gone: set[str] = set()
-        stream = iter(digests)
-        while piece := list(dict.fromkeys(itertools.islice(stream, _LOOKUP_PIECE))):
-            gone.update(d for d, known in zip(piece, self._known_all(piece), strict=True)
-                        if not known)
-        return gone
+        """The digests the store lacks (``ChunkIndex.missing``)."""
+        return self.index.missing(digests)
 
     def missing_of(self, lists: Iterable[ChunkList]) -> set[str]:
-        """``missing`` of every chunk of ``lists`` (a version's files), searched from the
-        packed records: a commit checks every chunk of the version, and through hex
-        digests (made, parsed back, then searched) 967,000 chunks took 6 s."""
-        self.refresh()
-        with self._lock:
-            simple = not self._forgotten
-        if not simple:
-            return self.missing(d for chunks in lists for d in chunks.digests())
-        import numpy as np  # as find_first does
-
-        gone: set[str] = set()
-        for chunks in lists:
-            for records in chunks.pieces(_LOOKUP_PIECE):
-                digests = np.frombuffer(records, dtype=[("digest", "S32"), ("size", "<u8")])
-                with self._lock:
-                    segments = self._searched()
-                which, _ = find_first(segments, digests["digest"])
-                # Not in a merged file or block: the few left are looked for in the dict.
-                at = [i * RECORD_SIZE for i in (which < 0).nonzero()[0].tolist()]
-                absent = [bytes(records[a:a + 32]).hex() for a in at]
-                del digests
-                if absent:
-                    with self._lock:
-                        gone.update(d for d in absent if d not in self._index)
-        self._let_go_segments()
-        return gone
-
-    def _let_go_segments(self) -> None:
-        """Drop the merged files' pages a bulk search mapped (a commit checks every chunk
-        of a version, a load locates every chunk of a file): on this kernel a few
-        thousand lookups map nearly all of a large file, and those pages counted in the
-        process's peak (54 MB for 967,000 chunks) though the page cache holds them."""
-        with self._lock:
-            segments = self._searched()  # the spilled blocks too
-        for segment in segments:
-            segment.let_go()
-
-    def _locate_all(self, chunks: Sequence[ChunkRef], *, what: str) -> list[Location]:
-        """``_locate`` of every chunk of a file at once: the merged index is searched
-        with numpy for all of them (one at a time, 27,000 chunks took 0.26 s, and a
-        load located each twice). The same answers: the in-memory index first, then
-        each merged file's first entry; one at a time when locations were demoted or
-        packs forgotten (their order rules), or for a few chunks."""
-        with self._lock:
-            index = self._index
-            segments = self._searched()
-            simple = not self._demoted and not self._forgotten and not self._alternates
-        if not simple or not segments or len(chunks) < _BATCH_LOOKUP:
-            located = []
-            for n, chunk in enumerate(chunks, start=1):
-                located.append(self._locate(chunk, what=what))
-                if n % 64 == 0:
-                    PAGES.spend(segments)
-            return located
-        import numpy as np  # as find_first does
-
-        # Hex digests straight from packed records: a ChunkRef built for each chunk,
-        # three times over, was most of a 2 GB load's locating (150-210 ms).
-        digests = (list(chunks.digests()) if isinstance(chunks, ChunkList)
-                   else [c.digest for c in chunks])
-        found: list[Location | None] = [index.get(d) for d in digests]
-        where, keys = _segment_keys(digests, found)
-        which, entries = find_first(segments, keys)
-        # Read in file order, within the mapped-pages budget: in the chunks' order a
-        # piece of 16,384 chunks maps every page of a large index (midx.MappedPages).
-        hit = (which >= 0).nonzero()[0]
-        hit = hit[np.lexsort((entries[hit], which[hit]))]
-        for number, segment in enumerate(segments):
-            mine = hit[which[hit] == number]
-            for start in range(0, len(mine), _ENTRIES_AT_ONCE):
-                part = mine[start:start + _ENTRIES_AT_ONCE]
-                for i, entry in zip(part.tolist(), segment.entries_at(entries[part]),
-                                    strict=True):
-                    if entry is not None:  # else damaged: found one at a time
-                        found[where[i]] = Location(*entry)
-                PAGES.spend(segments)
-        self._let_go_segments()
-        return [loc if loc is not None else self._locate(chunks[i], what=what)
-                for i, loc in enumerate(found)]
+        """The chunks of ``lists`` the store lacks (``ChunkIndex.missing_of``)."""
+        return self.index.missing_of(lists)
 
     def locate(self, digest: str) -> Location | None:
-        found = self.candidates(digest)
-        return found[0] if found else None
+        return self.index.locate(digest)
 
     def candidates(self, digest: str) -> list[Location]:
         """Every location some index claims for ``digest``, the one to try first first."""
-        with self._lock:
-            first = self._index.get(digest)
-            found = [first, *self._alternates.get(digest, ())] if first is not None else []
-            segments = self._searched()
-            forgotten = self._forgotten
-        for segment in segments:
-            for pack, offset, length, raw, codec in segment.lookup(digest):
-                loc = Location(pack, offset, length, raw, codec)
-                if pack not in forgotten and loc not in found:
-                    found.append(loc)
-        if self._demoted and len(found) > 1:
-            found.sort(key=lambda loc: loc in self._demoted)
-        return found
-
-    def _demote(self, digest: str, bad: Location) -> None:
-        """Try ``bad`` last from now on: its bytes did not match ``digest``."""
-        with self._lock:
-            self._demoted.add(bad)
-            others = self._alternates.get(digest)
-            if not others:
-                return
-            if self._index.get(digest) == bad:
-                self._index[digest] = others.pop(0)
-                others.append(bad)
-            elif bad in others:
-                others.remove(bad)
-                others.append(bad)
-
-    def _all_packs(self) -> dict[str, int]:
-        """{pack: size} of every pack some index lists."""
-        with self._lock:
-            return self._packs_listed()
-
-    def _packs_listed(self) -> dict[str, int]:
-        """``_all_packs`` with ``_lock`` held."""
-        packs: dict[str, int] = {}
-        for segment in self._segments.values():
-            packs.update(segment.packs())
-        packs.update(self._pack_sizes)
-        for pack in self._forgotten:
-            packs.pop(pack, None)
-        return packs
-
-    # -- consolidation -------------------------------------------------------------
-
-    def _can_merge(self) -> bool:
-        """Merging deletes the index files it replaces: a gateway client may not."""
-        return getattr(self.blobs, "reads_locks", True) and hasattr(self.blobs, "delete")
+        return self.index.candidates(digest)
 
     def maybe_consolidate(self) -> None:
-        """Merge the journal once it is long (and similar-sized merged files with it).
+        """Merge the index journal once it is long (``ChunkIndex.maybe_consolidate``)."""
+        self.index.maybe_consolidate()
 
-        Tiered like an LSM tree: a merged file is merged again only with files
-        of similar size, so each entry is rewritten O(log n) times in all.
-        Safe beside other writers: inputs are deleted only after the output
-        that covers them is durable. Never concurrently with gc (callers hold
-        the ingest or store lock).
-        """
-        if not self._can_merge():
-            return
-        self.refresh()
-        with self._lock:
-            journal = sorted(self._journal)
-        if len(journal) < _JOURNAL_MAX:
-            return
-        with self._lock:
-            segments = sorted(self._segments.values(), key=lambda m: m.pack_count)
-        weight, chosen = len(journal), []
-        for segment in segments:
-            if segment.pack_count > 2 * weight:
-                break
-            if segment.entry_count >= _MERGE_MAX // 2:
-                continue  # full enough: merged files stay under _MERGE_MAX entries
-            chosen.append(segment)
-            weight += segment.pack_count
-        self._merge(journal, chosen)
+    def consolidate(self, *, exclude: Iterable[str] = ()) -> None:
+        """Merge every index file into one, leaving out ``exclude`` packs."""
+        self.index.consolidate(exclude=exclude)
 
     def tidy_index(self) -> None:
         """Merge the index journal once it is long, unless this process is merging already.
@@ -1146,201 +533,14 @@ class ChunkStore:
         """
         from .locking import ingest_lock
 
-        with self._lock:
-            short = len(self._journal) < _JOURNAL_MAX  # as last read: commits read it first
-        if short or not self._can_merge() or not self._tidying.acquire(blocking=False):
+        if (not self.index.journal_is_long() or not self.index.can_merge()
+                or not self._tidying.acquire(blocking=False)):
             return
         try:
             with contextlib.suppress(Exception), ingest_lock(self):  # an optimisation only
                 self.maybe_consolidate()
         finally:
             self._tidying.release()
-
-    def consolidate(self, *, exclude: Iterable[str] = ()) -> None:
-        """Merge every index file into one (gc, quarantine), leaving out ``exclude`` packs."""
-        if not self._can_merge():
-            return
-        self.refresh()
-        with self._lock:
-            journal = sorted(self._journal)
-            segments = list(self._segments.values())
-        self._merge(journal, segments, exclude=set(exclude))
-
-    def _merge(self, journal: list[str], segments: list[MergedIndex], *,
-               exclude: set[str] | None = None) -> None:
-        """Merge ``journal`` files and ``segments`` into merged files of at most
-        ``_MERGE_MAX`` entries each, in bounded memory.
-
-        Each output is streamed to a file (``merge_into``: a few MB in rounds,
-        whatever its size). Journal files are read into small blocks
-        ``_INDEX_FOLD`` entries at a time (as Python lists, the 268,000 entries of
-        one 20 GB ingest took 140 MB), and blocks past ``_SPILL_ENTRIES`` are
-        merged into a scratch file read in place, so a long journal (a 70 GB
-        ingest writes thousands of packs) is not held either. Each merged file
-        is durable before the files it covers go.
-        """
-        skip = (exclude or set()) | set(self._forgotten)
-        inputs: list[MergedIndex] = []  # merged files and spilled blocks, read in place
-        blocks: list[MergedIndex] = []  # journal entries not spilled yet, in memory
-        covered: list[str] = []
-        count = held = 0
-
-        def spill() -> None:
-            nonlocal blocks
-            inputs.append(self._merged_scratch(blocks))
-            blocks = []
-
-        def write() -> None:
-            nonlocal inputs, blocks, covered, count
-            inputs.extend(blocks)  # as they are: the merge reads them a round at a time
-            blocks = []
-            try:
-                if covered:
-                    self._publish_merged(inputs, covered, skip)
-            finally:
-                for index in inputs:
-                    if index.name == _SPILLED:
-                        # A failed merge's traceback may still hold a view into it: then
-                        # it is unmapped when that goes (the file is unlinked already).
-                        with contextlib.suppress(BufferError):
-                            index.close()
-            inputs, covered, count = [], [], 0
-
-        for segment in segments:
-            if count and count + segment.entry_count > _MERGE_MAX:
-                write()
-            inputs.append(segment)
-            covered.append(segment.name)
-            count += segment.entry_count
-        packs: dict[str, tuple[int, list[Any]]] = {}
-        for name in journal:
-            try:
-                data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
-                pack, size, chunks = str(data["pack"]), int(data["size"]), list(data["chunks"])
-                if pack not in skip and not all(  # one that cannot be merged is left alone
-                        _fits_a_block(d, Location(pack, o, n, r, c)) for d, o, n, r, c in chunks):
-                    raise ValueError(f"index {name} lists an entry no merged index can hold")
-            except NotFound:
-                continue  # merged by another writer meanwhile
-            except (ValueError, KeyError, TypeError, OverflowError, struct.error):
-                continue  # malformed: left alone (`tether store verify` reports it)
-            covered.append(name)
-            if pack not in skip:
-                packs[pack] = (size, chunks)
-                held += len(chunks)
-            if held >= _INDEX_FOLD:
-                blocks.append(MergedIndex("merging", build(packs, ())))
-                count += held
-                packs, held = {}, 0
-                if count >= _MERGE_MAX:
-                    write()
-                elif sum(b.entry_count for b in blocks) >= _SPILL_ENTRIES:
-                    spill()
-        if packs:
-            blocks.append(MergedIndex("merging", build(packs, ())))
-        write()
-        for pack in exclude or ():
-            self._forget_pack(pack)
-        self.refresh()
-
-    def _merge_own(self, packs: list[str], entries: int) -> None:
-        """Merge the index files of ``packs``, which this ingest wrote (``entries``
-        entries in all), once they are many or large, from the entries this process
-        holds (not by reading them back).
-
-        A large model writes thousands of packs (70 GB: 2,200 of 32 MB), and the
-        merge after its commit (``tidy_index``) read them all back, a million
-        entries parsed from JSON in about 6 s of the log; fewer, larger files
-        (small chunks) were not merged at all, and every process opening the
-        store parsed them (967,000 entries in 36 files: 9 s). One merged file is
-        written whatever its size (an ingest of more than ``_MERGE_MAX`` new
-        chunks, 128 GB, writes a larger one).
-        """
-        if not packs or (len(packs) < _JOURNAL_MAX and entries < _SPILL_ENTRIES) \
-                or not self._can_merge():
-            return
-        with self._lock:
-            if self._index:
-                self._fold_index()  # every entry into a block (the dict's last ones too)
-            if self._index:
-                return  # could not fold: the journal stays as it is
-            blocks = list(self._blocks)
-            forgotten = set(self._forgotten)
-        mine = set(packs)
-        others = {name for block in blocks for name in block.pack_names if name not in mine}
-        name = self._publish_merged(blocks, packs, others | forgotten)
-        self.refresh()
-        with self._lock:
-            if name in self._segments:
-                # Every entry of ``packs`` is in the file just read in place: the blocks
-                # keep only the others' (56 bytes a new chunk, 54 MB for 967,000).
-                self._drop_from_blocks(mine)
-
-    def _drop_from_blocks(self, packs: set[str]) -> None:
-        """Leave out of the in-memory blocks the entries of ``packs`` (``_lock`` held;
-        every entry of theirs is in a merged file read in place). All blocks, not only
-        those merged: a fold since may have joined one with newer entries. What stays
-        is other writers' entries (read from the journal) and packs published since."""
-        if not self._blocks:
-            return
-        if all(set(block.pack_names) <= packs for block in self._blocks):
-            self._blocks.clear()
-            return
-        try:
-            if sum(b.entry_count for b in self._blocks) < _SPILL_ENTRIES:
-                rest = MergedIndex("memory", _off_heap(combine(list(self._blocks), (),
-                                                               drop=packs)))
-            else:  # combine holds 110 bytes an entry: streamed to a file instead
-                rest = self._merged_scratch(list(self._blocks), name=_SPILLED_BLOCK,
-                                            drop=packs)
-        except (ValueError, OSError, MemoryError, StoreError):
-            return  # kept whole: lookups still find everything
-        self._blocks[:] = [rest] if rest.entry_count else []
-
-    def _publish_merged(self, inputs: list[MergedIndex], covers: list[str],
-                        drop: set[str]) -> str:
-        """Write the merged index of ``inputs`` (without the packs in ``drop``) as a new
-        index file replacing the index files ``covers``, which go once it is durable;
-        its name."""
-        fd, tmp = self.blobs.temp_file()
-        try:
-            with os.fdopen(fd, "w+b") as handle:
-                try:
-                    merge_into(handle, inputs, covers, drop=drop)
-                except Unsorted:
-                    # A damaged input: sorted whole in memory (about 110 bytes an entry,
-                    # once), which puts it right.
-                    handle.seek(0)
-                    handle.truncate()
-                    handle.write(combine(inputs, covers, drop=drop))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        name = uuid.uuid4().hex
-        if self._index_cache is not None:
-            self._index_cache.adopt(name, tmp)  # not downloaded again by the next refresh
-        self.blobs.put_file(f"index/{name}.idx", tmp)
-        # The merged file is durable: only now may what it replaces go.
-        for old in covers:
-            with contextlib.suppress(NotFound):
-                self.blobs.delete(f"index/{old}.idx")
-        return name
-
-    def _merged_scratch(self, blocks: list[MergedIndex], *, name: str = _SPILLED,
-                        drop: Iterable[str] = ()) -> MergedIndex:
-        """``blocks`` merged (without the entries of the packs in ``drop``) into a scratch
-        file, read in place (the file is unlinked at once: the mapping keeps it until
-        closed)."""
-        fd, path = self.scratch_file("index-merge")
-        try:
-            with os.fdopen(fd, "w+b") as handle:
-                merge_into(handle, blocks, (), drop=drop)
-            index = MergedIndex.open(name, path)
-        finally:
-            path.unlink(missing_ok=True)
-        return index
 
     # -- writing -----------------------------------------------------------------
 
@@ -1399,7 +599,7 @@ class ChunkStore:
                 report = self._ingest(root, paths, progress=progress, published=published,
                                       pin_also=list(pin_also), previous=previous or {})
                 with contextlib.suppress(Exception):  # an optimisation: never fails an ingest
-                    self._merge_own(published, report.new_chunks)
+                    self.index.merge_own(published, report.new_chunks)
                 return report
         except BaseException:
             if published:
@@ -1421,7 +621,7 @@ class ChunkStore:
             listed = {i.key for i in self.blobs.list("index/")}
             if any(f"index/{pack}.idx" not in listed for pack in published):
                 return  # merged into a merged index meanwhile: gc collects them
-            ours = self._digests_in(set(published))
+            ours = self.index.digests_in(set(published))
             for pin in self.blobs.list("pins/"):
                 if pin.mtime < started - 2:
                     continue
@@ -1431,18 +631,7 @@ class ChunkStore:
             for pack in published:
                 self.blobs.delete(f"index/{pack}.idx")
                 self.blobs.delete(f"packs/{pack}.pack")
-                self._forget_pack(pack)
-
-    def _digests_in(self, packs: set[str]) -> set[str]:
-        """The digests some index entry places in one of ``packs`` (one pass over all)."""
-        with self._lock:
-            blocks = list(self._blocks)
-            found = {d for d, loc in self._index.items() if loc.pack in packs}
-            found.update(d for d, others in self._alternates.items()
-                         if any(loc.pack in packs for loc in others))
-        for block in blocks:
-            found.update(d for d, pack, *_ in block.entries() if pack in packs)
-        return found
+                self.index.forget_pack(pack)
 
     def _pack_target_for(self, total: int) -> int:
         if not self._adaptive_packs:
@@ -1593,7 +782,7 @@ class ChunkStore:
         if digests is None:
             digests = hash_cuts(view, cuts)
         out: list[tuple[str, int, bytes | memoryview | None, int]] = []
-        for (offset, length), digest, known in zip(cuts, digests, self._known_all(digests),
+        for (offset, length), digest, known in zip(cuts, digests, self.index.known_all(digests),
                                                    strict=True):
             if known:
                 out.append((digest, length, None, RAW))
@@ -1697,16 +886,6 @@ class ChunkStore:
 
     # -- reading -----------------------------------------------------------------
 
-    def _locate(self, chunk: ChunkRef, *, what: str) -> Location:
-        loc = self.locate(chunk.digest)
-        if loc is None:
-            self.refresh()
-            loc = self.locate(chunk.digest)
-        if loc is None:
-            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is not in the store",
-                                 hint="the store lost data; restore it from a backup")
-        return loc
-
     def _read_chunk(self, chunk: ChunkRef, *, what: str,
                     tried: dict[str, str] | None = None,
                     keep: bool = True) -> bytes | memoryview:
@@ -1718,22 +897,22 @@ class ChunkStore:
         data = self._from_cache(chunk)
         if data is not None:
             return data
-        self._locate(chunk, what=what)
+        self.index.locate_chunk(chunk, what=what)
         refreshed = False
         while True:
-            for loc in self.candidates(chunk.digest):
+            for loc in self.index.candidates(chunk.digest):
                 if loc.pack in tried:
                     continue
                 try:
                     payload = self._fetch(loc)
                 except IntegrityError as error:
                     tried[loc.pack] = error.message.removeprefix(f"pack {loc.pack} ")
-                    self._demote(chunk.digest, loc)
+                    self.index.demote(chunk.digest, loc)
                     continue
                 data, problem = _unpack(payload, loc.codec, chunk.size, chunk.digest)
                 if data is None:
                     tried[loc.pack] = problem
-                    self._demote(chunk.digest, loc)
+                    self.index.demote(chunk.digest, loc)
                     continue
                 if keep:
                     self._cache_store(chunk.digest, payload)
@@ -1759,7 +938,7 @@ class ChunkStore:
         position = 0
         for first in range(0, len(chunks), _LOCATE_PIECE):
             piece = chunks[first:first + _LOCATE_PIECE]
-            locs = self._locate_all(piece, what=what)
+            locs = self.index.locate_all(piece, what=what)
             starts = list(itertools.accumulate(piece.sizes(), initial=position))
             position = starts[-1]
             for run in self._runs(piece, what=what, locs=locs):
@@ -1779,7 +958,7 @@ class ChunkStore:
         size = 0
         cache = self.cache
         for i in range(len(chunks)):  # a chunk's ChunkRef only where it is needed
-            loc = locs[i] if locs is not None else self._locate(chunks[i], what=what)
+            loc = locs[i] if locs is not None else self.index.locate_chunk(chunks[i], what=what)
             alone = cache is not None and cache.has(chunks[i].digest)
             joins = (previous is not None and runs and not alone
                      and loc.pack == previous.pack
@@ -1818,7 +997,7 @@ class ChunkStore:
         if len(chunks) == 1:
             return [self._read_chunk(chunks[0], what=what, keep=keep)]
         if locs is None:
-            locs = [self._locate(c, what=what) for c in chunks]
+            locs = [self.index.locate_chunk(c, what=what) for c in chunks]
         first, last = locs[0], locs[-1]
         length = last.offset + last.length - first.offset
         try:
@@ -1845,7 +1024,7 @@ class ChunkStore:
             else:
                 data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
             if data is None:
-                self._demote(chunk.digest, loc)
+                self.index.demote(chunk.digest, loc)
                 data = self._read_chunk(chunk, what=what, tried={loc.pack: problem}, keep=keep)
                 raw = False
             else:
@@ -2173,16 +1352,16 @@ class ChunkStore:
                                hint="run `tether store verify` where the store is directly "
                                "reachable (on the server), or use --dry-run")
         report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
-        census = self._census()  # refreshed first
-        with self._lock:
-            segments = list(self._segments.values())
+        census = self.index.census()  # refreshed first
+        with self.index.lock:
+            segments = list(self.index.segments.values())
         for segment in segments:  # a merged file's own order, pack numbers and filter
             report.bad_indexes.extend(damage(segment))
         unreadable: dict[str, Any] = {}
         listed = set(census.names)
         for info in self.blobs.list("index/"):  # files no reader could parse
-            name = _index_name(info.key)
-            if name in self._seen_files or name in listed:
+            name = index_name(info.key)
+            if name in self.index.seen_files or name in listed:
                 continue
             try:
                 unreadable[name] = json.loads(self.blobs.get_bytes(info.key))
@@ -2221,7 +1400,7 @@ class ChunkStore:
             with store_lock(self):  # no ingest may be deciding to reuse these chunks now
                 merged = False
                 for bad in report.bad:
-                    in_journal = bad.pack in self._journal or indexes[bad.pack] is None
+                    in_journal = bad.pack in self.index.journal or indexes[bad.pack] is None
                     self.quarantine(bad.pack, bad.problems, index_bytes=None if in_journal
                                     else json.dumps(indexes[bad.pack]).encode())
                     merged = merged or not in_journal
@@ -2265,7 +1444,7 @@ class ChunkStore:
             self.blobs.put_bytes(f"quarantine/index/{name}.idx", index_bytes)
         else:
             self._move(f"index/{pack}.idx", f"quarantine/index/{name}.idx")
-        self._forget_pack(pack)
+        self.index.forget_pack(pack)
         return f"quarantine/{name}"
 
     def _move(self, key: str, dest: str) -> None:
@@ -2291,7 +1470,7 @@ class ChunkStore:
             "packs_without_index": [], "partial_uploads": [], "stale_locks": [],
             "stale_pins": []}
         self.refresh()
-        indexed = set(self._all_packs())
+        indexed = set(self.index.all_packs())
         for info in self.blobs.list("packs/"):
             pack = info.key.rsplit("/", 1)[-1].removesuffix(".pack")
             if pack not in indexed and now - info.mtime >= grace_seconds:
@@ -2345,15 +1524,16 @@ class ChunkStore:
                      for kind, items in found.items()}
         if self.cache_dir is not None:
             leftovers["scratch"] = dead_scratch(self.cache_dir / "tmp").to_dict()
-        tally = self._census().tally(referenced)
+        tally = self.index.census().tally(referenced)
         repeated = {c.digest: c.live for c in tally.claims}  # chunks listed more than once
         chunks = tally.single_chunks + len(repeated)
         unreferenced = tally.single_unused + sum(not alive for alive in repeated.values())
-        packs = self._all_packs()
-        with self._lock:
+        packs = self.index.all_packs()
+        with self.index.lock:
             extra: dict[str, Any] = {
                 "leftovers": leftovers, "unreferenced_chunks": unreferenced,
-                "index_files": {"merged": len(self._segments), "journal": len(self._journal)}}
+                "index_files": {"merged": len(self.index.segments),
+                                "journal": len(self.index.journal)}}
         return StoreStats(logical_bytes=logical, stored_bytes=sum(packs.values()),
                           chunks=chunks, packs=len(packs), extra=extra)
 
