@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tether.server.bodies import MAX_BODY, MAX_DEPTH
-from tether.server.mlflow_filter import MlflowError, _like, parse_filter
+from tether.server.mlflow_filter import SEARCH_STEPS, Budget, MlflowError, _like, parse_filter
 
 from .servers import Server, start_server, stop
 
@@ -146,6 +146,40 @@ def test_reader_like_filter_cannot_freeze_the_server(server: Server, reader: str
         params={"filter": f"name LIKE '{pattern}' AND source_path LIKE 's3:__b/%'"},
     )
     assert [v["version"] for v in versions.json()["model_versions"]] == ["1"]
+
+
+def test_like_with_many_underscores_over_long_values_is_refused_not_run(
+    server: Server, reader: str
+) -> None:
+    # The finding: a contributor stores a long source, a reader filters it with a
+    # pattern of thousands of '_': 122 s of matching in C, holding the GIL, with
+    # /health unanswered meanwhile. Here 100 KB and 4,000 characters of pattern.
+    long_source = "x" * 100_000
+    model = server.api("POST", f"{ML}/registered-models/create", json={"name": "long-source"})
+    assert model.status_code == 200, model.text
+    created = server.api("POST", f"{ML}/model-versions/create",
+                         json={"name": "long-source", "source": long_source})
+    assert created.status_code == 200, created.text
+    pattern = "%" + "x_" * 2000 + "y%"
+    # The harm, the unbounded way: one comparison is 400 million character steps.
+    started = time.perf_counter()
+    assert not _like(pattern, long_source, case=True)
+    unbounded = time.perf_counter() - started
+    with pytest.raises(MlflowError, match="costs too much"):
+        _like(pattern, long_source, case=True, budget=Budget())
+    assert 3 * SEARCH_STEPS < 100_000 * 4000
+    # Through the server: refused before the comparison runs, in far less time.
+    started = time.perf_counter()
+    answer = server.api("GET", f"{ML}/model-versions/search", reader,
+                        params={"filter": f"source_path LIKE '{pattern}'"})
+    refused = time.perf_counter() - started
+    mlflow_error(answer, 400, "INVALID_PARAMETER_VALUE", "costs too much", "fewer '_'")
+    assert refused < max(1.0, unbounded), (refused, unbounded)
+    # An ordinary pattern over the same long value still answers.
+    fine = server.api("GET", f"{ML}/model-versions/search", reader,
+                      params={"filter": "source_path LIKE 'xx_x%'"})
+    assert fine.status_code == 200, fine.text
+    assert [v["source"][:3] for v in fine.json()["model_versions"]] == ["xxx"]
 
 
 def test_health_stays_fast_while_searches_run(server: Server, reader: str) -> None:

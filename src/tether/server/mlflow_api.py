@@ -397,10 +397,12 @@ class MlflowApi:
         if not any(key == "name" for key, _ in order_by):
             order_by.append(("name", False))
         limit, start = search.page_args(p, default=100, least=0, most=1000)
+        budget = search.Budget()
         found = [
             m
             for m in reg.models()
-            if search.matches(clauses, lambda key, m=m: m.name, m.tags)  # type: ignore[misc]
+            if search.matches(clauses, lambda key, m=m: m.name, m.tags,  # type: ignore[misc]
+                              budget)
         ]
         times: dict[str, str] = {}
         if any(key == "last_updated_timestamp" for key, _ in order_by):
@@ -557,12 +559,14 @@ class MlflowApi:
         model_names = names or [m.name for m in reg.models()]
         found: list[ModelVersion] = []
         times: dict[str, str] = {}
+        budget = search.Budget()
         for model in model_names:
             try:
                 versions = reg.versions(model)
             except (NotFound, InvalidInput):  # InvalidReference: a name no model can have
                 continue
-            matching = [v for v in versions if search.matches(clauses, _fields(v), v.tags)]
+            matching = [v for v in versions
+                        if search.matches(clauses, _fields(v), v.tags, budget)]
             if matching:
                 found += matching
                 times.update(_version_times(reg, model))

@@ -6,7 +6,9 @@ against what MLflow allows for each search (:data:`MODELS`, :data:`VERSIONS`),
 and matched by a LIKE matcher without backtracking: a reader's filter costs
 time linear in its length (and, per compared value, at most pattern x value
 character steps, done in C), never the exponential time of a pattern
-translated into a backtracking regex.
+translated into a backtracking regex. Those steps hold the GIL, so one search
+may spend at most ``SEARCH_STEPS`` of them (a :class:`Budget`): a pattern of
+thousands of ``_`` against megabyte values froze the server for two minutes.
 
 MLflow's own parser skips every ``AND`` between comparisons, so a filter may
 start or end with ``AND`` (the MLflow client itself sends ``... AND AND ...``).
@@ -235,6 +237,35 @@ def check(clauses: list[tuple[str, str, Any]], language: Language) -> list[tuple
 # -- matching ------------------------------------------------------------------------
 
 
+#: Character steps one search may spend matching LIKE patterns (a few hundred ms of C
+#: at most). Ordinary filters spend a tiny share: 10,000 versions with 100-character
+#: values and an 8-character pattern with ``_`` are 8 million.
+SEARCH_STEPS = 100_000_000
+
+
+class Budget:
+    """What one search may still spend matching (see ``SEARCH_STEPS``). Each step is
+    counted before it is taken, at its worst case, so a search stops before the
+    costly comparison, never after it."""
+
+    def __init__(self, steps: int = SEARCH_STEPS) -> None:
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise invalid(
+                "this filter costs too much to evaluate: a LIKE pattern with '_' compared "
+                "with long values. Use a shorter pattern with fewer '_', or add a clause "
+                "such as name = '...' to search fewer versions"
+            )
+
+
+def _unbounded() -> Budget:
+    """The budget of a comparison made outside a search (tests, one-off checks)."""
+    return Budget(1 << 62)
+
+
 class _Like:
     """A SQL LIKE pattern (``%`` any run, ``_`` any one character), matched without
     backtracking: the pieces between ``%`` are found left to right, each at its
@@ -254,23 +285,26 @@ class _Like:
             return None
         return re.compile(".".join(re.escape(part) for part in piece.split("_")), re.DOTALL)
 
-    def _at(self, index: int, value: str, start: int) -> bool:
+    def _at(self, index: int, value: str, start: int, budget: Budget) -> bool:
         piece, finder = self.pieces[index], self.finders[index]
+        budget.spend(len(piece))
         if finder is None:
             return value.startswith(piece, start)
         return finder.match(value, start) is not None
 
-    def matches(self, value: str) -> bool:
+    def matches(self, value: str, budget: Budget) -> bool:
+        budget.spend(len(value))
         if not self.case:
             value = value.lower()
         pieces = self.pieces
         if len(pieces) == 1:
-            return len(value) == len(pieces[0]) and self._at(0, value, 0)
+            return len(value) == len(pieces[0]) and self._at(0, value, 0, budget)
         first, last = pieces[0], pieces[-1]
         if len(first) + len(last) > len(value):
             return False
         end = len(value) - len(last)
-        if not self._at(0, value, 0) or not self._at(len(pieces) - 1, value, end):
+        if not self._at(0, value, 0, budget) or not self._at(
+                len(pieces) - 1, value, end, budget):
             return False
         pos = len(first)
         for index in range(1, len(pieces) - 1):
@@ -278,8 +312,11 @@ class _Like:
             if not piece:
                 continue
             if finder is None:
+                budget.spend(end - pos)  # str.find: linear in what it searches
                 found = value.find(piece, pos, end)
             else:
+                # Tried at every place from pos: at worst the piece's length each.
+                budget.spend((end - pos) * len(piece))
                 hit = finder.search(value, pos, end)
                 found = hit.start() if hit else -1
             if found < 0:
@@ -293,8 +330,8 @@ def _like_matcher(pattern: str, case: bool) -> _Like:
     return _Like(pattern, case)
 
 
-def _like(pattern: str, value: str, *, case: bool) -> bool:
-    return _like_matcher(pattern, case).matches(value)
+def _like(pattern: str, value: str, *, case: bool, budget: Budget | None = None) -> bool:
+    return _like_matcher(pattern, case).matches(value, budget or _unbounded())
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -304,8 +341,6 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">=": lambda a, b: bool(a >= b),
     "<": lambda a, b: bool(a < b),
     "<=": lambda a, b: bool(a <= b),
-    "LIKE": lambda a, b: _like(b, a, case=True),
-    "ILIKE": lambda a, b: _like(b, a, case=False),
     "IN": lambda a, b: a in b,
     "NOT IN": lambda a, b: a not in b,
 }
@@ -315,10 +350,12 @@ def matches(
     clauses: list[tuple[str, str, Any]],
     attributes: Callable[[str], Any],
     tags: Mapping[str, str],
+    budget: Budget | None = None,
 ) -> bool:
     """Whether checked clauses all hold. A tag the item lacks matches no comparison,
     ``!=`` included (as in MLflow), except MLflow's prompt marker, which an untagged
-    model is ``!= 'true'`` and ``= 'false'`` of."""
+    model is ``!= 'true'`` and ``= 'false'`` of. ``budget``: what the search these
+    items are part of may still spend on LIKE (one for the whole search)."""
     for key, op, value in clauses:
         if key.startswith("tags."):
             actual = tags.get(key[5:])
@@ -329,7 +366,10 @@ def matches(
         else:
             actual = attributes(key)
             actual = "" if actual is None else actual
-        if not _COMPARE[op](actual, value):
+        if op in ("LIKE", "ILIKE"):
+            if not _like(value, actual, case=op == "LIKE", budget=budget):
+                return False
+        elif not _COMPARE[op](actual, value):
             return False
     return True
 
