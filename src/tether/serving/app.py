@@ -27,6 +27,7 @@ mistake is a 4xx and never reaches the windows rollback rules judge.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -47,17 +48,26 @@ from .._registry.tokens import Unauthenticated
 from .._schema import RecordSchemaError
 from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
-from .endpoint import Endpoint, PredictionFailed, Served
+from .endpoint import Check, Endpoint, PredictionFailed, Served
 from .guard import Unprocessable
 from .logs import version_fields
 from .metrics import CONTENT_TYPE
 from .pool import LoadedModel
-from .protocols import infer_response, model_metadata, parse_infer, parse_mlflow
+from .protocols import (
+    InferRequest,
+    check_outputs,
+    infer_response,
+    model_metadata,
+    parse_infer,
+    parse_mlflow,
+)
 from .runtime import ServingRuntime
 
 log = logging.getLogger("tether.serving")
 
 MAX_BODY = 32 * 1024 * 1024
+#: Longest a request body may take to arrive (32 MB at 1 MB/s).
+BODY_SECONDS = 30.0
 _PREDICT_KEYS = {"records", "inputs", "key", "request_id"}
 #: A caller's request id goes back in a header: printable ASCII only, bounded.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -96,13 +106,29 @@ def handled(handler: Handler) -> Handler:
 
 
 async def read_body(request: Request) -> bytes:
+    """The body, refused as soon as it passes ``MAX_BODY`` or takes ``BODY_SECONDS``.
+
+    Counted as it arrives: a chunked body has no Content-Length, and reading it
+    whole first held 1.8 GB before the limit said no. A body that trickles in (or
+    never ends) is cut off too, instead of holding its socket and its request
+    forever.
+    """
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
-    return body
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for part in request.stream():
+                size += len(part)
+                if size > MAX_BODY:
+                    raise InvalidInput(f"body is over the {MAX_BODY} byte limit")
+                parts.append(part)
+    except TimeoutError:
+        raise InvalidInput(f"the body took over {BODY_SECONDS:g} s to arrive",
+                           hint="send the whole request at once") from None
+    return b"".join(parts)
 
 
 async def read_json(request: Request) -> Any:
@@ -224,19 +250,26 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
                                     action=action)
 
     async def serve(request: Request, endpoint: Endpoint,
-                    decode: Callable[[bytes], Decoded]) -> tuple[Served, Any]:
+                    decode: Callable[[bytes], Decoded],
+                    check: Check | None = None) -> tuple[Served, Any]:
         """Read, decode and predict one request of any protocol (PredictionFailed raised)."""
-        endpoint.arrive()  # a batch waits for requests already on their way in
+        await may_read(request, endpoint, f"predicting on {endpoint.name}")
+        body = await read_body(request)
+        # Counted once its body is in: a batch waits for requests being decoded, not
+        # for one whose body trickles in (one such socket made every request of a
+        # batching endpoint wait the whole max_wait_ms).
+        endpoint.arrive()
         try:
-            await may_read(request, endpoint, f"predicting on {endpoint.name}")
-            body = await read_body(request)
             decoded = decode(body)
-        except BaseException:
+        except BaseException as error:
             endpoint.arrived()
+            if isinstance(error, TetherError):
+                endpoint.count_refused()
             raise
         key = request.headers.get("x-request-key") or decoded.key
         served = await endpoint.predict_async(decoded.records, key, decoded.request_id,
-                                              version=decoded.version, inline=inline)
+                                              version=decoded.version, inline=inline,
+                                              check=check)
         if access_log:
             log.info("predicted", extra={"endpoint": endpoint.name, "route": served.route,
                                          "request_id": served.request_id,
@@ -340,13 +373,19 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         version = request.path_params.get("version")
         header_length = request.headers.get("inference-header-content-length")
 
+        asked: list[InferRequest] = []
+
         def decode(body: bytes) -> Decoded:
             parsed = parse_infer(body, header_length)
             request_id = checked_request_id(parsed.request_id, "id")
+            asked.append(parsed)
             return Decoded(parsed.records, None, request_id, version, parsed)
 
+        def check(loaded: LoadedModel, predictions: list[Any]) -> None:
+            check_outputs(predictions, loaded.signature, asked[0])
+
         try:
-            served, parsed = await serve(request, endpoint, decode)
+            served, parsed = await serve(request, endpoint, decode, check)
         except PredictionFailed as error:
             return json_response({"error": error.message}, 500,
                                  headers={"X-Model-Version": version_header(error.model)})

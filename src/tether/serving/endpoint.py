@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import logging
 import math
-import os
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -45,6 +44,10 @@ log = logging.getLogger("tether.serving")
 
 #: Predictions remembered for feedback, by request id.
 RECENT_REQUESTS = 100_000
+#: What a request id several requests gave is remembered as (see `Endpoint._remember`).
+_REUSED: tuple[str, str, Any] = ("", "", None)
+#: An answer check (see `Endpoint.predict`): raises a TetherError to refuse it.
+Check = Callable[["LoadedModel", list[Any]], None]
 
 
 class PredictionFailed(TetherError):
@@ -107,8 +110,6 @@ class Endpoint:
         self._recent: dict[str, tuple[str, str, Any]] = {}
         self._served: dict[str, LoadedModel] = {}
         self._recent_lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(4).hex()
         self._sample = max((s.sample for s in config.shadows), default=0.0)
         self._batcher = Batcher(lambda: self.config.batching,
                                 observe=lambda rows: instruments.batch_rows.observe(
@@ -134,42 +135,45 @@ class Endpoint:
     # -- the request path ---------------------------------------------------------------
 
     def predict(self, records: Any, key: str | None = None, request_id: str | None = None,
-                *, version: str | None = None) -> Served:
+                *, version: str | None = None, check: Check | None = None) -> Served:
         """Predict ``records`` on the route the router (or ``version``) picks.
 
         ``records`` are objects of named fields, or positional rows (lists of
         values in the order of the version's input schema). ``version`` (a
         semantic version or sequence number) pins the route serving it.
+        ``check(loaded, predictions)`` refuses an answer the request cannot take
+        (an OIP output it names that the model does not give) before anything
+        is counted: the caller's error, as a refused record is.
         """
         call = self._begin(records, key, version)
         try:
             predictions = call.loaded.predict_prepared(call.inputs)
         except Exception as error:
             raise self._failed(call, error) from error
-        return self._finish(call, predictions, request_id)
+        return self._finish(call, predictions, request_id, check)
 
     async def predict_async(self, records: Any, key: str | None = None,
                             request_id: str | None = None, *, version: str | None = None,
-                            inline: bool = True) -> Served:
+                            inline: bool = True, check: Check | None = None) -> Served:
         """`predict` from the event loop: batched when the endpoint batches.
 
-        Call `arrive` when the request starts (before its body is read); this
+        Call `arrive` once the request's body is read (before it is decoded); this
         counts it off again, so a batch waits for requests already on their way.
         """
         batcher = self.batcher
         self.arrived()
         if batcher is None:
             if inline:
-                return self.predict(records, key, request_id, version=version)
+                return self.predict(records, key, request_id, version=version, check=check)
             return await asyncio.to_thread(self.predict, records, key, request_id,
-                                           version=version)
+                                           version=version, check=check)
         batcher.inline = inline
         call = self._begin(records, key, version)
         try:
             predictions = await batcher.predict(call.loaded, call.inputs, len(call.records))
         except Exception as error:
             raise self._failed(call, error) from error
-        return self._finish(call, predictions, request_id)
+        return self._finish(call, predictions, request_id, check)
 
     @property
     def batcher(self) -> Batcher | None:
@@ -238,8 +242,15 @@ class Endpoint:
         return PredictionFailed(f"{loaded.ref} failed to predict: {type(error).__name__}: "
                                 f"{error}", model=loaded)
 
-    def _finish(self, call: _Call, predictions: list[Any], request_id: str | None) -> Served:
+    def _finish(self, call: _Call, predictions: list[Any], request_id: str | None,
+                check: Check | None = None) -> Served:
         loaded, route, labels, records = call.loaded, call.route, call.labels, call.records
+        if check is not None:
+            try:
+                check(loaded, predictions)
+            except TetherError:
+                self._count_invalid(loaded, None)
+                raise
         elapsed = time.perf_counter() - call.started
         call.window.record_request(True, elapsed)
         self.instruments.requests.inc(*labels, route)
@@ -247,7 +258,9 @@ class Endpoint:
         self.instruments.records.inc(*labels, amount=len(records))
         self.instruments.predictions(labels, predictions)
         loaded.drift.observe(records)
-        request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
+        # Unguessable: an id is what feedback names, and a guessed one could be reused
+        # by another caller (see _remember).
+        request_id = request_id or secrets.token_hex(12)
         self._remember(request_id, route, loaded, predictions)
         if self.shadows and (self._sample >= 1.0 or random.random() < self._sample):
             self._mirror(MirrorJob(self.name, loaded, records, predictions,
@@ -278,6 +291,10 @@ class Endpoint:
                 seen.setdefault(slot.current.digest, slot.current)
         return list(seen.values())
 
+    def count_refused(self) -> None:
+        """Count a request refused before it reached a version (its body or protocol)."""
+        self.instruments.invalid.inc(self.name, "")
+
     def _count_invalid(self, loaded: LoadedModel, field: str | None) -> None:
         # Label by declared fields only: a caller's own keys must not mint label sets.
         known = loaded.signature is not None and field in loaded.signature.inputs.names
@@ -300,7 +317,10 @@ class Endpoint:
             frozen = json.dumps(predictions)
         with self._recent_lock:
             recent = self._recent
-            recent[request_id] = (route, digest, frozen)
+            # An id given twice names no one prediction: feedback on it is refused. Kept
+            # as it was, a second caller reusing someone's id (OIP lets the caller choose
+            # it) took over the first one's feedback, booked on its own version.
+            recent[request_id] = _REUSED if request_id in recent else (route, digest, frozen)
             if len(recent) > RECENT_REQUESTS:
                 del recent[next(iter(recent))]
 
@@ -311,7 +331,7 @@ class Endpoint:
 
     def feedback(self, items: list[Any]) -> dict[str, Any]:
         """Ground truth or metric values for earlier requests, by their request id."""
-        accepted, unknown = 0, []
+        accepted, unknown, reused = 0, [], []
         for index, item in enumerate(items):
             if not isinstance(item, Mapping) or not isinstance(item.get("request_id"), str):
                 raise InvalidInput(f"feedback item {index} needs a request_id",
@@ -326,6 +346,9 @@ class Endpoint:
             if entry is None:
                 unknown.append(item["request_id"])
                 continue
+            if entry is _REUSED:
+                reused.append(item["request_id"])
+                continue
             route, digest, frozen = entry
             loaded = self._served[digest]
             predictions = json.loads(frozen) if isinstance(frozen, str) else list(frozen)
@@ -337,7 +360,10 @@ class Endpoint:
                 if slot is not None and slot.current is loaded:
                     slot.window.record_value(f"feedback.{name}", total, count)
             accepted += 1
-        return {"accepted": accepted, "unknown": unknown}
+        answer: dict[str, Any] = {"accepted": accepted, "unknown": unknown}
+        if reused:
+            answer["reused"] = reused  # ids several requests gave: whose truth is it?
+        return answer
 
     # -- changing what is served --------------------------------------------------------
 

@@ -8,6 +8,10 @@ So a non-finite number (or an integer too large for a float) is refused with
 422 naming the record and the field before the model sees it, unless the
 endpoint's ``allow_non_finite`` names that field (or is ``true``). A nullable
 field may take NaN: it is the missing value such a field is declared to take.
+
+A finite number too large for the field's own type is refused the same way: a
+``float`` field (or a float32 tensor) turns ``1e39`` into infinity, which the
+model then fails on just as it would on ``Infinity``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from typing import Any
+
+import numpy as np
 
 from .._errors import InvalidInput
 from .._schema import RecordSchemaError, Signature
@@ -41,25 +47,48 @@ def finite_number(value: Any) -> bool:
         return False
 
 
-def _problem(value: Any, nullable: bool, depth: int = 0) -> str | None:
-    """Why ``value`` (a number, or nested lists of them) is not acceptable, or None."""
+#: The largest finite value of the floating types narrower than a double.
+_FLOAT_MAX = {"float32": 3.4028234663852886e38, "float16": 65504.0}
+
+
+def float_limit(type_: str | None, dtype: str | None = None) -> float | None:
+    """The largest magnitude a field of ``type_`` (a tensor: of ``dtype``) keeps finite;
+    None for a double (Python's own floats are doubles)."""
+    if type_ == "float":
+        return _FLOAT_MAX["float32"]
+    if type_ == "tensor" and dtype is not None:
+        try:
+            return _FLOAT_MAX.get(np.dtype(dtype).name)
+        except TypeError:
+            return None
+    return None
+
+
+def _problem(value: Any, nullable: bool, depth: int = 0,
+             limit: float | None = None) -> str | None:
+    """Why ``value`` (a number, or nested lists of them) is not acceptable, or None.
+    ``limit``: the largest magnitude the field's type holds (see ``float_limit``)."""
     if isinstance(value, float):
         if math.isnan(value):
             return None if nullable else "NaN"
         if math.isinf(value):
             return "infinite" if value > 0 else "-infinite"
+        if limit is not None and abs(value) > limit:
+            return f"{value!r}, beyond the field's range (it would be infinity)"
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         try:
-            float(value)
+            number = float(value)
         except OverflowError:
             return "an integer too large for a float"
+        if limit is not None and abs(number) > limit:
+            return f"{value!r}, beyond the field's range (it would be infinity)"
         return None
     if isinstance(value, list):
         if depth >= MAX_DEPTH:
             return f"nested deeper than {MAX_DEPTH} lists"
         for item in value:
-            found = _problem(item, False, depth + 1)
+            found = _problem(item, False, depth + 1, limit)
             if found is not None:
                 return found
     return None
@@ -75,21 +104,22 @@ def refuse_non_finite(records: Any, signature: Signature | None,
     if allowed is True or not isinstance(records, list):
         return
     allow = frozenset() if allowed is False else frozenset(allowed)
-    fields: list[tuple[str, bool, str | None]] | None = None
+    fields: list[tuple[str, bool, str | None, float | None]] | None = None
     if signature is not None:
-        fields = [(f.name, f.nullable, f.type) for f in signature.inputs.fields
-                  if f.name not in allow]
+        fields = [(f.name, f.nullable, f.type, float_limit(f.type, f.dtype))
+                  for f in signature.inputs.fields if f.name not in allow]
     hint = ("send finite numbers (null for a missing value where the field allows it); "
             "an endpoint whose model takes NaN or infinity can say so in the deployment "
             "file: allow_non_finite: true, or a list of fields")
     for index, record in enumerate(records):
         if not isinstance(record, Mapping):
             return  # validation names the record
-        pairs = ((name, record.get(name), nullable, type_) for name, nullable, type_ in fields) \
-            if fields is not None else ((str(k), v, False, None) for k, v in record.items()
-                                        if str(k) not in allow)
-        for name, value, nullable, type_ in pairs:
-            found = _problem(value, nullable)
+        pairs = ((name, record.get(name), nullable, type_, limit)
+                 for name, nullable, type_, limit in fields) \
+            if fields is not None else ((str(k), v, False, None, None)
+                                        for k, v in record.items() if str(k) not in allow)
+        for name, value, nullable, type_, limit in pairs:
+            found = _problem(value, nullable, limit=limit)
             if found is None and type_ == "long" and isinstance(value, int) and not isinstance(
                     value, bool) and not _INT64[0] <= value <= _INT64[1]:
                 found = "an integer outside the 64-bit range"

@@ -159,6 +159,11 @@ def _tensor(tensor: Any, index: int, binary: bytes,
     if not (isinstance(shape, list) and shape and all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
         raise InvalidInput(f"{where}: shape must be a list of sizes, such as [2, 4]")
+    if 0 in shape:
+        # No values, but rows all the same: [10**24, 0] was a 90-byte request that built
+        # that many empty rows on the event loop.
+        raise InvalidInput(f"{where}: shape {shape} holds no values: nothing to predict",
+                           hint="send at least one record")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise InvalidInput(f"{where}: {count} elements is over the limit of {MAX_ELEMENTS}")
@@ -217,6 +222,33 @@ def _check_values(values: list[Any], datatype: str, where: str) -> None:
     if not ok:
         bad = next(v for v in values if not _fits(v, datatype))
         raise InvalidInput(f"{where}: {bad!r} is not a {datatype} value")
+    _check_range(values, datatype, where)
+
+
+def _check_range(values: list[Any], datatype: str, where: str) -> None:
+    """Refuse a value its datatype cannot hold: 300 as UINT8, or 1e39 as FP32 (which
+    becomes infinity, and fails the model as infinity does). NaN and infinities
+    themselves are judged later, by the endpoint's allow_non_finite."""
+    if not values or datatype in ("BOOL", "BYTES", "FP64"):
+        return
+    if datatype.startswith(("INT", "UINT")):
+        info = np.iinfo(OIP_DTYPES[datatype])
+        low, high = min(values), max(values)
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidInput(f"{where}: {bad!r} is outside {datatype}'s range "
+                               f"[{info.min}, {info.max}]")
+        return
+    limit = float(np.finfo(OIP_DTYPES[datatype]).max)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond any float
+        raise InvalidInput(f"{where}: a value is too large for {datatype}") from None
+    finite = array[np.isfinite(array)]
+    if finite.size and float(np.abs(finite).max()) > limit:
+        bad = float(finite[np.abs(finite) > limit][0])
+        raise InvalidInput(f"{where}: {bad!r} is beyond {datatype}'s range (it would be "
+                           f"infinity); the largest is {limit:g}")
 
 
 def _fits(value: Any, datatype: str) -> bool:
@@ -292,10 +324,7 @@ def infer_response(endpoint: str, version: str, request_id: str, predictions: li
     outputs = _output_tensors(predictions, signature)
     wanted = request.outputs
     if wanted is not None:
-        unknown = sorted(set(wanted) - {name for name, _, _ in outputs})
-        if unknown:
-            raise InvalidInput(f"no output named {unknown[0]!r}",
-                               hint="outputs: " + ", ".join(n for n, _, _ in outputs))
+        _refuse_unknown(wanted, [name for name, _, _ in outputs])
         outputs = [o for o in outputs if o[0] in wanted]
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -317,17 +346,38 @@ def infer_response(endpoint: str, version: str, request_id: str, predictions: li
     return header + b"".join(blobs), len(header)
 
 
-def _output_tensors(predictions: list[Any],
-                    signature: Signature | None) -> list[tuple[str, str, Any]]:
-    """(name, datatype, array) per output tensor; named by the output schema where it says."""
+def check_outputs(predictions: list[Any], signature: Signature | None,
+                  request: InferRequest) -> None:
+    """Refuse a request naming an output these predictions do not have (InvalidInput),
+    before the endpoint counts the request as served."""
+    if request.outputs is not None:
+        _refuse_unknown(request.outputs, [n for n, _ in _output_names(predictions, signature)])
+
+
+def _refuse_unknown(wanted: Mapping[str, bool], names: list[str]) -> None:
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise InvalidInput(f"no output named {unknown[0]!r}", hint="outputs: " + ", ".join(names))
+
+
+def _output_names(predictions: list[Any],
+                  signature: Signature | None) -> list[tuple[str, list[Any] | None]]:
+    """(name, column of a frame's predictions or None for all of them) per output."""
     schema = signature.outputs if signature is not None else None
     if predictions and all(isinstance(p, Mapping) for p in predictions):  # a frame of columns
         names = list(dict.fromkeys(k for p in predictions for k in p))
-        return [(str(n), *_typed([p.get(n) for p in predictions])) for n in names]
+        return [(str(n), [p.get(n) for p in predictions]) for n in names]
     name = "predictions"
     if schema is not None and len(schema.fields) == 1 and schema.kind != "array":
         name = schema.fields[0].name
-    return [(name, *_typed(predictions))]
+    return [(name, None)]
+
+
+def _output_tensors(predictions: list[Any],
+                    signature: Signature | None) -> list[tuple[str, str, Any]]:
+    """(name, datatype, array) per output tensor; named by the output schema where it says."""
+    return [(name, *_typed(predictions if column is None else column))
+            for name, column in _output_names(predictions, signature)]
 
 
 def _typed(values: list[Any]) -> tuple[str, Any]:

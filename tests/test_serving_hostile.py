@@ -1,0 +1,274 @@
+"""Hostile requests against `tether serve`, each replayed the way a review sent it.
+
+- a number too large for a float32 field (``1e39``) became infinity inside the model:
+  a 500 that counted toward ``error_rate``, so any caller could roll back production;
+- an Open Inference Protocol shape with a zero size (``[10**24, 0]``) passed the
+  element limit and built that many empty rows on the event loop;
+- values beyond their declared datatype (UINT8 300, FP32 1e39) went through;
+- a chunked body was read whole before the size limit said no, and a body that
+  never finished held its request forever;
+- one stalled upload made every request of a batching endpoint wait the whole
+  ``max_wait_ms``;
+- a caller reusing another's request id took over that request's feedback;
+- an unknown OIP output was refused after the request had been counted as served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+import tether
+from tether import Registry
+from tether.serving import BackgroundServer, protocols
+from tether.serving import app as serving_app
+
+from .conftest import fast_deployment
+
+PREDICT = "/v1/endpoints/{}/predict"
+FIELD = "petal width (cm)"
+SERVING_TOKEN = "serving-secret-hostile-0123456789"
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}\{{.*\}} (\S+)$",
+                                                       text, re.MULTILINE))
+
+
+def _log32(registry: Registry, iris: tuple[Any, Any], C: float) -> tether.ModelVersion:
+    """An iris model fitted on float32 columns: its fields are typed ``float``."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris
+    X32 = X.astype("float32")
+    model = LogisticRegression(C=C, max_iter=500).fit(X32, y)
+    return registry.log_model(model, "iris32", input_example=X32.head(5))
+
+
+@pytest.fixture
+def iris32(registry: Registry, iris: tuple[Any, Any]) -> tuple[Any, Any]:
+    v1, v2 = _log32(registry, iris, 1.0), _log32(registry, iris, 0.01)
+    registry.promote(v1.ref, "production", create=True)
+    registry.promote(v2.ref, "production")
+    return v1, v2
+
+
+ROLLBACK = """
+endpoints:
+  iris32:
+    routes: [iris32@production]
+    rollback: {{window: 30, min_requests: 5, rules: ["error_rate > 0.05"]}}{extra}
+"""
+
+
+def _record(iris: tuple[Any, Any], value: str) -> bytes:
+    X, _ = iris
+    record = X.iloc[0].to_dict()
+    parts = [f'"{k}": {value if k == FIELD else repr(float(v))}' for k, v in record.items()]
+    return ('{"records": [{' + ", ".join(parts) + "}]}").encode()
+
+
+def test_a_number_too_large_for_a_float32_field_is_422_and_cannot_roll_back(
+    registry: Registry, iris: tuple[Any, Any], iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    _, v2 = iris32
+    assert registry.get(v2.ref).signature["inputs"]["fields"][0]["type"] == "float"
+    # The harm, the unsafe way: let through, 1e39 is infinity in float32 and the model fails.
+    unsafe = fast_deployment(tmp_path, ROLLBACK.format(extra="\n    allow_non_finite: true"))
+    with BackgroundServer(registry, unsafe) as server, httpx.Client(base_url=server.url) as c:
+        failed = c.post(PREDICT.format("iris32"), content=_record(iris, "1e39"),
+                        headers={"content-type": "application/json"})
+    assert failed.status_code == 500 and "infinity" in failed.text.lower()
+
+    deployment = fast_deployment(tmp_path, ROLLBACK.format(extra=""))
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        for value in ["1e39", "-3.5e38", str(10**39)] * 10:
+            response = c.post(PREDICT.format("iris32"), content=_record(iris, value),
+                              headers={"content-type": "application/json"})
+            assert response.status_code == 422, (value, response.text)
+            assert response.json()["field"] == FIELD and "beyond" in response.json()["message"]
+        # The largest float32 itself is a number the model takes.
+        ok = c.post(PREDICT.format("iris32"), content=_record(iris, "3.4e38"),
+                    headers={"content-type": "application/json"})
+        assert ok.status_code == 200, ok.text
+        # The same value as an OIP FP32 tensor: refused by its datatype's range.
+        oip = c.post("/v2/models/iris32/infer", json={"inputs": [
+            {"name": "input", "shape": [1, 4], "datatype": "FP32",
+             "data": [5.1, 3.5, 1.4, 1e39]}]})
+        assert oip.status_code == 400 and "FP32's range" in oip.json()["error"]
+        time.sleep(0.5)  # supervisor ticks: room to judge the rule
+        window = c.get("/v1/endpoints/iris32").json()["routes"][0]["window"]
+    assert window["requests"] == 1 and window["errors"] == 0
+    assert registry.get("iris32@production").semver == v2.semver
+    assert registry.audit_log(action="alias.rollback") == []
+
+
+def test_oip_shapes_with_a_zero_size_are_refused_at_once(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    # The harm, the old way: no values, yet one empty row per unit of the first size.
+    assert len(protocols._split([], [100_000, 0])) == 100_000
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        for shape in ([10**24, 0], [10**7, 0], [2, 10**100, 0], [0]):
+            started = time.perf_counter()
+            response = c.post("/v2/models/iris32/infer", json={"inputs": [
+                {"name": "input", "shape": shape, "datatype": "FP64", "data": []}]})
+            assert time.perf_counter() - started < 1.0, shape
+            assert response.status_code == 400 and "holds no values" in response.json()["error"]
+        assert c.get("/v2/health/live").status_code == 200
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("UINT8", [300, 1, 1, 1], "outside UINT8's range [0, 255]"),
+    ("INT8", [-129, 1, 1, 1], "outside INT8's range"),
+    ("FP16", [1e300, 1.0, 1.0, 1.0], "beyond FP16's range"),
+    ("FP32", [-1e39, 1.0, 1.0, 1.0], "beyond FP32's range"),
+])
+def test_oip_values_beyond_their_datatype_are_400(datatype: str, data: list[Any],
+                                                   message: str) -> None:
+    with pytest.raises(tether.InvalidInput, match=re.escape(message)):
+        protocols.parse_infer(httpx.Request("POST", "http://x", json={"inputs": [
+            {"name": "input", "shape": [1, 4], "datatype": datatype, "data": data}]}).read(),
+            None)
+    fine = protocols.parse_infer(httpx.Request("POST", "http://x", json={"inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1e39, 1, 1, 1]}]}).read(),
+        None)
+    assert fine.records == [[1e39, 1, 1, 1]]  # a double holds it: the endpoint judges it
+
+
+def _streamed(parts: int, size: int) -> tuple[Request, list[int]]:
+    """A request whose chunked body (no Content-Length) is ``parts`` pieces of ``size``."""
+    pulled = [0]
+
+    async def receive() -> dict[str, Any]:
+        pulled[0] += 1
+        return {"type": "http.request", "body": b"x" * size, "more_body": pulled[0] < parts}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    return Request(scope, receive), pulled
+
+
+def test_a_chunked_body_is_refused_as_it_passes_the_limit() -> None:
+    piece = 1024 * 1024
+    limit_pieces = serving_app.MAX_BODY // piece
+    request, pulled = _streamed(1500, piece)
+    with pytest.raises(tether.InvalidInput, match="over the"):
+        asyncio.run(serving_app.read_body(request))
+    assert pulled[0] == limit_pieces + 1  # stopped at the first piece past the limit
+    # The old way read it all first: 1,500 pieces held (1.5 GB) before the refusal.
+    request, pulled = _streamed(1500, piece)
+    assert len(asyncio.run(request.body())) == 1500 * piece and pulled[0] == 1500
+
+
+def _stalled(port: int, path: str) -> socket.socket:
+    """A connection that sends its headers and 1 byte of a 100-byte body, then waits."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 100\r\n\r\n{".encode())
+    return sock
+
+
+def test_a_body_that_never_finishes_is_cut_off(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving_app, "BODY_SECONDS", 1.0)
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    with BackgroundServer(registry, deployment) as server:
+        sock = _stalled(server.port, PREDICT.format("iris32"))
+        sock.settimeout(10)
+        started = time.perf_counter()
+        answer = sock.recv(4096).decode()
+        sock.close()
+    assert answer.startswith("HTTP/1.1 400") and "took over 1 s to arrive" in answer
+    assert time.perf_counter() - started < 5
+
+
+def test_a_stalled_upload_does_not_hold_back_a_batching_endpoint(
+    registry: Registry, iris: tuple[Any, Any], iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    deployment = fast_deployment(tmp_path, """
+endpoints:
+  iris32:
+    routes: [iris32@production]
+    batching: {max_batch: 64, max_wait_ms: 1000}
+""")
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        good = _record(iris, "0.2")
+        headers = {"content-type": "application/json"}
+        assert c.post(PREDICT.format("iris32"), content=good, headers=headers).is_success
+        stalled = _stalled(server.port, PREDICT.format("iris32"))
+        try:
+            time.sleep(0.2)
+            started = time.perf_counter()
+            response = c.post(PREDICT.format("iris32"), content=good, headers=headers)
+            took = time.perf_counter() - started
+        finally:
+            stalled.close()
+    assert response.status_code == 200
+    # Counted as arriving before its body was read, the stalled request made this one
+    # wait the whole max_wait_ms for it (1 s); now it is predicted at once.
+    assert took < 0.5, took
+
+
+def test_a_reused_request_id_takes_over_no_one_elses_feedback(
+    registry: Registry, iris: tuple[Any, Any], iris32: tuple[Any, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1, _ = iris32
+    monkeypatch.setenv("TETHER_SERVING_TOKEN", SERVING_TOKEN)
+    deployment = fast_deployment(tmp_path, f"""
+auth: {{token_env: TETHER_SERVING_TOKEN}}
+endpoints:
+  iris32:
+    routes:
+      - {{name: stable, target: iris32@production, weight: 100}}
+      - {{name: canary, target: {v1.ref}, weight: 0}}
+""")
+    bearer = {"Authorization": f"Bearer {SERVING_TOKEN}"}
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        ids = [c.post(PREDICT.format("iris32"), content=_record(iris, "0.2"),
+                      headers={"content-type": "application/json"}).json()["request_id"]
+               for _ in range(3)]
+        # Generated ids are random, not a per-process prefix and a counter.
+        assert all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids) and len(set(ids)) == 3
+        # Another caller reuses the first id on the canary (OIP lets the caller choose it).
+        hijack = c.post(f"/v2/models/iris32/versions/{v1.semver}/infer", json={
+            "id": ids[0], "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
+                                      "data": [6.7, 3.0, 5.2, 2.3]}]})
+        assert hijack.status_code == 200
+        answer = c.post("/v1/endpoints/iris32/feedback", headers=bearer,
+                        json=[{"request_id": ids[0], "truth": [0]},
+                              {"request_id": ids[1], "truth": [0]}])
+        assert answer.json() == {"accepted": 1, "unknown": [], "reused": [ids[0]]}
+        routes = {r["name"]: r["window"] for r in c.get("/v1/endpoints/iris32").json()["routes"]}
+    # Only the untouched id's truth was booked, on the version that answered it.
+    assert routes["stable"].get("feedback.accuracy:count") == 1
+    assert routes["canary"].get("feedback.accuracy:count", 0) == 0
+
+
+def test_an_unknown_output_is_refused_before_the_request_is_counted(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    body = {"id": secrets.token_hex(4), "outputs": [{"name": "nope"}], "inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        response = c.post("/v2/models/iris32/infer", json=body)
+        assert response.status_code == 400 and "no output named 'nope'" in response.text
+        window = c.get("/v1/endpoints/iris32").json()["routes"][0]["window"]
+        metrics = c.get("/metrics").text
+        feedback = server.runtime.endpoint("iris32")._recent
+    assert window["requests"] == 0
+    assert _metric(metrics, "tether_requests_total") == 0
+    assert _metric(metrics, "tether_invalid_requests_total") == 1
+    assert body["id"] not in feedback
