@@ -448,6 +448,7 @@ def test_drift_is_measured_and_shown_by_monitor(
     assert features["petal length (cm)"]["ks"] > 0.5
     assert features["sepal width (cm)"]["psi"] < 0.25
     assert "petal length (cm)" in text and "drift" in text and "PSI" in text
+    assert "[/]" not in text and "[green]" not in text  # a status is styled, not markup
     assert 'tether_drift_psi{endpoint="iris",model="iris"' in metrics
     assert 'feature="petal length (cm)"' in metrics
 

@@ -124,30 +124,34 @@ def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> Any:
     """Columns for ``console.print``: a rich table on a terminal, else plain aligned
-    text that never wraps or cuts a value (digests and emails stay whole for grep)."""
-    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
-    if not console.is_terminal:
-        from rich.text import Text
+    text that never wraps or cuts a value (digests and emails stay whole for grep).
 
+    A cell is shown as text, never read as markup; one that should be styled is a
+    ``rich.text.Text`` (its style shows on a terminal, its plain text elsewhere)."""
+    from rich.text import Text
+
+    styled = [[cell if isinstance(cell, Text) else Text("" if cell is None else str(cell))
+               for cell in row] for row in rows]
+    cells = [[cell.plain for cell in row] for row in styled]
+    if not console.is_terminal:
         widths = [
             max([len(column), *(len(row[i]) for row in cells if i < len(row))])
             for i, column in enumerate(columns)
         ]
         lines = [title] if title else []
-        for row in [list(columns), *cells]:
+        for row in [[str(column) for column in columns], *cells]:
             padded = [value.ljust(widths[i]) for i, value in enumerate(row)]
             lines.append("  ".join(padded).rstrip())
         return Text("\n".join(lines), no_wrap=True, overflow="ignore")
     from rich.table import Table
-    from rich.text import Text
 
     grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
-    for row in cells:
+    for cells_of_row in styled:
         # Text, not str: a cell is data (a tag, an author, a data= key), and rich would
         # read "[/bold]" in it as markup (a MarkupError traceback on a terminal).
-        grid.add_row(*(Text(cell) for cell in row))
+        grid.add_row(*cells_of_row)
     return grid
 
 

@@ -520,12 +520,12 @@ def _render_drift(report: dict[str, Any]) -> None:
     )
 
 
-def _colour(status: str) -> str:
-    return {
-        "stable": "[green]stable[/]",
-        "moderate": "[yellow]moderate[/]",
-        "drift": "[bold red]drift[/]",
-    }.get(status, status)
+def _colour(status: str) -> Any:
+    """A drift status as a table cell: coloured on a terminal, plain text elsewhere."""
+    from rich.text import Text
+
+    return Text(status, style={"stable": "green", "moderate": "yellow",
+                               "drift": "bold red"}.get(status, ""))
 
 
 # -- deployments stored in the registry ---------------------------------------------------
