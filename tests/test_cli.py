@@ -153,6 +153,21 @@ def test_init_via_cli(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+def test_a_registry_in_a_git_work_tree_is_not_committed_with_it(tmp_path: Path) -> None:
+    """`git add -A` in a project with its .tether took the database, the store and the
+    audit signing key; switching branches then rolled the database back."""
+    from .conftest import git
+
+    git(tmp_path, "init", "-q")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    made = subprocess.run([tether_exe(), "init"], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env())
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / ".tether" / "keys" / "audit-key.pem").is_file()
+    git(tmp_path, "add", "-A")
+    assert git(tmp_path, "diff", "--cached", "--name-only").splitlines() == ["train.py"]
+
+
 def test_init_with_a_server_url_exported_makes_no_folder_named_after_it(tmp_path: Path) -> None:
     """The shared-server section has users export TETHER_URI=http://...; `tether init`
     then created a folder called "http:" holding "127.0.0.1:9"."""

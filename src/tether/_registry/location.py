@@ -92,6 +92,11 @@ def create_location(
             hint="choose an empty or new folder",
         )
     root.mkdir(parents=True, exist_ok=True)
+    # A registry inside a git work tree is never committed with it (as a venv is not):
+    # `git add -A` took the database, every stored byte and the audit signing key, and
+    # switching branches then rolled the database back under the store.
+    (root / ".gitignore").write_text(
+        "# A Tether registry: its database, store and keys are not source.\n*\n")
     db = db_url or "sqlite:///registry.db"
     store = store_url or "file://objects"
     _write_config(root, db, store)
