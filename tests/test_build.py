@@ -111,3 +111,13 @@ def test_the_image_refuses_to_start_on_other_bytes(context: tuple[Path, Any], at
     assert {"other digest": "not the sha:abab", "changed byte": "does not match its digest",
             "edited record": "hashes to"}[attack] in err, err
     assert "Traceback" not in err
+
+
+def test_a_short_digest_to_expect_is_refused_clearly(context: tuple[Path, Any]) -> None:
+    """A user passing the 12-digit digest `tether show` prints got "carries iris@1.0.0
+    (sha:42e6c3b2aee8), not the sha:42e6c3b2aee8 it was built for"."""
+    folder, version = context
+    proc = _serve(folder, f"sha:{version.digest[:12]}", free_port())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "must be whole: sha: and 64 hex digits" in err and "Traceback" not in err

@@ -56,7 +56,17 @@ def read_baked(folder: Path, expected: str | None) -> ModelVersion:
     except (ValueError, KeyError, TypeError) as error:
         raise IntegrityError(f"the baked record in {folder} is unreadable: {error}") from error
     require_intact(version)  # the record's manifest hashes to its own digest
-    if expected is not None and version.digest != expected.lower().removeprefix("sha:"):
+    if expected is not None:
+        want = expected.strip().lower().removeprefix("sha:")
+        if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+            # A prefix would pin less than the digest does (and 'sha:42e6c3b2aee8' was
+            # refused as "not the sha:42e6c3b2aee8 it was built for").
+            raise InvalidInput(
+                f"the digest to expect must be whole: sha: and 64 hex digits, not {expected!r}",
+                hint=f"`tether show {version.ref} --json` gives it; `tether build` sets "
+                "TETHER_BAKED_DIGEST to it",
+            )
+    if expected is not None and version.digest != want:
         raise IntegrityError(
             f"this image carries {version.ref} (sha:{version.digest[:12]}), not the "
             f"{expected[:16]} it was built for",
