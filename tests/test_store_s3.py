@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_round_trip_dedup_multipart_and_cache(bucket: str, tmp_path: Path) -> No
     reader = open_store(bucket, cache_dir=tmp_path / "cache2")
     reader.materialize(report.files, tmp_path / "out", label="w@1")
     assert (tmp_path / "out" / "w.bin").read_bytes() == data
-    gets = reader.blobs.requests  # type: ignore[attr-defined]
+    gets = reader.blobs.requests
     assert 0 < gets < len(report.files[0].chunks)  # adjacent chunks share a ranged GET
     reader.materialize(report.files, tmp_path / "out2", label="w@1")
     assert reader.blobs.requests == gets  # type: ignore[attr-defined]  # all from the cache
@@ -143,6 +144,37 @@ def test_a_missing_bucket_is_named(s3_endpoint: str, tmp_path: Path) -> None:
     store = open_store("s3://no-such-bucket/x", cache_dir=tmp_path)
     with pytest.raises(StoreError, match="no-such-bucket"):
         store.refresh()
+
+
+def test_server_init_refuses_a_store_it_cannot_reach(
+    s3_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """server-init said "registry ready" for a bucket that did not exist or an endpoint
+    nobody answered; the first upload failed instead."""
+    from click.testing import CliRunner
+
+    from tether.cli import cli
+
+    def init(store: str, name: str) -> Any:
+        db = f"sqlite:///{tmp_path / name}"
+        return CliRunner().invoke(cli, ["server-init", "--db", db, "--store", store,
+                                        "--admin", "root@team"])
+
+    missing = init("s3://no-such-bucket/registry", "a.db")
+    assert missing.exit_code == 1 and "could not be reached" in missing.output
+    assert "no-such-bucket" in missing.output and "nothing was created" in missing.output
+    assert not (tmp_path / "a.db").exists()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "0")
+    nobody = init(bucket, "b.db")
+    assert nobody.exit_code == 1 and "could not be reached" in nobody.output
+    assert not (tmp_path / "b.db").exists()
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", s3_endpoint)
+    fine = init(bucket, "c.db")
+    assert fine.exit_code == 0, fine.output
 
 
 def test_an_endpoint_that_stops_answering_fails_within_the_retry_budget(
@@ -198,7 +230,7 @@ def test_a_presigned_put_creates_and_never_overwrites(bucket: str, tmp_path: Pat
 
     store = open_store(bucket, cache_dir=tmp_path)
     blobs = store.blobs
-    client = blobs.client  # type: ignore[attr-defined]
+    client = blobs.client
     # The harm, the unsafe way: a plain presigned PUT URL rewrites what it stored.
     plain = client.generate_presigned_url(
         "put_object", Params={"Bucket": "models", "Key": "registry/packs/plain.pack"})
@@ -207,7 +239,7 @@ def test_a_presigned_put_creates_and_never_overwrites(bucket: str, tmp_path: Pat
     assert blobs.get_bytes("packs/plain.pack") == b"forged"
     # Tether's: the header is signed into the URL (S3 refuses the request without it; moto
     # does not check signatures), and a second PUT with it is refused.
-    url = blobs.presign("packs/guarded.pack", "PUT")  # type: ignore[attr-defined]
+    url = blobs.presign("packs/guarded.pack", "PUT")
     assert "X-Amz-SignedHeaders=host%3Bif-none-match" in url
     create = {"If-None-Match": "*"}
     assert httpx.put(url, content=b"honest", headers=create).status_code == 200

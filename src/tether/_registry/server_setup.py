@@ -6,7 +6,7 @@ shell only parses its options and serves what they return.
 
 from __future__ import annotations
 
-from .._errors import InvalidInput
+from .._errors import InvalidInput, StoreError, TetherError
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.engine import check_schema, create_engine, upgrade
@@ -29,6 +29,7 @@ def init_server(
 ) -> tuple[Registry, dict[str, str]]:
     """Create (or upgrade) the schema, remember the store, make ``admin`` an admin."""
     check_store_url(store_url)  # before the database remembers a store nobody can open
+    _reach(store_url)
     engine = create_engine(db_url)
     upgrade(engine)
     engine.dispose()
@@ -45,6 +46,21 @@ def init_server(
     roles.grant(registry, admin, "admin", None, bootstrap=True)
     token = registry.create_token(admin, description="created by tether server-init")
     return registry, token
+
+
+def _reach(store_url: str) -> None:
+    """List the store once: a bucket that does not exist, an endpoint nobody answers
+    or credentials it refuses are said at init, not by the first upload."""
+    from .._store import open_store
+
+    try:
+        open_store(store_url).blobs.list("index/")
+    except TetherError as error:
+        raise StoreError(
+            f"the store {store_url} could not be reached: {error.message}",
+            hint="check the bucket exists, TETHER_S3_ENDPOINT_URL and the credentials (or the "
+            "folder's permissions); nothing was created",
+        ) from error
 
 
 def open_server(db_url: str, store_url: str | None) -> Registry:
