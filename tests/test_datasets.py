@@ -328,3 +328,20 @@ def test_migration_0005_upgrades_a_0004_registry(tmp_path: Path) -> None:
 
     assert inspect(reg.engine).has_table("dataset_versions")
     reg.close()
+
+
+def test_data_show_of_a_folder_in_a_repository_with_no_commit(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """It printed "source: ...  (git )": the repository had no commit to name."""
+    from .conftest import git
+
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    git(folder, "init", "-q")
+    (folder / "rows.csv").write_text("a,b\n1,2\n")
+    root = str(registry.location.root)
+    added = CliRunner().invoke(cli, ["--registry", root, "data", "add", str(folder), "fresh"])
+    assert added.exit_code == 0, added.output
+    shown = CliRunner().invoke(cli, ["--registry", root, "data", "show", "fresh@1"]).output
+    assert "(git no commit yet" in shown and "(git )" not in shown

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._humanize import ago, human_bytes
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import (
+    console,
+    emit_json,
+    escape,
+    handle_errors,
+    json_option,
+    registry_from,
+    table,
+)
 
 if TYPE_CHECKING:
     from .._registry.datasets import DatasetVersion
@@ -154,12 +162,13 @@ def show(ctx: click.Context, ref: str, all_files: bool, as_json: bool) -> None:
         emit_json(v.to_dict())
         return
     git = v.source.get("git") or {}
+    # A repository with no commit yet records no commit: say so, not "(git )".
+    commit = str(git.get("commit") or "")[:10] or "no commit yet"
     console.print(
         f"{v.ref}  #{v.seq}  {v.short_digest}  status={v.status}\n"
         f"aliases: {', '.join(v.aliases) or '-'}   author: {v.author}   created: {v.created_at}\n"
-        f"source: {v.source.get('path', '?')}"
-        + (f"  (git {str(git.get('commit') or '')[:10]}{' dirty' if git.get('dirty') else ''})"
-           if git else "")
+        f"source: {escape(str(v.source.get('path', '?')))}"
+        + (f"  (git {commit}{' dirty' if git.get('dirty') else ''})" if git else "")
     )
     if v.notes:
         console.print(f"notes: {v.notes}")
