@@ -272,3 +272,18 @@ def test_an_unknown_output_is_refused_before_the_request_is_counted(
     assert _metric(metrics, "tether_requests_total") == 0
     assert _metric(metrics, "tether_invalid_requests_total") == 1
     assert body["id"] not in feedback
+
+
+def test_binary_bytes_beyond_the_shape_are_refused_before_they_are_decoded() -> None:
+    """A 4 MB body of a million empty BYTES elements for a shape of one was decoded whole
+    (0.7 s of the event loop) before its count was checked."""
+    import json
+    import struct
+
+    raw = struct.pack("<I", 0) * 1_000_000
+    header = json.dumps({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    started = time.perf_counter()
+    with pytest.raises(tether.InvalidInput, match="more than the 1 BYTES element"):
+        protocols.parse_infer(header + raw, str(len(header)))
+    assert time.perf_counter() - started < 0.1

@@ -266,6 +266,9 @@ def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list[Any]
         out: list[Any] = []
         pos = 0
         while pos < len(raw):
+            if len(out) == count:  # more elements than the shape: said before decoding on
+                raise InvalidInput(f"{where}: binary data holds more than the {count} "
+                                   "BYTES element(s) its shape needs")
             if pos + 4 > len(raw):
                 raise InvalidInput(f"{where}: truncated BYTES element")
             (length,) = struct.unpack_from("<I", raw, pos)
