@@ -234,9 +234,9 @@ def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
 def test_verify_reads_the_indexes_once_for_all_its_batches(
         tmp_path: Path, monkeypatch: Any) -> None:
     """store verify checks every pack against entries gathered in batches from one pass."""
-    from tether._store import chunkstore
+    from tether._store import chunkstore, pack_verify
 
-    monkeypatch.setattr(chunkstore, "_VERIFY_BATCH_ENTRIES", 10)
+    monkeypatch.setattr(pack_verify, "_VERIFY_BATCH_ENTRIES", 10)
     monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     (tmp_path / "src").mkdir()

@@ -30,7 +30,6 @@ import copy
 import itertools
 import json
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -46,7 +45,7 @@ import zstandard
 from pyfastcdc.cy import FastCDC
 
 from .._envflags import env_off
-from .._errors import IntegrityError, InvalidInput, NotFound, StoreError
+from .._errors import IntegrityError, NotFound, StoreError
 from . import cutting, native
 from .base import (
     LISTED_CHUNKS,
@@ -60,20 +59,17 @@ from .base import (
 )
 from .blobs import Blobs, make_temp, scratch_root
 from .cache import ChunkCache, dead_scratch, remove_paths
-from .chunk_index import ChunkIndex, Location, index_name
+from .chunk_index import ChunkIndex, Location
 from .chunklist import ChunkList, ChunkListBuilder, ListBudget
 from .fileio import ALIGN, BufferPool, aligned_buffer, pread_into, write_pieces
 from .following import Hint, Window, followed_windows, hash_cuts
 from .handoffs import prompt_handoffs
 from .locking import SEP, Owner, is_alive_here, is_dead, leases, owner_tag
-from .midx import (
-    damage,
-)
 from .pack_file import PackFile
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .census import Census
+    pass
 
 AVG_CHUNK = 64 * 1024
 PACK_TARGET = 32 * 1024 * 1024
@@ -102,8 +98,6 @@ _READ_THREADS = 4
 _RUN_BYTES = 8 * 1024 * 1024
 #: ... and over a network, where a response is held twice while it is joined.
 _REMOTE_RUN_BYTES = 2 * 1024 * 1024
-#: Verification reads across holes up to this size rather than issuing another read.
-_GAP_BYTES = 256 * 1024
 #: Ingest reads and cuts a file in windows of this size ...
 _WINDOW = 8 * 1024 * 1024
 #: ... with at most this many windows being hashed and compressed at once.
@@ -131,8 +125,6 @@ _FOLLOW = not env_off("TETHER_FOLLOW")
 
 #: ``store stats`` reports ingest pins older than this (gc's default grace) as stale.
 _PIN_REPORT_SECONDS = 3600.0
-#: ``store verify`` gathers the index entries of this many chunks (a batch of packs) at once.
-_VERIFY_BATCH_ENTRIES = 1 << 18
 #: A pin from another host (a remote client between upload and commit) is kept this long
 #: even by `gc --grace 0`: its owner cannot be asked whether it is still alive.
 _PIN_MIN_SECONDS = 900.0
@@ -1277,184 +1269,26 @@ class ChunkStore:
                     problems.append(f"{what} does not match its recorded digest")
         return problems
 
-    # -- whole-pack verification and quarantine ----------------------------------
+    # -- whole-pack verification and quarantine (pack_verify.py) -------------------
 
     def check_pack(self, pack: str, index: Any) -> PackCheck:
-        """Read ``pack`` (a few large ranged reads) and check every chunk its index claims."""
-        check = PackCheck(pack=pack, problems=[])
-        try:
-            size = int(index["size"])
-            entries = [(str(d), int(o), int(n), int(r), int(c))
-                       for d, o, n, r, c in index["chunks"]]
-            if index.get("pack") != pack:
-                check.problems.append(f"index names pack {index.get('pack')!r}, not {pack}")
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            check.problems.append(f"index is malformed ({type(error).__name__}: {error})")
-            return check
-        readable = []
-        for entry in entries:
-            digest, offset, length, raw, _codec = entry
-            if offset < 0 or length <= 0 or offset + length > size:
-                check.problems.append(f"chunk {digest[:16]} at offset {offset}: outside the "
-                                      f"pack's {size} bytes")
-            elif length > _MAX_CHUNK or not 0 <= raw <= _MAX_CHUNK:
-                check.problems.append(f"chunk {digest[:16]} at offset {offset}: claims an "
-                                      f"impossible size")
-            else:
-                readable.append(entry)
-        readable.sort(key=lambda e: e[1])
-        i = 0
-        while i < len(readable):
-            # Coalesce neighbours into one read of at most _RUN_BYTES.
-            start = readable[i][1]
-            end = start + readable[i][2]
-            j = i + 1
-            while j < len(readable):
-                offset, length = readable[j][1], readable[j][2]
-                if offset > end + _GAP_BYTES or max(end, offset + length) - start > _RUN_BYTES:
-                    break
-                end = max(end, offset + length)
-                j += 1
-            try:
-                payload = self._get_range(pack, start, end - start)
-            except IntegrityError as error:
-                check.problems.append(error.message)
-                return check
-            check.reads += 1
-            check.bytes_read += len(payload)
-            view = memoryview(payload)
-            run = readable[i:j]
-            matched = _raw_checked(view, [(offset - start, length, raw, codec, digest)
-                                          for digest, offset, length, raw, codec in run])
-            for (digest, offset, length, raw, codec), match in zip(run, matched, strict=True):
-                check.chunks += 1
-                if match:
-                    continue
-                _, problem = _unpack(view[offset - start:offset - start + length], codec, raw,
-                                     digest)
-                if problem:
-                    check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
-            i = j
-        return check
+        """Read ``pack`` and check every chunk its index claims (``pack_verify``)."""
+        from . import pack_verify
+
+        return pack_verify.check_pack(self, pack, index)
 
     def verify_packs(self, *, dry_run: bool = False, progress: bool = False) -> VerifyReport:
-        """Check every indexed pack against its index; quarantine the ones that lie.
+        """Check every indexed pack against its index; quarantine the ones that lie."""
+        from . import pack_verify
 
-        A quarantined pack and its index move under ``quarantine/`` (with a note
-        of what was wrong): no reader uses them again, nothing is deleted.
-        ``progress``: a bar of the packs' bytes on a terminal (a store of a TB
-        takes a while).
-        """
-        from .locking import store_lock
-
-        if not dry_run and getattr(self.blobs, "move", None) is None:
-            raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
-                               hint="run `tether store verify` where the store is directly "
-                               "reachable (on the server), or use --dry-run")
-        report = VerifyReport(packs=0, chunks=0, bytes_read=0, reads=0, bad=[], dry_run=dry_run)
-        census = self.index.census()  # refreshed first
-        with self.index.lock:
-            segments = list(self.index.segments.values())
-        for segment in segments:  # a merged file's own order, pack numbers and filter
-            report.bad_indexes.extend(damage(segment))
-        unreadable: dict[str, Any] = {}
-        listed = set(census.names)
-        for info in self.blobs.list("index/"):  # files no reader could parse
-            name = index_name(info.key)
-            if name in self.index.seen_files or name in listed:
-                continue
-            try:
-                unreadable[name] = json.loads(self.blobs.get_bytes(info.key))
-            except NotFound:
-                continue  # removed by a concurrent gc
-            except ValueError:
-                unreadable[name] = None
-        indexes: dict[str, Any] = {}  # of the packs found bad: what their index said
-        bar = Progress("verifying", int(census.sizes.sum()), enabled=progress)
-
-        def check(pack: str, index: Any) -> None:
-            result = self.check_pack(pack, index)
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
-                bar.advance(max(0, int(index["size"])))
-            report.packs += 1
-            report.chunks += result.chunks
-            report.bytes_read += result.bytes_read
-            report.reads += result.reads
-            if result.problems:
-                report.bad.append(result)
-                indexes[pack] = index
-
-        # Pack by pack, each pack's entries gathered with a batch of others': what is
-        # held is a batch's entries, not the store's.
-        try:
-            with tempfile.TemporaryDirectory(**self.scratch_args("verify")) as spill:
-                for batch, entries in census.entries_by_batch(
-                        census.batches(_VERIFY_BATCH_ENTRIES), Path(spill)):
-                    self._check_batch(census, batch, entries, check)
-            for name in sorted(unreadable):
-                check(name, unreadable.pop(name))
-        finally:
-            bar.close()
-        report.bad.sort(key=lambda c: c.pack)
-        if report.bad and not dry_run:
-            with store_lock(self):  # no ingest may be deciding to reuse these chunks now
-                merged = False
-                for bad in report.bad:
-                    in_journal = bad.pack in self.index.journal or indexes[bad.pack] is None
-                    self.quarantine(bad.pack, bad.problems, index_bytes=None if in_journal
-                                    else json.dumps(indexes[bad.pack]).encode())
-                    merged = merged or not in_journal
-                    bad.quarantined = True
-                if merged:  # rewrite the merged index without them
-                    self.consolidate()
-                    report.indexes_rewritten = True
-        if report.bad_indexes and not dry_run and not report.indexes_rewritten:
-            with store_lock(self):
-                self.consolidate()  # every merged file written again: sorted, filter rebuilt
-            report.indexes_rewritten = True
-        return report
-
-    @staticmethod
-    def _check_batch(census: Census, batch: list[int], entries: dict[int, Any],
-                     check: Any) -> None:
-        """``check(pack, index)`` each pack of ``batch``, its index made of ``entries``
-        (and of the journal entries no merged index can hold, which claim nothing)."""
-        from .census import rows_as_lists
-
-        for number in batch:
-            name = census.names[number]
-            rows = entries.pop(number, None)
-            chunks = [] if rows is None else rows_as_lists(rows)
-            check(name, {"pack": name, "size": int(census.sizes[number]),
-                         "chunks": chunks + census.malformed.get(name, [])})
+        return pack_verify.verify_packs(self, dry_run=dry_run, progress=progress)
 
     def quarantine(self, pack: str, problems: Sequence[str], *,
                    index_bytes: bytes | None = None) -> str:
-        """Move ``pack`` and its index out of use, under ``quarantine/``; returns the prefix.
+        """Move ``pack`` and its index out of use, under ``quarantine/``."""
+        from . import pack_verify
 
-        ``index_bytes``: an index that was refused (never published) to keep beside it.
-        """
-        taken = {i.key for i in self.blobs.list("quarantine/")}
-        name = pack if f"quarantine/{pack}.json" not in taken else f"{pack}.{time.time_ns()}"
-        note = {"pack": pack, "quarantined_at": time.time(), "problems": list(problems)}
-        self.blobs.put_bytes(f"quarantine/{name}.json", json.dumps(note, indent=1).encode())
-        # The pack first: an index left without its pack only costs readers a fallback.
-        self._move(f"packs/{pack}.pack", f"quarantine/packs/{name}.pack")
-        if index_bytes is not None:
-            self.blobs.put_bytes(f"quarantine/index/{name}.idx", index_bytes)
-        else:
-            self._move(f"index/{pack}.idx", f"quarantine/index/{name}.idx")
-        self.index.forget_pack(pack)
-        return f"quarantine/{name}"
-
-    def _move(self, key: str, dest: str) -> None:
-        mover = getattr(self.blobs, "move", None)
-        if mover is None:
-            raise InvalidInput(f"the store at {self.url} cannot move objects into quarantine",
-                               hint="run `tether store verify` where the store is directly "
-                               "reachable (on the server), or use --dry-run")
-        with contextlib.suppress(NotFound):
-            mover(key, dest)
+        return pack_verify.quarantine(self, pack, problems, index_bytes=index_bytes)
 
     # -- accounting; garbage collection itself is in chunk_gc --------------------
 
