@@ -254,7 +254,11 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
                     check: Check | None = None) -> tuple[Served, Any]:
         """Read, decode and predict one request of any protocol (PredictionFailed raised)."""
         await may_read(request, endpoint, f"predicting on {endpoint.name}")
-        body = await read_body(request)
+        try:
+            body = await read_body(request)
+        except TetherError:
+            endpoint.count_refused()  # too large, or too slow to arrive
+            raise
         # Counted once its body is in: a batch waits for requests being decoded, not
         # for one whose body trickles in (one such socket made every request of a
         # batching endpoint wait the whole max_wait_ms).
