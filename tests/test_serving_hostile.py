@@ -287,3 +287,52 @@ def test_binary_bytes_beyond_the_shape_are_refused_before_they_are_decoded() -> 
     with pytest.raises(tether.InvalidInput, match="more than the 1 BYTES element"):
         protocols.parse_infer(header + raw, str(len(header)))
     assert time.perf_counter() - started < 0.1
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (reads EOF) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(4096) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_clients_are_let_go(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that connects and sends nothing, or half its headers, or a body a byte at
+    a time was held as long as its sender liked: uvicorn times out only idle keep-alive."""
+    from tether import _http_deadlines
+
+    monkeypatch.setattr(_http_deadlines, "HEADER_SECONDS", 0.5)
+    monkeypatch.setattr(_http_deadlines, "BODY_IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(serving_app, "BODY_SECONDS", 30.0)  # the protocol's deadline first
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    with BackgroundServer(registry, deployment) as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        half = socket.create_connection(("127.0.0.1", server.port))
+        half.sendall(b"POST /v1/endpoints/iris32/predict HTTP/1.1\r\nHost: x\r\n")
+        trickle = _stalled(server.port, PREDICT.format("iris32"))
+        assert all(_closed_within(s, 5.0) for s in (silent, half, trickle))
+        # A client that keeps sending is not cut off, however slow the whole request.
+        steady = socket.create_connection(("127.0.0.1", server.port))
+        body = b'{"records": []}'
+        steady.sendall(b"POST /v1/endpoints/iris32/predict HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: "
+                       + str(len(body)).encode() + b"\r\n\r\n")
+        for byte in body:
+            time.sleep(0.1)  # 1.5 s in all, a byte every 0.1 s
+            steady.sendall(bytes([byte]))
+        steady.settimeout(5)
+        answer = steady.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 422"), answer  # answered: an empty batch
+        for sock in (silent, half, trickle, steady):
+            sock.close()
+    # `tether server` runs the same deadlines (its protocol adds zero-copy sends).
+    from tether._http_deadlines import Deadlines
+    from tether.server.protocol import BodyProtocol
+
+    assert issubclass(BodyProtocol, Deadlines)

@@ -37,6 +37,8 @@ from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from .._http_deadlines import Deadlines
+
 try:
     from uvicorn.protocols.http import httptools_impl
 except ImportError:  # pragma: no cover - httptools is a locked dependency
@@ -61,7 +63,8 @@ def protocol() -> Any:
 
 if httptools_impl is not None:
 
-    class BodyProtocol(httptools_impl.HttpToolsProtocol):  # type: ignore[misc]
+    class BodyProtocol(Deadlines, httptools_impl.HttpToolsProtocol):  # type: ignore[misc]
+        # Deadlines: slow clients are let go (see _http_deadlines.py).
         def on_body(self, body: bytes) -> None:
             if ((self.parser.should_upgrade() and self._should_upgrade())
                     or self.cycle.response_complete):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 import uvicorn
 
 from .._errors import TetherError
+from .._http_deadlines import protocol as deadline_protocol
 from .app import create_app
 from .config import Deployment
 from .follower import load_from_registry
@@ -36,7 +37,7 @@ def _uvicorn_config(runtime: ServingRuntime, host: str, port: int, *,
     return uvicorn.Config(
         create_app(runtime, inline=inline), host=host, port=port, log_config=None,
         log_level=log_level, access_log=False, lifespan="on", server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=10, http=deadline_protocol(),
     )
 
 
