@@ -77,7 +77,9 @@ from .._warnings import warn_caller
 from . import reads
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
+from .manifest_limits import check_loadable
 from .previous import previous_chunks
+from .resolve import range_numbers, shown_number, version_number
 from .stat_cache import StatCache
 
 if TYPE_CHECKING:
@@ -489,18 +491,19 @@ def resolve_row(conn: sa.Connection, ref: Reference) -> tuple[int, sa.Row[Any]]:
     if ref.kind is SelectorKind.LATEST:
         return did, rows[-1]
     if ref.kind is SelectorKind.SEQUENCE:
-        found = [r for r in rows if r.seq == int(ref.value)]
-        what = f"version number {ref.value}"
+        seq = version_number(ref.value)
+        found = [r for r in rows if r.seq == seq]
+        what = f"version number {shown_number(ref.value)}"
     elif ref.kind is SelectorKind.SEMVER:
         found = [r for r in rows if r.semver == ref.value]
         what = f"version {ref.value}"
     elif ref.kind is SelectorKind.SEMVER_RANGE:
-        parts = [int(p) for p in ref.value.split(".")]
-        found = sorted(
+        parts = range_numbers(ref.value)
+        found = [] if parts is None else sorted(
             (r for r in rows if [r.major, r.minor, r.patch][: len(parts)] == parts),
             key=lambda r: (r.major, r.minor, r.patch),
         )[-1:]
-        what = f"version matching ~{ref.value}"
+        what = f"version matching ~{shown_number(ref.value)}"
     else:
         found = [r for r in rows if r.digest.startswith(ref.value)]
         what = f"version with digest sha:{ref.value}"
@@ -700,6 +703,7 @@ def _remote_values(values: Any) -> dict[str, Any]:
     for entry in files:  # a ChunkList's chunks are digests and sizes already
         check_file_digest(entry)
     check_manifest(files)  # paths inside, no duplicates, sizes add up
+    check_loadable(files)  # paths a file system holds; no chunks is no bytes
     paths = {f.path for f in files}
     for path, facts in values["tables"].items():
         columns = facts.get("columns") if isinstance(facts, dict) else None

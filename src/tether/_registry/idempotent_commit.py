@@ -23,6 +23,7 @@ from .._metadata import repository as repo
 from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import idempotency_keys, models, versions
 from .._records import ModelVersion, VersionValues
+from . import log_version
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -88,9 +89,39 @@ def _recorded(
                                    records=repo.stored_records(conn, versions, version.id))
 
 
-def _commit(registry: Registry, name: str, checked: VersionValues,
-            bump: str | None) -> ModelVersion:
-    return registry.commit(name, replace(checked, author=registry.actor), bump)
+def _commit(registry: Registry, name: str, checked: VersionValues, bump: str | None,
+            record_with: log_version.RecordWith | None = None) -> ModelVersion:
+    return log_version.commit(registry, name, replace(checked, author=registry.actor), bump,
+                              record_with=record_with)
+
+
+class _KeyTaken(Exception):
+    """Another request recorded the key first; the version this one made is rolled back."""
+
+
+def _record_key(key: str, principal: str, scope: str,
+                digest: str) -> log_version.RecordWith:
+    """Records ``key`` for the version, in the transaction that records the version."""
+
+    def record(conn: sa.Connection, version_id: int) -> None:
+        now = now_iso()
+        expired = (parse_iso(now) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < expired))
+        try:
+            conn.execute(
+                sa.insert(idempotency_keys).values(
+                    key=key,
+                    principal=principal,
+                    scope=scope,
+                    request_digest=digest,
+                    version_id=version_id,
+                    created_at=now,
+                )
+            )
+        except sa.exc.IntegrityError as error:
+            raise _KeyTaken(key) from error
+
+    return record
 
 
 def commit_once(
@@ -99,46 +130,34 @@ def commit_once(
     """``Registry.commit`` as the registry's actor, at most once per ``key``: (version,
     replayed).
 
-    The key is recorded after the version, in its own transaction. A server
-    killed between the two leaves the key unrecorded; the retry then commits
-    again, and the commit itself returns the version already registered with
-    the same bytes and metadata, so nothing is registered twice either way.
+    The key is recorded in the transaction that records the version: both or neither.
+    Requests racing with one key (a retry that overtook the first try, or a client
+    reusing a key for another commit) each try; the first to record the key keeps its
+    version, the others' are rolled back and they answer as a later request would: the
+    same version for the same request, 409 for another, with nothing registered.
     """
     if key is not None:
         check_key(key)
     # JSON is checked here (InvalidInput naming the field); checked values (a packed
     # request's, see server/packed.py) are as they came.
-    checked = values if isinstance(values, VersionValues) else VersionValues.from_dict(values)
+    checked = (values if isinstance(values, VersionValues)
+               else log_version.checked_values(values))
     if key is None:
         return _commit(registry, name, checked, bump), False
     principal = registry.actor
     scope = f"POST /models/{name}/versions"
     digest = _request_digest(name, checked, bump)
-    earlier = _recorded(registry, key, principal, scope, digest,
-                        _legacy_digest(name, values, bump))
+    legacy = _legacy_digest(name, values, bump)
+    earlier = _recorded(registry, key, principal, scope, digest, legacy)
     if earlier is not None:
         return earlier, True
-    version = _commit(registry, name, checked, bump)
-    now = now_iso()
-    expired = (parse_iso(now) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:
-        with registry.write() as conn:
-            conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < expired))
-            conn.execute(
-                sa.insert(idempotency_keys).values(
-                    key=key,
-                    principal=principal,
-                    scope=scope,
-                    request_digest=digest,
-                    version_id=version.id,
-                    created_at=now,
-                )
-            )
-    except sa.exc.IntegrityError:
-        # The same request, running at once (a retry that overtook the first try):
-        # both committed the same content, so the commit answered the same version.
-        earlier = _recorded(registry, key, principal, scope, digest)
-        if earlier is not None:
-            return earlier, True
-        raise
+        version = _commit(registry, name, checked, bump,
+                          _record_key(key, principal, scope, digest))
+    except _KeyTaken:
+        earlier = _recorded(registry, key, principal, scope, digest, legacy)
+        if earlier is None:  # recorded, then expired within the moment: unheard of
+            raise Conflict("this Idempotency-Key was being used by another request",
+                           hint="retry with the same key") from None
+        return earlier, True
     return version, False

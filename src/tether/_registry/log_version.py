@@ -32,10 +32,11 @@ from .._schema import Signature
 from .._semver import SemVer, VersionFacts, required_bump, resolve_bump
 from .._store import handoffs
 from .._store.base import FileEntry
-from . import drift_baseline
+from . import datasets, drift_baseline
 from .datasets import data_inputs, read_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
+from .manifest_limits import check_loadable
 from .previous import previous_chunks
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     for key, value in metrics.items():
         try:
             number = float(value)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise InvalidInput(
                 f"metric {key!r} is {value!r}, not a number",
                 hint="metrics are numbers; put text in notes= or tags=",
@@ -223,16 +224,44 @@ def facts_of(values: Mapping[str, Any]) -> VersionFacts:
     )
 
 
+def checked_values(values: Any) -> VersionValues:
+    """``VersionValues.from_dict``, with a number past any float (a metric of 10**400,
+    which raised OverflowError) refused as bad input."""
+    try:
+        return VersionValues.from_dict(values)
+    except OverflowError:
+        raise InvalidInput("values hold a number out of range (past 1.8e308)",
+                           hint="metrics are finite numbers") from None
+
+
+#: What must be recorded with a version or not at all (an Idempotency-Key): called in the
+#: transaction that records it, with the version's row id; raising rolls the version back.
+RecordWith = Callable[[sa.Connection, int], None]
+
+
+def commit(registry: Registry, name: str, checked: VersionValues, bump: str | None, *,
+           record_with: RecordWith | None = None) -> ModelVersion:
+    """``commit_version``, then what follows a commit: the datasets it names linked to it,
+    the index files its uploader added merged."""
+    version = commit_version(registry, name, checked, bump, record_with=record_with)
+    datasets.record_links(registry, version)  # datasets: index data= links both ways
+    registry.store.tidy_index()  # the uploader could not merge the index files it added
+    return version
+
+
 def commit_version(
-    registry: Registry, name: str, checked: VersionValues, bump: str | None
+    registry: Registry, name: str, checked: VersionValues, bump: str | None, *,
+    record_with: RecordWith | None = None,
 ) -> ModelVersion:
     """Number and record a version whose bytes are already in the store.
 
     Separate from saving and storing so a server can commit what a remote
     client prepared and uploaded. Without an author the registry's actor
-    logged it (on a server: the authenticated caller).
+    logged it (on a server: the authenticated caller). ``record_with`` runs in
+    the transaction that records the version (see ``RecordWith``).
     """
     validate_model_name(name)
+    check_loadable(checked.manifest)
     # Checked in pieces from the packed records (a set of a million digests was 150 MB).
     missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:
@@ -247,7 +276,7 @@ def commit_version(
     facts = facts_of(values)
     for attempt in range(_RACE_RETRIES):
         try:
-            return _insert(registry, name, facts, bump, values, checked.manifest)
+            return _insert(registry, name, facts, bump, values, checked.manifest, record_with)
         except sa.exc.IntegrityError as error:
             # Two writers created the same model, or (PostgreSQL) numbered at once.
             if attempt == _RACE_RETRIES - 1:
@@ -260,7 +289,7 @@ def commit_version(
 
 def _insert(
     registry: Registry, name: str, facts: VersionFacts, bump: str | None, values: dict[str, Any],
-    files: Sequence[FileEntry],
+    files: Sequence[FileEntry], record_with: RecordWith | None = None,
 ) -> ModelVersion:
     with registry.write() as conn:
         mid, _created = repo.ensure_model(conn, name)
@@ -272,6 +301,8 @@ def _insert(
             conn, mid, versions.c.digest == values["digest"]
         ):
             if _row_facts(row).metadata == facts.metadata:
+                if record_with is not None:
+                    record_with(conn, row.id)
                 return repo.row_to_version(
                     row, name, repo.aliases_by_version(conn, mid).get(row.id, [])
                 )
@@ -294,6 +325,8 @@ def _insert(
             status="ready",
         )
         vid = repo.insert_version(conn, mid, row_values)
+        if record_with is not None:
+            record_with(conn, vid)
         append_event(
             conn,
             actor=values["author"],

@@ -452,11 +452,8 @@ class Registry:
         """
         self.require("contributor", name, action="logging a version")
         if not isinstance(values, VersionValues):
-            values = VersionValues.from_dict(values)
-        version = log_version.commit_version(self, name, values, bump)
-        datasets.record_links(self, version)  # datasets: index data= links both ways
-        self.store.tidy_index()  # the uploader could not merge the index files it added
-        return version
+            values = log_version.checked_values(values)
+        return log_version.commit(self, name, values, bump)
 
     def commit_once(
         self, name: str, values: Any, bump: str | None, *, key: str | None

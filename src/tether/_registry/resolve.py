@@ -13,6 +13,31 @@ from .._metadata.schema import versions
 from .._records import ModelVersion
 from .._reference import Reference, SelectorKind, parse_reference
 
+#: The largest number a version's columns hold (64-bit integers, SQLite and PostgreSQL).
+LARGEST_NUMBER = 2**63 - 1
+
+
+def version_number(digits: str) -> int | None:
+    """A selector's number (decimal digits), or None when no version can have it: past
+    what the database holds (SQLite raised OverflowError; from 4,300 digits ``int``
+    raised ValueError)."""
+    if len(digits) > len(str(LARGEST_NUMBER)):
+        return None
+    number = int(digits)
+    return number if number <= LARGEST_NUMBER else None
+
+
+def range_numbers(value: str) -> list[int] | None:
+    """The numbers of a range selector's value (``1.4`` of ``~1.4``), or None when no
+    version can match it."""
+    numbers = [version_number(part) for part in value.split(".")]
+    return None if None in numbers else [n for n in numbers if n is not None]
+
+
+def shown_number(text: str) -> str:
+    """A selector as an answer shows it: a number of 5,000 digits, shortened."""
+    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"
+
 
 def _semver_key(row: sa.Row[Any]) -> tuple[int, int, int]:
     return (row.major, row.minor, row.patch)
@@ -81,9 +106,11 @@ def resolve_row(conn: sa.Connection, ref: Reference, *,
             raise missing("versions")
         return mid, newest
     if ref.kind is SelectorKind.SEQUENCE:
-        found = _matching(conn, mid, versions.c.seq == int(ref.value), records=records)
+        seq = version_number(ref.value)
+        found = ([] if seq is None
+                 else _matching(conn, mid, versions.c.seq == seq, records=records))
         if not found:
-            raise missing(f"version number {ref.value}")
+            raise missing(f"version number {shown_number(ref.value)}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER:
         found = _matching(conn, mid, versions.c.semver == ref.value, records=records)
@@ -91,12 +118,12 @@ def resolve_row(conn: sa.Connection, ref: Reference, *,
             raise missing(f"version {ref.value}")
         return mid, found[0]
     if ref.kind is SelectorKind.SEMVER_RANGE:
-        parts = [int(p) for p in ref.value.split(".")]
+        parts = range_numbers(ref.value)
         columns = (versions.c.major, versions.c.minor, versions.c.patch)
-        found = _matching(conn, mid, *(c == p for c, p in zip(columns, parts, strict=False)),
-                          records=records)
+        found = [] if parts is None else _matching(
+            conn, mid, *(c == p for c, p in zip(columns, parts, strict=False)), records=records)
         if not found:
-            raise missing(f"version matching ~{ref.value}")
+            raise missing(f"version matching ~{shown_number(ref.value)}")
         return mid, max(found, key=_semver_key)
     # SelectorKind.DIGEST: a prefix of lowercase hex, as a range the digest index serves.
     prefix = ref.value.lower()

@@ -6,14 +6,49 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import NotFound, PermissionDenied
+from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._metadata.schema import grants
 from .._policy import role_rank
+from .._reference import validate_model_name
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+
+#: Longest principal: what the database's principal columns hold.
+MAX_PRINCIPAL = 256
+_PRINCIPAL_HINT = "a principal is a user name or email: printable text of 1 to 256 characters"
+
+
+def check_principal(principal: str) -> str:
+    """``principal`` if it can name someone; else InvalidInput saying why.
+
+    An empty one was taken, and its token then acted as the server process's own
+    user (an empty actor falls back to the local user name); control characters,
+    NUL and 100,000 characters were taken too.
+    """
+    if not isinstance(principal, str) or not principal.strip():
+        raise InvalidInput("a principal must not be empty", hint=_PRINCIPAL_HINT)
+    if len(principal) > MAX_PRINCIPAL:
+        raise InvalidInput(
+            f"a principal is at most {MAX_PRINCIPAL} characters, not {len(principal)}",
+            hint=_PRINCIPAL_HINT)
+    if not principal.isprintable():
+        raise InvalidInput(f"a principal must be printable text; {principal!r} is not",
+                           hint=_PRINCIPAL_HINT)
+    if principal != principal.strip():
+        raise InvalidInput(f"a principal must not begin or end with whitespace: {principal!r}",
+                           hint=_PRINCIPAL_HINT)
+    return principal
+
+
+def check_grant(principal: str, model: str | None) -> None:
+    """The principal and model of a grant, checked (InvalidInput / InvalidReference)."""
+    check_principal(principal)
+    if model is not None:
+        validate_model_name(model)
 
 
 def roles_of(conn: sa.Connection, principal: str, model: str | None) -> tuple[str, ...]:
@@ -53,6 +88,7 @@ def grant(
     registry: Registry, principal: str, role: str, model: str | None, *, bootstrap: bool = False
 ) -> None:
     role_rank(role)
+    check_grant(principal, model)
     with registry.write() as conn:
         if not bootstrap:
             require_role(conn, registry.actor, "admin", None)
@@ -85,6 +121,7 @@ def grant(
 
 
 def revoke(registry: Registry, principal: str, role: str, model: str | None) -> None:
+    check_grant(principal, model)
     with registry.write() as conn:
         require_role(conn, registry.actor, "admin", None)
         result = conn.execute(

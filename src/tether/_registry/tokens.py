@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import tokens
-from .roles import grant, require_role
+from .roles import check_grant, grant, require_role
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -30,12 +31,26 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+#: Longest token lifetime: a century (past some ten thousand years, no date holds it).
+MAX_LIFETIME = timedelta(days=36500)
+_DURATION_HINT = "e.g. 90d, 12h, 30m; at most 36500d"
+
+
 def parse_duration(text: str) -> timedelta:
+    """A token's lifetime: a positive number and a unit (s, m, h, d), at most a century."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    shown = repr(text) if len(text) <= 40 else repr(text[:40] + "...")
     try:
-        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        seconds = float(text[:-1]) * units[text[-1]]
     except (KeyError, ValueError, IndexError) as error:
-        raise InvalidInput(f"cannot read duration {text!r}", hint="e.g. 90d, 12h, 30m") from error
+        raise InvalidInput(f"cannot read duration {shown}", hint=_DURATION_HINT) from error
+    if seconds <= 0 or math.isnan(seconds):
+        raise InvalidInput(f"duration {shown} is not a positive length of time",
+                           hint=_DURATION_HINT)
+    if seconds > MAX_LIFETIME.total_seconds():  # infinity too
+        raise InvalidInput(f"duration {shown} is longer than {MAX_LIFETIME.days} days",
+                           hint=_DURATION_HINT)
+    return timedelta(seconds=seconds)
 
 
 def create_token(
@@ -50,12 +65,14 @@ def create_token(
     """A new token for ``principal`` (granting ``role`` too, when given). Admin only."""
     with registry.read() as conn:
         require_role(conn, registry.actor, "admin", None)
+    check_grant(principal, model)
+    lifetime = parse_duration(expires_in) if expires_in else None  # refused before a grant
     if role:
         grant(registry, principal, role, model)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires = (
-        (datetime.now(UTC) + parse_duration(expires_in)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if expires_in
+        (datetime.now(UTC) + lifetime).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if lifetime is not None
         else None
     )
     with registry.write() as conn:
@@ -94,6 +111,11 @@ def authenticate(registry: Registry, secret: str | None) -> str:
         raise Unauthenticated(
             "the API token is not valid (unknown or revoked)",
             hint="ask an admin for a new one: tether token create",
+        )
+    if not str(row.principal).strip():  # made before principals were checked
+        raise Unauthenticated(
+            f"the API token {row.prefix}… names no principal",
+            hint="an admin revokes it (tether token revoke) and creates one for a named user",
         )
     if row.expires_at and parse_iso(row.expires_at) < datetime.now(UTC):
         raise Unauthenticated(

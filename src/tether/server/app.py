@@ -27,8 +27,9 @@ from starlette.routing import Mount, Route
 from .. import __version__
 from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
 from .._packed_manifest import MEDIA_TYPE
-from .._records import AliasMove, VersionValues
+from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
+from .._registry.log_version import checked_values
 from .._registry.registry import Registry
 from .._store.base import FileEntry
 from . import auth
@@ -272,7 +273,7 @@ class Api:
         fields, files, bump = await self._commit_body(request)
         values: Any = fields
         if files is not None:  # checked as from_dict checks JSON, with the files read
-            checked = VersionValues.from_dict({**fields, "manifest": []})
+            checked = checked_values({**fields, "manifest": []})
             values = replace(checked, manifest=files).checked()
         key = request.headers.get("idempotency-key")
         version, replayed = await run_in_threadpool(

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import zlib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +38,8 @@ from .._errors import (
     TetherError,
 )
 from .._store.fileio import IOV_MAX, start_writeback, write_pieces
+from .bodies import parse_json
+from .pins import check_pin
 from .protocol import ZEROCOPY
 
 _READABLE = re.compile(
@@ -202,16 +208,47 @@ def check_key(key: str, *, write: bool) -> str:
 
 #: Largest lease a client may write (an owner and a time: a few hundred bytes).
 MAX_LEASE = 64 * 1024
+#: Largest pin: a pin lists every chunk an ingest reuses (68 bytes each), so a large
+#: version's is large (a 1.5 TB version's, 1.6 GB): as large as any object, no more.
+MAX_PIN = MAX_OBJECT
+
+
+def _limit_for(key: str) -> int:
+    """The most bytes an upload to ``key`` may have."""
+    if key.startswith("locks/"):
+        return MAX_LEASE
+    if key.startswith("index/"):
+        return MAX_INDEX
+    if key.startswith("pins/"):
+        return MAX_PIN
+    return MAX_OBJECT
 
 
 def _lease_holder(blobs: Any, key: str) -> str | None:
     """The principal the server stamped into the lease at ``key`` (None: none, or no lease)."""
     try:
-        data = json.loads(blobs.get_bytes(key))
-    except (NotFound, ValueError):
+        data = parse_json(blobs.get_bytes(key))
+    except (NotFound, InvalidInput):
         return None
     holder = data.get("principal") if isinstance(data, dict) else None
     return str(holder) if holder is not None else None
+
+
+#: Leases are checked and written one at a time by the threads of this process ...
+_LEASES = threading.Lock()
+#: ... and across processes and servers, in a transaction of the registry's database
+#: (PostgreSQL: holding this advisory lock; SQLite: its write lock, BEGIN IMMEDIATE).
+_LEASE_LOCK_ID = zlib.crc32(b"tether.blobs.leases")
+
+
+@contextmanager
+def _one_lease_writer(registry: Any) -> Iterator[None]:
+    """Held while a lease's holder is read and the lease written or dropped: two writers
+    who both saw no holder both got 201, and the last to write held it."""
+    with _LEASES, registry.write() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LEASE_LOCK_ID})
+        yield
 
 
 def _stamp_lease(blobs: Any, key: str, tmp: Path, who: str) -> None:
@@ -220,13 +257,11 @@ def _stamp_lease(blobs: Any, key: str, tmp: Path, who: str) -> None:
     A lease's body comes from the client; without the principal any contributor could
     renew or drop another client's lease (gc could then run under that client's
     ingest). Renewing one's own lease is what a client does every few seconds.
+    Call it holding ``_one_lease_writer``, and store the lease before letting go.
     """
     if tmp.stat().st_size > MAX_LEASE:
         raise InvalidInput(f"a lease of {tmp.stat().st_size} bytes is over {MAX_LEASE}")
-    try:
-        body = json.loads(tmp.read_bytes())
-    except ValueError as error:
-        raise InvalidInput(f"{key} is not a JSON lease: {error}") from None
+    body = parse_json(tmp.read_bytes())  # InvalidInput, TooDeep: a 400 saying why
     if not isinstance(body, dict):
         raise InvalidInput(f"{key} is not a JSON object")
     holder = _lease_holder(blobs, key)
@@ -235,6 +270,26 @@ def _stamp_lease(blobs: Any, key: str, tmp: Path, who: str) -> None:
                        hint="wait for it to end, or to go stale if its client died")
     body["principal"] = who
     tmp.write_bytes(json.dumps(body).encode())
+
+
+def _store_lease(registry: Any, key: str, tmp: Path, who: str) -> None:
+    """Stamp and store the lease at ``key`` for ``who``, unless another holds it."""
+    blobs = registry.store.blobs
+    with _one_lease_writer(registry):
+        _stamp_lease(blobs, key, tmp, who)
+        blobs.put_file(key, tmp)
+
+
+def _drop_lease(registry: Any, key: str, who: str) -> None:
+    """Delete the lease at ``key``, if ``who`` holds it (or nobody does)."""
+    blobs = registry.store.blobs
+    with _one_lease_writer(registry):
+        holder = _lease_holder(blobs, key)
+        if holder is not None and holder != who:
+            raise PermissionDenied(f"{key} is {holder}'s ingest lease; only its holder drops it",
+                                   hint="a dead client's lease goes stale by itself; "
+                                   "`tether gc` on the server removes it")
+        blobs.delete(key)
 
 
 def _exists(blobs: Any, key: str) -> bool:
@@ -247,8 +302,8 @@ def _exists(blobs: Any, key: str) -> bool:
 
 
 def _check_index(blobs: Any, key: str, data: bytes) -> dict[str, Any]:
+    index = parse_json(data)  # InvalidInput, TooDeep: a 400 saying why
     try:
-        index = json.loads(data)
         pack, size, chunks = index["pack"], int(index["size"]), index["chunks"]
         entries = [(str(d), int(o), int(n), int(r), int(c)) for d, o, n, r, c in chunks]
     except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -283,16 +338,18 @@ def _verify_pack(store: Any, key: str, index: dict[str, Any], data: bytes) -> No
     )
 
 
-async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool) -> int:
+async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool,
+                   limit: int | None = None) -> int:
     """Write an upload's body to ``fd`` as it comes, ``_WRITE_BATCH`` bytes (or
     ``IOV_MAX`` pieces) at a time (``writeback``: each MB handed to the disk at
-    once); returns its size."""
+    once); returns its size. Refused once past ``limit`` bytes (``MAX_OBJECT``)."""
+    limit = MAX_OBJECT if limit is None else limit
     size = started = held = 0
     batch: list[bytes] = []
     async for block in stream:
         size += len(block)
-        if size > MAX_OBJECT:
-            raise InvalidInput(f"object is over the {MAX_OBJECT} byte limit")
+        if size > limit:
+            raise InvalidInput(f"object is over the {limit} byte limit")
         batch.append(block)
         held += len(block)
         # ... or IOV_MAX pieces, whichever comes first: a client trickling a byte at a
@@ -359,8 +416,8 @@ class BlobGateway:
         if method == "PUT" and not key.startswith("locks/") and _exists(self.blobs, key):
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
         presign = getattr(self.blobs, "presign", None)
-        if presign is None or key.startswith("index/"):
-            return {"url": None}  # stream through the API (and validate indexes there)
+        if presign is None or key.startswith(("index/", "pins/")):
+            return {"url": None}  # stream through the API (and validate indexes, pins there)
         url = await run_in_threadpool(presign, key, method)
         # A PUT URL only creates: the client sends this header (signed into the URL).
         headers = {"If-None-Match": "*"} if method == "PUT" else {}
@@ -403,8 +460,10 @@ class BlobGateway:
             length = int(request.headers.get("content-length") or 0)
         except ValueError:
             raise InvalidInput("Content-Length is not a number") from None
-        if length > MAX_OBJECT:
-            raise InvalidInput(f"object of {length} bytes is over the {MAX_OBJECT} byte limit")
+        limit = _limit_for(key)
+        if length > limit:
+            raise InvalidInput(f"object of {length} bytes is over the {limit} byte limit "
+                               f"for {key.split('/')[0]}/")
         if not key.startswith("locks/") and await run_in_threadpool(_exists, self.blobs, key):
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
         fd, tmp = self.blobs.temp_file()
@@ -412,24 +471,24 @@ class BlobGateway:
             try:
                 # Only where the store keeps (and fsyncs) this file; a bucket's is
                 # uploaded and deleted, its pages best dropped unwritten.
-                size = await _receive(request.stream(), fd, writeback=self.blobs.is_local)
+                size = await _receive(request.stream(), fd, writeback=self.blobs.is_local,
+                                      limit=limit)
             finally:
                 os.close(fd)
             if key.startswith("index/"):
-                if size > MAX_INDEX:
-                    raise InvalidInput(f"index file of {size} bytes is over the {MAX_INDEX} "
-                                       f"byte limit")
                 data = tmp.read_bytes()
                 index = await run_in_threadpool(_check_index, self.blobs, key, data)
                 await run_in_threadpool(_verify_pack, self.api.registry.store, key, index, data)
+            if key.startswith("pins/"):
+                await run_in_threadpool(check_pin, key, tmp)
             if key.startswith("locks/"):
-                await run_in_threadpool(_stamp_lease, self.blobs, key, tmp, who)
-            # Never replace: a second upload racing the first must not swap bytes
-            # under an index that was verified against the first.
-            put = self.blobs.put_file
-            if not key.startswith("locks/"):
-                put = getattr(self.blobs, "put_file_new", put)
-            await run_in_threadpool(put, key, tmp)
+                # Checked and stored as one step: see _one_lease_writer.
+                await run_in_threadpool(_store_lease, self.api.registry, key, tmp, who)
+            else:
+                # Never replace: a second upload racing the first must not swap bytes
+                # under an index that was verified against the first.
+                put = getattr(self.blobs, "put_file_new", self.blobs.put_file)
+                await run_in_threadpool(put, key, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return JSONResponse({"key": key, "size": size}, status_code=201)
@@ -442,12 +501,7 @@ class BlobGateway:
                 hint="stored data is removed by `tether gc` on the server",
             )
         who = self._caller(request, "contributor", "uploading artifacts")
-        holder = await run_in_threadpool(_lease_holder, self.blobs, key)
-        if holder is not None and holder != who:
-            raise PermissionDenied(f"{key} is {holder}'s ingest lease; only its holder drops it",
-                                   hint="a dead client's lease goes stale by itself; "
-                                   "`tether gc` on the server removes it")
-        await run_in_threadpool(self.blobs.delete, key)
+        await run_in_threadpool(_drop_lease, self.api.registry, key, who)
         return {"deleted": key}
 
     def routes(self) -> list[Route]:

@@ -53,9 +53,20 @@ def _depth_error() -> TooDeep:
     return TooDeep(f"body is nested deeper than {MAX_DEPTH} levels")
 
 
+def _out_of_range(number: int) -> InvalidInput:
+    digits = str(abs(number))
+    return InvalidInput(f"body is not valid JSON: number {'-' * (number < 0)}{digits[:20]}... "
+                        f"({len(digits)} digits) is out of range",
+                        hint="numbers must be finite: within about 1.8e308")
+
+
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
-    """Refuse JSON nested deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    """Refuse JSON nested deeper than ``limit`` (iterative: no recursion to exhaust), or
+    holding an integer no float holds (as 1e400 is refused: past it, ``float(10**400)``
+    raised OverflowError wherever a handler took a number as a float)."""
     if not isinstance(value, dict | list):
+        if value.__class__ is int and value.bit_length() > _FLOAT_BITS:
+            _check_int(value)
         return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -65,6 +76,19 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
+            elif child.__class__ is int and child.bit_length() > _FLOAT_BITS:
+                _check_int(child)
+
+
+#: Integers of up to this many bits are floats (the largest float is just under 2**1024).
+_FLOAT_BITS = 1023
+
+
+def _check_int(number: int) -> None:
+    try:
+        float(number)
+    except OverflowError:
+        raise _out_of_range(number) from None
 
 
 def _no_constant(name: str) -> Any:

@@ -19,6 +19,8 @@ from .bodies import describe
 
 #: Largest ``limit`` / page size a list endpoint accepts.
 MAX_LIMIT = 1_000_000
+#: The integers a database column holds (64 bits): past them SQLite raised OverflowError.
+MAX_INT = 2**63 - 1
 
 _NAMES = {
     str: "a string",
@@ -102,11 +104,19 @@ def check_call(
                 f"{name}: argument {param!r} must be {hint_name(hint)}, not {describe(value)}",
                 hint=f"{name}{signature}",
             )
+        check_range(f"{name}: argument {param!r}", value)
+
+
+def check_range(what: str, value: Any) -> None:
+    """Refuse an integer no database column holds (the use cases look them up)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise InvalidInput(f"{what} is out of range: at most {MAX_INT} either way")
 
 
 def check_field(field: str, value: Any, hint: Any) -> Any:
     if not fits(value, hint):
         raise InvalidInput(f"field {field!r} must be {hint_name(hint)}, not {describe(value)}")
+    check_range(f"field {field!r}", value)
     return value
 
 

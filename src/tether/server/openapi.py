@@ -296,7 +296,8 @@ def openapi_document() -> dict[str, Any]:
                 ),
                 "put": _op(
                     "Upload a new store object (never overwrites: 409); an index is checked "
-                    "against its pack, a lying pack refused (422) and quarantined",
+                    "against its pack, a lying pack refused (422) and quarantined; a pin "
+                    "must be one (400); a lease has one holder at a time (409)",
                     ok="201",
                     responses={"413": {**_ERROR, "description": "Body over 1 GiB"}},
                     extra={

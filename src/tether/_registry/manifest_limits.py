@@ -1,0 +1,86 @@
+"""What a committed manifest must be for its version ever to load.
+
+A commit used to take paths no file system can hold (100,000 characters) and
+files whose chunk lists cannot rebuild them (200,000 bytes and no chunks); the
+version was numbered, and every load of it failed. Refused at commit instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .._errors import InvalidInput, InvalidPath
+from .._store.base import FileEntry
+from .._store.chunklist import RECORD_SIZE, ChunkList
+
+#: Longest path component and longest path, in UTF-8 bytes: what Linux holds (NAME_MAX,
+#: PATH_MAX), so a version's files can be written out where they are loaded.
+MAX_COMPONENT = 255
+MAX_PATH = 4096
+#: Largest file size: the largest file offset there is.
+MAX_FILE_SIZE = 2**63 - 1
+
+
+def _shown(path: str) -> str:
+    return repr(path) if len(path) <= 80 else f"{path[:60]!r}... ({len(path)} characters)"
+
+
+def check_path_length(path: str) -> None:
+    """Refuse (``InvalidPath``) a path no file system holds: over ``MAX_PATH`` bytes, a
+    component over ``MAX_COMPONENT`` bytes, or text that is not Unicode."""
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath(f"manifest path {_shown(path)} is not valid Unicode") from None
+    if len(encoded) > MAX_PATH:
+        raise InvalidPath(
+            f"manifest path {_shown(path)} is {len(encoded)} bytes, longer than {MAX_PATH} "
+            "bytes",
+            hint=f"paths are at most {MAX_PATH} bytes, each folder or file name at most "
+            f"{MAX_COMPONENT} (in UTF-8)",
+        )
+    for part in encoded.split(b"/"):
+        if len(part) > MAX_COMPONENT:
+            name = part.decode("utf-8")
+            raise InvalidPath(
+                f"manifest path {_shown(path)} has a name of {len(part)} bytes "
+                f"({_shown(name)}); names are at most {MAX_COMPONENT} bytes",
+                hint=f"each folder or file name at most {MAX_COMPONENT} bytes (in UTF-8)",
+            )
+
+
+def chunk_total(chunks: ChunkList) -> int:
+    """The sum of the chunks' sizes, exactly (numpy, a piece at a time: a version may
+    have 24 million chunks)."""
+    import numpy as np
+
+    total = 0
+    for piece in chunks.pieces():
+        sizes = np.frombuffer(piece, dtype="<u8", count=len(piece) // 8)[RECORD_SIZE // 8 - 1
+                                                                          :: RECORD_SIZE // 8]
+        # As two 32-bit halves, each summed in 64 bits: no piece of 65,536 can overflow.
+        high = int(np.sum(sizes >> np.uint64(32), dtype=np.uint64))
+        low = int(np.sum(sizes & np.uint64(0xFFFFFFFF), dtype=np.uint64))
+        total += (high << 32) + low
+    return total
+
+
+def check_loadable(files: Iterable[FileEntry]) -> None:
+    """Refuse a manifest a load could never rebuild: paths too long for a file system,
+    or a file whose chunks do not add up to its size (an empty list is 0 bytes)."""
+    for entry in files:
+        check_path_length(entry.path)
+        if entry.size < 0:
+            raise InvalidInput(f"manifest size of {_shown(entry.path)} is {entry.size}, "
+                               "not a byte count")
+        if entry.size > MAX_FILE_SIZE:
+            raise InvalidInput(f"manifest size of {_shown(entry.path)} is {entry.size}, "
+                               f"over the largest file size {MAX_FILE_SIZE}")
+        total = chunk_total(entry.chunks)
+        if total != entry.size:
+            raise InvalidInput(
+                f"the chunks of {_shown(entry.path)} add up to {total} bytes, not its size "
+                f"{entry.size}",
+                hint="list every chunk of the file, in order, as [digest, size]; "
+                "an empty file has no chunks",
+            )
