@@ -337,6 +337,17 @@ def test_deprecated_versions_warn_and_cannot_be_promoted(
         registry.load("iris@1.0.0")
 
 
+def test_audit_action_filters_are_prefixes_not_patterns(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    """`?action=_` (or `%`) matched every event: the prefix went into LIKE unescaped."""
+    _log(registry, fit_logreg(iris), iris)
+    registry.promote("iris@1.0.0", "production", create=True)
+    assert [e.action for e in registry.audit_log(action="alias.")] == ["alias.set"]
+    assert registry.audit_log(action="_") == [] and registry.audit_log(action="%") == []
+    assert registry.audit_log(action="alias_set") == []
+
+
 def test_audit_log_records_and_detects_tampering(registry: Registry, iris: tuple[Any, Any]) -> None:
     import sqlite3
 

@@ -115,7 +115,8 @@ def list_events(
     if model:
         query = query.where(events.c.model == model)
     if action:
-        query = query.where(events.c.action.startswith(action))
+        # Escaped: "_" or "%" in a filter are characters, not LIKE wildcards (every event).
+        query = query.where(events.c.action.startswith(action, autoescape=True))
     if limit:
         query = query.limit(limit)
     return [_event(_row_content(row), row.prev_hash, row.hash) for row in conn.execute(query)]
