@@ -466,3 +466,16 @@ def test_server_log_has_no_tracebacks(
     assert logs
     text = "".join(p.read_text(errors="replace") for p in logs)
     assert "Traceback" not in text and "unexpected error" not in text, text[-3000:]
+
+
+def test_wrong_element_types_are_named_not_the_container(server: Server) -> None:
+    """"must be an object or null, not an object" and "must be a list ..., not a list":
+    the container was right, one of its elements was not."""
+    tags = server.api("POST", f"{V1}/call/create_model",
+                      json={"args": ["typed"], "kwargs": {"tags": {"team": "a", "n": 1}}})
+    tether_error(tags, 400, "invalid_input", "'n' is a number, not a string")
+    assert "not an object" not in tags.json()["message"]
+    stages = server.api("POST", "/api/2.0/mlflow/registered-models/get-latest-versions",
+                        json={"name": "iris", "stages": ["None", 1]})
+    assert stages.status_code == 400, stages.text
+    assert "stages[1] must be a stage name, not a number" in stages.json()["message"]

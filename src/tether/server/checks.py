@@ -68,6 +68,38 @@ def fits(value: Any, hint: Any) -> bool:
     return True  # a type JSON cannot carry directly: the use case decides
 
 
+def _wrong(what: str, value: Any, hint: Any) -> str:
+    """Why ``value`` does not fit: its type, or, for a list or an object of the right
+    kind, the first element that does not ("tags: 'a' is a number, not a string", not
+    "must be an object, not an object")."""
+    inner = _first_misfit(value, hint)
+    if inner:
+        return f"{what} must be {hint_name(hint)}: {inner}"
+    return f"{what} must be {hint_name(hint)}, not {describe(value)}"
+
+
+def _first_misfit(value: Any, hint: Any) -> str | None:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        for arg in typing.get_args(hint):
+            found = _first_misfit(value, arg)
+            if found:
+                return found
+        return None
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    if isinstance(value, dict) and (origin in (dict, Mapping)) and len(args) == 2:
+        for key, item in value.items():
+            if not fits(key, args[0]):
+                return f"key {str(key)[:40]!r} is {describe(key)}, not {hint_name(args[0])}"
+            if not fits(item, args[1]):
+                return f"{str(key)[:40]!r} is {describe(item)}, not {hint_name(args[1])}"
+    if isinstance(value, list) and origin in (list, set, frozenset) and len(args) == 1:
+        for index, item in enumerate(value):
+            if not fits(item, args[0]):
+                return f"item {index} is {describe(item)}, not {hint_name(args[0])}"
+    return None
+
+
 def hint_name(hint: Any) -> str:
     if hint is None:
         return "null"
@@ -100,10 +132,8 @@ def check_call(
             continue
         hint = hints.get(param)
         if hint is not None and not fits(value, hint):
-            raise InvalidInput(
-                f"{name}: argument {param!r} must be {hint_name(hint)}, not {describe(value)}",
-                hint=f"{name}{signature}",
-            )
+            raise InvalidInput(_wrong(f"{name}: argument {param!r}", value, hint),
+                               hint=f"{name}{signature}")
         check_range(f"{name}: argument {param!r}", value)
 
 
@@ -115,7 +145,7 @@ def check_range(what: str, value: Any) -> None:
 
 def check_field(field: str, value: Any, hint: Any) -> Any:
     if not fits(value, hint):
-        raise InvalidInput(f"field {field!r} must be {hint_name(hint)}, not {describe(value)}")
+        raise InvalidInput(_wrong(f"field {field!r}", value, hint))
     check_range(f"field {field!r}", value)
     return value
 

@@ -421,8 +421,11 @@ class MlflowApi:
         (name,) = self.need(p, "name")
         raw = p.get("stages") or []
         stages = [raw] if isinstance(raw, str) else raw
-        if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        if not isinstance(stages, list):
             raise invalid(f"stages must be a list of stage names, not {describe(raw)}")
+        for index, stage in enumerate(stages):
+            if not isinstance(stage, str):
+                raise invalid(f"stages[{index}] must be a stage name, not {describe(stage)}")
         for stage in stages:
             if stage.lower() not in STAGES:
                 raise invalid(
