@@ -104,6 +104,15 @@ def test_like_matcher_agrees_with_sql_like() -> None:
     assert _like("x%\n_", "x\n\n", case=True)
 
 
+def test_a_version_number_filter_takes_integers_only() -> None:
+    """`version_number = 1.5` matched version 1 (int(1.5) is 1)."""
+    from tether.server.mlflow_filter import VERSIONS, check
+
+    with pytest.raises(MlflowError, match="expected an integer"):
+        check(parse_filter("version_number = 1.5"), VERSIONS)
+    assert check(parse_filter("version_number = 2.0"), VERSIONS) == [("version_number", "=", 2)]
+
+
 def test_filter_parser_is_linear_and_refuses_clearly() -> None:
     start = time.perf_counter()
     with pytest.raises(MlflowError, match="expected AND"):

@@ -201,8 +201,10 @@ def check(clauses: list[tuple[str, str, Any]], language: Language) -> list[tuple
                     f"Invalid comparator for attribute {key}: {op}; use {', '.join(_NUMERIC_OPS)}."
                 )
             try:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError  # int(1.5) is 1: version_number = 1.5 matched version 1
                 value = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise invalid(
                     f"Invalid value for numeric attribute '{key}': {value!r}; expected an integer."
                 ) from None
