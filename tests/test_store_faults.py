@@ -196,6 +196,27 @@ def test_cli_gc_dry_run_reports_what_the_run_removes_by_kind(
     assert registry.verify("m@latest") == []
 
 
+def test_a_gc_dry_run_neither_waits_for_ingests_nor_holds_them_off(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A dry run only reads, yet took the store lock: it waited for every ingest in
+    flight (a minute, then a 409, through a server) and held new ones off meanwhile."""
+    import threading
+
+    from tether._store.locking import ingest_lock
+
+    data = _write(tmp_path / "model", "w.bin", os.urandom(1 << 20))
+    registry.log_model(str(data), "m")
+    answers: list[Any] = []
+    with ingest_lock(registry.store):  # an ingest in flight
+        dry = threading.Thread(target=lambda: answers.append(registry.gc(dry_run=True)),
+                               daemon=True)
+        dry.start()
+        dry.join(timeout=10)
+        assert answers, "the dry run waited for the ingest"
+    assert answers[0].store.dry_run and answers[0].expired == []
+
+
 # -- a full disk ------------------------------------------------------------------
 
 

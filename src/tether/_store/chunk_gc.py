@@ -68,14 +68,17 @@ def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
        dry_run: bool, commit: Any = None, progress: bool = False) -> GcReport:
     """Plan, then (unless ``dry_run``) write repacks, ``commit()``, and delete.
 
-    The report comes from the plan, so a dry run reports exactly what the
-    run would remove. A failed write (a full disk) undoes the repacks and
-    raises before ``commit`` and before any deletion.
+    The report comes from the plan, so a dry run reports exactly what a run
+    would remove at that moment. A dry run only reads, so it takes no lock: under
+    the store lock it waited up to a minute for every ingest in flight, and then
+    held every new ingest off while it planned. A failed write (a full disk)
+    undoes the repacks and raises before ``commit`` and before any deletion.
     """
+    if dry_run:
+        return _plan(store, live, grace_seconds=grace_seconds, dry_run=True).report
     with store_lock(store):
-        plan = _plan(store, live, grace_seconds=grace_seconds, dry_run=dry_run)
-        if not dry_run:
-            _apply(store, plan, commit, progress=progress)
+        plan = _plan(store, live, grace_seconds=grace_seconds, dry_run=False)
+        _apply(store, plan, commit, progress=progress)
         return plan.report
 
 
