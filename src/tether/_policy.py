@@ -29,7 +29,7 @@ rules that failed, each with what to change.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,13 @@ def role_rank(role: str) -> int:
     if role not in ROLES:
         raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}")
     return ROLES.index(role)
+
+
+def covers(held: Iterable[str], role: str) -> bool:
+    """Whether one of the ``held`` roles is ``role`` or above it (reader < contributor <
+    approver < admin)."""
+    needed = role_rank(role)
+    return any(role_rank(r) >= needed for r in held)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PermissionDenied
 from .._metadata import repository as repo
-from .._policy import role_rank
+from .._policy import covers
 from .roles import roles_of, scoped_roles_of
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def may(registry: Registry, role: str, model: str | None) -> bool:
     if not enforces_roles(registry):
         return True
     held = held_roles(registry, registry.actor, model)
-    return any(role_rank(r) >= role_rank(role) for r in held)
+    return covers(held, role)
 
 
 def scoped_roles(registry: Registry, principal: str) -> list[tuple[str, str]]:
@@ -99,7 +99,7 @@ def require_somewhere(registry: Registry, role: str, action: str) -> None:
     """
     if not enforces_roles(registry):
         return
-    if any(role_rank(r) >= role_rank(role) for r, _model in scoped_roles(registry, registry.actor)):
+    if covers((r for r, _model in scoped_roles(registry, registry.actor)), role):
         return
     require(registry, role, None, action)
 
@@ -110,7 +110,7 @@ def require(registry: Registry, role: str, model: str | None, action: str) -> No
         return
     principal = registry.actor
     held = held_roles(registry, principal, model)
-    if any(role_rank(r) >= role_rank(role) for r in held):
+    if covers(held, role):
         return
     have = ", ".join(held) or "no role"
     if not held:

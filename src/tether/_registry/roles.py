@@ -10,7 +10,7 @@ from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._metadata.schema import grants
-from .._policy import role_rank
+from .._policy import covers, role_rank
 from .._reference import validate_model_name
 
 if TYPE_CHECKING:
@@ -69,8 +69,7 @@ def scoped_roles_of(conn: sa.Connection, principal: str) -> list[tuple[str, str]
 
 
 def has_role(conn: sa.Connection, principal: str, role: str, model: str | None) -> bool:
-    needed = role_rank(role)
-    return any(role_rank(r) >= needed for r in roles_of(conn, principal, model))
+    return covers(roles_of(conn, principal, model), role)
 
 
 def require_role(conn: sa.Connection, principal: str, role: str, model: str | None) -> None:
