@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .. import __version__
+from .._envflags import ON
 from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
 from .._packed_manifest import MEDIA_TYPE
 from .._records import AliasMove
@@ -53,7 +54,7 @@ _PUBLIC_SETTINGS = frozenset(
 
 def _flag(request: Request, name: str) -> bool:
     """A query flag: ``?deleted=1`` (or true/yes/on); anything else is off."""
-    return request.query_params.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return request.query_params.get(name, "").strip().lower() in ON  # as switches are
 
 
 #: Registry methods callable through /api/v1/call. Each checks who may call it
