@@ -14,7 +14,7 @@ from .._metadata.clock import now_iso
 from .._metadata.schema import approvals, policies
 from .._policy import Policy, parse_policy
 from .._records import ModelVersion
-from .._reference import validate_alias_name
+from .._reference import parse_reference, validate_alias_name
 from .resolve import require_model, resolve_version
 from .roles import require_role
 
@@ -106,8 +106,10 @@ def get_policy(registry: Registry, name: str, revision: int | None = None) -> di
 def approve(registry: Registry, ref: str, alias: str, *, comment: str = "") -> list[str]:
     validate_alias_name(alias)
     with registry.write() as conn:
+        # The role first: a refusal naming the missing version listed the model's
+        # versions and aliases to a caller with no role on it.
+        require_role(conn, registry.actor, "approver", parse_reference(ref).name)
         version = resolve_version(conn, ref)
-        require_role(conn, registry.actor, "approver", version.name)
         if version.author == registry.actor:
             raise PolicyViolation(
                 f"{registry.actor} logged {version.ref}; an approval must come from someone else",

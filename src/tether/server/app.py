@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +26,14 @@ from starlette.routing import Mount, Route
 
 from .. import __version__
 from .._envflags import ON
-from .._errors import InvalidInput, NotFound, TetherError, Unavailable, UnknownField
+from .._errors import (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    TetherError,
+    Unavailable,
+    UnknownField,
+)
 from .._packed_manifest import MEDIA_TYPE
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
@@ -471,11 +478,45 @@ def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
     routes.append(Mount("/", app=create_ui_app(lambda: api.registry)))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimit, limit_for=_body_limit, render=_render_refusal)],
+        middleware=[Middleware(SameSiteWrites),
+                    Middleware(BodyLimit, limit_for=_body_limit, render=_render_refusal)],
         exception_handlers={HTTPException: _http_error},
     )
     app.state.api = api
     return app
+
+
+class SameSiteWrites:
+    """ASGI middleware: a write a browser sends from another site's page is refused (403).
+
+    The API reads a JSON body whatever its Content-Type, so another site's page could
+    POST one as text/plain (no CORS preflight) with the browser's credentials, or to an
+    ``--open-access`` server with none at all: a page on another port deprecated a
+    version that way. Browsers say where a request comes from (``Origin``,
+    ``Sec-Fetch-Site``); clients that are not browsers send neither and are unaffected.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = {k.decode("latin-1"): v.decode("latin-1")
+                       for k, v in scope.get("headers") or []}
+            origin = headers.get("origin")
+            cross = headers.get("sec-fetch-site") == "cross-site" or (
+                origin is not None and (origin == "null"
+                                        or urlsplit(origin).netloc != headers.get("host", "")))
+            if cross:
+                refusal = PermissionDenied(
+                    f"a {scope['method']} from another site's page ({origin or 'cross-site'}) "
+                    "is refused", hint="call the API from a client, or use the UI on this site")
+                response = JSONResponse(
+                    {"error": refusal.code, "message": refusal.message, "hint": refusal.hint},
+                    status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -91,6 +92,7 @@ class Session:
 class UI:
     def __init__(self, registry_factory: RegistryFactory) -> None:
         self.registry_factory = registry_factory
+        self._fernet: Any = None  # see _sealer
         self.templates = Environment(
             loader=FileSystemLoader(str(HERE / "templates")),
             autoescape=select_autoescape(["html", "svg"], default=True),
@@ -116,8 +118,46 @@ class UI:
         self._auth_cache[key] = (now + AUTH_CACHE_SECONDS, principal)
         return principal
 
+    def _sealer(self) -> Any:
+        """What seals the token into the cookie (Fernet: encrypted and authenticated), keyed
+        by the registry's audit key, which every worker of a server reads.
+
+        Browsers send a site's cookies to every port of its host: a cookie holding the
+        API token itself reached any other local service (seen in a browser), which
+        could then call the registry as the signed-in user. Sealed, it is of use only
+        to this registry's UI.
+        """
+        if self._fernet is None:
+            import base64
+            import hmac as hmac_module
+
+            from cryptography.fernet import Fernet
+            from cryptography.hazmat.primitives import serialization
+
+            audit_key = getattr(self.registry_factory(), "audit_key", None)
+            # A registry without one (a client of a server): a key of this process's own,
+            # so its sessions end with it.
+            raw = os.urandom(32) if audit_key is None else audit_key.private.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                serialization.NoEncryption())
+            key = hmac_module.new(raw, b"tether-ui-cookie", hashlib.sha256).digest()
+            self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        return self._fernet
+
+    def seal(self, secret: str) -> str:
+        return str(self._sealer().encrypt(secret.encode()).decode())
+
+    def unseal(self, cookie: str) -> str | None:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return str(self._sealer().decrypt(cookie.encode()).decode())
+        except (InvalidToken, ValueError, UnicodeError):
+            return None  # another registry's, or not ours at all: signed out
+
     def session(self, request: Request) -> Session | None:
-        secret = request.cookies.get(COOKIE)
+        sealed = request.cookies.get(COOKIE)
+        secret = self.unseal(sealed) if sealed else None
         if not secret:
             return None
         registry = self.registry_factory()
@@ -339,7 +379,9 @@ class UI:
         name = request.path_params["name"]
         alias = validate_alias_name(form.get("alias", "").strip())
         reason = self._reason(form)
-        return self._move(session.registry.rollback(name, alias, reason=reason))
+        generation = _int(form.get("generation"), 0) or None  # the alias as the page showed it
+        return self._move(session.registry.rollback(name, alias, reason=reason,
+                                                    from_generation=generation))
 
     def do_approve(
         self, request: Request, session: Session, form: dict[str, str]
@@ -384,6 +426,10 @@ class UI:
             form = await read_form(request)
         except InvalidInput as error:
             return self.error(request, error, None)
+        if not _same_origin(request):
+            # Another site's page signing the browser in as its own user (login CSRF).
+            return self.error(request, CsrfRefused("sign-in form not sent by this site",
+                                                   hint="sign in from this site's page"), None)
         secret = form.get("token", "").strip()
         target = _safe_next(form.get("next", ""), self.base(request))
         registry = self.registry_factory()
@@ -401,7 +447,7 @@ class UI:
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,
-            secret,
+            await run_in_threadpool(self.seal, secret),
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -462,11 +508,17 @@ async def read_form(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
+#: The largest number a page or form field is read as (a page of 10**30 reached SQLite
+#: as an OFFSET it could not hold: OverflowError).
+_INT_MAX = 2**62
+
+
 def _int(text: str | None, default: int) -> int:
     try:
-        return int(text) if text else default
+        value = int(text) if text and len(text) <= 20 else default
     except ValueError:
         return default
+    return value if -_INT_MAX <= value <= _INT_MAX else default
 
 
 def _strip_json(segment: str) -> str:
@@ -486,6 +538,8 @@ def _safe_next(target: str | None, base: str) -> str:
 
 def _same_origin(request: Request) -> bool:
     """A POST whose Origin (when the browser sends one) is this site."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return False
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return origin is None

@@ -111,7 +111,7 @@ def models_page(
     sort: str = "name",
     page: int = 1,
 ) -> dict[str, Any]:
-    page = max(page, 1)
+    page = min(max(page, 1), 10**9)  # an OFFSET past 64 bits was an OverflowError
     total, shown = registry.search_models(
         query=q, tag=tag, alias=alias, sort=sort, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
     )
@@ -171,12 +171,16 @@ def model_page(
     for alias_name, target in sorted(info.aliases.items()):
         try:
             history = [move_row(m) for m in registry.alias_history(name, alias_name)]
+            # The rollback form sends it back: a form reloaded or sent twice rolled back
+            # twice; now a move since the page was drawn refuses it (Conflict).
+            generation = registry.alias(name, alias_name)["generation"]
         except NotFound:
-            history = []
+            history, generation = [], None
         aliases.append(
             {
                 "name": alias_name,
                 "target": target,
+                "generation": generation,
                 "history": history,
                 "can_move": perms.allows(perms.role_to_move(alias_name), name),
                 "can_rollback": perms.allows(perms.role_to_move(alias_name), name)

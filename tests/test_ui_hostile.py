@@ -1,0 +1,125 @@
+"""The web UI and the server under it, attacked the way a review did (each failing before):
+
+- another site's page writing through the API of an ``--open-access`` server (a JSON body
+  sent as text/plain needs no CORS preflight), or signing the browser in as its own user;
+- a rollback form reloaded or sent twice rolling back twice;
+- the cookie holding the API token itself, which browsers send to every port of the host;
+- an approval naming a missing version listing a model's versions to a caller with no role;
+- a page number past 64 bits.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from tether import Registry
+from tether.server.app import create_app
+from tether.ui import create_ui_app
+from tether.ui.app import COOKIE
+
+from .conftest import fit_logreg
+
+EVIL = {"origin": "http://evil.example"}
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def _signed_in(app: Any, token: str) -> TestClient:
+    client = TestClient(app, base_url="http://testserver")
+    answer = client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def test_another_sites_page_cannot_write_through_an_open_access_server(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    version = registry.log_model(fit_logreg(iris), "iris", progress=False)
+    client = TestClient(create_app(registry, open_access=True), base_url="http://testserver")
+    body = '{"args": ["iris@1.0.0"], "kwargs": {"reason": "x"}}'
+    for headers in (EVIL, {"origin": "null"}, {"sec-fetch-site": "cross-site"}):
+        refused = client.post("/api/v1/call/deprecate", content=body,
+                              headers={"content-type": "text/plain", **headers})
+        assert refused.status_code == 403, refused.text
+        assert "another site's page" in refused.json()["message"]
+    assert registry.get(version.ref).status == "ready"
+    # A client (no Origin) and the site's own pages still write.
+    for headers in ({}, {"origin": "http://testserver"}):
+        done = client.post("/api/v1/call/update_model",
+                           json={"args": ["iris"], "kwargs": {"description": "ok"}},
+                           headers=headers)
+        assert done.status_code == 200, done.text
+
+
+def test_another_sites_page_cannot_sign_the_browser_in(registry: Registry) -> None:
+    token = registry.create_token("mallory", role="reader")["token"]
+    client = TestClient(create_ui_app(lambda: registry), base_url="http://testserver")
+    swapped = client.post("/login", data={"token": token, "next": "/audit"}, headers=EVIL,
+                          follow_redirects=False)
+    assert swapped.status_code == 403 and "set-cookie" not in swapped.headers
+    assert COOKIE not in client.cookies
+
+
+def test_the_cookie_is_not_the_api_token(registry: Registry) -> None:
+    token = registry.create_token("rita", role="reader")["token"]
+    client = _signed_in(create_ui_app(lambda: registry), token)
+    cookie = client.cookies[COOKIE]
+    assert token not in cookie
+    # What another local service received could not call the registry as rita.
+    api = TestClient(create_app(registry), base_url="http://testserver")
+    assert api.get("/api/v1/whoami", headers={"authorization": f"Bearer {cookie}"}
+                   ).status_code == 401
+    assert api.get("/api/v1/whoami", headers={"authorization": f"Bearer {token}"}
+                   ).status_code == 200
+    # Another registry's UI (another key) takes it for no one.
+    other = TestClient(create_ui_app(lambda: registry), base_url="http://testserver")
+    other.cookies.set(COOKIE, cookie[:-4] + "AAAA")
+    assert other.get("/", follow_redirects=False).status_code == 303
+
+
+def test_a_rollback_form_sent_twice_rolls_back_once(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    for C in (1.0, 0.5, 0.1):
+        version = registry.log_model(fit_logreg(iris, C=C), "iris", progress=False)
+        registry.promote(version.ref, "exp", create=True)
+    admin = registry.create_token(registry.actor)["token"]
+    client = _signed_in(create_ui_app(lambda: registry), admin)
+    page = client.get("/models/iris").text
+    generation = re.search(r'name="generation" value="(\d+)"', page)
+    assert generation, "the rollback form carries the alias's generation"
+    form = {"csrf": _csrf(page), "alias": "exp", "reason": "bad", "generation":
+            generation.group(1)}
+    first = client.post("/models/iris/rollback", data=form)
+    assert first.status_code == 200 and "→ 1.1.0 (was 1.2.0)" in first.text
+    again = client.post("/models/iris/rollback", data=form)  # a reload of the Done page
+    assert again.status_code == 409 and "moved since generation" in again.text
+    assert registry.get("iris@exp").semver == "1.1.0"
+
+
+def test_an_approval_without_a_role_lists_nothing(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    registry.log_model(fit_logreg(iris), "other", progress=False)
+    registry.log_model(fit_logreg(iris), "fraud", progress=False)
+    sam = registry.create_token("sam", role="contributor", model="fraud")["token"]
+    client = _signed_in(create_ui_app(lambda: registry), sam)
+    csrf = _csrf(client.get("/models/fraud").text)
+    answer = client.post("/models/other/approve", data={
+        "csrf": csrf, "alias": "production", "version": "9.9.9", "reason": "x"})
+    assert answer.status_code == 403, answer.text
+    assert "1.0.0" not in answer.text and "versions:" not in answer.text
+
+
+def test_a_page_number_past_64_bits_is_the_last_page(registry: Registry) -> None:
+    admin = registry.create_token(registry.actor)["token"]
+    client = _signed_in(create_ui_app(lambda: registry), admin)
+    answer = client.get("/?page=" + "9" * 30)
+    assert answer.status_code == 200, answer.text
