@@ -123,3 +123,46 @@ def test_a_page_number_past_64_bits_is_the_last_page(registry: Registry) -> None
     client = _signed_in(create_ui_app(lambda: registry), admin)
     answer = client.get("/?page=" + "9" * 30)
     assert answer.status_code == 200, answer.text
+
+
+def test_the_token_tether_ui_makes_ends_with_it(registry: Registry, tmp_path: Any) -> None:
+    """Each start minted an admin's 12-hour token that stayed valid after the command
+    ended (printed in a terminal's scrollback)."""
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from tether._registry import tokens as token_store
+
+    from .conftest import free_port, subprocess_env, tether_exe
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [tether_exe(), "-r", str(registry.location.root), "ui", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(TETHER_USER=registry.actor))
+    try:
+        assert proc.stdout is not None
+        token = ""
+        deadline = time.time() + 30
+        while not token.startswith("tth_") and time.time() < deadline:
+            token = proc.stdout.readline().strip()
+        assert token.startswith("tth_"), proc.stderr.read() if proc.poll() is not None else ""
+        assert token_store.authenticate(registry, token) == registry.actor
+        while time.time() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/login", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    try:
+        token_store.authenticate(registry, token)
+    except token_store.Unauthenticated:
+        pass
+    else:
+        raise AssertionError("the token outlived `tether ui`")

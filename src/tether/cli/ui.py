@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .._http_deadlines import protocol as deadline_protocol
 from ._common import console, handle_errors, registry_from
 
 
@@ -41,14 +42,23 @@ def ui(ctx: click.Context, host: str, port: int, make_token: bool, expires: str)
             "Use HTTPS in front of it.",
             style="yellow",
         )
+    made: dict[str, str] | None = None
     if make_token:
         made = registry.create_token(
             registry.actor, expires_in=expires, description="tether ui sign-in"
         )
         console.print(
-            f"sign in as {registry.actor} with this token (expires {made['expires_at']}):"
+            f"sign in as {registry.actor} with this token (until this command stops, at "
+            f"most until {made['expires_at']}):"
         )
         click.echo(made["token"])
     else:
         console.print("sign in with a token from `tether token create NAME --role reader`")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    http=deadline_protocol())
+    finally:
+        if made is not None:
+            # The token was for this UI: it does not outlive it (an admin's token, left
+            # valid for hours after the command ended, in a terminal's scrollback).
+            registry.revoke_token(made["prefix"])
