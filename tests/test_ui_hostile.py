@@ -166,3 +166,24 @@ def test_the_token_tether_ui_makes_ends_with_it(registry: Registry, tmp_path: An
         pass
     else:
         raise AssertionError("the token outlived `tether ui`")
+
+
+def test_a_reader_of_one_model_can_use_the_ui_and_sees_only_that_model(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    """The home page, the audit log and every version page listed or read registry-wide,
+    so a reader scoped to one model was refused all three."""
+    registry.log_model(fit_logreg(iris), "fraud", progress=False)
+    registry.log_model(fit_logreg(iris), "other", progress=False)
+    sam = registry.create_token("sam", role="reader", model="fraud")["token"]
+    client = _signed_in(create_ui_app(lambda: registry), sam)
+    for path in ("/", "/audit", "/models/fraud", "/models/fraud/versions/1.0.0"):
+        page = client.get(path)
+        assert page.status_code == 200, (path, page.text[:300])
+        assert "other" not in page.text, path
+    assert [m["name"] for m in client.get("/?format=json").json()["models"]] == ["fraud"]
+    events = client.get("/audit?format=json").json()["events"]
+    assert events and {e["model"] for e in events} == {"fraud"}
+    assert client.get("/models/other").status_code == 403
+    nobody = registry.create_token("nobody@example.com")["token"]  # no role anywhere
+    assert _signed_in(create_ui_app(lambda: registry), nobody).get("/").status_code == 403

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -107,13 +107,16 @@ def list_events(
     conn: sa.Connection,
     *,
     model: str | None = None,
+    models: Collection[str] | None = None,
     action: str | None = None,
     limit: int | None = None,
 ) -> list[Event]:
-    """Events newest first, optionally for one model or action prefix."""
+    """Events newest first, optionally for one model (or among ``models``) or action prefix."""
     query = sa.select(events).order_by(events.c.id.desc())
     if model:
         query = query.where(events.c.model == model)
+    if models is not None:
+        query = query.where(events.c.model.in_(sorted(models)))
     if action:
         # Escaped: "_" or "%" in a filter are characters, not LIKE wildcards (every event).
         query = query.where(events.c.action.startswith(action, autoescape=True))

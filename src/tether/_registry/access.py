@@ -90,6 +90,23 @@ def scoped_roles(registry: Registry, principal: str) -> list[tuple[str, str]]:
     return list(cached(("scoped", id(registry.engine), principal), lookup))
 
 
+def readable(registry: Registry, role: str, action: str) -> set[str] | None:
+    """The models a listing shows the actor: None for all of them (``role`` held
+    registry-wide, or roles not enforced), else those a scoped grant gives ``role`` on.
+    Refuses (as ``require``) an actor with the role nowhere.
+
+    A reader of one model could not open the UI's home page or audit log: both
+    listed every model, so both were refused outright.
+    """
+    if not enforces_roles(registry) or may(registry, role, None):
+        return None
+    names = {model for held, model in scoped_roles(registry, registry.actor)
+             if covers((held,), role)}
+    if not names:
+        require(registry, role, None, action)  # the refusal, worded as everywhere
+    return names
+
+
 def require_somewhere(registry: Registry, role: str, action: str) -> None:
     """Refuse ``action`` unless the actor holds ``role`` registry-wide or on some model.
 

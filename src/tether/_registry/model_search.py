@@ -10,7 +10,7 @@ are read for the page's models only, four queries in all.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,8 +107,10 @@ def search_models(
     sort: str = "name",
     offset: int = 0,
     limit: int = 50,
+    only: Collection[str] | None = None,
 ) -> tuple[int, list[ModelInfo]]:
-    """(how many models match, the ``limit`` of them from ``offset``).
+    """(how many models match, the ``limit`` of them from ``offset``); ``only``: among
+    these names (the models a scoped caller reads).
 
     ``query`` matches a part of the name or description (case-insensitive),
     ``tag`` is ``key`` or ``key=value``, ``alias`` keeps models that have that
@@ -121,6 +123,8 @@ def search_models(
         raise InvalidInput(f"limit must be 1..{MAX_LIMIT} and offset at least 0")
     descending = sort.startswith("-")
     select = sa.select(models).where(models.c.deleted.is_(False))
+    if only is not None:
+        select = select.where(models.c.name.in_(sorted(only)))
     if query.strip():
         pattern = _like(query.strip())
         select = select.where(

@@ -399,10 +399,12 @@ class Registry:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[int, list[ModelInfo]]:
-        """(number of matches, one page of them): by name/description, tag, alias; sorted."""
-        self.require("reader", action="searching models")
+        """(number of matches, one page of them): by name/description, tag, alias; sorted.
+        A caller who reads only some models finds only those."""
+        only = access.readable(self, "reader", action="searching models")
         return model_search.search_models(
-            self, query=query, tag=tag, alias=alias, sort=sort, offset=offset, limit=limit
+            self, query=query, tag=tag, alias=alias, sort=sort, offset=offset, limit=limit,
+            only=only,
         )
 
     def log_model(
@@ -764,9 +766,13 @@ class Registry:
     def audit_log(
         self, *, model: str | None = None, action: str | None = None, limit: int | None = None
     ) -> list[Event]:
-        self.require("reader", action="reading the audit log")
+        if model:
+            self.require("reader", model, action="reading the audit log")
+            only = None
+        else:  # a caller who reads only some models sees their events
+            only = access.readable(self, "reader", action="reading the audit log")
         with self.read() as conn:
-            return list_events(conn, model=model, action=action, limit=limit)
+            return list_events(conn, model=model, models=only, action=action, limit=limit)
 
     def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]:
         """(events checked, problems): the chain, its signed heads, and ``checkpoint``.
