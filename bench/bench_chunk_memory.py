@@ -44,8 +44,8 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from tether._store import chunkstore
-    chunkstore.AVG_CHUNK = 1024
+    from tether._store import chunkstore, ingest
+    ingest.AVG_CHUNK = 1024
 
     def peak_mb():
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -191,7 +191,7 @@ FLOOR = textwrap.dedent(
     import json, mmap, os, resource, sys
     import blake3
     from pyfastcdc.cy import FastCDC
-    from tether._store.chunkstore import AVG_CHUNK
+    from tether._store.ingest import AVG_CHUNK
     from tether._store.fileio import aligned_buffer
 
     path, scratch = sys.argv[1], sys.argv[2]

@@ -31,9 +31,9 @@ CHILD = textwrap.dedent(
     import tether
     from tether._metadata import repository
     from tether._registry import log_version
-    from tether._store import chunkstore
+    from tether._store import chunkstore, ingest
 
-    chunkstore.AVG_CHUNK = int(sys.argv[3])
+    ingest.AVG_CHUNK = int(sys.argv[3])
     started = time.perf_counter()
 
     def rss():

@@ -31,9 +31,9 @@ LOG = textwrap.dedent(
     """
     import sys
     import tether
-    from tether._store import chunkstore
+    from tether._store import chunkstore, ingest
 
-    chunkstore.AVG_CHUNK = int(sys.argv[2])
+    ingest.AVG_CHUNK = int(sys.argv[2])
     home = sys.argv[1]
     with tether.init(home + "/reg") as registry:
         for name in ("v1.bin", "v2.bin"):

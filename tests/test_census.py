@@ -189,10 +189,10 @@ def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
     pack's worth) in one pass over the indexes, spilled to scratch files meanwhile;
     after the real run every live chunk is listed, its bytes check out, and no scratch
     file is left."""
-    from tether._store import chunk_gc, chunkstore
+    from tether._store import chunk_gc, ingest
 
     monkeypatch.setattr(chunk_gc, "_REPACK_BATCH", 1)
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024,
                        cache_dir=tmp_path / "cache")
     (tmp_path / "src").mkdir()
@@ -234,10 +234,10 @@ def test_gc_repacks_in_batches_what_it_reads_of_the_indexes(
 def test_verify_reads_the_indexes_once_for_all_its_batches(
         tmp_path: Path, monkeypatch: Any) -> None:
     """store verify checks every pack against entries gathered in batches from one pass."""
-    from tether._store import chunkstore, pack_verify
+    from tether._store import ingest, pack_verify
 
     monkeypatch.setattr(pack_verify, "_VERIFY_BATCH_ENTRIES", 10)
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(os.urandom(400_000))

@@ -168,11 +168,10 @@ def test_a_local_log_never_encodes_its_chunk_lists_as_text(
     list of a large file was encoded as base64 text and decoded again on the way (60 MB
     of text and a second 45 MB list for a 70 GB file), and the commit read back the
     chunk records it had just written."""
-
-    from tether._store import chunkstore
+    from tether._store import ingest
     from tether._store.chunklist import ChunkList
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "big.bin").write_bytes(os.urandom(6 << 20))  # > 4,096 chunks
 
@@ -194,9 +193,9 @@ def test_a_long_chunk_list_is_kept_in_a_file_and_written_a_piece_at_a_time(
     bytes a chunk out of the process), and the row's records go to the database a piece
     at a time rather than bound whole (the driver copied them): into a SQLite blob, by
     COPY on PostgreSQL; read back a range at a time too."""
-    from tether._store import chunklist, chunkstore
+    from tether._store import chunklist, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
     joined: list[int] = []
     real_joined = repo.StoredRecords.joined
@@ -229,9 +228,9 @@ def test_a_version_reads_with_no_scratch_folder_and_lists_keep_no_files(
     load, and reading never fails for want of one (an unwritable cache folder, a full
     disk): the list is kept in memory then. Lists of versions keep theirs in memory
     (a file each would keep a descriptor open per version)."""
-    from tether._store import chunklist, chunkstore
+    from tether._store import chunklist, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "big.bin").write_bytes(os.urandom(1 << 20))  # ~900 chunks
@@ -250,9 +249,9 @@ def test_a_dataset_version_is_chosen_without_every_versions_lists(
     to pick one; now it picks without them and reads the chosen version's large lists
     a file at a time into scratch files, as a model version's."""
     from tether._registry import datasets
-    from tether._store import chunklist, chunkstore
+    from tether._store import chunklist, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 500 * chunklist.RECORD_SIZE)
     folder = tmp_path / "ds"
     folder.mkdir()
@@ -396,10 +395,10 @@ def test_an_ingests_lists_past_the_threshold_in_all_go_to_files(
     shards (80,000 chunks each) held 320 MB; now once the lists in memory pass it in
     all, the next ones go to scratch files (small files' lists stay: a descriptor each
     for thousands of them would run out)."""
-    from tether._store import chunklist, chunkstore
+    from tether._store import chunklist, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
-    monkeypatch.setattr(chunkstore, "LISTED_CHUNKS", 40)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "LISTED_CHUNKS", 40)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 150 * chunklist.RECORD_SIZE)
     root = tmp_path / "shards"
     root.mkdir()

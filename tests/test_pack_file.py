@@ -13,8 +13,9 @@ import pytest
 
 from tether._store.blobs import LocalBlobs
 from tether._store.chunklist import ChunkRef
-from tether._store.chunkstore import ChunkStore, PackWriter
+from tether._store.chunkstore import ChunkStore
 from tether._store.fileio import BufferPool, start_writeback
+from tether._store.ingest import PackWriter
 from tether._store.pack_file import PackFile
 
 

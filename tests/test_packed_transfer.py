@@ -25,7 +25,7 @@ import pytest
 from tether import IntegrityError
 from tether._packed_manifest import MAX_RECORDS, MEDIA_TYPE, PackedBody, files_from_entries
 from tether._records import VersionValues
-from tether._store import chunklist, chunkstore
+from tether._store import chunklist
 from tether._store.base import LISTED_CHUNKS, FileEntry
 from tether._store.chunklist import RECORD_SIZE, ChunkList
 from tether.remote import RemoteRegistry, connect, read_version
@@ -59,7 +59,9 @@ def _packed_bodies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def big_version(served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 ) -> tuple[RemoteRegistry, Any, Path]:
     """A model whose one file has more chunks than the JSON form lists (1 KiB chunks)."""
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    from tether._store import ingest
+
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 1000 * RECORD_SIZE)  # lists go to files
     source = tmp_path / "src" / "weights.bin"
     source.parent.mkdir()
@@ -282,7 +284,9 @@ def test_a_list_of_versions_carries_large_lists_as_their_lengths(
 
 def test_a_dataset_version_goes_and_comes_packed(
         served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    from tether._store import ingest
+
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunklist, "SPILL_BYTES", 1000 * RECORD_SIZE)
     folder = tmp_path / "data"
     folder.mkdir()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tether._store import open_store
-from tether._store.chunkstore import RAW, _BufferRing
+from tether._store.chunkstore import RAW
 from tether._store.fileio import ALIGN, BufferPool, aligned_buffer
+from tether._store.ingest import _BufferRing
 
 
 def _address(view: memoryview) -> int:

@@ -14,8 +14,8 @@ from pyfastcdc.cy import FastCDC
 
 from tether._errors import StoreError
 from tether._store import cutting, native, open_store
-from tether._store.chunkstore import AVG_CHUNK
 from tether._store.fileio import aligned_buffer
+from tether._store.ingest import AVG_CHUNK
 
 _real_workers = cutting.workers  # before any test patches it
 
@@ -174,18 +174,18 @@ def test_no_buffer_is_handed_out_again_while_a_window_in_it_is_in_use(
     still stores and hashes as its own bytes (the ring is large enough), also when
     the process's cutting pool is larger than ``workers()`` says now (the pool is
     sized once; a review found a ring sized from ``workers()`` corrupting packs)."""
-    from tether._store import chunkstore
+    from tether._store import ingest
 
     monkeypatch.setattr(cutting, "_pool", cutting._Pool(pool_size))
 
-    handed = chunkstore._BufferRing.next
+    handed = ingest._BufferRing.next
 
-    def poisoned(ring: chunkstore._BufferRing, size: int, at: int = 0) -> memoryview:
+    def poisoned(ring: ingest._BufferRing, size: int, at: int = 0) -> memoryview:
         view = handed(ring, size, at)
         view[:] = b"\xaa" * len(view)
         return view
 
-    monkeypatch.setattr(chunkstore._BufferRing, "next", poisoned)
+    monkeypatch.setattr(ingest._BufferRing, "next", poisoned)
     data = os.urandom(9 << 20)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.bin").write_bytes(data)

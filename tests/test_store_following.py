@@ -175,7 +175,7 @@ def test_log_model_follows_the_models_newest_version(tmp_path: Path,
     and the version is the one cutting from scratch gives."""
     import tether
     from tether._registry import previous
-    from tether._store import chunkstore
+    from tether._store import ingest
 
     monkeypatch.setattr(previous, "FOLLOW_FROM", 1 << 20)
     cut: list[int] = []
@@ -195,7 +195,7 @@ def test_log_model_follows_the_models_newest_version(tmp_path: Path,
         assert cut == []  # no previous version: cut from scratch, as ever
         followed = reg.log_model(tmp_path / "b" / "weights-step2.bin", "m")
         assert 1 <= len(cut) <= 3
-        monkeypatch.setattr(chunkstore, "_FOLLOW", False)
+        monkeypatch.setattr(ingest, "_FOLLOW", False)
         scratch.log_model(tmp_path / "a" / "weights-step1.bin", "m")
         plain = scratch.log_model(tmp_path / "b" / "weights-step2.bin", "m")
         assert followed.files == plain.files
@@ -281,7 +281,7 @@ def test_windows_read_ahead_are_the_files_bytes_placed_as_the_page_cache_holds_t
     was carried is not what the read was for (read again, into the same buffer)."""
     import ctypes
 
-    from tether._store.chunkstore import _BufferRing
+    from tether._store.ingest import _BufferRing
 
     data = os.urandom(3 << 20)
     path = tmp_path / "f.bin"

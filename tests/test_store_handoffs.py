@@ -190,8 +190,17 @@ def test_a_child_forked_during_a_transfer_gets_the_programs_interval_back() -> N
 def test_the_store_lowers_it_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Datasets, verify and the CLI reach the store without log_model's or load's
     wrapper: ingest, materialize and verify lower it themselves."""
+    from tether._store import ingest
+
     seen: dict[str, float] = {}
-    for name in ("_ingest", "_materialize_file", "_verify_store", "_verify"):
+    real_ingest = ingest._ingest
+
+    def watched_ingest(*args: Any, **kwargs: Any) -> Any:
+        seen["_ingest"] = sys.getswitchinterval()
+        return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_ingest", watched_ingest)
+    for name in ("_materialize_file", "_verify_store", "_verify"):
         real = getattr(chunkstore.ChunkStore, name)
 
         def watched(self: chunkstore.ChunkStore, *args: object, _real: Any = real,

@@ -413,10 +413,10 @@ def test_store_verify_finds_a_damaged_merged_index_and_writes_it_again(
     """A merged index out of digest order (searches miss entries) or whose filter hides
     entries (they look new, a commit relying on them fails) is reported by
     `tether store verify`, exit 1 with --dry-run, and written again without it."""
-    from tether._store import chunkstore
+    from tether._store import ingest
     from tether._store.midx import MergedIndex
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 256)  # many entries: the file has a filter
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 256)  # many entries: the file has a filter
     root = tmp_path / "reg" / ".tether"
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "big.bin").write_bytes(os.urandom(3 << 20))

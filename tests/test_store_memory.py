@@ -141,8 +141,8 @@ PER_CHUNK_SCRIPT = textwrap.dedent(
     import json, shutil, sys
     from pathlib import Path
     import tether
-    from tether._store import chunkstore
-    chunkstore.AVG_CHUNK = int(sys.argv[3])
+    from tether._store import ingest
+    ingest.AVG_CHUNK = int(sys.argv[3])
 
     def peak_mb():
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -17,7 +17,7 @@ from pyfastcdc.cy import FastCDC
 
 from tether._store import native
 from tether._store.chunklist import RECORD
-from tether._store.chunkstore import AVG_CHUNK
+from tether._store.ingest import AVG_CHUNK
 
 pytestmark = pytest.mark.skipif(
     not native.available, reason="the native core is not built (setup.py needs a C compiler)")

@@ -164,9 +164,10 @@ def test_a_large_pin_is_written_piece_by_piece_and_reads_back(tmp_path: Path,
     """A pin of many chunks goes through a file in pieces; gc reads it as one JSON document."""
     import json
 
-    from tether._store import chunkstore
+    from tether._store import ingest
 
-    monkeypatch.setattr(chunkstore, "_PIN_PIECE", 7)
+
+    monkeypatch.setattr(ingest, "_PIN_PIECE", 7)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(os.urandom(3 << 20))
     store = open_store(f"file://{tmp_path / 'store'}")
@@ -717,9 +718,9 @@ def test_an_ingest_lets_its_own_index_blocks_go_beside_another_writers(
     """After a large ingest merges its own index files, the in-memory blocks keep only
     what is not in that file: another writer's entries read from the journal. Before,
     one such entry kept every block (56 bytes a new chunk) until the process ended."""
-    from tether._store import chunk_index, chunkstore
+    from tether._store import chunk_index, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 1000)  # merges its own from 1,000
     monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 256)
     other = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
@@ -747,15 +748,15 @@ def test_a_long_ingest_keeps_its_index_entries_in_scratch_files_and_still_finds_
     chunk, growing with the file) into scratch files read in place, merged by size so
     few are searched. Its later windows still find them: bytes seen again after the
     entries were spilled are not stored twice, and nothing is lost."""
-    from tether._store import chunk_index, chunkstore
+    from tether._store import chunk_index, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 1000)
     monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 256)
     # Small windows: the repeat comes long after its first copy's packs were indexed and
     # left the writer's recent set, so only the (spilled) index can find it.
-    monkeypatch.setattr(chunkstore, "_WINDOW", 128 * 1024)
-    monkeypatch.setattr(chunkstore, "_HELD_BYTES", (chunkstore._AHEAD + 2) * 128 * 1024)
+    monkeypatch.setattr(ingest, "_WINDOW", 128 * 1024)
+    monkeypatch.setattr(ingest, "_HELD_BYTES", (ingest._AHEAD + 2) * 128 * 1024)
     monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
     spilled: list[int] = []
     real = ChunkIndex._merged_scratch
@@ -792,9 +793,9 @@ def test_blocks_changed_while_they_were_spilled_stay_as_they_are(
     """Spilling runs outside the index lock: if the blocks were dropped or replaced
     meanwhile (an ingest's own merge, gc's reset), its file is discarded, not put back
     beside them."""
-    from tether._store import chunk_index, chunkstore
+    from tether._store import chunk_index, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 500)
     monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 128)
     monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
@@ -877,9 +878,9 @@ def test_an_ingest_goes_on_when_its_blocks_cannot_be_spilled(
     (make_temp reports a full disk as StoreError) they stay in memory and the ingest
     succeeds, every chunk found."""
     from tether._errors import StoreError
-    from tether._store import chunk_index, chunkstore
+    from tether._store import chunk_index, ingest
 
-    monkeypatch.setattr(chunkstore, "AVG_CHUNK", 1024)
+    monkeypatch.setattr(ingest, "AVG_CHUNK", 1024)
     monkeypatch.setattr(chunk_index, "_SPILL_ENTRIES", 500)
     monkeypatch.setattr(chunk_index, "_INDEX_FOLD", 128)
 

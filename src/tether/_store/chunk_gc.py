@@ -33,7 +33,8 @@ from .base import FileEntry, GcReport
 from .blobs import scratch_root
 from .cache import dead_scratch, remove_paths
 from .census import Census, Claim, LiveChunks, grouped, rows_as_lists
-from .chunkstore import ChunkStore, PackWriter, _unpack
+from .chunkstore import ChunkStore, _unpack
+from .ingest import PackWriter
 from .locking import store_lock
 from .progress import Progress
 

@@ -63,7 +63,7 @@ class ListBudget:
     in all: past that, each further list goes to a scratch file. One list at a time
     against the threshold, a hundred lists just under it each held 400 MB. Reading a
     version's lists (``_packed_manifest.files_from_entries``) and an ingest building
-    them (``ChunkStore._list_kept``) keep to the same rule through this."""
+    them (``ingest._list_kept``) keep to the same rule through this."""
 
     def __init__(self) -> None:
         self.held = 0
