@@ -108,6 +108,18 @@ def path_escapes(path: str) -> bool:
     )
 
 
+#: Folders no version may hold, in any case: written where a version is downloaded or
+#: pulled (a repository's work tree), a ``.git`` folder is a repository whose config runs
+#: commands on the next git command there, and a ``.tether`` one a registry to be taken
+#: for the user's.
+RESERVED_PARTS = frozenset({".git", ".tether"})
+
+
+def names_reserved(path: str) -> bool:
+    """Whether ``path`` has a part that is ``.git`` or ``.tether`` (in any case)."""
+    return any(part.lower() in RESERVED_PARTS for part in path.split("/"))
+
+
 def check_relative_path(path: Any, *, what: str) -> str:
     """``path`` if it is a safe relative POSIX path inside a version, else InvalidInput."""
     if not isinstance(path, str) or not path or "\x00" in path:
@@ -116,6 +128,11 @@ def check_relative_path(path: Any, *, what: str) -> str:
         raise InvalidInput(
             f"{what} {path!r} leaves the version's folder",
             hint="paths in a version are relative, use '/', and never contain '..'",
+        )
+    if names_reserved(path):
+        raise InvalidInput(
+            f"{what} {path!r} is inside a .git or .tether folder, which no version may hold",
+            hint="leave version-control and registry folders out of what you log",
         )
     return path
 

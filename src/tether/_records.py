@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
-from ._identity import path_escapes
+from ._identity import names_reserved, path_escapes
 from ._store.base import FileEntry
 
 
@@ -293,6 +293,10 @@ def check_artifact_path(path: Any) -> str:
             f"manifest path {path!r} escapes the version folder",
             hint="paths are relative POSIX paths without '..'",
         )
+    if names_reserved(path):
+        raise InvalidPath(
+            f"manifest path {path!r} is inside a .git or .tether folder, which no version "
+            "may hold", hint="leave version-control and registry folders out of what you log")
     return path
 
 

@@ -24,6 +24,7 @@ from .datasets_io import (
     pointed_version,
     pointer_text,
     read_pointer,
+    write_pointer,
 )
 
 if TYPE_CHECKING:
@@ -101,10 +102,44 @@ def holds(target: Path, version: DatasetVersion, kind: str) -> bool:
     return all(_holds(target / entry.path, entry) for entry in version.files)
 
 
+#: Path parts a tracked path may never have: git's and Tether's own folders.
+_FORBIDDEN_PARTS = frozenset({".git", ".tether"})
+
+
 def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
+    """(tracked path, its path from the top, the pointer) of one pointer file, refused
+    (InvalidInput) unless the tracked path is a path of the work tree.
+
+    A pointer is a file of the repository, so whoever committed it chose its name: a
+    pointer ``...tether`` tracked ``..`` (pull replaced the folder above the clone with
+    a dataset, push uploaded it, private keys and all), and ``.git.tether`` tracked the
+    repository's own ``.git`` (a hook in it then ran on the next git command).
+    """
+    rel = _tracked(pointer_file).relative_to(top)
+    name = pointer_file.name.removesuffix(POINTER_SUFFIX)
+    problem = None
+    if pointer_file.is_symlink():
+        problem = "the pointer is a symbolic link"
+    elif name in ("", ".", "..") or any(part in ("", ".", "..") for part in rel.parts):
+        problem = f"it would track {name or '(nothing)'!r}, not a path in the work tree"
+    elif any(part.lower() in _FORBIDDEN_PARTS for part in rel.parts):
+        problem = "it would track a path inside .git or .tether"
+    else:
+        # A folder on the way that is a symbolic link could lead out of the work tree.
+        inside = (top / rel.parent).resolve()
+        if inside != top.resolve() and top.resolve() not in inside.parents:
+            problem = "a folder on its path leads out of the work tree"
+    if problem:
+        raise InvalidInput(f"pointer {pointer_file.relative_to(top).as_posix()} refused: {problem}",
+                           hint="a pointer names the file or folder beside it; remove this one")
     pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
-    target = _tracked(pointer_file)
-    return target, target.relative_to(top).as_posix(), pointer
+    target = top / rel
+    return target, rel.as_posix(), pointer
+
+
+def _refused(pointer_file: Path, top: Path, error: TetherError) -> Synced:
+    rel = pointer_file.relative_to(top).as_posix().removesuffix(POINTER_SUFFIX)
+    return Synced(rel, "?", "?", "?", "failed", error=error.message)
 
 
 def _known(registry: AnyRegistry, pointer: dict[str, Any]) -> DatasetVersion | None:
@@ -122,7 +157,11 @@ def push(
     top = work_tree(start)
     done = []
     for pointer_file in pointers(top, only):
-        target, rel, pointer = _entry(top, pointer_file)
+        try:
+            target, rel, pointer = _entry(top, pointer_file)
+        except TetherError as error:
+            done.append(_refused(pointer_file, top, error))
+            continue
         kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
         named = str(pointer.get("version") or "?")
         if not target.exists():
@@ -139,7 +178,7 @@ def push(
             done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
                                error=error.message))
             continue
-        pointer_file.write_text(pointer_text(added, kind))
+        write_pointer(pointer_file, pointer_text(added, kind))
         done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
                            previous=named))
     return done
@@ -152,7 +191,11 @@ def pull(
     top = work_tree(start)
     done = []
     for pointer_file in pointers(top, only):
-        target, rel, pointer = _entry(top, pointer_file)
+        try:
+            target, rel, pointer = _entry(top, pointer_file)
+        except TetherError as error:
+            done.append(_refused(pointer_file, top, error))
+            continue
         kind = str(pointer.get("kind") or "file")
         try:
             version = pointed_version(registry, pointer)

@@ -546,7 +546,12 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
     found = []
     for item in sorted(path.rglob("*")):
         rel = item.relative_to(path)
-        if any(part in _SKIP_DIRS for part in rel.parts) or not item.is_file():
+        if any(part.lower() in _SKIP_DIRS for part in rel.parts) or not item.is_file():
+            continue
+        if item.is_symlink() or any((path / folder).is_symlink() for folder in rel.parents
+                                    if folder != Path(".")):
+            # A link's target is not the folder's to give: a repository committing
+            # data/leak.txt -> ~/.ssh/id_ed25519 had the user's push upload the key.
             continue
         if item.suffix == ".tether" and item.name != ".tether":
             continue  # pointer files describe data, they are not data

@@ -443,6 +443,23 @@ def pointer_text(version: DatasetVersion, kind: str) -> str:
     )
 
 
+def write_pointer(pointer: Path, text: str, *, append: bool = False) -> None:
+    """Write (or append to) a small file of the work tree, never through a symbolic link:
+    a repository can commit ``data.csv.tether`` (or ``.gitignore``) as a link to any file
+    of the user's, which writing the pointer then overwrote."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    try:
+        fd = os.open(pointer, flags, 0o644)
+    except OSError as error:
+        if pointer.is_symlink():
+            raise InvalidInput(f"{pointer} is a symbolic link; Tether does not write through one",
+                               hint="remove the link and run the command again") from error
+        raise
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def read_pointer(text: str, *, where: str) -> dict[str, Any]:
     try:
         body = yaml.safe_load(text)
@@ -464,7 +481,7 @@ def track(
     dataset = name or _default_name(target)
     version = registry.add_dataset(target, dataset, notes=notes)
     pointer = pointer_path(target)
-    pointer.write_text(pointer_text(version, "folder" if target.is_dir() else "file"))
+    write_pointer(pointer, pointer_text(version, "folder" if target.is_dir() else "file"))
     _ignore(target)
     return pointer, version
 
@@ -480,12 +497,14 @@ def _ignore(target: Path) -> None:
     """Add ``/NAME`` to the .gitignore beside ``target`` (once)."""
     ignore = target.parent / ".gitignore"
     line = "/" + target.name
+    if ignore.is_symlink():
+        raise InvalidInput(f"{ignore} is a symbolic link; Tether does not write through one",
+                           hint="remove the link and run the command again")
     existing = ignore.read_text().splitlines() if ignore.exists() else []
     if line in existing:
         return
     prefix = "" if not existing or ignore.read_text().endswith("\n") else "\n"
-    with ignore.open("a") as handle:
-        handle.write(f"{prefix}{line}\n")
+    write_pointer(ignore, f"{prefix}{line}\n", append=True)
 
 
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -30,7 +30,7 @@ import yaml
 
 from .._errors import InvalidInput, TetherError
 from .._store.blobs import owner_scratch
-from .datasets_io import pointer_path, pointer_text
+from .datasets_io import pointer_path, pointer_text, write_pointer
 
 if TYPE_CHECKING:
     from .datasets_io import AnyRegistry
@@ -257,7 +257,7 @@ def import_dvc(
         if write_pointers:
             pointer = pointer_path(root / out.path)
             pointer.parent.mkdir(parents=True, exist_ok=True)
-            pointer.write_text(pointer_text(version,
-                                            "folder" if out.md5.endswith(".dir") else "file"))
+            kind = "folder" if out.md5.endswith(".dir") else "file"
+            write_pointer(pointer, pointer_text(version, kind))
             report.pointer = pointer.relative_to(root).as_posix()
     return done

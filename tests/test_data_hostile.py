@@ -1,0 +1,115 @@
+"""Data versioning against a hostile repository or contributor, replayed as a review sent
+it (each failing before its fix):
+
+- a pointer named ``...tether`` tracked ``..``: pull replaced the folder above the clone
+  with a dataset, push uploaded it (private keys and all);
+- a pointer named ``.git.tether`` tracked the repository's own ``.git``;
+- a dataset holding ``.git/config`` planted a repository (and its commands) where it was
+  pulled or downloaded;
+- a symbolic link in a tracked folder had push upload the file it points at;
+- a pointer committed as a symbolic link had Tether write through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tether
+from tether import InvalidInput
+from tether._identity import check_manifest
+from tether._registry.datasets_io import pointer_text, track
+from tether.cli import cli
+
+from .conftest import git, git_project
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "home").mkdir()
+    root = git_project(tmp_path / "home", monkeypatch, name="Data Tester", email="data@test")
+    monkeypatch.chdir(root)
+    return root
+
+
+def _run(repo: Path, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["--registry", str(repo / ".tether"), *args, "--json"])
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("pointer", ["...tether", ".git.tether", "sub/...tether",
+                                     ".GIT.tether", "data/.tether.tether"])
+def test_a_pointer_cannot_track_a_path_outside_the_work_tree_or_inside_git(
+    repo: Path, pointer: str
+) -> None:
+    reg = tether.init(repo / ".tether", actor="data@test")
+    payload = repo.parent / "payload"
+    payload.mkdir()
+    (payload / ".bashrc").write_text("echo owned\n")
+    version = reg.add_dataset(payload, "homepayload")
+    reg.close()
+    (repo.parent / "important.txt").write_text("mine")
+    (repo / "data").mkdir()
+    (repo / "data" / "keep.txt").write_text("keep")
+    where = repo / pointer
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(pointer_text(version, "folder"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a hostile pointer")
+    head = git(repo, "rev-parse", "HEAD")
+
+    pulled = _run(repo, "data", "pull")
+    assert [d["status"] for d in pulled] == ["failed"], pulled
+    assert "refused" in pulled[0]["error"]
+    assert (repo.parent / "important.txt").read_text() == "mine"
+    assert not (repo.parent / ".bashrc").exists() and not (repo / ".bashrc").exists()
+    assert (repo / "data" / "keep.txt").read_text() == "keep"
+    assert git(repo, "rev-parse", "HEAD") == head  # .git untouched
+    pushed = _run(repo, "data", "push")
+    assert [d["status"] for d in pushed] == ["failed"]
+    assert len(tether.open(repo / ".tether").dataset_versions("homepayload")) == 1
+
+
+def test_no_version_may_hold_a_git_or_tether_folder(tmp_path: Path) -> None:
+    entry = {"path": ".git/config", "size": 0, "digest": "0" * 64, "chunks": []}
+    for path in (".git/config", "data/.Git/hooks/x", ".tether/tether.toml"):
+        with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
+            check_manifest([{**entry, "path": path}])
+    check_manifest([{**entry, "path": "data/gitconfig"}])  # a name, not the folder
+    # A model folder cloned with git logs without its .git (it used to be copied in).
+    model = tmp_path / "model"
+    (model / ".git").mkdir(parents=True)
+    (model / ".git" / "config").write_text("[core]\n\tfsmonitor = touch /tmp/x\n")
+    (model / "weights.bin").write_bytes(os.urandom(100))
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    version = reg.log_model(model, "cloned", progress=False)
+    assert [f.path for f in version.files] == ["weights.bin"]
+
+
+def test_a_link_in_a_tracked_folder_is_not_uploaded(repo: Path) -> None:
+    secret = repo.parent / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    data = repo / "data"
+    data.mkdir()
+    (data / "rows.csv").write_text("a\n1\n")
+    (data / "leak.txt").symlink_to(secret)
+    (data / "linked").symlink_to(repo.parent, target_is_directory=True)
+    reg = tether.init(repo / ".tether", actor="data@test")
+    version = reg.add_dataset(data, "data")
+    assert [f.path for f in version.files] == ["rows.csv"]
+
+
+def test_tether_never_writes_through_a_linked_pointer(repo: Path) -> None:
+    victim = repo.parent / "victim_rc.txt"
+    victim.write_text("export PATH=/usr/bin\n")
+    (repo / "rows.csv").write_text("a\n1\n")
+    (repo / "rows.csv.tether").symlink_to(victim)
+    reg = tether.init(repo / ".tether", actor="data@test")
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        track(reg, repo / "rows.csv", name="rows")
+    assert victim.read_text() == "export PATH=/usr/bin\n"
