@@ -113,3 +113,20 @@ def test_tether_never_writes_through_a_linked_pointer(repo: Path) -> None:
     with pytest.raises(InvalidInput, match="symbolic link"):
         track(reg, repo / "rows.csv", name="rows")
     assert victim.read_text() == "export PATH=/usr/bin\n"
+
+
+def test_a_registry_committed_to_the_repository_is_not_opened_by_being_found(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone's committed .tether/tether.toml named its committer's database and store:
+    the user's push went there, not to the registry further up."""
+    monkeypatch.delenv("TETHER_URI", raising=False)
+    tether.init(repo / ".tether", actor="data@test").close()
+    found = CliRunner().invoke(cli, ["models", "--json"])
+    assert found.exit_code == 0, found.output  # the user's own, untracked: found as ever
+    git(repo, "add", "-f", ".tether/tether.toml")
+    git(repo, "commit", "-q", "-m", "bring a registry")
+    refused = CliRunner().invoke(cli, ["models", "--json"])
+    assert refused.exit_code == 1 and "came with the git repository" in refused.output
+    named = CliRunner().invoke(cli, ["--registry", str(repo / ".tether"), "models", "--json"])
+    assert named.exit_code == 0, named.output

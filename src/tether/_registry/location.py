@@ -135,6 +135,35 @@ def read_location(root: Path) -> RegistryLocation:
     )
 
 
+def _refuse_a_committed_registry(folder: Path) -> None:
+    """Refuse a registry found by walking up from the working directory whose config a
+    git repository tracks: a clone's ``.tether/tether.toml`` names whatever database and
+    store its committer chose, and pushes, pulls and checks in the clone went there (the
+    user's own registry, further up, was never reached). Named explicitly (``-r``,
+    ``TETHER_URI``), a registry is the user's choice and is opened as it is."""
+    config = folder / CONFIG_NAME
+    if not config.is_file():
+        return
+    for top in folder.parents:
+        if (top / ".git").exists():
+            import subprocess
+
+            try:
+                tracked = subprocess.run(
+                    ["git", "ls-files", "--error-unmatch", "--", str(config)], cwd=top,
+                    capture_output=True, check=False, timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                return  # no git to ask: as before
+            if tracked:
+                raise InvalidInput(
+                    f"the registry at {folder} came with the git repository {top} (its "
+                    f"{CONFIG_NAME} is committed there), so it names the database and store "
+                    "its committer chose; it is not opened by being found",
+                    hint="name your registry with --registry or TETHER_URI, or, if this one "
+                    f"is yours, `git rm --cached {config.relative_to(top)}`")
+            return
+
+
 def find_location(uri: str | Path | None = None) -> RegistryLocation:
     """Locate the registry named by ``uri``, ``TETHER_URI`` or the working directory."""
     target = uri if uri is not None else os.environ.get("TETHER_URI")
@@ -157,6 +186,7 @@ def find_location(uri: str | Path | None = None) -> RegistryLocation:
     for folder in (here, *here.parents):
         candidate = folder / DEFAULT_DIR
         if candidate.is_dir():
+            _refuse_a_committed_registry(candidate)
             return read_location(candidate)
     raise RegistryNotFound(
         f"no registry found in {here} or its parents",
