@@ -187,3 +187,25 @@ def test_a_reader_of_one_model_can_use_the_ui_and_sees_only_that_model(
     assert client.get("/models/other").status_code == 403
     nobody = registry.create_token("nobody@example.com")["token"]  # no role anywhere
     assert _signed_in(create_ui_app(lambda: registry), nobody).get("/").status_code == 403
+
+
+def test_the_sites_own_pages_behind_a_reverse_proxy_are_not_taken_for_another_site(
+    registry: Registry
+) -> None:
+    """The first cross-site check compared Origin with Host only: behind a proxy that
+    rewrites Host (nginx's default) every sign-in and action was refused."""
+    token = registry.create_token(registry.actor)["token"]
+    public = {"origin": "https://tether.example.com", "x-forwarded-host": "tether.example.com"}
+    for app in (create_ui_app(lambda: registry), create_app(registry)):
+        client = TestClient(app, base_url="http://127.0.0.1:8080")
+        for headers in (public, {"origin": "https://tether.example.com",
+                                 "host": "tether.example.com:443"},
+                        {"origin": "https://tether.example.com",
+                         "sec-fetch-site": "same-origin"}):
+            signed = client.post("/login", data={"token": token, "next": "/"}, headers=headers,
+                                 follow_redirects=False)
+            assert signed.status_code == 303, (headers, signed.text)
+        other = client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False,
+                            headers={"origin": "https://evil.example",
+                                     "x-forwarded-host": "tether.example.com"})
+        assert other.status_code == 403

@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +39,7 @@ from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
 from .._registry.log_version import checked_values
 from .._registry.registry import Registry
+from .._same_site import cross_site
 from .._store.base import FileEntry
 from . import auth
 from .blobs_api import MAX_OBJECT, BlobGateway
@@ -504,10 +505,7 @@ class SameSiteWrites:
             headers = {k.decode("latin-1"): v.decode("latin-1")
                        for k, v in scope.get("headers") or []}
             origin = headers.get("origin")
-            cross = headers.get("sec-fetch-site") == "cross-site" or (
-                origin is not None and (origin == "null"
-                                        or urlsplit(origin).netloc != headers.get("host", "")))
-            if cross:
+            if cross_site(headers):
                 refusal = PermissionDenied(
                     f"a {scope['method']} from another site's page ({origin or 'cross-site'}) "
                     "is refused", hint="call the API from a client, or use the UI on this site")

@@ -36,6 +36,7 @@ from .._records import AliasMove
 from .._reference import validate_alias_name
 from .._registry.registry import Registry
 from .._registry.tokens import Unauthenticated, authenticate
+from .._same_site import cross_site
 from . import views
 from .views import Permissions
 
@@ -537,14 +538,8 @@ def _safe_next(target: str | None, base: str) -> str:
 
 
 def _same_origin(request: Request) -> bool:
-    """A POST whose Origin (when the browser sends one) is this site."""
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        return False
-    origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return origin is None
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+    """A POST a browser did not send from another site's page (see _same_site.py)."""
+    return not cross_site({k.lower(): v for k, v in request.headers.items()})
 
 
 def create_ui_app(registry_factory: RegistryFactory) -> Starlette:
