@@ -44,8 +44,56 @@ log = logging.getLogger("tether.serving")
 
 #: Predictions remembered for feedback, by request id.
 RECENT_REQUESTS = 100_000
+#: What scikit-learn (and libraries checking inputs its way) says of values it cannot
+#: take: infinity or NaN, often made by the model itself from a huge finite value.
+_INPUT_FAULTS = ("contains infinity", "contains nan", "value too large for dtype",
+                 "input contains nan", "input x contains")
+
+
+def _fingerprint(records: Any) -> str:
+    """What a request asked, as a digest: the same id with the same records is a retry."""
+    from .._digest import blake3_hex
+
+    return blake3_hex(json.dumps(records, sort_keys=True, default=str).encode())
+
+
+#: A number of at least this magnitude is no measurement: it is there to overflow what
+#: the model does with it (a scaler, a polynomial feature).
+IMPLAUSIBLE = 1e100
+
+
+def _implausible(records: Any, budget: int = 1_000_000) -> bool:
+    """Whether ``records`` hold a non-finite number or one of at least ``IMPLAUSIBLE``
+    magnitude (looking at no more than ``budget`` values)."""
+    stack: list[Any] = [records]
+    while stack and budget > 0:
+        value = stack.pop()
+        budget -= 1
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value) or abs(value) >= IMPLAUSIBLE:
+                return True
+        elif isinstance(value, int):
+            if abs(value) >= IMPLAUSIBLE:
+                return True
+        elif isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return False
+
+
+def _inputs_fault(error: Exception) -> bool:
+    """Whether the model's exception says the *values* it got are unusable (a ValueError
+    from its input check), rather than that the model is broken."""
+    text = str(error).lower()
+    return isinstance(error, ValueError) and any(fault in text for fault in _INPUT_FAULTS) \
+        and ("infinity" in text or "nan" in text or "too large" in text)
+
+
 #: What a request id several requests gave is remembered as (see `Endpoint._remember`).
-_REUSED: tuple[str, str, Any] = ("", "", None)
+_REUSED: tuple[str, str, Any, str] = ("", "", None, "")
 #: An answer check (see `Endpoint.predict`): raises a TetherError to refuse it.
 Check = Callable[["LoadedModel", list[Any]], None]
 
@@ -105,9 +153,9 @@ class Endpoint:
         #: over every replica's windows (see follower.py), not each process on its own.
         self.judge_locally = True
         self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"tether-load-{self.name}")
-        # request id -> (route, digest, predictions): atoms and tuples only, so the
+        # request id -> (route, digest, predictions, fingerprint): atoms and tuples only, so the
         # garbage collector stops tracking them and a full collection stays short.
-        self._recent: dict[str, tuple[str, str, Any]] = {}
+        self._recent: dict[str, tuple[str, str, Any, str]] = {}
         self._served: dict[str, LoadedModel] = {}
         self._recent_lock = threading.Lock()
         self._sample = max((s.sample for s in config.shadows), default=0.0)
@@ -229,8 +277,20 @@ class Endpoint:
         return _Call(route, slot, loaded, slot.window, (self.name, *loaded.labels), started,
                      records, inputs)
 
-    def _failed(self, call: _Call, error: Exception) -> PredictionFailed:
+    def _failed(self, call: _Call, error: Exception) -> TetherError:
         loaded, route = call.loaded, call.route
+        if _inputs_fault(error) and _implausible(call.records):
+            # The model refused values no real record has: the caller's error, as a refused
+            # record is. Counted, 1e308 through a scaler rolled production back. With
+            # ordinary values the same refusal is the version's own fault (a scaler that
+            # divides by zero) and counts, so a broken version is still rolled back.
+            self._count_invalid(loaded, None)
+            log.warning("records refused by the model: %s", error,
+                        extra={"endpoint": self.name, "route": route,
+                               **version_fields(loaded.version)})
+            return Unprocessable(f"{loaded.ref} refused these inputs: {error}",
+                                 hint="send values the model can take (finite, and not so "
+                                 "large that scaling them overflows)")
         elapsed = time.perf_counter() - call.started
         call.window.record_request(False, elapsed)
         self.instruments.requests.inc(*call.labels, route)
@@ -260,8 +320,10 @@ class Endpoint:
         loaded.drift.observe(records)
         # Unguessable: an id is what feedback names, and a guessed one could be reused
         # by another caller (see _remember).
+        chosen = request_id is not None
         request_id = request_id or secrets.token_hex(12)
-        self._remember(request_id, route, loaded, predictions)
+        self._remember(request_id, route, loaded, predictions,
+                       _fingerprint(records) if chosen else "")
         if self.shadows and (self._sample >= 1.0 or random.random() < self._sample):
             self._mirror(MirrorJob(self.name, loaded, records, predictions,
                                    self._comparison_recorder(call.slot, loaded)))
@@ -308,7 +370,7 @@ class Endpoint:
         return record
 
     def _remember(self, request_id: str, route: str, loaded: LoadedModel,
-                  predictions: list[Any]) -> None:
+                  predictions: list[Any], fingerprint: str = "") -> None:
         digest = loaded.digest
         if digest not in self._served:
             self._served[digest] = loaded
@@ -317,10 +379,15 @@ class Endpoint:
             frozen = json.dumps(predictions)
         with self._recent_lock:
             recent = self._recent
-            # An id given twice names no one prediction: feedback on it is refused. Kept
-            # as it was, a second caller reusing someone's id (OIP lets the caller choose
-            # it) took over the first one's feedback, booked on its own version.
-            recent[request_id] = _REUSED if request_id in recent else (route, digest, frozen)
+            # An id given twice for other records names no one prediction: feedback on it
+            # is refused. Kept as it was, a second caller reusing someone's id (OIP lets
+            # the caller choose it) took over the first one's feedback, booked on its own
+            # version. The same records again are a retry: the first answer stands.
+            earlier = recent.get(request_id)
+            if earlier is None:
+                recent[request_id] = (route, digest, frozen, fingerprint)
+            elif earlier is not _REUSED and not (fingerprint and earlier[3] == fingerprint):
+                recent[request_id] = _REUSED
             if len(recent) > RECENT_REQUESTS:
                 del recent[next(iter(recent))]
 
@@ -349,7 +416,7 @@ class Endpoint:
             if entry is _REUSED:
                 reused.append(item["request_id"])
                 continue
-            route, digest, frozen = entry
+            route, digest, frozen, _fingerprint_of = entry
             loaded = self._served[digest]
             predictions = json.loads(frozen) if isinstance(frozen, str) else list(frozen)
             for name, total, count in _feedback_values(item, predictions, index):

@@ -47,8 +47,10 @@ def finite_number(value: Any) -> bool:
         return False
 
 
-#: The largest finite value of the floating types narrower than a double.
-_FLOAT_MAX = {"float32": 3.4028234663852886e38, "float16": 65504.0}
+#: Where the floating types narrower than a double round to infinity: a value of at
+#: least this magnitude becomes infinity (one between the largest finite value and
+#: this rounds down to it: 3.4028235e38, as numpy prints float32's maximum, is finite).
+_FLOAT_MAX = {"float32": 2.0**128 - 2.0**103, "float16": 65520.0}
 
 
 def float_limit(type_: str | None, dtype: str | None = None) -> float | None:
@@ -73,7 +75,7 @@ def _problem(value: Any, nullable: bool, depth: int = 0,
             return None if nullable else "NaN"
         if math.isinf(value):
             return "infinite" if value > 0 else "-infinite"
-        if limit is not None and abs(value) > limit:
+        if limit is not None and abs(value) >= limit:
             return f"{value!r}, beyond the field's range (it would be infinity)"
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -81,7 +83,7 @@ def _problem(value: Any, nullable: bool, depth: int = 0,
             number = float(value)
         except OverflowError:
             return "an integer too large for a float"
-        if limit is not None and abs(number) > limit:
+        if limit is not None and abs(number) >= limit:
             return f"{value!r}, beyond the field's range (it would be infinity)"
         return None
     if isinstance(value, list):

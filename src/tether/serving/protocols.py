@@ -29,6 +29,7 @@ import numpy as np
 
 from .._errors import InvalidInput
 from .._schema import Field, Schema, Signature
+from .guard import float_limit
 
 # -- Open Inference Protocol ----------------------------------------------------------------
 
@@ -44,6 +45,8 @@ _FIELD_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer
 _NUMPY_DATATYPES = {v: k for k, v in OIP_DTYPES.items()}
 #: Largest tensor (elements) one request may carry.
 MAX_ELEMENTS = 16 * 1024 * 1024
+#: Most dimensions a tensor may have (numpy's own limit is 64: past it, a 500).
+MAX_DIMENSIONS = 32
 
 
 def field_datatype(f: Field) -> str:
@@ -159,6 +162,9 @@ def _tensor(tensor: Any, index: int, binary: bytes,
     if not (isinstance(shape, list) and shape and all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
         raise InvalidInput(f"{where}: shape must be a list of sizes, such as [2, 4]")
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(f"{where}: {len(shape)} dimensions is over the limit of "
+                           f"{MAX_DIMENSIONS}")
     if 0 in shape:
         # No values, but rows all the same: [10**24, 0] was a 90-byte request that built
         # that many empty rows on the event loop.
@@ -239,16 +245,18 @@ def _check_range(values: list[Any], datatype: str, where: str) -> None:
             raise InvalidInput(f"{where}: {bad!r} is outside {datatype}'s range "
                                f"[{info.min}, {info.max}]")
         return
-    limit = float(np.finfo(OIP_DTYPES[datatype]).max)
+    limit = float_limit("tensor", OIP_DTYPES[datatype])  # where it rounds to infinity
+    assert limit is not None
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError:  # an integer beyond any float
         raise InvalidInput(f"{where}: a value is too large for {datatype}") from None
     finite = array[np.isfinite(array)]
-    if finite.size and float(np.abs(finite).max()) > limit:
-        bad = float(finite[np.abs(finite) > limit][0])
+    if finite.size and float(np.abs(finite).max()) >= limit:
+        bad = float(finite[np.abs(finite) >= limit][0])
+        largest = float(np.finfo(OIP_DTYPES[datatype]).max)
         raise InvalidInput(f"{where}: {bad!r} is beyond {datatype}'s range (it would be "
-                           f"infinity); the largest is {limit:g}")
+                           f"infinity); the largest is {largest:g}")
 
 
 def _fits(value: Any, datatype: str) -> bool:
