@@ -479,3 +479,41 @@ def test_wrong_element_types_are_named_not_the_container(server: Server) -> None
                         json={"name": "iris", "stages": ["None", 1]})
     assert stages.status_code == 400, stages.text
     assert "stages[1] must be a stage name, not a number" in stages.json()["message"]
+
+
+def test_an_s3_server_never_presigns_a_lease(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A presigned PUT of locks/ingest-X let a contributor write a lease naming anyone
+    (the server stamps the holder only on its own route)."""
+    from .conftest import make_bucket
+
+    make_bucket(s3_endpoint, "models")
+    running = start_server(f"sqlite:///{tmp_path / 'meta.db'}", "s3://models/registry", tmp_path)
+    try:
+        for key in (f"locks/ingest-{uuid.uuid4().hex}", f"pins/{uuid.uuid4().hex}.json"):
+            answer = running.api("POST", f"{V1}/blobs/presign", json={"key": key, "method": "PUT"})
+            assert answer.status_code == 200 and answer.json()["url"] is None, answer.text
+        pack = running.api("POST", f"{V1}/blobs/presign",
+                           json={"key": f"packs/{uuid.uuid4().hex}.pack", "method": "PUT"})
+        assert pack.json()["url"]  # packs still go straight to the bucket
+    finally:
+        stop(running)
+
+
+def test_an_expired_idempotency_key_is_free_again(server: Server) -> None:
+    """An expired key was still enforced: a new request with it was a 409."""
+    import sqlite3
+
+    key = f"exp-{uuid.uuid4().hex}"
+    first = server.api("POST", f"{V1}/models/keyed/versions", json={"values": values()},
+                       headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    db = str(server.db_url).removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE idempotency_keys SET created_at = '2020-01-01T00:00:00.000000Z' "
+                     "WHERE key = ?", (key,))
+    other = server.api("POST", f"{V1}/models/keyed/versions",
+                       json={"values": values(notes="another commit")},
+                       headers={"Idempotency-Key": key})
+    assert other.status_code == 201, other.text

@@ -73,6 +73,8 @@ def _recorded(
         ).first()
         if row is None:
             return None
+        if parse_iso(row.created_at) < parse_iso(now_iso()) - KEY_LIFETIME:
+            return None  # expired: gone for every purpose (deleted by the next keyed commit)
         if ((row.principal, row.scope) != (principal, scope)
                 or row.request_digest not in (digest, legacy)):
             raise Conflict(

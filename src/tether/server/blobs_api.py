@@ -36,6 +36,7 @@ from .._errors import (
     NotFound,
     PermissionDenied,
     TetherError,
+    Unavailable,
 )
 from .._store.fileio import IOV_MAX, start_writeback, write_pieces
 from .bodies import parse_json
@@ -239,16 +240,28 @@ _LEASES = threading.Lock()
 #: ... and across processes and servers, in a transaction of the registry's database
 #: (PostgreSQL: holding this advisory lock; SQLite: its write lock, BEGIN IMMEDIATE).
 _LEASE_LOCK_ID = zlib.crc32(b"tether.blobs.leases")
+#: How long a lease request waits for another to finish before a 503 (clients retry).
+_LEASE_WAIT_SECONDS = 10.0
 
 
 @contextmanager
 def _one_lease_writer(registry: Any) -> Iterator[None]:
     """Held while a lease's holder is read and the lease written or dropped: two writers
     who both saw no holder both got 201, and the last to write held it."""
-    with _LEASES, registry.write() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LEASE_LOCK_ID})
-        yield
+    # Bounded: a database holding its write lock (another process's long transaction)
+    # made every lease request wait behind the one before, until no worker thread was
+    # left for any other request.
+    if not _LEASES.acquire(timeout=_LEASE_WAIT_SECONDS):
+        raise Unavailable("ingest leases are busy; nothing was changed",
+                          hint="retry in a few seconds")
+    try:
+        with registry.write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
+                             {"id": _LEASE_LOCK_ID})
+            yield
+    finally:
+        _LEASES.release()
 
 
 def _stamp_lease(blobs: Any, key: str, tmp: Path, who: str) -> None:
@@ -416,8 +429,10 @@ class BlobGateway:
         if method == "PUT" and not key.startswith("locks/") and _exists(self.blobs, key):
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
         presign = getattr(self.blobs, "presign", None)
-        if presign is None or key.startswith(("index/", "pins/")):
-            return {"url": None}  # stream through the API (and validate indexes, pins there)
+        if presign is None or key.startswith(("index/", "pins/", "locks/")):
+            # Through the API: indexes and pins are checked there, and a lease is stamped
+            # with its holder (a presigned lease skipped the stamp and named anyone).
+            return {"url": None}
         url = await run_in_threadpool(presign, key, method)
         # A PUT URL only creates: the client sends this header (signed into the URL).
         headers = {"If-None-Match": "*"} if method == "PUT" else {}
