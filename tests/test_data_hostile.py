@@ -183,3 +183,18 @@ def test_a_model_names_only_datasets_its_logger_may_read(
         data={"train": {"dataset": "secret", "digest": secret.digest, "ref": secret.ref}})
     sam.commit("m", values, None)
     assert not reg.get_dataset("secret@1").used_by
+
+
+def test_a_revision_or_a_repository_is_never_a_git_option(repo: Path, tmp_path: Path) -> None:
+    """open_dataset(rev='--output=FILE') made git write FILE; repo='--upload-pack=...'
+    reached git clone as an option."""
+    from tether._registry.datasets_io import find_pointer
+
+    out = tmp_path / "gitshow_out"
+    with pytest.raises(InvalidInput, match="not a git revision"):
+        find_pointer("data.csv", rev=f"--output={out}")
+    assert not list(tmp_path.glob("gitshow_out*"))
+    marker = tmp_path / "ran"
+    with pytest.raises(tether.NotFound):
+        find_pointer("data.csv", repo=f"--upload-pack=touch {marker}")
+    assert not marker.exists()

@@ -526,7 +526,8 @@ def _clone(url: str) -> Path:
         # Under the user's cache (TETHER_CACHE_DIR), named for this process, not /tmp.
         where = Path(tempfile.mkdtemp(**owner_scratch(user_cache_dir(), "git")))
         atexit.register(shutil.rmtree, where, True)
-        result = _git(["clone", "--bare", "--quiet", url, str(where)])
+        # "--": a URL starting with "-" (--upload-pack=...) is a URL, never an option.
+        result = _git(["clone", "--bare", "--quiet", "--", url, str(where)])
         if result.returncode != 0:
             raise NotFound(f"cannot clone {url}: {result.stderr.decode(errors='replace').strip()}",
                            hint="check the repository URL and your access to it")
@@ -558,6 +559,9 @@ def find_pointer(
         if bare:
             raise InvalidInput(f"{path} is absolute; give a path inside the repository")
         wanted = PurePosixPath(Path(path).resolve().relative_to(root.resolve()).as_posix())
+    if rev is not None and (rev.startswith("-") or "\x00" in rev):
+        # git would read it as an option (--output=FILE wrote a file).
+        raise InvalidInput(f"{rev!r} is not a git revision", hint="a commit, branch or tag")
     if rev is not None or bare:
         top = "" if bare else _top(root)
         prefix = PurePosixPath(top) if top else PurePosixPath()
