@@ -42,7 +42,7 @@ from .._registry.registry import Registry
 from .._same_site import cross_site
 from .._store.base import FileEntry
 from . import auth
-from .blobs_api import MAX_OBJECT, BlobGateway
+from .blobs_api import MAX_OBJECT, MAX_PIN, BlobGateway
 from .bodies import MAX_BODY, MAX_VERSION_BODY, BodyLimit, describe, read_json_body
 from .checks import check_call, check_field, parse_limit
 from .faults import disconnected, readiness, unavailable, unavailable_response
@@ -544,6 +544,8 @@ def _body_limit(scope: Any) -> int:
     """Every route takes JSON up to MAX_BODY; a store object upload and a new version's
     values (a manifest of every chunk) may be larger."""
     path = str(scope.get("path", ""))
+    if scope.get("method") == "PUT" and path.startswith("/api/v1/blobs/pins/"):
+        return MAX_PIN
     if scope.get("method") == "PUT" and path.startswith("/api/v1/blobs/"):
         return MAX_OBJECT
     if scope.get("method") == "POST" and _NEW_VERSION.match(path):
