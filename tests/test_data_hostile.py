@@ -215,3 +215,11 @@ def test_a_csv_header_of_any_size_is_read_in_bounded_memory(tmp_path: Path) -> N
     assert facts["long.csv"]["rows"] == 1
     assert facts["ok.csv"]["columns"] == [["a", ""], ["b", ""]] and facts["ok.csv"]["rows"] == 2
     assert len(json.dumps(facts)) < 2000
+
+
+def test_a_manifest_cannot_name_a_file_and_a_folder_alike() -> None:
+    """'x' and 'x/y' were accepted through the server's commit and could never be written."""
+    entry = {"size": 0, "digest": "0" * 64, "chunks": []}
+    with pytest.raises(InvalidInput, match="as a file and as the folder"):
+        check_manifest([{**entry, "path": "x"}, {**entry, "path": "x/y/z"}])
+    check_manifest([{**entry, "path": "x/a"}, {**entry, "path": "x/b"}, {**entry, "path": "xy"}])

@@ -160,6 +160,15 @@ def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry]) -> None:
             raise InvalidInput(f"the chunks of {path!r} are malformed: {error}") from None
         if chunks and chunks.total() != size:
             raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
+    # A file cannot also be a folder: "x" and "x/y" could never both be written (a
+    # download failed, and a pull stopped at every path, not only that one).
+    for path in seen:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                raise InvalidInput(f"manifest names {folder!r} as a file and as the folder of "
+                                   f"{path!r}")
 
 
 def check_flavor_paths(flavor: Mapping[str, Any], paths: Iterable[str]) -> None:
