@@ -194,3 +194,20 @@ def test_an_import_keeps_its_scratch_out_of_the_system_temp_folder(
     assert done["data/train.csv"]["status"] == "imported"
     assert list(system_tmp.iterdir()) == []
     assert seen and all(f"{Path('cache')}/tmp/dvc-" in made for made in seen), seen
+
+
+def test_hostile_dvc_files_are_refused_clearly(dvc_repo: Path) -> None:
+    """An output outside the repository was a ValueError traceback; a folder listing with
+    relpath '.' aborted the whole import."""
+    (dvc_repo / "escape.dvc").write_text("outs:\n- md5: " + "0" * 32 + "\n  path: ../../x\n")
+    outside = run(dvc_repo, "import", "dvc", "--json", code=1)
+    assert outside["error"] == "invalid_input" and "outside the repository" in outside["message"]
+    (dvc_repo / "escape.dvc").unlink()
+    cache = dvc_repo / ".dvc" / "cache"
+    listing = [{"md5": cache_put(cache, b"x"), "relpath": "."}]
+    dir_md5 = cache_put(cache, json.dumps(listing).encode(), suffix=".dir")
+    (dvc_repo / "data" / "dot.dvc").write_text(f"outs:\n- md5: {dir_md5}\n  path: dot\n")
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    assert done["data/dot"]["status"] == "failed" and "outside the folder" in done["data/dot"][
+        "error"]
+    assert done["data/images"]["status"] == "imported"  # the others went on

@@ -78,7 +78,11 @@ def _outs(items: Any, base: Path, repo: Path, source: str) -> list[DvcOut]:
         if not isinstance(out, dict) or "path" not in out:
             continue
         md5 = out.get("md5") or (out.get("hash") if out.get("hash") != "md5" else None)
-        rel = (base / str(out["path"])).resolve().relative_to(repo.resolve()).as_posix()
+        where = (base / str(out["path"])).resolve()
+        if not where.is_relative_to(repo.resolve()) or where == repo.resolve():
+            raise InvalidInput(f"{source} names an output outside the repository: "
+                               f"{out['path']}", hint="DVC outputs are paths inside the repo")
+        rel = where.relative_to(repo.resolve()).as_posix()
         found.append(DvcOut(source, rel, str(md5 or ""),
                             int(out["size"]) if out.get("size") is not None else None,
                             cached=out.get("cache", True) is not False))
@@ -180,7 +184,7 @@ def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]
     folder.mkdir(parents=True)
     for item in listing:
         rel = PurePosixPath(str(item["relpath"]))
-        if rel.is_absolute() or ".." in rel.parts:
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel == PurePosixPath("."):
             raise InvalidInput(f"{listing_file} names a path outside the folder: {rel}")
         found = _object(roots, str(item["md5"]))
         if found is None:
