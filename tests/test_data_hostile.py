@@ -223,3 +223,22 @@ def test_a_manifest_cannot_name_a_file_and_a_folder_alike() -> None:
     with pytest.raises(InvalidInput, match="as a file and as the folder"):
         check_manifest([{**entry, "path": "x"}, {**entry, "path": "x/y/z"}])
     check_manifest([{**entry, "path": "x/a"}, {**entry, "path": "x/b"}, {**entry, "path": "xy"}])
+
+
+def test_a_row_diff_keeps_to_its_limit_when_a_line_is_long(tmp_path: Path) -> None:
+    """A few changed bytes in one 150 MB line were widened to the whole line and read
+    (629 MB read, 635 MB resident) though the changed chunks were under the limit."""
+    from tether._registry.datasets_diff import diff_datasets
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    line = os.urandom(3 << 20).hex()  # 6 MB of one line
+    (folder / "t.csv").write_text("a\n" + line + "\n")
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    v1 = reg.add_dataset(folder, "long")
+    (folder / "t.csv").write_text("a\n" + line[:3_000_000] + "ffff" + line[3_000_004:] + "\n")
+    v2 = reg.add_dataset(folder, "long")
+    table = diff_datasets(reg, v1, v2, row_diff_limit=1 << 20)["changed"][0]["table"]
+    assert table["rows_compared"] is False and "changed lines" in table["why"]
+    whole = diff_datasets(reg, v1, v2)["changed"][0]["table"]  # within the default limit
+    assert whole["rows_compared"] and whole["rows_added"] == whole["rows_removed"] == 1

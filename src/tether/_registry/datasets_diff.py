@@ -159,8 +159,15 @@ def _row_changes(
         ChunkedReader(store, before, label=f"dataset {old.ref}", read_ahead=0) as old_reader,
         ChunkedReader(store, after, label=f"dataset {new.ref}", read_ahead=0) as new_reader,
     ):
-        old_lines = _region_lines(old_reader, old_runs)
-        new_lines = _region_lines(new_reader, new_runs)
+        try:
+            # The limit holds for the lines too: a change of a few bytes in a 150 MB
+            # line widened to the whole line, read (and held) past the limit.
+            budget = [limit]
+            old_lines = _region_lines(old_reader, old_runs, budget)
+            new_lines = _region_lines(new_reader, new_runs, budget)
+        except _TooMuch:
+            return {"rows_compared": False,
+                    "why": f"the changed lines hold more than {limit} bytes"}
         read = old_reader.fetched_bytes + new_reader.fetched_bytes
     old_count, new_count = Counter(old_lines), Counter(new_lines)
     return {
@@ -171,15 +178,26 @@ def _row_changes(
     }
 
 
-def _region_lines(reader: ChunkedReader, runs: list[list[int]]) -> list[bytes]:
-    """The whole lines the byte ranges ``runs`` touch (the header, line 1, left out)."""
+class _TooMuch(Exception):
+    """The lines to compare hold more than the limit."""
+
+
+def _region_lines(reader: ChunkedReader, runs: list[list[int]],
+                  budget: list[int]) -> list[bytes]:
+    """The whole lines the byte ranges ``runs`` touch (the header, line 1, left out);
+    _TooMuch once the lines (and the search for their ends) pass ``budget[0]`` bytes,
+    which is shared with the other file's call."""
     widened: list[list[int]] = []
     for start, end in runs:
-        begin, stop = _line_start(reader, start), _line_end(reader, end)
+        begin, stop = _line_start(reader, start, budget[0]), _line_end(reader, end, budget[0])
         if widened and begin <= widened[-1][1]:
             widened[-1][1] = max(widened[-1][1], stop)
         else:
             widened.append([begin, stop])
+    total = sum(stop - begin for begin, stop in widened)
+    if total > budget[0]:
+        raise _TooMuch
+    budget[0] -= total
     lines: list[bytes] = []
     for begin, stop in widened:
         found = _lines(reader, begin, stop)
@@ -187,8 +205,11 @@ def _region_lines(reader: ChunkedReader, runs: list[list[int]]) -> list[bytes]:
     return lines
 
 
-def _line_start(reader: ChunkedReader, position: int) -> int:
+def _line_start(reader: ChunkedReader, position: int, most: int) -> int:
+    origin = position
     while position > 0:
+        if origin - position > most:
+            raise _TooMuch
         low = max(0, position - _STEP)
         found = reader.read_range(low, position).rfind(b"\n")
         if found >= 0:
@@ -197,11 +218,14 @@ def _line_start(reader: ChunkedReader, position: int) -> int:
     return 0
 
 
-def _line_end(reader: ChunkedReader, position: int) -> int:
+def _line_end(reader: ChunkedReader, position: int, most: int) -> int:
     size = reader.size
     if position == 0 or position >= size or reader.read_range(position - 1, position) == b"\n":
         return min(position, size)
+    origin = position
     while position < size:
+        if position - origin > most:
+            raise _TooMuch
         block = reader.read_range(position, min(size, position + _STEP))
         found = block.find(b"\n")
         if found >= 0:
