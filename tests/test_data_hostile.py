@@ -242,3 +242,27 @@ def test_a_row_diff_keeps_to_its_limit_when_a_line_is_long(tmp_path: Path) -> No
     assert table["rows_compared"] is False and "changed lines" in table["why"]
     whole = diff_datasets(reg, v1, v2)["changed"][0]["table"]  # within the default limit
     assert whole["rows_compared"] and whole["rows_added"] == whole["rows_removed"] == 1
+
+
+def test_pull_through_a_linked_folder_leaves_the_files_in_place(repo: Path) -> None:
+    """data/cats linked to a copy holding the right bytes: pull judged nothing stale, then
+    removed the link: "1 pulled", and data/cats/1.jpg was gone."""
+    images = repo / "images"
+    (images / "cats").mkdir(parents=True)
+    (images / "cats" / "1.jpg").write_bytes(b"cat")
+    reg = tether.init(repo / ".tether", actor="data@test")
+    track(reg, images, name="images")
+    reg.close()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "images")
+    copy = repo.parent / "copy"
+    (copy / "cats").mkdir(parents=True)
+    (copy / "cats" / "1.jpg").write_bytes(b"cat")
+    import shutil
+
+    shutil.rmtree(images / "cats")
+    (images / "cats").symlink_to(copy / "cats", target_is_directory=True)
+    done = _run(repo, "data", "pull")
+    assert [d["status"] for d in done] == ["pulled"]
+    assert (images / "cats" / "1.jpg").read_bytes() == b"cat"
+    assert not (images / "cats").is_symlink()

@@ -670,7 +670,6 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
     files the version lacks go (folders a dataset never takes, like .git, stay).
     """
     wanted = {entry.path: entry for entry in version.files}
-    stale = [entry for entry in version.files if not _holds(target / entry.path, entry)]
     for item in sorted(target.rglob("*"), reverse=True):
         rel = item.relative_to(target)
         if any(part in (".git", ".tether") for part in rel.parts):
@@ -679,6 +678,9 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
             item.unlink()
         elif item.is_dir() and not item.is_symlink() and not any(item.iterdir()):
             item.rmdir()
+    # Judged after the clean-up: a file reached through a linked folder looked held, then
+    # the link went (it is no file of the version) and the file with it, "pulled".
+    stale = [entry for entry in version.files if not _holds(target / entry.path, entry)]
     if not stale:
         return
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
