@@ -451,3 +451,16 @@ def test_a_late_rollback_does_not_undo_a_promotion_made_since(
     with pytest.raises(Conflict, match="moved since generation"):
         registry.rollback("m", "production", from_digest=bad.digest, from_generation=seen)
     assert registry.get("m@production").semver == bad.semver
+
+
+def test_a_new_alias_that_reads_as_a_protected_one_is_refused(
+    registry: Registry, iris: tuple[Any, Any]
+) -> None:
+    """A contributor could make 'Production' or 'production.' beside the guarded alias."""
+    _log(registry, fit_logreg(iris), iris)
+    for look_alike in ("Production", "production.", "PRODUCTION", "production_"):
+        with pytest.raises(tether.InvalidInput, match="reads as the protected alias"):
+            registry.promote("iris@1.0.0", look_alike, create=True)
+    registry.promote("iris@1.0.0", "production", create=True)
+    registry.promote("iris@1.0.0", "production-eu", create=True)  # another name altogether
+    assert set(registry.get("iris@1.0.0").aliases) == {"production", "production-eu"}

@@ -530,3 +530,12 @@ def test_a_very_large_versions_pin_fits() -> None:
     scope = {"method": "PUT", "path": f"/api/v1/blobs/pins/{uuid.uuid4().hex}.json"}
     assert _body_limit(scope) >= needed and _limit_for("pins/x.json") >= needed
     assert _body_limit({"method": "PUT", "path": "/api/v1/blobs/packs/x.pack"}) == MAX_OBJECT
+
+
+def test_a_range_starting_past_the_end_says_so() -> None:
+    """'bytes=200000-' on a 200,000-byte pack said it "ends before it starts"."""
+    from tether.server.blobs_api import RangeNotSatisfiable, parse_range
+
+    with pytest.raises(RangeNotSatisfiable, match="starts past the object"):
+        parse_range("bytes=200000-", 200_000)
+    assert parse_range("bytes=199999-", 200_000) == (199_999, 199_999)

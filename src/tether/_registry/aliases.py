@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import Conflict, NotFound, PolicyViolation
+from .._errors import Conflict, InvalidInput, NotFound, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
-from .._policy import role_to_move
+from .._policy import protected_alias_patterns, role_to_move
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, validate_alias_name
 from .policies import check_deprecated_by_policy, current_policy
@@ -65,6 +65,8 @@ def promote(
         current = repo.alias_row(conn, mid, alias)
         if current is None and not create:
             raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
+        if current is None:
+            _refuse_a_look_alike(conn, alias)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)
@@ -110,6 +112,25 @@ def promote(
 
 #: Registry setting: aliases (comma-separated, glob patterns allowed) only approvers move.
 PROTECTED_SETTING = "protected_aliases"
+
+
+def _refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
+    """Refuse a new alias that reads as a protected one but is not (``Production``,
+    ``production.``): a contributor may make it, and a reader of a dashboard or a
+    deployment file takes it for the guarded alias."""
+    import fnmatch
+
+    def plain(name: str) -> str:
+        return name.casefold().strip("._-")
+
+    for pattern in protected_alias_patterns(repo.get_setting(conn, PROTECTED_SETTING)):
+        if fnmatch.fnmatchcase(alias, pattern):
+            return  # it is protected itself: moved only by an approver
+        if any(c in pattern for c in "*?[") or plain(alias) != plain(pattern):
+            continue
+        raise InvalidInput(
+            f"alias {alias!r} reads as the protected alias {pattern!r} but is not it",
+            hint=f"use {pattern!r} itself (its moves need an approver), or another name")
 
 
 def require_role_to_move(conn: sa.Connection, actor: str, model: str, alias: str) -> None:

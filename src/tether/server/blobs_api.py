@@ -109,11 +109,11 @@ def parse_range(header: str, size: int) -> tuple[int, int]:
             raise RangeNotSatisfiable(f"Range {header[:80]!r} selects no byte of the object")
         return max(size - count, 0), size - 1
     start = int(first)
+    if start >= size:  # first: 'bytes=N-' with N past the end said "ends before it starts"
+        raise RangeNotSatisfiable(f"Range {header[:80]!r} starts past the object ({size} bytes)")
     end = int(last) if last else size - 1
     if end < start:
         raise RangeNotSatisfiable(f"Range {header[:80]!r} ends before it starts")
-    if start >= size:
-        raise RangeNotSatisfiable(f"Range {header[:80]!r} starts past the object ({size} bytes)")
     return start, min(end, size - 1)
 
 
