@@ -86,3 +86,22 @@ def stop(server: Server) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def version_values(manifest: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """The JSON values of a new version (POST /models/NAME/versions), as a client sends
+    them: a files version with nothing recorded, but what ``fields`` set."""
+    return {
+        "manifest": manifest or [],
+        "flavor": {"name": "files"},
+        "signature": None,
+        "input_example": None,
+        "params": {},
+        "metrics": {},
+        "data": {},
+        "lineage": {},
+        "environment": {},
+        "tags": {},
+        "notes": "",
+        **fields,
+    }

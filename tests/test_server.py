@@ -20,7 +20,7 @@ import tether
 from tether import NotFound, PermissionDenied
 
 from .conftest import fit_logreg, free_port, on_a_terminal, subprocess_env, tether_exe
-from .servers import Server, start_server, stop
+from .servers import Server, start_server, stop, version_values
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -206,21 +206,8 @@ def test_bad_requests_get_clear_4xx_and_change_nothing(
     traversal = server.api(
         "POST",
         "/api/v1/models/iris/versions",
-        json={
-            "values": {
-                "manifest": [{"path": "../evil.py", "size": 1, "digest": "00", "chunks": []}],
-                "flavor": {"name": "files"},
-                "signature": None,
-                "input_example": None,
-                "params": {},
-                "metrics": {},
-                "data": {},
-                "lineage": {},
-                "environment": {},
-                "tags": {},
-                "notes": "",
-            }
-        },
+        json={"values": version_values(
+            [{"path": "../evil.py", "size": 1, "digest": "00", "chunks": []}])},
     )
     assert traversal.status_code == 400 and traversal.json()["error"] == "invalid_path"
     missing_chunks = server.api(

@@ -23,7 +23,7 @@ import pytest
 from tether.server.bodies import MAX_BODY, MAX_DEPTH
 from tether.server.mlflow_filter import SEARCH_STEPS, Budget, MlflowError, _like, parse_filter
 
-from .servers import Server, start_server, stop
+from .servers import Server, start_server, stop, version_values
 
 ML = "/api/2.0/mlflow"
 LONG_NAME = "a" * 80 + "b"
@@ -438,19 +438,7 @@ def test_rest_wrong_types_are_400(server: Server) -> None:
         "'reason'",
     )
     tether_error(server.api("PUT", alias, json=[1]), 400, "invalid_input", "must be a JSON object")
-    base = {
-        "manifest": [],
-        "flavor": {"name": "files"},
-        "signature": None,
-        "input_example": None,
-        "params": {},
-        "metrics": {},
-        "data": {},
-        "lineage": {},
-        "environment": {},
-        "tags": {},
-        "notes": "",
-    }
+    base = version_values()
     versions = f"/api/v1/models/{LONG_NAME}/versions"
     for field, bad, message in [
         ("metrics", {"auc": "high"}, "values.metrics.auc"),

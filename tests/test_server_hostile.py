@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from .servers import Server, start_server, stop
+from .servers import version_values as values
 
 EMPTY = blake3.blake3(b"").hexdigest()
 V1 = "/api/v1"
@@ -44,23 +45,6 @@ def tether_error(response: httpx.Response, status: int, code: str | None, *fragm
         assert body["error"] == code, body
     for fragment in fragments:
         assert fragment in body["message"], body
-
-
-def values(manifest: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
-    return {
-        "manifest": manifest or [],
-        "flavor": {"name": "files"},
-        "signature": None,
-        "input_example": None,
-        "params": {},
-        "metrics": {},
-        "data": {},
-        "lineage": {},
-        "environment": {},
-        "tags": {},
-        "notes": "",
-        **fields,
-    }
 
 
 def all_at_once(count: int, request: Callable[[int], httpx.Response]) -> list[httpx.Response]:
