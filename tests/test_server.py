@@ -213,23 +213,8 @@ def test_bad_requests_get_clear_4xx_and_change_nothing(
     missing_chunks = server.api(
         "POST",
         "/api/v1/models/iris/versions",
-        json={
-            "values": {
-                "manifest": [
-                    {"path": "w.bin", "size": 3, "digest": "ab" * 32, "chunks": [["cd" * 32, 3]]}
-                ],
-                "flavor": {"name": "files"},
-                "signature": None,
-                "input_example": None,
-                "params": {},
-                "metrics": {},
-                "data": {},
-                "lineage": {},
-                "environment": {},
-                "tags": {},
-                "notes": "",
-            }
-        },
+        json={"values": version_values(
+            [{"path": "w.bin", "size": 3, "digest": "ab" * 32, "chunks": [["cd" * 32, 3]]}])},
     )
     assert missing_chunks.status_code == 409, missing_chunks.text  # the client's to upload first
     assert missing_chunks.json()["error"] == "missing_chunks"
