@@ -79,8 +79,9 @@ def test_no_version_may_hold_a_git_or_tether_folder(tmp_path: Path) -> None:
     entry = {"path": ".git/config", "size": 0, "digest": "0" * 64, "chunks": []}
     for path in (".git/config", "data/.Git/hooks/x", ".tether/tether.toml"):
         with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
-            check_manifest([{**entry, "path": path}])
-    check_manifest([{**entry, "path": "data/gitconfig"}])  # a name, not the folder
+            check_manifest([{**entry, "path": path}], reserved=True)  # new and dataset versions
+        check_manifest([{**entry, "path": path}])  # a model version logged before the rule
+    check_manifest([{**entry, "path": "data/gitconfig"}], reserved=True)  # a name, no folder
     # A model folder cloned with git logs without its .git (it used to be copied in).
     model = tmp_path / "model"
     (model / ".git").mkdir(parents=True)
@@ -89,6 +90,17 @@ def test_no_version_may_hold_a_git_or_tether_folder(tmp_path: Path) -> None:
     reg = tether.init(tmp_path / "reg", actor="t@example.com")
     version = reg.log_model(model, "cloned", progress=False)
     assert [f.path for f in version.files] == ["weights.bin"]
+    # A new version naming .git is refused at commit, as a dataset's is.
+    from tether._records import VersionValues
+
+    from .servers import version_values
+
+    with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
+        VersionValues.from_dict(version_values(
+            [{"path": ".git/config", "size": 0, "digest": "0" * 64, "chunks": []}]))
+    # ... and a dataset version naming one never resolves (none could be added with one).
+    with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
+        check_manifest([{**entry, "path": "sub/.git/config"}], reserved=True)
 
 
 def test_a_link_in_a_tracked_folder_is_not_uploaded(repo: Path) -> None:

@@ -129,16 +129,26 @@ def check_relative_path(path: Any, *, what: str) -> str:
             f"{what} {path!r} leaves the version's folder",
             hint="paths in a version are relative, use '/', and never contain '..'",
         )
+    return path
+
+
+def check_not_reserved(path: str, *, what: str) -> None:
+    """Refuse (InvalidInput) a path inside a ``.git`` or ``.tether`` folder."""
     if names_reserved(path):
         raise InvalidInput(
             f"{what} {path!r} is inside a .git or .tether folder, which no version may hold",
             hint="leave version-control and registry folders out of what you log",
         )
-    return path
 
 
-def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry]) -> None:
-    """Refuse a manifest with unsafe or duplicate paths or inconsistent chunk sizes."""
+def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry], *,
+                   reserved: bool = False) -> None:
+    """Refuse a manifest with unsafe or duplicate paths or inconsistent chunk sizes.
+
+    ``reserved``: also refuse paths in a ``.git`` or ``.tether`` folder. Every new
+    version and every dataset version is checked so; a model version logged before
+    the rule (a folder cloned with git) still loads, its bytes as they were logged.
+    """
     seen: set[str] = set()
     for item in manifest:
         named: Any
@@ -148,6 +158,8 @@ def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry]) -> None:
         else:
             named, size = item.get("path"), item.get("size")
         path = check_relative_path(named, what="manifest path")
+        if reserved:
+            check_not_reserved(path, what="manifest path")
         if path in seen:
             raise InvalidInput(f"manifest names {path!r} twice")
         seen.add(path)

@@ -216,7 +216,7 @@ def dataset_digest(files_digest: str) -> str:
 def require_intact(version: DatasetVersion) -> DatasetVersion:
     """``version`` if its manifest still hashes to its recorded digest; else refuse."""
     try:
-        check_manifest(version.files)
+        check_manifest(version.files, reserved=True)
         files_digest = manifest_digest(version.files)
     except (InvalidInput, KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
         raise IntegrityError(
@@ -643,7 +643,7 @@ def prepare_dataset(
 
 def seal_dataset(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with their manifest digest and content digest (re)computed here."""
-    check_manifest(values["files"])
+    check_manifest(values["files"], reserved=True)
     files_digest = manifest_digest(values["files"])
     return {**values, "files_digest": files_digest, "digest": dataset_digest(files_digest)}
 
@@ -724,7 +724,7 @@ def _remote_values(values: Any) -> dict[str, Any]:
         raise InvalidInput("a dataset version needs at least one file")
     for entry in files:  # a ChunkList's chunks are digests and sizes already
         check_file_digest(entry)
-    check_manifest(files)  # paths inside, no duplicates, sizes add up
+    check_manifest(files, reserved=True)  # paths inside, no duplicates, sizes add up
     check_loadable(files)  # paths a file system holds; no chunks is no bytes
     paths = {f.path for f in files}
     for path, facts in values["tables"].items():
