@@ -278,3 +278,14 @@ def test_pull_through_a_linked_folder_leaves_the_files_in_place(repo: Path) -> N
     assert [d["status"] for d in done] == ["pulled"]
     assert (images / "cats" / "1.jpg").read_bytes() == b"cat"
     assert not (images / "cats").is_symlink()
+
+
+def test_a_dataset_alias_that_reads_as_a_protected_one_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "rows.csv").write_text("a\n1\n")
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    reg.add_dataset(folder, "d")
+    with pytest.raises(InvalidInput, match="reads as the protected alias"):
+        reg.promote_dataset("d@1", "Production")
+    assert reg.promote_dataset("d@1", "production").version == "1.0.0"

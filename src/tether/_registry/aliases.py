@@ -66,7 +66,7 @@ def promote(
         if current is None and not create:
             raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
         if current is None:
-            _refuse_a_look_alike(conn, alias)
+            refuse_a_look_alike(conn, alias)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)
@@ -114,7 +114,7 @@ def promote(
 PROTECTED_SETTING = "protected_aliases"
 
 
-def _refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
+def refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
     """Refuse a new alias that reads as a protected one but is not (``Production``,
     ``production.``): a contributor may make it, and a reader of a dashboard or a
     deployment file takes it for the guarded alias."""

@@ -76,7 +76,7 @@ from .._store.base import FileEntry
 from .._warnings import warn_caller
 from . import reads
 from .access import may
-from .aliases import require_role_to_move
+from .aliases import refuse_a_look_alike, require_role_to_move
 from .lineage import capture_git, digest_data
 from .manifest_limits import check_loadable
 from .previous import previous_chunks
@@ -927,6 +927,7 @@ def promote_dataset(
                                  reason, current.updated_at)
         now = now_iso()
         if current is None:
+            refuse_a_look_alike(conn, alias)  # as a model's: 'Production' beside 'production'
             conn.execute(
                 dataset_aliases.insert().values(
                     dataset_id=did, name=alias, version_id=row.id, updated_at=now,
