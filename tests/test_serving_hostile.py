@@ -430,3 +430,22 @@ def test_a_version_that_makes_infinity_of_ordinary_values_still_counts(
         window = c.get("/v1/endpoints/recip").json()["routes"][0]["window"]
     assert answer.status_code == 500, answer.text
     assert window["errors"] == 1
+
+
+def test_an_oip_input_the_version_does_not_take_is_named(
+    registry: Registry, iris: tuple[Any, Any], iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Named inputs a model does not take were dropped without a word (a misspelt one
+    went unnoticed)."""
+    X, _ = iris
+    row = X.iloc[0]
+    inputs = [{"name": str(name), "shape": [1], "datatype": "FP32", "data": [float(row[name])]}
+              for name in X.columns]
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        assert c.post("/v2/models/iris32/infer", json={"inputs": inputs}).status_code == 200
+        bogus = c.post("/v2/models/iris32/infer", json={"inputs": [
+            *inputs, {"name": "bogus", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+        metrics = c.get("/metrics").text
+    assert bogus.status_code == 400 and "no input named 'bogus'" in bogus.json()["error"]
+    assert _metric(metrics, "tether_requests_total") == 1

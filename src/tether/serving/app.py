@@ -55,6 +55,7 @@ from .metrics import CONTENT_TYPE
 from .pool import LoadedModel
 from .protocols import (
     InferRequest,
+    check_inputs,
     check_outputs,
     infer_response,
     model_metadata,
@@ -391,6 +392,7 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
             return Decoded(parsed.records, None, request_id, version, parsed)
 
         def check(loaded: LoadedModel, predictions: list[Any]) -> None:
+            check_inputs(loaded.signature, asked[0])
             check_outputs(predictions, loaded.signature, asked[0])
 
         try:

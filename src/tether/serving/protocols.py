@@ -365,6 +365,21 @@ def check_outputs(predictions: list[Any], signature: Signature | None,
         _refuse_unknown(request.outputs, [n for n, _ in _output_names(predictions, signature)])
 
 
+def check_inputs(signature: Signature | None, request: InferRequest) -> None:
+    """Refuse named inputs the version does not take (InvalidInput): they were dropped
+    without a word, so a misspelt input went unnoticed while the model saw the rest."""
+    if signature is None or signature.inputs.kind != "columns" or not request.records:
+        return
+    first = request.records[0]
+    if not isinstance(first, Mapping):
+        return  # one 2-D input: positional rows, named by the version
+    names = set(signature.inputs.names)
+    unknown = sorted(set(first) - names)
+    if unknown:
+        raise InvalidInput(f"no input named {unknown[0]!r}",
+                           hint="inputs: " + ", ".join(signature.inputs.names))
+
+
 def _refuse_unknown(wanted: Mapping[str, bool], names: list[str]) -> None:
     unknown = sorted(set(wanted) - set(names))
     if unknown:
