@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 from .._errors import InvalidInput, InvalidPath
 from .._store.base import FileEntry
-from .._store.chunklist import RECORD_SIZE, ChunkList
 
 #: Longest path component and longest path, in UTF-8 bytes: what Linux holds (NAME_MAX,
 #: PATH_MAX), so a version's files can be written out where they are loaded.
@@ -49,22 +48,6 @@ def check_path_length(path: str) -> None:
             )
 
 
-def chunk_total(chunks: ChunkList) -> int:
-    """The sum of the chunks' sizes, exactly (numpy, a piece at a time: a version may
-    have 24 million chunks)."""
-    import numpy as np
-
-    total = 0
-    for piece in chunks.pieces():
-        sizes = np.frombuffer(piece, dtype="<u8", count=len(piece) // 8)[RECORD_SIZE // 8 - 1
-                                                                          :: RECORD_SIZE // 8]
-        # As two 32-bit halves, each summed in 64 bits: no piece of 65,536 can overflow.
-        high = int(np.sum(sizes >> np.uint64(32), dtype=np.uint64))
-        low = int(np.sum(sizes & np.uint64(0xFFFFFFFF), dtype=np.uint64))
-        total += (high << 32) + low
-    return total
-
-
 def check_loadable(files: Iterable[FileEntry]) -> None:
     """Refuse a manifest a load could never rebuild: paths too long for a file system,
     or a file whose chunks do not add up to its size (an empty list is 0 bytes)."""
@@ -76,7 +59,7 @@ def check_loadable(files: Iterable[FileEntry]) -> None:
         if entry.size > MAX_FILE_SIZE:
             raise InvalidInput(f"manifest size of {_shown(entry.path)} is {entry.size}, "
                                f"over the largest file size {MAX_FILE_SIZE}")
-        total = chunk_total(entry.chunks)
+        total = entry.chunks.total()
         if total != entry.size:
             raise InvalidInput(
                 f"the chunks of {_shown(entry.path)} add up to {total} bytes, not its size "
