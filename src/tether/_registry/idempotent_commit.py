@@ -73,7 +73,7 @@ def _recorded(
         ).first()
         if row is None:
             return None
-        if parse_iso(row.created_at) < parse_iso(now_iso()) - KEY_LIFETIME:
+        if row.created_at < _expired_before():
             return None  # expired: gone for every purpose (deleted by the next keyed commit)
         if ((row.principal, row.scope) != (principal, scope)
                 or row.request_digest not in (digest, legacy)):
@@ -97,6 +97,11 @@ def _commit(registry: Registry, name: str, checked: VersionValues, bump: str | N
                               record_with=record_with)
 
 
+def _expired_before(now: str | None = None) -> str:
+    """Keys recorded before this time (ISO text, as stored: it sorts as time) expired."""
+    return (parse_iso(now or now_iso()) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class _KeyTaken(Exception):
     """Another request recorded the key first; the version this one made is rolled back."""
 
@@ -107,8 +112,8 @@ def _record_key(key: str, principal: str, scope: str,
 
     def record(conn: sa.Connection, version_id: int) -> None:
         now = now_iso()
-        expired = (parse_iso(now) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < expired))
+        conn.execute(sa.delete(idempotency_keys).where(
+            idempotency_keys.c.created_at < _expired_before(now)))
         try:
             conn.execute(
                 sa.insert(idempotency_keys).values(

@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import InvalidInput
+from .._registry.resolve import LARGEST_NUMBER
 from .bodies import describe
 
 #: Largest ``limit`` / page size a list endpoint accepts.
 MAX_LIMIT = 1_000_000
 #: The integers a database column holds (64 bits): past them SQLite raised OverflowError.
-MAX_INT = 2**63 - 1
+MAX_INT = LARGEST_NUMBER
 
 _NAMES = {
     str: "a string",

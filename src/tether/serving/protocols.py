@@ -334,8 +334,7 @@ def infer_response(endpoint: str, version: str, request_id: str, predictions: li
     """The OIP response body, and the JSON header's length when binary tensors follow."""
     outputs = _output_tensors(predictions, signature)
     wanted = request.outputs
-    if wanted is not None:
-        _refuse_unknown(wanted, [name for name, _, _ in outputs])
+    if wanted is not None:  # every name it holds is an output: see check_outputs
         outputs = [o for o in outputs if o[0] in wanted]
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -361,8 +360,12 @@ def check_outputs(predictions: list[Any], signature: Signature | None,
                   request: InferRequest) -> None:
     """Refuse a request naming an output these predictions do not have (InvalidInput),
     before the endpoint counts the request as served."""
-    if request.outputs is not None:
-        _refuse_unknown(request.outputs, [n for n, _ in _output_names(predictions, signature)])
+    if request.outputs is None:
+        return
+    names = [name for name, _ in _output_names(predictions, signature)]
+    unknown = sorted(set(request.outputs) - set(names))
+    if unknown:
+        raise InvalidInput(f"no output named {unknown[0]!r}", hint="outputs: " + ", ".join(names))
 
 
 def check_inputs(signature: Signature | None, request: InferRequest) -> None:
@@ -378,12 +381,6 @@ def check_inputs(signature: Signature | None, request: InferRequest) -> None:
     if unknown:
         raise InvalidInput(f"no input named {unknown[0]!r}",
                            hint="inputs: " + ", ".join(signature.inputs.names))
-
-
-def _refuse_unknown(wanted: Mapping[str, bool], names: list[str]) -> None:
-    unknown = sorted(set(wanted) - set(names))
-    if unknown:
-        raise InvalidInput(f"no output named {unknown[0]!r}", hint="outputs: " + ", ".join(names))
 
 
 def _output_names(predictions: list[Any],
