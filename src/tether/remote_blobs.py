@@ -28,6 +28,11 @@ class _Transfer(Exception):
     """A transfer to or from a presigned URL failed in a way worth trying again."""
 
 
+#: Uploads the server checks (indexes, pins) or stamps with their holder (leases): it
+#: never presigns them, so they are not asked for (one request saved per pin).
+_THROUGH_THE_API = ("index/", "pins/", "locks/")
+
+
 class RemoteBlobs:
     """The chunk store's blob interface, over the server's gateway.
 
@@ -70,6 +75,8 @@ class RemoteBlobs:
         """
         if self._streams_packs and key.startswith("packs/"):
             return None, {}
+        if method == "PUT" and key.startswith(_THROUGH_THE_API):
+            return None, {}  # never presigned: the server checks or stamps them
         now = time.time()
         with self._lock:
             cached = self._urls.get((key, method))
@@ -167,8 +174,7 @@ class RemoteBlobs:
         data = bytes(data)  # httpx sends bytes as a body; other buffers it would iterate
 
         def attempt() -> None:
-            url, signed = ((None, {}) if key.startswith(("index/", "locks/"))
-                           else self._presigned(key, "PUT"))
+            url, signed = self._presigned(key, "PUT")
             if url:
                 self._direct("PUT", url, key, content=data, headers=signed)
             else:
