@@ -565,10 +565,10 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
         rel = item.relative_to(path)
         if any(part.lower() in _SKIP_DIRS for part in rel.parts) or not item.is_file():
             continue
-        if item.is_symlink() or any((path / folder).is_symlink() for folder in rel.parents
-                                    if folder != Path(".")):
+        if item.is_symlink():
             # A link's target is not the folder's to give: a repository committing
             # data/leak.txt -> ~/.ssh/id_ed25519 had the user's push upload the key.
+            # (rglob does not walk into a linked folder: nothing under one is listed.)
             continue
         if item.suffix == ".tether" and item.name != ".tether":
             continue  # pointer files describe data, they are not data
