@@ -105,3 +105,13 @@ def version_values(manifest: list[dict[str, Any]] | None = None, **fields: Any) 
         "notes": "",
         **fields,
     }
+
+
+def assert_logs_clean(base: Path, prefix: str) -> str:
+    """Every ``tether server`` log under ``base/<prefix>*`` holds no traceback and no
+    "unexpected error" (a 500); their text, for more checks."""
+    logs = list(base.glob(f"{prefix}*/server-*.log"))
+    assert logs, f"no server log under {base}/{prefix}*"
+    text = "".join(p.read_text(errors="replace") for p in logs)
+    assert "Traceback" not in text and "unexpected error" not in text, text[-3000:]
+    return text

@@ -23,7 +23,7 @@ import pytest
 from tether.server.bodies import MAX_BODY, MAX_DEPTH
 from tether.server.mlflow_filter import SEARCH_STEPS, Budget, MlflowError, _like, parse_filter
 
-from .servers import Server, start_server, stop, version_values
+from .servers import Server, assert_logs_clean, start_server, stop, version_values
 
 ML = "/api/2.0/mlflow"
 LONG_NAME = "a" * 80 + "b"
@@ -542,8 +542,5 @@ def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
 def test_server_log_has_no_tracebacks(
     server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    logs = list(Path(tmp_path_factory.getbasetemp()).glob("hardening*/server-*.log"))
-    assert logs
-    text = "".join(p.read_text(errors="replace") for p in logs)
-    assert "Traceback" not in text and "unexpected error" not in text, text[-3000:]
+    text = assert_logs_clean(Path(tmp_path_factory.getbasetemp()), "hardening")
     assert " 500 " not in text
