@@ -19,6 +19,7 @@ from tether._metadata import repository as repo
 from tether._signing import generate_key
 
 from .conftest import fit_logreg
+from .servers import version_values
 
 GOOD = b"the weights the release manager signed\n" * 1000
 EVIL = b"the weights an attacker wants served!!\n" * 1000
@@ -180,20 +181,8 @@ def test_require_intact_is_what_the_remote_client_applies(
 
 
 def _values_of(registry: Registry, version: Any) -> dict[str, Any]:
-    return {
-        "manifest": [f.to_dict() for f in version.files],
-        "flavor": dict(version.flavor),
-        "signature": version.signature,
-        "input_example": None,
-        "params": {},
-        "metrics": {},
-        "data": {},
-        "lineage": {},
-        "environment": {},
-        "tags": {},
-        "notes": "",
-        "author": "attacker@example.com",
-    }
+    return version_values([f.to_dict() for f in version.files], flavor=dict(version.flavor),
+                          signature=version.signature, author="attacker@example.com")
 
 
 # -- signatures --------------------------------------------------------------------
