@@ -167,6 +167,8 @@ class ArtifactStore(Protocol):
     """What the registry needs from an artifact store."""
 
     url: str
+    #: ``tidy_index`` merges on a thread of its own rather than before it returns.
+    tidy_in_background: bool
 
     def ingest(
         self,

@@ -468,6 +468,9 @@ class Api:
 
 
 def create_app(registry: Registry, *, open_access: bool = False) -> Starlette:
+    # Index files clients upload are merged after the commit that names them has been
+    # answered (ChunkStore.tidy_index), not while the client waits.
+    registry.store.tidy_in_background = True
     api = Api(registry, open_access=open_access)
     routes: list[Any] = api.routes()
     from .mlflow_api import mlflow_routes
