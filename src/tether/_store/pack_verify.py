@@ -71,27 +71,38 @@ def check_pack(store: ChunkStore, pack: str, index: Any) -> PackCheck:
                 break
             end = max(end, offset + length)
             j += 1
+        # Read into a buffer used again (the store's): a new 8 MB bytes for each read
+        # had the kernel map and zero fresh pages for it, 12% of a server's CPU while
+        # it checked a 2 GB upload.
+        buffer = store._run_buffers.take(max(_RUN_BYTES, end - start))
         try:
-            payload = store._get_range(pack, start, end - start)
-        except IntegrityError as error:
-            check.problems.append(error.message)
-            return check
-        check.reads += 1
-        check.bytes_read += len(payload)
-        view = memoryview(payload)
-        run = readable[i:j]
-        matched = _raw_checked(view, [(offset - start, length, raw, codec, digest)
-                                      for digest, offset, length, raw, codec in run])
-        for (digest, offset, length, raw, codec), match in zip(run, matched, strict=True):
-            check.chunks += 1
-            if match:
-                continue
-            _, problem = _unpack(view[offset - start:offset - start + length], codec, raw,
-                                 digest)
-            if problem:
-                check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
+            try:
+                view = store._read_into(pack, start, buffer[:end - start])
+            except IntegrityError as error:
+                check.problems.append(error.message)
+                return check
+            check.reads += 1
+            check.bytes_read += len(view)
+            _check_run(check, view, start, readable[i:j])
+        finally:
+            store._run_buffers.give(buffer)
         i = j
     return check
+
+
+def _check_run(check: PackCheck, view: memoryview, start: int,
+               run: list[tuple[str, int, int, int, int]]) -> None:
+    """Check the chunks ``run`` claims against ``view``, the pack's bytes from ``start``."""
+    matched = _raw_checked(view, [(offset - start, length, raw, codec, digest)
+                                  for digest, offset, length, raw, codec in run])
+    for (digest, offset, length, raw, codec), match in zip(run, matched, strict=True):
+        check.chunks += 1
+        if match:
+            continue
+        _, problem = _unpack(view[offset - start:offset - start + length], codec, raw, digest)
+        if problem:
+            check.problems.append(f"chunk {digest[:16]} at offset {offset} {problem}")
+
 
 def verify_packs(store: ChunkStore, *, dry_run: bool = False,
                  progress: bool = False) -> VerifyReport:
