@@ -710,3 +710,24 @@ def test_what_counts_as_an_outage(tmp_path: Path) -> None:
     assert unavailable(raised(StoreError("S3 get failed: AccessDenied"), denied), registry) is None
     assert unavailable(ValueError("bug"), registry) is None
     registry.close()
+
+
+def test_an_error_answer_imports_no_database_driver_to_classify_itself(tmp_path: Path) -> None:
+    """Telling an outage from an ordinary error imported psycopg (120 modules) and
+    botocore for the first error a server answered: a fresh server's first 404 took
+    60 ms. An exception of theirs means they are imported already."""
+    script = f"""
+import sys
+import tether
+from starlette.testclient import TestClient
+from tether.server.app import create_app
+registry = tether.init({str(tmp_path / "reg" / ".tether")!r}, actor="a@example.com")
+client = TestClient(create_app(registry, open_access=True))
+answer = client.get("/api/v1/models/nothing/versions/latest")
+assert answer.status_code == 404, answer.text
+print(sorted(m for m in ("psycopg", "botocore.exceptions") if m in sys.modules))
+"""
+    done = subprocess.run([str(Path(tether_exe()).parent / "python"), "-c", script],
+                          capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +62,16 @@ def _database_down(error: BaseException) -> bool:
         return True
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
+    # Never imported here: an error raised by psycopg means it is imported already, and
+    # importing it (120 modules) made a fresh server's first 404 take 60 ms.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
         return False
     return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _store_down(error: BaseException) -> bool:
-    try:
-        from botocore import exceptions as boto
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        boto = None  # type: ignore[assignment]
+    boto = sys.modules.get("botocore.exceptions")  # imported already if it raised this
     if boto is not None:
         if isinstance(error, boto.ConnectionError | boto.HTTPClientError):
             return True
