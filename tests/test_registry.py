@@ -464,3 +464,23 @@ def test_a_new_alias_that_reads_as_a_protected_one_is_refused(
     registry.promote("iris@1.0.0", "production", create=True)
     registry.promote("iris@1.0.0", "production-eu", create=True)  # another name altogether
     assert set(registry.get("iris@1.0.0").aliases) == {"production", "production-eu"}
+
+
+def test_an_alias_that_reads_as_a_version_is_refused(registry: Registry, tmp_path: Path) -> None:
+    """The harm: 'v2.0.0' pointed at 1.0.0 could be set, but m@v2.0.0 is semantic version
+    2.0.0, so the reference loaded another version than the alias named, once 2.0.0
+    was logged. Refused when set (a word like 'release-2.0.0' is fine); the model's
+    versions and their references are untouched."""
+    (tmp_path / "a.bin").write_bytes(b"a" * 100)
+    (tmp_path / "b.bin").write_bytes(b"b" * 100)
+    first = registry.log_model(tmp_path / "a.bin", "m", progress=False)
+    for reads_as_a_version in ("v2.0.0", "v0.1.0", "v1.0.0"):
+        with pytest.raises(tether.InvalidReference, match="reads as a version"):
+            registry.promote(first.ref, reads_as_a_version, create=True)
+    registry.promote(first.ref, "release-2.0.0", create=True)
+    registry.promote(first.ref, "V2", create=True)  # not a version: m@V2 is this alias
+    second = registry.log_model(tmp_path / "b.bin", "m", bump="major", progress=False)
+    assert second.semver == "2.0.0"
+    assert registry.get("m@v2.0.0").digest == second.digest
+    assert registry.get("m@release-2.0.0").digest == first.digest
+    assert registry.get("m@V2").digest == first.digest

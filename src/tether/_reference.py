@@ -83,6 +83,14 @@ def validate_alias_name(alias: str) -> str:
             hint="an alias starts with a letter, uses letters, digits, '.', '_' and '-', "
             "and may not be 'latest'",
         )
+    if _SEMVER.match(alias):
+        # NAME@v2.0.0 selects semantic version 2.0.0: such an alias could be set but
+        # never read, and its reference would load another version than it names.
+        raise InvalidReference(
+            f"alias {alias!r} reads as a version: NAME@{alias} selects semantic version "
+            f"{alias.removeprefix('v')}, never an alias",
+            hint=f"name it as a word, such as release-{alias.removeprefix('v')}",
+        )
     return alias
 
 
