@@ -450,3 +450,30 @@ def test_store_verify_finds_a_damaged_merged_index_and_writes_it_again(
     with tether.open(root) as reg:
         assert reg.verify("big@latest") == []
         assert reg.store.missing_of([version.files[0].chunks]) == set()
+
+
+def test_one_chunk_claimed_at_every_offset_is_refused_and_kept_few(
+        server: Server, tmp_path: Path) -> None:
+    """Every claim true, the index still an attack: a pack of one byte value claimed as
+    a one-byte chunk at every offset. The server's index compared each new location
+    with all the others kept for that chunk, so N claims cost N squared while every
+    commit waited (750,000 in a 64 MB index: hours). The server refuses a chunk claimed
+    twice, or overlapping claims; an index read from the store keeps a few locations."""
+    import blake3
+
+    digest = blake3.blake3(b"a").hexdigest()
+    pack = uuid.uuid4().hex
+    body = b"a" * 4000
+    put = server.api("PUT", f"/api/v1/blobs/packs/{pack}.pack", content=body)
+    assert put.status_code == 201, put.text
+    for chunks, says in (([[digest, o, 1, 1, RAW] for o in range(4000)], "claims a chunk twice"),
+                         ([[digest, 0, 2, 2, RAW], [blake3.blake3(b"aa").hexdigest(), 1, 2, 2,
+                                                   RAW]], "overlapping")):
+        refused = server.api("PUT", f"/api/v1/blobs/index/{pack}.idx", content=json.dumps(
+            {"pack": pack, "size": len(body), "chunks": chunks}).encode())
+        assert refused.status_code == 400 and says in refused.text, refused.text
+    assert not (tmp_path / "objects" / "index" / f"{pack}.idx").exists()
+
+    index = open_store(f"file://{tmp_path / 'other'}").index
+    index.add(pack, len(body), [[digest, o, 1, 1, RAW] for o in range(4000)])
+    assert len(index.candidates(digest)) <= 17  # the first and at most 16 others

@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 #: Journal index files (one per pack) merged into a merged index once this many.
 _JOURNAL_MAX = 64
+#: Other locations kept for one chunk (beside the first): enough for honest copies
+#: beside damaged ones; each is compared with the rest as it is added, so thousands of
+#: claims of one chunk (a hostile index) cost their square.
+_MAX_ALTERNATES = 16
 #: A network store's index file larger than this is asked whether it is a merged
 #: file first, and if so streamed to disk (index_cache.py), never held whole.
 _INDEX_IN_MEMORY = 1 << 20
@@ -218,7 +222,7 @@ class ChunkIndex:
                     # Another pack claims it too: keep every candidate, so a pack
                     # whose bytes do not match never hides an honest copy.
                     others = self._alternates.setdefault(digest, [])
-                    if loc not in others:
+                    if len(others) < _MAX_ALTERNATES and loc not in others:
                         others.append(loc)
             if len(self._index) >= _INDEX_FOLD:
                 self._fold_index()
