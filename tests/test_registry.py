@@ -484,3 +484,14 @@ def test_an_alias_that_reads_as_a_version_is_refused(registry: Registry, tmp_pat
     assert registry.get("m@v2.0.0").digest == second.digest
     assert registry.get("m@release-2.0.0").digest == first.digest
     assert registry.get("m@V2").digest == first.digest
+
+    # One an older Tether made can still be moved, rolled back and deleted.
+    from tether._registry import aliases
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aliases, "refuse_a_version_name", lambda alias: None)
+        registry.promote(first.ref, "v3.0.0", create=True)
+    registry.promote(second.ref, "v3.0.0")
+    registry.rollback("m", "v3.0.0")
+    assert registry.alias("m", "v3.0.0")["version"] == first.semver
+    registry.delete_alias("m", "v3.0.0")

@@ -122,3 +122,55 @@ def test_the_server_merges_uploaded_index_files_after_answering_the_commit(
     finally:
         answered.set()
         client.close()
+
+
+def test_a_merge_in_the_background_gives_way_to_a_gc_holding_the_store(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """It waited for the gc (a server could not stop until that gc ended); now it is
+    skipped, and a later commit merges."""
+    import fcntl
+
+    from tether._store import open_store
+
+    monkeypatch.setattr(chunk_index, "_JOURNAL_MAX", 2)
+    # As a client of a server leaves them: index files it could not merge itself.
+    monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
+    store = open_store(f"file://{tmp_path / 'store'}", pack_target=64 * 1024)
+    store.ingest(_model(tmp_path / "m", 3, size=1 << 20), ["weights.bin"])
+    assert store.index.journal_is_long()
+    store.tidy_in_background = True
+    lock = os.open(tmp_path / "store" / "locks" / "store.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as `tether gc` holds it
+        store.tidy_index()
+        assert store.wait_for_tidying(timeout=10)  # given up at once, not waiting
+        assert store.index.journal_is_long()  # nothing merged under the gc
+    finally:
+        os.close(lock)
+    store.tidy_index()
+    assert store.wait_for_tidying(timeout=30)
+    assert not store.index.journal_is_long()  # merged once the store was free
+
+
+def test_a_merged_file_replaced_while_a_lookup_reads_it_stays_readable(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A refresh that met a merged file covering an older one closed the older one's
+    mapping, though a lookup on another thread might be reading it: the close failed
+    (BufferError: pointers to it exported) and left the refresh half done, a 500 for
+    the commit that ran it. Now it is let go, and unmapped when its last reader is done."""
+    from tether._store import open_store
+
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url, pack_target=64 * 1024)
+    store.ingest(_model(tmp_path / "a", 4, size=256 << 10), ["weights.bin"])
+    store.consolidate()
+    store.refresh()
+    (old_name, old), = store.index.segments.items()
+    reading = memoryview(old._data)  # a lookup's numpy view of it, mid-search
+    other = open_store(url, pack_target=64 * 1024)  # another writer: merges it with more
+    other.ingest(_model(tmp_path / "b", 5, size=256 << 10), ["weights.bin"])
+    other.consolidate()
+    store.refresh()  # meets the new file, which covers the old one
+    assert old_name not in store.index.segments
+    assert bytes(reading[:8]) == bytes(old._data[:8])  # still mapped for its reader
+    reading.release()

@@ -83,15 +83,20 @@ def validate_alias_name(alias: str) -> str:
             hint="an alias starts with a letter, uses letters, digits, '.', '_' and '-', "
             "and may not be 'latest'",
         )
+    return alias
+
+
+def refuse_a_version_name(alias: str) -> None:
+    """Refuse a new alias that reads as a version: NAME@v2.0.0 selects semantic version
+    2.0.0, so such an alias could be set but never read, and its reference would load
+    another version than the alias names. (Checked when an alias is made: one made
+    before this check can still be moved, rolled back and deleted.)"""
     if _SEMVER.match(alias):
-        # NAME@v2.0.0 selects semantic version 2.0.0: such an alias could be set but
-        # never read, and its reference would load another version than it names.
         raise InvalidReference(
             f"alias {alias!r} reads as a version: NAME@{alias} selects semantic version "
             f"{alias.removeprefix('v')}, never an alias",
             hint=f"name it as a word, such as release-{alias.removeprefix('v')}",
         )
-    return alias
 
 
 def parse_reference(text: str) -> Reference:

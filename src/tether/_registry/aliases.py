@@ -18,7 +18,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._policy import protected_alias_patterns, role_to_move
 from .._records import AliasMove, ModelVersion
-from .._reference import parse_reference, validate_alias_name
+from .._reference import parse_reference, refuse_a_version_name, validate_alias_name
 from .policies import check_deprecated_by_policy, current_policy
 from .resolve import require_model, resolve_row
 from .roles import require_role
@@ -117,8 +117,11 @@ PROTECTED_SETTING = "protected_aliases"
 def refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
     """Refuse a new alias that reads as a protected one but is not (``Production``,
     ``production.``): a contributor may make it, and a reader of a dashboard or a
-    deployment file takes it for the guarded alias."""
+    deployment file takes it for the guarded alias. Or one that reads as a version
+    (``refuse_a_version_name``)."""
     import fnmatch
+
+    refuse_a_version_name(alias)
 
     def plain(name: str) -> str:
         return name.casefold().strip("._-")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._contract import RegistryAPI
 from .._errors import InvalidReference, NotFound, TetherError
-from .._reference import validate_alias_name, validate_model_name
+from .._reference import refuse_a_version_name, validate_alias_name, validate_model_name
 from .._store.blobs import owner_scratch
 
 if TYPE_CHECKING:
@@ -493,6 +493,7 @@ def _sync_aliases(
         target = by_number.get(str(number))
         try:
             validate_alias_name(alias)
+            refuse_a_version_name(alias)
         except InvalidReference:
             entry.status, entry.note = "skipped", "not a valid Tether alias name"
             continue

@@ -375,9 +375,10 @@ class ChunkIndex:
             self.segments[name] = segment
             self.seen_files.update(segment.covers)
             for covered in segment.covers:  # replaced: its entries are all in ``segment``
-                old = self.segments.pop(covered, None)
-                if old is not None:
-                    old.close()
+                # Dropped, not closed: a lookup on another thread may be searching it
+                # now (a server merges after its commits while others look up). It is
+                # unmapped once the last of them lets go of it.
+                self.segments.pop(covered, None)
                 self.journal.discard(covered)
 
     def _open_segment(self, key: str, name: str) -> MergedIndex:

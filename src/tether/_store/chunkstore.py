@@ -209,7 +209,6 @@ class ChunkStore:
         #: server: the merge was half of a 2 GB version's commit, 0.2 of 0.4 s, while its
         #: client waited). Set by ``tether server``; embedded registries merge inline.
         self.tidy_in_background = False
-        self._tidier: ThreadPoolExecutor | None = None
 
     # -- the index (chunk_index.py) ------------------------------------------------
 
@@ -253,20 +252,23 @@ class ChunkStore:
         if not self.tidy_in_background:
             self._tidy()
             return
+        # A thread of its own each time (one at a time: _tidying), not a pool's: a
+        # thread that could not start never runs, so the lock is released once, here.
         try:
-            if self._tidier is None:  # made once: only the holder of _tidying gets here
-                self._tidier = ThreadPoolExecutor(max_workers=1,
-                                                  thread_name_prefix="tether-tidy")
-            self._tidier.submit(self._tidy)
-        except RuntimeError:  # shutting down: the next commit (or process) merges
+            threading.Thread(target=self._tidy, kwargs={"wait": False},
+                             name="tether-tidy").start()
+        except RuntimeError:  # shutting down, or no thread to be had: a later commit merges
             self._tidying.release()
 
-    def _tidy(self) -> None:
-        """``tidy_index``'s merge, ``_tidying`` held (released here)."""
+    def _tidy(self, *, wait: bool = True) -> None:
+        """``tidy_index``'s merge, ``_tidying`` held (released here). ``wait``: for a gc
+        holding the store; in the background it is skipped instead (a server waited for
+        that gc to end before it could stop)."""
         from .locking import ingest_lock
 
         try:
-            with contextlib.suppress(Exception), ingest_lock(self):  # an optimisation only
+            with contextlib.suppress(Exception), ingest_lock(
+                    self, wait_seconds=600.0 if wait else 0.0):  # an optimisation only
                 self.maybe_consolidate()
         finally:
             self._tidying.release()

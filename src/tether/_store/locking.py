@@ -210,16 +210,23 @@ def _renewed(store: ChunkStore, key: str) -> Iterator[None]:
 
 @contextmanager
 def _flock(store: ChunkStore, mode: int) -> Iterator[None]:
+    """The store's lock file, locked ``mode`` (with LOCK_NB: Conflict if it is held)."""
     path = store.blobs.local_path("locks/store.lock")
     assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, mode)
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            os.close(fd)
+            fd = -1
+            raise Conflict("a gc holds the store now", hint="retry later") from None
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 @contextmanager
@@ -257,9 +264,10 @@ def _gc_lease(store: ChunkStore, wait_seconds: float) -> Iterator[None]:
 
 @contextmanager
 def ingest_lock(store: ChunkStore, *, wait_seconds: float = 600.0) -> Iterator[None]:
-    """Shared: many ingests at once, never during a gc."""
+    """Shared: many ingests at once, never during a gc (``wait_seconds`` 0: Conflict at
+    once if a gc holds the store)."""
     if store.blobs.is_local:
-        with _flock(store, fcntl.LOCK_SH):
+        with _flock(store, fcntl.LOCK_SH | (fcntl.LOCK_NB if wait_seconds <= 0 else 0)):
             yield
         return
     # Announce first, then look: a gc writes its lease and then waits for ingest leases,
