@@ -245,3 +245,27 @@ def test_a_presigned_put_creates_and_never_overwrites(bucket: str, tmp_path: Pat
     assert httpx.put(url, content=b"honest", headers=create).status_code == 200
     assert httpx.put(url, content=b"forged", headers=create).status_code == 412
     assert blobs.get_bytes("packs/guarded.pack") == b"honest"
+
+
+def test_the_gateways_store_of_an_upload_never_overwrites(bucket: str, tmp_path: Path) -> None:
+    """A server over a bucket stored a client's upload with ``put_file``, which S3 lets
+    overwrite: a second upload of a pack, racing the first past the server's "exists?"
+    check, replaced the bytes the pack's index had been checked against (a review).
+    ``put_file_new`` is one conditional PUT: the second is a Conflict, the first stays."""
+    from tether import Conflict
+
+    blobs = open_store(bucket, cache_dir=tmp_path).blobs
+    for name, body in (("honest", b"honest"), ("forged", b"forged")):
+        (tmp_path / name).write_bytes(body)
+    # The harm, the unsafe way.
+    blobs.put_file("packs/plain.pack", tmp_path / "honest")
+    (tmp_path / "honest").write_bytes(b"honest")
+    blobs.put_file("packs/plain.pack", tmp_path / "forged")
+    assert blobs.get_bytes("packs/plain.pack") == b"forged"
+    (tmp_path / "forged").write_bytes(b"forged")
+    # Tether's gateway.
+    blobs.put_file_new("packs/guarded.pack", tmp_path / "honest")
+    with pytest.raises(Conflict, match="never overwritten"):
+        blobs.put_file_new("packs/guarded.pack", tmp_path / "forged")
+    assert blobs.get_bytes("packs/guarded.pack") == b"honest"
+    assert not (tmp_path / "honest").exists() and not (tmp_path / "forged").exists()

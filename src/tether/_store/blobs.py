@@ -344,6 +344,40 @@ class S3Blobs:
         finally:
             path.unlink(missing_ok=True)
 
+    def put_file_new(self, key: str, path: Path) -> None:
+        """Like ``put_file``, but never replaces an existing object (Conflict instead):
+        one conditional PUT (``If-None-Match: *``, as presigned uploads are signed).
+        A server's gateway stores uploads this way: with ``put_file`` a second upload
+        of a pack, racing the first, replaced the bytes its index was checked against."""
+        from botocore.exceptions import ClientError
+
+        tries = 0
+
+        def put(handle: Any) -> None:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=handle,
+                                       IfNoneMatch="*")
+            except ClientError as error:
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = error.response.get("Error", {}).get("Code", "")
+                if status != 412 and code not in ("PreconditionFailed", "412"):
+                    raise
+                if tries == 1:
+                    raise Conflict(f"{key} already exists; stored objects are never "
+                                   f"overwritten") from None
+                # Else an earlier try of ours stored it, and its answer was lost.
+
+        def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            with open(path, "rb") as handle:
+                self._call(f"upload of {key}", put, handle)
+
+        try:
+            self._retrying(f"upload of {key}", attempt)
+        finally:
+            path.unlink(missing_ok=True)
+
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         self._retrying(f"upload of {key}", lambda: self._call(
             f"upload of {key}", self.client.put_object, Bucket=self.bucket,
