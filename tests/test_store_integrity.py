@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -477,3 +478,40 @@ def test_one_chunk_claimed_at_every_offset_is_refused_and_kept_few(
     index = open_store(f"file://{tmp_path / 'other'}").index
     index.add(pack, len(body), [[digest, o, 1, 1, RAW] for o in range(4000)])
     assert len(index.candidates(digest)) <= 17  # the first and at most 16 others
+
+
+def test_a_lie_sent_slowly_beside_an_honest_index_cannot_quarantine_its_pack(
+        server: Server, tmp_path: Path) -> None:
+    """A lying index for pack P, its body held back past the server's "exists?" check
+    while an honest index for P was checked and stored, was then refused: and P moved
+    to quarantine from under the honest index, which clients deduplicating against it
+    trusted (their versions lost those bytes). Now the liar is refused (409) and P
+    stays."""
+    import http.client
+
+    import blake3
+
+    pack = uuid.uuid4().hex
+    body = os.urandom(5000)
+    honest = {"pack": pack, "size": len(body), "chunks": [
+        [blake3.blake3(body).hexdigest(), 0, len(body), len(body), RAW]]}
+    lie = json.dumps({**honest, "chunks": [["ab" * 32, 0, len(body), len(body), RAW]]}).encode()
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    assert server.api("PUT", f"/api/v1/blobs/packs/{pack}.pack", content=body).status_code == 201
+    host, port = server.url.removeprefix("http://").split(":")
+    slow = http.client.HTTPConnection(host, int(port), timeout=30)
+    slow.putrequest("PUT", f"/api/v1/blobs/index/{pack}.idx")
+    for name, value in {**headers, "Content-Length": str(len(lie))}.items():
+        slow.putheader(name, value)
+    slow.endheaders()
+    slow.send(lie[:10])
+    time.sleep(1.0)  # the server has checked that no index of P exists, and waits
+    stored = server.api("PUT", f"/api/v1/blobs/index/{pack}.idx",
+                        content=json.dumps(honest).encode())
+    assert stored.status_code == 201, stored.text
+    slow.send(lie[10:])
+    answer = slow.getresponse()
+    assert answer.status == 409, answer.read()
+    objects = tmp_path / "objects"
+    assert (objects / "packs" / f"{pack}.pack").read_bytes() == body  # not quarantined
+    assert json.loads((objects / "index" / f"{pack}.idx").read_text()) == honest
