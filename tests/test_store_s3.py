@@ -269,3 +269,8 @@ def test_the_gateways_store_of_an_upload_never_overwrites(bucket: str, tmp_path:
         blobs.put_file_new("packs/guarded.pack", tmp_path / "forged")
     assert blobs.get_bytes("packs/guarded.pack") == b"honest"
     assert not (tmp_path / "honest").exists() and not (tmp_path / "forged").exists()
+    # The same bytes again, as boto3 sends them when the answer to its first PUT was lost
+    # (it retries by itself): refused by S3, and taken as stored.
+    (tmp_path / "again").write_bytes(b"honest")
+    blobs.put_file_new("packs/guarded.pack", tmp_path / "again")
+    assert blobs.get_bytes("packs/guarded.pack") == b"honest"

@@ -349,9 +349,22 @@ class S3Blobs:
         one conditional PUT (``If-None-Match: *``, as presigned uploads are signed).
         A server's gateway stores uploads this way: with ``put_file`` a second upload
         of a pack, racing the first, replaced the bytes its index was checked against."""
+        import hashlib
+
         from botocore.exceptions import ClientError
 
-        tries = 0
+        def ours() -> bool:
+            """Whether the object there now is this file (single-part: its ETag is the
+            MD5): a try whose answer was lost stored it, boto3 sent it again (its own
+            retries rewind the body), and the second PUT was refused."""
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            if int(head.get("ContentLength", -1)) != path.stat().st_size:
+                return False
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            return str(head.get("ETag", "")).strip('"') == digest.hexdigest()
 
         def put(handle: Any) -> None:
             try:
@@ -360,16 +373,16 @@ class S3Blobs:
             except ClientError as error:
                 status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 code = error.response.get("Error", {}).get("Code", "")
-                if status != 412 and code not in ("PreconditionFailed", "412"):
+                # 412: it exists; 409: another conditional PUT of it is under way.
+                if status not in (409, 412) and code not in (
+                        "PreconditionFailed", "ConditionalRequestConflict"):
                     raise
-                if tries == 1:
-                    raise Conflict(f"{key} already exists; stored objects are never "
-                                   f"overwritten") from None
-                # Else an earlier try of ours stored it, and its answer was lost.
+                if status == 412 and ours():
+                    return
+                raise Conflict(f"{key} already exists; stored objects are never "
+                               f"overwritten") from None
 
         def attempt() -> None:
-            nonlocal tries
-            tries += 1
             with open(path, "rb") as handle:
                 self._call(f"upload of {key}", put, handle)
 
