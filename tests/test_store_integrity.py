@@ -515,3 +515,38 @@ def test_a_lie_sent_slowly_beside_an_honest_index_cannot_quarantine_its_pack(
     objects = tmp_path / "objects"
     assert (objects / "packs" / f"{pack}.pack").read_bytes() == body  # not quarantined
     assert json.loads((objects / "index" / f"{pack}.idx").read_text()) == honest
+
+
+def test_index_checks_of_one_pack_take_turns_across_server_processes(
+        registry: Any, tmp_path: Path) -> None:
+    """The check of a pack's uploaded index held a lock of its process only: with
+    `tether server --workers 2`, a lie checked by one worker could quarantine the pack
+    while the other stored its honest index (a second review). The stripe is held across
+    the processes of a host (and PostgreSQL's advisory lock across hosts)."""
+    import subprocess
+    import sys
+
+    from tether.server.blobs_api import _one_index_check
+
+    key = f"index/{uuid.uuid4().hex}.idx"
+    held, released = tmp_path / "held", tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, time, tether
+from tether.server.blobs_api import _one_index_check
+registry = tether.open({str(registry.location.root)!r})
+with _one_index_check(registry, {key!r}):
+    pathlib.Path({str(held)!r}).touch()
+    time.sleep(1.0)
+    pathlib.Path({str(released)!r}).touch()
+"""])
+    try:
+        for _ in range(600):
+            if held.exists() or holder.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert held.exists(), "the other process never took the lock"
+        with _one_index_check(registry, key):
+            assert released.exists()  # taken only once the other process let go
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
