@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,25 @@ def assert_logs_clean(base: Path, prefix: str) -> str:
     text = "".join(p.read_text(errors="replace") for p in logs)
     assert "Traceback" not in text and "unexpected error" not in text, text[-3000:]
     return text
+
+
+@contextmanager
+def app_in_thread(app: Any) -> Iterator[str]:
+    """An ASGI ``app`` (the server's, built on a registry of the test's) served by a real
+    uvicorn on a thread of this process, so the test can watch what it does; its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

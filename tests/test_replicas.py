@@ -25,6 +25,7 @@ from tether import PermissionDenied, Registry
 from tether._errors import InvalidInput, NotFound
 
 from .conftest import fit_logreg, subprocess_env, tether_exe, wait_until
+from .servers import app_in_thread
 
 USER = "tester@example.com"
 
@@ -290,8 +291,6 @@ def test_replicas_against_a_shared_server(
 ) -> None:
     """Every serving action through the server: following, heartbeats, the lease and a
     pinned route's rollback (its audit event is no longer lost)."""
-    import uvicorn
-
     from tether.server.app import create_app
     from tether.serving.server import free_port
 
@@ -302,14 +301,7 @@ def test_replicas_against_a_shared_server(
         "rollback": {"window": 20, "min_requests": 10, "rules": ["error_rate > 0.2"]}}}}
     registry.apply_deployment("remote", spec)
     token = registry.create_token("replica@example.com", role="contributor")["token"]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait(lambda: server.started)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with app_in_thread(create_app(registry)) as url:
         group = []
         for _ in range(2):
             replica = Replica.__new__(Replica)
@@ -335,6 +327,3 @@ def test_replicas_against_a_shared_server(
         _wait(lambda: all(r.routes("scorer")["main"]["ref"] == good.ref for r in group))
         events = registry.audit_log(action="deployment.rollback")
         assert len(events) == 1 and events[0].actor == "replica@example.com"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)

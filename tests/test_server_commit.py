@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 import tether
 from tether import Registry
@@ -26,31 +24,17 @@ from tether._store.chunk_index import ChunkIndex
 from tether._store.midx import is_merged
 from tether.server.app import create_app
 
-from .conftest import free_port
-
-
-def _wait(check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+from .servers import app_in_thread
 
 
 @pytest.fixture
 def served(registry: Registry) -> Iterator[str]:
     """``registry`` behind a real uvicorn running the server's app, in this process (so
     a test can watch what the server's store does)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait(lambda: server.started)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with app_in_thread(create_app(registry)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         _tidied(registry)
 
 
