@@ -494,4 +494,18 @@ def test_an_alias_that_reads_as_a_version_is_refused(registry: Registry, tmp_pat
     registry.promote(second.ref, "v3.0.0")
     registry.rollback("m", "v3.0.0")
     assert registry.alias("m", "v3.0.0")["version"] == first.semver
+    # MLflow's API answers it by the version it points at (it asked for m@v3.0.0: 404).
+    from starlette.testclient import TestClient
+
+    from tether.server.app import create_app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aliases, "refuse_a_version_name", lambda alias: None)
+        registry.promote(first.ref, "v2.0.0", create=True)  # as 2.0.0 exists
+    mlflow = TestClient(create_app(registry, open_access=True))
+    for alias, number in (("v3.0.0", "1"), ("v2.0.0", "1")):
+        answer = mlflow.get("/api/2.0/mlflow/registered-models/alias",
+                            params={"name": "m", "alias": alias})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"]["version"] == number
     registry.delete_alias("m", "v3.0.0")

@@ -454,7 +454,7 @@ class MlflowApi:
             info = self._model_info(reg, name)
             if alias not in info.aliases:
                 raise invalid(f"Registered model alias {alias} not found.")
-            v = reg.get(f"{name}@{alias}")
+            v = reg.get(f"{name}@{info.aliases[alias]}")  # see get_model_version_by_alias
         else:
             v = self._version(reg, name, number)
         flavor = v.flavor if v.flavor.get("name") == "mlflow" else {}
@@ -633,7 +633,9 @@ class MlflowApi:
         elif alias not in info.aliases:  # never a Tether selector ("7", "~1.2", "sha:...")
             raise invalid(f"Registered model alias {alias} not found.")
         else:
-            version = await run_in_threadpool(reg.get, f"{name}@{alias}")
+            # By the version it points at: an alias made before names like "v1.2.3" were
+            # refused reads as that semantic version in a Tether reference.
+            version = await run_in_threadpool(reg.get, f"{name}@{info.aliases[alias]}")
         return {"model_version": await run_in_threadpool(self._version_json, reg, version)}
 
 
