@@ -8,6 +8,7 @@ reading back the 128 index files it had just checked, 0.2 s merging them.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -158,3 +159,26 @@ def test_a_merged_file_replaced_while_a_lookup_reads_it_stays_readable(
     assert old_name not in store.index.segments
     assert bytes(reading[:8]) == bytes(old._data[:8])  # still mapped for its reader
     reading.release()
+
+
+def test_an_index_file_a_refresh_read_first_is_not_learned_again(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A refresh between the server's store of a checked index and its learning it added
+    the file twice (once folded, its chunks sat in a block and the dict: census and
+    stats counted them twice)."""
+    from tether._store import open_store
+
+    monkeypatch.setattr(ChunkIndex, "merge_own", lambda self, packs, entries: None)
+    url = f"file://{tmp_path / 'store'}"
+    writer = open_store(url)
+    writer.ingest(_model(tmp_path / "m", 6, size=64 << 10), ["weights.bin"])
+    (name,) = [p.stem for p in (tmp_path / "store" / "index").iterdir()]
+    index = json.loads((tmp_path / "store" / "index" / f"{name}.idx").read_bytes())
+    server = open_store(url)
+    server.refresh()  # read it first
+    added: list[str] = []
+    real_add = ChunkIndex.add
+    monkeypatch.setattr(ChunkIndex, "add", lambda self, pack, size, entries: (
+        added.append(pack), real_add(self, pack, size, entries))[1])
+    server.index.learn(name, index["pack"], index["size"], index["chunks"])
+    assert added == []

@@ -350,6 +350,17 @@ class ChunkIndex:
         """The merged files and blocks a lookup searches after ``_index`` (``_lock`` held)."""
         return [*self.segments.values(), *self._blocks]
 
+    def learn(self, name: str, pack: str, size: int, entries: list[list[Any]]) -> None:
+        """``add`` and ``note_journal`` of an index file this process just stored (a
+        server, one it checked), unless a refresh read it first: added twice, its
+        chunks were counted twice by census and stats."""
+        with self.lock:
+            if name in self.seen_files or pack in self._pack_sizes:
+                return
+            self.seen_files.add(name)
+            self.journal.add(name)
+        self.add(pack, size, entries)
+
     def note_journal(self, name: str) -> None:
         with self.lock:
             self.journal.add(name)

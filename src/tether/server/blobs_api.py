@@ -418,8 +418,8 @@ def _store_index(registry: Any, key: str, tmp: Path) -> None:
         _verify_pack(store, key, index, data)
         put = getattr(blobs, "put_file_new", blobs.put_file)
         put(key, tmp)
-        store.index.add(str(index["pack"]), int(index["size"]), index["chunks"])
-        store.index.note_journal(index_name(key))
+        store.index.learn(index_name(key), str(index["pack"]), int(index["size"]),
+                          index["chunks"])
 
 
 async def _receive(stream: AsyncIterator[bytes], fd: int, *, writeback: bool,
