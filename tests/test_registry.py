@@ -231,7 +231,10 @@ def test_load_returns_an_equivalent_model(registry: Registry, iris: tuple[Any, A
     assert (loaded.predict(iris[0]) == model.predict(iris[0])).all()
     assert registry.load("iris", expect=v.short_digest) is not None
     with pytest.raises(IntegrityError, match="not the expected"):
-        registry.load("iris", expect="sha:0000")
+        registry.load("iris", expect="sha:000000000000")
+    # Four hex digits were taken: a version made to start with them is 65,536 tries away.
+    with pytest.raises(tether.InvalidInput, match="too short a pin"):
+        registry.load("iris", expect=v.short_digest[:8])
 
 
 def test_a_flipped_byte_in_the_store_is_refused_naming_the_file(
@@ -509,3 +512,31 @@ def test_an_alias_that_reads_as_a_version_is_refused(registry: Registry, tmp_pat
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"]["version"] == number
     registry.delete_alias("m", "v3.0.0")
+
+
+def test_a_trusted_deployment_takes_an_admin_and_targets_that_cannot_be_moved_under_it(
+        registry: Registry, tmp_path: Path) -> None:
+    """The harm (a review): a contributor on one model re-applied a deployment with
+    ``trusted: true`` and its own pickle; every replica ran it. Now ``trusted`` takes an
+    admin, and its targets must stay what the admin saw (a fixed version, or an alias
+    only approvers move); a contributor still moves traffic among them."""
+    (tmp_path / "a.bin").write_bytes(b"a" * 100)
+    first = registry.log_model(tmp_path / "a.bin", "m", progress=False)
+    registry.promote(first.ref, "production", create=True)
+    registry.promote(first.ref, "staging", create=True)
+    registry.create_token("mallory@example.com", role="contributor", model="m")
+    mallory = registry.as_actor("mallory@example.com", enforce_roles=True)
+
+    def spec(target: str, trusted: bool = True) -> dict[str, Any]:
+        return {"endpoints": {"m": {"routes": [{"name": "main", "target": target,
+                                                "weight": 100}], "trusted": trusted}}}
+
+    mallory.apply_deployment("svc", spec("m@staging", trusted=False))  # untrusted: fine
+    with pytest.raises(tether.PermissionDenied, match="needs role admin"):
+        mallory.apply_deployment("svc", spec(first.ref))
+    for movable in ("m@staging", "m@latest", "m@~1"):
+        with pytest.raises(tether.InvalidInput, match="not a fixed version or a protected"):
+            registry.apply_deployment("svc", spec(movable))
+    for fixed in (first.ref, f"m@sha:{first.digest}", "m@production"):
+        registry.apply_deployment("svc", spec(fixed))
+    assert registry.deployment("svc")["spec"]["endpoints"]["m"]["trusted"] is True

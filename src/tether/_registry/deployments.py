@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from .._deployment import Deployment, deployment_to_dict, parse_deployment
 from .._digest import canonical_json
 from .._errors import Conflict, InvalidInput, NotFound
+from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
 from .._metadata.schema import (
@@ -145,6 +146,39 @@ def _role_for(conn: sa.Connection, target: str) -> tuple[str, str]:
     return ref.name, "contributor"
 
 
+#: What a trusted endpoint may serve: a version fixed by the reference, or an alias only an
+#: approver may move.
+_FIXED = (SelectorKind.SEQUENCE, SelectorKind.SEMVER, SelectorKind.DIGEST)
+
+
+def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> None:
+    """``trusted: true`` loads its targets' code-executing files (pickle) on every replica.
+    A contributor who could store it, or move what it follows, ran code there (a review:
+    a contributor on one model re-applied a deployment with ``trusted: true`` and its
+    own pickle). So it takes an admin, and targets that stay what the admin saw: fixed
+    versions (NAME@1.2.0, NAME@7, NAME@sha:...) or protected aliases (moved by approvers)."""
+    trusted = {e for e, body in spec["endpoints"].items() if body.get("trusted")}
+    if not trusted:
+        return
+    require_role(conn, actor, "admin", None)
+    for endpoint, route in _routes(spec):
+        if endpoint not in trusted:
+            continue
+        ref = parse_reference(route["target"])
+        if ref.kind in _FIXED:
+            continue
+        if ref.kind is SelectorKind.ALIAS and role_rank(role_to_move(
+                ref.value, repo.get_setting(conn, PROTECTED_SETTING))) >= role_rank("approver"):
+            continue
+        raise InvalidInput(
+            f"endpoint {endpoint} is trusted (its targets' pickles run on every replica), but "
+            f"{route['target']} is not a fixed version or a protected alias: whoever can log a "
+            f"version or move that alias would choose the code it runs",
+            hint=f"target a version ({ref.name}@1.2.0 or {ref.name}@sha:...), or an alias only "
+            "approvers may move (`tether config set protected_aliases`); or drop `trusted` and "
+            "sign the versions with a key trusted for loading")
+
+
 def _require_roles(conn: sa.Connection, actor: str, targets: Sequence[str]) -> None:
     needed: dict[str, str] = {}
     for target in targets:
@@ -252,6 +286,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         if old_spec is not None:
             targets += [r["target"] for _, r in _routes(old_spec)]
         _require_roles(conn, actor, targets)
+        _check_trust(conn, actor, canonical)
         _check_traffic(canonical, paused, name)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
                          reason=reason)
