@@ -348,3 +348,44 @@ def test_the_migration_recomputes_old_digests_and_records_them(
         event = upgraded.audit_log(action="registry.digests_recomputed")[0]
         assert event.details["versions"][v1.ref] == [f"sha:{'ab' * 32}", f"sha:{v1.digest}"]
         assert upgraded.verify_audit()[1] == []
+
+
+def test_a_client_of_a_server_trusts_only_signatures_it_checks_itself(
+    registry: Registry, tmp_path: Path, iris: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The harm (a review): the client took the server's word that a version was signed
+    by a key trusted for loading and unpickled it, so a compromised server (or anyone
+    between client and server over http) chose the code every client ran. Now only a
+    signature the client checks, by a key it pins in TETHER_LOAD_KEYS, vouches."""
+    import tether
+    from tether._registry import trust
+    from tether.server.app import create_app
+
+    from .servers import app_in_thread
+
+    unsigned = registry.log_model(fit_logreg(iris), "iris", serialization="pickle",
+                                  progress=False)
+    signed = registry.log_model(fit_logreg(iris, C=0.5), "iris", serialization="pickle",
+                                progress=False)
+    _sign(registry, tmp_path, signed.ref)
+    registry.set_policy("iris", "trusted_for_loading: [release]\n")
+    honest = trust.trust_facts
+
+    def lying(conn: Any, version: Any) -> dict[str, Any]:  # what a compromised server says
+        return {**honest(conn, version), "valid_signers": ["release"]}
+
+    with app_in_thread(create_app(registry, open_access=True)) as url:
+        client = tether.connect(url)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(trust, "trust_facts", lying)
+                with pytest.raises(TetherError, match="trusted"):
+                    client.load(unsigned.ref, progress=False)
+            with pytest.raises(TetherError, match="trusted"):
+                client.load(signed.ref, progress=False)  # signed, but no key pinned here
+            monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
+            assert client.load(signed.ref, progress=False).predict(iris[0][:3]).shape == (3,)
+            with pytest.raises(TetherError, match="trusted"):  # its signature is not on this
+                client.load(unsigned.ref, progress=False)
+        finally:
+            client.close()

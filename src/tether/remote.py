@@ -529,6 +529,13 @@ class RemoteRegistry:
         path = f"/models/{quote(version.name)}/trust/{version.semver}"
         return dict(self._request("GET", path))
 
+    def vouched_for_loading(self, version: ModelVersion, facts: dict[str, Any]) -> str | None:
+        """Never the server's word: a signature this client checks itself, by a key it
+        pins in ``TETHER_LOAD_KEYS`` (``trust.vouched_by_pinned_keys``)."""
+        from ._registry.trust import vouched_by_pinned_keys
+
+        return vouched_by_pinned_keys(version, facts)
+
     def log_model(self, model: Any, name: str, **options: Any) -> ModelVersion:
         """As ``Registry.log_model``: saved and chunked here, committed by the server.
 

@@ -15,7 +15,7 @@ from .._records import ModelVersion
 from .._store import handoffs
 from .._warnings import warn_caller
 from .env_check import choose_policy, enforce
-from .trust import enforce_signatures, signed_for_loading
+from .trust import enforce_signatures
 
 if TYPE_CHECKING:
     from .datasets import DatasetVersion
@@ -92,7 +92,7 @@ def load_version(
     enforce_signatures(version, trust)
     # Trust comes from the caller or from a signature by a key trusted for loading;
     # never from scanning the artifact, and never from what its metadata says.
-    trusted = trusted or signed_for_loading(trust) is not None
+    trusted = trusted or registry.vouched_for_loading(version, trust) is not None
     if version.status == "deprecated" or trust["deprecated_by_policy"]:
         warn_caller(
             f"{version.ref} is deprecated; promote a newer version",

@@ -473,6 +473,11 @@ class Registry:
         with self.read() as conn:
             return trust.trust_facts(conn, version)
 
+    def vouched_for_loading(self, version: ModelVersion, facts: dict[str, Any]) -> str | None:
+        """The trusted key whose valid signature vouches for running ``version``'s code
+        (checked here, against the keys this registry trusts), or None."""
+        return trust.signed_for_loading(facts)
+
     def load(
         self,
         ref: str,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._digest import blake3_hex
-from .._errors import Conflict, PermissionDenied, PolicyViolation
+from .._errors import Conflict, InvalidInput, PermissionDenied, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -149,7 +149,7 @@ def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[s
     keys = {r.key_id: r for r in conn.execute(sa.select(trusted_keys))}
     valid: list[str] = []
     problems: list[str] = []
-    for row in conn.execute(sa.select(signatures).where(signatures.c.version_id == version.id)):
+    for row in _signature_rows(conn, version):
         key = keys.get(row.key_id)
         if key is None:
             problems.append(f"signature by untrusted key {row.key_id}")
@@ -165,8 +165,14 @@ def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[s
     return sorted(valid), problems
 
 
+def _signature_rows(conn: sa.Connection, version: ModelVersion) -> list[Any]:
+    return list(conn.execute(sa.select(signatures).where(signatures.c.version_id == version.id)))
+
+
 def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
-    """What load, check and serve need to know about a version's policy standing."""
+    """What load, check and serve need to know about a version's policy standing, and the
+    version's signatures themselves (a client of a server checks them with its own keys:
+    see ``vouched_by_pinned_keys``)."""
     mid = repo.model_id(conn, version.name)
     policy = current_policy(conn, mid) if mid is not None else Policy()
     valid, problems = signature_status(conn, version)
@@ -176,7 +182,49 @@ def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
         "valid_signers": valid,
         "signature_problems": problems,
         "deprecated_by_policy": policy.is_deprecated(version.semver),
+        "signatures": [{"key_id": r.key_id, "signature": r.signature}
+                       for r in _signature_rows(conn, version)],
     }
+
+
+#: Public keys (PEM files, separated as PATH is) a client of a server trusts for loading.
+LOAD_KEYS_ENV = "TETHER_LOAD_KEYS"
+
+
+def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str | None:
+    """The id of a key pinned in ``TETHER_LOAD_KEYS`` whose signature on ``version`` this
+    process checked itself, or None.
+
+    A client of a server took the server's word that a version was signed by a key
+    trusted for loading, and ran its pickle: a compromised server, or anyone between
+    client and server over http, chose the code every client ran (a review). The
+    server's answer still refuses (a policy's required signature); only a signature
+    checked here, by a key the client pins, vouches for running code. ``version`` is
+    the one the client checked against its manifest (``require_intact``)."""
+    import os
+    from pathlib import Path
+
+    paths = [p for p in os.environ.get(LOAD_KEYS_ENV, "").split(os.pathsep) if p.strip()]
+    if not paths:
+        return None
+    from .. import _signing as signing
+
+    pinned = {}
+    for path in paths:
+        try:
+            text = Path(path).read_bytes()
+        except OSError as error:
+            raise InvalidInput(f"{LOAD_KEYS_ENV}: cannot read {path}: {error.strerror}",
+                               hint="a public key file, as `tether key create` writes") from None
+        public = signing.load_public_key(text, source=path)
+        pinned[signing.key_id(public)] = public
+    for row in trust.get("signatures") or []:
+        if not isinstance(row, dict):
+            continue
+        key = pinned.get(str(row.get("key_id")))
+        if key is not None and signing.verify(key, version, str(row.get("signature"))):
+            return signing.key_id(key)
+    return None
 
 
 #: Registry setting: trusted keys whose signature lets pickle-based versions load.
