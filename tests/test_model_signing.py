@@ -291,3 +291,25 @@ def test_derived_bundle_key_is_stable_and_distinct_per_key(signed: dict[str, Pat
     other = signed["tmp"] / "other.key"
     run(root, "key", "generate", str(other))
     assert run(root, "key", "openssf-public", str(other)).output != first
+
+
+def test_a_bundle_never_vouches_for_files_it_leaves_out_or_another_version(
+        signed: dict[str, Path]) -> None:
+    """The harm (a review): tiny@1.0.0's bundle verified another model that shared its
+    files and carried .github/workflows/pwn.yml besides (model-signing ignores .git*
+    paths): ok, no problems, and a download into a work tree planted a CI workflow the
+    user believed verified."""
+    planted = signed["tmp"] / "planted"
+    download(signed["root"], "tiny@1.0.0", planted)
+    (planted / ".github" / "workflows").mkdir(parents=True)
+    (planted / ".github" / "workflows" / "pwn.yml").write_text("on: push\n")
+    with tether.open(signed["root"]) as reg:
+        assert reg.log_model(str(planted), "other").ref == "other@1.0.0"
+    out = run(signed["root"], "bundle", "verify", "other@1.0.0", str(signed["bundle"]),
+              "--public-key", str(signed["public"]), "--json")
+    assert out.exit_code != 0, out.output
+    report = json.loads(out.output)
+    assert not report["ok"]
+    assert any(".github/workflows/pwn.yml" in p and "nothing vouches" in p
+               for p in report["problems"]), report["problems"]
+    assert any("made for tiny@1.0.0, not other@1.0.0" in p for p in report["problems"])

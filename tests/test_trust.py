@@ -389,3 +389,23 @@ def test_a_client_of_a_server_trusts_only_signatures_it_checks_itself(
                 client.load(unsigned.ref, progress=False)
         finally:
             client.close()
+
+
+def test_a_changed_cached_copy_of_a_files_version_is_made_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The harm (a review): a `files` version's folder is cached and was given again as
+    it was, so a file changed or added there after the first load (by its user, or
+    anyone who can write the cache) came back from every later load, signed or not."""
+    folder = tmp_path / "tool"
+    folder.mkdir()
+    (folder / "run.py").write_text("print('honest')\n")
+    version = registry.log_model(folder, "tool", progress=False)
+    first = Path(registry.load(version.ref))
+    assert registry.load(version.ref) == first  # unchanged: the same folder, no warning
+    (first / "run.py").write_text("print('PWNED')\n")
+    (first / "extra.py").write_text("import os\n")
+    with pytest.warns(UserWarning, match="was changed"):
+        again = Path(registry.load(version.ref))
+    assert (again / "run.py").read_text() == "print('honest')\n"
+    assert sorted(p.name for p in again.iterdir()) == ["run.py"]

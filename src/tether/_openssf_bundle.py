@@ -321,6 +321,14 @@ def verify_bundle(
     recorded = {f.path: f for f in version.files}
     uncovered = sorted(p for p in recorded if _ignored(p, GIT_PATHS))
     report["uncovered"] = uncovered
+    # A bundle vouches only for what it covers: a version that carried files it leaves out
+    # (model-signing ignores .git* paths), or another version's bundle whose files it
+    # shares, was reported ok (a review planted .github/workflows/pwn.yml that way).
+    problems.extend(f"{path}: a file of {version.ref} no OpenSSF bundle covers (model-signing "
+                    "ignores .git* paths): nothing vouches for it" for path in uncovered)
+    subject = str(report["subject"] or "")
+    if "@" in subject and subject != _model_dir_name(version):
+        problems.append(f"the bundle was made for {subject}, not {version.ref}")
     for path in sorted(recorded):
         if path not in resources and path not in uncovered:
             why = " (the bundle ignores it)" if _ignored(path, ignore) else ""

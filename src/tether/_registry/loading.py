@@ -26,6 +26,32 @@ class DeprecatedVersionWarning(UserWarning):
     """A deprecated version was loaded."""
 
 
+class CachedCopyChangedWarning(UserWarning):
+    """A version's cached folder no longer matched its manifest: it was made again."""
+
+
+def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None:
+    """What in ``folder`` does not match ``version``'s files (None: every file is there,
+    with its size and digest, and nothing else is)."""
+    from .._digest import file_digest
+
+    expected = {entry.path: entry for entry in version.files}
+    found = set()
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink() or (path.is_file() and rel not in expected):
+            return f"{rel} is not one of its files"
+        if path.is_file():
+            found.add(rel)
+    for rel, entry in expected.items():
+        path = folder / rel
+        if rel not in found or path.stat().st_size != entry.size:
+            return f"{rel} is missing or has another size"
+        if file_digest(path) != entry.digest:
+            return f"{rel} does not match its digest"
+    return None
+
+
 #: The shortest digest prefix ``expect`` takes: the 12 hex digits Tether shows. Four were
 #: taken, and a version whose digest starts with any 4 given is 65,536 tries away (a
 #: review made one in 2 s by varying its params, then promoted it).
@@ -51,9 +77,20 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
 def materialize(
     registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool
 ) -> Path:
-    """Write a model's or a dataset's version's files under ``dest`` (verified), atomically."""
+    """Write a model's or a dataset's version's files under ``dest`` (verified), atomically.
+
+    A ``dest`` already there (the cached copy of a ``files`` version) is given again only
+    once its files are checked against the manifest: it was given as it was, so a file
+    its user (or anyone who can write the cache) changed or added after the first load
+    came back from every later one, signed or not (a review). A copy that differs is
+    made again, with a warning."""
     if dest.exists():
-        return dest
+        problem = _differs(version, dest)
+        if problem is None:
+            return dest
+        warn_caller(f"the cached copy of {version.ref} at {dest} was changed ({problem}); "
+                    "it is made again from the store", CachedCopyChangedWarning)
+        shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
     try:
