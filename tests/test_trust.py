@@ -409,3 +409,22 @@ def test_a_changed_cached_copy_of_a_files_version_is_made_again(
         again = Path(registry.load(version.ref))
     assert (again / "run.py").read_text() == "print('honest')\n"
     assert sorted(p.name for p in again.iterdir()) == ["run.py"]
+
+
+def test_paths_one_file_apart_only_where_case_is_ignored_are_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """On macOS and Windows "MODEL.pkl" and "model.pkl" (or a name's NFC and NFD forms)
+    are one file: the second written replaced the first after its digest was checked,
+    so the loaded bytes were not the verified ones (a review; Linux keeps both)."""
+    import unicodedata
+
+    for pair in (("MODEL.bin", "model.bin"),
+                 (unicodedata.normalize("NFC", "café.bin"),
+                  unicodedata.normalize("NFD", "café.bin"))):
+        folder = tmp_path / f"m{len(pair[0])}"
+        folder.mkdir()
+        for name in pair:
+            (folder / name).write_bytes(name.encode())
+        with pytest.raises(InvalidInput, match="differ only in case or Unicode form"):
+            registry.log_model(folder, "m", progress=False)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
-from ._identity import names_reserved, path_escapes
+from ._identity import check_one_file_each, names_reserved, path_escapes
 from ._store.base import FileEntry
 
 
@@ -252,6 +252,7 @@ class VersionValues:
             check_file_digest(entry)
         if len({f.path for f in self.manifest}) != len(self.manifest):
             raise InvalidInput("the manifest lists a path twice")
+        check_one_file_each(f.path for f in self.manifest)
         return replace(rest, manifest=tuple(self.manifest))
 
     def to_dict(self, *, manifest: bool = True) -> dict[str, Any]:
@@ -315,6 +316,7 @@ def _manifest(raw: list[Any]) -> tuple[FileEntry, ...]:
         check_file_digest(files[-1])
     if len({f.path for f in files}) != len(files):
         raise InvalidInput("the manifest lists a path twice")
+    check_one_file_each(f.path for f in files)
     return tuple(files)
 
 
