@@ -537,6 +537,24 @@ def test_a_trusted_deployment_takes_an_admin_and_targets_that_cannot_be_moved_un
     for movable in ("m@staging", "m@latest", "m@~1"):
         with pytest.raises(tether.InvalidInput, match="not a fixed version or a protected"):
             registry.apply_deployment("svc", spec(movable))
+    with pytest.raises(tether.InvalidInput, match="a digest prefix"):
+        registry.apply_deployment("svc", spec(f"m@sha:{first.digest[:12]}"))
     for fixed in (first.ref, f"m@sha:{first.digest}", "m@production"):
         registry.apply_deployment("svc", spec(fixed))
     assert registry.deployment("svc")["spec"]["endpoints"]["m"]["trusted"] is True
+
+    # Nor through a rollback (a second review): a contributor's untrusted revision, then
+    # the trusted one restored, then a route rolled back into the contributor's version.
+    trusted_revision = registry.apply_deployment("svc", spec(first.ref))["revision"]
+    (tmp_path / "b.bin").write_bytes(b"b" * 100)
+    mine = mallory.log_model(tmp_path / "b.bin", "m", progress=False)
+    mallory.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "main", "target": mine.ref, "weight": 100}]}}})
+    with pytest.raises(tether.PermissionDenied, match="needs role admin"):
+        mallory.rollback_deployment("svc", to_revision=trusted_revision)
+    registry.apply_deployment("svc", spec(first.ref))  # an admin makes it trusted again
+    with pytest.raises(tether.Conflict, match="no earlier version and no other route"):
+        mallory.rollback_route("svc", endpoint="m", route="main",
+                               failing=f"sha:{first.digest}")
+    routes = registry.deployment("svc")["spec"]["endpoints"]["m"]["routes"]
+    assert [r["target"] for r in routes] == [first.ref]  # never the contributor's

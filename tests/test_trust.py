@@ -428,3 +428,49 @@ def test_paths_one_file_apart_only_where_case_is_ignored_are_refused(
             (folder / name).write_bytes(name.encode())
         with pytest.raises(InvalidInput, match="differ only in case or Unicode form"):
             registry.log_model(folder, "m", progress=False)
+
+
+def test_a_dataset_logged_before_the_case_rule_still_reads(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule is for new versions: checked where a dataset is read too, one logged
+    before it with README.md and readme.md became unreadable (an IntegrityError telling
+    to restore the database), and a server's listing of its versions failed."""
+    from tether._registry import datasets
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "README.md").write_text("a")
+    (data / "readme.md").write_text("b")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "check_one_file_each", lambda paths: None)
+        old = registry.add_dataset(data, "docs")
+    assert {f.path for f in registry.get_dataset(old.ref).files} == {"README.md", "readme.md"}
+    with pytest.raises(InvalidInput, match="differ only in case"):
+        registry.add_dataset(data, "docs2")
+
+
+def test_the_cached_copy_check_leaves_bytecode_and_catches_special_files(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Importing a `files` version's module writes __pycache__ there: that made every
+    later load warn and delete the folder (under whoever was reading it). A FIFO or a
+    link planted in it passed the check (not a regular file, not counted)."""
+    import os
+    import warnings
+
+    folder = tmp_path / "tool"
+    folder.mkdir()
+    (folder / "run.py").write_text("X = 1\n")
+    version = registry.log_model(folder, "tool", progress=False)
+    first = Path(registry.load(version.ref))
+    (first / "__pycache__").mkdir()
+    (first / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"bytecode")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Path(registry.load(version.ref)) == first
+    os.mkfifo(first / "evil.py")
+    with pytest.warns(UserWarning, match="evil.py is not one of its files"):
+        again = Path(registry.load(version.ref))
+    assert sorted(p.name for p in again.iterdir()) == ["run.py"]
+    assert not list(again.parent.glob("*.stale-*"))  # the moved-aside copy is removed

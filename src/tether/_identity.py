@@ -189,8 +189,6 @@ def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry], *,
             raise InvalidInput(f"the chunks of {path!r} are malformed: {error}") from None
         if chunks and chunks.total() != size:
             raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
-    if reserved:
-        check_one_file_each(seen)
     # A file cannot also be a folder: "x" and "x/y" could never both be written (a
     # download failed, and a pull stopped at every path, not only that one).
     for path in seen:

@@ -50,7 +50,7 @@ from .._errors import (
     NotFound,
     UnknownField,
 )
-from .._identity import check_manifest, manifest_digest
+from .._identity import check_manifest, check_one_file_each, manifest_digest
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -644,6 +644,7 @@ def prepare_dataset(
 def seal_dataset(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with their manifest digest and content digest (re)computed here."""
     check_manifest(values["files"], reserved=True)
+    check_one_file_each(f["path"] if isinstance(f, dict) else f.path for f in values["files"])
     files_digest = manifest_digest(values["files"])
     return {**values, "files_digest": files_digest, "digest": dataset_digest(files_digest)}
 
@@ -725,6 +726,7 @@ def _remote_values(values: Any) -> dict[str, Any]:
     for entry in files:  # a ChunkList's chunks are digests and sizes already
         check_file_digest(entry)
     check_manifest(files, reserved=True)  # paths inside, no duplicates, sizes add up
+    check_one_file_each(f.path for f in files)  # new versions only: old ones still read
     check_loadable(files)  # paths a file system holds; no chunks is no bytes
     paths = {f.path for f in files}
     for path, facts in values["tables"].items():

@@ -157,26 +157,60 @@ def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> No
     a contributor on one model re-applied a deployment with ``trusted: true`` and its
     own pickle). So it takes an admin, and targets that stay what the admin saw: fixed
     versions (NAME@1.2.0, NAME@7, NAME@sha:...) or protected aliases (moved by approvers)."""
-    trusted = {e for e, body in spec["endpoints"].items() if body.get("trusted")}
+    trusted = _trusted_targets(spec)
     if not trusted:
         return
     require_role(conn, actor, "admin", None)
-    for endpoint, route in _routes(spec):
-        if endpoint not in trusted:
+    for endpoint, target in sorted(trusted):
+        problem = _movable(conn, target)
+        if problem is None:
             continue
-        ref = parse_reference(route["target"])
-        if ref.kind in _FIXED:
-            continue
-        if ref.kind is SelectorKind.ALIAS and role_rank(role_to_move(
-                ref.value, repo.get_setting(conn, PROTECTED_SETTING))) >= role_rank("approver"):
-            continue
+        name = parse_reference(target).name
         raise InvalidInput(
             f"endpoint {endpoint} is trusted (its targets' pickles run on every replica), but "
-            f"{route['target']} is not a fixed version or a protected alias: whoever can log a "
-            f"version or move that alias would choose the code it runs",
-            hint=f"target a version ({ref.name}@1.2.0 or {ref.name}@sha:...), or an alias only "
+            f"{target} is {problem}: whoever can log a version or move that alias would "
+            "choose the code it runs",
+            hint=f"target a version ({name}@1.2.0 or its whole {name}@sha:...), or an alias only "
             "approvers may move (`tether config set protected_aliases`); or drop `trusted` and "
             "sign the versions with a key trusted for loading")
+
+
+def _trusted_targets(spec: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(endpoint, target) of every route and shadow of the spec's trusted endpoints."""
+    trusted = {e for e, body in spec["endpoints"].items() if body.get("trusted")}
+    return {(e, r["target"]) for e, r in _routes(spec) if e in trusted}
+
+
+def _movable(conn: sa.Connection, target: str) -> str | None:
+    """Why ``target`` could come to name other bytes than it does now, or None."""
+    ref = parse_reference(target)
+    if ref.kind is SelectorKind.DIGEST:
+        # A prefix names whichever version has it: one logged to match it (65,536 tries
+        # for four digits) once the version it named is collected.
+        return None if len(ref.value) == 64 else "a digest prefix, not a whole digest"
+    if ref.kind in _FIXED:
+        return None
+    if ref.kind is SelectorKind.ALIAS and role_rank(role_to_move(
+            ref.value, repo.get_setting(conn, PROTECTED_SETTING))) >= role_rank("approver"):
+        return None
+    return "not a fixed version or a protected alias"
+
+
+def _may_trust(conn: sa.Connection, actor: str, target: str) -> bool:
+    """Whether ``actor`` could apply ``target`` on a trusted endpoint."""
+    from .roles import has_role
+
+    return has_role(conn, actor, "admin", None) and _movable(conn, target) is None
+
+
+def _check_trust_kept(conn: sa.Connection, actor: str, before: Mapping[str, Any],
+                      after: Mapping[str, Any]) -> None:
+    """A change that is not an apply (a rollback of the deployment or of one route) may
+    make a trusted endpoint serve only what it served while trusted; else it is checked
+    as an apply is. A contributor restored an earlier trusted revision, then rolled a
+    route back into it from an untrusted one: its own pickle, trusted (a review)."""
+    if not _trusted_targets(after) <= _trusted_targets(before):
+        _check_trust(conn, actor, after)
 
 
 def _require_roles(conn: sa.Connection, actor: str, targets: Sequence[str]) -> None:
@@ -408,6 +442,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets = [r["target"] for _, r in _routes(spec)]
         targets += [r["target"] for _, r in _routes(json.loads(row.spec))]
         _require_roles(conn, actor, targets)
+        _check_trust_kept(conn, actor, json.loads(row.spec), spec)
         revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
                          reason=reason or f"back to revision {target}")
         append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),
@@ -453,6 +488,12 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
         require_role(conn, actor, "contributor", ref.name)
         earlier = _earlier_target(conn, row, endpoint, route, current.digest)
         routes = spec["endpoints"][endpoint]["routes"]
+        if earlier is not None and spec["endpoints"][endpoint].get("trusted") and not (
+                (earlier[2] and _movable(conn, earlier[0]) is None)
+                or _may_trust(conn, actor, earlier[0])):
+            # Back only to a version this endpoint served while trusted (one a contributor
+            # routed there untrusted would become trusted): else traffic goes elsewhere.
+            earlier = None
         if earlier is not None:
             for r in routes:
                 if r["name"] == route:
@@ -478,8 +519,9 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
 
 
 def _earlier_target(conn: sa.Connection, row: sa.Row[Any], endpoint: str, route: str,
-                    failing: str) -> tuple[str, str] | None:
-    """(target, ref) of the route in the newest earlier revision naming another version."""
+                    failing: str) -> tuple[str, str, bool] | None:
+    """(target, ref, whether the endpoint was trusted then) of the route in the newest
+    earlier revision naming another version."""
     revisions = conn.execute(sa.select(deployment_revisions.c.spec).where(
         deployment_revisions.c.deployment_id == row.id,
         deployment_revisions.c.revision < row.revision).order_by(
@@ -497,7 +539,7 @@ def _earlier_target(conn: sa.Connection, row: sa.Row[Any], endpoint: str, route:
         except NotFound:
             continue
         if version.digest != failing and version.status != "deleted":
-            return entry["target"], f"{ref.name}@{version.semver}"
+            return entry["target"], f"{ref.name}@{version.semver}", bool(body.get("trusted"))
     return None
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,16 +35,24 @@ class CachedCopyChangedWarning(UserWarning):
 def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None:
     """What in ``folder`` does not match ``version``'s files (None: every file is there,
     with its size and digest, and nothing else is)."""
+    import stat
+
     from .._digest import file_digest
 
+    if folder.is_symlink():
+        return "the folder is a link"
     expected = {entry.path: entry for entry in version.files}
     found = set()
     for path in folder.rglob("*"):
         rel = path.relative_to(folder).as_posix()
-        if path.is_symlink() or (path.is_file() and rel not in expected):
+        if "__pycache__" in rel.split("/")[:-1] and path.suffix == ".pyc":
+            continue  # Python's own bytecode of the files: written by importing them
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode) or rel not in expected:
             return f"{rel} is not one of its files"
-        if path.is_file():
-            found.add(rel)
+        found.add(rel)
     for rel, entry in expected.items():
         path = folder / rel
         if rel not in found or path.stat().st_size != entry.size:
@@ -84,13 +94,20 @@ def materialize(
     its user (or anyone who can write the cache) changed or added after the first load
     came back from every later one, signed or not (a review). A copy that differs is
     made again, with a warning."""
-    if dest.exists():
+    stale: Path | None = None
+    if dest.exists() or dest.is_symlink():
         problem = _differs(version, dest)
         if problem is None:
             return dest
         warn_caller(f"the cached copy of {version.ref} at {dest} was changed ({problem}); "
                     "it is made again from the store", CachedCopyChangedWarning)
-        shutil.rmtree(dest)
+        # Moved aside, not deleted under a process that may be reading it; removed once the
+        # new copy is in its place.
+        stale = dest.with_name(f"{dest.name}.stale-{os.getpid()}-{time.time_ns()}")
+        try:
+            dest.rename(stale)
+        except FileNotFoundError:
+            stale = None  # another process moved it aside first
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
     try:
@@ -105,6 +122,11 @@ def materialize(
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if stale is not None:
+            if stale.is_symlink():
+                stale.unlink()
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
     return dest
 
 
