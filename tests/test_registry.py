@@ -558,3 +558,12 @@ def test_a_trusted_deployment_takes_an_admin_and_targets_that_cannot_be_moved_un
                                failing=f"sha:{first.digest}")
     routes = registry.deployment("svc")["spec"]["endpoints"]["m"]["routes"]
     assert [r["target"] for r in routes] == [first.ref]  # never the contributor's
+
+    # Nor by un-protecting an alias a trusted endpoint follows (any contributor could
+    # then move it under the replicas).
+    registry.apply_deployment("svc", spec("m@production"))
+    with pytest.raises(tether.InvalidInput, match="trusted endpoint m follows m@production"):
+        registry.set_setting("protected_aliases", "release")
+    assert registry.get_setting("protected_aliases") is None  # unchanged
+    registry.apply_deployment("svc", spec(first.ref))
+    registry.set_setting("protected_aliases", "release")  # nothing trusted follows it now

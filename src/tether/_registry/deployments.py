@@ -196,6 +196,22 @@ def _movable(conn: sa.Connection, target: str) -> str | None:
     return "not a fixed version or a protected alias"
 
 
+def check_trusted_still_fixed(conn: sa.Connection) -> None:
+    """After a change of the protected aliases (in the same transaction): every stored
+    deployment's trusted endpoints still serve only fixed versions or protected aliases.
+    Un-protecting an alias a trusted endpoint followed let any contributor move it and
+    choose the code the replicas ran (a review)."""
+    for name, text in conn.execute(sa.select(deployments.c.name, deployments.c.spec)):
+        for endpoint, target in sorted(_trusted_targets(json.loads(text))):
+            problem = _movable(conn, target)
+            if problem is not None:
+                raise InvalidInput(
+                    f"deployment {name}: trusted endpoint {endpoint} follows {target}, which "
+                    f"would then be {problem}",
+                    hint="apply that deployment with a fixed version (or without `trusted`) "
+                    "first; then change the protected aliases")
+
+
 def _may_trust(conn: sa.Connection, actor: str, target: str) -> bool:
     """Whether ``actor`` could apply ``target`` on a trusted endpoint."""
     from .roles import has_role

@@ -296,6 +296,8 @@ class Registry:
             roles.require_role(conn, self.actor, "admin", None)
             before = repo.get_setting(conn, key)
             repo.put_setting(conn, key, value)
+            if key == alias_ops.PROTECTED_SETTING:
+                deployments.check_trusted_still_fixed(conn)
             append_event(
                 conn,
                 actor=self.actor,
