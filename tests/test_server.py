@@ -19,7 +19,7 @@ import pytest
 import tether
 from tether import NotFound, PermissionDenied
 
-from .conftest import fit_logreg, free_port, on_a_terminal, subprocess_env, tether_exe
+from .conftest import fit_logreg, free_port, on_a_terminal, subprocess_env, tether_exe, wait_until
 from .servers import Server, start_server, stop, version_values
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -255,13 +255,8 @@ def test_postgres_two_servers_concurrent_clients(pg_url: str, tmp_path: Path) ->
     first.procs.append(second)
     try:
         urls = [first.url, f"http://127.0.0.1:{port}"]
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                httpx.get(f"{urls[1]}/api/v1/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until(lambda: httpx.get(f"{urls[1]}/api/v1/health", timeout=1) is not None,
+                   timeout=30, ignoring=(httpx.HTTPError,))
         script = tmp_path / "writer.py"
         script.write_text(WRITER)
         procs = [

@@ -20,7 +20,7 @@ from tether.server.app import create_app
 from tether.ui import create_ui_app
 from tether.ui.app import COOKIE
 
-from .conftest import fit_logreg
+from .conftest import fit_logreg, wait_until
 
 EVIL = {"origin": "http://evil.example"}
 
@@ -151,12 +151,8 @@ def test_the_token_tether_ui_makes_ends_with_it(registry: Registry, tmp_path: An
             token = proc.stdout.readline().strip()
         assert token.startswith("tth_"), proc.stderr.read() if proc.poll() is not None else ""
         assert token_store.authenticate(registry, token) == registry.actor
-        while time.time() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/login", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/login", timeout=1) is not None,
+                   timeout=max(1.0, deadline - time.time()), ignoring=(httpx.HTTPError,))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)

@@ -143,13 +143,16 @@ def check_not_reserved(path: str, *, what: str) -> None:
 
 
 def check_one_file_each(paths: Iterable[str]) -> None:
-    """Refuse paths that are one file where case is ignored: "MODEL.pkl" and "model.pkl",
-    or a name's NFC and NFD forms, on macOS and Windows. The second written replaced the
-    first after its digest was checked, so the bytes loaded were not the ones verified (a
-    review). Checked for new versions; one logged before still loads where it can."""
+    """Refuse a path listed twice, or paths that are one file where case is ignored:
+    "MODEL.pkl" and "model.pkl", or a name's NFC and NFD forms, on macOS and Windows. The
+    second written replaced the first after its digest was checked, so the bytes loaded
+    were not the ones verified (a review). Checked for new versions; one logged before
+    still loads where it can."""
     folded: dict[str, str] = {}
     for path in sorted(paths):
         key = unicodedata.normalize("NFC", path).casefold()
+        if folded.get(key) == path:
+            raise InvalidInput("the manifest lists a path twice")
         if key in folded:
             raise InvalidInput(
                 f"manifest paths {folded[key]!r} and {path!r} differ only in case or "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -41,7 +41,7 @@ from .._policy import role_rank, role_to_move
 from .._reference import SelectorKind, parse_reference, validate_model_name
 from .aliases import PROTECTED_SETTING, rollback_in
 from .resolve import require_model, resolve_row
-from .roles import require_role
+from .roles import has_role, require_role
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -146,9 +146,9 @@ def _role_for(conn: sa.Connection, target: str) -> tuple[str, str]:
     return ref.name, "contributor"
 
 
-#: What a trusted endpoint may serve: a version fixed by the reference, or an alias only an
-#: approver may move.
-_FIXED = (SelectorKind.SEQUENCE, SelectorKind.SEMVER, SelectorKind.DIGEST)
+#: What a trusted endpoint may serve: a version fixed by the reference (or a whole digest,
+#: see ``_movable``), or an alias only an approver may move.
+_FIXED = (SelectorKind.SEQUENCE, SelectorKind.SEMVER)
 
 
 def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> None:
@@ -157,14 +157,10 @@ def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> No
     a contributor on one model re-applied a deployment with ``trusted: true`` and its
     own pickle). So it takes an admin, and targets that stay what the admin saw: fixed
     versions (NAME@1.2.0, NAME@7, NAME@sha:...) or protected aliases (moved by approvers)."""
-    trusted = _trusted_targets(spec)
-    if not trusted:
+    if not _trusted_targets(spec):
         return
     require_role(conn, actor, "admin", None)
-    for endpoint, target in sorted(trusted):
-        problem = _movable(conn, target)
-        if problem is None:
-            continue
+    for endpoint, target, problem in _movable_targets(conn, spec):
         name = parse_reference(target).name
         raise InvalidInput(
             f"endpoint {endpoint} is trusted (its targets' pickles run on every replica), but "
@@ -179,6 +175,15 @@ def _trusted_targets(spec: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(endpoint, target) of every route and shadow of the spec's trusted endpoints."""
     trusted = {e for e, body in spec["endpoints"].items() if body.get("trusted")}
     return {(e, r["target"]) for e, r in _routes(spec) if e in trusted}
+
+
+def _movable_targets(conn: sa.Connection,
+                     spec: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(endpoint, target, why) of each trusted target that could come to name other bytes."""
+    for endpoint, target in sorted(_trusted_targets(spec)):
+        problem = _movable(conn, target)
+        if problem is not None:
+            yield endpoint, target, problem
 
 
 def _movable(conn: sa.Connection, target: str) -> str | None:
@@ -201,21 +206,17 @@ def check_trusted_still_fixed(conn: sa.Connection) -> None:
     deployment's trusted endpoints still serve only fixed versions or protected aliases.
     Un-protecting an alias a trusted endpoint followed let any contributor move it and
     choose the code the replicas ran (a review)."""
-    for name, text in conn.execute(sa.select(deployments.c.name, deployments.c.spec)):
-        for endpoint, target in sorted(_trusted_targets(json.loads(text))):
-            problem = _movable(conn, target)
-            if problem is not None:
-                raise InvalidInput(
-                    f"deployment {name}: trusted endpoint {endpoint} follows {target}, which "
-                    f"would then be {problem}",
-                    hint="apply that deployment with a fixed version (or without `trusted`) "
-                    "first; then change the protected aliases")
+    for name, text in conn.execute(sa.select(deployments.c.name, deployments.c.spec)).all():
+        for endpoint, target, problem in _movable_targets(conn, json.loads(text)):
+            raise InvalidInput(
+                f"deployment {name}: trusted endpoint {endpoint} follows {target}, which "
+                f"would then be {problem}",
+                hint="apply that deployment with a fixed version (or without `trusted`) "
+                "first; then change the protected aliases")
 
 
 def _may_trust(conn: sa.Connection, actor: str, target: str) -> bool:
     """Whether ``actor`` could apply ``target`` on a trusted endpoint."""
-    from .roles import has_role
-
     return has_role(conn, actor, "admin", None) and _movable(conn, target) is None
 
 

@@ -7,6 +7,8 @@ in a policy, or the ``trust.load_signers`` setting).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -142,14 +144,16 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
         return {"ref": version.ref, "key_id": key_id, "trusted_as": key.name, "new": True}
 
 
-def signature_status(conn: sa.Connection, version: ModelVersion) -> tuple[list[str], list[str]]:
-    """(names of trusted keys with a valid signature, problems such as forged signatures)."""
+def signature_status(conn: sa.Connection, version: ModelVersion,
+                     rows: list[Any] | None = None) -> tuple[list[str], list[str]]:
+    """(names of trusted keys with a valid signature, problems such as forged signatures);
+    ``rows``: the version's signature rows, when the caller has read them already."""
     from .. import _signing as signing  # cryptography: only where keys are used
 
     keys = {r.key_id: r for r in conn.execute(sa.select(trusted_keys))}
     valid: list[str] = []
     problems: list[str] = []
-    for row in _signature_rows(conn, version):
+    for row in _signature_rows(conn, version) if rows is None else rows:
         key = keys.get(row.key_id)
         if key is None:
             problems.append(f"signature by untrusted key {row.key_id}")
@@ -175,15 +179,15 @@ def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
     see ``vouched_by_pinned_keys``)."""
     mid = repo.model_id(conn, version.name)
     policy = current_policy(conn, mid) if mid is not None else Policy()
-    valid, problems = signature_status(conn, version)
+    rows = _signature_rows(conn, version)
+    valid, problems = signature_status(conn, version, rows)
     return {
         "require_signed_by": list(policy.require_signed_by),
         "load_signers": sorted(set(policy.trusted_for_loading) | set(_setting_list(conn))),
         "valid_signers": valid,
         "signature_problems": problems,
         "deprecated_by_policy": policy.is_deprecated(version.semver),
-        "signatures": [{"key_id": r.key_id, "signature": r.signature}
-                       for r in _signature_rows(conn, version)],
+        "signatures": [{"key_id": r.key_id, "signature": r.signature} for r in rows],
     }
 
 
@@ -201,9 +205,6 @@ def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str 
     server's answer still refuses (a policy's required signature); only a signature
     checked here, by a key the client pins, vouches for running code. ``version`` is
     the one the client checked against its manifest (``require_intact``)."""
-    import os
-    from pathlib import Path
-
     paths = [p for p in os.environ.get(LOAD_KEYS_ENV, "").split(os.pathsep) if p.strip()]
     if not paths:
         return None
@@ -215,7 +216,7 @@ def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str 
             text = Path(path).read_bytes()
         except OSError as error:
             raise InvalidInput(f"{LOAD_KEYS_ENV}: cannot read {path}: {error.strerror}",
-                               hint="a public key file, as `tether key create` writes") from None
+                               hint="a public key file, as `tether key generate` writes") from None
         public = signing.load_public_key(text, source=path)
         pinned[signing.key_id(public)] = public
     for row in trust.get("signatures") or []:

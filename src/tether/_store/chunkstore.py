@@ -275,7 +275,8 @@ class ChunkStore:
 
     def wait_for_tidying(self, timeout: float = 60.0) -> bool:
         """Whether a merge ``tidy_index`` started in the background is over (within
-        ``timeout`` seconds): for tests, and for a server shutting down."""
+        ``timeout`` seconds). A server stopping needs no call: its merge thread is joined
+        at exit, and gives way to a gc rather than wait for one."""
         if self._tidying.acquire(timeout=timeout):
             self._tidying.release()
             return True

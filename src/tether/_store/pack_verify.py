@@ -72,11 +72,10 @@ def check_pack(store: ChunkStore, pack: str, index: Any) -> PackCheck:
                 break
             end = max(end, offset + length)
             j += 1
-        # Read into a buffer used again (the store's): a new 8 MB bytes for each read
-        # had the kernel map and zero fresh pages for it, 12% of a server's CPU while
-        # it checked a 2 GB upload.
-        # The size loads take too (so neither drops the other's); a longer run (one
-        # chunk past it) gets a buffer of its own, never kept.
+        # Read into one of the store's reused buffers, of the size loads take (so neither
+        # drops the other's): a new 8 MB bytes for each read had the kernel map and zero
+        # fresh pages, 12% of a server's CPU while it checked a 2 GB upload. A longer run
+        # (one chunk past it) gets a buffer of its own, never kept.
         pooled = end - start <= _RUN_BYTES + ALIGN
         buffer = (store._run_buffers.take(_RUN_BYTES + ALIGN) if pooled
                   else aligned_buffer(end - start))

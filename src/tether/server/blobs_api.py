@@ -13,6 +13,7 @@ refused and moved to the store's quarantine/, never published.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -308,6 +309,18 @@ def _drop_lease(registry: Any, key: str, who: str) -> None:
         blobs.delete(key)
 
 
+def _refuse_if_stored(blobs: Any, key: str) -> None:
+    """Conflict if ``key`` is stored: objects are never overwritten."""
+    if _exists(blobs, key):
+        raise Conflict(f"{key} already exists; stored objects are never overwritten")
+
+
+def _put_new(blobs: Any, key: str, tmp: Path) -> None:
+    """Store ``tmp`` as ``key``, never replacing it: a second upload racing the first must
+    not swap bytes under an index that was verified against the first."""
+    getattr(blobs, "put_file_new", blobs.put_file)(key, tmp)
+
+
 def _exists(blobs: Any, key: str) -> bool:
     """Whether ``key`` is stored: one stat or HEAD, not a listing of its folder."""
     try:
@@ -362,8 +375,7 @@ def _verify_pack(store: Any, key: str, index: dict[str, Any], data: bytes) -> No
     check = store.check_pack(pack, index)
     if not check.problems:
         return
-    if _exists(store.blobs, key):  # another server process stored an honest one meanwhile
-        raise Conflict(f"{key} already exists; stored objects are never overwritten")
+    _refuse_if_stored(store.blobs, key)  # another server process stored an honest one meanwhile
     where = store.quarantine(pack, check.problems, index_bytes=data)
     more = f" (and {len(check.problems) - 1} more)" if len(check.problems) > 1 else ""
     raise PackRejected(
@@ -383,8 +395,6 @@ _INDEX_LOCK_ID = zlib.crc32(b"tether.blobs.index")
 @contextmanager
 def _one_index_check(registry: Any, key: str) -> Iterator[None]:
     """Held while an uploaded index of ``key``'s pack is checked and stored."""
-    import fcntl
-
     stripe = zlib.crc32(key.encode()) % len(_INDEX_STRIPES)
     folder = scratch_root() / "index-checks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -413,11 +423,9 @@ def _store_index(registry: Any, key: str, tmp: Path) -> None:
     blobs = store.blobs
     with _one_index_check(registry, key):
         index = _check_index(blobs, key, data)
-        if _exists(blobs, key):
-            raise Conflict(f"{key} already exists; stored objects are never overwritten")
+        _refuse_if_stored(blobs, key)
         _verify_pack(store, key, index, data)
-        put = getattr(blobs, "put_file_new", blobs.put_file)
-        put(key, tmp)
+        _put_new(blobs, key, tmp)
         store.index.learn(index_name(key), str(index["pack"]), int(index["size"]),
                           index["chunks"])
 
@@ -497,8 +505,8 @@ class BlobGateway:
             "uploading artifacts" if method == "PUT" else "downloading artifacts",
             key,
         )
-        if method == "PUT" and not key.startswith("locks/") and _exists(self.blobs, key):
-            raise Conflict(f"{key} already exists; stored objects are never overwritten")
+        if method == "PUT" and not key.startswith("locks/"):
+            _refuse_if_stored(self.blobs, key)
         presign = getattr(self.blobs, "presign", None)
         if presign is None or key.startswith(("index/", "pins/", "locks/")):
             # Through the API: indexes and pins are checked there, and a lease is stamped
@@ -550,8 +558,8 @@ class BlobGateway:
         if length > limit:
             raise InvalidInput(f"object of {length} bytes is over the {limit} byte limit "
                                f"for {key.split('/')[0]}/")
-        if not key.startswith("locks/") and await run_in_threadpool(_exists, self.blobs, key):
-            raise Conflict(f"{key} already exists; stored objects are never overwritten")
+        if not key.startswith("locks/"):
+            await run_in_threadpool(_refuse_if_stored, self.blobs, key)
         fd, tmp = self.blobs.temp_file()
         try:
             try:
@@ -564,17 +572,13 @@ class BlobGateway:
             if key.startswith("index/"):
                 # Checked, stored and learned as one step (see _store_index).
                 await run_in_threadpool(_store_index, self.api.registry, key, tmp)
-                return JSONResponse({"key": key, "size": size}, status_code=201)
-            if key.startswith("pins/"):
-                await run_in_threadpool(check_pin, key, tmp)
-            if key.startswith("locks/"):
+            elif key.startswith("locks/"):
                 # Checked and stored as one step: see _one_lease_writer.
                 await run_in_threadpool(_store_lease, self.api.registry, key, tmp, who)
             else:
-                # Never replace: a second upload racing the first must not swap bytes
-                # under an index that was verified against the first.
-                put = getattr(self.blobs, "put_file_new", self.blobs.put_file)
-                await run_in_threadpool(put, key, tmp)
+                if key.startswith("pins/"):
+                    await run_in_threadpool(check_pin, key, tmp)
+                await run_in_threadpool(_put_new, self.blobs, key, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return JSONResponse({"key": key, "size": size}, status_code=201)
