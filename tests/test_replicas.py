@@ -300,6 +300,13 @@ def test_replicas_against_a_shared_server(
         "routes": [{"name": "main", "target": good.ref, "weight": 100}], "trusted": True,
         "rollback": {"window": 20, "min_requests": 10, "rules": ["error_rate > 0.2"]}}}}
     registry.apply_deployment("remote", spec)
+    # Replicas of a server load pickles trusted only as a deployment signature by a key
+    # they pin says (test_deployment_signing.py): sign for the good and the next version.
+    from tether._signing import generate_key
+
+    key, public, _ = generate_key(tmp_path / "release.key")
+    registry.trust_key("release", public.read_text())
+    registry.sign_deployment("remote", str(key), versions=[bad.ref])
     token = registry.create_token("replica@example.com", role="contributor")["token"]
     with app_in_thread(create_app(registry)) as url:
         group = []
@@ -311,7 +318,7 @@ def test_replicas_against_a_shared_server(
                 [tether_exe(), "--registry", url, "serve", "--deployment", "remote", "--port",
                  str(rport), "--log-level", "warning"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                env=subprocess_env(TETHER_TOKEN=token))
+                env=subprocess_env(TETHER_TOKEN=token, TETHER_LOAD_KEYS=str(public)))
             group.append(replica)
         replicas.extend(group)
         _wait(lambda: all(r.ready() for r in group), timeout=90)

@@ -211,6 +211,22 @@ class RegistryAPI(Protocol):
 
     def deployment_status(self, name: str) -> dict[str, Any]: ...
 
+    def sign_deployment(
+        self, name: str, key_path: str, *, versions: Sequence[str] = (),
+        expires_in: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    def record_deployment_signature(
+        self, name: str, payload: dict[str, Any], key_id: str, signature: str,
+    ) -> dict[str, Any]: ...
+
+    def vouched_deployment_digests(
+        self, name: str, record: dict[str, Any],
+    ) -> dict[str, frozenset[str]] | None:
+        """Per trusted endpoint, the digests its replicas may load as trusted; None when
+        the record is this process's own (an embedded registry reads its database)."""
+        ...
+
     # -- governance ---------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]: ...

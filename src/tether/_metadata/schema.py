@@ -393,3 +393,18 @@ deployment_leases = Table(
     Column("expires_at", Float, nullable=False),
     Column("acquired_at", Float, nullable=False),
 )
+
+# A signature by a trusted key over the content digests each trusted endpoint of a
+# deployment may load (revision 0012): replicas of a remote registry check it themselves.
+deployment_signatures = Table(
+    "deployment_signatures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment", String(128), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("signer", String(256), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("deployment", "key_id", name="uq_deployment_signatures_key"),
+)

@@ -113,7 +113,9 @@ def _row(conn: sa.Connection, name: str, *, lock: bool = False) -> sa.Row[Any]:
     return row
 
 
-def _record(row: sa.Row[Any]) -> dict[str, Any]:
+def _record(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
+    from .deployment_signing import stored_signatures
+
     return {
         "name": row.name,
         "revision": row.revision,
@@ -123,6 +125,7 @@ def _record(row: sa.Row[Any]) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "updated_by": row.updated_by,
+        "signatures": stored_signatures(conn, row.name),
     }
 
 
@@ -332,7 +335,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         paused = [p for p in (json.loads(row.paused) if row is not None else [])
                   if p in routes_now]
         if row is not None and old_spec == canonical and paused == json.loads(row.paused):
-            return {**_record(row), "changed": False}
+            return {**_record(conn, row), "changed": False}
         targets = [r["target"] for _, r in _routes(canonical)]
         if old_spec is not None:
             targets += [r["target"] for _, r in _routes(old_spec)]
@@ -346,7 +349,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
                      before=row.revision if row is not None else None, after=revision,
                      details={"deployment": name, "reason": reason,
                               "endpoints": sorted(canonical["endpoints"])})
-        return {**_record(_row(conn, name)), "changed": True}
+        return {**_record(conn, _row(conn, name)), "changed": True}
 
 
 def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
@@ -358,7 +361,7 @@ def get(registry: Registry, name: str, *, known_revision: int | None = None) -> 
             if current == known_revision:
                 return {"name": name, "revision": current, "generation": current,
                         "unchanged": True}
-        return _record(_row(conn, name))
+        return _record(conn, _row(conn, name))
 
 
 def list_all(registry: Registry) -> list[dict[str, Any]]:
@@ -389,7 +392,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
         row = _row(conn, name, lock=True)
         spec, paused = json.loads(row.spec), json.loads(row.paused)
         endpoint = _endpoint_of(spec, name, endpoint)
-        before = effective_weights(_record(row), endpoint)
+        before = effective_weights(_record(conn, row), endpoint)
         targets = []
         for route, weight in weights.items():
             entry = _route(spec, name, endpoint, route)
@@ -410,7 +413,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
                      subject=f"deployment:{name}/{endpoint}", before=before, after=after,
                      details={"deployment": name, "endpoint": endpoint, "revision": revision,
                               "reason": reason})
-        return _record(_row(conn, name))
+        return _record(conn, _row(conn, name))
 
 
 def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str | None = None,
@@ -427,7 +430,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
         keys = {f"{endpoint}/{route}" for route in routes}
         new = paused - keys if resume else paused | keys
         if new == paused:
-            return {**_record(row), "changed": False}
+            return {**_record(conn, row), "changed": False}
         _require_roles(conn, actor, targets)
         _check_traffic(spec, sorted(new), name)
         action = "resume" if resume else "pause"
@@ -438,16 +441,34 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
                      after=sorted(new), details={"deployment": name, "endpoint": endpoint,
                                                  "routes": list(routes), "revision": revision,
                                                  "reason": reason})
-        return {**_record(_row(conn, name)), "changed": True}
+        return {**_record(conn, _row(conn, name)), "changed": True}
+
+
+def _previous_state(conn: sa.Connection, row: sa.Row[Any]) -> int:
+    """The newest earlier revision whose spec or pauses differ from the current ones (a
+    signature is a revision of its own and changes neither: going back to it would
+    change nothing); 0 when there is none."""
+    earlier = conn.execute(sa.select(deployment_revisions.c.revision).where(
+        deployment_revisions.c.deployment_id == row.id,
+        deployment_revisions.c.revision < row.revision,
+        sa.or_(deployment_revisions.c.spec != row.spec,
+               deployment_revisions.c.paused != row.paused)).order_by(
+        deployment_revisions.c.revision.desc()).limit(1)).scalar()
+    return int(earlier or 0)
 
 
 def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
              reason: str = "") -> dict[str, Any]:
-    """Make an earlier revision (default: the one before) current again, as a new revision."""
+    """Make an earlier revision (default: the newest that differs from the current one)
+    current again, as a new revision."""
     actor = registry.actor
     with registry.write() as conn:
         row = _row(conn, name, lock=True)
-        target = to_revision if to_revision is not None else row.revision - 1
+        target = to_revision if to_revision is not None else _previous_state(conn, row)
+        if to_revision is None and target == 0:
+            raise NotFound(f"deployment {name} has no earlier revision that differs from "
+                           f"revision {row.revision}",
+                           hint=f"see `tether deploy history {name}`")
         if target < 1 or target >= row.revision:
             raise NotFound(f"deployment {name} has no earlier revision {target}",
                            hint=f"revisions 1 to {row.revision - 1}; see "
@@ -465,7 +486,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),
                      subject=f"deployment:{name}", before=row.revision, after=revision,
                      details={"deployment": name, "to_revision": target, "reason": reason})
-        return _record(_row(conn, name))
+        return _record(conn, _row(conn, name))
 
 
 def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route: str,
@@ -658,7 +679,7 @@ def status(registry: Registry, name: str) -> dict[str, Any]:
         lease = conn.execute(sa.select(deployment_leases).where(
             deployment_leases.c.deployment == name)).first()
         return {
-            "deployment": _record(row),
+            "deployment": _record(conn, row),
             "replicas": replicas,
             "lease": None if lease is None or lease.expires_at < now else {
                 "holder": lease.holder, "expires_in_s": round(lease.expires_at - now, 3),

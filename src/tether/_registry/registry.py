@@ -661,6 +661,25 @@ class Registry:
         self.require("reader", action="reading deployments")
         return deployments.status(self, name)
 
+    def sign_deployment(self, name: str, key_path: str, *, versions: Sequence[str] = (),
+                        expires_in: str | None = None) -> dict[str, Any]:
+        """Sign which versions deployment ``name``'s trusted endpoints may load, with a
+        local private key (``deployment_signing``)."""
+        from .deployment_signing import sign_deployment
+
+        return sign_deployment(self, name, key_path, versions=versions, expires_in=expires_in)
+
+    def record_deployment_signature(self, name: str, payload: dict[str, Any], key_id: str,
+                                    signature: str) -> dict[str, Any]:
+        from .deployment_signing import record_deployment_signature
+
+        return record_deployment_signature(self, name, payload, key_id, signature)
+
+    def vouched_deployment_digests(self, name: str,
+                                   record: dict[str, Any]) -> dict[str, frozenset[str]] | None:
+        """None: this registry's database is the replica's own, as are the keys in it."""
+        return None
+
     # -- governance -------------------------------------------------------------
 
     def set_policy(self, name: str, text: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from .resolve import resolve_version
 from .roles import require_role
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from .registry import Registry
 
 
@@ -195,19 +197,11 @@ def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
 LOAD_KEYS_ENV = "TETHER_LOAD_KEYS"
 
 
-def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str | None:
-    """The id of a key pinned in ``TETHER_LOAD_KEYS`` whose signature on ``version`` this
-    process checked itself, or None.
-
-    A client of a server took the server's word that a version was signed by a key
-    trusted for loading, and ran its pickle: a compromised server, or anyone between
-    client and server over http, chose the code every client ran (a review). The
-    server's answer still refuses (a policy's required signature); only a signature
-    checked here, by a key the client pins, vouches for running code. ``version`` is
-    the one the client checked against its manifest (``require_intact``)."""
+def pinned_load_keys() -> dict[str, Ed25519PublicKey]:
+    """The public keys this process pins in ``TETHER_LOAD_KEYS``, by key id."""
     paths = [p for p in os.environ.get(LOAD_KEYS_ENV, "").split(os.pathsep) if p.strip()]
     if not paths:
-        return None
+        return {}
     from .. import _signing as signing
 
     pinned = {}
@@ -219,6 +213,24 @@ def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str 
                                hint="a public key file, as `tether key generate` writes") from None
         public = signing.load_public_key(text, source=path)
         pinned[signing.key_id(public)] = public
+    return pinned
+
+
+def vouched_by_pinned_keys(version: ModelVersion, trust: dict[str, Any]) -> str | None:
+    """The id of a key pinned in ``TETHER_LOAD_KEYS`` whose signature on ``version`` this
+    process checked itself, or None.
+
+    A client of a server took the server's word that a version was signed by a key
+    trusted for loading, and ran its pickle: a compromised server, or anyone between
+    client and server over http, chose the code every client ran (a review). The
+    server's answer still refuses (a policy's required signature); only a signature
+    checked here, by a key the client pins, vouches for running code. ``version`` is
+    the one the client checked against its manifest (``require_intact``)."""
+    pinned = pinned_load_keys()
+    if not pinned:
+        return None
+    from .. import _signing as signing
+
     for row in trust.get("signatures") or []:
         if not isinstance(row, dict):
             continue

@@ -552,6 +552,12 @@ def _print_record(record: dict[str, Any], note: str) -> None:
         for shadow in body.get("shadow", []):
             rows.append((endpoint, "shadow", shadow["target"], "-", f"{shadow['sample']:.0%}"))
     console.print(table(["ENDPOINT", "ROUTE", "TARGET", "WEIGHT", "TRAFFIC"], rows))
+    for entry in record.get("signatures") or []:
+        payload = entry["payload"]
+        vouched = ", ".join(f"{e}: {len(d)} version(s)" for e, d in payload["endpoints"].items())
+        expiry = f", expires {payload['expires_at'][:19]}" if payload.get("expires_at") else ""
+        console.print(f"signed by key {entry['key_id']} ({entry['signer']}, "
+                      f"{entry['created_at'][:19]}{expiry}): {vouched}")
 
 
 @deploy_group.command("apply")
@@ -581,6 +587,39 @@ def deploy_apply(ctx: click.Context, path: str, name: str | None, reason: str,
         emit_json(record)
         return
     _print_record(record, _revision_note(record))
+
+
+@deploy_group.command("sign")
+@click.argument("name")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Your private key (Ed25519 PEM, from `tether key generate`); an admin "
+              "trusted it in the registry with `tether key trust`. It never leaves this "
+              "machine.")
+@click.option("--version", "versions", multiple=True, metavar="REF",
+              help="Also vouch for this exact version on every trusted endpoint (e.g. the "
+              "release a protected alias will move to next). Repeatable.")
+@click.option("--expires-in", default=None, metavar="DURATION",
+              help="Replicas stop honouring the signature after this long (e.g. 90d, 12h).")
+@json_option
+@click.pass_context
+@handle_errors
+def deploy_sign(ctx: click.Context, name: str, key_path: str, versions: tuple[str, ...],
+                expires_in: str | None, as_json: bool) -> None:
+    """Sign which versions the trusted endpoints of deployment NAME may load as trusted.
+
+    `trusted: true` lets an endpoint's targets unpickle on every replica. A replica of a
+    registry server does not take the server's word for it: it honours `trusted` only for
+    a version a signature by a key it pins (TETHER_LOAD_KEYS, the public key files) lists
+    for that endpoint. This signs the content digests the trusted endpoints' targets name
+    now, plus any --version; sign again after moving a trusted alias or a new release.
+    Needs an admin. Each key keeps its newest signature.
+    """
+    record = registry_from(ctx).sign_deployment(name, key_path, versions=list(versions),
+                                                expires_in=expires_in)
+    if as_json:
+        emit_json(record)
+        return
+    _print_record(record, f"revision {record['revision']} (signed)")
 
 
 @deploy_group.command("pause")

@@ -104,6 +104,7 @@ RPC_METHODS: frozenset[str] = frozenset(
         "replica_heartbeat",
         "leave_deployment",
         "deployment_status",
+        "record_deployment_signature",
         "list_datasets",
         "dataset_versions",
         "get_dataset",

@@ -134,13 +134,15 @@ class Served:
 
 class Endpoint:
     def __init__(self, config: EndpointConfig, registry: RegistryAPI, instruments: Instruments,
-                 mirror: Callable[[MirrorJob], None]) -> None:
+                 mirror: Callable[[MirrorJob], None], *, deployment: str | None = None) -> None:
         self.config = config
         self.name = config.name
         self.registry = registry
         self.instruments = instruments
         self._mirror = mirror
-        self.pool = ModelPool(registry, trusted=config.trusted, env_policy=config.env_policy)
+        self.pool = ModelPool(registry, trusted=config.trusted,
+                              trusted_digests=config.trusted_digests,
+                              env_policy=config.env_policy, deployment=deployment)
         window = config.rollback.window
         self.slots = {r.name: RouteSlot(r.name, r.target, window) for r in config.routes}
         self.shadows = [RouteSlot(f"shadow-{i}", s.target, window)

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,13 @@ BEAT = 1.0
 ACTED_FOR = 30.0
 
 
-def deployment_from_record(record: Mapping[str, Any], server: ServerConfig) -> Deployment:
-    """The deployment a replica serves: the stored spec, paused routes at weight 0."""
+def deployment_from_record(record: Mapping[str, Any], server: ServerConfig, *,
+                           vouched: Mapping[str, frozenset[str]] | None = None) -> Deployment:
+    """The deployment a replica serves: the stored spec, paused routes at weight 0.
+
+    ``vouched``: per trusted endpoint, the digests a deployment signature this process
+    checked lets load as trusted (``RegistryAPI.vouched_deployment_digests``); None
+    when the record is the replica's own."""
     paused = set(record.get("paused") or [])
     spec = {**record["spec"], "endpoints": {
         endpoint: {**body, "routes": [
@@ -49,13 +55,25 @@ def deployment_from_record(record: Mapping[str, Any], server: ServerConfig) -> D
         for endpoint, body in record["spec"]["endpoints"].items()}}
     # Every route paused would be refused by the parser; the registry never stores that.
     deployment = parse_deployment(spec, source=None)
-    return Deployment(deployment.endpoints, server, None, deployment.auth)
+    endpoints = deployment.endpoints
+    if vouched is not None:
+        endpoints = tuple(replace(e, trusted_digests=vouched.get(e.name, frozenset()))
+                          if e.trusted else e for e in endpoints)
+    return Deployment(endpoints, server, None, deployment.auth)
+
+
+def followed(registry: RegistryAPI, name: str, record: dict[str, Any],
+             server: ServerConfig) -> Deployment:
+    """The deployment a replica of ``registry`` serves from ``record`` of deployment
+    ``name``, with the trust it checked itself."""
+    return deployment_from_record(
+        record, server, vouched=registry.vouched_deployment_digests(name, record))
 
 
 def load_from_registry(registry: RegistryAPI, name: str,
                        server: ServerConfig) -> tuple[Deployment, dict[str, Any]]:
     record = registry.deployment(name)
-    return deployment_from_record(record, server), record
+    return followed(registry, name, record, server), record
 
 
 class DeploymentFollower:
@@ -87,7 +105,7 @@ class DeploymentFollower:
         record = self.registry.deployment(self.name, known_revision=self.revision)
         if record.get("unchanged"):
             return False
-        new = deployment_from_record(record, self.runtime.deployment.server)
+        new = followed(self.registry, self.name, record, self.runtime.deployment.server)
         try:
             self.runtime.apply(new)
         except TetherError as error:

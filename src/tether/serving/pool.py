@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _flavors as flavors
-from .._errors import InvalidInput
+from .._errors import InvalidInput, UnsafeArtifact
 from .._records import ModelVersion
 from .._schema import RecordSchemaError, Signature, validate_records
 from .drift import DriftMonitor
@@ -146,9 +146,14 @@ class ModelPool:
     """Loads versions for one endpoint (its trust and environment policy), once each."""
 
     def __init__(self, registry: RegistryAPI, *, trusted: bool = False,
-                 env_policy: str | None = None, drift_window: int = 1000) -> None:
+                 trusted_digests: frozenset[str] | None = None,
+                 env_policy: str | None = None, drift_window: int = 1000,
+                 deployment: str | None = None) -> None:
         self.registry = registry
-        self.trusted = trusted
+        #: (trusted, the digests that may load as trusted or None for all): one value, so
+        #: a load reads a whole revision's trust without a lock.
+        self.trust = (trusted, trusted_digests)
+        self.deployment = deployment
         self.env_policy = env_policy
         self.drift_window = drift_window
         self._loaded: dict[str, LoadedModel] = {}
@@ -163,10 +168,7 @@ class ModelPool:
             cached = self._loaded.get(version.digest)
             if cached is not None:
                 return cached
-            model = self.registry.load(
-                f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
-                trusted=self.trusted, use_lock=False,
-            )
+            model = self._load_model(version)
             flavors.prepare_for_serving(model, version.flavor)
             signature = Signature.from_dict(version.signature) if version.signature else None
             reference = (version.lineage or {}).get("reference_stats")
@@ -175,6 +177,33 @@ class ModelPool:
             loaded.warm()
             self._loaded[version.digest] = loaded
             return loaded
+
+    def set_trust(self, trusted: bool, digests: frozenset[str] | None) -> None:
+        """Trust as a new revision of the deployment says, for every load from now on (a
+        revision that drops ``trusted`` let the next target, any contributor's, load
+        trusted: the pool kept the trust it started with)."""
+        self.trust = (trusted, digests)
+
+    def _load_model(self, version: ModelVersion) -> Any:
+        # version.digest was checked against its manifest (require_intact) by the registry
+        # that answered, and the load below asks for exactly that digest.
+        trusted, digests = self.trust
+        vouched = digests is None or version.digest in digests
+        try:
+            return self.registry.load(
+                f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
+                trusted=trusted and vouched, use_lock=False,
+            )
+        except UnsafeArtifact as error:
+            if not trusted or vouched:
+                raise
+            from .._registry.deployment_signing import sign_hint
+
+            raise UnsafeArtifact(
+                f"{error.message}. The endpoint is trusted in the deployment, but no "
+                f"signature this replica checked (by a key in TETHER_LOAD_KEYS) lists "
+                f"{version.ref} (sha:{version.digest[:12]})",
+                hint=sign_hint(self.deployment or "NAME")) from error
 
     def forget(self, keep: Sequence[LoadedModel]) -> None:
         """Drop loaded versions not in ``keep`` (in-flight requests keep their own reference)."""

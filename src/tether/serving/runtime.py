@@ -45,7 +45,8 @@ class ServingRuntime:
         self.mirror = ShadowMirror(self.instruments, self._shadows_of,
                                    in_process=env_on("TETHER_SHADOW_IN_PROCESS"))
         self.endpoints = {
-            e.name: Endpoint(e, registry, self.instruments, self.mirror.submit)
+            e.name: Endpoint(e, registry, self.instruments, self.mirror.submit,
+                             deployment=follow[0] if follow else None)
             for e in deployment.endpoints
         }
         self.instruments.drift_psi.set_function(lambda: self._drift_samples("psi"))
@@ -187,6 +188,8 @@ class ServingRuntime:
             if {r.name for r in config.routes} != set(endpoint.slots):
                 raise InvalidInput(f"the routes of {config.name!r} changed; restart to add or "
                                    "remove routes (weights and targets change live)")
+            # Before any load this revision starts: its trust, not the one the pool began with.
+            endpoint.pool.set_trust(config.trusted, config.trusted_digests)
             for route in config.routes:
                 slot = endpoint.slots[route.name]
                 if slot.target != route.target:
@@ -200,7 +203,9 @@ class ServingRuntime:
 
 
 def _repin(endpoint: Endpoint, slot: RouteSlot) -> None:
-    from .targets import switch
+    from .targets import load_or_report, switch
 
     version = endpoint.registry.get(slot.target)
-    switch(endpoint, slot, slot.take_previous(version.digest) or endpoint.pool.load(version))
+    loaded = load_or_report(endpoint, slot, version)
+    if loaded is not None:
+        switch(endpoint, slot, loaded)

@@ -18,6 +18,7 @@ from .rollback import Breach
 from .route_slots import RouteSlot
 
 if TYPE_CHECKING:
+    from .._records import ModelVersion
     from .endpoint import Endpoint
 
 log = logging.getLogger("tether.serving")
@@ -41,19 +42,28 @@ def poll_target(endpoint: Endpoint, slot: RouteSlot, *, now: bool = False) -> No
     if slot.current is not None and slot.current.version.digest == version.digest:
         slot.generation = marker
         return
+    if now:  # start-up: the refusal is raised
+        loaded: LoadedModel | None = (slot.take_previous(version.digest)
+                                      or endpoint.pool.load(version))
+    else:
+        loaded = load_or_report(endpoint, slot, version)
+    if loaded is not None:
+        switch(endpoint, slot, loaded)
+    slot.generation = marker  # a refused one is tried again when the target moves again
+
+
+def load_or_report(endpoint: Endpoint, slot: RouteSlot, version: ModelVersion
+                   ) -> LoadedModel | None:
+    """``version`` loaded for ``slot``; None when the registry refuses it, which is then
+    the slot's problem (shown in status) and logged, and the slot keeps serving."""
     try:
-        loaded = slot.take_previous(version.digest) or endpoint.pool.load(version)
+        return slot.take_previous(version.digest) or endpoint.pool.load(version)
     except TetherError as error:
-        if now:
-            raise
-        slot.generation = marker  # try again when the target moves again
         slot.problem = f"refused {version.ref}: {error.message}"
         log.error("refused to load %s for %s/%s: %s", version.ref, endpoint.name, slot.name,
                   error.message, extra={"endpoint": endpoint.name, "route": slot.name,
                                         "hint": error.hint, **version_fields(version)})
-        return
-    switch(endpoint, slot, loaded)
-    slot.generation = marker
+        return None
 
 
 def switch(endpoint: Endpoint, slot: RouteSlot, loaded: LoadedModel, *,

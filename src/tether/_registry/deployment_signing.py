@@ -1,0 +1,247 @@
+"""Signed deployments: which versions a trusted endpoint may run, vouched for by a key.
+
+``trusted: true`` makes every replica of an endpoint unpickle its targets. A replica
+following a deployment stored on a server took the server's word for that flag and
+for what the targets named: a compromised server, or anyone between it and the
+replicas over http, chose the code every replica ran. Storing the flag takes an
+admin (``deployments._check_trust``), but that rule lives on the server.
+
+So an admin signs, with a key whose private half stays on their machine, the content
+digests that each trusted endpoint's targets name now (and any versions named with
+``--version``): ``tether deploy sign NAME --key KEY``. A replica of a remote registry
+honours ``trusted`` only for a version whose digest a signature it checks itself, by a
+key it pins in ``TETHER_LOAD_KEYS``, lists for that endpoint and deployment; other
+versions load as untrusted (safe formats, or pickles signed themselves). A replica of
+an embedded registry reads its own database, which also holds the keys it would
+check with, and keeps the rule it always had.
+
+A signature names its deployment and may expire; a server can withhold one or offer
+an older one (versions an admin vouched for once), never one of its own making.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .._digest import canonical_json
+from .._errors import InvalidInput, PermissionDenied
+from .._identity import require_intact
+from .._metadata.audit_log import append_event
+from .._metadata.clock import now_iso, parse_iso
+from .._metadata.schema import deployment_signatures, trusted_keys
+from .roles import require_role
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .._contract import RegistryAPI
+    from .registry import Registry
+
+#: The kind tag in every payload, so a signature over anything else is never read as one.
+KIND = "tether.deployment-trust/v1"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def payload_bytes(payload: Mapping[str, Any]) -> bytes:
+    return canonical_json(dict(payload)).encode()
+
+
+def trusted_endpoints(spec: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The targets (routes and shadows) of each trusted endpoint of ``spec``."""
+    return {
+        endpoint: [r["target"] for r in body["routes"]]
+        + [s["target"] for s in body.get("shadow", [])]
+        for endpoint, body in spec["endpoints"].items() if body.get("trusted")
+    }
+
+
+# -- the signer's side (any registry: the private key never leaves this process) -------
+
+
+def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
+                    versions: Iterable[str] = (), expires_in: str | None = None
+                    ) -> dict[str, Any]:
+    """Sign the digests each trusted endpoint of deployment ``name`` may load: what its
+    targets name now, and ``versions`` (references to exact versions, e.g. the next
+    release before a protected alias moves to it)."""
+    from .. import _signing as signing
+    from .tokens import parse_duration
+
+    key = signing.load_private_key(key_path)
+    lifetime = parse_duration(expires_in) if expires_in else None
+    record = registry.deployment(name)
+    endpoints = trusted_endpoints(record["spec"])
+    if not endpoints:
+        raise InvalidInput(
+            f"deployment {name} has no trusted endpoint: there is nothing to sign",
+            hint="`trusted: true` on an endpoint lets its targets' pickles load; replicas of "
+            "a server honour it for the versions a signature lists")
+    extra = [require_intact(registry.get(ref)).digest for ref in versions]
+    digests = {
+        endpoint: sorted({require_intact(registry.get(t)).digest for t in targets} | set(extra))
+        for endpoint, targets in endpoints.items()
+    }
+    signed_at = datetime.now(UTC)
+    payload = {
+        "kind": KIND,
+        "deployment": name,
+        "endpoints": digests,
+        "signed_at": signed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "expires_at": (signed_at + lifetime).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if lifetime else None,
+    }
+    signature = key.sign(payload_bytes(payload)).hex()
+    return registry.record_deployment_signature(
+        name, payload, signing.key_id(key.public_key()), signature)
+
+
+# -- the registry's side ----------------------------------------------------------------
+
+
+def _check_payload(payload: Any, name: str, spec: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``payload`` as a signature of deployment ``name`` now, or None."""
+    if not isinstance(payload, dict) or payload.get("kind") != KIND:
+        return f"the payload is not a {KIND} statement"
+    if set(payload) != {"kind", "deployment", "endpoints", "signed_at", "expires_at"}:
+        return "the payload's fields are not kind, deployment, endpoints, signed_at, expires_at"
+    if payload["deployment"] != name:
+        return f"the payload names deployment {payload['deployment']!r}, not {name!r}"
+    endpoints = payload["endpoints"]
+    trusted = trusted_endpoints(spec)
+    if not isinstance(endpoints, dict) or not endpoints:
+        return "the payload lists no endpoint"
+    for endpoint, digests in endpoints.items():
+        if endpoint not in trusted:
+            return f"{endpoint!r} is not a trusted endpoint of deployment {name}"
+        if not isinstance(digests, list) or not digests or not all(
+                isinstance(d, str) and _DIGEST.fullmatch(d) for d in digests):
+            return f"endpoint {endpoint}'s digests are not whole content digests"
+    for field in ("signed_at", "expires_at"):
+        value = payload[field]
+        if value is None and field == "expires_at":
+            continue
+        try:
+            parse_iso(value)
+        except (TypeError, ValueError):
+            return f"{field} is not a time as Tether writes it"
+    return None
+
+
+def record_deployment_signature(registry: Registry, name: str, payload: Any, key_id: str,
+                                signature: str) -> dict[str, Any]:
+    """Store a deployment signature after checking it (admin, a trusted key, a valid
+    signature over a well-formed statement about this deployment's trusted endpoints).
+
+    It replaces that key's earlier signature, and is a new revision (action ``sign``)
+    so replicas re-read the record; a refused one is an audit event."""
+    from .. import _signing as signing
+    from . import deployments
+
+    actor = registry.actor
+    with registry.read() as conn:
+        require_role(conn, actor, "admin", None)
+        row = deployments._row(conn, name)
+        key = conn.execute(sa.select(trusted_keys).where(trusted_keys.c.key_id == key_id)).first()
+    problem = _check_payload(payload, name, json.loads(row.spec))
+    hint = "sign again: tether deploy sign NAME --key FILE"
+    if problem is None and key is None:
+        problem = f"key {key_id} is not trusted by this registry"
+        hint = "an admin trusts it first: tether key trust NAME KEY.pub"
+    if problem is None:
+        assert key is not None
+        public = signing.load_public_key(key.public_key, source=key.name)
+        if not _verifies(public, payload, signature):
+            problem = f"the signature is not a valid signature by {key.name} over it"
+    if problem is not None:
+        with registry.write() as conn:
+            append_event(conn, actor=actor, action="deployment.signature_refused",
+                         subject=f"deployment:{name}", after=key_id,
+                         details={"deployment": name, "reason": problem})
+        raise PermissionDenied(f"deployment signature refused: {problem}", hint=hint)
+    assert key is not None
+    with registry.write() as conn:
+        row = deployments._row(conn, name, lock=True)
+        conn.execute(deployment_signatures.delete().where(
+            deployment_signatures.c.deployment == name,
+            deployment_signatures.c.key_id == key_id))
+        conn.execute(deployment_signatures.insert().values(
+            deployment=name, key_id=key_id, payload=canonical_json(payload),
+            signature=signature, signer=actor, created_at=now_iso()))
+        revision = deployments._save(
+            conn, row, name, json.loads(row.spec), json.loads(row.paused), action="sign",
+            actor=actor, reason=f"signed by {key.name}")
+        append_event(conn, actor=actor, action="deployment.sign", subject=f"deployment:{name}",
+                     before=row.revision, after=revision,
+                     details={"deployment": name, "key": key.name, "key_id": key_id,
+                              "endpoints": {e: len(d) for e, d in payload["endpoints"].items()},
+                              "expires_at": payload["expires_at"]})
+        return {**deployments._record(conn, deployments._row(conn, name)), "changed": True}
+
+
+def stored_signatures(conn: sa.Connection, name: str) -> list[dict[str, Any]]:
+    """A deployment's signatures as its record carries them."""
+    rows = conn.execute(sa.select(deployment_signatures).where(
+        deployment_signatures.c.deployment == name).order_by(deployment_signatures.c.key_id))
+    return [{"key_id": r.key_id, "signer": r.signer, "created_at": r.created_at,
+             "payload": json.loads(r.payload), "signature": r.signature} for r in rows]
+
+
+# -- the replica's side -----------------------------------------------------------------
+
+
+def _verifies(public: Ed25519PublicKey, payload: Mapping[str, Any], signature: Any) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public.verify(bytes.fromhex(str(signature)), payload_bytes(payload))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def vouched_digests(name: str, record: Mapping[str, Any],
+                    pinned: Mapping[str, Ed25519PublicKey], *,
+                    now: datetime | None = None) -> dict[str, frozenset[str]]:
+    """Per trusted endpoint, the digests that unexpired signatures over deployment
+    ``name`` (the one this replica follows, whatever the record says), checked here by
+    ``pinned`` keys, let load as trusted. Anything the record says itself counts for
+    nothing."""
+    moment = now or datetime.now(UTC)
+    vouched: dict[str, set[str]] = {}
+    for entry in record.get("signatures") or []:
+        if not isinstance(entry, dict):
+            continue
+        public = pinned.get(str(entry.get("key_id")))
+        payload = entry.get("payload")
+        if public is None or not isinstance(payload, dict) or not _verifies(
+                public, payload, entry.get("signature")):
+            continue
+        if payload.get("kind") != KIND or payload.get("deployment") != name:
+            continue
+        try:
+            if payload.get("expires_at") is not None and parse_iso(
+                    payload["expires_at"]) <= moment:
+                continue
+        except (TypeError, ValueError):
+            continue
+        endpoints = payload.get("endpoints")
+        if not isinstance(endpoints, dict):
+            continue
+        for endpoint, digests in endpoints.items():
+            if isinstance(digests, list):
+                vouched.setdefault(str(endpoint), set()).update(
+                    d for d in digests if isinstance(d, str) and _DIGEST.fullmatch(d))
+    return {endpoint: frozenset(d) for endpoint, d in vouched.items()}
+
+
+def sign_hint(name: str) -> str:
+    """What to do when a trusted endpoint's version carries no signature a replica pins."""
+    return (f"an admin signs the versions it may run: tether deploy sign {name} --key KEY; "
+            "pin KEY.pub on the replicas in TETHER_LOAD_KEYS")
+
