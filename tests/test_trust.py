@@ -391,6 +391,52 @@ def test_a_client_of_a_server_trusts_only_signatures_it_checks_itself(
             client.close()
 
 
+def test_tether_check_through_a_server_gates_on_signatures_it_checks_itself(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The harm: `tether check` through a server passed a CI gate on the server's word
+    that a version was signed, so a compromised server passed any version. With keys
+    pinned in TETHER_LOAD_KEYS the client checks the signature itself; without, the
+    result says it rests on the server's word."""
+    import tether
+    from tether._registry import trust
+    from tether.server.app import create_app
+
+    from .servers import app_in_thread
+
+    unsigned, signed = _log_two(registry, tmp_path)
+    _sign(registry, tmp_path, signed.ref)
+    registry.set_policy("fraud", "require_signed_by: [release]\n")
+    honest = trust.trust_facts
+
+    def lying(conn: Any, version: Any) -> dict[str, Any]:  # what a compromised server says
+        return {**honest(conn, version), "valid_signers": ["release"]}
+
+    monkeypatch.setattr(trust, "trust_facts", lying)
+    monkeypatch.chdir(tmp_path)
+
+    def gate(client: Any, ref: str) -> Any:
+        lock = tmp_path / f"{ref.replace('@', '-')}.lock"
+        client.lock_add(ref, path=lock)
+        return next(r for r in client.check(lock_path=lock).results if r.check == "signature")
+
+    with app_in_thread(create_app(registry, open_access=True)) as url:
+        client = tether.connect(url)
+        try:
+            result = gate(client, unsigned.ref)
+            assert result.ok and "the server's word" in result.message  # said, not hidden
+            monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
+            result = gate(client, unsigned.ref)
+            assert not result.ok and "no key pinned in TETHER_LOAD_KEYS" in result.message
+            result = gate(client, signed.ref)
+            assert result.ok and "checked here with pinned key" in result.message
+        finally:
+            client.close()
+    lock = tmp_path / f"{signed.ref.replace('@', '-')}.lock"
+    local = next(r for r in registry.check(lock_path=lock).results if r.check == "signature")
+    assert local.ok and "checked here" not in local.message
+
+
 def test_a_changed_cached_copy_of_a_files_version_is_made_again(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -428,6 +474,26 @@ def test_paths_one_file_apart_only_where_case_is_ignored_are_refused(
             (folder / name).write_bytes(name.encode())
         with pytest.raises(InvalidInput, match="differ only in case or Unicode form"):
             registry.log_model(folder, "m", progress=False)
+
+
+def test_a_load_never_writes_two_entries_into_one_file(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Where case is ignored, an old version's ``MODEL.bin`` and ``model.bin`` are one
+    file: the second entry overwrote the first after the first's digest was checked.
+    Two entries of one path do the same on any file system; the load stops instead."""
+    import dataclasses
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.bin").write_bytes(GOOD)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.bin").write_bytes(EVIL)
+    good = registry.log_model(tmp_path / "a", "m", progress=False).files[0]
+    evil = registry.log_model(tmp_path / "b", "m", progress=False).files[0]
+    twice = [good, dataclasses.replace(evil, path=good.path)]
+    with pytest.raises(IntegrityError, match="already written under that name"):
+        registry.store.materialize(twice, tmp_path / "out", label="old", progress=False)
+    assert (tmp_path / "out" / "model.bin").read_bytes() == GOOD  # the verified bytes
 
 
 def test_a_dataset_logged_before_the_case_rule_still_reads(

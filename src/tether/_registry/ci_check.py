@@ -202,18 +202,13 @@ def run_check(
         sig_problems = trust["signature_problems"]
         if required:
             signed = bool(set(valid) & set(required))
-            add(
-                CheckResult(
-                    name,
-                    "signature",
-                    signed,
-                    f"signed by {', '.join(valid)}"
-                    if signed
-                    else f"needs a signature by {' or '.join(required)}"
-                    + (f" ({'; '.join(sig_problems)})" if sig_problems else ""),
-                    None if signed else f"tether sign {version.ref} --key KEYFILE",
-                )
-            )
+            detail = (f"signed by {', '.join(valid)}" if signed
+                      else f"needs a signature by {' or '.join(required)}"
+                      + (f" ({'; '.join(sig_problems)})" if sig_problems else ""))
+            fix = None if signed else f"tether sign {version.ref} --key KEYFILE"
+            if signed and not _own_database(registry):
+                signed, detail, fix = _checked_here(version, trust, detail)
+            add(CheckResult(name, "signature", signed, detail, fix))
         deprecated = version.status == "deprecated" or trust["deprecated_by_policy"]
         add(
             CheckResult(
@@ -227,6 +222,30 @@ def run_check(
             )
         )
     return report
+
+
+def _own_database(registry: Any) -> bool:
+    from .registry import Registry
+
+    return isinstance(registry, Registry)
+
+
+def _checked_here(version: Any, trust: dict[str, Any], detail: str) -> tuple[bool, str, str | None]:
+    """A client of a server checks a signature it gates on itself, with the keys it pins
+    in TETHER_LOAD_KEYS: a compromised server (or anyone on the way over http) could
+    otherwise pass the gate for any version. Without pinned keys the result says it
+    rests on the server's word."""
+    from .trust import pinned_load_keys, vouched_by_pinned_keys
+
+    if not pinned_load_keys():
+        return True, f"{detail} (the server's word: pin the public key in TETHER_LOAD_KEYS " \
+            "to check it here)", None
+    key = vouched_by_pinned_keys(version, trust)
+    if key is None:
+        return (False, f"the server says {detail}, but no key pinned in TETHER_LOAD_KEYS "
+                "checks a signature on it here", f"tether sign {version.ref} --key KEYFILE "
+                "with the key whose public half you pinned")
+    return True, f"{detail} (checked here with pinned key {key})", None
 
 
 def _schema_result(

@@ -605,7 +605,18 @@ class ChunkStore:
         target = dest / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         what = f"{entry.path} of {label}"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Never over a file already there: every caller writes into a new folder, so one
+        # found is another entry of this version that names the same file on this file
+        # system (``MODEL.pkl`` and ``model.pkl`` where case is ignored), whose bytes,
+        # checked against their digest, the second would replace after the check.
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise IntegrityError(
+                f"{what}: another file of {label} was already written under that name "
+                "(on this file system two of its paths name one file)",
+                hint="load it on a file system that tells its names apart (case, Unicode "
+                "normalisation), or re-log it with distinct names") from None
 
         # One read thread writes at a time: the others wait here, asleep. Left to the
         # file's own lock, they spun on it in the kernel, taking the core the one
