@@ -401,6 +401,30 @@ def test_revoked_token_signs_out(world: World) -> None:
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
+def test_sign_out_ends_the_session_for_every_copy_of_its_cookie(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harm: sign-out only deleted the cookie in that browser; a copy of it (another
+    profile, a proxy's log) went on working as long as the API token did."""
+    from tether.ui import sessions
+
+    client = world.client("rita")
+    cookie = client.cookies.get("tether_ui")
+    assert cookie
+    copy = TestClient(create_ui_app(lambda: world.registry), base_url="http://testserver")
+    copy.cookies.set("tether_ui", cookie)
+    assert copy.get("/", follow_redirects=False).status_code == 200  # the copy works...
+    page = client.get("/").text
+    assert client.post("/logout", data={"csrf": _csrf(page)},
+                       follow_redirects=False).status_code == 303
+    assert copy.get("/", follow_redirects=False).status_code == 303  # ...until sign-out
+    assert world.client("rita").get("/", follow_redirects=False).status_code == 200  # a new one
+
+    # A session lasts SESSION_SECONDS, whatever the token's own lifetime.
+    fresh = world.client("rita")
+    monkeypatch.setattr(sessions, "SESSION_SECONDS", -1)
+    assert fresh.get("/", follow_redirects=False).status_code == 303
+
+
 def test_mounted_under_a_prefix_links_follow(world: World) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount

@@ -408,3 +408,12 @@ deployment_signatures = Table(
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("deployment", "key_id", name="uq_deployment_signatures_key"),
 )
+
+# Web UI sessions signed out (revision 0013): their cookies are refused until they would
+# have expired anyway (ui/sessions.py).
+ui_signouts = Table(
+    "ui_signouts",
+    metadata,
+    Column("session", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)

@@ -4,11 +4,13 @@ Each page is a view (``views.py``) that returns a dict; the HTML page renders
 it with a Jinja2 template (autoescaped: everything users wrote is text, never
 markup) and its JSON twin (``?format=json`` or a ``.json`` suffix) returns it.
 
-Sign-in takes a Tether API token and keeps it in an HttpOnly, SameSite=Strict
-cookie. Every form carries a CSRF token derived from that secret; a POST
-without the right one is refused before anything runs. Each action then asks
-for the same role the REST API asks for, and calls the registry as the
-signed-in user, so policies, approvals and the audit log apply unchanged.
+Sign-in takes a Tether API token and keeps it, sealed with a session id, in an
+HttpOnly, SameSite=Strict cookie for 12 hours; sign-out ends the session for
+every copy of the cookie (``sessions.py``). Every form carries a CSRF token
+derived from that secret; a POST without the right one is refused before
+anything runs. Each action then asks for the same role the REST API asks for,
+and calls the registry as the signed-in user, so policies, approvals and the
+audit log apply unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .._reference import validate_alias_name
 from .._registry.registry import Registry
 from .._registry.tokens import Unauthenticated, authenticate
 from .._same_site import cross_site
-from . import views
+from . import sessions, views
 from .views import Permissions
 
 log = logging.getLogger("tether.ui")
@@ -146,27 +148,24 @@ class UI:
         return self._fernet
 
     def seal(self, secret: str) -> str:
-        return str(self._sealer().encrypt(secret.encode()).decode())
+        return sessions.seal(self._sealer(), secret)
 
-    def unseal(self, cookie: str) -> str | None:
-        from cryptography.fernet import InvalidToken
-
-        try:
-            return str(self._sealer().decrypt(cookie.encode()).decode())
-        except (InvalidToken, ValueError, UnicodeError):
-            return None  # another registry's, or not ours at all: signed out
+    def unseal(self, cookie: str) -> sessions.Sealed | None:
+        return sessions.unseal(self._sealer(), cookie)
 
     def session(self, request: Request) -> Session | None:
-        sealed = request.cookies.get(COOKIE)
-        secret = self.unseal(sealed) if sealed else None
-        if not secret:
+        cookie = request.cookies.get(COOKIE)
+        sealed = self.unseal(cookie) if cookie else None
+        if sealed is None:
             return None
         registry = self.registry_factory()
+        if sessions.signed_out(registry, sealed.session):
+            return None
         try:
-            principal = self._principal(registry, secret)
+            principal = self._principal(registry, sealed.token)
         except Unauthenticated:
             return None
-        return Session(secret, principal, registry.as_actor(principal, enforce_roles=True))
+        return Session(sealed.token, principal, registry.as_actor(principal, enforce_roles=True))
 
     # -- rendering --------------------------------------------------------------
 
@@ -464,6 +463,11 @@ class UI:
             return self.error(request, error, session)
         if session is not None and not hmac.compare_digest(form.get("csrf", ""), session.csrf):
             return self.error(request, CsrfRefused("sign-out form not sent by this page"), session)
+        cookie = request.cookies.get(COOKIE)
+        sealed = self.unseal(cookie) if cookie else None
+        if session is not None and sealed is not None:
+            # Deleting the cookie alone ended nothing: a copy of it worked on.
+            await run_in_threadpool(sessions.sign_out, self.registry_factory(), sealed)
         response = RedirectResponse(f"{self.base(request)}/login", status_code=303)
         response.delete_cookie(COOKIE, path=self.base(request) or "/")
         return response
