@@ -85,7 +85,7 @@ def _pool_of(client: Any, name: str) -> tuple[ModelPool, Any]:
     the version its only route names."""
     deployment, _ = load_from_registry(client, name, ServerConfig())
     config = deployment.endpoints[0]
-    pool = ModelPool(client, trusted=config.trusted, trusted_digests=config.trusted_digests,
+    pool = ModelPool(client, trusted=config.trusted, trusted_until=config.trusted_until,
                      deployment=name)
     return pool, client.get(config.routes[0].target)
 
@@ -110,7 +110,7 @@ def test_a_replica_of_a_server_runs_only_pickles_a_pinned_key_signed_for_the_dep
 
         # Now: no signature this replica checked lists it, so it loads untrusted: refused.
         pool, version = _pool_of(client, "svc")
-        assert pool.trust == (True, frozenset())
+        assert pool.trust == (True, {})
         with pytest.raises(UnsafeArtifact, match="TETHER_LOAD_KEYS") as refused:
             pool.load(version)
         assert "tether deploy sign svc" in str(refused.value.hint)
@@ -119,11 +119,13 @@ def test_a_replica_of_a_server_runs_only_pickles_a_pinned_key_signed_for_the_dep
         # An admin signs the honest revision; a replica pinning the key loads it trusted,
         # and still refuses the attacker's version the server then names.
         registry.apply_deployment("svc", _spec(good.ref))
-        signed = client.sign_deployment("svc", str(key))
+        with pytest.raises(InvalidInput, match="the server's answer: review"):
+            client.sign_deployment("svc", str(key))  # iris@1.0.0 means what it says it means
+        signed = client.sign_deployment("svc", str(key), confirm=lambda shown: True)
         assert signed["signatures"][0]["payload"]["endpoints"] == {"iris": [good.digest]}
         monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
         pool, version = _pool_of(client, "svc")
-        assert pool.trust == (True, frozenset({good.digest}))
+        assert pool.trust[0] and set(pool.trust[1] or ()) == {good.digest}
         assert pool.load(version).predict(iris[0][:3].to_dict("records"))
         _edit_spec(registry, "svc", evil.ref)
         pool, version = _pool_of(client, "svc")
@@ -138,7 +140,7 @@ def test_a_replica_of_a_server_runs_only_pickles_a_pinned_key_signed_for_the_dep
             payload["endpoints"]["iris"].append(evil.digest)
             conn.execute(deployment_signatures.update().values(payload=json.dumps(payload)))
         pool, version = _pool_of(client, "svc")
-        assert pool.trust == (True, frozenset())
+        assert pool.trust == (True, {})
         with pytest.raises(UnsafeArtifact):
             pool.load(version)
         assert not marker.exists()
@@ -160,17 +162,32 @@ def test_signatures_count_only_for_their_deployment_unexpired_and_by_pinned_keys
         return {"key_id": "kid", "payload": payload,
                 "signature": signer.sign(payload_bytes(payload)).hex()}
 
-    def vouched(*entries: dict[str, Any]) -> dict[str, frozenset[str]]:
-        return vouched_digests("svc", {"name": "svc", "signatures": list(entries)}, pinned)
+    def vouched(*entries: dict[str, Any]) -> dict[str, set[str]]:
+        found = vouched_digests("svc", {"name": "svc", "signatures": list(entries)}, pinned)
+        return {endpoint: set(until) for endpoint, until in found.items()}
 
-    assert vouched(entry()) == {"iris": frozenset({digest})}
-    assert vouched(entry(expires=now + timedelta(days=1))) == {"iris": frozenset({digest})}
+    assert vouched(entry()) == {"iris": {digest}}
+    assert vouched(entry(expires=now + timedelta(days=1))) == {"iris": {digest}}
     assert vouched(entry(expires=now - timedelta(seconds=1))) == {}  # expired
     assert vouched(entry(deployment="other")) == {}  # signed for another deployment
     assert vouched(entry(signer=other)) == {}  # not by the pinned key
     assert vouched(entry(kind="tether.something-else/v1")) == {}
     assert vouched({"key_id": "kid", "payload": "text", "signature": "zz"}, "junk") == {}
     assert vouched_digests("svc", {"signatures": [entry()]}, {}) == {}  # nothing pinned
+    for junk in (5, 1.5, True, "text", {"a": 1}):  # what a hostile server sends: no crash
+        assert vouched_digests("svc", {"signatures": junk}, pinned) == {}
+
+    # A key's newest statement is the one that counts: a version it no longer lists is
+    # not added back by an older signature the server still offers.
+    newer = entry()
+    newer["payload"] = {**newer["payload"], "endpoints": {"iris": ["cd" * 32]},
+                        "signed_at": (now + timedelta(seconds=5)).strftime(
+                            "%Y-%m-%dT%H:%M:%S.%fZ")}
+    newer["signature"] = key.sign(payload_bytes(newer["payload"])).hex()
+    assert vouched(entry(), newer) == vouched(newer, entry()) == {"iris": {"cd" * 32}}
+    until = vouched_digests("svc", {"signatures": [entry(expires=now + timedelta(days=1))]},
+                            pinned)["iris"][digest]
+    assert abs(until - (now + timedelta(days=1)).timestamp()) < 1
 
 
 def test_a_deployment_signature_is_checked_before_it_is_stored(
@@ -207,6 +224,17 @@ def test_a_deployment_signature_is_checked_before_it_is_stored(
         registry.record_deployment_signature("svc", statement(), kid, "00" * 64)
     refused = registry.audit_log(action="deployment.signature_refused")
     assert len(refused) == 6
+    valid = private.sign(payload_bytes(statement())).hex()
+    for bad_kid, bad_sig, why in (("k" * 200_000, valid, "is not a key id"),
+                                  (kid, valid + " ", "128 hex digits"),
+                                  (kid, valid.upper(), "128 hex digits")):
+        with pytest.raises(InvalidInput, match=why) as error:
+            registry.record_deployment_signature("svc", statement(), bad_kid, bad_sig)
+        assert len(error.value.message) < 300  # the caller's input is not echoed whole
+    many = statement(endpoints={"m": [f"{n:064x}" for n in range(1001)]})
+    with pytest.raises(PermissionDenied, match="more than 1000"):
+        registry.record_deployment_signature("svc", many, kid,
+                                             private.sign(payload_bytes(many)).hex())
 
     registry.create_token("mallory@example.com", role="contributor", model="m")
     mallory = registry.as_actor("mallory@example.com", enforce_roles=True)
@@ -221,7 +249,8 @@ def test_a_deployment_signature_is_checked_before_it_is_stored(
     before = registry.deployment("svc")["revision"]
     record = registry.sign_deployment("svc", str(key), expires_in="30d")
     assert record["revision"] == before + 1  # replicas re-read the record
-    again = registry.sign_deployment("svc", str(key))
+    assert record["signatures"][0]["payload"]["expires_at"] is not None
+    again = registry.sign_deployment("svc", str(key), expires_in="never")
     assert len(again["signatures"]) == 1  # a key keeps its newest signature
     assert again["signatures"][0]["payload"]["expires_at"] is None
     assert [e.action for e in registry.audit_log(action="deployment.sign")].count(
@@ -270,3 +299,118 @@ def test_a_revision_that_drops_trusted_stops_trusted_loads_on_a_running_replica(
             endpoint.pool.load(registry.get(evil.ref))
     finally:
         runtime.stop()
+
+
+def test_signing_through_a_server_shows_what_the_server_named_and_asks(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """The harm (a review): the signer signed whatever the server said an alias named;
+    a server that moved ``production`` to a contributor's pickle got it signed. Now the
+    versions the server's answers chose are shown, and signing needs a yes; a whole
+    digest names its version itself."""
+    from tether._metadata.schema import aliases
+
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    evil = registry.log_model(Exploit(tmp_path / "pwned"), "iris", progress=False)
+    registry.promote(good.ref, "production", create=True)
+    registry.set_setting("protected_aliases", "production")
+    registry.apply_deployment("svc", _spec("iris@production"))
+    key = _key(registry, tmp_path)
+    with registry.engine.begin() as conn:  # the server's database, edited
+        conn.execute(aliases.update().where(aliases.c.name == "production").values(
+            version_id=evil.id))
+    with _server(registry) as client:
+        seen: list[Any] = []
+        with pytest.raises(InvalidInput, match="nothing signed"):
+            client.sign_deployment("svc", str(key), confirm=lambda shown: seen.extend(shown)
+                                   or False)
+        assert [(v.target, v.digest, v.chosen_by_registry) for v in seen] == [
+            ("iris@production", evil.digest, True)]  # the signer sees the server's pick
+        assert registry.deployment("svc")["signatures"] == []
+        registry.apply_deployment("svc", _spec(f"iris@sha:{good.digest}"))
+        signed = client.sign_deployment("svc", str(key))  # nothing chosen by the server
+        assert signed["signatures"][0]["payload"]["endpoints"] == {"iris": [good.digest]}
+
+
+def test_a_refused_or_removed_endpoint_still_loses_its_trust_and_expiry_counts_at_load(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """The harm (a review): a revision that dropped ``trusted`` was refused as a whole
+    (it also added an endpoint) or removed the endpoint, and the running pool went on
+    trusting; an expired signature went on counting until the record changed."""
+    from tether.serving.runtime import ServingRuntime
+
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    spec = _spec(good.ref)
+    record = registry.apply_deployment("svc", spec)
+    runtime = ServingRuntime(registry, deployment_from_record(record, ServerConfig()),
+                             follow=("svc", record["revision"]))
+    runtime.start()
+    try:
+        endpoint = runtime.endpoints["iris"]
+        # The new endpoint sorts first: refused before "iris" was reached.
+        grown = {"endpoints": {**spec["endpoints"], "abc": spec["endpoints"]["iris"]}}
+        grown["endpoints"]["iris"] = {**spec["endpoints"]["iris"], "trusted": False}
+        record = registry.apply_deployment("svc", grown)
+        with pytest.raises(InvalidInput, match="is new; restart"):
+            runtime.apply(deployment_from_record(record, ServerConfig()))
+        assert endpoint.pool.trust[0] is False
+        registry.apply_deployment("svc", spec)
+        runtime.apply(deployment_from_record(registry.deployment("svc"), ServerConfig()))
+        assert endpoint.pool.trust[0] is True
+        record = registry.apply_deployment("svc", {"endpoints": {"other": spec["endpoints"][
+            "iris"]}})
+        with contextlib.suppress(InvalidInput):
+            runtime.apply(deployment_from_record(record, ServerConfig()))
+        assert endpoint.pool.trust == (False, {})
+    finally:
+        runtime.stop()
+
+    pool = ModelPool(registry, trusted=True, trusted_until={good.digest: time.time() + 0.5})
+    time.sleep(0.6)
+    with pytest.raises(UnsafeArtifact, match="no signature this replica checked"):
+        pool.load(good)
+
+
+def test_an_embedded_replica_with_pinned_keys_checks_signatures_too(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry opened on a shared database takes its rows as they are; with keys
+    pinned in TETHER_LOAD_KEYS its replicas check deployment signatures as a client of
+    a server does (a review: an edited spec made an embedded replica unpickle)."""
+    marker = tmp_path / "pwned"
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    evil = registry.log_model(Exploit(marker), "iris", progress=False)
+    registry.apply_deployment("svc", _spec(good.ref))
+    registry.sign_deployment("svc", str(_key(registry, tmp_path)))
+    assert registry.vouched_deployment_digests("svc", registry.deployment("svc")) is None
+    monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
+    _edit_spec(registry, "svc", evil.ref)
+    pool, version = _pool_of(registry, "svc")
+    assert version.digest == evil.digest and set(pool.trust[1] or ()) == {good.digest}
+    with pytest.raises(UnsafeArtifact):
+        pool.load(version)
+    assert not marker.exists()
+
+
+def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    from click.testing import CliRunner
+
+    from tether.cli import cli
+
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    registry.apply_deployment("svc", _spec(good.ref))
+    key = _key(registry, tmp_path)
+    token = registry.create_token("ops@example.com", role="admin")["token"]
+    from tether.server.app import create_app
+
+    with app_in_thread(create_app(registry)) as url:
+        command = ["-r", url, "deploy", "sign", "svc", "--key", str(key)]
+        asked = CliRunner().invoke(cli, command, env={"TETHER_TOKEN": token})
+        assert asked.exit_code == 2, asked.output
+        assert good.digest in asked.output and "server's answer" in asked.output
+        assert "--yes" in asked.output and registry.deployment("svc")["signatures"] == []
+        done = CliRunner().invoke(cli, [*command, "--yes", "--json"],
+                                  env={"TETHER_TOKEN": token})
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.output)["signatures"][0]["payload"]["endpoints"] == {
+            "iris": [good.digest]}

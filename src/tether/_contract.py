@@ -14,7 +14,7 @@ a shell authenticates and passes the actor along, nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -213,7 +213,7 @@ class RegistryAPI(Protocol):
 
     def sign_deployment(
         self, name: str, key_path: str, *, versions: Sequence[str] = (),
-        expires_in: str | None = None,
+        expires_in: str | None = None, confirm: Callable[[list[Any]], bool] | None = None,
     ) -> dict[str, Any]: ...
 
     def record_deployment_signature(
@@ -222,9 +222,10 @@ class RegistryAPI(Protocol):
 
     def vouched_deployment_digests(
         self, name: str, record: dict[str, Any],
-    ) -> dict[str, frozenset[str]] | None:
-        """Per trusted endpoint, the digests its replicas may load as trusted; None when
-        the record is this process's own (an embedded registry reads its database)."""
+    ) -> dict[str, dict[str, float]] | None:
+        """Per trusted endpoint, the digests its replicas may load as trusted and until
+        when; None when the registry's word is taken (an embedded registry reading its
+        own database, with no keys pinned in TETHER_LOAD_KEYS)."""
         ...
 
     # -- governance ---------------------------------------------------------------

@@ -107,10 +107,11 @@ class EndpointConfig:
     allow_non_finite: bool | frozenset[str] = False
     #: Server-side batching; None (the default) predicts every request on its own.
     batching: BatchingConfig | None = None
-    #: With ``trusted``: the content digests that may load as trusted, when a replica of a
-    #: remote registry checked a deployment signature for them (None: every target; never
-    #: read from a file or a record, see ``_registry/deployment_signing.py``).
-    trusted_digests: frozenset[str] | None = None
+    #: With ``trusted``: the content digests that may load as trusted and until when
+    #: (seconds since the epoch), when a replica checked a deployment signature for them
+    #: (None: every target; never read from a file or a record, see
+    #: ``_registry/deployment_signing.py``).
+    trusted_until: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)

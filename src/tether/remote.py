@@ -739,19 +739,20 @@ class RemoteRegistry:
         return dict(self._call("deployment_status", name))
 
     def sign_deployment(self, name: str, key_path: str, *, versions: Sequence[str] = (),
-                        expires_in: str | None = None) -> dict[str, Any]:
+                        expires_in: str | None = None,
+                        confirm: Callable[[list[Any]], bool] | None = None) -> dict[str, Any]:
         """As ``Registry.sign_deployment``: signed here, the private key stays here."""
         from ._registry.deployment_signing import sign_deployment
 
         return sign_deployment(self, name, key_path, versions=versions,  # type: ignore[arg-type]
-                               expires_in=expires_in)
+                               expires_in=expires_in, confirm=confirm)
 
     def record_deployment_signature(self, name: str, payload: dict[str, Any], key_id: str,
                                     signature: str) -> dict[str, Any]:
         return dict(self._call("record_deployment_signature", name, payload, key_id, signature))
 
     def vouched_deployment_digests(self, name: str,
-                                   record: dict[str, Any]) -> dict[str, frozenset[str]] | None:
+                                   record: dict[str, Any]) -> dict[str, dict[str, float]] | None:
         """Never the server's word: only signatures checked here by keys this process pins
         in ``TETHER_LOAD_KEYS`` (``deployment_signing.vouched_digests``)."""
         from ._registry.deployment_signing import vouched_digests

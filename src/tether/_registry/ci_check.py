@@ -24,6 +24,7 @@ from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
 from . import env_check
+from .trust import own_database
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -206,7 +207,7 @@ def run_check(
                       else f"needs a signature by {' or '.join(required)}"
                       + (f" ({'; '.join(sig_problems)})" if sig_problems else ""))
             fix = None if signed else f"tether sign {version.ref} --key KEYFILE"
-            if signed and not _own_database(registry):
+            if signed and not own_database(registry):
                 signed, detail, fix = _checked_here(version, trust, detail)
             add(CheckResult(name, "signature", signed, detail, fix))
         deprecated = version.status == "deprecated" or trust["deprecated_by_policy"]
@@ -222,12 +223,6 @@ def run_check(
             )
         )
     return report
-
-
-def _own_database(registry: Any) -> bool:
-    from .registry import Registry
-
-    return isinstance(registry, Registry)
 
 
 def _checked_here(version: Any, trust: dict[str, Any], detail: str) -> tuple[bool, str, str | None]:

@@ -22,8 +22,10 @@ an older one (versions an admin vouched for once), never one of its own making.
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,9 @@ from .._identity import require_intact
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import deployment_signatures, trusted_keys
+from .._reference import SelectorKind, parse_reference
 from .roles import require_role
+from .trust import own_database
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -64,17 +68,51 @@ def trusted_endpoints(spec: Mapping[str, Any]) -> dict[str, list[str]]:
 # -- the signer's side (any registry: the private key never leaves this process) -------
 
 
+#: A signature's life when the signer gives none: a server can offer a signature it
+#: holds (one listing a version since withdrawn) until then.
+DEFAULT_LIFETIME = "90d"
+#: ``expires_in`` for a signature that never expires.
+NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Vouching:
+    """One version a signature is about to vouch for, as the signer is shown it."""
+
+    endpoint: str
+    target: str
+    ref: str
+    digest: str
+    author: str
+    created_at: str
+    #: Whether the registry's answer chose the bytes (an alias, a version number, a
+    #: digest prefix through a server) rather than the reference naming them itself.
+    chosen_by_registry: bool
+
+
+def _whole_digest(ref: str) -> bool:
+    parsed = parse_reference(ref)
+    return parsed.kind is SelectorKind.DIGEST and len(parsed.value) == 64
+
+
 def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
-                    versions: Iterable[str] = (), expires_in: str | None = None
+                    versions: Iterable[str] = (), expires_in: str | None = None,
+                    confirm: Callable[[list[Vouching]], bool] | None = None,
                     ) -> dict[str, Any]:
     """Sign the digests each trusted endpoint of deployment ``name`` may load: what its
-    targets name now, and ``versions`` (references to exact versions, e.g. the next
-    release before a protected alias moves to it)."""
+    targets name now, and ``versions`` (e.g. the next release before a protected alias
+    moves to it). ``expires_in``: a duration, ``"never"``, or None for 90 days.
+
+    Through a server, what an alias or a version number names is the server's answer:
+    a hostile one named its own pickle, and the signer signed it (a review). So then
+    ``confirm`` is shown every version to be signed and must agree, unless every
+    reference is a whole digest (which the answer is checked against)."""
     from .. import _signing as signing
     from .tokens import parse_duration
 
     key = signing.load_private_key(key_path)
-    lifetime = parse_duration(expires_in) if expires_in else None
+    chosen = expires_in or DEFAULT_LIFETIME
+    lifetime = None if chosen == NEVER else parse_duration(chosen)
     record = registry.deployment(name)
     endpoints = trusted_endpoints(record["spec"])
     if not endpoints:
@@ -82,11 +120,26 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
             f"deployment {name} has no trusted endpoint: there is nothing to sign",
             hint="`trusted: true` on an endpoint lets its targets' pickles load; replicas of "
             "a server honour it for the versions a signature lists")
-    extra = [require_intact(registry.get(ref)).digest for ref in versions]
-    digests = {
-        endpoint: sorted({require_intact(registry.get(t)).digest for t in targets} | set(extra))
-        for endpoint, targets in endpoints.items()
-    }
+    remote = not own_database(registry)
+    shown: list[Vouching] = []
+    for endpoint, targets in endpoints.items():
+        for target in [*targets, *versions]:
+            version = require_intact(registry.get(target))
+            shown.append(Vouching(endpoint, target, version.ref, version.digest,
+                                  version.author, version.created_at,
+                                  remote and not _whole_digest(target)))
+    if any(v.chosen_by_registry for v in shown):
+        if confirm is None:
+            raise InvalidInput(
+                f"through a server, what {next(v.target for v in shown if v.chosen_by_registry)}"
+                " names is the server's answer: review the versions before signing them",
+                hint="`tether deploy sign` shows them and asks; or name each version by its "
+                "whole digest (NAME@sha:...) with --version and target it so")
+        if not confirm(shown):
+            raise InvalidInput("nothing signed", hint="sign when the versions are the ones "
+                               "you checked")
+    digests = {endpoint: sorted({v.digest for v in shown if v.endpoint == endpoint})
+               for endpoint in endpoints}
     signed_at = datetime.now(UTC)
     payload = {
         "kind": KIND,
@@ -104,6 +157,18 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
 # -- the registry's side ----------------------------------------------------------------
 
 
+#: Most versions one signature lists for one endpoint.
+MAX_DIGESTS = 1000
+_KEY_ID = re.compile(r"[0-9a-f]{16,64}")
+_SIGNATURE = re.compile(r"[0-9a-f]{128}")  # an Ed25519 signature, in hex
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: its repr, cut short (it came from the caller)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _check_payload(payload: Any, name: str, spec: Mapping[str, Any]) -> str | None:
     """What is wrong with ``payload`` as a signature of deployment ``name`` now, or None."""
     if not isinstance(payload, dict) or payload.get("kind") != KIND:
@@ -111,17 +176,20 @@ def _check_payload(payload: Any, name: str, spec: Mapping[str, Any]) -> str | No
     if set(payload) != {"kind", "deployment", "endpoints", "signed_at", "expires_at"}:
         return "the payload's fields are not kind, deployment, endpoints, signed_at, expires_at"
     if payload["deployment"] != name:
-        return f"the payload names deployment {payload['deployment']!r}, not {name!r}"
+        return f"the payload names deployment {_shown(payload['deployment'])}, not {name!r}"
     endpoints = payload["endpoints"]
     trusted = trusted_endpoints(spec)
     if not isinstance(endpoints, dict) or not endpoints:
         return "the payload lists no endpoint"
     for endpoint, digests in endpoints.items():
         if endpoint not in trusted:
-            return f"{endpoint!r} is not a trusted endpoint of deployment {name}"
+            return f"{_shown(endpoint)} is not a trusted endpoint of deployment {name}"
         if not isinstance(digests, list) or not digests or not all(
                 isinstance(d, str) and _DIGEST.fullmatch(d) for d in digests):
             return f"endpoint {endpoint}'s digests are not whole content digests"
+        if len(digests) > MAX_DIGESTS or len(set(digests)) != len(digests):
+            return (f"endpoint {endpoint} lists {len(digests)} digests, some twice or more "
+                    f"than {MAX_DIGESTS}")
     for field in ("signed_at", "expires_at"):
         value = payload[field]
         if value is None and field == "expires_at":
@@ -147,6 +215,11 @@ def record_deployment_signature(registry: Registry, name: str, payload: Any, key
     with registry.read() as conn:
         require_role(conn, actor, "admin", None)
         row = deployments._row(conn, name)
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise InvalidInput(f"key id {_shown(key_id)} is not a key id (16 hex digits)")
+    if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+        raise InvalidInput("the signature is not an Ed25519 signature in 128 hex digits")
+    with registry.read() as conn:
         key = conn.execute(sa.select(trusted_keys).where(trusted_keys.c.key_id == key_id)).first()
     problem = _check_payload(payload, name, json.loads(row.spec))
     hint = "sign again: tether deploy sign NAME --key FILE"
@@ -207,17 +280,23 @@ def _verifies(public: Ed25519PublicKey, payload: Mapping[str, Any], signature: A
 
 def vouched_digests(name: str, record: Mapping[str, Any],
                     pinned: Mapping[str, Ed25519PublicKey], *,
-                    now: datetime | None = None) -> dict[str, frozenset[str]]:
-    """Per trusted endpoint, the digests that unexpired signatures over deployment
-    ``name`` (the one this replica follows, whatever the record says), checked here by
-    ``pinned`` keys, let load as trusted. Anything the record says itself counts for
-    nothing."""
-    moment = now or datetime.now(UTC)
-    vouched: dict[str, set[str]] = {}
-    for entry in record.get("signatures") or []:
+                    now: datetime | None = None) -> dict[str, dict[str, float]]:
+    """Per trusted endpoint, the digests that signatures over deployment ``name`` (the
+    one this replica follows, whatever the record says), checked here by ``pinned``
+    keys, let load as trusted, each with when that ends (seconds since the epoch;
+    infinity: never). Anything the record says itself counts for nothing.
+
+    Of each key only its newest signature counts: a key's earlier statement listing a
+    version since withdrawn is not added back (a server still can withhold the newest
+    and offer an older one, until that one expires)."""
+    moment = (now or datetime.now(UTC)).timestamp()
+    newest: dict[str, tuple[float, dict[str, Any]]] = {}
+    entries = record.get("signatures")
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict):
             continue
-        public = pinned.get(str(entry.get("key_id")))
+        key = str(entry.get("key_id"))
+        public = pinned.get(key)
         payload = entry.get("payload")
         if public is None or not isinstance(payload, dict) or not _verifies(
                 public, payload, entry.get("signature")):
@@ -225,19 +304,27 @@ def vouched_digests(name: str, record: Mapping[str, Any],
         if payload.get("kind") != KIND or payload.get("deployment") != name:
             continue
         try:
-            if payload.get("expires_at") is not None and parse_iso(
-                    payload["expires_at"]) <= moment:
-                continue
-        except (TypeError, ValueError):
+            signed_at = parse_iso(payload["signed_at"]).timestamp()
+            expires = payload.get("expires_at")
+            until = math.inf if expires is None else parse_iso(expires).timestamp()
+        except (KeyError, TypeError, ValueError):
             continue
+        if key not in newest or signed_at > newest[key][0]:
+            newest[key] = (signed_at, {**payload, "_until": until})
+    vouched: dict[str, dict[str, float]] = {}
+    for _, payload in newest.values():
+        until = payload["_until"]
         endpoints = payload.get("endpoints")
-        if not isinstance(endpoints, dict):
+        if until <= moment or not isinstance(endpoints, dict):
             continue
         for endpoint, digests in endpoints.items():
-            if isinstance(digests, list):
-                vouched.setdefault(str(endpoint), set()).update(
-                    d for d in digests if isinstance(d, str) and _DIGEST.fullmatch(d))
-    return {endpoint: frozenset(d) for endpoint, d in vouched.items()}
+            if not isinstance(digests, list):
+                continue
+            held = vouched.setdefault(str(endpoint), {})
+            for digest in digests:
+                if isinstance(digest, str) and _DIGEST.fullmatch(digest):
+                    held[digest] = max(held.get(digest, 0.0), until)
+    return vouched
 
 
 def sign_hint(name: str) -> str:

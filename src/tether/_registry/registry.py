@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -662,12 +662,14 @@ class Registry:
         return deployments.status(self, name)
 
     def sign_deployment(self, name: str, key_path: str, *, versions: Sequence[str] = (),
-                        expires_in: str | None = None) -> dict[str, Any]:
+                        expires_in: str | None = None,
+                        confirm: Callable[[list[Any]], bool] | None = None) -> dict[str, Any]:
         """Sign which versions deployment ``name``'s trusted endpoints may load, with a
         local private key (``deployment_signing``)."""
         from .deployment_signing import sign_deployment
 
-        return sign_deployment(self, name, key_path, versions=versions, expires_in=expires_in)
+        return sign_deployment(self, name, key_path, versions=versions, expires_in=expires_in,
+                               confirm=confirm)
 
     def record_deployment_signature(self, name: str, payload: dict[str, Any], key_id: str,
                                     signature: str) -> dict[str, Any]:
@@ -676,9 +678,15 @@ class Registry:
         return record_deployment_signature(self, name, payload, key_id, signature)
 
     def vouched_deployment_digests(self, name: str,
-                                   record: dict[str, Any]) -> dict[str, frozenset[str]] | None:
-        """None: this registry's database is the replica's own, as are the keys in it."""
-        return None
+                                   record: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+        """None (the database is the replica's own, keys included) unless keys are pinned
+        in TETHER_LOAD_KEYS: then signatures are checked as a client of a server checks
+        them (set it where the database is shared and not trusted)."""
+        from .deployment_signing import vouched_digests
+        from .trust import pinned_load_keys
+
+        pinned = pinned_load_keys()
+        return vouched_digests(name, record, pinned) if pinned else None
 
     # -- governance -------------------------------------------------------------
 

@@ -197,6 +197,14 @@ def trust_facts(conn: sa.Connection, version: ModelVersion) -> dict[str, Any]:
 LOAD_KEYS_ENV = "TETHER_LOAD_KEYS"
 
 
+def own_database(registry: Any) -> bool:
+    """Whether ``registry`` reads its database itself (an embedded registry), rather
+    than taking a server's answers (``RemoteRegistry``)."""
+    from .registry import Registry
+
+    return isinstance(registry, Registry)
+
+
 def pinned_load_keys() -> dict[str, Ed25519PublicKey]:
     """The public keys this process pins in ``TETHER_LOAD_KEYS``, by key id."""
     paths = [p for p in os.environ.get(LOAD_KEYS_ENV, "").split(os.pathsep) if p.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ._common import (
     State,
     console,
     emit_json,
+    err_console,
     handle_errors,
     json_option,
     registry_from,
@@ -596,26 +598,47 @@ def deploy_apply(ctx: click.Context, path: str, name: str | None, reason: str,
               "trusted it in the registry with `tether key trust`. It never leaves this "
               "machine.")
 @click.option("--version", "versions", multiple=True, metavar="REF",
-              help="Also vouch for this exact version on every trusted endpoint (e.g. the "
-              "release a protected alias will move to next). Repeatable.")
+              help="Also vouch for this version on every trusted endpoint (e.g. the release "
+              "a protected alias will move to next); NAME@sha:<whole digest> names it "
+              "without asking the server. Repeatable.")
 @click.option("--expires-in", default=None, metavar="DURATION",
-              help="Replicas stop honouring the signature after this long (e.g. 90d, 12h).")
+              help="Replicas stop honouring the signature after this long: e.g. 30d, 12h, "
+              "or `never` (default 90d).")
+@click.option("--yes", "-y", is_flag=True,
+              help="Through a server, sign the versions it names without asking (its answer "
+              "decides what an alias or a version number names).")
 @json_option
 @click.pass_context
 @handle_errors
 def deploy_sign(ctx: click.Context, name: str, key_path: str, versions: tuple[str, ...],
-                expires_in: str | None, as_json: bool) -> None:
+                expires_in: str | None, yes: bool, as_json: bool) -> None:
     """Sign which versions the trusted endpoints of deployment NAME may load as trusted.
 
     `trusted: true` lets an endpoint's targets unpickle on every replica. A replica of a
     registry server does not take the server's word for it: it honours `trusted` only for
-    a version a signature by a key it pins (TETHER_LOAD_KEYS, the public key files) lists
-    for that endpoint. This signs the content digests the trusted endpoints' targets name
-    now, plus any --version; sign again after moving a trusted alias or a new release.
-    Needs an admin. Each key keeps its newest signature.
+    a version the newest unexpired signature by a key it pins (TETHER_LOAD_KEYS, the
+    public key files) lists for that endpoint. This signs the content digests the trusted
+    endpoints' targets name now, plus any --version; sign again after moving a trusted
+    alias or for a new release. Through a server, what an alias or a version number
+    names is the server's answer: the versions are shown and you are asked first (compare
+    the digests with the ones you checked). Needs an admin.
     """
+    def confirm(shown: list[Any]) -> bool:
+        if yes:
+            return True
+        rows = [(v.endpoint, v.target, v.ref, f"sha:{v.digest}", v.author, v.created_at[:19],
+                 "server's answer" if v.chosen_by_registry else "the reference")
+                for v in shown]
+        err_console.print(table(["ENDPOINT", "TARGET", "VERSION", "DIGEST", "LOGGED BY", "AT",
+                                 "NAMED BY"], rows))
+        if not sys.stdin.isatty():
+            raise click.UsageError("the server named these versions; review them on a "
+                                   "terminal, or pass --yes to sign what it named")
+        return click.confirm(f"Sign these {len({v.digest for v in shown})} version(s) for "
+                             f"{name}?", default=False, err=True)
+
     record = registry_from(ctx).sign_deployment(name, key_path, versions=list(versions),
-                                                expires_in=expires_in)
+                                                expires_in=expires_in, confirm=confirm)
     if as_json:
         emit_json(record)
         return

@@ -141,7 +141,7 @@ class Endpoint:
         self.instruments = instruments
         self._mirror = mirror
         self.pool = ModelPool(registry, trusted=config.trusted,
-                              trusted_digests=config.trusted_digests,
+                              trusted_until=config.trusted_until,
                               env_policy=config.env_policy, deployment=deployment)
         window = config.rollback.window
         self.slots = {r.name: RouteSlot(r.name, r.target, window) for r in config.routes}

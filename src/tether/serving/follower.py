@@ -41,7 +41,8 @@ ACTED_FOR = 30.0
 
 
 def deployment_from_record(record: Mapping[str, Any], server: ServerConfig, *,
-                           vouched: Mapping[str, frozenset[str]] | None = None) -> Deployment:
+                           vouched: Mapping[str, Mapping[str, float]] | None = None
+                           ) -> Deployment:
     """The deployment a replica serves: the stored spec, paused routes at weight 0.
 
     ``vouched``: per trusted endpoint, the digests a deployment signature this process
@@ -57,7 +58,7 @@ def deployment_from_record(record: Mapping[str, Any], server: ServerConfig, *,
     deployment = parse_deployment(spec, source=None)
     endpoints = deployment.endpoints
     if vouched is not None:
-        endpoints = tuple(replace(e, trusted_digests=vouched.get(e.name, frozenset()))
+        endpoints = tuple(replace(e, trusted_until=dict(vouched.get(e.name, {})))
                           if e.trusted else e for e in endpoints)
     return Deployment(endpoints, server, None, deployment.auth)
 

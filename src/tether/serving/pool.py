@@ -10,6 +10,7 @@ route switches to it.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,13 +147,13 @@ class ModelPool:
     """Loads versions for one endpoint (its trust and environment policy), once each."""
 
     def __init__(self, registry: RegistryAPI, *, trusted: bool = False,
-                 trusted_digests: frozenset[str] | None = None,
+                 trusted_until: Mapping[str, float] | None = None,
                  env_policy: str | None = None, drift_window: int = 1000,
                  deployment: str | None = None) -> None:
         self.registry = registry
-        #: (trusted, the digests that may load as trusted or None for all): one value, so
-        #: a load reads a whole revision's trust without a lock.
-        self.trust = (trusted, trusted_digests)
+        #: (trusted, the digests that may load as trusted and until when, or None for
+        #: all): one value, so a load reads a whole revision's trust without a lock.
+        self.trust = (trusted, trusted_until)
         self.deployment = deployment
         self.env_policy = env_policy
         self.drift_window = drift_window
@@ -178,17 +179,18 @@ class ModelPool:
             self._loaded[version.digest] = loaded
             return loaded
 
-    def set_trust(self, trusted: bool, digests: frozenset[str] | None) -> None:
+    def set_trust(self, trusted: bool, until: Mapping[str, float] | None) -> None:
         """Trust as a new revision of the deployment says, for every load from now on (a
         revision that drops ``trusted`` let the next target, any contributor's, load
         trusted: the pool kept the trust it started with)."""
-        self.trust = (trusted, digests)
+        self.trust = (trusted, until)
 
     def _load_model(self, version: ModelVersion) -> Any:
         # version.digest was checked against its manifest (require_intact) by the registry
         # that answered, and the load below asks for exactly that digest.
-        trusted, digests = self.trust
-        vouched = digests is None or version.digest in digests
+        trusted, until = self.trust
+        # A signature's expiry counts at every load, not only when the record changes.
+        vouched = until is None or until.get(version.digest, 0.0) > time.time()
         try:
             return self.registry.load(
                 f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,

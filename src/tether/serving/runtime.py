@@ -177,19 +177,31 @@ class ServingRuntime:
         return self.status()
 
     def apply(self, new: Deployment) -> None:
-        """Take new weights and targets for existing routes from a changed deployment."""
+        """Take new weights and targets for existing routes from a changed deployment.
+
+        Its trust is taken first, for every endpoint, whatever else of it is refused: a
+        revision that dropped ``trusted`` but was refused for a new endpoint, or that
+        removed the endpoint, left the pool trusting, and the next version its alias
+        named (any contributor's, once the alias was no longer protected) loaded
+        trusted (a review). The rest is checked whole before anything changes."""
+        configs = {c.name: c for c in new.endpoints}
+        for name, endpoint in self.endpoints.items():
+            config = configs.get(name)
+            if config is None:  # gone from the deployment: nothing more loads trusted
+                endpoint.pool.set_trust(False, {})
+            else:
+                endpoint.pool.set_trust(config.trusted, config.trusted_until)
         if new.auth != self.deployment.auth:
             raise InvalidInput("the auth section of the deployment file changed; restart to "
                                "change who may call this server")
         for config in new.endpoints:
-            endpoint = self.endpoints.get(config.name)
-            if endpoint is None:
+            if config.name not in self.endpoints:
                 raise InvalidInput(f"endpoint {config.name!r} is new; restart to add endpoints")
-            if {r.name for r in config.routes} != set(endpoint.slots):
+            if {r.name for r in config.routes} != set(self.endpoints[config.name].slots):
                 raise InvalidInput(f"the routes of {config.name!r} changed; restart to add or "
                                    "remove routes (weights and targets change live)")
-            # Before any load this revision starts: its trust, not the one the pool began with.
-            endpoint.pool.set_trust(config.trusted, config.trusted_digests)
+        for config in new.endpoints:
+            endpoint = self.endpoints[config.name]
             for route in config.routes:
                 slot = endpoint.slots[route.name]
                 if slot.target != route.target:
