@@ -457,6 +457,43 @@ def test_a_changed_cached_copy_of_a_files_version_is_made_again(
     assert sorted(p.name for p in again.iterdir()) == ["run.py"]
 
 
+def test_a_sealed_cached_copy_is_not_hashed_again_but_a_change_is_still_caught(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each load hashed every byte of a `files` version's cached folder (seconds for a
+    few GB); a stat seal spares the unchanged files. A change with the size and the
+    modification time put back still changes the file's change time: caught."""
+    import os
+
+    from tether import _digest
+    from tether._registry import cache_seal
+
+    folder = tmp_path / "tool"
+    folder.mkdir()
+    (folder / "x.py").write_text("X = 1\n")
+    (folder / "weights.bin").write_bytes(b"w" * 100_000)
+    version = registry.log_model(folder, "tool", progress=False)
+    first = Path(registry.load(version.ref))
+    assert cache_seal.seal_path(first).exists()
+    monkeypatch.setattr(cache_seal, "SETTLE_NS", 0)  # no coarse clocks here
+    hashed: list[str] = []
+    real = _digest.file_digest
+    monkeypatch.setattr(_digest, "file_digest", lambda p: hashed.append(Path(p).name)
+                        or real(p))
+    assert Path(registry.load(version.ref)) == first and hashed == []
+    before = (first / "x.py").stat()
+    (first / "x.py").write_text("X = 2\n")  # same size
+    os.utime(first / "x.py", ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.warns(UserWarning, match="x.py does not match its digest"):
+        again = Path(registry.load(version.ref))
+    assert (again / "x.py").read_text() == "X = 1\n"
+    assert hashed == ["x.py"]  # weights.bin, checked first, was sealed
+    cache_seal.seal_path(again).write_text("{not json")  # a broken seal: hash, reseal
+    hashed.clear()
+    assert Path(registry.load(version.ref)) == again
+    assert sorted(hashed) == ["weights.bin", "x.py"]
+
+
 def test_paths_one_file_apart_only_where_case_is_ignored_are_refused(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -540,3 +577,12 @@ def test_the_cached_copy_check_leaves_bytecode_and_catches_special_files(
         again = Path(registry.load(version.ref))
     assert sorted(p.name for p in again.iterdir()) == ["run.py"]
     assert not list(again.parent.glob("*.stale-*"))  # the moved-aside copy is removed
+
+    # A hard link from elsewhere: whoever holds the other name changes the loaded bytes
+    # after the check, with nothing in the folder looking different at check time.
+    outside = tmp_path / "outside.py"
+    os.link(again / "run.py", outside)
+    with pytest.warns(UserWarning, match="run.py is a hard link"):
+        fresh = Path(registry.load(version.ref))
+    outside.write_text("X = 'attacker'\n")
+    assert (fresh / "run.py").read_text() == "X = 1\n"

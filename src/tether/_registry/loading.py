@@ -34,10 +34,12 @@ class CachedCopyChangedWarning(UserWarning):
 
 def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None:
     """What in ``folder`` does not match ``version``'s files (None: every file is there,
-    with its size and digest, and nothing else is)."""
+    with its size and digest, and nothing else is). A file its seal vouches for is not
+    hashed again (``cache_seal``); after a check that hashed any, the seal is renewed."""
     import stat
 
     from .._digest import file_digest
+    from .cache_seal import Seal, write_seal
 
     if folder.is_symlink():
         return "the folder is a link"
@@ -47,18 +49,30 @@ def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None
         rel = path.relative_to(folder).as_posix()
         if "__pycache__" in rel.split("/")[:-1] and path.suffix == ".pyc":
             continue  # Python's own bytecode of the files: written by importing them
-        mode = path.lstat().st_mode
-        if stat.S_ISDIR(mode):
+        facts = path.lstat()
+        if stat.S_ISDIR(facts.st_mode):
             continue
-        if not stat.S_ISREG(mode) or rel not in expected:
+        if not stat.S_ISREG(facts.st_mode) or rel not in expected:
             return f"{rel} is not one of its files"
+        if facts.st_nlink > 1:
+            # Tether writes each file once, unlinked: another name for it elsewhere lets
+            # whoever holds that name change the bytes after this check.
+            return f"{rel} is a hard link to a file elsewhere"
         found.add(rel)
+    seal = Seal(folder)
+    hashed = False
     for rel, entry in expected.items():
         path = folder / rel
-        if rel not in found or path.stat().st_size != entry.size:
+        held = path.stat() if rel in found else None
+        if held is None or held.st_size != entry.size:
             return f"{rel} is missing or has another size"
+        if seal.vouches(rel, held):
+            continue
+        hashed = True
         if file_digest(path) != entry.digest:
             return f"{rel} does not match its digest"
+    if hashed:
+        write_seal(folder, expected)
     return None
 
 
@@ -85,7 +99,8 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
 
 @handoffs.during  # see tether/_store/handoffs.py
 def materialize(
-    registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool
+    registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool,
+    keep_seal: bool = False,
 ) -> Path:
     """Write a model's or a dataset's version's files under ``dest`` (verified), atomically.
 
@@ -93,7 +108,10 @@ def materialize(
     once its files are checked against the manifest: it was given as it was, so a file
     its user (or anyone who can write the cache) changed or added after the first load
     came back from every later one, signed or not (a review). A copy that differs is
-    made again, with a warning."""
+    made again, with a warning. ``keep_seal``: ``dest`` is a cached copy, checked at
+    later loads; seal it (``cache_seal``) so they need not hash every byte again."""
+    from .cache_seal import write_seal
+
     stale: Path | None = None
     if dest.exists() or dest.is_symlink():
         problem = _differs(version, dest)
@@ -116,6 +134,8 @@ def materialize(
             version.files, staging, label=version.ref, progress=progress, cache_chunks=False
         )
         staging.rename(dest)
+        if keep_seal:
+            write_seal(dest, (entry.path for entry in version.files))
     except OSError:
         # Another process materialised it first: theirs is as good as ours.
         if not dest.exists():
@@ -164,7 +184,8 @@ def load_version(
         # The caller gets a path, so the files must outlive this call.
         target = registry.cache_dir / "versions" / version.digest
         return flavor.load(
-            materialize(registry, version, target, progress=progress), version.flavor
+            materialize(registry, version, target, progress=progress, keep_seal=True),
+            version.flavor,
         )
     with tempfile.TemporaryDirectory(**registry.store.scratch_args("load")) as tmp:
         where = Path(tmp) / "model"
