@@ -119,8 +119,8 @@ def test_a_replica_of_a_server_runs_only_pickles_a_pinned_key_signed_for_the_dep
         # An admin signs the honest revision; a replica pinning the key loads it trusted,
         # and still refuses the attacker's version the server then names.
         registry.apply_deployment("svc", _spec(good.ref))
-        with pytest.raises(InvalidInput, match="the server's answer: review"):
-            client.sign_deployment("svc", str(key))  # iris@1.0.0 means what it says it means
+        with pytest.raises(InvalidInput, match="answers name the versions to sign"):
+            client.sign_deployment("svc", str(key))  # what iris@1.0.0 is: the server's word
         signed = client.sign_deployment("svc", str(key), confirm=lambda shown: True)
         assert signed["signatures"][0]["payload"]["endpoints"] == {"iris": [good.digest]}
         monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
@@ -326,8 +326,17 @@ def test_signing_through_a_server_shows_what_the_server_named_and_asks(
         assert [(v.target, v.digest, v.chosen_by_registry) for v in seen] == [
             ("iris@production", evil.digest, True)]  # the signer sees the server's pick
         assert registry.deployment("svc")["signatures"] == []
+        # A whole digest in the record is its answer too (a second review: the server
+        # rewrote the route to its pickle's digest); only one the signer typed is not.
+        _edit_spec(registry, "svc", f"iris@sha:{evil.digest}")
+        seen.clear()
+        with pytest.raises(InvalidInput, match="nothing signed"):
+            client.sign_deployment("svc", str(key), confirm=lambda shown: seen.extend(shown)
+                                   or False)
+        assert [(v.digest, v.chosen_by_registry) for v in seen] == [(evil.digest, True)]
         registry.apply_deployment("svc", _spec(f"iris@sha:{good.digest}"))
-        signed = client.sign_deployment("svc", str(key))  # nothing chosen by the server
+        named = f"iris@sha:{good.digest}"  # the signer types the digest it checked
+        signed = client.sign_deployment("svc", str(key), versions=[named])
         assert signed["signatures"][0]["payload"]["endpoints"] == {"iris": [good.digest]}
 
 
@@ -395,13 +404,19 @@ def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(
         registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
     from click.testing import CliRunner
 
+    from tether._metadata.schema import versions
     from tether.cli import cli
+    from tether.server.app import create_app
 
     good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
     registry.apply_deployment("svc", _spec(good.ref))
     key = _key(registry, tmp_path)
     token = registry.create_token("ops@example.com", role="admin")["token"]
-    from tether.server.app import create_app
+    # What a hostile server can answer: an author that erases the row shown and draws
+    # another before the question (a second review). Shown escaped, never acted on.
+    with registry.engine.begin() as conn:
+        conn.execute(versions.update().where(versions.c.id == good.id).values(
+            author="\x1b[2K\x1b[1Gsha:fake\x1b[8m"))
 
     with app_in_thread(create_app(registry)) as url:
         command = ["-r", url, "deploy", "sign", "svc", "--key", str(key)]
@@ -409,8 +424,37 @@ def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(
         assert asked.exit_code == 2, asked.output
         assert good.digest in asked.output and "server's answer" in asked.output
         assert "--yes" in asked.output and registry.deployment("svc")["signatures"] == []
+        assert "\x1b" not in asked.output and "\\x1b[2K" in asked.output
         done = CliRunner().invoke(cli, [*command, "--yes", "--json"],
                                   env={"TETHER_TOKEN": token})
         assert done.exit_code == 0, done.output
         assert json.loads(done.output)["signatures"][0]["payload"]["endpoints"] == {
             "iris": [good.digest]}
+
+
+def test_a_refused_revision_gives_no_more_trust_than_the_one_before(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """The harm (a second review): a revision that made an endpoint trusted but was
+    refused (it also added an endpoint) left the pool trusting while its slot still
+    followed the old, unprotected alias: a contributor's next promotion loaded trusted."""
+    from tether.serving.runtime import ServingRuntime, _less_trust
+
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    registry.promote(good.ref, "staging", create=True)
+    plain = _spec("iris@staging", trusted=False)
+    record = registry.apply_deployment("svc", plain)
+    runtime = ServingRuntime(registry, deployment_from_record(record, ServerConfig()),
+                             follow=("svc", record["revision"]))
+    endpoint = runtime.endpoints["iris"]
+    raised = {"endpoints": {"abc": _spec(good.ref)["endpoints"]["iris"],
+                            "iris": _spec(good.ref)["endpoints"]["iris"]}}
+    with pytest.raises(InvalidInput, match="is new; restart"):
+        runtime.apply(deployment_from_record(registry.apply_deployment("svc", raised),
+                                             ServerConfig()))
+    assert endpoint.pool.trust == (False, None)
+    assert endpoint.slots["main"].target == "iris@staging"
+
+    d1, d2 = "a" * 64, "b" * 64
+    assert _less_trust((True, None), (True, {d1: 5.0})) == (True, {d1: 5.0})
+    assert _less_trust((True, {d1: 9.0, d2: 1.0}), (True, {d1: 5.0})) == (True, {d1: 5.0})
+    assert _less_trust((True, {d1: 5.0}), (False, None)) == (False, {d1: 5.0})

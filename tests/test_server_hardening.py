@@ -265,6 +265,17 @@ def test_call_with_wrong_arguments_is_400(server: Server) -> None:
     )
     tether_error(revision, 400, "invalid_input", "'revision' must be an integer or null")
     assert server.api("POST", "/api/v1/call/grants", json={}).status_code == 200
+    # A lone surrogate (half of a UTF-16 pair) decodes from JSON but no database takes
+    # it: it was a 500 with a traceback (a review). A whole pair is a character.
+    for method, rest in (("deployment", b""), ("deployment_history", b""),
+                         ("record_deployment_signature", b', {}, "k", "s"')):
+        lone = server.api("POST", f"/api/v1/call/{method}",
+                          content=b'{"args": ["\\ud800"' + rest + b"]}",
+                          headers={"Content-Type": "application/json"})
+        tether_error(lone, 400, "invalid_input", "lone surrogate")
+    pair = server.api("POST", "/api/v1/call/deployment", content=b'{"args": ["\\ud83d\\ude00"]}',
+                      headers={"Content-Type": "application/json"})
+    assert pair.status_code in (400, 404) and "surrogate" not in pair.text
 
 
 # -- limits ----------------------------------------------------------------------------------

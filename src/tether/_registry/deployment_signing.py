@@ -39,7 +39,7 @@ from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import deployment_signatures, trusted_keys
 from .._reference import SelectorKind, parse_reference
 from .roles import require_role
-from .trust import own_database
+from .trust import own_database, pinned_load_keys
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -103,10 +103,11 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
     targets name now, and ``versions`` (e.g. the next release before a protected alias
     moves to it). ``expires_in``: a duration, ``"never"``, or None for 90 days.
 
-    Through a server, what an alias or a version number names is the server's answer:
-    a hostile one named its own pickle, and the signer signed it (a review). So then
-    ``confirm`` is shown every version to be signed and must agree, unless every
-    reference is a whole digest (which the answer is checked against)."""
+    Through a server (or over a database whose replicas pin keys), the deployment's
+    targets and what an alias or a version number names are its answers: a hostile one
+    named its own pickle, and the signer signed it (a review). So then ``confirm`` is
+    shown every version to be signed and must agree, unless each is named by a whole
+    digest in ``versions`` (which the answer is checked against)."""
     from .. import _signing as signing
     from .tokens import parse_duration
 
@@ -120,21 +121,28 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
             f"deployment {name} has no trusted endpoint: there is nothing to sign",
             hint="`trusted: true` on an endpoint lets its targets' pickles load; replicas of "
             "a server honour it for the versions a signature lists")
-    remote = not own_database(registry)
+    # Whose answers decide: a server's, or a database a replica pins keys against (a
+    # review: an edited alias row got its version signed without a question).
+    answered = not own_database(registry) or bool(pinned_load_keys())
+    named = {ref for ref in versions if _whole_digest(ref)}
     shown: list[Vouching] = []
     for endpoint, targets in endpoints.items():
         for target in [*targets, *versions]:
             version = require_intact(registry.get(target))
+            # A target is the record's answer too, even a whole digest (a review: the
+            # server rewrote the route to its own version's digest): only a digest the
+            # signer typed names a version by itself.
             shown.append(Vouching(endpoint, target, version.ref, version.digest,
                                   version.author, version.created_at,
-                                  remote and not _whole_digest(target)))
+                                  answered and target not in named))
     if any(v.chosen_by_registry for v in shown):
         if confirm is None:
+            first = next(v for v in shown if v.chosen_by_registry)
             raise InvalidInput(
-                f"through a server, what {next(v.target for v in shown if v.chosen_by_registry)}"
-                " names is the server's answer: review the versions before signing them",
-                hint="`tether deploy sign` shows them and asks; or name each version by its "
-                "whole digest (NAME@sha:...) with --version and target it so")
+                f"the registry's answers name the versions to sign ({first.endpoint}: "
+                f"{first.target}): review them before signing",
+                hint="pass confirm= (`tether deploy sign` shows them and asks), having "
+                "compared each digest with the one you checked")
         if not confirm(shown):
             raise InvalidInput("nothing signed", hint="sign when the versions are the ones "
                                "you checked")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
@@ -120,18 +121,34 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Characters a terminal acts on rather than shows: C0 and C1 controls (a newline, too,
+#: would draw a row of its own), DEL, and the bidirectional overrides and isolates that
+#: reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that shows as itself on a terminal: its control characters
+    escaped (``\x1b`` for ESC). Names, authors and tags come from a registry, perhaps a
+    hostile server: an escape sequence in one erased a row of `tether deploy sign`'s
+    table and drew another in its place, just before it asked for a yes (a review)."""
+    text = "" if value is None else str(value)
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> Any:
     """Columns for ``console.print``: a rich table on a terminal, else plain aligned
     text that never wraps or cuts a value (digests and emails stay whole for grep).
 
-    A cell is shown as text, never read as markup; one that should be styled is a
-    ``rich.text.Text`` (its style shows on a terminal, its plain text elsewhere)."""
+    A cell is shown as text, never read as markup, and with its control characters
+    escaped (``printable``); one that should be styled is a ``rich.text.Text`` (its
+    style shows on a terminal, its plain text elsewhere)."""
     from rich.text import Text
 
-    styled = [[cell if isinstance(cell, Text) else Text("" if cell is None else str(cell))
-               for cell in row] for row in rows]
+    styled = [[cell if isinstance(cell, Text) else Text(printable(cell)) for cell in row]
+              for row in rows]
     cells = [[cell.plain for cell in row] for row in styled]
     if not console.is_terminal:
         widths = [

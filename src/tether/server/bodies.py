@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -111,7 +112,34 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         raise InvalidInput(f"body is not valid JSON: {error}") from error
     check_depth(data)
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(data)
     return data
+
+
+#: ``\ud800``-``\udfff`` in JSON text: half of a pair (an emoji's, say) or a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """Refuse text JSON decodes to but no encoding holds: a lone surrogate (``\ud800``)
+    reached the database layer and was a 500 there (a review). Pairs are characters."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        items = [*node.keys(), *node.values()] if isinstance(node, dict) else (
+            node if isinstance(node, list) else [node])
+        for item in items:
+            if isinstance(item, dict | list):
+                stack.append(item)
+            elif isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidInput(
+                        "body holds text that is not Unicode: a lone surrogate escape "
+                        "(\\ud800 to \\udfff without its pair)",
+                        hint="send the character itself, or both halves of its pair") from None
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:

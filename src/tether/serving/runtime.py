@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +191,11 @@ class ServingRuntime:
             if config is None:  # gone from the deployment: nothing more loads trusted
                 endpoint.pool.set_trust(False, {})
             else:
-                endpoint.pool.set_trust(config.trusted, config.trusted_until)
+                # Only less for now: more trust comes with the targets it was given for
+                # (a second review: a refused revision that made an endpoint trusted left
+                # its old, unprotected alias loading trusted).
+                endpoint.pool.set_trust(*_less_trust(endpoint.pool.trust,
+                                                     (config.trusted, config.trusted_until)))
         if new.auth != self.deployment.auth:
             raise InvalidInput("the auth section of the deployment file changed; restart to "
                                "change who may call this server")
@@ -202,6 +207,7 @@ class ServingRuntime:
                                    "remove routes (weights and targets change live)")
         for config in new.endpoints:
             endpoint = self.endpoints[config.name]
+            endpoint.pool.set_trust(config.trusted, config.trusted_until)  # before its loads
             for route in config.routes:
                 slot = endpoint.slots[route.name]
                 if slot.target != route.target:
@@ -212,6 +218,18 @@ class ServingRuntime:
             endpoint.config = config
         self.deployment = new
         log.info("deployment re-read", extra={"source": new.source})
+
+
+Trust = tuple[bool, Mapping[str, float] | None]
+
+
+def _less_trust(old: Trust, new: Trust) -> Trust:
+    """What both ``old`` and ``new`` allow: trusted only if both are, each digest until
+    the earlier of its two times (a map of None allows every digest)."""
+    trusted = old[0] and new[0]
+    if old[1] is None or new[1] is None:
+        return trusted, new[1] if old[1] is None else old[1]
+    return trusted, {d: min(t, new[1][d]) for d, t in old[1].items() if d in new[1]}
 
 
 def _repin(endpoint: Endpoint, slot: RouteSlot) -> None:
