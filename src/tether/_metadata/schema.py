@@ -409,11 +409,12 @@ deployment_signatures = Table(
     UniqueConstraint("deployment", "key_id", name="uq_deployment_signatures_key"),
 )
 
-# Web UI sessions signed out (revision 0013): their cookies are refused until they would
-# have expired anyway (ui/sessions.py).
+# When each API token (its SHA-256) last signed out of the web UI (revision 0013): its
+# cookies sealed before then are refused until they would have expired anyway
+# (ui/sessions.py).
 ui_signouts = Table(
     "ui_signouts",
     metadata,
-    Column("session", String(64), primary_key=True),
-    Column("expires_at", Float, nullable=False),
+    Column("token", String(64), primary_key=True),
+    Column("signed_out_at", Float, nullable=False),
 )

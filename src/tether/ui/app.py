@@ -4,9 +4,9 @@ Each page is a view (``views.py``) that returns a dict; the HTML page renders
 it with a Jinja2 template (autoescaped: everything users wrote is text, never
 markup) and its JSON twin (``?format=json`` or a ``.json`` suffix) returns it.
 
-Sign-in takes a Tether API token and keeps it, sealed with a session id, in an
-HttpOnly, SameSite=Strict cookie for 12 hours; sign-out ends the session for
-every copy of the cookie (``sessions.py``). Every form carries a CSRF token
+Sign-in takes a Tether API token and keeps it, sealed, in an HttpOnly,
+SameSite=Strict cookie for 12 hours; sign-out ends the token's UI sessions for
+every copy of their cookies (``sessions.py``). Every form carries a CSRF token
 derived from that secret; a POST without the right one is refused before
 anything runs. Each action then asks for the same role the REST API asks for,
 and calls the registry as the signed-in user, so policies, approvals and the
@@ -159,7 +159,7 @@ class UI:
         if sealed is None:
             return None
         registry = self.registry_factory()
-        if sessions.signed_out(registry, sealed.session):
+        if sessions.signed_out(registry, sealed):
             return None
         try:
             principal = self._principal(registry, sealed.token)

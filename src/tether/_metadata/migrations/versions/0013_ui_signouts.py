@@ -3,9 +3,11 @@
 Revision ID: 0013
 Revises: 0012
 
-- ui_signouts: the id of each session signed out, kept until its cookie would
-  have expired anyway (``ui/sessions.py``). Deleting the cookie in the browser
-  ended nothing: a copy of it worked on as long as the API token did.
+- ui_signouts: when each API token (by its SHA-256) last signed out of the UI;
+  a cookie sealed for that token before then is refused, until it would have
+  expired anyway (``ui/sessions.py``). Deleting the cookie in the browser ended
+  nothing: a copy of it worked on as long as the API token did. One row per
+  token, so signing in and out again and again adds none.
 """
 
 import sqlalchemy as sa
@@ -20,9 +22,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "ui_signouts",
-        sa.Column("session", sa.String(length=64), nullable=False),
-        sa.Column("expires_at", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("session"),
+        sa.Column("token", sa.String(length=64), nullable=False),
+        sa.Column("signed_out_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("token"),
     )
 
 
