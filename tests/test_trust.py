@@ -427,11 +427,37 @@ def test_tether_check_through_a_server_gates_on_signatures_it_checks_itself(
             assert result.ok and "the server's word" in result.message  # said, not hidden
             monkeypatch.setenv("TETHER_LOAD_KEYS", str(tmp_path / "release.key.pub"))
             result = gate(client, unsigned.ref)
-            assert not result.ok and "no key pinned in TETHER_LOAD_KEYS" in result.message
+            assert not result.ok and "no signature on it by a key pinned" in result.message
             result = gate(client, signed.ref)
-            assert result.ok and "checked here with pinned key" in result.message
+            assert result.ok and "checked here" in result.message
+            assert "signed by release" not in result.message  # the server's name, unchecked
+
+            # A lying server drops the requirement instead (a review): the gate passed.
+            # --require-signature makes it the caller's, whatever the policy says.
+            monkeypatch.setattr(trust, "trust_facts", lambda conn, version: {
+                **honest(conn, version), "require_signed_by": [], "valid_signers": ["release"]})
+            assert all(r.check != "signature" for r in client.check(
+                lock_path=tmp_path / f"{unsigned.ref.replace('@', '-')}.lock").results)
+            demanded = next(r for r in client.check(
+                lock_path=tmp_path / f"{unsigned.ref.replace('@', '-')}.lock",
+                require_signature=True).results if r.check == "signature")
+            assert not demanded.ok and "no signature on it by a key pinned" in demanded.message
+            assert next(r for r in client.check(
+                lock_path=tmp_path / f"{signed.ref.replace('@', '-')}.lock",
+                require_signature=True).results if r.check == "signature").ok
+
+            # A malformed answer is refused, not a traceback.
+            for junk in ({"signatures": 5}, {"require_signed_by": 5},
+                         {"valid_signers": None}):
+                monkeypatch.setattr(trust, "trust_facts",
+                                    lambda conn, version, junk=junk: {
+                                        **honest(conn, version), **junk})
+                with pytest.raises(IntegrityError, match="malformed"):
+                    client.check(lock_path=tmp_path / f"{signed.ref.replace('@', '-')}.lock")
         finally:
             client.close()
+    monkeypatch.setattr(trust, "trust_facts", honest)
+    monkeypatch.delenv("TETHER_LOAD_KEYS")  # an embedded registry, keys not pinned: its word
     lock = tmp_path / f"{signed.ref.replace('@', '-')}.lock"
     local = next(r for r in registry.check(lock_path=lock).results if r.check == "signature")
     assert local.ok and "checked here" not in local.message

@@ -526,8 +526,22 @@ class RemoteRegistry:
                                  ModelVersion, headers={"Idempotency-Key": key})
 
     def trust_facts(self, version: ModelVersion) -> dict[str, Any]:
+        """The server's answer, refused (IntegrityError) unless it has the shape load and
+        check read: a hostile one made `tether check` crash with a traceback (a review)."""
         path = f"/models/{quote(version.name)}/trust/{version.semver}"
-        return dict(self._request("GET", path))
+        facts = self._request("GET", path)
+        lists = ("require_signed_by", "load_signers", "valid_signers", "signature_problems")
+        if not (isinstance(facts, dict)
+                and all(isinstance(facts.get(k), list)
+                        and all(isinstance(x, str) for x in facts[k]) for k in lists)
+                and isinstance(facts.get("deprecated_by_policy"), bool)
+                and isinstance(facts.get("signatures"), list)
+                and all(isinstance(row, dict) for row in facts["signatures"])):
+            raise IntegrityError(
+                f"the server's answer about the signatures and policy of {version.ref} is "
+                "malformed", hint="the server is not a Tether server of this version, or "
+                "is not to be trusted; nothing was loaded")
+        return dict(facts)
 
     def vouched_for_loading(self, version: ModelVersion, facts: dict[str, Any]) -> str | None:
         """Never the server's word: a signature this client checks itself, by a key it

@@ -24,7 +24,7 @@ from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
 from . import env_check
-from .trust import own_database
+from .trust import own_database, pinned_load_keys, vouched_by_pinned_keys
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -122,7 +122,12 @@ def run_check(
     python: str | None = None,
     env_policy: str | None = None,
     verify_bytes: bool = True,
+    require_signature: bool = False,
 ) -> CheckReport:
+    """Check every pin of ``lock_path``. ``require_signature``: each pinned version must
+    carry a signature whatever its policy says, checked here with the keys pinned in
+    TETHER_LOAD_KEYS when they are set or the registry is a server (whose policy is its
+    word: a lying one dropped the requirement and passed the gate, a review)."""
     lock: LockFile = read_lock(lock_path)
     app = read_requirements(requirements_path) if requirements_path is not None else None
     pins = app.pins if app is not None else None
@@ -201,14 +206,15 @@ def run_check(
         trust = registry.trust_facts(version)
         required, valid = trust["require_signed_by"], trust["valid_signers"]
         sig_problems = trust["signature_problems"]
-        if required:
-            signed = bool(set(valid) & set(required))
+        if required or require_signature:
+            signed = bool(set(valid) & set(required)) if required else bool(valid)
             detail = (f"signed by {', '.join(valid)}" if signed
-                      else f"needs a signature by {' or '.join(required)}"
+                      else f"needs a signature by {' or '.join(required) or 'a trusted key'}"
                       + (f" ({'; '.join(sig_problems)})" if sig_problems else ""))
             fix = None if signed else f"tether sign {version.ref} --key KEYFILE"
-            if signed and not own_database(registry):
-                signed, detail, fix = _checked_here(version, trust, detail)
+            if signed and (not own_database(registry) or pinned_load_keys()):
+                signed, detail, fix = _checked_here(version, trust, required,
+                                                    demanded=require_signature)
             add(CheckResult(name, "signature", signed, detail, fix))
         deprecated = version.status == "deprecated" or trust["deprecated_by_policy"]
         add(
@@ -225,22 +231,27 @@ def run_check(
     return report
 
 
-def _checked_here(version: Any, trust: dict[str, Any], detail: str) -> tuple[bool, str, str | None]:
-    """A client of a server checks a signature it gates on itself, with the keys it pins
-    in TETHER_LOAD_KEYS: a compromised server (or anyone on the way over http) could
-    otherwise pass the gate for any version. Without pinned keys the result says it
-    rests on the server's word."""
-    from .trust import pinned_load_keys, vouched_by_pinned_keys
-
+def _checked_here(version: Any, trust: dict[str, Any], required: list[str], *,
+                  demanded: bool) -> tuple[bool, str, str | None]:
+    """A signature the gate rests on, checked here with the keys pinned in
+    TETHER_LOAD_KEYS: a compromised server (or anyone on the way over http) could
+    otherwise pass it for any version. The server's names for its signers are not
+    repeated as if checked (a review: any pinned key passed as "release"). Without
+    pinned keys the result says it rests on the server's word, and fails when the
+    caller demanded a signature (``--require-signature``)."""
+    names = f" (its policy asks for {' or '.join(required)})" if required else ""
     if not pinned_load_keys():
-        return True, f"{detail} (the server's word: pin the public key in TETHER_LOAD_KEYS " \
-            "to check it here)", None
+        if demanded:
+            return (False, "a signature checked here is required, but no key is pinned in "
+                    "TETHER_LOAD_KEYS", "pin the public key of the signer in TETHER_LOAD_KEYS")
+        return True, (f"signed by {', '.join(trust['valid_signers'])} (the server's word: "
+                      "pin the public key in TETHER_LOAD_KEYS to check it here)"), None
     key = vouched_by_pinned_keys(version, trust)
     if key is None:
-        return (False, f"the server says {detail}, but no key pinned in TETHER_LOAD_KEYS "
-                "checks a signature on it here", f"tether sign {version.ref} --key KEYFILE "
-                "with the key whose public half you pinned")
-    return True, f"{detail} (checked here with pinned key {key})", None
+        return (False, f"no signature on it by a key pinned in TETHER_LOAD_KEYS{names}",
+                f"tether sign {version.ref} --key KEYFILE with the key whose public half "
+                "you pinned")
+    return True, f"signed by pinned key {key}, checked here{names}", None
 
 
 def _schema_result(

@@ -783,6 +783,7 @@ class Registry:
         requirements_path: Path | None = None,
         python: str | None = None,
         env_policy: str | None = None,
+        require_signature: bool = False,
     ) -> ci_check.CheckReport:
         return ci_check.run_check(
             self,
@@ -790,6 +791,7 @@ class Registry:
             requirements_path=requirements_path,
             python=python,
             env_policy=env_policy,
+            require_signature=require_signature,
         )
 
     def reproduce(self, ref: str) -> dict[str, Any]:

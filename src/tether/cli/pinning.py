@@ -142,6 +142,13 @@ def lock_list(lock_path: Path | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a JUnit XML report here.",
 )
+@click.option(
+    "--require-signature",
+    is_flag=True,
+    help="Every pinned version must be signed, whatever its policy says; through a server "
+    "(or with TETHER_LOAD_KEYS set) by a key pinned in TETHER_LOAD_KEYS, checked here. "
+    "Through a server the policy itself is the server's word.",
+)
 @json_option
 @click.pass_context
 @handle_errors
@@ -152,6 +159,7 @@ def check(
     python: str | None,
     env_policy: str | None,
     junit: Path | None,
+    require_signature: bool,
     as_json: bool,
 ) -> None:
     """CI gate: refuse to ship models that do not match the application.
@@ -171,7 +179,8 @@ def check(
                 requirements_path = path.parent / name
                 break
     report = registry_from(ctx).check(
-        lock_path=path, requirements_path=requirements_path, python=python, env_policy=env_policy
+        lock_path=path, requirements_path=requirements_path, python=python,
+        env_policy=env_policy, require_signature=require_signature,
     )
     if junit:
         junit.write_text(report.to_junit())
