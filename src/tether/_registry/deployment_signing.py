@@ -37,6 +37,7 @@ from .._identity import require_intact
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso, parse_iso
 from .._metadata.schema import deployment_signatures, trusted_keys
+from .._records import ModelVersion
 from .._reference import SelectorKind, parse_reference
 from .roles import require_role
 from .trust import own_database, pinned_load_keys
@@ -85,8 +86,8 @@ class Vouching:
     digest: str
     author: str
     created_at: str
-    #: Whether the registry's answer chose the bytes (an alias, a version number, a
-    #: digest prefix through a server) rather than the reference naming them itself.
+    #: Whether the registry's answers chose it (the record's target, and what that names)
+    #: rather than a whole digest the signer typed.
     chosen_by_registry: bool
 
 
@@ -124,11 +125,15 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
     # Whose answers decide: a server's, or a database a replica pins keys against (a
     # review: an edited alias row got its version signed without a question).
     answered = not own_database(registry) or bool(pinned_load_keys())
-    named = {ref for ref in versions if _whole_digest(ref)}
+    extra = list(versions)
+    named = {ref for ref in extra if _whole_digest(ref)}
+    resolved: dict[str, ModelVersion] = {}  # each reference asked once
     shown: list[Vouching] = []
     for endpoint, targets in endpoints.items():
-        for target in [*targets, *versions]:
-            version = require_intact(registry.get(target))
+        for target in [*targets, *extra]:
+            if target not in resolved:
+                resolved[target] = require_intact(registry.get(target))
+            version = resolved[target]
             # A target is the record's answer too, even a whole digest (a review: the
             # server rewrote the route to its own version's digest): only a digest the
             # signer typed names a version by itself.
