@@ -456,6 +456,43 @@ def test_sign_out_ends_the_session_for_every_copy_of_its_cookie(
     assert fresh.get("/", follow_redirects=False).status_code == 303
 
 
+def test_deployments_pages_show_routes_signatures_replicas_and_revisions(
+        world: World, tmp_path: Path) -> None:
+    from tether._signing import generate_key
+
+    registry = world.registry
+    first = registry.get("iris@1.0.0")
+    spec = {"endpoints": {"iris": {
+        "routes": [{"name": "stable", "target": first.ref, "weight": 90},
+                   {"name": "canary", "target": "iris@1.1.0", "weight": 10}],
+        "shadow": [{"target": "iris@1.1.0", "sample": 0.5}], "trusted": True,
+        "rollback": {"rules": ["error_rate > 0.05"]}}}}
+    registry.apply_deployment("svc", spec, reason="first")
+    key, public, key_id = generate_key(tmp_path / "release.key")
+    registry.trust_key("release", public.read_text())
+    registry.sign_deployment("svc", str(key), expires_in="30d")
+    registry.replica_heartbeat("svc", "r1", host="node-1", pid=7, info={
+        "ready": True, "revision": 2, "leader": True,
+        "routes": {"iris/canary": {"ref": "iris@1.1.0", "status": "ready",
+                                   "problem": f"refused {XSS}"}}})
+    client = world.client("rita")
+    listing = client.get("/deployments")
+    assert listing.status_code == 200 and 'href="/deployments/svc"' in listing.text
+    page = client.get("/deployments/svc")
+    assert page.status_code == 200
+    html = page.text
+    for shown in ("trusted", "90%", "10%", "copy of 50% (shadow)", "error_rate &gt; 0.05",
+                  key_id, "node-1", "Revision", "sign", "apply"):
+        assert shown in html, shown
+    assert XSS not in html and "&lt;script&gt;" in html  # a replica's report is text
+    data = client.get("/deployments/svc?format=json").json()
+    assert data["signatures"][0]["endpoints"] == {"iris": 2}
+    assert data["replicas"][0]["routes"]["iris/canary"]["problem"] == f"refused {XSS}"
+    assert [h["action"] for h in data["history"]] == ["sign", "apply"]
+    assert client.get("/deployments/nope").status_code == 404
+    assert world.client().get("/deployments", follow_redirects=False).status_code == 303
+
+
 def test_mounted_under_a_prefix_links_follow(world: World) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount

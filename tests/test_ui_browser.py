@@ -265,3 +265,41 @@ def test_reader_without_javascript_reads_and_sees_no_buttons(
         assert not browser.find_elements(By.CSS_SELECTOR, f"[data-testid={form}]")
     browser.get(f"{url}/compare?v=iris@1.0.0&v=iris@1.2.0&only=1")
     assert browser.find_elements(By.CSS_SELECTOR, "tr.differs")
+
+
+def test_a_deployment_is_one_click_from_every_page(
+    site: tuple[str, dict[str, str]], registry: Registry, browser: Any, tmp_path: Path
+) -> None:
+    """An ML engineer finds a stored deployment from the top bar: its routes and their
+    traffic, who signed which versions, and what each replica serves (and refused)."""
+    from tether._signing import generate_key
+
+    url, tokens = site
+    spec = {"endpoints": {"iris": {
+        "routes": [{"name": "stable", "target": "iris@production", "weight": 90},
+                   {"name": "canary", "target": "iris@1.1.0", "weight": 10}],
+        "shadow": [{"target": "iris@1.2.0", "sample": 0.25}], "trusted": True,
+        "rollback": {"window": 60, "min_requests": 20, "rules": ["error_rate > 0.05"]}}}}
+    registry.apply_deployment("iris-prod", spec, reason="canary 1.1.0")
+    key, public, _ = generate_key(tmp_path / "release.key")
+    registry.trust_key("release", public.read_text())
+    registry.sign_deployment("iris-prod", str(key), expires_in="90d")
+    for replica, problem in (("node-1-4242", None), ("node-2-4243", "refused iris@1.1.0: "
+                                                      "no signature this replica checked")):
+        registry.replica_heartbeat("iris-prod", replica, host=replica[:6], pid=1, info={
+            "ready": True, "revision": 2, "leader": replica.endswith("42"),
+            "routes": {"iris/stable": {"ref": "iris@1.0.0", "status": "ready"},
+                       "iris/canary": {"ref": None if problem else "iris@1.1.0",
+                                       "status": "ready", "problem": problem}}})
+    _sign_in(browser, url, tokens["admin"])
+    browser.find_element(By.LINK_TEXT, "Deployments").click()
+    browser.find_element(By.LINK_TEXT, "iris-prod").click()
+    WebDriverWait(browser, 10).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=signatures]")))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Deployment iris-prod"
+    assert browser.find_element(By.CSS_SELECTOR, "[data-testid=trusted]").is_displayed()
+    rows = browser.find_elements(By.CSS_SELECTOR, "[data-testid=replicas] tbody tr")
+    assert len(rows) == 2
+    assert "no signature this replica checked" in browser.find_element(
+        By.CSS_SELECTOR, "[data-testid=problem]").text
+    _shot(browser, "deployment")

@@ -340,6 +340,13 @@ class UI:
         )
         return "audit.html", data, "Audit log"
 
+    def deployments(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
+        return "deployments.html", views.deployments_page(session.registry), "Deployments"
+
+    def deployment(self, request: Request, session: Session) -> tuple[str, dict[str, Any], str]:
+        name = _strip_json(request.path_params["name"])
+        return "deployment.html", views.deployment_page(session.registry, name), name
+
     # -- actions ----------------------------------------------------------------
 
     @staticmethod
@@ -490,6 +497,9 @@ class UI:
             Route("/compare.json", page(self.compare)),
             Route("/audit", page(self.audit)),
             Route("/audit.json", page(self.audit)),
+            Route("/deployments", page(self.deployments)),
+            Route("/deployments.json", page(self.deployments)),
+            Route("/deployments/{name}", page(self.deployment)),
             Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -520,3 +521,72 @@ def audit_page(
         "events": [event_row(e) for e in events],
         "verification": verification,
     }
+
+
+# -- deployments ------------------------------------------------------------------------
+
+
+def deployments_page(registry: Registry) -> dict[str, Any]:
+    """Deployments stored in the registry (read-only: they change through the CLI/API)."""
+    return {"deployments": [
+        {**d, "updated_ago": ago(d["updated_at"])} for d in registry.deployments()]}
+
+
+def deployment_page(registry: Registry, name: str) -> dict[str, Any]:
+    """One deployment: its routes and their traffic, the signatures replicas of a server
+    check before loading trusted, its replicas now, and its last revisions."""
+    from .._registry.deployments import effective_weights
+
+    status = registry.deployment_status(name)
+    record = status["deployment"]
+    paused = set(record.get("paused") or [])
+    now = time.time()
+    endpoints = []
+    for endpoint, body in record["spec"]["endpoints"].items():
+        shares = effective_weights(record, endpoint)
+        total = sum(shares.values()) or 1.0
+        routes = [{"name": r["name"], "target": r["target"], "weight": r["weight"],
+                   "paused": f"{endpoint}/{r['name']}" in paused,
+                   "share": shares.get(r["name"], 0.0) / total} for r in body["routes"]]
+        routes += [{"name": "shadow", "target": s["target"], "weight": None, "paused": False,
+                    "share": None, "sample": s.get("sample", 1.0)}
+                   for s in body.get("shadow", [])]
+        endpoints.append({"name": endpoint, "trusted": bool(body.get("trusted")),
+                          "rules": (body.get("rollback") or {}).get("rules", []),
+                          "routes": routes})
+    signatures = []
+    for entry in record.get("signatures") or []:
+        payload = entry.get("payload") or {}
+        expires = payload.get("expires_at")
+        signatures.append({
+            "key_id": entry.get("key_id"), "signer": entry.get("signer"),
+            "created_at": entry.get("created_at"), "expires_at": expires,
+            "expired": isinstance(expires, str) and _epoch(expires) < now,
+            "endpoints": {e: len(d) for e, d in (payload.get("endpoints") or {}).items()}})
+    replicas = []
+    for replica in status["replicas"]:
+        info = replica.get("info") or {}
+        replicas.append({
+            "replica": replica["replica"], "host": replica["host"], "live": replica["live"],
+            "last_heartbeat_s": replica["last_heartbeat_s"], "revision": info.get("revision"),
+            "ready": info.get("ready"), "leader": info.get("leader"),
+            "routes": {key: {"ref": r.get("ref"), "status": r.get("status"),
+                             "problem": r.get("problem")}
+                       for key, r in (info.get("routes") or {}).items()}})
+    history = registry.deployment_history(name)[:20]
+    return {
+        "name": name, "revision": record["revision"], "updated_at": record["updated_at"],
+        "updated_by": record["updated_by"], "endpoints": endpoints, "signatures": signatures,
+        "replicas": replicas, "lease": status["lease"],
+        "history": [{k: h[k] for k in ("revision", "action", "actor", "reason", "at")}
+                    for h in history],
+    }
+
+
+def _epoch(text: str) -> float:
+    from .._metadata.clock import parse_iso
+
+    try:
+        return parse_iso(text).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
