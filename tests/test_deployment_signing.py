@@ -398,6 +398,60 @@ def test_an_embedded_replica_with_pinned_keys_checks_signatures_too(
     with pytest.raises(UnsafeArtifact):
         pool.load(version)
     assert not marker.exists()
+    # Nor by the database's own keys (a third review): whoever writes it trusts a key of
+    # their own for loading and signs the pickle with it; only pinned keys count now.
+    mallory, public, _ = generate_key(tmp_path / "mallory.key")
+    registry.trust_key("mallory", public.read_text())
+    registry.set_setting("trust.load_signers", "mallory")
+    registry.sign(evil.ref, str(mallory))
+    with pytest.raises(UnsafeArtifact):
+        pool.load(version)
+    with pytest.raises(UnsafeArtifact):
+        registry.load(evil.ref)
+    assert not marker.exists()
+
+
+def test_a_version_loaded_trusted_is_not_served_again_once_its_signature_is_gone(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """The harm (a third review): a replica switched back, from memory, to a version it
+    had loaded while a signature listed it, after that signature was withdrawn."""
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    pool = ModelPool(registry, trusted=True, trusted_until={good.digest: time.time() + 60})
+    loaded = pool.load(good)
+    assert loaded.loaded_trusted and pool.reuse(loaded) is loaded
+    assert pool.load(good) is loaded  # the cache, while the signature stands
+    pool.set_trust(True, {})  # withdrawn
+    assert pool.reuse(loaded) is None
+    with pytest.raises(UnsafeArtifact):
+        pool.load(good)
+
+
+def test_only_callers_who_could_move_the_traffic_count_in_rollbacks(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """The harm (a third review): a reader's heartbeat with made-up errors made the lease
+    holder roll production back, in its own name; a malformed count stopped it judging."""
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    registry.apply_deployment("svc", _spec(good.ref, trusted=False))
+    registry.create_token("rita@example.com", role="reader")
+    rita = registry.as_actor("rita@example.com", enforce_roles=True)
+    made_up = {"iris/main": {"digest": f"sha:{good.digest}", "ref": good.ref, "requests": 1000,
+                             "errors": 1000, "latency": {}, "sums": {}}}
+    answer = rita.replica_heartbeat("svc", "fake", host="h", pid=1, stats=made_up,
+                                    lead=False)
+    assert answer["stats_counted"] is False
+    replicas = registry.deployment_status("svc")["replicas"]
+    assert [r["stats"] for r in replicas] == [{}]  # seen, not counted
+    assert registry.replica_heartbeat("svc", "real", host="h", pid=2, stats=made_up,
+                                      lead=False)["stats_counted"] is True
+    for junk, why in (({"iris/main": {**made_up["iris/main"], "requests": "lots"}},
+                       "not counts"),
+                      ({"iris/main": {**made_up["iris/main"], "errors": 2000}}, "not counts"),
+                      ({"iris/main": {**made_up["iris/main"], "digest": "x"}}, "digest"),
+                      ({"iris/main": {**made_up["iris/main"], "sums": {"a": [1e400, 1]}}},
+                       "sums"),
+                      ([1, 2], "not an object")):
+        with pytest.raises(InvalidInput, match=why):
+            registry.replica_heartbeat("svc", "real", host="h", pid=2, stats=junk)
 
 
 def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(

@@ -19,6 +19,7 @@ stored deployment.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -612,15 +613,22 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
     if not replica or len(replica) > 128:
         raise InvalidInput("a replica id is 1 to 128 characters")
     ttl, lease_ttl = min(max(ttl, 1.0), 300.0), min(max(lease_ttl, 1.0), 60.0)
+    checked = _checked_stats(stats or {})
     with registry.write() as conn:
         row = _row(conn, name)
-        for model in _models(json.loads(row.spec)):
+        spec = json.loads(row.spec)
+        for model in _models(spec):
             require_role(conn, registry.actor, "reader", model)
+        # The lease holder rolls routes back on the sum of every replica's windows: only
+        # a caller who could move that traffic itself is counted (a review: a reader's
+        # made-up errors rolled production back, in the replica's name).
+        counted = all(has_role(conn, registry.actor, role, model)
+                      for model, role in (_role_for(conn, r["target"]) for _, r in _routes(spec)))
         now = time.time()
         values = {"host": host[:256], "pid": int(pid), "url": url[:512],
                   "started_at": started_at or now_iso(), "heartbeat_at": now,
                   "expires_at": now + ttl, "info": canonical_json(dict(info or {})),
-                  "stats": canonical_json(dict(stats or {}))}
+                  "stats": canonical_json(checked if counted else {})}
         insert = _insert(conn, deployment_replicas).values(deployment=name, replica=replica,
                                                            **values)
         conn.execute(insert.on_conflict_do_update(index_elements=["deployment", "replica"],
@@ -630,7 +638,53 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         leader = False
         if lead:
             leader = _take_lease(conn, name, replica, now, lease_ttl)
-        return {"leader": leader, "revision": row.revision, "generation": row.revision}
+        return {"leader": leader, "revision": row.revision, "generation": row.revision,
+                "stats_counted": counted}
+
+
+#: Bounds of what a replica reports per route: a window holds at most this many requests.
+_MAX_COUNT = 10**12
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _checked_stats(stats: Any) -> dict[str, Any]:
+    """A replica's window statistics, refused (400) unless they are what ``Window.export``
+    writes: a malformed count stopped the lease holder judging any rule (a review)."""
+    def count(value: Any) -> bool:
+        return type(value) is int and 0 <= value <= _MAX_COUNT
+
+    def problem() -> str | None:
+        if not isinstance(stats, dict) or len(stats) > 1000:
+            return "not an object of at most 1000 routes"
+        for key, entry in stats.items():
+            if not isinstance(key, str) or len(key) > 300 or not isinstance(entry, dict):
+                return f"route {str(key)[:80]!r}: not an object"
+            digest, ref = entry.get("digest"), entry.get("ref")
+            if not (isinstance(digest, str) and digest.startswith("sha:") and len(digest) == 68
+                    and set(digest[4:]) <= _HEX64):
+                return f"route {key[:80]!r}: digest is not sha: and a whole content digest"
+            if not isinstance(ref, str) or len(ref) > 300:
+                return f"route {key[:80]!r}: ref is not a reference"
+            requests, errors = entry.get("requests", 0), entry.get("errors", 0)
+            if not (count(requests) and count(errors) and errors <= requests):
+                return f"route {key[:80]!r}: requests, errors are not counts (errors <= requests)"
+            latency, sums = entry.get("latency") or {}, entry.get("sums") or {}
+            if not isinstance(latency, dict) or len(latency) > 64 or not all(
+                    isinstance(k, str) and k.isdigit() and len(k) <= 4 and count(v)
+                    for k, v in latency.items()):
+                return f"route {key[:80]!r}: latency is not a histogram of counts"
+            if not isinstance(sums, dict) or len(sums) > 64 or not all(
+                    isinstance(k, str) and len(k) <= 100 and isinstance(v, list) and len(v) == 2
+                    and type(v[0]) in (int, float) and math.isfinite(v[0]) and count(v[1])
+                    for k, v in sums.items()):
+                return f"route {key[:80]!r}: sums are not [total, count] pairs"
+        return None
+
+    found = problem()
+    if found is not None:
+        raise InvalidInput(f"replica statistics: {found}",
+                           hint="send what the serving window exports (tether serve does)")
+    return dict(stats)
 
 
 def _take_lease(conn: sa.Connection, name: str, replica: str, now: float, ttl: float) -> bool:

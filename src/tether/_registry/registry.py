@@ -477,7 +477,12 @@ class Registry:
 
     def vouched_for_loading(self, version: ModelVersion, facts: dict[str, Any]) -> str | None:
         """The trusted key whose valid signature vouches for running ``version``'s code
-        (checked here, against the keys this registry trusts), or None."""
+        (checked here, against the keys this registry trusts), or None. With keys pinned
+        in TETHER_LOAD_KEYS only those count, as for a client of a server: the database's
+        own list of keys is what that setting does not take on trust (a review: whoever
+        could write it trusted a key of their own and signed their pickle)."""
+        if trust.pinned_load_keys():
+            return trust.vouched_by_pinned_keys(version, facts)
         return trust.signed_for_loading(facts)
 
     def load(

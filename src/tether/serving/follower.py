@@ -92,6 +92,7 @@ class DeploymentFollower:
         self.leader = False
         self._last_beat = 0.0
         self._acted: dict[tuple[str, str, str], float] = {}
+        self._uncounted = False
 
     # -- following ---------------------------------------------------------------------
 
@@ -148,6 +149,11 @@ class DeploymentFollower:
             log.info("%s the lease of deployment %s", "took" if answer["leader"] else "lost",
                      self.name, extra={"deployment": self.name, "replica": self.replica})
         self.leader = bool(answer["leader"])
+        if answer.get("stats_counted") is False and not self._uncounted:
+            self._uncounted = True
+            log.warning("this replica's windows are not counted for rollbacks of deployment "
+                        "%s: its token may not move the deployment's traffic", self.name,
+                        extra={"deployment": self.name})
         if int(answer["revision"]) != self.revision:
             self.poll()
         if self.leader:
@@ -180,20 +186,29 @@ class DeploymentFollower:
                 key = f"{config.name}/{route.name}"
                 by_digest: dict[str, list[dict[str, Any]]] = {}
                 refs: dict[str, str] = {}
+                seen_by: dict[str, list[str]] = {}
                 for replica in live:
                     entry = (replica.get("stats") or {}).get(key)
                     if entry:
                         by_digest.setdefault(entry["digest"], []).append(entry)
                         refs[entry["digest"]] = entry["ref"]
+                        seen_by.setdefault(entry["digest"], []).append(str(replica["replica"]))
                 for digest, exports in by_digest.items():
                     if (config.name, route.name, digest) in self._acted:
                         continue
-                    snapshot = merge(exports)
+                    try:
+                        snapshot = merge(exports)
+                    except (TypeError, ValueError, KeyError):  # one route's, not all judging
+                        log.warning("unreadable statistics for %s of %s", key, digest[:12])
+                        continue
                     breach = first_breach(rules.rules, snapshot, rules.min_requests)
                     if breach is None:
                         continue
+                    # Whose windows they were, in the reason kept with the rollback.
+                    by = ", ".join(sorted(seen_by[digest])[:5])
                     self._act(config.name, route.name, digest, refs[digest],
-                              breach.reason(refs[digest]) + f" (over {len(exports)} replicas)",
+                              breach.reason(refs[digest])
+                              + f" (over {len(exports)} replicas: {by})",
                               breach.rule.describe(), breach.value)
 
     def _act(self, endpoint: str, route: str, digest: str, ref: str, reason: str,

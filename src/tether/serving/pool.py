@@ -37,6 +37,8 @@ class LoadedModel:
     model: Any
     signature: Signature | None
     drift: DriftMonitor
+    #: Whether it was loaded as trusted (its code ran because the endpoint vouched for it).
+    loaded_trusted: bool = False
     labels: tuple[str, str, str] = field(init=False)  # model, version, digest
 
     #: Column order of the fast path for all-double inputs (None: no fast path).
@@ -166,15 +168,15 @@ class ModelPool:
     def load(self, version: ModelVersion) -> LoadedModel:
         """The loaded, warmed version (cached by digest). Raises the registry's errors."""
         with self._lock:
-            cached = self._loaded.get(version.digest)
+            cached = self.reuse(self._loaded.get(version.digest))
             if cached is not None:
                 return cached
-            model = self._load_model(version)
+            model, trusted = self._load_model(version)
             flavors.prepare_for_serving(model, version.flavor)
             signature = Signature.from_dict(version.signature) if version.signature else None
             reference = (version.lineage or {}).get("reference_stats")
             loaded = LoadedModel(version, model, signature,
-                                 DriftMonitor(reference, window=self.drift_window))
+                                 DriftMonitor(reference, window=self.drift_window), trusted)
             loaded.warm()
             self._loaded[version.digest] = loaded
             return loaded
@@ -185,7 +187,19 @@ class ModelPool:
         trusted: the pool kept the trust it started with)."""
         self.trust = (trusted, until)
 
-    def _load_model(self, version: ModelVersion) -> Any:
+    def reuse(self, loaded: LoadedModel | None) -> LoadedModel | None:
+        """``loaded`` (kept from before) if the endpoint's trust still allows it, else None.
+        One loaded trusted once was switched back to after its signature was withdrawn or
+        had expired (a review): its code had run, but serving it again is a new decision."""
+        if loaded is None or not loaded.loaded_trusted:
+            return loaded
+        trusted, until = self.trust
+        if trusted and (until is None or until.get(loaded.version.digest, 0.0) > time.time()):
+            return loaded
+        return None
+
+    def _load_model(self, version: ModelVersion) -> tuple[Any, bool]:
+        """The model, and whether it was loaded as trusted."""
         # version.digest was checked against its manifest (require_intact) by the registry
         # that answered, and the load below asks for exactly that digest.
         trusted, until = self.trust
@@ -195,7 +209,7 @@ class ModelPool:
             return self.registry.load(
                 f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
                 trusted=trusted and vouched, use_lock=False,
-            )
+            ), trusted and vouched
         except UnsafeArtifact as error:
             if not trusted or vouched:
                 raise

@@ -43,7 +43,7 @@ def poll_target(endpoint: Endpoint, slot: RouteSlot, *, now: bool = False) -> No
         slot.generation = marker
         return
     if now:  # start-up: the refusal is raised
-        loaded: LoadedModel | None = (slot.take_previous(version.digest)
+        loaded: LoadedModel | None = (endpoint.pool.reuse(slot.take_previous(version.digest))
                                       or endpoint.pool.load(version))
     else:
         loaded = load_or_report(endpoint, slot, version)
@@ -57,7 +57,8 @@ def load_or_report(endpoint: Endpoint, slot: RouteSlot, version: ModelVersion
     """``version`` loaded for ``slot``; None when the registry refuses it, which is then
     the slot's problem (shown in status) and logged, and the slot keeps serving."""
     try:
-        return slot.take_previous(version.digest) or endpoint.pool.load(version)
+        return (endpoint.pool.reuse(slot.take_previous(version.digest))
+                or endpoint.pool.load(version))
     except TetherError as error:
         slot.problem = f"refused {version.ref}: {error.message}"
         log.error("refused to load %s for %s/%s: %s", version.ref, endpoint.name, slot.name,
@@ -97,7 +98,7 @@ def rollback_slot(endpoint: Endpoint, slot: RouteSlot, breach: Breach) -> None:
                              "route": slot.name, "from": failing.ref, "reason": reason}
     if slot.follows == "alias" and _rollback_alias(endpoint, slot, reason, entry):
         pass
-    elif (previous := slot.take_previous()) is not None:
+    elif (previous := endpoint.pool.reuse(slot.take_previous())) is not None:
         switch(endpoint, slot, previous, keep_old=False)
         entry.update(to=previous.ref, via="route")
         _audit(endpoint, slot, failing, previous.ref, reason)
@@ -141,7 +142,8 @@ def _rollback_alias(endpoint: Endpoint, slot: RouteSlot, reason: str,
         return False
     state = registry.alias(ref.name, ref.value)
     version = registry.get(f"{ref.name}@{state['digest']}")
-    loaded = slot.take_previous(version.digest) or endpoint.pool.load(version)
+    loaded = (endpoint.pool.reuse(slot.take_previous(version.digest))
+              or endpoint.pool.load(version))
     switch(endpoint, slot, loaded, keep_old=False)
     slot.generation = state["generation"]
     entry.update(to=loaded.ref, via="alias")
