@@ -399,3 +399,114 @@ def test_reproduce(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) ->
 
     written = {p.name for p in write_recipe(registry.get("iris@1.0.0"), tmp_path / "r")}
     assert {"requirements.txt", "Dockerfile", "params.json", "REPRODUCE.md"} <= written
+
+
+#: Eight levels of an anchor named ten times: a billion ones once expanded (a review's
+#: 471-byte request took 19 s and 4 GB of a server's memory).
+YAML_BOMB = "retention: {keep_last: [&a0 [1,1,1,1,1,1,1,1,1,1]" + "".join(
+    f", &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 8)) + "]}"
+
+
+def test_a_policy_is_read_only_for_an_admin_and_never_expanded(
+        registry: Registry, tmp_path: Path) -> None:
+    import time
+
+    from starlette.testclient import TestClient
+
+    from tether.server.app import create_app
+
+    (tmp_path / "m.bin").write_bytes(b"m")
+    registry.log_model(tmp_path / "m.bin", "fraud", progress=False)
+    reader = registry.create_token("intern@example.com", role="reader")["token"]
+    admin = registry.create_token("owner@example.com", role="admin")["token"]
+    client = TestClient(create_app(registry))
+
+    def set_policy(token: str, text: str) -> Any:
+        return client.post("/api/v1/call/set_policy", json={"args": ["fraud", text]},
+                           headers={"Authorization": f"Bearer {token}"})
+
+    started = time.monotonic()
+    refused = set_policy(reader, YAML_BOMB)
+    assert refused.status_code == 403 and len(refused.content) < 2000  # asked first
+    bomb = set_policy(admin, YAML_BOMB)
+    assert bomb.status_code == 400 and "anchors or aliases" in bomb.json()["message"]
+    assert time.monotonic() - started < 5
+    for text, why in (("aliases: [1]", "must be a mapping"), ("aliases: 5", "must be a mapping"),
+                      ("[" * 10000, "nested deeper"), ("- " * 5000 + "x", "nested deeper"),
+                      ("deprecated: [" + "'x', " * 20000 + "]", "longer than"),
+                      ("retention: {keep_last: '" + "k" * 5000 + "'}", "positive integer")):
+        answer = set_policy(admin, text)
+        assert answer.status_code == 400 and why in answer.json()["message"], answer.text
+        assert len(answer.content) < 2000  # the value is not echoed whole
+    with pytest.raises(tether.NotFound, match="has no policy"):
+        registry.get_policy("fraud")  # nothing was stored
+
+
+def test_rollback_and_delete_of_an_alias_keep_to_its_policy(
+        registry: Registry, tmp_path: Path) -> None:
+    """The harm (a review): promoting to production needed an admin, and 1.0.0 was
+    deprecated, yet an approver rolled production back onto 1.0.0 and deleted it."""
+    refs = []
+    for n in range(3):
+        (tmp_path / f"{n}.bin").write_bytes(bytes([n]) * 10)
+        refs.append(registry.log_model(tmp_path / f"{n}.bin", "m", progress=False).ref)
+    for ref in refs:
+        registry.promote(ref, "production", create=True)
+    registry.set_policy("m", "aliases:\n  production:\n    roles: [admin]\n"
+                             "deprecated: ['1.1.0']\n")
+    registry.create_token("alice@example.com", role="approver", model="m")
+    alice = registry.as_actor("alice@example.com", enforce_roles=True)
+    with pytest.raises(PermissionDenied, match="needs role admin by its policy"):
+        alice.rollback("m", "production")
+    with pytest.raises(PermissionDenied, match="needs role admin by its policy"):
+        alice.delete_alias("m", "production")
+    assert registry.alias("m", "production")["version"] == "1.2.0"
+    moved = registry.rollback("m", "production")  # past the deprecated 1.1.0
+    assert moved.version == "1.0.0"
+
+
+def test_a_trusted_key_can_be_removed_and_names_are_names(
+        registry: Registry, tmp_path: Path) -> None:
+    """There was no way to revoke a leaked key (the hint named `tether key remove`, which
+    did not exist); key names took escape sequences, commas and nothing at all; a huge
+    key id was written into the audit log twice before being refused (reviews)."""
+    from tether._signing import generate_key
+
+    (tmp_path / "m.bin").write_bytes(b"m")
+    version = registry.log_model(tmp_path / "m.bin", "m", progress=False)
+    key, public, key_id = generate_key(tmp_path / "release.key")
+    for bad in ("", "rel,ease", "\x1b]0;PWNED\x07", "-x", "a" * 65):
+        with pytest.raises(InvalidInput, match="is not a name"):
+            registry.trust_key(bad, public.read_text())
+    registry.trust_key("release", public.read_text())
+    registry.sign(version.ref, str(key))
+    registry.set_policy("m", "require_signed_by: [release]\n")
+    assert registry.signatures(version.ref) == (["release"], [])
+    events = len(registry.audit_log())
+    with pytest.raises(InvalidInput, match="is not 16 hex digits"):
+        registry.record_signature(version.ref, "k" * 6_000_000, "00" * 64)
+    assert len(registry.audit_log()) == events  # refused before anything was written
+    registry.create_token("mallory@example.com", role="contributor", model="m")
+    with pytest.raises(PermissionDenied, match="needs role admin"):
+        registry.as_actor("mallory@example.com", enforce_roles=True).remove_key("release")
+    assert registry.remove_key("release") == {"name": "release", "key_id": key_id}
+    valid, problems = registry.signatures(version.ref)
+    assert valid == [] and "untrusted key" in problems[0]
+    with pytest.raises(tether.PolicyViolation, match="requires a signature by release"):
+        registry.load(version.ref)
+    assert registry.audit_log(action="key.removed")[0].subject == "release"
+    with pytest.raises(tether.NotFound, match="no trusted key named"):
+        registry.remove_key("release")
+
+
+def test_an_approval_counts_only_while_its_approver_holds_the_role(
+        registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "m.bin").write_bytes(b"m")
+    version = registry.log_model(tmp_path / "m.bin", "m", progress=False)
+    registry.set_policy("m", "aliases:\n  production:\n    approvals: 1\n")
+    registry.create_token("alice@example.com", role="approver", model="m")
+    registry.as_actor("alice@example.com", enforce_roles=True).approve(version.ref,
+                                                                      "production")
+    registry.revoke("alice@example.com", "approver", model="m")
+    with pytest.raises(tether.PolicyViolation, match="needs 1 approval"):
+        registry.promote(version.ref, "production", create=True)

@@ -75,7 +75,7 @@ def role_to_move(alias: str, protected_setting: str | None) -> str:
 
 def role_rank(role: str) -> int:
     if role not in ROLES:
-        raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}")
+        raise InvalidInput(f"unknown role {role[:80]!r}", hint=f"roles: {', '.join(ROLES)}")
     return ROLES.index(role)
 
 
@@ -145,12 +145,47 @@ def _fail(where: str, problem: str, hint: str | None = None) -> InvalidInput:
     return InvalidInput(f"policy {where}: {problem}", hint=hint)
 
 
+#: A policy is a few lines: past these it is refused before it is read.
+MAX_POLICY_BYTES = 64 * 1024
+MAX_POLICY_DEPTH = 16
+
+
+def _short(value: Any) -> str:
+    """``value`` for a message, cut short: it came from the policy's author."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _plain_yaml(text: str) -> Any:
+    """``text`` as YAML without anchors or aliases, nested at most MAX_POLICY_DEPTH deep.
+
+    An alias repeats a node wherever it is named: a few hundred bytes of anchors named
+    ten times over at eight levels became a value a billion items long, which one
+    error message printed whole (a review: 4 GB of a server's memory from a reader's
+    request). A policy never needs them."""
+    if len(text.encode("utf-8", "replace")) > MAX_POLICY_BYTES:
+        raise InvalidInput(f"policy is longer than {MAX_POLICY_BYTES // 1024} KB",
+                           hint="a policy is a few lines of YAML")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise InvalidInput("policy uses YAML anchors or aliases (& and *)",
+                                   hint="write each value out where it is used")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_POLICY_DEPTH:
+                    raise InvalidInput(f"policy is nested deeper than {MAX_POLICY_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"policy is not valid YAML: {str(error)[:300]}") from error
+
+
 def parse_policy(text: str) -> Policy:
     """Parse a policy document; raise InvalidInput naming the offending key."""
-    try:
-        data = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as error:
-        raise InvalidInput(f"policy is not valid YAML: {error}") from error
+    data = _plain_yaml(text) if text.strip() else {}
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -162,10 +197,11 @@ def parse_policy(text: str) -> Policy:
             f"unknown key(s) {sorted(unknown)}",
             hint=f"known keys: {', '.join(sorted(_TOP_KEYS))}",
         )
-    aliases = {
-        str(name): _parse_alias(str(name), rule)
-        for name, rule in (data.get("aliases") or {}).items()
-    }
+    listed = data.get("aliases") or {}
+    if not isinstance(listed, Mapping):
+        raise _fail("aliases", "must be a mapping of alias names to rules",
+                    hint="aliases: {production: {roles: [approver]}}")
+    aliases = {str(name): _parse_alias(str(name), rule) for name, rule in listed.items()}
     keep_last = None
     retention = data.get("retention") or {}
     if not isinstance(retention, Mapping) or set(retention) - {"keep_last"}:
@@ -173,7 +209,8 @@ def parse_policy(text: str) -> Policy:
     if "keep_last" in retention:
         keep_last = retention["keep_last"]
         if not isinstance(keep_last, int) or keep_last < 1:
-            raise _fail("retention.keep_last", f"must be a positive integer, not {keep_last!r}")
+            raise _fail("retention.keep_last",
+                        f"must be a positive integer, not {_short(keep_last)}")
     deprecated = data.get("deprecated") or []
     if not isinstance(deprecated, list) or not all(isinstance(d, str) for d in deprecated):
         raise _fail("deprecated", "must be a list of versions like '1.0.0' or '~0'")
@@ -214,7 +251,8 @@ def _parse_alias(alias: str, rule: Any) -> AliasRule:
         role_rank(str(role))
     approvals = rule.get("approvals", 0)
     if not isinstance(approvals, int) or approvals < 0:
-        raise _fail(f"{where}.approvals", f"must be a non-negative integer, not {approvals!r}")
+        raise _fail(f"{where}.approvals",
+                    f"must be a non-negative integer, not {_short(approvals)}")
     checks = rule.get("checks") or []
     if not isinstance(checks, list):
         raise _fail(f"{where}.checks", "must be a list of rules")
@@ -231,7 +269,7 @@ def _parse_check(where: str, raw: Any) -> Check:
     kinds = [k for k in raw if k in _CHECK_KEYS]
     if len(kinds) != 1:
         known = "; ".join(f"{k}: {v}" for k, v in _CHECK_KEYS.items())
-        raise _fail(where, f"unknown rule {dict(raw)!r}", hint=f"rules: {known}")
+        raise _fail(where, f"unknown rule {_short(dict(raw))}", hint=f"rules: {known}")
     kind = kinds[0]
     if kind == "metric":
         extra = set(raw) - {"metric"} - _METRIC_OPTIONS
@@ -245,7 +283,7 @@ def _parse_check(where: str, raw: Any) -> Check:
             raise _fail(where, "a metric rule needs min, max or not_worse_than_current")
         for key in ("min", "max", "not_worse_than_current"):
             if key in raw and not isinstance(raw[key], int | float):
-                raise _fail(where, f"{key} must be a number, not {raw[key]!r}")
+                raise _fail(where, f"{key} must be a number, not {_short(raw[key])}")
         return Check("metric", dict(raw))
     if len(raw) != 1:
         raise _fail(where, f"unknown option(s) {sorted(set(raw) - {kind})} for {kind}")

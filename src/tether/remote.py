@@ -846,6 +846,9 @@ class RemoteRegistry:
     def keys(self) -> list[dict[str, Any]]:
         return list(self._call("keys"))
 
+    def remove_key(self, name: str) -> dict[str, Any]:
+        return dict(self._call("remove_key", name))
+
     def sign(self, ref: str, key_path: str) -> dict[str, Any]:
         from . import _signing as signing
 

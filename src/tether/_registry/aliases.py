@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import Conflict, InvalidInput, NotFound, PolicyViolation
+from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._policy import protected_alias_patterns, role_to_move
@@ -136,6 +136,35 @@ def refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
             hint=f"use {pattern!r} itself (its moves need an approver), or another name")
 
 
+def require_policy_roles(conn: sa.Connection, actor: str, model: str, alias: str) -> None:
+    """The roles the model's policy asks for to move ``alias``. A promotion checks them
+    in its gate; a rollback or a delete skipped them (a review: a policy's `roles:
+    [admin]` on production, and an approver rolled it back, or deleted it)."""
+    from .._policy import role_rank
+    from .roles import roles_of
+
+    mid = repo.model_id(conn, model)
+    rule = current_policy(conn, mid).rule_for(alias) if mid is not None else None
+    if rule is None or not rule.roles:
+        return
+    held = roles_of(conn, actor, model)
+    needed = min(role_rank(r) for r in rule.roles)
+    if "admin" not in held and not any(role_rank(r) >= needed for r in held):
+        raise PermissionDenied(
+            f"moving {model}@{alias} needs role {' or '.join(rule.roles)} by its policy; "
+            f"{actor} has {', '.join(held) or 'no role'}",
+            hint=f"see `tether policy show {model}`; an admin grants roles with "
+            "`tether role grant`")
+
+
+def _deprecated(conn: sa.Connection, vid: int | None) -> bool:
+    row = repo.version_by_id(conn, vid) if vid is not None else None
+    if row is None:
+        return False
+    return row.status == "deprecated" or current_policy(conn, row.model_id).is_deprecated(
+        row.semver)
+
+
 def require_role_to_move(conn: sa.Connection, actor: str, model: str, alias: str) -> None:
     """The one place that decides who may move an alias (every shell ends up here)."""
     role = role_to_move(alias, repo.get_setting(conn, PROTECTED_SETTING))
@@ -196,6 +225,7 @@ def rollback_in(
     """
     mid = require_model(conn, name, lock=True)
     require_role_to_move(conn, actor, name, alias)
+    require_policy_roles(conn, actor, name, alias)
     current = repo.alias_row(conn, mid, alias)
     if current is None:
         raise unknown_alias(conn, mid, name, alias)
@@ -223,11 +253,15 @@ def rollback_in(
     # Never back to the same bytes under another number (logged again with other notes):
     # that "rollback" kept serving what failed.
     failing = repo.version_by_id(conn, current.version_id)
+    # Nor to a version deprecated since (its status or the policy): a promotion of it is
+    # refused, and a rollback is a move too (a review).
     target = next((s for s in sets if _is_live(conn, s.version_id)
-                   and not _same_bytes(conn, s.version_id, failing)), None)
+                   and not _same_bytes(conn, s.version_id, failing)
+                   and not _deprecated(conn, s.version_id)), None)
     if target is None:
         raise NotFound(
-            f"{name}@{alias} has no earlier target to roll back to",
+            f"{name}@{alias} has no earlier target to roll back to (deleted and deprecated "
+            "versions are passed over)",
             hint=f"see `tether alias history {name} {alias}`",
         )
     before = _semver_of(conn, current.version_id)
@@ -270,6 +304,7 @@ def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> Al
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
         require_role_to_move(conn, actor, name, alias)
+        require_policy_roles(conn, actor, name, alias)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
             raise unknown_alias(conn, mid, name, alias)

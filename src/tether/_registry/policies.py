@@ -38,6 +38,11 @@ def current_policy(conn: sa.Connection, mid: int) -> Policy:
 
 
 def set_policy(registry: Registry, name: str, text: str) -> dict[str, Any]:
+    # Who may, first: the text is read only for an admin of the model (a review: a
+    # reader's YAML bomb was expanded, and printed, before the role was asked).
+    with registry.read() as conn:
+        require_model(conn, name)
+        require_role(conn, registry.actor, "admin", name)
     parse_policy(text)  # refuse a bad file before anything is written
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)

@@ -15,7 +15,7 @@ from .._policy import evaluate as evaluate_policy
 from .._records import ModelVersion
 from .._schema import Signature, check_compatibility
 from .policies import approvers, current_policy
-from .roles import roles_of
+from .roles import has_role, roles_of
 from .trust import signature_status
 
 if TYPE_CHECKING:
@@ -58,7 +58,11 @@ def promotion_gate(registry: Registry) -> Any:
             current_semver=current.semver if current else None,
             current_metrics=current.metrics if current else None,
             actor_roles=roles_of(conn, registry.actor, version.name),
-            approvers=tuple(a for a in approvers(conn, version.id, alias) if a != version.author),
+            # Only approvers who still hold the role: approvals outlived a revoked role
+            # and still counted (a review).
+            approvers=tuple(a for a in approvers(conn, version.id, alias)
+                            if a != version.author and has_role(conn, a, "approver",
+                                                                 version.name)),
             signers=tuple(valid),
             schema_problem=schema_problem,
             environment_problem=environment_problem,

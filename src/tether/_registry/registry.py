@@ -724,6 +724,10 @@ class Registry:
         self.require("reader", action="listing keys")
         return trust.list_keys(self)
 
+    def remove_key(self, name: str) -> dict[str, Any]:
+        """Stop trusting a key: its signatures count for nothing from now on."""
+        return trust.remove_key(self, name)
+
     def sign(self, ref: str, key_path: str) -> dict[str, Any]:
         return trust.sign_version(self, ref, key_path)
 

@@ -8,13 +8,14 @@ in a policy, or the ``trust.load_signers`` setting).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .._digest import blake3_hex
-from .._errors import Conflict, InvalidInput, PermissionDenied, PolicyViolation
+from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, PolicyViolation
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -31,9 +32,27 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 
+#: A key's name: policies and ``trust.load_signers`` list names, comma-separated, and the
+#: CLI prints them (a review: a name of escape sequences redrew the terminal, an empty
+#: one was reported as "NOT a trusted key", one with a comma could not be listed).
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: A key id as ``_signing.key_id`` makes it.
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def validate_key_name(name: str) -> str:
+    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
+        shown = repr(name)[:80]
+        raise InvalidInput(f"key name {shown} is not a name of 1 to 64 letters, digits, '.', "
+                           "'_' or '-' (starting with a letter or digit)",
+                           hint="e.g. release, ci-2026")
+    return name
+
+
 def trust_key(registry: Registry, name: str, pem: str) -> str:
     from .. import _signing as signing  # cryptography: only where keys are used
 
+    validate_key_name(name)
     public = signing.load_public_key(pem, source=f"key {name!r}")
     kid = signing.key_id(public)
     with registry.write() as conn:
@@ -59,6 +78,23 @@ def trust_key(registry: Registry, name: str, pem: str) -> str:
         )
         append_event(conn, actor=registry.actor, action="key.trusted", subject=name, after=kid)
     return kid
+
+
+def remove_key(registry: Registry, name: str) -> dict[str, Any]:
+    """Stop trusting the key named ``name`` (a leaked one): every signature by it counts
+    for nothing from now on, for policies, loading and checks. The signatures stay
+    stored, and say so (by an untrusted key). Admin only; an audit event."""
+    with registry.write() as conn:
+        require_role(conn, registry.actor, "admin", None)
+        row = conn.execute(sa.select(trusted_keys).where(trusted_keys.c.name == name)).first()
+        if row is None:
+            names = [r[0] for r in conn.execute(sa.select(trusted_keys.c.name))]
+            raise NotFound(f"no trusted key named {name[:80]!r}",
+                           hint=f"trusted keys: {', '.join(sorted(names)) or 'none'}")
+        conn.execute(trusted_keys.delete().where(trusted_keys.c.name == name))
+        append_event(conn, actor=registry.actor, action="key.removed", subject=name,
+                     before=row.key_id)
+    return {"name": name, "key_id": row.key_id}
 
 
 def list_keys(registry: Registry) -> list[dict[str, Any]]:
@@ -89,6 +125,13 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
     """
     from .. import _signing as signing  # cryptography: only where keys are used
 
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        # Before anything is written: a refusal is an audit event, and a 6 MB key id went
+        # into it twice (a review).
+        raise InvalidInput(f"key id {repr(key_id)[:40]} is not 16 hex digits",
+                           hint="tether key list shows the ids of trusted keys")
+    if not isinstance(value, str) or len(value) > 256:
+        raise InvalidInput("a signature is 128 hex digits")
     with registry.read() as conn:
         version = resolve_version(conn, ref)
         require_role(conn, registry.actor, "contributor", version.name)

@@ -136,6 +136,13 @@ def printable(value: Any) -> str:
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
+def shown(value: Any) -> str:
+    """A registry's text for ``console.print``: control characters and markup escaped."""
+    from rich.markup import escape
+
+    return escape(printable(value))
+
+
 def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> Any:

@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from .._policy import ROLES, parse_policy, policy_to_json
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import (
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+    registry_from,
+    shown,
+    table,
+)
 
 
 @click.group("policy")
@@ -183,6 +191,26 @@ def key_trust(ctx: click.Context, name: str, public_key: Path, as_json: bool) ->
         console.print(f"trusted {name} ({kid})")
 
 
+@key_group.command("remove")
+@click.argument("name")
+@json_option
+@click.pass_context
+@handle_errors
+def key_remove(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Stop trusting the key NAME (a leaked or retired one).
+
+    Every signature by it counts for nothing from now on: policies that require it
+    refuse, loads it vouched for need another signature, replicas that pin it keep
+    their own copy (take it out of TETHER_LOAD_KEYS there). The signatures stay
+    stored, shown as by an untrusted key. Needs an admin; an audit event.
+    """
+    removed = registry_from(ctx).remove_key(name)
+    if as_json:
+        emit_json(removed)
+    else:
+        console.print(f"no longer trusted: {shown(name)} ({shown(removed['key_id'])})")
+
+
 @key_group.command("list")
 @json_option
 @click.pass_context
@@ -282,11 +310,12 @@ def sign(
         emit_json(result)
         return
     trusted = (
-        f"trusted as {result['trusted_as']}"
+        f"trusted as {shown(result['trusted_as'])}"
         if result["trusted_as"]
         else "NOT a trusted key in this registry (tether key trust)"
     )
-    console.print(f"signed {result['ref']} with key {result['key_id']} ({trusted})")
+    console.print(f"signed {shown(result['ref'])} with key {shown(result['key_id'])} "
+                  f"({trusted})")
     bundle = result.get("openssf_bundle")
     if bundle:
         console.print(

@@ -21,8 +21,8 @@ from ._common import (
     err_console,
     handle_errors,
     json_option,
-    printable,
     registry_from,
+    shown,
     table,
 )
 
@@ -541,17 +541,10 @@ def _revision_note(record: dict[str, Any]) -> str:
     return f"unchanged at revision {record['revision']}"
 
 
-def _shown(value: Any) -> str:
-    """A registry's text for ``console.print``: control characters and markup escaped."""
-    from rich.markup import escape
-
-    return escape(printable(value))
-
-
 def _print_record(record: dict[str, Any], note: str) -> None:
     paused = set(record.get("paused") or [])
-    console.print(f"[bold]{_shown(record['name'])}[/]  {note}  "
-                  f"(by {_shown(record['updated_by'])})")
+    console.print(f"[bold]{shown(record['name'])}[/]  {note}  "
+                  f"(by {shown(record['updated_by'])})")
     rows = []
     for endpoint, body in record["spec"]["endpoints"].items():
         total = sum(r["weight"] for r in body["routes"]
@@ -567,7 +560,7 @@ def _print_record(record: dict[str, Any], note: str) -> None:
         payload = entry["payload"]
         vouched = ", ".join(f"{e}: {len(d)} version(s)" for e, d in payload["endpoints"].items())
         expiry = f", expires {payload['expires_at'][:19]}" if payload.get("expires_at") else ""
-        console.print(_shown(f"signed by key {entry['key_id']} ({entry['signer']}, "
+        console.print(shown(f"signed by key {entry['key_id']} ({entry['signer']}, "
                              f"{entry['created_at'][:19]}{expiry}): {vouched}"))
 
 

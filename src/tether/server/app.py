@@ -77,6 +77,7 @@ RPC_METHODS: frozenset[str] = frozenset(
         "revoke",
         "grants",
         "trust_key",
+        "remove_key",
         "keys",
         "signatures",
         "record_signature",
