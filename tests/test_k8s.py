@@ -416,3 +416,17 @@ def test_image_refusals(populated: Path, tmp_path: Path) -> None:
     same = render_image([target("a@1", "3.11.9", "1.4.2"), target("b@2", "3.11.4", "1.4.2")],
                         serve_target="a@1")
     assert same.python == "3.11.9" and same.packages == ["numpy==2.0.0", "scikit-learn==1.4.2"]
+
+
+def test_a_trusted_endpoint_whose_targets_the_server_resolves_is_warned_about(
+        tmp_path: Path, deploy_file: Path) -> None:
+    """The pods ask the registry server what scorer@production names and unpickle the
+    answer: a hostile server chooses the code. The render says so (a review)."""
+    result = invoke("k8s", "render", str(deploy_file), "--out", str(tmp_path / "k8s"))
+    assert result.exit_code == 0
+    assert "endpoint scorer is trusted" in result.output
+    assert "scorer@production" in result.output and "endpoint iris" not in result.output
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(DEPLOY.replace("scorer@production", "scorer@sha:" + "a" * 64))
+    quiet = invoke("k8s", "render", str(pinned), "--out", str(tmp_path / "k8s2"))
+    assert quiet.exit_code == 0 and "is trusted" not in quiet.output

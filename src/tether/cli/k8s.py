@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -110,6 +111,28 @@ def k8s_render(
                  style="dim")
     for line in secrets:
         report.print(f"  {line}", style="dim", markup=False)
+    for endpoint, target in _answered_trusted_targets(deployment):
+        err_console.print(
+            f"warning: endpoint {endpoint} is trusted, and the pods ask the registry server "
+            f"what {target} names: its answer chooses the code they unpickle. Target a whole "
+            "digest (NAME@sha:...), or follow a signed stored deployment (tether deploy sign)",
+            markup=False)
+
+
+def _answered_trusted_targets(deployment: Any) -> list[tuple[str, str]]:
+    """(endpoint, target) of each trusted endpoint's target the registry resolves: what
+    an alias or a version number names is the server's answer, a whole digest is not."""
+    from .._reference import SelectorKind, parse_reference
+
+    found = []
+    for endpoint in deployment.endpoints:
+        if not endpoint.trusted:
+            continue
+        for target in [r.target for r in endpoint.routes] + [s.target for s in endpoint.shadows]:
+            ref = parse_reference(target)
+            if not (ref.kind is SelectorKind.DIGEST and len(ref.value) == 64):
+                found.append((endpoint.name, target))
+    return found
 
 
 @click.group("image")
