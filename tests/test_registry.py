@@ -235,6 +235,8 @@ def test_load_returns_an_equivalent_model(registry: Registry, iris: tuple[Any, A
     # Four hex digits were taken: a version made to start with them is 65,536 tries away.
     with pytest.raises(tether.InvalidInput, match="too short a pin"):
         registry.load("iris", expect=v.short_digest[:8])
+    with pytest.raises(tether.InvalidInput, match="is not a digest"):
+        registry.load("iris", expect="production-2026-11-28")  # an alias, not a digest
 
 
 def test_a_flipped_byte_in_the_store_is_refused_naming_the_file(

@@ -84,11 +84,13 @@ MIN_EXPECTED_HEX = 12
 
 def check_expected_digest(version: ModelVersion, expect: str) -> None:
     wanted = expect.lower().removeprefix("sha:")
-    if len(wanted) < MIN_EXPECTED_HEX or any(c not in "0123456789abcdef" for c in wanted):
-        raise InvalidInput(
-            f"expect={expect!r} is too short a pin to mean anything",
-            hint=f"give at least {MIN_EXPECTED_HEX} hex digits of the digest "
-            f"(`tether show REF` prints {version.short_digest}); the whole digest is safest")
+    hint = (f"give at least {MIN_EXPECTED_HEX} hex digits of the digest (`tether show REF` "
+            f"prints {version.short_digest}); the whole digest is safest")
+    if any(c not in "0123456789abcdef" for c in wanted):
+        raise InvalidInput(f"expect={expect[:80]!r} is not a digest (hex digits, after an "
+                           "optional sha:)", hint=hint)
+    if len(wanted) < MIN_EXPECTED_HEX:
+        raise InvalidInput(f"expect={expect!r} is too short a pin to mean anything", hint=hint)
     if not version.digest.startswith(wanted):
         raise IntegrityError(
             f"{version.ref} has digest {version.short_digest}, not the expected {expect}",
