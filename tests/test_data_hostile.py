@@ -289,3 +289,28 @@ def test_a_dataset_alias_that_reads_as_a_protected_one_is_refused(tmp_path: Path
     with pytest.raises(InvalidInput, match="reads as the protected alias"):
         reg.promote_dataset("d@1", "Production")
     assert reg.promote_dataset("d@1", "production").version == "1.0.0"
+
+
+def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: Path) -> None:
+    """The harm (a review): a repository committed ``key -> ~/.ssh/id_ed25519`` beside a
+    ``key.tether`` pointer (and ``dotssh -> ~/.ssh``): ``tether data push`` uploaded the
+    private key for any reader. Only links in the folders above were refused."""
+    ssh = repo.parent / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY----- SECRET123")
+    reg = tether.init(repo / ".tether", actor="data@test")
+    decoy = repo.parent / "decoy"
+    decoy.mkdir()
+    (decoy / "d.txt").write_text("d")
+    version = reg.add_dataset(decoy, "leak")
+    reg.close()
+    (repo / "key").symlink_to(ssh / "id_ed25519")
+    (repo / "key.tether").write_text(pointer_text(version, "file"))
+    (repo / "dotssh").symlink_to(ssh, target_is_directory=True)
+    (repo / "dotssh.tether").write_text(pointer_text(version, "folder"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "links out")
+    pushed = _run(repo, "data", "push")
+    assert [d["status"] for d in pushed] == ["failed", "failed"], pushed
+    assert all("symbolic link out of the work tree" in d["error"] for d in pushed)
+    assert len(tether.open(repo / ".tether").dataset_versions("leak")) == 1  # nothing added

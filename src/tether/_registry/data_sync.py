@@ -125,10 +125,16 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
     elif any(part.lower() in _FORBIDDEN_PARTS for part in rel.parts):
         problem = "it would track a path inside .git or .tether"
     else:
-        # A folder on the way that is a symbolic link could lead out of the work tree.
+        # A folder on the way that is a symbolic link could lead out of the work tree;
+        # so could the tracked path itself (a review: a committed `key -> ~/.ssh/id_ed25519`
+        # beside `key.tether`, and `tether data push` uploaded the private key).
         inside = (top / rel.parent).resolve()
+        tracked = top / rel
         if inside != top.resolve() and top.resolve() not in inside.parents:
             problem = "a folder on its path leads out of the work tree"
+        elif tracked.is_symlink() and top.resolve() not in tracked.resolve().parents:
+            problem = ("the tracked path is a symbolic link out of the work tree (if you made "
+                       "it, add the data from where it is: tether data add REAL_PATH)")
     if problem:
         raise InvalidInput(f"pointer {pointer_file.relative_to(top).as_posix()} refused: {problem}",
                            hint="a pointer names the file or folder beside it; remove this one")
