@@ -450,8 +450,32 @@ def test_only_callers_who_could_move_the_traffic_count_in_rollbacks(
                       ({"iris/main": {**made_up["iris/main"], "sums": {"a": [1e400, 1]}}},
                        "sums"),
                       ([1, 2], "not an object")):
-        with pytest.raises(InvalidInput, match=why):
-            registry.replica_heartbeat("svc", "real", host="h", pid=2, stats=junk)
+        # Not counted, but the replica stays in (a refused heartbeat took a real replica
+        # out when a contributor's feedback made its window odd: a second review).
+        answer = registry.replica_heartbeat("svc", "real", host="h", pid=2, stats=junk)
+        assert answer["stats_counted"] is False and why in answer["stats_problem"]
+        live = {r["replica"]: r for r in registry.deployment_status("svc")["replicas"]}
+        assert live["real"]["live"] and live["real"]["stats"] == {}
+
+    # A reader can neither hold the lease (no rule would be judged) nor make the holder
+    # leave (a second review: leave, then a heartbeat, and the reader led).
+    assert registry.replica_heartbeat("svc", "real", host="h", pid=2)["leader"] is True
+    with pytest.raises(tether.Conflict, match="is another caller's"):
+        rita.leave_deployment("svc", "real")
+    with pytest.raises(tether.Conflict, match="is another caller's"):
+        rita.replica_heartbeat("svc", "real", host="h", pid=3)
+    registry.leave_deployment("svc", "real")
+    assert rita.replica_heartbeat("svc", "fake", host="h", pid=1)["leader"] is False
+
+    # Who may move an alias route by its policy counts, not the protected setting alone.
+    registry.promote(good.ref, "staging", create=True)
+    registry.set_policy("iris", "aliases:\n  staging:\n    roles: [approver]\n")
+    registry.apply_deployment("svc", _spec("iris@staging", trusted=False))
+    registry.create_token("carl@example.com", role="contributor", model="iris")
+    carl = registry.as_actor("carl@example.com", enforce_roles=True)
+    staged = {"iris/main": {**made_up["iris/main"], "ref": "iris@1.0.0"}}
+    assert carl.replica_heartbeat("svc", "carl-1", host="h", pid=4, stats=staged,
+                                  lead=False)["stats_counted"] is False
 
 
 def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(

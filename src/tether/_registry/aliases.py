@@ -157,6 +157,17 @@ def require_policy_roles(conn: sa.Connection, actor: str, model: str, alias: str
             "`tether role grant`")
 
 
+def may_move(conn: sa.Connection, actor: str, model: str, alias: str) -> bool:
+    """Whether ``actor`` may move ``model@alias``: the protected aliases' role and the
+    roles its policy rule names (as a rollback asks)."""
+    try:
+        require_role_to_move(conn, actor, model, alias)
+        require_policy_roles(conn, actor, model, alias)
+    except PermissionDenied:
+        return False
+    return True
+
+
 def _deprecated(conn: sa.Connection, vid: int | None) -> bool:
     row = repo.version_by_id(conn, vid) if vid is not None else None
     if row is None:

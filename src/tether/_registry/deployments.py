@@ -613,22 +613,29 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
     if not replica or len(replica) > 128:
         raise InvalidInput("a replica id is 1 to 128 characters")
     ttl, lease_ttl = min(max(ttl, 1.0), 300.0), min(max(lease_ttl, 1.0), 60.0)
-    checked = _checked_stats(stats or {})
+    problem = _stats_problem(stats or {})
+    actor = registry.actor
     with registry.write() as conn:
         row = _row(conn, name)
         spec = json.loads(row.spec)
         for model in _models(spec):
-            require_role(conn, registry.actor, "reader", model)
+            require_role(conn, actor, "reader", model)
+        owner = _owner(conn, name, replica)
+        if owner is not None and owner != actor:
+            raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
+                           "caller's", hint="each serving process reports under an id of its own")
         # The lease holder rolls routes back on the sum of every replica's windows: only
-        # a caller who could move that traffic itself is counted (a review: a reader's
-        # made-up errors rolled production back, in the replica's name).
-        counted = all(has_role(conn, registry.actor, role, model)
-                      for model, role in (_role_for(conn, r["target"]) for _, r in _routes(spec)))
+        # a caller who could move that traffic itself is counted, and only such a caller
+        # may hold the lease (reviews: a reader's made-up errors rolled production back
+        # in the replica's name; a reader took the lease and no rule was judged).
+        steers = may_steer(conn, actor, spec)
+        counted = steers and problem is None
         now = time.time()
         values = {"host": host[:256], "pid": int(pid), "url": url[:512],
                   "started_at": started_at or now_iso(), "heartbeat_at": now,
-                  "expires_at": now + ttl, "info": canonical_json(dict(info or {})),
-                  "stats": canonical_json(checked if counted else {})}
+                  "expires_at": now + ttl,
+                  "info": canonical_json({**dict(info or {}), "_principal": actor}),
+                  "stats": canonical_json(dict(stats or {}) if counted else {})}
         insert = _insert(conn, deployment_replicas).values(deployment=name, replica=replica,
                                                            **values)
         conn.execute(insert.on_conflict_do_update(index_elements=["deployment", "replica"],
@@ -636,10 +643,36 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         conn.execute(deployment_replicas.delete().where(
             deployment_replicas.c.expires_at < now - FORGET_AFTER))
         leader = False
-        if lead:
+        if lead and steers:
             leader = _take_lease(conn, name, replica, now, lease_ttl)
         return {"leader": leader, "revision": row.revision, "generation": row.revision,
-                "stats_counted": counted}
+                "stats_counted": counted, "stats_problem": problem}
+
+
+def may_steer(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> bool:
+    """Whether ``actor`` may move the traffic of every route of ``spec``: an alias route
+    as its protection and policy ask (``aliases.may_move``), any other as a contributor."""
+    from .aliases import may_move
+
+    for _, route in _routes(spec):
+        ref = parse_reference(route["target"])
+        if ref.kind is SelectorKind.ALIAS:
+            if not may_move(conn, actor, ref.name, ref.value):
+                return False
+        elif not has_role(conn, actor, "contributor", ref.name):
+            return False
+    return True
+
+
+def _owner(conn: sa.Connection, name: str, replica: str) -> str | None:
+    """The caller that first reported as ``replica`` (while its row is kept)."""
+    info = conn.execute(sa.select(deployment_replicas.c.info).where(
+        deployment_replicas.c.deployment == name,
+        deployment_replicas.c.replica == replica)).scalar()
+    if info is None:
+        return None
+    owner = json.loads(info).get("_principal")
+    return owner if isinstance(owner, str) else None
 
 
 #: Bounds of what a replica reports per route: a window holds at most this many requests.
@@ -647,9 +680,11 @@ _MAX_COUNT = 10**12
 _HEX64 = frozenset("0123456789abcdef")
 
 
-def _checked_stats(stats: Any) -> dict[str, Any]:
-    """A replica's window statistics, refused (400) unless they are what ``Window.export``
-    writes: a malformed count stopped the lease holder judging any rule (a review)."""
+def _stats_problem(stats: Any) -> str | None:
+    """What is wrong with a replica's window statistics, or None when they are what
+    ``Window.export`` writes: a malformed count stopped the lease holder judging any rule
+    (a review). Statistics with a problem are not counted, but the heartbeat is: a
+    refused heartbeat took a replica out of the deployment."""
     def count(value: Any) -> bool:
         return type(value) is int and 0 <= value <= _MAX_COUNT
 
@@ -673,18 +708,14 @@ def _checked_stats(stats: Any) -> dict[str, Any]:
                     isinstance(k, str) and k.isdigit() and len(k) <= 4 and count(v)
                     for k, v in latency.items()):
                 return f"route {key[:80]!r}: latency is not a histogram of counts"
-            if not isinstance(sums, dict) or len(sums) > 64 or not all(
+            if not isinstance(sums, dict) or len(sums) > 1000 or not all(
                     isinstance(k, str) and len(k) <= 100 and isinstance(v, list) and len(v) == 2
                     and type(v[0]) in (int, float) and math.isfinite(v[0]) and count(v[1])
                     for k, v in sums.items()):
                 return f"route {key[:80]!r}: sums are not [total, count] pairs"
         return None
 
-    found = problem()
-    if found is not None:
-        raise InvalidInput(f"replica statistics: {found}",
-                           hint="send what the serving window exports (tether serve does)")
-    return dict(stats)
+    return problem()
 
 
 def _take_lease(conn: sa.Connection, name: str, replica: str, now: float, ttl: float) -> bool:
@@ -709,6 +740,11 @@ def leave(registry: Registry, name: str, replica: str) -> None:
         row = _row(conn, name)
         for model in _models(json.loads(row.spec)):
             require_role(conn, registry.actor, "reader", model)
+        owner = _owner(conn, name, replica)
+        if owner is not None and owner != registry.actor:
+            # A reader made the lease holder leave, then took the lease (a review).
+            raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
+                           "caller's; it leaves by itself")
         conn.execute(deployment_replicas.update().where(
             deployment_replicas.c.deployment == name,
             deployment_replicas.c.replica == replica).values(expires_at=time.time() - 0.001))

@@ -106,6 +106,9 @@ class Window:
                     pair = series.setdefault(name, [0.0, 0])
                     pair[0] += total
                     pair[1] += n
+            # A total past the float range (feedback values near it, added) is left out:
+            # the registry would not count this replica's window at all.
+            series = {k: v for k, v in series.items() if math.isfinite(v[0])}
             return {"requests": sum(s.requests for s in slots),
                     "errors": sum(s.errors for s in slots), "latency": latency, "sums": series}
 
