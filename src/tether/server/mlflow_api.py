@@ -558,7 +558,9 @@ class MlflowApi:
         if not any(key == "version_number" for key, _ in order_by):
             order_by.append(("version_number", True))
         limit, start = search.page_args(p, default=10000, least=1, most=200_000)
-        names = [v for k, op, v in clauses if k == "name" and op == "="]
+        # Each name once: a filter naming one model 960 times fetched (and answered) its
+        # versions 960 times over (a review: 86 s and 50 MB for one request).
+        names = list(dict.fromkeys(v for k, op, v in clauses if k == "name" and op == "="))
         model_names = names or [m.name for m in reg.models()]
         found: list[ModelVersion] = []
         times: dict[str, str] = {}

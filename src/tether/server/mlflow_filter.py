@@ -20,6 +20,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from .._errors import InvalidInput
@@ -53,18 +54,28 @@ PROMPT_TAG = "mlflow.prompt.is_prompt"
 _SPACE = re.compile(r"\s*")
 _KEY = re.compile(r"`[^`]+`|[A-Za-z_]\w*(?:\.(?:\w+|`[^`]+`))*")
 _OP = re.compile(r"!=|>=|<=|=|>|<|(?:NOT\s+IN|ILIKE|LIKE|IN)(?!\w)", re.IGNORECASE)
-_ITEM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|-?\d+(?:\.\d+)?(?![\w.])")
+# Numbers of at most 30 digits a side: int() of thousands of digits raised past Python's
+# limit, a 500 (a review).
+_ITEM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|-?\d{1,30}(?:\.\d{1,30})?(?![\w.])")
 _AND = re.compile(r"AND(?!\w)", re.IGNORECASE)
 _NUMERIC_OPS = ("=", "!=", ">", ">=", "<", "<=")
 _STRING_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN")
 _TAG_OPS = ("=", "!=", "LIKE", "ILIKE")
 
 
-def _item(raw: str) -> str | int | float:
-    """A quoted string unquoted, or a number."""
+def _item(raw: str) -> str | int | float | Decimal:
+    """A quoted string unquoted, or a number: a whole one as an int, else a float, or a
+    Decimal where the float would round it to a whole number (``1.99999999999999999999``
+    matched version 2 as the float 2.0: a review)."""
     if raw[:1] in "'\"":
         return raw[1:-1].replace(raw[0] * 2, raw[0])
-    return float(raw) if "." in raw else int(raw)
+    if "." not in raw:
+        return int(raw)
+    exact = Decimal(raw)
+    if exact == exact.to_integral_value():
+        return int(exact)
+    number = float(raw)
+    return exact if number.is_integer() else number
 
 
 def _filter_error(text: str, at: int, expected: str) -> MlflowError:
@@ -201,7 +212,8 @@ def check(clauses: list[tuple[str, str, Any]], language: Language) -> list[tuple
                     f"Invalid comparator for attribute {key}: {op}; use {', '.join(_NUMERIC_OPS)}."
                 )
             try:
-                if isinstance(value, float) and not value.is_integer():
+                if isinstance(value, Decimal) or (isinstance(value, float)
+                                                  and not value.is_integer()):
                     raise ValueError  # int(1.5) is 1: version_number = 1.5 matched version 1
                 value = int(value)
             except (TypeError, ValueError, OverflowError):
