@@ -510,3 +510,38 @@ def test_an_approval_counts_only_while_its_approver_holds_the_role(
     registry.revoke("alice@example.com", "approver", model="m")
     with pytest.raises(tether.PolicyViolation, match="needs 1 approval"):
         registry.promote(version.ref, "production", create=True)
+
+
+def test_a_scoped_caller_is_not_told_other_models_or_datasets_names(
+        registry: Registry, tmp_path: Path) -> None:
+    """The harm (a review): a contributor on one (absent) model was told every model's
+    and dataset's name in a 404's hint, and another dataset's versions and aliases by
+    promote_dataset, which resolved the version before asking for the role."""
+    from starlette.testclient import TestClient
+
+    from tether.server.app import create_app
+
+    (tmp_path / "m.bin").write_bytes(b"m")
+    registry.log_model(tmp_path / "m.bin", "fraud", progress=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.csv").write_text("a\n1\n")
+    registry.add_dataset(data, "secret-customers")
+    scoped = registry.create_token("carl@example.com", role="contributor", model="mine")
+    admin = registry.create_token("owner@example.com", role="admin")["token"]
+    client = TestClient(create_app(registry))
+
+    def get(path: str, token: str) -> Any:
+        return client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    for path in ("/api/v1/datasets/mine/versions", "/api/v1/models/mine/versions"):
+        answer = get(path, scoped["token"])
+        assert answer.status_code in (403, 404), answer.text
+        assert "fraud" not in answer.text and "secret-customers" not in answer.text
+        assert get(path, admin).status_code == 404
+    shown = get("/api/v1/models/ghost/versions", admin).json()["hint"]
+    assert "fraud" in shown  # an admin still gets the names
+    promoted = client.post("/api/v1/call/promote_dataset",
+                           json={"args": ["secret-customers@9", "x"]},
+                           headers={"Authorization": f"Bearer {scoped['token']}"})
+    assert promoted.status_code == 403 and "1.0.0" not in promoted.text

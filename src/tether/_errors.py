@@ -44,6 +44,25 @@ class NotFound(TetherError):
     http_status = 404
 
 
+class UnknownName(NotFound):
+    """No model (or dataset) has that name; ``names`` are some that exist, for the hint.
+
+    Who asks decides which of them it may show: a caller with a role on one model was
+    told every model's and dataset's name (a review; ``access.redacted``)."""
+
+    def __init__(self, message: str, *, kind: str, names: list[str],
+                 hint_tail: str = "") -> None:
+        self.kind, self.names, self.hint_tail = kind, list(names), hint_tail
+        listing = ", ".join(self.names[:20]) or "none yet"
+        super().__init__(message, hint=f"{kind} in this registry: {listing}{hint_tail}")
+
+    def only(self, visible: set[str]) -> UnknownName:
+        """The same refusal, listing only ``visible`` names."""
+        return UnknownName(self.message, kind=self.kind,
+                           names=[n for n in self.names if n in visible],
+                           hint_tail=self.hint_tail)
+
+
 class RegistryNotFound(NotFound):
     """No registry at the given location, or the folder is not a registry."""
 

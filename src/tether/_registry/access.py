@@ -90,6 +90,23 @@ def scoped_roles(registry: Registry, principal: str) -> list[tuple[str, str]]:
     return list(cached(("scoped", id(registry.engine), principal), lookup))
 
 
+def redacted(registry: Registry, error: Exception) -> Exception:
+    """``error`` as ``registry``'s actor may see it: the names an ``UnknownName`` lists
+    cut to those the actor may read (datasets share the models' names for roles)."""
+    from .._errors import UnknownName
+
+    if not isinstance(error, UnknownName):
+        return error
+    try:
+        if not enforces_roles(registry) or may(registry, "reader", None):
+            return error
+        visible = {model for held, model in scoped_roles(registry, registry.actor)
+                   if covers((held,), "reader")}
+    except Exception:  # the refusal stands, with nothing listed
+        visible = set()
+    return error.only(visible)
+
+
 def readable(registry: Registry, role: str, action: str) -> set[str] | None:
     """The models a listing shows the actor: None for all of them (``role`` held
     registry-wide, or roles not enforced), else those a scoped grant gives ``role`` on.

@@ -49,6 +49,7 @@ from .._errors import (
     MissingChunks,
     NotFound,
     UnknownField,
+    UnknownName,
 )
 from .._identity import check_manifest, check_one_file_each, manifest_digest
 from .._metadata import repository as repo
@@ -432,14 +433,11 @@ def require_dataset(conn: sa.Connection, name: str) -> int:
                 sa.select(datasets.c.name)
                 .where(datasets.c.deleted.is_(False))
                 .order_by(datasets.c.name)
-                .limit(20)
+                .limit(1000)
             ).scalars()
         )
-        raise NotFound(
-            f"no dataset named {name!r}",
-            hint=f"datasets in this registry: {', '.join(names) or 'none yet'} "
-            "(add one with `tether data add PATH NAME`)",
-        )
+        raise UnknownName(f"no dataset named {name!r}", kind="datasets", names=names,
+                          hint_tail=" (add one with `tether data add PATH NAME`)")
     return did
 
 
@@ -908,10 +906,11 @@ def promote_dataset(
     parsed = parse_reference(ref)
     actor = registry.actor
     with registry.write() as conn:
-        did, row = resolve_row(conn, parsed)
-        # Who may move which alias: the rule model aliases follow (approver for a
+        # Who may move which alias, first: the rule model aliases follow (approver for a
         # protected alias, else contributor), with grants scoped by the dataset's name.
+        # Resolving first told anyone the dataset's versions and aliases (a review).
         require_role_to_move(conn, actor, parsed.name, alias)
+        did, row = resolve_row(conn, parsed)
         current = conn.execute(
             sa.select(dataset_aliases).where(
                 dataset_aliases.c.dataset_id == did, dataset_aliases.c.name == alias

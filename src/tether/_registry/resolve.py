@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .._errors import AmbiguousReference, NotFound
+from .._errors import AmbiguousReference, NotFound, UnknownName
 from .._identity import require_intact
 from .._metadata import repository as repo
 from .._metadata.schema import versions
@@ -46,12 +46,8 @@ def _semver_key(row: sa.Row[Any]) -> tuple[int, int, int]:
 def require_model(conn: sa.Connection, name: str, *, lock: bool = False) -> int:
     mid = repo.model_id(conn, name, lock=lock)
     if mid is None:
-        names = repo.model_names(conn)
-        listing = ", ".join(names[:20]) if names else "none yet"
-        raise NotFound(
-            f"no model named {name!r}",
-            hint=f"models in this registry: {listing}",
-        )
+        raise UnknownName(f"no model named {name!r}", kind="models",
+                          names=repo.model_names(conn))
     return mid
 
 

@@ -181,6 +181,21 @@ class Api:
         self.registry = registry
         self.open_access = open_access
 
+    def as_seen(self, request: Request, error: TetherError) -> TetherError:
+        """``error`` as the caller may see it (``access.redacted``)."""
+        from .._errors import UnknownName
+
+        if not isinstance(error, UnknownName):
+            return error
+        try:
+            reg, _ = self.as_caller(request)
+        except TetherError:
+            return error.only(set())
+        from .._registry.access import redacted
+
+        seen = redacted(reg, error)
+        return seen if isinstance(seen, TetherError) else error
+
     def as_caller(self, request: Request) -> tuple[Registry, str]:
         """The registry acting for the authenticated caller: the server only
         authenticates; the use cases decide what the caller may do."""
@@ -198,7 +213,8 @@ class Api:
                 return unavailable_response(error)
             except TetherError as error:
                 down = unavailable(error, self.registry)  # a StoreError caused by an outage
-                return unavailable_response(down) if down else error_response(error)
+                return unavailable_response(down) if down else error_response(
+                    self.as_seen(request, error))
             except Exception as error:
                 down = unavailable(error, self.registry)
                 if down is not None:

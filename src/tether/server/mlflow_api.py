@@ -251,6 +251,7 @@ class MlflowApi:
                 down = unavailable(error, self.api.registry)
                 if down is not None:
                     return _unavailable(down)
+                error = self.api.as_seen(request, error)
                 code, status = _CODES.get(error.code, ("INVALID_PARAMETER_VALUE", 400))
                 message = error.message + (f" ({error.hint})" if error.hint else "")
                 return JSONResponse({"error_code": code, "message": message}, status_code=status)

@@ -212,6 +212,11 @@ class UI:
     def error(
         self, request: Request, error: TetherError, session: Session | None, *, action: str = ""
     ) -> Response:
+        if session is not None:
+            from .._registry.access import redacted
+
+            seen = redacted(session.registry, error)
+            error = seen if isinstance(seen, TetherError) else error
         head, rules = _split_rules(error.message)
         data = {**error.to_dict(), "title": head, "rules": rules, "action": action}
         return self.render(
