@@ -536,3 +536,13 @@ def test_a_refused_revision_gives_no_more_trust_than_the_one_before(
     assert _less_trust((True, None), (True, {d1: 5.0})) == (True, {d1: 5.0})
     assert _less_trust((True, {d1: 9.0, d2: 1.0}), (True, {d1: 5.0})) == (True, {d1: 5.0})
     assert _less_trust((True, {d1: 5.0}), (False, None)) == (False, {d1: 5.0})
+
+
+def test_a_signature_by_a_removed_key_is_shown_as_such(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    registry.apply_deployment("svc", _spec(good.ref))
+    registry.sign_deployment("svc", str(_key(registry, tmp_path)))
+    assert registry.deployment("svc")["signatures"][0]["key"] == "release"
+    registry.remove_key("release")
+    assert registry.deployment("svc")["signatures"][0]["key"] is None

@@ -434,7 +434,13 @@ def test_a_policy_is_read_only_for_an_admin_and_never_expanded(
     for text, why in (("aliases: [1]", "must be a mapping"), ("aliases: 5", "must be a mapping"),
                       ("[" * 10000, "nested deeper"), ("- " * 5000 + "x", "nested deeper"),
                       ("deprecated: [" + "'x', " * 20000 + "]", "longer than"),
-                      ("retention: {keep_last: '" + "k" * 5000 + "'}", "positive integer")):
+                      ("retention: {keep_last: '" + "k" * 5000 + "'}", "positive integer"),
+                      # A second review: 500s, and policies stored that broke every promote.
+                      ("retention: {keep_last: " + "9" * 5000 + "}", "cannot read"),
+                      ("retention: {keep_last: -0x" + "f" * 5000 + "}", "positive integer"),
+                      ("aliases: {p: {approvals: 0x" + "f" * 20000 + "}}", "from 0 to 100"),
+                      ("aliases: {p: {checks: [{metric: [1], min: 1}]}}", "a metric's name"),
+                      ("aliases: {p: {checks: [{metric: acc, min: .nan}]}}", "finite")):
         answer = set_policy(admin, text)
         assert answer.status_code == 400 and why in answer.json()["message"], answer.text
         assert len(answer.content) < 2000  # the value is not echoed whole
@@ -463,6 +469,10 @@ def test_rollback_and_delete_of_an_alias_keep_to_its_policy(
     assert registry.alias("m", "production")["version"] == "1.2.0"
     moved = registry.rollback("m", "production")  # past the deprecated 1.1.0
     assert moved.version == "1.0.0"
+    registry.promote(refs[2], "production")
+    registry.deprecate(refs[0], reason="bad")
+    with pytest.raises(tether.NotFound, match=r"not deprecated \(passed over: 1\.0\.0, 1\.1\.0"):
+        registry.rollback("m", "production")  # says what was passed over and what to do
 
 
 def test_a_trusted_key_can_be_removed_and_names_are_names(

@@ -493,6 +493,20 @@ def test_deployments_pages_show_routes_signatures_replicas_and_revisions(
     assert world.client().get("/deployments", follow_redirects=False).status_code == 303
 
 
+def test_forms_that_move_an_alias_follow_its_policy_roles(world: World) -> None:
+    """An approver was shown a rollback button the alias's policy (roles: [admin])
+    refused once pressed (a review)."""
+    registry = world.registry
+    registry.promote("iris@1.0.0", "production", create=True)
+    registry.promote("iris@1.1.0", "production")
+    amy = world.client("amy")
+    assert 'data-testid="rollback-production"' in amy.get("/models/iris").text
+    registry.set_policy("iris", "aliases:\n  production:\n    roles: [admin]\n")
+    assert 'data-testid="rollback-production"' not in amy.get("/models/iris").text
+    assert 'data-testid="rollback-production"' in world.client("admin").get(
+        "/models/iris").text
+
+
 def test_mounted_under_a_prefix_links_follow(world: World) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount

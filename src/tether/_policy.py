@@ -29,6 +29,7 @@ rules that failed, each with what to change.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +153,10 @@ MAX_POLICY_DEPTH = 16
 
 def _short(value: Any) -> str:
     """``value`` for a message, cut short: it came from the policy's author."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of thousands of digits has no repr (a review: a 500)
+        return f"a number of {value.bit_length()} bits" if isinstance(value, int) else "?"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -181,6 +185,10 @@ def _plain_yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise InvalidInput(f"policy is not valid YAML: {str(error)[:300]}") from error
+    except ValueError as error:  # an integer of thousands of digits (a review: a 500)
+        raise InvalidInput(f"policy holds a value YAML cannot read: {str(error)[:200]}",
+                           hint="numbers in a policy are small: counts and thresholds"
+                           ) from error
 
 
 def parse_policy(text: str) -> Policy:
@@ -208,9 +216,9 @@ def parse_policy(text: str) -> Policy:
         raise _fail("retention", "only keep_last is known", hint="retention: {keep_last: 10}")
     if "keep_last" in retention:
         keep_last = retention["keep_last"]
-        if not isinstance(keep_last, int) or keep_last < 1:
+        if not isinstance(keep_last, int) or not 1 <= keep_last <= 1_000_000:
             raise _fail("retention.keep_last",
-                        f"must be a positive integer, not {_short(keep_last)}")
+                        f"must be a positive integer (at most 1000000), not {_short(keep_last)}")
     deprecated = data.get("deprecated") or []
     if not isinstance(deprecated, list) or not all(isinstance(d, str) for d in deprecated):
         raise _fail("deprecated", "must be a list of versions like '1.0.0' or '~0'")
@@ -250,9 +258,9 @@ def _parse_alias(alias: str, rule: Any) -> AliasRule:
     for role in roles:
         role_rank(str(role))
     approvals = rule.get("approvals", 0)
-    if not isinstance(approvals, int) or approvals < 0:
+    if not isinstance(approvals, int) or isinstance(approvals, bool) or not 0 <= approvals <= 100:
         raise _fail(f"{where}.approvals",
-                    f"must be a non-negative integer, not {_short(approvals)}")
+                    f"must be a whole number from 0 to 100, not {_short(approvals)}")
     checks = rule.get("checks") or []
     if not isinstance(checks, list):
         raise _fail(f"{where}.checks", "must be a list of rules")
@@ -281,9 +289,13 @@ def _parse_check(where: str, raw: Any) -> Check:
             )
         if not set(raw) & {"min", "max", "not_worse_than_current"}:
             raise _fail(where, "a metric rule needs min, max or not_worse_than_current")
+        if not isinstance(raw["metric"], str) or not raw["metric"]:
+            raise _fail(where, f"metric must be a metric's name, not {_short(raw['metric'])}")
         for key in ("min", "max", "not_worse_than_current"):
-            if key in raw and not isinstance(raw[key], int | float):
-                raise _fail(where, f"{key} must be a number, not {_short(raw[key])}")
+            value = raw.get(key)
+            if key in raw and (not isinstance(value, int | float) or isinstance(value, bool)
+                               or not math.isfinite(value)):
+                raise _fail(where, f"{key} must be a finite number, not {_short(value)}")
         return Check("metric", dict(raw))
     if len(raw) != 1:
         raise _fail(where, f"unknown option(s) {sorted(set(raw) - {kind})} for {kind}")

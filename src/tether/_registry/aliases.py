@@ -270,9 +270,16 @@ def rollback_in(
                    and not _same_bytes(conn, s.version_id, failing)
                    and not _deprecated(conn, s.version_id)), None)
     if target is None:
+        passed = sorted({str(_semver_of(conn, s.version_id)) for s in sets
+                         if _is_live(conn, s.version_id) and _deprecated(conn, s.version_id)})
+        if passed:
+            raise NotFound(
+                f"{name}@{alias} has no earlier target to roll back to that is not "
+                f"deprecated (passed over: {', '.join(passed)})",
+                hint=f"undeprecate one (`tether deprecate {name}@{passed[-1]} --undo`, or take "
+                f"it out of the policy's deprecated list), or promote another version")
         raise NotFound(
-            f"{name}@{alias} has no earlier target to roll back to (deleted and deprecated "
-            "versions are passed over)",
+            f"{name}@{alias} has no earlier target to roll back to",
             hint=f"see `tether alias history {name} {alias}`",
         )
     before = _semver_of(conn, current.version_id)

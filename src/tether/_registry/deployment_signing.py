@@ -274,8 +274,13 @@ def stored_signatures(conn: sa.Connection, name: str) -> list[dict[str, Any]]:
     """A deployment's signatures as its record carries them."""
     rows = conn.execute(sa.select(deployment_signatures).where(
         deployment_signatures.c.deployment == name).order_by(deployment_signatures.c.key_id))
-    return [{"key_id": r.key_id, "signer": r.signer, "created_at": r.created_at,
-             "payload": json.loads(r.payload), "signature": r.signature} for r in rows]
+    names = dict(conn.execute(sa.select(trusted_keys.c.key_id, trusted_keys.c.name)).all())
+    # ``key``: the registry's name for the key, None once it no longer trusts it (a
+    # removed key's signature looked as good as any: a review). Replicas decide by the
+    # keys they pin, not by this.
+    return [{"key_id": r.key_id, "key": names.get(r.key_id), "signer": r.signer,
+             "created_at": r.created_at, "payload": json.loads(r.payload),
+             "signature": r.signature} for r in rows]
 
 
 # -- the replica's side -----------------------------------------------------------------

@@ -41,6 +41,7 @@ from .._metadata.schema import (
 from .._policy import role_rank, role_to_move
 from .._reference import SelectorKind, parse_reference, validate_model_name
 from .aliases import PROTECTED_SETTING, rollback_in
+from .policies import current_policy
 from .resolve import require_model, resolve_row
 from .roles import has_role, require_role
 
@@ -577,7 +578,9 @@ def _earlier_target(conn: sa.Connection, row: sa.Row[Any], endpoint: str, route:
             _, version = resolve_row(conn, ref)
         except NotFound:
             continue
-        if version.digest != failing and version.status != "deleted":
+        # Nor back to a version deprecated since, as an alias's rollback passes it over.
+        if (version.digest != failing and version.status not in ("deleted", "deprecated")
+                and not current_policy(conn, version.model_id).is_deprecated(version.semver)):
             return entry["target"], f"{ref.name}@{version.semver}", bool(body.get("trusted"))
     return None
 

@@ -560,7 +560,9 @@ def _print_record(record: dict[str, Any], note: str) -> None:
         payload = entry["payload"]
         vouched = ", ".join(f"{e}: {len(d)} version(s)" for e, d in payload["endpoints"].items())
         expiry = f", expires {payload['expires_at'][:19]}" if payload.get("expires_at") else ""
-        console.print(shown(f"signed by key {entry['key_id']} ({entry['signer']}, "
+        key = (f"key {entry['key']} ({entry['key_id']})" if entry.get("key")
+               else f"key {entry['key_id']}, which the registry no longer trusts")
+        console.print(shown(f"signed by {key} ({entry['signer']}, "
                              f"{entry['created_at'][:19]}{expiry}): {vouched}"))
 
 

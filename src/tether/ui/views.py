@@ -59,6 +59,24 @@ class Permissions:
         # Only to decide which forms to show: the use case enforces the same rule.
         return role_to_move(alias, ",".join(self.protected()))
 
+    def may_move(self, model: str, alias: str, policy_text: str | None) -> bool:
+        """Whether the forms that move ``model@alias`` are shown: its protection and the
+        roles its policy rule names (a review: a rollback button the policy refused)."""
+        if not self.allows(self.role_to_move(alias), model):
+            return False
+        if policy_text is None or "admin" in self.roles(model):
+            return True
+        from .._policy import parse_policy
+
+        try:
+            rule = parse_policy(policy_text).rule_for(alias)
+        except InvalidInput:
+            return True  # the use case decides and says why
+        if rule is None or not rule.roles:
+            return True
+        needed = min(role_rank(r) for r in rule.roles)
+        return any(role_rank(r) >= needed for r in self.roles(model))
+
     def actions(self, model: str) -> dict[str, bool]:
         """Which action forms to show on a page about ``model``."""
         return {
@@ -168,6 +186,11 @@ def model_page(
         for v in found
         if chart_metric and _number(v.metrics.get(chart_metric)) is not None
     ]
+    try:
+        policy: dict[str, Any] | None = registry.get_policy(name)
+    except NotFound:
+        policy = None
+    policy_text = policy["text"] if policy else None
     aliases = []
     for alias_name, target in sorted(info.aliases.items()):
         try:
@@ -183,15 +206,11 @@ def model_page(
                 "target": target,
                 "generation": generation,
                 "history": history,
-                "can_move": perms.allows(perms.role_to_move(alias_name), name),
-                "can_rollback": perms.allows(perms.role_to_move(alias_name), name)
+                "can_move": perms.may_move(name, alias_name, policy_text),
+                "can_rollback": perms.may_move(name, alias_name, policy_text)
                 and sum(1 for m in history if m["action"] in ("set", "rollback")) > 1,
             }
         )
-    try:
-        policy: dict[str, Any] | None = registry.get_policy(name)
-    except NotFound:
-        policy = None
     return {
         "model": {**info.to_dict(), "updated_ago": ago(info.updated_at)},
         "metric_names": metric_names,
@@ -559,7 +578,8 @@ def deployment_page(registry: Registry, name: str) -> dict[str, Any]:
         payload = entry.get("payload") or {}
         expires = payload.get("expires_at")
         signatures.append({
-            "key_id": entry.get("key_id"), "signer": entry.get("signer"),
+            "key_id": entry.get("key_id"), "key": entry.get("key"),
+            "signer": entry.get("signer"),
             "created_at": entry.get("created_at"), "expires_at": expires,
             "expired": isinstance(expires, str) and _epoch(expires) < now,
             "endpoints": {e: len(d) for e, d in (payload.get("endpoints") or {}).items()}})
