@@ -314,3 +314,26 @@ def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: 
     assert [d["status"] for d in pushed] == ["failed", "failed"], pushed
     assert all("symbolic link out of the work tree" in d["error"] for d in pushed)
     assert len(tether.open(repo / ".tether").dataset_versions("leak")) == 1  # nothing added
+
+
+def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
+    """``conf -> .git/config`` beside ``conf.tether`` pushed the remote's credentials (a
+    review); a link that stays among the data is still pushed."""
+    reg = tether.init(repo / ".tether", actor="data@test")
+    decoy = repo.parent / "decoy2"
+    decoy.mkdir()
+    (decoy / "d.txt").write_text("d")
+    version = reg.add_dataset(decoy, "creds")
+    reg.close()
+    (repo / "conf").symlink_to(".git/config")
+    (repo / "conf.tether").write_text(pointer_text(version, "file"))
+    (repo / "data").mkdir()
+    (repo / "data" / "real.csv").write_text("a\n1\n")
+    (repo / "rel.csv").symlink_to("data/real.csv")
+    (repo / "rel.csv.tether").write_text(pointer_text(version, "file"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "links")
+    pushed = {d["path"]: d for d in _run(repo, "data", "push")}
+    assert pushed["conf"]["status"] == "failed"
+    assert "into .git or .tether" in pushed["conf"]["error"]
+    assert pushed["rel.csv"]["status"] == "pushed"

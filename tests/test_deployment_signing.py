@@ -467,6 +467,36 @@ def test_only_callers_who_could_move_the_traffic_count_in_rollbacks(
     registry.leave_deployment("svc", "real")
     assert rita.replica_heartbeat("svc", "fake", host="h", pid=1)["leader"] is False
 
+    # Nor flood the deployment with replicas (a third review: thousands of ids, each
+    # with megabytes of info, returned by every status read for an hour).
+    from tether._registry import deployments as deployment_records
+
+    big = rita.replica_heartbeat("svc", "big", host="h", pid=1, lead=False,
+                                 info={"junk": "x" * 200_000})
+    assert big["leader"] is False
+    kept = {r["replica"]: r for r in registry.deployment_status("svc")["replicas"]}["big"]
+    assert "junk" not in kept["info"] and kept["info"]["info_dropped"] > 200_000
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deployment_records, "MAX_REPLICAS_PER_CALLER", 2)  # fake, big
+        with pytest.raises(tether.Conflict, match="replicas of deployment svc already"):
+            rita.replica_heartbeat("svc", "one-more", host="h", pid=1, lead=False)
+
+    # A caller with a role on another model only is told nothing of the deployment:
+    # not its name among others, its endpoints, routes or targets (a third review).
+    registry.create_token("olga@example.com", role="contributor", model="other")
+    olga = registry.as_actor("olga@example.com", enforce_roles=True)
+    with pytest.raises(tether.PermissionDenied):
+        olga.rollback_route("svc", endpoint="iris", route="hidden",
+                            failing=f"sha:{'0' * 64}")
+    with pytest.raises(tether.PermissionDenied):
+        olga.set_deployment_weights("svc", {"main": 1.0})
+    from tether._registry.access import redacted
+
+    with pytest.raises(tether.NotFound) as missing:
+        olga.rollback_deployment("nosuch")
+    assert "svc" in str(missing.value.hint)  # the registry's word, before redaction...
+    assert "svc" not in str(redacted(olga, missing.value).hint)  # ...and what olga sees
+
     # Who may move an alias route by its policy counts, not the protected setting alone.
     registry.promote(good.ref, "staging", create=True)
     registry.set_policy("iris", "aliases:\n  staging:\n    roles: [approver]\n")

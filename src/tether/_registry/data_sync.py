@@ -135,6 +135,11 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
         elif tracked.is_symlink() and top.resolve() not in tracked.resolve().parents:
             problem = ("the tracked path is a symbolic link out of the work tree (if you made "
                        "it, add the data from where it is: tether data add REAL_PATH)")
+        elif tracked.is_symlink() and any(
+                part.lower() in _FORBIDDEN_PARTS
+                for part in tracked.resolve().relative_to(top.resolve()).parts):
+            # `conf -> .git/config` pushed the remote's credentials (a review).
+            problem = "the tracked path is a symbolic link into .git or .tether"
     if problem:
         raise InvalidInput(f"pointer {pointer_file.relative_to(top).as_posix()} refused: {problem}",
                            hint="a pointer names the file or folder beside it; remove this one")

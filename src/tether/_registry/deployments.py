@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from .._deployment import Deployment, deployment_to_dict, parse_deployment
 from .._digest import canonical_json
-from .._errors import Conflict, InvalidInput, NotFound
+from .._errors import Conflict, InvalidInput, NotFound, UnknownName
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -109,9 +109,20 @@ def _row(conn: sa.Connection, name: str, *, lock: bool = False) -> sa.Row[Any]:
     if row is None:
         names = [r[0] for r in conn.execute(sa.select(deployments.c.name).order_by(
             deployments.c.name))]
-        raise NotFound(f"no deployment named {name!r}",
-                       hint=f"deployments: {', '.join(names) or 'none yet'}; store one with "
-                            "`tether deploy apply deploy.yaml --name NAME`")
+        raise UnknownName(f"no deployment named {name!r}", kind="deployments", names=names,
+                          hint_tail="; store one with `tether deploy apply deploy.yaml "
+                          "--name NAME`")
+    return row
+
+
+def _readable_row(conn: sa.Connection, name: str, actor: str, *,
+                  lock: bool = False) -> sa.Row[Any]:
+    """``_row``, for a caller who may read every model it routes to: its endpoints,
+    routes and targets were told, in hints and answers, to callers with a role on
+    another model only (a review)."""
+    row = _row(conn, name, lock=lock)
+    for model in _models(json.loads(row.spec)):
+        require_role(conn, actor, "reader", model)
     return row
 
 
@@ -391,7 +402,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
     """New weights for some routes of one endpoint (the others keep theirs)."""
     actor = registry.actor
     with registry.write() as conn:
-        row = _row(conn, name, lock=True)
+        row = _readable_row(conn, name, actor, lock=True)
         spec, paused = json.loads(row.spec), json.loads(row.paused)
         endpoint = _endpoint_of(spec, name, endpoint)
         before = effective_weights(_record(conn, row), endpoint)
@@ -425,7 +436,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
     if not routes:
         raise InvalidInput("name the routes to pause or resume")
     with registry.write() as conn:
-        row = _row(conn, name, lock=True)
+        row = _readable_row(conn, name, actor, lock=True)
         spec, paused = json.loads(row.spec), set(json.loads(row.paused))
         endpoint = _endpoint_of(spec, name, endpoint)
         targets = [_route(spec, name, endpoint, route)["target"] for route in routes]
@@ -465,7 +476,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
     current again, as a new revision."""
     actor = registry.actor
     with registry.write() as conn:
-        row = _row(conn, name, lock=True)
+        row = _readable_row(conn, name, actor, lock=True)
         target = to_revision if to_revision is not None else _previous_state(conn, row)
         if to_revision is None and target == 0:
             raise NotFound(f"deployment {name} has no earlier revision that differs from "
@@ -506,7 +517,7 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
     """
     actor = registry.actor
     with registry.write() as conn:
-        row = _row(conn, name, lock=True)
+        row = _readable_row(conn, name, actor, lock=True)
         spec, paused = json.loads(row.spec), json.loads(row.paused)
         endpoint = _endpoint_of(spec, name, endpoint)
         entry = _route(spec, name, endpoint, route)
@@ -627,6 +638,15 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         if owner is not None and owner != actor:
             raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
                            "caller's", hint="each serving process reports under an id of its own")
+        if owner is None and _replicas_of(conn, name, actor) >= MAX_REPLICAS_PER_CALLER:
+            # A reader registered replicas by the thousand, each with megabytes of info,
+            # and every status read returned them all for an hour (a review).
+            raise Conflict(f"{actor} reports {MAX_REPLICAS_PER_CALLER} replicas of "
+                           f"deployment {name} already",
+                           hint="replicas that stopped are forgotten after an hour")
+        shown = canonical_json({**dict(info or {}), "_principal": actor})
+        if len(shown) > MAX_INFO_BYTES:
+            shown = canonical_json({"_principal": actor, "info_dropped": len(shown)})
         # The lease holder rolls routes back on the sum of every replica's windows: only
         # a caller who could move that traffic itself is counted, and only such a caller
         # may hold the lease (reviews: a reader's made-up errors rolled production back
@@ -635,9 +655,8 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         counted = steers and problem is None
         now = time.time()
         values = {"host": host[:256], "pid": int(pid), "url": url[:512],
-                  "started_at": started_at or now_iso(), "heartbeat_at": now,
-                  "expires_at": now + ttl,
-                  "info": canonical_json({**dict(info or {}), "_principal": actor}),
+                  "started_at": (started_at or now_iso())[:40], "heartbeat_at": now,
+                  "expires_at": now + ttl, "info": shown,
                   "stats": canonical_json(dict(stats or {}) if counted else {})}
         insert = _insert(conn, deployment_replicas).values(deployment=name, replica=replica,
                                                            **values)
@@ -665,6 +684,18 @@ def may_steer(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> bool:
         elif not has_role(conn, actor, "contributor", ref.name):
             return False
     return True
+
+
+#: Replica rows one caller may have in one deployment (live or kept for an hour).
+MAX_REPLICAS_PER_CALLER = 256
+#: A replica's reported state (routes, revision) is a few KB; more is not kept.
+MAX_INFO_BYTES = 64 * 1024
+
+
+def _replicas_of(conn: sa.Connection, name: str, actor: str) -> int:
+    rows = conn.execute(sa.select(deployment_replicas.c.info).where(
+        deployment_replicas.c.deployment == name)).scalars()
+    return sum(1 for info in rows if json.loads(info).get("_principal") == actor)
 
 
 def _owner(conn: sa.Connection, name: str, replica: str) -> str | None:

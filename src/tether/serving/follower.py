@@ -152,7 +152,9 @@ class DeploymentFollower:
         if answer.get("stats_counted") is False and not self._uncounted:
             self._uncounted = True
             log.warning("this replica's windows are not counted for rollbacks of deployment "
-                        "%s: its token may not move the deployment's traffic", self.name,
+                        "%s, and it never holds the lease: its token may not move the "
+                        "deployment's traffic (unless a replica whose token may runs, no "
+                        "rollback rule is judged)", self.name,
                         extra={"deployment": self.name})
         if int(answer["revision"]) != self.revision:
             self.poll()

@@ -130,15 +130,21 @@ class ServingRuntime:
     def _supervise(self) -> None:
         interval = self.deployment.server.poll_interval
         while not self._stop.wait(interval):
-            try:
-                self._reload_if_changed()
-                if self.follower is not None:
-                    self.follower.tick()
-                for endpoint in self.endpoints.values():
-                    endpoint.check()
-                self.instruments.publish()
-            except Exception:  # the supervisor must keep ticking
-                log.exception("supervisor tick failed")
+            # Each step on its own: a failing heartbeat skipped every endpoint's checks
+            # (alias polling, rules) for as long as it failed (a review).
+            steps = [self._reload_if_changed]
+            if self.follower is not None:
+                steps.append(self.follower.tick)
+            steps += [endpoint.check for endpoint in self.endpoints.values()]
+            steps.append(self.instruments.publish)
+            for step in steps:
+                try:
+                    step()
+                except TetherError as error:  # said without a traceback
+                    log.error("supervisor step failed: %s", error.message,
+                              extra={"hint": error.hint})
+                except Exception:  # the supervisor must keep ticking
+                    log.exception("supervisor step failed")
 
     def _mtime(self) -> float | None:
         source = self.deployment.source
