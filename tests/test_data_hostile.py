@@ -337,3 +337,14 @@ def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
     assert pushed["conf"]["status"] == "failed"
     assert "into .git or .tether" in pushed["conf"]["error"]
     assert pushed["rel.csv"]["status"] == "pushed"
+
+
+def test_tracking_a_link_into_git_is_refused(repo: Path) -> None:
+    """Push refused such a pointer, but `tether data track` had uploaded .git/config
+    already, and written the pointer (a review)."""
+    reg = tether.init(repo / ".tether", actor="data@test")
+    (repo / "l_git_config").symlink_to(".git/config")
+    with pytest.raises(InvalidInput, match=r"a link into a \.git or \.tether folder"):
+        track(reg, repo / "l_git_config")
+    assert not (repo / "l_git_config.tether").exists()
+    assert reg.list_datasets() == []

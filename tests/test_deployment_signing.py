@@ -530,7 +530,7 @@ def test_tether_deploy_sign_through_a_server_shows_the_versions_and_needs_a_yes(
         command = ["-r", url, "deploy", "sign", "svc", "--key", str(key)]
         asked = CliRunner().invoke(cli, command, env={"TETHER_TOKEN": token})
         assert asked.exit_code == 2, asked.output
-        assert good.digest in asked.output and "server's answer" in asked.output
+        assert good.digest in asked.output and "registry's answer" in asked.output
         assert "--yes" in asked.output and registry.deployment("svc")["signatures"] == []
         assert "\x1b" not in asked.output and "\\x1b[2K" in asked.output
         done = CliRunner().invoke(cli, [*command, "--yes", "--json"],
@@ -576,3 +576,28 @@ def test_a_signature_by_a_removed_key_is_shown_as_such(
     assert registry.deployment("svc")["signatures"][0]["key"] == "release"
     registry.remove_key("release")
     assert registry.deployment("svc")["signatures"][0]["key"] is None
+
+
+def test_a_token_scoped_to_a_model_reads_and_follows_its_deployments_only(
+        registry: Registry, tmp_path: Path, iris: tuple[Any, Any]) -> None:
+    """It could change a deployment of its model (weights, pauses) but not read it or
+    serve it: reads asked for reader registry-wide (a review)."""
+    good = registry.log_model(fit_logreg(iris), "iris", serialization="pickle", progress=False)
+    (tmp_path / "o.bin").write_bytes(b"o")
+    other = registry.log_model(tmp_path / "o.bin", "other", progress=False)
+    registry.apply_deployment("svc", _spec(good.ref, trusted=False))
+    registry.apply_deployment("hidden", {"endpoints": {"o": {"routes": [
+        {"name": "main", "target": other.ref, "weight": 100}]}}})
+    registry.create_token("ai@team", role="approver", model="iris")
+    scoped = registry.as_actor("ai@team", enforce_roles=True)
+    assert scoped.deployment("svc")["name"] == "svc"
+    assert scoped.deployment_status("svc")["deployment"]["revision"] == 1
+    assert [h["action"] for h in scoped.deployment_history("svc")] == ["apply"]
+    assert [d["name"] for d in scoped.deployments()] == ["svc"]
+    with pytest.raises(PermissionDenied):
+        scoped.deployment("hidden")
+    from tether._registry.access import redacted
+
+    with pytest.raises(tether.NotFound) as missing:
+        scoped.deployment("nosuch")
+    assert redacted(scoped, missing.value).hint.startswith("deployments you may read: none")

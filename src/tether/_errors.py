@@ -51,16 +51,18 @@ class UnknownName(NotFound):
     told every model's and dataset's name (a review; ``access.redacted``)."""
 
     def __init__(self, message: str, *, kind: str, names: list[str],
-                 hint_tail: str = "") -> None:
+                 hint_tail: str = "", shown_as: str = "in this registry") -> None:
         self.kind, self.names, self.hint_tail = kind, list(names), hint_tail
-        listing = ", ".join(self.names[:20]) or "none yet"
-        super().__init__(message, hint=f"{kind} in this registry: {listing}{hint_tail}")
+        listing = ", ".join(self.names[:20]) or ("none yet" if shown_as == "in this registry"
+                                                 else "none")
+        super().__init__(message, hint=f"{kind} {shown_as}: {listing}{hint_tail}")
 
     def only(self, visible: set[str]) -> UnknownName:
-        """The same refusal, listing only ``visible`` names."""
+        """The same refusal, listing only ``visible`` names ("none yet" read as if the
+        registry were empty: a review)."""
         return UnknownName(self.message, kind=self.kind,
                            names=[n for n in self.names if n in visible],
-                           hint_tail=self.hint_tail)
+                           hint_tail=self.hint_tail, shown_as="you may read")
 
 
 class RegistryNotFound(NotFound):

@@ -478,6 +478,12 @@ def track(
     target = Path(path).absolute()
     if not target.exists():
         raise InvalidInput(f"{path} does not exist", hint="track a file or folder that exists")
+    if target.is_symlink() and any(part.lower() in (".git", ".tether")
+                                   for part in target.resolve().parts):
+        # Push refuses such a pointer; track wrote it after uploading .git/config (a review).
+        raise InvalidInput(f"{path} is a link into a .git or .tether folder",
+                           hint="track the data itself, not a link to a repository's or "
+                           "registry's own files")
     dataset = name or _default_name(target)
     version = registry.add_dataset(target, dataset, notes=notes)
     pointer = pointer_path(target)

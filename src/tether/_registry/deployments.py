@@ -368,27 +368,41 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
 def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
     """The record; only ``{name, revision, unchanged: True}`` when it is ``known_revision``."""
     with registry.read() as conn:
-        if known_revision is not None:
-            current = conn.execute(sa.select(deployments.c.revision).where(
-                deployments.c.name == name)).scalar()
-            if current == known_revision:
-                return {"name": name, "revision": current, "generation": current,
-                        "unchanged": True}
-        return _record(conn, _row(conn, name))
+        row = _row(conn, name)
+        _require_readers(registry, json.loads(row.spec))
+        if known_revision is not None and row.revision == known_revision:
+            return {"name": name, "revision": row.revision, "generation": row.revision,
+                    "unchanged": True}
+        return _record(conn, row)
+
+
+def _require_readers(registry: Registry, spec: Mapping[str, Any]) -> None:
+    """Reading a deployment takes reading every model it routes to (as the registry's
+    access mode has it: an embedded registry's local user reads anyway). Registry-wide
+    reader was asked before, so a token scoped to one model could change a deployment
+    of that model (weights, pauses) but not read or serve it (a review)."""
+    for model in _models(spec):
+        registry.require("reader", model, action="reading deployments")
 
 
 def list_all(registry: Registry) -> list[dict[str, Any]]:
+    """The deployments whose models the caller may all read."""
+    from .access import readable
+
+    visible = readable(registry, "reader", "reading deployments")
     with registry.read() as conn:
         rows = conn.execute(sa.select(deployments).order_by(deployments.c.name)).all()
         return [{"name": r.name, "revision": r.revision, "updated_at": r.updated_at,
                  "updated_by": r.updated_by, "endpoints": sorted(json.loads(r.spec)["endpoints"]),
-                 "paused": json.loads(r.paused)} for r in rows]
+                 "paused": json.loads(r.paused)} for r in rows
+                if visible is None or set(_models(json.loads(r.spec))) <= visible]
 
 
 def history(registry: Registry, name: str) -> list[dict[str, Any]]:
     """Every revision, newest first."""
     with registry.read() as conn:
         row = _row(conn, name)
+        _require_readers(registry, json.loads(row.spec))
         rows = conn.execute(sa.select(deployment_revisions).where(
             deployment_revisions.c.deployment_id == row.id).order_by(
             deployment_revisions.c.revision.desc())).all()
@@ -686,15 +700,18 @@ def may_steer(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> bool:
     return True
 
 
-#: Replica rows one caller may have in one deployment (live or kept for an hour).
-MAX_REPLICAS_PER_CALLER = 256
+#: Live replicas one caller may report in one deployment (stopped ones do not count:
+#: a fleet that restarts must not lock itself out).
+MAX_REPLICAS_PER_CALLER = 1024
 #: A replica's reported state (routes, revision) is a few KB; more is not kept.
 MAX_INFO_BYTES = 64 * 1024
 
 
 def _replicas_of(conn: sa.Connection, name: str, actor: str) -> int:
+    """The live replicas ``actor`` reports in deployment ``name``."""
     rows = conn.execute(sa.select(deployment_replicas.c.info).where(
-        deployment_replicas.c.deployment == name)).scalars()
+        deployment_replicas.c.deployment == name,
+        deployment_replicas.c.expires_at >= time.time())).scalars()
     return sum(1 for info in rows if json.loads(info).get("_principal") == actor)
 
 
@@ -790,6 +807,7 @@ def status(registry: Registry, name: str) -> dict[str, Any]:
     """The record, every replica seen (live or gone, with its statistics) and the lease."""
     with registry.read() as conn:
         row = _row(conn, name)
+        _require_readers(registry, json.loads(row.spec))
         now = time.time()
         replicas = []
         for r in conn.execute(sa.select(deployment_replicas).where(

@@ -631,13 +631,13 @@ def deploy_sign(ctx: click.Context, name: str, key_path: str, versions: tuple[st
         if yes:
             return True
         rows = [(v.endpoint, v.target, v.ref, f"sha:{v.digest}", v.author, v.created_at[:19],
-                 "server's answer" if v.chosen_by_registry else "the reference")
+                 "registry's answer" if v.chosen_by_registry else "the reference")
                 for v in shown]
         err_console.print(table(["ENDPOINT", "TARGET", "VERSION", "DIGEST", "LOGGED BY", "AT",
                                  "NAMED BY"], rows))
         if not sys.stdin.isatty():
-            raise click.UsageError("the server named these versions; review them on a "
-                                   "terminal, or pass --yes to sign what it named")
+            raise click.UsageError("the registry's answers named these versions; review them "
+                                   "on a terminal, or pass --yes to sign what they named")
         return click.confirm(f"Sign these {len({v.digest for v in shown})} version(s) for "
                              f"{name}?", default=False, err=True)
 

@@ -131,7 +131,10 @@ class DeploymentFollower:
                 key = f"{endpoint.name}/{name}"
                 loaded = slot.current
                 routes[key] = {"ref": loaded.ref if loaded else None, "status": slot.status,
-                               "weight": weights.get(name), "problem": slot.problem}
+                               "weight": weights.get(name),
+                               # Cut short: the registry keeps at most 64 KB of a replica's
+                               # state, and dropped it whole past that.
+                               "problem": slot.problem[:500] if slot.problem else None}
                 if loaded is not None:
                     stats[key] = {"digest": loaded.digest, "ref": loaded.ref,
                                   **slot.window.export()}

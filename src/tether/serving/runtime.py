@@ -71,6 +71,9 @@ class ServingRuntime:
         if self.follower is not None:
             try:
                 self.follower.beat()  # seen (and maybe leading) at once, not a tick later
+            except TetherError as error:
+                log.error("first heartbeat failed: %s", error.message,
+                          extra={"hint": error.hint})
             except Exception:
                 log.exception("first heartbeat failed")
         log.info("serving %d endpoint(s)", len(self.endpoints),
