@@ -191,27 +191,29 @@ class ModelPool:
         """``loaded`` (kept from before) if the endpoint's trust still allows it, else None.
         One loaded trusted once was switched back to after its signature was withdrawn or
         had expired (a review): its code had run, but serving it again is a new decision."""
-        if loaded is None or not loaded.loaded_trusted:
-            return loaded
-        trusted, until = self.trust
-        if trusted and (until is None or until.get(loaded.version.digest, 0.0) > time.time()):
+        if loaded is None or not loaded.loaded_trusted or self._trusts(loaded.version.digest):
             return loaded
         return None
+
+    def _trusts(self, digest: str) -> bool:
+        """Whether a version with ``digest`` loads as trusted now: the endpoint is trusted
+        and, when signatures decide, one lists it unexpired (checked at every load, not
+        only when the record changes)."""
+        trusted, until = self.trust
+        return trusted and (until is None or until.get(digest, 0.0) > time.time())
 
     def _load_model(self, version: ModelVersion) -> tuple[Any, bool]:
         """The model, and whether it was loaded as trusted."""
         # version.digest was checked against its manifest (require_intact) by the registry
         # that answered, and the load below asks for exactly that digest.
-        trusted, until = self.trust
-        # A signature's expiry counts at every load, not only when the record changes.
-        vouched = until is None or until.get(version.digest, 0.0) > time.time()
+        trusts = self._trusts(version.digest)
         try:
             return self.registry.load(
                 f"{version.name}@sha:{version.digest}", env_policy=self.env_policy,
-                trusted=trusted and vouched, use_lock=False,
-            ), trusted and vouched
+                trusted=trusts, use_lock=False,
+            ), trusts
         except UnsafeArtifact as error:
-            if not trusted or vouched:
+            if trusts or not self.trust[0]:
                 raise
             from .._registry.deployment_signing import sign_hint
 
