@@ -100,8 +100,10 @@ def redacted(registry: Registry, error: Exception) -> Exception:
     try:
         if not enforces_roles(registry) or may(registry, "reader", None):
             return error
-        visible = {model for held, model in scoped_roles(registry, registry.actor)
-                   if covers((held,), "reader")}
+        # Deployments are read registry-wide only; models and datasets by their names.
+        visible = set() if error.kind == "deployments" else {
+            model for held, model in scoped_roles(registry, registry.actor)
+            if covers((held,), "reader")}
     except Exception:  # the refusal stands, with nothing listed
         visible = set()
     return error.only(visible)

@@ -367,42 +367,40 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
 
 def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
     """The record; only ``{name, revision, unchanged: True}`` when it is ``known_revision``."""
+    _require_readers(registry)  # first: a hidden deployment and a missing one look alike
     with registry.read() as conn:
-        row = _row(conn, name)
-        _require_readers(registry, json.loads(row.spec))
-        if known_revision is not None and row.revision == known_revision:
-            return {"name": name, "revision": row.revision, "generation": row.revision,
-                    "unchanged": True}
-        return _record(conn, row)
+        if known_revision is not None:  # every replica asks each second: one small read
+            current = conn.execute(sa.select(deployments.c.revision).where(
+                deployments.c.name == name)).scalar()
+            if current == known_revision:
+                return {"name": name, "revision": current, "generation": current,
+                        "unchanged": True}
+        return _record(conn, _row(conn, name))
 
 
-def _require_readers(registry: Registry, spec: Mapping[str, Any]) -> None:
-    """Reading a deployment takes reading every model it routes to (as the registry's
-    access mode has it: an embedded registry's local user reads anyway). Registry-wide
-    reader was asked before, so a token scoped to one model could change a deployment
-    of that model (weights, pauses) but not read or serve it (a review)."""
-    for model in _models(spec):
-        registry.require("reader", model, action="reading deployments")
+def _require_readers(registry: Registry) -> None:
+    """Reading a deployment takes reader registry-wide (as the registry's access mode has
+    it: an embedded registry's local user reads anyway). Reader on the models it routes
+    to now was tried and withdrawn: its history, its replicas' reports and its
+    signatures name the models it routed to before (a review). A token scoped to a model
+    may still change that model's routes in a deployment it cannot read."""
+    registry.require("reader", action="reading deployments")
 
 
 def list_all(registry: Registry) -> list[dict[str, Any]]:
-    """The deployments whose models the caller may all read."""
-    from .access import readable
-
-    visible = readable(registry, "reader", "reading deployments")
+    _require_readers(registry)
     with registry.read() as conn:
         rows = conn.execute(sa.select(deployments).order_by(deployments.c.name)).all()
         return [{"name": r.name, "revision": r.revision, "updated_at": r.updated_at,
                  "updated_by": r.updated_by, "endpoints": sorted(json.loads(r.spec)["endpoints"]),
-                 "paused": json.loads(r.paused)} for r in rows
-                if visible is None or set(_models(json.loads(r.spec))) <= visible]
+                 "paused": json.loads(r.paused)} for r in rows]
 
 
 def history(registry: Registry, name: str) -> list[dict[str, Any]]:
     """Every revision, newest first."""
+    _require_readers(registry)  # first: a hidden deployment and a missing one look alike
     with registry.read() as conn:
         row = _row(conn, name)
-        _require_readers(registry, json.loads(row.spec))
         rows = conn.execute(sa.select(deployment_revisions).where(
             deployment_revisions.c.deployment_id == row.id).order_by(
             deployment_revisions.c.revision.desc())).all()
@@ -652,7 +650,7 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         if owner is not None and owner != actor:
             raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
                            "caller's", hint="each serving process reports under an id of its own")
-        if owner is None and _replicas_of(conn, name, actor) >= MAX_REPLICAS_PER_CALLER:
+        if owner is None and _make_room(conn, name, actor) >= MAX_REPLICAS_PER_CALLER:
             # A reader registered replicas by the thousand, each with megabytes of info,
             # and every status read returned them all for an hour (a review).
             raise Conflict(f"{actor} reports {MAX_REPLICAS_PER_CALLER} replicas of "
@@ -707,12 +705,25 @@ MAX_REPLICAS_PER_CALLER = 1024
 MAX_INFO_BYTES = 64 * 1024
 
 
-def _replicas_of(conn: sa.Connection, name: str, actor: str) -> int:
-    """The live replicas ``actor`` reports in deployment ``name``."""
-    rows = conn.execute(sa.select(deployment_replicas.c.info).where(
-        deployment_replicas.c.deployment == name,
-        deployment_replicas.c.expires_at >= time.time())).scalars()
-    return sum(1 for info in rows if json.loads(info).get("_principal") == actor)
+def _make_room(conn: sa.Connection, name: str, actor: str) -> int:
+    """The live replicas ``actor`` reports in deployment ``name``, once its stopped ones
+    are forgotten (kept, they let a caller that leaves at once grow the table without
+    end: a review; forgotten, a restarting fleet does not lock itself out)."""
+    now, live, stopped = time.time(), 0, []
+    for replica, info, expires in conn.execute(sa.select(
+            deployment_replicas.c.replica, deployment_replicas.c.info,
+            deployment_replicas.c.expires_at).where(deployment_replicas.c.deployment == name)):
+        if json.loads(info).get("_principal") != actor:
+            continue
+        if expires >= now:
+            live += 1
+        else:
+            stopped.append(replica)
+    if live + len(stopped) >= MAX_REPLICAS_PER_CALLER and stopped:
+        conn.execute(deployment_replicas.delete().where(
+            deployment_replicas.c.deployment == name,
+            deployment_replicas.c.replica.in_(stopped)))
+    return live
 
 
 def _owner(conn: sa.Connection, name: str, replica: str) -> str | None:
@@ -805,9 +816,9 @@ def leave(registry: Registry, name: str, replica: str) -> None:
 
 def status(registry: Registry, name: str) -> dict[str, Any]:
     """The record, every replica seen (live or gone, with its statistics) and the lease."""
+    _require_readers(registry)  # first: a hidden deployment and a missing one look alike
     with registry.read() as conn:
         row = _row(conn, name)
-        _require_readers(registry, json.loads(row.spec))
         now = time.time()
         replicas = []
         for r in conn.execute(sa.select(deployment_replicas).where(

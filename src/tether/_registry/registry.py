@@ -621,11 +621,10 @@ class Registry:
         return deployments.apply(self, name, spec, reason=reason)
 
     def deployment(self, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
-        """The record, for a reader of every model it routes to."""
+        """The record (reader registry-wide)."""
         return deployments.get(self, name, known_revision=known_revision)
 
     def deployments(self) -> list[dict[str, Any]]:
-        """The deployments whose models the caller may all read."""
         return deployments.list_all(self)
 
     def deployment_history(self, name: str) -> list[dict[str, Any]]:
