@@ -53,8 +53,10 @@ def promote(
     validate_alias_name(alias)
     parsed = parse_reference(ref)
     with registry.write() as conn:
+        # The role first: asked before the lookup, a missing model and one the caller may
+        # not touch answer alike (a 404 against a 403 told which names exist: a review).
+        require_role_to_move(conn, actor, parsed.name, alias)
         mid = require_model(conn, parsed.name, lock=True)
-        require_role_to_move(conn, actor, parsed.name, alias)  # before saying anything more
         _, row = resolve_row(conn, parsed)
         version = repo.row_to_version(row, parsed.name)
         if version.status == "deprecated" or check_deprecated_by_policy(conn, version):
@@ -234,8 +236,8 @@ def rollback_in(
     ``from_generation``: and only if the alias has not moved since (a late rollback
     after someone promoted the same version again would undo that promotion).
     """
+    require_role_to_move(conn, actor, name, alias)  # first, as in promote
     mid = require_model(conn, name, lock=True)
-    require_role_to_move(conn, actor, name, alias)
     require_policy_roles(conn, actor, name, alias)
     current = repo.alias_row(conn, mid, alias)
     if current is None:
@@ -320,8 +322,8 @@ def _is_live(conn: sa.Connection, vid: int | None) -> bool:
 
 def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> AliasMove:
     with registry.write() as conn:
+        require_role_to_move(conn, actor, name, alias)  # first, as in promote
         mid = require_model(conn, name, lock=True)
-        require_role_to_move(conn, actor, name, alias)
         require_policy_roles(conn, actor, name, alias)
         current = repo.alias_row(conn, mid, alias)
         if current is None:
