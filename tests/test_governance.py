@@ -564,3 +564,32 @@ def test_a_scoped_caller_is_not_told_other_models_or_datasets_names(
                      lambda m=model: carl.delete_alias(m, "staging")):
             with pytest.raises(PermissionDenied):
                 move()
+
+
+def test_a_scoped_caller_cannot_route_to_or_probe_another_model_through_deployments(
+        registry: Registry, tmp_path: Path) -> None:
+    """The harm (a review): a caller with a role on iris rolled a deployment's route back
+    onto payroll, which it could not even read, and applying a deployment told it
+    payroll's versions and aliases (targets were resolved before roles were asked)."""
+    versions = {}
+    for name in ("iris", "payroll"):
+        (tmp_path / f"{name}.bin").write_bytes(name.encode())
+        versions[name] = registry.log_model(tmp_path / f"{name}.bin", name, progress=False)
+    registry.promote(versions["payroll"].ref, "staging", create=True)
+
+    def spec(target: str) -> dict[str, Any]:
+        return {"endpoints": {"e": {"routes": [{"name": "main", "target": target,
+                                                "weight": 100}]}}}
+
+    registry.apply_deployment("svc", spec(versions["payroll"].ref))
+    registry.apply_deployment("svc", spec(versions["iris"].ref))
+    registry.create_token("sc@x", role="approver", model="iris")
+    scoped = registry.as_actor("sc@x", enforce_roles=True)
+    with pytest.raises(PermissionDenied, match="payroll"):
+        scoped.rollback_route("svc", endpoint=None, route="main")
+    routes = registry.deployment("svc")["spec"]["endpoints"]["e"]["routes"]
+    assert routes[0]["target"] == versions["iris"].ref  # not moved onto payroll
+    for target in ("payroll@9.9.9", "payroll@nope", "ghost@1.0.0"):
+        with pytest.raises(PermissionDenied) as refused:
+            scoped.apply_deployment("mine", spec(target))
+        assert "1.0.0 (#1)" not in str(refused.value) and "staging" not in str(refused.value)

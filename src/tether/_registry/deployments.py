@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from .._deployment import Deployment, deployment_to_dict, parse_deployment
 from .._digest import canonical_json
-from .._errors import Conflict, InvalidInput, NotFound, UnknownName
+from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnknownName
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -119,11 +119,47 @@ def _readable_row(conn: sa.Connection, name: str, actor: str, *,
                   lock: bool = False) -> sa.Row[Any]:
     """``_row``, for a caller who may read every model it routes to: its endpoints,
     routes and targets were told, in hints and answers, to callers with a role on
-    another model only (a review)."""
-    row = _row(conn, name, lock=lock)
-    for model in _models(json.loads(row.spec)):
-        require_role(conn, actor, "reader", model)
+    another model only (a review). To a caller without reader registry-wide, a
+    deployment it may not read and a missing one answer alike, naming no model."""
+    wide = has_role(conn, actor, "reader", None)
+    try:
+        row = _row(conn, name, lock=lock)
+    except NotFound:
+        if wide:
+            raise
+        raise _not_yours(actor, name) from None
+    models = _models(json.loads(row.spec))
+    if not all(has_role(conn, actor, "reader", model) for model in models):
+        raise _not_yours(actor, name)
     return row
+
+
+def _not_yours(actor: str, name: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"{actor} may not use deployment {name[:128]!r}: it routes to models {actor} "
+        "may not read, or there is no such deployment",
+        hint="an admin grants roles with `tether role grant`")
+
+
+def _may_change(conn: sa.Connection, actor: str, name: str, targets: Sequence[str]) -> None:
+    """The roles to move the traffic of ``targets`` (a deployment's current routes),
+    refused without naming their models to a caller without reader registry-wide."""
+    try:
+        _require_roles(conn, actor, targets)
+    except PermissionDenied:
+        if has_role(conn, actor, "reader", None):
+            raise
+        raise _not_yours(actor, name) from None
+
+
+def _answer(conn: sa.Connection, actor: str, row: sa.Row[Any], *,
+            changed: bool) -> dict[str, Any]:
+    """What a change answers: the whole record to a reader of deployments, else its
+    name and revision (the record carries signatures and every route: a review)."""
+    if has_role(conn, actor, "reader", None):
+        return {**_record(conn, row), "changed": changed}
+    return {"name": row.name, "revision": row.revision, "generation": row.revision,
+            "changed": changed}
 
 
 def _record(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
@@ -338,21 +374,26 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
     _, canonical = check_spec(spec, name)
     actor = registry.actor
     with registry.write() as conn:
-        for _, route in _routes(canonical):
-            resolve_row(conn, parse_reference(route["target"]))  # NotFound names the typo
+        # Roles first, then the lookups: resolving a target first told a caller with a
+        # role on one model another model's versions and aliases (a review).
+        new_targets = [r["target"] for _, r in _routes(canonical)]
+        _require_roles(conn, actor, new_targets)
+        for target in new_targets:
+            resolve_row(conn, parse_reference(target))  # NotFound names the typo
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
         old_spec = json.loads(row.spec) if row is not None else None
+        targets = list(new_targets)
+        if old_spec is not None:
+            old_targets = [r["target"] for _, r in _routes(old_spec)]
+            _may_change(conn, actor, name, old_targets)
+            targets += old_targets
         routes_now = {f"{e}/{r['name']}" for e, b in canonical["endpoints"].items()
                       for r in b["routes"]}
         paused = [p for p in (json.loads(row.paused) if row is not None else [])
                   if p in routes_now]
         if row is not None and old_spec == canonical and paused == json.loads(row.paused):
-            return {**_record(conn, row), "changed": False}
-        targets = [r["target"] for _, r in _routes(canonical)]
-        if old_spec is not None:
-            targets += [r["target"] for _, r in _routes(old_spec)]
-        _require_roles(conn, actor, targets)
+            return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
         _check_traffic(canonical, paused, name)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
@@ -362,7 +403,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
                      before=row.revision if row is not None else None, after=revision,
                      details={"deployment": name, "reason": reason,
                               "endpoints": sorted(canonical["endpoints"])})
-        return {**_record(conn, _row(conn, name)), "changed": True}
+        return _answer(conn, actor, _row(conn, name), changed=True)
 
 
 def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
@@ -438,7 +479,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
                      subject=f"deployment:{name}/{endpoint}", before=before, after=after,
                      details={"deployment": name, "endpoint": endpoint, "revision": revision,
                               "reason": reason})
-        return _record(conn, _row(conn, name))
+        return _answer(conn, actor, _row(conn, name), changed=True)
 
 
 def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str | None = None,
@@ -455,7 +496,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
         keys = {f"{endpoint}/{route}" for route in routes}
         new = paused - keys if resume else paused | keys
         if new == paused:
-            return {**_record(conn, row), "changed": False}
+            return _answer(conn, actor, row, changed=False)
         _require_roles(conn, actor, targets)
         _check_traffic(spec, sorted(new), name)
         action = "resume" if resume else "pause"
@@ -466,7 +507,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
                      after=sorted(new), details={"deployment": name, "endpoint": endpoint,
                                                  "routes": list(routes), "revision": revision,
                                                  "reason": reason})
-        return {**_record(conn, _row(conn, name)), "changed": True}
+        return _answer(conn, actor, _row(conn, name), changed=True)
 
 
 def _previous_state(conn: sa.Connection, row: sa.Row[Any]) -> int:
@@ -511,7 +552,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),
                      subject=f"deployment:{name}", before=row.revision, after=revision,
                      details={"deployment": name, "to_revision": target, "reason": reason})
-        return _record(conn, _row(conn, name))
+        return _answer(conn, actor, _row(conn, name), changed=True)
 
 
 def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route: str,
@@ -558,6 +599,10 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
             # routed there untrusted would become trusted): else traffic goes elsewhere.
             earlier = None
         if earlier is not None:
+            # Back to a version the caller may route traffic to: a caller with a role on
+            # one model rolled a route onto another's, which it could not even read (a
+            # review).
+            _require_roles(conn, actor, [earlier[0]])
             for r in routes:
                 if r["name"] == route:
                     r["target"] = earlier[0]
@@ -642,10 +687,8 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
     problem = _stats_problem(stats or {})
     actor = registry.actor
     with registry.write() as conn:
-        row = _row(conn, name)
+        row = _readable_row(conn, name, actor)
         spec = json.loads(row.spec)
-        for model in _models(spec):
-            require_role(conn, actor, "reader", model)
         owner = _owner(conn, name, replica)
         if owner is not None and owner != actor:
             raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
@@ -653,9 +696,9 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         if owner is None and _make_room(conn, name, actor) >= MAX_REPLICAS_PER_CALLER:
             # A reader registered replicas by the thousand, each with megabytes of info,
             # and every status read returned them all for an hour (a review).
-            raise Conflict(f"{actor} reports {MAX_REPLICAS_PER_CALLER} replicas of "
+            raise Conflict(f"{actor} reports {MAX_REPLICAS_PER_CALLER} live replicas of "
                            f"deployment {name} already",
-                           hint="replicas that stopped are forgotten after an hour")
+                           hint="stop some (those that stopped are forgotten)")
         shown = canonical_json({**dict(info or {}), "_principal": actor})
         if len(shown) > MAX_INFO_BYTES:
             shown = canonical_json({"_principal": actor, "info_dropped": len(shown)})
@@ -799,9 +842,7 @@ def _take_lease(conn: sa.Connection, name: str, replica: str, now: float, ttl: f
 def leave(registry: Registry, name: str, replica: str) -> None:
     """A replica stops: it is gone at once, and its lease is free for another."""
     with registry.write() as conn:
-        row = _row(conn, name)
-        for model in _models(json.loads(row.spec)):
-            require_role(conn, registry.actor, "reader", model)
+        _readable_row(conn, name, registry.actor)
         owner = _owner(conn, name, replica)
         if owner is not None and owner != registry.actor:
             # A reader made the lease holder leave, then took the lease (a review).

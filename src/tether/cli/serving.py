@@ -542,6 +542,9 @@ def _revision_note(record: dict[str, Any]) -> str:
 
 
 def _print_record(record: dict[str, Any], note: str) -> None:
+    if "spec" not in record:  # a caller who may change it but not read deployments
+        console.print(f"[bold]{shown(record['name'])}[/]  {note}")
+        return
     paused = set(record.get("paused") or [])
     console.print(f"[bold]{shown(record['name'])}[/]  {note}  "
                   f"(by {shown(record['updated_by'])})")
