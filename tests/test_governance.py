@@ -585,8 +585,11 @@ def test_a_scoped_caller_cannot_route_to_or_probe_another_model_through_deployme
     registry.apply_deployment("svc", spec(versions["iris"].ref))
     registry.create_token("sc@x", role="approver", model="iris")
     scoped = registry.as_actor("sc@x", enforce_roles=True)
-    with pytest.raises(PermissionDenied, match="payroll"):
-        scoped.rollback_route("svc", endpoint=None, route="main")
+    for roll_back in (lambda: scoped.rollback_route("svc", endpoint=None, route="main"),
+                      lambda: scoped.rollback_deployment("svc")):
+        with pytest.raises(PermissionDenied, match="may not use deployment") as refused:
+            roll_back()
+        assert "payroll" not in str(refused.value)  # nothing of its history
     routes = registry.deployment("svc")["spec"]["endpoints"]["e"]["routes"]
     assert routes[0]["target"] == versions["iris"].ref  # not moved onto payroll
     for target in ("payroll@9.9.9", "payroll@nope", "ghost@1.0.0"):
