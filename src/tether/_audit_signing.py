@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._digest import canonical_json
 from ._errors import InvalidInput
-from ._signing import key_id, load_public_key, public_pem
+from ._signing import key_id, load_public_key, public_pem, verify_bytes
 
 #: The kind tag inside every checkpoint file, so another JSON file is refused.
 CHECKPOINT_KIND = "tether.audit-checkpoint/v1"
@@ -99,11 +98,8 @@ class AuditKey:
 
 
 def head_is_valid(head: SignedHead, public: Ed25519PublicKey) -> bool:
-    try:
-        public.verify(bytes.fromhex(head.signature), head_payload(head.event_id, head.hash))
-    except (InvalidSignature, ValueError):
-        return False
-    return key_id(public) == head.key_id
+    return (verify_bytes(public, head_payload(head.event_id, head.hash), head.signature)
+            and key_id(public) == head.key_id)
 
 
 def make_checkpoint(

@@ -1,4 +1,5 @@
-"""How times and sizes read to a person: `3h ago`, `1.5 MiB`. Shared by the CLI and the UI."""
+"""How times, sizes and values read to a person: `3h ago`, `1.5 MiB`, a repr cut short.
+Shared by the CLI, the UI and the messages of refusals."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ def ago(iso: str | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{max(int(seconds), 0)}s ago"
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``value``'s repr for a message, cut short: it came from a caller or a file."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of thousands of digits has no repr
+        return f"a number of {value.bit_length()} bits" if isinstance(value, int) else "?"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def human_bytes(size: float | None) -> str:

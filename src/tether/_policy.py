@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from ._errors import InvalidInput
+from ._humanize import short_repr
 
 ROLES = ("reader", "contributor", "approver", "admin")
 
@@ -151,15 +152,6 @@ MAX_POLICY_BYTES = 64 * 1024
 MAX_POLICY_DEPTH = 16
 
 
-def _short(value: Any) -> str:
-    """``value`` for a message, cut short: it came from the policy's author."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of thousands of digits has no repr (a review: a 500)
-        return f"a number of {value.bit_length()} bits" if isinstance(value, int) else "?"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _plain_yaml(text: str) -> Any:
     """``text`` as YAML without anchors or aliases, nested at most MAX_POLICY_DEPTH deep.
 
@@ -217,8 +209,8 @@ def parse_policy(text: str) -> Policy:
     if "keep_last" in retention:
         keep_last = retention["keep_last"]
         if not isinstance(keep_last, int) or not 1 <= keep_last <= 1_000_000:
-            raise _fail("retention.keep_last",
-                        f"must be a positive integer (at most 1000000), not {_short(keep_last)}")
+            raise _fail("retention.keep_last", "must be a positive integer (at most 1000000), "
+                        f"not {short_repr(keep_last)}")
     deprecated = data.get("deprecated") or []
     if not isinstance(deprecated, list) or not all(isinstance(d, str) for d in deprecated):
         raise _fail("deprecated", "must be a list of versions like '1.0.0' or '~0'")
@@ -260,7 +252,7 @@ def _parse_alias(alias: str, rule: Any) -> AliasRule:
     approvals = rule.get("approvals", 0)
     if not isinstance(approvals, int) or isinstance(approvals, bool) or not 0 <= approvals <= 100:
         raise _fail(f"{where}.approvals",
-                    f"must be a whole number from 0 to 100, not {_short(approvals)}")
+                    f"must be a whole number from 0 to 100, not {short_repr(approvals)}")
     checks = rule.get("checks") or []
     if not isinstance(checks, list):
         raise _fail(f"{where}.checks", "must be a list of rules")
@@ -277,7 +269,7 @@ def _parse_check(where: str, raw: Any) -> Check:
     kinds = [k for k in raw if k in _CHECK_KEYS]
     if len(kinds) != 1:
         known = "; ".join(f"{k}: {v}" for k, v in _CHECK_KEYS.items())
-        raise _fail(where, f"unknown rule {_short(dict(raw))}", hint=f"rules: {known}")
+        raise _fail(where, f"unknown rule {short_repr(dict(raw))}", hint=f"rules: {known}")
     kind = kinds[0]
     if kind == "metric":
         extra = set(raw) - {"metric"} - _METRIC_OPTIONS
@@ -290,12 +282,12 @@ def _parse_check(where: str, raw: Any) -> Check:
         if not set(raw) & {"min", "max", "not_worse_than_current"}:
             raise _fail(where, "a metric rule needs min, max or not_worse_than_current")
         if not isinstance(raw["metric"], str) or not raw["metric"]:
-            raise _fail(where, f"metric must be a metric's name, not {_short(raw['metric'])}")
+            raise _fail(where, f"metric must be a metric's name, not {short_repr(raw['metric'])}")
         for key in ("min", "max", "not_worse_than_current"):
             value = raw.get(key)
             if key in raw and (not isinstance(value, int | float) or isinstance(value, bool)
                                or not math.isfinite(value)):
-                raise _fail(where, f"{key} must be a finite number, not {_short(value)}")
+                raise _fail(where, f"{key} must be a finite number, not {short_repr(value)}")
         return Check("metric", dict(raw))
     if len(raw) != 1:
         raise _fail(where, f"unknown option(s) {sorted(set(raw) - {kind})} for {kind}")

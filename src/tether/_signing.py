@@ -99,9 +99,15 @@ def sign(key: Ed25519PrivateKey, version: ModelVersion) -> str:
 
 
 def verify(public: Ed25519PublicKey, version: ModelVersion, signature_hex: str) -> bool:
+    return verify_bytes(public, signing_payload(version), signature_hex)
+
+
+def verify_bytes(public: Ed25519PublicKey, data: bytes, signature_hex: Any) -> bool:
+    """Whether ``signature_hex`` is ``public``'s signature over ``data``; anything that is
+    not a signature in hex (from a database or a server) is simply not one."""
     try:
-        public.verify(bytes.fromhex(signature_hex), signing_payload(version))
-    except (InvalidSignature, ValueError):
+        public.verify(bytes.fromhex(str(signature_hex)), data)
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 
+def iso(moment: datetime) -> str:
+    """``moment`` (in UTC) as Tether writes times."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(datetime.now(UTC))
 
 
 def parse_iso(text: str) -> datetime:

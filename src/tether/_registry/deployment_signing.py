@@ -33,14 +33,15 @@ import sqlalchemy as sa
 
 from .._digest import canonical_json
 from .._errors import InvalidInput, PermissionDenied
+from .._humanize import short_repr
 from .._identity import require_intact
 from .._metadata.audit_log import append_event
-from .._metadata.clock import now_iso, parse_iso
+from .._metadata.clock import iso, now_iso, parse_iso
 from .._metadata.schema import deployment_signatures, trusted_keys
 from .._records import ModelVersion
 from .._reference import SelectorKind, parse_reference
 from .roles import require_role
-from .trust import own_database, pinned_load_keys
+from .trust import KEY_ID, own_database, pinned_load_keys
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -158,9 +159,8 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
         "kind": KIND,
         "deployment": name,
         "endpoints": digests,
-        "signed_at": signed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "expires_at": (signed_at + lifetime).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if lifetime else None,
+        "signed_at": iso(signed_at),
+        "expires_at": iso(signed_at + lifetime) if lifetime else None,
     }
     signature = key.sign(payload_bytes(payload)).hex()
     return registry.record_deployment_signature(
@@ -172,14 +172,7 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
 
 #: Most versions one signature lists for one endpoint.
 MAX_DIGESTS = 1000
-_KEY_ID = re.compile(r"[0-9a-f]{16,64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")  # an Ed25519 signature, in hex
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a message: its repr, cut short (it came from the caller)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_payload(payload: Any, name: str, spec: Mapping[str, Any]) -> str | None:
@@ -189,14 +182,14 @@ def _check_payload(payload: Any, name: str, spec: Mapping[str, Any]) -> str | No
     if set(payload) != {"kind", "deployment", "endpoints", "signed_at", "expires_at"}:
         return "the payload's fields are not kind, deployment, endpoints, signed_at, expires_at"
     if payload["deployment"] != name:
-        return f"the payload names deployment {_shown(payload['deployment'])}, not {name!r}"
+        return f"the payload names deployment {short_repr(payload['deployment'])}, not {name!r}"
     endpoints = payload["endpoints"]
     trusted = trusted_endpoints(spec)
     if not isinstance(endpoints, dict) or not endpoints:
         return "the payload lists no endpoint"
     for endpoint, digests in endpoints.items():
         if endpoint not in trusted:
-            return f"{_shown(endpoint)} is not a trusted endpoint of deployment {name}"
+            return f"{short_repr(endpoint)} is not a trusted endpoint of deployment {name}"
         if not isinstance(digests, list) or not digests or not all(
                 isinstance(d, str) and _DIGEST.fullmatch(d) for d in digests):
             return f"endpoint {endpoint}'s digests are not whole content digests"
@@ -228,8 +221,8 @@ def record_deployment_signature(registry: Registry, name: str, payload: Any, key
     with registry.read() as conn:
         require_role(conn, actor, "admin", None)
         row = deployments._row(conn, name)
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise InvalidInput(f"key id {_shown(key_id)} is not a key id (16 hex digits)")
+    if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
+        raise InvalidInput(f"key id {short_repr(key_id)} is not a key id (16 hex digits)")
     if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
         raise InvalidInput("the signature is not an Ed25519 signature in 128 hex digits")
     with registry.read() as conn:
@@ -287,13 +280,9 @@ def stored_signatures(conn: sa.Connection, name: str) -> list[dict[str, Any]]:
 
 
 def _verifies(public: Ed25519PublicKey, payload: Mapping[str, Any], signature: Any) -> bool:
-    from cryptography.exceptions import InvalidSignature
+    from .._signing import verify_bytes
 
-    try:
-        public.verify(bytes.fromhex(str(signature)), payload_bytes(payload))
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+    return verify_bytes(public, payload_bytes(payload), signature)
 
 
 def vouched_digests(name: str, record: Mapping[str, Any],

@@ -20,7 +20,7 @@ from .._digest import canonical_json
 from .._errors import Conflict, InvalidInput
 from .._identity import manifest_digest
 from .._metadata import repository as repo
-from .._metadata.clock import now_iso, parse_iso
+from .._metadata.clock import iso, now_iso, parse_iso
 from .._metadata.schema import idempotency_keys, models, versions
 from .._records import ModelVersion, VersionValues
 from . import log_version
@@ -99,7 +99,7 @@ def _commit(registry: Registry, name: str, checked: VersionValues, bump: str | N
 
 def _expired_before(now: str | None = None) -> str:
     """Keys recorded before this time (ISO text, as stored: it sorts as time) expired."""
-    return (parse_iso(now or now_iso()) - KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(parse_iso(now or now_iso()) - KEY_LIFETIME)
 
 
 class _KeyTaken(Exception):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
-from .._metadata.clock import now_iso, parse_iso
+from .._metadata.clock import iso, now_iso, parse_iso
 from .._metadata.schema import tokens
 from .roles import check_grant, grant, require_role
 
@@ -70,11 +70,7 @@ def create_token(
     if role:
         grant(registry, principal, role, model)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires = (
-        (datetime.now(UTC) + lifetime).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if lifetime is not None
-        else None
-    )
+    expires = iso(datetime.now(UTC) + lifetime) if lifetime is not None else None
     with registry.write() as conn:
         conn.execute(
             tokens.insert().values(

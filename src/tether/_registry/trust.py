@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 #: one was reported as "NOT a trusted key", one with a comma could not be listed).
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: A key id as ``_signing.key_id`` makes it.
-_KEY_ID = re.compile(r"[0-9a-f]{16}")
+KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def validate_key_name(name: str) -> str:
@@ -125,7 +125,7 @@ def record_signature(registry: Registry, ref: str, key_id: str, value: str) -> d
     """
     from .. import _signing as signing  # cryptography: only where keys are used
 
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+    if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
         # Before anything is written: a refusal is an audit event, and a 6 MB key id went
         # into it twice (a review).
         raise InvalidInput(f"key id {repr(key_id)[:40]} is not 16 hex digits",
