@@ -111,6 +111,15 @@ class AliasRule:
     approvals: int = 0
     checks: tuple[Check, ...] = ()
 
+    def lets_move(self, held: Iterable[str]) -> bool:
+        """Whether roles ``held`` may move the alias: an admin always, else one of its
+        ``roles`` or above (any role, when it names none)."""
+        held = tuple(held)
+        if not self.roles or "admin" in held:
+            return True
+        needed = min(role_rank(r) for r in self.roles)
+        return any(role_rank(r) >= needed for r in held)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -331,13 +340,11 @@ def evaluate(policy: Policy, alias: str, facts: Facts) -> list[str]:
     rule = policy.rule_for(alias)
     if rule is None:
         return failures
-    if rule.roles and "admin" not in facts.actor_roles:
-        needed = min(role_rank(r) for r in rule.roles)
-        if not any(role_rank(r) >= needed for r in facts.actor_roles):
-            failures.append(
-                f"moving {alias} needs role {' or '.join(rule.roles)}; you have "
-                f"{', '.join(facts.actor_roles) or 'no role'} (ask an admin: tether role grant)"
-            )
+    if not rule.lets_move(facts.actor_roles):
+        failures.append(
+            f"moving {alias} needs role {' or '.join(rule.roles)}; you have "
+            f"{', '.join(facts.actor_roles) or 'no role'} (ask an admin: tether role grant)"
+        )
     if len(facts.approvers) < rule.approvals:
         failures.append(
             f"{alias} needs {rule.approvals} approval(s), {facts.semver} has "

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PermissionDenied
+from .._errors import PermissionDenied, TetherError
 from .._metadata import repository as repo
 from .._policy import covers
 from .roles import roles_of, scoped_roles_of
@@ -90,7 +90,7 @@ def scoped_roles(registry: Registry, principal: str) -> list[tuple[str, str]]:
     return list(cached(("scoped", id(registry.engine), principal), lookup))
 
 
-def redacted(registry: Registry, error: Exception) -> Exception:
+def redacted(registry: Registry, error: TetherError) -> TetherError:
     """``error`` as ``registry``'s actor may see it: the names an ``UnknownName`` lists
     cut to those the actor may read (datasets share the models' names for roles)."""
     from .._errors import UnknownName

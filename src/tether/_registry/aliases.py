@@ -142,16 +142,14 @@ def require_policy_roles(conn: sa.Connection, actor: str, model: str, alias: str
     """The roles the model's policy asks for to move ``alias``. A promotion checks them
     in its gate; a rollback or a delete skipped them (a review: a policy's `roles:
     [admin]` on production, and an approver rolled it back, or deleted it)."""
-    from .._policy import role_rank
     from .roles import roles_of
 
     mid = repo.model_id(conn, model)
     rule = current_policy(conn, mid).rule_for(alias) if mid is not None else None
-    if rule is None or not rule.roles:
+    if rule is None:
         return
     held = roles_of(conn, actor, model)
-    needed = min(role_rank(r) for r in rule.roles)
-    if "admin" not in held and not any(role_rank(r) >= needed for r in held):
+    if not rule.lets_move(held):
         raise PermissionDenied(
             f"moving {model}@{alias} needs role {' or '.join(rule.roles)} by its policy; "
             f"{actor} has {', '.join(held) or 'no role'}",

@@ -44,7 +44,7 @@ def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None
     if folder.is_symlink():
         return "the folder is a link"
     expected = {entry.path: entry for entry in version.files}
-    found = set()
+    found: dict[str, os.stat_result] = {}  # a regular file's facts, read once
     for path in folder.rglob("*"):
         rel = path.relative_to(folder).as_posix()
         if "__pycache__" in rel.split("/")[:-1] and path.suffix == ".pyc":
@@ -58,12 +58,12 @@ def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None
             # Tether writes each file once, unlinked: another name for it elsewhere lets
             # whoever holds that name change the bytes after this check.
             return f"{rel} is a hard link to a file elsewhere"
-        found.add(rel)
+        found[rel] = facts
     seal = Seal(folder)
     hashed = False
     for rel, entry in expected.items():
         path = folder / rel
-        held = path.stat() if rel in found else None
+        held = found.get(rel)
         if held is None or held.st_size != entry.size:
             return f"{rel} is missing or has another size"
         if seal.vouches(rel, held):

@@ -184,17 +184,15 @@ class Api:
     def as_seen(self, request: Request, error: TetherError) -> TetherError:
         """``error`` as the caller may see it (``access.redacted``)."""
         from .._errors import UnknownName
+        from .._registry.access import redacted
 
         if not isinstance(error, UnknownName):
-            return error
+            return error  # the only refusal that lists names
         try:
             reg, _ = self.as_caller(request)
         except TetherError:
             return error.only(set())
-        from .._registry.access import redacted
-
-        seen = redacted(reg, error)
-        return seen if isinstance(seen, TetherError) else error
+        return redacted(reg, error)
 
     def as_caller(self, request: Request) -> tuple[Registry, str]:
         """The registry acting for the authenticated caller: the server only

@@ -215,8 +215,7 @@ class UI:
         if session is not None:
             from .._registry.access import redacted
 
-            seen = redacted(session.registry, error)
-            error = seen if isinstance(seen, TetherError) else error
+            error = redacted(session.registry, error)
         head, rules = _split_rules(error.message)
         data = {**error.to_dict(), "title": head, "rules": rules, "action": action}
         return self.render(

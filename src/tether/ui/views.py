@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._humanize import ago, human_bytes
-from .._policy import protected_alias_patterns, role_rank, role_to_move
+from .._policy import Policy, protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
 from .._registry.compare import KnownChunks, diff_versions
 from .._registry.registry import Registry
@@ -59,23 +59,13 @@ class Permissions:
         # Only to decide which forms to show: the use case enforces the same rule.
         return role_to_move(alias, ",".join(self.protected()))
 
-    def may_move(self, model: str, alias: str, policy_text: str | None) -> bool:
+    def may_move(self, model: str, alias: str, policy: Policy | None) -> bool:
         """Whether the forms that move ``model@alias`` are shown: its protection and the
         roles its policy rule names (a review: a rollback button the policy refused)."""
         if not self.allows(self.role_to_move(alias), model):
             return False
-        if policy_text is None or "admin" in self.roles(model):
-            return True
-        from .._policy import parse_policy
-
-        try:
-            rule = parse_policy(policy_text).rule_for(alias)
-        except InvalidInput:
-            return True  # the use case decides and says why
-        if rule is None or not rule.roles:
-            return True
-        needed = min(role_rank(r) for r in rule.roles)
-        return any(role_rank(r) >= needed for r in self.roles(model))
+        rule = policy.rule_for(alias) if policy is not None else None
+        return rule is None or rule.lets_move(self.roles(model))
 
     def actions(self, model: str) -> dict[str, bool]:
         """Which action forms to show on a page about ``model``."""
@@ -190,7 +180,7 @@ def model_page(
         policy: dict[str, Any] | None = registry.get_policy(name)
     except NotFound:
         policy = None
-    policy_text = policy["text"] if policy else None
+    rules = _parsed(policy["text"]) if policy else None
     aliases = []
     for alias_name, target in sorted(info.aliases.items()):
         try:
@@ -206,8 +196,8 @@ def model_page(
                 "target": target,
                 "generation": generation,
                 "history": history,
-                "can_move": perms.may_move(name, alias_name, policy_text),
-                "can_rollback": perms.may_move(name, alias_name, policy_text)
+                "can_move": perms.may_move(name, alias_name, rules),
+                "can_rollback": perms.may_move(name, alias_name, rules)
                 and sum(1 for m in history if m["action"] in ("set", "rollback")) > 1,
             }
         )
@@ -247,6 +237,17 @@ def model_page(
 
 
 # -- one version ----------------------------------------------------------------
+
+
+def _parsed(text: str) -> Policy | None:
+    """A stored policy, read once for a page (None if it no longer reads: the use cases
+    decide then, and say why)."""
+    from .._policy import parse_policy
+
+    try:
+        return parse_policy(text)
+    except InvalidInput:
+        return None
 
 
 def _touches(event: Event, version: ModelVersion) -> bool:
