@@ -65,6 +65,12 @@ class Reference:
     def __str__(self) -> str:
         return f"{self.name}@{self.selector}"
 
+    @property
+    def whole_digest(self) -> bool:
+        """Whether it names one version's bytes by themselves (a whole content digest):
+        any other selector is what a registry's answer makes it."""
+        return self.kind is SelectorKind.DIGEST and len(self.value) == 64
+
 
 def validate_model_name(name: str) -> str:
     if not NAME_PATTERN.match(name):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
+from .._identity import names_reserved
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
@@ -102,10 +103,6 @@ def holds(target: Path, version: DatasetVersion, kind: str) -> bool:
     return all(_holds(target / entry.path, entry) for entry in version.files)
 
 
-#: Path parts a tracked path may never have: git's and Tether's own folders.
-_FORBIDDEN_PARTS = frozenset({".git", ".tether"})
-
-
 def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
     """(tracked path, its path from the top, the pointer) of one pointer file, refused
     (InvalidInput) unless the tracked path is a path of the work tree.
@@ -122,7 +119,7 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
         problem = "the pointer is a symbolic link"
     elif name in ("", ".", "..") or any(part in ("", ".", "..") for part in rel.parts):
         problem = f"it would track {name or '(nothing)'!r}, not a path in the work tree"
-    elif any(part.lower() in _FORBIDDEN_PARTS for part in rel.parts):
+    elif names_reserved(rel.as_posix()):  # git's and Tether's own folders
         problem = "it would track a path inside .git or .tether"
     else:
         # A folder on the way that is a symbolic link could lead out of the work tree;
@@ -135,9 +132,8 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
         elif tracked.is_symlink() and top.resolve() not in tracked.resolve().parents:
             problem = ("the tracked path is a symbolic link out of the work tree (if you made "
                        "it, add the data from where it is: tether data add REAL_PATH)")
-        elif tracked.is_symlink() and any(
-                part.lower() in _FORBIDDEN_PARTS
-                for part in tracked.resolve().relative_to(top.resolve()).parts):
+        elif tracked.is_symlink() and names_reserved(
+                tracked.resolve().relative_to(top.resolve()).as_posix()):
             # `conf -> .git/config` pushed the remote's credentials (a review).
             problem = "the tracked path is a symbolic link into .git or .tether"
     if problem:

@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import yaml
 
 from .._errors import InvalidInput, NotFound
+from .._identity import names_reserved
 from .._store.base import FileEntry
 from .._store.blobs import owner_scratch, user_cache_dir
 from .._store.chunkstore import ChunkStore
@@ -478,8 +479,7 @@ def track(
     target = Path(path).absolute()
     if not target.exists():
         raise InvalidInput(f"{path} does not exist", hint="track a file or folder that exists")
-    if target.is_symlink() and any(part.lower() in (".git", ".tether")
-                                   for part in target.resolve().parts):
+    if target.is_symlink() and names_reserved(target.resolve().as_posix()):
         # Push refuses such a pointer; track wrote it after uploading .git/config (a review).
         raise InvalidInput(f"{path} is a link into a .git or .tether folder",
                            hint="track the data itself, not a link to a repository's or "

@@ -39,7 +39,7 @@ from .._metadata.audit_log import append_event
 from .._metadata.clock import iso, now_iso, parse_iso
 from .._metadata.schema import deployment_signatures, trusted_keys
 from .._records import ModelVersion
-from .._reference import SelectorKind, parse_reference
+from .._reference import parse_reference
 from .roles import require_role
 from .trust import KEY_ID, own_database, pinned_load_keys
 
@@ -92,11 +92,6 @@ class Vouching:
     chosen_by_registry: bool
 
 
-def _whole_digest(ref: str) -> bool:
-    parsed = parse_reference(ref)
-    return parsed.kind is SelectorKind.DIGEST and len(parsed.value) == 64
-
-
 def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
                     versions: Iterable[str] = (), expires_in: str | None = None,
                     confirm: Callable[[list[Vouching]], bool] | None = None,
@@ -127,7 +122,7 @@ def sign_deployment(registry: RegistryAPI, name: str, key_path: str, *,
     # review: an edited alias row got its version signed without a question).
     answered = not own_database(registry) or bool(pinned_load_keys())
     extra = list(versions)
-    named = {ref for ref in extra if _whole_digest(ref)}
+    named = {ref for ref in extra if parse_reference(ref).whole_digest}
     resolved: dict[str, ModelVersion] = {}  # each reference asked once
     shown: list[Vouching] = []
     for endpoint, targets in endpoints.items():

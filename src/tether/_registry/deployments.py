@@ -225,8 +225,9 @@ def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> No
 
 def _trusted_targets(spec: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(endpoint, target) of every route and shadow of the spec's trusted endpoints."""
-    trusted = {e for e, body in spec["endpoints"].items() if body.get("trusted")}
-    return {(e, r["target"]) for e, r in _routes(spec) if e in trusted}
+    from .deployment_signing import trusted_endpoints
+
+    return {(e, t) for e, targets in trusted_endpoints(spec).items() for t in targets}
 
 
 def _movable_targets(conn: sa.Connection,
@@ -244,7 +245,7 @@ def _movable(conn: sa.Connection, target: str) -> str | None:
     if ref.kind is SelectorKind.DIGEST:
         # A prefix names whichever version has it: one logged to match it (65,536 tries
         # for four digits) once the version it named is collected.
-        return None if len(ref.value) == 64 else "a digest prefix, not a whole digest"
+        return None if ref.whole_digest else "a digest prefix, not a whole digest"
     if ref.kind in _FIXED:
         return None
     if ref.kind is SelectorKind.ALIAS and role_rank(role_to_move(

@@ -122,17 +122,11 @@ def k8s_render(
 def _answered_trusted_targets(deployment: Any) -> list[tuple[str, str]]:
     """(endpoint, target) of each trusted endpoint's target the registry resolves: what
     an alias or a version number names is the server's answer, a whole digest is not."""
-    from .._reference import SelectorKind, parse_reference
+    from .._reference import parse_reference
 
-    found = []
-    for endpoint in deployment.endpoints:
-        if not endpoint.trusted:
-            continue
-        for target in [r.target for r in endpoint.routes] + [s.target for s in endpoint.shadows]:
-            ref = parse_reference(target)
-            if not (ref.kind is SelectorKind.DIGEST and len(ref.value) == 64):
-                found.append((endpoint.name, target))
-    return found
+    return [(endpoint.name, target) for endpoint in deployment.endpoints if endpoint.trusted
+            for target in [r.target for r in endpoint.routes] + [s.target for s in endpoint.shadows]
+            if not parse_reference(target).whole_digest]
 
 
 @click.group("image")
