@@ -291,6 +291,18 @@ def test_a_dataset_alias_that_reads_as_a_protected_one_is_refused(tmp_path: Path
     assert reg.promote_dataset("d@1", "production").version == "1.0.0"
 
 
+def _a_dataset(repo: Path, name: str) -> Any:
+    """A version of dataset ``name`` in the repository's registry, for pointers to name."""
+    reg = tether.init(repo / ".tether", actor="data@test")
+    decoy = repo.parent / f"decoy-{name}"
+    decoy.mkdir()
+    (decoy / "d.txt").write_text("d")
+    try:
+        return reg.add_dataset(decoy, name)
+    finally:
+        reg.close()
+
+
 def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: Path) -> None:
     """The harm (a review): a repository committed ``key -> ~/.ssh/id_ed25519`` beside a
     ``key.tether`` pointer (and ``dotssh -> ~/.ssh``): ``tether data push`` uploaded the
@@ -298,12 +310,7 @@ def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: 
     ssh = repo.parent / ".ssh"
     ssh.mkdir()
     (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY----- SECRET123")
-    reg = tether.init(repo / ".tether", actor="data@test")
-    decoy = repo.parent / "decoy"
-    decoy.mkdir()
-    (decoy / "d.txt").write_text("d")
-    version = reg.add_dataset(decoy, "leak")
-    reg.close()
+    version = _a_dataset(repo, "leak")
     (repo / "key").symlink_to(ssh / "id_ed25519")
     (repo / "key.tether").write_text(pointer_text(version, "file"))
     (repo / "dotssh").symlink_to(ssh, target_is_directory=True)
@@ -319,12 +326,7 @@ def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: 
 def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
     """``conf -> .git/config`` beside ``conf.tether`` pushed the remote's credentials (a
     review); a link that stays among the data is still pushed."""
-    reg = tether.init(repo / ".tether", actor="data@test")
-    decoy = repo.parent / "decoy2"
-    decoy.mkdir()
-    (decoy / "d.txt").write_text("d")
-    version = reg.add_dataset(decoy, "creds")
-    reg.close()
+    version = _a_dataset(repo, "creds")
     (repo / "conf").symlink_to(".git/config")
     (repo / "conf.tether").write_text(pointer_text(version, "file"))
     (repo / "data").mkdir()
