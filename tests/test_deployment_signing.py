@@ -28,6 +28,7 @@ from tether._deployment import ServerConfig
 from tether._errors import InvalidInput, PermissionDenied, UnsafeArtifact
 from tether._metadata.schema import deployment_signatures, deployments
 from tether._registry.deployment_signing import KIND, payload_bytes, vouched_digests
+from tether._metadata.clock import iso
 from tether._signing import generate_key, load_private_key
 from tether.serving.follower import deployment_from_record, load_from_registry
 from tether.serving.pool import ModelPool
@@ -163,7 +164,8 @@ def test_signatures_count_only_for_their_deployment_unexpired_and_by_pinned_keys
                 "signature": signer.sign(payload_bytes(payload)).hex()}
 
     def vouched(*entries: dict[str, Any]) -> dict[str, set[str]]:
-        found = vouched_digests("svc", {"name": "svc", "signatures": list(entries)}, pinned)
+        found = vouched_digests("svc", {"name": "svc", "signatures": list(entries)}, pinned,
+                                seen={})
         return {endpoint: set(until) for endpoint, until in found.items()}
 
     assert vouched(entry()) == {"iris": {digest}}
@@ -186,8 +188,41 @@ def test_signatures_count_only_for_their_deployment_unexpired_and_by_pinned_keys
     newer["signature"] = key.sign(payload_bytes(newer["payload"])).hex()
     assert vouched(entry(), newer) == vouched(newer, entry()) == {"iris": {"cd" * 32}}
     until = vouched_digests("svc", {"signatures": [entry(expires=now + timedelta(days=1))]},
-                            pinned)["iris"][digest]
+                            pinned, seen={})["iris"][digest]
     assert abs(until - (now + timedelta(days=1)).timestamp()) < 1
+
+
+def test_a_replica_does_not_go_back_to_an_older_signature_once_it_saw_a_newer(
+        tmp_path: Path) -> None:
+    """A server withholding a key's newest signature (which dropped a version) and offering
+    the older one again (which listed it) got the withdrawn version trusted again."""
+    key = load_private_key(generate_key(tmp_path / "k")[0])
+    pinned = {"kid": key.public_key()}
+    withdrawn, current = "ab" * 32, "cd" * 32
+    start = datetime.now(UTC)
+
+    def signed(seconds: int, digest: str) -> dict[str, Any]:
+        payload = {"kind": KIND, "deployment": "svc", "endpoints": {"iris": [digest]},
+                   "signed_at": iso(start + timedelta(seconds=seconds)), "expires_at": None}
+        return {"key_id": "kid", "payload": payload,
+                "signature": key.sign(payload_bytes(payload)).hex()}
+
+    def vouched(seen: dict[tuple[str, str], float], *entries: dict[str, Any]) -> set[str]:
+        found = vouched_digests("svc", {"signatures": list(entries)}, pinned, seen=seen)
+        return set(found.get("iris", {}))
+
+    older, newer = signed(0, withdrawn), signed(60, current)
+    replica: dict[tuple[str, str], float] = {}
+    assert vouched(replica, older) == {withdrawn}
+    assert vouched(replica, newer) == {current}  # the admin re-signed without it
+    # The server now offers only the older statement: a process that never saw the newer
+    # one cannot tell (the harm, bounded by the older one's expiry) ...
+    assert vouched({}, older) == {withdrawn}
+    # ... this replica can, and trusts nothing of that key's until a newer one comes.
+    assert vouched(replica, older) == set()
+    assert vouched(replica, signed(120, withdrawn)) == {withdrawn}  # re-signed for real
+    # Another deployment's or key's memory is its own.
+    assert replica == {("svc", "kid"): (start + timedelta(seconds=120)).timestamp()}
 
 
 def test_a_deployment_signature_is_checked_before_it_is_stored(

@@ -15,8 +15,9 @@ versions load as untrusted (safe formats, or pickles signed themselves). A repli
 an embedded registry reads its own database, which also holds the keys it would
 check with, and keeps the rule it always had.
 
-A signature names its deployment and may expire; a server can withhold one or offer
-an older one (versions an admin vouched for once), never one of its own making.
+A signature names its deployment and may expire; a server can withhold one, or offer
+an older one (versions an admin vouched for once) to a replica that has not seen the
+newer, never one of its own making.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -280,18 +282,30 @@ def _verifies(public: Ed25519PublicKey, payload: Mapping[str, Any], signature: A
     return verify_bytes(public, payload_bytes(payload), signature)
 
 
+#: The newest ``signed_at`` this process has checked, per (deployment, key id): a server
+#: that withholds a newer signature and offers an older one (versions since withdrawn)
+#: is not believed by a replica that saw the newer one.
+_NEWEST_SEEN: dict[tuple[str, str], float] = {}
+_SEEN_LOCK = threading.Lock()
+
+
 def vouched_digests(name: str, record: Mapping[str, Any],
                     pinned: Mapping[str, Ed25519PublicKey], *,
-                    now: datetime | None = None) -> dict[str, dict[str, float]]:
+                    now: datetime | None = None,
+                    seen: dict[tuple[str, str], float] | None = None,
+                    ) -> dict[str, dict[str, float]]:
     """Per trusted endpoint, the digests that signatures over deployment ``name`` (the
     one this replica follows, whatever the record says), checked here by ``pinned``
     keys, let load as trusted, each with when that ends (seconds since the epoch;
     infinity: never). Anything the record says itself counts for nothing.
 
     Of each key only its newest signature counts: a key's earlier statement listing a
-    version since withdrawn is not added back (a server still can withhold the newest
-    and offer an older one, until that one expires)."""
+    version since withdrawn is not added back. ``seen`` (this process's memory unless
+    given) keeps the newest signing time checked per key: a record offering an older
+    signature than one seen before (the newest withheld) gets nothing from that key. A
+    process that never saw the newer one cannot tell, until the older one expires."""
     moment = (now or datetime.now(UTC)).timestamp()
+    memory = _NEWEST_SEEN if seen is None else seen
     newest: dict[str, tuple[float, dict[str, Any]]] = {}
     entries = record.get("signatures")
     for entry in entries if isinstance(entries, list) else []:
@@ -313,6 +327,12 @@ def vouched_digests(name: str, record: Mapping[str, Any],
             continue
         if key not in newest or signed_at > newest[key][0]:
             newest[key] = (signed_at, {**payload, "_until": until})
+    with _SEEN_LOCK:
+        for key, (signed_at, _) in list(newest.items()):
+            if memory.get((name, key), -math.inf) > signed_at:
+                del newest[key]  # withheld: a newer one of this key was checked before
+            else:
+                memory[(name, key)] = signed_at
     vouched: dict[str, dict[str, float]] = {}
     for _, payload in newest.values():
         until = payload["_until"]
