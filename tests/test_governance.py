@@ -596,3 +596,30 @@ def test_a_scoped_caller_cannot_route_to_or_probe_another_model_through_deployme
         with pytest.raises(PermissionDenied) as refused:
             scoped.apply_deployment("mine", spec(target))
         assert "1.0.0 (#1)" not in str(refused.value) and "staging" not in str(refused.value)
+
+
+def test_a_deployment_does_not_start_serving_a_deprecated_version(
+        registry: Registry, tmp_path: Path) -> None:
+    """A promotion of a deprecated version was refused, but `deploy apply` pinned one and
+    sent it traffic; a route kept from the revision before still does not block changes."""
+    refs = []
+    for n in range(3):
+        (tmp_path / f"{n}.bin").write_bytes(bytes([n]) * 10)
+        refs.append(registry.log_model(tmp_path / f"{n}.bin", "m", progress=False).ref)
+
+    def spec(*targets: str) -> dict[str, Any]:
+        return {"endpoints": {"m": {"routes": [
+            {"name": f"r{i}", "target": t, "weight": 50} for i, t in enumerate(targets)]}}}
+
+    registry.apply_deployment("svc", spec("m@1.0.0"))
+    registry.deprecate(refs[1], reason="bad")
+    registry.set_policy("m", "deprecated: ['1.2.0']\n")
+    for target in ("m@1.1.0", "m@1.2.0", refs[1]):
+        with pytest.raises(PolicyViolation, match=r"which is deprecated"):
+            registry.apply_deployment("svc", spec("m@1.0.0", target))
+    assert registry.deployment("svc")["revision"] == 1
+    registry.deprecate(refs[0], reason="also bad")  # after it was deployed
+    (tmp_path / "3.bin").write_bytes(b"\x03" * 10)
+    newest = registry.log_model(tmp_path / "3.bin", "m", progress=False)
+    moved = registry.apply_deployment("svc", spec("m@1.0.0", newest.ref))  # kept route
+    assert moved["revision"] == 2

@@ -28,7 +28,14 @@ import sqlalchemy as sa
 
 from .._deployment import Deployment, deployment_to_dict, parse_deployment
 from .._digest import canonical_json
-from .._errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnknownName
+from .._errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    PolicyViolation,
+    UnknownName,
+)
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -379,11 +386,12 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         # role on one model another model's versions and aliases (a review).
         new_targets = [r["target"] for _, r in _routes(canonical)]
         _require_roles(conn, actor, new_targets)
-        for target in new_targets:
-            resolve_row(conn, parse_reference(target))  # NotFound names the typo
+        resolved = {target: resolve_row(conn, parse_reference(target))[1]  # NotFound: typo
+                    for target in new_targets}
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
         old_spec = json.loads(row.spec) if row is not None else None
+        _refuse_newly_deprecated(conn, resolved, old_spec)
         targets = list(new_targets)
         if old_spec is not None:
             old_targets = [r["target"] for _, r in _routes(old_spec)]
@@ -405,6 +413,24 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
                      details={"deployment": name, "reason": reason,
                               "endpoints": sorted(canonical["endpoints"])})
         return _answer(conn, actor, _row(conn, name), changed=True)
+
+
+def _refuse_newly_deprecated(conn: sa.Connection, resolved: Mapping[str, sa.Row[Any]],
+                             old_spec: Mapping[str, Any] | None) -> None:
+    """A route or shadow new in this spec may not name a deprecated version, as a
+    promotion may not (it pinned one, and traffic went to what was retired). One kept
+    from the revision before stays: a version deprecated since does not block the rest."""
+    kept = {r["target"] for _, r in _routes(old_spec)} if old_spec is not None else set()
+    for target, version in resolved.items():
+        if target in kept:
+            continue
+        if version.status == "deprecated" or current_policy(
+                conn, version.model_id).is_deprecated(version.semver):
+            raise PolicyViolation(
+                f"{target} names {parse_reference(target).name}@{version.semver}, which is "
+                "deprecated: a deployment does not "
+                "start serving it",
+                hint="route to a newer version, or undeprecate this one first")
 
 
 def get(registry: Registry, name: str, *, known_revision: int | None = None) -> dict[str, Any]:
