@@ -20,6 +20,10 @@ import blake3
 import httpx
 import pytest
 
+import tether
+from tether._reference import validate_alias_name, validate_model_name
+from tether.server.blobs_api import check_key
+
 from .servers import Server, assert_logs_clean, start_server, stop
 from .servers import version_values as values
 
@@ -520,3 +524,23 @@ def test_server_log_has_no_tracebacks(
     server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     assert_logs_clean(Path(tmp_path_factory.getbasetemp()), "hostile")
+
+
+def test_a_name_or_store_key_ending_in_a_newline_is_refused(server: Server) -> None:
+    """Python's ``$`` matches before a final newline: 'iris\\n' passed as a model name
+    (a look-alike of iris, listed beside it) and 'packs/<hex>.pack\\n' as a store key
+    (an object stored under a name no reader asks for)."""
+    import re
+
+    assert re.match(r"^[a-z]+$", "iris\n")  # the trap the patterns fell into
+    answer = server.api("POST", f"{V1}/call/create_model", json={"args": ["iris\n"]})
+    assert answer.status_code == 400, answer.text
+    key = f"packs/{uuid.uuid4().hex}.pack%0A"
+    answer = server.api("PUT", f"{V1}/blobs/{key}", content=b"x" * 10)
+    assert answer.status_code in (400, 404), answer.text  # the router does not match it
+    with pytest.raises(tether.InvalidInput, match="is not one a client may write"):
+        check_key(f"packs/{uuid.uuid4().hex}.pack\n", write=True)  # nor the gateway
+    with pytest.raises(tether.TetherError, match="invalid model name"):
+        validate_model_name("iris\n")
+    with pytest.raises(tether.TetherError, match="alias"):
+        validate_alias_name("production\n")

@@ -35,8 +35,8 @@ from ._reference import parse_reference
 
 #: Metrics a rollback rule may name; ``feedback.NAME`` names a feedback metric.
 RULE_METRICS = ("error_rate", "p50_latency_ms", "p99_latency_ms", "shadow_disagreement")
-_RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def _server(data: Any, where: str) -> ServerConfig:
     )
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _auth(data: Any, where: str) -> AuthConfig:

@@ -19,13 +19,13 @@ from enum import StrEnum
 from ._errors import InvalidReference
 
 #: Model names: what is safe in a URL path, a file name and a shell word.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 #: Alias names: like model names, but they may not look like a version.
-ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-_SEMVER = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_TILDE = re.compile(r"^~v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?$")
-_SEQUENCE = re.compile(r"^[1-9]\d*$")
-_DIGEST = re.compile(r"^sha:([0-9a-f]{4,64})$")
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
+_SEMVER = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)\Z")
+_TILDE = re.compile(r"^~v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?\Z")
+_SEQUENCE = re.compile(r"^[1-9]\d*\Z")
+_DIGEST = re.compile(r"^sha:([0-9a-f]{4,64})\Z")
 #: Aliases that cannot be set because they mean something already.
 RESERVED_ALIASES = frozenset({"latest"})
 

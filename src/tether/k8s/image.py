@@ -19,7 +19,7 @@ from .. import __version__
 from .._errors import InvalidInput
 from .manifests import CACHE_DIR, CONFIG_DIR, CONFIG_FILE, USER_ID
 
-_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*$")
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*\Z")
 #: Installed by its own line (``tether_requirement``), never from a recorded pin.
 _OWN = {"tether"}
 
@@ -105,7 +105,7 @@ def _python(targets: Sequence[ImageTarget]) -> str:
     seen: dict[str, tuple[str, str]] = {}
     for t in targets:
         full = str(t.environment.get("python") or "")
-        if not re.match(r"^\d+\.\d+(\.\d+)?$", full):
+        if not re.match(r"^\d+\.\d+(\.\d+)?\Z", full):
             raise InvalidInput(
                 f"{t.resolved} has no recorded Python version ({full or 'none'})",
                 hint="re-log the version: its environment is captured at log time",

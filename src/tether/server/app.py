@@ -574,7 +574,7 @@ def _body_limit(scope: Any) -> int:
     return MAX_BODY
 
 
-_NEW_VERSION = re.compile(r"^/api/v1/(models|datasets)/[^/]+/versions$")
+_NEW_VERSION = re.compile(r"^/api/v1/(models|datasets)/[^/]+/versions\Z")
 
 
 def _render_refusal(scope: Any, error: InvalidInput) -> tuple[int, bytes]:

@@ -47,11 +47,11 @@ from .pins import check_pin
 from .protocol import ZEROCOPY
 
 _READABLE = re.compile(
-    r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json)$"
+    r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json)\Z"
 )
 _WRITABLE = re.compile(
     r"^(packs/[0-9a-f]{32}\.pack|index/[0-9a-f]{32}\.idx|pins/[0-9a-f]{32}\.json"
-    r"|locks/ingest-[0-9a-f]{32})$"
+    r"|locks/ingest-[0-9a-f]{32})\Z"
 )
 _LISTABLE = ("index/", "pins/", "locks/")
 #: Largest object a client may upload (packs are 4-32 MB; gc may write larger ones).

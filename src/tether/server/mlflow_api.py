@@ -54,8 +54,8 @@ MAX_TAG_VALUE = 100_000
 #: MLflow's stages; every Tether version is in "None".
 STAGES = {"none": "None", "staging": "Staging", "production": "Production", "archived": "Archived"}
 #: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, a source naming another version.
-_MODELS_URI = re.compile(r"^models:/([^/@]+)(?:/(\d{1,18})|@([\w-]+))/?$")
-_RESERVED_VERSION_ALIAS = re.compile(r"^[vV]\d+$")
+_MODELS_URI = re.compile(r"^models:/([^/@]+)(?:/(\d{1,18})|@([\w-]+))/?\Z")
+_RESERVED_VERSION_ALIAS = re.compile(r"^[vV]\d+\Z")
 
 
 def _string(key: str, value: Any) -> str:
