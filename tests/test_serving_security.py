@@ -404,6 +404,12 @@ def test_the_serving_token_comes_from_the_environment_never_the_file(
         fast_deployment(
             tmp_path, "endpoints: {iris: {routes: [iris@production], allow_non_finite: 1}}"
         )
+    # The registry's own token's variable: clients would have been asked for that token,
+    # and a rendered pod got two TETHER_TOKEN entries (a review).
+    for taken in ("TETHER_TOKEN", "TETHER_URI", "TETHER_CACHE_DIR"):
+        with pytest.raises(tether.InvalidInput, match="one of Tether's own settings"):
+            fast_deployment(tmp_path, f"auth: {{token_env: {taken}}}\n"
+                            "endpoints: {iris: {routes: [iris@production]}}")
     deployment = fast_deployment(tmp_path, "auth: {token_env: SERVE_TOKEN}\n"
                                    "endpoints: {iris: {routes: [iris@production]}}")
     monkeypatch.delenv("SERVE_TOKEN", raising=False)

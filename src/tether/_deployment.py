@@ -330,6 +330,13 @@ def _auth(data: Any, where: str) -> AuthConfig:
     if token_env is not None and not _ENV_NAME.match(token_env):
         raise InvalidInput(f"{where}.token_env {token_env!r} is not an environment variable name",
                            hint="e.g. token_env: TETHER_SERVING_TOKEN")
+    if token_env is not None and token_env.startswith("TETHER_") and not token_env.startswith(
+            "TETHER_SERVING"):
+        # TETHER_TOKEN named the registry's own token: a replica asked its clients for it,
+        # and a rendered pod got two TETHER_TOKEN entries, one secret overwriting the other.
+        raise InvalidInput(f"{where}.token_env {token_env} is one of Tether's own settings",
+                           hint="name the serving token's variable TETHER_SERVING_TOKEN (or "
+                           "TETHER_SERVING_<anything>, or a name outside TETHER_)")
     return AuthConfig(token_env=token_env,
                       protect_reads=_bool(body.get("protect_reads", False),
                                           f"{where}.protect_reads"))
