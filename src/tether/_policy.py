@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 
 from ._errors import InvalidInput
 from ._humanize import short_repr
+from ._plain_yaml import plain_yaml
 
 ROLES = ("reader", "contributor", "approver", "admin")
 
@@ -162,34 +162,10 @@ MAX_POLICY_DEPTH = 16
 
 
 def _plain_yaml(text: str) -> Any:
-    """``text`` as YAML without anchors or aliases, nested at most MAX_POLICY_DEPTH deep.
-
-    An alias repeats a node wherever it is named: a few hundred bytes of anchors named
-    ten times over at eight levels became a value a billion items long, which one
-    error message printed whole (a review: 4 GB of a server's memory from a reader's
-    request). A policy never needs them."""
-    if len(text.encode("utf-8", "replace")) > MAX_POLICY_BYTES:
-        raise InvalidInput(f"policy is longer than {MAX_POLICY_BYTES // 1024} KB",
-                           hint="a policy is a few lines of YAML")
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise InvalidInput("policy uses YAML anchors or aliases (& and *)",
-                                   hint="write each value out where it is used")
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_POLICY_DEPTH:
-                    raise InvalidInput(f"policy is nested deeper than {MAX_POLICY_DEPTH} levels")
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InvalidInput(f"policy is not valid YAML: {str(error)[:300]}") from error
-    except ValueError as error:  # an integer of thousands of digits (a review: a 500)
-        raise InvalidInput(f"policy holds a value YAML cannot read: {str(error)[:200]}",
-                           hint="numbers in a policy are small: counts and thresholds"
-                           ) from error
+    """``text`` as YAML without anchors or aliases, nested at most MAX_POLICY_DEPTH deep
+    (see ``_plain_yaml``: a policy never needs them)."""
+    return plain_yaml(text, "policy", max_bytes=MAX_POLICY_BYTES, max_depth=MAX_POLICY_DEPTH,
+                      size_hint="a policy is a few lines of YAML")
 
 
 def parse_policy(text: str) -> Policy:

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .._errors import InvalidInput, TetherError
+from .._humanize import short_repr
+from .._plain_yaml import plain_yaml
 from .._store.blobs import owner_scratch
 from .datasets_io import pointer_path, pointer_text, write_pointer
 
@@ -65,26 +65,47 @@ class Imported:
         return asdict(self)
 
 
+#: A ``.dvc`` file is a few lines; a ``dvc.lock`` a line or two per output of each stage.
+_MAX_DVC_FILE = 16 * 1024 * 1024
+#: What DVC writes as an object's name: an MD5, ``.dir`` for a folder's listing. Anything
+#: else was used as a path into the cache (``../../home/you/.ssh/id_ed25519``: a review).
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+
+
 def _load_yaml(path: Path) -> Any:
+    """A DVC file as plain data (no aliases: a hostile one expanded to gigabytes)."""
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        if path.stat().st_size > _MAX_DVC_FILE:
+            raise InvalidInput(f"{path} is larger than {_MAX_DVC_FILE >> 20} MB")
+        return plain_yaml(path.read_text(encoding="utf-8"), str(path),
+                          max_bytes=_MAX_DVC_FILE, max_depth=32)
+    except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(f"cannot read {path}: {error}") from error
 
 
 def _outs(items: Any, base: Path, repo: Path, source: str) -> list[DvcOut]:
     found = []
-    for out in items or []:
+    for out in items if isinstance(items, list) else []:
         if not isinstance(out, dict) or "path" not in out:
             continue
         md5 = out.get("md5") or (out.get("hash") if out.get("hash") != "md5" else None)
-        where = (base / str(out["path"])).resolve()
+        size = out.get("size")
+        if not isinstance(out["path"], str) or not out["path"]:
+            raise InvalidInput(f"{source}: an output's path is not a file name: "
+                               f"{short_repr(out['path'])}")
+        if md5 is not None and not (isinstance(md5, str) and _MD5.fullmatch(md5)):
+            raise InvalidInput(f"{source}: output {short_repr(out['path'])} has md5 "
+                               f"{short_repr(md5)}, not an MD5 digest",
+                               hint="DVC writes 32 hex digits (and .dir for a folder)")
+        if size is not None and (type(size) is not int or size < 0):
+            raise InvalidInput(f"{source}: output {short_repr(out['path'])} has size "
+                               f"{short_repr(size)}, not a count of bytes")
+        where = (base / out["path"]).resolve()
         if not where.is_relative_to(repo.resolve()) or where == repo.resolve():
             raise InvalidInput(f"{source} names an output outside the repository: "
                                f"{out['path']}", hint="DVC outputs are paths inside the repo")
         rel = where.relative_to(repo.resolve()).as_posix()
-        found.append(DvcOut(source, rel, str(md5 or ""),
-                            int(out["size"]) if out.get("size") is not None else None,
+        found.append(DvcOut(source, rel, md5 or "", size,
                             cached=out.get("cache", True) is not False))
     return found
 
@@ -98,11 +119,16 @@ def find_outputs(repo: Path) -> list[DvcOut]:
         if not isinstance(body, dict):
             continue
         if path.name == "dvc.lock":
-            for stage, record in sorted((body.get("stages") or {}).items()):
+            stages = body.get("stages")
+            for stage, record in sorted((stages if isinstance(stages, dict) else {}).items(),
+                                        key=lambda item: str(item[0])):
                 if isinstance(record, dict):
                     found += _outs(record.get("outs"), path.parent, repo, f"{rel}:{stage}")
         else:
-            base = path.parent / str(body.get("wdir") or ".")
+            wdir = body.get("wdir") or "."
+            if not isinstance(wdir, str):
+                raise InvalidInput(f"{rel}: wdir {short_repr(wdir)} is not a folder name")
+            base = path.parent / wdir
             found += _outs(body.get("outs"), base, repo, rel)
     return found
 
@@ -182,8 +208,15 @@ def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]
         raise InvalidInput(f"{listing_file} is not a DVC folder listing: {error}") from error
     folder = into / name
     folder.mkdir(parents=True)
+    if not isinstance(listing, list):
+        raise InvalidInput(f"{listing_file} is not a DVC folder listing (not a list)")
     for item in listing:
-        rel = PurePosixPath(str(item["relpath"]))
+        if not (isinstance(item, dict) and isinstance(item.get("relpath"), str)
+                and isinstance(item.get("md5"), str) and _MD5.fullmatch(item["md5"])
+                and not item["md5"].endswith(".dir")):
+            raise InvalidInput(f"{listing_file} lists {short_repr(item)}, not a relpath "
+                               "and the MD5 of a file")
+        rel = PurePosixPath(item["relpath"])
         if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel == PurePosixPath("."):
             raise InvalidInput(f"{listing_file} names a path outside the folder: {rel}")
         found = _object(roots, str(item["md5"]))
@@ -205,12 +238,19 @@ def _dataset_names(outs: list[DvcOut]) -> dict[str, str]:
         cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "data"
         return (cleaned if cleaned[0].isalnum() else f"d{cleaned}")[:128]
 
-    counts = Counter(PurePosixPath(o.path).name for o in outs)
-    return {
-        o.path: slug(PurePosixPath(o.path).name if counts[PurePosixPath(o.path).name] == 1
-                     else o.path)
-        for o in outs
-    }
+    # Counted after slugging: 'a b.csv' and 'a-b.csv' both became dataset a-b.csv, one
+    # output's bytes a later version of the other's (a review).
+    by_name = {o.path: slug(PurePosixPath(o.path).name) for o in outs}
+    counts = Counter(by_name.values())
+    names = {path: name if counts[name] == 1 else slug(path) for path, name in by_name.items()}
+    counts = Counter(names.values())
+    taken: Counter[str] = Counter()
+    for path in sorted(names):  # whole paths that still meet: numbered, in path order
+        if counts[names[path]] > 1:
+            taken[names[path]] += 1
+            suffix = f"-{taken[names[path]]}"
+            names[path] = names[path][:128 - len(suffix)] + suffix
+    return names
 
 
 def import_dvc(
@@ -253,6 +293,9 @@ def import_dvc(
         except TetherError as error:
             report.status, report.error = "failed", error.message
             continue
+        except OSError as error:  # e.g. a listing naming both a and a/b: this output only
+            report.status, report.error = "failed", f"{type(error).__name__}: {error}"
+            continue
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         report.status = "imported" if version.bump_reasons else "unchanged"
@@ -262,6 +305,10 @@ def import_dvc(
             pointer = pointer_path(root / out.path)
             pointer.parent.mkdir(parents=True, exist_ok=True)
             kind = "folder" if out.md5.endswith(".dir") else "file"
-            write_pointer(pointer, pointer_text(version, kind))
+            try:
+                write_pointer(pointer, pointer_text(version, kind))
+            except (TetherError, OSError) as error:  # the version stays; later outputs go on
+                report.error = f"pointer not written: {getattr(error, 'message', error)}"
+                continue
             report.pointer = pointer.relative_to(root).as_posix()
     return done

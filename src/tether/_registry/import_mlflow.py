@@ -26,6 +26,7 @@ after review (``tether.load(..., trusted=True)`` on the files, or re-log).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._contract import RegistryAPI
-from .._errors import InvalidReference, NotFound, TetherError
+from .._errors import InvalidInput, InvalidReference, NotFound, TetherError
+from .._humanize import short_repr
+from .._plain_yaml import plain_yaml
 from .._reference import refuse_a_version_name, validate_alias_name, validate_model_name
 from .._store.blobs import owner_scratch
 
@@ -205,13 +208,19 @@ def import_mlflow(
     dry_run: bool = False,
     progress: Progress | None = None,
     client: Any = None,
+    artifacts_root: str | Path | None = None,
 ) -> ImportReport:
     """Import the registered models ``models`` (default: all) from the MLflow registry at ``uri``.
+
+    Where the source keeps artifacts is its word: a download location on this machine
+    is read only inside ``artifacts_root`` (default: for a local source, the folder of
+    its store; for a server, nowhere), and never through a symbolic link.
 
     Returns what was imported, what was there already, and every refusal; a
     failure of one version or alias is reported and the import goes on.
     """
     progress = progress or _Silent()
+    local_artifacts = _local_artifacts_root(uri, artifacts_root)
     client = client if client is not None else open_client(uri)
     report = ImportReport(source=uri, dry_run=dry_run)
 
@@ -260,7 +269,7 @@ def import_mlflow(
             entry = by_number[str(mv.version)]
             progress.working(f"{name} v{mv.version}")
             if not dry_run:
-                _import_version(registry, client, uri, name, mv, entry)
+                _import_version(registry, client, uri, name, mv, entry, local_artifacts)
             progress.finished_one()
         _sync_model(registry, source_model, model_report, dry_run)
         _sync_aliases(registry, source_model, model_report, dry_run)
@@ -300,7 +309,10 @@ def _model_versions(client: Any, uri: str, name: str) -> list[Any]:
         found.extend(v for v in page if v.name == name)
         token = page.token
         if not token:
-            return sorted(found, key=lambda v: int(v.version))
+            # A hostile source's "version" may be any text: such ones sort last (and fail
+            # alone, when imported), instead of a ValueError ending the whole import.
+            return sorted(found, key=lambda v: (0, int(v.version)) if str(v.version).isdigit()
+                          and len(str(v.version)) <= 18 else (1, 0))
 
 
 def _key(name: str, mv: Any) -> tuple[str, str, str]:
@@ -323,13 +335,14 @@ def _present(registry: ImportTarget, name: str) -> dict[tuple[str, str, str], Mo
 
 
 def _import_version(
-    registry: ImportTarget, client: Any, uri: str, name: str, mv: Any, entry: VersionReport
+    registry: ImportTarget, client: Any, uri: str, name: str, mv: Any, entry: VersionReport,
+    local_artifacts: Path | None,
 ) -> None:
     try:
         # In the store's scratch folder, named for this process (never /tmp): a killed
         # import's download is found and removed by the next ingest or `tether gc`.
         with tempfile.TemporaryDirectory(**owner_scratch(registry.cache_dir, "mlflow")) as tmp:
-            local = _download(client, uri, name, mv, Path(tmp))
+            local = _download(client, uri, name, mv, Path(tmp), local_artifacts)
             model, flavor, note = _choose_flavor(local)
             params, metrics, run_note = _run_facts(client, mv.run_id)
             tags = {str(k): str(v) for k, v in (mv.tags or {}).items() if k not in _OURS}
@@ -360,6 +373,11 @@ def _import_version(
     except TetherError as error:
         entry.status, entry.note = "failed", error.message
         return
+    except Exception as error:  # a foreign source's bytes: RecursionError, ValueError, ...
+        # Whatever a hostile or broken source makes its libraries raise ends this version,
+        # not the import (a traceback left the aliases of every model after it unsynced).
+        entry.status, entry.note = "failed", f"{type(error).__name__}: {str(error)[:300]}"
+        return
     entry.status, entry.ref, entry.digest, entry.flavor = (
         "imported",
         version.ref,
@@ -369,7 +387,8 @@ def _import_version(
     entry.note = "; ".join(n for n in (note, run_note) if n)
 
 
-def _download(client: Any, uri: str, name: str, mv: Any, dest: Path) -> Path:
+def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
+              local_artifacts: Path | None) -> Path:
     import mlflow.artifacts
 
     what = f"{name} version {mv.version}"
@@ -380,6 +399,7 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path) -> Path:
         name,
         str(mv.version),
     )
+    _check_location(uri, str(location), what, local_artifacts)
     try:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(dest), tracking_uri=uri
@@ -393,28 +413,103 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path) -> Path:
     return Path(path)
 
 
+#: Artifact locations that move bytes over the network, never from this machine's files.
+#: (``runs:`` and ``models:`` are left out: the source resolves them, to anything.)
+_REMOTE_SCHEMES = ("mlflow-artifacts", "http", "https", "s3", "gs", "wasbs", "abfss", "dbfs")
+
+
+def _local_artifacts_root(uri: str, given: str | Path | None) -> Path | None:
+    """The one folder of this machine a source's download locations may name."""
+    if given is not None:
+        return Path(given).expanduser().resolve()
+    scheme, _, rest = uri.partition(":")
+    if scheme == "sqlite":  # sqlite:///mlflow.db (relative), sqlite:////abs/mlflow.db
+        database = rest.removeprefix("//")
+        return Path(database[1:] if database.startswith("/") else database).resolve().parent
+    if scheme == "file":
+        return Path(rest.removeprefix("//")).resolve()
+    if "://" not in uri and ":" not in uri[2:]:  # a bare path: a file store
+        return Path(uri).expanduser().resolve()
+    return None  # a server: its artifacts come over the network
+
+
+def _check_location(uri: str, location: str, what: str, root: Path | None) -> None:
+    """Refuse a download location that would copy this machine's files it should not.
+
+    A hostile MLflow server answered ``file:///home/you/.ssh`` and the import stored that
+    folder in a version every reader of the registry could load (a review); a local
+    store's artifact folder held a link to a private file, and its bytes were stored."""
+    scheme = location.partition(":")[0].lower() if "://" in location or location.startswith(
+        ("mlflow-artifacts:", "runs:", "models:")) else ""
+    if scheme in _REMOTE_SCHEMES:
+        return
+    if scheme not in ("", "file"):
+        raise InvalidInput(
+            f"{what}: the source says its artifacts are at {short_repr(location)}, a kind of "
+            "location Tether does not download from",
+            hint=f"artifacts come over {', '.join(_REMOTE_SCHEMES)}, or from a folder on this "
+            "machine named with --artifacts-root")
+    path = Path(location.removeprefix("file://") if scheme else location).expanduser()
+    if root is None:
+        raise InvalidInput(
+            f"{what}: the MLflow server at {uri} says its artifacts are in {short_repr(location)} "
+            "on this machine; a server's artifacts are not read from local files",
+            hint="run the MLflow server with --serve-artifacts; or, if that folder is the "
+            "server's artifact store on this machine, pass --artifacts-root FOLDER")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise InvalidInput(
+            f"{what}: its artifacts at {short_repr(location)} are outside {root}, the one "
+            "folder this import reads artifacts from",
+            hint="pass --artifacts-root FOLDER naming the MLflow store's artifact folder")
+    for entry in [path, *_tree(path)]:
+        if entry.is_symlink():
+            raise InvalidInput(
+                f"{what}: {short_repr(str(entry))} in its artifacts is a symbolic link; links "
+                "are not followed out of an MLflow store",
+                hint="replace the link with the file it names, in the MLflow store")
+
+
+def _tree(folder: Path) -> list[Path]:
+    """Everything under ``folder``, links listed and never followed."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return [Path(top) / name for top, dirs, files in os.walk(folder, followlinks=False)
+            for name in (*dirs, *files)]
+
+
+#: An MLmodel file is a few dozen lines.
+_MAX_MLMODEL = 1024 * 1024
+
+
 def _choose_flavor(local: Path) -> tuple[Any, str, str]:
     """(what to log, flavor, note): a native scikit-learn model only if loading ran no code."""
     mlmodel = local / "MLmodel" if local.is_dir() else None
     if mlmodel is None or not mlmodel.is_file():
         return str(local), "files", ""
-    import yaml
-
     try:
-        spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return str(local), "files", "MLmodel is unreadable; imported as files"
+        if mlmodel.stat().st_size > _MAX_MLMODEL:
+            raise InvalidInput(f"MLmodel is larger than {_MAX_MLMODEL // 1024} KB")
+        spec = plain_yaml(mlmodel.read_text(encoding="utf-8"), "MLmodel",
+                          max_bytes=_MAX_MLMODEL, max_depth=32) or {}
+    except (InvalidInput, UnicodeDecodeError) as error:
+        why = error.message if isinstance(error, InvalidInput) else "not UTF-8"
+        return str(local), "files", f"MLmodel is unreadable ({why}); imported as files"
     flavors = spec.get("flavors") if isinstance(spec, dict) else None
     sklearn = flavors.get("sklearn") if isinstance(flavors, dict) else None
     if not isinstance(sklearn, dict):
-        kinds = ", ".join(sorted(flavors)) if isinstance(flavors, dict) else "none"
+        kinds = (", ".join(sorted(short_repr(str(k)) for k in flavors))
+                 if isinstance(flavors, dict) else "none")
         return str(local), "files", f"MLflow flavors {kinds}: imported as files"
-    serialization = str(sklearn.get("serialization_format") or "cloudpickle")
+    serialization = sklearn.get("serialization_format") or "cloudpickle"
+    if not isinstance(serialization, str) or not isinstance(
+            sklearn.get("pickled_model") or "", str):
+        return str(local), "files", "MLmodel's sklearn entry is malformed; imported as files"
     if serialization != "skops":
         return (
             str(local),
             "files",
-            f"MLflow sklearn model stored as {serialization}: imported as files, "
+            f"MLflow sklearn model stored as {short_repr(serialization)}: imported as files, "
             "since loading it would unpickle data Tether cannot vouch for",
         )
     from .._errors import UnsafeArtifact

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._common import console, emit_json, escape, handle_errors, json_option, registry_from
+from ._common import console, emit_json, handle_errors, json_option, printable, registry_from, shown
 
 
 @click.group("import")
@@ -69,12 +69,21 @@ class _Bar:
     metavar="NAME",
     help="Import this registered model (repeatable; default: every model).",
 )
+@click.option(
+    "--artifacts-root",
+    metavar="FOLDER",
+    type=click.Path(exists=True, file_okay=False),
+    help="The one folder on this machine artifacts may be read from (default: beside a "
+    "local store's database or in its folder; none for a server, whose artifacts must "
+    "come over the network).",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
 @json_option
 @click.pass_context
 @handle_errors
 def mlflow_command(
-    ctx: click.Context, uri: str, models: tuple[str, ...], dry_run: bool, as_json: bool
+    ctx: click.Context, uri: str, models: tuple[str, ...], artifacts_root: str | None,
+    dry_run: bool, as_json: bool
 ) -> None:
     """Import registered models from the MLflow registry at URI.
 
@@ -86,13 +95,18 @@ def mlflow_command(
     skops using only types skops trusts is logged natively; anything that would
     need unpickling comes as files. Credentials: MLflow's own environment
     variables (MLFLOW_TRACKING_TOKEN, ...). Exits 1 if anything failed or was refused.
+
+    Where artifacts are is the source's word: a location on this machine is read only
+    inside --artifacts-root (never through a symbolic link); a server's must come over
+    the network (mlflow server --serve-artifacts, or a bucket).
     """
     from .._registry.import_mlflow import import_mlflow
 
     registry = registry_from(ctx)
     bar = _Bar(enabled=not as_json)
     try:
-        report = import_mlflow(registry, uri, models=models, dry_run=dry_run, progress=bar)
+        report = import_mlflow(registry, uri, models=models, dry_run=dry_run, progress=bar,
+                               artifacts_root=artifacts_root)
     finally:
         bar.close()
     if as_json:
@@ -107,21 +121,24 @@ def _render(report: Any) -> None:
     verb = "would import" if report.dry_run else "imported"
     for model in report.models:
         if model.error:
-            console.print(f"[bold]{escape(model.name)}[/]: [red]{escape(model.error)}[/]")
+            console.print(f"[bold]{shown(model.name)}[/]: [red]{shown(model.error)}[/]")
             continue
         new = [v for v in model.versions if v.status in ("imported", "planned")]
         present = model.count("present")
         console.print(
-            f"[bold]{escape(model.name)}[/]: {len(new)} version(s) {verb}, {present} already here"
+            f"[bold]{shown(model.name)}[/]: {len(new)} version(s) {verb}, {present} already here"
         )
         for v in model.versions:
             if v.status == "present":
                 continue
             where = f" -> {v.ref} {v.digest[:16]}… {v.flavor}" if v.ref and v.digest else ""
             status = "" if v.status == "imported" else f" [{v.status}]"
-            note = f"  ({escape(v.note)})" if v.note else ""
+            note = f"  ({v.note})" if v.note else ""
             line = f"  MLflow v{v.mlflow_version}{where}{status}{note}"
-            console.print(line, style="red" if v.status == "failed" else None, markup=False)
+            # Everything here is the source's word (notes carry its run ids and locations):
+            # its control characters are shown escaped, never sent to the terminal.
+            console.print(printable(line), style="red" if v.status == "failed" else None,
+                          markup=False)
         changed = []
         if model.description_updated:
             changed.append("description")
@@ -129,22 +146,22 @@ def _render(report: Any) -> None:
             changed.append("tags " + ", ".join(model.tags_updated))
         if changed:
             console.print(f"  model {'would get' if report.dry_run else 'updated'}: "
-                          + escape("; ".join(changed)))
+                          + shown("; ".join(changed)))
         for a in model.aliases:
             target = a.ref or f"MLflow v{a.mlflow_version}"
             note = f" ({a.note})" if a.note else ""
             console.print(
-                f"  alias {a.alias} -> {target}: {a.status}{note}",
+                printable(f"  alias {a.alias} -> {target}: {a.status}{note}"),
                 style="red" if a.status == "refused" else None,
                 markup=False,
             )
         for note in model.notes:
-            console.print(f"  note: {note}", markup=False)
+            console.print(printable(f"  note: {note}"), markup=False)
     total = sum(
         len([v for v in m.versions if v.status in ("imported", "planned")]) for m in report.models
     )
     problems = f", {report.problems} problem(s)" if report.problems else ""
-    console.print(f"{total} version(s) {verb} from {escape(report.source)}{problems}")
+    console.print(f"{total} version(s) {verb} from {shown(report.source)}{problems}")
 
 
 _DVC_MARK = {"imported": "+", "unchanged": "=", "planned": "~", "skipped": "-",
@@ -186,7 +203,7 @@ def dvc_command(
             line += f"  {d.status}" + (f": {d.error}" if d.error else "")
             if d.pointer:
                 line += f"; wrote {d.pointer}"
-            console.print(line, markup=False)
+            console.print(printable(line), markup=False)  # the repository's names
         counts = {s: sum(1 for d in done if d.status == s) for s in _DVC_MARK}
         console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no DVC outputs",
                       markup=False)

@@ -1,0 +1,43 @@
+"""YAML as plain data: no anchors or aliases, bounded in size and depth.
+
+``yaml.safe_load`` runs no code, but an alias repeats a node wherever it is named: a
+few hundred bytes of anchors named ten times over at eight levels become a value a
+billion items long (a review: 4 GB of a server's memory from one policy; an MLflow
+``MLmodel`` or a ``.dvc`` file from a hostile source did the same to an import), and
+twenty thousand nested brackets overflow the composer's recursion. Files Tether reads
+from users or foreign sources never need aliases, so they are refused, as are
+documents past a size or a depth, before anything is built from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ._errors import InvalidInput
+
+
+def plain_yaml(text: str, what: str, *, max_bytes: int, max_depth: int,
+               size_hint: str | None = None) -> Any:
+    """``text`` parsed (safe types only), or InvalidInput naming ``what`` and the problem."""
+    if len(text.encode("utf-8", "replace")) > max_bytes:
+        raise InvalidInput(f"{what} is longer than {max_bytes // 1024} KB", hint=size_hint)
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise InvalidInput(f"{what} uses YAML anchors or aliases (& and *)",
+                                   hint="write each value out where it is used")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > max_depth:
+                    raise InvalidInput(f"{what} is nested deeper than {max_depth} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"{what} is not valid YAML: {str(error)[:300]}") from error
+    except ValueError as error:  # an integer of thousands of digits (a review: a 500)
+        raise InvalidInput(f"{what} holds a value YAML cannot read: {str(error)[:200]}"
+                           ) from error

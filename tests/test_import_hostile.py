@@ -1,0 +1,203 @@
+"""Importers against hostile sources: an MLflow registry or a DVC repository written by
+an attacker (each case from a review, replayed here; the harm shown the unsafe way where
+it can be)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tether import Registry
+from tether._errors import InvalidInput
+from tether._registry import import_mlflow as importer
+from tether._registry.import_dvc import _dataset_names, import_dvc
+from tether.cli import cli
+
+pytest.importorskip("mlflow")
+
+
+class _Page(list[Any]):
+    token = None
+
+
+class HostileMlflow:
+    """An MLflow client whose server says model ``churn`` v1's artifacts are ``location``."""
+
+    def __init__(self, location: str, versions: tuple[str, ...] = ("1",)) -> None:
+        self.location = location
+        self.versions = versions
+
+    def search_registered_models(self, **_: Any) -> _Page:
+        return _Page([SimpleNamespace(name="churn")])
+
+    def get_registered_model(self, name: str) -> Any:
+        return SimpleNamespace(name=name, description="", tags={}, aliases={})
+
+    def search_model_versions(self, *_: Any, **__: Any) -> _Page:
+        return _Page(SimpleNamespace(name="churn", version=v, source="s3://b/m", run_id=None,
+                                     status="READY", tags={}, description="")
+                     for v in self.versions)
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        return self.location
+
+
+def _secret(tmp_path: Path) -> Path:
+    folder = tmp_path / "home" / ".ssh"
+    folder.mkdir(parents=True)
+    (folder / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret\n")
+    return folder
+
+
+def test_a_server_cannot_make_the_import_store_this_machines_files(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = _secret(tmp_path)
+    client = HostileMlflow(f"file://{secret}")
+    uri = "http://127.0.0.1:1"  # never reached: the client above answers
+
+    # The harm, without the check: the folder became a version anyone could load.
+    with monkeypatch.context() as unsafe:
+        unsafe.setattr(importer, "_check_location", lambda *a: None)
+        report = importer.import_mlflow(registry, uri, client=client)
+    stolen = Path(registry.load("churn@1.0.0"))
+    assert "secret" in (stolen / "id_ed25519").read_text()
+    registry.delete_model("churn")
+
+    report = importer.import_mlflow(registry, uri, client=client)
+    entry = report.models[0].versions[0]
+    assert entry.status == "failed" and "not read from local files" in str(entry.note)
+    assert "--artifacts-root" in str(entry.note) or report.problems == 1
+    for location in (str(secret), f"runs:/abc/{secret}", "ftp://x/y"):
+        report = importer.import_mlflow(registry, uri, client=HostileMlflow(location))
+        assert report.models[0].versions[0].status == "failed", location
+
+
+def test_a_local_store_reads_artifacts_only_inside_its_folder_and_never_through_links(
+        tmp_path: Path) -> None:
+    store = tmp_path / "mlflow"
+    (store / "mlruns" / "1" / "model").mkdir(parents=True)
+    (store / "mlruns" / "1" / "model" / "w.bin").write_bytes(b"w")
+    secret = _secret(tmp_path)
+    root = importer._local_artifacts_root(f"sqlite:///{store / 'mlflow.db'}", None)
+    assert root == store.resolve()
+    assert importer._local_artifacts_root("sqlite:///mlflow.db", None) == Path.cwd()
+    assert importer._local_artifacts_root("http://h:5000", None) is None
+    inside = store / "mlruns" / "1" / "model"
+    importer._check_location("sqlite:///x", f"file://{inside}", "v1", root)  # fine
+    importer._check_location("sqlite:///x", str(inside), "v1", root)
+    with pytest.raises(InvalidInput, match="outside"):
+        importer._check_location("sqlite:///x", str(secret), "v1", root)
+    with pytest.raises(InvalidInput, match="outside"):  # ../ out of the store
+        importer._check_location("sqlite:///x", f"{inside}/../../../../home/.ssh", "v1", root)
+    (inside / "key").symlink_to(secret / "id_ed25519")
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        importer._check_location("sqlite:///x", str(inside), "v1", root)
+    (inside / "key").unlink()
+    (store / "mlruns" / "2").symlink_to(secret, target_is_directory=True)
+    with pytest.raises(InvalidInput, match="outside"):  # a linked folder resolves away
+        importer._check_location("sqlite:///x", str(store / "mlruns" / "2"), "v1", root)
+    importer._check_location("http://h", "mlflow-artifacts:/1/abc/model", "v1", None)
+
+
+@pytest.mark.parametrize("text, note", [
+    ("flavors:\n  sklearn: &a [" + "[" * 20_000 + "]" * 20_000 + "]\n", "unreadable"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "flavors: {sklearn: {serialization_format: [*b, *b, *b, *b]}}\n", "unreadable"),
+    ("flavors: {1: {}, python_function: {}}\n", "flavors '1', 'python_function'"),
+    ("flavors: {sklearn: {serialization_format: [skops]}}\n", "malformed"),
+    ("flavors: {sklearn: {serialization_format: skops, pickled_model: {a: 1}}}\n", "malformed"),
+])
+def test_a_hostile_mlmodel_file_is_imported_as_files_with_a_note(
+        tmp_path: Path, text: str, note: str) -> None:
+    (tmp_path / "MLmodel").write_text(text)
+    logged, flavor, said = importer._choose_flavor(tmp_path)
+    assert flavor == "files" and note in said, said
+
+
+def test_one_broken_version_fails_alone(registry: Registry, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version number that is not a number, and a library raising anything at all,
+    ended the whole import with a traceback."""
+    (tmp_path / "mlruns").mkdir()
+    client = HostileMlflow(str(tmp_path / "mlruns"), versions=("2", "x", "1"))
+    monkeypatch.setattr(importer, "_choose_flavor", lambda local: (_ for _ in ()).throw(
+        RecursionError("maximum recursion depth exceeded")))
+    report = importer.import_mlflow(registry, f"sqlite:///{tmp_path / 'm.db'}", client=client)
+    versions = report.models[0].versions
+    assert [v.mlflow_version for v in versions] == ["1", "2", "x"]
+    assert all(v.status == "failed" and "RecursionError" in str(v.note) for v in versions)
+
+
+def _dvc_repo(root: Path, dvc_file: str) -> Path:
+    (root / ".dvc" / "cache").mkdir(parents=True)
+    (root / "a.dvc").write_text(dvc_file)
+    return root
+
+
+@pytest.mark.parametrize("dvc_file, message", [
+    ("outs:\n- &o {path: a, md5: " + "0" * 32 + "}\n- *o\n", "anchors or aliases"),
+    ("outs:\n- path: a\n  md5: " + "0" * 32 + "\n  size: lots\n", "not a count of bytes"),
+    ("outs:\n- path: a\n  md5: ../../../home/.ssh/id_ed25519\n", "not an MD5 digest"),
+    ("outs:\n- path: [a]\n  md5: " + "0" * 32 + "\n", "not a file name"),
+    ("outs: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested deeper"),
+    ("wdir: [x]\nouts: []\n", "not a folder name"),
+])
+def test_a_hostile_dvc_file_is_a_clear_error(registry: Registry, tmp_path: Path,
+                                             dvc_file: str, message: str) -> None:
+    repo = _dvc_repo(tmp_path / "repo", dvc_file)
+    with pytest.raises(InvalidInput, match=message):
+        import_dvc(registry, repo)
+    result = CliRunner().invoke(cli, ["--registry", str(registry.location.root), "import",
+                                      "dvc", str(repo)])
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dvc_outputs_whose_names_meet_once_cleaned_are_different_datasets() -> None:
+    outs = [SimpleNamespace(path=p) for p in ("a b.csv", "a-b.csv", "x/y.csv", "z/y.csv")]
+    names = _dataset_names(outs)  # type: ignore[arg-type]
+    assert len(set(names.values())) == 4, names
+    assert names["x/y.csv"] == "x-y.csv"
+
+
+def test_a_dvc_listing_naming_both_a_file_and_a_folder_under_it_fails_that_output_only(
+        registry: Registry, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+
+    def put(data: bytes, suffix: str = "") -> str:
+        digest = hashlib.md5(data, usedforsecurity=False).hexdigest() + suffix
+        (cache / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / digest[:2] / digest[2:]).write_bytes(data)
+        return digest
+
+    leaf = put(b"leaf")
+    listing = put(b'[{"relpath": "a", "md5": "%s"}, {"relpath": "a/b", "md5": "%s"}]'
+                  % (leaf.encode(), leaf.encode()), ".dir")
+    (repo / "d.dvc").write_text(f"outs:\n- path: d\n  md5: {listing}\n")
+    (repo / "e.dvc").write_text(f"outs:\n- path: e\n  md5: {leaf}\n")
+    done = {d.path: d for d in import_dvc(registry, repo)}
+    assert done["d"].status == "failed" and "Error" in str(done["d"].error)
+    assert done["e"].status == "imported"
+
+
+def test_importers_show_a_sources_escape_sequences_escaped(
+        registry: Registry, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    data = b"x"
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    where = repo / ".dvc" / "cache" / "files" / "md5" / digest[:2]
+    where.mkdir(parents=True)
+    (where / digest[2:]).write_bytes(data)
+    evil = "\x1b[2J\x1b[32mALL GOOD"
+    (repo / "a.dvc").write_text(f'outs:\n- path: "{evil.encode("unicode_escape").decode()}"\n'
+                                f"  md5: {digest}\n")
+    result = CliRunner().invoke(cli, ["--registry", str(registry.location.root), "import",
+                                      "dvc", str(repo)])
+    assert "\x1b" not in result.output and "\\x1b[2J" in result.output, result.output
