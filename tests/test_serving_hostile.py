@@ -449,3 +449,37 @@ def test_an_oip_input_the_version_does_not_take_is_named(
         metrics = c.get("/metrics").text
     assert bogus.status_code == 400 and "no input named 'bogus'" in bogus.json()["error"]
     assert _metric(metrics, "tether_requests_total") == 1
+
+
+def test_a_large_body_is_decoded_off_the_event_loop_and_counted_first(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """30 MB of values for a shape of four were each parsed and type-checked on the event
+    loop before the count was compared: every request, health checks included, waited."""
+    n = 6_000_000
+    body = (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":['
+            + b"0," * (n - 1) + b"0]}]}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    finished: dict[str, float] = {}
+    with BackgroundServer(registry, deployment) as server:
+        def big() -> None:
+            answer = httpx.post(f"{server.url}/v2/models/iris32/infer", content=body,
+                                timeout=60)
+            finished["big"] = time.perf_counter()
+            finished["status"] = answer.status_code
+            finished["count_first"] = float("data has 6000000" in answer.text)
+
+        import threading
+
+        worker = threading.Thread(target=big)
+        worker.start()
+        time.sleep(0.3)  # the body is in and being decoded
+        started_at = time.perf_counter()
+        health = httpx.get(f"{server.url}/v2/health/live", timeout=60)
+        finished["health"] = time.perf_counter()
+        worker.join()
+    assert health.status_code == 200 and finished["status"] == 400
+    assert finished["count_first"]
+    # Answered while the large body was still being decoded, not just after it (before,
+    # the health check waited the whole decode and came back a hair after the refusal).
+    assert finished["health"] < finished["big"] - 0.05, (finished, started_at)

@@ -67,6 +67,8 @@ from .runtime import ServingRuntime
 log = logging.getLogger("tether.serving")
 
 MAX_BODY = 32 * 1024 * 1024
+#: Bodies up to this size are decoded on the event loop (a thread hop costs more).
+_DECODE_INLINE = 256 * 1024
 #: Longest a request body being read may go without a byte.
 BODY_SECONDS = 30.0
 _PREDICT_KEYS = {"records", "inputs", "key", "request_id"}
@@ -240,6 +242,7 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
     """
     access_log = runtime.deployment.server.access_log
     auth = runtime.auth
+    large_decodes = asyncio.Semaphore(1)
 
     async def find(request: Request) -> Endpoint:
         name = request.path_params["name"]
@@ -270,7 +273,14 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         # batching endpoint wait the whole max_wait_ms).
         endpoint.arrive()
         try:
-            decoded = decode(body)
+            if len(body) < _DECODE_INLINE:
+                decoded = decode(body)
+            else:
+                # A large body is parsed off the event loop (30 MB of JSON held every
+                # request, health checks included, for 6 s: a review), one at a time per
+                # process (parsed JSON takes many times its size in memory).
+                async with large_decodes:
+                    decoded = await run_in_threadpool(decode, body)
         except BaseException as error:
             endpoint.arrived()
             if isinstance(error, TetherError):
