@@ -483,3 +483,35 @@ def test_a_large_body_is_decoded_off_the_event_loop_and_counted_first(
     # Answered while the large body was still being decoded, not just after it (before,
     # the health check waited the whole decode and came back a hair after the refusal).
     assert finished["health"] < finished["big"] - 0.05, (finished, started_at)
+
+
+def test_an_endpoint_serving_two_models_names_each_version_with_its_model(
+    registry: Registry, iris: tuple[Any, Any], iris32: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Routes to iris32@1.0.0 and twin@1.0.0: /versions/1.0.0/ always reached the route
+    listed first, the other was unreachable, and metadata listed 1.0.0 twice."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris
+    X32 = X.astype("float32")
+    twin = registry.log_model(LogisticRegression(C=0.1, max_iter=500).fit(X32, y), "twin",
+                              input_example=X32.head(5))
+    deployment = fast_deployment(tmp_path, f"""
+endpoints:
+  mixed:
+    routes:
+      - {{name: a, target: "{iris32[0].ref}", weight: 0}}
+      - {{name: b, target: "{twin.ref}", weight: 100}}
+""")
+    inputs = {"inputs": [{"name": c, "datatype": "FP32", "shape": [1], "data": [float(v)]}
+                         for c, v in X32.iloc[0].items()]}
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        meta = c.get("/v2/models/mixed").json()
+        assert sorted(meta["versions"]) == ["iris32@1.0.0", "twin@1.0.0"]
+        ambiguous = c.post("/v2/models/mixed/versions/1.0.0/infer", json=inputs)
+        assert ambiguous.status_code == 409 and "say which" in ambiguous.text
+        for model in ("iris32", "twin"):
+            answer = c.post(f"/v2/models/mixed/versions/{model}@1.0.0/infer", json=inputs)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model_version"].startswith("1.0.0"), answer.json()
+            assert answer.headers["x-model-version"].startswith(f"{model}@1.0.0"), answer.headers

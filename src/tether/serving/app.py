@@ -366,8 +366,7 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         await may_read(request, endpoint, f"reading the metadata of {endpoint.name}")
         loaded = oip_model(endpoint, request.path_params.get("version"))
         version = request.path_params.get("version")
-        versions = [version] if version is not None else [
-            m.version.semver for m in endpoint.versions()]
+        versions = [version] if version is not None else endpoint.version_labels()
         platform = f"tether-{loaded.version.flavor.get('name', 'unknown')}"
         body = model_metadata(endpoint.name, versions, loaded.signature, platform)
         return json_response(body, headers={"X-Model-Version": version_header(loaded)})

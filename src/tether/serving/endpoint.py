@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import Conflict, InvalidInput, NotFound, TetherError
 from .._schema import RecordSchemaError
 from .batching import Batcher
 from .config import EndpointConfig
@@ -330,20 +330,38 @@ class Endpoint:
         return Served(request_id, route, loaded, predictions)
 
     def route_serving(self, version: str) -> str:
-        """The route serving ``version`` (semantic version or sequence number); NotFound if none.
+        """The route serving ``version`` (semantic version or sequence number, or
+        ``MODEL@`` either where the routes serve several models); NotFound if none.
 
         Among several, the first with traffic; the router is not consulted.
         """
         weights = self.router.weights
+        model, _, number = version.rpartition("@")
         found = [name for name, slot in self.slots.items() if slot.current is not None
-                 and version in (slot.current.version.semver, str(slot.current.version.seq))]
+                 and model in ("", slot.current.version.name)
+                 and number in (slot.current.version.semver, str(slot.current.version.seq))]
         if not found:
             served = sorted({f"{s.current.version.semver} (seq {s.current.version.seq})"
                              for s in self.slots.values() if s.current is not None})
             raise NotFound(f"no route of {self.name} serves version {version!r}",
                            hint=f"versions served: {', '.join(served) or 'none yet'}")
+        models = sorted({self.slots[name].current.version.name  # type: ignore[union-attr]
+                         for name in found})
+        if len(models) > 1:
+            # Two models' 1.0.0: the first route's answered, and the other was unreachable.
+            raise Conflict(f"version {number} of {self.name} is served for models "
+                           f"{', '.join(models)}: say which",
+                           hint=f"name it as MODEL@{number}, e.g. {models[0]}@{number}")
         with_traffic = [name for name in found if weights.get(name, 0) > 0]
         return (with_traffic or found)[0]
+
+    def version_labels(self) -> list[str]:
+        """How callers name the versions served: their numbers, or MODEL@number where
+        the routes serve more than one model."""
+        served = self.versions()
+        several = len({m.version.name for m in served}) > 1
+        return [f"{m.version.name}@{m.version.semver}" if several else m.version.semver
+                for m in served]
 
     def versions(self) -> list[LoadedModel]:
         """The distinct versions the routes serve, in route order."""
