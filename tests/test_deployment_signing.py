@@ -26,9 +26,9 @@ import tether
 from tether import Registry
 from tether._deployment import ServerConfig
 from tether._errors import InvalidInput, PermissionDenied, UnsafeArtifact
+from tether._metadata.clock import iso
 from tether._metadata.schema import deployment_signatures, deployments
 from tether._registry.deployment_signing import KIND, payload_bytes, vouched_digests
-from tether._metadata.clock import iso
 from tether._signing import generate_key, load_private_key
 from tether.serving.follower import deployment_from_record, load_from_registry
 from tether.serving.pool import ModelPool

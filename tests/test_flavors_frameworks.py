@@ -206,6 +206,32 @@ def test_xgboost_record_cannot_name_another_class(
         flavor.load(tmp_path, record)
 
 
+def test_bytes_a_framework_cannot_read_are_a_load_failure_that_names_the_version(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A pickle stored as an XGBoost model.json (any contributor can commit such a record)
+    made xgboost raise UnicodeDecodeError, and `tether serve` printed a traceback."""
+    import pickle
+
+    from tether import LoadFailed
+    from tether._records import VersionValues
+
+    X, y = iris
+    good = registry.log_model(xgb.XGBRegressor(n_estimators=2).fit(X, y), "xgb")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "model.json").write_bytes(pickle.dumps({"not": "a model"}))
+    carrier = registry.log_model(tmp_path / "files", "carrier", flavor="files", progress=False)
+    values = VersionValues(manifest=tuple(carrier.files), flavor=good.flavor, signature=None,
+                           input_example=None, params={}, metrics={}, data={}, lineage={},
+                           environment=good.environment, tags={}, notes="", author="x")
+    bad = registry.commit("xgb", values, None)
+    with pytest.raises(LoadFailed, match=r"xgb@\S+ did not load with the xgboost flavor: "
+                       "UnicodeDecodeError") as refused:
+        registry.load(bad.ref, env_policy="off")
+    assert "tether download" in str(refused.value.hint)
+    assert refused.value.http_status == 422
+
+
 # -- LightGBM -----------------------------------------------------------------------------
 
 

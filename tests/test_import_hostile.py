@@ -5,7 +5,6 @@ it can be)."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -116,7 +115,7 @@ def test_a_local_store_reads_artifacts_only_inside_its_folder_and_never_through_
 def test_a_hostile_mlmodel_file_is_imported_as_files_with_a_note(
         tmp_path: Path, text: str, note: str) -> None:
     (tmp_path / "MLmodel").write_text(text)
-    logged, flavor, said = importer._choose_flavor(tmp_path)
+    _, flavor, said = importer._choose_flavor(tmp_path)
     assert flavor == "files" and note in said, said
 
 

@@ -164,6 +164,13 @@ class UnsafeArtifact(TetherError):
     http_status = 409
 
 
+class LoadFailed(TetherError):
+    """A version's bytes, checked against its digests, did not load with its framework."""
+
+    code = "load_failed"
+    http_status = 422
+
+
 class SchemaMismatch(TetherError):
     """The database schema is older or newer than this version of Tether."""
 

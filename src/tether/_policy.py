@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ._errors import InvalidInput
 from ._humanize import short_repr
 from ._plain_yaml import plain_yaml

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._environment import Difference
 from .._environment.policy import fix_command
-from .._errors import EnvironmentMismatch, IntegrityError, InvalidInput, TetherError
+from .._errors import (
+    EnvironmentMismatch,
+    IntegrityError,
+    InvalidInput,
+    LoadFailed,
+    TetherError,
+)
 from .._records import ModelVersion
 from .._store import handoffs
 from .._warnings import warn_caller
@@ -200,7 +206,16 @@ def load_version(
             raise
         except Exception as error:
             if not found:
-                raise
+                # Whatever the framework raised at bytes it cannot read (a pickle stored
+                # as model.json made xgboost raise UnicodeDecodeError, and serving printed
+                # a traceback: a review) is said as what failed, and where.
+                raise LoadFailed(
+                    f"{version.ref} did not load with the {version.flavor['name']} flavor: "
+                    f"{type(error).__name__}: {str(error)[:300]!r}",
+                    hint="its bytes are the ones logged (their digests were checked): "
+                    "look at them with `tether download REF FOLDER`, or log a version that "
+                    "loads",
+                ) from error
             # The policy let a difference through and the framework then failed: say which
             # differences most likely caused it, as the strict refusal would have.
             raise explain_failed_load(version, found, error) from error
