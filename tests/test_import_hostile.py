@@ -62,46 +62,60 @@ def test_a_server_cannot_make_the_import_store_this_machines_files(
 
     # The harm, without the check: the folder became a version anyone could load.
     with monkeypatch.context() as unsafe:
-        unsafe.setattr(importer, "_check_location", lambda *a: None)
-        report = importer.import_mlflow(registry, uri, client=client)
+        unsafe.setattr(importer.ArtifactSources, "check", lambda *a: None)
+        importer.import_mlflow(registry, uri, client=client)
     stolen = Path(registry.load("churn@1.0.0"))
     assert "secret" in (stolen / "id_ed25519").read_text()
     registry.delete_model("churn")
 
     report = importer.import_mlflow(registry, uri, client=client)
     entry = report.models[0].versions[0]
-    assert entry.status == "failed" and "not read from local files" in str(entry.note)
-    assert "--artifacts-root" in str(entry.note) or report.problems == 1
-    for location in (str(secret), f"runs:/abc/{secret}", "ftp://x/y"):
+    assert entry.status == "failed" and "outside the folders this import reads" in str(
+        entry.note)
+    for location in (str(secret), f"runs:/abc/{secret}", "ftp://x/y", "s3://private/keys",
+                     "http://169.254.169.254/latest/meta-data/", "mlflow-artifacts://other:1/x"):
         report = importer.import_mlflow(registry, uri, client=HostileMlflow(location))
         assert report.models[0].versions[0].status == "failed", location
 
 
-def test_a_local_store_reads_artifacts_only_inside_its_folder_and_never_through_links(
+def test_artifact_sources_are_the_tracking_server_a_local_stores_folder_and_what_is_named(
         tmp_path: Path) -> None:
     store = tmp_path / "mlflow"
-    (store / "mlruns" / "1" / "model").mkdir(parents=True)
-    (store / "mlruns" / "1" / "model" / "w.bin").write_bytes(b"w")
-    secret = _secret(tmp_path)
-    root = importer._local_artifacts_root(f"sqlite:///{store / 'mlflow.db'}", None)
-    assert root == store.resolve()
-    assert importer._local_artifacts_root("sqlite:///mlflow.db", None) == Path.cwd()
-    assert importer._local_artifacts_root("http://h:5000", None) is None
     inside = store / "mlruns" / "1" / "model"
-    importer._check_location("sqlite:///x", f"file://{inside}", "v1", root)  # fine
-    importer._check_location("sqlite:///x", str(inside), "v1", root)
-    with pytest.raises(InvalidInput, match="outside"):
-        importer._check_location("sqlite:///x", str(secret), "v1", root)
-    with pytest.raises(InvalidInput, match="outside"):  # ../ out of the store
-        importer._check_location("sqlite:///x", f"{inside}/../../../../home/.ssh", "v1", root)
+    inside.mkdir(parents=True)
+    (inside / "w.bin").write_bytes(b"w")
+    secret = _secret(tmp_path)
+    local = importer.ArtifactSources.of(f"sqlite:///{store / 'mlflow.db'}")
+    assert local.folders == (store.resolve(),)
+    assert importer.ArtifactSources.of("sqlite:///mlflow.db").folders == (Path.cwd(),)
+    server = importer.ArtifactSources.of("http://h:5000")
+    assert server.folders == () and server.tracking_host == "h:5000"
+
+    for fine in (f"file://{inside}", str(inside)):
+        local.check(fine, "v1")
+    for outside in (str(secret), f"{inside}/../../../../home/.ssh"):
+        with pytest.raises(InvalidInput, match="outside the folders"):
+            local.check(outside, "v1")
     (inside / "key").symlink_to(secret / "id_ed25519")
     with pytest.raises(InvalidInput, match="symbolic link"):
-        importer._check_location("sqlite:///x", str(inside), "v1", root)
+        local.check(str(inside), "v1")
     (inside / "key").unlink()
     (store / "mlruns" / "2").symlink_to(secret, target_is_directory=True)
-    with pytest.raises(InvalidInput, match="outside"):  # a linked folder resolves away
-        importer._check_location("sqlite:///x", str(store / "mlruns" / "2"), "v1", root)
-    importer._check_location("http://h", "mlflow-artifacts:/1/abc/model", "v1", None)
+    with pytest.raises(InvalidInput, match="outside the folders"):  # resolves away
+        local.check(str(store / "mlruns" / "2"), "v1")
+
+    server.check("mlflow-artifacts:/1/abc/model", "v1")
+    server.check("mlflow-artifacts://h:5000/1/abc/model", "v1")
+    named = importer.ArtifactSources.of("http://h:5000", ["s3://bucket/mlflow", str(inside)])
+    named.check("s3://bucket/mlflow/1/abc/model", "v1")
+    named.check(str(inside), "v1")
+    for refused in ("s3://bucket/mlflowx/1", "s3://bucket/other", "s3://bucket.evil/mlflow/1",
+                    "s3://bucket/mlflow/../secrets/k", "s3://bucket/mlflow/%2e%2e/secrets/k",
+                    "gs://bucket/mlflow/1", str(secret)):
+        with pytest.raises(InvalidInput):
+            named.check(refused, "v1")
+    with pytest.raises(InvalidInput, match="neither a folder nor a URI"):
+        importer.ArtifactSources.of("http://h", ["s3:nohost"])
 
 
 @pytest.mark.parametrize("text, note", [

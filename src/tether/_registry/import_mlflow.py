@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from .._contract import RegistryAPI
 from .._errors import InvalidInput, InvalidReference, NotFound, TetherError
@@ -208,19 +209,19 @@ def import_mlflow(
     dry_run: bool = False,
     progress: Progress | None = None,
     client: Any = None,
-    artifacts_root: str | Path | None = None,
+    artifacts_from: Sequence[str | Path] = (),
 ) -> ImportReport:
     """Import the registered models ``models`` (default: all) from the MLflow registry at ``uri``.
 
-    Where the source keeps artifacts is its word: a download location on this machine
-    is read only inside ``artifacts_root`` (default: for a local source, the folder of
-    its store; for a server, nowhere), and never through a symbolic link.
+    Where the source keeps artifacts is its word, so only ``ArtifactSources`` are read:
+    the tracking server's own ``mlflow-artifacts:``, a local store's folder, and the
+    folders and URI prefixes in ``artifacts_from``.
 
     Returns what was imported, what was there already, and every refusal; a
     failure of one version or alias is reported and the import goes on.
     """
     progress = progress or _Silent()
-    local_artifacts = _local_artifacts_root(uri, artifacts_root)
+    sources = ArtifactSources.of(uri, artifacts_from)
     client = client if client is not None else open_client(uri)
     report = ImportReport(source=uri, dry_run=dry_run)
 
@@ -269,7 +270,7 @@ def import_mlflow(
             entry = by_number[str(mv.version)]
             progress.working(f"{name} v{mv.version}")
             if not dry_run:
-                _import_version(registry, client, uri, name, mv, entry, local_artifacts)
+                _import_version(registry, client, uri, name, mv, entry, sources)
             progress.finished_one()
         _sync_model(registry, source_model, model_report, dry_run)
         _sync_aliases(registry, source_model, model_report, dry_run)
@@ -336,13 +337,13 @@ def _present(registry: ImportTarget, name: str) -> dict[tuple[str, str, str], Mo
 
 def _import_version(
     registry: ImportTarget, client: Any, uri: str, name: str, mv: Any, entry: VersionReport,
-    local_artifacts: Path | None,
+    sources: ArtifactSources,
 ) -> None:
     try:
         # In the store's scratch folder, named for this process (never /tmp): a killed
         # import's download is found and removed by the next ingest or `tether gc`.
         with tempfile.TemporaryDirectory(**owner_scratch(registry.cache_dir, "mlflow")) as tmp:
-            local = _download(client, uri, name, mv, Path(tmp), local_artifacts)
+            local = _download(client, uri, name, mv, Path(tmp), sources)
             model, flavor, note = _choose_flavor(local)
             params, metrics, run_note = _run_facts(client, mv.run_id)
             tags = {str(k): str(v) for k, v in (mv.tags or {}).items() if k not in _OURS}
@@ -388,7 +389,7 @@ def _import_version(
 
 
 def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
-              local_artifacts: Path | None) -> Path:
+              sources: ArtifactSources) -> Path:
     import mlflow.artifacts
 
     what = f"{name} version {mv.version}"
@@ -399,7 +400,7 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
         name,
         str(mv.version),
     )
-    _check_location(uri, str(location), what, local_artifacts)
+    sources.check(str(location), what)
     try:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(dest), tracking_uri=uri
@@ -413,15 +414,97 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
     return Path(path)
 
 
-#: Artifact locations that move bytes over the network, never from this machine's files.
-#: (``runs:`` and ``models:`` are left out: the source resolves them, to anything.)
-_REMOTE_SCHEMES = ("mlflow-artifacts", "http", "https", "s3", "gs", "wasbs", "abfss", "dbfs")
+@dataclass(frozen=True)
+class ArtifactSources:
+    """Where this import may read a version's artifacts from: the source names them, and
+    a hostile one named the importer's own files (``file:///home/you/.ssh``), another
+    bucket its credentials reach (``s3://private/...``), or a service only its network
+    reaches (``http://169.254.169.254/...``), and got the bytes stored as a version every
+    reader of the registry could load (a review). Only these are read:
+
+    - ``mlflow-artifacts:`` locations served by the tracking server itself;
+    - folders on this machine (by default, for a local store, the folder holding it),
+      never through a symbolic link;
+    - locations under a URI prefix the user named (``s3://bucket/mlflow/``)."""
+
+    tracking_host: str | None
+    folders: tuple[Path, ...]
+    prefixes: tuple[tuple[str, str, str], ...]  # (scheme, host, path ending in /)
+
+    @classmethod
+    def of(cls, uri: str, allowed: Sequence[str | Path] = ()) -> ArtifactSources:
+        tracking = urlsplit(uri)
+        folders: list[Path] = []
+        prefixes: list[tuple[str, str, str]] = []
+        for item in allowed:
+            text = str(item)
+            parts = urlsplit(text)
+            if len(parts.scheme) > 1 and parts.scheme != "file":
+                if parts.scheme not in _NETWORK_SCHEMES or not parts.netloc:
+                    raise InvalidInput(f"--artifacts-from {short_repr(text)} is neither a "
+                                       "folder nor a URI with a host",
+                                       hint="e.g. s3://bucket/mlflow/ or /srv/mlflow/artifacts")
+                prefixes.append((parts.scheme, parts.netloc.lower(),
+                                 parts.path.rstrip("/") + "/"))
+            else:
+                folders.append(Path(text.removeprefix("file://")).expanduser().resolve())
+        if not allowed:
+            local = _local_store_folder(uri)
+            if local is not None:
+                folders.append(local)
+        host = tracking.netloc.lower() if tracking.scheme in ("http", "https") else None
+        return cls(host, tuple(folders), tuple(prefixes))
+
+    def check(self, location: str, what: str) -> None:
+        """Refuse ``location`` unless it is one of these sources."""
+        parts = urlsplit(location)
+        scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""
+        if scheme == "mlflow-artifacts" and (not parts.netloc
+                                             or parts.netloc.lower() == self.tracking_host):
+            return  # through the tracking server itself
+        if scheme in _NETWORK_SCHEMES:
+            path = parts.path if parts.path.endswith("/") else parts.path + "/"
+            if any(segment in (".", "..") for segment in unquote(path).split("/")):
+                raise InvalidInput(f"{what}: artifact location {short_repr(location)} climbs "
+                                   "out of its folder (.. in its path)")
+            if any(scheme == s and parts.netloc.lower() == h and path.startswith(p)
+                   for s, h, p in self.prefixes):
+                return
+            raise InvalidInput(
+                f"{what}: the source says its artifacts are at {short_repr(location)}, which "
+                "is not a place this import reads from",
+                hint="if that is the MLflow store's artifact location, name it: "
+                "--artifacts-from SCHEME://HOST/PREFIX/ (artifacts served through the "
+                "tracking server, mlflow-artifacts:, need nothing)")
+        if scheme not in ("", "file"):
+            raise InvalidInput(
+                f"{what}: the source says its artifacts are at {short_repr(location)}, a kind "
+                "of location Tether does not download from")
+        local = Path(parts.path if scheme else location).expanduser()
+        resolved = local.resolve()
+        if not any(resolved.is_relative_to(folder) for folder in self.folders):
+            raise InvalidInput(
+                f"{what}: the source says its artifacts are in {short_repr(location)} on "
+                f"this machine, outside the folders this import reads"
+                + (f" ({', '.join(map(str, self.folders))})" if self.folders else ""),
+                hint="a server's artifacts come through it (mlflow server --serve-artifacts); "
+                "if that folder is the MLflow store's artifact folder, name it: "
+                "--artifacts-from FOLDER")
+        for entry in [local, *_tree(local)]:
+            if entry.is_symlink():
+                raise InvalidInput(
+                    f"{what}: {short_repr(str(entry))} in its artifacts is a symbolic link; "
+                    "links are not followed out of an MLflow store",
+                    hint="replace the link with the file it names, in the MLflow store")
 
 
-def _local_artifacts_root(uri: str, given: str | Path | None) -> Path | None:
-    """The one folder of this machine a source's download locations may name."""
-    if given is not None:
-        return Path(given).expanduser().resolve()
+#: Schemes whose bytes come over the network (read only under a prefix the user named).
+_NETWORK_SCHEMES = ("http", "https", "s3", "gs", "wasbs", "abfss", "dbfs", "hdfs",
+                    "mlflow-artifacts")
+
+
+def _local_store_folder(uri: str) -> Path | None:
+    """The folder of a local MLflow store (its artifacts are beside it), or None."""
     scheme, _, rest = uri.partition(":")
     if scheme == "sqlite":  # sqlite:///mlflow.db (relative), sqlite:////abs/mlflow.db
         database = rest.removeprefix("//")
@@ -430,44 +513,7 @@ def _local_artifacts_root(uri: str, given: str | Path | None) -> Path | None:
         return Path(rest.removeprefix("//")).resolve()
     if "://" not in uri and ":" not in uri[2:]:  # a bare path: a file store
         return Path(uri).expanduser().resolve()
-    return None  # a server: its artifacts come over the network
-
-
-def _check_location(uri: str, location: str, what: str, root: Path | None) -> None:
-    """Refuse a download location that would copy this machine's files it should not.
-
-    A hostile MLflow server answered ``file:///home/you/.ssh`` and the import stored that
-    folder in a version every reader of the registry could load (a review); a local
-    store's artifact folder held a link to a private file, and its bytes were stored."""
-    scheme = location.partition(":")[0].lower() if "://" in location or location.startswith(
-        ("mlflow-artifacts:", "runs:", "models:")) else ""
-    if scheme in _REMOTE_SCHEMES:
-        return
-    if scheme not in ("", "file"):
-        raise InvalidInput(
-            f"{what}: the source says its artifacts are at {short_repr(location)}, a kind of "
-            "location Tether does not download from",
-            hint=f"artifacts come over {', '.join(_REMOTE_SCHEMES)}, or from a folder on this "
-            "machine named with --artifacts-root")
-    path = Path(location.removeprefix("file://") if scheme else location).expanduser()
-    if root is None:
-        raise InvalidInput(
-            f"{what}: the MLflow server at {uri} says its artifacts are in {short_repr(location)} "
-            "on this machine; a server's artifacts are not read from local files",
-            hint="run the MLflow server with --serve-artifacts; or, if that folder is the "
-            "server's artifact store on this machine, pass --artifacts-root FOLDER")
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise InvalidInput(
-            f"{what}: its artifacts at {short_repr(location)} are outside {root}, the one "
-            "folder this import reads artifacts from",
-            hint="pass --artifacts-root FOLDER naming the MLflow store's artifact folder")
-    for entry in [path, *_tree(path)]:
-        if entry.is_symlink():
-            raise InvalidInput(
-                f"{what}: {short_repr(str(entry))} in its artifacts is a symbolic link; links "
-                "are not followed out of an MLflow store",
-                hint="replace the link with the file it names, in the MLflow store")
+    return None  # a server: its artifacts come through it
 
 
 def _tree(folder: Path) -> list[Path]:

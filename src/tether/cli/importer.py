@@ -70,19 +70,20 @@ class _Bar:
     help="Import this registered model (repeatable; default: every model).",
 )
 @click.option(
-    "--artifacts-root",
-    metavar="FOLDER",
-    type=click.Path(exists=True, file_okay=False),
-    help="The one folder on this machine artifacts may be read from (default: beside a "
-    "local store's database or in its folder; none for a server, whose artifacts must "
-    "come over the network).",
+    "--artifacts-from",
+    "artifacts_from",
+    multiple=True,
+    metavar="FOLDER|URI",
+    help="A folder, or a URI prefix (s3://bucket/mlflow/), artifacts may be read from "
+    "(repeatable). Always allowed: what the tracking server serves itself "
+    "(mlflow-artifacts:) and a local store's own folder.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
 @json_option
 @click.pass_context
 @handle_errors
 def mlflow_command(
-    ctx: click.Context, uri: str, models: tuple[str, ...], artifacts_root: str | None,
+    ctx: click.Context, uri: str, models: tuple[str, ...], artifacts_from: tuple[str, ...],
     dry_run: bool, as_json: bool
 ) -> None:
     """Import registered models from the MLflow registry at URI.
@@ -96,9 +97,9 @@ def mlflow_command(
     need unpickling comes as files. Credentials: MLflow's own environment
     variables (MLFLOW_TRACKING_TOKEN, ...). Exits 1 if anything failed or was refused.
 
-    Where artifacts are is the source's word: a location on this machine is read only
-    inside --artifacts-root (never through a symbolic link); a server's must come over
-    the network (mlflow server --serve-artifacts, or a bucket).
+    Where artifacts are is the source's word, so they are read only from the tracking
+    server itself (mlflow server --serve-artifacts), a local store's own folder, and
+    what --artifacts-from names; never through a symbolic link.
     """
     from .._registry.import_mlflow import import_mlflow
 
@@ -106,7 +107,7 @@ def mlflow_command(
     bar = _Bar(enabled=not as_json)
     try:
         report = import_mlflow(registry, uri, models=models, dry_run=dry_run, progress=bar,
-                               artifacts_root=artifacts_root)
+                               artifacts_from=artifacts_from)
     finally:
         bar.close()
     if as_json:
