@@ -355,6 +355,13 @@ def test_open_file_reads_a_range_of_a_model_file(tmp_path: Path) -> None:
             assert handle.read(3 * MB) == data[5 * MB:8 * MB]
         with pytest.raises(tether.NotFound, match=r"other\.bin"):
             reg.open_file(version.ref, "other.bin")
+        with reg.open_file(version.ref, "weights.bin") as handle:
+            assert handle.read_range(len(data) - 10, len(data) + 10**12) == data[-10:]
+            assert handle.read_range(5, 5) == b""
+            # (-100, 10) read bytes 0..10 and (10, 5) nothing, both quietly (a review).
+            for start, end in ((-100, 10), (10, 5), (0, -1), (1.5, 10), ("0", 10), (0, None)):
+                with pytest.raises(tether.InvalidInput, match="0 <= start <= end"):
+                    handle.read_range(start, end)  # type: ignore[arg-type]
     finally:
         reg.close()
 

@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import yaml
 
 from .._errors import InvalidInput, NotFound
+from .._humanize import short_repr
 from .._identity import names_reserved
 from .._store.base import FileEntry
 from .._store.blobs import owner_scratch, user_cache_dir
@@ -134,7 +135,12 @@ class ChunkedReader(io.RawIOBase):
         return count
 
     def read_range(self, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` (exclusive), leaving the position alone."""
+        """Bytes ``start`` to ``end`` (exclusive), leaving the position alone; a range
+        past the end is cut to the file. A negative, reversed or non-integer range is
+        refused (``(-100, 10)`` quietly read from 0, ``(10, 5)`` read nothing: a review)."""
+        if type(start) is not int or type(end) is not int or not 0 <= start <= end:
+            raise InvalidInput(f"range {short_repr(start)}..{short_repr(end)} of {self._what} "
+                               "is not two byte offsets with 0 <= start <= end")
         saved = self._pos
         # A range that crosses a chunk boundary reads its second chunk right after the
         # first: that looked sequential and fetched 8 MB ahead for a 4 KB range.
