@@ -569,3 +569,28 @@ def test_a_trusted_deployment_takes_an_admin_and_targets_that_cannot_be_moved_un
     assert registry.get_setting("protected_aliases") is None  # unchanged
     registry.apply_deployment("svc", spec(first.ref))
     registry.set_setting("protected_aliases", "release")  # nothing trusted follows it now
+
+
+def test_metadata_nested_past_any_real_record_is_refused_at_commit(
+        registry: Registry, tmp_path: Path) -> None:
+    """A thousand levels in a flavor record (the Python API takes any dict) broke the
+    version digest with a RecursionError, a traceback instead of a message."""
+    import dataclasses
+
+    from tether._errors import TooDeep
+
+    (tmp_path / "w.bin").write_bytes(b"w" * 100)
+    version = registry.log_model(tmp_path / "w.bin", "deep", flavor="files", progress=False)
+    deep: Any = "leaf"
+    for _ in range(2000):
+        deep = {"a": deep}
+    from tether._records import VersionValues
+
+    values = VersionValues(manifest=tuple(version.files), flavor={**version.flavor, "x": deep},
+                           signature=None, input_example=None, params={}, metrics={},
+                           data={}, lineage={}, environment=version.environment, tags={},
+                           notes="", author="a")
+    with pytest.raises(TooDeep, match=r"values.flavor is nested deeper than 64 levels"):
+        registry.commit("deep", values, None)
+    shallow = dataclasses.replace(values, flavor={**version.flavor, "x": {"a": {"b": 1}}})
+    assert registry.commit("deep", shallow, None).seq == 2

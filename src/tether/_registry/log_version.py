@@ -36,7 +36,7 @@ from . import datasets, drift_baseline
 from .datasets import data_inputs, read_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
-from .manifest_limits import check_loadable
+from .manifest_limits import check_loadable, check_nesting
 from .previous import previous_chunks
 
 if TYPE_CHECKING:
@@ -262,6 +262,7 @@ def commit_version(
     """
     validate_model_name(name)
     check_loadable(checked.manifest)
+    check_nesting(checked.to_dict(manifest=False))
     # Checked in pieces from the packed records (a set of a million digests was 150 MB).
     missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:

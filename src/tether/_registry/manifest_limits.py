@@ -7,9 +7,10 @@ version was numbered, and every load of it failed. Refused at commit instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .._errors import InvalidInput, InvalidPath
+from .._errors import InvalidInput, InvalidPath, TooDeep
 from .._store.base import FileEntry
 
 #: Longest path component and longest path, in UTF-8 bytes: what Linux holds (NAME_MAX,
@@ -67,3 +68,25 @@ def check_loadable(files: Iterable[FileEntry]) -> None:
                 hint="list every chunk of the file, in order, as [digest, size]; "
                 "an empty file has no chunks",
             )
+
+
+#: Deepest nesting of a version's metadata (flavor, params, tags, lineage, ...): what a
+#: server's JSON bodies allow (``server.bodies.MAX_DEPTH``).
+MAX_METADATA_DEPTH = 64
+
+
+def check_nesting(values: Mapping[str, Any]) -> None:
+    """Refuse metadata nested deeper than ``MAX_METADATA_DEPTH``: a thousand levels of a
+    flavor record passed the Python API and broke the digest with a RecursionError (a
+    review). Walked without recursion."""
+    for field, value in values.items():
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if not isinstance(item, dict | list | tuple):
+                continue
+            if depth > MAX_METADATA_DEPTH:
+                raise TooDeep(f"values.{field} is nested deeper than {MAX_METADATA_DEPTH} "
+                              "levels", hint="metadata is a few levels of names and values")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
