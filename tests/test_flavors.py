@@ -432,3 +432,20 @@ def test_get_flavor_lists_the_known_ones() -> None:
     assert refused.value.hint == (
         "known flavors: files, huggingface, lightgbm, onnx, python, pytorch, sklearn, xgboost"
     )
+
+
+def test_a_hugging_face_folder_with_pickles_or_code_is_refused_at_load_too(
+        tmp_path: Path) -> None:
+    """The refusal was at save only: a version committed through the API (or a server)
+    with a pickled checkpoint or a .py beside its safetensors reached from_pretrained."""
+    from tether._errors import UnsafeArtifact
+
+    flavor = get_flavor("huggingface")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"{}")
+    for planted in ("pytorch_model.bin", "sub/modeling_evil.py", "CHECKPOINT.PT"):
+        (tmp_path / planted).parent.mkdir(exist_ok=True)
+        (tmp_path / planted).write_bytes(b"\x80\x04")
+        with pytest.raises(UnsafeArtifact, match="pickled weights or code"):
+            flavor.load(tmp_path, {"name": "huggingface"})
+        (tmp_path / planted).unlink()

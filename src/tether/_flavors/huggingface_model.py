@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import InvalidInput
+from .._errors import InvalidInput, TetherError, UnsafeArtifact
 from .._identity import RESERVED_PARTS
 from ._common import as_array, class_names, require
 from .base import framework_fields
@@ -105,13 +105,7 @@ class HuggingFaceFlavor:
             model.save_pretrained(os.fspath(dest), safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(os.fspath(dest))
-        refused = sorted(p.name for p in dest.rglob("*") if p.suffix in _REFUSED_SUFFIXES)
-        if refused:
-            raise InvalidInput(
-                f"the model folder holds {', '.join(refused)}: pickled weights or code, "
-                "which Tether does not load",
-                hint="save the weights as safetensors (save_pretrained(safe_serialization=True))",
-            )
+        _refuse_code_and_pickles(dest)
         if not (dest / "config.json").is_file() or not list(dest.glob("*.safetensors")):
             raise InvalidInput(
                 "a Hugging Face model folder needs config.json and *.safetensors weights"
@@ -136,6 +130,11 @@ class HuggingFaceFlavor:
         trusted: bool = False,
         trusted_types: Sequence[str] = (),
     ) -> Any:
+        # Again at load: a version committed through the API (or a server) never went
+        # through save, and what transformers picks up from the folder (a tokenizer's
+        # files, a checkpoint it prefers) is its choice, not ours (a review).
+        if not trusted:
+            _refuse_code_and_pickles(src, UnsafeArtifact)
         transformers = require("transformers", "transformers", record,
                                what="loading this Hugging Face model")
         require("torch", "torch", record, what="loading this Hugging Face model")
@@ -155,6 +154,18 @@ class HuggingFaceFlavor:
         if not isinstance(model, HuggingFaceModel):
             model = HuggingFaceModel(*_parts(model)[:2])
         return model.predict(data)
+
+
+def _refuse_code_and_pickles(folder: Path,
+                             error: type[TetherError] = InvalidInput) -> None:
+    refused = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                     if p.suffix.lower() in _REFUSED_SUFFIXES)
+    if refused:
+        raise error(
+            f"the model folder holds {', '.join(refused[:8])}: pickled weights or code, "
+            "which Tether does not load",
+            hint="save the weights as safetensors (save_pretrained(safe_serialization=True))",
+        )
 
 
 def _parts(model: Any) -> tuple[Any, Any, str | None]:
