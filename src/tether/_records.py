@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ._environment.record import readable_environment
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
 from ._identity import check_one_file_each, names_reserved, path_escapes
 from ._store.base import FileEntry
@@ -91,7 +92,8 @@ class ModelVersion:
             metrics=data.get("metrics") or {},
             data=data.get("data") or {},
             lineage=data.get("lineage") or {},
-            environment=data.get("environment") or {},
+            # What Tether compares, prints and exports of it (a server's word: see there).
+            environment=readable_environment(data.get("environment") or {}),
             tags=data.get("tags") or {},
             notes=data.get("notes") or "",
             author=data["author"],

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .record import PACKAGE_NAME, PACKAGE_VERSION, TEXT
+
 _cache: dict[str, Any] | None = None
 _frozen = ""  # _cache as JSON: what every caller gets a fresh copy of
 
@@ -141,7 +143,18 @@ def capture_environment() -> dict[str, Any]:
             "libc": _libc(),
             "accelerators": _accelerators(),
         }
-        _cache["packages"], _cache["requires"], _cache["local_installs"] = _scan()
+        packages, requires, local = _scan()
+        # A distribution whose name or version could not be pinned safely (a space, a
+        # quote) is left out: a commit refuses a record holding one (see record.py).
+        usable = {n: v for n, v in packages.items()
+                  if PACKAGE_NAME.match(n) and PACKAGE_VERSION.match(v)}
+        _cache["packages"] = usable
+        _cache["requires"] = {n: [d for d in needs if d in usable]
+                              for n, needs in requires.items() if n in usable}
+        _cache["local_installs"] = {n: k for n, k in local.items() if n in usable}
+        for key in ("os_release", "libc"):
+            if _cache[key] is not None and not TEXT.match(_cache[key]):
+                _cache[key] = None
         _frozen = json.dumps(_cache)
     # A copy callers may change: decoding the JSON costs a fraction of deepcopy
     # (hundreds of distributions, on every log and load).

@@ -57,7 +57,9 @@ def version_level(recorded: str, current: str) -> str | None:
         return None
     a, b = _release(recorded), _release(current)
     if a is None or b is None:
-        return "other"
+        # Unreadable ("1.26.4-custom", UNREADABLE): as far apart as versions get. As
+        # "other" a strict policy only warned, and numpy 1 loaded under numpy 2.
+        return "major"
     a, b = a + (0,) * (3 - len(a)), b + (0,) * (3 - len(b))
     for level, x, y in zip(("major", "minor", "patch"), a, b, strict=False):
         if x != y:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from .._errors import EnvironmentMismatch, InvalidInput
 from .._warnings import warn_caller
 from .compare import KINDS, LEVELS, Difference
+from .record import PACKAGE_NAME, PACKAGE_VERSION
 
 ACTIONS = ("strict", "warn", "off")
 
@@ -101,14 +102,19 @@ class EnvPolicy:
         return default
 
 
+def recorded_pins(differences: list[Difference]) -> list[str]:
+    """``name==version`` of each package difference whose recorded name and version are
+    of their kind (a record's word: one with a quote became a shell command in the hint
+    a refused load printed, a review)."""
+    return [f"{d.name}=={d.recorded}" for d in differences
+            if d.kind in ("framework", "numpy", "package") and d.recorded
+            and PACKAGE_NAME.match(d.name) and PACKAGE_VERSION.match(d.recorded)]
+
+
 def fix_command(differences: list[Difference]) -> str | None:
     """The pip command that installs the recorded versions of these packages."""
-    pins = [
-        f"'{d.name}=={d.recorded}'"
-        for d in differences
-        if d.kind in ("framework", "numpy", "package") and d.recorded
-    ]
-    return f"pip install {' '.join(pins)}" if pins else None
+    pins = recorded_pins(differences)  # no quote can be in one: safe inside '...'
+    return "pip install " + " ".join(f"'{pin}'" for pin in pins) if pins else None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._digest import canonical_json
+from .._environment.record import readable_environment
 from .._errors import IntegrityError
 from .._packed_manifest import (
     MAX_RECORDS,
@@ -302,7 +303,7 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         metrics=_loads(row.metrics, {}),
         data=_loads(row.data, {}),
         lineage=_loads(row.lineage, {}),
-        environment=_loads(row.environment, {}),
+        environment=readable_environment(_loads(row.environment, {})),
         tags=_loads(row.tags, {}),
         notes=row.notes,
         author=row.author,

@@ -20,6 +20,7 @@ from .._environment import compare_environments, evaluate
 from .._environment.app_requirements import AppRequirements, read_requirements
 from .._environment.capture import canonical_name
 from .._environment.compare import Difference
+from .._environment.policy import recorded_pins
 from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
@@ -179,11 +180,7 @@ def run_check(
             ]
             found += _unpinned_frameworks(version, app, frameworks, found)
             verdict = evaluate(found, policy)
-            fixes = [
-                f"{d.name}=={d.recorded}"
-                for d in verdict.refusals
-                if d.recorded and d.kind in ("framework", "numpy", "package")
-            ]
+            fixes = recorded_pins(verdict.refusals)
             add(
                 CheckResult(
                     name,

@@ -12,11 +12,14 @@ from typing import Any
 from .._digest import blake3_hex, digest_of, file_digest
 from .._errors import InvalidInput
 
+#: Seconds any git call made while logging may take.
+_GIT_TIMEOUT = 10
+
 
 def _git(args: Sequence[str], cwd: Path) -> str | None:
     try:
         result = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, timeout=10, check=False
+            ["git", *args], cwd=cwd, capture_output=True, timeout=_GIT_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -58,18 +61,21 @@ def capture_git(cwd: str | Path | None = None) -> dict[str, Any] | None:
             return None
         _stable[where] = (top, _git(["config", "--get", "remote.origin.url"], where))
     top, remote = _stable[where]
-    diff = b""
+    diff: bytes | None = b""
     if changed and commit:
-        diff = subprocess.run(
-            ["git", "diff", "HEAD"], cwd=where, capture_output=True, check=False
-        ).stdout
+        try:  # bounded like every other git call here: a huge diff never stalls a log
+            done = subprocess.run(["git", "diff", "HEAD"], cwd=where, capture_output=True,
+                                  check=False, timeout=_GIT_TIMEOUT)
+            diff = done.stdout if done.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            diff = None  # unknown: no digest, rather than the digest of nothing
     return {
         "repo": top,
         "remote": remote,
         "branch": head or _ci_branch(),
         "commit": commit,
         "dirty": changed,
-        "diff_digest": blake3_hex(diff) if changed else None,
+        "diff_digest": blake3_hex(diff) if changed and diff is not None else None,
     }
 
 

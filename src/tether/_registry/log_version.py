@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._environment import capture_environment
+from .._environment.record import environment_problem
 from .._errors import Conflict, InvalidInput, MissingChunks
 from .._identity import flavor_identity, seal
 from .._metadata import repository as repo
@@ -263,6 +264,10 @@ def commit_version(
     validate_model_name(name)
     check_loadable(checked.manifest)
     check_nesting(checked.to_dict(manifest=False))
+    problem = environment_problem(checked.environment)
+    if problem is not None:  # pins and hints are written from it (see _environment.record)
+        raise InvalidInput(f"values.environment: {problem}",
+                           hint="record the environment Tether captures (capture_environment)")
     # Checked in pieces from the packed records (a set of a million digests was 150 MB).
     missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .._contract import RegistryAPI
 
 
+#: A git commit id: SHA-1 or SHA-256, in full.
+_COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
 def _shown(value: Any) -> str:
     """A recorded value as text for a recipe line: control characters escaped, so a value
     (whoever logged the version chose it) cannot start a line of its own."""
@@ -27,13 +31,23 @@ def _shown(value: Any) -> str:
 def recipe(version: ModelVersion) -> dict[str, Any]:
     git = version.lineage.get("git") or {}
     steps = []
-    if git.get("commit"):
+    commit = git.get("commit")
+    if commit and not (isinstance(commit, str) and _COMMIT.fullmatch(commit)):
+        steps.append(f"WARNING: the recorded commit {_shown(commit)[:80]!r} is not a commit "
+                     "id; code is unknown")
+    elif commit:
         where = git.get("remote") or git.get("repo")
         # Quoted, every word: the remote and the commit are recorded values, and these
-        # lines are made to be pasted (a remote ending '; touch x #' ran it).
-        checkout = shlex.join(["git", "checkout", _shown(git["commit"])])
-        steps.append(f"{shlex.join(['git', 'clone', _shown(where)])} && {checkout}" if where
-                     else f"clone the training repository, then: {checkout}")
+        # lines are made to be pasted (a remote ending '; touch x #' ran it). The commit
+        # is a commit id (a recorded '.' checked out the reader's own repository over its
+        # uncommitted work: the clone's folder was never entered, a review); the remote
+        # comes after --, and the checkout runs inside the clone.
+        checkout = shlex.join(["git", "checkout", "--detach", commit])
+        if where and not str(where).startswith(("-", "ext::")):
+            clone = shlex.join(["git", "clone", "--", _shown(where), "training-code"])
+            steps.append(f"{clone} && cd training-code && {checkout}")
+        else:
+            steps.append(f"clone the training repository, enter it, then: {checkout}")
         if git.get("dirty"):
             steps.append(
                 f"WARNING: the working tree was dirty (uncommitted diff "

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+
+if TYPE_CHECKING:
+    from .._environment.compare import Difference
 
 
 @click.group("env")
@@ -29,8 +33,10 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
     registry = registry_from(ctx)
     verdict = registry.env_verdict(ref, env_policy=policy)
     differences = registry.env_diff(ref)
-    refused = {id(d) for d in verdict.refusals}
-    warned = {id(d) for d in verdict.warnings}
+    # By value: the verdict and the table come from two calls, and matching them by id()
+    # marked every row "ok" (a review). Differences are frozen dataclasses.
+    refused = set(verdict.refusals)
+    warned = set(verdict.warnings)
     if as_json:
         emit_json(
             {
@@ -45,8 +51,8 @@ def env_diff(ctx: click.Context, ref: str, policy: str | None, as_json: bool) ->
         console.print(f"environment matches {ref}")
     else:
 
-        def outcome(d: object) -> str:
-            return "REFUSE" if id(d) in refused else "warn" if id(d) in warned else "ok"
+        def outcome(d: Difference) -> str:
+            return "REFUSE" if d in refused else "warn" if d in warned else "ok"
 
         console.print(
             table(

@@ -16,6 +16,7 @@ from ._common import (
     handle_errors,
     json_option,
     registry_from,
+    shown,
     table,
 )
 
@@ -247,9 +248,9 @@ def reproduce(
     if as_json:
         emit_json(info)
         return
-    console.print(
-        f"[bold]Reproducing {info['ref']}[/] ({info['digest'][:16]}), "
-        f"python {info['python']} on {info['platform']}"
+    console.print(  # the record's word: shown, never read as markup (a review)
+        f"[bold]Reproducing {shown(info['ref'])}[/] ({shown(info['digest'][:16])}), "
+        f"python {shown(info['python'])} on {shown(info['platform'])}"
     )
     for number, step in enumerate(info["steps"], 1):
         console.print(f"{number}. {step}", markup=False)
