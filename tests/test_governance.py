@@ -598,28 +598,49 @@ def test_a_scoped_caller_cannot_route_to_or_probe_another_model_through_deployme
         assert "1.0.0 (#1)" not in str(refused.value) and "staging" not in str(refused.value)
 
 
-def test_a_deployment_does_not_start_serving_a_deprecated_version(
+def test_a_deployment_gives_a_deprecated_version_no_more_traffic(
         registry: Registry, tmp_path: Path) -> None:
     """A promotion of a deprecated version was refused, but `deploy apply` pinned one and
-    sent it traffic; a route kept from the revision before still does not block changes."""
+    sent it traffic; then (a review) a kept weight-0 shadow became a 100% route, and
+    weights or a resume could raise its share. What already serves it may stay."""
     refs = []
     for n in range(3):
         (tmp_path / f"{n}.bin").write_bytes(bytes([n]) * 10)
         refs.append(registry.log_model(tmp_path / f"{n}.bin", "m", progress=False).ref)
 
-    def spec(*targets: str) -> dict[str, Any]:
-        return {"endpoints": {"m": {"routes": [
-            {"name": f"r{i}", "target": t, "weight": 50} for i, t in enumerate(targets)]}}}
+    def spec(*routes: tuple[str, float], shadow: str | None = None,
+             endpoint: str = "m") -> dict[str, Any]:
+        body: dict[str, Any] = {"routes": [{"name": f"r{i}", "target": t, "weight": w}
+                                           for i, (t, w) in enumerate(routes)]}
+        if shadow:
+            body["shadow"] = [{"target": shadow}]
+        return {"endpoints": {endpoint: body}}
 
-    registry.apply_deployment("svc", spec("m@1.0.0"))
+    registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0)))
+    registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0), ("m@1.1.0", 30),
+                                          shadow="m@1.2.0"))
+    registry.pause_routes("svc", ["r2"])
     registry.deprecate(refs[1], reason="bad")
     registry.set_policy("m", "deprecated: ['1.2.0']\n")
-    for target in ("m@1.1.0", "m@1.2.0", refs[1]):
+    refused = [
+        spec(("m@1.0.0", 100), ("m@1.1.0", 50)),                 # its weight raised
+        spec(("m@1.0.0", 100), ("m@1.2.0", 100)),                # the shadow made a route
+        spec(("m@1.0.0", 100), ("m@1.1.0", 0), shadow="m@1.1.0"),  # a new shadow
+        spec(("m@1.1.0", 100), endpoint="other"),                # a new endpoint
+        spec(("m@1.0.0", 100), (refs[1], 1)),                    # by digest
+    ]
+    for body in refused:
         with pytest.raises(PolicyViolation, match=r"which is deprecated"):
-            registry.apply_deployment("svc", spec("m@1.0.0", target))
-    assert registry.deployment("svc")["revision"] == 1
-    registry.deprecate(refs[0], reason="also bad")  # after it was deployed
+            registry.apply_deployment("svc", body)
+    with pytest.raises(PolicyViolation, match=r"which is deprecated"):
+        registry.set_deployment_weights("svc", {"r1": 10})
+    with pytest.raises(PolicyViolation, match=r"which is deprecated"):
+        registry.pause_routes("svc", ["r2"], resume=True)
+    assert registry.deployment("svc")["revision"] == 3
+    # Kept as they were (or given less), deprecated routes block no other change.
+    registry.deprecate(refs[0], reason="also bad")
     (tmp_path / "3.bin").write_bytes(b"\x03" * 10)
     newest = registry.log_model(tmp_path / "3.bin", "m", progress=False)
-    moved = registry.apply_deployment("svc", spec("m@1.0.0", newest.ref))  # kept route
-    assert moved["revision"] == 2
+    moved = registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0),
+                                                  (newest.ref, 10), shadow="m@1.2.0"))
+    assert moved["revision"] == 4

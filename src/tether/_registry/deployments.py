@@ -386,12 +386,11 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         # role on one model another model's versions and aliases (a review).
         new_targets = [r["target"] for _, r in _routes(canonical)]
         _require_roles(conn, actor, new_targets)
-        resolved = {target: resolve_row(conn, parse_reference(target))[1]  # NotFound: typo
-                    for target in new_targets}
+        for target in new_targets:
+            resolve_row(conn, parse_reference(target))  # NotFound names the typo
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
         old_spec = json.loads(row.spec) if row is not None else None
-        _refuse_newly_deprecated(conn, resolved, old_spec)
         targets = list(new_targets)
         if old_spec is not None:
             old_targets = [r["target"] for _, r in _routes(old_spec)]
@@ -405,6 +404,8 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
             return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
         _check_traffic(canonical, paused, name)
+        _refuse_more_traffic_to_deprecated(
+            conn, old_spec, json.loads(row.paused) if row is not None else [], canonical, paused)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
                          reason=reason)
         append_event(conn, actor=actor, action="deployment.apply", model=_one_model(targets),
@@ -415,21 +416,42 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         return _answer(conn, actor, _row(conn, name), changed=True)
 
 
-def _refuse_newly_deprecated(conn: sa.Connection, resolved: Mapping[str, sa.Row[Any]],
-                             old_spec: Mapping[str, Any] | None) -> None:
-    """A route or shadow new in this spec may not name a deprecated version, as a
-    promotion may not (it pinned one, and traffic went to what was retired). One kept
-    from the revision before stays: a version deprecated since does not block the rest."""
-    kept = {r["target"] for _, r in _routes(old_spec)} if old_spec is not None else set()
-    for target, version in resolved.items():
-        if target in kept:
+def _traffic(spec: Mapping[str, Any] | None,
+             paused: Sequence[str]) -> dict[tuple[str, str, str, str], float]:
+    """(endpoint, route or "shadow", name, target) -> the weight it takes (0 paused); a
+    shadow's is 0, but having one is traffic of its own (mirrored requests)."""
+    if spec is None:
+        return {}
+    out: dict[tuple[str, str, str, str], float] = {}
+    for endpoint, body in spec["endpoints"].items():
+        for r in body["routes"]:
+            weight = 0.0 if f"{endpoint}/{r['name']}" in paused else float(r["weight"])
+            out[(endpoint, "route", r["name"], r["target"])] = weight
+        for number, shadow in enumerate(body.get("shadow", [])):
+            out[(endpoint, "shadow", str(number), shadow["target"])] = 0.0
+    return out
+
+
+def _refuse_more_traffic_to_deprecated(conn: sa.Connection, before: Mapping[str, Any] | None,
+                                       paused_before: Sequence[str], after: Mapping[str, Any],
+                                       paused_after: Sequence[str]) -> None:
+    """A change may not give a deprecated version (status or policy) more traffic than
+    it had, as a promotion may not point an alias at one: `deploy apply` pinned one and
+    sent it traffic; then a kept shadow became a 100% route, or a weight of 0 went to
+    100 (reviews). What already serves it may stay as it is, so a version deprecated
+    since blocks no other change."""
+    old = _traffic(before, paused_before)
+    for key, weight in _traffic(after, paused_after).items():
+        if key in old and weight <= old[key]:
             continue
+        target = key[3]
+        _, version = resolve_row(conn, parse_reference(target))
         if version.status == "deprecated" or current_policy(
                 conn, version.model_id).is_deprecated(version.semver):
+            where = f"{key[0]}/{key[2]}" if key[1] == "route" else f"{key[0]} (shadow)"
             raise PolicyViolation(
                 f"{target} names {parse_reference(target).name}@{version.semver}, which is "
-                "deprecated: a deployment does not "
-                "start serving it",
+                f"deprecated: {where} may not send it more traffic than it did",
                 hint="route to a newer version, or undeprecate this one first")
 
 
@@ -484,6 +506,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
     with registry.write() as conn:
         row = _readable_row(conn, name, actor, lock=True)
         spec, paused = json.loads(row.spec), json.loads(row.paused)
+        spec_before = json.loads(row.spec)
         endpoint = _endpoint_of(spec, name, endpoint)
         before = effective_weights(_record(conn, row), endpoint)
         targets = []
@@ -499,6 +522,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
                     r["weight"] = float(weight)
         _require_roles(conn, actor, targets)
         _check_traffic(spec, paused, name)
+        _refuse_more_traffic_to_deprecated(conn, spec_before, paused, spec, paused)
         revision = _save(conn, row, name, spec, paused, action="weights", actor=actor,
                          reason=reason)
         after = effective_weights({"spec": spec, "paused": paused}, endpoint)
@@ -526,6 +550,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
             return _answer(conn, actor, row, changed=False)
         _require_roles(conn, actor, targets)
         _check_traffic(spec, sorted(new), name)
+        _refuse_more_traffic_to_deprecated(conn, spec, sorted(paused), spec, sorted(new))
         action = "resume" if resume else "pause"
         revision = _save(conn, row, name, spec, sorted(new), action=action, actor=actor,
                          reason=reason)
@@ -574,6 +599,8 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets += [r["target"] for _, r in _routes(json.loads(row.spec))]
         _may_change(conn, actor, name, targets)  # names no model of its history
         _check_trust_kept(conn, actor, json.loads(row.spec), spec)
+        _refuse_more_traffic_to_deprecated(conn, json.loads(row.spec), json.loads(row.paused),
+                                           spec, paused)
         revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
                          reason=reason or f"back to revision {target}")
         append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),
