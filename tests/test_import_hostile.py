@@ -214,3 +214,15 @@ def test_importers_show_a_sources_escape_sequences_escaped(
     result = CliRunner().invoke(cli, ["--registry", str(registry.location.root), "import",
                                       "dvc", str(repo)])
     assert "\x1b" not in result.output and "\\x1b[2J" in result.output, result.output
+
+
+def test_yaml_base_60_numbers_read_as_text() -> None:
+    """YAML 1.1 made '1:0:0:...' an integer by repeated big-number multiplication: a
+    2 MB .dvc file took 86 s of CPU (a review). Read as the text it is (YAML 1.2)."""
+    from tether._plain_yaml import plain_yaml
+
+    huge = ":".join(["1"] + ["0"] * 200_000)
+    assert plain_yaml(f"size: {huge}\n", "x", max_bytes=1 << 20, max_depth=4) == {"size": huge}
+    assert plain_yaml("a: 0x1f\nb: -1_000\nc: 1.5\nd: .inf\ne: 12:30\n", "x",
+                      max_bytes=1024, max_depth=4) == {
+        "a": 31, "b": -1000, "c": 1.5, "d": float("inf"), "e": "12:30"}
