@@ -594,3 +594,11 @@ def test_metadata_nested_past_any_real_record_is_refused_at_commit(
         registry.commit("deep", values, None)
     shallow = dataclasses.replace(values, flavor={**version.flavor, "x": {"a": {"b": 1}}})
     assert registry.commit("deep", shallow, None).seq == 2
+
+
+def test_a_reference_that_is_not_text_is_an_invalid_reference(registry: Registry) -> None:
+    for bad in (None, 5, b"m@1"):
+        with pytest.raises(tether.InvalidReference):
+            registry.load(bad)  # type: ignore[arg-type]
+        with pytest.raises(tether.InvalidReference):
+            registry.get(bad)  # type: ignore[arg-type]

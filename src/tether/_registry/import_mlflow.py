@@ -27,6 +27,8 @@ after review (``tether.load(..., trusted=True)`` on the files, or re-log).
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -400,7 +402,9 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
         name,
         str(mv.version),
     )
-    sources.check(str(location), what)
+    local = sources.check(str(location), what)
+    if local is not None:
+        return copy_local(*local, dest, what)
     try:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(dest), tracking_uri=uri
@@ -447,21 +451,25 @@ class ArtifactSources:
                 prefixes.append((parts.scheme, parts.netloc.lower(),
                                  parts.path.rstrip("/") + "/"))
             else:
-                folders.append(Path(text.removeprefix("file://")).expanduser().resolve())
+                folders.append(Path(text.removeprefix("file://")))
         if not allowed:
-            local = _local_store_folder(uri)
-            if local is not None:
-                folders.append(local)
+            folders.extend(_local_store_folder(uri) or [])
+        # Locations are compared by their text (see ``_local``): each folder as spelled,
+        # absolute, and with its links resolved.
+        spelled = [Path(os.path.normpath(os.path.abspath(os.path.expanduser(f))))
+                   for f in folders]
+        folders = list(dict.fromkeys([*spelled, *(f.resolve() for f in spelled)]))
         host = tracking.netloc.lower() if tracking.scheme in ("http", "https") else None
         return cls(host, tuple(folders), tuple(prefixes))
 
-    def check(self, location: str, what: str) -> None:
-        """Refuse ``location`` unless it is one of these sources."""
+    def check(self, location: str, what: str) -> tuple[Path, tuple[str, ...]] | None:
+        """Refuse ``location`` unless it is one of these sources: for a folder on this
+        machine, (the allowed folder, the parts below it) to ``copy_local``."""
         parts = urlsplit(location)
         scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""
         if scheme == "mlflow-artifacts" and (not parts.netloc
                                              or parts.netloc.lower() == self.tracking_host):
-            return  # through the tracking server itself
+            return None  # through the tracking server itself
         if scheme in _NETWORK_SCHEMES:
             path = parts.path if parts.path.endswith("/") else parts.path + "/"
             if any(segment in (".", "..") for segment in unquote(path).split("/")):
@@ -469,7 +477,7 @@ class ArtifactSources:
                                    "out of its folder (.. in its path)")
             if any(scheme == s and parts.netloc.lower() == h and path.startswith(p)
                    for s, h, p in self.prefixes):
-                return
+                return None
             raise InvalidInput(
                 f"{what}: the source says its artifacts are at {short_repr(location)}, which "
                 "is not a place this import reads from",
@@ -480,22 +488,87 @@ class ArtifactSources:
             raise InvalidInput(
                 f"{what}: the source says its artifacts are at {short_repr(location)}, a kind "
                 "of location Tether does not download from")
-        local = Path(parts.path if scheme else location).expanduser()
-        resolved = local.resolve()
-        if not any(resolved.is_relative_to(folder) for folder in self.folders):
-            raise InvalidInput(
-                f"{what}: the source says its artifacts are in {short_repr(location)} on "
-                f"this machine, outside the folders this import reads"
-                + (f" ({', '.join(map(str, self.folders))})" if self.folders else ""),
-                hint="a server's artifacts come through it (mlflow server --serve-artifacts); "
-                "if that folder is the MLflow store's artifact folder, name it: "
-                "--artifacts-from FOLDER")
-        for entry in [local, *_tree(local)]:
-            if entry.is_symlink():
-                raise InvalidInput(
-                    f"{what}: {short_repr(str(entry))} in its artifacts is a symbolic link; "
-                    "links are not followed out of an MLflow store",
-                    hint="replace the link with the file it names, in the MLflow store")
+        return self._local(location, parts.path if scheme else location,
+                           parts.netloc if scheme else "", what)
+
+    def _local(self, location: str, text: str, host: str,
+               what: str) -> tuple[Path, tuple[str, ...]]:
+        """(allowed folder, the parts below it) a local location names, judged by its
+        text alone: Tether reads it itself (``copy_local``), never following a link, so
+        what is checked is what is read (MLflow decoded %2e%2e after the check, and
+        followed a link swapped in after it: a review)."""
+        if "%" in text or host not in ("", "localhost"):
+            raise InvalidInput(f"{what}: the artifact location {short_repr(location)} is not a "
+                               "plain path on this machine (% escapes or another host)")
+        lexical = Path(os.path.normpath(os.path.abspath(os.path.expanduser(text))))
+        for folder in self.folders:
+            if lexical.is_relative_to(folder):
+                return folder, lexical.relative_to(folder).parts
+        raise InvalidInput(
+            f"{what}: the source says its artifacts are in {short_repr(location)} on "
+            f"this machine, outside the folders this import reads"
+            + (f" ({', '.join(map(str, self.folders))})" if self.folders else ""),
+            hint="a server's artifacts come through it (mlflow server --serve-artifacts); "
+            "if that folder is the MLflow store's artifact folder, name it: "
+            "--artifacts-from FOLDER")
+
+
+def copy_local(folder: Path, parts: tuple[str, ...], dest: Path, what: str) -> Path:
+    """Copy what ``parts`` name below ``folder`` into ``dest`` (keeping its last name),
+    opening every step with O_NOFOLLOW relative to the one before: a link anywhere below
+    ``folder``, there before the import or swapped in during it, is refused, never
+    followed; a FIFO or device likewise."""
+    def refuse(name: str) -> InvalidInput:
+        return InvalidInput(f"{what}: {short_repr(name)} in its artifacts is a symbolic link "
+                            "or not a regular file; links are not followed out of an MLflow "
+                            "store", hint="replace the link with the file it names")
+
+    opened = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                               dir_fd=opened)
+            except OSError as error:
+                raise refuse(part) from error
+            os.close(opened)
+            opened = step
+        name = parts[-1] if parts else folder.name
+        target = dest / name
+        if parts:
+            _copy_entry(opened, name, target, refuse)
+        else:
+            target.mkdir(parents=True)
+            _copy_folder(opened, target, refuse)
+        return target
+    finally:
+        os.close(opened)
+
+
+def _copy_entry(parent: int, name: str, target: Path,
+                refuse: Callable[[str], InvalidInput]) -> None:
+    try:
+        handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+    except OSError as error:  # ELOOP: a link
+        raise refuse(name) from error
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            target.mkdir(parents=True)
+            _copy_folder(handle, target, refuse)
+        elif stat.S_ISREG(mode):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(handle, "rb", closefd=False) as reader, target.open("xb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+        else:
+            raise refuse(name)
+    finally:
+        os.close(handle)
+
+
+def _copy_folder(handle: int, target: Path, refuse: Callable[[str], InvalidInput]) -> None:
+    for entry in sorted(os.listdir(handle)):
+        _copy_entry(handle, entry, target / entry, refuse)
 
 
 #: Schemes whose bytes come over the network (read only under a prefix the user named).
@@ -503,25 +576,22 @@ _NETWORK_SCHEMES = ("http", "https", "s3", "gs", "wasbs", "abfss", "dbfs", "hdfs
                     "mlflow-artifacts")
 
 
-def _local_store_folder(uri: str) -> Path | None:
-    """The folder of a local MLflow store (its artifacts are beside it), or None."""
+def _local_store_folder(uri: str) -> list[Path] | None:
+    """Where a local MLflow store keeps artifacts by default, or None (a server).
+
+    Beside a database, only MLflow's own artifact folders (``mlruns``, ``mlartifacts``):
+    the database's folder itself was the user's home for ``sqlite:///mlflow.db`` run
+    there, and a hostile database named ``~/.ssh`` in it (a review)."""
     scheme, _, rest = uri.partition(":")
     if scheme == "sqlite":  # sqlite:///mlflow.db (relative), sqlite:////abs/mlflow.db
         database = rest.removeprefix("//")
-        return Path(database[1:] if database.startswith("/") else database).resolve().parent
+        beside = Path(database[1:] if database.startswith("/") else database).parent
+        return [beside / "mlruns", beside / "mlartifacts"]
     if scheme == "file":
-        return Path(rest.removeprefix("//")).resolve()
+        return [Path(rest.removeprefix("//"))]
     if "://" not in uri and ":" not in uri[2:]:  # a bare path: a file store
-        return Path(uri).expanduser().resolve()
+        return [Path(uri)]
     return None  # a server: its artifacts come through it
-
-
-def _tree(folder: Path) -> list[Path]:
-    """Everything under ``folder``, links listed and never followed."""
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    return [Path(top) / name for top, dirs, files in os.walk(folder, followlinks=False)
-            for name in (*dirs, *files)]
 
 
 #: An MLmodel file is a few dozen lines.

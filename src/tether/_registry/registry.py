@@ -968,8 +968,9 @@ class Registry:
 
 
 def _model_of(ref: str) -> str | None:
-    """The model (or dataset) a reference names, for scoping a role check."""
-    return ref.partition("@")[0] or None
+    """The model (or dataset) a reference names, for scoping a role check (None for no
+    reference: parsing it later says what is wrong, instead of an AttributeError here)."""
+    return ref.partition("@")[0] or None if isinstance(ref, str) else None
 
 
 def cache_bound(registry: Any) -> int | None:

@@ -149,7 +149,9 @@ def resolve_version(conn: sa.Connection, ref: str | Reference) -> ModelVersion:
     Everything that loads, verifies, pins, signs or serves a version gets it
     from here, so a manifest changed in the database is refused before use.
     """
-    parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    # A Reference passes as itself; anything else (None, a number) is parsed, which
+    # says what is wrong with it.
+    parsed = ref if isinstance(ref, Reference) else parse_reference(ref)
     # Chosen without the chunk records (a range like ~1 matched every 1.x row, each
     # with its lists), whose are then read a file at a time into scratch files: one
     # version is held for a whole load.
