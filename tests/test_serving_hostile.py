@@ -515,3 +515,31 @@ endpoints:
             assert answer.status_code == 200, answer.text
             assert answer.json()["model_version"].startswith("1.0.0"), answer.json()
             assert answer.headers["x-model-version"].startswith(f"{model}@1.0.0"), answer.headers
+
+
+def test_large_bodies_queue_for_a_bounded_time_then_503(
+    registry: Registry, iris32: tuple[Any, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client's stream of large bodies queued every other large body without end."""
+    import threading
+
+    monkeypatch.setattr(serving_app, "_LARGE_DECODE_WAIT", 0.01)
+    body = (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":['
+            + b"0," * 3_000_000 + b"0]}]}")
+    deployment = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production]}}")
+    answers: list[httpx.Response] = []
+    with BackgroundServer(registry, deployment) as server:
+        def post() -> None:
+            answers.append(httpx.post(f"{server.url}/v2/models/iris32/infer", content=body,
+                                      timeout=60))
+
+        workers = [threading.Thread(target=post) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    codes = sorted(a.status_code for a in answers)
+    assert 400 in codes and 503 in codes, [a.text[:100] for a in answers]
+    busy = next(a for a in answers if a.status_code == 503)
+    assert "busy decoding" in busy.text and busy.headers.get("retry-after")

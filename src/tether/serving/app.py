@@ -43,7 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from .._errors import Conflict, InvalidInput, NotFound, TetherError
+from .._errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from .._registry.tokens import Unauthenticated
 from .._schema import RecordSchemaError
 from .auth import deployment_models, endpoint_models
@@ -69,6 +69,10 @@ log = logging.getLogger("tether.serving")
 MAX_BODY = 32 * 1024 * 1024
 #: Bodies up to this size are decoded on the event loop (a thread hop costs more).
 _DECODE_INLINE = 256 * 1024
+#: Seconds a large body waits for the one decoding before it (then 503). Parsing JSON
+#: holds the interpreter, thread or not: a 30 MB body still slows every request of the
+#: process for about a second while it is parsed.
+_LARGE_DECODE_WAIT = 5.0
 #: Longest a request body being read may go without a byte.
 BODY_SECONDS = 30.0
 _PREDICT_KEYS = {"records", "inputs", "key", "request_id"}
@@ -92,7 +96,12 @@ def error_response(error: TetherError) -> Response:
         payload.update(field=error.field, index=error.index)
     if isinstance(error, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="tether-serving"'}
-    return json_response(payload, status, headers)
+    return json_response(payload, status, headers or _retry(error))
+
+
+def _retry(error: TetherError) -> dict[str, str] | None:
+    """Retry-After on a 503: the caller may send the same request again shortly."""
+    return {"Retry-After": "1"} if isinstance(error, Unavailable) else None
 
 
 def handled(handler: Handler) -> Handler:
@@ -199,7 +208,7 @@ def oip_handled(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except TetherError as error:
-            return json_response({"error": _message(error)}, _status(error))
+            return json_response({"error": _message(error)}, _status(error), _retry(error))
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.url.path)
             return json_response({"error": "internal error; see the server log"}, 500)
@@ -208,7 +217,8 @@ def oip_handled(handler: Handler) -> Handler:
 
 _MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                  404: "RESOURCE_DOES_NOT_EXIST", 415: "BAD_REQUEST",
-                 422: "INVALID_PARAMETER_VALUE", 500: "INTERNAL_ERROR"}
+                 422: "INVALID_PARAMETER_VALUE", 500: "INTERNAL_ERROR",
+                 503: "TEMPORARILY_UNAVAILABLE"}
 
 
 def mlflow_error(message: str, status: int, hint: str | None) -> Response:
@@ -225,6 +235,7 @@ def mlflow_handled(handler: Handler) -> Handler:
             return await handler(request)
         except TetherError as error:
             response = mlflow_error(error.message, _status(error), error.hint)
+            response.headers.update(_retry(error) or {})
             if isinstance(error, Unauthenticated):
                 response.headers["WWW-Authenticate"] = 'Bearer realm="tether-serving"'
             return response
@@ -279,8 +290,19 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
                 # A large body is parsed off the event loop (30 MB of JSON held every
                 # request, health checks included, for 6 s: a review), one at a time per
                 # process (parsed JSON takes many times its size in memory).
-                async with large_decodes:
+                try:
+                    await asyncio.wait_for(large_decodes.acquire(), _LARGE_DECODE_WAIT)
+                except TimeoutError:
+                    # One client's stream of large bodies must not queue everyone
+                    # else's forever (a review): the caller retries, or sends less.
+                    raise Unavailable(
+                        "busy decoding other large request bodies; nothing was predicted",
+                        hint="retry shortly; send large tensors with the binary extension "
+                        "of the Open Inference Protocol, or in smaller batches") from None
+                try:
                     decoded = await run_in_threadpool(decode, body)
+                finally:
+                    large_decodes.release()
         except BaseException as error:
             endpoint.arrived()
             if isinstance(error, TetherError):
