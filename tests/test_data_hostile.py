@@ -350,3 +350,42 @@ def test_tracking_a_link_into_git_is_refused(repo: Path) -> None:
         track(reg, repo / "l_git_config")
     assert not (repo / "l_git_config.tether").exists()
     assert reg.list_datasets() == []
+
+
+def test_a_version_holding_a_git_folder_is_never_written_where_files_are_handed_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server made up a version with .git/config (core.fsmonitor) beside the honest
+    files; `tether download` wrote it, and the next `git status` there ran the command
+    (a review). A commit given values as an object also skipped the rule."""
+    import dataclasses
+
+    from tether._errors import UnsafeArtifact
+    from tether._records import VersionValues
+    from tether._registry import loading, log_version
+
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(100))
+    (model / "config").write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    honest = reg.log_model(model, "m", flavor="files", progress=False)
+    files = tuple(dataclasses.replace(f, path=".git/config") if f.path == "config" else f
+                  for f in honest.files)
+    values = VersionValues(manifest=files, flavor=honest.flavor, signature=None,
+                           input_example=None, params={}, metrics={}, data={}, lineage={},
+                           environment=honest.environment, tags={}, notes="", author="t")
+    with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
+        reg.commit("m", values, None)
+    # What an older Tether stored (or a server makes up), checked only at the digest:
+    with monkeypatch.context() as older:
+        older.setattr(log_version, "check_manifest", lambda *a, **k: None)
+        planted = reg.commit("m", values, None)
+    with monkeypatch.context() as unsafe:  # the harm, written the old way
+        unsafe.setattr(loading, "names_reserved", lambda path: False)
+        out = reg.download(planted.ref, tmp_path / "unsafe", progress=False)
+    assert "fsmonitor" in (out / ".git" / "config").read_text()
+    with pytest.raises(UnsafeArtifact, match=r"never writes a \.git or \.tether folder"):
+        reg.download(planted.ref, tmp_path / "dl", progress=False)
+    assert not (tmp_path / "dl").exists()
+    with pytest.raises(UnsafeArtifact):
+        reg.load(planted.ref)  # a files version hands out its cached folder

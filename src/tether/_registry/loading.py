@@ -18,7 +18,9 @@ from .._errors import (
     InvalidInput,
     LoadFailed,
     TetherError,
+    UnsafeArtifact,
 )
+from .._identity import names_reserved
 from .._records import ModelVersion
 from .._store import handoffs
 from .._warnings import warn_caller
@@ -120,6 +122,17 @@ def materialize(
     later loads; seal it (``cache_seal``) so they need not hash every byte again."""
     from .cache_seal import write_seal
 
+    # Never into a folder a person or a tool then works in: a server made up a version
+    # holding .git/config (core.fsmonitor) beside the honest files, and the next
+    # `git status` in the download ran its command (a review). New versions cannot hold
+    # such paths; one logged before the rule (or a server's word) is refused here.
+    reserved = next((f.path for f in version.files if names_reserved(f.path)), None)
+    if reserved is not None:
+        raise UnsafeArtifact(
+            f"{version.ref} holds {reserved!r}: Tether never writes a .git or .tether "
+            "folder where files are handed out (git runs what such a config names)",
+            hint="tether.load still loads a model of it (in a temporary folder); to hand "
+            "out its files, log it again without that folder")
     stale: Path | None = None
     if dest.exists() or dest.is_symlink():
         problem = _differs(version, dest)

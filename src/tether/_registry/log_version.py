@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from .._environment import capture_environment
 from .._environment.record import environment_problem
 from .._errors import Conflict, InvalidInput, MissingChunks
-from .._identity import flavor_identity, seal
+from .._identity import check_manifest, flavor_identity, seal
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -262,6 +262,9 @@ def commit_version(
     the transaction that records the version (see ``RecordWith``).
     """
     validate_model_name(name)
+    # Values given as an object skip from_dict's checks: a .git/config committed so was
+    # written into downloads (a review). Every new version follows the rule.
+    check_manifest(checked.manifest, reserved=True)
     check_loadable(checked.manifest)
     check_nesting(checked.to_dict(manifest=False))
     problem = environment_problem(checked.environment)
