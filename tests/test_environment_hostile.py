@@ -183,3 +183,26 @@ def test_reproduce_prints_a_recorded_platform_as_text(registry: Registry,
     result = CliRunner().invoke(cli, ["--registry", str(registry.location.root),
                                       "reproduce", version.ref])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+
+
+def test_a_gpu_node_with_uuid_visible_devices_still_logs(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight GPU UUIDs in CUDA_VISIBLE_DEVICES (as Slurm and device plugins set them) were
+    330 characters, past the text limit: every log on such a node was refused."""
+    from tether._environment import capture, clear_cache
+
+    uuids = ",".join(f"GPU-{i:08x}-1234-5678-9abc-def012345678" for i in range(8))
+    found = [{"kind": "cuda", "driver": "550.54.15", "devices": ["NVIDIA H100 80GB HBM3"] * 8,
+              "visible_devices": uuids, "bad key!": "x", "weird": "\x1b[2J"}]
+    monkeypatch.setattr(capture, "_accelerators", lambda: [dict(e) for e in found])
+    clear_cache()
+    try:
+        recorded = capture_environment()
+        assert recorded["accelerators"] == [{"kind": "cuda", "driver": "550.54.15",
+                                             "devices": found[0]["devices"],
+                                             "visible_devices": uuids}]
+        assert environment_problem(recorded) is None
+        version = _logged(registry, tmp_path)
+        assert version.environment["accelerators"][0]["visible_devices"] == uuids
+    finally:
+        clear_cache()

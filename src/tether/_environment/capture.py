@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .record import PACKAGE_NAME, PACKAGE_VERSION, TEXT
+from .record import PACKAGE_NAME, PACKAGE_VERSION, TEXT, storable_accelerators
 
 _cache: dict[str, Any] | None = None
 _frozen = ""  # _cache as JSON: what every caller gets a fresh copy of
@@ -141,7 +141,7 @@ def capture_environment() -> dict[str, Any]:
             "machine": platform.machine(),
             "os_release": platform.release(),
             "libc": _libc(),
-            "accelerators": _accelerators(),
+            "accelerators": storable_accelerators(_accelerators()),
         }
         packages, requires, local = _scan()
         # A distribution whose name or version could not be pinned safely (a space, a

@@ -32,6 +32,9 @@ PYTHON_VERSION = re.compile(r"\d{1,2}\.\d{1,3}(?:\.\d{1,3})?(?:[a-z]{1,2}\d{0,3}
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
 #: Free text of a line (a kernel release, a libc): printable ASCII, no markup brackets.
 TEXT = re.compile(r"[ -Z\\^-z|~]{0,128}\Z")
+#: What an accelerator entry carries (a driver, GPU names, CUDA_VISIBLE_DEVICES: eight
+#: GPU UUIDs are 330 characters, which Slurm and device plugins set).
+DEVICE_TEXT = re.compile(r"[ -Z\\^-z|~]{0,4096}\Z")
 
 _FIELDS = {"python": PYTHON_VERSION, "platform": WORD, "machine": WORD,
            "implementation": WORD, "os_release": TEXT, "libc": TEXT}
@@ -57,7 +60,7 @@ def readable_environment(env: Any) -> dict[str, Any]:
         # must not vanish from the comparison.
         out["accelerators"] = [
             {"kind": a["kind"] if _fits(a.get("kind"), WORD) else UNREADABLE}
-            | {k: v for k, v in a.items() if k != "kind" and _plain(v)}
+            | {k: v for k, v in a.items() if k != "kind" and _fits(k, WORD) and _plain(v)}
             if isinstance(a, dict) else {"kind": UNREADABLE}
             for a in (accelerators if isinstance(accelerators, list) else [None])]
     packages = env.get("packages")
@@ -82,8 +85,19 @@ def _plain(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, list):
-        return len(value) <= 64 and all(_fits(v, TEXT) for v in value)
-    return _fits(value, TEXT)
+        return len(value) <= 64 and all(_fits(v, DEVICE_TEXT) for v in value)
+    return _fits(value, DEVICE_TEXT)
+
+
+def storable_accelerators(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What capture records of the accelerators it found: whatever a commit would refuse
+    is left out (a log never fails for what this machine's driver reports)."""
+    kept = []
+    for entry in found:
+        if _fits(entry.get("kind"), WORD):
+            kept.append({"kind": entry["kind"]} | {
+                k: v for k, v in entry.items() if k != "kind" and _fits(k, WORD) and _plain(v)})
+    return kept
 
 
 def environment_problem(env: Any) -> str | None:
