@@ -601,46 +601,54 @@ def test_a_scoped_caller_cannot_route_to_or_probe_another_model_through_deployme
 def test_a_deployment_gives_a_deprecated_version_no_more_traffic(
         registry: Registry, tmp_path: Path) -> None:
     """A promotion of a deprecated version was refused, but `deploy apply` pinned one and
-    sent it traffic; then (a review) a kept weight-0 shadow became a 100% route, and
-    weights or a resume could raise its share. What already serves it may stay."""
+    sent it traffic; then (reviews) a kept weight-0 shadow became a 100% route, weights
+    or a resume raised its share, and so did lowering, pausing or rolling back the other
+    routes (the router splits by share). What already serves it may stay."""
     refs = []
-    for n in range(3):
+    for n in range(4):
         (tmp_path / f"{n}.bin").write_bytes(bytes([n]) * 10)
         refs.append(registry.log_model(tmp_path / f"{n}.bin", "m", progress=False).ref)
 
-    def spec(*routes: tuple[str, float], shadow: str | None = None,
+    def spec(*routes: tuple[str, float], shadow: tuple[str, ...] = (),
              endpoint: str = "m") -> dict[str, Any]:
         body: dict[str, Any] = {"routes": [{"name": f"r{i}", "target": t, "weight": w}
                                            for i, (t, w) in enumerate(routes)]}
         if shadow:
-            body["shadow"] = [{"target": shadow}]
+            body["shadow"] = [{"target": t} for t in shadow]
         return {"endpoints": {endpoint: body}}
 
-    registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0)))
-    registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0), ("m@1.1.0", 30),
-                                          shadow="m@1.2.0"))
+    current = spec(("m@1.0.0", 90), ("m@1.1.0", 10), ("m@1.1.0", 30),
+                   shadow=("m@1.3.0", "m@1.2.0"))
+    registry.apply_deployment("svc", current)
     registry.pause_routes("svc", ["r2"])
     registry.deprecate(refs[1], reason="bad")
     registry.set_policy("m", "deprecated: ['1.2.0']\n")
+    deprecated = r"is deprecated: endpoint \w+ may not"
     refused = [
-        spec(("m@1.0.0", 100), ("m@1.1.0", 50)),                 # its weight raised
-        spec(("m@1.0.0", 100), ("m@1.2.0", 100)),                # the shadow made a route
-        spec(("m@1.0.0", 100), ("m@1.1.0", 0), shadow="m@1.1.0"),  # a new shadow
-        spec(("m@1.1.0", 100), endpoint="other"),                # a new endpoint
-        spec(("m@1.0.0", 100), (refs[1], 1)),                    # by digest
+        spec(("m@1.0.0", 90), ("m@1.1.0", 50), ("m@1.1.0", 30)),   # its weight raised
+        spec(("m@1.0.0", 90), ("m@1.2.0", 10)),                    # a shadow made a route
+        spec(("m@1.0.0", 90), shadow=("m@1.1.0",)),                # a new shadow
+        spec(("m@1.1.0", 100), endpoint="other"),                  # a new endpoint
+        spec(("m@1.0.0", 90), (refs[1], 20)),                      # by digest, more share
+        spec(("m@1.0.0", 9), ("m@1.1.0", 10), ("m@1.1.0", 30)),    # the others lowered
     ]
     for body in refused:
-        with pytest.raises(PolicyViolation, match=r"which is deprecated"):
+        with pytest.raises(PolicyViolation, match=deprecated):
             registry.apply_deployment("svc", body)
-    with pytest.raises(PolicyViolation, match=r"which is deprecated"):
-        registry.set_deployment_weights("svc", {"r1": 10})
-    with pytest.raises(PolicyViolation, match=r"which is deprecated"):
+    with pytest.raises(PolicyViolation, match=deprecated):
+        registry.set_deployment_weights("svc", {"r1": 20})
+    with pytest.raises(PolicyViolation, match=deprecated):
+        registry.set_deployment_weights("svc", {"r0": 0.001})
+    with pytest.raises(PolicyViolation, match=deprecated):
+        registry.pause_routes("svc", ["r0"])
+    with pytest.raises(PolicyViolation, match=deprecated):
         registry.pause_routes("svc", ["r2"], resume=True)
-    assert registry.deployment("svc")["revision"] == 3
-    # Kept as they were (or given less), deprecated routes block no other change.
+    with pytest.raises(PolicyViolation, match=deprecated):
+        registry.rollback_route("svc", endpoint="m", route="r0")
+    assert registry.deployment("svc")["revision"] == 2
+    # Kept as they were (or given less), deprecated routes block no other change; a
+    # shadow is known by its version, not its place in the list.
     registry.deprecate(refs[0], reason="also bad")
-    (tmp_path / "3.bin").write_bytes(b"\x03" * 10)
-    newest = registry.log_model(tmp_path / "3.bin", "m", progress=False)
-    moved = registry.apply_deployment("svc", spec(("m@1.0.0", 100), ("m@1.1.0", 0),
-                                                  (newest.ref, 10), shadow="m@1.2.0"))
-    assert moved["revision"] == 4
+    moved = registry.apply_deployment("svc", spec(
+        ("m@1.0.0", 90), ("m@1.1.0", 10), (refs[3], 30), shadow=("m@1.2.0",)))
+    assert moved["revision"] == 3

@@ -31,6 +31,7 @@ from .._digest import canonical_json
 from .._errors import (
     Conflict,
     InvalidInput,
+    InvalidReference,
     NotFound,
     PermissionDenied,
     PolicyViolation,
@@ -44,6 +45,7 @@ from .._metadata.schema import (
     deployment_replicas,
     deployment_revisions,
     deployments,
+    models,
 )
 from .._policy import role_rank, role_to_move
 from .._reference import SelectorKind, parse_reference, validate_model_name
@@ -416,42 +418,61 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         return _answer(conn, actor, _row(conn, name), changed=True)
 
 
-def _traffic(spec: Mapping[str, Any] | None,
-             paused: Sequence[str]) -> dict[tuple[str, str, str, str], float]:
-    """(endpoint, route or "shadow", name, target) -> the weight it takes (0 paused); a
-    shadow's is 0, but having one is traffic of its own (mirrored requests)."""
+def _exposure(conn: sa.Connection, spec: Mapping[str, Any] | None,
+              paused: Sequence[str]) -> dict[tuple[str, str, int], float]:
+    """(endpoint, "route" or "shadow", version id) -> the share of the endpoint's traffic
+    its routes take (weights over the live total, as the router splits them), or 1.0 for
+    a shadow (it sees every request). Targets that no longer resolve are left out."""
+    out: dict[tuple[str, str, int], float] = {}
     if spec is None:
-        return {}
-    out: dict[tuple[str, str, str, str], float] = {}
+        return out
+
+    def version_id(target: str) -> int | None:
+        try:
+            return int(resolve_row(conn, parse_reference(target), records=False)[1].id)
+        except (NotFound, InvalidInput, InvalidReference):
+            return None
+
     for endpoint, body in spec["endpoints"].items():
+        live = {r["name"]: 0.0 if f"{endpoint}/{r['name']}" in paused else float(r["weight"])
+                for r in body["routes"]}
+        total = sum(live.values())
         for r in body["routes"]:
-            weight = 0.0 if f"{endpoint}/{r['name']}" in paused else float(r["weight"])
-            out[(endpoint, "route", r["name"], r["target"])] = weight
-        for number, shadow in enumerate(body.get("shadow", [])):
-            out[(endpoint, "shadow", str(number), shadow["target"])] = 0.0
+            vid = version_id(r["target"])
+            if vid is not None and total > 0:
+                key = (endpoint, "route", vid)
+                out[key] = out.get(key, 0.0) + live[r["name"]] / total
+        for shadow in body.get("shadow", []):
+            vid = version_id(shadow["target"])
+            if vid is not None:
+                out[(endpoint, "shadow", vid)] = 1.0
     return out
 
 
 def _refuse_more_traffic_to_deprecated(conn: sa.Connection, before: Mapping[str, Any] | None,
                                        paused_before: Sequence[str], after: Mapping[str, Any],
                                        paused_after: Sequence[str]) -> None:
-    """A change may not give a deprecated version (status or policy) more traffic than
-    it had, as a promotion may not point an alias at one: `deploy apply` pinned one and
-    sent it traffic; then a kept shadow became a 100% route, or a weight of 0 went to
-    100 (reviews). What already serves it may stay as it is, so a version deprecated
-    since blocks no other change."""
-    old = _traffic(before, paused_before)
-    for key, weight in _traffic(after, paused_after).items():
-        if key in old and weight <= old[key]:
+    """A change may not give a deprecated version (status or policy) a larger share of an
+    endpoint's traffic than it had, as a promotion may not point an alias at one:
+    `deploy apply` pinned one and sent it traffic; then a kept shadow became a 100% route,
+    and lowering, pausing or rolling back the other routes raised its share (reviews).
+    What already serves it may stay as it is, so a version deprecated since blocks no
+    other change."""
+    old = _exposure(conn, before, paused_before)
+    for key, share in _exposure(conn, after, paused_after).items():
+        if share <= old.get(key, 0.0) + 1e-9:
             continue
-        target = key[3]
-        _, version = resolve_row(conn, parse_reference(target))
+        version = repo.version_by_id(conn, key[2], files=False, records=False)
+        if version is None:
+            continue
         if version.status == "deprecated" or current_policy(
                 conn, version.model_id).is_deprecated(version.semver):
-            where = f"{key[0]}/{key[2]}" if key[1] == "route" else f"{key[0]} (shadow)"
+            name = conn.execute(sa.select(models.c.name).where(
+                models.c.id == version.model_id)).scalar()
+            what = "shadow it" if key[1] == "shadow" else (
+                f"take {share:.0%} of its traffic (was {old.get(key, 0.0):.0%})")
             raise PolicyViolation(
-                f"{target} names {parse_reference(target).name}@{version.semver}, which is "
-                f"deprecated: {where} may not send it more traffic than it did",
+                f"{name}@{version.semver} is deprecated: endpoint {key[0]} may not {what}",
                 hint="route to a newer version, or undeprecate this one first")
 
 
@@ -666,6 +687,9 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
             for r in routes:
                 if r["name"] == route:
                     r["weight"] = 0.0
+            # Its traffic goes to the other routes: not to a version deprecated since.
+            _refuse_more_traffic_to_deprecated(conn, json.loads(row.spec), paused, spec,
+                                               paused)
             via, after = "weights", None
         else:
             raise Conflict(f"route {route} of {name}/{endpoint} has no earlier version and no "
