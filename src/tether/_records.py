@@ -11,6 +11,7 @@ from typing import Any
 from ._environment.record import readable_environment
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
 from ._identity import check_one_file_each, names_reserved, path_escapes
+from ._lineage_record import readable_lineage
 from ._store.base import FileEntry
 
 
@@ -91,7 +92,7 @@ class ModelVersion:
             params=data.get("params") or {},
             metrics=data.get("metrics") or {},
             data=data.get("data") or {},
-            lineage=data.get("lineage") or {},
+            lineage=readable_lineage(data.get("lineage") or {}),
             # What Tether compares, prints and exports of it (a server's word: see there).
             environment=readable_environment(data.get("environment") or {}),
             tags=data.get("tags") or {},

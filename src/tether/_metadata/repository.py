@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from .._digest import canonical_json
 from .._environment.record import readable_environment
 from .._errors import IntegrityError
+from .._lineage_record import readable_lineage
 from .._packed_manifest import (
     MAX_RECORDS,
     StoredRecords,
@@ -302,7 +303,7 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         params=_loads(row.params, {}),
         metrics=_loads(row.metrics, {}),
         data=_loads(row.data, {}),
-        lineage=_loads(row.lineage, {}),
+        lineage=readable_lineage(_loads(row.lineage, {})),
         environment=readable_environment(_loads(row.environment, {})),
         tags=_loads(row.tags, {}),
         notes=row.notes,

@@ -23,6 +23,7 @@ from .._environment import capture_environment
 from .._environment.record import environment_problem
 from .._errors import Conflict, InvalidInput, MissingChunks
 from .._identity import check_manifest, flavor_identity, seal
+from .._lineage_record import lineage_problem, storable_git
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -184,7 +185,8 @@ def log_model(
         params=params_,
         metrics=metrics_,
         data=data_,
-        lineage={"git": git_state.result(), **drift_baseline.lineage_entry(data, signature_)},
+        lineage={"git": storable_git(git_state.result()),
+                 **drift_baseline.lineage_entry(data, signature_)},
         environment=capture_environment(),
         tags=tags_,
         notes=notes,
@@ -271,6 +273,10 @@ def commit_version(
     if problem is not None:  # pins and hints are written from it (see _environment.record)
         raise InvalidInput(f"values.environment: {problem}",
                            hint="record the environment Tether captures (capture_environment)")
+    problem = lineage_problem(checked.lineage)
+    if problem is not None:  # shown, and written into recipes (see _lineage_record)
+        raise InvalidInput(f"values.lineage: {problem}",
+                           hint="record the git state Tether captures")
     # Checked in pieces from the packed records (a set of a million digests was 150 MB).
     missing = registry.store.missing_of(f.chunks for f in checked.manifest)
     if missing:

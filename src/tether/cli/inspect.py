@@ -14,6 +14,7 @@ from ._common import (
     handle_errors,
     json_option,
     registry_from,
+    shown,
     table,
 )
 
@@ -102,64 +103,67 @@ def versions(
 
 
 def _lines(mapping: dict[str, Any]) -> str:
-    return "\n".join(f"  {k}: {v}" for k, v in mapping.items()) or "  (none)"
+    return "\n".join(f"  {shown(k)}: {shown(v)}" for k, v in mapping.items()) or "  (none)"
 
 
 def _render_version(v: ModelVersion) -> None:
+    """Every value here is the registry's (a contributor's, or a server's): shown, never
+    read as markup or sent to the terminal raw (a review: a recorded git remote carried
+    [link=...] markup and escape sequences that cleared the screen)."""
     from rich.panel import Panel
 
-    git = v.lineage.get("git") or {}
+    git = v.lineage.get("git")
+    git = git if isinstance(git, dict) else {}
     env = v.environment
     head = (
-        f"[bold]{v.ref}[/]  #{v.seq}  {v.short_digest}  status={v.status}\n"
-        f"aliases: {', '.join(v.aliases) or '-'}   author: {v.author}   created: {v.created_at}"
+        f"[bold]{shown(v.ref)}[/]  #{v.seq}  {v.short_digest}  status={shown(v.status)}\n"
+        f"aliases: {shown(', '.join(v.aliases)) or '-'}   author: {shown(v.author)}   "
+        f"created: {shown(v.created_at)}"
     )
     console.print(Panel(head, expand=False))
     console.print(
-        f"[bold]flavor[/]  {v.flavor.get('name')} "
-        f"({v.flavor.get('serialization', 'files')})  "
-        f"frameworks: {_pins(v.flavor.get('framework_versions', {}))}"
+        f"[bold]flavor[/]  {shown(v.flavor.get('name'))} "
+        f"({shown(v.flavor.get('serialization', 'files'))})  "
+        f"frameworks: {shown(_pins(v.flavor.get('framework_versions', {})))}"
     )
     console.print(f"[bold]params[/]\n{_lines(v.params)}")
     console.print(f"[bold]metrics[/]\n{_lines(v.metrics)}")
-    if v.signature:
-        inputs = v.signature.get("inputs", {}).get("fields", [])
-        outputs = (v.signature.get("outputs") or {}).get("fields", [])
-        console.print(
-            "[bold]signature[/]\n  inputs:  "
-            + ", ".join(f"{f['name']}:{f['type']}" for f in inputs)
-        )
-        console.print(
-            "  outputs: " + (", ".join(f"{f['name']}:{f['type']}" for f in outputs) or "-")
-        )
+    fields = _signature_fields(v.signature)
+    if fields is not None:
+        inputs, outputs = fields
+        console.print("[bold]signature[/]\n  inputs:  " + shown(", ".join(inputs)))
+        console.print("  outputs: " + (shown(", ".join(outputs)) or "-"))
     else:
         console.print("[bold]signature[/]  (none: pass input_example= or signature= when logging)")
     console.print("[bold]lineage[/]")
     if git:
         dirty = (
-            " (dirty, diff " + str(git.get("diff_digest", ""))[:12] + ")"
+            " (dirty, diff " + shown(str(git.get("diff_digest", ""))[:12]) + ")"
             if git.get("dirty")
             else ""
         )
         # A repository with no commit yet records commit None (this printed a traceback).
-        commit = str(git.get("commit") or "")[:12] or "(no commit yet)"
+        commit = shown(str(git.get("commit") or "")[:12]) or "(no commit yet)"
         console.print(
-            f"  git: {commit} on {git.get('branch') or '-'}{dirty}  "
-            f"{git.get('remote') or git.get('repo') or ''}"
+            f"  git: {commit} on {shown(git.get('branch') or '-')}{dirty}  "
+            f"{shown(git.get('remote') or git.get('repo') or '')}"
         )
     else:
         console.print("  git: (not in a git repository)")
     for key, info in v.data.items():
-        digest = str(info.get("digest") or "")[:16]
+        info = info if isinstance(info, dict) else {}
+        digest = shown(str(info.get("digest") or "")[:16])
         if info.get("dataset"):
             how = {"read": "read in the training process",
                    "use_dataset": "named with use_dataset"}.get(str(info.get("via")), "declared")
-            console.print(f"  data {key}: {digest} dataset {info.get('ref')} ({how})")
+            console.print(f"  data {shown(key)}: {digest} dataset {shown(info.get('ref'))} "
+                          f"({how})")
         else:
-            console.print(f"  data {key}: {digest} {info.get('path') or info.get('kind') or ''}")
+            console.print(f"  data {shown(key)}: {digest} "
+                          f"{shown(info.get('path') or info.get('kind') or '')}")
     console.print(
-        f"[bold]environment[/]  python {env.get('python')} on "
-        f"{env.get('platform')}/{env.get('machine')}, "
+        f"[bold]environment[/]  python {shown(env.get('python'))} on "
+        f"{shown(env.get('platform'))}/{shown(env.get('machine'))}, "
         f"{len(env.get('packages', {}))} packages"
     )
     console.print("[bold]files[/]")
@@ -170,7 +174,20 @@ def _render_version(v: ModelVersion) -> None:
         )
     )
     if v.notes:
-        console.print(f"[bold]notes[/]  {v.notes}")
+        console.print(f"[bold]notes[/]  {shown(v.notes)}")
+
+
+def _signature_fields(signature: Any) -> tuple[list[str], list[str]] | None:
+    """(inputs, outputs) as ``name:type``, or None for no signature; a malformed one reads
+    as what can be read of it."""
+    if not signature or not isinstance(signature, dict):
+        return None
+
+    def named(part: Any) -> list[str]:
+        fields = part.get("fields") if isinstance(part, dict) else None
+        return [f"{f.get('name')}:{f.get('type')}" for f in fields or [] if isinstance(f, dict)]
+
+    return named(signature.get("inputs")), named(signature.get("outputs"))
 
 
 @click.command()
