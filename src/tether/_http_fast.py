@@ -43,6 +43,9 @@ T = TypeVar("T")
 _IDLE_SECONDS = 2.0
 
 
+#: Most bytes of an upload's answer read (it is a line of JSON).
+_MAX_PUT_ANSWER = 1 << 20
+
 class FastFailure(httpx.NetworkError):
     """The connection failed during a fast request (it may have reached the server)."""
 
@@ -188,8 +191,12 @@ class FastHTTP:
                     raise OSError(f"{path} changed size while it was sent")
 
         def take(response: http.client.HTTPResponse) -> httpx.Response:
+            # An upload's answer is a few hundred bytes of JSON: read no more than a MB.
+            content = response.read(_MAX_PUT_ANSWER + 1)
+            if len(content) > _MAX_PUT_ANSWER:
+                raise OSError(f"{url} answered an upload with more than a MB; not read")
             return httpx.Response(response.status, headers=response.getheaders(),
-                                  content=response.read(), request=httpx.Request("PUT", url))
+                                  content=content, request=httpx.Request("PUT", url))
 
         return self._exchange("PUT", url, send, take)
 

@@ -12,6 +12,8 @@ on the client, where the model will run.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import random
@@ -236,6 +238,39 @@ def _answers(asked: Reference, name: str, seq: int, semver: str, digest: str) ->
     return True  # an alias, a range or "latest": the server's to resolve
 
 
+T = TypeVar("T")
+
+
+def _answers_checked(cls: type[T]) -> type[T]:
+    """Wrap every public method of ``cls`` so an answer of the wrong shape (a list where
+    a record belongs, a missing field) is an ``IntegrityError`` naming the call, not a
+    ``TypeError`` from deep inside (a review: `tether models` against a hostile server
+    ended in a traceback). A call made with wrong arguments still fails as Python does:
+    the arguments are bound before the call."""
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(member):
+            continue
+        cls_method = member
+        signature = inspect.signature(cls_method)
+
+        @functools.wraps(cls_method)
+        def checked(*args: Any, __method: Any = cls_method, __signature: Any = signature,
+                    **kwargs: Any) -> Any:
+            __signature.bind(*args, **kwargs)  # the caller's own mistakes stay TypeErrors
+            try:
+                return __method(*args, **kwargs)
+            except (TypeError, KeyError, ValueError, AttributeError, IndexError) as error:
+                raise IntegrityError(
+                    f"the server's answer to {__method.__name__} is malformed: "
+                    f"{type(error).__name__}: {str(error)[:200]}",
+                    hint="the server is not a Tether server of this version, or was "
+                    "tampered with; nothing was done with the answer") from error
+
+        setattr(cls, name, checked)
+    return cls
+
+
+@_answers_checked
 class RemoteRegistry:
     """The registry API of ``Registry``, spoken over HTTP."""
 
@@ -253,6 +288,7 @@ class RemoteRegistry:
         self.auth_headers = headers
         tls = httpx.create_ssl_context()  # one trust setting for every client below
         limits = httpx.Limits(max_connections=16)
+        self.timeout = timeout
         self.http = httpx.Client(headers=headers, timeout=timeout, limits=limits, verify=tls)
         #: For presigned URLs: they carry their own authority, and the object store
         #: (or whoever logs requests there) must never see the API token.
@@ -304,7 +340,8 @@ class RemoteRegistry:
             attempt += 1
             try:
                 if into is None and read is None:
-                    response = self.http.request(method, url, **kwargs)
+                    with self.http.stream(method, url, **kwargs) as response:
+                        content = read_answer(response, url, self.timeout)
                 elif into is not None and method == "GET" and (got := self.fast.read_into(
                         url, {**self.auth_headers, **kwargs.get("headers", {})}, into,
                 )) is not None:
@@ -315,7 +352,7 @@ class RemoteRegistry:
                             return read(response)
                         if response.status_code < 300 and into is not None:
                             return read_body_into(response, into, url)
-                        response.read()
+                        content = read_answer(response, url, self.timeout)
                         if response.status_code < 400:  # not bytes, nor an error to read
                             raise StoreError(
                                 f"{url} answered HTTP {response.status_code} where bytes "
@@ -329,7 +366,7 @@ class RemoteRegistry:
                 wait, reached = backoff(attempt), False
             else:
                 if not (retry and transient_status(response)):
-                    return self._answer(response, url, raw)
+                    return self._answer(response, content, url, raw)
                 problem = _describe_status(response)
                 wait, reached = max(backoff(attempt), retry_after(response)), True
             remaining = budget - (time.monotonic() - started)
@@ -349,26 +386,36 @@ class RemoteRegistry:
             "says what is down); TETHER_RETRY_SECONDS sets how long safe calls keep retrying",
         )
 
-    def _answer(self, response: httpx.Response, url: str, raw: bool) -> Any:
+    def _answer(self, response: httpx.Response, content: bytes, url: str, raw: bool) -> Any:
         if response.status_code == 304:
             return None
         if response.status_code >= 400:
             try:
-                body = response.json()
+                body = json.loads(content)
             except ValueError:
                 body = {}
             if not isinstance(body, dict):
                 body = {}
             # Every code the server sends has its class here; an unknown one (a newer
-            # server) is a plain TetherError.
+            # server) is a plain TetherError. Its words are text, cut short.
             cls = _ERRORS.get(str(body.get("error")), TetherError)
+            hint = body.get("hint")
             raise cls(
-                body.get("message") or f"HTTP {response.status_code} from {url}",
-                hint=body.get("hint"),
+                str(body.get("message") or f"HTTP {response.status_code} from {url}")[:4000],
+                hint=str(hint)[:4000] if hint else None,
             )
+        if response.status_code >= 300:  # never followed: the token would go along
+            raise StoreError(
+                f"{url} answered HTTP {response.status_code} (a redirect, to "
+                f"{response.headers.get('location', 'nowhere')[:200]!r}); not followed",
+                hint="point TETHER_URI at the server itself (https where it is served so)")
         if raw:
-            return response.content
-        return response.json() if response.content else None
+            return content
+        try:
+            return json.loads(content) if content else None
+        except ValueError as error:
+            raise IntegrityError(f"{url} answered something that is not JSON: {error}",
+                                 hint="is TETHER_URI a Tether server?") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._request(
@@ -1007,6 +1054,35 @@ def _event_content(event: Event) -> dict[str, Any]:
     data = event.to_dict()
     return {k: data[k] for k in ("id", "ts", "actor", "action", "model", "subject", "before",
                                  "after", "details")}
+
+
+#: Largest API answer read (a version of a million chunks is well under it): a server
+#: answering without end took a client to 1.5 GB and counting (a review).
+MAX_ANSWER = 512 * 1024 * 1024
+#: Slowest an answer may come, once its first ``timeout`` has passed: a server dripping
+#: a byte a second held a client for as long as it liked (httpx's timeout is per read).
+MIN_ANSWER_RATE = 64 * 1024
+
+
+def read_answer(response: httpx.Response, url: str, timeout: float) -> bytes:
+    """An answer's body, refused past ``MAX_ANSWER`` bytes or once it has taken longer
+    than ``timeout`` plus its size at ``MIN_ANSWER_RATE``."""
+    started, parts, size = time.monotonic(), [], 0
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER:
+        raise IntegrityError(f"{url} announced an answer of {int(declared)} bytes, more than "
+                             f"the {MAX_ANSWER >> 20} MB an answer may be")
+    for part in response.iter_bytes():
+        size += len(part)
+        if size > MAX_ANSWER:
+            raise IntegrityError(f"{url} answered more than {MAX_ANSWER >> 20} MB; stopped "
+                                 "reading", hint="is TETHER_URI a Tether server?")
+        if time.monotonic() - started > timeout + size / MIN_ANSWER_RATE:
+            raise Unavailable(f"{url} answered too slowly ({size} bytes in "
+                              f"{time.monotonic() - started:.0f} s); stopped waiting",
+                              hint="check the server and the network to it")
+        parts.append(part)
+    return b"".join(parts)
 
 
 def connect(url: str, *, token: str | None = None, cache_dir: Path | None = None) -> RemoteRegistry:

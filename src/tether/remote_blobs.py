@@ -157,7 +157,7 @@ class RemoteBlobs:
                 if url:
                     self._refuse(sent, "PUT", key)
                 else:
-                    self.client._answer(sent, direct, raw=False)
+                    self.client._answer(sent, sent.content, direct, raw=False)
                 return
             with open(path, "rb") as handle:
                 if url:

@@ -264,10 +264,10 @@ def commit_version(
     the transaction that records the version (see ``RecordWith``).
     """
     validate_model_name(name)
+    check_loadable(checked.manifest)
     # Values given as an object skip from_dict's checks: a .git/config committed so was
     # written into downloads (a review). Every new version follows the rule.
     check_manifest(checked.manifest, reserved=True)
-    check_loadable(checked.manifest)
     check_nesting(checked.to_dict(manifest=False))
     problem = environment_problem(checked.environment)
     if problem is not None:  # pins and hints are written from it (see _environment.record)

@@ -86,9 +86,11 @@ def fail(
     if as_json:
         emit_json({"error": code, "message": message, "hint": hint})
     else:
-        err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+        # A server's words, perhaps: its escape sequences erased this line and drew
+        # another (a review), so they are shown escaped, like every registry value.
+        err_console.print(f"[bold red]error:[/] {shown(message)}", markup=True)
         if hint:
-            err_console.print(f"  [dim]hint:[/] {escape(hint)}", markup=True)
+            err_console.print(f"  [dim]hint:[/] {shown(hint)}", markup=True)
     sys.exit(1)
 
 
