@@ -115,3 +115,56 @@ def test_a_servers_message_reaches_the_terminal_escaped() -> None:
             cli, ["--registry", url, "show", "m@1.0.0"])
     assert result.exit_code == 1
     assert "\x1b" not in result.output and "\\x1b[2K" in result.output, result.output
+
+
+def test_a_lying_kept_index_copy_fails_one_load_not_every_later_one(tmp_path: Any) -> None:
+    """A man in the middle served one session a merged index pointing a byte off; the
+    client kept it (same name and size), and every later process on that URL failed,
+    told the store was damaged (a review). Now the failure drops the kept copies."""
+    import os
+    import shutil
+    import struct
+
+    from tether._store import open_store
+
+    from .servers import start_server, stop
+
+    server = start_server(f"sqlite:///{tmp_path / 'meta.db'}",
+                          f"file://{tmp_path / 'objects'}", tmp_path)
+    try:
+        (tmp_path / "w.bin").write_bytes(os.urandom(300_000))
+        version = server.client().log_model(tmp_path / "w.bin", "m", progress=False)
+        store = open_store(f"file://{tmp_path / 'objects'}")
+        store.refresh()
+        store.consolidate()  # one merged index file, as the server's own merging makes
+        cache = tmp_path / "client-cache"
+
+        def load() -> Any:
+            shutil.rmtree(cache / "chunks", ignore_errors=True)  # read through the index
+            client = remote.RemoteRegistry(server.url, token=server.admin_token,
+                                           cache_dir=cache)
+            try:
+                return client.download(version.ref, tmp_path / f"out-{time.time_ns()}",
+                                       progress=False)
+            finally:
+                client.close()
+
+        load()
+        kept = list((cache / "index").rglob("*.idx"))
+        assert kept, "the merged index was kept on disk"
+        for path in kept:  # what the man in the middle served: every entry a byte off
+            data = bytearray(path.read_bytes())
+            _, packs, entries, covers, _ = struct.unpack_from("<8sIIII", data, 0)
+            start = 24 + 16 * covers + 24 * packs + 1024
+            for i in range(entries):
+                at = start + 56 * i
+                d, p, off, ln, rs, codec = struct.unpack_from("<32sIQIIB", data, at)
+                struct.pack_into("<32sIQIIB", data, at, d, p, off + 1, ln, rs, codec)
+            path.write_bytes(bytes(data))
+        with pytest.raises(IntegrityError, match="kept copies of the store's index were "
+                           "dropped"):
+            load()
+        assert not list((cache / "index").rglob("*.idx"))
+        assert (load() / "w.bin").read_bytes() == (tmp_path / "w.bin").read_bytes()
+    finally:
+        stop(server)

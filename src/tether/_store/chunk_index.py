@@ -401,6 +401,11 @@ class ChunkIndex:
                 raise NotFound(f"store object {key} is missing") from error
         return MergedIndex(name, self.blobs.get_bytes(key))
 
+    def forget_kept_copies(self) -> bool:
+        """Remove this store's merged index files kept on this disk (a network store's),
+        so the next process fetches them again; whether there were any to remove."""
+        return self._index_cache is not None and self._index_cache.forget()
+
     def refresh(self) -> None:
         """Read index files written since the last look (by us or other writers).
 

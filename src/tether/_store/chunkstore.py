@@ -364,11 +364,17 @@ class ChunkStore:
             self.refresh()  # another writer may have stored a good copy since
             refreshed = True
         packs = "; ".join(f"pack {pack} {why}" for pack, why in tried.items())
+        hint = ("the store is damaged; `tether store verify` quarantines lying packs, "
+                "then restore the chunk from a backup or log the version again")
+        if self.index.forget_kept_copies():
+            # Perhaps the store is fine and the index copies kept on this disk lie (a
+            # man in the middle once served one, and every later process failed: a
+            # review): the next process fetches them again.
+            hint = ("this machine's kept copies of the store's index were dropped: run it "
+                    "again; if it fails again, " + hint)
         raise IntegrityError(
             f"{what}: chunk {chunk.digest[:16]} matches its digest in none of the "
-            f"{len(tried)} pack(s) claiming it: {packs}",
-            hint="the store is damaged; `tether store verify` quarantines lying packs, "
-            "then restore the chunk from a backup or log the version again")
+            f"{len(tried)} pack(s) claiming it: {packs}", hint=hint)
 
     def _located_runs(self, chunks: ChunkList, *, what: str,
                       ) -> Iterator[tuple[list[ChunkRef], list[Location], int]]:

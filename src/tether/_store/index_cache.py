@@ -111,6 +111,18 @@ class IndexCache:
             finally:
                 tmp.unlink(missing_ok=True)
 
+    def forget(self) -> bool:
+        """Remove every kept file (a process reading one keeps its mapping); whether
+        any was here."""
+        try:
+            kept = [e.path for e in os.scandir(self.folder) if e.name.endswith(".idx")]
+        except FileNotFoundError:
+            return False
+        for path in kept:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return bool(kept)
+
     def prune(self, listed: set[str]) -> None:
         """Remove kept files the store no longer lists (merged away or collected).
         A process still reading one keeps its mapping."""
