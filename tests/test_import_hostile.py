@@ -264,3 +264,18 @@ def test_explicit_number_tags_cannot_reach_base_60_arithmetic() -> None:
             plain_yaml(text, "x", max_bytes=1 << 20, max_depth=4)
     assert plain_yaml("x: !!int 12\ny: !!float 1.5", "x", max_bytes=64,
                       max_depth=4) == {"x": 12, "y": 1.5}
+
+
+def test_a_sparse_artifact_larger_than_the_free_space_is_refused_before_copying(
+        tmp_path: Path) -> None:
+    """A sparse file costs its source nothing and its copy every byte (a review)."""
+    import shutil as sh
+
+    store = tmp_path / "mlruns"
+    (store / "1" / "model").mkdir(parents=True)
+    huge = sh.disk_usage(tmp_path).free + (1 << 30)
+    with open(store / "1" / "model" / "w.bin", "wb") as handle:
+        handle.truncate(huge)  # no blocks on disk
+    with pytest.raises(InvalidInput, match="more than the .* free"):
+        importer.copy_local(store, ("1", "model"), tmp_path / "out", "v1")
+    assert not (tmp_path / "out" / "model" / "w.bin").exists()

@@ -558,6 +558,13 @@ def _copy_entry(parent: int, name: str, target: Path,
             _copy_folder(handle, target, refuse)
         elif stat.S_ISREG(mode):
             target.parent.mkdir(parents=True, exist_ok=True)
+            size, free = os.fstat(handle).st_size, shutil.disk_usage(target.parent).free
+            if size > free:
+                # A sparse file costs its source nothing and its copy every byte: one of
+                # a TB filled the disk (a review).
+                raise InvalidInput(f"{short_repr(name)} in the artifacts is {size} bytes, "
+                                   f"more than the {free} free where it would be copied",
+                                   hint="free space, or set TETHER_CACHE_DIR to a larger disk")
             with open(handle, "rb", closefd=False) as reader, target.open("xb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
         else:
