@@ -652,3 +652,25 @@ def test_a_deployment_gives_a_deprecated_version_no_more_traffic(
     moved = registry.apply_deployment("svc", spec(
         ("m@1.0.0", 90), ("m@1.1.0", 10), (refs[3], 30), shadow=("m@1.2.0",)))
     assert moved["revision"] == 3
+
+def test_only_an_admin_changes_a_deployments_auth(registry: Registry, tmp_path: Path) -> None:
+    """A contributor of one routed model re-applied a deployment with token_env: PATH and
+    no protected reads: every replica restarted open (a review)."""
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    routes = {"endpoints": {"m": {"routes": [{"name": "main", "target": version.ref,
+                                              "weight": 100}]}}}
+    guarded = {**routes, "auth": {"token_env": "TETHER_SERVING_TOKEN", "protect_reads": True}}
+    registry.apply_deployment("svc", guarded)
+    registry.create_token("carol@example.com", role="contributor", model="m")
+    carol = registry.as_actor("carol@example.com", enforce_roles=True)
+    for changed in ({**routes, "auth": {"token_env": "PATH", "protect_reads": False}},
+                    routes):  # changed, or dropped
+        with pytest.raises(PermissionDenied, match="may not change the auth section"):
+            carol.apply_deployment("svc", changed)
+    kept = {**guarded, "endpoints": {"m": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 50}]}}}
+    assert carol.apply_deployment("svc", kept)["revision"] == 2  # routes are theirs
+    assert registry.apply_deployment("svc", routes)["revision"] == 3  # an admin may
+    with pytest.raises(PermissionDenied, match="may not change the auth section"):
+        carol.rollback_deployment("svc", to_revision=2)  # back to the guarded one

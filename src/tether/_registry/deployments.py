@@ -232,6 +232,21 @@ def _check_trust(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> No
             "sign the versions with a key trusted for loading")
 
 
+def _check_auth_kept(conn: sa.Connection, actor: str, before: Mapping[str, Any] | None,
+                     after: Mapping[str, Any]) -> None:
+    """Changing a deployment's ``auth`` (its serving token's variable, whether reads need
+    it) takes an admin: a contributor of one routed model re-applied a deployment with
+    ``token_env: PATH`` and no protected reads, and every replica restarted open, its
+    token a value anyone could guess (a review)."""
+    if (before or {}).get("auth") != after.get("auth") and not has_role(
+            conn, actor, "admin", None):
+        raise PermissionDenied(
+            f"{actor} may not change the auth section of a deployment (its serving "
+            "token, whether reads need it): that takes an admin",
+            hint="apply it with the auth section as stored (`tether deploy status NAME`), or "
+            "ask an admin")
+
+
 def _trusted_targets(spec: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(endpoint, target) of every route and shadow of the spec's trusted endpoints."""
     from .deployment_signing import trusted_endpoints
@@ -405,6 +420,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         if row is not None and old_spec == canonical and paused == json.loads(row.paused):
             return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
+        _check_auth_kept(conn, actor, old_spec, canonical)
         _check_traffic(canonical, paused, name)
         _refuse_more_traffic_to_deprecated(
             conn, old_spec, json.loads(row.paused) if row is not None else [], canonical, paused)
@@ -620,6 +636,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets += [r["target"] for _, r in _routes(json.loads(row.spec))]
         _may_change(conn, actor, name, targets)  # names no model of its history
         _check_trust_kept(conn, actor, json.loads(row.spec), spec)
+        _check_auth_kept(conn, actor, json.loads(row.spec), spec)
         _refuse_more_traffic_to_deprecated(conn, json.loads(row.spec), json.loads(row.paused),
                                            spec, paused)
         revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
