@@ -391,3 +391,31 @@ def test_a_version_holding_a_git_folder_is_never_written_where_files_are_handed_
     assert not (tmp_path / "dl").exists()
     with pytest.raises(UnsafeArtifact):
         reg.load(planted.ref)  # a files version hands out its cached folder
+
+
+def test_data_show_prints_a_datasets_words_as_text(tmp_path: Path) -> None:
+    """Notes and a source path came out raw: a screen clear, a fake green line and a
+    clickable link (rich's [link=] markup) in an admin's terminal (a review). Notes with
+    control characters are refused at commit now; an older one still prints as text."""
+    import json as _json
+
+    import sqlalchemy as sa
+    from click.testing import CliRunner
+
+    from tether._metadata.schema import dataset_versions
+    from tether.cli import cli
+
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_text("a\n1\n")
+    with pytest.raises(InvalidInput, match="control characters"):
+        reg.add_dataset(tmp_path / "d", "d", notes="\x1b[2J")
+    version = reg.add_dataset(tmp_path / "d", "d", notes="fine")
+    with reg.engine.begin() as conn:  # what an older database may hold
+        conn.execute(dataset_versions.update().values(
+            notes="\x1b[2J\x1b[32mverified [link=https://evil.example]here[/link]",
+            source=_json.dumps({"path": "[bold]\x1b]0;title\x07", "git": "x"})))
+    result = CliRunner().invoke(cli, ["--registry", str(tmp_path / "reg"), "data", "show",
+                                      version.ref])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "[link=https://evil.example]" in result.output

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import tether
 from tether import InvalidInput, PermissionDenied, PolicyViolation, Registry
@@ -674,3 +675,29 @@ def test_only_an_admin_changes_a_deployments_auth(registry: Registry, tmp_path: 
     assert registry.apply_deployment("svc", routes)["revision"] == 3  # an admin may
     with pytest.raises(PermissionDenied, match="may not change the auth section"):
         carol.rollback_deployment("svc", to_revision=2)  # back to the guarded one
+
+
+def test_tags_and_text_are_bounded_and_updates_audit_only_what_changed(
+        registry: Registry, tmp_path: Path) -> None:
+    """One 7 MB tag, then ten small updates: each copied every tag into the append-only
+    audit log (84 MB), and every listing carried it (a review)."""
+    from tether._metadata.schema import events
+
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    for bad in ({"k": "v" * 100_001}, {"k" * 251: "v"}, {f"k{i}": "v" for i in range(1001)},
+                {"k": "\x1b[2J"}, {"a\nb": "v"}):
+        with pytest.raises(InvalidInput):
+            registry.update_model("m", set_tags=bad)
+        with pytest.raises(InvalidInput):
+            registry.update_version(version.ref, set_tags=bad)
+    with pytest.raises(InvalidInput, match="the notes"):
+        registry.update_version(version.ref, notes="x" * 100_001)
+    with pytest.raises(InvalidInput, match="the description"):
+        registry.update_model("m", description="\x1b]8;;https://evil\x1b\\")
+    registry.update_model("m", set_tags={"big": "v" * 90_000})
+    registry.update_model("m", set_tags={"small": "1"}, description="line one\nline two")
+    with registry.engine.begin() as conn:
+        last = conn.execute(sa.select(events.c.details).order_by(
+            events.c.id.desc()).limit(1)).scalar()
+    assert "big" not in str(last) and "small" in str(last)

@@ -20,6 +20,7 @@ from .._metadata.schema import aliases, models, versions
 from .._records import ModelInfo, ModelVersion
 from .._reference import validate_model_name
 from . import model_search
+from .manifest_limits import check_tags, check_text
 from .resolve import require_model, resolve_version
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ def create_model(
     registry: Registry, name: str, *, description: str = "", tags: dict[str, str] | None = None
 ) -> ModelInfo:
     validate_model_name(name)
+    check_text(description, "the description")
+    check_tags(tags)
     with registry.write() as conn:
         if repo.model_id(conn, name) is not None:
             raise Conflict(f"model {name!r} already exists")
@@ -47,6 +50,8 @@ def update_model(
     set_tags: dict[str, str] | None = None,
     delete_tags: list[str] | None = None,
 ) -> ModelInfo:
+    check_text(description, "the description")
+    check_tags(set_tags)
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
         row = conn.execute(sa.select(models).where(models.c.id == mid)).one()
@@ -54,6 +59,7 @@ def update_model(
         tags.update(set_tags or {})
         for key in delete_tags or []:
             tags.pop(key, None)
+        check_tags(tags)
         fields: dict[str, Any] = {"tags": tags}
         if description is not None:
             fields["description"] = description
@@ -64,7 +70,8 @@ def update_model(
             action="model.updated",
             model=name,
             subject=name,
-            details={k: v for k, v in fields.items()},
+            # What changed, not every tag again (the audit log keeps each event forever).
+            details=_changes(set_tags, delete_tags, description=description),
         )
     return model_search.model_info(registry, name)
 
@@ -155,12 +162,15 @@ def update_version(
     set_tags: dict[str, str] | None = None,
     delete_tags: list[str] | None = None,
 ) -> ModelVersion:
+    check_text(notes, "the notes")
+    check_tags(set_tags)
     with registry.write() as conn:
         version = resolve_version(conn, ref)
         tags = dict(version.tags)
         tags.update(set_tags or {})
         for key in delete_tags or []:
             tags.pop(key, None)
+        check_tags(tags)
         values: dict[str, Any] = {"tags": json.dumps(tags, sort_keys=True, separators=(",", ":"))}
         if notes is not None:
             values["notes"] = notes
@@ -171,9 +181,20 @@ def update_version(
             action="version.updated",
             model=version.name,
             subject=version.ref,
-            details={"tags": tags, "notes": notes},
+            details=_changes(set_tags, delete_tags, notes=notes),
         )
         return resolve_version(conn, f"{version.name}@{version.semver}")
+
+
+def _changes(set_tags: dict[str, str] | None, delete_tags: list[str] | None,
+             **text: str | None) -> dict[str, Any]:
+    """An update's audit details: the tags set and deleted, and any text given."""
+    out: dict[str, Any] = {k: v for k, v in text.items() if v is not None}
+    if set_tags:
+        out["set_tags"] = dict(set_tags)
+    if delete_tags:
+        out["delete_tags"] = list(delete_tags)
+    return out
 
 
 def alias_names(conn: sa.Connection, mid: int) -> list[str]:

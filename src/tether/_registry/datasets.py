@@ -79,7 +79,7 @@ from . import reads
 from .access import may
 from .aliases import refuse_a_look_alike, require_role_to_move
 from .lineage import capture_git, digest_data
-from .manifest_limits import check_loadable
+from .manifest_limits import check_loadable, check_tags, check_text
 from .previous import previous_chunks
 from .resolve import range_numbers, shown_number, version_number
 from .stat_cache import StatCache
@@ -673,6 +673,8 @@ def commit_dataset(
 ) -> DatasetVersion:
     """Number and record a dataset version whose bytes are already in the store."""
     validate_model_name(name)
+    check_tags(values.get("tags"), what="tags")
+    check_text(values.get("notes"), "the notes")
     values = seal_dataset(values)  # never trust a digest computed elsewhere
     for attempt in range(_RACE_RETRIES):
         try:

@@ -38,7 +38,7 @@ from . import datasets, drift_baseline
 from .datasets import data_inputs, read_inputs
 from .examples import example_to_json, feature_names, predictions_for
 from .lineage import capture_git, current_author
-from .manifest_limits import check_loadable, check_nesting
+from .manifest_limits import check_loadable, check_nesting, check_tags, check_text
 from .previous import previous_chunks
 
 if TYPE_CHECKING:
@@ -273,6 +273,8 @@ def commit_version(
     if problem is not None:  # pins and hints are written from it (see _environment.record)
         raise InvalidInput(f"values.environment: {problem}",
                            hint="record the environment Tether captures (capture_environment)")
+    check_tags(checked.tags, what="values.tags")
+    check_text(checked.notes, "values.notes")
     problem = lineage_problem(checked.lineage)
     if problem is not None:  # shown, and written into recipes (see _lineage_record)
         raise InvalidInput(f"values.lineage: {problem}",

@@ -7,6 +7,7 @@ version was numbered, and every load of it failed. Refused at commit instead.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -90,3 +91,41 @@ def check_nesting(values: Mapping[str, Any]) -> None:
                               "levels", hint="metadata is a few levels of names and values")
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
+
+
+#: Tags and free text a caller may attach to a model, a version or a dataset version: a
+#: contributor set one 7 MB tag, every update copied it into the append-only audit log
+#: (84 MB in ten calls), and every listing carried it (a review). MLflow's own limits for
+#: a tag, a few more of them.
+MAX_TAGS = 1000
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 100_000
+MAX_TEXT = 100_000  # a description or notes
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_tags(tags: Mapping[str, Any] | None, *, what: str = "tags") -> None:
+    """Refuse (``InvalidInput``) tags past the limits, or holding control characters
+    other than line breaks and tabs in a value (none in a key)."""
+    if not tags:
+        return
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(f"{len(tags)} {what}: at most {MAX_TAGS}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_TAG_KEY or _CONTROL.search(
+                key) or "\n" in key or "\t" in key or "\r" in key:
+            raise InvalidInput(f"{what} key {str(key)[:60]!r} is not a name of 1 to "
+                               f"{MAX_TAG_KEY} characters without control characters")
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or _CONTROL.search(value):
+            raise InvalidInput(f"{what} {key!r}: the value is not text of at most "
+                               f"{MAX_TAG_VALUE} characters without control characters")
+
+
+def check_text(text: str | None, what: str) -> None:
+    """Refuse a description or notes past ``MAX_TEXT`` or holding control characters
+    other than line breaks and tabs."""
+    if text is None:
+        return
+    if not isinstance(text, str) or len(text) > MAX_TEXT or _CONTROL.search(text):
+        raise InvalidInput(f"{what} is not text of at most {MAX_TEXT} characters without "
+                           "control characters (line breaks and tabs are fine)")

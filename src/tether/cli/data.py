@@ -12,12 +12,12 @@ from .._humanize import ago, human_bytes
 from ._common import (
     console,
     emit_json,
-    escape,
     handle_errors,
     json_option,
     registry_from,
     table,
 )
+from ._common import shown as shown_text
 
 if TYPE_CHECKING:
     from .._registry.datasets import DatasetVersion
@@ -161,17 +161,21 @@ def show(ctx: click.Context, ref: str, all_files: bool, as_json: bool) -> None:
     if as_json:
         emit_json(v.to_dict())
         return
-    git = v.source.get("git") or {}
+    git = v.source.get("git")
+    git = git if isinstance(git, dict) else {}
     # A repository with no commit yet records no commit: say so, not "(git )".
     commit = str(git.get("commit") or "")[:10] or "no commit yet"
+    # The registry's words (a contributor's, or a server's): shown as text, never as
+    # markup or escape sequences (notes cleared the screen and drew a link: a review).
     console.print(
-        f"{v.ref}  #{v.seq}  {v.short_digest}  status={v.status}\n"
-        f"aliases: {', '.join(v.aliases) or '-'}   author: {v.author}   created: {v.created_at}\n"
-        f"source: {escape(str(v.source.get('path', '?')))}"
-        + (f"  (git {commit}{' dirty' if git.get('dirty') else ''})" if git else "")
+        f"{shown_text(v.ref)}  #{v.seq}  {v.short_digest}  status={shown_text(v.status)}\n"
+        f"aliases: {shown_text(', '.join(v.aliases)) or '-'}   author: "
+        f"{shown_text(v.author)}   created: {shown_text(v.created_at)}\n"
+        f"source: {shown_text(v.source.get('path', '?'))}"
+        + (f"  (git {shown_text(commit)}{' dirty' if git.get('dirty') else ''})" if git else "")
     )
     if v.notes:
-        console.print(f"notes: {v.notes}")
+        console.print(f"notes: {shown_text(v.notes)}")
     shown = v.files if all_files else v.files[:_SHOWN_FILES]
     rows = []
     for f in shown:
@@ -214,12 +218,12 @@ def diff(ctx: click.Context, old_ref: str, new_ref: str, as_json: bool) -> None:
         "chunks"
     )
     for item in result["added"]:
-        console.print(f"  + {item['path']}  {human_bytes(item['size'])}")
+        console.print(f"  + {shown_text(item['path'])}  {human_bytes(item['size'])}")
     for item in result["removed"]:
-        console.print(f"  - {item['path']}  {human_bytes(item['size'])}")
+        console.print(f"  - {shown_text(item['path'])}  {human_bytes(item['size'])}")
     for item in result["changed"]:
         console.print(
-            f"  ~ {item['path']}  {human_bytes(item['old_size'])} → "
+            f"  ~ {shown_text(item['path'])}  {human_bytes(item['old_size'])} → "
             f"{human_bytes(item['new_size'])} ({human_bytes(item['new_bytes'])} new)"
         )
         if "table" in item:
