@@ -399,7 +399,6 @@ def test_data_show_prints_a_datasets_words_as_text(tmp_path: Path) -> None:
     control characters are refused at commit now; an older one still prints as text."""
     import json as _json
 
-    import sqlalchemy as sa
     from click.testing import CliRunner
 
     from tether._metadata.schema import dataset_versions

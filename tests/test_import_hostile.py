@@ -276,6 +276,6 @@ def test_a_sparse_artifact_larger_than_the_free_space_is_refused_before_copying(
     huge = sh.disk_usage(tmp_path).free + (1 << 30)
     with open(store / "1" / "model" / "w.bin", "wb") as handle:
         handle.truncate(huge)  # no blocks on disk
-    with pytest.raises(InvalidInput, match="more than the .* free"):
+    with pytest.raises(InvalidInput, match=r"more than the .* free"):
         importer.copy_local(store, ("1", "model"), tmp_path / "out", "v1")
     assert not (tmp_path / "out" / "model" / "w.bin").exists()

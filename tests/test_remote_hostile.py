@@ -73,7 +73,7 @@ def test_an_answer_without_end_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(remote, "MAX_ANSWER", 4 << 20)
     with _serving(endless) as url:
         client = tether.connect(url, token="t" * 40)
-        with pytest.raises(IntegrityError, match="answered more than 4 MB"):
+        with pytest.raises(IntegrityError, match="more bytes than were asked for or allowed"):
             client.models()
 
 
@@ -90,7 +90,7 @@ def test_a_redirect_is_not_followed_and_says_so() -> None:
     SEEN.clear()
     with _serving(redirect) as url:
         client = tether.connect(url, token="secret-token-" + "t" * 30)
-        with pytest.raises(StoreError, match="302.*not followed"):
+        with pytest.raises(StoreError, match=r"302.*not followed"):
             client.models()
     assert len(SEEN) == 1  # nothing went to the redirect's target
 
@@ -168,3 +168,35 @@ def test_a_lying_kept_index_copy_fails_one_load_not_every_later_one(tmp_path: An
         assert (load() / "w.bin").read_bytes() == (tmp_path / "w.bin").read_bytes()
     finally:
         stop(server)
+
+
+def test_a_callers_own_error_is_not_blamed_on_the_server() -> None:
+    """An argument that cannot be sent (an object in set_tags) failed inside httpx and was
+    reported as "the server's answer to update_model is malformed" (a review)."""
+    with _serving(misshapen) as url:
+        client = tether.connect(url, token="t" * 40)
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            client.update_model("m", set_tags={"a": object()})  # type: ignore[dict-item]
+
+
+async def endless_version(request: Request) -> Response:
+    return await endless(request)
+
+
+async def dripping_version(request: Request) -> Response:
+    return await drip(request)
+
+
+def test_reading_a_version_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get() read a version's answer through its own path, without the cap or the pace:
+    1.4 GB read, or 20 s for one drip (a review)."""
+    monkeypatch.setattr(remote, "MAX_ANSWER", 4 << 20)
+    with _serving(endless_version) as url, pytest.raises(
+            IntegrityError, match="more bytes than were asked for or allowed"):
+        tether.connect(url, token="t" * 40).get("m@1.0.0")
+    with _serving(dripping_version) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="answered too slowly"):
+            client.get("m@1.0.0")
+        assert time.monotonic() - started < 10

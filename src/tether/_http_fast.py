@@ -43,6 +43,8 @@ T = TypeVar("T")
 _IDLE_SECONDS = 2.0
 
 
+#: Slowest an answer may come once the timeout has passed (every body a client reads).
+MIN_ANSWER_RATE = 64 * 1024
 #: Most bytes of an upload's answer read (it is a line of JSON).
 _MAX_PUT_ANSWER = 1 << 20
 
@@ -155,21 +157,24 @@ class FastHTTP:
             "GET", url, lambda conn, target: conn.request("GET", target, headers=dict(headers)),
             lambda response: self._body_into(response, view))
 
-    @staticmethod
-    def _body_into(response: http.client.HTTPResponse, view: memoryview) -> int | None:
+    def _body_into(self, response: http.client.HTTPResponse, view: memoryview) -> int | None:
         """The body read into ``view`` if it is the plain success asked for; else None
-        (the body left unread: the caller drops the connection)."""
+        (the body left unread: the caller drops the connection). No slower than the
+        timeout plus its bytes at ``MIN_ANSWER_RATE`` (a byte a minute kept a load waiting
+        without end: a review)."""
         length = response.length
         encoded = response.getheader("Content-Encoding", "identity").lower() != "identity"
         if (response.status not in (200, 206) or length is None or length > len(view)
                 or encoded):
             return None
-        filled = 0
+        filled, started = 0, time.monotonic()
         while filled < length:
             got = response.readinto(view[filled:length])
             if not got:
                 raise http.client.IncompleteRead(bytes(0), length - filled)
             filled += got
+            if time.monotonic() - started > self.timeout + filled / MIN_ANSWER_RATE:
+                raise TimeoutError(f"an answer came slower than {MIN_ANSWER_RATE} bytes/s")
         if not response.isclosed():
             response.read()  # an empty body: marks the answer done, or the next request fails
         return filled

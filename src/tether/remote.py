@@ -17,9 +17,10 @@ import inspect
 import json
 import os
 import random
+import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,7 @@ from ._errors import (
     UnknownField,
     UnsafeArtifact,
 )
-from ._http_fast import FastHTTP
+from ._http_fast import MIN_ANSWER_RATE, FastHTTP
 from ._identity import require_intact
 from ._metadata.audit_log import check_signed_heads
 from ._metadata.clock import now_iso
@@ -120,14 +121,62 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
     return content is None or isinstance(content, bytes | str | PackedBody)
 
 
-def read_body_into(response: httpx.Response, into: memoryview, url: str) -> int:
-    """A streamed response's body read into ``into``; the bytes read (a longer one is refused)."""
-    filled = 0
-    for piece in response.iter_bytes():
-        end = filled + len(piece)
-        if end > len(into):
-            raise IntegrityError(f"{url} answered more bytes than were asked for",
+#: Largest API answer read whole (a version of a million chunks is well under it): a
+#: server answering without end took a client to 1.5 GB and counting (a review).
+MAX_ANSWER = 512 * 1024 * 1024
+#: Largest packed version answer (its chunk lists go to scratch files, not memory).
+MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
+#: Slowest an answer may come, once its first ``timeout`` has passed (``_http_fast``'s
+#: ``MIN_ANSWER_RATE``): a server dripping a byte a second held a client for as long as it
+#: liked (httpx's timeout is per read).
+
+
+class Pace:
+    """The bound every answer's body is read within: at most ``limit`` bytes, and no
+    slower than ``timeout`` plus its bytes at ``MIN_ANSWER_RATE``."""
+
+    def __init__(self, url: str, timeout: float, limit: int) -> None:
+        self.url, self.timeout, self.limit = url, timeout, limit
+        self.started, self.size = time.monotonic(), 0
+
+    def took(self, count: int) -> None:
+        self.size += count
+        if self.size > self.limit:
+            raise IntegrityError(f"{self.url} answered more bytes than were asked for or "
+                                 f"allowed (over {self.limit}); stopped reading",
+                                 hint="the server or object store is misbehaving "
+                                 "(is TETHER_URI a Tether server?)")
+        spent = time.monotonic() - self.started
+        if spent > self.timeout + self.size / MIN_ANSWER_RATE:
+            raise Unavailable(f"{self.url} answered too slowly ({self.size} bytes in "
+                              f"{spent:.0f} s); stopped waiting",
+                              hint="check the server and the network to it")
+
+    def pieces(self, response: httpx.Response) -> Iterator[bytes]:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            raise IntegrityError(f"{self.url} announced more bytes than were asked for or "
+                                 f"allowed ({int(declared)}, over {self.limit})",
                                  hint="the server or object store is misbehaving")
+        for piece in response.iter_bytes():
+            self.took(len(piece))
+            yield piece
+
+
+def read_answer(response: httpx.Response, url: str, timeout: float,
+                limit: int | None = None) -> bytes:
+    """An answer's body, within ``Pace`` (``limit`` bytes, default ``MAX_ANSWER``)."""
+    return b"".join(Pace(url, timeout, MAX_ANSWER if limit is None else limit)
+                    .pieces(response))
+
+
+def read_body_into(response: httpx.Response, into: memoryview, url: str,
+                   timeout: float) -> int:
+    """A streamed response's body read into ``into``, within ``Pace``; the bytes read (a
+    longer one is refused)."""
+    filled = 0
+    for piece in Pace(url, timeout, len(into)).pieces(response):
+        end = filled + len(piece)
         into[filled:end] = piece
         filled = end
     return filled
@@ -138,18 +187,27 @@ V = TypeVar("V", ModelVersion, datasets.DatasetVersion)
 _PACKED_HEAD = 96 * 1024 * 1024
 
 
-def read_version(response: httpx.Response) -> ModelVersion:
+def read_version(response: httpx.Response, *, timeout: float = 60.0) -> ModelVersion:
     """The model version a server answered, as JSON or packed (``read_packed_version``)."""
-    return read_packed_version(response, ModelVersion)
+    return read_packed_version(response, ModelVersion, timeout=timeout)
 
 
-def read_packed_version(response: httpx.Response, kind: type[V]) -> V:
+def read_packed_version(response: httpx.Response, kind: type[V], *, timeout: float) -> V:
     """The version a server answered, as JSON or packed (its large chunk lists read as they
-    come into lists kept in scratch files; see _packed_manifest.py). Nothing is trusted:
-    ``require_intact`` checks it where its bytes will be used."""
+    come into lists kept in scratch files; see _packed_manifest.py), within ``Pace``.
+    Nothing is trusted: ``require_intact`` checks it where its bytes will be used."""
+    try:
+        url = str(response.url)
+    except RuntimeError:  # a response made here, from bytes
+        url = "the answer"
     if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
-        return kind.from_dict(json.loads(response.read()))
-    stream = IterReader(response.iter_bytes())
+        try:
+            return kind.from_dict(json.loads(read_answer(response, url, timeout)))
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
+            raise IntegrityError(f"{url} answered a malformed version: {error}",
+                                 hint="the server is not a Tether server of this version, "
+                                 "or is misbehaving") from None
+    stream = IterReader(Pace(url, timeout, MAX_PACKED_ANSWER).pieces(response))
     try:
         head, records = read_packed(stream, _PACKED_HEAD)
         files = files_from_entries(head.pop("files", None), records, in_file=True)
@@ -203,6 +261,15 @@ def retry_after(response: httpx.Response) -> float:
     return min(30.0, max(0.0, when - time.time()))
 
 
+def _read(streamed: httpx.Response, content: bytes) -> httpx.Response:
+    """A streamed response whose body was read (within ``Pace``), as one that holds it."""
+    # The body is decoded already: no Content-Encoding to apply again, no stale length.
+    headers = [(k, v) for k, v in streamed.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(streamed.status_code, headers=headers, content=content,
+                          request=streamed.request)
+
+
 def _tether_error(response: httpx.Response) -> dict[str, Any] | None:
     try:
         body = response.json()
@@ -239,6 +306,19 @@ def _answers(asked: Reference, name: str, seq: int, semver: str, digest: str) ->
 
 
 T = TypeVar("T")
+#: Where an answer is turned into records: an error raised there is the answer's fault.
+_ANSWER_READERS = (__file__, sys.modules[ModelVersion.__module__].__file__,
+                   sys.modules[FileEntry.__module__].__file__)
+
+
+def _raised_reading_an_answer(error: BaseException) -> bool:
+    """Whether ``error`` was raised in this module or the records' (building records
+    from an answer), not in code they called (a reviewer's `set_tags={"a": object()}`
+    failed to serialise in httpx, and was blamed on the server)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_filename in _ANSWER_READERS
 
 
 def _answers_checked(cls: type[T]) -> type[T]:
@@ -260,6 +340,8 @@ def _answers_checked(cls: type[T]) -> type[T]:
             try:
                 return __method(*args, **kwargs)
             except (TypeError, KeyError, ValueError, AttributeError, IndexError) as error:
+                if not _raised_reading_an_answer(error):
+                    raise  # the client's own code (a flavor, a bad argument): as it is
                 raise IntegrityError(
                     f"the server's answer to {__method.__name__} is malformed: "
                     f"{type(error).__name__}: {str(error)[:200]}",
@@ -340,8 +422,9 @@ class RemoteRegistry:
             attempt += 1
             try:
                 if into is None and read is None:
-                    with self.http.stream(method, url, **kwargs) as response:
-                        content = read_answer(response, url, self.timeout)
+                    with self.http.stream(method, url, **kwargs) as streamed:
+                        content = read_answer(streamed, url, self.timeout)
+                    response = _read(streamed, content)
                 elif into is not None and method == "GET" and (got := self.fast.read_into(
                         url, {**self.auth_headers, **kwargs.get("headers", {})}, into,
                 )) is not None:
@@ -351,8 +434,9 @@ class RemoteRegistry:
                         if response.status_code < 300 and read is not None:
                             return read(response)
                         if response.status_code < 300 and into is not None:
-                            return read_body_into(response, into, url)
+                            return read_body_into(response, into, url, self.timeout)
                         content = read_answer(response, url, self.timeout)
+                        response = _read(response, content)
                         if response.status_code < 400:  # not bytes, nor an error to read
                             raise StoreError(
                                 f"{url} answered HTTP {response.status_code} where bytes "
@@ -533,7 +617,7 @@ class RemoteRegistry:
         answer: V = self._request(
             "GET", f"/{collection}/{quote(parsed.name)}/versions/{quote(selector, safe='')}",
             headers={"Accept": f"{MEDIA_TYPE}, application/json"},
-            read=partial(read_packed_version, kind=kind))
+            read=partial(read_packed_version, kind=kind, timeout=self.timeout))
         if not _answers(parsed, answer.name, answer.seq, answer.semver, answer.digest):
             raise IntegrityError(
                 f"asked the server at {self.url} for {ref}, it answered "
@@ -555,7 +639,8 @@ class RemoteRegistry:
                                                 **kwargs))
         packed = PackedBody({"values": fields, "bump": bump}, files, key="manifest")
         return self._request(  # type: ignore[no-any-return]
-            "POST", path, content=packed, read=partial(read_packed_version, kind=kind),
+            "POST", path, content=packed,
+            read=partial(read_packed_version, kind=kind, timeout=self.timeout),
             headers={**headers, "Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE,
                      "Content-Length": str(packed.length)}, **kwargs)
 
@@ -1054,35 +1139,6 @@ def _event_content(event: Event) -> dict[str, Any]:
     data = event.to_dict()
     return {k: data[k] for k in ("id", "ts", "actor", "action", "model", "subject", "before",
                                  "after", "details")}
-
-
-#: Largest API answer read (a version of a million chunks is well under it): a server
-#: answering without end took a client to 1.5 GB and counting (a review).
-MAX_ANSWER = 512 * 1024 * 1024
-#: Slowest an answer may come, once its first ``timeout`` has passed: a server dripping
-#: a byte a second held a client for as long as it liked (httpx's timeout is per read).
-MIN_ANSWER_RATE = 64 * 1024
-
-
-def read_answer(response: httpx.Response, url: str, timeout: float) -> bytes:
-    """An answer's body, refused past ``MAX_ANSWER`` bytes or once it has taken longer
-    than ``timeout`` plus its size at ``MIN_ANSWER_RATE``."""
-    started, parts, size = time.monotonic(), [], 0
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_ANSWER:
-        raise IntegrityError(f"{url} announced an answer of {int(declared)} bytes, more than "
-                             f"the {MAX_ANSWER >> 20} MB an answer may be")
-    for part in response.iter_bytes():
-        size += len(part)
-        if size > MAX_ANSWER:
-            raise IntegrityError(f"{url} answered more than {MAX_ANSWER >> 20} MB; stopped "
-                                 "reading", hint="is TETHER_URI a Tether server?")
-        if time.monotonic() - started > timeout + size / MIN_ANSWER_RATE:
-            raise Unavailable(f"{url} answered too slowly ({size} bytes in "
-                              f"{time.monotonic() - started:.0f} s); stopped waiting",
-                              hint="check the server and the network to it")
-        parts.append(part)
-    return b"".join(parts)
 
 
 def connect(url: str, *, token: str | None = None, cache_dir: Path | None = None) -> RemoteRegistry:

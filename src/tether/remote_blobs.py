@@ -33,6 +33,10 @@ class _Transfer(Exception):
 _THROUGH_THE_API = ("index/", "pins/", "locks/")
 
 
+#: Largest object read whole from a presigned URL (the server refuses larger uploads).
+MAX_DOWNLOAD = 1024 * 1024 * 1024
+
+
 class RemoteBlobs:
     """The chunk store's blob interface, over the server's gateway.
 
@@ -123,11 +127,16 @@ class RemoteBlobs:
                     self.retries += 1
                 time.sleep(min(backoff(tries), remaining))
 
-    def _direct(self, method: str, url: str, key: str, **kwargs: Any) -> httpx.Response:
-        """One request to a presigned URL: 5xx is a transient failure, 404 NotFound."""
-        response = self.client.direct_http.request(method, url, **kwargs)
-        self._refuse(response, method, key)
-        return response
+    def _direct(self, method: str, url: str, key: str, *, limit: int = 1 << 20,
+                **kwargs: Any) -> bytes:
+        """One request to a presigned URL, its answer's body read within ``Pace`` (at most
+        ``limit`` bytes: a presigned URL pointing at an endless answer was read whole, a
+        review): 5xx is a transient failure, 404 NotFound."""
+        from .remote import read_answer
+
+        with self.client.direct_http.stream(method, url, **kwargs) as response:
+            self._refuse(response, method, key)
+            return read_answer(response, key, self.client.timeout, limit)
 
     @staticmethod
     def _refuse(response: httpx.Response, method: str, key: str) -> None:
@@ -195,7 +204,7 @@ class RemoteBlobs:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         url = self._target(key, "GET")
         if url:
-            return self._download(url, key, headers)
+            return self._download(url, key, headers, limit=length)
         data = self.client._request("GET", f"/blobs/{key}", raw=True, headers=headers)
         return data  # type: ignore[no-any-return]
 
@@ -215,14 +224,15 @@ class RemoteBlobs:
                 return got
             with self.client.direct_http.stream("GET", url, headers=headers) as response:
                 self._refuse(response, "GET", key)
-                return read_body_into(response, view, key)
+                return read_body_into(response, view, key, self.client.timeout)
 
         return int(self._retrying(f"download of {key}", attempt))
 
-    def _download(self, url: str, key: str, headers: dict[str, str]) -> bytes:
+    def _download(self, url: str, key: str, headers: dict[str, str],
+                  limit: int = MAX_DOWNLOAD) -> bytes:
         return self._retrying(  # type: ignore[no-any-return]
             f"download of {key}",
-            lambda: self._direct("GET", url, key, headers=headers).content)
+            lambda: self._direct("GET", url, key, headers=headers, limit=limit))
 
     def list(self, prefix: str) -> list[BlobInfo]:
         rows = self.client._request("GET", "/blobs", params={"prefix": prefix})
