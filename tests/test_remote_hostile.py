@@ -149,23 +149,31 @@ def test_a_lying_kept_index_copy_fails_one_load_not_every_later_one(tmp_path: An
             finally:
                 client.close()
 
+        def poison(how: str) -> None:
+            kept = list((cache / "index").rglob("*.idx"))
+            assert kept, "the merged index was kept on disk"
+            for path in kept:  # what the man in the middle served
+                data = bytearray(path.read_bytes())
+                _, packs, entries, covers, _ = struct.unpack_from("<8sIIII", data, 0)
+                start = 24 + 16 * covers + 24 * packs + 1024
+                for i in range(entries):
+                    at = start + 56 * i
+                    d, p, off, ln, rs, codec = struct.unpack_from("<32sIQIIB", data, at)
+                    if how == "offsets":  # every entry a byte off
+                        off += 1
+                    else:  # every digest altered (a second review)
+                        d = d[:-1] + bytes([d[-1] ^ 1])
+                    struct.pack_into("<32sIQIIB", data, at, d, p, off, ln, rs, codec)
+                path.write_bytes(bytes(data))
+
         load()
-        kept = list((cache / "index").rglob("*.idx"))
-        assert kept, "the merged index was kept on disk"
-        for path in kept:  # what the man in the middle served: every entry a byte off
-            data = bytearray(path.read_bytes())
-            _, packs, entries, covers, _ = struct.unpack_from("<8sIIII", data, 0)
-            start = 24 + 16 * covers + 24 * packs + 1024
-            for i in range(entries):
-                at = start + 56 * i
-                d, p, off, ln, rs, codec = struct.unpack_from("<32sIQIIB", data, at)
-                struct.pack_into("<32sIQIIB", data, at, d, p, off + 1, ln, rs, codec)
-            path.write_bytes(bytes(data))
-        with pytest.raises(IntegrityError, match="kept copies of the store's index were "
-                           "dropped"):
-            load()
-        assert not list((cache / "index").rglob("*.idx"))
-        assert (load() / "w.bin").read_bytes() == (tmp_path / "w.bin").read_bytes()
+        for how in ("offsets", "digests"):
+            poison(how)
+            with pytest.raises(IntegrityError, match="kept copies of the store's index were "
+                               "dropped"):
+                load()
+            assert not list((cache / "index").rglob("*.idx"))
+            assert (load() / "w.bin").read_bytes() == (tmp_path / "w.bin").read_bytes()
     finally:
         stop(server)
 
@@ -200,3 +208,18 @@ def test_reading_a_version_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> No
         with pytest.raises(Unavailable, match="answered too slowly"):
             client.get("m@1.0.0")
         assert time.monotonic() - started < 10
+
+
+def test_records_of_the_wrong_shape_show_without_a_traceback(tmp_path: Any) -> None:
+    """metrics "abc" (not part of the digest, so a server may send anything there) and
+    framework_versions ["x"] made `tether show` end in a traceback (a review)."""
+    from tether import Registry
+    from tether._records import ModelVersion
+    from tether.cli.inspect import _lines, _pins
+
+    reg = Registry.init(tmp_path / "reg", actor="t@example.com")
+    (tmp_path / "w.bin").write_bytes(b"w")
+    data = reg.log_model(tmp_path / "w.bin", "m", progress=False).to_dict()
+    version = ModelVersion.from_dict({**data, "metrics": "abc", "tags": ["x"], "notes": 5})
+    assert version.metrics == {} and version.tags == {} and version.notes == "5"
+    assert _pins(["x"]) == "-" and _lines("abc") == "  (unreadable)"

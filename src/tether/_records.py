@@ -31,6 +31,11 @@ class ModelInfo:
         return asdict(self)
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a mapping, else an empty one (an answer of the wrong shape)."""
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One immutable version, with the aliases that point at it right now."""
@@ -90,13 +95,14 @@ class ModelVersion:
             signature=data.get("signature"),
             input_example=data.get("input_example"),
             params=data.get("params") or {},
-            metrics=data.get("metrics") or {},
+            # Not part of the digest: of the wrong shape, nothing (`show` crashed on it).
+            metrics=_mapping(data.get("metrics")),
             data=data.get("data") or {},
             lineage=readable_lineage(data.get("lineage") or {}),
             # What Tether compares, prints and exports of it (a server's word: see there).
             environment=readable_environment(data.get("environment") or {}),
-            tags=data.get("tags") or {},
-            notes=data.get("notes") or "",
+            tags=_mapping(data.get("tags")),
+            notes=str(data.get("notes") or ""),
             author=data["author"],
             created_at=data["created_at"],
             status=data["status"],

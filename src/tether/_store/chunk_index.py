@@ -929,7 +929,17 @@ class ChunkIndex:
             self.refresh()
             loc = self.locate(chunk.digest)
         if loc is None:
-            raise IntegrityError(f"{what}: chunk {chunk.digest[:16]} is not in the store",
-                                 hint="the store lost data; restore it from a backup")
+            raise self.not_in_store(f"{what}: chunk {chunk.digest[:16]} is not in the store")
         return loc
+
+    def not_in_store(self, message: str) -> IntegrityError:
+        """The error for chunks the index does not list. When this machine kept copies of
+        the store's merged index, they may be what lies (a man in the middle once served
+        one with altered digests, and every later process failed: a review): they are
+        dropped, and the next process fetches them again."""
+        if self.forget_kept_copies():
+            return IntegrityError(message, hint="this machine's kept copies of the store's "
+                                  "index were dropped: run it again; if it fails again, the "
+                                  "store lost data (restore it from a backup)")
+        return IntegrityError(message, hint="the store lost data; restore it from a backup")
 

@@ -102,7 +102,9 @@ def versions(
     )
 
 
-def _lines(mapping: dict[str, Any]) -> str:
+def _lines(mapping: Any) -> str:
+    if not isinstance(mapping, dict):
+        return "  (unreadable)"
     return "\n".join(f"  {shown(k)}: {shown(v)}" for k, v in mapping.items()) or "  (none)"
 
 
@@ -322,5 +324,7 @@ def _num(value: Any) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
-def _pins(versions: dict[str, str]) -> str:
+def _pins(versions: Any) -> str:
+    if not isinstance(versions, dict):  # a record of the wrong shape: nothing to list
+        return "-"
     return ", ".join(f"{k}=={x}" for k, x in versions.items()) or "-"
