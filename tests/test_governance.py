@@ -686,7 +686,7 @@ def test_tags_and_text_are_bounded_and_updates_audit_only_what_changed(
     (tmp_path / "w.bin").write_bytes(b"w" * 10)
     version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
     for bad in ({"k": "v" * 100_001}, {"k" * 251: "v"}, {f"k{i}": "v" for i in range(1001)},
-                {"k": "\x1b[2J"}, {"a\nb": "v"}):
+                {"k": "\x1b[2J"}, {"a\nb": "v"}, {"k": "\x9b31m"}, {"a\u202eb": "v"}):
         with pytest.raises(InvalidInput):
             registry.update_model("m", set_tags=bad)
         with pytest.raises(InvalidInput):

@@ -223,3 +223,59 @@ def test_records_of_the_wrong_shape_show_without_a_traceback(tmp_path: Any) -> N
     version = ModelVersion.from_dict({**data, "metrics": "abc", "tags": ["x"], "notes": 5})
     assert version.metrics == {} and version.tags == {} and version.notes == "5"
     assert _pins(["x"]) == "-" and _lines("abc") == "  (unreadable)"
+
+
+def test_a_kept_index_copy_claiming_a_missing_chunk_fails_one_log_not_every_later_one(
+        tmp_path: Any) -> None:
+    """A kept copy listing the digest of the user's next file: ingest skipped uploading
+    it, the server refused the commit, and every later log failed (a third review)."""
+    import os
+    import struct
+
+    from tether import Registry
+    from tether._errors import MissingChunks
+    from tether._store import open_store
+
+    from .servers import start_server, stop
+
+    server = start_server(f"sqlite:///{tmp_path / 'meta.db'}",
+                          f"file://{tmp_path / 'objects'}", tmp_path)
+    try:
+        (tmp_path / "w.bin").write_bytes(os.urandom(1000))
+        (tmp_path / "new.bin").write_bytes(os.urandom(1000))
+        server.client().log_model(tmp_path / "w.bin", "m", progress=False)
+        store = open_store(f"file://{tmp_path / 'objects'}")
+        store.refresh()
+        store.consolidate()
+        cache = tmp_path / "client-cache"
+
+        def client() -> remote.RemoteRegistry:
+            return remote.RemoteRegistry(server.url, token=server.admin_token, cache_dir=cache)
+
+        first = client()
+        first.get("m@1.0.0")
+        first.store.refresh()  # the merged index kept on disk
+        first.close()
+        target = bytes.fromhex(Registry.init(tmp_path / "local", actor="a@example.com")
+                               .log_model(tmp_path / "new.bin", "x", progress=False)
+                               .files[0].chunks[0].digest)
+        for path in (cache / "index").rglob("*.idx"):  # what a man in the middle served
+            data = bytearray(path.read_bytes())
+            _, packs, _entries, covers, _ = struct.unpack_from("<8sIIII", data, 0)
+            start = 24 + 16 * covers + 24 * packs + 1024
+            _, p, off, ln, rs, codec = struct.unpack_from("<32sIQIIB", data, start)
+            struct.pack_into("<32sIQIIB", data, start, target, p, off, ln, rs, codec)
+            fan = 24 + 16 * covers + 24 * packs
+            for i in range(256):
+                struct.pack_into("<I", data, fan + 4 * i, 1 if i >= target[0] else 0)
+            path.write_bytes(bytes(data))
+        victim = client()
+        with pytest.raises(MissingChunks, match="not in the store") as refused:
+            victim.log_model(tmp_path / "new.bin", "victim", progress=False)
+        victim.close()
+        assert "kept copies of the store's index were dropped" in str(refused.value.hint)
+        again = client()
+        assert again.log_model(tmp_path / "new.bin", "victim", progress=False).seq == 1
+        again.close()
+    finally:
+        stop(server)

@@ -631,6 +631,20 @@ class RemoteRegistry:
                      bump: str | None, kind: type[V], **kwargs: Any) -> V:
         """POST a new version to ``path``: JSON, or packed when a file's chunk list is too
         long to list (see _packed_manifest.py); the answer unchecked."""
+        try:
+            return self._post_version(path, fields, files, bump, kind, **kwargs)
+        except MissingChunks as error:
+            # This client skipped uploading chunks its index said the store held. If that
+            # index came from copies kept on this disk, they may lie (a server or a man in
+            # the middle once served one, and every later log failed: a review): they
+            # are dropped, and the next run fetches them again and uploads what is missing.
+            if self._store is not None and self._store.index.forget_kept_copies():
+                raise MissingChunks(error.message, hint="this machine's kept copies of the "
+                                    "store's index were dropped: run it again") from error
+            raise
+
+    def _post_version(self, path: str, fields: dict[str, Any], files: Sequence[Any],
+                      bump: str | None, kind: type[V], **kwargs: Any) -> V:
         headers = kwargs.pop("headers", {})
         if not any(isinstance(f, FileEntry) and len(f.chunks) > LISTED_CHUNKS for f in files):
             listed = [f.to_dict() if isinstance(f, FileEntry) else f for f in files]

@@ -101,7 +101,10 @@ MAX_TAGS = 1000
 MAX_TAG_KEY = 250
 MAX_TAG_VALUE = 100_000
 MAX_TEXT = 100_000  # a description or notes
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: What a name may not hold on top: line breaks, tabs, bidi overrides and isolates (a
+#: key that reads backwards), line and paragraph separators.
+_NOT_IN_A_KEY = re.compile(r"[\t\n\r\u202a-\u202e\u2066-\u2069\u2028\u2029\u200b-\u200f]")
 
 
 def check_tags(tags: Mapping[str, Any] | None, *, what: str = "tags") -> None:
@@ -113,7 +116,7 @@ def check_tags(tags: Mapping[str, Any] | None, *, what: str = "tags") -> None:
         raise InvalidInput(f"{len(tags)} {what}: at most {MAX_TAGS}")
     for key, value in tags.items():
         if not isinstance(key, str) or not key or len(key) > MAX_TAG_KEY or _CONTROL.search(
-                key) or "\n" in key or "\t" in key or "\r" in key:
+                key) or _NOT_IN_A_KEY.search(key):
             raise InvalidInput(f"{what} key {str(key)[:60]!r} is not a name of 1 to "
                                f"{MAX_TAG_KEY} characters without control characters")
         if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or _CONTROL.search(value):
