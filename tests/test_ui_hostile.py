@@ -205,3 +205,47 @@ def test_the_sites_own_pages_behind_a_reverse_proxy_are_not_taken_for_another_si
                             headers={"origin": "https://evil.example",
                                      "x-forwarded-host": "tether.example.com"})
         assert other.status_code == 403
+
+
+def test_pages_survive_values_json_cannot_hold_and_rows_of_the_wrong_shape(
+        registry: Registry, iris: tuple[Any, Any]) -> None:
+    """A version logged with a missing value in its input example answered its JSON twin
+    with a bare 500 (JSON has no NaN), and rows written by another hand (tags a string,
+    metrics a list, an audit event's details a string, a deployment without endpoints)
+    failed whole pages, even the deployments list (a review)."""
+    import json as _json
+
+    import numpy as np
+    import sqlalchemy as sa
+
+    from tether._metadata.schema import deployments, events, versions
+
+    X, _ = iris
+    example = X.head(3).copy()
+    example.iloc[0, 0] = np.nan
+    nan = registry.log_model(fit_logreg(iris), "nanny", input_example=example,
+                             params={"alpha": float("inf")})
+    other = registry.log_model(fit_logreg(iris, C=0.5), "nanny")
+    admin = registry.create_token(registry.actor)["token"]
+    client = _signed_in(create_ui_app(lambda: registry), admin)
+    twin = client.get(f"/models/nanny/versions/{nan.semver}?format=json")
+    assert twin.status_code == 200, twin.text
+    assert twin.json()["version"]["params"]["alpha"] is None
+    registry.apply_deployment("svc", {"endpoints": {"nanny": {"routes": [
+        {"name": "main", "target": other.ref, "weight": 100}]}}})
+    registry.apply_deployment("broken", {"endpoints": {"nanny": {"routes": [
+        {"name": "main", "target": other.ref, "weight": 100}]}}})
+    with registry.engine.begin() as conn:  # what an older database, or another hand, holds
+        conn.execute(versions.update().where(versions.c.seq == other.seq).values(
+            tags=_json.dumps("a string"), metrics=_json.dumps([1, 2])))
+        conn.execute(events.update().where(events.c.id == conn.execute(
+            sa.select(sa.func.max(events.c.id))).scalar()).values(details=_json.dumps("x")))
+        conn.execute(deployments.update().where(deployments.c.name == "broken").values(
+            spec="{}", paused="null"))
+    for path in ("/models/nanny", f"/models/nanny/versions/{other.semver}",
+                 f"/models/nanny/versions/{nan.semver}", "/deployments",
+                 f"/compare?v=nanny@{nan.semver}&v=nanny@{other.semver}"):
+        for suffix in ("", "&format=json" if "?" in path else "?format=json"):
+            answer = client.get(path + suffix)
+            assert answer.status_code == 200, (path + suffix, answer.text[:300])
+    assert "svc" in client.get("/deployments").text

@@ -261,7 +261,8 @@ def require_intact(version: ModelVersion) -> ModelVersion:
         check_manifest(version.files)
         check_flavor_paths(version.flavor, (f.path for f in version.files))
         files_digest, digest = recompute(version)
-    except (InvalidInput, KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
+    except (InvalidInput, KeyError, TypeError, ValueError, IndexError, OverflowError,
+            AttributeError) as error:  # a flavor or data of the wrong shape (a review)
         detail = error.message if isinstance(error, InvalidInput) else repr(error)
         raise IntegrityError(
             f"{version.ref}'s recorded manifest is unusable: {detail}",

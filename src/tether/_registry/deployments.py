@@ -518,9 +518,21 @@ def list_all(registry: Registry) -> list[dict[str, Any]]:
     _require_readers(registry)
     with registry.read() as conn:
         rows = conn.execute(sa.select(deployments).order_by(deployments.c.name)).all()
-        return [{"name": r.name, "revision": r.revision, "updated_at": r.updated_at,
-                 "updated_by": r.updated_by, "endpoints": sorted(json.loads(r.spec)["endpoints"]),
-                 "paused": json.loads(r.paused)} for r in rows]
+        return [_listed(r) for r in rows]
+
+
+def _listed(row: sa.Row[Any]) -> dict[str, Any]:
+    """A deployment's line in the listing; one whose stored spec is unreadable says so
+    instead of failing the whole listing (a review)."""
+    entry = {"name": row.name, "revision": row.revision, "updated_at": row.updated_at,
+             "updated_by": row.updated_by, "endpoints": [], "paused": []}
+    try:
+        spec, paused = json.loads(row.spec), json.loads(row.paused)
+        entry["endpoints"] = sorted(spec["endpoints"])
+        entry["paused"] = [p for p in paused if isinstance(p, str)]
+    except (ValueError, TypeError, KeyError):
+        entry["unreadable"] = True
+    return entry
 
 
 def history(registry: Registry, name: str) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._errors import InvalidInput, NotFound
-from .._metadata.repository import aliases_by_version
+from .._metadata.repository import aliases_by_version, stored_mapping
 from .._metadata.schema import aliases, models, versions
 from .._records import ModelInfo
 from .resolve import require_model
@@ -252,7 +252,7 @@ def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
                 status=row.status,
                 author=row.author,
                 created_at=row.created_at,
-                metrics=json.loads(row.metrics) if row.metrics else {},
+                metrics=stored_mapping(json.loads(row.metrics) if row.metrics else {}),
                 aliases=tuple(by_version.get(row.id, [])),
             )
             for row in conn.execute(query)

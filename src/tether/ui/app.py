@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,29 @@ SECURITY_HEADERS = {
 
 RegistryFactory = Callable[[], Registry]
 
+
+
+class _Internal(TetherError):
+    """A page that failed on what the registry holds (a row of an unexpected shape)."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self) -> None:
+        super().__init__("this page could not be drawn from what the registry holds",
+                         hint="the server log names the record; `tether verify` and "
+                         "`tether audit verify` check the registry")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None (JSON cannot hold them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 class CsrfRefused(PermissionDenied):
     code = "csrf_refused"
@@ -191,7 +215,9 @@ class UI:
         title: str = "",
     ) -> Response:
         if self.wants_json(request):
-            return JSONResponse(data, status_code=status, headers=SECURITY_HEADERS)
+            # JSON has no NaN or Infinity (a version logged with a missing value in its
+            # input example answered a bare 500: a review): null, as JSON readers expect.
+            return JSONResponse(_finite(data), status_code=status, headers=SECURITY_HEADERS)
         base = self.base(request)
         json_query = dict(request.query_params)
         json_query["format"] = "json"
@@ -245,14 +271,14 @@ class UI:
                 return RedirectResponse(login, status_code=303)
             try:
                 template, data, title = await run_in_threadpool(build, request, session)
+                # Rendered inside the try: a record of an unexpected shape failed in the
+                # template and answered a bare 500 (a review).
+                return self.render(request, template, data, session, title=title)
             except TetherError as error:
                 return self.error(request, error, session)
             except Exception:
                 log.exception("UI page %s failed", request.url.path)
-                return self.error(
-                    request, TetherError("internal error; see the server log"), session
-                )
-            return self.render(request, template, data, session, title=title)
+                return self.error(request, _Internal(), session)
 
         return endpoint
 
@@ -287,9 +313,7 @@ class UI:
                 return self.error(request, error, session, action=label)
             except Exception:
                 log.exception("UI action %s failed", request.url.path)
-                return self.error(
-                    request, TetherError("internal error; see the server log"), session
-                )
+                return self.error(request, _Internal(), session)
             data["action"] = label
             return self.render(request, "done.html", data, session, title="Done")
 

@@ -162,19 +162,21 @@ def model_page(
     info = registry.model(name)
     # The table and the chart need a few columns of each version, not whole versions.
     found = registry.version_summaries(name)
-    metric_names: list[str] = []
+    names: dict[str, None] = {}  # in order, each once (a list search was quadratic)
     for v in found:
-        for key, value in v.metrics.items():
-            if key not in metric_names and _number(value) is not None:
-                metric_names.append(key)
+        metrics = v.metrics if isinstance(v.metrics, dict) else {}
+        for key, value in metrics.items():
+            if key not in names and _number(value) is not None:
+                names[key] = None
+    metric_names = list(names)
     chosen = [c for c in columns if c in metric_names] or metric_names[:3]
     chart_metric = chart_metric if chart_metric in metric_names else (
         metric_names[0] if metric_names else ""
     )
     points = [
-        {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
+        {"seq": v.seq, "semver": v.semver, "value": _number(_metric(v, chart_metric))}
         for v in found
-        if chart_metric and _number(v.metrics.get(chart_metric)) is not None
+        if chart_metric and _number(_metric(v, chart_metric)) is not None
     ]
     try:
         policy: dict[str, Any] | None = registry.get_policy(name)
@@ -256,7 +258,14 @@ def _touches(event: Event, version: ModelVersion) -> bool:
         return True
     if event.action.startswith("alias.") and version.semver in (event.before, event.after):
         return True
-    return bool(event.details.get("digest") == f"sha:{version.digest}")
+    details = event.details if isinstance(event.details, dict) else {}
+    return bool(details.get("digest") == f"sha:{version.digest}")
+
+
+def _metric(version: Any, name: str) -> Any:
+    """One metric of a version (None where its metrics are not a mapping)."""
+    metrics = version.metrics
+    return metrics.get(name) if isinstance(metrics, dict) else None
 
 
 def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[str, Any]]:
@@ -379,12 +388,11 @@ def _section(
 
 
 def _ordered_keys(columns: list[dict[str, Any]]) -> list[str]:
-    keys: list[str] = []
+    keys: dict[str, None] = {}  # in order, each once (a list search was quadratic)
     for col in columns:
-        for key in col:
-            if key not in keys:
-                keys.append(key)
-    return keys
+        for key in col if isinstance(col, dict) else ():
+            keys.setdefault(key, None)
+    return list(keys)
 
 
 def compare_page(registry: Registry, refs: Sequence[str], *, only_diff: bool) -> dict[str, Any]:
