@@ -701,3 +701,41 @@ def test_tags_and_text_are_bounded_and_updates_audit_only_what_changed(
         last = conn.execute(sa.select(events.c.details).order_by(
             events.c.id.desc()).limit(1)).scalar()
     assert "big" not in str(last) and "small" in str(last)
+
+
+def test_reasons_and_comments_are_bounded_and_odd_metrics_are_not_empty(
+        registry: Registry, tmp_path: Path) -> None:
+    """7 MB reasons and comments with escape sequences went into the append-only audit
+    log (a review); and a tampered metrics row read as "no metrics", so a policy's
+    not_worse_than_current was skipped (a review of the fix that read it so)."""
+    import json as _json
+
+    import sqlalchemy as sa
+
+    from tether._metadata.schema import versions
+
+    refs = []
+    for n in range(2):
+        (tmp_path / f"{n}.bin").write_bytes(bytes([n]) * 10)
+        refs.append(registry.log_model(tmp_path / f"{n}.bin", "m", progress=False,
+                                       metrics={"auc": 0.9}).ref)
+    registry.promote(refs[0], "production", create=True)
+    for call in (lambda: registry.promote(refs[1], "production", reason="x" * 2001),
+                 lambda: registry.approve(refs[1], "production", comment="\x1b[2J"),
+                 lambda: registry.deprecate(refs[1], reason="\x9b31m"),
+                 lambda: registry.create_token("t@example.com", description="x" * 5000),
+                 lambda: registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+                     {"name": "a", "target": refs[0], "weight": 1}]}}}, reason="y" * 3000)):
+        with pytest.raises(InvalidInput, match="at most 2000 characters"):
+            call()
+    with registry.engine.begin() as conn:
+        conn.execute(versions.update().where(versions.c.semver == "1.0.0").values(
+            metrics=_json.dumps([0.1]), tags=_json.dumps("wiped")))
+    current = registry.get(refs[0])
+    assert current.metrics == {"(unreadable)": "[0.1]"}
+    assert current.tags == {"(unreadable)": "'wiped'"}
+    registry.set_policy("m", "aliases:\n  production:\n    checks:\n"
+                             "      - {metric: auc, not_worse_than_current: 0.01}\n")
+    with pytest.raises(PolicyViolation, match=r"metrics recorded on 1\.0\.0 are unreadable"):
+        registry.promote(refs[1], "production")
+    assert sa  # imported for the update above

@@ -249,3 +249,30 @@ def test_pages_survive_values_json_cannot_hold_and_rows_of_the_wrong_shape(
             answer = client.get(path + suffix)
             assert answer.status_code == 200, (path + suffix, answer.text[:300])
     assert "svc" in client.get("/deployments").text
+
+
+def test_an_odd_token_row_or_deployment_spec_gives_a_page_that_says_so(
+        registry: Registry, iris: tuple[Any, Any]) -> None:
+    """An unreadable token expiry answered every page a bare 500, and a deployment's page
+    (not only the list) failed on a spec without endpoints (a review)."""
+    import sqlalchemy as sa
+
+    from tether._metadata.schema import deployments, tokens
+
+    version = registry.log_model(fit_logreg(iris), "m")
+    registry.apply_deployment("broken", {"endpoints": {"m": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 100}]}}})
+    admin = registry.create_token(registry.actor)["token"]
+    odd = registry.create_token("olga@example.com", role="reader")["token"]
+    client = _signed_in(create_ui_app(lambda: registry), admin)
+    with registry.engine.begin() as conn:
+        conn.execute(deployments.update().values(spec="{}"))
+        conn.execute(tokens.update().where(tokens.c.principal == "olga@example.com")
+                     .values(expires_at="not a date"))
+    page = client.get("/deployments/broken")
+    assert page.status_code == 500 and "stored record is unreadable" in page.text
+    assert client.get("/deployments").status_code == 200
+    other = TestClient(create_ui_app(lambda: registry), base_url="http://testserver")
+    login = other.post("/login", data={"token": odd, "next": "/"}, follow_redirects=False)
+    assert login.status_code in (200, 400, 401) and "Internal Server Error" not in login.text
+    assert sa  # used for the updates above

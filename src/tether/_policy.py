@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._environment.record import UNREADABLE
 from ._errors import InvalidInput
 from ._humanize import short_repr
 from ._plain_yaml import plain_yaml
@@ -355,6 +356,11 @@ def _run_check(check: Check, facts: Facts) -> str | None:
 def _metric_problem(o: dict[str, Any], facts: Facts) -> str | None:
     name = o["metric"]
     higher = bool(o.get("higher_is_better", True))
+    for whose, metrics in ((facts.semver, facts.metrics),
+                           (facts.current_semver, facts.current_metrics or {})):
+        if UNREADABLE in metrics:  # a row changed outside Tether: refuse, never skip
+            return (f"the metrics recorded on {whose} are unreadable "
+                    f"({metrics[UNREADABLE]}); `tether audit verify` shows what changed")
     value = facts.metrics.get(name)
     if value is None:
         return f"metric {name!r} is not recorded on {facts.semver}; log it with metrics="

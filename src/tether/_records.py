@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ._environment.record import readable_environment
+from ._environment.record import UNREADABLE, readable_environment
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
 from ._identity import check_one_file_each, names_reserved, path_escapes
 from ._lineage_record import readable_lineage
@@ -31,9 +31,16 @@ class ModelInfo:
         return asdict(self)
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    """``value`` if it is a mapping, else an empty one (an answer of the wrong shape)."""
-    return value if isinstance(value, dict) else {}
+def readable_mapping(value: Any) -> dict[str, Any]:
+    """A stored mapping outside a version's digest (metrics, tags) as Tether reads it:
+    itself, nothing for none, and for anything else one entry ``UNREADABLE`` holding what
+    was stored, cut short. Not an empty mapping: a tampered row must not pass for one
+    that never recorded anything (a review: a policy's not_worse_than_current was then
+    skipped), and it must not fail pages either."""
+    if value is None or isinstance(value, dict):
+        return value or {}
+    text = repr(value)
+    return {UNREADABLE: text if len(text) <= 200 else text[:197] + "..."}
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,12 @@ class ModelVersion:
             input_example=data.get("input_example"),
             params=data.get("params") or {},
             # Not part of the digest: of the wrong shape, nothing (`show` crashed on it).
-            metrics=_mapping(data.get("metrics")),
+            metrics=readable_mapping(data.get("metrics")),
             data=data.get("data") or {},
             lineage=readable_lineage(data.get("lineage") or {}),
             # What Tether compares, prints and exports of it (a server's word: see there).
             environment=readable_environment(data.get("environment") or {}),
-            tags=_mapping(data.get("tags")),
+            tags=readable_mapping(data.get("tags")),
             notes=str(data.get("notes") or ""),
             author=data["author"],
             created_at=data["created_at"],

@@ -26,7 +26,7 @@ from .._packed_manifest import (
     stored_entries,
     too_many_records,
 )
-from .._records import AliasMove, ModelVersion
+from .._records import AliasMove, ModelVersion, readable_mapping
 from .._semver import SemVer
 from .._store import chunklist
 from .._store.base import FileEntry
@@ -276,12 +276,6 @@ def update_model(conn: sa.Connection, mid: int, **fields: Any) -> None:
 # -- versions -----------------------------------------------------------------
 
 
-def stored_mapping(value: Any) -> dict[str, Any]:
-    """A stored mapping outside the version's digest (metrics, tags), or nothing if the
-    row holds something else (written by another hand: pages failed on it, a review)."""
-    return value if isinstance(value, dict) else {}
-
-
 def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (), *,
                    files: Sequence[FileEntry] | None = None,
                    lists_in_file: bool = False,
@@ -307,11 +301,11 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
         signature=_loads(row.signature, None),
         input_example=_loads(row.input_example, None),
         params=_loads(row.params, {}),
-        metrics=stored_mapping(_loads(row.metrics, {})),
+        metrics=readable_mapping(_loads(row.metrics, {})),
         data=_loads(row.data, {}),
         lineage=readable_lineage(_loads(row.lineage, {})),
         environment=readable_environment(_loads(row.environment, {})),
-        tags=stored_mapping(_loads(row.tags, {})),
+        tags=readable_mapping(_loads(row.tags, {})),
         notes=row.notes,
         author=row.author,
         created_at=row.created_at,

@@ -19,6 +19,7 @@ from .._metadata.audit_log import append_event
 from .._policy import protected_alias_patterns, role_to_move
 from .._records import AliasMove, ModelVersion
 from .._reference import parse_reference, refuse_a_version_name, validate_alias_name
+from .manifest_limits import check_reason
 from .policies import check_deprecated_by_policy, current_policy
 from .resolve import require_model, resolve_row
 from .roles import require_role
@@ -50,6 +51,7 @@ def promote(
 ) -> AliasMove:
     """Point ``alias`` at ``ref`` after the checks; an alias that does not exist yet
     is made only with ``create=True``, so a typo never becomes a new, unguarded alias."""
+    check_reason(reason, "the reason")
     validate_alias_name(alias)
     parsed = parse_reference(ref)
     with registry.write() as conn:
@@ -209,6 +211,7 @@ def rollback(
     registry: Registry, name: str, alias: str, *, actor: str, reason: str = "",
     from_digest: str | None = None, from_generation: int | None = None,
 ) -> AliasMove:
+    check_reason(reason, "the reason")
     validate_alias_name(alias)
     with registry.write() as conn:
         return rollback_in(conn, name, alias, actor=actor, reason=reason,
@@ -234,6 +237,7 @@ def rollback_in(
     ``from_generation``: and only if the alias has not moved since (a late rollback
     after someone promoted the same version again would undo that promotion).
     """
+    check_reason(reason, "the reason")
     require_role_to_move(conn, actor, name, alias)  # first, as in promote
     mid = require_model(conn, name, lock=True)
     require_policy_roles(conn, actor, name, alias)

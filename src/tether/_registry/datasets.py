@@ -79,7 +79,7 @@ from . import reads
 from .access import may
 from .aliases import refuse_a_look_alike, require_role_to_move
 from .lineage import capture_git, digest_data
-from .manifest_limits import check_loadable, check_tags, check_text
+from .manifest_limits import check_loadable, check_reason, check_tags, check_text
 from .previous import previous_chunks
 from .resolve import range_numbers, shown_number, version_number
 from .stat_cache import StatCache
@@ -904,6 +904,7 @@ def promote_dataset(
     registry: Registry, ref: str, alias: str, *, reason: str = ""
 ) -> AliasMove:
     """Point ``NAME@alias`` at ``ref``: one alias row, one move, one audit event."""
+    check_reason(reason, "the reason")
     validate_alias_name(alias)
     parsed = parse_reference(ref)
     actor = registry.actor

@@ -50,6 +50,7 @@ from .._metadata.schema import (
 from .._policy import role_rank, role_to_move
 from .._reference import SelectorKind, parse_reference, validate_model_name
 from .aliases import PROTECTED_SETTING, rollback_in
+from .manifest_limits import check_reason
 from .policies import current_policy
 from .resolve import require_model, resolve_row
 from .roles import has_role, require_role
@@ -76,6 +77,7 @@ def record_route_rollback(
     reason: str,
 ) -> None:
     """Append ``deployment.rollback`` for a pinned route that a rule switched back."""
+    check_reason(reason, "the reason")
     with registry.write() as conn:
         require_model(conn, model)
         require_role(conn, registry.actor, "contributor", model)
@@ -395,6 +397,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
     Every target must resolve now; the actor needs the role to move each
     route's traffic. An unchanged spec is no new revision and no event.
     """
+    check_reason(reason, "the reason")
     _validate_name(name)
     _, canonical = check_spec(spec, name)
     actor = registry.actor
@@ -551,6 +554,7 @@ def history(registry: Registry, name: str) -> list[dict[str, Any]]:
 def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
                 endpoint: str | None = None, reason: str = "") -> dict[str, Any]:
     """New weights for some routes of one endpoint (the others keep theirs)."""
+    check_reason(reason, "the reason")
     actor = registry.actor
     with registry.write() as conn:
         row = _readable_row(conn, name, actor, lock=True)
@@ -585,6 +589,7 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
 def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str | None = None,
           resume: bool = False, reason: str = "") -> dict[str, Any]:
     """Take routes out of traffic (their weights are kept), or give it back (``resume``)."""
+    check_reason(reason, "the reason")
     actor = registry.actor
     if not routes:
         raise InvalidInput("name the routes to pause or resume")
@@ -628,6 +633,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
              reason: str = "") -> dict[str, Any]:
     """Make an earlier revision (default: the newest that differs from the current one)
     current again, as a new revision."""
+    check_reason(reason, "the reason")
     actor = registry.actor
     with registry.write() as conn:
         row = _readable_row(conn, name, actor, lock=True)
@@ -672,6 +678,7 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
     and does not hold the deployment's lease: a breach seen by every replica
     is acted on once.
     """
+    check_reason(reason, "the reason")
     actor = registry.actor
     with registry.write() as conn:
         row = _readable_row(conn, name, actor, lock=True)

@@ -132,3 +132,19 @@ def check_text(text: str | None, what: str) -> None:
     if not isinstance(text, str) or len(text) > MAX_TEXT or _CONTROL.search(text):
         raise InvalidInput(f"{what} is not text of at most {MAX_TEXT} characters without "
                            "control characters (line breaks and tabs are fine)")
+
+
+#: A reason or a comment given with a change (a promotion, a rollback, an approval, a
+#: token's description): a line or a paragraph. Each is kept in the audit log forever;
+#: 7 MB ones with escape sequences were taken (a review). The UI's forms take as much.
+MAX_REASON = 2000
+
+
+def check_reason(text: str | None, what: str = "the reason") -> None:
+    """Refuse a reason or comment past ``MAX_REASON`` or holding control characters other
+    than line breaks and tabs (InvalidInput)."""
+    if text is None:
+        return
+    if not isinstance(text, str) or len(text) > MAX_REASON or _CONTROL.search(text):
+        raise InvalidInput(f"{what} is not text of at most {MAX_REASON} characters without "
+                           "control characters")

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._errors import InvalidInput, NotFound
-from .._metadata.repository import aliases_by_version, stored_mapping
+from .._metadata.repository import aliases_by_version
 from .._metadata.schema import aliases, models, versions
-from .._records import ModelInfo
+from .._records import ModelInfo, readable_mapping
 from .resolve import require_model
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
                 status=row.status,
                 author=row.author,
                 created_at=row.created_at,
-                metrics=stored_mapping(json.loads(row.metrics) if row.metrics else {}),
+                metrics=readable_mapping(json.loads(row.metrics) if row.metrics else {}),
                 aliases=tuple(by_version.get(row.id, [])),
             )
             for row in conn.execute(query)

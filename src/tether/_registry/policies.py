@@ -15,6 +15,7 @@ from .._metadata.schema import approvals, policies
 from .._policy import Policy, parse_policy
 from .._records import ModelVersion
 from .._reference import parse_reference, validate_alias_name
+from .manifest_limits import check_reason
 from .resolve import require_model, resolve_version
 from .roles import require_role
 
@@ -109,6 +110,7 @@ def get_policy(registry: Registry, name: str, revision: int | None = None) -> di
 
 
 def approve(registry: Registry, ref: str, alias: str, *, comment: str = "") -> list[str]:
+    check_reason(comment, "the comment")
     validate_alias_name(alias)
     with registry.write() as conn:
         # The role first: a refusal naming the missing version listed the model's

@@ -532,6 +532,9 @@ class Registry:
         return self.store.verify(version.files, label=version.ref)
 
     def deprecate(self, ref: str, *, reason: str = "", undo: bool = False) -> ModelVersion:
+        from .manifest_limits import check_reason
+
+        check_reason(reason, "the reason")
         parsed = parse_reference(ref)
         self.require("approver", parsed.name, action="deprecating a version")
         with self.write() as conn:

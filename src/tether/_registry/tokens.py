@@ -14,6 +14,7 @@ from .._errors import InvalidInput, NotFound, PermissionDenied
 from .._metadata.audit_log import append_event
 from .._metadata.clock import iso, now_iso, parse_iso
 from .._metadata.schema import tokens
+from .manifest_limits import check_reason
 from .roles import check_grant, grant, require_role
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def create_token(
     description: str = "",
 ) -> dict[str, Any]:
     """A new token for ``principal`` (granting ``role`` too, when given). Admin only."""
+    check_reason(description, "the description")
     with registry.read() as conn:
         require_role(conn, registry.actor, "admin", None)
     check_grant(principal, model)
@@ -113,7 +115,12 @@ def authenticate(registry: Registry, secret: str | None) -> str:
             f"the API token {row.prefix}… names no principal",
             hint="an admin revokes it (tether token revoke) and creates one for a named user",
         )
-    if row.expires_at and parse_iso(row.expires_at) < datetime.now(UTC):
+    try:
+        expires = parse_iso(row.expires_at) if row.expires_at else None
+    except (TypeError, ValueError):  # a row written by another hand: no page fails on it
+        raise Unauthenticated(f"the API token {row.prefix}… has an unreadable expiry",
+                              hint="an admin revokes it and creates a new one") from None
+    if expires is not None and expires < datetime.now(UTC):
         raise Unauthenticated(
             f"the API token {row.prefix}… expired at {row.expires_at}",
             hint="ask an admin for a new one: tether token create",

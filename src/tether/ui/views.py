@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import IntegrityError, InvalidInput, NotFound, TetherError
 from .._humanize import ago, human_bytes
 from .._policy import Policy, protected_alias_patterns, role_rank, role_to_move
 from .._records import AliasMove, Event, ModelVersion
@@ -321,7 +321,8 @@ def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, 
         {
             "actor": e["actor"],
             "alias": str(e["subject"]).rpartition(" for ")[2],
-            "comment": e["details"].get("comment", ""),
+            "comment": (e["details"] if isinstance(e["details"], dict) else {}).get(
+                "comment", ""),
             "ts": e["ts"],
         }
         for e in events
@@ -570,7 +571,13 @@ def deployment_page(registry: Registry, name: str) -> dict[str, Any]:
     paused = set(record.get("paused") or [])
     now = time.time()
     endpoints = []
-    for endpoint, body in record["spec"]["endpoints"].items():
+    spec = record.get("spec")
+    if not (isinstance(spec, dict) and isinstance(spec.get("endpoints"), dict)):
+        raise IntegrityError(
+            f"deployment {name}'s stored record is unreadable (its spec has no endpoints)",
+            hint="it was changed outside Tether: `tether deploy history NAME` lists its "
+            "revisions; `tether deploy rollback NAME` makes a readable one current")
+    for endpoint, body in spec["endpoints"].items():
         shares = effective_weights(record, endpoint)
         total = sum(shares.values()) or 1.0
         routes = [{"name": r["name"], "target": r["target"], "weight": r["weight"],
