@@ -334,3 +334,47 @@ def test_replicas_against_a_shared_server(
         _wait(lambda: all(r.routes("scorer")["main"]["ref"] == good.ref for r in group))
         events = registry.audit_log(action="deployment.rollback")
         assert len(events) == 1 and events[0].actor == "replica@example.com"
+
+
+def test_a_route_moved_and_moved_back_during_a_load_serves_what_the_record_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two revisions a second apart moved a pinned route to 1.3.0 and back to 1.1.0: the
+    second re-pin was dropped while the first loaded, the first switched to 1.3.0, and
+    the replica served a version no revision routed to, for good (a review)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from tether.serving import runtime, targets
+    from tether.serving.endpoint import Endpoint
+
+    slot = SimpleNamespace(name="canary", target="iris@1.3.0", busy=False, pending=None)
+    loads: list[str] = []
+    switched: list[str] = []
+
+    def load(endpoint: Any, s: Any, version: str) -> str:
+        loads.append(version)
+        if len(loads) == 1:
+            s.target = "iris@1.1.0"  # the next revision arrives while this one loads
+        return version
+
+    monkeypatch.setattr(targets, "load_or_report", load)
+    monkeypatch.setattr(targets, "switch", lambda e, s, loaded: switched.append(loaded))
+    endpoint = SimpleNamespace(registry=SimpleNamespace(get=lambda ref: ref))
+    runtime._repin(endpoint, slot)  # type: ignore[arg-type]
+    assert loads == ["iris@1.3.0", "iris@1.1.0"] and switched == ["iris@1.1.0"]
+
+    # A job asked for while another runs is run after it, not dropped.
+    gate, ran = threading.Event(), []
+    fake = SimpleNamespace(name="e", _loader=ThreadPoolExecutor(1),
+                           _submitting=threading.Lock())
+    fake._start = lambda s, job: Endpoint._start(fake, s, job)  # type: ignore[arg-type]
+    slot2 = SimpleNamespace(name="r", busy=False, pending=None)
+    Endpoint.submit(fake, slot2, lambda: (gate.wait(5), ran.append("first")))  # type: ignore[arg-type]
+    Endpoint.submit(fake, slot2, lambda: ran.append("second"))  # type: ignore[arg-type]
+    gate.set()
+    deadline = time.monotonic() + 5
+    while ran != ["first", "second"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["first", "second"] and not slot2.busy
+    fake._loader.shutdown()

@@ -153,6 +153,8 @@ class Endpoint:
         #: over every replica's windows (see follower.py), not each process on its own.
         self.judge_locally = True
         self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"tether-load-{self.name}")
+        #: Guards each slot's busy flag and pending job (submit runs on request threads).
+        self._submitting = threading.Lock()
         # request id -> (route, digest, predictions, fingerprint): atoms and tuples only, so the
         # garbage collector stops tracking them and a full collection stays short.
         self._recent: dict[str, tuple[str, str, Any, str]] = {}
@@ -488,11 +490,17 @@ class Endpoint:
             self.instruments.weights.set(weight, self.name, name)
 
     def submit(self, slot: RouteSlot, job: Callable[[], None]) -> None:
-        """Run ``job`` on the loader thread unless ``slot`` already has one queued."""
-        if slot.busy:
-            return
-        slot.busy = True
+        """Run ``job`` on the loader thread; while ``slot`` has one running, the newest job
+        asked for runs after it (dropped, a re-pin asked for during a load never ran: a
+        review)."""
+        with self._submitting:
+            if slot.busy:
+                slot.pending = job
+                return
+            slot.busy = True
+        self._start(slot, job)
 
+    def _start(self, slot: RouteSlot, job: Callable[[], None]) -> None:
         def run() -> None:
             try:
                 job()
@@ -500,12 +508,18 @@ class Endpoint:
                 log.exception("background task failed", extra={"endpoint": self.name,
                                                                "route": slot.name})
             finally:
-                slot.busy = False
+                with self._submitting:
+                    following, slot.pending = slot.pending, None
+                    if following is None:
+                        slot.busy = False
+                if following is not None:
+                    self._start(slot, following)
 
         try:
             self._loader.submit(run)
         except RuntimeError:  # shutting down
-            slot.busy = False
+            with self._submitting:
+                slot.busy, slot.pending = False, None
 
     def check(self) -> None:
         """Poll targets and judge rollback rules (the supervisor calls this every tick)."""

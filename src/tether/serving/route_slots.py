@@ -33,6 +33,8 @@ class RouteSlot:
     status: str = "loading"
     problem: str | None = None
     busy: bool = False
+    #: A job asked for while one ran: it runs next (Endpoint.submit).
+    pending: Any = None
     window: Window = field(init=False)
 
     def __post_init__(self) -> None:

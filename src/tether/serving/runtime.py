@@ -242,9 +242,17 @@ def _less_trust(old: Trust, new: Trust) -> Trust:
 
 
 def _repin(endpoint: Endpoint, slot: RouteSlot) -> None:
+    """Load what the slot's pinned target names now and switch to it. If the target moved
+    again while a version loaded, that version is not switched to: what the target names
+    now is loaded instead (a revision that moved a route and moved it back within a load
+    left it serving a version no revision routed to, for good: a review)."""
     from .targets import load_or_report, switch
 
-    version = endpoint.registry.get(slot.target)
-    loaded = load_or_report(endpoint, slot, version)
-    if loaded is not None:
-        switch(endpoint, slot, loaded)
+    while True:
+        target = slot.target
+        loaded = load_or_report(endpoint, slot, endpoint.registry.get(target))
+        if slot.target != target:
+            continue
+        if loaded is not None:
+            switch(endpoint, slot, loaded)
+        return
