@@ -378,3 +378,51 @@ def test_a_route_moved_and_moved_back_during_a_load_serves_what_the_record_names
         time.sleep(0.01)
     assert ran == ["first", "second"] and not slot2.busy
     fake._loader.shutdown()
+
+
+def test_an_unreadable_revision_is_refused_and_the_replica_keeps_reporting(
+        registry: Registry, iris: tuple[Any, Any]) -> None:
+    """A revision whose stored spec had the wrong shape escaped the follower's poll: its
+    heartbeat stopped, it showed as gone and lost the lease, and status, history and
+    `serve --deployment` printed tracebacks (a review)."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from tether._deployment import ServerConfig
+    from tether._errors import InvalidInput
+    from tether._metadata.schema import deployments
+    from tether.cli import cli
+    from tether.serving.follower import load_from_registry
+    from tether.serving.server import start_runtime
+
+    from .conftest import fit_logreg
+
+    version = registry.log_model(fit_logreg(iris), "iris")
+    registry.apply_deployment("web", {"endpoints": {"iris": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 100}]}}})
+    deployment, _ = load_from_registry(registry, "web", ServerConfig())
+    runtime = start_runtime(registry, deployment, follow="web")
+    try:
+        with registry.engine.begin() as conn:  # a revision written by another hand
+            conn.execute(deployments.update().values(
+                spec=_json.dumps({"endpoints": {"iris": {"routes": {"main": 1}}}}),
+                revision=deployments.c.revision + 1))
+        follower = runtime.follower
+        assert follower is not None
+        follower.tick()
+        follower.beat()
+        assert follower.revision == 1 and follower.refused_revision == 2
+        assert "unreadable" in str(follower.refusal)
+        status = registry.deployment_status("web")
+        (replica,) = status["replicas"]
+        assert replica["live"] and replica["info"]["refused"]["revision"] == 2
+        assert runtime.endpoints["iris"].slots["main"].current is not None  # still serving
+    finally:
+        runtime.stop()
+    root = str(registry.location.root)
+    for args in (["deploy", "status", "web"], ["deploy", "history", "web"]):
+        result = CliRunner().invoke(cli, ["--registry", root, *args])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    with pytest.raises(InvalidInput, match="stored record of the deployment is unreadable"):
+        load_from_registry(registry, "web", ServerConfig())

@@ -139,7 +139,14 @@ def _readable_row(conn: sa.Connection, name: str, actor: str, *,
         if wide:
             raise
         raise _not_yours(actor, name) from None
-    models = _models(json.loads(row.spec))
+    try:
+        models = _models(json.loads(row.spec))
+    except (KeyError, TypeError, AttributeError, ValueError, InvalidReference):
+        # Unreadable (written by another hand): only a reader registry-wide may use it,
+        # as nobody can tell which models it routes to (a review: heartbeats failed).
+        if wide:
+            return row
+        raise _not_yours(actor, name) from None
     if not all(has_role(conn, actor, "reader", model) for model in models):
         raise _not_yours(actor, name)
     return row
@@ -180,8 +187,8 @@ def _record(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
         "name": row.name,
         "revision": row.revision,
         "generation": row.revision,
-        "spec": json.loads(row.spec),
-        "paused": json.loads(row.paused),
+        "spec": _stored_json(row.spec),
+        "paused": _stored_json(row.paused),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "updated_by": row.updated_by,
@@ -547,8 +554,17 @@ def history(registry: Registry, name: str) -> list[dict[str, Any]]:
             deployment_revisions.c.deployment_id == row.id).order_by(
             deployment_revisions.c.revision.desc())).all()
         return [{"revision": r.revision, "action": r.action, "actor": r.actor,
-                 "reason": r.reason, "at": r.created_at, "spec": json.loads(r.spec),
-                 "paused": json.loads(r.paused)} for r in rows]
+                 "reason": r.reason, "at": r.created_at, "spec": _stored_json(r.spec),
+                 "paused": _stored_json(r.paused)} for r in rows]
+
+
+def _stored_json(text: str) -> Any:
+    """A stored spec or pause list as JSON, or None where it is not (a row written by
+    another hand: status and history crashed on it, a review)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
@@ -802,7 +818,7 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
     actor = registry.actor
     with registry.write() as conn:
         row = _readable_row(conn, name, actor)
-        spec = json.loads(row.spec)
+        spec = _stored_json(row.spec)
         owner = _owner(conn, name, replica)
         if owner is not None and owner != actor:
             raise Conflict(f"replica {replica[:80]!r} of deployment {name} is another "
@@ -845,8 +861,14 @@ def may_steer(conn: sa.Connection, actor: str, spec: Mapping[str, Any]) -> bool:
     as its protection and policy ask (``aliases.may_move``), any other as a contributor."""
     from .aliases import may_move
 
-    for _, route in _routes(spec):
-        ref = parse_reference(route["target"])
+    try:
+        routes = _routes(spec)
+        refs = [parse_reference(route["target"]) for _, route in routes]
+    except (KeyError, TypeError, AttributeError, InvalidInput, InvalidReference):
+        # A stored spec of the wrong shape (written by another hand): replicas still
+        # report, and nobody steers what cannot be read (a review: heartbeats failed).
+        return False
+    for ref in refs:
         if ref.kind is SelectorKind.ALIAS:
             if not may_move(conn, actor, ref.name, ref.value):
                 return False

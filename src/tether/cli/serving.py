@@ -545,20 +545,16 @@ def _print_record(record: dict[str, Any], note: str) -> None:
     if "spec" not in record:  # a caller who may change it but not read deployments
         console.print(f"[bold]{shown(record['name'])}[/]  {note}")
         return
-    paused = set(record.get("paused") or [])
     console.print(f"[bold]{shown(record['name'])}[/]  {note}  "
                   f"(by {shown(record['updated_by'])})")
-    rows = []
-    for endpoint, body in record["spec"]["endpoints"].items():
-        total = sum(r["weight"] for r in body["routes"]
-                    if f"{endpoint}/{r['name']}" not in paused) or 1
-        for r in body["routes"]:
-            is_paused = f"{endpoint}/{r['name']}" in paused
-            share = "paused" if is_paused else f"{r['weight'] / total:.0%}"
-            rows.append((endpoint, r["name"], r["target"], f"{r['weight']:g}", share))
-        for shadow in body.get("shadow", []):
-            rows.append((endpoint, "shadow", shadow["target"], "-", f"{shadow['sample']:.0%}"))
-    console.print(table(["ENDPOINT", "ROUTE", "TARGET", "WEIGHT", "TRAFFIC"], rows))
+    try:
+        rows = _route_rows(record["spec"], record.get("paused") or [])
+    except (KeyError, TypeError, AttributeError, ValueError):  # a row of another hand
+        console.print("its stored spec is unreadable (changed outside Tether); "
+                      "`tether deploy rollback NAME` makes a readable revision current")
+        rows = []
+    if rows:
+        console.print(table(["ENDPOINT", "ROUTE", "TARGET", "WEIGHT", "TRAFFIC"], rows))
     for entry in record.get("signatures") or []:
         payload = entry["payload"]
         vouched = ", ".join(f"{e}: {len(d)} version(s)" for e, d in payload["endpoints"].items())
@@ -567,6 +563,22 @@ def _print_record(record: dict[str, Any], note: str) -> None:
                else f"key {entry['key_id']}, which the registry no longer trusts")
         console.print(shown(f"signed by {key} ({entry['signer']}, "
                              f"{entry['created_at'][:19]}{expiry}): {vouched}"))
+
+
+def _route_rows(spec: Any, paused_list: Any) -> list[tuple[Any, ...]]:
+    paused = set(paused_list)
+    rows: list[tuple[Any, ...]] = []
+    for endpoint, body in spec["endpoints"].items():
+        total = sum(r["weight"] for r in body["routes"]
+                    if f"{endpoint}/{r['name']}" not in paused) or 1
+        for r in body["routes"]:
+            is_paused = f"{endpoint}/{r['name']}" in paused
+            share = "paused" if is_paused else f"{r['weight'] / total:.0%}"
+            rows.append((endpoint, r["name"], r["target"], f"{r['weight']:g}", share))
+        for shadow in body.get("shadow", []):
+            rows.append((endpoint, "shadow", shadow["target"], "-",
+                         f"{shadow.get('sample', 1.0):.0%}"))
+    return rows
 
 
 @deploy_group.command("apply")
@@ -740,15 +752,19 @@ def deploy_history(ctx: click.Context, name: str, as_json: bool) -> None:
         return
     rows = []
     for r in revisions:
-        paused = set(r["paused"])
-        parts = []
-        for e, body in r["spec"]["endpoints"].items():
-            routes = " ".join(
-                f"{x['name']}=" + ("paused" if f"{e}/{x['name']}" in paused
-                                   else format(x["weight"], "g"))
-                for x in body["routes"])
-            parts.append(f"{e}: {routes}")
-        rows.append((r["revision"], r["action"], r["actor"], r["at"][:19], "; ".join(parts),
+        try:
+            paused = set(r["paused"] or [])
+            parts = []
+            for e, body in r["spec"]["endpoints"].items():
+                routes = " ".join(
+                    f"{x['name']}=" + ("paused" if f"{e}/{x['name']}" in paused
+                                       else format(x["weight"], "g"))
+                    for x in body["routes"])
+                parts.append(f"{e}: {routes}")
+            weights = "; ".join(parts)
+        except (KeyError, TypeError, AttributeError, ValueError):  # a row of another hand
+            weights = "(unreadable)"
+        rows.append((r["revision"], r["action"], r["actor"], r["at"][:19], weights,
                      r["reason"]))
     console.print(table(["REV", "ACTION", "BY", "AT", "WEIGHTS", "REASON"], rows))
 
@@ -794,6 +810,11 @@ def _registry_status(registry: Any, name: str, as_json: bool) -> None:
           r["host"], r["url"], r["info"].get("revision", "-"),
           "yes" if r["info"].get("ready") else "no", f"{r['last_heartbeat_s']:.1f}s ago",
           "live" if r["live"] else "gone") for r in status["replicas"]]))
+    for r in status["replicas"]:  # a revision a replica refused as a whole, and why
+        refused = r["info"].get("refused")
+        if r["live"] and isinstance(refused, dict):
+            console.print(shown(f"{r['replica']} refused revision {refused.get('revision')}: "
+                                f"{refused.get('why')}"))
     rows = []
     for key, snapshots in windows.items():
         for ref, snap in snapshots.items():

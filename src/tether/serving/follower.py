@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._deployment import Deployment, ServerConfig, parse_deployment
-from .._errors import TetherError
+from .._errors import InvalidInput, TetherError
 from .rollback import first_breach
 from .window import merge
 
@@ -48,12 +48,18 @@ def deployment_from_record(record: Mapping[str, Any], server: ServerConfig, *,
     ``vouched``: per trusted endpoint, the digests a deployment signature this process
     checked lets load as trusted (``RegistryAPI.vouched_deployment_digests``); None
     when the record is the replica's own."""
-    paused = set(record.get("paused") or [])
-    spec = {**record["spec"], "endpoints": {
-        endpoint: {**body, "routes": [
-            {**r, "weight": 0.0 if f"{endpoint}/{r['name']}" in paused else r["weight"]}
-            for r in body["routes"]]}
-        for endpoint, body in record["spec"]["endpoints"].items()}}
+    try:
+        paused = set(record.get("paused") or [])
+        spec = {**record["spec"], "endpoints": {
+            endpoint: {**body, "routes": [
+                {**r, "weight": 0.0 if f"{endpoint}/{r['name']}" in paused else r["weight"]}
+                for r in body["routes"]]}
+            for endpoint, body in record["spec"]["endpoints"].items()}}
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise InvalidInput(f"the stored record of the deployment is unreadable: "
+                           f"{type(error).__name__}: {str(error)[:200]}",
+                           hint="it was changed outside Tether; `tether deploy rollback "
+                           "NAME` makes a readable revision current") from None
     # Every route paused would be refused by the parser; the registry never stores that.
     deployment = parse_deployment(spec, source=None)
     endpoints = deployment.endpoints
@@ -93,27 +99,48 @@ class DeploymentFollower:
         self._last_beat = 0.0
         self._acted: dict[tuple[str, str, str], float] = {}
         self._uncounted = False
+        #: The newest revision refused as a whole, and why (reported with each beat).
+        self.refused_revision: int | None = None
+        self.refusal: str | None = None
 
     # -- following ---------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Called by the supervisor every ``poll_interval``."""
-        self.poll()
-        if time.monotonic() - self._last_beat >= BEAT * 0.95:
-            self.beat()
+        """Called by the supervisor every ``poll_interval``. The heartbeat goes on whatever
+        the poll met: a revision that could not be read stopped it, and the replica showed
+        as gone, without the lease, its rollback rules unjudged (a review)."""
+        try:
+            self.poll()
+        finally:
+            if time.monotonic() - self._last_beat >= BEAT * 0.95:
+                self.beat()
 
     def poll(self) -> bool:
-        """Take a new revision of the record if there is one; True when one was taken."""
+        """Take a new revision of the record if there is one; True when one was taken.
+
+        One that cannot be read or applied is refused as a whole: what is served stays,
+        every endpoint loses its trust (the revision may have dropped it), the refusal is
+        in the replica's report (``tether deploy status``), and it is not read again."""
         record = self.registry.deployment(self.name, known_revision=self.revision)
         if record.get("unchanged"):
             return False
-        new = followed(self.registry, self.name, record, self.runtime.deployment.server)
+        revision = record.get("revision")
+        if not isinstance(revision, int) or revision == self.refused_revision:
+            return False
         try:
+            new = followed(self.registry, self.name, record, self.runtime.deployment.server)
             self.runtime.apply(new)
-        except TetherError as error:
-            log.error("revision %s of deployment %s not applied: %s", record["revision"],
-                      self.name, error.message, extra={"hint": error.hint})
-        self.revision = int(record["revision"])
+        except Exception as error:  # a record of the wrong shape too: refused, not a crash
+            message = error.message if isinstance(error, TetherError) else (
+                f"the record is unreadable: {type(error).__name__}: {str(error)[:200]}")
+            log.error("revision %s of deployment %s not applied: %s", revision, self.name,
+                      message, extra={"hint": getattr(error, "hint", None)})
+            if not isinstance(error, TetherError):
+                for endpoint in self.runtime.endpoints.values():
+                    endpoint.pool.set_trust(False, {})
+            self.refused_revision, self.refusal = revision, message[:500]
+            return False
+        self.revision, self.refused_revision, self.refusal = revision, None, None
         log.info("following revision %d of deployment %s", self.revision, self.name,
                  extra={"deployment": self.name, "revision": self.revision})
         return True
@@ -140,6 +167,8 @@ class DeploymentFollower:
                                   **slot.window.export()}
         info = {"ready": self.runtime.ready, "revision": self.revision, "routes": routes,
                 "leader": self.leader}
+        if self.refused_revision is not None:
+            info["refused"] = {"revision": self.refused_revision, "why": self.refusal}
         return stats, info
 
     def beat(self) -> None:
@@ -159,7 +188,7 @@ class DeploymentFollower:
                         "deployment's traffic (unless a replica whose token may runs, no "
                         "rollback rule is judged)", self.name,
                         extra={"deployment": self.name})
-        if int(answer["revision"]) != self.revision:
+        if int(answer["revision"]) not in (self.revision, self.refused_revision):
             self.poll()
         if self.leader:
             self.judge()
