@@ -212,7 +212,8 @@ def test_reading_a_version_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_records_of_the_wrong_shape_show_without_a_traceback(tmp_path: Any) -> None:
     """metrics "abc" (not part of the digest, so a server may send anything there) and
-    framework_versions ["x"] made `tether show` end in a traceback (a review)."""
+    framework_versions ["x"] made `tether show` end in a traceback (a review); read as
+    one (unreadable) entry, not as empty (a later review: a policy then skipped)."""
     from tether import Registry
     from tether._records import ModelVersion
     from tether.cli.inspect import _lines, _pins
@@ -221,7 +222,8 @@ def test_records_of_the_wrong_shape_show_without_a_traceback(tmp_path: Any) -> N
     (tmp_path / "w.bin").write_bytes(b"w")
     data = reg.log_model(tmp_path / "w.bin", "m", progress=False).to_dict()
     version = ModelVersion.from_dict({**data, "metrics": "abc", "tags": ["x"], "notes": 5})
-    assert version.metrics == {} and version.tags == {} and version.notes == "5"
+    assert version.metrics == {"(unreadable)": "'abc'"}  # shown, never "none recorded"
+    assert version.tags == {"(unreadable)": "['x']"} and version.notes == "5"
     assert _pins(["x"]) == "-" and _lines("abc") == "  (unreadable)"
 
 
