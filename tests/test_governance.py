@@ -738,4 +738,12 @@ def test_reasons_and_comments_are_bounded_and_odd_metrics_are_not_empty(
                              "      - {metric: auc, not_worse_than_current: 0.01}\n")
     with pytest.raises(PolicyViolation, match=r"metrics recorded on 1\.0\.0 are unreadable"):
         registry.promote(refs[1], "production")
+    for stored in ({"auc": None}, {"auc": "high"}):  # a value, not the mapping, tampered
+        with registry.engine.begin() as conn:
+            conn.execute(versions.update().where(versions.c.semver == "1.0.0").values(
+                metrics=_json.dumps(stored)))
+        with pytest.raises(PolicyViolation, match="not a finite number"):
+            registry.promote(refs[1], "production")
+    with pytest.raises(InvalidInput, match="not a metric name"):
+        registry.log_model(tmp_path / "0.bin", "m", progress=False, metrics={"(unreadable)": 1})
     assert sa  # imported for the update above

@@ -364,6 +364,15 @@ def _metric_problem(o: dict[str, Any], facts: Facts) -> str | None:
     value = facts.metrics.get(name)
     if value is None:
         return f"metric {name!r} is not recorded on {facts.semver}; log it with metrics="
+    recorded = facts.current_metrics or {}
+    for whose, number, present in ((facts.semver, value, True),
+                                   (facts.current_semver, recorded.get(name), name in recorded)):
+        if present and not (isinstance(number, int | float)
+                                       and not isinstance(number, bool)
+                                       and math.isfinite(number)):
+            # NaN passed every comparison, a string raised (a review): refused instead.
+            return (f"metric {name} on {whose} is {number!r}, not a finite number; "
+                    "`tether audit verify` shows what changed")
     if "min" in o and value < o["min"]:
         return f"metric {name} = {value:.4g} is below the minimum {o['min']}"
     if "max" in o and value > o["max"]:

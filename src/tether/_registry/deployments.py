@@ -35,6 +35,7 @@ from .._errors import (
     NotFound,
     PermissionDenied,
     PolicyViolation,
+    TetherError,
     UnknownName,
 )
 from .._metadata import repository as repo
@@ -417,7 +418,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
             resolve_row(conn, parse_reference(target))  # NotFound names the typo
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
-        old_spec = json.loads(row.spec) if row is not None else None
+        old_spec = _current_spec(conn, actor, row)
         targets = list(new_targets)
         if old_spec is not None:
             old_targets = [r["target"] for _, r in _routes(old_spec)]
@@ -425,15 +426,18 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
             targets += old_targets
         routes_now = {f"{e}/{r['name']}" for e, b in canonical["endpoints"].items()
                       for r in b["routes"]}
-        paused = [p for p in (json.loads(row.paused) if row is not None else [])
+        stored_paused = _stored_json(row.paused) if row is not None else []
+        paused = [p for p in (stored_paused if isinstance(stored_paused, list) else [])
                   if p in routes_now]
-        if row is not None and old_spec == canonical and paused == json.loads(row.paused):
+        if row is not None and old_spec is not None and old_spec == canonical and (
+                paused == stored_paused):
             return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
         _check_auth_kept(conn, actor, old_spec, canonical)
         _check_traffic(canonical, paused, name)
         _refuse_more_traffic_to_deprecated(
-            conn, old_spec, json.loads(row.paused) if row is not None else [], canonical, paused)
+            conn, old_spec, stored_paused if isinstance(stored_paused, list) else [],
+            canonical, paused)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
                          reason=reason)
         append_event(conn, actor=actor, action="deployment.apply", model=_one_model(targets),
@@ -558,6 +562,27 @@ def history(registry: Registry, name: str) -> list[dict[str, Any]]:
                  "paused": _stored_json(r.paused)} for r in rows]
 
 
+def _current_spec(conn: sa.Connection, actor: str, row: sa.Row[Any] | None,
+                  ) -> dict[str, Any] | None:
+    """The stored spec a change replaces, or None for none. One that cannot be read
+    (written by another hand) may be replaced only by an admin, and nothing is compared
+    with it: a rollback or an apply crashed on it, so nothing could recover the
+    deployment (a review)."""
+    if row is None:
+        return None
+    spec = _stored_json(row.spec)
+    try:
+        check_spec(spec, row.name)  # what apply stores: anything else is unreadable
+        return spec  # type: ignore[no-any-return]
+    except (TetherError, KeyError, TypeError, AttributeError, ValueError):
+        pass
+    if not has_role(conn, actor, "admin", None):
+        raise PermissionDenied(f"deployment {row.name}'s stored record is unreadable; only "
+                               "an admin may replace it", hint="ask an admin to apply a "
+                               "readable revision or roll back to one")
+    return None
+
+
 def _stored_json(text: str) -> Any:
     """A stored spec or pause list as JSON, or None where it is not (a row written by
     another hand: status and history crashed on it, a review)."""
@@ -665,14 +690,20 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         old = conn.execute(sa.select(deployment_revisions).where(
             deployment_revisions.c.deployment_id == row.id,
             deployment_revisions.c.revision == target)).one()
-        spec, paused = json.loads(old.spec), json.loads(old.paused)
+        spec, paused = _stored_json(old.spec), _stored_json(old.paused)
+        if not (isinstance(spec, dict) and isinstance(spec.get("endpoints"), dict)
+                and isinstance(paused, list)):
+            raise InvalidInput(f"revision {target} of deployment {name} is unreadable",
+                               hint=f"roll back to another: `tether deploy history {name}`")
+        current = _current_spec(conn, actor, row)  # unreadable: an admin's, compared to none
         targets = [r["target"] for _, r in _routes(spec)]
-        targets += [r["target"] for _, r in _routes(json.loads(row.spec))]
+        targets += [r["target"] for _, r in _routes(current)] if current is not None else []
         _may_change(conn, actor, name, targets)  # names no model of its history
-        _check_trust_kept(conn, actor, json.loads(row.spec), spec)
-        _check_auth_kept(conn, actor, json.loads(row.spec), spec)
-        _refuse_more_traffic_to_deprecated(conn, json.loads(row.spec), json.loads(row.paused),
-                                           spec, paused)
+        current_paused = _stored_json(row.paused) if current is not None else []
+        if current is not None:
+            _check_trust_kept(conn, actor, current, spec)
+        _check_auth_kept(conn, actor, current, spec)
+        _refuse_more_traffic_to_deprecated(conn, current, current_paused or [], spec, paused)
         revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
                          reason=reason or f"back to revision {target}")
         append_event(conn, actor=actor, action="deployment.rollback", model=_one_model(targets),

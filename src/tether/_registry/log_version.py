@@ -78,6 +78,9 @@ def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
         raise InvalidInput("metrics= must be a mapping of name to number")
     checked: dict[str, float] = {}
     for key, value in metrics.items():
+        if str(key) == "(unreadable)":  # what a tampered row reads as: never a real name
+            raise InvalidInput("'(unreadable)' is not a metric name",
+                               hint="it names a stored value Tether could not read")
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError) as error:

@@ -116,7 +116,7 @@ def check_tags(tags: Mapping[str, Any] | None, *, what: str = "tags") -> None:
         raise InvalidInput(f"{len(tags)} {what}: at most {MAX_TAGS}")
     for key, value in tags.items():
         if not isinstance(key, str) or not key or len(key) > MAX_TAG_KEY or _CONTROL.search(
-                key) or _NOT_IN_A_KEY.search(key):
+                key) or _NOT_IN_A_KEY.search(key) or key == "(unreadable)":
             raise InvalidInput(f"{what} key {str(key)[:60]!r} is not a name of 1 to "
                                f"{MAX_TAG_KEY} characters without control characters")
         if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or _CONTROL.search(value):

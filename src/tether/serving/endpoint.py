@@ -132,6 +132,12 @@ class Served:
     predictions: list[Any]
 
 
+
+def _same_job(a: Callable[[], None], b: Callable[[], None]) -> bool:
+    """Whether two queued jobs do the same thing (the same function on the same slot)."""
+    return bool(getattr(a, "func", a) == getattr(b, "func", b)
+                and getattr(a, "args", ()) == getattr(b, "args", ()))
+
 class Endpoint:
     def __init__(self, config: EndpointConfig, registry: RegistryAPI, instruments: Instruments,
                  mirror: Callable[[MirrorJob], None], *, deployment: str | None = None) -> None:
@@ -495,7 +501,10 @@ class Endpoint:
         review)."""
         with self._submitting:
             if slot.busy:
-                slot.pending = job
+                # Each distinct job once, in the order asked: a tick's poll must not
+                # replace a re-pin asked for before it (a review: it did, for good).
+                if not any(_same_job(job, queued) for queued in slot.pending):
+                    slot.pending.append(job)
                 return
             slot.busy = True
         self._start(slot, job)
@@ -509,7 +518,7 @@ class Endpoint:
                                                                "route": slot.name})
             finally:
                 with self._submitting:
-                    following, slot.pending = slot.pending, None
+                    following = slot.pending.pop(0) if slot.pending else None
                     if following is None:
                         slot.busy = False
                 if following is not None:
@@ -519,7 +528,7 @@ class Endpoint:
             self._loader.submit(run)
         except RuntimeError:  # shutting down
             with self._submitting:
-                slot.busy, slot.pending = False, None
+                slot.busy, slot.pending = False, []
 
     def check(self) -> None:
         """Poll targets and judge rollback rules (the supervisor calls this every tick)."""

@@ -127,15 +127,17 @@ class DeploymentFollower:
         revision = record.get("revision")
         if not isinstance(revision, int) or revision == self.refused_revision:
             return False
+        parsed = False
         try:
             new = followed(self.registry, self.name, record, self.runtime.deployment.server)
-            self.runtime.apply(new)
+            parsed = True
+            self.runtime.apply(new)  # refuses with no endpoint given more trust than it had
         except Exception as error:  # a record of the wrong shape too: refused, not a crash
             message = error.message if isinstance(error, TetherError) else (
                 f"the record is unreadable: {type(error).__name__}: {str(error)[:200]}")
             log.error("revision %s of deployment %s not applied: %s", revision, self.name,
                       message, extra={"hint": getattr(error, "hint", None)})
-            if not isinstance(error, TetherError):
+            if not parsed:  # what it would trust cannot be known: nothing is (a review)
                 for endpoint in self.runtime.endpoints.values():
                     endpoint.pool.set_trust(False, {})
             self.refused_revision, self.refusal = revision, message[:500]
@@ -188,7 +190,7 @@ class DeploymentFollower:
                         "deployment's traffic (unless a replica whose token may runs, no "
                         "rollback rule is judged)", self.name,
                         extra={"deployment": self.name})
-        if int(answer["revision"]) not in (self.revision, self.refused_revision):
+        if answer.get("revision") not in (self.revision, self.refused_revision):
             self.poll()
         if self.leader:
             self.judge()

@@ -33,8 +33,8 @@ class RouteSlot:
     status: str = "loading"
     problem: str | None = None
     busy: bool = False
-    #: A job asked for while one ran: it runs next (Endpoint.submit).
-    pending: Any = None
+    #: Jobs asked for while one ran, each once: they run next, in order (Endpoint.submit).
+    pending: list[Any] = field(default_factory=list)
     window: Window = field(init=False)
 
     def __post_init__(self) -> None:
