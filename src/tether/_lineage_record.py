@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from ._environment.record import UNREADABLE
+from ._humanize import short_repr
 
 #: A path or URL as recorded: no control characters, up to 4 KB.
 _LOCATION = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,4096}\Z")
@@ -68,12 +69,7 @@ def lineage_problem(lineage: Any) -> str | None:
         return "git is not a mapping"
     for key, pattern in _FIELDS.items():
         if git.get(key) is not None and not _fits(git[key], pattern):
-            return f"git.{key} {_shown(git[key])} is not of its kind"
+            return f"git.{key} {short_repr(git[key], 60)} is not of its kind"
     if "dirty" in git and not isinstance(git["dirty"], bool):
         return "git.dirty is not true or false"
     return None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._environment.record import UNREADABLE, readable_environment
 from ._errors import InvalidInput, InvalidPath, NotFound, UnknownField
+from ._humanize import short_repr
 from ._identity import check_one_file_each, names_reserved, path_escapes
 from ._lineage_record import readable_lineage
 from ._store.base import FileEntry
@@ -39,8 +40,7 @@ def readable_mapping(value: Any) -> dict[str, Any]:
     skipped), and it must not fail pages either."""
     if value is None or isinstance(value, dict):
         return value or {}
-    text = repr(value)
-    return {UNREADABLE: text if len(text) <= 200 else text[:197] + "..."}
+    return {UNREADABLE: short_repr(value, 200)}
 
 
 @dataclass(frozen=True)

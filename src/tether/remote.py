@@ -126,14 +126,13 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
 MAX_ANSWER = 512 * 1024 * 1024
 #: Largest packed version answer (its chunk lists go to scratch files, not memory).
 MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
-#: Slowest an answer may come, once its first ``timeout`` has passed (``_http_fast``'s
-#: ``MIN_ANSWER_RATE``): a server dripping a byte a second held a client for as long as it
-#: liked (httpx's timeout is per read).
 
 
 class Pace:
     """The bound every answer's body is read within: at most ``limit`` bytes, and no
-    slower than ``timeout`` plus its bytes at ``MIN_ANSWER_RATE``."""
+    slower than ``timeout`` plus its bytes at ``MIN_ANSWER_RATE`` (``_http_fast``'s: a
+    server dripping a byte a second held a client for as long as it liked, httpx's
+    timeout being per read)."""
 
     def __init__(self, url: str, timeout: float, limit: int) -> None:
         self.url, self.timeout, self.limit = url, timeout, limit
@@ -200,21 +199,16 @@ def read_packed_version(response: httpx.Response, kind: type[V], *, timeout: flo
         url = str(response.url)
     except RuntimeError:  # a response made here, from bytes
         url = "the answer"
-    if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
-        try:
-            return kind.from_dict(json.loads(read_answer(response, url, timeout)))
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
-            raise IntegrityError(f"{url} answered a malformed version: {error}",
-                                 hint="the server is not a Tether server of this version, "
-                                 "or is misbehaving") from None
-    stream = IterReader(Pace(url, timeout, MAX_PACKED_ANSWER).pieces(response))
     try:
+        if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
+            return kind.from_dict(json.loads(read_answer(response, url, timeout)))
+        stream = IterReader(Pace(url, timeout, MAX_PACKED_ANSWER).pieces(response))
         head, records = read_packed(stream, _PACKED_HEAD)
         files = files_from_entries(head.pop("files", None), records, in_file=True)
         finish(stream, records)
         return replace(kind.from_dict(head), files=files)  # type: ignore[type-var]
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
-        raise IntegrityError(f"{response.url} answered a malformed version: {error}",
+        raise IntegrityError(f"{url} answered a malformed version: {error}",
                              hint="the server is not a Tether server of this version, or "
                              "is misbehaving") from None
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .._humanize import short_repr
+
 #: What a malformed recorded value reads as: never a version, never equal to one.
 UNREADABLE = "(unreadable)"
 
@@ -107,23 +109,18 @@ def environment_problem(env: Any) -> str | None:
         return "is not a mapping"
     for key, pattern in _FIELDS.items():
         if env.get(key) is not None and not _fits(env[key], pattern):
-            return f"{key} {_shown(env[key])} is not a {key.replace('_', ' ')} value"
+            return f"{key} {short_repr(env[key], 60)} is not a {key.replace('_', ' ')} value"
     packages = env.get("packages")
     if packages is not None:
         if not isinstance(packages, dict) or len(packages) > MAX_PACKAGES:
             return f"packages is not a mapping of at most {MAX_PACKAGES} names to versions"
         for name, version in packages.items():
             if not _fits(name, PACKAGE_NAME):
-                return f"packages names {_shown(name)}, not a distribution name"
+                return f"packages names {short_repr(name, 60)}, not a distribution name"
             if not _fits(version, PACKAGE_VERSION):
-                return f"package {name}'s version {_shown(version)} is not a version"
+                return f"package {name}'s version {short_repr(version, 60)} is not a version"
     readable = readable_environment(env)
     for key in ("accelerators", "requires", "local_installs"):
         if env.get(key) is not None and readable.get(key) != env[key]:
             return f"{key} is not of its kind (see a captured environment)"
     return None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

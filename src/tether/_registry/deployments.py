@@ -141,8 +141,8 @@ def _readable_row(conn: sa.Connection, name: str, actor: str, *,
             raise
         raise _not_yours(actor, name) from None
     try:
-        models = _models(json.loads(row.spec))
-    except (KeyError, TypeError, AttributeError, ValueError, InvalidReference):
+        models = _models(_stored_json(row.spec))
+    except (KeyError, TypeError, AttributeError, InvalidReference):
         # Unreadable (written by another hand): only a reader registry-wide may use it,
         # as nobody can tell which models it routes to (a review: heartbeats failed).
         if wide:
@@ -427,17 +427,15 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         routes_now = {f"{e}/{r['name']}" for e, b in canonical["endpoints"].items()
                       for r in b["routes"]}
         stored_paused = _stored_json(row.paused) if row is not None else []
-        paused = [p for p in (stored_paused if isinstance(stored_paused, list) else [])
-                  if p in routes_now]
+        paused_before = stored_paused if isinstance(stored_paused, list) else []
+        paused = [p for p in paused_before if p in routes_now]
         if row is not None and old_spec is not None and old_spec == canonical and (
                 paused == stored_paused):
             return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
         _check_auth_kept(conn, actor, old_spec, canonical)
         _check_traffic(canonical, paused, name)
-        _refuse_more_traffic_to_deprecated(
-            conn, old_spec, stored_paused if isinstance(stored_paused, list) else [],
-            canonical, paused)
+        _refuse_more_traffic_to_deprecated(conn, old_spec, paused_before, canonical, paused)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
                          reason=reason)
         append_event(conn, actor=actor, action="deployment.apply", model=_one_model(targets),
@@ -448,20 +446,24 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         return _answer(conn, actor, _row(conn, name), changed=True)
 
 
-def _exposure(conn: sa.Connection, spec: Mapping[str, Any] | None,
-              paused: Sequence[str]) -> dict[tuple[str, str, int], float]:
+def _exposure(conn: sa.Connection, spec: Mapping[str, Any] | None, paused: Sequence[str],
+              ids: dict[str, int | None]) -> dict[tuple[str, str, int], float]:
     """(endpoint, "route" or "shadow", version id) -> the share of the endpoint's traffic
     its routes take (weights over the live total, as the router splits them), or 1.0 for
-    a shadow (it sees every request). Targets that no longer resolve are left out."""
+    a shadow (it sees every request). Targets that no longer resolve are left out;
+    ``ids`` keeps each target's version (the specs before and after share most)."""
     out: dict[tuple[str, str, int], float] = {}
     if spec is None:
         return out
 
     def version_id(target: str) -> int | None:
-        try:
-            return int(resolve_row(conn, parse_reference(target), records=False)[1].id)
-        except (NotFound, InvalidInput, InvalidReference):
-            return None
+        if target not in ids:
+            try:
+                ids[target] = int(
+                    resolve_row(conn, parse_reference(target), records=False)[1].id)
+            except (NotFound, InvalidInput, InvalidReference):
+                ids[target] = None
+        return ids[target]
 
     for endpoint, body in spec["endpoints"].items():
         live = {r["name"]: 0.0 if f"{endpoint}/{r['name']}" in paused else float(r["weight"])
@@ -488,8 +490,9 @@ def _refuse_more_traffic_to_deprecated(conn: sa.Connection, before: Mapping[str,
     and lowering, pausing or rolling back the other routes raised its share (reviews).
     What already serves it may stay as it is, so a version deprecated since blocks no
     other change."""
-    old = _exposure(conn, before, paused_before)
-    for key, share in _exposure(conn, after, paused_after).items():
+    ids: dict[str, int | None] = {}
+    old = _exposure(conn, before, paused_before, ids)
+    for key, share in _exposure(conn, after, paused_after, ids).items():
         if share <= old.get(key, 0.0) + 1e-9:
             continue
         version = repo.version_by_id(conn, key[2], files=False, records=False)
@@ -541,10 +544,9 @@ def _listed(row: sa.Row[Any]) -> dict[str, Any]:
     entry = {"name": row.name, "revision": row.revision, "updated_at": row.updated_at,
              "updated_by": row.updated_by, "endpoints": [], "paused": []}
     try:
-        spec, paused = json.loads(row.spec), json.loads(row.paused)
-        entry["endpoints"] = sorted(spec["endpoints"])
-        entry["paused"] = [p for p in paused if isinstance(p, str)]
-    except (ValueError, TypeError, KeyError):
+        entry["endpoints"] = sorted(_stored_json(row.spec)["endpoints"])
+        entry["paused"] = [p for p in _stored_json(row.paused) if isinstance(p, str)]
+    except (TypeError, KeyError):  # not JSON (None), or not of its shape
         entry["unreadable"] = True
     return entry
 

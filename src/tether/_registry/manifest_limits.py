@@ -124,13 +124,13 @@ def check_tags(tags: Mapping[str, Any] | None, *, what: str = "tags") -> None:
                                f"{MAX_TAG_VALUE} characters without control characters")
 
 
-def check_text(text: str | None, what: str) -> None:
-    """Refuse a description or notes past ``MAX_TEXT`` or holding control characters
-    other than line breaks and tabs."""
+def check_text(text: str | None, what: str, *, limit: int = MAX_TEXT) -> None:
+    """Refuse a description or notes past ``limit`` characters or holding control
+    characters other than line breaks and tabs."""
     if text is None:
         return
-    if not isinstance(text, str) or len(text) > MAX_TEXT or _CONTROL.search(text):
-        raise InvalidInput(f"{what} is not text of at most {MAX_TEXT} characters without "
+    if not isinstance(text, str) or len(text) > limit or _CONTROL.search(text):
+        raise InvalidInput(f"{what} is not text of at most {limit} characters without "
                            "control characters (line breaks and tabs are fine)")
 
 
@@ -141,10 +141,5 @@ MAX_REASON = 2000
 
 
 def check_reason(text: str | None, what: str = "the reason") -> None:
-    """Refuse a reason or comment past ``MAX_REASON`` or holding control characters other
-    than line breaks and tabs (InvalidInput)."""
-    if text is None:
-        return
-    if not isinstance(text, str) or len(text) > MAX_REASON or _CONTROL.search(text):
-        raise InvalidInput(f"{what} is not text of at most {MAX_REASON} characters without "
-                           "control characters")
+    """``check_text`` for a reason or a comment (``MAX_REASON``)."""
+    check_text(text, what, limit=MAX_REASON)

@@ -164,8 +164,7 @@ def model_page(
     found = registry.version_summaries(name)
     names: dict[str, None] = {}  # in order, each once (a list search was quadratic)
     for v in found:
-        metrics = v.metrics if isinstance(v.metrics, dict) else {}
-        for key, value in metrics.items():
+        for key, value in v.metrics.items():
             if key not in names and _number(value) is not None:
                 names[key] = None
     metric_names = list(names)
@@ -174,9 +173,9 @@ def model_page(
         metric_names[0] if metric_names else ""
     )
     points = [
-        {"seq": v.seq, "semver": v.semver, "value": _number(_metric(v, chart_metric))}
+        {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
         for v in found
-        if chart_metric and _number(_metric(v, chart_metric)) is not None
+        if chart_metric and _number(v.metrics.get(chart_metric)) is not None
     ]
     try:
         policy: dict[str, Any] | None = registry.get_policy(name)
@@ -261,11 +260,6 @@ def _touches(event: Event, version: ModelVersion) -> bool:
     details = event.details if isinstance(event.details, dict) else {}
     return bool(details.get("digest") == f"sha:{version.digest}")
 
-
-def _metric(version: Any, name: str) -> Any:
-    """One metric of a version (None where its metrics are not a mapping)."""
-    metrics = version.metrics
-    return metrics.get(name) if isinstance(metrics, dict) else None
 
 
 def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[str, Any]]:
