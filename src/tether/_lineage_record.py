@@ -20,10 +20,11 @@ from ._humanize import short_repr
 _LOCATION = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,4096}\Z")
 #: A branch name as git allows one (no spaces, control characters, ~^:?*[\).
 _BRANCH = re.compile(r"[^\x00-\x20\x7f~^:?*\[\\]{1,255}\Z")
-_COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?\Z")
+#: A git commit id: SHA-1 or SHA-256, in full.
+COMMIT_ID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?\Z")
 _DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 _FIELDS: dict[str, re.Pattern[str]] = {
-    "repo": _LOCATION, "remote": _LOCATION, "branch": _BRANCH, "commit": _COMMIT,
+    "repo": _LOCATION, "remote": _LOCATION, "branch": _BRANCH, "commit": COMMIT_ID,
     "diff_digest": _DIGEST}
 
 

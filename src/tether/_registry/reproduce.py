@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 from .._digest import blake3_hex
 from .._environment import export_dockerfile, export_requirements, roots_for_flavor
 from .._errors import NotFound, TetherError
+from .._lineage_record import COMMIT_ID
 from .._records import ModelVersion
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
 
 
-#: A git commit id: SHA-1 or SHA-256, in full.
-_COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 def _shown(value: Any) -> str:
@@ -32,7 +31,7 @@ def recipe(version: ModelVersion) -> dict[str, Any]:
     git = version.lineage.get("git") or {}
     steps = []
     commit = git.get("commit")
-    if commit and not (isinstance(commit, str) and _COMMIT.fullmatch(commit)):
+    if commit and not (isinstance(commit, str) and COMMIT_ID.match(commit)):
         steps.append(f"WARNING: the recorded commit {_shown(commit)[:80]!r} is not a commit "
                      "id; code is unknown")
     elif commit:
