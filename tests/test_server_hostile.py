@@ -544,3 +544,26 @@ def test_a_name_or_store_key_ending_in_a_newline_is_refused(server: Server) -> N
         validate_model_name("iris\n")
     with pytest.raises(tether.TetherError, match="alias"):
         validate_alias_name("production\n")
+
+
+def test_a_version_holding_infinity_is_answered_and_reads_back_intact(tmp_path: Path) -> None:
+    """params={"alpha": inf} (or a missing value in an input example) is accepted when
+    logged, but the REST API answered that version, and the model's version list, with a
+    500: strict JSON has no infinity (the UI had the same fault, a review)."""
+    from .servers import app_in_thread
+
+    registry = tether.init(tmp_path / "reg", actor="t@example.com")
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    version = registry.log_model(tmp_path / "w.bin", "m", params={"alpha": float("inf")},
+                                 progress=False)
+    token = registry.create_token("t@example.com")["token"]
+    from tether.server.app import create_app
+
+    with app_in_thread(create_app(registry)) as url:
+        client = tether.connect(url, token=token)
+        try:
+            got = client.get(version.ref)  # re-hashed to its digest on the client
+            assert got.params["alpha"] == float("inf") and got.digest == version.digest
+            assert [v.semver for v in client.versions("m")] == ["1.0.0"]
+        finally:
+            client.close()

@@ -49,6 +49,7 @@ from .faults import disconnected, readiness, unavailable, unavailable_response
 from .openapi import openapi_document
 from .packed import (
     MAX_PACKED_BODY,
+    RecordResponse,
     is_packed,
     read_packed_commit,
     version_answer,
@@ -232,7 +233,7 @@ class Api:
                 )
             if isinstance(result, Response):
                 return result
-            return JSONResponse(result)
+            return RecordResponse(result)
 
         return endpoint
 

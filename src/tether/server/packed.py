@@ -11,6 +11,7 @@ server's peak, measured; see bench/bench_server_chunks.py).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from typing import IO, Any
 
@@ -49,13 +50,24 @@ def wants_packed(request: Request) -> bool:
     return MEDIA_TYPE in request.headers.get("accept", "")
 
 
+class RecordResponse(JSONResponse):
+    """JSON of records as Python writes it: a version may hold infinity or NaN (params
+    logged so, a missing value in an input example), which the strict JSON of
+    ``JSONResponse`` refused with a 500 (a review of the UI found it; the REST API did
+    the same). Written as Python's JSON reads them back, so a client re-hashing the
+    version to its digest gets the same values."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def version_answer(request: Request, version: ModelVersion | DatasetVersion, *,
                    status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A model's or a dataset's ``version`` as JSON, or packed if the client asked."""
     extra = {"id": version.id} if isinstance(version, ModelVersion) else {}
     if not wants_packed(request):
-        return JSONResponse({**version.to_dict(), **extra}, status_code=status,
-                            headers=headers)
+        return RecordResponse({**version.to_dict(), **extra}, status_code=status,
+                              headers=headers)
     body = PackedBody({**version.to_dict(with_files=False), **extra}, version.files,
                       key="files")
     return StreamingResponse(
