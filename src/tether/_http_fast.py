@@ -23,7 +23,9 @@ never a second HTTP client with its own rules.
 from __future__ import annotations
 
 import http.client
+import io
 import os
+import socket
 import ssl
 import threading
 import time
@@ -35,6 +37,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._exchange_deadline import LateSocket, current, start
+
 Origin = tuple[str, str, int]
 T = TypeVar("T")
 
@@ -43,13 +47,53 @@ T = TypeVar("T")
 _IDLE_SECONDS = 2.0
 
 
-#: Slowest an answer may come once the timeout has passed (every body a client reads).
-MIN_ANSWER_RATE = 64 * 1024
+#: Most bytes of a file sent by the kernel in one call (each call keeps to the deadline).
+_SEND_SLICE = 4 << 20
 #: Most bytes of an upload's answer read (it is a line of JSON).
 _MAX_PUT_ANSWER = 1 << 20
 
 class FastFailure(httpx.NetworkError):
     """The connection failed during a fast request (it may have reached the server)."""
+
+
+class _GuardedReader(io.RawIOBase):
+    """A connection's socket read for ``http.client``, each read within the calling
+    thread's exchange deadline (see _exchange_deadline): headers a byte at a time, an
+    endless run of ``100 Continue`` or a dripping body all end in a timeout."""
+
+    def __init__(self, sock: socket.socket, made: io.BufferedReader) -> None:
+        self._sock = sock
+        # The file http.client made, kept open until this one closes: it holds the
+        # socket open once the connection hands it to the response (Connection: close).
+        self._made = made
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._made.close()
+        super().close()
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        deadline = current()
+        if deadline is None:
+            return self._sock.recv_into(buffer)
+        self._sock.settimeout(deadline.bound(None, LateSocket))
+        try:
+            got = self._sock.recv_into(buffer)
+        except TimeoutError:
+            deadline.check(LateSocket)
+            raise
+        deadline.took(got, LateSocket)
+        return got
+
+
+class _GuardedResponse(http.client.HTTPResponse):
+    """``http.client``'s response, read through ``_GuardedReader``."""
+
+    def __init__(self, sock: socket.socket, *args: object, **kwargs: object) -> None:
+        super().__init__(sock, *args, **kwargs)  # type: ignore[arg-type]
+        self.fp = io.BufferedReader(_GuardedReader(sock, self.fp))
 
 
 class _Connection:
@@ -111,6 +155,7 @@ class FastHTTP:
                                                context=self.ssl_context)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        conn.response_class = _GuardedResponse
         self._kept()[origin] = _Connection(conn)
         with self._lock:
             self._every.add(conn)
@@ -135,9 +180,13 @@ class FastHTTP:
             return None
         origin, target = where
         conn = self._connection(origin)
+        deadline = start(self.timeout)
+        if conn.sock is not None:  # a kept connection: its last read cut its timeout
+            conn.sock.settimeout(self.timeout)
         try:
             send(conn, target)
             response = conn.getresponse()
+            deadline.headers_done = True
             result = take(response)
         except (OSError, http.client.HTTPException) as error:
             self._drop(origin)
@@ -159,22 +208,20 @@ class FastHTTP:
 
     def _body_into(self, response: http.client.HTTPResponse, view: memoryview) -> int | None:
         """The body read into ``view`` if it is the plain success asked for; else None
-        (the body left unread: the caller drops the connection). No slower than the
-        timeout plus its bytes at ``MIN_ANSWER_RATE`` (a byte a minute kept a load waiting
-        without end: a review)."""
+        (the body left unread: the caller drops the connection). Within the exchange's
+        deadline, as every read here (a byte a minute kept a load waiting without end: a
+        review)."""
         length = response.length
         encoded = response.getheader("Content-Encoding", "identity").lower() != "identity"
         if (response.status not in (200, 206) or length is None or length > len(view)
                 or encoded):
             return None
-        filled, started = 0, time.monotonic()
+        filled = 0
         while filled < length:
             got = response.readinto(view[filled:length])
             if not got:
                 raise http.client.IncompleteRead(bytes(0), length - filled)
             filled += got
-            if time.monotonic() - started > self.timeout + filled / MIN_ANSWER_RATE:
-                raise TimeoutError(f"an answer came slower than {MIN_ANSWER_RATE} bytes/s")
         if not response.isclosed():
             response.read()  # an empty body: marks the answer done, or the next request fails
         return filled
@@ -192,8 +239,21 @@ class FastHTTP:
                     conn.putheader(name, value)
                 conn.endheaders()
                 assert conn.sock is not None
-                if conn.sock.sendfile(handle) != size:
-                    raise OSError(f"{path} changed size while it was sent")
+                sent, deadline = 0, current()
+                while sent < size:  # in slices, each waiting no longer than is left
+                    if deadline is not None:
+                        conn.sock.settimeout(deadline.bound(self.timeout, LateSocket))
+                    try:
+                        count = conn.sock.sendfile(handle, sent, min(_SEND_SLICE, size - sent))
+                    except TimeoutError:
+                        if deadline is not None:
+                            deadline.check(LateSocket)
+                        raise
+                    if not count:
+                        raise OSError(f"{path} changed size while it was sent")
+                    sent += count
+                    if deadline is not None:
+                        deadline.moved(count)
 
         def take(response: http.client.HTTPResponse) -> httpx.Response:
             # An upload's answer is a few hundred bytes of JSON: read no more than a MB.

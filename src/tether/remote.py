@@ -53,7 +53,8 @@ from ._errors import (
     UnknownField,
     UnsafeArtifact,
 )
-from ._http_fast import MIN_ANSWER_RATE, FastHTTP
+from ._exchange_deadline import Deadline, guard_client, was_late
+from ._http_fast import FastHTTP
 from ._identity import require_intact
 from ._metadata.audit_log import check_signed_heads
 from ._metadata.clock import now_iso
@@ -130,13 +131,16 @@ MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
 
 class Pace:
     """The bound every answer's body is read within: at most ``limit`` bytes, and no
-    slower than ``timeout`` plus its bytes at ``MIN_ANSWER_RATE`` (``_http_fast``'s: a
-    server dripping a byte a second held a client for as long as it liked, httpx's
-    timeout being per read)."""
+    slower than ``timeout`` plus its bytes at ``MIN_RATE`` (a server dripping a
+    byte a second held a client for as long as it liked, httpx's timeout being per
+    read). The rule of ``_exchange_deadline``, which bounds the whole exchange at the
+    socket (headers too); both end in ``Unavailable`` naming the answer."""
 
     def __init__(self, url: str, timeout: float, limit: int) -> None:
-        self.url, self.timeout, self.limit = url, timeout, limit
-        self.started, self.size = time.monotonic(), 0
+        self.url, self.limit = url, limit
+        self.clock = Deadline(timeout)
+        self.clock.left()  # from now: the body's own clock
+        self.size = 0
 
     def took(self, count: int) -> None:
         self.size += count
@@ -145,10 +149,9 @@ class Pace:
                                  f"allowed (over {self.limit}); stopped reading",
                                  hint="the server or object store is misbehaving "
                                  "(is TETHER_URI a Tether server?)")
-        spent = time.monotonic() - self.started
-        if spent > self.timeout + self.size / MIN_ANSWER_RATE:
-            raise Unavailable(f"{self.url} answered too slowly ({self.size} bytes in "
-                              f"{spent:.0f} s); stopped waiting",
+        self.clock.moved(count)
+        if self.clock.left() < 0:
+            raise Unavailable(f"{self.url} answered too slowly: {self.clock.describe()}",
                               hint="check the server and the network to it")
 
     def pieces(self, response: httpx.Response) -> Iterator[bytes]:
@@ -365,10 +368,13 @@ class RemoteRegistry:
         tls = httpx.create_ssl_context()  # one trust setting for every client below
         limits = httpx.Limits(max_connections=16)
         self.timeout = timeout
-        self.http = httpx.Client(headers=headers, timeout=timeout, limits=limits, verify=tls)
+        # Every exchange within its deadline, headers and all (see _exchange_deadline).
+        self.http = guard_client(httpx.Client(headers=headers, timeout=timeout,
+                                              limits=limits, verify=tls), timeout)
         #: For presigned URLs: they carry their own authority, and the object store
         #: (or whoever logs requests there) must never see the API token.
-        self.direct_http = httpx.Client(timeout=timeout, limits=limits, verify=tls)
+        self.direct_http = guard_client(httpx.Client(timeout=timeout, limits=limits,
+                                                     verify=tls), timeout)
         #: Packs up and down without httpx's copies (see _http_fast).
         self.fast = FastHTTP(timeout=timeout, ssl_context=tls)
         self._cache_dir = cache_dir or default_cache_dir() / "remote"
@@ -438,6 +444,9 @@ class RemoteRegistry:
                                 hint="something in front of the server redirects; point "
                                 "TETHER_URI at the server itself")
             except httpx.HTTPError as error:
+                if was_late(error):  # held past its deadline: as Pace says, not retried here
+                    raise Unavailable(f"{url} answered too slowly: {error}",
+                                      hint="check the server and the network to it") from error
                 problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 if not retry or not isinstance(error, _TRANSIENT):
                     raise self._gave_up(problem, attempt, started, reached=False) from error

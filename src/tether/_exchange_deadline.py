@@ -1,0 +1,216 @@
+"""How long one exchange with a server may take, from its first byte to its last,
+whatever the server sends.
+
+httpx's and http.client's timeouts are per socket operation. A server that sent
+its headers a byte every few seconds, answered ``100 Continue`` without end, or
+dripped a chunked body's trailer held a client for as long as it liked (a
+review), and ``remote.Pace`` only sees a body's pieces as they come. Here every
+byte of an exchange, sent or received, is under one rule: it may take its
+timeout plus its bytes at ``MIN_RATE``. Each socket operation is given no
+longer than what is left, so a held client ends in ``Late`` (a timeout the
+caller does not retry: holding a client twice helps nobody).
+
+The deadline belongs to the calling thread (``start``): connections of a pool
+that threads share each count against the exchange of the thread using them.
+httpx clients start one for every request they send (``guard_client``);
+``_http_fast`` starts its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpcore
+import httpx
+
+#: Slowest an exchange may move bytes once its timeout has passed.
+MIN_RATE = 64 * 1024
+#: Most bytes an answer may send before its headers end (``100 Continue`` answers and
+#: all): a server sending them without end, fast, kept within the rate but never done.
+HEADER_BYTES = 1 << 20
+#: Most bytes sent in one socket operation, so that each is bounded by what is left.
+_WRITE_SLICE = 1 << 20
+
+_local = threading.local()
+
+
+class Late(Exception):
+    """Marks a timeout raised because an exchange ran past its deadline."""
+
+
+class _LateRead(httpcore.ReadTimeout, Late):
+    pass
+
+
+class _LateWrite(httpcore.WriteTimeout, Late):
+    pass
+
+
+class LateSocket(TimeoutError, Late):
+    """An ``http.client`` read or send past its deadline."""
+
+
+def was_late(error: BaseException) -> bool:
+    """Whether ``error`` (or what httpx raised it from) is an exchange past its deadline."""
+    return isinstance(error, Late) or isinstance(error.__cause__, Late)
+
+
+class Deadline:
+    """One exchange's clock: ``timeout`` seconds from its first socket operation (not
+    from a wait for a free connection of the pool), plus its bytes moved at
+    ``MIN_RATE``."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.started: float | None = None
+        self.bytes = 0
+        self.received = 0
+        self.headers_done = False
+
+    def moved(self, count: int) -> None:
+        """``count`` bytes sent."""
+        self.bytes += count
+
+    def took(self, count: int, late: type[Exception]) -> None:
+        """``count`` bytes received; ``late`` if too many came before the headers ended."""
+        self.bytes += count
+        self.received += count
+        if not self.headers_done and self.received > HEADER_BYTES:
+            raise late(f"more than {HEADER_BYTES} bytes came before the answer's headers "
+                       "ended; stopped reading")
+
+    def left(self) -> float:
+        """Seconds left (negative once past); the clock starts at the first ask."""
+        if self.started is None:
+            self.started = time.monotonic()
+        return self.started + self.timeout + self.bytes / MIN_RATE - time.monotonic()
+
+    def describe(self) -> str:
+        spent = time.monotonic() - (self.started or time.monotonic())
+        return (f"the exchange took {spent:.0f} s for {self.bytes} bytes (allowed: "
+                f"{self.timeout:g} s plus {MIN_RATE // 1024} KB/s); stopped waiting")
+
+    def bound(self, timeout: float | None, late: type[Exception]) -> float:
+        """The timeout for one socket operation: ``timeout``, cut to what is left;
+        ``late`` raised when nothing is."""
+        left = self.left()
+        if left <= 0:
+            raise late(self.describe())
+        return left if timeout is None else min(timeout, left)
+
+    def check(self, late: type[Exception]) -> None:
+        """After a socket operation timed out: ``late`` if it was this deadline that cut
+        it short (otherwise the operation's own timeout passed: the caller re-raises)."""
+        if self.left() <= 0:
+            raise late(self.describe()) from None
+
+
+def start(timeout: float) -> Deadline:
+    """Start the calling thread's exchange (replacing the one before)."""
+    deadline = _local.deadline = Deadline(timeout)
+    return deadline
+
+
+def current() -> Deadline | None:
+    """The calling thread's exchange, if one started."""
+    return getattr(_local, "deadline", None)
+
+
+class _GuardedStream(httpcore.NetworkStream):
+    """An httpcore connection whose reads and writes keep to the thread's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = current()
+        if deadline is None:
+            return self._inner.read(max_bytes, timeout)
+        try:
+            data = self._inner.read(max_bytes, deadline.bound(timeout, _LateRead))
+        except httpcore.ReadTimeout:
+            deadline.check(_LateRead)
+            raise
+        deadline.took(len(data), _LateRead)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        deadline = current()
+        if deadline is None:
+            self._inner.write(buffer, timeout)
+            return
+        view = memoryview(buffer)
+        for at in range(0, len(view), _WRITE_SLICE):
+            piece = view[at:at + _WRITE_SLICE]
+            try:
+                self._inner.write(piece, deadline.bound(timeout, _LateWrite))  # type: ignore[arg-type]
+            except httpcore.WriteTimeout:
+                deadline.check(_LateWrite)
+                raise
+            deadline.moved(len(piece))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        deadline = current()
+        if deadline is not None:
+            timeout = deadline.bound(timeout, _LateRead)
+        return _GuardedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, its connections guarded."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        deadline = current()
+        if deadline is not None:
+            timeout = deadline.bound(timeout, _LateRead)
+        return _GuardedStream(self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _GuardedStream(self._inner.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def guard_client(client: httpx.Client, timeout: float) -> httpx.Client:
+    """``client`` with every request it sends (proxied ones too) under a deadline of
+    ``timeout`` (see the module)."""
+    for transport in (client._transport, *client._mounts.values()):
+        if transport is None:  # a pattern sent without a proxy: the default transport
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is None:  # httpx or httpcore changed shape: fail loudly, in the tests
+            raise RuntimeError("cannot guard this httpx client's connections")
+        if not isinstance(backend, _GuardedBackend):
+            pool._network_backend = _GuardedBackend(backend)  # type: ignore[union-attr]
+
+    def starts_an_exchange(_request: httpx.Request) -> None:
+        start(timeout)
+
+    def headers_came(_response: httpx.Response) -> None:
+        deadline = current()
+        if deadline is not None:
+            deadline.headers_done = True
+
+    client.event_hooks["request"].append(starts_an_exchange)
+    client.event_hooks["response"].append(headers_came)
+    return client

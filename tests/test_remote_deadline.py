@@ -1,0 +1,186 @@
+"""The client against a server that holds it before or after the body, where no read ever
+times out: headers a byte at a time, ``100 Continue`` without end (slow or fast), a chunked
+body's trailer dripping, an upload read slowly. httpx's and http.client's timeouts are
+per read, so each held a client for as long as the server liked (a review); every
+exchange now keeps to one deadline (``_exchange_deadline``). Each attack is shown holding
+a plain httpx client past the point where Tether's gave up."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether import remote
+from tether._errors import Unavailable
+
+Attack = Callable[[socket.socket], None]
+TIMEOUT = 0.5
+#: Within this, a client keeping to its deadline has given up (0.5 s plus retries' slack).
+GAVE_UP_WITHIN = 8.0
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return
+        data += piece
+
+
+@contextlib.contextmanager
+def raw_server(attack: Attack, *, seconds: float = 30.0) -> Iterator[str]:
+    """A loopback server answering every connection with ``attack`` (for ``seconds`` at
+    most, so that a held client in a failing test is let go in the end)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    until = time.monotonic() + seconds
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            _read_request(conn)
+            attack(conn)
+
+    def accept() -> None:
+        while not stop.is_set() and time.monotonic() < until:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def _for(seconds: float) -> Iterator[None]:
+    """Yields until ``seconds`` have passed."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield
+
+
+def header_drip(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for _ in _for(30):
+        conn.sendall(b"X")  # one endless header name, a byte at a time
+        time.sleep(0.1)
+
+
+def continue_flood(conn: socket.socket) -> None:
+    for _ in _for(30):
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(0.05)
+
+
+def fast_continue_flood(conn: socket.socket) -> None:
+    block = b"HTTP/1.1 100 Continue\r\n\r\n" * 4096
+    for _ in _for(30):
+        conn.sendall(block)  # well above any rate rule: only a byte bound ends it
+
+
+def trailer_drip(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                 b"transfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n")
+    for _ in _for(30):
+        conn.sendall(b"X")  # a trailer that never ends
+        time.sleep(0.1)
+
+
+def slow_reader(conn: socket.socket) -> None:
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for _ in _for(30):
+        conn.recv(8192)  # ~40 KB/s: each read wakes the sender, none times out
+        time.sleep(0.2)
+
+
+def _held_plain(url: str, seconds: float) -> bool:
+    """Whether a plain httpx client with the same timeout is still held after
+    ``seconds`` (the attack doing harm the unsafe way)."""
+    outcome: list[object] = []
+
+    def ask() -> None:
+        try:
+            with httpx.Client(timeout=TIMEOUT) as client:
+                outcome.append(client.get(f"{url}/api/v1/models").read())
+        except Exception as error:  # noqa: BLE001 - any end counts as not held
+            outcome.append(error)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not outcome
+
+
+def _gives_up(call: Callable[[], object]) -> str:
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        call()
+    took = time.monotonic() - started
+    assert took < GAVE_UP_WITHIN, f"held for {took:.1f} s"
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("attack", [header_drip, continue_flood, trailer_drip])
+def test_a_server_holding_an_answer_is_given_up_on(attack: Attack) -> None:
+    with raw_server(attack) as url:
+        assert _held_plain(url, GAVE_UP_WITHIN + 1)
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+        try:
+            message = _gives_up(client.models)
+        finally:
+            client.close()
+    assert "answered too slowly" in message, message
+
+
+def test_an_endless_fast_run_of_continues_is_cut_off_by_size() -> None:
+    with raw_server(fast_continue_flood) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+        try:
+            message = _gives_up(client.models)
+        finally:
+            client.close()
+    assert "before the answer's headers ended" in message, message
+
+
+@pytest.mark.parametrize("attack", [header_drip, continue_flood])
+def test_the_fast_path_keeps_to_the_deadline_too(attack: Attack) -> None:
+    """Pack ranges are read through http.client (``_http_fast``)."""
+    with raw_server(attack) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+        try:
+            _gives_up(lambda: client._request(
+                "GET", "/blobs/packs/x.pack", into=memoryview(bytearray(16)), retry=False))
+        finally:
+            client.close()
+
+
+def test_an_upload_read_slowly_is_given_up_on(tmp_path: Path) -> None:
+    """Each slow read wakes the sender before its timeout: only a deadline ends it."""
+    pack = tmp_path / "x.pack"
+    pack.write_bytes(b"\0" * (24 << 20))
+    with raw_server(slow_reader) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+        try:
+            started = time.monotonic()
+            with pytest.raises(httpx.HTTPError) as caught:
+                client.fast.put_file(f"{url}/api/v1/blobs/packs/x.pack", {}, pack)
+            took = time.monotonic() - started
+        finally:
+            client.close()
+    assert took < GAVE_UP_WITHIN, f"held for {took:.1f} s"
+    assert "stopped waiting" in str(caught.value), caught.value
