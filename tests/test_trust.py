@@ -6,6 +6,7 @@ replacing a valid one, and a rewritten audit history. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tether import Registry
 from tether._errors import IntegrityError, InvalidInput, PermissionDenied, TetherError
 from tether._identity import require_intact
 from tether._metadata import repository as repo
+from tether._records import ModelVersion
 from tether._signing import generate_key
 
 from .conftest import fit_logreg
@@ -612,3 +614,130 @@ def test_the_cached_copy_check_leaves_bytecode_and_catches_special_files(
         fresh = Path(registry.load(version.ref))
     outside.write_text("X = 'attacker'\n")
     assert (fresh / "run.py").read_text() == "X = 1\n"
+
+
+def _files_version(registry: Registry, tmp_path: Path) -> ModelVersion:
+    folder = tmp_path / "tool"
+    folder.mkdir()
+    (folder / "run.py").write_text("print('honest')\n")
+    (folder / "weights.bin").write_bytes(b"w" * 100_000)
+    return registry.log_model(folder, "tool", progress=False)
+
+
+def test_a_folder_put_in_place_while_a_download_is_written_is_not_handed_out(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download is written beside its target and renamed into place; a failed rename
+    was taken for "another process wrote it first" and the target handed out unchecked:
+    anyone who could write the parent folder (/tmp, a shared folder, the cache) put
+    their own files there while the copy was written (a review)."""
+    version = _files_version(registry, tmp_path)
+    dest = tmp_path / "shared" / "model"
+    real = registry.store.materialize
+
+    def materialize_while_someone_plants(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "run.py").write_text("print('PWNED')\n")
+        return done
+
+    monkeypatch.setattr(registry.store, "materialize", materialize_while_someone_plants)
+    with pytest.raises(IntegrityError, match="appeared .* while tool@1.0.0 was written"):
+        registry.download(version.ref, dest, progress=False)
+    monkeypatch.setattr(registry.store, "materialize", real)
+    shutil.rmtree(dest)
+    assert (registry.download(version.ref, dest, progress=False) / "run.py").read_text() \
+        == "print('honest')\n"
+
+
+def test_a_seal_in_a_cache_others_may_write_is_not_read(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a shared cache, another user swapped a cached file (same size) and wrote a seal
+    vouching for it: the next load returned their file unhashed (a review). Seals are read
+    only in a folder no one else may write."""
+    import json
+    import os
+
+    from tether._registry import cache_seal
+
+    version = _files_version(registry, tmp_path)
+    first = Path(registry.load(version.ref))
+    monkeypatch.setattr(cache_seal, "SETTLE_NS", 0)
+    os.chmod(first.parent, 0o777)  # a cache shared with others
+    evil = first.parent / ".evil"
+    evil.write_text("print('PWNED')\n ")
+    assert evil.stat().st_size == (first / "run.py").stat().st_size
+    os.replace(evil, first / "run.py")
+    facts = {rel: cache_seal._facts((first / rel).lstat()) for rel in ("run.py", "weights.bin")}
+    cache_seal.seal_path(first).write_text(json.dumps(facts))
+    with pytest.warns(UserWarning, match="run.py does not match its digest"):
+        again = Path(registry.load(version.ref))
+    assert (again / "run.py").read_text() == "print('honest')\n"
+
+
+def test_a_file_changed_while_a_folder_is_hashed_is_not_sealed(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal took each file's facts after the whole folder was hashed: a file changed
+    after its own hash (while a large one was still hashing) was sealed as it had become,
+    and every later load returned it unhashed (a review)."""
+    import os
+
+    from tether import _digest
+    from tether._registry import cache_seal
+
+    version = _files_version(registry, tmp_path)
+    first = Path(registry.load(version.ref))
+    os.chmod(first / "run.py", 0o644)  # its owner may still change it
+    (first / "weights.bin").touch()  # changed: the next load hashes both
+    monkeypatch.setattr(cache_seal, "SETTLE_NS", 0)
+    real = _digest.file_digest
+
+    def hash_then_change(path: Any) -> str:
+        digest = real(path)
+        if Path(path).name == "run.py":  # hashed first; changed while weights.bin hashes
+            before = (first / "run.py").stat()
+            (first / "run.py").write_text("print('PWNED')\n ")
+            os.utime(first / "run.py", ns=(before.st_atime_ns, before.st_mtime_ns))
+        return digest
+
+    monkeypatch.setattr(_digest, "file_digest", hash_then_change)
+    registry.load(version.ref)  # both hashed (their times moved), both as registered
+    monkeypatch.setattr(_digest, "file_digest", real)
+    with pytest.warns(UserWarning, match="run.py does not match its digest"):
+        again = Path(registry.load(version.ref))
+    assert (again / "run.py").read_text() == "print('honest')\n"
+
+
+def test_cached_files_are_read_only(registry: Registry, tmp_path: Path) -> None:
+    """A writable mapping of a cached file changes it without moving its change time
+    after the first write (a review): the files cannot be opened for writing by mistake."""
+    import stat
+
+    version = _files_version(registry, tmp_path)
+    first = Path(registry.load(version.ref))
+    for name in ("run.py", "weights.bin"):
+        assert not stat.S_IMODE((first / name).stat().st_mode) & 0o222
+
+
+def test_a_seal_written_by_another_user_is_not_read(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from tether import _digest
+    from tether._registry import cache_seal
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user takes root")
+    version = _files_version(registry, tmp_path)
+    first = Path(registry.load(version.ref))
+    monkeypatch.setattr(cache_seal, "SETTLE_NS", 0)
+    os.chown(cache_seal.seal_path(first), 65534, 65534)
+    hashed: list[str] = []
+    real = _digest.file_digest
+    monkeypatch.setattr(_digest, "file_digest", lambda p: hashed.append(Path(p).name)
+                        or real(p))
+    registry.load(version.ref)
+    assert sorted(hashed) == ["run.py", "weights.bin"]

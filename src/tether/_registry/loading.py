@@ -80,7 +80,7 @@ def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None
         if file_digest(path) != entry.digest:
             return f"{rel} does not match its digest"
     if hashed:
-        write_seal(folder, expected)
+        write_seal(folder, {rel: found[rel] for rel in expected})
     return None
 
 
@@ -120,7 +120,7 @@ def materialize(
     came back from every later one, signed or not (a review). A copy that differs is
     made again, with a warning. ``keep_seal``: ``dest`` is a cached copy, checked at
     later loads; seal it (``cache_seal``) so they need not hash every byte again."""
-    from .cache_seal import write_seal
+    from .cache_seal import make_read_only, write_seal
 
     # Never into a folder a person or a tool then works in: a server made up a version
     # holding .git/config (core.fsmonitor) beside the honest files, and the next
@@ -154,13 +154,26 @@ def materialize(
         registry.store.materialize(
             version.files, staging, label=version.ref, progress=progress, cache_chunks=False
         )
+        if keep_seal:
+            paths = [entry.path for entry in version.files]
+            make_read_only(staging, paths)
+            written = {rel: (staging / rel).lstat() for rel in paths}
         staging.rename(dest)
         if keep_seal:
-            write_seal(dest, (entry.path for entry in version.files))
+            write_seal(dest, written)
     except OSError:
-        # Another process materialised it first: theirs is as good as ours.
-        if not dest.exists():
+        # Another process materialised it first: theirs is as good as ours once it is
+        # checked (anyone who can write dest's parent could have put a folder there while
+        # this copy was written: it was handed out unchecked, a review).
+        if not (dest.exists() or dest.is_symlink()):
             raise
+        problem = _differs(version, dest)
+        if problem is not None:
+            raise IntegrityError(
+                f"a folder appeared at {dest} while {version.ref} was written there, and "
+                f"it is not that version ({problem}); not handed out",
+                hint="someone else can write that folder: download somewhere only you "
+                "can write, or remove it and try again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if stale is not None:
