@@ -82,7 +82,7 @@ from .lineage import capture_git, digest_data
 from .manifest_limits import check_loadable, check_reason, check_tags, check_text
 from .previous import previous_chunks
 from .resolve import range_numbers, shown_number, version_number
-from .stat_cache import StatCache
+from .stat_cache import StatCache, stat_key
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
@@ -607,6 +607,10 @@ def prepare_dataset(
             del unchanged[rel]
             tables.pop(rel, None)
     todo = [rel for rel in paths if rel not in unchanged]
+    # Each file's stat before it is read: remembered with what it was cut into only if
+    # still the same after (a file rewritten while the ingest ran was remembered with
+    # its new stat and its old bytes, registered again at every later add: a review).
+    seen = {rel: stat_key(root / rel) for rel in todo} if cache is not None else {}
     for rel in todo:
         facts = table_facts(root / rel)
         if facts is not None:
@@ -617,7 +621,8 @@ def prepare_dataset(
                           if newest is not None else {})
     if cache is not None:
         for entry in report.files:
-            cache.remember(root / entry.path, entry, tables.get(entry.path))
+            cache.remember(root / entry.path, entry, tables.get(entry.path),
+                           seen=seen.get(entry.path))
         cache.close()
     files = tuple(sorted([*report.files, *unchanged.values()], key=lambda f: f.path))
     values = {
@@ -671,10 +676,19 @@ def add_dataset(
 def commit_dataset(
     registry: Registry, name: str, values: dict[str, Any], bump: str | None
 ) -> DatasetVersion:
-    """Number and record a dataset version whose bytes are already in the store."""
+    """Number and record a dataset version whose bytes are already in the store (checked:
+    a local add takes unchanged files' chunks from its stat cache, and a gc in another
+    process could remove them before the ingest pinned them: a version was recorded
+    whose bytes were gone, a review)."""
     validate_model_name(name)
     check_tags(values.get("tags"), what="tags")
     check_text(values.get("notes"), "the notes")
+    missing = registry.store.missing_of(f.chunks for f in values["files"])
+    if missing:
+        raise MissingChunks(
+            f"{len(missing)} chunk(s) of this dataset version are not in the store",
+            hint="run it again (files whose chunks are gone are read again; a client "
+            "uploads them); nothing was registered")
     values = seal_dataset(values)  # never trust a digest computed elsewhere
     for attempt in range(_RACE_RETRIES):
         try:
@@ -772,12 +786,6 @@ def commit_remote_dataset(
     """
     validate_model_name(name)
     checked = _remote_values(values)
-    missing = registry.store.missing_of(f.chunks for f in checked["files"])
-    if missing:
-        raise MissingChunks(
-            f"{len(missing)} chunk(s) of this dataset version are not in the store",
-            hint="upload them first (the client does this); nothing was registered",
-        )
     checked["author"] = principal
     return commit_dataset(registry, name, checked, bump)
 

@@ -7,6 +7,12 @@ stat still matches is taken as the bytes it was (as git's index and DVC do);
 anything else is read, cut and hashed again. The cached chunks must still be
 in the store, or the file is read again; and the commit is pinned over them.
 
+A file is remembered only if its stat before it was read is still its stat after
+(a file rewritten meanwhile is read again next time). The cache is used only
+where it is this user's alone: a cache file of their own in a folder no one else
+may write (another user who could write the cache mapped a victim's file to other
+stored bytes, and the victim's next add registered them: a review).
+
 ``TETHER_STAT_CACHE=off`` reads every file every time.
 """
 
@@ -21,6 +27,7 @@ from typing import Any
 from .._digest import blake3_hex
 from .._envflags import env_off
 from .._store.base import FileEntry
+from .cache_seal import private
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
@@ -28,7 +35,7 @@ _SCHEMA = (
 )
 
 
-def _stat_key(path: Path) -> str | None:
+def stat_key(path: Path) -> str | None:
     try:
         st = path.stat()
     except OSError:
@@ -50,13 +57,17 @@ class StatCache:
         if folder is None or env_off("TETHER_STAT_CACHE"):
             return None
         name = blake3_hex(str(getattr(store, "url", "")).encode())[:16]
+        file = Path(folder) / f"stat-{name}.sqlite"
         try:
-            return cls(Path(folder) / f"stat-{name}.sqlite")
-        except sqlite3.Error:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            if not private(Path(folder).stat()) or (file.exists() and not private(file.stat())):
+                return None  # others may write it: what it says could be theirs
+            return cls(file)
+        except (OSError, sqlite3.Error):
             return None  # an unusable cache only costs reading the files
 
     def lookup(self, path: Path, rel: str) -> tuple[FileEntry, Any] | None:
-        key = _stat_key(path)
+        key = stat_key(path)
         if key is None:
             return None
         row = self._db.execute(
@@ -68,9 +79,10 @@ class StatCache:
         data["path"] = rel
         return FileEntry.from_dict(data), json.loads(row[2]) if row[2] else None
 
-    def remember(self, path: Path, entry: FileEntry, tables: Any) -> None:
-        key = _stat_key(path)
-        if key is None:
+    def remember(self, path: Path, entry: FileEntry, tables: Any, *, seen: str | None) -> None:
+        """Remember ``path`` as ``entry`` if its stat is still ``seen`` (read before it was)."""
+        key = stat_key(path)
+        if key is None or key != seen:
             return
         self._db.execute(
             "INSERT OR REPLACE INTO files (path, stat, entry, tables) VALUES (?, ?, ?, ?)",
