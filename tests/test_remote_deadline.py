@@ -117,7 +117,7 @@ def _held_plain(url: str, seconds: float) -> bool:
         try:
             with httpx.Client(timeout=TIMEOUT) as client:
                 outcome.append(client.get(f"{url}/api/v1/models").read())
-        except Exception as error:  # noqa: BLE001 - any end counts as not held
+        except Exception as error:  # any end counts as not held
             outcome.append(error)
 
     thread = threading.Thread(target=ask, daemon=True)

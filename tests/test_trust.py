@@ -273,6 +273,48 @@ def test_a_recomputed_chain_is_caught_by_the_signed_heads(any_registry: Registry
     assert any("rewritten" in p for p in registry.verify_audit()[1])
 
 
+def test_a_write_after_a_rewritten_history_does_not_sign_over_it(any_registry: Registry) -> None:
+    """Someone who could write only the database edited an event, recomputed the chain
+    and deleted the signed heads from there on; the next honest write (or a checkpoint)
+    signed the head over the forgery, and `tether audit verify` said OK for good (a
+    review). Now writes go on unsigned, verify keeps naming the events, a checkpoint is
+    refused, and only an admin's recorded `accept` signs them."""
+    from tether._metadata.schema import audit_signatures
+    from tether._warnings import UnsignedAuditEvents
+
+    registry = any_registry
+    _events_and_heads(registry)
+    _recompute_chain_after_editing(registry, 2)
+    with registry.engine.begin() as conn:
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= 2))
+    with pytest.warns(UnsignedAuditEvents, match="after event 1"):
+        registry.set_setting("gc.keep_last", "7")  # the honest write still happens
+    assert registry.get_setting("gc.keep_last") == "7"
+    assert any("not covered by the registry key" in p for p in registry.verify_audit()[1])
+    with pytest.raises(IntegrityError, match="no signature of this registry's audit key"):
+        registry.audit_checkpoint()
+    with pytest.raises(PermissionDenied):
+        registry.as_actor("someone@example.com", enforce_roles=True).sign_audit_head(
+            accept="looked fine")
+    head = registry.sign_audit_head(accept="events 2-5 checked against the change log")
+    assert head is not None and registry.verify_audit()[1] == []
+    accepted = registry.audit_log(action="audit.accepted")[0]
+    assert accepted.details["unsigned_after"] == 1 and accepted.actor == registry.actor
+
+
+def test_verify_without_the_key_never_says_valid(registry: Registry, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An auditor without the key file (another machine, TETHER_AUDIT_KEY mis-set) got
+    "signed heads valid" with no signature checked (a review)."""
+    _events_and_heads(registry)
+    checkpoint = json.dumps(registry.audit_checkpoint())
+    monkeypatch.setattr(type(registry), "audit_key_path", property(
+        lambda self: tmp_path / "elsewhere.pem"))
+    _, problems = registry.verify_audit()
+    assert any("signed heads were not checked" in p for p in problems)
+    assert registry.verify_audit(checkpoint=checkpoint)[1] == []  # a checkpoint's key
+
+
 def test_a_checkpoint_catches_a_deleted_tail_and_a_rewrite(
     any_registry: Registry, tmp_path: Path
 ) -> None:
@@ -642,7 +684,7 @@ def test_a_folder_put_in_place_while_a_download_is_written_is_not_handed_out(
         return done
 
     monkeypatch.setattr(registry.store, "materialize", materialize_while_someone_plants)
-    with pytest.raises(IntegrityError, match="appeared .* while tool@1.0.0 was written"):
+    with pytest.raises(IntegrityError, match=r"appeared .* while tool@1\.0\.0 was written"):
         registry.download(version.ref, dest, progress=False)
     monkeypatch.setattr(registry.store, "materialize", real)
     shutil.rmtree(dest)

@@ -21,3 +21,8 @@ def warn_caller(message: str, category: type[Warning]) -> None:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class UnsignedAuditEvents(UserWarning):
+    """The audit log holds events the registry's key never signed; new ones are not signed
+    over them (see ``Registry.write``)."""

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # cryptography loads when a head is signed or checked, not to
 
 #: Key in ``Connection.info`` of the newest head appended in this transaction.
 PENDING_HEAD = "tether.pending_audit_head"
+#: Key in ``Connection.info`` of the head this transaction's first event was appended to.
+BASE_HEAD = "tether.audit_head_before"
 
 
 def append_event(
@@ -45,6 +47,7 @@ def append_event(
         .with_for_update()
     ).first()
     last_id, last_hash = (head[0], head[1]) if head else (0, GENESIS)
+    conn.info.setdefault(BASE_HEAD, (last_id, last_hash))
     content = event_content(
         id=last_id + 1,
         ts=now_iso(),
@@ -140,6 +143,36 @@ def newest_signed_head(conn: sa.Connection) -> SignedHead | None:
     from .._audit_signing import SignedHead
 
     return SignedHead(row.event_id, row.hash, row.key_id, row.signature) if row else None
+
+
+def newest_valid_head(conn: sa.Connection, public: Ed25519PublicKey) -> SignedHead | None:
+    """The newest head ``public``'s key signed, if its signature holds and the chain still
+    has that hash there; None otherwise."""
+    from .._audit_signing import SignedHead, head_is_valid
+    from .._signing import key_id
+
+    row = conn.execute(
+        sa.select(audit_signatures).where(audit_signatures.c.key_id == key_id(public))
+        .order_by(audit_signatures.c.event_id.desc()).limit(1)
+    ).first()
+    if row is None:
+        return None
+    head = SignedHead(row.event_id, row.hash, row.key_id, row.signature)
+    stored = conn.execute(sa.select(events.c.hash).where(events.c.id == head.event_id)).scalar()
+    return head if head_is_valid(head, public) and stored == head.hash else None
+
+
+def continues_signed_chain(conn: sa.Connection, base: tuple[int, str],
+                           public: Ed25519PublicKey) -> bool:
+    """Whether events appended to the head ``base`` may be signed by ``public``'s key: the
+    log was empty, or ``base`` is the newest head that key validly signed. Anything else
+    means events no signature of the key covers lie before them (written by something
+    without the key, or rewritten and recomputed), and signing the new head would vouch
+    for them (a review: the next honest write signed a forged history)."""
+    if base == (0, GENESIS):
+        return True
+    newest = newest_valid_head(conn, public)
+    return newest is not None and (newest.event_id, newest.hash) == base
 
 
 def verify_events(

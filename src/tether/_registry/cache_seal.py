@@ -24,6 +24,7 @@ fails to open rather than changing it unseen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -95,7 +96,5 @@ def make_read_only(folder: Path, paths: Mapping[str, os.stat_result] | list[str]
     """Make ``folder``'s files (``paths``) read-only for everyone (see the module)."""
     for rel in paths:
         path = folder / rel
-        try:
+        with contextlib.suppress(OSError, NotImplementedError):
             os.chmod(path, os.lstat(path).st_mode & 0o555, follow_symlinks=False)
-        except (OSError, NotImplementedError):
-            pass

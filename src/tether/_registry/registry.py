@@ -24,13 +24,16 @@ from .._environment import (
     export_requirements,
     roots_for_flavor,
 )
-from .._errors import InvalidInput, NotFound, TetherError
+from .._errors import IntegrityError, InvalidInput, NotFound, TetherError
 from .._metadata import repository as repo
 from .._metadata.audit_log import (
+    BASE_HEAD,
     PENDING_HEAD,
     append_event,
+    continues_signed_chain,
     list_events,
     newest_signed_head,
+    newest_valid_head,
     record_signed_head,
     verify_events,
 )
@@ -40,6 +43,7 @@ from .._metadata.schema import audit_head, versions
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
+from .._warnings import UnsignedAuditEvents, warn_caller
 from . import (
     access,
     catalog,
@@ -86,6 +90,12 @@ SETTINGS: dict[str, str] = {
     "TETHER_CACHE_MAX_BYTES wins where it is set",
 }
 
+
+#: What a write or a checkpoint says of events no signature of the audit key covers.
+_UNSIGNED_EVENTS = (
+    "the audit log holds events after event {since} that no signature of this registry's "
+    "audit key covers (written by something without the key, or rewritten and "
+    "recomputed): the head is not signed over them")
 
 class Registry:
     """An open registry: metadata database plus artifact store."""
@@ -217,16 +227,28 @@ class Registry:
 
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        """A writing transaction; if it appended audit events, the new head is signed."""
+        """A writing transaction; if it appended audit events, the new head is signed,
+        where that vouches for nothing the key did not sign (``continues_signed_chain``):
+        after unsigned events the write goes on, unsigned, with a warning, and `tether
+        audit verify` keeps naming them until an admin accepts them."""
         with self.engine.begin() as conn:
             conn.info.pop(PENDING_HEAD, None)
+            conn.info.pop(BASE_HEAD, None)
             try:
                 yield conn
                 pending = conn.info.pop(PENDING_HEAD, None)
+                base = conn.info.pop(BASE_HEAD, None)
                 if pending is not None:
-                    record_signed_head(conn, self.audit_key.sign_head(*pending))
+                    if continues_signed_chain(conn, base, self.audit_key.public):
+                        record_signed_head(conn, self.audit_key.sign_head(*pending))
+                    else:
+                        newest = newest_valid_head(conn, self.audit_key.public)
+                        warn_caller(_UNSIGNED_EVENTS.format(
+                            since=newest.event_id if newest is not None else 0),
+                            UnsignedAuditEvents)
             finally:
                 conn.info.pop(PENDING_HEAD, None)
+                conn.info.pop(BASE_HEAD, None)
 
     @property
     def audit_key_path(self) -> Path:
@@ -241,16 +263,42 @@ class Registry:
             self._audit_key = AuditKey.load_or_create(self.audit_key_path)
         return self._audit_key
 
-    def sign_audit_head(self) -> SignedHead | None:
-        """Sign the current head (after a migration appended events without the key)."""
+    def sign_audit_head(self, *, since: tuple[int, str] | None = None,
+                        accept: str | None = None) -> SignedHead | None:
+        """Sign the current head, where that vouches only for what this key signed: the
+        newest head it validly signed is the head, or ``since`` (the head before a
+        migration appended events), or the log was empty. Else ``IntegrityError``, unless
+        ``accept`` gives an admin's reason to vouch for the unsigned events (recorded, with
+        their range, as an ``audit.accepted`` event)."""
         with self.write() as conn:
             row = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).first()
-            newest = newest_signed_head(conn)
-            if row is None or (newest is not None and newest.event_id == row[0]):
+            if row is None:
+                return None
+            head = (int(row[0]), str(row[1]))
+            newest = newest_valid_head(conn, self.audit_key.public)
+            if newest is not None and newest.event_id == head[0] and newest.hash == head[1]:
                 return newest
-            head = self.audit_key.sign_head(row[0], row[1])
-            record_signed_head(conn, head)
-            return head
+            covered = newest is not None and (newest.event_id, newest.hash) == since
+            if not covered and not (since is not None and since[0] == 0):
+                if accept is None:
+                    since_id = newest.event_id if newest is not None else 0
+                    raise IntegrityError(
+                        _UNSIGNED_EVENTS.format(since=since_id),
+                        hint="run `tether audit verify`; if those events are genuine (a "
+                        "new audit key, events from before signing), `tether audit accept "
+                        "--reason TEXT` signs them, recording that you did")
+                from .manifest_limits import check_reason
+
+                roles.require_role(conn, self.actor, "admin", None)
+                check_reason(accept, "the reason")
+                append_event(conn, actor=self.actor, action="audit.accepted", details={
+                    "unsigned_after": newest.event_id if newest is not None else 0,
+                    "through": head[0], "reason": accept})
+                head = conn.info.pop(PENDING_HEAD)
+                conn.info.pop(BASE_HEAD, None)
+            signed = self.audit_key.sign_head(*head)
+            record_signed_head(conn, signed)
+            return signed
 
     def audit_head(self) -> dict[str, Any]:
         """The newest signed head with the public key that checks it (served by the server)."""
@@ -833,7 +881,15 @@ class Registry:
             mark, public = read_checkpoint(checkpoint, source="the checkpoint")
             keys.append(public)
         with self.read() as conn:
-            return verify_events(conn, keys=keys, checkpoint=mark)
+            count, problems = verify_events(conn, keys=keys, checkpoint=mark)
+        if not keys and count:
+            # Without a key only the chain can be checked, and anyone who can write the
+            # database can recompute that: never "valid" (a review).
+            problems.append(
+                f"no audit key at {self.audit_key_path} and no checkpoint: the signed heads "
+                "were not checked (set TETHER_AUDIT_KEY to the registry's key, or give "
+                "--checkpoint FILE)")
+        return count, problems
 
     # -- comparing and environments ---------------------------------------------
 

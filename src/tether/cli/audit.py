@@ -80,6 +80,37 @@ def audit_checkpoint(ctx: click.Context, output: str | None) -> None:
         sys.stdout.write(text)
 
 
+@audit_group.command("accept")
+@click.option("--reason", required=True, help="Why these events are genuine (recorded).")
+@json_option
+@click.pass_context
+@handle_errors
+def audit_accept(ctx: click.Context, reason: str, as_json: bool) -> None:
+    """Sign events no signature of the audit key covers, after checking them (admin).
+
+    A write never signs the log's head over events its key did not sign (someone
+    who could write only the database must not get history vouched for by the
+    next honest change): `tether audit verify` names them until they are
+    accepted here. Genuine ones come from a new audit key or from before
+    signing. Runs where the registry's database and audit key are (on a
+    server's host, against its database).
+    """
+    from .._registry.registry import Registry
+
+    registry = registry_from(ctx)
+    if not isinstance(registry, Registry):
+        raise click.UsageError("run `tether audit accept` on the server's host, with "
+                               "--registry naming its database (the audit key is there)")
+    head = registry.sign_audit_head(accept=reason)
+    if as_json:
+        emit_json(None if head is None else head.to_dict())
+    elif head is None:
+        console.print("the audit log is empty: nothing to accept")
+    else:
+        console.print(f"audit head signed at event {head.event_id} (accepted, recorded)",
+                      highlight=False)
+
+
 @audit_group.command("verify")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="A file from `tether audit checkpoint`: history before it must be unchanged.")

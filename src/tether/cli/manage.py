@@ -137,6 +137,22 @@ def db_group() -> None:
     """The metadata database's schema."""
 
 
+def _log_head(engine: Any) -> tuple[int, str]:
+    """The audit log's head before a migration; (0, genesis) when it is empty or the schema
+    predates signed heads (every event is then the migration's to sign)."""
+    import sqlalchemy as sa
+
+    from .._audit import GENESIS
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT count(*) FROM audit_signatures"))
+            row = conn.execute(sa.text("SELECT last_id, last_hash FROM audit_head")).first()
+    except sa.exc.DBAPIError:
+        return (0, GENESIS)
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+
 @db_group.command("upgrade")
 @click.option("--db", "db_url", help="Database URL (default: the registry's).")
 @json_option
@@ -154,11 +170,13 @@ def db_upgrade(ctx: click.Context, db_url: str | None, as_json: bool) -> None:
         location = RegistryLocation(None, db_url, "file:///nonexistent", default_cache_dir())
     engine = create_engine(location.db_url)
     before = current_revision(engine)
+    since = _log_head(engine)
     upgrade(engine)
     engine.dispose()
-    # A migration may append events (recomputed digests): sign the new head.
+    # A migration may append events (recomputed digests): sign the new head, if the key
+    # signed the one before (never over events it did not sign: `tether audit accept`).
     with Registry(location) as registry:
-        head = registry.sign_audit_head()
+        head = registry.sign_audit_head(since=since)
     if as_json:
         emit_json(
             {
