@@ -550,3 +550,144 @@ with _one_index_check(registry, {key!r}):
     finally:
         holder.wait(timeout=60)
     assert holder.returncode == 0
+
+
+# -- one chunk claimed many times, and lies beside honest copies ---------------------------
+
+
+class _CountedBytes(bytes):
+    """A merged file's bytes that count the digests a search reads (``data[a:b]``)."""
+
+    reads = 0
+
+    def __getitem__(self, item: Any) -> Any:
+        _CountedBytes.reads += 1
+        return super().__getitem__(item)
+
+
+def test_a_merged_file_listing_one_digest_50000_times_is_searched_not_walked() -> None:
+    """Both ends of a digest's entries are binary searched, and a bounded lookup reads the
+    first few: a hostile file listing one chunk 50,000 times cost 50,000 reads for every
+    "is it stored?" (``has``) and every lookup of it."""
+    from tether._store.midx import MergedIndex, build
+
+    key, after = "5a" * 32, "5b" * 32
+    entries = [[key, i, 5, 5, RAW] for i in range(50_000)] + [[after, 0, 5, 5, RAW]]
+    index = MergedIndex("hostile", _CountedBytes(build({LIAR: (1 << 40, entries)}, ())))
+    _CountedBytes.reads = 0
+    assert index._bounds(bytes.fromhex(key)) == (0, 50_000)
+    assert index._bounds(bytes.fromhex(after)) == (50_000, 50_001)
+    assert index._bounds(bytes.fromhex("5a" * 31 + "5b")) == (50_000, 50_000)  # absent
+    assert _CountedBytes.reads < 120, _CountedBytes.reads  # a few dozen each, not 50,000
+    from tether._store.midx import CLAIMS_READ
+
+    _CountedBytes.reads = 0
+    assert not index.has(bytes.fromhex(key), {LIAR})  # its first entries name skipped packs
+    assert len(index.lookup(key, limit=CLAIMS_READ)) == CLAIMS_READ
+    assert _CountedBytes.reads < 200, _CountedBytes.reads
+    assert len(index.lookup(key)) == 50_000  # unbounded when asked: merges and checks read all
+
+
+def _plant_claims(objects: Path, claims: dict[str, list[list[Any]]], body: bytes = b"") -> None:
+    """A merged index file named to sort first, claiming ``claims`` ({pack: entries});
+    the liar's own pack (``LIAR``) holds ``body``."""
+    from tether._store.midx import build
+
+    (objects / "packs" / f"{LIAR}.pack").write_bytes(body)
+    sizes = {pack: (objects / "packs" / f"{pack}.pack").stat().st_size for pack in claims}
+    (objects / "index" / f"{LIAR}.idx").write_bytes(
+        build({pack: (sizes[pack], entries) for pack, entries in claims.items()}, ()))
+
+
+def test_a_chunk_listed_at_50000_offsets_costs_a_few_reads_not_their_square(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merged index (or a kept copy of one in a client's cache) listing one chunk at
+    N offsets: each candidate was compared with every one kept before it (N=8,000 took
+    10 s; 50,000, in a 2.8 MB file, kept `tether verify` busy for minutes), and a
+    load would have read each. Now a file offers at most the first and
+    ``_MAX_ALTERNATES`` others: a few reads, then the honest copy."""
+    from tether._store.chunk_index import _MAX_ALTERNATES
+
+    objects = tmp_path / "store"
+    store = open_store(f"file://{objects}")
+    (tmp_path / "src").mkdir()
+    data = os.urandom(3000)  # one chunk
+    (tmp_path / "src" / "w.bin").write_bytes(data)
+    files = store.ingest(tmp_path / "src", ["w.bin"]).files
+    store.consolidate()  # the honest entry in a merged file too, after the liar's
+    [chunk] = list(files[0].chunks)
+    honest = store.locate(chunk.digest)
+    assert honest is not None
+    garbage = os.urandom(chunk.size + 50_000)
+
+    def lies(n: int) -> list[list[Any]]:
+        return [[chunk.digest, i, chunk.size, chunk.size, RAW] for i in range(n)]
+
+    # A few thousand first (the square of those took a second): the list is capped.
+    _plant_claims(objects, {LIAR: lies(3000)}, garbage)
+    small = open_store(f"file://{objects}")
+    small.refresh()
+    found = small.candidates(chunk.digest)
+    assert len(found) <= 2 + _MAX_ALTERNATES and honest in found, len(found)
+
+    _plant_claims(objects, {LIAR: lies(50_000)}, garbage)
+    fresh = open_store(f"file://{objects}")
+    reads: list[Any] = []
+    real = ChunkStore._fetch
+
+    def counted(self: ChunkStore, loc: Any) -> bytes:
+        reads.append(loc)
+        return real(self, loc)
+
+    monkeypatch.setattr(ChunkStore, "_fetch", counted)
+    started = time.perf_counter()
+    fresh.refresh()
+    found = fresh.candidates(chunk.digest)
+    fresh.materialize(files, tmp_path / "out", label="w@1.0.0")
+    problems = fresh.verify(files, label="w@1.0.0")
+    took = time.perf_counter() - started
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data and problems == []
+    assert len(found) <= 2 + _MAX_ALTERNATES and honest in found, len(found)
+    assert len(reads) <= 2 * (2 + _MAX_ALTERNATES), len(reads)  # the load and the verify
+    assert took < 5, took  # milliseconds; the square of 50,000 took minutes
+
+
+def test_a_lie_in_the_pack_holding_the_honest_copy_does_not_hide_it(tmp_path: Path) -> None:
+    """A merged index that sorts first claims each chunk at a wrong offset of the very
+    pack holding its honest copy: failures were remembered by pack, so the honest entry
+    was skipped and the load failed ("never a failed load while an honest copy
+    exists"). Now by location; only a missing pack stands for all its locations. The
+    lies point into the pack (their bytes do not match) or past its end (a short read,
+    which says nothing of the honest copy before it)."""
+    from tether._store import chunkstore
+
+    objects = tmp_path / "store"
+    store = open_store(f"file://{objects}")
+    (tmp_path / "src").mkdir()
+    data = np.random.default_rng(3).standard_normal(3 << 17).astype(np.float32).tobytes()
+    (tmp_path / "src" / "w.bin").write_bytes(data)  # 1.5 MiB: a few dozen chunks
+    files = store.ingest(tmp_path / "src", ["w.bin"]).files
+    store.consolidate()
+    claims: dict[str, list[Any]] = {}
+    for chunk in files[0].chunks:
+        loc = store.locate(chunk.digest)
+        assert loc is not None
+        claims.setdefault(loc.pack, []).append((chunk.digest, loc))
+    pack_size = sum((objects / "packs" / f"{p}.pack").stat().st_size for p in claims)
+    # Inside the pack (a byte short, so no lie reaches past its end), then past its end.
+    for shift, trim in ((1, 1), (pack_size, 0)):
+        _plant_claims(objects, {pack: [[d, loc.offset + shift, loc.length - trim,
+                                        loc.raw_size, loc.codec] for d, loc in located]
+                                for pack, located in claims.items()})
+        out = tmp_path / f"out-{shift}"
+        fresh = open_store(f"file://{objects}")
+        fresh.materialize(files, out, label="w@1.0.0")
+        assert (out / "w.bin").read_bytes() == data
+        assert open_store(f"file://{objects}").verify(files, label="w@1.0.0") == []
+    # A pack that is gone still stands for all its locations: read once, named once.
+    for pack in claims:
+        (objects / "packs" / f"{pack}.pack").unlink()
+    with pytest.raises(IntegrityError) as failure:
+        open_store(f"file://{objects}").materialize(files, tmp_path / "gone", label="w@1.0.0")
+    assert failure.value.message.count("is missing") == 1, failure.value.message
+    assert chunkstore._PackMissing.__mro__[1] is IntegrityError

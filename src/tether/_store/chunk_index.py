@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 #: Journal index files (one per pack) merged into a merged index once this many.
 _JOURNAL_MAX = 64
 #: Other locations kept for one chunk (beside the first): enough for honest copies
-#: beside damaged ones; each is compared with the rest as it is added, so thousands of
-#: claims of one chunk (a hostile index) cost their square.
+#: beside damaged ones. From the journal and from each merged file or block alike
+#: (``candidates``): a hostile index listing one chunk at 50,000 offsets made every
+#: read of it compare each with the rest (10 s at 8,000, ``tether verify`` hung) and
+#: would have had it tried at each.
 _MAX_ALTERNATES = 16
 #: A network store's index file larger than this is asked whether it is a merged
 #: file first, and if so streamed to disk (index_cache.py), never held whole.
@@ -642,16 +644,27 @@ class ChunkIndex:
         return found[0] if found else None
 
     def candidates(self, digest: str) -> list[Location]:
-        """Every location some index claims for ``digest``, the one to try first first."""
+        """Every location some index claims for ``digest``, the one to try first first:
+        from the journal and from each merged file or block, the first and at most
+        ``_MAX_ALTERNATES`` others.
+
+        Capped per file, not in all: a cap in all would let one hostile file that sorts
+        first, listing the chunk at 17 wrong offsets, push every honest copy out. So
+        the list stays as short as the files searched are few, and each honest one
+        still offers its copy.
+        """
         with self.lock:
             first = self._index.get(digest)
             found = [first, *self._alternates.get(digest, ())] if first is not None else []
             segments = self._searched()
             forgotten = self._forgotten
+        seen = set(found)  # not ``in found``: a list scanned for each is quadratic
         for segment in segments:
-            for pack, offset, length, raw, codec in segment.lookup(digest):
+            for pack, offset, length, raw, codec in segment.lookup(
+                    digest, limit=1 + _MAX_ALTERNATES):
                 loc = Location(pack, offset, length, raw, codec)
-                if pack not in forgotten and loc not in found:
+                if pack not in forgotten and loc not in seen:
+                    seen.add(loc)
                     found.append(loc)
         if self._demoted and len(found) > 1:
             found.sort(key=lambda loc: loc in self._demoted)

@@ -164,6 +164,22 @@ def _raw_checked(view: memoryview, pieces: Sequence[tuple[int, int, int, int, st
     return matched
 
 
+class _PackMissing(IntegrityError):
+    """A pack is gone: every location in it fails alike, so a read tries it once.
+
+    Unlike a short read (a range past the pack's end), which says only that this one
+    location lies: an index may claim a chunk past the end of the pack that holds its
+    honest copy, and failing the pack then hid that copy.
+    """
+
+
+def _tried_text(tried: Mapping[Location | str, str]) -> str:
+    """What ``_read_chunk`` found wanting: a pack (missing) or one location in it."""
+    return "; ".join(f"pack {where} {why}" if isinstance(where, str) else
+                     f"pack {where.pack} at offset {where.offset} {why}"
+                     for where, why in tried.items())
+
+
 def _handed(items: list[Any]) -> Iterator[Any]:
     """The items of ``items``, taken out of it as they are given."""
     items.reverse()
@@ -329,11 +345,14 @@ class ChunkStore:
     # -- reading -----------------------------------------------------------------
 
     def _read_chunk(self, chunk: ChunkRef, *, what: str,
-                    tried: dict[str, str] | None = None,
+                    tried: Mapping[Location | str, str] | None = None,
                     keep: bool = True) -> bytes | memoryview:
         """One chunk, verified, from the first of its candidate locations that holds it.
 
-        ``tried`` maps packs already found wanting to why; they are not read again.
+        ``tried`` maps what was already found wanting to why, not read again: a
+        location, or a pack (str) found missing. Locations, not packs: one lying entry
+        (a wrong offset in the pack holding the honest copy, from an index that sorts
+        first) failed its pack, and the honest copy beside it was never read.
         """
         tried = dict(tried or {})
         data = self._from_cache(chunk)
@@ -343,17 +362,21 @@ class ChunkStore:
         refreshed = False
         while True:
             for loc in self.index.candidates(chunk.digest):
-                if loc.pack in tried:
+                if loc in tried or loc.pack in tried:
                     continue
                 try:
                     payload = self._fetch(loc)
-                except IntegrityError as error:
+                except _PackMissing as error:
                     tried[loc.pack] = error.message.removeprefix(f"pack {loc.pack} ")
+                    self.index.demote(chunk.digest, loc)
+                    continue
+                except IntegrityError as error:  # short: this location, not the pack
+                    tried[loc] = error.message.removeprefix(f"pack {loc.pack} ")
                     self.index.demote(chunk.digest, loc)
                     continue
                 data, problem = _unpack(payload, loc.codec, chunk.size, chunk.digest)
                 if data is None:
-                    tried[loc.pack] = problem
+                    tried[loc] = problem
                     self.index.demote(chunk.digest, loc)
                     continue
                 if keep:
@@ -363,7 +386,6 @@ class ChunkStore:
                 break
             self.refresh()  # another writer may have stored a good copy since
             refreshed = True
-        packs = "; ".join(f"pack {pack} {why}" for pack, why in tried.items())
         hint = ("the store is damaged; `tether store verify` quarantines lying packs, "
                 "then restore the chunk from a backup or log the version again")
         if self.index.forget_kept_copies():
@@ -374,7 +396,7 @@ class ChunkStore:
                     "again; if it fails again, " + hint)
         raise IntegrityError(
             f"{what}: chunk {chunk.digest[:16]} matches its digest in none of the "
-            f"{len(tried)} pack(s) claiming it: {packs}", hint=hint)
+            f"{len(tried)} place(s) claiming it: {_tried_text(tried)}", hint=hint)
 
     def _located_runs(self, chunks: ChunkList, *, what: str,
                       ) -> Iterator[tuple[list[ChunkRef], list[Location], int]]:
@@ -455,11 +477,15 @@ class ChunkStore:
                     first.pack, first.offset, into[shift:shift + length])
             else:
                 payload = self._get_range(first.pack, first.offset, length)
-        except IntegrityError as error:
-            # The pack is gone or short: each chunk falls back to its other copies.
+        except _PackMissing as error:
+            # The pack is gone: each chunk falls back to its other copies.
             why = error.message.removeprefix(f"pack {first.pack} ")
             return [self._read_chunk(c, what=what, tried={first.pack: why}, keep=keep)
                     for c in chunks]
+        except IntegrityError:
+            # Short: some location of the run is past the pack's end (a lie, perhaps,
+            # beside honest ones). Each chunk is read alone: those in the pack are found.
+            return [self._read_chunk(c, what=what, keep=keep) for c in chunks]
         out: list[bytes | memoryview] = []
         view = memoryview(payload)
         matched = _raw_matches(view, chunks, locs, first.offset)
@@ -473,7 +499,7 @@ class ChunkStore:
                 data, problem = _unpack(piece, loc.codec, chunk.size, chunk.digest)
             if data is None:
                 self.index.demote(chunk.digest, loc)
-                data = self._read_chunk(chunk, what=what, tried={loc.pack: problem}, keep=keep)
+                data = self._read_chunk(chunk, what=what, tried={loc: problem}, keep=keep)
                 raw = False
             else:
                 raw = raw and loc.codec == RAW
@@ -511,7 +537,7 @@ class ChunkStore:
         try:
             payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
         except NotFound as error:
-            raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+            raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
         if len(payload) != length:
             raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
         return payload
@@ -523,14 +549,14 @@ class ChunkStore:
             try:
                 got = self.blobs.get_range_into(f"packs/{pack}.pack", offset, view)  # type: ignore[attr-defined]
             except NotFound as error:
-                raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+                raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
             if got != len(view):
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
             return view
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as error:
-            raise IntegrityError(f"pack {pack} is missing", hint="restore the store") from error
+            raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
         try:
             if pread_into(fd, view, offset) < len(view):
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")

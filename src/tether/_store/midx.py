@@ -56,6 +56,11 @@ MAPPED_BUDGET = 16 << 20
 #: ``find_first`` searches mapped files this many keys at a time, checking the budget
 #: after each: a key touches up to a dozen pages (filter probes, binary search).
 _CHECK_KEYS = 64
+#: Entries of one digest ``has`` reads when some packs are skipped: an honest file lists
+#: a chunk a few times (writers racing, a repack), a hostile one thousands of times
+#: (50,000 in a 2.8 MB file), and ingest asks about every chunk. As many as the chunk
+#: index takes from one file for a chunk's candidates (the first and 16 others).
+CLAIMS_READ = 17
 
 
 #: Filter bits per entry (at least; a power of two in all) and probes per digest:
@@ -196,7 +201,10 @@ class MergedIndex:
         lo, hi = self._bounds(key)
         if lo >= hi or not skip:
             return lo < hi
-        return any(pack not in skip for pack, *_ in self.lookup(key.hex()))
+        # The first few entries only (a hostile file lists one chunk thousands of times):
+        # if all name skipped packs, the chunk looks new and is stored again, no worse.
+        return any(pack not in skip
+                   for pack, *_ in self.lookup(key.hex(), limit=CLAIMS_READ))
 
     def let_go(self) -> None:
         """Drop this file's pages from the process (they stay in the page cache): after a
@@ -250,10 +258,14 @@ class MergedIndex:
                     rows["raw"].tolist(), rows["codec"].tolist(), strict=True)]
 
     def _bounds(self, key: bytes) -> tuple[int, int]:
-        """The entries whose digest is ``key``: [lo, hi)."""
+        """The entries whose digest is ``key``: [lo, hi).
+
+        Both ends binary searched: a file may list one digest thousands of times (a
+        hostile one), and a walk to the last of them cost that many reads per question.
+        """
         first = key[0]
         lo = self._fanout[first - 1] if first else 0
-        hi = self._fanout[first]
+        bucket_end = hi = self._fanout[first]
         data, base, size = self._data, self._entries_at, _ENTRY.size
         while lo < hi:
             mid = (lo + hi) // 2
@@ -262,13 +274,21 @@ class MergedIndex:
                 lo = mid + 1
             else:
                 hi = mid
-        end = lo
-        while end < self.entry_count and data[base + end * size:base + end * size + 32] == key:
-            end += 1
+        end, hi = lo, bucket_end  # the first entry past ``key``, in [lo, bucket_end]
+        while end < hi:
+            mid = (end + hi) // 2
+            at = base + mid * size
+            if data[at:at + 32] <= key:
+                end = mid + 1
+            else:
+                hi = mid
         return lo, end
 
-    def lookup(self, digest: str) -> list[tuple[str, int, int, int, int]]:
-        """(pack, offset, length, raw, codec) of every entry for ``digest``."""
+    def lookup(self, digest: str, *, limit: int | None = None,
+               ) -> list[tuple[str, int, int, int, int]]:
+        """(pack, offset, length, raw, codec) of every entry for ``digest``; with ``limit``,
+        of the first ``limit`` entries only (those naming no pack count too, so a hostile
+        file's thousands of entries of one digest are never all read)."""
         try:
             key = bytes.fromhex(digest)
         except ValueError:
@@ -276,6 +296,8 @@ class MergedIndex:
         if len(key) != 32:
             return []
         lo, hi = self._bounds(key)
+        if limit is not None:
+            hi = min(hi, lo + max(0, limit))
         data, base, size = self._data, self._entries_at, _ENTRY.size
         found = []
         for i in range(lo, hi):
