@@ -15,6 +15,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import tether
 
@@ -132,3 +135,62 @@ def test_a_remote_clients_pin_protects_its_chunks_from_a_server_side_gc(tmp_path
         assert client.verify(version.ref) == []
     finally:
         stop(server)
+
+
+def _three_versions(registry: Any, tmp_path: Path) -> None:
+    import os
+
+    for i in range(3):
+        (tmp_path / f"w{i}.bin").write_bytes(os.urandom(200_000))
+        registry.log_model(tmp_path / f"w{i}.bin", "m", progress=False)
+
+
+def test_a_version_promoted_while_gc_plans_is_not_deleted(tmp_path: Path,
+                                                          monkeypatch: Any) -> None:
+    """gc chose the versions to expire in a read, waited for the store lock and planned;
+    a promotion in that window went through, then gc marked the version deleted and
+    removed its bytes: production pointed at nothing (a review). The marking checks
+    again under the models' locks, and nothing is removed."""
+    import tether
+    from tether._errors import Conflict
+
+    registry = tether.init(tmp_path / "reg", actor="ops@example.com")
+    _three_versions(registry, tmp_path)
+    store = registry.store
+    real = type(store).gc
+
+    def promote_meanwhile(self: Any, *args: Any, **kwargs: Any) -> Any:
+        registry.promote("m@1.0.0", "production", create=True)  # another user's promotion
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "gc", promote_meanwhile)
+    with pytest.raises(Conflict, match="promoted, deployed or changed while the gc ran"):
+        registry.gc(keep_last=1, grace_seconds=0)
+    monkeypatch.setattr(type(store), "gc", real)
+    assert registry.get("m@production").semver == "1.0.0"
+    assert registry.verify("m@production") == []
+    assert registry.gc(keep_last=1, grace_seconds=0).expired == ["m@1.1.0"]
+
+
+def test_gc_keeps_what_deployments_route_to_and_delete_refuses_it(tmp_path: Path) -> None:
+    """A canary pinned to m@1.0.0 (the form trusted endpoints need) lost its bytes to
+    keep_last while it took traffic, and replicas failed at their next reload (a
+    review); so did a version only an earlier revision routed to (a rollback's)."""
+    import tether
+    from tether import PolicyViolation
+
+    registry = tether.init(tmp_path / "reg", actor="ops@example.com")
+    _three_versions(registry, tmp_path)
+    (tmp_path / "w3.bin").write_bytes(b"4" * 1000)
+    registry.log_model(tmp_path / "w3.bin", "m", progress=False)
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "stable", "target": "m@1.2.0", "weight": 90},
+        {"name": "canary", "target": "m@1.0.0", "weight": 10}]}}})
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "stable", "target": "m@1.0.0", "weight": 100}]}}})
+    assert registry.gc(keep_last=1, grace_seconds=0).expired == ["m@1.1.0"]
+    for ref in ("m@1.0.0", "m@1.2.0"):  # routed now, and by the first revision
+        assert registry.verify(ref) == []
+    with pytest.raises(PolicyViolation, match="takes traffic in deployment 'svc'"):
+        registry.delete_version("m@1.0.0")
+    registry.delete_version("m@1.2.0")  # only history routes to it: an explicit delete

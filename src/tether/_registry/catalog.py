@@ -109,6 +109,14 @@ def delete_version(registry: Registry, ref: str) -> ModelVersion:
                 f"{version.ref} is the target of {', '.join(version.aliases)}",
                 hint=moves,
             )
+        from .deployments import routed_version_ids
+
+        deployed = routed_version_ids(conn, history=False).get(version.id)
+        if deployed is not None:
+            raise PolicyViolation(
+                f"{version.ref} takes traffic in deployment {deployed!r}",
+                hint=f"change deployment {deployed!r} to route elsewhere first "
+                "(`tether deploy apply`)")
         repo.set_version_status(conn, version.id, "deleted")
         append_event(
             conn,

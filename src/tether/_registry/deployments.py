@@ -585,6 +585,36 @@ def _current_spec(conn: sa.Connection, actor: str, row: sa.Row[Any] | None,
     return None
 
 
+def routed_version_ids(conn: sa.Connection, *, history: bool = True) -> dict[int, str]:
+    """Version id -> a deployment that routes (or shadows) traffic to it: in its current
+    spec, and with ``history`` in any earlier revision (a rollback goes back to those).
+    gc keeps these: a canary pinned to ``m@1.0.0`` lost its bytes to ``keep_last`` while
+    it took traffic, and replicas failed at their next reload (a review). Unreadable
+    specs are skipped (they route nothing a replica would serve)."""
+    specs: list[tuple[str, Any]] = [
+        (row.name, _stored_json(row.spec))
+        for row in conn.execute(sa.select(deployments.c.name, deployments.c.spec))]
+    if history:
+        specs += [(row.name, _stored_json(row.spec)) for row in conn.execute(
+            sa.select(deployments.c.name, deployment_revisions.c.spec).join(
+                deployments, deployments.c.id == deployment_revisions.c.deployment_id))]
+    targets: dict[str, str] = {}
+    for name, spec in specs:
+        try:
+            for _endpoint, route in _routes(spec):
+                targets.setdefault(str(route["target"]), name)
+        except (TypeError, KeyError, AttributeError):
+            continue
+    out: dict[int, str] = {}
+    for target, name in targets.items():
+        try:
+            out.setdefault(int(resolve_row(conn, parse_reference(target),
+                                           records=False)[1].id), name)
+        except (NotFound, InvalidInput, InvalidReference):
+            continue
+    return out
+
+
 def _stored_json(text: str) -> Any:
     """A stored spec or pause list as JSON, or None where it is not (a row written by
     another hand: status and history crashed on it, a review)."""

@@ -2,9 +2,16 @@
 
 A version is kept when it is among the newest ``keep_last`` of its model, when
 an alias points at it now or ever did (so rollback always has bytes to go back
-to), or when it is younger than the grace period. Versions outside all three
-are marked deleted (their metadata and audit trail stay; their bytes go), then
-the store drops every chunk no kept version references.
+to), when a deployment routes traffic to it now or in an earlier revision, or
+when it is younger than the grace period. Versions outside all of these are
+marked deleted (their metadata and audit trail stay; their bytes go), then the
+store drops every chunk no kept version references.
+
+The choice is made in a read, and the store's plan can wait a minute for the
+store lock: the marking checks again, in its own transaction, with the models'
+rows locked as a promotion locks them, that no version chosen has been promoted,
+deployed or changed since (one promoted meanwhile lost its bytes to the gc and
+left its alias pointing at nothing: a review). If one has, nothing is removed.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import StoreError
+from .._errors import Conflict, StoreError
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
+from .._metadata.schema import models
 from .._store.base import FileEntry, GcReport
 from . import datasets
+from .deployments import routed_version_ids
 from .policies import current_policy
 
 if TYPE_CHECKING:
@@ -78,7 +87,7 @@ def collect(
     # Decide in a read; mark versions deleted only once the store has done every
     # write it needs (``commit`` below), so a failed gc (a full disk) changes nothing.
     with registry.read() as conn:
-        ever_aliased = repo.ever_aliased_version_ids(conn)
+        ever_aliased = repo.ever_aliased_version_ids(conn) | set(routed_version_ids(conn))
         rows = repo.all_version_rows(conn, brief=True)
         by_model: dict[str, list[Any]] = {}
         for name, row in rows:
@@ -137,6 +146,18 @@ def live_files(registry: Registry, *, skip: set[int] | frozenset[int] = frozense
 
 def _mark_deleted(registry: Registry, doomed: list[tuple[str, Any, int | None]]) -> None:
     with registry.write() as conn:
+        mids = sorted({int(row.model_id) for _, row, _ in doomed})
+        if mids:  # as a promotion or a deletion does (require_model's lock)
+            conn.execute(sa.select(models.c.id).where(models.c.id.in_(mids))
+                         .order_by(models.c.id).with_for_update()).all()
+        kept = repo.ever_aliased_version_ids(conn) | set(routed_version_ids(conn))
+        for name, row, _keep in doomed:
+            now = repo.version_by_id(conn, row.id)
+            if row.id in kept or now is None or now.status != row.status:
+                raise Conflict(
+                    f"{name}@{row.semver} was promoted, deployed or changed while the gc "
+                    "ran; nothing was removed",
+                    hint="run `tether gc` again: it decides anew")
         for name, row, keep in doomed:
             repo.set_version_status(conn, row.id, "deleted")
             append_event(
