@@ -274,3 +274,34 @@ def test_the_gateways_store_of_an_upload_never_overwrites(bucket: str, tmp_path:
     (tmp_path / "again").write_bytes(b"honest")
     blobs.put_file_new("packs/guarded.pack", tmp_path / "again")
     assert blobs.get_bytes("packs/guarded.pack") == b"honest"
+
+
+def test_a_range_past_a_packs_end_is_a_lying_location_not_a_failure(
+    bucket: str, tmp_path: Path
+) -> None:
+    """An index claiming bytes past the end of a pack (a lie, beside an honest copy) is
+    answered 416 by S3 and by a Tether server; that surfaced as a plain store error the
+    chunk reader did not take as one location wanting, so the load failed instead of
+    trying the honest copy (a review). Now it reads as a short read."""
+    from tether._errors import IntegrityError
+
+    from .servers import start_server, stop
+
+    store = open_store(bucket, cache_dir=tmp_path / "cache")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.bin").write_bytes(os.urandom(100_000))
+    store.ingest(tmp_path / "src", ["w.bin"])
+    pack = next(iter(store.index.journal))
+    server = start_server(f"sqlite:///{tmp_path / 'meta.db'}", bucket, tmp_path)
+    try:
+        client = server.client()
+        client.log_model(tmp_path / "src" / "w.bin", "m", progress=False)
+        through = client.store
+        through.refresh()
+        for where in (store, through):
+            with pytest.raises(IntegrityError, match="truncated"):
+                where._get_range(pack, 10**7, 5)
+            with pytest.raises(IntegrityError, match="truncated"):
+                where._read_into(pack, 10**7, memoryview(bytearray(5)))
+    finally:
+        stop(server)

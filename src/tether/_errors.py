@@ -90,6 +90,13 @@ class InvalidInput(TetherError):
     code = "invalid_input"
 
 
+class RangeNotSatisfiable(InvalidInput):
+    """A byte range no byte of the object satisfies (it starts past the end)."""
+
+    code = "range_not_satisfiable"
+    http_status = 416
+
+
 class InvalidPath(InvalidInput):
     """A file path or store key leaves where it must stay (``..``, absolute, unknown kind)."""
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._errors import Conflict, NotFound, StoreError, TetherError, Unavailable
+from ._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError, TetherError, Unavailable
 from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
 
 if TYPE_CHECKING:
@@ -143,6 +143,8 @@ class RemoteBlobs:
         """Raise for an answer of a presigned URL that is not a success."""
         if response.status_code == 404:
             raise NotFound(f"store object {key} is missing")
+        if response.status_code == 416:
+            raise RangeNotSatisfiable(f"a range past the end of {key} was asked for")
         if response.status_code == 412 and method == "PUT":  # If-None-Match: it exists
             raise Conflict(f"{key} already exists; stored objects are never overwritten")
         if response.status_code >= 500:

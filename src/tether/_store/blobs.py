@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .._errors import Conflict, NotFound, StoreError
+from .._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError
 from .fileio import write_synced
 from .locking import SEP, owner_tag
 
@@ -292,6 +292,9 @@ class S3Blobs:
             code = error.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"store object {what} is missing from {self.url}") from error
+            if code == "InvalidRange":
+                raise RangeNotSatisfiable(f"S3 {what}: the range starts past the object's "
+                                          "end") from error
             if code == "NoSuchBucket":
                 raise StoreError(f"bucket {self.bucket} does not exist",
                                  hint="create it, or fix the store URL") from error

@@ -41,7 +41,7 @@ from typing import Any
 import blake3
 import zstandard
 
-from .._errors import IntegrityError, NotFound, StoreError
+from .._errors import IntegrityError, NotFound, RangeNotSatisfiable, StoreError
 from . import native
 from .base import (
     ChunkRef,
@@ -538,6 +538,8 @@ class ChunkStore:
             payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
         except NotFound as error:
             raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
+        except RangeNotSatisfiable:  # an index claims bytes past the pack's end
+            payload = b""
         if len(payload) != length:
             raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
         return payload
@@ -550,6 +552,8 @@ class ChunkStore:
                 got = self.blobs.get_range_into(f"packs/{pack}.pack", offset, view)  # type: ignore[attr-defined]
             except NotFound as error:
                 raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
+            except RangeNotSatisfiable:  # an index claims bytes past the pack's end
+                got = 0
             if got != len(view):
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
             return view

@@ -36,6 +36,7 @@ from .._errors import (
     InvalidPath,
     NotFound,
     PermissionDenied,
+    RangeNotSatisfiable,
     TetherError,
     Unavailable,
 )
@@ -80,11 +81,6 @@ class PackRejected(InvalidInput):
 
     code = "pack_rejected"
     http_status = 422
-
-
-class RangeNotSatisfiable(InvalidInput):
-    code = "range_not_satisfiable"
-    http_status = 416
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
