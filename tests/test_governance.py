@@ -747,3 +747,29 @@ def test_reasons_and_comments_are_bounded_and_odd_metrics_are_not_empty(
     with pytest.raises(InvalidInput, match="not a metric name"):
         registry.log_model(tmp_path / "0.bin", "m", progress=False, metrics={"(unreadable)": 1})
     assert sa  # imported for the update above
+
+
+def test_only_an_admin_weakens_what_an_endpoint_checks(registry: Registry, tmp_path: Path
+                                                       ) -> None:
+    """A contributor of one routed model could switch an endpoint's environment policy
+    off or let NaN through, for every caller of the deployment (left open by a review;
+    closed as auth was)."""
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+
+    def spec(**endpoint: Any) -> dict[str, Any]:
+        return {"endpoints": {"m": {"routes": [{"name": "main", "target": version.ref,
+                                                "weight": 100}], **endpoint}}}
+
+    registry.create_token("carol@example.com", role="contributor", model="m")
+    carol = registry.as_actor("carol@example.com", enforce_roles=True)
+    carol.apply_deployment("svc", spec(env_policy="strict"))  # stricter: theirs to set
+    for weaker in (spec(env_policy="off"), spec(env_policy="strict,framework=warn"), spec(),
+                   spec(env_policy="strict", allow_non_finite=True)):
+        with pytest.raises(PermissionDenied, match="may not weaken"):
+            carol.apply_deployment("svc", weaker)
+    registry.apply_deployment("svc", spec(env_policy="warn", allow_non_finite=["x", "y"]))
+    assert carol.apply_deployment("svc", spec(env_policy="warn", allow_non_finite=["x"]))[
+        "revision"] == 3  # as stored, or stricter
+    with pytest.raises(PermissionDenied, match="may not weaken"):
+        carol.rollback_deployment("svc", to_revision=2)  # back to the looser one

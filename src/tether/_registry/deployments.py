@@ -257,6 +257,42 @@ def _check_auth_kept(conn: sa.Connection, actor: str, before: Mapping[str, Any] 
             "ask an admin")
 
 
+def _weakened_safeguards(before: Mapping[str, Any] | None,
+                         after: Mapping[str, Any]) -> list[str]:
+    """What in ``after`` serves with a check that ``before`` kept switched off: an endpoint's
+    environment policy other than plain ``strict`` where it had another, or non-finite
+    numbers allowed in fields that refused them."""
+    old = (before or {}).get("endpoints") or {}
+    weakened: list[str] = []
+    for endpoint, body in after["endpoints"].items():
+        stored = old.get(endpoint)
+        was: Mapping[str, Any] = stored if isinstance(stored, dict) else {}
+        policy = body.get("env_policy")
+        if policy not in (was.get("env_policy"), "strict"):
+            weakened.append(f"{endpoint}.env_policy {policy!r}")
+        allowed, allowed_before = body.get("allow_non_finite"), was.get("allow_non_finite")
+        if allowed and allowed != allowed_before and allowed_before is not True and not (
+                isinstance(allowed, list) and isinstance(allowed_before, list)
+                and set(allowed) <= set(allowed_before)):
+            weakened.append(f"{endpoint}.allow_non_finite")
+    return weakened
+
+
+def _check_safeguards_kept(conn: sa.Connection, actor: str,
+                           before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> None:
+    """Switching off a check an endpoint serves with (its environment policy, its refusal of
+    NaN and infinities) takes an admin, as its auth does: a contributor of one routed
+    model could otherwise serve its version in an environment the registry refuses, to
+    every caller of the deployment."""
+    weakened = _weakened_safeguards(before, after)
+    if weakened and not has_role(conn, actor, "admin", None):
+        raise PermissionDenied(
+            f"{actor} may not weaken what the deployment's endpoints check "
+            f"({', '.join(weakened)}): that takes an admin",
+            hint="keep them as stored (`tether deploy status NAME`), make them stricter, "
+            "or ask an admin")
+
+
 def _trusted_targets(spec: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(endpoint, target) of every route and shadow of the spec's trusted endpoints."""
     from .deployment_signing import trusted_endpoints
@@ -434,6 +470,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
             return _answer(conn, actor, row, changed=False)
         _check_trust(conn, actor, canonical)
         _check_auth_kept(conn, actor, old_spec, canonical)
+        _check_safeguards_kept(conn, actor, old_spec, canonical)
         _check_traffic(canonical, paused, name)
         _refuse_more_traffic_to_deprecated(conn, old_spec, paused_before, canonical, paused)
         revision = _save(conn, row, name, canonical, paused, action="apply", actor=actor,
@@ -735,6 +772,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         if current is not None:
             _check_trust_kept(conn, actor, current, spec)
         _check_auth_kept(conn, actor, current, spec)
+        _check_safeguards_kept(conn, actor, current, spec)
         _refuse_more_traffic_to_deprecated(conn, current, current_paused or [], spec, paused)
         revision = _save(conn, row, name, spec, paused, action="rollback", actor=actor,
                          reason=reason or f"back to revision {target}")
