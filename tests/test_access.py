@@ -124,6 +124,21 @@ def test_an_open_server_lets_anonymous_read_and_log_but_not_administer(tmp_path:
     assert app.get("/api/v1/models/fraud/versions").status_code == 200
     grant = app.post("/api/v1/call/grant", json={"args": ["anonymous", "admin"]})
     assert grant.status_code == 403
+    # Approving and administering take anonymous's roles too (it has none): it deleted
+    # models and versions, undeprecated and collected garbage (a review).
+    registry.deprecate("fraud@latest", reason="bad")
+    for method, args, kwargs in (("deprecate", ["fraud@latest"], {"undo": True}),
+                                 ("delete_version", ["fraud@latest"], {}),
+                                 ("delete_model", ["fraud"], {}),
+                                 ("gc", [], {"grace_seconds": 0}),
+                                 ("tokens", [], {})):
+        answer = app.post(f"/api/v1/call/{method}", json={"args": args, "kwargs": kwargs})
+        assert answer.status_code == 403, (method, answer.text)
+    assert registry.get("fraud@latest").status == "deprecated"
+    registry.grant("anonymous", "approver", model="fraud")
+    answer = app.post("/api/v1/call/deprecate", json={"args": ["fraud@latest"],
+                                                      "kwargs": {"undo": True}})
+    assert answer.status_code == 200, answer.text  # the roles granted to anonymous
     registry.close()
 
 

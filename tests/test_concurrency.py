@@ -111,3 +111,104 @@ def test_a_writer_killed_mid_write_leaves_the_registry_consistent(tmp_path: Path
         after = reg.log_model(folder, "big")
         assert after.seq == len(versions) + 1
         assert (Path(reg.load(after.ref)) / "weights.bin").read_bytes() == b"after the storm"
+
+
+# -- races on PostgreSQL (READ COMMITTED: each transaction sees others' commits) --------
+
+
+def _pg_registry(pg_database: str, tmp_path: Path) -> tether.Registry:
+    return tether.init(tmp_path / "reg" / ".tether", actor="ops@example.com",
+                       db_url=pg_database)
+
+
+def _log(registry: tether.Registry, tmp_path: Path, text: str) -> object:
+    (tmp_path / f"{text}.bin").write_bytes(text.encode() * 100)
+    return registry.log_model(tmp_path / f"{text}.bin", "fraud", progress=False)
+
+
+def _slowly(seconds: float) -> object:
+    def check(*_args: object) -> None:  # a promotion's gate taking a moment
+        time.sleep(seconds)
+    return check
+
+
+def _in_thread(call: object) -> tuple[object, list[object]]:
+    import threading
+
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())  # type: ignore[operator]
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            out.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.3)  # it holds the model's lock now
+    return thread, out
+
+
+def test_a_route_rollback_does_not_undo_a_fix_promoted_meanwhile(
+        pg_database: str, tmp_path: Path) -> None:
+    """rollback_route judged the failing version, then rolled the alias back without
+    saying from what: an approver's fix promoted in between was undone, and the failing
+    version went back to production (a review)."""
+    registry = _pg_registry(pg_database, tmp_path)
+    a, x, y = (_log(registry, tmp_path, t) for t in ("a", "x", "y"))
+    registry.promote(a.ref, "production", create=True)  # type: ignore[attr-defined]
+    registry.promote(x.ref, "production")  # type: ignore[attr-defined]  # X fails
+    registry.apply_deployment("svc", {"endpoints": {"e": {"routes": [
+        {"name": "stable", "target": "fraud@production", "weight": 100}]}}})
+    thread, out = _in_thread(lambda: registry.promote(
+        y.ref, "production", checks=[_slowly(1.0)]))  # type: ignore[attr-defined]
+    result = registry.rollback_route("svc", endpoint="e", route="stable",
+                                     failing=f"sha:{x.digest}", reason="X fails")  # type: ignore[attr-defined]
+    thread.join()
+    assert not isinstance(out[0], Exception), out
+    assert result["rolled_back"] is False, result
+    assert registry.get("fraud@production").digest == y.digest  # type: ignore[attr-defined]
+
+
+def test_a_deletion_racing_a_promotion_leaves_no_alias_on_a_deleted_version(
+        pg_database: str, tmp_path: Path) -> None:
+    registry = _pg_registry(pg_database, tmp_path)
+    _log(registry, tmp_path, "a")
+    v = _log(registry, tmp_path, "b")
+    thread, out = _in_thread(lambda: registry.promote(
+        v.ref, "production", create=True, checks=[_slowly(1.0)]))  # type: ignore[attr-defined]
+    try:
+        registry.delete_version(v.ref)  # type: ignore[attr-defined]
+    except tether.PolicyViolation:
+        pass  # waited for the promotion, then saw the alias: refused
+    thread.join()
+    target = registry.versions_with_deleted("fraud")[-1]
+    assert not (target.status == "deleted" and "production" in target.aliases), target
+
+
+def test_a_deployment_racing_gc_routes_no_traffic_to_a_deleted_version(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply resolved its targets without the models' locks: gc expired the version
+    meanwhile, and the deployment routed to a deleted version with no bytes (a review)."""
+    from tether._registry import deployments
+
+    registry = _pg_registry(pg_database, tmp_path)
+    first = _log(registry, tmp_path, "a")
+    for text in ("b", "c"):
+        _log(registry, tmp_path, text)
+    real = deployments._check_traffic
+
+    def slow_check(*args: object) -> None:
+        time.sleep(1.0)  # between resolving the targets and committing
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deployments, "_check_traffic", slow_check)
+    thread, out = _in_thread(lambda: registry.apply_deployment("svc", {"endpoints": {"e": {
+        "routes": [{"name": "main", "target": first.ref, "weight": 100}]}}}))  # type: ignore[attr-defined]
+    try:
+        registry.gc(keep_last=1, grace_seconds=0)
+    except tether.Conflict:
+        pass  # waited for the deployment, then saw it route there: nothing removed
+    thread.join()
+    routed = registry.versions_with_deleted("fraud")[0]
+    assert isinstance(out[0], dict) and routed.status != "deleted", (out, routed.status)

@@ -773,3 +773,26 @@ def test_only_an_admin_weakens_what_an_endpoint_checks(registry: Registry, tmp_p
         "revision"] == 3  # as stored, or stricter
     with pytest.raises(PermissionDenied, match="may not weaken"):
         carol.rollback_deployment("svc", to_revision=2)  # back to the looser one
+
+
+def test_raising_a_canary_cannot_take_traffic_from_a_route_the_caller_may_not_move(
+        registry: Registry, tmp_path: Path) -> None:
+    """Weights are relative: a contributor set the canary's weight to 1e12 and took
+    production's traffic (a route following an approver's alias) for its own version
+    (a review). Lowering the canary, or pausing it, gives traffic back: theirs to do."""
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    good = registry.log_model(tmp_path / "w.bin", "fraud", progress=False)
+    registry.promote(good.ref, "production", create=True)
+    registry.promote(good.ref, "canary", create=True)
+    registry.apply_deployment("prod", {"endpoints": {"score": {"routes": [
+        {"name": "stable", "target": "fraud@production", "weight": 90},
+        {"name": "canary", "target": "fraud@canary", "weight": 10}]}}})
+    registry.create_token("mallory@example.com", role="contributor", model="fraud")
+    mallory = registry.as_actor("mallory@example.com", enforce_roles=True)
+    with pytest.raises(PermissionDenied, match="needs role approver"):
+        mallory.set_deployment_weights("prod", {"canary": 1e12})
+    mallory.pause_routes("prod", ["canary"])  # back to production alone: allowed
+    with pytest.raises(PermissionDenied, match="needs role approver"):
+        mallory.pause_routes("prod", ["canary"], resume=True)  # takes it from stable
+    registry.pause_routes("prod", ["canary"], resume=True)
+    assert mallory.set_deployment_weights("prod", {"canary": 5})["revision"] == 4

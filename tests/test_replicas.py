@@ -98,12 +98,15 @@ def test_deployment_record_is_versioned_audited_and_guarded(
     assert actions == ["deployment.rollback", "deployment.resume", "deployment.pause",
                        "deployment.weights", "deployment.apply"]
 
-    # A route following production needs an approver; a pinned one a contributor.
+    # A route following production needs an approver; a pinned one a contributor, as
+    # long as its change takes no traffic from production (weights are relative).
     registry.grant("dev@example.com", "contributor", model="iris")
     dev = registry.as_actor("dev@example.com")
     with pytest.raises(PermissionDenied, match="approver"):
         dev.set_deployment_weights("web", {"stable": 10})
-    assert dev.set_deployment_weights("web", {"canary": 20})["revision"] == 6
+    with pytest.raises(PermissionDenied, match="approver"):
+        dev.set_deployment_weights("web", {"canary": 20})
+    assert dev.set_deployment_weights("web", {"canary": 5})["revision"] == 6
 
     # A pinned route rolled back goes to its target in an earlier revision.
     registry.apply_deployment("pinned", _spec(target=v1.ref))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PermissionDenied, TetherError
 from .._metadata import repository as repo
-from .._policy import covers
+from .._policy import covers, role_rank
 from .roles import roles_of, scoped_roles_of
 
 if TYPE_CHECKING:
@@ -141,8 +141,15 @@ def require_somewhere(registry: Registry, role: str, action: str) -> None:
 
 
 def require(registry: Registry, role: str, model: str | None, action: str) -> None:
-    """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide)."""
-    if not enforces_roles(registry):
+    """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide).
+
+    On an ``--open-access`` server reading and logging are open to all, but approving
+    and administering take the role granted to ``anonymous``, as moving an alias always
+    did: such a server let anonymous, holding no role at all, delete models and
+    versions, undeprecate and collect garbage (a review). An embedded registry in open
+    mode checks nothing here (its users are whoever can open its files)."""
+    if not enforces_roles(registry) and (
+            registry._enforce_roles is None or role_rank(role) < role_rank("approver")):
         return
     principal = registry.actor
     held = held_roles(registry, principal, model)

@@ -18,7 +18,7 @@ from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.schema import aliases, models, versions
 from .._records import ModelInfo, ModelVersion
-from .._reference import validate_model_name
+from .._reference import parse_reference, validate_model_name
 from . import model_search
 from .manifest_limits import check_tags, check_text
 from .resolve import require_model, resolve_version
@@ -77,6 +77,8 @@ def update_model(
 
 
 def delete_model(registry: Registry, name: str) -> None:
+    from .deployments import routed_version_ids
+
     with registry.write() as conn:
         mid = require_model(conn, name, lock=True)
         if repo.alias_targets(conn, mid):
@@ -84,6 +86,14 @@ def delete_model(registry: Registry, name: str) -> None:
                 f"{name} still has aliases; delete them first",
                 hint=f"aliases: {', '.join(repo.alias_targets(conn, mid))}",
             )
+        ids = set(conn.execute(sa.select(versions.c.id).where(versions.c.model_id == mid))
+                  .scalars())
+        deployed = next((d for vid, d in routed_version_ids(conn, history=False).items()
+                         if vid in ids), None)
+        if deployed is not None:
+            raise PolicyViolation(
+                f"{name} takes traffic in deployment {deployed!r}",
+                hint=f"change deployment {deployed!r} to route elsewhere first")
         conn.execute(versions.update().where(versions.c.model_id == mid).values(status="deleted"))
         # Free the name for a new model; the old rows stay for the audit trail.
         conn.execute(
@@ -99,6 +109,10 @@ def delete_version(registry: Registry, ref: str) -> ModelVersion:
     trail stay, and gc reclaims bytes no kept version shares. Refused while an alias
     points at it."""
     with registry.write() as conn:
+        # The model's row locked first, as a promotion, a deployment or gc's marking lock
+        # it: a promotion racing this deletion left its alias on a deleted version (a
+        # review, on PostgreSQL).
+        require_model(conn, parse_reference(ref).name, lock=True)
         version = resolve_version(conn, ref)
         if version.aliases:
             moves = "; ".join(

@@ -405,6 +405,25 @@ def effective_weights(record: Mapping[str, Any], endpoint: str) -> dict[str, flo
             for r in record["spec"]["endpoints"][endpoint]["routes"]}
 
 
+def _losing_traffic(spec_before: Mapping[str, Any], paused_before: Sequence[str],
+                    spec_after: Mapping[str, Any], paused_after: Sequence[str],
+                    endpoint: str) -> list[str]:
+    """Targets of ``endpoint``'s routes whose share of its traffic goes down. Weights are
+    relative: raising one route (or resuming it, or pausing another) takes traffic from
+    the rest, and moving a route's traffic takes its role. A contributor set a canary's
+    weight to 1e12 and took production's traffic from a route only approvers may move
+    (a review)."""
+    def shares(spec: Mapping[str, Any], paused: Sequence[str]) -> dict[str, float]:
+        weights = effective_weights({"spec": spec, "paused": paused}, endpoint)
+        total = sum(weights.values())
+        return {r: (w / total if total > 0 else 0.0) for r, w in weights.items()}
+
+    before, after = shares(spec_before, paused_before), shares(spec_after, paused_after)
+    targets = {r["name"]: r["target"] for r in spec_before["endpoints"][endpoint]["routes"]}
+    return [targets[r] for r, share in before.items()
+            if after.get(r, 0.0) < share - 1e-12]
+
+
 def _save(conn: sa.Connection, row: sa.Row[Any] | None, name: str, spec: Mapping[str, Any],
           paused: Sequence[str], *, action: str, actor: str, reason: str) -> int:
     now = now_iso()
@@ -450,10 +469,11 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         # role on one model another model's versions and aliases (a review).
         new_targets = [r["target"] for _, r in _routes(canonical)]
         _require_roles(conn, actor, new_targets)
-        for target in new_targets:
-            resolve_row(conn, parse_reference(target))  # NotFound names the typo
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
+        _lock_models(conn, new_targets)
+        for target in new_targets:
+            resolve_row(conn, parse_reference(target))  # NotFound names the typo
         old_spec = _current_spec(conn, actor, row)
         targets = list(new_targets)
         if old_spec is not None:
@@ -652,6 +672,17 @@ def routed_version_ids(conn: sa.Connection, *, history: bool = True) -> dict[int
     return out
 
 
+def _lock_models(conn: sa.Connection, targets: Sequence[str]) -> None:
+    """Lock the rows of the models ``targets`` name (by id, after the deployment's row),
+    as a promotion, a deletion and gc's marking lock them: a deployment resolving a
+    version while gc expired it routed traffic to a deleted version (a review, on
+    PostgreSQL)."""
+    names = sorted({parse_reference(t).name for t in targets})
+    if names:
+        conn.execute(sa.select(models.c.id).where(models.c.name.in_(names))
+                     .order_by(models.c.id).with_for_update()).all()
+
+
 def _stored_json(text: str) -> Any:
     """A stored spec or pause list as JSON, or None where it is not (a row written by
     another hand: status and history crashed on it, a review)."""
@@ -683,7 +714,8 @@ def set_weights(registry: Registry, name: str, weights: Mapping[str, float], *,
             for r in spec["endpoints"][endpoint]["routes"]:
                 if r["name"] == route:
                     r["weight"] = float(weight)
-        _require_roles(conn, actor, targets)
+        _require_roles(conn, actor, targets + _losing_traffic(spec_before, paused, spec,
+                                                              paused, endpoint))
         _check_traffic(spec, paused, name)
         _refuse_more_traffic_to_deprecated(conn, spec_before, paused, spec, paused)
         revision = _save(conn, row, name, spec, paused, action="weights", actor=actor,
@@ -712,7 +744,8 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
         new = paused - keys if resume else paused | keys
         if new == paused:
             return _answer(conn, actor, row, changed=False)
-        _require_roles(conn, actor, targets)
+        _require_roles(conn, actor, targets + _losing_traffic(spec, sorted(paused), spec,
+                                                              sorted(new), endpoint))
         _check_traffic(spec, sorted(new), name)
         _refuse_more_traffic_to_deprecated(conn, spec, sorted(paused), spec, sorted(new))
         action = "resume" if resume else "pause"
@@ -768,6 +801,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets = [r["target"] for _, r in _routes(spec)]
         targets += [r["target"] for _, r in _routes(current)] if current is not None else []
         _may_change(conn, actor, name, targets)  # names no model of its history
+        _lock_models(conn, [r["target"] for _, r in _routes(spec)])
         current_paused = _stored_json(row.paused) if current is not None else []
         if current is not None:
             _check_trust_kept(conn, actor, current, spec)
@@ -812,9 +846,16 @@ def rollback_route(registry: Registry, name: str, *, endpoint: str | None, route
         before = f"{ref.name}@{current.semver}"
         details = {"deployment": name, "endpoint": endpoint, "route": route, "reason": reason}
         if ref.kind is SelectorKind.ALIAS:
-            move = rollback_in(conn, ref.name, ref.value, actor=actor, reason=reason,
-                               details={"deployment": name, "endpoint": endpoint,
-                                        "route": route})
+            # Only from the version judged above: a promotion of a fix between that look
+            # and the model's lock (rollback_in's) was rolled back, putting the failing
+            # version back (a review).
+            try:
+                move = rollback_in(conn, ref.name, ref.value, actor=actor, reason=reason,
+                                   details={"deployment": name, "endpoint": endpoint,
+                                            "route": route}, from_digest=digest)
+            except Conflict:
+                return {"rolled_back": False,
+                        "why": f"{entry['target']} moved from {before} meanwhile"}
             return {"rolled_back": True, "via": "alias", "from": before,
                     "to": f"{ref.name}@{move.version}", "revision": row.revision}
         require_role(conn, actor, "contributor", ref.name)
