@@ -18,11 +18,15 @@ from tether._store import open_store
 
 from .conftest import make_bucket
 
+Alter = Any  # (method, path, request headers, status, body) -> (status, body)
+
 
 class FlakyProxy:
-    """Forwards to S3, answering 503 to every ``fail_every``-th request instead."""
+    """Forwards to S3, answering 503 to every ``fail_every``-th request instead, and
+    passing every answer through ``alter`` (a man in the middle, or a lying endpoint)."""
 
-    def __init__(self, upstream: str, fail_every: int) -> None:
+    def __init__(self, upstream: str, fail_every: int, alter: Alter = None, *,
+                 ignore_prefix: bool = False) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self.count = 0
         self.failed = 0
@@ -52,10 +56,19 @@ class FlakyProxy:
                 conn = http.client.HTTPConnection(host, int(port), timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 headers["Host"] = f"{host}:{port}"
-                conn.request(self.command, self.path, body=body, headers=headers)
+                path = self.path
+                if ignore_prefix and "list-type=2" in path:  # an endpoint answering everything
+                    import re
+
+                    path = re.sub(r"prefix=[^&]*", "prefix=registry%2F", path)
+                conn.request(self.command, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
-                self.send_response(response.status)
+                status = response.status
+                if alter is not None:
+                    status, data = alter(self.command, self.path, dict(self.headers.items()),
+                                         status, data)
+                self.send_response(status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(key, value)
@@ -305,3 +318,113 @@ def test_a_range_past_a_packs_end_is_a_lying_location_not_a_failure(
                 where._read_into(pack, 10**7, memoryview(bytearray(5)))
     finally:
         stop(server)
+
+
+def _listing_altered(change: Any) -> Alter:
+    """An ``alter`` that rewrites list answers (ListObjectsV2) with ``change(prefix, xml)``."""
+    def alter(method: str, path: str, headers: dict[str, str], status: int,
+              data: bytes) -> tuple[int, bytes]:
+        if method == "GET" and "list-type=2" in path:
+            prefix = path.split("prefix=", 1)[1].split("&", 1)[0] if "prefix=" in path else ""
+            data = change(prefix.replace("%2F", "/"), data.decode()).encode()
+        return status, data
+    return alter
+
+
+def _old(xml: str) -> str:
+    """Every object dated long ago (the endpoint's word), past any grace."""
+    import re
+
+    return re.sub(r"<LastModified>[^<]*</LastModified>",
+                  "<LastModified>2001-01-01T00:00:00.000Z</LastModified>", xml)
+
+
+def _stored(tmp_path: Path, bucket: str, **options: Any) -> tuple[Any, Any]:
+    store = open_store(bucket, cache_dir=tmp_path / "c1", **options)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "keep.bin").write_bytes(os.urandom(300_000))
+    (tmp_path / "src" / "dead.bin").write_bytes(os.urandom(1_000_000))
+    report = store.ingest(tmp_path / "src", ["keep.bin", "dead.bin"])
+    store.release_pin(report.pin)  # as a registry does once the version is committed
+    return store, [f for f in report.files if f.path == "keep.bin"]
+
+
+def _loads(bucket: str, tmp_path: Path, files: Any, name: str) -> bytes:
+    fresh = open_store(bucket, cache_dir=tmp_path / f"fresh-{name}")
+    fresh.materialize(files, tmp_path / name, label="keep@1")
+    return (tmp_path / name / "keep.bin").read_bytes()
+
+
+@pytest.mark.parametrize("lie", ["omit-index", "ignore-prefix"])
+def test_gc_never_deletes_a_live_pack_on_a_lying_listing(
+        bucket: str, s3_endpoint: str, tmp_path: Path, lie: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing that left one live pack's index out (a short or lying page) had gc
+    delete the pack as a leftover, even past the grace (dates are the endpoint's word);
+    one that ignored its prefix (answering tmp/ with every object) deleted the whole
+    store (a review)."""
+    import re
+
+    store, live = _stored(tmp_path, bucket, pack_target=1 << 16)
+    victim_id = store.index.candidates(next(iter(live[0].chunks.digests())))[0].pack
+    victim = f"packs/{victim_id}.pack"  # holds the live file
+    everything = sorted(i.key for i in store.blobs.list(""))
+
+    def change(prefix: str, xml: str) -> str:
+        if lie == "omit-index" and prefix.endswith("index/"):
+            xml = re.sub(rf"<Contents>(?:(?!</Contents>).)*?{victim_id}\.idx.*?</Contents>",
+                         "", xml, flags=re.S)
+        return _old(xml)
+
+    proxy = FlakyProxy(s3_endpoint, fail_every=0, alter=_listing_altered(change),
+                       ignore_prefix=lie == "ignore-prefix")
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+    try:
+        lied_to = open_store(bucket, cache_dir=tmp_path / "c2")
+        try:
+            lied_to.gc(live, grace_seconds=3600, dry_run=False)
+        except StoreError as error:
+            assert "in no pack" in str(error)
+    finally:
+        proxy.close()
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", s3_endpoint)
+    left = {i.key for i in store.blobs.list("")}
+    if lie == "omit-index":
+        assert victim in left and set(everything) == left  # refused: nothing removed
+    assert {k for k in left if k.startswith("packs/")}
+    if lie == "ignore-prefix":  # what such an endpoint answers is taken for what was asked
+        proxy = FlakyProxy(s3_endpoint, fail_every=0, ignore_prefix=True)
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+        try:
+            listed = open_store(bucket, cache_dir=tmp_path / "c3").blobs.list("tmp/")
+        finally:
+            proxy.close()
+            monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", s3_endpoint)
+        assert listed == []
+    assert _loads(bucket, tmp_path, live, "out") == (tmp_path / "src" / "keep.bin").read_bytes()
+
+
+def test_gc_copies_no_chunk_it_did_not_check(bucket: str, s3_endpoint: str,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc copied each live chunk into a new pack as the endpoint answered it, then deleted
+    the old pack: one lying ranged read (a bit flipped over http) replaced a live
+    version's only copy with garbage (a review). Now the copy is checked first."""
+    _store, live = _stored(tmp_path, bucket, pack_target=8 << 20)
+
+    def flip(method: str, path: str, headers: dict[str, str], status: int,
+             data: bytes) -> tuple[int, bytes]:
+        if method == "GET" and "/packs/" in path and any(k.lower() == "range" for k in headers):
+            data = bytes([data[0] ^ 1]) + data[1:] if data else data
+        return status, data
+
+    proxy = FlakyProxy(s3_endpoint, fail_every=0, alter=flip)
+    monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+    try:
+        with pytest.raises(Exception, match="does not match its digest; nothing was removed"):
+            open_store(bucket, cache_dir=tmp_path / "c2").gc(live, grace_seconds=0,
+                                                            dry_run=False)
+    finally:
+        proxy.close()
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", s3_endpoint)
+    assert _loads(bucket, tmp_path, live, "out") == (tmp_path / "src" / "keep.bin").read_bytes()

@@ -82,6 +82,12 @@ def retry_seconds() -> float:
         return DEFAULT_RETRY_SECONDS
 
 
+#: Most bytes of one object read whole (pins, leases, index files; packs go by range).
+MAX_WHOLE_READ = 4 << 30
+#: Most objects one listing returns (a store of that many packs holds 30 TB and more).
+MAX_LISTED = 1_000_000
+
+
 class TransientStoreError(StoreError):
     """A store request failed in a way that may pass (connection lost, 5xx, throttled)."""
 
@@ -399,20 +405,32 @@ class S3Blobs:
             f"upload of {key}", self.client.put_object, Bucket=self.bucket,
             Key=self._key(key), Body=data))
 
-    def _read(self, key: str, **extra: Any) -> bytes:
+    def _read(self, key: str, limit: int, **extra: Any) -> bytes:
+        """The object (or range) read whole, at most ``limit`` bytes: one past it is a
+        StoreError (a range answered with an endless body took a client past 1.5 GB: a
+        review), but for a range, whose caller checks the length it asked for (a lying
+        location: another copy is tried)."""
         def attempt() -> bytes:
             body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
                               Key=self._key(key), **extra)["Body"]
-            return bytes(self._call(f"download of {key}", body.read))
+            try:
+                data = bytes(self._call(f"download of {key}", body.read, limit + 1))
+            finally:
+                body.close()
+            if len(data) > limit and "Range" not in extra:  # a range's caller checks it
+                raise StoreError(f"S3 download of {key} answered more than the {limit} "
+                                 "bytes asked for or allowed; stopped reading",
+                                 hint="is the store URL an S3 endpoint?")
+            return data
 
         self.requests += 1
         return self._retrying(f"download of {key}", attempt)  # type: ignore[no-any-return]
 
     def get_bytes(self, key: str) -> bytes:
-        return self._read(key)
+        return self._read(key, MAX_WHOLE_READ)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        return self._read(key, Range=f"bytes={offset}-{offset + length - 1}")
+        return self._read(key, length + 1, Range=f"bytes={offset}-{offset + length - 1}")
 
     def get_range_into(self, key: str, offset: int, view: memoryview) -> int:
         """``get_range`` read into ``view`` (a buffer reused run after run); bytes read."""
@@ -453,16 +471,32 @@ class S3Blobs:
             body.close()
 
     def list(self, prefix: str) -> list[BlobInfo]:
-        found = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages: Iterator[Any] = self._retrying(f"listing {prefix}", lambda: self._call(
-            f"listing {prefix}", lambda: iter(list(paginator.paginate(
-                Bucket=self.bucket, Prefix=self._key(prefix))))))
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key = obj["Key"][len(self.prefix):]
-                found.append(BlobInfo(key, int(obj["Size"]), obj["LastModified"].timestamp()))
-        return found
+        """Every object under ``prefix``. The endpoint's answer is checked: keys outside
+        the prefix are left out (one that ignored it had gc delete every pack as a
+        leftover: a review), malformed entries are a StoreError, and a listing longer
+        than ``MAX_LISTED`` (an endless ``IsTruncated``) is refused."""
+        wanted = self._key(prefix)
+
+        def attempt() -> list[BlobInfo]:
+            found: list[BlobInfo] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=wanted):
+                for obj in page.get("Contents", []):
+                    try:
+                        full, size = str(obj["Key"]), int(obj["Size"])
+                        mtime = obj["LastModified"].timestamp()
+                    except (KeyError, TypeError, ValueError, AttributeError) as error:
+                        raise StoreError(f"S3 listing {prefix}: a malformed entry ({error!r})",
+                                         hint="is the store URL an S3 endpoint?") from None
+                    if full.startswith(wanted):
+                        found.append(BlobInfo(full[len(self.prefix):], size, mtime))
+                if len(found) > MAX_LISTED:
+                    raise StoreError(f"S3 listing {prefix}: more than {MAX_LISTED} objects",
+                                     hint="the endpoint may be paging without end")
+            return found
+
+        return self._retrying(f"listing {prefix}",  # type: ignore[no-any-return]
+                              lambda: self._call(f"listing {prefix}", attempt))
 
     def size(self, key: str) -> int:
         """The size of ``key`` (one HEAD request); NotFound if it is not there."""

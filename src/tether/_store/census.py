@@ -122,6 +122,16 @@ class LiveChunks:
         self._merge()
         return _within(keys, self._keys)
 
+    def add_keys(self, keys: Any) -> None:
+        """Add 8-byte keys (``keys_of``)."""
+        self._add(np.asarray(keys, dtype=np.uint64))
+
+    def feeding(self, files: Iterable[FileEntry]) -> Iterator[FileEntry]:
+        """``files``, each added here as it passes (to feed two sets from one stream)."""
+        for entry in files:
+            self.add_files([entry])
+            yield entry
+
 
 @dataclass
 class Claim:
@@ -256,6 +266,15 @@ class Census:
                     claimed_live[pack] += int(row["length"])
         tally.live_bytes = tally.single_live_bytes + claimed_live
         return tally
+
+    def uncovered(self, wanted: LiveChunks, present: Any) -> int:
+        """How many of ``wanted``'s chunks no entry places in a pack ``present`` (a bool
+        array by our pack number: the pack is in the store's listing)."""
+        covered = LiveChunks()
+        for _, rows, packs in self.rounds():
+            keys = rows["key"].astype(np.uint64)
+            covered.add_keys(keys[wanted.holds(keys) & present[packs]])
+        return len(wanted) - len(covered)
 
     def batches(self, entries: int) -> list[list[int]]:
         """Our pack numbers in order, in batches listing about ``entries`` entries (one

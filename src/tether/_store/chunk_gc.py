@@ -75,6 +75,10 @@ def gc(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     held every new ingest off while it planned. A failed write (a full disk)
     undoes the repacks and raises before ``commit`` and before any deletion.
     """
+    # The store's own index, never copies kept on this disk: one read through a man in
+    # the middle (or a planted file) named another pack for live chunks, and a later
+    # honest gc deleted the real one and wrote the lie back into the store (a review).
+    store.index.forget_kept_copies()
     if dry_run:
         return _plan(store, live, grace_seconds=grace_seconds, dry_run=True).report
     with store_lock(store):
@@ -92,6 +96,7 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     """
     now = time.time()
     keep = LiveChunks()
+    committed = LiveChunks()  # the versions' chunks (pins may name chunks still uploading)
     found = store._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
     stale_pins = {key for key, _ in found["stale_pins"]}
     for pin in store.blobs.list("pins/"):
@@ -105,10 +110,11 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
             keep.add_digests(chunks)
     # The versions after the pins: an ingest commits its version, then drops its pin, so
     # one whose pin was gone when read above is committed by now and read here.
-    keep.add_files(live)  # streamed: one version's chunk lists at a time
+    keep.add_files(committed.feeding(live))  # streamed: one version's lists at a time
     mtimes = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i.mtime
               for i in store.blobs.list("packs/")}
     census = store.index.census()
+    _require_every_version_chunk_placed(store, census, committed, mtimes)
     tally = census.tally(keep)
     report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                       dry_run=dry_run)
@@ -170,6 +176,27 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     plan.scratch = scratch.paths
     report.removed_bytes = sum(v["bytes"] for v in report.removed.values())
     return plan
+
+
+def _require_every_version_chunk_placed(store: ChunkStore, census: Census,
+                                        committed: LiveChunks, listed: dict[str, float],
+                                        ) -> None:
+    """Refuse to plan while a committed version's chunk has no entry in a pack the store
+    lists: the listing or the index is then wrong (a short or lying answer left a live
+    pack's index out, or named another pack), and gc would take the real pack for a
+    leftover and delete it (a review lost live packs both ways on S3). A store that
+    truly lost bytes stops here too: nothing is removed until it is repaired."""
+    import numpy as np
+
+    present = np.array([name in listed for name in census.names], dtype=bool)
+    missing = census.uncovered(committed, present)
+    if missing:
+        store.index.forget_kept_copies()
+        raise StoreError(
+            f"gc found {missing} chunk(s) of registered versions in no pack {store.url} "
+            "lists: its listing or index is wrong, or bytes were lost; nothing was removed",
+            hint="run it again (indexes are read afresh); if it persists, `tether store "
+            "verify` names the versions whose bytes are gone")
 
 
 def _apply(store: ChunkStore, plan: _GcPlan, commit: Any, *, progress: bool = False) -> None:
@@ -283,6 +310,14 @@ def _repack_all(store: ChunkStore, repacks: Iterable[tuple[str, list[list[Any]]]
         for pack, entries in repacks:
             for digest, offset, length, raw, codec in entries:
                 payload = store.blobs.get_range(f"packs/{pack}.pack", offset, length)
+                # Checked before it is copied: the old pack is deleted once the copy is
+                # in, so a lying read (a flipped bit over http) lost the chunk for good.
+                if len(payload) != length or _unpack(payload, codec, raw, digest)[0] is None:
+                    raise IntegrityError(
+                        f"gc read chunk {digest[:16]} of pack {pack} and it does not match "
+                        "its digest; nothing was removed",
+                        hint="run it again; if it persists, `tether store verify` "
+                        "quarantines the pack")
                 writer.add(digest, payload, raw, codec)
                 writer.write_out()  # one chunk held at a time
                 if bar is not None:

@@ -30,6 +30,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -163,6 +164,9 @@ def _raw_checked(view: memoryview, pieces: Sequence[tuple[int, int, int, int, st
         matched[i] = digest == pieces[i][4]
     return matched
 
+
+#: The name of a pack Tether wrote (uuid4 hex): gc deletes nothing else as a pack.
+_PACK_KEY = re.compile(r"packs/[0-9a-f]{32}\.pack")
 
 class _PackMissing(IntegrityError):
     """A pack is gone: every location in it fails alike, so a read tries it once.
@@ -803,10 +807,14 @@ class ChunkStore:
         self.refresh()
         indexed = set(self.index.all_packs())
         for info in self.blobs.list("packs/"):
+            if not _PACK_KEY.fullmatch(info.key):
+                continue  # not a pack's name: never Tether's to delete as one
             pack = info.key.rsplit("/", 1)[-1].removesuffix(".pack")
             if pack not in indexed and now - info.mtime >= grace_seconds:
                 found["packs_without_index"].append((info.key, info.size))
         for info in self.blobs.list("tmp/"):
+            if not info.key.startswith("tmp/") or "/" in info.key[4:]:
+                continue  # a listing that ignored its prefix (a review: every pack went)
             owner = Owner.from_name(info.key.rsplit("/", 1)[-1])
             if is_dead(owner) or (not is_alive_here(owner)
                                   and now - info.mtime >= grace_seconds):
@@ -815,6 +823,8 @@ class ChunkStore:
             if lease.stale(now):
                 found["stale_locks"].append((lease.key, lease.size))
         for info in self.blobs.list("pins/"):
+            if not info.key.startswith("pins/"):
+                continue
             if self._pin_is_stale(info.key, now - info.mtime, pin_grace):
                 found["stale_pins"].append((info.key, info.size))
         return found
