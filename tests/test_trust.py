@@ -336,7 +336,11 @@ def test_a_checkpoint_catches_a_deleted_tail_and_a_rewrite(
             sa.select(events.c.id, events.c.hash).where(events.c.id == mark - 2)
         ).one()
         conn.execute(audit_head.update().values(last_id=row.id, last_hash=row.hash))
-    assert registry.verify_audit()[1] == []  # invisible from inside the database
+    # Invisible from inside the database; the key's holder sees it by the mark it keeps
+    # beside the key, anyone else by the checkpoint.
+    assert any("is gone or rewritten" in p for p in registry.verify_audit()[1])
+    registry.audit_mark_path.unlink()
+    assert registry.verify_audit()[1] == []
     _, problems = registry.verify_audit(checkpoint=checkpoint)
     assert any("gone" in p for p in problems)
 
@@ -783,3 +787,43 @@ def test_a_seal_written_by_another_user_is_not_read(
                         or real(p))
     registry.load(version.ref)
     assert sorted(hashed) == ["run.py", "weights.bin"]
+
+
+def test_a_cut_or_emptied_log_is_not_signed_over(any_registry: Registry) -> None:
+    """Deleting the newest events with their signatures (or every event) went unseen, and
+    the next honest write signed on from there; a faked state before `tether db upgrade`
+    had the migration sign a rewritten history (a review). The key's holder keeps the
+    newest head it signed beside the key, and signs only a chain through it."""
+    from tether._audit import GENESIS
+    from tether._metadata.schema import audit_head, audit_signatures, events
+    from tether._warnings import UnsignedAuditEvents
+
+    registry = any_registry
+    _events_and_heads(registry)
+    with registry.engine.begin() as conn:
+        last = conn.execute(sa.select(sa.func.max(events.c.id))).scalar()
+        conn.execute(events.delete().where(events.c.id >= last - 1))
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= last - 1))
+        row = conn.execute(sa.select(events.c.id, events.c.hash)
+                           .where(events.c.id == last - 2)).one()
+        conn.execute(audit_head.update().values(last_id=row.id, last_hash=row.hash))
+    with pytest.warns(UnsignedAuditEvents):
+        registry.set_setting("gc.keep_last", "8")
+    assert any("is gone or rewritten" in p for p in registry.verify_audit()[1])
+    _recompute_chain_after_editing(registry, 2)
+    with pytest.raises(IntegrityError, match="no signature of this registry's audit key"):
+        registry.sign_audit_head(since=(0, GENESIS))  # what a faked old schema reads as
+
+
+def test_a_process_without_the_key_does_not_make_one_of_its_own(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TETHER_AUDIT_KEY pointing elsewhere made a second key, and every later write by the
+    registry's own key went unsigned (a review)."""
+    _events_and_heads(registry)
+    monkeypatch.setenv("TETHER_AUDIT_KEY", str(tmp_path / "elsewhere.pem"))
+    other = Registry.open(registry.location.root, actor=registry.actor)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError, match="no audit key is at"):
+        other.set_setting("gc.keep_last", "4")
+    assert not (tmp_path / "elsewhere.pem").exists()
+    assert registry.get_setting("gc.keep_last") == "3"
+    other.close()

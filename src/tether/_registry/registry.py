@@ -43,6 +43,7 @@ from .._metadata.schema import audit_head, versions
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
+from .._audit_mark import mark_path, passes_through, read_mark, write_mark
 from .._warnings import UnsignedAuditEvents, warn_caller
 from . import (
     access,
@@ -228,9 +229,11 @@ class Registry:
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """A writing transaction; if it appended audit events, the new head is signed,
-        where that vouches for nothing the key did not sign (``continues_signed_chain``):
-        after unsigned events the write goes on, unsigned, with a warning, and `tether
-        audit verify` keeps naming them until an admin accepts them."""
+        where that vouches for nothing the key did not sign (``_may_sign_after``): after
+        unsigned events, or a chain that no longer passes through the newest head this
+        key signed (``_audit_mark``), the write goes on, unsigned, with a warning, and
+        `tether audit verify` keeps naming the events until an admin accepts them."""
+        signed = None
         with self.engine.begin() as conn:
             conn.info.pop(PENDING_HEAD, None)
             conn.info.pop(BASE_HEAD, None)
@@ -239,16 +242,45 @@ class Registry:
                 pending = conn.info.pop(PENDING_HEAD, None)
                 base = conn.info.pop(BASE_HEAD, None)
                 if pending is not None:
-                    if continues_signed_chain(conn, base, self.audit_key.public):
-                        record_signed_head(conn, self.audit_key.sign_head(*pending))
+                    key = self._audit_key_for(conn)
+                    if self._may_sign_after(conn, base):
+                        signed = key.sign_head(*pending)
+                        record_signed_head(conn, signed)
                     else:
-                        newest = newest_valid_head(conn, self.audit_key.public)
+                        newest = newest_valid_head(conn, key.public)
                         warn_caller(_UNSIGNED_EVENTS.format(
                             since=newest.event_id if newest is not None else 0),
                             UnsignedAuditEvents)
             finally:
                 conn.info.pop(PENDING_HEAD, None)
                 conn.info.pop(BASE_HEAD, None)
+        if signed is not None:  # committed: the mark moves on
+            write_mark(self.audit_mark_path, (signed.event_id, signed.hash))
+
+    def _may_sign_after(self, conn: sa.Connection, base: tuple[int, str]) -> bool:
+        return (passes_through(conn, read_mark(self.audit_mark_path))
+                and continues_signed_chain(conn, base, self.audit_key.public))
+
+    def _audit_key_for(self, conn: sa.Connection) -> AuditKey:
+        """The audit key; a new one only for a log no key signed yet. A process whose key
+        setting pointed elsewhere made a key of its own, and every later write by the
+        registry's key went unsigned (a review): now it is told where the key should be."""
+        if self._audit_key is None and not self.audit_key_path.exists():
+            from .._metadata.schema import audit_signatures
+
+            signer = conn.execute(sa.select(audit_signatures.c.key_id).limit(1)).scalar()
+            if signer is not None:
+                raise IntegrityError(
+                    f"this registry's audit log is signed by key {signer}, and no audit "
+                    f"key is at {self.audit_key_path}: nothing was written",
+                    hint="point TETHER_AUDIT_KEY at the registry's audit key (a server's "
+                    "default is ~/.config/tether/audit-key.pem)")
+        return self.audit_key
+
+    @property
+    def audit_mark_path(self) -> Path:
+        """Where the newest head this key signed for this registry is kept (_audit_mark)."""
+        return mark_path(self.audit_key_path, self.location.db_url)
 
     @property
     def audit_key_path(self) -> Path:
@@ -266,27 +298,38 @@ class Registry:
     def sign_audit_head(self, *, since: tuple[int, str] | None = None,
                         accept: str | None = None) -> SignedHead | None:
         """Sign the current head, where that vouches only for what this key signed: the
-        newest head it validly signed is the head, or ``since`` (the head before a
-        migration appended events), or the log was empty. Else ``IntegrityError``, unless
-        ``accept`` gives an admin's reason to vouch for the unsigned events (recorded, with
-        their range, as an ``audit.accepted`` event)."""
+        chain passes through the newest head this key signed (``_audit_mark``), and the
+        newest head it validly signed in the database is the head, or ``since`` (the head
+        before a migration appended events), or the log was empty and never signed.
+        Else ``IntegrityError``, unless ``accept`` gives an admin's reason to vouch for
+        the events (recorded, with their range, as an ``audit.accepted`` event)."""
+        from .._audit import GENESIS
+
+        mark = read_mark(self.audit_mark_path)
         with self.write() as conn:
             row = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash)).first()
             if row is None:
                 return None
             head = (int(row[0]), str(row[1]))
-            newest = newest_valid_head(conn, self.audit_key.public)
-            if newest is not None and newest.event_id == head[0] and newest.hash == head[1]:
+            key = self._audit_key_for(conn)
+            through = passes_through(conn, mark)
+            newest = newest_valid_head(conn, key.public)
+            if through and newest is not None and (newest.event_id, newest.hash) == head:
                 return newest
-            covered = newest is not None and (newest.event_id, newest.hash) == since
-            if not covered and not (since is not None and since[0] == 0):
+            covered = through and (
+                (newest is not None and (newest.event_id, newest.hash) == since)
+                or (since == (0, GENESIS) and newest is None))
+            if not covered:
                 if accept is None:
                     since_id = newest.event_id if newest is not None else 0
+                    if not through and mark is not None:
+                        since_id = min(since_id, mark[0])
                     raise IntegrityError(
                         _UNSIGNED_EVENTS.format(since=since_id),
                         hint="run `tether audit verify`; if those events are genuine (a "
-                        "new audit key, events from before signing), `tether audit accept "
-                        "--reason TEXT` signs them, recording that you did")
+                        "new audit key, events from before signing, a database restored "
+                        "from a backup), `tether audit accept --reason TEXT` signs them, "
+                        "recording that you did")
                 from .manifest_limits import check_reason
 
                 roles.require_role(conn, self.actor, "admin", None)
@@ -296,9 +339,10 @@ class Registry:
                     "through": head[0], "reason": accept})
                 head = conn.info.pop(PENDING_HEAD)
                 conn.info.pop(BASE_HEAD, None)
-            signed = self.audit_key.sign_head(*head)
+            signed = key.sign_head(*head)
             record_signed_head(conn, signed)
-            return signed
+        write_mark(self.audit_mark_path, (signed.event_id, signed.hash), force=bool(accept))
+        return signed
 
     def audit_head(self) -> dict[str, Any]:
         """The newest signed head with the public key that checks it (served by the server)."""
@@ -880,8 +924,15 @@ class Registry:
 
             mark, public = read_checkpoint(checkpoint, source="the checkpoint")
             keys.append(public)
+        signed_to = read_mark(self.audit_mark_path)
         with self.read() as conn:
             count, problems = verify_events(conn, keys=keys, checkpoint=mark)
+            if not passes_through(conn, signed_to):
+                assert signed_to is not None
+                problems.append(
+                    f"event {signed_to[0]}, which this registry's audit key signed (as "
+                    f"{self.audit_mark_path} records), is gone or rewritten: history was "
+                    "cut or replaced")
         if not keys and count:
             # Without a key only the chain can be checked, and anyone who can write the
             # database can recompute that: never "valid" (a review).
