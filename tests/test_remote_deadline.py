@@ -184,3 +184,20 @@ def test_an_upload_read_slowly_is_given_up_on(tmp_path: Path) -> None:
             client.close()
     assert took < GAVE_UP_WITHIN, f"held for {took:.1f} s"
     assert "stopped waiting" in str(caught.value), caught.value
+
+
+def test_a_transfer_held_past_its_deadline_is_not_asked_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blob transfers retried an exchange that ran past its deadline: held as long again
+    at every try, for the whole retry budget (seven tries in ten seconds: a review)."""
+    from tether.remote_blobs import RemoteBlobs
+
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "20")
+    with raw_server(header_drip) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+        blobs = RemoteBlobs(client)
+        monkeypatch.setattr(blobs, "_target", lambda key, method: None)  # no presigning
+        try:
+            _gives_up(lambda: blobs.put_bytes("packs/x.pack", b"x" * 100))
+        finally:
+            client.close()

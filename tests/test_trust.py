@@ -827,3 +827,28 @@ def test_a_process_without_the_key_does_not_make_one_of_its_own(
     assert not (tmp_path / "elsewhere.pem").exists()
     assert registry.get_setting("gc.keep_last") == "3"
     other.close()
+
+
+def test_an_honest_copy_someone_else_may_write_is_not_handed_out(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of a folder put in a download's place compared contents only: a planted
+    honest copy, writable by its planter (0777), was handed out, then rewritten (a
+    second review)."""
+    import os
+
+    version = _files_version(registry, tmp_path)
+    dest = tmp_path / "shared" / "model"
+    real = registry.store.materialize
+
+    def plant_an_honest_copy(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        shutil.copytree(tmp_path / "tool", dest)
+        os.chmod(dest, 0o777)
+        for item in dest.iterdir():
+            os.chmod(item, 0o666)
+        return done
+
+    monkeypatch.setattr(registry.store, "materialize", plant_an_honest_copy)
+    with pytest.raises(IntegrityError, match="not yours alone to write"):
+        registry.download(version.ref, dest, progress=False)

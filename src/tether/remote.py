@@ -131,6 +131,10 @@ MAX_ANSWER = 512 * 1024 * 1024
 MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
 
 
+class TooSlow(Unavailable):
+    """An answer (or a whole exchange) slower than its deadline: never asked again."""
+
+
 class Pace:
     """The bound every answer's body is read within: at most ``limit`` bytes, and no
     slower than ``timeout`` plus its bytes at ``MIN_RATE`` (a server dripping a
@@ -153,8 +157,8 @@ class Pace:
                                  "(is TETHER_URI a Tether server?)")
         self.clock.moved(count)
         if self.clock.left() < 0:
-            raise Unavailable(f"{self.url} answered too slowly: {self.clock.describe()}",
-                              hint="check the server and the network to it")
+            raise TooSlow(f"{self.url} answered too slowly: {self.clock.describe()}",
+                          hint="check the server and the network to it")
 
     def pieces(self, response: httpx.Response) -> Iterator[bytes]:
         declared = response.headers.get("content-length", "")
@@ -447,8 +451,8 @@ class RemoteRegistry:
                                 "TETHER_URI at the server itself")
             except httpx.HTTPError as error:
                 if was_late(error):  # held past its deadline: as Pace says, not retried here
-                    raise Unavailable(f"{url} answered too slowly: {error}",
-                                      hint="check the server and the network to it") from error
+                    raise TooSlow(f"{url} answered too slowly: {error}",
+                                  hint="check the server and the network to it") from error
                 problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 if not retry or not isinstance(error, _TRANSIENT):
                     raise self._gave_up(problem, attempt, started, reached=False) from error

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError, TetherError, Unavailable
+from ._exchange_deadline import was_late
 from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class RemoteBlobs:
         """``attempt()`` until it succeeds, retrying transient failures for a bounded time."""
         # Imported here, not at the top: remote.py imports this module, and the
         # retry policy is the client's, shared with its API calls.
-        from .remote import _TRANSIENT, backoff
+        from .remote import _TRANSIENT, TooSlow, backoff
 
         budget = retry_seconds()
         started = time.monotonic()
@@ -114,6 +115,12 @@ class RemoteBlobs:
                     return None  # an earlier try stored it; its answer was lost
                 raise
             except (Unavailable, _Transfer, *_TRANSIENT) as error:
+                if was_late(error) or isinstance(error, TooSlow):
+                    # Held past its deadline: asked again, it held the client as long again
+                    # (seven times in ten seconds: a review).
+                    raise (error if isinstance(error, TetherError) else Unavailable(
+                        f"{what} answered too slowly: {error}",
+                        hint="check the server and the network to it")) from error
                 remaining = budget - (time.monotonic() - started)
                 if remaining <= 0.05:
                     if isinstance(error, TetherError):

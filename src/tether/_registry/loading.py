@@ -40,6 +40,12 @@ class CachedCopyChangedWarning(UserWarning):
     """A version's cached folder no longer matched its manifest: it was made again."""
 
 
+def _yours(facts: os.stat_result) -> bool:
+    """Owned by this user and not writable by everyone (group-writable is allowed: many
+    systems give each user a group of their own)."""
+    return facts.st_uid == os.geteuid() and not facts.st_mode & 0o002
+
+
 def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None:
     """What in ``folder`` does not match ``version``'s files (None: every file is there,
     with its size and digest, and nothing else is). A file its seal vouches for is not
@@ -53,11 +59,18 @@ def _differs(version: ModelVersion | DatasetVersion, folder: Path) -> str | None
         return "the folder is a link"
     expected = {entry.path: entry for entry in version.files}
     found: dict[str, os.stat_result] = {}  # a regular file's facts, read once
+    if not _yours(folder.lstat()):
+        return "the folder is not yours alone to write"
     for path in folder.rglob("*"):
         rel = path.relative_to(folder).as_posix()
         if "__pycache__" in rel.split("/")[:-1] and path.suffix == ".pyc":
             continue  # Python's own bytecode of the files: written by importing them
         facts = path.lstat()
+        if not _yours(facts):
+            # Someone else's folder or file, or one anyone may write: it matched when
+            # checked and was changed after it was handed out (a review planted an honest
+            # copy in a shared folder, then rewrote it).
+            return f"{rel} is not yours alone to write"
         if stat.S_ISDIR(facts.st_mode):
             continue
         if not stat.S_ISREG(facts.st_mode) or rel not in expected:

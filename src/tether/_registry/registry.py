@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .._audit_mark import mark_path, passes_through, read_mark, write_mark
 from .._environment import (
     Difference,
     EnvPolicy,
@@ -43,7 +44,6 @@ from .._metadata.schema import audit_head, versions
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
 from .._schema import Signature
-from .._audit_mark import mark_path, passes_through, read_mark, write_mark
 from .._warnings import UnsignedAuditEvents, warn_caller
 from . import (
     access,
