@@ -4,6 +4,7 @@ place, and a kept copy is never trusted further than the store's own bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,3 +256,30 @@ def test_a_bound_of_zero_from_the_environment_keeps_the_index_copies(
     chunks = ChunkCache(cache, max_bytes=0)
     assert chunks.prune()["removed_index_bytes"] == 0 and kept.exists()
     assert chunks.prune(0)["removed_index_bytes"] > 0 and not kept.exists()
+
+
+def test_a_merged_file_listed_larger_than_it_says_is_not_fetched(
+        bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing gave a merged file's size as 1 PB: it was fetched piece by piece (1 GB in
+    8 s) and checked only at the end (a review). Its header is read first now."""
+    from tether._store import chunk_index, index_cache
+    from tether._store.blobs import BlobInfo
+
+    writer = open_store(bucket, cache_dir=tmp_path / "writer-cache", pack_target=1 << 20)
+    _ingest(writer, tmp_path / "v", "w.bin", 2 << 20)
+    writer.consolidate()
+    [merged] = writer.blobs.list("index/")
+    monkeypatch.setattr(chunk_index, "_INDEX_IN_MEMORY", 100)
+    monkeypatch.setattr(index_cache, "_PIECE", 1000)
+    reader = open_store(bucket, cache_dir=tmp_path / "cache")
+    real_list = reader.blobs.list
+    monkeypatch.setattr(reader.blobs, "list", lambda prefix: [
+        BlobInfo(i.key, 10**15 if i.key == merged.key else i.size, i.mtime)
+        for i in real_list(prefix)])
+    fetched: list[int] = []
+    real_range = reader.blobs.get_range_into
+    monkeypatch.setattr(reader.blobs, "get_range_into", lambda key, offset, view: (
+        fetched.append(offset), real_range(key, offset, view))[1])
+    with contextlib.suppress(Exception):
+        reader.refresh()
+    assert len(fetched) <= 1  # the first piece, read to see what it says

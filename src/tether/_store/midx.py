@@ -120,6 +120,18 @@ def build(packs: Mapping[str, tuple[int, Iterable[Any]]], covers: Iterable[str])
     return bytes(out)
 
 
+def declared_size(head: bytes | bytearray | memoryview) -> int:
+    """The size a merged file's first bytes say it has (its filter included); ValueError
+    when they are not a merged file's."""
+    if len(head) < _HEAD.size:
+        raise ValueError("merged index is truncated")
+    magic, packs, entries, covers, bits = _HEAD.unpack_from(head, 0)
+    if magic != MAGIC:
+        raise ValueError("not a merged index")
+    end = _HEAD.size + 16 * covers + _PACK.size * packs + _FANOUT.size + _ENTRY.size * entries
+    return int(end) + ((1 << int(bits)) // 8 if 10 <= bits <= 31 else 0)
+
+
 class MergedIndex:
     """A merged index file, read in place."""
 
