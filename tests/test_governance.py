@@ -796,3 +796,29 @@ def test_raising_a_canary_cannot_take_traffic_from_a_route_the_caller_may_not_mo
         mallory.pause_routes("prod", ["canary"], resume=True)  # takes it from stable
     registry.pause_routes("prod", ["canary"], resume=True)
     assert mallory.set_deployment_weights("prod", {"canary": 5})["revision"] == 4
+
+
+def test_renaming_an_endpoint_does_not_drop_its_policy_and_rollback_needs_live_targets(
+        registry: Registry, tmp_path: Path) -> None:
+    """Renaming endpoint m to m-tmp and back, each apply without a policy, made it new each
+    time and dropped an admin's strict policy; a deployment rollback restored traffic to
+    a version deleted since (two reviews)."""
+    (tmp_path / "w.bin").write_bytes(b"w" * 10)
+    first = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    (tmp_path / "w.bin").write_bytes(b"x" * 10)
+    second = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+
+    def spec(endpoint: str, target: str, **body: Any) -> dict[str, Any]:
+        return {"endpoints": {endpoint: {"routes": [{"name": "main", "target": target,
+                                                     "weight": 100}], **body}}}
+
+    registry.apply_deployment("svc", spec("m", first.ref, env_policy="strict"))
+    registry.create_token("carol@example.com", role="contributor", model="m")
+    carol = registry.as_actor("carol@example.com", enforce_roles=True)
+    with pytest.raises(PermissionDenied, match="may not weaken"):
+        carol.apply_deployment("svc", spec("m-tmp", first.ref))
+    registry.apply_deployment("svc", spec("m", second.ref, env_policy="strict"))
+    registry.delete_version(first.ref)
+    with pytest.raises(tether.NotFound):
+        registry.rollback_deployment("svc", to_revision=1)
+    assert registry.deployment("svc")["revision"] == 2

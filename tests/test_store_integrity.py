@@ -691,3 +691,32 @@ def test_a_lie_in_the_pack_holding_the_honest_copy_does_not_hide_it(tmp_path: Pa
         open_store(f"file://{objects}").materialize(files, tmp_path / "gone", label="w@1.0.0")
     assert failure.value.message.count("is missing") == 1, failure.value.message
     assert chunkstore._PackMissing.__mro__[1] is IntegrityError
+
+
+def test_a_journal_index_naming_another_pack_claims_nothing_and_gc_deletes_nothing(
+        tmp_path: Path) -> None:
+    """An index file ``index/V.idx`` answered as naming pack W (a lying store or a man in
+    the middle): V looked unindexed, every live chunk looked placed in W, and gc deleted
+    V as a leftover (a review). The index is taken only for the pack it is named for."""
+    from tether import StoreError
+
+    store = open_store(f"file://{tmp_path / 'objects'}", cache_dir=tmp_path / "cache")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.bin").write_bytes(os.urandom(200_000))
+    report = store.ingest(tmp_path / "src", ["w.bin"])
+    store.release_pin(report.pin)
+    [pack] = [i.key for i in store.blobs.list("packs/")]
+    victim = pack.rsplit("/", 1)[-1].removesuffix(".pack")
+    fake = uuid.uuid4().hex
+    index = tmp_path / "objects" / "index" / f"{victim}.idx"
+    data = json.loads(index.read_bytes())
+    index.write_text(json.dumps({**data, "pack": fake}))
+    (tmp_path / "objects" / "packs" / f"{fake}.pack").write_bytes(
+        (tmp_path / "objects" / pack).read_bytes())  # and the listing shows it
+    old = time.time() - 7200
+    for path in (tmp_path / "objects" / "packs").iterdir():
+        os.utime(path, (old, old))
+    reader = open_store(f"file://{tmp_path / 'objects'}", cache_dir=tmp_path / "cache2")
+    with pytest.raises(StoreError, match="in no pack"):
+        reader.gc(report.files, grace_seconds=3600, dry_run=False)
+    assert (tmp_path / "objects" / pack).exists()

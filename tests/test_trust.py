@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -852,3 +853,64 @@ def test_an_honest_copy_someone_else_may_write_is_not_handed_out(
     monkeypatch.setattr(registry.store, "materialize", plant_an_honest_copy)
     with pytest.raises(IntegrityError, match="not yours alone to write"):
         registry.download(version.ref, dest, progress=False)
+
+
+def test_db_upgrade_signs_only_what_migrations_append(any_registry: Registry) -> None:
+    """A trigger planted in the database appended a forged, well-chained event while
+    `tether db upgrade` ran, and the upgrade signed it as the migration's (a review)."""
+    from tether._metadata.audit_log import append_event
+
+    registry = any_registry
+    _events_and_heads(registry)
+    head = registry.audit_checkpoint()
+    since = (head["event_id"], head["hash"])
+    with registry.engine.begin() as conn:  # the trigger's event
+        append_event(conn, actor="root", action="alias.set", subject="fraud@production")
+    with pytest.raises(IntegrityError, match="no signature of this registry's audit key"):
+        registry.sign_audit_head(since=since)
+    with registry.engine.begin() as conn:  # what migration 0004 appends: signed over
+        append_event(conn, actor="tether db upgrade", action="registry.digests_recomputed")
+    with pytest.raises(IntegrityError):
+        registry.sign_audit_head(since=since)  # the forged one is still among them
+
+
+def test_an_unwritable_mark_is_said_and_an_accept_elsewhere_counts(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key's folder mounted read-only (a Kubernetes secret) left no mark, silently;
+    and after a restore accepted on one host, another host's older mark kept its writes
+    unsigned for good (a review)."""
+    import os
+
+    from tether._warnings import UnsignedAuditEvents
+
+    _events_and_heads(registry)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    monkeypatch.setenv("TETHER_AUDIT_MARK_DIR", str(readonly / "marks"))
+    other = Registry.open(registry.location.root, actor=registry.actor)  # type: ignore[arg-type]
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.warns(UnsignedAuditEvents, match="TETHER_AUDIT_MARK_DIR"):
+            other.set_setting("gc.keep_last", "5")
+    other.close()
+    monkeypatch.delenv("TETHER_AUDIT_MARK_DIR")
+    # Host B's mark says event 3; the database is restored to event 2, and host A (with
+    # its own mark folder) accepts: B signs again.
+    host_b_mark = registry.audit_mark_path
+    assert host_b_mark.exists()
+    from tether._metadata.schema import audit_head, audit_signatures, events
+
+    with registry.engine.begin() as conn:
+        conn.execute(events.delete().where(events.c.id >= 3))
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= 3))
+        row = conn.execute(sa.select(events.c.id, events.c.hash).where(events.c.id == 2)).one()
+        conn.execute(audit_head.update().values(last_id=row.id, last_hash=row.hash))
+    monkeypatch.setenv("TETHER_AUDIT_MARK_DIR", str(tmp_path / "host-a"))
+    host_a = Registry.open(registry.location.root, actor=registry.actor)  # type: ignore[arg-type]
+    host_a.sign_audit_head(accept="restored from the backup of 2026-11-27")
+    host_a.close()
+    monkeypatch.delenv("TETHER_AUDIT_MARK_DIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsignedAuditEvents)
+        registry.set_setting("gc.keep_last", "6")  # host B: signed
+    assert registry.verify_audit()[1] == []

@@ -8,58 +8,101 @@ its own record of how far it signed, outside the database like the key: a head i
 signed only over a chain that still passes through that mark (``passes_through``),
 and `tether audit verify` reports a chain that does not. One file per registry
 (the key may serve several), moved only forward, except by an admin's `tether
-audit accept` (a database restored from a backup).
+audit accept` (a database restored from a backup): an accepted event signed by the
+key after a mark was written stands in for it on every host holding the key.
+Beside the key, or in ``TETHER_AUDIT_MARK_DIR`` where the key's folder is read-only
+(a Kubernetes secret).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from ._digest import blake3_hex
-from ._metadata.schema import events
+from ._metadata.schema import audit_signatures, events
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 Head = tuple[int, str]
+#: A mark: the head, and when it was written (seconds since the epoch).
+Mark = tuple[int, str, float]
 
 
 def mark_path(key_path: Path, registry: str) -> Path:
     """Where ``key_path``'s mark for the registry named ``registry`` (its URL) lives."""
-    return key_path.with_name(key_path.name + ".heads") / (
-        blake3_hex(registry.encode())[:24] + ".json")
+    folder = os.environ.get("TETHER_AUDIT_MARK_DIR")
+    base = Path(folder).expanduser() if folder else key_path.with_name(key_path.name + ".heads")
+    return base / (blake3_hex(f"{key_path.name}\0{registry}".encode())[:24] + ".json")
 
 
-def read_mark(path: Path) -> Head | None:
+def read_mark(path: Path) -> Mark | None:
     """The mark, or None (none yet; an unreadable one reads as none)."""
     try:
         data = json.loads(path.read_text())
-        return int(data["event_id"]), str(data["hash"])
+        return int(data["event_id"]), str(data["hash"]), float(data.get("at", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_mark(path: Path, head: Head, *, force: bool = False) -> None:
-    """Record ``head``; only forward unless ``force``. Best effort (a mark not moved
-    forward protects less, never refuses more: the chain still passes through it)."""
+def write_mark(path: Path, head: Head, *, force: bool = False) -> bool:
+    """Record ``head``; only forward unless ``force``. Whether the mark holds it now
+    (False: the folder cannot be written; the caller warns)."""
     if not force:
         now = read_mark(path)
         if now is not None and now[0] >= head[0]:
-            return
-    with contextlib.suppress(OSError):
+            return True
+    try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, name = tempfile.mkstemp(prefix=".mark-", dir=path.parent)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"event_id": head[0], "hash": head[1]}, handle)
+            json.dump({"event_id": head[0], "hash": head[1], "at": time.time()}, handle)
         os.replace(name, path)
+    except OSError:
+        return False
+    return True
 
 
-def passes_through(conn: sa.Connection, mark: Head | None) -> bool:
-    """Whether the stored chain still holds ``mark``'s event with its hash."""
+def passes_through(conn: sa.Connection, mark: Mark | None,
+                   public: Ed25519PublicKey | None = None) -> bool:
+    """Whether the stored chain still holds ``mark``'s event with its hash, or (with the
+    key's ``public`` half) an admin accepted the log, under a signature of this key,
+    after the mark was written."""
     if mark is None or mark[0] == 0:
         return True
     stored = conn.execute(sa.select(events.c.hash).where(events.c.id == mark[0])).scalar()
-    return stored == mark[1]
+    if stored == mark[1]:
+        return True
+    return public is not None and _accepted_since(conn, mark[2], public)
+
+
+def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) -> bool:
+    from ._audit_signing import SignedHead, head_is_valid
+    from ._signing import key_id
+
+    rows = conn.execute(sa.select(events.c.id, events.c.ts, events.c.hash)
+                        .where(events.c.action == "audit.accepted")
+                        .order_by(events.c.id.desc()).limit(16)).all()
+    for row in rows:
+        try:
+            at = datetime.fromisoformat(str(row.ts).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        if at <= when:
+            continue
+        signed = conn.execute(sa.select(audit_signatures).where(
+            audit_signatures.c.event_id == row.id,
+            audit_signatures.c.key_id == key_id(public))).first()
+        if signed is not None and signed.hash == row.hash and head_is_valid(
+                SignedHead(signed.event_id, signed.hash, signed.key_id, signed.signature),
+                public):
+            return True
+    return False

@@ -263,12 +263,16 @@ def _weakened_safeguards(before: Mapping[str, Any] | None,
     environment policy other than plain ``strict`` where it had another, or non-finite
     numbers allowed in fields that refused them."""
     old = (before or {}).get("endpoints") or {}
+    # A new endpoint is held to what every endpoint had: renaming one twice made it new
+    # each time, its policy dropped to the registry's default (a review).
+    kept = {b.get("env_policy") for b in old.values() if isinstance(b, dict)} or {None}
     weakened: list[str] = []
     for endpoint, body in after["endpoints"].items():
         stored = old.get(endpoint)
         was: Mapping[str, Any] = stored if isinstance(stored, dict) else {}
         policy = body.get("env_policy")
-        if policy not in (was.get("env_policy"), "strict"):
+        allowed = {was.get("env_policy")} if stored is not None else kept
+        if policy != "strict" and not (policy in allowed and len(allowed) == 1):
             weakened.append(f"{endpoint}.env_policy {policy!r}")
         allowed, allowed_before = body.get("allow_non_finite"), was.get("allow_non_finite")
         if allowed and allowed != allowed_before and allowed_before is not True and not (
@@ -802,6 +806,8 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets += [r["target"] for _, r in _routes(current)] if current is not None else []
         _may_change(conn, actor, name, targets)  # names no model of its history
         _lock_models(conn, [r["target"] for _, r in _routes(spec)])
+        for _endpoint, restored in _routes(spec):  # each must still resolve, as in apply:
+            resolve_row(conn, parse_reference(restored["target"]))  # a deleted one did not
         current_paused = _stored_json(row.paused) if current is not None else []
         if current is not None:
             _check_trust_kept(conn, actor, current, spec)

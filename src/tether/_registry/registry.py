@@ -92,6 +92,24 @@ SETTINGS: dict[str, str] = {
 }
 
 
+#: The actions migrations append (0004 recomputes digests): all `db upgrade` may sign over.
+_MIGRATION_ACTIONS = frozenset({"registry.digests_recomputed"})
+
+
+def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -> bool:
+    """Whether every event after ``since`` is one a migration appends: a trigger planted in
+    the database appended a forged event while `tether db upgrade` ran, and the upgrade
+    signed it (a review)."""
+    from .._metadata.schema import events
+
+    if since is None:
+        return False
+    appended = conn.execute(sa.select(events.c.action, events.c.actor)
+                            .where(events.c.id > since[0]).distinct()).all()
+    return all(action in _MIGRATION_ACTIONS and actor == "tether db upgrade"
+               for action, actor in appended)
+
+
 #: What a write or a checkpoint says of events no signature of the audit key covers.
 _UNSIGNED_EVENTS = (
     "the audit log holds events after event {since} that no signature of this registry's "
@@ -107,6 +125,7 @@ class Registry:
         self._store: ArtifactStore | None = None
         self._actor = actor
         self._audit_key: AuditKey | None = None
+        self._mark_warned = False
         # None: as the registry's ``access`` setting says (see access.py).
         self._enforce_roles: bool | None = None
 
@@ -255,11 +274,20 @@ class Registry:
                 conn.info.pop(PENDING_HEAD, None)
                 conn.info.pop(BASE_HEAD, None)
         if signed is not None:  # committed: the mark moves on
-            write_mark(self.audit_mark_path, (signed.event_id, signed.hash))
+            self._move_mark((signed.event_id, signed.hash))
+
+    def _move_mark(self, head: tuple[int, str], *, force: bool = False) -> None:
+        if not write_mark(self.audit_mark_path, head, force=force) and not self._mark_warned:
+            self._mark_warned = True
+            warn_caller(f"cannot record the newest audit head this key signed at "
+                        f"{self.audit_mark_path}: a cut of the audit log would not be "
+                        "noticed here; set TETHER_AUDIT_MARK_DIR to a folder this process "
+                        "may write", UnsignedAuditEvents)
 
     def _may_sign_after(self, conn: sa.Connection, base: tuple[int, str]) -> bool:
-        return (passes_through(conn, read_mark(self.audit_mark_path))
-                and continues_signed_chain(conn, base, self.audit_key.public))
+        public = self.audit_key.public
+        return (passes_through(conn, read_mark(self.audit_mark_path), public)
+                and continues_signed_chain(conn, base, public))
 
     def _audit_key_for(self, conn: sa.Connection) -> AuditKey:
         """The audit key; a new one only for a log no key signed yet. A process whose key
@@ -312,14 +340,20 @@ class Registry:
                 return None
             head = (int(row[0]), str(row[1]))
             key = self._audit_key_for(conn)
-            through = passes_through(conn, mark)
+            through = passes_through(conn, mark, key.public)
             newest = newest_valid_head(conn, key.public)
-            if through and newest is not None and (newest.event_id, newest.hash) == head:
-                return newest
+            if (accept is None and through and newest is not None
+                    and (newest.event_id, newest.hash) == head):
+                return newest  # an accept is recorded even so: other hosts' marks need it
+            # After a migration: over what it appended to a head this key signed; or, a
+            # schema from before signing, over the whole log (past this key's mark, if it
+            # signed here before, only what migrations append).
             covered = through and (
-                (newest is not None and (newest.event_id, newest.hash) == since)
-                or (since == (0, GENESIS) and newest is None))
-            if not covered:
+                (newest is not None and (newest.event_id, newest.hash) == since
+                 and _only_migrations_after(conn, since))
+                or (since == (0, GENESIS) and newest is None and (
+                    mark is None or _only_migrations_after(conn, (mark[0], mark[1])))))
+            if not covered or accept is not None:
                 if accept is None:
                     since_id = newest.event_id if newest is not None else 0
                     if not through and mark is not None:
@@ -341,7 +375,7 @@ class Registry:
                 conn.info.pop(BASE_HEAD, None)
             signed = key.sign_head(*head)
             record_signed_head(conn, signed)
-        write_mark(self.audit_mark_path, (signed.event_id, signed.hash), force=bool(accept))
+        self._move_mark((signed.event_id, signed.hash), force=bool(accept))
         return signed
 
     def audit_head(self) -> dict[str, Any]:
@@ -927,7 +961,8 @@ class Registry:
         signed_to = read_mark(self.audit_mark_path)
         with self.read() as conn:
             count, problems = verify_events(conn, keys=keys, checkpoint=mark)
-            if not passes_through(conn, signed_to):
+            ours = self.audit_key.public if self.audit_key_path.exists() else None
+            if not passes_through(conn, signed_to, ours):
                 assert signed_to is not None
                 problems.append(
                     f"event {signed_to[0]}, which this registry's audit key signed (as "

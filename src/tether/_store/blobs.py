@@ -82,8 +82,10 @@ def retry_seconds() -> float:
         return DEFAULT_RETRY_SECONDS
 
 
-#: Most bytes of one object read whole (pins, leases, index files; packs go by range).
+#: Most bytes of one pin read whole (packs and merged indexes go by range).
 MAX_WHOLE_READ = 4 << 30
+#: Most bytes of any other object read whole (leases, journal index files: a few KB).
+MAX_SMALL_READ = 256 << 20
 #: Most objects one listing returns (a store of that many packs holds 30 TB and more).
 MAX_LISTED = 1_000_000
 
@@ -427,7 +429,8 @@ class S3Blobs:
         return self._retrying(f"download of {key}", attempt)  # type: ignore[no-any-return]
 
     def get_bytes(self, key: str) -> bytes:
-        return self._read(key, MAX_WHOLE_READ)
+        # A pin lists a large version's chunks (1.6 GB for 1.5 TB); the rest are small.
+        return self._read(key, MAX_WHOLE_READ if key.startswith("pins/") else MAX_SMALL_READ)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self._read(key, length + 1, Range=f"bytes={offset}-{offset + length - 1}")
@@ -461,11 +464,13 @@ class S3Blobs:
         body = self._retrying(f"download of {key}", lambda: self._call(
             f"download of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key),
             Range=f"bytes={offset}-{offset + length - 1}")["Body"])
+        left = length  # never more than asked for (an endless body was streamed on)
         try:
-            while True:
-                piece = self._call(f"download of {key}", body.read, block)
+            while left > 0:
+                piece = self._call(f"download of {key}", body.read, min(block, left))
                 if not piece:
                     return
+                left -= len(piece)
                 yield bytes(piece)
         finally:
             body.close()

@@ -104,6 +104,16 @@ class Location:
 
 
 
+def _journal_file(name: str, raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """A journal index file's JSON; ValueError unless it names the pack it is named for
+    (``index/<pack>.idx``): one naming another pack left the real one looking unindexed,
+    and gc deleted it as a leftover (a review, through a lying S3)."""
+    data = json.loads(bytes(raw))
+    if not isinstance(data, dict) or data.get("pack") != name:
+        raise ValueError(f"index {name} names another pack")
+    return data
+
+
 def index_name(key: str) -> str:
     """The name of index file ``key`` (``index/<name>.idx``)."""
     return key.rsplit("/", 1)[-1].removesuffix(".idx")
@@ -437,14 +447,14 @@ class ChunkIndex:
                         elif is_merged(raw[:len(MAGIC)]):
                             self._add_segment(name, MergedIndex(name, raw))
                         else:
-                            data = json.loads(raw)
+                            data = _journal_file(name, raw)
                             self.add(data["pack"], int(data["size"]), data["chunks"])
                             with self.lock:
                                 self.journal.add(name)
                     elif info.size >= len(MAGIC) and self._is_merged(info.key):
                         self._add_segment(name, self._open_segment(info.key, name))
                     else:
-                        data = json.loads(self.blobs.get_bytes(info.key))
+                        data = _journal_file(name, self.blobs.get_bytes(info.key))
                         self.add(data["pack"], int(data["size"]), data["chunks"])
                         with self.lock:
                             self.journal.add(name)
@@ -797,7 +807,7 @@ class ChunkIndex:
         packs: dict[str, tuple[int, list[Any]]] = {}
         for name in journal:
             try:
-                data = json.loads(self.blobs.get_bytes(f"index/{name}.idx"))
+                data = _journal_file(name, self.blobs.get_bytes(f"index/{name}.idx"))
                 pack, size, chunks = str(data["pack"]), int(data["size"]), list(data["chunks"])
                 if pack not in skip and not all(  # one that cannot be merged is left alone
                         _fits_a_block(d, Location(pack, o, n, r, c)) for d, o, n, r, c in chunks):
