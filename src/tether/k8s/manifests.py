@@ -548,6 +548,9 @@ def _registry_deployment(labels: dict[str, str], selector: dict[str, str],
         _secret_env("TETHER_S3_ENDPOINT_URL", secret, "s3-endpoint-url", optional=True),
         # Every replica signs audit heads with the same key, kept out of the database.
         {"name": "TETHER_AUDIT_KEY", "value": f"{AUDIT_KEY_DIR}/{AUDIT_KEY_FILE}"},
+        # The key's folder is a read-only secret: the mark of the newest head this pod
+        # signed (tether/_audit_mark.py) lives beside the cache, for the pod's life.
+        {"name": "TETHER_AUDIT_MARK_DIR", "value": f"{CACHE_DIR}/audit-marks"},
         {"name": "TETHER_CACHE_DIR", "value": CACHE_DIR},
     ]
     container = {
