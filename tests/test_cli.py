@@ -233,3 +233,52 @@ def test_show_a_version_logged_in_a_repository_with_no_commit_yet(
     shown = CliRunner().invoke(cli, ["-r", str(tmp_path / "reg" / ".tether"), "show", "iris@1"])
     assert shown.exit_code == 0, shown.output
     assert "git: (no commit yet)" in shown.output and "data train:" in shown.output
+
+
+def test_in_a_github_actions_job_registry_text_is_never_a_workflow_command(
+        tmp_path: Path) -> None:
+    """The runner reads lines starting with ``::`` (and ``##[`` anywhere) as commands: a
+    version's notes ``##[add-mask]FAILED`` hid the word in the rest of the job's log, and
+    a param named ``::error::...`` forged an annotation (a review). Tether's output runs
+    between stop-commands and its resume token, on standard error (JSON stays JSON)."""
+    import json as _json
+    import re
+    import subprocess
+
+    from .conftest import subprocess_env, tether_exe
+
+    registry = tether.init(tmp_path / ".tether", actor="ci@example.com")
+    (tmp_path / "w.bin").write_bytes(b"w")
+    registry.log_model(tmp_path / "w.bin", "m", notes="##[add-mask]FAILED", progress=False,
+                       params={"::error title=ok::all models verified": 1})
+    for extra in ([], ["--json"]):
+        done = subprocess.run([tether_exe(), "--registry", str(tmp_path / ".tether"), "show",
+                               "m@1.0.0", *extra], capture_output=True, text=True,
+                              env=subprocess_env(GITHUB_ACTIONS="true"), timeout=120)
+        assert done.returncode == 0, done.stderr
+        stop = re.match(r"::stop-commands::([0-9a-f]{32})\n", done.stderr)
+        assert stop is not None, done.stderr
+        assert done.stderr.endswith(f"::{stop.group(1)}::\n")
+        assert "##[add-mask]FAILED" in done.stdout  # shown as text, as it is
+        if extra:
+            assert _json.loads(done.stdout)["notes"] == "##[add-mask]FAILED"
+
+
+def test_names_that_reach_ci_logs_are_shown_as_text(tmp_path: Path) -> None:
+    """A staged file's name with a line break wrote lines of its own into the pre-commit
+    hook's output; a lock entry named ``::error::...`` went out as a line of `tether
+    check`; a prediction "\\ud800" broke /metrics for good (one review)."""
+    import json as _json
+
+    from tether._errors import InvalidInput
+    from tether._lockfile import FORMAT, read_lock
+    from tether._registry.git_hooks import Refused
+    from tether.serving.metrics import _escape_value
+
+    message = Refused("a\n::error::forged.bin", 200 << 20, None).message(100 << 20)
+    assert "\n" not in message and "a\\n::error::forged.bin" in message
+    lock = tmp_path / "tether.lock"
+    lock.write_text(_json.dumps({"format": FORMAT, "models": {"::error::x": {}}}))
+    with pytest.raises(InvalidInput, match="not a model name"):
+        read_lock(lock)
+    assert _escape_value("\ud800").encode("utf-8") == b"\\\\ud800"

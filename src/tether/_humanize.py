@@ -3,6 +3,7 @@ Shared by the CLI, the UI and the messages of refusals."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 
@@ -41,3 +42,15 @@ def human_bytes(size: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text that shows as itself on a terminal: its control characters
+    escaped (``\x1b`` for ESC). Names, authors and tags come from a registry, perhaps a
+    hostile server: an escape sequence in one erased a row of `tether deploy sign`'s
+    table and drew another in its place, just before it asked for a yes (a review)."""
+    text = "" if value is None else str(value)
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)

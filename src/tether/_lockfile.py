@@ -17,7 +17,7 @@ from typing import Any
 
 from ._digest import digest_of
 from ._envflags import env_off
-from ._errors import IntegrityError, InvalidInput, NotFound
+from ._errors import IntegrityError, InvalidInput, NotFound, TetherError
 
 LOCK_NAME = "tether.lock"
 FORMAT = 1
@@ -101,6 +101,14 @@ def read_lock(path: Path) -> LockFile:
     models = document.get("models")
     if not isinstance(models, dict):
         raise InvalidInput(f"{path} has no models table")
+    from ._reference import validate_model_name
+
+    for name in models:  # printed by `tether check` and `lock list`: a name, nothing else
+        try:
+            validate_model_name(name)
+        except TetherError:
+            raise InvalidInput(f"{path} pins {name[:80]!r}, which is not a model name",
+                               hint="restore it from version control") from None
     lock = LockFile(path, {name: LockEntry.from_dict(name, e) for name, e in models.items()})
     if document.get("integrity") != lock.integrity():
         raise IntegrityError(

@@ -151,13 +151,18 @@ class Refused:
         return asdict(self)
 
     def message(self, limit: int) -> str:
+        from .._humanize import printable
+
+        # A file name is anyone's text: one with a line break wrote lines of its own into
+        # the hook's output (a review), so it is shown escaped, in the commands too.
+        shown_path = printable(self.path)
         size = f"{self.size / 1024 / 1024:.1f} MiB"
         if self.pointer:
-            return (f"{self.path} ({size}) is tracked by {self.pointer}: keep its bytes out of "
-                    f"git: git rm --cached {shlex.quote(self.path)}")
-        return (f"{self.path} ({size}, over {limit / 1024 / 1024:.1f} MiB) belongs in Tether, "
-                f"not git: git rm --cached {shlex.quote(self.path)} && "
-                f"tether data track {shlex.quote(self.path)}")
+            return (f"{shown_path} ({size}) is tracked by {self.pointer}: keep its bytes out of "
+                    f"git: git rm --cached {shlex.quote(shown_path)}")
+        return (f"{shown_path} ({size}, over {limit / 1024 / 1024:.1f} MiB) belongs in Tether, "
+                f"not git: git rm --cached {shlex.quote(shown_path)} && "
+                f"tether data track {shlex.quote(shown_path)}")
 
 
 def staged_too_large(start: Path | None = None, *, max_size: int = DEFAULT_MAX_SIZE

@@ -8,6 +8,10 @@ stack. The table below names each command's module and its one-line help
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from importlib import import_module
 
 import click
@@ -265,4 +269,29 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="tether")
+    with _no_workflow_commands():
+        cli(prog_name="tether")
+
+
+@contextlib.contextmanager
+def _no_workflow_commands() -> Iterator[None]:
+    """In a GitHub Actions job, the runner reads any output line starting with ``::``
+    (and ``##[`` anywhere in a line) as a command: a model's notes or a param's name
+    then masked words in the log, forged error annotations or stopped command
+    processing (a review). What Tether prints is text, never commands: between a
+    ``stop-commands`` line and the token that resumes them (on standard error, so that
+    --json output stays JSON)."""
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        yield
+        return
+    import secrets
+
+    token = secrets.token_hex(16)
+    sys.stderr.write(f"::stop-commands::{token}\n")
+    sys.stderr.flush()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.write(f"::{token}::\n")
+        sys.stderr.flush()

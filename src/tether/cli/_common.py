@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from .._errors import TetherError
+from .._humanize import printable as printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -126,18 +126,6 @@ def handle_errors(func: F) -> F:
 #: Characters a terminal acts on rather than shows: C0 and C1 controls (a newline, too,
 #: would draw a row of its own), DEL, and the bidirectional overrides and isolates that
 #: reorder what is shown.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(value: Any) -> str:
-    """``value`` as text that shows as itself on a terminal: its control characters
-    escaped (``\x1b`` for ESC). Names, authors and tags come from a registry, perhaps a
-    hostile server: an escape sequence in one erased a row of `tether deploy sign`'s
-    table and drew another in its place, just before it asked for a yes (a review)."""
-    text = "" if value is None else str(value)
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
-
-
 def shown(value: Any) -> str:
     """A registry's text for ``console.print``: control characters and markup escaped."""
     from rich.markup import escape

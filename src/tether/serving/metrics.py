@@ -222,6 +222,9 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def _escape_value(value: str) -> str:
+    # A lone surrogate (a model echoing "\ud800" from JSON) made every later /metrics
+    # render fail with a 500 (a review): written as its escape instead.
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
