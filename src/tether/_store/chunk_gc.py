@@ -19,7 +19,6 @@ module only decides and applies what goes.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,7 @@ from .census import Census, Claim, LiveChunks, grouped, rows_as_lists
 from .chunkstore import ChunkStore, _unpack
 from .ingest import PackWriter
 from .locking import store_lock
+from .pin_file import mapped_pin, pin_keys
 from .progress import Progress
 
 #: gc reads the live entries of the packs it repacks a batch of about this many at a time.
@@ -100,14 +100,14 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     found = store._leftovers(now, grace_seconds=grace_seconds, pin_grace=grace_seconds)
     stale_pins = {key for key, _ in found["stale_pins"]}
     for pin in store.blobs.list("pins/"):
-        if pin.key in stale_pins:
+        if pin.key in stale_pins or not pin.key.startswith("pins/"):
             continue
         try:
-            chunks = json.loads(store.blobs.get_bytes(pin.key))["chunks"]
-        except (NotFound, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(chunks, list):
-            keep.add_digests(chunks)
+            with mapped_pin(store.blobs, pin.key, pin.size) as data:  # never parsed whole
+                for keys in pin_keys(data):
+                    keep.add_keys(keys)
+        except (NotFound, FileNotFoundError):
+            continue  # committed and released meanwhile
     # The versions after the pins: an ingest commits its version, then drops its pin, so
     # one whose pin was gone when read above is committed by now and read here.
     keep.add_files(committed.feeding(live))  # streamed: one version's lists at a time

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import json
 import os
 import re
 import threading
@@ -825,11 +824,11 @@ class ChunkStore:
         for info in self.blobs.list("pins/"):
             if not info.key.startswith("pins/"):
                 continue
-            if self._pin_is_stale(info.key, now - info.mtime, pin_grace):
+            if self._pin_is_stale(info.key, info.size, now - info.mtime, pin_grace):
                 found["stale_pins"].append((info.key, info.size))
         return found
 
-    def _pin_is_stale(self, key: str, age: float, pin_grace: float) -> bool:
+    def _pin_is_stale(self, key: str, size: int, age: float, pin_grace: float) -> bool:
         """A pin protects its chunks until its version commits (and releases it).
 
         So a pin whose owner runs on this host is never stale, whatever the grace
@@ -837,9 +836,12 @@ class ChunkStore:
         commit); one whose owner is provably dead is stale at once; one from
         another host (a remote client) is kept for at least ``_PIN_MIN_SECONDS``.
         """
+        from .pin_file import mapped_pin, pin_owner
+
         try:
-            tag = json.loads(self.blobs.get_bytes(key)).get("owner") or ""
-        except (NotFound, ValueError, AttributeError, TypeError):
+            with mapped_pin(self.blobs, key, size) as data:  # never parsed whole (pin_file)
+                tag = pin_owner(data)
+        except (NotFound, OSError, ValueError):
             tag = ""
         owner = Owner.from_name(f"pin-{tag}{SEP}0") if tag else None
         if is_dead(owner):
