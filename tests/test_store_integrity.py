@@ -720,3 +720,31 @@ def test_a_journal_index_naming_another_pack_claims_nothing_and_gc_deletes_nothi
     with pytest.raises(StoreError, match="in no pack"):
         reader.gc(report.files, grace_seconds=3600, dry_run=False)
     assert (tmp_path / "objects" / pack).exists()
+
+
+def test_a_merged_index_naming_another_pack_makes_gc_delete_nothing(tmp_path: Path) -> None:
+    """A merged index whose pack table named W for the live pack V, with W listed too,
+    made every live chunk look placed; V looked unindexed and gc deleted it (a third
+    review). A pack counts as a live chunk's place only at the size its index gives."""
+    from tether import StoreError
+
+    objects = tmp_path / "objects"
+    store = open_store(f"file://{objects}", cache_dir=tmp_path / "cache")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.bin").write_bytes(os.urandom(200_000))
+    report = store.ingest(tmp_path / "src", ["w.bin"])
+    store.release_pin(report.pin)
+    store.consolidate()
+    [pack] = [i.key for i in store.blobs.list("packs/")]
+    victim = pack.rsplit("/", 1)[-1].removesuffix(".pack")
+    [merged] = list((objects / "index").iterdir())
+    fake = uuid.uuid4().hex
+    merged.write_bytes(merged.read_bytes().replace(bytes.fromhex(victim), bytes.fromhex(fake)))
+    (objects / "packs" / f"{fake}.pack").write_bytes(os.urandom(300_000))
+    old = time.time() - 7200
+    for path in (objects / "packs").iterdir():
+        os.utime(path, (old, old))
+    reader = open_store(f"file://{objects}", cache_dir=tmp_path / "cache2")
+    with pytest.raises(StoreError, match="in no pack"):
+        reader.gc(report.files, grace_seconds=3600, dry_run=False)
+    assert (objects / pack).exists()

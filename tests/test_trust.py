@@ -914,3 +914,34 @@ def test_an_unwritable_mark_is_said_and_an_accept_elsewhere_counts(
         warnings.simplefilter("error", UnsignedAuditEvents)
         registry.set_setting("gc.keep_last", "6")  # host B: signed
     assert registry.verify_audit()[1] == []
+
+
+def test_a_planted_signature_row_or_a_relabelled_accept_proves_nothing(
+        any_registry: Registry) -> None:
+    """A garbage signature row above the real ones stopped every later signature (and let
+    a forged chain pass for a log never signed); an old signed row relabelled as an
+    admin's accept dated 2099 stood in for the mark after a cut (a third review)."""
+    from tether._metadata.schema import audit_head, audit_signatures, events
+    from tether._warnings import UnsignedAuditEvents
+
+    registry = any_registry
+    _events_and_heads(registry)
+    key = registry.audit_key.key_id
+    with registry.engine.begin() as conn:
+        conn.execute(audit_signatures.insert().values(event_id=10**9, hash="0" * 64,
+                                                      key_id=key, signature="00" * 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsignedAuditEvents)
+        registry.set_setting("gc.keep_last", "7")  # still signed
+    with registry.engine.begin() as conn:
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id == 10**9))
+        last = conn.execute(sa.select(sa.func.max(events.c.id))).scalar()
+        conn.execute(events.delete().where(events.c.id >= last - 1))  # the cut
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= last - 1))
+        row = conn.execute(sa.select(events.c.id, events.c.hash)
+                           .where(events.c.id == last - 2)).one()
+        conn.execute(audit_head.update().values(last_id=row.id, last_hash=row.hash))
+        conn.execute(events.update().where(events.c.id == 2).values(  # the relabelled row
+            action="audit.accepted", ts="2099-01-01T00:00:00.000000Z"))
+    with pytest.warns(UnsignedAuditEvents):
+        registry.set_setting("gc.keep_last", "8")

@@ -85,23 +85,33 @@ def passes_through(conn: sa.Connection, mark: Mark | None,
 
 
 def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) -> bool:
+    """Whether an ``audit.accepted`` event newer than ``when`` is signed by the key: its
+    content hashed again to its hash, and that hash signed. The columns alone said
+    nothing: an old signed row relabelled as an accept dated 2099 passed, and a cut
+    history was signed on (a review)."""
     from ._audit_signing import SignedHead, head_is_valid
+    from ._metadata.audit_log import authentic_events
     from ._signing import key_id
 
-    rows = conn.execute(sa.select(events.c.id, events.c.ts, events.c.hash)
-                        .where(events.c.action == "audit.accepted")
-                        .order_by(events.c.id.desc()).limit(16)).all()
-    for row in rows:
+    rows = conn.execute(sa.select(events.c.id).where(events.c.action == "audit.accepted")
+                        .order_by(events.c.id.desc()).limit(16)).scalars().all()
+    for event_id in rows:
+        checked = authentic_events(conn, event_id - 1, event_id)
+        if not checked:
+            continue
+        content, _prev, digest = checked[0]
+        if content["action"] != "audit.accepted":
+            continue
         try:
-            at = datetime.fromisoformat(str(row.ts).replace("Z", "+00:00")).timestamp()
+            at = datetime.fromisoformat(str(content["ts"]).replace("Z", "+00:00")).timestamp()
         except ValueError:
             continue
         if at <= when:
             continue
         signed = conn.execute(sa.select(audit_signatures).where(
-            audit_signatures.c.event_id == row.id,
+            audit_signatures.c.event_id == event_id,
             audit_signatures.c.key_id == key_id(public))).first()
-        if signed is not None and signed.hash == row.hash and head_is_valid(
+        if signed is not None and signed.hash == digest and head_is_valid(
                 SignedHead(signed.event_id, signed.hash, signed.key_id, signed.signature),
                 public):
             return True

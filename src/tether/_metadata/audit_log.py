@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # cryptography loads when a head is signed or checked, not to
 
 #: Key in ``Connection.info`` of the newest head appended in this transaction.
 PENDING_HEAD = "tether.pending_audit_head"
+#: Signed heads of one key looked at, newest first, for one that holds.
+_HEADS_TRIED = 1000
 #: Key in ``Connection.info`` of the head this transaction's first event was appended to.
 BASE_HEAD = "tether.audit_head_before"
 
@@ -146,20 +148,46 @@ def newest_signed_head(conn: sa.Connection) -> SignedHead | None:
 
 
 def newest_valid_head(conn: sa.Connection, public: Ed25519PublicKey) -> SignedHead | None:
-    """The newest head ``public``'s key signed, if its signature holds and the chain still
-    has that hash there; None otherwise."""
+    """The newest head ``public``'s key signed whose signature holds and whose event the
+    chain still has with that hash; None if none of the newest ``_HEADS_TRIED`` do. Not
+    merely the top row: one planted garbage row above the real ones stopped every later
+    signature, and let a forged chain pass for a log never signed (a review)."""
     from .._audit_signing import SignedHead, head_is_valid
     from .._signing import key_id
 
-    row = conn.execute(
+    rows = conn.execute(
         sa.select(audit_signatures).where(audit_signatures.c.key_id == key_id(public))
-        .order_by(audit_signatures.c.event_id.desc()).limit(1)
-    ).first()
-    if row is None:
-        return None
-    head = SignedHead(row.event_id, row.hash, row.key_id, row.signature)
-    stored = conn.execute(sa.select(events.c.hash).where(events.c.id == head.event_id)).scalar()
-    return head if head_is_valid(head, public) and stored == head.hash else None
+        .order_by(audit_signatures.c.event_id.desc()).limit(_HEADS_TRIED)
+    ).all()
+    for row in rows:
+        head = SignedHead(row.event_id, row.hash, row.key_id, row.signature)
+        if not head_is_valid(head, public):
+            continue
+        stored = conn.execute(sa.select(events.c.hash).where(events.c.id == head.event_id)
+                              ).scalar()
+        if stored == head.hash:
+            return head
+    return None
+
+
+def authentic_events(conn: sa.Connection, after: int, through: int | None = None,
+                     ) -> list[tuple[dict[str, Any], str, str]] | None:
+    """(content, prev_hash, hash) of the events after ``after`` (through ``through``), each
+    read from its columns and hashed again, each linked to the one before; None when any
+    is not (a column edited: its action or time then says nothing)."""
+    query = sa.select(events).where(events.c.id > after).order_by(events.c.id)
+    if through is not None:
+        query = query.where(events.c.id <= through)
+    out: list[tuple[dict[str, Any], str, str]] = []
+    prev = None
+    for row in conn.execute(query):
+        content = _row_content(row)
+        if event_hash(row.prev_hash, content) != row.hash or (
+                prev is not None and row.prev_hash != prev):
+            return None
+        out.append((content, row.prev_hash, row.hash))
+        prev = row.hash
+    return out
 
 
 def continues_signed_chain(conn: sa.Connection, base: tuple[int, str],

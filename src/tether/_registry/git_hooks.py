@@ -154,15 +154,21 @@ class Refused:
         from .._humanize import printable
 
         # A file name is anyone's text: one with a line break wrote lines of its own into
-        # the hook's output (a review), so it is shown escaped, in the commands too.
-        shown_path = printable(self.path)
+        # the hook's output (reviews), so names are shown escaped; the command to run is
+        # given only for a name that is its own escape (else it would name another file).
+        shown_path, shown_pointer = printable(self.path), printable(self.pointer)
         size = f"{self.size / 1024 / 1024:.1f} MiB"
+        plain = shown_path == self.path
         if self.pointer:
-            return (f"{shown_path} ({size}) is tracked by {self.pointer}: keep its bytes out of "
-                    f"git: git rm --cached {shlex.quote(shown_path)}")
+            fix = (f"git rm --cached {shlex.quote(self.path)}" if plain
+                   else "git rm --cached that file")
+            return (f"{shown_path} ({size}) is tracked by {shown_pointer}: keep its bytes out "
+                    f"of git: {fix}")
+        fix = (f"git rm --cached {shlex.quote(self.path)} && "
+               f"tether data track {shlex.quote(self.path)}" if plain
+               else "git rm --cached that file, then tether data track it")
         return (f"{shown_path} ({size}, over {limit / 1024 / 1024:.1f} MiB) belongs in Tether, "
-                f"not git: git rm --cached {shlex.quote(shown_path)} && "
-                f"tether data track {shlex.quote(shown_path)}")
+                f"not git: {fix}")
 
 
 def staged_too_large(start: Path | None = None, *, max_size: int = DEFAULT_MAX_SIZE

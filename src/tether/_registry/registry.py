@@ -97,17 +97,23 @@ _MIGRATION_ACTIONS = frozenset({"registry.digests_recomputed"})
 
 
 def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -> bool:
-    """Whether every event after ``since`` is one a migration appends: a trigger planted in
-    the database appended a forged event while `tether db upgrade` ran, and the upgrade
-    signed it (a review)."""
+    """Whether the chain passes through ``since`` and every event after it is one a
+    migration appends, each hashed again from its content and linked to the one before:
+    a trigger planted in the database appended a forged event while `tether db upgrade`
+    ran, and columns edited to look like a migration's passed too (reviews)."""
+    from .._metadata.audit_log import authentic_events
     from .._metadata.schema import events
 
     if since is None:
         return False
-    appended = conn.execute(sa.select(events.c.action, events.c.actor)
-                            .where(events.c.id > since[0]).distinct()).all()
-    return all(action in _MIGRATION_ACTIONS and actor == "tether db upgrade"
-               for action, actor in appended)
+    if since[0] > 0 and conn.execute(sa.select(events.c.hash).where(
+            events.c.id == since[0])).scalar() != since[1]:
+        return False
+    appended = authentic_events(conn, since[0])
+    if appended is None or (appended and appended[0][1] != since[1] and since[0] > 0):
+        return False
+    return all(content["action"] in _MIGRATION_ACTIONS
+               and content["actor"] == "tether db upgrade" for content, _, _ in appended)
 
 
 #: What a write or a checkpoint says of events no signature of the audit key covers.

@@ -124,6 +124,16 @@ def fetch_data(registry: RegistryAPI, version: ModelVersion, folder: Path) -> li
     return problems
 
 
+def _fenced(text: str) -> str:
+    """``text`` as a Markdown code block: params and data paths are anyone's words, and
+    as Markdown they drew links, images and instructions of their own (a review)."""
+    import re
+
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"   {fence}\n   {text}\n   {fence}\n"
+
+
 def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     info = recipe(version)
@@ -135,8 +145,7 @@ def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:
         "params.json": json.dumps(version.params, indent=2, sort_keys=True) + "\n",
         "reproduce.json": json.dumps(info, indent=2, default=str) + "\n",
         "REPRODUCE.md": f"# Reproducing {version.ref}\n\n"
-        + "\n".join(f"{i}. {s}" for i, s in enumerate(info["steps"], 1))
-        + "\n",
+        + "\n".join(f"{i}.\n{_fenced(s)}" for i, s in enumerate(info["steps"], 1)),
     }
     written = []
     for name, text in files.items():

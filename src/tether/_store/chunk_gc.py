@@ -111,10 +111,12 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
     # The versions after the pins: an ingest commits its version, then drops its pin, so
     # one whose pin was gone when read above is committed by now and read here.
     keep.add_files(committed.feeding(live))  # streamed: one version's lists at a time
-    mtimes = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i.mtime
+    listed = {i.key.rsplit("/", 1)[-1].removesuffix(".pack"): i
               for i in store.blobs.list("packs/")}
+    mtimes = {name: info.mtime for name, info in listed.items()}
     census = store.index.census()
-    _require_every_version_chunk_placed(store, census, committed, mtimes)
+    _require_every_version_chunk_placed(store, census, committed,
+                                        {name: info.size for name, info in listed.items()})
     tally = census.tally(keep)
     report = GcReport(removed_chunks=0, removed_bytes=0, repacked_packs=0, kept_chunks=0,
                       dry_run=dry_run)
@@ -179,7 +181,7 @@ def _plan(store: ChunkStore, live: Iterable[FileEntry], *, grace_seconds: float,
 
 
 def _require_every_version_chunk_placed(store: ChunkStore, census: Census,
-                                        committed: LiveChunks, listed: dict[str, float],
+                                        committed: LiveChunks, listed: dict[str, int],
                                         ) -> None:
     """Refuse to plan while a committed version's chunk has no entry in a pack the store
     lists: the listing or the index is then wrong (a short or lying answer left a live
@@ -188,7 +190,13 @@ def _require_every_version_chunk_placed(store: ChunkStore, census: Census,
     truly lost bytes stops here too: nothing is removed until it is repaired."""
     import numpy as np
 
-    present = np.array([name in listed for name in census.names], dtype=bool)
+    # Listed, and at the size its index gave: a merged index naming another pack for a
+    # live one's chunks (a pack the listing also showed) passed, and the real pack went
+    # as unindexed (a review). A man in the middle of a plain-http endpoint can still
+    # forge both; keep S3 behind https.
+    present = np.array([listed.get(name) == int(size)
+                        for name, size in zip(census.names, census.sizes, strict=True)],
+                       dtype=bool)
     missing = census.uncovered(committed, present)
     if missing:
         store.index.forget_kept_copies()

@@ -291,6 +291,11 @@ def _no_workflow_commands() -> Iterator[None]:
     sys.stderr.flush()
     try:
         yield
+    except Exception:  # its traceback printed inside the window, not after it
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
     finally:
         sys.stdout.flush()
         sys.stderr.write(f"::{token}::\n")
