@@ -135,25 +135,26 @@ def _gives_up(call: Callable[[], object]) -> str:
     return str(caught.value)
 
 
+def _listing_given_up(url: str) -> str:
+    """What a client asking ``url`` for its models was told, once it gave up."""
+    client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
+    try:
+        return _gives_up(client.models)
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("attack", [header_drip, continue_flood, trailer_drip])
 def test_a_server_holding_an_answer_is_given_up_on(attack: Attack) -> None:
     with raw_server(attack) as url:
         assert _held_plain(url, GAVE_UP_WITHIN + 1)
-        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
-        try:
-            message = _gives_up(client.models)
-        finally:
-            client.close()
+        message = _listing_given_up(url)
     assert "answered too slowly" in message, message
 
 
 def test_an_endless_fast_run_of_continues_is_cut_off_by_size() -> None:
     with raw_server(fast_continue_flood) as url:
-        client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
-        try:
-            message = _gives_up(client.models)
-        finally:
-            client.close()
+        message = _listing_given_up(url)
     assert "before the answer's headers ended" in message, message
 
 
