@@ -78,3 +78,23 @@ def test_a_missing_field_is_named() -> None:
     del values["params"]
     with pytest.raises(InvalidInput, match=r"values\.params is missing"):
         VersionValues.from_dict(values)
+
+
+def test_deep_paths_cost_their_length_not_its_square() -> None:
+    """A file/folder clash was checked by rebuilding every parent of every path: 200 empty
+    files 2,000 folders deep (841 KB sent) took 26 s at commit and 5 s at every read of
+    the version (a review). Now one sorted look per file: milliseconds (a 50x margin)."""
+    import time
+
+    from tether._identity import check_flavor_paths, check_manifest
+
+    deep = "/".join(["a"] * 2000)
+    manifest = [{"path": f"{deep}/x{i:05}", "size": 0, "digest": "0" * 64, "chunks": []}
+                for i in range(200)]
+    started = time.monotonic()
+    check_manifest(manifest)
+    check_flavor_paths({"entry": deep}, [m["path"] for m in manifest])
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(InvalidInput, match="as a file and as the folder"):
+        check_manifest([*manifest, {"path": deep, "size": 0, "digest": "0" * 64,
+                                    "chunks": []}])

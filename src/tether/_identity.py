@@ -14,6 +14,7 @@ all call the same functions on what they are about to use.
 
 from __future__ import annotations
 
+import bisect
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -193,20 +194,27 @@ def check_manifest(manifest: Sequence[Mapping[str, Any] | FileEntry], *,
         if chunks and chunks.total() != size:
             raise InvalidInput(f"the chunks of {path!r} do not add up to its size {size}")
     # A file cannot also be a folder: "x" and "x/y" could never both be written (a
-    # download failed, and a pull stopped at every path, not only that one).
-    for path in seen:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            folder = "/".join(parts[:depth])
-            if folder in seen:
-                raise InvalidInput(f"manifest names {folder!r} as a file and as the folder of "
-                                   f"{path!r}")
+    # download failed, and a pull stopped at every path, not only that one). In sorted
+    # order, a path under "x/" comes at the place "x/" would take: one look per file.
+    # (Rebuilding every parent of every path cost the square of the depth: 200 paths
+    # 2,000 folders deep took 26 s at commit and 5 s at every read: a review.)
+    ordered = sorted(seen)
+    for path in ordered:
+        at = bisect.bisect_left(ordered, path + "/")
+        if at < len(ordered) and ordered[at].startswith(path + "/"):
+            raise InvalidInput(f"manifest names {path!r} as a file and as the folder of "
+                               f"{ordered[at]!r}")
 
 
 def check_flavor_paths(flavor: Mapping[str, Any], paths: Iterable[str]) -> None:
     """Every file the flavor record names must be a file of the version (or a folder in it)."""
     present = set(paths)
-    folders = {str(parent) for p in present for parent in PurePosixPath(p).parents}
+    ordered = sorted(present)
+
+    def is_folder(name: str) -> bool:  # one look, not every parent of every path
+        at = bisect.bisect_left(ordered, name + "/")
+        return at < len(ordered) and ordered[at].startswith(name + "/")
+
     for key in PATH_KEYS:
         if key not in flavor:
             continue
@@ -214,7 +222,7 @@ def check_flavor_paths(flavor: Mapping[str, Any], paths: Iterable[str]) -> None:
         if value == "." and key == "entry":
             continue
         check_relative_path(value, what=f"flavor {key}")
-        if value not in present and value not in folders:
+        if value not in present and not is_folder(value):
             raise InvalidInput(
                 f"flavor {key} {value!r} is not a file of this version",
                 hint=f"files: {', '.join(sorted(present)[:10]) or 'none'}",
