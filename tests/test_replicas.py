@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tether import PermissionDenied, Registry
 from tether._errors import InvalidInput, NotFound
@@ -440,3 +441,58 @@ def test_an_unreadable_revision_is_refused_and_the_replica_keeps_reporting(
     # What its hint says recovers it: an admin rolls back to a readable revision.
     assert registry.rollback_deployment("web", to_revision=1)["revision"] == 3
     load_from_registry(registry, "web", ServerConfig())
+
+
+def test_a_heartbeat_never_decodes_other_replicas_reports(
+        registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new replica's heartbeat counted its caller's replicas by decoding every row's
+    info (64 KB each): a thousand rows held the write lock 3.9 s per 200-byte heartbeat
+    (a review). The caller is a column of its own now (migration 0014)."""
+    import json as _json
+
+    from tether._metadata.schema import deployment_replicas
+
+    (tmp_path / "w.bin").write_bytes(b"w")
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 100}]}}})
+    big = _json.dumps({"_principal": "other@example.com", "pad": "x" * 60_000})
+    with registry.engine.begin() as conn:
+        conn.execute(deployment_replicas.insert(), [
+            {"deployment": "svc", "replica": f"r{i}", "host": "h", "pid": 1, "url": "",
+             "started_at": "2026-11-28T00:00:00Z", "heartbeat_at": 0.0,
+             "expires_at": 10.0**12, "info": big, "stats": "{}",
+             "principal": "other@example.com"} for i in range(200)])
+    decoded: list[int] = []
+    real = _json.loads
+
+    def counting(text: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(len(text))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(_json, "loads", counting)
+    registry.replica_heartbeat("svc", "mine", host="h", pid=2)
+    monkeypatch.setattr(_json, "loads", real)
+    assert sum(decoded) < 60_000, (len(decoded), sum(decoded))  # no other report read
+
+
+def test_migration_0014_fills_the_principal_of_kept_replicas(any_registry: Registry,
+                                                             tmp_path: Any) -> None:
+    from alembic import command
+
+    from tether._metadata.engine import _alembic_config, upgrade
+    from tether._metadata.schema import deployment_replicas
+
+    registry = any_registry
+    (tmp_path / "w.bin").write_bytes(b"w")
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 100}]}}})
+    registry.replica_heartbeat("svc", "r1", host="h", pid=1)
+    with registry.engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0013")
+    upgrade(registry.engine)
+    with registry.engine.begin() as conn:
+        owner = conn.execute(sa.select(deployment_replicas.c.principal)).scalar()
+    assert owner == registry.actor
+    assert registry.replica_heartbeat("svc", "r1", host="h", pid=1)["revision"] == 1

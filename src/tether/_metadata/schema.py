@@ -382,7 +382,10 @@ deployment_replicas = Table(
     Column("expires_at", Float, nullable=False),
     Column("info", Text, nullable=False, default="{}"),
     Column("stats", Text, nullable=False, default="{}"),
+    # The caller that reports it (revision 0014): counted and checked without decoding info.
+    Column("principal", String(256), nullable=False, server_default=""),
     Index("ix_deployment_replicas_expires", "expires_at"),
+    Index("ix_deployment_replicas_principal", "deployment", "principal"),
 )
 
 deployment_leases = Table(

@@ -989,7 +989,7 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
         now = time.time()
         values = {"host": host[:256], "pid": int(pid), "url": url[:512],
                   "started_at": (started_at or now_iso())[:40], "heartbeat_at": now,
-                  "expires_at": now + ttl, "info": shown,
+                  "expires_at": now + ttl, "info": shown, "principal": actor[:256],
                   "stats": canonical_json(dict(stats or {}) if counted else {})}
         insert = _insert(conn, deployment_replicas).values(deployment=name, replica=replica,
                                                            **values)
@@ -1037,11 +1037,10 @@ def _make_room(conn: sa.Connection, name: str, actor: str) -> int:
     are forgotten (kept, they let a caller that leaves at once grow the table without
     end: a review; forgotten, a restarting fleet does not lock itself out)."""
     now, live, stopped = time.time(), 0, []
-    for replica, info, expires in conn.execute(sa.select(
-            deployment_replicas.c.replica, deployment_replicas.c.info,
-            deployment_replicas.c.expires_at).where(deployment_replicas.c.deployment == name)):
-        if json.loads(info).get("_principal") != actor:
-            continue
+    for replica, expires in conn.execute(sa.select(
+            deployment_replicas.c.replica, deployment_replicas.c.expires_at).where(
+            deployment_replicas.c.deployment == name,
+            deployment_replicas.c.principal == actor)):
         if expires >= now:
             live += 1
         else:
@@ -1055,13 +1054,10 @@ def _make_room(conn: sa.Connection, name: str, actor: str) -> int:
 
 def _owner(conn: sa.Connection, name: str, replica: str) -> str | None:
     """The caller that first reported as ``replica`` (while its row is kept)."""
-    info = conn.execute(sa.select(deployment_replicas.c.info).where(
+    owner = conn.execute(sa.select(deployment_replicas.c.principal).where(
         deployment_replicas.c.deployment == name,
         deployment_replicas.c.replica == replica)).scalar()
-    if info is None:
-        return None
-    owner = json.loads(info).get("_principal")
-    return owner if isinstance(owner, str) else None
+    return str(owner) if owner else None
 
 
 #: Bounds of what a replica reports per route: a window holds at most this many requests.
