@@ -822,3 +822,18 @@ def test_renaming_an_endpoint_does_not_drop_its_policy_and_rollback_needs_live_t
     with pytest.raises(tether.NotFound):
         registry.rollback_deployment("svc", to_revision=1)
     assert registry.deployment("svc")["revision"] == 2
+
+
+def test_a_deployment_is_a_few_routes_not_thousands(registry: Registry, tmp_path: Path
+                                                    ) -> None:
+    """A contributor's 20,000-route spec held the write lock for seconds, and each
+    100-byte pause stored it again (20,000 bytes kept per byte sent); one route named
+    100,000 times in a pause ran past two minutes (a review of what one-model users can
+    make a server do)."""
+    (tmp_path / "w.bin").write_bytes(b"w")
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    many = [{"name": f"r{i}", "target": version.ref, "weight": 1} for i in range(65)]
+    with pytest.raises(InvalidInput, match="more than 64 routes"):
+        registry.apply_deployment("svc", {"endpoints": {"m": {"routes": many}}})
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": many[:2]}}})
+    assert registry.pause_routes("svc", ["r1"] * 100_000)["paused"] == ["m/r1"]

@@ -174,12 +174,21 @@ def single_version(ref: str, *, trusted: bool = False, env_policy: str | None = 
     return Deployment((endpoint,), server or ServerConfig())
 
 
+#: Most endpoints one deployment declares, and routes plus shadows one endpoint has.
+MAX_ENDPOINTS = 64
+MAX_ROUTES = 64
+
+
 def parse_deployment(data: Any, *, source: str | None = None) -> Deployment:
     where = source or "deployment"
     top = _mapping(data, where, {"endpoints", "server", "auth"}, required={"endpoints"})
     endpoints_data = _mapping(top["endpoints"], f"{where}: endpoints", None)
     if not endpoints_data:
         raise InvalidInput(f"{where}: endpoints is empty", hint="declare at least one endpoint")
+    if len(endpoints_data) > MAX_ENDPOINTS:
+        raise InvalidInput(f"{where}: {len(endpoints_data)} endpoints, more than the "
+                           f"{MAX_ENDPOINTS} a deployment may declare",
+                           hint="split it into several deployments")
     endpoints = tuple(
         _endpoint(str(name), value, f"{where}: endpoints.{name}")
         for name, value in endpoints_data.items()
@@ -213,6 +222,12 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         routes_data = [{"target": routes_data}]
     if not isinstance(routes_data, list) or not routes_data:
         raise InvalidInput(f"{where}.routes must be a non-empty list of routes")
+    if len(routes_data) + len(body.get("shadow") or []) > MAX_ROUTES:
+        # Each change stores the whole spec again, and pauses looked routes up one by
+        # one: a contributor's 20,000 routes held the write lock for seconds a request
+        # and grew the database 20,000 bytes for each byte sent (a review).
+        raise InvalidInput(f"{where}: more than {MAX_ROUTES} routes and shadows",
+                           hint="an endpoint splits traffic between a few versions")
     routes = tuple(_route(r, f"{where}.routes[{i}]") for i, r in enumerate(routes_data))
     names = [r.name for r in routes]
     if len(set(names)) != len(names):

@@ -394,9 +394,10 @@ def _route(spec: Mapping[str, Any], name: str, endpoint: str, route: str) -> dic
 
 
 def _check_traffic(spec: Mapping[str, Any], paused: Sequence[str], name: str) -> None:
+    stopped = set(paused)
     for endpoint, body in spec["endpoints"].items():
         live = [r for r in body["routes"]
-                if r["weight"] > 0 and f"{endpoint}/{r['name']}" not in paused]
+                if r["weight"] > 0 and f"{endpoint}/{r['name']}" not in stopped]
         if not live:
             raise InvalidInput(f"endpoint {endpoint} of deployment {name} would take no traffic",
                                hint="keep at least one route with a weight above 0 unpaused")
@@ -739,6 +740,7 @@ def pause(registry: Registry, name: str, routes: Sequence[str], *, endpoint: str
     actor = registry.actor
     if not routes:
         raise InvalidInput("name the routes to pause or resume")
+    routes = list(dict.fromkeys(routes))  # each once: one named 100,000 times held the lock
     with registry.write() as conn:
         row = _readable_row(conn, name, actor, lock=True)
         spec, paused = json.loads(row.spec), set(json.loads(row.paused))
