@@ -157,3 +157,27 @@ def test_protected_aliases_is_a_setting_with_patterns(tmp_path: Path) -> None:
     carl.promote("fraud@latest", "staging", create=True)  # unprotected: contributors may
     registry.grant("carl", "approver", model="fraud")
     assert carl.promote("fraud@latest", "prod-us", create=True).alias == "prod-us"
+
+
+def test_mlflow_reads_of_a_models_versions_decode_no_file_lists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Versions listing 100,000 files each: every small read (an MLflow search for one
+    result, a model's JSON, its latest version) decoded every version's file list, 515 MB
+    for four requests (a review of what one-model users can make a server do)."""
+    from tether._metadata import repository
+
+    registry = _registry(tmp_path)
+    app = TestClient(create_app(registry, open_access=True))
+    decoded: list[str] = []
+    real = repository.manifest_files
+    monkeypatch.setattr(repository, "manifest_files",
+                        lambda text, what, *a, **k: decoded.append(what) or real(text, what,
+                                                                                  *a, **k))
+    for path, body in (("registered-models/get", {"name": "fraud"}),
+                       ("registered-models/get-latest-versions", {"name": "fraud"}),
+                       ("model-versions/search", {"filter": "name='fraud'",
+                                                  "max_results": 1})):
+        answer = app.get(f"/api/2.0/mlflow/{path}", params=body)
+        assert answer.status_code == 200, answer.text
+    assert decoded == []
+    registry.close()

@@ -316,10 +316,12 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
 
 
 def version_rows(
-    conn: sa.Connection, mid: int, *, include_deleted: bool = False
+    conn: sa.Connection, mid: int, *, include_deleted: bool = False, files: bool = True,
 ) -> list[sa.Row[Any]]:
-    """All versions of a model, by sequence number, with ``listed_columns``."""
-    query = (sa.select(*listed_columns()).where(versions.c.model_id == mid)
+    """All versions of a model, by sequence number, with ``listed_columns``; without
+    their manifests (``row_to_version(files=())``) when ``files`` is False."""
+    columns = [c for c in listed_columns() if files or getattr(c, "name", "") != "manifest"]
+    query = (sa.select(*columns).where(versions.c.model_id == mid)
              .order_by(versions.c.seq))
     if not include_deleted:
         query = query.where(versions.c.status != "deleted")

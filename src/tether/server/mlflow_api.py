@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -312,7 +313,7 @@ class MlflowApi:
 
     @staticmethod
     def _model_json(reg: Registry, info: ModelInfo) -> dict[str, Any]:
-        return model_json(info, reg.versions(info.name), _model_time(reg, info))
+        return model_json(info, reg.versions(info.name, files=False), _model_time(reg, info))
 
     @staticmethod
     def _version_json(reg: Registry, v: ModelVersion) -> dict[str, Any]:
@@ -437,7 +438,7 @@ class MlflowApi:
         await run_in_threadpool(self._model_info, reg, name)
         if stages and "none" not in {s.lower() for s in stages}:
             return {"model_versions": []}  # no Tether version is in another stage
-        found = (await run_in_threadpool(reg.versions, name))[-1:]
+        found = (await run_in_threadpool(partial(reg.versions, name, files=False)))[-1:]
         return {
             "model_versions": [await run_in_threadpool(self._version_json, reg, v) for v in found]
         }
@@ -568,7 +569,7 @@ class MlflowApi:
         budget = search.Budget()
         for model in model_names:
             try:
-                versions = reg.versions(model)
+                versions = reg.versions(model, files=False)  # no file list is answered
             except (NotFound, InvalidInput):  # InvalidReference: a name no model can have
                 continue
             matching = [v for v in versions
