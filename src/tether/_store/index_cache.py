@@ -75,7 +75,7 @@ class IndexCache:
                     if got != len(view):
                         raise ValueError(f"{key} is shorter than listed")
                     if offset == 0:
-                        self._check_declared(key, view, size)
+                        self._check_declared(key, view, size, tmp.parent)
                     out.write(view)
                     offset += got
                 out.flush()
@@ -84,7 +84,7 @@ class IndexCache:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _check_declared(self, key: str, head: memoryview, listed: int) -> None:
+    def _check_declared(self, key: str, head: memoryview, listed: int, folder: Path) -> None:
         """Before more than a piece is fetched: the file's header must say the size the
         listing gave, and it must fit the cache's disk with a GB to spare (a listing of
         1 PB had 1 GB fetched in 8 s, checked only at the end: a review)."""
@@ -93,7 +93,7 @@ class IndexCache:
         declared = declared_size(head)
         if declared != listed:
             raise ValueError(f"{key} says it is {declared} bytes; {listed} were listed")
-        free = shutil.disk_usage(self.folder).free if self.folder.exists() else 0
+        free = shutil.disk_usage(folder).free  # where the copy is written
         if listed > max(0, free - (1 << 30)):
             raise ValueError(f"{key} is listed at {listed} bytes, more than the cache's disk "
                              f"can hold ({free} bytes free)")
