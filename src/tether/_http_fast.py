@@ -78,7 +78,10 @@ class _GuardedReader(io.RawIOBase):
         deadline = current()
         if deadline is None:
             return self._sock.recv_into(buffer)
-        self._sock.settimeout(deadline.bound(None, LateSocket))
+        left = deadline.bound(None, LateSocket)
+        per_read = self._sock.gettimeout()
+        if per_read is None or left < per_read:  # a syscall or two: only once it matters
+            self._sock.settimeout(left)
         try:
             got = self._sock.recv_into(buffer)
         except TimeoutError:
