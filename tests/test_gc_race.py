@@ -226,3 +226,23 @@ def test_gc_reads_pins_in_place_never_whole_into_objects(tmp_path: Path,
     store.gc([], grace_seconds=0, dry_run=False)  # no version: only the pin keeps them
     monkeypatch.setattr(store.blobs, "get_bytes", real)
     assert store.verify(report.files, label="w") == []
+
+
+def test_a_pin_answered_short_stops_gc_rather_than_keep_part_of_it(tmp_path: Path) -> None:
+    """Read in pieces from a store that is not a folder, a pin answered shorter than
+    listed would keep only the chunks its first part names: gc stops instead."""
+    from tether import StoreError
+    from tether._store.pin_file import mapped_pin
+
+    class ShortStore:
+        tmp_dir = tmp_path
+
+        def local_path(self, key: str) -> None:
+            return None
+
+        def get_range(self, key: str, offset: int, length: int) -> bytes:
+            return b'{"chunks": []}'[:length][: max(0, length - 1)]
+
+    with pytest.raises(StoreError, match="other than its listed size"), mapped_pin(
+            ShortStore(), "pins/x.json", 14):
+        pass

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import StoreError
 from .blobs import make_temp, scratch_root
 
 _OWNER = re.compile(rb'"owner"[ \t\n\r]*:[ \t\n\r]*("(?:[^"\\\x00-\x1f]|\\.){0,1024}")')
@@ -54,9 +55,12 @@ def mapped_pin(blobs: Any, key: str, size: int) -> Iterator[bytes | mmap.mmap]:
         with os.fdopen(fd, "w+b") as out:
             for offset in range(0, size, _PIECE):
                 piece = blobs.get_range(key, offset, min(_PIECE, size - offset))
+                if len(piece) != min(_PIECE, size - offset):
+                    # Pins are written once: a short one is a lying or failing store, and
+                    # reading part of it would leave the rest of its chunks unkept.
+                    raise StoreError(f"{key} answered other than its listed size; gc "
+                                     "removed nothing", hint="run it again")
                 out.write(piece)
-                if len(piece) < min(_PIECE, size - offset):
-                    break  # shorter than listed: what came is what there is
             out.flush()
             if out.tell() == 0:
                 yield b""
