@@ -230,7 +230,9 @@ def test_gc_reads_pins_in_place_never_whole_into_objects(tmp_path: Path,
 
 def test_a_pin_answered_short_stops_gc_rather_than_keep_part_of_it(tmp_path: Path) -> None:
     """Read in pieces from a store that is not a folder, a pin answered shorter than
-    listed would keep only the chunks its first part names: gc stops instead."""
+    listed would keep only the chunks its first part names: gc stops instead; one
+    listed shorter than it is (0 bytes: none of its chunks were kept, a review) is read
+    to its end."""
     from tether import StoreError
     from tether._store.pin_file import mapped_pin
 
@@ -241,8 +243,11 @@ def test_a_pin_answered_short_stops_gc_rather_than_keep_part_of_it(tmp_path: Pat
             return None
 
         def get_range(self, key: str, offset: int, length: int) -> bytes:
-            return b'{"chunks": []}'[:length][: max(0, length - 1)]
+            return b'{"chunks": []}'[offset:offset + length]  # 14 bytes in all
 
-    with pytest.raises(StoreError, match="other than its listed size"), mapped_pin(
-            ShortStore(), "pins/x.json", 14):
+    with pytest.raises(StoreError, match="fewer bytes than listed"), mapped_pin(
+            ShortStore(), "pins/x.json", 20):  # listed at 20
         pass
+    with mapped_pin(ShortStore(), "pins/x.json", 0) as data:  # listed short: read whole
+        assert bytes(data) == b'{"chunks": []}'
+

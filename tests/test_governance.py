@@ -837,3 +837,33 @@ def test_a_deployment_is_a_few_routes_not_thousands(registry: Registry, tmp_path
         registry.apply_deployment("svc", {"endpoints": {"m": {"routes": many}}})
     registry.apply_deployment("svc", {"endpoints": {"m": {"routes": many[:2]}}})
     assert registry.pause_routes("svc", ["r1"] * 100_000)["paused"] == ["m/r1"]
+
+
+def test_a_rollback_is_bounded_as_an_apply_and_a_named_shadow_counts_once(
+        registry: Registry, tmp_path: Path) -> None:
+    """A revision stored before the 64-route bound came back by rollback, and replicas
+    then refused the deployment; a shadow given as one name was counted by its
+    characters (a review)."""
+    import json as _json
+
+    from tether._metadata.schema import deployment_revisions
+
+    (tmp_path / "w.bin").write_bytes(b"w")
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    routes = [{"name": f"r{i}", "target": version.ref, "weight": 1} for i in range(50)]
+    registry.apply_deployment("svc", {"endpoints": {"m": {
+        "routes": routes, "shadow": [{"target": version.ref}]}}})
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": routes[:2]}}})
+    with registry.engine.begin() as conn:  # revision 1 as one stored before the bound
+        stored = _json.loads(conn.execute(sa.select(deployment_revisions.c.spec).where(
+            deployment_revisions.c.revision == 1)).scalar())
+        stored["endpoints"]["m"]["routes"] = [
+            {"name": f"r{i}", "target": version.ref, "weight": 1.0} for i in range(200)]
+        conn.execute(deployment_revisions.update().where(
+            deployment_revisions.c.revision == 1).values(spec=_json.dumps(stored)))
+    with pytest.raises(InvalidInput, match="more than 64 routes"):
+        registry.rollback_deployment("svc", to_revision=1)
+    registry.promote(version.ref, "a-rather-long-alias-name", create=True)
+    named = "m@a-rather-long-alias-name"  # 26 characters, one shadow
+    assert registry.apply_deployment("svc", {"endpoints": {"m": {
+        "routes": routes, "shadow": named}}})["revision"] == 3

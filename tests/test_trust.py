@@ -927,14 +927,15 @@ def test_a_planted_signature_row_or_a_relabelled_accept_proves_nothing(
     registry = any_registry
     _events_and_heads(registry)
     key = registry.audit_key.key_id
-    with registry.engine.begin() as conn:
-        conn.execute(audit_signatures.insert().values(event_id=10**9, hash="0" * 64,
-                                                      key_id=key, signature="00" * 64))
+    with registry.engine.begin() as conn:  # more than any window of rows looked at
+        conn.execute(audit_signatures.insert(), [
+            {"event_id": 10**9 + i, "hash": "0" * 64, "key_id": key, "signature": "00" * 64}
+            for i in range(1100)])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnsignedAuditEvents)
         registry.set_setting("gc.keep_last", "7")  # still signed
     with registry.engine.begin() as conn:
-        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id == 10**9))
+        conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= 10**9))
         last = conn.execute(sa.select(sa.func.max(events.c.id))).scalar()
         conn.execute(events.delete().where(events.c.id >= last - 1))  # the cut
         conn.execute(audit_signatures.delete().where(audit_signatures.c.event_id >= last - 1))

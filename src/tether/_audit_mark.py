@@ -94,7 +94,7 @@ def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) 
     from ._signing import key_id
 
     rows = conn.execute(sa.select(events.c.id).where(events.c.action == "audit.accepted")
-                        .order_by(events.c.id.desc()).limit(16)).scalars().all()
+                        .order_by(events.c.id.desc())).scalars().all()  # no window to fill
     for event_id in rows:
         checked = authentic_events(conn, event_id - 1, event_id)
         if not checked:

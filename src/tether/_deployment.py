@@ -222,7 +222,9 @@ def _endpoint(name: str, data: Any, where: str) -> EndpointConfig:
         routes_data = [{"target": routes_data}]
     if not isinstance(routes_data, list) or not routes_data:
         raise InvalidInput(f"{where}.routes must be a non-empty list of routes")
-    if len(routes_data) + len(body.get("shadow") or []) > MAX_ROUTES:
+    shadows = body.get("shadow") or []
+    shadow_count = len(shadows) if isinstance(shadows, list) else 1  # one, as a name
+    if len(routes_data) + shadow_count > MAX_ROUTES:
         # Each change stores the whole spec again, and pauses looked routes up one by
         # one: a contributor's 20,000 routes held the write lock for seconds a request
         # and grew the database 20,000 bytes for each byte sent (a review).

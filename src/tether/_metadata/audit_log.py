@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # cryptography loads when a head is signed or checked, not to
 
 #: Key in ``Connection.info`` of the newest head appended in this transaction.
 PENDING_HEAD = "tether.pending_audit_head"
-#: Signed heads of one key looked at, newest first, for one that holds.
-_HEADS_TRIED = 1000
 #: Key in ``Connection.info`` of the head this transaction's first event was appended to.
 BASE_HEAD = "tether.audit_head_before"
 
@@ -149,16 +147,17 @@ def newest_signed_head(conn: sa.Connection) -> SignedHead | None:
 
 def newest_valid_head(conn: sa.Connection, public: Ed25519PublicKey) -> SignedHead | None:
     """The newest head ``public``'s key signed whose signature holds and whose event the
-    chain still has with that hash; None if none of the newest ``_HEADS_TRIED`` do. Not
-    merely the top row: one planted garbage row above the real ones stopped every later
-    signature, and let a forged chain pass for a log never signed (a review)."""
+    chain still has with that hash; None if none does. Not merely the top row, nor the
+    top thousand: planted garbage rows above the real ones stopped every later signature
+    (reviews); rows past the chain's head are not looked at at all."""
     from .._audit_signing import SignedHead, head_is_valid
     from .._signing import key_id
 
-    rows = conn.execute(
-        sa.select(audit_signatures).where(audit_signatures.c.key_id == key_id(public))
-        .order_by(audit_signatures.c.event_id.desc()).limit(_HEADS_TRIED)
-    ).all()
+    last = conn.execute(sa.select(audit_head.c.last_id)).scalar() or 0
+    rows = conn.execute(  # streamed, newest first; none past the chain's own head
+        sa.select(audit_signatures).where(audit_signatures.c.key_id == key_id(public),
+                                          audit_signatures.c.event_id <= last)
+        .order_by(audit_signatures.c.event_id.desc()))
     for row in rows:
         head = SignedHead(row.event_id, row.hash, row.key_id, row.signature)
         if not head_is_valid(head, public):

@@ -803,6 +803,7 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
                 and isinstance(paused, list)):
             raise InvalidInput(f"revision {target} of deployment {name} is unreadable",
                                hint=f"roll back to another: `tether deploy history {name}`")
+        check_spec(spec, name)  # as apply does: one stored before a bound came in is refused
         current = _current_spec(conn, actor, row)  # unreadable: an admin's, compared to none
         targets = [r["target"] for _, r in _routes(spec)]
         targets += [r["target"] for _, r in _routes(current)] if current is not None else []

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import StoreError
+from .._errors import RangeNotSatisfiable, StoreError
 from .blobs import make_temp, scratch_root
 
 _OWNER = re.compile(rb'"owner"[ \t\n\r]*:[ \t\n\r]*("(?:[^"\\\x00-\x1f]|\\.){0,1024}")')
@@ -32,6 +32,8 @@ _DIGEST = re.compile(rb'"([0-9a-f]{64})"')
 _RUN = 65536
 #: Bytes of a pin fetched at a time from a store that is not a folder.
 _PIECE = 8 << 20
+#: The most of one pin read (a server accepts pins up to 16 GB).
+_MAX_PIN = 16 << 30
 
 
 @contextlib.contextmanager
@@ -47,20 +49,25 @@ def mapped_pin(blobs: Any, key: str, size: int) -> Iterator[bytes | mmap.mmap]:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 yield data
         return
-    if size <= 0:
-        yield b""
-        return
     fd, path = make_temp(getattr(blobs, "tmp_dir", None) or scratch_root(), "pin")
     try:
         with os.fdopen(fd, "w+b") as out:
-            for offset in range(0, size, _PIECE):
-                piece = blobs.get_range(key, offset, min(_PIECE, size - offset))
-                if len(piece) != min(_PIECE, size - offset):
-                    # Pins are written once: a short one is a lying or failing store, and
-                    # reading part of it would leave the rest of its chunks unkept.
-                    raise StoreError(f"{key} answered other than its listed size; gc "
-                                     "removed nothing", hint="run it again")
+            # To its end, whatever the listing said (one that under-reported a pin's size
+            # had gc keep none of its chunks: a review), and no shorter than listed (a
+            # short answer would keep its first part only). Pins are written once.
+            offset = 0
+            while offset < _MAX_PIN:
+                try:
+                    piece = blobs.get_range(key, offset, _PIECE)
+                except RangeNotSatisfiable:
+                    break
                 out.write(piece)
+                offset += len(piece)
+                if len(piece) < _PIECE:
+                    break
+            if offset < size:
+                raise StoreError(f"{key} answered fewer bytes than listed; gc removed "
+                                 "nothing", hint="run it again")
             out.flush()
             if out.tell() == 0:
                 yield b""
