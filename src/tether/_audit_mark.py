@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from ._digest import blake3_hex
-from ._metadata.schema import audit_signatures, events
+from ._metadata.audit_log import authentic_events, chain_holds, signed_by
+from ._metadata.schema import events
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -78,8 +79,7 @@ def passes_through(conn: sa.Connection, mark: Mark | None,
     after the mark was written."""
     if mark is None or mark[0] == 0:
         return True
-    stored = conn.execute(sa.select(events.c.hash).where(events.c.id == mark[0])).scalar()
-    if stored == mark[1]:
+    if chain_holds(conn, mark[0], mark[1]):
         return True
     return public is not None and _accepted_since(conn, mark[2], public)
 
@@ -89,10 +89,6 @@ def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) 
     content hashed again to its hash, and that hash signed. The columns alone said
     nothing: an old signed row relabelled as an accept dated 2099 passed, and a cut
     history was signed on (a review)."""
-    from ._audit_signing import SignedHead, head_is_valid
-    from ._metadata.audit_log import authentic_events
-    from ._signing import key_id
-
     rows = conn.execute(sa.select(events.c.id).where(events.c.action == "audit.accepted")
                         .order_by(events.c.id.desc())).scalars().all()  # no window to fill
     for event_id in rows:
@@ -106,13 +102,6 @@ def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) 
             at = datetime.fromisoformat(str(content["ts"]).replace("Z", "+00:00")).timestamp()
         except ValueError:
             continue
-        if at <= when:
-            continue
-        signed = conn.execute(sa.select(audit_signatures).where(
-            audit_signatures.c.event_id == event_id,
-            audit_signatures.c.key_id == key_id(public))).first()
-        if signed is not None and signed.hash == digest and head_is_valid(
-                SignedHead(signed.event_id, signed.hash, signed.key_id, signed.signature),
-                public):
+        if at > when and signed_by(conn, event_id, digest, public):
             return True
     return False

@@ -160,13 +160,28 @@ def newest_valid_head(conn: sa.Connection, public: Ed25519PublicKey) -> SignedHe
         .order_by(audit_signatures.c.event_id.desc()))
     for row in rows:
         head = SignedHead(row.event_id, row.hash, row.key_id, row.signature)
-        if not head_is_valid(head, public):
-            continue
-        stored = conn.execute(sa.select(events.c.hash).where(events.c.id == head.event_id)
-                              ).scalar()
-        if stored == head.hash:
+        if head_is_valid(head, public) and chain_holds(conn, head.event_id, head.hash):
             return head
     return None
+
+
+def chain_holds(conn: sa.Connection, event_id: int, digest: str) -> bool:
+    """Whether the stored chain has event ``event_id`` with hash ``digest``."""
+    stored = conn.execute(sa.select(events.c.hash).where(events.c.id == event_id)).scalar()
+    return bool(stored == digest)
+
+
+def signed_by(conn: sa.Connection, event_id: int, digest: str,
+              public: Ed25519PublicKey) -> bool:
+    """Whether ``public``'s key validly signed ``digest`` as the head at ``event_id``."""
+    from .._audit_signing import SignedHead, head_is_valid
+    from .._signing import key_id
+
+    row = conn.execute(sa.select(audit_signatures).where(
+        audit_signatures.c.event_id == event_id,
+        audit_signatures.c.key_id == key_id(public))).first()
+    return row is not None and row.hash == digest and head_is_valid(
+        SignedHead(row.event_id, row.hash, row.key_id, row.signature), public)
 
 
 def authentic_events(conn: sa.Connection, after: int, through: int | None = None,

@@ -101,13 +101,11 @@ def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -
     migration appends, each hashed again from its content and linked to the one before:
     a trigger planted in the database appended a forged event while `tether db upgrade`
     ran, and columns edited to look like a migration's passed too (reviews)."""
-    from .._metadata.audit_log import authentic_events
-    from .._metadata.schema import events
+    from .._metadata.audit_log import authentic_events, chain_holds
 
     if since is None:
         return False
-    if since[0] > 0 and conn.execute(sa.select(events.c.hash).where(
-            events.c.id == since[0])).scalar() != since[1]:
+    if since[0] > 0 and not chain_holds(conn, *since):
         return False
     appended = authentic_events(conn, since[0])
     if appended is None or (appended and appended[0][1] != since[1] and since[0] > 0):
@@ -121,6 +119,7 @@ _UNSIGNED_EVENTS = (
     "the audit log holds events after event {since} that no signature of this registry's "
     "audit key covers (written by something without the key, or rewritten and "
     "recomputed): the head is not signed over them")
+
 
 class Registry:
     """An open registry: metadata database plus artifact store."""
