@@ -274,10 +274,10 @@ def _weakened_safeguards(before: Mapping[str, Any] | None,
         allowed = {was.get("env_policy")} if stored is not None else kept
         if policy != "strict" and not (policy in allowed and len(allowed) == 1):
             weakened.append(f"{endpoint}.env_policy {policy!r}")
-        allowed, allowed_before = body.get("allow_non_finite"), was.get("allow_non_finite")
-        if allowed and allowed != allowed_before and allowed_before is not True and not (
-                isinstance(allowed, list) and isinstance(allowed_before, list)
-                and set(allowed) <= set(allowed_before)):
+        lets, let_before = body.get("allow_non_finite"), was.get("allow_non_finite")
+        if lets and lets != let_before and let_before is not True and not (
+                isinstance(lets, list) and isinstance(let_before, list)
+                and set(lets) <= set(let_before)):
             weakened.append(f"{endpoint}.allow_non_finite")
     return weakened
 
@@ -476,9 +476,7 @@ def apply(registry: Registry, name: str, spec: Any, *, reason: str = "") -> dict
         _require_roles(conn, actor, new_targets)
         row = conn.execute(sa.select(deployments).where(deployments.c.name == name)
                            .with_for_update()).first()
-        _lock_models(conn, new_targets)
-        for target in new_targets:
-            resolve_row(conn, parse_reference(target))  # NotFound names the typo
+        _lock_and_resolve(conn, new_targets)
         old_spec = _current_spec(conn, actor, row)
         targets = list(new_targets)
         if old_spec is not None:
@@ -677,15 +675,17 @@ def routed_version_ids(conn: sa.Connection, *, history: bool = True) -> dict[int
     return out
 
 
-def _lock_models(conn: sa.Connection, targets: Sequence[str]) -> None:
+def _lock_and_resolve(conn: sa.Connection, targets: Sequence[str]) -> None:
     """Lock the rows of the models ``targets`` name (by id, after the deployment's row),
-    as a promotion, a deletion and gc's marking lock them: a deployment resolving a
-    version while gc expired it routed traffic to a deleted version (a review, on
-    PostgreSQL)."""
+    as a promotion, a deletion and gc's marking lock them, then resolve each target
+    (NotFound names the one that does not): a deployment resolving a version while gc
+    expired it routed traffic to a deleted version (a review, on PostgreSQL)."""
     names = sorted({parse_reference(t).name for t in targets})
     if names:
         conn.execute(sa.select(models.c.id).where(models.c.name.in_(names))
                      .order_by(models.c.id).with_for_update()).all()
+    for target in targets:
+        resolve_row(conn, parse_reference(target))
 
 
 def _stored_json(text: str) -> Any:
@@ -808,9 +808,8 @@ def rollback(registry: Registry, name: str, *, to_revision: int | None = None,
         targets = [r["target"] for _, r in _routes(spec)]
         targets += [r["target"] for _, r in _routes(current)] if current is not None else []
         _may_change(conn, actor, name, targets)  # names no model of its history
-        _lock_models(conn, [r["target"] for _, r in _routes(spec)])
-        for _endpoint, restored in _routes(spec):  # each must still resolve, as in apply:
-            resolve_row(conn, parse_reference(restored["target"]))  # a deleted one did not
+        # Each must still resolve, as in apply: a version deleted since was restored.
+        _lock_and_resolve(conn, [r["target"] for _, r in _routes(spec)])
         current_paused = _stored_json(row.paused) if current is not None else []
         if current is not None:
             _check_trust_kept(conn, actor, current, spec)
