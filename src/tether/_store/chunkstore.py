@@ -175,6 +175,10 @@ class _PackMissing(IntegrityError):
     honest copy, and failing the pack then hid that copy.
     """
 
+    @classmethod
+    def of(cls, pack: str) -> _PackMissing:
+        return cls(f"pack {pack} is missing", hint="restore the store")
+
 
 def _tried_text(tried: Mapping[Location | str, str]) -> str:
     """What ``_read_chunk`` found wanting: a pack (missing) or one location in it."""
@@ -540,7 +544,7 @@ class ChunkStore:
         try:
             payload = self.blobs.get_range(f"packs/{pack}.pack", offset, length)
         except NotFound as error:
-            raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
+            raise _PackMissing.of(pack) from error
         except RangeNotSatisfiable:  # an index claims bytes past the pack's end
             payload = b""
         if len(payload) != length:
@@ -554,7 +558,7 @@ class ChunkStore:
             try:
                 got = self.blobs.get_range_into(f"packs/{pack}.pack", offset, view)  # type: ignore[attr-defined]
             except NotFound as error:
-                raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
+                raise _PackMissing.of(pack) from error
             except RangeNotSatisfiable:  # an index claims bytes past the pack's end
                 got = 0
             if got != len(view):
@@ -563,7 +567,7 @@ class ChunkStore:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as error:
-            raise _PackMissing(f"pack {pack} is missing", hint="restore the store") from error
+            raise _PackMissing.of(pack) from error
         try:
             if pread_into(fd, view, offset) < len(view):
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
