@@ -18,8 +18,10 @@ httpx clients start one for every request they send (``guard_client``);
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpcore
@@ -100,11 +102,16 @@ class Deadline:
             raise late(self.describe())
         return left if timeout is None else min(timeout, left)
 
-    def check(self, late: type[Exception]) -> None:
-        """After a socket operation timed out: ``late`` if it was this deadline that cut
-        it short (otherwise the operation's own timeout passed: the caller re-raises)."""
-        if self.left() <= 0:
-            raise late(self.describe()) from None
+    @contextlib.contextmanager
+    def cutting(self, timed_out: type[BaseException], late: type[Exception]) -> Iterator[None]:
+        """Around one socket operation: its ``timed_out`` becomes ``late`` when this
+        deadline is what cut it short (else the operation's own timeout passed, as is)."""
+        try:
+            yield
+        except timed_out:
+            if self.left() <= 0:
+                raise late(self.describe()) from None
+            raise
 
 
 def start(timeout: float) -> Deadline:
@@ -128,11 +135,8 @@ class _GuardedStream(httpcore.NetworkStream):
         deadline = current()
         if deadline is None:
             return self._inner.read(max_bytes, timeout)
-        try:
+        with deadline.cutting(httpcore.ReadTimeout, _LateRead):
             data = self._inner.read(max_bytes, deadline.bound(timeout, _LateRead))
-        except httpcore.ReadTimeout:
-            deadline.check(_LateRead)
-            raise
         deadline.took(len(data), _LateRead)
         return data
 
@@ -144,11 +148,8 @@ class _GuardedStream(httpcore.NetworkStream):
         view = memoryview(buffer)
         for at in range(0, len(view), _WRITE_SLICE):
             piece = view[at:at + _WRITE_SLICE]
-            try:
+            with deadline.cutting(httpcore.WriteTimeout, _LateWrite):
                 self._inner.write(piece, deadline.bound(timeout, _LateWrite))  # type: ignore[arg-type]
-            except httpcore.WriteTimeout:
-                deadline.check(_LateWrite)
-                raise
             deadline.moved(len(piece))
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ never a second HTTP client with its own rules.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
@@ -82,11 +83,8 @@ class _GuardedReader(io.RawIOBase):
         per_read = self._sock.gettimeout()
         if per_read is None or left < per_read:  # a syscall or two: only once it matters
             self._sock.settimeout(left)
-        try:
+        with deadline.cutting(TimeoutError, LateSocket):
             got = self._sock.recv_into(buffer)
-        except TimeoutError:
-            deadline.check(LateSocket)
-            raise
         deadline.took(got, LateSocket)
         return got
 
@@ -246,12 +244,9 @@ class FastHTTP:
                 while sent < size:  # in slices, each waiting no longer than is left
                     if deadline is not None:
                         conn.sock.settimeout(deadline.bound(self.timeout, LateSocket))
-                    try:
+                    with (deadline.cutting(TimeoutError, LateSocket) if deadline is not None
+                          else contextlib.nullcontext()):
                         count = conn.sock.sendfile(handle, sent, min(_SEND_SLICE, size - sent))
-                    except TimeoutError:
-                        if deadline is not None:
-                            deadline.check(LateSocket)
-                        raise
                     if not count:
                         raise OSError(f"{path} changed size while it was sent")
                     sent += count
