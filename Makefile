@@ -8,16 +8,26 @@ BIN = $(VENV)/bin
 
 .PHONY: demo test test-torch lint bench-store bench-serving bench-alias bench-cli bench-oip lock clean
 
+# Installed with uv (pinned, bootstrapped by pip): it installs the lock's 178 packages and
+# compiles their bytecode in parallel, 2-3 times faster than pip here; CI builds this too.
+UV_VERSION = 0.13.9
+UV = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode
+
 $(VENV)/.installed: requirements.lock pyproject.toml setup.py src/tether/_store/_native.c
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) -r requirements.lock
+	$(UV) --no-deps -e .
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/tether demo
 
+# Compiled first: the suite starts hundreds of `tether` processes, and where
+# PYTHONDONTWRITEBYTECODE is set (as on these machines) each would compile every module
+# it imports from source again (0.7 s of a server's 2 s start). Only changed files compile.
 test: $(VENV)/.installed
+	$(BIN)/python -m compileall -q src
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # PyTorch and Hugging Face flavors (tests marked torch), in their own venv: the CPU wheel of

@@ -13,6 +13,22 @@ import tether
 from tether import Registry
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module-scoped fixtures (servers shared by a file's tests) start before the per-test
+    isolation below: they too must not write the developer's config (a server's audit key
+    and its marks) or cache, nor follow their TETHER_URI."""
+    base = tmp_path_factory.mktemp("session-home")
+    patch = pytest.MonkeyPatch()
+    for var in ("TETHER_URI", "TETHER_ENV_POLICY", "TETHER_USER", "TETHER_AUDIT_KEY",
+                "TETHER_AUDIT_MARK_DIR"):
+        patch.delenv(var, raising=False)
+    patch.setenv("TETHER_CACHE_DIR", str(base / "user-cache"))
+    patch.setenv("XDG_CONFIG_HOME", str(base / "user-config"))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's registry, cache or policy."""
@@ -22,6 +38,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A server's audit key defaults to $XDG_CONFIG_HOME/tether: keep it in the test's folder.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
     monkeypatch.delenv("TETHER_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("TETHER_AUDIT_MARK_DIR", raising=False)
     # Datasets read by an earlier test in this worker are not this test's lineage.
     from tether._registry import reads
 

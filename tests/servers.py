@@ -7,7 +7,6 @@ kills with SIGKILL and restarts on the same port).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -41,25 +40,13 @@ class Server:
 
 
 def start_server(db_url: str, store_url: str, tmp: Path, *, workers: int = 1) -> Server:
-    init = subprocess.run(
-        [
-            tether_exe(),
-            "server-init",
-            "--db",
-            db_url,
-            "--store",
-            store_url,
-            "--admin",
-            "root@team",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        check=False,
-    )
-    assert init.returncode == 0, init.stderr
-    token = json.loads(init.stdout)["token"]
+    # server-init in this process: `tether server-init` is tested as a command elsewhere
+    # (test_cli, test_server); here a second interpreter start per server cost a second.
+    from tether._registry.registry import Registry
+
+    registry, issued = Registry.init_server(db_url, store_url, "root@team")
+    registry.close()
+    token = issued["token"]
     port = free_port()
     log = open(tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
@@ -75,7 +62,7 @@ def start_server(db_url: str, store_url: str, tmp: Path, *, workers: int = 1) ->
             if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
-            time.sleep(0.2)
+            time.sleep(0.05)
     else:
         proc.kill()
         raise AssertionError((tmp / f"server-{port}.log").read_text())

@@ -407,7 +407,7 @@ def test_kill_9_of_the_server_mid_commit_loses_nothing_and_registers_nothing_twi
     artifact = str(_artifact(tmp_path / "m", 120_000))
     server.client(tmp_path).log_model(artifact, "busy", metrics={"writer": -1, "i": -1})
 
-    writers, rounds = 6, 8
+    writers, rounds = 4, 6
     done: dict[tuple[int, int], str] = {}
     failed: dict[tuple[int, int], str] = {}
 

@@ -47,7 +47,10 @@ WRITER = textwrap.dedent(
 )
 
 
-def _race(root: Path, count: int = 8) -> tuple[int, float]:
+def _race(root: Path, count: int = 8, pause: float = 0.0) -> tuple[int, float]:
+    """``pause``: seconds between collections. An S3 ingest looks for a gc's lease every
+    0.5 s; collections back to back leave it no gap and starve the writer (a minute for
+    five versions) instead of racing it."""
     script = root.parent / "writer.py"
     script.write_text(WRITER)
     writer = subprocess.Popen(
@@ -63,6 +66,7 @@ def _race(root: Path, count: int = 8) -> tuple[int, float]:
         while writer.poll() is None:
             registry.gc(grace_seconds=0)
             collections += 1
+            time.sleep(pause)
             if time.monotonic() - started > 240:
                 writer.kill()
                 raise AssertionError("the writer did not finish in 240 s")
@@ -96,7 +100,7 @@ def test_gc_racing_ingests_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
     make_bucket(s3_endpoint, "race")
     root = tmp_path / "reg" / ".tether"
     tether.init(root, actor="gc@test", store_url="s3://race/registry").close()
-    collections, _ = _race(root, count=5)
+    collections, _ = _race(root, count=5, pause=0.6)
     assert collections >= 2
     _everything_verifies(root, 5)
 

@@ -147,6 +147,7 @@ def test_a_server_that_always_fails_gives_a_clear_error(
 ) -> None:
     proxy = FlakyProxy(s3_endpoint, fail_every=1)
     monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "2")  # not the default 30 s of retrying
     try:
         store = open_store(bucket, cache_dir=tmp_path / "cache", max_attempts=2)
         (tmp_path / "src").mkdir()

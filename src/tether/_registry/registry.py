@@ -118,7 +118,9 @@ def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -
 _UNSIGNED_EVENTS = (
     "the audit log holds events after event {since} that no signature of this registry's "
     "audit key covers (written by something without the key, or rewritten and "
-    "recomputed): the head is not signed over them")
+    "recomputed; or the database was re-created or restored): the head is not signed over "
+    "them. `tether audit verify` says which; an admin accepts a log restored or re-created on "
+    "purpose with `tether audit accept --reason ...`")
 
 
 class Registry:
