@@ -282,3 +282,36 @@ def test_names_that_reach_ci_logs_are_shown_as_text(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not a model name"):
         read_lock(lock)
     assert _escape_value("\ud800").encode("utf-8") == b"\\\\ud800"
+
+
+def test_a_warning_is_one_line_of_text_naming_its_remedy(tmp_path: Path) -> None:
+    """A registry re-created at the same URL with the same audit key warns (its key's
+    mark says it signed more than this log holds). The warning was Python's report,
+    ``.../contextlib.py:144: UnsignedAuditEvents: ...`` and a source line; now it is one
+    line that says what to do."""
+    db = tmp_path / "meta.db"
+    command = [tether_exe(), "server-init", "--db", f"sqlite:///{db}", "--store",
+               f"file://{tmp_path / 'objects'}", "--admin", "root@team", "--json"]
+    first = subprocess.run(command, capture_output=True, text=True, env=subprocess_env())
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    db.unlink()
+    again = subprocess.run(command, capture_output=True, text=True, env=subprocess_env())
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith("warning: the audit log holds events"), again.stderr
+    assert "tether audit accept" in again.stderr
+    assert ".py:" not in again.stderr and len(again.stderr.splitlines()) == 1
+
+    # The remedy works on the server's host, against its database (there was no way to
+    # name a server's database: `--registry sqlite:///...` was taken for a folder).
+    def tether(*args: str, user: str = "root@team") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tether_exe(), "--registry", f"sqlite:///{db}", *args],
+                              capture_output=True, text=True,
+                              env=subprocess_env(TETHER_USER=user))
+
+    assert tether("audit", "verify").returncode == 1
+    refused = tether("audit", "accept", "--reason", "x", user="mallory@team")
+    assert refused.returncode == 1 and "admin" in refused.stderr, refused.stderr
+    accepted = tether("audit", "accept", "--reason", "re-created the dev registry")
+    assert accepted.returncode == 0 and "accepted, recorded" in accepted.stdout, accepted.stderr
+    verified = tether("audit", "verify")
+    assert verified.returncode == 0 and "audit log OK" in verified.stdout, verified.stdout

@@ -114,6 +114,10 @@ def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -
                and content["actor"] == "tether db upgrade" for content, _, _ in appended)
 
 
+#: URLs `Registry.open` takes as a server's database rather than a registry folder.
+_DATABASE_SCHEMES = ("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")
+
+
 #: What a write or a checkpoint says of events no signature of the audit key covers.
 _UNSIGNED_EVENTS = (
     "the audit log holds events after event {since} that no signature of this registry's "
@@ -140,7 +144,15 @@ class Registry:
 
     @classmethod
     def open(cls, uri: str | Path | None = None, *, actor: str | None = None) -> Registry:
-        """Open the registry at ``uri``, ``TETHER_URI`` or the nearest ``.tether``."""
+        """Open the registry at ``uri``, ``TETHER_URI`` or the nearest ``.tether``.
+
+        A database URL (``postgresql://...``, ``sqlite:///...``) opens the registry a
+        server serves, on its host: what its operator runs there (`tether audit accept`,
+        which needs the audit key beside the database, not a client)."""
+        target = uri if uri is not None else os.environ.get("TETHER_URI")
+        if target is not None and str(target).startswith(_DATABASE_SCHEMES):
+            served = cls.open_server(str(target))
+            return served if actor is None else served.as_actor(actor)
         registry = cls(find_location(uri), actor=actor)
         check_schema(registry.engine, where=registry.describe())
         return registry

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from importlib import import_module
+from typing import Any
 
 import click
 
@@ -248,7 +249,8 @@ def _print_version(ctx: click.Context) -> None:
     "registry_uri",
     metavar="PATH",
     envvar="TETHER_URI",
-    help="Registry folder (default: $TETHER_URI, else the nearest .tether above the cwd).",
+    help="Registry folder, server URL (http(s)://...) or, on a server's host, its database "
+    "URL (default: $TETHER_URI, else the nearest .tether above the cwd).",
 )
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, _param, value: _print_version(ctx) if value else None,
@@ -269,8 +271,31 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
 
 
 def main() -> None:
-    with _no_workflow_commands():
+    with _no_workflow_commands(), _warnings_as_text():
         cli(prog_name="tether")
+
+
+@contextlib.contextmanager
+def _warnings_as_text() -> Iterator[None]:
+    """Tether's own warnings read as one line for the person at the terminal
+    (``warning: ...``), not as Python's report of a file and line inside the library
+    (``contextlib.py:144: UnsignedAuditEvents: ...`` and the source line after it)."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if category.__module__.partition(".")[0] != "tether":
+            shown(message, category, filename, lineno, file, line)
+            return
+        (file or sys.stderr).write(f"warning: {message}\n")
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 @contextlib.contextmanager
