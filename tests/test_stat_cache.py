@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ def _folder(root: Path, count: int = 50) -> Path:
     for i in range(count):
         (root / f"f{i:03}.txt").write_bytes(os.urandom(2048))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files changed in the last SETTLE_NS are not remembered (two seconds; see
+    test_a_file_changed_just_now_is_read_again_next_time): here, at once."""
+    from tether._registry import stat_cache
+
+    monkeypatch.setattr(stat_cache, "SETTLE_NS", 0, raising=False)
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
@@ -146,3 +156,27 @@ def test_chunks_a_gc_removed_before_the_add_pinned_them_fail_the_add(
     monkeypatch.setattr(datasets, "table_facts", real)
     added = registry.add_dataset(folder, "d")  # read again: its chunks stored anew
     assert registry.store.verify(added.files, label=added.ref) == []
+
+
+def test_a_file_changed_just_now_is_read_again_next_time(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a file system's clock ticks coarsely (FAT: 2 s, HFS+: 1 s), a file rewritten
+    at the same size in the tick it was read in keeps its whole stat, and a remembered
+    entry would stand for bytes it no longer holds. A file changed less than SETTLE_NS
+    before it was read is not remembered; once settled it is."""
+    from tether._registry import cache_seal, stat_cache
+
+    assert cache_seal.SETTLE_NS >= 2_000_000_000  # the real window: FAT's 2 s mtimes
+    monkeypatch.setattr(stat_cache, "SETTLE_NS", 500_000_000, raising=False)  # to wait less
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "fresh.txt").write_bytes(os.urandom(2048))
+    registry.add_dataset(folder, "corpus")
+    reads = _count_reads(monkeypatch)
+    registry.add_dataset(folder, "corpus")
+    assert reads == [["fresh.txt"]]  # not taken from the cache: too new to trust
+    time.sleep(0.6)
+    registry.add_dataset(folder, "corpus")  # read again, and remembered now
+    registry.add_dataset(folder, "corpus")
+    assert reads == [["fresh.txt"], ["fresh.txt"], []]

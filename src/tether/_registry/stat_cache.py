@@ -8,7 +8,11 @@ anything else is read, cut and hashed again. The cached chunks must still be
 in the store, or the file is read again; and the commit is pinned over them.
 
 A file is remembered only if its stat before it was read is still its stat after
-(a file rewritten meanwhile is read again next time). The cache is used only
+(a file rewritten meanwhile is read again next time), and only once its change
+time is SETTLE_NS old (as the cache seal does): on a file system whose clock ticks
+coarsely (FAT 2 s, HFS+ and some network file systems 1 s) a rewrite in the tick
+it was read in keeps size, mtime and ctime, and would be taken as unchanged (git's
+"racily clean" files). The cache is used only
 where it is this user's alone: a cache file of their own in a folder no one else
 may write (another user who could write the cache mapped a victim's file to other
 stored bytes, and the victim's next add registered them: a review).
@@ -21,13 +25,18 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from .._digest import blake3_hex
 from .._envflags import env_off
 from .._store.base import FileEntry
+from . import cache_seal
 from .cache_seal import private
+
+#: A file changed this recently (ns) is read again next time rather than remembered.
+SETTLE_NS = cache_seal.SETTLE_NS
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
@@ -41,6 +50,13 @@ def stat_key(path: Path) -> str | None:
     except OSError:
         return None
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _settled(key: str) -> bool:
+    """Whether the file's change time (in ``key``) is SETTLE_NS or more in the past (a
+    change time, unlike an mtime, cannot be set back but by root)."""
+    ctime_ns = int(key.split(":")[2])
+    return ctime_ns + SETTLE_NS <= time.time_ns()
 
 
 class StatCache:
@@ -82,7 +98,7 @@ class StatCache:
     def remember(self, path: Path, entry: FileEntry, tables: Any, *, seen: str | None) -> None:
         """Remember ``path`` as ``entry`` if its stat is still ``seen`` (read before it was)."""
         key = stat_key(path)
-        if key is None or key != seen:
+        if key is None or key != seen or not _settled(key):
             return
         self._db.execute(
             "INSERT OR REPLACE INTO files (path, stat, entry, tables) VALUES (?, ?, ?, ?)",
