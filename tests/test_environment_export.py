@@ -79,3 +79,18 @@ def test_a_files_only_version_says_nothing_is_pinned(registry: Any, tmp_path: Pa
     text = registry.env_export(version.ref)
     assert "what  need" not in text and "nothing is pinned" in text
     assert [line for line in text.splitlines() if line and not line.startswith("#")] == []
+
+
+def test_editable_and_local_installs_are_known_whoever_installed_them() -> None:
+    """uv writes direct_url.json without spaces (``"editable":true``): searched for pip's
+    spelling, an editable install made by uv passed for one from an index (an image
+    build then asked an index for a tether it could not have)."""
+    from tether._environment.capture import _installed_how
+
+    assert _installed_how('{"dir_info": {"editable": true}, "url": "file:///src"}') == "editable"
+    assert _installed_how('{"url":"file:///tmp/check","dir_info":{"editable":true}}') == "editable"
+    assert _installed_how('{"url":"file:///w/x.whl","archive_info":{}}') == "local"
+    assert _installed_how('{"url":"https://h/x.whl","archive_info":{}}') is None
+    assert _installed_how('{"url":"file:///s","dir_info":{"editable":"yes"}}') == "local"
+    for junk in ("", "not json", "[1]", '{"dir_info": 3}'):
+        assert _installed_how(junk) is None

@@ -301,7 +301,8 @@ class RegistryAPI(Protocol):
     # -- audit ------------------------------------------------------------------------
 
     def audit_log(
-        self, *, model: str | None = None, action: str | None = None, limit: int | None = None
+        self, *, model: str | None = None, action: str | None = None, limit: int | None = None,
+        before: int | None = None,
     ) -> list[Event]: ...
 
     def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]: ...

@@ -57,7 +57,7 @@ from ._errors import (
 from ._exchange_deadline import Deadline, guard_client, was_late
 from ._http_fast import FastHTTP
 from ._identity import require_intact
-from ._metadata.audit_log import check_signed_heads
+from ._metadata.audit_log import AUDIT_PAGE, check_signed_heads
 from ._metadata.clock import now_iso
 from ._packed_manifest import (
     MEDIA_TYPE,
@@ -940,10 +940,26 @@ class RemoteRegistry:
     # -- audit ----------------------------------------------------------------------
 
     def audit_log(
-        self, *, model: str | None = None, action: str | None = None, limit: int | None = None
+        self, *, model: str | None = None, action: str | None = None, limit: int | None = None,
+        before: int | None = None,
     ) -> list[Event]:
-        params = {k: v for k, v in (("model", model), ("action", action), ("limit", limit)) if v}
-        return [Event(**e) for e in self._request("GET", "/audit", params=params)]
+        """Page by page (the server answers at most AUDIT_PAGE events at a time)."""
+        found: list[Event] = []
+        while True:
+            page = AUDIT_PAGE if not limit else min(AUDIT_PAGE, limit - len(found))
+            params: dict[str, Any] = {k: v for k, v in (("model", model), ("action", action))
+                                      if v}
+            params["limit"] = page
+            if before is not None:
+                params["before"] = before
+            got = [Event(**e) for e in self._request("GET", "/audit", params=params)]
+            if any(before is not None and e.id >= before for e in got):
+                raise IntegrityError("the server answered a page of the audit log with events "
+                                     "not older than the page before: stopped paging")
+            found += got
+            if len(got) < page or (limit and len(found) >= limit):
+                return found
+            before = got[-1].id
 
     def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]:
         """The server's verdict; with ``checkpoint``, checked here, trusting no server.

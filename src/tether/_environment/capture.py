@@ -85,12 +85,27 @@ def _scan() -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:
             if match:
                 needed.add(canonical_name(match[1]))
         requires[name] = sorted(needed)
-        direct = dist.read_text("direct_url.json") or ""
-        if '"editable": true' in direct:
-            local[name] = "editable"
-        elif '"url": "file:' in direct:
-            local[name] = "local"
+        how = _installed_how(dist.read_text("direct_url.json") or "")
+        if how:
+            local[name] = how
     return dict(sorted(packages.items())), dict(sorted(requires.items())), local
+
+
+def _installed_how(direct_url: str) -> str | None:
+    """"editable" or "local" from a distribution's ``direct_url.json`` (PEP 610), else
+    None. Parsed, not searched: pip writes ``"editable": true``, uv ``"editable":true``
+    (uv's editable installs were taken for installs from an index)."""
+    try:
+        data = json.loads(direct_url) if direct_url.strip() else {}
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    info = data.get("dir_info")
+    if isinstance(info, dict) and info.get("editable") is True:
+        return "editable"
+    url = data.get("url")
+    return "local" if isinstance(url, str) and url.startswith("file:") else None
 
 
 def _accelerators() -> list[dict[str, Any]]:

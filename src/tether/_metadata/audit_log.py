@@ -106,6 +106,10 @@ def _row_content(row: sa.Row[Any]) -> dict[str, Any]:
     )
 
 
+#: Most events a server answers at once; clients ask for the next page (``before``).
+AUDIT_PAGE = 10_000
+
+
 def list_events(
     conn: sa.Connection,
     *,
@@ -113,9 +117,13 @@ def list_events(
     models: Collection[str] | None = None,
     action: str | None = None,
     limit: int | None = None,
+    before: int | None = None,
 ) -> list[Event]:
-    """Events newest first, optionally for one model (or among ``models``) or action prefix."""
+    """Events newest first, optionally for one model (or among ``models``) or action
+    prefix, and only those older than event ``before`` (a page after a page)."""
     query = sa.select(events).order_by(events.c.id.desc())
+    if before is not None:
+        query = query.where(events.c.id < before)
     if model:
         query = query.where(events.c.model == model)
     if models is not None:

@@ -960,15 +960,18 @@ class Registry:
     # -- audit ------------------------------------------------------------------
 
     def audit_log(
-        self, *, model: str | None = None, action: str | None = None, limit: int | None = None
+        self, *, model: str | None = None, action: str | None = None, limit: int | None = None,
+        before: int | None = None,
     ) -> list[Event]:
+        """Events newest first (``before``: only those with a smaller id, to page)."""
         if model:
             self.require("reader", model, action="reading the audit log")
             only = None
         else:  # a caller who reads only some models sees their events
             only = access.readable(self, "reader", action="reading the audit log")
         with self.read() as conn:
-            return list_events(conn, model=model, models=only, action=action, limit=limit)
+            return list_events(conn, model=model, models=only, action=action, limit=limit,
+                               before=before)
 
     def verify_audit(self, *, checkpoint: str | None = None) -> tuple[int, list[str]]:
         """(events checked, problems): the chain, its signed heads, and ``checkpoint``.

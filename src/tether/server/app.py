@@ -34,6 +34,7 @@ from .._errors import (
     Unavailable,
     UnknownField,
 )
+from .._metadata.audit_log import AUDIT_PAGE
 from .._packed_manifest import MEDIA_TYPE
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
@@ -378,11 +379,17 @@ class Api:
         return [m.to_dict() for m in await run_in_threadpool(reg.alias_history, name, alias)]
 
     async def audit(self, request: Request) -> Any:
+        """Events newest first, at most AUDIT_PAGE at a time (a reader of one model asked
+        for all of its events, however many, in one answer: a review); ``before=ID``
+        gives the next page."""
         reg, _who = self.as_caller(request)
         q = request.query_params
-        limit = (parse_limit(q["limit"]) or None) if "limit" in q else None  # 0: all
+        asked = parse_limit(q["limit"]) if "limit" in q else 0  # 0: all there are
+        limit = min(asked or AUDIT_PAGE, AUDIT_PAGE)
+        before = parse_limit(q["before"], "before") if "before" in q else None
         events = await run_in_threadpool(
-            lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit)
+            lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit,
+                                  before=before)
         )
         return [e.to_dict() for e in events]
 

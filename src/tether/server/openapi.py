@@ -246,11 +246,13 @@ def openapi_document() -> dict[str, Any]:
             },
             "/audit": {
                 "get": _op(
-                    "Audit events, newest first",
+                    "Audit events, newest first, at most 10,000 in an answer: ask for the "
+                    "next page with before=<the last event's id>",
                     extra={"parameters": [
                         _query("model", "Only this model's events"),
                         _query("action", "Only events of this action"),
-                        _query("limit", "At most this many events (0: all)"),
+                        _query("limit", "At most this many events (0: a whole page)"),
+                        _query("before", "Only events with a smaller id (the next page)"),
                     ]},
                 )
             },

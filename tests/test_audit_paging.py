@@ -1,0 +1,69 @@
+"""The server answers the audit log a page at a time; clients page through it.
+
+A reader of one model asked ``/api/v1/audit?model=NAME`` and the server read, built
+and sent every event of that model in one answer, however many (a review: the
+listing had no bound). Now at most AUDIT_PAGE events go in an answer; the client
+asks for the next page with ``before`` and still gets every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import tether
+from tether import Registry
+
+from .servers import app_in_thread
+
+
+@pytest.fixture
+def served(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    from tether import remote
+    from tether.server import app
+
+    monkeypatch.setattr(app, "AUDIT_PAGE", 4, raising=False)
+    monkeypatch.setattr(remote, "AUDIT_PAGE", 4, raising=False)
+    for i in range(9):  # 9 models created: 9 events of their own, plus the registry's
+        registry.create_model(f"m{i}", tags={"i": str(i)})
+        registry.update_model("m0", description=f"edit {i}")
+    token = registry.create_token("ops@example.com", role="admin")["token"]
+    with app_in_thread(app.create_app(registry)) as url:
+        yield url, token
+
+
+def _get(url: str, token: str, **params: Any) -> httpx.Response:
+    return httpx.get(f"{url}/api/v1/audit", params=params,
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_an_answer_holds_one_page_and_the_client_gets_every_event(
+    registry: Registry, served: tuple[str, str]
+) -> None:
+    url, token = served
+    everything = registry.audit_log()
+    assert len(everything) > 12
+    assert len(_get(url, token).json()) == 4  # asked for all: one page
+    assert len(_get(url, token, limit=100).json()) == 4
+    assert len(_get(url, token, model="m0").json()) == 4  # 10 events of m0
+    page = _get(url, token, before=everything[3].id).json()
+    assert [e["id"] for e in page] == [e.id for e in everything[4:8]]
+
+    client = tether.connect(url, token=token)
+    try:
+        assert [e.id for e in client.audit_log()] == [e.id for e in everything]
+        assert [e.id for e in client.audit_log(limit=6)] == [e.id for e in everything[:6]]
+        mine = [e.id for e in registry.audit_log(model="m0")]
+        assert len(mine) == 10 and [e.id for e in client.audit_log(model="m0")] == mine
+    finally:
+        client.close()
+
+
+def test_a_bad_cursor_is_a_400(served: tuple[str, str]) -> None:
+    url, token = served
+    for bad in ("abc", "-1", "1e3"):
+        answer = _get(url, token, before=bad)
+        assert answer.status_code == 400 and "before" in answer.json()["message"], answer.text
