@@ -317,3 +317,22 @@ def on_a_terminal(argv: list[str], env: dict[str, str] | None = None) -> tuple[i
         if side >= 0:
             os.close(side)
     return done.returncode, seen.decode(errors="replace")
+
+
+#: Test files by the time they took (seconds, both workers summed, 2026-11-28), most
+#: first. xdist's --dist loadfile hands out files in collection order: alphabetical, a
+#: heavy file (test_ui, test_store_*) handed out last ran alone at the end, on one core,
+#: for minutes. Heaviest first, the last ones handed out are short.
+_HEAVIEST_FIRST = (
+    "test_ui", "test_replicas", "test_server", "test_store_transfers", "test_faults",
+    "test_store_memory", "test_store_s3", "test_server_hostile", "test_build", "test_contract",
+    "test_mlflow_compat", "test_cli", "test_store_scale", "test_concurrency",
+    "test_chunk_records", "test_serving_http", "test_serving_security", "test_trust",
+    "test_import_mlflow", "test_ui_browser", "test_serving_hostile", "test_index_cache",
+    "test_store_integrity", "test_gc_race",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable within a file
