@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,21 +161,35 @@ def make_bucket(endpoint: str, name: str) -> None:
     ).create_bucket(Bucket=name)
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database (127.0.0.1:5432, trust auth), dropped afterwards."""
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@contextlib.contextmanager
+def _scratch_pg_database(prefix: str = "tether", template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (127.0.0.1:5432, trust auth; a copy of ``template`` if
+    given), dropped afterwards; its name."""
     import uuid
 
     psycopg = pytest.importorskip("psycopg")
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"tether_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield name
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _pg_url(name: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    with _scratch_pg_database() as name:
+        yield _pg_url(name)
 
 
 @pytest.fixture(scope="session")
@@ -184,40 +199,20 @@ def _pg_schema_template() -> Iterator[str]:
     every migration again (0.8 s) for each of its 55 PostgreSQL tests. Migrations still
     run from nothing on PostgreSQL wherever a test takes ``pg_database`` or starts a
     server on a new database (test_server, test_server_hostile, test_faults)."""
-    import uuid
-
-    psycopg = pytest.importorskip("psycopg")
     from tether._metadata.engine import create_engine, upgrade
 
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"tether_tmpl_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    engine = create_engine(f"postgresql://postgres@127.0.0.1:5432/{name}")
-    upgrade(engine)
-    engine.dispose()  # a template may have no one connected while it is copied
-    try:
+    with _scratch_pg_database("tether_tmpl") as name:
+        engine = create_engine(_pg_url(name))
+        upgrade(engine)
+        engine.dispose()  # a template may have no one connected while it is copied
         yield name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
 def _pg_database_with_schema(_pg_schema_template: str) -> Iterator[str]:
     """A fresh PostgreSQL database with Tether's schema and nothing else, dropped after."""
-    import uuid
-
-    psycopg = pytest.importorskip("psycopg")
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"tether_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {_pg_schema_template}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with _scratch_pg_database(template=_pg_schema_template) as name:
+        yield _pg_url(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
