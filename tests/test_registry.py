@@ -602,3 +602,14 @@ def test_a_reference_that_is_not_text_is_an_invalid_reference(registry: Registry
             registry.load(bad)  # type: ignore[arg-type]
         with pytest.raises(tether.InvalidReference):
             registry.get(bad)  # type: ignore[arg-type]
+
+
+def test_a_folder_whose_name_starts_like_a_database_url_is_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tether --registry` takes a database URL (sqlite:///..., postgresql://...) as a
+    server's registry; a relative folder named sqlite-models is still a folder."""
+    monkeypatch.chdir(tmp_path)
+    tether.init("sqlite-models/.tether", actor="tester@example.com").close()
+    with tether.open("sqlite-models/.tether") as registry:
+        assert registry.location.root == (tmp_path / "sqlite-models" / ".tether").resolve()

@@ -22,13 +22,21 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "tether_read_only"
 
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
+def is_database_url(url: str) -> bool:
+    """Whether ``url`` names a database ``create_engine`` opens (not a folder or a server)."""
+    return url.startswith(("sqlite:", *_POSTGRES_SCHEMES))  # "sqlite-models/" is a folder
+
+
 def create_engine(url: str) -> sa.Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
         _configure_sqlite(engine)
         return engine
-    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+    if url.startswith(_POSTGRES_SCHEMES):
         url = url.replace("postgres://", "postgresql://", 1)
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]

@@ -39,7 +39,7 @@ from .._metadata.audit_log import (
     verify_events,
 )
 from .._metadata.clock import now_iso
-from .._metadata.engine import READ_ONLY, check_schema, create_engine, upgrade
+from .._metadata.engine import READ_ONLY, check_schema, create_engine, is_database_url, upgrade
 from .._metadata.schema import audit_head, versions
 from .._records import AliasMove, Event, ModelInfo, ModelVersion, VersionValues
 from .._reference import parse_reference
@@ -114,10 +114,6 @@ def _only_migrations_after(conn: sa.Connection, since: tuple[int, str] | None) -
                and content["actor"] == "tether db upgrade" for content, _, _ in appended)
 
 
-#: URLs `Registry.open` takes as a server's database rather than a registry folder.
-_DATABASE_SCHEMES = ("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")
-
-
 #: What a write or a checkpoint says of events no signature of the audit key covers.
 _UNSIGNED_EVENTS = (
     "the audit log holds events after event {since} that no signature of this registry's "
@@ -150,7 +146,7 @@ class Registry:
         server serves, on its host: what its operator runs there (`tether audit accept`,
         which needs the audit key beside the database, not a client)."""
         target = uri if uri is not None else os.environ.get("TETHER_URI")
-        if target is not None and str(target).startswith(_DATABASE_SCHEMES):
+        if target is not None and is_database_url(str(target)):
             served = cls.open_server(str(target))
             return served if actor is None else served.as_actor(actor)
         registry = cls(find_location(uri), actor=actor)

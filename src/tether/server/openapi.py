@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from .._metadata.audit_log import AUDIT_PAGE
 
 _ERROR = {
     "description": "Error",
@@ -246,8 +247,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/audit": {
                 "get": _op(
-                    "Audit events, newest first, at most 10,000 in an answer: ask for the "
-                    "next page with before=<the last event's id>",
+                    f"Audit events, newest first, at most {AUDIT_PAGE:,} in an answer: ask "
+                    "for the next page with before=<the last event's id>",
                     extra={"parameters": [
                         _query("model", "Only this model's events"),
                         _query("action", "Only events of this action"),
