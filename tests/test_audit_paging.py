@@ -67,3 +67,24 @@ def test_a_bad_cursor_is_a_400(served: tuple[str, str]) -> None:
     for bad in ("abc", "-1", "1e3"):
         answer = _get(url, token, before=bad)
         assert answer.status_code == 400 and "before" in answer.json()["message"], answer.text
+
+
+def test_a_server_that_ignores_the_cursor_is_refused_not_followed_forever(
+    served: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a proxy) that drops ``before`` answers the first page again and
+    again: a client following it would page without end, growing its list."""
+    url, token = served
+    client = tether.connect(url, token=token)
+    real = client._request
+
+    def cursor_dropped(method: str, path: str, **kw: Any) -> Any:
+        kw.get("params", {}).pop("before", None)
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "_request", cursor_dropped)
+    try:
+        with pytest.raises(tether.IntegrityError, match="not older than the page before"):
+            client.audit_log()
+    finally:
+        client.close()
