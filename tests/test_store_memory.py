@@ -131,7 +131,7 @@ def test_logging_loading_and_verifying_a_file_twice_the_bound_stays_under_it(
 # chunks is many chunks (windows, cutting answers, index blocks being combined) and
 # shows here as a slope although it is bounded.
 
-PER_CHUNK_SIZES_MB = (64, 224)
+PER_CHUNK_SIZES_MB = (96, 288)
 PER_CHUNK_AVERAGE = 1024
 #: Goal: 155 (300 MB less a 130 MB baseline over the 1.1 million chunks of 70 GB).
 PER_CHUNK_BYTES = 320
