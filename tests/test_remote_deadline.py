@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,9 +37,11 @@ def _read_request(conn: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def raw_server(attack: Attack, *, seconds: float = 30.0) -> Iterator[str]:
+def raw_server(attack: Attack, *, seconds: float = 30.0,
+               tls: ssl.SSLContext | None = None) -> Iterator[str]:
     """A loopback server answering every connection with ``attack`` (for ``seconds`` at
-    most, so that a held client in a failing test is let go in the end)."""
+    most, so that a held client in a failing test is let go in the end), over ``tls``
+    if given."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -46,6 +49,10 @@ def raw_server(attack: Attack, *, seconds: float = 30.0) -> Iterator[str]:
 
     def serve(conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
+            if tls is not None:
+                conn.settimeout(5)
+                conn = tls.wrap_socket(conn, server_side=True)
+                conn.settimeout(None)
             _read_request(conn)
             attack(conn)
 
@@ -60,7 +67,7 @@ def raw_server(attack: Attack, *, seconds: float = 30.0) -> Iterator[str]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
         thread.join()

@@ -54,9 +54,24 @@ class LateSocket(TimeoutError, Late):
     """An ``http.client`` read or send past its deadline."""
 
 
+def _late_in(error: BaseException | None) -> BaseException | None:
+    """The ``Late`` that ``error`` was raised from (httpx, urllib3 and botocore each
+    wrap it once or twice), if any."""
+    for _ in range(8):
+        if error is None or isinstance(error, Late):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def was_late(error: BaseException) -> bool:
-    """Whether ``error`` (or what httpx raised it from) is an exchange past its deadline."""
-    return isinstance(error, Late) or isinstance(error.__cause__, Late)
+    """Whether ``error`` (or what it was raised from) is an exchange past its deadline."""
+    return _late_in(error) is not None
+
+
+def late_reason(error: BaseException) -> str:
+    """What the deadline said when it ended the exchange ``error`` came from."""
+    return str(_late_in(error) or error)
 
 
 class Deadline:
@@ -64,8 +79,9 @@ class Deadline:
     from a wait for a free connection of the pool), plus its bytes moved at
     ``MIN_RATE``."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, header_bytes: int = HEADER_BYTES) -> None:
         self.timeout = timeout
+        self.header_bytes = header_bytes
         self.started: float | None = None
         self.bytes = 0
         self.received = 0
@@ -79,8 +95,8 @@ class Deadline:
         """``count`` bytes received; ``late`` if too many came before the headers ended."""
         self.bytes += count
         self.received += count
-        if not self.headers_done and self.received > HEADER_BYTES:
-            raise late(f"more than {HEADER_BYTES} bytes came before the answer's headers "
+        if not self.headers_done and self.received > self.header_bytes:
+            raise late(f"more than {self.header_bytes} bytes came before the answer's headers "
                        "ended; stopped reading")
 
     def left(self) -> float:
@@ -114,9 +130,9 @@ class Deadline:
             raise
 
 
-def start(timeout: float) -> Deadline:
+def start(timeout: float, header_bytes: int = HEADER_BYTES) -> Deadline:
     """Start the calling thread's exchange (replacing the one before)."""
-    deadline = _local.deadline = Deadline(timeout)
+    deadline = _local.deadline = Deadline(timeout, header_bytes)
     return deadline
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError
+from .._exchange_deadline import late_reason, was_late
 from .fileio import write_synced
 from .locking import SEP, owner_tag
+from .s3_deadline import guard_client
 
 
 def disk_full(error: OSError, where: Path | str) -> StoreError | None:
@@ -120,6 +122,14 @@ def _is_transient(error: BaseException | None) -> bool:
             return code in _TRANSIENT_CODES or status.startswith("5")
         error = error.__cause__ or error.__context__
     return False
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in words: a call held past its deadline says so (botocore
+    reports it as a read timeout or a closed connection)."""
+    if was_late(error):
+        return f"the endpoint answered too slowly: {late_reason(error)}"
+    return str(error)
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,10 @@ class S3Blobs:
         #: The endpoint (TETHER_S3_ENDPOINT_URL; empty: AWS): the URL does not name it.
         self.endpoint = os.environ.get("TETHER_S3_ENDPOINT_URL") or ""
         self.client: Any = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)
+        # read_timeout bounds each read; a whole call (boto3's tries of it and the body
+        # read after it) keeps to twice that plus its bytes at 64 KB/s (s3_deadline), and
+        # _retrying tries it again only within TETHER_RETRY_SECONDS.
+        guard_client(self.client, 2 * read_timeout)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=max(multipart_threshold, 5 << 20),
                                        max_concurrency=4)
@@ -311,7 +325,7 @@ class S3Blobs:
                       hint="check the endpoint, credentials and bucket") from error
         except BotoCoreError as error:
             cls = TransientStoreError if _is_transient(error) else StoreError
-            raise cls(f"S3 {what} failed: {error}",
+            raise cls(f"S3 {what} failed: {_reason(error)}",
                       hint="check TETHER_S3_ENDPOINT_URL / AWS settings and the network"
                       ) from error
 
@@ -347,7 +361,7 @@ class S3Blobs:
                 if isinstance(error, StoreError | NotFound):
                     raise
                 cls = TransientStoreError if _is_transient(error) else StoreError
-                raise cls(f"S3 upload of {key} failed: {error}",
+                raise cls(f"S3 upload of {key} failed: {_reason(error)}",
                           hint="retry; chunks already stored are skipped") from error
 
         try:
