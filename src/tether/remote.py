@@ -59,6 +59,7 @@ from ._http_fast import FastHTTP
 from ._identity import require_intact
 from ._metadata.audit_log import AUDIT_PAGE, check_signed_heads
 from ._metadata.clock import now_iso
+from ._metadata.repository import NEXT_PAGE
 from ._packed_manifest import (
     MEDIA_TYPE,
     IterReader,
@@ -110,7 +111,7 @@ _ERRORS: dict[str, type[TetherError]] = {
 
 #: Remote methods (``/call/...``) that only read, so a retry cannot do anything twice.
 READ_CALLS = frozenset({"get_policy", "grants", "keys", "signatures", "store_stats", "tokens",
-                        "list_datasets", "dataset_versions", "get_dataset"})
+                        "list_datasets", "get_dataset"})
 #: POSTs that change nothing (a presigned URL is asked for, not an object written).
 _SAFE_POSTS = ("/blobs/presign",)
 #: Failures where the request may never have reached the server, or its answer was lost.
@@ -176,6 +177,19 @@ def read_answer(response: httpx.Response, url: str, timeout: float,
     """An answer's body, within ``Pace`` (``limit`` bytes, default ``MAX_ANSWER``)."""
     return b"".join(Pace(url, timeout, MAX_ANSWER if limit is None else limit)
                     .pieces(response))
+
+
+def json_list(content: bytes, what: str) -> list[Any]:
+    """An answer that must be a JSON list; IntegrityError naming ``what`` if not."""
+    try:
+        found = json.loads(content)
+    except ValueError as error:
+        raise IntegrityError(f"{what} answered something that is not JSON: {error}",
+                             hint="is TETHER_URI a Tether server?") from None
+    if not isinstance(found, list):
+        raise IntegrityError(f"{what} answered a {type(found).__name__} where a list was due",
+                             hint="is TETHER_URI a Tether server?")
+    return found
 
 
 def read_body_into(response: httpx.Response, into: memoryview, url: str,
@@ -404,6 +418,7 @@ class RemoteRegistry:
         retry: bool | None = None,
         into: memoryview | None = None,
         read: Callable[[httpx.Response], Any] | None = None,
+        with_headers: bool = False,
         **kwargs: Any,
     ) -> Any:
         """One API call; those safe to repeat are retried through an outage.
@@ -411,6 +426,7 @@ class RemoteRegistry:
         ``into``: read a successful answer's body into this buffer (a reused one:
         no new pages, no joined copy) and return how many bytes came. ``read``:
         return what it makes of a successful answer, read as it streams in.
+        ``with_headers``: the answer and its headers.
 
         ``retry``: whether this call is safe to repeat (default: ``retry_safe``:
         GET and HEAD, PUT with a body that can be sent again, POST with an
@@ -459,7 +475,8 @@ class RemoteRegistry:
                 wait, reached = backoff(attempt), False
             else:
                 if not (retry and transient_status(response)):
-                    return self._answer(response, content, url, raw)
+                    answer = self._answer(response, content, url, raw)
+                    return (answer, response.headers) if with_headers else answer
                 problem = _describe_status(response)
                 wait, reached = max(backoff(attempt), retry_after(response)), True
             remaining = budget - (time.monotonic() - started)
@@ -568,17 +585,48 @@ class RemoteRegistry:
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in self._request("GET", "/models")]
 
+    def _paged(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every version of a paged listing: the server answers a page at a time, its
+        ``NEXT_PAGE`` header naming where the next starts. A page must come after the
+        one before it, and all of them within ``MAX_ANSWER`` bytes (what one answer
+        could hold before pages)."""
+        found: list[dict[str, Any]] = []
+        after, size = 0, 0
+        while True:
+            asked = {**(params or {}), **({"after": str(after)} if after else {})}
+            content, headers = self._request("GET", path, params=asked, raw=True,
+                                             with_headers=True)
+            size += len(content)
+            if size > MAX_ANSWER:
+                raise IntegrityError(f"the pages of {path} came to more than {MAX_ANSWER} "
+                                     "bytes: stopped paging", hint="is the server misbehaving?")
+            rows = json_list(content, path)
+            seqs = [row.get("seq") if isinstance(row, dict) else None for row in rows]
+            if any(not isinstance(seq, int) or not isinstance(before, int) or seq <= before
+                   for seq, before in zip(seqs, [after, *seqs[:-1]], strict=True)):
+                raise IntegrityError(f"the server answered a page of {path} whose versions do "
+                                     "not follow the page before in order: stopped paging",
+                                     hint="is the server misbehaving?")
+            found += rows
+            following = headers.get(NEXT_PAGE)
+            if following is None:
+                return found
+            if not rows or following != str(seqs[-1]):
+                raise IntegrityError(f"the server's page of {path} names a next page that "
+                                     "does not start after it: stopped paging",
+                                     hint="is the server misbehaving?")
+            after = int(following)
+
     def versions(self, name: str) -> list[ModelVersion]:
-        rows = self._request("GET", f"/models/{quote(name)}/versions")
-        return [self._listed(row) for row in rows]
+        return [self._listed(row) for row in self._paged(f"/models/{quote(name)}/versions")]
 
     def deleted_models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in self._request("GET", "/models",
                                                       params={"deleted": "1"})]
 
     def versions_with_deleted(self, name: str) -> list[ModelVersion]:
-        rows = self._request("GET", f"/models/{quote(name)}/versions", params={"deleted": "1"})
-        return [self._listed(row) for row in rows]
+        return [self._listed(row) for row in self._paged(f"/models/{quote(name)}/versions",
+                                                         {"deleted": "1"})]
 
     def _listed(self, data: dict[str, Any], kind: type[V] = ModelVersion,  # type: ignore[assignment]
                 ) -> V:
@@ -1106,7 +1154,7 @@ class RemoteRegistry:
 
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
         listed = [self._listed(d, datasets.DatasetVersion)
-                  for d in self._request("GET", f"/datasets/{quote(name)}/versions")]
+                  for d in self._paged(f"/datasets/{quote(name)}/versions")]
         # Checked against its digest where every list came; one whose large lists come
         # as lengths is checked when they are asked for (``get_dataset``).
         return [v if any(isinstance(f.chunks, DeferredChunkList) for f in v.files)

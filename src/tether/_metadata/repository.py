@@ -328,6 +328,43 @@ def version_rows(
     return list(conn.execute(query))
 
 
+#: Most versions in one page of a REST listing (a model of 100,000 versions, each
+#: listing thousands of files, was one answer of gigabytes: a review) ...
+VERSION_PAGE = 1000
+#: ... and most bytes of their stored manifests: a page ends before the version that
+#: would cross it (one version always fits; its size has its own limit).
+VERSION_PAGE_BYTES = 64 << 20
+#: The header of a page over HTTP saying that another page follows: the sequence
+#: number to ask ``?after=`` next.
+NEXT_PAGE = "X-Tether-Next-After"
+
+
+def version_page(conn: sa.Connection, table: sa.Table, owner: sa.ColumnElement[bool], *,
+                 after: int = 0, include_deleted: bool = False,
+                 ) -> tuple[list[sa.Row[Any]], int | None]:
+    """One page of the versions of ``table`` that ``owner`` selects (a model's or a
+    dataset's), by sequence number after ``after``, with ``listed_columns``; and the
+    ``after`` of the next page (None: this is the last). Sizes are read first, so a
+    page never loads more than it answers."""
+    live = [] if include_deleted else [table.c.status != "deleted"]
+    sizes = conn.execute(
+        sa.select(table.c.seq, sa.func.length(table.c.manifest))
+        .where(owner, table.c.seq > after, *live).order_by(table.c.seq)
+        .limit(VERSION_PAGE + 1)).all()
+    last, total, count = None, 0, 0
+    for seq, length in sizes:
+        if count == VERSION_PAGE or (count and total + int(length or 0) > VERSION_PAGE_BYTES):
+            break
+        last, total, count = int(seq), total + int(length or 0), count + 1
+    if last is None:
+        return [], None
+    rows = list(conn.execute(
+        sa.select(*listed_columns(table))
+        .where(owner, table.c.seq > after, table.c.seq <= last, *live)
+        .order_by(table.c.seq)))
+    return rows, (last if count < len(sizes) else None)
+
+
 def version_columns(*, records: bool = True, table: sa.Table = versions) -> list[Any]:
     """The columns of ``table`` (``versions``, or ``dataset_versions``); ``records=False``:
     all but ``chunk_records`` (40 MB a million chunks), for choosing among rows

@@ -903,6 +903,20 @@ def dataset_versions_of(registry: Registry, name: str) -> list[DatasetVersion]:
                 for r in _rows(conn, did, listed=True)]
 
 
+def dataset_versions_page(registry: Registry, name: str, *, after: int = 0,
+                          ) -> tuple[list[DatasetVersion], int | None]:
+    """One page of ``dataset_versions_of`` (``repo.version_page``)."""
+    validate_model_name(name)
+    with registry.read() as conn:
+        did = require_dataset(conn, name)
+        by_version = _aliases_by_version(conn, did)
+        rows, next_after = repo.version_page(conn, dataset_versions,
+                                             dataset_versions.c.dataset_id == did, after=after)
+        return [row_to_version(r, name, by_version.get(r.id, []),
+                               records=repo.listed_records(conn, dataset_versions, r))
+                for r in rows], next_after
+
+
 def get_dataset(registry: Registry, ref: str) -> DatasetVersion:
     with registry.read() as conn:
         return resolve(conn, ref)

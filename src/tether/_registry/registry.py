@@ -483,6 +483,22 @@ class Registry:
                 for row in repo.version_rows(conn, mid)
             ]
 
+    def versions_page(self, name: str, *, after: int = 0, deleted: bool = False,
+                      ) -> tuple[list[ModelVersion], int | None]:
+        """One page of ``versions`` (``deleted``: of ``versions_with_deleted``), for a
+        listing over HTTP: the versions after sequence number ``after``, at most
+        ``VERSION_PAGE`` of them and ``VERSION_PAGE_BYTES`` of manifests; and the next
+        page's ``after`` (None: no page follows)."""
+        self.require("reader", name, action="reading versions")
+        with self.read() as conn:
+            mid = require_model(conn, name)
+            by_version = repo.aliases_by_version(conn, mid)
+            rows, next_after = repo.version_page(conn, versions, versions.c.model_id == mid,
+                                                 after=after, include_deleted=deleted)
+            return [repo.row_to_version(row, name, by_version.get(row.id, []),
+                                        records=repo.listed_records(conn, versions, row))
+                    for row in rows], next_after
+
     def version_summaries(self, name: str) -> list[model_search.VersionSummary]:
         """A model's live versions, only the columns a table or a chart needs."""
         self.require("reader", name, action="reading versions")
@@ -1088,6 +1104,12 @@ class Registry:
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
         self.require("reader", name, action="reading dataset versions")
         return datasets.dataset_versions_of(self, name)
+
+    def dataset_versions_page(self, name: str, *, after: int = 0,
+                              ) -> tuple[list[datasets.DatasetVersion], int | None]:
+        """One page of ``dataset_versions``, as ``versions_page``."""
+        self.require("reader", name, action="reading dataset versions")
+        return datasets.dataset_versions_page(self, name, after=after)
 
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         """The dataset version ``ref`` names, with the model versions trained on it."""

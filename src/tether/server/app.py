@@ -35,6 +35,7 @@ from .._errors import (
     UnknownField,
 )
 from .._metadata.audit_log import AUDIT_PAGE
+from .._metadata.repository import NEXT_PAGE
 from .._packed_manifest import MEDIA_TYPE
 from .._records import AliasMove
 from .._reference import parse_reference, validate_alias_name, validate_model_name
@@ -109,7 +110,6 @@ RPC_METHODS: frozenset[str] = frozenset(
         "deployment_status",
         "record_deployment_signature",
         "list_datasets",
-        "dataset_versions",
         "get_dataset",
         "promote_dataset",
     }
@@ -135,6 +135,17 @@ def to_json(value: Any) -> Any:
 log = logging.getLogger("tether.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+def _after(request: Request) -> int:
+    """A listing's ``?after=SEQ`` (0: from the first)."""
+    raw = request.query_params.get("after")
+    return 0 if raw is None else parse_limit(raw, "after", maximum=2**62)
+
+
+def _page(items: list[Any], next_after: int | None) -> Response:
+    headers = {} if next_after is None else {NEXT_PAGE: str(next_after)}
+    return RecordResponse(items, headers=headers)
+
 
 def error_response(error: TetherError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.http_status)
@@ -252,19 +263,26 @@ class Api:
         return [m.to_dict() for m in await run_in_threadpool(listing)]
 
     async def versions(self, request: Request) -> Any:
+        """A model's versions, a page at a time (``?after=SEQ``; ``NEXT_PAGE`` says
+        where the next starts), large chunk lists as their lengths: each is one
+        version's, asked for by itself."""
         name = request.path_params["name"]
         reg, _who = self.as_caller(request)
-        listing = reg.versions_with_deleted if _flag(request, "deleted") else reg.versions
-        found = await run_in_threadpool(listing, name)
-        # Large chunk lists as their lengths: each is one version's, asked for by itself.
-        return [v.to_dict(with_environment=False, brief_lists=True) for v in found]
+        after = _after(request)
+        found, next_after = await run_in_threadpool(
+            lambda: reg.versions_page(name, after=after, deleted=_flag(request, "deleted")))
+        return _page([v.to_dict(with_environment=False, brief_lists=True) for v in found],
+                     next_after)
 
     async def dataset_versions(self, request: Request) -> Any:
-        """A dataset's versions, large chunk lists as their lengths (as a model's)."""
+        """A dataset's versions, paged and with large chunk lists as their lengths (as a
+        model's)."""
         name = request.path_params["name"]
         reg, _who = self.as_caller(request)
-        found = await run_in_threadpool(reg.dataset_versions, name)
-        return [to_json(v.to_dict(brief_lists=True)) for v in found]
+        after = _after(request)
+        found, next_after = await run_in_threadpool(
+            lambda: reg.dataset_versions_page(name, after=after))
+        return _page([to_json(v.to_dict(brief_lists=True)) for v in found], next_after)
 
     async def version(self, request: Request) -> Any:
         return await self._one_version(request, lambda reg: reg.get)

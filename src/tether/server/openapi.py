@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import __version__
 from .._metadata.audit_log import AUDIT_PAGE
+from .._metadata.repository import NEXT_PAGE, VERSION_PAGE, VERSION_PAGE_BYTES
 
 _ERROR = {
     "description": "Error",
@@ -20,6 +21,12 @@ _UNAVAILABLE = {
 }
 
 
+_AFTER = {"name": "after", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 0},
+          "description": f"Versions after this sequence number (the value of {NEXT_PAGE})"}
+_PAGED = (f"; a page at a time: at most {VERSION_PAGE:,} versions and "
+          f"{VERSION_PAGE_BYTES >> 20} MiB of their manifests, the header {NEXT_PAGE} "
+          "naming the after= of the next page while one follows")
 _DELETED = {"name": "deleted", "in": "query", "required": False,
             "schema": {"type": "string", "enum": ["1", "0"]},
             "description": "1: the deleted ones (their records stay)"}
@@ -182,10 +189,10 @@ def openapi_document() -> dict[str, Any]:
                                    extra={"parameters": [_DELETED]})},
             "/models/{name}/versions": {
                 "get": _op("List a model's versions (large chunk lists as chunk_count; "
-                           "?deleted=1: deleted ones too)", params=model,
+                           "?deleted=1: deleted ones too)" + _PAGED, params=model,
                            extra={"parameters": [
                                {"name": "name", "in": "path", "required": True,
-                                "schema": {"type": "string"}}, _DELETED]}),
+                                "schema": {"type": "string"}}, _DELETED, _AFTER]}),
                 "post": _op(
                     "Register a version whose chunks are uploaded",
                     params=model,
@@ -217,8 +224,10 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/datasets/{name}/versions": {
-                "get": _op("List a dataset's versions (large chunk lists as chunk_count)",
-                           params=model),
+                "get": _op("List a dataset's versions (large chunk lists as chunk_count)"
+                           + _PAGED, extra={"parameters": [
+                               {"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}, _AFTER]}),
                 "post": _op(
                     "Register a dataset version whose chunks are uploaded (the server "
                     "checks every field and recomputes every digest)",
