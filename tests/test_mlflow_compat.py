@@ -291,6 +291,11 @@ def test_filter_parser_refuses_clearly_and_checks_per_search() -> None:
     with pytest.raises(MlflowError, match="expected an integer"):
         check(parse_filter("version_number = 1.99999999999999999999"), VERSIONS)
     assert check(parse_filter("version_number = 2.000"), VERSIONS) == [("version_number", "=", 2)]
+    # An IN list is a set: a 16 KB filter holds thousands of values, and a list was
+    # walked once for every version searched (not counted by the search's budget).
+    many = ",".join(f"'{i}'" for i in range(2000))
+    [(_key, _op, values)] = check(parse_filter(f"run_id IN ({many})"), VERSIONS)
+    assert isinstance(values, frozenset) and len(values) == 2000 and "1999" in values
 
 
 def test_a_name_repeated_in_a_filter_lists_each_version_once(clients: dict[str, Any]) -> None:
