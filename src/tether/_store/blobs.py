@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError
-from .._exchange_deadline import late_reason, was_late
 from .fileio import write_synced
 from .locking import SEP, owner_tag
-from .s3_deadline import guard_client
 
 
 def disk_full(error: OSError, where: Path | str) -> StoreError | None:
@@ -127,6 +125,8 @@ def _is_transient(error: BaseException | None) -> bool:
 def _reason(error: BaseException) -> str:
     """What went wrong, in words: a call held past its deadline says so (botocore
     reports it as a read timeout or a closed connection)."""
+    from .._exchange_deadline import late_reason, was_late  # with S3 only: it loads httpx
+
     if was_late(error):
         return f"the endpoint answered too slowly: {late_reason(error)}"
     return str(error)
@@ -275,6 +275,8 @@ class S3Blobs:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
+
+        from .s3_deadline import guard_client
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
