@@ -108,3 +108,6 @@ def test_reading_versions_imports_no_numpy_or_framework(tmp_path: Path) -> None:
     loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
     assert "sqlalchemy" in loaded  # it did read the registry
     assert not loaded & {"numpy", "pandas", "sklearn", "onnxruntime", "xgboost"}, loaded
+    # Nor an HTTP or S3 client: a local registry talks to neither (the S3 deadline
+    # guard, imported with the store's blobs, once loaded httpx: 130 ms on every open).
+    assert not loaded & {"httpx", "httpcore", "boto3", "botocore"}, loaded
