@@ -496,3 +496,23 @@ def test_migration_0014_fills_the_principal_of_kept_replicas(any_registry: Regis
         owner = conn.execute(sa.select(deployment_replicas.c.principal)).scalar()
     assert owner == registry.actor
     assert registry.replica_heartbeat("svc", "r1", host="h", pid=1)["revision"] == 1
+
+
+def test_a_replica_id_that_looks_like_another_is_refused(registry: Registry,
+                                                         tmp_path: Any) -> None:
+    """Any text of 1 to 128 characters was an id: "wеb-1" (a Cyrillic е) reported beside
+    "web-1" read as the same replica in `tether deploy status`, and a newline in one drew
+    a line of its own. Ids are ASCII now; a host is printable."""
+    (tmp_path / "w.bin").write_bytes(b"w")
+    version = registry.log_model(tmp_path / "w.bin", "m", progress=False)
+    registry.apply_deployment("svc", {"endpoints": {"m": {"routes": [
+        {"name": "main", "target": version.ref, "weight": 100}]}}})
+    registry.replica_heartbeat("svc", "web-1", host="node-a.example", pid=1)
+    registry.replica_heartbeat("svc", "node-a_7:8@pod+2", host="h", pid=1)
+    for look_alike in ["w\u0435b-1", "web-1\n  web-2 live", "", "-web", "x" * 129, "web 1"]:
+        with pytest.raises(InvalidInput, match="replica id"):
+            registry.replica_heartbeat("svc", look_alike, host="h", pid=2)
+    with pytest.raises(InvalidInput, match="host"):
+        registry.replica_heartbeat("svc", "web-2", host="h\x1b[2Kweb-1", pid=2)
+    assert sorted(r["replica"] for r in registry.deployment_status("svc")["replicas"]) == [
+        "node-a_7:8@pod+2", "web-1"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from .._errors import (
     TetherError,
     UnknownName,
 )
+from .._humanize import short_repr
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -952,6 +954,11 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     return sqlite_insert(table)
 
 
+#: A replica's id: ASCII, so that two ids that read alike are alike (the serving
+#: follower's own are ``host-pid-random``).
+_REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+
+
 def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: int,
               url: str = "", started_at: str = "", info: Mapping[str, Any] | None = None,
               stats: Mapping[str, Any] | None = None, lead: bool = True,
@@ -961,8 +968,14 @@ def heartbeat(registry: Registry, name: str, replica: str, *, host: str, pid: in
     Returns ``leader`` (whether this replica holds the lease now) and the
     deployment's ``revision``.
     """
-    if not replica or len(replica) > 128:
-        raise InvalidInput("a replica id is 1 to 128 characters")
+    if not isinstance(replica, str) or not _REPLICA_ID.fullmatch(replica):
+        raise InvalidInput(
+            f"replica id {short_repr(replica)} is not 1 to 128 ASCII letters, digits and "
+            ". _ : @ + - starting with a letter or digit",
+            hint="ids are shown side by side in `tether deploy status`: one that looks like "
+            "another (a Cyrillic letter, a control character) would pass for it")
+    if not isinstance(host, str) or not host.isprintable():
+        raise InvalidInput(f"host {short_repr(host)} is not printable text")
     ttl, lease_ttl = min(max(ttl, 1.0), 300.0), min(max(lease_ttl, 1.0), 60.0)
     problem = _stats_problem(stats or {})
     actor = registry.actor
