@@ -340,7 +340,51 @@ def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
     pushed = {d["path"]: d for d in _run(repo, "data", "push")}
     assert pushed["conf"]["status"] == "failed"
     assert "into .git or .tether" in pushed["conf"]["error"]
-    assert pushed["rel.csv"]["status"] == "pushed"
+    assert "never tracked, pulled or checked out" in pushed["rel.csv"]["error"]
+    adopted = {d["path"]: d for d in _run(repo, "data", "push", "--adopt", "rel.csv", "conf")}
+    assert adopted["rel.csv"]["status"] == "pushed"  # a link among the data: pushed
+    assert "into .git or .tether" in adopted["conf"]["error"]  # adopted or not
+
+
+def test_a_pointer_beside_a_file_of_yours_is_not_pushed_unless_adopted(repo: Path) -> None:
+    """The harm (a review): a repository committed ``.env.tether`` naming a dataset its
+    author reads; a colleague's ``.env`` (git-ignored, as every tracked path is) went up
+    as its next version at their ``tether data push``. Push now adds only what this
+    clone tracked, pulled, checked out or pushed; the rest only when adopted by name."""
+    version = _a_dataset(repo, "dotenv")
+    (repo / ".env.tether").write_text(pointer_text(version, "file"))
+    (repo / ".gitignore").write_text("/.env\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a pointer for your .env")
+    (repo / ".env").write_text("AWS_SECRET_ACCESS_KEY=SECRET123\n")
+    pushed = _run(repo, "data", "push")
+    assert [d["status"] for d in pushed] == ["failed"], pushed
+    assert "--adopt .env" in pushed[0]["error"] and "data pull .env" in pushed[0]["error"]
+    reg = tether.open(repo / ".tether")
+    assert [v.seq for v in reg.dataset_versions("dotenv")] == [1]  # the secret never went up
+    assert (repo / ".env").read_text().startswith("AWS_SECRET")  # and is left alone
+    refused = CliRunner().invoke(cli, ["--registry", str(repo / ".tether"), "data", "push",
+                                       "--adopt"])
+    assert refused.exit_code != 0 and "--adopt takes the paths" in refused.output
+
+    # Pulled here, the path is this clone's own: a change of it is pushed.
+    pulled = _run(repo, "data", "pull")
+    assert [d["status"] for d in pulled] == ["pulled"], pulled
+    (repo / ".env").write_text("EDITED=1\n")
+    assert [d["status"] for d in _run(repo, "data", "push")] == ["pushed"]
+    assert [v.seq for v in reg.dataset_versions("dotenv")] == [1, 2]
+    # The record is the clone's own, in .git (no commit can write there); checked out
+    # in a clone without it, the path is held again.
+    record = repo / ".git" / "tether" / "held-paths"
+    assert record.read_text().splitlines() == ['".env"']
+    record.unlink()
+    (repo / ".env").write_text("EDITED=2\n")
+    assert [d["status"] for d in _run(repo, "data", "push")] == ["failed"]
+    git(repo, "add", ".env.tether")
+    git(repo, "commit", "-q", "-m", "pointer moved")
+    _run(repo, "data", "checkout", ".env")
+    (repo / ".env").write_text("EDITED=3\n")
+    assert [d["status"] for d in _run(repo, "data", "push")] == ["pushed"]
 
 
 def test_tracking_a_link_into_git_is_refused(repo: Path) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._identity import names_reserved
+from .data_held import held, hold
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
@@ -158,10 +159,19 @@ def _known(registry: AnyRegistry, pointer: dict[str, Any]) -> DatasetVersion | N
 
 def push(
     registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None,
-    notes: str = "",
+    notes: str = "", adopt: bool = False,
 ) -> list[Synced]:
-    """Add the tracked paths whose bytes differ from their pointer; rewrite those pointers."""
+    """Add the tracked paths whose bytes differ from their pointer; rewrite those pointers.
+
+    Only paths this clone holds as its own (``data_held``: tracked, pulled, checked
+    out or pushed here) are added; ``adopt`` adds the paths of ``only`` too, and holds
+    them from then on."""
+    if adopt and not only:
+        raise InvalidInput("--adopt takes the paths to adopt",
+                           hint="tether data push --adopt PATH [PATH...]: each one's bytes are "
+                           "yours to add to the dataset its pointer names")
     top = work_tree(start)
+    own = held(top)
     done = []
     for pointer_file in pointers(top, only):
         try:
@@ -176,8 +186,18 @@ def push(
             continue
         current = _known(registry, pointer)
         if current is not None and holds(target, current, kind):
+            hold(top, [rel])  # the bytes the pointer names: nothing of yours to leak
             done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
                                "up-to-date"))
+            continue
+        if rel not in own and not adopt:
+            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
+                               error=f"{rel} was never tracked, pulled or checked out in this "
+                               "clone: its pointer came with the repository, and the bytes "
+                               "beside it are not the version it names (a committed "
+                               ".env.tether would have your .env pushed). Run `tether data "
+                               f"pull {rel}` for that version, or `tether data push --adopt "
+                               f"{rel}` to add your bytes"))
             continue
         try:
             added = registry.add_dataset(target, str(pointer["dataset"]), notes=notes)
@@ -186,6 +206,7 @@ def push(
                                error=error.message))
             continue
         write_pointer(pointer_file, pointer_text(added, kind))
+        hold(top, [rel])
         done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
                            previous=named))
     return done
@@ -207,10 +228,12 @@ def pull(
         try:
             version = pointed_version(registry, pointer)
             if holds(target, version, kind):
+                hold(top, [rel])
                 done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}",
                                    "up-to-date"))
                 continue
             checkout(registry, target)
+            hold(top, [rel])
         except TetherError as error:
             done.append(Synced(rel, str(pointer["dataset"]), str(pointer.get("version") or "?"),
                                str(pointer["digest"]), "failed", error=error.message))

@@ -42,6 +42,7 @@ from .._store.blobs import owner_scratch, user_cache_dir
 from .._store.chunkstore import ChunkStore
 from .._store.handoffs import prompt_handoffs
 from . import reads
+from .data_held import hold_path
 from .datasets import DatasetVersion
 
 if TYPE_CHECKING:
@@ -495,6 +496,7 @@ def track(
     pointer = pointer_path(target)
     write_pointer(pointer, pointer_text(version, "folder" if target.is_dir() else "file"))
     _ignore(target)
+    hold_path(target)  # this clone's own: push may add its changes (data_held)
     return pointer, version
 
 
@@ -640,6 +642,7 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
     version = pointed_version(registry, pointer)
     if pointer.get("kind") != "file" and target.is_dir() and not target.is_symlink():
         _sync_folder(registry, version, target)
+        hold_path(target)
         return version
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
     try:
@@ -655,6 +658,7 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
         os.replace(produced, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    hold_path(target)
     return version
 
 

@@ -361,19 +361,27 @@ def _render_sync(done: list[Any], verb: str) -> None:
 @data_group.command("push")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--notes", default="", help="Free text kept with each new version.")
+@click.option("--adopt", is_flag=True,
+              help="Add PATHS even if this clone never tracked, pulled or checked them out "
+              "(their bytes are yours to add).")
 @json_option
 @click.pass_context
 @handle_errors
-def push(ctx: click.Context, paths: tuple[Path, ...], notes: str, as_json: bool) -> None:
+def push(ctx: click.Context, paths: tuple[Path, ...], notes: str, adopt: bool,
+         as_json: bool) -> None:
     """Add each tracked path whose bytes changed as a new version; rewrite its pointer.
 
     Looks at every *.tether pointer git knows in this work tree (or only those
     of PATHS); a path still holding the bytes its pointer names is left alone.
+    Only paths this clone tracked, pulled, checked out or pushed are added: a
+    pointer that came with the repository beside bytes of yours (a committed
+    .env.tether beside your .env) is refused unless you --adopt PATHS.
     Commit the rewritten pointers afterwards. Exits 1 if any push failed.
     """
     from .._registry.data_sync import push as push_pointers
 
-    done = push_pointers(registry_from(ctx), only=list(paths) or None, notes=notes)
+    done = push_pointers(registry_from(ctx), only=list(paths) or None, notes=notes,
+                         adopt=adopt)
     if as_json:
         emit_json([item.to_dict() for item in done])
         if any(item.status == "failed" for item in done):
