@@ -82,6 +82,15 @@ def test_no_version_may_hold_a_git_or_tether_folder(tmp_path: Path) -> None:
             check_manifest([{**entry, "path": path}], reserved=True)  # new and dataset versions
         check_manifest([{**entry, "path": path}])  # a model version logged before the rule
     check_manifest([{**entry, "path": "data/gitconfig"}], reserved=True)  # a name, no folder
+    # What macOS (HFS+) and Windows (NTFS) open as .git, as git itself refuses them: a code
+    # point HFS+ leaves out, NTFS's trailing dot or space, a stream suffix, the short name.
+    for alias in (".g\u200cit", ".\ufeffgit", ".gi\u206at", ".git.", ".git ", ".git. .",
+                  ".git::$INDEX_ALLOCATION", "GIT~1", ".te\u200dther", "TETHER~1",
+                  ".GI\u0054"):
+        with pytest.raises(InvalidInput, match=r"\.git or \.tether"):
+            check_manifest([{**entry, "path": f"{alias}/config"}], reserved=True)
+    for fine in (".github/workflows/x.yml", ".gitignore", "git~2/x", ".gitkeep", "gît/x"):
+        check_manifest([{**entry, "path": fine}], reserved=True)
     # A model folder cloned with git logs without its .git (it used to be copied in).
     model = tmp_path / "model"
     (model / ".git").mkdir(parents=True)

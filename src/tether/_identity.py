@@ -117,9 +117,27 @@ def path_escapes(path: str) -> bool:
 RESERVED_PARTS = frozenset({".git", ".tether"})
 
 
+#: Code points HFS+ leaves out of names (git's own list, CVE-2014-9390): on a Mac
+#: ".g\u200cit" is the folder ".git".
+_HFS_IGNORED = dict.fromkeys([0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                              *range(0x206A, 0x2070), 0xFEFF])
+#: The NTFS short (8.3) names of the reserved folders.
+_SHORT_NAMES = frozenset({"git~1", "tether~1"})
+
+
+def part_reserved(part: str) -> bool:
+    """Whether one path part is ``.git`` or ``.tether`` on some file system: in any
+    case or Unicode form, with code points HFS+ ignores, with the trailing dots and
+    spaces or the stream suffix NTFS drops (".git.", ".git::$INDEX_ALLOCATION"), or as
+    NTFS's short name ("GIT~1")."""
+    name = unicodedata.normalize("NFC", part.translate(_HFS_IGNORED)).casefold()
+    name = name.split(":", 1)[0].rstrip(". ")
+    return name in RESERVED_PARTS or name in _SHORT_NAMES
+
+
 def names_reserved(path: str) -> bool:
-    """Whether ``path`` has a part that is ``.git`` or ``.tether`` (in any case)."""
-    return any(part.lower() in RESERVED_PARTS for part in path.split("/"))
+    """Whether ``path`` has a part that is ``.git`` or ``.tether`` (``part_reserved``)."""
+    return any(part_reserved(part) for part in path.split("/"))
 
 
 def check_relative_path(path: Any, *, what: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInput
-from .._identity import RESERVED_PARTS
+from .._identity import part_reserved
 from .base import framework_fields
 
 
@@ -75,7 +75,7 @@ def _copy_tree(folder: Path, dest: Path, root: Path, ancestors: tuple[Path, ...]
     """Mirror ``folder`` (a real path inside ``root``) in ``dest``; the number of files."""
     copied = 0
     for entry in sorted(folder.iterdir()):
-        if entry.name.lower() in RESERVED_PARTS:
+        if part_reserved(entry.name):
             continue  # a clone's .git (or a registry) is not the model: no version holds one
         target = entry
         if entry.is_symlink():

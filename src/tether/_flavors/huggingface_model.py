@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInput, TetherError, UnsafeArtifact
-from .._identity import RESERVED_PARTS
+from .._identity import part_reserved
 from ._common import as_array, class_names, require
 from .base import framework_fields
 
@@ -203,7 +203,7 @@ def _copy_folder(source: Path, dest: Path) -> None:
     if not source.is_dir():
         raise InvalidInput(f"{source} is not a folder", hint="pass a save_pretrained folder")
     for path in sorted(source.rglob("*")):
-        if any(part.lower() in RESERVED_PARTS for part in path.relative_to(source).parts):
+        if any(part_reserved(part) for part in path.relative_to(source).parts):
             continue  # a clone's .git (a model cloned from a hub) is not the model
         if path.is_symlink() and not path.resolve().is_relative_to(source.resolve()):
             raise InvalidInput(f"{path} links outside the folder")
