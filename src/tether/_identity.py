@@ -163,19 +163,22 @@ def check_not_reserved(path: str, *, what: str) -> None:
 
 def check_one_file_each(paths: Iterable[str]) -> None:
     """Refuse a path listed twice, or paths that are one file where case is ignored:
-    "MODEL.pkl" and "model.pkl", or a name's NFC and NFD forms, on macOS and Windows. The
+    "MODEL.pkl" and "model.pkl", a name's NFC and NFD forms, or one with a code point
+    HFS+ leaves out ("mo\u200cdel.pkl"), on macOS and Windows. The
     second written replaced the first after its digest was checked, so the bytes loaded
     were not the ones verified (a review). Checked for new versions; one logged before
     still loads where it can."""
     folded: dict[str, str] = {}
     for path in sorted(paths):
-        key = unicodedata.normalize("NFC", path).casefold()
+        # HFS+ also leaves some code points out of names: "mo\u200cdel.pkl" is model.pkl.
+        key = unicodedata.normalize("NFC", path.translate(_HFS_IGNORED)).casefold()
         if folded.get(key) == path:
             raise InvalidInput("the manifest lists a path twice")
         if key in folded:
             raise InvalidInput(
-                f"manifest paths {folded[key]!r} and {path!r} differ only in case or "
-                "Unicode form: one file where case is ignored (macOS, Windows)",
+                f"manifest paths {folded[key]!r} and {path!r} differ only in case, Unicode "
+                "form or code points macOS ignores: one file where case is ignored (macOS, "
+                "Windows)",
                 hint="rename one of them")
         folded[key] = path
 
