@@ -6,6 +6,8 @@ plain boto3 client (same timeouts) past the point where Tether's gave up."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import socket
 import ssl
 import threading
@@ -171,3 +173,131 @@ def test_the_deadline_holds_over_tls(attack: Callable[[socket.socket], None], aw
                                              lambda: blobs.put_bytes("packs/x", b"1" * 4096)]))
     for message in told:
         assert "answered too slowly" in message and "stopped waiting" in message, message
+
+
+# -- found by a review of the above --------------------------------------------------------
+
+
+def _every_other(first: Callable[[socket.socket], None],
+                 then: Callable[[socket.socket], None]) -> Callable[[socket.socket], None]:
+    """An attack answering the first connection with ``first``, every later one ``then``."""
+    calls = itertools.count()
+
+    def attack(conn: socket.socket) -> None:
+        (first if next(calls) == 0 else then)(conn)
+
+    return attack
+
+
+def slow_down(conn: socket.socket) -> None:
+    body = b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"
+    conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def fast_continue_flood(conn: socket.socket) -> None:
+    block = b"HTTP/1.1 100 Continue\r\n\r\n" * 4096
+    for _ in _for(30):
+        conn.sendall(block)
+
+
+def test_a_retry_is_held_to_the_deadline_and_the_cap_again(
+        aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's tries of a call share its deadline; after a parsed 503 the next try's
+    headers counted as done, and a fast run of ``100 Continue`` earned time without end."""
+    with raw_server(_every_other(slow_down, fast_continue_flood)) as url:
+        blobs = _tether_blobs(url, monkeypatch)
+        message = _gives_up(lambda: blobs.get_bytes("pins/x"))
+    assert "answered too slowly" in message or "headers ended" in message, message
+
+
+def _spaced(blocks: int, every: float) -> Callable[[socket.socket], None]:
+    def attack(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (blocks * 1024))
+        for _ in range(blocks):
+            conn.sendall(b"x" * 1024)
+            time.sleep(every)
+    return attack
+
+
+def test_a_stream_keeps_its_calls_deadline_on_any_thread_and_not_the_readers_pauses(
+        aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body read after its call returned was under the reading thread's latest deadline:
+    a server streams it from worker threads, so a dripped body read on a fresh thread
+    ran on unbounded, and a reader pausing (a slow downstream client) had a healthy
+    stream cut (a review)."""
+    with raw_server(body_drip) as url:
+        blobs = _tether_blobs(url, monkeypatch)
+        stream = blobs.iter_range("packs/x.pack", 0, 1000000, block=1)
+        next(stream)  # the call, on this thread
+        with ThreadPoolExecutor(1) as other:  # the rest, on another
+            _gives_up(lambda: other.submit(lambda: b"".join(stream)).result())
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "0")
+    with raw_server(_spaced(6, 0.6)) as url:  # 3.6 s of wall time, against a 2 s deadline
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", url)
+        blobs = S3Blobs("models", "registry", read_timeout=1.0)
+        got = 0
+        for piece in blobs.iter_range("packs/x.pack", 0, 6 * 1024, block=1024):
+            got += len(piece)
+            time.sleep(0.5)  # the reader's own time
+        assert got == 6 * 1024
+
+
+_tokens = itertools.count()
+
+
+def endless_listing(conn: socket.socket) -> None:
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+            b"<Name>models</Name><Prefix>registry/packs/</Prefix><KeyCount>0</KeyCount>"
+            b"<MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+            b"<NextContinuationToken>more%d</NextContinuationToken></ListBucketResult>"
+            % next(_tokens))
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_a_listing_paged_without_end_is_given_up_on(aws: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the objects kept were counted: empty pages marked truncated kept a listing
+    going for ever (16,000 pages in 20 s, and on: a review)."""
+    with raw_server(endless_listing) as url:
+        blobs = _tether_blobs(url, monkeypatch)
+        with pytest.raises(StoreError, match="pages without an object under the prefix"):
+            blobs.list("packs/")
+
+
+def test_a_tls_handshake_dripped_is_given_up_on(aws: None, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """OpenSSL reads the socket itself during the handshake, before the socket is
+    guarded: a record fed a byte at a time held every try for the connect timeout."""
+    def handshake_drip(conn: socket.socket) -> None:
+        conn.recv(65536)  # the ClientHello
+        conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KB handshake record follows ...
+        for _ in _for(30):
+            conn.sendall(b"\x02")  # ... a byte at a time
+            time.sleep(0.3)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=lambda c=conn: contextlib.suppress(OSError).__enter__()
+                             or handshake_drip(c), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("TETHER_S3_ENDPOINT_URL",
+                           f"https://127.0.0.1:{listener.getsockname()[1]}")
+        blobs = S3Blobs("models", "registry", read_timeout=READ_TIMEOUT)
+        _gives_up(lambda: blobs.size("packs/x"))
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

@@ -77,14 +77,16 @@ def late_reason(error: BaseException) -> str:
 class Deadline:
     """One exchange's clock: ``timeout`` seconds from its first socket operation (not
     from a wait for a free connection of the pool), plus its bytes moved at
-    ``MIN_RATE``."""
+    ``MIN_RATE``: bytes sent, and bytes received once the answer's headers ended
+    (a run of ``100 Continue`` earns no time; it is capped at ``header_bytes``)."""
 
     def __init__(self, timeout: float, header_bytes: int = HEADER_BYTES) -> None:
         self.timeout = timeout
         self.header_bytes = header_bytes
         self.started: float | None = None
-        self.bytes = 0
-        self.received = 0
+        self.paused_at: float | None = None
+        self.bytes = 0  # bytes that earn time
+        self.received = 0  # bytes received before the headers ended (this try)
         self.headers_done = False
 
     def moved(self, count: int) -> None:
@@ -93,11 +95,32 @@ class Deadline:
 
     def took(self, count: int, late: type[Exception]) -> None:
         """``count`` bytes received; ``late`` if too many came before the headers ended."""
-        self.bytes += count
+        if self.headers_done:
+            self.bytes += count
+            return
         self.received += count
-        if not self.headers_done and self.received > self.header_bytes:
+        if self.received > self.header_bytes:
             raise late(f"more than {self.header_bytes} bytes came before the answer's headers "
                        "ended; stopped reading")
+
+    def new_try(self) -> None:
+        """The exchange is sent again (a client's retry under the same deadline): its
+        answer's headers have not come yet, and the cap on bytes before them starts over
+        (a retry after a parsed 503 had lifted it: a review)."""
+        self.headers_done = False
+        self.received = 0
+
+    def pause(self) -> None:
+        """The exchange's owner stops reading for now (a body read on by a consumer at its
+        own pace): the time until ``resume`` is not the endpoint's."""
+        if self.paused_at is None:
+            self.paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if self.paused_at is not None:
+            if self.started is not None:
+                self.started += time.monotonic() - self.paused_at
+            self.paused_at = None
 
     def left(self) -> float:
         """Seconds left (negative once past); the clock starts at the first ask."""
@@ -107,7 +130,8 @@ class Deadline:
 
     def describe(self) -> str:
         spent = time.monotonic() - (self.started or time.monotonic())
-        return (f"the exchange took {spent:.0f} s for {self.bytes} bytes (allowed: "
+        return (f"the exchange took {spent:.0f} s for {self.bytes + self.received} bytes "
+                f"(allowed: "
                 f"{self.timeout:g} s plus {MIN_RATE // 1024} KB/s); stopped waiting")
 
     def bound(self, timeout: float | None, late: type[Exception]) -> float:
@@ -139,6 +163,27 @@ def start(timeout: float, header_bytes: int = HEADER_BYTES) -> Deadline:
 def current() -> Deadline | None:
     """The calling thread's exchange, if one started."""
     return getattr(_local, "deadline", None)
+
+
+@contextlib.contextmanager
+def keeping(deadline: Deadline | None) -> Iterator[None]:
+    """Around one read of an answer's body read on after its call returned: the calling
+    thread keeps to ``deadline`` (that call's), whichever thread this is, and the time
+    outside such reads is the reader's own (``pause``). A body streamed by a server hops
+    between worker threads, and another call on the same thread starts a deadline of its
+    own: a thread's latest deadline cut healthy streams and let dripping ones run on (a
+    review)."""
+    if deadline is None:
+        yield
+        return
+    before = current()
+    _local.deadline = deadline
+    deadline.resume()
+    try:
+        yield
+    finally:
+        deadline.pause()
+        _local.deadline = before
 
 
 class _GuardedStream(httpcore.NetworkStream):

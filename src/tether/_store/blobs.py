@@ -86,8 +86,12 @@ def retry_seconds() -> float:
 MAX_WHOLE_READ = 4 << 30
 #: Most bytes of any other object read whole (leases, journal index files: a few KB).
 MAX_SMALL_READ = 256 << 20
-#: Most objects one listing returns (a store of that many packs holds 30 TB and more).
+#: Most objects one listing returns (a store of that many packs holds 30 TB and more) ...
 MAX_LISTED = 1_000_000
+#: ... and most pages it may take (S3 answers up to 1,000 keys a page), and pages in a
+#: row that list nothing under the prefix.
+MAX_PAGES = 100_000
+MAX_IDLE_PAGES = 100
 
 
 class TransientStoreError(StoreError):
@@ -120,6 +124,19 @@ def _is_transient(error: BaseException | None) -> bool:
             return code in _TRANSIENT_CODES or status.startswith("5")
         error = error.__cause__ or error.__context__
     return False
+
+
+def _call_deadline() -> Any:
+    """The deadline of the S3 call this thread just made (s3_deadline starts one per call)."""
+    from .._exchange_deadline import current
+
+    return current()
+
+
+def _keeping(deadline: Any) -> Any:
+    from .._exchange_deadline import keeping
+
+    return keeping(deadline)
 
 
 def _reason(error: BaseException) -> str:
@@ -431,8 +448,10 @@ class S3Blobs:
         def attempt() -> bytes:
             body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
                               Key=self._key(key), **extra)["Body"]
+            deadline = _call_deadline()
             try:
-                data = bytes(self._call(f"download of {key}", body.read, limit + 1))
+                with _keeping(deadline):
+                    data = bytes(self._call(f"download of {key}", body.read, limit + 1))
             finally:
                 body.close()
             if len(data) > limit and "Range" not in extra:  # a range's caller checks it
@@ -457,11 +476,13 @@ class S3Blobs:
             body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
                               Key=self._key(key),
                               Range=f"bytes={offset}-{offset + len(view) - 1}")["Body"]
+            deadline = _call_deadline()
             filled = 0
             try:
                 while filled < len(view):
-                    piece = self._call(f"download of {key}", body.read,
-                                       min(1 << 20, len(view) - filled))
+                    with _keeping(deadline):
+                        piece = self._call(f"download of {key}", body.read,
+                                           min(1 << 20, len(view) - filled))
                     if not piece:
                         break
                     view[filled:filled + len(piece)] = piece
@@ -480,10 +501,16 @@ class S3Blobs:
         body = self._retrying(f"download of {key}", lambda: self._call(
             f"download of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key),
             Range=f"bytes={offset}-{offset + length - 1}")["Body"])
+        # Read on by whoever iterates, at their pace, on any thread (a server streams it
+        # from worker threads): each read keeps to this call's deadline, pauses not counted.
+        deadline = _call_deadline()
+        if deadline is not None:
+            deadline.pause()
         left = length  # never more than asked for (an endless body was streamed on)
         try:
             while left > 0:
-                piece = self._call(f"download of {key}", body.read, min(block, left))
+                with _keeping(deadline):
+                    piece = self._call(f"download of {key}", body.read, min(block, left))
                 if not piece:
                     return
                 left -= len(piece)
@@ -500,8 +527,21 @@ class S3Blobs:
 
         def attempt() -> list[BlobInfo]:
             found: list[BlobInfo] = []
+            seen = idle = 0
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=wanted):
+            for pages, page in enumerate(paginator.paginate(Bucket=self.bucket, Prefix=wanted),
+                                         start=1):
+                # Pages and entries are counted as they come, kept or not: an endpoint
+                # answering empty pages, or keys outside the prefix, marked truncated
+                # without end, kept a listing going forever (a review). S3 fills every
+                # page but the last with keys under the prefix.
+                seen += len(page.get("Contents", []))
+                kept = len(found)
+                if pages > MAX_PAGES or seen > MAX_LISTED or idle > MAX_IDLE_PAGES:
+                    raise StoreError(f"S3 listing {prefix}: more than {MAX_LISTED} objects, "
+                                     f"{MAX_PAGES} pages or {MAX_IDLE_PAGES} pages without "
+                                     "an object under the prefix",
+                                     hint="the endpoint may be paging without end")
                 for obj in page.get("Contents", []):
                     try:
                         full, size = str(obj["Key"]), int(obj["Size"])
@@ -511,9 +551,7 @@ class S3Blobs:
                                          hint="is the store URL an S3 endpoint?") from None
                     if full.startswith(wanted):
                         found.append(BlobInfo(full[len(self.prefix):], size, mtime))
-                if len(found) > MAX_LISTED:
-                    raise StoreError(f"S3 listing {prefix}: more than {MAX_LISTED} objects",
-                                     hint="the endpoint may be paging without end")
+                idle = idle + 1 if len(found) == kept else 0
             return found
 
         return self._retrying(f"listing {prefix}",  # type: ignore[no-any-return]

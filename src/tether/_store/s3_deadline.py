@@ -13,11 +13,15 @@ while ``TETHER_RETRY_SECONDS`` lasts: the deadline bounds each call, the retry b
 all of them.
 
 How: the client's connection pools make connections whose sockets keep to the
-calling thread's deadline (``_GuardedSocket``, ``_GuardedSSLSocket``); a
-``before-call`` hook starts one for every API call, and ``before-parse`` marks the
-answer's headers as read (bytes before them are capped, as an endless run of
-``100 Continue`` keeps to any rate). Only this client's connections are guarded: a
-program's own boto3 clients are left as they are.
+calling thread's deadline (``_GuardedSocket``, ``_GuardedSSLSocket``; connecting and
+the TLS handshake within what is left); a ``before-call`` hook starts one for every
+API call, ``before-send`` marks each try as waiting for its headers again, and
+``before-parse`` marks the answer's headers as read (bytes before them earn no time
+and are capped, as an endless run of ``100 Continue`` keeps to any rate). A body
+read after its call returned keeps to that call's deadline
+(``_exchange_deadline.keeping``: S3Blobs wraps each read), on whatever thread reads
+it, and the reader's pauses between reads are not counted. Only this client's
+connections are guarded: a program's own boto3 clients are left as they are.
 """
 
 from __future__ import annotations
@@ -128,6 +132,19 @@ def guard_socket(sock: object) -> None:
         sock.__class__ = _GuardedSocket
 
 
+def _connect_within(conn: Any, connect: Callable[[], None]) -> None:
+    """Connect (TCP, and TLS: OpenSSL reads the socket itself, unguarded) within what the
+    thread's deadline has left, then guard the socket. A handshake fed a byte at a time
+    held a call for the connect timeout at every try (a review)."""
+    deadline = current()
+    if deadline is not None:
+        left = deadline.bound(None, LateSocket)
+        if conn.timeout is None or left < conn.timeout:
+            conn.timeout = left
+    connect()
+    guard_socket(conn.sock)
+
+
 def _guarded_pools() -> dict[str, type]:
     from botocore.awsrequest import (
         AWSHTTPConnection,
@@ -138,13 +155,11 @@ def _guarded_pools() -> dict[str, type]:
 
     class GuardedHTTPConnection(AWSHTTPConnection):  # type: ignore[misc]
         def connect(self) -> None:
-            super().connect()
-            guard_socket(self.sock)
+            _connect_within(self, super().connect)
 
     class GuardedHTTPSConnection(AWSHTTPSConnection):  # type: ignore[misc]
         def connect(self) -> None:
-            super().connect()
-            guard_socket(self.sock)
+            _connect_within(self, super().connect)
 
     class GuardedHTTPConnectionPool(AWSHTTPConnectionPool):  # type: ignore[misc]
         ConnectionCls = GuardedHTTPConnection
@@ -169,10 +184,16 @@ def guard_client(client: Any, timeout: float) -> None:
         operation = event_name.rsplit(".", 1)[-1]
         start(max(timeout, SLOW_OPERATIONS.get(operation, 0.0)), ANSWER_BYTES)
 
+    def sends_a_try(**_: Any) -> None:
+        deadline = current()
+        if deadline is not None:
+            deadline.new_try()
+
     def headers_came(**_: Any) -> None:
         deadline = current()
         if deadline is not None:
             deadline.headers_done = True
 
     client.meta.events.register("before-call.s3", starts_a_call)
+    client.meta.events.register("before-send.s3", sends_a_try)
     client.meta.events.register("before-parse.s3", headers_came)
