@@ -85,9 +85,34 @@ def test_a_page_ends_before_the_manifests_cross_their_budget(
         client.close()
 
 
+def test_the_budget_counts_every_listed_column_in_bytes(any_registry: Registry,
+                                                       tmp_path: Path) -> None:
+    """Counting the manifest alone let a page of large tags load 25 times its budget;
+    counting characters, not bytes, let text outside ASCII through at up to four times
+    it (a review). The size the page query reads is every listed text column's bytes."""
+    import sqlalchemy as sa
+
+    from tether._metadata import repository
+    from tether._metadata.schema import versions
+
+    registry = any_registry
+    (tmp_path / "t.bin").write_bytes(b"tagged")
+    version = registry.log_model(str(tmp_path / "t.bin"), "tagged",
+                                 tags={"note": "é" * 5000}, notes="ü" * 3000)
+    with registry.engine.connect() as conn:
+        measured = conn.execute(sa.select(repository._listed_octets(conn, versions))
+                                .where(versions.c.id == version.id)).scalar_one()
+        row = conn.execute(sa.select(versions).where(versions.c.id == version.id)).one()
+    texts = [c.name for c in repository.version_columns(records=False)
+             if isinstance(c.type, sa.String)]
+    stored = sum(len(str(getattr(row, name)).encode()) for name in texts
+                 if getattr(row, name) is not None)
+    assert measured == stored and measured > 16_000, (measured, stored)
+
+
 def test_a_bad_cursor_is_a_400(served: tuple[str, str]) -> None:
     url, token = served
-    for bad in ("abc", "-1", "1e3"):
+    for bad in ("abc", "-1", "1e3", "2147483648"):  # seq is 32 bits: PostgreSQL said 500
         answer = _get(url, token, "/models/paged/versions", after=bad)
         assert answer.status_code == 400 and "after" in answer.json()["message"], answer.text
 
@@ -113,5 +138,25 @@ def test_a_server_paging_wrong_is_refused_not_followed_forever(
     try:
         with pytest.raises(tether.IntegrityError, match="stopped paging"):
             client.versions("paged")
+    finally:
+        client.close()
+
+
+def test_pages_of_one_version_each_are_counted_at_a_page_s_least_cost(
+        served: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server answering a version a page (17 bytes each) kept a client paging for
+    hours within MAX_ANSWER (a review): every page counts at least PAGE_COST."""
+    from tether import remote
+    from tether._metadata import repository
+
+    url, token = served
+    monkeypatch.setattr(repository, "VERSION_PAGE", 1, raising=False)
+    monkeypatch.setattr(remote, "MAX_ANSWER", 4 * remote.PAGE_COST, raising=False)
+    client = tether.connect(url, token=token)
+    try:
+        with pytest.raises(tether.IntegrityError, match="came to more than"):
+            client.versions("paged")  # 7 pages of one version
+        monkeypatch.setattr(repository, "VERSION_PAGE", 3, raising=False)
+        assert len(client.versions("paged")) == 7  # 3 pages
     finally:
         client.close()

@@ -128,6 +128,8 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
 #: Largest API answer read whole (a version of a million chunks is well under it): a
 #: server answering without end took a client to 1.5 GB and counting (a review).
 MAX_ANSWER = 512 * 1024 * 1024
+#: Least bytes a page of a listing counts against MAX_ANSWER, however small.
+PAGE_COST = 64 * 1024
 #: Largest packed version answer (its chunk lists go to scratch files, not memory).
 MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
 
@@ -205,6 +207,7 @@ def read_body_into(response: httpx.Response, into: memoryview, url: str,
 
 
 V = TypeVar("V", ModelVersion, datasets.DatasetVersion)
+P = TypeVar("P")
 #: Longest head line of a packed answer: a version's JSON without its large lists.
 _PACKED_HEAD = 96 * 1024 * 1024
 
@@ -585,18 +588,22 @@ class RemoteRegistry:
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in self._request("GET", "/models")]
 
-    def _paged(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every version of a paged listing: the server answers a page at a time, its
-        ``NEXT_PAGE`` header naming where the next starts. A page must come after the
-        one before it, and all of them within ``MAX_ANSWER`` bytes (what one answer
-        could hold before pages)."""
-        found: list[dict[str, Any]] = []
+    def _paged(self, path: str, convert: Callable[[dict[str, Any]], P],
+               params: dict[str, str] | None = None) -> list[P]:
+        """Every version of a paged listing, each made by ``convert`` as its page comes:
+        the server answers a page at a time, its ``NEXT_PAGE`` header naming where the
+        next starts. A page's versions come after the page before, in order; the next
+        page starts after them; and the pages, each counted at least ``PAGE_COST``
+        bytes, come to at most ``MAX_ANSWER`` bytes (what one answer could hold before
+        pages: a server answering a version a page kept a client paging for hours, a
+        review)."""
+        found: list[P] = []
         after, size = 0, 0
         while True:
             asked = {**(params or {}), **({"after": str(after)} if after else {})}
             content, headers = self._request("GET", path, params=asked, raw=True,
                                              with_headers=True)
-            size += len(content)
+            size += max(len(content), PAGE_COST)
             if size > MAX_ANSWER:
                 raise IntegrityError(f"the pages of {path} came to more than {MAX_ANSWER} "
                                      "bytes: stopped paging", hint="is the server misbehaving?")
@@ -607,26 +614,28 @@ class RemoteRegistry:
                 raise IntegrityError(f"the server answered a page of {path} whose versions do "
                                      "not follow the page before in order: stopped paging",
                                      hint="is the server misbehaving?")
-            found += rows
+            found += [convert(row) for row in rows]
             following = headers.get(NEXT_PAGE)
             if following is None:
                 return found
-            if not rows or following != str(seqs[-1]):
+            # A version deleted while the server read the page leaves the next page
+            # starting after the last one listed (it is gone, not skipped).
+            last = int(seqs[-1] or 0) if rows else after  # an int: checked above
+            if not following.isdigit() or int(following) < max(last, after + 1):
                 raise IntegrityError(f"the server's page of {path} names a next page that "
                                      "does not start after it: stopped paging",
                                      hint="is the server misbehaving?")
             after = int(following)
 
     def versions(self, name: str) -> list[ModelVersion]:
-        return [self._listed(row) for row in self._paged(f"/models/{quote(name)}/versions")]
+        return self._paged(f"/models/{quote(name)}/versions", self._listed)
 
     def deleted_models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in self._request("GET", "/models",
                                                       params={"deleted": "1"})]
 
     def versions_with_deleted(self, name: str) -> list[ModelVersion]:
-        return [self._listed(row) for row in self._paged(f"/models/{quote(name)}/versions",
-                                                         {"deleted": "1"})]
+        return self._paged(f"/models/{quote(name)}/versions", self._listed, {"deleted": "1"})
 
     def _listed(self, data: dict[str, Any], kind: type[V] = ModelVersion,  # type: ignore[assignment]
                 ) -> V:
@@ -1153,8 +1162,8 @@ class RemoteRegistry:
         return [datasets.DatasetInfo(**d) for d in self._call("list_datasets")]
 
     def dataset_versions(self, name: str) -> list[datasets.DatasetVersion]:
-        listed = [self._listed(d, datasets.DatasetVersion)
-                  for d in self._paged(f"/datasets/{quote(name)}/versions")]
+        listed = self._paged(f"/datasets/{quote(name)}/versions",
+                             partial(self._listed, kind=datasets.DatasetVersion))
         # Checked against its digest where every list came; one whose large lists come
         # as lengths is checked when they are asked for (``get_dataset``).
         return [v if any(isinstance(f.chunks, DeferredChunkList) for f in v.files)

@@ -139,7 +139,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 def _after(request: Request) -> int:
     """A listing's ``?after=SEQ`` (0: from the first)."""
     raw = request.query_params.get("after")
-    return 0 if raw is None else parse_limit(raw, "after", maximum=2**62)
+    # Sequence numbers are 32-bit integers in the database (PostgreSQL refused a larger
+    # one with a 500: a review).
+    return 0 if raw is None else parse_limit(raw, "after", maximum=2**31 - 1)
 
 
 def _page(items: list[Any], next_after: int | None) -> Response:

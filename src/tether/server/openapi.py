@@ -25,7 +25,7 @@ _AFTER = {"name": "after", "in": "query", "required": False,
           "schema": {"type": "integer", "minimum": 0},
           "description": f"Versions after this sequence number (the value of {NEXT_PAGE})"}
 _PAGED = (f"; a page at a time: at most {VERSION_PAGE:,} versions and "
-          f"{VERSION_PAGE_BYTES >> 20} MiB of their manifests, the header {NEXT_PAGE} "
+          f"{VERSION_PAGE_BYTES >> 20} MiB of their stored text, the header {NEXT_PAGE} "
           "naming the after= of the next page while one follows")
 _DELETED = {"name": "deleted", "in": "query", "required": False,
             "schema": {"type": "string", "enum": ["1", "0"]},
