@@ -215,6 +215,28 @@ def test_a_changed_list_in_a_packed_answer_is_refused(
     assert require_intact(intact).digest == logged.digest
 
 
+def test_a_packed_answer_announcing_more_records_than_a_version_holds_is_refused() -> None:
+    """The records of a packed answer go to scratch files; the head's count was their
+    only bound, and the client took up to 16 GB of them (a review). A version records at
+    most MAX_RECORDS: more is refused at the head, before a record is read."""
+    count = MAX_RECORDS // RECORD_SIZE + 1
+    head = {"name": "big", "records": count * RECORD_SIZE, "files": [
+        {"path": "w.bin", "size": count * 65536, "digest": "0" * 64,
+         "stored_chunks": [0, count]}]}
+    sent: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        yield json.dumps(head).encode() + b"\n"
+        for _ in range(64):  # 64 MB of records, if asked for
+            sent.append(1)
+            yield bytes(1 << 20)
+
+    with pytest.raises(IntegrityError, match="a version can record"):
+        read_version(httpx.Response(200, headers={"content-type": MEDIA_TYPE},
+                                    content=body()))
+    assert len(sent) <= 1, len(sent)
+
+
 def _many_chunks(count: int) -> FileEntry:
     records = b"".join(os.urandom(32) + (1024).to_bytes(8, "little") for _ in range(count))
     return FileEntry(path="w.bin", size=1024 * count, digest="0" * 64,

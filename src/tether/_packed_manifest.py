@@ -232,6 +232,9 @@ def read_packed(stream: Any, limit: int, parse: Callable[[bytes], Any] = json.lo
     if type(size) is not int or size < 0 or size % RECORD_SIZE:
         raise ValueError(f"a packed body's head says how many bytes of {RECORD_SIZE}-byte "
                          f"records follow (\"{RECORDS_KEY}\")")
+    if size > MAX_RECORDS:  # they go to scratch files: a server's word was their only bound
+        raise ValueError(f"a packed body announces {size // RECORD_SIZE} chunk records, "
+                         f"over the {MAX_RECORDS // RECORD_SIZE} a version can record")
     return head, StreamRecords(stream, size)
 
 

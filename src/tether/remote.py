@@ -61,6 +61,7 @@ from ._metadata.audit_log import AUDIT_PAGE, check_signed_heads
 from ._metadata.clock import now_iso
 from ._metadata.repository import NEXT_PAGE
 from ._packed_manifest import (
+    MAX_RECORDS,
     MEDIA_TYPE,
     IterReader,
     PackedBody,
@@ -130,8 +131,9 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
 MAX_ANSWER = 512 * 1024 * 1024
 #: Least bytes a page of a listing counts against MAX_ANSWER, however small.
 PAGE_COST = 64 * 1024
-#: Largest packed version answer (its chunk lists go to scratch files, not memory).
-MAX_PACKED_ANSWER = 16 * 1024 * 1024 * 1024
+#: Largest packed version answer: its head, then the most chunk records a version can
+#: have (they go to scratch files, not memory; 16 GB of them were accepted before).
+MAX_PACKED_ANSWER = 96 * 1024 * 1024 + 1 + MAX_RECORDS
 
 
 class TooSlow(Unavailable):
@@ -210,6 +212,7 @@ V = TypeVar("V", ModelVersion, datasets.DatasetVersion)
 P = TypeVar("P")
 #: Longest head line of a packed answer: a version's JSON without its large lists.
 _PACKED_HEAD = 96 * 1024 * 1024
+assert MAX_PACKED_ANSWER == _PACKED_HEAD + 1 + MAX_RECORDS
 
 
 def read_version(response: httpx.Response, *, timeout: float = 60.0) -> ModelVersion:
