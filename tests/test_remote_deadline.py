@@ -115,16 +115,15 @@ def slow_reader(conn: socket.socket) -> None:
         time.sleep(0.2)
 
 
-def _held_plain(url: str, seconds: float) -> bool:
-    """Whether a plain httpx client with the same timeout is still held after
-    ``seconds`` (the attack doing harm the unsafe way)."""
+def still_held(call: Callable[[], object], seconds: float) -> bool:
+    """Whether ``call``, run on a thread of its own, has not ended after ``seconds``
+    (any end, an error too, counts as let go)."""
     outcome: list[object] = []
 
     def ask() -> None:
         try:
-            with httpx.Client(timeout=TIMEOUT) as client:
-                outcome.append(client.get(f"{url}/api/v1/models").read())
-        except Exception as error:  # any end counts as not held
+            outcome.append(call())
+        except Exception as error:
             outcome.append(error)
 
     thread = threading.Thread(target=ask, daemon=True)
@@ -133,20 +132,32 @@ def _held_plain(url: str, seconds: float) -> bool:
     return not outcome
 
 
-def _gives_up(call: Callable[[], object]) -> str:
+def gives_up(call: Callable[[], object], error: type[Exception] = Unavailable,
+             within: float = GAVE_UP_WITHIN) -> str:
+    """What ``call`` raised (``error``), having given up within ``within`` seconds."""
     started = time.monotonic()
-    with pytest.raises(Unavailable) as caught:
+    with pytest.raises(error) as caught:
         call()
     took = time.monotonic() - started
-    assert took < GAVE_UP_WITHIN, f"held for {took:.1f} s"
+    assert took < within, f"held for {took:.1f} s"
     return str(caught.value)
+
+
+def _held_plain(url: str, seconds: float) -> bool:
+    """Whether a plain httpx client with the same timeout is still held after
+    ``seconds`` (the attack doing harm the unsafe way)."""
+    def ask() -> object:
+        with httpx.Client(timeout=TIMEOUT) as client:
+            return client.get(f"{url}/api/v1/models").read()
+
+    return still_held(ask, seconds)
 
 
 def _listing_given_up(url: str) -> str:
     """What a client asking ``url`` for its models was told, once it gave up."""
     client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
     try:
-        return _gives_up(client.models)
+        return gives_up(client.models)
     finally:
         client.close()
 
@@ -165,7 +176,7 @@ def test_an_endless_fast_run_of_continues_is_cut_off_by_size() -> None:
     with raw_server(fast_continue_flood) as url:
         client = remote.RemoteRegistry(url, token="t" * 40, timeout=GAVE_UP_WITHIN / 2)
         try:
-            message = _gives_up(client.models)
+            message = gives_up(client.models)
         finally:
             client.close()
     assert "before the answer's headers ended" in message, message
@@ -177,7 +188,7 @@ def test_the_fast_path_keeps_to_the_deadline_too(attack: Attack) -> None:
     with raw_server(attack) as url:
         client = remote.RemoteRegistry(url, token="t" * 40, timeout=TIMEOUT)
         try:
-            _gives_up(lambda: client._request(
+            gives_up(lambda: client._request(
                 "GET", "/blobs/packs/x.pack", into=memoryview(bytearray(16)), retry=False))
         finally:
             client.close()
@@ -212,6 +223,6 @@ def test_a_transfer_held_past_its_deadline_is_not_asked_again(
         blobs = RemoteBlobs(client)
         monkeypatch.setattr(blobs, "_target", lambda key, method: None)  # no presigning
         try:
-            _gives_up(lambda: blobs.put_bytes("packs/x.pack", b"x" * 100))
+            gives_up(lambda: blobs.put_bytes("packs/x.pack", b"x" * 100))
         finally:
             client.close()

@@ -21,7 +21,7 @@ import pytest
 from tether import StoreError
 from tether._store.blobs import S3Blobs
 
-from .test_remote_deadline import _for, header_drip, raw_server
+from .test_remote_deadline import _for, gives_up, header_drip, raw_server, still_held
 
 READ_TIMEOUT = 0.5
 #: Within this, a call keeping to its deadline (twice the read timeout, plus the bytes
@@ -60,27 +60,11 @@ def _held_plain(url: str, call: Callable[[object], object], seconds: float) -> b
     client = boto3.client("s3", endpoint_url=url, config=Config(
         retries={"total_max_attempts": 3, "mode": "standard"}, connect_timeout=5,
         read_timeout=READ_TIMEOUT))
-    outcome: list[object] = []
-
-    def ask() -> None:
-        try:
-            outcome.append(call(client))
-        except Exception as error:  # any end counts as not held
-            outcome.append(error)
-
-    thread = threading.Thread(target=ask, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return not outcome
+    return still_held(lambda: call(client), seconds)
 
 
 def _gives_up(call: Callable[[], object]) -> str:
-    started = time.monotonic()
-    with pytest.raises(StoreError) as caught:
-        call()
-    took = time.monotonic() - started
-    assert took < GAVE_UP_WITHIN, f"held for {took:.1f} s"
-    return str(caught.value)
+    return gives_up(call, StoreError)
 
 
 def _plain_get(client: object) -> bytes:
