@@ -36,7 +36,10 @@ def _record(top: Path) -> Path | None:
 
 def held(top: Path) -> set[str]:
     """The paths (relative to ``top``, POSIX) this clone holds as its own."""
-    record = _record(top)
+    return _read(_record(top))
+
+
+def _read(record: Path | None) -> set[str]:
     try:
         lines = record.read_text().splitlines() if record is not None else []
     except (OSError, UnicodeDecodeError):
@@ -54,8 +57,8 @@ def held(top: Path) -> set[str]:
 
 def hold(top: Path, paths: Iterable[str]) -> None:
     """Record ``paths`` (relative to ``top``) as this clone's own."""
-    new = sorted(set(paths) - held(top))
     record = _record(top)
+    new = sorted(set(paths) - _read(record))
     if not new or record is None:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
