@@ -7,13 +7,16 @@ dripped a chunked body's trailer held a client for as long as it liked (a
 review), and ``remote.Pace`` only sees a body's pieces as they come. Here every
 byte of an exchange, sent or received, is under one rule: it may take its
 timeout plus its bytes at ``MIN_RATE``. Each socket operation is given no
-longer than what is left, so a held client ends in ``Late`` (a timeout the
-caller does not retry: holding a client twice helps nobody).
+longer than what is left, so a held client ends in ``Late`` (a timeout a client
+of a Tether server does not retry: holding it twice helps nobody; S3 calls are
+tried again only within the retry budget).
 
 The deadline belongs to the calling thread (``start``): connections of a pool
 that threads share each count against the exchange of the thread using them.
-httpx clients start one for every request they send (``guard_client``);
-``_http_fast`` starts its own.
+httpx clients start one for every request they send (``_httpx_deadline``);
+``_http_fast`` starts its own, and S3 calls theirs (``_store/s3_deadline``). This
+module is the clock alone (it imports no HTTP library: S3 and local registries
+load it without httpx).
 """
 
 from __future__ import annotations
@@ -22,32 +25,18 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
-
-import httpcore
-import httpx
 
 #: Slowest an exchange may move bytes once its timeout has passed.
 MIN_RATE = 64 * 1024
 #: Most bytes an answer may send before its headers end (``100 Continue`` answers and
 #: all): a server sending them without end, fast, kept within the rate but never done.
 HEADER_BYTES = 1 << 20
-#: Most bytes sent in one socket operation, so that each is bounded by what is left.
-_WRITE_SLICE = 1 << 20
 
 _local = threading.local()
 
 
 class Late(Exception):
     """Marks a timeout raised because an exchange ran past its deadline."""
-
-
-class _LateRead(httpcore.ReadTimeout, Late):
-    pass
-
-
-class _LateWrite(httpcore.WriteTimeout, Late):
-    pass
 
 
 class LateSocket(TimeoutError, Late):
@@ -184,95 +173,3 @@ def keeping(deadline: Deadline | None) -> Iterator[None]:
     finally:
         deadline.pause()
         _local.deadline = before
-
-
-class _GuardedStream(httpcore.NetworkStream):
-    """An httpcore connection whose reads and writes keep to the thread's deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        deadline = current()
-        if deadline is None:
-            return self._inner.read(max_bytes, timeout)
-        with deadline.cutting(httpcore.ReadTimeout, _LateRead):
-            data = self._inner.read(max_bytes, deadline.bound(timeout, _LateRead))
-        deadline.took(len(data), _LateRead)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        deadline = current()
-        if deadline is None:
-            self._inner.write(buffer, timeout)
-            return
-        view = memoryview(buffer)
-        for at in range(0, len(view), _WRITE_SLICE):
-            piece = view[at:at + _WRITE_SLICE]
-            with deadline.cutting(httpcore.WriteTimeout, _LateWrite):
-                self._inner.write(piece, deadline.bound(timeout, _LateWrite))  # type: ignore[arg-type]
-            deadline.moved(len(piece))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        deadline = current()
-        if deadline is not None:
-            timeout = deadline.bound(timeout, _LateRead)
-        return _GuardedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _GuardedBackend(httpcore.NetworkBackend):
-    """httpcore's network backend, its connections guarded."""
-
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        self._inner = inner
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
-        deadline = current()
-        if deadline is not None:
-            timeout = deadline.bound(timeout, _LateRead)
-        return _GuardedStream(self._inner.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Any = None) -> httpcore.NetworkStream:
-        return _GuardedStream(self._inner.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def guard_client(client: httpx.Client, timeout: float) -> httpx.Client:
-    """``client`` with every request it sends (proxied ones too) under a deadline of
-    ``timeout`` (see the module)."""
-    for transport in (client._transport, *client._mounts.values()):
-        if transport is None:  # a pattern sent without a proxy: the default transport
-            continue
-        pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if backend is None:  # httpx or httpcore changed shape: fail loudly, in the tests
-            raise RuntimeError("cannot guard this httpx client's connections")
-        if not isinstance(backend, _GuardedBackend):
-            pool._network_backend = _GuardedBackend(backend)  # type: ignore[union-attr]
-
-    def starts_an_exchange(_request: httpx.Request) -> None:
-        start(timeout)
-
-    def headers_came(_response: httpx.Response) -> None:
-        deadline = current()
-        if deadline is not None:
-            deadline.headers_done = True
-
-    client.event_hooks["request"].append(starts_an_exchange)
-    client.event_hooks["response"].append(headers_came)
-    return client

@@ -54,8 +54,9 @@ from ._errors import (
     UnknownField,
     UnsafeArtifact,
 )
-from ._exchange_deadline import Deadline, guard_client, was_late
+from ._exchange_deadline import Deadline, was_late
 from ._http_fast import FastHTTP
+from ._httpx_deadline import guard_client
 from ._identity import require_intact
 from ._metadata.audit_log import AUDIT_PAGE, check_signed_heads
 from ._metadata.clock import now_iso

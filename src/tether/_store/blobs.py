@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError
+from .._exchange_deadline import current, keeping, late_reason, was_late
 from .fileio import write_synced
 from .locking import SEP, owner_tag
 
@@ -126,24 +127,9 @@ def _is_transient(error: BaseException | None) -> bool:
     return False
 
 
-def _call_deadline() -> Any:
-    """The deadline of the S3 call this thread just made (s3_deadline starts one per call)."""
-    from .._exchange_deadline import current
-
-    return current()
-
-
-def _keeping(deadline: Any) -> Any:
-    from .._exchange_deadline import keeping
-
-    return keeping(deadline)
-
-
 def _reason(error: BaseException) -> str:
     """What went wrong, in words: a call held past its deadline says so (botocore
     reports it as a read timeout or a closed connection)."""
-    from .._exchange_deadline import late_reason, was_late  # with S3 only: it loads httpx
-
     if was_late(error):
         return f"the endpoint answered too slowly: {late_reason(error)}"
     return str(error)
@@ -448,9 +434,9 @@ class S3Blobs:
         def attempt() -> bytes:
             body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
                               Key=self._key(key), **extra)["Body"]
-            deadline = _call_deadline()
+            deadline = current()
             try:
-                with _keeping(deadline):
+                with keeping(deadline):
                     data = bytes(self._call(f"download of {key}", body.read, limit + 1))
             finally:
                 body.close()
@@ -476,11 +462,11 @@ class S3Blobs:
             body = self._call(f"download of {key}", self.client.get_object, Bucket=self.bucket,
                               Key=self._key(key),
                               Range=f"bytes={offset}-{offset + len(view) - 1}")["Body"]
-            deadline = _call_deadline()
+            deadline = current()
             filled = 0
             try:
                 while filled < len(view):
-                    with _keeping(deadline):
+                    with keeping(deadline):
                         piece = self._call(f"download of {key}", body.read,
                                            min(1 << 20, len(view) - filled))
                     if not piece:
@@ -503,13 +489,13 @@ class S3Blobs:
             Range=f"bytes={offset}-{offset + length - 1}")["Body"])
         # Read on by whoever iterates, at their pace, on any thread (a server streams it
         # from worker threads): each read keeps to this call's deadline, pauses not counted.
-        deadline = _call_deadline()
+        deadline = current()
         if deadline is not None:
             deadline.pause()
         left = length  # never more than asked for (an endless body was streamed on)
         try:
             while left > 0:
-                with _keeping(deadline):
+                with keeping(deadline):
                     piece = self._call(f"download of {key}", body.read, min(block, left))
                 if not piece:
                     return
