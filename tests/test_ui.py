@@ -142,6 +142,34 @@ def test_every_page_renders_and_has_a_json_twin(world: World) -> None:
                for e in version["events"])
 
 
+def test_a_models_versions_come_a_page_at_a_time_and_its_chart_a_bounded_sample(
+        world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A model of 100,000 versions drew every one in its table (and its promote list) and
+    a chart of 100,000 points. The table pages, newest first; the chart keeps at most
+    CHART_POINTS, evenly spaced, the newest among them."""
+    from tether.ui import views
+
+    for i in range(5):
+        (tmp_path / "w.bin").write_bytes(b"w%d" % i)
+        world.registry.log_model(tmp_path / "w.bin", "many", metrics={"acc": i / 10},
+                                 progress=False)
+    monkeypatch.setattr(views, "VERSIONS_PAGE", 2, raising=False)
+    monkeypatch.setattr(views, "CHART_POINTS", 3, raising=False)
+    client = world.client("rita")
+    first = client.get("/models/many?format=json").json()
+    assert [v["seq"] for v in first["versions"]] == [5, 4]
+    assert (first["page"], first["pages"], first["version_total"]) == (1, 3, 5)
+    assert [p["seq"] for p in first["chart"]["points"]] == [1, 3, 5]
+    last = client.get("/models/many?format=json&page=3").json()
+    assert [v["seq"] for v in last["versions"]] == [1] and last["first_shown"] == 5
+    assert client.get("/models/many?format=json&page=99").json()["page"] == 3
+    html = client.get("/models/many?page=2&metrics=acc").text
+    assert "versions 3–4 of 5, newest first" in html
+    assert 'href="?metrics=acc&amp;chart=acc&amp;page=1"' in html, html[html.find("pager"):][:600]
+    assert 'href="?metrics=acc&amp;chart=acc&amp;page=3"' in html
+    assert html.count('name="v" value="many@') == 2  # the page's versions, no more
+
+
 def test_models_search_filter_sort_and_paginate(world: World) -> None:
     client = world.client("rita")
 

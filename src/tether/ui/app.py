@@ -338,7 +338,8 @@ class UI:
         q = request.query_params
         columns = [c for part in q.getlist("metrics") for c in part.split(",") if c]
         data = views.model_page(
-            session.registry, session.perms, name, columns=columns, chart_metric=q.get("chart", "")
+            session.registry, session.perms, name, columns=columns,
+            chart_metric=q.get("chart", ""), page=_int(q.get("page"), 1),
         )
         return "model.html", data, name
 

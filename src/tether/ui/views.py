@@ -151,6 +151,23 @@ def models_page(
 # -- one model ------------------------------------------------------------------
 
 
+#: Versions in a page of a model's table (newest first) ...
+VERSIONS_PAGE = 100
+#: ... and most points its chart draws (evenly spaced over every version, the newest
+#: always among them): a model of 100,000 versions drew a table of them all and a
+#: chart of 100,000 points.
+CHART_POINTS = 500
+
+
+def _spread(points: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    """At most ``most`` of ``points``, evenly spaced, the last kept."""
+    if len(points) <= most:
+        return points
+    step = math.ceil(len(points) / most)
+    kept = points[::step]
+    return kept if kept[-1] is points[-1] else [*kept[:most - 1], points[-1]]
+
+
 def model_page(
     registry: Registry,
     perms: Permissions,
@@ -158,6 +175,7 @@ def model_page(
     *,
     columns: Sequence[str] = (),
     chart_metric: str = "",
+    page: int = 1,
 ) -> dict[str, Any]:
     info = registry.model(name)
     # The table and the chart need a few columns of each version, not whole versions.
@@ -172,11 +190,15 @@ def model_page(
     chart_metric = chart_metric if chart_metric in metric_names else (
         metric_names[0] if metric_names else ""
     )
-    points = [
+    points = _spread([
         {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
         for v in found
         if chart_metric and _number(v.metrics.get(chart_metric)) is not None
-    ]
+    ], CHART_POINTS)
+    pages = max(1, math.ceil(len(found) / VERSIONS_PAGE))
+    page = min(max(page, 1), pages)  # past the end: the last page
+    newest_first = found[::-1]
+    shown = newest_first[(page - 1) * VERSIONS_PAGE:page * VERSIONS_PAGE]
     try:
         policy: dict[str, Any] | None = registry.get_policy(name)
     except NotFound:
@@ -220,8 +242,13 @@ def model_page(
                 "created_at": v.created_at,
                 "age": ago(v.created_at),
             }
-            for v in reversed(found)
+            for v in shown
         ],
+        "version_total": len(found),
+        "page": page,
+        "pages": pages,
+        "first_shown": (page - 1) * VERSIONS_PAGE + 1 if shown else 0,
+        "last_shown": (page - 1) * VERSIONS_PAGE + len(shown),
         "chart": {
             "metric": chart_metric,
             "points": points,
