@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import socket
 import ssl
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +287,28 @@ def test_a_tls_handshake_dripped_is_given_up_on(aws: None, monkeypatch: pytest.M
         stop.set()
         thread.join()
         listener.close()
+
+
+def test_completing_a_multipart_upload_gets_the_time_s3_documents(
+        s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 may take minutes to complete a large multipart upload (it sends spaces while it
+    works): that call gets SLOW_OPERATIONS' time, every other twice the read timeout."""
+    from tether._store import s3_deadline
+
+    from .conftest import make_bucket
+
+    make_bucket(s3_endpoint, "models")
+    started: dict[float, int] = {}
+    real = s3_deadline.start
+
+    def counted(timeout: float, header_bytes: int) -> Any:
+        started[timeout] = started.get(timeout, 0) + 1
+        return real(timeout, header_bytes)
+
+    monkeypatch.setattr(s3_deadline, "start", counted)
+    blobs = S3Blobs("models", "registry", multipart_threshold=5 << 20, read_timeout=7.0)
+    pack = tmp_path / "x.pack"
+    pack.write_bytes(os.urandom(11 << 20))  # three parts
+    blobs.put_file("packs/x.pack", pack)
+    assert started[1800.0] == 1 and started[14.0] >= 4, started  # create, 3 parts, ...
+    assert blobs.get_bytes("packs/x.pack")[:1] and set(started) == {14.0, 1800.0}
