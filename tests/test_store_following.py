@@ -327,3 +327,36 @@ def test_a_file_that_shrinks_under_the_read_ahead_is_refused(tmp_path: Path) -> 
         with pytest.raises(StoreError, match="shrank"):
             for _ in windows:
                 pass
+
+
+def test_no_ring_buffer_is_handed_out_again_while_a_followed_window_uses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A followed ingest reads the next window ahead while one is walked, and windows
+    wait to be hashed whole and written: every buffer is poisoned as it is handed out,
+    and the new version still stores as its own bytes (the ring is large enough). The
+    guard for any change to the read-ahead's depth or the ring's count."""
+    from tether._store import ingest
+
+    handed = ingest._BufferRing.next
+
+    def poisoned(ring: ingest._BufferRing, size: int, at: int = 0) -> memoryview:
+        view = handed(ring, size, at)
+        view[:] = b"\xaa" * len(view)
+        return view
+
+    v1 = os.urandom(5 * ingest._WINDOW + 12345)
+    v2 = bytearray(v1)
+    for at in range(1 << 20, len(v2), 3 << 20):  # a change every three windows' worth
+        v2[at:at + 70_000] = os.urandom(70_000)
+    for version, data in (("a", v1), ("b", bytes(v2))):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "m.bin").write_bytes(data)
+    store = open_store(f"file://{tmp_path / 'store'}", cache_dir=tmp_path / "cache")
+    first = store.ingest(tmp_path / "a", ["m.bin"]).files[0]
+    monkeypatch.setattr(ingest._BufferRing, "next", poisoned)
+    report = store.ingest(tmp_path / "b", ["m.bin"], previous={"m.bin": first.chunks})
+    entry = report.files[0]
+    assert entry.digest == blake3.blake3(bytes(v2)).hexdigest()
+    assert report.reused_chunks > report.new_chunks  # it did follow
+    store.materialize([entry], tmp_path / "out", label="test")
+    assert (tmp_path / "out" / "m.bin").read_bytes() == bytes(v2)
