@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 #: Slowest an exchange may move bytes once its timeout has passed.
 MIN_RATE = 64 * 1024
@@ -33,6 +34,7 @@ MIN_RATE = 64 * 1024
 HEADER_BYTES = 1 << 20
 
 _local = threading.local()
+T = TypeVar("T")
 
 
 class Late(Exception):
@@ -173,3 +175,40 @@ def keeping(deadline: Deadline | None) -> Iterator[None]:
     finally:
         deadline.pause()
         _local.deadline = before
+
+
+def on_socket(sock: Any, operation: Callable[..., T], *args: Any) -> T:
+    """``operation(*args)``, an operation of socket ``sock``, with the socket's timeout
+    cut to what the calling thread's exchange has left (and put back after): past it,
+    ``LateSocket``. Without an exchange, as it is."""
+    deadline = current()
+    if deadline is None:
+        return operation(*args)
+    left = deadline.bound(None, LateSocket)
+    per_operation = sock.gettimeout()
+    cut = per_operation is None or left < per_operation  # a syscall or two: when it matters
+    if cut:
+        sock.settimeout(left)
+    try:
+        with deadline.cutting(TimeoutError, LateSocket):
+            return operation(*args)
+    finally:
+        if cut:
+            sock.settimeout(per_operation)
+
+
+def received(count: int) -> int:
+    """``count`` bytes received on a socket (``on_socket``) in the calling thread's
+    exchange: ``LateSocket`` if too many came before its headers ended."""
+    deadline = current()
+    if deadline is not None:
+        deadline.took(count, LateSocket)
+    return count
+
+
+def sent(count: int) -> int:
+    """``count`` bytes sent on a socket in the calling thread's exchange."""
+    deadline = current()
+    if deadline is not None:
+        deadline.moved(count)
+    return count

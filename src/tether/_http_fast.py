@@ -22,7 +22,6 @@ never a second HTTP client with its own rules.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import os
@@ -38,7 +37,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._exchange_deadline import LateSocket, current, start
+from ._exchange_deadline import on_socket, received, sent, start
 
 Origin = tuple[str, str, int]
 T = TypeVar("T")
@@ -76,17 +75,7 @@ class _GuardedReader(io.RawIOBase):
         super().close()
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        deadline = current()
-        if deadline is None:
-            return self._sock.recv_into(buffer)
-        left = deadline.bound(None, LateSocket)
-        per_read = self._sock.gettimeout()
-        if per_read is None or left < per_read:  # a syscall or two: only once it matters
-            self._sock.settimeout(left)
-        with deadline.cutting(TimeoutError, LateSocket):
-            got = self._sock.recv_into(buffer)
-        deadline.took(got, LateSocket)
-        return got
+        return received(on_socket(self._sock, self._sock.recv_into, buffer))
 
 
 class _GuardedResponse(http.client.HTTPResponse):
@@ -239,19 +228,15 @@ class FastHTTP:
                 for name, value in {**headers, "Content-Length": str(size)}.items():
                     conn.putheader(name, value)
                 conn.endheaders()
-                assert conn.sock is not None
-                sent, deadline = 0, current()
-                while sent < size:  # in slices, each waiting no longer than is left
-                    if deadline is not None:
-                        conn.sock.settimeout(deadline.bound(self.timeout, LateSocket))
-                    with (deadline.cutting(TimeoutError, LateSocket) if deadline is not None
-                          else contextlib.nullcontext()):
-                        count = conn.sock.sendfile(handle, sent, min(_SEND_SLICE, size - sent))
+                sock = conn.sock
+                assert sock is not None
+                done = 0
+                while done < size:  # in slices, each waiting no longer than is left
+                    count = sent(on_socket(sock, sock.sendfile, handle, done,
+                                           min(_SEND_SLICE, size - done)))
                     if not count:
                         raise OSError(f"{path} changed size while it was sent")
-                    sent += count
-                    if deadline is not None:
-                        deadline.moved(count)
+                    done += count
 
         def take(response: http.client.HTTPResponse) -> httpx.Response:
             # An upload's answer is a few hundred bytes of JSON: read no more than a MB.

@@ -29,9 +29,9 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from .._exchange_deadline import LateSocket, current, start
+from .._exchange_deadline import LateSocket, current, on_socket, received, sent, start
 
 #: Operations that S3 itself may take minutes over (it sends spaces while it works:
 #: AWS documents "several minutes" for completing a large multipart upload).
@@ -43,40 +43,6 @@ ANSWER_BYTES = 16 << 20
 #: Most bytes sent in one socket operation, so that each is bounded by what is left.
 _WRITE_SLICE = 1 << 20
 
-T = TypeVar("T")
-
-
-def _within(sock: socket.socket, operation: Callable[..., T], *args: Any) -> T:
-    """``operation(*args)`` with the socket's timeout cut to what the thread's deadline
-    has left."""
-    deadline = current()
-    if deadline is None:
-        return operation(*args)
-    left = deadline.bound(None, LateSocket)
-    per_read = sock.gettimeout()
-    cut = per_read is None or left < per_read
-    if cut:
-        sock.settimeout(left)
-    try:
-        with deadline.cutting(TimeoutError, LateSocket):
-            return operation(*args)
-    finally:
-        if cut:
-            sock.settimeout(per_read)
-
-
-def _received(count: int) -> int:
-    deadline = current()
-    if deadline is not None:
-        deadline.took(count, LateSocket)
-    return count
-
-
-def _sent(count: int) -> None:
-    deadline = current()
-    if deadline is not None:
-        deadline.moved(count)
-
 
 class _GuardedSocket(socket.socket):
     """A plain TCP socket whose reads and writes keep to the thread's deadline (the
@@ -85,24 +51,22 @@ class _GuardedSocket(socket.socket):
     __slots__ = ()
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return _received(_within(self, super().recv_into, buffer, nbytes, flags))
+        return received(on_socket(self, super().recv_into, buffer, nbytes, flags))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = _within(self, super().recv, bufsize, flags)
-        _received(len(data))
+        data = on_socket(self, super().recv, bufsize, flags)
+        received(len(data))
         return data
 
     def send(self, data: Any, flags: int = 0) -> int:
-        count = _within(self, super().send, data, flags)
-        _sent(count)
-        return count
+        return sent(on_socket(self, super().send, data, flags))
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         view = memoryview(data).cast("B")
         for at in range(0, len(view), _WRITE_SLICE):
             piece = view[at:at + _WRITE_SLICE]
-            _within(self, super().sendall, piece, flags)
-            _sent(len(piece))
+            on_socket(self, super().sendall, piece, flags)
+            sent(len(piece))
 
 
 class _GuardedSSLSocket(ssl.SSLSocket):
@@ -110,17 +74,16 @@ class _GuardedSSLSocket(ssl.SSLSocket):
     and its reads come through ``recv_into`` or ``recv``."""
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        return _received(_within(self, super().recv_into, buffer, nbytes, flags))
+        return received(on_socket(self, super().recv_into, buffer, nbytes, flags))
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        data = _within(self, super().recv, buflen, flags)
-        _received(len(data))
+        data = on_socket(self, super().recv, buflen, flags)
+        received(len(data))
         return data
 
     def send(self, data: Any, flags: int = 0) -> int:
-        count = _within(self, super().send, memoryview(data).cast("B")[:_WRITE_SLICE], flags)
-        _sent(count)
-        return count
+        return sent(on_socket(self, super().send, memoryview(data).cast("B")[:_WRITE_SLICE],
+                              flags))
 
 
 def guard_socket(sock: object) -> None:
