@@ -14,10 +14,11 @@ pointer names) or ``data push --adopt PATH`` (the bytes are yours to add).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 #: The record, under the clone's git folder.
@@ -70,13 +71,26 @@ def hold(top: Path, paths: Iterable[str]) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def holding(top: Path) -> Iterator[list[str]]:
+    """A list to put this clone's own paths in, recorded at once when done (a push or
+    a pull of many pointers asks git where the record is once, not once a path)."""
+    kept: list[str] = []
+    try:
+        yield kept
+    finally:
+        hold(top, kept)
+
+
 def hold_path(path: Path) -> None:
     """Record ``path`` as its clone's own, if it is in a git work tree (else nothing)."""
-    result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent,
-                            capture_output=True, check=False, timeout=60)
-    if result.returncode != 0:
+    from .._errors import InvalidInput
+    from .data_sync import work_tree  # which imports this module
+
+    try:
+        top = work_tree(path.parent)
+    except InvalidInput:
         return
-    top = Path(result.stdout.decode().strip())
     try:  # git names the top with its links resolved
         rel = (path.absolute().parent.resolve() / path.name).relative_to(top.resolve())
     except ValueError:

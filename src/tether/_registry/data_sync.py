@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._identity import names_reserved
-from .data_held import held, hold
+from .data_held import held, holding
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
@@ -173,42 +173,44 @@ def push(
     top = work_tree(start)
     own = held(top)
     done = []
-    for pointer_file in pointers(top, only):
-        try:
-            target, rel, pointer = _entry(top, pointer_file)
-        except TetherError as error:
-            done.append(_refused(pointer_file, top, error))
-            continue
-        kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
-        named = str(pointer.get("version") or "?")
-        if not target.exists():
-            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "missing"))
-            continue
-        current = _known(registry, pointer)
-        if current is not None and holds(target, current, kind):
-            hold(top, [rel])  # the bytes the pointer names: nothing of yours to leak
-            done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
-                               "up-to-date"))
-            continue
-        if rel not in own and not adopt:
-            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
-                               error=f"{rel} was never tracked, pulled or checked out in this "
-                               "clone: its pointer came with the repository, and the bytes "
-                               "beside it are not the version it names (a committed "
-                               ".env.tether would have your .env pushed). Run `tether data "
-                               f"pull {rel}` for that version, or `tether data push --adopt "
-                               f"{rel}` to add your bytes"))
-            continue
-        try:
-            added = registry.add_dataset(target, str(pointer["dataset"]), notes=notes)
-        except TetherError as error:
-            done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
-                               error=error.message))
-            continue
-        write_pointer(pointer_file, pointer_text(added, kind))
-        hold(top, [rel])
-        done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
-                           previous=named))
+    with holding(top) as kept:
+        for pointer_file in pointers(top, only):
+            try:
+                target, rel, pointer = _entry(top, pointer_file)
+            except TetherError as error:
+                done.append(_refused(pointer_file, top, error))
+                continue
+            kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
+            named = str(pointer.get("version") or "?")
+            if not target.exists():
+                done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]),
+                                   "missing"))
+                continue
+            current = _known(registry, pointer)
+            if current is not None and holds(target, current, kind):
+                kept.append(rel)  # the bytes the pointer names: nothing of yours to leak
+                done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
+                                   "up-to-date"))
+                continue
+            if rel not in own and not adopt:
+                done.append(Synced(
+                    rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
+                    error=f"{rel} was never tracked, pulled or checked out in this clone: its "
+                    "pointer came with the repository, and the bytes beside it are not the "
+                    "version it names (a committed .env.tether would have your .env pushed). "
+                    f"Run `tether data pull {rel}` for that version, or `tether data push "
+                    f"--adopt {rel}` to add your bytes"))
+                continue
+            try:
+                added = registry.add_dataset(target, str(pointer["dataset"]), notes=notes)
+            except TetherError as error:
+                done.append(Synced(rel, pointer["dataset"], named, str(pointer["digest"]),
+                                   "failed", error=error.message))
+                continue
+            write_pointer(pointer_file, pointer_text(added, kind))
+            kept.append(rel)
+            done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
+                               previous=named))
     return done
 
 
@@ -218,25 +220,28 @@ def pull(
     """Write every missing or stale tracked path from the version its pointer names."""
     top = work_tree(start)
     done = []
-    for pointer_file in pointers(top, only):
-        try:
-            target, rel, pointer = _entry(top, pointer_file)
-        except TetherError as error:
-            done.append(_refused(pointer_file, top, error))
-            continue
-        kind = str(pointer.get("kind") or "file")
-        try:
-            version = pointed_version(registry, pointer)
-            if holds(target, version, kind):
-                hold(top, [rel])
-                done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}",
-                                   "up-to-date"))
+    with holding(top) as kept:
+        for pointer_file in pointers(top, only):
+            try:
+                target, rel, pointer = _entry(top, pointer_file)
+            except TetherError as error:
+                done.append(_refused(pointer_file, top, error))
                 continue
-            checkout(registry, target)
-            hold(top, [rel])
-        except TetherError as error:
-            done.append(Synced(rel, str(pointer["dataset"]), str(pointer.get("version") or "?"),
-                               str(pointer["digest"]), "failed", error=error.message))
-            continue
-        done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}", "pulled"))
+            kind = str(pointer.get("kind") or "file")
+            try:
+                version = pointed_version(registry, pointer)
+                if holds(target, version, kind):
+                    kept.append(rel)
+                    done.append(Synced(rel, version.name, version.semver,
+                                       f"sha:{version.digest}", "up-to-date"))
+                    continue
+                checkout(registry, target, hold=False)
+                kept.append(rel)
+            except TetherError as error:
+                done.append(Synced(rel, str(pointer["dataset"]),
+                                   str(pointer.get("version") or "?"), str(pointer["digest"]),
+                                   "failed", error=error.message))
+                continue
+            done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}",
+                               "pulled"))
     return done

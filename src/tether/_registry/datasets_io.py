@@ -632,8 +632,10 @@ def file_in(version: DatasetVersion, pointer: dict[str, Any], inner: str) -> str
     return inner
 
 
-def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
-    """Write the bytes the pointer ``PATH.tether`` names at ``PATH`` (every byte verified)."""
+def checkout(registry: AnyRegistry, path: str | Path, *, hold: bool = True) -> DatasetVersion:
+    """Write the bytes the pointer ``PATH.tether`` names at ``PATH`` (every byte verified)
+    and, unless ``hold`` is False (a pull records its paths at once), record it as this
+    clone's own (data_held)."""
     target = Path(path).absolute()
     pointer_file = pointer_path(target)
     if not pointer_file.is_file():
@@ -642,7 +644,8 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
     version = pointed_version(registry, pointer)
     if pointer.get("kind") != "file" and target.is_dir() and not target.is_symlink():
         _sync_folder(registry, version, target)
-        hold_path(target)
+        if hold:
+            hold_path(target)
         return version
     scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
     try:
@@ -658,7 +661,8 @@ def checkout(registry: AnyRegistry, path: str | Path) -> DatasetVersion:
         os.replace(produced, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    hold_path(target)
+    if hold:
+        hold_path(target)
     return version
 
 
