@@ -315,6 +315,15 @@ def row_to_version(row: sa.Row[Any], name: str, alias_names: Sequence[str] = (),
     )
 
 
+def listed_versions(conn: sa.Connection, name: str, mid: int, rows: Iterable[sa.Row[Any]],
+                    ) -> list[ModelVersion]:
+    """``rows`` of model ``name`` (id ``mid``), selected with ``listed_columns``, as
+    versions with their aliases, each one's chunk records read when used."""
+    by_version = aliases_by_version(conn, mid)
+    return [row_to_version(row, name, by_version.get(row.id, []),
+                           records=listed_records(conn, versions, row)) for row in rows]
+
+
 def version_rows(
     conn: sa.Connection, mid: int, *, include_deleted: bool = False, files: bool = True,
 ) -> list[sa.Row[Any]]:

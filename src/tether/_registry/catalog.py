@@ -149,12 +149,8 @@ def versions_with_deleted(registry: Registry, name: str) -> list[ModelVersion]:
     """Every version of ``name`` by sequence number, deleted ones included."""
     with registry.read() as conn:
         mid = require_model(conn, name)
-        by_version = repo.aliases_by_version(conn, mid)
-        return [
-            repo.row_to_version(row, name, by_version.get(row.id, []),
-                                records=repo.listed_records(conn, versions, row))
-            for row in repo.version_rows(conn, mid, include_deleted=True)
-        ]
+        return repo.listed_versions(conn, name, mid,
+                                    repo.version_rows(conn, mid, include_deleted=True))
 
 
 def deleted_models(registry: Registry) -> list[ModelInfo]:

@@ -32,7 +32,7 @@ the model's ``data`` (bound by the model's digest) and a row in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -897,10 +897,7 @@ def dataset_versions_of(registry: Registry, name: str) -> list[DatasetVersion]:
     validate_model_name(name)
     with registry.read() as conn:
         did = require_dataset(conn, name)
-        by_version = _aliases_by_version(conn, did)
-        return [row_to_version(r, name, by_version.get(r.id, []),
-                               records=repo.listed_records(conn, dataset_versions, r))
-                for r in _rows(conn, did, listed=True)]
+        return _listed(conn, name, did, _rows(conn, did, listed=True))
 
 
 def dataset_versions_page(registry: Registry, name: str, *, after: int = 0,
@@ -909,12 +906,18 @@ def dataset_versions_page(registry: Registry, name: str, *, after: int = 0,
     validate_model_name(name)
     with registry.read() as conn:
         did = require_dataset(conn, name)
-        by_version = _aliases_by_version(conn, did)
         rows, next_after = repo.version_page(conn, dataset_versions,
                                              dataset_versions.c.dataset_id == did, after=after)
-        return [row_to_version(r, name, by_version.get(r.id, []),
-                               records=repo.listed_records(conn, dataset_versions, r))
-                for r in rows], next_after
+        return _listed(conn, name, did, rows), next_after
+
+
+def _listed(conn: sa.Connection, name: str, did: int, rows: Iterable[sa.Row[Any]],
+            ) -> list[DatasetVersion]:
+    """``rows`` of dataset ``name`` (id ``did``), selected with ``repo.listed_columns``,
+    as versions with their aliases, each one's chunk records read when used."""
+    by_version = _aliases_by_version(conn, did)
+    return [row_to_version(r, name, by_version.get(r.id, []),
+                           records=repo.listed_records(conn, dataset_versions, r)) for r in rows]
 
 
 def get_dataset(registry: Registry, ref: str) -> DatasetVersion:

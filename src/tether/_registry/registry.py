@@ -473,15 +473,11 @@ class Registry:
         self.require("reader", name, action="reading versions")
         with self.read() as conn:
             mid = require_model(conn, name)
+            if files:
+                return repo.listed_versions(conn, name, mid, repo.version_rows(conn, mid))
             by_version = repo.aliases_by_version(conn, mid)
-            if not files:
-                return [repo.row_to_version(row, name, by_version.get(row.id, []), files=())
-                        for row in repo.version_rows(conn, mid, files=False)]
-            return [
-                repo.row_to_version(row, name, by_version.get(row.id, []),
-                                    records=repo.listed_records(conn, versions, row))
-                for row in repo.version_rows(conn, mid)
-            ]
+            return [repo.row_to_version(row, name, by_version.get(row.id, []), files=())
+                    for row in repo.version_rows(conn, mid, files=False)]
 
     def versions_page(self, name: str, *, after: int = 0, deleted: bool = False,
                       ) -> tuple[list[ModelVersion], int | None]:
@@ -492,12 +488,9 @@ class Registry:
         self.require("reader", name, action="reading versions")
         with self.read() as conn:
             mid = require_model(conn, name)
-            by_version = repo.aliases_by_version(conn, mid)
             rows, next_after = repo.version_page(conn, versions, versions.c.model_id == mid,
                                                  after=after, include_deleted=deleted)
-            return [repo.row_to_version(row, name, by_version.get(row.id, []),
-                                        records=repo.listed_records(conn, versions, row))
-                    for row in rows], next_after
+            return repo.listed_versions(conn, name, mid, rows), next_after
 
     def version_summaries(self, name: str) -> list[model_search.VersionSummary]:
         """A model's live versions, only the columns a table or a chart needs."""
