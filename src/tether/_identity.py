@@ -125,13 +125,18 @@ _HFS_IGNORED = dict.fromkeys([0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x2
 _SHORT_NAMES = frozenset({"git~1", "tether~1"})
 
 
+def _folded(text: str) -> str:
+    """``text`` as macOS and Windows compare names: without the code points HFS+ leaves
+    out, in NFC, case folded."""
+    return unicodedata.normalize("NFC", text.translate(_HFS_IGNORED)).casefold()
+
+
 def part_reserved(part: str) -> bool:
     """Whether one path part is ``.git`` or ``.tether`` on some file system: in any
     case or Unicode form, with code points HFS+ ignores, with the trailing dots and
     spaces or the stream suffix NTFS drops (".git.", ".git::$INDEX_ALLOCATION"), or as
     NTFS's short name ("GIT~1")."""
-    name = unicodedata.normalize("NFC", part.translate(_HFS_IGNORED)).casefold()
-    name = name.split(":", 1)[0].rstrip(". ")
+    name = _folded(part).split(":", 1)[0].rstrip(". ")
     return name in RESERVED_PARTS or name in _SHORT_NAMES
 
 
@@ -170,8 +175,7 @@ def check_one_file_each(paths: Iterable[str]) -> None:
     still loads where it can."""
     folded: dict[str, str] = {}
     for path in sorted(paths):
-        # HFS+ also leaves some code points out of names: "mo\u200cdel.pkl" is model.pkl.
-        key = unicodedata.normalize("NFC", path.translate(_HFS_IGNORED)).casefold()
+        key = _folded(path)  # "mo\u200cdel.pkl" is model.pkl on HFS+
         if folded.get(key) == path:
             raise InvalidInput("the manifest lists a path twice")
         if key in folded:

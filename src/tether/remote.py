@@ -132,9 +132,11 @@ def _replayable(kwargs: dict[str, Any]) -> bool:
 MAX_ANSWER = 512 * 1024 * 1024
 #: Least bytes a page of a listing counts against MAX_ANSWER, however small.
 PAGE_COST = 64 * 1024
+#: Longest head line of a packed answer: a version's JSON without its large lists.
+_PACKED_HEAD = 96 * 1024 * 1024
 #: Largest packed version answer: its head, then the most chunk records a version can
 #: have (they go to scratch files, not memory; 16 GB of them were accepted before).
-MAX_PACKED_ANSWER = 96 * 1024 * 1024 + 1 + MAX_RECORDS
+MAX_PACKED_ANSWER = _PACKED_HEAD + 1 + MAX_RECORDS
 
 
 class TooSlow(Unavailable):
@@ -211,9 +213,6 @@ def read_body_into(response: httpx.Response, into: memoryview, url: str,
 
 V = TypeVar("V", ModelVersion, datasets.DatasetVersion)
 P = TypeVar("P")
-#: Longest head line of a packed answer: a version's JSON without its large lists.
-_PACKED_HEAD = 96 * 1024 * 1024
-assert MAX_PACKED_ANSWER == _PACKED_HEAD + 1 + MAX_RECORDS
 
 
 def read_version(response: httpx.Response, *, timeout: float = 60.0) -> ModelVersion:
