@@ -186,13 +186,19 @@ def read_answer(response: httpx.Response, url: str, timeout: float,
                     .pieces(response))
 
 
-def json_list(content: bytes, what: str) -> list[Any]:
-    """An answer that must be a JSON list; IntegrityError naming ``what`` if not."""
+def json_answer(content: bytes, what: str) -> Any:
+    """An answer's JSON (None for an empty one); IntegrityError naming ``what`` if it
+    is not JSON."""
     try:
-        found = json.loads(content)
+        return json.loads(content) if content else None
     except ValueError as error:
         raise IntegrityError(f"{what} answered something that is not JSON: {error}",
                              hint="is TETHER_URI a Tether server?") from None
+
+
+def json_list(content: bytes, what: str) -> list[Any]:
+    """An answer that must be a JSON list; IntegrityError naming ``what`` if not."""
+    found = json_answer(content, what)
     if not isinstance(found, list):
         raise IntegrityError(f"{what} answered a {type(found).__name__} where a list was due",
                              hint="is TETHER_URI a Tether server?")
@@ -527,11 +533,7 @@ class RemoteRegistry:
                 hint="point TETHER_URI at the server itself (https where it is served so)")
         if raw:
             return content
-        try:
-            return json.loads(content) if content else None
-        except ValueError as error:
-            raise IntegrityError(f"{url} answered something that is not JSON: {error}",
-                                 hint="is TETHER_URI a Tether server?") from None
+        return json_answer(content, url)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._request(

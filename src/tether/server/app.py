@@ -136,6 +136,7 @@ log = logging.getLogger("tether.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+
 def _after(request: Request) -> int:
     """A listing's ``?after=SEQ`` (0: from the first)."""
     raw = request.query_params.get("after")
