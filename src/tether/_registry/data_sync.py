@@ -12,6 +12,7 @@ already hold those bytes are left alone (re-hashed, not trusted by date).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,19 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
     return target, rel.as_posix(), pointer
 
 
+def _entries(top: Path, only: list[Path] | None, done: list[Synced],
+             ) -> Iterator[tuple[Path, Path, str, dict[str, Any]]]:
+    """(pointer file, tracked path, its path from the top, the pointer) of each pointer
+    of the work tree (or of ``only``); one refused (``_entry``) is reported in ``done``."""
+    for pointer_file in pointers(top, only):
+        try:
+            target, rel, pointer = _entry(top, pointer_file)
+        except TetherError as error:
+            done.append(_refused(pointer_file, top, error))
+            continue
+        yield pointer_file, target, rel, pointer
+
+
 def _refused(pointer_file: Path, top: Path, error: TetherError) -> Synced:
     rel = pointer_file.relative_to(top).as_posix().removesuffix(POINTER_SUFFIX)
     return Synced(rel, "?", "?", "?", "failed", error=error.message)
@@ -172,14 +186,9 @@ def push(
                            "yours to add to the dataset its pointer names")
     top = work_tree(start)
     own = held(top)
-    done = []
+    done: list[Synced] = []
     with holding(top) as kept:
-        for pointer_file in pointers(top, only):
-            try:
-                target, rel, pointer = _entry(top, pointer_file)
-            except TetherError as error:
-                done.append(_refused(pointer_file, top, error))
-                continue
+        for pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
             named = str(pointer.get("version") or "?")
             if not target.exists():
@@ -219,14 +228,9 @@ def pull(
 ) -> list[Synced]:
     """Write every missing or stale tracked path from the version its pointer names."""
     top = work_tree(start)
-    done = []
+    done: list[Synced] = []
     with holding(top) as kept:
-        for pointer_file in pointers(top, only):
-            try:
-                target, rel, pointer = _entry(top, pointer_file)
-            except TetherError as error:
-                done.append(_refused(pointer_file, top, error))
-                continue
+        for _pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or "file")
             try:
                 version = pointed_version(registry, pointer)
