@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._exchange_deadline import on_socket, received, sent, start
+from ._exchange_deadline import LateSocket, current, on_socket, sent, start
 
 Origin = tuple[str, str, int]
 T = TypeVar("T")
@@ -75,7 +75,21 @@ class _GuardedReader(io.RawIOBase):
         super().close()
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        return received(on_socket(self._sock, self._sock.recv_into, buffer))
+        # Inline, not through on_socket: this is every read of a load through a server,
+        # and the shared helper's extra calls cost a fifth of it (a loopback read of 512
+        # MB by FastHTTP.read_into, seven each, interleaved: 2.4 against 3.0 GB/s). The
+        # socket's timeout is cut and not put back: each exchange sets it (``_exchange``).
+        deadline = current()
+        if deadline is None:
+            return self._sock.recv_into(buffer)
+        left = deadline.bound(None, LateSocket)
+        per_read = self._sock.gettimeout()
+        if per_read is None or left < per_read:  # a syscall or two: only once it matters
+            self._sock.settimeout(left)
+        with deadline.cutting(TimeoutError, LateSocket):
+            got = self._sock.recv_into(buffer)
+        deadline.took(got, LateSocket)
+        return got
 
 
 class _GuardedResponse(http.client.HTTPResponse):
