@@ -179,6 +179,36 @@ def test_a_large_pin_is_written_piece_by_piece_and_reads_back(tmp_path: Path,
     assert len(pin["chunks"]) > 7 and set(pin) == {"created", "owner", "chunks"}
 
 
+def test_a_small_pin_names_each_chunk_once_in_order(tmp_path: Path) -> None:
+    """A pin under ``_PIN_PIECE`` chunks is one JSON document, each digest once, sorted;
+    a version of several files with chunks in common included."""
+    import json
+
+    (tmp_path / "src").mkdir()
+    shared = os.urandom(1 << 20)
+    (tmp_path / "src" / "a.bin").write_bytes(shared + os.urandom(1 << 20))
+    (tmp_path / "src" / "b.bin").write_bytes(shared)
+    (tmp_path / "src" / "empty.bin").write_bytes(b"")
+    store = open_store(f"file://{tmp_path / 'store'}")
+    report = store.ingest(tmp_path / "src", ["a.bin", "b.bin", "empty.bin"])
+    assert report.pin is not None
+    pin = json.loads(store.blobs.get_bytes(report.pin))
+    every = [c.digest for f in report.files for c in f.chunks]
+    assert len(every) > len(set(every))  # b.bin's chunks are a.bin's first ones
+    assert pin["chunks"] == sorted(set(every))
+
+
+def test_an_empty_pin_is_an_empty_list(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "empty.bin").write_bytes(b"")
+    store = open_store(f"file://{tmp_path / 'store'}")
+    report = store.ingest(tmp_path / "src", ["empty.bin"])
+    assert report.pin is not None
+    assert json.loads(store.blobs.get_bytes(report.pin))["chunks"] == []
+
+
 def test_locating_a_files_chunks_at_once_agrees_with_one_at_a_time(
         tmp_path: Path, monkeypatch: Any) -> None:
     """A load locates every chunk of a file at once (numpy over the merged index); it must

@@ -170,6 +170,64 @@ def test_a_models_versions_come_a_page_at_a_time_and_its_chart_a_bounded_sample(
     assert html.count('name="v" value="many@') == 2  # the page's versions, no more
 
 
+def test_a_model_page_reads_a_page_and_a_sample_never_every_version(
+        world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A model of 50,000 versions took a second a page (and its version pages too): they
+    decoded every version's summary, and every event of the model. Now neither page asks
+    for every summary, and a version's events are picked out by the database."""
+    from tether._registry.registry import Registry
+    from tether.ui import views
+
+    for i in range(7):
+        (tmp_path / "w.bin").write_bytes(b"w%d" % i)
+        world.registry.log_model(tmp_path / "w.bin", "many", metrics={"acc": i / 10},
+                                 progress=False)
+    world.registry.delete_version("many@1.5.0")  # seq 6: neither a neighbour nor a point
+    world.registry.promote("many@1.2.0", "production", reason="r", create=True)
+    read_all = Registry.version_summaries
+
+    def one_page_at_most(self: Registry, name: str, **how: Any) -> Any:
+        assert how.get("seqs") is not None or how.get("limit") is not None, how
+        return read_all(self, name, **how)
+
+    monkeypatch.setattr(Registry, "version_summaries", one_page_at_most)
+    monkeypatch.setattr(Registry, "audit_log", lambda *a, **k: pytest.fail("every event read"))
+    monkeypatch.setattr(views, "CHART_POINTS", 3, raising=False)
+    client = world.client("rita")
+    page = client.get("/models/many?format=json").json()
+    assert page["version_total"] == 6
+    assert [p["seq"] for p in page["chart"]["points"]] == [1, 3, 7]  # live: 1-5, 7
+    assert page["metric_names"] == ["acc"]
+    version = client.get("/models/many/versions/1.6.0.json").json()
+    assert (version["previous"], version["next"]) == ("many@1.4.0", None)
+    assert version["env_vs_production"]["target"] == "many@1.2.0"
+    middle = client.get("/models/many/versions/1.4.0.json").json()
+    assert (middle["previous"], middle["next"]) == ("many@1.3.0", "many@1.6.0")
+
+
+def test_a_versions_events_are_its_own(world: World, tmp_path: Path) -> None:
+    """``Registry.version_events`` keeps what the page showed before, found in SQL: the
+    version's creation, an alias moved to or from it; not another version's."""
+    reg = world.registry
+    for i in range(3):
+        (tmp_path / "w.bin").write_bytes(b"e%d" % i)
+        reg.log_model(tmp_path / "w.bin", "ev", progress=False)
+    reg.promote("ev@1.1.0", "staging", reason="try", create=True)
+    reg.promote("ev@1.2.0", "staging", reason="next")
+    mine = reg.get("ev@1.1.0")
+    found = reg.version_events(mine)
+    assert [(e.action, e.subject, e.before, e.after if isinstance(e.after, str) else None)
+            for e in found] == [
+        ("alias.set", "ev@staging", "1.1.0", "1.2.0"),  # moved away from it
+        ("alias.set", "ev@staging", None, "1.1.0"),  # moved to it
+        ("version.logged", "ev@1.1.0", None, None),
+    ]
+    every = reg.audit_log(model="ev")
+    from tether._metadata.audit_log import event_concerns
+
+    assert found == [e for e in every if event_concerns(e, mine.ref, mine.semver, mine.digest)]
+
+
 def test_models_search_filter_sort_and_paginate(world: World) -> None:
     client = world.client("rita")
 

@@ -136,6 +136,39 @@ def list_events(
     return [_event(_row_content(row), row.prev_hash, row.hash) for row in conn.execute(query)]
 
 
+def events_about(conn: sa.Connection, *, model: str, ref: str, semver: str,
+                 digest: str) -> list[Event]:
+    """Model ``model``'s events that may concern its version ``ref`` (``semver``, content
+    ``digest``), newest first: a superset of those ``event_concerns`` keeps, found by
+    the database among the model's events (its index) rather than decoded one by one."""
+    query = (
+        sa.select(events)
+        .where(events.c.model == model)
+        .where(sa.or_(
+            events.c.subject == ref,
+            events.c.subject.startswith(ref + " for ", autoescape=True),
+            sa.and_(events.c.action.startswith("alias.", autoescape=True),
+                    sa.or_(events.c.before == canonical_json(semver),  # stored as JSON
+                           events.c.after == canonical_json(semver))),
+            events.c.details.contains(f"sha:{digest}", autoescape=True),
+        ))
+        .order_by(events.c.id.desc())
+    )
+    return [_event(_row_content(row), row.prev_hash, row.hash) for row in conn.execute(query)]
+
+
+def event_concerns(event: Event, ref: str, semver: str, digest: str) -> bool:
+    """Whether ``event`` is about version ``ref``: names it (or an approval of it ``for``
+    an alias), moves an alias to or from it, or cites its digest."""
+    subject = event.subject or ""
+    if subject == ref or subject.startswith(ref + " for "):
+        return True
+    if event.action.startswith("alias.") and semver in (event.before, event.after):
+        return True
+    details = event.details if isinstance(event.details, dict) else {}
+    return bool(details.get("digest") == f"sha:{digest}")
+
+
 def record_signed_head(conn: sa.Connection, head: SignedHead) -> None:
     conn.execute(
         audit_signatures.insert().values(

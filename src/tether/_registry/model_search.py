@@ -222,8 +222,12 @@ class VersionSummary:
         return f"sha:{self.digest[:12]}"
 
 
-def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
-    """A model's live versions by sequence number, for tables, charts and neighbours.
+def version_summaries(registry: Registry, name: str, *, seqs: Collection[int] | None = None,
+                      newest_first: bool = False, limit: int | None = None,
+                      offset: int = 0) -> list[VersionSummary]:
+    """A model's live versions by sequence number (``newest_first``: the other way),
+    for tables, charts and neighbours: those numbered ``seqs`` only, or ``limit`` of
+    them after skipping ``offset``.
 
     ``Registry.versions`` decodes every version whole (its manifest, environment
     with every installed distribution, lineage); a page that shows a table of
@@ -240,8 +244,12 @@ def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
                 versions.c.status, versions.c.author, versions.c.created_at, versions.c.metrics,
             )
             .where(versions.c.model_id == mid, versions.c.status != "deleted")
-            .order_by(versions.c.seq)
+            .order_by(versions.c.seq.desc() if newest_first else versions.c.seq)
         )
+        if seqs is not None:
+            query = query.where(versions.c.seq.in_(sorted(seqs)))
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
         return [
             VersionSummary(
                 name=name,
@@ -257,3 +265,57 @@ def version_summaries(registry: Registry, name: str) -> list[VersionSummary]:
             )
             for row in conn.execute(query)
         ]
+
+
+def _live(mid: int) -> Any:
+    return sa.and_(versions.c.model_id == mid, versions.c.status != "deleted")
+
+
+def count_versions(registry: Registry, name: str) -> int:
+    """How many live versions model ``name`` has (one indexed count)."""
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        return int(conn.execute(sa.select(sa.func.count()).where(_live(mid))).scalar_one())
+
+
+def spread_seqs(registry: Registry, name: str, most: int) -> list[int]:
+    """At most ``most`` of the model's live sequence numbers, evenly spaced over all of
+    them, the newest kept: what a chart of a model of 100,000 versions draws.
+
+    Numbered and picked in the database (a window function over the model's index),
+    so a page reads ``most`` numbers, not every version."""
+    if most < 1:
+        return []
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        total = int(conn.execute(sa.select(sa.func.count()).where(_live(mid))).scalar_one())
+        if total <= most:
+            return [int(s) for s in conn.execute(
+                sa.select(versions.c.seq).where(_live(mid)).order_by(versions.c.seq)).scalars()]
+        step = -(-total // most)
+        # Numbered by ``seq + 0``: ordered by ``seq`` itself, SQLite walked the
+        # (model_id, seq) index and read each version's row for its status (50,000
+        # versions: 220 ms); so it reads the index holding all three (26 ms).
+        numbered = (
+            sa.select(versions.c.seq,
+                      sa.func.row_number().over(order_by=versions.c.seq + 0).label("n"))
+            .where(_live(mid))
+            .subquery()
+        )
+        picked = [int(s) for s in conn.execute(
+            sa.select(numbered.c.seq)
+            .where(sa.or_((numbered.c.n - 1) % step == 0, numbered.c.n == total))
+            .order_by(numbered.c.seq)).scalars()]
+    # Every step-th and the newest: one too many when the newest is not a step-th.
+    return picked if len(picked) <= most else [*picked[:most - 1], picked[-1]]
+
+
+def neighbour_seqs(registry: Registry, name: str, seq: int) -> tuple[int | None, int | None]:
+    """The live versions numbered just before and just after ``seq`` (two indexed looks)."""
+    with registry.read() as conn:
+        mid = require_model(conn, name)
+        before = conn.execute(sa.select(sa.func.max(versions.c.seq)).where(
+            _live(mid), versions.c.seq < seq)).scalar()
+        after = conn.execute(sa.select(sa.func.min(versions.c.seq)).where(
+            _live(mid), versions.c.seq > seq)).scalar()
+    return (None if before is None else int(before)), (None if after is None else int(after))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,8 @@ from .._metadata.audit_log import (
     PENDING_HEAD,
     append_event,
     continues_signed_chain,
+    event_concerns,
+    events_about,
     list_events,
     newest_signed_head,
     newest_valid_head,
@@ -492,10 +494,41 @@ class Registry:
                                                  after=after, include_deleted=deleted)
             return repo.listed_versions(conn, name, mid, rows), next_after
 
-    def version_summaries(self, name: str) -> list[model_search.VersionSummary]:
-        """A model's live versions, only the columns a table or a chart needs."""
+    def version_summaries(self, name: str, *, seqs: Collection[int] | None = None,
+                          newest_first: bool = False, limit: int | None = None,
+                          offset: int = 0) -> list[model_search.VersionSummary]:
+        """A model's live versions, only the columns a table or a chart needs: every one,
+        those numbered ``seqs``, or a page (``limit`` after ``offset``)."""
         self.require("reader", name, action="reading versions")
-        return model_search.version_summaries(self, name)
+        return model_search.version_summaries(self, name, seqs=seqs, newest_first=newest_first,
+                                              limit=limit, offset=offset)
+
+    def count_versions(self, name: str) -> int:
+        """How many live versions model ``name`` has."""
+        self.require("reader", name, action="reading versions")
+        return model_search.count_versions(self, name)
+
+    def spread_seqs(self, name: str, most: int) -> list[int]:
+        """At most ``most`` live sequence numbers of ``name``, evenly spaced, the newest kept."""
+        self.require("reader", name, action="reading versions")
+        return model_search.spread_seqs(self, name, most)
+
+    def neighbour_seqs(self, name: str, seq: int) -> tuple[int | None, int | None]:
+        """The live versions of ``name`` numbered just before and just after ``seq``."""
+        self.require("reader", name, action="reading versions")
+        return model_search.neighbour_seqs(self, name, seq)
+
+    def version_events(self, version: ModelVersion) -> list[Event]:
+        """The events about ``version``, newest first: those naming it (``NAME@SEMVER``,
+        or an approval ``... for ALIAS``), moving an alias to or from it, or citing its
+        digest. Picked out by the database among the model's events (a page about one
+        version of a model of 50,000 read and decoded every one of them: a second)."""
+        self.require("reader", version.name, action="reading the audit log")
+        with self.read() as conn:
+            found = events_about(conn, model=version.name, ref=version.ref,
+                                 semver=version.semver, digest=version.digest)
+        return [e for e in found if event_concerns(e, version.ref, version.semver,
+                                                   version.digest)]
 
     def get(self, ref: str) -> ModelVersion:
         """The version ``ref`` names (any reference form)."""

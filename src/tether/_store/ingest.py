@@ -57,7 +57,7 @@ _WINDOW = 8 * 1024 * 1024
 _AHEAD = 3
 #: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
-#: Pins of more chunks than this are written piece by piece through a file.
+#: Pins of more chunks than this are written this many at a time through a file.
 _PIN_PIECE = 50_000
 #: A pack writer remembers the chunks of packs it indexed until this many bytes of
 #: later packs are indexed: more than the windows an ingest looks up ahead.
@@ -67,15 +67,40 @@ _HELD_BYTES = (_AHEAD + 2) * _WINDOW
 _FOLLOW = not env_off("TETHER_FOLLOW")
 
 
-def _pinned_digests(files: Sequence[FileEntry]) -> Iterator[str]:
-    """The chunk digests of ``files`` to pin, as hex, in file order: whoever reads a pin
-    makes a set of it, so a repeat costs a line. Sorting them first (a set of a
-    million hex digests was 150 MB; even in numpy 70 MB) is not worth it."""
-    if sum(len(f.chunks) for f in files) < _PIN_PIECE:
-        yield from sorted({d for f in files for d in f.chunks.digests()})  # small: tidy
+def _pinned_text(files: Sequence[FileEntry]) -> Iterator[bytes]:
+    """The chunk digests of ``files`` to pin as pieces of a JSON list's inside
+    (``"<64 hex>", "<64 hex>"``), in file order: whoever reads a pin makes a set of
+    it, so a repeat costs a line. A small pin's are unique and sorted (tidy).
+
+    In numpy, ``_PIN_PIECE`` records at a time: a str per digest, sorted and dumped
+    as JSON, took 40 ms of a 2 GB log (80 beside the log's other threads), and the
+    set of a million hex digests was 150 MB."""
+    import numpy as np
+
+    lists = [f.chunks for f in files if len(f.chunks)]
+    if sum(len(c) for c in lists) < _PIN_PIECE:  # small: tidy
+        if lists:
+            yield _quoted(np.unique(np.concatenate([c.rows()["digest"] for c in lists])))
         return
-    for entry in files:
-        yield from entry.chunks.digests()
+    first = True
+    for chunks in lists:
+        for piece in chunks.pieces(_PIN_PIECE):
+            text = _quoted(np.frombuffer(piece, dtype=[("d", "S32"), ("s", "<u8")])["d"])
+            yield text if first else b", " + text
+            first = False
+
+
+def _quoted(digests: Any) -> bytes:
+    """``"<hex>", "<hex>"`` of an array of 32-byte digests (numpy ``S32``)."""
+    import numpy as np
+
+    count = len(digests)
+    out = np.empty((count, 68), dtype=np.uint8)
+    out[:, 0] = out[:, 65] = ord('"')
+    out[:, 1:65] = np.frombuffer(digests.tobytes().hex().encode(), dtype=np.uint8).reshape(
+        count, 64)
+    out[:, 66], out[:, 67] = ord(","), ord(" ")
+    return out.tobytes()[:-2]
 
 
 #: Chunks from this size are aligned in packs (see ``PackWriter.add``); smaller ones
@@ -406,7 +431,7 @@ def _ingest(store: ChunkStore, root: Path, paths: Sequence[str], *, progress: bo
         writer.finish()
         # Pins protect reused chunks from a concurrent gc until the version commits.
         report.pin = f"pins/{uuid.uuid4().hex}.json"
-        _write_pin(store, report.pin, _pinned_digests([*report.files, *pin_also]))
+        _write_pin(store, report.pin, _pinned_text([*report.files, *pin_also]))
     except BaseException:
         writer.abort()
         raise
@@ -414,24 +439,22 @@ def _ingest(store: ChunkStore, root: Path, paths: Sequence[str], *, progress: bo
         bar.close(f"{report.new_chunks} new chunks, {report.reused_chunks} reused")
     return report
 
-def _write_pin(store: ChunkStore, key: str, chunks: Iterable[str]) -> None:
-    """``{"created", "chunks", "owner"}`` at ``key``; a large one written through a
-    file, piece by piece (one string of a million digests was 150 MB at once)."""
-    head = json.dumps({"created": time.time(), "owner": owner_tag()})[:-1]
+def _write_pin(store: ChunkStore, key: str, chunks: Iterable[bytes]) -> None:
+    """``{"created", "owner", "chunks"}`` at ``key``, the digests' JSON text given in
+    pieces (``_pinned_text``); one of many pieces written through a file (a million
+    digests at once were 150 MB)."""
+    head = json.dumps({"created": time.time(), "owner": owner_tag()})[:-1].encode()
     stream = iter(chunks)
-    piece = list(itertools.islice(stream, _PIN_PIECE))
-    if len(piece) < _PIN_PIECE:
-        store.blobs.put_bytes(key, (head + ', "chunks": ' + json.dumps(piece) + "}").encode())
+    first, second = next(stream, b""), next(stream, None)
+    if second is None:
+        store.blobs.put_bytes(key, head + b', "chunks": [' + first + b"]}")
         return
     fd, path = store.blobs.temp_file()
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write((head + ', "chunks": [').encode())
-            first = True
-            while piece:
-                out.write(((", " if not first else "") + json.dumps(piece)[1:-1]).encode())
-                first = False
-                piece = list(itertools.islice(stream, _PIN_PIECE))
+            out.write(head + b', "chunks": [')
+            for piece in itertools.chain((first, second), stream):
+                out.write(piece)
             out.write(b"]}")
     except BaseException:
         path.unlink(missing_ok=True)

@@ -159,15 +159,6 @@ VERSIONS_PAGE = 100
 CHART_POINTS = 500
 
 
-def _spread(points: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
-    """At most ``most`` of ``points``, evenly spaced, the last kept."""
-    if len(points) <= most:
-        return points
-    step = math.ceil(len(points) / most)
-    kept = points[::step]
-    return kept if kept[-1] is points[-1] else [*kept[:most - 1], points[-1]]
-
-
 def model_page(
     registry: Registry,
     perms: Permissions,
@@ -178,10 +169,18 @@ def model_page(
     page: int = 1,
 ) -> dict[str, Any]:
     info = registry.model(name)
-    # The table and the chart need a few columns of each version, not whole versions.
-    found = registry.version_summaries(name)
+    # The table and the chart need a few columns of a few versions: the page's, and
+    # CHART_POINTS spread over all of them (a model of 50,000 versions took a second
+    # a page, decoding every one). The metric names offered are those of the versions
+    # read, in order of their first appearance.
+    total = registry.count_versions(name)
+    pages = max(1, math.ceil(total / VERSIONS_PAGE))
+    page = min(max(page, 1), pages)  # past the end: the last page
+    shown = registry.version_summaries(name, newest_first=True, limit=VERSIONS_PAGE,
+                                       offset=(page - 1) * VERSIONS_PAGE)
+    sampled = registry.version_summaries(name, seqs=registry.spread_seqs(name, CHART_POINTS))
     names: dict[str, None] = {}  # in order, each once (a list search was quadratic)
-    for v in found:
+    for v in [*sampled, *reversed(shown)]:
         for key, value in v.metrics.items():
             if key not in names and _number(value) is not None:
                 names[key] = None
@@ -190,15 +189,11 @@ def model_page(
     chart_metric = chart_metric if chart_metric in metric_names else (
         metric_names[0] if metric_names else ""
     )
-    points = _spread([
+    points = [
         {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
-        for v in found
+        for v in sampled
         if chart_metric and _number(v.metrics.get(chart_metric)) is not None
-    ], CHART_POINTS)
-    pages = max(1, math.ceil(len(found) / VERSIONS_PAGE))
-    page = min(max(page, 1), pages)  # past the end: the last page
-    newest_first = found[::-1]
-    shown = newest_first[(page - 1) * VERSIONS_PAGE:page * VERSIONS_PAGE]
+    ]
     try:
         policy: dict[str, Any] | None = registry.get_policy(name)
     except NotFound:
@@ -244,7 +239,7 @@ def model_page(
             }
             for v in shown
         ],
-        "version_total": len(found),
+        "version_total": total,
         "page": page,
         "pages": pages,
         "first_shown": (page - 1) * VERSIONS_PAGE + 1 if shown else 0,
@@ -278,15 +273,16 @@ def _parsed(text: str) -> Policy | None:
         return None
 
 
-def _touches(event: Event, version: ModelVersion) -> bool:
-    subject = event.subject or ""
-    if subject == version.ref or subject.startswith(version.ref + " for "):
-        return True
-    if event.action.startswith("alias.") and version.semver in (event.before, event.after):
-        return True
-    details = event.details if isinstance(event.details, dict) else {}
-    return bool(details.get("digest") == f"sha:{version.digest}")
-
+def _production_of(registry: Registry, name: str) -> Any:
+    """The summary of the version ``production`` points at, if it does."""
+    if "production" not in registry.model(name).aliases:
+        return None
+    try:
+        seq = int(registry.alias(name, "production")["seq"])
+    except NotFound:  # moved away meanwhile
+        return None
+    found = registry.version_summaries(name, seqs=[seq])
+    return found[0] if found else None
 
 
 def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[str, Any]]:
@@ -319,10 +315,13 @@ def _files(version: ModelVersion, previous: ModelVersion | None) -> list[dict[st
 def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, Any]:
     version = registry.get(ref)
     name = version.name
-    siblings = registry.version_summaries(name)
-    before = max((v for v in siblings if v.seq < version.seq), key=lambda v: v.seq, default=None)
-    following = min((v for v in siblings if v.seq > version.seq), key=lambda v: v.seq, default=None)
-    production = next((v for v in siblings if "production" in v.aliases), None)
+    # The neighbours and the production target, looked up (every sibling was read).
+    before_seq, after_seq = registry.neighbour_seqs(name, version.seq)
+    near = {v.seq: v for v in registry.version_summaries(
+        name, seqs=[s for s in (before_seq, after_seq) if s is not None])}
+    before = near.get(before_seq) if before_seq is not None else None
+    following = near.get(after_seq) if after_seq is not None else None
+    production = _production_of(registry, name)
     # Only the previous version and the production target are read whole (each
     # through Registry.get, re-hashed): files to count shared bytes, an environment.
     previous = registry.get(before.ref) if before is not None else None
@@ -337,7 +336,7 @@ def version_page(registry: Registry, perms: Permissions, ref: str) -> dict[str, 
         }
     trust = registry.trust_facts(version)  # checks the signatures of this resolved version
     valid, problems = list(trust["valid_signers"]), list(trust["signature_problems"])
-    events = [event_row(e) for e in registry.audit_log(model=name) if _touches(e, version)]
+    events = [event_row(e) for e in registry.version_events(version)]
     approvals = [
         {
             "actor": e["actor"],
