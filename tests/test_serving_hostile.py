@@ -543,3 +543,121 @@ def test_large_bodies_queue_for_a_bounded_time_then_503(
     assert 400 in codes and 503 in codes, [a.text[:100] for a in answers]
     busy = next(a for a in answers if a.status_code == 503)
     assert "busy decoding" in busy.text and busy.headers.get("retry-after")
+
+
+def _flat4(x: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(x).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("value", ["null", '"nan"', '"inf"', '"1e400"'])
+def test_missing_or_text_values_in_a_tensor_are_the_callers_error(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path, value: str
+) -> None:
+    """null, "nan" or "inf" in a tensor record: numpy's cast made them NaN or infinity
+    without a word, the model refused them, and the 500 counted against the version:
+    eight requests from anyone rolled production back (a review). Now they are refused
+    as the record's own fault (422), before the model sees them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = iris
+    X3 = X.to_numpy().astype("float32").reshape(-1, 2, 2)
+    for C in (1.0, 0.5):
+        model = make_pipeline(FunctionTransformer(_flat4),
+                              LogisticRegression(C=C, max_iter=500)).fit(X3, y)
+        version = registry.log_model(model, "tens", input_example=X3[:3],
+                                     serialization="pickle")
+        registry.promote(version.ref, "production", create=True)
+    assert registry.get("tens@production").signature["inputs"]["kind"] == "tensor"
+    deployment = fast_deployment(tmp_path, """
+endpoints:
+  tens:
+    routes: [tens@production]
+    trusted: true
+    rollback: {window: 30, min_requests: 5, rules: ["error_rate > 0.05"]}
+""")
+    body = '{"records": [{"input": [[' + value + ', 1.0], [1.0, 1.0]]}]}'
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        fine = c.post(PREDICT.format("tens"), json={"records": [{"input": X3[0].tolist()}]})
+        assert fine.status_code == 200, fine.text
+        for _ in range(8):
+            answer = c.post(PREDICT.format("tens"), content=body,
+                            headers={"content-type": "application/json"})
+            assert answer.status_code == 422, answer.text
+        time.sleep(0.5)
+        window = c.get("/v1/endpoints/tens").json()["routes"][0]["window"]
+    assert window["errors"] == 0
+    assert registry.get("tens@production").semver == "1.1.0"
+    assert registry.audit_log(action="alias.rollback") == []
+
+
+def test_a_model_refusing_missing_or_text_values_is_the_callers_error() -> None:
+    """Where no signature checks a record, what the model refuses of a null or of
+    "nan" is still the caller's doing, not the version's (``_implausible``)."""
+    from tether.serving.endpoint import _implausible
+
+    for bad in (None, "nan", "-inf", "1e400", "1e200"):
+        assert _implausible([{"x": [1.0, bad]}]), bad
+    for fine in ("cat", "12.5", "", 3, 2.5, True):
+        assert not _implausible([{"x": [1.0, fine]}]), fine
+
+
+def test_an_oip_request_over_the_record_limit_is_refused_before_decoding() -> None:
+    """A 16 MB body declaring four million BYTES records took 4 s of the event loop to
+    decode before the endpoint's record limit refused it, slowing every other client
+    tenfold (a review); a shape of more elements than the bytes can hold decoded
+    every element first too."""
+    import json
+    import struct
+
+    raw = b"".join([struct.pack("<I", 1) + b"x"] * 1_000_000)
+    header = json.dumps({"inputs": [{"name": "s", "shape": [1_000_000], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    started = time.perf_counter()
+    with pytest.raises(tether.InvalidInput, match="over this endpoint's limit of 10000"):
+        protocols.parse_infer(header + raw, str(len(header)), 10_000)
+    short = json.dumps({"inputs": [{"name": "s", "shape": [4_000_000], "datatype": "BYTES",
+                                    "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    with pytest.raises(tether.InvalidInput, match="cannot hold 4000000 BYTES elements"):
+        protocols.parse_infer(short + raw, str(len(short)))
+    assert time.perf_counter() - started < 0.2
+    odd = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": ["FP64"],
+                       "data": [1.0, 2.0, 3.0, 4.0]}]}
+    with pytest.raises(tether.InvalidInput, match="unknown datatype"):
+        protocols.parse_infer(json.dumps(odd).encode(), None)
+
+
+def test_answers_are_strict_json_and_nan_keeps_out_of_the_histogram(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A model predicting infinity answered ``-Infinity``, which only Python reads as JSON
+    (a browser's JSON.parse failed on the whole answer), and one NaN prediction made the
+    prediction histogram's sum NaN for good (a review)."""
+    from sklearn.linear_model import LinearRegression
+
+    X, y = iris
+    model = LinearRegression().fit(X, y.astype(float) * 1e6)
+    registry.log_model(model, "bigr", input_example=X.head(3))
+    deployment = fast_deployment(tmp_path, "endpoints: {bigr: {routes: [bigr@latest]}}")
+    huge = X.iloc[:2].copy()
+    huge.iloc[0] = 1e305  # finite in, -infinity out
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        rows = huge.to_dict(orient="records")
+        answer = c.post(PREDICT.format("bigr"), json={"records": rows})
+        oip = c.post("/v2/models/bigr/infer", json={"inputs": [
+            {"name": "input", "shape": [2, 4], "datatype": "FP64",
+             "data": huge.to_numpy().reshape(-1).tolist()}]})
+        metrics = c.get("/metrics").text
+    for body in (answer, oip):
+        assert body.status_code == 200, body.text
+        assert "Infinity" not in body.text and "NaN" not in body.text
+        json.loads(body.text, parse_constant=lambda name: pytest.fail(name))
+    predictions = answer.json()["predictions"]
+    assert predictions[0] is None and isinstance(predictions[1], float)
+    assert oip.json()["outputs"][0]["data"][0] is None
+    sums = [line for line in metrics.splitlines()
+            if line.startswith("tether_prediction_value_sum")]
+    assert sums and all("NaN" not in line and "nan" not in line.split()[-1] for line in sums)

@@ -46,6 +46,7 @@ from .. import __version__
 from .._errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from .._registry.tokens import Unauthenticated
 from .._schema import RecordSchemaError
+from . import json_body
 from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
 from .endpoint import Check, Endpoint, PredictionFailed, Served
@@ -83,7 +84,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def json_response(payload: Any, status: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), default=str)
+    body = json_body.dumps(payload)  # NaN and infinities as null: strict JSON
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -417,7 +418,7 @@ def create_app(runtime: ServingRuntime, *, inline: bool = True) -> Starlette:
         asked: list[InferRequest] = []
 
         def decode(body: bytes) -> Decoded:
-            parsed = parse_infer(body, header_length)
+            parsed = parse_infer(body, header_length, endpoint.config.max_records)
             request_id = checked_request_id(parsed.request_id, "id")
             asked.append(parsed)
             return Decoded(parsed.records, None, request_id, version, parsed)

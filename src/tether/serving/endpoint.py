@@ -63,13 +63,21 @@ IMPLAUSIBLE = 1e100
 
 def _implausible(records: Any, budget: int = 1_000_000) -> bool:
     """Whether ``records`` hold a non-finite number or one of at least ``IMPLAUSIBLE``
-    magnitude (looking at no more than ``budget`` values)."""
+    magnitude, a missing value (None) or text that is one of those ("nan", "1e400"),
+    looking at no more than ``budget`` values."""
     stack: list[Any] = [records]
     while stack and budget > 0:
         value = stack.pop()
         budget -= 1
         if isinstance(value, bool):
             continue
+        if value is None:  # a missing value: NaN to the model
+            return True
+        if isinstance(value, str):  # "nan", "-inf", "1e400": numpy makes them numbers
+            try:
+                value = float(value)
+            except (ValueError, OverflowError):
+                continue
         if isinstance(value, float):
             if not math.isfinite(value) or abs(value) >= IMPLAUSIBLE:
                 return True

@@ -7,6 +7,7 @@ Per-version families carry ``endpoint, model, version, digest`` labels (the
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -118,7 +119,11 @@ class Instruments:
     def predictions(self, labels: tuple[str, ...], predictions: Sequence[Any]) -> None:
         """Count classes of discrete predictions; histogram numeric ones."""
         for value in predictions:
-            if isinstance(value, float):
+            if isinstance(value, float) and not math.isfinite(value):
+                # Counted as a class ("nan", "inf", "-inf"): in the histogram, one NaN
+                # made its sum NaN for good and landed in the lowest bucket.
+                self.classes.inc(*labels, self._class(labels, str(value)))
+            elif isinstance(value, float):
                 self.values.observe(value, *labels)
             elif isinstance(value, str | int | bool):
                 self.classes.inc(*labels, self._class(labels, str(value)))
