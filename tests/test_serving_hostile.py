@@ -661,3 +661,10 @@ def test_answers_are_strict_json_and_nan_keeps_out_of_the_histogram(
     sums = [line for line in metrics.splitlines()
             if line.startswith("tether_prediction_value_sum")]
     assert sums and all("NaN" not in line and "nan" not in line.split()[-1] for line in sums)
+
+
+def test_mlflow_dataframe_split_refuses_a_column_named_twice() -> None:
+    """``{"columns": ["a", "a"], ...}`` kept the last value of the two without a word."""
+    body = {"dataframe_split": {"columns": ["a", "b", "a"], "data": [[1, 2, 3]]}}
+    with pytest.raises(tether.InvalidInput, match="names 'a' twice"):
+        protocols.parse_mlflow(body)

@@ -478,6 +478,9 @@ def parse_mlflow(data: Any) -> list[Any]:
             return list(rows)
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
             raise InvalidInput("dataframe_split.columns must be a list of names")
+        if len(set(columns)) != len(columns):  # one of them would silently win
+            twice = next(c for c in columns if columns.count(c) > 1)
+            raise InvalidInput(f"dataframe_split.columns names {twice!r} twice")
         out = []
         for index, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != len(columns):

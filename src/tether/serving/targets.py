@@ -138,7 +138,8 @@ def _rollback_alias(endpoint: Endpoint, slot: RouteSlot, reason: str,
         entry.update(note="the alias had already been moved; following it")
     except TetherError as error:
         log.error("cannot roll back alias %s: %s", slot.target, error.message,
-                  extra={"endpoint": endpoint.name, "route": slot.name})
+                  extra={"endpoint": endpoint.name, "route": slot.name,
+                         **(version_fields(failing.version) if failing is not None else {})})
         return False
     state = registry.alias(ref.name, ref.value)
     version = registry.get(f"{ref.name}@{state['digest']}")
