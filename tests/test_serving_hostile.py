@@ -33,7 +33,7 @@ from tether import Registry
 from tether.serving import BackgroundServer, protocols
 from tether.serving import app as serving_app
 
-from .conftest import fast_deployment
+from .conftest import fast_deployment, wait_until
 
 PREDICT = "/v1/endpoints/{}/predict"
 FIELD = "petal width (cm)"
@@ -83,8 +83,10 @@ def test_a_number_too_large_for_a_float32_field_is_422_and_cannot_roll_back(
 ) -> None:
     _, v2 = iris32
     assert registry.get(v2.ref).signature["inputs"]["fields"][0]["type"] == "float"
-    # The harm, the unsafe way: let through, 1e39 is infinity in float32 and the model fails.
-    unsafe = fast_deployment(tmp_path, ROLLBACK.format(extra="\n    allow_non_finite: true"))
+    # The harm, the unsafe way: let through, 1e39 is infinity in float32 and the model
+    # fails (no rollback rules: no earlier version kept loaded to say it fails there too).
+    unsafe = fast_deployment(tmp_path, "endpoints: {iris32: {routes: [iris32@production], "
+                                       "allow_non_finite: true}}")
     with BackgroundServer(registry, unsafe) as server, httpx.Client(base_url=server.url) as c:
         failed = c.post(PREDICT.format("iris32"), content=_record(iris, "1e39"),
                         headers={"content-type": "application/json"})
@@ -668,3 +670,74 @@ def test_mlflow_dataframe_split_refuses_a_column_named_twice() -> None:
     body = {"dataframe_split": {"columns": ["a", "b", "a"], "data": [[1, 2, 3]]}}
     with pytest.raises(tether.InvalidInput, match="names 'a' twice"):
         protocols.parse_mlflow(body)
+
+
+def _promote_two(registry: Registry, name: str, models: list[Any], example: Any) -> None:
+    for model in models:
+        version = registry.log_model(model, name, input_example=example, serialization="pickle")
+        registry.promote(version.ref, "production", create=True)
+
+
+ROLLBACK_ON = """
+endpoints:
+  {name}:
+    routes: [{name}@production]
+    trusted: true
+    rollback: {{window: 30, min_requests: 5, rules: ["error_rate > 0.05"]}}
+"""
+
+
+def test_what_every_version_refuses_cannot_roll_production_back(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """1e80 is below the 1e100 of ``_implausible``, yet x**4 of it overflows inside a
+    polynomial pipeline: eight such requests from anyone rolled production back to a
+    version that refuses them just the same (a review). The route now keeps the alias's
+    earlier version loaded; what it refuses too is the records' fault, a 422."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+    X, y = iris
+    _promote_two(registry, "poly", [
+        make_pipeline(StandardScaler(), PolynomialFeatures(4),
+                      LogisticRegression(C=C, max_iter=2000)).fit(X, y) for C in (1.0, 0.5)],
+        X.head(3))
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON.format(name="poly"))
+    body = {"records": [dict.fromkeys(X.columns, 1e80)]}
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        for _ in range(8):
+            answer = c.post(PREDICT.format("poly"), json=body)
+            assert answer.status_code == 422, answer.text
+            assert "so does poly@1.0.0, served before it" in answer.json()["message"]
+        time.sleep(0.5)
+        window = c.get("/v1/endpoints/poly").json()["routes"][0]["window"]
+    assert window["errors"] == 0
+    assert registry.get("poly@production").semver == "1.1.0"
+    assert registry.audit_log(action="alias.rollback") == []
+
+
+def test_what_only_the_new_version_refuses_still_rolls_it_back(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """The other side: the earlier version takes the records, so the refusal is the new
+    version's own (1/x of a zero), counted, and production goes back to the earlier one,
+    kept loaded for it."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = iris
+    _promote_two(registry, "recip2", [
+        LogisticRegression(max_iter=500).fit(X, y),
+        make_pipeline(FunctionTransformer(np.reciprocal), LogisticRegression(max_iter=500)
+                      ).fit(X, y)], X.head(3))
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON.format(name="recip2"))
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        for _ in range(6):
+            answer = c.post(PREDICT.format("recip2"), content=_record(iris, "0.0"),
+                            headers={"content-type": "application/json"})
+            assert answer.status_code in (500, 200), answer.text
+        wait_until(lambda: registry.get("recip2@production").semver == "1.0.0")
+    assert [e.action for e in registry.audit_log(action="alias.rollback")] == ["alias.rollback"]

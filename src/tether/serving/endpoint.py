@@ -35,7 +35,7 @@ from .pool import LoadedModel, ModelPool
 from .route_slots import RouteSlot
 from .router import WeightedRouter
 from .shadow import MirrorJob, agree
-from .targets import poll_target, rollback_slot
+from .targets import keep_earlier_loaded, poll_target, rollback_slot
 
 if TYPE_CHECKING:
     from .._contract import RegistryAPI
@@ -96,6 +96,21 @@ def _inputs_fault(error: Exception) -> bool:
     from its input check), rather than that the model is broken."""
     text = str(error).lower()
     return isinstance(error, ValueError) and any(fault in text for fault in _INPUT_FAULTS)
+
+
+def _refused_before(call: _Call) -> str | None:
+    """The version the route served before ``call``'s (kept loaded for rollback), if it
+    refuses ``call``'s records as the model's input check does too: then the refusal
+    is the records', not the version's, and no rollback could help."""
+    earlier = next((m for m in reversed(call.slot.previous)
+                    if m.version.digest != call.loaded.version.digest), None)
+    if earlier is None:
+        return None
+    try:
+        earlier.predict(call.records)
+    except Exception as error:  # whatever it is, it only decides who is at fault
+        return earlier.ref if _inputs_fault(error) else None
+    return None
 
 
 #: What a request id several requests gave is remembered as (see `Endpoint._remember`).
@@ -186,6 +201,9 @@ class Endpoint:
         """Load every route and shadow now; the registry's refusal is raised as is."""
         for slot in [*self.slots.values(), *self.shadows]:
             poll_target(self, slot, now=True)
+        if self.config.rollback.rules:
+            for slot in self.slots.values():
+                keep_earlier_loaded(self, slot)
 
     def stop(self) -> None:
         self._loader.shutdown(wait=True, cancel_futures=True)
@@ -295,16 +313,22 @@ class Endpoint:
 
     def _failed(self, call: _Call, error: Exception) -> TetherError:
         loaded, route = call.loaded, call.route
-        if _inputs_fault(error) and _implausible(call.records):
+        earlier = None
+        if _inputs_fault(error) and (_implausible(call.records)
+                                     or (earlier := _refused_before(call)) is not None):
             # The model refused values no real record has: the caller's error, as a refused
             # record is. Counted, 1e308 through a scaler rolled production back. With
             # ordinary values the same refusal is the version's own fault (a scaler that
-            # divides by zero) and counts, so a broken version is still rolled back.
+            # divides by zero) and counts, so a broken version is still rolled back:
+            # unless the version the route served before refuses them alike (1e80 through
+            # a polynomial of degree 4 overflows every version of it: rolling back to one
+            # cannot help, and eight such requests from anyone rolled production back).
             self._count_invalid(loaded, None)
             log.warning("records refused by the model: %s", error,
                         extra={"endpoint": self.name, "route": route,
                                **version_fields(loaded.version)})
-            return Unprocessable(f"{loaded.ref} refused these inputs: {error}",
+            also = f"; so does {earlier}, served before it" if earlier else ""
+            return Unprocessable(f"{loaded.ref} refused these inputs: {error}{also}",
                                  hint="send values the model can take (finite, and not so "
                                  "large that scaling them overflows)")
         elapsed = time.perf_counter() - call.started

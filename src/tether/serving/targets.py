@@ -52,6 +52,31 @@ def poll_target(endpoint: Endpoint, slot: RouteSlot, *, now: bool = False) -> No
     slot.generation = marker  # a refused one is tried again when the target moves again
 
 
+def keep_earlier_loaded(endpoint: Endpoint, slot: RouteSlot) -> None:
+    """At start-up, load the version the slot's alias pointed at before its current one,
+    as if the route had served it: rolling back to it is then a switch, not a load, and
+    a refusal by it of records the current version refuses too tells the records'
+    fault from the version's (``Endpoint._failed``). Best effort: a version that is
+    gone or refused is left out, and logged."""
+    current = slot.current
+    if current is None or slot.follows != "alias" or slot.previous:
+        return
+    ref = slot.reference
+    try:
+        moves = endpoint.registry.alias_history(ref.name, ref.value)  # newest first
+        earlier = next((m.version for m in moves if m.version and not m.undone
+                        and m.version != current.version.semver), None)
+        if earlier is None:
+            return
+        version = endpoint.registry.get(f"{ref.name}@{earlier}")
+        if version.digest != current.version.digest:
+            slot.previous = [endpoint.pool.load(version)]
+    except TetherError as error:
+        log.info("not keeping %s's earlier version loaded for %s/%s: %s", slot.target,
+                 endpoint.name, slot.name, error.message,
+                 extra={"endpoint": endpoint.name, "route": slot.name})
+
+
 def load_or_report(endpoint: Endpoint, slot: RouteSlot, version: ModelVersion
                    ) -> LoadedModel | None:
     """``version`` loaded for ``slot``; None when the registry refuses it, which is then
