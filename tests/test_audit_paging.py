@@ -84,7 +84,69 @@ def test_a_server_that_ignores_the_cursor_is_refused_not_followed_forever(
 
     monkeypatch.setattr(client, "_request", cursor_dropped)
     try:
-        with pytest.raises(tether.IntegrityError, match="not older than the page before"):
+        with pytest.raises(tether.IntegrityError, match="not older than the one before"):
+            client.audit_log()
+    finally:
+        client.close()
+
+
+def _answering(client: Any, monkeypatch: pytest.MonkeyPatch, pages: Any) -> None:
+    """Make ``client``'s audit requests answered by ``pages(before)`` (a JSON list)."""
+    import json
+
+    real = client._request
+
+    def made_up(method: str, path: str, **kw: Any) -> Any:
+        if path != "/audit":
+            return real(method, path, **kw)
+        answer = pages(kw["params"].get("before"))
+        return json.dumps(answer).encode() if kw.get("raw") else answer
+
+    monkeypatch.setattr(client, "_request", made_up)
+
+
+def _event(i: int, pad: str = "") -> dict[str, Any]:
+    return {"id": i, "ts": "2026-01-01T00:00:00Z", "actor": "x", "action": "model.updated",
+            "model": "m", "subject": pad, "before": None, "after": None, "details": {},
+            "prev_hash": "0" * 64, "hash": "0" * 64}
+
+
+def test_a_server_paging_made_up_events_without_end_is_stopped(
+    served: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page older than the one before, as asked, but from ids near 2**62 down: the
+    client paged (and held every event) without end. Pages now add up to at most
+    MAX_ANSWER bytes, each counted at least PAGE_COST."""
+    from tether import remote
+
+    url, token = served
+    client = tether.connect(url, token=token)
+    monkeypatch.setattr(remote, "MAX_ANSWER", 40 * remote.PAGE_COST)
+    asked: list[Any] = []
+
+    def pages(before: int | None) -> list[dict[str, Any]]:
+        asked.append(before)
+        top = (before or 2**62) - 1
+        return [_event(top - i) for i in range(4)]
+
+    _answering(client, monkeypatch, pages)
+    try:
+        with pytest.raises(tether.IntegrityError, match="pages came to more than"):
+            client.audit_log()
+    finally:
+        client.close()
+    assert 30 < len(asked) <= 41
+
+
+@pytest.mark.parametrize("ids", [[5, 6, 3, 2], [3, 2, 1, 0], [4, 4, 3, 2]])
+def test_a_page_out_of_order_or_with_ids_below_one_is_refused(
+    served: tuple[str, str], monkeypatch: pytest.MonkeyPatch, ids: list[int]
+) -> None:
+    url, token = served
+    client = tether.connect(url, token=token)
+    _answering(client, monkeypatch, lambda before: [_event(i) for i in ids])
+    try:
+        with pytest.raises(tether.IntegrityError, match="not older than the one before"):
             client.audit_log()
     finally:
         client.close()

@@ -1005,8 +1005,13 @@ class RemoteRegistry:
         self, *, model: str | None = None, action: str | None = None, limit: int | None = None,
         before: int | None = None,
     ) -> list[Event]:
-        """Page by page (the server answers at most AUDIT_PAGE events at a time)."""
+        """Page by page (the server answers at most AUDIT_PAGE events at a time), newest
+        first: each page's events older than the one before them, and the pages, each
+        counted at least ``PAGE_COST`` bytes, at most ``MAX_ANSWER`` bytes in all (a
+        server answering page after page of made-up events kept a client paging, and
+        holding them, without end)."""
         found: list[Event] = []
+        size = 0
         while True:
             page = AUDIT_PAGE if not limit else min(AUDIT_PAGE, limit - len(found))
             params: dict[str, Any] = {k: v for k, v in (("model", model), ("action", action))
@@ -1014,10 +1019,24 @@ class RemoteRegistry:
             params["limit"] = page
             if before is not None:
                 params["before"] = before
-            got = [Event(**e) for e in self._request("GET", "/audit", params=params)]
-            if any(before is not None and e.id >= before for e in got):
+            content = self._request("GET", "/audit", params=params, raw=True)
+            size += max(len(content), PAGE_COST)
+            if size > MAX_ANSWER:
+                raise IntegrityError(
+                    f"the audit log's pages came to more than {MAX_ANSWER} bytes: stopped "
+                    "paging", hint="read it in parts (limit, before), or verify it on the "
+                    "server (`tether audit verify` without a checkpoint)")
+            try:
+                got = [Event(**e) for e in json_list(content, "/audit")]
+            except TypeError as error:  # a field missing or unknown
+                raise IntegrityError(f"the server answered an audit event that is not one: "
+                                     f"{error}", hint="is the server misbehaving?") from None
+            ids = [e.id for e in got]
+            if any(not isinstance(i, int) or i < 1 or (older is not None and i >= older)
+                   for i, older in zip(ids, [before, *ids[:-1]], strict=True)):
                 raise IntegrityError("the server answered a page of the audit log with events "
-                                     "not older than the page before: stopped paging")
+                                     "not older than the one before: stopped paging",
+                                     hint="is the server misbehaving?")
             found += got
             if len(got) < page or (limit and len(found) >= limit):
                 return found
