@@ -267,6 +267,37 @@ def test_a_row_diff_keeps_to_its_limit_when_a_line_is_long(tmp_path: Path) -> No
     assert whole["rows_compared"] and whole["rows_added"] == whole["rows_removed"] == 1
 
 
+def test_a_row_diff_of_many_edits_in_one_long_line_reads_it_about_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edits every 100 KB of one long line: each changed run searched the whole line for
+    its ends on its own (an 80 MB line took 95 s and read 44 GB: a review). Now the
+    searches start where the lines taken stop: the bytes read stay a few times the line."""
+    from tether._registry import datasets_io
+    from tether._registry.datasets_diff import diff_datasets
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    line = bytearray(os.urandom(4 << 20).hex().encode())  # 8 MB of one line
+    (folder / "t.csv").write_bytes(b"a\n" + line + b"\n")
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    v1 = reg.add_dataset(folder, "long")
+    for at in range(50_000, len(line), 100_000):
+        line[at:at + 4] = b"ffff"
+    (folder / "t.csv").write_bytes(b"a\n" + line + b"\n")
+    v2 = reg.add_dataset(folder, "long")
+    read = [0]
+    real = datasets_io.ChunkedReader.read_range
+
+    def counted(self: Any, start: int, end: int) -> Any:
+        read[0] += end - start
+        return real(self, start, end)
+
+    monkeypatch.setattr(datasets_io.ChunkedReader, "read_range", counted)
+    table = diff_datasets(reg, v1, v2)["changed"][0]["table"]
+    assert table["rows_compared"] and table["rows_added"] == table["rows_removed"] == 1
+    assert read[0] < 6 * len(line), read[0]  # both files' line, searched and read: ~4x
+
+
 def test_pull_through_a_linked_folder_leaves_the_files_in_place(repo: Path) -> None:
     """data/cats linked to a copy holding the right bytes: pull judged nothing stale, then
     removed the link: "1 pulled", and data/cats/1.jpg was gone."""
@@ -336,7 +367,8 @@ def test_a_tracked_path_that_is_a_link_out_of_the_work_tree_is_not_pushed(repo: 
 
 def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
     """``conf -> .git/config`` beside ``conf.tether`` pushed the remote's credentials (a
-    review); a link that stays among the data is still pushed."""
+    review); a link that stays among the data is refused too, adopted or not: git can
+    turn a path this clone holds into a committed link to your .env (a later review)."""
     version = _a_dataset(repo, "creds")
     (repo / "conf").symlink_to(".git/config")
     (repo / "conf.tether").write_text(pointer_text(version, "file"))
@@ -349,10 +381,10 @@ def test_a_tracked_link_into_git_is_not_pushed(repo: Path) -> None:
     pushed = {d["path"]: d for d in _run(repo, "data", "push")}
     assert pushed["conf"]["status"] == "failed"
     assert "into .git or .tether" in pushed["conf"]["error"]
-    assert "never tracked, pulled or checked out" in pushed["rel.csv"]["error"]
+    assert "is a symbolic link" in pushed["rel.csv"]["error"]
     adopted = {d["path"]: d for d in _run(repo, "data", "push", "--adopt", "rel.csv", "conf")}
-    assert adopted["rel.csv"]["status"] == "pushed"  # a link among the data: pushed
-    assert "into .git or .tether" in adopted["conf"]["error"]  # adopted or not
+    assert "is a symbolic link" in adopted["rel.csv"]["error"]  # adopted or not
+    assert "into .git or .tether" in adopted["conf"]["error"]
 
 
 def test_a_pointer_beside_a_file_of_yours_is_not_pushed_unless_adopted(repo: Path) -> None:
@@ -368,7 +400,7 @@ def test_a_pointer_beside_a_file_of_yours_is_not_pushed_unless_adopted(repo: Pat
     (repo / ".env").write_text("AWS_SECRET_ACCESS_KEY=SECRET123\n")
     pushed = _run(repo, "data", "push")
     assert [d["status"] for d in pushed] == ["failed"], pushed
-    assert "--adopt .env" in pushed[0]["error"] and "data pull .env" in pushed[0]["error"]
+    assert "--adopt .env" in pushed[0]["error"] and "data checkout .env" in pushed[0]["error"]
     reg = tether.open(repo / ".tether")
     assert [v.seq for v in reg.dataset_versions("dotenv")] == [1]  # the secret never went up
     assert (repo / ".env").read_text().startswith("AWS_SECRET")  # and is left alone
@@ -376,16 +408,20 @@ def test_a_pointer_beside_a_file_of_yours_is_not_pushed_unless_adopted(repo: Pat
                                        "--adopt"])
     assert refused.exit_code != 0 and "--adopt takes the paths" in refused.output
 
-    # Pulled here, the path is this clone's own: a change of it is pushed.
+    # Nor does pull replace it (it is not this clone's); a checkout does, on purpose,
+    # and from then on the path is this clone's own: a change of it is pushed.
     pulled = _run(repo, "data", "pull")
-    assert [d["status"] for d in pulled] == ["pulled"], pulled
+    assert [d["status"] for d in pulled] == ["failed"], pulled
+    assert "data checkout .env" in pulled[0]["error"]
+    assert (repo / ".env").read_text().startswith("AWS_SECRET")
+    _run(repo, "data", "checkout", ".env")
     (repo / ".env").write_text("EDITED=1\n")
     assert [d["status"] for d in _run(repo, "data", "push")] == ["pushed"]
     assert [v.seq for v in reg.dataset_versions("dotenv")] == [1, 2]
     # The record is the clone's own, in .git (no commit can write there); checked out
     # in a clone without it, the path is held again.
     record = repo / ".git" / "tether" / "held-paths"
-    assert record.read_text().splitlines() == ['".env"']
+    assert record.read_text().splitlines() == ['[".env", "dotenv"]']
     record.unlink()
     (repo / ".env").write_text("EDITED=2\n")
     assert [d["status"] for d in _run(repo, "data", "push")] == ["failed"]
@@ -471,3 +507,158 @@ def test_data_show_prints_a_datasets_words_as_text(tmp_path: Path) -> None:
                                       version.ref])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "[link=https://evil.example]" in result.output
+
+
+# -- a later review: held paths, pulls over your files, pointers as bombs -------------
+
+
+def _tracked_and_committed(repo: Path, name: str = "data.csv", dataset: str = "shared",
+                           text: str = "a,b\n") -> None:
+    tether.init(repo / ".tether", actor="data@test").close()
+    (repo / name).write_text(text)
+    assert _run(repo, "data", "track", name, "--name", dataset)["name"] == dataset
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "track")
+
+
+def test_a_held_path_turned_into_a_link_to_your_env_is_not_pushed(repo: Path) -> None:
+    """The victim held data.csv; a commit made it a link to .env (git replaces the
+    ignored file with the link at the next `git pull`), and `data push` uploaded the
+    .env the link points at: the committed-.env.tether protection bypassed (a review)."""
+    _tracked_and_committed(repo)
+    (repo / ".env").write_text("AWS_SECRET_ACCESS_KEY=SECRET123\n")
+    (repo / "data.csv").unlink()
+    (repo / "data.csv").symlink_to(".env")  # what git checks out of the commit
+    pushed = _run(repo, "data", "push")
+    assert [d["status"] for d in pushed] == ["failed"], pushed
+    assert "is a symbolic link" in pushed[0]["error"]
+    assert [v.seq for v in tether.open(repo / ".tether").dataset_versions("shared")] == [1]
+
+
+def test_a_commit_renaming_a_held_paths_dataset_does_not_send_your_bytes_there(
+        repo: Path) -> None:
+    """Only the `dataset:` line of data.csv.tether changed (private to public), and the
+    next push added the held bytes to the other dataset without a word (a review)."""
+    _tracked_and_committed(repo, dataset="private")
+    reg = tether.open(repo / ".tether", actor="data@test")
+    (repo / "other.csv").write_text("x\n")
+    public = reg.add_dataset(repo / "other.csv", "public")
+    (repo / "data.csv.tether").write_text(pointer_text(public, "file"))
+    (repo / "data.csv").write_text("a,b\nmine,secret\n")
+    pushed = _run(repo, "data", "push")
+    assert [d["status"] for d in pushed] == ["failed"], pushed
+    assert "for dataset private" in pushed[0]["error"] and "now names public" in pushed[0]["error"]
+    assert [v.seq for v in reg.dataset_versions("public")] == [1]
+    adopted = _run(repo, "data", "push", "--adopt", "data.csv")
+    assert [d["status"] for d in adopted] == ["pushed"]  # on purpose: yours to send
+
+
+def test_pull_leaves_a_path_that_is_not_this_clones_alone(repo: Path) -> None:
+    """A commit adding `.venv.tether` (a folder) and `secrets.env.tether` had pull delete
+    a git-ignored `.venv` nobody tracked and overwrite `secrets.env` (a review)."""
+    reg = tether.init(repo / ".tether", actor="data@test")
+    payload = repo.parent / "payload"
+    payload.mkdir()
+    (payload / "x.txt").write_text("theirs")
+    folder = reg.add_dataset(payload, "venvset")
+    one = reg.add_dataset(payload / "x.txt", "secretset")
+    reg.close()
+    (repo / ".venv" / "lib").mkdir(parents=True)
+    (repo / ".venv" / "lib" / "mine.py").write_text("mine")
+    (repo / "secrets.env").write_text("TOKEN=mine\n")
+    (repo / ".gitignore").write_text("/.venv\n/secrets.env\n")
+    (repo / ".venv.tether").write_text(pointer_text(folder, "folder"))
+    (repo / "secrets.env.tether").write_text(pointer_text(one, "file"))
+    (repo / "fresh.txt.tether").write_text(pointer_text(one, "file"))  # nothing there yet
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "pointers over your files")
+    pulled = {d["path"]: d for d in _run(repo, "data", "pull")}
+    assert pulled[".venv"]["status"] == "failed" == pulled["secrets.env"]["status"]
+    assert "tether data checkout secrets.env" in pulled["secrets.env"]["error"]
+    assert pulled["fresh.txt"]["status"] == "pulled"  # a missing path is written
+    assert (repo / ".venv" / "lib" / "mine.py").read_text() == "mine"
+    assert (repo / "secrets.env").read_text() == "TOKEN=mine\n"
+    assert (repo / "fresh.txt").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("body", [
+    # YAML aliases nested: 685 bytes took a pull 2.7 GB and 21 s before a MemoryError.
+    "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+              + [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, "
+                 f"*a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 10)]
+              + ["dataset: *a9", "digest: sha:00"]).encode(),
+    b"dataset: \xff\xfe\ndigest: sha:00\n",  # not UTF-8: a traceback ended the whole run
+    b"dataset: [a, b]\ndigest: sha:00\n",
+    b"dataset: d\ndigest: sha:00\nkind: pipe\n",
+    b"dataset: d\ndigest: sha:00\n" + b"#" * (70 * 1024),
+])
+def test_a_malformed_pointer_fails_alone_and_fast(repo: Path, body: bytes) -> None:
+    import time
+
+    _tracked_and_committed(repo)
+    (repo / "bomb.tether").write_bytes(body)
+    started = time.perf_counter()
+    pulled = {d["path"]: d for d in _run(repo, "data", "pull")}
+    assert time.perf_counter() - started < 10
+    assert pulled["bomb"]["status"] == "failed", pulled
+    assert pulled["data.csv"]["status"] == "up-to-date"  # the others go on
+    with pytest.raises(InvalidInput):
+        tether.open_dataset("bomb", registry=repo / ".tether")
+
+
+def test_a_killed_checkouts_scratch_is_ignored_by_git_and_cleared_later(repo: Path) -> None:
+    """A pull killed mid-file left `.tether-checkout-*/data/big.bin` in the work tree,
+    where `git add -A` staged it (a review)."""
+    import subprocess
+
+    from tether._registry.datasets_io import _checkout_scratch
+
+    _tracked_and_committed(repo)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = repo / f".tether-checkout-{dead.pid}-abc"
+    (leftover / "data").mkdir(parents=True)
+    (leftover / "data" / "big.bin").write_bytes(b"half")
+    (leftover / ".gitignore").write_text("*\n")
+    live = _checkout_scratch(repo)  # as a running checkout holds one
+    (live / "data").mkdir()
+    (live / "data" / "big.bin").write_bytes(b"being written")
+    assert not leftover.exists()  # its process is gone: cleared
+    assert live.exists()
+    assert git(repo, "status", "--porcelain") == ""  # nothing of it for git to stage
+
+
+@pytest.mark.parametrize("name", ["events[2024].csv", "why?.csv", "#notes.csv", "!x.csv",
+                                  "star*.csv", "trail .csv"])
+def test_a_tracked_name_with_glob_characters_is_ignored_as_itself(repo: Path,
+                                                                  name: str) -> None:
+    """`/events[2024].csv` in .gitignore is a glob that misses the file: git staged it."""
+    tether.init(repo / ".tether", actor="data@test").close()
+    (repo / name).write_text("a\n")
+    (repo / "events2.csv").write_text("not tracked\n")
+    _run(repo, "data", "track", name)
+    assert git(repo, "check-ignore", name) == name
+    assert git(repo, "status", "--porcelain", "--", "events2.csv").startswith("??")
+
+
+def test_track_refuses_the_repository_itself_and_paths_inside_a_tracked_folder(
+        repo: Path) -> None:
+    """`track .` wrote ../repo.tether and an entry in ../.gitignore; `track ..` from a
+    subfolder a pointer `...tether`; a file tracked inside a tracked folder had a pull
+    of the folder delete the file's pointer (a review)."""
+    tether.init(repo / ".tether", actor="data@test").close()
+    (repo / "sub" / "inner").mkdir(parents=True)
+    (repo / "sub" / "inner" / "f.csv").write_text("a\n")
+    runner = CliRunner()
+    for args, cwd in ((["."], repo), ([".."], repo / "sub")):
+        os.chdir(cwd)
+        result = runner.invoke(cli, ["--registry", str(repo / ".tether"), "data", "track",
+                                     *args])
+        assert result.exit_code != 0 and "repository's top folder" in result.output
+    os.chdir(repo)
+    assert not (repo.parent / f"{repo.name}.tether").exists()
+    assert not (repo / "...tether").exists()
+    _run(repo, "data", "track", "sub")
+    inside = runner.invoke(cli, ["--registry", str(repo / ".tether"), "data", "track",
+                                 "sub/inner/f.csv"])
+    assert inside.exit_code != 0 and "tracked as a whole" in inside.output

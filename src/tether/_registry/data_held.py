@@ -35,35 +35,49 @@ def _record(top: Path) -> Path | None:
     return where if where.is_absolute() else top / where
 
 
-def held(top: Path) -> set[str]:
-    """The paths (relative to ``top``, POSIX) this clone holds as its own."""
+def held(top: Path) -> dict[str, str | None]:
+    """The paths (relative to ``top``, POSIX) this clone holds as its own, each with the
+    dataset it holds it for (None: any; a record written before datasets were kept)."""
     return _read(_record(top))
 
 
-def _read(record: Path | None) -> set[str]:
+def _read(record: Path | None) -> dict[str, str | None]:
     try:
         lines = record.read_text().splitlines() if record is not None else []
     except (OSError, UnicodeDecodeError):
-        return set()
-    found = set()
-    for line in lines:
+        return {}
+    found: dict[str, str | None] = {}
+    for line in lines:  # the newest line of a path says what it holds
         try:
-            path = json.loads(line)
+            item = json.loads(line)
         except ValueError:
             continue  # a line cut short by a crash: the others stand
-        if isinstance(path, str):
-            found.add(path)
+        if isinstance(item, str):
+            found[item] = None
+        elif (isinstance(item, list) and len(item) == 2
+              and all(isinstance(part, str) for part in item)):
+            found[item[0]] = item[1]
     return found
 
 
-def hold(top: Path, paths: Iterable[str]) -> None:
-    """Record ``paths`` (relative to ``top``) as this clone's own."""
+def holds_for(own: dict[str, str | None], path: str, dataset: str) -> bool:
+    """Whether ``path`` is this clone's own for ``dataset``: a commit that renamed the
+    dataset in a held path's pointer sent that path's bytes to another dataset (a
+    review), so a path is held for the dataset it was tracked, pulled or pushed with."""
+    return path in own and own[path] in (None, dataset)
+
+
+def hold(top: Path, items: Iterable[tuple[str, str]]) -> None:
+    """Record each (path relative to ``top``, dataset) as this clone's own."""
     record = _record(top)
-    new = sorted(set(paths) - _read(record))
-    if not new or record is None:
+    if record is None:
+        return
+    own = _read(record)
+    new = sorted({(path, dataset) for path, dataset in items if own.get(path) != dataset})
+    if not new:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(path) + "\n" for path in new)
+    text = "".join(json.dumps([path, dataset]) + "\n" for path, dataset in new)
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, text.encode())
@@ -72,18 +86,19 @@ def hold(top: Path, paths: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def holding(top: Path) -> Iterator[list[str]]:
-    """A list to put this clone's own paths in, recorded at once when done (a push or
-    a pull of many pointers asks git where the record is once, not once a path)."""
-    kept: list[str] = []
+def holding(top: Path) -> Iterator[list[tuple[str, str]]]:
+    """A list to put this clone's own (path, dataset) in, recorded at once when done (a
+    push or a pull of many pointers asks git where the record is once, not once a path)."""
+    kept: list[tuple[str, str]] = []
     try:
         yield kept
     finally:
         hold(top, kept)
 
 
-def hold_path(path: Path) -> None:
-    """Record ``path`` as its clone's own, if it is in a git work tree (else nothing)."""
+def hold_path(path: Path, dataset: str) -> None:
+    """Record ``path`` as its clone's own for ``dataset``, if it is in a git work tree
+    (else nothing)."""
     from .._errors import InvalidInput
     from .data_sync import work_tree  # which imports this module
 
@@ -95,4 +110,4 @@ def hold_path(path: Path) -> None:
         rel = (path.absolute().parent.resolve() / path.name).relative_to(top.resolve())
     except ValueError:
         return
-    hold(top, [rel.as_posix()])
+    hold(top, [(rel.as_posix(), dataset)])

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._identity import names_reserved
-from .data_held import held, holding
+from .data_held import held, holding, holds_for
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
     checkout,
     pointed_version,
     pointer_text,
-    read_pointer,
+    read_pointer_file,
     write_pointer,
 )
 
@@ -141,7 +141,7 @@ def _entry(top: Path, pointer_file: Path) -> tuple[Path, str, dict[str, Any]]:
     if problem:
         raise InvalidInput(f"pointer {pointer_file.relative_to(top).as_posix()} refused: {problem}",
                            hint="a pointer names the file or folder beside it; remove this one")
-    pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
+    pointer = read_pointer_file(pointer_file)
     target = top / rel
     return target, rel.as_posix(), pointer
 
@@ -197,18 +197,29 @@ def push(
                 continue
             current = _known(registry, pointer)
             if current is not None and holds(target, current, kind):
-                kept.append(rel)  # the bytes the pointer names: nothing of yours to leak
+                kept.append((rel, current.name))  # the bytes it names: nothing of yours
                 done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
                                    "up-to-date"))
                 continue
-            if rel not in own and not adopt:
+            dataset = str(pointer["dataset"])
+            if target.is_symlink():
+                # A held path git replaced with a committed link to .env pushed the .env.
                 done.append(Synced(
-                    rel, pointer["dataset"], named, str(pointer["digest"]), "failed",
-                    error=f"{rel} was never tracked, pulled or checked out in this clone: its "
-                    "pointer came with the repository, and the bytes beside it are not the "
-                    "version it names (a committed .env.tether would have your .env pushed). "
-                    f"Run `tether data pull {rel}` for that version, or `tether data push "
-                    f"--adopt {rel}` to add your bytes"))
+                    rel, dataset, named, str(pointer["digest"]), "failed",
+                    error=f"{rel} is a symbolic link: push adds a path's own bytes, never a "
+                    "link's (a commit can point a link at any file of yours). Track the "
+                    "data where it is, or replace the link with the file"))
+                continue
+            if not holds_for(own, rel, dataset) and not adopt:
+                why = (f"{rel} is this clone's for dataset {own[rel]}, and its pointer now names "
+                       f"{dataset}" if rel in own else
+                       f"{rel} was never tracked, pulled or checked out in this clone: its "
+                       "pointer came with the repository, and the bytes beside it are not the "
+                       "version it names (a committed .env.tether would have your .env pushed)")
+                done.append(Synced(
+                    rel, dataset, named, str(pointer["digest"]), "failed",
+                    error=f"{why}. Run `tether data checkout {rel}` to replace them with that "
+                    f"version, or `tether data push --adopt {rel}` to add your bytes"))
                 continue
             try:
                 added = registry.add_dataset(target, str(pointer["dataset"]), notes=notes)
@@ -217,7 +228,7 @@ def push(
                                    "failed", error=error.message))
                 continue
             write_pointer(pointer_file, pointer_text(added, kind))
-            kept.append(rel)
+            kept.append((rel, added.name))
             done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
                                previous=named))
     return done
@@ -226,8 +237,13 @@ def push(
 def pull(
     registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None
 ) -> list[Synced]:
-    """Write every missing or stale tracked path from the version its pointer names."""
+    """Write every missing or stale tracked path from the version its pointer names.
+
+    A path that is there and not this clone's own (``data_held``) is left alone: a
+    commit adding ``.venv.tether`` had pull replace a git-ignored ``.venv`` nobody
+    tracked (a review). ``tether data checkout PATH`` replaces it on purpose."""
     top = work_tree(start)
+    own = held(top)
     done: list[Synced] = []
     with holding(top) as kept:
         for _pointer_file, target, rel, pointer in _entries(top, only, done):
@@ -235,12 +251,19 @@ def pull(
             try:
                 version = pointed_version(registry, pointer)
                 if holds(target, version, kind):
-                    kept.append(rel)
+                    kept.append((rel, version.name))
                     done.append(Synced(rel, version.name, version.semver,
                                        f"sha:{version.digest}", "up-to-date"))
                     continue
+                if ((target.exists() or target.is_symlink())
+                        and not holds_for(own, rel, version.name)):
+                    raise InvalidInput(
+                        f"{rel} is there and is not this clone's: never tracked, pulled or "
+                        "checked out here" + (f" for dataset {version.name}" if rel in own
+                                              else "") + "; pull leaves it alone (move it "
+                        f"away and pull again, or replace it: tether data checkout {rel})")
                 checkout(registry, target, hold=False)
-                kept.append(rel)
+                kept.append((rel, version.name))
             except TetherError as error:
                 done.append(Synced(rel, str(pointer["dataset"]),
                                    str(pointer.get("version") or "?"), str(pointer["digest"]),

@@ -188,10 +188,21 @@ def _region_lines(reader: ChunkedReader, runs: list[list[int]],
     _TooMuch once the lines (and the search for their ends) pass ``budget[0]`` bytes,
     which is shared with the other file's call."""
     widened: list[list[int]] = []
-    for start, end in runs:
-        begin, stop = _line_start(reader, start, budget[0]), _line_end(reader, end, budget[0])
-        if widened and begin <= widened[-1][1]:
-            widened[-1][1] = max(widened[-1][1], stop)
+    for start, end in runs:  # in order
+        # Each run's search for its line's ends starts where the lines already taken stop,
+        # never before: runs every 300 KB of one 80 MB line each searched the whole line
+        # (95 s, 44 GB read again through the chunk cache: a review). So every byte is
+        # looked at about once, and only bytes of the lines taken (under the budget).
+        taken = widened[-1] if widened else None
+        if taken is not None and start < taken[1]:
+            if end <= taken[1]:
+                continue  # inside lines already taken
+            begin = taken[0]
+        else:
+            begin = _line_start(reader, start, budget[0], floor=taken[1] if taken else 0)
+        stop = _line_end(reader, end, budget[0])
+        if taken is not None and begin <= taken[1]:
+            taken[1] = max(taken[1], stop)
         else:
             widened.append([begin, stop])
     total = sum(stop - begin for begin, stop in widened)
@@ -205,17 +216,19 @@ def _region_lines(reader: ChunkedReader, runs: list[list[int]],
     return lines
 
 
-def _line_start(reader: ChunkedReader, position: int, most: int) -> int:
+def _line_start(reader: ChunkedReader, position: int, most: int, *, floor: int = 0) -> int:
+    """Where the line holding ``position`` starts, looking no further back than ``floor``
+    (itself the start of a line)."""
     origin = position
-    while position > 0:
+    while position > floor:
         if origin - position > most:
             raise _TooMuch
-        low = max(0, position - _STEP)
+        low = max(floor, position - _STEP)
         found = reader.read_range(low, position).rfind(b"\n")
         if found >= 0:
             return low + found + 1
         position = low
-    return 0
+    return floor
 
 
 def _line_end(reader: ChunkedReader, position: int, most: int) -> int:

@@ -468,24 +468,58 @@ def write_pointer(pointer: Path, text: str, *, append: bool = False) -> None:
         handle.write(text)
 
 
-def read_pointer(text: str, *, where: str) -> dict[str, Any]:
-    try:
-        body = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InvalidInput(f"{where} is not a Tether pointer file: {error}") from error
+#: A pointer file is a few lines; anything larger is not one.
+MAX_POINTER = 64 * 1024
+
+
+def read_pointer(text: str | bytes, *, where: str) -> dict[str, Any]:
+    """A pointer file's fields, or InvalidInput saying why it is not one.
+
+    A pointer is a file of the repository, so whoever committed it chose its bytes:
+    685 of them, YAML aliases nested nine deep, made a pull take 2.7 GB and die (a
+    review); one not in UTF-8 ended pull, push and open_dataset in a traceback."""
+    from .._plain_yaml import plain_yaml
+
+    if len(text) > MAX_POINTER:
+        raise InvalidInput(f"{where} is not a Tether pointer file: over {MAX_POINTER} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where} is not a Tether pointer file: not UTF-8 text") from None
+    body = plain_yaml(text, f"pointer {where}", max_bytes=MAX_POINTER, max_depth=2)
     if not isinstance(body, dict) or not {"dataset", "digest"} <= set(body):
         raise InvalidInput(f"{where} is not a Tether pointer file",
                            hint="it needs 'dataset' and 'digest'")
+    for key in ("dataset", "digest", "version", "kind"):
+        if key in body and not isinstance(body[key], str):
+            raise InvalidInput(f"{where}: {key} is not text", hint="a pointer's dataset, "
+                               "digest, version and kind are plain text")
+    if body.get("kind", "file") not in ("file", "folder"):
+        raise InvalidInput(f"{where}: kind {short_repr(body['kind'])} is neither file nor folder")
     return body
+
+
+def read_pointer_file(pointer_file: Path) -> dict[str, Any]:
+    """``read_pointer`` of a file, read no further than a pointer can be long."""
+    try:
+        with pointer_file.open("rb") as handle:
+            data = handle.read(MAX_POINTER + 1)
+    except OSError as error:
+        raise InvalidInput(f"cannot read {pointer_file}: {error.strerror}") from None
+    return read_pointer(data, where=str(pointer_file))
 
 
 def track(
     registry: AnyRegistry, path: str | Path, *, name: str | None = None, notes: str = ""
 ) -> tuple[Path, DatasetVersion]:
     """Add ``path`` as a dataset version, write ``PATH.tether``, keep PATH out of git."""
-    target = Path(path).absolute()
+    # ``..`` and ``.`` read as the folders they name: `track .` wrote ../repo.tether and
+    # `track ..` a pointer ``...tether``, outside the repository or refused by pull.
+    target = Path(os.path.normpath(Path(path).absolute()))
     if not target.exists():
         raise InvalidInput(f"{path} does not exist", hint="track a file or folder that exists")
+    _refuse_to_track(target, path)
     if target.is_symlink() and names_reserved(target.resolve().as_posix()):
         # Push refuses such a pointer; track wrote it after uploading .git/config (a review).
         raise InvalidInput(f"{path} is a link into a .git or .tether folder",
@@ -496,8 +530,31 @@ def track(
     pointer = pointer_path(target)
     write_pointer(pointer, pointer_text(version, "folder" if target.is_dir() else "file"))
     _ignore(target)
-    hold_path(target)  # this clone's own: push may add its changes (data_held)
+    hold_path(target, version.name)  # this clone's own: push may add its changes
     return pointer, version
+
+
+def _refuse_to_track(target: Path, given: str | Path) -> None:
+    """InvalidInput for a path ``track`` must not take: a repository's top (or the
+    filesystem's root), a path inside a tracked folder, or a folder holding pointers.
+    Tracked both ways, a pull of the folder deleted the inner path's pointer."""
+    if target.parent == target or (target / ".git").exists():
+        raise InvalidInput(f"{given} is a repository's top folder",
+                           hint="track a file or folder inside it")
+    for folder in target.parents:
+        if folder.parent == folder:
+            break
+        if folder.with_name(folder.name + POINTER_SUFFIX).is_file():
+            raise InvalidInput(f"{given} is inside {folder}, which is tracked as a whole",
+                               hint=f"push {folder} instead (`tether data push`)")
+        if (folder / ".git").exists():
+            break
+    if target.is_dir() and not target.is_symlink():
+        inner = next((p for p in target.rglob(f"*{POINTER_SUFFIX}") if p.is_file()), None)
+        if inner is not None:
+            raise InvalidInput(f"{given} holds a tracked path ({inner.relative_to(target)})",
+                               hint="track the folder's other files one by one, or stop "
+                               "tracking the inner path first")
 
 
 def _default_name(path: Path) -> str:
@@ -510,7 +567,7 @@ def _default_name(path: Path) -> str:
 def _ignore(target: Path) -> None:
     """Add ``/NAME`` to the .gitignore beside ``target`` (once)."""
     ignore = target.parent / ".gitignore"
-    line = "/" + target.name
+    line = "/" + _ignore_pattern(target.name)
     if ignore.is_symlink():
         raise InvalidInput(f"{ignore} is a symbolic link; Tether does not write through one",
                            hint="remove the link and run the command again")
@@ -519,6 +576,13 @@ def _ignore(target: Path) -> None:
         return
     prefix = "" if not existing or ignore.read_text().endswith("\n") else "\n"
     write_pointer(ignore, f"{prefix}{line}\n", append=True)
+
+
+def _ignore_pattern(name: str) -> str:
+    """``name`` as a .gitignore pattern matching itself only: ``events[2024].csv`` was
+    written as is, a glob that did not match the file, so ``git add -A`` staged it."""
+    escaped = "".join("\\" + c if c in "\\[]*?!#" else c for c in name)
+    return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
 
 
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -588,14 +652,14 @@ def find_pointer(
             file = root / pointer_name
             if not file.is_file():
                 continue
-            text = file.read_text()
+            text: str | bytes = file.read_bytes()[:MAX_POINTER + 1]
             where = str(file)
         else:
             spec = (prefix / pointer_name).as_posix()
             result = _git(["show", f"{revision}:{spec}"], cwd=root)
             if result.returncode != 0:
                 continue
-            text = result.stdout.decode()
+            text = result.stdout
             where = f"{pointer_name} at {revision}"
         pointer = read_pointer(text, where=where)
         inner = PurePosixPath(*wanted.parts[len(candidate.parts) :]).as_posix() if depth else ""
@@ -640,14 +704,14 @@ def checkout(registry: AnyRegistry, path: str | Path, *, hold: bool = True) -> D
     pointer_file = pointer_path(target)
     if not pointer_file.is_file():
         raise NotFound(f"{pointer_file} does not exist", hint="track PATH first")
-    pointer = read_pointer(pointer_file.read_text(), where=str(pointer_file))
+    pointer = read_pointer_file(pointer_file)
     version = pointed_version(registry, pointer)
     if pointer.get("kind") != "file" and target.is_dir() and not target.is_symlink():
         _sync_folder(registry, version, target)
         if hold:
-            hold_path(target)
+            hold_path(target, version.name)
         return version
-    scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
+    scratch = _checkout_scratch(target.parent)
     try:
         folder = scratch / "data"
         registry.store.materialize(
@@ -662,8 +726,38 @@ def checkout(registry: AnyRegistry, path: str | Path, *, hold: bool = True) -> D
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if hold:
-        hold_path(target)
+        hold_path(target, version.name)
     return version
+
+
+_SCRATCH_PREFIX = ".tether-checkout-"
+
+
+def _checkout_scratch(folder: Path) -> Path:
+    """A scratch folder in ``folder`` (where a checkout's files are then moved in place:
+    the same file system), that git ignores, named for this process.
+
+    A pull killed mid-file left ``.tether-checkout-*/data/big.bin`` (457 MB, half
+    written) in the work tree, where ``git add -A`` staged it (a review). Its own
+    ``.gitignore`` of ``*`` keeps git out of it; the leftovers of processes that are
+    gone are removed here, at the next checkout into the same folder."""
+    for leftover in folder.glob(f"{_SCRATCH_PREFIX}*"):
+        pid = leftover.name[len(_SCRATCH_PREFIX):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=folder))
+    (scratch / ".gitignore").write_text("*\n")
+    return scratch
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def _holds(path: Path, entry: FileEntry) -> bool:
@@ -695,6 +789,8 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
         if any(part in (".git", ".tether") for part in rel.parts):
             continue
         if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+            if item.name.endswith(POINTER_SUFFIX) or item.name == ".gitignore":
+                continue  # the repository's own files, never a dataset's to remove
             item.unlink()
         elif item.is_dir() and not item.is_symlink() and not any(item.iterdir()):
             item.rmdir()
@@ -703,7 +799,7 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
     stale = [entry for entry in version.files if not _holds(target / entry.path, entry)]
     if not stale:
         return
-    scratch = Path(tempfile.mkdtemp(prefix=".tether-checkout-", dir=target.parent))
+    scratch = _checkout_scratch(target.parent)
     try:
         registry.store.materialize(
             stale, scratch / "data", label=f"dataset {version.ref}", cache_chunks=False
