@@ -652,16 +652,21 @@ def find_pointer(
             file = root / pointer_name
             if not file.is_file():
                 continue
-            text: str | bytes = file.read_bytes()[:MAX_POINTER + 1]
-            where = str(file)
+            pointer = read_pointer_file(file)
         else:
             spec = (prefix / pointer_name).as_posix()
+            # Its size first: `git show` of a committed pointer of gigabytes held them all.
+            size = _git(["cat-file", "-s", f"{revision}:{spec}"], cwd=root)
+            if size.returncode != 0:
+                continue
+            where = f"{pointer_name} at {revision}"
+            if int(size.stdout.decode().strip() or 0) > MAX_POINTER:
+                raise InvalidInput(f"{where} is not a Tether pointer file: over {MAX_POINTER} "
+                                   "bytes")
             result = _git(["show", f"{revision}:{spec}"], cwd=root)
             if result.returncode != 0:
                 continue
-            text = result.stdout
-            where = f"{pointer_name} at {revision}"
-        pointer = read_pointer(text, where=where)
+            pointer = read_pointer(result.stdout, where=where)
         inner = PurePosixPath(*wanted.parts[len(candidate.parts) :]).as_posix() if depth else ""
         return pointer, "" if inner == "." else inner
     at = f" at {rev}" if rev else ""
