@@ -4,6 +4,7 @@ that refuses to start on any bytes but the ones it was built for."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -56,11 +57,35 @@ def test_the_context_pins_labels_and_bakes_the_verified_bytes(context: tuple[Pat
     assert "!model" in (folder / ".dockerignore").read_text()
 
 
-def _serve(folder: Path, digest: str, port: int) -> subprocess.Popen[str]:
+def _built_record(folder: Path) -> str:
+    """The record digest the Dockerfile sets, as the image's environment would hold it."""
+    line = next(line for line in (folder / "Dockerfile").read_text().splitlines()
+                if line.startswith("ENV TETHER_BAKED_RECORD="))
+    return line.partition("=")[2]
+
+
+def _serve(folder: Path, digest: str, port: int,
+           record: str | None = "built") -> subprocess.Popen[str]:
+    pins = {"TETHER_BAKED_DIGEST": digest}
+    if record is not None:
+        pins["TETHER_BAKED_RECORD"] = _built_record(folder) if record == "built" else record
     return subprocess.Popen(
         [tether_exe(), "image", "serve", str(folder / "model"), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=subprocess_env(TETHER_BAKED_DIGEST=digest))
+        env=subprocess_env(**pins))
+
+
+def _ready(proc: subprocess.Popen[str], port: int) -> None:
+    deadline = time.time() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "the baked image did not become ready"
+        time.sleep(0.3)
 
 
 def test_the_image_serves_the_baked_version_under_its_own_identity(
@@ -70,16 +95,7 @@ def test_the_image_serves_the_baked_version_under_its_own_identity(
     port = free_port()
     proc = _serve(folder, f"sha:{version.digest}", port)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.time() < deadline, "the baked image did not become ready"
-            time.sleep(0.3)
+        _ready(proc, port)
         X, _ = iris
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/endpoints/iris/predict",
                             json={"records": X.head(2).to_dict(orient="records")}, timeout=10)
@@ -88,10 +104,18 @@ def test_the_image_serves_the_baked_version_under_its_own_identity(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    # Its private registry goes with it: each start of a crash-looping pod left a copy
+    # of the model in the cache folder (a review).
+    assert not list(Path(os.environ["TETHER_CACHE_DIR"]).glob("baked-*"))
 
 
-@pytest.mark.parametrize("attack", ["other digest", "changed byte", "edited record"])
+@pytest.mark.parametrize("attack", ["other digest", "changed byte", "edited record",
+                                    "edited record, unpinned", "renamed", "renamed, unpinned"])
 def test_the_image_refuses_to_start_on_other_bytes(context: tuple[Path, Any], attack: str) -> None:
+    """A record renamed (`fraud-detector@9.9.9`, its tags, its environment: fields the
+    version's digest leaves out) served under the new name while the digest held (a
+    review): the record's own digest, set by the build, pins those too. Without it, the
+    start says what is not pinned."""
     folder, version = context
     digest = f"sha:{version.digest}"
     if attack == "other digest":
@@ -103,14 +127,71 @@ def test_the_image_refuses_to_start_on_other_bytes(context: tuple[Path, Any], at
         path.write_bytes(bytes(data))
     else:
         record = json.loads((folder / "model" / "version.json").read_text())
-        record["params"] = {"C": 1000}
+        if attack.startswith("renamed"):
+            record.update(name="fraud-detector", semver="9.9.9", tags={"team": "risk"})
+        else:
+            record["params"] = {"C": 1000}
         (folder / "model" / "version.json").write_text(json.dumps(record))
-    proc = _serve(folder, digest, free_port())
+    proc = _serve(folder, digest, port := free_port(),
+                  record=None if attack.endswith("unpinned") else "built")
+    if attack == "renamed, unpinned":  # the bytes are the ones built: it serves, and says so
+        try:
+            _ready(proc, port)
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+        assert "warning: the record is not pinned" in err, err
+        return
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert {"other digest": "not the sha:abab", "changed byte": "does not match its digest",
-            "edited record": "hashes to"}[attack] in err, err
+    assert {"other digest": "not the sha:abab",
+            "changed byte": "does not match its digest",
+            "edited record": "is not the one the image was built with",
+            "edited record, unpinned": "hashes to",
+            "renamed": "is not the one the image was built with"}[attack] in err, err
     assert "Traceback" not in err
+    del port
+
+
+def test_the_record_digest_is_built_in_and_pins_the_record(context: tuple[Path, Any]) -> None:
+    from tether._registry.baked import record_digest
+
+    folder, _ = context
+    assert _built_record(folder) == record_digest(folder / "model")
+    assert f'tether.baked_record="{record_digest(folder / "model")}"' in (
+        folder / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("kind", ["deep", "zero", "fifo", "huge seq", "folder"])
+def test_a_malformed_baked_record_is_a_clear_refusal(context: tuple[Path, Any],
+                                                     kind: str) -> None:
+    """Nested 100,000 deep: a RecursionError traceback; a link to /dev/zero: read until
+    memory ran out; a named pipe: a start that hung; a seq of 10**30: a database
+    OverflowError (a review)."""
+    import os
+
+    from tether import IntegrityError, InvalidInput
+    from tether._registry.baked import read_baked
+
+    folder, version = context
+    path = folder / "model" / "version.json"
+    record = json.loads(path.read_text())
+    path.unlink()
+    if kind == "deep":
+        path.write_text('{"params": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_text(json.dumps({**record, "seq": 10**30}))
+    with pytest.raises((IntegrityError, InvalidInput)) as refused:
+        read_baked(folder / "model", f"sha:{version.digest}")
+    assert {"deep": "unreadable", "zero": "not a regular file", "fifo": "not a regular file",
+            "folder": "not a regular file", "huge seq": "beyond any registry's"}[kind] in str(
+                refused.value)
 
 
 def test_a_short_digest_to_expect_is_refused_clearly(context: tuple[Path, Any]) -> None:

@@ -178,6 +178,11 @@ def test_signatures_count_only_for_their_deployment_unexpired_and_by_pinned_keys
     assert vouched_digests("svc", {"signatures": [entry()]}, {}) == {}  # nothing pinned
     for junk in (5, 1.5, True, "text", {"a": 1}):  # what a hostile server sends: no crash
         assert vouched_digests("svc", {"signatures": junk}, pinned) == {}
+    # A payload with no canonical bytes (a lone surrogate, stored in the database) made a
+    # replica exit with a traceback at start, dropping the valid signature beside it too.
+    broken = entry()
+    broken["payload"] = {**broken["payload"], "note": "\ud800"}
+    assert vouched(broken, entry()) == {"iris": {digest}}
 
     # A key's newest statement is the one that counts: a version it no longer lists is
     # not added back by an older signature the server still offers.

@@ -384,3 +384,16 @@ def test_a_retry_across_an_upgrade_finds_its_version(registry: Any, tmp_path: Pa
     recorded_as(_legacy_digest("m", values, None))  # what an older server recorded
     again, replayed = registry.commit_once("m", values, None, key=key)
     assert replayed and again.id == first.id
+
+
+def test_a_record_holding_a_lone_surrogate_is_still_answered_as_json() -> None:
+    """A deployment whose stored signature payload held a lone surrogate was a 500 for
+    every replica asking for it (a review): UTF-8 cannot encode it. Escaped, it is JSON
+    that reads back to the same text."""
+    import json
+
+    from tether.server.packed import RecordResponse
+
+    body = RecordResponse({"note": "caf\u00e9 \ud800"}).body
+    assert json.loads(body) == {"note": "caf\u00e9 \ud800"}
+    assert "café".encode() in RecordResponse({"note": "caf\u00e9"}).body  # as before

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 RECORD = "version.json"
 FILES = "files"
+#: The most of a baked record read (its manifest lists every chunk of every file).
+MAX_RECORD = 1 << 30
+#: The largest sequence number a registry stores (an INTEGER column).
+_MAX_SEQ = 2**31 - 1
 
 #: The record fields a baked version carries besides its files.
 _VALUES = ("flavor", "signature", "input_example", "params", "metrics", "data", "lineage",
@@ -43,33 +47,76 @@ def bake(registry: Registry, ref: str, folder: Path) -> ModelVersion:
     return version
 
 
-def read_baked(folder: Path, expected: str | None) -> ModelVersion:
-    """The baked version, once every file and the record hash to ``expected``."""
-    try:
-        record = json.loads((folder / RECORD).read_text())
-        version = ModelVersion.from_dict(record)
-    except FileNotFoundError as error:
+def record_digest(folder: Path) -> str:
+    """``sha:`` and the BLAKE3 of the baked record's bytes: what pins the fields the
+    version's digest does not cover (name, semantic version, tags, environment...)."""
+    return f"sha:{file_digest(folder / RECORD)}"
+
+
+def _whole_digest(value: str, what: str, hint: str) -> str:
+    want = value.strip().lower().removeprefix("sha:")
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        # A prefix would pin less than the digest does (and 'sha:42e6c3b2aee8' was
+        # refused as "not the sha:42e6c3b2aee8 it was built for").
+        raise InvalidInput(f"{what} must be whole: sha: and 64 hex digits, not {value!r}",
+                           hint=hint)
+    return want
+
+
+def _record_bytes(folder: Path, expected_record: str | None) -> bytes:
+    """The record's bytes: a regular file of at most MAX_RECORD bytes (a link to
+    /dev/zero was read until memory ran out, a named pipe hung the start: a review),
+    hashing to ``expected_record`` when given."""
+    path = folder / RECORD
+    if not path.exists():
         raise InvalidInput(
             f"{folder} holds no baked version ({RECORD} is missing)",
             hint="build the image with `tether build REF -t IMAGE`",
-        ) from error
-    except (ValueError, KeyError, TypeError) as error:
-        raise IntegrityError(f"the baked record in {folder} is unreadable: {error}") from error
+        )
+    if not path.is_file():
+        raise IntegrityError(f"the baked record {path} is not a regular file",
+                             hint="rebuild the image with `tether build`")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_RECORD + 1)
+    if len(data) > MAX_RECORD:
+        raise IntegrityError(f"the baked record {path} is over {MAX_RECORD >> 20} MB")
+    if expected_record is not None:
+        want = _whole_digest(expected_record, "the record digest to expect",
+                             "`tether build` sets TETHER_BAKED_RECORD to it")
+        import blake3
+
+        if blake3.blake3(data).hexdigest() != want:
+            raise IntegrityError(
+                f"the baked record {path} is not the one the image was built with: edited "
+                "since (its name, version, tags or environment are not what was built)",
+                hint="rebuild the image with `tether build`; never edit a baked version")
+    return data
+
+
+def read_baked(folder: Path, expected: str | None,
+               expected_record: str | None = None) -> ModelVersion:
+    """The baked version, once every file and the record hash to ``expected`` (the
+    version's digest) and the record's bytes to ``expected_record`` (``record_digest``:
+    the version's digest leaves out its name, semantic version, tags, environment and
+    the rest, which an edited record changed at will while ``expected`` still held)."""
+    data = _record_bytes(folder, expected_record)
+    try:
+        record = json.loads(data)
+        version = ModelVersion.from_dict(record)
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise IntegrityError(f"the baked record in {folder} is unreadable: "
+                             f"{str(error)[:200]}") from None
+    if not 1 <= version.seq <= _MAX_SEQ:
+        raise IntegrityError(f"the baked record in {folder} has sequence number "
+                             f"{version.seq}, beyond any registry's")
     require_intact(version)  # the record's manifest hashes to its own digest
-    if expected is not None:
-        want = expected.strip().lower().removeprefix("sha:")
-        if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
-            # A prefix would pin less than the digest does (and 'sha:42e6c3b2aee8' was
-            # refused as "not the sha:42e6c3b2aee8 it was built for").
-            raise InvalidInput(
-                f"the digest to expect must be whole: sha: and 64 hex digits, not {expected!r}",
-                hint=f"`tether show {version.ref} --json` gives it; `tether build` sets "
-                "TETHER_BAKED_DIGEST to it",
-            )
-    if expected is not None and version.digest != want:
+    want = None if expected is None else _whole_digest(
+        expected, "the digest to expect", f"`tether show {version.ref} --json` gives it; "
+        "`tether build` sets TETHER_BAKED_DIGEST to it")
+    if want is not None and version.digest != want:
         raise IntegrityError(
             f"this image carries {version.ref} (sha:{version.digest[:12]}), not the "
-            f"{expected[:16]} it was built for",
+            f"{str(expected)[:16]} it was built for",
             hint="rebuild the image with `tether build`; never edit a baked version",
         )
     for entry in version.files:
@@ -121,3 +168,26 @@ def register_baked(registry: Registry, version: ModelVersion, folder: Path) -> M
         )
     registry.store.release_pin(report.pin)
     return registry.get(f"{version.name}@sha:{version.digest}")
+
+
+def clear_dead_baked(home: Path) -> None:
+    """Remove the private registries of ``image serve`` processes that are gone
+    (``baked-PID-*``: a process killed never removed its own). Called before this
+    process makes its own, so one named with this process's id is a predecessor's: in a
+    container every start is the same PID, on the same cache volume."""
+    import os
+    import shutil
+
+    for leftover in home.glob("baked-*"):
+        pid = leftover.name.split("-")[1] if leftover.name.count("-") >= 2 else ""
+        if not pid.isdigit():
+            continue
+        if int(pid) == os.getpid():
+            shutil.rmtree(leftover, ignore_errors=True)
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass  # another user's process: alive

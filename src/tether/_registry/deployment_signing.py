@@ -277,9 +277,16 @@ def stored_signatures(conn: sa.Connection, name: str) -> list[dict[str, Any]]:
 
 
 def _verifies(public: Ed25519PublicKey, payload: Mapping[str, Any], signature: Any) -> bool:
+    """Whether ``signature`` is ``public``'s over ``payload``; a payload that has no
+    canonical bytes (a lone surrogate in a string: a review's stored signature made a
+    replica exit with a traceback at start) is signed by no one."""
     from .._signing import verify_bytes
 
-    return verify_bytes(public, payload_bytes(payload), signature)
+    try:
+        signed = payload_bytes(payload)
+    except (UnicodeEncodeError, ValueError, TypeError, RecursionError):
+        return False
+    return verify_bytes(public, signed, signature)
 
 
 #: The newest ``signed_at`` this process has checked, per (deployment, key id): a server

@@ -278,7 +278,7 @@ def build(
     """
     import subprocess
 
-    from .._registry.baked import bake
+    from .._registry.baked import bake, record_digest
     from ..k8s import ImageTarget, bake_dockerfile, render_image
 
     registry = registry_from(ctx)
@@ -302,12 +302,13 @@ def build(
     folder.mkdir(parents=True, exist_ok=True)
     for name, body in files.files.items():
         (folder / name).write_text(body)
+    bake(registry, version.ref, folder / "model")
     (folder / "Dockerfile").write_text(bake_dockerfile(
-        files.files["Dockerfile"], ref=version.ref, digest=f"sha:{version.digest}", port=port))
+        files.files["Dockerfile"], ref=version.ref, digest=f"sha:{version.digest}", port=port,
+        record=record_digest(folder / "model")))
     (folder / ".dockerignore").write_text(files.files[".dockerignore"] + "!model\n!model/**\n")
     if wheel is not None:
         shutil.copy2(wheel, folder / wheel.name)
-    bake(registry, version.ref, folder / "model")
     engine = None if no_build else _container_engine()
     built = False
     if engine is not None:
@@ -333,6 +334,10 @@ def build(
         console.print(f"not built ({why}); run: docker build -t {tag} {folder}")
 
 
+def _exit_through_finally(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _container_engine() -> str | None:
     """docker or podman, when installed and able to build (a daemon that answers)."""
     import subprocess
@@ -350,12 +355,16 @@ def _container_engine() -> str | None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--expect", default=None, metavar="sha:DIGEST",
               help="The digest the image was built for (default: $TETHER_BAKED_DIGEST).")
+@click.option("--expect-record", default=None, metavar="sha:DIGEST",
+              help="The BLAKE3 of the baked record, pinning the version's name, semantic "
+              "version, tags and environment too (default: $TETHER_BAKED_RECORD).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--trusted", is_flag=True, help="Load code-executing formats (pickle).")
 @handle_errors
 def image_serve(
-    folder: Path, expect: str | None, host: str, port: int, trusted: bool
+    folder: Path, expect: str | None, expect_record: str | None, host: str, port: int,
+    trusted: bool
 ) -> None:
     """Serve the version `tether build` baked into FOLDER, after proving its bytes.
 
@@ -365,22 +374,44 @@ def image_serve(
     registry under $TETHER_CACHE_DIR and served as `tether serve` would.
     """
     import os
+    import signal
     import tempfile
 
-    from .._registry.baked import read_baked, register_baked
+    from .._registry.baked import clear_dead_baked, read_baked, register_baked
     from .._registry.location import default_cache_dir
     from .._registry.registry import Registry
     from ..serving import serve as run
     from .serving import _deployment
 
-    version = read_baked(folder, expect or os.environ.get("TETHER_BAKED_DIGEST"))
+    expected = expect or os.environ.get("TETHER_BAKED_DIGEST")
+    record = expect_record or os.environ.get("TETHER_BAKED_RECORD")
+    version = read_baked(folder, expected, record)
+    if expected is None and record is None:
+        err_console.print(
+            "warning: nothing pins this folder (no --expect, no TETHER_BAKED_DIGEST): its "
+            "files match its own record, whatever that record says it is", markup=False)
+    elif record is None:
+        err_console.print(
+            "warning: the record is not pinned (no --expect-record, no TETHER_BAKED_RECORD): "
+            "the bytes are the ones built, but its name, version, tags and environment are "
+            "the record's word", markup=False)
     home = default_cache_dir()
     home.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="baked-", dir=home)) / ".tether"
-    registry = Registry.init(root, actor="tether-image")
-    served = register_baked(registry, version, folder)
-    console.print(f"{served.ref} (sha:{served.digest[:12]}): every baked byte verified; "
-                  f"serving on http://{host}:{port}", style="dim")
-    deployment = _deployment(f"{served.name}@sha:{served.digest}", host=host, port=port,
-                             trusted=trusted, env_policy=None)
-    run(registry, deployment)
+    clear_dead_baked(home)
+    # One private registry a start, removed when the server stops (each start of a
+    # crash-looping pod left a copy of the model behind: a review).
+    scratch = Path(tempfile.mkdtemp(prefix=f"baked-{os.getpid()}-", dir=home))
+    # uvicorn raises SIGTERM again once it has shut down: with the default handler the
+    # process died there, past this ``finally``; this one exits through it (143, as a
+    # process ended by SIGTERM reports).
+    signal.signal(signal.SIGTERM, _exit_through_finally)
+    try:
+        registry = Registry.init(scratch / ".tether", actor="tether-image")
+        served = register_baked(registry, version, folder)
+        console.print(f"{served.ref} (sha:{served.digest[:12]}): every baked byte verified; "
+                      f"serving on http://{host}:{port}", style="dim")
+        deployment = _deployment(f"{served.name}@sha:{served.digest}", host=host, port=port,
+                                 trusted=trusted, env_policy=None)
+        run(registry, deployment)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -222,7 +222,8 @@ def _dockerfile(targets: Sequence[ImageTarget], *, python: str, target: str,
 BAKED_DIR = "/opt/tether/model"
 
 
-def bake_dockerfile(dockerfile: str, *, ref: str, digest: str, port: int) -> str:
+def bake_dockerfile(dockerfile: str, *, ref: str, digest: str, port: int,
+                    record: str | None = None) -> str:
     """``dockerfile`` (from ``render_image``) serving the baked version instead of fetching it.
 
     The verified files and the record go into ``BAKED_DIR``; the image states the
@@ -243,7 +244,9 @@ def bake_dockerfile(dockerfile: str, *, ref: str, digest: str, port: int) -> str
     lines[user:user] = [
         f"COPY model/ {BAKED_DIR}/",
         f"ENV TETHER_BAKED_DIGEST={digest}",
-        f"LABEL tether.baked={json.dumps(ref)} tether.baked_digest={json.dumps(digest)}",
+        *([f"ENV TETHER_BAKED_RECORD={record}"] if record else []),
+        f"LABEL tether.baked={json.dumps(ref)} tether.baked_digest={json.dumps(digest)}"
+        + (f" tether.baked_record={json.dumps(record)}" if record else ""),
     ]
     lines += [
         f"ENTRYPOINT {json.dumps(['tether'])}",

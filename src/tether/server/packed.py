@@ -58,7 +58,12 @@ class RecordResponse(JSONResponse):
     version to its digest gets the same values."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate stored in the database: a 500 was
+            # all a replica got of a deployment (a review); escaped, it is JSON again
+            return json.dumps(content, separators=(",", ":")).encode()
 
 
 def version_answer(request: Request, version: ModelVersion | DatasetVersion, *,
