@@ -328,7 +328,7 @@ def test_a_dataset_alias_that_reads_as_a_protected_one_is_refused(tmp_path: Path
     (folder / "rows.csv").write_text("a\n1\n")
     reg = tether.init(tmp_path / "reg", actor="t@example.com")
     reg.add_dataset(folder, "d")
-    with pytest.raises(InvalidInput, match="reads as the protected alias"):
+    with pytest.raises(InvalidInput, match="reads as the guarded alias"):
         reg.promote_dataset("d@1", "Production")
     assert reg.promote_dataset("d@1", "production").version == "1.0.0"
 

@@ -867,3 +867,98 @@ def test_a_rollback_is_bounded_as_an_apply_and_a_named_shadow_counts_once(
     named = "m@a-rather-long-alias-name"  # 26 characters, one shadow
     assert registry.apply_deployment("svc", {"endpoints": {"m": {
         "routes": routes, "shadow": named}}})["revision"] == 3
+
+
+# -- a later review: rules dodged by deleting, renaming, quoting, repeating -------------
+
+
+def _scored(registry: Registry, tmp_path: Path, scores: list[float]) -> list[str]:
+    refs = []
+    for n, acc in enumerate(scores):
+        (tmp_path / f"s{n}.bin").write_bytes(bytes([n + 1]) * 10)
+        refs.append(registry.log_model(tmp_path / f"s{n}.bin", "m", metrics={"acc": acc},
+                                       progress=False).ref)
+    return refs
+
+
+def test_deleting_an_alias_does_not_reset_what_its_checks_compare_with(
+        registry: Registry, tmp_path: Path) -> None:
+    """Production at acc 0.95; 0.50 refused as worse than the current, then accepted once
+    the alias was deleted and created again: no current, so no comparison (a review)."""
+    good, bad = _scored(registry, tmp_path, [0.95, 0.50])
+    registry.promote(good, "production", create=True)
+    registry.set_policy("m", "aliases:\n  production:\n    checks:\n"
+                             "      - {metric: acc, not_worse_than_current: 0.01}\n")
+    with pytest.raises(PolicyViolation, match="acc"):
+        registry.promote(bad, "production")
+    registry.delete_alias("m", "production")
+    with pytest.raises(PolicyViolation, match="acc"):
+        registry.promote(bad, "production", create=True)
+    registry.promote(good, "production", create=True)  # the same as before: fine
+    assert registry.alias("m", "production")["version"] == "1.0.0"
+    registry.promote(bad, "staging", create=True)  # another alias: never had a target
+
+
+@pytest.mark.parametrize("name", ["Champion", "CHAMPION", "champion.", "champion-",
+                                  "PROD-eu", "Prod-eu"])
+def test_a_look_alike_of_a_guarded_name_or_pattern_is_refused(
+        registry: Registry, tmp_path: Path, name: str) -> None:
+    """A contributor could not create `champion` (guarded by the policy) but could create
+    `Champion`; nor `prod-eu` (protected_aliases prod-*) but could `PROD-eu` (a review)."""
+    (ref,) = _scored(registry, tmp_path, [0.9])
+    registry.set_policy("m", "aliases:\n  champion: {roles: [approver], approvals: 1}\n")
+    registry.set_setting("protected_aliases", "production,prod-*")
+    registry.create_token("carl@example.com", role="contributor", model="m")
+    carl = registry.as_actor("carl@example.com", enforce_roles=True)
+    with pytest.raises(InvalidInput, match="reads as the guarded alias"):
+        carl.promote(ref, name, create=True)
+    carl.promote(ref, "challenger", create=True)  # no look-alike: still a contributor's
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("aliases:\n  production:\n    checks:\n      - {metric: latency, "
+     "not_worse_than_current: 1, higher_is_better: 'false'}\n", "higher_is_better must be"),
+    ("aliases:\n  production: {roles: [admin], approvals: 2}\n"
+     "  production: {roles: [approver]}\n", "given twice"),
+    ("deprecated: ['~v1']\n", "neither a version"),
+    ("deprecated: ['1.0']\n", "neither a version"),
+])
+def test_a_policy_that_would_silently_weaken_a_rule_is_refused(text: str,
+                                                               problem: str) -> None:
+    """Quoted 'false' read as true; a rule written twice kept the last, lenient one; a
+    deprecated entry no version matches deprecated nothing (a review)."""
+    with pytest.raises(InvalidInput, match=problem):
+        parse_policy(text)
+
+
+def test_deleting_and_deprecating_need_their_role_on_an_embedded_registry_too(
+        registry: Registry, tmp_path: Path) -> None:
+    """The README says administering and approving need their role in every mode; on an
+    embedded registry in open mode a user with no role deleted and deprecated versions
+    while approving and setting a policy were refused (a review)."""
+    first, second = _scored(registry, tmp_path, [0.9, 0.8])
+    nobody = as_user(registry, "nobody@example.com")
+    for attempt in (lambda: nobody.delete_version(first),
+                    lambda: nobody.deprecate(second, reason="mine"),
+                    lambda: nobody.delete_model("m")):
+        with pytest.raises(PermissionDenied):
+            attempt()
+    nobody.log_model(tmp_path / "s0.bin", "m", progress=False)  # logging stays open
+    registry.deprecate(second, reason="the admin may")
+    assert registry.get(second).status == "deprecated"
+
+
+def test_a_route_rollback_event_names_a_route_and_real_versions(
+        registry: Registry, tmp_path: Path) -> None:
+    """A contributor recorded a rollback of an endpoint nowhere, "from iris@2.0.0
+    (approved by root@team)", 200 KB of it (a review)."""
+    first, second = _scored(registry, tmp_path, [0.9, 0.8])
+    fine = {"endpoint": "iris", "route": "canary", "before": second, "after": first}
+    registry.record_route_rollback("m", **fine, reason="error_rate > 0.05")
+    for bad in ({"before": "m@2.0.0 (approved by root@team)"}, {"before": "m@9.9.9"},
+                {"after": "other@1.0.0"}, {"endpoint": "x" * 200_000},
+                {"route": "a b\nc"}):
+        with pytest.raises((InvalidInput, tether.NotFound, tether.InvalidReference)):
+            registry.record_route_rollback("m", **{**fine, **bad}, reason="r")
+    events = registry.audit_log(action="deployment.rollback")
+    assert [(e.subject, e.before) for e in events] == [("iris/canary", second)]

@@ -464,7 +464,7 @@ def test_a_new_alias_that_reads_as_a_protected_one_is_refused(
     """A contributor could make 'Production' or 'production.' beside the guarded alias."""
     _log(registry, fit_logreg(iris), iris)
     for look_alike in ("Production", "production.", "PRODUCTION", "production_"):
-        with pytest.raises(tether.InvalidInput, match="reads as the protected alias"):
+        with pytest.raises(tether.InvalidInput, match="reads as the guarded alias"):
             registry.promote("iris@1.0.0", look_alike, create=True)
     registry.promote("iris@1.0.0", "production", create=True)
     registry.promote("iris@1.0.0", "production-eu", create=True)  # another name altogether

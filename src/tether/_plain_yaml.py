@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ._errors import InvalidInput
+from ._humanize import short_repr
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]
@@ -43,6 +44,25 @@ def _number(kind: str) -> Any:
     return construct
 
 
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
+    """A mapping, refused when it names a key twice: the second silently replaced the
+    first (a policy's strict `production` rule, written again lower down as a lenient
+    one, let an approver promote without approvals: a review)."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            twice = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if twice:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {short_repr(key)} is given twice", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_yaml_map(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _mapping)
 _Loader.add_constructor("tag:yaml.org,2002:int", _number("int"))
 _Loader.add_constructor("tag:yaml.org,2002:float", _number("float"))
 _Loader.yaml_implicit_resolvers = {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,12 @@ class Policy:
         return any(_matches(semver, pattern) for pattern in self.deprecated)
 
 
+#: What ``deprecated`` lists: a whole version (``1.0.0``, ``v1.0.0``, a pre-release) or a
+#: prefix of one (``~1``, ``~1.2``).
+_DEPRECATED = re.compile(r"v?\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
+                         r"|~\d+(?:\.\d+){0,2}")
+
+
 def _matches(semver: str, pattern: str) -> bool:
     if pattern.startswith("~"):
         wanted = pattern[1:].split(".")
@@ -199,6 +206,10 @@ def parse_policy(text: str) -> Policy:
     deprecated = data.get("deprecated") or []
     if not isinstance(deprecated, list) or not all(isinstance(d, str) for d in deprecated):
         raise _fail("deprecated", "must be a list of versions like '1.0.0' or '~0'")
+    for entry in deprecated:  # '~v1' or '1.0' matched nothing, deprecating nothing (a review)
+        if not _DEPRECATED.fullmatch(entry):
+            raise _fail("deprecated", f"{short_repr(entry)} is neither a version like '1.0.0' "
+                        "nor a prefix like '~1' or '~1.2'")
     required = data.get("require_signed_by") or []
     if isinstance(required, str):
         required = [required]
@@ -273,6 +284,11 @@ def _parse_check(where: str, raw: Any) -> Check:
             if key in raw and (not isinstance(value, int | float) or isinstance(value, bool)
                                or not math.isfinite(value)):
                 raise _fail(where, f"{key} must be a finite number, not {short_repr(value)}")
+        if "higher_is_better" in raw and not isinstance(raw["higher_is_better"], bool):
+            # "false" in quotes was text, and text is true: a latency that rose from 10 to
+            # 500 ms passed not_worse_than_current (a review).
+            raise _fail(where, "higher_is_better must be true or false (unquoted), not "
+                        f"{short_repr(raw['higher_is_better'])}")
         return Check("metric", dict(raw))
     if len(raw) != 1:
         raise _fail(where, f"unknown option(s) {sorted(set(raw) - {kind})} for {kind}")

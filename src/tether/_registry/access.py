@@ -140,15 +140,20 @@ def require_somewhere(registry: Registry, role: str, action: str) -> None:
     require(registry, role, None, action)
 
 
-def require(registry: Registry, role: str, model: str | None, action: str) -> None:
+def require(registry: Registry, role: str, model: str | None, action: str, *,
+            every_mode: bool = False) -> None:
     """Refuse ``action`` unless the actor holds ``role`` (on ``model``, or registry-wide).
 
     On an ``--open-access`` server reading and logging are open to all, but approving
     and administering take the role granted to ``anonymous``, as moving an alias always
     did: such a server let anonymous, holding no role at all, delete models and
     versions, undeprecate and collect garbage (a review). An embedded registry in open
-    mode checks nothing here (its users are whoever can open its files)."""
-    if not enforces_roles(registry) and (
+    mode checks nothing here (its users are whoever can open its files), except for
+    ``every_mode`` actions: the governance decisions the README says need their role in
+    every mode (deleting a model or a version, deprecating one), which an embedded
+    registry let anyone make while it asked approving and setting a policy for theirs
+    (a review)."""
+    if not enforces_roles(registry) and not every_mode and (
             registry._enforce_roles is None or role_rank(role) < role_rank("approver")):
         return
     principal = registry.actor

@@ -70,7 +70,7 @@ def promote(
         if current is None and not create:
             raise unknown_alias(conn, mid, parsed.name, alias, creating=ref)
         if current is None:
-            refuse_a_look_alike(conn, alias)
+            refuse_a_look_alike(conn, alias, mid)
         current_version = None
         if current is not None:
             current_row = repo.version_by_id(conn, current.version_id)
@@ -88,8 +88,13 @@ def promote(
                 reason,
                 current.updated_at,
             )
+        # Checks relative to the current target judge against the last one when the alias
+        # was deleted: deleting `production` and creating it again with a version its
+        # policy had refused (worse than the current) passed every relative check.
+        judged = current_version if current is not None else _last_target(
+            conn, mid, parsed.name, alias)
         for check in checks or []:
-            check(conn, version, alias, current_version)
+            check(conn, version, alias, judged)
         repo.point_alias(conn, mid, alias, row.id, actor)
         repo.record_move(
             conn,
@@ -114,15 +119,33 @@ def promote(
         return AliasMove(parsed.name, alias, row.semver, before, "set", actor, reason, event.ts)
 
 
+def _last_target(conn: sa.Connection, mid: int, name: str, alias: str) -> ModelVersion | None:
+    """The live version ``alias`` pointed at when it was last deleted (None: it never
+    existed, or that version is gone)."""
+    from .._metadata.schema import alias_moves
+
+    row = conn.execute(
+        sa.select(alias_moves.c.version_id, alias_moves.c.previous_version_id)
+        .where(alias_moves.c.model_id == mid, alias_moves.c.alias == alias)
+        .order_by(alias_moves.c.id.desc()).limit(1)
+    ).first()
+    target = None if row is None else (row.version_id or row.previous_version_id)
+    found = repo.version_by_id(conn, target) if target is not None else None
+    if found is None or found.status == "deleted":
+        return None
+    return repo.row_to_version(found, name)
+
+
 #: Registry setting: aliases (comma-separated, glob patterns allowed) only approvers move.
 PROTECTED_SETTING = "protected_aliases"
 
 
-def refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
+def refuse_a_look_alike(conn: sa.Connection, alias: str, mid: int | None = None) -> None:
     """Refuse a new alias that reads as a protected one but is not (``Production``,
-    ``production.``): a contributor may make it, and a reader of a dashboard or a
-    deployment file takes it for the guarded alias. Or one that reads as a version
-    (``refuse_a_version_name``)."""
+    ``production.``, ``PROD-eu`` beside the pattern ``prod-*``, ``Champion`` beside a
+    ``champion`` the model's policy guards): a contributor may make it, and a reader of
+    a dashboard or a deployment file takes it for the guarded alias. Or one that reads
+    as a version (``refuse_a_version_name``)."""
     import fnmatch
 
     refuse_a_version_name(alias)
@@ -130,14 +153,19 @@ def refuse_a_look_alike(conn: sa.Connection, alias: str) -> None:
     def plain(name: str) -> str:
         return name.casefold().strip("._-")
 
-    for pattern in protected_alias_patterns(repo.get_setting(conn, PROTECTED_SETTING)):
-        if fnmatch.fnmatchcase(alias, pattern):
-            return  # it is protected itself: moved only by an approver
-        if any(c in pattern for c in "*?[") or plain(alias) != plain(pattern):
+    guarded = list(protected_alias_patterns(repo.get_setting(conn, PROTECTED_SETTING)))
+    if mid is not None:  # the aliases the model's policy names: guarded as well
+        guarded += list(current_policy(conn, mid).aliases)
+    guarded = [p for p in guarded if p != "*"]  # a policy's rule for every other alias
+    if any(fnmatch.fnmatchcase(alias, pattern) for pattern in guarded):
+        return  # it is guarded itself: moved only as its rule says
+    for pattern in guarded:
+        if not fnmatch.fnmatchcase(plain(alias), plain(pattern)):
             continue
         raise InvalidInput(
-            f"alias {alias!r} reads as the protected alias {pattern!r} but is not it",
-            hint=f"use {pattern!r} itself (its moves need an approver), or another name")
+            f"alias {alias!r} reads as the guarded alias {pattern!r} but is not it",
+            hint=f"use {pattern!r} itself (its moves need the role its rule asks for), or "
+            "another name")
 
 
 def require_policy_roles(conn: sa.Connection, actor: str, model: str, alias: str) -> None:

@@ -61,6 +61,8 @@ from .roles import has_role, require_role
 if TYPE_CHECKING:
     from .registry import Registry
 
+#: An endpoint's or a route's name (as a deployment names them).
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 #: A replica that has not sent a heartbeat for this long is gone (seconds).
 REPLICA_TTL = 5.0
 #: How long a lease lasts without renewal (seconds).
@@ -79,11 +81,28 @@ def record_route_rollback(
     after: str | None,
     reason: str,
 ) -> None:
-    """Append ``deployment.rollback`` for a pinned route that a rule switched back."""
+    """Append ``deployment.rollback`` for a pinned route that a rule switched back.
+
+    The endpoint and route are names a deployment could have, and ``before`` and
+    ``after`` versions of ``model`` that exist: a contributor wrote a rollback of an
+    endpoint nowhere "from iris@2.0.0 (approved by root@team)", 200 KB of it (a
+    review). Serving replicas of a deployment file call this too, so the endpoint
+    itself is not looked up."""
     check_reason(reason, "the reason")
+    for what, value in (("endpoint", endpoint), ("route", route)):
+        if not isinstance(value, str) or not _ROUTE_NAME.fullmatch(value):
+            raise InvalidInput(f"{what} {short_repr(value)} is not a name a deployment has",
+                               hint="letters, digits, '.', '_' and '-', up to 63")
     with registry.write() as conn:
         require_model(conn, model)
         require_role(conn, registry.actor, "contributor", model)
+        for what, ref in (("before", before), ("after", after)):
+            if ref is None and what == "after":
+                continue
+            parsed = parse_reference(str(ref))
+            if parsed.name != model:
+                raise InvalidInput(f"{what} {short_repr(ref)} is not a version of {model}")
+            resolve_row(conn, parsed)  # NotFound unless that version exists
         append_event(
             conn,
             actor=registry.actor,

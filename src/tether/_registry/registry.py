@@ -215,9 +215,10 @@ class Registry:
             clone._enforce_roles = enforce_roles
         return clone
 
-    def require(self, role: str, model: str | None = None, *, action: str) -> None:
+    def require(self, role: str, model: str | None = None, *, action: str,
+                every_mode: bool = False) -> None:
         """Refuse ``action`` (PermissionDenied) unless the actor may do it (see access.py)."""
-        access.require(self, role, model, action)
+        access.require(self, role, model, action, every_mode=every_mode)
 
     def require_somewhere(self, role: str, *, action: str) -> None:
         """Refuse ``action`` unless the actor holds ``role`` registry-wide or on some model."""
@@ -563,7 +564,7 @@ class Registry:
 
     def delete_model(self, name: str) -> None:
         """Mark ``name`` and its versions deleted (refused while it has aliases)."""
-        self.require("admin", name, action="deleting a model")
+        self.require("admin", name, action="deleting a model", every_mode=True)
         catalog.delete_model(self, name)
 
     def update_version(
@@ -725,7 +726,7 @@ class Registry:
 
         check_reason(reason, "the reason")
         parsed = parse_reference(ref)
-        self.require("approver", parsed.name, action="deprecating a version")
+        self.require("approver", parsed.name, action="deprecating a version", every_mode=True)
         with self.write() as conn:
             version = resolve_version(conn, parsed)
             status = "ready" if undo else "deprecated"
@@ -957,7 +958,7 @@ class Registry:
         return tokens.list_tokens(self)
 
     def delete_version(self, ref: str) -> ModelVersion:
-        self.require("admin", _model_of(ref), action="deleting a version")
+        self.require("admin", _model_of(ref), action="deleting a version", every_mode=True)
         return catalog.delete_version(self, ref)
 
     def signatures(self, ref: str) -> tuple[list[str], list[str]]:
