@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from tether import Registry
 
-from .conftest import fit_logreg, free_port, subprocess_env, tether_exe
+from .conftest import fit_logreg, free_port, subprocess_env, tether_exe, wait_until
 
 
 @pytest.fixture
@@ -76,16 +75,11 @@ def _serve(folder: Path, digest: str, port: int,
 
 
 def _ready(proc: subprocess.Popen[str], port: int) -> None:
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+    def answers() -> bool:
         assert proc.poll() is None, proc.communicate()[1]
-        assert time.time() < deadline, "the baked image did not become ready"
-        time.sleep(0.3)
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+
+    wait_until(answers, timeout=60, ignoring=(httpx.HTTPError,))
 
 
 def test_the_image_serves_the_baked_version_under_its_own_identity(

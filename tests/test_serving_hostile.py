@@ -71,6 +71,19 @@ endpoints:
 """
 
 
+def _window(c: httpx.Client, endpoint: str) -> dict[str, Any]:
+    """The route's window once the supervisor has had ticks to judge the rules."""
+    time.sleep(0.5)
+    return dict(c.get(f"/v1/endpoints/{endpoint}").json()["routes"][0]["window"])
+
+
+def _still_serving(registry: Registry, window: dict[str, Any], model: str, semver: str) -> None:
+    """Nothing counted against the version, and production not rolled back."""
+    assert window["errors"] == 0
+    assert registry.get(f"{model}@production").semver == semver
+    assert registry.audit_log(action="alias.rollback") == []
+
+
 def _record(iris: tuple[Any, Any], value: str) -> bytes:
     X, _ = iris
     record = X.iloc[0].to_dict()
@@ -368,11 +381,8 @@ endpoints:
                             headers={"content-type": "application/json"})
             assert answer.status_code == 422, answer.text
             assert "refused these inputs" in answer.json()["message"]
-        time.sleep(0.5)
-        window = c.get("/v1/endpoints/pipe").json()["routes"][0]["window"]
-    assert window["errors"] == 0
-    assert registry.get("pipe@production").semver == "1.1.0"
-    assert registry.audit_log(action="alias.rollback") == []
+        window = _window(c, "pipe")
+    _still_serving(registry, window, "pipe", "1.1.0")
 
 
 def test_float32_boundaries_are_where_float32_itself_rounds_to_infinity() -> None:
@@ -567,20 +577,11 @@ def test_missing_or_text_values_in_a_tensor_are_the_callers_error(
 
     X, y = iris
     X3 = X.to_numpy().astype("float32").reshape(-1, 2, 2)
-    for C in (1.0, 0.5):
-        model = make_pipeline(FunctionTransformer(_flat4),
-                              LogisticRegression(C=C, max_iter=500)).fit(X3, y)
-        version = registry.log_model(model, "tens", input_example=X3[:3],
-                                     serialization="pickle")
-        registry.promote(version.ref, "production", create=True)
+    _promote_two(registry, "tens", [
+        make_pipeline(FunctionTransformer(_flat4), LogisticRegression(C=C, max_iter=500)
+                      ).fit(X3, y) for C in (1.0, 0.5)], X3[:3])
     assert registry.get("tens@production").signature["inputs"]["kind"] == "tensor"
-    deployment = fast_deployment(tmp_path, """
-endpoints:
-  tens:
-    routes: [tens@production]
-    trusted: true
-    rollback: {window: 30, min_requests: 5, rules: ["error_rate > 0.05"]}
-""")
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON.format(name="tens"))
     body = '{"records": [{"input": [[' + value + ', 1.0], [1.0, 1.0]]}]}'
     with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
         fine = c.post(PREDICT.format("tens"), json={"records": [{"input": X3[0].tolist()}]})
@@ -589,11 +590,8 @@ endpoints:
             answer = c.post(PREDICT.format("tens"), content=body,
                             headers={"content-type": "application/json"})
             assert answer.status_code == 422, answer.text
-        time.sleep(0.5)
-        window = c.get("/v1/endpoints/tens").json()["routes"][0]["window"]
-    assert window["errors"] == 0
-    assert registry.get("tens@production").semver == "1.1.0"
-    assert registry.audit_log(action="alias.rollback") == []
+        window = _window(c, "tens")
+    _still_serving(registry, window, "tens", "1.1.0")
 
 
 def test_a_model_refusing_missing_or_text_values_is_the_callers_error() -> None:
@@ -710,11 +708,8 @@ def test_what_every_version_refuses_cannot_roll_production_back(
             answer = c.post(PREDICT.format("poly"), json=body)
             assert answer.status_code == 422, answer.text
             assert "so does poly@1.0.0, served before it" in answer.json()["message"]
-        time.sleep(0.5)
-        window = c.get("/v1/endpoints/poly").json()["routes"][0]["window"]
-    assert window["errors"] == 0
-    assert registry.get("poly@production").semver == "1.1.0"
-    assert registry.audit_log(action="alias.rollback") == []
+        window = _window(c, "poly")
+    _still_serving(registry, window, "poly", "1.1.0")
 
 
 def test_what_only_the_new_version_refuses_still_rolls_it_back(

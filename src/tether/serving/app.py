@@ -43,10 +43,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from .. import _strict_json as json_body
 from .._errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from .._registry.tokens import Unauthenticated
 from .._schema import RecordSchemaError
-from . import json_body
 from .auth import deployment_models, endpoint_models
 from .drift import PSI_MODERATE, PSI_SIGNIFICANT
 from .endpoint import Check, Endpoint, PredictionFailed, Served

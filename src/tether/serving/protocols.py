@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import _strict_json as json_body
 from .._errors import InvalidInput
 from .._schema import Field, Schema, Signature
-from . import json_body
 from .guard import float_limit
 
 # -- Open Inference Protocol ----------------------------------------------------------------

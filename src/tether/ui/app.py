@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from .._reference import validate_alias_name
 from .._registry.registry import Registry
 from .._registry.tokens import Unauthenticated, authenticate
 from .._same_site import cross_site
+from .._strict_json import finite
 from . import sessions, views
 from .views import Permissions
 
@@ -78,16 +78,6 @@ class _Internal(TetherError):
                          hint="the server log names the record; `tether verify` and "
                          "`tether audit verify` check the registry")
 
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float made None (JSON cannot hold them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 class CsrfRefused(PermissionDenied):
     code = "csrf_refused"
@@ -217,7 +207,7 @@ class UI:
         if self.wants_json(request):
             # JSON has no NaN or Infinity (a version logged with a missing value in its
             # input example answered a bare 500: a review): null, as JSON readers expect.
-            return JSONResponse(_finite(data), status_code=status, headers=SECURITY_HEADERS)
+            return JSONResponse(finite(data), status_code=status, headers=SECURITY_HEADERS)
         base = self.base(request)
         json_query = dict(request.query_params)
         json_query["format"] = "json"
