@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -353,9 +354,9 @@ def test_check_schema_declared_by_the_application(
     lock = tmp_path / "tether.lock"
     columns = list(iris[0].columns)
     registry.lock_add("iris@1.0.0", path=lock, sends={c: "double" for c in columns})
-    assert registry.check(lock_path=lock).ok
+    assert registry.check(lock_path=lock, check_environment=False).ok
     registry.lock_add("iris@1.0.0", path=lock, sends={c: "double" for c in columns[:3]})
-    report = registry.check(lock_path=lock)
+    report = registry.check(lock_path=lock, check_environment=False)
     schema = next(r for r in report.results if r.check == "schema")
     assert not schema.ok and columns[3] in schema.message
 
@@ -962,3 +963,162 @@ def test_a_route_rollback_event_names_a_route_and_real_versions(
             registry.record_route_rollback("m", **{**fine, **bad}, reason="r")
     events = registry.audit_log(action="deployment.rollback")
     assert [(e.subject, e.before) for e in events] == [("iris/canary", second)]
+
+
+# -- a later review: a gate that passed what it never compared ------------------------
+
+
+def _locked(registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> Path:
+    _two_versions(registry, iris)
+    lock = tmp_path / "tether.lock"
+    registry.lock_add("iris@1.0.0", path=lock)
+    return lock
+
+
+def _env_row(report: Any) -> Any:
+    return next(r for r in report.results if r.check == "environment")
+
+
+def test_a_gate_without_requirements_fails_unless_told_to_skip(
+        registry: Registry, iris: tuple[Any, Any], tmp_path: Path) -> None:
+    """An application with only a pyproject.toml: no environment row, "requirements
+    none", exit 0 (a review). Now the row fails, naming both ways on."""
+    lock = _locked(registry, iris, tmp_path)
+    report = registry.check(lock_path=lock)
+    assert not report.ok and "was not checked" in _env_row(report).message
+    assert "--no-environment" in (_env_row(report).fix or "")
+    skipped = registry.check(lock_path=lock, check_environment=False)
+    assert skipped.ok and not any(r.check == "environment" for r in skipped.results)
+    empty = tmp_path / "empty.lock"
+    registry.lock_add("iris@1.0.0", path=empty)
+    from tether._registry.pinning import lock_remove
+
+    lock_remove(["iris"], path=empty)
+    nothing = registry.check(lock_path=empty, check_environment=False)
+    assert not nothing.ok and "pins no model" in nothing.results[0].message
+
+
+def test_the_gate_keeps_its_own_policy_not_the_one_for_loads(
+        registry: Registry, iris: tuple[Any, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """TETHER_ENV_POLICY=off (or a registry's env_policy of warn) made the gate say
+    "satisfied" of scikit-learn 1.2.0 against a model logged with another (a review)."""
+    lock = _locked(registry, iris, tmp_path)
+    old = tmp_path / "old.txt"
+    old.write_text("scikit-learn==0.20.0\nnumpy==1.16.0\n")
+    monkeypatch.setenv("TETHER_ENV_POLICY", "off")
+    registry.set_setting("env_policy", "warn")
+    assert not _env_row(registry.check(lock_path=lock, requirements_path=old)).ok
+    assert _env_row(registry.check(lock_path=lock, requirements_path=old,
+                                   env_policy="off")).ok  # said on the call: as asked
+
+
+def test_requirements_are_read_for_this_machine_markers_hashes_and_forks(
+        tmp_path: Path) -> None:
+    """A pin under a marker that holds here beside one under a marker that does not read
+    as the last one; hashed requirements were refused; a uv.lock fork per platform kept
+    whichever came last (a review)."""
+    import sys
+
+    from tether._environment.app_requirements import parse_requirements_text, read_requirements
+
+    here, there = f'sys_platform == "{sys.platform}"', 'sys_platform == "nowhere"'
+    pins = parse_requirements_text(f"scikit-learn==1.2.0 ; {here}\n"
+                                   f"scikit-learn==1.9.1 ; {there}\n", source="r").pins
+    assert pins == {"scikit-learn": "1.2.0"}
+    with pytest.raises(InvalidInput, match="pinned twice"):
+        parse_requirements_text("numpy==1.0.0\nnumpy==2.0.0\n", source="r")
+    hashed = parse_requirements_text(
+        "scikit-learn==1.9.1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+        "numpy==2.0.0 --hash=sha256:cc  # via scikit-learn\n", source="r")
+    assert hashed.pins == {"scikit-learn": "1.9.1", "numpy": "2.0.0"}
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        'version = 1\n'
+        f'[[package]]\nname = "scikit-learn"\nversion = "1.2.0"\n'
+        f"resolution-markers = ['{here}']\n"
+        f'[[package]]\nname = "scikit-learn"\nversion = "1.9.1"\n'
+        f"resolution-markers = ['{there}']\n"
+        '[[package]]\nname = "numpy"\nversion = "2.0.0"\n')
+    assert read_requirements(lock).pins == {"scikit-learn": "1.2.0", "numpy": "2.0.0"}
+    lock.write_text('version = 1\n[[package]]\nname = "numpy"\nversion = "1.0.0"\n'
+                    '[[package]]\nname = "numpy"\nversion = "2.0.0"\n')
+    with pytest.raises(InvalidInput, match="cannot tell which one is installed"):
+        read_requirements(lock)
+
+
+def test_a_pin_is_its_own_version_not_another_with_the_same_bytes(
+        registry: Registry, tmp_path: Path) -> None:
+    """1.0.0 and 1.0.1 logged with the same bytes; 1.0.0 pinned and then deprecated: the
+    gate checked 1.0.1 (newest with that digest) and passed, loads took 1.0.1's records
+    (a review)."""
+    from tether._registry.pinning import pinned_reference
+
+    (tmp_path / "m.bin").write_bytes(b"same bytes")
+    first = registry.log_model(tmp_path / "m.bin", "same", progress=False)
+    second = registry.log_model(tmp_path / "m.bin", "same", progress=False, notes="again",
+                                bump="patch")
+    assert first.digest == second.digest and first.seq != second.seq
+    lock = tmp_path / "tether.lock"
+    registry.lock_add(first.ref, path=lock)
+    registry.deprecate(first.ref, reason="bad")
+    report = registry.check(lock_path=lock, check_environment=False)
+    row = next(r for r in report.results if r.check == "not deprecated")
+    assert not row.ok and first.ref in row.message
+    os.environ["TETHER_LOCK"] = str(lock)
+    try:
+        assert pinned_reference(registry, first.ref) == f"same@{first.seq}"
+    finally:
+        del os.environ["TETHER_LOCK"]
+
+
+@pytest.mark.parametrize("kind", ["twice", "short digest", "upper digest", "deep",
+                                  "not utf-8", "huge seq", "packages list"])
+def test_a_crafted_lock_is_refused_clearly(registry: Registry, iris: tuple[Any, Any],
+                                           tmp_path: Path, kind: str) -> None:
+    """A lock naming a model twice (the reviewer reads the first, json keeps the last,
+    the integrity is computed over what was kept); a 4-digit or uppercase digest
+    resolved by prefix; nesting, bytes and numbers that were tracebacks (a review)."""
+    from tether._lockfile import read_lock
+
+    lock = _locked(registry, iris, tmp_path)
+    document = json.loads(lock.read_text())
+    entry = document["models"]["iris"]
+    text = None
+    if kind == "twice":
+        body = json.dumps(entry)
+        text = (json.dumps({**document, "models": {}})[:-1].replace(
+            '"models": {}', '"models": {"iris": ' + body + ', "iris": ' + body + "}") + "}")
+    elif kind == "short digest":
+        entry["digest"] = entry["digest"][:4]
+    elif kind == "upper digest":
+        entry["digest"] = entry["digest"].upper()
+    elif kind == "deep":
+        text = '{"format": 1, "models": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    elif kind == "not utf-8":
+        lock.write_bytes(b'{"format": 1, "models": {"\xff": 1}}')
+    elif kind == "huge seq":
+        entry["seq"] = 10**40
+    else:
+        entry["requires"] = {"packages": ["scikit-learn"]}
+    if kind != "not utf-8":
+        lock.write_text(text if text is not None else json.dumps(document))
+    with pytest.raises((InvalidInput, tether.IntegrityError)) as refused:
+        read_lock(lock)
+    if kind in ("twice", "short digest", "upper digest", "huge seq", "packages list"):
+        assert isinstance(refused.value, InvalidInput), refused.value
+
+
+def test_a_lock_another_user_left_in_a_folder_above_is_not_used(tmp_path: Path) -> None:
+    """A tether.lock in /tmp (anyone's to write) redirected tether.load("wine") below it."""
+    from tether._lockfile import LOCK_NAME, find_lock
+
+    if not hasattr(os, "getuid") or os.getuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    (tmp_path / LOCK_NAME).write_text("{}")
+    os.chown(tmp_path / LOCK_NAME, 4242, 4242)
+    (tmp_path / "app").mkdir()
+    with pytest.warns(UserWarning, match="belongs to another user"):
+        assert find_lock(tmp_path / "app") is None
+    os.chown(tmp_path / LOCK_NAME, 0, 0)
+    assert find_lock(tmp_path / "app") == tmp_path / LOCK_NAME

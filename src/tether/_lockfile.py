@@ -21,6 +21,9 @@ from ._errors import IntegrityError, InvalidInput, NotFound, TetherError
 
 LOCK_NAME = "tether.lock"
 FORMAT = 1
+#: A lock is a few pins: past this it is no lock (and is not read whole).
+MAX_LOCK = 16 * 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -49,20 +52,32 @@ class LockEntry:
     @classmethod
     def from_dict(cls, name: str, data: Any) -> LockEntry:
         try:
+            seq, digest = data["seq"], str(data["digest"])
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**31:
+                raise ValueError(f"seq {str(seq)[:20]} is not a sequence number")
+            # Whole and lowercase: `tether lock add` writes it so, and four hex digits
+            # resolved by prefix to whatever shared them (a review).
+            if len(digest) != 64 or not set(digest) <= _HEX:
+                raise ValueError("its digest is not 64 lowercase hex digits")
+            requires = dict(data.get("requires") or {})
+            packages = requires.get("packages", {})
+            if not isinstance(packages, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in packages.items()):
+                raise ValueError("requires.packages is not a table of package versions")
             return cls(
                 ref=str(data["ref"]),
                 semver=str(data["semver"]),
-                seq=int(data["seq"]),
-                digest=str(data["digest"]),
-                requires=dict(data.get("requires") or {}),
+                seq=seq,
+                digest=digest,
+                requires=requires,
                 sends=data.get("sends"),
                 locked_at=str(data.get("locked_at", "")),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InvalidInput(
-                f"{LOCK_NAME}: entry {name!r} is malformed ({error})",
+                f"{LOCK_NAME}: entry {name!r} is malformed ({str(error)[:200]})",
                 hint="re-create it with `tether lock add`",
-            ) from error
+            ) from None
 
 
 @dataclass
@@ -85,17 +100,38 @@ class LockFile:
         os.replace(tmp, self.path)
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a key twice: a lock listing a model at 1.0.0
+    (what a reviewer reads) and again at 1.1.0 (what ``json.loads`` kept) passed its
+    integrity check, computed over what was parsed (a review)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key[:80]!r} is given twice")
+        found[key] = value
+    return found
+
+
 def read_lock(path: Path) -> LockFile:
     try:
-        document = json.loads(path.read_text())
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_LOCK + 1)
     except FileNotFoundError as error:
         raise NotFound(
             f"no {LOCK_NAME} at {path}", hint="create it with `tether lock add REF`"
         ) from error
-    except json.JSONDecodeError as error:
+    except OSError as error:
+        raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_LOCK:
+        raise InvalidInput(f"{path} is over {MAX_LOCK >> 20} MB: not a tether.lock")
+    try:
+        document = json.loads(raw.decode(), object_pairs_hook=_no_repeats)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        # Not JSON, not UTF-8, nested 100,000 deep or a number of 5,000 digits: each was
+        # a traceback out of `tether check`, `lock list` and `tether.load` (a review).
         raise InvalidInput(
-            f"{path} is not valid JSON: {error}", hint="restore it from version control"
-        ) from error
+            f"{path} is not a tether.lock: {str(error)[:200]}",
+            hint="restore it from version control") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise InvalidInput(f"{path} is not a format-{FORMAT} tether.lock")
     models = document.get("models")
@@ -119,7 +155,11 @@ def read_lock(path: Path) -> LockFile:
 
 
 def find_lock(start: Path | None = None) -> Path | None:
-    """``TETHER_LOCK`` (``off`` or ``0`` disables), else the nearest tether.lock above the cwd."""
+    """``TETHER_LOCK`` (``off`` or ``0`` disables), else the nearest tether.lock above the
+    cwd that this user (or root) owns: one another user put in a folder above, say
+    /tmp, redirected ``tether.load("wine")`` to the version it named (a review); such
+    a lock is passed over with a warning, as git passes over a repository it does not
+    own."""
     configured = os.environ.get("TETHER_LOCK", "").strip()
     if configured:
         return None if env_off("TETHER_LOCK") else Path(configured)
@@ -127,6 +167,13 @@ def find_lock(start: Path | None = None) -> Path | None:
     for folder in (here, *here.parents):
         candidate = folder / LOCK_NAME
         if candidate.is_file():
+            owner = candidate.stat().st_uid
+            if hasattr(os, "getuid") and owner not in (os.getuid(), 0):
+                from ._warnings import warn_caller
+
+                warn_caller(f"{candidate} belongs to another user (uid {owner}): not used; "
+                            "set TETHER_LOCK to it to use it anyway", UserWarning)
+                continue
             return candidate
     return None
 

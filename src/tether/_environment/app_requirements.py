@@ -69,25 +69,56 @@ def read_requirements(path: Path) -> AppRequirements:
     return found
 
 
+def _logical_lines(text: str) -> list[str]:
+    """Requirement lines with ``\\`` continuations joined and ``--hash`` options (pip's
+    hash-checking mode, pip-compile and uv ``--generate-hashes``) dropped."""
+    joined: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0] if not raw.lstrip().startswith("#") else ""
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        joined.append(pending + line)
+        pending = ""
+    if pending:
+        joined.append(pending)
+    return [" ".join(t for t in line.split() if not t.startswith("--hash")) for line in joined]
+
+
 def parse_requirements_text(text: str, *, source: str) -> AppRequirements:
-    """Pins and ranges from requirements-file lines (markers and extras ignored)."""
+    """Pins and ranges from requirements-file lines, for this machine: a line whose
+    environment marker does not hold here is not installed here, so it is left out
+    (a ``scikit-learn==1.2.0; sys_platform == "linux"`` beside ``==1.9.1; sys_platform ==
+    "win32"`` read as 1.9.1 on Linux, where pip installs 1.2.0: a review); a package
+    pinned twice for this machine is an error, never the last one silently."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     pins: dict[str, str] = {}
     ranges: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
+    for line in _logical_lines(text):
+        line = line.strip()
         if not line or line.startswith(("-", "git+", "http")) or "://" in line:
             continue
         try:
             requirement = Requirement(line)
         except InvalidRequirement:
-            raise InvalidInput(f"{source}: cannot read {raw.strip()!r}",
+            raise InvalidInput(f"{source}: cannot read {line[:200]!r}",
                                hint="one requirement per line, e.g. scikit-learn==1.9.1") from None
+        try:
+            if requirement.marker is not None and not requirement.marker.evaluate():
+                continue  # not for this machine
+        except Exception:  # an unknown marker variable: judged as written, not dropped
+            pass
         package = canonical_name(requirement.name)
         specs = list(requirement.specifier)
         exact = [s.version for s in specs if s.operator in ("==", "===") and "*" not in s.version]
         if exact:
+            if package in pins and pins[package] != exact[0]:
+                raise InvalidInput(
+                    f"{source}: {package} is pinned twice for this machine "
+                    f"({pins[package]} and {exact[0]})",
+                    hint="one pin per package (environment markers may choose between them)")
             pins[package] = exact[0]
         else:
             ranges[package] = str(requirement.specifier)  # "" : any version
@@ -101,11 +132,41 @@ def _toml_lock(text: str, path: Path) -> AppRequirements:
         raise InvalidInput(f"{path} is not a TOML lock file: {error}",
                            hint=f"pass the application's {FORMATS}") from None
     entries: Any = data.get("package") or data.get("packages") or []
-    pins = {}
+    # A uv.lock resolved for several platforms lists a package once per fork, each with
+    # the `resolution-markers` it applies under: the last one read won, whichever this
+    # machine installs (a review). The fork whose markers hold here is taken; a package
+    # listed at several versions with nothing to choose between them is an error.
+    found: dict[str, set[str]] = {}
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict) and entry.get("name") and entry.get("version"):
-            pins[canonical_name(str(entry["name"]))] = str(entry["version"])
-    return AppRequirements(pins)
+            if not _applies_here(entry.get("resolution-markers") or entry.get("marker")):
+                continue
+            found.setdefault(canonical_name(str(entry["name"])), set()).add(
+                str(entry["version"]))
+    twice = sorted(name for name, versions in found.items() if len(versions) > 1)
+    if twice:
+        raise InvalidInput(
+            f"{path} locks {twice[0]} at {' and '.join(sorted(found[twice[0]]))} for this "
+            "machine: Tether cannot tell which one is installed",
+            hint="pass the requirements exported for the deployment's platform "
+            "(uv export, poetry export)")
+    return AppRequirements({name: next(iter(versions)) for name, versions in found.items()})
+
+
+def _applies_here(markers: Any) -> bool:
+    """Whether an entry's markers (one, or a list of which any may hold) hold here;
+    none: it applies everywhere. A marker that cannot be read counts as holding."""
+    if not markers:
+        return True
+    from packaging.markers import InvalidMarker, Marker
+
+    for text in markers if isinstance(markers, list) else [markers]:
+        try:
+            if Marker(str(text)).evaluate():
+                return True
+        except (InvalidMarker, Exception):
+            return True
+    return False
 
 
 def _pipfile_lock(text: str, path: Path) -> AppRequirements:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .._environment import compare_environments, evaluate
-from .._environment.app_requirements import AppRequirements, read_requirements
+from .._environment.app_requirements import FORMATS, AppRequirements, read_requirements
 from .._environment.capture import canonical_name
 from .._environment.compare import Difference
 from .._environment.policy import recorded_pins
-from .._errors import IntegrityError, TetherError
+from .._errors import IntegrityError, NotFound, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
 from . import env_check
@@ -124,6 +124,7 @@ def run_check(
     env_policy: str | None = None,
     verify_bytes: bool = True,
     require_signature: bool = False,
+    check_environment: bool = True,
 ) -> CheckReport:
     """Check every pin of ``lock_path``. ``require_signature``: each pinned version must
     carry a signature whatever its policy says, checked here with the keys pinned in
@@ -133,11 +134,22 @@ def run_check(
     app = read_requirements(requirements_path) if requirements_path is not None else None
     pins = app.pins if app is not None else None
     report = CheckReport(str(lock_path), str(requirements_path) if requirements_path else None)
-    policy = env_check.choose_policy(env_policy, registry.get_setting("env_policy"))
+    # The gate's own policy: strict unless the call says otherwise. TETHER_ENV_POLICY=off
+    # or a registry's env_policy of "warn" (chosen for easy loads in notebooks) turned
+    # the gate off without a word (a review).
+    policy = env_check.choose_policy(env_policy or env_check.DEFAULT_POLICY, None)
     add = report.results.append
+    if not lock.models:
+        add(CheckResult("(none)", "pins", False, f"{lock_path} pins no model: nothing was "
+                        "checked", "pin the models the application loads: tether lock add REF"))
     for name, entry in sorted(lock.models.items()):
         try:
-            version = registry.get(f"{name}@sha:{entry.digest}")
+            # By its number, then its digest: by digest alone another version with the
+            # same bytes (newer, not deprecated, another environment) was checked in its
+            # place (a review).
+            version = registry.get(f"{name}@{entry.seq}")
+            if version.digest != entry.digest:
+                raise NotFound(f"#{entry.seq} is {version.semver} ({version.short_digest})")
         except IntegrityError as error:
             # The pinned version is there but what the registry holds for it does not
             # hash to its digest: a refusal, and re-pinning would be the wrong advice.
@@ -167,7 +179,13 @@ def run_check(
                     "restore the store from a backup or re-log the model" if problems else None,
                 )
             )
-        if app is not None and pins is not None:
+        if check_environment and app is None:
+            add(CheckResult(
+                name, "environment", False,
+                "no requirements file to compare with: the environment was not checked",
+                f"give --requirements FILE ({FORMATS}), or --no-environment to skip this "
+                "check on purpose"))
+        if check_environment and app is not None and pins is not None:
             app_env = application_environment(pins, python)
             frameworks = list(version.flavor.get("framework_packages", []))
             found = [

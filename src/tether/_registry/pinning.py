@@ -125,7 +125,20 @@ def pinned_reference(registry: Registry, ref: str) -> str:
         return ref
     if str(parsed) != entry.ref and not (parsed.kind is SelectorKind.LATEST and "@" not in ref):
         return ref
-    pinned = f"{parsed.name}@sha:{entry.digest}"
+    # The pinned version itself, by its number, and only while it is the pinned bytes: by
+    # digest alone, another version logged with the same bytes (newer, not deprecated,
+    # another environment recorded) was loaded in its place (a review).
+    pinned = f"{parsed.name}@{entry.seq}"
+    try:
+        held = registry.get(pinned)
+    except NotFound:
+        held = None
+    if held is None or held.digest != entry.digest:
+        raise NotFound(
+            f"{path} pins {parsed.name} {entry.semver} (#{entry.seq}, sha:{entry.digest[:12]}), "
+            "which this registry does not hold" + (
+                f": #{entry.seq} is {held.semver} ({held.short_digest})" if held else ""),
+            hint=f"`tether lock update {parsed.name}` pins what {entry.ref} names now")
     try:
         now = registry.get(entry.ref)
     except NotFound:

@@ -983,6 +983,7 @@ class Registry:
         python: str | None = None,
         env_policy: str | None = None,
         require_signature: bool = False,
+        check_environment: bool = True,
     ) -> ci_check.CheckReport:
         return ci_check.run_check(
             self,
@@ -991,6 +992,7 @@ class Registry:
             python=python,
             env_policy=env_policy,
             require_signature=require_signature,
+            check_environment=check_environment,
         )
 
     def reproduce(self, ref: str) -> dict[str, Any]:

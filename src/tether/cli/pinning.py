@@ -137,7 +137,12 @@ def lock_list(lock_path: Path | None, as_json: bool) -> None:
     "requirements.txt, then the lock files) beside tether.lock.",
 )
 @click.option("--python", help="Python version the application runs (default: this one).")
-@click.option("--policy", "env_policy", help="Environment policy (default: as for load).")
+@click.option("--policy", "env_policy",
+              help="Environment policy (default: strict; the gate does not follow "
+              "TETHER_ENV_POLICY or the registry's env_policy, which are for loads).")
+@click.option("--no-environment", is_flag=True,
+              help="Skip the environment check on purpose (without a requirements file it "
+              "fails: a gate that compared nothing passed).")
 @click.option(
     "--junit",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -161,6 +166,7 @@ def check(
     env_policy: str | None,
     junit: Path | None,
     require_signature: bool,
+    no_environment: bool,
     as_json: bool,
 ) -> None:
     """CI gate: refuse to ship models that do not match the application.
@@ -182,6 +188,7 @@ def check(
     report = registry_from(ctx).check(
         lock_path=path, requirements_path=requirements_path, python=python,
         env_policy=env_policy, require_signature=require_signature,
+        check_environment=not no_environment,
     )
     if junit:
         junit.write_text(report.to_junit())
