@@ -150,3 +150,12 @@ def test_a_page_out_of_order_or_with_ids_below_one_is_refused(
             client.audit_log()
     finally:
         client.close()
+
+
+def test_a_page_may_start_past_a_million_events(served: tuple[str, str]) -> None:
+    """`before` stopped at 1,000,000: on a registry of more events the client's second
+    page was refused (a review). Up to the largest id a database holds."""
+    url, token = served
+    assert _get(url, token, before=1_000_001).status_code == 200
+    assert _get(url, token, before=2**31 - 1).status_code == 200
+    assert _get(url, token, before=2**31).status_code == 400

@@ -249,3 +249,29 @@ def test_track_and_checkout_a_folder_through_a_server(folder: Path, tmp_path: Pa
         assert (folder / "train" / "part-0.csv").stat().st_mtime_ns == csv_before
     finally:
         stop(served)
+
+
+def test_committing_a_dataset_version_again_names_only_models_you_may_read(
+        folder: Path, tmp_path: Path) -> None:
+    """A contributor on one dataset read `used_by: []` for its version, sent the same
+    fields back to be committed and got the models trained on it, names, versions and
+    digests, a model it may not read among them (a review)."""
+    served = start_server(f"sqlite:///{tmp_path / 'meta.db'}", f"file://{tmp_path / 'objects'}",
+                          tmp_path)
+    try:
+        admin = _client(served, tmp_path / "cache-admin")
+        admin.add_dataset(folder, "alpha")
+        (tmp_path / "m.bin").write_bytes(b"secret model")
+        secret = admin.log_model(tmp_path / "m.bin", "secret", data={"train": "alpha@1"},
+                                 progress=False)
+        assert [u["model"] for u in admin.get_dataset("alpha@1").used_by] == ["secret"]
+        carl = admin.create_token("carl", role="contributor", model="alpha")["token"]
+        shown = served.api("GET", "/api/v1/datasets/alpha/versions/1", token=carl).json()
+        assert shown["used_by"] == []
+        values = {k: shown[k] for k in ("tables", "source", "tags", "notes")}
+        again = served.api("POST", "/api/v1/datasets/alpha/versions", token=carl,
+                           json={"values": {**values, "manifest": shown["files"]}})
+        assert again.status_code == 201, again.text
+        assert again.json()["used_by"] == [] and secret.digest not in again.text
+    finally:
+        stop(served)

@@ -1124,7 +1124,7 @@ class Registry:
         self.require("contributor", name, action="adding a dataset version")
         version = datasets.commit_remote_dataset(self, name, values, bump, self.actor)
         self.store.tidy_index()
-        return version
+        return self._users_shown(version)
 
     def list_datasets(self) -> list[datasets.DatasetInfo]:
         self.require("reader", action="listing datasets")
@@ -1143,8 +1143,12 @@ class Registry:
     def get_dataset(self, ref: str) -> datasets.DatasetVersion:
         """The dataset version ``ref`` names, with the model versions trained on it."""
         self.require("reader", _model_of(ref), action="reading dataset versions")
-        version = datasets.get_dataset(self, ref)
-        # A reader of the dataset is not told which models it fed unless it may read them.
+        return self._users_shown(datasets.get_dataset(self, ref))
+
+    def _users_shown(self, version: datasets.DatasetVersion) -> datasets.DatasetVersion:
+        """``version`` with only the models trained on it that the caller may read: a
+        reader of the dataset is not told which models it fed unless it may read them
+        (sending a version's own fields back to commit it answered them all: a review)."""
         hidden = [u for u in version.used_by if not access.may(self, "reader", str(u["model"]))]
         if not hidden:
             return version

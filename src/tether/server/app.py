@@ -407,7 +407,9 @@ class Api:
         q = request.query_params
         asked = parse_limit(q["limit"]) if "limit" in q else 0  # 0: all there are
         limit = min(asked or AUDIT_PAGE, AUDIT_PAGE)
-        before = parse_limit(q["before"], "before") if "before" in q else None
+        # Up to the largest event id a database holds (an INTEGER): past a million events
+        # the client's second page was refused (a review).
+        before = parse_limit(q["before"], "before", 2**31 - 1) if "before" in q else None
         events = await run_in_threadpool(
             lambda: reg.audit_log(model=q.get("model"), action=q.get("action"), limit=limit,
                                   before=before)
