@@ -779,3 +779,62 @@ def test_version_page_names_the_datasets_a_version_was_trained_on(
     assert "read in the training process" in row.group(0)
     held = re.search(r'<tr data-testid="data-holdout">.*?</tr>', page)
     assert held and "events.csv" in held.group(0) and "dataset" not in held.group(0)
+
+
+# -- a later review: pages bounded by aliases and events, a verifier not poisoned -----
+
+
+def test_a_model_page_shows_a_bounded_number_of_aliases_and_moves(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 aliases took the page 4.6 s, one alias moved 4,000 times 1 MB; a version's
+    page listed every event about it (4,002 after as many moves) (a review)."""
+    from tether.ui import views
+
+    monkeypatch.setattr(views, "ALIASES_SHOWN", 2, raising=False)
+    monkeypatch.setattr(views, "HISTORY_SHOWN", 3, raising=False)
+    monkeypatch.setattr(views, "EVENTS_SHOWN", 4, raising=False)
+    reg = world.registry
+    for alias in ("a1", "a2", "a3"):
+        reg.promote("iris@1.0.0", alias, create=True)
+    for _ in range(3):
+        reg.promote("iris@1.1.0", "a1")
+        reg.promote("iris@1.0.0", "a1")
+    page = world.client("rita").get("/models/iris?format=json").json()
+    assert [a["name"] for a in page["aliases"]] == ["a1", "a2"]
+    assert page["aliases_total"] == 3 and len(page["aliases"][0]["history"]) == 3
+    assert "1 more aliases" in world.client("rita").get("/models/iris").text
+    version = world.client("rita").get("/models/iris/versions/1.0.0.json").json()
+    assert len(version["events"]) == 4
+
+
+def test_a_scoped_reader_neither_verifies_nor_poisons_the_verified_chain(world: World) -> None:
+    """A reader of one model got "Chain verification FAILED" (its permission error), and
+    the result, cached for the registry, showed every admin the same (a review)."""
+    reg = world.registry
+    scoped = reg.create_token("sam", role="reader", model="iris")["token"]
+    world.tokens["sam"] = scoped
+    reg.promote("iris@1.0.0", "staging", create=True)  # the newest event: iris's
+    sam = world.client("sam").get("/audit?format=json").json()["verification"]
+    assert sam["ok"] is None and sam["needs_role"]
+    assert "needs a reader of the whole registry" in world.client("sam").get("/audit").text
+    admin = world.client("admin").get("/audit?format=json").json()["verification"]
+    assert admin["ok"] is True, admin
+
+
+def test_a_nul_in_a_name_or_search_is_a_400(world: World) -> None:
+    """On PostgreSQL `/?q=%00` and `/models/a%00` were 500s with a traceback (a review)."""
+    client = world.client("rita")
+    for path in ("/?q=%00", "/?alias=a%00", "/models/a%00", "/audit?model=a%00",
+                 "/compare?v=a%00@1&v=iris@1"):
+        answer = client.get(path)
+        assert answer.status_code == 400, (path, answer.status_code)
+
+
+def test_another_site_cannot_sign_the_browser_out(world: World) -> None:
+    """The cookie is not sent cross-site, so no session was seen, the token check skipped,
+    and the cookie cleared: another site's page signed the browser out (a review)."""
+    stranger = world.client()  # the browser on another site's page: no cookie sent
+    answer = stranger.post("/logout", data={"csrf": "x"}, follow_redirects=False,
+                           headers={"Origin": "http://evil.example"})
+    assert answer.status_code == 403, answer.status_code
+    assert "set-cookie" not in answer.headers  # nothing that clears the cookie

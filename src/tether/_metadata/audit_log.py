@@ -137,7 +137,7 @@ def list_events(
 
 
 def events_about(conn: sa.Connection, *, model: str, ref: str, semver: str,
-                 digest: str) -> list[Event]:
+                 digest: str, limit: int | None = None) -> list[Event]:
     """Model ``model``'s events that may concern its version ``ref`` (``semver``, content
     ``digest``), newest first: a superset of those ``event_concerns`` keeps, found by
     the database among the model's events (its index) rather than decoded one by one."""
@@ -153,6 +153,7 @@ def events_about(conn: sa.Connection, *, model: str, ref: str, semver: str,
             events.c.details.contains(f"sha:{digest}", autoescape=True),
         ))
         .order_by(events.c.id.desc())
+        .limit(limit)
     )
     return [_event(_row_content(row), row.prev_hash, row.hash) for row in conn.execute(query)]
 

@@ -640,7 +640,8 @@ def mark_undone(conn: sa.Connection, move_id: int) -> None:
     conn.execute(alias_moves.update().where(alias_moves.c.id == move_id).values(undone=True))
 
 
-def alias_history(conn: sa.Connection, mid: int, name: str, alias: str) -> list[AliasMove]:
+def alias_history(conn: sa.Connection, mid: int, name: str, alias: str,
+                  limit: int | None = None) -> list[AliasMove]:
     target = versions.alias("target")
     before = versions.alias("before")
     query = (
@@ -649,6 +650,7 @@ def alias_history(conn: sa.Connection, mid: int, name: str, alias: str) -> list[
         .outerjoin(before, before.c.id == alias_moves.c.previous_version_id)
         .where(alias_moves.c.model_id == mid, alias_moves.c.alias == alias)
         .order_by(alias_moves.c.id.desc())
+        .limit(limit)
     )
     return [
         AliasMove(

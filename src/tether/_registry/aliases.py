@@ -382,10 +382,11 @@ def delete_alias(registry: Registry, name: str, alias: str, *, actor: str) -> Al
         return AliasMove(name, alias, None, before, "delete", actor, "", event.ts)
 
 
-def history(registry: Registry, name: str, alias: str) -> list[AliasMove]:
+def history(registry: Registry, name: str, alias: str,
+            limit: int | None = None) -> list[AliasMove]:
     with registry.read() as conn:
         mid = require_model(conn, name)
-        moves = repo.alias_history(conn, mid, name, alias)
+        moves = repo.alias_history(conn, mid, name, alias, limit)
         if not moves:
             error = unknown_alias(conn, mid, name, alias)
             raise NotFound(f"{name} has never had an alias {alias!r}", hint=error.hint)

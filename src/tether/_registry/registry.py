@@ -519,7 +519,8 @@ class Registry:
         self.require("reader", name, action="reading versions")
         return model_search.neighbour_seqs(self, name, seq)
 
-    def version_events(self, version: ModelVersion) -> list[Event]:
+    def version_events(self, version: ModelVersion, *, limit: int | None = None
+                       ) -> list[Event]:
         """The events about ``version``, newest first: those naming it (``NAME@SEMVER``,
         or an approval ``... for ALIAS``), moving an alias to or from it, or citing its
         digest. Picked out by the database among the model's events (a page about one
@@ -527,9 +528,10 @@ class Registry:
         self.require("reader", version.name, action="reading the audit log")
         with self.read() as conn:
             found = events_about(conn, model=version.name, ref=version.ref,
-                                 semver=version.semver, digest=version.digest)
-        return [e for e in found if event_concerns(e, version.ref, version.semver,
+                                 semver=version.semver, digest=version.digest, limit=limit)
+        kept = [e for e in found if event_concerns(e, version.ref, version.semver,
                                                    version.digest)]
+        return kept[:limit] if limit is not None else kept
 
     def get(self, ref: str) -> ModelVersion:
         """The version ``ref`` names (any reference form)."""
@@ -782,9 +784,11 @@ class Registry:
     def delete_alias(self, name: str, alias: str) -> AliasMove:
         return alias_ops.delete_alias(self, name, alias, actor=self.actor)
 
-    def alias_history(self, name: str, alias: str) -> list[AliasMove]:
+    def alias_history(self, name: str, alias: str, limit: int | None = None
+                      ) -> list[AliasMove]:
+        """The alias's moves, newest first (``limit``: only that many)."""
         self.require("reader", name, action="reading alias history")
-        return alias_ops.history(self, name, alias)
+        return alias_ops.history(self, name, alias, limit)
 
     def alias(self, name: str, alias: str) -> dict[str, Any]:
         self.require("reader", name, action="reading aliases")

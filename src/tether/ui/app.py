@@ -260,6 +260,7 @@ class UI:
                 login = f"{self.base(request)}/login?{urlencode({'next': target})}"
                 return RedirectResponse(login, status_code=303)
             try:
+                _refuse_nul(request)
                 template, data, title = await run_in_threadpool(build, request, session)
                 # Rendered inside the try: a record of an unexpected shape failed in the
                 # template and answered a bare 500 (a review).
@@ -489,6 +490,11 @@ class UI:
             return self.error(request, error, session)
         if session is not None and not hmac.compare_digest(form.get("csrf", ""), session.csrf):
             return self.error(request, CsrfRefused("sign-out form not sent by this page"), session)
+        if not _same_origin(request):
+            # The cookie is not sent cross-site, so no session was seen and the token check
+            # skipped: another site's page signed the browser out (a review).
+            return self.error(request, CsrfRefused("sign-out form sent from another site"),
+                              session)
         cookie = request.cookies.get(COOKIE)
         sealed = self.unseal(cookie) if cookie else None
         if session is not None and sealed is not None:
@@ -539,7 +545,18 @@ async def read_form(request: Request) -> dict[str, str]:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidInput("the form could not be read") from error
+    _refuse_nul(request, [v for pair in pairs for v in pair])
     return dict(pairs)
+
+
+def _refuse_nul(request: Request, more: list[str] | None = None) -> None:
+    """InvalidInput for a NUL in the path, the query or a form: PostgreSQL's driver refuses
+    such a string, and `/?q=%00` or `/models/a%00` was a 500 with a traceback (a review)."""
+    values = [request.url.path, *(part for pair in request.query_params.multi_items()
+                                  for part in pair), *(more or [])]
+    if any("\x00" in value for value in values):
+        raise InvalidInput("a name or a search holds a NUL character",
+                           hint="names and searches are text without control characters")
 
 
 #: The largest number a page or form field is read as (a page of 10**30 reached SQLite
