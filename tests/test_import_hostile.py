@@ -279,3 +279,108 @@ def test_a_sparse_artifact_larger_than_the_free_space_is_refused_before_copying(
     with pytest.raises(InvalidInput, match=r"more than the .* free"):
         importer.copy_local(store, ("1", "model"), tmp_path / "out", "v1")
     assert not (tmp_path / "out" / "model" / "w.bin").exists()
+
+
+# -- a later review: bombs, links and listings a source could hold --------------------
+
+
+def _put(cache: Path, data: bytes, suffix: str = "") -> str:
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest() + suffix
+    (cache / digest[:2]).mkdir(parents=True, exist_ok=True)
+    (cache / digest[:2] / digest[2:]).write_bytes(data)
+    return digest
+
+
+def test_a_dvc_file_or_config_that_is_a_link_is_not_read(registry: Registry,
+                                                         tmp_path: Path) -> None:
+    """`zero.dvc -> /dev/zero` reported a size of 0 and was read until memory ran out;
+    `.dvc/config -> /dev/zero` the same (a review)."""
+    import time
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "zero.dvc").symlink_to("/dev/zero")
+    started = time.perf_counter()
+    with pytest.raises(InvalidInput, match="link or not a regular file"):
+        import_dvc(registry, repo)
+    (repo / "zero.dvc").unlink()
+    (repo / ".dvc" / "config").symlink_to("/dev/zero")
+    with pytest.raises(InvalidInput, match="link or not a regular file"):
+        import_dvc(registry, repo)
+    assert time.perf_counter() - started < 5
+
+
+def test_a_dvc_listing_is_checked_against_its_md5_and_a_deep_one_fails_alone(
+        registry: Registry, tmp_path: Path) -> None:
+    """A listing in the cache replaced by one naming other files was imported under the
+    folder's md5, exit 0; one nested 100,000 deep ended the whole import (a review)."""
+    repo = tmp_path / "repo"
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+    good = _put(cache, b"real")
+    listing = _put(cache, b'[{"relpath": "real.txt", "md5": "%s"}]' % good.encode(), ".dir")
+    forged = _put(cache, b"forged")
+    replaced = b'[{"relpath": "injected.txt", "md5": "%s"}]' % forged.encode()
+    (cache / listing[:2] / listing[2:]).write_bytes(replaced)
+    deep = _put(cache, b"[" * 100_000 + b"]" * 100_000, ".dir")
+    (repo / "images.dvc").write_text(f"outs:\n- path: images\n  md5: {listing}\n")
+    (repo / "deep.dvc").write_text(f"outs:\n- path: deep\n  md5: {deep}\n")
+    (repo / "ok.dvc").write_text(f"outs:\n- path: ok.txt\n  md5: {good}\n")
+    done = {d.path: d for d in import_dvc(registry, repo)}
+    assert done["images"].status == "failed" and "does not match its md5" in str(
+        done["images"].error)
+    assert done["deep"].status == "failed"
+    assert done["ok.txt"].status == "imported"
+
+
+def test_a_skops_file_that_inflates_past_the_limit_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 MB model.skops whose schema.json inflated to 2 GB took 4.5 GB and 55 s to have
+    its types read (a review). The inflated sizes are checked first."""
+    import zipfile
+
+    from tether._errors import UnsafeArtifact
+    from tether._flavors import sklearn as flavor
+
+    monkeypatch.setattr(flavor, "MAX_SKOPS_SCHEMA", 1 << 20)
+    bomb = tmp_path / "model.skops"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", b" " * (2 << 20))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UnsafeArtifact, match="inflate"):
+        flavor._load_skops(bomb, label="m@1", trusted=False, trusted_types=())
+
+
+def test_an_mlflow_listing_that_never_ends_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile server answering a next page forever kept the import paging (1,496 pages
+    in 60 s and growing, a review): a token given twice, or 10,000 pages, stops it."""
+    from tether._errors import IntegrityError
+
+    class Looped(list):  # type: ignore[type-arg]
+        token = "again"  # every page names a next one, the same
+
+    class Looping:
+        def search_registered_models(self, **_: Any) -> Any:
+            return Looped([SimpleNamespace(name="m")])
+
+    with pytest.raises(IntegrityError, match="does not end"):
+        importer._all_model_names(Looping(), "http://127.0.0.1:1")
+
+
+def test_a_missing_local_mlflow_store_is_refused_not_created(tmp_path: Path) -> None:
+    """`--from sqlite:///mlfow.db` (a typo) made a new database and reported 0 imported."""
+    with pytest.raises(InvalidInput, match="does not exist"):
+        importer.open_client(f"sqlite:///{tmp_path / 'mlfow.db'}")
+    assert not (tmp_path / "mlfow.db").exists()
+    with pytest.raises(InvalidInput, match="does not exist"):
+        importer.open_client(str(tmp_path / "mlrnus"))
+
+
+@pytest.mark.parametrize("config", ["[" * 100_000 + "]" * 100_000, "[1, 2]",
+                                    '{"architectures": {"0": "X"}}', "{not json",
+                                    '{"model_type": [1]}'])
+def test_a_broken_hugging_face_config_is_a_clear_refusal(tmp_path: Path, config: str) -> None:
+    from tether._flavors.huggingface_model import _config
+
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(InvalidInput):
+        _config(tmp_path / "config.json")

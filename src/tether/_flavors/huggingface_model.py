@@ -110,7 +110,7 @@ class HuggingFaceFlavor:
             raise InvalidInput(
                 "a Hugging Face model folder needs config.json and *.safetensors weights"
             )
-        config = json.loads((dest / "config.json").read_text())
+        config = _config(dest / "config.json")
         architectures = config.get("architectures") or []
         return {
             "name": self.name,
@@ -213,3 +213,26 @@ def _copy_folder(source: Path, dest: Path) -> None:
         elif path.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+
+
+def _config(path: Path) -> dict[str, Any]:
+    """config.json as a mapping whose ``architectures`` is a list of class names and
+    ``model_type`` text: nested deep, a list, or a mapping there, it was a traceback
+    (RecursionError, AttributeError, KeyError: a review)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read((16 << 20) + 1)
+        config = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as error:
+        raise InvalidInput(f"{path.name} is not a Hugging Face config: {str(error)[:200]}"
+                           ) from None
+    if len(raw) > 16 << 20 or not isinstance(config, dict):
+        raise InvalidInput(f"{path.name} is not a Hugging Face config (an object of at "
+                           "most 16 MB)")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(
+            isinstance(a, str) for a in architectures):
+        raise InvalidInput(f"{path.name}: architectures is not a list of class names")
+    if config.get("model_type") is not None and not isinstance(config["model_type"], str):
+        raise InvalidInput(f"{path.name}: model_type is not text")
+    return config

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import InvalidInput, UnsafeArtifact
+from .._errors import IntegrityError, InvalidInput, UnsafeArtifact
 from .base import TRUST_HINT, framework_fields, qualified_class
 from .pickle_scan import untrusted_pickle_error
 
@@ -149,9 +149,34 @@ def _canonical_skops(path: Path) -> None:
             archive.writestr(info, written[name])
 
 
+#: The most a skops file's entries may inflate to, together (its schema is read whole).
+MAX_SKOPS_INFLATED = 4 << 30
+#: ... and its schema.json alone (a description of the objects, not their arrays).
+MAX_SKOPS_SCHEMA = 256 << 20
+
+
+def _refuse_a_zip_bomb(path: Path, label: str) -> None:
+    """Refuse a skops file whose entries inflate past the limits, before skops reads it: a
+    2 MB model.skops whose schema.json inflated to 2 GB took 4.5 GB and 55 s to read its
+    types (a review), whoever sent it (an import source, a registry)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise IntegrityError(f"{label} is not a skops file: {error}") from None
+    schema = sum(i.file_size for i in infos if i.filename == "schema.json")
+    total = sum(i.file_size for i in infos)
+    if schema > MAX_SKOPS_SCHEMA or total > MAX_SKOPS_INFLATED:
+        raise UnsafeArtifact(
+            f"refusing to load {label}: its skops entries inflate to {total} bytes "
+            f"(schema {schema}), past {MAX_SKOPS_INFLATED} ({MAX_SKOPS_SCHEMA} for the "
+            "schema)", hint="a skops file that large is not a model skops wrote")
+
+
 def _load_skops(path: Path, *, label: str, trusted: bool, trusted_types: Sequence[str]) -> Any:
     import skops.io
 
+    _refuse_a_zip_bomb(path, label)
     # Reads the schema only: nothing is imported or built yet.
     untrusted = [str(t) for t in skops.io.get_untrusted_types(file=path)]
     if trusted:

@@ -67,17 +67,31 @@ class Imported:
 
 #: A ``.dvc`` file is a few lines; a ``dvc.lock`` a line or two per output of each stage.
 _MAX_DVC_FILE = 16 * 1024 * 1024
+#: The largest folder listing read (DVC writes one JSON line per file).
+_MAX_LISTING = 1 << 30
 #: What DVC writes as an object's name: an MD5, ``.dir`` for a folder's listing. Anything
 #: else was used as a path into the cache (``../../home/you/.ssh/id_ed25519``: a review).
 _MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
+def _small_file(path: Path, limit: int = _MAX_DVC_FILE) -> bytes:
+    """A repository's own small file: a regular file, not a link, read no further than
+    ``limit`` (``zero.dvc -> /dev/zero`` reported a size of 0 and was read until memory
+    ran out; a link to ``~/.ssh/config`` was parsed and quoted: a review)."""
+    if path.is_symlink() or not path.is_file():
+        raise InvalidInput(f"{path} is a link or not a regular file: not read",
+                           hint="DVC writes its files as plain files")
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(f"{path} is larger than {limit >> 20} MB")
+    return data
+
+
 def _load_yaml(path: Path) -> Any:
     """A DVC file as plain data (no aliases: a hostile one expanded to gigabytes)."""
     try:
-        if path.stat().st_size > _MAX_DVC_FILE:
-            raise InvalidInput(f"{path} is larger than {_MAX_DVC_FILE >> 20} MB")
-        return plain_yaml(path.read_text(encoding="utf-8"), str(path),
+        return plain_yaml(_small_file(path).decode("utf-8"), str(path),
                           max_bytes=_MAX_DVC_FILE, max_depth=32)
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(f"cannot read {path}: {error}") from error
@@ -138,15 +152,19 @@ def _walk(repo: Path) -> list[Path]:
     for folder, dirs, files in os.walk(repo):
         dirs[:] = [d for d in dirs if d not in (".git", ".dvc", ".tether")]
         found += [Path(folder) / f for f in files if f.endswith(".dvc") or f == "dvc.lock"]
+        dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
     return found
 
 
 def _config(repo: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     for name in ("config", "config.local"):
+        path = repo / ".dvc" / name
+        if not path.exists() and not path.is_symlink():
+            continue
         try:
-            parser.read(repo / ".dvc" / name)
-        except configparser.Error as error:
+            parser.read_string(_small_file(path).decode("utf-8"), source=str(path))
+        except (configparser.Error, UnicodeDecodeError, OSError) as error:
             raise InvalidInput(f"cannot read .dvc/{name}: {error}") from error
     return parser
 
@@ -203,9 +221,16 @@ def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]
     if listing_file is None:
         raise FileNotFoundError(f"the listing {out.md5} is in no cache ({_where(roots)})")
     try:
-        listing = json.loads(listing_file.read_text())
-    except (OSError, ValueError) as error:
-        raise InvalidInput(f"{listing_file} is not a DVC folder listing: {error}") from error
+        raw = _small_file(listing_file, _MAX_LISTING)
+        listing = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as error:
+        raise InvalidInput(f"{listing_file} is not a DVC folder listing: "
+                           f"{str(error)[:200]}") from None
+    # The listing is an object of the cache like any other: its bytes hash to the md5 the
+    # .dvc file names (one naming other files was imported under the folder's md5).
+    if hashlib.md5(raw, usedforsecurity=False).hexdigest() != out.md5.removesuffix(".dir"):
+        raise InvalidInput(f"the listing {listing_file} does not match its md5 {out.md5}",
+                           hint="the DVC cache is damaged: `dvc fetch` it again")
     folder = into / name
     folder.mkdir(parents=True)
     if not isinstance(listing, list):

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .._contract import RegistryAPI
-from .._errors import InvalidInput, InvalidReference, NotFound, TetherError
+from .._errors import IntegrityError, InvalidInput, InvalidReference, NotFound, TetherError
 from .._humanize import short_repr
 from .._plain_yaml import plain_yaml
 from .._reference import refuse_a_version_name, validate_alias_name, validate_model_name
@@ -170,7 +170,30 @@ def open_client(uri: str) -> Any:
         ) from error
     if uri.startswith(("http://", "https://")):
         _check_reachable(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    else:
+        _check_local_store(uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as error:  # MLflow's own refusal (a file store in maintenance mode)
+        raise InvalidInput(f"MLflow cannot open {uri}: {str(error).splitlines()[0][:300]}",
+                           hint="a file store (mlruns) may need MLFLOW_ALLOW_FILE_STORE=true "
+                           "or migrating to a database store") from None
+
+
+def _check_local_store(uri: str) -> None:
+    """A local store must be there: MLflow creates what it is pointed at, so a mistyped
+    `sqlite:///mlfow.db` made a new database and "0 version(s) imported" (a review)."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        where = Path(uri.removeprefix("sqlite:///"))
+    elif uri.startswith("file:") or "://" not in uri:
+        where = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+    else:
+        return  # another database: its server says whether it is there
+    if not where.exists():
+        raise InvalidInput(f"{where} does not exist: no MLflow store to import from",
+                           hint="check the path (MLflow would create an empty store there)")
 
 
 def _check_reachable(uri: str) -> None:
@@ -248,6 +271,13 @@ def import_mlflow(
             continue
         present = _present(registry, name)
         todo = []
+        # A version whose number or source is not short text is no MLflow version: a
+        # source of YAML aliases expanded to gigabytes as it was made text (a review).
+        odd = [mv for mv in source_versions if not _plain(mv)]
+        source_versions = [mv for mv in source_versions if _plain(mv)]
+        model_report.versions += [VersionReport(
+            "?", "?", None, status="failed",
+            note="its version or source is not plain text (not read)") for _ in odd]
         for mv in source_versions:
             entry = VersionReport(
                 mlflow_version=str(mv.version), source=str(mv.source), run_id=mv.run_id or None
@@ -279,10 +309,31 @@ def import_mlflow(
     return report
 
 
+#: Most pages of one listing, and most names or versions in it: a hostile server
+#: answering a next page forever kept the import paging (a review).
+_MAX_PAGES = 10_000
+
+
+def _next_token(token: Any, seen: set[str], pages: int, what: str) -> str | None:
+    """The next page's token, or None at the end; IntegrityError for a token given again
+    (the listing would loop) or past _MAX_PAGES pages."""
+    if not token:
+        return None
+    if str(token) in seen or pages >= _MAX_PAGES:
+        raise IntegrityError(f"the MLflow source's listing of {what} does not end (a page "
+                             "token given twice, or over 10,000 pages)",
+                             hint="is the source an MLflow server?")
+    seen.add(str(token))
+    return str(token)
+
+
 def _all_model_names(client: Any, uri: str) -> list[str]:
     names: list[str] = []
     token: str | None = None
+    seen: set[str] = set()
+    pages = 0
     while True:
+        pages += 1
         page = _mlflow_call(
             uri,
             "listing registered models",
@@ -291,7 +342,7 @@ def _all_model_names(client: Any, uri: str) -> list[str]:
             page_token=token,
         )
         names.extend(m.name for m in page)
-        token = page.token
+        token = _next_token(page.token, seen, pages, "registered models")
         if not token:
             return names
 
@@ -300,7 +351,10 @@ def _model_versions(client: Any, uri: str, name: str) -> list[Any]:
     quoted = name.replace("\\", "\\\\").replace("'", "\\'")
     found: list[Any] = []
     token: str | None = None
+    seen: set[str] = set()
+    pages = 0
     while True:
+        pages += 1
         page = _mlflow_call(
             uri,
             f"listing the versions of {name!r}",
@@ -310,12 +364,18 @@ def _model_versions(client: Any, uri: str, name: str) -> list[Any]:
             page_token=token,
         )
         found.extend(v for v in page if v.name == name)
-        token = page.token
+        token = _next_token(page.token, seen, pages, f"the versions of {name!r}")
         if not token:
             # A hostile source's "version" may be any text: such ones sort last (and fail
             # alone, when imported), instead of a ValueError ending the whole import.
             return sorted(found, key=lambda v: (0, int(v.version)) if str(v.version).isdigit()
                           and len(str(v.version)) <= 18 else (1, 0))
+
+
+def _plain(mv: Any) -> bool:
+    return all(isinstance(getattr(mv, field, None), str | int) and not isinstance(
+        getattr(mv, field, None), bool) and len(str(getattr(mv, field))) <= 4096
+        for field in ("version", "source"))
 
 
 def _key(name: str, mv: Any) -> tuple[str, str, str]:
