@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._bounded_read import read_regular
 from .._digest import file_digest
 from .._errors import IntegrityError, InvalidInput
 from .._identity import require_intact, seal
@@ -73,13 +74,8 @@ def _record_bytes(folder: Path, expected_record: str | None) -> bytes:
             f"{folder} holds no baked version ({RECORD} is missing)",
             hint="build the image with `tether build REF -t IMAGE`",
         )
-    if not path.is_file():
-        raise IntegrityError(f"the baked record {path} is not a regular file",
-                             hint="rebuild the image with `tether build`")
-    with path.open("rb") as handle:
-        data = handle.read(MAX_RECORD + 1)
-    if len(data) > MAX_RECORD:
-        raise IntegrityError(f"the baked record {path} is over {MAX_RECORD >> 20} MB")
+    data = read_regular(path, MAX_RECORD, error=IntegrityError,
+                        hint="rebuild the image with `tether build`")
     if expected_record is not None:
         want = _whole_digest(expected_record, "the record digest to expect",
                              "`tether build` sets TETHER_BAKED_RECORD to it")

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from .._bounded_read import read_regular
 from .._errors import InvalidInput, TetherError
 from .._humanize import short_repr
 from .._plain_yaml import plain_yaml
@@ -78,14 +79,7 @@ def _small_file(path: Path, limit: int = _MAX_DVC_FILE) -> bytes:
     """A repository's own small file: a regular file, not a link, read no further than
     ``limit`` (``zero.dvc -> /dev/zero`` reported a size of 0 and was read until memory
     ran out; a link to ``~/.ssh/config`` was parsed and quoted: a review)."""
-    if path.is_symlink() or not path.is_file():
-        raise InvalidInput(f"{path} is a link or not a regular file: not read",
-                           hint="DVC writes its files as plain files")
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidInput(f"{path} is larger than {limit >> 20} MB")
-    return data
+    return read_regular(path, limit, links=False, hint="DVC writes its files as plain files")
 
 
 def _load_yaml(path: Path) -> Any:
