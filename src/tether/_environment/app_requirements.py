@@ -75,7 +75,7 @@ def _logical_lines(text: str) -> list[str]:
     joined: list[str] = []
     pending = ""
     for raw in text.splitlines():
-        line = raw.split(" #", 1)[0] if not raw.lstrip().startswith("#") else ""
+        line = raw.split("#", 1)[0]  # a comment (a URL's #fragment: skipped below anyway)
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
             continue
