@@ -1122,3 +1122,11 @@ def test_a_lock_another_user_left_in_a_folder_above_is_not_used(tmp_path: Path) 
         assert find_lock(tmp_path / "app") is None
     os.chown(tmp_path / LOCK_NAME, 0, 0)
     assert find_lock(tmp_path / "app") == tmp_path / LOCK_NAME
+
+
+def test_one_version_written_two_ways_is_one_pin() -> None:
+    from tether._environment.app_requirements import parse_requirements_text
+
+    found = parse_requirements_text('numpy==2.4.6\nnumpy==2.4.6.0 ; python_version >= "3.0"\n',
+                                    source="r")
+    assert found.pins in ({"numpy": "2.4.6"}, {"numpy": "2.4.6.0"})  # the same version

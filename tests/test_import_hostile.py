@@ -384,3 +384,14 @@ def test_a_broken_hugging_face_config_is_a_clear_refusal(tmp_path: Path, config:
     (tmp_path / "config.json").write_text(config)
     with pytest.raises(InvalidInput):
         _config(tmp_path / "config.json")
+
+
+def test_mlflow_uris_that_are_not_local_paths_are_left_to_mlflow(tmp_path: Path) -> None:
+    """The check for a missing local store refused `databricks` (a name MLflow resolves)
+    and an existing folder given as a `file:` URI with an escaped space (a review)."""
+    importer._check_local_store("databricks")
+    importer._check_local_store("databricks-uc")
+    (tmp_path / "my runs" / "mlruns").mkdir(parents=True)
+    importer._check_local_store((tmp_path / "my runs" / "mlruns").as_uri())
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    importer._check_local_store(f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=20")

@@ -838,3 +838,19 @@ def test_another_site_cannot_sign_the_browser_out(world: World) -> None:
                            headers={"Origin": "http://evil.example"})
     assert answer.status_code == 403, answer.status_code
     assert "set-cookie" not in answer.headers  # nothing that clears the cookie
+
+
+def test_a_chart_of_a_metric_some_versions_lack_spreads_over_those_that_have_it(
+        world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The sample was picked before the metric was known, then thinned to the versions
+    that had it: a metric on every other version drew one point of six (a review)."""
+    from tether.ui import views
+
+    for i in range(12):
+        (tmp_path / "w.bin").write_bytes(b"sparse%d" % i)
+        metrics = {"acc": i / 20, **({"latency_ms": float(i)} if i % 2 else {})}
+        world.registry.log_model(tmp_path / "w.bin", "sparse", metrics=metrics,
+                                 progress=False)
+    monkeypatch.setattr(views, "CHART_POINTS", 6, raising=False)
+    page = world.client("rita").get("/models/sparse?format=json&chart=latency_ms").json()
+    assert [p["seq"] for p in page["chart"]["points"]] == [2, 4, 6, 8, 10, 12]

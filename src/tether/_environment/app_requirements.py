@@ -114,7 +114,7 @@ def parse_requirements_text(text: str, *, source: str) -> AppRequirements:
         specs = list(requirement.specifier)
         exact = [s.version for s in specs if s.operator in ("==", "===") and "*" not in s.version]
         if exact:
-            if package in pins and pins[package] != exact[0]:
+            if package in pins and not _same_version(pins[package], exact[0]):
                 raise InvalidInput(
                     f"{source}: {package} is pinned twice for this machine "
                     f"({pins[package]} and {exact[0]})",
@@ -123,6 +123,16 @@ def parse_requirements_text(text: str, *, source: str) -> AppRequirements:
         else:
             ranges[package] = str(requirement.specifier)  # "" : any version
     return AppRequirements(pins, ranges)
+
+
+def _same_version(a: str, b: str) -> bool:
+    """Whether two pins name one version (``2.4.6`` and ``2.4.6.0`` do)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
 
 
 def _toml_lock(text: str, path: Path) -> AppRequirements:

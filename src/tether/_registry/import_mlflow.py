@@ -183,14 +183,16 @@ def open_client(uri: str) -> Any:
 def _check_local_store(uri: str) -> None:
     """A local store must be there: MLflow creates what it is pointed at, so a mistyped
     `sqlite:///mlfow.db` made a new database and "0 version(s) imported" (a review)."""
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
     if uri.startswith("sqlite:///"):
-        where = Path(uri.removeprefix("sqlite:///"))
-    elif uri.startswith("file:") or "://" not in uri:
-        where = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+        where = Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+    elif uri.startswith("file:"):
+        where = Path(unquote(urlparse(uri).path))
+    elif "://" not in uri and ("/" in uri or uri.startswith(".")):
+        where = Path(uri)  # a folder (mlruns); a bare word is MLflow's ("databricks")
     else:
-        return  # another database: its server says whether it is there
+        return  # another database or a name MLflow resolves: it says whether it is there
     if not where.exists():
         raise InvalidInput(f"{where} does not exist: no MLflow store to import from",
                            hint="check the path (MLflow would create an empty store there)")

@@ -278,9 +278,11 @@ def count_versions(registry: Registry, name: str) -> int:
         return int(conn.execute(sa.select(sa.func.count()).where(_live(mid))).scalar_one())
 
 
-def spread_seqs(registry: Registry, name: str, most: int) -> list[int]:
+def spread_seqs(registry: Registry, name: str, most: int, *,
+                metric: str | None = None) -> list[int]:
     """At most ``most`` of the model's live sequence numbers, evenly spaced over all of
-    them, the newest kept: what a chart of a model of 100,000 versions draws.
+    them (``metric``: over those that recorded it), the newest kept: what a chart of a
+    model of 100,000 versions draws.
 
     Numbered and picked in the database (a window function over the model's index),
     so a page reads ``most`` numbers, not every version."""
@@ -288,10 +290,14 @@ def spread_seqs(registry: Registry, name: str, most: int) -> list[int]:
         return []
     with registry.read() as conn:
         mid = require_model(conn, name)
-        total = int(conn.execute(sa.select(sa.func.count()).where(_live(mid))).scalar_one())
+        live = _live(mid)
+        if metric is not None:  # the key in the metrics' JSON (only keys are text there)
+            live = sa.and_(live, versions.c.metrics.contains(json.dumps(metric),
+                                                              autoescape=True))
+        total = int(conn.execute(sa.select(sa.func.count()).where(live)).scalar_one())
         if total <= most:
             return [int(s) for s in conn.execute(
-                sa.select(versions.c.seq).where(_live(mid)).order_by(versions.c.seq)).scalars()]
+                sa.select(versions.c.seq).where(live).order_by(versions.c.seq)).scalars()]
         step = -(-total // most)
         # Numbered by ``seq + 0``: ordered by ``seq`` itself, SQLite walked the
         # (model_id, seq) index and read each version's row for its status (50,000
@@ -299,7 +305,7 @@ def spread_seqs(registry: Registry, name: str, most: int) -> list[int]:
         numbered = (
             sa.select(versions.c.seq,
                       sa.func.row_number().over(order_by=versions.c.seq + 0).label("n"))
-            .where(_live(mid))
+            .where(live)
             .subquery()
         )
         picked = [int(s) for s in conn.execute(

@@ -509,10 +509,11 @@ class Registry:
         self.require("reader", name, action="reading versions")
         return model_search.count_versions(self, name)
 
-    def spread_seqs(self, name: str, most: int) -> list[int]:
-        """At most ``most`` live sequence numbers of ``name``, evenly spaced, the newest kept."""
+    def spread_seqs(self, name: str, most: int, *, metric: str | None = None) -> list[int]:
+        """At most ``most`` live sequence numbers of ``name`` (``metric``: of those that
+        recorded it), evenly spaced, the newest kept."""
         self.require("reader", name, action="reading versions")
-        return model_search.spread_seqs(self, name, most)
+        return model_search.spread_seqs(self, name, most, metric=metric)
 
     def neighbour_seqs(self, name: str, seq: int) -> tuple[int | None, int | None]:
         """The live versions of ``name`` numbered just before and just after ``seq``."""

@@ -197,6 +197,11 @@ def model_page(
     chart_metric = chart_metric if chart_metric in metric_names else (
         metric_names[0] if metric_names else ""
     )
+    if chart_metric and any(_number(v.metrics.get(chart_metric)) is None for v in sampled):
+        # Not every version recorded it: spread over those that did (a metric on every
+        # other version drew one point of 500).
+        sampled = registry.version_summaries(
+            name, seqs=registry.spread_seqs(name, CHART_POINTS, metric=chart_metric))
     points = [
         {"seq": v.seq, "semver": v.semver, "value": _number(v.metrics.get(chart_metric))}
         for v in sampled
