@@ -196,3 +196,23 @@ def test_a_short_digest_to_expect_is_refused_clearly(context: tuple[Path, Any]) 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "must be whole: sha: and 64 hex digits" in err and "Traceback" not in err
+
+
+def test_a_running_servers_private_registry_is_kept_by_anothers_clean_up(
+        tmp_path: Path) -> None:
+    """Two `image serve` containers sharing a cache volume are both PID 1: the second's
+    start removed the first's live registry (a review of the day's fixes). A running
+    server holds a lock on its own; only an unlocked one is a dead server's."""
+    from tether._registry.baked import clear_dead_baked, hold_baked
+
+    live = tmp_path / "baked-1-live"
+    dead = tmp_path / "baked-1-dead"
+    for folder in (live, dead):
+        folder.mkdir()
+    held = hold_baked(live)
+    hold_baked(dead).close()  # its server gone: the lock went with it
+    try:
+        clear_dead_baked(tmp_path)
+        assert live.exists() and not dead.exists()
+    finally:
+        held.close()

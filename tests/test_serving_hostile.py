@@ -595,13 +595,15 @@ def test_missing_or_text_values_in_a_tensor_are_the_callers_error(
 
 
 def test_a_model_refusing_missing_or_text_values_is_the_callers_error() -> None:
-    """Where no signature checks a record, what the model refuses of a null or of
-    "nan" is still the caller's doing, not the version's (``_implausible``)."""
+    """Where no signature checks a record, what the model refuses of "nan" or "1e400" sent
+    as text is still the caller's doing, not the version's (``_implausible``)."""
     from tether.serving.endpoint import _implausible
 
-    for bad in (None, "nan", "-inf", "1e400", "1e200"):
+    for bad in ("nan", "-inf", "1e400", "1e200"):
         assert _implausible([{"x": [1.0, bad]}]), bad
-    for fine in ("cat", "12.5", "", 3, 2.5, True):
+    # A missing value is normal input (an imputed column): a refusal beside one is judged
+    # by the route's earlier version, not taken as the caller's (a later review).
+    for fine in (None, "cat", "12.5", "", 3, 2.5, True):
         assert not _implausible([{"x": [1.0, fine]}]), fine
 
 
@@ -736,3 +738,50 @@ def test_what_only_the_new_version_refuses_still_rolls_it_back(
             assert answer.status_code in (500, 200), answer.text
         wait_until(lambda: registry.get("recip2@production").semver == "1.0.0")
     assert [e.action for e in registry.audit_log(action="alias.rollback")] == ["alias.rollback"]
+
+
+def test_a_version_failing_beside_a_missing_value_still_rolls_back(
+    registry: Registry, iris: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A null in an imputed column made every refusal of the request the caller's fault,
+    so a version that overflows on its own (1/x of a zero) was never rolled back (a
+    review of the day's fixes). The earlier version takes the same records: counted."""
+    import numpy as np
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = iris
+    example = X.head(3).copy()
+    example.iloc[0, 1] = np.nan  # the column has gaps: a nullable field
+    _promote_two(registry, "gaps", [
+        make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500)).fit(X, y),
+        make_pipeline(SimpleImputer(), FunctionTransformer(np.reciprocal),
+                      LogisticRegression(max_iter=500)).fit(X, y)], example)
+    deployment = fast_deployment(tmp_path, ROLLBACK_ON.format(name="gaps"))
+    record = X.iloc[0].to_dict()
+    first, other = list(record)[:2]
+    record[first], record[other] = 0.0, None
+    with BackgroundServer(registry, deployment) as server, httpx.Client(base_url=server.url) as c:
+        for _ in range(6):
+            answer = c.post(PREDICT.format("gaps"), json={"records": [record]})
+            assert answer.status_code in (500, 200), answer.text
+        wait_until(lambda: registry.get("gaps@production").semver == "1.0.0")
+
+
+def test_finite_text_or_objects_in_a_numeric_tensor_still_convert() -> None:
+    """The refusal of null and "nan" in a tensor also refused finite values numpy
+    converts: an object array of floats (a mixed frame's to_numpy()), ints past 2**64 in
+    a float tensor, numeric text (a review of the day's fixes)."""
+    import numpy as np
+
+    from tether._schema.records import _converted
+    from tether._schema.types import Field
+
+    field = Field(name="input", type="tensor", dtype="float64", shape=(-1, 2))
+    for fine in (np.array([1.0, 2.0], dtype=object), [2**64, 1.0], ["1.5", "2"]):
+        assert np.isfinite(_converted(field, fine)).all()
+    for bad in ([None, 1.0], ["nan", 1.0], ["1e400", 1.0]):
+        with pytest.raises(TypeError):
+            _converted(field, bad)

@@ -166,15 +166,40 @@ def register_baked(registry: Registry, version: ModelVersion, folder: Path) -> M
     return registry.get(f"{version.name}@sha:{version.digest}")
 
 
+#: In an ``image serve`` private registry: the file its server holds locked while it runs.
+OWNER = ".owner"
+
+
+def hold_baked(scratch: Path) -> Any:
+    """Lock ``scratch`` as this server's for as long as the returned file stays open
+    (``clear_dead_baked`` of another process, in this container or another sharing the
+    volume, then leaves it alone: a PID says nothing across PID namespaces)."""
+    import fcntl
+
+    handle = (scratch / OWNER).open("wb")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
 def clear_dead_baked(home: Path) -> None:
     """Remove the private registries of ``image serve`` processes that are gone
     (``baked-PID-*``: a process killed never removed its own). Called before this
     process makes its own, so one named with this process's id is a predecessor's: in a
     container every start is the same PID, on the same cache volume."""
+    import fcntl
     import os
     import shutil
 
     for leftover in home.glob("baked-*"):
+        owner = leftover / OWNER
+        if owner.exists():  # its server holds a lock on it while it runs, wherever it runs
+            try:
+                with owner.open("rb") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: alive (another container on the same volume, say)
+            shutil.rmtree(leftover, ignore_errors=True)
+            continue
         pid = leftover.name.split("-")[1] if leftover.name.count("-") >= 2 else ""
         if not pid.isdigit():
             continue

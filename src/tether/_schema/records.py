@@ -121,13 +121,14 @@ def _converted(f: Field, value: Any) -> Any:
     if f.type == "datetime" and isinstance(value, dt.date | np.datetime64 | str):
         return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
     if f.type == "tensor" and isinstance(value, list | tuple | np.ndarray):
-        given = np.asarray(value)
-        if given.dtype.kind in "OUS" and np.dtype(f.dtype).kind in "biufc":
+        array = np.asarray(value, dtype=f.dtype)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all() and (
+                np.asarray(value).dtype.kind in "OUS"):
             # None, "nan" or "1e400" in a numeric tensor: numpy's cast made them NaN or
             # infinity without a word (and the model's refusal of those counted against
-            # the version, rolling production back).
+            # the version, rolling production back). Finite text and objects convert as
+            # before; a NaN sent as a number is the guard's to judge.
             raise TypeError
-        array = given.astype(f.dtype)
         if f.shape is not None and not _shape_fits((-1, *array.shape), f.shape):
             raise ValueError
         return array

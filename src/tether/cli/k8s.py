@@ -377,7 +377,7 @@ def image_serve(
     import signal
     import tempfile
 
-    from .._registry.baked import clear_dead_baked, read_baked, register_baked
+    from .._registry.baked import clear_dead_baked, hold_baked, read_baked, register_baked
     from .._registry.location import default_cache_dir
     from .._registry.registry import Registry
     from ..serving import serve as run
@@ -405,6 +405,7 @@ def image_serve(
     # process died there, past this ``finally``; this one exits through it (143, as a
     # process ended by SIGTERM reports).
     signal.signal(signal.SIGTERM, _exit_through_finally)
+    held = hold_baked(scratch)
     try:
         registry = Registry.init(scratch / ".tether", actor="tether-image")
         served = register_baked(registry, version, folder)
@@ -414,4 +415,5 @@ def image_serve(
                                  trusted=trusted, env_policy=None)
         run(registry, deployment)
     finally:
+        held.close()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -63,16 +63,16 @@ IMPLAUSIBLE = 1e100
 
 def _implausible(records: Any, budget: int = 1_000_000) -> bool:
     """Whether ``records`` hold a non-finite number or one of at least ``IMPLAUSIBLE``
-    magnitude, a missing value (None) or text that is one of those ("nan", "1e400"),
-    looking at no more than ``budget`` values."""
+    magnitude, or text that is one of those ("nan", "1e400"), looking at no more than
+    ``budget`` values. A missing value (None) is not one: a column with gaps is normal
+    input, and counting every refusal beside one as the caller's hid a broken version
+    from its rollback (a review); ``_refused_before`` judges those."""
     stack: list[Any] = [records]
     while stack and budget > 0:
         value = stack.pop()
         budget -= 1
         if isinstance(value, bool):
             continue
-        if value is None:  # a missing value: NaN to the model
-            return True
         if isinstance(value, str):  # "nan", "-inf", "1e400": numpy makes them numbers
             try:
                 value = float(value)
