@@ -190,6 +190,8 @@ def clear_dead_baked(home: Path) -> None:
     import os
     import shutil
 
+    from .._store.locking import pid_gone
+
     for leftover in home.glob("baked-*"):
         owner = leftover / OWNER
         if owner.exists():  # its server holds a lock on it while it runs, wherever it runs
@@ -203,12 +205,5 @@ def clear_dead_baked(home: Path) -> None:
         pid = leftover.name.split("-")[1] if leftover.name.count("-") >= 2 else ""
         if not pid.isdigit():
             continue
-        if int(pid) == os.getpid():
+        if int(pid) == os.getpid() or pid_gone(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(leftover, ignore_errors=True)
-        except OSError:
-            pass  # another user's process: alive

@@ -41,6 +41,7 @@ from .._store.base import FileEntry
 from .._store.blobs import owner_scratch, user_cache_dir
 from .._store.chunkstore import ChunkStore
 from .._store.handoffs import prompt_handoffs
+from .._store.locking import pid_gone
 from . import reads
 from .data_held import hold_path
 from .datasets import DatasetVersion
@@ -748,21 +749,11 @@ def _checkout_scratch(folder: Path) -> Path:
     gone are removed here, at the next checkout into the same folder."""
     for leftover in folder.glob(f"{_SCRATCH_PREFIX}*"):
         pid = leftover.name[len(_SCRATCH_PREFIX):].partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_gone(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=folder))
     (scratch / ".gitignore").write_text("*\n")
     return scratch
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's: alive
-        return True
-    return True
 
 
 def _holds(path: Path, entry: FileEntry) -> bool:

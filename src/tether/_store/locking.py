@@ -110,6 +110,17 @@ def owner_tag() -> str:
     return me().tag
 
 
+def pid_gone(pid: int) -> bool:
+    """True only when no process of this namespace has ``pid`` (another user's: there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def is_dead(owner: Owner | None) -> bool:
     """True only when ``owner`` is provably gone: same host, and its pid is free or reused."""
     if owner is None or owner.host != _host():
@@ -121,13 +132,7 @@ def is_dead(owner: Owner | None) -> bool:
         if started is None:
             return True
         return bool(owner.start and started and started != owner.start)
-    try:
-        os.kill(owner.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid_gone(owner.pid)
 
 
 def is_alive_here(owner: Owner | None) -> bool:
