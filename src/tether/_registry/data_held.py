@@ -35,12 +35,6 @@ def _record(top: Path) -> Path | None:
     return where if where.is_absolute() else top / where
 
 
-def held(top: Path) -> dict[str, str | None]:
-    """The paths (relative to ``top``, POSIX) this clone holds as its own, each with the
-    dataset it holds it for (None: any; a record written before datasets were kept)."""
-    return _read(_record(top))
-
-
 def _read(record: Path | None) -> dict[str, str | None]:
     try:
         lines = record.read_text().splitlines() if record is not None else []
@@ -69,7 +63,10 @@ def holds_for(own: dict[str, str | None], path: str, dataset: str) -> bool:
 
 def hold(top: Path, items: Iterable[tuple[str, str]]) -> None:
     """Record each (path relative to ``top``, dataset) as this clone's own."""
-    record = _record(top)
+    _write(_record(top), items)
+
+
+def _write(record: Path | None, items: Iterable[tuple[str, str]]) -> None:
     if record is None:
         return
     own = _read(record)
@@ -86,14 +83,17 @@ def hold(top: Path, items: Iterable[tuple[str, str]]) -> None:
 
 
 @contextlib.contextmanager
-def holding(top: Path) -> Iterator[list[tuple[str, str]]]:
-    """A list to put this clone's own (path, dataset) in, recorded at once when done (a
-    push or a pull of many pointers asks git where the record is once, not once a path)."""
+def holding(top: Path) -> Iterator[tuple[dict[str, str | None], list[tuple[str, str]]]]:
+    """What this clone holds now (each path with the dataset it holds it for; None: any,
+    a record written before datasets were kept), and a list to put its own (path, dataset)
+    in, recorded at once when done: a push or a pull of many pointers asks git where the
+    record is once, not once a path (nor once to read it and again to write it)."""
+    record = _record(top)
     kept: list[tuple[str, str]] = []
     try:
-        yield kept
+        yield _read(record), kept
     finally:
-        hold(top, kept)
+        _write(record, kept)
 
 
 def hold_path(path: Path, dataset: str) -> None:

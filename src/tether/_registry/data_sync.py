@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._identity import names_reserved
-from .data_held import held, holding, holds_for
+from .data_held import holding, holds_for
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
@@ -185,9 +185,8 @@ def push(
                            hint="tether data push --adopt PATH [PATH...]: each one's bytes are "
                            "yours to add to the dataset its pointer names")
     top = work_tree(start)
-    own = held(top)
     done: list[Synced] = []
-    with holding(top) as kept:
+    with holding(top) as (own, kept):
         for pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or ("folder" if target.is_dir() else "file"))
             named = str(pointer.get("version") or "?")
@@ -243,9 +242,8 @@ def pull(
     commit adding ``.venv.tether`` had pull replace a git-ignored ``.venv`` nobody
     tracked (a review). ``tether data checkout PATH`` replaces it on purpose."""
     top = work_tree(start)
-    own = held(top)
     done: list[Synced] = []
-    with holding(top) as kept:
+    with holding(top) as (own, kept):
         for _pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or "file")
             try:
