@@ -21,10 +21,11 @@ from .._environment.app_requirements import FORMATS, AppRequirements, read_requi
 from .._environment.capture import canonical_name
 from .._environment.compare import Difference
 from .._environment.policy import recorded_pins
-from .._errors import IntegrityError, NotFound, TetherError
+from .._errors import IntegrityError, TetherError
 from .._lockfile import LockFile, read_lock
 from .._schema import Schema, Signature, check_compatibility
 from . import env_check
+from .pinning import pinned_version
 from .trust import own_database, pinned_load_keys, vouched_by_pinned_keys
 
 if TYPE_CHECKING:
@@ -144,12 +145,7 @@ def run_check(
                         "checked", "pin the models the application loads: tether lock add REF"))
     for name, entry in sorted(lock.models.items()):
         try:
-            # By its number, then its digest: by digest alone another version with the
-            # same bytes (newer, not deprecated, another environment) was checked in its
-            # place (a review).
-            version = registry.get(f"{name}@{entry.seq}")
-            if version.digest != entry.digest:
-                raise NotFound(f"#{entry.seq} is {version.semver} ({version.short_digest})")
+            version = pinned_version(registry, name, entry)
         except IntegrityError as error:
             # The pinned version is there but what the registry holds for it does not
             # hash to its digest: a refusal, and re-pinning would be the wrong advice.

@@ -109,6 +109,17 @@ def _required_lock() -> Path:
     return found
 
 
+def pinned_version(registry: Registry, name: str, entry: LockEntry) -> ModelVersion:
+    """The version ``entry`` pins: by its number, and only while it holds the pinned
+    bytes (NotFound otherwise). By digest alone, another version logged with the same
+    bytes (newer, not deprecated, another environment recorded) was loaded and checked
+    in its place (a review). Used by loading through the pins and by ``tether check``."""
+    version = registry.get(f"{name}@{entry.seq}")
+    if version.digest != entry.digest:
+        raise NotFound(f"#{entry.seq} is {version.semver} ({version.short_digest})")
+    return version
+
+
 def pinned_reference(registry: Registry, ref: str) -> str:
     """The digest reference the lock pins for ``ref``, or ``ref`` itself.
 
@@ -125,20 +136,14 @@ def pinned_reference(registry: Registry, ref: str) -> str:
         return ref
     if str(parsed) != entry.ref and not (parsed.kind is SelectorKind.LATEST and "@" not in ref):
         return ref
-    # The pinned version itself, by its number, and only while it is the pinned bytes: by
-    # digest alone, another version logged with the same bytes (newer, not deprecated,
-    # another environment recorded) was loaded in its place (a review).
-    pinned = f"{parsed.name}@{entry.seq}"
     try:
-        held = registry.get(pinned)
-    except NotFound:
-        held = None
-    if held is None or held.digest != entry.digest:
+        pinned_version(registry, parsed.name, entry)
+    except NotFound as error:
         raise NotFound(
             f"{path} pins {parsed.name} {entry.semver} (#{entry.seq}, sha:{entry.digest[:12]}), "
-            "which this registry does not hold" + (
-                f": #{entry.seq} is {held.semver} ({held.short_digest})" if held else ""),
-            hint=f"`tether lock update {parsed.name}` pins what {entry.ref} names now")
+            f"which this registry does not hold: {error.message}",
+            hint=f"`tether lock update {parsed.name}` pins what {entry.ref} names now",
+        ) from error
     try:
         now = registry.get(entry.ref)
     except NotFound:
@@ -150,4 +155,4 @@ def pinned_reference(registry: Registry, ref: str) -> str:
             f"{path}. Run `tether lock update {parsed.name}` to move the pin.",
             PinnedVersionWarning,
         )
-    return pinned
+    return f"{parsed.name}@{entry.seq}"  # the pinned version itself, by its number
