@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import tether
-from tether import InvalidInput, UnsafeArtifact
+from tether import InvalidInput, TetherError, UnsafeArtifact
 from tether._flavors import (
     DEFAULT_ALLOW,
     check_pickle_safe,
@@ -449,3 +450,41 @@ def test_a_hugging_face_folder_with_pickles_or_code_is_refused_at_load_too(
         with pytest.raises(UnsafeArtifact, match="pickled weights or code"):
             flavor.load(tmp_path, {"name": "huggingface"})
         (tmp_path / planted).unlink()
+
+
+def test_a_sharded_hugging_face_checkpoint_loads_no_shard_from_outside_its_folder(
+        tmp_path: Path) -> None:
+    """``from_pretrained`` joins each shard name of ``model.safetensors.index.json`` to
+    the folder: a version whose index named ``../planted.safetensors`` (or an absolute
+    path) loaded weights that were never logged while its own bytes verified. Refused
+    when logged and, for a version committed some other way, when loaded."""
+    from tether._errors import UnsafeArtifact
+
+    flavor = get_flavor("huggingface")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"{}")
+    planted = tmp_path / "planted.safetensors"
+    planted.write_bytes(b"{}")
+    index = folder / "model.safetensors.index.json"
+    for shard in ("../planted.safetensors", str(planted)):
+        index.write_text(json.dumps({"weight_map": {
+            "a.weight": "model-00001-of-00002.safetensors", "b.weight": shard}}))
+        # The harm, the way transformers resolves a local shard: outside the folder.
+        assert Path(os.path.join(folder, shard)).resolve() == planted.resolve()
+        with pytest.raises(InvalidInput, match="outside the model folder"):
+            flavor.save(str(folder), tmp_path / f"saved-{len(shard)}")
+        with pytest.raises(UnsafeArtifact, match="outside the model folder"):
+            flavor.load(folder, {"name": "huggingface"}, trusted=True)
+    index.write_text(json.dumps({"weight_map": {"a.weight": "missing.safetensors"}}))
+    with pytest.raises(UnsafeArtifact, match="does not hold"):
+        flavor.load(folder, {"name": "huggingface"})
+    index.write_text('{"weight_map": ["a"]}')
+    with pytest.raises(UnsafeArtifact, match="cannot be read"):
+        flavor.load(folder, {"name": "huggingface"})
+    # Shards inside the folder are what transformers is for (it is not installed here:
+    # the refusal that comes next names the package, past the index check).
+    index.write_text(json.dumps({"weight_map": {"a.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(TetherError, match="transformers"):
+        flavor.load(folder, {"name": "huggingface"})

@@ -106,6 +106,7 @@ class HuggingFaceFlavor:
             if tokenizer is not None:
                 tokenizer.save_pretrained(os.fspath(dest))
         _refuse_code_and_pickles(dest)
+        _refuse_shards_elsewhere(dest)
         if not (dest / "config.json").is_file() or not list(dest.glob("*.safetensors")):
             raise InvalidInput(
                 "a Hugging Face model folder needs config.json and *.safetensors weights"
@@ -135,6 +136,8 @@ class HuggingFaceFlavor:
         # files, a checkpoint it prefers) is its choice, not ours (a review).
         if not trusted:
             _refuse_code_and_pickles(src, UnsafeArtifact)
+        # Whatever the trust: weights from outside the version are not its bytes.
+        _refuse_shards_elsewhere(src, UnsafeArtifact)
         transformers = require("transformers", "transformers", record,
                                what="loading this Hugging Face model")
         require("torch", "torch", record, what="loading this Hugging Face model")
@@ -166,6 +169,42 @@ def _refuse_code_and_pickles(folder: Path,
             "which Tether does not load",
             hint="save the weights as safetensors (save_pretrained(safe_serialization=True))",
         )
+
+
+#: Most bytes of a sharded checkpoint's index read (a 70B model's is about 100 KB).
+_MAX_SHARD_INDEX = 64 * 1024 * 1024
+
+
+def _refuse_shards_elsewhere(folder: Path,
+                             error: type[TetherError] = InvalidInput) -> None:
+    """Refuse a sharded checkpoint whose index (``model.safetensors.index.json``) names
+    a shard outside the folder, or one it does not hold. ``from_pretrained`` joins each
+    name to the folder: ``../../tmp/w.safetensors`` or an absolute path loaded weights
+    that were never logged, from wherever the name pointed on the loading machine,
+    while the version verified (a review)."""
+    root = folder.resolve()
+    for index in sorted(folder.rglob("*.index.json")):
+        name = index.relative_to(folder).as_posix()
+        try:
+            if index.stat().st_size > _MAX_SHARD_INDEX:
+                raise ValueError(f"over {_MAX_SHARD_INDEX} bytes")
+            weight_map = json.loads(index.read_bytes()).get("weight_map", {})
+            if not isinstance(weight_map, Mapping) or not all(
+                    isinstance(v, str) for v in weight_map.values()):
+                raise ValueError("its weight_map is not a mapping of tensor names to files")
+        except (OSError, ValueError, AttributeError, RecursionError) as failure:
+            raise error(f"the checkpoint index {name} cannot be read: {failure}",
+                        hint="write it with save_pretrained") from None
+        for shard in sorted(set(weight_map.values())):
+            where = (index.parent / shard).resolve()
+            if "\\" in shard or Path(shard).is_absolute() or not where.is_relative_to(root):
+                raise error(f"the checkpoint index {name} names the shard {shard[:200]!r}, "
+                            "outside the model folder: weights that are not this version's",
+                            hint="keep every shard in the folder, named relative to it")
+            if not where.is_file():
+                raise error(f"the checkpoint index {name} names the shard {shard[:200]!r}, "
+                            "which the model folder does not hold",
+                            hint="log the folder with every shard its index names")
 
 
 def _parts(model: Any) -> tuple[Any, Any, str | None]:
