@@ -154,13 +154,17 @@ class VerifyReport:
     #: Damaged merged index files: what is wrong (each rewritten unless a dry run).
     bad_indexes: list[str] = field(default_factory=list)
     indexes_rewritten: bool = False
+    #: Files under index/ no reader can use and verification cannot fix (a merged index
+    #: cut short, a named pipe): left where they are, each with what to do.
+    unusable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"packs": self.packs, "chunks": self.chunks, "bytes_read": self.bytes_read,
                 "reads": self.reads, "dry_run": self.dry_run,
                 "bad": [b.to_dict() for b in self.bad],
                 "bad_indexes": list(self.bad_indexes),
-                "indexes_rewritten": self.indexes_rewritten}
+                "indexes_rewritten": self.indexes_rewritten,
+                "unusable": list(self.unusable)}
 
 
 class ArtifactStore(Protocol):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError, NotFound, StoreError
 from .base import ChunkRef
-from .blobs import Blobs
+from .blobs import Blobs, open_regular
 from .chunklist import RECORD_SIZE, ChunkList
 from .index_cache import IndexCache
 from .midx import (
@@ -108,7 +108,10 @@ def _journal_file(name: str, raw: bytes | bytearray | memoryview) -> dict[str, A
     """A journal index file's JSON; ValueError unless it names the pack it is named for
     (``index/<pack>.idx``): one naming another pack left the real one looking unindexed,
     and gc deleted it as a leftover (a review, through a lying S3)."""
-    data = json.loads(bytes(raw))
+    try:
+        data = json.loads(bytes(raw))
+    except RecursionError:  # arrays nested 100,000 deep: a traceback on every command
+        raise ValueError(f"index {name} is nested too deeply") from None
     if not isinstance(data, dict) or data.get("pack") != name:
         raise ValueError(f"index {name} names another pack")
     return data
@@ -224,11 +227,14 @@ class ChunkIndex:
                              if cache_dir is not None and not blobs.is_local else None)
 
     def add(self, pack: str, size: int, entries: Iterable[list[Any]]) -> None:
+        # Every entry read before any is added: one that is no number (1e999) made the
+        # pack known with half its entries, and `store verify` found nothing wrong.
+        located = [(digest, Location(pack, int(offset), int(length), int(raw), int(codec)))
+                   for digest, offset, length, raw, codec in entries]
         with self.lock:
             self._pack_sizes[pack] = size
             self._forgotten.discard(pack)
-            for digest, offset, length, raw, codec in entries:
-                loc = Location(pack, int(offset), int(length), int(raw), int(codec))
+            for digest, loc in located:
                 first = self._index.setdefault(digest, loc)
                 if first is not loc and first != loc:
                     # Another pack claims it too: keep every candidate, so a pack
@@ -461,8 +467,10 @@ class ChunkIndex:
                 except NotFound:
                     lost = True  # merged away or collected since the listing
                     continue
-                except (ValueError, KeyError, TypeError, struct.error):
-                    continue  # malformed: claims nothing (`tether store verify` reports it)
+                except (ValueError, KeyError, TypeError, OverflowError, struct.error):
+                    # Malformed (an offset of 1e999 too): claims nothing (`tether store
+                    # verify` reports it).
+                    continue
                 self.seen_files.add(name)
             if not lost:
                 if self._index_cache is not None:
@@ -511,11 +519,11 @@ class ChunkIndex:
     def _is_merged(self, key: str) -> bool:
         path = self.blobs.local_path(key)
         if path is not None:
+            fd = open_regular(path, key)  # not a named pipe (a review)
             try:
-                with open(path, "rb") as handle:
-                    return is_merged(handle.read(len(MAGIC)))
-            except FileNotFoundError as error:
-                raise NotFound(f"store object {key} is missing") from error
+                return is_merged(os.pread(fd, len(MAGIC), 0))
+            finally:
+                os.close(fd)
         return is_merged(self.blobs.get_range(key, 0, len(MAGIC)))
 
     def forget_pack(self, pack: str) -> None:

@@ -52,9 +52,9 @@ from .base import (
     StoreStats,
     VerifyReport,
 )
-from .blobs import Blobs, make_temp, scratch_root
+from .blobs import Blobs, MalformedObject, make_temp, open_regular, scratch_root
 from .cache import ChunkCache, dead_scratch
-from .chunk_index import ChunkIndex, Location
+from .chunk_index import ChunkIndex, Location, index_name
 from .chunklist import ChunkList
 from .fileio import ALIGN, BufferPool, pread_into, write_pieces
 from .handoffs import prompt_handoffs
@@ -565,9 +565,11 @@ class ChunkStore:
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
             return view
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as error:
+            fd = open_regular(path, f"packs/{pack}.pack")  # a named pipe blocked for good
+        except NotFound as error:
             raise _PackMissing.of(pack) from error
+        except MalformedObject as error:
+            raise IntegrityError(error.message, hint=error.hint) from error
         try:
             if pread_into(fd, view, offset) < len(view):
                 raise IntegrityError(f"pack {pack} is truncated", hint="restore the store")
@@ -809,6 +811,10 @@ class ChunkStore:
             "stale_pins": []}
         self.refresh()
         indexed = set(self.index.all_packs())
+        # And every pack a journal index file is named for, whatever a merged index says
+        # it covers: a planted merged file "covering" a live pack's journal (its chunks
+        # claimed elsewhere) had gc delete that pack as one without an index (a review).
+        indexed.update(index_name(i.key) for i in self.blobs.list("index/"))
         for info in self.blobs.list("packs/"):
             if not _PACK_KEY.fullmatch(info.key):
                 continue  # not a pack's name: never Tether's to delete as one

@@ -164,7 +164,12 @@ class Lease:
     owner: Owner | None
 
     def stale(self, now: float) -> bool:
-        return now - self.mtime >= LEASE_SECONDS or is_dead(self.owner)
+        # As far from now either way: a lease dated in the future (a clock ahead on a
+        # shared folder, a restored backup, a planted file) was never stale, and gc
+        # refused to start for good without a word (a review). A live holder rewrites
+        # its lease every RENEW_SECONDS, so hosts must agree on the time within
+        # LEASE_SECONDS, as they must already for one dated in the past.
+        return abs(now - self.mtime) >= LEASE_SECONDS or is_dead(self.owner)
 
 
 def leases(store: ChunkStore, prefix: str = "") -> list[Lease]:

@@ -170,7 +170,9 @@ class MergedIndex:
 
     @classmethod
     def open(cls, name: str, path: Path) -> MergedIndex:
-        with open(path, "rb") as handle:
+        from .blobs import open_regular  # not a named pipe: a mapping of one blocks
+
+        with os.fdopen(open_regular(path, f"index/{name}.idx"), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 raise ValueError("empty merged index")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError, InvalidInput, NotFound
 from .base import PackCheck, VerifyReport
+from .blobs import MalformedObject
 from .chunk_index import index_name
 from .chunkstore import _MAX_CHUNK, _RUN_BYTES, _raw_checked, _unpack
 from .fileio import ALIGN, aligned_buffer
-from .midx import damage
+from .midx import MAGIC, MergedIndex, damage, is_merged
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ def check_pack(store: ChunkStore, pack: str, index: Any) -> PackCheck:
                    for d, o, n, r, c in index["chunks"]]
         if index.get("pack") != pack:
             check.problems.append(f"index names pack {index.get('pack')!r}, not {pack}")
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         check.problems.append(f"index is malformed ({type(error).__name__}: {error})")
         return check
     readable = []
@@ -137,17 +139,30 @@ def verify_packs(store: ChunkStore, *, dry_run: bool = False,
         if name in store.index.seen_files or name in listed:
             continue
         try:
-            unreadable[name] = json.loads(store.blobs.get_bytes(info.key))
+            raw = store.blobs.get_bytes(info.key)
         except NotFound:
             continue  # removed by a concurrent gc
-        except ValueError:
+        except MalformedObject as error:  # not a regular file, or huge: never a pack's index
+            report.unusable.append(f"{info.key}: {error.message}")
+            continue
+        if is_merged(raw[:len(MAGIC)]):
+            # A merged index no reader could open (cut short, say) is not a pack's index:
+            # quarantined as one, it took the store's only index out of use (a review).
+            # Kept where it is; its packs' chunks are unreachable until it is restored.
+            report.unusable.append(
+                f"{info.key}: a merged index that cannot be read ({_why_unreadable(name, raw)}); "
+                "the chunks it lists cannot be found: restore it from a backup")
+            continue
+        try:
+            unreadable[name] = json.loads(raw)
+        except (ValueError, RecursionError):
             unreadable[name] = None
     indexes: dict[str, Any] = {}  # of the packs found bad: what their index said
     bar = Progress("verifying", int(census.sizes.sum()), enabled=progress)
 
     def check(pack: str, index: Any) -> None:
         result = check_pack(store, pack, index)
-        with contextlib.suppress(TypeError, ValueError, AttributeError):
+        with contextlib.suppress(TypeError, ValueError, AttributeError, OverflowError):
             bar.advance(max(0, int(index["size"])))
         report.packs += 1
         report.chunks += result.chunks
@@ -169,6 +184,23 @@ def verify_packs(store: ChunkStore, *, dry_run: bool = False,
     finally:
         bar.close()
     report.bad.sort(key=lambda c: c.pack)
+    liars = _liars_about_honest_packs(store, report, segments)
+    for key, problem in liars.items():
+        if key.removeprefix("index/").removesuffix(".idx") in store.index.journal:
+            # A journal index claims only its own pack: without it the pack keeps
+            # the honest claims of another index file.
+            if not dry_run:
+                with store_lock(store):
+                    _move(store, key, f"quarantine/{key}")
+            report.bad_indexes.append(f"{key}: {problem}" + (
+                "" if dry_run else "; moved under quarantine/"))
+        else:
+            # A merged file holds other packs' entries too, often their only ones:
+            # moved away, those packs would look unindexed (and gc deletes such
+            # packs). Loads fall back past its lie; it is named, not moved.
+            report.unusable.append(f"{key}: {problem}; loads fall back to the pack's "
+                                   "true index; remove or restore this file once "
+                                   "you know where it came from")
     if report.bad and not dry_run:
         with store_lock(store):  # no ingest may be deciding to reuse these chunks now
             merged = False
@@ -186,6 +218,60 @@ def verify_packs(store: ChunkStore, *, dry_run: bool = False,
             store.consolidate()  # every merged file written again: sorted, filter rebuilt
         report.indexes_rewritten = True
     return report
+
+def _liars_about_honest_packs(store: ChunkStore, report: VerifyReport,
+                              segments: Sequence[MergedIndex]) -> dict[str, str]:
+    """The index files that lie about a pack another index file tells the truth about,
+    by key, with what they claim; those packs leave ``report.bad``.
+
+    Every index's claims about a pack are checked together, so a planted merged file
+    claiming that an honest pack holds other chunks had the honest pack quarantined,
+    and its true index with it (a review). A pack is bad only when no index file's
+    own claims about it hold."""
+    liars: dict[str, str] = {}
+    honest: list[PackCheck] = []
+    for bad in report.bad:
+        verdicts = [(key, check_pack(store, bad.pack, claims).problems)
+                    for key, claims in _claims_by_file(store, bad.pack, segments)]
+        if len(verdicts) < 2 or all(problems for _, problems in verdicts):
+            continue
+        honest.append(bad)
+        for key, problems in verdicts:
+            if problems:
+                liars.setdefault(key, f"claims chunks pack {bad.pack} does not hold "
+                                      f"({problems[0]})")
+    report.bad = [b for b in report.bad if b not in honest]
+    return liars
+
+
+def _claims_by_file(store: ChunkStore, pack: str,
+                    segments: Sequence[MergedIndex]) -> list[tuple[str, dict[str, Any]]]:
+    """(index file key, its own claims about ``pack``) for each index file naming it."""
+    from .chunk_index import _journal_file
+
+    found: list[tuple[str, dict[str, Any]]] = []
+    with contextlib.suppress(NotFound, ValueError, KeyError, TypeError, OverflowError):
+        found.append((f"index/{pack}.idx",
+                      _journal_file(pack, store.blobs.get_bytes(f"index/{pack}.idx"))))
+    for segment in segments:
+        size = segment.packs().get(pack)
+        if size is None:
+            continue
+        chunks = [[digest, offset, length, raw, codec]
+                  for digest, name, offset, length, raw, codec in segment.entries()
+                  if name == pack]
+        found.append((f"index/{segment.name}.idx", {"pack": pack, "size": size,
+                                                    "chunks": chunks}))
+    return found
+
+
+def _why_unreadable(name: str, raw: bytes) -> str:
+    try:
+        MergedIndex(name, raw)
+    except (ValueError, struct.error, IndexError, OverflowError) as error:
+        return str(error) or type(error).__name__
+    return "it could not be opened"
+
 
 def _check_batch(census: Census, batch: list[int], entries: dict[int, Any],
                  check: Any) -> None:

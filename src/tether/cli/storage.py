@@ -138,7 +138,8 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     they claimed still load from any other pack that holds them. Merged index
     files are checked too (digest order, pack numbers, filter) and a damaged one
     is written again. Exits 1 when --dry-run finds a bad pack or index (nothing
-    was fixed).
+    was fixed), and whenever a file under index/ can be neither read nor fixed
+    (a merged index cut short: restore it from a backup).
     """
     registry = registry_from(ctx)
     store = registry.store
@@ -161,13 +162,15 @@ def store_verify(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
             console.print("the merged index files were written again" if
                           report.indexes_rewritten else
                           "(without --dry-run, or `tether gc`, they are written again)")
+        for problem in report.unusable:
+            console.print(f"not fixed: {problem}")
         console.print(
             f"checked {report.packs} packs, {report.chunks} chunks "
             f"({human_bytes(report.bytes_read)} in {report.reads} reads): "
             f"{len(report.bad)} bad"
             + ("" if not report.bad or dry_run else ", moved under quarantine/")
         )
-    if dry_run and (report.bad or report.bad_indexes):
+    if report.unusable or (dry_run and (report.bad or report.bad_indexes)):
         sys.exit(1)
 
 

@@ -40,7 +40,7 @@ from .._errors import (
     TetherError,
     Unavailable,
 )
-from .._store.blobs import scratch_root
+from .._store.blobs import open_regular, scratch_root
 from .._store.chunk_index import index_name
 from .._store.fileio import IOV_MAX, start_writeback, write_pieces
 from .bodies import parse_json
@@ -152,10 +152,9 @@ def stream_range(blobs: Any, key: str, start: int, length: int) -> Iterator[byte
 
 def _open_local(path: Path, key: str) -> BinaryIO:
     """Opened before the response starts, so a missing object is a 404, not a cut body."""
-    try:
-        return open(path, "rb")  # closed by whoever sends it
-    except FileNotFoundError as error:
-        raise NotFound(f"store object {key} does not exist") from error
+    # A regular file (a named pipe planted in the store blocked a worker thread for good),
+    # closed by whoever sends it.
+    return os.fdopen(open_regular(path, key), "rb")
 
 
 def _file_blocks(handle: BinaryIO, start: int, length: int) -> Iterator[bytes]:
