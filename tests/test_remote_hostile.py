@@ -281,3 +281,84 @@ def test_a_kept_index_copy_claiming_a_missing_chunk_fails_one_log_not_every_late
         again.close()
     finally:
         stop(server)
+
+
+def _gzip_bomb(inflated: int) -> bytes:
+    """Gzip of gzip of ``inflated`` zero bytes: a few KB that inflate to ``inflated``."""
+    import gzip
+    import io
+
+    inner = io.BytesIO()
+    with gzip.GzipFile(fileobj=inner, mode="wb", compresslevel=9) as handle:
+        block = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            handle.write(block)
+    return gzip.compress(inner.getvalue(), compresslevel=9)
+
+
+def test_a_compressed_answer_is_refused_before_it_inflates(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx asked for gzip, brotli and zstd and inflated answers before any limit of
+    Tether's saw them: 3 KB of gzip in gzip took the client to 4 GB (a review). Every
+    client now asks for answers as they are, and refuses an encoded one unread."""
+    import httpx
+
+    monkeypatch.setattr(remote, "MAX_ANSWER", 8 << 20)
+    bomb = _gzip_bomb(64 << 20)
+    assert len(bomb) < 100_000
+
+    async def bombing(request: Request) -> Response:
+        return Response(bomb, media_type="application/json",
+                        headers={"Content-Encoding": "gzip, gzip"})
+
+    SEEN.clear()
+    with _serving(bombing) as url:
+        # The harm, the way httpx reads it: one piece far past the limit at once.
+        with httpx.Client() as plain, plain.stream("GET", f"{url}/api/v1/models") as answer:
+            assert max(len(piece) for piece in answer.iter_bytes()) > remote.MAX_ANSWER
+        client = tether.connect(url, token="t" * 40)
+        with pytest.raises(IntegrityError, match="Content-Encoding 'gzip, gzip'"):
+            client.models()
+    assert SEEN[-1].get("accept-encoding") == "identity"
+
+
+def test_nested_json_a_bad_retry_date_and_odd_presigned_urls_are_clear_errors(
+        tmp_path: Any) -> None:
+    """JSON nested 100,000 deep (RecursionError), a Retry-After date of another era
+    (OverflowError) and a presigned URL to file:///etc/passwd (httpx's own error)
+    each ended a command in a traceback (a review)."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+
+    async def deep(request: Request) -> Response:
+        return Response(nested, media_type="application/json")
+
+    with _serving(deep) as url:
+        with pytest.raises(IntegrityError, match="nested too deeply"):
+            tether.connect(url, token="t" * 40).models()
+    answer = remote.httpx.Response(
+        503, headers={"Retry-After": "Mon, 01 Jan 2020 00:00:00 +99999999999999999"})
+    assert remote.retry_after(answer) == 0.0
+    from tether.remote_blobs import _presign_answer
+
+    for bad in ({"url": "file:///etc/passwd"}, {"url": "relative/path"}, {"url": 5},
+                {"url": "http://[::1"}, [1, 2]):
+        with pytest.raises(IntegrityError, match="presigned URL for packs/x.pack is malformed"):
+            _presign_answer(bad, "packs/x.pack")
+    assert _presign_answer({"url": "https://bucket.example/k?sig=1", "headers": {"a": 1}},
+                           "k") == ("https://bucket.example/k?sig=1", {"a": "1"})
+
+
+def test_a_gateways_503_on_an_upload_is_retried(tmp_path: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's HTML 503 on a pack's upload was a plain error, never retried: one
+    hiccup failed a whole log, though transfers promise to retry through a 503."""
+    from tether._errors import Unavailable as Unavailable_
+
+    client = remote.RemoteRegistry("http://127.0.0.1:9", token="t" * 40)
+    answer = remote.httpx.Response(503, content=b"<html>busy</html>")
+    with pytest.raises(Unavailable_, match="unavailable: HTTP 503"):
+        client._answer(answer, answer.content, "http://x/api/v1/blobs/packs/p.pack", raw=False)
+    answer = remote.httpx.Response(503, json={"error": "conflict", "message": "m"})
+    with pytest.raises(tether.TetherError) as refused:
+        client._answer(answer, answer.content, "http://x", raw=False)
+    assert not isinstance(refused.value, Unavailable_)  # the server's own word stands

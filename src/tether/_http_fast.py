@@ -257,6 +257,10 @@ class FastHTTP:
             content = response.read(_MAX_PUT_ANSWER + 1)
             if len(content) > _MAX_PUT_ANSWER:
                 raise OSError(f"{url} answered an upload with more than a MB; not read")
+            encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+            if encoding not in ("", "identity"):  # httpx would inflate it, unbounded
+                raise OSError(f"{url} answered an upload with Content-Encoding "
+                              f"{encoding[:40]!r}, never asked for; not read")
             return httpx.Response(response.status, headers=response.getheaders(),
                                   content=content, request=httpx.Request("PUT", url))
 

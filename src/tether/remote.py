@@ -174,9 +174,29 @@ class Pace:
             raise IntegrityError(f"{self.url} announced more bytes than were asked for or "
                                  f"allowed ({int(declared)}, over {self.limit})",
                                  hint="the server or object store is misbehaving")
-        for piece in response.iter_bytes():
+        refuse_encoded(response, self.url)
+        # As sent, never inflated past the limit; an answer made here from bytes it read
+        # already is its bytes.
+        source = response.iter_bytes() if response.is_stream_consumed else response.iter_raw()
+        for piece in source:
             self.took(len(piece))
             yield piece
+
+
+#: Every client asks for answers as they are: httpx would ask for gzip, brotli and
+#: zstd, and inflate whatever came before any limit saw it (a review: 3 KB of nested
+#: gzip, or 64 KB of zstd, took the client to 4 GB).
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def refuse_encoded(response: httpx.Response, url: str) -> None:
+    """IntegrityError unless ``response`` came as it is (no Content-Encoding)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise IntegrityError(f"{url} answered with Content-Encoding {encoding[:40]!r}, "
+                             "which Tether never asks for: not read (a compressed answer "
+                             "can inflate without bound)",
+                             hint="the server, a proxy or the object store is misbehaving")
 
 
 def read_answer(response: httpx.Response, url: str, timeout: float,
@@ -193,6 +213,9 @@ def json_answer(content: bytes, what: str) -> Any:
         return json.loads(content) if content else None
     except ValueError as error:
         raise IntegrityError(f"{what} answered something that is not JSON: {error}",
+                             hint="is TETHER_URI a Tether server?") from None
+    except RecursionError:  # arrays nested 100,000 deep: a traceback in every command
+        raise IntegrityError(f"{what} answered JSON nested too deeply to read",
                              hint="is TETHER_URI a Tether server?") from None
 
 
@@ -236,7 +259,7 @@ def read_packed_version(response: httpx.Response, kind: type[V], *, timeout: flo
         url = "the answer"
     try:
         if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE:
-            return kind.from_dict(json.loads(read_answer(response, url, timeout)))
+            return kind.from_dict(json_answer(read_answer(response, url, timeout), url))
         stream = IterReader(Pace(url, timeout, MAX_PACKED_ANSWER).pieces(response))
         head, records = read_packed(stream, _PACKED_HEAD)
         files = files_from_entries(head.pop("files", None), records, in_file=True)
@@ -285,7 +308,7 @@ def retry_after(response: httpx.Response) -> float:
         from email.utils import parsedate_to_datetime
 
         when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a zone of +99999999999999999
         return 0.0
     return min(30.0, max(0.0, when - time.time()))
 
@@ -302,7 +325,7 @@ def _read(streamed: httpx.Response, content: bytes) -> httpx.Response:
 def _tether_error(response: httpx.Response) -> dict[str, Any] | None:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return body if isinstance(body, dict) and "error" in body else None
 
@@ -337,7 +360,8 @@ def _answers(asked: Reference, name: str, seq: int, semver: str, digest: str) ->
 T = TypeVar("T")
 #: Where an answer is turned into records: an error raised there is the answer's fault.
 _ANSWER_READERS = (__file__, sys.modules[ModelVersion.__module__].__file__,
-                   sys.modules[FileEntry.__module__].__file__)
+                   sys.modules[FileEntry.__module__].__file__,
+                   os.path.join(os.path.dirname(__file__), "remote_blobs.py"))
 
 
 def _raised_reading_an_answer(error: BaseException) -> bool:
@@ -397,6 +421,7 @@ class RemoteRegistry:
         self.token = token if token is not None else os.environ.get("TETHER_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.auth_headers = headers
+        headers = {**headers, **IDENTITY}
         tls = httpx.create_ssl_context()  # one trust setting for every client below
         limits = httpx.Limits(max_connections=16)
         self.timeout = timeout
@@ -405,8 +430,8 @@ class RemoteRegistry:
                                               limits=limits, verify=tls), timeout)
         #: For presigned URLs: they carry their own authority, and the object store
         #: (or whoever logs requests there) must never see the API token.
-        self.direct_http = guard_client(httpx.Client(timeout=timeout, limits=limits,
-                                                     verify=tls), timeout)
+        self.direct_http = guard_client(httpx.Client(headers=IDENTITY, timeout=timeout,
+                                                     limits=limits, verify=tls), timeout)
         #: Packs up and down without httpx's copies (see _http_fast).
         self.fast = FastHTTP(timeout=timeout, ssl_context=tls)
         self._cache_dir = cache_dir or default_cache_dir() / "remote"
@@ -514,10 +539,16 @@ class RemoteRegistry:
         if response.status_code >= 400:
             try:
                 body = json.loads(content)
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = {}
             if not isinstance(body, dict):
                 body = {}
+            if "error" not in body and transient_status(response):
+                # A gateway's 502/503/504 (an HTML page): the server did nothing, and
+                # an upload sent again is safe; as Unavailable, its caller's retries
+                # take it (a review: one 503 failed a whole log at once).
+                raise Unavailable(f"{url} is unavailable: {_describe_status(response)}",
+                                  hint="TETHER_RETRY_SECONDS sets how long transfers retry")
             # Every code the server sends has its class here; an unknown one (a newer
             # server) is a plain TetherError. Its words are text, cut short.
             cls = _ERRORS.get(str(body.get("error")), TetherError)

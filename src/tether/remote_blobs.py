@@ -14,10 +14,19 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from ._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError, TetherError, Unavailable
+from ._errors import (
+    Conflict,
+    IntegrityError,
+    NotFound,
+    RangeNotSatisfiable,
+    StoreError,
+    TetherError,
+    Unavailable,
+)
 from ._exchange_deadline import was_late
 from ._store.blobs import BlobInfo, make_temp, retry_seconds, scratch_root
 
@@ -88,8 +97,7 @@ class RemoteBlobs:
         if cached and cached[1] > now:
             return cached[0], cached[2]
         answer = self.client._request("POST", "/blobs/presign", json={"key": key, "method": method})
-        url: str | None = answer.get("url")
-        headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
+        url, headers = _presign_answer(answer, key)
         with self._lock:
             self._urls[(key, method)] = (url, now + 3000 if method == "GET" else now + 60,
                                          headers)
@@ -245,10 +253,33 @@ class RemoteBlobs:
 
     def list(self, prefix: str) -> list[BlobInfo]:
         rows = self.client._request("GET", "/blobs", params={"prefix": prefix})
-        return [BlobInfo(r["key"], int(r["size"]), float(r["mtime"])) for r in rows]
+        try:
+            return [BlobInfo(str(r["key"]), int(r["size"]), float(r["mtime"])) for r in rows]
+        except (TypeError, KeyError, ValueError, OverflowError) as error:
+            raise IntegrityError(f"the server's listing of {prefix!r} is malformed: "
+                                 f"{type(error).__name__}: {error}",
+                                 hint="is TETHER_URI a Tether server of this version?") from None
 
     def delete(self, key: str) -> None:
         self.client._request("DELETE", f"/blobs/{key}")
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+
+def _presign_answer(answer: Any, key: str) -> tuple[str | None, dict[str, str]]:
+    """(URL or None, headers) of a presign answer; IntegrityError for anything else. The
+    URL must be http(s) to a host: ``file:///etc/passwd``, a relative path or a list
+    ended in httpx's or Python's own traceback (a review)."""
+    try:
+        url = answer.get("url")
+        headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
+        if url is not None:
+            parsed = urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"{str(url)[:200]!r} is no http(s) URL")
+            parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except (AttributeError, TypeError, ValueError) as error:
+        raise IntegrityError(f"the server's presigned URL for {key} is malformed: {error}",
+                             hint="is TETHER_URI a Tether server of this version?") from None
+    return url, headers
