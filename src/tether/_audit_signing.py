@@ -127,7 +127,8 @@ def read_checkpoint(text: str, *, source: str) -> tuple[SignedHead, Ed25519Publi
         head = SignedHead(int(data["event_id"]), str(data["hash"]), str(data["key_id"]),
                           str(data["signature"]))
         public = load_public_key(str(data["public_key"]), source=f"{source}'s public key")
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+            RecursionError) as error:
         raise InvalidInput(
             f"{source} is not a Tether audit checkpoint: {error}",
             hint="make one with `tether audit checkpoint > FILE`",

@@ -243,6 +243,8 @@ def open_bundle(data: bytes, public: ec.EllipticCurvePublicKey) -> dict[str, Any
         bundle = json.loads(data)
     except ValueError as error:
         raise ValueError(f"not JSON: {error}") from error
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
     if not isinstance(bundle, dict):
         raise ValueError("not a Sigstore bundle (a JSON object)")
     if bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
@@ -253,7 +255,10 @@ def open_bundle(data: bytes, public: ec.EllipticCurvePublicKey) -> dict[str, Any
     if envelope.get("payloadType") != PAYLOAD_TYPE:
         raise ValueError(f"DSSE payload type {envelope.get('payloadType')!r}")
     material = bundle.get("verificationMaterial") or {}
-    hint = (material.get("publicKey") or {}).get("hint")
+    public_key = material.get("publicKey") if isinstance(material, dict) else None
+    if not isinstance(material, dict) or not isinstance(public_key or {}, dict):
+        raise ValueError("its verificationMaterial is not an object with a publicKey object")
+    hint = (public_key or {}).get("hint")
     if hint and hint != key_hint(public):
         raise ValueError("the bundle names another public key than the one given")
     signatures = envelope.get("signatures") or []
@@ -266,7 +271,10 @@ def open_bundle(data: bytes, public: ec.EllipticCurvePublicKey) -> dict[str, Any
         public.verify(signature, _pae(payload), ec.ECDSA(algorithm))
     except InvalidSignature as error:
         raise ValueError("the signature does not verify with the given public key") from error
-    statement = json.loads(payload)
+    try:
+        statement = json.loads(payload)
+    except RecursionError:
+        raise ValueError("the signed payload is nested too deeply to read") from None
     if not isinstance(statement, dict):
         raise ValueError("the signed payload is not a JSON object")
     return statement
@@ -312,7 +320,7 @@ def verify_bundle(
     try:
         statement = open_bundle(data, public)
         resources = _check_statement(statement)
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         problems.append(f"bundle refused: {error}")
         return report
     report["subject"] = statement["subject"][0].get("name")

@@ -100,10 +100,21 @@ def _row_content(row: sa.Row[Any]) -> dict[str, Any]:
         action=row.action,
         model=row.model,
         subject=row.subject,
-        before=json.loads(row.before) if row.before is not None else None,
-        after=json.loads(row.after) if row.after is not None else None,
-        details=json.loads(row.details),
+        before=_column(row.before) if row.before is not None else None,
+        after=_column(row.after) if row.after is not None else None,
+        details=_column(row.details),
     )
+
+
+def _column(text: Any) -> Any:
+    """A JSON column's value; one that is not JSON Tether could have written (edited to
+    ``{bad``, or nested 100,000 deep) is shown as ``{"(unreadable)": ...}``, which hashes
+    to nothing stored: `tether audit verify` names the event instead of ending in a
+    traceback, and `tether audit log` shows it (a review)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return {"(unreadable)": str(text)[:1000]}
 
 
 #: Most events a server answers at once; clients ask for the next page (``before``).
