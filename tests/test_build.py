@@ -216,3 +216,30 @@ def test_a_running_servers_private_registry_is_kept_by_anothers_clean_up(
         assert live.exists() and not dead.exists()
     finally:
         held.close()
+
+
+def test_a_version_its_policy_requires_signed_is_built_only_once_signed(
+        registry: Registry, tmp_path: Path) -> None:
+    """The image serves from a registry of its own, with no policy to ask: `tether build`
+    baked and the image served an unsigned version whose policy says
+    ``require_signed_by``, which load, check and serve refuse (a review)."""
+    from tether._signing import generate_key
+
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    version = registry.log_model(tmp_path / "m.bin", "m", progress=False)
+    key, public, _ = generate_key(tmp_path / "release.key")
+    registry.trust_key("release", public.read_text())
+    registry.set_policy("m", "require_signed_by: [release]\n")
+
+    def build(out: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tether_exe(), "--registry", str(registry.location.root), "build", version.ref,
+             "-t", "m:1", "--out", str(tmp_path / out), "--no-build"],
+            capture_output=True, text=True, env=subprocess_env(), check=False)
+
+    refused = build("unsigned")
+    assert refused.returncode == 1, refused.stdout
+    assert "requires a signature by release" in refused.stderr
+    assert not (tmp_path / "unsigned" / "model").exists()
+    registry.sign(version.ref, str(key))
+    assert build("signed").returncode == 0

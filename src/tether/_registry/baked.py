@@ -41,8 +41,16 @@ _VALUES = ("flavor", "signature", "input_example", "params", "metrics", "data", 
 
 
 def bake(registry: Registry, ref: str, folder: Path) -> ModelVersion:
-    """Write ``ref``'s verified files and its record under ``folder``."""
+    """Write ``ref``'s verified files and its record under ``folder``.
+
+    Refused, as load and serve refuse it, when the model's policy requires a signature
+    the version lacks: the image serves from a registry of its own, with no policy to
+    ask, so this is the last place to ask (a review built and served an unsigned
+    version under ``require_signed_by``)."""
+    from .trust import enforce_signatures
+
     version = registry.get(ref)  # re-hashed to its digest on the way out
+    enforce_signatures(version, registry.trust_facts(version))
     registry.download(version.ref, folder / FILES, progress=False)  # every byte verified
     (folder / RECORD).write_text(json.dumps(version.to_dict(), indent=2, sort_keys=True) + "\n")
     return version
