@@ -947,3 +947,36 @@ def test_a_planted_signature_row_or_a_relabelled_accept_proves_nothing(
             action="audit.accepted", ts="2099-01-01T00:00:00.000000Z"))
     with pytest.warns(UnsignedAuditEvents):
         registry.set_setting("gc.keep_last", "8")
+
+
+def test_an_accept_made_on_another_registry_sharing_the_key_stands_for_nothing_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two registries may share an audit key (servers on one host do by default). An
+    insider who copied one's whole log, accepted there by an admin, into the other's
+    database had the other's cut history pass `tether audit verify` on its own host, and
+    its next write signed on over it (a review). An accept names the registry it was
+    made on, and counts only there."""
+    import tether
+    from tether._metadata.schema import audit_head, audit_signatures, events
+
+    monkeypatch.setenv("TETHER_AUDIT_KEY", str(tmp_path / "keys" / "audit-key.pem"))
+    staging = tether.init(tmp_path / "A" / ".tether", actor="admin@team")
+    prod = tether.init(tmp_path / "B" / ".tether", actor="admin@team")
+    _events_and_heads(prod)
+    assert prod.verify_audit()[1] == []
+    import time
+
+    time.sleep(0.05)  # the accept comes after prod's mark was written
+    staging.sign_audit_head(accept="routine")
+    tables = (events, audit_signatures, audit_head)
+    with staging.engine.connect() as source:
+        rows = {t.name: [dict(r._mapping) for r in source.execute(sa.select(t))]
+                for t in tables}
+    with prod.engine.begin() as conn:  # the insider: prod's database, not the key
+        for table in tables:
+            conn.execute(table.delete())
+            conn.execute(table.insert(), rows[table.name])
+    problems = prod.verify_audit()[1]
+    assert any("is gone or rewritten: history was cut or replaced" in p for p in problems)
+    staging.close()
+    prod.close()

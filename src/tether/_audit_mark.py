@@ -45,6 +45,16 @@ def mark_path(key_path: Path, registry: str) -> Path:
     return base / (blake3_hex(f"{key_path.name}\0{registry}".encode())[:24] + ".json")
 
 
+def registry_tag(registry: str) -> str:
+    """What an ``audit.accepted`` event records of the registry (its URL) it was made on:
+    an accept stands in for a mark only on that registry. Two registries may share a key
+    (servers on one host do by default): an insider who copied one's accepted log into
+    the other's database had the other's cut history pass `tether audit verify` (a
+    review). Hosts sharing one database must name it by the same URL for an accept made
+    on one to count on the others."""
+    return blake3_hex(f"registry\0{registry}".encode())[:24]
+
+
 def read_mark(path: Path) -> Mark | None:
     """The mark, or None (none yet; an unreadable one reads as none)."""
     try:
@@ -73,18 +83,19 @@ def write_mark(path: Path, head: Head, *, force: bool = False) -> bool:
 
 
 def passes_through(conn: sa.Connection, mark: Mark | None,
-                   public: Ed25519PublicKey | None = None) -> bool:
+                   public: Ed25519PublicKey | None = None, registry: str = "") -> bool:
     """Whether the stored chain still holds ``mark``'s event with its hash, or (with the
-    key's ``public`` half) an admin accepted the log, under a signature of this key,
-    after the mark was written."""
+    key's ``public`` half) an admin accepted the log on this registry (``registry``: its
+    ``registry_tag``), under a signature of this key, after the mark was written."""
     if mark is None or mark[0] == 0:
         return True
     if chain_holds(conn, mark[0], mark[1]):
         return True
-    return public is not None and _accepted_since(conn, mark[2], public)
+    return public is not None and _accepted_since(conn, mark[2], public, registry)
 
 
-def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) -> bool:
+def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey,
+                    registry: str) -> bool:
     """Whether an ``audit.accepted`` event newer than ``when`` is signed by the key: its
     content hashed again to its hash, and that hash signed. The columns alone said
     nothing: an old signed row relabelled as an accept dated 2099 passed, and a cut
@@ -98,6 +109,10 @@ def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey) 
         content, _prev, digest = checked[0]
         if content["action"] != "audit.accepted":
             continue
+        details = content.get("details")
+        made_on = details.get("registry") if isinstance(details, dict) else None
+        if made_on is not None and made_on != registry:  # (older accepts name none)
+            continue  # an accept made on another registry sharing the key
         try:
             at = datetime.fromisoformat(str(content["ts"]).replace("Z", "+00:00")).timestamp()
         except ValueError:

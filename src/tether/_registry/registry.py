@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._audit_mark import mark_path, passes_through, read_mark, write_mark
+from .._audit_mark import mark_path, passes_through, read_mark, registry_tag, write_mark
 from .._environment import (
     Difference,
     EnvPolicy,
@@ -304,7 +304,8 @@ class Registry:
 
     def _may_sign_after(self, conn: sa.Connection, base: tuple[int, str]) -> bool:
         public = self.audit_key.public
-        return (passes_through(conn, read_mark(self.audit_mark_path), public)
+        return (passes_through(conn, read_mark(self.audit_mark_path), public,
+                               self._registry_tag)
                 and continues_signed_chain(conn, base, public))
 
     def _audit_key_for(self, conn: sa.Connection) -> AuditKey:
@@ -322,6 +323,11 @@ class Registry:
                     hint="point TETHER_AUDIT_KEY at the registry's audit key (a server's "
                     "default is ~/.config/tether/audit-key.pem)")
         return self.audit_key
+
+    @property
+    def _registry_tag(self) -> str:
+        """This registry as its ``audit.accepted`` events name it (_audit_mark)."""
+        return registry_tag(self.location.db_url)
 
     @property
     def audit_mark_path(self) -> Path:
@@ -358,7 +364,7 @@ class Registry:
                 return None
             head = (int(row[0]), str(row[1]))
             key = self._audit_key_for(conn)
-            through = passes_through(conn, mark, key.public)
+            through = passes_through(conn, mark, key.public, self._registry_tag)
             newest = newest_valid_head(conn, key.public)
             if (accept is None and through and newest is not None
                     and (newest.event_id, newest.hash) == head):
@@ -388,7 +394,7 @@ class Registry:
                 check_reason(accept, "the reason")
                 append_event(conn, actor=self.actor, action="audit.accepted", details={
                     "unsigned_after": newest.event_id if newest is not None else 0,
-                    "through": head[0], "reason": accept})
+                    "through": head[0], "reason": accept, "registry": self._registry_tag})
                 head = conn.info.pop(PENDING_HEAD)
                 conn.info.pop(BASE_HEAD, None)
             signed = key.sign_head(*head)
@@ -1036,7 +1042,7 @@ class Registry:
         with self.read() as conn:
             count, problems = verify_events(conn, keys=keys, checkpoint=mark)
             ours = self.audit_key.public if self.audit_key_path.exists() else None
-            if not passes_through(conn, signed_to, ours):
+            if not passes_through(conn, signed_to, ours, self._registry_tag):
                 assert signed_to is not None
                 problems.append(
                     f"event {signed_to[0]}, which this registry's audit key signed (as "
