@@ -144,7 +144,7 @@ def test_a_merged_index_covering_a_live_pack_makes_gc_delete_nothing(
     a journal index file is named for is never such a leftover."""
     first = _logged(registry, tmp_path, "a")
     _logged(registry, tmp_path, "b")
-    planted, victim, _other = _planted_cover(registry, first)
+    _planted, victim, _other = _planted_cover(registry, first)
     reader = _fresh(registry)
     reader.gc(grace_seconds=0)
     assert (_objects(registry) / "packs" / f"{victim}.pack").exists()

@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._bounded_read import read_regular
 from ._digest import canonical_json
 from ._errors import InvalidInput
 from ._signing import key_id, load_public_key, public_pem, verify_bytes
@@ -75,7 +76,14 @@ class AuditKey:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            loaded = serialization.load_pem_private_key(
+                read_regular(path, 1 << 20, error=InvalidInput), password=None)
+        except (ValueError, TypeError) as error:  # not a PEM key, or one with a password
+            raise InvalidInput(
+                f"{path} is not a usable audit key: {str(error).splitlines()[0][:200]}",
+                hint="point TETHER_AUDIT_KEY at the registry's Ed25519 audit key (PEM, no "
+                "password); nothing was written") from None
         if not isinstance(loaded, Ed25519PrivateKey):
             raise InvalidInput(f"{path} is not an Ed25519 key", hint="the audit key is Ed25519")
         return cls(loaded, path)

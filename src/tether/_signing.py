@@ -54,6 +54,9 @@ def public_pem(public: Ed25519PublicKey) -> str:
 def generate_key(path: str | Path) -> tuple[Path, Path, str]:
     """Write a new private key (mode 0600) and its public key beside it (``.pub``)."""
     private_path = Path(path)
+    if not private_path.name or private_path.is_dir():
+        raise InvalidInput(f"{str(path)!r} is not a file name for a key",
+                           hint="name the key's file: tether key generate release.key")
     public_path = private_path.with_name(private_path.name + ".pub")
     if private_path.exists() or public_path.exists():
         raise Conflict(

@@ -418,6 +418,14 @@ class RemoteRegistry:
         timeout: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
+        try:  # httpx's own InvalidURL, later, was a traceback (a review)
+            parsed = httpx.URL(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ValueError("not http(s)://host")
+        except (httpx.InvalidURL, ValueError, TypeError) as error:
+            raise InvalidInput(f"{url[:200]!r} is not a server's URL: {error}",
+                               hint="http(s)://host[:port], in --registry or TETHER_URI"
+                               ) from None
         self.token = token if token is not None else os.environ.get("TETHER_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.auth_headers = headers
@@ -834,7 +842,7 @@ class RemoteRegistry:
 
     def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         target = Path(dest)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
             raise InvalidInput(f"{target} already exists", hint="choose a new folder")
         return loading.materialize(self, self.get(ref), target.absolute(), progress=progress)  # type: ignore[arg-type]
 
@@ -1240,7 +1248,7 @@ class RemoteRegistry:
     def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """As ``Registry.download_dataset``: chunks fetched through the gateway, verified here."""
         target = Path(dest)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
             raise InvalidInput(f"{target} already exists", hint="choose a new folder")
         return loading.materialize(self, self.get_dataset(ref), target.absolute(),  # type: ignore[arg-type]
                                    progress=progress)

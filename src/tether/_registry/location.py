@@ -79,6 +79,10 @@ def create_location(
             "or unset TETHER_URI",
         )
     root = Path(text).expanduser().absolute()
+    if store_url:  # checked before anything is made: `--store junk://x` made a registry
+        from .._store import check_store_url  # whose every log failed (a review)
+
+        check_store_url(_resolve_relative(root, store_url))
     if (root / CONFIG_NAME).exists():
         raise Conflict(
             f"a registry already exists at {root}",
@@ -122,11 +126,17 @@ def read_location(root: Path) -> RegistryLocation:
     try:
         config = tomllib.loads(config_path.read_text())["registry"]
         db_url, store_url = str(config["db"]), str(config["store"])
-    except (tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+        written = config.get("format", FORMAT)
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError) as error:
         raise RegistryNotFound(
             f"{config_path} is damaged: {error}",
             hint="restore it from a backup, or compare it with a fresh `tether init`",
         ) from error
+    if isinstance(written, bool) or not isinstance(written, int) or not 1 <= written <= FORMAT:
+        # Never checked: a folder of format 999 was used as if it were ours (a review).
+        raise RegistryNotFound(
+            f"{config_path} says format {str(written)[:40]}; this Tether reads format "
+            f"{FORMAT} and older", hint="use the Tether that made it, or a newer one")
     return RegistryLocation(
         root=root,
         db_url=_resolve_relative(root, db_url),

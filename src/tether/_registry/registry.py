@@ -7,6 +7,7 @@ methods; the use cases themselves live in the sibling modules, one job each.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -720,7 +721,7 @@ class Registry:
     def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """Write a version's files (verified) into ``dest``, which must not exist."""
         target = Path(dest)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
             raise InvalidInput(f"{target} already exists", hint="choose a new folder")
         version = self.get(ref)
         return loading.materialize(self, version, target.absolute(), progress=progress)
@@ -1188,7 +1189,7 @@ class Registry:
     def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """Write a dataset version's files (verified) into ``dest``, which must not exist."""
         target = Path(dest)
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
             raise InvalidInput(f"{target} already exists", hint="choose a new folder")
         version = self.get_dataset(ref)
         return loading.materialize(self, version, target.absolute(), progress=progress)
@@ -1234,7 +1235,8 @@ def _check_setting(key: str, value: str) -> None:
             number = float(value)
         except ValueError as error:
             raise InvalidInput(f"{key} must be a number, not {value!r}") from error
-        if number < 0 or (key == "gc.keep_last" and number != int(number)):
+        if not math.isfinite(number) or number < 0 or (
+                key == "gc.keep_last" and number != int(number)):  # nan passed: a review
             raise InvalidInput(
                 f"{key} must be a non-negative {'integer' if 'keep' in key else 'number'}"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._digest import blake3_hex
 from .._environment import export_dockerfile, export_requirements, roots_for_flavor
-from .._errors import NotFound, TetherError
+from .._errors import Conflict, NotFound, TetherError
 from .._lineage_record import COMMIT_ID
 from .._records import ModelVersion
 
@@ -147,9 +148,24 @@ def write_recipe(version: ModelVersion, folder: Path) -> list[Path]:
         "REPRODUCE.md": f"# Reproducing {version.ref}\n\n"
         + "\n".join(f"{i}.\n{_fenced(s)}" for i, s in enumerate(info["steps"], 1)),
     }
+    # Never over a file of the user's own (a hand-written Dockerfile was replaced without
+    # a word: a review); one this command wrote before, unchanged, is written again.
+    theirs = [name for name, text in files.items()
+              if os.path.lexists(folder / name) and _text_of(folder / name) != text]
+    if theirs:
+        raise Conflict(f"{folder} already holds {', '.join(theirs)}, which reproducing "
+                       f"{version.ref} would replace: nothing was written",
+                       hint="choose another folder (-o), or move those files away")
     written = []
     for name, text in files.items():
         path = folder / name
         path.write_text(text)
         written.append(path)
     return written
+
+
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text() if path.is_file() and path.stat().st_size < 1 << 20 else None
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -16,6 +16,7 @@ left its alias pointing at nothing: a review). If one has, nothing is removed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._errors import Conflict, StoreError
+from .._errors import Conflict, InvalidInput, StoreError
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import parse_iso
@@ -65,7 +66,22 @@ class GcResult:
 
 def _setting_number(registry: Registry, key: str) -> float | None:
     text = registry.get_setting(key)
-    return float(text) if text not in (None, "") else None
+    if text in (None, ""):
+        return None
+    try:
+        return _count(float(text), f"the setting {key}")
+    except ValueError:
+        raise InvalidInput(f"the setting {key} is {text[:40]!r}, not a number",
+                           hint=f"tether config set {key} N") from None
+
+
+def _count(number: float, what: str) -> float:
+    """``number``, refused unless finite and not negative: ``nan`` passed every check
+    (``nan < 0`` is false) and made every version old enough to remove, so gc deleted
+    versions logged seconds before (a review)."""
+    if not math.isfinite(number) or number < 0:
+        raise InvalidInput(f"{what} must be a finite number of at least 0, not {number}")
+    return number
 
 
 def collect(
@@ -80,7 +96,10 @@ def collect(
         configured = _setting_number(registry, "gc.keep_last")
         keep_last = int(configured) if configured is not None else None
     if grace_seconds is None:
-        grace_seconds = _setting_number(registry, "gc.grace_seconds") or DEFAULT_GRACE_SECONDS
+        # 0 is a setting too (it read as "unset" and gc kept an hour).
+        configured = _setting_number(registry, "gc.grace_seconds")
+        grace_seconds = DEFAULT_GRACE_SECONDS if configured is None else configured
+    grace_seconds = _count(float(grace_seconds), "the grace period")
     now = datetime.now(UTC)
     expired: list[str] = []
     doomed: list[tuple[str, Any, int | None]] = []

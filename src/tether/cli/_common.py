@@ -100,6 +100,13 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+#: A TCP port to listen on: uvicorn took 99999 and listened somewhere else (a review).
+PORT = click.IntRange(1, 65535)
+#: A count or an id that the database can hold (a 20-digit number was an OverflowError
+#: from SQLite, a traceback: a review).
+COUNT = click.IntRange(1, 2**63 - 1)
+
+
 def handle_errors(func: F) -> F:
     """Turn Tether errors into a message and exit code 1, never a traceback."""
 
@@ -119,6 +126,19 @@ def handle_errors(func: F) -> F:
             where = f" ({error.filename})" if error.filename else ""
             fail(f"{error.strerror or error}{where}", code="os_error", as_json=as_json,
                  hint="check the path and that there is room and permission to write there")
+        except Exception as error:
+            # The database itself failing (a damaged or missing SQLite file, a read-only
+            # mount, a PostgreSQL that refuses): SQLAlchemy's own traceback on every
+            # command (a review). Matched by module: sqlalchemy is not imported here.
+            if not type(error).__module__.startswith("sqlalchemy"):
+                raise
+            cause = getattr(error, "orig", None) or error
+            fail(f"the registry's database could not be used: "
+                 f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}",
+                 code="database_error", as_json=as_json,
+                 hint="check --registry / TETHER_URI, that the database exists and may be "
+                 "written here, and that it is a Tether registry's; restore a damaged one "
+                 "from a backup")
 
     return wrapper  # type: ignore[return-value]
 

@@ -10,6 +10,7 @@ import click
 
 from .._policy import ROLES, parse_policy, policy_to_json
 from ._common import (
+    COUNT,
     console,
     emit_json,
     handle_errors,
@@ -44,7 +45,7 @@ def policy_set(ctx: click.Context, name: str, file: Path, as_json: bool) -> None
 
 @policy_group.command("show")
 @click.argument("name")
-@click.option("--revision", type=int, help="An older revision (default: the newest).")
+@click.option("--revision", type=COUNT, help="An older revision (default: the newest).")
 @json_option
 @click.pass_context
 @handle_errors

@@ -122,7 +122,10 @@ def _render_version(v: ModelVersion) -> None:
         f"aliases: {shown(', '.join(v.aliases)) or '-'}   author: {shown(v.author)}   "
         f"created: {shown(v.created_at)}"
     )
-    console.print(Panel(head, expand=False))
+    if console.is_terminal:
+        console.print(Panel(head, expand=False))
+    else:  # piped: whole lines (a panel cut its author and time at 80 columns: a review)
+        console.print(head, soft_wrap=True)
     console.print(
         f"[bold]flavor[/]  {shown(v.flavor.get('name'))} "
         f"({shown(v.flavor.get('serialization', 'files'))})  "

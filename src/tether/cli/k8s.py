@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from .._errors import InvalidInput
-from ._common import console, emit_json, err_console, handle_errors, json_option, registry_from
+from ._common import (
+    PORT,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    json_option,
+    registry_from,
+)
 
 
 @click.group("k8s")
@@ -29,9 +37,9 @@ def k8s_group() -> None:
 @click.option("--registry-url", default=None,
               help="The registry replicas follow (default: the registry Service rendered here).")
 @click.option("--namespace", "-n", default=None, help="Put every object in this namespace.")
-@click.option("--replicas", default=2, show_default=True, type=int,
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(0, 10_000),
               help="Serving replicas (the autoscaler's floor).")
-@click.option("--max-replicas", default=None, type=int,
+@click.option("--max-replicas", default=None, type=click.IntRange(1, 10_000),
               help="The autoscaler's ceiling (default: 3 x --replicas).")
 @click.option("--name", default=None,
               help="Name of the serving objects (default: tether-ENDPOINT, or tether-FILESTEM).")
@@ -166,7 +174,7 @@ def _tether_spec(given: str | None) -> tuple[str, str | None]:
 @click.option("--tether", "tether_spec", default=None, metavar="SPEC",
               help="How the image installs tether: a requirement (default tether==THIS_VERSION "
               "from your index) or a path to a built wheel, copied into the context.")
-@click.option("--port", default=None, type=int,
+@click.option("--port", default=None, type=PORT,
               help="Port to serve on (default: the file's, else 8000).")
 @json_option
 @click.pass_context
@@ -251,7 +259,7 @@ def image_render(
               help="Where to write the build context (default: tether-build-NAME).")
 @click.option("--tether", "tether_spec", default=None, metavar="SPEC",
               help="How the image installs tether: a requirement or a path to a built wheel.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--port", default=8000, show_default=True, type=PORT, help="Port to serve on.")
 @click.option("--no-build", is_flag=True,
               help="Only write the build context (no docker or podman build).")
 @json_option
@@ -359,7 +367,7 @@ def _container_engine() -> str | None:
               help="The BLAKE3 of the baked record, pinning the version's name, semantic "
               "version, tags and environment too (default: $TETHER_BAKED_RECORD).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=PORT)
 @click.option("--trusted", is_flag=True, help="Load code-executing formats (pickle).")
 @handle_errors
 def image_serve(

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import PORT, console, emit_json, handle_errors, json_option, registry_from, table
 
 
 @click.command("server-init")
@@ -43,7 +43,7 @@ def server_init(db_url: str, store_url: str, admin: str, as_json: bool) -> None:
     help="The artifact store (default: the one recorded by server-init).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=PORT)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--open-access",

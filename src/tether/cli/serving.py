@@ -15,6 +15,8 @@ from .._errors import TetherError
 from ..serving.config import Deployment, ServerConfig, load_deployment, single_version
 from ..serving.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from ._common import (
+    COUNT,
+    PORT,
     State,
     console,
     emit_json,
@@ -123,7 +125,7 @@ def _deployment(
     help="Serving processes sharing the port (each a replica of its own).",
 )
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", "-p", type=int, default=None, help="Port (default 8000).")
+@click.option("--port", "-p", type=PORT, default=None, help="Port (default 8000).")
 @click.option(
     "--trusted",
     is_flag=True,
@@ -711,7 +713,7 @@ def _pause(ctx: click.Context, name: str, routes: tuple[str, ...], endpoint: str
               "alias back) instead of the whole deployment.")
 @click.option("--endpoint", "-e", default=None,
               help="The route's endpoint (when the deployment has more than one).")
-@click.option("--to", "to_revision", type=int, default=None,
+@click.option("--to", "to_revision", type=COUNT, default=None,
               help="The revision to go back to (default: the one before).")
 @click.option("--reason", default="", help="Why (kept in the revision and the audit log).")
 @json_option

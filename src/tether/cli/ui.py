@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from .._http_deadlines import protocol as deadline_protocol
-from ._common import console, handle_errors, registry_from
+from ._common import PORT, console, handle_errors, registry_from
 
 
 @click.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--port", default=8765, show_default=True, type=PORT)
 @click.option(
     "--token/--no-token",
     "make_token",
