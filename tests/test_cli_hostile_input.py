@@ -49,6 +49,11 @@ def test_a_grace_period_of_nan_is_refused_and_one_of_zero_is_kept(reg: Path) -> 
     assert run("-r", str(reg), "config", "set", "gc.grace_seconds", "0").exit_code == 0
     answer = run("-r", str(reg), "gc", "--dry-run", "--json")
     assert json.loads(answer.output)["grace_seconds"] == 0
+    # inf is "never by age", as before nan was refused (a review of that refusal).
+    assert run("-r", str(reg), "config", "set", "gc.grace_seconds", "inf").exit_code == 0
+    assert run("-r", str(reg), "gc", "--keep-last", "1", "--grace", "inf").exit_code == 0
+    assert tether.open(reg).verify("m@1") == []
+    assert run("-r", str(reg), "audit", "log", "-n", "0", "--json").exit_code == 0  # all
 
 
 def test_a_damaged_database_or_audit_key_is_a_clear_error(reg: Path, tmp_path: Path) -> None:
@@ -66,7 +71,7 @@ def test_a_damaged_database_or_audit_key_is_a_clear_error(reg: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("args", [
-    ["audit", "log", "-n", "99999999999999999999"],
+    ["audit", "log", "-n", "99999999999999999999"],  # 0 is "all"
     ["policy", "show", "m", "--revision", "99999999999999999999"],
     ["serve", "m@1", "--port", "99999"],
     ["ui", "--port", "-1"],

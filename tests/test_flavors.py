@@ -486,5 +486,9 @@ def test_a_sharded_hugging_face_checkpoint_loads_no_shard_from_outside_its_folde
     # Shards inside the folder are what transformers is for (it is not installed here:
     # the refusal that comes next names the package, past the index check).
     index.write_text(json.dumps({"weight_map": {"a.weight": "model-00001-of-00002.safetensors"}}))
+    # A Hub folder also carries pytorch_model.bin's index without its shards: never read
+    # with use_safetensors, so never checked (a review of this check refused it).
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {"a.weight": "pytorch_model-00001-of-00002.bin"}}))
     with pytest.raises(TetherError, match="transformers"):
         flavor.load(folder, {"name": "huggingface"})

@@ -321,6 +321,13 @@ def test_a_compressed_answer_is_refused_before_it_inflates(
             client.models()
     assert SEEN[-1].get("accept-encoding") == "identity"
 
+    async def labelled(request: Request) -> Response:  # a label httpx never inflates
+        return Response(b"[]", media_type="application/json",
+                        headers={"Content-Encoding": "aws-chunked"})
+
+    with _serving(labelled) as url:
+        assert tether.connect(url, token="t" * 40).models() == []
+
 
 def test_nested_json_a_bad_retry_date_and_odd_presigned_urls_are_clear_errors(
         tmp_path: Any) -> None:
@@ -361,3 +368,63 @@ def test_a_gateways_503_on_an_upload_is_retried(tmp_path: Any,
     with pytest.raises(tether.TetherError) as refused:
         client._answer(answer, answer.content, "http://x", raw=False)
     assert not isinstance(refused.value, Unavailable_)  # the server's own word stands
+
+
+def test_a_listing_paged_slowly_is_given_up_on() -> None:
+    """Each page within its own timeout, a server answering one version a page (and
+    always a next page) kept a client paging for days: the whole listing keeps pace."""
+    from tether._metadata.repository import NEXT_PAGE
+
+    async def slow_pages(request: Request) -> Response:
+        after = int(request.query_params.get("after", "0"))
+        await asyncio.sleep(0.4)
+        return JSONResponse([{"seq": after + 1}], headers={NEXT_PAGE: str(after + 1)})
+
+    with _serving(slow_pages) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(remote.TooSlow, match="came too slowly"):
+            client._paged("/models/m/versions", lambda row: row)
+        assert time.monotonic() - started < 10
+
+
+def test_index_files_are_read_no_further_than_listed_and_a_batch_at_a_time(
+        tmp_path: Any) -> None:
+    """A server listing index files and answering each with far more than listed (and
+    more than the range asked) had the client read up to 512 MB of each, all of a
+    listing at once: 8 such files took it to 1.7 GB (a review). Each is now read no
+    further than its listing says (a longer one claims nothing), and a file under
+    index/ that is not named like one is never asked for."""
+    import json as json_
+
+    from tether._store.chunk_index import ChunkIndex
+    from tether.remote_blobs import RemoteBlobs
+
+    honest = json_.dumps({"pack": "a" * 32, "size": 10, "chunks": [["b" * 64, 0, 10, 10, 0]]})
+    asked: list[str] = []
+
+    async def blobs(request: Request) -> Response:
+        key = request.path_params["rest"].removeprefix("blobs/")
+        if key == "presign":
+            return JSONResponse({"url": None})  # the server streams objects itself
+        if request.url.path.endswith("/blobs"):
+            return JSONResponse([
+                {"key": f"index/{'a' * 32}.idx", "size": len(honest), "mtime": 1.0},
+                *({"key": f"index/{i:032x}.idx", "size": 100, "mtime": 1.0}
+                  for i in range(1, 9)),
+                {"key": "index/junk.idx", "size": 100, "mtime": 1.0}])
+        asked.append(key)
+        if key == f"index/{'a' * 32}.idx":
+            return Response(honest.encode())
+        return Response(b"x" * (8 << 20))  # whatever the range asked
+
+    with _serving(blobs) as url:
+        client = remote.RemoteRegistry(url, token="t" * 40)
+        store_blobs = RemoteBlobs(client)
+        with pytest.raises(IntegrityError, match="more bytes than were asked for"):
+            store_blobs.get_range(f"index/{1:032x}.idx", 0, 100)
+        index = ChunkIndex(store_blobs, cache_dir=None,
+                           scratch_file=lambda kind: (0, tmp_path / kind))
+        index.refresh()
+        assert index.known_all(["b" * 64]) == [True]
+        assert "index/junk.idx" not in asked

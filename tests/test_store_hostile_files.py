@@ -170,6 +170,26 @@ def test_store_verify_quarantines_the_lying_index_not_the_honest_pack(
     assert _fresh(registry).verify(second) == []
 
 
+def test_a_merged_index_written_meanwhile_is_not_called_unreadable(
+        registry: Registry, tmp_path: Path) -> None:
+    """A merged file another process wrote after `store verify` took its census landed
+    in the "cannot be read" branch, and verify said to restore a good file from backup
+    (a review): one that reads is skipped until the next run. And a missing object's
+    error names no folder (a server passes it on to its clients)."""
+    from tether._store.pack_verify import _why_unreadable
+
+    _logged(registry, tmp_path, "m")
+    registry.store.consolidate()  # type: ignore[attr-defined]
+    [merged] = list((_objects(registry) / "index").iterdir())
+    assert _why_unreadable(merged.stem, merged.read_bytes()) is None
+    assert _why_unreadable(merged.stem, merged.read_bytes()[:-1]) is not None
+    from tether import NotFound
+
+    with pytest.raises(NotFound) as missing:
+        registry.store.blobs.get_bytes(f"packs/{'a' * 32}.pack")  # type: ignore[attr-defined]
+    assert str(_objects(registry)) not in str(missing.value)
+
+
 def test_a_lease_dated_in_the_future_is_stale() -> None:
     """A lease with a future mtime (a clock ahead on a shared folder, a restored backup)
     was never stale: gc refused to start for good, and its dry run listed nothing."""

@@ -980,3 +980,39 @@ def test_an_accept_made_on_another_registry_sharing_the_key_stands_for_nothing_h
     assert any("is gone or rewritten: history was cut or replaced" in p for p in problems)
     staging.close()
     prod.close()
+
+
+def test_an_accept_counts_for_the_same_database_reached_by_another_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One database, two URLs (a link here; two hostnames for PostgreSQL): an accept made
+    through one must stand for the other's mark too, as it did before accepts named
+    their registry (a review of that fix). Marks record the chain's first event."""
+    import os
+
+    import tether
+
+    monkeypatch.setenv("TETHER_AUDIT_KEY", str(tmp_path / "keys" / "audit-key.pem"))
+    registry = tether.init(tmp_path / "reg", actor="admin@team")
+    os.symlink(tmp_path / "reg", tmp_path / "alias")
+    alias = tether.open(tmp_path / "alias", actor="admin@team")
+    assert alias.location.db_url != registry.location.db_url
+    registry.set_setting("gc.keep_last", "5")
+    alias.set_setting("gc.keep_last", "6")
+    import sqlite3
+
+    def copy(source: Path, target: Path) -> None:  # as a backup tool does (WAL and all)
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+
+    copy(tmp_path / "reg" / "registry.db", tmp_path / "backup.db")
+    registry.set_setting("gc.keep_last", "7")
+    alias.set_setting("gc.keep_last", "8")
+    registry.close()
+    alias.close()
+    copy(tmp_path / "backup.db", tmp_path / "reg" / "registry.db")  # restored
+    registry = tether.open(tmp_path / "reg", actor="admin@team")
+    registry.sign_audit_head(accept="restored from the backup")
+    alias = tether.open(tmp_path / "alias", actor="admin@team")
+    assert alias.verify_audit()[1] == []
+    registry.close()
+    alias.close()

@@ -46,13 +46,30 @@ def mark_path(key_path: Path, registry: str) -> Path:
 
 
 def registry_tag(registry: str) -> str:
-    """What an ``audit.accepted`` event records of the registry (its URL) it was made on:
-    an accept stands in for a mark only on that registry. Two registries may share a key
-    (servers on one host do by default): an insider who copied one's accepted log into
-    the other's database had the other's cut history pass `tether audit verify` (a
-    review). Hosts sharing one database must name it by the same URL for an accept made
-    on one to count on the others."""
+    """What an ``audit.accepted`` event records of the registry (its URL) it was made on.
+
+    An accept stands in for a mark only on the registry it was made on: two registries
+    may share a key (servers on one host do by default), and an insider who copied one's
+    accepted log into the other's database had the other's cut history pass `tether
+    audit verify` (a review). Made on: the same URL, or the same chain, by its first
+    event (``chain_origin``, which marks record): one database reached by two URLs (two
+    hostnames, a link) is one registry (a review of that fix)."""
     return blake3_hex(f"registry\0{registry}".encode())[:24]
+
+
+def chain_origin(conn: sa.Connection) -> str | None:
+    """The hash of the log's first event: which chain this is (None: an empty log)."""
+    found = conn.execute(sa.select(events.c.hash).order_by(events.c.id).limit(1)).scalar()
+    return None if found is None else str(found)
+
+
+def mark_origin(path: Path) -> str | None:
+    """The chain origin a mark recorded (None: none, or a mark from before origins)."""
+    try:
+        origin = json.loads(path.read_text()).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return origin if isinstance(origin, str) else None
 
 
 def read_mark(path: Path) -> Mark | None:
@@ -64,7 +81,8 @@ def read_mark(path: Path) -> Mark | None:
         return None
 
 
-def write_mark(path: Path, head: Head, *, force: bool = False) -> bool:
+def write_mark(path: Path, head: Head, *, force: bool = False,
+               origin: str | None = None) -> bool:
     """Record ``head``; only forward unless ``force``. Whether the mark holds it now
     (False: the folder cannot be written; the caller warns)."""
     if not force:
@@ -75,7 +93,8 @@ def write_mark(path: Path, head: Head, *, force: bool = False) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, name = tempfile.mkstemp(prefix=".mark-", dir=path.parent)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"event_id": head[0], "hash": head[1], "at": time.time()}, handle)
+            json.dump({"event_id": head[0], "hash": head[1], "at": time.time(),
+                       **({"origin": origin} if origin else {})}, handle)
         os.replace(name, path)
     except OSError:
         return False
@@ -83,19 +102,21 @@ def write_mark(path: Path, head: Head, *, force: bool = False) -> bool:
 
 
 def passes_through(conn: sa.Connection, mark: Mark | None,
-                   public: Ed25519PublicKey | None = None, registry: str = "") -> bool:
+                   public: Ed25519PublicKey | None = None, registry: str = "",
+                   origin: str | None = None) -> bool:
     """Whether the stored chain still holds ``mark``'s event with its hash, or (with the
     key's ``public`` half) an admin accepted the log on this registry (``registry``: its
-    ``registry_tag``), under a signature of this key, after the mark was written."""
+    ``registry_tag``; ``origin``: the chain origin the mark recorded), under a
+    signature of this key, after the mark was written."""
     if mark is None or mark[0] == 0:
         return True
     if chain_holds(conn, mark[0], mark[1]):
         return True
-    return public is not None and _accepted_since(conn, mark[2], public, registry)
+    return public is not None and _accepted_since(conn, mark[2], public, registry, origin)
 
 
 def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey,
-                    registry: str) -> bool:
+                    registry: str, origin: str | None = None) -> bool:
     """Whether an ``audit.accepted`` event newer than ``when`` is signed by the key: its
     content hashed again to its hash, and that hash signed. The columns alone said
     nothing: an old signed row relabelled as an accept dated 2099 passed, and a cut
@@ -110,8 +131,10 @@ def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey,
         if content["action"] != "audit.accepted":
             continue
         details = content.get("details")
-        made_on = details.get("registry") if isinstance(details, dict) else None
-        if made_on is not None and made_on != registry:  # (older accepts name none)
+        details = details if isinstance(details, dict) else {}
+        made_on = details.get("registry")  # (older accepts name none)
+        if made_on is not None and made_on != registry and (
+                origin is None or details.get("origin") != origin):
             continue  # an accept made on another registry sharing the key
         try:
             at = datetime.fromisoformat(str(content["ts"]).replace("Z", "+00:00")).timestamp()

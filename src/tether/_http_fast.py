@@ -51,6 +51,8 @@ _IDLE_SECONDS = 2.0
 _SEND_SLICE = 4 << 20
 #: Most bytes of an upload's answer read (it is a line of JSON).
 _MAX_PUT_ANSWER = 1 << 20
+#: Content codings httpx inflates (remote.INFLATED: this module is imported by it).
+_INFLATED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
 
 class FastFailure(httpx.NetworkError):
     """The connection failed during a fast request (it may have reached the server)."""
@@ -257,8 +259,9 @@ class FastHTTP:
             content = response.read(_MAX_PUT_ANSWER + 1)
             if len(content) > _MAX_PUT_ANSWER:
                 raise OSError(f"{url} answered an upload with more than a MB; not read")
-            encoding = (response.getheader("Content-Encoding") or "").strip().lower()
-            if encoding not in ("", "identity"):  # httpx would inflate it, unbounded
+            encoding = response.getheader("Content-Encoding") or ""
+            if any(part.strip().lower() in _INFLATED for part in encoding.split(",")):
+                # httpx would inflate it as the answer is made, unbounded
                 raise OSError(f"{url} answered an upload with Content-Encoding "
                               f"{encoding[:40]!r}, never asked for; not read")
             return httpx.Response(response.status, headers=response.getheaders(),

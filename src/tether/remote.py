@@ -189,14 +189,41 @@ class Pace:
 IDENTITY = {"Accept-Encoding": "identity"}
 
 
+#: Content codings httpx inflates; others (``aws-chunked``, a label some object stores
+#: keep on objects uploaded with trailing checksums) it passes on as they are.
+INFLATED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
+
+
+def inflated(encoding: str) -> bool:
+    """Whether a Content-Encoding header names a coding httpx would inflate."""
+    return any(part.strip().lower() in INFLATED for part in encoding.split(","))
+
+
 def refuse_encoded(response: httpx.Response, url: str) -> None:
-    """IntegrityError unless ``response`` came as it is (no Content-Encoding)."""
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
+    """IntegrityError when ``response`` came compressed (a coding httpx inflates)."""
+    encoding = response.headers.get("content-encoding", "")
+    if inflated(encoding):
         raise IntegrityError(f"{url} answered with Content-Encoding {encoding[:40]!r}, "
                              "which Tether never asks for: not read (a compressed answer "
                              "can inflate without bound)",
                              hint="the server, a proxy or the object store is misbehaving")
+
+
+def _listing_clock(timeout: float) -> Deadline:
+    """The clock of a whole paged listing: the pages, each within its own deadline, come
+    within ``timeout`` plus their bytes at ``MIN_RATE``. Each page alone in time, a
+    server answering a version a page, just inside the timeout, kept a client paging
+    for days (a review)."""
+    clock = Deadline(timeout)
+    clock.left()  # from now
+    return clock
+
+
+def _keep_pace(clock: Deadline, count: int, what: str) -> None:
+    clock.moved(count)
+    if clock.left() < 0:
+        raise TooSlow(f"the pages of {what} came too slowly: {clock.describe()}; stopped "
+                      "paging", hint="check the server and the network to it")
 
 
 def read_answer(response: httpx.Response, url: str, timeout: float,
@@ -464,9 +491,12 @@ class RemoteRegistry:
         into: memoryview | None = None,
         read: Callable[[httpx.Response], Any] | None = None,
         with_headers: bool = False,
+        limit: int | None = None,
         **kwargs: Any,
     ) -> Any:
         """One API call; those safe to repeat are retried through an outage.
+
+        ``limit``: the most bytes of its answer read (default ``MAX_ANSWER``).
 
         ``into``: read a successful answer's body into this buffer (a reused one:
         no new pages, no joined copy) and return how many bytes came. ``read``:
@@ -490,7 +520,7 @@ class RemoteRegistry:
             try:
                 if into is None and read is None:
                     with self.http.stream(method, url, **kwargs) as streamed:
-                        content = read_answer(streamed, url, self.timeout)
+                        content = read_answer(streamed, url, self.timeout, limit)
                     response = _read(streamed, content)
                 elif into is not None and method == "GET" and (got := self.fast.read_into(
                         url, {**self.auth_headers, **kwargs.get("headers", {})}, into,
@@ -502,7 +532,7 @@ class RemoteRegistry:
                             return read(response)
                         if response.status_code < 300 and into is not None:
                             return read_body_into(response, into, url, self.timeout)
-                        content = read_answer(response, url, self.timeout)
+                        content = read_answer(response, url, self.timeout, limit)
                         response = _read(response, content)
                         if response.status_code < 400:  # not bytes, nor an error to read
                             raise StoreError(
@@ -643,6 +673,7 @@ class RemoteRegistry:
         review)."""
         found: list[P] = []
         after, size = 0, 0
+        clock = _listing_clock(self.timeout)
         while True:
             asked = {**(params or {}), **({"after": str(after)} if after else {})}
             content, headers = self._request("GET", path, params=asked, raw=True,
@@ -651,6 +682,7 @@ class RemoteRegistry:
             if size > MAX_ANSWER:
                 raise IntegrityError(f"the pages of {path} came to more than {MAX_ANSWER} "
                                      "bytes: stopped paging", hint="is the server misbehaving?")
+            _keep_pace(clock, len(content), path)
             rows = json_list(content, path)
             seqs = [row.get("seq") if isinstance(row, dict) else None for row in rows]
             if any(not isinstance(seq, int) or not isinstance(before, int) or seq <= before
@@ -1051,6 +1083,7 @@ class RemoteRegistry:
         holding them, without end)."""
         found: list[Event] = []
         size = 0
+        clock = _listing_clock(self.timeout)
         while True:
             page = AUDIT_PAGE if not limit else min(AUDIT_PAGE, limit - len(found))
             params: dict[str, Any] = {k: v for k, v in (("model", model), ("action", action))
@@ -1065,6 +1098,7 @@ class RemoteRegistry:
                     f"the audit log's pages came to more than {MAX_ANSWER} bytes: stopped "
                     "paging", hint="read it in parts (limit, before), or verify it on the "
                     "server (`tether audit verify` without a checkpoint)")
+            _keep_pace(clock, len(content), "/audit")
             try:
                 got = [Event(**e) for e in json_list(content, "/audit")]
             except TypeError as error:  # a field missing or unknown

@@ -183,7 +183,9 @@ def _refuse_shards_elsewhere(folder: Path,
     that were never logged, from wherever the name pointed on the loading machine,
     while the version verified (a review)."""
     root = folder.resolve()
-    for index in sorted(folder.rglob("*.index.json")):
+    # Only what use_safetensors reads: a Hub folder also carries pytorch_model.bin's
+    # index without its shards, which from_pretrained never opens here (a review).
+    for index in sorted(folder.rglob("*.safetensors.index.json")):
         name = index.relative_to(folder).as_posix()
         try:
             if index.stat().st_size > _MAX_SHARD_INDEX:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .._audit_mark import mark_path, passes_through, read_mark, registry_tag, write_mark
+from .._audit_mark import (
+    chain_origin,
+    mark_origin,
+    mark_path,
+    passes_through,
+    read_mark,
+    registry_tag,
+    write_mark,
+)
 from .._environment import (
     Difference,
     EnvPolicy,
@@ -271,7 +279,7 @@ class Registry:
         unsigned events, or a chain that no longer passes through the newest head this
         key signed (``_audit_mark``), the write goes on, unsigned, with a warning, and
         `tether audit verify` keeps naming the events until an admin accepts them."""
-        signed = None
+        signed, origin = None, None
         with self.engine.begin() as conn:
             conn.info.pop(PENDING_HEAD, None)
             conn.info.pop(BASE_HEAD, None)
@@ -284,6 +292,7 @@ class Registry:
                     if self._may_sign_after(conn, base):
                         signed = key.sign_head(*pending)
                         record_signed_head(conn, signed)
+                        origin = chain_origin(conn)
                     else:
                         newest = newest_valid_head(conn, key.public)
                         warn_caller(_UNSIGNED_EVENTS.format(
@@ -293,10 +302,12 @@ class Registry:
                 conn.info.pop(PENDING_HEAD, None)
                 conn.info.pop(BASE_HEAD, None)
         if signed is not None:  # committed: the mark moves on
-            self._move_mark((signed.event_id, signed.hash))
+            self._move_mark((signed.event_id, signed.hash), origin=origin)
 
-    def _move_mark(self, head: tuple[int, str], *, force: bool = False) -> None:
-        if not write_mark(self.audit_mark_path, head, force=force) and not self._mark_warned:
+    def _move_mark(self, head: tuple[int, str], *, force: bool = False,
+                   origin: str | None = None) -> None:
+        if not write_mark(self.audit_mark_path, head, force=force,
+                          origin=origin) and not self._mark_warned:
             self._mark_warned = True
             warn_caller(f"cannot record the newest audit head this key signed at "
                         f"{self.audit_mark_path}: a cut of the audit log would not be "
@@ -306,7 +317,7 @@ class Registry:
     def _may_sign_after(self, conn: sa.Connection, base: tuple[int, str]) -> bool:
         public = self.audit_key.public
         return (passes_through(conn, read_mark(self.audit_mark_path), public,
-                               self._registry_tag)
+                               self._registry_tag, mark_origin(self.audit_mark_path))
                 and continues_signed_chain(conn, base, public))
 
     def _audit_key_for(self, conn: sa.Connection) -> AuditKey:
@@ -365,7 +376,9 @@ class Registry:
                 return None
             head = (int(row[0]), str(row[1]))
             key = self._audit_key_for(conn)
-            through = passes_through(conn, mark, key.public, self._registry_tag)
+            through = passes_through(conn, mark, key.public, self._registry_tag,
+                                     mark_origin(self.audit_mark_path))
+            origin = chain_origin(conn)
             newest = newest_valid_head(conn, key.public)
             if (accept is None and through and newest is not None
                     and (newest.event_id, newest.hash) == head):
@@ -395,12 +408,13 @@ class Registry:
                 check_reason(accept, "the reason")
                 append_event(conn, actor=self.actor, action="audit.accepted", details={
                     "unsigned_after": newest.event_id if newest is not None else 0,
-                    "through": head[0], "reason": accept, "registry": self._registry_tag})
+                    "through": head[0], "reason": accept, "registry": self._registry_tag,
+                    "origin": origin})
                 head = conn.info.pop(PENDING_HEAD)
                 conn.info.pop(BASE_HEAD, None)
             signed = key.sign_head(*head)
             record_signed_head(conn, signed)
-        self._move_mark((signed.event_id, signed.hash), force=bool(accept))
+        self._move_mark((signed.event_id, signed.hash), force=bool(accept), origin=origin)
         return signed
 
     def audit_head(self) -> dict[str, Any]:
@@ -1043,7 +1057,8 @@ class Registry:
         with self.read() as conn:
             count, problems = verify_events(conn, keys=keys, checkpoint=mark)
             ours = self.audit_key.public if self.audit_key_path.exists() else None
-            if not passes_through(conn, signed_to, ours, self._registry_tag):
+            if not passes_through(conn, signed_to, ours, self._registry_tag,
+                                  mark_origin(self.audit_mark_path)):
                 assert signed_to is not None
                 problems.append(
                     f"event {signed_to[0]}, which this registry's audit key signed (as "
@@ -1235,8 +1250,8 @@ def _check_setting(key: str, value: str) -> None:
             number = float(value)
         except ValueError as error:
             raise InvalidInput(f"{key} must be a number, not {value!r}") from error
-        if not math.isfinite(number) or number < 0 or (
-                key == "gc.keep_last" and number != int(number)):  # nan passed: a review
+        if math.isnan(number) or number < 0 or (  # nan passed: a review
+                key == "gc.keep_last" and (math.isinf(number) or number != int(number))):
             raise InvalidInput(
                 f"{key} must be a non-negative {'integer' if 'keep' in key else 'number'}"
             )

@@ -76,11 +76,12 @@ def _setting_number(registry: Registry, key: str) -> float | None:
 
 
 def _count(number: float, what: str) -> float:
-    """``number``, refused unless finite and not negative: ``nan`` passed every check
+    """``number``, refused when not a number or negative: ``nan`` passed every check
     (``nan < 0`` is false) and made every version old enough to remove, so gc deleted
-    versions logged seconds before (a review)."""
-    if not math.isfinite(number) or number < 0:
-        raise InvalidInput(f"{what} must be a finite number of at least 0, not {number}")
+    versions logged seconds before (a review). ``inf`` is "never by age"."""
+    if math.isnan(number) or number < 0:
+        raise InvalidInput(f"{what} must be a number of at least 0 (inf: never), "
+                           f"not {number}")
     return number
 
 

@@ -49,7 +49,8 @@ def open_regular(path: Path, key: str) -> int:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError as error:
-        raise NotFound(f"store object {key} is missing from {path.parent}") from error
+        raise NotFound(f"store object {key} is missing") from error  # (not where: a server
+        # says this to its clients)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise MalformedObject(

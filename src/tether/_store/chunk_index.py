@@ -20,6 +20,7 @@ import itertools
 import json
 import mmap
 import os
+import re
 import struct
 import threading
 import uuid
@@ -92,6 +93,13 @@ _SPILLED_BLOCK = "spilled-block"
 _ENTRIES_AT_ONCE = 256
 #: Index files a network store's client fetches at once.
 _FETCH_THREADS = 8
+#: What an index file's key looks like (a journal's is its pack's name, a merged one's a
+#: name of its own): nothing else under index/ is read as one.
+_INDEX_KEY = re.compile(r"index/[0-9a-f]{32}\.idx")
+#: Index files of a network store fetched (and held) at once while the index refreshes.
+_FETCH_BATCH = 4 * _FETCH_THREADS
+#: A journal index file larger than this is malformed (a pack's index is a few hundred KB).
+_JOURNAL_FILE_MAX = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,44 +442,50 @@ class ChunkIndex:
         for _attempt in range(4):
             lost = False
             # Sorted, so every process sees the candidates of a chunk in one order.
-            listing = sorted(self.blobs.list("index/"), key=lambda i: i.key)
+            # Only index files by name (32 hex digits): a server refuses to serve others,
+            # and one such file made every refresh fail (a review).
+            listing = sorted((i for i in self.blobs.list("index/") if _INDEX_KEY.fullmatch(i.key)),
+                             key=lambda i: i.key)
             names = [index_name(info.key) for info in listing]
             new = [(name, info) for name, info in zip(names, listing, strict=True)
                    if name not in self.seen_files and name not in self._pack_sizes]
-            fetched = self._fetch_new_indexes(new)
-            for name, info in new:
-                if name in self.seen_files or name in self._pack_sizes:
-                    continue  # covered by a merged file read just before it in this loop
-                try:
-                    if name in fetched:
-                        # Over a network: fetched at once, one request per file.
-                        raw = fetched[name]
-                        if raw is None:
-                            raise NotFound(f"{info.key} is gone")
-                        if isinstance(raw, MergedIndex):  # kept on disk (index_cache.py)
-                            self._add_segment(name, raw)
-                        elif is_merged(raw[:len(MAGIC)]):
-                            self._add_segment(name, MergedIndex(name, raw))
+            # A batch at a time: the bodies of a batch are what is held (network stores).
+            for first in range(0, len(new), _FETCH_BATCH):
+                batch = new[first:first + _FETCH_BATCH]
+                fetched = self._fetch_new_indexes(batch)
+                for name, info in batch:
+                    if name in self.seen_files or name in self._pack_sizes:
+                        continue  # covered by a merged file read just before it in this loop
+                    try:
+                        if name in fetched:
+                            # Over a network: fetched at once, one request per file.
+                            raw = fetched[name]
+                            if raw is None:
+                                raise NotFound(f"{info.key} is gone")
+                            if isinstance(raw, MergedIndex):  # kept on disk (index_cache.py)
+                                self._add_segment(name, raw)
+                            elif is_merged(raw[:len(MAGIC)]):
+                                self._add_segment(name, MergedIndex(name, raw))
+                            else:
+                                data = _journal_file(name, raw)
+                                self.add(data["pack"], int(data["size"]), data["chunks"])
+                                with self.lock:
+                                    self.journal.add(name)
+                        elif info.size >= len(MAGIC) and self._is_merged(info.key):
+                            self._add_segment(name, self._open_segment(info.key, name))
                         else:
-                            data = _journal_file(name, raw)
+                            data = _journal_file(name, self.blobs.get_bytes(info.key))
                             self.add(data["pack"], int(data["size"]), data["chunks"])
                             with self.lock:
                                 self.journal.add(name)
-                    elif info.size >= len(MAGIC) and self._is_merged(info.key):
-                        self._add_segment(name, self._open_segment(info.key, name))
-                    else:
-                        data = _journal_file(name, self.blobs.get_bytes(info.key))
-                        self.add(data["pack"], int(data["size"]), data["chunks"])
-                        with self.lock:
-                            self.journal.add(name)
-                except NotFound:
-                    lost = True  # merged away or collected since the listing
-                    continue
-                except (ValueError, KeyError, TypeError, OverflowError, struct.error):
-                    # Malformed (an offset of 1e999 too): claims nothing (`tether store
-                    # verify` reports it).
-                    continue
-                self.seen_files.add(name)
+                    except NotFound:
+                        lost = True  # merged away or collected since the listing
+                        continue
+                    except (ValueError, KeyError, TypeError, OverflowError, struct.error):
+                        # Malformed (an offset of 1e999 too): claims nothing (`tether store
+                        # verify` reports it).
+                        continue
+                    self.seen_files.add(name)
             if not lost:
                 if self._index_cache is not None:
                     self._index_cache.prune(set(names))
@@ -501,13 +515,15 @@ class ChunkIndex:
                         # Else (a short answer, a full cache disk) fetched whole, as before.
                         with contextlib.suppress(OSError, ValueError, struct.error):
                             return cache.fetch(info.key, name, info.size)
-                raw = self.blobs.get_bytes(info.key)
+                raw = self._listed_bytes(info)
                 if cache is not None and is_merged(raw[:len(MAGIC)]):
                     with contextlib.suppress(OSError, ValueError, struct.error):
                         return cache.keep(name, raw)  # else read from memory (and refused there)
                 return raw
             except NotFound:
                 return None
+            except (ValueError, IntegrityError):  # longer than listed: claims nothing
+                return b""
 
         if len(new) == 1:
             return {new[0][0]: get(*new[0])}
@@ -515,6 +531,22 @@ class ChunkIndex:
                                 thread_name_prefix="tether-index") as pool:
             return dict(zip([name for name, _ in new],
                             pool.map(lambda item: get(*item), new), strict=True))
+
+    def _listed_bytes(self, info: Any) -> bytes:
+        """An index file of a network store, read no further than the size its listing
+        gives; nothing of a journal file listed larger than any journal (it claims
+        nothing). Every body was read up to 512 MB, and all the files of a listing held
+        at once: 16 junk files took a client to 3 GB (a review)."""
+        size = int(info.size)
+        if size <= 0:
+            return b""
+        if size > _JOURNAL_FILE_MAX and not is_merged(
+                self.blobs.get_range(info.key, 0, len(MAGIC))):
+            return b""
+        raw = self.blobs.get_range(info.key, 0, size)
+        if len(raw) > size:
+            raise ValueError(f"{info.key} is longer than its listing says")
+        return bytes(raw)
 
     def _is_merged(self, key: str) -> bool:
         path = self.blobs.local_path(key)
