@@ -133,3 +133,16 @@ def test_show_piped_prints_its_header_whole(reg: Path) -> None:
     registry.log_model(str(reg.parent / "long"), "longname-model-for-a-wide-header")
     shown: Any = run("-r", str(reg), "show", "longname-model-for-a-wide-header@1")
     assert author in shown.output and "created: " in shown.output
+
+
+def test_a_retry_time_that_is_not_a_number_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TETHER_RETRY_SECONDS=abc`` meant 30 s without a word."""
+    from tether import InvalidInput
+    from tether._store.blobs import retry_seconds
+
+    for junk in ("abc", "nan"):
+        monkeypatch.setenv("TETHER_RETRY_SECONDS", junk)
+        with pytest.raises(InvalidInput, match="not a number of seconds"):
+            retry_seconds()
+    monkeypatch.setenv("TETHER_RETRY_SECONDS", "2.5")
+    assert retry_seconds() == 2.5

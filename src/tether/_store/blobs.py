@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .._errors import Conflict, NotFound, RangeNotSatisfiable, StoreError
+from .._errors import Conflict, InvalidInput, NotFound, RangeNotSatisfiable, StoreError
 from .._exchange_deadline import current, keeping, late_reason, was_late
 from .fileio import write_synced
 from .locking import SEP, owner_tag
@@ -117,10 +117,16 @@ DEFAULT_RETRY_SECONDS = 30.0
 def retry_seconds() -> float:
     """How long transfers retry through an outage: TETHER_RETRY_SECONDS, else 30 (0: never)."""
     raw = os.environ.get("TETHER_RETRY_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw.strip() else DEFAULT_RETRY_SECONDS
-    except ValueError:
+    if not raw.strip():
         return DEFAULT_RETRY_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if seconds != seconds:  # not a number: it was 30 without a word (a review)
+        raise InvalidInput(f"TETHER_RETRY_SECONDS is {raw[:40]!r}, not a number of seconds",
+                           hint="set it to a number (0: never retry), or unset it")
+    return max(0.0, seconds)
 
 
 #: Most bytes of one pin read whole (packs and merged indexes go by range).
