@@ -146,3 +146,23 @@ def test_a_retry_time_that_is_not_a_number_is_refused(monkeypatch: pytest.Monkey
             retry_seconds()
     monkeypatch.setenv("TETHER_RETRY_SECONDS", "2.5")
     assert retry_seconds() == 2.5
+
+
+def test_a_mistake_in_the_arguments_is_json_too_under_json(tmp_path: Path) -> None:
+    """The README promises ``{"error": ...}`` on stdout under --json: a mistake in the
+    arguments (caught by click before any command runs) left stdout empty."""
+    import subprocess
+
+    from .conftest import subprocess_env, tether_exe
+
+    for args in (["data", "add", str(tmp_path / "missing"), "x", "--json"],
+                 ["audit", "log", "-n", "abc", "--json"], ["show", "--json"]):
+        done = subprocess.run([tether_exe(), *args], capture_output=True, text=True,
+                              env=subprocess_env(), cwd=tmp_path, check=False)
+        assert done.returncode == 2, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["error"] == "usage" and answer["message"], answer
+        assert "--help" in answer["hint"]
+    done = subprocess.run([tether_exe(), "show", "--help", "--json"], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=tmp_path, check=False)
+    assert done.returncode == 0 and "Usage:" in done.stdout

@@ -272,7 +272,34 @@ def cli(ctx: click.Context, registry_uri: str | None) -> None:
 
 def main() -> None:
     with _no_workflow_commands(), _warnings_as_text():
-        cli(prog_name="tether")
+        if "--json" not in sys.argv[1:]:
+            cli(prog_name="tether")
+            return
+        _main_answering_json()
+
+
+def _main_answering_json() -> None:
+    """``cli`` for a command line asking for ``--json``: a mistake in the arguments is
+    the README's ``{"error": ...}`` object on stdout too (exit 2), where click printed
+    its usage text on stderr and left stdout empty (a review). The rest is what click's
+    own standalone mode does."""
+    from ._common import emit_json
+
+    try:
+        cli.main(prog_name="tether", standalone_mode=False)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx is not None else "tether"
+        emit_json({"error": "usage", "message": error.format_message(),
+                   "hint": f"`{command} --help` says what it takes"})
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as done:  # --help, --version
+        sys.exit(done.exit_code)
 
 
 @contextlib.contextmanager
