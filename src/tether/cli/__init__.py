@@ -9,6 +9,7 @@ stack. The table below names each command's module and its one-line help
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -286,7 +287,9 @@ def _main_answering_json() -> None:
     from ._common import emit_json
 
     try:
-        cli.main(prog_name="tether", standalone_mode=False)
+        code = cli.main(prog_name="tether", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)  # ctx.exit(N): click answers N here rather than exiting
     except click.UsageError as error:
         command = error.ctx.command_path if error.ctx is not None else "tether"
         emit_json({"error": "usage", "message": error.format_message(),
@@ -298,8 +301,12 @@ def _main_answering_json() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except click.exceptions.Exit as done:  # --help, --version
-        sys.exit(done.exit_code)
+    except OSError as error:  # a reader that went away (`| head`): quietly, as click does
+        if error.errno != errno.EPIPE:
+            raise
+        # Python's own recipe: what is left to flush goes nowhere, not into a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 @contextlib.contextmanager
