@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 Head = tuple[int, str]
-#: A mark: the head, and when it was written (seconds since the epoch).
-Mark = tuple[int, str, float]
+#: A mark: the head, when it was written (seconds since the epoch), and the chain's
+#: origin (``chain_origin``; None in a mark from before origins).
+Mark = tuple[int, str, float, str | None]
 
 
 def mark_path(key_path: Path, registry: str) -> Path:
@@ -63,21 +64,14 @@ def chain_origin(conn: sa.Connection) -> str | None:
     return None if found is None else str(found)
 
 
-def mark_origin(path: Path) -> str | None:
-    """The chain origin a mark recorded (None: none, or a mark from before origins)."""
-    try:
-        origin = json.loads(path.read_text()).get("origin")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return origin if isinstance(origin, str) else None
-
-
 def read_mark(path: Path) -> Mark | None:
     """The mark, or None (none yet; an unreadable one reads as none)."""
     try:
         data = json.loads(path.read_text())
-        return int(data["event_id"]), str(data["hash"]), float(data.get("at", 0.0))
-    except (OSError, ValueError, KeyError, TypeError):
+        origin = data.get("origin")
+        return (int(data["event_id"]), str(data["hash"]), float(data.get("at", 0.0)),
+                origin if isinstance(origin, str) else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -102,17 +96,16 @@ def write_mark(path: Path, head: Head, *, force: bool = False,
 
 
 def passes_through(conn: sa.Connection, mark: Mark | None,
-                   public: Ed25519PublicKey | None = None, registry: str = "",
-                   origin: str | None = None) -> bool:
+                   public: Ed25519PublicKey | None = None, registry: str = "") -> bool:
     """Whether the stored chain still holds ``mark``'s event with its hash, or (with the
     key's ``public`` half) an admin accepted the log on this registry (``registry``: its
-    ``registry_tag``; ``origin``: the chain origin the mark recorded), under a
+    ``registry_tag``; or on the chain the mark recorded as its origin), under a
     signature of this key, after the mark was written."""
     if mark is None or mark[0] == 0:
         return True
     if chain_holds(conn, mark[0], mark[1]):
         return True
-    return public is not None and _accepted_since(conn, mark[2], public, registry, origin)
+    return public is not None and _accepted_since(conn, mark[2], public, registry, mark[3])
 
 
 def _accepted_since(conn: sa.Connection, when: float, public: Ed25519PublicKey,

@@ -51,8 +51,14 @@ _IDLE_SECONDS = 2.0
 _SEND_SLICE = 4 << 20
 #: Most bytes of an upload's answer read (it is a line of JSON).
 _MAX_PUT_ANSWER = 1 << 20
-#: Content codings httpx inflates (remote.INFLATED: this module is imported by it).
-_INFLATED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
+#: Content codings httpx inflates; others (``aws-chunked``, a label some object stores
+#: keep on objects uploaded with trailing checksums) it passes on as they are.
+INFLATED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
+
+
+def inflated(encoding: str) -> bool:
+    """Whether a Content-Encoding header names a coding httpx would inflate."""
+    return any(part.strip().lower() in INFLATED for part in encoding.split(","))
 
 class FastFailure(httpx.NetworkError):
     """The connection failed during a fast request (it may have reached the server)."""
@@ -260,7 +266,7 @@ class FastHTTP:
             if len(content) > _MAX_PUT_ANSWER:
                 raise OSError(f"{url} answered an upload with more than a MB; not read")
             encoding = response.getheader("Content-Encoding") or ""
-            if any(part.strip().lower() in _INFLATED for part in encoding.split(",")):
+            if inflated(encoding):
                 # httpx would inflate it as the answer is made, unbounded
                 raise OSError(f"{url} answered an upload with Content-Encoding "
                               f"{encoding[:40]!r}, never asked for; not read")

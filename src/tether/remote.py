@@ -55,7 +55,7 @@ from ._errors import (
     UnsafeArtifact,
 )
 from ._exchange_deadline import Deadline, was_late
-from ._http_fast import FastHTTP
+from ._http_fast import FastHTTP, inflated
 from ._httpx_deadline import guard_client
 from ._identity import require_intact
 from ._metadata.audit_log import AUDIT_PAGE, check_signed_heads
@@ -187,16 +187,6 @@ class Pace:
 #: zstd, and inflate whatever came before any limit saw it (a review: 3 KB of nested
 #: gzip, or 64 KB of zstd, took the client to 4 GB).
 IDENTITY = {"Accept-Encoding": "identity"}
-
-
-#: Content codings httpx inflates; others (``aws-chunked``, a label some object stores
-#: keep on objects uploaded with trailing checksums) it passes on as they are.
-INFLATED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"})
-
-
-def inflated(encoding: str) -> bool:
-    """Whether a Content-Encoding header names a coding httpx would inflate."""
-    return any(part.strip().lower() in INFLATED for part in encoding.split(","))
 
 
 def refuse_encoded(response: httpx.Response, url: str) -> None:

@@ -18,7 +18,6 @@ import sqlalchemy as sa
 
 from .._audit_mark import (
     chain_origin,
-    mark_origin,
     mark_path,
     passes_through,
     read_mark,
@@ -317,7 +316,7 @@ class Registry:
     def _may_sign_after(self, conn: sa.Connection, base: tuple[int, str]) -> bool:
         public = self.audit_key.public
         return (passes_through(conn, read_mark(self.audit_mark_path), public,
-                               self._registry_tag, mark_origin(self.audit_mark_path))
+                               self._registry_tag)
                 and continues_signed_chain(conn, base, public))
 
     def _audit_key_for(self, conn: sa.Connection) -> AuditKey:
@@ -376,8 +375,7 @@ class Registry:
                 return None
             head = (int(row[0]), str(row[1]))
             key = self._audit_key_for(conn)
-            through = passes_through(conn, mark, key.public, self._registry_tag,
-                                     mark_origin(self.audit_mark_path))
+            through = passes_through(conn, mark, key.public, self._registry_tag)
             origin = chain_origin(conn)
             newest = newest_valid_head(conn, key.public)
             if (accept is None and through and newest is not None
@@ -1057,8 +1055,7 @@ class Registry:
         with self.read() as conn:
             count, problems = verify_events(conn, keys=keys, checkpoint=mark)
             ours = self.audit_key.public if self.audit_key_path.exists() else None
-            if not passes_through(conn, signed_to, ours, self._registry_tag,
-                                  mark_origin(self.audit_mark_path)):
+            if not passes_through(conn, signed_to, ours, self._registry_tag):
                 assert signed_to is not None
                 problems.append(
                     f"event {signed_to[0]}, which this registry's audit key signed (as "

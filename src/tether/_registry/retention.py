@@ -96,11 +96,12 @@ def collect(
     if keep_last is None:
         configured = _setting_number(registry, "gc.keep_last")
         keep_last = int(configured) if configured is not None else None
-    if grace_seconds is None:
+    if grace_seconds is None:  # the setting, checked as it is read
         # 0 is a setting too (it read as "unset" and gc kept an hour).
         configured = _setting_number(registry, "gc.grace_seconds")
         grace_seconds = DEFAULT_GRACE_SECONDS if configured is None else configured
-    grace_seconds = _count(float(grace_seconds), "the grace period")
+    else:
+        grace_seconds = _count(float(grace_seconds), "the grace period")
     now = datetime.now(UTC)
     expired: list[str] = []
     doomed: list[tuple[str, Any, int | None]] = []

@@ -145,15 +145,16 @@ def verify_packs(store: ChunkStore, *, dry_run: bool = False,
         except MalformedObject as error:  # not a regular file, or huge: never a pack's index
             report.unusable.append(f"{info.key}: {error.message}")
             continue
-        if is_merged(raw[:len(MAGIC)]) and _why_unreadable(name, raw) is None:
-            continue  # merged by another process since the census: read next time
         if is_merged(raw[:len(MAGIC)]):
             # A merged index no reader could open (cut short, say) is not a pack's index:
             # quarantined as one, it took the store's only index out of use (a review).
             # Kept where it is; its packs' chunks are unreachable until it is restored.
-            report.unusable.append(
-                f"{info.key}: a merged index that cannot be read ({_why_unreadable(name, raw)}); "
-                "the chunks it lists cannot be found: restore it from a backup")
+            # One that reads was merged by another process since the census.
+            why = _why_unreadable(name, raw)
+            if why is not None:
+                report.unusable.append(
+                    f"{info.key}: a merged index that cannot be read ({why}); "
+                    "the chunks it lists cannot be found: restore it from a backup")
             continue
         try:
             unreadable[name] = json.loads(raw)
