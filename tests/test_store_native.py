@@ -62,6 +62,36 @@ def test_an_edited_file_cuts_as_pyfastcdc_does() -> None:
         assert _records(edited, AVG_CHUNK, True) == _reference(edited, AVG_CHUNK, True)
 
 
+def _two_byte_pattern_cut_everywhere() -> bytes:
+    """Two bytes, repeated, whose gear hash passes both masks' common bits at every
+    other position: the lanes find far too many candidates and cut the plain way."""
+    return bytes([98, 56]) * 3_000_000
+
+
+def test_large_buffers_are_cut_in_lanes_exactly_as_pyfastcdc_does() -> None:
+    """Buffers of 16 largest chunks and more are cut from the lanes' candidates
+    (_native.c: find_candidates): every boundary is still pyfastcdc's, through random
+    bytes, runs without a cut point, lanes that meet mid-chunk, and a pattern with a
+    candidate at every other byte (the plain cut, from where it starts)."""
+    rng = random.Random(17)
+    pattern = _two_byte_pattern_cut_everywhere()
+    samples = [
+        os.urandom(4 * 1024 * 1024 + 13),
+        os.urandom(rng.randint(5_000_000, 9_000_000)),
+        os.urandom(3_000_001) + bytes(2_000_000) + os.urandom(3_000_003),
+        pattern,
+        os.urandom(4_500_000) + pattern[:1_000_001] + os.urandom(2_000_000),
+    ]
+    for data in samples:
+        for keep_last in (True, False):
+            assert _records(data, AVG_CHUNK, keep_last) == _reference(data, AVG_CHUNK, keep_last)
+    edited = bytearray(samples[1])
+    for at in (1, 4_000_000, len(edited) - 70_000):
+        edited[at:at + 5] = b"edits"
+        assert _records(bytes(edited), AVG_CHUNK, True) == \
+            _reference(bytes(edited), AVG_CHUNK, True)
+
+
 def test_without_hashing_the_digests_are_zero() -> None:
     data = os.urandom(500_000)
     out = native.cut(data, AVG_CHUNK, keep_last=True, hash=False)
