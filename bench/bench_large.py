@@ -19,7 +19,9 @@ proxy saw half the file go by) and run again: the bytes sent beyond one upload
 of the file, through the server and to S3 (goal: under 5% of the file).
 
 Anchors measured in the same run: `dd conv=fsync` write speed of the disk, a
-plain `cp` of the file, boto3's `upload_file` of the same file to the same moto
+plain `cp` of the file, `dd` reading it from the disk (its cached pages dropped
+first: a large log writes its packs around the page cache, so load v1 reads them
+from the disk; load v2 finds most of them cached by load v1), boto3's `upload_file` of the same file to the same moto
 server; and the compute floor: the CPU seconds per GB of each step no ingest or
 load can skip (cutting, BLAKE3, reading from and writing to the page cache), one
 thread each on the same file, and from them the most each local operation could
@@ -258,6 +260,24 @@ def ceilings(floor: dict[str, float], cores: int) -> dict[str, float]:
               "load v1": read + 2 * hash_ + write,
               "load v2": read + 2 * hash_ + write}
     return {op: 1024 * cores / seconds for op, seconds in per_gb.items()}
+
+
+def cold_read(path: Path, folder: Path) -> float:
+    """Reading the file from the disk: its pages dropped from the cache first (a hint
+    any user may give for a file's clean pages), then `dd` in 8 MB blocks. A large
+    log writes its packs around the page cache, so a load right after it reads them
+    from the disk, as this does."""
+    warm_pages(folder, WARM_BYTES)
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    start = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=8M"], capture_output=True,
+                   check=True)
+    return path.stat().st_size / (time.perf_counter() - start)
 
 
 def cores() -> int:
@@ -520,6 +540,7 @@ def main() -> None:
         anchors = results["anchors"]
         anchors["dd conv=fsync write"] = dd_fsync(work, size) / MB
         anchors["plain cp"] = plain_cp(v1, work) / MB
+        anchors["dd read, not cached"] = cold_read(v1, work) / MB
         progress("anchors", "", anchors)
         results["floor"] = compute_floor(v1, work)
         results["cores"] = cores()

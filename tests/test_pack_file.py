@@ -124,3 +124,125 @@ def test_only_a_store_on_this_disk_has_its_packs_writeback_started(
         body.write([b"abcde"])
         body.discard()
         assert started == expected
+
+
+# -- a large ingest's packs, written around the page cache (O_DIRECT) ----------------
+
+
+def _direct_possible(folder: Path) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / "probe"
+    probe.touch()
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+    except (OSError, AttributeError):
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+def _pieces(rng: Any) -> list[bytes]:
+    """Pieces that fill buffers exactly, cross their ends, are empty, and end off a block."""
+    from tether._store.pack_file import STAGE
+
+    sizes = [STAGE, 1, 0, STAGE - 1, 3 * STAGE + 17, 4096, 65_536, 12_345]
+    return [rng.randbytes(n) for n in sizes]
+
+
+def test_a_direct_pack_holds_exactly_the_bytes_a_buffered_one_does(tmp_path: Path) -> None:
+    import random
+
+    from tether._store import pack_file
+
+    if not _direct_possible(tmp_path / "store"):
+        pytest.skip("this filesystem has no direct I/O")
+    blobs = LocalBlobs(tmp_path / "store")
+    rng = random.Random(3)
+    for round_ in range(3):  # the buffers of one pack are reused by the next
+        pieces = _pieces(rng)
+        rng.shuffle(pieces)
+        written = {}
+        for direct in (True, False):
+            body = PackFile(blobs, direct=direct)
+            assert (body._direct is not None) is direct
+            half = len(pieces) // 2
+            body.write(pieces[:half])  # two calls, as ingest makes one per window
+            body.write(pieces[half:])
+            body.seal()
+            key = f"packs/{round_}-{direct}.pack"
+            body.publish(blobs, key)
+            written[direct] = (tmp_path / "store" / key).read_bytes()
+        assert written[True] == written[False] == b"".join(pieces)
+    assert len(pack_file._spare) <= 2 * pack_file._BUFFERS
+    assert not any((tmp_path / "store" / "tmp").iterdir())
+
+
+def test_direct_writes_fall_back_where_the_filesystem_has_none_or_they_are_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs refuses O_DIRECT (EINVAL at open): the pack goes through the page cache,
+    whole. TETHER_DIRECT_IO=0 turns direct writes off."""
+    import errno
+
+    from tether._store import pack_file
+
+    blobs = LocalBlobs(tmp_path / "store")
+    real_open = os.open
+
+    def no_direct(path: Any, flags: int, *args: Any) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pack_file.os, "open", no_direct)
+        body = PackFile(blobs, direct=True)
+        assert body._direct is None
+        body.write([b"abc" * 5000])
+        body.seal()
+        body.publish(blobs, "packs/a.pack")
+    assert (tmp_path / "store" / "packs" / "a.pack").read_bytes() == b"abc" * 5000
+    monkeypatch.setenv("TETHER_DIRECT_IO", "0")
+    assert PackFile(blobs, direct=True)._direct is None
+
+
+def test_a_failed_direct_write_is_a_clear_error_and_leaves_no_pack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk met by a direct write (on the writer thread) is raised as the
+    store's disk-full error when the pack is published; nothing is published and no
+    temporary file is left."""
+    import errno
+
+    from tether._errors import StoreError
+    from tether._store import pack_file
+
+    if not _direct_possible(tmp_path / "store"):
+        pytest.skip("this filesystem has no direct I/O")
+
+    def full(fd: int, buffer: memoryview, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pack_file, "_pwrite_all", full)
+    store = ChunkStore(LocalBlobs(tmp_path / "store"), upload_streams=1)
+    writer = PackWriter(store, target=20 << 20, direct=True)
+    with pytest.raises(StoreError, match=r"(?i)disk|space"):
+        for digest, data in _chunks(12, 1 << 20):
+            writer.add(digest, data, len(data), 0)
+            writer.write_out()
+        writer.finish()
+    writer.abort()
+    assert not list((tmp_path / "store").glob("packs/*"))
+    assert not any((tmp_path / "store" / "tmp").iterdir())
+
+
+def test_gather_copies_pieces_in_order_and_refuses_what_does_not_fit() -> None:
+    from tether._store import native
+
+    dest = memoryview(bytearray(10))
+    native.gather(dest, 2, [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")])
+    assert bytes(dest) == b"\0\0abcdefg\0"
+    if native.available:
+        with pytest.raises(ValueError, match="do not fit"):
+            native.gather(dest, 8, [memoryview(b"abc")])
+        with pytest.raises(ValueError, match="do not fit"):
+            native.gather(dest, -1, [memoryview(b"a")])

@@ -39,7 +39,7 @@ from .fileio import ALIGN, aligned_buffer, pread_into
 from .following import Hint, Window, followed_windows, hash_cuts
 from .handoffs import prompt_handoffs
 from .locking import owner_tag
-from .pack_file import PackFile
+from .pack_file import PackFile, drop_spare_buffers
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -57,6 +57,11 @@ _WINDOW = 8 * 1024 * 1024
 _AHEAD = 3
 #: Hashing and compressing threads (BLAKE3 and zstd release the GIL).
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
+#: An ingest of this many bytes or more writes its packs around the page cache
+#: (pack_file._DirectWrites): gigabytes of new packs would push what is cached out
+#: and cost the writer a second of CPU per GB, while a small model's pack is best
+#: written, and read back, through the cache.
+_DIRECT_FROM = 256 * 1024 * 1024
 #: Pins of more chunks than this are written this many at a time through a file.
 _PIN_PIECE = 50_000
 #: A pack writer remembers the chunks of packs it indexed until this many bytes of
@@ -188,9 +193,13 @@ class PackWriter:
     be published, so what is in flight is bounded (and on disk, not in memory).
     """
 
-    def __init__(self, store: ChunkStore, target: int | None = None) -> None:
+    def __init__(self, store: ChunkStore, target: int | None = None, *,
+                 direct: bool = False) -> None:
         self.store = store
         self.target = target or store.pack_target
+        #: Write packs around the page cache where the store is on this disk
+        #: (pack_file._DirectWrites): for a large ingest (see _DIRECT_FROM).
+        self.direct = direct
         self.body: PackFile | None = None  # the pack being filled
         self.size = 0
         self.entries: list[list[Any]] = []
@@ -228,7 +237,7 @@ class PackWriter:
         (see fileio.aligned_buffer). Returns the bytes the pack grew by.
         """
         if self.body is None:
-            self.body = PackFile(self.store.blobs)
+            self.body = PackFile(self.store.blobs, direct=self.direct)
             self.size = 0
             self.entries = []
         pad = 0
@@ -293,6 +302,7 @@ class PackWriter:
             self._wait()
         finally:
             self._close_publisher()
+            drop_spare_buffers()
 
     def _wait(self) -> None:
         """Wait for every pack in flight; the first failure is raised once all are done."""
@@ -344,6 +354,7 @@ class PackWriter:
         with contextlib.suppress(BaseException):
             self._wait()
         self._close_publisher()
+        drop_spare_buffers()
 
 
 def ingest_files(store: ChunkStore, root: Path, paths: Sequence[str], *, progress: bool = False,
@@ -413,7 +424,7 @@ def _ingest(store: ChunkStore, root: Path, paths: Sequence[str], *, progress: bo
     store.refresh()
     report = IngestReport(files=[])
     total = sum((root / p).stat().st_size for p in paths)
-    writer = PackWriter(store, _pack_target_for(store, total))
+    writer = PackWriter(store, _pack_target_for(store, total), direct=total >= _DIRECT_FROM)
     writer.published = published
     # Window buffers shared by every file of this ingest; with the native core,
     # segments being cut ahead hold one each (cutting.parallel_cuts).

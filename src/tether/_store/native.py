@@ -61,6 +61,17 @@ def cut(view: memoryview | bytes, avg_size: int, *, keep_last: bool, hash: bool 
     return out
 
 
+def gather(dest: memoryview, offset: int, pieces: list[memoryview]) -> None:
+    """Copy ``pieces`` one after another into ``dest`` from ``offset`` on: in one call
+    without the GIL where the native core is in use (slice assignments hold it)."""
+    if _native is not None and available:
+        _native.gather(dest, offset, pieces)
+        return
+    for piece in pieces:
+        dest[offset:offset + len(piece)] = piece
+        offset += len(piece)
+
+
 def lengths(records: bytes) -> list[int]:
     """The chunk lengths of ``cut``'s records."""
     return [size for _digest, size in RECORD.iter_unpack(records)]
