@@ -18,21 +18,20 @@ Then an upload killed at 50% (the client process SIGKILLed once a counting TCP
 proxy saw half the file go by) and run again: the bytes sent beyond one upload
 of the file, through the server and to S3 (goal: under 5% of the file).
 
-Anchors measured in the same run: `dd conv=fsync` write speed of the disk, a
-plain `cp` of the file, `dd` reading it from the disk (its cached pages dropped
-first: a large log writes its packs around the page cache, so load v1 reads them
-from the disk; load v2 finds most of them cached by load v1), boto3's `upload_file` of the same file to the same moto
-server; and the compute floor: the CPU seconds per GB of each step no ingest or
-load can skip (cutting, BLAKE3, reading from and writing to the page cache), one
-thread each on the same file, and from them the most each local operation could
-reach on this machine's cores with those steps spread perfectly and nothing else
-done (its "compute ceiling"). Goals (issue 17): peak RSS < 300 MB;
-all-new ingest at the disk's synced write speed; mostly-stored ingest and
-verified load >= 1.5 GB/s; through the server at least half the local
-figures (each round is also set against the local round run just before it:
-the median of those shares is the figure least moved by the machine's slower
-spells);
-to S3 at least boto3's `upload_file`.
+Anchors measured in the same run: `dd conv=fsync` write speed of the disk, a plain
+`cp` of the file, `dd` reading it from the disk (its cached pages dropped first: a
+large log writes its packs around the page cache, so load v1 reads them from the
+disk; load v2 finds most of them cached by load v1), boto3's `upload_file` of the
+same file to the same moto server; and the compute floor: the CPU seconds per GB of
+each step no ingest or load can skip (cutting, BLAKE3, reading from and writing to
+the page cache), one thread each on the same file, and from them the most each local
+operation could reach on this machine's cores with those steps spread perfectly and
+nothing else done (its "compute ceiling"). Goals (issue 17): peak RSS < 300 MB;
+all-new ingest at the disk's synced write speed; mostly-stored ingest and verified
+load >= 1.5 GB/s; through the server at least half the local figures (each round is
+also set against the local round run just before it: the median of those shares is
+the figure least moved by the machine's slower spells); to S3 at least boto3's
+`upload_file`.
 """
 
 from __future__ import annotations
