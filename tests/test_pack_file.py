@@ -235,6 +235,41 @@ def test_a_failed_direct_write_is_a_clear_error_and_leaves_no_pack(
     assert not any((tmp_path / "store" / "tmp").iterdir())
 
 
+def test_a_filesystem_refusing_direct_writes_gets_them_through_the_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One that opens files for direct I/O and then refuses the writes (EINVAL): the
+    pack is still written whole, and later packs on that device skip direct I/O."""
+    import errno
+
+    from tether._store import pack_file
+
+    if not _direct_possible(tmp_path / "store"):
+        pytest.skip("this filesystem has no direct I/O")
+    real = pack_file._pwrite_all
+    refusing: set[int] = set()
+
+    def picky(fd: int, buffer: memoryview, offset: int) -> None:
+        if fd in refusing:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, buffer, offset)
+
+    monkeypatch.setattr(pack_file, "_pwrite_all", picky)
+    monkeypatch.setattr(pack_file, "_refused", set())
+    blobs = LocalBlobs(tmp_path / "store")
+    body = PackFile(blobs, direct=True)
+    assert body._direct is not None
+    refusing.add(body._direct.fd)
+    pieces = [os.urandom(5 << 20), os.urandom(13 << 20), os.urandom(777)]
+    body.write(pieces)
+    body.seal()
+    body.publish(blobs, "packs/p.pack")
+    assert (tmp_path / "store" / "packs" / "p.pack").read_bytes() == b"".join(pieces)
+    assert pack_file._refused == {os.stat(tmp_path / "store").st_dev}
+    later = PackFile(blobs, direct=True)
+    assert later._direct is None
+    later.discard()
+
+
 def test_gather_copies_pieces_in_order_and_refuses_what_does_not_fit() -> None:
     from tether._store import native
 

@@ -52,7 +52,8 @@ class PackFile:
         #: Written around the page cache when asked (``direct``: a large ingest) and
         #: the store is on this disk (see _DirectWrites); None where it cannot be, or
         #: is turned off.
-        self._direct = _DirectWrites.open(self.path) if direct and self._kept_here else None
+        self._direct = (_DirectWrites.open(self.path, self.fd)
+                        if direct and self._kept_here else None)
         #: The file's ordinary descriptor, sealed but kept open until the direct writes
         #: are done and the file is cut to its size (in ``publish``).
         self._open_fd: int | None = None
@@ -138,12 +139,17 @@ class _DirectWrites:
     What it costs: the packs are not in the page cache afterwards, so a load on the
     same machine right after the log reads them from the disk.
 
-    Where the folder's filesystem refuses O_DIRECT (tmpfs), or ``TETHER_DIRECT_IO``
-    is off, the pack is written through the page cache as before.
+    Where the folder's filesystem refuses O_DIRECT (tmpfs, at open; another at the
+    first write), or ``TETHER_DIRECT_IO`` is off, the pack is written through the
+    page cache as before.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, plain: int, device: int) -> None:
         self.fd = fd
+        #: The file's ordinary descriptor (the PackFile's), where a write the system
+        #: refuses direct goes instead; and the device that refused it (see _refused).
+        self.plain = plain
+        self.device = device
         self.free = _take_buffers()
         self.current = self.free.pop()
         self.fill = 0
@@ -152,14 +158,18 @@ class _DirectWrites:
         self.pending: deque[tuple[Future[None], memoryview]] = deque()
 
     @classmethod
-    def open(cls, path: Any) -> _DirectWrites | None:
+    def open(cls, path: Any, plain: int) -> _DirectWrites | None:
+        """Direct writes to the new file ``path`` (open as ``plain``), or None."""
         if env_off("TETHER_DIRECT_IO") or not hasattr(os, "O_DIRECT"):
+            return None
+        device = os.fstat(plain).st_dev
+        if device in _refused:
             return None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return None  # EINVAL: this filesystem has no direct I/O
-        return cls(fd)
+        return cls(fd, plain, device)
 
     def write(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         batch: list[memoryview] = []  # what fits the current buffer, copied in one call
@@ -185,7 +195,7 @@ class _DirectWrites:
         """Hand the current buffer's first ``length`` bytes (a multiple of _BLOCK) to the
         worker and go on in a free buffer (waiting for the oldest write if none is)."""
         buffer = self.current
-        job = _writer().submit(_pwrite_all, self.fd, buffer[:length], self.offset)
+        job = _writer().submit(self._write_at, buffer[:length], self.offset)
         self.pending.append((job, buffer))
         self.offset += length
         self.fill = 0
@@ -231,6 +241,26 @@ class _DirectWrites:
         if self.free:
             _give_buffers(self.free)
             self.free = []
+
+
+    def _write_at(self, buffer: memoryview, offset: int) -> None:
+        """On the worker: one buffer's bytes at ``offset``. A filesystem that opens
+        files for direct I/O and then refuses the writes (EINVAL: alignment rules of
+        its own) gets this write, and every later one on its device, through the page
+        cache, rather than a failed ingest."""
+        if self.device not in _refused:
+            try:
+                _pwrite_all(self.fd, buffer, offset)
+                return
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                _refused.add(self.device)
+        _pwrite_all(self.plain, buffer, offset)
+
+
+#: Devices whose filesystem refused a direct write: written through the page cache.
+_refused: set[int] = set()
 
 
 def _pwrite_all(fd: int, buffer: memoryview, offset: int) -> None:
