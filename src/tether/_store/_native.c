@@ -129,19 +129,20 @@ static void find_candidates(const cut_config *c, const uint8_t *buf, uint64_t fr
         lane[j].cap = out->cap / LANES + 16;
         lane[j].at = out->at + j * lane[j].cap;
         lane[j].count = 0;
-        lane[j].overflow = 0;
     }
-    /* All lanes step together while every one has bytes left ... */
+    out->count = 0;
+    out->overflow = 0;
+    /* All lanes step together while every one has bytes left ... (a lane out of room
+     * ends the scan: the buffer is cut the plain way) */
     uint64_t together = span;
     for (uint64_t i = 0; i < together; i++) {
         for (int j = 0; j < LANES; j++) {
             uint64_t p = start[j] + i;
             h[j] = (h[j] << 1) + gear[buf[p]];
             if ((h[j] & common) == 0) {
-                if (lane[j].count < lane[j].cap)
-                    lane[j].at[lane[j].count++] = p;
-                else
-                    lane[j].overflow = 1;
+                if (lane[j].count == lane[j].cap)
+                    goto overflowed;
+                lane[j].at[lane[j].count++] = p;
             }
         }
     }
@@ -150,21 +151,19 @@ static void find_candidates(const cut_config *c, const uint8_t *buf, uint64_t fr
         for (uint64_t p = start[j] + together; p < stop[j]; p++) {
             h[j] = (h[j] << 1) + gear[buf[p]];
             if ((h[j] & common) == 0) {
-                if (lane[j].count < lane[j].cap)
-                    lane[j].at[lane[j].count++] = p;
-                else
-                    lane[j].overflow = 1;
+                if (lane[j].count == lane[j].cap)
+                    goto overflowed;
+                lane[j].at[lane[j].count++] = p;
             }
         }
     }
-    out->count = 0;
-    out->overflow = 0;
     for (int j = 0; j < LANES; j++) {
-        if (lane[j].overflow)
-            out->overflow = 1;
         memmove(out->at + out->count, lane[j].at, lane[j].count * sizeof(uint64_t));
         out->count += lane[j].count;
     }
+    return;
+overflowed:
+    out->overflow = 1;
 }
 
 /* The window hash of position p (p >= WARM - 1), for a candidate's mask test. */
@@ -286,7 +285,10 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
     /* Candidate positions for the lanes (see find_candidates), when the buffer is
      * worth it; NULL (and the plain cut) for a small one or if memory is short. */
     candidates found = {NULL, 0, 0, 0};
-    if (length >= 16 * (uint64_t)max_size) {
+    /* Worth it for a large buffer, and masks whose common bits make candidates rare
+     * (64 KiB chunks: 14 bits, one position in 16,000; below about 4 KiB chunks too
+     * many positions are candidates to gain anything). */
+    if (length >= 16 * (uint64_t)max_size && __builtin_popcountll(mask_s & mask_l) >= 12) {
         found.cap = (size_t)(length / CANDIDATE_SHARE) + LANES * 16;
         found.at = PyMem_RawMalloc((found.cap + LANES * 16) * sizeof(uint64_t));
     }

@@ -22,7 +22,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import cache
 from typing import Any
 
@@ -52,8 +52,13 @@ class PackFile:
         #: Written around the page cache when asked (``direct``: a large ingest) and
         #: the store is on this disk (see _DirectWrites); None where it cannot be, or
         #: is turned off.
-        self._direct = (_DirectWrites.open(self.path, self.fd)
-                        if direct and self._kept_here else None)
+        try:
+            self._direct = (_DirectWrites.open(self.path, self.fd)
+                            if direct and self._kept_here else None)
+        except BaseException:
+            os.close(self.fd)
+            self.path.unlink(missing_ok=True)
+            raise
         #: The file's ordinary descriptor, sealed but kept open until the direct writes
         #: are done and the file is cut to its size (in ``publish``).
         self._open_fd: int | None = None
@@ -139,9 +144,10 @@ class _DirectWrites:
     What it costs: the packs are not in the page cache afterwards, so a load on the
     same machine right after the log reads them from the disk.
 
-    Where the folder's filesystem refuses O_DIRECT (tmpfs, at open; another at the
-    first write), or ``TETHER_DIRECT_IO`` is off, the pack is written through the
-    page cache as before.
+    Where the folder's filesystem refuses O_DIRECT (at open, as tmpfs did before Linux
+    6.6; or at the first write), or ``TETHER_DIRECT_IO`` is off, the pack is written
+    through the page cache as before. Each pack holds its buffers until it is
+    published: a local store publishes one at a time, so at most two packs' (48 MB).
     """
 
     def __init__(self, fd: int, plain: int, device: int) -> None:
@@ -151,7 +157,8 @@ class _DirectWrites:
         self.plain = plain
         self.device = device
         self.free = _take_buffers()
-        self.current = self.free.pop()
+        #: The buffer being filled (None only while one is being handed over).
+        self.current: memoryview | None = self.free.pop()
         self.fill = 0
         self.offset = 0  # where the current buffer goes in the file
         #: Writes under way, oldest first, with the buffer each is written from.
@@ -169,7 +176,11 @@ class _DirectWrites:
             fd = os.open(path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return None  # EINVAL: this filesystem has no direct I/O
-        return cls(fd, plain, device)
+        try:
+            return cls(fd, plain, device)
+        except BaseException:  # no memory for the buffers, say
+            os.close(fd)
+            raise
 
     def write(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         batch: list[memoryview] = []  # what fits the current buffer, copied in one call
@@ -179,6 +190,7 @@ class _DirectWrites:
             while len(view) >= room:
                 batch.append(view[:room])
                 view = view[room:]
+                assert self.current is not None
                 native.gather(self.current, self.fill, batch)
                 batch = []
                 self.fill = STAGE
@@ -188,27 +200,30 @@ class _DirectWrites:
                 batch.append(view)
                 room -= len(view)
         if batch:
+            assert self.current is not None
             native.gather(self.current, self.fill, batch)
             self.fill = STAGE - room
 
     def _send(self, length: int) -> None:
         """Hand the current buffer's first ``length`` bytes (a multiple of _BLOCK) to the
         worker and go on in a free buffer (waiting for the oldest write if none is)."""
-        buffer = self.current
+        buffer, self.current = self.current, None
+        assert buffer is not None
         job = _writer().submit(self._write_at, buffer[:length], self.offset)
         self.pending.append((job, buffer))
         self.offset += length
         self.fill = 0
         if not self.free:
-            oldest, reused = self.pending.popleft()
-            oldest.result()
-            self.free.append(reused)
+            # Left pending until it is done: a failed write, or a Ctrl-C meanwhile,
+            # leaves it for abandon() to wait for, its buffer never handed out twice.
+            self.pending[0][0].result()
+            self.free.append(self.pending.popleft()[1])
         self.current = self.free.pop()
 
     def send_rest(self) -> None:
         """Hand over what is left, padded with zeros to a whole block (``complete``
         cuts the file back to its size)."""
-        if self.fill:
+        if self.fill and self.current is not None:
             whole = -(-self.fill // _BLOCK) * _BLOCK
             self.current[self.fill:whole] = bytes(whole - self.fill)
             self._send(whole)
@@ -228,16 +243,14 @@ class _DirectWrites:
         """Stop: wait for writes under way (their buffers are reused), close, and give
         the buffers back."""
         while self.pending:
-            job, buffer = self.pending.popleft()
-            with contextlib.suppress(OSError):
-                job.result()
-            self.free.append(buffer)
+            wait([self.pending[0][0]])  # done, failed or not: only then is its buffer free
+            self.free.append(self.pending.popleft()[1])
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         if self.current is not None:
             self.free.append(self.current)
-            self.current = None  # type: ignore[assignment]
+            self.current = None
         if self.free:
             _give_buffers(self.free)
             self.free = []
@@ -293,7 +306,9 @@ def _take_buffers() -> list[memoryview]:
 
 def _give_buffers(buffers: list[memoryview]) -> None:
     with _spare_lock:
-        _spare.extend(buffers[:2 * _BUFFERS - len(_spare)])
+        for buffer in buffers:
+            if len(_spare) < 2 * _BUFFERS and not any(b is buffer for b in _spare):
+                _spare.append(buffer)
 
 
 def drop_spare_buffers() -> None:
