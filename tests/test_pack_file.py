@@ -335,6 +335,12 @@ def test_gather_copies_pieces_in_order_and_refuses_what_does_not_fit() -> None:
     dest = memoryview(bytearray(10))
     native.gather(dest, 2, [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")])
     assert bytes(dest) == b"\0\0abcdefg\0"
+    # Slices that follow each other in memory are copied as one run, and a gap ends it.
+    source = memoryview(bytes(range(20)))
+    runs = [source[0:3], source[3:7], source[7:7], source[10:12], source[12:13], source[1:2]]
+    out = memoryview(bytearray(11))
+    native.gather(out, 0, runs)
+    assert bytes(out) == bytes([0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 1])
     if native.available:
         with pytest.raises(ValueError, match="do not fit"):
             native.gather(dest, 8, [memoryview(b"abc")])

@@ -618,10 +618,18 @@ static PyObject *native_gather(PyObject *self, PyObject *args)
         goto release;
     }
     Py_BEGIN_ALLOW_THREADS
+    /* Pieces that follow each other in memory (a window's new chunks, back to back)
+     * are copied as one: a copy of megabytes runs faster than the same bytes in
+     * 64 KiB pieces (the C library streams a large one past the cache). */
     uint8_t *at = (uint8_t *)dest.buf + offset;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        memcpy(at, views[i].buf, (size_t)views[i].len);
-        at += views[i].len;
+    Py_ssize_t i = 0;
+    while (i < count) {
+        const uint8_t *from = (const uint8_t *)views[i].buf;
+        size_t run = (size_t)views[i].len;
+        for (i++; i < count && (const uint8_t *)views[i].buf == from + run; i++)
+            run += (size_t)views[i].len;
+        memcpy(at, from, run);
+        at += run;
     }
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(total);
