@@ -62,25 +62,41 @@ static inline uint64_t scan(const cut_config *c, const uint8_t *buf, uint64_t *h
     return 0;
 }
 
+/* Where cut_gear looks for the end of a chunk of at most `len` bytes: from `start`
+ * to `mid` against the stricter mask, from `mid` to `end` against the looser; a
+ * chunk not cut by then is `remaining` bytes long. */
+typedef struct {
+    uint64_t remaining, start, mid, end;
+} scan_bounds;
+
+/* 0 when the chunk is simply all `len` bytes (no longer than the smallest). */
+static int bounds_of(const cut_config *c, uint64_t len, scan_bounds *b)
+{
+    b->remaining = len;
+    if (len <= c->min_size)
+        return 0;
+    uint64_t center = c->avg_size;
+    if (b->remaining > c->max_size)
+        b->remaining = c->max_size;
+    else if (b->remaining < center)
+        center = b->remaining;
+    b->start = (c->min_size / 2) * 2;
+    b->mid = (center / 2) * 2;
+    b->end = (b->remaining / 2) * 2;
+    return 1;
+}
+
 /* The length of the chunk that starts at buf (pyfastcdc's _cut_gear). */
 static uint64_t cut_gear(const cut_config *c, const uint8_t *buf, uint64_t len)
 {
-    uint64_t remaining = len;
-    if (remaining <= c->min_size)
-        return remaining;
-    uint64_t center = c->avg_size;
-    if (remaining > c->max_size)
-        remaining = c->max_size;
-    else if (remaining < center)
-        center = remaining;
-    uint64_t start = (c->min_size / 2) * 2;
-    uint64_t mid = (center / 2) * 2;
-    uint64_t end = (remaining / 2) * 2;
+    scan_bounds b;
+    if (!bounds_of(c, len, &b))
+        return b.remaining;
     uint64_t hash = 0;
-    uint64_t cut = scan(c, buf, &hash, start, mid, c->mask_s, c->mask_s_ls);
+    uint64_t cut = scan(c, buf, &hash, b.start, b.mid, c->mask_s, c->mask_s_ls);
     if (cut == 0)
-        cut = scan(c, buf, &hash, mid, end, c->mask_l, c->mask_l_ls);
-    return cut != 0 ? cut : remaining;
+        cut = scan(c, buf, &hash, b.mid, b.end, c->mask_l, c->mask_l_ls);
+    return cut != 0 ? cut : b.remaining;
 }
 
 /* Cutting a whole buffer in lanes.
@@ -111,6 +127,20 @@ typedef struct {
     int overflow;
 } candidates;
 
+/* One position of a lane: its window hash, and the position kept when it could cut;
+ * 0 when the lane has no room left for it. */
+static inline int lane_step(const uint64_t *gear, uint64_t common, const uint8_t *buf,
+                            uint64_t p, uint64_t *h, candidates *lane)
+{
+    *h = (*h << 1) + gear[buf[p]];
+    if ((*h & common) == 0) {
+        if (lane->count == lane->cap)
+            return 0;
+        lane->at[lane->count++] = p;
+    }
+    return 1;
+}
+
 static void find_candidates(const cut_config *c, const uint8_t *buf, uint64_t from,
                             uint64_t to, candidates *out)
 {
@@ -136,26 +166,15 @@ static void find_candidates(const cut_config *c, const uint8_t *buf, uint64_t fr
      * ends the scan: the buffer is cut the plain way) */
     uint64_t together = span;
     for (uint64_t i = 0; i < together; i++) {
-        for (int j = 0; j < LANES; j++) {
-            uint64_t p = start[j] + i;
-            h[j] = (h[j] << 1) + gear[buf[p]];
-            if ((h[j] & common) == 0) {
-                if (lane[j].count == lane[j].cap)
-                    goto overflowed;
-                lane[j].at[lane[j].count++] = p;
-            }
-        }
+        for (int j = 0; j < LANES; j++)
+            if (!lane_step(gear, common, buf, start[j] + i, &h[j], &lane[j]))
+                goto overflowed;
     }
     /* ... and the last lane finishes its remainder alone. */
     for (int j = 0; j < LANES; j++) {
-        for (uint64_t p = start[j] + together; p < stop[j]; p++) {
-            h[j] = (h[j] << 1) + gear[buf[p]];
-            if ((h[j] & common) == 0) {
-                if (lane[j].count == lane[j].cap)
-                    goto overflowed;
-                lane[j].at[lane[j].count++] = p;
-            }
-        }
+        for (uint64_t p = start[j] + together; p < stop[j]; p++)
+            if (!lane_step(gear, common, buf, p, &h[j], &lane[j]))
+                goto overflowed;
     }
     for (int j = 0; j < LANES; j++) {
         memmove(out->at + out->count, lane[j].at, lane[j].count * sizeof(uint64_t));
@@ -180,17 +199,10 @@ static inline uint64_t window_hash(const cut_config *c, const uint8_t *buf, uint
 static uint64_t cut_from_candidates(const cut_config *c, const uint8_t *buf, uint64_t at,
                                     uint64_t len, const candidates *found, size_t *next)
 {
-    uint64_t remaining = len;
-    if (remaining <= c->min_size)
-        return remaining;
-    uint64_t center = c->avg_size;
-    if (remaining > c->max_size)
-        remaining = c->max_size;
-    else if (remaining < center)
-        center = remaining;
-    uint64_t start = (c->min_size / 2) * 2;
-    uint64_t mid = (center / 2) * 2;
-    uint64_t end = (remaining / 2) * 2;
+    scan_bounds b;
+    if (!bounds_of(c, len, &b))
+        return b.remaining;
+    uint64_t remaining = b.remaining, start = b.start, mid = b.mid, end = b.end;
     /* The scan's first WARM positions: its hash there still counts from its start. */
     uint64_t exact_end = start + WARM < end ? start + WARM : end;
     uint64_t h = 0;
