@@ -127,6 +127,15 @@ typedef struct {
     int overflow;
 } candidates;
 
+/* The number of bits set in x (portable: no compiler builtin). */
+static int bits_set(uint64_t x)
+{
+    int n = 0;
+    for (; x; x &= x - 1)
+        n++;
+    return n;
+}
+
 /* One position of a lane: its window hash, and the position kept when it could cut;
  * 0 when the lane has no room left for it. */
 static inline int lane_step(const uint64_t *gear, uint64_t common, const uint8_t *buf,
@@ -300,7 +309,7 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
     /* Worth it for a large buffer, and masks whose common bits make candidates rare
      * (64 KiB chunks: 14 bits, one position in 16,000; below about 4 KiB chunks too
      * many positions are candidates to gain anything). */
-    if (length >= 16 * (uint64_t)max_size && __builtin_popcountll(mask_s & mask_l) >= 12) {
+    if (length >= 16 * (uint64_t)max_size && bits_set(mask_s & mask_l) >= 12) {
         found.cap = (size_t)(length / CANDIDATE_SHARE) + LANES * 16;
         found.at = PyMem_RawMalloc((found.cap + LANES * 16) * sizeof(uint64_t));
     }
