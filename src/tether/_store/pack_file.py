@@ -31,8 +31,9 @@ from . import native
 from .blobs import disk_full
 from .fileio import aligned_buffer, start_writeback, write_pieces
 
-#: A pack in a store on this disk is written around the page cache (O_DIRECT), this
-#: many bytes at a time from one of two buffers while the other fills.
+#: A large ingest's pack in a store on this disk is written around the page cache
+#: (O_DIRECT), this many bytes at a time, from one of ``_BUFFERS`` buffers while the
+#: next fills.
 STAGE = 8 * 1024 * 1024
 #: What O_DIRECT offsets and lengths are multiples of (the largest logical block size).
 _BLOCK = 4096
@@ -103,11 +104,11 @@ class PackFile:
                 assert fd is not None
                 try:
                     direct.complete(fd, self.size)
-                    os.close(fd)
                 except OSError as error:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
                     raise disk_full(error, self.path) or error from error
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)  # its data went direct; put_file's fsync is the check
             blobs.put_file(key, self.path)
         finally:
             self.path.unlink(missing_ok=True)
