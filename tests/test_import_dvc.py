@@ -134,7 +134,7 @@ def test_import_dvc_registers_files_folders_and_pipeline_outputs(
 def test_missing_and_corrupt_cache_objects_are_reported(dvc_repo: Path) -> None:
     cache = dvc_repo / ".dvc" / "cache" / "files" / "md5"
     train = md5(b"a,b\n1,2\n3,4\n")
-    (cache / train[:2] / train[2:]).write_bytes(b"tampered")
+    (cache / train[:2] / train[2:]).write_bytes(b"a,b\n1,2\n3,5\n")  # same size, not the bytes
     features = next(p for p in cache.rglob("*") if p.is_file() and p.read_bytes().startswith(
         b"\x00PAR1"))
     features.unlink()
@@ -211,3 +211,91 @@ def test_hostile_dvc_files_are_refused_clearly(dvc_repo: Path) -> None:
     assert done["data/dot"]["status"] == "failed" and "outside the folder" in done["data/dot"][
         "error"]
     assert done["data/images"]["status"] == "imported"  # the others went on
+
+
+# -- hostile caches and pointers (a review) ------------------------------------------------
+
+
+def test_a_cache_object_linked_outside_the_repository_is_not_read(
+        dvc_repo: Path, tmp_path: Path) -> None:
+    """A cache object that is a link to a file outside the repository was imported as a
+    dataset, and with a wrong md5 the error quoted the outside file's MD5 (a hash oracle
+    over any readable file)."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(b"TOP SECRET outside the repo\n")
+    cache = dvc_repo / ".dvc" / "cache" / "files" / "md5"
+    leak = md5(secret.read_bytes())
+    (cache / leak[:2]).mkdir(exist_ok=True)
+    (cache / leak[:2] / leak[2:]).symlink_to(secret)
+    (dvc_repo / "leak.dvc").write_text(f"outs:\n- md5: {leak}\n  path: leak.txt\n")
+    fake = "ab" * 16
+    (cache / fake[:2]).mkdir(exist_ok=True)
+    (cache / fake[:2] / fake[2:]).symlink_to(secret)
+    (dvc_repo / "oracle.dvc").write_text(f"outs:\n- md5: {fake}\n  path: oracle.txt\n")
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    for path in ("leak.txt", "oracle.txt"):
+        assert done[path]["status"] == "failed", done[path]
+        assert "plain file" in done[path]["error"]
+        assert leak not in done[path]["error"]
+    assert done["data/train.csv"]["status"] == "imported"  # the others go on
+    assert "leak.txt" not in [d.name for d in tether.open(dvc_repo.parent / "reg")
+                              .list_datasets()]
+
+
+def test_a_linked_dvc_folder_is_refused_unread(dvc_repo: Path, tmp_path: Path) -> None:
+    """.dvc linked to a folder of the user's (~/.ssh): its config was read and quoted."""
+    import shutil
+
+    private = tmp_path / "home" / ".ssh"
+    private.mkdir(parents=True)
+    (private / "config").write_text("Host prod-bastion\n")
+    shutil.rmtree(dvc_repo / ".dvc")
+    (dvc_repo / ".dvc").symlink_to(private)
+    result = CliRunner().invoke(cli, ["--registry", str(dvc_repo.parent / "reg"),
+                                      "import", "dvc", str(dvc_repo)])
+    assert result.exit_code != 0
+    assert "is a link" in result.output and "prod-bastion" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_nul_bytes_in_names_are_clear_errors(dvc_repo: Path) -> None:
+    """A NUL in an output's path, or in a folder listing's relpath, ended the import in a
+    traceback; the listing's, half way through, with earlier outputs already imported."""
+    cache = dvc_repo / ".dvc" / "cache"
+    listing = [{"md5": cache_put(cache, b"x"), "relpath": "a\u0000b"}]
+    folder = cache_put(cache, json.dumps(listing).encode(), suffix=".dir")
+    (dvc_repo / "nul.dvc").write_text(f"outs:\n- md5: {folder}\n  path: nul-folder\n")
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    assert done["nul-folder"]["status"] == "failed"
+    assert "not a file name" in done["nul-folder"]["error"]
+    assert done["data/images"]["status"] == "imported"
+    (dvc_repo / "nul.dvc").write_text(f"outs:\n- md5: {md5(b'x')}\n  path: \"a\\0b\"\n")
+    result = CliRunner().invoke(cli, ["--registry", str(dvc_repo.parent / "reg"),
+                                      "import", "dvc", str(dvc_repo)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "not a file name" in result.output
+
+
+def test_a_cache_object_of_another_size_than_claimed_is_not_copied(dvc_repo: Path) -> None:
+    """A pointer claiming 3 bytes with a 256 MB sparse object took 256 MB of the disk
+    before the md5 said no; the size is checked first."""
+    cache = dvc_repo / ".dvc" / "cache" / "files" / "md5"
+    big = "cd" * 16
+    (cache / big[:2]).mkdir(exist_ok=True)
+    with open(cache / big[:2] / big[2:], "wb") as handle:
+        handle.truncate(256 << 20)
+    (dvc_repo / "big.dvc").write_text(f"outs:\n- md5: {big}\n  size: 3\n  path: big.bin\n")
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    assert done["big.bin"]["status"] == "failed"
+    assert "the pointer says 3" in done["big.bin"]["error"]
+
+
+def test_a_listing_naming_a_file_twice_is_refused(dvc_repo: Path) -> None:
+    cache = dvc_repo / ".dvc" / "cache"
+    listing = [{"md5": cache_put(cache, b"one"), "relpath": "a.txt"},
+               {"md5": cache_put(cache, b"two"), "relpath": "a.txt"}]
+    folder = cache_put(cache, json.dumps(listing).encode(), suffix=".dir")
+    (dvc_repo / "twice.dvc").write_text(f"outs:\n- md5: {folder}\n  path: twice\n")
+    done = {d["path"]: d for d in run(dvc_repo, "import", "dvc", "--json", code=1)}
+    assert done["twice"]["status"] == "failed" and "twice" in done["twice"]["error"]

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -98,7 +99,7 @@ def _outs(items: Any, base: Path, repo: Path, source: str) -> list[DvcOut]:
             continue
         md5 = out.get("md5") or (out.get("hash") if out.get("hash") != "md5" else None)
         size = out.get("size")
-        if not isinstance(out["path"], str) or not out["path"]:
+        if not isinstance(out["path"], str) or not out["path"] or "\0" in out["path"]:
             raise InvalidInput(f"{source}: an output's path is not a file name: "
                                f"{short_repr(out['path'])}")
         if md5 is not None and not (isinstance(md5, str) and _MD5.fullmatch(md5)):
@@ -188,17 +189,44 @@ def _object(roots: list[Path], md5: str) -> Path | None:
     return None
 
 
-def _copy_checked(source: Path, destination: Path, md5: str) -> None:
-    """Copy ``source`` to ``destination``, refusing bytes whose MD5 is not ``md5``."""
-    digest = hashlib.md5(usedforsecurity=False)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as reader, destination.open("wb") as writer:
-        while block := reader.read(1 << 20):
-            digest.update(block)
-            writer.write(block)
+def _copy_checked(source: Path, destination: Path, md5: str, size: int | None = None) -> None:
+    """Copy ``source``, an object of the cache, to the new file ``destination``, refusing
+    bytes whose MD5 is not ``md5`` or whose size is not the ``size`` the pointer claims.
+
+    The object must be a regular file, not a link: a cache object linked to a file
+    outside the repository was imported as a dataset, and a wrong md5's message quoted
+    that file's MD5, so any readable file could be hashed (a review). Its size is
+    checked before anything is copied: a 256 MB sparse object claimed as 3 bytes took
+    256 MB of the disk (a review), and there must be room for it."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(source, flags)
+    except OSError as error:
+        raise InvalidInput(f"the cache object {source} cannot be read as a plain file: "
+                           f"{error.strerror or error}",
+                           hint="DVC keeps its cache objects as plain files") from None
+    with os.fdopen(fd, "rb") as reader:
+        info = os.fstat(reader.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"the cache object {source} is not a plain file",
+                               hint="DVC keeps its cache objects as plain files")
+        if size is not None and info.st_size != size:
+            raise InvalidInput(f"the cache object {source} is {info.st_size} bytes; the "
+                               f"pointer says {size}",
+                               hint="the DVC cache is damaged: `dvc fetch` it again")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(destination.parent).free
+        if info.st_size > free:
+            raise InvalidInput(f"{source} is {info.st_size} bytes, more than the {free} "
+                               "free where it is copied before it is added",
+                               hint="free space, or set TETHER_CACHE_DIR to a larger disk")
+        digest = hashlib.md5(usedforsecurity=False)
+        with destination.open("xb") as writer:  # never over a file written before
+            while block := reader.read(1 << 20):
+                digest.update(block)
+                writer.write(block)
     if digest.hexdigest() != md5:
-        raise InvalidInput(f"{source} does not hold the bytes of md5 {md5} "
-                           f"(it hashes to {digest.hexdigest()})",
+        raise InvalidInput(f"{source} does not hold the bytes of md5 {md5}",
                            hint="the DVC cache is corrupt: `dvc fetch` it again")
 
 
@@ -209,7 +237,7 @@ def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]
         found = _object(roots, out.md5)
         if found is None:
             raise FileNotFoundError(f"md5 {out.md5} is in no cache ({_where(roots)})")
-        _copy_checked(found, into / name, out.md5)
+        _copy_checked(found, into / name, out.md5, out.size)
         return into / name, 1
     listing_file = _object(roots, out.md5)
     if listing_file is None:
@@ -229,21 +257,31 @@ def _materialize(out: DvcOut, roots: list[Path], into: Path) -> tuple[Path, int]
     folder.mkdir(parents=True)
     if not isinstance(listing, list):
         raise InvalidInput(f"{listing_file} is not a DVC folder listing (not a list)")
+    seen: set[PurePosixPath] = set()
     for item in listing:
         if not (isinstance(item, dict) and isinstance(item.get("relpath"), str)
                 and isinstance(item.get("md5"), str) and _MD5.fullmatch(item["md5"])
                 and not item["md5"].endswith(".dir")):
             raise InvalidInput(f"{listing_file} lists {short_repr(item)}, not a relpath "
                                "and the MD5 of a file")
+        if "\0" in item["relpath"]:
+            raise InvalidInput(f"{listing_file} lists {short_repr(item['relpath'])}, "
+                               "not a file name")
         rel = PurePosixPath(item["relpath"])
         if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel == PurePosixPath("."):
             raise InvalidInput(f"{listing_file} names a path outside the folder: {rel}")
+        if rel in seen:
+            raise InvalidInput(f"{listing_file} names {rel} twice",
+                               hint="the DVC cache is damaged: `dvc fetch` it again")
+        seen.add(rel)
         found = _object(roots, str(item["md5"]))
         if found is None:
             raise FileNotFoundError(
                 f"{out.path}/{rel} (md5 {item['md5']}) is in no cache ({_where(roots)})"
             )
-        _copy_checked(found, folder / rel, str(item["md5"]))
+        size = item.get("size")
+        _copy_checked(found, folder / rel, str(item["md5"]),
+                      size if type(size) is int and size >= 0 else None)
     return folder, len(listing)
 
 
@@ -280,6 +318,11 @@ def import_dvc(
     if not (root / ".dvc").is_dir():
         raise InvalidInput(f"{root} is not a DVC repository (no .dvc folder)",
                            hint="give the folder that holds .dvc/")
+    if (root / ".dvc").is_symlink():
+        # Its config was read through the link and quoted in an error: a .dvc linked to
+        # ~/.ssh showed its config (a review). DVC makes .dvc a folder of the repository.
+        raise InvalidInput(f"{root / '.dvc'} is a link, not the repository's own folder",
+                           hint="give a repository whose .dvc is a plain folder")
     outs = find_outputs(root)
     roots = object_roots(root)
     names = _dataset_names([o for o in outs if o.cached])
@@ -312,7 +355,7 @@ def import_dvc(
         except TetherError as error:
             report.status, report.error = "failed", error.message
             continue
-        except OSError as error:  # e.g. a listing naming both a and a/b: this output only
+        except (OSError, ValueError) as error:  # a listing naming a and a/b: this output
             report.status, report.error = "failed", f"{type(error).__name__}: {error}"
             continue
         finally:
