@@ -421,7 +421,9 @@ def test_a_pointer_beside_a_file_of_yours_is_not_pushed_unless_adopted(repo: Pat
     # The record is the clone's own, in .git (no commit can write there); checked out
     # in a clone without it, the path is held again.
     record = repo / ".git" / "tether" / "held-paths"
-    assert record.read_text().splitlines() == ['[".env", "dotenv"]']
+    held = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [line[:2] for line in held] == [[".env", "dotenv"]] * len(held)
+    assert held[-1][2] == f"sha:{reg.dataset_versions('dotenv')[-1].digest}"  # pushed last
     record.unlink()
     (repo / ".env").write_text("EDITED=2\n")
     assert [d["status"] for d in _run(repo, "data", "push")] == ["failed"]

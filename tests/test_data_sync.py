@@ -123,3 +123,54 @@ def test_push_outside_git_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     output = run(tmp_path, "data", "push", code=1)
     assert "not inside a git work tree" in output
+
+
+def _tracked_folder(repo: Path) -> Path:
+    data = repo / "data"
+    (data / "a.csv").write_text("id\n1\n")
+    (data / "b.csv").write_text("id\n2\n")
+    reg = tether.init(repo / ".tether", actor="data@test")
+    track(reg, data, name="ds")
+    reg.close()
+    commit_all(repo, "ds v1")
+    return data
+
+
+def test_pull_never_loses_work_no_version_holds_unless_forced(repo: Path) -> None:
+    """Edits and new files in a tracked folder, not pushed: pull reverted the edit and
+    deleted the new file, "1 pulled", without a word (a review)."""
+    data = _tracked_folder(repo)
+    (data / "a.csv").write_text("id\n1\nMY UNPUSHED EDIT\n")
+    (data / "new.csv").write_text("precious\n")
+    done = run(repo, "data", "pull", "--json", code=1)
+    assert [d["status"] for d in done] == ["failed"]
+    assert "changes no version holds" in done[0]["error"]
+    assert "--force" in done[0]["error"] or "push" in done[0]["error"]
+    assert (data / "new.csv").read_text() == "precious\n"
+    assert "MY UNPUSHED EDIT" in (data / "a.csv").read_text()
+    # Pushed, the same bytes are a version: pulling an older pointer replaces them.
+    assert [d["status"] for d in run(repo, "data", "push", "--json")] == ["pushed"]
+    git(repo, "checkout", "-q", "data.tether")  # the pointer back at v1
+    assert [d["status"] for d in run(repo, "data", "pull", "--json")] == ["pulled"]
+    assert not (data / "new.csv").exists() and (data / "a.csv").read_text() == "id\n1\n"
+    # And --force replaces what no version holds, on purpose.
+    (data / "b.csv").write_text("scratch\n")
+    assert [d["status"] for d in run(repo, "data", "pull", "--force", "--json")] == ["pulled"]
+    assert (data / "b.csv").read_text() == "id\n2\n"
+
+
+def test_a_pull_whose_fetch_fails_leaves_the_folder_as_it_was(repo: Path) -> None:
+    """The files the version lacks were deleted before its bytes were fetched: a fetch
+    that failed left the folder neither the old state nor the new (a review)."""
+    data = _tracked_folder(repo)
+    (data / "a.csv").write_text("id\nedit\n")
+    (data / "extra.csv").write_text("mine\n")
+    for pack in (repo / ".tether").rglob("packs/*.pack"):
+        pack.chmod(0o644)
+        with open(pack, "r+b") as handle:
+            handle.truncate(0)
+    done = run(repo, "data", "pull", "--force", "--json", code=1)
+    assert [d["status"] for d in done] == ["failed"]
+    assert (data / "extra.csv").read_text() == "mine\n"
+    assert (data / "a.csv").read_text() == "id\nedit\n"
+    assert not list(repo.glob(".tether-checkout-*"))

@@ -36,22 +36,35 @@ def _record(top: Path) -> Path | None:
 
 
 def _read(record: Path | None) -> dict[str, str | None]:
+    return {path: dataset for path, (dataset, _digest) in _read_all(record).items()}
+
+
+def _read_all(record: Path | None) -> dict[str, tuple[str | None, str | None]]:
+    """Each path: (the dataset it is held for, the digest of the version it last held
+    here: tracked, pulled, checked out or pushed; None where a record predates it)."""
     try:
         lines = record.read_text().splitlines() if record is not None else []
     except (OSError, UnicodeDecodeError):
         return {}
-    found: dict[str, str | None] = {}
+    found: dict[str, tuple[str | None, str | None]] = {}
     for line in lines:  # the newest line of a path says what it holds
         try:
             item = json.loads(line)
         except ValueError:
             continue  # a line cut short by a crash: the others stand
         if isinstance(item, str):
-            found[item] = None
-        elif (isinstance(item, list) and len(item) == 2
+            found[item] = (None, None)
+        elif (isinstance(item, list) and len(item) in (2, 3)
               and all(isinstance(part, str) for part in item)):
-            found[item[0]] = item[1]
+            found[item[0]] = (item[1], item[2] if len(item) == 3 else None)
     return found
+
+
+def last_held(top: Path) -> dict[str, str]:
+    """Each path of work tree ``top`` with the digest (``sha:...``) of the version it
+    last held here, where the record says."""
+    return {path: digest for path, (_dataset, digest) in _read_all(_record(top)).items()
+            if digest is not None}
 
 
 def holds_for(own: dict[str, str | None], path: str, dataset: str) -> bool:
@@ -61,20 +74,25 @@ def holds_for(own: dict[str, str | None], path: str, dataset: str) -> bool:
     return path in own and own[path] in (None, dataset)
 
 
-def hold(top: Path, items: Iterable[tuple[str, str]]) -> None:
-    """Record each (path relative to ``top``, dataset) as this clone's own."""
+#: What is recorded of a path: (path, dataset) or (path, dataset, the version's digest).
+Held = tuple[str, str] | tuple[str, str, str]
+
+
+def hold(top: Path, items: Iterable[Held]) -> None:
+    """Record each (path relative to ``top``, dataset[, digest]) as this clone's own."""
     _write(_record(top), items)
 
 
-def _write(record: Path | None, items: Iterable[tuple[str, str]]) -> None:
+def _write(record: Path | None, items: Iterable[Held]) -> None:
     if record is None:
         return
-    own = _read(record)
-    new = sorted({(path, dataset) for path, dataset in items if own.get(path) != dataset})
+    known = _read_all(record)
+    new = sorted({item for item in items
+                  if known.get(item[0]) != (item[1], item[2] if len(item) == 3 else None)})
     if not new:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps([path, dataset]) + "\n" for path, dataset in new)
+    text = "".join(json.dumps(list(item)) + "\n" for item in new)
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, text.encode())
@@ -83,20 +101,20 @@ def _write(record: Path | None, items: Iterable[tuple[str, str]]) -> None:
 
 
 @contextlib.contextmanager
-def holding(top: Path) -> Iterator[tuple[dict[str, str | None], list[tuple[str, str]]]]:
+def holding(top: Path) -> Iterator[tuple[dict[str, str | None], list[Held]]]:
     """What this clone holds now (each path with the dataset it holds it for; None: any,
     a record written before datasets were kept), and a list to put its own (path, dataset)
     in, recorded at once when done: a push or a pull of many pointers asks git where the
     record is once, not once a path (nor once to read it and again to write it)."""
     record = _record(top)
-    kept: list[tuple[str, str]] = []
+    kept: list[Held] = []
     try:
         yield _read(record), kept
     finally:
         _write(record, kept)
 
 
-def hold_path(path: Path, dataset: str) -> None:
+def hold_path(path: Path, dataset: str, digest: str | None = None) -> None:
     """Record ``path`` as its clone's own for ``dataset``, if it is in a git work tree
     (else nothing)."""
     from .._errors import InvalidInput
@@ -110,4 +128,4 @@ def hold_path(path: Path, dataset: str) -> None:
         rel = (path.absolute().parent.resolve() / path.name).relative_to(top.resolve())
     except ValueError:
         return
-    hold(top, [(rel.as_posix(), dataset)])
+    hold(top, [(rel.as_posix(), dataset, digest) if digest else (rel.as_posix(), dataset)])

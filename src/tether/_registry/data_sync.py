@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInput, NotFound, TetherError
 from .._identity import names_reserved
-from .data_held import holding, holds_for
+from .data_held import holding, holds_for, last_held
 from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
@@ -196,7 +196,7 @@ def push(
                 continue
             current = _known(registry, pointer)
             if current is not None and holds(target, current, kind):
-                kept.append((rel, current.name))  # the bytes it names: nothing of yours
+                kept.append((rel, current.name, f"sha:{current.digest}"))  # nothing of yours
                 done.append(Synced(rel, current.name, current.semver, f"sha:{current.digest}",
                                    "up-to-date"))
                 continue
@@ -227,29 +227,35 @@ def push(
                                    "failed", error=error.message))
                 continue
             write_pointer(pointer_file, pointer_text(added, kind))
-            kept.append((rel, added.name))
+            kept.append((rel, added.name, f"sha:{added.digest}"))
             done.append(Synced(rel, added.name, added.semver, f"sha:{added.digest}", "pushed",
                                previous=named))
     return done
 
 
 def pull(
-    registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None
+    registry: AnyRegistry, start: str | Path | None = None, *, only: list[Path] | None = None,
+    force: bool = False,
 ) -> list[Synced]:
     """Write every missing or stale tracked path from the version its pointer names.
 
     A path that is there and not this clone's own (``data_held``) is left alone: a
     commit adding ``.venv.tether`` had pull replace a git-ignored ``.venv`` nobody
-    tracked (a review). ``tether data checkout PATH`` replaces it on purpose."""
+    tracked (a review). ``tether data checkout PATH`` replaces it on purpose.
+
+    Nor is one of this clone's own that holds work no version has: changed since it was
+    last tracked, pulled, checked out or pushed here. Pull had reverted such edits and
+    deleted new files without a word (a review); ``force`` replaces them."""
     top = work_tree(start)
     done: list[Synced] = []
+    last = last_held(top)
     with holding(top) as (own, kept):
         for _pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or "file")
             try:
                 version = pointed_version(registry, pointer)
                 if holds(target, version, kind):
-                    kept.append((rel, version.name))
+                    kept.append((rel, version.name, f"sha:{version.digest}"))
                     done.append(Synced(rel, version.name, version.semver,
                                        f"sha:{version.digest}", "up-to-date"))
                     continue
@@ -260,8 +266,10 @@ def pull(
                         "checked out here" + (f" for dataset {version.name}" if rel in own
                                               else "") + "; pull leaves it alone (move it "
                         f"away and pull again, or replace it: tether data checkout {rel})")
+                if not force and (target.exists() or target.is_symlink()):
+                    _refuse_unpushed(registry, target, rel, version.name, kind, last.get(rel))
                 checkout(registry, target, hold=False)
-                kept.append((rel, version.name))
+                kept.append((rel, version.name, f"sha:{version.digest}"))
             except TetherError as error:
                 done.append(Synced(rel, str(pointer["dataset"]),
                                    str(pointer.get("version") or "?"), str(pointer["digest"]),
@@ -270,3 +278,46 @@ def pull(
             done.append(Synced(rel, version.name, version.semver, f"sha:{version.digest}",
                                "pulled"))
     return done
+
+
+def _refuse_unpushed(registry: AnyRegistry, target: Path, rel: str, dataset: str, kind: str,
+                     digest: str | None) -> None:
+    """InvalidInput when ``target`` no longer holds the version it last held here
+    (``digest``): its changes are in no version, and pulling would lose them. A path
+    whose record predates digests is not judged (nothing to judge it by)."""
+    if digest is None:
+        return
+    try:
+        before = pointed_version(registry, {"dataset": dataset, "digest": digest})
+    except TetherError:
+        before = None  # gone from the registry, or held for another dataset: unknown
+    if before is not None and not _would_lose(target, before, kind):
+        return
+    raise InvalidInput(
+        f"{rel} has changes no version holds: edited since it was last tracked, pulled "
+        "or pushed here; pull would lose them",
+        hint=f"push them first (tether data push {rel}), or replace them: "
+        f"tether data pull --force {rel}")
+
+
+def _would_lose(target: Path, before: DatasetVersion, kind: str) -> bool:
+    """Whether replacing ``target`` loses bytes of a file that ``before`` lacks: a file
+    edited or added since. Links are not the path's own bytes (replacing one removes
+    the link, never what it points at), nor are pointers and .gitignore files (kept)."""
+    if target.is_symlink():
+        return False
+    if kind == "file":
+        return target.exists() and not (len(before.files) == 1
+                                        and _holds(target, before.files[0]))
+    entries = {entry.path: entry for entry in before.files}
+    for item in target.rglob("*"):  # linked folders are not entered
+        rel = item.relative_to(target)
+        if any(part in (".git", ".tether") for part in rel.parts) or item.is_symlink():
+            continue
+        if not item.is_file() or item.name.endswith(POINTER_SUFFIX) \
+                or item.name == ".gitignore":
+            continue
+        entry = entries.get(rel.as_posix())
+        if entry is None or not _holds(item, entry):
+            return True
+    return False

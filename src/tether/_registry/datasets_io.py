@@ -531,7 +531,7 @@ def track(
     pointer = pointer_path(target)
     write_pointer(pointer, pointer_text(version, "folder" if target.is_dir() else "file"))
     _ignore(target)
-    hold_path(target, version.name)  # this clone's own: push may add its changes
+    hold_path(target, version.name, f"sha:{version.digest}")  # this clone's own
     return pointer, version
 
 
@@ -715,7 +715,7 @@ def checkout(registry: AnyRegistry, path: str | Path, *, hold: bool = True) -> D
     if pointer.get("kind") != "file" and target.is_dir() and not target.is_symlink():
         _sync_folder(registry, version, target)
         if hold:
-            hold_path(target, version.name)
+            hold_path(target, version.name, f"sha:{version.digest}")
         return version
     scratch = _checkout_scratch(target.parent)
     try:
@@ -732,7 +732,7 @@ def checkout(registry: AnyRegistry, path: str | Path, *, hold: bool = True) -> D
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if hold:
-        hold_path(target, version.name)
+        hold_path(target, version.name, f"sha:{version.digest}")
     return version
 
 
@@ -775,39 +775,54 @@ def _holds(path: Path, entry: FileEntry) -> bool:
 def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -> None:
     """Make folder ``target`` hold ``version``: write only the files that differ.
 
-    A file already holding the version's bytes (same size, same BLAKE3) stays;
-    the others are materialized (every byte verified) beside it and moved in;
-    files the version lacks go (folders a dataset never takes, like .git, stay).
+    A file already holding the version's bytes (same size, same BLAKE3, reached through
+    no link) stays; the others are materialized (every byte verified) in a scratch
+    folder first, and only then do files the version lacks go (folders a dataset never
+    takes, like .git, stay) and the new ones move in: a pull whose fetch failed had
+    already deleted files, leaving the folder neither the old state nor the new (a
+    review).
     """
     wanted = {entry.path: entry for entry in version.files}
-    for item in sorted(target.rglob("*"), reverse=True):
-        rel = item.relative_to(target)
-        if any(part in (".git", ".tether") for part in rel.parts):
-            continue
-        if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
-            if item.name.endswith(POINTER_SUFFIX) or item.name == ".gitignore":
-                continue  # the repository's own files, never a dataset's to remove
-            item.unlink()
-        elif item.is_dir() and not item.is_symlink() and not any(item.iterdir()):
-            item.rmdir()
-    # Judged after the clean-up: a file reached through a linked folder looked held, then
-    # the link went (it is no file of the version) and the file with it, "pulled".
-    stale = [entry for entry in version.files if not _holds(target / entry.path, entry)]
-    if not stale:
-        return
-    scratch = _checkout_scratch(target.parent)
+    stale = [entry for entry in version.files
+             if _through_link(target, entry.path) or not _holds(target / entry.path, entry)]
+    scratch = _checkout_scratch(target.parent) if stale else None
     try:
-        registry.store.materialize(
-            stale, scratch / "data", label=f"dataset {version.ref}", cache_chunks=False
-        )
+        if scratch is not None:
+            registry.store.materialize(
+                stale, scratch / "data", label=f"dataset {version.ref}", cache_chunks=False
+            )
+        for item in sorted(target.rglob("*"), reverse=True):
+            rel = item.relative_to(target)
+            if any(part in (".git", ".tether") for part in rel.parts):
+                continue
+            if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+                if item.name.endswith(POINTER_SUFFIX) or item.name == ".gitignore":
+                    continue  # the repository's own files, never a dataset's to remove
+                item.unlink()
+            elif item.is_dir() and not item.is_symlink() and not any(item.iterdir()):
+                item.rmdir()
         for entry in stale:
+            assert scratch is not None
             destination = target / entry.path
             if destination.is_dir() and not destination.is_symlink():
                 shutil.rmtree(destination)
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / "data" / entry.path, destination)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _through_link(top: Path, rel: str) -> bool:
+    """Whether a folder on the way from ``top`` to ``rel`` is a link: a file reached
+    through a linked folder looked held, then the clean-up took the link (it is no file
+    of the version) and the file with it, "pulled"."""
+    folder = top
+    for part in PurePosixPath(rel).parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            return True
+    return False
 
 
 def open_dataset(

@@ -392,20 +392,24 @@ def push(ctx: click.Context, paths: tuple[Path, ...], notes: str, adopt: bool,
 
 @data_group.command("pull")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Replace paths holding changes no version has (edited since they were "
+              "last pulled or pushed here); without it they are left alone and reported.")
 @json_option
 @click.pass_context
 @handle_errors
-def pull(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+def pull(ctx: click.Context, paths: tuple[Path, ...], force: bool, as_json: bool) -> None:
     """Write every tracked path that is missing or stale from the version its pointer names.
 
     Like `tether data checkout` for every *.tether pointer at the current git
     revision (or only those of PATHS), each byte verified; paths already holding
     those bytes are re-hashed and left alone. After `git switch`, this brings
-    that branch's data. Exits 1 if any pull failed.
+    that branch's data. A path you changed since it was last pulled or pushed
+    here is not replaced (push it first, or --force). Exits 1 if any pull failed.
     """
     from .._registry.data_sync import pull as pull_pointers
 
-    done = pull_pointers(registry_from(ctx), only=list(paths) or None)
+    done = pull_pointers(registry_from(ctx), only=list(paths) or None, force=force)
     if as_json:
         emit_json([item.to_dict() for item in done])
         if any(item.status == "failed" for item in done):
