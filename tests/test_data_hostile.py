@@ -664,3 +664,20 @@ def test_track_refuses_the_repository_itself_and_paths_inside_a_tracked_folder(
     inside = runner.invoke(cli, ["--registry", str(repo / ".tether"), "data", "track",
                                  "sub/inner/f.csv"])
     assert inside.exit_code != 0 and "tracked as a whole" in inside.output
+
+
+def test_a_file_not_named_in_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    """A name of undecodable bytes ended `tether data add` in a traceback (a review)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("x")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb") as handle:
+        handle.write(b"y")
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    with pytest.raises(InvalidInput, match="not named in UTF-8"):
+        reg.add_dataset(folder, "d")
+    assert reg.list_datasets() == []
+    result = CliRunner().invoke(cli, ["--registry", str(tmp_path / "reg"), "data", "add",
+                                      str(folder), "d"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "UTF-8" in result.output

@@ -32,6 +32,7 @@ the model's ``data`` (bound by the model's digest) and a row in
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -570,7 +571,16 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
             continue
         if item.suffix == ".tether" and item.name != ".tether":
             continue  # pointer files describe data, they are not data
-        found.append(rel.as_posix())
+        name = rel.as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Undecodable bytes in a name (Python keeps them as surrogates) ended the add
+            # in a traceback from the stat cache (a review); a manifest names files in UTF-8.
+            raise InvalidInput(
+                f"{os.fsencode(item)!r} is not named in UTF-8: a dataset's file names are",
+                hint="rename the file (convmv converts whole trees), or move it out") from None
+        found.append(name)
     if not found:
         raise InvalidInput(f"{path} holds no files", hint="a dataset needs at least one file")
     return path, found
