@@ -26,11 +26,12 @@ after review (``tether.load(..., trusted=True)`` on the files, or re-log).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -226,6 +227,17 @@ def _mlflow_call(uri: str, what: str, call: Callable[..., Any], *args: Any, **kw
             f"{what} failed at {uri}: {error.message}",
             hint="check the URI and your MLflow credentials",
         ) from error
+    except TetherError:
+        raise
+    except Exception as error:
+        # A mlruns folder's damaged meta.yaml (bad YAML, a list, a key missing, a number
+        # of 5,000 digits) ended the import in MLflow's own traceback (a review).
+        raise SourceUnavailable(
+            f"{what} failed at {uri}: MLflow could not read it ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'})",
+            hint="the MLflow store is damaged there: repair that model's files, or import "
+            "the others by name (--model NAME)",
+        ) from error
 
 
 def import_mlflow(
@@ -247,6 +259,44 @@ def import_mlflow(
     Returns what was imported, what was there already, and every refusal; a
     failure of one version or alias is reported and the import goes on.
     """
+    with _global_tracking_uri(uri):
+        return _import(registry, uri, models=models, dry_run=dry_run, progress=progress,
+                       client=client, artifacts_from=artifacts_from)
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's file store reads each model version through a client of MLflow's
+    *global* tracking URI (its own TODO says so): unset, that is sqlite:///mlflow.db in
+    the working folder, which it created there (a review). Set to the source while a
+    local store is imported, then put back as it was."""
+    if uri.startswith(("http://", "https://")):
+        yield
+        return
+    try:
+        import mlflow
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+    except ImportError:
+        yield
+        return
+    before = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri = before
+
+
+def _import(
+    registry: ImportTarget,
+    uri: str,
+    *,
+    models: Sequence[str],
+    dry_run: bool,
+    progress: Progress | None,
+    client: Any,
+    artifacts_from: Sequence[str | Path],
+) -> ImportReport:
     progress = progress or _Silent()
     sources = ArtifactSources.of(uri, artifacts_from)
     client = client if client is not None else open_client(uri)
@@ -268,7 +318,7 @@ def import_mlflow(
         try:
             source_model = _mlflow_call(uri, f"model {name!r}", client.get_registered_model, name)
             source_versions = _model_versions(client, uri, name)
-        except NotFound as error:
+        except (NotFound, SourceUnavailable) as error:  # this model; the others go on
             model_report.error = error.message
             continue
         present = _present(registry, name)
@@ -306,8 +356,18 @@ def import_mlflow(
             if not dry_run:
                 _import_version(registry, client, uri, name, mv, entry, sources)
             progress.finished_one()
-        _sync_model(registry, source_model, model_report, dry_run)
-        _sync_aliases(registry, source_model, model_report, dry_run)
+        for sync in (_sync_model, _sync_aliases):
+            try:
+                sync(registry, source_model, model_report, dry_run)
+            except (TetherError, TypeError, ValueError, AttributeError) as error:
+                # After its versions were logged: a description or tags or aliases of
+                # the wrong shape had escaped, the rest of the import undone (a review).
+                what = "description and tags" if sync is _sync_model else "aliases"
+                if sync is _sync_model:
+                    model_report.description_updated, model_report.tags_updated = False, []
+                model_report.notes.append(
+                    f"its {what} were not imported: "
+                    f"{getattr(error, 'message', None) or f'{type(error).__name__}: {error}'}")
     return report
 
 
@@ -464,7 +524,8 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
         name,
         str(mv.version),
     )
-    local = sources.check(str(location), what)
+    location = _run_location(client, uri, str(location), what)
+    local = sources.check(location, what)
     if local is not None:
         return copy_local(*local, dest, what)
     try:
@@ -478,6 +539,22 @@ def _download(client: Any, uri: str, name: str, mv: Any, dest: Path,
             "(`mlflow server` with --serve-artifacts, or credentials for the store)",
         ) from error
     return Path(path)
+
+
+def _run_location(client: Any, uri: str, location: str, what: str) -> str:
+    """A ``runs:/RUN_ID/PATH`` location as the run's own artifact location joined with
+    PATH (then judged like any other): MLflow 3 names a local store's versions so, and
+    every one was refused, nothing imported (a review). Other locations as they are."""
+    if not location.startswith("runs:/"):
+        return location
+    run_id, _, path = location.removeprefix("runs:/").partition("/")
+    if not run_id or not run_id.replace("-", "").isalnum():
+        raise InvalidInput(f"{what}: artifact location {short_repr(location)} names no run")
+    run = _mlflow_call(uri, f"the run of {what}", client.get_run, run_id)
+    root = getattr(getattr(run, "info", None), "artifact_uri", None)
+    if not isinstance(root, str) or not root:
+        raise InvalidInput(f"{what}: run {run_id} has no artifact location")
+    return root.rstrip("/") + ("/" + path.strip("/") if path.strip("/") else "")
 
 
 @dataclass(frozen=True)
