@@ -889,18 +889,31 @@ def list_datasets(registry: Registry) -> list[DatasetInfo]:
         for row in conn.execute(
             sa.select(datasets).where(datasets.c.deleted.is_(False)).order_by(datasets.c.name)
         ):
-            rows = _rows(conn, row.id)
+            count, latest = _count_and_latest(conn, row.id)
             found.append(
                 DatasetInfo(
                     name=row.name,
                     created_at=row.created_at,
                     updated_at=row.updated_at,
-                    version_count=len(rows),
-                    latest=rows[-1].semver if rows else None,
+                    version_count=count,
+                    latest=latest,
                     aliases=_alias_targets(conn, row.id),
                 )
             )
         return found
+
+
+def _count_and_latest(conn: sa.Connection, did: int) -> tuple[int, str | None]:
+    """How many live versions the dataset has, and the newest one's semver: two small
+    queries, where every version's whole manifest and chunk records were read to count
+    them (about 4 MB a version of a 20,000-file dataset: a review)."""
+    live = sa.and_(dataset_versions.c.dataset_id == did, dataset_versions.c.status != "deleted")
+    count = conn.execute(
+        sa.select(sa.func.count()).select_from(dataset_versions).where(live)).scalar_one()
+    latest = conn.execute(
+        sa.select(dataset_versions.c.semver).where(live)
+        .order_by(dataset_versions.c.seq.desc()).limit(1)).scalar()
+    return int(count), latest
 
 
 def dataset_versions_of(registry: Registry, name: str) -> list[DatasetVersion]:
