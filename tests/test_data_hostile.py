@@ -120,9 +120,13 @@ def test_a_link_in_a_tracked_folder_is_not_uploaded(repo: Path) -> None:
     (data / "rows.csv").write_text("a\n1\n")
     (data / "leak.txt").symlink_to(secret)
     (data / "linked").symlink_to(repo.parent, target_is_directory=True)
+    os.mkfifo(data / "pipe")
     reg = tether.init(repo / ".tether", actor="data@test")
-    version = reg.add_dataset(data, "data")
+    with pytest.warns(UserWarning, match="only regular files") as said:
+        version = reg.add_dataset(data, "data")
     assert [f.path for f in version.files] == ["rows.csv"]
+    # Said, not silently dropped (a review): each thing left out is named.
+    assert all(name in str(said[0].message) for name in ("'leak.txt'", "'linked'", "'pipe'"))
 
 
 def test_tether_never_writes_through_a_linked_pointer(repo: Path) -> None:

@@ -26,3 +26,8 @@ def warn_caller(message: str, category: type[Warning]) -> None:
 class UnsignedAuditEvents(UserWarning):
     """The audit log holds events the registry's key never signed; new ones are not signed
     over them (see ``Registry.write``)."""
+
+
+class LeftOut(UserWarning):
+    """What adding a dataset left out of a folder (links, pipes, devices): a dataset holds
+    regular files only."""

@@ -75,7 +75,7 @@ from .._reference import (
 )
 from .._semver import BumpLevel, SemVer, resolve_bump
 from .._store.base import FileEntry
-from .._warnings import warn_caller
+from .._warnings import LeftOut, warn_caller
 from . import reads
 from .access import may
 from .aliases import refuse_a_look_alike, require_role_to_move
@@ -560,14 +560,19 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
     if not path.is_dir():
         raise InvalidInput(f"{path} does not exist", hint="give a file or a folder")
     found = []
+    skipped = []
     for item in sorted(path.rglob("*")):
         rel = item.relative_to(path)
-        if any(part.lower() in _SKIP_DIRS for part in rel.parts) or not item.is_file():
+        if any(part.lower() in _SKIP_DIRS for part in rel.parts):
             continue
-        if item.is_symlink():
+        if item.is_symlink() or not (item.is_file() or item.is_dir()):
             # A link's target is not the folder's to give: a repository committing
             # data/leak.txt -> ~/.ssh/id_ed25519 had the user's push upload the key.
             # (rglob does not walk into a linked folder: nothing under one is listed.)
+            # Nor is a pipe's or a device's endless stream. Said, not silently dropped.
+            skipped.append(rel.as_posix())
+            continue
+        if not item.is_file():
             continue
         if item.suffix == ".tether" and item.name != ".tether":
             continue  # pointer files describe data, they are not data
@@ -581,6 +586,11 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
                 f"{os.fsencode(item)!r} is not named in UTF-8: a dataset's file names are",
                 hint="rename the file (convmv converts whole trees), or move it out") from None
         found.append(name)
+    if skipped:
+        shown = ", ".join(repr(name) for name in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warn_caller(f"{path}: not added, as a dataset holds only regular files (not links, "
+                    f"pipes or devices): {shown}{more}", LeftOut)
     if not found:
         raise InvalidInput(f"{path} holds no files", hint="a dataset needs at least one file")
     return path, found
