@@ -685,3 +685,16 @@ def test_a_file_not_named_in_utf8_is_a_clear_error(tmp_path: Path) -> None:
                                       str(folder), "d"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "UTF-8" in result.output
+
+
+def test_a_name_windows_reads_as_a_folder_is_refused_before_its_bytes_are_stored(
+        tmp_path: Path) -> None:
+    """A file named with a backslash was chunked into the store whole, then refused as
+    "leaving the version's folder" (a review)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a\\b.csv").write_bytes(os.urandom(200_000))
+    reg = tether.init(tmp_path / "reg", actor="t@example.com")
+    with pytest.raises(InvalidInput, match="Windows reads as a folder"):
+        reg.add_dataset(folder, "d")
+    assert not list((tmp_path / "reg").rglob("packs/*.pack"))

@@ -149,6 +149,13 @@ def check_relative_path(path: Any, *, what: str) -> str:
     """``path`` if it is a safe relative POSIX path inside a version, else InvalidInput."""
     if not isinstance(path, str) or not path or "\x00" in path:
         raise InvalidInput(f"{what} {path!r} is not a file path")
+    if "\\" in path or (len(path) > 1 and path[1] == ":"):
+        # Legal in a name here, but a folder separator or a drive on Windows, where the
+        # version may be loaded: said as such ("leaves the folder" puzzled: a review).
+        raise InvalidInput(
+            f"{what} {path!r} has a backslash or a drive letter, which Windows reads as "
+            "a folder or a drive",
+            hint="rename it: a version's files load on every system")
     if path_escapes(path):
         raise InvalidInput(
             f"{what} {path!r} leaves the version's folder",

@@ -52,7 +52,12 @@ from .._errors import (
     UnknownField,
     UnknownName,
 )
-from .._identity import check_manifest, check_one_file_each, manifest_digest
+from .._identity import (
+    check_manifest,
+    check_one_file_each,
+    check_relative_path,
+    manifest_digest,
+)
 from .._metadata import repository as repo
 from .._metadata.audit_log import append_event
 from .._metadata.clock import now_iso
@@ -585,6 +590,7 @@ def _files_under(path: Path) -> tuple[Path, list[str]]:
             raise InvalidInput(
                 f"{os.fsencode(item)!r} is not named in UTF-8: a dataset's file names are",
                 hint="rename the file (convmv converts whole trees), or move it out") from None
+        check_relative_path(name, what="file")  # before its bytes are chunked
         found.append(name)
     if skipped:
         shown = ", ".join(repr(name) for name in skipped[:5])
