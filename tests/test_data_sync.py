@@ -174,3 +174,23 @@ def test_a_pull_whose_fetch_fails_leaves_the_folder_as_it_was(repo: Path) -> Non
     assert (data / "extra.csv").read_text() == "mine\n"
     assert (data / "a.csv").read_text() == "id\nedit\n"
     assert not list(repo.glob(".tether-checkout-*"))
+
+
+def test_pull_leaves_a_path_whose_last_version_this_registry_lacks(repo: Path) -> None:
+    """The version a path last held here is not in this registry: whether the path holds
+    changes cannot be told, so it is left alone, and said so (not "edited")."""
+    data = _tracked_folder(repo)
+    (data / "a.csv").write_text("id\n1\n2\n")
+    assert [d["status"] for d in run(repo, "data", "push", "--json")] == ["pushed"]
+    record = repo / ".git" / "tether" / "held-paths"
+    lines = record.read_text().splitlines()
+    held = json.loads(lines[-1])
+    record.write_text("\n".join([*lines, json.dumps([held[0], held[1], "sha:" + "0" * 64])])
+                      + "\n")
+    git(repo, "checkout", "-q", "data.tether")  # the pointer back at v1
+    done = run(repo, "data", "pull", "--json", code=1)
+    assert [d["status"] for d in done] == ["failed"]
+    assert "cannot be told" in done[0]["error"]
+    assert (data / "a.csv").read_text() == "id\n1\n2\n"
+    assert [d["status"] for d in run(repo, "data", "pull", "--force", "--json")] == ["pulled"]
+    assert (data / "a.csv").read_text() == "id\n1\n"

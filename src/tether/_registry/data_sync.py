@@ -290,8 +290,14 @@ def _refuse_unpushed(registry: AnyRegistry, target: Path, rel: str, dataset: str
     try:
         before = pointed_version(registry, {"dataset": dataset, "digest": digest})
     except TetherError:
-        before = None  # gone from the registry, or held for another dataset: unknown
-    if before is not None and not _would_lose(target, before, kind):
+        # Gone from this registry (or never in it): nothing to tell changes by, and
+        # saying "edited" would be a guess. Left alone all the same.
+        raise InvalidInput(
+            f"{rel} last held {dataset} {digest[:16]}, which this registry does not have, "
+            "so whether it holds changes of yours cannot be told; pull leaves it alone",
+            hint=f"push it first (tether data push {rel}), or replace it: "
+            f"tether data pull --force {rel}") from None
+    if not _would_lose(target, before, kind):
         return
     raise InvalidInput(
         f"{rel} has changes no version holds: edited since it was last tracked, pulled "
