@@ -275,6 +275,11 @@ def test_nul_bytes_in_names_are_clear_errors(dvc_repo: Path) -> None:
                                       "import", "dvc", str(dvc_repo)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "not a file name" in result.output
+    (dvc_repo / "nul.dvc").write_text(f"wdir: \"a\\0b\"\nouts:\n- md5: {md5(b'x')}\n  path: x\n")
+    result = CliRunner().invoke(cli, ["--registry", str(dvc_repo.parent / "reg"),
+                                      "import", "dvc", str(dvc_repo)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "is not a folder name" in result.output
 
 
 def test_a_cache_object_of_another_size_than_claimed_is_not_copied(dvc_repo: Path) -> None:

@@ -135,7 +135,7 @@ def find_outputs(repo: Path) -> list[DvcOut]:
                     found += _outs(record.get("outs"), path.parent, repo, f"{rel}:{stage}")
         else:
             wdir = body.get("wdir") or "."
-            if not isinstance(wdir, str):
+            if not isinstance(wdir, str) or "\0" in wdir:
                 raise InvalidInput(f"{rel}: wdir {short_repr(wdir)} is not a folder name")
             base = path.parent / wdir
             found += _outs(body.get("outs"), base, repo, rel)
