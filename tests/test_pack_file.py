@@ -219,10 +219,10 @@ def test_a_failed_direct_write_is_a_clear_error_and_leaves_no_pack(
     if not _direct_possible(tmp_path / "store"):
         pytest.skip("this filesystem has no direct I/O")
 
-    def full(fd: int, buffer: memoryview, offset: int) -> None:
+    def full(fd: int, pieces: Any, offset: int | None = None) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pack_file, "_pwrite_all", full)
+    monkeypatch.setattr(pack_file, "write_pieces", full)
     store = ChunkStore(LocalBlobs(tmp_path / "store"), upload_streams=1)
     writer = PackWriter(store, target=20 << 20, direct=True)
     with pytest.raises(StoreError, match=r"(?i)disk|space"):
@@ -245,15 +245,15 @@ def test_a_filesystem_refusing_direct_writes_gets_them_through_the_page_cache(
 
     if not _direct_possible(tmp_path / "store"):
         pytest.skip("this filesystem has no direct I/O")
-    real = pack_file._pwrite_all
+    real = pack_file.write_pieces
     refusing: set[int] = set()
 
-    def picky(fd: int, buffer: memoryview, offset: int) -> None:
+    def picky(fd: int, pieces: Any, offset: int | None = None) -> None:
         if fd in refusing:
             raise OSError(errno.EINVAL, "Invalid argument")
-        real(fd, buffer, offset)
+        real(fd, pieces, offset)
 
-    monkeypatch.setattr(pack_file, "_pwrite_all", picky)
+    monkeypatch.setattr(pack_file, "write_pieces", picky)
     monkeypatch.setattr(pack_file, "_refused", set())
     blobs = LocalBlobs(tmp_path / "store")
     body = PackFile(blobs, direct=True)
@@ -282,16 +282,16 @@ def test_a_failed_direct_write_never_hands_a_buffer_out_twice(
 
     if not _direct_possible(tmp_path / "store"):
         pytest.skip("this filesystem has no direct I/O")
-    real = pack_file._pwrite_all
+    real = pack_file.write_pieces
     calls = []
 
-    def second_fails(fd: int, buffer: memoryview, offset: int) -> None:
+    def second_fails(fd: int, pieces: Any, offset: int | None = None) -> None:
         calls.append(offset)
         if len(calls) == 2:
             raise OSError(errno.EFBIG, "File too large")
-        real(fd, buffer, offset)
+        real(fd, pieces, offset)
 
-    monkeypatch.setattr(pack_file, "_pwrite_all", second_fails)
+    monkeypatch.setattr(pack_file, "write_pieces", second_fails)
     monkeypatch.setattr(pack_file, "_spare", [])
     blobs = LocalBlobs(tmp_path / "store")
     body = PackFile(blobs, direct=True)
@@ -299,7 +299,7 @@ def test_a_failed_direct_write_never_hands_a_buffer_out_twice(
         for _ in range(6):
             body.write([os.urandom(pack_file.STAGE)])
     assert len({id(b) for b in pack_file._spare}) == len(pack_file._spare) > 0
-    monkeypatch.setattr(pack_file, "_pwrite_all", real)
+    monkeypatch.setattr(pack_file, "write_pieces", real)
     rng = random.Random(1)
     pieces = [rng.randbytes(pack_file.STAGE) for _ in range(5)] + [rng.randbytes(12_345)]
     again = PackFile(blobs, direct=True)
@@ -346,3 +346,15 @@ def test_gather_copies_pieces_in_order_and_refuses_what_does_not_fit() -> None:
             native.gather(dest, 8, [memoryview(b"abc")])
         with pytest.raises(ValueError, match="do not fit"):
             native.gather(dest, -1, [memoryview(b"a")])
+
+
+def test_a_write_that_makes_no_progress_is_an_error_not_a_loop(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """write_pieces asked again after a write of nothing, for ever; the direct writes'
+    own loop stopped there, and they now share write_pieces."""
+    from tether._store import fileio
+
+    monkeypatch.setattr(fileio.os, "pwritev", lambda fd, views, offset: 0)
+    with open(tmp_path / "f", "wb") as handle, pytest.raises(OSError, match="wrote nothing"):
+        fileio.write_pieces(handle.fileno(), [b"abc", b""], 0)
+    fileio.write_pieces(1, [b""], 0)  # nothing to write: nothing asked

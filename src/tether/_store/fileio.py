@@ -10,6 +10,7 @@ system call. Light on purpose: the cutting workers import it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import mmap
 import os
@@ -94,6 +95,8 @@ def write_pieces(fd: int, pieces: Sequence[bytes | bytearray | memoryview],
     while first < len(views):
         batch = views[first:first + IOV_MAX]
         done = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset)
+        if done == 0 and any(batch):  # no progress: it would be asked again for ever
+            raise OSError(errno.EIO, "a write wrote nothing")
         if offset is not None:
             offset += done
         while first < len(views) and done >= len(views[first]):

@@ -233,9 +233,8 @@ class _DirectWrites:
         """Wait for every write, cut the file to ``size`` through the ordinary
         descriptor ``fd``, and let go of the buffers."""
         try:
-            while self.pending:
-                self.pending[0][0].result()
-                self.free.append(self.pending.popleft()[1])
+            for job, _buffer in self.pending:
+                job.result()  # the first failure, raised once abandon has waited for all
             os.ftruncate(fd, size)
         finally:
             self.abandon()
@@ -256,7 +255,6 @@ class _DirectWrites:
             _give_buffers(self.free)
             self.free = []
 
-
     def _write_at(self, buffer: memoryview, offset: int) -> None:
         """On the worker: one buffer's bytes at ``offset``. A filesystem that opens
         files for direct I/O and then refuses the writes (EINVAL: alignment rules of
@@ -264,25 +262,17 @@ class _DirectWrites:
         cache, rather than a failed ingest."""
         if self.device not in _refused:
             try:
-                _pwrite_all(self.fd, buffer, offset)
+                write_pieces(self.fd, [buffer], offset)
                 return
             except OSError as error:
                 if error.errno != errno.EINVAL:
                     raise
                 _refused.add(self.device)
-        _pwrite_all(self.plain, buffer, offset)
+        write_pieces(self.plain, [buffer], offset)
 
 
 #: Devices whose filesystem refused a direct write: written through the page cache.
 _refused: set[int] = set()
-
-
-def _pwrite_all(fd: int, buffer: memoryview, offset: int) -> None:
-    while buffer:
-        done = os.pwrite(fd, buffer, offset)
-        if done <= 0:
-            raise OSError(errno.EIO, "a direct write wrote nothing")
-        buffer, offset = buffer[done:], offset + done
 
 
 @cache
