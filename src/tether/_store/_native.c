@@ -156,15 +156,14 @@ static void find_candidates(const cut_config *c, const uint8_t *buf, uint64_t fr
     const uint64_t *gear = c->gear;
     const uint64_t common = c->mask_s & c->mask_l;
     uint64_t span = (to - from) / LANES;
-    uint64_t start[LANES], stop[LANES], pos[LANES], h[LANES];
+    uint64_t start[LANES], stop[LANES], h[LANES];
     candidates lane[LANES];
     for (int j = 0; j < LANES; j++) {
         start[j] = from + j * span;
         stop[j] = j == LANES - 1 ? to : start[j] + span;
-        pos[j] = start[j] >= WARM ? start[j] - WARM : 0;
         h[j] = 0;
-        for (; pos[j] < start[j]; pos[j]++)
-            h[j] = (h[j] << 1) + gear[buf[pos[j]]];
+        for (uint64_t p = start[j] >= WARM ? start[j] - WARM : 0; p < start[j]; p++)
+            h[j] = (h[j] << 1) + gear[buf[p]];
         lane[j].cap = out->cap / LANES + 16;
         lane[j].at = out->at + j * lane[j].cap;
         lane[j].count = 0;
@@ -310,7 +309,8 @@ static PyObject *native_cut(PyObject *self, PyObject *args)
      * (64 KiB chunks: 14 bits, one position in 16,000; below about 4 KiB chunks too
      * many positions are candidates to gain anything). */
     if (length >= 16 * (uint64_t)max_size && bits_set(mask_s & mask_l) >= 12) {
-        found.cap = (size_t)(length / CANDIDATE_SHARE) + LANES * 16;
+        /* Each lane holds cap / LANES + 16: the 16 more each are what is added here. */
+        found.cap = (size_t)(length / CANDIDATE_SHARE);
         found.at = PyMem_RawMalloc((found.cap + LANES * 16) * sizeof(uint64_t));
     }
     Py_BEGIN_ALLOW_THREADS
