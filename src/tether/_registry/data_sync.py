@@ -24,9 +24,11 @@ from .datasets_io import (
     POINTER_SUFFIX,
     _holds,
     checkout,
+    hashing_once,
     pointed_version,
     pointer_text,
     read_pointer_file,
+    tracked_items,
     write_pointer,
 )
 
@@ -96,11 +98,8 @@ def holds(target: Path, version: DatasetVersion, kind: str) -> bool:
     if not target.is_dir() or target.is_symlink():
         return False
     wanted = {entry.path for entry in version.files}
-    for item in target.rglob("*"):
-        rel = item.relative_to(target)
-        if any(part in (".git", ".tether") for part in rel.parts):
-            continue
-        if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+    for item, rel in tracked_items(target):
+        if (item.is_file() or item.is_symlink()) and rel not in wanted:
             return False
     return all(_holds(target / entry.path, entry) for entry in version.files)
 
@@ -249,7 +248,7 @@ def pull(
     top = work_tree(start)
     done: list[Synced] = []
     last = last_held(top)
-    with holding(top) as (own, kept):
+    with holding(top) as (own, kept), hashing_once():
         for _pointer_file, target, rel, pointer in _entries(top, only, done):
             kind = str(pointer.get("kind") or "file")
             try:
@@ -316,14 +315,11 @@ def _would_lose(target: Path, before: DatasetVersion, kind: str) -> bool:
         return target.exists() and not (len(before.files) == 1
                                         and _holds(target, before.files[0]))
     entries = {entry.path: entry for entry in before.files}
-    for item in target.rglob("*"):  # linked folders are not entered
-        rel = item.relative_to(target)
-        if any(part in (".git", ".tether") for part in rel.parts) or item.is_symlink():
-            continue
-        if not item.is_file() or item.name.endswith(POINTER_SUFFIX) \
+    for item, rel in tracked_items(target):
+        if item.is_symlink() or not item.is_file() or item.name.endswith(POINTER_SUFFIX) \
                 or item.name == ".gitignore":
             continue
-        entry = entries.get(rel.as_posix())
+        entry = entries.get(rel)
         if entry is None or not _holds(item, entry):
             return True
     return False

@@ -19,16 +19,19 @@ from __future__ import annotations
 import array
 import atexit
 import bisect
+import contextlib
 import io
 import itertools
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
@@ -758,18 +761,59 @@ def _checkout_scratch(folder: Path) -> Path:
 
 def _holds(path: Path, entry: FileEntry) -> bool:
     """Whether ``path`` is a file holding exactly the bytes ``entry`` names (re-hashed)."""
-    import blake3
-
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size != entry.size:
-            return False
-        hasher = blake3.blake3()
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                hasher.update(block)
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
+            return False  # not a file, or a link
+        known = _hashed.get()
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        digest = known.get(key) if known is not None else None
+        if digest is None:
+            digest = _file_digest(path)
+            if known is not None:
+                known[key] = digest
+        return digest == entry.digest
     except OSError:
         return False
-    return bool(hasher.hexdigest() == entry.digest)
+
+
+#: Files hashed while ``hashing_once`` holds, by what identifies their bytes (device,
+#: inode, size, and the times of their last change; however the path is spelled): a pull
+#: judges a file against the version its pointer names, then the version it last held,
+#: then as it syncs the folder; each file is read once, not three times.
+_hashed: ContextVar[dict[tuple[int, int, int, int, int], str] | None] = ContextVar(
+    "tether_hashed_files", default=None)
+
+
+@contextlib.contextmanager
+def hashing_once() -> Iterator[None]:
+    """Within: a file whose identity is unchanged is hashed once (see ``_hashed``)."""
+    token = _hashed.set({})
+    try:
+        yield
+    finally:
+        _hashed.reset(token)
+
+
+def _file_digest(path: Path) -> str:
+    """The BLAKE3 of the file at ``path``, read whole."""
+    import blake3
+
+    hasher = blake3.blake3()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            hasher.update(block)
+    return str(hasher.hexdigest())
+
+
+def tracked_items(target: Path) -> Iterator[tuple[Path, str]]:
+    """Each file, link and folder under the tracked folder ``target``, with its path
+    there, but nothing in a .git or .tether folder (never a dataset's): the walk that
+    judging, pulling and pushing a folder all make. Linked folders are not entered."""
+    for item in target.rglob("*"):
+        rel = item.relative_to(target)
+        if not any(part in (".git", ".tether") for part in rel.parts):
+            yield item, rel.as_posix()
 
 
 def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -> None:
@@ -791,11 +835,8 @@ def _sync_folder(registry: AnyRegistry, version: DatasetVersion, target: Path) -
             registry.store.materialize(
                 stale, scratch / "data", label=f"dataset {version.ref}", cache_chunks=False
             )
-        for item in sorted(target.rglob("*"), reverse=True):
-            rel = item.relative_to(target)
-            if any(part in (".git", ".tether") for part in rel.parts):
-                continue
-            if (item.is_file() or item.is_symlink()) and rel.as_posix() not in wanted:
+        for item, rel in sorted(tracked_items(target), reverse=True):
+            if (item.is_file() or item.is_symlink()) and rel not in wanted:
                 if item.name.endswith(POINTER_SUFFIX) or item.name == ".gitignore":
                     continue  # the repository's own files, never a dataset's to remove
                 item.unlink()
