@@ -863,10 +863,8 @@ class RemoteRegistry:
         )
 
     def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
-        target = Path(dest)
-        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
-            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
-        return loading.materialize(self, self.get(ref), target.absolute(), progress=progress)  # type: ignore[arg-type]
+        target = loading.new_destination(dest)
+        return loading.materialize(self, self.get(ref), target, progress=progress)  # type: ignore[arg-type]
 
     def verify(self, ref: str) -> list[str]:
         version = self.get(ref)
@@ -1271,10 +1269,8 @@ class RemoteRegistry:
 
     def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """As ``Registry.download_dataset``: chunks fetched through the gateway, verified here."""
-        target = Path(dest)
-        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
-            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
-        return loading.materialize(self, self.get_dataset(ref), target.absolute(),  # type: ignore[arg-type]
+        target = loading.new_destination(dest)
+        return loading.materialize(self, self.get_dataset(ref), target,  # type: ignore[arg-type]
                                    progress=progress)
 
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:

@@ -31,7 +31,7 @@ from .._bounded_read import read_regular
 from .._errors import InvalidInput, TetherError
 from .._humanize import short_repr
 from .._plain_yaml import plain_yaml
-from .._store.blobs import owner_scratch
+from .._store.blobs import owner_scratch, require_room
 from .datasets_io import pointer_path, pointer_text, write_pointer
 
 if TYPE_CHECKING:
@@ -215,11 +215,7 @@ def _copy_checked(source: Path, destination: Path, md5: str, size: int | None = 
                                f"pointer says {size}",
                                hint="the DVC cache is damaged: `dvc fetch` it again")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(destination.parent).free
-        if info.st_size > free:
-            raise InvalidInput(f"{source} is {info.st_size} bytes, more than the {free} "
-                               "free where it is copied before it is added",
-                               hint="free space, or set TETHER_CACHE_DIR to a larger disk")
+        require_room(info.st_size, destination.parent, str(source))
         digest = hashlib.md5(usedforsecurity=False)
         with destination.open("xb") as writer:  # never over a file written before
             while block := reader.read(1 << 20):

@@ -42,7 +42,7 @@ from .._errors import IntegrityError, InvalidInput, InvalidReference, NotFound, 
 from .._humanize import short_repr
 from .._plain_yaml import plain_yaml
 from .._reference import refuse_a_version_name, validate_alias_name, validate_model_name
-from .._store.blobs import owner_scratch
+from .._store.blobs import owner_scratch, require_room
 
 if TYPE_CHECKING:
     from .._records import ModelVersion
@@ -697,13 +697,8 @@ def _copy_entry(parent: int, name: str, target: Path,
             _copy_folder(handle, target, refuse)
         elif stat.S_ISREG(mode):
             target.parent.mkdir(parents=True, exist_ok=True)
-            size, free = os.fstat(handle).st_size, shutil.disk_usage(target.parent).free
-            if size > free:
-                # A sparse file costs its source nothing and its copy every byte: one of
-                # a TB filled the disk (a review).
-                raise InvalidInput(f"{short_repr(name)} in the artifacts is {size} bytes, "
-                                   f"more than the {free} free where it would be copied",
-                                   hint="free space, or set TETHER_CACHE_DIR to a larger disk")
+            require_room(os.fstat(handle).st_size, target.parent,
+                         f"{short_repr(name)} in the artifacts")
             with open(handle, "rb", closefd=False) as reader, target.open("xb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
         else:

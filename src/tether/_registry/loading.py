@@ -121,6 +121,16 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
 
 
 @handoffs.during  # see tether/_store/handoffs.py
+def new_destination(dest: str | Path) -> Path:
+    """``dest`` as an absolute path, refused (InvalidInput) when anything is there: a
+    download writes a new folder, never into or over one (a dangling link too: it was
+    replaced, a review)."""
+    target = Path(dest)
+    if os.path.lexists(target):
+        raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+    return target.absolute()
+
+
 def materialize(
     registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool,
     keep_seal: bool = False,

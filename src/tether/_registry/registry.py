@@ -732,11 +732,9 @@ class Registry:
 
     def download(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """Write a version's files (verified) into ``dest``, which must not exist."""
-        target = Path(dest)
-        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
-            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        target = loading.new_destination(dest)
         version = self.get(ref)
-        return loading.materialize(self, version, target.absolute(), progress=progress)
+        return loading.materialize(self, version, target, progress=progress)
 
     def verify(self, ref: str) -> list[str]:
         """Problems found re-reading every stored byte of a version (empty: all good)."""
@@ -1200,11 +1198,9 @@ class Registry:
 
     def download_dataset(self, ref: str, dest: str | Path, *, progress: bool = True) -> Path:
         """Write a dataset version's files (verified) into ``dest``, which must not exist."""
-        target = Path(dest)
-        if os.path.lexists(target):  # a dangling link too (it was replaced: a review)
-            raise InvalidInput(f"{target} already exists", hint="choose a new folder")
+        target = loading.new_destination(dest)
         version = self.get_dataset(ref)
-        return loading.materialize(self, version, target.absolute(), progress=progress)
+        return loading.materialize(self, version, target, progress=progress)
 
     def open_dataset(self, ref: str, path: str) -> datasets_io.DatasetFile:
         """A streaming, seekable, read-only binary file over ``path`` in dataset ``ref``."""

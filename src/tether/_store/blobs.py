@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -90,6 +91,17 @@ def user_cache_dir() -> Path:
 def scratch_root() -> Path:
     """Temporary files of a process with no store folder of its own go under the user's cache."""
     return user_cache_dir() / "tmp"
+
+
+def require_room(size: int, folder: Path, what: str) -> None:
+    """InvalidInput unless ``folder``'s disk has ``size`` bytes free for a copy of
+    ``what``: a sparse file costs its source nothing and its copy every byte (one of a
+    TB filled the disk: a review)."""
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise InvalidInput(f"{what} is {size} bytes, more than the {free} free where it "
+                           "would be copied",
+                           hint="free space, or set TETHER_CACHE_DIR to a larger disk")
 
 
 def owner_scratch(cache_dir: Path, kind: str) -> dict[str, Any]:
