@@ -152,8 +152,7 @@ class Pace:
 
     def __init__(self, url: str, timeout: float, limit: int) -> None:
         self.url, self.limit = url, limit
-        self.clock = Deadline(timeout)
-        self.clock.left()  # from now: the body's own clock
+        self.clock = _clock_from_now(timeout)  # the body's own clock
         self.size = 0
 
     def took(self, count: int) -> None:
@@ -163,8 +162,7 @@ class Pace:
                                  f"allowed (over {self.limit}); stopped reading",
                                  hint="the server or object store is misbehaving "
                                  "(is TETHER_URI a Tether server?)")
-        self.clock.moved(count)
-        if self.clock.left() < 0:
+        if _behind(self.clock, count):
             raise TooSlow(f"{self.url} answered too slowly: {self.clock.describe()}",
                           hint="check the server and the network to it")
 
@@ -199,19 +197,25 @@ def refuse_encoded(response: httpx.Response, url: str) -> None:
                              hint="the server, a proxy or the object store is misbehaving")
 
 
-def _listing_clock(timeout: float) -> Deadline:
-    """The clock of a whole paged listing: the pages, each within its own deadline, come
-    within ``timeout`` plus their bytes at ``MIN_RATE``. Each page alone in time, a
-    server answering a version a page, just inside the timeout, kept a client paging
-    for days (a review)."""
+def _clock_from_now(timeout: float) -> Deadline:
+    """``timeout`` plus the bytes that come at ``MIN_RATE``, counted from now (not from a
+    first socket operation): an answer's body (``Pace``), or a whole paged listing."""
     clock = Deadline(timeout)
-    clock.left()  # from now
+    clock.left()  # starts it
     return clock
 
 
-def _keep_pace(clock: Deadline, count: int, what: str) -> None:
+def _behind(clock: Deadline, count: int) -> bool:
+    """Whether ``clock`` has run out once ``count`` more bytes have come."""
     clock.moved(count)
-    if clock.left() < 0:
+    return clock.left() < 0
+
+
+def _keep_pace(clock: Deadline, count: int, what: str) -> None:
+    """For a paged listing: the pages, each within its own deadline, come within one
+    clock (``_clock_from_now``). Each page alone in time, a server answering a version a
+    page, just inside the timeout, kept a client paging for days (a review)."""
+    if _behind(clock, count):
         raise TooSlow(f"the pages of {what} came too slowly: {clock.describe()}; stopped "
                       "paging", hint="check the server and the network to it")
 
@@ -663,7 +667,7 @@ class RemoteRegistry:
         review)."""
         found: list[P] = []
         after, size = 0, 0
-        clock = _listing_clock(self.timeout)
+        clock = _clock_from_now(self.timeout)
         while True:
             asked = {**(params or {}), **({"after": str(after)} if after else {})}
             content, headers = self._request("GET", path, params=asked, raw=True,
@@ -1071,7 +1075,7 @@ class RemoteRegistry:
         holding them, without end)."""
         found: list[Event] = []
         size = 0
-        clock = _listing_clock(self.timeout)
+        clock = _clock_from_now(self.timeout)
         while True:
             page = AUDIT_PAGE if not limit else min(AUDIT_PAGE, limit - len(found))
             params: dict[str, Any] = {k: v for k, v in (("model", model), ("action", action))

@@ -103,8 +103,10 @@ def escape(text: str) -> str:
 #: A TCP port to listen on: uvicorn took 99999 and listened somewhere else (a review).
 PORT = click.IntRange(1, 65535)
 #: A count or an id that the database can hold (a 20-digit number was an OverflowError
-#: from SQLite, a traceback: a review).
+#: from SQLite, a traceback: a review) ...
 COUNT = click.IntRange(1, 2**63 - 1)
+#: ... or 0 where it means "all".
+COUNT_OR_ALL = click.IntRange(0, 2**63 - 1)
 
 
 def handle_errors(func: F) -> F:

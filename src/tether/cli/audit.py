@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from ._common import console, emit_json, handle_errors, json_option, registry_from, table
+from ._common import (
+    COUNT_OR_ALL,
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+    registry_from,
+    table,
+)
 
 
 @click.group("audit")
@@ -18,7 +26,7 @@ def audit_group() -> None:
 @audit_group.command("log")
 @click.option("--model", help="Only events about this model.")
 @click.option("--action", help="Only actions starting with this (e.g. alias.).")
-@click.option("--limit", "-n", type=click.IntRange(0, 2**63 - 1), default=50,
+@click.option("--limit", "-n", type=COUNT_OR_ALL, default=50,
               show_default=True, help="Newest N events (0: all).")
 @json_option
 @click.pass_context
