@@ -103,11 +103,16 @@ def path_escapes(path: str) -> bool:
     """
     return (
         "\x00" in path
-        or "\\" in path
+        or _windows_folder_or_drive(path)
         or PurePosixPath(path).is_absolute()
         or any(part in ("..", ".", "") for part in path.split("/"))
-        or (len(path) > 1 and path[1] == ":")
     )
+
+
+def _windows_folder_or_drive(path: str) -> bool:
+    """Whether ``path`` holds a backslash or starts with a drive letter: a folder or a
+    drive to Windows, however legal in a name elsewhere."""
+    return "\\" in path or (len(path) > 1 and path[1] == ":")
 
 
 #: Folders no version may hold, in any case: written where a version is downloaded or
@@ -149,7 +154,7 @@ def check_relative_path(path: Any, *, what: str) -> str:
     """``path`` if it is a safe relative POSIX path inside a version, else InvalidInput."""
     if not isinstance(path, str) or not path or "\x00" in path:
         raise InvalidInput(f"{what} {path!r} is not a file path")
-    if "\\" in path or (len(path) > 1 and path[1] == ":"):
+    if _windows_folder_or_drive(path):
         # Legal in a name here, but a folder separator or a drive on Windows, where the
         # version may be loaded: said as such ("leaves the folder" puzzled: a review).
         raise InvalidInput(
