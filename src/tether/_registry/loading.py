@@ -120,7 +120,6 @@ def check_expected_digest(version: ModelVersion, expect: str) -> None:
         )
 
 
-@handoffs.during  # see tether/_store/handoffs.py
 def new_destination(dest: str | Path) -> Path:
     """``dest`` as an absolute path, refused (InvalidInput) when anything is there: a
     download writes a new folder, never into or over one (a dangling link too: it was
@@ -131,6 +130,7 @@ def new_destination(dest: str | Path) -> Path:
     return target.absolute()
 
 
+@handoffs.during  # see tether/_store/handoffs.py
 def materialize(
     registry: Registry, version: ModelVersion | DatasetVersion, dest: Path, *, progress: bool,
     keep_seal: bool = False,
